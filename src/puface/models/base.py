@@ -1,0 +1,123 @@
+"""`FaceEmbedder`: the one interface every face-recognition model in puface is used through.
+
+Callers always pass float RGB in [0, 1], shape (N, 3, H, W), any H and W. The embedder resizes
+(antialiased bilinear, differentiable) and normalises *inside* to what the wrapped network expects,
+so a wrong normalisation cannot happen at the call site. Output: L2-normalised embeddings (N, D).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class InputNormalization:
+    """How the wrapped network wants its input: net_in = (x * scale - mean) / std, channels in `order`.
+
+    x is RGB in [0, 1]. `scale` is 255.0 for networks that take 0..255 pixels, 1.0 for [0, 1].
+    `mean`/`std` are per channel *in the network's channel order*, on the scaled range.
+    """
+
+    scale: float = 1.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    order: str = "RGB"  # or "BGR"
+
+    def __post_init__(self) -> None:
+        if self.order not in ("RGB", "BGR"):
+            raise ValueError(f"channel order must be RGB or BGR, got {self.order!r}")
+        if any(s == 0 for s in self.std):
+            raise ValueError("std must be non-zero")
+
+    def describe(self) -> str:
+        rng = "0..255" if self.scale == 255.0 else ("0..1" if self.scale == 1.0 else f"0..{self.scale:g}")
+        mean = ",".join(f"{m:g}" for m in self.mean)
+        std = ",".join(f"{s:g}" for s in self.std)
+        return f"{self.order} {rng}, -[{mean}], /[{std}]"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class FaceEmbedder(nn.Module):
+    """Wraps a face network `net` that maps normalised (N, 3, h, w) input to (N, D) embeddings.
+
+    Args:
+        net: the network, fed with the resized, normalised batch.
+        name: registry name or file name.
+        input_size: (height, width) the network expects, in pixels.
+        embedding_dim: D.
+        normalization: what the network expects (see `InputNormalization`).
+        source: where the weights came from (package, file), for `puface models list`.
+        licence: licence of the weights.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        name: str,
+        input_size: tuple[int, int],
+        embedding_dim: int,
+        normalization: InputNormalization,
+        source: str = "",
+        licence: str = "",
+    ):
+        super().__init__()
+        self.net = net
+        self.name = name
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.embedding_dim = int(embedding_dim)
+        self.normalization = normalization
+        self.source = source
+        self.licence = licence
+        order = [2, 1, 0] if normalization.order == "BGR" else [0, 1, 2]
+        self.register_buffer("_order", torch.tensor(order), persistent=False)
+        self.register_buffer("_mean", torch.tensor(normalization.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(normalization.std).view(1, 3, 1, 1), persistent=False)
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """[0,1] RGB (N,3,H,W) -> the network's input (N,3,h,w): resize, reorder, normalise."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"{self.name}: expected (N, 3, H, W) RGB images, got shape {tuple(images.shape)}")
+        x = images
+        if tuple(x.shape[-2:]) != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
+        if self.normalization.order == "BGR":
+            x = x.index_select(1, self._order)
+        x = x * self.normalization.scale
+        return (x - self._mean) / self._std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) float RGB in [0, 1] -> (N, D) L2-normalised embeddings."""
+        emb = self.net(self.preprocess(images))
+        if emb.ndim > 2:
+            emb = emb.flatten(1)
+        return F.normalize(emb, dim=1)
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Embeddings of a (possibly large) batch without gradients, computed in chunks; returns CPU."""
+        device = next(self.parameters(), torch.empty(0)).device
+        out = [self(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)]
+        return torch.cat(out) if out else torch.empty(0, self.embedding_dim)
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "input_size": f"{self.input_size[0]}x{self.input_size[1]}",
+            "embedding_dim": self.embedding_dim,
+            "normalization": self.normalization.describe(),
+            "source": self.source,
+            "licence": self.licence,
+        }
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, input_size={self.input_size}, dim={self.embedding_dim}"

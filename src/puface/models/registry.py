@@ -1,0 +1,56 @@
+"""Registry of face embedders. Model modules register themselves on import (see `_MODULES`)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from ..registry import Registry
+from .base import FaceEmbedder
+
+EMBEDDERS = Registry("embedder")
+
+# Modules that call EMBEDDERS.register(...) at import time.
+_MODULES = ("puface.models.dlib_resnet", "puface.models.sface")
+_loaded = False
+
+
+def _load_builtin() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for mod in _MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:  # a model module not written yet must not break the others
+            if e.name != mod:
+                raise
+    _loaded = True
+
+
+def list_embedders() -> list[str]:
+    """Names of the built-in embedders."""
+    _load_builtin()
+    return EMBEDDERS.names()
+
+
+def create_embedder(name: str, device: str | None = None, **kwargs) -> FaceEmbedder:
+    """Build a built-in embedder by name (weights come from installed packages, cached once)."""
+    _load_builtin()
+    emb = EMBEDDERS.create(name, **kwargs)
+    return emb.to(device) if device else emb
+
+
+def load_embedder(spec: str, device: str | None = None, **kwargs) -> FaceEmbedder:
+    """A registry name, or a path to a user's ONNX / TorchScript face model (see `models.custom`)."""
+    _load_builtin()
+    if spec in EMBEDDERS:
+        return create_embedder(spec, device=device, **kwargs)
+    p = Path(spec)
+    if p.suffix.lower() in (".onnx", ".pt", ".pth", ".ts", ".torchscript") or p.exists():
+        from .custom import load_custom_embedder
+
+        emb = load_custom_embedder(p, **kwargs)
+        return emb.to(device) if device else emb
+    EMBEDDERS.get(spec)  # raises a clear "unknown embedder" error
+    raise AssertionError("unreachable")
