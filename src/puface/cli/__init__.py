@@ -1,0 +1,86 @@
+"""The `puface` command line. Thin: each sub-command lives in its own module, imported only when
+used (so `puface --help` is fast), parses options, calls the library and prints."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import PufaceError
+
+# command name -> (module, attribute, one-line help shown by `puface --help`)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "data": ("puface.cli.data_cmd", "data", "Inspect identity folders and fetch the embedded default data."),
+    "models": ("puface.cli.models_cmd", "models", "List the face recognition models puface can use."),
+    "align": ("puface.cli.align_cmd", "align", "Detect faces in photos and cut aligned face chips."),
+    "cloak": ("puface.cli.cloak_cmd", "cloak", "Cloak face images with Fawkes or LowKey."),
+    "train-purifier": ("puface.cli.purifier_cmd", "train_purifier", "Train a PuFace purifier from a config file."),
+    "purify": ("puface.cli.purifier_cmd", "purify", "Remove cloaks from a folder of face images."),
+    "evaluate": ("puface.cli.evaluate_cmd", "evaluate", "Measure ASR and normal accuracy of attacks and defenses."),
+    "reproduce": ("puface.cli.evaluate_cmd", "reproduce", "Run an experiment grid from a TOML config."),
+    "demo": ("puface.cli.evaluate_cmd", "demo", "End-to-end demo on the embedded default data."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose sub-commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if self._available(name)]
+
+    def _available(self, name: str) -> bool:
+        mod = COMMANDS[name][0]
+        try:
+            return importlib.util.find_spec(mod) is not None
+        except ModuleNotFoundError:
+            return False
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS or not self._available(name):
+            return None
+        mod, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(mod), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="puface")
+def cli() -> None:
+    """puface: remove facial cloaks (Fawkes, LowKey) from face photos before training a
+    face-recognition model, and measure how well that works.
+
+    Images are read from identity folders ROOT/<identity>/<image> (FaceScrub's
+    download/<identity>/face/<image> works too). Outputs mirror the input tree.
+    Run `puface COMMAND --help` for each command's options.
+    """
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the CLI; a `PufaceError` becomes one line on stderr and exit code 2."""
+    try:
+        rv = cli.main(args=argv, prog_name="puface", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except PufaceError as e:
+        click.echo(f"puface: error: {e}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        click.echo("interrupted; finished outputs are kept, re-run the same command to resume", err=True)
+        return 130
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Identity folders, seeded splits and the embedded default data."""
