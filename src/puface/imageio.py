@@ -68,6 +68,10 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def _too_large(w: int, h: int, limit: int) -> str:
+    return f"image too large ({w}x{h} = {w * h / 1e6:.1f} MP > {limit / 1e6:.1f} MP limit; set PUFACE_MAX_PIXELS to allow)"
+
+
 def open_image(path: str | Path, data: bytes | None = None) -> Image.Image:
     """Open and fully decode an image as an RGB Pillow image (EXIF orientation applied).
 
@@ -86,33 +90,30 @@ def open_image(path: str | Path, data: bytes | None = None) -> Image.Image:
     if len(data) == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
     limit = max_pixels()
+    # Pillow's own bomb check must not be stricter than ours (its error fires at 2 x MAX_IMAGE_PIXELS).
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = limit
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            old = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = limit
-            try:
-                im = Image.open(io.BytesIO(data))
-                w, h = im.size
-                if w <= 0 or h <= 0:
-                    raise ImageReadError(path, f"invalid image size {w}x{h}")
-                if w * h > limit:
-                    raise ImageReadError(
-                        path, f"image too large ({w}x{h} = {w * h / 1e6:.0f} MP > {limit / 1e6:.0f} MP limit; set PUFACE_MAX_PIXELS to allow)"
-                    )
-                im.load()
-                im = ImageOps.exif_transpose(im) or im
-                rgb = _to_rgb(im)
-                rgb.load()
-            finally:
-                Image.MAX_IMAGE_PIXELS = old
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.filterwarnings("error", message=".*[Tt]runcated.*")
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w <= 0 or h <= 0:
+                raise ImageReadError(path, f"invalid image size {w}x{h}")
+            if w * h > limit:
+                raise ImageReadError(path, _too_large(w, h, limit))
+            im.load()
+            im = ImageOps.exif_transpose(im) or im
+            rgb = _to_rgb(im)
+            rgb.load()
     except ImageReadError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageReadError(path, f"image too large ({e})") from None
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(path, f"image too large ({e}; set PUFACE_MAX_PIXELS to allow)") from None
     except UnidentifiedImageError:
         raise ImageReadError(path, "not an image, or a format Pillow cannot read") from None
-    except (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, struct.error, ZeroDivisionError, MemoryError, RuntimeError) as e:
+    except (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, struct.error, ZeroDivisionError, MemoryError, RuntimeError, UserWarning) as e:
         msg = str(e) or type(e).__name__
         if "truncated" in msg.lower():
             msg = f"truncated or incomplete file ({msg})"

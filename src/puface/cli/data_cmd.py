@@ -1,0 +1,116 @@
+"""`puface data ...`: inspect identity folders, fetch the embedded default data."""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import click
+
+
+@click.group("data")
+def data() -> None:
+    """Inspect identity folders (ROOT/<identity>/<image>) and get the default 'johns' set."""
+
+
+@data.command("info")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("--min-images", type=int, default=1, show_default=True, help="Ignore identities with fewer images.")
+@click.option("--decode/--no-decode", default=True, show_default=True,
+              help="Decode every image to find unreadable files (--no-decode reads headers only: faster).")
+@click.option("--top", type=int, default=5, show_default=True, help="How many of the largest identities to list.")
+@click.option("--workers", type=int, default=4, show_default=True, help="Decoding threads.")
+def info(root: Path, min_images: int, decode: bool, top: int, workers: int) -> None:
+    """Print identities, images, image sizes and unreadable files of ROOT.
+
+    ROOT is a folder of identity sub-folders (ROOT/<identity>/<image>, or FaceScrub's
+    download/<identity>/face/<image>). Exit code 1 when some files cannot be read.
+    """
+    from tqdm import tqdm
+
+    from ..data.layout import scan_identities
+    from ..errors import ImageReadError
+    from ..imageio import image_info, open_image
+
+    ds = scan_identities(root, min_images=min_images)
+    groups = ds.by_identity()
+
+    def check(path: Path):
+        try:
+            if decode:
+                im = open_image(path)
+                return path, im.size, None
+            w, h, _ = image_info(path)
+            return path, (w, h), None
+        except ImageReadError as e:
+            return path, None, e.reason
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(tqdm(pool.map(check, [im.path for im in ds.images]), total=len(ds), desc="reading",
+                            unit="img", leave=False, disable=len(ds) < 200))
+    sizes = Counter(f"{w}x{h}" for _, s, _ in results if s for (w, h) in [s])
+    bad = [(p, why) for p, s, why in results if why]
+    counts = sorted((len(v) for v in groups.values()), reverse=True)
+    click.echo(f"folder:      {ds.root}  (layout: {'FaceScrub download/<id>/face/<img>' if ds.layout == 'facescrub' else '<id>/<img>'})")
+    click.echo(f"identities:  {len(groups):,}")
+    click.echo(f"images:      {len(ds):,}")
+    click.echo(f"per identity: min {counts[-1]}, median {counts[len(counts) // 2]}, max {counts[0]}")
+    for thr in (5, 10, 20):
+        click.echo(f"  identities with >= {thr} images: {sum(c >= thr for c in counts)}")
+    largest = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:top]
+    click.echo("largest:     " + ", ".join(f"{k} ({len(v)})" for k, v in largest))
+    common = ", ".join(f"{s} ({n:,})" for s, n in sizes.most_common(5))
+    click.echo(f"image sizes: {len(sizes)} distinct; most common: {common or '-'}")
+    click.echo(f"unreadable:  {len(bad)}")
+    for p, why in bad:
+        click.echo(f"  {p}: {why}")
+    if bad:
+        raise SystemExit(1)
+
+
+@data.command("fetch")
+@click.argument("name", type=click.Choice(["johns"]))
+def fetch(name: str) -> None:
+    """Get the embedded default data set NAME and print where it is.
+
+    'johns' is dlib's example set (5 people x 11 aligned 150x150 chips, public-domain dedication)
+    from Debian's libdlib19.1 package: taken from /usr/share/doc if installed, otherwise downloaded
+    with `apt-get download` and unpacked into the puface cache ($PUFACE_HOME).
+    """
+    from ..data.johns import fetch_johns
+
+    path = fetch_johns()
+    n = len(list(path.glob("*/*.jpg")))
+    click.echo(f"{name}: {n} images in {path}")
+
+
+@data.command("split")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("--train-fraction", type=float, default=0.7, show_default=True, help="Share of each identity's images used for training.")
+@click.option("--min-train", type=int, default=1, show_default=True, help="Fewest training images per identity.")
+@click.option("--min-test", type=int, default=1, show_default=True, help="Fewest test images per identity.")
+@click.option("--max-per-identity", type=int, default=None, help="Cap images per identity (seeded choice).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and of the cap.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="Write the split as CSV (identity,path,part).")
+def split(root: Path, train_fraction: float, min_train: int, min_test: int, max_per_identity: int | None, seed: int, output: Path | None) -> None:
+    """Show (and optionally save) the seeded per-identity train/test split of ROOT."""
+    import csv
+    import io
+
+    from ..data.layout import scan_identities
+    from ..data.split import split_dataset
+    from ..imageio import atomic_write_bytes
+
+    ds = scan_identities(root, max_per_identity=max_per_identity, seed=seed)
+    sp = split_dataset(ds, train_fraction=train_fraction, min_train=min_train, min_test=min_test, seed=seed)
+    click.echo(f"{len(sp.identities())} identities: {len(sp.train)} training and {len(sp.test)} test images (seed {seed})")
+    if output:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["identity", "path", "part"])
+        for part, items in (("train", sp.train), ("test", sp.test)):
+            for im in items:
+                w.writerow([im.identity, str(im.path), part])
+        atomic_write_bytes(output, buf.getvalue().encode())
+        click.echo(f"written: {output}")

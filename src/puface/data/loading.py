@@ -1,0 +1,76 @@
+"""Decode many image files into one float tensor, in parallel, skipping (and reporting) bad files."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ImageReadError
+from ..imageio import read_image, to_tensor
+
+
+def _load_one(path: Path, size: tuple[int, int] | None) -> torch.Tensor:
+    t = to_tensor(read_image(path))
+    if size is not None and tuple(t.shape[-2:]) != tuple(size):
+        t = F.interpolate(t[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp_(0, 1)
+    return t
+
+
+def load_images(
+    paths: Sequence[str | Path],
+    *,
+    size: int | tuple[int, int] | None = None,
+    workers: int = 4,
+    progress: bool = False,
+    desc: str = "loading",
+) -> tuple[torch.Tensor, list[int], list[ImageReadError]]:
+    """Load images as float RGB (N, 3, H, W) in [0, 1].
+
+    Args:
+        paths: image files.
+        size: resize every image to (H, W) (or a square side) with antialiasing; needed when the
+            images differ in size. None keeps the size (all images must then be the same size).
+    Returns:
+        (images, kept indices into `paths`, errors for files that could not be read).
+    """
+    if isinstance(size, int):
+        size = (size, size)
+    paths = [Path(p) for p in paths]
+
+    def task(i: int):
+        try:
+            return i, _load_one(paths[i], size), None
+        except ImageReadError as e:
+            return i, None, e
+
+    results = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        it = pool.map(task, range(len(paths)))
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, total=len(paths), desc=desc, unit="img", leave=False)
+        results = list(it)
+    kept = [i for i, t, e in results if t is not None]
+    errors = [e for _, _, e in results if e is not None]
+    tensors = [t for _, t, _ in results if t is not None]
+    if not tensors:
+        return torch.empty(0, 3, *(size or (0, 0))), kept, errors
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) > 1:
+        raise ValueError(f"images differ in size ({sorted(shapes)[:3]} ...); pass size= to resize them")
+    return torch.stack(tensors), kept, errors
+
+
+def image_sizes(paths: Sequence[Path]) -> list[tuple[int, int]]:
+    """(width, height) of each file from its header (no full decode)."""
+    from ..imageio import image_info
+
+    return [image_info(p)[:2] for p in paths]
+
+
+__all__ = ["load_images", "image_sizes"]

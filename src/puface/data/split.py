@@ -1,0 +1,73 @@
+"""Seeded per-identity train/test splits (FaceCure's 70/30 by default).
+
+Each identity is shuffled with its own seed derived from (seed, identity name), so adding or removing
+other identities never changes an identity's split.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from ..errors import PufaceError
+from .layout import FaceDataset, FaceImage, stable_seed
+
+
+@dataclass
+class Split:
+    train: list[FaceImage]
+    test: list[FaceImage]
+
+    def identities(self) -> list[str]:
+        return sorted({im.identity for im in self.train} | {im.identity for im in self.test})
+
+
+def split_counts(n: int, train_fraction: float, min_train: int, min_test: int) -> tuple[int, int]:
+    """(n_train, n_test) for n images: round(n * fraction), then moved to respect both minimums."""
+    if not 0.0 < train_fraction < 1.0:
+        raise PufaceError(f"train fraction must be in (0, 1), got {train_fraction}")
+    if n < min_train + min_test:
+        raise PufaceError(f"{n} images cannot give {min_train} training and {min_test} test images")
+    n_train = int(math.floor(n * train_fraction + 0.5))
+    n_train = max(min_train, min(n_train, n - min_test))
+    return n_train, n - n_train
+
+
+def split_dataset(
+    ds: FaceDataset,
+    *,
+    train_fraction: float = 0.7,
+    min_train: int = 1,
+    min_test: int = 1,
+    seed: int = 0,
+    drop_small: bool = True,
+) -> Split:
+    """Split every identity `train_fraction` / rest, seeded.
+
+    Identities with fewer than `min_train + min_test` images are dropped when `drop_small`,
+    otherwise they raise a `PufaceError` naming the identity.
+    """
+    train: list[FaceImage] = []
+    test: list[FaceImage] = []
+    for identity, images in ds.by_identity().items():
+        if len(images) < min_train + min_test:
+            if drop_small:
+                continue
+            raise PufaceError(f"identity {identity!r} has {len(images)} images; a split needs at least {min_train + min_test}")
+        n_train, _ = split_counts(len(images), train_fraction, min_train, min_test)
+        order = sorted(images)
+        random.Random(stable_seed("split", seed, identity)).shuffle(order)
+        train.extend(sorted(order[:n_train]))
+        test.extend(sorted(order[n_train:]))
+    if not train:
+        raise PufaceError(f"{ds.root}: no identity has enough images for a split (need {min_train + min_test} each)")
+    return Split(train, test)
+
+
+def split_identities(identities: list[str], fraction: float, seed: int, tag: str = "identities") -> tuple[list[str], list[str]]:
+    """Split a list of identity names into two disjoint groups (first gets round(n*fraction)), seeded."""
+    names = sorted(identities)
+    random.Random(stable_seed(tag, seed)).shuffle(names)
+    k = int(math.floor(len(names) * fraction + 0.5))
+    return sorted(names[:k]), sorted(names[k:])

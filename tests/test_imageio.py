@@ -1,0 +1,175 @@
+"""Robust image I/O: modes, EXIF, broken files, size limit, atomic writes."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from puface.errors import ImageReadError, ImageWriteError
+from puface.imageio import read_image, to_tensor, to_uint8, write_image
+
+
+def _save(im: Image.Image, path: Path, **kw) -> Path:
+    im.save(path, **kw)
+    return path
+
+
+def test_rgb_roundtrip_png(tmp_path):
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (17, 23, 3), dtype=np.uint8)
+    p = tmp_path / "x.png"
+    write_image(p, a)
+    assert np.array_equal(read_image(p), a)
+
+
+@pytest.mark.parametrize(
+    "mode,make,expect",
+    [
+        ("1", lambda: Image.new("1", (4, 4), 1), (255, 255, 255)),
+        ("L", lambda: Image.new("L", (4, 4), 77), (77, 77, 77)),
+        ("LA", lambda: Image.new("LA", (4, 4), (0, 0)), (255, 255, 255)),  # transparent black on white
+        ("RGBA", lambda: Image.new("RGBA", (4, 4), (255, 0, 0, 128)), (255, 127, 127)),
+        ("CMYK", lambda: Image.new("CMYK", (4, 4), (0, 255, 255, 0)), (255, 0, 0)),
+        ("I;16", lambda: Image.new("I;16", (4, 4), 65535), (255, 255, 255)),
+        ("I", lambda: Image.new("I", (4, 4), 32896), (128, 128, 128)),
+        ("F", lambda: Image.new("F", (4, 4), 0.5), (128, 128, 128)),
+    ],
+)
+def test_every_mode_becomes_rgb(tmp_path, mode, make, expect):
+    im = make()
+    assert im.mode == mode
+    ext = ".tif" if mode in ("F", "CMYK", "I") else ".png"
+    if ext == ".tif":
+        # TIFF is not an accepted *input extension* for folders, but read_image decodes any file.
+        p = _save(im, tmp_path / f"m{ext}")
+    else:
+        p = _save(im, tmp_path / f"m{ext}")
+    a = read_image(p)
+    assert a.shape == (4, 4, 3) and a.dtype == np.uint8
+    assert np.abs(a[0, 0].astype(int) - np.array(expect)).max() <= 2, (mode, a[0, 0])
+
+
+def test_palette_with_transparency_on_white(tmp_path):
+    im = Image.new("P", (3, 3), 0)
+    im.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    im.putpixel((1, 1), 1)
+    im.info["transparency"] = 0
+    p = _save(im, tmp_path / "p.png", transparency=0)
+    a = read_image(p)
+    assert tuple(a[0, 0]) == (255, 255, 255)
+    assert tuple(a[1, 1]) == (10, 200, 30)
+
+
+def test_exif_orientation_applied(tmp_path):
+    # A 16x32 (w x h) image stored sideways with orientation 6 (rotate 90 CW to display) shows as 32x16.
+    a = np.zeros((32, 16, 3), dtype=np.uint8)
+    a[:8, :8] = (255, 0, 0)  # top-left block red
+    im = Image.fromarray(a)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    p = tmp_path / "r.jpg"
+    im.save(p, exif=exif.tobytes(), quality=100)
+    out = read_image(p)
+    assert out.shape == (16, 32, 3)
+    # after a 90-degree clockwise rotation the old top-left is at the top-right
+    assert out[2, -3, 0] > 200 and out[2, -3, 1] < 60
+    assert out[2, 2, 0] < 60
+
+
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (b"", "empty file"),
+        (b"hello, I am not an image", "not an image"),
+    ],
+)
+def test_bad_files_name_the_file(tmp_path, content, needle):
+    p = tmp_path / "bad.jpg"
+    p.write_bytes(content)
+    with pytest.raises(ImageReadError) as ei:
+        read_image(p)
+    assert str(p) in str(ei.value) and needle in str(ei.value)
+
+
+@pytest.mark.parametrize("fmt,ext", [("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp"), ("BMP", ".bmp")])
+def test_truncated_files(tmp_path, fmt, ext):
+    rng = np.random.default_rng(1)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, format=fmt)
+    p = tmp_path / f"t{ext}"
+    p.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(ImageReadError) as ei:
+        read_image(p)
+    assert str(p) in str(ei.value)
+
+
+def test_missing_and_folder(tmp_path):
+    with pytest.raises(ImageReadError, match="not found"):
+        read_image(tmp_path / "nope.png")
+    with pytest.raises(ImageReadError, match="folder"):
+        read_image(tmp_path)
+
+
+def _png_header_only(w: int, h: int) -> bytes:
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+def test_absurdly_large_image_refused_before_decoding(tmp_path):
+    p = tmp_path / "bomb.png"
+    p.write_bytes(_png_header_only(100_000, 100_000))
+    with pytest.raises(ImageReadError, match="too large"):
+        read_image(p)
+
+
+def test_size_limit_is_configurable(tmp_path, monkeypatch):
+    p = tmp_path / "a.png"
+    write_image(p, np.zeros((20, 20, 3), np.uint8))
+    monkeypatch.setenv("PUFACE_MAX_PIXELS", "100")
+    with pytest.raises(ImageReadError, match="PUFACE_MAX_PIXELS"):
+        read_image(p)
+
+
+def test_write_is_atomic_and_leaves_no_temp(tmp_path, monkeypatch):
+    p = tmp_path / "out" / "a.png"
+    write_image(p, np.zeros((5, 5, 3), np.uint8))
+    before = p.read_bytes()
+
+    import puface.imageio as io_mod
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(io_mod.os, "replace", boom)
+    with pytest.raises(ImageWriteError, match="No space"):
+        write_image(p, np.full((5, 5, 3), 255, np.uint8))
+    assert p.read_bytes() == before  # the old file is intact
+    assert [q.name for q in p.parent.iterdir()] == ["a.png"]  # no temporary left behind
+
+
+def test_output_equal_to_input_refused(tmp_path):
+    p = tmp_path / "a.png"
+    write_image(p, np.zeros((5, 5, 3), np.uint8))
+    with pytest.raises(ImageWriteError, match="overwrite an input"):
+        write_image(p, np.ones((5, 5, 3), np.uint8), inputs=(p,))
+
+
+def test_unsupported_output_extension(tmp_path):
+    with pytest.raises(ImageWriteError, match="unsupported output extension"):
+        write_image(tmp_path / "a.gif", np.zeros((5, 5, 3), np.uint8))
+
+
+def test_tensor_conversions_roundtrip():
+    a = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10
+    t = to_tensor(a)
+    assert t.shape == (3, 2, 3) and float(t.max()) <= 1.0
+    assert np.array_equal(to_uint8(t), a)
