@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     except PufaceError as e:
         click.echo(f"puface: error: {e}", err=True)
         return 2
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except KeyboardInterrupt:
         click.echo("interrupted; finished outputs are kept, re-run the same command to resume", err=True)
         return 130

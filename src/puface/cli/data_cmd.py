@@ -66,7 +66,7 @@ def info(root: Path, min_images: int, decode: bool, top: int, workers: int) -> N
     for p, why in bad:
         click.echo(f"  {p}: {why}")
     if bad:
-        raise SystemExit(1)
+        raise click.exceptions.Exit(1)
 
 
 @data.command("fetch")

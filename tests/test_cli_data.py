@@ -1,0 +1,78 @@
+"""`puface data ...` and the top-level CLI behaviour."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from puface.cli import main
+from puface.imageio import write_image
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_lists_commands(capsys):
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0
+    assert "data" in out and "models" in out
+    code, out, _ = run(["data", "--help"], capsys)
+    assert code == 0 and "info" in out and "fetch" in out and "split" in out
+    code, out, _ = run(["data", "info", "--help"], capsys)
+    assert "--decode" in out and "--min-images" in out
+
+
+def test_info_counts_and_unreadable(tmp_path, capsys):
+    root = tmp_path / "faces"
+    for name, n in (("ann", 3), ("bo", 2)):
+        for i in range(n):
+            write_image(root / name / f"{i}.png", np.zeros((6, 8, 3), np.uint8))
+    (root / "bo" / "broken.jpg").write_bytes(b"nope")
+    code, out, _ = run(["data", "info", str(root)], capsys)
+    assert code == 1
+    assert "identities:  2" in out and "images:      6" in out
+    assert "8x6 (5)" in out
+    assert "unreadable:  1" in out and "broken.jpg" in out
+
+
+def test_info_on_johns(johns_dir, capsys):
+    code, out, _ = run(["data", "info", str(johns_dir)], capsys)
+    assert code == 0 and "identities:  5" in out and "images:      55" in out and "150x150 (55)" in out
+
+
+def test_missing_folder_is_one_clear_line(tmp_path, capsys):
+    code, out, err = run(["data", "info", str(tmp_path / "nope")], capsys)
+    assert code == 2
+    assert "no such folder" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_split_writes_csv(johns_dir, tmp_path, capsys):
+    dest = tmp_path / "split.csv"
+    code, out, _ = run(["data", "split", str(johns_dir), "--seed", "1", "-o", str(dest)], capsys)
+    assert code == 0 and "5 identities: 40 training and 15 test images" in out
+    lines = dest.read_text().splitlines()
+    assert lines[0] == "identity,path,part" and len(lines) == 56
+
+
+@pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs Debian's apt-get")
+def test_fetch_johns_from_scratch(tmp_path):
+    """With an empty cache, `puface data fetch johns` downloads and unpacks libdlib19.1."""
+    env = {"PUFACE_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}
+    r = subprocess.run([sys.executable, "-m", "puface", "data", "fetch", "johns"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "johns: 55 images" in r.stdout
+    from pathlib import Path
+
+    d = Path(r.stdout.split(" in ", 1)[1].strip())
+    if str(d).startswith("/usr/share/doc"):
+        pytest.skip("libdlib19.1 is installed system-wide; nothing was fetched")
+    assert d.is_relative_to(tmp_path / "home")
+    assert len(list(d.glob("*/*.jpg"))) == 55
+    assert (d / "LICENSE_FOR_EXAMPLE_PROGRAMS.txt").is_file()
