@@ -37,7 +37,7 @@ def smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     coarse = rng.uniform(0, 255, size=(h // 8 + 2, w // 8 + 2, 3)).astype(np.uint8)
     field = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), dtype=np.float64)
     ramp = np.linspace(-30, 30, w)[None, :, None] * rng.uniform(-1, 1, size=(1, 1, 3))
-    texture = rng.normal(0, 6, size=(h, w, 3))
+    texture = rng.normal(0, 3, size=(h, w, 3))
     return np.clip(np.rint(field + ramp + texture), 0, 255).astype(np.uint8)
 
 

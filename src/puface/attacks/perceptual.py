@@ -20,6 +20,7 @@ Values are >= 0, 0 for identical images, roughly 0.0-0.1 for visually close pair
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,7 @@ _WEIGHTS = {
 _MIN_SIDE = {"alex": 21, "vgg": 18}
 
 
-def lpips_weights_path(net: str = "alex"):
+def lpips_weights_path(net: str = "alex") -> Path:
     """Path of the ST-LPIPS `.pth` for `net` ("alex" or "vgg"), sha256-checked.
 
     Raises `MissingDependencyError` (with the pip command) when `stlpips-pytorch` is not installed.
