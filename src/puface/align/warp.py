@@ -1,0 +1,236 @@
+"""Cutting chips out of photos and putting changes back.
+
+`extract_chip` reproduces dlib's `extract_image_chip` exactly (bilinear sampling, values truncated
+to uint8, black outside the photo, and dlib's 5-tap image pyramid when the chip is more than 2x
+smaller than its rectangle), so our chips are dlib's chips. `paste_delta` maps the *change* a chip
+went through (chip_out - chip_in) back into the photo through the inverse transform, weighted by a
+mask that fades to zero at the chip's border: no photo pixel outside a chip's footprint changes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from .geometry import ChipTransform, apply_affine, invert_affine, to3x3
+
+
+def _bilinear_dlib(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """dlib's `interpolate_bilinear` at float positions; returns (values float64 (..., C), valid)."""
+    h, w = img.shape[:2]
+    x0 = np.floor(x).astype(np.int64)
+    y0 = np.floor(y).astype(np.int64)
+    valid = (x0 >= 0) & (y0 >= 0) & (x0 + 1 < w) & (y0 + 1 < h)
+    x0c = np.clip(x0, 0, max(w - 2, 0))
+    y0c = np.clip(y0, 0, max(h - 2, 0))
+    x1c = np.minimum(x0c + 1, w - 1)
+    y1c = np.minimum(y0c + 1, h - 1)
+    fx = (x - x0)[..., None]
+    fy = (y - y0)[..., None]
+    im = img.astype(np.float64, copy=False)
+    v = (1 - fy) * ((1 - fx) * im[y0c, x0c] + fx * im[y0c, x1c]) + fy * ((1 - fx) * im[y1c, x0c] + fx * im[y1c, x1c])
+    return v, valid
+
+
+def _pyramid_down(img: np.ndarray) -> np.ndarray:
+    """dlib's `pyramid_down<2>` on uint8 RGB: 5-tap [1 4 6 4 1] filter, every other pixel, /256
+    truncated. Output ((H-3)//2, (W-3)//2, C)."""
+    h, w = img.shape[:2]
+    oh, ow = (h - 3) // 2, (w - 3) // 2
+    if h <= 8 or w <= 8 or oh <= 0 or ow <= 0:
+        return np.zeros((0, 0, img.shape[2]), np.uint8)
+    a = img.astype(np.int64)
+    c = 2 * np.arange(ow)
+    rows = a[:, c] + 4 * a[:, c + 1] + 6 * a[:, c + 2] + 4 * a[:, c + 3] + a[:, c + 4]
+    r = 2 + 2 * np.arange(oh)
+    out = rows[r - 2] + 4 * rows[r - 1] + 6 * rows[r] + 4 * rows[r + 1] + rows[r + 2]
+    return np.clip(out // 256, 0, 255).astype(np.uint8)
+
+
+def _point_down(p: np.ndarray) -> np.ndarray:
+    return p / 2.0 - np.array([1.25, 0.75])
+
+
+def _rect_area(l: float, t: float, r: float, b: float) -> float:
+    return max(0.0, r - l + 1) * max(0.0, b - t + 1)
+
+
+def _round_rect(l: float, t: float, r: float, b: float) -> tuple[int, int, int, int]:
+    # dlib: drectangle -> rectangle rounds each side to the nearest integer
+    return (int(math.floor(l + 0.5)), int(math.floor(t + 0.5)), int(math.floor(r + 0.5)), int(math.floor(b + 0.5)))
+
+
+def extract_chip(image: np.ndarray, tf: ChipTransform) -> np.ndarray:
+    """Cut the chip `tf` out of uint8 RGB `image` (H, W, 3): uint8 (size, size, 3), as dlib does."""
+    n = tf.size
+    h, w = image.shape[:2]
+    l, t, r, b = tf.rect
+    # Pyramid depth: halve while the rectangle is still more than 4x the chip's area.
+    depth = 0
+    grow = 2.0
+    pl, pt = _point_down(np.array([l, t]))
+    pr, pb = _point_down(np.array([r, b]))
+    while _rect_area(pl, pt, pr, pb) > n * n:
+        (pl, pt), (pr, pb) = _point_down(np.array([pl, pt])), _point_down(np.array([pr, pb]))
+        depth += 1
+        grow = grow * 2 + 2
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64)
+    chip_pts = np.stack([xx.ravel(), yy.ravel()], 1)
+    if depth == 0:
+        p = apply_affine(tf.chip_to_image, chip_pts)
+        v, valid = _bilinear_dlib(image, p[:, 0], p[:, 1])
+        src = image
+    else:
+        # crop the rotated rectangle (grown by `grow`) as dlib does, then build the pyramid on it
+        corners = tf.corners()
+        bl_, bt_ = corners.min(0) - grow
+        br_, bb_ = corners.max(0) + grow
+        bl_, bt_ = max(bl_, 0.0), max(bt_, 0.0)
+        br_, bb_ = min(br_, w - 1.0), min(bb_, h - 1.0)
+        x0, y0, x1, y1 = _round_rect(bl_, bt_, br_, bb_)
+        x0, y0 = max(x0, 0), max(y0, 0)
+        x1, y1 = min(x1, w - 1), min(y1, h - 1)
+        if x1 < x0 or y1 < y0:
+            return np.zeros((n, n, 3), np.uint8)
+        src = image[y0 : y1 + 1, x0 : x1 + 1]
+        for _ in range(depth):
+            src = _pyramid_down(src)
+            if src.size == 0:
+                return np.zeros((n, n, 3), np.uint8)
+        # chip -> level: translate by the crop, then point_down `depth` times (a similarity)
+        m = to3x3(tf.chip_to_image)
+        m = np.array([[1.0, 0, -x0], [0, 1.0, -y0], [0, 0, 1.0]]) @ m
+        down = np.array([[0.5, 0, -1.25], [0, 0.5, -0.75], [0, 0, 1.0]])
+        for _ in range(depth):
+            m = down @ m
+        p = apply_affine(m, chip_pts)
+        v, valid = _bilinear_dlib(src, p[:, 0], p[:, 1])
+    out = np.clip(np.floor(v), 0, 255).astype(np.uint8)  # dlib's assign_pixel truncates
+    out[~valid] = 0
+    return out.reshape(n, n, image.shape[2])
+
+
+def feather_mask(size: int, feather: float) -> np.ndarray:
+    """Chip-space weight (size, size) in [0, 1]: 0 on the outermost pixel ring, rising linearly to 1
+    at `feather` pixels from the border."""
+    d = np.arange(size, dtype=np.float64)
+    edge = np.minimum(d, size - 1 - d)
+    if feather <= 0:
+        ramp = (edge > 0).astype(np.float64)
+    else:
+        ramp = np.clip(edge / feather, 0.0, 1.0)
+    return np.minimum.outer(ramp, ramp)
+
+
+def footprint_box(tf: ChipTransform, h: int, w: int) -> tuple[int, int, int, int] | None:
+    """Integer (x0, y0, x1, y1), inclusive, of photo pixels a chip can touch; None if off the photo."""
+    c = tf.corners()
+    x0, y0 = np.floor(c.min(0)).astype(int)
+    x1, y1 = np.ceil(c.max(0)).astype(int)
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w - 1), min(y1, h - 1)
+    if x1 < x0 or y1 < y0:
+        return None
+    return int(x0), int(y0), int(x1), int(y1)
+
+
+def _sample_zero_pad(a: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Bilinear sample of (S, S, C) `a` at float positions, zero outside."""
+    s = a.shape[0]
+    pad = np.zeros((s + 2, s + 2, a.shape[2]), np.float64)
+    pad[1:-1, 1:-1] = a
+    xp = np.clip(x + 1.0, 0.0, s + 1.0)
+    yp = np.clip(y + 1.0, 0.0, s + 1.0)
+    x0 = np.minimum(np.floor(xp).astype(np.int64), s)
+    y0 = np.minimum(np.floor(yp).astype(np.int64), s)
+    fx = (xp - x0)[..., None]
+    fy = (yp - y0)[..., None]
+    return (1 - fy) * ((1 - fx) * pad[y0, x0] + fx * pad[y0, x0 + 1]) + fy * ((1 - fx) * pad[y0 + 1, x0] + fx * pad[y0 + 1, x0 + 1])
+
+
+def paste_delta(
+    image: np.ndarray,
+    deltas: Sequence[tuple[ChipTransform, np.ndarray]],
+    *,
+    feather: float = 8.0,
+) -> np.ndarray:
+    """Add chip-space changes back into a photo.
+
+    Args:
+        image: uint8 RGB (H, W, 3), the photo the chips were cut from.
+        deltas: (transform, delta) per face; delta is float (size, size, 3) in grey levels
+            (chip_out - chip_in, in 0..255 units).
+        feather: width in chip pixels over which a change fades to zero towards the chip border.
+    Returns:
+        uint8 (H, W, 3): the photo plus the mapped changes, rounded. Where footprints overlap, the
+        changes are averaged by their weights. Pixels outside every chip footprint are unchanged.
+    """
+    h, w = image.shape[:2]
+    acc = np.zeros((h, w, 3), np.float64)
+    wsum = np.zeros((h, w, 1), np.float64)
+    touched = False
+    for tf, delta in deltas:
+        box = footprint_box(tf, h, w)
+        if box is None:
+            continue
+        x0, y0, x1, y1 = box
+        n = tf.size
+        mask = feather_mask(n, feather)[..., None]
+        yy, xx = np.mgrid[y0 : y1 + 1, x0 : x1 + 1].astype(np.float64)
+        pc = apply_affine(invert_affine(tf.chip_to_image), np.stack([xx.ravel(), yy.ravel()], 1))
+        cx = pc[:, 0].reshape(xx.shape)
+        cy = pc[:, 1].reshape(xx.shape)
+        wd = _sample_zero_pad(np.asarray(delta, np.float64) * mask, cx, cy)
+        ww = _sample_zero_pad(mask, cx, cy)
+        inside = (cx >= 0) & (cx <= n - 1) & (cy >= 0) & (cy <= n - 1)
+        wd[~inside] = 0
+        ww[~inside] = 0
+        acc[y0 : y1 + 1, x0 : x1 + 1] += wd
+        wsum[y0 : y1 + 1, x0 : x1 + 1] += ww
+        touched = True
+    if not touched:
+        return image.copy()
+    # wd = sum(w_i d_i); normalise only where weights overlap above 1 (a single face keeps its fade)
+    d = acc / np.maximum(wsum, 1.0)
+    out = image.astype(np.float64) + d
+    res = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return res
+
+
+def paste_back(
+    image: np.ndarray,
+    chips: Sequence[tuple[ChipTransform, np.ndarray, np.ndarray]],
+    *,
+    feather: float = 8.0,
+    refine_steps: int = 2,
+) -> np.ndarray:
+    """Put processed chips back into a photo by their change only.
+
+    Args:
+        image: uint8 RGB (H, W, 3).
+        chips: (transform, chip_in, chip_out) per face; chip_in is the chip cut from `image`
+            (uint8 (S, S, 3)), chip_out what processing made of it (uint8 or float 0..255).
+        feather: chip pixels over which the change fades out towards the chip border.
+        refine_steps: extra passes that re-cut each chip from the result and paste the remaining
+            difference to the feathered target chip_in + mask * (chip_out - chip_in), so that
+            re-aligning the output photo gives back (nearly) the processed chip despite the two
+            resamplings and uint8 rounding. 0 = a single paste.
+    Returns:
+        uint8 (H, W, 3), same size as `image`; pixels outside every chip footprint are unchanged.
+    """
+    if not chips:
+        return image.copy()
+    masks = {}
+    targets = []
+    first = []
+    for tf, cin, cout in chips:
+        m = masks.setdefault(tf.size, feather_mask(tf.size, feather))[..., None]
+        d = np.asarray(cout, np.float64) - np.asarray(cin, np.float64)
+        targets.append(np.asarray(cin, np.float64) + m * d)
+        first.append((tf, d))
+    out = paste_delta(image, first, feather=feather)
+    for _ in range(max(0, int(refine_steps))):
+        res = [(tf, tgt - extract_chip(out, tf)) for (tf, _, _), tgt in zip(chips, targets)]
+        out = paste_delta(out, res, feather=feather)
+    return out
