@@ -1,0 +1,207 @@
+"""Detection + alignment on synthetic photos (johns chips placed into larger canvases by known
+transforms) and the photo-level `align_adapter` used by `cloak --align` / `purify --align`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("dlib")
+
+from puface.align import FaceAligner, FaceDetector, align_adapter, extract_chip, feather_mask  # noqa: E402
+from puface.align.geometry import apply_affine  # noqa: E402
+from puface.errors import PufaceError  # noqa: E402
+from puface.pipeline import FileJob, LoadedImage, Outcome, load_for_job, plan_mirror, run_folder_job  # noqa: E402
+
+from test_align_support import embed_chip  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def chips(johns_dir):
+    paths = sorted(johns_dir.glob("*/*.jpg"))
+    return [np.asarray(Image.open(p).convert("RGB")) for p in paths[::11][:5]]
+
+
+@pytest.fixture(scope="module")
+def aligner():
+    return FaceAligner(150, FaceDetector("hog"), pick="all", min_face=40)
+
+
+def _item(image: np.ndarray, name: str = "p.jpg") -> LoadedImage:
+    return LoadedImage(FileJob(Path("/in") / name, Path("/out") / name, Path(name)), image, None, None, "JPEG")
+
+
+def brighten(items: list[LoadedImage]) -> list[Outcome]:
+    """A chip-level batch function: +30 grey levels, with a stat."""
+    return [Outcome.ok(np.clip(it.image.astype(int) + 30, 0, 255).astype(np.uint8), shift=30.0) for it in items]
+
+
+@pytest.mark.parametrize("angle,scale", [(0, 1.0), (15, 1.7), (-25, 2.6), (8, 0.75)])
+def test_alignment_recovers_the_known_placement(chips, aligner, angle, scale):
+    for chip in chips[:3]:
+        photo, m = embed_chip(chip, (460, 420), angle, scale, (210, 240))
+        pf = aligner.align(photo)
+        assert pf.found == 1 and len(pf.faces) == 1
+        f = pf.faces[0]
+        assert f.face.detector == "hog"
+        # the johns chips are dlib chips, so re-aligning one gives (nearly) the same chip back
+        pts = np.array([[0, 0], [149, 0], [149, 149], [0, 149], [74.5, 74.5]], float)
+        err = np.linalg.norm(apply_affine(f.transform.image_to_chip, apply_affine(m, pts)) - pts, axis=1)
+        assert err[4] < 4.0 and err.max() < 12.0, err
+        assert f.size_px == pytest.approx(100 * scale, rel=0.15)
+        assert np.abs(f.chip.astype(float) - chip)[25:125, 25:125].mean() < 25
+
+
+def test_chip_is_equivariant_to_the_placement(chips, aligner):
+    """The same face placed two different ways gives nearly the same chip."""
+    a = aligner.align(embed_chip(chips[0], (400, 400), 0, 1.2, (200, 200))[0]).faces[0].chip.astype(float)
+    b = aligner.align(embed_chip(chips[0], (500, 520), -30, 2.1, (250, 260))[0]).faces[0].chip.astype(float)
+    other = aligner.align(embed_chip(chips[1], (400, 400), 0, 1.2, (200, 200))[0]).faces[0].chip.astype(float)
+    same = np.abs(a - b)[20:130, 20:130].mean()
+    assert same < 8
+    assert same < 0.5 * np.abs(a - other)[20:130, 20:130].mean()
+
+
+def test_picks_and_min_face(chips):
+    photo, _ = embed_chip(chips[0], (400, 700), 0, 1.0, (170, 200))
+    photo, _ = embed_chip(chips[1], (400, 700), 0, 1.8, (500, 200), canvas=photo)
+    det = FaceDetector("hog")
+    assert len(FaceAligner(150, det, pick="all").align(photo).faces) == 2
+    largest = FaceAligner(150, det, pick="largest").align(photo).faces
+    assert len(largest) == 1 and largest[0].size_px > 150
+    pf = FaceAligner(150, det, pick="all", min_face=130).align(photo)
+    assert len(pf.faces) == 1 and len(pf.too_small) == 1
+    pf = FaceAligner(150, det, pick="all", min_face=1000).align(photo)
+    assert not pf.faces and pf.reason_if_empty(1000).startswith("face smaller than 1000 px")
+    with pytest.raises(PufaceError):
+        FaceAligner(150, det, pick="middle")
+    with pytest.raises(PufaceError):
+        FaceDetector("mtcnn")
+
+
+def test_adapter_pastes_only_the_change_inside_the_face(chips):
+    photo, _ = embed_chip(chips[2], (360, 300), 10, 1.3, (150, 170))
+    process = align_adapter(brighten, chip_size=150, detector="hog")
+    [out] = process([_item(photo)])
+    assert out.status == "ok"
+    assert out.image.shape == photo.shape and out.image.dtype == np.uint8
+    assert out.stats["faces"] == 1 and out.stats["faces_processed"] == 1 and out.stats["shift"] == 30.0
+    tf = process.aligner.align(photo).faces[0].transform
+    # outside the chip footprint nothing changes
+    h, w = photo.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(float)
+    pc = apply_affine(tf.image_to_chip, np.stack([xx.ravel(), yy.ravel()], 1)).reshape(h, w, 2)
+    inside = (pc[..., 0] > 0) & (pc[..., 0] < 149) & (pc[..., 1] > 0) & (pc[..., 1] < 149)
+    changed = (out.image != photo).any(-1)
+    assert not (changed & ~inside).any()
+    # re-aligning the output gives the processed chip in the chip's interior
+    again = extract_chip(out.image, tf).astype(float) - extract_chip(photo, tf)
+    inner = feather_mask(150, 8) == 1
+    bright = again[inner][(extract_chip(photo, tf)[inner] < 220).all(-1)]
+    assert abs(bright.mean() - 30) < 1.5
+
+
+def test_adapter_multiple_faces_batch_and_largest_face(chips):
+    two, _ = embed_chip(chips[0], (400, 700), 0, 1.0, (170, 200))
+    two, _ = embed_chip(chips[1], (400, 700), 0, 1.8, (500, 200), canvas=two)
+    one, _ = embed_chip(chips[3], (300, 300), 0, 1.1, (150, 150))
+    calls = []
+
+    def counting(items):
+        calls.append([it.job.rel.name for it in items])
+        return brighten(items)
+
+    outs = align_adapter(counting, detector="hog")([_item(two, "two.jpg"), _item(one, "one.jpg")])
+    assert len(calls) == 1 and sorted(calls[0]) == ["one_face0.jpg", "two_face0.jpg", "two_face1.jpg"]
+    assert [o.stats["faces_processed"] for o in outs] == [2, 1]
+    calls.clear()
+    [o] = align_adapter(counting, detector="hog", largest_face=True)([_item(two, "two.jpg")])
+    assert o.stats["faces"] == 2 and o.stats["faces_processed"] == 1 and len(calls[0]) == 1
+    # only the large face (right half) changed
+    changed = (o.image != two).any(-1)
+    assert changed[:, 350:].sum() > 1000 and changed[:, :300].sum() == 0
+
+
+def test_adapter_no_face_tiny_face_and_chip_failures(chips):
+    blank = np.full((200, 260, 3), 120, np.uint8)
+    tiny, _ = embed_chip(chips[0], (300, 300), 0, 0.9, (150, 150))
+    items = [_item(blank, "blank.png"), _item(tiny, "tiny.jpg")]
+    outs = align_adapter(brighten, detector="hog", no_face="copy", min_face=200)(items)
+    assert [o.status for o in outs] == ["copy", "copy"]
+    assert outs[0].reason == "no face found"
+    assert outs[1].reason.startswith("face smaller than 200 px")
+    outs = align_adapter(brighten, detector="hog", no_face="skip")(items[:1])
+    assert outs[0].status == "skip" and outs[0].reason == "no face found"
+
+    def failing(its):
+        return [Outcome.fail("out of memory") for _ in its]
+
+    [o] = align_adapter(failing, detector="hog")([_item(tiny)])
+    assert o.status == "fail" and "face 0: out of memory" in o.reason
+
+    def copying(its):
+        return [Outcome.copy("already clean") for _ in its]
+
+    [o] = align_adapter(copying, detector="hog")([_item(tiny)])
+    assert o.status == "copy" and o.reason == "already clean"
+    with pytest.raises(PufaceError):
+        align_adapter(brighten, no_face="delete")
+
+
+def test_adapter_in_a_folder_job_keeps_size_format_metadata_and_exif_upright(chips, tmp_path):
+    upright, _ = embed_chip(chips[4], (320, 240), 0, 1.2, (120, 150))  # portrait 240x320
+    src = tmp_path / "in"
+    src.mkdir()
+    # stored sideways with EXIF orientation 6 (rotate 90 degrees clockwise to view)
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "PufaceTestCam"
+    stored.save(src / "sideways.jpg", quality=95, exif=exif.tobytes())
+    Image.fromarray(np.full((100, 100, 3), 90, np.uint8)).save(src / "noface.png")
+    assert Image.open(src / "sideways.jpg").size == (320, 240)  # stored landscape
+    loaded = load_for_job(FileJob(src / "sideways.jpg", tmp_path / "x.jpg", Path("sideways.jpg")))
+    assert loaded.image.shape == (320, 240, 3)
+
+    jobs = plan_mirror(src, tmp_path / "out")
+    report = run_folder_job(jobs, align_adapter(brighten, detector="hog", no_face="copy"), progress=False)
+    assert report.written == 1 and [p.name for p, _ in report.copied] == ["noface.png"]
+    out = Image.open(tmp_path / "out" / "sideways.jpg")
+    assert out.format == "JPEG" and out.size == (240, 320)  # upright, same size
+    oexif = out.getexif()
+    assert oexif.get(0x0112, 1) == 1 and oexif.get(0x010F) == "PufaceTestCam"
+    arr = np.asarray(out.convert("RGB")).astype(float)
+    # the face (centre) got brighter, the corners (background) did not
+    assert arr[120:180, 90:150].mean() - upright[120:180, 90:150].mean() > 20
+    assert abs(arr[:30, :30].mean() - upright[:30, :30].mean()) < 2
+    assert (tmp_path / "out" / "noface.png").read_bytes() == (src / "noface.png").read_bytes()
+
+
+def test_align_112_cuts_arcface_layout_chips(chips):
+    photo, _ = embed_chip(chips[0], (400, 400), 5, 1.5, (200, 200))
+    f = FaceAligner(112, FaceDetector("hog")).align(photo).faces[0]
+    assert f.chip.shape == (112, 112, 3) and f.transform.size == 112
+    lm = apply_affine(f.transform.image_to_chip, f.face.landmarks)
+    assert 44 < lm[:4, 1].mean() < 62  # eyes where ArcFace puts them
+
+
+def test_missing_dlib_gives_a_clear_error(monkeypatch):
+    import builtins
+
+    from puface.align import detect
+    from puface.errors import MissingDependencyError
+
+    real = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name == "dlib":
+            raise ImportError("no dlib")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(MissingDependencyError, match="pip install dlib-bin"):
+        detect.import_dlib()
+

@@ -1,0 +1,76 @@
+"""`puface align IN OUT`."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("dlib")
+
+from puface.align.geometry import ChipTransform, apply_affine  # noqa: E402
+from puface.cli import main  # noqa: E402
+
+from test_align_support import embed_chip  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def photos(johns_dir, tmp_path_factory):
+    """IN/ann/one.jpg (1 face), IN/ann/two.png (2 faces), IN/bo/none.jpg (no face)."""
+    chips = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(johns_dir.glob("*/*.jpg"))[::11][:3]]
+    root = tmp_path_factory.mktemp("photos")
+    (root / "ann").mkdir()
+    (root / "bo").mkdir()
+    one, m_one = embed_chip(chips[0], (300, 280), 8, 1.4, (140, 150))
+    Image.fromarray(one).save(root / "ann" / "one.jpg", quality=95)
+    two, _ = embed_chip(chips[1], (360, 640), 0, 1.0, (150, 180))
+    two, _ = embed_chip(chips[2], (360, 640), -10, 1.6, (460, 180), canvas=two)
+    Image.fromarray(two).save(root / "ann" / "two.png")
+    Image.fromarray(np.full((120, 160, 3), 100, np.uint8)).save(root / "bo" / "none.jpg")
+    return root, m_one
+
+
+def test_align_writes_chips_transforms_and_config(photos, tmp_path, capsys):
+    root, m_one = photos
+    out = tmp_path / "chips"
+    code = main(["align", str(root), str(out), "--detector", "hog", "--no-progress"])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    assert "3 images: 2 aligned" in cap.out and "none.jpg: no face found" in cap.out
+    assert Image.open(out / "ann" / "one.jpg").size == (150, 150)
+    assert Image.open(out / "ann" / "two.png").size == (150, 150)
+    assert not (out / "bo" / "none.jpg").exists()
+    rows = {r["file"]: r for r in csv.DictReader(open(out / "align.csv"))}
+    assert rows["bo/none.jpg"]["status"] == "skip"
+    rec = json.loads(rows["ann/one.jpg"]["chips"])
+    assert len(rec) == 1 and rec[0]["chip"] == "one.jpg"
+    tf = ChipTransform.from_json(rec[0]["transform"])
+    # the recorded transform inverts: the chip centre maps back to where the face was placed
+    c = apply_affine(tf.chip_to_image, np.array([[74.5, 74.5]]))[0]
+    assert np.linalg.norm(c - apply_affine(m_one, np.array([[74.5, 74.5]]))[0]) < 5
+    cfg = json.loads((out / "align_config.json").read_text())
+    assert cfg["template"]["name"] == "dlib150" and cfg["detector"] == "hog" and cfg["pick"] == "center"
+    # resume: a second run writes nothing new
+    code = main(["align", str(root), str(out), "--detector", "hog", "--no-progress"])
+    assert code == 0 and "0 aligned, 2 already done" in capsys.readouterr().out
+
+
+def test_align_all_faces_and_112(photos, tmp_path, capsys):
+    root, _ = photos
+    out = tmp_path / "all"
+    code = main(["align", str(root), str(out), "--all-faces", "--size", "112", "--detector", "hog", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    names = sorted(p.name for p in (out / "ann").iterdir())
+    assert names == ["one_face0.jpg", "two_face0.png", "two_face1.png"]
+    assert Image.open(out / "ann" / "two_face1.png").size == (112, 112)
+
+
+def test_align_bad_input_is_one_line(tmp_path, capsys):
+    code = main(["align", str(tmp_path / "missing"), str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no such file or folder" in err and "Traceback" not in err
+    code = main(["align", "--help"])
+    assert code == 0 and "--all-faces" in capsys.readouterr().out

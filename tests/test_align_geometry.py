@@ -1,0 +1,182 @@
+"""Chip geometry and warping: similarity fits, dlib-exact chips, feathered paste-back locality."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from puface.align.geometry import (
+    ChipTransform,
+    apply_affine,
+    arcface_template,
+    chip_transform,
+    dlib_template,
+    face_size,
+    fit_similarity,
+    invert_affine,
+    template_for_size,
+)
+from puface.align.warp import extract_chip, feather_mask, paste_back, paste_delta
+
+
+def _similarity(angle: float, scale: float, tx: float, ty: float) -> np.ndarray:
+    c, s = math.cos(angle) * scale, math.sin(angle) * scale
+    return np.array([[c, -s, tx], [s, c, ty]])
+
+
+def _textured(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([128 + 90 * np.sin(xx / 7.0 + yy / 13.0), 128 + 90 * np.cos(yy / 5.0), (xx * 3 + yy * 5) % 256], -1)
+    return np.clip(base + rng.normal(0, 10, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def test_fit_similarity_recovers_a_known_transform():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        m = _similarity(rng.uniform(-3, 3), rng.uniform(0.2, 5), *rng.uniform(-100, 100, 2))
+        src = rng.uniform(0, 150, (5, 2))
+        got = fit_similarity(src, apply_affine(m, src))
+        np.testing.assert_allclose(got, m, atol=1e-9)
+
+
+def test_fit_similarity_is_least_squares_under_noise_and_rejects_bad_input():
+    rng = np.random.default_rng(2)
+    src = rng.uniform(0, 100, (50, 2))
+    m = _similarity(0.3, 1.7, 10, -5)
+    dst = apply_affine(m, src) + rng.normal(0, 0.5, (50, 2))
+    got = fit_similarity(src, dst)
+    np.testing.assert_allclose(got[:, :2], m[:, :2], atol=0.01)
+    # least squares: no similarity fits better, the true one included
+    resid = lambda a: ((apply_affine(a, src) - dst) ** 2).sum()  # noqa: E731
+    assert resid(got) <= resid(m)
+    assert resid(got) < resid(_similarity(0.31, 1.7, 10, -5))
+    with pytest.raises(ValueError):
+        fit_similarity(np.zeros((3, 2)), np.ones((3, 2)))
+    with pytest.raises(ValueError):
+        fit_similarity(np.zeros((3, 2)), np.ones((4, 2)))
+
+
+def test_templates():
+    t150 = dlib_template(150, 0.25)
+    assert t150.size == 150 and t150.points.shape == (5, 2)
+    # padding 0.25: the unit face spans the middle 1/1.5 of the chip
+    assert 25 < t150.points[:, 0].min() < t150.points[:, 0].max() < 125
+    assert template_for_size(150).name == "dlib150"
+    t112 = template_for_size(112)
+    assert t112.name == "arcface112" and t112.size == 112
+    # the ArcFace layout: eyes at y ~ 51.6, nose below, face centred horizontally
+    eyes_y = t112.points[:4, 1].mean()
+    assert 45 < eyes_y < 60 and t112.points[4, 1] > eyes_y + 15
+    assert abs(t112.points[:, 0].mean() - 56) < 3
+    assert arcface_template(224).points[0, 0] == pytest.approx(2 * t112.points[0, 0])
+
+
+def test_chip_transform_puts_landmarks_on_the_template_and_inverts():
+    tpl = dlib_template(150, 0.25)
+    m = _similarity(0.4, 1.9, 300, 120)
+    lm = apply_affine(m, tpl.points)
+    tf = chip_transform(lm, tpl)
+    # dlib's convention maps the template to within a pixel of the landmarks (its rectangle is
+    # scaled by (size*s - 1)/(size - 1) instead of s)
+    err = np.linalg.norm(apply_affine(tf.image_to_chip, lm) - tpl.points, axis=1)
+    assert err.max() < 1.0
+    assert tf.scale == pytest.approx((150 * 1.9 - 1) / 149, rel=1e-9)
+    assert tf.angle == pytest.approx(0.4)
+    np.testing.assert_allclose(apply_affine(tf.image_to_chip, apply_affine(tf.chip_to_image, tpl.points)), tpl.points, atol=1e-9)
+    back = ChipTransform.from_json(tf.to_json())
+    np.testing.assert_allclose(back.chip_to_image, tf.chip_to_image, atol=1e-5)
+    assert face_size(lm) == pytest.approx(1.9 * 150 / 1.5, rel=1e-6)
+    np.testing.assert_allclose(invert_affine(invert_affine(m)), m, atol=1e-9)
+
+
+@pytest.mark.parametrize("scale", [0.6, 1.0, 2.5, 5.5])  # 2.5 and 5.5 go through dlib's image pyramid
+def test_extract_chip_equals_dlib_get_face_chip(scale):
+    dlib = pytest.importorskip("dlib")
+    rng = np.random.default_rng(int(scale * 10))
+    tpl = dlib_template(150, 0.25)
+    size = int(150 * scale * 2.2)
+    img = _textured(size + 17, size, seed=3)
+    for _ in range(3):
+        m = _similarity(rng.uniform(-0.6, 0.6), scale * rng.uniform(0.9, 1.1), *(rng.uniform(0.3, 0.7, 2) * size - 75 * scale))
+        lm = np.rint(apply_affine(m, tpl.points))  # dlib's landmarks are integer points
+        det = dlib.full_object_detection(dlib.rectangle(0, 0, 10, 10), [dlib.point(int(x), int(y)) for x, y in lm])
+        ref = dlib.get_face_chip(img, det, size=150, padding=0.25)
+        ours = extract_chip(img, chip_transform(lm, tpl))
+        assert ours.shape == ref.shape == (150, 150, 3)
+        assert np.array_equal(ours, ref)
+
+
+def test_extract_chip_outside_the_photo_is_black():
+    tpl = dlib_template(150, 0.25)
+    img = np.full((100, 100, 3), 200, np.uint8)
+    lm = apply_affine(_similarity(0.0, 1.0, -60, -60), tpl.points)  # chip hangs off the top-left
+    chip = extract_chip(img, chip_transform(lm, tpl))
+    assert chip[0, 0].tolist() == [0, 0, 0]
+    assert chip[-1, -1].tolist() == [200, 200, 200]
+
+
+def test_feather_mask():
+    m = feather_mask(150, 8)
+    assert m.shape == (150, 150)
+    assert m[0].max() == 0 and m[:, -1].max() == 0
+    assert m[8:-8, 8:-8].min() == 1.0
+    assert 0 < m[4, 75] < 1
+    np.testing.assert_allclose(m, m.T)
+
+
+def _inside_chip(tf: ChipTransform, h: int, w: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    pc = apply_affine(tf.image_to_chip, np.stack([xx.ravel(), yy.ravel()], 1)).reshape(h, w, 2)
+    n = tf.size
+    return (pc[..., 0] > 0) & (pc[..., 0] < n - 1) & (pc[..., 1] > 0) & (pc[..., 1] < n - 1)
+
+
+@pytest.mark.parametrize("refine_steps", [0, 2])
+def test_paste_back_changes_only_the_face_region_and_keeps_the_size(refine_steps):
+    tpl = dlib_template(150, 0.25)
+    img = _textured(240, 320, seed=5)
+    tfs = [chip_transform(apply_affine(_similarity(a, s, x, y), tpl.points), tpl)
+           for a, s, x, y in ((0.3, 0.8, 40, 30), (-0.2, 1.3, 150, 60))]
+    rng = np.random.default_rng(0)
+    chips = []
+    for tf in tfs:
+        cin = extract_chip(img, tf)
+        cout = np.clip(cin.astype(int) + rng.integers(-20, 21, cin.shape), 0, 255).astype(np.uint8)
+        chips.append((tf, cin, cout))
+    out = paste_back(img, chips, feather=8, refine_steps=refine_steps)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    region = _inside_chip(tfs[0], 240, 320) | _inside_chip(tfs[1], 240, 320)
+    changed = (out != img).any(-1)
+    assert changed.sum() > 0.5 * region.sum()
+    assert not (changed & ~region).any(), "a pixel outside every chip footprint changed"
+
+
+def test_paste_back_reproduces_the_chip_change_when_realigned():
+    tpl = dlib_template(150, 0.25)
+    img = _textured(300, 300, seed=6)
+    tf = chip_transform(apply_affine(_similarity(0.15, 1.2, 60, 50), tpl.points), tpl)
+    cin = extract_chip(img, tf)
+    yy, xx = np.mgrid[0:150, 0:150]
+    smooth = (12 * np.sin(xx / 6.0) * np.cos(yy / 9.0))[..., None]  # a cloak-like smooth change
+    cout = np.clip(cin + smooth, 0, 255)
+    inner = feather_mask(150, 8) == 1
+    want = (cout - cin)[inner]
+    errs = []
+    for steps in (0, 3):
+        again = extract_chip(paste_back(img, [(tf, cin, cout)], feather=8, refine_steps=steps), tf).astype(float)
+        errs.append(np.abs((again - cin)[inner] - want).mean())
+    assert errs[0] < 1.5  # a smooth change survives the round trip within about a grey level
+    assert errs[1] < errs[0]  # and refinement brings it closer
+
+
+def test_paste_delta_zero_change_and_off_photo_chips_leave_the_photo_alone():
+    tpl = dlib_template(150, 0.25)
+    img = _textured(100, 120, seed=7)
+    tf = chip_transform(apply_affine(_similarity(0.0, 0.5, 10, 10), tpl.points), tpl)
+    assert np.array_equal(paste_delta(img, [(tf, np.zeros((150, 150, 3)))]), img)
+    far = chip_transform(apply_affine(_similarity(0.0, 0.5, 5000, 5000), tpl.points), tpl)
+    assert np.array_equal(paste_delta(img, [(far, np.full((150, 150, 3), 50.0))]), img)
+    assert np.array_equal(paste_back(img, []), img)
