@@ -1,0 +1,193 @@
+"""The FaceCure protocol: split determinism, the metrics on hand-built cases with known answers,
+the defense reaching every training image, the grid, caching and resume."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from evaluation_helpers import COLOURS, CheckerCloak, colour_embedder, write_colour_faces
+from puface.defenses import create_defense
+from puface.errors import PufaceError
+from puface.evaluation.cache import ContentCache
+from puface.evaluation.metrics import attack_success_rate, normal_accuracy, protocol_scores, psnr, ssim, summarise
+from puface.evaluation.protocol import AttackSpec, EvaluationData, Protocol, TrainerSpec, choose_users, setting_of
+
+
+@pytest.fixture(scope="module")
+def colour_root(tmp_path_factory):
+    return write_colour_faces(tmp_path_factory.mktemp("colours"))
+
+
+@pytest.fixture(scope="module")
+def colour_data(colour_root):
+    return EvaluationData.prepare(colour_root, seed=0, image_size=32)
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def test_metrics_on_hand_built_predictions():
+    true = ["u", "u", "u", "u", "a", "a", "b", "b", "b", "c"]
+    pred = ["u", "a", "b", "u", "a", "u", "b", "b", "a", "c"]
+    assert attack_success_rate(pred, true, "u") == 0.5  # 2 of the user's 4 missed
+    assert normal_accuracy(pred, true, "u") == pytest.approx(4 / 6)  # a:1/2, b:2/3, c:1/1
+    s = protocol_scores(pred, true, "u")
+    assert s == {"asr": 0.5, "normal_acc": pytest.approx(4 / 6), "user_acc": 0.5, "n_user_test": 4, "n_other_test": 6}
+    assert math.isnan(attack_success_rate(pred, true, "nobody"))
+    with pytest.raises(ValueError, match="length"):
+        attack_success_rate(pred[:-1], true, "u")
+
+
+def test_summaries_and_image_quality():
+    s = summarise([0.2, 0.4, float("nan"), 0.6])
+    assert (s.mean, s.n) == (pytest.approx(0.4), 3) and s.std == pytest.approx(0.2)
+    assert s.format() == "40.0 ± 20.0" and summarise([]).format() == "-" and summarise([0.5]).format() == "50.0"
+    x = torch.rand(2, 3, 20, 20, generator=torch.Generator().manual_seed(0))
+    y = (x + 0.1).clamp(0, 1)
+    assert torch.allclose(psnr(x, x.clone()), torch.tensor([float("inf")] * 2))
+    assert torch.allclose(ssim(x, x), torch.ones(2), atol=1e-5)
+    assert (ssim(x, y) < 0.999).all() and (psnr(x, y) > 19).all() and (psnr(x, y) < 21).all()
+
+
+# ------------------------------------------------------------------ data and users
+
+
+def test_split_is_deterministic_and_70_30(colour_root):
+    a = EvaluationData.prepare(colour_root, seed=0, image_size=32)
+    b = EvaluationData.prepare(colour_root, seed=0, image_size=32)
+    c = EvaluationData.prepare(colour_root, seed=1, image_size=32)
+    assert a.train.paths == b.train.paths and a.test.paths == b.test.paths
+    assert a.train.hashes == b.train.hashes and torch.equal(a.train.images, b.train.images)
+    assert a.train.paths != c.train.paths
+    for name in COLOURS:
+        assert len(a.train.rows_of(name)) == 7 and len(a.test.rows_of(name)) == 3
+    assert not set(a.train.paths) & set(a.test.paths)
+    assert a.train.images.dtype == torch.uint8 and a.train.images.shape[1:] == (3, 32, 32)
+
+
+def test_user_choice(colour_data):
+    assert choose_users(colour_data, count=2, seed=5) == choose_users(colour_data, count=2, seed=5)
+    assert len({tuple(choose_users(colour_data, count=2, seed=s)) for s in range(8)}) > 1
+    assert "Alice" not in choose_users(colour_data, count=3, seed=0, exclude=["Alice"])
+    assert choose_users(colour_data, names=["Dave", "Bob"]) == ["Dave", "Bob"]
+    with pytest.raises(PufaceError, match="only 3 identities qualify"):
+        choose_users(colour_data, count=4, exclude=["Alice"])
+    with pytest.raises(PufaceError, match="Zoe"):
+        choose_users(colour_data, names=["Zoe"])
+
+
+# ------------------------------------------------------------------ the protocol
+
+
+def run_protocol(data, *, defenses, attacks, trainers=("nn",), cache=None, done=(), users=("Alice", "Carol")):
+    emb = colour_embedder()
+    proto = Protocol(
+        data,
+        list(users),
+        attacks,
+        {"colour": emb},
+        [TrainerSpec(t, t) for t in trainers],
+        {d: create_defense(*d.split(":")) if ":" not in d else create_defense(d.split(":")[0]) for d in defenses},
+        cache=cache,
+        cloak_cache=None,
+        done=done,
+        progress=False,
+        example_users=1,
+    )
+    return proto, proto.run(), emb
+
+
+CLEAN = AttackSpec("clean", None)
+CHECKER = AttackSpec("checker", CheckerCloak(), surrogates=("colour",))
+
+
+def by(rows, **kw):
+    return [r for r in rows if all(r[k] == v for k, v in kw.items())]
+
+
+def test_known_answers_nn(colour_data):
+    """Clean: every test image is recognised. Checker cloak: the user is never recognised, everyone
+    else always is. Blur on all training images removes the cloak: ASR back to 0."""
+    _, rows, _ = run_protocol(colour_data, defenses=["none", "blur"], attacks=[CLEAN, CHECKER])
+    assert len(rows) == 2 * 2 * 2  # users x attacks x defenses
+    for r in by(rows, attack="clean"):
+        assert (r["asr"], r["normal_acc"]) == (0.0, 1.0)
+        assert r["setting"] == "clean"
+    for r in by(rows, attack="checker", defense="none"):
+        assert (r["asr"], r["normal_acc"]) == (1.0, 1.0), r
+        assert r["setting"] == "white-box" and r["n_user_test"] == 3 and r["n_other_test"] == 9
+    for r in by(rows, attack="checker", defense="blur"):
+        assert (r["asr"], r["normal_acc"]) == (0.0, 1.0), r
+
+
+def test_linear_trainer_in_the_protocol(colour_data):
+    _, rows, _ = run_protocol(colour_data, defenses=["none", "blur"], attacks=[CLEAN, CHECKER], trainers=("linear",))
+    assert all(r["normal_acc"] == 1.0 for r in rows)
+    assert all(r["asr"] == 0.0 for r in by(rows, attack="clean") + by(rows, defense="blur"))
+    # No exact answer under the undefended cloak: the user's colour is still unique, which a linear
+    # model can use (1-NN cannot); at least one user must stay protected.
+    assert max(r["asr"] for r in by(rows, attack="checker", defense="none")) == 1.0
+
+
+def test_a_defense_that_misses_the_cloak_leaves_it(colour_data):
+    _, rows, _ = run_protocol(colour_data, defenses=["bitdepth"], attacks=[CHECKER])
+    assert all(r["asr"] == 1.0 for r in rows)
+
+
+def test_cache_resume_examples_and_quality(colour_data):
+    cache = ContentCache(":memory:")
+    proto, rows, emb = run_protocol(colour_data, defenses=["none", "blur"], attacks=[CLEAN, CHECKER], cache=cache)
+    first = emb.net.images_seen
+    # the same grid again with the same cache: every embedding comes from the cache
+    _, rows2, emb2 = run_protocol(colour_data, defenses=["none", "blur"], attacks=[CLEAN, CHECKER], cache=cache)
+    assert emb2.net.images_seen == 0 and first > 0
+    assert [(r["run_id"], r["asr"], r["normal_acc"]) for r in rows] == [(r["run_id"], r["asr"], r["normal_acc"]) for r in rows2]
+    # resume: finished runs are skipped
+    _, rows3, _ = run_protocol(colour_data, defenses=["none", "blur"], attacks=[CLEAN, CHECKER], done=[r["run_id"] for r in rows])
+    assert rows3 == []
+    # examples for the first user, per attack: natural, cloaked and each defense's output
+    ex = proto.examples["Alice"]
+    assert set(ex["checker"]) == {"natural", "cloaked", "defense:none", "defense:blur"}
+    assert ex["checker"]["cloaked"].shape == (2, 3, 32, 32) and ex["checker"]["cloaked"].dtype == torch.uint8
+    # image quality against the natural images: blur brings the cloaked images closer
+    q = proto.quality
+    assert np.mean(q["checker", "blur"]["psnr"]) > np.mean(q["checker", "none"]["psnr"]) + 5
+    assert np.mean(q["clean", "none"]["psnr"]) == 99.0
+
+
+def test_setting_names():
+    a = AttackSpec("fawkes-high", object(), surrogates=("dlib-resnet29",))
+    assert setting_of("dlib-resnet29", a) == "white-box"
+    assert setting_of("sface", a) == "oblivious"
+    assert setting_of("sface", CLEAN) == "clean"
+
+
+def test_bad_grids_are_refused(colour_data):
+    with pytest.raises(PufaceError, match="unique"):
+        Protocol(colour_data, ["Alice"], [CLEAN, CLEAN], {"c": colour_embedder()}, [TrainerSpec("nn", "nn")],
+                 {"none": create_defense("none")}, cloak_cache=None, progress=False)
+    with pytest.raises(PufaceError, match="at least one trainer"):
+        Protocol(colour_data, ["Alice"], [CLEAN], {"c": colour_embedder()}, [], {"none": create_defense("none")},
+                 cloak_cache=None, progress=False)
+
+
+def test_real_embedder_on_johns(johns_dir):
+    """dlib ResNet-29 on the johns chips: with no cloak every test photo is recognised (nn, linear)."""
+    from puface.models.registry import create_embedder, list_embedders
+
+    if "dlib-resnet29" not in list_embedders():
+        pytest.skip("dlib-resnet29 not available")
+    data = EvaluationData.prepare(johns_dir, seed=0)
+    assert len(data.train) == 5 * 8 and len(data.test) == 5 * 3
+    users = choose_users(data, count=2, seed=0)
+    proto = Protocol(data, users, [CLEAN], {"dlib": create_embedder("dlib-resnet29")},
+                     [TrainerSpec("nn", "nn"), TrainerSpec("linear", "linear")],
+                     {"none": create_defense("none"), "jpeg-q75": create_defense("jpeg", quality=75)},
+                     cloak_cache=None, progress=False)
+    rows = proto.run()
+    assert len(rows) == 2 * 2 * 2
+    assert all(r["asr"] == 0.0 and r["normal_acc"] == 1.0 for r in rows)

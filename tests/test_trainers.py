@@ -1,0 +1,98 @@
+"""Each trainer fits and predicts; the frozen-embedder trainers agree with hand-built embeddings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from evaluation_helpers import COLOURS, colour_embedder, tiny_conv_embedder, write_colour_faces
+from puface.errors import PufaceError
+from puface.evaluation.protocol import EvaluationData
+from puface.evaluation.trainers import LinearProbe, balanced_batch, create_trainer, list_trainers, random_hflip
+
+
+@pytest.fixture(scope="module")
+def colour_data(tmp_path_factory):
+    return EvaluationData.prepare(write_colour_faces(tmp_path_factory.mktemp("colours")), seed=0, image_size=32)
+
+
+def test_registry():
+    assert {"nn", "linear", "e2e"} <= set(list_trainers())
+    with pytest.raises(PufaceError, match="unknown trainer"):
+        create_trainer("svm", colour_embedder())
+    with pytest.raises(PufaceError, match="accepted parameters"):
+        create_trainer("linear", colour_embedder(), gamma=2)
+
+
+def test_nearest_neighbour_on_hand_built_embeddings():
+    train = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0.9, 0.1, 0]])
+    labels = ["a", "b", "c", "a"]
+    t = create_trainer("nn", colour_embedder()).fit_embeddings(train, labels)
+    q = torch.tensor([[0.2, 1.0, 0], [5.0, 0.1, 0.0], [0.1, 0.0, -1.0], [0.0, 0.1, 3.0]])
+    # cosine: scale does not matter; the third query is opposite to c, nearest to a/b -> "a" (0.1 > 0)
+    assert t.predict_embeddings(q).tolist() == ["b", "a", "a", "c"]
+
+
+def test_linear_probe_on_hand_built_embeddings():
+    rng = np.random.default_rng(0)
+    centres = np.array([[3.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 3.0, 0]])
+    x = np.concatenate([c + rng.normal(0, 0.5, (20, 4)) for c in centres])
+    y = np.repeat(["p", "q", "r"], 20)
+    t = create_trainer("linear", colour_embedder()).fit_embeddings(torch.from_numpy(x), y)
+    test = np.concatenate([c + rng.normal(0, 0.5, (10, 4)) for c in centres])
+    assert (t.predict_embeddings(torch.from_numpy(test)) == np.repeat(["p", "q", "r"], 10)).mean() == 1.0
+    # a warm start reaches the same solution in fewer iterations
+    cold = create_trainer("linear", colour_embedder(), tol=1e-8).fit_embeddings(torch.from_numpy(x), y)
+    x2 = x.copy()
+    x2[:3] += 0.3
+    warm = create_trainer("linear", colour_embedder(), tol=1e-8).fit_embeddings(torch.from_numpy(x2), y, init=cold)
+    ref = create_trainer("linear", colour_embedder(), tol=1e-8).fit_embeddings(torch.from_numpy(x2), y)
+    assert isinstance(warm, LinearProbe)
+    assert np.allclose(warm.model_.coef_, ref.model_.coef_, atol=1e-3)
+    assert warm.n_iter_ < ref.n_iter_
+
+
+@pytest.mark.parametrize("name", ["nn", "linear"])
+def test_frozen_trainers_fit_and_predict_images(name, colour_data):
+    tr, te = colour_data.train, colour_data.test
+    t = create_trainer(name, colour_embedder()).fit(tr.images, tr.labels)  # uint8 accepted
+    pred = t.predict(te.images.float() / 255)  # float accepted
+    assert pred.dtype == object and set(pred) <= set(COLOURS)
+    assert (pred == te.labels).mean() == 1.0
+
+
+def test_end_to_end_fits_predicts_and_trains_the_backbone(colour_data):
+    tr, te = colour_data.train, colour_data.test
+    emb = tiny_conv_embedder(seed=1)
+    before = [p.clone() for p in emb.parameters()]
+    t = create_trainer("e2e", emb, steps=40, batch_size=8, backbone_lr=1e-3, seed=0, device="cpu").fit(tr.images, tr.labels)
+    pred = t.predict(te.images)
+    assert (pred == te.labels).mean() == 1.0
+    assert np.mean(t.losses[-5:]) < np.mean(t.losses[:5])
+    # the fitted copy changed, the caller's embedder did not
+    assert any(not torch.equal(a, b) for a, b in zip(before, t.model_.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, emb.parameters()))
+    # seeded: the same run gives the same model
+    t2 = create_trainer("e2e", emb, steps=40, batch_size=8, backbone_lr=1e-3, seed=0, device="cpu").fit(tr.images, tr.labels)
+    assert t.losses == t2.losses
+
+
+def test_balanced_batches_and_flips():
+    """1 'rare' row among 50 'common' ones is drawn about half of the time; flips are left-right."""
+    by_class = [np.arange(50), np.array([50])]
+    g = torch.Generator().manual_seed(0)
+    idx, cls = zip(*(balanced_batch(by_class, 64, g) for _ in range(20)))
+    idx, cls = np.concatenate(idx), np.concatenate(cls)
+    assert 0.45 < np.mean(idx == 50) < 0.55
+    assert np.all((idx == 50) == (cls == 1))
+    x = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).view(2, 3, 2, 4)
+    flipped = random_hflip(x.repeat(50, 1, 1, 1), torch.Generator().manual_seed(1))
+    same = [torch.equal(f, o) for f, o in zip(flipped, x.repeat(50, 1, 1, 1))]
+    mirrored = [torch.equal(f, o.flip(-1)) for f, o in zip(flipped, x.repeat(50, 1, 1, 1))]
+    assert all(a or b for a, b in zip(same, mirrored)) and 30 < sum(mirrored) < 70
+
+
+def test_predict_before_fit_is_an_error():
+    with pytest.raises(RuntimeError, match="fit"):
+        create_trainer("nn", colour_embedder()).predict_embeddings(torch.zeros(1, 4))
