@@ -70,7 +70,7 @@ def test_negated_contrast_matches_the_closed_form():
     assert got < -0.9  # anti-correlated structure: SSIM close to -1
 
 
-@pytest.mark.parametrize("shape,noise", [((3, 32, 32), 10.0), ((3, 40, 27), 40.0), ((1, 11, 11), 5.0), ((3, 150, 150), 3.0)])
+@pytest.mark.parametrize("shape,noise", [((3, 32, 32), 10.0), ((3, 40, 27), 40.0), ((1, 11, 11), 5.0), ((3, 150, 150), 3.0), ((3, 330, 24), 8.0)])
 def test_matches_an_independent_float64_reference(shape, noise):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, size=shape)
@@ -111,3 +111,12 @@ def test_too_small_and_mismatched_inputs_are_refused():
     with pytest.raises(ValueError, match="shapes differ"):
         ssim(torch.rand(1, 3, 20, 20), torch.rand(1, 3, 20, 21))
     assert math.isclose(float(dssim(torch.zeros(1, 1, 11, 11), torch.zeros(1, 1, 11, 11))), 0.0, abs_tol=1e-7)
+
+
+def test_matmul_and_convolution_paths_agree(monkeypatch):
+    import puface.attacks.ssim as mod
+
+    x, y = torch.rand(2, 3, 40, 33), torch.rand(2, 3, 40, 33)
+    a = ssim(x, y)
+    monkeypatch.setattr(mod, "_MATMUL_MAX_SIDE", 0)
+    assert torch.allclose(a, ssim(x, y), atol=1e-6)

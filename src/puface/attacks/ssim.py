@@ -38,18 +38,42 @@ def _check(x: torch.Tensor, name: str, size: int) -> None:
         raise ValueError(f"SSIM needs images of at least {size}x{size} px, got {tuple(x.shape[-2:])}")
 
 
+# Up to this side, filtering runs as two matrix products with banded Gaussian matrices (BLAS; about
+# 3x faster than depthwise convolution on CPU for face chips); larger images use convolution.
+_MATMUL_MAX_SIDE = 320
+
+
+def _banded(n: int, taps: torch.Tensor) -> torch.Tensor:
+    """(n, n - k + 1) matrix whose column j holds the k taps at rows j..j+k-1: x @ M = valid 1-D filter."""
+    k = taps.numel()
+    m = torch.zeros(n, n - k + 1, dtype=taps.dtype, device=taps.device)
+    idx = torch.arange(n - k + 1, device=taps.device)
+    for t in range(k):
+        m[idx + t, idx] = taps[t]
+    return m
+
+
 class _Filter:
-    """Depthwise 'valid' Gaussian filtering as two 1-D passes (W then H)."""
+    """Depthwise 'valid' Gaussian filtering of (N, C, H, W) maps: (N, C, H - k + 1, W - k + 1)."""
 
     def __init__(self, channels: int, size: int, sigma: float, like: torch.Tensor):
         g = gaussian_window(size, sigma, dtype=like.dtype).to(like.device)
-        self.row = g.view(1, 1, 1, size).repeat(channels, 1, 1, 1)
-        self.col = g.view(1, 1, size, 1).repeat(channels, 1, 1, 1)
+        h, w = like.shape[-2:]
         self.channels = channels
+        self.matmul = max(h, w) <= _MATMUL_MAX_SIDE
+        if self.matmul:
+            self.right = _banded(w, g)  # (W, W')
+            self.left = _banded(h, g).t().contiguous()  # (H', H)
+        else:
+            self.row = g.view(1, 1, 1, size)
+            self.col = g.view(1, 1, size, 1)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.conv2d(x, self.row, groups=self.channels)
-        return F.conv2d(x, self.col, groups=self.channels)
+        if self.matmul:
+            return self.left @ (x @ self.right)
+        c = x.shape[1]
+        x = F.conv2d(x, self.row.expand(c, 1, 1, -1), groups=c)
+        return F.conv2d(x, self.col.expand(c, 1, -1, 1), groups=c)
 
 
 def _ssim_from_moments(mu_x, mu_y, xx, yy, xy, c1: float, c2: float) -> torch.Tensor:
@@ -70,7 +94,9 @@ def ssim(x: torch.Tensor, y: torch.Tensor, max_val: float = 1.0, window: int = W
         raise ValueError(f"SSIM: shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}")
     f = _Filter(x.shape[1], window, sigma, x)
     c1, c2 = (K1 * max_val) ** 2, (K2 * max_val) ** 2
-    return _ssim_from_moments(f(x), f(y), f(x * x), f(y * y), f(x * y), c1, c2)
+    c = x.shape[1]
+    m = f(torch.cat([x, y, x * x, y * y, x * y], dim=1))
+    return _ssim_from_moments(*(m[:, i * c : (i + 1) * c] for i in range(5)), c1, c2)
 
 
 def dssim(x: torch.Tensor, y: torch.Tensor, max_val: float = 1.0) -> torch.Tensor:
@@ -104,8 +130,9 @@ class ReferenceSSIM:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape != self.shape:
             raise ValueError(f"SSIM: shapes differ: {tuple(x.shape)} vs reference {tuple(self.shape)}")
-        f = self.filter
-        return _ssim_from_moments(f(x), self.mu_y, f(x * x), self.yy, f(x * self.y), self.c1, self.c2)
+        c = x.shape[1]
+        m = self.filter(torch.cat([x, x * x, x * self.y], dim=1))
+        return _ssim_from_moments(m[:, :c], self.mu_y, m[:, c : 2 * c], self.yy, m[:, 2 * c :], self.c1, self.c2)
 
     def dssim(self, x: torch.Tensor) -> torch.Tensor:
         """(1 - SSIM(x, reference)) / 2, (N,)."""

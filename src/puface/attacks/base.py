@@ -1,0 +1,234 @@
+"""What every cloaking attack shares: surrogates, seeds, batching, per-image statistics, the config.
+
+An attack is a small object you call on a batch (torchattacks style)::
+
+    atk = create_attack("fawkes", mode="high")
+    cloaked = atk(images)                  # (N, 3, H, W) in [0, 1] -> same shape, [0, 1]
+    res = atk.run(images)                  # res.images, res.stats["dssim"], ...
+
+Randomness: each image's random start comes from a generator seeded with (attack seed, sha256 of the
+image's pixels), so an image's random start does not depend on which other images share its batch,
+on the batch size, or on the order of the inputs (resume-safe). Same inputs, seed and batch size give
+bit-identical outputs on CPU; another batch composition changes float rounding, which can flip the
+sign of near-zero gradients, so a few pixels then differ by a few grey levels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from ..data.layout import stable_seed
+from ..models.base import FaceEmbedder
+from .ssim import dssim, psnr
+from .surrogates import SurrogateSpec, describe_surrogate, resolve_surrogates
+
+__all__ = ["AttackResult", "CloakAttack", "resolve_device", "image_digest", "quantize"]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None -> CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def image_digest(image: torch.Tensor) -> str:
+    """sha256 (hex) of one image's float32 pixels and shape: the identity of an attack's input."""
+    t = image.detach().to("cpu", torch.float32).contiguous()
+    h = hashlib.sha256(str(tuple(t.shape)).encode())
+    h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Round [0, 1] images to the 8-bit grid (what a PNG stores): round(255 x) / 255."""
+    return images.clamp(0, 1).mul(255.0).round().div(255.0)
+
+
+@dataclass
+class AttackResult:
+    """Cloaked images (N, 3, H, W) in [0, 1] and per-image statistics, each a (N,) float tensor.
+
+    Always present: `dssim` ((1 - SSIM) / 2), `psnr` (dB), `linf` (largest per-pixel change on the
+    [0, 1] scale; x 255 for grey levels) and `shift_<surrogate>` (L2 distance between the clean and
+    cloaked L2-normalised embeddings, 0..2) for every surrogate. Attacks add their own (Fawkes:
+    `fallback`).
+    """
+
+    images: torch.Tensor
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def rows(self) -> list[dict[str, float]]:
+        """One {stat: value} dict per image (for CSV files)."""
+        keys = list(self.stats)
+        cols = [self.stats[k].detach().cpu().tolist() for k in keys]
+        return [dict(zip(keys, vals)) for vals in zip(*cols)] if keys else [{} for _ in range(len(self.images))]
+
+    @staticmethod
+    def concat(parts: Sequence["AttackResult"]) -> "AttackResult":
+        if not parts:
+            return AttackResult(torch.empty(0, 3, 0, 0), {})
+        keys = list(parts[0].stats)
+        return AttackResult(
+            torch.cat([p.images for p in parts]),
+            {k: torch.cat([p.stats[k] for p in parts]) for k in keys},
+        )
+
+
+class CloakAttack:
+    """Base class. Subclasses set `kind` and `algorithm`, and implement `_settings()` (their knobs as
+    a JSON-serialisable dict), `name` and `_attack_batch(x, generators, **extra)`.
+
+    Args:
+        surrogates: resolved `FaceEmbedder`s (see `surrogates.resolve_surrogates`).
+        seed: seeds every random choice.
+        device: where the optimisation runs (None: CUDA if available, else CPU).
+        batch_size: images optimised together; results do not depend on it (up to float rounding).
+    """
+
+    kind: str = ""
+    algorithm: str = ""  # bump when the algorithm's output changes: it is part of the cache key
+
+    def __init__(self, surrogates: Sequence[SurrogateSpec], *, seed: int = 0, device=None, batch_size: int = 16):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = resolve_device(device)
+        self.surrogates: list[FaceEmbedder] = resolve_surrogates(surrogates, self.device)
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self._surrogate_info: list[dict] | None = None
+
+    # ------------------------------------------------------------------ description
+    @property
+    def name(self) -> str:  # pragma: no cover - overridden
+        return self.kind
+
+    def _settings(self) -> dict[str, Any]:  # pragma: no cover - overridden
+        return {}
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Every setting that changes the output, JSON-serialisable (used as the cache key)."""
+        if self._surrogate_info is None:
+            self._surrogate_info = [describe_surrogate(e) for e in self.surrogates]
+        return {
+            "attack": self.kind,
+            "name": self.name,
+            "algorithm": self.algorithm,
+            "seed": self.seed,
+            "surrogates": self._surrogate_info,
+            **self._settings(),
+        }
+
+    def __repr__(self) -> str:
+        sur = ", ".join(e.name for e in self.surrogates)
+        return f"{type(self).__name__}(name={self.name!r}, surrogates=[{sur}], seed={self.seed}, device={self.device})"
+
+    # ------------------------------------------------------------------ running
+    def image_seeds(self, images: torch.Tensor) -> list[int]:
+        """Per-image seeds: (attack seed, attack kind, sha256 of the pixels)."""
+        return [stable_seed(self.seed, self.kind, image_digest(im)) for im in images]
+
+    def _generators(self, images: torch.Tensor) -> list[torch.Generator]:
+        gens = []
+        for s in self.image_seeds(images):
+            g = torch.Generator(device="cpu")
+            g.manual_seed(s % (2**63))
+            gens.append(g)
+        return gens
+
+    @staticmethod
+    def _check_images(images: torch.Tensor, min_side: int) -> None:
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be RGB (N, 3, H, W), got shape {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise ValueError(f"images must be float in [0, 1], got {images.dtype}")
+        if min(images.shape[-2:]) < min_side:
+            raise ValueError(f"images must be at least {min_side}x{min_side} px, got {tuple(images.shape[-2:])}")
+        if images.numel() and (not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1):
+            raise ValueError("images must be finite and in [0, 1]")
+
+    min_side: int = 11
+
+    def run(self, images: torch.Tensor, *, quantize_output: bool = False, progress: bool = False, **extra) -> AttackResult:
+        """Cloak `images` (N, 3, H, W) float in [0, 1]; returns images and per-image stats.
+
+        Args:
+            quantize_output: round the cloaked images to 8 bits (as a PNG stores them) before the
+                statistics are measured, so the stats describe what gets saved.
+            progress: show a tqdm bar over images.
+            extra: attack-specific per-image inputs (Fawkes: `targets`), split into batches here.
+        The result is on the input's device.
+        """
+        self._check_images(images, self.min_side)
+        home = images.device
+        parts: list[AttackResult] = []
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(images), desc=self.name, unit="img", dynamic_ncols=True)
+        try:
+            for i in range(0, len(images), self.batch_size):
+                x = images[i : i + self.batch_size].to(self.device, torch.float32)
+                part_extra = {k: self._slice_extra(v, i, i + len(x)) for k, v in extra.items()}
+                gens = self._generators(x)
+                out, own_stats = self._attack_batch(x, gens, **part_extra)
+                out = out.detach().clamp(0, 1)
+                if quantize_output:
+                    out = quantize(out)
+                stats = self.measure(x, out)
+                stats.update({k: v.detach().float().cpu() for k, v in own_stats.items()})
+                parts.append(AttackResult(out.to(home), stats))
+                if bar is not None:
+                    bar.update(len(x))
+        finally:
+            if bar is not None:
+                bar.close()
+        if not parts:
+            return AttackResult(images.clone(), {})
+        return AttackResult.concat(parts)
+
+    @staticmethod
+    def _slice_extra(value, lo: int, hi: int):
+        if value is None:
+            return None
+        if isinstance(value, torch.Tensor):
+            return value[lo:hi] if value.ndim > 1 else value
+        if isinstance(value, (list, tuple)):
+            return type(value)(CloakAttack._slice_extra(v, lo, hi) for v in value)
+        return value
+
+    def __call__(self, images: torch.Tensor, **extra) -> torch.Tensor:
+        """Just the cloaked images, (N, 3, H, W) in [0, 1]."""
+        return self.run(images, **extra).images
+
+    def _attack_batch(self, x: torch.Tensor, generators: list[torch.Generator], **extra) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ statistics
+    @torch.no_grad()
+    def measure(self, clean: torch.Tensor, cloaked: torch.Tensor) -> dict[str, torch.Tensor]:
+        """dssim, psnr, linf and shift_<surrogate> of each (clean, cloaked) pair, (N,) CPU tensors."""
+        clean = clean.to(self.device, torch.float32)
+        cloaked = cloaked.to(self.device, torch.float32)
+        stats = {
+            "dssim": dssim(cloaked, clean),
+            "psnr": psnr(cloaked, clean),
+            "linf": (cloaked - clean).abs().flatten(1).amax(dim=1),
+        }
+        for emb in self.surrogates:
+            stats[f"shift_{emb.name}"] = (emb(cloaked) - emb(clean)).norm(dim=1)
+        return {k: v.float().cpu() for k, v in stats.items()}
+
+    @staticmethod
+    def uniform_noise(generators: list[torch.Generator], shape: Sequence[int], low: float, high: float, device) -> torch.Tensor:
+        """(N, *shape) uniform noise in [low, high), image i drawn from generators[i]."""
+        noise = torch.stack([torch.rand(tuple(shape), generator=g) for g in generators])
+        return (noise * (high - low) + low).to(device)

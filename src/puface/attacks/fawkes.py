@@ -1,0 +1,277 @@
+"""Fawkes (Shan et al., USENIX Security 2020) in PyTorch, faithful to the v1.0.2 release.
+
+v1.0.2 (`fawkes/differentiator.py`, `FawkesMaskGeneration` with `maximize=True`), per image x
+(pixels on the 0..255 scale, surrogates Phi_m returning L2-normalised embeddings):
+
+* variable: a modifier m in tanh space, x' = (tanh(atanh((x/255 - 0.5) c) + m) / c + 0.5) * 255,
+  c = 2 - 1e-6; m starts at U(-1, 1) * 1e-4; the change x' - x is clipped to +-15 grey levels;
+* loss  = const * max(DSSIM(x', x) - th, 0)^2 - const_diff * sum_m ||Phi_m(x') - Phi_m(x)||^2 / ||Phi_m(x)||,
+  const = `sd` = 1e6 (the CLI default), DSSIM = (1 - SSIM) / 2 with tf.image.ssim (max_val 255);
+* optimiser: Adadelta with the mode's learning rate and Keras 2.4's rho 0.95, eps 1e-7 (TensorFlow's
+  ApplyAdadelta update, reproduced here). After step 1 the modifier gets an extra -0.01 sign(grad)
+  and, because Fawkes wraps it in a new tf.Variable, a fresh optimiser state;
+* const_diff adapts per image after every step: DSSIM <= 0.9 th and const_diff <= 129 -> x2 (reset
+  to 1 when the image was above the band before); DSSIM >= 1.1 th and const_diff >= 1/129 -> /2
+  (reset to 1 when it was below before); otherwise reset to 1;
+* result: the iterate with the largest feature distance among those with DSSIM <= 1.1 th; with
+  `save_last_on_failed` the last iterate replaces it when that best distance is < 0.3, the last
+  iterate's DSSIM < 0.015 and its distance is larger (so such outputs can exceed 1.1 th; they are
+  flagged in the `fallback` statistic).
+
+Modes (th / steps / lr, v1.0.2): low 0.004 / 40 / 25, mid 0.012 / 75 / 20, high 0.017 / 150 / 15;
+`custom` takes every knob. Fawkes used one extractor for `low` and two for `mid`/`high`; our defaults
+mirror that with dlib-resnet29 (low) and dlib-resnet29 + sface (mid, high).
+
+Targeted (the paper's and v0.3's behaviour): `targeted=True` mimics a target embedding t_m per
+surrogate instead: loss = const * hinge^2 + target_weight * sum_m ||t_m - Phi_m(x')||^2 / ||t_m||
+(v1.0's non-maximising branch, weight 1000), keeping the closest iterate inside the budget. The
+target (an identity whose embedding centroid is farthest from the user's images) comes from
+`puface.attacks.targets.TargetPool`.
+
+Differences from the original, all deliberate: the attack runs on the chip at its native size (the
+surrogates resize inside, differentiably) instead of a fixed 112x112 crop; the source embeddings are
+computed once, not at every step (same values); the iterate kept when none is inside the budget is
+the unmodified image, not the all-zero array v1.0 starts from (step 1 is always inside, so this only
+matters for `steps=0`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import ConfigError
+from .base import CloakAttack
+from .ssim import ReferenceSSIM
+from .surrogates import SurrogateSpec, available_defaults
+
+__all__ = ["Fawkes", "FawkesSettings", "MODES", "DEFAULT_SURROGATES", "KerasAdadelta"]
+
+TANH_CONSTANT = 2 - 1e-6
+
+
+@dataclass(frozen=True)
+class FawkesSettings:
+    """Every knob of the optimisation. Pixel quantities are on the 0..255 scale, as in Fawkes."""
+
+    th: float = 0.017  # DSSIM budget
+    steps: int = 150  # optimiser steps
+    lr: float = 15.0  # Adadelta learning rate
+    const: float = 1e6  # weight of the squared DSSIM hinge (Fawkes' `sd`)
+    max_change: float = 15.0  # per-pixel cap on |x' - x|, grey levels
+    rho: float = 0.95  # Adadelta decay (Keras 2.4)
+    eps: float = 1e-7  # Adadelta epsilon (Keras 2.4)
+    init_scale: float = 1e-4  # modifier starts at U(-1, 1) * init_scale
+    sign_nudge: float = 0.01  # extra -sign(grad) step after step 1
+    const_diff_bound: float = 129.0  # const_diff stays within [1/bound, bound] (then resets)
+    band: float = 0.1  # DSSIM band (1 - band) th .. (1 + band) th; outputs kept under (1 + band) th
+    save_last_on_failed: bool = True  # v1.0's fallback to the last iterate (untargeted only)
+    fallback_feature: float = 0.3  # ... when the best feature distance is below this
+    fallback_dssim: float = 0.015  # ... and the last iterate's DSSIM is below this
+    targeted: bool = False  # mimic a target embedding (paper / v0.3) instead of pushing away (v1.0)
+    target_weight: float = 1000.0  # weight of the targeted feature term (v1.0's mimic branch)
+
+    def check(self) -> None:
+        if not self.th > 0:
+            raise ConfigError(f"fawkes: th (DSSIM budget) must be > 0, got {self.th}")
+        if self.steps < 0:
+            raise ConfigError(f"fawkes: steps must be >= 0, got {self.steps}")
+        if not self.lr > 0:
+            raise ConfigError(f"fawkes: lr must be > 0, got {self.lr}")
+        if not 0 < self.max_change <= 255:
+            raise ConfigError(f"fawkes: max_change must be in (0, 255] grey levels, got {self.max_change}")
+        if not 0 <= self.band < 1:
+            raise ConfigError(f"fawkes: band must be in [0, 1), got {self.band}")
+        if not 0 < self.rho < 1:
+            raise ConfigError(f"fawkes: rho must be in (0, 1), got {self.rho}")
+
+
+MODES: dict[str, FawkesSettings] = {
+    "low": FawkesSettings(th=0.004, steps=40, lr=25.0),
+    "mid": FawkesSettings(th=0.012, steps=75, lr=20.0),
+    "high": FawkesSettings(th=0.017, steps=150, lr=15.0),
+}
+MODE_KNOBS = ("th", "steps", "lr")  # what a named mode fixes
+DEFAULT_SURROGATES = {
+    "low": ("dlib-resnet29",),
+    "mid": ("dlib-resnet29", "sface"),
+    "high": ("dlib-resnet29", "sface"),
+    "custom": ("dlib-resnet29", "sface"),
+}
+
+
+class KerasAdadelta:
+    """Adadelta exactly as TensorFlow's ApplyAdadelta (Keras 2.4), on one tensor:
+
+        acc_g <- rho acc_g + (1 - rho) g^2
+        u      = sqrt(acc_u + eps) / sqrt(acc_g + eps) * g
+        p     <- p - lr u
+        acc_u <- rho acc_u + (1 - rho) u^2
+    """
+
+    def __init__(self, param: torch.Tensor, lr: float, rho: float = 0.95, eps: float = 1e-7):
+        self.lr, self.rho, self.eps = lr, rho, eps
+        self.acc_g = torch.zeros_like(param)
+        self.acc_u = torch.zeros_like(param)
+
+    @torch.no_grad()
+    def step(self, param: torch.Tensor, grad: torch.Tensor) -> None:
+        rho, eps = self.rho, self.eps
+        self.acc_g.mul_(rho).addcmul_(grad, grad, value=1 - rho)
+        u = (self.acc_u + eps).sqrt_().div_((self.acc_g + eps).sqrt_()).mul_(grad)
+        param.sub_(u, alpha=self.lr)
+        self.acc_u.mul_(rho).addcmul_(u, u, value=1 - rho)
+
+    def reset(self) -> None:
+        self.acc_g.zero_()
+        self.acc_u.zero_()
+
+
+class Fawkes(CloakAttack):
+    """Fawkes v1.0 cloaking. See the module docstring for the algorithm.
+
+    Args:
+        mode: "low", "mid", "high" (v1.0.2's th / steps / lr) or "custom" (any knob; unset knobs take
+            the `high` values).
+        embedders: surrogates (registry names, model paths or `FaceEmbedder`s); None: the mode's
+            defaults that are installed.
+        seed, device, batch_size: see `CloakAttack`.
+        **knobs: fields of `FawkesSettings`. A named mode fixes th, steps and lr (use mode="custom" to
+            change them); `targeted` and the other knobs are allowed in every mode.
+    `run(images, targets=...)`: for `targeted=True`, `targets` is one tensor per surrogate, (N, D) or
+    (D,) for all images (see `TargetPool.targets_for`).
+    """
+
+    kind = "fawkes"
+    algorithm = "fawkes-v1.0.2-port/1"
+
+    def __init__(
+        self,
+        mode: str = "high",
+        embedders: Sequence[SurrogateSpec] | None = None,
+        *,
+        seed: int = 0,
+        device=None,
+        batch_size: int = 16,
+        **knobs: Any,
+    ):
+        if mode not in (*MODES, "custom"):
+            raise ConfigError(f"fawkes: unknown mode {mode!r}; choose one of low, mid, high, custom")
+        known = {f.name for f in fields(FawkesSettings)}
+        unknown = sorted(set(knobs) - known)
+        if unknown:
+            raise ConfigError(f"fawkes: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        if mode != "custom":
+            fixed = sorted(k for k in knobs if k in MODE_KNOBS)
+            if fixed:
+                raise ConfigError(f"fawkes: mode {mode!r} fixes {', '.join(MODE_KNOBS)}; use mode='custom' to set {', '.join(fixed)}")
+        base = MODES.get(mode, MODES["high"])
+        self.settings = replace(base, **knobs)
+        self.settings.check()
+        self.mode = mode
+        if embedders is None:
+            embedders = available_defaults(DEFAULT_SURROGATES[mode], f"fawkes {mode}")
+        super().__init__(embedders, seed=seed, device=device, batch_size=batch_size)
+
+    @property
+    def name(self) -> str:
+        return f"fawkes-{self.mode}" + ("-targeted" if self.settings.targeted else "")
+
+    def _settings(self) -> dict[str, Any]:
+        return {"mode": self.mode, **asdict(self.settings)}
+
+    def run(self, images: torch.Tensor, *, targets: Sequence[torch.Tensor] | None = None, **kw):
+        """Cloak `images` (N, 3, H, W) in [0, 1]; `targets` only for targeted Fawkes (see class doc)."""
+        if self.settings.targeted:
+            if targets is None:
+                raise ValueError("targeted Fawkes needs `targets` (one embedding tensor per surrogate); see TargetPool")
+            if len(targets) != len(self.surrogates):
+                raise ValueError(f"targets: expected {len(self.surrogates)} tensors (one per surrogate), got {len(targets)}")
+            targets = [t.expand(len(images), -1) if t.ndim == 1 else t for t in targets]
+            for t, emb in zip(targets, self.surrogates):
+                if t.shape != (len(images), emb.embedding_dim):
+                    raise ValueError(f"targets for {emb.name}: expected shape ({len(images)}, {emb.embedding_dim}), got {tuple(t.shape)}")
+            return super().run(images, targets=list(targets), **kw)
+        if targets is not None:
+            raise ValueError("`targets` is only used by targeted Fawkes (targeted=True)")
+        return super().run(images, **kw)
+
+    # ------------------------------------------------------------------ the optimisation
+    def _attack_batch(self, x: torch.Tensor, generators: list[torch.Generator], targets=None):
+        s = self.settings
+        n = x.shape[0]
+        dev = x.device
+        cap = s.max_change / 255.0
+        hi_band, lo_band = (1 + s.band) * s.th, (1 - s.band) * s.th
+        simg_tanh = torch.atanh((x - 0.5) * TANH_CONSTANT)
+        ref_ssim = ReferenceSSIM(x, max_val=1.0)
+        with torch.no_grad():
+            if s.targeted:
+                refs = [t.to(dev, torch.float32) for t in targets]
+            else:
+                refs = [emb(x) for emb in self.surrogates]
+            ref_norms = [r.norm(dim=1) for r in refs]
+
+        modifier = self.uniform_noise(generators, x.shape[1:], -s.init_scale, s.init_scale, dev)
+        opt = KerasAdadelta(modifier, s.lr, s.rho, s.eps)
+        const = torch.full((n,), float(s.const), device=dev)
+        const_diff = torch.ones(n, device=dev)
+        outside = torch.ones(n, device=dev)  # +1 below the band, -1 above, 0 inside (v1.0's outside_list)
+        maximize = not s.targeted
+        best_feat = torch.zeros(n, device=dev) if maximize else torch.full((n,), float("inf"), device=dev)
+        best = x.clone()
+        last = (x, torch.zeros(n, device=dev), torch.zeros(n, device=dev))
+
+        for it in range(1, s.steps + 1):
+            with torch.enable_grad():
+                modifier.requires_grad_(True)
+                aimg = torch.tanh(simg_tanh + modifier) / TANH_CONSTANT + 0.5
+                aimg = x + (aimg - x).clamp(-cap, cap)
+                d = ref_ssim.dssim(aimg)
+                feat = torch.zeros(n, device=dev)
+                for emb, r, rn in zip(self.surrogates, refs, ref_norms):
+                    feat = feat + ((emb(aimg) - r) ** 2).sum(dim=1) / rn
+                hinge = (d - s.th).clamp_min(0.0)
+                if maximize:
+                    loss = const * hinge**2 - const_diff * feat
+                else:
+                    loss = const * hinge**2 + s.target_weight * feat
+                (grad,) = torch.autograd.grad(loss.sum(), modifier)
+            modifier = modifier.detach()
+            opt.step(modifier, grad)
+            if it == 1:  # v1.0: modifier - 0.01 sign(grad) in a new variable (fresh optimiser state)
+                modifier.sub_(grad.sign(), alpha=s.sign_nudge)
+                opt.reset()
+
+            with torch.no_grad():
+                aimg, d, feat = aimg.detach(), d.detach(), feat.detach()
+                better = feat > best_feat if maximize else feat < best_feat
+                keep = (d <= hi_band) & better
+                best_feat = torch.where(keep, feat, best_feat)
+                best = torch.where(keep.view(-1, 1, 1, 1), aimg, best)
+                if maximize:
+                    const_diff, outside = _adapt_const_diff(d, const_diff, outside, lo_band, hi_band, s.const_diff_bound)
+                last = (aimg, d, feat)
+
+        fallback = torch.zeros(n, dtype=torch.bool, device=dev)
+        if maximize and s.save_last_on_failed and s.steps > 0:
+            last_img, last_d, last_feat = last
+            fallback = (best_feat < s.fallback_feature) & (last_d < s.fallback_dssim) & (last_feat > best_feat)
+            best = torch.where(fallback.view(-1, 1, 1, 1), last_img, best)
+        return best.clamp(0, 1), {"fallback": fallback.float()}
+
+
+def _adapt_const_diff(d, const_diff, outside, lo_band: float, hi_band: float, bound: float):
+    """v1.0's per-image const_diff rule, vectorised (see the module docstring)."""
+    up = (d <= lo_band) & (const_diff <= bound)
+    down = ~up & (d >= hi_band) & (const_diff >= 1.0 / bound)
+    one = torch.ones_like(const_diff)
+    new = torch.where(
+        up,
+        torch.where(outside == -1, one, const_diff * 2),
+        torch.where(down, torch.where(outside == 1, one, const_diff / 2), one),
+    )
+    new_outside = torch.where(up, one, torch.where(down, -one, torch.zeros_like(one)))
+    return new, new_outside

@@ -1,0 +1,99 @@
+"""The face models an attack optimises against ("surrogates"): resolving names/paths, describing them.
+
+A surrogate is any `FaceEmbedder`. Callers name them by registry name (`"dlib-resnet29"`), by a
+model file path (ONNX / TorchScript, through `load_embedder`), or pass embedder objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from typing import Sequence, Union
+
+import torch
+
+from ..errors import MissingDependencyError, PufaceError
+from ..models.base import FaceEmbedder
+
+SurrogateSpec = Union[str, FaceEmbedder]
+
+__all__ = ["SurrogateSpec", "resolve_surrogates", "describe_surrogate", "raw_embedding", "available_defaults"]
+
+
+def available_defaults(names: Sequence[str], attack: str) -> list[str]:
+    """The registered ones among the default surrogate `names`; warns about missing ones, raises if none."""
+    from ..models.registry import list_embedders
+
+    have = set(list_embedders())
+    chosen = [n for n in names if n in have]
+    missing = [n for n in names if n not in have]
+    if not chosen:
+        raise MissingDependencyError(
+            f"{attack}: none of its default surrogate models ({', '.join(names)}) is available; "
+            "install them with `pip install 'puface[models]'` or name one with --surrogate NAME_OR_PATH"
+        )
+    if missing:
+        warnings.warn(
+            f"{attack}: default surrogate(s) {', '.join(missing)} not available; using {', '.join(chosen)} only",
+            stacklevel=3,
+        )
+    return chosen
+
+
+def resolve_surrogates(specs: Sequence[SurrogateSpec], device: torch.device) -> list[FaceEmbedder]:
+    """Embedders for `specs` (names, model paths or `FaceEmbedder`s), frozen, in eval mode, on `device`.
+
+    Objects passed in are moved to `device` in place.
+    """
+    from ..models.registry import load_embedder
+
+    if not specs:
+        raise PufaceError("an attack needs at least one surrogate face model")
+    out: list[FaceEmbedder] = []
+    for s in specs:
+        if isinstance(s, FaceEmbedder):
+            emb = s
+        elif isinstance(s, str):
+            emb = load_embedder(s)
+        else:
+            raise PufaceError(f"a surrogate must be a model name, a model file path or a FaceEmbedder, got {type(s).__name__}")
+        emb = emb.to(device).eval()
+        for p in emb.parameters():
+            p.requires_grad_(False)
+        out.append(emb)
+    names = [e.name for e in out]
+    if len(set(names)) != len(names):
+        raise PufaceError(f"the same surrogate is named twice: {names}")
+    return out
+
+
+def _fingerprint(emb: FaceEmbedder) -> str:
+    """sha256 (16 hex) of the embedder's weights and buffers: tells apart two models of one name."""
+    h = hashlib.sha256()
+    for k, v in sorted(emb.state_dict().items()):
+        h.update(k.encode())
+        t = v.detach().to("cpu").contiguous()
+        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def describe_surrogate(emb: FaceEmbedder) -> dict:
+    """JSON-serialisable identity of a surrogate, part of an attack's config (and cache key)."""
+    return {
+        "name": emb.name,
+        "input_size": list(emb.input_size),
+        "embedding_dim": emb.embedding_dim,
+        "normalization": emb.normalization.describe(),
+        "weights_sha256_16": _fingerprint(emb),
+    }
+
+
+def raw_embedding(emb: FaceEmbedder, images: torch.Tensor) -> torch.Tensor:
+    """The wrapped network's output before L2 normalisation, (N, D), for [0, 1] RGB (N, 3, H, W).
+
+    LowKey's flip augmentation adds two raw embeddings and normalises the sum (not the mean of
+    normalised embeddings).
+    """
+    out = emb.net(emb.preprocess(images))
+    return out.flatten(1) if out.ndim > 2 else out
