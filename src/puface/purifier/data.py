@@ -1,0 +1,209 @@
+"""Training data for the purifier: (natural, cloaked) image pairs from identity folders.
+
+Identities are split three ways, seeded (`purifier_identities`):
+
+* held out: every identity with >= `heldout_min_images` images (the candidates an FR evaluation
+  draws protected users and its classifier from) plus a seeded share `heldout_fraction` of the rest.
+  The purifier never sees them; their names go into the checkpoint's data summary.
+* validation: a seeded share `val_fraction` of the remaining identities (model selection).
+* training: the rest.
+
+Cloaked counterparts come from the project's own attacks through the cloak cache
+(`puface.attacks.cache.CloakCache`: each cloaked image is cached as a lossless PNG keyed by the
+attack's config and the image's content, so reruns reuse them), or from a folder of already cloaked
+images that mirrors the natural tree (e.g. the output of `puface cloak` or of the original Fawkes tool).
+Pairs are kept in memory as uint8 tensors (150x150 RGB: 67.5 kB per image).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..data.layout import FaceImage, scan_identities, stable_seed
+from ..data.loading import load_images
+from ..data.split import split_identities
+from ..errors import ConfigError, PufaceError
+
+CloakFn = Callable[[dict, list[Path]], tuple[torch.Tensor, list[int], list]]
+
+
+@dataclass(frozen=True)
+class IdentitySplit:
+    """Disjoint identity groups (sorted names) for purifier training, validation and held out."""
+
+    train: list[str]
+    val: list[str]
+    heldout: list[str]
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {"train_identities": self.train, "val_identities": self.val, "heldout_identities": self.heldout}
+
+
+def purifier_identities(counts: dict[str, int], *, heldout_min_images: int | None = 10, heldout_fraction: float = 0.0,
+                        val_fraction: float = 0.1, seed: int = 0) -> IdentitySplit:
+    """Split identities (name -> image count) into purifier train / validation / held-out groups.
+
+    Every identity with >= `heldout_min_images` images is held out (None: none by count), then a
+    seeded `heldout_fraction` of the others, then `val_fraction` of what is left goes to validation.
+    The same names, seed and fractions always give the same groups (tags "purifier-heldout",
+    "purifier-val" seed the shuffles).
+    """
+    for name, v in (("heldout_fraction", heldout_fraction), ("val_fraction", val_fraction)):
+        if not 0.0 <= v < 1.0:
+            raise ConfigError(f"data.{name} must be in [0, 1), got {v}")
+    names = sorted(counts)
+    big = [n for n in names if heldout_min_images is not None and counts[n] >= heldout_min_images]
+    small = [n for n in names if n not in set(big)]
+    extra_heldout, rest = split_identities(small, heldout_fraction, seed, tag="purifier-heldout") if small else ([], [])
+    val, train = split_identities(rest, val_fraction, seed, tag="purifier-val") if rest else ([], [])
+    if not train:
+        raise PufaceError(f"no identities left for purifier training ({len(names)} identities, {len(big)} held out "
+                          f"by count >= {heldout_min_images}); lower data.heldout_min_images or the fractions")
+    return IdentitySplit(sorted(train), sorted(val), sorted(big + extra_heldout))
+
+
+@dataclass
+class PairSet:
+    """(natural, cloaked) pairs as uint8 (N, 3, H, W) tensors, with each pair's attack label and file."""
+
+    natural: torch.Tensor
+    cloaked: torch.Tensor
+    attack: torch.Tensor  # (N,) int64 index into `attack_names`
+    attack_names: list[str]
+    files: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.natural.shape[0])
+
+    def summary(self) -> dict[str, Any]:
+        counts = torch.bincount(self.attack, minlength=len(self.attack_names)).tolist() if len(self) else [0] * len(self.attack_names)
+        return {"pairs": len(self), "per_attack": dict(zip(self.attack_names, counts)),
+                "image_size": list(self.natural.shape[-2:]) if len(self) else []}
+
+    def subset(self, idx: Sequence[int] | torch.Tensor) -> "PairSet":
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return PairSet(self.natural[idx], self.cloaked[idx], self.attack[idx], self.attack_names,
+                       [self.files[i] for i in idx.tolist()] if self.files else [])
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float [0, 1] (natural, cloaked) for the given rows."""
+        return self.natural[idx].float().div_(255.0), self.cloaked[idx].float().div_(255.0)
+
+
+def attack_label(spec: dict) -> str:
+    """A short name for an attack spec: "fawkes-high", "lowkey", "folder:<name>"."""
+    if "label" in spec:
+        return str(spec["label"])
+    if "folder" in spec:
+        return f"folder:{Path(spec['folder']).name}"
+    name = spec.get("name", "?")
+    return f"{name}-{spec['mode']}" if "mode" in spec else str(name)
+
+
+def _as_uint8(t: torch.Tensor) -> torch.Tensor:
+    return t.clamp(0, 1).mul(255.0).round().to(torch.uint8)
+
+
+def choose_images(images: Sequence[FaceImage], count: int | str | None, seed: int, tag: str) -> list[FaceImage]:
+    """A seeded choice of `count` images ("all"/None/0: every image), sorted."""
+    items = sorted(images)
+    if count in (None, "all", 0) or (isinstance(count, int) and count >= len(items)):
+        return items
+    if not isinstance(count, int) or count < 0:
+        raise ConfigError(f"attack 'images' must be a positive integer or \"all\", got {count!r}")
+    rng = random.Random(stable_seed("purifier-pairs", seed, tag))
+    return sorted(rng.sample(items, count))
+
+
+def cloak_with_cache(cache_root: str | Path | None = None, device: str | None = None, batch_size: int = 8,
+                     progress: bool = True) -> CloakFn:
+    """A cloak function backed by the project's attacks and `CloakCache` (generated once, then reused)."""
+
+    def cloak(spec: dict, paths: list[Path]):
+        try:
+            from ..attacks import create_attack
+            from ..attacks.cache import CloakCache
+        except ImportError as e:
+            raise PufaceError(f"cloaking needs puface.attacks and its cloak cache, which are not available ({e}); "
+                              "use attack specs with `folder = ...` instead") from None
+        kw = {k: v for k, v in spec.items() if k not in ("name", "images", "label", "folder")}
+        atk = create_attack(spec["name"], device=device, **kw)
+        return CloakCache(root=cache_root).cloak(atk, paths, batch_size=batch_size, progress=progress)
+
+    return cloak
+
+
+def _cloaked_from_folder(folder: Path, root: Path, paths: list[Path]) -> tuple[torch.Tensor, list[int], list]:
+    """Cloaked counterparts from a folder mirroring `root` (same relative path; any image extension)."""
+    from ..imageio import IMAGE_EXTENSIONS
+
+    found, kept, errors = [], [], []
+    for i, p in enumerate(paths):
+        rel = p.relative_to(root)
+        cands = [folder / rel] + [(folder / rel).with_suffix(ext) for ext in IMAGE_EXTENSIONS]
+        hit = next((c for c in cands if c.is_file()), None)
+        if hit is not None:
+            found.append(hit)
+            kept.append(i)
+    if not found:
+        raise PufaceError(f"{folder}: no cloaked images found that mirror {root} (expected {folder}/<identity>/<file>)")
+    images, ok, errs = load_images(found)
+    return images, [kept[j] for j in ok], errors + errs
+
+
+def build_pairs(root: str | Path, identities: Sequence[str], attacks: Sequence[dict], *, seed: int = 0,
+                max_per_identity: int | None = None, cloak_fn: CloakFn | None = None, tag: str = "train",
+                log: Callable[[str], None] = print) -> PairSet:
+    """Pairs (natural, cloaked) for `identities` under `root`, one set per attack spec.
+
+    Each spec is a dict: {"name": "fawkes", "mode": "high", "images": 200, ...attack knobs} (cloaked
+    with the project's attacks via `cloak_fn`, default `cloak_with_cache()`), or {"folder": PATH,
+    "images": ...} (already cloaked images mirroring `root`). "images" picks a seeded subset of the
+    identities' images per attack (default: all). Files that cannot be read or cloaked are reported
+    and skipped. All images must have one size (the cloaks keep their input's size).
+    """
+    root = Path(root)
+    if not attacks:
+        raise ConfigError("the purifier config lists no attacks ([[attacks]] tables)")
+    ds = scan_identities(root, identities=identities, max_per_identity=max_per_identity, seed=seed)
+    cloak_fn = cloak_fn or cloak_with_cache()
+    names = [attack_label(s) for s in attacks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"attack labels must be unique, got {names} (add label = \"...\" to tell them apart)")
+    nat_parts, clk_parts, lab_parts, files = [], [], [], []
+    for a, spec in enumerate(attacks):
+        if "folder" not in spec and "name" not in spec:
+            raise ConfigError(f"attack #{a + 1} needs name = \"fawkes\"/\"lowkey\" or folder = \"...\": {spec}")
+        chosen = choose_images(ds.images, spec.get("images"), seed, f"{tag}:{names[a]}")
+        paths = [im.path for im in chosen]
+        log(f"{tag}: {names[a]}: {len(paths)} images of {len(ds.by_identity())} identities")
+        if "folder" in spec:
+            cloaked, kept, errors = _cloaked_from_folder(Path(spec["folder"]), root, paths)
+        else:
+            cloaked, kept, errors = cloak_fn(dict(spec), paths)
+        for e in errors:
+            log(f"warning: skipped {getattr(e, 'path', e)}: {getattr(e, 'reason', e)}")
+        if not kept:
+            continue
+        natural, ok, nerr = load_images([paths[i] for i in kept])
+        for e in nerr:
+            log(f"warning: skipped {e.path}: {e.reason}")
+        cloaked = cloaked[torch.as_tensor(ok, dtype=torch.long)] if len(ok) != len(kept) else cloaked
+        if natural.shape != cloaked.shape:
+            raise PufaceError(f"{names[a]}: cloaked images {tuple(cloaked.shape[1:])} differ in size from the natural "
+                              f"ones {tuple(natural.shape[1:])}; use chips of one size")
+        nat_parts.append(_as_uint8(natural))
+        clk_parts.append(_as_uint8(cloaked))
+        lab_parts.append(torch.full((len(ok),), a, dtype=torch.long))
+        files.extend(str(paths[kept[j]].relative_to(root)) for j in ok)
+    if not nat_parts:
+        raise PufaceError(f"{root}: no (natural, cloaked) pairs could be made for {tag}")
+    sizes = {tuple(t.shape[1:]) for t in nat_parts}
+    if len(sizes) > 1:
+        raise PufaceError(f"{root}: images differ in size between attacks ({sorted(sizes)}); use chips of one size")
+    return PairSet(torch.cat(nat_parts), torch.cat(clk_parts), torch.cat(lab_parts), names, files)

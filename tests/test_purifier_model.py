@@ -1,0 +1,116 @@
+"""RED-Net purifier architecture: shapes, global residual, clamp, skips, FLOPs, config checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from puface.errors import ConfigError
+from puface.purifier import Purifier, RedNet, RedNetConfig
+from puface.purifier.rednet import conv_flops, count_parameters
+
+
+@pytest.mark.parametrize("size", [(150, 150), (112, 112), (97, 131), (8, 8), (1, 5)])
+@pytest.mark.parametrize("downsample", [0, 1, 2])
+def test_any_size_keeps_shape(size, downsample):
+    net = RedNet(RedNetConfig(channels=8, depth=4, downsample=downsample))
+    x = torch.rand(2, 3, *size)
+    assert net(x).shape == x.shape
+
+
+def test_untrained_is_identity_and_output_is_clamped():
+    torch.manual_seed(0)
+    net = RedNet(RedNetConfig(channels=8, depth=4, downsample=1))
+    x = torch.rand(3, 3, 40, 40)
+    assert torch.equal(net(x), x)  # zero-initialised last layer: correction 0
+    # push the last layer so the correction is huge: output must stay in [0, 1] and be x + r elsewhere
+    with torch.no_grad():
+        net.decoder[0].bias.fill_(0.7)
+    y = net(x)
+    assert y.min() >= 0 and y.max() <= 1
+    assert torch.allclose(y, (x + 0.7).clamp(0, 1), atol=1e-6)
+    assert (y == 1).float().mean() > 0.5  # many pixels were clipped
+
+
+def test_global_residual_adds_the_correction():
+    torch.manual_seed(1)
+    net = RedNet(RedNetConfig(channels=8, depth=4, downsample=1))
+    for p in net.parameters():
+        nn.init.normal_(p, std=0.05)
+    x = torch.rand(2, 3, 32, 32) * 0.5 + 0.25
+    r = net.correction(x)
+    assert r.abs().max() > 0
+    assert torch.allclose(net(x), (x + r).clamp(0, 1), atol=1e-6)
+
+
+def test_skip_connections_every_two_layers_change_the_output():
+    torch.manual_seed(2)
+    cfg = RedNetConfig(channels=8, depth=6, downsample=1, skip_every=2)
+    with_skips = RedNet(cfg)
+    for p in with_skips.parameters():
+        nn.init.normal_(p, std=0.1)
+    assert [i for i in range(cfg.depth) if with_skips._has_skip(i)] == [2, 4]
+    without = RedNet(RedNetConfig(channels=8, depth=6, downsample=1, skip_every=0))
+    without.load_state_dict(with_skips.state_dict())  # same weights, no skips
+    x = torch.rand(1, 3, 24, 24)
+    assert not torch.allclose(with_skips.correction(x), without.correction(x))
+
+
+def test_downsampling_layers_halve_resolution():
+    net = RedNet(RedNetConfig(channels=4, depth=5, downsample=2))
+    shapes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[-2:]))) for m in net.encoder]
+    net(torch.rand(1, 3, 150, 150))
+    for h in hooks:
+        h.remove()
+    assert shapes == [(76, 76), (38, 38), (38, 38), (38, 38), (38, 38)]  # 150 padded to 152
+
+
+def test_conv_flops_match_hand_count():
+    cfg = RedNetConfig(channels=16, depth=3, downsample=1)
+    net = RedNet(cfg)
+    # padded 150 -> 150 (even); enc0 4x4/2: 75x75 out; enc1, enc2 3x3 at 75x75
+    enc = 2 * 75 * 75 * 16 * (3 * 16) + 2 * 2 * 75 * 75 * 16 * (16 * 9)
+    # decoder mirrors: dec2, dec1 3x3 at 75x75 (16 -> 16); dec0 4x4/2 transposed 16 -> 3, input 75x75
+    dec = 2 * 2 * 75 * 75 * 16 * 16 * 9 + 2 * 75 * 75 * 16 * 3 * 16
+    assert conv_flops(net, 150, 150) == enc + dec
+
+
+def test_default_config_is_cpu_sized():
+    p = Purifier()
+    gflop = p.flops(150, 150) / 1e9
+    assert 0.5 < gflop < 4.0, gflop
+    assert count_parameters(p) < 2_000_000  # a few MB as float32
+
+
+@pytest.mark.parametrize("bad", [dict(channels=0), dict(depth=0), dict(depth=2, downsample=3), dict(kernel_size=4),
+                                 dict(skip_every=-1)])
+def test_bad_config_is_a_clear_error(bad):
+    with pytest.raises(ConfigError):
+        RedNetConfig(**bad)
+    with pytest.raises(ConfigError, match="unknown model option"):
+        RedNetConfig.from_dict({"chanels": 3})
+
+
+def test_gradients_reach_every_layer():
+    net = RedNet(RedNetConfig(channels=8, depth=4, downsample=1))
+    x = torch.rand(2, 3, 32, 32) * 0.8 + 0.1
+    # zero last layer: only it gets a gradient at first (the others are multiplied by its zero weights)
+    net(x).sub(0.5).pow(2).mean().backward()
+    assert net.decoder[0].weight.grad.abs().sum() > 0
+
+
+def test_purify_batches_match_forward_and_accept_uint8():
+    torch.manual_seed(3)
+    p = Purifier(RedNetConfig(channels=8, depth=4, downsample=1))
+    for prm in p.parameters():
+        nn.init.normal_(prm, std=0.05)
+    x = torch.rand(5, 3, 30, 34)
+    direct = p(x).detach()
+    assert torch.allclose(p.purify(x, batch_size=2), direct, atol=1e-5)
+    assert torch.allclose(p.purify(x, batch_size=2, channels_last=False), direct, atol=1e-5)
+    u8 = (x * 255).round().to(torch.uint8)
+    assert p.purify(u8).shape == x.shape
+    with pytest.raises(ValueError, match="RGB"):
+        p.purify(torch.rand(2, 1, 8, 8))
