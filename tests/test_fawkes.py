@@ -24,8 +24,8 @@ def tiny_embedder(seed: int = 0, name: str = "tiny") -> FaceEmbedder:
         nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(256, 32),
     )  # fmt: skip
     with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (1.0 / max(1, p[0].numel()) ** 0.5))
+        for p in net.parameters():  # He-style weights, zero biases: the output follows the input
+            p.copy_(torch.randn(p.shape, generator=g) * (2.0 / p[0].numel()) ** 0.5 if p.ndim > 1 else torch.zeros_like(p))
     return FaceEmbedder(net, name=name, input_size=(48, 48), embedding_dim=32, normalization=InputNormalization())
 
 
