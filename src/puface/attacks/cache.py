@@ -1,0 +1,165 @@
+"""An on-disk cache of cloaked images, shared by the purifier's data builder, the evaluation and reruns.
+
+Each cloaked image is a lossless PNG at
+
+    ROOT/<attack name>-<sha256(config)[:12]>/<key[:2]>/<key>.png
+    key = sha256(attack config JSON (sorted keys) + sha256 of the input pixels [+ target embeddings])
+
+so a different attack setting, seed, surrogate (weights included) or input never reuses a file, and
+the same ones always do, across experiments and processes. ROOT defaults to `$PUFACE_HOME/cloaks`.
+Files are written atomically (temporary file + rename) as soon as their batch is done, so concurrent
+runs and interrupted runs are safe; a cached file that cannot be read is recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..errors import ImageReadError, ImageWriteError
+from ..imageio import encode_image, read_image, to_tensor, to_uint8
+from ..paths import cache_dir
+from .base import CloakAttack, image_digest
+
+__all__ = ["CloakCache"]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write via a uniquely named temporary file in the same folder + rename: safe when several
+    processes or threads write the same file at once (the last rename wins; every version is whole)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise ImageWriteError(path, f"cannot write ({e.strerror or e})") from None
+
+
+def _config_json(attack: CloakAttack) -> str:
+    return json.dumps(attack.config, sort_keys=True, separators=(",", ":"))
+
+
+class CloakCache:
+    """Cloak image files once per (attack config, image content); see the module docstring.
+
+    Args:
+        root: cache folder (default `$PUFACE_HOME/cloaks`).
+    """
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else cache_dir("cloaks")
+
+    def attack_dir(self, attack: CloakAttack) -> Path:
+        """The folder holding `attack`'s cloaks (and its config.json)."""
+        digest = hashlib.sha256(_config_json(attack).encode()).hexdigest()[:12]
+        return self.root / f"{attack.name}-{digest}"
+
+    @staticmethod
+    def key(attack: CloakAttack, content_digest: str, extra: str = "") -> str:
+        """sha256 hex of (attack config JSON, the input's pixel digest, optional extra input digest)."""
+        h = hashlib.sha256(_config_json(attack).encode())
+        h.update(b"\n" + content_digest.encode())
+        if extra:
+            h.update(b"\n" + extra.encode())
+        return h.hexdigest()
+
+    def path_for(self, attack: CloakAttack, key: str) -> Path:
+        return self.attack_dir(attack) / key[:2] / f"{key}.png"
+
+    def _write_config(self, attack: CloakAttack) -> None:
+        path = self.attack_dir(attack) / "config.json"
+        if not path.is_file():
+            _write_atomic(path, (json.dumps(attack.config, indent=2, sort_keys=True) + "\n").encode())
+
+    @staticmethod
+    def _read(path: Path, shape: torch.Size) -> torch.Tensor | None:
+        if not path.is_file():
+            return None
+        try:
+            t = to_tensor(read_image(path))
+        except ImageReadError:
+            return None
+        return t if t.shape == shape else None
+
+    def cloak(
+        self,
+        attack: CloakAttack,
+        paths: Sequence[str | Path],
+        *,
+        batch_size: int | None = None,
+        progress: bool = True,
+        size: int | tuple[int, int] | None = None,
+        targets: Sequence[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, list[int], list[ImageReadError]]:
+        """Cloaked versions of the image files `paths`, from the cache or computed (and cached).
+
+        Args:
+            attack: any `CloakAttack` (its `config` is the cache key).
+            batch_size: images per attack batch (default: the attack's).
+            size: resize inputs to (H, W) (or a square side) before cloaking; needed when the files
+                differ in size (as `puface.data.loading.load_images`).
+            targets: targeted Fawkes only: per surrogate, (len(paths), D) target embeddings.
+        Returns:
+            (cloaked images (N, 3, H, W) in [0, 1] on the 8-bit grid, indices into `paths` of the N
+            readable files, errors for the unreadable ones).
+        """
+        from tqdm import tqdm
+
+        from ..data.loading import load_images
+
+        images, kept, errors = load_images(paths, size=size)
+        if not kept:
+            return images, kept, errors
+        kept_targets = None
+        if targets is not None:
+            kept_targets = [t[kept] if t.ndim == 2 else t.expand(len(paths), -1)[kept] for t in targets]
+        keys = []
+        for i in range(len(kept)):
+            extra = ""
+            if kept_targets is not None:
+                extra = hashlib.sha256(b"".join(t[i].detach().cpu().float().numpy().tobytes() for t in kept_targets)).hexdigest()
+            keys.append(self.key(attack, image_digest(images[i]), extra))
+
+        out = torch.empty_like(images)
+        missing = []
+        for i, k in enumerate(keys):
+            t = self._read(self.path_for(attack, k), images[i].shape)
+            if t is None:
+                missing.append(i)
+            else:
+                out[i] = t
+        if missing:
+            self._write_config(attack)
+            bs = batch_size or attack.batch_size
+            bar = tqdm(total=len(missing), desc=f"cloaking ({attack.name})", unit="img", disable=not progress, dynamic_ncols=True)
+            try:
+                for lo in range(0, len(missing), bs):
+                    idx = missing[lo : lo + bs]
+                    kw = {}
+                    if kept_targets is not None:
+                        kw["targets"] = [t[idx] for t in kept_targets]
+                    res = attack.run(images[idx], quantize_output=True, **kw)
+                    for j, i in enumerate(idx):
+                        out[i] = res.images[j]
+                        _write_atomic(self.path_for(attack, keys[i]), encode_image(to_uint8(res.images[j]), "PNG"))
+                    bar.update(len(idx))
+            finally:
+                bar.close()
+        return out, kept, errors
+
+    def cached_count(self, attack: CloakAttack) -> int:
+        """How many cloaks of `attack` are stored."""
+        d = self.attack_dir(attack)
+        return sum(1 for _ in d.glob("*/*.png")) if d.is_dir() else 0
