@@ -1,0 +1,207 @@
+"""Cloak a folder of face images into a mirrored output folder (what `puface cloak` runs).
+
+Streams through `puface.pipeline.run_folder_job`: batches, each written (atomically) as soon as it
+is done, resume by skipping finished outputs, a progress bar with images/s, per-file errors that
+never stop the job, per-image statistics (DSSIM, PSNR, L-inf, embedding shift per surrogate) in
+OUT/cloak_stats.csv and the attack's config in OUT/cloak_config.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..errors import PufaceError
+from ..imageio import to_tensor, to_uint8
+from ..pipeline import FileJob, JobReport, LoadedImage, Outcome, group_by_size, plan_mirror, run_folder_job, shard
+from .base import CloakAttack
+
+__all__ = ["cloak_folder", "make_cloak_process", "output_namer", "TOOL_SUFFIX", "CONFIG_NAME", "STATS_NAME"]
+
+TOOL_SUFFIX = {"fawkes": "_cloaked", "lowkey": "_attacked"}  # the original tools' output names
+CONFIG_NAME = "cloak_config.json"
+STATS_NAME = "cloak_stats.csv"
+FORMATS = ("png", "same")
+
+
+def output_namer(attack_kind: str, fmt: str = "png", tool_suffix: bool = False) -> Callable[[Path], Path]:
+    """rel path -> output rel path: `fmt` "png" (lossless, default) or "same" (keep the extension);
+    `tool_suffix` appends Fawkes' `_cloaked` / LowKey's `_attacked` to the stem."""
+    if fmt not in FORMATS:
+        raise PufaceError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    suffix = TOOL_SUFFIX.get(attack_kind, "_cloaked") if tool_suffix else ""
+
+    def rename(rel: Path) -> Path:
+        ext = ".png" if fmt == "png" else rel.suffix
+        return rel.with_name(f"{rel.stem}{suffix}{ext}")
+
+    return rename
+
+
+def _round(v: float) -> float:
+    return float(f"{v:.6g}")
+
+
+def make_cloak_process(attack: CloakAttack, targets_by_src: dict[Path, list[torch.Tensor]] | None = None):
+    """A `run_folder_job` batch function: decoded images -> cloaked uint8 images + per-image stats.
+
+    Images of different sizes in one batch are cloaked in same-size groups. `targets_by_src`:
+    targeted Fawkes' per-surrogate target embeddings for each input file.
+    """
+
+    def process(items: list[LoadedImage]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(items)
+        for (h, w), idx in group_by_size(items).items():
+            if min(h, w) < attack.min_side:
+                for i in idx:
+                    outcomes[i] = Outcome.fail(f"image is {w}x{h} px; {attack.name} needs at least {attack.min_side}x{attack.min_side}")
+                continue
+            x = torch.stack([to_tensor(np.array(items[i].image)) for i in idx])  # writable copy
+            kw = {}
+            if targets_by_src is not None:
+                per_image = [targets_by_src[items[i].job.src] for i in idx]
+                kw["targets"] = [torch.stack([t[m] for t in per_image]) for m in range(len(attack.surrogates))]
+            res = attack.run(x, quantize_output=True, **kw)
+            for k, (i, row) in enumerate(zip(idx, res.rows())):
+                outcomes[i] = Outcome.ok(to_uint8(res.images[k]), **{key: _round(v) for key, v in row.items()})
+        return outcomes  # type: ignore[return-value]
+
+    return process
+
+
+def _identity_of(job: FileJob, in_root: Path) -> str:
+    """The user a file belongs to: its first folder under IN (or IN's own name for a flat folder)."""
+    return job.rel.parts[0] if len(job.rel.parts) > 1 else in_root.name
+
+
+def _select_targets(attack: CloakAttack, jobs: list[FileJob], in_root: Path, pool_dir: Path, progress: bool):
+    """Per input file, the target embeddings of its user's farthest pool identity; and {user: target}."""
+    from .targets import TargetPool, embed_files
+
+    pool = TargetPool.from_folder(pool_dir, attack.surrogates, progress=progress)
+    users: dict[str, list[FileJob]] = {}
+    for j in jobs:
+        users.setdefault(_identity_of(j, in_root), []).append(j)
+    chosen: dict[str, str] = {}
+    by_src: dict[Path, list[torch.Tensor]] = {}
+    for user, ujobs in sorted(users.items()):
+        embs, kept, _ = embed_files([j.src for j in ujobs], attack.surrogates, desc=f"embedding {user}")
+        if not kept:
+            continue  # unreadable files fail later, one line each
+        target = pool.farthest(embs, exclude=[user])
+        chosen[user] = target
+        t = pool.targets_for(target)
+        for j in ujobs:
+            by_src[j.src] = t
+    return by_src, chosen
+
+
+def _check_config(path: Path, record: dict, resume: bool) -> None:
+    if not (resume and path.is_file()):
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise PufaceError(f"{path}: unreadable; delete it or choose another output folder") from None
+    keys = ("attack", "naming", "align")
+    diff = [k for k in keys if old.get(k) != record.get(k)]
+    if diff:
+        detail = []
+        if "attack" in diff:
+            a, b = old.get("attack") or {}, record["attack"]
+            detail = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        what = ", ".join(detail or diff)
+        raise PufaceError(
+            f"{path.parent} holds outputs of a different cloaking setting (differs in: {what}); "
+            "choose another output folder, or pass --no-resume to redo every image"
+        )
+
+
+def cloak_folder(
+    in_path: str | Path,
+    out_path: str | Path,
+    attack: CloakAttack,
+    *,
+    fmt: str = "png",
+    tool_suffix: bool = False,
+    batch_size: int = 16,
+    resume: bool = True,
+    align: bool = False,
+    largest_face: bool = False,
+    target_pool: str | Path | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    io_workers: int = 2,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> JobReport:
+    """Cloak every image under `in_path` into the mirrored tree `out_path`; returns the `JobReport`.
+
+    fmt: "png" (default; lossless, so the cloak survives) or "same" (the input's format; a JPEG
+    re-encode weakens the cloak). tool_suffix: name outputs `<stem>_cloaked` (Fawkes) or
+    `<stem>_attacked` (LowKey). align: photos rather than chips: detect faces, cloak each aligned
+    150x150 chip and paste it back (needs `puface.align`); photos without a face are skipped.
+    target_pool: targeted Fawkes: a folder of identity sub-folders to choose each user's target from
+    (a user is a first-level folder under IN).
+    """
+    in_path, out_path = Path(in_path), Path(out_path)
+    say = log or (lambda m: print(m, file=sys.stderr))
+    targeted = bool(getattr(getattr(attack, "settings", None), "targeted", False))
+    if targeted and target_pool is None:
+        raise PufaceError("targeted Fawkes needs --target-pool DIR (identity folders to pick each user's target from)")
+    if target_pool is not None and not targeted:
+        raise PufaceError("--target-pool is only used by targeted Fawkes (--targeted)")
+    if targeted and align:
+        raise PufaceError("--targeted with --align is not supported yet; cut aligned chips first (puface align), then cloak them")
+    jobs = plan_mirror(in_path, out_path, rename=output_namer(attack.kind, fmt, tool_suffix))
+    seen: dict[Path, Path] = {}
+    for j in jobs:
+        if j.dst in seen:
+            raise PufaceError(f"{seen[j.dst]} and {j.src} would both be written to {j.dst}; rename one, or use --format same")
+        seen[j.dst] = j.src
+    if world_size > 1:
+        jobs = shard(jobs, rank, world_size)
+    if fmt == "same" and any(j.dst.suffix.lower() in (".jpg", ".jpeg", ".webp") for j in jobs):
+        say("warning: writing lossy JPEG/WebP outputs (--format same): re-encoding weakens the cloak; PNG keeps it intact")
+
+    record = {
+        "puface_version": __version__,
+        "input": str(in_path),
+        "attack": attack.config,
+        "naming": {"format": fmt, "tool_suffix": tool_suffix},
+        "align": {"align": align, "largest_face": largest_face},
+    }
+    config_path = out_path / CONFIG_NAME
+    _check_config(config_path, record, resume)
+
+    targets_by_src = None
+    if targeted:
+        base = in_path if in_path.is_dir() else in_path.parent
+        targets_by_src, chosen = _select_targets(attack, jobs, base, Path(target_pool), progress)  # type: ignore[arg-type]
+        record["targets"] = {"pool": str(target_pool), "user_to_target": chosen}
+        for user, t in chosen.items():
+            say(f"target for {user}: {t}")
+
+    from ..imageio import atomic_write_bytes
+
+    out_path.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(config_path, (json.dumps(record, indent=2) + "\n").encode())
+
+    process = make_cloak_process(attack, targets_by_src)
+    if align:
+        try:
+            from ..align import align_adapter
+        except ImportError:
+            raise PufaceError("--align needs puface.align, which is not available in this installation") from None
+        process = align_adapter(process, chip_size=150, no_face="skip", largest_face=largest_face)
+    stats_name = STATS_NAME if world_size <= 1 else f"cloak_stats.rank{rank}.csv"
+    return run_folder_job(
+        jobs, process, batch_size=batch_size, resume=resume, desc=f"cloaking ({attack.name})", verb="cloaked",
+        stats_csv=out_path / stats_name, io_workers=io_workers, progress=progress,
+    )

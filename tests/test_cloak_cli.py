@@ -1,0 +1,156 @@
+"""`puface cloak`: mirrored outputs, stats CSV, config JSON, resume, naming, errors, reproducibility."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from puface.cli import main
+from puface.imageio import read_image
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def dlib_available():
+    from puface.models.registry import list_embedders
+
+    if "dlib-resnet29" not in list_embedders():
+        pytest.skip("dlib-resnet29 not available")
+
+
+@pytest.fixture()
+def tree(johns_dir, tmp_path):
+    """IN/<identity>/<image>.jpg: 2 johns identities x 2 chips (150x150 JPEG)."""
+    root = tmp_path / "in"
+    for ident in sorted(p.name for p in johns_dir.iterdir() if p.is_dir())[:2]:
+        for src in sorted((johns_dir / ident).glob("*.jpg"))[:2]:
+            (root / ident).mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, root / ident / src.name)
+    return root
+
+
+FAST = ["--mode", "custom", "--steps", "3", "--surrogate", "dlib-resnet29", "--no-progress", "--device", "cpu"]
+
+
+def outputs(out):
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+
+
+def test_cloak_mirrors_the_tree_and_records_stats_and_config(tree, tmp_path, capsys, dlib_available):
+    out = tmp_path / "out"
+    code, stdout, err = run(["cloak", *FAST, str(tree), str(out)], capsys)
+    assert code == 0, err
+    ins = sorted(p.relative_to(tree).with_suffix(".png").as_posix() for p in tree.rglob("*.jpg"))
+    assert outputs(out) == ins
+    assert "4 images: 4 cloaked" in stdout
+    for rel in ins:
+        src = read_image((tree / rel).with_suffix(".jpg")).astype(int)
+        dst = read_image(out / rel).astype(int)
+        assert dst.shape == src.shape
+        assert np.abs(dst - src).max() <= 15  # Fawkes' per-pixel cap, grey levels
+    rows = list(csv.DictReader(open(out / "cloak_stats.csv")))
+    assert sorted(r["file"] for r in rows) == sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*.jpg"))
+    for r in rows:
+        assert r["status"] == "ok"
+        assert 0 < float(r["dssim"]) <= 1.1 * 0.017 + 1e-3
+        assert float(r["psnr"]) > 25 and float(r["shift_dlib-resnet29"]) > 0
+    cfg = json.loads((out / "cloak_config.json").read_text())
+    assert cfg["attack"]["name"] == "fawkes-custom" and cfg["attack"]["steps"] == 3 and cfg["attack"]["seed"] == 0
+    assert cfg["attack"]["surrogates"][0]["name"] == "dlib-resnet29"
+    assert cfg["naming"] == {"format": "png", "tool_suffix": False}
+
+
+def test_resume_skips_finished_files(tree, tmp_path, capsys, dlib_available):
+    out = tmp_path / "out"
+    assert run(["cloak", *FAST, str(tree), str(out)], capsys)[0] == 0
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    code, stdout, _ = run(["cloak", *FAST, str(tree), str(out)], capsys)
+    assert code == 0 and "0 cloaked, 4 already done" in stdout
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == stamps
+    victim = sorted(stamps)[0]
+    victim.unlink()
+    code, stdout, _ = run(["cloak", *FAST, str(tree), str(out)], capsys)
+    assert code == 0 and "1 cloaked, 3 already done" in stdout and victim.is_file()
+    assert len(list(csv.DictReader(open(out / "cloak_stats.csv")))) == 5
+    # another setting into the same folder is refused (it would mix two cloak settings)
+    code, _, err = run(["cloak", *FAST, "--seed", "1", str(tree), str(out)], capsys)
+    assert code == 2 and "different cloaking setting" in err and "seed" in err
+
+
+def test_same_seed_same_bytes(tree, tmp_path, capsys, dlib_available):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run(["cloak", *FAST, str(tree), str(a)], capsys)[0] == 0
+    assert run(["cloak", *FAST, "--batch-size", "16", str(tree), str(b)], capsys)[0] == 0
+    for rel in outputs(a):
+        assert (a / rel).read_bytes() == (b / rel).read_bytes()
+
+
+def test_tool_names_and_same_format(tree, tmp_path, capsys, dlib_available):
+    out = tmp_path / "out"
+    code, _, err = run(["cloak", *FAST, "--tool-names", "--format", "same", str(tree), str(out)], capsys)
+    assert code == 0, err
+    assert "weakens the cloak" in err
+    names = sorted(p.name for p in out.rglob("*.jpg"))
+    assert len(names) == 4 and all(n.endswith("_cloaked.jpg") for n in names)
+    out2 = tmp_path / "lk"
+    code, _, err = run(["cloak", "--attack", "lowkey", "--steps", "2", "--perceptual", "ssim", "--surrogate", "dlib-resnet29",
+                        "--tool-names", "--no-progress", "--device", "cpu", str(tree), str(out2)], capsys)
+    assert code == 0, err
+    names = sorted(p.name for p in out2.rglob("*.png"))
+    assert len(names) == 4 and all(n.endswith("_attacked.png") for n in names)
+    rows = list(csv.DictReader(open(out2 / "cloak_stats.csv")))
+    assert all(float(r["linf"]) <= 2 * 0.0025 + 0.005 + 1 / 255 for r in rows)
+
+
+def test_bad_file_fails_alone_and_bad_options_are_one_line(tree, tmp_path, capsys, dlib_available):
+    (tree / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    code, stdout, err = run(["cloak", *FAST, str(tree), str(out)], capsys)
+    assert code == 1
+    assert "broken.jpg" in err and "4 cloaked" in stdout and "1 failed" in stdout
+    assert len(outputs(out)) == 4
+    code, _, err = run(["cloak", "--mode", "high", "--th", "0.02", str(tree), str(tmp_path / "x")], capsys)
+    assert code == 2 and "--mode custom" in err and "Traceback" not in err
+    code, _, err = run(["cloak", "--targeted", "--surrogate", "dlib-resnet29", str(tree), str(tmp_path / "y")], capsys)
+    assert code == 2 and "--target-pool" in err
+    code, _, err = run(["cloak", *FAST, str(tree), str(tree)], capsys)
+    assert code == 2 and "input folder" in err
+    code, _, err = run(["cloak", "--surrogate", "no-such-model", str(tree), str(tmp_path / "z")], capsys)
+    assert code == 2 and "no-such-model" in err
+
+
+def test_targeted_picks_a_target_from_the_pool(tree, johns_dir, tmp_path, capsys, dlib_available):
+    pool = tmp_path / "pool"
+    for ident in sorted(p.name for p in johns_dir.iterdir() if p.is_dir())[2:]:
+        (pool / ident).mkdir(parents=True)
+        for src in sorted((johns_dir / ident).glob("*.jpg"))[:3]:
+            shutil.copy(src, pool / ident / src.name)
+    out = tmp_path / "out"
+    code, _, err = run(["cloak", *FAST, "--targeted", "--target-pool", str(pool), str(tree), str(out)], capsys)
+    assert code == 0, err
+    cfg = json.loads((out / "cloak_config.json").read_text())
+    chosen = cfg["targets"]["user_to_target"]
+    assert set(chosen) == {p.name for p in tree.iterdir()} and set(chosen.values()) <= {p.name for p in pool.iterdir()}
+    assert cfg["attack"]["targeted"] is True and len(outputs(out)) == 4
+
+
+def test_every_option_has_help(capsys):
+    code, out, _ = run(["cloak", "--help"], capsys)
+    assert code == 0
+    from puface.cli.cloak_cmd import cloak
+
+    for p in cloak.params:
+        if p.param_type_name == "option":
+            assert p.help, p.name
+    for opt in ("--attack", "--mode", "--surrogate", "--seed", "--batch-size", "--device", "--threads", "--tool-names",
+                "--format", "--resume", "--align", "--largest-face", "--target-pool"):
+        assert opt in out
