@@ -78,3 +78,68 @@ class CheckerCloak:
         yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
         checker = ((yy + xx) % 2).float() * 2 - 1
         return (images + self.amplitude * checker).clamp(0, 1)
+
+
+STANDIN_EMBEDDER = "test-colour-texture"
+STANDIN_ATTACK = "test-checker"
+
+
+def register_standins() -> None:
+    """Make the stand-ins reachable by name, as a config refers to them (idempotent)."""
+    from puface.attacks import ATTACKS
+    from puface.models.registry import EMBEDDERS, list_embedders
+
+    list_embedders()  # load the built-in ones first
+    if STANDIN_EMBEDDER not in EMBEDDERS:
+        EMBEDDERS.register(STANDIN_EMBEDDER)(lambda **kw: colour_embedder(STANDIN_EMBEDDER))
+    if STANDIN_ATTACK not in ATTACKS:
+        ATTACKS.register(STANDIN_ATTACK)(lambda seed=0, device=None, amplitude=0.1, **kw: CheckerCloak(amplitude))
+
+
+# A whole experiment on the colour faces with the stand-ins ({root}: the data folder).
+EXPERIMENT_COLOURS_TOML = f"""
+name = "colours"
+seeds = [0]
+
+[data]
+root = "{{root}}"
+image_size = 32
+
+[users]
+count = 2
+
+[[attacks]]
+name = "none"
+
+[[attacks]]
+name = "{STANDIN_ATTACK}"
+label = "checker"
+embedders = ["{STANDIN_EMBEDDER}"]
+
+[victims]
+embedders = ["{STANDIN_EMBEDDER}"]
+
+[[trainers]]
+name = "nn"
+
+[[trainers]]
+name = "linear"
+
+[[defenses]]
+name = "none"
+
+[[defenses]]
+name = "blur"
+sigma = 1.0
+
+[[defenses]]
+name = "bitdepth"
+bits = 4
+
+[run]
+cache = false
+device = "cpu"
+
+[report]
+users = 1
+"""

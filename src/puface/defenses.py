@@ -400,22 +400,29 @@ def module_fingerprint(module: torch.nn.Module) -> str:
 
 
 def purifier_training_identities(purifier: Any) -> set[str] | None:
-    """Identities a purifier checkpoint says it was trained on, or None when it does not record them."""
-    for attr in ("training_identities", "train_identities"):
-        v = getattr(purifier, attr, None)
-        if v is not None:
-            return set(v)
-    cfg = getattr(purifier, "config", None)
-    if isinstance(cfg, dict):
-        for key in ("training_identities", "train_identities", "identities"):
-            if cfg.get(key) is not None:
-                return set(cfg[key])
-        data = cfg.get("data")
-        if isinstance(data, dict):
-            for key in ("training_identities", "train_identities", "identities"):
-                if data.get(key) is not None:
-                    return set(data[key])
+    """Identities a purifier checkpoint says it saw in training or validation, or None when it does not
+    record them. Reads `meta["data_summary"]` (train_identities, val_identities) of a `Purifier`, or a
+    `training_identities` attribute."""
+    meta = getattr(purifier, "meta", None)
+    summary = meta.get("data_summary") if isinstance(meta, dict) else None
+    if isinstance(summary, dict) and summary.get("train_identities"):
+        return set(summary["train_identities"]) | set(summary.get("val_identities") or [])
+    v = getattr(purifier, "training_identities", None)
+    if v:
+        return set(v)
     return None
+
+
+def purifier_amplification(purifier: Any, default: float = 3.0) -> float:
+    """The largest cloak amplification factor k the purifier was trained with (for illustrations)."""
+    meta = getattr(purifier, "meta", None)
+    amp = ((meta or {}).get("config") or {}).get("amplify") if isinstance(meta, dict) else None
+    if isinstance(amp, dict):
+        if amp.get("k_values"):
+            return float(max(amp["k_values"]))
+        if amp.get("k_max") is not None:
+            return float(amp["k_max"])
+    return default
 
 
 def list_defenses() -> list[str]:
@@ -496,5 +503,5 @@ def as_defense(spec: "Defense | str | dict") -> Defense:
 __all__ = [
     "Defense", "NoDefense", "PuFaceDefense", "JPEG", "GaussianBlur", "MedianFilter", "BitDepth",
     "GaussianNoise", "DownUpResize", "Compose", "DEFENSES", "create_defense", "list_defenses",
-    "parse_defense", "as_defense", "module_fingerprint", "purifier_training_identities",
+    "parse_defense", "as_defense", "module_fingerprint", "purifier_training_identities", "purifier_amplification",
 ]

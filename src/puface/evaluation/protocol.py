@@ -370,7 +370,7 @@ class Protocol:
         size = tuple(natural.shape[-2:])
         if self.cloak_cache is not None and hasattr(spec.attack, "config"):
             paths = [self.data.train.paths[i] for i in rows]
-            x, kept, errors = self.cloak_cache.cloak(spec.attack, paths, batch_size=spec.batch_size, progress=self.progress)
+            x, kept, errors = self.cloak_cache.cloak(spec.attack, paths, batch_size=spec.batch_size, progress=self.progress, size=size)
             if errors or len(kept) != len(paths):
                 first = errors[0] if errors else "some images were not cloaked"
                 raise PufaceError(f"cloaking {user}'s images with {spec.label} failed: {first}")

@@ -1,0 +1,233 @@
+"""One self-contained HTML report per experiment: the result tables, bar charts of ASR and normal
+accuracy per defense and attack (matplotlib, embedded as PNG data URIs), and image grids (natural,
+cloaked, amplified, purified, with PSNR/SSIM under each) for a few protected users.
+
+Nothing is loaded from the network or from other files: the page opens offline, and can be mailed
+or archived on its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..imageio import atomic_write_bytes, read_image, to_tensor
+from .metrics import psnr, ssim
+
+CSS = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
+h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; } h3 { margin-top: 1.4em; }
+table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; } th { background: #f3f3f3; }
+td:first-child, th:first-child { text-align: left; }
+.meta { color: #555; } .chart { max-width: 100%; }
+.grid { display: grid; gap: 10px; margin: .5em 0 1.5em; }
+figure { margin: 0; text-align: center; font-size: 12px; } figure img { width: 150px; height: 150px; image-rendering: auto; border: 1px solid #ddd; }
+figcaption { color: #444; }
+"""
+
+
+def data_uri_png(image_hwc: np.ndarray) -> str:
+    """uint8 (H, W, 3) -> "data:image/png;base64,..."."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image_hwc), "RGB").save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def figure_data_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def markdown_to_html(md: str) -> str:
+    """The small Markdown subset `tables.render_tables` writes: headings, paragraphs, **bold**, tables."""
+    def inline(text: str) -> str:
+        return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
+
+    out: list[str] = []
+    lines = md.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].rstrip()
+        if line.startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].startswith("|"):
+                block.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                i += 1
+            head, body = block[0], [r for r in block[1:] if not all(set(c) <= set("-: ") for c in r)]
+            out.append('<table class="results"><thead><tr>' + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr></thead><tbody>")
+            out += ["<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in body]
+            out.append("</tbody></table>")
+            continue
+        if line.startswith("### "):
+            out.append(f"<h3>{inline(line[4:])}</h3>")
+        elif line.startswith("## "):
+            out.append(f"<h2>{inline(line[3:])}</h2>")
+        elif line.startswith("# "):
+            out.append(f"<h1>{inline(line[2:])}</h1>")
+        elif line:
+            out.append(f"<p>{inline(line)}</p>")
+        i += 1
+    return "\n".join(out)
+
+
+def _num(x: Any) -> float:
+    """A summary number; None (NaN in strict JSON) -> nan."""
+    return float("nan") if x is None else float(x)
+
+
+def _ordered(values, order: Sequence[str]) -> list[str]:
+    vals = list(dict.fromkeys(values))
+    return sorted(vals, key=lambda v: (order.index(v) if v in order else len(order), v))
+
+
+def bar_charts(summary: list[dict], config: dict) -> list[tuple[str, str]]:
+    """One figure per (victim, trainer): ASR (top) and normal accuracy (bottom) per defense, one bar per
+    attack, with the standard deviation over users as error bars. Returns [(title, data URI)]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attacks_order = [a["label"] for a in config.get("attacks", [])]
+    defenses_order = [d["label"] for d in config.get("defenses", [])]
+    charts = []
+    victims = _ordered((s["victim"] for s in summary), config.get("victims", []))
+    trainers = _ordered((s["trainer"] for s in summary), [t["label"] for t in config.get("trainers", [])])
+    for v in victims:
+        for t in trainers:
+            sub = [s for s in summary if s["victim"] == v and s["trainer"] == t]
+            if not sub:
+                continue
+            defenses = _ordered((s["defense"] for s in sub), defenses_order)
+            attacks = _ordered((s["attack"] for s in sub), attacks_order)
+            idx = {(s["attack"], s["defense"]): s for s in sub}
+            fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.9 * len(defenses) + 2), 5.6), sharex=True)
+            width = 0.8 / max(1, len(attacks))
+            x = np.arange(len(defenses))
+            for j, a in enumerate(attacks):
+                for ax, key in zip(axes, ("asr", "normal_acc")):
+                    vals = [_num(idx[a, d][f"{key}_mean"]) * 100 if (a, d) in idx else np.nan for d in defenses]
+                    errs = [_num(idx[a, d][f"{key}_std"]) * 100 if (a, d) in idx else 0.0 for d in defenses]
+                    errs = [0.0 if math.isnan(e) else e for e in errs]
+                    ax.bar(x + (j - (len(attacks) - 1) / 2) * width, vals, width, yerr=errs, capsize=2, label=a)
+            axes[0].set_ylabel("ASR (%)")
+            axes[1].set_ylabel("normal accuracy (%)")
+            for ax in axes:
+                ax.set_ylim(0, 105)
+                ax.grid(axis="y", alpha=0.3)
+            axes[1].set_xticks(x, defenses, rotation=30, ha="right")
+            axes[0].legend(fontsize=8, title="attack", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            title = f"victim {v}, trainer {t}"
+            axes[0].set_title(title)
+            fig.tight_layout()
+            charts.append((title, figure_data_uri(fig)))
+            plt.close(fig)
+    return charts
+
+
+def _load(out_dir: Path, rel: str) -> torch.Tensor:
+    return to_tensor(read_image(out_dir / rel))
+
+
+def image_grids(out_dir: Path, examples: dict[str, dict[str, list[str]]], amplification: float, max_users: int = 3) -> str:
+    """HTML figures for each (seed/user/attack) with a cloak: natural, cloaked, amplified
+    (clip(x + k (x_c - x))), and each learned or baseline defense applied to the cloaked image."""
+    blocks = []
+    users_seen: list[str] = []
+    for key, kinds in examples.items():
+        seed, user, attack = key.split("/", 2)
+        if "cloaked" not in kinds or "natural" not in kinds:
+            continue
+        if user not in users_seen:
+            if len(users_seen) >= max_users:
+                continue
+            users_seen.append(user)
+        defended = sorted(k for k in kinds if k.startswith("defense:") and k != "defense:none")
+        defended = [k for k in defended if k.startswith("defense:puface")] + [k for k in defended if not k.startswith("defense:puface")]
+        cols = ["natural", "cloaked", "amplified"] + defended
+        rows_html = []
+        for i, nat_rel in enumerate(kinds["natural"]):
+            nat = _load(out_dir, nat_rel)[None]
+            cl = _load(out_dir, kinds["cloaked"][i])[None]
+            imgs = {"natural": nat, "cloaked": cl, "amplified": (nat + amplification * (cl - nat)).clamp(0, 1)}
+            for k in defended:
+                if i < len(kinds[k]):
+                    imgs[k] = _load(out_dir, kinds[k][i])[None]
+            cells = []
+            for c in cols:
+                if c not in imgs:
+                    continue
+                im = imgs[c]
+                if c == "natural":
+                    cap = "natural (reference)"
+                else:
+                    p, s = float(psnr(im, nat)[0]), float(ssim(im, nat)[0])
+                    name = f"amplified x{amplification:g}" if c == "amplified" else (c[len("defense:"):] + " (cloaked input)" if c.startswith("defense:") else c)
+                    cap = f"{html.escape(name)}<br>PSNR {p:.2f} dB, SSIM {s:.4f}"
+                uri = data_uri_png((im[0].permute(1, 2, 0).mul(255).round().clamp(0, 255).byte().numpy()))
+                cells.append(f'<figure><img src="{uri}" alt="{html.escape(c)}"><figcaption>{cap}</figcaption></figure>')
+            rows_html.append(f'<div class="grid" style="grid-template-columns: repeat({len(cells)}, 160px)">' + "".join(cells) + "</div>")
+        blocks.append(f"<h3>{html.escape(user)}: {html.escape(attack)} (seed {html.escape(seed)})</h3>" + "".join(rows_html))
+    return "\n".join(blocks)
+
+
+def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -> str:
+    """The report as an HTML string (see module docstring)."""
+    out_dir = Path(out_dir)
+    cfg = results.get("config", {})
+    title = f"puface evaluation: {results.get('name', '')}"
+    env = results.get("environment", {})
+    timings = ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in results.get("timings_s", {}).items())
+    meta = [
+        f"data: {html.escape(str(results.get('data_root', '')))}",
+        f"runs: {results.get('n_runs', 0)}; wall time {results.get('wall_s', 0):.0f} s ({timings})",
+        f"protected users: " + "; ".join(f"seed {s}: {html.escape(', '.join(u))}" for s, u in results.get("users", {}).items()),
+        f"environment: Python {env.get('python', '?')}, torch {env.get('torch', '?')}, {env.get('device', '?')}, "
+        f"{env.get('threads', '?')} threads; finished {results.get('finished', '')}",
+    ]
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="meta">{"<br>".join(meta)}</p>',
+    ]
+    if results.get("description"):
+        parts.append(f"<p>{html.escape(results['description'])}</p>")
+    parts.append(markdown_to_html(table_md))
+    charts = bar_charts(results.get("summary", []), cfg)
+    if charts:
+        parts.append("<h2>ASR and normal accuracy per defense and attack</h2>")
+        parts += [f'<img class="chart" src="{uri}" alt="bar chart: {html.escape(t)}">' for t, uri in charts]
+    grids = image_grids(out_dir, results.get("examples", {}), float(results.get("amplification", 3.0)),
+                        int(cfg.get("report", {}).get("users", 3)))
+    if grids:
+        parts.append("<h2>Example training images of protected users</h2>")
+        parts.append("<p>PSNR and SSIM are measured against the natural image. The defense columns show what the "
+                     "FR model is trained on after the defense is applied to the cloaked photo.</p>")
+        parts.append(grids)
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(out_dir: str | Path, results: dict[str, Any], table_md: str, name: str = "report.html") -> Path:
+    """Render and atomically write `out_dir/report.html`; returns its path."""
+    out_dir = Path(out_dir)
+    path = out_dir / name
+    atomic_write_bytes(path, render_report(out_dir, results, table_md).encode("utf-8"))
+    return path
+
+
+__all__ = ["render_report", "write_report", "markdown_to_html", "bar_charts", "image_grids", "data_uri_png"]

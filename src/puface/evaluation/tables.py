@@ -1,0 +1,179 @@
+"""Result tables: per-run rows -> summaries over users and seeds -> CSV and Markdown.
+
+The Markdown follows the PuFace paper's layout (ASR without a defense and with PuFace, normal
+accuracy without and with), then one row per defense (the baselines) for each victim and trainer,
+then image quality and timing. Percentages are mean ± sample standard deviation over protected
+users (and seeds); n is the number of users x seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .metrics import Summary, summarise
+
+GROUP_KEYS = ("attack", "victim", "trainer", "defense", "setting")
+
+
+def summarise_rows(rows: Iterable[dict]) -> list[dict]:
+    """Group run rows by (attack, victim, trainer, defense, setting) and summarise over users/seeds."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[tuple(r[k] for k in GROUP_KEYS)].append(r)
+    out = []
+    for key, rs in groups.items():
+        asr, acc = summarise(r["asr"] for r in rs), summarise(r["normal_acc"] for r in rs)
+        out.append({
+            **dict(zip(GROUP_KEYS, key)),
+            "asr_mean": asr.mean, "asr_std": asr.std, "normal_acc_mean": acc.mean, "normal_acc_std": acc.std,
+            "n": asr.n, "users": len({r["user"] for r in rs}), "seeds": len({r["seed"] for r in rs}),
+            "wall_s": round(sum(float(r.get("wall_s", 0.0)) for r in rs), 3),
+        })
+    return out
+
+
+def write_csv(path: str | Path, rows: Sequence[dict]) -> None:
+    """Rows (dicts) as CSV with the union of their keys as header, written atomically."""
+    from ..imageio import atomic_write_bytes
+
+    keys: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in keys:
+                keys.append(k)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+    atomic_write_bytes(Path(path), buf.getvalue().encode("utf-8"))
+
+
+def _fmt(s: dict | None, key: str) -> str:
+    if s is None:
+        return "-"
+    return Summary(s[f"{key}_mean"], s[f"{key}_std"], s["n"]).format()
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _ordered(values: Iterable[str], order: Sequence[str]) -> list[str]:
+    vals = list(dict.fromkeys(values))
+    return sorted(vals, key=lambda v: (order.index(v) if v in order else len(order), v))
+
+
+def paper_table(summary: list[dict], *, attacks: Sequence[str] = (), victims: Sequence[str] = (),
+                trainers: Sequence[str] = (), defenses: Sequence[str] = ()) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the paper-shaped table: per (attack, victim, trainer) ASR and normal accuracy
+    with no defense and with PuFace, plus a mean row over the cloaked settings."""
+    index = {tuple(s[k] for k in ("attack", "victim", "trainer", "defense")): s for s in summary}
+    none = "none" if any(s["defense"] == "none" for s in summary) else None
+    pufaces = [d for d in _ordered((s["defense"] for s in summary), defenses) if d.startswith("puface")]
+    cols = ([none] if none else []) + pufaces
+    header = ["attack", "victim", "setting", "trainer"]
+    header += [f"ASR {('no defense' if d == 'none' else d)}" for d in cols]
+    header += [f"normal acc. {('no defense' if d == 'none' else d)}" for d in cols]
+    rows, means = [], defaultdict(list)
+    for a in _ordered((s["attack"] for s in summary), attacks):
+        for v in _ordered((s["victim"] for s in summary), victims):
+            for t in _ordered((s["trainer"] for s in summary), trainers):
+                cells = [index.get((a, v, t, d)) for d in cols]
+                if not any(cells):
+                    continue
+                setting = next(c["setting"] for c in cells if c)
+                rows.append([a, v, setting, t] + [_fmt(c, "asr") for c in cells] + [_fmt(c, "normal_acc") for c in cells])
+                if setting != "clean":
+                    for j, c in enumerate(cells):
+                        if c is not None:
+                            means[("asr", j)].append(c["asr_mean"])
+                            means[("acc", j)].append(c["normal_acc_mean"])
+    if means:
+        def m(kind: str, j: int) -> str:
+            vals = [x for x in means.get((kind, j), []) if not math.isnan(x)]
+            return f"**{100 * sum(vals) / len(vals):.1f}**" if vals else "-"
+
+        rows.append(["**mean (cloaked)**", "", "", ""] + [m("asr", j) for j in range(len(cols))] + [m("acc", j) for j in range(len(cols))])
+    return header, rows
+
+
+def defense_tables(summary: list[dict], *, attacks: Sequence[str] = (), victims: Sequence[str] = (),
+                   trainers: Sequence[str] = (), defenses: Sequence[str] = ()) -> list[tuple[str, list[str], list[list[str]]]]:
+    """For each (victim, trainer): one row per defense with the ASR of each attack and the normal
+    accuracy averaged over the attacks."""
+    index = {tuple(s[k] for k in ("attack", "victim", "trainer", "defense")): s for s in summary}
+    atk = _ordered((s["attack"] for s in summary), attacks)
+    out = []
+    for v in _ordered((s["victim"] for s in summary), victims):
+        for t in _ordered((s["trainer"] for s in summary), trainers):
+            present = [a for a in atk if any(k[0] == a and k[1] == v and k[2] == t for k in index)]
+            if not present:
+                continue
+            settings = {a: next(s["setting"] for k, s in index.items() if k[0] == a and k[1] == v and k[2] == t) for a in present}
+            header = ["defense"] + [f"ASR {a} ({settings[a]})" for a in present] + ["normal acc. (mean over attacks)"]
+            rows = []
+            for d in _ordered((s["defense"] for s in summary), defenses):
+                cells = [index.get((a, v, t, d)) for a in present]
+                if not any(cells):
+                    continue
+                accs = [c["normal_acc_mean"] for c in cells if c is not None and not math.isnan(c["normal_acc_mean"])]
+                acc = f"{100 * sum(accs) / len(accs):.1f}" if accs else "-"
+                rows.append([d] + [_fmt(c, "asr") for c in cells] + [acc])
+            out.append((f"victim {v}, trainer {t}", header, rows))
+    return out
+
+
+def quality_table(quality: list[dict], *, attacks: Sequence[str] = (), defenses: Sequence[str] = ()) -> tuple[list[str], list[list[str]]]:
+    header = ["attack", "defense", "PSNR vs natural (dB)", "SSIM vs natural", "images"]
+    rows = []
+    order = {(a, d): i for i, (a, d) in enumerate((a, d) for a in attacks for d in defenses)}
+    for q in sorted(quality, key=lambda q: order.get((q["attack"], q["defense"]), 1 << 30)):
+        p = Summary(q["psnr_mean"], q["psnr_std"], q["n"]).format(percent=False, digits=2)
+        s = Summary(q["ssim_mean"], q["ssim_std"], q["n"]).format(percent=False, digits=4)
+        rows.append([q["attack"], q["defense"], p, s, str(q["n"])])
+    return header, rows
+
+
+def render_tables(cfg: Any, summary: list[dict], quality: list[dict], *, wall_s: float | None = None) -> str:
+    """The Markdown results document (paper table, defense tables, image quality, timing)."""
+    order = dict(
+        attacks=[a.label for a in cfg.attacks], victims=list(cfg.victims),
+        trainers=[t.label for t in cfg.trainers], defenses=[d.label for d in cfg.defenses],
+    )
+    n_users = max((s["users"] for s in summary), default=0)
+    parts = [f"## {cfg.name}: ASR and normal accuracy (%)", ""]
+    if cfg.description:
+        parts += [cfg.description.strip(), ""]
+    parts += [
+        f"Mean ± standard deviation over {n_users} protected user(s) x {len(cfg.seeds)} seed(s) "
+        f"(seeds {', '.join(map(str, cfg.seeds))}). ASR: share of the protected user's clean test photos not "
+        "recognised as the user (higher = the cloak protects). Normal accuracy: accuracy on every other "
+        "identity's test photos. The defense is applied to all training images; test photos are clean. "
+        "Setting: white-box = the FR model is built on the attacker's surrogate, oblivious = on another model, "
+        "clean = no cloak.",
+        "",
+    ]
+    header, rows = paper_table(summary, **order)
+    parts += [_md_table(header, rows), ""]
+    blocks = defense_tables(summary, **order)
+    if blocks and len({s["defense"] for s in summary}) > 1:
+        parts += ["### Every defense", ""]
+        for title, h, r in blocks:
+            parts += [f"**{title}**", "", _md_table(h, r), ""]
+    if quality:
+        h, r = quality_table(quality, attacks=order["attacks"], defenses=order["defenses"])
+        parts += ["### Image quality of the training images of protected users (vs. their natural images)", "", _md_table(h, r), ""]
+    if wall_s is not None:
+        parts += [f"Wall time: {wall_s:.0f} s ({wall_s / 60:.1f} min).", ""]
+    return "\n".join(parts)
+
+
+__all__ = ["summarise_rows", "write_csv", "render_tables", "paper_table", "defense_tables", "quality_table"]

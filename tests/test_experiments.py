@@ -1,0 +1,204 @@
+"""Experiment configs: the grid expands as written, bad configs are clear errors, a run writes every
+result file, resumes, and refuses to mix results of different configs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from evaluation_helpers import EXPERIMENT_COLOURS_TOML, register_standins, write_colour_faces
+from puface.errors import ConfigError, PufaceError
+from puface.experiments import ExperimentConfig, load_config, packaged_config, packaged_config_names, run_experiment
+
+REPO = Path(__file__).resolve().parents[1]
+
+GRID_TOML = """
+name = "grid"
+seeds = [0, 1]
+
+[data]
+root = "johns"
+
+[users]
+count = 2
+
+[[attacks]]
+name = "none"
+
+[[attacks]]
+name = "fawkes"
+mode = "high"
+embedders = ["dlib-resnet29"]
+
+[[attacks]]
+name = "lowkey"
+label = "lowkey-2"
+embedders = ["dlib-resnet29", "sface"]
+steps = 10
+
+[victims]
+embedders = ["dlib-resnet29", "sface"]
+
+[[trainers]]
+name = "nn"
+
+[[trainers]]
+name = "e2e"
+label = "e2e-50"
+steps = 50
+
+[[defenses]]
+name = "none"
+
+[[defenses]]
+name = "jpeg"
+quality = 60
+
+[[defenses]]
+name = "blur:sigma=1+bitdepth:bits=5"
+"""
+
+
+def parse(text: str, tmp_path: Path, name: str = "c.toml") -> ExperimentConfig:
+    p = tmp_path / name
+    p.write_text(text)
+    return load_config(p)
+
+
+def test_grid_expands_as_written(tmp_path):
+    cfg = parse(GRID_TOML, tmp_path)
+    assert [a.label for a in cfg.attacks] == ["clean", "fawkes-high", "lowkey-2"]
+    assert cfg.attacks[2].params == {"steps": 10} and cfg.attacks[2].embedders == ["dlib-resnet29", "sface"]
+    assert [t.label for t in cfg.trainers] == ["nn", "e2e-50"] and cfg.trainers[1].params == {"steps": 50}
+    assert [d.label for d in cfg.defenses] == ["none", "jpeg-q60", "blur-s1+bitdepth-5"]
+    grid = cfg.grid()
+    assert len(grid) == 2 * 3 * 3 * 2 * 2  # seeds x defenses x attacks x victims x trainers
+    assert len({tuple(g.values()) for g in grid}) == len(grid)
+    assert grid[0] == {"seed": 0, "attack": "clean", "victim": "dlib-resnet29", "trainer": "nn", "defense": "none"}
+    assert {g["defense"] for g in grid} == {"none", "jpeg-q60", "blur-s1+bitdepth-5"}
+    assert cfg.users["count"] == 2 and cfg.data["train_fraction"] == 0.7
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t.replace("[users]", "[users]\ncuont = 3"), "unknown option"),
+        (lambda t: t.replace('label = "lowkey-2"', 'label = "fawkes-high"'), "unique"),
+        (lambda t: t + '\n[[defenses]]\nname = "jpeg"\nquality = 60\n', "unique"),
+        (lambda t: t.replace("seeds = [0, 1]", 'seeds = ["a"]'), "seeds"),
+        (lambda t: t.replace('name = "none"\n\n[[attacks]]', 'name = "none"\nmode = "x"\n\n[[attacks]]', 1), "takes no settings"),
+        (lambda t: t.replace("quality = 60", "quality = 600"), "quality"),
+        (lambda t: "bogus = 1\n" + t, "unknown option"),
+        (lambda t: t + "\nbogus = 1\n", "give parameters inside the spec"),
+        (lambda t: t.replace("seeds = [0, 1]", "seeds = [0, 1"), "not valid TOML"),
+    ],
+)
+def test_bad_configs_are_clear_errors(edit, message, tmp_path):
+    with pytest.raises(PufaceError, match=message):
+        parse(edit(GRID_TOML), tmp_path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("name", ["demo", "lfw", "paper"])
+def test_committed_configs_parse_and_match_the_packaged_copies(name):
+    repo_copy = REPO / "configs" / f"{name}.toml"
+    cfg = load_config(repo_copy)
+    assert cfg.grid()
+    packaged = packaged_config(name)
+    assert packaged is not None and name in packaged_config_names()
+    assert packaged.read_text() == repo_copy.read_text(), f"src/puface/configs/{name}.toml differs from configs/{name}.toml"
+    labels = [d.label for d in cfg.defenses]
+    assert "none" in labels and any(lab.startswith("puface") for lab in labels)
+
+
+def test_lfw_config_is_the_benchmark():
+    cfg = load_config(REPO / "configs" / "lfw.toml")
+    assert cfg.data["min_images"] >= 10 and cfg.data["max_per_identity"]
+    assert (cfg.users.get("count") or 0) >= 20 and not cfg.users["allow_purifier_identities"]
+    assert {"nn", "linear"} <= {t.name for t in cfg.trainers}
+    assert {("fawkes", "high"), ("lowkey", None)} <= {(a.name, a.mode) for a in cfg.attacks}
+    assert {"none", "jpeg", "blur", "median", "bitdepth", "noise", "resize", "puface"} <= {
+        (d.spec["name"] if isinstance(d.spec, dict) else d.spec.split(":")[0]) for d in cfg.defenses
+    }
+
+
+@pytest.fixture(scope="module")
+def colour_experiment(tmp_path_factory):
+    register_standins()
+    tmp = tmp_path_factory.mktemp("experiment")
+    root = write_colour_faces(tmp / "data")
+    cfg_path = tmp / "colours.toml"
+    cfg_path.write_text(EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)))
+    out = tmp / "out"
+    res = run_experiment(load_config(cfg_path), out, progress=False, echo=lambda s: None)
+    return cfg_path, out, res
+
+
+def test_run_writes_every_result_file(colour_experiment):
+    cfg_path, out, res = colour_experiment
+    for name in ("config.toml", "config.resolved.json", "runs.jsonl", "results.csv", "summary.csv", "results.json", "table.md", "report.html"):
+        assert (out / name).is_file(), name
+    assert (out / "config.toml").read_text() == cfg_path.read_text()
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 2 * 2 * 2 * 3  # users x attacks x trainers x defenses
+    results = json.loads((out / "results.json").read_text())  # strict JSON
+    assert results["n_runs"] == 24 and results["wall_s"] > 0 and set(results["timings_s"]) >= {"defend_s", "embed_s", "train_s"}
+    assert all("wall_s" in r for r in rows)
+    summary = {(s["attack"], s["trainer"], s["defense"]): s for s in res.summary}
+    assert summary["checker", "nn", "none"]["asr_mean"] == 1.0
+    assert summary["checker", "nn", "blur-s1"]["asr_mean"] == 0.0
+    assert summary["checker", "nn", "bitdepth-4"]["asr_mean"] == 1.0
+    assert summary["clean", "linear", "none"]["normal_acc_mean"] == 1.0
+    assert summary["checker", "nn", "none"]["setting"] == "white-box"
+    assert list(out.glob("examples/0/*/checker/cloaked_0.png"))
+
+
+def test_markdown_table_has_the_paper_columns_and_one_row_per_baseline(colour_experiment):
+    _, out, res = colour_experiment
+    md = (out / "table.md").read_text()
+    assert "| attack | victim | setting | trainer | ASR no defense |" in md
+    assert "normal acc. no defense" in md and "mean (cloaked)" in md
+    assert "| checker | test-colour-texture | white-box | nn | 100.0 ± 0.0 |" in md
+    for d in ("none", "blur-s1", "bitdepth-4"):
+        assert f"| {d} |" in md
+    assert "PSNR vs natural" in md and "Wall time" in md
+
+
+def test_resume_skips_finished_runs_and_refuses_another_config(colour_experiment, tmp_path):
+    cfg_path, out, res = colour_experiment
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    res2 = run_experiment(load_config(cfg_path), out, progress=False, echo=lambda s: None)
+    assert (out / "runs.jsonl").read_text().splitlines() == lines  # nothing recomputed
+    assert len(res2.rows) == len(res.rows)
+    changed = tmp_path / "changed.toml"
+    changed.write_text(cfg_path.read_text().replace("bits = 4", "bits = 3"))
+    with pytest.raises(PufaceError, match="different config"):
+        run_experiment(load_config(changed), out, progress=False, echo=lambda s: None)
+
+
+def test_protected_users_seen_by_the_purifier_are_refused(tmp_path, monkeypatch):
+    """A purifier that records its training identities: named users among them are refused, drawn users avoid them."""
+    register_standins()
+    import puface.defenses as defenses
+
+    monkeypatch.setattr(defenses.PuFaceDefense, "training_identities", property(lambda self: {"Alice", "Bob"}))
+    monkeypatch.setattr(defenses.PuFaceDefense, "_apply", lambda self, x: x.clone())
+    monkeypatch.setattr(defenses.PuFaceDefense, "fingerprint", property(lambda self: "test"))
+    root = write_colour_faces(tmp_path / "data")
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace('name = "bitdepth"\nbits = 4', 'name = "puface"')
+    text = text.replace("[report]", "[report]\nenabled = false")
+    named = text.replace("count = 2", 'names = ["Alice", "Carol"]')
+    with pytest.raises(PufaceError, match="Alice.*purifier's training data"):
+        run_experiment(parse(named, tmp_path, "named.toml"), tmp_path / "o1", progress=False, echo=lambda s: None)
+    res = run_experiment(parse(text, tmp_path, "drawn.toml"), tmp_path / "o2", progress=False, echo=lambda s: None)
+    assert {r["user"] for r in res.rows} == {"Carol", "Dave"}
+    allowed = named.replace("count = 2", "").replace("[users]", "[users]\nallow_purifier_identities = true")
+    res = run_experiment(parse(allowed, tmp_path, "allowed.toml"), tmp_path / "o3", progress=False, echo=lambda s: None)
+    assert {r["user"] for r in res.rows} == {"Alice", "Carol"}

@@ -1,0 +1,98 @@
+"""The HTML report: self-contained (no external assets), and it renders in a real browser (headless
+Chromium) with its tables, charts and image grids."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from evaluation_helpers import EXPERIMENT_COLOURS_TOML, register_standins, write_colour_faces
+from puface.evaluation.report import markdown_to_html
+from puface.experiments import load_config, run_experiment
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    register_standins()
+    tmp = tmp_path_factory.mktemp("report")
+    root = write_colour_faces(tmp / "data")
+    (tmp / "c.toml").write_text(EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)))
+    res = run_experiment(load_config(tmp / "c.toml"), tmp / "out", progress=False, echo=lambda s: None)
+    assert res.report is not None
+    return res.report
+
+
+def test_report_is_self_contained(report):
+    text = report.read_text()
+    assert text.startswith("<!DOCTYPE html>") and "</html>" in text
+    assert '<table class="results">' in text
+    srcs = re.findall(r'src="([^"]*)"', text)
+    assert len(srcs) >= 2 + 2 * 4  # 2 charts (nn, linear) + a grid of 2 images x 4 columns
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert not re.search(r'(href|src)="(https?:|//|file:)', text) and "<link" not in text and "<script" not in text
+    # the image grid shows natural, cloaked, amplified and the defenses, with PSNR/SSIM captions
+    for caption in ("natural (reference)", "cloaked<br>PSNR", "amplified x3", "blur-s1 (cloaked input)", "SSIM"):
+        assert caption in text
+
+
+def test_markdown_subset():
+    html = markdown_to_html("## Title\n\ntext **bold** <x>\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    assert "<h2>Title</h2>" in html and "<strong>bold</strong> &lt;x&gt;" in html
+    assert "<th>a</th><th>b</th>" in html and "<td>1</td><td>2</td>" in html and "---" not in html
+
+
+@pytest.mark.skipif(chromium() is None, reason="headless Chromium not installed (apt-get install -y chromium)")
+def test_report_renders_in_chromium(report, tmp_path):
+    browser = chromium()
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    url = report.resolve().as_uri()
+    dom = subprocess.run(
+        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "puface evaluation: colours" in dom.stdout
+    assert dom.stdout.count('<table class="results">') >= 3
+    assert "ASR no defense" in dom.stdout
+
+    shot = tmp_path / "shot.png"
+    run = subprocess.run(
+        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1280,6000", "--hide-scrollbars",
+         f"--screenshot={shot}", url],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
+    px = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
+    assert px.shape[0] == 1280 * 6000
+
+    def share_near(rgb, tol=12):
+        return float(np.mean(np.abs(px - np.array(rgb)).max(1) <= tol))
+
+    # the page is mostly white paper with dark text ...
+    assert share_near((255, 255, 255)) > 0.4
+    assert share_near((34, 34, 34), tol=40) > 0.001
+    # ... the matplotlib charts decoded (default bar colours C0 / C1) ...
+    assert share_near((31, 119, 180)) > 0.002 and share_near((255, 127, 14)) > 0.002
+    # ... and the face grids decoded: the protected users' identity colours (see evaluation_helpers)
+    alice_or_dave = max(share_near((204, 51, 51), tol=20), share_near((191, 178, 51), tol=20))
+    assert alice_or_dave > 0.001
