@@ -120,3 +120,32 @@ def test_matmul_and_convolution_paths_agree(monkeypatch):
     a = ssim(x, y)
     monkeypatch.setattr(mod, "_MATMUL_MAX_SIDE", 0)
     assert torch.allclose(a, ssim(x, y), atol=1e-6)
+
+
+def test_gradient_of_the_blocked_filter_matches_convolution(monkeypatch):
+    import puface.attacks.ssim as mod
+
+    y = torch.rand(2, 3, 97, 130, dtype=torch.float64)
+    x0 = (y + 0.05 * torch.randn_like(y)).clamp(0, 1)
+    x1 = x0.clone().requires_grad_(True)
+    ssim(x1, y).sum().backward()
+    monkeypatch.setattr(mod, "_MATMUL_MAX_SIDE", 0)
+    x2 = x0.clone().requires_grad_(True)
+    ssim(x2, y).sum().backward()
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-12, rtol=1e-9)
+    assert torch.autograd.gradcheck(lambda t: ssim(t, y[:1, :1, :20, :23]), (x0[:1, :1, :20, :23].clone().requires_grad_(True),))
+
+
+def test_reference_ssim_closed_form_gradient_matches_autograd():
+    y = torch.rand(3, 3, 40, 52, dtype=torch.float64)
+    x0 = (y + 0.08 * torch.randn_like(y)).clamp(0, 1)
+    ref = ReferenceSSIM(y)
+    x1 = x0.clone().requires_grad_(True)
+    w = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    (ref(x1) * w).sum().backward()
+    x2 = x0.clone().requires_grad_(True)
+    (ssim(x2, y) * w).sum().backward()
+    assert torch.allclose(ref(x0), ssim(x0, y), atol=1e-12)
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-12, rtol=1e-9)
+    small = ReferenceSSIM(y[:1, :, :14, :17])
+    assert torch.autograd.gradcheck(lambda t: small(t), (x0[:1, :, :14, :17].clone().requires_grad_(True),))

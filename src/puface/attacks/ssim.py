@@ -38,9 +38,10 @@ def _check(x: torch.Tensor, name: str, size: int) -> None:
         raise ValueError(f"SSIM needs images of at least {size}x{size} px, got {tuple(x.shape[-2:])}")
 
 
-# Up to this side, filtering runs as two matrix products with banded Gaussian matrices (BLAS; about
-# 3x faster than depthwise convolution on CPU for face chips); larger images use convolution.
-_MATMUL_MAX_SIDE = 320
+# Filtering runs as matrix products with small banded Gaussian blocks (BLAS; several times faster
+# than depthwise convolution on CPU for face chips) up to this side; larger images use convolution.
+_MATMUL_MAX_SIDE = 4096
+_BLOCK = 256  # longer rows are cut into blocks of about this many outputs (GEMM cost per output: block + k - 1)
 
 
 def _banded(n: int, taps: torch.Tensor) -> torch.Tensor:
@@ -53,8 +54,44 @@ def _banded(n: int, taps: torch.Tensor) -> torch.Tensor:
     return m
 
 
+class _BandPlan:
+    """'Valid' 1-D filtering along the last axis of (M, width) rows, as a few block matrix products."""
+
+    def __init__(self, width: int, taps: torch.Tensor, block: int = _BLOCK):
+        self.k = k = taps.numel()
+        self.out_width = w2 = width - k + 1
+        nb = max(1, round(w2 / block))
+        edges = [round(i * w2 / nb) for i in range(nb + 1)]
+        self.blocks = [(a, b + k - 1, _banded(b - a + k - 1, taps)) for a, b in zip(edges[:-1], edges[1:])]
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.blocks) == 1:
+            return x @ self.blocks[0][2]
+        return torch.cat([x[:, a:e] @ m for a, e, m in self.blocks], dim=1)
+
+
+class _ValidFilter1d(torch.autograd.Function):
+    """y = valid filter of x (M, W) -> (M, W - k + 1); backward: the same filter (the taps are
+    symmetric) over the gradient zero-padded by k - 1 on both sides ('full' correlation)."""
+
+    @staticmethod
+    def forward(ctx, x, fwd: _BandPlan, bwd: _BandPlan):  # type: ignore[override]
+        ctx.bwd = bwd
+        return fwd.apply(x)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        k = ctx.bwd.k
+        return ctx.bwd.apply(F.pad(grad, (k - 1, k - 1))), None, None
+
+
 class _Filter:
-    """Depthwise 'valid' Gaussian filtering of (N, C, H, W) maps: (N, C, H - k + 1, W - k + 1)."""
+    """Depthwise 'valid' Gaussian filtering of (N, C, H, W) maps.
+
+    The matrix-product path returns the filtered maps transposed, (N, C, W', H') (the second pass
+    filters the transposed rows; SSIM only averages elementwise functions of maps that are all
+    transposed alike). The convolution path returns (N, C, H', W').
+    """
 
     def __init__(self, channels: int, size: int, sigma: float, like: torch.Tensor):
         g = gaussian_window(size, sigma, dtype=like.dtype).to(like.device)
@@ -62,18 +99,73 @@ class _Filter:
         self.channels = channels
         self.matmul = max(h, w) <= _MATMUL_MAX_SIDE
         if self.matmul:
-            self.right = _banded(w, g)  # (W, W')
-            self.left = _banded(h, g).t().contiguous()  # (H', H)
+            self.w_plans = (_BandPlan(w, g), _BandPlan(w + size - 1, g))
+            self.h_plans = (_BandPlan(h, g), _BandPlan(h + size - 1, g))
         else:
             self.row = g.view(1, 1, 1, size)
             self.col = g.view(1, 1, size, 1)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
         if self.matmul:
-            return self.left @ (x @ self.right)
-        c = x.shape[1]
+            w2, h2 = self.w_plans[0].out_width, self.h_plans[0].out_width
+            y = _ValidFilter1d.apply(x.reshape(-1, w), *self.w_plans).view(n * c, h, w2)
+            y = _ValidFilter1d.apply(y.transpose(1, 2).reshape(-1, h), *self.h_plans)
+            return y.view(n, c, w2, h2)
         x = F.conv2d(x, self.row.expand(c, 1, 1, -1), groups=c)
         return F.conv2d(x, self.col.expand(c, 1, -1, 1), groups=c)
+
+    def adjoint(self, g: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Transpose of the matrix-product path: (N, C, W', H') -> (N, C, H, W)."""
+        n, c, w2, h2 = g.shape
+        k = self.h_plans[1].k
+        t = self.h_plans[1].apply(F.pad(g.reshape(-1, h2), (k - 1, k - 1)))  # (N C W', H)
+        t = t.view(n * c, w2, h).transpose(1, 2).reshape(-1, w2)
+        t = self.w_plans[1].apply(F.pad(t, (k - 1, k - 1)))  # (N C H, W)
+        return t.view(n, c, h, w)
+
+
+class _SSIMToReference(torch.autograd.Function):
+    """SSIM(x, y) per image against a `ReferenceSSIM`'s fixed y, with the gradient in closed form.
+
+    With l = A1 / B1, cs = A2 / B2 (see the module docstring) and S = l cs per window, the window
+    moments mu_x = G x, E[x^2] = G x^2, E[xy] = G (x y) give
+        dS/dmu_x = (2 mu_y - 2 mu_x l) / B1 * cs + l (2 mu_x cs - 2 mu_y) / B2,
+        dS/dE[x^2] = -l cs / B2,   dS/dE[xy] = 2 l / B2,
+    and dSSIM/dx = G^T a + 2 x G^T b + y G^T c for the mean-weighted maps a, b, c: three
+    filterings and three transposed filterings, no autograd graph of the elementwise algebra.
+    """
+
+    @staticmethod
+    def forward(ctx, x, ref: "ReferenceSSIM"):  # type: ignore[override]
+        f = ref.filter
+        mu_x, xx, xy = f(x), f(x * x), f(x * ref.y)  # three calls: cheaper than one on a concatenation
+        mu_y = ref.mu_y
+        a1 = 2.0 * mu_x * mu_y + ref.c1
+        b1 = mu_x * mu_x + ref.mu_y_sq + ref.c1
+        a2 = 2.0 * (xy - mu_x * mu_y) + ref.c2
+        b2 = (xx - mu_x * mu_x) + ref.var_y + ref.c2
+        lum, cs = a1 / b1, a2 / b2
+        s = lum * cs
+        if x.requires_grad:
+            d_mu = (2.0 * mu_y - 2.0 * mu_x * lum) / b1 * cs + lum * (2.0 * mu_x * cs - 2.0 * mu_y) / b2
+            d_xx = -s / b2
+            d_xy = 2.0 * lum / b2
+            ctx.save_for_backward(x, d_mu, d_xx, d_xy)
+            ctx.ref = ref
+        return s.mean(dim=(1, 2, 3))
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, d_mu, d_xx, d_xy = ctx.saved_tensors
+        ref = ctx.ref
+        h, w = x.shape[-2:]
+        weight = grad.view(-1, 1, 1, 1) / d_mu[0].numel()
+        adj = ref.filter.adjoint
+        out = adj(d_mu * weight, h, w)
+        out += 2.0 * x * adj(d_xx * weight, h, w)
+        out += ref.y * adj(d_xy * weight, h, w)
+        return out, None
 
 
 def _ssim_from_moments(mu_x, mu_y, xx, yy, xy, c1: float, c2: float) -> torch.Tensor:
@@ -124,12 +216,16 @@ class ReferenceSSIM:
         self.filter = _Filter(y.shape[1], window, sigma, y)
         self.mu_y = self.filter(y)
         self.yy = self.filter(y * y)
+        self.mu_y_sq = self.mu_y * self.mu_y
+        self.var_y = self.yy - self.mu_y_sq
         self.y = y
         self.c1, self.c2 = (K1 * max_val) ** 2, (K2 * max_val) ** 2
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape != self.shape:
             raise ValueError(f"SSIM: shapes differ: {tuple(x.shape)} vs reference {tuple(self.shape)}")
+        if self.filter.matmul:
+            return _SSIMToReference.apply(x, self)
         c = x.shape[1]
         m = self.filter(torch.cat([x, x * x, x * self.y], dim=1))
         return _ssim_from_moments(m[:, :c], self.mu_y, m[:, c : 2 * c], self.yy, m[:, 2 * c :], self.c1, self.c2)
