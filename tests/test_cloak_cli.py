@@ -154,3 +154,26 @@ def test_every_option_has_help(capsys):
     for opt in ("--attack", "--mode", "--surrogate", "--seed", "--batch-size", "--device", "--threads", "--tool-names",
                 "--format", "--resume", "--align", "--largest-face", "--target-pool"):
         assert opt in out
+
+
+def test_align_cloaks_the_face_of_a_photo_and_skips_photos_without_one(johns_dir, tmp_path, capsys, dlib_available):
+    pytest.importorskip("puface.align")
+    pytest.importorskip("dlib")
+    from puface.imageio import write_image
+
+    chip = read_image(sorted(johns_dir.glob("*/*.jpg"))[0])
+    photo = np.full((320, 300, 3), 128, np.uint8)
+    photo[80:230, 70:220] = chip
+    write_image(tmp_path / "in" / "u" / "photo.png", photo)
+    write_image(tmp_path / "in" / "u" / "blank.png", np.full((200, 200, 3), 90, np.uint8))
+    out = tmp_path / "out"
+    code, stdout, err = run(["cloak", *FAST, "--align", str(tmp_path / "in"), str(out)], capsys)
+    assert code == 0, err
+    assert "1 cloaked" in stdout and "no face found" in err
+    assert outputs(out) == ["u/photo.png"]
+    got = read_image(out / "u" / "photo.png").astype(int)
+    assert got.shape == photo.shape
+    assert np.abs(got - photo).max() <= 16 and np.abs(got - photo).max() > 0
+    assert (got[:40] == photo[:40]).all()  # far from the face nothing changes
+    rows = {r["file"]: r for r in csv.DictReader(open(out / "cloak_stats.csv"))}
+    assert rows["u/photo.png"]["faces"] == "1" and float(rows["u/photo.png"]["shift_dlib-resnet29"]) > 0
