@@ -164,7 +164,7 @@ def test_markdown_table_has_the_paper_columns_and_one_row_per_baseline(colour_ex
     _, out, res = colour_experiment
     md = (out / "table.md").read_text()
     assert "| attack | victim | setting | trainer | ASR no defense |" in md
-    assert "normal acc. no defense" in md and "mean (cloaked)" in md
+    assert "normal acc. no defense" in md and "| **mean (white-box)** |" in md
     assert "| checker | test-colour-texture | white-box | nn | 100.0 ± 0.0 |" in md
     for d in ("none", "blur-s1", "bitdepth-4"):
         assert f"| {d} |" in md
@@ -177,6 +177,10 @@ def test_resume_skips_finished_runs_and_refuses_another_config(colour_experiment
     res2 = run_experiment(load_config(cfg_path), out, progress=False, echo=lambda s: None)
     assert (out / "runs.jsonl").read_text().splitlines() == lines  # nothing recomputed
     assert len(res2.rows) == len(res.rows)
+    # image quality and example images of the first session are still reported
+    results = json.loads((out / "results.json").read_text())
+    assert results["sessions"] == 2 and len(results["image_quality"]) == 2 * 3
+    assert "0/Alice/checker" in results["examples"] and "over 2 sessions" in res2.table_md
     changed = tmp_path / "changed.toml"
     changed.write_text(cfg_path.read_text().replace("bits = 4", "bits = 3"))
     with pytest.raises(PufaceError, match="different config"):
@@ -202,3 +206,34 @@ def test_protected_users_seen_by_the_purifier_are_refused(tmp_path, monkeypatch)
     allowed = named.replace("count = 2", "").replace("[users]", "[users]\nallow_purifier_identities = true")
     res = run_experiment(parse(allowed, tmp_path, "allowed.toml"), tmp_path / "o3", progress=False, echo=lambda s: None)
     assert {r["user"] for r in res.rows} == {"Alice", "Carol"}
+
+
+def test_cli_reproduce_evaluate_and_errors(tmp_path, monkeypatch, capsys):
+    from evaluation_helpers import STANDIN_ATTACK, STANDIN_EMBEDDER
+    from puface.cli import main
+
+    register_standins()
+    monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
+    root = write_colour_faces(tmp_path / "data")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace("[report]", "[report]\nenabled = false"))
+    assert main(["reproduce", str(cfg), "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "| checker | test-colour-texture | white-box | nn | 100.0 ± 0.0 |" in out and "wall time:" in out
+
+    saved = tmp_path / "saved.toml"
+    args = ["evaluate", "--data", str(root), "--users", "2", "--image-size", "32", "--victim", STANDIN_EMBEDDER,
+            "--attack", f"{STANDIN_ATTACK}:label=checker,embedders={STANDIN_EMBEDDER}", "--trainer", "nn",
+            "--defense", "none", "--defense", "blur:sigma=1", "--out", str(tmp_path / "e"), "--no-progress",
+            "--save-config", str(saved)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| blur-s1 | 0.0 ± 0.0 | 0.0 ± 0.0 | 100.0 |" in out
+    again = load_config(saved)
+    assert [a.label for a in again.attacks] == ["clean", "checker"] and [d.label for d in again.defenses] == ["none", "blur-s1"]
+
+    assert main(["reproduce", str(tmp_path / "nope.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("puface: error:") and "nope.toml" in err and "Traceback" not in err
+    assert main(["evaluate", "--data", str(tmp_path / "missing"), "--no-progress", "--out", str(tmp_path / "x")]) == 2
+    assert "missing" in capsys.readouterr().err

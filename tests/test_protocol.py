@@ -155,8 +155,8 @@ def test_cache_resume_examples_and_quality(colour_data):
     assert ex["checker"]["cloaked"].shape == (2, 3, 32, 32) and ex["checker"]["cloaked"].dtype == torch.uint8
     # image quality against the natural images: blur brings the cloaked images closer
     q = proto.quality
-    assert np.mean(q["checker", "blur"]["psnr"]) > np.mean(q["checker", "none"]["psnr"]) + 5
-    assert np.mean(q["clean", "none"]["psnr"]) == 99.0
+    assert np.mean(q["checker", "blur", "Alice"]["psnr"]) > np.mean(q["checker", "none", "Alice"]["psnr"]) + 5
+    assert np.mean(q["clean", "none", "Carol"]["psnr"]) == 99.0 and len(q["clean", "none", "Carol"]["ssim"]) == 7
 
 
 def test_setting_names():

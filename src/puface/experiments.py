@@ -409,7 +409,7 @@ def run_experiment(
     device = device or cfg.run.get("device")
     fp = cfg.fingerprint()
     state_path, runs_path = out / "state.json", out / "runs.jsonl"
-    if state_path.is_file() and runs_path.is_file() and not restart:
+    if state_path.is_file() and _jsonl_rows(runs_path) and not restart:
         old = json.loads(state_path.read_text())
         if old.get("fingerprint") != fp:
             raise PufaceError(
@@ -446,10 +446,15 @@ def run_experiment(
             t.params["device"] = device
 
     timings: dict[str, float] = {}
-    quality: dict[str, dict[str, list[float]]] = {}
-    examples_written: dict[str, Any] = {}
     users_by_seed: dict[int, list[str]] = {}
+    n_new = 0
     runs_file = open(runs_path, "a", encoding="utf-8")
+    side_file = open(out / "details.jsonl", "a", encoding="utf-8")  # image quality and example images, per unit
+
+    def write_side(record: dict) -> None:
+        side_file.write(json.dumps({**record, "config_fingerprint": fp}) + "\n")
+        side_file.flush()
+
     try:
         for seed in cfg.seeds:
             t_load = time.perf_counter()
@@ -478,11 +483,21 @@ def run_experiment(
             attacks = [build_attack(a, seed, device, int(cfg.run["cloak_batch_size"])) for a in cfg.attacks]
 
             def write_row(row: dict) -> None:
+                nonlocal n_new
                 runs_file.write(json.dumps({**row, "config_fingerprint": fp}) + "\n")
                 runs_file.flush()
+                n_new += 1
+
+            def write_quality(attack: str, defense: str, user: str, q: dict, seed: int = seed) -> None:
+                write_side({"type": "quality", "seed": seed, "attack": attack, "defense": defense, "user": user, **q})
+
+            def write_example(user: str, attack: str, kind: str, images: torch.Tensor, seed: int = seed) -> None:
+                paths = write_example_images(out, seed, user, attack, kind, images)
+                write_side({"type": "example", "seed": seed, "user": user, "attack": attack, "kind": kind, "paths": paths})
 
             proto = Protocol(
                 data, users, attacks, victims, trainers, defenses, cache=cache, on_result=write_row, done=done,
+                on_quality=write_quality, on_example=write_example,
                 example_users=int(cfg.report["users"]) if cfg.report.get("enabled", True) else 0,
                 examples_per_user=int(cfg.report["images_per_user"]), batch_size=int(cfg.run["batch_size"]), progress=progress,
             )
@@ -490,24 +505,33 @@ def run_experiment(
             proto.timings["load_s"] += load_s
             for k, v in proto.timings.items():
                 timings[k] = timings.get(k, 0.0) + v
-            for (a, d), q in proto.quality.items():
-                agg = quality.setdefault(f"{a}|{d}", {"psnr": [], "ssim": []})
-                agg["psnr"].extend(q["psnr"])
-                agg["ssim"].extend(q["ssim"])
-            if proto.examples:
-                examples_written.update(write_examples(out / "examples", seed, proto.examples))
     finally:
         runs_file.close()
+        side_file.close()
 
     rows = _latest_rows(_jsonl_rows(runs_path), fp)
+    details = [r for r in _jsonl_rows(out / "details.jsonl") if r.get("config_fingerprint") == fp]
+    quality: dict[str, dict[str, list[float]]] = {}
+    for r in {(r["seed"], r["attack"], r["defense"], r["user"]): r for r in details if r["type"] == "quality"}.values():
+        agg = quality.setdefault(f"{r['attack']}|{r['defense']}", {"psnr": [], "ssim": []})
+        agg["psnr"].extend(r["psnr"])
+        agg["ssim"].extend(r["ssim"])
+    examples_written: dict[str, Any] = {}
+    for r in details:
+        if r["type"] == "example":
+            examples_written.setdefault(f"{r['seed']}/{r['user']}/{r['attack']}", {})[r["kind"]] = r["paths"]
     wall = time.perf_counter() - t_start
+    sessions = _jsonl_rows(out / "sessions.jsonl") + [{"wall_s": round(wall, 2), "new_runs": n_new, "timings_s": timings}]
+    with open(out / "sessions.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(sessions[-1]) + "\n")
+    wall_total = sum(float(x.get("wall_s", 0.0)) for x in sessions)
     from .evaluation.tables import render_tables, summarise_rows, write_csv
 
     summary = summarise_rows(rows)
     write_csv(out / "results.csv", rows)
     write_csv(out / "summary.csv", summary)
     quality_summary = _quality_summary(quality)
-    table_md = render_tables(cfg, summary, quality_summary, wall_s=wall)
+    table_md = render_tables(cfg, summary, quality_summary, wall_s=wall_total, sessions=len(sessions))
     _write_text_atomic(out / "table.md", table_md)
     amplification = 3.0
     from .defenses import purifier_amplification
@@ -524,8 +548,10 @@ def run_experiment(
         "data_root": str(root),
         "users": {str(k): v for k, v in users_by_seed.items()},
         "excluded_purifier_identities": len(exclude),
-        "wall_s": round(wall, 2),
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "wall_s": round(wall_total, 2),
+        "wall_s_this_session": round(wall, 2),
+        "sessions": len(sessions),
+        "timings_s": {k: round(sum(float(x.get("timings_s", {}).get(k, 0.0)) for x in sessions), 2) for k in timings},
         "n_runs": len(rows),
         "summary": summary,
         "image_quality": quality_summary,
@@ -588,27 +614,18 @@ def _quality_summary(quality: dict[str, dict[str, list[float]]]) -> list[dict]:
     return out
 
 
-def write_examples(folder: Path, seed: int, examples: dict[str, dict[str, dict[str, torch.Tensor]]]) -> dict[str, Any]:
-    """Save the protocol's sample images as PNG: folder/<seed>/<user>/<attack>/<kind>_<i>.png.
-
-    Returns {"<seed>/<user>/<attack>": {kind: [relative paths]}} for the report.
-    """
+def write_example_images(out: Path, seed: int, user: str, attack: str, kind: str, images: torch.Tensor) -> list[str]:
+    """Save example images (uint8 (k, 3, H, W)) as out/examples/<seed>/<user>/<attack>/<kind>_<i>.png;
+    returns their paths relative to `out`."""
     from .imageio import to_uint8 as chw_to_hwc, write_image
 
-    index: dict[str, Any] = {}
-    for user, per_attack in examples.items():
-        for attack, kinds in per_attack.items():
-            key = f"{seed}/{user}/{attack}"
-            index[key] = {}
-            for kind, imgs in kinds.items():
-                safe = kind.replace(":", "-").replace("/", "_")
-                paths = []
-                for i, im in enumerate(imgs):
-                    rel = Path(str(seed)) / user / attack / f"{safe}_{i}.png"
-                    write_image(folder / rel, chw_to_hwc(im.float() / 255.0))
-                    paths.append(str(Path("examples") / rel))
-                index[key][kind] = paths
-    return index
+    safe = kind.replace(":", "-").replace("/", "_")
+    paths = []
+    for i, im in enumerate(images):
+        rel = Path("examples") / str(seed) / user / attack / f"{safe}_{i}.png"
+        write_image(out / rel, chw_to_hwc(im.float() / 255.0))
+        paths.append(rel.as_posix())
+    return paths
 
 
 def _resolved(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -622,5 +639,5 @@ def _resolved(cfg: ExperimentConfig) -> dict[str, Any]:
 
 __all__ = [
     "ExperimentConfig", "AttackEntry", "TrainerEntry", "DefenseEntry", "load_config", "run_experiment",
-    "ExperimentResult", "packaged_config", "packaged_config_names", "resolve_data_root", "write_examples",
+    "ExperimentResult", "packaged_config", "packaged_config_names", "resolve_data_root", "write_example_images",
 ]

@@ -238,6 +238,8 @@ class Protocol:
         cloak_cache: a `CloakCache` (default: the attacks package's, when present), or None to call
             attacks directly.
         on_result: called with each result row as soon as it exists (to write it out at once).
+        on_quality: called with (attack, defense, user, {"psnr": [...], "ssim": [...]}) per unit.
+        on_example: called with (user, attack, kind, uint8 images) for each kept example.
         done: run ids already finished (skipped: resume).
         example_users: for this many users, keep sample images (natural, cloaked, defended) in
             `examples` for the report.
@@ -257,6 +259,8 @@ class Protocol:
         cache: ContentCache | None = None,
         cloak_cache: Any | None = "default",
         on_result: Callable[[dict], None] | None = None,
+        on_quality: Callable[[str, str, str, dict], None] | None = None,
+        on_example: Callable[[str, str, str, torch.Tensor], None] | None = None,
         done: Iterable[str] = (),
         example_users: int = 0,
         examples_per_user: int = 2,
@@ -272,6 +276,8 @@ class Protocol:
         self.cache = cache
         self.cloak_cache = default_cloak_cache() if cloak_cache == "default" else cloak_cache
         self.on_result = on_result
+        self.on_quality = on_quality
+        self.on_example = on_example
         self.done = set(done)
         self.example_users = set(self.users[:example_users])
         self.examples_per_user = examples_per_user
@@ -279,7 +285,7 @@ class Protocol:
         self.progress = progress
         self.timings: dict[str, float] = {"load_s": 0.0, "cloak_s": 0.0, "defend_s": 0.0, "embed_s": 0.0, "train_s": 0.0}
         self.examples: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
-        self.quality: dict[tuple[str, str], dict[str, list[float]]] = {}
+        self.quality: dict[tuple[str, str, str], dict[str, list[float]]] = {}
         self._fingerprints = {v: f"{emb.name}:{module_fingerprint(emb)}" for v, emb in self.victims.items()}
         self._check()
 
@@ -387,16 +393,21 @@ class Protocol:
         self.timings["cloak_s"] += time.perf_counter() - t0
         return to_uint8(x)
 
-    def _record_quality(self, attack: str, defense: str, images: torch.Tensor, natural: torch.Tensor) -> None:
-        """PSNR (dB, capped at 99) and SSIM of (cloaked, defended) images against the natural ones."""
-        q = self.quality.setdefault((attack, defense), {"psnr": [], "ssim": []})
+    def _record_quality(self, attack: str, defense: str, user: str, images: torch.Tensor, natural: torch.Tensor) -> None:
+        """PSNR (dB, capped at 99) and SSIM of a user's (cloaked, defended) training images against the
+        natural ones, in `quality[attack, defense, user]` (and passed to `on_quality`)."""
         x, y = to_float(images), to_float(natural)
-        q["psnr"].extend(psnr(x, y).clamp(max=99.0).tolist())
-        q["ssim"].extend(ssim(x, y).tolist())
+        q = {"psnr": psnr(x, y).clamp(max=99.0).tolist(), "ssim": ssim(x, y).tolist()}
+        self.quality[attack, defense, user] = q
+        if self.on_quality is not None:
+            self.on_quality(attack, defense, user, q)
 
     def _keep_example(self, user: str, attack: str, kind: str, images: torch.Tensor) -> None:
         if user in self.example_users:
-            self.examples.setdefault(user, {}).setdefault(attack, {})[kind] = images[: self.examples_per_user].clone()
+            ex = images[: self.examples_per_user].clone()
+            self.examples.setdefault(user, {}).setdefault(attack, {})[kind] = ex
+            if self.on_example is not None:
+                self.on_example(user, attack, kind, ex)
 
     # ------------------------------------------------------------------ the grid
 
@@ -455,12 +466,12 @@ class Protocol:
                     if a.attack is not None:
                         cl = cloaked[a.label, u]
                         cl_def, cl_hashes = self.defend(d, cl, content_hashes(cl))
-                        self._record_quality(a.label, d, cl_def, train.images[rows_u])
+                        self._record_quality(a.label, d, u, cl_def, train.images[rows_u])
                         self._keep_example(u, a.label, "natural", train.images[rows_u])
                         self._keep_example(u, a.label, "cloaked", cl)
                         self._keep_example(u, a.label, f"defense:{d}", cl_def)
                     else:
-                        self._record_quality(a.label, d, natural[rows_u], train.images[rows_u])
+                        self._record_quality(a.label, d, u, natural[rows_u], train.images[rows_u])
                         self._keep_example(u, a.label, "natural", train.images[rows_u])
                         self._keep_example(u, a.label, f"defense:{d}", natural[rows_u])
                     for v in self.victims:

@@ -82,7 +82,7 @@ def paper_table(summary: list[dict], *, attacks: Sequence[str] = (), victims: Se
     header = ["attack", "victim", "setting", "trainer"]
     header += [f"ASR {('no defense' if d == 'none' else d)}" for d in cols]
     header += [f"normal acc. {('no defense' if d == 'none' else d)}" for d in cols]
-    rows, means = [], defaultdict(list)
+    rows, means = [], defaultdict(list)  # (setting, kind, column) -> values
     for a in _ordered((s["attack"] for s in summary), attacks):
         for v in _ordered((s["victim"] for s in summary), victims):
             for t in _ordered((s["trainer"] for s in summary), trainers):
@@ -94,14 +94,17 @@ def paper_table(summary: list[dict], *, attacks: Sequence[str] = (), victims: Se
                 if setting != "clean":
                     for j, c in enumerate(cells):
                         if c is not None:
-                            means[("asr", j)].append(c["asr_mean"])
-                            means[("acc", j)].append(c["normal_acc_mean"])
-    if means:
-        def m(kind: str, j: int) -> str:
-            vals = [x for x in means.get((kind, j), []) if not math.isnan(x)]
-            return f"**{100 * sum(vals) / len(vals):.1f}**" if vals else "-"
+                            for st in (setting, "all cloaked"):
+                                means[st, "asr", j].append(c["asr_mean"])
+                                means[st, "acc", j].append(c["normal_acc_mean"])
 
-        rows.append(["**mean (cloaked)**", "", "", ""] + [m("asr", j) for j in range(len(cols))] + [m("acc", j) for j in range(len(cols))])
+    def m(setting: str, kind: str, j: int) -> str:
+        vals = [x for x in means.get((setting, kind, j), []) if not math.isnan(x)]
+        return f"**{100 * sum(vals) / len(vals):.1f}**" if vals else "-"
+
+    settings = [st for st in ("white-box", "oblivious") if any(k[0] == st for k in means)]
+    for st in settings + (["all cloaked"] if len(settings) > 1 else []):
+        rows.append([f"**mean ({st})**", "", "", ""] + [m(st, "asr", j) for j in range(len(cols))] + [m(st, "acc", j) for j in range(len(cols))])
     return header, rows
 
 
@@ -118,7 +121,8 @@ def defense_tables(summary: list[dict], *, attacks: Sequence[str] = (), victims:
             if not present:
                 continue
             settings = {a: next(s["setting"] for k, s in index.items() if k[0] == a and k[1] == v and k[2] == t) for a in present}
-            header = ["defense"] + [f"ASR {a} ({settings[a]})" for a in present] + ["normal acc. (mean over attacks)"]
+            header = ["defense"] + [f"ASR {a}" + ("" if settings[a] == a else f" ({settings[a]})") for a in present]
+            header += ["normal acc. (mean over attacks)"]
             rows = []
             for d in _ordered((s["defense"] for s in summary), defenses):
                 cells = [index.get((a, v, t, d)) for a in present]
@@ -142,7 +146,7 @@ def quality_table(quality: list[dict], *, attacks: Sequence[str] = (), defenses:
     return header, rows
 
 
-def render_tables(cfg: Any, summary: list[dict], quality: list[dict], *, wall_s: float | None = None) -> str:
+def render_tables(cfg: Any, summary: list[dict], quality: list[dict], *, wall_s: float | None = None, sessions: int = 1) -> str:
     """The Markdown results document (paper table, defense tables, image quality, timing)."""
     order = dict(
         attacks=[a.label for a in cfg.attacks], victims=list(cfg.victims),
@@ -172,7 +176,8 @@ def render_tables(cfg: Any, summary: list[dict], quality: list[dict], *, wall_s:
         h, r = quality_table(quality, attacks=order["attacks"], defenses=order["defenses"])
         parts += ["### Image quality of the training images of protected users (vs. their natural images)", "", _md_table(h, r), ""]
     if wall_s is not None:
-        parts += [f"Wall time: {wall_s:.0f} s ({wall_s / 60:.1f} min).", ""]
+        resumed = f", over {sessions} sessions (resumed)" if sessions > 1 else ""
+        parts += [f"Wall time: {wall_s:.0f} s ({wall_s / 60:.1f} min){resumed}.", ""]
     return "\n".join(parts)
 
 

@@ -1,0 +1,188 @@
+"""`puface evaluate`, `puface reproduce` and `puface demo`: FaceCure-style evaluation of attacks and
+defenses (ASR and normal accuracy), from options, from a TOML config, or the embedded demo."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+
+def _parse_value(text: str):
+    from ..defenses import _parse_value as parse
+
+    return parse(text)
+
+
+def parse_attack_spec(spec: str) -> dict:
+    """``name[:key=value,...]`` -> an [[attacks]] table; a value with ``|`` is a list
+    (``lowkey:embedders=dlib-resnet29|sface,steps=20``)."""
+    from ..errors import ConfigError
+
+    name, _, args = spec.strip().partition(":")
+    if not name:
+        raise ConfigError(f"attack spec {spec!r}: empty name")
+    table: dict = {"name": name}
+    if args:
+        for kv in args.split(","):
+            k, eq, v = kv.partition("=")
+            if not eq or not k.strip():
+                raise ConfigError(f"attack spec {spec!r}: expected key=value, got {kv!r}")
+            k = k.strip()
+            table[k] = [x.strip() for x in v.split("|") if x.strip()] if ("|" in v or k == "embedders") else _parse_value(v)
+    return table
+
+
+def _run(cfg, out, device, restart, progress, quiet_table=False):
+    from ..experiments import run_experiment
+
+    t0 = time.perf_counter()
+    res = run_experiment(cfg, out, device=device, progress=progress, restart=restart)
+    wall = time.perf_counter() - t0
+    if not quiet_table:
+        click.echo("")
+        click.echo(res.table_md)
+    click.echo(f"results: {res.output}/results.csv, summary: {res.output}/summary.csv, table: {res.output}/table.md")
+    if res.report:
+        click.echo(f"report:  {res.report}")
+    click.echo(f"wall time: {wall:.0f} s ({wall / 60:.1f} min)")
+    return res
+
+
+_COMMON = [
+    click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+                 help="Output folder (default: [run] output of the config, else runs/<name>)."),
+    click.option("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the config's, else CUDA when available)."),
+    click.option("--restart", is_flag=True, help="Discard finished runs found in the output folder instead of resuming."),
+    click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars."),
+]
+
+
+def common(f):
+    for opt in reversed(_COMMON):
+        f = opt(f)
+    return f
+
+
+@click.command("reproduce")
+@click.argument("config", metavar="CONFIG")
+@click.option("--data", "data", type=click.Path(path_type=Path), default=None,
+              help="Identity folders ROOT/<identity>/<image> to use instead of the config's [data] root.")
+@common
+def reproduce(config: str, data: Path | None, out: Path | None, device: str | None, restart: bool, progress: bool) -> None:
+    """Run the experiment grid of CONFIG (a TOML file, or the name of a packaged config: demo, lfw,
+    paper) and write results.csv, summary.csv, results.json, table.md and report.html.
+
+    Finished runs are kept in OUT/runs.jsonl: re-running the same command resumes. Cloaks, purified
+    images and embeddings are cached by content ($PUFACE_HOME), so other experiments reuse them.
+    """
+    from ..experiments import load_config
+
+    cfg = load_config(config)
+    if data is not None:
+        cfg = cfg.with_data_root(data)
+    _run(cfg, out, device, restart, progress)
+
+
+@click.command("demo")
+@click.option("--data", "data", type=click.Path(path_type=Path), default=None,
+              help="Identity folders to use instead of the embedded 'johns' set.")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("puface-demo"), show_default=True,
+              help="Output folder for the results and the report.")
+@click.option("--device", default=None, help="cpu, cuda, ... (default: CUDA when available).")
+@click.option("--restart", is_flag=True, help="Discard the results of an earlier demo in the output folder.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+def demo(data: Path | None, out: Path, device: str | None, restart: bool, progress: bool) -> None:
+    """End-to-end demo on the embedded default data (dlib's 'johns' set, fetched from Debian's
+    libdlib19.1 on first use): cloak 3 protected users with Fawkes and LowKey, purify every
+    training photo with the shipped purifier, train 1-NN and linear face recognisers, evaluate on
+    clean photos, print the table and write an HTML report. A few minutes on a 2-core CPU.
+    """
+    from ..experiments import load_config, packaged_config
+
+    path = packaged_config("demo")
+    if path is None:  # pragma: no cover - packaging error
+        raise click.ClickException("the demo config is missing from this installation (puface/configs/demo.toml)")
+    cfg = load_config(path)
+    if data is not None:
+        cfg = cfg.with_data_root(data)
+    _run(cfg, out, device, restart, progress)
+
+
+@click.command("evaluate")
+@click.option("--data", "data", type=click.Path(path_type=Path), default=None,
+              help="Identity folders ROOT/<identity>/<image> (default: the embedded 'johns' set).")
+@click.option("--user", "users", multiple=True, help="A protected user (identity folder name); repeat for several.")
+@click.option("--users", "n_users", type=int, default=None, help="Draw this many protected users with the seed (default 1 when no --user).")
+@click.option("--attack", "attacks", multiple=True,
+              help="Attack spec name[:key=value,...], e.g. fawkes:mode=high, 'lowkey:embedders=dlib-resnet29|sface,steps=20'; repeatable. "
+                   "The clean reference (no cloak) is always included. Default: fawkes:mode=high.")
+@click.option("--victim", "victims", multiple=True, help="Face model the FR model is built on (registry name or model file); repeatable. Default: dlib-resnet29.")
+@click.option("--trainer", "trainers", multiple=True, help="nn, linear or e2e (with settings: e2e:steps=300); repeatable. Default: nn and linear.")
+@click.option("--defense", "defenses", multiple=True,
+              help="Defense spec, e.g. none, puface, puface:weights=FILE, jpeg:quality=75, blur:sigma=1+bitdepth:bits=5; repeatable. Default: none and puface.")
+@click.option("--seed", "seeds", type=int, multiple=True, help="Split/user seed; repeatable. Default: 0.")
+@click.option("--min-images", type=int, default=2, show_default=True, help="Leave out identities with fewer images.")
+@click.option("--max-per-identity", type=int, default=None, help="Seeded cap on images per identity (default: no cap).")
+@click.option("--image-size", type=int, default=150, show_default=True, help="Images are resized to this square size (pixels).")
+@click.option("--allow-purifier-identities", is_flag=True, help="Allow protected users the purifier was trained on (results are then optimistic).")
+@click.option("--save-config", type=click.Path(path_type=Path), default=None, help="Also write the equivalent TOML config here (for `puface reproduce`).")
+@common
+def evaluate(data, users, n_users, attacks, victims, trainers, defenses, seeds, min_images, max_per_identity, image_size,
+             allow_purifier_identities, save_config, out, device, restart, progress) -> None:
+    """Measure the attack success rate (ASR: share of a protected user's clean test photos not
+    recognised as the user) and the normal accuracy (on everyone else) of cloaking attacks under
+    defenses, with the FaceCure protocol: seeded 70/30 split per identity, the user's training
+    photos cloaked, the defense applied to every training photo, an FR model trained, clean test.
+    """
+    from ..experiments import ExperimentConfig
+
+    raw: dict = {
+        "name": "evaluate",
+        "seeds": list(seeds) or [0],
+        "data": {"root": str(data) if data else "johns", "min_images": min_images, "image_size": image_size},
+        "users": {"allow_purifier_identities": allow_purifier_identities},
+        "attacks": [{"name": "none"}] + [parse_attack_spec(a) for a in (attacks or ["fawkes:mode=high"]) if a != "none"],
+        "victims": {"embedders": list(victims) or ["dlib-resnet29"]},
+        "trainers": [parse_attack_spec(t) for t in (trainers or ["nn", "linear"])],
+        "defenses": [{"name": d} for d in (defenses or ["none", "puface"])],
+    }
+    if max_per_identity is not None:
+        raw["data"]["max_per_identity"] = max_per_identity
+    if users:
+        raw["users"]["names"] = list(users)
+    else:
+        raw["users"]["count"] = n_users or 1
+    cfg = ExperimentConfig.from_dict(raw)
+    if save_config is not None:
+        save_config.write_text(to_toml(raw), encoding="utf-8")
+        click.echo(f"config written to {save_config}")
+    _run(cfg, out or Path("runs") / "evaluate", device, restart, progress)
+
+
+def _toml_value(v) -> str:
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+def to_toml(raw: dict) -> str:
+    """The small TOML subset experiment configs use: scalars, [tables] and [[arrays of tables]]."""
+    lines = []
+    for k, v in raw.items():
+        if not isinstance(v, (dict, list)) or (isinstance(v, list) and not any(isinstance(x, dict) for x in v)):
+            lines.append(f"{k} = {_toml_value(v)}")
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{k}]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items() if vv is not None]
+        elif isinstance(v, list) and any(isinstance(x, dict) for x in v):
+            for item in v:
+                lines += ["", f"[[{k}]]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in item.items() if vv is not None]
+    return "\n".join(lines) + "\n"
