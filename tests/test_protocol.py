@@ -191,3 +191,22 @@ def test_real_embedder_on_johns(johns_dir):
     rows = proto.run()
     assert len(rows) == 2 * 2 * 2
     assert all(r["asr"] == 0.0 and r["normal_acc"] == 1.0 for r in rows)
+
+
+def test_cloaks_from_a_folder(colour_root, colour_data, tmp_path):
+    """Cloaks made by another tool, in a mirrored folder with Fawkes' names, act like the attack itself."""
+    from puface.evaluation.protocol import FolderCloaks
+    from puface.imageio import read_image, to_tensor, to_uint8, write_image
+
+    cloak = CheckerCloak()
+    for p in colour_root.glob("*/*.png"):
+        x = to_tensor(read_image(p))[None]
+        write_image(tmp_path / p.parent.name / f"{p.stem}_cloaked.png", to_uint8(cloak(x)[0]))
+    folder = AttackSpec("folder", FolderCloaks(tmp_path), surrogates=("colour",))
+    _, rows, _ = run_protocol(colour_data, defenses=["none", "blur"], attacks=[folder])
+    assert [r["asr"] for r in by(rows, defense="none")] == [1.0, 1.0]
+    assert [r["asr"] for r in by(rows, defense="blur")] == [0.0, 0.0]
+    first_train = colour_data.train.paths[colour_data.train.rows_of("Alice")[0]]
+    (tmp_path / "Alice" / f"{first_train.stem}_cloaked.png").unlink()
+    with pytest.raises(PufaceError, match="no cloaked version of Alice/.*_cloaked.png"):
+        run_protocol(colour_data, defenses=["none"], attacks=[folder])

@@ -21,7 +21,8 @@ A config (every key optional except the lists; see `configs/*.toml`)::
     min_test = 1
     allow_purifier_identities = false
 
-    [[attacks]]                   # one table per attack; name = "none" is the clean reference ("clean")
+    [[attacks]]                   # one table per attack; name = "none" is the clean reference ("clean");
+                                  # name = "folder", root = DIR: cloaks made elsewhere (see FolderCloaks)
     name = "fawkes"
     mode = "high"
     embedders = ["dlib-resnet29"] # the attacker's surrogates; other keys go to create_attack
@@ -198,7 +199,10 @@ class ExperimentConfig:
         name = str(t.pop("name"))
         mode = t.pop("mode", None)
         emb = t.pop("embedders", None)
-        label = t.pop("label", None) or ("clean" if name == "none" else name if mode is None else f"{name}-{mode}")
+        default = "clean" if name == "none" else name if mode is None else f"{name}-{mode}"
+        if name == "folder" and "root" in t:
+            default = f"folder-{Path(str(t['root'])).name}"
+        label = t.pop("label", None) or default
         if name == "none" and (mode or emb or t):
             raise ConfigError(f"{where}: attack 'none' (the clean reference) takes no settings")
         return AttackEntry(label=str(label), name=name, mode=mode, embedders=list(emb) if emb is not None else None, params=t)
@@ -311,6 +315,17 @@ def build_attack(entry: AttackEntry, seed: int, device: str | None, cloak_batch_
 
     if entry.is_clean:
         return AttackSpec(entry.label, None)
+    if entry.name == "folder":
+        from .evaluation.protocol import FolderCloaks
+
+        params = dict(entry.params)
+        if "root" not in params:
+            raise ConfigError(f"attack {entry.label!r}: a folder attack needs root = \"<folder of cloaked images>\"")
+        pats = params.pop("patterns", None)
+        root = params.pop("root")
+        if params:
+            raise ConfigError(f"attack {entry.label!r}: unknown option(s) {', '.join(sorted(params))} (known: root, patterns, embedders)")
+        return AttackSpec(entry.label, FolderCloaks(root, pats), surrogates=tuple(entry.embedders or ()))
     try:
         from .attacks import create_attack
     except ImportError as e:  # pragma: no cover - the attacks ship with puface

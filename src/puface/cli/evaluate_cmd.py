@@ -118,6 +118,9 @@ def demo(data: Path | None, out: Path, device: str | None, restart: bool, progre
 @click.option("--attack", "attacks", multiple=True,
               help="Attack spec name[:key=value,...], e.g. fawkes:mode=high, 'lowkey:embedders=dlib-resnet29|sface,steps=20'; repeatable. "
                    "The clean reference (no cloak) is always included. Default: fawkes:mode=high.")
+@click.option("--cloaked", "cloaked", multiple=True, type=click.Path(path_type=Path),
+              help="A folder of cloaked images made elsewhere (Fawkes/LowKey tools, `puface cloak`) mirroring --data "
+                   "(<identity>/<stem>_cloaked.png etc.); used as an attack; repeatable.")
 @click.option("--victim", "victims", multiple=True, help="Face model the FR model is built on (registry name or model file); repeatable. Default: dlib-resnet29.")
 @click.option("--trainer", "trainers", multiple=True, help="nn, linear or e2e (with settings: e2e:steps=300); repeatable. Default: nn and linear.")
 @click.option("--defense", "defenses", multiple=True,
@@ -129,7 +132,7 @@ def demo(data: Path | None, out: Path, device: str | None, restart: bool, progre
 @click.option("--allow-purifier-identities", is_flag=True, help="Allow protected users the purifier was trained on (results are then optimistic).")
 @click.option("--save-config", type=click.Path(path_type=Path), default=None, help="Also write the equivalent TOML config here (for `puface reproduce`).")
 @common
-def evaluate(data, users, n_users, attacks, victims, trainers, defenses, seeds, min_images, max_per_identity, image_size,
+def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses, seeds, min_images, max_per_identity, image_size,
              allow_purifier_identities, save_config, out, device, restart, progress) -> None:
     """Measure the attack success rate (ASR: share of a protected user's clean test photos not
     recognised as the user) and the normal accuracy (on everyone else) of cloaking attacks under
@@ -143,7 +146,9 @@ def evaluate(data, users, n_users, attacks, victims, trainers, defenses, seeds, 
         "seeds": list(seeds) or [0],
         "data": {"root": str(data) if data else "johns", "min_images": min_images, "image_size": image_size},
         "users": {"allow_purifier_identities": allow_purifier_identities},
-        "attacks": [{"name": "none"}] + [parse_attack_spec(a) for a in (attacks or ["fawkes:mode=high"]) if a != "none"],
+        "attacks": [{"name": "none"}]
+        + [parse_attack_spec(a) for a in (attacks or ([] if cloaked else ["fawkes:mode=high"])) if a != "none"]
+        + [{"name": "folder", "root": str(c)} for c in cloaked],
         "victims": {"embedders": list(victims) or ["dlib-resnet29"]},
         "trainers": [parse_attack_spec(t) for t in (trainers or ["nn", "linear"])],
         "defenses": [{"name": d} for d in (defenses or ["none", "puface"])],

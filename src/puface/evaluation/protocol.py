@@ -180,6 +180,39 @@ class AttackSpec:
     batch_size: int = 16
 
 
+class FolderCloaks:
+    """Cloaks made elsewhere (the original Fawkes or LowKey tools, `puface cloak`): a folder that mirrors
+    the data tree, `root/<identity>/<file>`. For a natural image `<identity>/<stem>.<ext>` the first
+    existing name among `patterns` is used; the defaults cover puface's and Fawkes' names
+    (`<name>`, `<stem>.png`, `<stem>_cloaked.png`, `<stem>_<mode>_cloaked.png`) and LowKey's
+    (`<stem>_attacked.png`). Placeholders: {name}, {stem}, {ext}.
+    """
+
+    DEFAULT_PATTERNS = (
+        "{name}", "{stem}.png", "{stem}_cloaked.png", "{stem}_cloaked.jpg", "{stem}_cloaked{ext}",
+        "{stem}_high_cloaked.png", "{stem}_mid_cloaked.png", "{stem}_low_cloaked.png", "{stem}_attacked.png",
+    )
+
+    def __init__(self, root: str | Path, patterns: Sequence[str] | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise PufaceError(f"{self.root}: folder of cloaked images not found")
+        self.patterns = tuple(patterns) if patterns else self.DEFAULT_PATTERNS
+        self.name = f"folder:{self.root.name}"
+
+    def path_for(self, natural: Path, data_root: Path) -> Path:
+        """The cloaked file for `natural` (a file under `data_root`); raises naming what was tried."""
+        rel = Path(natural).relative_to(data_root)
+        folder = self.root / rel.parent
+        tried = []
+        for pat in self.patterns:
+            cand = folder / pat.format(name=rel.name, stem=rel.stem, ext=rel.suffix)
+            if cand.is_file():
+                return cand
+            tried.append(cand.name)
+        raise PufaceError(f"no cloaked version of {rel} in {folder} (tried {', '.join(dict.fromkeys(tried))})")
+
+
 @dataclass
 class TrainerSpec:
     """A trainer in the grid: `create_trainer(name, victim, **params)`, shown as `label`."""
@@ -374,7 +407,12 @@ class Protocol:
         rows = self.data.train.rows_of(user)
         natural = self.data.train.images[rows]
         size = tuple(natural.shape[-2:])
-        if self.cloak_cache is not None and hasattr(spec.attack, "config"):
+        if isinstance(spec.attack, FolderCloaks):
+            files = [spec.attack.path_for(self.data.train.paths[i], self.data.dataset.root) for i in rows]
+            x, kept, errors = load_images(files, size=size)
+            if errors:
+                raise PufaceError(f"cloaked image unreadable: {errors[0]}")
+        elif self.cloak_cache is not None and hasattr(spec.attack, "config"):
             paths = [self.data.train.paths[i] for i in rows]
             x, kept, errors = self.cloak_cache.cloak(spec.attack, paths, batch_size=spec.batch_size, progress=self.progress, size=size)
             if errors or len(kept) != len(paths):
@@ -525,6 +563,6 @@ class Protocol:
 
 
 __all__ = [
-    "EvaluationData", "LabelledImages", "load_labelled", "choose_users", "AttackSpec", "TrainerSpec",
+    "EvaluationData", "LabelledImages", "load_labelled", "choose_users", "AttackSpec", "TrainerSpec", "FolderCloaks",
     "Protocol", "setting_of", "run_id", "to_uint8", "to_float", "default_cloak_cache",
 ]
