@@ -221,3 +221,13 @@ def test_real_surrogate_moves_far_more_than_noise(johns_images):
     shift = res.stats["shift_dlib-resnet29"]
     assert (shift > 5 * noise_shift).all(), (shift, noise_shift)
     assert (res.stats["dssim"] <= 1.1 * 0.017 + 2e-4).all()
+
+
+def test_quantize_matches_decoding_the_saved_png():
+    from puface.attacks.base import quantize
+    from puface.imageio import to_tensor, to_uint8
+
+    x = torch.rand(2, 3, 17, 19)
+    q = quantize(x)
+    assert torch.equal(q, torch.stack([to_tensor(to_uint8(t)) for t in x]))
+    assert (q * 255 - (x * 255).round()).abs().max() < 1e-4

@@ -152,8 +152,9 @@ class CloakCache:
                         kw["targets"] = [t[idx] for t in kept_targets]
                     res = attack.run(images[idx], quantize_output=True, **kw)
                     for j, i in enumerate(idx):
-                        out[i] = res.images[j]
-                        _write_atomic(self.path_for(attack, keys[i]), encode_image(to_uint8(res.images[j]), "PNG"))
+                        pixels = to_uint8(res.images[j])
+                        _write_atomic(self.path_for(attack, keys[i]), encode_image(pixels, "PNG"))
+                        out[i] = to_tensor(pixels)  # exactly what a later read of the file returns
                     bar.update(len(idx))
             finally:
                 bar.close()
