@@ -474,6 +474,8 @@ class Protocol:
         units = [(d, a, u) for d in pending_defenses for a in self.attacks for u in self.users]
         bar = self._bar(units, desc="evaluating", unit="run") if self.progress else None
         for d in pending_defenses:
+            if bar is not None:
+                bar.set_postfix_str(f"{d}: defending and embedding the training set")
             natural, nat_hashes = self.defend(d, train.images, train.hashes)
             nat_emb = {v: self.embed(v, natural, nat_hashes) for v in self.victims} if need_emb else {}
             base: dict[tuple[str, str], tuple[Trainer, np.ndarray, float]] = {}
