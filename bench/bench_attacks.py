@@ -86,7 +86,8 @@ def quality_row(name, res, clean, embs, wall, cpu, n, steps, base_cpu, th=None):
         "speedup_vs_original_60s": ORIGINAL_FAWKES_CPU_S / (wall / n),
         "dssim_mean": s["dssim"].mean().item(),
         "dssim_max": s["dssim"].max().item(),
-        "psnr_mean": s["psnr"].mean().item(),
+        "psnr_mean": s["psnr"][torch.isfinite(s["psnr"])].mean().item(),  # unchanged images (inf) left out
+        "unchanged_images": int((~torch.isfinite(s["psnr"])).sum()),
         "linf_mean_255": (s["linf"] * 255).mean().item(),
         "linf_max_255": (s["linf"] * 255).max().item(),
     }
@@ -95,6 +96,8 @@ def quality_row(name, res, clean, embs, wall, cpu, n, steps, base_cpu, th=None):
         row["fallback_share"] = fb.mean().item()
         row["over_budget_without_fallback"] = int(((s["dssim"] > 1.1 * th + 1e-6) & (fb == 0)).sum())
         row["over_budget_total"] = int((s["dssim"] > 1.1 * th + 1e-6).sum())
+        if "budget_scale" in s:
+            row["budget_guard_share"] = (s["budget_scale"] < 1).float().mean().item()
     for ename, emb in embs.items():
         with torch.no_grad():
             shift = (emb.embed(res.images) - emb.embed(clean)).norm(dim=1)
@@ -246,7 +249,7 @@ def markdown(report) -> str:
                   f"({sp['baseline_fwd_bwd_wall_s_per_img'] * 1000:.1f} ms wall) per 150 px image.", ""]
     rows = (sp or {}).get("rows", []) + (report.get("lowkey") or {}).get("rows", [])
     if rows:
-        lines += ["| attack | images | wall s/img | CPU s/img | cores used | CPU / (steps x fwd+bwd) | vs Fawkes 60 s | DSSIM mean (max) | over 1.1 th (fallback share) | PSNR dB | max change (0-255) mean/max | shift dlib (noise) | shift sface (noise) |",
+        lines += ["| attack | images | wall s/img | CPU s/img | cores used | CPU / (steps x fwd+bwd) | vs Fawkes 60 s | DSSIM mean (max) | over 1.1 th (v1.0 fallback share) | PSNR dB (unchanged images) | max change (0-255) mean/max | shift dlib (noise) | shift sface (noise) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             ratio = f"{r['ratio_to_fwd_bwd_baseline']:.2f}" if r.get("ratio_to_fwd_bwd_baseline") else "-"
@@ -254,7 +257,7 @@ def markdown(report) -> str:
             sd = f"{r.get('shift_dlib-resnet29', float('nan')):.3f} ({r.get('noise_shift_dlib-resnet29', float('nan')):.3f})"
             ss = f"{r.get('shift_sface', float('nan')):.3f} ({r.get('noise_shift_sface', float('nan')):.3f})" if "shift_sface" in r else "-"
             lines.append(f"| {r['attack']} | {r['images']} | {r['wall_s_per_img']:.2f} | {r['cpu_s_per_img']:.2f} | {r['cores_used']:.2f} | {ratio} | "
-                         f"{r['speedup_vs_original_60s']:.0f}x | {r['dssim_mean']:.4f} ({r['dssim_max']:.4f}) | {over} | {r['psnr_mean']:.1f} | "
+                         f"{r['speedup_vs_original_60s']:.0f}x | {r['dssim_mean']:.4f} ({r['dssim_max']:.4f}) | {over} | {r['psnr_mean']:.1f} ({r['unchanged_images']}) | "
                          f"{r['linf_mean_255']:.1f}/{r['linf_max_255']:.0f} | {sd} | {ss} |")
         lines.append("")
     pr = report.get("protect")

@@ -198,7 +198,7 @@ def test_real_surrogate_every_mode_on_johns(mode, johns_images):
     atk = create_attack("fawkes", mode=mode, embedders=["dlib-resnet29"], device="cpu", save_last_on_failed=False)
     res = atk.run(x, quantize_output=True)
     th = MODES[mode].th
-    assert (res.stats["dssim"] <= 1.1 * th + 2e-4).all()  # + 8-bit rounding
+    assert (res.stats["dssim"] <= 1.1 * th + 1e-6).all()  # the saved 8-bit images keep the budget too
     assert (res.stats["linf"] <= 15 / 255 + 1e-6).all()
     if mode != "low":
         assert (res.stats["shift_dlib-resnet29"] > 0.6).all()  # past dlib's same-person threshold
@@ -220,7 +220,7 @@ def test_real_surrogate_moves_far_more_than_noise(johns_images):
         noise_shift = (emb(noisy) - emb(x)).norm(dim=1)
     shift = res.stats["shift_dlib-resnet29"]
     assert (shift > 5 * noise_shift).all(), (shift, noise_shift)
-    assert (res.stats["dssim"] <= 1.1 * 0.017 + 2e-4).all()
+    assert (res.stats["dssim"] <= 1.1 * 0.017 + 1e-6).all()
 
 
 def test_quantize_matches_decoding_the_saved_png():
@@ -231,3 +231,23 @@ def test_quantize_matches_decoding_the_saved_png():
     q = quantize(x)
     assert torch.equal(q, torch.stack([to_tensor(to_uint8(t)) for t in x]))
     assert (q * 255 - (x * 255).round()).abs().max() < 1e-4
+
+
+def test_8bit_outputs_are_brought_back_under_the_budget(faces):
+    from puface.attacks.base import quantize
+    from puface.attacks.fawkes import _budget_guard
+    from puface.attacks.ssim import dssim
+
+    g = torch.Generator().manual_seed(0)
+    out = (faces + (torch.rand(faces.shape, generator=g) - 0.5) * 0.06).clamp(0, 1)
+    d = dssim(quantize(out), faces)
+    bound = float(d.median()) * 0.97
+    exempt = torch.zeros(len(faces), dtype=torch.bool)
+    exempt[0] = True
+    q, scale = _budget_guard(faces, out, bound, exempt)
+    dq = dssim(q, faces)
+    over = d > bound
+    assert over[1:].any()
+    assert (dq[1:] <= bound).all() and torch.equal(q, quantize(q))
+    assert (scale[1:][over[1:]] < 1).all() and (scale[1:][~over[1:]] == 1).all()
+    assert scale[0] == 1 and torch.equal(q[0], quantize(out[0]))  # a fallback image is left as v1.0 saves it

@@ -193,7 +193,7 @@ class CloakAttack:
                 out, own_stats = self._attack_batch(x, gens, **part_extra)
                 out = out.detach().clamp(0, 1)
                 if quantize_output:
-                    out = quantize(out)
+                    out = self._quantize(x, out, own_stats)
                 stats = self.measure(x, out)
                 stats.update({k: v.detach().float().cpu() for k, v in own_stats.items()})
                 parts.append(AttackResult(out.to(home), stats))
@@ -222,6 +222,10 @@ class CloakAttack:
 
     def _attack_batch(self, x: torch.Tensor, generators: list[torch.Generator], **extra) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
+
+    def _quantize(self, x: torch.Tensor, out: torch.Tensor, own_stats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """8-bit rounding of a batch's outputs (attacks with a budget keep it here)."""
+        return quantize(out)
 
     # ------------------------------------------------------------------ statistics
     @torch.no_grad()
