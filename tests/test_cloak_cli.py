@@ -120,6 +120,8 @@ def test_bad_file_fails_alone_and_bad_options_are_one_line(tree, tmp_path, capsy
     assert len(outputs(out)) == 4
     code, _, err = run(["cloak", "--mode", "high", "--th", "0.02", str(tree), str(tmp_path / "x")], capsys)
     assert code == 2 and "--mode custom" in err and "Traceback" not in err
+    code, _, err = run(["cloak", "--attack", "lowkey", "--no-fallback", str(tree), str(tmp_path / "w")], capsys)
+    assert code == 2 and "Fawkes options" in err
     code, _, err = run(["cloak", "--targeted", "--surrogate", "dlib-resnet29", str(tree), str(tmp_path / "y")], capsys)
     assert code == 2 and "--target-pool" in err
     code, _, err = run(["cloak", *FAST, str(tree), str(tree)], capsys)
@@ -151,7 +153,7 @@ def test_every_option_has_help(capsys):
     for p in cloak.params:
         if p.param_type_name == "option":
             assert p.help, p.name
-    for opt in ("--attack", "--mode", "--surrogate", "--seed", "--batch-size", "--device", "--threads", "--tool-names",
+    for opt in ("--attack", "--mode", "--no-fallback", "--surrogate", "--seed", "--batch-size", "--device", "--threads", "--tool-names",
                 "--format", "--resume", "--align", "--largest-face", "--target-pool"):
         assert opt in out
 

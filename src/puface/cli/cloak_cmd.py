@@ -20,9 +20,13 @@ import click
               help="Face model to optimise against: a registered name (see `puface models list`) or an ONNX/"
                    "TorchScript file (repeatable). Default: Fawkes low dlib-resnet29, mid/high dlib-resnet29 + sface; "
                    "LowKey every installed model.")
-@click.option("--th", type=float, default=None, help="Fawkes custom: DSSIM budget (outputs stay under 1.1 x th).")
+@click.option("--th", type=float, default=None, help="Fawkes custom: DSSIM budget (saved images stay under 1.1 x th, "
+              "except those v1.0's fallback keeps; see --no-fallback).")
 @click.option("--steps", type=int, default=None, help="Fawkes custom / LowKey: optimisation steps (LowKey default 50).")
 @click.option("--lr", type=float, default=None, help="Fawkes custom: Adadelta learning rate.")
+@click.option("--fallback/--no-fallback", default=True, show_default=True,
+              help="Fawkes: v1.0's 'keep the last iterate when the best one is weak' rule (it can exceed 1.1 x th, "
+                   "up to DSSIM 0.015; such images are flagged in the CSV). --no-fallback keeps every image in budget.")
 @click.option("--targeted", is_flag=True,
               help="Fawkes: the paper's targeted version (mimic the farthest identity of --target-pool) instead of v1.0's push-away.")
 @click.option("--target-pool", type=click.Path(path_type=Path), default=None,
@@ -47,7 +51,7 @@ import click
 @click.option("--io-workers", type=int, default=2, show_default=True, help="Threads that decode and encode images meanwhile.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates: tuple[str, ...], th: float | None,
-          steps: int | None, lr: float | None, targeted: bool, target_pool: Path | None, perceptual: str, seed: int,
+          steps: int | None, lr: float | None, fallback: bool, targeted: bool, target_pool: Path | None, perceptual: str, seed: int,
           batch_size: int, device: str, threads: int | None, fmt: str, tool_names: bool, resume: bool, align: bool,
           largest_face: bool, rank: int | None, world_size: int | None, io_workers: int, progress: bool) -> None:
     """Cloak the face images under IN and write them to OUT (same tree and names, PNG by default).
@@ -91,12 +95,14 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
         knobs.update(custom)
         if targeted:
             knobs["targeted"] = True
+        if not fallback:
+            knobs["save_last_on_failed"] = False
         if perceptual != "auto":
             raise PufaceError("--perceptual is a LowKey option")
         kwargs = {"mode": mode}
     else:
-        if th is not None or lr is not None or targeted or target_pool is not None or mode not in ("high",):
-            raise PufaceError("--mode, --th, --lr, --targeted and --target-pool are Fawkes options")
+        if th is not None or lr is not None or targeted or target_pool is not None or mode != "high" or not fallback:
+            raise PufaceError("--mode, --th, --lr, --no-fallback, --targeted and --target-pool are Fawkes options")
         if steps is not None:
             knobs["steps"] = steps
         knobs["perceptual"] = perceptual
