@@ -49,6 +49,7 @@ name = "nn"
 name = "e2e"
 label = "e2e-50"
 steps = 50
+victims = ["dlib-resnet29"]
 
 [[defenses]]
 name = "none"
@@ -73,9 +74,12 @@ def test_grid_expands_as_written(tmp_path):
     assert [a.label for a in cfg.attacks] == ["clean", "fawkes-high", "lowkey-2"]
     assert cfg.attacks[2].params == {"steps": 10} and cfg.attacks[2].embedders == ["dlib-resnet29", "sface"]
     assert [t.label for t in cfg.trainers] == ["nn", "e2e-50"] and cfg.trainers[1].params == {"steps": 50}
+    assert cfg.trainers[1].victims == ["dlib-resnet29"] and cfg.trainers[0].victims is None
     assert [d.label for d in cfg.defenses] == ["none", "jpeg-q60", "blur-s1+bitdepth-5"]
     grid = cfg.grid()
-    assert len(grid) == 2 * 3 * 3 * 2 * 2  # seeds x defenses x attacks x victims x trainers
+    # seeds x defenses x attacks x (victims x nn + dlib x e2e)
+    assert len(grid) == 2 * 3 * 3 * (2 + 1)
+    assert {g["victim"] for g in grid if g["trainer"] == "e2e-50"} == {"dlib-resnet29"}
     assert len({tuple(g.values()) for g in grid}) == len(grid)
     assert grid[0] == {"seed": 0, "attack": "clean", "victim": "dlib-resnet29", "trainer": "nn", "defense": "none"}
     assert {g["defense"] for g in grid} == {"none", "jpeg-q60", "blur-s1+bitdepth-5"}
@@ -94,6 +98,7 @@ def test_grid_expands_as_written(tmp_path):
         (lambda t: "bogus = 1\n" + t, "unknown option"),
         (lambda t: t + "\nbogus = 1\n", "give parameters inside the spec"),
         (lambda t: t.replace("seeds = [0, 1]", "seeds = [0, 1"), "not valid TOML"),
+        (lambda t: t.replace('victims = ["dlib-resnet29"]', 'victims = ["arcface"]'), "names victims not in"),
     ],
 )
 def test_bad_configs_are_clear_errors(edit, message, tmp_path):

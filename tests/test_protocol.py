@@ -210,3 +210,14 @@ def test_cloaks_from_a_folder(colour_root, colour_data, tmp_path):
     (tmp_path / "Alice" / f"{first_train.stem}_cloaked.png").unlink()
     with pytest.raises(PufaceError, match="no cloaked version of Alice/.*_cloaked.png"):
         run_protocol(colour_data, defenses=["none"], attacks=[folder])
+
+
+def test_a_trainer_can_be_restricted_to_some_victims(colour_data):
+    proto = Protocol(colour_data, ["Alice"], [CLEAN], {"a": colour_embedder("a"), "b": colour_embedder("b")},
+                     [TrainerSpec("nn", "nn", victims=("a",)), TrainerSpec("linear", "linear")],
+                     {"none": create_defense("none")}, cloak_cache=None, progress=False)
+    rows = proto.run()
+    assert sorted((r["victim"], r["trainer"]) for r in rows) == [("a", "linear"), ("a", "nn"), ("b", "linear")]
+    with pytest.raises(PufaceError, match="victims not in the grid"):
+        Protocol(colour_data, ["Alice"], [CLEAN], {"a": colour_embedder("a")}, [TrainerSpec("nn", "nn", victims=("z",))],
+                 {"none": create_defense("none")}, cloak_cache=None, progress=False)

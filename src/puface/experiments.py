@@ -32,7 +32,8 @@ A config (every key optional except the lists; see `configs/*.toml`)::
     embedders = ["dlib-resnet29", "sface"]
 
     [[trainers]]
-    name = "nn"                   # nn | linear | e2e, other keys go to create_trainer
+    name = "nn"                   # nn | linear | e2e, other keys go to create_trainer;
+                                  # victims = ["dlib-resnet29"] restricts a trainer to some victims
 
     [[defenses]]
     name = "puface"               # or a spec string: name = "blur:sigma=1+bitdepth:bits=5"
@@ -112,9 +113,12 @@ class AttackEntry:
 
 @dataclass
 class TrainerEntry:
+    """One trainer: `create_trainer(name, victim, **params)`, on `victims` only when given."""
+
     label: str
     name: str
     params: dict[str, Any] = field(default_factory=dict)
+    victims: list[str] | None = None
 
 
 @dataclass
@@ -169,6 +173,10 @@ class ExperimentConfig:
         victims = list(raw.get("victims", {}).get("embedders", ["dlib-resnet29"]))
         if not victims:
             raise ConfigError(f"{where}: [victims] embedders is empty")
+        for t in trainers:
+            unknown = sorted(set(t.victims or ()) - set(victims))
+            if unknown:
+                raise ConfigError(f"{where}: trainer {t.label!r} names victims not in [victims]: {', '.join(unknown)}")
         for what, labels in (("attack", [a.label for a in attacks]), ("trainer", [t.label for t in trainers]),
                              ("defense", [d.label for d in defenses]), ("victim", victims)):
             dup = sorted({x for x in labels if labels.count(x) > 1})
@@ -216,7 +224,10 @@ class ExperimentConfig:
         t = dict(t)
         name = str(t.pop("name"))
         label = str(t.pop("label", None) or name)
-        return TrainerEntry(label=label, name=name, params=t)
+        victims = t.pop("victims", None)
+        if victims is not None and (not isinstance(victims, list) or not victims):
+            raise ConfigError(f"{where}: trainer {label!r}: victims must be a non-empty list of victim embedders")
+        return TrainerEntry(label=label, name=name, params=t, victims=list(victims) if victims else None)
 
     @staticmethod
     def _defense(t: Any, where: str) -> DefenseEntry:
@@ -235,6 +246,7 @@ class ExperimentConfig:
         return [
             {"seed": s, "attack": a.label, "victim": v, "trainer": t.label, "defense": d.label}
             for s, d, a, v, t in itertools.product(self.seeds, self.defenses, self.attacks, self.victims, self.trainers)
+            if t.victims is None or v in t.victims
         ]
 
     def fingerprint(self) -> str:
@@ -455,7 +467,7 @@ def run_experiment(
         else:
             exclude |= ids
     cache = ContentCache() if cfg.run.get("cache", True) else None
-    trainers = [TrainerSpec(t.label, t.name, dict(t.params)) for t in cfg.trainers]
+    trainers = [TrainerSpec(t.label, t.name, dict(t.params), tuple(t.victims) if t.victims else None) for t in cfg.trainers]
     for t in trainers:
         if t.name == "e2e" and device and "device" not in t.params:
             t.params["device"] = device

@@ -220,6 +220,10 @@ class TrainerSpec:
     label: str
     name: str
     params: dict[str, Any] = field(default_factory=dict)
+    victims: tuple[str, ...] | None = None  # restrict to these victims (None: all)
+
+    def applies_to(self, victim: str) -> bool:
+        return self.victims is None or victim in self.victims
 
     def build(self, embedder: FaceEmbedder) -> Trainer:
         return create_trainer(self.name, embedder, **self.params)
@@ -334,6 +338,10 @@ class Protocol:
             dup = {x for x in labels if labels.count(x) > 1}
             if dup:
                 raise PufaceError(f"{what} labels must be unique; repeated: {', '.join(sorted(dup))}")
+        for t in self.trainers:
+            unknown = set(t.victims or ()) - set(self.victims)
+            if unknown:
+                raise PufaceError(f"trainer {t.label!r} names victims not in the grid: {', '.join(sorted(unknown))}")
         for u in self.users:
             if len(self.data.train.rows_of(u)) == 0:
                 raise PufaceError(f"protected user {u!r} has no training images in this split")
@@ -343,7 +351,8 @@ class Protocol:
 
     def _ids(self, attack: str, user: str, defenses: Iterable[str] | None = None) -> list[str]:
         ds = list(self.defenses) if defenses is None else list(defenses)
-        return [run_id(self.data.seed, attack, v, t.label, d, user) for d in ds for v in self.victims for t in self.trainers]
+        return [run_id(self.data.seed, attack, v, t.label, d, user) for d in ds for v in self.victims for t in self.trainers
+                if t.applies_to(v)]
 
     def _bar(self, iterable, **kw):
         if not self.progress:
@@ -516,6 +525,8 @@ class Protocol:
                         self._keep_example(u, a.label, f"defense:{d}", natural[rows_u])
                     for v in self.victims:
                         for t in self.trainers:
+                            if not t.applies_to(v):
+                                continue
                             rid = run_id(data.seed, a.label, v, t.label, d, u)
                             if rid in self.done:
                                 continue

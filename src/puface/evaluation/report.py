@@ -175,7 +175,7 @@ def image_grids(out_dir: Path, examples: dict[str, dict[str, list[str]]], amplif
                 else:
                     p, s = float(psnr(im, nat)[0]), float(ssim(im, nat)[0])
                     name = f"amplified x{amplification:g}" if c == "amplified" else (c[len("defense:"):] + " (cloaked input)" if c.startswith("defense:") else c)
-                    cap = f"{html.escape(name)}<br>PSNR {p:.2f} dB, SSIM {s:.4f}"
+                    cap = f"{html.escape(name)}<br>PSNR {p:.2f} dB<br>SSIM {s:.4f}"
                 uri = data_uri_png((im[0].permute(1, 2, 0).mul(255).round().clamp(0, 255).byte().numpy()))
                 cells.append(f'<figure><img src="{uri}" alt="{html.escape(c)}"><figcaption>{cap}</figcaption></figure>')
             rows_html.append(f'<div class="grid" style="grid-template-columns: repeat({len(cells)}, 160px)">' + "".join(cells) + "</div>")
