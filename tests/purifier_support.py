@@ -2,8 +2,8 @@
 
 The stand-in is a seeded random conv net wrapped in the real `FaceEmbedder` (resize + normalise
 inside, L2-normalised output), so the feature loss and the validation cosines run the same code path
-as with dlib's ResNet, in milliseconds. The synthetic cloak is a seeded +-`eps` pattern of 4x4 blocks
-mixed with pixel noise, a stand-in for Fawkes/LowKey when the test is about the machinery.
+as with dlib's ResNet, in milliseconds. The synthetic cloak is a seeded +-`eps` checkerboard with
+block-wise random signs, a stand-in for Fawkes/LowKey when the test is about the machinery.
 """
 
 from __future__ import annotations
@@ -27,30 +27,33 @@ class HighPass(nn.Module):
 
 
 def standin_embedder(seed: int = 0, dim: int = 32, name: str = "standin") -> FaceEmbedder:
-    """Seeded random net (64x64 input): high-pass, conv, ReLU, pool, linear -> (N, dim) embeddings."""
+    """Seeded random net (150x150 input): high-pass, conv, ReLU, pool, linear -> (N, dim) embeddings."""
     g = torch.Generator().manual_seed(seed)
     net = nn.Sequential(
         HighPass(),
         nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.ReLU(),
-        nn.AvgPool2d(4), nn.Flatten(), nn.Linear(16 * 16 * 16, dim, bias=False),
+        nn.AdaptiveAvgPool2d(16), nn.Flatten(), nn.Linear(16 * 16 * 16, dim, bias=False),
     )
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * (1.0 / max(1, p[0].numel()) ** 0.5))
-    return FaceEmbedder(net, name=name, input_size=(64, 64), embedding_dim=dim,
+    return FaceEmbedder(net, name=name, input_size=(150, 150), embedding_dim=dim,
                         normalization=InputNormalization(scale=1.0, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
 
 
 def synthetic_cloak(images: torch.Tensor, seed: int, eps: float = 8 / 255) -> torch.Tensor:
-    """A deterministic +-eps perturbation per image (blocky + fine pattern), clipped to [0, 1]."""
+    """A deterministic +-eps perturbation per image, clipped to [0, 1]: a pixel checkerboard whose sign
+    flips in random 8x8 blocks (per image, seeded by `seed` and the image). High-frequency and locally
+    recognisable, like a cloak's texture, so a small purifier can learn to remove it in a few steps."""
     out = []
     for i, x in enumerate(images):
-        g = torch.Generator().manual_seed(stable_seed("synthetic-cloak", seed, i, float(x.sum())) % 2**63)
+        g = torch.Generator().manual_seed(stable_seed("synthetic-cloak", seed, i, round(float(x.sum()), 3)) % 2**63)
         h, w = x.shape[-2:]
-        coarse = torch.rand(3, (h + 3) // 4, (w + 3) // 4, generator=g).repeat_interleave(4, 1).repeat_interleave(4, 2)[:, :h, :w]
-        fine = torch.rand(3, h, w, generator=g)
-        delta = torch.sign(0.7 * (coarse - 0.5) + 0.3 * (fine - 0.5)) * eps
-        out.append((x + delta).clamp(0, 1))
+        yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        checker = ((yy + xx) % 2 * 2 - 1).float()
+        blocks = torch.randint(0, 2, (3, (h + 7) // 8, (w + 7) // 8), generator=g).float() * 2 - 1
+        blocks = blocks.repeat_interleave(8, 1).repeat_interleave(8, 2)[:, :h, :w]
+        out.append((x + eps * checker * blocks).clamp(0, 1))
     return torch.stack(out)
 
 

@@ -82,6 +82,7 @@ class ValConfig:
 
     embedders: tuple[str, ...] = ()
     batch_size: int = 32
+    every: int = 1  # validate every this many epochs (and always after the last)
 
 
 @dataclass(frozen=True)

@@ -204,8 +204,11 @@ def prepare_data(cfg: PurifierTrainConfig, d: Dist | None = None, cloak_fn: Call
 
 def train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool = True, device: str | None = None,
           embedders: dict[str, nn.Module] | None = None, cloak_fn: Callable | None = None, progress: bool = True,
-          log: Callable[[str], None] | None = None) -> dict[str, Any]:
+          log: Callable[[str], None] | None = None, stop_after_steps: int | None = None) -> dict[str, Any]:
     """Train a purifier; returns the final summary (best metrics, paths). See the module doc.
+
+    stop_after_steps: stop after this many optimiser steps in this call, saving `last.pt` (a
+    time-boxed run; calling again with resume=True continues exactly where it stopped).
 
     embedders: name -> module overrides for loss/validation embedders (tests); others are loaded by name.
     cloak_fn: override of the cloaking function (tests); default = the project's attacks + cloak cache.
@@ -285,6 +288,7 @@ def train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool = True,
                                                    data_summary=summary, metrics=metrics or {}, epoch=epoch, train_state=ts))
 
     result: dict[str, Any] = {}
+    steps_this_call = 0
     for epoch in range(state["epoch"], tc.epochs):
         batches = _epoch_order(len(train_pairs), cfg.seed, epoch, d.rank, d.world_size, tc.batch_size, tc.max_steps_per_epoch)
         start = state["step_in_epoch"] if epoch == state["epoch"] else 0
@@ -322,13 +326,23 @@ def train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool = True,
                             **({"feat": f"{parts['feature']:.4f}"} if "feature" in parts else {}),
                             ips=f"{rate:.1f}", refresh=False)
             bar.update(1)
+            steps_this_call += 1
+            if stop_after_steps is not None and steps_this_call >= stop_after_steps and step + 1 < len(batches):
+                save_last(epoch, step + 1)
+                bar.close()
+                d.barrier()
+                say(f"stopped after {steps_this_call} steps (epoch {epoch + 1}, step {step + 1}); resume to continue")
+                return {"stopped": True, "epoch": epoch, "step_in_epoch": step + 1, "last_path": str(last_path)}
             if tc.save_every_steps and (step + 1) % tc.save_every_steps == 0 and step + 1 < len(batches):
                 save_last(epoch, step + 1)
         bar.close()
         epoch_time = time.perf_counter() - t0
         d.barrier()
         metrics: dict[str, Any] = {}
-        if d.main:
+        validate = (epoch + 1) % max(1, cfg.val.every) == 0 or epoch + 1 == tc.epochs
+        if d.main and not validate:
+            save_last(epoch + 1, 0)
+        if d.main and validate:
             metrics = evaluate_purifier(purifier.net, val_pairs, val_embs, d.device, cfg.val.batch_size)
             metrics.update(epoch=epoch + 1, train_loss=parts["total"], images_per_s=round(seen / max(epoch_time, 1e-9), 2),
                            train_gflop_per_s=round(3 * flops * seen / max(epoch_time, 1e-9) / 1e9, 1),

@@ -1,0 +1,191 @@
+"""Purifier benchmarks (issue 5). Numbers go to bench/RESULTS.md, section "Purifier (issue 5)".
+
+    python bench/bench_purifier.py cloaks   [--per-attack 6]      # generate + cache the test cloaks
+    python bench/bench_purifier.py quality  [--weights CKPT]      # PSNR / embedding cosines on unseen identities
+    python bench/bench_purifier.py speed    [--weights CKPT] [--n 128]   # purify throughput vs JPEG, GFLOP/s vs matmul
+
+quality: chips of identities the purifier never saw (its checkpoint's held-out list) are cloaked with
+the project's attacks at their *full* settings (Fawkes low/mid/high and LowKey, surrogate
+dlib-resnet29; cached, so reruns are cheap). Reported per attack: PSNR(P(x), x) on natural chips,
+PSNR of cloaked and purified-cloaked chips, and the cosine to the natural image's embedding of the
+cloaked and of the purified-cloaked chip, on dlib-resnet29 (in the feature loss) and on SFace (not).
+speed: `puface purify`'s folder pipeline on 150x150 chips vs JPEG re-encoding (decode + encode at
+quality 75) of the same files through the same pipeline, in the same process; the purifier's
+forward pass alone in GFLOP/s next to a 2048x2048 fp32 matmul's rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path("/work/shared/data/lfw-chips150")
+ATTACKS = [
+    ("fawkes-low", "fawkes", dict(mode="low")),
+    ("fawkes-mid", "fawkes", dict(mode="mid")),
+    ("fawkes-high", "fawkes", dict(mode="high")),
+    ("lowkey", "lowkey", dict()),
+]
+
+
+def heldout_identities(weights: str | None) -> list[str]:
+    """The purifier's held-out identities (from its checkpoint; before one exists, from the default config)."""
+    from puface.errors import PufaceError
+    from puface.purifier import Purifier
+
+    try:
+        return Purifier.load(weights).heldout_identities
+    except PufaceError:
+        from puface.data.layout import scan_identities
+        from puface.purifier.config import load_config
+        from puface.purifier.data import purifier_identities
+
+        cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "purifier-default.toml")
+        counts = {k: len(v) for k, v in scan_identities(cfg.data.root).by_identity().items()}
+        return purifier_identities(counts, heldout_min_images=cfg.data.heldout_min_images, heldout_fraction=cfg.data.heldout_fraction,
+                                   val_fraction=cfg.data.val_fraction, seed=cfg.seed).heldout
+
+
+def heldout_paths(weights: str | None, per_identity: int, seed: int = 0) -> list[Path]:
+    ids = heldout_identities(weights)
+    if not ids:
+        raise SystemExit("the purifier declares no held-out identities")
+    rng = random.Random(seed)
+    out = []
+    for ident in sorted(ids):
+        files = sorted((ROOT / ident).glob("*.jpg"))
+        out.extend(sorted(rng.sample(files, min(per_identity, len(files)))))
+    return out
+
+
+def attack_paths(weights, n: int, name: str) -> list[Path]:
+    paths = heldout_paths(weights, 1)
+    rng = random.Random(f"bench-purifier-{name}")
+    return sorted(rng.sample(paths, n))
+
+
+def cloak_all(weights, n: int, progress=True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    from puface.attacks import create_attack
+    from puface.data.loading import load_images
+    from puface.purifier.data import cloak_with_cache
+
+    out = {}
+    for label, name, kw in ATTACKS:
+        paths = attack_paths(weights, n, label)
+        spec = {"name": name, "embedders": ["dlib-resnet29"], **kw}
+        cloaked, kept, errors = cloak_with_cache(batch_size=n, progress=progress)(spec, paths)
+        natural, _, _ = load_images([paths[i] for i in kept])
+        out[label] = (natural, cloaked)
+    return out
+
+
+def psnr(a, b):
+    mse = (a - b).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+def quality(weights, n: int, n_natural: int) -> dict:
+    from puface.data.loading import load_images
+    from puface.models import create_embedder
+    from puface.purifier import Purifier
+
+    p = Purifier.load(weights)
+    nat_paths = heldout_paths(weights, 1)[:n_natural]
+    nat, _, _ = load_images(nat_paths)
+    pn = p.purify(nat)
+    embs = {name: create_embedder(name) for name in ("dlib-resnet29", "sface")}
+    res = {"natural": {"n": len(nat), "psnr_purified_natural": round(float(psnr(pn, nat).mean()), 2)}}
+    for name, e in embs.items():
+        res["natural"][f"cos_purified_natural_{name}"] = round(float(F.cosine_similarity(e.embed(pn), e.embed(nat)).mean()), 4)
+    for label, (x, xc) in cloak_all(weights, n, progress=False).items():
+        pxc = p.purify(xc)
+        row = {"n": len(x), "psnr_cloaked": round(float(psnr(xc, x).mean()), 2),
+               "psnr_purified": round(float(psnr(pxc, x).mean()), 2),
+               "linf_cloak_255": round(float((xc - x).abs().flatten(1).max(1).values.mean() * 255), 1)}
+        for name, e in embs.items():
+            ex = e.embed(x)
+            row[f"cos_cloaked_{name}"] = round(float(F.cosine_similarity(e.embed(xc), ex).mean()), 4)
+            row[f"cos_purified_{name}"] = round(float(F.cosine_similarity(e.embed(pxc), ex).mean()), 4)
+        res[label] = row
+    return res
+
+
+def speed(weights, n: int, repeats: int = 3) -> dict:
+    from puface.imageio import write_image
+    from puface.pipeline import Outcome, plan_mirror, run_folder_job
+    from puface.purifier import Purifier
+    from puface.purifier.apply import purify_folder
+
+    threads = torch.get_num_threads()
+    p = Purifier.load(weights)
+    paths = heldout_paths(weights, 3)[:n]
+    res: dict = {"images": len(paths), "threads": threads}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "in"
+        for f in paths:  # a chip folder: 150x150 JPEGs
+            (src / f.parent.name).mkdir(parents=True, exist_ok=True)
+            (src / f.parent.name / f.name).write_bytes(f.read_bytes())
+        # fp32 matmul rate and the purifier's forward rate, same process
+        a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+        x = torch.rand(32, 3, 150, 150)
+        flops = p.flops(150, 150)
+        mm, fw = [], []
+        for _ in range(repeats):
+            a @ b
+            t = time.perf_counter(); a @ b; mm.append(2 * 2048**3 / (time.perf_counter() - t) / 1e9)
+            p.purify(x[:4])
+            t = time.perf_counter(); p.purify(x, batch_size=32); fw.append(flops * len(x) / (time.perf_counter() - t) / 1e9)
+        res["matmul_gflops"] = round(max(mm), 1)
+        res["forward_gflops"] = round(max(fw), 1)
+        res["forward_ratio"] = round(max(fw) / max(mm), 3)
+        res["gflop_per_image"] = round(flops / 1e9, 3)
+        res["forward_images_per_s"] = round(max(fw) * 1e9 / flops, 1)
+        # folder pipelines: JPEG re-encoding baseline and puface purify, alternating
+        jpeg, pur = [], []
+        for r in range(repeats):
+            jobs = plan_mirror(src, Path(tmp) / f"jpeg{r}")
+            rep = run_folder_job(jobs, lambda items: [Outcome.ok(it.image) for it in items], batch_size=16,
+                                 quality=75, progress=False)
+            jpeg.append(rep.written / rep.seconds)
+            rep = purify_folder(src, Path(tmp) / f"pur{r}", purifier=p, device="cpu", batch_size=16, progress=False)
+            pur.append(rep.written / rep.seconds)
+        res["jpeg_reencode_images_per_s"] = round(max(jpeg), 1)
+        res["purify_images_per_s"] = round(max(pur), 1)
+        res["purify_vs_forward_only"] = round(max(pur) / res["forward_images_per_s"], 3)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("part", choices=["cloaks", "quality", "speed"])
+    ap.add_argument("--weights", default=None, help="purifier checkpoint (default: the shipped one)")
+    ap.add_argument("--per-attack", type=int, default=6, help="held-out chips cloaked per attack")
+    ap.add_argument("--natural", type=int, default=64, help="held-out natural chips for the natural PSNR")
+    ap.add_argument("--n", type=int, default=128, help="chips for the speed test")
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON result here too")
+    a = ap.parse_args()
+    t0 = time.time()
+    if a.part == "cloaks":
+        res = {k: list(v[1].shape) for k, v in cloak_all(a.weights, a.per_attack).items()}
+    elif a.part == "quality":
+        res = quality(a.weights, a.per_attack, a.natural)
+    else:
+        res = speed(a.weights, a.n)
+    res["wall_s"] = round(time.time() - t0, 1)
+    res["command"] = "python " + " ".join(sys.argv)
+    text = json.dumps(res, indent=2)
+    print(text)
+    if a.out:
+        a.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""`puface purify` and `puface train-purifier` end to end: trees mirrored, names, formats and sizes
+kept, resume, per-file errors, sharding, config errors as one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from puface.cli import main
+from puface.imageio import to_uint8, write_image
+from puface.purifier import Purifier, RedNetConfig
+from purifier_support import synthetic_cloak
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A small purifier that visibly changes images (random non-zero weights)."""
+    torch.manual_seed(0)
+    p = Purifier(RedNetConfig(channels=8, depth=4, downsample=1))
+    for prm in p.parameters():
+        nn.init.normal_(prm, std=0.03)
+    return p.save(tmp_path_factory.mktemp("w") / "p.pt")
+
+
+@pytest.fixture()
+def photo_tree(tmp_path, johns_dir) -> Path:
+    """JPEG chips, a PNG of another size in a nested folder, a BMP, and a broken file."""
+    root = tmp_path / "in"
+    src = sorted(johns_dir.glob("*/*.jpg"))
+    for p in src[:3]:
+        (root / p.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, root / p.parent.name / p.name)
+    arr = np.asarray(Image.open(src[3]).convert("RGB").resize((131, 97)))
+    write_image(root / "a" / "b" / "odd size.png", arr)
+    write_image(root / "a" / "c.bmp", arr[:50, :60])
+    (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.name.endswith(".csv"))
+
+
+def test_purify_mirrors_tree_and_keeps_names_sizes_formats(photo_tree, tmp_path, weights, capsys):
+    out = tmp_path / "out"
+    code = main(["purify", "--weights", str(weights), str(photo_tree), str(out), "--no-progress", "--batch-size", "2",
+                 "--device", "cpu", "--stats", str(tmp_path / "stats.csv")])
+    assert code == 1  # the broken file
+    msg = capsys.readouterr()
+    assert "broken.jpg" in msg.out + msg.err
+    expected = [f for f in _files(photo_tree) if not f.endswith("broken.jpg")]
+    assert _files(out) == expected
+    for rel in expected:
+        a, b = Image.open(photo_tree / rel), Image.open(out / rel)
+        assert a.size == b.size and a.format == b.format, rel
+        assert not np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB"))), rel  # purified
+    assert "mean_abs_change" in (tmp_path / "stats.csv").read_text()
+    # the PNG output holds exactly the purifier's output
+    p = Purifier.load(weights)
+    x = torch.from_numpy(np.asarray(Image.open(photo_tree / "a/b/odd size.png").convert("RGB"))).permute(2, 0, 1)[None].float() / 255
+    assert np.array_equal(to_uint8(p.purify(x)[0]), np.asarray(Image.open(out / "a/b/odd size.png").convert("RGB")))
+    # resume: nothing is redone; inputs untouched
+    before = {f: (out / f).stat().st_mtime_ns for f in expected}
+    code = main(["purify", "--weights", str(weights), str(photo_tree), str(out), "--no-progress"])
+    assert {f: (out / f).stat().st_mtime_ns for f in expected} == before
+    assert "5 already done" in capsys.readouterr().out
+
+
+def test_purify_shards_by_rank(photo_tree, tmp_path, weights):
+    (photo_tree / "a" / "broken.jpg").unlink()
+    out = tmp_path / "out"
+    for rank in range(2):
+        assert main(["purify", "--weights", str(weights), str(photo_tree), str(out), "--no-progress",
+                     "--rank", str(rank), "--world-size", "2"]) == 0
+    assert _files(out) == _files(photo_tree)
+
+
+def test_purify_default_weights_and_errors(photo_tree, tmp_path, capsys):
+    (photo_tree / "a" / "broken.jpg").unlink()
+    assert main(["purify", str(photo_tree), str(tmp_path / "o"), "--no-progress"]) == 0
+    assert _files(tmp_path / "o") == _files(photo_tree)
+    assert main(["purify", str(photo_tree), str(photo_tree), "--no-progress"]) == 2
+    assert "input folder" in capsys.readouterr().err
+    assert main(["purify", "--weights", str(tmp_path / "nope.pt"), str(photo_tree), str(tmp_path / "o2")]) == 2
+    assert "nope.pt" in capsys.readouterr().err
+
+
+def test_train_purifier_cli_with_a_cloaked_folder(johns_dir, johns_images, tmp_path, capsys):
+    paths, _, images = johns_images
+    cloaked = synthetic_cloak(images, 0)
+    for i, p in enumerate(paths):
+        write_image(tmp_path / "cloaked" / p.relative_to(johns_dir).with_suffix(".png"), to_uint8(cloaked[i]))
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(f"""
+seed = 1
+[data]
+root = "{johns_dir}"
+heldout_min_images = 12
+val_fraction = 0.25
+val_images = 4
+[[attacks]]
+folder = "cloaked"
+images = 12
+[model]
+channels = 8
+depth = 2
+downsample = 1
+[loss]
+feature_weight = 0.0
+[train]
+epochs = 3
+batch_size = 4
+save_every_steps = 0
+""")
+    out = tmp_path / "run"
+    code = main(["train-purifier", "--config", str(cfg), "--out", str(out), "--no-progress", "--set", "train.epochs=2",
+                 "--set", "val.every=2", "--export", str(tmp_path / "exported.safetensors")])
+    assert code == 0, capsys.readouterr().err
+    hist = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist] == [2]  # validated every 2 epochs, 2 epochs (--set)
+    exported = Purifier.load(tmp_path / "exported.safetensors")
+    ds = exported.meta["data_summary"]
+    assert ds["attacks"][0]["folder"] == str(tmp_path / "cloaked")
+    assert len(ds["train_identities"]) == 3 and len(ds["val_identities"]) == 1 and ds["heldout_identities"] == []
+    assert ds["train_pairs"]["pairs"] == 12
+    # config errors: one line, exit code 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text(cfg.read_text().replace("[train]", "[train]\nepohcs = 3"))
+    assert main(["train-purifier", "--config", str(bad), "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert "epohcs" in err and "Traceback" not in err

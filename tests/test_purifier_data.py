@@ -1,0 +1,72 @@
+"""Purifier data: the seeded identity split and (natural, cloaked) pairs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from puface.errors import ConfigError, PufaceError
+from puface.imageio import write_image, to_uint8
+from puface.purifier.data import build_pairs, purifier_identities
+from purifier_support import synthetic_cloak, synthetic_cloak_fn
+
+
+def test_identity_split_is_disjoint_seeded_and_holds_out_big_identities():
+    counts = {f"id{i:03d}": (5 + i % 20) for i in range(200)}
+    s = purifier_identities(counts, heldout_min_images=10, heldout_fraction=0.1, val_fraction=0.2, seed=0)
+    assert set(s.train) | set(s.val) | set(s.heldout) == set(counts)
+    assert not (set(s.train) & set(s.val)) and not (set(s.train) & set(s.heldout)) and not (set(s.val) & set(s.heldout))
+    assert {n for n, c in counts.items() if c >= 10} <= set(s.heldout)
+    small = [n for n, c in counts.items() if c < 10]
+    assert len(s.heldout) == 200 - len(small) + round(0.1 * len(small))
+    assert s == purifier_identities(counts, heldout_min_images=10, heldout_fraction=0.1, val_fraction=0.2, seed=0)
+    assert s != purifier_identities(counts, heldout_min_images=10, heldout_fraction=0.1, val_fraction=0.2, seed=1)
+    with pytest.raises(PufaceError, match="no identities left"):
+        purifier_identities({"a": 20}, heldout_min_images=10)
+    with pytest.raises(ConfigError):
+        purifier_identities(counts, val_fraction=1.0)
+
+
+def test_build_pairs_with_the_cloak_function(johns_dir):
+    ids = sorted(p.name for p in johns_dir.iterdir() if p.is_dir())[:2]
+    pairs = build_pairs(johns_dir, ids, [{"name": "fawkes", "mode": "high", "images": 5}, {"name": "lowkey"}],
+                        seed=0, cloak_fn=synthetic_cloak_fn(), log=lambda s: None)
+    assert pairs.attack_names == ["fawkes-high", "lowkey"]
+    assert pairs.summary()["per_attack"] == {"fawkes-high": 5, "lowkey": 22}
+    assert pairs.natural.dtype == torch.uint8 and pairs.natural.shape == pairs.cloaked.shape == (27, 3, 150, 150)
+    diff = (pairs.natural.int() - pairs.cloaked.int()).abs()
+    assert 0 < diff.float().mean() and diff.max() <= 9
+    again = build_pairs(johns_dir, ids, [{"name": "fawkes", "mode": "high", "images": 5}, {"name": "lowkey"}],
+                        seed=0, cloak_fn=synthetic_cloak_fn(), log=lambda s: None)
+    assert again.files == pairs.files  # seeded choice
+    with pytest.raises(ConfigError, match="unique"):
+        build_pairs(johns_dir, ids, [{"name": "lowkey"}, {"name": "lowkey"}], cloak_fn=synthetic_cloak_fn(), log=lambda s: None)
+
+
+def test_build_pairs_from_a_cloaked_folder(johns_dir, tmp_path, johns_images):
+    paths, _, images = johns_images
+    ident = paths[0].parent.name
+    sel = [i for i, p in enumerate(paths) if p.parent.name == ident][:4]
+    cloaked = synthetic_cloak(images[sel], 0)
+    for j, i in enumerate(sel):  # cloaked copies as PNG (another extension than the natural JPEGs)
+        rel = paths[i].relative_to(johns_dir).with_suffix(".png")
+        write_image(tmp_path / "cloaked" / rel, to_uint8(cloaked[j]))
+    pairs = build_pairs(johns_dir, [ident], [{"folder": str(tmp_path / "cloaked")}], log=lambda s: None)
+    assert len(pairs) == 4 and pairs.attack_names == ["folder:cloaked"]
+    assert torch.equal(pairs.cloaked, (cloaked * 255).round().to(torch.uint8))
+    with pytest.raises(PufaceError, match="no cloaked images"):
+        build_pairs(johns_dir, [ident], [{"folder": str(tmp_path / "empty")}], log=lambda s: None)
+
+
+def test_image_choice_is_seeded_and_prefix_stable(johns_dir):
+    from puface.data.layout import scan_identities
+    from puface.purifier.data import choose_images
+
+    ims = scan_identities(johns_dir).images
+    a = choose_images(ims, 10, 0, "t")
+    assert len(a) == 10 and a == choose_images(ims, 10, 0, "t")
+    assert set(a) <= set(choose_images(ims, 20, 0, "t"))  # more images keep the cached ones
+    assert a != choose_images(ims, 10, 1, "t") and a != choose_images(ims, 10, 0, "u")
+    assert choose_images(ims, "all", 0, "t") == sorted(ims)
+    with pytest.raises(ConfigError):
+        choose_images(ims, -3, 0, "t")

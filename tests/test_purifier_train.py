@@ -1,0 +1,111 @@
+"""Purifier training on the johns chips with synthetic cloaks and a stand-in embedder: it learns,
+validates, checkpoints, resumes exactly, and runs under torchrun with 2 CPU processes (DDP, gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from puface.purifier import Purifier
+from puface.purifier.config import PurifierTrainConfig
+from puface.purifier.train import train
+from purifier_support import standin_embedder, synthetic_cloak_fn
+
+TESTS = Path(__file__).parent
+
+
+def _cfg(root, **train_kw) -> PurifierTrainConfig:
+    return PurifierTrainConfig.from_dict({
+        "seed": 0,
+        "data": {"root": str(root), "heldout_min_images": None, "val_fraction": 0.2, "val_images": 6},
+        "attacks": [{"name": "fawkes", "mode": "high"}, {"name": "lowkey", "images": 16}],
+        "model": {"channels": 16, "depth": 4, "downsample": 1},
+        "amplify": {"k_min": 1.0, "k_max": 1.0, "natural_share": 0.25},
+        "loss": {"feature_weight": 0.01, "embedders": ["standin"]},
+        "train": {"epochs": 3, "batch_size": 8, "lr": 1e-3, "warmup_steps": 0, "save_every_steps": 0, **train_kw},
+        "val": {"batch_size": 16},
+    })
+
+
+def _run(cfg, out, **kw):
+    return train(cfg, out, embedders={"standin": standin_embedder()}, cloak_fn=synthetic_cloak_fn(), progress=False,
+                 log=lambda s: None, **kw)
+
+
+def test_training_removes_cloaks_and_keeps_natural_images(johns_dir, tmp_path):
+    cfg = _cfg(johns_dir, epochs=4)
+    res = _run(cfg, tmp_path / "run")
+    hist = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
+    last = hist[-1]
+    # purified cloaked images are closer to the natural ones than the cloaked ones were
+    assert last["psnr_purified"] > last["psnr_cloaked"] + 0.15, last
+    assert last["cos_purified_standin"] > last["cos_cloaked_standin"], last
+    assert last["psnr_natural"] > 35.0, last  # natural photos pass nearly unchanged
+    assert set(last["per_attack"]) == {"fawkes-high", "lowkey"}
+    # best checkpoint = highest score, carrying its metrics, config and the identity split
+    best = Purifier.load(res["best_path"])
+    assert best.meta["metrics"]["score"] == max(h["score"] for h in hist)
+    assert best.meta["config"]["model"] == cfg.model.as_dict()
+    ds = best.meta["data_summary"]
+    assert len(ds["train_identities"]) == 4 and len(ds["val_identities"]) == 1
+    assert not set(ds["train_identities"]) & set(ds["val_identities"])
+    assert Purifier.load(res["safetensors_path"]).config == cfg.model
+    assert json.loads((tmp_path / "run" / "config.json").read_text()) == cfg.as_dict()
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(johns_dir, tmp_path):
+    cfg = _cfg(johns_dir, epochs=2, max_steps_per_epoch=3)
+    _run(cfg, tmp_path / "full")
+    stopped = _run(cfg, tmp_path / "cut", stop_after_steps=4)  # stops in epoch 2, step 1
+    assert stopped["stopped"] and stopped["epoch"] == 1 and stopped["step_in_epoch"] == 1
+    _run(cfg, tmp_path / "cut")  # resume
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert a["train_state"]["global_step"] == b["train_state"]["global_step"] == 6
+    # --no-resume starts over; a finished run resumed does nothing more
+    again = _run(cfg, tmp_path / "cut")
+    assert again["epochs"] == 2
+
+
+DDP_SCRIPT = """
+import sys, json
+sys.path.insert(0, {tests!r})
+import torch.distributed as dist
+from purifier_support import standin_embedder, synthetic_cloak_fn
+from puface.purifier.config import PurifierTrainConfig
+from puface.purifier.train import train, init_distributed, cleanup_distributed
+cfg = PurifierTrainConfig.from_dict(json.loads({cfg!r}))
+d = init_distributed("cpu")
+res = train(cfg, {out!r}, embedders={{"standin": standin_embedder()}}, cloak_fn=synthetic_cloak_fn(), progress=False)
+import torch
+# every rank ends with the same weights (DDP averaged the gradients)
+from puface.purifier.checkpoint import load_checkpoint
+dist.barrier()
+ck = load_checkpoint({out!r} + "/last.pt")
+print("rank", d.rank, "of", d.world_size, "steps", ck["train_state"]["global_step"], flush=True)
+cleanup_distributed()
+"""
+
+
+def test_ddp_two_cpu_processes(johns_dir, tmp_path):
+    cfg = _cfg(johns_dir, epochs=2, batch_size=4, max_steps_per_epoch=3)
+    script = tmp_path / "ddp_train.py"
+    out = tmp_path / "ddp"
+    script.write_text(DDP_SCRIPT.format(tests=str(TESTS), cfg=json.dumps(cfg.as_dict()), out=str(out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+                           str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "rank 0 of 2 steps 6" in proc.stdout and "rank 1 of 2 steps 6" in proc.stdout
+    hist = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(hist) == 2  # only rank 0 validates and writes
+    assert Purifier.load(out / "best.pt").config == cfg.model
