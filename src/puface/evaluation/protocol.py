@@ -523,6 +523,7 @@ class Protocol:
                         self._record_quality(a.label, d, u, natural[rows_u], train.images[rows_u])
                         self._keep_example(u, a.label, "natural", train.images[rows_u])
                         self._keep_example(u, a.label, f"defense:{d}", natural[rows_u])
+                    cl_emb: dict[str, torch.Tensor] = {}  # the user's defended cloaked rows, per victim
                     for v in self.victims:
                         for t in self.trainers:
                             if not t.applies_to(v):
@@ -536,8 +537,10 @@ class Protocol:
                                 _, pred, fit_s = base_model(v, t)
                                 wall = fit_s if fresh else 0.0
                             elif t.uses_embeddings:
+                                if v not in cl_emb:
+                                    cl_emb[v] = self.embed(v, cl_def, cl_hashes)
                                 emb = nat_emb[v].clone()
-                                emb[torch.from_numpy(rows_u)] = self.embed(v, cl_def, cl_hashes)
+                                emb[torch.from_numpy(rows_u)] = cl_emb[v]
                                 model = t.build(self.victims[v])
                                 init = base_model(v, t)[0] if t.name == "linear" else None
                                 model.fit_embeddings(emb, train.labels, init=init)
