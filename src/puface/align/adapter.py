@@ -53,7 +53,7 @@ def align_adapter(
     *,
     aligner: FaceAligner | None = None,
     detector: str = "hog+cnn",
-    feather: float = 8.0,
+    feather: float = 4.0,
     refine_steps: int = 2,
 ) -> ChipProcess:
     """Turn a chip-level batch function into a photo-level one.

@@ -153,7 +153,7 @@ def paste_delta(
     image: np.ndarray,
     deltas: Sequence[tuple[ChipTransform, np.ndarray]],
     *,
-    feather: float = 8.0,
+    feather: float = 4.0,
 ) -> np.ndarray:
     """Add chip-space changes back into a photo.
 
@@ -202,7 +202,7 @@ def paste_back(
     image: np.ndarray,
     chips: Sequence[tuple[ChipTransform, np.ndarray, np.ndarray]],
     *,
-    feather: float = 8.0,
+    feather: float = 4.0,
     refine_steps: int = 2,
 ) -> np.ndarray:
     """Put processed chips back into a photo by their change only.
