@@ -1,0 +1,292 @@
+"""A user's own face model (ONNX, TorchScript or torch.export .pt2 file) as a `FaceEmbedder`.
+
+    >>> emb = load_embedder("w600k_r50.onnx", normalization={"scale": 255, "mean": 127.5, "std": 127.5})  # doctest: +SKIP
+
+What the model expects is never guessed where a guess could silently cost accuracy:
+
+* input size (h, w): the `input_size` option, else `input_size` in a JSON sidecar next to the file
+  (`model.onnx` -> `model.json`), else, for ONNX, the graph's static input shape;
+* normalisation: the `normalization` option (an `InputNormalization` or a dict), else the sidecar's
+  `scale`, `mean`, `std` (and optional `order`, default "RGB"); required, with an error naming what is missing.
+  net_in = (x * scale - mean) / std for x in [0, 1]; e.g. insightface ArcFace: scale 255, mean 127.5, std 127.5;
+* embedding size: the `embedding_dim` option / sidecar key, else measured by a probe forward pass.
+
+Sidecar example (`model.json`)::
+
+    {"input_size": [112, 112], "scale": 255, "mean": [127.5, 127.5, 127.5], "std": [127.5, 127.5, 127.5],
+     "order": "RGB", "name": "arcface-r50", "licence": "non-commercial research (insightface)"}
+
+A graph that only runs with batch 1 is run image by image (with a warning).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, PufaceError
+from .base import FaceEmbedder, InputNormalization
+
+__all__ = ["load_custom_embedder", "read_sidecar", "CustomModelError"]
+
+_NORM_KEYS = ("scale", "mean", "std")
+_SIDECAR_KEYS = {"input_size", "scale", "mean", "std", "order", "name", "embedding_dim", "licence", "license", "source"}
+_TORCHSCRIPT_SUFFIXES = {".pt", ".pth", ".ts", ".torchscript", ".jit", ".zip"}
+
+
+class CustomModelError(PufaceError):
+    """A user-supplied model file cannot be used as given; the message says what to change."""
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """The JSON sidecar of a model file (`model.onnx` -> `model.json`), or {} when there is none."""
+    side = Path(path).with_suffix(".json")
+    if not side.is_file():
+        return {}
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{side}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{side}: expected a JSON object with keys like input_size, scale, mean, std, order")
+    unknown = sorted(set(data) - _SIDECAR_KEYS)
+    if unknown:
+        raise ConfigError(f"{side}: unknown key(s) {unknown}; allowed: {sorted(_SIDECAR_KEYS)}")
+    return data
+
+
+def _triple(value: Any, key: str, where: str) -> tuple[float, float, float]:
+    if isinstance(value, (int, float)):
+        return (float(value),) * 3
+    try:
+        vals = tuple(float(v) for v in value)
+    except TypeError:
+        vals = ()
+    if len(vals) != 3:
+        raise ConfigError(f"{where}: {key} must be a number or 3 numbers (one per channel), got {value!r}")
+    return vals  # type: ignore[return-value]
+
+
+def _normalization(option: InputNormalization | Mapping | None, sidecar: Mapping, side_path: Path, model_path: Path) -> InputNormalization:
+    if isinstance(option, InputNormalization):
+        return option
+    src, where = (option, "normalization option") if option is not None else (sidecar, str(side_path))
+    missing = [k for k in _NORM_KEYS if k not in src]
+    if missing:
+        have = "the normalization option" if option is not None else (f"{side_path}" if sidecar else "no sidecar")
+        raise CustomModelError(
+            f"{model_path}: the input normalisation is unknown (missing {', '.join(missing)} in {have}). "
+            f"Give normalization=InputNormalization(scale=..., mean=..., std=..., order='RGB') or a dict with keys "
+            f"scale, mean, std (order optional, default RGB), or write them into {side_path}; "
+            "net_in = (x * scale - mean) / std for x in [0, 1], e.g. insightface ArcFace: scale 255, mean 127.5, std 127.5"
+        )
+    unknown = sorted(set(src) - set(_NORM_KEYS) - {"order"}) if option is not None else []
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; use scale, mean, std, order")
+    try:
+        return InputNormalization(
+            scale=float(src["scale"]),
+            mean=_triple(src["mean"], "mean", where),
+            std=_triple(src["std"], "std", where),
+            order=str(src.get("order", "RGB")).upper(),
+        )
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _size(value: Any, where: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    try:
+        h, w = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: input_size must be [height, width] in pixels, got {value!r}") from None
+    if h <= 0 or w <= 0:
+        raise ConfigError(f"{where}: input_size must be positive, got {value!r}")
+    return (h, w)
+
+
+def _kind(path: Path) -> str:
+    """'onnx', 'torchscript' or 'exported' (torch.export .pt2) from the file's content; the last two are zips."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        return "exported" if any(n.endswith("/archive_format") for n in names) else "torchscript"
+    if path.suffix.lower() in _TORCHSCRIPT_SUFFIXES:
+        raise CustomModelError(
+            f"{path}: not a TorchScript file (not a zip archive); a PyTorch model must be saved with "
+            "torch.jit.script(model).save(path) or torch.jit.trace(model, example).save(path), or exported to ONNX"
+        )
+    return "onnx"
+
+
+class _FirstOutput(nn.Module):
+    """Returns the first output of a model with several; flattens to (N, D)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.net(x)
+        if isinstance(y, (tuple, list)):
+            y = y[0]
+        if not isinstance(y, Tensor):
+            raise CustomModelError(f"the model returned {type(y).__name__}, expected a tensor of embeddings")
+        return y.flatten(1) if y.ndim > 2 else y
+
+
+class _PerImage(nn.Module):
+    """Runs a batch-1-only network image by image and stacks the results."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.net(x[i : i + 1]) for i in range(x.shape[0])])
+
+
+def _load_onnx(path: Path) -> tuple[nn.Module, tuple[int, int] | None]:
+    from .onnx_import import OnnxImportError, OnnxModule, load_onnx_model
+
+    try:
+        model = load_onnx_model(path)
+    except OnnxImportError as e:
+        raise CustomModelError(f"{e}; puface reads face models as ONNX (.onnx) or TorchScript (.pt)") from None
+    net = OnnxModule(model, source=path)
+    if len(net.input_names) != 1:
+        raise CustomModelError(f"{path}: a face model must take one image input; this graph takes {net.input_names}")
+    shape = net.input_shapes[0]
+    if len(shape) != 4:
+        raise CustomModelError(f"{path}: the input {net.input_names[0]!r} has shape {shape}; expected (N, 3, H, W)")
+    if shape[1] not in (None, 3):
+        raise CustomModelError(f"{path}: the input has {shape[1]} channels; expected 3 (NCHW, colour)")
+    size = (shape[2], shape[3]) if shape[2] and shape[3] else None
+    return net, size
+
+
+def _load_torchscript(path: Path) -> nn.Module:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 deprecates TorchScript; it still loads
+            return torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:
+        raise CustomModelError(
+            f"{path}: not a TorchScript model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+            "A state dict or pickled module cannot be loaded without its code: save it with "
+            "torch.jit.script(model).save(path) / torch.jit.trace(model, example).save(path), or export to ONNX"
+        ) from None
+
+
+class _Exported(nn.Module):
+    """Holds a torch.export program's module, whose train()/eval() raise: mode changes stop here
+    (the program is already traced in inference mode)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def train(self, mode: bool = True) -> "_Exported":
+        self.training = mode
+        return self
+
+    def forward(self, x: Tensor) -> Any:
+        return self.module(x)
+
+
+def _load_exported(path: Path) -> nn.Module:
+    try:
+        return _Exported(torch.export.load(str(path)).module())
+    except Exception as e:
+        raise CustomModelError(f"{path}: not a loadable torch.export program ({type(e).__name__}: {e})") from None
+
+
+def _probe(net: nn.Module, size: tuple[int, int], path: Path) -> tuple[nn.Module, int]:
+    """Run zeros through the net at batch 2 (else batch 1, then wrap per image); return (net, D)."""
+    errors = []
+    for batch in (2, 1):
+        try:
+            with torch.no_grad():
+                y = net(torch.zeros(batch, 3, *size))
+        except Exception as e:  # any failure of user code
+            errors.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            continue
+        if y.ndim != 2 or y.shape[0] != batch:
+            raise CustomModelError(f"{path}: output shape {tuple(y.shape)} for a batch of {batch}; expected (N, D) embeddings")
+        if batch == 1:
+            warnings.warn(f"{path}: the model only runs with batch 1; puface will feed it image by image", stacklevel=3)
+            net = _PerImage(net)
+        return net, int(y.shape[1])
+    raise CustomModelError(f"{path}: the model fails on a (N, 3, {size[0]}, {size[1]}) input: {errors[-1]}")
+
+
+def load_custom_embedder(
+    path: str | Path,
+    *,
+    input_size: int | tuple[int, int] | None = None,
+    normalization: InputNormalization | Mapping | None = None,
+    name: str | None = None,
+    embedding_dim: int | None = None,
+) -> FaceEmbedder:
+    """A `FaceEmbedder` around a user's ONNX or TorchScript face model (see the module docstring).
+
+    Args:
+        path: .onnx file, a TorchScript file (.pt / .pth / .ts / ...), or a torch.export program (.pt2).
+        input_size: (height, width) the model expects, in pixels (or one int for square).
+        normalization: `InputNormalization` or {"scale", "mean", "std", "order"}.
+        name: shown in reports; default: the sidecar's "name", else the file stem.
+        embedding_dim: D, checked against the model's output.
+    Raises:
+        CustomModelError / ConfigError / OnnxImportError (all `PufaceError`) with the fix in the message.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CustomModelError(f"{path}: no such model file")
+    side_path = path.with_suffix(".json")
+    kind = _kind(path)
+    if kind == "onnx":
+        net, graph_size = _load_onnx(path)
+    elif kind == "exported":
+        net, graph_size = _load_exported(path), None
+    else:
+        net, graph_size = _load_torchscript(path), None
+    sidecar = read_sidecar(path)
+    norm = _normalization(normalization, sidecar, side_path, path)
+
+    if input_size is not None:
+        size = _size(input_size, "input_size option")
+    elif "input_size" in sidecar:
+        size = _size(sidecar["input_size"], str(side_path))
+    elif graph_size is not None:
+        size = graph_size
+    else:
+        what = "the ONNX graph's input size is dynamic" if kind == "onnx" else f"a {kind} file does not record its input size"
+        raise CustomModelError(f"{path}: {what}; give input_size=(height, width) or put \"input_size\": [h, w] into {side_path}")
+
+    if graph_size is not None and size != graph_size:
+        raise CustomModelError(
+            f"{path}: the graph takes {graph_size[0]}x{graph_size[1]} images but input_size is {size[0]}x{size[1]}; "
+            "drop input_size or fix it"
+        )
+    net = _FirstOutput(net).eval()
+    net, dim = _probe(net, size, path)
+    want = embedding_dim if embedding_dim is not None else sidecar.get("embedding_dim")
+    if want is not None and int(want) != dim:
+        raise CustomModelError(f"{path}: embedding_dim {want} was given but the model outputs {dim}-d embeddings")
+
+    return FaceEmbedder(
+        net,
+        name=name or str(sidecar.get("name") or path.stem),
+        input_size=size,
+        embedding_dim=dim,
+        normalization=norm,
+        source=str(sidecar.get("source") or path),
+        licence=str(sidecar.get("licence") or sidecar.get("license") or "user-supplied"),
+    )

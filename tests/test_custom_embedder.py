@@ -1,0 +1,209 @@
+"""Users' own face models (ONNX / TorchScript files) through `load_embedder(path, ...)`."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+onnx = pytest.importorskip("onnx")
+
+from puface.errors import ConfigError, PufaceError  # noqa: E402
+from puface.models import InputNormalization, load_embedder  # noqa: E402
+from puface.models.custom import CustomModelError  # noqa: E402
+from puface.models.onnx_import import UnsupportedOperatorError  # noqa: E402
+
+ARCFACE = {"scale": 255, "mean": 127.5, "std": 127.5}
+
+
+class TinyFace(nn.Module):
+    """Conv-BN-PReLU-pool-fc: (N, 3, 24, 20) -> (N, 16)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.PReLU(8), nn.Conv2d(8, 8, 3, 1, 1, groups=8), nn.ReLU())
+        self.fc = nn.Linear(8 * 12 * 10, 16)
+        with torch.no_grad():
+            bn = self.body[1]
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+        self.eval()
+
+    def forward(self, x):
+        return self.fc(self.body(x).flatten(1))
+
+
+class BatchOneOnly(TinyFace):
+    def forward(self, x):
+        return self.fc(self.body(x).reshape(1, -1))
+
+
+def export_onnx(net, path, size=(24, 20), dynamic=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(1, 3, *size),), str(path), input_names=["x"], output_names=["y"], dynamic_axes=dynamic, dynamo=False)
+    return path
+
+
+def trace(net, example):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.trace(net, example)
+
+
+def reference(net, images, size, norm: InputNormalization):
+    x = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True) if images.shape[-2:] != size else images
+    if norm.order == "BGR":
+        x = x.flip(1)
+    x = (x * norm.scale - torch.tensor(norm.mean).view(1, 3, 1, 1)) / torch.tensor(norm.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return F.normalize(net(x), dim=1)
+
+
+@pytest.fixture
+def images():
+    torch.manual_seed(1)
+    return torch.rand(3, 3, 30, 26)
+
+
+def test_onnx_size_from_graph_normalisation_from_option(tmp_path, images):
+    net = TinyFace()
+    path = export_onnx(net, tmp_path / "tiny.onnx", dynamic={"x": {0: "N"}})
+    emb = load_embedder(str(path), normalization=ARCFACE)
+    assert emb.input_size == (24, 20) and emb.embedding_dim == 16 and emb.name == "tiny"
+    assert emb.normalization == InputNormalization(255.0, (127.5,) * 3, (127.5,) * 3, "RGB")
+    out = emb(images)
+    torch.testing.assert_close(out, reference(net, images, (24, 20), emb.normalization), atol=1e-5, rtol=1e-4)
+    x = images.clone().requires_grad_(True)
+    emb(x)[:, 0].sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_onnx_exported_with_fixed_batch_one_runs_any_batch(tmp_path, images):
+    net = TinyFace()
+    path = export_onnx(net, tmp_path / "fixed.onnx")  # static (1, 3, 24, 20), Flatten inside
+    emb = load_embedder(path, normalization=ARCFACE)
+    torch.testing.assert_close(emb(images), reference(net, images, (24, 20), emb.normalization), atol=1e-5, rtol=1e-4)
+    with pytest.raises(CustomModelError, match="24x20 images but input_size is 112x112"):
+        load_embedder(path, normalization=ARCFACE, input_size=112)
+
+
+def test_sidecar_json_gives_size_normalisation_and_name(tmp_path, images):
+    net = TinyFace()
+    path = export_onnx(net, tmp_path / "model.onnx", size=(24, 20), dynamic={"x": {0: "N", 2: "H", 3: "W"}})
+    side = {"input_size": [24, 20], "scale": 1.0, "mean": [0.5, 0.4, 0.3], "std": 0.25, "order": "bgr", "name": "my-arcface", "licence": "mine"}
+    (tmp_path / "model.json").write_text(json.dumps(side))
+    emb = load_embedder(str(path))
+    assert emb.name == "my-arcface" and emb.licence == "mine" and emb.input_size == (24, 20)
+    assert emb.normalization == InputNormalization(1.0, (0.5, 0.4, 0.3), (0.25,) * 3, "BGR")
+    torch.testing.assert_close(emb(images), reference(net, images, (24, 20), emb.normalization), atol=1e-5, rtol=1e-4)
+    # keyword options win over the sidecar
+    emb2 = load_embedder(str(path), normalization=ARCFACE, name="override")
+    assert emb2.name == "override" and emb2.normalization.scale == 255.0
+
+
+def test_missing_normalisation_names_options_and_sidecar_keys(tmp_path):
+    path = export_onnx(TinyFace(), tmp_path / "model.onnx")
+    with pytest.raises(CustomModelError) as info:
+        load_embedder(str(path))
+    msg = str(info.value)
+    assert "scale, mean, std" in msg and "model.json" in msg and "normalization=" in msg
+    (tmp_path / "model.json").write_text(json.dumps({"scale": 255, "mean": 127.5}))
+    with pytest.raises(CustomModelError, match="missing std"):
+        load_embedder(str(path))
+
+
+def test_dynamic_size_without_input_size_is_an_error(tmp_path):
+    path = export_onnx(TinyFace(), tmp_path / "dyn.onnx", dynamic={"x": {0: "N", 2: "H", 3: "W"}})
+    with pytest.raises(CustomModelError, match=r"input_size.*dyn\.json"):
+        load_embedder(str(path), normalization=ARCFACE)
+
+
+def test_bad_sidecar(tmp_path):
+    path = export_onnx(TinyFace(), tmp_path / "m.onnx")
+    (tmp_path / "m.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="m.json"):
+        load_embedder(str(path))
+    (tmp_path / "m.json").write_text(json.dumps({**ARCFACE, "mena": 1}))
+    with pytest.raises(ConfigError, match="mena"):
+        load_embedder(str(path))
+    (tmp_path / "m.json").write_text(json.dumps({**ARCFACE, "mean": [1, 2]}))
+    with pytest.raises(ConfigError, match="3 numbers"):
+        load_embedder(str(path))
+
+
+def test_torchscript(tmp_path, images):
+    net = TinyFace()
+    path = tmp_path / "tiny.pt"
+    trace(net, torch.rand(2, 3, 24, 20)).save(str(path))
+    norm = InputNormalization(scale=1.0, mean=(0.5,) * 3, std=(0.5,) * 3)
+    emb = load_embedder(str(path), input_size=(24, 20), normalization=norm, embedding_dim=16)
+    torch.testing.assert_close(emb(images), reference(net, images, (24, 20), norm), atol=1e-5, rtol=1e-4)
+    x = images.clone().requires_grad_(True)
+    emb(x).sum().backward()
+    assert x.grad.abs().sum() > 0
+    with pytest.raises(CustomModelError, match="input_size"):
+        load_embedder(str(path), normalization=norm)
+    with pytest.raises(CustomModelError, match="embedding_dim 128"):
+        load_embedder(str(path), input_size=(24, 20), normalization=norm, embedding_dim=128)
+
+
+def test_torch_export_program(tmp_path, images):
+    net = TinyFace()
+    ep = torch.export.export(net, (torch.rand(2, 3, 24, 20),), dynamic_shapes={"x": {0: torch.export.Dim("N")}})
+    path = tmp_path / "tiny.pt2"
+    torch.export.save(ep, str(path))
+    (tmp_path / "tiny.json").write_text(json.dumps({"input_size": [24, 20], **ARCFACE}))
+    emb = load_embedder(str(path))
+    torch.testing.assert_close(emb(images), reference(net, images, (24, 20), emb.normalization), atol=1e-5, rtol=1e-4)
+
+
+def test_batch_one_only_model_runs_image_by_image(tmp_path, images):
+    net = BatchOneOnly()
+    path = tmp_path / "b1.pt"
+    trace(net, torch.rand(1, 3, 24, 20)).save(str(path))
+    with pytest.warns(UserWarning, match="batch 1"):
+        emb = load_embedder(str(path), input_size=(24, 20), normalization=ARCFACE)
+    torch.testing.assert_close(emb(images), reference(TinyFace(), images, (24, 20), emb.normalization), atol=1e-5, rtol=1e-4)
+
+
+def test_state_dict_is_not_torchscript(tmp_path):
+    path = tmp_path / "weights.pth"
+    torch.save(TinyFace().state_dict(), path)
+    with pytest.raises(CustomModelError, match="torch.jit"):
+        load_embedder(str(path), input_size=24, normalization=ARCFACE)
+    txt = tmp_path / "model.pt"
+    txt.write_text("hello")
+    with pytest.raises(CustomModelError, match="not a TorchScript file"):
+        load_embedder(str(txt), input_size=24, normalization=ARCFACE)
+
+
+def test_missing_and_garbage_files(tmp_path):
+    with pytest.raises(CustomModelError, match="no such model file"):
+        load_embedder(str(tmp_path / "nothere.onnx"), normalization=ARCFACE)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\xff\xfe garbage " * 50)
+    with pytest.raises(CustomModelError, match="junk.onnx.*ONNX"):
+        load_embedder(str(junk), normalization=ARCFACE)
+
+
+def test_unsupported_operator_names_op_and_file(tmp_path):
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("GridSample", ["x", "grid"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]), helper.make_tensor_value_info("grid", TensorProto.FLOAT, [1, 8, 8, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    path = tmp_path / "gs.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(UnsupportedOperatorError, match=r"gs\.onnx.*GridSample"):
+        load_embedder(str(path), normalization=ARCFACE)
+    assert issubclass(UnsupportedOperatorError, PufaceError)
