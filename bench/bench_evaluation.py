@@ -12,7 +12,7 @@ are absent), each against a baseline run in the same process:
    Baseline: a cold start for every user. Reports time ratio, coefficient difference and agreement
    of the predictions.
 
-    .venv/bin/python bench/bench_evaluation.py [--data DIR] [--users 6] [--threads 2] [--json OUT]
+    .venv/bin/python bench/bench_evaluation.py [--data DIR] [--users 4] [--identities 60] [--threads 2] [--json OUT]
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def naive_grid(data, users, defenses, emb, cloak):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="/work/shared/data/lfw-chips150")
-    ap.add_argument("--users", type=int, default=6)
+    ap.add_argument("--users", type=int, default=4)
+    ap.add_argument("--identities", type=int, default=60, help="use the first N identities with >= 10 images (sorted)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -62,7 +63,10 @@ def main() -> None:
 
         root = fetch_johns()
     t0 = time.perf_counter()
-    data = EvaluationData.prepare(root, seed=0, min_images=10, max_per_identity=20)
+    from puface.data.layout import scan_identities
+
+    ds = scan_identities(root, min_images=10, max_per_identity=20, seed=0)
+    data = EvaluationData.prepare(ds.subset(ds.identities[: args.identities]), seed=0)
     users = choose_users(data, count=min(args.users, len(data.identities)), seed=0)
     print(f"data {root}: {len(data.identities)} identities, {len(data.train)} train / {len(data.test)} test; "
           f"{len(users)} users; loaded in {time.perf_counter() - t0:.1f} s")
