@@ -47,7 +47,7 @@ def load_embedder(spec: str, device: str | None = None, **kwargs) -> FaceEmbedde
     if spec in EMBEDDERS:
         return create_embedder(spec, device=device, **kwargs)
     p = Path(spec)
-    if p.suffix.lower() in (".onnx", ".pt", ".pth", ".ts", ".torchscript") or p.exists():
+    if p.suffix.lower() in (".onnx", ".pt", ".pth", ".pt2", ".ts", ".torchscript") or p.exists():
         from .custom import load_custom_embedder
 
         emb = load_custom_embedder(p, **kwargs)
