@@ -17,6 +17,18 @@ from puface.attacks.surrogates import raw_embedding
 from puface.errors import ConfigError
 from puface.models.base import FaceEmbedder, InputNormalization
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """These tests run many small tensor ops, for which threads only add synchronisation (badly so on
+    a shared, oversubscribed CPU); the attacks' own multi-core use is measured in bench/."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 
 def tiny_embedder(seed: int = 0, name: str = "tiny") -> FaceEmbedder:
     """A seeded random conv net as a stand-in face model (fast, deterministic)."""
