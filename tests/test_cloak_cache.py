@@ -14,6 +14,7 @@ from puface.attacks.fawkes import Fawkes
 from puface.imageio import read_image, to_tensor
 from puface.models.base import FaceEmbedder, InputNormalization
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
     """These tests run many small tensor ops, for which threads only add synchronisation (badly so on
@@ -24,7 +25,6 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
 
 
 def tiny_embedder(seed: int = 0) -> FaceEmbedder:

@@ -12,6 +12,7 @@ import pytest
 from puface.cli import main
 from puface.imageio import read_image
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
     """These tests run many small tensor ops, for which threads only add synchronisation (badly so on
@@ -22,7 +23,6 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
 
 
 def run(argv, capsys):

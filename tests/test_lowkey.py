@@ -17,6 +17,7 @@ from puface.attacks.surrogates import raw_embedding
 from puface.errors import ConfigError
 from puface.models.base import FaceEmbedder, InputNormalization
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
     """These tests run many small tensor ops, for which threads only add synchronisation (badly so on
@@ -27,7 +28,6 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
 
 
 def tiny_embedder(seed: int = 0, name: str = "tiny") -> FaceEmbedder:

@@ -10,6 +10,7 @@ import torch
 
 from puface.attacks.ssim import ReferenceSSIM, dssim, gaussian_window, psnr, ssim
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
     """These tests run many small tensor ops, for which threads only add synchronisation (badly so on
@@ -20,7 +21,6 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
 
 
 def scipy_ssim(x: np.ndarray, y: np.ndarray, max_val: float) -> float:
