@@ -1,6 +1,6 @@
 """Purifier benchmarks (issue 5). Numbers go to bench/RESULTS.md, section "Purifier (issue 5)".
 
-    python bench/bench_purifier.py cloaks   [--per-attack 6]      # generate + cache the test cloaks
+    python bench/bench_purifier.py cloaks   [--per-attack 24]     # find / generate + cache the test cloaks
     python bench/bench_purifier.py quality  [--weights CKPT]      # PSNR / embedding cosines on unseen identities
     python bench/bench_purifier.py speed    [--weights CKPT] [--n 128]   # purify throughput vs JPEG, GFLOP/s vs matmul
 
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path("/work/shared/data/lfw-chips150")
-ATTACKS = [
+ATTACKS = [  # full settings (not the cheaper ones the default purifier trained on), surrogate dlib-resnet29
     ("fawkes-low", "fawkes", dict(mode="low")),
     ("fawkes-mid", "fawkes", dict(mode="mid")),
     ("fawkes-high", "fawkes", dict(mode="high")),
@@ -66,24 +66,31 @@ def heldout_paths(weights: str | None, per_identity: int, seed: int = 0) -> list
     return out
 
 
-def attack_paths(weights, n: int, name: str) -> list[Path]:
-    paths = heldout_paths(weights, 1)
-    rng = random.Random(f"bench-purifier-{name}")
-    return sorted(rng.sample(paths, n))
-
-
-def cloak_all(weights, n: int, progress=True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def cloak_all(weights, n: int, min_n: int, progress=True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per attack: up to `n` held-out chips whose cloaks are already in the cloak cache (made by any
+    earlier run with the same attack settings), topped up to `min_n` by cloaking more (cached too)."""
     from puface.attacks import create_attack
+    from puface.attacks.base import image_digest
+    from puface.attacks.cache import CloakCache
     from puface.data.loading import load_images
-    from puface.purifier.data import cloak_with_cache
 
+    cache = CloakCache()
+    paths = heldout_paths(weights, 1000)
+    images, kept, _ = load_images(paths)
+    paths = [paths[i] for i in kept]
+    digests = [image_digest(images[i]) for i in range(len(paths))]
     out = {}
     for label, name, kw in ATTACKS:
-        paths = attack_paths(weights, n, label)
-        spec = {"name": name, "embedders": ["dlib-resnet29"], **kw}
-        cloaked, kept, errors = cloak_with_cache(batch_size=n, progress=progress)(spec, paths)
-        natural, _, _ = load_images([paths[i] for i in kept])
-        out[label] = (natural, cloaked)
+        atk = create_attack(name, embedders=["dlib-resnet29"], seed=0, **kw)
+        cached = [i for i, dg in enumerate(digests) if cache.path_for(atk, cache.key(atk, dg)).is_file()]
+        rng = random.Random(f"bench-purifier-{label}")
+        chosen = sorted(rng.sample(cached, min(n, len(cached))))
+        if len(chosen) < min_n:
+            rest = [i for i in range(len(paths)) if i not in set(cached)]
+            chosen += sorted(rng.sample(rest, min_n - len(chosen)))
+        sel = [paths[i] for i in chosen]
+        cloaked, ok, _ = cache.cloak(atk, sel, batch_size=max(1, len(sel)), progress=progress)
+        out[label] = (images[torch.as_tensor([chosen[i] for i in ok])], cloaked)
     return out
 
 
@@ -92,20 +99,21 @@ def psnr(a, b):
     return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
-def quality(weights, n: int, n_natural: int) -> dict:
+def quality(weights, n: int, min_n: int, n_natural: int) -> dict:
     from puface.data.loading import load_images
     from puface.models import create_embedder
     from puface.purifier import Purifier
 
     p = Purifier.load(weights)
-    nat_paths = heldout_paths(weights, 1)[:n_natural]
+    paths_all = heldout_paths(weights, 1)  # one chip per held-out identity
+    nat_paths = sorted(random.Random("bench-purifier-natural").sample(paths_all, min(n_natural, len(paths_all))))
     nat, _, _ = load_images(nat_paths)
     pn = p.purify(nat)
     embs = {name: create_embedder(name) for name in ("dlib-resnet29", "sface")}
     res = {"natural": {"n": len(nat), "psnr_purified_natural": round(float(psnr(pn, nat).mean()), 2)}}
     for name, e in embs.items():
         res["natural"][f"cos_purified_natural_{name}"] = round(float(F.cosine_similarity(e.embed(pn), e.embed(nat)).mean()), 4)
-    for label, (x, xc) in cloak_all(weights, n, progress=False).items():
+    for label, (x, xc) in cloak_all(weights, n, min_n, progress=False).items():
         pxc = p.purify(xc)
         row = {"n": len(x), "psnr_cloaked": round(float(psnr(xc, x).mean()), 2),
                "psnr_purified": round(float(psnr(pxc, x).mean()), 2),
@@ -167,16 +175,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("part", choices=["cloaks", "quality", "speed"])
     ap.add_argument("--weights", default=None, help="purifier checkpoint (default: the shipped one)")
-    ap.add_argument("--per-attack", type=int, default=6, help="held-out chips cloaked per attack")
+    ap.add_argument("--per-attack", type=int, default=24, help="at most this many held-out cloaked chips per attack (cached ones)")
+    ap.add_argument("--min-per-attack", type=int, default=2, help="cloak more held-out chips when fewer are cached")
     ap.add_argument("--natural", type=int, default=64, help="held-out natural chips for the natural PSNR")
     ap.add_argument("--n", type=int, default=128, help="chips for the speed test")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON result here too")
     a = ap.parse_args()
     t0 = time.time()
     if a.part == "cloaks":
-        res = {k: list(v[1].shape) for k, v in cloak_all(a.weights, a.per_attack).items()}
+        res = {k: list(v[1].shape) for k, v in cloak_all(a.weights, a.per_attack, a.min_per_attack).items()}
     elif a.part == "quality":
-        res = quality(a.weights, a.per_attack, a.natural)
+        res = quality(a.weights, a.per_attack, a.min_per_attack, a.natural)
     else:
         res = speed(a.weights, a.n)
     res["wall_s"] = round(time.time() - t0, 1)
