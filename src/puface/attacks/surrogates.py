@@ -74,7 +74,7 @@ def _fingerprint(emb: FaceEmbedder) -> str:
         h.update(k.encode())
         t = v.detach().to("cpu").contiguous()
         h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
 
 
