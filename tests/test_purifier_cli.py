@@ -64,7 +64,7 @@ def test_purify_mirrors_tree_and_keeps_names_sizes_formats(photo_tree, tmp_path,
     assert "mean_abs_change" in (tmp_path / "stats.csv").read_text()
     # the PNG output holds exactly the purifier's output
     p = Purifier.load(weights)
-    x = torch.from_numpy(np.asarray(Image.open(photo_tree / "a/b/odd size.png").convert("RGB"))).permute(2, 0, 1)[None].float() / 255
+    x = torch.from_numpy(np.array(Image.open(photo_tree / "a/b/odd size.png").convert("RGB"))).permute(2, 0, 1)[None].float() / 255
     assert np.array_equal(to_uint8(p.purify(x)[0]), np.asarray(Image.open(out / "a/b/odd size.png").convert("RGB")))
     # resume: nothing is redone; inputs untouched
     before = {f: (out / f).stat().st_mtime_ns for f in expected}
@@ -128,7 +128,7 @@ save_every_steps = 0
     exported = Purifier.load(tmp_path / "exported.safetensors")
     ds = exported.meta["data_summary"]
     assert ds["attacks"][0]["folder"] == str(tmp_path / "cloaked")
-    assert len(ds["train_identities"]) == 3 and len(ds["val_identities"]) == 1 and ds["heldout_identities"] == []
+    assert len(ds["train_identities"]) == 4 and len(ds["val_identities"]) == 1 and ds["heldout_identities"] == []
     assert ds["train_pairs"]["pairs"] == 12
     # config errors: one line, exit code 2
     bad = tmp_path / "bad.toml"
