@@ -30,8 +30,8 @@ def list_cmd(check: bool) -> None:
                 status = f"ok ({emb.normalization.describe()})"
             except PufaceError as e:
                 status = f"unavailable: {e}"
-        rows.append((entry.name, info.get("source", ""), info.get("licence", ""), str(info.get("input_size", "")), str(info.get("dim", "")), status))
-    headers = ("name", "source", "licence", "input", "dim") + (("status",) if check else ())
+        rows.append((entry.name, info.get("source", ""), info.get("licence", ""), str(info.get("input_size", "")), str(info.get("layout", "")), str(info.get("dim", "")), status))
+    headers = ("name", "source", "licence", "input", "face layout", "dim") + (("status",) if check else ())
     rows = [r[: len(headers)] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))

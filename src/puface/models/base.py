@@ -54,6 +54,12 @@ class FaceEmbedder(nn.Module):
         normalization: what the network expects (see `InputNormalization`).
         source: where the weights came from (package, file), for `puface models list`.
         licence: licence of the weights.
+        input_layout: the face layout callers' images are in (e.g. "dlib150": dlib chips, padding 0.25).
+        input_warp: when the network was trained on another face layout (SFace: ArcFace 112), the 2x3
+            affine, in normalised coordinates (align_corners=False), that maps the network's input grid
+            onto the caller's image; the image is then resampled (antialiased, differentiable) instead
+            of plainly resized. None: plain resize. Stored as a buffer, so it is part of the
+            embedder's fingerprint.
     """
 
     def __init__(
@@ -66,6 +72,8 @@ class FaceEmbedder(nn.Module):
         normalization: InputNormalization,
         source: str = "",
         licence: str = "",
+        input_layout: str = "",
+        input_warp: "torch.Tensor | None" = None,
     ):
         super().__init__()
         self.net = net
@@ -75,6 +83,10 @@ class FaceEmbedder(nn.Module):
         self.normalization = normalization
         self.source = source
         self.licence = licence
+        self.input_layout = input_layout
+        if input_warp is not None:
+            input_warp = torch.as_tensor(input_warp, dtype=torch.float32).reshape(2, 3)
+        self.register_buffer("input_warp", input_warp)
         order = [2, 1, 0] if normalization.order == "BGR" else [0, 1, 2]
         self.register_buffer("_order", torch.tensor(order), persistent=False)
         self.register_buffer("_mean", torch.tensor(normalization.mean).view(1, 3, 1, 1), persistent=False)
@@ -88,12 +100,29 @@ class FaceEmbedder(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"{self.name}: expected (N, 3, H, W) RGB images, got shape {tuple(images.shape)}")
         x = images
-        if tuple(x.shape[-2:]) != self.input_size:
+        if self.input_warp is not None:
+            x = self._warp(x)
+        elif tuple(x.shape[-2:]) != self.input_size:
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
         if self.normalization.order == "BGR":
             x = x.index_select(1, self._order)
         x = x * self.normalization.scale
         return (x - self._mean) / self._std
+
+    def _warp(self, x: torch.Tensor) -> torch.Tensor:
+        """Resample (N, 3, H, W) into the network's layout: an antialiased resize to the scale the warp
+        samples at (about one input pixel per output pixel), then a bilinear affine warp; outside the
+        image is zero."""
+        theta = self.input_warp.to(x.dtype)
+        h, w = self.input_size
+        # input pixels stepped per output pixel = |column of theta| * (input size / output size)
+        step_y = float(theta[:, 1].norm()) * x.shape[-2] / h
+        step_x = float(theta[:, 0].norm()) * x.shape[-1] / w
+        if step_y > 1.0 or step_x > 1.0:
+            size = (max(1, round(x.shape[-2] / max(step_y, 1.0))), max(1, round(x.shape[-1] / max(step_x, 1.0))))
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), [x.shape[0], 3, h, w], align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float RGB in [0, 1] -> (N, D) L2-normalised embeddings."""
@@ -113,6 +142,7 @@ class FaceEmbedder(nn.Module):
         return {
             "name": self.name,
             "input_size": f"{self.input_size[0]}x{self.input_size[1]}",
+            "input_layout": self.input_layout or "any (plain resize)",
             "embedding_dim": self.embedding_dim,
             "normalization": self.normalization.describe(),
             "source": self.source,

