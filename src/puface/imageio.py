@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import threading
 import warnings
 from pathlib import Path
 
@@ -192,7 +193,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
