@@ -145,8 +145,8 @@ def choose_users(
 ) -> list[str]:
     """Protected users: `names` as given, or `count` identities drawn with `seed` among those with at
     least `min_train` training and `min_test` test images that are not in `exclude`."""
-    n_train = {k: int(v) for k, v in zip(*np.unique(data.train.labels.astype(str), return_counts=True))}
-    n_test = {k: int(v) for k, v in zip(*np.unique(data.test.labels.astype(str), return_counts=True))}
+    n_train = {str(k): int(v) for k, v in zip(*np.unique(data.train.labels.astype(str), return_counts=True))}
+    n_test = {str(k): int(v) for k, v in zip(*np.unique(data.test.labels.astype(str), return_counts=True))}
     if names:
         missing = [n for n in names if n not in n_train]
         if missing:
