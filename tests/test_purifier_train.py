@@ -27,8 +27,8 @@ def _cfg(root, **train_kw) -> PurifierTrainConfig:
         "attacks": [{"name": "fawkes", "mode": "high"}, {"name": "lowkey", "images": 16}],
         "model": {"channels": 16, "depth": 4, "downsample": 1},
         "amplify": {"k_min": 1.0, "k_max": 1.0, "natural_share": 0.25},
-        "loss": {"feature_weight": 0.01, "embedders": ["standin"]},
-        "train": {"epochs": 3, "batch_size": 8, "lr": 1e-3, "warmup_steps": 0, "save_every_steps": 0, **train_kw},
+        "loss": {"feature_weight": 0.001, "embedders": ["standin"]},
+        "train": {"epochs": 3, "batch_size": 8, "lr": 1e-3, "warmup_steps": 0, "final_lr_fraction": 1.0, "grad_clip": 0.0, "save_every_steps": 0, **train_kw},
         "val": {"batch_size": 16},
     })
 
@@ -96,14 +96,23 @@ cleanup_distributed()
 """
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_ddp_two_cpu_processes(johns_dir, tmp_path):
     cfg = _cfg(johns_dir, epochs=2, batch_size=4, max_steps_per_epoch=3)
     script = tmp_path / "ddp_train.py"
     out = tmp_path / "ddp"
     script.write_text(DDP_SCRIPT.format(tests=str(TESTS), cfg=json.dumps(cfg.as_dict()), out=str(out)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
-                           str(script)], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script)],
+                          capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "rank 0 of 2 steps 6" in proc.stdout and "rank 1 of 2 steps 6" in proc.stdout
     hist = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
