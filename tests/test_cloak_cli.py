@@ -191,3 +191,20 @@ def test_align_cloaks_the_face_of_a_photo_and_skips_photos_without_one(johns_dir
     assert (got[:40] == photo[:40]).all()  # far from the face nothing changes
     rows = {r["file"]: r for r in csv.DictReader(open(out / "cloak_stats.csv"))}
     assert rows["u/photo.png"]["faces"] == "1" and float(rows["u/photo.png"]["shift_dlib-resnet29"]) > 0
+
+
+def test_through_purifier_is_an_adaptive_cloak(tree, tmp_path, capsys, dlib_available):
+    from puface.purifier.apply import Purifier
+
+    ckpt = Purifier({"channels": 4, "depth": 2, "downsample": 1}).save(tmp_path / "p.safetensors")
+    out = tmp_path / "out"
+    code, _, err = run(["cloak", *FAST, "--through-purifier", str(ckpt), "--gradient", "bpda", str(tree), str(out)], capsys)
+    assert code == 0, err
+    assert len(outputs(out)) == 4
+    cfg = json.loads((out / "cloak_config.json").read_text())
+    assert cfg["attack"]["surrogates"][0]["name"] == "dlib-resnet29|puface-bpda"
+    code, _, err = run(["cloak", "--mode", "custom", "--steps", "3", "--through-purifier", "default", str(tree),
+                        str(tmp_path / "x")], capsys)
+    assert code == 2 and "--surrogate" in err and "Traceback" not in err
+    code, _, err = run(["cloak", *FAST, "--gradient", "bpda", str(tree), str(tmp_path / "y")], capsys)
+    assert code == 2 and "--through-purifier" in err

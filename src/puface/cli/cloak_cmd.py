@@ -34,6 +34,15 @@ import click
                    "A user is a first-level folder of IN.")
 @click.option("--perceptual", type=click.Choice(["auto", "lpips", "ssim"]), default="auto", show_default=True,
               help="LowKey's perceptual penalty: LPIPS (AlexNet, needs stlpips-pytorch) or 1 - SSIM; auto = LPIPS if installed.")
+@click.option("--through-purifier", "through", metavar="WEIGHTS", default=None,
+              help="Adaptive attack: optimise the cloak through this purifier ('default' = the shipped one, or a "
+                   "checkpoint path), i.e. against embed(purify(x)), with the same budget. Needs --surrogate.")
+@click.option("--gradient", type=click.Choice(["exact", "bpda"]), default="exact", show_default=True,
+              help="With --through-purifier: backpropagate through the purifier (exact) or treat it as the identity "
+                   "in the backward pass (bpda).")
+@click.option("--eot-noise", type=float, default=0.0, show_default=True,
+              help="With --through-purifier: Gaussian noise (std, images in [0,1]) added before the purifier at each "
+                   "step (expectation over transformations).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice (per image: seed + pixel hash).")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Images optimised together.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (CUDA when available).")
@@ -51,7 +60,8 @@ import click
 @click.option("--io-workers", type=int, default=2, show_default=True, help="Threads that decode and encode images meanwhile.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates: tuple[str, ...], th: float | None,
-          steps: int | None, lr: float | None, fallback: bool, targeted: bool, target_pool: Path | None, perceptual: str, seed: int,
+          steps: int | None, lr: float | None, fallback: bool, targeted: bool, target_pool: Path | None, perceptual: str, through: str | None,
+          gradient: str, eot_noise: float, seed: int,
           batch_size: int, device: str, threads: int | None, fmt: str, tool_names: bool, resume: bool, align: bool,
           largest_face: bool, rank: int | None, world_size: int | None, io_workers: int, progress: bool) -> None:
     """Cloak the face images under IN and write them to OUT (same tree and names, PNG by default).
@@ -107,7 +117,16 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
             knobs["steps"] = steps
         knobs["perceptual"] = perceptual
         kwargs = {}
-    attack = create_attack(attack_name, embedders=list(surrogates) or None, seed=seed,
+    embedders: list = list(surrogates)
+    if through is not None:
+        from ..attacks.adaptive import through_purifier
+
+        if not surrogates:
+            raise PufaceError("--through-purifier needs the surrogate(s) named with --surrogate")
+        embedders = through_purifier(embedders, through, gradient=gradient, eot_noise=eot_noise)
+    elif gradient != "exact" or eot_noise:
+        raise PufaceError("--gradient and --eot-noise go with --through-purifier")
+    attack = create_attack(attack_name, embedders=embedders or None, seed=seed,
                            device=None if device == "auto" else device, batch_size=batch_size, **kwargs, **knobs)
     click.echo(f"{attack.name}: surrogates {', '.join(e.name for e in attack.surrogates)}; seed {seed}; "
                f"device {attack.device}; {torch.get_num_threads()} threads", err=True)
