@@ -1,0 +1,59 @@
+"""Fill the cloak cache for an experiment config ahead of `puface reproduce`, one attack at a time.
+
+`puface reproduce` cloaks each protected user's training images on first use and caches them; on a
+machine with spare cores it is faster to cloak the attacks in parallel processes first:
+
+    OMP_NUM_THREADS=1 python bench/prefill_cloaks.py configs/lfw.toml fawkes-mid --data DIR &
+    OMP_NUM_THREADS=1 python bench/prefill_cloaks.py configs/lfw.toml fawkes-high-sface --data DIR &
+
+The cloaks are the same bytes `reproduce` makes (same attack objects, seeds and cache keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config")
+    ap.add_argument("labels", nargs="+", help="attack labels of the config to cloak")
+    ap.add_argument("--data", default=None, help="identity folders (default: the config's [data] root)")
+    ap.add_argument("--seed", type=int, default=None, help="default: the config's first seed")
+    ap.add_argument("--reverse", action="store_true", help="users from the last one backwards (for a second process)")
+    args = ap.parse_args()
+
+    from puface.attacks.cache import CloakCache
+    from puface.evaluation.protocol import EvaluationData, choose_users
+    from puface.experiments import build_attack, load_config
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    cfg = load_config(args.config)
+    seed = cfg.seeds[0] if args.seed is None else args.seed
+    root = args.data or cfg.data["root"]
+    data = EvaluationData.prepare(root, seed=seed, min_images=cfg.data["min_images"],
+                                  max_per_identity=cfg.data["max_per_identity"])
+    users = choose_users(data, count=cfg.users["count"], seed=seed, min_train=cfg.users["min_train"],
+                         min_test=cfg.users["min_test"])
+    if args.reverse:
+        users = users[::-1]
+    cache = CloakCache()
+    by_label = {a.label: a for a in cfg.attacks}
+    for label in args.labels:
+        if label not in by_label:
+            raise SystemExit(f"{args.config}: no attack labelled {label!r} (have {', '.join(by_label)})")
+        spec = build_attack(by_label[label], seed, None, int(cfg.run.get("cloak_batch_size", 16)))
+        t0, n = time.perf_counter(), 0
+        for u in users:
+            paths = [data.train.paths[i] for i in data.train.rows_of(u)]
+            _, kept, _ = cache.cloak(spec.attack, paths, batch_size=spec.batch_size, progress=False, size=(150, 150))
+            n += len(kept)
+            print(f"{label}: {u}: {len(kept)} images ({time.perf_counter() - t0:.0f} s so far)", flush=True)
+        print(f"{label}: {n} images in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
