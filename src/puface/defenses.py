@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import ConfigError, PufaceError
+from .fingerprint import module_fingerprint
 from .registry import Registry
 
 DEFENSES = Registry("defense")
@@ -387,16 +388,6 @@ class Compose(Defense):
 
 for _cls in (NoDefense, PuFaceDefense, JPEG, GaussianBlur, MedianFilter, BitDepth, GaussianNoise, DownUpResize, Compose):
     DEFENSES.register(_cls.kind, doc=(_cls.__doc__ or "").strip().splitlines()[0])(_cls)
-
-
-def module_fingerprint(module: torch.nn.Module) -> str:
-    """sha256 (first 16 hex digits) of a module's state dict: names, shapes and values."""
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(str(tuple(v.shape)).encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def purifier_training_identities(purifier: Any) -> set[str] | None:

@@ -6,13 +6,13 @@ model file path (ONNX / TorchScript, through `load_embedder`), or pass embedder 
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from typing import Sequence, Union
 
 import torch
 
 from ..errors import MissingDependencyError, PufaceError
+from ..fingerprint import module_fingerprint
 from ..models.base import FaceEmbedder
 
 SurrogateSpec = Union[str, FaceEmbedder]
@@ -67,17 +67,6 @@ def resolve_surrogates(specs: Sequence[SurrogateSpec], device: torch.device) -> 
     return out
 
 
-def _fingerprint(emb: FaceEmbedder) -> str:
-    """sha256 (16 hex) of the embedder's weights and buffers: tells apart two models of one name."""
-    h = hashlib.sha256()
-    for k, v in sorted(emb.state_dict().items()):
-        h.update(k.encode())
-        t = v.detach().to("cpu").contiguous()
-        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
 def describe_surrogate(emb: FaceEmbedder) -> dict:
     """JSON-serialisable identity of a surrogate, part of an attack's config (and cache key)."""
     return {
@@ -85,7 +74,7 @@ def describe_surrogate(emb: FaceEmbedder) -> dict:
         "input_size": list(emb.input_size),
         "embedding_dim": emb.embedding_dim,
         "normalization": emb.normalization.describe(),
-        "weights_sha256_16": _fingerprint(emb),
+        "weights_sha256_16": module_fingerprint(emb),
     }
 
 
