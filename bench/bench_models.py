@@ -55,6 +55,20 @@ def time_ms(emb, size: int, backward: bool, batch: int = 16, reps: int = 5) -> f
     return 1000 * float(np.median(times)) / batch
 
 
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    """fp32 n x n matmul rate (GFLOP/s, best of `reps`): the machine baseline the timings are read against."""
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lfw", type=Path, default=None, help="lfw-chips150 folder (skipped when absent)")
@@ -76,6 +90,8 @@ def main() -> None:
         print(f"{name}: {len(kept)} images, {len(set(loaded[name][1]))} identities, {len(errors)} unreadable")
 
     results = []
+    gflops = matmul_gflops()
+    print(f"baseline: fp32 2048x2048 matmul {gflops:.1f} GFLOP/s ({args.threads} threads)")
     for model in args.models.split(","):
         emb = create_embedder(model)
         row = {"model": model, "input": f"{emb.input_size[0]}x{emb.input_size[1]}", "dim": emb.embedding_dim}
@@ -96,8 +112,11 @@ def main() -> None:
     for r in results:
         cells = " | ".join(f"{r[f'{n}_nn']:.4f} | {r[f'{n}_auc']:.4f}" for n in names)
         print(f"| {r['model']} | {r['input']} | {r['dim']} | {cells} | {r['fwd_ms']:.1f} | {r['fwdbwd_ms']:.1f} |")
+    print(f"\n(same process: fp32 2048x2048 matmul {gflops:.1f} GFLOP/s; "
+          + "; ".join(f"{r['model']} fwd+bwd = {r['fwdbwd_ms'] / r['fwd_ms']:.2f} x fwd" for r in results) + ")")
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2))
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "matmul_gflops": gflops,
+                                         "results": results}, indent=2))
 
 
 if __name__ == "__main__":
