@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Train the purifiers compared in configs/lfw-ablations.toml (issue 8, ablations and generalisation):
 # the default recipe and one change each, same cached cloaks, same short schedule.
-#   bash bench/train_ablations.sh [EPOCHS]      (default 6; needs the cloaks of configs/purifier-default.toml,
+#   bash bench/train_ablations.sh [EPOCHS]      (default 4; needs the cloaks of configs/purifier-default.toml,
 #                                                 made by `puface train-purifier --prepare-only`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EPOCHS="${1:-6}"
+EPOCHS="${1:-4}"
 PY=.venv/bin/puface
 OUT=runs/ablation
 mkdir -p "$OUT"
@@ -20,6 +20,5 @@ train ref       configs/purifier-default.toml
 train k1        configs/purifier-default.toml --set amplify.k_max=1.0
 train lambda0   configs/purifier-default.toml --set loss.feature_weight=0.0
 train narrow    configs/purifier-default.toml --set model.channels=32
-train shallow   configs/purifier-default.toml --set model.depth=4
 train no-lowkey configs/purifier/no-lowkey.toml
 train low-only  configs/purifier/fawkes-low-only.toml
