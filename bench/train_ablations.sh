@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Train the purifiers compared in configs/lfw-ablations.toml (issue 8, ablations and generalisation):
 # the default recipe and one change each, same cached cloaks, same short schedule.
-#   bash bench/train_ablations.sh [EPOCHS]      (default 4; needs the cloaks of configs/purifier-default.toml,
+#   bash bench/train_ablations.sh [EPOCHS]      (default 3; needs the cloaks of configs/purifier-default.toml,
 #                                                 made by `puface train-purifier --prepare-only`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EPOCHS="${1:-4}"
+EPOCHS="${1:-3}"
 PY=.venv/bin/puface
 OUT=runs/ablation
 mkdir -p "$OUT"
@@ -13,7 +13,7 @@ train() {  # name config [--set ...]
   local name="$1" cfg="$2"; shift 2
   if [[ -f "$OUT/$name/best.safetensors" ]]; then echo "$name: done"; return; fi
   local t0=$SECONDS
-  $PY train-purifier --config "$cfg" --out "$OUT/$name" --no-progress --set train.epochs="$EPOCHS" --set val.every=2 "$@"
+  $PY train-purifier --config "$cfg" --out "$OUT/$name" --no-progress --set train.epochs="$EPOCHS" --set val.every="$EPOCHS" "$@"
   echo "$name: $((SECONDS - t0)) s"
 }
 train ref       configs/purifier-default.toml
