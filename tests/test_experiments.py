@@ -242,3 +242,18 @@ def test_cli_reproduce_evaluate_and_errors(tmp_path, monkeypatch, capsys):
     assert err.startswith("puface: error:") and "nope.toml" in err and "Traceback" not in err
     assert main(["evaluate", "--data", str(tmp_path / "missing"), "--no-progress", "--out", str(tmp_path / "x")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "configs").glob("*.toml") if not p.name.startswith("purifier")))
+def test_every_experiment_config_in_the_repo_parses(path):
+    cfg = load_config(REPO / "configs" / path)
+    assert cfg.grid(), path
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO / "configs")) for p in (REPO / "configs").rglob("purifier*.toml"))
+                         + sorted(str(p.relative_to(REPO / "configs")) for p in (REPO / "configs" / "purifier").glob("*.toml")))
+def test_every_purifier_config_in_the_repo_parses(path):
+    from puface.purifier.config import load_config as load_purifier_config
+
+    cfg = load_purifier_config(REPO / "configs" / path)
+    assert cfg.attacks, path
