@@ -91,7 +91,8 @@ import torch
 from puface.purifier.checkpoint import load_checkpoint
 dist.barrier()
 ck = load_checkpoint({out!r} + "/last.pt")
-print("rank", d.rank, "of", d.world_size, "steps", ck["train_state"]["global_step"], flush=True)
+# one file per rank: the two processes' stdout interleave character by character
+open({out!r} + f"/rank{{d.rank}}.txt", "w").write(f"rank {{d.rank}} of {{d.world_size}} steps {{ck['train_state']['global_step']}}")
 cleanup_distributed()
 """
 
@@ -114,7 +115,8 @@ def test_ddp_two_cpu_processes(johns_dir, tmp_path):
                            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "rank 0 of 2 steps 6" in proc.stdout and "rank 1 of 2 steps 6" in proc.stdout
+    assert (out / "rank0.txt").read_text() == "rank 0 of 2 steps 6"
+    assert (out / "rank1.txt").read_text() == "rank 1 of 2 steps 6"
     hist = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(hist) == 2  # only rank 0 validates and writes
     assert Purifier.load(out / "best.pt").config == cfg.model
