@@ -27,3 +27,16 @@ def johns_images(johns_dir):
     labels = [p.parent.name for p in paths]
     images = torch.stack([to_tensor(read_image(p)) for p in paths])
     return paths, labels, images
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of attack tests: they run many small tensor ops, for which threads
+    only add synchronisation (badly so on a shared, oversubscribed CPU); the attacks' own multi-core use
+    is measured in bench/. Use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

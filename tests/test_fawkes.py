@@ -16,16 +16,8 @@ from puface.errors import ConfigError
 from puface.models.base import FaceEmbedder, InputNormalization
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tests run many small tensor ops, for which threads only add synchronisation (badly so on
-    a shared, oversubscribed CPU); the attacks' own multi-core use is measured in bench/."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# many small tensor ops: one torch thread (see conftest.one_torch_thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_embedder(seed: int = 0, name: str = "tiny") -> FaceEmbedder:
