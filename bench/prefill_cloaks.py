@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -30,7 +28,6 @@ def main() -> None:
     from puface.evaluation.protocol import EvaluationData, choose_users
     from puface.experiments import build_attack, load_config
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = load_config(args.config)
     seed = cfg.seeds[0] if args.seed is None else args.seed
     root = args.data or cfg.data["root"]
