@@ -257,3 +257,56 @@ def test_every_purifier_config_in_the_repo_parses(path):
 
     cfg = load_purifier_config(REPO / "configs" / path)
     assert cfg.attacks, path
+
+
+def _tiny_purifier(seed: int):
+    import torch
+    from torch import nn
+
+    from puface.purifier import Purifier, RedNetConfig
+
+    torch.manual_seed(seed)
+    p = Purifier(RedNetConfig(channels=4, depth=2, downsample=1), meta={"data_summary": {"heldout_identities": []}})
+    for prm in p.parameters():
+        nn.init.normal_(prm, std=0.05)
+    return p
+
+
+def test_retrained_weights_behind_the_same_config_do_not_resume(tmp_path):
+    """Same config text, different purifier file: the results fingerprint changes (so a run folder made
+    with the old weights is not resumed with the new ones); same file: it does not."""
+    from puface.experiments import build_defense, results_fingerprint
+
+    weights = tmp_path / "p.safetensors"
+    _tiny_purifier(0).save(weights)
+    cfg = parse(f"""
+name = "w"
+[data]
+root = "johns"
+[[attacks]]
+name = "fawkes"
+mode = "custom"
+steps = 2
+embedders = ["dlib-resnet29"]
+through = "{weights}"
+[victims]
+embedders = ["dlib-resnet29"]
+[[trainers]]
+name = "nn"
+[[defenses]]
+name = "puface"
+weights = "{weights}"
+""", tmp_path)
+
+    def fingerprint():
+        return results_fingerprint(cfg, {}, {d.label: build_defense(d, None) for d in cfg.defenses})
+
+    first = fingerprint()
+    assert fingerprint() == first
+    _tiny_purifier(1).save(weights)
+    assert fingerprint() != first and cfg.fingerprint() == parse(cfg.source.read_text(), tmp_path).fingerprint()
+    # the adaptive attack's purifier counts on its own too
+    cfg.defenses = []
+    only_attack = fingerprint()
+    _tiny_purifier(2).save(weights)
+    assert fingerprint() != only_attack

@@ -366,6 +366,25 @@ def build_attack(entry: AttackEntry, seed: int, device: str | None, cloak_batch_
     return AttackSpec(entry.label, atk, surrogates=surrogates, batch_size=int(kw.get("batch_size", getattr(atk, "batch_size", cloak_batch_size))))
 
 
+def results_fingerprint(cfg: ExperimentConfig, victims: dict[str, torch.nn.Module], defenses: dict[str, Defense]) -> str:
+    """Hash of the config (`ExperimentConfig.fingerprint`) and of every weight file it names: victim
+    models, purifier defenses and purifiers an adaptive attack goes through. A run folder resumes only
+    when this matches, so retrained weights behind the same config text ("default") start afresh."""
+    from .fingerprint import module_fingerprint
+
+    models = {f"victim:{k}": module_fingerprint(v) for k, v in victims.items()}
+    models.update({f"defense:{k}": d.fingerprint for k, d in defenses.items() if d.fingerprint})
+    for a in cfg.attacks:
+        through = a.params.get("through")
+        if through is not None:
+            from .purifier.apply import Purifier
+
+            purifier = Purifier.load(None if through == "default" else str(through))
+            models[f"attack:{a.label}"] = module_fingerprint(purifier)
+    blob = json.dumps({"config": cfg.fingerprint(), "models": models}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def build_defense(entry: DefenseEntry, device: str | None) -> Defense:
     spec = entry.spec
     if isinstance(spec, dict):
@@ -443,14 +462,17 @@ def run_experiment(
     out = Path(output or cfg.run.get("output") or Path("runs") / cfg.name)
     out.mkdir(parents=True, exist_ok=True)
     device = device or cfg.run.get("device")
-    fp = cfg.fingerprint()
+    root = resolve_data_root(cfg.data["root"])
+    victims = {name: load_embedder(name, device=device) for name in cfg.victims}
+    defenses = {d.label: build_defense(d, device) for d in cfg.defenses}
+    fp = results_fingerprint(cfg, victims, defenses)
     state_path, runs_path = out / "state.json", out / "runs.jsonl"
     if state_path.is_file() and _jsonl_rows(runs_path) and not restart:
         old = json.loads(state_path.read_text())
         if old.get("fingerprint") != fp:
             raise PufaceError(
-                f"{out} holds results of a different config (fingerprint {old.get('fingerprint')} != {fp}); "
-                "use another --out folder or --restart to discard them"
+                f"{out} holds results of a different config or different model weights (fingerprint "
+                f"{old.get('fingerprint')} != {fp}); use another --out folder or --restart to discard them"
             )
     if restart and runs_path.exists():
         runs_path.replace(out / f"runs.{int(time.time())}.discarded.jsonl")
@@ -463,10 +485,7 @@ def run_experiment(
     if done:
         echo(f"resuming: {len(done)} finished run(s) found in {runs_path}")
 
-    root = resolve_data_root(cfg.data["root"])
     echo(f"data: {root}")
-    victims = {name: load_embedder(name, device=device) for name in cfg.victims}
-    defenses = {d.label: build_defense(d, device) for d in cfg.defenses}
     seen = protected_identity_conflicts(defenses)
     exclude: set[str] = set()
     for label, ids in seen.items():
