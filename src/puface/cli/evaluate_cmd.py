@@ -74,7 +74,9 @@ def reproduce(config: str, data: Path | None, out: Path | None, device: str | No
     """Run the experiment grid of CONFIG (a TOML file, or the name of a packaged config: demo, lfw,
     paper) and write results.csv, summary.csv, results.json, table.md and report.html.
 
-    Finished runs are kept in OUT/runs.jsonl: re-running the same command resumes. Cloaks, purified
+    Finished runs are kept in OUT/runs.jsonl: re-running the same command resumes
+    (only while the config and every weight file it names - victims, purifiers - are unchanged;
+    otherwise it stops and asks for another --out or --restart). Cloaks, purified
     images and embeddings are cached by content ($PUFACE_HOME), so other experiments reuse them.
     """
     from ..experiments import load_config
