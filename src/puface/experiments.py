@@ -373,7 +373,7 @@ def results_fingerprint(cfg: ExperimentConfig, victims: dict[str, torch.nn.Modul
     from .fingerprint import module_fingerprint
 
     models = {f"victim:{k}": module_fingerprint(v) for k, v in victims.items()}
-    models.update({f"defense:{k}": d.fingerprint for k, d in defenses.items() if d.fingerprint})
+    models.update({f"defense:{k}": f for k, d in defenses.items() if (f := d.fingerprint)})  # hashes weights: once each
     for a in cfg.attacks:
         through = a.params.get("through")
         if through is not None:
