@@ -310,3 +310,13 @@ weights = "{weights}"
     only_attack = fingerprint()
     _tiny_purifier(2).save(weights)
     assert fingerprint() != only_attack
+
+
+def test_the_ablation_grids_shipped_rows_config_is_that_grid_without_the_ablation_purifiers():
+    """configs/lfw-ablations-shipped.toml copies configs/lfw-ablations.toml's grid: the copy must not drift."""
+    full = load_config(REPO / "configs" / "lfw-ablations.toml")
+    shipped = load_config(REPO / "configs" / "lfw-ablations-shipped.toml")
+    for field in ("seeds", "data", "users", "attacks", "victims", "trainers", "run"):
+        assert getattr(shipped, field) == getattr(full, field), field
+    assert shipped.defenses == full.defenses[:2]
+    assert [d.label for d in shipped.defenses] == ["none", "shipped"]
