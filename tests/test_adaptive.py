@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -119,3 +121,41 @@ def test_through_purifier_loads_names_and_checkpoints(tmp_path):
     ckpt = Purifier({"channels": 4, "depth": 2, "downsample": 0}).save(tmp_path / "p.pt")
     (wrapped,) = through_purifier(["dlib-resnet29"], str(ckpt))
     assert isinstance(wrapped.purifier, Purifier) and wrapped.embedding_dim == 128
+
+
+def test_purifier_training_makes_cloaks_through_a_purifier(johns_dir, tmp_path):
+    """An adaptive spec in a purifier-training config (bench/train_ablations.py's `adaptive` variant)
+    cloaks through the purifier, caches under its own key, and rejects adaptive knobs without `through`."""
+    import json
+
+    from puface.purifier.apply import Purifier
+    from puface.purifier.data import cloak_with_cache
+
+    ckpt = Purifier({"channels": 4, "depth": 2, "downsample": 1}).save(tmp_path / "p.safetensors")
+    paths = sorted(johns_dir.glob("*/*.jpg"))[:2]
+    cloak = cloak_with_cache(tmp_path / "cache", device="cpu", batch_size=2, progress=False)
+    spec = {"name": "fawkes", "mode": "custom", "th": 0.017, "steps": 2, "lr": 15.0, "embedders": ["dlib-resnet29"],
+            "through": str(ckpt), "gradient": "exact", "label": "adaptive", "images": 2}
+    adaptive, kept, errors = cloak(dict(spec), paths)
+    plain, _, _ = cloak({k: v for k, v in spec.items() if k not in ("through", "gradient")}, paths)
+    assert kept == [0, 1] and not errors and adaptive.shape == (2, 3, 150, 150)
+    configs = [json.loads(p.read_text()) for p in sorted((tmp_path / "cache").glob("*/config.json"))]
+    assert len(configs) == 2  # two attack folders: the purifier is part of the key
+    assert any("dlib-resnet29|puface" in json.dumps(c) for c in configs)
+    assert not torch.equal(adaptive, plain)
+    with pytest.raises(PufaceError, match="only apply to an adaptive attack"):
+        cloak({k: v for k, v in spec.items() if k != "through"}, paths)
+
+
+def test_purifier_config_drops_and_adds_attacks():
+    from puface.errors import ConfigError
+    from puface.purifier.config import load_config
+    from puface.purifier.data import attack_label
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "purifier-default.toml"
+    base = [attack_label(a) for a in load_config(path).attacks]
+    extra = {"label": "adaptive", "name": "fawkes", "mode": "high", "embedders": ["dlib-resnet29"], "through": "default"}
+    cfg = load_config(path, drop_attacks=["lowkey", "lowkey-ensemble"], add_attacks=[extra])
+    assert [attack_label(a) for a in cfg.attacks] == [b for b in base if b not in ("lowkey", "lowkey-ensemble")] + ["adaptive"]
+    with pytest.raises(ConfigError, match="no attack labelled 'lowkey-typo'.*fawkes-high"):
+        load_config(path, drop_attacks=["lowkey-typo"])

@@ -342,20 +342,17 @@ def build_attack(entry: AttackEntry, seed: int, device: str | None, cloak_batch_
         from .attacks import create_attack
     except ImportError as e:  # pragma: no cover - the attacks ship with puface
         raise PufaceError(f"the attacks are not available in this installation ({e})") from None
+    from .attacks.adaptive import adaptive_options
+
     kw = dict(entry.params)
-    through = kw.pop("through", None)
-    gradient = kw.pop("gradient", "exact")
-    eot_noise = float(kw.pop("eot_noise", 0.0))
     if entry.mode is not None:
         kw["mode"] = entry.mode
     if entry.embedders is not None:
         kw["embedders"] = entry.embedders
-    if through is not None:  # adaptive attack: optimise through the defender's purifier
-        from .attacks.adaptive import through_purifier
-
-        if entry.embedders is None:
-            raise ConfigError(f"attack {entry.label!r}: an adaptive attack (through = ...) must name its embedders")
-        kw["embedders"] = through_purifier(entry.embedders, str(through), gradient=str(gradient), eot_noise=eot_noise)
+    try:  # adaptive attack (through = ...): optimise through the defender's purifier
+        adaptive_options(kw, what=f"attack {entry.label!r}")
+    except PufaceError as e:
+        raise ConfigError(str(e)) from None
     try:
         atk = create_attack(entry.name, seed=seed, device=device, **kw)
     except TypeError as e:

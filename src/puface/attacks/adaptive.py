@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import PufaceError
 from ..models.base import FaceEmbedder
 
-__all__ = ["ThroughPurifier", "through_purifier", "GRADIENTS"]
+__all__ = ["ThroughPurifier", "through_purifier", "adaptive_options", "GRADIENTS"]
 
 GRADIENTS = ("exact", "bpda")
 
@@ -94,3 +94,24 @@ def through_purifier(embedders: Sequence[FaceEmbedder | str], purifier: nn.Modul
         emb = load_embedder(e) if isinstance(e, str) else e
         out.append(ThroughPurifier(emb, purifier, gradient=gradient, eot_noise=eot_noise))
     return out
+
+
+def adaptive_options(kw: dict, *, what: str = "the attack") -> dict:
+    """Resolve an attack spec's adaptive keys in place and return `kw`.
+
+    Pops ``through`` (a checkpoint path or "default"), ``gradient`` ("exact" / "bpda") and ``eot_noise``
+    (std of the Gaussian input noise, images in [0, 1]); when ``through`` is set, ``kw["embedders"]``
+    (names or embedders) becomes their `ThroughPurifier` wrappers. Config readers (experiments,
+    purifier training) share this so an adaptive spec means the same everywhere.
+    """
+    through = kw.pop("through", None)
+    gradient = str(kw.pop("gradient", "exact"))
+    eot_noise = float(kw.pop("eot_noise", 0.0))
+    if through is None:
+        if gradient != "exact" or eot_noise:
+            raise PufaceError(f"{what}: gradient / eot_noise only apply to an adaptive attack (through = ...)")
+        return kw
+    if not kw.get("embedders"):
+        raise PufaceError(f"{what}: an adaptive attack (through = ...) must name its embedders")
+    kw["embedders"] = through_purifier(list(kw["embedders"]), str(through), gradient=gradient, eot_noise=eot_noise)
+    return kw

@@ -23,6 +23,17 @@ def _parse_override(text: str) -> tuple[str, object]:
     return key.strip(), parsed
 
 
+def _parse_attack(text: str) -> dict:
+    from ..errors import ConfigError
+    from ..purifier.config import tomllib
+
+    try:
+        return dict(tomllib.loads(f"a = {{ {text} }}")["a"])
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"--add-attack expects TOML keys like 'name = \"fawkes\", mode = \"high\", images = 40', "
+                          f"got {text!r} ({e})") from None
+
+
 @click.command("train-purifier")
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
               help="TOML training config (see configs/purifier-default.toml for every option).")
@@ -34,13 +45,20 @@ def _parse_override(text: str) -> tuple[str, object]:
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (CUDA when available).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config option, e.g. --set train.epochs=2 --set loss.feature_weight=0.1 (repeatable).")
+@click.option("--drop-attack", "drop_attacks", multiple=True, metavar="LABEL",
+              help="Leave out the config's attack with this label, e.g. --drop-attack lowkey-ensemble (repeatable; "
+                   "labels: `label`, else NAME-MODE, else NAME).")
+@click.option("--add-attack", "add_attacks", multiple=True, metavar="TOML",
+              help="Add an attack, written as TOML keys, e.g. --add-attack 'label = \"adaptive\", name = \"fawkes\", "
+                   "mode = \"high\", embedders = [\"dlib-resnet29\"], through = \"default\", images = 160' (repeatable).")
 @click.option("--prepare-only", is_flag=True,
               help="Only build the training pairs (generate and cache missing cloaks) and print the data summary.")
 @click.option("--export", "export_path", type=click.Path(path_type=Path), default=None,
               help="Also write the best purifier to this file (.safetensors or .pt) when training ends.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def train_purifier(config_path: Path, out_dir: Path | None, resume: bool, device: str, overrides: tuple[str, ...],
-                   prepare_only: bool, export_path: Path | None, progress: bool) -> None:
+                   drop_attacks: tuple[str, ...], add_attacks: tuple[str, ...], prepare_only: bool,
+                   export_path: Path | None, progress: bool) -> None:
     """Train a PuFace purifier (RED-Net) on amplified cloaked images, as the config says.
 
     Seeded and resumable. Per epoch it validates on identities not used for training (PSNR of
@@ -51,7 +69,8 @@ def train_purifier(config_path: Path, out_dir: Path | None, resume: bool, device
     from ..purifier.config import load_config
     from ..purifier.train import Dist, cleanup_distributed, init_distributed, prepare_data, train
 
-    cfg = load_config(config_path, dict(_parse_override(o) for o in overrides))
+    cfg = load_config(config_path, dict(_parse_override(o) for o in overrides), drop_attacks=drop_attacks,
+                      add_attacks=[_parse_attack(a) for a in add_attacks])
     out = out_dir or Path("runs") / config_path.stem
     if prepare_only:
         d = init_distributed(None if device == "auto" else device)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import ConfigError
 from .amplify import AmplifyConfig
@@ -164,9 +164,13 @@ class PurifierTrainConfig:
             raise ConfigError(f"train needs epochs >= 1, batch_size >= 1 and lr > 0 (got {t.epochs}, {t.batch_size}, {t.lr})")
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PurifierTrainConfig:
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None, *, drop_attacks: Sequence[str] = (),
+                add_attacks: Sequence[dict[str, Any]] = ()) -> PurifierTrainConfig:
     """Read a TOML training config. `overrides` maps "section.key" (or "seed") to values set on top.
 
+    drop_attacks: labels of `[[attacks]]` entries to leave out (as `attack_label` names them, e.g.
+    "fawkes-high", "lowkey-ensemble"); an unknown label is an error. add_attacks: attack specs
+    appended after them. Both serve ablations without copying a config.
     Relative `data.root`, `data.cache` and attack `folder` paths are taken relative to the config file.
     """
     path = Path(path)
@@ -182,6 +186,15 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pu
         for p in parts[:-1]:
             tgt = tgt.setdefault(p, {})
         tgt[parts[-1]] = value
+    if drop_attacks or add_attacks:
+        from .data import attack_label
+
+        attacks = [a for a in d.get("attacks") or [] if isinstance(a, dict)]
+        labels = [attack_label(a) for a in attacks]
+        unknown = sorted(set(drop_attacks) - set(labels))
+        if unknown:
+            raise ConfigError(f"{path}: no attack labelled {', '.join(map(repr, unknown))} to drop (labels: {', '.join(labels)})")
+        d["attacks"] = [a for a, lab in zip(attacks, labels) if lab not in set(drop_attacks)] + [dict(a) for a in add_attacks]
     data = d.setdefault("data", {})
     for key in ("root", "cache"):
         if data.get(key) and not Path(data[key]).expanduser().is_absolute():

@@ -136,7 +136,10 @@ def cloak_with_cache(cache_root: str | Path | None = None, device: str | None = 
             from ..attacks.cache import CloakCache
         except ImportError:  # the attacks' own cache is not installed: a minimal one with the same contract
             CloakCache = FallbackCloakCache
+        from ..attacks.adaptive import adaptive_options
+
         kw = {k: v for k, v in spec.items() if k not in ("name", "images", "label", "folder")}
+        adaptive_options(kw, what=f"attack {attack_label(spec)!r}")  # through = ...: cloaks made through a purifier
         atk = create_attack(spec["name"], device=device, **kw)
         return CloakCache(root=cache_root).cloak(atk, paths, batch_size=batch_size, progress=progress)
 

