@@ -42,7 +42,14 @@ def heldout_identities(weights: str | None) -> list[str]:
     from puface.purifier import Purifier
 
     try:
-        return Purifier.load(weights).heldout_identities
+        p = Purifier.load(weights)
+        if p.heldout_identities:
+            return p.heldout_identities
+        seen = set(p.training_identities) | set(p.meta.get("data_summary", {}).get("val_identities", []))
+        if seen:  # trained on a copy holding only its own identities (bench/gpu_pack.py): the rest are unseen
+            return sorted(d.name for d in ROOT.iterdir() if d.is_dir() and d.name not in seen
+                          and sum(1 for _ in d.glob("*.jpg")) >= 10)
+        return []
     except PufaceError:
         from puface.data.layout import scan_identities
         from puface.purifier.config import load_config

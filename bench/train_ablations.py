@@ -16,6 +16,9 @@ below (so `ref` is the shipped recipe retrained). Variants (issue 8, targets 4-6
   adaptive   plus 160 adaptive cloaks: Fawkes high optimised through the shipped purifier with exact
              gradients (one round of adversarial training; tested against a new adaptive attack)
 
+NAME-sN repeats a variant with train.seed = N (same data and cloaks; another initialisation, batch
+order and augmentation): `--only ref-s1,ref-s2` measures how much one recipe varies from run to run.
+
 Each run writes OUT/<name>/ (best.safetensors, metrics.jsonl, config.json, log) and OUT/times.json (wall
 seconds per variant, the device). Runs resume where they stopped. With --pack DIR the finished runs are
 also tarred into DIR after each one finishes (for a device machine's few returned files).
@@ -56,8 +59,20 @@ VARIANTS: dict[str, tuple[str | None, list[str]]] = {
 }
 
 
+def split_name(name: str) -> tuple[str, int | None]:
+    """"k1-s2" -> ("k1", 2): a variant repeated with train.seed = 2 (same data, another initialisation,
+    batch order and augmentation); "k1" -> ("k1", None)."""
+    base, _, tail = name.rpartition("-s")
+    if base in VARIANTS and tail.isdigit():
+        return base, int(tail)
+    return name, None
+
+
 def command(name: str, args: argparse.Namespace) -> list[str]:
-    cfg, extra = VARIANTS[name]
+    base, seed = split_name(name)
+    cfg, extra = VARIANTS[base]
+    if seed is not None:
+        extra = extra + ["--set", f"train.seed={seed}"]
     cmd = [sys.executable, "-m", "puface", "train-purifier", "--config", cfg or args.recipe, "--out",
            str(args.out / name), "--no-progress", "--device", args.device]
     if cfg is not None:  # another config: give it the recipe's schedule
@@ -118,7 +133,7 @@ def main() -> None:
     args = ap.parse_args()
     os.chdir(REPO)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(VARIANTS)
-    unknown = [n for n in names if n not in VARIANTS]
+    unknown = [n for n in names if split_name(n)[0] not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     sys.path.insert(0, str(REPO / "src"))
@@ -136,7 +151,7 @@ def main() -> None:
     if args.prepare_added:
         labels = [a for lab in (attack_label(a) for a in base.attacks) for a in ("--drop-attack", lab)]
         for n in names:
-            cfg, extra = VARIANTS[n]
+            cfg, extra = VARIANTS[split_name(n)[0]]
             if "--add-attack" in extra:
                 cmd = command(n, args) + labels + ["--prepare-only"]
                 print(f"{n}: {shlex.join(cmd)}", flush=True)

@@ -320,3 +320,19 @@ def test_the_ablation_grids_shipped_rows_config_is_that_grid_without_the_ablatio
         assert getattr(shipped, field) == getattr(full, field), field
     assert shipped.defenses == full.defenses[:2]
     assert [d.label for d in shipped.defenses] == ["none", "shipped"]
+
+
+def test_the_ablation_grid_names_purifiers_that_bench_train_ablations_trains():
+    """Every ablation row of configs/lfw-ablations.toml is a variant of bench/train_ablations.py, and the
+    adversarially trained purifier of configs/lfw-adaptive-trained.toml is its `adaptive` variant."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_ablations", REPO / "bench" / "train_ablations.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    full = load_config(REPO / "configs" / "lfw-ablations.toml")
+    rows = {d.label: d.spec.get("weights") for d in full.defenses[2:]}
+    assert rows and all(w == f"runs/ablation-v4/{label}/best.safetensors" for label, w in rows.items()), rows
+    assert set(rows) | {"adaptive"} == set(mod.VARIANTS)
+    adaptive = load_config(REPO / "configs" / "lfw-adaptive-trained.toml")
+    assert {d.spec.get("weights") for d in adaptive.defenses if isinstance(d.spec, dict)} >= {"runs/ablation-v4/adaptive/best.safetensors"}

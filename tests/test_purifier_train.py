@@ -76,6 +76,19 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(johns_dir, tmp_p
     assert again["epochs"] == 2
 
 
+def test_train_seed_repeats_a_run_on_the_same_data(johns_dir, tmp_path):
+    """train.seed changes initialisation and batch order but not the data split; unset, it is `seed`."""
+    cfg = _cfg(johns_dir, epochs=1, max_steps_per_epoch=2)
+    _run(cfg, tmp_path / "a")
+    _run(_cfg(johns_dir, epochs=1, max_steps_per_epoch=2, seed=0), tmp_path / "same")
+    _run(_cfg(johns_dir, epochs=1, max_steps_per_epoch=2, seed=1), tmp_path / "other")
+    w = {n: torch.load(tmp_path / n / "last.pt", weights_only=True)["state_dict"] for n in ("a", "same", "other")}
+    assert all(torch.equal(w["a"][k], w["same"][k]) for k in w["a"])
+    assert not all(torch.equal(w["a"][k], w["other"][k]) for k in w["a"])
+    split = [json.loads((tmp_path / n / "data_summary.json").read_text())["train_identities"] for n in ("a", "other")]
+    assert split[0] == split[1]
+
+
 DDP_SCRIPT = """
 import sys, json
 sys.path.insert(0, {tests!r})

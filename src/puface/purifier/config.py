@@ -60,7 +60,9 @@ class LossConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation. batch_size is per process; lr decays with a cosine to lr * final_lr_fraction
-    after `warmup_steps` of linear warm-up. save_every_steps: mid-epoch checkpoints for resuming."""
+    after `warmup_steps` of linear warm-up. save_every_steps: mid-epoch checkpoints for resuming.
+    seed: initialisation, batch order and augmentation (default: the top-level `seed`, which also draws
+    the data split and the cloaked images); set it alone to repeat a run on the same data."""
 
     epochs: int = 10
     batch_size: int = 16
@@ -73,6 +75,7 @@ class TrainConfig:
     channels_last: bool = True
     save_every_steps: int = 100
     max_steps_per_epoch: int | None = None
+    seed: int | None = None
 
 
 @dataclass(frozen=True)

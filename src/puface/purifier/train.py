@@ -220,7 +220,8 @@ def train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool = True,
     say = log or (lambda s: tqdm.write(s, file=sys.stderr))
     if not d.main:
         say = lambda s: None  # noqa: E731
-    torch.manual_seed(cfg.seed)
+    run_seed = cfg.seed if cfg.train.seed is None else cfg.train.seed  # init, batch order, augmentation
+    torch.manual_seed(run_seed)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2) + "\n")
@@ -241,7 +242,7 @@ def train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool = True,
     if d.world_size > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     opt = torch.optim.AdamW(purifier.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    steps_per_epoch = len(_epoch_order(len(train_pairs), cfg.seed, 0, d.rank, d.world_size, tc.batch_size, tc.max_steps_per_epoch))
+    steps_per_epoch = len(_epoch_order(len(train_pairs), run_seed, 0, d.rank, d.world_size, tc.batch_size, tc.max_steps_per_epoch))
     if steps_per_epoch == 0:
         raise PufaceError(f"too few training pairs ({len(train_pairs)}) for {d.world_size} process(es)")
     total_steps = steps_per_epoch * tc.epochs
@@ -290,7 +291,7 @@ def train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool = True,
     result: dict[str, Any] = {}
     steps_this_call = 0
     for epoch in range(state["epoch"], tc.epochs):
-        batches = _epoch_order(len(train_pairs), cfg.seed, epoch, d.rank, d.world_size, tc.batch_size, tc.max_steps_per_epoch)
+        batches = _epoch_order(len(train_pairs), run_seed, epoch, d.rank, d.world_size, tc.batch_size, tc.max_steps_per_epoch)
         start = state["step_in_epoch"] if epoch == state["epoch"] else 0
         bar = tqdm(total=len(batches), initial=start, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step",
                    disable=not (progress and d.main), dynamic_ncols=True, file=sys.stderr)
@@ -299,7 +300,7 @@ def train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool = True,
         parts: dict[str, float] = {"total": float("nan"), "image": float("nan")}
         for step in range(start, len(batches)):
             idx = batches[step]
-            g = _step_generator(cfg.seed, epoch, step, d.rank)
+            g = _step_generator(run_seed, epoch, step, d.rank)
             x, xc = train_pairs.batch(idx)
             flip = torch.rand(len(idx), generator=g) < 0.5 if tc.hflip else torch.zeros(len(idx), dtype=torch.bool)
             if flip.any():
