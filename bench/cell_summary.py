@@ -5,6 +5,10 @@
     python bench/cell_summary.py users runs/lfw-lowkey-ensemble-v4 --attack lowkey-ensemble \
         --users Angelina_Jolie,George_HW_Bush,Jose_Maria_Aznar,Julie_Gerberding,Trent_Lott
         ASR with PuFace per victim / trainer from results.csv, for the named users, the others and all
+    python bench/cell_summary.py repeats runs/lfw-ablations-v4seeds --quality bench/results/lfw-ablations-v4/quality
+        defenses grouped by recipe (NAME and its repeats NAME-s1, NAME-s2, ...): per white-box cell the mean
+        and [min, max] over the repeats, and from `bench_purifier.py quality` JSONs (<label>.json) the
+        held-out natural PSNR and LowKey cosines
 
 ASR and accuracy in %, as Markdown rows.
 """
@@ -50,16 +54,61 @@ def users(folder: Path, attack: str, named: set[str], defense: str) -> None:
             print(f"| {g} ({n}) | " + " | ".join(f"{x:.1f}" for x in vals) + f" | {_mean(vals):.1f} |")
 
 
+def _recipe(label: str) -> str:
+    base, _, tail = label.rpartition("-s")
+    return base if base and tail.isdigit() else label
+
+
+def _span(xs: list[float], digits: int = 1) -> str:
+    if len(xs) == 1:
+        return f"{xs[0]:.{digits}f}"
+    return f"{_mean(xs):.{digits}f} [{min(xs):.{digits}f}, {max(xs):.{digits}f}]"
+
+
+def repeats(folder: Path, quality: Path | None) -> None:
+    import json
+
+    cells: dict[str, dict[tuple[str, str], dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    normal: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in csv.DictReader(open(folder / "summary.csv", encoding="utf-8")):
+        if r["setting"] == "white-box":
+            cells[_recipe(r["defense"])][(r["attack"], r["victim"])][r["defense"]] = 100 * float(r["asr_mean"])
+            normal[_recipe(r["defense"])][r["defense"]].append(100 * float(r["normal_acc_mean"]))
+    keys = sorted({k for c in cells.values() for k in c})
+    head = [f"{a} / {v}" for a, v in keys] + ["mean white-box", "normal acc."]
+    if quality:
+        head += ["PSNR natural (dB)", "LowKey cos dlib / SFace"]
+    print("| recipe | runs | " + " | ".join(head) + " |")
+    print("|---" * (len(head) + 2) + "|")
+    for recipe, c in cells.items():
+        runs = sorted(c[keys[0]])
+        row = [_span([c[k][d] for d in runs]) for k in keys]
+        row.append(_span([_mean([c[k][d] for k in keys]) for d in runs]))
+        row.append(_span([_mean(normal[recipe][d]) for d in runs]))
+        if quality:
+            q = [json.loads((quality / f"{d}.json").read_text()) for d in runs if (quality / f"{d}.json").is_file()]
+            if len(q) == len(runs):
+                row.append(_span([x["natural"]["psnr_purified_natural"] for x in q], 2))
+                row.append(_span([x["lowkey"]["cos_purified_dlib-resnet29"] for x in q], 3) + " / "
+                           + _span([x["lowkey"]["cos_purified_sface"] for x in q], 3))
+            else:
+                row += ["-", "-"]
+        print(f"| {recipe} | {len(runs)} | " + " | ".join(row) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=["defenses", "users"])
+    ap.add_argument("mode", choices=["defenses", "users", "repeats"])
     ap.add_argument("folder", type=Path, help="a `puface reproduce` output folder")
     ap.add_argument("--attack", help="users: attack label")
     ap.add_argument("--users", default="", help="users: comma-separated names of the first group")
     ap.add_argument("--defense", default="puface", help="users: defense label (default: puface)")
+    ap.add_argument("--quality", type=Path, default=None, help="repeats: folder of bench_purifier.py quality JSONs")
     args = ap.parse_args()
     if args.mode == "defenses":
         defenses(args.folder)
+    elif args.mode == "repeats":
+        repeats(args.folder, args.quality)
     else:
         if not args.attack:
             ap.error("users needs --attack")

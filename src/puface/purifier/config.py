@@ -62,7 +62,10 @@ class TrainConfig:
     """Optimisation. batch_size is per process; lr decays with a cosine to lr * final_lr_fraction
     after `warmup_steps` of linear warm-up. save_every_steps: mid-epoch checkpoints for resuming.
     seed: initialisation, batch order and augmentation (default: the top-level `seed`, which also draws
-    the data split and the cloaked images); set it alone to repeat a run on the same data."""
+    the data split and the cloaked images); set it alone to repeat a run on the same data.
+    tf32: let CUDA use TF32 in convolutions and matrix products (faster on Ampere and later). Off by
+    default: purifiers trained with it on (PyTorch's default for convolutions) removed less LowKey on
+    held-out faces than CPU-trained ones of the same recipe (bench/RESULTS.md, "Training on a GPU")."""
 
     epochs: int = 10
     batch_size: int = 16
@@ -76,6 +79,7 @@ class TrainConfig:
     save_every_steps: int = 100
     max_steps_per_epoch: int | None = None
     seed: int | None = None
+    tf32: bool = False
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -202,6 +203,18 @@ def prepare_data(cfg: PurifierTrainConfig, d: Dist | None = None, cloak_fn: Call
     return train, val, summary
 
 
+@contextmanager
+def cuda_precision(tf32: bool):
+    """Allow (True) or forbid (False) TF32 in CUDA convolutions and matrix products inside the block,
+    restoring the previous settings after. Forbidden, a GPU computes in full fp32 as a CPU does."""
+    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
+
+
 def train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool = True, device: str | None = None,
           embedders: dict[str, nn.Module] | None = None, cloak_fn: Callable | None = None, progress: bool = True,
           log: Callable[[str], None] | None = None, stop_after_steps: int | None = None) -> dict[str, Any]:
@@ -213,6 +226,14 @@ def train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool = True,
     embedders: name -> module overrides for loss/validation embedders (tests); others are loaded by name.
     cloak_fn: override of the cloaking function (tests); default = the project's attacks + cloak cache.
     """
+    with cuda_precision(cfg.train.tf32):
+        return _train(cfg, out_dir, resume=resume, device=device, embedders=embedders, cloak_fn=cloak_fn,
+                      progress=progress, log=log, stop_after_steps=stop_after_steps)
+
+
+def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, device: str | None,
+           embedders: dict[str, nn.Module] | None, cloak_fn: Callable | None, progress: bool,
+           log: Callable[[str], None] | None, stop_after_steps: int | None) -> dict[str, Any]:
     from tqdm import tqdm
 
     d = init_distributed(device)
