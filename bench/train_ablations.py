@@ -1,4 +1,4 @@
-"""Train the purifiers that configs/lfw-ablations-v4.toml compares: the shipped recipe and one change each.
+"""Train the purifiers that configs/lfw-ablations.toml compares: the shipped recipe and one change each.
 
     python bench/train_ablations.py                       # all variants, one at a time, runs/ablation-v4/<name>/
     python bench/train_ablations.py --jobs 6 --device cuda --only ref,k1
