@@ -91,19 +91,16 @@ def test_train_seed_repeats_a_run_on_the_same_data(johns_dir, tmp_path):
 
 def test_cuda_precision_forbids_tf32_inside_and_restores_after():
     """train.tf32 = false (the default) trains in full fp32 on a GPU, like a CPU; settings come back after."""
-    from puface.purifier.train import cuda_precision
+    from puface.purifier.train import cuda_precision, tf32_convolutions
 
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    try:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False
-        with cuda_precision(False):
-            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
-        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, False)
+    before = tf32_convolutions()
+    with cuda_precision(False):
+        assert not tf32_convolutions()
         with cuda_precision(True):
-            assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
-        assert _cfg(Path("."), epochs=1).train.tf32 is False
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+            assert tf32_convolutions()
+        assert not tf32_convolutions()
+    assert tf32_convolutions() == before
+    assert _cfg(Path("."), epochs=1).train.tf32 is False
 
 
 DDP_SCRIPT = """

@@ -203,16 +203,34 @@ def prepare_data(cfg: PurifierTrainConfig, d: Dist | None = None, cloak_fn: Call
     return train, val, summary
 
 
+def _precision_knobs() -> list[tuple[object, str, object, object]]:
+    """(object, attribute, value for TF32 on, value for off) for cuDNN convolutions and CUDA matmuls:
+    PyTorch >= 2.9's `fp32_precision` API, else the legacy `allow_tf32` flags (mixing the two raises)."""
+    conv, mm = torch.backends.cudnn, torch.backends.cuda.matmul
+    if hasattr(getattr(conv, "conv", None), "fp32_precision"):
+        return [(conv.conv, "fp32_precision", "tf32", "ieee"), (mm, "fp32_precision", "tf32", "ieee")]
+    return [(conv, "allow_tf32", True, False), (mm, "allow_tf32", True, False)]
+
+
+def tf32_convolutions() -> bool:
+    """Whether cuDNN convolutions may use TF32 now (PyTorch's default: yes)."""
+    obj, attr, on, _ = _precision_knobs()[0]
+    return getattr(obj, attr) == on
+
+
 @contextmanager
 def cuda_precision(tf32: bool):
     """Allow (True) or forbid (False) TF32 in CUDA convolutions and matrix products inside the block,
     restoring the previous settings after. Forbidden, a GPU computes in full fp32 as a CPU does."""
-    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+    knobs = _precision_knobs()
+    prev = [getattr(obj, attr) for obj, attr, _, _ in knobs]
+    for obj, attr, on, off in knobs:
+        setattr(obj, attr, on if tf32 else off)
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
+        for (obj, attr, _, _), value in zip(knobs, prev):
+            setattr(obj, attr, value)
 
 
 def train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool = True, device: str | None = None,
