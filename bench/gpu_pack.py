@@ -42,12 +42,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from puface.attacks.cache import CloakCache
-    from puface.fingerprint import module_fingerprint
-    from puface.models.registry import load_embedder
     from puface.models.weights import package_dir
     from puface.paths import cache_dir
     from puface.purifier.config import load_config
     from puface.purifier.train import prepare_data
+    from train_ablations import model_fingerprints  # bench/ is on the path when this script runs
 
     out = args.out
     used: set[Path] = set()
@@ -87,15 +86,13 @@ def main() -> None:
         cfg_json = p.parents[1] / "config.json"
         if cfg_json.is_file() and not (dst.parents[1] / "config.json").exists():
             shutil.copy2(cfg_json, dst.parents[1] / "config.json")
-    fingerprints = {}
-    for name, (module, rel) in MODEL_FILES.items():
+    for module, rel in MODEL_FILES.values():
         src = package_dir(module, module) / rel
         dst = out / "site" / module / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)
         (out / "site" / module / "__init__.py").write_text("")
-        fingerprints[name] = module_fingerprint(load_embedder(name).net)
-    (out / "fingerprints.json").write_text(json.dumps(fingerprints, indent=2) + "\n")
+    (out / "fingerprints.json").write_text(json.dumps(model_fingerprints(MODEL_FILES), indent=2) + "\n")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{out}: {len(identities)} identities ({n_img} images), {len(used)} cloaks, models "
           f"{', '.join(MODEL_FILES)}; {size / 2**20:.1f} MiB")

@@ -83,14 +83,19 @@ def command(name: str, args: argparse.Namespace) -> list[str]:
     return cmd + extra + shlex.split(args.extra)
 
 
-def check_fingerprints(path: Path) -> None:
-    """Stop unless the feature-loss models convert to the weights the cloak cache keys were made with."""
+def model_fingerprints(names) -> dict[str, str]:
+    """name -> fingerprint of the model's weights as this machine converts them (part of cloak cache keys)."""
     sys.path.insert(0, str(REPO / "src"))
     from puface.fingerprint import module_fingerprint
     from puface.models.registry import load_embedder
 
+    return {name: module_fingerprint(load_embedder(name).net) for name in names}
+
+
+def check_fingerprints(path: Path) -> None:
+    """Stop unless the feature-loss models convert to the weights the cloak cache keys were made with."""
     want = json.loads(path.read_text())
-    got = {name: module_fingerprint(load_embedder(name).net) for name in want}
+    got = model_fingerprints(want)
     if got != want:
         raise SystemExit(f"model fingerprints differ from {path}: {got} != {want}; the cached cloaks would not be found")
     print(f"fingerprints match: {got}", flush=True)
@@ -108,9 +113,8 @@ def pack(out: Path, names: list[str], dest: Path, per_tar: int = 4) -> None:
                     if f.suffix != ".pt":  # checkpoints with optimiser state stay behind
                         tar.add(f, arcname=f"{n}/{f.name}")
         os.replace(tmp, dest / f"ablation-{i // per_tar}.tar")
-    for f in ("times.json",):
-        if (out / f).is_file():
-            (dest / f).write_bytes((out / f).read_bytes())
+    if (out / "times.json").is_file():
+        (dest / "times.json").write_bytes((out / "times.json").read_bytes())
 
 
 def main() -> None:

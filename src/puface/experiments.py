@@ -349,10 +349,7 @@ def build_attack(entry: AttackEntry, seed: int, device: str | None, cloak_batch_
         kw["mode"] = entry.mode
     if entry.embedders is not None:
         kw["embedders"] = entry.embedders
-    try:  # adaptive attack (through = ...): optimise through the defender's purifier
-        adaptive_options(kw, what=f"attack {entry.label!r}")
-    except PufaceError as e:
-        raise ConfigError(str(e)) from None
+    adaptive_options(kw, what=f"attack {entry.label!r}")  # through = ...: optimise through the defender's purifier
     try:
         atk = create_attack(entry.name, seed=seed, device=device, **kw)
     except TypeError as e:

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import PufaceError
+from ..errors import ConfigError, PufaceError
 from ..models.base import FaceEmbedder
 
 __all__ = ["ThroughPurifier", "through_purifier", "adaptive_options", "GRADIENTS"]
@@ -109,9 +109,9 @@ def adaptive_options(kw: dict, *, what: str = "the attack") -> dict:
     eot_noise = float(kw.pop("eot_noise", 0.0))
     if through is None:
         if gradient != "exact" or eot_noise:
-            raise PufaceError(f"{what}: gradient / eot_noise only apply to an adaptive attack (through = ...)")
+            raise ConfigError(f"{what}: gradient / eot_noise only apply to an adaptive attack (through = ...)")
         return kw
     if not kw.get("embedders"):
-        raise PufaceError(f"{what}: an adaptive attack (through = ...) must name its embedders")
+        raise ConfigError(f"{what}: an adaptive attack (through = ...) must name its embedders")
     kw["embedders"] = through_purifier(list(kw["embedders"]), str(through), gradient=gradient, eot_noise=eot_noise)
     return kw

@@ -198,10 +198,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, *, dr
 
         attacks = [a for a in d.get("attacks") or [] if isinstance(a, dict)]
         labels = [attack_label(a) for a in attacks]
-        unknown = sorted(set(drop_attacks) - set(labels))
+        drop = set(drop_attacks)
+        unknown = sorted(drop - set(labels))
         if unknown:
             raise ConfigError(f"{path}: no attack labelled {', '.join(map(repr, unknown))} to drop (labels: {', '.join(labels)})")
-        d["attacks"] = [a for a, lab in zip(attacks, labels) if lab not in set(drop_attacks)] + [dict(a) for a in add_attacks]
+        d["attacks"] = [a for a, lab in zip(attacks, labels) if lab not in drop] + [dict(a) for a in add_attacks]
     data = d.setdefault("data", {})
     for key in ("root", "cache"):
         if data.get(key) and not Path(data[key]).expanduser().is_absolute():
