@@ -225,6 +225,13 @@ def test_cli_reproduce_evaluate_and_errors(tmp_path, monkeypatch, capsys):
     assert main(["reproduce", str(cfg), "--out", str(tmp_path / "r"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "| checker | test-colour-texture | white-box | nn | 100.0 ± 0.0 |" in out and "wall time:" in out
+    assert main(["reproduce", str(cfg), "--seed", "3", "--seed", "4", "--out", str(tmp_path / "r34"), "--no-progress"]) == 0
+    capsys.readouterr()
+    with open(tmp_path / "r34" / "results.csv", newline="") as f:
+        assert {row["seed"] for row in csv.DictReader(f)} == {"3", "4"}
+    saved_cfg = load_config(tmp_path / "r34" / "config.toml")
+    assert saved_cfg.seeds == [3, 4] and saved_cfg.data["root"] == str(root)
+    assert (tmp_path / "r" / "config.toml").read_text() == cfg.read_text()  # no override: the file itself, comments kept
 
     saved = tmp_path / "saved.toml"
     args = ["evaluate", "--data", str(root), "--users", "2", "--image-size", "32", "--victim", STANDIN_EMBEDDER,
@@ -246,8 +253,11 @@ def test_cli_reproduce_evaluate_and_errors(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "configs").glob("*.toml") if not p.name.startswith("purifier")))
 def test_every_experiment_config_in_the_repo_parses(path):
+    from puface.experiments import to_toml, tomllib
+
     cfg = load_config(REPO / "configs" / path)
     assert cfg.grid(), path
+    assert tomllib.loads(to_toml(cfg.raw)) == cfg.raw  # what a run writes as config.toml after overrides
 
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO / "configs")) for p in (REPO / "configs").rglob("purifier*.toml"))

@@ -261,6 +261,54 @@ class ExperimentConfig:
         raw.setdefault("data", {})["root"] = str(root)
         return ExperimentConfig.from_dict(raw, self.source)
 
+    def with_seeds(self, seeds: list[int]) -> "ExperimentConfig":
+        """The same config with other split/user/attack seeds (a repeat of the grid on other data draws)."""
+        raw = json.loads(json.dumps(self.raw, default=str))
+        raw["seeds"] = [int(s) for s in seeds]
+        return ExperimentConfig.from_dict(raw, self.source)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items() if x is not None) + " }"
+    return json.dumps(str(v))
+
+
+def to_toml(raw: dict) -> str:
+    """The TOML subset experiment configs use: scalars, lists, [tables], [[arrays of tables]] and inline tables."""
+    lines = []
+    for k, v in raw.items():
+        if not isinstance(v, (dict, list)) or (isinstance(v, list) and not any(isinstance(x, dict) for x in v)):
+            lines.append(f"{k} = {_toml_value(v)}")
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{k}]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items() if vv is not None]
+        elif isinstance(v, list) and any(isinstance(x, dict) for x in v):
+            for item in v:
+                lines += ["", f"[[{k}]]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in item.items() if vv is not None]
+    return "\n".join(lines) + "\n"
+
+
+def config_text(cfg: "ExperimentConfig") -> str:
+    """TOML for the config as it runs: the source file's text (comments kept) when the run changed nothing in
+    it, else the config written out (after --data / --seed overrides), headed by the file it came from."""
+    if cfg.source is not None and cfg.source.is_file():
+        text = cfg.source.read_text(encoding="utf-8")
+        try:
+            unchanged = json.loads(json.dumps(tomllib.loads(text), default=str)) == json.loads(json.dumps(cfg.raw, default=str))
+        except tomllib.TOMLDecodeError:
+            unchanged = False
+        if unchanged:
+            return text
+        return f"# {cfg.source} with command-line overrides (data root, seeds)\n" + to_toml(cfg.raw)
+    return to_toml(cfg.raw)
+
 
 def _default_defense_label(spec: Any) -> str:
     """The defense's own short name (jpeg-q75, blur-s1, puface, ...), computed without loading weights."""
@@ -471,7 +519,7 @@ def run_experiment(
     if restart and runs_path.exists():
         runs_path.replace(out / f"runs.{int(time.time())}.discarded.jsonl")
     _write_text_atomic(state_path, json.dumps({"fingerprint": fp, "config": cfg.source and str(cfg.source)}, indent=2))
-    _write_text_atomic(out / "config.toml", cfg.source.read_text(encoding="utf-8") if cfg.source else json.dumps(cfg.raw, indent=2))
+    _write_text_atomic(out / "config.toml", config_text(cfg))
     _write_text_atomic(out / "config.resolved.json", json.dumps(_resolved(cfg), indent=2, default=str))
 
     previous = [r for r in _jsonl_rows(runs_path)]

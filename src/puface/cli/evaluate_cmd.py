@@ -69,8 +69,12 @@ def common(f):
 @click.argument("config", metavar="CONFIG")
 @click.option("--data", "data", type=click.Path(path_type=Path), default=None,
               help="Identity folders ROOT/<identity>/<image> to use instead of the config's [data] root.")
+@click.option("--seed", "seeds", type=int, multiple=True,
+              help="Run with this split/user/attack seed instead of the config's seeds (repeatable): the same grid "
+                   "on another draw of protected users and train/test split.")
 @common
-def reproduce(config: str, data: Path | None, out: Path | None, device: str | None, restart: bool, progress: bool) -> None:
+def reproduce(config: str, data: Path | None, seeds: tuple[int, ...], out: Path | None, device: str | None, restart: bool,
+              progress: bool) -> None:
     """Run the experiment grid of CONFIG (a TOML file, or the name of a packaged config: demo, lfw,
     paper) and write results.csv, summary.csv, results.json, table.md and report.html.
 
@@ -84,6 +88,8 @@ def reproduce(config: str, data: Path | None, out: Path | None, device: str | No
     cfg = load_config(config)
     if data is not None:
         cfg = cfg.with_data_root(data)
+    if seeds:
+        cfg = cfg.with_seeds(list(seeds))
     _run(cfg, out, device, restart, progress)
 
 
@@ -163,33 +169,8 @@ def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses
         raw["users"]["count"] = n_users or 1
     cfg = ExperimentConfig.from_dict(raw)
     if save_config is not None:
+        from ..experiments import to_toml
+
         save_config.write_text(to_toml(raw), encoding="utf-8")
         click.echo(f"config written to {save_config}")
     _run(cfg, out or Path("runs") / "evaluate", device, restart, progress)
-
-
-def _toml_value(v) -> str:
-    import json
-
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return json.dumps(str(v))
-
-
-def to_toml(raw: dict) -> str:
-    """The small TOML subset experiment configs use: scalars, [tables] and [[arrays of tables]]."""
-    lines = []
-    for k, v in raw.items():
-        if not isinstance(v, (dict, list)) or (isinstance(v, list) and not any(isinstance(x, dict) for x in v)):
-            lines.append(f"{k} = {_toml_value(v)}")
-    for k, v in raw.items():
-        if isinstance(v, dict):
-            lines += ["", f"[{k}]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items() if vv is not None]
-        elif isinstance(v, list) and any(isinstance(x, dict) for x in v):
-            for item in v:
-                lines += ["", f"[[{k}]]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in item.items() if vv is not None]
-    return "\n".join(lines) + "\n"
