@@ -7,6 +7,10 @@ row in a last column for the reader who wants it.
 
     python bench/headline.py runs/lfw                # Markdown to stdout
     python bench/headline.py runs/lfw --json out.json
+    python bench/headline.py runs/lfw runs/lfw-seed1 # pooled over both folders' users and seeds
+
+Several folders (the same config run with other `--seed`s) are pooled from their per-run results.csv:
+means and the cell maximum are then over every (user, seed) of all of them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,32 @@ def load(folder: Path) -> list[dict]:
         for k in ("asr_mean", "asr_std", "normal_acc_mean", "normal_acc_std"):
             r[k] = float(r[k])
     return rows
+
+
+def _grid_without_seeds(folder: Path) -> dict:
+    cfg = json.loads((folder / "config.resolved.json").read_text())
+    return {k: v for k, v in cfg.items() if k not in ("seeds", "source", "data_root", "config_file")}
+
+
+def load_pooled(folders: list[Path]) -> list[dict]:
+    """Summary rows over the per-run rows of several output folders of one config (other seeds)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from puface.evaluation.tables import summarise_rows
+
+    grids = [_grid_without_seeds(f) for f in folders]
+    if any(g != grids[0] for g in grids[1:]):
+        raise SystemExit(f"{', '.join(map(str, folders))}: not the same grid (configs differ beyond their seeds)")
+    runs, seen = [], set()
+    for f in folders:
+        for r in csv.DictReader(open(f / "results.csv", encoding="utf-8")):
+            key = (r["seed"], r["attack"], r["victim"], r["trainer"], r["defense"], r["user"])
+            if key in seen:
+                raise SystemExit(f"{f}: seed {r['seed']} is also in another folder; pool folders of different seeds")
+            seen.add(key)
+            runs.append({**r, "asr": float(r["asr"]), "normal_acc": float(r["normal_acc"])})
+    return summarise_rows(runs)
 
 
 def headline(rows: list[dict], puface: str = "puface") -> dict:
@@ -82,11 +112,12 @@ def markdown(h: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("folder", type=Path)
+    ap.add_argument("folders", type=Path, nargs="+", help="reproduce output folder(s); several are pooled")
     ap.add_argument("--puface", default="puface", help="defense label of the purifier")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    h = headline(load(args.folder), args.puface)
+    rows = load(args.folders[0]) if len(args.folders) == 1 else load_pooled(args.folders)
+    h = headline(rows, args.puface)
     print(markdown(h))
     print(f"\nbest baseline over the white-box cells: {h['best_baseline']}; "
           f"highest white-box ASR with PuFace: {pct(h['max_white_box_asr_puface'])}%")

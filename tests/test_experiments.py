@@ -233,6 +233,19 @@ def test_cli_reproduce_evaluate_and_errors(tmp_path, monkeypatch, capsys):
     assert saved_cfg.seeds == [3, 4] and saved_cfg.data["root"] == str(root)
     assert (tmp_path / "r" / "config.toml").read_text() == cfg.read_text()  # no override: the file itself, comments kept
 
+    # bench/headline.py pools folders of the same grid run with other seeds, and refuses overlapping seeds
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("headline", REPO / "bench" / "headline.py")
+    headline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(headline)
+    assert main(["reproduce", str(cfg), "--seed", "5", "--out", str(tmp_path / "r5"), "--no-progress"]) == 0
+    capsys.readouterr()
+    pooled = headline.load_pooled([tmp_path / "r34", tmp_path / "r5"])
+    assert pooled and {(r["seeds"], r["n"]) for r in pooled} == {(3, 6)}  # 2 users x 3 seeds per cell
+    with pytest.raises(SystemExit, match="seed 3 is also"):
+        headline.load_pooled([tmp_path / "r34", tmp_path / "r34"])
+
     saved = tmp_path / "saved.toml"
     args = ["evaluate", "--data", str(root), "--users", "2", "--image-size", "32", "--victim", STANDIN_EMBEDDER,
             "--attack", f"{STANDIN_ATTACK}:label=checker,embedders={STANDIN_EMBEDDER}", "--trainer", "nn",
