@@ -34,7 +34,7 @@ def load(folder: Path) -> list[dict]:
 
 def _grid_without_seeds(folder: Path) -> dict:
     cfg = json.loads((folder / "config.resolved.json").read_text())
-    return {k: v for k, v in cfg.items() if k not in ("seeds", "source", "data_root", "config_file")}
+    return {k: v for k, v in cfg.items() if k not in ("seeds", "source")}
 
 
 def load_pooled(folders: list[Path]) -> list[dict]:
@@ -42,7 +42,7 @@ def load_pooled(folders: list[Path]) -> list[dict]:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from puface.evaluation.tables import summarise_rows
+    from puface.evaluation.tables import GROUP_KEYS, summarise_rows
 
     grids = [_grid_without_seeds(f) for f in folders]
     if any(g != grids[0] for g in grids[1:]):
@@ -50,7 +50,7 @@ def load_pooled(folders: list[Path]) -> list[dict]:
     runs, seen = [], set()
     for f in folders:
         for r in csv.DictReader(open(f / "results.csv", encoding="utf-8")):
-            key = (r["seed"], r["attack"], r["victim"], r["trainer"], r["defense"], r["user"])
+            key = (r["seed"], r["user"], *(r[k] for k in GROUP_KEYS))
             if key in seen:
                 raise SystemExit(f"{f}: seed {r['seed']} is also in another folder; pool folders of different seeds")
             seen.add(key)

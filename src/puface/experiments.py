@@ -256,16 +256,17 @@ class ExperimentConfig:
         keep["run"] = {k: v for k, v in self.run.items() if k not in ("output", "cache", "batch_size", "cloak_batch_size")}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def with_data_root(self, root: str | Path) -> "ExperimentConfig":
+    def _edited(self, edit: Callable[[dict], None]) -> "ExperimentConfig":
         raw = json.loads(json.dumps(self.raw, default=str))
-        raw.setdefault("data", {})["root"] = str(root)
+        edit(raw)
         return ExperimentConfig.from_dict(raw, self.source)
+
+    def with_data_root(self, root: str | Path) -> "ExperimentConfig":
+        return self._edited(lambda raw: raw.setdefault("data", {}).__setitem__("root", str(root)))
 
     def with_seeds(self, seeds: list[int]) -> "ExperimentConfig":
         """The same config with other split/user/attack seeds (a repeat of the grid on other data draws)."""
-        raw = json.loads(json.dumps(self.raw, default=str))
-        raw["seeds"] = [int(s) for s in seeds]
-        return ExperimentConfig.from_dict(raw, self.source)
+        return self._edited(lambda raw: raw.__setitem__("seeds", [int(s) for s in seeds]))
 
 
 def _toml_value(v: Any) -> str:
