@@ -102,32 +102,24 @@ def check_fingerprints(path: Path) -> None:
 
 
 def cached_cloaks(config: str | Path, data: str = "") -> tuple[set[Path], dict]:
-    """The cloak cache files purifier training with `config` reads, and its data summary; stops at the first
-    cloak that is not cached, since training would make it here, possibly not as it was made elsewhere: the
-    device run of 2026-11-27 lacked stlpips-pytorch, so LowKey fell back to 1 - SSIM, missed the cache
-    and trained on other cloaks (LowKey now refuses that fallback unless asked for)."""
+    """The cloak cache files purifier training with `config` reads, and its data summary, from the cache
+    only: stops at the first cloak that is not cached, since training would make it here, possibly not as it
+    was made elsewhere: the device run of 2026-11-27 lacked stlpips-pytorch, so LowKey fell back to
+    1 - SSIM, missed the cache and trained on other cloaks (LowKey now refuses that fallback unless asked for)."""
     sys.path.insert(0, str(REPO / "src"))
-    from puface.attacks.cache import CloakCache
+    from puface.errors import CloakNotCachedError
     from puface.purifier.config import load_config
+    from puface.purifier.data import cloak_with_cache
     from puface.purifier.train import prepare_data
 
-    used: set[Path] = set()
-    original_read = CloakCache._read
-
-    def recording_read(path: Path, shape):
-        t = original_read(path, shape)
-        if t is None:
-            raise SystemExit(f"{config}: {path} is not cached; make the cloaks first "
-                             f"(`puface train-purifier --config {config} --prepare-only`), on the machine the others came from")
-        used.add(path)
-        return t
-
     cfg = load_config(config, {"data.root": data} if data else None)
-    CloakCache._read = staticmethod(recording_read)
+    used: set[Path] = set()
+    cloak_fn = cloak_with_cache(cfg.data.cache or None, batch_size=cfg.data.cloak_batch_size, progress=False,
+                                cached_only=True, used=used)
     try:
-        _, _, summary = prepare_data(cfg, log=lambda s: None)
-    finally:
-        CloakCache._read = original_read
+        _, _, summary = prepare_data(cfg, cloak_fn=cloak_fn, log=lambda s: None)
+    except CloakNotCachedError as e:
+        raise SystemExit(f"{config}: {e}") from None
     return used, summary
 
 

@@ -151,3 +151,24 @@ def test_targeted_keys_include_the_target(files, tmp_path):
     assert Counting.calls == 2
     cache.cloak(atk, paths[:2], targets=t2, progress=False)
     assert Counting.calls == 4
+
+
+def test_cached_only_refuses_to_make_cloaks_and_records_files(files, tmp_path):
+    from puface.errors import CloakNotCachedError
+
+    paths, _ = files
+    atk = attack()
+    used: set = set()
+    made, _, _ = CloakCache(tmp_path / "cache", used=used).cloak(atk, paths[:3], progress=False)
+    assert len(used) == 3 and all(p.is_file() for p in used)  # written files are recorded
+    # the cached three are read without running the attack, and recorded
+    Counting.calls = 0
+    read_back: set = set()
+    again, _, _ = CloakCache(tmp_path / "cache", cached_only=True, used=read_back).cloak(attack(), paths[:3], progress=False)
+    assert Counting.calls == 0 and torch.equal(again, made) and read_back == used
+    # one more file: stops before any cloaking, naming the file without a cloak
+    with pytest.raises(CloakNotCachedError) as e:
+        CloakCache(tmp_path / "cache", cached_only=True).cloak(attack(), paths[:4], progress=False)
+    assert Counting.calls == 0 and e.value.missing == 1 and e.value.path == paths[3]
+    assert str(paths[3]) in str(e.value) and not e.value.cache_file.exists()
+    assert CloakCache(tmp_path / "cache").cached_count(atk) == 3

@@ -136,3 +136,24 @@ save_every_steps = 0
     assert main(["train-purifier", "--config", str(bad), "--out", str(tmp_path / "r2")]) == 2
     err = capsys.readouterr().err
     assert "epohcs" in err and "Traceback" not in err
+
+
+def test_train_purifier_cached_cloaks_only_stops_at_a_missing_cloak(johns_dir, tmp_path, capsys):
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(f"""
+[data]
+root = "{johns_dir}"
+heldout_min_images = 12
+cache = "{tmp_path / 'cache'}"
+[[attacks]]
+name = "fawkes"
+mode = "custom"
+steps = 2
+embedders = ["dlib-resnet29"]
+images = 4
+""")
+    code = main(["train-purifier", "--config", str(cfg), "--prepare-only", "--cached-cloaks-only", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    assert "no cached fawkes-custom cloak" in err and str(johns_dir) in err  # names the input file
+    assert not list((tmp_path / "cache").rglob("*.png"))  # nothing was cloaked

@@ -34,3 +34,14 @@ class MissingDependencyError(PufaceError):
 
 class ConfigError(PufaceError):
     """A configuration file or option is invalid."""
+
+
+class CloakNotCachedError(PufaceError):
+    """A cloak was asked for with `cached_only` and is not in the cache. `missing` counts the absent
+    cloaks of that call; `path` names the first input image without one, `cache_file` where it would be."""
+
+    def __init__(self, attack: str, path: str | Path, cache_file: str | Path, missing: int):
+        self.path, self.cache_file, self.missing = Path(path), Path(cache_file), missing
+        super().__init__(f"{self.path}: no cached {attack} cloak (expected at {self.cache_file}; {missing} file(s) of this "
+                         "set lack one); make them first (`puface train-purifier --config FILE --prepare-only`) or "
+                         "drop --cached-cloaks-only / data.cached_only")

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from ..errors import ImageReadError, ImageWriteError
+from ..errors import CloakNotCachedError, ImageReadError, ImageWriteError
 from ..imageio import encode_image, read_image, to_tensor, to_uint8
 from ..paths import cache_dir
 from .base import CloakAttack, image_digest
@@ -56,10 +56,15 @@ class CloakCache:
 
     Args:
         root: cache folder (default `$PUFACE_HOME/cloaks`).
+        cached_only: never run the attack: a cloak that is not cached raises `CloakNotCachedError`
+            (checks that a run reuses exactly the cloaks made elsewhere, e.g. before training on a GPU).
+        used: when given, every cache file read or written is added to it (e.g. to pack a run's cloaks).
     """
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, *, cached_only: bool = False, used: set[Path] | None = None):
         self.root = Path(root) if root is not None else cache_dir("cloaks")
+        self.cached_only = cached_only
+        self.used = used
 
     def attack_dir(self, attack: CloakAttack) -> Path:
         """The folder holding `attack`'s cloaks (and its config.json)."""
@@ -114,6 +119,8 @@ class CloakCache:
         Returns:
             (cloaked images (N, 3, H, W) in [0, 1] on the 8-bit grid, indices into `paths` of the N
             readable files, errors for the unreadable ones).
+        Raises:
+            CloakNotCachedError: with `cached_only`, when any readable file has no cached cloak.
         """
         from tqdm import tqdm
 
@@ -135,11 +142,17 @@ class CloakCache:
         out = torch.empty_like(images)
         missing = []
         for i, k in enumerate(keys):
-            t = self._read(self.path_for(attack, k), images[i].shape)
+            path = self.path_for(attack, k)
+            t = self._read(path, images[i].shape)
             if t is None:
                 missing.append(i)
             else:
                 out[i] = t
+                if self.used is not None:
+                    self.used.add(path)
+        if missing and self.cached_only:
+            first = missing[0]
+            raise CloakNotCachedError(attack.name, paths[kept[first]], self.path_for(attack, keys[first]), len(missing))
         if missing:
             self._write_config(attack)
             bs = batch_size or attack.batch_size
@@ -153,7 +166,10 @@ class CloakCache:
                     res = attack.run(images[idx], quantize_output=True, **kw)
                     for j, i in enumerate(idx):
                         pixels = to_uint8(res.images[j])
-                        _write_atomic(self.path_for(attack, keys[i]), encode_image(pixels, "PNG"))
+                        path = self.path_for(attack, keys[i])
+                        _write_atomic(path, encode_image(pixels, "PNG"))
+                        if self.used is not None:
+                            self.used.add(path)
                         out[i] = to_tensor(pixels)  # exactly what a later read of the file returns
                     bar.update(len(idx))
             finally:

@@ -53,12 +53,15 @@ def _parse_attack(text: str) -> dict:
                    "mode = \"high\", embedders = [\"dlib-resnet29\"], through = \"default\", images = 160' (repeatable).")
 @click.option("--prepare-only", is_flag=True,
               help="Only build the training pairs (generate and cache missing cloaks) and print the data summary.")
+@click.option("--cached-cloaks-only", is_flag=True,
+              help="Never make a cloak: stop, naming the file, at the first one missing from the cache (checks that "
+                   "a run on another machine trains on exactly the cloaks made here; same as --set data.cached_only=true).")
 @click.option("--export", "export_path", type=click.Path(path_type=Path), default=None,
               help="Also write the best purifier to this file (.safetensors or .pt) when training ends.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def train_purifier(config_path: Path, out_dir: Path | None, resume: bool, device: str, overrides: tuple[str, ...],
                    drop_attacks: tuple[str, ...], add_attacks: tuple[str, ...], prepare_only: bool,
-                   export_path: Path | None, progress: bool) -> None:
+                   cached_cloaks_only: bool, export_path: Path | None, progress: bool) -> None:
     """Train a PuFace purifier (RED-Net) on amplified cloaked images, as the config says.
 
     Seeded and resumable. Per epoch it validates on identities not used for training (PSNR of
@@ -69,7 +72,10 @@ def train_purifier(config_path: Path, out_dir: Path | None, resume: bool, device
     from ..purifier.config import load_config
     from ..purifier.train import Dist, cleanup_distributed, init_distributed, prepare_data, train
 
-    cfg = load_config(config_path, dict(_parse_override(o) for o in overrides), drop_attacks=drop_attacks,
+    sets = dict(_parse_override(o) for o in overrides)
+    if cached_cloaks_only:
+        sets["data.cached_only"] = True
+    cfg = load_config(config_path, sets, drop_attacks=drop_attacks,
                       add_attacks=[_parse_attack(a) for a in add_attacks])
     out = out_dir or Path("runs") / config_path.stem
     if prepare_only:

@@ -34,7 +34,8 @@ def _check_keys(section: str, d: dict, cls: type) -> None:
 class DataConfig:
     """root: identity folders. Identity split: see `data.purifier_identities`.
     max_per_identity: cap per identity (seeded), None = all. val_images: images per attack for
-    validation (seeded choice among the validation identities). cache: cloak cache folder ("" = default)."""
+    validation (seeded choice among the validation identities). cache: cloak cache folder ("" = default).
+    cached_only: never make a cloak; one missing from the cache stops the run (`CloakNotCachedError`)."""
 
     root: str = ""
     heldout_min_images: int | None = 10
@@ -44,6 +45,7 @@ class DataConfig:
     val_images: int = 40
     cache: str = ""
     cloak_batch_size: int = 8
+    cached_only: bool = False
 
 
 @dataclass(frozen=True)

@@ -123,8 +123,10 @@ def choose_images(images: Sequence[FaceImage], count: int | str | None, seed: in
 
 
 def cloak_with_cache(cache_root: str | Path | None = None, device: str | None = None, batch_size: int = 8,
-                     progress: bool = True) -> CloakFn:
-    """A cloak function backed by the project's attacks and `CloakCache` (generated once, then reused)."""
+                     progress: bool = True, cached_only: bool = False, used: set[Path] | None = None) -> CloakFn:
+    """A cloak function backed by the project's attacks and `CloakCache` (generated once, then reused).
+    cached_only: never make a cloak; a missing one raises `CloakNotCachedError`. used: a set that
+    collects every cache file read or written (see `CloakCache`)."""
 
     def cloak(spec: dict, paths: list[Path]):
         try:
@@ -132,90 +134,15 @@ def cloak_with_cache(cache_root: str | Path | None = None, device: str | None = 
         except ImportError as e:
             raise PufaceError(f"cloaking needs puface.attacks, which is not available ({e}); "
                               "use attack specs with `folder = ...` instead") from None
-        try:
-            from ..attacks.cache import CloakCache
-        except ImportError:  # the attacks' own cache is not installed: a minimal one with the same contract
-            CloakCache = FallbackCloakCache
+        from ..attacks.cache import CloakCache
         from ..attacks.adaptive import adaptive_options
 
         kw = {k: v for k, v in spec.items() if k not in ("name", "images", "label", "folder")}
         adaptive_options(kw, what=f"attack {attack_label(spec)!r}")  # through = ...: cloaks made through a purifier
         atk = create_attack(spec["name"], device=device, **kw)
-        return CloakCache(root=cache_root).cloak(atk, paths, batch_size=batch_size, progress=progress)
+        return CloakCache(root=cache_root, cached_only=cached_only, used=used).cloak(atk, paths, batch_size=batch_size, progress=progress)
 
     return cloak
-
-
-class FallbackCloakCache:
-    """Cloaked images cached as lossless PNGs under root/<attack name>-<config hash>/<content hash>.png.
-
-    The same contract as `puface.attacks.cache.CloakCache` (used when that one is not installed):
-    `cloak(atk, paths, batch_size, progress) -> (images (N, 3, H, W), kept indices, errors)`.
-    Work is saved after every batch, so an interrupted run loses at most one batch.
-    """
-
-    def __init__(self, root: str | Path | None = None):
-        from ..paths import cache_dir
-
-        self.root = Path(root) if root else cache_dir("purifier-cloaks")
-
-    def folder(self, atk) -> Path:
-        import hashlib
-        import json
-
-        key = hashlib.sha256(json.dumps(atk.config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        return self.root / f"{atk.name}-{key}"
-
-    def cloak(self, atk, paths: Sequence[str | Path], batch_size: int = 8, progress: bool = True):
-        import hashlib
-        import json
-
-        from ..imageio import read_image, to_tensor, to_uint8, write_image
-
-        folder = self.folder(atk)
-        folder.mkdir(parents=True, exist_ok=True)
-        cfg_file = folder / "attack.json"
-        if not cfg_file.exists():
-            cfg_file.write_text(json.dumps(atk.config, indent=2, sort_keys=True, default=str) + "\n")
-        out: list[torch.Tensor | None] = [None] * len(paths)
-        errors: list = []
-        todo: list[tuple[int, Path, torch.Tensor]] = []
-        for i, p in enumerate(paths):
-            p = Path(p)
-            try:
-                digest = hashlib.sha256(p.read_bytes()).hexdigest()
-                target = folder / f"{digest}.png"
-                if target.is_file():
-                    out[i] = to_tensor(read_image(target))
-                else:
-                    todo.append((i, target, to_tensor(read_image(p))))
-            except OSError as e:
-                from ..errors import ImageReadError
-
-                errors.append(ImageReadError(p, f"cannot read ({e})"))
-            except PufaceError as e:
-                errors.append(e)
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(todo), desc=f"cloaking ({atk.name})", unit="img", disable=not progress or not todo)
-        for s in range(0, len(todo), batch_size):
-            chunk = todo[s : s + batch_size]
-            groups: dict[tuple, list] = {}
-            for item in chunk:
-                groups.setdefault(tuple(item[2].shape), []).append(item)
-            for items in groups.values():
-                res = atk(torch.stack([t for _, _, t in items]))
-                for (i, target, _), img in zip(items, res):
-                    u8 = to_uint8(img)
-                    write_image(target, u8)
-                    out[i] = to_tensor(u8)
-            bar.update(len(chunk))
-        bar.close()
-        kept = [i for i, t in enumerate(out) if t is not None]
-        tensors = [out[i] for i in kept]
-        if not tensors:
-            return torch.empty(0, 3, 0, 0), kept, errors
-        return torch.stack(tensors), kept, errors  # type: ignore[arg-type]
 
 
 def _cloaked_from_folder(folder: Path, root: Path, paths: list[Path]) -> tuple[torch.Tensor, list[int], list]:

@@ -171,7 +171,7 @@ def prepare_data(cfg: PurifierTrainConfig, d: Dist | None = None, cloak_fn: Call
     split = purifier_identities(counts, heldout_min_images=cfg.data.heldout_min_images,
                                 heldout_fraction=cfg.data.heldout_fraction, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
     base = cloak_fn or cloak_with_cache(cfg.data.cache or None, device=str(d.device), batch_size=cfg.data.cloak_batch_size,
-                                        progress=d.main)
+                                        progress=d.main, cached_only=cfg.data.cached_only)
 
     def sharded(spec: dict, paths: list) -> Any:
         if d.world_size > 1 and "folder" not in spec:
