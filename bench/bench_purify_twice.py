@@ -1,6 +1,6 @@
 """Is the purifier idempotent? Embedding cosines after purifying once, twice and three times.
 
-    python bench/bench_purify_twice.py [--weights CKPT] [--data DIR] [--users A,B,...]
+    python bench/bench_purify_twice.py [--weights CKPT] [--data DIR] [--users A,B,...] [--attack-seed N]
 
 Natural chips: the first chip of the first 6 identities with >= 10 chips (held out from the shipped
 purifier's training). Cloaked chips: every LowKey-ensemble cloak (LowKey as released against dlib +
@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--weights", default=None, help="purifier checkpoint (default: the shipped one)")
     ap.add_argument("--data", type=Path, default=Path("/work/shared/data/lfw-chips150"))
     ap.add_argument("--users", default=USERS, help="identities whose cached LowKey-ensemble cloaks to use")
+    ap.add_argument("--attack-seed", type=int, default=0, help="the experiment seed the cloaks were made with (`--seed`)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -67,7 +68,7 @@ def main() -> None:
     result["rows"]["natural"] = {"n": len(natural), "cos": cosines(models, natural, xs),
                                  "mse": [round(((natural - x) ** 2).mean().item(), 6) for x in xs]}
 
-    atk = create_attack("lowkey", embedders=["dlib-resnet29", "sface"])
+    atk = create_attack("lowkey", embedders=["dlib-resnet29", "sface"], seed=args.attack_seed)
     cache = CloakCache(cached_only=True)
     pairs = []
     for user in [u.strip() for u in args.users.split(",") if u.strip()]:
