@@ -20,6 +20,8 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
+from train_ablations import split_name  # bench/ is on sys.path when this script runs
+
 
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
@@ -55,8 +57,8 @@ def users(folder: Path, attack: str, named: set[str], defense: str) -> None:
 
 
 def _recipe(label: str) -> str:
-    base, _, tail = label.rpartition("-s")
-    return base if base and tail.isdigit() else label
+    """A grid defense label without its repeat suffix: "ref-s2" -> "ref"."""
+    return split_name(label, known=None)[0]
 
 
 def _span(xs: list[float], digits: int = 1) -> str:

@@ -59,11 +59,12 @@ VARIANTS: dict[str, tuple[str | None, list[str]]] = {
 }
 
 
-def split_name(name: str) -> tuple[str, int | None]:
+def split_name(name: str, known: dict | None = VARIANTS) -> tuple[str, int | None]:
     """"k1-s2" -> ("k1", 2): a variant repeated with train.seed = 2 (same data, another initialisation,
-    batch order and augmentation); "k1" -> ("k1", None)."""
+    batch order and augmentation); "k1" -> ("k1", None). The base must be one of `known` (the variants
+    here) unless `known` is None (any label, as bench/cell_summary.py groups a grid's defenses)."""
     base, _, tail = name.rpartition("-s")
-    if base in VARIANTS and tail.isdigit():
+    if base and tail.isdigit() and (known is None or base in known):
         return base, int(tail)
     return name, None
 
