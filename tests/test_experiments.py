@@ -362,3 +362,87 @@ def test_the_ablation_grid_names_purifiers_that_bench_train_ablations_trains():
     assert {mod.split_name(r)[0] for r in rows} | {"adaptive"} == set(mod.VARIANTS)
     adaptive = load_config(REPO / "configs" / "lfw-adaptive-trained.toml")
     assert {d.spec.get("weights") for d in adaptive.defenses if isinstance(d.spec, dict)} >= {"runs/ablation-v4/adaptive/best.safetensors"}
+
+
+CHILD_TOML = """
+extends = "grid.toml"
+name = "child"
+
+[users]
+min_test = 2
+
+[[defenses]]
+name = "none"
+"""
+
+
+def test_extends_merges_tables_replaces_lists_and_keeps_its_own_name(tmp_path):
+    parent = parse(GRID_TOML, tmp_path, "grid.toml")
+    child = parse(CHILD_TOML, tmp_path, "child.toml")
+    assert child.name == "child" and child.description == ""
+    assert child.users["count"] == 2 and child.users["min_test"] == 2  # [users] merged key by key
+    assert [d.label for d in child.defenses] == ["none"]  # [[defenses]] replaced as a whole
+    assert [a.label for a in child.attacks] == [a.label for a in parent.attacks]  # not written: inherited
+    assert child.seeds == [0, 1] and child.trainers == parent.trainers and "extends" not in child.raw
+    # a grandchild, and a parent named by a path in another folder
+    (tmp_path / "sub").mkdir()
+    grand = parse('extends = "../child.toml"\n[users]\ncount = 1\n', tmp_path / "sub", "grand.toml")
+    assert grand.name == "grand" and grand.users == {**child.users, "count": 1} and grand.defenses == child.defenses
+
+
+def test_extends_a_packaged_config_by_name(tmp_path):
+    cfg = parse('extends = "lfw"\nname = "small"\n[users]\ncount = 3\n', tmp_path)
+    lfw = load_config(packaged_config("lfw"))
+    assert cfg.attacks == lfw.attacks and cfg.data == lfw.data and cfg.users["count"] == 3
+    assert cfg.description == "" and cfg.name == "small"
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"c.toml": 'extends = "nowhere.toml"\n'}, "nowhere.toml.*neither a file next to it"),
+        ({"c.toml": 'extends = "d.toml"\n', "d.toml": 'extends = "c.toml"\n'}, "round in a circle"),
+        ({"c.toml": 'extends = 3\n'}, "extends must be a config file name"),
+        ({"c.toml": 'extends = "d.toml"\n', "d.toml": "seeds = [0\n"}, "d.toml: not valid TOML"),
+        ({"c.toml": 'extends = "grid.toml"\n[users]\ncuont = 1\n', "grid.toml": GRID_TOML}, "unknown option"),
+    ],
+)
+def test_bad_extends_are_clear_errors(files, message, tmp_path):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path / "c.toml")
+
+
+def test_a_run_of_an_extending_config_saves_it_resolved(tmp_path):
+    """config.toml beside the results must stand alone (the parent may change later): the resolved TOML,
+    headed by the chain it came from, which loads back to the same experiment."""
+    from puface.experiments import config_text
+
+    parse(GRID_TOML, tmp_path, "grid.toml")
+    child = parse(CHILD_TOML, tmp_path, "child.toml")
+    text = config_text(child)
+    assert text.startswith(f"# {tmp_path / 'child.toml'} -> {tmp_path / 'grid.toml'}, resolved")
+    assert "extends" not in text.splitlines()[1:]
+    (tmp_path / "results").mkdir()
+    saved = parse(text, tmp_path / "results", "config.toml")  # away from grid.toml
+    assert saved.fingerprint() == child.fingerprint() and saved.grid() == child.grid()
+    # with an override, the header says so
+    moved = child.with_seeds([5])
+    assert "with command-line overrides" in config_text(moved).splitlines()[0]
+    # a config without extends is saved as its own text, comments and all
+    plain = parse("# a comment\n" + GRID_TOML, tmp_path, "plain.toml")
+    assert config_text(plain) == "# a comment\n" + GRID_TOML
+
+
+def test_the_lfw_family_extends_the_main_grid():
+    """Every configs/lfw-*.toml starts from configs/lfw.toml (directly or through another), so the data
+    and split they share are written once."""
+    from puface.experiments import _extends_chain
+
+    lfw = load_config(REPO / "configs" / "lfw.toml")
+    for p in sorted((REPO / "configs").glob("lfw-*.toml")):
+        chain = _extends_chain(p)
+        assert chain[-1].name == "lfw.toml", p
+        cfg = load_config(p)
+        assert cfg.data == lfw.data and cfg.seeds == lfw.seeds and cfg.name == p.stem, p

@@ -49,6 +49,19 @@ A config (every key optional except the lists; see `configs/*.toml`)::
     users = 3                     # users shown in the image grids
     images_per_user = 2
 
+A config may start from another one and change only what differs::
+
+    extends = "lfw.toml"          # a path relative to this file, or a packaged config's name
+    name = "lfw-sface-mid"        # name and description are never inherited
+
+    [users]
+    count = 10                    # tables merge key by key (the rest of lfw.toml's [users] stays)
+
+    [[attacks]]                   # lists and arrays of tables replace the parent's whole list
+    name = "fawkes"
+    mode = "mid"
+    embedders = ["sface"]
+
 Results are written as they arrive (runs.jsonl), so an interrupted experiment resumes where it
 stopped when run again with the same config and output folder.
 """
@@ -298,17 +311,27 @@ def to_toml(raw: dict) -> str:
 
 def config_text(cfg: "ExperimentConfig") -> str:
     """TOML for the config as it runs: the source file's text (comments kept) when the run changed nothing in
-    it, else the config written out (after --data / --seed overrides), headed by the file it came from."""
+    it, else the config written out (after --data / --seed overrides, or with its `extends` chain resolved,
+    so the saved file stands alone), headed by the file it came from."""
     if cfg.source is not None and cfg.source.is_file():
         text = cfg.source.read_text(encoding="utf-8")
         try:
-            unchanged = json.loads(json.dumps(tomllib.loads(text), default=str)) == json.loads(json.dumps(cfg.raw, default=str))
-        except tomllib.TOMLDecodeError:
-            unchanged = False
-        if unchanged:
+            own = tomllib.loads(text)
+            resolved = _read_raw(cfg.source)
+        except (tomllib.TOMLDecodeError, ConfigError):
+            own = resolved = None
+        same = resolved is not None and _plain(resolved) == _plain(cfg.raw)
+        if same and "extends" not in own:
             return text
-        return f"# {cfg.source} with command-line overrides (data root, seeds)\n" + to_toml(cfg.raw)
+        chain = " -> ".join(str(p) for p in _extends_chain(cfg.source)) if own and "extends" in own else str(cfg.source)
+        if same:
+            return f"# {chain}, resolved (extends applied)\n" + to_toml(cfg.raw)
+        return f"# {chain} with command-line overrides (data root, seeds)\n" + to_toml(cfg.raw)
     return to_toml(cfg.raw)
+
+
+def _plain(d: Any) -> Any:
+    return json.loads(json.dumps(d, default=str))
 
 
 def _default_defense_label(spec: Any) -> str:
@@ -329,11 +352,66 @@ def load_config(path: str | Path) -> ExperimentConfig:
         if packaged is None:
             raise ConfigError(f"{path}: config file not found (packaged configs: {', '.join(packaged_config_names())})")
         path = packaged
+    return ExperimentConfig.from_dict(_read_raw(path), path)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
-    return ExperimentConfig.from_dict(raw, path)
+
+
+def _parent_path(child: Path, ref: Any) -> Path:
+    """The file `extends = ref` in `child` names: relative to child's folder, else a packaged config."""
+    if not isinstance(ref, str) or not ref:
+        raise ConfigError(f"{child}: extends must be a config file name, got {ref!r}")
+    p = Path(ref)
+    p = p if p.is_absolute() else child.parent / p
+    if p.is_file():
+        return p
+    packaged = packaged_config(ref)
+    if packaged is None:
+        raise ConfigError(f"{child}: extends {ref!r}, which is neither a file next to it ({p}) nor a packaged config "
+                          f"({', '.join(packaged_config_names())})")
+    return packaged
+
+
+def _extends_chain(path: Path) -> list[Path]:
+    """[path, its parent, the parent's parent, ...]; a cycle is a ConfigError."""
+    chain = [path]
+    while True:
+        ref = _read_toml(chain[-1]).get("extends")
+        if ref is None:
+            return chain
+        parent = _parent_path(chain[-1], ref)
+        if any(parent.resolve() == c.resolve() for c in chain):
+            raise ConfigError(f"{path}: extends goes round in a circle: {' -> '.join(str(c) for c in chain + [parent])}")
+        chain.append(parent)
+
+
+def merge_configs(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """`child` on top of `parent`: tables merge key by key (recursively), anything else (scalars, lists,
+    arrays of tables) in the child replaces the parent's; `name`, `description` and `extends` are the
+    child's only."""
+    out = {k: v for k, v in parent.items() if k not in ("name", "description", "extends")}
+    return _merge_tables(out, {k: v for k, v in child.items() if k != "extends"})
+
+
+def _merge_tables(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    out = dict(parent)
+    for k, v in child.items():
+        out[k] = _merge_tables(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_raw(path: Path) -> dict[str, Any]:
+    """The config file's TOML with its `extends` chain applied (the dict `from_dict` validates)."""
+    chain = _extends_chain(path)
+    raw = _read_toml(chain[-1])
+    for p in reversed(chain[:-1]):
+        raw = merge_configs(raw, _read_toml(p))
+    return raw
 
 
 def packaged_config_names() -> list[str]:
@@ -736,6 +814,6 @@ def _resolved(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 __all__ = [
-    "ExperimentConfig", "AttackEntry", "TrainerEntry", "DefenseEntry", "load_config", "run_experiment",
+    "ExperimentConfig", "AttackEntry", "TrainerEntry", "DefenseEntry", "load_config", "merge_configs", "run_experiment",
     "ExperimentResult", "packaged_config", "packaged_config_names", "resolve_data_root", "write_example_images",
 ]
