@@ -76,7 +76,9 @@ def common(f):
 def reproduce(config: str, data: Path | None, seeds: tuple[int, ...], out: Path | None, device: str | None, restart: bool,
               progress: bool) -> None:
     """Run the experiment grid of CONFIG (a TOML file, or the name of a packaged config: demo, lfw,
-    paper) and write results.csv, summary.csv, results.json, table.md and report.html.
+    paper) and write results.csv, summary.csv, results.json, table.md and report.html. A config may
+    start from another (extends = "lfw.toml") and write only what differs; OUT/config.toml is saved
+    resolved.
 
     Finished runs are kept in OUT/runs.jsonl: re-running the same command resumes
     (only while the config and every weight file it names - victims, purifiers - are unchanged;
