@@ -45,7 +45,7 @@ import click
               help="With --through-purifier: Gaussian noise (std, images in [0,1]) added before the purifier at each "
                    "step (expectation over transformations).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice (per image: seed + pixel hash).")
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Images optimised together.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Images optimised together. The same images in the same batches give the same bytes on every run; other batch mates give equally strong cloaks that differ in some pixels (float rounding amplified by the optimisation).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (CUDA when available).")
 @click.option("--threads", type=int, default=None, help="Torch compute threads (default: torch's choice, one per core).")
 @click.option("--format", "fmt", type=click.Choice(["png", "same"]), default="png", show_default=True,
