@@ -446,3 +446,18 @@ def test_the_lfw_family_extends_the_main_grid():
         assert chain[-1].name == "lfw.toml", p
         cfg = load_config(p)
         assert cfg.data == lfw.data and cfg.seeds == lfw.seeds and cfg.name == p.stem, p
+
+
+def test_repeat_suffixes_split_off_known_variants_or_any_label():
+    """bench/train_ablations.split_name: "k1-s2" is variant k1 with train.seed 2; with known=None (how
+    bench/cell_summary.py groups a grid's defenses) any label's -sN suffix splits, other -s... do not."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_ablations", REPO / "bench" / "train_ablations.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.split_name("k1-s2") == ("k1", 2) and mod.split_name("k1") == ("k1", None)
+    assert mod.split_name("mine-s3") == ("mine-s3", None)  # not a variant here
+    assert mod.split_name("mine-s3", known=None) == ("mine", 3)
+    assert mod.split_name("fawkes-high-sface", known=None) == ("fawkes-high-sface", None)
+    assert mod.split_name("-s1", known=None) == ("-s1", None)
