@@ -443,7 +443,7 @@ def test_the_lfw_family_extends_the_main_grid():
     lfw = load_config(REPO / "configs" / "lfw.toml")
     for p in sorted((REPO / "configs").glob("lfw-*.toml")):
         chain = _extends_chain(p)
-        assert chain[-1].name == "lfw.toml", p
+        assert chain[-1][0].name == "lfw.toml", p
         cfg = load_config(p)
         assert cfg.data == lfw.data and cfg.seeds == lfw.seeds and cfg.name == p.stem, p
 

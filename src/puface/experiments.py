@@ -314,19 +314,17 @@ def config_text(cfg: "ExperimentConfig") -> str:
     it, else the config written out (after --data / --seed overrides, or with its `extends` chain resolved,
     so the saved file stands alone), headed by the file it came from."""
     if cfg.source is not None and cfg.source.is_file():
-        text = cfg.source.read_text(encoding="utf-8")
         try:
-            own = tomllib.loads(text)
-            resolved = _read_raw(cfg.source)
-        except (tomllib.TOMLDecodeError, ConfigError):
-            own = resolved = None
-        same = resolved is not None and _plain(resolved) == _plain(cfg.raw)
-        if same and "extends" not in own:
-            return text
-        chain = " -> ".join(str(p) for p in _extends_chain(cfg.source)) if own and "extends" in own else str(cfg.source)
+            chain = _extends_chain(cfg.source)
+        except ConfigError:
+            chain = []
+        same = bool(chain) and _plain(_resolve(chain)) == _plain(cfg.raw)
+        if same and len(chain) == 1:
+            return cfg.source.read_text(encoding="utf-8")
+        names = " -> ".join(str(p) for p, _ in chain) or str(cfg.source)
         if same:
-            return f"# {chain}, resolved (extends applied)\n" + to_toml(cfg.raw)
-        return f"# {chain} with command-line overrides (data root, seeds)\n" + to_toml(cfg.raw)
+            return f"# {names}, resolved (extends applied)\n" + to_toml(cfg.raw)
+        return f"# {names} with command-line overrides (data root, seeds)\n" + to_toml(cfg.raw)
     return to_toml(cfg.raw)
 
 
@@ -352,7 +350,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
         if packaged is None:
             raise ConfigError(f"{path}: config file not found (packaged configs: {', '.join(packaged_config_names())})")
         path = packaged
-    return ExperimentConfig.from_dict(_read_raw(path), path)
+    return ExperimentConfig.from_dict(_resolve(_extends_chain(path)), path)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -377,17 +375,17 @@ def _parent_path(child: Path, ref: Any) -> Path:
     return packaged
 
 
-def _extends_chain(path: Path) -> list[Path]:
-    """[path, its parent, the parent's parent, ...]; a cycle is a ConfigError."""
-    chain = [path]
+def _extends_chain(path: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """[(path, its TOML), (its parent, ...), ...], each file read once; a cycle is a ConfigError."""
+    chain = [(path, _read_toml(path))]
     while True:
-        ref = _read_toml(chain[-1]).get("extends")
-        if ref is None:
+        last, raw = chain[-1]
+        if "extends" not in raw:
             return chain
-        parent = _parent_path(chain[-1], ref)
-        if any(parent.resolve() == c.resolve() for c in chain):
-            raise ConfigError(f"{path}: extends goes round in a circle: {' -> '.join(str(c) for c in chain + [parent])}")
-        chain.append(parent)
+        parent = _parent_path(last, raw["extends"])
+        if any(parent.resolve() == c.resolve() for c, _ in chain):
+            raise ConfigError(f"{path}: extends goes round in a circle: {' -> '.join(str(c) for c, _ in chain)} -> {parent}")
+        chain.append((parent, _read_toml(parent)))
 
 
 def merge_configs(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -405,12 +403,11 @@ def _merge_tables(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, An
     return out
 
 
-def _read_raw(path: Path) -> dict[str, Any]:
-    """The config file's TOML with its `extends` chain applied (the dict `from_dict` validates)."""
-    chain = _extends_chain(path)
-    raw = _read_toml(chain[-1])
-    for p in reversed(chain[:-1]):
-        raw = merge_configs(raw, _read_toml(p))
+def _resolve(chain: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
+    """An `_extends_chain` folded into one config dict (the one `from_dict` validates)."""
+    raw = chain[-1][1]
+    for _, child in reversed(chain[:-1]):
+        raw = merge_configs(raw, child)
     return raw
 
 
