@@ -61,12 +61,16 @@ def main() -> None:
                 out.append(p(out[-1]))
         return out
 
+    def row(natural: torch.Tensor, inputs: torch.Tensor) -> dict:
+        """Cosines and MSE to `natural` of the inputs purified 0-3 times."""
+        xs = passes(inputs)
+        return {"n": len(natural), "cos": cosines(models, natural, xs),
+                "mse": [round(((natural - x) ** 2).mean().item(), 6) for x in xs]}
+
     result: dict = {"weights": weights, "rows": {}}
     big = sorted(d for d in args.data.iterdir() if d.is_dir() and sum(1 for _ in d.iterdir()) >= 10)[:6]
     natural = torch.stack([to_tensor(read_image(sorted(d.iterdir())[0])) for d in big])
-    xs = passes(natural)
-    result["rows"]["natural"] = {"n": len(natural), "cos": cosines(models, natural, xs),
-                                 "mse": [round(((natural - x) ** 2).mean().item(), 6) for x in xs]}
+    result["rows"]["natural"] = row(natural, natural)
 
     atk = create_attack("lowkey", embedders=["dlib-resnet29", "sface"], seed=args.attack_seed)
     cache = CloakCache(cached_only=True)
@@ -81,10 +85,7 @@ def main() -> None:
     if not pairs:
         raise SystemExit("no cached LowKey-ensemble cloaks for those users; run `puface reproduce "
                          "configs/lfw-lowkey-ensemble.toml` first")
-    nat = torch.stack([a for a, _ in pairs])
-    xs = passes(torch.stack([b for _, b in pairs]))
-    result["rows"]["lowkey-ensemble"] = {"n": len(pairs), "cos": cosines(models, nat, xs),
-                                         "mse": [round(((nat - x) ** 2).mean().item(), 6) for x in xs]}
+    result["rows"]["lowkey-ensemble"] = row(torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs]))
     result["columns"] = ["input", "purified once", "twice", "three times"]
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(result, indent=2)

@@ -63,6 +63,16 @@ name = "blur:sigma=1+bitdepth:bits=5"
 """
 
 
+def bench_module(name: str):
+    """bench/<name>.py imported as a module (bench/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def parse(text: str, tmp_path: Path, name: str = "c.toml") -> ExperimentConfig:
     p = tmp_path / name
     p.write_text(text)
@@ -234,11 +244,7 @@ def test_cli_reproduce_evaluate_and_errors(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "r" / "config.toml").read_text() == cfg.read_text()  # no override: the file itself, comments kept
 
     # bench/headline.py pools folders of the same grid run with other seeds, and refuses overlapping seeds
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("headline", REPO / "bench" / "headline.py")
-    headline = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(headline)
+    headline = bench_module("headline")
     assert main(["reproduce", str(cfg), "--seed", "5", "--out", str(tmp_path / "r5"), "--no-progress"]) == 0
     capsys.readouterr()
     pooled = headline.load_pooled([tmp_path / "r34", tmp_path / "r5"])
@@ -348,11 +354,7 @@ def test_the_ablation_grids_shipped_rows_config_is_that_grid_without_the_ablatio
 def test_the_ablation_grid_names_purifiers_that_bench_train_ablations_trains():
     """Every ablation row of configs/lfw-ablations.toml is a variant of bench/train_ablations.py, and the
     adversarially trained purifier of configs/lfw-adaptive-trained.toml is its `adaptive` variant."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_ablations", REPO / "bench" / "train_ablations.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = bench_module("train_ablations")
     full = load_config(REPO / "configs" / "lfw-ablations.toml")
     rows = {d.label: d.spec.get("weights") for d in full.defenses[2:]}
     cpu = {label.removesuffix("-cpu") for label, w in rows.items() if w.startswith("runs/ablation-v4-cpu/")}
@@ -451,11 +453,7 @@ def test_the_lfw_family_extends_the_main_grid():
 def test_repeat_suffixes_split_off_known_variants_or_any_label():
     """bench/train_ablations.split_name: "k1-s2" is variant k1 with train.seed 2; with known=None (how
     bench/cell_summary.py groups a grid's defenses) any label's -sN suffix splits, other -s... do not."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_ablations", REPO / "bench" / "train_ablations.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = bench_module("train_ablations")
     assert mod.split_name("k1-s2") == ("k1", 2) and mod.split_name("k1") == ("k1", None)
     assert mod.split_name("mine-s3") == ("mine-s3", None)  # not a variant here
     assert mod.split_name("mine-s3", known=None) == ("mine", 3)
