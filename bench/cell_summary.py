@@ -9,6 +9,9 @@
         defenses grouped by recipe (NAME and its repeats NAME-s1, NAME-s2, ...): per white-box cell the mean
         and [min, max] over the repeats, and from `bench_purifier.py quality` JSONs (<label>.json) the
         held-out natural PSNR and LowKey cosines
+    python bench/cell_summary.py compare bench/results/lfw --other runs/lfw-v5-cold
+        two runs of the same grid: how many summary.csv rows have the same ASR and normal accuracy, and
+        the rows that differ
 
 ASR and accuracy in %, as Markdown rows.
 """
@@ -98,19 +101,40 @@ def repeats(folder: Path, quality: Path | None) -> None:
         print(f"| {recipe} | {len(runs)} | " + " | ".join(row) + " |")
 
 
+def compare(folder: Path, other: Path) -> None:
+    def rows(f: Path) -> dict[tuple, tuple[float, float]]:
+        return {(r["attack"], r["victim"], r["trainer"], r["defense"]): (100 * float(r["asr_mean"]), 100 * float(r["normal_acc_mean"]))
+                for r in csv.DictReader(open(f / "summary.csv", encoding="utf-8"))}
+
+    a, b = rows(folder), rows(other)
+    if set(a) != set(b):
+        raise SystemExit(f"not the same grid: {len(set(a) ^ set(b))} rows are in only one of the two summary.csv files")
+    changed = [k for k in a if a[k] != b[k]]
+    print(f"{len(a) - len(changed)} of {len(a)} rows identical (ASR and normal accuracy)\n")
+    if changed:
+        print("| attack | victim | trainer | defense | ASR | normal acc. |\n|---|---|---|---|---|---|")
+        for k in changed:
+            print("| " + " | ".join(k) + f" | {a[k][0]:.1f} -> {b[k][0]:.1f} | {a[k][1]:.2f} -> {b[k][1]:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=["defenses", "users", "repeats"])
+    ap.add_argument("mode", choices=["defenses", "users", "repeats", "compare"])
     ap.add_argument("folder", type=Path, help="a `puface reproduce` output folder")
     ap.add_argument("--attack", help="users: attack label")
     ap.add_argument("--users", default="", help="users: comma-separated names of the first group")
     ap.add_argument("--defense", default="puface", help="users: defense label (default: puface)")
     ap.add_argument("--quality", type=Path, default=None, help="repeats: folder of bench_purifier.py quality JSONs")
+    ap.add_argument("--other", type=Path, default=None, help="compare: the second output folder")
     args = ap.parse_args()
     if args.mode == "defenses":
         defenses(args.folder)
     elif args.mode == "repeats":
         repeats(args.folder, args.quality)
+    elif args.mode == "compare":
+        if not args.other:
+            ap.error("compare needs --other")
+        compare(args.folder, args.other)
     else:
         if not args.attack:
             ap.error("users needs --attack")
