@@ -9,6 +9,7 @@ below (so `ref` is the shipped recipe retrained). Variants (issue 8, targets 4-6
 
   ref        the recipe as is                 k1 / k6      amplification k_max = 1 (none) / 6
   lambda0    image loss only                  lambda0.1    feature weight 0.1 (10x)
+  lambda0.03 feature weight 0.03 (3x)         ens192       192 LowKey-ensemble cloaks (v5's; for the v6 recipe's 576)
   narrow     32 channels                      shallow      depth 4 (4 conv + 4 deconv)
   no-lowkey  no LowKey cloaks at all (tested on LowKey: does it generalise?)
   low-only   only Fawkes `low` cloaks (configs/purifier/fawkes-low-only.toml; tested on `high`)
@@ -56,6 +57,10 @@ VARIANTS: dict[str, tuple[str | None, list[str]]] = {
     "narrow": (None, ["--set", "model.channels=32"]),
     "shallow": (None, ["--set", "model.depth=4"]),
     "lambda0.1": (None, ["--set", "loss.feature_weight=0.1"]),
+    "lambda0.03": (None, ["--set", "loss.feature_weight=0.03"]),
+    # with --recipe configs/purifier/v6.toml (576 LowKey-ensemble cloaks): back to v5's 192
+    "ens192": (None, ["--drop-attack", "lowkey-ensemble", "--add-attack", 'label = "lowkey-ensemble", name = "lowkey", '
+                      'embedders = ["dlib-resnet29", "sface"], images = 192']),
 }
 
 
