@@ -2,6 +2,7 @@
 
     python bench/cell_summary.py defenses runs/lfw-baselines-v4
         per defense, over the white-box cells of summary.csv: mean ASR, min / max cell, mean normal accuracy
+        (--attack LABEL: that attack's cells only, each as a column)
     python bench/cell_summary.py users runs/lfw-lowkey-ensemble-v4 --attack lowkey-ensemble \
         --users Angelina_Jolie,George_HW_Bush,Jose_Maria_Aznar,Julie_Gerberding,Trent_Lott
         ASR with PuFace per victim / trainer from results.csv, for the named users, the others and all
@@ -30,16 +31,23 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
-def defenses(folder: Path) -> None:
-    cells: dict[str, list[tuple[float, float]]] = defaultdict(list)
+def defenses(folder: Path, attack: str | None = None) -> None:
+    """Per defense over the white-box cells (of one attack, with each cell as a column, when `attack`)."""
+    cells: dict[str, dict[tuple[str, str], tuple[float, float]]] = defaultdict(dict)
     for r in csv.DictReader(open(folder / "summary.csv", encoding="utf-8")):
-        if r["setting"] == "white-box":
-            cells[r["defense"]].append((100 * float(r["asr_mean"]), 100 * float(r["normal_acc_mean"])))
-    print("| defense | mean white-box ASR | min cell | max cell | normal acc. (white-box cells) |")
-    print("|---|---|---|---|---|")
+        if r["setting"] == "white-box" and (attack is None or r["attack"] == attack):
+            key = (r["attack"], r["victim"], r["trainer"])
+            cells[r["defense"]][key] = (100 * float(r["asr_mean"]), 100 * float(r["normal_acc_mean"]))
+    if not cells:
+        raise SystemExit(f"{folder}/summary.csv: no white-box cells" + (f" of attack {attack!r}" if attack else ""))
+    cols = sorted({k for v in cells.values() for k in v}) if attack else []
+    head = "".join(f" {v} {t} |" for _, v, t in cols)
+    print(f"| defense |{head} mean white-box ASR | min cell | max cell | normal acc. (white-box cells) |")
+    print("|---" * (len(cols) + 5) + "|")
     for name, v in cells.items():
-        asr = [a for a, _ in v]
-        print(f"| {name} | {_mean(asr):.1f} | {min(asr):.1f} | {max(asr):.1f} | {_mean([n for _, n in v]):.1f} |")
+        asr = [a for a, _ in v.values()]
+        per = "".join(f" {v[c][0]:.1f} |" if c in v else " - |" for c in cols)
+        print(f"| {name} |{per} {_mean(asr):.1f} | {min(asr):.1f} | {max(asr):.1f} | {_mean([n for _, n in v.values()]):.1f} |")
 
 
 def users(folder: Path, attack: str, named: set[str], defense: str) -> None:
@@ -121,14 +129,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("mode", choices=["defenses", "users", "repeats", "compare"])
     ap.add_argument("folder", type=Path, help="a `puface reproduce` output folder")
-    ap.add_argument("--attack", help="users: attack label")
+    ap.add_argument("--attack", help="users: attack label; defenses: only this attack's cells, one column each")
     ap.add_argument("--users", default="", help="users: comma-separated names of the first group")
     ap.add_argument("--defense", default="puface", help="users: defense label (default: puface)")
     ap.add_argument("--quality", type=Path, default=None, help="repeats: folder of bench_purifier.py quality JSONs")
     ap.add_argument("--other", type=Path, default=None, help="compare: the second output folder")
     args = ap.parse_args()
     if args.mode == "defenses":
-        defenses(args.folder)
+        defenses(args.folder, args.attack)
     elif args.mode == "repeats":
         repeats(args.folder, args.quality)
     elif args.mode == "compare":

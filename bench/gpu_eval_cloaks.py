@@ -44,10 +44,10 @@ def _attack(config: str, label: str, seed: int, device: str | None):
 
 def pack(args: argparse.Namespace) -> None:
     from puface.evaluation.protocol import EvaluationData, choose_users
-    from puface.experiments import load_config
+    from puface.experiments import load_config, resolve_data_root
 
     cfg = load_config(args.config)
-    root = Path(args.data or cfg.data["root"])
+    root = Path(resolve_data_root(args.data or cfg.data["root"]))
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
@@ -55,10 +55,13 @@ def pack(args: argparse.Namespace) -> None:
     manifest = {"config": args.config, "labels": args.labels, "seeds": {}}
     n = 0
     for seed in (int(s) for s in args.seeds.split(",")):
-        data = EvaluationData.prepare(root, seed=seed, min_images=cfg.data["min_images"],
-                                      max_per_identity=cfg.data["max_per_identity"])
-        users = choose_users(data, count=cfg.users["count"], seed=seed, min_train=cfg.users["min_train"],
-                             min_test=cfg.users["min_test"])
+        # as `puface reproduce` draws them (puface.experiments.run_experiment), except that users who trained
+        # a purifier of the config are not excluded: `check` then reports the misses
+        data = EvaluationData.prepare(root, seed=seed, train_fraction=cfg.data["train_fraction"],
+                                      min_images=max(2, int(cfg.data["min_images"])),
+                                      max_per_identity=cfg.data["max_per_identity"], image_size=int(cfg.data["image_size"]))
+        users = choose_users(data, count=cfg.users.get("count"), names=cfg.users.get("names"), seed=seed,
+                             min_train=int(cfg.users["min_train"]), min_test=int(cfg.users["min_test"]))
         files = []
         for u in users:
             for i in data.train.rows_of(u):

@@ -22,7 +22,7 @@ nvidia-smi -L
 python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; from train_ablations import check_fingerprints; check_fingerprints(Path('$G/fingerprints.json'))" || exit 1
 echo "fingerprints checked at $(elapsed) s"
 
-R=configs/purifier/v6.toml
+R=configs/purifier-default.toml   # named configs/purifier/v6.toml when it ran (same recipe, shipped as v6)
 ALL="fawkes-high fawkes-mid fawkes-low fawkes-high-sface fawkes-high-s40 fawkes-mid-s30 lowkey lowkey-s20 lowkey-ensemble"
 prep() {  # prep NAME LABEL...: make the recipe's cloaks (training + validation) for these attack labels only
     local name=$1; shift

@@ -58,7 +58,7 @@ VARIANTS: dict[str, tuple[str | None, list[str]]] = {
     "shallow": (None, ["--set", "model.depth=4"]),
     "lambda0.1": (None, ["--set", "loss.feature_weight=0.1"]),
     "lambda0.03": (None, ["--set", "loss.feature_weight=0.03"]),
-    # with --recipe configs/purifier/v6.toml (576 LowKey-ensemble cloaks): back to v5's 192
+    # for the v6 recipe (configs/purifier-default.toml, 576 LowKey-ensemble cloaks): back to v5's 192
     "ens192": (None, ["--drop-attack", "lowkey-ensemble", "--add-attack", 'label = "lowkey-ensemble", name = "lowkey", '
                       'embedders = ["dlib-resnet29", "sface"], images = 192']),
 }

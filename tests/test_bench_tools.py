@@ -1,0 +1,85 @@
+"""The bench/ helpers behind bench/RESULTS.md's v6 numbers: per-cell defense tables and the evaluation-cloak
+pack that carries a grid's cloaking work to another machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from test_experiments import bench_module
+
+HEADER = "attack,victim,trainer,defense,setting,asr_mean,asr_std,normal_acc_mean,normal_acc_std,n,users,seeds,wall_s\n"
+
+
+def _summary(tmp_path: Path, rows: list[tuple]) -> Path:
+    (tmp_path / "summary.csv").write_text(HEADER + "".join(
+        f"{a},{v},{t},{d},{s},{asr},0,{acc},0,1,10,1,1.0\n" for a, v, t, d, s, asr, acc in rows))
+    return tmp_path
+
+
+def test_cell_summary_defenses_one_attack_per_cell(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))  # it imports train_ablations
+    folder = _summary(tmp_path, [
+        ("lowkey-ensemble", "sface", "nn", "none", "white-box", 1.0, 0.99),
+        ("lowkey-ensemble", "dlib-resnet29", "nn", "none", "white-box", 1.0, 0.99),
+        ("lowkey-ensemble", "sface", "nn", "puface", "white-box", 0.25, 0.98),
+        ("lowkey-ensemble", "dlib-resnet29", "nn", "puface", "white-box", 0.05, 0.96),
+        ("fawkes-high", "dlib-resnet29", "nn", "puface", "white-box", 0.5, 0.5),   # another attack: left out
+        ("lowkey-ensemble", "sface", "linear", "puface", "oblivious", 0.9, 0.5),   # not white-box: left out
+    ])
+    mod = bench_module("cell_summary")
+    mod.defenses(folder, "lowkey-ensemble")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| defense | dlib-resnet29 nn | sface nn | mean white-box ASR |")
+    assert lines[2] == "| none | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 | 99.0 |"
+    assert lines[3] == "| puface | 5.0 | 25.0 | 15.0 | 5.0 | 25.0 | 97.0 |"
+    mod.defenses(folder)  # all attacks pooled, no per-cell columns
+    out = capsys.readouterr().out.splitlines()
+    assert out[3] == "| puface | 26.7 | 5.0 | 50.0 | 81.3 |"
+    with pytest.raises(SystemExit, match="no white-box cells of attack 'lowkey'"):
+        mod.defenses(folder, "lowkey")
+
+
+def _config(tmp_path: Path) -> Path:
+    cfg = tmp_path / "grid.toml"
+    cfg.write_text('extends = "demo.toml"\nname = "t"\n[users]\ncount = 2\n')
+    return cfg
+
+
+def test_gpu_eval_cloaks_pack_and_check(tmp_path, johns_dir, monkeypatch, capsys):
+    """pack copies exactly the protected users' training images (byte for byte, for every seed asked);
+    check counts none of them as cached in an empty cache and exits non-zero."""
+    from puface.evaluation.protocol import EvaluationData, choose_users
+
+    monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
+    mod = bench_module("gpu_eval_cloaks")
+    cfg = _config(tmp_path)
+    out = tmp_path / "pack"
+    args = type("A", (), dict(config=str(cfg), labels=["lowkey-s15"], seeds="0,1", data=str(johns_dir), out=str(out)))
+    mod.pack(args)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for seed in (0, 1):
+        data = EvaluationData.prepare(johns_dir, seed=seed)
+        users = choose_users(data, count=2, seed=seed)
+        want = [Path(data.train.paths[i]) for u in users for i in data.train.rows_of(u)]
+        entry = manifest["seeds"][str(seed)]
+        assert entry["users"] == list(users)
+        assert entry["files"] == [f"{p.parent.name}__{p.name}" for p in want]
+        for p, name in zip(want, entry["files"]):
+            assert (out / "images" / name).read_bytes() == p.read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        mod.make(type("A", (), dict(pack=str(out)))(), cached_only=True)
+    n = len(manifest["seeds"]["0"]["files"]) + len(manifest["seeds"]["1"]["files"])
+    assert f"0/{n} cached" in capsys.readouterr().out
+
+
+def test_gpu_eval_cloaks_refuses_targeted_attacks(tmp_path, johns_dir):
+    mod = bench_module("gpu_eval_cloaks")
+    cfg = _config(tmp_path)
+    with pytest.raises(SystemExit, match="only untargeted LowKey"):
+        mod._attack(str(cfg), "fawkes-high-s40", 0, None)
+    with pytest.raises(SystemExit, match="no attack labelled 'nope'"):
+        mod._attack(str(cfg), "nope", 0, None)
