@@ -83,3 +83,41 @@ def test_gpu_eval_cloaks_refuses_targeted_attacks(tmp_path, johns_dir):
         mod._attack(str(cfg), "fawkes-high-s40", 0, None)
     with pytest.raises(SystemExit, match="no attack labelled 'nope'"):
         mod._attack(str(cfg), "nope", 0, None)
+
+
+def test_ckpt_full_split_restores_the_heldout_list(tmp_path, johns_dir):
+    """A purifier trained on a copy holding only its train/val identities gets the full data's held-out
+    identities recorded (weights untouched); a data set whose split differs is refused."""
+    import shutil
+
+    import torch
+
+    from puface.fingerprint import module_fingerprint
+    from puface.purifier import Purifier, RedNetConfig
+    from puface.purifier.data import purifier_identities
+
+    people = sorted(d.name for d in johns_dir.iterdir() if d.is_dir())
+    full = tmp_path / "full"
+    sizes = {}
+    for i, name in enumerate(people):  # two identities with 11 images (held out), the rest with 4
+        files = sorted((johns_dir / name).glob("*.jpg"))[: 11 if i < 2 else 4]
+        (full / name).mkdir(parents=True)
+        for f in files:
+            shutil.copy2(f, full / name / f.name)
+        sizes[name] = len(files)
+    small = {k: v for k, v in sizes.items() if v < 10}
+    split = purifier_identities(small, heldout_min_images=10, val_fraction=0.34, seed=3)
+    summary = {"root": "/tmp/gpu/data", "train_identities": split.train, "val_identities": split.val,
+               "heldout_identities": [], "split": {"seed": 3, "heldout_min_images": 10, "heldout_fraction": 0.0,
+                                                   "val_fraction": 0.34, "max_per_identity": None}}
+    torch.manual_seed(0)
+    ckpt = Purifier(RedNetConfig(channels=8, depth=4, downsample=1), meta={"data_summary": summary}).save(tmp_path / "p.safetensors")
+
+    mod = bench_module("ckpt_full_split")
+    p, got = mod.full_split(ckpt, full)
+    assert got["heldout_identities"] == people[:2] and got["root"] == str(full.resolve())
+    assert got["train_identities"] == split.train and module_fingerprint(p) == module_fingerprint(Purifier.load(ckpt))
+
+    shutil.rmtree(full / people[-1])  # another data set: the split no longer matches
+    with pytest.raises(SystemExit, match="differ from"):
+        mod.full_split(ckpt, full)
