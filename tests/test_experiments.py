@@ -352,8 +352,9 @@ def test_the_ablation_grids_shipped_rows_config_is_that_grid_without_the_ablatio
 
 
 def test_the_ablation_grid_names_purifiers_that_bench_train_ablations_trains():
-    """Every ablation row of configs/lfw-ablations.toml is a variant of bench/train_ablations.py, and the
-    adversarially trained purifier of configs/lfw-adaptive-trained.toml is its `adaptive` variant."""
+    """Every ablation row of configs/lfw-ablations.toml and every v6 candidate is a variant of
+    bench/train_ablations.py, every variant is in one of them, and the adversarially trained purifier of
+    configs/lfw-adaptive-trained.toml is its `adaptive` variant."""
     mod = bench_module("train_ablations")
     full = load_config(REPO / "configs" / "lfw-ablations.toml")
     rows = {d.label: d.spec.get("weights") for d in full.defenses[2:]}
@@ -361,7 +362,12 @@ def test_the_ablation_grid_names_purifiers_that_bench_train_ablations_trains():
     rows = {label: w for label, w in rows.items() if not label.endswith("-cpu")}
     assert rows and all(w == f"runs/ablation-v4/{label}/best.safetensors" for label, w in rows.items()), rows
     assert cpu <= set(rows)  # CPU-trained copies of GPU-trained rows
-    assert {mod.split_name(r)[0] for r in rows} | {"adaptive"} == set(mod.VARIANTS)
+    # the v6 candidates (bench/gpu_v6.sh) add the variants the ablation grid does not compare
+    v6 = load_config(REPO / "bench" / "results" / "v6-candidates" / "ens-v6-candidates.toml")
+    v6_rows = {d.label.removeprefix("v6-") for d in v6.defenses if d.label.startswith("v6-")}
+    assert all(d.spec.get("weights") == f"/work/main/runs/v6-gpu/{d.label.removeprefix('v6-')}/best.safetensors"
+               for d in v6.defenses if d.label.startswith("v6-"))
+    assert {mod.split_name(r)[0] for r in set(rows) | v6_rows} | {"adaptive"} == set(mod.VARIANTS)
     adaptive = load_config(REPO / "configs" / "lfw-adaptive-trained.toml")
     assert {d.spec.get("weights") for d in adaptive.defenses if isinstance(d.spec, dict)} >= {"runs/ablation-v4/adaptive/best.safetensors"}
 
