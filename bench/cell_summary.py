@@ -10,7 +10,7 @@
         defenses grouped by recipe (NAME and its repeats NAME-s1, NAME-s2, ...): per white-box cell the mean
         and [min, max] over the repeats, and from `bench_purifier.py quality` JSONs (<label>.json) the
         held-out natural PSNR and LowKey cosines
-    python bench/cell_summary.py compare bench/results/lfw --other runs/lfw-v5-cold
+    python bench/cell_summary.py compare bench/results/lfw-v5 --other bench/results/lfw-cold
         two runs of the same grid: how many summary.csv rows have the same ASR and normal accuracy, and
         the rows that differ
 
