@@ -51,14 +51,12 @@ def heldout_identities(weights: str | None) -> list[str]:
                           and sum(1 for _ in d.glob("*.jpg")) >= 10)
         return []
     except PufaceError:
-        from puface.data.layout import scan_identities
         from puface.purifier.config import load_config
-        from puface.purifier.data import purifier_identities
+        from puface.purifier.data import folder_identity_split
 
         cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "purifier-default.toml")
-        counts = {k: len(v) for k, v in scan_identities(cfg.data.root).by_identity().items()}
-        return purifier_identities(counts, heldout_min_images=cfg.data.heldout_min_images, heldout_fraction=cfg.data.heldout_fraction,
-                                   val_fraction=cfg.data.val_fraction, seed=cfg.seed).heldout
+        return folder_identity_split(cfg.data.root, seed=cfg.seed, heldout_min_images=cfg.data.heldout_min_images,
+                                     heldout_fraction=cfg.data.heldout_fraction, val_fraction=cfg.data.val_fraction).heldout
 
 
 def heldout_paths(weights: str | None, per_identity: int, seed: int = 0) -> list[Path]:

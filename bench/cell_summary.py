@@ -31,13 +31,18 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
+def _summary(folder: Path) -> list[tuple[dict, float, float]]:
+    """summary.csv's rows with their mean ASR and normal accuracy in %."""
+    return [(r, 100 * float(r["asr_mean"]), 100 * float(r["normal_acc_mean"]))
+            for r in csv.DictReader(open(folder / "summary.csv", encoding="utf-8"))]
+
+
 def defenses(folder: Path, attack: str | None = None) -> None:
     """Per defense over the white-box cells (of one attack, with each cell as a column, when `attack`)."""
     cells: dict[str, dict[tuple[str, str], tuple[float, float]]] = defaultdict(dict)
-    for r in csv.DictReader(open(folder / "summary.csv", encoding="utf-8")):
+    for r, asr, acc in _summary(folder):
         if r["setting"] == "white-box" and (attack is None or r["attack"] == attack):
-            key = (r["attack"], r["victim"], r["trainer"])
-            cells[r["defense"]][key] = (100 * float(r["asr_mean"]), 100 * float(r["normal_acc_mean"]))
+            cells[r["defense"]][(r["attack"], r["victim"], r["trainer"])] = (asr, acc)
     if not cells:
         raise SystemExit(f"{folder}/summary.csv: no white-box cells" + (f" of attack {attack!r}" if attack else ""))
     cols = sorted({k for v in cells.values() for k in v}) if attack else []
@@ -83,10 +88,10 @@ def repeats(folder: Path, quality: Path | None) -> None:
 
     cells: dict[str, dict[tuple[str, str], dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     normal: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in csv.DictReader(open(folder / "summary.csv", encoding="utf-8")):
+    for r, asr, acc in _summary(folder):
         if r["setting"] == "white-box":
-            cells[_recipe(r["defense"])][(r["attack"], r["victim"])][r["defense"]] = 100 * float(r["asr_mean"])
-            normal[_recipe(r["defense"])][r["defense"]].append(100 * float(r["normal_acc_mean"]))
+            cells[_recipe(r["defense"])][(r["attack"], r["victim"])][r["defense"]] = asr
+            normal[_recipe(r["defense"])][r["defense"]].append(acc)
     keys = sorted({k for c in cells.values() for k in c})
     head = [f"{a} / {v}" for a, v in keys] + ["mean white-box", "normal acc."]
     if quality:
@@ -111,8 +116,7 @@ def repeats(folder: Path, quality: Path | None) -> None:
 
 def compare(folder: Path, other: Path) -> None:
     def rows(f: Path) -> dict[tuple, tuple[float, float]]:
-        return {(r["attack"], r["victim"], r["trainer"], r["defense"]): (100 * float(r["asr_mean"]), 100 * float(r["normal_acc_mean"]))
-                for r in csv.DictReader(open(f / "summary.csv", encoding="utf-8"))}
+        return {(r["attack"], r["victim"], r["trainer"], r["defense"]): (asr, acc) for r, asr, acc in _summary(f)}
 
     a, b = rows(folder), rows(other)
     if set(a) != set(b):

@@ -22,20 +22,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 def full_split(ckpt_path: str | Path, data: str | Path):
     """(purifier, data summary with the full data's split); raises SystemExit when train/val differ."""
-    from puface.data.layout import scan_identities
     from puface.purifier import Purifier
-    from puface.purifier.data import purifier_identities
+    from puface.purifier.data import folder_identity_split
 
     p = Purifier.load(ckpt_path)
     summary = dict(p.meta.get("data_summary") or {})
     split_cfg = summary.get("split") or {}
     if not summary.get("train_identities") or "seed" not in split_cfg:
         raise SystemExit(f"{ckpt_path}: the checkpoint records no identity split")
-    ds = scan_identities(data, max_per_identity=split_cfg.get("max_per_identity"), seed=split_cfg["seed"])
-    counts = {k: len(v) for k, v in ds.by_identity().items()}
-    split = purifier_identities(counts, heldout_min_images=split_cfg["heldout_min_images"],
-                                heldout_fraction=split_cfg["heldout_fraction"], val_fraction=split_cfg["val_fraction"],
-                                seed=split_cfg["seed"])
+    split = folder_identity_split(data, seed=split_cfg["seed"], heldout_min_images=split_cfg["heldout_min_images"],
+                                  heldout_fraction=split_cfg["heldout_fraction"], val_fraction=split_cfg["val_fraction"],
+                                  max_per_identity=split_cfg.get("max_per_identity"))
     for name, got, want in (("training", split.train, summary["train_identities"]),
                             ("validation", split.val, summary.get("val_identities") or [])):
         if sorted(got) != sorted(want):

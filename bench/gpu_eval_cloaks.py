@@ -43,8 +43,7 @@ def _attack(config: str, label: str, seed: int, device: str | None):
 
 
 def pack(args: argparse.Namespace) -> None:
-    from puface.evaluation.protocol import EvaluationData, choose_users
-    from puface.experiments import load_config, resolve_data_root
+    from puface.experiments import draw_users, load_config, resolve_data_root
 
     cfg = load_config(args.config)
     root = Path(resolve_data_root(args.data or cfg.data["root"]))
@@ -55,13 +54,9 @@ def pack(args: argparse.Namespace) -> None:
     manifest = {"config": args.config, "labels": args.labels, "seeds": {}}
     n = 0
     for seed in (int(s) for s in args.seeds.split(",")):
-        # as `puface reproduce` draws them (puface.experiments.run_experiment), except that users who trained
-        # a purifier of the config are not excluded: `check` then reports the misses
-        data = EvaluationData.prepare(root, seed=seed, train_fraction=cfg.data["train_fraction"],
-                                      min_images=max(2, int(cfg.data["min_images"])),
-                                      max_per_identity=cfg.data["max_per_identity"], image_size=int(cfg.data["image_size"]))
-        users = choose_users(data, count=cfg.users.get("count"), names=cfg.users.get("names"), seed=seed,
-                             min_train=int(cfg.users["min_train"]), min_test=int(cfg.users["min_test"]))
+        # as `puface reproduce` draws them, except that users who trained a purifier of the config are not
+        # excluded: `check` then reports the misses
+        data, users = draw_users(cfg, root, seed)
         files = []
         for u in users:
             for i in data.train.rows_of(u):
@@ -80,35 +75,32 @@ def pack(args: argparse.Namespace) -> None:
 
 def export(args: argparse.Namespace) -> None:
     """Tar the pack's cached cloaks (paths relative to the cache root, with each folder's config.json)
-    into OUT/eval-<i>.tar, `parts` tars of about equal size."""
+    into OUT/eval-<i>.tar, `parts` tars of about equal size. Stops, naming it, at a cloak not cached."""
     import tarfile
 
-    from puface.attacks.cache import CloakCache, image_digest
-    from puface.data.loading import load_images
+    from puface.attacks.cache import CloakCache
+    from puface.errors import CloakNotCachedError
 
     pack_dir = Path(args.pack)
     manifest = json.loads((pack_dir / "manifest.json").read_text())
-    cache = CloakCache()
-    files: list[Path] = []
+    used: set[Path] = set()
+    cache = CloakCache(cached_only=True, used=used)  # the cache's own lookup records every file it reads
     for label in manifest["labels"]:
         for seed, entry in manifest["seeds"].items():
             attack = _attack(manifest["config"], label, int(seed), None).attack
-            images, kept, _ = load_images([pack_dir / "images" / f for f in entry["files"]], size=(150, 150))
-            d = cache.attack_dir(attack)
-            files.append(d / "config.json")
-            for i in range(len(kept)):
-                p = cache.path_for(attack, CloakCache.key(attack, image_digest(images[i])))
-                if p.is_file():
-                    files.append(p)
-    root = files[0].parents[1]
+            used.add(cache.attack_dir(attack) / "config.json")
+            try:
+                cache.cloak(attack, [pack_dir / "images" / f for f in entry["files"]], progress=False, size=(150, 150))
+            except CloakNotCachedError as e:
+                raise SystemExit(f"{label} seed {seed}: {e}") from None
+    files = sorted(f for f in used if f.is_file())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    files = [f for f in dict.fromkeys(files) if f.is_file()]
     per = -(-len(files) // args.parts)
     for i in range(args.parts):
         with tarfile.open(out / f"eval-{i}.tar", "w") as tar:
             for f in files[i * per:(i + 1) * per]:
-                tar.add(f, arcname=str(f.relative_to(root)))
+                tar.add(f, arcname=str(f.relative_to(cache.root)))
     print(f"{len(files)} files (cloaks + configs) in {args.parts} tars under {out}")
 
 

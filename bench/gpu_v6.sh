@@ -44,10 +44,11 @@ echo "cloaks done at $(elapsed) s"
 tail -n 3 $G/prep-*.log $G/eval.log
 
 LEFT=$(( BUDGET - $(elapsed) - 20 ))
-timeout $LEFT python3 bench/train_ablations.py --recipe $R --only ref,ref-s1,lambda0.03,lambda0.03-s1,lambda0.1,lambda0.1-s1,ens192 \
+VARIANTS=ref,ref-s1,lambda0.03,lambda0.03-s1,lambda0.1,lambda0.1-s1,ens192
+timeout $LEFT python3 bench/train_ablations.py --recipe $R --only $VARIANTS \
     --jobs 7 --device cuda --data $G/data --out $G/runs --pack $OUT
 echo "training stopped (rc $?) at $(elapsed) s"
-python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; from train_ablations import pack; pack(Path('$G/runs'), 'ref,ref-s1,lambda0.03,lambda0.03-s1,lambda0.1,lambda0.1-s1,ens192'.split(','), Path('$OUT'))"
+python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; from train_ablations import pack; pack(Path('$G/runs'), '$VARIANTS'.split(','), Path('$OUT'))"
 for f in $G/prep-*.log $G/eval.log $G/runs/*/train.log; do echo "== $f"; tail -n 40 "$f"; done > $OUT/logs.txt 2>&1
 ls -la $OUT
 echo "done at $(elapsed) s"

@@ -25,16 +25,13 @@ def main() -> None:
     args = ap.parse_args()
 
     from puface.attacks.cache import CloakCache
-    from puface.evaluation.protocol import EvaluationData, choose_users
-    from puface.experiments import build_attack, load_config
+    from puface.experiments import build_attack, draw_users, load_config, resolve_data_root
 
     cfg = load_config(args.config)
     seed = cfg.seeds[0] if args.seed is None else args.seed
-    root = args.data or cfg.data["root"]
-    data = EvaluationData.prepare(root, seed=seed, min_images=cfg.data["min_images"],
-                                  max_per_identity=cfg.data["max_per_identity"])
-    users = choose_users(data, count=cfg.users["count"], seed=seed, min_train=cfg.users["min_train"],
-                         min_test=cfg.users["min_test"])
+    # as `puface reproduce` draws them, except that users a purifier of the config trained on are not
+    # excluded (no evaluation grid here does that: its protected users are held out by count)
+    data, users = draw_users(cfg, resolve_data_root(args.data or cfg.data["root"]), seed)
     if args.reverse:
         users = users[::-1]
     cache = CloakCache()

@@ -560,6 +560,23 @@ def _write_text_atomic(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def draw_users(cfg: ExperimentConfig, root: str | Path, seed: int, *, exclude: Iterable[str] = (),
+               progress: bool = False) -> tuple[Any, list[str]]:
+    """(EvaluationData, protected users) of one seed, as `run_experiment` draws them: the config's data
+    settings, its `[users]` (count or names) and `exclude` (identities a purifier of the grid trained on)."""
+    from .evaluation.protocol import EvaluationData, choose_users
+
+    data = EvaluationData.prepare(
+        root, seed=seed, train_fraction=cfg.data["train_fraction"], min_images=max(2, int(cfg.data["min_images"])),
+        max_per_identity=cfg.data["max_per_identity"], image_size=int(cfg.data["image_size"]), progress=progress,
+    )
+    users = choose_users(
+        data, count=cfg.users.get("count"), names=cfg.users.get("names"), seed=seed,
+        exclude=exclude, min_train=int(cfg.users["min_train"]), min_test=int(cfg.users["min_test"]),
+    )
+    return data, users
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     output: str | Path | None = None,
@@ -573,7 +590,7 @@ def run_experiment(
     runs/<name>). Finished runs found in `output/runs.jsonl` are kept (resume) when the config is
     unchanged; `restart` discards them."""
     from .evaluation.cache import ContentCache
-    from .evaluation.protocol import EvaluationData, Protocol, TrainerSpec, choose_users
+    from .evaluation.protocol import Protocol, TrainerSpec
     from .models.registry import load_embedder
 
     t_start = time.perf_counter()
@@ -631,17 +648,9 @@ def run_experiment(
     try:
         for seed in cfg.seeds:
             t_load = time.perf_counter()
-            data = EvaluationData.prepare(
-                root, seed=seed, train_fraction=cfg.data["train_fraction"], min_images=max(2, int(cfg.data["min_images"])),
-                max_per_identity=cfg.data["max_per_identity"], image_size=int(cfg.data["image_size"]), progress=progress,
-            )
-            load_s = time.perf_counter() - t_load
-            names = cfg.users.get("names")
             allow = bool(cfg.users.get("allow_purifier_identities"))
-            users = choose_users(
-                data, count=cfg.users.get("count"), names=names, seed=seed,
-                exclude=() if allow else exclude, min_train=int(cfg.users["min_train"]), min_test=int(cfg.users["min_test"]),
-            )
+            data, users = draw_users(cfg, root, seed, exclude=() if allow else exclude, progress=progress)
+            load_s = time.perf_counter() - t_load
             bad = sorted(set(users) & exclude)
             if bad and not allow:
                 raise PufaceError(
@@ -812,5 +821,5 @@ def _resolved(cfg: ExperimentConfig) -> dict[str, Any]:
 
 __all__ = [
     "ExperimentConfig", "AttackEntry", "TrainerEntry", "DefenseEntry", "load_config", "merge_configs", "run_experiment",
-    "ExperimentResult", "packaged_config", "packaged_config_names", "resolve_data_root", "write_example_images",
+    "ExperimentResult", "draw_users", "packaged_config", "packaged_config_names", "resolve_data_root", "write_example_images",
 ]

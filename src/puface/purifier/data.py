@@ -67,6 +67,17 @@ def purifier_identities(counts: dict[str, int], *, heldout_min_images: int | Non
     return IdentitySplit(sorted(train), sorted(val), sorted(big + extra_heldout))
 
 
+def folder_identity_split(root: str | Path, *, seed: int = 0, heldout_min_images: int | None = 10,
+                          heldout_fraction: float = 0.0, val_fraction: float = 0.1,
+                          max_per_identity: int | None = None) -> IdentitySplit:
+    """`purifier_identities` of the identity folders under `root`, counting each identity's images after
+    the seeded `max_per_identity` cap (as purifier training does)."""
+    ds = scan_identities(root, max_per_identity=max_per_identity, seed=seed)
+    counts = {k: len(v) for k, v in ds.by_identity().items()}
+    return purifier_identities(counts, heldout_min_images=heldout_min_images, heldout_fraction=heldout_fraction,
+                               val_fraction=val_fraction, seed=seed)
+
+
 @dataclass
 class PairSet:
     """(natural, cloaked) pairs as uint8 (N, 3, H, W) tensors, with each pair's attack label and file."""

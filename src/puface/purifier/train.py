@@ -25,13 +25,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.layout import scan_identities, stable_seed
+from ..data.layout import stable_seed
 from ..errors import PufaceError
 from .amplify import amplified_batch
 from .apply import Purifier, resolve_device
 from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from .config import PurifierTrainConfig
-from .data import PairSet, build_pairs, cloak_with_cache, purifier_identities
+from .data import PairSet, build_pairs, cloak_with_cache, folder_identity_split
 from .losses import PurifierLoss
 from .rednet import conv_flops
 
@@ -166,10 +166,9 @@ def prepare_data(cfg: PurifierTrainConfig, d: Dist | None = None, cloak_fn: Call
     d = d or Dist()
     if not cfg.data.root:
         raise PufaceError("the config needs data.root (the identity folders to train on)")
-    ds = scan_identities(cfg.data.root, max_per_identity=cfg.data.max_per_identity, seed=cfg.seed)
-    counts = {k: len(v) for k, v in ds.by_identity().items()}
-    split = purifier_identities(counts, heldout_min_images=cfg.data.heldout_min_images,
-                                heldout_fraction=cfg.data.heldout_fraction, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
+    split = folder_identity_split(cfg.data.root, seed=cfg.seed, heldout_min_images=cfg.data.heldout_min_images,
+                                  heldout_fraction=cfg.data.heldout_fraction, val_fraction=cfg.data.val_fraction,
+                                  max_per_identity=cfg.data.max_per_identity)
     base = cloak_fn or cloak_with_cache(cfg.data.cache or None, device=str(d.device), batch_size=cfg.data.cloak_batch_size,
                                         progress=d.main, cached_only=cfg.data.cached_only)
 
