@@ -200,3 +200,14 @@ def test_through_purifier_is_an_adaptive_cloak(tree, tmp_path, capsys, dlib_avai
     assert code == 2 and "--surrogate" in err and "Traceback" not in err
     code, _, err = run(["cloak", *FAST, "--gradient", "bpda", str(tree), str(tmp_path / "y")], capsys)
     assert code == 2 and "--through-purifier" in err
+
+
+def test_geometry_square112_is_recorded_with_its_budget(tree, tmp_path, capsys, dlib_available):
+    out = tmp_path / "out"
+    code, stdout, err = run(["cloak", *FAST, "--geometry", "square112", str(tree), str(out)], capsys)
+    assert code == 0, err
+    assert json.loads((out / "cloak_config.json").read_text())["attack"]["geometry"] == "square112"
+    rows = list(csv.DictReader((out / "cloak_stats.csv").open()))
+    assert len(rows) == 4 and all(0 < float(r["dssim_work"]) for r in rows)
+    code, _, err = run(["cloak", "--attack", "lowkey", "--geometry", "square112", str(tree), str(tmp_path / "g")], capsys)
+    assert code == 2 and "Fawkes options" in err

@@ -34,8 +34,14 @@ surrogate instead: loss = const * hinge^2 + target_weight * sum_m ||t_m - Phi_m(
 target (an identity whose embedding centroid is farthest from the user's images) comes from
 `puface.attacks.targets.TargetPool`.
 
-Differences from the original, all deliberate: the attack runs on the chip at its native size (the
-surrogates resize inside, differentiably) instead of a fixed 112x112 crop; the source embeddings are
+Geometry (`geometry`, `puface.attacks.fawkes_geometry`): by default ("chip") the attack runs on the chip
+at its native size (the surrogates resize inside, differentiably). "square112" is v1.0.2's own: the
+variable, the +-15 cap and the DSSIM budget live on the chip padded to a square (+30 px, mean colour) and
+resized to 112 px, and the saved chip gets the upsampled cloak; the surrogates see the saved chip (the
+layout they were trained on). The same th then changes the chip more (`dssim` on the chip, `dssim_work`
+where the budget is kept).
+
+Other differences from the original, all deliberate: the source embeddings are
 computed once, not at every step (same values); the iterate kept when none is inside the budget is
 the unmodified image, not the all-zero array v1.0 starts from (step 1 is always inside, so this only
 matters for `steps=0`).
@@ -50,6 +56,7 @@ import torch
 
 from ..errors import ConfigError
 from .base import CloakAttack
+from .fawkes_geometry import GEOMETRIES, make_view
 from .ssim import ReferenceSSIM
 from .surrogates import SurrogateSpec, available_defaults
 
@@ -78,6 +85,7 @@ class FawkesSettings:
     fallback_dssim: float = 0.015  # ... and the last iterate's DSSIM is below this
     targeted: bool = False  # mimic a target embedding (paper / v0.3) instead of pushing away (v1.0)
     target_weight: float = 1000.0  # weight of the targeted feature term (v1.0's mimic branch)
+    geometry: str = "chip"  # where the budget lives: "chip" (native size) or "square112" (v1.0.2's padded 112 px square)
 
     def check(self) -> None:
         if not self.th > 0:
@@ -92,6 +100,8 @@ class FawkesSettings:
             raise ConfigError(f"fawkes: band must be in [0, 1), got {self.band}")
         if not 0 < self.rho < 1:
             raise ConfigError(f"fawkes: rho must be in (0, 1), got {self.rho}")
+        if self.geometry not in GEOMETRIES:
+            raise ConfigError(f"fawkes: unknown geometry {self.geometry!r}; choose one of {', '.join(GEOMETRIES)}")
 
 
 MODES: dict[str, FawkesSettings] = {
@@ -186,7 +196,10 @@ class Fawkes(CloakAttack):
         return f"fawkes-{self.mode}" + ("-targeted" if self.settings.targeted else "")
 
     def _settings(self) -> dict[str, Any]:
-        return {"mode": self.mode, **asdict(self.settings)}
+        settings = asdict(self.settings)
+        if settings["geometry"] == "chip":  # the default before the knob existed: keeps earlier cache keys
+            del settings["geometry"]
+        return {"mode": self.mode, **settings}
 
     def run(self, images: torch.Tensor, *, targets: Sequence[torch.Tensor] | None = None, **kw):
         """Cloak `images` (N, 3, H, W) in [0, 1]; `targets` only for targeted Fawkes (see class doc)."""
@@ -211,8 +224,10 @@ class Fawkes(CloakAttack):
         dev = x.device
         cap = s.max_change / 255.0
         hi_band, lo_band = (1 + s.band) * s.th, (1 - s.band) * s.th
-        simg_tanh = torch.atanh((x - 0.5) * TANH_CONSTANT)
-        ref_ssim = ReferenceSSIM(x, max_val=1.0)
+        view = make_view(s.geometry, x)
+        xw = view.to_work(x)  # where the variable, the cap and the DSSIM budget live
+        simg_tanh = torch.atanh((xw - 0.5) * TANH_CONSTANT)
+        ref_ssim = ReferenceSSIM(xw, max_val=1.0)
         with torch.no_grad():
             if s.targeted:
                 refs = [t.to(dev, torch.float32) for t in targets]
@@ -220,7 +235,7 @@ class Fawkes(CloakAttack):
                 refs = [emb(x) for emb in self.surrogates]
             ref_norms = [r.norm(dim=1) for r in refs]
 
-        modifier = self.uniform_noise(generators, x.shape[1:], -s.init_scale, s.init_scale, dev)
+        modifier = self.uniform_noise(generators, xw.shape[1:], -s.init_scale, s.init_scale, dev)
         opt = KerasAdadelta(modifier, s.lr, s.rho, s.eps)
         const = torch.full((n,), float(s.const), device=dev)
         const_diff = torch.ones(n, device=dev)
@@ -228,14 +243,16 @@ class Fawkes(CloakAttack):
         maximize = not s.targeted
         best_feat = torch.zeros(n, device=dev) if maximize else torch.full((n,), float("inf"), device=dev)
         best = x.clone()
+        best_d = torch.zeros(n, device=dev)  # DSSIM of the kept iterate where the budget lives
         last = (x, torch.zeros(n, device=dev), torch.zeros(n, device=dev))
 
         for it in range(1, s.steps + 1):
             with torch.enable_grad():
                 modifier.requires_grad_(True)
-                aimg = torch.tanh(simg_tanh + modifier) / TANH_CONSTANT + 0.5
-                aimg = x + (aimg - x).clamp(-cap, cap)
-                d = ref_ssim.dssim(aimg)
+                awork = torch.tanh(simg_tanh + modifier) / TANH_CONSTANT + 0.5
+                delta = (awork - xw).clamp(-cap, cap)
+                d = ref_ssim.dssim(xw + delta)
+                aimg = view.apply(delta)  # the image that gets saved; the surrogates see it
                 feat = torch.zeros(n, device=dev)
                 for emb, r, rn in zip(self.surrogates, refs, ref_norms):
                     feat = feat + ((emb(aimg) - r) ** 2).sum(dim=1) / rn
@@ -257,6 +274,7 @@ class Fawkes(CloakAttack):
                 keep = (d <= hi_band) & better
                 best_feat = torch.where(keep, feat, best_feat)
                 best = torch.where(keep.view(-1, 1, 1, 1), aimg, best)
+                best_d = torch.where(keep, d, best_d)
                 if maximize:
                     const_diff, outside = _adapt_const_diff(d, const_diff, outside, lo_band, hi_band, s.const_diff_bound)
                 last = (aimg, d, feat)
@@ -266,26 +284,35 @@ class Fawkes(CloakAttack):
             last_img, last_d, last_feat = last
             fallback = (best_feat < s.fallback_feature) & (last_d < s.fallback_dssim) & (last_feat > best_feat)
             best = torch.where(fallback.view(-1, 1, 1, 1), last_img, best)
-        return best.clamp(0, 1), {"fallback": fallback.float()}
+            best_d = torch.where(fallback, last_d, best_d)
+        stats = {"fallback": fallback.float()}
+        if s.geometry != "chip":  # the budget is not measured on the output itself: report where it is
+            stats["dssim_work"] = best_d
+        return best.clamp(0, 1), stats
 
     def _quantize(self, x, out, own_stats):
         s = self.settings
-        q, scale = _budget_guard(x, out, (1 + s.band) * s.th, own_stats["fallback"].to(x.device) > 0)
+        to_work = make_view(s.geometry, x).to_work
+        q, scale = _budget_guard(x, out, (1 + s.band) * s.th, own_stats["fallback"].to(x.device) > 0, to_work)
         own_stats["budget_scale"] = scale
         return q
 
 
-def _budget_guard(x: torch.Tensor, out: torch.Tensor, bound: float, exempt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _budget_guard(x: torch.Tensor, out: torch.Tensor, bound: float, exempt: torch.Tensor, to_work=None) -> tuple[torch.Tensor, torch.Tensor]:
     """8-bit round `out`; where the rounded image's DSSIM to `x` exceeds `bound` (and the image is not
     `exempt`), shrink its cloak x + a (out - x) with the largest a in 0.99, 0.98, ... that fits.
+    `to_work` maps images to the view the budget is measured in (None: the images themselves).
     Returns (rounded images, a per image)."""
     from .base import quantize
     from .ssim import dssim
 
+    if to_work is None:
+        to_work = lambda images: images  # noqa: E731
+    x_work = to_work(x)
     q = quantize(out)
     scale = torch.ones(len(x), device=x.device)
     with torch.no_grad():
-        over = (dssim(q, x) > bound) & ~exempt
+        over = (dssim(to_work(q), x_work) > bound) & ~exempt
         step = 0
         while over.any() and step < 100:
             step += 1
@@ -294,7 +321,7 @@ def _budget_guard(x: torch.Tensor, out: torch.Tensor, bound: float, exempt: torc
             cand = quantize(x[idx] + a * (out[idx] - x[idx]))
             q[idx] = cand
             scale[idx] = a
-            over[idx] = dssim(cand, x[idx]) > bound
+            over[idx] = dssim(to_work(cand), x_work[idx]) > bound
     return q, scale
 
 

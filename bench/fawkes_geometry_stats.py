@@ -1,0 +1,68 @@
+"""Image statistics of cached Fawkes cloaks of an experiment's protected users, in both geometries.
+
+For each attack label: DSSIM on the 150 px chip, DSSIM in Fawkes v1.0.2's padded 112 px square (where
+`geometry = "square112"` keeps its budget), PSNR (dB), largest pixel change (grey levels) and the
+embedding shift on each surrogate. Reads cloaks from the cache only (`puface reproduce` or
+bench/prefill_cloaks.py makes them); stops on a missing one.
+
+    python bench/fawkes_geometry_stats.py configs/lfw-fawkes-geometry.toml fawkes-mid fawkes-mid-square112 \
+        fawkes-mid-sface fawkes-mid-sface-square112 --data /work/shared/data/lfw-chips150
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config")
+    ap.add_argument("labels", nargs="+", help="Fawkes attack labels of the config")
+    ap.add_argument("--data", default=None, help="identity folders (default: the config's [data] root)")
+    ap.add_argument("--seed", type=int, default=None, help="default: the config's first seed")
+    args = ap.parse_args()
+
+    import torch
+
+    from puface.attacks.cache import CloakCache
+    from puface.attacks.fawkes_geometry import SquareView
+    from puface.attacks.ssim import dssim
+    from puface.data.loading import load_images
+    from puface.experiments import build_attack, draw_users, load_config, resolve_data_root
+
+    cfg = load_config(args.config)
+    seed = cfg.seeds[0] if args.seed is None else args.seed
+    data, users = draw_users(cfg, resolve_data_root(args.data or cfg.data["root"]), seed)
+    paths = [data.train.paths[i] for u in users for i in data.train.rows_of(u)]
+    clean, kept, errors = load_images(paths, size=(150, 150))
+    assert not errors and len(kept) == len(paths)
+    view = SquareView(clean)
+    cache = CloakCache(cached_only=True)
+    by_label = {a.label: a for a in cfg.attacks}
+    print(f"{len(users)} users, {len(paths)} training images (seed {seed})\n")
+    print("| attack | geometry | DSSIM chip mean (max) | DSSIM 112 square mean (max) | PSNR dB | max change /255 | shift " + " | shift ".join(["dlib-resnet29", "sface"]) + " |")
+    print("|---|---|---|---|---|---|---|---|")
+    from puface.models.registry import create_embedder
+
+    embedders = {n: create_embedder(n) for n in ("dlib-resnet29", "sface")}
+    for label in args.labels:
+        spec = build_attack(by_label[label], seed, "cpu", 16)
+        cloaked, kept, errors = cache.cloak(spec.attack, paths, progress=False, size=(150, 150))
+        assert not errors and len(kept) == len(paths)
+        with torch.no_grad():
+            d_chip = dssim(cloaked, clean)
+            d_work = dssim(view.to_work(cloaked), view.to_work(clean))
+            mse = (cloaked - clean).pow(2).flatten(1).mean(1)
+            psnr = 10 * torch.log10(1 / mse.clamp_min(1e-12))
+            linf = (cloaked - clean).abs().flatten(1).amax(1) * 255
+            shifts = []
+            for emb in embedders.values():
+                s = torch.cat([(emb(cloaked[i : i + 32]) - emb(clean[i : i + 32])).norm(dim=1) for i in range(0, len(paths), 32)])
+                shifts.append(f"{s.mean():.3f}")
+        geometry = getattr(spec.attack, "settings").geometry
+        print(f"| {label} | {geometry} | {d_chip.mean():.4f} ({d_chip.max():.4f}) | {d_work.mean():.4f} ({d_work.max():.4f}) | "
+              f"{psnr.mean():.2f} | {linf.mean():.1f} | " + " | ".join(shifts) + " |")
+
+
+if __name__ == "__main__":
+    main()

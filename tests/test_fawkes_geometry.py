@@ -1,0 +1,71 @@
+"""Fawkes v1.0.2's geometry: the budget measured on the padded 112 px square, the cloak upsampled back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from puface.attacks.fawkes import MODES, Fawkes
+from puface.attacks.fawkes_geometry import SquareView, make_view
+from puface.attacks.ssim import dssim
+from puface.errors import ConfigError
+
+from test_fawkes import tiny_embedder
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def chips(johns_images):
+    """4 johns chips at 64 px (fast), float [0, 1]."""
+    _, _, images = johns_images
+    x = images[::13][:4]
+    return torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def test_square_view_pads_with_the_mean_colour_and_maps_back_exactly():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 40, 30, generator=g)
+    view = SquareView(x, size=28, margin=30)
+    assert view.side == 70 and (view.top, view.left) == (15, 20)
+    work = view.to_work(x)
+    assert work.shape == (2, 3, 28, 28)
+    # the corner of the square is pure border: the image's per-channel mean colour
+    assert torch.allclose(work[:, :, 0, 0], x.mean(dim=(2, 3)), atol=1e-5)
+    # no cloak -> the chip itself; a constant cloak -> the chip shifted by it (inside [0, 1])
+    assert torch.equal(view.apply(torch.zeros_like(work)), x)
+    mid = torch.full((1, 3, 40, 30), 0.5)
+    shifted = SquareView(mid, size=28).apply(torch.full((1, 3, 28, 28), 0.05))
+    assert torch.allclose(shifted, torch.full_like(mid, 0.55), atol=1e-5)
+    assert make_view("chip", x).to_work(x) is x
+    with pytest.raises(ConfigError, match="unknown geometry"):
+        make_view("square224", x)
+
+
+def test_square112_keeps_the_budget_where_fawkes_measures_it(chips):
+    emb = tiny_embedder()
+    th = MODES["mid"].th
+    res = Fawkes("mid", [emb], geometry="square112", save_last_on_failed=False, device="cpu").run(chips, quantize_output=True)
+    assert res.images.shape == chips.shape  # the saved image is the chip, not the 112 px square
+    work = res.stats["dssim_work"]
+    assert (work <= 1.1 * th + 1e-6).all() and work.mean() > 0.5 * th, work
+    # re-measured on the saved 8-bit images through the same view: still inside the budget
+    view = SquareView(chips)
+    assert (dssim(view.to_work(res.images), view.to_work(chips)) <= 1.1 * th + 1e-6).all()
+    # the same th on the chip at native size is a tighter budget: the chip moves more here
+    native = Fawkes("mid", [emb], save_last_on_failed=False, device="cpu").run(chips, quantize_output=True)
+    assert "dssim_work" not in native.stats
+    assert (native.stats["dssim"] <= 1.1 * th + 1e-6).all()
+    assert res.stats["dssim"].mean() > native.stats["dssim"].mean()
+    assert res.stats["shift_tiny"].mean() > 0.5 * native.stats["shift_tiny"].mean()
+
+
+def test_geometry_names_the_cache_key_only_when_not_the_default(chips):
+    emb = tiny_embedder()
+    default = Fawkes("mid", [emb], device="cpu").config
+    assert "geometry" not in default  # earlier cloaks keep their cache keys
+    assert Fawkes("mid", [emb], geometry="chip", device="cpu").config == default
+    square = Fawkes("mid", [emb], geometry="square112", device="cpu").config
+    assert square["geometry"] == "square112" and square != default
+    with pytest.raises(ConfigError, match="unknown geometry"):
+        Fawkes("mid", [emb], geometry="square224")
