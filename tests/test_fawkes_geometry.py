@@ -69,3 +69,23 @@ def test_geometry_names_the_cache_key_only_when_not_the_default(chips):
     assert square["geometry"] == "square112" and square != default
     with pytest.raises(ConfigError, match="unknown geometry"):
         Fawkes("mid", [emb], geometry="square224")
+
+
+def test_square_view_matches_fawkes_pil_pipeline(johns_images):
+    """Fawkes v1.0.2: square of side max(h, w) + 30 filled with the mean colour, PIL bicubic resize to 112."""
+    import numpy as np
+    from PIL import Image
+
+    x = johns_images[2][:2]
+    assert x.shape[-2:] == (150, 150)  # a downsampling, as on real chips
+    ours = SquareView(x).to_work(x)
+    for i in range(len(x)):
+        img = x[i].permute(1, 2, 0).numpy() * 255
+        side = max(img.shape[:2]) + 30
+        base = np.ones((side, side, 3)) * img.mean(axis=(0, 1))
+        top, left = (side - img.shape[0]) // 2, (side - img.shape[1]) // 2
+        base[top : top + img.shape[0], left : left + img.shape[1]] = img
+        pil = Image.fromarray(base.round().astype(np.uint8)).resize((112, 112), Image.BICUBIC)
+        ref = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255).permute(2, 0, 1)
+        diff = (ours[i] - ref).abs()
+        assert diff.mean() < 1.0 / 255 and diff.max() < 6 / 255, (float(diff.mean() * 255), float(diff.max() * 255))
