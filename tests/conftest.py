@@ -29,6 +29,19 @@ def johns_images(johns_dir):
     return paths, labels, images
 
 
+@pytest.fixture(scope="session")
+def small_chips(johns_images):
+    """`small_chips(step, count, size)`: every `step`-th johns chip, the first `count` of them, resized to
+    size x size (antialiased bilinear; fast attack tests), float (count, 3, size, size) in [0, 1]."""
+    import torch.nn.functional as F
+
+    def make(step: int, count: int, size: int = 48):
+        x = johns_images[2][::step][:count]
+        return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+
+    return make
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module of attack tests: they run many small tensor ops, for which threads

@@ -30,10 +30,8 @@ class BoxBlur(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def faces(johns_images):
-    _, _, images = johns_images
-    x = images[::11][:4]
-    return nn.functional.interpolate(x, size=(48, 48), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+def faces(small_chips):
+    return small_chips(step=11, count=4)
 
 
 def test_forward_is_embedding_of_purified(faces):

@@ -34,11 +34,9 @@ def tiny_embedder(seed: int = 0, name: str = "tiny") -> FaceEmbedder:
 
 
 @pytest.fixture(scope="module")
-def faces(johns_images):
+def faces(small_chips):
     """8 johns chips downsized to 48x48 (fast), float [0, 1]."""
-    _, _, images = johns_images
-    x = images[::7][:8]
-    return torch.nn.functional.interpolate(x, size=(48, 48), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    return small_chips(step=7, count=8)
 
 
 def test_registry_and_modes_are_v1_0_2():

@@ -16,11 +16,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def chips(johns_images):
+def chips(small_chips):
     """4 johns chips at 64 px (fast), float [0, 1]."""
-    _, _, images = johns_images
-    x = images[::13][:4]
-    return torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    return small_chips(step=13, count=4, size=64)
 
 
 def test_square_view_pads_with_the_mean_colour_and_maps_back_exactly():

@@ -36,10 +36,8 @@ def tiny_embedder(seed: int = 0, name: str = "tiny") -> FaceEmbedder:
 
 
 @pytest.fixture(scope="module")
-def faces(johns_images):
-    _, _, images = johns_images
-    x = images[::7][:6]
-    return F.interpolate(x, size=(48, 48), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+def faces(small_chips):
+    return small_chips(step=7, count=6)
 
 
 def test_defaults_are_lowkeys():
