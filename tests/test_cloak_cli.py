@@ -211,3 +211,12 @@ def test_geometry_square112_is_recorded_with_its_budget(tree, tmp_path, capsys, 
     assert len(rows) == 4 and all(0 < float(r["dssim_work"]) for r in rows)
     code, _, err = run(["cloak", "--attack", "lowkey", "--geometry", "square112", str(tree), str(tmp_path / "g")], capsys)
     assert code == 2 and "Fawkes options" in err
+
+
+def test_cap_project_is_recorded_and_fawkes_only(tree, tmp_path, capsys, dlib_available):
+    out = tmp_path / "out"
+    code, _, err = run(["cloak", *FAST, "--cap", "project", str(tree), str(out)], capsys)
+    assert code == 0, err
+    assert json.loads((out / "cloak_config.json").read_text())["attack"]["cap"] == "project"
+    code, _, err = run(["cloak", "--attack", "lowkey", "--cap", "project", str(tree), str(tmp_path / "c")], capsys)
+    assert code == 2 and "Fawkes options" in err and "Traceback" not in err

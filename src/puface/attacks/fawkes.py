@@ -41,6 +41,12 @@ resized to 112 px, and the saved chip gets the upsampled cloak; the surrogates s
 layout they were trained on). The same th then changes the chip more (`dssim` on the chip, `dssim_work`
 where the budget is kept).
 
+Cap (`cap`): v1.0.2 clips the change to +-max_change inside the loss (`tf.clip_by_value`), so a pixel
+past the cap passes no gradient. When a step overshoots the DSSIM band, those pixels cannot be pulled
+back; DSSIM then creeps down over many steps and the image keeps an early, weakly cloaked iterate.
+"clip" (the default) reproduces that. "project" moves the modifier of such pixels back to just inside
+the cap after every step (PGD-style), with the same th, cap, steps and lr: same budget, stronger cloaks.
+
 Other differences from the original, all deliberate: the source embeddings are
 computed once, not at every step (same values); the iterate kept when none is inside the budget is
 the unmodified image, not the all-zero array v1.0 starts from (step 1 is always inside, so this only
@@ -60,7 +66,7 @@ from .fawkes_geometry import GEOMETRIES, make_view
 from .ssim import ReferenceSSIM
 from .surrogates import SurrogateSpec, available_defaults
 
-__all__ = ["Fawkes", "FawkesSettings", "MODES", "DEFAULT_SURROGATES", "KerasAdadelta"]
+__all__ = ["Fawkes", "FawkesSettings", "MODES", "CAP_MODES", "DEFAULT_SURROGATES", "KerasAdadelta"]
 
 TANH_CONSTANT = 2 - 1e-6
 
@@ -86,6 +92,7 @@ class FawkesSettings:
     targeted: bool = False  # mimic a target embedding (paper / v0.3) instead of pushing away (v1.0)
     target_weight: float = 1000.0  # weight of the targeted feature term (v1.0's mimic branch)
     geometry: str = "chip"  # where the budget lives: "chip" (native size) or "square112" (v1.0.2's padded 112 px square)
+    cap: str = "clip"  # how the +-max_change cap acts: "clip" (v1.0.2: clipped, no gradient past it) or "project"
 
     def check(self) -> None:
         if not self.th > 0:
@@ -102,6 +109,8 @@ class FawkesSettings:
             raise ConfigError(f"fawkes: rho must be in (0, 1), got {self.rho}")
         if self.geometry not in GEOMETRIES:
             raise ConfigError(f"fawkes: unknown geometry {self.geometry!r}; choose one of {', '.join(GEOMETRIES)}")
+        if self.cap not in CAP_MODES:
+            raise ConfigError(f"fawkes: unknown cap {self.cap!r}; choose one of {', '.join(CAP_MODES)}")
 
 
 MODES: dict[str, FawkesSettings] = {
@@ -109,6 +118,7 @@ MODES: dict[str, FawkesSettings] = {
     "mid": FawkesSettings(th=0.012, steps=75, lr=20.0),
     "high": FawkesSettings(th=0.017, steps=150, lr=15.0),
 }
+CAP_MODES = ("clip", "project")
 MODE_KNOBS = ("th", "steps", "lr")  # what a named mode fixes
 DEFAULT_SURROGATES = {
     "low": ("dlib-resnet29",),
@@ -199,6 +209,8 @@ class Fawkes(CloakAttack):
         settings = asdict(self.settings)
         if settings["geometry"] == "chip":  # the default before the knob existed: keeps earlier cache keys
             del settings["geometry"]
+        if settings["cap"] == "clip":  # likewise
+            del settings["cap"]
         return {"mode": self.mode, **settings}
 
     def run(self, images: torch.Tensor, *, targets: Sequence[torch.Tensor] | None = None, **kw):
@@ -267,6 +279,8 @@ class Fawkes(CloakAttack):
             if it == 1:  # v1.0: modifier - 0.01 sign(grad) in a new variable (fresh optimiser state)
                 modifier.sub_(grad.sign(), alpha=s.sign_nudge)
                 opt.reset()
+            if s.cap == "project":
+                modifier = _project_into_cap(modifier, simg_tanh, xw, cap)
 
             with torch.no_grad():
                 aimg, d, feat = aimg.detach(), d.detach(), feat.detach()
@@ -296,6 +310,20 @@ class Fawkes(CloakAttack):
         q, scale = _budget_guard(x, out, (1 + s.band) * s.th, own_stats["fallback"].to(x.device) > 0, to_work)
         own_stats["budget_scale"] = scale
         return q
+
+
+def _project_into_cap(modifier: torch.Tensor, simg_tanh: torch.Tensor, xw: torch.Tensor, cap: float) -> torch.Tensor:
+    """The modifier whose image lies within +-cap of `xw` (pixels in [0, 1]): entries whose image is past
+    the cap are moved to just inside it (0.1% of the cap), so the clip in the loss never cuts their gradient."""
+    with torch.no_grad():
+        img = torch.tanh(simg_tanh + modifier) / TANH_CONSTANT + 0.5
+        inner = cap * (1 - 1e-3)
+        past = (img - xw).abs() > inner
+        if not past.any():
+            return modifier
+        inside = torch.minimum(torch.maximum(img, xw - inner), xw + inner)
+        moved = torch.atanh((inside - 0.5) * TANH_CONSTANT) - simg_tanh
+        return torch.where(past, moved, modifier)
 
 
 def _budget_guard(x: torch.Tensor, out: torch.Tensor, bound: float, exempt: torch.Tensor, to_work=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,6 +33,10 @@ import click
               help="Fawkes: where the DSSIM budget is measured. chip: on the image at its size. square112: as Fawkes "
                    "v1.0.2 does, on the image padded to a square (+30 px, mean colour) and resized to 112 px; the cloak "
                    "is upsampled back, so the same --mode changes the image more.")
+@click.option("--cap", type=click.Choice(["clip", "project"]), default="clip", show_default=True,
+              help="Fawkes: how the +-15 grey-level cap acts. clip: as v1.0.2, clipped inside the loss, so a pixel "
+                   "past the cap gets no gradient and a step that overshoots the budget can leave an image weakly "
+                   "cloaked. project: moved back inside the cap after every step (same budget, stronger cloaks).")
 @click.option("--target-pool", type=click.Path(path_type=Path), default=None,
               help="With --targeted: identity folders (POOL/<identity>/<image>) to pick each user's target from. "
                    "A user is a first-level folder of IN.")
@@ -65,7 +69,7 @@ import click
 @click.option("--io-workers", type=int, default=2, show_default=True, help="Threads that decode and encode images meanwhile.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates: tuple[str, ...], th: float | None,
-          steps: int | None, lr: float | None, fallback: bool, targeted: bool, geometry: str, target_pool: Path | None, perceptual: str, through: str | None,
+          steps: int | None, lr: float | None, fallback: bool, targeted: bool, geometry: str, cap: str, target_pool: Path | None, perceptual: str, through: str | None,
           gradient: str, eot_noise: float, seed: int,
           batch_size: int, device: str, threads: int | None, fmt: str, tool_names: bool, resume: bool, align: bool,
           largest_face: bool, rank: int | None, world_size: int | None, io_workers: int, progress: bool) -> None:
@@ -114,12 +118,14 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
             knobs["save_last_on_failed"] = False
         if geometry != "chip":
             knobs["geometry"] = geometry
+        if cap != "clip":
+            knobs["cap"] = cap
         if perceptual is not None:
             raise PufaceError("--perceptual is a LowKey option")
         kwargs = {"mode": mode}
     else:
-        if th is not None or lr is not None or targeted or target_pool is not None or mode != "high" or not fallback or geometry != "chip":
-            raise PufaceError("--mode, --th, --lr, --no-fallback, --targeted, --target-pool and --geometry are Fawkes options")
+        if th is not None or lr is not None or targeted or target_pool is not None or mode != "high" or not fallback or geometry != "chip" or cap != "clip":
+            raise PufaceError("--mode, --th, --lr, --no-fallback, --targeted, --target-pool, --geometry and --cap are Fawkes options")
         if steps is not None:
             knobs["steps"] = steps
         if perceptual is not None:
