@@ -2,7 +2,9 @@
 
 For each attack label: DSSIM on the 150 px chip, DSSIM in Fawkes v1.0.2's padded 112 px square (where
 `geometry = "square112"` keeps its budget), PSNR (dB), largest pixel change (grey levels) and the
-embedding shift on each surrogate. Reads cloaks from the cache only (`puface reproduce` or
+embedding shift on each surrogate (mean L2 distance) and the share of weak cloaks: those whose embedding
+stayed nearer its own clean photo than that photo is to any training photo of another person, so a 1-NN
+victim would still match that clean photo to the cloak. Reads cloaks from the cache only (`puface reproduce` or
 bench/prefill_cloaks.py makes them); stops on a missing one.
 
     python bench/fawkes_geometry_stats.py configs/lfw-fawkes-geometry.toml fawkes-mid fawkes-mid-square112 \
@@ -43,10 +45,18 @@ def main() -> None:
     by_label = {a.label: a for a in cfg.attacks}
     embedders = {n: create_embedder(n) for n in ("dlib-resnet29", "sface")}
     clean_embeddings = {n: emb.embed(clean, batch_size=32) for n, emb in embedders.items()}
-    print(f"{len(users)} users, {len(paths)} training images (seed {seed})\n")
-    print("| attack | geometry | DSSIM chip mean (max) | DSSIM 112 square mean (max) | PSNR dB | max change /255 | "
-          + " | ".join(f"shift {n}" for n in embedders) + " |")
-    print("|---|---|---|---|---|---|" + "---|" * len(embedders))
+    owner = [u for u in users for _ in data.train.rows_of(u)]
+    other = torch.tensor([[a != b for b in data.train.labels] for a in owner])  # (user images, all training images)
+    everyone = data.train.images.float() / 255
+    nearest_other = {}  # per user image: distance to the nearest training photo of another person
+    for n, emb in embedders.items():
+        d = torch.cdist(clean_embeddings[n], emb.embed(everyone, batch_size=32))
+        nearest_other[n] = d.masked_fill(~other, float("inf")).min(dim=1).values
+    print(f"{len(users)} users, {len(paths)} training images (seed {seed}); median distance from a user's clean photo to "
+          "the nearest training photo of another person: " + ", ".join(f"{n} {d.median():.3f}" for n, d in nearest_other.items()) + "\n")
+    print("| attack | geometry | cap | DSSIM chip mean (max) | DSSIM 112 square mean (max) | PSNR dB | max change /255 | "
+          + " | ".join(f"shift {n}" for n in embedders) + " | " + " | ".join(f"weak {n}" for n in embedders) + " |")
+    print("|---|---|---|---|---|---|---|" + "---|" * (2 * len(embedders)))
     for label in args.labels:
         spec = build_attack(by_label[label], seed, "cpu", 16)
         cloaked, kept, errors = cache.cloak(spec.attack, paths, progress=False, size=(150, 150))
@@ -55,9 +65,11 @@ def main() -> None:
             d_chip = dssim(cloaked, clean)
             d_work = dssim(view.to_work(cloaked), clean_work)
             linf = (cloaked - clean).abs().flatten(1).amax(1) * 255
-            shifts = [f"{(emb.embed(cloaked, batch_size=32) - clean_embeddings[n]).norm(dim=1).mean():.3f}" for n, emb in embedders.items()]
-        print(f"| {label} | {spec.attack.settings.geometry} | {d_chip.mean():.4f} ({d_chip.max():.4f}) | {d_work.mean():.4f} ({d_work.max():.4f}) | "
-              f"{psnr(cloaked, clean).mean():.2f} | {linf.mean():.1f} | " + " | ".join(shifts) + " |")
+            cloaked_embeddings = {n: emb.embed(cloaked, batch_size=32) for n, emb in embedders.items()}
+            shifts = [f"{(cloaked_embeddings[n] - clean_embeddings[n]).norm(dim=1).mean():.3f}" for n in embedders]
+            weak = [f"{((cloaked_embeddings[n] - clean_embeddings[n]).norm(dim=1) < nearest_other[n]).float().mean():.1%}" for n in embedders]
+        print(f"| {label} | {spec.attack.settings.geometry} | {spec.attack.settings.cap} | {d_chip.mean():.4f} ({d_chip.max():.4f}) | {d_work.mean():.4f} ({d_work.max():.4f}) | "
+              f"{psnr(cloaked, clean).mean():.2f} | {linf.mean():.1f} | " + " | ".join(shifts) + " | " + " | ".join(weak) + " |")
 
 if __name__ == "__main__":
     main()
