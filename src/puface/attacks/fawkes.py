@@ -45,7 +45,9 @@ Cap (`cap`): v1.0.2 clips the change to +-max_change inside the loss (`tf.clip_b
 past the cap passes no gradient. When a step overshoots the DSSIM band, those pixels cannot be pulled
 back; DSSIM then creeps down over many steps and the image keeps an early, weakly cloaked iterate.
 "clip" (the default) reproduces that. "project" moves the modifier of such pixels back to just inside
-the cap after every step (PGD-style), with the same th, cap, steps and lr: same budget, stronger cloaks.
+the cap after every step (PGD-style), with the same th, cap, steps and lr: same budget, stronger cloaks
+(bench/RESULTS.md, "Fawkes mid with a projected cap"). It does not stop Adadelta at lr 20 from
+oscillating above the band on a few images; those keep an early iterate under either cap.
 
 Other differences from the original, all deliberate: the source embeddings are
 computed once, not at every step (same values); the iterate kept when none is inside the budget is
