@@ -24,6 +24,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=None, help="default: the config's first seed")
     args = ap.parse_args()
 
+    import numpy as np
     import torch
 
     from puface.attacks.cache import CloakCache
@@ -45,8 +46,8 @@ def main() -> None:
     by_label = {a.label: a for a in cfg.attacks}
     embedders = {n: create_embedder(n) for n in ("dlib-resnet29", "sface")}
     clean_embeddings = {n: emb.embed(clean, batch_size=32) for n, emb in embedders.items()}
-    owner = [u for u in users for _ in data.train.rows_of(u)]
-    other = torch.tensor([[a != b for b in data.train.labels] for a in owner])  # (user images, all training images)
+    owner = np.concatenate([data.train.labels[data.train.rows_of(u)] for u in users])
+    other = torch.from_numpy(owner[:, None] != data.train.labels[None, :])  # (user images, all training images)
     everyone = data.train.images.float() / 255
     nearest_other = {}  # per user image: distance to the nearest training photo of another person
     for n, emb in embedders.items():

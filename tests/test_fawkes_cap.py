@@ -59,12 +59,16 @@ def test_projected_cap_keeps_the_budget_and_the_cap(chips):
     assert (res.stats["shift_tiny"] > 0).all()
 
 
-def test_cap_names_the_cache_key_only_when_not_the_default(chips):
+@pytest.mark.parametrize(
+    "knob, default, other, unknown",
+    [("geometry", "chip", "square112", "square224"), ("cap", "clip", "project", "wrap")],
+)
+def test_knob_names_the_cache_key_only_when_not_the_default(knob, default, other, unknown):
     emb = tiny_embedder()
-    default = Fawkes("mid", [emb], device="cpu").config
-    assert "cap" not in default  # earlier cloaks keep their cache keys
-    assert Fawkes("mid", [emb], cap="clip", device="cpu").config == default
-    projected = Fawkes("mid", [emb], cap="project", device="cpu").config
-    assert projected["cap"] == "project" and projected != default
-    with pytest.raises(ConfigError, match="unknown cap"):
-        Fawkes("mid", [emb], cap="wrap")
+    plain = Fawkes("mid", [emb], device="cpu").config
+    assert knob not in plain  # earlier cloaks keep their cache keys
+    assert Fawkes("mid", [emb], device="cpu", **{knob: default}).config == plain
+    changed = Fawkes("mid", [emb], device="cpu", **{knob: other}).config
+    assert changed[knob] == other and changed != plain
+    with pytest.raises(ConfigError, match=f"unknown {knob}"):
+        Fawkes("mid", [emb], **{knob: unknown})

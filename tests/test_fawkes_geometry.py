@@ -58,17 +58,6 @@ def test_square112_keeps_the_budget_where_fawkes_measures_it(chips):
     assert res.stats["shift_tiny"].mean() > 0.5 * native.stats["shift_tiny"].mean()
 
 
-def test_geometry_names_the_cache_key_only_when_not_the_default(chips):
-    emb = tiny_embedder()
-    default = Fawkes("mid", [emb], device="cpu").config
-    assert "geometry" not in default  # earlier cloaks keep their cache keys
-    assert Fawkes("mid", [emb], geometry="chip", device="cpu").config == default
-    square = Fawkes("mid", [emb], geometry="square112", device="cpu").config
-    assert square["geometry"] == "square112" and square != default
-    with pytest.raises(ConfigError, match="unknown geometry"):
-        Fawkes("mid", [emb], geometry="square224")
-
-
 def test_square_view_matches_fawkes_pil_pipeline(johns_images):
     """Fawkes v1.0.2: square of side max(h, w) + 30 filled with the mean colour, PIL bicubic resize to 112."""
     import numpy as np
