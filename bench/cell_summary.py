@@ -13,6 +13,12 @@
     python bench/cell_summary.py compare bench/results/lfw-v5 --other bench/results/lfw-cold
         two runs of the same grid: how many summary.csv rows have the same ASR and normal accuracy, and
         the rows that differ
+    python bench/cell_summary.py draws bench/results/lfw-fawkes-cap bench/results/lfw-fawkes-cap-seed1 \
+        bench/results/lfw-fawkes-project-seed2 bench/results/lfw-fawkes-project-seed3 \
+        bench/results/lfw-fawkes-project-seed4 --attack-suffix=-project
+        runs of one grid on several draws (seeds): per white-box cell found in every folder, the
+        no-defense ASR per draw (bold below 95%), its mean and PuFace's range; then how far normal accuracy
+        moved between no defense and PuFace
 
 ASR and accuracy in %, as Markdown rows.
 """
@@ -129,16 +135,44 @@ def compare(folder: Path, other: Path) -> None:
             print("| " + " | ".join(k) + f" | {a[k][0]:.1f} -> {b[k][0]:.1f} | {a[k][1]:.2f} -> {b[k][1]:.2f} |")
 
 
+def draws(folders: list[Path], attack_suffix: str = "") -> None:
+    """One row per white-box cell present in every folder (attack labels ending in `attack_suffix`)."""
+    runs = [{(r["attack"], r["victim"], r["trainer"], r["defense"]): (asr, acc) for r, asr, acc in _summary(f)
+             if r["setting"] == "white-box" and r["attack"].endswith(attack_suffix)} for f in folders]
+    cells = [k[:3] for k in runs[0] if k[3] == "none" and all(k in run and (*k[:3], "puface") in run for run in runs)]
+    if not cells:
+        raise SystemExit("no white-box cell with no defense and PuFace in every folder")
+    print("| attack | victim | trainer | " + " | ".join(f.name for f in folders) + " | mean | PuFace, range over draws |")
+    print("|---" * (len(folders) + 5) + "|")
+    moved, accs = [], []
+    for c in cells:
+        none = [run[(*c, "none")][0] for run in runs]
+        puface = [run[(*c, "puface")][0] for run in runs]
+        per = " | ".join(f"**{a:.1f}**" if a < 95 else f"{a:.1f}" for a in none)
+        print(f"| {' | '.join(c)} | {per} | {_mean(none):.1f} | {min(puface):.1f}-{max(puface):.1f} |")
+        for run in runs:
+            a, b = run[(*c, "none")][1], run[(*c, "puface")][1]
+            moved.append(abs(a - b))
+            accs += [a, b]
+    print(f"\nnormal accuracy {min(accs):.1f}-{max(accs):.1f}%, no defense vs PuFace at most {max(moved):.2f} points apart")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=["defenses", "users", "repeats", "compare"])
+    ap.add_argument("mode", choices=["defenses", "users", "repeats", "compare", "draws"])
     ap.add_argument("folder", type=Path, help="a `puface reproduce` output folder")
+    ap.add_argument("more", type=Path, nargs="*", help="draws: the other draws' output folders")
     ap.add_argument("--attack", help="users: attack label; defenses: only this attack's cells, one column each")
     ap.add_argument("--users", default="", help="users: comma-separated names of the first group")
     ap.add_argument("--defense", default="puface", help="users: defense label (default: puface)")
     ap.add_argument("--quality", type=Path, default=None, help="repeats: folder of bench_purifier.py quality JSONs")
     ap.add_argument("--other", type=Path, default=None, help="compare: the second output folder")
+    ap.add_argument("--attack-suffix", default="", help="draws: only attack labels ending in this")
     args = ap.parse_args()
+    if args.more and args.mode != "draws":
+        ap.error(f"{args.mode} takes one folder")
+    if args.mode == "draws":
+        return draws([args.folder, *args.more], args.attack_suffix)
     if args.mode == "defenses":
         defenses(args.folder, args.attack)
     elif args.mode == "repeats":

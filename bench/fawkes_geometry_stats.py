@@ -16,6 +16,16 @@ from __future__ import annotations
 import argparse
 
 
+def nearest_other_person(embeddings, owners, pool, pool_owners):
+    """Per row of `embeddings` (N, D): the distance to the nearest row of `pool` (M, D) whose owner differs
+    from its own (`owners` (N,), `pool_owners` (M,): numpy label arrays). A cloak whose embedding stays
+    nearer its clean photo than this is "weak": a 1-NN victim still matches them."""
+    import torch
+
+    other = torch.from_numpy(owners[:, None] != pool_owners[None, :])
+    return torch.cdist(embeddings, pool).masked_fill(~other, float("inf")).min(dim=1).values
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config")
@@ -47,12 +57,9 @@ def main() -> None:
     embedders = {n: create_embedder(n) for n in ("dlib-resnet29", "sface")}
     clean_embeddings = {n: emb.embed(clean, batch_size=32) for n, emb in embedders.items()}
     owner = np.concatenate([data.train.labels[data.train.rows_of(u)] for u in users])
-    other = torch.from_numpy(owner[:, None] != data.train.labels[None, :])  # (user images, all training images)
     everyone = data.train.images.float() / 255
-    nearest_other = {}  # per user image: distance to the nearest training photo of another person
-    for n, emb in embedders.items():
-        d = torch.cdist(clean_embeddings[n], emb.embed(everyone, batch_size=32))
-        nearest_other[n] = d.masked_fill(~other, float("inf")).min(dim=1).values
+    nearest_other = {n: nearest_other_person(clean_embeddings[n], owner, emb.embed(everyone, batch_size=32), data.train.labels)
+                     for n, emb in embedders.items()}  # per user image: distance to the nearest training photo of another person
     print(f"{len(users)} users, {len(paths)} training images (seed {seed}); median distance from a user's clean photo to "
           "the nearest training photo of another person: " + ", ".join(f"{n} {d.median():.3f}" for n, d in nearest_other.items()) + "\n")
     print("| attack | geometry | cap | DSSIM chip mean (max) | DSSIM 112 square mean (max) | PSNR dB | max change /255 | "

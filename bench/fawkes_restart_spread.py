@@ -49,6 +49,7 @@ def main() -> None:
 
     import torch
 
+    from fawkes_geometry_stats import nearest_other_person  # bench/ is on sys.path when this script runs
     from puface.attacks.cache import CloakCache
     from puface.attacks.fawkes import Fawkes
     from puface.data.loading import load_images
@@ -59,35 +60,29 @@ def main() -> None:
     seed = cfg.seeds[0] if args.seed is None else args.seed
     data, users = draw_users(cfg, resolve_data_root(args.data or cfg.data["root"]), seed)
     emb = create_embedder(args.surrogate)
-    everyone = emb.embed(data.train.images.float() / 255, batch_size=32)
-
-    def load(rows: list[int]):
-        paths = [data.train.paths[i] for i in rows]
-        x, kept, errors = load_images(paths, size=(150, 150))
-        assert not errors and len(kept) == len(paths)
-        clean = emb.embed(x)
-        other = torch.from_numpy(data.train.labels[rows][:, None] != data.train.labels[None, :])
-        nearest_other = torch.cdist(clean, everyone).masked_fill(~other, float("inf")).min(dim=1).values
-        return paths, x, clean, nearest_other
-
     rows = [i for u in users for i in data.train.rows_of(u)]
+    paths = [data.train.paths[i] for i in rows]
+    x, kept, errors = load_images(paths, size=(150, 150))
+    assert not errors and len(kept) == len(paths)
+    clean = emb.embed(x, batch_size=32)
+    everyone = emb.embed(data.train.images.float() / 255, batch_size=32)
+    nearest_other = nearest_other_person(clean, data.train.labels[rows], everyone, data.train.labels)
+
     if args.cached_weak:
-        paths, x, clean, nearest_other = load(rows)
         by_label = {a.label: a for a in cfg.attacks}
         spec = build_attack(by_label[args.cached_weak], seed, "cpu", 16)
         args.geometry, args.cap = spec.attack.settings.geometry, spec.attack.settings.cap  # re-run it as it was made
         cloaked, kept, errors = CloakCache(cached_only=True).cloak(spec.attack, paths, progress=False, size=(150, 150))
         assert not errors and len(kept) == len(paths)
         cached_shift = (emb.embed(cloaked, batch_size=32) - clean).norm(dim=1)
-        weak = (cached_shift < nearest_other).nonzero().flatten().tolist()
-        print(f"cached {args.cached_weak} (seed {seed}): {len(weak)} of {len(rows)} cloaks weak on {args.surrogate}: "
-              + ", ".join(f"{Path(paths[i]).name} (shift {cached_shift[i]:.2f})" for i in weak))
-        rows = [rows[i] for i in weak]
+        chosen = (cached_shift < nearest_other).nonzero().flatten().tolist()
+        print(f"cached {args.cached_weak} (seed {seed}): {len(chosen)} of {len(rows)} cloaks weak on {args.surrogate}: "
+              + ", ".join(f"{Path(paths[i]).name} (shift {cached_shift[i]:.2f})" for i in chosen))
     else:
-        rows = sorted(random.Random(args.sample_seed).sample(rows, args.images))
-    if not rows:
+        chosen = sorted(random.Random(args.sample_seed).sample(range(len(rows)), args.images), key=rows.__getitem__)
+    if not chosen:
         raise SystemExit("no photos to cloak")
-    paths, x, clean, nearest_other = load(rows)
+    paths, x, clean, nearest_other = [paths[i] for i in chosen], x[chosen], clean[chosen], nearest_other[chosen]
     seeds = [int(s) for s in args.attack_seeds.split(",")]
     threads = torch.get_num_threads()
 
@@ -96,8 +91,8 @@ def main() -> None:
         cloaked = attack.run(x, quantize_output=True).images
         return (emb.embed(cloaked) - clean).norm(dim=1)
 
-    chosen = f"weak in cached {args.cached_weak}" if args.cached_weak else f"sample seed {args.sample_seed}"
-    print(f"{len(paths)} photos of the seed-{seed} users ({chosen}), surrogate {args.surrogate}, "
+    picked = f"weak in cached {args.cached_weak}" if args.cached_weak else f"sample seed {args.sample_seed}"
+    print(f"{len(paths)} photos of the seed-{seed} users ({picked}), surrogate {args.surrogate}, "
           f"geometry {args.geometry}, cap {args.cap}, attack seeds {args.attack_seeds}, {threads} thread(s)\n")
     summary = []
     for mode in args.modes.split(","):

@@ -42,6 +42,34 @@ def test_cell_summary_defenses_one_attack_per_cell(tmp_path, capsys, monkeypatch
         mod.defenses(folder, "lowkey")
 
 
+def test_cell_summary_draws_keeps_cells_found_in_every_draw(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))  # it imports train_ablations
+    (tmp_path / "seed0").mkdir()
+    (tmp_path / "seed1").mkdir()
+    seed0 = _summary(tmp_path / "seed0", [
+        ("fawkes-mid-project", "sface", "nn", "none", "white-box", 0.9, 0.99),
+        ("fawkes-mid-project", "sface", "nn", "puface", "white-box", 0.05, 0.98),
+        ("fawkes-mid-sq-project", "sface", "nn", "none", "white-box", 1.0, 0.99),   # not in seed 1: left out
+        ("fawkes-mid-sq-project", "sface", "nn", "puface", "white-box", 0.0, 0.99),
+        ("fawkes-mid", "sface", "nn", "none", "white-box", 0.5, 0.99),              # no -project suffix: left out
+        ("fawkes-mid", "sface", "nn", "puface", "white-box", 0.0, 0.99),
+    ])
+    seed1 = _summary(tmp_path / "seed1", [
+        ("fawkes-mid-project", "sface", "nn", "none", "white-box", 1.0, 0.995),
+        ("fawkes-mid-project", "sface", "nn", "puface", "white-box", 0.0, 0.99),
+        ("fawkes-mid", "sface", "nn", "none", "white-box", 0.5, 0.99),
+        ("fawkes-mid", "sface", "nn", "puface", "white-box", 0.0, 0.99),
+    ])
+    mod = bench_module("cell_summary")
+    mod.draws([seed0, seed1], "-project")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| attack | victim | trainer | seed0 | seed1 | mean | PuFace, range over draws |"
+    assert lines[2:] == ["| fawkes-mid-project | sface | nn | **90.0** | 100.0 | 95.0 | 0.0-5.0 |", "",
+                         "normal accuracy 98.0-99.5%, no defense vs PuFace at most 1.00 points apart"]
+    with pytest.raises(SystemExit, match="no white-box cell"):
+        mod.draws([seed0, seed1], "-nothing")
+
+
 def _config(tmp_path: Path) -> Path:
     cfg = tmp_path / "grid.toml"
     cfg.write_text('extends = "demo.toml"\nname = "t"\n[users]\ncount = 2\n')
