@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from puface.align import FaceAligner, FaceDetector, align_adapter, extract_chip, feather_mask, paste_back
-from puface.imageio import read_image
+from puface.io.images import read_image
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -146,7 +146,7 @@ def part_protect(data: Path, n: int, mode: str, cache_dir: Path) -> dict:
 
     from puface.attacks import create_attack
     from puface.models.registry import create_embedder
-    from puface.pipeline import FileJob, LoadedImage, Outcome
+    from puface.io.jobs import FileJob, LoadedImage, Outcome
 
     torch.manual_seed(0)
     paths = lfw_sample(data, n, seed=3)
@@ -246,7 +246,7 @@ def main() -> int:
         res["paste"] = part_paste(args.data, 20)
         print(json.dumps({"paste": res["paste"]}, indent=1), flush=True)
     if "protect" in parts:
-        from puface.paths import cache_dir
+        from puface.utils.paths import cache_dir
 
         res["protect"] = part_protect(args.data, args.n, args.mode, args.cache or cache_dir("bench-align-cloaks"))
         print(json.dumps({"protect": res["protect"]}, indent=1), flush=True)

@@ -110,7 +110,7 @@ def conv_dssim(x, y):
     """Reference DSSIM: separable depthwise 11x11 Gaussian convolution, autograd (what a direct port does)."""
     import torch.nn.functional as F
 
-    from puface.attacks.ssim import gaussian_window
+    from puface.utils.metrics import gaussian_window
 
     g = gaussian_window().to(x)
     c = x.shape[1]
@@ -127,7 +127,7 @@ def conv_dssim(x, y):
 
 
 def part_ssim(args, paths):
-    from puface.attacks.ssim import ReferenceSSIM
+    from puface.utils.metrics import ReferenceSSIM
 
     x, _ = load_chips(paths[: args.batch_size])
     y = (x + 0.02 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)

@@ -38,7 +38,7 @@ ATTACKS = [  # full settings (not the cheaper ones the default purifier trained 
 
 def heldout_identities(weights: str | None) -> list[str]:
     """The purifier's held-out identities (from its checkpoint; before one exists, from the default config)."""
-    from puface.errors import PufaceError
+    from puface.utils.errors import PufaceError
     from puface.purifier import Purifier
 
     try:
@@ -51,8 +51,8 @@ def heldout_identities(weights: str | None) -> list[str]:
                           and sum(1 for _ in d.glob("*.jpg")) >= 10)
         return []
     except PufaceError:
-        from puface.purifier.config import load_config
-        from puface.purifier.data import folder_identity_split
+        from puface.training.config import load_config
+        from puface.training.data import folder_identity_split
 
         cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "purifier-default.toml")
         return folder_identity_split(cfg.data.root, seed=cfg.seed, heldout_min_images=cfg.data.heldout_min_images,
@@ -132,10 +132,10 @@ def quality(weights, n: int, min_n: int, n_natural: int) -> dict:
 
 
 def speed(weights, n: int, repeats: int = 3) -> dict:
-    from puface.imageio import write_image
-    from puface.pipeline import Outcome, plan_mirror, run_folder_job
+    from puface.io.images import write_image
+    from puface.io.jobs import Outcome, plan_mirror, run_folder_job
     from puface.purifier import Purifier
-    from puface.purifier.apply import purify_folder
+    from puface.purifier.model import purify_folder
 
     threads = torch.get_num_threads()
     p = Purifier.load(weights)

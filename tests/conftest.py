@@ -8,6 +8,18 @@ from pathlib import Path
 import pytest
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need a CUDA GPU: skip them (with the reason) where there is none."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def johns_dir() -> Path:
     """The 5 x 11 johns chips (150x150 JPEG), fetched once into the puface cache."""
@@ -21,11 +33,13 @@ def johns_images(johns_dir):
     """(paths, labels, images): the 55 johns chips as a float tensor (55, 3, 150, 150) in [0, 1]."""
     import torch
 
-    from puface.imageio import read_image, to_tensor
+    from puface.io.images import read_image
+
+    from puface.utils.images import image_to_tensor
 
     paths = sorted(johns_dir.glob("*/*.jpg"))
     labels = [p.parent.name for p in paths]
-    images = torch.stack([to_tensor(read_image(p)) for p in paths])
+    images = torch.stack([image_to_tensor(read_image(p)) for p in paths])
     return paths, labels, images
 
 

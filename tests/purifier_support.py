@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from puface.data.layout import stable_seed
+from puface.utils.seeding import stable_seed
 from puface.data.loading import load_images
 from puface.models.base import FaceEmbedder, InputNormalization
 

@@ -1,4 +1,4 @@
-"""Adaptive attacks: surrogates seen through a purifier (exact gradients, BPDA, EOT)."""
+"""Adaptive attacks: surrogates seen through a defense (exact gradients, BPDA, EOT)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from puface.attacks import create_attack
-from puface.attacks.adaptive import ThroughPurifier, through_purifier
+from puface.attacks.adaptive import ThroughDefense, through_defense
+from puface.defenses import ModuleDefense, PuFaceDefense
 from puface.attacks.surrogates import describe_surrogate
-from puface.errors import PufaceError
+from puface.utils.errors import PufaceError
 
 from test_fawkes import tiny_embedder  # noqa: E402  (seeded stand-in face model)
 
@@ -29,6 +30,11 @@ class BoxBlur(nn.Module):
         return self.conv(x).clamp(0, 1)
 
 
+def through(inner, module, **kw) -> ThroughDefense:
+    """`inner` seen through `module` wrapped as a defense named "puface"."""
+    return ThroughDefense(inner, ModuleDefense(module, "puface"), **kw)
+
+
 @pytest.fixture(scope="module")
 def faces(small_chips):
     return small_chips(step=11, count=4)
@@ -36,10 +42,10 @@ def faces(small_chips):
 
 def test_forward_is_embedding_of_purified(faces):
     inner, blur = tiny_embedder(), BoxBlur()
-    adaptive = ThroughPurifier(inner, blur)
+    adaptive = through(inner, blur)
     assert adaptive.name == "tiny|puface"
     torch.testing.assert_close(adaptive(faces), inner(blur(faces)))
-    bpda = ThroughPurifier(inner, blur, gradient="bpda")
+    bpda = through(inner, blur, gradient="bpda")
     assert bpda.name == "tiny|puface-bpda"
     torch.testing.assert_close(bpda(faces), inner(blur(faces)))
 
@@ -54,30 +60,30 @@ def test_exact_and_bpda_gradients(faces):
         return x.grad
 
     x = faces[:1]
-    exact = grad_of(ThroughPurifier(inner, blur), x)
+    exact = grad_of(through(inner, blur), x)
     torch.testing.assert_close(exact, grad_of(nn.Sequential(blur, inner), x))
     # BPDA: the gradient of the embedder at P(x), passed straight through P
-    bpda = grad_of(ThroughPurifier(inner, blur, gradient="bpda"), x)
+    bpda = grad_of(through(inner, blur, gradient="bpda"), x)
     torch.testing.assert_close(bpda, grad_of(inner, blur(x).detach()))
     assert not torch.allclose(bpda, exact)
 
 
 def test_eot_noise_randomises_and_validates(faces):
-    adaptive = ThroughPurifier(tiny_embedder(), BoxBlur(), eot_noise=0.05)
+    adaptive = through(tiny_embedder(), BoxBlur(), eot_noise=0.05)
     assert adaptive.name.endswith("-eot0.05")
     assert not torch.allclose(adaptive(faces), adaptive(faces))
     with pytest.raises(PufaceError, match="gradient"):
-        ThroughPurifier(tiny_embedder(), BoxBlur(), gradient="magic")
+        through(tiny_embedder(), BoxBlur(), gradient="magic")
     with pytest.raises(PufaceError, match="eot_noise"):
-        ThroughPurifier(tiny_embedder(), BoxBlur(), eot_noise=-1)
+        through(tiny_embedder(), BoxBlur(), eot_noise=-1)
 
 
 def test_purifier_weights_are_in_the_fingerprint():
-    a = describe_surrogate(ThroughPurifier(tiny_embedder(), BoxBlur()))
+    a = describe_surrogate(through(tiny_embedder(), BoxBlur()))
     blur2 = BoxBlur()
     with torch.no_grad():
         blur2.conv.weight.mul_(0.9)
-    b = describe_surrogate(ThroughPurifier(tiny_embedder(), blur2))
+    b = describe_surrogate(through(tiny_embedder(), blur2))
     assert a["name"] == b["name"] and a["weights_sha256_16"] != b["weights_sha256_16"]
 
 
@@ -87,7 +93,7 @@ def test_adaptive_fawkes_survives_the_purifier_it_was_optimised_through(faces):
     inner, blur = tiny_embedder(), BoxBlur()
     kw = dict(mode="custom", th=0.02, steps=30, lr=15.0, seed=0, device="cpu")
     plain = create_attack("fawkes", embedders=[inner], **kw)(faces)
-    adaptive = create_attack("fawkes", embedders=[ThroughPurifier(tiny_embedder(), blur)], **kw)(faces)
+    adaptive = create_attack("fawkes", embedders=[through(tiny_embedder(), blur)], **kw)(faces)
     for c in (plain, adaptive):
         assert (c - faces).abs().max() <= 15 / 255 + 1e-5
     with torch.no_grad():
@@ -99,35 +105,39 @@ def test_adaptive_fawkes_survives_the_purifier_it_was_optimised_through(faces):
 
 
 def test_experiment_config_builds_an_adaptive_attack(tmp_path):
-    from puface.experiments import AttackEntry, build_attack
-    from puface.purifier.apply import Purifier
+    from puface.experiments import AttackEntry
+    from puface.experiments.build import build_attack
+    from puface.purifier.model import Purifier
 
     ckpt = Purifier({"channels": 4, "depth": 2, "downsample": 1}).save(tmp_path / "p.safetensors")
     entry = AttackEntry(label="fawkes-adaptive", name="fawkes", mode="low", embedders=["dlib-resnet29"],
                         params={"through": str(ckpt), "gradient": "bpda"})
     spec = build_attack(entry, seed=0, device="cpu", cloak_batch_size=4)
-    assert [s.name for s in spec.attack.surrogates] == ["dlib-resnet29|puface-bpda"]
+    assert [s.name for s in spec.attack.surrogates] == ["dlib-resnet29|puface-p-bpda"]
     assert spec.surrogates == ("dlib-resnet29",)
     with pytest.raises(PufaceError, match="must name its embedders"):
         build_attack(AttackEntry(label="x", name="fawkes", mode="low", embedders=None, params={"through": "default"}),
                      seed=0, device="cpu", cloak_batch_size=4)
 
 
-def test_through_purifier_loads_names_and_checkpoints(tmp_path):
-    from puface.purifier.apply import Purifier
+def test_through_defense_loads_names_checkpoints_and_specs(tmp_path):
+    from puface.purifier.model import Purifier
 
     ckpt = Purifier({"channels": 4, "depth": 2, "downsample": 0}).save(tmp_path / "p.pt")
-    (wrapped,) = through_purifier(["dlib-resnet29"], str(ckpt))
-    assert isinstance(wrapped.purifier, Purifier) and wrapped.embedding_dim == 128
+    (wrapped,) = through_defense(["dlib-resnet29"], str(ckpt))
+    assert isinstance(wrapped.defense, PuFaceDefense) and isinstance(wrapped.defense_net, Purifier)
+    assert wrapped.name == "dlib-resnet29|puface-p" and wrapped.embedding_dim == 128
+    (blurred,) = through_defense(["dlib-resnet29"], "blur:sigma=1", gradient="bpda")  # any defense spec
+    assert blurred.name == "dlib-resnet29|blur-s1-bpda"
 
 
 def test_purifier_training_makes_cloaks_through_a_purifier(johns_dir, tmp_path):
-    """An adaptive spec in a purifier-training config (bench/train_ablations.py's `adaptive` variant)
+    """An adaptive spec in a purifier-training config (tools/train_ablations.py's `adaptive` variant)
     cloaks through the purifier, caches under its own key, and rejects adaptive knobs without `through`."""
     import json
 
-    from puface.purifier.apply import Purifier
-    from puface.purifier.data import cloak_with_cache
+    from puface.purifier.model import Purifier
+    from puface.training.data import cloak_with_cache
 
     ckpt = Purifier({"channels": 4, "depth": 2, "downsample": 1}).save(tmp_path / "p.safetensors")
     paths = sorted(johns_dir.glob("*/*.jpg"))[:2]
@@ -145,14 +155,14 @@ def test_purifier_training_makes_cloaks_through_a_purifier(johns_dir, tmp_path):
 
 
 def test_purifier_config_drops_and_adds_attacks():
-    from puface.errors import ConfigError
-    from puface.purifier.config import load_config
-    from puface.purifier.data import attack_label
+    from puface.utils.errors import ConfigError
+    from puface.training.config import load_config
+    from puface.attacks import attack_label
 
-    path = Path(__file__).resolve().parents[1] / "configs" / "purifier-default.toml"
+    path = "default"
     base = [attack_label(a) for a in load_config(path).attacks]
     extra = {"label": "adaptive", "name": "fawkes", "mode": "high", "embedders": ["dlib-resnet29"], "through": "default"}
     cfg = load_config(path, drop_attacks=["lowkey", "lowkey-ensemble"], add_attacks=[extra])
     assert [attack_label(a) for a in cfg.attacks] == [b for b in base if b not in ("lowkey", "lowkey-ensemble")] + ["adaptive"]
-    with pytest.raises(ConfigError, match="no attack labelled 'lowkey-typo'.*fawkes-high"):
+    with pytest.raises(ConfigError, match="'lowkey-typo', not among its attacks.*fawkes-high"):
         load_config(path, drop_attacks=["lowkey-typo"])

@@ -13,8 +13,8 @@ pytest.importorskip("dlib")
 
 from puface.align import FaceAligner, FaceDetector, align_adapter, extract_chip, feather_mask  # noqa: E402
 from puface.align.geometry import apply_affine  # noqa: E402
-from puface.errors import PufaceError  # noqa: E402
-from puface.pipeline import FileJob, LoadedImage, Outcome, load_for_job, plan_mirror, run_folder_job  # noqa: E402
+from puface.utils.errors import PufaceError  # noqa: E402
+from puface.io.jobs import FileJob, LoadedImage, Outcome, load_for_job, plan_mirror, run_folder_job  # noqa: E402
 
 from test_align_support import embed_chip  # noqa: E402
 
@@ -192,7 +192,7 @@ def test_missing_dlib_gives_a_clear_error(monkeypatch):
     import builtins
 
     from puface.align import detect
-    from puface.errors import MissingDependencyError
+    from puface.utils.errors import MissingDependencyError
 
     real = builtins.__import__
 

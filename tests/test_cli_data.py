@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from puface.cli import main
-from puface.imageio import write_image
+from puface.io.images import write_image
 
 
 def run(argv, capsys):

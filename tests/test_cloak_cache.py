@@ -11,7 +11,8 @@ from torch import nn
 
 from puface.attacks.cache import CloakCache
 from puface.attacks.fawkes import Fawkes
-from puface.imageio import read_image, to_tensor
+from puface.io.images import read_image
+from puface.utils.images import image_to_tensor
 from puface.models.base import FaceEmbedder, InputNormalization
 
 
@@ -67,7 +68,7 @@ def test_computes_once_then_reuses(files, tmp_path):
     assert Counting.calls == 6 and cache.cached_count(atk) == 6
     assert (cache.attack_dir(atk) / "config.json").is_file()
     # the cached PNG holds exactly what was returned (8-bit grid, lossless)
-    clean = torch.stack([to_tensor(read_image(p)) for p in paths])
+    clean = torch.stack([image_to_tensor(read_image(p)) for p in paths])
     direct = atk.run(clean, quantize_output=True).images
     assert torch.equal(x, direct)
     # a new cache object (another experiment) reuses every file
@@ -95,7 +96,7 @@ def test_key_depends_on_config_and_content(files, tmp_path):
     assert Counting.calls == 0
     img = read_image(paths[1]).copy()
     img[0, 0] = 255 - img[0, 0]
-    from puface.imageio import write_image
+    from puface.io.images import write_image
 
     write_image(tmp_path / "edited.png", img)
     cache.cloak(a3, [tmp_path / "edited.png"], progress=False)
@@ -154,7 +155,7 @@ def test_targeted_keys_include_the_target(files, tmp_path):
 
 
 def test_cached_only_refuses_to_make_cloaks_and_records_files(files, tmp_path):
-    from puface.errors import CloakNotCachedError
+    from puface.utils.errors import CloakNotCachedError
 
     paths, _ = files
     atk = attack()

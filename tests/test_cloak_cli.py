@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from puface.cli import main
-from puface.imageio import read_image
+from puface.io.images import read_image
 
 
 # many small tensor ops: one torch thread (see conftest.one_torch_thread)
@@ -165,7 +165,7 @@ def test_every_option_has_help(capsys):
 def test_align_cloaks_the_face_of_a_photo_and_skips_photos_without_one(johns_dir, tmp_path, capsys, dlib_available):
     pytest.importorskip("puface.align")
     pytest.importorskip("dlib")
-    from puface.imageio import write_image
+    from puface.io.images import write_image
 
     chip = read_image(sorted(johns_dir.glob("*/*.jpg"))[0])
     photo = np.full((320, 300, 3), 128, np.uint8)
@@ -186,7 +186,7 @@ def test_align_cloaks_the_face_of_a_photo_and_skips_photos_without_one(johns_dir
 
 
 def test_through_purifier_is_an_adaptive_cloak(tree, tmp_path, capsys, dlib_available):
-    from puface.purifier.apply import Purifier
+    from puface.purifier.model import Purifier
 
     ckpt = Purifier({"channels": 4, "depth": 2, "downsample": 1}).save(tmp_path / "p.safetensors")
     out = tmp_path / "out"
@@ -194,7 +194,7 @@ def test_through_purifier_is_an_adaptive_cloak(tree, tmp_path, capsys, dlib_avai
     assert code == 0, err
     assert len(outputs(out)) == 4
     cfg = json.loads((out / "cloak_config.json").read_text())
-    assert cfg["attack"]["surrogates"][0]["name"] == "dlib-resnet29|puface-bpda"
+    assert cfg["attack"]["surrogates"][0]["name"] == "dlib-resnet29|puface-p-bpda"
     code, _, err = run(["cloak", "--mode", "custom", "--steps", "3", "--through-purifier", "default", str(tree),
                         str(tmp_path / "x")], capsys)
     assert code == 2 and "--surrogate" in err and "Traceback" not in err

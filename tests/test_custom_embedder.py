@@ -12,7 +12,7 @@ from torch import nn
 
 onnx = pytest.importorskip("onnx")
 
-from puface.errors import ConfigError, PufaceError  # noqa: E402
+from puface.utils.errors import ConfigError, PufaceError  # noqa: E402
 from puface.models import InputNormalization, load_embedder  # noqa: E402
 from puface.models.custom import CustomModelError  # noqa: E402
 from puface.models.onnx_import import UnsupportedOperatorError  # noqa: E402

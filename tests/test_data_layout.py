@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from puface.data.layout import list_image_files, scan_identities
+from puface.data.layout import scan_identities
+from puface.io.files import list_image_files
 from puface.data.split import split_counts, split_dataset, split_identities
-from puface.errors import PufaceError
-from puface.imageio import write_image
+from puface.utils.errors import PufaceError
+from puface.io.images import write_image
 
 
 def _img(path: Path) -> Path:

@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from puface.defenses import (
-    Compose,
-    as_defense,
-    create_defense,
-    list_defenses,
-    parse_defense,
-)
-from puface.errors import ConfigError, PufaceError
+from puface.defenses import Compose, create_defense, list_defenses
+from puface.utils.errors import ConfigError, PufaceError
 
 PIXEL_DEFENSES = {
     "none": {},
@@ -101,16 +95,16 @@ def test_compose_is_sequential_and_flat(faces):
     a, b = create_defense("blur", sigma=1), create_defense("bitdepth", bits=5)
     c = a + b
     assert isinstance(c, Compose) and torch.equal(c(faces), b(a(faces)))
-    parsed = parse_defense("blur:sigma=1+bitdepth:bits=5")
+    parsed = create_defense("blur:sigma=1+bitdepth:bits=5")
     assert parsed.name == "blur-s1+bitdepth-5" == c.name
     assert torch.equal(parsed(faces), c(faces))
     nested = create_defense("compose", steps=[c, "jpeg:quality=80"])
     assert [s.kind for s in nested.steps] == ["blur", "bitdepth", "jpeg"]
-    assert as_defense({"name": "compose", "steps": ["none", {"name": "median", "size": 5}]}).name == "none+median-5"
+    assert create_defense({"name": "compose", "steps": ["none", {"name": "median", "size": 5}]}).name == "none+median-5"
 
 
 def test_cache_key_follows_the_settings():
-    assert create_defense("jpeg", quality=75).cache_key == parse_defense("jpeg:quality=75").cache_key
+    assert create_defense("jpeg", quality=75).cache_key == create_defense("jpeg:quality=75").cache_key
     assert create_defense("jpeg", quality=75).cache_key != create_defense("jpeg", quality=76).cache_key
     assert create_defense("noise", seed=1).cache_key != create_defense("noise", seed=2).cache_key
 
@@ -131,7 +125,7 @@ def test_cache_key_follows_the_settings():
 )
 def test_bad_specs_are_clear_errors(spec, message):
     with pytest.raises(PufaceError, match=message):
-        parse_defense(spec)
+        create_defense(spec)
 
 
 def test_bad_input_is_rejected():

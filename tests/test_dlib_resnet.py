@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from puface.errors import PufaceError
+from puface.utils.errors import PufaceError
 from puface.models import create_embedder, list_embedders
 from puface.models.dlib_format import DlibFormatError, read_dlib_dnn
 from puface.models.dlib_resnet import DlibResNet29, add_prev, expected_layout, model_path, state_dict_from_dlib

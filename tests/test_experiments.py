@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 
 from evaluation_helpers import EXPERIMENT_COLOURS_TOML, register_standins, write_colour_faces
-from puface.errors import ConfigError, PufaceError
-from puface.experiments import ExperimentConfig, load_config, packaged_config, packaged_config_names, run_experiment
+from puface.experiments import ExperimentConfig, load_config, run_experiment
+from puface.utils.errors import ConfigError, PufaceError
+from puface.utils.tomlconfig import extends_chain, packaged_config, packaged_config_names
 
 REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = packaged_config_names("experiment")
+RECIPES = packaged_config_names("purifier")
 
 GRID_TOML = """
 name = "grid"
@@ -63,11 +66,11 @@ name = "blur:sigma=1+bitdepth:bits=5"
 """
 
 
-def bench_module(name: str):
-    """bench/<name>.py imported as a module (bench/ is not a package)."""
+def tools_module(name: str):
+    """tools/<name>.py imported as a module (tools/ is not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -106,7 +109,7 @@ def test_grid_expands_as_written(tmp_path):
         (lambda t: t.replace('name = "none"\n\n[[attacks]]', 'name = "none"\nmode = "x"\n\n[[attacks]]', 1), "takes no settings"),
         (lambda t: t.replace("quality = 60", "quality = 600"), "quality"),
         (lambda t: "bogus = 1\n" + t, "unknown option"),
-        (lambda t: t + "\nbogus = 1\n", "give parameters inside the spec"),
+        (lambda t: t + "\nbogus = 1\n", "give options inside the spec string"),
         (lambda t: t.replace("seeds = [0, 1]", "seeds = [0, 1"), "not valid TOML"),
         (lambda t: t.replace('victims = ["dlib-resnet29"]', 'victims = ["arcface"]'), "names victims not in"),
     ],
@@ -122,19 +125,22 @@ def test_missing_config_file(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["demo", "lfw", "paper"])
-def test_committed_configs_parse_and_match_the_packaged_copies(name):
-    repo_copy = REPO / "configs" / f"{name}.toml"
-    cfg = load_config(repo_copy)
-    assert cfg.grid()
-    packaged = packaged_config(name)
-    assert packaged is not None and name in packaged_config_names()
-    assert packaged.read_text() == repo_copy.read_text(), f"src/puface/configs/{name}.toml differs from configs/{name}.toml"
+def test_the_main_configs_are_packaged_and_name_no_machine_path(name):
+    cfg = load_config(name)  # found by name, inside the package
+    assert cfg.grid() and cfg.source == packaged_config(name)
     labels = [d.label for d in cfg.defenses]
     assert "none" in labels and any(lab.startswith("puface") for lab in labels)
+    assert not Path(str(cfg.data["root"])).is_absolute()  # a data set name or "johns", never a machine's path
+
+
+def test_a_config_path_still_works(tmp_path):
+    p = tmp_path / "mine.toml"
+    p.write_text(packaged_config("demo").read_text())
+    assert load_config(p).grid() == load_config("demo").grid()
 
 
 def test_lfw_config_is_the_benchmark():
-    cfg = load_config(REPO / "configs" / "lfw.toml")
+    cfg = load_config("lfw")
     assert cfg.data["min_images"] >= 10 and cfg.data["max_per_identity"]
     assert (cfg.users.get("count") or 0) >= 20 and not cfg.users["allow_purifier_identities"]
     assert {"nn", "linear"} <= {t.name for t in cfg.trainers}
@@ -243,14 +249,17 @@ def test_cli_reproduce_evaluate_and_errors(tmp_path, monkeypatch, capsys):
     assert saved_cfg.seeds == [3, 4] and saved_cfg.data["root"] == str(root)
     assert (tmp_path / "r" / "config.toml").read_text() == cfg.read_text()  # no override: the file itself, comments kept
 
-    # bench/headline.py pools folders of the same grid run with other seeds, and refuses overlapping seeds
-    headline = bench_module("headline")
+    # `puface report headline` pools folders of the same grid run with other seeds, and refuses overlapping seeds
+    from puface.evaluation.summaries import load_pooled
+
     assert main(["reproduce", str(cfg), "--seed", "5", "--out", str(tmp_path / "r5"), "--no-progress"]) == 0
     capsys.readouterr()
-    pooled = headline.load_pooled([tmp_path / "r34", tmp_path / "r5"])
+    pooled = load_pooled([tmp_path / "r34", tmp_path / "r5"])
     assert pooled and {(r["seeds"], r["n"]) for r in pooled} == {(3, 6)}  # 2 users x 3 seeds per cell
-    with pytest.raises(SystemExit, match="seed 3 is also"):
-        headline.load_pooled([tmp_path / "r34", tmp_path / "r34"])
+    with pytest.raises(PufaceError, match="seed 3 is also"):
+        load_pooled([tmp_path / "r34", tmp_path / "r34"])
+    assert main(["report", "headline", str(tmp_path / "r34"), str(tmp_path / "r5")]) == 0
+    assert "| checker | test-colour-texture | nn | white-box | 100.0 |" in capsys.readouterr().out
 
     saved = tmp_path / "saved.toml"
     args = ["evaluate", "--data", str(root), "--users", "2", "--image-size", "32", "--victim", STANDIN_EMBEDDER,
@@ -270,22 +279,23 @@ def test_cli_reproduce_evaluate_and_errors(tmp_path, monkeypatch, capsys):
     assert "missing" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "configs").glob("*.toml") if not p.name.startswith("purifier")))
-def test_every_experiment_config_in_the_repo_parses(path):
-    from puface.experiments import to_toml, tomllib
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_packaged_experiment_config_parses(name):
+    from puface.utils.tomlconfig import to_toml, tomllib
 
-    cfg = load_config(REPO / "configs" / path)
-    assert cfg.grid(), path
+    cfg = load_config(name)
+    assert cfg.grid(), name
     assert tomllib.loads(to_toml(cfg.raw)) == cfg.raw  # what a run writes as config.toml after overrides
+    assert "/work/" not in packaged_config(name).read_text() and "/root/" not in packaged_config(name).read_text()
 
 
-@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO / "configs")) for p in (REPO / "configs").rglob("purifier*.toml"))
-                         + sorted(str(p.relative_to(REPO / "configs")) for p in (REPO / "configs" / "purifier").glob("*.toml")))
-def test_every_purifier_config_in_the_repo_parses(path):
-    from puface.purifier.config import load_config as load_purifier_config
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_packaged_purifier_recipe_parses(name):
+    from puface.training.config import load_config as load_purifier_config
 
-    cfg = load_purifier_config(REPO / "configs" / path)
-    assert cfg.attacks, path
+    cfg = load_purifier_config(name)
+    assert cfg.attacks and cfg.data.root == "lfw-chips150", name
+    assert "/work/" not in packaged_config(name, "purifier").read_text()
 
 
 def _tiny_purifier(seed: int):
@@ -304,7 +314,7 @@ def _tiny_purifier(seed: int):
 def test_retrained_weights_behind_the_same_config_do_not_resume(tmp_path):
     """Same config text, different purifier file: the results fingerprint changes (so a run folder made
     with the old weights is not resumed with the new ones); same file: it does not."""
-    from puface.experiments import build_defense, results_fingerprint
+    from puface.experiments.build import build_defense, results_fingerprint
 
     weights = tmp_path / "p.safetensors"
     _tiny_purifier(0).save(weights)
@@ -342,33 +352,26 @@ weights = "{weights}"
 
 
 def test_the_ablation_grids_shipped_rows_config_is_that_grid_without_the_ablation_purifiers():
-    """configs/lfw-ablations-shipped.toml copies configs/lfw-ablations.toml's grid: the copy must not drift."""
-    full = load_config(REPO / "configs" / "lfw-ablations.toml")
-    shipped = load_config(REPO / "configs" / "lfw-ablations-shipped.toml")
+    """lfw-ablations-shipped copies lfw-ablations' grid: the copy must not drift."""
+    full, shipped = load_config("lfw-ablations"), load_config("lfw-ablations-shipped")
     for field in ("seeds", "data", "users", "attacks", "victims", "trainers", "run"):
         assert getattr(shipped, field) == getattr(full, field), field
     assert shipped.defenses == full.defenses[:2]
     assert [d.label for d in shipped.defenses] == ["none", "shipped"]
 
 
-def test_the_ablation_grid_names_purifiers_that_bench_train_ablations_trains():
-    """Every ablation row of configs/lfw-ablations.toml and every v6 candidate is a variant of
-    bench/train_ablations.py, every variant is in one of them, and the adversarially trained purifier of
-    configs/lfw-adaptive-trained.toml is its `adaptive` variant."""
-    mod = bench_module("train_ablations")
-    full = load_config(REPO / "configs" / "lfw-ablations.toml")
+def test_the_ablation_grid_names_purifiers_that_tools_train_ablations_trains():
+    """Every ablation row of lfw-ablations is a variant of tools/train_ablations.py, and the adversarially
+    trained purifier of lfw-adaptive-trained is its `adaptive` variant."""
+    mod = tools_module("train_ablations")
+    full = load_config("lfw-ablations")
     rows = {d.label: d.spec.get("weights") for d in full.defenses[2:]}
     cpu = {label.removesuffix("-cpu") for label, w in rows.items() if w.startswith("runs/ablation-v4-cpu/")}
     rows = {label: w for label, w in rows.items() if not label.endswith("-cpu")}
     assert rows and all(w == f"runs/ablation-v4/{label}/best.safetensors" for label, w in rows.items()), rows
     assert cpu <= set(rows)  # CPU-trained copies of GPU-trained rows
-    # the v6 candidates (bench/gpu_v6.sh) add the variants the ablation grid does not compare
-    v6 = load_config(REPO / "bench" / "results" / "v6-candidates" / "ens-v6-candidates.toml")
-    v6_rows = {d.label.removeprefix("v6-") for d in v6.defenses if d.label.startswith("v6-")}
-    assert all(d.spec.get("weights") == f"/work/main/runs/v6-gpu/{d.label.removeprefix('v6-')}/best.safetensors"
-               for d in v6.defenses if d.label.startswith("v6-"))
-    assert {mod.split_name(r)[0] for r in set(rows) | v6_rows} | {"adaptive"} == set(mod.VARIANTS)
-    adaptive = load_config(REPO / "configs" / "lfw-adaptive-trained.toml")
+    assert {mod.split_name(r)[0] for r in rows} <= set(mod.VARIANTS)
+    adaptive = load_config("lfw-adaptive-trained")
     assert {d.spec.get("weights") for d in adaptive.defenses if isinstance(d.spec, dict)} >= {"runs/ablation-v4/adaptive/best.safetensors"}
 
 
@@ -400,7 +403,7 @@ def test_extends_merges_tables_replaces_lists_and_keeps_its_own_name(tmp_path):
 
 def test_extends_a_packaged_config_by_name(tmp_path):
     cfg = parse('extends = "lfw"\nname = "small"\n[users]\ncount = 3\n', tmp_path)
-    lfw = load_config(packaged_config("lfw"))
+    lfw = load_config("lfw")
     assert cfg.attacks == lfw.attacks and cfg.data == lfw.data and cfg.users["count"] == 3
     assert cfg.description == "" and cfg.name == "small"
 
@@ -408,9 +411,9 @@ def test_extends_a_packaged_config_by_name(tmp_path):
 @pytest.mark.parametrize(
     "files, message",
     [
-        ({"c.toml": 'extends = "nowhere.toml"\n'}, "nowhere.toml.*neither a file next to it"),
+        ({"c.toml": 'extends = "nowhere.toml"\n'}, "nowhere.toml: config file not found .named in .*c.toml"),
         ({"c.toml": 'extends = "d.toml"\n', "d.toml": 'extends = "c.toml"\n'}, "round in a circle"),
-        ({"c.toml": 'extends = 3\n'}, "extends must be a config file name"),
+        ({"c.toml": 'extends = 3\n'}, "extends must be a config file or name"),
         ({"c.toml": 'extends = "d.toml"\n', "d.toml": "seeds = [0\n"}, "d.toml: not valid TOML"),
         ({"c.toml": 'extends = "grid.toml"\n[users]\ncuont = 1\n', "grid.toml": GRID_TOML}, "unknown option"),
     ],
@@ -444,24 +447,49 @@ def test_a_run_of_an_extending_config_saves_it_resolved(tmp_path):
 
 
 def test_the_lfw_family_extends_the_main_grid():
-    """Every configs/lfw-*.toml starts from configs/lfw.toml (directly or through another), so the data
-    and split they share are written once."""
-    from puface.experiments import _extends_chain
-
-    lfw = load_config(REPO / "configs" / "lfw.toml")
-    for p in sorted((REPO / "configs").glob("lfw-*.toml")):
-        chain = _extends_chain(p)
-        assert chain[-1][0].name == "lfw.toml", p
-        cfg = load_config(p)
-        assert cfg.data == lfw.data and cfg.seeds == lfw.seeds and cfg.name == p.stem, p
+    """Every packaged lfw-* config starts from lfw (directly or through another), so the data and split
+    they share are written once."""
+    lfw = load_config("lfw")
+    for name in [n for n in EXPERIMENTS if n.startswith("lfw-")]:
+        chain = extends_chain(packaged_config(name))
+        assert chain[-1][0].name == "lfw.toml", name
+        cfg = load_config(name)
+        assert cfg.data == lfw.data and cfg.seeds == lfw.seeds and cfg.name == name, name
 
 
-def test_repeat_suffixes_split_off_known_variants_or_any_label():
-    """bench/train_ablations.split_name: "k1-s2" is variant k1 with train.seed 2; with known=None (how
-    bench/cell_summary.py groups a grid's defenses) any label's -sN suffix splits, other -s... do not."""
-    mod = bench_module("train_ablations")
+def test_recipe_suffixes_split_off_repeats():
+    """tools/train_ablations.split_name: "k1-s2" is variant k1 with train.seed 2; any label's -sN suffix is
+    a repeat for `puface report cells repeats` (evaluation.summaries.recipe_of); other -s... are not."""
+    from puface.evaluation.summaries import recipe_of
+
+    mod = tools_module("train_ablations")
     assert mod.split_name("k1-s2") == ("k1", 2) and mod.split_name("k1") == ("k1", None)
-    assert mod.split_name("mine-s3") == ("mine-s3", None)  # not a variant here
-    assert mod.split_name("mine-s3", known=None) == ("mine", 3)
-    assert mod.split_name("fawkes-high-sface", known=None) == ("fawkes-high-sface", None)
-    assert mod.split_name("-s1", known=None) == ("-s1", None)
+    assert mod.split_name("mine-s3") == ("mine-s3", None)  # not a variant there
+    assert recipe_of("mine-s3") == "mine" and recipe_of("fawkes-high-sface") == "fawkes-high-sface"
+    assert recipe_of("-s1") == "-s1"
+
+
+def test_list_edits_drop_and_add_entries_of_the_parent(tmp_path):
+    parse(GRID_TOML, tmp_path, "grid.toml")
+    child = parse('extends = "grid.toml"\ndrop_attacks = ["lowkey-2"]\ndrop_defenses = ["jpeg-q60"]\n'
+                  '[[add_attacks]]\nname = "fawkes"\nmode = "low"\nembedders = ["dlib-resnet29"]\n', tmp_path, "edit.toml")
+    assert [a.label for a in child.attacks] == ["clean", "fawkes-high", "fawkes-low"]
+    assert [d.label for d in child.defenses] == ["none", "blur-s1+bitdepth-5"]
+    with pytest.raises(ConfigError, match="drop_attacks names 'nope', not among its attacks .clean, fawkes-high"):
+        parse('extends = "grid.toml"\ndrop_attacks = ["nope"]\n', tmp_path, "bad.toml")
+
+
+def test_data_root_comes_from_a_folder_puface_data_or_says_how_to_get_it(tmp_path, monkeypatch):
+    from puface.data.datasets import resolve_data_root
+
+    (tmp_path / "sets" / "lfw-chips150").mkdir(parents=True)
+    monkeypatch.delenv("PUFACE_DATA", raising=False)
+    with pytest.raises(PufaceError, match="data set 'lfw-chips150' not found.*PUFACE_DATA .not set.*puface align"):
+        resolve_data_root("lfw-chips150")
+    monkeypatch.setenv("PUFACE_DATA", str(tmp_path / "sets"))
+    assert resolve_data_root("lfw-chips150") == tmp_path / "sets" / "lfw-chips150"
+    assert resolve_data_root(tmp_path / "sets") == tmp_path / "sets"  # a folder is a folder
+    with pytest.raises(PufaceError, match="somewhere: data folder not found"):
+        resolve_data_root("somewhere")
+    with pytest.raises(PufaceError, match="no data given"):
+        resolve_data_root("")

@@ -12,7 +12,7 @@ from torch import nn
 from puface.attacks import create_attack, list_attacks
 from puface.attacks.fawkes import MODES, Fawkes, KerasAdadelta, _adapt_const_diff
 from puface.attacks.targets import TargetPool
-from puface.errors import ConfigError
+from puface.utils.errors import ConfigError
 from puface.models.base import FaceEmbedder, InputNormalization
 
 
@@ -226,19 +226,19 @@ def test_real_surrogate_moves_far_more_than_noise(johns_images):
 
 
 def test_quantize_matches_decoding_the_saved_png():
-    from puface.attacks.base import quantize
-    from puface.imageio import to_tensor, to_uint8
+    from puface.utils.images import quantize
+    from puface.utils.images import image_to_tensor, tensor_to_image
 
     x = torch.rand(2, 3, 17, 19)
     q = quantize(x)
-    assert torch.equal(q, torch.stack([to_tensor(to_uint8(t)) for t in x]))
+    assert torch.equal(q, torch.stack([image_to_tensor(tensor_to_image(t)) for t in x]))
     assert (q * 255 - (x * 255).round()).abs().max() < 1e-4
 
 
 def test_8bit_outputs_are_brought_back_under_the_budget(faces):
-    from puface.attacks.base import quantize
+    from puface.utils.images import quantize
     from puface.attacks.fawkes import _budget_guard
-    from puface.attacks.ssim import dssim
+    from puface.utils.metrics import dssim
 
     g = torch.Generator().manual_seed(0)
     out = (faces + (torch.rand(faces.shape, generator=g) - 0.5) * 0.06).clamp(0, 1)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from puface.attacks.fawkes import MODES, TANH_CONSTANT, Fawkes, _project_into_cap
-from puface.errors import ConfigError
+from puface.utils.errors import ConfigError
 
 from test_fawkes import tiny_embedder
 

@@ -7,8 +7,8 @@ import torch
 
 from puface.attacks.fawkes import MODES, Fawkes
 from puface.attacks.fawkes_geometry import SquareView, make_view
-from puface.attacks.ssim import dssim
-from puface.errors import ConfigError
+from puface.utils.metrics import dssim
+from puface.utils.errors import ConfigError
 
 from test_fawkes import tiny_embedder
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from puface.errors import ImageReadError, ImageWriteError
-from puface.imageio import read_image, to_tensor, to_uint8, write_image
+from puface.utils.errors import ImageReadError, ImageWriteError
+from puface.io.images import read_image, write_image
+from puface.utils.images import image_to_tensor, tensor_to_image
 
 
 def _save(im: Image.Image, path: Path, **kw) -> Path:
@@ -144,7 +145,7 @@ def test_write_is_atomic_and_leaves_no_temp(tmp_path, monkeypatch):
     write_image(p, np.zeros((5, 5, 3), np.uint8))
     before = p.read_bytes()
 
-    import puface.imageio as io_mod
+    import puface.io.images as io_mod
 
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
@@ -170,6 +171,6 @@ def test_unsupported_output_extension(tmp_path):
 
 def test_tensor_conversions_roundtrip():
     a = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10
-    t = to_tensor(a)
+    t = image_to_tensor(a)
     assert t.shape == (3, 2, 3) and float(t.max()) <= 1.0
-    assert np.array_equal(to_uint8(t), a)
+    assert np.array_equal(tensor_to_image(t), a)

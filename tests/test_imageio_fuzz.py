@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from puface.errors import ImageReadError
-from puface.imageio import open_image
+from puface.utils.errors import ImageReadError
+from puface.io.images import open_image
 
 
 def _valid(fmt: str) -> bytes:

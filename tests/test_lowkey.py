@@ -12,9 +12,9 @@ from torch import nn
 
 from puface.attacks import create_attack
 from puface.attacks.lowkey import LowKey, LowKeySettings
-from puface.attacks.smoothing import GaussianBlur
+from puface.utils.filters import GaussianBlur
 from puface.attacks.surrogates import raw_embedding
-from puface.errors import ConfigError
+from puface.utils.errors import ConfigError
 from puface.models.base import FaceEmbedder, InputNormalization
 
 
@@ -137,7 +137,7 @@ def test_missing_lpips_is_an_error_unless_another_penalty_is_chosen(monkeypatch)
     """A missing LPIPS package must not silently turn LowKey into another attack (it once did, on a GPU
     machine without stlpips-pytorch: the cloaks and their cache keys changed under the same config)."""
     from puface.attacks import perceptual
-    from puface.errors import MissingDependencyError
+    from puface.utils.errors import MissingDependencyError
 
     def missing(net):
         raise MissingDependencyError("stlpips-pytorch is not installed")

@@ -10,7 +10,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from puface.errors import PufaceError  # noqa: E402
+from puface.utils.errors import PufaceError  # noqa: E402
 from puface.models.onnx_import import (  # noqa: E402
     SUPPORTED_OPS,
     ChannelAffine,

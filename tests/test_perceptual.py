@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from puface.attacks.perceptual import LPIPS, load_lpips, lpips_weights_path
-from puface.errors import MissingDependencyError
+from puface.utils.errors import MissingDependencyError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REF = json.loads((FIXTURES / "lpips_reference.json").read_text())

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from puface.errors import PufaceError
-from puface.imageio import read_image, write_image
-from puface.pipeline import Outcome, plan_mirror, run_folder_job, shard
+from puface.utils.errors import PufaceError
+from puface.io.images import read_image, write_image
+from puface.io.jobs import Outcome, plan_mirror, run_folder_job, shard
 
 
 def invert(items):
@@ -120,14 +120,18 @@ def test_refusals(tmp_path):
         plan_mirror(tmp_path / "nope", tmp_path / "o")
 
 
-def test_output_inside_input_is_not_reread(tmp_path):
+def test_output_inside_input_is_refused(tmp_path):
+    """An output folder inside the input would be read as input by the next run over the input (and taken for
+    an identity by a data scan): refused before anything is written."""
     src = tmp_path / "in"
     make_inputs(src)
-    out = src / "purified"
-    jobs = plan_mirror(src, out)
-    run_folder_job(jobs, invert, progress=False, log=lambda m: None)
-    again = plan_mirror(src, out)
-    assert sorted(j.rel for j in again) == sorted(j.rel for j in jobs)
+    before = sorted(p.relative_to(src) for p in src.rglob("*"))
+    for out in (src / "purified", src / "a" / "deeper" / "out"):
+        with pytest.raises(PufaceError, match="lies inside the input folder"):
+            plan_mirror(src, out)
+    with pytest.raises(PufaceError, match="input folder .* lies inside the output folder"):
+        plan_mirror(src, tmp_path)
+    assert sorted(p.relative_to(src) for p in src.rglob("*")) == before  # nothing written
 
 
 def test_rename_and_single_file(tmp_path):

@@ -11,10 +11,12 @@ import torch
 
 from evaluation_helpers import COLOURS, CheckerCloak, colour_embedder, write_colour_faces
 from puface.defenses import create_defense
-from puface.errors import PufaceError
+from puface.utils.errors import PufaceError
 from puface.evaluation.cache import ContentCache
-from puface.evaluation.metrics import attack_success_rate, normal_accuracy, protocol_scores, psnr, ssim, summarise
-from puface.evaluation.protocol import AttackSpec, EvaluationData, Protocol, TrainerSpec, choose_users, setting_of
+from puface.evaluation.metrics import attack_success_rate, normal_accuracy, protocol_scores, summarise
+from puface.utils.metrics import psnr, ssim
+from puface.evaluation.data import EvaluationData, choose_users
+from puface.evaluation.protocol import AttackSpec, Protocol, TrainerSpec, setting_of
 
 
 @pytest.fixture(scope="module")
@@ -195,13 +197,14 @@ def test_real_embedder_on_johns(johns_dir):
 
 def test_cloaks_from_a_folder(colour_root, colour_data, tmp_path):
     """Cloaks made by another tool, in a mirrored folder with Fawkes' names, act like the attack itself."""
-    from puface.evaluation.protocol import FolderCloaks
-    from puface.imageio import read_image, to_tensor, to_uint8, write_image
+    from puface.attacks.folder import FolderCloaks
+    from puface.io.images import read_image, write_image
+    from puface.utils.images import image_to_tensor, tensor_to_image
 
     cloak = CheckerCloak()
     for p in colour_root.glob("*/*.png"):
-        x = to_tensor(read_image(p))[None]
-        write_image(tmp_path / p.parent.name / f"{p.stem}_cloaked.png", to_uint8(cloak(x)[0]))
+        x = image_to_tensor(read_image(p))[None]
+        write_image(tmp_path / p.parent.name / f"{p.stem}_cloaked.png", tensor_to_image(cloak(x)[0]))
     folder = AttackSpec("folder", FolderCloaks(tmp_path), surrogates=("colour",))
     _, rows, _ = run_protocol(colour_data, defenses=["none", "blur"], attacks=[folder])
     assert [r["asr"] for r in by(rows, defense="none")] == [1.0, 1.0]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from puface.errors import ConfigError
-from puface.purifier.amplify import AmplifyConfig, amplified_batch, amplify, sample_factors
+from puface.utils.errors import ConfigError
+from puface.training.amplify import AmplifyConfig, amplified_batch, amplify, sample_factors
 
 
 def _pair(n=4, seed=0):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from puface.errors import PufaceError
+from puface.utils.errors import PufaceError
 from puface.purifier import Purifier, RedNetConfig
 from puface.purifier.checkpoint import load_checkpoint
 

@@ -14,7 +14,8 @@ from PIL import Image
 from torch import nn
 
 from puface.cli import main
-from puface.imageio import to_uint8, write_image
+from puface.io.images import write_image
+from puface.utils.images import tensor_to_image
 from puface.purifier import Purifier, RedNetConfig
 from purifier_support import synthetic_cloak
 
@@ -65,7 +66,7 @@ def test_purify_mirrors_tree_and_keeps_names_sizes_formats(photo_tree, tmp_path,
     # the PNG output holds exactly the purifier's output
     p = Purifier.load(weights)
     x = torch.from_numpy(np.array(Image.open(photo_tree / "a/b/odd size.png").convert("RGB"))).permute(2, 0, 1)[None].float() / 255
-    assert np.array_equal(to_uint8(p.purify(x)[0]), np.asarray(Image.open(out / "a/b/odd size.png").convert("RGB")))
+    assert np.array_equal(tensor_to_image(p.purify(x)[0]), np.asarray(Image.open(out / "a/b/odd size.png").convert("RGB")))
     # resume: nothing is redone; inputs untouched
     before = {f: (out / f).stat().st_mtime_ns for f in expected}
     code = main(["purify", "--weights", str(weights), str(photo_tree), str(out), "--no-progress"])
@@ -96,7 +97,7 @@ def test_train_purifier_cli_with_a_cloaked_folder(johns_dir, johns_images, tmp_p
     paths, _, images = johns_images
     cloaked = synthetic_cloak(images, 0)
     for i, p in enumerate(paths):
-        write_image(tmp_path / "cloaked" / p.relative_to(johns_dir).with_suffix(".png"), to_uint8(cloaked[i]))
+        write_image(tmp_path / "cloaked" / p.relative_to(johns_dir).with_suffix(".png"), tensor_to_image(cloaked[i]))
     cfg = tmp_path / "cfg.toml"
     cfg.write_text(f"""
 seed = 1
@@ -106,7 +107,8 @@ heldout_min_images = 12
 val_fraction = 0.25
 val_images = 4
 [[attacks]]
-folder = "cloaked"
+name = "folder"
+root = "{tmp_path / 'cloaked'}"
 images = 12
 [model]
 channels = 8
@@ -127,7 +129,7 @@ save_every_steps = 0
     assert [h["epoch"] for h in hist] == [2]  # validated every 2 epochs, 2 epochs (--set)
     exported = Purifier.load(tmp_path / "exported.safetensors")
     ds = exported.meta["data_summary"]
-    assert ds["attacks"][0]["folder"] == str(tmp_path / "cloaked")
+    assert ds["attacks"][0]["root"] == str(tmp_path / "cloaked")
     assert len(ds["train_identities"]) == 4 and len(ds["val_identities"]) == 1 and ds["heldout_identities"] == []
     assert ds["train_pairs"]["pairs"] == 12
     # config errors: one line, exit code 2

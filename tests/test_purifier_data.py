@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from puface.errors import ConfigError, PufaceError
-from puface.imageio import write_image, to_uint8
-from puface.purifier.data import build_pairs, purifier_identities
+from puface.utils.errors import ConfigError, PufaceError
+from puface.io.images import write_image
+from puface.utils.images import tensor_to_image
+from puface.training.data import build_pairs, purifier_identities
 from purifier_support import synthetic_cloak, synthetic_cloak_fn
 
 
@@ -50,17 +51,20 @@ def test_build_pairs_from_a_cloaked_folder(johns_dir, tmp_path, johns_images):
     cloaked = synthetic_cloak(images[sel], 0)
     for j, i in enumerate(sel):  # cloaked copies as PNG (another extension than the natural JPEGs)
         rel = paths[i].relative_to(johns_dir).with_suffix(".png")
-        write_image(tmp_path / "cloaked" / rel, to_uint8(cloaked[j]))
-    pairs = build_pairs(johns_dir, [ident], [{"folder": str(tmp_path / "cloaked")}], log=lambda s: None)
-    assert len(pairs) == 4 and pairs.attack_names == ["folder:cloaked"]
+        write_image(tmp_path / "cloaked" / rel, tensor_to_image(cloaked[j]))
+    pairs = build_pairs(johns_dir, [ident], [{"name": "folder", "root": str(tmp_path / "cloaked")}], log=lambda s: None)
+    assert len(pairs) == 4 and pairs.attack_names == ["folder-cloaked"]
     assert torch.equal(pairs.cloaked, (cloaked * 255).round().to(torch.uint8))
     with pytest.raises(PufaceError, match="no cloaked images"):
-        build_pairs(johns_dir, [ident], [{"folder": str(tmp_path / "empty")}], log=lambda s: None)
+        (tmp_path / "empty").mkdir()
+        build_pairs(johns_dir, [ident], [{"name": "folder", "root": str(tmp_path / "empty")}], log=lambda s: None)
+    with pytest.raises(PufaceError, match='name = "folder", root = "DIR"'):  # the old spelling says how to write it
+        build_pairs(johns_dir, [ident], [{"folder": str(tmp_path / "cloaked")}], log=lambda s: None)
 
 
 def test_image_choice_is_seeded_and_prefix_stable(johns_dir):
     from puface.data.layout import scan_identities
-    from puface.purifier.data import choose_images
+    from puface.training.data import choose_images
 
     ims = scan_identities(johns_dir).images
     a = choose_images(ims, 10, 0, "t")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from puface.purifier.losses import FeatureLoss, PurifierLoss, cosine_distance, l2_distance
+from puface.training.losses import FeatureLoss, PurifierLoss, cosine_distance, l2_distance
 from purifier_support import standin_embedder, synthetic_cloak
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from puface.errors import ConfigError
+from puface.utils.errors import ConfigError
 from puface.purifier import Purifier, RedNet, RedNetConfig
 from puface.purifier.rednet import conv_flops, count_parameters
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from puface.purifier import Purifier
-from puface.purifier.config import PurifierTrainConfig
-from puface.purifier.train import train
+from puface.training.config import PurifierTrainConfig
+from puface.training.train import train
 from purifier_support import standin_embedder, synthetic_cloak_fn
 
 TESTS = Path(__file__).parent
@@ -91,7 +91,7 @@ def test_train_seed_repeats_a_run_on_the_same_data(johns_dir, tmp_path):
 
 def test_cuda_precision_forbids_tf32_inside_and_restores_after():
     """train.tf32 = false (the default) trains in full fp32 on a GPU, like a CPU; settings come back after."""
-    from puface.purifier.train import cuda_precision, tf32_convolutions
+    from puface.training.train import cuda_precision, tf32_convolutions
 
     before = tf32_convolutions()
     with cuda_precision(False):
@@ -108,8 +108,8 @@ import sys, json
 sys.path.insert(0, {tests!r})
 import torch.distributed as dist
 from purifier_support import standin_embedder, synthetic_cloak_fn
-from puface.purifier.config import PurifierTrainConfig
-from puface.purifier.train import train, init_distributed, cleanup_distributed
+from puface.training.config import PurifierTrainConfig
+from puface.training.train import train, init_distributed, cleanup_distributed
 cfg = PurifierTrainConfig.from_dict(json.loads({cfg!r}))
 d = init_distributed("cpu")
 res = train(cfg, {out!r}, embedders={{"standin": standin_embedder()}}, cloak_fn=synthetic_cloak_fn(), progress=False)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from puface.attacks.ssim import ReferenceSSIM, dssim, gaussian_window, psnr, ssim
+from puface.utils.filters import gaussian_taps
+from puface.utils.metrics import ReferenceSSIM, dssim, psnr, ssim
 
 
 # many small tensor ops: one torch thread (see conftest.one_torch_thread)
@@ -34,7 +35,7 @@ def scipy_ssim(x: np.ndarray, y: np.ndarray, max_val: float) -> float:
 
 
 def test_window_is_the_normalised_11_tap_gaussian():
-    g = gaussian_window(dtype=torch.float64)
+    g = gaussian_taps(11, 1.5, torch.float64)
     assert g.shape == (11,)
     assert g.sum().item() == pytest.approx(1.0, abs=1e-12)
     expected = np.exp(-((np.arange(11) - 5.0) ** 2) / (2 * 1.5**2))
@@ -118,7 +119,7 @@ def test_too_small_and_mismatched_inputs_are_refused():
 
 
 def test_matmul_and_convolution_paths_agree(monkeypatch):
-    import puface.attacks.ssim as mod
+    import puface.utils.metrics as mod
 
     x, y = torch.rand(2, 3, 40, 33), torch.rand(2, 3, 40, 33)
     a = ssim(x, y)
@@ -127,7 +128,7 @@ def test_matmul_and_convolution_paths_agree(monkeypatch):
 
 
 def test_gradient_of_the_blocked_filter_matches_convolution(monkeypatch):
-    import puface.attacks.ssim as mod
+    import puface.utils.metrics as mod
 
     y = torch.rand(2, 3, 97, 130, dtype=torch.float64)
     x0 = (y + 0.05 * torch.randn_like(y)).clamp(0, 1)

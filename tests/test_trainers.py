@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from evaluation_helpers import COLOURS, colour_embedder, tiny_conv_embedder, write_colour_faces
-from puface.errors import PufaceError
-from puface.evaluation.protocol import EvaluationData
+from puface.utils.errors import PufaceError
+from puface.evaluation.data import EvaluationData
 from puface.evaluation.trainers import LinearProbe, balanced_batch, create_trainer, list_trainers, random_hflip
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from puface.align import FaceAligner, FaceDetector
 from puface.align.geometry import ARCFACE_112_POINTS, ChipTemplate, apply_affine, chip_transform, fit_similarity
 from puface.align.warp import extract_chip
-from puface.imageio import read_image
+from puface.io.images import read_image
 
 
 def yunet(path_hint: str | None = None):

@@ -28,7 +28,7 @@ def cloak(src: Path, out: Path, threads: int, batch: int, mode: str) -> None:
 
 
 def pixels(folder: Path) -> dict[str, np.ndarray]:
-    from puface.imageio import read_image
+    from puface.io.images import read_image
 
     return {str(p.relative_to(folder)): read_image(p).astype(np.int16) for p in sorted(folder.rglob("*.png"))}
 

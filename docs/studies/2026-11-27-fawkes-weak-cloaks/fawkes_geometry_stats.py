@@ -39,7 +39,7 @@ def main() -> None:
 
     from puface.attacks.cache import CloakCache
     from puface.attacks.fawkes_geometry import SquareView
-    from puface.attacks.ssim import dssim, psnr
+    from puface.utils.metrics import dssim, psnr
     from puface.data.loading import load_images
     from puface.experiments import build_attack, draw_users, load_config, resolve_data_root
     from puface.models.registry import create_embedder

@@ -43,8 +43,8 @@ def main() -> None:
 
     from puface.attacks import create_attack
     from puface.attacks.cache import CloakCache
-    from puface.errors import CloakNotCachedError
-    from puface.imageio import read_image, to_tensor
+    from puface.utils.errors import CloakNotCachedError
+    from puface.io.images import read_image, to_tensor
     from puface.models import create_embedder
     from puface.purifier import Purifier, default_weights_path
 

@@ -5,6 +5,7 @@
     process = align_adapter(chip_process, chip_size=150, no_face="copy")   # chip job -> photo job
 """
 
+from .adapter import NO_FACE_ACTIONS, align_adapter
 from .aligner import PICKS, AlignedFace, FaceAligner, PhotoFaces
 from .detect import DETECTORS, Face, FaceDetector, import_dlib
 from .geometry import (
@@ -18,7 +19,6 @@ from .geometry import (
     fit_similarity,
     template_for_size,
 )
-from .adapter import NO_FACE_ACTIONS, align_adapter
 from .warp import extract_chip, feather_mask, paste_back, paste_delta
 
 __all__ = [

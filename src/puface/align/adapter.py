@@ -13,8 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import PufaceError
-from ..pipeline import FileJob, LoadedImage, Outcome
+from ..io.jobs import FileJob, LoadedImage, Outcome
+from ..utils.errors import PufaceError
 from .aligner import FaceAligner
 from .detect import FaceDetector
 from .warp import paste_back

@@ -6,9 +6,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import PufaceError
+from ..utils.errors import PufaceError
 from .detect import Face, FaceDetector
-from .geometry import ChipTemplate, ChipTransform, chip_transform, face_size, template_for_size
+from .geometry import (
+    ChipTemplate,
+    ChipTransform,
+    chip_transform,
+    face_size,
+    template_for_size,
+)
 from .warp import extract_chip
 
 PICKS = ("all", "largest", "center")

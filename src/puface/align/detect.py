@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MissingDependencyError, PufaceError
+from ..utils.errors import MissingDependencyError, PufaceError
 
 DETECTORS = ("hog", "cnn", "hog+cnn")
 

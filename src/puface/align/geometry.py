@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import PufaceError
-from ..registry import Registry
+from ..utils.errors import PufaceError
+from ..utils.registry import Registry
 
 #: dlib's mean 5-point face (dlib/image_transforms/interpolation.h, `get_face_chip_details`), in a
 #: unit square spanning the face: parts 0,1 = corners of the eye on the image's right (outer,

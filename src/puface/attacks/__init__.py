@@ -5,15 +5,21 @@
     >>> cloaked = atk(images)                 # (N, 3, H, W) in [0, 1] -> same          # doctest: +SKIP
     >>> res = atk.run(images); res.stats["dssim"], res.stats["shift_dlib-resnet29"]   # doctest: +SKIP
     >>> atk.config                            # every setting, JSON-serialisable (cache key)  # doctest: +SKIP
+    >>> create_attack("fawkes:mode=high,embedders=dlib-resnet29,through=default")  # adaptive  # doctest: +SKIP
 
-Cached cloaks for files: `puface.attacks.cache.CloakCache`.
+Modules: `base` (what every attack shares), `fawkes`, `lowkey`, `adaptive` (through a defense),
+`surrogates`, `targets` (targeted Fawkes), `cache` (cloaks cached by content), `folder` (cloak a
+folder tree; read cloaks made elsewhere).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from ..registry import Registry
+from ..utils.registry import Registry
+from ..utils.specs import as_table
+from .adaptive import adaptive_options
 from .base import AttackResult, CloakAttack
 
 ATTACKS = Registry("attack")
@@ -33,10 +39,19 @@ def _lowkey(**kw: Any) -> CloakAttack:
     return LowKey(**kw)
 
 
-def create_attack(name: str, **kwargs: Any) -> CloakAttack:
-    """Build an attack by name: `create_attack("fawkes", mode="high", embedders=[...], seed=0, device=None)`
-    or `create_attack("lowkey", embedders=[...], seed=0)`; further keyword arguments are the attack's knobs."""
-    return ATTACKS.create(name, **kwargs)
+def create_attack(spec: "str | dict", **options: Any) -> CloakAttack:
+    """An attack from its name and options, a spec string or a table (`puface.utils.specs`):
+    `create_attack("fawkes", mode="high", embedders=["dlib-resnet29"], seed=0, device=None)`,
+    `create_attack("lowkey:steps=20,embedders=dlib-resnet29|sface")`. Options are the attack's knobs;
+    ``through`` (a defense, "default" = the shipped purifier), ``gradient`` and ``eot_noise`` make it
+    adaptive (`adaptive.adaptive_options`). A table's ``label`` is ignored (it names the row in tables)."""
+    table = {**as_table(spec if not isinstance(spec, str) or ":" in spec else {"name": spec}, "attack"), **options}
+    table.pop("label", None)
+    name = str(table.pop("name"))
+    if isinstance(table.get("embedders"), str):
+        table["embedders"] = [table["embedders"]]
+    adaptive_options(table, what=f"attack {name!r}")
+    return ATTACKS.create(name, **table)
 
 
 def list_attacks() -> list[str]:
@@ -44,4 +59,17 @@ def list_attacks() -> list[str]:
     return ATTACKS.names()
 
 
-__all__ = ["ATTACKS", "AttackResult", "CloakAttack", "create_attack", "list_attacks"]
+def attack_label(spec: dict) -> str:
+    """The label an attack table has in results: its `label`, else "clean" for the clean reference
+    ("none"), "folder-<folder name>" for cloaks read from a folder, "<name>-<mode>" or "<name>"."""
+    if spec.get("label"):
+        return str(spec["label"])
+    name = str(spec.get("name", "?"))
+    if name == "none":
+        return "clean"
+    if name == "folder" and spec.get("root"):
+        return f"folder-{Path(str(spec['root'])).name}"
+    return f"{name}-{spec['mode']}" if spec.get("mode") is not None else name
+
+
+__all__ = ["ATTACKS", "AttackResult", "CloakAttack", "create_attack", "list_attacks", "attack_label"]

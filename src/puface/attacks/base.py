@@ -17,47 +17,20 @@ while its statistics (DSSIM, embedding shift) stay the same.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 
-from ..data.layout import stable_seed
 from ..models.base import FaceEmbedder
-from .ssim import dssim, psnr
+from ..utils.device import resolve_device
+from ..utils.fingerprint import image_digest
+from ..utils.images import quantize
+from ..utils.metrics import dssim, psnr
+from ..utils.seeding import stable_seed
 from .surrogates import SurrogateSpec, describe_surrogate, resolve_surrogates
 
-__all__ = ["AttackResult", "CloakAttack", "resolve_device", "image_digest", "quantize"]
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None -> CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def image_digest(image: torch.Tensor) -> str:
-    """sha256 (hex) of one image's float32 pixels and shape: the identity of an attack's input."""
-    t = image.detach().to("cpu", torch.float32).contiguous()
-    h = hashlib.sha256(str(tuple(t.shape)).encode())
-    h.update(t.numpy().tobytes())
-    return h.hexdigest()
-
-
-_GREY_LEVELS = torch.arange(256, dtype=torch.float32) / 255.0  # k / 255 as the CPU rounds it
-
-
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """Round [0, 1] images to the 8-bit grid (what a PNG stores): round(255 x) / 255, float32.
-
-    The grid values come from one CPU-computed table, so the result is bit-identical on every device
-    and equal to decoding the saved PNG with `imageio.to_tensor` (a GPU's k / 255 can differ in the
-    last bit).
-    """
-    levels = images.detach().clamp(0, 1).mul(255.0).round().long()
-    return _GREY_LEVELS.to(images.device)[levels]
+__all__ = ["AttackResult", "CloakAttack"]
 
 
 @dataclass

@@ -22,10 +22,12 @@ from typing import Sequence
 
 import torch
 
-from ..errors import CloakNotCachedError, ImageReadError, ImageWriteError
-from ..imageio import encode_image, read_image, to_tensor, to_uint8
-from ..paths import cache_dir
-from .base import CloakAttack, image_digest
+from ..io.images import encode_image, read_image
+from ..utils.errors import CloakNotCachedError, ImageReadError, ImageWriteError
+from ..utils.fingerprint import image_digest
+from ..utils.images import image_to_tensor, tensor_to_image
+from ..utils.paths import cache_dir
+from .base import CloakAttack
 
 __all__ = ["CloakCache"]
 
@@ -93,7 +95,7 @@ class CloakCache:
         if not path.is_file():
             return None
         try:
-            t = to_tensor(read_image(path))
+            t = image_to_tensor(read_image(path))
         except ImageReadError:
             return None
         return t if t.shape == shape else None
@@ -165,12 +167,12 @@ class CloakCache:
                         kw["targets"] = [t[idx] for t in kept_targets]
                     res = attack.run(images[idx], quantize_output=True, **kw)
                     for j, i in enumerate(idx):
-                        pixels = to_uint8(res.images[j])
+                        pixels = tensor_to_image(res.images[j])
                         path = self.path_for(attack, keys[i])
                         _write_atomic(path, encode_image(pixels, "PNG"))
                         if self.used is not None:
                             self.used.add(path)
-                        out[i] = to_tensor(pixels)  # exactly what a later read of the file returns
+                        out[i] = image_to_tensor(pixels)  # exactly what a later read of the file returns
                     bar.update(len(idx))
             finally:
                 bar.close()

@@ -62,10 +62,11 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import ConfigError
+from ..utils.errors import ConfigError
+from ..utils.images import quantize
+from ..utils.metrics import ReferenceSSIM, dssim
 from .base import CloakAttack
 from .fawkes_geometry import GEOMETRIES, make_view
-from .ssim import ReferenceSSIM
 from .surrogates import SurrogateSpec, available_defaults
 
 __all__ = ["Fawkes", "FawkesSettings", "MODES", "CAP_MODES", "DEFAULT_SURROGATES", "KerasAdadelta"]
@@ -333,9 +334,6 @@ def _budget_guard(x: torch.Tensor, out: torch.Tensor, bound: float, exempt: torc
     `exempt`), shrink its cloak x + a (out - x) with the largest a in 0.99, 0.98, ... that fits.
     `to_work` maps images to the view the budget is measured in (None: the images themselves).
     Returns (rounded images, a per image)."""
-    from .base import quantize
-    from .ssim import dssim
-
     if to_work is None:
         to_work = lambda images: images  # noqa: E731
     x_work = to_work(x)

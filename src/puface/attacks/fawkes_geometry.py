@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..utils.errors import ConfigError
 
 __all__ = ["GEOMETRIES", "ChipView", "SquareView", "make_view"]
 

@@ -1,4 +1,5 @@
-"""Cloak a folder of face images into a mirrored output folder (what `puface cloak` runs).
+"""Cloaks as folders: cloak a folder of face images into a mirrored output folder (what `puface cloak`
+runs, `cloak_folder`), and read cloaks made elsewhere from such a folder (`FolderCloaks`).
 
 Streams through `puface.pipeline.run_folder_job`: batches, each written (atomically) as soon as it
 is done, resume by skipping finished outputs, a progress bar with images/s, per-file errors that
@@ -11,23 +12,72 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from .. import __version__
-from ..errors import PufaceError
-from ..imageio import to_tensor, to_uint8
-from ..pipeline import FileJob, JobReport, LoadedImage, Outcome, group_by_size, plan_mirror, run_folder_job, shard
+from ..io.jobs import (
+    FileJob,
+    JobReport,
+    LoadedImage,
+    Outcome,
+    group_by_size,
+    plan_mirror,
+    run_folder_job,
+    shard,
+)
+from ..utils.errors import PufaceError
+from ..utils.images import image_to_tensor, tensor_to_image
+from ..utils.version import __version__
 from .base import CloakAttack
 
-__all__ = ["cloak_folder", "make_cloak_process", "output_namer", "TOOL_SUFFIX", "CONFIG_NAME", "STATS_NAME"]
+__all__ = ["FolderCloaks", "cloak_folder", "make_cloak_process", "output_namer", "TOOL_SUFFIX", "CONFIG_NAME", "STATS_NAME"]
 
 TOOL_SUFFIX = {"fawkes": "_cloaked", "lowkey": "_attacked"}  # the original tools' output names
 CONFIG_NAME = "cloak_config.json"
 STATS_NAME = "cloak_stats.csv"
 FORMATS = ("png", "same")
+
+
+class FolderCloaks:
+    """Cloaks made elsewhere (the original Fawkes or LowKey tools, `puface cloak`): a folder that mirrors
+    the data tree, `root/<identity>/<file>`. For a natural image `<identity>/<stem>.<ext>` the first
+    existing name among `patterns` is used; the defaults cover puface's and Fawkes' names
+    (`<name>`, `<stem>.png`, `<stem>_cloaked.png`, `<stem>_<mode>_cloaked.png`) and LowKey's
+    (`<stem>_attacked.png`). Placeholders: {name}, {stem}, {ext}.
+    """
+
+    DEFAULT_PATTERNS = (
+        "{name}", "{stem}.png", "{stem}.jpg", "{stem}.jpeg", "{stem}.bmp", "{stem}.webp", "{stem}_cloaked.png", "{stem}_cloaked.jpg", "{stem}_cloaked{ext}",
+        "{stem}_high_cloaked.png", "{stem}_mid_cloaked.png", "{stem}_low_cloaked.png", "{stem}_attacked.png",
+    )
+
+    def __init__(self, root: str | Path, patterns: Sequence[str] | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise PufaceError(f"{self.root}: folder of cloaked images not found")
+        self.patterns = tuple(patterns) if patterns else self.DEFAULT_PATTERNS
+        self.name = f"folder-{self.root.name}"
+
+    def _candidates(self, natural: Path, data_root: Path) -> list[Path]:
+        rel = Path(natural).relative_to(data_root)
+        folder = self.root / rel.parent
+        return list(dict.fromkeys(folder / pat.format(name=rel.name, stem=rel.stem, ext=rel.suffix) for pat in self.patterns))
+
+    def find(self, natural: Path, data_root: Path) -> Path | None:
+        """The cloaked file for `natural` (a file under `data_root`), or None when there is none."""
+        return next((c for c in self._candidates(natural, data_root) if c.is_file()), None)
+
+    def path_for(self, natural: Path, data_root: Path) -> Path:
+        """The cloaked file for `natural`; raises `PufaceError` naming what was tried."""
+        found = self.find(natural, data_root)
+        if found is None:
+            cands = self._candidates(natural, data_root)
+            raise PufaceError(f"no cloaked version of {Path(natural).relative_to(data_root)} in {cands[0].parent} "
+                              f"(tried {', '.join(c.name for c in cands)})")
+        return found
+
 
 
 def output_namer(attack_kind: str, fmt: str = "png", tool_suffix: bool = False) -> Callable[[Path], Path]:
@@ -62,14 +112,14 @@ def make_cloak_process(attack: CloakAttack, targets_by_src: dict[Path, list[torc
                 for i in idx:
                     outcomes[i] = Outcome.fail(f"image is {w}x{h} px; {attack.name} needs at least {attack.min_side}x{attack.min_side}")
                 continue
-            x = torch.stack([to_tensor(np.array(items[i].image)) for i in idx])  # writable copy
+            x = torch.stack([image_to_tensor(np.array(items[i].image)) for i in idx])  # writable copy
             kw = {}
             if targets_by_src is not None:
                 per_image = [targets_by_src[items[i].job.src] for i in idx]
                 kw["targets"] = [torch.stack([t[m] for t in per_image]) for m in range(len(attack.surrogates))]
             res = attack.run(x, quantize_output=True, **kw)
             for k, (i, row) in enumerate(zip(idx, res.rows())):
-                outcomes[i] = Outcome.ok(to_uint8(res.images[k]), **{key: _round(v) for key, v in row.items()})
+                outcomes[i] = Outcome.ok(tensor_to_image(res.images[k]), **{key: _round(v) for key, v in row.items()})
         return outcomes  # type: ignore[return-value]
 
     return process
@@ -188,17 +238,15 @@ def cloak_folder(
         for user, t in chosen.items():
             say(f"target for {user}: {t}")
 
-    from ..imageio import atomic_write_bytes
+    from ..io.images import atomic_write_bytes
 
     out_path.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(config_path, (json.dumps(record, indent=2) + "\n").encode())
 
     process = make_cloak_process(attack, targets_by_src)
     if align:
-        try:
-            from ..align import align_adapter
-        except ImportError:
-            raise PufaceError("--align needs puface.align, which is not available in this installation") from None
+        from ..align import align_adapter
+
         process = align_adapter(process, chip_size=150, no_face="skip", largest_face=largest_face)
     stats_name = STATS_NAME if world_size <= 1 else f"cloak_stats.rank{rank}.csv"
     return run_folder_job(

@@ -30,10 +30,10 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, MissingDependencyError
+from ..utils.errors import ConfigError, MissingDependencyError
+from ..utils.filters import GaussianBlur
+from ..utils.metrics import ReferenceSSIM
 from .base import CloakAttack
-from .smoothing import GaussianBlur
-from .ssim import ReferenceSSIM
 from .surrogates import SurrogateSpec, raw_embedding
 
 __all__ = ["LowKey", "LowKeySettings", "PERCEPTUAL_CHOICES"]

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import MissingDependencyError
 from ..models.weights import package_dir, verify_sha256
+from ..utils.errors import MissingDependencyError
 
 __all__ = ["LPIPS", "load_lpips", "lpips_weights_path"]
 

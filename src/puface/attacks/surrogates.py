@@ -11,9 +11,8 @@ from typing import Sequence, Union
 
 import torch
 
-from ..errors import MissingDependencyError, PufaceError
-from ..fingerprint import module_fingerprint
 from ..models.base import FaceEmbedder
+from ..utils.errors import MissingDependencyError, PufaceError
 
 SurrogateSpec = Union[str, FaceEmbedder]
 
@@ -74,7 +73,7 @@ def describe_surrogate(emb: FaceEmbedder) -> dict:
         "input_size": list(emb.input_size),
         "embedding_dim": emb.embedding_dim,
         "normalization": emb.normalization.describe(),
-        "weights_sha256_16": module_fingerprint(emb),
+        "weights_sha256_16": emb.fingerprint(),
     }
 
 

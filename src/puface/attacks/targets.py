@@ -15,9 +15,10 @@ from typing import Sequence
 
 import torch
 
-from ..errors import PufaceError
-from ..imageio import read_image, to_tensor
+from ..io.images import read_image
 from ..models.base import FaceEmbedder
+from ..utils.errors import PufaceError
+from ..utils.images import image_to_tensor
 
 __all__ = ["TargetPool", "embed_files"]
 
@@ -29,7 +30,7 @@ def embed_files(paths: Sequence[Path], embedders: Sequence[FaceEmbedder], *, bat
     """
     from tqdm import tqdm
 
-    from ..errors import ImageReadError
+    from ..utils.errors import ImageReadError
 
     kept: list[int] = []
     errors: list[str] = []
@@ -39,7 +40,7 @@ def embed_files(paths: Sequence[Path], embedders: Sequence[FaceEmbedder], *, bat
         chunk: list[tuple[int, torch.Tensor]] = []
         for i in range(lo, min(lo + batch_size, len(paths))):
             try:
-                chunk.append((i, to_tensor(read_image(paths[i]))))
+                chunk.append((i, image_to_tensor(read_image(paths[i]))))
             except ImageReadError as e:
                 errors.append(str(e))
         groups: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}

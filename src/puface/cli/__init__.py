@@ -8,8 +8,8 @@ import sys
 
 import click
 
-from .. import __version__
-from ..errors import PufaceError
+from ..utils.errors import PufaceError
+from ..utils.version import __version__
 
 # command name -> (module, attribute, one-line help shown by `puface --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "evaluate": ("puface.cli.evaluate_cmd", "evaluate", "Measure ASR and normal accuracy of attacks and defenses."),
     "reproduce": ("puface.cli.evaluate_cmd", "reproduce", "Run an experiment grid from a TOML config."),
     "demo": ("puface.cli.evaluate_cmd", "demo", "End-to-end demo on the embedded default data."),
+    "report": ("puface.cli.report_cmd", "report", "Tables from finished experiments (headline, per-cell summaries)."),
 }
 
 
@@ -29,17 +30,10 @@ class LazyGroup(click.Group):
     """A click group whose sub-commands are imported on first use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [name for name in COMMANDS if self._available(name)]
-
-    def _available(self, name: str) -> bool:
-        mod = COMMANDS[name][0]
-        try:
-            return importlib.util.find_spec(mod) is not None
-        except ModuleNotFoundError:
-            return False
+        return list(COMMANDS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in COMMANDS or not self._available(name):
+        if name not in COMMANDS:
             return None
         mod, attr, _ = COMMANDS[name]
         return getattr(importlib.import_module(mod), attr)

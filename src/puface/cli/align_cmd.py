@@ -40,11 +40,11 @@ def align(in_path: Path, out_root: Path, size: str, all_faces: bool, pick: str, 
     recorded in OUT/align.csv so it can be inverted; settings go to OUT/align_config.json.
     Photos without a usable face are listed and skipped. Exit code 1 if some photos failed.
     """
-    from .. import __version__
     from ..align import FaceAligner, FaceDetector
-    from ..errors import PufaceError
-    from ..imageio import atomic_write_bytes, encode_image, pil_format_for
-    from ..pipeline import Outcome, plan_mirror, run_folder_job
+    from ..io.images import atomic_write_bytes, encode_image, pil_format_for
+    from ..io.jobs import Outcome, plan_mirror, run_folder_job
+    from ..utils.errors import PufaceError
+    from ..utils.version import __version__
 
     if batch_size < 1:
         raise PufaceError("--batch-size must be >= 1")

@@ -43,9 +43,10 @@ import click
 @click.option("--perceptual", type=click.Choice(["lpips", "ssim", "auto"]), default=None,
               help="LowKey's perceptual penalty: lpips (the default, LowKey as released; needs puface[lpips]), "
                    "ssim (1 - SSIM) or auto (LPIPS if installed, else SSIM with a warning).")
-@click.option("--through-purifier", "through", metavar="WEIGHTS", default=None,
-              help="Adaptive attack: optimise the cloak through this purifier ('default' = the shipped one, or a "
-                   "checkpoint path), i.e. against embed(purify(x)), with the same budget. Needs --surrogate.")
+@click.option("--through-purifier", "through", metavar="DEFENSE", default=None,
+              help="Adaptive attack: optimise the cloak through this defense ('default' = the shipped purifier, a "
+                   "purifier checkpoint path, or any defense spec such as blur:sigma=1), i.e. against "
+                   "embed(defense(x)), with the same budget. Needs --surrogate.")
 @click.option("--gradient", type=click.Choice(["exact", "bpda"]), default="exact", show_default=True,
               help="With --through-purifier: backpropagate through the purifier (exact) or treat it as the identity "
                    "in the backward pass (bpda).")
@@ -91,7 +92,7 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
 
     from ..attacks import create_attack
     from ..attacks.folder import cloak_folder
-    from ..errors import PufaceError
+    from ..utils.errors import PufaceError
 
     if batch_size < 1:
         raise PufaceError("--batch-size must be >= 1")
@@ -131,17 +132,15 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
         if perceptual is not None:
             knobs["perceptual"] = perceptual
         kwargs = {}
-    embedders: list = list(surrogates)
+    adaptive: dict = {}
     if through is not None:
-        from ..attacks.adaptive import through_purifier
-
         if not surrogates:
             raise PufaceError("--through-purifier needs the surrogate(s) named with --surrogate")
-        embedders = through_purifier(embedders, through, gradient=gradient, eot_noise=eot_noise)
+        adaptive = {"through": through, "gradient": gradient, "eot_noise": eot_noise}
     elif gradient != "exact" or eot_noise:
         raise PufaceError("--gradient and --eot-noise go with --through-purifier")
-    attack = create_attack(attack_name, embedders=embedders or None, seed=seed,
-                           device=None if device == "auto" else device, batch_size=batch_size, **kwargs, **knobs)
+    attack = create_attack(attack_name, embedders=list(surrogates) or None, seed=seed,
+                           device=None if device == "auto" else device, batch_size=batch_size, **kwargs, **knobs, **adaptive)
     click.echo(f"{attack.name}: surrogates {', '.join(e.name for e in attack.surrogates)}; seed {seed}; "
                f"device {attack.device}; {torch.get_num_threads()} threads", err=True)
     report = cloak_folder(in_path, out_root, attack, fmt=fmt, tool_suffix=tool_names, batch_size=batch_size,

@@ -30,8 +30,8 @@ def info(root: Path, min_images: int, decode: bool, top: int, workers: int) -> N
     from tqdm import tqdm
 
     from ..data.layout import scan_identities
-    from ..errors import ImageReadError
-    from ..imageio import image_info, open_image
+    from ..io.images import image_info, open_image
+    from ..utils.errors import ImageReadError
 
     ds = scan_identities(root, min_images=min_images)
     groups = ds.by_identity()
@@ -100,7 +100,7 @@ def split(root: Path, train_fraction: float, min_train: int, min_test: int, max_
 
     from ..data.layout import scan_identities
     from ..data.split import split_dataset
-    from ..imageio import atomic_write_bytes
+    from ..io.images import atomic_write_bytes
 
     ds = scan_identities(root, max_per_identity=max_per_identity, seed=seed)
     sp = split_dataset(ds, train_fraction=train_fraction, min_train=min_train, min_test=min_test, seed=seed)

@@ -9,36 +9,11 @@ from pathlib import Path
 import click
 
 
-def _parse_value(text: str):
-    from ..defenses import _parse_value as parse
-
-    return parse(text)
-
-
-def parse_attack_spec(spec: str) -> dict:
-    """``name[:key=value,...]`` -> an [[attacks]] table; a value with ``|`` is a list
-    (``lowkey:embedders=dlib-resnet29|sface,steps=20``)."""
-    from ..errors import ConfigError
-
-    name, _, args = spec.strip().partition(":")
-    if not name:
-        raise ConfigError(f"attack spec {spec!r}: empty name")
-    table: dict = {"name": name}
-    if args:
-        for kv in args.split(","):
-            k, eq, v = kv.partition("=")
-            if not eq or not k.strip():
-                raise ConfigError(f"attack spec {spec!r}: expected key=value, got {kv!r}")
-            k = k.strip()
-            table[k] = [x.strip() for x in v.split("|") if x.strip()] if ("|" in v or k == "embedders") else _parse_value(v)
-    return table
-
-
 def _run(cfg, out, device, restart, progress, quiet_table=False):
     from ..experiments import run_experiment
 
     t0 = time.perf_counter()
-    res = run_experiment(cfg, out, device=device, progress=progress, restart=restart)
+    res = run_experiment(cfg, out, device=device, progress=progress, restart=restart, echo=click.echo)
     wall = time.perf_counter() - t0
     if not quiet_table:
         click.echo("")
@@ -65,20 +40,36 @@ def common(f):
     return f
 
 
+def list_packaged(kind: str) -> None:
+    """Print the packaged configs of `kind` with their description (first comment line for recipes)."""
+    from ..utils.tomlconfig import packaged_config, packaged_config_names, read_toml
+
+    for name in packaged_config_names(kind):
+        path = packaged_config(name, kind)
+        text = str(read_toml(path).get("description", "")) if path else ""
+        if not text and path:
+            first = next((ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("#")), "")
+            text = first.lstrip("# ")
+        click.echo(f"{name:24s} {text[:110]}")
+
+
 @click.command("reproduce")
-@click.argument("config", metavar="CONFIG")
+@click.argument("config", metavar="CONFIG", required=False)
+@click.option("--list", "list_configs", is_flag=True, help="List the packaged configs and exit.")
 @click.option("--data", "data", type=click.Path(path_type=Path), default=None,
-              help="Identity folders ROOT/<identity>/<image> to use instead of the config's [data] root.")
+              help="Identity folders ROOT/<identity>/<image> to use instead of the config's [data] root "
+                   "(which may name a data set found in $PUFACE_DATA).")
 @click.option("--seed", "seeds", type=int, multiple=True,
               help="Run with this split/user/attack seed instead of the config's seeds (repeatable): the same grid "
                    "on another draw of protected users and train/test split.")
 @common
-def reproduce(config: str, data: Path | None, seeds: tuple[int, ...], out: Path | None, device: str | None, restart: bool,
-              progress: bool) -> None:
-    """Run the experiment grid of CONFIG (a TOML file, or the name of a packaged config: demo, lfw,
-    paper) and write results.csv, summary.csv, results.json, table.md and report.html. A config may
-    start from another (extends = "lfw.toml") and write only what differs; OUT/config.toml is saved
-    resolved.
+def reproduce(config: str | None, list_configs: bool, data: Path | None, seeds: tuple[int, ...], out: Path | None,
+              device: str | None, restart: bool, progress: bool) -> None:
+    """Run the experiment grid of CONFIG (a TOML file, or the name of a packaged config: see
+    `puface reproduce --list`) and write results.csv, summary.csv, results.json, table.md and
+    report.html. The data come from --data, else the config's [data] root: a folder, or a data set
+    name looked up in $PUFACE_DATA (the LFW configs name "lfw-chips150"). A config may start from
+    another (extends = "lfw") and write only what differs; OUT/config.toml is saved resolved.
 
     Finished runs are kept in OUT/runs.jsonl: re-running the same command resumes
     (only while the config and every weight file it names - victims, purifiers - are unchanged;
@@ -87,6 +78,10 @@ def reproduce(config: str, data: Path | None, seeds: tuple[int, ...], out: Path 
     """
     from ..experiments import load_config
 
+    if list_configs:
+        return list_packaged("experiment")
+    if config is None:
+        raise click.UsageError("give a CONFIG (a TOML file or a packaged config's name; --list shows them)")
     cfg = load_config(config)
     if data is not None:
         cfg = cfg.with_data_root(data)
@@ -109,12 +104,9 @@ def demo(data: Path | None, out: Path, device: str | None, restart: bool, progre
     training photo with the shipped purifier, train 1-NN and linear face recognisers, evaluate on
     clean photos, print the table and write an HTML report. A few minutes on a 2-core CPU.
     """
-    from ..experiments import load_config, packaged_config
+    from ..experiments import load_config
 
-    path = packaged_config("demo")
-    if path is None:  # pragma: no cover - packaging error
-        raise click.ClickException("the demo config is missing from this installation (puface/configs/demo.toml)")
-    cfg = load_config(path)
+    cfg = load_config("demo")
     if data is not None:
         cfg = cfg.with_data_root(data)
     _run(cfg, out, device, restart, progress)
@@ -150,6 +142,7 @@ def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses
     photos cloaked, the defense applied to every training photo, an FR model trained, clean test.
     """
     from ..experiments import ExperimentConfig
+    from ..utils.specs import parse_spec
 
     raw: dict = {
         "name": "evaluate",
@@ -157,10 +150,10 @@ def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses
         "data": {"root": str(data) if data else "johns", "min_images": min_images, "image_size": image_size},
         "users": {"allow_purifier_identities": allow_purifier_identities},
         "attacks": [{"name": "none"}]
-        + [parse_attack_spec(a) for a in (attacks or ([] if cloaked else ["fawkes:mode=high"])) if a != "none"]
+        + [parse_spec(a, "attack spec") for a in (attacks or ([] if cloaked else ["fawkes:mode=high"])) if a != "none"]
         + [{"name": "folder", "root": str(c)} for c in cloaked],
         "victims": {"embedders": list(victims) or ["dlib-resnet29"]},
-        "trainers": [parse_attack_spec(t) for t in (trainers or ["nn", "linear"])],
+        "trainers": [parse_spec(t, "trainer spec") for t in (trainers or ["nn", "linear"])],
         "defenses": [{"name": d} for d in (defenses or ["none", "puface"])],
     }
     if max_per_identity is not None:
@@ -171,7 +164,7 @@ def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses
         raw["users"]["count"] = n_users or 1
     cfg = ExperimentConfig.from_dict(raw)
     if save_config is not None:
-        from ..experiments import to_toml
+        from ..utils.tomlconfig import to_toml
 
         save_config.write_text(to_toml(raw), encoding="utf-8")
         click.echo(f"config written to {save_config}")

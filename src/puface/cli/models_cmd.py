@@ -16,8 +16,8 @@ def models() -> None:
               help="Also load each model (converting and caching its weights once) to show whether it works here.")
 def list_cmd(check: bool) -> None:
     """Show each built-in model: name, source package, licence, input size and embedding size."""
-    from ..errors import PufaceError
     from ..models.registry import EMBEDDERS, _load_builtin, create_embedder
+    from ..utils.errors import PufaceError
 
     _load_builtin()
     rows = []

@@ -1,4 +1,4 @@
-"""`puface train-purifier --config FILE` and `puface purify [--weights CKPT] IN OUT`."""
+"""`puface train-purifier --config RECIPE` and `puface purify [--weights CKPT] IN OUT`."""
 
 from __future__ import annotations
 
@@ -10,22 +10,18 @@ import click
 
 
 def _parse_override(text: str) -> tuple[str, object]:
-    from ..errors import ConfigError
-    from ..purifier.config import tomllib
+    from ..utils.errors import ConfigError
+    from ..utils.tomlconfig import parse_toml_value
 
     if "=" not in text:
         raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
-    try:
-        parsed = tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        parsed = value  # a bare string
-    return key.strip(), parsed
+    return key.strip(), parse_toml_value(value)
 
 
 def _parse_attack(text: str) -> dict:
-    from ..errors import ConfigError
-    from ..purifier.config import tomllib
+    from ..utils.errors import ConfigError
+    from ..utils.tomlconfig import tomllib
 
     try:
         return dict(tomllib.loads(f"a = {{ {text} }}")["a"])
@@ -35,8 +31,13 @@ def _parse_attack(text: str) -> dict:
 
 
 @click.command("train-purifier")
-@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
-              help="TOML training config (see configs/purifier-default.toml for every option).")
+@click.option("--config", "config_path", default="default", show_default=True,
+              help="A TOML training config, or a packaged recipe's name (--list shows them; 'default' is the "
+                   "shipped purifier's, with every option commented).")
+@click.option("--list", "list_recipes", is_flag=True, help="List the packaged purifier recipes and exit.")
+@click.option("--data", "data", type=click.Path(path_type=Path), default=None,
+              help="Identity folders to train on instead of the config's [data] root (which may name a data set "
+                   "found in $PUFACE_DATA; the packaged recipes name \"lfw-chips150\").")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Run folder for checkpoints (best.pt, last.pt, best.safetensors), metrics.jsonl and the "
                    "config. Default: runs/<config name>.")
@@ -59,7 +60,7 @@ def _parse_attack(text: str) -> dict:
 @click.option("--export", "export_path", type=click.Path(path_type=Path), default=None,
               help="Also write the best purifier to this file (.safetensors or .pt) when training ends.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
-def train_purifier(config_path: Path, out_dir: Path | None, resume: bool, device: str, overrides: tuple[str, ...],
+def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_dir: Path | None, resume: bool, device: str, overrides: tuple[str, ...],
                    drop_attacks: tuple[str, ...], add_attacks: tuple[str, ...], prepare_only: bool,
                    cached_cloaks_only: bool, export_path: Path | None, progress: bool) -> None:
     """Train a PuFace purifier (RED-Net) on amplified cloaked images, as the config says.
@@ -69,15 +70,24 @@ def train_purifier(config_path: Path, out_dir: Path | None, resume: bool, device
     the best and the last checkpoint. Multi-process: run it under torchrun, e.g.
     `torchrun --nproc_per_node 2 -m puface train-purifier --config FILE` (DDP; gloo on CPU, nccl on GPU).
     """
-    from ..purifier.config import load_config
-    from ..purifier.train import Dist, cleanup_distributed, init_distributed, prepare_data, train
+    from ..training.config import load_config
+    from ..training.train import (
+        cleanup_distributed,
+        init_distributed,
+        prepare_data,
+        train,
+    )
 
+    if list_recipes:
+        from .evaluate_cmd import list_packaged
+
+        return list_packaged("purifier")
     sets = dict(_parse_override(o) for o in overrides)
     if cached_cloaks_only:
         sets["data.cached_only"] = True
-    cfg = load_config(config_path, sets, drop_attacks=drop_attacks,
-                      add_attacks=[_parse_attack(a) for a in add_attacks])
-    out = out_dir or Path("runs") / config_path.stem
+    cfg = load_config(config_path, sets, drop_attacks=drop_attacks, add_attacks=[_parse_attack(a) for a in add_attacks],
+                      data_root=data)
+    out = out_dir or Path("runs") / Path(config_path).stem
     if prepare_only:
         d = init_distributed(None if device == "auto" else device)
         try:
@@ -97,7 +107,7 @@ def train_purifier(config_path: Path, out_dir: Path | None, resume: bool, device
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if export_path is not None and result.get("best_path"):
-        from ..purifier import Purifier
+        from ..purifier.model import Purifier
 
         Purifier.load(result["best_path"]).save(export_path)
         click.echo(f"exported the best purifier to {export_path}")
@@ -138,8 +148,8 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
     """
     import torch
 
-    from ..errors import PufaceError
-    from ..purifier.apply import purify_folder
+    from ..purifier.folder import purify_folder
+    from ..utils.errors import PufaceError
 
     if batch_size < 1:
         raise PufaceError("--batch-size must be >= 1")

@@ -13,8 +13,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..errors import PufaceError
-from ..paths import cache_dir
+from ..utils.errors import PufaceError
+from ..utils.paths import cache_dir
 
 SYSTEM_DIR = Path("/usr/share/doc/libdlib19.1/examples/johns")
 IDENTITIES = ("John_Salley", "John_Savage", "John_Schneider", "John_Shimkus", "John_Simm")

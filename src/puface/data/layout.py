@@ -6,15 +6,16 @@ files, are ignored. A folder given as `exclude` (e.g. an output folder inside th
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from ..errors import PufaceError
-from ..imageio import is_image_file
+from ..io.files import is_visible, is_within
+from ..io.images import is_image_file
+from ..utils.errors import PufaceError
+from ..utils.seeding import stable_seed
 
 
 @dataclass(frozen=True, order=True)
@@ -51,54 +52,12 @@ class FaceDataset:
         return FaceDataset(self.root, self.layout, [im for im in self.images if im.identity in keep])
 
 
-def stable_seed(*parts: object) -> int:
-    """A 64-bit seed derived from `parts` that is the same on every machine and Python run."""
-    h = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(h[:8], "little")
-
-
-def _visible(p: Path) -> bool:
-    return not p.name.startswith(".")
-
-
-def _is_within(p: Path, folder: Path) -> bool:
-    try:
-        p.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
-
-
-def list_image_files(root: Path, exclude: Iterable[Path] = ()) -> list[Path]:
-    """All image files under `root` (recursive, sorted), skipping hidden entries and `exclude` folders."""
-    root = Path(root)
-    excl = [Path(e) for e in exclude]
-    out: list[Path] = []
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        if any(_is_within(d, e) for e in excl):
-            continue
-        try:
-            entries = sorted(d.iterdir())
-        except OSError as e:
-            raise PufaceError(f"{d}: cannot list folder ({e.strerror or e})") from None
-        for p in entries:
-            if not _visible(p):
-                continue
-            if p.is_dir():
-                stack.append(p)
-            elif p.is_file() and is_image_file(p):
-                out.append(p)
-    return sorted(out)
-
-
 def _identity_images(folder: Path) -> tuple[list[Path], str]:
     """Images of one identity folder: directly inside it, or in its FaceScrub `face/` sub-folder."""
-    direct = sorted(p for p in folder.iterdir() if _visible(p) and p.is_file() and is_image_file(p))
+    direct = sorted(p for p in folder.iterdir() if is_visible(p) and p.is_file() and is_image_file(p))
     face = folder / "face"
     if face.is_dir():
-        nested = sorted(p for p in face.iterdir() if _visible(p) and p.is_file() and is_image_file(p))
+        nested = sorted(p for p in face.iterdir() if is_visible(p) and p.is_file() and is_image_file(p))
         if nested and not direct:
             return nested, "facescrub"
     return direct, "identity"
@@ -133,8 +92,8 @@ def scan_identities(
     wanted = set(identities) if identities is not None else None
     images: list[FaceImage] = []
     layouts: set[str] = set()
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and _visible(p)):
-        if any(_is_within(folder, e) for e in excl):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and is_visible(p)):
+        if any(is_within(folder, e) for e in excl):
             continue
         name = folder.name
         if wanted is not None and name not in wanted:

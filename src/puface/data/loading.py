@@ -9,12 +9,13 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import ImageReadError
-from ..imageio import read_image, to_tensor
+from ..io.images import read_image
+from ..utils.errors import ImageReadError
+from ..utils.images import image_to_tensor
 
 
 def _load_one(path: Path, size: tuple[int, int] | None) -> torch.Tensor:
-    t = to_tensor(read_image(path))
+    t = image_to_tensor(read_image(path))
     if size is not None and tuple(t.shape[-2:]) != tuple(size):
         t = F.interpolate(t[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp_(0, 1)
     return t
@@ -68,7 +69,7 @@ def load_images(
 
 def image_sizes(paths: Sequence[Path]) -> list[tuple[int, int]]:
     """(width, height) of each file from its header (no full decode)."""
-    from ..imageio import image_info
+    from ..io.images import image_info
 
     return [image_info(p)[:2] for p in paths]
 

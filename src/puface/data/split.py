@@ -10,8 +10,9 @@ import math
 import random
 from dataclasses import dataclass
 
-from ..errors import PufaceError
-from .layout import FaceDataset, FaceImage, stable_seed
+from ..utils.errors import PufaceError
+from ..utils.seeding import stable_seed
+from .layout import FaceDataset, FaceImage
 
 
 @dataclass

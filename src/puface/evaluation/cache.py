@@ -8,31 +8,14 @@ interrupted run leaves a consistent cache, and several processes may share it.
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import zlib
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import torch
 
-from ..paths import cache_dir
-
-
-def content_hash(image: torch.Tensor | np.ndarray) -> str:
-    """sha256 (32 hex digits) of a uint8 image's shape and bytes."""
-    a = image.cpu().numpy() if torch.is_tensor(image) else np.asarray(image)
-    if a.dtype != np.uint8:
-        raise ValueError(f"content_hash needs uint8 pixels, got {a.dtype}")
-    h = hashlib.sha256(str(a.shape).encode())
-    h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:32]
-
-
-def content_hashes(images: torch.Tensor) -> list[str]:
-    """`content_hash` of each image of a uint8 batch (N, 3, H, W)."""
-    return [content_hash(im) for im in images]
+from ..utils.paths import cache_dir
 
 
 class ContentCache:
@@ -98,4 +81,4 @@ class ContentCache:
         self._db.close()
 
 
-__all__ = ["ContentCache", "content_hash", "content_hashes"]
+__all__ = ["ContentCache"]

@@ -1,5 +1,5 @@
-"""Evaluation metrics: FaceCure's attack success rate and normal accuracy, summaries over users,
-and image quality (PSNR, SSIM) between two batches.
+"""Evaluation metrics: FaceCure's attack success rate and normal accuracy, and summaries over users.
+(Image quality, PSNR and SSIM, lives in `puface.utils.metrics`.)
 
 Definitions (FaceCure section 5; PuFace calls the cloak's success rate ASR):
 
@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from typing import Hashable, Iterable, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 
 def attack_success_rate(predicted: Sequence[Hashable], true: Sequence[Hashable], user: Hashable) -> float:
@@ -79,40 +77,6 @@ def summarise(values: Iterable[float]) -> Summary:
     return Summary(float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size))
 
 
-# ---------------------------------------------------------------- image quality
-
-def psnr(x: torch.Tensor, y: torch.Tensor, peak: float = 1.0) -> torch.Tensor:
-    """Per-image PSNR in dB between (N, 3, H, W) batches in [0, peak]; inf where identical."""
-    mse = (x.float() - y.float()).pow(2).flatten(1).mean(1)
-    return 10.0 * torch.log10(peak**2 / mse)
-
-
-def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
-    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return g
-
-
-def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5, peak: float = 1.0) -> torch.Tensor:
-    """Per-image SSIM (Wang et al. 2004; Gaussian window 11, sigma 1.5, K1 .01, K2 .03), averaged over
-    the RGB channels and valid positions. Inputs (N, 3, H, W) in [0, peak]; returns (N,) in [-1, 1]."""
-    x, y = x.float(), y.float()
-    n, c, h, w = x.shape
-    size = min(window, h, w)
-    g = _gaussian_window(size, sigma, x.device, x.dtype)
-    kh, kw = g.view(1, 1, -1, 1).repeat(c, 1, 1, 1), g.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
-
-    def filt(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.conv2d(t, kh, groups=c), kw, groups=c)
-
-    c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
-    mx, my = filt(x), filt(y)
-    sxx, syy, sxy = filt(x * x) - mx**2, filt(y * y) - my**2, filt(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
-    return s.flatten(1).mean(1)
-
-
 __all__ = [
-    "attack_success_rate", "normal_accuracy", "protocol_scores", "Summary", "summarise", "psnr", "ssim",
+    "attack_success_rate", "normal_accuracy", "protocol_scores", "Summary", "summarise",
 ]

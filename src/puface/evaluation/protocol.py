@@ -1,6 +1,6 @@
 """The FaceCure evaluation protocol, run for many protected users, attacks, defenses, victims and trainers.
 
-For one seed:
+For one seed (`data.EvaluationData`):
 
 1. every identity is split 70/30 (seeded per identity, `puface.data.split`);
 2. for each protected user, the user's *training* images are replaced by their cloaked versions
@@ -14,203 +14,52 @@ For one seed:
 
 Work is shared wherever the result cannot differ: the clean test set is embedded once per victim;
 the natural training images are defended and embedded once per defense (only the protected user's
-rows change from one user to the next); defended images of expensive defenses (the purifier) and
-all embeddings are cached by content (`cache.ContentCache`), so reruns and other experiments reuse
-them. Images are held as uint8, as they would be stored on disk after each step.
+rows change from one user to the next); a trainer that declares `warm_starts` begins each user's fit
+from the all-natural model; defended images of expensive defenses (the purifier) and all embeddings
+are cached by content (`cache.ContentCache`), so reruns and other experiments reuse them. Images are
+held as uint8, as they would be stored on disk after each step.
 """
 
 from __future__ import annotations
 
-import logging
-import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.layout import FaceDataset, FaceImage, scan_identities, stable_seed
+from ..attacks.cache import CloakCache
+from ..attacks.folder import FolderCloaks
 from ..data.loading import load_images
-from ..data.split import Split, split_dataset
-from ..defenses import Compose, Defense, NoDefense, module_fingerprint
-from ..errors import PufaceError
+from ..defenses import Compose, Defense, NoDefense, PuFaceDefense
 from ..models.base import FaceEmbedder
-from .cache import ContentCache, content_hashes
-from .metrics import protocol_scores, psnr, ssim
-from .trainers import EmbeddingTrainer, Trainer, create_trainer
+from ..utils.errors import PufaceError
+from ..utils.fingerprint import content_hashes
+from ..utils.images import to_float, to_uint8
+from ..utils.metrics import psnr, ssim
+from .cache import ContentCache
+from .data import EvaluationData
+from .metrics import protocol_scores
+from .trainers import TRAINERS, EmbeddingTrainer, Trainer, create_trainer
 
-log = logging.getLogger(__name__)
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """float [0, 1] (N, 3, H, W) -> uint8 0..255, rounded (what saving as PNG does)."""
-    return images.detach().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 0..255 -> float [0, 1]."""
-    return images.float().div_(255.0)
-
-
-@dataclass
-class LabelledImages:
-    """Images of a split side: uint8 (N, 3, H, W), their identity labels, files and content hashes."""
-
-    paths: list[Path]
-    labels: np.ndarray
-    images: torch.Tensor
-    hashes: list[str]
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def rows_of(self, identity: str) -> np.ndarray:
-        return np.flatnonzero(self.labels == identity)
-
-
-def load_labelled(items: Sequence[FaceImage], size: int, *, progress: bool = False, desc: str = "loading") -> LabelledImages:
-    """Decode `items` to uint8 at size x size; unreadable files are left out with a warning naming them."""
-    paths = [im.path for im in items]
-    chunks, kept_all, errors = [], [], []
-    for start in range(0, len(paths), 256):
-        x, kept, errs = load_images(paths[start : start + 256], size=(size, size), progress=progress, desc=desc)
-        chunks.append(to_uint8(x))
-        kept_all.extend(start + k for k in kept)
-        errors.extend(errs)
-    for e in errors:
-        log.warning("skipping unreadable image %s", e)
-    if errors:
-        import click
-
-        click.echo(f"warning: {len(errors)} unreadable image(s) left out, e.g. {errors[0]}", err=True)
-    images = torch.cat(chunks) if chunks else torch.empty(0, 3, size, size, dtype=torch.uint8)
-    return LabelledImages(
-        paths=[paths[k] for k in kept_all],
-        labels=np.array([items[k].identity for k in kept_all], dtype=object),
-        images=images,
-        hashes=content_hashes(images),
-    )
-
-
-@dataclass
-class EvaluationData:
-    """One seeded split of a data set, decoded: `train` and `test` as `LabelledImages`."""
-
-    dataset: FaceDataset
-    split: Split
-    train: LabelledImages
-    test: LabelledImages
-    seed: int
-    image_size: int
-
-    @property
-    def identities(self) -> list[str]:
-        return sorted(set(self.train.labels.tolist()))
-
-    @classmethod
-    def prepare(
-        cls,
-        root: str | Path | FaceDataset,
-        *,
-        seed: int = 0,
-        train_fraction: float = 0.7,
-        min_images: int = 2,
-        max_per_identity: int | None = None,
-        identities: Iterable[str] | None = None,
-        image_size: int = 150,
-        progress: bool = False,
-    ) -> "EvaluationData":
-        """Scan `root` (identity folders), cap, split (70/30, seeded) and decode every image."""
-        ds = root if isinstance(root, FaceDataset) else scan_identities(
-            root, min_images=min_images, max_per_identity=max_per_identity, identities=identities, seed=seed
-        )
-        split = split_dataset(ds, train_fraction=train_fraction, min_train=1, min_test=1, seed=seed)
-        train = load_labelled(split.train, image_size, progress=progress, desc="loading training images")
-        test = load_labelled(split.test, image_size, progress=progress, desc="loading test images")
-        return cls(ds, split, train, test, seed, image_size)
-
-
-def choose_users(
-    data: EvaluationData,
-    *,
-    count: int | None = None,
-    names: Sequence[str] | None = None,
-    seed: int = 0,
-    exclude: Iterable[str] = (),
-    min_train: int = 2,
-    min_test: int = 1,
-) -> list[str]:
-    """Protected users: `names` as given, or `count` identities drawn with `seed` among those with at
-    least `min_train` training and `min_test` test images that are not in `exclude`."""
-    n_train = {str(k): int(v) for k, v in zip(*np.unique(data.train.labels.astype(str), return_counts=True))}
-    n_test = {str(k): int(v) for k, v in zip(*np.unique(data.test.labels.astype(str), return_counts=True))}
-    if names:
-        missing = [n for n in names if n not in n_train]
-        if missing:
-            raise PufaceError(f"protected user(s) not in the data (or with too few images): {', '.join(missing)}")
-        return list(dict.fromkeys(names))
-    excluded = set(exclude)
-    candidates = sorted(k for k in n_train if n_train[k] >= min_train and n_test.get(k, 0) >= min_test and k not in excluded)
-    if count is None:
-        count = 1
-    if count > len(candidates):
-        raise PufaceError(
-            f"asked for {count} protected users but only {len(candidates)} identities qualify "
-            f"(>= {min_train} training and >= {min_test} test images"
-            + (f", not among the {len(excluded)} excluded" if excluded else "") + ")"
-        )
-    return sorted(random.Random(stable_seed("users", seed)).sample(candidates, count))
+__all__ = ["AttackSpec", "TrainerSpec", "Protocol", "setting_of", "run_id"]
 
 
 @dataclass
 class AttackSpec:
     """An attack in the grid. `attack` is None for the clean reference (no cloak).
 
-    `attack` is a callable images -> images; with a `config` attribute it goes through the cloak
-    cache. `surrogates` names the embedders the attacker optimised against (to tell white-box
-    from oblivious runs).
+    `attack` is a callable images -> images (a `CloakAttack` goes through the cloak cache) or a
+    `FolderCloaks` (cloaks made elsewhere). `surrogates` names the embedders the attacker optimised
+    against (to tell white-box from oblivious runs).
     """
 
     label: str
     attack: Any | None
     surrogates: tuple[str, ...] = ()
     batch_size: int = 16
-
-
-class FolderCloaks:
-    """Cloaks made elsewhere (the original Fawkes or LowKey tools, `puface cloak`): a folder that mirrors
-    the data tree, `root/<identity>/<file>`. For a natural image `<identity>/<stem>.<ext>` the first
-    existing name among `patterns` is used; the defaults cover puface's and Fawkes' names
-    (`<name>`, `<stem>.png`, `<stem>_cloaked.png`, `<stem>_<mode>_cloaked.png`) and LowKey's
-    (`<stem>_attacked.png`). Placeholders: {name}, {stem}, {ext}.
-    """
-
-    DEFAULT_PATTERNS = (
-        "{name}", "{stem}.png", "{stem}_cloaked.png", "{stem}_cloaked.jpg", "{stem}_cloaked{ext}",
-        "{stem}_high_cloaked.png", "{stem}_mid_cloaked.png", "{stem}_low_cloaked.png", "{stem}_attacked.png",
-    )
-
-    def __init__(self, root: str | Path, patterns: Sequence[str] | None = None):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise PufaceError(f"{self.root}: folder of cloaked images not found")
-        self.patterns = tuple(patterns) if patterns else self.DEFAULT_PATTERNS
-        self.name = f"folder:{self.root.name}"
-
-    def path_for(self, natural: Path, data_root: Path) -> Path:
-        """The cloaked file for `natural` (a file under `data_root`); raises naming what was tried."""
-        rel = Path(natural).relative_to(data_root)
-        folder = self.root / rel.parent
-        tried = []
-        for pat in self.patterns:
-            cand = folder / pat.format(name=rel.name, stem=rel.stem, ext=rel.suffix)
-            if cand.is_file():
-                return cand
-            tried.append(cand.name)
-        raise PufaceError(f"no cloaked version of {rel} in {folder} (tried {', '.join(dict.fromkeys(tried))})")
 
 
 @dataclass
@@ -230,9 +79,11 @@ class TrainerSpec:
 
     @property
     def uses_embeddings(self) -> bool:
-        from .trainers import TRAINERS
-
         return bool(getattr(TRAINERS.get(self.name).factory, "uses_embeddings", False))
+
+    @property
+    def warm_starts(self) -> bool:
+        return bool(getattr(TRAINERS.get(self.name).factory, "warm_starts", False))
 
 
 def setting_of(victim: str, attack: AttackSpec) -> str:
@@ -247,18 +98,20 @@ def run_id(seed: int, attack: str, victim: str, trainer: str, defense: str, user
 
 
 def _is_expensive(defense: Defense) -> bool:
-    if isinstance(defense, Compose):
-        return any(_is_expensive(d) for d in defense.steps)
-    return defense.kind == "puface"
+    """Whether defended images are worth caching (a learned defense, anywhere in a composition)."""
+    steps = defense.steps if isinstance(defense, Compose) else [defense]
+    return any(isinstance(d, PuFaceDefense) for d in steps)
 
 
-def default_cloak_cache() -> Any | None:
-    """The attacks' `CloakCache` when the attacks package provides it, else None."""
-    try:
-        from ..attacks.cache import CloakCache
-    except ImportError:
-        return None
-    return CloakCache()
+@dataclass
+class _DefendedSet:
+    """One defense's view of the training set: the defended natural images, their embeddings per victim,
+    and the trainers fitted on it (the clean reference, and the warm start for each user's fit)."""
+
+    images: torch.Tensor
+    hashes: list[str]
+    embeddings: dict[str, torch.Tensor]
+    base: dict[tuple[str, str], tuple[Trainer, np.ndarray, float]] = field(default_factory=dict)
 
 
 class Protocol:
@@ -272,7 +125,7 @@ class Protocol:
         trainers: `TrainerSpec`s.
         defenses: {label: Defense}.
         cache: content cache for defended images and embeddings (None: no caching).
-        cloak_cache: a `CloakCache` (default: the attacks package's, when present), or None to call
+        cloak_cache: a `CloakCache` (default: the shared one under $PUFACE_HOME), or None to call
             attacks directly.
         on_result: called with each result row as soon as it exists (to write it out at once).
         on_quality: called with (attack, defense, user, {"psnr": [...], "ssim": [...]}) per unit.
@@ -294,7 +147,7 @@ class Protocol:
         defenses: dict[str, Defense],
         *,
         cache: ContentCache | None = None,
-        cloak_cache: Any | None = "default",
+        cloak_cache: CloakCache | None | str = "default",
         on_result: Callable[[dict], None] | None = None,
         on_quality: Callable[[str, str, str, dict], None] | None = None,
         on_example: Callable[[str, str, str, torch.Tensor], None] | None = None,
@@ -311,7 +164,7 @@ class Protocol:
         self.trainers = list(trainers)
         self.defenses = dict(defenses)
         self.cache = cache
-        self.cloak_cache = default_cloak_cache() if cloak_cache == "default" else cloak_cache
+        self.cloak_cache = CloakCache() if cloak_cache == "default" else cloak_cache
         self.on_result = on_result
         self.on_quality = on_quality
         self.on_example = on_example
@@ -323,10 +176,10 @@ class Protocol:
         self.timings: dict[str, float] = {"load_s": 0.0, "cloak_s": 0.0, "defend_s": 0.0, "embed_s": 0.0, "train_s": 0.0}
         self.examples: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
         self.quality: dict[tuple[str, str, str], dict[str, list[float]]] = {}
-        self._fingerprints = {v: f"{emb.name}:{module_fingerprint(emb)}" for v, emb in self.victims.items()}
+        self._fingerprints = {v: f"{emb.name}:{emb.fingerprint()}" for v, emb in self.victims.items()}
         self._check()
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ checks and bookkeeping
 
     def _check(self) -> None:
         for label_set, what in ((self.victims, "victim"), (self.defenses, "defense")):
@@ -346,13 +199,16 @@ class Protocol:
             if len(self.data.train.rows_of(u)) == 0:
                 raise PufaceError(f"protected user {u!r} has no training images in this split")
 
-    def _all_done(self, ids: Iterable[str]) -> bool:
-        return all(i in self.done for i in ids)
+    def _cells(self) -> list[tuple[str, TrainerSpec]]:
+        """Every (victim, trainer) pair the grid runs, in order."""
+        return [(v, t) for v in self.victims for t in self.trainers if t.applies_to(v)]
 
     def _ids(self, attack: str, user: str, defenses: Iterable[str] | None = None) -> list[str]:
         ds = list(self.defenses) if defenses is None else list(defenses)
-        return [run_id(self.data.seed, attack, v, t.label, d, user) for d in ds for v in self.victims for t in self.trainers
-                if t.applies_to(v)]
+        return [run_id(self.data.seed, attack, v, t.label, d, user) for d in ds for v, t in self._cells()]
+
+    def _all_done(self, ids: Iterable[str]) -> bool:
+        return all(i in self.done for i in ids)
 
     def _bar(self, iterable, **kw):
         if not self.progress:
@@ -360,6 +216,8 @@ class Protocol:
         from tqdm import tqdm
 
         return tqdm(iterable, **kw)
+
+    # ------------------------------------------------------------------ the three costly steps, cached
 
     def embed(self, victim: str, images: torch.Tensor, hashes: Sequence[str]) -> torch.Tensor:
         """(N, D) embeddings of uint8 images by victim `victim`, via the content cache."""
@@ -416,13 +274,12 @@ class Protocol:
         rows = self.data.train.rows_of(user)
         natural = self.data.train.images[rows]
         size = tuple(natural.shape[-2:])
+        paths = [self.data.train.paths[i] for i in rows]
         if isinstance(spec.attack, FolderCloaks):
-            files = [spec.attack.path_for(self.data.train.paths[i], self.data.dataset.root) for i in rows]
-            x, kept, errors = load_images(files, size=size)
+            x, _, errors = load_images([spec.attack.path_for(p, self.data.dataset.root) for p in paths], size=size)
             if errors:
                 raise PufaceError(f"cloaked image unreadable: {errors[0]}")
         elif self.cloak_cache is not None and hasattr(spec.attack, "config"):
-            paths = [self.data.train.paths[i] for i in rows]
             x, kept, errors = self.cloak_cache.cloak(spec.attack, paths, batch_size=spec.batch_size, progress=self.progress, size=size)
             if errors or len(kept) != len(paths):
                 first = errors[0] if errors else "some images were not cloaked"
@@ -440,11 +297,13 @@ class Protocol:
         self.timings["cloak_s"] += time.perf_counter() - t0
         return to_uint8(x)
 
+    # ------------------------------------------------------------------ what the report keeps
+
     def _record_quality(self, attack: str, defense: str, user: str, images: torch.Tensor, natural: torch.Tensor) -> None:
         """PSNR (dB, capped at 99) and SSIM of a user's (cloaked, defended) training images against the
         natural ones, in `quality[attack, defense, user]` (and passed to `on_quality`)."""
         x, y = to_float(images), to_float(natural)
-        q = {"psnr": psnr(x, y).clamp(max=99.0).tolist(), "ssim": ssim(x, y).tolist()}
+        q = {"psnr": psnr(x, y, cap=99.0).tolist(), "ssim": ssim(x, y).tolist()}
         self.quality[attack, defense, user] = q
         if self.on_quality is not None:
             self.on_quality(attack, defense, user, q)
@@ -456,129 +315,126 @@ class Protocol:
             if self.on_example is not None:
                 self.on_example(user, attack, kind, ex)
 
+    # ------------------------------------------------------------------ fitting one FR model
+
+    def _base_model(self, ds: _DefendedSet, v: str, t: TrainerSpec) -> tuple[Trainer, np.ndarray, float]:
+        """The trainer fitted on the all-natural (defended) training set, its test predictions, fit seconds."""
+        if (v, t.label) not in ds.base:
+            t0 = time.perf_counter()
+            model = t.build(self.victims[v])
+            if isinstance(model, EmbeddingTrainer):
+                model.fit_embeddings(ds.embeddings[v], self.data.train.labels)
+                pred = model.predict_embeddings(self._test_emb[v])
+            else:
+                model.fit(ds.images, self.data.train.labels)
+                pred = model.predict(self.data.test.images)
+            ds.base[v, t.label] = (model, pred, time.perf_counter() - t0)
+        return ds.base[v, t.label]
+
+    def _fit_predict(self, ds: _DefendedSet, v: str, t: TrainerSpec, rows_u: np.ndarray, cloaked: torch.Tensor,
+                     cloaked_emb: Callable[[str], torch.Tensor]) -> np.ndarray:
+        """Test predictions of trainer `t` on victim `v` fitted on the defended set with the user's rows
+        replaced by their (defended) cloaked images."""
+        rows = torch.from_numpy(rows_u)
+        labels = self.data.train.labels
+        if t.uses_embeddings:
+            emb = ds.embeddings[v].clone()
+            emb[rows] = cloaked_emb(v)
+            model = t.build(self.victims[v])
+            init = self._base_model(ds, v, t)[0] if t.warm_starts else None
+            model.fit_embeddings(emb, labels, init=init)
+            return model.predict_embeddings(self._test_emb[v])
+        images = ds.images.clone()
+        images[rows] = cloaked
+        model = t.build(self.victims[v])
+        model.fit(images, labels)
+        return model.predict(self.data.test.images)
+
     # ------------------------------------------------------------------ the grid
 
     def run(self) -> list[dict]:
         """Run every (user, attack, defense, victim, trainer) not in `done`; returns the new rows."""
-        rows: list[dict] = []
-        data, train, test = self.data, self.data.train, self.data.test
-        real_attacks = [a for a in self.attacks if a.attack is not None]
-
-        # 1. Cloak each user's training images once per attack.
-        cloaked: dict[tuple[str, str], torch.Tensor] = {}
-        jobs = [(a, u) for a in real_attacks for u in self.users if not self._all_done(self._ids(a.label, u))]
-        for a, u in self._bar(jobs, desc="cloaking users", unit="user"):
-            cloaked[a.label, u] = self.cloak(a, u)
-
-        pending_defenses = [
-            d for d in self.defenses if not all(self._all_done(self._ids(a.label, u, [d])) for a in self.attacks for u in self.users)
-        ]
-        if not pending_defenses:
-            return rows
-
-        # 2. The clean test set, embedded once per victim.
+        cloaked = self._cloak_all()
+        pending = [d for d in self.defenses
+                   if not all(self._all_done(self._ids(a.label, u, [d])) for a in self.attacks for u in self.users)]
+        if not pending:
+            return []
         need_emb = any(t.uses_embeddings for t in self.trainers)
-        test_emb = {v: self.embed(v, test.images, test.hashes) for v in self.victims} if need_emb else {}
-
-        units = [(d, a, u) for d in pending_defenses for a in self.attacks for u in self.users]
+        test = self.data.test
+        self._test_emb = {v: self.embed(v, test.images, test.hashes) for v in self.victims} if need_emb else {}
+        units = [(d, a, u) for d in pending for a in self.attacks for u in self.users]
         bar = self._bar(units, desc="evaluating", unit="run") if self.progress else None
-        for d in pending_defenses:
+        rows: list[dict] = []
+        for d in pending:
             if bar is not None:
                 bar.set_postfix_str(f"{d}: defending and embedding the training set")
-            natural, nat_hashes = self.defend(d, train.images, train.hashes)
-            nat_emb = {v: self.embed(v, natural, nat_hashes) for v in self.victims} if need_emb else {}
-            base: dict[tuple[str, str], tuple[Trainer, np.ndarray, float]] = {}
-
-            def base_model(v: str, t: TrainerSpec) -> tuple[Trainer, np.ndarray, float]:
-                """The trainer fitted on the all-natural (defended) training set, and its predictions."""
-                if (v, t.label) not in base:
-                    t0 = time.perf_counter()
-                    model = t.build(self.victims[v])
-                    if isinstance(model, EmbeddingTrainer):
-                        model.fit_embeddings(nat_emb[v], train.labels)
-                        pred = model.predict_embeddings(test_emb[v])
-                    else:
-                        model.fit(natural, train.labels)
-                        pred = model.predict(test.images)
-                    base[v, t.label] = (model, pred, time.perf_counter() - t0)
-                return base[v, t.label]
-
+            ds = self._defended_set(d, need_emb)
             for a in self.attacks:
                 for u in self.users:
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix_str(f"{d} / {a.label} / {u}", refresh=False)
-                    ids = self._ids(a.label, u, [d])
-                    if self._all_done(ids):
-                        continue
-                    rows_u = train.rows_of(u)
-                    if a.attack is not None:
-                        cl = cloaked[a.label, u]
-                        cl_def, cl_hashes = self.defend(d, cl, content_hashes(cl))
-                        self._record_quality(a.label, d, u, cl_def, train.images[rows_u])
-                        self._keep_example(u, a.label, "natural", train.images[rows_u])
-                        self._keep_example(u, a.label, "cloaked", cl)
-                        self._keep_example(u, a.label, f"defense:{d}", cl_def)
-                    else:
-                        self._record_quality(a.label, d, u, natural[rows_u], train.images[rows_u])
-                        self._keep_example(u, a.label, "natural", train.images[rows_u])
-                        self._keep_example(u, a.label, f"defense:{d}", natural[rows_u])
-                    cl_emb: dict[str, torch.Tensor] = {}  # the user's defended cloaked rows, per victim
-                    for v in self.victims:
-                        for t in self.trainers:
-                            if not t.applies_to(v):
-                                continue
-                            rid = run_id(data.seed, a.label, v, t.label, d, u)
-                            if rid in self.done:
-                                continue
-                            t0 = time.perf_counter()
-                            if a.attack is None:
-                                fresh = (v, t.label) not in base
-                                _, pred, fit_s = base_model(v, t)
-                                wall = fit_s if fresh else 0.0
-                            elif t.uses_embeddings:
-                                if v not in cl_emb:
-                                    cl_emb[v] = self.embed(v, cl_def, cl_hashes)
-                                emb = nat_emb[v].clone()
-                                emb[torch.from_numpy(rows_u)] = cl_emb[v]
-                                model = t.build(self.victims[v])
-                                init = base_model(v, t)[0] if t.name == "linear" else None
-                                model.fit_embeddings(emb, train.labels, init=init)
-                                pred = model.predict_embeddings(test_emb[v])
-                                wall = time.perf_counter() - t0
-                            else:
-                                images = natural.clone()
-                                images[torch.from_numpy(rows_u)] = cl_def
-                                model = t.build(self.victims[v])
-                                model.fit(images, train.labels)
-                                pred = model.predict(test.images)
-                                wall = time.perf_counter() - t0
-                            self.timings["train_s"] += time.perf_counter() - t0
-                            row = {
-                                "run_id": rid,
-                                "seed": data.seed,
-                                "attack": a.label,
-                                "victim": v,
-                                "trainer": t.label,
-                                "defense": d,
-                                "user": u,
-                                "setting": setting_of(v, a),
-                                **protocol_scores(pred, test.labels, u),
-                                "n_train": len(train),
-                                "n_user_train": len(rows_u),
-                                "n_identities": len(data.identities),
-                                "wall_s": round(wall, 4),
-                            }
-                            rows.append(row)
-                            self.done.add(rid)
-                            if self.on_result is not None:
-                                self.on_result(row)
+                    if not self._all_done(self._ids(a.label, u, [d])):
+                        rows += self._run_unit(ds, d, a, u, cloaked.get((a.label, u)))
         if bar is not None:
             bar.close()
         return rows
 
+    def _cloak_all(self) -> dict[tuple[str, str], torch.Tensor]:
+        """Each pending user's training images cloaked once per attack."""
+        jobs = [(a, u) for a in self.attacks if a.attack is not None for u in self.users
+                if not self._all_done(self._ids(a.label, u))]
+        return {(a.label, u): self.cloak(a, u) for a, u in self._bar(jobs, desc="cloaking users", unit="user")}
 
-__all__ = [
-    "EvaluationData", "LabelledImages", "load_labelled", "choose_users", "AttackSpec", "TrainerSpec", "FolderCloaks",
-    "Protocol", "setting_of", "run_id", "to_uint8", "to_float", "default_cloak_cache",
-]
+    def _defended_set(self, d: str, need_emb: bool) -> _DefendedSet:
+        train = self.data.train
+        images, hashes = self.defend(d, train.images, train.hashes)
+        embeddings = {v: self.embed(v, images, hashes) for v in self.victims} if need_emb else {}
+        return _DefendedSet(images, hashes, embeddings)
+
+    def _run_unit(self, ds: _DefendedSet, d: str, a: AttackSpec, u: str, cloaked: torch.Tensor | None) -> list[dict]:
+        """Every pending (victim, trainer) run of one (defense, attack, user)."""
+        train = self.data.train
+        rows_u = train.rows_of(u)
+        natural = train.images[rows_u]
+        self._keep_example(u, a.label, "natural", natural)
+        if cloaked is not None:
+            cl_def, cl_hashes = self.defend(d, cloaked, content_hashes(cloaked))
+            self._keep_example(u, a.label, "cloaked", cloaked)
+        else:  # the clean reference: the user's rows are the defended natural ones
+            cl_def, cl_hashes = ds.images[rows_u], None
+        self._record_quality(a.label, d, u, cl_def, natural)
+        self._keep_example(u, a.label, f"defense:{d}", cl_def)
+        cl_emb: dict[str, torch.Tensor] = {}
+
+        def cloaked_emb(v: str) -> torch.Tensor:
+            if v not in cl_emb:
+                cl_emb[v] = self.embed(v, cl_def, cl_hashes)
+            return cl_emb[v]
+
+        out = []
+        for v, t in self._cells():
+            rid = run_id(self.data.seed, a.label, v, t.label, d, u)
+            if rid in self.done:
+                continue
+            t0 = time.perf_counter()
+            if cloaked is None:
+                fresh = (v, t.label) not in ds.base
+                _, pred, fit_s = self._base_model(ds, v, t)
+                wall = fit_s if fresh else 0.0
+            else:
+                pred = self._fit_predict(ds, v, t, rows_u, cl_def, cloaked_emb)
+                wall = time.perf_counter() - t0
+            self.timings["train_s"] += time.perf_counter() - t0
+            row = {
+                "run_id": rid, "seed": self.data.seed, "attack": a.label, "victim": v, "trainer": t.label,
+                "defense": d, "user": u, "setting": setting_of(v, a),
+                **protocol_scores(pred, self.data.test.labels, u),
+                "n_train": len(train), "n_user_train": len(rows_u), "n_identities": len(self.data.identities),
+                "wall_s": round(wall, 4),
+            }
+            out.append(row)
+            self.done.add(rid)
+            if self.on_result is not None:
+                self.on_result(row)
+        return out

@@ -19,8 +19,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..imageio import atomic_write_bytes, read_image, to_tensor
-from .metrics import psnr, ssim
+from ..io.images import atomic_write_bytes, read_image
+from ..utils.images import image_to_tensor, tensor_to_image
+from ..utils.metrics import psnr, ssim
 
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
@@ -138,7 +139,7 @@ def bar_charts(summary: list[dict], config: dict) -> list[tuple[str, str]]:
 
 
 def _load(out_dir: Path, rel: str) -> torch.Tensor:
-    return to_tensor(read_image(out_dir / rel))
+    return image_to_tensor(read_image(out_dir / rel))
 
 
 def image_grids(out_dir: Path, examples: dict[str, dict[str, list[str]]], amplification: float, max_users: int = 3) -> str:
@@ -176,7 +177,7 @@ def image_grids(out_dir: Path, examples: dict[str, dict[str, list[str]]], amplif
                     p, s = float(psnr(im, nat)[0]), float(ssim(im, nat)[0])
                     name = f"amplified x{amplification:g}" if c == "amplified" else (c[len("defense:"):] + " (cloaked input)" if c.startswith("defense:") else c)
                     cap = f"{html.escape(name)}<br>PSNR {p:.2f} dB<br>SSIM {s:.4f}"
-                uri = data_uri_png((im[0].permute(1, 2, 0).mul(255).round().clamp(0, 255).byte().numpy()))
+                uri = data_uri_png(tensor_to_image(im[0]))
                 cells.append(f'<figure><img src="{uri}" alt="{html.escape(c)}"><figcaption>{cap}</figcaption></figure>')
             rows_html.append(f'<div class="grid" style="grid-template-columns: repeat({len(cells)}, 160px)">' + "".join(cells) + "</div>")
         blocks.append(f"<h3>{html.escape(user)}: {html.escape(attack)} (seed {html.escape(seed)})</h3>" + "".join(rows_html))
@@ -193,7 +194,7 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
     meta = [
         f"data: {html.escape(str(results.get('data_root', '')))}",
         f"runs: {results.get('n_runs', 0)}; wall time {results.get('wall_s', 0):.0f} s ({timings})",
-        f"protected users: " + "; ".join(f"seed {s}: {html.escape(', '.join(u))}" for s, u in results.get("users", {}).items()),
+        "protected users: " + "; ".join(f"seed {s}: {html.escape(', '.join(u))}" for s, u in results.get("users", {}).items()),
         f"environment: Python {env.get('python', '?')}, torch {env.get('torch', '?')}, {env.get('device', '?')}, "
         f"{env.get('threads', '?')} threads; finished {results.get('finished', '')}",
     ]

@@ -39,7 +39,7 @@ def summarise_rows(rows: Iterable[dict]) -> list[dict]:
 
 def write_csv(path: str | Path, rows: Sequence[dict]) -> None:
     """Rows (dicts) as CSV with the union of their keys as header, written atomically."""
-    from ..imageio import atomic_write_bytes
+    from ..io.images import atomic_write_bytes
 
     keys: list[str] = []
     for r in rows:

@@ -28,20 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
 from ..models.base import FaceEmbedder
-from ..registry import Registry
+from ..utils.device import resolve_device
+from ..utils.errors import ConfigError
+from ..utils.images import to_float
+from ..utils.registry import Registry
 
 TRAINERS = Registry("trainer")
-
-
-def as_float_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 0..255 or float [0, 1] (N, 3, H, W) -> float [0, 1]."""
-    if images.dtype == torch.uint8:
-        return images.float().div_(255.0)
-    if not images.is_floating_point():
-        raise ValueError(f"images must be float in [0, 1] or uint8, got {images.dtype}")
-    return images
 
 
 def _encode_labels(labels: Sequence[Hashable]) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +49,8 @@ class Trainer:
     """Base class. `config` is every setting (JSON-serialisable); `name` is the registry name."""
 
     name: str = ""
-    uses_embeddings: bool = False
+    uses_embeddings: bool = False  # fits on frozen embeddings (`fit_embeddings`), so the protocol can share them
+    warm_starts: bool = False  # `fit_embeddings(..., init=fitted)` starts from another fit (same optimum, faster)
 
     def __init__(self, embedder: FaceEmbedder, **params: Any):
         self.embedder = embedder
@@ -95,7 +89,7 @@ class EmbeddingTrainer(Trainer):
         self.batch_size = int(batch_size)
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
-        out = [self.embedder.embed(as_float_images(images[i : i + self.batch_size])) for i in range(0, len(images), self.batch_size)]
+        out = [self.embedder.embed(to_float(images[i : i + self.batch_size])) for i in range(0, len(images), self.batch_size)]
         return torch.cat(out) if out else torch.empty(0, self.embedder.embedding_dim)
 
     def fit(self, images: torch.Tensor, labels: Sequence[Hashable]) -> "EmbeddingTrainer":
@@ -146,6 +140,7 @@ class LinearProbe(EmbeddingTrainer):
     """
 
     name = "linear"
+    warm_starts = True
 
     def __init__(self, embedder: FaceEmbedder, C: float = 1.0, max_iter: int = 500, tol: float = 1e-4, batch_size: int = 64):
         if not C > 0:
@@ -253,12 +248,12 @@ class EndToEnd(Trainer):
             embedder, steps=int(steps), batch_size=int(batch_size), lr=float(lr), backbone_lr=float(backbone_lr),
             scale=float(scale), flip=bool(flip), seed=int(seed),
         )
-        self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(device)
         self.progress = progress
         self.losses: list[float] = []
 
     def _forward_embed(self, model: FaceEmbedder, images: torch.Tensor) -> torch.Tensor:
-        return model(as_float_images(images).to(self.device))
+        return model(to_float(images).to(self.device))
 
     def fit(self, images: torch.Tensor, labels: Sequence[Hashable]) -> "EndToEnd":
         self._check_fit(len(images), labels)
@@ -289,7 +284,7 @@ class EndToEnd(Trainer):
             steps = tqdm(steps, desc="e2e fine-tuning", unit="step", leave=False)
         for _ in steps:
             idx, cls = balanced_batch(by_class, p["batch_size"], g)
-            x = as_float_images(images[torch.from_numpy(idx)])
+            x = to_float(images[torch.from_numpy(idx)])
             if p["flip"]:
                 x = random_hflip(x, g)
             y = torch.from_numpy(cls).to(self.device)
@@ -321,18 +316,12 @@ def list_trainers() -> list[str]:
 
 
 def create_trainer(name: str, embedder: FaceEmbedder, **params: Any) -> Trainer:
-    """A trainer by name, on `embedder`, e.g. `create_trainer("linear", emb, C=0.5)`."""
-    entry = TRAINERS.get(name)
-    try:
-        return entry.factory(embedder, **params)
-    except TypeError as e:
-        import inspect
-
-        accepted = [k for k in inspect.signature(entry.factory.__init__).parameters if k not in ("self", "embedder")]
-        raise ConfigError(f"trainer {name!r}: {e}; accepted parameters: {', '.join(accepted) or '(none)'}") from None
+    """A trainer by name, on `embedder`, e.g. `create_trainer("linear", emb, C=0.5)`; a wrong option
+    raises `ConfigError` listing the accepted ones."""
+    return TRAINERS.create(name, embedder, **params)
 
 
 __all__ = [
     "Trainer", "EmbeddingTrainer", "NearestNeighbour", "LinearProbe", "EndToEnd", "TRAINERS",
-    "create_trainer", "list_trainers", "as_float_images", "balanced_batch", "random_hflip",
+    "create_trainer", "list_trainers", "balanced_batch", "random_hflip",
 ]

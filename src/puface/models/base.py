@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils.fingerprint import module_fingerprint
+
 
 @dataclass(frozen=True)
 class InputNormalization:
@@ -137,6 +139,11 @@ class FaceEmbedder(nn.Module):
         device = next(self.parameters(), torch.empty(0)).device
         out = [self(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)]
         return torch.cat(out) if out else torch.empty(0, self.embedding_dim)
+
+    def fingerprint(self) -> str:
+        """Content hash of the weights (and of a defense's network for an adaptive surrogate): the part
+        of cache keys that tells two models of one name apart."""
+        return module_fingerprint(self)
 
     def describe(self) -> dict:
         return {

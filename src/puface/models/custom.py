@@ -30,7 +30,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, PufaceError
+from ..utils.errors import ConfigError, PufaceError
 from .base import FaceEmbedder, InputNormalization
 
 __all__ = ["load_custom_embedder", "read_sidecar", "CustomModelError"]

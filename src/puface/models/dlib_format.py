@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import PufaceError
+from ..utils.errors import PufaceError
 
 _FLOAT_SPECIAL = {32000: math.inf, 32001: -math.inf, 32002: math.nan}
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import PufaceError
+from ..utils.errors import PufaceError
 from .base import FaceEmbedder, InputNormalization
 from .dlib_format import DlibNetwork, read_dlib_dnn
 from .registry import EMBEDDERS

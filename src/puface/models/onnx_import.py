@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import PufaceError
+from ..utils.errors import PufaceError
 
 __all__ = [
     "OnnxImportError",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from ..registry import Registry
+from ..utils.registry import Registry
 from .base import FaceEmbedder
 
 EMBEDDERS = Registry("embedder")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import PufaceError
+from ..utils.errors import PufaceError
 from .base import FaceEmbedder, InputNormalization
 from .registry import EMBEDDERS
 from .weights import cached_state_dict, package_file

@@ -14,8 +14,8 @@ from typing import Callable
 
 import torch
 
-from ..errors import MissingDependencyError, PufaceError
-from ..paths import cache_dir
+from ..utils.errors import MissingDependencyError, PufaceError
+from ..utils.paths import cache_dir
 
 
 def package_dir(module: str, pip_name: str) -> Path:

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from .. import __version__
-from ..errors import PufaceError
+from ..utils.errors import PufaceError
+from ..utils.version import __version__
 
 FORMAT = "puface-purifier"
 FORMAT_VERSION = 1

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..utils.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,75 @@
+"""The Python API for the three users, at the top of the package (`import puface`).
+
+* an FR trainer purifies tensors in a training loop, or a folder tree: `load_purifier`;
+* a privacy researcher makes cloaks and defenses and measures them: `create_attack`, `create_defense`,
+  `create_embedder`, `create_trainer`, the `list_*` functions, `run_experiment`;
+* anyone reproduces a table from a config: `run_experiment("lfw", data=...)`.
+
+Images are float RGB tensors in [0, 1], (N, 3, H, W). Every factory takes a name and options, or the
+spec grammar of `puface.utils.specs` (``"jpeg:quality=75"``, ``"fawkes:mode=high"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .attacks import create_attack, list_attacks
+from .defenses import create_defense, list_defenses
+from .evaluation.trainers import list_trainers
+from .experiments import ExperimentConfig, ExperimentResult, load_config
+from .experiments import run_experiment as _run_experiment
+from .models import FaceEmbedder
+from .models.registry import list_embedders, load_embedder
+from .purifier import Purifier
+
+__all__ = [
+    "load_purifier", "create_attack", "list_attacks", "create_defense", "list_defenses", "create_embedder",
+    "list_embedders", "create_trainer", "list_trainers", "load_config", "run_experiment", "ExperimentConfig",
+]
+
+
+def load_purifier(path: str | Path | None = None, device: str | None = "cpu") -> Purifier:
+    """A purifier: the one shipped with puface (`path=None`) or a checkpoint (.safetensors or .pt).
+
+    `purifier.purify(images)` purifies a tensor batch (no gradients, batched, returns CPU);
+    `purifier(images)` is the differentiable forward pass; `purifier.purify_folder(IN, OUT)` purifies a
+    folder tree (streamed, resumable). `device`: "cpu", "cuda", "auto" (CUDA when available).
+    """
+    return Purifier.load(path, device=device)
+
+
+def create_embedder(name: str, device: str | None = None, **options: Any) -> FaceEmbedder:
+    """A face model by registry name (`list_embedders()`) or the path of your ONNX / TorchScript model:
+    (N, 3, H, W) in [0, 1], any size -> (N, D) L2-normalised embeddings."""
+    return load_embedder(name, device=device, **options)
+
+
+def create_trainer(name: str, embedder: FaceEmbedder | str, **options: Any):
+    """An FR trainer of the FaceCure protocol (`list_trainers()`: nn, linear, e2e) on an embedder (or
+    its name): `fit(images, labels)`, `predict(images)`."""
+    from .evaluation.trainers import create_trainer as make
+
+    return make(name, create_embedder(embedder) if isinstance(embedder, str) else embedder, **options)
+
+
+def run_experiment(config: ExperimentConfig | str | Path | dict, out: str | Path | None = None, *,
+                   data: str | Path | None = None, seeds: list[int] | None = None, device: str | None = None,
+                   progress: bool = False, restart: bool = False) -> ExperimentResult:
+    """Run an experiment grid and write its results (CSV, Markdown, JSON, HTML report) into `out`.
+
+    config: an `ExperimentConfig`, a config dict (TOML's form), a TOML file or a packaged config's name
+    ("demo", "lfw", ...). data: the identity folders instead of the config's [data] root. seeds: other
+    draws of users and splits. Returns an `ExperimentResult` (rows, summary, the Markdown table, paths).
+    """
+    if isinstance(config, dict):
+        cfg = ExperimentConfig.from_dict(config)
+    elif isinstance(config, ExperimentConfig):
+        cfg = config
+    else:
+        cfg = load_config(config)
+    if data is not None:
+        cfg = cfg.with_data_root(data)
+    if seeds:
+        cfg = cfg.with_seeds(list(seeds))
+    return _run_experiment(cfg, out, device=device, progress=progress, restart=restart)

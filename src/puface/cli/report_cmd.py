@@ -1,0 +1,110 @@
+"""`puface report ...`: tables derived from finished experiments (`puface.evaluation.summaries`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+RUN = click.Path(path_type=Path, exists=True, file_okay=False)
+README_START, README_END = "<!-- headline:start -->", "<!-- headline:end -->"
+
+
+@click.group("report")
+def report() -> None:
+    """Tables from `puface reproduce` / `puface evaluate` output folders (summary.csv, results.csv).
+    ASR and accuracy in %, as Markdown."""
+
+
+def _emit(text: str, out: Path | None) -> None:
+    if out is None:
+        click.echo(text)
+        return
+    from ..io.images import atomic_write_bytes
+
+    atomic_write_bytes(out, (text + "\n").encode("utf-8"))
+    click.echo(f"written: {out}")
+
+
+def replace_between_markers(text: str, table: str, where: str = "README") -> str:
+    """`text` with everything between the headline markers replaced by `table`."""
+    from ..utils.errors import PufaceError
+
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise PufaceError(f"{where}: no {README_START} ... {README_END} markers to put the table between")
+    return text[: start + len(README_START)] + "\n" + table + "\n" + text[end:]
+
+
+@report.command("headline")
+@click.argument("runs", nargs=-1, required=True, type=RUN)
+@click.option("--puface", "puface_label", default="puface", show_default=True, help="Defense label of the purifier.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the Markdown here instead of printing it.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the numbers as JSON.")
+@click.option("--readme", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help=f"Put the table into this Markdown file between {README_START} and {README_END}.")
+def headline(runs: tuple[Path, ...], puface_label: str, out: Path | None, json_path: Path | None, readme: Path | None) -> None:
+    """The headline table of RUNS: per attack, victim and trainer, ASR and normal accuracy with no
+    defense, with PuFace and with the best baseline (lowest mean white-box ASR, chosen once for the
+    whole table). Several RUNS of one config (other --seed) are pooled from their results.csv."""
+    from ..evaluation.summaries import headline as make
+    from ..evaluation.summaries import headline_markdown, load_pooled, load_summary
+
+    rows = load_summary(runs[0]) if len(runs) == 1 else load_pooled(list(runs))
+    h = make(rows, puface_label)
+    md = headline_markdown(h)
+    if json_path is not None:
+        json_path.write_text(json.dumps(h, indent=2))
+    if readme is not None:
+        from ..io.images import atomic_write_bytes
+
+        atomic_write_bytes(readme, replace_between_markers(readme.read_text(encoding="utf-8"), md, str(readme)).encode("utf-8"))
+        click.echo(f"updated: {readme}")
+    if readme is None or out is not None:
+        _emit(md, out)
+
+
+@report.command("cells")
+@click.argument("mode", type=click.Choice(["defenses", "users", "repeats", "compare", "draws"]))
+@click.argument("runs", nargs=-1, required=True, type=RUN)
+@click.option("--attack", default=None, help="users: the attack label; defenses: only this attack's cells, one column each.")
+@click.option("--users", "named", default="", help="users: comma-separated names of the first group.")
+@click.option("--defense", default="puface", show_default=True, help="users: the defense label.")
+@click.option("--quality", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="repeats: a folder of `bench/bench_purifier.py quality` JSONs (<defense label>.json).")
+@click.option("--other", type=RUN, default=None, help="compare: the second output folder.")
+@click.option("--attack-suffix", default="", help="draws: only attack labels ending in this.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the Markdown here instead of printing it.")
+def cells(mode: str, runs: tuple[Path, ...], attack: str | None, named: str, defense: str, quality: Path | None,
+          other: Path | None, attack_suffix: str, out: Path | None) -> None:
+    """Per-cell summaries of RUNS that the report does not print.
+
+    \b
+    defenses  per defense over the white-box cells: mean ASR, min / max cell, normal accuracy
+    users     ASR of --attack under --defense per victim / trainer, --users vs the others (results.csv)
+    repeats   defenses grouped by recipe (NAME, NAME-s1, ...): mean [min, max] per white-box cell
+    compare   two runs of one grid (RUN and --other): identical rows, and those that differ
+    draws     one grid on several draws (RUN RUN ...): no-defense ASR per draw, PuFace's range
+    """
+    from ..evaluation import summaries as s
+    from ..utils.errors import PufaceError
+
+    if len(runs) > 1 and mode != "draws":
+        raise PufaceError(f"report cells {mode} takes one output folder")
+    folder = runs[0]
+    if mode == "draws":
+        text = s.draws_table(list(runs), attack_suffix)
+    elif mode == "defenses":
+        text = s.defenses_table(folder, attack)
+    elif mode == "repeats":
+        text = s.repeats_table(folder, quality)
+    elif mode == "compare":
+        if other is None:
+            raise PufaceError("report cells compare needs --other RUN")
+        text = s.compare_table(folder, other)
+    else:
+        if not attack:
+            raise PufaceError("report cells users needs --attack LABEL")
+        text = s.users_table(folder, attack, set(filter(None, named.split(","))), defense)
+    _emit(text, out)

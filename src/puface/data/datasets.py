@@ -1,0 +1,83 @@
+"""Where a config's data comes from: a folder, a named data set under `$PUFACE_DATA`, or the embedded set.
+
+A data root (`[data] root` of a config, `--data` of a command) is resolved in this order:
+
+1. an existing folder (absolute, or relative to the current folder);
+2. `$PUFACE_DATA/<root>`: `$PUFACE_DATA` is a folder holding data sets by name (e.g. `lfw-chips150/`);
+3. a data set puface can fetch itself (`johns`, the embedded default);
+4. otherwise a `PufaceError` that says what the named data set is and how to get it.
+
+No config names a machine's path: the benchmark configs name their data set (`root = "lfw-chips150"`)
+and each machine says where it lives (`--data DIR` or `$PUFACE_DATA`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..utils.errors import PufaceError
+
+__all__ = ["DATASETS", "Dataset", "data_home", "resolve_data_root"]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A data set configs can name: what it is, how to get it, and (when puface can) a fetch function."""
+
+    name: str
+    description: str
+    how_to_get: str
+    fetch: Callable[[], Path] | None = None
+
+
+def _fetch_johns() -> Path:
+    from .johns import fetch_johns
+
+    return fetch_johns()
+
+
+DATASETS: dict[str, Dataset] = {
+    "johns": Dataset(
+        "johns", "dlib's example set: 5 people x 11 aligned 150x150 chips (public-domain dedication)",
+        "fetched on first use from Debian's libdlib19.1 package (`puface data fetch johns`)", _fetch_johns),
+    "lfw-chips150": Dataset(
+        "lfw-chips150", "LFW (deep-funneled) people with >= 5 photos as dlib-aligned 150x150 face chips, "
+        "one folder per person (the benchmark's data: 391 identities, 4,743 chips)",
+        "download LFW deep-funneled (http://vis-www.cs.umass.edu/lfw/), keep the people with >= 5 photos and "
+        "cut chips with `puface align LFW_DIR lfw-chips150/ --size 150`; then pass --data lfw-chips150/ or "
+        "put the folder into $PUFACE_DATA"),
+}
+
+
+def data_home() -> Path | None:
+    """`$PUFACE_DATA` (a folder of data sets by name), or None when it is not set."""
+    env = os.environ.get("PUFACE_DATA")
+    return Path(env).expanduser() if env else None
+
+
+def resolve_data_root(root: str | Path | None) -> Path:
+    """The folder a data root names (see the module docstring for the order)."""
+    if root is None or str(root) == "":
+        raise PufaceError("no data given: pass --data DIR (identity folders ROOT/<identity>/<image>) or set "
+                          "[data] root in the config to a folder or a data set name "
+                          f"({', '.join(sorted(DATASETS))})")
+    p = Path(root).expanduser()
+    if p.is_dir():
+        return p
+    home = data_home()
+    if home is not None and not p.is_absolute() and (home / p).is_dir():
+        return home / p
+    ds = DATASETS.get(str(root))
+    if ds is not None and ds.fetch is not None:
+        return ds.fetch()
+    if p.exists():
+        raise PufaceError(f"{p}: not a folder (expected identity folders ROOT/<identity>/<image>)")
+    where = f"$PUFACE_DATA ({home})" if home is not None else "$PUFACE_DATA (not set)"
+    if ds is not None:
+        raise PufaceError(f"data set {ds.name!r} not found: not a folder here, not in {where}. It is {ds.description}. "
+                          f"To get it: {ds.how_to_get}.")
+    raise PufaceError(f"{root}: data folder not found (not a folder here, not in {where}); pass --data DIR, "
+                      "a folder of identity sub-folders ROOT/<identity>/<image>")

@@ -1,0 +1,33 @@
+"""Defenses: images -> images, applied to every training image before an FR model is trained.
+
+    >>> from puface.defenses import create_defense, list_defenses
+    >>> d = create_defense("jpeg:quality=75")          # or create_defense("jpeg", quality=75)
+    >>> defended = d(images)                           # (N, 3, H, W) in [0, 1] -> same
+    >>> d.gradient_estimate(images, "exact")           # what an adaptive attacker differentiates
+
+Modules: `base` (the contract, composition, straight-through gradients), `registry` (names, specs),
+`pixel` (JPEG, blur, median, bit depth, noise, resize), `purifier` (the PuFace purifier).
+"""
+
+from .base import GRADIENTS, Compose, Defense, ModuleDefense, NoDefense
+from .pixel import (
+    JPEG,
+    BitDepth,
+    DownUpResize,
+    GaussianBlur,
+    GaussianNoise,
+    MedianFilter,
+)
+from .purifier import (
+    PuFaceDefense,
+    defense_training_identities,
+    purifier_amplification,
+    purifier_training_identities,
+)
+from .registry import DEFENSES, create_defense, default_label, list_defenses
+
+__all__ = [
+    "Defense", "NoDefense", "ModuleDefense", "Compose", "GRADIENTS", "PuFaceDefense", "JPEG", "GaussianBlur", "MedianFilter",
+    "BitDepth", "GaussianNoise", "DownUpResize", "DEFENSES", "create_defense", "list_defenses", "default_label",
+    "defense_training_identities", "purifier_training_identities", "purifier_amplification",
+]

@@ -1,0 +1,197 @@
+"""Pixel-space baseline defenses: JPEG, Gaussian blur, median filter, bit-depth reduction, Gaussian
+noise, down-up resizing. Each is images -> images on float RGB (N, 3, H, W) in [0, 1] (see `base`).
+
+=========  ==========================================================  ==================
+name       what it does                                                parameters
+=========  ==========================================================  ==================
+jpeg       JPEG encode + decode with Pillow                            quality (1..95), subsampling
+blur       Gaussian blur, reflect padding                              sigma (pixels)
+median     median filter, reflect padding                              size (odd, pixels)
+bitdepth   keep `bits` bits per channel                                bits (1..8)
+noise      add Gaussian noise, clip to [0, 1]                          sigma (0..1 scale), seed
+resize     downscale by `factor` (antialiased), upscale back           factor (> 1)
+=========  ==========================================================  ==================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..utils.errors import ConfigError
+from ..utils.filters import blur_radius, gaussian_blur, gaussian_taps
+from ..utils.images import to_float, to_uint8
+from .base import Defense
+from .registry import register
+
+__all__ = ["JPEG", "GaussianBlur", "MedianFilter", "BitDepth", "GaussianNoise", "DownUpResize"]
+
+
+@register
+class JPEG(Defense):
+    """JPEG compression at `quality` (1..95) with Pillow; `subsampling` "4:2:0" (the usual) or "4:4:4"."""
+
+    kind = "jpeg"
+
+    def __init__(self, quality: int = 75, subsampling: str = "4:2:0"):
+        quality = int(quality)
+        if not 1 <= quality <= 95:
+            raise ConfigError(f"jpeg: quality must be in 1..95, got {quality}")
+        if subsampling not in ("4:2:0", "4:2:2", "4:4:4"):
+            raise ConfigError(f"jpeg: subsampling must be 4:2:0, 4:2:2 or 4:4:4, got {subsampling!r}")
+        super().__init__(quality=quality, subsampling=subsampling)
+
+    @property
+    def name(self) -> str:
+        return f"jpeg-q{self.params['quality']}"
+
+    def _apply(self, images: torch.Tensor) -> torch.Tensor:
+        out = []
+        for a in to_uint8(images).permute(0, 2, 3, 1).numpy():
+            buf = io.BytesIO()
+            Image.fromarray(np.ascontiguousarray(a), "RGB").save(
+                buf, format="JPEG", quality=self.params["quality"], subsampling=self.params["subsampling"]
+            )
+            buf.seek(0)
+            dec = np.asarray(Image.open(buf).convert("RGB"), dtype=np.uint8)
+            out.append(torch.from_numpy(dec.copy()).permute(2, 0, 1))
+        return to_float(torch.stack(out))
+
+
+@register
+class GaussianBlur(Defense):
+    """Separable Gaussian blur with standard deviation `sigma` pixels, reflect padding."""
+
+    kind = "blur"
+
+    def __init__(self, sigma: float = 1.0):
+        sigma = float(sigma)
+        if not sigma > 0:
+            raise ConfigError(f"blur: sigma must be > 0 pixels, got {sigma}")
+        super().__init__(sigma=sigma)
+
+    @property
+    def name(self) -> str:
+        return f"blur-s{self.params['sigma']:g}"
+
+    def _apply(self, images: torch.Tensor) -> torch.Tensor:
+        return self.exact_forward(images)
+
+    def exact_forward(self, images: torch.Tensor) -> torch.Tensor:
+        r = blur_radius(self.params["sigma"])
+        mode = "reflect" if r < min(images.shape[-2:]) else "replicate"
+        return gaussian_blur(images, gaussian_taps(2 * r + 1, self.params["sigma"]), mode)
+
+
+@register
+class MedianFilter(Defense):
+    """Median over a `size` x `size` window (odd size), reflect padding."""
+
+    kind = "median"
+
+    def __init__(self, size: int = 3):
+        size = int(size)
+        if size < 1 or size % 2 == 0:
+            raise ConfigError(f"median: size must be an odd number of pixels >= 1, got {size}")
+        super().__init__(size=size)
+
+    @property
+    def name(self) -> str:
+        return f"median-{self.params['size']}"
+
+    def _apply(self, images: torch.Tensor) -> torch.Tensor:
+        s = self.params["size"]
+        r = s // 2
+        n, c, h, w = images.shape
+        outs = []
+        for i in range(0, n, 16):  # bounded memory: 16 images x s^2 copies
+            x = images[i : i + 16]
+            m = len(x)
+            mode = "reflect" if r < min(h, w) else "replicate"
+            xp = F.pad(x, (r, r, r, r), mode=mode) if r else x
+            patches = F.unfold(xp.reshape(m * c, 1, h + 2 * r, w + 2 * r), kernel_size=s)  # (m*c, s*s, h*w)
+            outs.append(patches.median(dim=1).values.reshape(m, c, h, w))
+        return torch.cat(outs)
+
+
+@register
+class BitDepth(Defense):
+    """Colour-depth reduction to `bits` bits per channel (feature squeezing, Xu et al. 2018)."""
+
+    kind = "bitdepth"
+
+    def __init__(self, bits: int = 5):
+        bits = int(bits)
+        if not 1 <= bits <= 8:
+            raise ConfigError(f"bitdepth: bits must be in 1..8, got {bits}")
+        super().__init__(bits=bits)
+
+    @property
+    def name(self) -> str:
+        return f"bitdepth-{self.params['bits']}"
+
+    def _apply(self, images: torch.Tensor) -> torch.Tensor:
+        levels = 2 ** self.params["bits"] - 1
+        return torch.round(images.clamp(0, 1) * levels) / levels
+
+
+@register
+class GaussianNoise(Defense):
+    """Additive Gaussian noise of standard deviation `sigma` (on the [0, 1] scale), then clipped.
+
+    Deterministic: each image's generator is seeded from (seed, the image's uint8 content), so the
+    same image always gets the same noise whatever batch it is in.
+    """
+
+    kind = "noise"
+
+    def __init__(self, sigma: float = 0.03, seed: int = 0):
+        sigma = float(sigma)
+        if not 0 < sigma <= 1:
+            raise ConfigError(f"noise: sigma must be in (0, 1] (the [0, 1] image scale), got {sigma}")
+        super().__init__(sigma=sigma, seed=int(seed))
+
+    @property
+    def name(self) -> str:
+        return f"noise-s{self.params['sigma']:g}"
+
+    def _apply(self, images: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(images, device="cpu")
+        for i, im in enumerate(images):
+            h = hashlib.sha256(f"noise|{self.params['seed']}|".encode() + to_uint8(im).numpy().tobytes()).digest()
+            g = torch.Generator().manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
+            noise = torch.randn(im.shape, generator=g, dtype=torch.float32)
+            out[i] = im.detach().cpu().float() + self.params["sigma"] * noise
+        return out
+
+
+@register
+class DownUpResize(Defense):
+    """Downscale by `factor` (antialiased bilinear), then upscale back to the original size (bilinear)."""
+
+    kind = "resize"
+
+    def __init__(self, factor: float = 2.0):
+        factor = float(factor)
+        if not factor > 1.0:
+            raise ConfigError(f"resize: factor must be > 1 (2 = half size, then back), got {factor}")
+        super().__init__(factor=factor)
+
+    @property
+    def name(self) -> str:
+        return f"resize-x{self.params['factor']:g}"
+
+    def _apply(self, images: torch.Tensor) -> torch.Tensor:
+        return self.exact_forward(images)
+
+    def exact_forward(self, images: torch.Tensor) -> torch.Tensor:
+        h, w = images.shape[-2:]
+        f = self.params["factor"]
+        small = (max(1, int(round(h / f))), max(1, int(round(w / f))))
+        x = F.interpolate(images, size=small, mode="bilinear", align_corners=False, antialias=True)
+        return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)

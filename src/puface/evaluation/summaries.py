@@ -1,0 +1,252 @@
+"""Tables derived from finished experiments (the `puface report` command): the headline table, and
+per-cell summaries the report does not print. Each reads an experiment's output folder (`summary.csv`,
+and `results.csv` where it needs the per-run rows) and returns Markdown; ASR and accuracy in %.
+
+* `headline`: per attack, victim and trainer, ASR and normal accuracy with no defense, with PuFace and
+  with the best baseline - the one with the lowest mean ASR over the white-box cells, chosen once for the
+  whole table (not per row, which would flatter the baselines with hindsight per cell) - plus the best
+  baseline per row. Several folders (one config run with other `--seed`s) are pooled from their runs.
+* `defenses`: per defense over the white-box cells: mean, min and max cell ASR, normal accuracy.
+* `users`: ASR of one attack and defense per victim / trainer, for named users vs the others.
+* `repeats`: defenses grouped by recipe (NAME and its repeats NAME-s1, NAME-s2, ...): mean [min, max].
+* `compare`: two runs of one grid: how many summary rows agree, and the rows that differ.
+* `draws`: one grid on several draws (seeds): the no-defense ASR per draw and PuFace's range.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ..utils.errors import PufaceError
+from .tables import GROUP_KEYS, summarise_rows
+
+__all__ = ["load_summary", "load_pooled", "headline", "headline_markdown", "defenses_table", "users_table",
+           "repeats_table", "compare_table", "draws_table", "NOT_BASELINES"]
+
+NOT_BASELINES = {"none", "puface"}
+
+
+def _csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise PufaceError(f"{path}: not found (expected a `puface reproduce` output folder)")
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def load_summary(folder: Path) -> list[dict]:
+    """summary.csv's rows with the four summary numbers as floats (fractions)."""
+    rows = _csv(Path(folder) / "summary.csv")
+    for r in rows:
+        for k in ("asr_mean", "asr_std", "normal_acc_mean", "normal_acc_std"):
+            r[k] = float(r[k]) if r[k] != "" else float("nan")
+    return rows
+
+
+def load_pooled(folders: list[Path]) -> list[dict]:
+    """Summary rows over the per-run rows of several output folders of one config (other seeds)."""
+    def grid(folder: Path) -> dict:
+        cfg = json.loads((Path(folder) / "config.resolved.json").read_text())
+        return {k: v for k, v in cfg.items() if k not in ("seeds", "source")}
+
+    grids = [grid(f) for f in folders]
+    if any(g != grids[0] for g in grids[1:]):
+        raise PufaceError(f"{', '.join(map(str, folders))}: not the same grid (configs differ beyond their seeds)")
+    runs, seen = [], set()
+    for f in folders:
+        for r in _csv(Path(f) / "results.csv"):
+            key = (r["seed"], r["user"], *(r[k] for k in GROUP_KEYS))
+            if key in seen:
+                raise PufaceError(f"{f}: seed {r['seed']} is also in another folder; pool folders of different seeds")
+            seen.add(key)
+            runs.append({**r, "asr": float(r["asr"]), "normal_acc": float(r["normal_acc"])})
+    return summarise_rows(runs)
+
+
+def headline(rows: list[dict], puface: str = "puface") -> dict[str, Any]:
+    """The headline numbers of summary rows (see the module docstring); JSON-serialisable."""
+    cells: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for r in rows:
+        if r["attack"] != "clean":
+            cells[(r["attack"], r["victim"], r["trainer"], r["setting"])][r["defense"]] = r
+    baselines = sorted({d for c in cells.values() for d in c} - NOT_BASELINES - {puface})
+    white = [c for k, c in cells.items() if k[3] == "white-box"]
+
+    def mean_asr(d: str, cs) -> float:
+        vals = [c[d]["asr_mean"] for c in cs if d in c]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    best = min(baselines, key=lambda d: mean_asr(d, white)) if baselines else None
+    table = []
+    for key in sorted(cells, key=lambda k: (k[3] != "white-box", k[0], k[1], k[2])):
+        c = cells[key]
+        row_best = min((d for d in baselines if d in c), key=lambda d: (c[d]["asr_mean"], -c[d]["normal_acc_mean"]), default=None)
+        table.append({"attack": key[0], "victim": key[1], "trainer": key[2], "setting": key[3],
+                      **{f"{name}_{m}": c[d][f"{m}_mean"] if d in c else None
+                         for name, d in (("none", "none"), ("puface", puface), ("best", best))
+                         for m in ("asr", "normal_acc")},
+                      "row_best": row_best, "row_best_asr": c[row_best]["asr_mean"] if row_best else None})
+    means = {}
+    for setting in ("white-box", "oblivious"):
+        sub = [c for k, c in cells.items() if k[3] == setting]
+        if sub:
+            means[setting] = {d: {"asr": mean_asr(d, sub),
+                                  "normal_acc": sum(c[d]["normal_acc_mean"] for c in sub if d in c) / max(1, sum(d in c for c in sub))}
+                              for d in ("none", puface, best) if d}
+    return {"best_baseline": best, "rows": table, "means": means,
+            "max_white_box_asr_puface": max((c[puface]["asr_mean"] for c in white if puface in c), default=None)}
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def headline_markdown(h: dict[str, Any]) -> str:
+    """The headline table as Markdown, with the closing line naming the best baseline."""
+    b = h["best_baseline"]
+    out = [f"| attack | victim | trainer | setting | ASR none | ASR PuFace | ASR {b} | normal acc. none | normal acc. PuFace | normal acc. {b} | best baseline in this row (ASR) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in h["rows"]:
+        out.append(f"| {r['attack']} | {r['victim']} | {r['trainer']} | {r['setting']} | {_pct(r['none_asr'])} | **{_pct(r['puface_asr'])}** | "
+                   f"{_pct(r['best_asr'])} | {_pct(r['none_normal_acc'])} | {_pct(r['puface_normal_acc'])} | {_pct(r['best_normal_acc'])} | "
+                   f"{r['row_best']} ({_pct(r['row_best_asr'])}) |")
+    for setting, m in h["means"].items():
+        cols = [m.get(d, {}) for d in ("none", "puface", b)]
+        out.append(f"| **mean ({setting})** | | | | {_pct(cols[0].get('asr'))} | **{_pct(cols[1].get('asr'))}** | {_pct(cols[2].get('asr'))} | "
+                   f"{_pct(cols[0].get('normal_acc'))} | {_pct(cols[1].get('normal_acc'))} | {_pct(cols[2].get('normal_acc'))} | |")
+    out += ["", f"best baseline over the white-box cells: {b}; highest white-box ASR with PuFace: "
+                f"{_pct(h['max_white_box_asr_puface'])}%"]
+    return "\n".join(out)
+
+
+def _cells_pct(folder: Path) -> list[tuple[dict, float, float]]:
+    """summary.csv's rows with their mean ASR and normal accuracy in %."""
+    return [(r, 100 * r["asr_mean"], 100 * r["normal_acc_mean"]) for r in load_summary(folder)]
+
+
+def defenses_table(folder: Path, attack: str | None = None) -> str:
+    """Per defense over the white-box cells (of one attack, with each cell as a column, when `attack`)."""
+    cells: dict[str, dict[tuple[str, str, str], tuple[float, float]]] = defaultdict(dict)
+    for r, asr, acc in _cells_pct(folder):
+        if r["setting"] == "white-box" and (attack is None or r["attack"] == attack):
+            cells[r["defense"]][(r["attack"], r["victim"], r["trainer"])] = (asr, acc)
+    if not cells:
+        raise PufaceError(f"{folder}/summary.csv: no white-box cells" + (f" of attack {attack!r}" if attack else ""))
+    cols = sorted({k for v in cells.values() for k in v}) if attack else []
+    head = "".join(f" {v} {t} |" for _, v, t in cols)
+    out = [f"| defense |{head} mean white-box ASR | min cell | max cell | normal acc. (white-box cells) |",
+           "|---" * (len(cols) + 5) + "|"]
+    for name, v in cells.items():
+        asr = [a for a, _ in v.values()]
+        per = "".join(f" {v[c][0]:.1f} |" if c in v else " - |" for c in cols)
+        out.append(f"| {name} |{per} {_mean(asr):.1f} | {min(asr):.1f} | {max(asr):.1f} | {_mean([n for _, n in v.values()]):.1f} |")
+    return "\n".join(out)
+
+
+def users_table(folder: Path, attack: str, named: set[str], defense: str = "puface") -> str:
+    """ASR of `attack` under `defense` per victim / trainer, for the `named` users, the others and all."""
+    asr: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in _csv(Path(folder) / "results.csv"):
+        if r["attack"] == attack and r["defense"] == defense:
+            for g in ("named" if r["user"] in named else "others", "all"):
+                asr[(r["victim"], r["trainer"])][g].append(100 * float(r["asr"]))
+    cols = sorted(asr)
+    out = ["| users | " + " | ".join(f"{v} {t}" for v, t in cols) + " | mean |", "|---" * (len(cols) + 2) + "|"]
+    for g in ("named", "others", "all"):
+        vals = [_mean(asr[c][g]) for c in cols if asr[c][g]]
+        if len(vals) == len(cols):
+            out.append(f"| {g} ({len(asr[cols[0]][g])}) | " + " | ".join(f"{x:.1f}" for x in vals) + f" | {_mean(vals):.1f} |")
+    return "\n".join(out)
+
+
+def recipe_of(label: str) -> str:
+    """A defense label without its repeat suffix: "ref-s2" -> "ref" (a recipe repeated with train.seed 2)."""
+    base, _, tail = label.rpartition("-s")
+    return base if base and tail.isdigit() else label
+
+
+def _span(xs: list[float], digits: int = 1) -> str:
+    if len(xs) == 1:
+        return f"{xs[0]:.{digits}f}"
+    return f"{_mean(xs):.{digits}f} [{min(xs):.{digits}f}, {max(xs):.{digits}f}]"
+
+
+def repeats_table(folder: Path, quality: Path | None = None) -> str:
+    """Defenses grouped by recipe: per white-box cell the mean and [min, max] over the repeats; with
+    `quality` (a folder of `bench/bench_purifier.py quality` JSONs, <label>.json), the held-out natural
+    PSNR and LowKey cosines."""
+    cells: dict[str, dict[tuple[str, str], dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    normal: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r, asr, acc in _cells_pct(folder):
+        if r["setting"] == "white-box":
+            cells[recipe_of(r["defense"])][(r["attack"], r["victim"])][r["defense"]] = asr
+            normal[recipe_of(r["defense"])][r["defense"]].append(acc)
+    keys = sorted({k for c in cells.values() for k in c})
+    head = [f"{a} / {v}" for a, v in keys] + ["mean white-box", "normal acc."]
+    if quality:
+        head += ["PSNR natural (dB)", "LowKey cos dlib / SFace"]
+    out = ["| recipe | runs | " + " | ".join(head) + " |", "|---" * (len(head) + 2) + "|"]
+    for recipe, c in cells.items():
+        runs = sorted(c[keys[0]])
+        row = [_span([c[k][d] for d in runs]) for k in keys]
+        row.append(_span([_mean([c[k][d] for k in keys]) for d in runs]))
+        row.append(_span([_mean(normal[recipe][d]) for d in runs]))
+        if quality:
+            q = [json.loads((quality / f"{d}.json").read_text()) for d in runs if (quality / f"{d}.json").is_file()]
+            if len(q) == len(runs):
+                row.append(_span([x["natural"]["psnr_purified_natural"] for x in q], 2))
+                row.append(_span([x["lowkey"]["cos_purified_dlib-resnet29"] for x in q], 3) + " / "
+                           + _span([x["lowkey"]["cos_purified_sface"] for x in q], 3))
+            else:
+                row += ["-", "-"]
+        out.append(f"| {recipe} | {len(runs)} | " + " | ".join(row) + " |")
+    return "\n".join(out)
+
+
+def compare_table(folder: Path, other: Path) -> str:
+    """Two runs of the same grid: how many summary.csv rows have the same ASR and normal accuracy, and
+    the rows that differ."""
+    def rows(f: Path) -> dict[tuple, tuple[float, float]]:
+        return {(r["attack"], r["victim"], r["trainer"], r["defense"]): (asr, acc) for r, asr, acc in _cells_pct(f)}
+
+    a, b = rows(folder), rows(other)
+    if set(a) != set(b):
+        raise PufaceError(f"not the same grid: {len(set(a) ^ set(b))} rows are in only one of the two summary.csv files")
+    changed = [k for k in a if a[k] != b[k]]
+    out = [f"{len(a) - len(changed)} of {len(a)} rows identical (ASR and normal accuracy)"]
+    if changed:
+        out += ["", "| attack | victim | trainer | defense | ASR | normal acc. |", "|---|---|---|---|---|---|"]
+        out += ["| " + " | ".join(k) + f" | {a[k][0]:.1f} -> {b[k][0]:.1f} | {a[k][1]:.2f} -> {b[k][1]:.2f} |" for k in changed]
+    return "\n".join(out)
+
+
+def draws_table(folders: list[Path], attack_suffix: str = "") -> str:
+    """One row per white-box cell present in every folder (attack labels ending in `attack_suffix`): the
+    no-defense ASR per draw (bold below 95%), its mean and PuFace's range; then how far normal accuracy
+    moved between no defense and PuFace."""
+    runs = [{(r["attack"], r["victim"], r["trainer"], r["defense"]): (asr, acc) for r, asr, acc in _cells_pct(f)
+             if r["setting"] == "white-box" and r["attack"].endswith(attack_suffix)} for f in folders]
+    cells = [k[:3] for k in runs[0] if k[3] == "none" and all(k in run and (*k[:3], "puface") in run for run in runs)]
+    if not cells:
+        raise PufaceError("no white-box cell with no defense and PuFace in every folder")
+    out = ["| attack | victim | trainer | " + " | ".join(Path(f).name for f in folders) + " | mean | PuFace, range over draws |",
+           "|---" * (len(folders) + 5) + "|"]
+    moved, accs = [], []
+    for c in cells:
+        none = [run[(*c, "none")][0] for run in runs]
+        puface = [run[(*c, "puface")][0] for run in runs]
+        per = " | ".join(f"**{a:.1f}**" if a < 95 else f"{a:.1f}" for a in none)
+        out.append(f"| {' | '.join(c)} | {per} | {_mean(none):.1f} | {min(puface):.1f}-{max(puface):.1f} |")
+        for run in runs:
+            a, b = run[(*c, "none")][1], run[(*c, "puface")][1]
+            moved.append(abs(a - b))
+            accs += [a, b]
+    out += ["", f"normal accuracy {min(accs):.1f}-{max(accs):.1f}%, no defense vs PuFace at most {max(moved):.2f} points apart"]
+    return "\n".join(out)

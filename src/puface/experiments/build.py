@@ -1,0 +1,122 @@
+"""From a config's entries to the objects the protocol runs: attacks, defenses, victims, trainers, users;
+and the fingerprint that tells whether an output folder's results belong to this config and these weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from ..attacks import create_attack
+from ..attacks.adaptive import as_through_defense
+from ..attacks.folder import FolderCloaks
+from ..defenses import (
+    Defense,
+    PuFaceDefense,
+    create_defense,
+    defense_training_identities,
+)
+from ..evaluation.data import EvaluationData, choose_users
+from ..evaluation.protocol import AttackSpec, TrainerSpec
+from ..models.base import FaceEmbedder
+from ..models.registry import load_embedder
+from ..utils.errors import ConfigError
+from .config import AttackEntry, DefenseEntry, ExperimentConfig
+
+__all__ = ["build_attack", "build_defense", "build_victims", "build_trainers", "draw_users", "results_fingerprint",
+           "excluded_identities"]
+
+
+def build_attack(entry: AttackEntry, seed: int, device: str | None, cloak_batch_size: int | None = None) -> AttackSpec:
+    """An `AttackSpec` for the protocol (the attack object is built here). `cloak_batch_size`: images
+    optimised together when the entry does not set `batch_size` (None: the attack's own default)."""
+    if entry.is_clean:
+        return AttackSpec(entry.label, None)
+    if entry.name == "folder":
+        params = dict(entry.params)
+        if "root" not in params:
+            raise ConfigError(f"attack {entry.label!r}: a folder attack needs root = \"<folder of cloaked images>\"")
+        root, pats = params.pop("root"), params.pop("patterns", None)
+        if params:
+            raise ConfigError(f"attack {entry.label!r}: unknown option(s) {', '.join(sorted(params))} (known: root, patterns, embedders)")
+        return AttackSpec(entry.label, FolderCloaks(root, pats), surrogates=tuple(entry.embedders or ()))
+    kw = dict(entry.params)
+    if entry.mode is not None:
+        kw["mode"] = entry.mode
+    if entry.embedders is not None:
+        kw["embedders"] = entry.embedders
+    if cloak_batch_size and "batch_size" not in kw:
+        kw["batch_size"] = int(cloak_batch_size)
+    atk = create_attack(entry.name, seed=seed, device=device, **kw)
+    surrogates = tuple(entry.embedders) if entry.embedders is not None else tuple(s.name for s in atk.surrogates)
+    return AttackSpec(entry.label, atk, surrogates=surrogates, batch_size=getattr(atk, "batch_size", cloak_batch_size or 16))
+
+
+def build_defense(entry: DefenseEntry, device: str | None) -> Defense:
+    """The defense of a config entry; a purifier runs on the experiment's device unless the entry says."""
+    spec = entry.spec
+    if isinstance(spec, dict):
+        spec = {k: v for k, v in spec.items() if k != "label"}
+        if spec.get("name") == "puface" and device and "device" not in spec:
+            spec["device"] = device
+    return create_defense(spec)
+
+
+def build_victims(cfg: ExperimentConfig, device: str | None) -> dict[str, FaceEmbedder]:
+    return {name: load_embedder(name, device=device) for name in cfg.victims}
+
+
+def build_trainers(cfg: ExperimentConfig, device: str | None) -> list[TrainerSpec]:
+    """The config's trainers; an end-to-end trainer fine-tunes on the experiment's device unless it says."""
+    trainers = [TrainerSpec(t.label, t.name, dict(t.params), tuple(t.victims) if t.victims else None) for t in cfg.trainers]
+    for t in trainers:
+        if t.name == "e2e" and device and "device" not in t.params:
+            t.params["device"] = device
+    return trainers
+
+
+def excluded_identities(defenses: dict[str, Defense], warn: Callable[[str], None]) -> set[str]:
+    """Identities any purifier of the grid was trained on (protected users must not be among them);
+    `warn` is told about purifiers that do not record theirs."""
+    out: set[str] = set()
+    for label, d in defenses.items():
+        steps = getattr(d, "steps", [d])
+        if not any(isinstance(s, PuFaceDefense) for s in steps):
+            continue
+        ids = defense_training_identities(d)
+        if ids is None:
+            warn(f"warning: defense {label!r}: the purifier does not record its training identities; "
+                 "make sure no protected user was in its training set")
+        else:
+            out |= ids
+    return out
+
+
+def draw_users(cfg: ExperimentConfig, root: str | Path, seed: int, *, exclude: Iterable[str] = (),
+               progress: bool = False) -> tuple[EvaluationData, list[str]]:
+    """(EvaluationData, protected users) of one seed, as `run_experiment` draws them: the config's data
+    settings, its `[users]` (count or names) and `exclude` (identities a purifier of the grid trained on)."""
+    data = EvaluationData.prepare(
+        root, seed=seed, train_fraction=cfg.data["train_fraction"], min_images=max(2, int(cfg.data["min_images"])),
+        max_per_identity=cfg.data["max_per_identity"], image_size=int(cfg.data["image_size"]), progress=progress,
+    )
+    users = choose_users(
+        data, count=cfg.users.get("count"), names=cfg.users.get("names"), seed=seed,
+        exclude=exclude, min_train=int(cfg.users["min_train"]), min_test=int(cfg.users["min_test"]),
+    )
+    return data, users
+
+
+def results_fingerprint(cfg: ExperimentConfig, victims: dict[str, FaceEmbedder], defenses: dict[str, Defense]) -> str:
+    """Hash of the config (`ExperimentConfig.fingerprint`) and of every weight file it names: victim
+    models, purifier defenses and the defenses an adaptive attack goes through. A run folder resumes only
+    when this matches, so retrained weights behind the same config text ("default") start afresh."""
+    models: dict[str, Any] = {f"victim:{k}": v.fingerprint() for k, v in victims.items()}
+    models.update({f"defense:{k}": f for k, d in defenses.items() if (f := d.fingerprint)})  # hashes weights: once each
+    for a in cfg.attacks:
+        through = a.params.get("through")
+        if through is not None:
+            models[f"attack:{a.label}"] = as_through_defense(through).fingerprint
+    blob = json.dumps({"config": cfg.fingerprint(), "models": models}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,310 @@
+"""Experiment configs: the schema, reading (with `extends`, see `puface.utils.tomlconfig`) and writing back.
+
+A config (every key optional except the lists; the packaged ones are in `puface/configs/`)::
+
+    name = "lfw"
+    seeds = [0]
+
+    [data]
+    root = "lfw-chips150"         # a folder, a data set name under $PUFACE_DATA, or "johns"
+    min_images = 10               # identities with fewer images are left out
+    max_per_identity = 20         # seeded cap per identity (absent: all)
+    train_fraction = 0.7
+    image_size = 150
+
+    [users]
+    count = 20                    # protected users drawn with the seed ...
+    # names = ["Alice", "Bob"]    # ... or named
+    min_train = 2
+    min_test = 1
+    allow_purifier_identities = false
+
+    [[attacks]]                   # one table per attack (the spec grammar of puface.utils.specs);
+    name = "fawkes"               # name = "none" is the clean reference ("clean"); name = "folder",
+    mode = "high"                 # root = DIR: cloaks made elsewhere (attacks.folder.FolderCloaks)
+    embedders = ["dlib-resnet29"] # the attacker's surrogates; other keys go to create_attack
+    label = "fawkes-high"         # optional, defaults to name-mode
+
+    [victims]
+    embedders = ["dlib-resnet29", "sface"]
+
+    [[trainers]]
+    name = "nn"                   # nn | linear | e2e, other keys go to create_trainer;
+                                  # victims = ["dlib-resnet29"] restricts a trainer to some victims
+    [[defenses]]
+    name = "puface"               # or a spec string: name = "blur:sigma=1+bitdepth:bits=5"
+    weights = "default"
+
+    [run]
+    device = "cpu"                # absent: CUDA when available
+    batch_size = 64               # images per batch for defenses and embeddings
+    cloak_batch_size = 16         # images an attack optimises together (absent: the attack's default)
+    cache = true                  # the content cache for embeddings and purified images
+    output = "runs/lfw"
+
+    [report]
+    users = 3                     # users shown in the image grids
+    images_per_user = 2
+
+A config may start from another (``extends = "lfw"``) and change only what differs; lists replace the
+parent's, or are edited with ``drop_attacks = [labels]`` / ``[[add_attacks]]`` (any list key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..attacks import attack_label
+from ..defenses import default_label
+from ..utils.errors import ConfigError
+from ..utils.tomlconfig import extends_chain, load_toml_config, resolve_chain, to_toml
+
+__all__ = ["ExperimentConfig", "AttackEntry", "TrainerEntry", "DefenseEntry", "load_config", "config_text", "LABELS"]
+
+_TOP_KEYS = {"name", "description", "seeds", "data", "users", "attacks", "victims", "trainers", "defenses", "run", "report"}
+_SECTION_KEYS = {
+    "data": {"root", "min_images", "max_per_identity", "train_fraction", "image_size"},
+    "users": {"count", "names", "min_train", "min_test", "allow_purifier_identities"},
+    "victims": {"embedders"},
+    "run": {"device", "batch_size", "cache", "output", "cloak_batch_size"},
+    "report": {"users", "images_per_user", "enabled"},
+}
+_DEFAULTS = {
+    "data": {"root": "johns", "min_images": 2, "max_per_identity": None, "train_fraction": 0.7, "image_size": 150},
+    "users": {"count": None, "names": None, "min_train": 2, "min_test": 1, "allow_purifier_identities": False},
+    "run": {"device": None, "batch_size": 64, "cache": True, "output": None, "cloak_batch_size": None},
+    "report": {"users": 3, "images_per_user": 2, "enabled": True},
+}
+
+
+def _as_table(t: Any) -> Any:
+    return {"name": t} if isinstance(t, str) else t
+
+
+def _trainer_label(t: dict) -> str:
+    return str(t.get("label") or t.get("name", "?"))
+
+
+def _defense_label(t: Any) -> str:
+    t = _as_table(t)
+    return str(t.get("label") or default_label({k: v for k, v in t.items() if k != "label"}))
+
+
+#: how list entries are named, for `drop_<key>` edits and the labels in result tables
+LABELS: dict[str, Callable[[dict], str]] = {
+    "attacks": lambda t: attack_label(_as_table(t)),
+    "trainers": lambda t: _trainer_label(_as_table(t)),
+    "defenses": _defense_label,
+}
+
+
+def _check_keys(where: str, d: dict, known: set[str]) -> None:
+    unknown = set(d) - known
+    if unknown:
+        raise ConfigError(f"unknown option(s) in {where}: {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+
+
+@dataclass
+class AttackEntry:
+    """One attack of the grid: `create_attack(name, mode=..., embedders=..., **params)`."""
+
+    label: str
+    name: str
+    mode: str | None = None
+    embedders: list[str] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_clean(self) -> bool:
+        return self.name == "none"
+
+
+@dataclass
+class TrainerEntry:
+    """One trainer: `create_trainer(name, victim, **params)`, on `victims` only when given."""
+
+    label: str
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    victims: list[str] | None = None
+
+
+@dataclass
+class DefenseEntry:
+    label: str
+    spec: Any  # a spec string or a table, resolved by `defenses.create_defense`
+
+
+@dataclass
+class ExperimentConfig:
+    """A parsed, validated experiment config. `raw` is the TOML as read (saved with the results)."""
+
+    name: str
+    seeds: list[int]
+    data: dict[str, Any]
+    users: dict[str, Any]
+    attacks: list[AttackEntry]
+    victims: list[str]
+    trainers: list[TrainerEntry]
+    defenses: list[DefenseEntry]
+    run: dict[str, Any]
+    report: dict[str, Any]
+    description: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None
+
+    # -------------------------------------------------------------- reading
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: Path | None = None) -> "ExperimentConfig":
+        where = str(source) if source else "config"
+        _check_keys(where, raw, _TOP_KEYS)
+        for sec, known in _SECTION_KEYS.items():
+            if sec in raw and not isinstance(raw[sec], dict):
+                raise ConfigError(f"{where}: [{sec}] must be a table")
+            _check_keys(f"{where} [{sec}]", raw.get(sec, {}), known)
+        data, users, run, report = ({**_DEFAULTS[s], **raw.get(s, {})} for s in ("data", "users", "run", "report"))
+        if users["count"] is None and not users["names"]:
+            users["count"] = 1
+        seeds = raw.get("seeds", [0])
+        if isinstance(seeds, int):
+            seeds = [seeds]
+        if not seeds or not all(isinstance(s, int) for s in seeds):
+            raise ConfigError(f"{where}: seeds must be a list of integers, got {seeds!r}")
+        attacks = [cls._attack(a, where) for a in cls._tables(raw, "attacks", where)]
+        trainers = [cls._trainer(t, where) for t in cls._tables(raw, "trainers", where)]
+        defenses = [cls._defense(d, where) for d in cls._tables(raw, "defenses", where)]
+        victims = list(raw.get("victims", {}).get("embedders", ["dlib-resnet29"]))
+        if not victims:
+            raise ConfigError(f"{where}: [victims] embedders is empty")
+        for t in trainers:
+            unknown = sorted(set(t.victims or ()) - set(victims))
+            if unknown:
+                raise ConfigError(f"{where}: trainer {t.label!r} names victims not in [victims]: {', '.join(unknown)}")
+        for what, labels in (("attack", [a.label for a in attacks]), ("trainer", [t.label for t in trainers]),
+                             ("defense", [d.label for d in defenses]), ("victim", victims)):
+            dup = sorted({x for x in labels if labels.count(x) > 1})
+            if dup:
+                raise ConfigError(f"{where}: {what} labels must be unique, repeated: {', '.join(dup)} (set label = \"...\")")
+        return cls(
+            name=str(raw.get("name", source.stem if source else "experiment")), seeds=list(seeds), data=data, users=users,
+            attacks=attacks, victims=victims, trainers=trainers, defenses=defenses, run=run, report=report,
+            description=str(raw.get("description", "")), raw=raw, source=source,
+        )
+
+    @staticmethod
+    def _tables(raw: dict, key: str, where: str) -> list:
+        items = raw.get(key)
+        if not items:
+            raise ConfigError(f"{where}: needs at least one entry in [[{key}]]")
+        if not isinstance(items, list):
+            raise ConfigError(f"{where}: {key} must be an array of tables ([[{key}]])")
+        return items
+
+    @staticmethod
+    def _attack(t: Any, where: str) -> AttackEntry:
+        t = _as_table(t)
+        if not isinstance(t, dict) or "name" not in t:
+            raise ConfigError(f"{where}: every [[attacks]] entry needs a name, got {t!r}")
+        label = attack_label(t)
+        t = {k: v for k, v in t.items() if k != "label"}
+        name = str(t.pop("name"))
+        mode = t.pop("mode", None)
+        emb = t.pop("embedders", None)
+        if name == "none" and (mode or emb or t):
+            raise ConfigError(f"{where}: attack 'none' (the clean reference) takes no settings")
+        emb = [emb] if isinstance(emb, str) else emb
+        return AttackEntry(label=label, name=name, mode=mode, embedders=list(emb) if emb is not None else None, params=t)
+
+    @staticmethod
+    def _trainer(t: Any, where: str) -> TrainerEntry:
+        t = _as_table(t)
+        if not isinstance(t, dict) or "name" not in t:
+            raise ConfigError(f"{where}: every [[trainers]] entry needs a name, got {t!r}")
+        label = _trainer_label(t)
+        t = {k: v for k, v in t.items() if k != "label"}
+        name = str(t.pop("name"))
+        victims = t.pop("victims", None)
+        if victims is not None and (not isinstance(victims, list) or not victims):
+            raise ConfigError(f"{where}: trainer {label!r}: victims must be a non-empty list of victim embedders")
+        return TrainerEntry(label=label, name=name, params=t, victims=list(victims) if victims else None)
+
+    @staticmethod
+    def _defense(t: Any, where: str) -> DefenseEntry:
+        if isinstance(t, dict) and "name" not in t:
+            raise ConfigError(f"{where}: every [[defenses]] entry needs a name, got {t!r}")
+        return DefenseEntry(label=_defense_label(t), spec=t)
+
+    # -------------------------------------------------------------- the grid
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every (seed, attack, victim, trainer, defense) combination, in run order; each is run for
+        every protected user."""
+        return [
+            {"seed": s, "attack": a.label, "victim": v, "trainer": t.label, "defense": d.label}
+            for s, d, a, v, t in itertools.product(self.seeds, self.defenses, self.attacks, self.victims, self.trainers)
+            if t.victims is None or v in t.victims
+        ]
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes results (not the output folder or report settings)."""
+        keep = {k: v for k, v in self.raw.items() if k not in ("run", "report", "description", "name")}
+        keep["data"] = self.data
+        keep["run"] = {k: v for k, v in self.run.items() if k not in ("output", "cache", "batch_size", "cloak_batch_size")}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _edited(self, edit: Callable[[dict], None]) -> "ExperimentConfig":
+        raw = json.loads(json.dumps(self.raw, default=str))
+        edit(raw)
+        return ExperimentConfig.from_dict(raw, self.source)
+
+    def with_data_root(self, root: str | Path) -> "ExperimentConfig":
+        return self._edited(lambda raw: raw.setdefault("data", {}).__setitem__("root", str(root)))
+
+    def with_seeds(self, seeds: list[int]) -> "ExperimentConfig":
+        """The same config with other split/user/attack seeds (a repeat of the grid on other data draws)."""
+        return self._edited(lambda raw: raw.__setitem__("seeds", [int(s) for s in seeds]))
+
+    def resolved(self) -> dict[str, Any]:
+        """Every setting after defaults and labels (JSON-serialisable; saved with the results)."""
+        return {
+            "name": self.name, "seeds": self.seeds, "data": self.data, "users": self.users,
+            "attacks": [a.__dict__ for a in self.attacks], "victims": self.victims,
+            "trainers": [t.__dict__ for t in self.trainers], "defenses": [{"label": d.label, "spec": d.spec} for d in self.defenses],
+            "run": self.run, "report": self.report, "source": str(self.source) if self.source else None,
+        }
+
+
+def load_config(ref: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment config: a TOML file, or a packaged config's name ("lfw").
+    Errors name the file and the problem."""
+    path, raw, _ = load_toml_config(ref, "experiment", LABELS)
+    return ExperimentConfig.from_dict(raw, path)
+
+
+def config_text(cfg: ExperimentConfig) -> str:
+    """TOML for the config as it runs: the source file's text (comments kept) when the run changed nothing in
+    it, else the config written out (after --data / --seed overrides, or with its `extends` chain resolved,
+    so the saved file stands alone), headed by the file it came from."""
+    if cfg.source is not None and cfg.source.is_file():
+        try:
+            chain = extends_chain(cfg.source)
+        except ConfigError:
+            chain = []
+        same = bool(chain) and _plain(resolve_chain(chain, LABELS)) == _plain(cfg.raw)
+        if same and len(chain) == 1:
+            return cfg.source.read_text(encoding="utf-8")
+        names = " -> ".join(str(p) for p, _ in chain) or str(cfg.source)
+        if same:
+            return f"# {names}, resolved (extends applied)\n" + to_toml(cfg.raw)
+        return f"# {names} with command-line overrides (data root, seeds)\n" + to_toml(cfg.raw)
+    return to_toml(cfg.raw)
+
+
+def _plain(d: Any) -> Any:
+    return json.loads(json.dumps(d, default=str))

@@ -1,0 +1,201 @@
+"""An experiment's output folder: what is written as results arrive, and the tables written at the end.
+
+    OUT/state.json            the results fingerprint (config + weights); a different one refuses to resume
+    OUT/config.toml           the config as it ran (stands alone: extends resolved, overrides applied)
+    OUT/config.resolved.json  every setting after defaults
+    OUT/runs.jsonl            one row per finished run, appended at once (resume reads it)
+    OUT/details.jsonl         image quality and example images per (seed, user, attack, defense)
+    OUT/examples/...          example images for the report's grids
+    OUT/sessions.jsonl        wall time and timings of each session (a resumed run has several)
+    OUT/results.csv, summary.csv, table.md, results.json, report.html   written at the end
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..evaluation.metrics import summarise
+from ..evaluation.report import write_report
+from ..evaluation.tables import render_tables, summarise_rows, write_csv
+from ..io.images import atomic_write_bytes, write_image
+from ..utils.device import resolve_device
+from ..utils.errors import PufaceError
+from ..utils.images import tensor_to_image
+from .config import ExperimentConfig, config_text
+
+__all__ = ["ResultsFolder", "read_jsonl", "write_text_atomic", "json_safe"]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON lines of `path` (none when it is missing); a line cut by an interruption is skipped."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return rows
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def json_safe(o: Any) -> Any:
+    """NaN and infinities -> None (strict JSON), recursively."""
+    if isinstance(o, float) and (math.isnan(o) or math.isinf(o)):
+        return None
+    if isinstance(o, dict):
+        return {k: json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [json_safe(v) for v in o]
+    return o
+
+
+class ResultsFolder:
+    """The output folder of one experiment run (see the module docstring). Use as a context manager
+    around the runs, so the append-only files are closed whatever happens."""
+
+    def __init__(self, out: Path, cfg: ExperimentConfig, fingerprint: str, *, restart: bool = False):
+        self.out, self.cfg, self.fingerprint = out, cfg, fingerprint
+        out.mkdir(parents=True, exist_ok=True)
+        self.state_path, self.runs_path, self.details_path = out / "state.json", out / "runs.jsonl", out / "details.jsonl"
+        if self.state_path.is_file() and read_jsonl(self.runs_path) and not restart:
+            old = json.loads(self.state_path.read_text())
+            if old.get("fingerprint") != fingerprint:
+                raise PufaceError(
+                    f"{out} holds results of a different config or different model weights (fingerprint "
+                    f"{old.get('fingerprint')} != {fingerprint}); use another --out folder or --restart to discard them")
+        if restart and self.runs_path.exists():
+            self.runs_path.replace(out / f"runs.{int(time.time())}.discarded.jsonl")
+        write_text_atomic(self.state_path, json.dumps({"fingerprint": fingerprint, "config": cfg.source and str(cfg.source)}, indent=2))
+        write_text_atomic(out / "config.toml", config_text(cfg))
+        write_text_atomic(out / "config.resolved.json", json.dumps(cfg.resolved(), indent=2, default=str))
+        self.done = {r["run_id"] for r in read_jsonl(self.runs_path)}
+        self.new_runs = 0
+
+    def __enter__(self) -> "ResultsFolder":
+        self._runs = open(self.runs_path, "a", encoding="utf-8")
+        self._details = open(self.details_path, "a", encoding="utf-8")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._runs.close()
+        self._details.close()
+
+    # ------------------------------------------------------------------ as results arrive
+    def _append(self, f, record: dict) -> None:
+        f.write(json.dumps({**record, "config_fingerprint": self.fingerprint}) + "\n")
+        f.flush()
+
+    def add_run(self, row: dict) -> None:
+        self._append(self._runs, row)
+        self.new_runs += 1
+
+    def add_quality(self, seed: int, attack: str, defense: str, user: str, q: dict) -> None:
+        self._append(self._details, {"type": "quality", "seed": seed, "attack": attack, "defense": defense, "user": user, **q})
+
+    def add_example(self, seed: int, user: str, attack: str, kind: str, images: torch.Tensor) -> None:
+        """Save example images (uint8 (k, 3, H, W)) as examples/<seed>/<user>/<attack>/<kind>_<i>.png."""
+        safe = kind.replace(":", "-").replace("/", "_")
+        paths = []
+        for i, im in enumerate(images):
+            rel = Path("examples") / str(seed) / user / attack / f"{safe}_{i}.png"
+            write_image(self.out / rel, tensor_to_image(im))
+            paths.append(rel.as_posix())
+        self._append(self._details, {"type": "example", "seed": seed, "user": user, "attack": attack, "kind": kind, "paths": paths})
+
+    # ------------------------------------------------------------------ at the end
+    def rows(self) -> list[dict]:
+        """One row per run id (the last one written), of this config only."""
+        latest: dict[str, dict] = {}
+        for r in read_jsonl(self.runs_path):
+            if r.get("config_fingerprint", self.fingerprint) == self.fingerprint:
+                latest[r["run_id"]] = r
+        return list(latest.values())
+
+    def _details_of_config(self) -> list[dict]:
+        return [r for r in read_jsonl(self.details_path) if r.get("config_fingerprint") == self.fingerprint]
+
+    def quality_summary(self) -> list[dict]:
+        """PSNR and SSIM of the protected users' training images, per (attack, defense)."""
+        quality: dict[str, dict[str, list[float]]] = {}
+        details = self._details_of_config()
+        for r in {(r["seed"], r["attack"], r["defense"], r["user"]): r for r in details if r["type"] == "quality"}.values():
+            agg = quality.setdefault(f"{r['attack']}|{r['defense']}", {"psnr": [], "ssim": []})
+            agg["psnr"].extend(r["psnr"])
+            agg["ssim"].extend(r["ssim"])
+        out = []
+        for key, q in sorted(quality.items()):
+            a, d = key.split("|", 1)
+            p, s = summarise(q["psnr"]), summarise(q["ssim"])
+            out.append({"attack": a, "defense": d, "psnr_mean": p.mean, "psnr_std": p.std, "ssim_mean": s.mean, "ssim_std": s.std, "n": p.n})
+        return out
+
+    def examples(self) -> dict[str, dict[str, list[str]]]:
+        """{"<seed>/<user>/<attack>": {kind: [image paths]}} of the example images written."""
+        out: dict[str, Any] = {}
+        for r in self._details_of_config():
+            if r["type"] == "example":
+                out.setdefault(f"{r['seed']}/{r['user']}/{r['attack']}", {})[r["kind"]] = r["paths"]
+        return out
+
+    def end_session(self, wall_s: float, timings: dict[str, float]) -> list[dict]:
+        """Record this session; returns every session so far."""
+        record = {"wall_s": round(wall_s, 2), "new_runs": self.new_runs, "timings_s": timings}
+        sessions = read_jsonl(self.out / "sessions.jsonl") + [record]
+        with open(self.out / "sessions.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        return sessions
+
+    def write_tables(self, *, info: dict[str, Any], sessions: list[dict], wall_s: float, amplification: float,
+                     device: str | None) -> tuple[list[dict], list[dict], str, Path | None]:
+        """results.csv, summary.csv, table.md, results.json and (when enabled) report.html.
+        Returns (rows, summary, table Markdown, report path)."""
+        cfg = self.cfg
+        rows = self.rows()
+        summary = summarise_rows(rows)
+        write_csv(self.out / "results.csv", rows)
+        write_csv(self.out / "summary.csv", summary)
+        quality = self.quality_summary()
+        wall_total = sum(float(x.get("wall_s", 0.0)) for x in sessions)
+        table_md = render_tables(cfg, summary, quality, wall_s=wall_total, sessions=len(sessions))
+        write_text_atomic(self.out / "table.md", table_md)
+        timing_keys: list[str] = list(dict.fromkeys(k for x in sessions for k in x.get("timings_s", {})))
+        results = {
+            "name": cfg.name,
+            "description": cfg.description,
+            "config_fingerprint": self.fingerprint,
+            "config": cfg.resolved(),
+            **info,
+            "wall_s": round(wall_total, 2),
+            "wall_s_this_session": round(wall_s, 2),
+            "sessions": len(sessions),
+            "timings_s": {k: round(sum(float(x.get("timings_s", {}).get(k, 0.0)) for x in sessions), 2) for k in timing_keys},
+            "n_runs": len(rows),
+            "summary": summary,
+            "image_quality": quality,
+            "examples": self.examples(),
+            "amplification": amplification,
+            "environment": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "platform": platform.platform(),
+                "threads": torch.get_num_threads(),
+                "device": str(device) if device else str(resolve_device(None)),
+            },
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        write_text_atomic(self.out / "results.json", json.dumps(json_safe(results), indent=2, default=str))
+        report = write_report(self.out, results, table_md) if cfg.report.get("enabled", True) else None
+        return rows, summary, table_md, report
+

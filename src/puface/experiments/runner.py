@@ -1,0 +1,124 @@
+"""`run_experiment`: a config's whole grid of FaceCure runs, resumable, written into one output folder."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..data.datasets import resolve_data_root
+from ..defenses import PuFaceDefense, purifier_amplification
+from ..evaluation.cache import ContentCache
+from ..evaluation.protocol import Protocol
+from ..utils.errors import PufaceError
+from .build import (
+    build_attack,
+    build_defense,
+    build_trainers,
+    build_victims,
+    draw_users,
+    excluded_identities,
+    results_fingerprint,
+)
+from .config import ExperimentConfig, load_config
+from .results import ResultsFolder
+
+__all__ = ["ExperimentResult", "run_experiment"]
+
+
+@dataclass
+class ExperimentResult:
+    output: Path
+    rows: list[dict]
+    summary: list[dict]
+    table_md: str
+    wall_s: float
+    report: Path | None
+
+
+def _say(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr)
+
+
+def run_experiment(
+    cfg: ExperimentConfig | str | Path,
+    output: str | Path | None = None,
+    *,
+    device: str | None = None,
+    progress: bool = True,
+    restart: bool = False,
+    echo: Callable[[str], None] = _say,
+) -> ExperimentResult:
+    """Run the whole grid of `cfg` (a config, a TOML file or a packaged config's name), writing results
+    into `output` (default: [run] output, else runs/<name>; see `results` for the files). Finished runs
+    found in `output/runs.jsonl` are kept (resume) when the config and its weights are unchanged;
+    `restart` discards them. `echo` receives the progress lines."""
+    t_start = time.perf_counter()
+    if not isinstance(cfg, ExperimentConfig):
+        cfg = load_config(cfg)
+    out = Path(output or cfg.run.get("output") or Path("runs") / cfg.name)
+    device = device or cfg.run.get("device")
+    root = resolve_data_root(cfg.data["root"])
+    victims = build_victims(cfg, device)
+    defenses = {d.label: build_defense(d, device) for d in cfg.defenses}
+    trainers = build_trainers(cfg, device)
+    folder = ResultsFolder(out, cfg, results_fingerprint(cfg, victims, defenses), restart=restart)
+    if folder.done:
+        echo(f"resuming: {len(folder.done)} finished run(s) found in {folder.runs_path}")
+    echo(f"data: {root}")
+    exclude = excluded_identities(defenses, echo)
+    allow = bool(cfg.users.get("allow_purifier_identities"))
+    cache = ContentCache() if cfg.run.get("cache", True) else None
+    timings: dict[str, float] = {}
+    users_by_seed: dict[int, list[str]] = {}
+    with folder:
+        for seed in cfg.seeds:
+            t_load = time.perf_counter()
+            data, users = draw_users(cfg, root, seed, exclude=() if allow else exclude, progress=progress)
+            load_s = time.perf_counter() - t_load
+            _check_users(users, exclude, allow, echo)
+            users_by_seed[seed] = users
+            echo(f"seed {seed}: {len(data.identities)} identities, {len(data.train)} training / {len(data.test)} test images; "
+                 f"protected users: {', '.join(users)}")
+            proto = Protocol(
+                data, users, [build_attack(a, seed, device, cfg.run["cloak_batch_size"]) for a in cfg.attacks],
+                victims, trainers, defenses, cache=cache, done=folder.done, on_result=folder.add_run,
+                on_quality=lambda *q, seed=seed: folder.add_quality(seed, *q),
+                on_example=lambda *e, seed=seed: folder.add_example(seed, *e),
+                example_users=int(cfg.report["users"]) if cfg.report.get("enabled", True) else 0,
+                examples_per_user=int(cfg.report["images_per_user"]), batch_size=int(cfg.run["batch_size"]), progress=progress,
+            )
+            proto.run()
+            proto.timings["load_s"] += load_s
+            for k, v in proto.timings.items():
+                timings[k] = timings.get(k, 0.0) + v
+    wall = time.perf_counter() - t_start
+    rows, summary, table_md, report = folder.write_tables(
+        info={"data_root": str(root), "users": {str(k): v for k, v in users_by_seed.items()},
+              "excluded_purifier_identities": len(exclude)},
+        sessions=folder.end_session(wall, timings), wall_s=wall, amplification=_amplification(defenses), device=device)
+    return ExperimentResult(out, rows, summary, table_md, wall, report)
+
+
+def _check_users(users: list[str], exclude: set[str], allow: bool, echo: Callable[[str], None]) -> None:
+    """Named protected users a purifier of the grid was trained on: an error, or a warning when allowed."""
+    bad = sorted(set(users) & exclude)
+    if bad and not allow:
+        raise PufaceError(
+            f"protected user(s) {', '.join(bad)} were in the purifier's training data: the evaluation would be "
+            "meaningless; pick other users or set [users] allow_purifier_identities = true")
+    if bad:
+        echo(f"WARNING: protected user(s) {', '.join(bad)} were in the purifier's training data (allowed by the config)")
+
+
+def _amplification(defenses: dict) -> float:
+    """The amplification factor the report's image grids show: that of the (last) loaded purifier."""
+    amplification = 3.0
+    for d in defenses.values():
+        for s in getattr(d, "steps", [d]):
+            if isinstance(s, PuFaceDefense) and s.loaded:
+                amplification = purifier_amplification(s.purifier)
+    return amplification

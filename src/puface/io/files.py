@@ -1,0 +1,65 @@
+"""Finding image files under a folder, and where an output folder may lie relative to its input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from ..utils.errors import PufaceError
+from .images import is_image_file
+
+__all__ = ["is_within", "is_visible", "list_image_files", "check_output_folder"]
+
+
+def is_visible(p: Path) -> bool:
+    """False for hidden entries (a leading dot; puface's own temporary files are hidden too)."""
+    return not p.name.startswith(".")
+
+
+def is_within(p: str | Path, folder: str | Path) -> bool:
+    """True when `p` is `folder` or lies below it (links resolved)."""
+    try:
+        Path(p).resolve().relative_to(Path(folder).resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def list_image_files(root: str | Path, exclude: Iterable[str | Path] = ()) -> list[Path]:
+    """All image files under `root` (recursive, sorted), skipping hidden entries and `exclude` folders."""
+    root = Path(root)
+    excl = [Path(e) for e in exclude]
+    out: list[Path] = []
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        if any(is_within(d, e) for e in excl):
+            continue
+        try:
+            entries = sorted(d.iterdir())
+        except OSError as e:
+            raise PufaceError(f"{d}: cannot list folder ({e.strerror or e})") from None
+        for p in entries:
+            if not is_visible(p):
+                continue
+            if p.is_dir():
+                stack.append(p)
+            elif p.is_file() and is_image_file(p):
+                out.append(p)
+    return sorted(out)
+
+
+def check_output_folder(in_folder: str | Path, out_folder: str | Path) -> None:
+    """Refuse an output folder that is the input folder, lies inside it, or holds it.
+
+    Inside the input, a later run over the input would read the outputs as inputs (and a data scan
+    would take the output folder for an identity); holding it, outputs could overwrite inputs.
+    """
+    src, dst = Path(in_folder), Path(out_folder)
+    if src.resolve() == dst.resolve():
+        raise PufaceError(f"output folder {dst} is the input folder; choose another one (inputs are never overwritten)")
+    if is_within(dst, src):
+        raise PufaceError(f"output folder {dst} lies inside the input folder {src}; choose a folder outside it "
+                          "(a later run over the input would read these outputs as inputs)")
+    if is_within(src, dst):
+        raise PufaceError(f"input folder {src} lies inside the output folder {dst}; choose another output folder")

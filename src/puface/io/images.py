@@ -1,0 +1,217 @@
+"""Robust image reading and atomic writing, used by every command.
+
+`read_image` returns uint8 RGB (H, W, 3) with EXIF orientation applied, or raises `ImageReadError`
+naming the file and the problem; it never hangs on hostile bytes and refuses images too large to
+decode safely. `write_image` writes through a temporary file and a rename, so a crash never leaves
+a half-written output.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from ..utils.errors import ImageReadError, ImageWriteError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+#: Largest image decoded, in pixels (width * height). 100 MP is a 400 MB RGBA decode; larger images
+#: are refused with a clear message. Override with $PUFACE_MAX_PIXELS.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+_PIL_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP"}
+
+# Never decode truncated files silently as grey: we want an error.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def is_image_file(path: str | Path) -> bool:
+    """True when the name ends with a supported extension (any case)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def max_pixels() -> int:
+    env = os.environ.get("PUFACE_MAX_PIXELS")
+    return int(env) if env else DEFAULT_MAX_PIXELS
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB. Alpha is composited on white; 16/32-bit and float scaled."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("RGBA", "LA", "RGBa", "La", "PA") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        if mode.startswith("I;16"):
+            a = a / 257.0  # 0..65535 -> 0..255
+        elif mode == "I":
+            # 32-bit integer: 16-bit data (most common: 16-bit PNG) or 8-bit data stored wide.
+            a = a / 257.0 if a.max(initial=0) > 255 else a
+        else:  # "F": float; [0,1] data is scaled, otherwise taken as 0..255
+            finite = a[np.isfinite(a)]
+            if finite.size and finite.max() <= 1.0 and finite.min() >= 0.0:
+                a = a * 255.0
+            a = np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0)
+        g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.stack([g, g, g], axis=-1), "RGB")
+    # 1, L, P (no transparency), CMYK, YCbCr, LAB, HSV, ...
+    return im.convert("RGB")
+
+
+def _too_large(w: int, h: int, limit: int) -> str:
+    return f"image too large ({w}x{h} = {w * h / 1e6:.1f} MP > {limit / 1e6:.1f} MP limit; set PUFACE_MAX_PIXELS to allow)"
+
+
+def open_image(path: str | Path, data: bytes | None = None) -> Image.Image:
+    """Open and fully decode an image as an RGB Pillow image (EXIF orientation applied).
+
+    Raises `ImageReadError` for missing, empty, truncated, corrupt, non-image or oversized files.
+    """
+    path = Path(path)
+    try:
+        if data is None:
+            if not path.exists():
+                raise ImageReadError(path, "file not found")
+            if path.is_dir():
+                raise ImageReadError(path, "is a folder, not an image")
+            data = path.read_bytes()
+    except OSError as e:
+        raise ImageReadError(path, f"cannot read file ({e.strerror or e})") from None
+    if len(data) == 0:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    limit = max_pixels()
+    # Pillow's own bomb check must not be stricter than ours (its error fires at 2 x MAX_IMAGE_PIXELS).
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = limit
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.filterwarnings("error", message=".*[Tt]runcated.*")
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w <= 0 or h <= 0:
+                raise ImageReadError(path, f"invalid image size {w}x{h}")
+            if w * h > limit:
+                raise ImageReadError(path, _too_large(w, h, limit))
+            im.load()
+            im = ImageOps.exif_transpose(im) or im
+            rgb = _to_rgb(im)
+            rgb.load()
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(path, f"image too large ({e}; set PUFACE_MAX_PIXELS to allow)") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not an image, or a format Pillow cannot read") from None
+    except (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, struct.error, ZeroDivisionError, MemoryError, RuntimeError, UserWarning) as e:
+        msg = str(e) or type(e).__name__
+        if "truncated" in msg.lower():
+            msg = f"truncated or incomplete file ({msg})"
+        else:
+            msg = f"corrupt image ({msg})"
+        raise ImageReadError(path, msg) from None
+    return rgb
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as uint8 RGB (H, W, 3). Raises `ImageReadError` with a clear reason."""
+    return np.asarray(open_image(path), dtype=np.uint8).copy()
+
+
+def image_info(path: str | Path) -> tuple[int, int, str]:
+    """(width, height, format) after EXIF orientation, reading only the header where possible."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orient = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
+            fmt = im.format or ""
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(path, f"not a readable image ({e})") from None
+    if orient in (5, 6, 7, 8):
+        w, h = h, w
+    return w, h, fmt
+
+
+def pil_format_for(path: str | Path) -> str:
+    ext = Path(path).suffix.lower()
+    try:
+        return _PIL_FORMATS[ext]
+    except KeyError:
+        raise ImageWriteError(path, f"unsupported output extension {ext!r} (use one of {', '.join(IMAGE_EXTENSIONS)})") from None
+
+
+def encode_image(image: np.ndarray | Image.Image, fmt: str, *, quality: int = 95, exif: bytes | None = None, icc_profile: bytes | None = None) -> bytes:
+    """Encode an RGB image to bytes in the Pillow format `fmt` (JPEG, PNG, BMP, WEBP)."""
+    im = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8), "RGB")
+    buf = io.BytesIO()
+    kw: dict = {}
+    if fmt == "JPEG":
+        kw.update(quality=quality, subsampling=0 if quality >= 90 else 2)
+    elif fmt == "WEBP":
+        kw.update(quality=quality)
+        if quality >= 100:
+            kw.update(lossless=True)
+    elif fmt == "PNG":
+        kw.update(compress_level=6)
+    if exif and fmt in ("JPEG", "PNG", "WEBP"):
+        kw["exif"] = exif
+    if icc_profile and fmt in ("JPEG", "PNG", "WEBP"):
+        kw["icc_profile"] = icc_profile
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink(missing_ok=True)  # type: ignore[possibly-undefined]
+        except Exception:
+            pass
+        raise ImageWriteError(path, f"cannot write ({e.strerror or e})") from None
+
+
+def write_image(path: str | Path, image: np.ndarray, *, quality: int = 95, exif: bytes | None = None, icc_profile: bytes | None = None, inputs: tuple[str | Path, ...] = ()) -> None:
+    """Atomically write uint8 RGB (H, W, 3) to `path`; the format follows the extension.
+
+    `inputs`: paths this output must never overwrite (an output equal to an input is refused).
+    """
+    path = Path(path)
+    for inp in inputs:
+        if same_file(path, inp):
+            raise ImageWriteError(path, "refusing to overwrite an input file")
+    data = encode_image(image, pil_format_for(path), quality=quality, exif=exif, icc_profile=icc_profile)
+    atomic_write_bytes(path, data)
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """True when two paths name the same file (resolving links); False when either does not exist
+    and their resolved paths differ."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()

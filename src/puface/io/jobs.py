@@ -1,0 +1,367 @@
+"""Streaming folder-in / folder-out image jobs, shared by `cloak`, `purify` and `align`.
+
+`plan_mirror` maps every image under an input folder to a path under the output folder (same
+relative path, optionally renamed). `run_folder_job` then streams the files through a batch
+function: decoding runs ahead in background threads, each finished batch is written at once
+(atomically) by a writer thread, outputs that already exist are skipped (resume), a broken file
+gets one line on stderr and does not stop the batch, and a summary lists the failures at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..utils.errors import ImageReadError, PufaceError
+from .files import check_output_folder, list_image_files
+from .images import (
+    atomic_write_bytes,
+    encode_image,
+    is_image_file,
+    open_image,
+    pil_format_for,
+    same_file,
+)
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """One input file and the output it becomes. `rel` is the input's path relative to the input root."""
+
+    src: Path
+    dst: Path
+    rel: Path
+
+
+@dataclass
+class LoadedImage:
+    """A decoded input: uint8 RGB (H, W, 3) plus what is needed to write it back like the original."""
+
+    job: FileJob
+    image: np.ndarray
+    exif: bytes | None = None
+    icc_profile: bytes | None = None
+    format: str = ""
+
+
+@dataclass
+class Outcome:
+    """What a batch function returns per input.
+
+    status: "ok" (write `image`), "copy" (copy the input through unchanged), "skip" (write nothing),
+    or "fail". `reason` explains copy/skip/fail; `stats` is a row for the job's CSV (may be empty).
+    """
+
+    status: str
+    image: np.ndarray | None = None
+    reason: str = ""
+    stats: dict = field(default_factory=dict)
+
+    @classmethod
+    def ok(cls, image: np.ndarray, **stats) -> "Outcome":
+        return cls("ok", image=image, stats=stats)
+
+    @classmethod
+    def copy(cls, reason: str, **stats) -> "Outcome":
+        return cls("copy", reason=reason, stats=stats)
+
+    @classmethod
+    def skip(cls, reason: str, **stats) -> "Outcome":
+        return cls("skip", reason=reason, stats=stats)
+
+    @classmethod
+    def fail(cls, reason: str) -> "Outcome":
+        return cls("fail", reason=reason)
+
+
+@dataclass
+class JobReport:
+    """Counts and per-file problems of a finished (or interrupted) folder job."""
+
+    total: int = 0
+    written: int = 0
+    resumed: int = 0  # outputs that already existed
+    copied: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every file was handled, 1 when some failed."""
+        return 1 if self.failed else 0
+
+    def summary(self, verb: str = "written") -> str:
+        rate = self.written / self.seconds if self.seconds > 0 else 0.0
+        lines = [
+            f"{self.total} images: {self.written} {verb}, {self.resumed} already done (skipped), "
+            f"{len(self.copied)} copied unchanged, {len(self.skipped)} skipped, {len(self.failed)} failed "
+            f"({self.seconds:.1f} s, {rate:.1f} images/s)"
+        ]
+        for title, items in (("copied unchanged", self.copied), ("skipped", self.skipped), ("FAILED", self.failed)):
+            if items:
+                lines.append(f"{title} ({len(items)}):")
+                lines.extend(f"  {p}: {why}" for p, why in items)
+        return "\n".join(lines)
+
+
+def default_output_name(rel: Path) -> Path:
+    return rel
+
+
+def plan_mirror(
+    in_path: str | Path,
+    out_root: str | Path,
+    *,
+    rename: Callable[[Path], Path] = default_output_name,
+) -> list[FileJob]:
+    """Map every image under `in_path` (a folder, or one file) to a path under `out_root`.
+
+    Refuses an output folder that is the input folder, lies inside it or holds it
+    (`files.check_output_folder`), and any output path equal to an input path.
+    """
+    in_path, out_root = Path(in_path), Path(out_root)
+    if not in_path.exists():
+        raise PufaceError(f"{in_path}: no such file or folder")
+    if in_path.is_file():
+        if not is_image_file(in_path):
+            raise PufaceError(f"{in_path}: not an image file (expected .jpg, .jpeg, .png, .bmp or .webp)")
+        files, base = [in_path], in_path.parent
+    else:
+        check_output_folder(in_path, out_root)
+        files, base = list_image_files(in_path), in_path
+    jobs = []
+    for f in files:
+        rel = f.relative_to(base)
+        dst = out_root / rename(rel)
+        if same_file(dst, f):
+            raise PufaceError(f"{dst}: output path equals an input path; choose another output folder")
+        jobs.append(FileJob(f, dst, rel))
+    return jobs
+
+
+def shard(jobs: Sequence[FileJob], rank: int, world_size: int) -> list[FileJob]:
+    """The part of `jobs` that process `rank` of `world_size` handles (round-robin)."""
+    return list(jobs[rank::world_size])
+
+
+def load_for_job(job: FileJob) -> LoadedImage:
+    """Decode an input and keep its EXIF (orientation reset, since pixels are upright) and ICC."""
+    data = job.src.read_bytes() if job.src.is_file() else None
+    im = open_image(job.src, data=data)
+    exif_bytes = icc = None
+    fmt = ""
+    try:
+        with Image.open(io.BytesIO(data)) as raw:  # type: ignore[arg-type]
+            fmt = raw.format or ""
+            icc = raw.info.get("icc_profile")
+            exif = raw.getexif()
+            if exif:
+                exif[0x0112] = 1
+                exif_bytes = exif.tobytes()
+    except Exception:  # metadata is best effort; the pixels were read fine
+        pass
+    return LoadedImage(job, np.asarray(im, dtype=np.uint8), exif_bytes, icc, fmt)
+
+
+def _write_outcome(item: LoadedImage, out: Outcome, quality: int) -> None:
+    job = item.job
+    if out.status == "ok":
+        assert out.image is not None
+        fmt = pil_format_for(job.dst)
+        data = encode_image(out.image, fmt, quality=quality, exif=item.exif, icc_profile=item.icc_profile)
+        atomic_write_bytes(job.dst, data)
+    elif out.status == "copy":
+        atomic_write_bytes(job.dst, job.src.read_bytes())
+
+
+class _StatsCSV:
+    """Appends per-image rows to a CSV next to the outputs (header written once; resumes append)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.fields: list[str] | None = None
+        self.lock = threading.Lock()
+        if path is not None and path.is_file() and path.stat().st_size > 0:
+            with open(path, newline="") as f:
+                self.fields = next(csv.reader(f), None)
+
+    def add(self, rows: list[dict]) -> None:
+        if self.path is None or not rows:
+            return
+        with self.lock:
+            if self.fields is None:
+                keys: list[str] = []
+                for r in rows:
+                    keys.extend(k for k in r if k not in keys)
+                self.fields = keys
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "w", newline="") as f:
+                    csv.writer(f).writerow(self.fields)
+            with open(self.path, "a", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+                for r in rows:
+                    w.writerow(r)
+
+
+def run_folder_job(
+    jobs: Sequence[FileJob],
+    process: Callable[[list[LoadedImage]], list[Outcome]],
+    *,
+    batch_size: int = 16,
+    resume: bool = True,
+    desc: str = "processing",
+    verb: str = "written",
+    stats_csv: Path | None = None,
+    quality: int = 95,
+    io_workers: int = 2,
+    prefetch_batches: int = 2,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> JobReport:
+    """Stream `jobs` through `process` in batches and write the results.
+
+    Args:
+        jobs: from `plan_mirror` (or `shard` of it).
+        process: maps a list of decoded inputs to one `Outcome` per input (same order).
+        batch_size: images per call of `process`.
+        resume: skip jobs whose output already exists (outputs are written atomically, so an
+            existing output is complete).
+        stats_csv: where per-image `Outcome.stats` rows are appended.
+        quality: JPEG/WebP quality for lossy outputs.
+        io_workers: decoding and encoding threads (they overlap with `process`).
+    Returns:
+        A `JobReport`; its `exit_code` is 1 when any file failed.
+    """
+    from tqdm import tqdm
+
+    report = JobReport(total=len(jobs))
+    t0 = time.perf_counter()
+    todo = []
+    for j in jobs:
+        if resume and j.dst.exists():
+            report.resumed += 1
+        else:
+            todo.append(j)
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    stats = _StatsCSV(stats_csv)
+    bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+
+    def say(msg: str) -> None:
+        if log is not None:
+            log(msg)
+        else:
+            bar.write(msg, file=sys.stderr)
+
+    def decode(job: FileJob) -> LoadedImage | Exception:
+        try:
+            return load_for_job(job)
+        except ImageReadError as e:
+            return e
+        except Exception as e:  # never let one file stop the batch
+            return ImageReadError(job.src, f"unexpected read error ({type(e).__name__}: {e})")
+
+    lock = threading.Lock()
+
+    def write(item: LoadedImage, out: Outcome) -> None:
+        try:
+            _write_outcome(item, out, quality)
+        except Exception as e:
+            with lock:
+                report.failed.append((item.job.src, f"cannot write {item.job.dst} ({e})"))
+            say(f"error: {item.job.src}: cannot write {item.job.dst} ({e})")
+            return
+        with lock:
+            if out.status == "ok":
+                report.written += 1
+            elif out.status == "copy":
+                report.copied.append((item.job.src, out.reason))
+            elif out.status == "skip":
+                report.skipped.append((item.job.src, out.reason))
+
+    with ThreadPoolExecutor(max_workers=max(1, io_workers), thread_name_prefix="puface-io") as pool:
+        pending: deque[list[Future]] = deque()
+        writes: list[Future] = []
+        next_batch = 0
+
+        def submit_next() -> None:
+            nonlocal next_batch
+            if next_batch < len(batches):
+                pending.append([pool.submit(decode, j) for j in batches[next_batch]])
+                next_batch += 1
+
+        for _ in range(max(1, prefetch_batches)):
+            submit_next()
+        try:
+            while pending:
+                futures = pending.popleft()
+                submit_next()
+                items: list[LoadedImage] = []
+                for f in futures:
+                    r = f.result()
+                    if isinstance(r, Exception):
+                        src = getattr(r, "path", "?")
+                        reason = getattr(r, "reason", str(r))
+                        report.failed.append((Path(src), reason))
+                        say(f"error: {src}: {reason}")
+                        bar.update(1)
+                    else:
+                        items.append(r)
+                if not items:
+                    continue
+                try:
+                    outcomes = process(items)
+                    if len(outcomes) != len(items):
+                        raise RuntimeError(f"batch function returned {len(outcomes)} results for {len(items)} inputs")
+                except PufaceError:
+                    raise
+                except Exception as e:
+                    if len(items) == 1:
+                        outcomes = [Outcome.fail(f"processing failed ({type(e).__name__}: {e})")]
+                    else:  # retry one by one so one bad image does not sink its batch
+                        outcomes = []
+                        for it in items:
+                            try:
+                                outcomes.extend(process([it]))
+                            except PufaceError:
+                                raise
+                            except Exception as e1:
+                                outcomes.append(Outcome.fail(f"processing failed ({type(e1).__name__}: {e1})"))
+                rows = []
+                for item, out in zip(items, outcomes):
+                    if out.status == "fail":
+                        report.failed.append((item.job.src, out.reason))
+                        say(f"error: {item.job.src}: {out.reason}")
+                    else:
+                        if out.status in ("copy", "skip"):
+                            say(f"{'copied' if out.status == 'copy' else 'skipped'}: {item.job.src}: {out.reason}")
+                        writes.append(pool.submit(write, item, out))
+                    if out.stats:
+                        rows.append({"file": str(item.job.rel), "status": out.status, **out.stats})
+                stats.add(rows)
+                bar.update(len(items))
+        finally:
+            for w in writes:
+                w.result()
+            bar.close()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def group_by_size(items: Iterable[LoadedImage]) -> dict[tuple[int, int], list[int]]:
+    """Indices of `items` grouped by image (height, width), so each group stacks into one tensor."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault(tuple(it.image.shape[:2]), []).append(i)  # type: ignore[arg-type]
+    return groups

@@ -1,0 +1,135 @@
+"""`Purifier`: a trained RED-Net as an images -> images module, loaded from and saved to checkpoints.
+
+    >>> from puface.purifier import Purifier
+    >>> p = Purifier.load()                 # the default purifier shipped with the package
+    >>> clean = p.purify(images)            # (N, 3, H, W) in [0, 1] -> same shape, no grad, batched
+    >>> p.purify_folder("scraped/", "purified/")   # a folder tree (see `folder.purify_folder`)
+
+Any H x W works (the network is fully convolutional). The shipped purifier was trained on aligned
+150x150 face chips; other scales of face work less well.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..utils.device import resolve_device
+from ..utils.errors import PufaceError
+from ..utils.images import to_float
+from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from .rednet import RedNet, RedNetConfig, conv_flops
+
+DEFAULT_WEIGHTS_NAME = "purifier-default.safetensors"
+
+
+def default_weights_path() -> Path:
+    """The default purifier file inside the installed package (`puface/weights/`)."""
+    return Path(str(resources.files("puface") / "weights" / DEFAULT_WEIGHTS_NAME))
+
+
+class Purifier(nn.Module):
+    """A RED-Net purifier: (N, 3, H, W) float RGB in [0, 1] -> purified images, same shape and range.
+
+    `meta` holds what the checkpoint carried: config (the training config), data_summary
+    (training/held-out identities, attacks), metrics (validation), puface_version.
+    """
+
+    def __init__(self, config: RedNetConfig | dict | None = None, meta: dict[str, Any] | None = None):
+        super().__init__()
+        if isinstance(config, dict):
+            config = RedNetConfig.from_dict(config)
+        self.net = RedNet(config)
+        self.meta: dict[str, Any] = dict(meta or {})
+
+    @property
+    def config(self) -> RedNetConfig:
+        return self.net.config
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    @property
+    def heldout_identities(self) -> list[str]:
+        """Identities deliberately kept out of training (evaluation may use them as protected users)."""
+        return list(self.meta.get("data_summary", {}).get("heldout_identities", []))
+
+    @property
+    def training_identities(self) -> list[str]:
+        """Identities whose photos the purifier was trained on (exclude them from evaluation)."""
+        return list(self.meta.get("data_summary", {}).get("train_identities", []))
+
+    def flops(self, height: int = 150, width: int = 150) -> int:
+        """Convolution FLOPs of one forward pass on an H x W image."""
+        return conv_flops(self.net, height, width)
+
+    @torch.no_grad()
+    def purify(self, images: torch.Tensor, batch_size: int = 32, device: str | torch.device | None = None,
+               channels_last: bool = True) -> torch.Tensor:
+        """Purify a (possibly large) batch in chunks without gradients; returns a CPU float tensor.
+
+        images: (N, 3, H, W) float in [0, 1] (uint8 is accepted and scaled). device: where to run
+        (None: the module's current device). channels_last: NHWC memory layout, 1.5-2x faster on CPU.
+        """
+        images = to_float(images)
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected (N, 3, H, W) RGB images, got shape {tuple(images.shape)}")
+        if device is not None:
+            self.to(resolve_device(device))
+        dev = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.to(memory_format=fmt)
+        out = []
+        try:
+            for i in range(0, len(images), max(1, batch_size)):
+                x = images[i : i + batch_size].to(dev, non_blocking=True).contiguous(memory_format=fmt)
+                out.append(self(x).to("cpu").contiguous())
+        finally:
+            self.train(was_training)
+        return torch.cat(out) if out else images.new_empty(images.shape)
+
+    def purify_folder(self, in_path: str | Path, out_path: str | Path, **options: Any):
+        """Purify every image under `in_path` into the mirrored tree `out_path`; returns the `JobReport`.
+        Options as `puface.purifier.folder.purify_folder` (device, batch_size, resume, align, ...)."""
+        from .folder import purify_folder
+
+        return purify_folder(in_path, out_path, purifier=self, **options)
+
+    # ---- persistence -------------------------------------------------------------------------
+    def checkpoint(self, **extra: Any) -> dict[str, Any]:
+        meta = {**self.meta, **extra}
+        state = {k: v.contiguous() for k, v in self.net.state_dict().items()}
+        return make_checkpoint(state, self.config.as_dict(), config=meta.get("config"),
+                               data_summary=meta.get("data_summary"), metrics=meta.get("metrics"),
+                               epoch=int(meta.get("epoch", 0)))
+
+    def save(self, path: str | Path, **extra: Any) -> Path:
+        """Write a `.pt` or `.safetensors` checkpoint (see `checkpoint.py`)."""
+        return save_checkpoint(path, self.checkpoint(**extra))
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any]) -> "Purifier":
+        meta = {k: ckpt.get(k) for k in ("config", "data_summary", "metrics", "puface_version", "epoch")}
+        p = cls(ckpt["model_config"], meta=meta)
+        try:
+            p.net.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as e:
+            raise PufaceError(f"checkpoint weights do not match its model config ({e})") from None
+        return p.eval()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str | torch.device | None = "cpu") -> "Purifier":
+        """Load a purifier checkpoint (`.pt` or `.safetensors`); None = the default shipped purifier."""
+        if path is None:
+            path = default_weights_path()
+            if not path.is_file():
+                raise PufaceError(f"the default purifier is missing from this installation ({path}); "
+                                  "reinstall puface or pass --weights")
+        p = cls.from_checkpoint(load_checkpoint(path))
+        return p.to(resolve_device(device)) if device is not None else p

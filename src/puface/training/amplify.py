@@ -1,0 +1,101 @@
+"""Amplified training inputs: x~ = clip(x + k * (x_c - x), 0, 1), with natural (x -> x) pairs mixed in.
+
+The cloak delta = x_c - x is scaled by a factor k drawn per image, either uniformly from a range
+(default [1, 3]) or from a finite set. A share of the rows gets k = 0, i.e. the natural image itself,
+so the purifier learns to leave natural photos unchanged (it is applied to every training image,
+cloaked or not).
+
+Why a range and why [1, 3] by default: the purifier sees real cloaks (k = 1) at test time, so k = 1
+must be in the training distribution; larger k exaggerates the cloak's structure so it is learned
+more clearly (PuFace's "amplified cloaked images"), and k = 3 turns Fawkes-high's 15/255 budget into
+about 45/255, beyond LowKey's 33/255, so the strongest attack in the mix is covered too. A continuous
+range (rather than a few values) keeps the purifier's response smooth in the cloak's strength, since
+attacks other than the training ones have other strengths. Beyond ~3 the clip to [0, 1] starts to
+distort the cloak's shape on bright and dark skin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+from ..utils.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AmplifyConfig:
+    """How training inputs are made from (natural, cloaked) pairs.
+
+    k_min, k_max: k ~ Uniform(k_min, k_max) (used when `k_values` is empty).
+    k_values: a finite set of factors, chosen uniformly (overrides the range when non-empty).
+    natural_share: fraction of rows whose input is the natural image (k = 0), in [0, 1).
+    """
+
+    k_min: float = 1.0
+    k_max: float = 3.0
+    k_values: tuple[float, ...] = ()
+    natural_share: float = 0.25
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "k_values", tuple(float(v) for v in self.k_values))
+        if self.k_values:
+            if any(v < 0 for v in self.k_values):
+                raise ConfigError(f"amplify.k_values must be >= 0, got {list(self.k_values)}")
+        elif not 0 <= self.k_min <= self.k_max:
+            raise ConfigError(f"amplify needs 0 <= k_min <= k_max, got k_min={self.k_min}, k_max={self.k_max}")
+        if not 0.0 <= self.natural_share < 1.0:
+            raise ConfigError(f"amplify.natural_share must be in [0, 1), got {self.natural_share}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AmplifyConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown amplify option(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+        return cls(**d)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["k_values"] = list(self.k_values)
+        return d
+
+    def describe(self) -> str:
+        k = f"k in {{{', '.join(f'{v:g}' for v in self.k_values)}}}" if self.k_values else f"k ~ U[{self.k_min:g}, {self.k_max:g}]"
+        return f"{k}, natural share {self.natural_share:g}"
+
+
+def amplify(natural: torch.Tensor, cloaked: torch.Tensor, k: torch.Tensor | float) -> torch.Tensor:
+    """clip(x + k * (x_c - x), 0, 1). `k` is a scalar or one factor per image, shape (N,).
+
+    natural, cloaked: (N, 3, H, W) in [0, 1]. Returns (N, 3, H, W) in [0, 1].
+    """
+    if natural.shape != cloaked.shape:
+        raise ValueError(f"natural and cloaked images differ in shape: {tuple(natural.shape)} vs {tuple(cloaked.shape)}")
+    if not torch.is_tensor(k):
+        k = torch.tensor(float(k), dtype=natural.dtype, device=natural.device)
+    k = k.to(dtype=natural.dtype, device=natural.device)
+    if k.ndim == 1:
+        k = k.view(-1, *([1] * (natural.ndim - 1)))
+    return (natural + k * (cloaked - natural)).clamp(0.0, 1.0)
+
+
+def sample_factors(n: int, config: AmplifyConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """k for `n` rows (float32, shape (n,)): 0 for the natural share, else drawn as configured."""
+    u = torch.rand(n, generator=generator)
+    if config.k_values:
+        idx = torch.randint(len(config.k_values), (n,), generator=generator)
+        k = torch.tensor(config.k_values, dtype=torch.float32)[idx]
+    else:
+        k = config.k_min + (config.k_max - config.k_min) * torch.rand(n, generator=generator)
+    natural = u < config.natural_share
+    return torch.where(natural, torch.zeros_like(k), k)
+
+
+def amplified_batch(natural: torch.Tensor, cloaked: torch.Tensor, config: AmplifyConfig, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs x~, factors k): one training batch made from (natural, cloaked) pairs.
+
+    Rows with k = 0 are natural inputs (x -> x). Shapes: (N, 3, H, W) and (N,).
+    """
+    k = sample_factors(natural.shape[0], config, generator)
+    return amplify(natural, cloaked, k), k

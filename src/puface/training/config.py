@@ -1,0 +1,200 @@
+"""The purifier training config: one TOML file with sections [data], [[attacks]], [model], [amplify],
+[loss], [train], [val] (see `configs/purifier-default.toml` for every option with comments).
+
+`load_config(path)` reads and validates it; unknown keys are errors (a typo must not silently fall
+back to a default). `PurifierTrainConfig.as_dict()` is what is saved next to the results and inside
+every checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..attacks import attack_label
+from ..purifier.rednet import RedNetConfig
+from ..utils.errors import ConfigError
+from ..utils.tomlconfig import load_toml_config, merge_configs
+from .amplify import AmplifyConfig
+
+#: how [[attacks]] entries are named for drop_attacks (the labels their cloaks and metrics carry)
+LABELS = {"attacks": attack_label}
+
+
+def _check_keys(section: str, d: dict, cls: type) -> None:
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ConfigError(f"unknown option(s) in [{section}]: {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """root: identity folders. Identity split: see `data.purifier_identities`.
+    max_per_identity: cap per identity (seeded), None = all. val_images: images per attack for
+    validation (seeded choice among the validation identities). cache: cloak cache folder ("" = default).
+    cached_only: never make a cloak; one missing from the cache stops the run (`CloakNotCachedError`)."""
+
+    root: str = ""
+    heldout_min_images: int | None = 10
+    heldout_fraction: float = 0.0
+    val_fraction: float = 0.1
+    max_per_identity: int | None = None
+    val_images: int = 40
+    cache: str = ""
+    cloak_batch_size: int = 8
+    cached_only: bool = False
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """image: "mse" | "l1". feature_weight: lambda (0 = image loss only). distance: "cosine" | "l2".
+    embedders: frozen face models of the feature loss (registry names or model files)."""
+
+    image: str = "mse"
+    feature_weight: float = 0.05
+    distance: str = "cosine"
+    embedders: tuple[str, ...] = ("dlib-resnet29",)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation. batch_size is per process; lr decays with a cosine to lr * final_lr_fraction
+    after `warmup_steps` of linear warm-up. save_every_steps: mid-epoch checkpoints for resuming.
+    seed: initialisation, batch order and augmentation (default: the top-level `seed`, which also draws
+    the data split and the cloaked images); set it alone to repeat a run on the same data.
+    tf32: let CUDA use TF32 in convolutions and matrix products (faster on Ampere and later). Off by
+    default: purifiers trained with it on (PyTorch's default for convolutions) removed less LowKey on
+    held-out faces than CPU-trained ones of the same recipe (bench/RESULTS.md, "Training on a GPU")."""
+
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    final_lr_fraction: float = 0.05
+    grad_clip: float = 1.0
+    hflip: bool = True
+    channels_last: bool = True
+    save_every_steps: int = 100
+    max_steps_per_epoch: int | None = None
+    seed: int | None = None
+    tf32: bool = False
+
+
+@dataclass(frozen=True)
+class ValConfig:
+    """embedders: models for the validation cosines (default: the loss embedders). Best checkpoint =
+    highest `score` = mean over embedders of (cos(E(P(x_c)), E(x)) + cos(E(P(x)), E(x))) / 2."""
+
+    embedders: tuple[str, ...] = ()
+    batch_size: int = 32
+    every: int = 1  # validate every this many epochs (and always after the last)
+
+
+@dataclass(frozen=True)
+class PurifierTrainConfig:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    attacks: tuple[dict, ...] = ()
+    model: RedNetConfig = field(default_factory=RedNetConfig)
+    amplify: AmplifyConfig = field(default_factory=AmplifyConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    val: ValConfig = field(default_factory=ValConfig)
+
+    @property
+    def val_embedders(self) -> tuple[str, ...]:
+        return self.val.embedders or self.loss.embedders
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {
+            "seed": self.seed,
+            "data": asdict(self.data),
+            "attacks": [dict(a) for a in self.attacks],
+            "model": self.model.as_dict(),
+            "amplify": self.amplify.as_dict(),
+            "loss": {**asdict(self.loss), "embedders": list(self.loss.embedders)},
+            "train": asdict(self.train),
+            "val": {**asdict(self.val), "embedders": list(self.val.embedders)},
+        }
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PurifierTrainConfig":
+        d = dict(d)
+        allowed = {"seed", "data", "attacks", "model", "amplify", "loss", "train", "val"}
+        unknown = set(d) - allowed
+        if unknown:
+            raise ConfigError(f"unknown top-level option(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(allowed))})")
+
+        def section(name: str, klass: type, tuples: tuple[str, ...] = ()):
+            s = dict(d.get(name) or {})
+            if not isinstance(s, dict):
+                raise ConfigError(f"[{name}] must be a table")
+            _check_keys(name, s, klass)
+            for t in tuples:
+                if t in s:
+                    v = s[t]
+                    s[t] = (v,) if isinstance(v, str) else tuple(v)
+            return klass(**s)
+
+        attacks = d.get("attacks") or []
+        if not isinstance(attacks, list) or not all(isinstance(a, dict) for a in attacks):
+            raise ConfigError("attacks must be a list of tables ([[attacks]] name = ..., mode = ...)")
+        cfg = cls(
+            seed=int(d.get("seed", 0)),
+            data=section("data", DataConfig),
+            attacks=tuple(dict(a) for a in attacks),
+            model=RedNetConfig.from_dict(dict(d.get("model") or {})),
+            amplify=AmplifyConfig.from_dict(dict(d.get("amplify") or {})),
+            loss=section("loss", LossConfig, ("embedders",)),
+            train=section("train", TrainConfig),
+            val=section("val", ValConfig, ("embedders",)),
+        )
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        from .losses import FEATURE_DISTANCES, IMAGE_LOSSES
+
+        if self.loss.image not in IMAGE_LOSSES:
+            raise ConfigError(f"loss.image must be one of {IMAGE_LOSSES.names()}, got {self.loss.image!r}")
+        if self.loss.distance not in FEATURE_DISTANCES:
+            raise ConfigError(f"loss.distance must be one of {FEATURE_DISTANCES.names()}, got {self.loss.distance!r}")
+        if self.loss.feature_weight < 0:
+            raise ConfigError(f"loss.feature_weight must be >= 0, got {self.loss.feature_weight}")
+        if self.loss.feature_weight > 0 and not self.loss.embedders:
+            raise ConfigError("loss.feature_weight > 0 needs loss.embedders")
+        t = self.train
+        if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0:
+            raise ConfigError(f"train needs epochs >= 1, batch_size >= 1 and lr > 0 (got {t.epochs}, {t.batch_size}, {t.lr})")
+
+
+def load_config(ref: str | Path, overrides: dict[str, Any] | None = None, *, drop_attacks: Sequence[str] = (),
+                add_attacks: Sequence[dict[str, Any]] = (), data_root: str | Path | None = None) -> PurifierTrainConfig:
+    """Read a purifier training config: a TOML file or a packaged recipe's name ("default", "v5", ...),
+    with `extends` resolved (`puface.utils.tomlconfig`).
+
+    overrides: "section.key" (or "seed") -> value, set on top. drop_attacks / add_attacks: edit the
+    `[[attacks]]` list like a config's ``drop_attacks`` / ``[[add_attacks]]`` (labels as `attack_label`
+    names them, e.g. "fawkes-high", "lowkey-ensemble"; an unknown label is an error). data_root: instead
+    of `[data] root`. Both serve ablations without copying a config.
+    """
+    path, d, _ = load_toml_config(ref, "purifier", LABELS)
+    if drop_attacks or add_attacks:
+        d = merge_configs(d, {"drop_attacks": list(drop_attacks), "add_attacks": [dict(a) for a in add_attacks]},
+                          LABELS, f"{path} (--drop-attack / --add-attack)")
+    for key, value in (overrides or {}).items():
+        parts = key.split(".")
+        tgt = d
+        for p in parts[:-1]:
+            tgt = tgt.setdefault(p, {})
+        tgt[parts[-1]] = value
+    if data_root is not None:
+        d.setdefault("data", {})["root"] = str(data_root)
+    try:
+        return PurifierTrainConfig.from_dict(d)
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(f"{path}: {e}") from None

@@ -1,0 +1,412 @@
+"""Purifier training: seeded, resumable, single process or DDP under `torchrun` (gloo on CPU, nccl on GPU).
+
+    train(config, out_dir)   # writes out_dir/{config.json, metrics.jsonl, last.pt, best.pt, best.safetensors}
+
+Every random choice (identity split, image choice, epoch order, amplification factors, flips)
+derives from `config.seed`, so an interrupted run resumed from `last.pt` continues exactly as an
+uninterrupted one would (each step's randomness is seeded by (seed, epoch, step, rank)).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.datasets import resolve_data_root
+from ..purifier.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from ..purifier.model import Purifier
+from ..purifier.rednet import conv_flops
+from ..utils.device import resolve_device
+from ..utils.errors import PufaceError
+from ..utils.metrics import psnr
+from ..utils.seeding import stable_seed
+from .amplify import amplified_batch
+from .config import PurifierTrainConfig
+from .data import PairSet, build_pairs, cloak_with_cache, folder_identity_split
+from .losses import PurifierLoss
+
+
+# ---- distributed set-up ----------------------------------------------------------------------------
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def init_distributed(device: str | None = None) -> Dist:
+    """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK; init the process group (nccl on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local % max(1, torch.cuda.device_count()))
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        # long timeout: rank 0 may spend a long time generating cloaks while the others wait
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=12))
+    if dev.type == "cpu" and world > 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    return Dist(rank, world, local, dev)
+
+
+# ---- validation ------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_purifier(model: nn.Module, pairs: PairSet, embedders: dict[str, nn.Module], device: torch.device,
+                      batch_size: int = 32) -> dict[str, Any]:
+    """Validation metrics of `model` on real (k = 1) cloaks, overall and per attack.
+
+    psnr_natural: PSNR(P(x), x) (natural photos must survive); psnr_cloaked: PSNR(x_c, x);
+    psnr_purified: PSNR(P(x_c), x). For each embedder e: cos_cloaked_<e> = cos(E(x_c), E(x)),
+    cos_purified_<e> = cos(E(P(x_c)), E(x)), cos_natural_<e> = cos(E(P(x)), E(x)).
+    score = mean over embedders of (cos_purified + cos_natural) / 2 (or PSNR-based without embedders).
+    """
+    was = model.training
+    model.eval()
+    rows: dict[str, list[torch.Tensor]] = {}
+
+    def add(k: str, v: torch.Tensor) -> None:
+        rows.setdefault(k, []).append(v.float().cpu())
+
+    for i in range(0, len(pairs), batch_size):
+        idx = torch.arange(i, min(i + batch_size, len(pairs)))
+        x, xc = pairs.batch(idx)
+        x, xc = x.to(device), xc.to(device)
+        px, pxc = model(x), model(xc)
+        add("psnr_natural", psnr(px, x, cap=100.0))
+        add("psnr_cloaked", psnr(xc, x, cap=100.0))
+        add("psnr_purified", psnr(pxc, x, cap=100.0))
+        for name, e in embedders.items():
+            ex = e(x)
+            add(f"cos_cloaked_{name}", F.cosine_similarity(e(xc), ex))
+            add(f"cos_purified_{name}", F.cosine_similarity(e(pxc), ex))
+            add(f"cos_natural_{name}", F.cosine_similarity(e(px), ex))
+    model.train(was)
+    cols = {k: torch.cat(v) for k, v in rows.items()}
+
+    def summarise(mask: torch.Tensor) -> dict[str, float]:
+        return {k: round(float(v[mask].mean()), 5) for k, v in cols.items()}
+
+    out: dict[str, Any] = summarise(torch.ones(len(pairs), dtype=torch.bool))
+    if embedders:
+        out["score"] = round(sum((out[f"cos_purified_{n}"] + out[f"cos_natural_{n}"]) / 2 for n in embedders) / len(embedders), 5)
+    else:
+        out["score"] = round((out["psnr_purified"] - out["psnr_cloaked"]) / 100.0, 5)
+    out["per_attack"] = {name: summarise(pairs.attack == a) for a, name in enumerate(pairs.attack_names) if bool((pairs.attack == a).any())}
+    return out
+
+
+# ---- the training loop -----------------------------------------------------------------------------
+def _lr_factor(step: int, total: int, warmup: int, final: float) -> float:
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _epoch_order(n: int, seed: int, epoch: int, rank: int, world: int, batch: int, max_steps: int | None) -> list[torch.Tensor]:
+    """This rank's batches of pair indices for one epoch (same number of batches on every rank)."""
+    g = torch.Generator().manual_seed(stable_seed("purifier-epoch", seed, epoch) % 2**63)
+    perm = torch.randperm(n, generator=g)
+    per_rank = n // world
+    mine = perm[rank * per_rank : (rank + 1) * per_rank] if world > 1 else perm
+    steps = max(1, per_rank // batch) if per_rank >= batch else (1 if per_rank > 0 else 0)
+    if max_steps:
+        steps = min(steps, max_steps)
+    return [mine[s * batch : (s + 1) * batch] for s in range(steps)]
+
+
+def _step_generator(seed: int, epoch: int, step: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed(stable_seed("purifier-step", seed, epoch, step, rank) % 2**63)
+
+
+def _load_embedders(names: Sequence[str], device: torch.device, given: dict[str, nn.Module] | None) -> dict[str, nn.Module]:
+    out: dict[str, nn.Module] = {}
+    for n in names:
+        if given and n in given:
+            out[n] = given[n].to(device).eval()
+        else:
+            from ..models.registry import load_embedder
+
+            out[n] = load_embedder(n, device=str(device)).eval()
+    return out
+
+
+def prepare_data(cfg: PurifierTrainConfig, d: Dist | None = None, cloak_fn: Callable | None = None,
+                 log: Callable[[str], None] = print) -> tuple[PairSet, PairSet, dict[str, Any]]:
+    """(train pairs, validation pairs, data summary). Cloaks not yet cached are generated (sharded over
+    ranks: rank r cloaks every world-th file first, then all ranks read the whole set from the cache)."""
+    d = d or Dist()
+    root = resolve_data_root(cfg.data.root)
+    split = folder_identity_split(root, seed=cfg.seed, heldout_min_images=cfg.data.heldout_min_images,
+                                  heldout_fraction=cfg.data.heldout_fraction, val_fraction=cfg.data.val_fraction,
+                                  max_per_identity=cfg.data.max_per_identity)
+    base = cloak_fn or cloak_with_cache(cfg.data.cache or None, device=str(d.device), batch_size=cfg.data.cloak_batch_size,
+                                        progress=d.main, cached_only=cfg.data.cached_only)
+
+    def sharded(spec: dict, paths: list) -> Any:
+        if d.world_size > 1 and "folder" not in spec:
+            base(spec, paths[d.rank :: d.world_size])  # fill the cache in parallel
+            d.barrier()
+        return base(spec, paths)
+
+    quiet = (lambda s: None) if not d.main else log
+    train = build_pairs(root, split.train, cfg.attacks, seed=cfg.seed, max_per_identity=cfg.data.max_per_identity,
+                        cloak_fn=sharded, tag="train", log=quiet)
+    if split.val:
+        val_specs = [{**a, "images": cfg.data.val_images} for a in cfg.attacks]
+        val = build_pairs(root, split.val, val_specs, seed=cfg.seed, max_per_identity=cfg.data.max_per_identity,
+                          cloak_fn=sharded, tag="val", log=quiet)
+    else:
+        val = train.subset(torch.arange(min(len(train), cfg.data.val_images)))
+    summary = {
+        "root": str(root),
+        "split": {"seed": cfg.seed, "heldout_min_images": cfg.data.heldout_min_images,
+                  "heldout_fraction": cfg.data.heldout_fraction, "val_fraction": cfg.data.val_fraction,
+                  "max_per_identity": cfg.data.max_per_identity,
+                  "rule": "held out = identities with >= heldout_min_images images + seeded heldout_fraction of the rest; "
+                          "val = seeded val_fraction of the remainder; train = the rest (puface.purifier.data.purifier_identities)"},
+        **split.as_dict(),
+        "attacks": [dict(a) for a in cfg.attacks],
+        "train_pairs": train.summary(),
+        "val_pairs": val.summary(),
+    }
+    return train, val, summary
+
+
+def _precision_knobs() -> list[tuple[object, str, object, object]]:
+    """(object, attribute, value for TF32 on, value for off) for cuDNN convolutions and CUDA matmuls:
+    PyTorch >= 2.9's `fp32_precision` API, else the legacy `allow_tf32` flags (mixing the two raises)."""
+    conv, mm = torch.backends.cudnn, torch.backends.cuda.matmul
+    if hasattr(getattr(conv, "conv", None), "fp32_precision"):
+        return [(conv.conv, "fp32_precision", "tf32", "ieee"), (mm, "fp32_precision", "tf32", "ieee")]
+    return [(conv, "allow_tf32", True, False), (mm, "allow_tf32", True, False)]
+
+
+def tf32_convolutions() -> bool:
+    """Whether cuDNN convolutions may use TF32 now (PyTorch's default: yes)."""
+    obj, attr, on, _ = _precision_knobs()[0]
+    return getattr(obj, attr) == on
+
+
+@contextmanager
+def cuda_precision(tf32: bool):
+    """Allow (True) or forbid (False) TF32 in CUDA convolutions and matrix products inside the block,
+    restoring the previous settings after. Forbidden, a GPU computes in full fp32 as a CPU does."""
+    knobs = _precision_knobs()
+    prev = [getattr(obj, attr) for obj, attr, _, _ in knobs]
+    for obj, attr, on, off in knobs:
+        setattr(obj, attr, on if tf32 else off)
+    try:
+        yield
+    finally:
+        for (obj, attr, _, _), value in zip(knobs, prev):
+            setattr(obj, attr, value)
+
+
+def train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool = True, device: str | None = None,
+          embedders: dict[str, nn.Module] | None = None, cloak_fn: Callable | None = None, progress: bool = True,
+          log: Callable[[str], None] | None = None, stop_after_steps: int | None = None) -> dict[str, Any]:
+    """Train a purifier; returns the final summary (best metrics, paths). See the module doc.
+
+    stop_after_steps: stop after this many optimiser steps in this call, saving `last.pt` (a
+    time-boxed run; calling again with resume=True continues exactly where it stopped).
+
+    embedders: name -> module overrides for loss/validation embedders (tests); others are loaded by name.
+    cloak_fn: override of the cloaking function (tests); default = the project's attacks + cloak cache.
+    """
+    with cuda_precision(cfg.train.tf32):
+        return _train(cfg, out_dir, resume=resume, device=device, embedders=embedders, cloak_fn=cloak_fn,
+                      progress=progress, log=log, stop_after_steps=stop_after_steps)
+
+
+def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, device: str | None,
+           embedders: dict[str, nn.Module] | None, cloak_fn: Callable | None, progress: bool,
+           log: Callable[[str], None] | None, stop_after_steps: int | None) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    d = init_distributed(device)
+    out = Path(out_dir)
+    say = log or (lambda s: tqdm.write(s, file=sys.stderr))
+    if not d.main:
+        say = lambda s: None  # noqa: E731
+    run_seed = cfg.seed if cfg.train.seed is None else cfg.train.seed  # init, batch order, augmentation
+    torch.manual_seed(run_seed)
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2) + "\n")
+    d.barrier()
+    train_pairs, val_pairs, summary = prepare_data(cfg, d, cloak_fn, log=say)
+    say(f"training pairs: {train_pairs.summary()}; validation pairs: {val_pairs.summary()}; "
+        f"{len(summary['heldout_identities'])} identities held out, processes: {d.world_size}, device: {d.device}")
+    if d.main:
+        (out / "data_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    tc = cfg.train
+    fmt = torch.channels_last if tc.channels_last else torch.contiguous_format
+    purifier = Purifier(cfg.model).to(d.device).to(memory_format=fmt)
+    loss_embs = _load_embedders(cfg.loss.embedders if cfg.loss.feature_weight > 0 else (), d.device, embedders)
+    val_embs = _load_embedders(cfg.val_embedders, d.device, {**(embedders or {}), **loss_embs})
+    criterion = PurifierLoss(cfg.loss.image, cfg.loss.feature_weight, list(loss_embs.values()), cfg.loss.distance).to(d.device)
+    model: nn.Module = purifier.net
+    if d.world_size > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    opt = torch.optim.AdamW(purifier.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    steps_per_epoch = len(_epoch_order(len(train_pairs), run_seed, 0, d.rank, d.world_size, tc.batch_size, tc.max_steps_per_epoch))
+    if steps_per_epoch == 0:
+        raise PufaceError(f"too few training pairs ({len(train_pairs)}) for {d.world_size} process(es)")
+    total_steps = steps_per_epoch * tc.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total_steps, tc.warmup_steps, tc.final_lr_fraction))
+
+    # natural-image embeddings are fixed (E frozen): compute once, plain and mirrored
+    nat_emb: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if criterion.feature is not None:
+        for e in criterion.feature.embedders:
+            plain, flip = [], []
+            with torch.no_grad():
+                for i in range(0, len(train_pairs), 64):
+                    x, _ = train_pairs.batch(torch.arange(i, min(i + 64, len(train_pairs))))
+                    x = x.to(d.device)
+                    plain.append(e(x))
+                    flip.append(e(x.flip(-1)))
+            nat_emb.append((torch.cat(plain), torch.cat(flip)))
+
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": -math.inf, "history": []}
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if resume and last_path.is_file():
+        ck = load_checkpoint(last_path, map_location=d.device)
+        ts = ck.get("train_state")
+        if ts is None:
+            raise PufaceError(f"{last_path}: has no training state to resume from (delete it or pass --no-resume)")
+        if ck.get("config", {}).get("model") != cfg.model.as_dict():
+            raise PufaceError(f"{last_path}: was trained with another model config; use another --out or --no-resume")
+        purifier.net.load_state_dict(ck["state_dict"])
+        opt.load_state_dict(ts["optimizer"])
+        sched.load_state_dict(ts["scheduler"])
+        state.update({k: ts[k] for k in ("epoch", "step_in_epoch", "global_step", "best_score", "history") if k in ts})
+        say(f"resuming from {last_path}: epoch {state['epoch'] + 1}, step {state['step_in_epoch']}")
+
+    flops = conv_flops(purifier.net, *train_pairs.natural.shape[-2:])
+    meta_config = cfg.as_dict()
+
+    def save_last(epoch: int, step_in_epoch: int, metrics: dict | None = None) -> None:
+        if not d.main:
+            return
+        ts = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
+              "step_in_epoch": step_in_epoch, "global_step": state["global_step"], "best_score": state["best_score"],
+              "history": state["history"]}
+        save_checkpoint(last_path, make_checkpoint(purifier.net.state_dict(), cfg.model.as_dict(), config=meta_config,
+                                                   data_summary=summary, metrics=metrics or {}, epoch=epoch, train_state=ts))
+
+    result: dict[str, Any] = {}
+    steps_this_call = 0
+    for epoch in range(state["epoch"], tc.epochs):
+        batches = _epoch_order(len(train_pairs), run_seed, epoch, d.rank, d.world_size, tc.batch_size, tc.max_steps_per_epoch)
+        start = state["step_in_epoch"] if epoch == state["epoch"] else 0
+        bar = tqdm(total=len(batches), initial=start, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step",
+                   disable=not (progress and d.main), dynamic_ncols=True, file=sys.stderr)
+        model.train()
+        t0, seen = time.perf_counter(), 0
+        parts: dict[str, float] = {"total": float("nan"), "image": float("nan")}
+        for step in range(start, len(batches)):
+            idx = batches[step]
+            g = _step_generator(run_seed, epoch, step, d.rank)
+            x, xc = train_pairs.batch(idx)
+            flip = torch.rand(len(idx), generator=g) < 0.5 if tc.hflip else torch.zeros(len(idx), dtype=torch.bool)
+            if flip.any():
+                x[flip], xc[flip] = x[flip].flip(-1), xc[flip].flip(-1)
+            inp, _ = amplified_batch(x, xc, cfg.amplify, g)
+            x = x.to(d.device, non_blocking=True).contiguous(memory_format=fmt)
+            inp = inp.to(d.device, non_blocking=True).contiguous(memory_format=fmt)
+            targets = None
+            if nat_emb:
+                fl = flip.to(d.device).unsqueeze(1)
+                targets = [torch.where(fl, f[idx.to(d.device)], p[idx.to(d.device)]) for p, f in nat_emb]
+            purified = model(inp)
+            loss, parts = criterion(purified, x, targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(purifier.parameters(), tc.grad_clip)
+            opt.step()
+            sched.step()
+            state["global_step"] += 1
+            seen += len(idx) * d.world_size
+            rate = seen / max(1e-9, time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{parts['total']:.5f}", img=f"{parts['image']:.5f}",
+                            **({"feat": f"{parts['feature']:.4f}"} if "feature" in parts else {}),
+                            ips=f"{rate:.1f}", refresh=False)
+            bar.update(1)
+            steps_this_call += 1
+            if stop_after_steps is not None and steps_this_call >= stop_after_steps and step + 1 < len(batches):
+                save_last(epoch, step + 1)
+                bar.close()
+                d.barrier()
+                say(f"stopped after {steps_this_call} steps (epoch {epoch + 1}, step {step + 1}); resume to continue")
+                return {"stopped": True, "epoch": epoch, "step_in_epoch": step + 1, "last_path": str(last_path)}
+            if tc.save_every_steps and (step + 1) % tc.save_every_steps == 0 and step + 1 < len(batches):
+                save_last(epoch, step + 1)
+        bar.close()
+        epoch_time = time.perf_counter() - t0
+        d.barrier()
+        metrics: dict[str, Any] = {}
+        validate = (epoch + 1) % max(1, cfg.val.every) == 0 or epoch + 1 == tc.epochs
+        if d.main and not validate:
+            save_last(epoch + 1, 0)
+        if d.main and validate:
+            metrics = evaluate_purifier(purifier.net, val_pairs, val_embs, d.device, cfg.val.batch_size)
+            metrics.update(epoch=epoch + 1, train_loss=parts["total"], images_per_s=round(seen / max(epoch_time, 1e-9), 2),
+                           train_gflop_per_s=round(3 * flops * seen / max(epoch_time, 1e-9) / 1e9, 1),
+                           lr=opt.param_groups[0]["lr"])
+            state["history"].append({k: v for k, v in metrics.items() if k != "per_attack"})
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            emb_txt = "  ".join(f"{n}: cos cloaked {metrics[f'cos_cloaked_{n}']:.3f} -> purified {metrics[f'cos_purified_{n}']:.3f}, "
+                                f"natural {metrics[f'cos_natural_{n}']:.4f}" for n in val_embs)
+            say(f"epoch {epoch + 1}: val PSNR natural {metrics['psnr_natural']:.2f} dB, cloaked {metrics['psnr_cloaked']:.2f} -> "
+                f"purified {metrics['psnr_purified']:.2f} dB  {emb_txt}  score {metrics['score']:.4f}  ({metrics['images_per_s']} img/s)")
+            if metrics["score"] > state["best_score"]:
+                state["best_score"] = metrics["score"]
+                ck = make_checkpoint(purifier.net.state_dict(), cfg.model.as_dict(), config=meta_config,
+                                     data_summary=summary, metrics=metrics, epoch=epoch + 1)
+                save_checkpoint(best_path, ck)
+                save_checkpoint(out / "best.safetensors", ck)
+            save_last(epoch + 1, 0, metrics)
+            result = metrics
+        state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+        d.barrier()
+    if d.main and best_path.is_file():
+        best = load_checkpoint(best_path)
+        result = {"best": best["metrics"], "best_path": str(best_path), "last_path": str(last_path),
+                  "safetensors_path": str(out / "best.safetensors"), "epochs": tc.epochs}
+        (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

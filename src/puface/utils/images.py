@@ -1,0 +1,48 @@
+"""Image conversion and 8-bit rounding: the one definition of each.
+
+Conventions: a *tensor* image is float RGB in [0, 1], (3, H, W) or a batch (N, 3, H, W); a *uint8*
+tensor holds 0..255 in the same layout; an *array* image is numpy uint8 RGB (H, W, 3), what image
+files decode to. Rounding is to nearest (ties to even), as saving a PNG does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["to_uint8", "to_float", "quantize", "image_to_tensor", "tensor_to_image"]
+
+_GREY_LEVELS = torch.arange(256, dtype=torch.float32) / 255.0  # k / 255 as the CPU rounds it
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float [0, 1] tensor of any layout -> uint8 0..255 (clamped, rounded), same layout, on the CPU."""
+    return images.detach().clamp(0, 1).mul(255.0).round().to(torch.uint8).cpu()
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 tensor -> float32 in [0, 1], same layout (float input is returned as it is)."""
+    if images.dtype != torch.uint8:
+        return images
+    return images.float().div_(255.0)
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Round [0, 1] images to the 8-bit grid: round(255 x) / 255, float32, on the input's device.
+
+    The grid values come from one CPU-computed table, so the result is bit-identical on every device
+    and equal to `to_float(to_uint8(x))` (a GPU's k / 255 can differ in the last bit).
+    """
+    levels = images.detach().clamp(0, 1).mul(255.0).round().long()
+    return _GREY_LEVELS.to(images.device)[levels]
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 array (H, W, 3) -> float tensor (3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+
+
+def tensor_to_image(tensor: torch.Tensor) -> np.ndarray:
+    """Float tensor (3, H, W) in [0, 1] (or uint8) -> uint8 array (H, W, 3), rounded to nearest."""
+    t = tensor if tensor.dtype == torch.uint8 else to_uint8(tensor.float())
+    return t.cpu().permute(1, 2, 0).contiguous().numpy()

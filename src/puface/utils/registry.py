@@ -1,0 +1,87 @@
+"""A name -> factory registry, in the style of timm's `create_model`, with one way to report bad options.
+
+Example::
+
+    ATTACKS = Registry("attack")
+
+    @ATTACKS.register("fawkes", summary="...")
+    class Fawkes: ...
+
+    ATTACKS.create("fawkes", mode="high")      # unknown names and options raise ConfigError
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from .errors import ConfigError, PufaceError
+
+
+@dataclass
+class RegistryEntry:
+    name: str
+    factory: Callable[..., Any]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def signature(self) -> inspect.Signature | None:
+        """The factory's call signature (a class: its __init__ without self); None if unknown."""
+        try:
+            return inspect.signature(self.factory)
+        except (TypeError, ValueError):
+            return None
+
+    def accepted(self, positional: int = 0) -> list[str]:
+        """The factory's named parameters after the first `positional` ones (for error messages)."""
+        sig = self.signature()
+        if sig is None:
+            return []
+        named = [p for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        return [p.name for p in named[positional:]]
+
+
+class Registry:
+    """Maps names to factories. `info` holds free-form metadata shown by `puface ... list`."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, RegistryEntry] = {}
+
+    def register(self, name: str, **info: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} registered twice")
+            self._entries[name] = RegistryEntry(name, factory, dict(info))
+            return factory
+
+        return deco
+
+    def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """`factory(*args, **kwargs)`; options the factory does not take raise `ConfigError` naming the
+        accepted ones (checked against its signature before the call)."""
+        entry = self.get(name)
+        sig = entry.signature()
+        if sig is not None:
+            try:
+                sig.bind(*args, **kwargs)
+            except TypeError as e:
+                accepted = ", ".join(entry.accepted(len(args))) or "(none)"
+                raise ConfigError(f"{self.kind} {name!r}: {e}; accepted parameters: {accepted}") from None
+        return entry.factory(*args, **kwargs)
+
+    def get(self, name: str) -> RegistryEntry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            choices = ", ".join(sorted(self._entries)) or "(none)"
+            raise PufaceError(f"unknown {self.kind} {name!r}; choose one of: {choices}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[RegistryEntry]:
+        return iter(self._entries[n] for n in self.names())

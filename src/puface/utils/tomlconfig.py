@@ -1,0 +1,198 @@
+"""TOML config files: reading, `extends`, list edits, the packaged configs, and writing the subset back.
+
+One mechanism for experiment configs and purifier training configs::
+
+    extends = "lfw"                  # a file next to this one, or a packaged config's name
+    name = "lfw-sface-mid"           # name and description are never inherited
+
+    [users]
+    count = 10                       # tables merge key by key (the rest of the parent's [users] stays)
+
+    [[attacks]]                      # lists and arrays of tables replace the parent's whole list ...
+    name = "fawkes"
+
+    drop_attacks = ["lowkey-ensemble"]   # ... or edit it: leave out entries by label,
+    [[add_attacks]]                      #     then append these (drop_<key> / add_<key> for any list key)
+    name = "lowkey"
+
+Packaged configs live in the package (`puface/configs/*.toml`: experiments; `puface/configs/purifier/
+*.toml`: purifier recipes) and are found by name ("lfw", "default").
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["tomllib", "read_toml", "parse_toml_value", "packaged_config", "packaged_config_names", "find_config",
+           "extends_chain", "resolve_chain", "merge_configs", "apply_list_edits", "load_toml_config", "to_toml", "KINDS"]
+
+#: kind -> folder of the packaged configs of that kind, inside the package
+KINDS = {"experiment": "configs", "purifier": "configs/purifier"}
+NOT_INHERITED = ("name", "description", "extends")
+
+Labeller = Callable[[dict], str]
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The TOML file as a dict; `ConfigError` naming the file when it is missing or not valid TOML."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+
+
+def parse_toml_value(text: str) -> Any:
+    """A TOML value written on a command line (``--set train.epochs=2``); bare words stay strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _folder(kind: str):
+    if kind not in KINDS:
+        raise ValueError(f"unknown config kind {kind!r}")
+    return resources.files("puface").joinpath(KINDS[kind])
+
+
+def packaged_config_names(kind: str = "experiment") -> list[str]:
+    """Names of the configs of `kind` shipped inside the package."""
+    try:
+        return sorted(p.name[:-5] for p in _folder(kind).iterdir() if p.name.endswith(".toml"))
+    except (FileNotFoundError, NotADirectoryError, ModuleNotFoundError):
+        return []
+
+
+def packaged_config(name: str, kind: str = "experiment") -> Path | None:
+    """A packaged config by name ("lfw") or file name ("lfw.toml"), or None."""
+    stem = Path(name).name
+    stem = stem[:-5] if stem.endswith(".toml") else stem
+    p = _folder(kind).joinpath(f"{stem}.toml")
+    return Path(str(p)) if p.is_file() else None
+
+
+def find_config(ref: str | Path, kind: str = "experiment", *, relative_to: Path | None = None) -> Path:
+    """A config file: `ref` as a path (relative to `relative_to`'s folder when given), else a packaged
+    config of `kind` by name. `ConfigError` listing the packaged names otherwise."""
+    p = Path(ref).expanduser()
+    if relative_to is not None and not p.is_absolute():
+        p = relative_to.parent / p
+    if p.is_file():
+        return p
+    packaged = packaged_config(str(ref), kind)
+    if packaged is not None:
+        return packaged
+    names = ", ".join(packaged_config_names(kind)) or "(none)"
+    where = f" (named in {relative_to})" if relative_to is not None else ""
+    raise ConfigError(f"{ref}: config file not found{where}, and no packaged {kind} config has that name (packaged: {names})")
+
+
+def extends_chain(path: Path, kind: str = "experiment") -> list[tuple[Path, dict[str, Any]]]:
+    """[(path, its TOML), (its parent, ...), ...], each file read once; a cycle is a `ConfigError`."""
+    chain = [(path, read_toml(path))]
+    while "extends" in chain[-1][1]:
+        last, raw = chain[-1]
+        ref = raw["extends"]
+        if not isinstance(ref, str) or not ref:
+            raise ConfigError(f"{last}: extends must be a config file or name, got {ref!r}")
+        parent = find_config(ref, kind, relative_to=last)
+        if any(parent.resolve() == c.resolve() for c, _ in chain):
+            raise ConfigError(f"{path}: extends goes round in a circle: {' -> '.join(str(c) for c, _ in chain)} -> {parent}")
+        chain.append((parent, read_toml(parent)))
+    return chain
+
+
+def _merge_tables(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    out = dict(parent)
+    for k, v in child.items():
+        out[k] = _merge_tables(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def apply_list_edits(raw: dict[str, Any], labels: Mapping[str, Labeller] | None = None, where: str = "config") -> dict[str, Any]:
+    """Apply ``drop_<key> = [labels]`` and ``[[add_<key>]]`` to the list `raw[key]` (in that order) and
+    remove the edit keys. Entries are matched by `labels[key](entry)` (default: the entry's `label`, else
+    its `name`); dropping a label that is not there is a `ConfigError`."""
+    out = dict(raw)
+    keys = {k.split("_", 1)[1] for k in raw if k.startswith(("drop_", "add_")) and "_" in k}
+    for key in sorted(keys):
+        drop, add = out.pop(f"drop_{key}", []), out.pop(f"add_{key}", [])
+        if not isinstance(drop, list) or not isinstance(add, list):
+            raise ConfigError(f"{where}: drop_{key} must be a list of labels and add_{key} an array of tables")
+        label = (labels or {}).get(key) or (lambda e: str(e.get("label") or e.get("name", "?")))
+        items = [dict(e) for e in out.get(key) or []]
+        have = [label(e) for e in items]
+        missing = [d for d in drop if d not in have]
+        if missing:
+            raise ConfigError(f"{where}: drop_{key} names {', '.join(map(repr, missing))}, not among its {key} "
+                              f"({', '.join(have) or 'none'})")
+        out[key] = [e for e, lab in zip(items, have) if lab not in set(drop)] + [dict(e) for e in add]
+    return out
+
+
+def merge_configs(parent: dict[str, Any], child: dict[str, Any], labels: Mapping[str, Labeller] | None = None,
+                  where: str = "config") -> dict[str, Any]:
+    """`child` on top of `parent`: tables merge key by key (recursively); scalars, lists and arrays of
+    tables in the child replace the parent's; then the child's list edits (`apply_list_edits`) apply.
+    `name`, `description` and `extends` are the child's only."""
+    base = {k: v for k, v in parent.items() if k not in NOT_INHERITED}
+    edits = {k: v for k, v in child.items() if k.startswith(("drop_", "add_"))}
+    plain = {k: v for k, v in child.items() if k != "extends" and k not in edits}
+    return apply_list_edits({**_merge_tables(base, plain), **edits}, labels, where)
+
+
+def resolve_chain(chain: list[tuple[Path, dict[str, Any]]], labels: Mapping[str, Labeller] | None = None) -> dict[str, Any]:
+    """An `extends_chain` folded into one config dict."""
+    raw = apply_list_edits(chain[-1][1], labels, str(chain[-1][0]))
+    for path, child in reversed(chain[:-1]):
+        raw = merge_configs(raw, child, labels, str(path))
+    return raw
+
+
+def load_toml_config(ref: str | Path, kind: str = "experiment", labels: Mapping[str, Labeller] | None = None
+                     ) -> tuple[Path, dict[str, Any], list[tuple[Path, dict[str, Any]]]]:
+    """(the file, the resolved config dict, its extends chain) for a path or packaged name."""
+    path = find_config(ref, kind)
+    chain = extends_chain(path, kind)
+    return path, resolve_chain(chain, labels), chain
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items() if x is not None) + " }"
+    return json.dumps(str(v))
+
+
+def to_toml(raw: dict) -> str:
+    """The TOML subset configs use: scalars, lists, [tables], [[arrays of tables]] and inline tables."""
+    lines = []
+    for k, v in raw.items():
+        if not isinstance(v, (dict, list)) or (isinstance(v, list) and not any(isinstance(x, dict) for x in v)):
+            lines.append(f"{k} = {_toml_value(v)}")
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{k}]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items() if vv is not None]
+        elif isinstance(v, list) and any(isinstance(x, dict) for x in v):
+            for item in v:
+                lines += ["", f"[[{k}]]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in item.items() if vv is not None]
+    return "\n".join(lines) + "\n"

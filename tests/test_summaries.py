@@ -1,0 +1,76 @@
+"""`puface report cells`: per-cell tables of a finished experiment (puface.evaluation.summaries)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from puface.evaluation import summaries
+from puface.utils.errors import PufaceError
+
+HEADER = "attack,victim,trainer,defense,setting,asr_mean,asr_std,normal_acc_mean,normal_acc_std,n,users,seeds,wall_s\n"
+
+
+def _summary(tmp_path: Path, rows: list[tuple]) -> Path:
+    (tmp_path / "summary.csv").write_text(HEADER + "".join(
+        f"{a},{v},{t},{d},{s},{asr},0,{acc},0,1,10,1,1.0\n" for a, v, t, d, s, asr, acc in rows))
+    return tmp_path
+
+
+def test_defenses_table_one_attack_per_cell(tmp_path):
+    folder = _summary(tmp_path, [
+        ("lowkey-ensemble", "sface", "nn", "none", "white-box", 1.0, 0.99),
+        ("lowkey-ensemble", "dlib-resnet29", "nn", "none", "white-box", 1.0, 0.99),
+        ("lowkey-ensemble", "sface", "nn", "puface", "white-box", 0.25, 0.98),
+        ("lowkey-ensemble", "dlib-resnet29", "nn", "puface", "white-box", 0.05, 0.96),
+        ("fawkes-high", "dlib-resnet29", "nn", "puface", "white-box", 0.5, 0.5),   # another attack: left out
+        ("lowkey-ensemble", "sface", "linear", "puface", "oblivious", 0.9, 0.5),   # not white-box: left out
+    ])
+    lines = summaries.defenses_table(folder, "lowkey-ensemble").splitlines()
+    assert lines[0].startswith("| defense | dlib-resnet29 nn | sface nn | mean white-box ASR |")
+    assert lines[2] == "| none | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 | 99.0 |"
+    assert lines[3] == "| puface | 5.0 | 25.0 | 15.0 | 5.0 | 25.0 | 97.0 |"
+    out = summaries.defenses_table(folder).splitlines()  # all attacks pooled, no per-cell columns
+    assert out[3] == "| puface | 26.7 | 5.0 | 50.0 | 81.3 |"
+    with pytest.raises(PufaceError, match="no white-box cells of attack 'lowkey'"):
+        summaries.defenses_table(folder, "lowkey")
+
+
+def test_draws_table_keeps_cells_found_in_every_draw(tmp_path):
+    (tmp_path / "seed0").mkdir()
+    (tmp_path / "seed1").mkdir()
+    seed0 = _summary(tmp_path / "seed0", [
+        ("fawkes-mid-project", "sface", "nn", "none", "white-box", 0.9, 0.99),
+        ("fawkes-mid-project", "sface", "nn", "puface", "white-box", 0.05, 0.98),
+        ("fawkes-mid-sq-project", "sface", "nn", "none", "white-box", 1.0, 0.99),   # not in seed 1: left out
+        ("fawkes-mid-sq-project", "sface", "nn", "puface", "white-box", 0.0, 0.99),
+        ("fawkes-mid", "sface", "nn", "none", "white-box", 0.5, 0.99),              # no -project suffix: left out
+        ("fawkes-mid", "sface", "nn", "puface", "white-box", 0.0, 0.99),
+    ])
+    seed1 = _summary(tmp_path / "seed1", [
+        ("fawkes-mid-project", "sface", "nn", "none", "white-box", 1.0, 0.995),
+        ("fawkes-mid-project", "sface", "nn", "puface", "white-box", 0.0, 0.99),
+        ("fawkes-mid", "sface", "nn", "none", "white-box", 0.5, 0.99),
+        ("fawkes-mid", "sface", "nn", "puface", "white-box", 0.0, 0.99),
+    ])
+    lines = summaries.draws_table([seed0, seed1], "-project").splitlines()
+    assert lines[0] == "| attack | victim | trainer | seed0 | seed1 | mean | PuFace, range over draws |"
+    assert lines[2:] == ["| fawkes-mid-project | sface | nn | **90.0** | 100.0 | 95.0 | 0.0-5.0 |", "",
+                         "normal accuracy 98.0-99.5%, no defense vs PuFace at most 1.00 points apart"]
+    with pytest.raises(PufaceError, match="no white-box cell"):
+        summaries.draws_table([seed0, seed1], "-nothing")
+
+
+
+
+def test_report_cells_cli_writes_the_table(tmp_path, capsys):
+    from puface.cli import main
+
+    folder = _summary(tmp_path, [("fawkes-high", "dlib-resnet29", "nn", "none", "white-box", 1.0, 0.99),
+                                 ("fawkes-high", "dlib-resnet29", "nn", "puface", "white-box", 0.05, 0.98)])
+    assert main(["report", "cells", "defenses", str(folder), "--out", str(tmp_path / "t.md")]) == 0
+    assert (tmp_path / "t.md").read_text().splitlines()[2] == "| none | 100.0 | 100.0 | 100.0 | 99.0 |"
+    assert main(["report", "cells", "compare", str(folder)]) == 2
+    assert "needs --other" in capsys.readouterr().err
