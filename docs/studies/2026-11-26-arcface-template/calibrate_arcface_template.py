@@ -9,7 +9,7 @@ reference maps dlib's points into the ArcFace frame; their mean is `DLIB5_IN_ARC
 It then cuts 112 px chips both ways (our template from dlib landmarks, vs the standard ArcFace
 similarity from YuNet points, both sampled by our dlib-exact warp) and reports how far apart they are.
 
-    .venv/bin/python bench/calibrate_arcface_template.py [--data ../shared/data/lfw]
+    .venv/bin/python docs/studies/2026-11-26-arcface-template/calibrate_arcface_template.py [--data $PUFACE_DATA/lfw]
 """
 
 from __future__ import annotations

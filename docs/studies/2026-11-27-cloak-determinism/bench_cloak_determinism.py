@@ -1,9 +1,9 @@
 """Are cloaks bit-identical when remade? `puface cloak` run several times on the same chips, in fresh
 processes with 1 or 2 OpenMP threads and two batch sizes; reports how many 8-bit pixel values differ
 from the first run and by how much, and how far dlib's batched forward pass is from one image at a time
-(bench/RESULTS.md, "The same grid from an empty cache").
+(docs/RESULTS.md, "The same grid from an empty cache").
 
-    python bench/bench_cloak_determinism.py --data /work/shared/data/johns --images 4 --out bench/results/cloak-determinism.json
+    python docs/studies/2026-11-27-cloak-determinism/bench_cloak_determinism.py --data $PUFACE_DATA/johns --images 4 --out cloak-determinism.json
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ prints the DSSIM (where the budget lives) after every step, the number of steps 
 (1.1 th), and the result: the kept image's DSSIM and the cosine between its embedding and the clean
 one on the surrogate (1 = unchanged identity; Fawkes pushes it down).
 
-    python bench/fawkes_cap_trace.py --surrogate sface --geometry square112 \\
-        /work/shared/data/lfw-chips150/Eduardo_Duhalde/Eduardo_Duhalde_0012.jpg
+    python docs/studies/2026-11-27-fawkes-weak-cloaks/fawkes_cap_trace.py --surrogate sface --geometry square112 \\
+        $PUFACE_DATA/lfw-chips150/Eduardo_Duhalde/Eduardo_Duhalde_0012.jpg
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ For each attack label: DSSIM on the 150 px chip, DSSIM in Fawkes v1.0.2's padded
 embedding shift on each surrogate (mean L2 distance) and the share of weak cloaks: those whose embedding
 stayed nearer its own clean photo than that photo is to any training photo of another person, so a 1-NN
 victim would still match that clean photo to the cloak. Reads cloaks from the cache only (`puface reproduce` or
-bench/prefill_cloaks.py makes them); stops on a missing one.
+tools/prefill_cloaks.py makes them); stops on a missing one.
 
-    python bench/fawkes_geometry_stats.py configs/lfw-fawkes-geometry.toml fawkes-mid fawkes-mid-square112 \
-        fawkes-mid-sface fawkes-mid-sface-square112 --data /work/shared/data/lfw-chips150
+    python docs/studies/2026-11-27-fawkes-weak-cloaks/fawkes_geometry_stats.py lfw-fawkes-geometry fawkes-mid fawkes-mid-square112 \
+        fawkes-mid-sface fawkes-mid-sface-square112 --data $PUFACE_DATA/lfw-chips150
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ def main() -> None:
     from puface.attacks.fawkes_geometry import SquareView
     from puface.utils.metrics import dssim, psnr
     from puface.data.loading import load_images
-    from puface.experiments import build_attack, draw_users, load_config, resolve_data_root
+    from puface.data.datasets import resolve_data_root
+    from puface.experiments import load_config
+    from puface.experiments.build import build_attack, draw_users
     from puface.models.registry import create_embedder
 
     cfg = load_config(args.config)
@@ -66,7 +68,7 @@ def main() -> None:
           + " | ".join(f"shift {n}" for n in embedders) + " | " + " | ".join(f"weak {n}" for n in embedders) + " |")
     print("|---|---|---|---|---|---|---|" + "---|" * (2 * len(embedders)))
     for label in args.labels:
-        spec = build_attack(by_label[label], seed, "cpu", 16)
+        spec = build_attack(by_label[label], seed, "cpu")
         cloaked, kept, errors = cache.cloak(spec.attack, paths, progress=False, size=(150, 150))
         assert not errors and len(kept) == len(paths)
         with torch.no_grad():

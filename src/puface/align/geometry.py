@@ -45,7 +45,7 @@ ARCFACE_112_POINTS = np.array(
 
 #: dlib's 5 landmarks expressed in the ArcFace 112x112 frame: the mean over 397 LFW faces of
 #: (dlib 5-point landmarks mapped by the similarity that sends YuNet's ArcFace-style 5 points onto
-#: `ARCFACE_112_POINTS`). Measured by `bench/calibrate_arcface_template.py` (see bench/RESULTS.md).
+#: `ARCFACE_112_POINTS`). Measured by docs/studies/2026-11-26-arcface-template.
 DLIB5_IN_ARCFACE_112 = np.array(
     [
         [79.6277, 53.1577],

@@ -25,14 +25,17 @@ from .base import AttackResult, CloakAttack
 ATTACKS = Registry("attack")
 
 
-@ATTACKS.register("fawkes", summary="Fawkes v1.0.2 (untargeted; targeted=True for the paper's version)")
+# `fast`: options that make an entry cheap enough for the contract tests (tests/test_contracts.py); every
+# registered attack, defense and trainer is tested there with them.
+@ATTACKS.register("fawkes", summary="Fawkes v1.0.2 (untargeted; targeted=True for the paper's version)",
+                  fast={"mode": "custom", "th": 0.017, "lr": 15.0, "steps": 3})
 def _fawkes(**kw: Any) -> CloakAttack:
     from .fawkes import Fawkes
 
     return Fawkes(**kw)
 
 
-@ATTACKS.register("lowkey", summary="LowKey (ensemble + blur copies, flip TTA, LPIPS penalty)")
+@ATTACKS.register("lowkey", summary="LowKey (ensemble + blur copies, flip TTA, LPIPS penalty)", fast={"steps": 2})
 def _lowkey(**kw: Any) -> CloakAttack:
     from .lowkey import LowKey
 

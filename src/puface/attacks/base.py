@@ -140,6 +140,11 @@ class CloakAttack:
 
     min_side: int = 11
 
+    @property
+    def linf_budget(self) -> float | None:
+        """The largest per-pixel change the attack may make on its output, [0, 1] scale (None: no such bound)."""
+        return None
+
     def run(self, images: torch.Tensor, *, quantize_output: bool = False, progress: bool = False, **extra) -> AttackResult:
         """Cloak `images` (N, 3, H, W) float in [0, 1]; returns images and per-image stats.
 

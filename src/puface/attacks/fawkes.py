@@ -46,7 +46,7 @@ past the cap passes no gradient. When a step overshoots the DSSIM band, those pi
 back; DSSIM then creeps down over many steps and the image keeps an early, weakly cloaked iterate.
 "clip" (the default) reproduces that. "project" moves the modifier of such pixels back to just inside
 the cap after every step (PGD-style), with the same th, cap, steps and lr: same budget, stronger cloaks
-(bench/RESULTS.md, "Fawkes mid with a projected cap"). It does not stop Adadelta at lr 20 from
+(docs/RESULTS.md, "Fawkes mid"). It does not stop Adadelta at lr 20 from
 oscillating above the band on a few images; those keep an early iterate under either cap.
 
 Other differences from the original, all deliberate: the source embeddings are
@@ -207,6 +207,11 @@ class Fawkes(CloakAttack):
     @property
     def name(self) -> str:
         return f"fawkes-{self.mode}" + ("-targeted" if self.settings.targeted else "")
+
+    @property
+    def linf_budget(self) -> float | None:
+        """The +-max_change cap on the chip (in the padded 112 px square the cap lives there instead)."""
+        return self.settings.max_change / 255.0 if self.settings.geometry == "chip" else None
 
     def _settings(self) -> dict[str, Any]:
         settings = asdict(self.settings)

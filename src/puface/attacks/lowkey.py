@@ -13,7 +13,7 @@ FaceCure's `lowkey_attack.py` (attack_type 'lpips', combination=True, no alignme
   inside the loop (so |x' - x| <= 50 * 0.0025 + 0.005 = 0.13); clamp to [0, 1] at the end.
 
 The perceptual term is ST-LPIPS(alex) from `puface.attacks.perceptual` (needs the `stlpips-pytorch`
-weights package, `pip install 'puface[lpips]'`). Without it the default (`perceptual="lpips"`) is an
+weights package, a dependency of puface). Without it the default (`perceptual="lpips"`) is an
 error, not a silent change of attack: `perceptual="ssim"` asks for 1 - SSIM (same window as Fawkes'
 DSSIM, i.e. twice the DSSIM) and `"auto"` takes LPIPS when installed, else 1 - SSIM with a warning.
 The resolved choice is part of the config (and so of the cloak cache key).
@@ -127,7 +127,7 @@ class LowKey(CloakAttack):
 
             embedders = list_embedders()
             if not embedders:
-                raise MissingDependencyError("lowkey: no face models are installed; pip install 'puface[models]' or pass --surrogate")
+                raise MissingDependencyError("lowkey: no face models are installed; reinstall puface (it depends on them) or pass --surrogate")
         super().__init__(embedders, seed=seed, device=device, batch_size=batch_size)
         self.blur = GaussianBlur(self.settings.blur_kernel, self.settings.blur_sigma).to(self.device)
         self._lpips = None
@@ -140,6 +140,10 @@ class LowKey(CloakAttack):
     def min_side(self) -> int:  # type: ignore[override]
         side = max(11, self.settings.blur_kernel // 2 + 1)
         return max(side, 21) if self.settings.perceptual == "lpips" else side
+
+    @property
+    def linf_budget(self) -> float:
+        return self.settings.max_change
 
     def _settings(self) -> dict[str, Any]:
         return asdict(self.settings)

@@ -56,7 +56,7 @@ def lpips_weights_path(net: str = "alex") -> Path:
     except MissingDependencyError:
         raise MissingDependencyError(
             f"the LPIPS weights come from the Python package {PIP_NAME!r}, which is not installed; "
-            f"fix: pip install {PIP_NAME}  (or: pip install 'puface[lpips]')"
+            f"fix: pip install {PIP_NAME}  (a dependency of puface: reinstalling puface brings it back)"
         ) from None
     if not path.is_file():
         raise MissingDependencyError(f"{path} is missing; reinstall: pip install --force-reinstall {PIP_NAME}")

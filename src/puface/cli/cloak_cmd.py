@@ -41,7 +41,7 @@ import click
               help="With --targeted: identity folders (POOL/<identity>/<image>) to pick each user's target from. "
                    "A user is a first-level folder of IN.")
 @click.option("--perceptual", type=click.Choice(["lpips", "ssim", "auto"]), default=None,
-              help="LowKey's perceptual penalty: lpips (the default, LowKey as released; needs puface[lpips]), "
+              help="LowKey's perceptual penalty: lpips (the default, LowKey as released), "
                    "ssim (1 - SSIM) or auto (LPIPS if installed, else SSIM with a warning).")
 @click.option("--through-purifier", "through", metavar="DEFENSE", default=None,
               help="Adaptive attack: optimise the cloak through this defense ('default' = the shipped purifier, a "

@@ -16,10 +16,10 @@ def models() -> None:
               help="Also load each model (converting and caching its weights once) to show whether it works here.")
 def list_cmd(check: bool) -> None:
     """Show each built-in model: name, source package, licence, input size and embedding size."""
-    from ..models.registry import EMBEDDERS, _load_builtin, create_embedder
+    from ..models.registry import EMBEDDERS, create_embedder, list_embedders
     from ..utils.errors import PufaceError
 
-    _load_builtin()
+    list_embedders()  # registers the built-in models
     rows = []
     for entry in EMBEDDERS:
         info = entry.info

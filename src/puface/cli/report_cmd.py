@@ -40,20 +40,22 @@ def replace_between_markers(text: str, table: str, where: str = "README") -> str
 @report.command("headline")
 @click.argument("runs", nargs=-1, required=True, type=RUN)
 @click.option("--puface", "puface_label", default="puface", show_default=True, help="Defense label of the purifier.")
+@click.option("--rows", type=click.Choice(["all", "white-box"]), default="all", show_default=True,
+              help="Which cells get a row (the means cover both settings either way).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the Markdown here instead of printing it.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the numbers as JSON.")
 @click.option("--readme", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help=f"Put the table into this Markdown file between {README_START} and {README_END}.")
-def headline(runs: tuple[Path, ...], puface_label: str, out: Path | None, json_path: Path | None, readme: Path | None) -> None:
+def headline(runs: tuple[Path, ...], puface_label: str, rows: str, out: Path | None, json_path: Path | None, readme: Path | None) -> None:
     """The headline table of RUNS: per attack, victim and trainer, ASR and normal accuracy with no
     defense, with PuFace and with the best baseline (lowest mean white-box ASR, chosen once for the
     whole table). Several RUNS of one config (other --seed) are pooled from their results.csv."""
     from ..evaluation.summaries import headline as make
     from ..evaluation.summaries import headline_markdown, load_pooled, load_summary
 
-    rows = load_summary(runs[0]) if len(runs) == 1 else load_pooled(list(runs))
-    h = make(rows, puface_label)
-    md = headline_markdown(h)
+    summary = load_summary(runs[0]) if len(runs) == 1 else load_pooled(list(runs))
+    h = make(summary, puface_label)
+    md = headline_markdown(h, ("white-box",) if rows == "white-box" else ("white-box", "oblivious"))
     if json_path is not None:
         json_path.write_text(json.dumps(h, indent=2))
     if readme is not None:

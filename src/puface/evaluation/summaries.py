@@ -108,12 +108,13 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def headline_markdown(h: dict[str, Any]) -> str:
-    """The headline table as Markdown, with the closing line naming the best baseline."""
+def headline_markdown(h: dict[str, Any], settings: tuple[str, ...] = ("white-box", "oblivious")) -> str:
+    """The headline table as Markdown (the rows of `settings`; the means of both), with the closing line
+    naming the best baseline."""
     b = h["best_baseline"]
     out = [f"| attack | victim | trainer | setting | ASR none | ASR PuFace | ASR {b} | normal acc. none | normal acc. PuFace | normal acc. {b} | best baseline in this row (ASR) |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in h["rows"]:
+    for r in (r for r in h["rows"] if r["setting"] in settings):
         out.append(f"| {r['attack']} | {r['victim']} | {r['trainer']} | {r['setting']} | {_pct(r['none_asr'])} | **{_pct(r['puface_asr'])}** | "
                    f"{_pct(r['best_asr'])} | {_pct(r['none_normal_acc'])} | {_pct(r['puface_normal_acc'])} | {_pct(r['best_normal_acc'])} | "
                    f"{r['row_best']} ({_pct(r['row_best_asr'])}) |")

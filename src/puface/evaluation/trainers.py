@@ -208,7 +208,7 @@ class CosineHead(nn.Module):
         return self.scale * F.normalize(emb, dim=1) @ F.normalize(self.weight, dim=1).T
 
 
-@TRAINERS.register("e2e", doc="fine-tune the embedder end to end with a softmax head")
+@TRAINERS.register("e2e", doc="fine-tune the embedder end to end with a softmax head", fast={"steps": 5, "batch_size": 4})
 class EndToEnd(Trainer):
     """Fine-tune a copy of the embedder and a cosine-softmax head (FaceCure's "end-to-end" tracker).
 

@@ -207,13 +207,17 @@ class ExperimentConfig:
         return items
 
     @staticmethod
-    def _attack(t: Any, where: str) -> AttackEntry:
+    def _entry(t: Any, key: str, where: str) -> tuple[str, str, dict[str, Any]]:
+        """(label, name, the other settings) of one [[key]] entry (a table or a spec name)."""
         t = _as_table(t)
         if not isinstance(t, dict) or "name" not in t:
-            raise ConfigError(f"{where}: every [[attacks]] entry needs a name, got {t!r}")
-        label = attack_label(t)
-        t = {k: v for k, v in t.items() if k != "label"}
-        name = str(t.pop("name"))
+            raise ConfigError(f"{where}: every [[{key}]] entry needs a name, got {t!r}")
+        rest = {k: v for k, v in t.items() if k not in ("label", "name")}
+        return LABELS[key](t), str(t["name"]), rest
+
+    @classmethod
+    def _attack(cls, t: Any, where: str) -> AttackEntry:
+        label, name, t = cls._entry(t, "attacks", where)
         mode = t.pop("mode", None)
         emb = t.pop("embedders", None)
         if name == "none" and (mode or emb or t):
@@ -221,14 +225,9 @@ class ExperimentConfig:
         emb = [emb] if isinstance(emb, str) else emb
         return AttackEntry(label=label, name=name, mode=mode, embedders=list(emb) if emb is not None else None, params=t)
 
-    @staticmethod
-    def _trainer(t: Any, where: str) -> TrainerEntry:
-        t = _as_table(t)
-        if not isinstance(t, dict) or "name" not in t:
-            raise ConfigError(f"{where}: every [[trainers]] entry needs a name, got {t!r}")
-        label = _trainer_label(t)
-        t = {k: v for k, v in t.items() if k != "label"}
-        name = str(t.pop("name"))
+    @classmethod
+    def _trainer(cls, t: Any, where: str) -> TrainerEntry:
+        label, name, t = cls._entry(t, "trainers", where)
         victims = t.pop("victims", None)
         if victims is not None and (not isinstance(victims, list) or not victims):
             raise ConfigError(f"{where}: trainer {label!r}: victims must be a non-empty list of victim embedders")

@@ -199,7 +199,7 @@ def sface(channels_last: bool = True, input_layout: str = "dlib150") -> FaceEmbe
 
     input_layout: "dlib150" (default; puface's chips: dlib's get_face_chip layout, padding 0.25, any
     size): the chip is warped into the ArcFace 112 layout SFace was trained on (1-NN on LFW chips
-    0.94 -> 0.998, bench/RESULTS.md); "arcface112": inputs are ArcFace-aligned already, plainly resized.
+    0.94 -> 0.998, docs/RESULTS.md); "arcface112": inputs are ArcFace-aligned already, plainly resized.
     """
     if input_layout not in INPUT_LAYOUTS:
         raise PufaceError(f"sface: unknown input_layout {input_layout!r}; choose one of {', '.join(INPUT_LAYOUTS)}")

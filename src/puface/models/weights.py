@@ -27,7 +27,7 @@ def package_dir(module: str, pip_name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise MissingDependencyError(
             f"the Python package {pip_name!r} is not installed; fix: pip install {pip_name}"
-            f"  (or: pip install 'puface[models]')"
+            f"  (it is one of puface's own dependencies: reinstalling puface brings it back)"
         )
     return Path(list(spec.submodule_search_locations)[0])
 

@@ -66,7 +66,7 @@ class TrainConfig:
     the data split and the cloaked images); set it alone to repeat a run on the same data.
     tf32: let CUDA use TF32 in convolutions and matrix products (faster on Ampere and later). Off by
     default: purifiers trained with it on (PyTorch's default for convolutions) removed less LowKey on
-    held-out faces than CPU-trained ones of the same recipe (bench/RESULTS.md, "Training on a GPU")."""
+    held-out faces than CPU-trained ones of the same recipe (CHANGELOG.md, 2026-11-27 03:26)."""
 
     epochs: int = 10
     batch_size: int = 16

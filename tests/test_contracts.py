@@ -1,0 +1,131 @@
+"""What every registered embedder, attack, defense and trainer must satisfy, parametrised over the
+registries: a new entry is tested the moment it is registered (with the cheap options of its `fast`
+registry info, when it declares them).
+
+    embedder   (N, 3, H, W) in [0, 1], any size -> (N, D) unit rows; deterministic; differentiable
+    attack     images -> same shape in [0, 1] within its L-inf budget; per-image stats; bit-identical
+               under a seed; its config round-trips through JSON
+    defense    images -> same shape, dtype and device in [0, 1]; deterministic and per image; its config
+               rebuilds the same defense; an attacker's gradient estimate reaches the input
+    trainer    fit(images, labels) / predict(images) -> known labels; deterministic; config round-trips
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from puface.attacks import ATTACKS, create_attack
+from puface.defenses import DEFENSES, create_defense
+from puface.evaluation.trainers import TRAINERS, create_trainer
+from puface.models.registry import EMBEDDERS, create_embedder, list_embedders
+
+from evaluation_helpers import tiny_conv_embedder, write_colour_faces
+from test_fawkes import tiny_embedder
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+list_embedders()  # the built-in embedders register on first use
+
+
+def _fast(registry, name: str) -> dict:
+    return dict(registry.get(name).info.get("fast", {}))
+
+
+@pytest.fixture(scope="module")
+def faces(small_chips):
+    """4 johns chips at 48 px, float [0, 1]."""
+    return small_chips(step=13, count=4)
+
+
+# ------------------------------------------------------------------ embedders
+
+@pytest.fixture(scope="module", params=EMBEDDERS.names())
+def embedder(request):
+    return create_embedder(request.param)
+
+
+def test_embedder_contract(embedder, faces):
+    for x in (faces, torch.nn.functional.interpolate(faces, size=(150, 150), mode="bilinear", align_corners=False)):
+        e = embedder(x)
+        assert e.shape == (len(x), embedder.embedding_dim) and e.dtype == torch.float32
+        torch.testing.assert_close(e.norm(dim=1), torch.ones(len(x)), atol=1e-5, rtol=0)
+        torch.testing.assert_close(embedder(x), e, atol=0, rtol=0)  # deterministic
+    x = faces[:1].clone().requires_grad_(True)
+    embedder(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    info = json.loads(json.dumps(embedder.describe()))
+    assert info["name"] == embedder.name and len(embedder.fingerprint()) == 16
+
+
+# ------------------------------------------------------------------ attacks
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_attack_contract(name, faces):
+    def make(seed: int):
+        return create_attack(name, embedders=[tiny_embedder()], seed=seed, device="cpu", **_fast(ATTACKS, name))
+
+    atk = make(0)
+    res = atk.run(faces, quantize_output=True)
+    x = res.images
+    assert x.shape == faces.shape and x.dtype == faces.dtype and x.device == faces.device
+    assert x.min() >= 0 and x.max() <= 1 and not torch.equal(x, faces)
+    torch.testing.assert_close(x * 255, (x * 255).round(), atol=1e-4, rtol=0)  # quantize_output: on the 8-bit grid
+    for stat in ("dssim", "psnr", "linf", "shift_tiny"):
+        assert res.stats[stat].shape == (len(faces),), stat
+    if atk.linf_budget is not None:
+        assert (x - faces).abs().max() <= atk.linf_budget + 0.5 / 255 + 1e-6
+    assert torch.equal(make(0)(faces), atk(faces))  # bit-identical under a seed
+    assert not torch.equal(make(1)(faces), atk(faces))
+    cfg = atk.config
+    assert json.loads(json.dumps(cfg)) == cfg and cfg["attack"] == name and cfg["seed"] == 0
+    assert make(0).config == cfg and make(1).config != cfg  # the cache key follows the settings
+
+
+# ------------------------------------------------------------------ defenses
+
+@pytest.mark.parametrize("name", DEFENSES.names())
+def test_defense_contract(name, faces):
+    d = create_defense(name, **_fast(DEFENSES, name))
+    y = d(faces)
+    assert y.shape == faces.shape and y.dtype == faces.dtype and y.device == faces.device
+    assert y.min() >= 0 and y.max() <= 1
+    assert torch.equal(d(faces), y)  # deterministic
+    torch.testing.assert_close(d(faces[1:2]), y[1:2], atol=1 / 255, rtol=0)  # each image on its own
+    assert d(faces[:0]).shape == faces[:0].shape
+    again = create_defense(json.loads(json.dumps(d.config)))
+    assert again.cache_key == d.cache_key and again.name == d.name and d.name
+    for gradient in ("exact", "bpda"):
+        x = faces[:2].clone().requires_grad_(True)
+        out = d.gradient_estimate(x, gradient)
+        assert out.shape == x.shape
+        out.sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all(), gradient
+
+
+# ------------------------------------------------------------------ trainers
+
+@pytest.fixture(scope="module")
+def colour_set(tmp_path_factory):
+    from puface.evaluation.data import EvaluationData
+
+    return EvaluationData.prepare(write_colour_faces(tmp_path_factory.mktemp("contract")), seed=0, image_size=32)
+
+
+@pytest.mark.parametrize("name", TRAINERS.names())
+def test_trainer_contract(name, colour_set):
+    train, test = colour_set.train, colour_set.test
+    options = {"device": "cpu", **_fast(TRAINERS, name)} if name == "e2e" else _fast(TRAINERS, name)
+
+    def fit():
+        return create_trainer(name, tiny_conv_embedder(0), **options).fit(train.images, train.labels)
+
+    model = fit()
+    pred = model.predict(test.images)
+    assert len(pred) == len(test) and set(pred.tolist()) <= set(train.labels.tolist())
+    assert np.array_equal(fit().predict(test.images), pred)  # deterministic
+    cfg = json.loads(json.dumps(model.config))
+    params = {k: v for k, v in cfg.items() if k not in ("name", "embedder")}
+    assert cfg["name"] == name and create_trainer(name, tiny_conv_embedder(0), **params).config == model.config

@@ -1,0 +1,33 @@
+"""The base install works: `pip install puface`, no extras, runs `puface demo` (slow: builds a fresh venv)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_pip_install_without_extras_runs_the_demo(tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    # torch first, on its own (as scripts/setup.sh does): TORCH_SPEC picks the build, the local CPU wheel here
+    subprocess.run(pip + [os.environ.get("TORCH_SPEC", "torch==2.13.0")], check=True)
+    subprocess.run(pip + [str(REPO)], check=True)
+    extras = subprocess.run([str(venv / "bin" / "python"), "-c", "import importlib.util as u; "
+                             "print(u.find_spec('dlib'), u.find_spec('onnxruntime'))"], capture_output=True, text=True, check=True)
+    assert extras.stdout.split() == ["None", "None"]  # truly without the extras
+    out = tmp_path / "demo"
+    run = subprocess.run([str(venv / "bin" / "puface"), "demo", "--out", str(out), "--no-progress"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = list(csv.DictReader(open(out / "summary.csv", encoding="utf-8")))
+    assert {r["defense"] for r in rows} >= {"none", "puface"} and (out / "report.html").is_file()
+    assert "Traceback" not in run.stderr
