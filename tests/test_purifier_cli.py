@@ -89,6 +89,9 @@ def test_purify_default_weights_and_errors(photo_tree, tmp_path, capsys):
     assert _files(tmp_path / "o") == _files(photo_tree)
     assert main(["purify", str(photo_tree), str(photo_tree), "--no-progress"]) == 2
     assert "input folder" in capsys.readouterr().err
+    before = sorted(photo_tree.rglob("*"))
+    assert main(["purify", str(photo_tree), str(photo_tree / "purified"), "--no-progress"]) == 2  # inside the input
+    assert "lies inside the input folder" in capsys.readouterr().err and sorted(photo_tree.rglob("*")) == before
     assert main(["purify", "--weights", str(tmp_path / "nope.pt"), str(photo_tree), str(tmp_path / "o2")]) == 2
     assert "nope.pt" in capsys.readouterr().err
 

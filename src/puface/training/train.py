@@ -184,7 +184,7 @@ def prepare_data(cfg: PurifierTrainConfig, d: Dist | None = None, cloak_fn: Call
     else:
         val = train.subset(torch.arange(min(len(train), cfg.data.val_images)))
     summary = {
-        "root": str(root),
+        "root": str(cfg.data.root),  # as named (a data set name stays a name; its folder differs per machine)
         "split": {"seed": cfg.seed, "heldout_min_images": cfg.data.heldout_min_images,
                   "heldout_fraction": cfg.data.heldout_fraction, "val_fraction": cfg.data.val_fraction,
                   "max_per_identity": cfg.data.max_per_identity,
