@@ -8,13 +8,7 @@ import numpy as np
 
 from ..utils.errors import PufaceError
 from .detect import Face, FaceDetector
-from .geometry import (
-    ChipTemplate,
-    ChipTransform,
-    chip_transform,
-    face_size,
-    template_for_size,
-)
+from .geometry import ChipTemplate, ChipTransform, chip_transform, face_size, template_for_size
 from .warp import extract_chip
 
 PICKS = ("all", "largest", "center")

@@ -17,16 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..io.jobs import (
-    FileJob,
-    JobReport,
-    LoadedImage,
-    Outcome,
-    group_by_size,
-    plan_mirror,
-    run_folder_job,
-    shard,
-)
+from ..io.jobs import FileJob, JobReport, LoadedImage, Outcome, group_by_size, plan_mirror, run_folder_job, shard
 from ..utils.errors import PufaceError
 from ..utils.images import image_to_tensor, tensor_to_image
 from ..utils.version import __version__

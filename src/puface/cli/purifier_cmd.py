@@ -71,12 +71,7 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
     `torchrun --nproc_per_node 2 -m puface train-purifier --config FILE` (DDP; gloo on CPU, nccl on GPU).
     """
     from ..training.config import load_config
-    from ..training.train import (
-        cleanup_distributed,
-        init_distributed,
-        prepare_data,
-        train,
-    )
+    from ..training.train import cleanup_distributed, init_distributed, prepare_data, train
 
     if list_recipes:
         from .evaluate_cmd import list_packaged

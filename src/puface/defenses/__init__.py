@@ -10,24 +10,12 @@ Modules: `base` (the contract, composition, straight-through gradients), `regist
 """
 
 from .base import GRADIENTS, Compose, Defense, ModuleDefense, NoDefense
-from .pixel import (
-    JPEG,
-    BitDepth,
-    DownUpResize,
-    GaussianBlur,
-    GaussianNoise,
-    MedianFilter,
-)
-from .purifier import (
-    PuFaceDefense,
-    defense_training_identities,
-    purifier_amplification,
-    purifier_training_identities,
-)
+from .pixel import JPEG, BitDepth, DownUpResize, GaussianBlur, GaussianNoise, MedianFilter
+from .purifier import PuFaceDefense, defense_training_identities
 from .registry import DEFENSES, create_defense, default_label, list_defenses
 
 __all__ = [
     "Defense", "NoDefense", "ModuleDefense", "Compose", "GRADIENTS", "PuFaceDefense", "JPEG", "GaussianBlur", "MedianFilter",
     "BitDepth", "GaussianNoise", "DownUpResize", "DEFENSES", "create_defense", "list_defenses", "default_label",
-    "defense_training_identities", "purifier_training_identities", "purifier_amplification",
+    "defense_training_identities",
 ]

@@ -1,8 +1,8 @@
 """The PuFace purifier as a defense, with the exact gradient an adaptive attacker backpropagates.
 
 `PuFaceDefense(weights)` loads `Purifier.load(weights)` on first use (None or "default" = the shipped
-one). Helpers read what a purifier checkpoint records: the identities it was trained on (so an
-evaluation can refuse to protect a user the purifier has seen) and its amplification factor.
+one); it reports the identities the checkpoint says the purifier saw, so an evaluation can refuse to
+protect a user the purifier has seen.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ..utils.fingerprint import module_fingerprint
 from .base import Compose, Defense
 from .registry import register
 
-__all__ = ["PuFaceDefense", "purifier_training_identities", "purifier_amplification", "defense_training_identities"]
+__all__ = ["PuFaceDefense", "defense_training_identities"]
 
 
 @register
@@ -70,7 +70,8 @@ class PuFaceDefense(Defense):
 
     @property
     def training_identities(self) -> set[str] | None:
-        return purifier_training_identities(self.purifier)
+        """Identities the purifier saw in training or validation (None: not recorded)."""
+        return self.purifier.seen_identities
 
     def _apply(self, images: torch.Tensor) -> torch.Tensor:
         kw: dict[str, Any] = {"batch_size": self.batch_size}
@@ -84,35 +85,9 @@ class PuFaceDefense(Defense):
 
 
 def defense_training_identities(defense: Defense) -> set[str] | None:
-    """Identities the purifier(s) inside `defense` saw in training, None when none is recorded or the
-    defense has no purifier (empty set: it has one that records no identities... see `learned`)."""
+    """Identities the purifier(s) inside `defense` saw in training, or None when the defense has no
+    purifier or none records them."""
     found = [d.training_identities for d in (defense.steps if isinstance(defense, Compose) else [defense])
              if isinstance(d, PuFaceDefense)]
     known = [ids for ids in found if ids is not None]
     return set().union(*known) if known else None
-
-
-def purifier_training_identities(purifier: Any) -> set[str] | None:
-    """Identities a purifier checkpoint says it saw in training or validation, or None when it does not
-    record them. Reads `meta["data_summary"]` (train_identities, val_identities) of a `Purifier`, or a
-    `training_identities` attribute."""
-    meta = getattr(purifier, "meta", None)
-    summary = meta.get("data_summary") if isinstance(meta, dict) else None
-    if isinstance(summary, dict) and summary.get("train_identities"):
-        return set(summary["train_identities"]) | set(summary.get("val_identities") or [])
-    v = getattr(purifier, "training_identities", None)
-    if v:
-        return set(v)
-    return None
-
-
-def purifier_amplification(purifier: Any, default: float = 3.0) -> float:
-    """The largest cloak amplification factor k the purifier was trained with (for illustrations)."""
-    meta = getattr(purifier, "meta", None)
-    amp = ((meta or {}).get("config") or {}).get("amplify") if isinstance(meta, dict) else None
-    if isinstance(amp, dict):
-        if amp.get("k_values"):
-            return float(max(amp["k_values"]))
-        if amp.get("k_max") is not None:
-            return float(amp["k_max"])
-    return default

@@ -8,14 +8,7 @@ Modules, in the order data flows: `config` (schema, `extends`, reading and writi
     result = run_experiment(load_config("demo"), "runs/demo")
 """
 
-from .config import (
-           AttackEntry,
-           DefenseEntry,
-           ExperimentConfig,
-           TrainerEntry,
-           config_text,
-           load_config,
-)
+from .config import AttackEntry, DefenseEntry, ExperimentConfig, TrainerEntry, config_text, load_config
 from .runner import ExperimentResult, run_experiment
 
 __all__ = ["ExperimentConfig", "AttackEntry", "TrainerEntry", "DefenseEntry", "load_config", "config_text",

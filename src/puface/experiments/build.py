@@ -11,12 +11,7 @@ from typing import Any, Callable, Iterable
 from ..attacks import create_attack
 from ..attacks.adaptive import as_through_defense
 from ..attacks.folder import FolderCloaks
-from ..defenses import (
-    Defense,
-    PuFaceDefense,
-    create_defense,
-    defense_training_identities,
-)
+from ..defenses import Defense, PuFaceDefense, create_defense, defense_training_identities
 from ..evaluation.data import EvaluationData, choose_users
 from ..evaluation.protocol import AttackSpec, TrainerSpec
 from ..models.base import FaceEmbedder

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..data.datasets import resolve_data_root
-from ..defenses import PuFaceDefense, purifier_amplification
+from ..defenses import PuFaceDefense
 from ..evaluation.cache import ContentCache
 from ..evaluation.protocol import Protocol
 from ..utils.errors import PufaceError
@@ -120,5 +120,5 @@ def _amplification(defenses: dict) -> float:
     for d in defenses.values():
         for s in getattr(d, "steps", [d]):
             if isinstance(s, PuFaceDefense) and s.loaded:
-                amplification = purifier_amplification(s.purifier)
+                amplification = s.purifier.amplification
     return amplification

@@ -25,14 +25,7 @@ from PIL import Image
 
 from ..utils.errors import ImageReadError, PufaceError
 from .files import check_output_folder, list_image_files
-from .images import (
-    atomic_write_bytes,
-    encode_image,
-    is_image_file,
-    open_image,
-    pil_format_for,
-    same_file,
-)
+from .images import atomic_write_bytes, encode_image, is_image_file, open_image, pil_format_for, same_file
 
 
 @dataclass(frozen=True)

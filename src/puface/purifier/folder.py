@@ -11,14 +11,7 @@ import numpy as np
 import torch
 
 from ..align import align_adapter
-from ..io.jobs import (
-    LoadedImage,
-    Outcome,
-    group_by_size,
-    plan_mirror,
-    run_folder_job,
-    shard,
-)
+from ..io.jobs import LoadedImage, Outcome, group_by_size, plan_mirror, run_folder_job, shard
 from ..utils.device import resolve_device
 from ..utils.images import tensor_to_image, to_float
 from .model import Purifier

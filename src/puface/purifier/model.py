@@ -63,6 +63,23 @@ class Purifier(nn.Module):
         """Identities whose photos the purifier was trained on (exclude them from evaluation)."""
         return list(self.meta.get("data_summary", {}).get("train_identities", []))
 
+    @property
+    def seen_identities(self) -> set[str] | None:
+        """Identities the purifier saw in training or validation (an evaluation must not protect them), or
+        None when the checkpoint does not record them."""
+        summary = self.meta.get("data_summary") or {}
+        if not summary.get("train_identities"):
+            return None
+        return set(summary["train_identities"]) | set(summary.get("val_identities") or [])
+
+    @property
+    def amplification(self) -> float:
+        """The largest cloak amplification factor k it was trained with (3 when not recorded)."""
+        amp = (self.meta.get("config") or {}).get("amplify") or {}
+        if amp.get("k_values"):
+            return float(max(amp["k_values"]))
+        return float(amp["k_max"]) if amp.get("k_max") is not None else 3.0
+
     def flops(self, height: int = 150, width: int = 150) -> int:
         """Convolution FLOPs of one forward pass on an H x W image."""
         return conv_flops(self.net, height, width)
