@@ -76,3 +76,16 @@ def test_fetch_johns_from_scratch(tmp_path):
     assert d.is_relative_to(tmp_path / "home")
     assert len(list(d.glob("*/*.jpg"))) == 55
     assert (d / "LICENSE_FOR_EXAMPLE_PROGRAMS.txt").is_file()
+
+
+def test_data_list_and_a_data_set_puface_cannot_fetch(tmp_path, monkeypatch, capsys):
+    (tmp_path / "lfw-chips150" / "A").mkdir(parents=True)
+    monkeypatch.setenv("PUFACE_DATA", str(tmp_path))
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert f"$PUFACE_DATA: {tmp_path}" in out and str(tmp_path / "lfw-chips150") in out and "johns" in out
+    assert main(["data", "fetch", "lfw-chips150"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot fetch 'lfw-chips150' itself" in err and "puface align" in err
+    assert main(["data", "fetch", "nope"]) == 2
+    assert "unknown data set 'nope'" in capsys.readouterr().err

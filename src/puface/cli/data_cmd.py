@@ -11,7 +11,7 @@ import click
 
 @click.group("data")
 def data() -> None:
-    """Inspect identity folders (ROOT/<identity>/<image>) and get the default 'johns' set."""
+    """Inspect identity folders (ROOT/<identity>/<image>), list the named data sets, fetch the default 'johns' set."""
 
 
 @data.command("info")
@@ -70,19 +70,48 @@ def info(root: Path, min_images: int, decode: bool, top: int, workers: int) -> N
 
 
 @data.command("fetch")
-@click.argument("name", type=click.Choice(["johns"]))
+@click.argument("name")
 def fetch(name: str) -> None:
-    """Get the embedded default data set NAME and print where it is.
+    """Get the data set NAME and print where it is (`puface data list` shows the names).
 
-    'johns' is dlib's example set (5 people x 11 aligned 150x150 chips, public-domain dedication)
-    from Debian's libdlib19.1 package: taken from /usr/share/doc if installed, otherwise downloaded
-    with `apt-get download` and unpacked into the puface cache ($PUFACE_HOME).
+    'johns' is dlib's example set (5 people x 11 aligned 150x150 chips, public-domain dedication) from
+    Debian's libdlib19.1 package: taken from /usr/share/doc if installed, otherwise downloaded with
+    `apt-get download` and unpacked into the puface cache ($PUFACE_HOME). For a data set puface cannot
+    fetch, it says how to get it.
     """
-    from ..data.johns import fetch_johns
+    from ..data.datasets import DATASETS
+    from ..utils.errors import PufaceError
 
-    path = fetch_johns()
-    n = len(list(path.glob("*/*.jpg")))
+    if name not in DATASETS:
+        raise PufaceError(f"unknown data set {name!r}; known: {', '.join(sorted(DATASETS))}")
+    ds = DATASETS[name]
+    if ds.fetch is None:
+        raise PufaceError(f"puface cannot fetch {name!r} itself. It is {ds.description}. To get it: {ds.how_to_get}.")
+    path = ds.fetch()
+    n = sum(1 for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     click.echo(f"{name}: {n} images in {path}")
+
+
+@data.command("list")
+def list_cmd() -> None:
+    """The data sets configs can name, where each is found here, and how to get the missing ones.
+
+    A config's [data] root (or --data) is a folder, or a name looked up as $PUFACE_DATA/<name>."""
+    from ..data.datasets import DATASETS, data_home, resolve_data_root
+    from ..utils.errors import PufaceError
+
+    home = data_home()
+    click.echo(f"$PUFACE_DATA: {home if home is not None else '(not set)'}")
+    for name, ds in sorted(DATASETS.items()):
+        if ds.fetch is None:
+            try:
+                where = str(resolve_data_root(name))
+            except PufaceError:
+                where = f"not here; {ds.how_to_get}"
+        else:
+            where = f"fetched on first use (`puface data fetch {name}`)"
+        click.echo(f"{name:14s} {ds.description}")
+        click.echo(f"{'':14s} {where}")
 
 
 @data.command("split")
