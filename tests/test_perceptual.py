@@ -1,5 +1,5 @@
 """ST-LPIPS port (`puface.attacks.perceptual`) against distances recorded from the reference package
-`stlpips-pytorch==0.0.2` by bench/make_lpips_fixture.py (tests/fixtures/lpips_reference.json)."""
+`stlpips-pytorch==0.0.2` by tools/make_lpips_fixture.py (tests/fixtures/lpips_reference.json)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Cloaks as folders: cloak a folder of face images into a mirrored output folder (what `puface cloak`
 runs, `cloak_folder`), and read cloaks made elsewhere from such a folder (`FolderCloaks`).
 
-Streams through `puface.pipeline.run_folder_job`: batches, each written (atomically) as soon as it
+Streams through `puface.io.jobs.run_folder_job`: batches, each written (atomically) as soon as it
 is done, resume by skipping finished outputs, a progress bar with images/s, per-file errors that
 never stop the job, per-image statistics (DSSIM, PSNR, L-inf, embedding shift per surrogate) in
 OUT/cloak_stats.csv and the attack's config in OUT/cloak_config.json.

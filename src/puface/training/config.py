@@ -1,5 +1,5 @@
 """The purifier training config: one TOML file with sections [data], [[attacks]], [model], [amplify],
-[loss], [train], [val] (see `configs/purifier-default.toml` for every option with comments).
+[loss], [train], [val] (the packaged recipe `default`, puface/configs/purifier/default.toml, comments every option).
 
 `load_config(path)` reads and validates it; unknown keys are errors (a typo must not silently fall
 back to a default). `PurifierTrainConfig.as_dict()` is what is saved next to the results and inside

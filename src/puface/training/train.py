@@ -189,7 +189,7 @@ def prepare_data(cfg: PurifierTrainConfig, d: Dist | None = None, cloak_fn: Call
                   "heldout_fraction": cfg.data.heldout_fraction, "val_fraction": cfg.data.val_fraction,
                   "max_per_identity": cfg.data.max_per_identity,
                   "rule": "held out = identities with >= heldout_min_images images + seeded heldout_fraction of the rest; "
-                          "val = seeded val_fraction of the remainder; train = the rest (puface.purifier.data.purifier_identities)"},
+                          "val = seeded val_fraction of the remainder; train = the rest (puface.training.data.purifier_identities)"},
         **split.as_dict(),
         "attacks": [dict(a) for a in cfg.attacks],
         "train_pairs": train.summary(),
