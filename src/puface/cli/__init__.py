@@ -13,14 +13,14 @@ from ..utils.version import __version__
 
 # command name -> (module, attribute, one-line help shown by `puface --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "data": ("puface.cli.data_cmd", "data", "Inspect identity folders and fetch the embedded default data."),
+    "data": ("puface.cli.data_cmd", "data", "Inspect identity folders; list and fetch the named data sets."),
     "models": ("puface.cli.models_cmd", "models", "List the face recognition models puface can use."),
     "align": ("puface.cli.align_cmd", "align", "Detect faces in photos and cut aligned face chips."),
     "cloak": ("puface.cli.cloak_cmd", "cloak", "Cloak face images with Fawkes or LowKey."),
-    "train-purifier": ("puface.cli.purifier_cmd", "train_purifier", "Train a PuFace purifier from a config file."),
+    "train-purifier": ("puface.cli.purifier_cmd", "train_purifier", "Train a PuFace purifier from a recipe (a packaged name or a TOML file)."),
     "purify": ("puface.cli.purifier_cmd", "purify", "Remove cloaks from a folder of face images."),
     "evaluate": ("puface.cli.evaluate_cmd", "evaluate", "Measure ASR and normal accuracy of attacks and defenses."),
-    "reproduce": ("puface.cli.evaluate_cmd", "reproduce", "Run an experiment grid from a TOML config."),
+    "reproduce": ("puface.cli.evaluate_cmd", "reproduce", "Run an experiment grid from a config (a packaged name or a TOML file)."),
     "demo": ("puface.cli.evaluate_cmd", "demo", "End-to-end demo on the embedded default data."),
     "report": ("puface.cli.report_cmd", "report", "Tables from finished experiments (headline, per-cell summaries)."),
 }
