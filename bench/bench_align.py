@@ -1,15 +1,17 @@
-"""Benchmarks of face alignment (issue 7). Parts (pick with --parts, default all):
+"""Benchmarks of face alignment; each part writes bench/results/align-<part>.{md,csv}. Parts (--parts, default all):
 
 speed    detector cost per photo on LFW 250x250 photos and on the same photos upscaled to 1500 px:
          HOG (upsample 0/1), CNN/MMOD (upsample 0/1), alignment + paste-back; as ms and as ratios
          against HOG-upsample-1 in the same process.
-parity   our chips vs the shared dlib chips (lfw-chips150) on every photo of ../shared/data/lfw.
+parity   our chips vs the existing dlib chips (lfw-chips150) on every photo of lfw/.
 paste    how much of a chip change survives paste-back + re-alignment, by refine steps.
 protect  cloaking a full photo through `align_adapter` vs cloaking the chip: Fawkes (dlib-resnet29
          surrogate) on N LFW photos; the embedding shift of the re-detected, re-aligned face under
          dlib-resnet29 (white box) and SFace (transfer), photo saved as PNG and as JPEG q95.
 
-    .venv/bin/python bench/bench_align.py [--parts speed,parity,paste,protect] [--n 50] [--mode high]
+    python bench/bench_align.py --data $PUFACE_DATA [--parts speed,parity,paste,protect] [--n 50] [--mode high]
+
+--data: the folder holding the data sets lfw/ (250x250 LFW photos) and lfw-chips150/ (default $PUFACE_DATA).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +31,7 @@ from PIL import Image
 from puface.align import FaceAligner, FaceDetector, align_adapter, extract_chip, feather_mask, paste_back
 from puface.io.images import read_image
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from benchtables import Table, write_tables
 
 
 def lfw_sample(data: Path, n: int, seed: int = 0) -> list[Path]:
@@ -221,14 +224,17 @@ def part_protect(data: Path, n: int, mode: str, cache_dir: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder (with lfw/ and lfw-chips150/)")
+    ap.add_argument("--data", type=Path, default=Path(os.environ["PUFACE_DATA"]) if os.environ.get("PUFACE_DATA") else None,
+                    help="the folder holding lfw/ and lfw-chips150/ (default $PUFACE_DATA)")
     ap.add_argument("--parts", default="speed,parity,paste,protect")
     ap.add_argument("--n", type=int, default=50, help="photos for the protect part")
     ap.add_argument("--mode", default="high", help="Fawkes mode for the protect part")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--cache", type=Path, default=None, help="cloaked chips cache (default $PUFACE_HOME/bench-align-cloaks)")
+    ap.add_argument("--out-dir", type=Path, default=None, help="where the tables go (default bench/results)")
     args = ap.parse_args()
-    if not (args.data / "lfw").is_dir():
+    out_dir = args.out_dir or Path(__file__).parent / "results"
+    if args.data is None or not (args.data / "lfw").is_dir():
         print(f"{args.data}/lfw not found; pass --data", file=sys.stderr)
         return 1
     import torch
@@ -239,17 +245,48 @@ def main() -> int:
     if "speed" in parts:
         res["speed"] = part_speed(args.data, 20)
         print(json.dumps({"speed": res["speed"]}, indent=1), flush=True)
+        rows = [{"step": k, **v} for k, v in res["speed"].items()]
+        write_tables("align-speed", "Alignment: detector and paste-back cost", [Table(
+            "20 LFW photos (250x250); 5 of them upscaled to 1500 px", rows,
+            [("step", "step", "{}"), ("ms_per_photo_250px", "ms / photo (250 px)", "{}"), ("ms_per_photo", "ms / photo (1500 px)", "{}"),
+             ("ms_per_face", "ms / face", "{}"), ("ratio_vs_hog_up1", "vs HOG up 1", "{}x"), ("photos_with_face", "faces found", "{}")])],
+            out_dir, baseline="HOG with upsample 1 (the default detector) on the same photos.")
     if "parity" in parts:
         res["parity"] = part_parity(args.data)
         print(json.dumps({"parity": res["parity"]}, indent=1), flush=True)
+        r = res["parity"]
+        row = {"photos": r["photos"], "no_face": r["no_face"], "hog": r["detector"]["hog"], "cnn": r["detector"]["cnn"],
+               **{f"diff_{k}": v for k, v in r["mean_abs_diff_grey_levels"].items()}, "over_2": r["chips_over_2_levels"]}
+        write_tables("align-parity", "Alignment: our chips vs the lfw-chips150 chips", [Table(
+            "every photo of lfw/, HOG up 1 with a CNN up 1 fallback, the face closest to the centre", [row],
+            [("photos", "photos", "{}"), ("no_face", "no face", "{}"), ("hog", "HOG", "{}"), ("cnn", "CNN", "{}"),
+             ("diff_median", "mean abs diff per chip: median", "{}"), ("diff_p95", "p95", "{}"), ("diff_max", "max", "{}"),
+             ("over_2", "chips over 2 grey levels", "{}")])], out_dir)
     if "paste" in parts:
         res["paste"] = part_paste(args.data, 20)
         print(json.dumps({"paste": res["paste"]}, indent=1), flush=True)
+        r = res["paste"]
+        rows = [{"change": kind, **{f"refine{st}": f"corr {r[f'{kind}_refine{st}']['corr']}, err {r[f'{kind}_refine{st}']['mean_abs_err']}"
+                                    for st in (0, 1, 2, 4)}} for kind in ("smooth", "noise")]
+        write_tables("align-paste", "Alignment: paste-back fidelity", [Table(
+            f"20 LFW photos; a change added to the chip, pasted back, the photo re-cut with the same transform "
+            f"({r['scale_photo_px_per_chip_px']} photo px per chip px)", rows,
+            [("change", "change (smooth: 10 sin; noise: uniform +-8)", "{}"), ("refine0", "refine 0", "{}"), ("refine1", "refine 1", "{}"),
+             ("refine2", "refine 2 (default)", "{}"), ("refine4", "refine 4", "{}")])], out_dir)
     if "protect" in parts:
         from puface.utils.paths import cache_dir
 
         res["protect"] = part_protect(args.data, args.n, args.mode, args.cache or cache_dir("bench-align-cloaks"))
         print(json.dumps({"protect": res["protect"]}, indent=1), flush=True)
+        r = res["protect"]
+        rows = [{"condition": c, **{f"{m}_{k}": v[m][k] for m in v for k in v[m]}} for c, v in r.items()
+                if isinstance(v, dict) and "dlib-resnet29" in v]
+        cols = [("condition", "condition", "{}")] + [(f"{m}_{k}", f"{m} {h}", "{}") for m in ("dlib-resnet29", "sface")
+                                                    for k, h in (("cos_shift_mean", "1-cos"), ("l2_mean", "L2"), ("share_l2_over_0.6", ">0.6"))]
+        write_tables("align-protect", f"Alignment: cloaking a photo with --align vs cloaking the chip ({r['attack']})", [Table(
+            f"{r['photos']} LFW photos; the published photo re-detected and re-aligned before embedding; shift against the clean chip",
+            rows, cols, notes=f"Attack time for the chips (uncached): {r['attack_seconds_uncached']} s. Paste-back ms per photo "
+                              f"(cached cloaks): {r['adapter_ms_per_photo_with_cached_cloaks']}.")], out_dir)
     if args.out:
         args.out.write_text(json.dumps(res, indent=1))
     return 0

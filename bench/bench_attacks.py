@@ -17,9 +17,9 @@ protect  FaceCure 1-NN protocol on dlib embeddings (and sface, transfer): identi
          chips not recognised as the user; normal accuracy on everyone else. Cloaks go through
          CloakCache, so a rerun reuses them.
 
-Example (what bench/RESULTS.md records):
-    .venv/bin/python bench/bench_attacks.py --data ../shared/data/lfw-chips150 --limit 200 --threads 2
-Prints a Markdown report; --json PATH also saves the raw numbers.
+Example:
+    python bench/bench_attacks.py --data lfw-chips150 --limit 64 --lowkey-limit 4 --users 5 --threads 2
+Writes bench/results/attacks.md (the report) and attacks-{speed,protect}.csv; --json PATH also saves the raw numbers.
 """
 
 from __future__ import annotations
@@ -110,9 +110,9 @@ def conv_dssim(x, y):
     """Reference DSSIM: separable depthwise 11x11 Gaussian convolution, autograd (what a direct port does)."""
     import torch.nn.functional as F
 
-    from puface.utils.metrics import gaussian_window
+    from puface.utils.filters import gaussian_taps
 
-    g = gaussian_window().to(x)
+    g = gaussian_taps(11, 1.5).to(x)
     c = x.shape[1]
 
     def f(t):
@@ -193,8 +193,9 @@ def one_nn(gallery, labels, probes):
 def part_protect(args, embs):
     from puface.attacks import create_attack
     from puface.attacks.cache import CloakCache
-    from puface.data.layout import scan_identities, stable_seed
+    from puface.data.layout import scan_identities
     from puface.data.split import split_dataset
+    from puface.utils.seeding import stable_seed
 
     ds = scan_identities(args.data, min_images=10, max_per_identity=40, seed=args.seed)
     sp = split_dataset(ds, train_fraction=0.7, seed=args.seed)
@@ -235,9 +236,8 @@ def part_protect(args, embs):
 
 
 def markdown(report) -> str:
-    lines = [f"Command: `{report['command']}`", "",
-             f"torch {report['torch']}, {report['threads']} threads, {report['cpus']} CPUs; load average at start "
-             f"{report['load_start']}, at end {report['load_end']} (other engineers' jobs share the CPU).", ""]
+    lines = [f"torch {report['torch']}, {report['threads']} threads, {report['cpus']} CPUs; load average at start "
+             f"{report['load_start']}, at end {report['load_end']}.", ""]
     ss = report.get("ssim")
     if ss:
         lines += [f"DSSIM forward+backward per 150 px image (CPU ms, best of 5, same process): ours {ss['ours_cpu_ms_per_img']:.2f}, "
@@ -277,8 +277,7 @@ def markdown(report) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw-chips150",
-                    help="identity folders of aligned 150x150 chips")
+    ap.add_argument("--data", default="lfw-chips150", help="identity folders of aligned 150x150 chips, or a data set name")
     ap.add_argument("--limit", type=int, default=200, help="chips for the Fawkes speed/quality part")
     ap.add_argument("--modes", default="low,mid,high", help="Fawkes modes to time (comma-separated)")
     ap.add_argument("--default-limit", type=int, default=0, help="also time Fawkes high with its default surrogates (dlib+sface) on this many chips")
@@ -290,16 +289,20 @@ def main(argv=None):
     ap.add_argument("--cache", type=Path, default=None, help="CloakCache folder (default $PUFACE_HOME/cloaks)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
+    ap.add_argument("--out-dir", type=Path, default=None, help="where the tables go (default bench/results)")
     args = ap.parse_args(argv)
     args.modes = [m for m in args.modes.split(",") if m]
     torch.set_num_threads(args.threads)
 
-    from puface.data.layout import scan_identities, stable_seed
+    from puface.data.datasets import resolve_data_root
+    from puface.data.layout import scan_identities
     from puface.models.registry import create_embedder, list_embedders
+    from puface.utils.seeding import stable_seed
+
+    args.data = resolve_data_root(args.data)
 
     embs = {n: create_embedder(n) for n in ("dlib-resnet29", "sface") if n in list_embedders()}
-    report = {"command": " ".join([".venv/bin/python", "bench/bench_attacks.py", *(argv if argv is not None else sys.argv[1:])]),
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+    report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
               "load_start": " ".join(f"{v:.1f}" for v in os.getloadavg())}
     all_paths = [im.path for im in scan_identities(args.data).images]
     paths = random.Random(stable_seed("bench-attacks", args.seed)).sample(all_paths, min(args.limit, len(all_paths)))
@@ -314,6 +317,12 @@ def main(argv=None):
     report["load_end"] = " ".join(f"{v:.1f}" for v in os.getloadavg())
     md = markdown(report)
     print(md)
+    from benchtables import write_report
+
+    rows = {"speed": (report.get("speed") or {}).get("rows", []) + (report.get("lowkey") or {}).get("rows", []),
+            "protect": (report.get("protect") or {}).get("users", [])}
+    write_report("attacks", "Cloaking attacks: cost, image quality, embedding shift, protection", md,
+                 {k: v for k, v in rows.items() if v}, args.out_dir or Path(__file__).parent / "results")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))

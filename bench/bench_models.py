@@ -1,18 +1,17 @@
-"""Face model quality and CPU cost (issue 3, item 6).
+"""Face model quality and CPU cost; writes bench/results/models.{md,csv}.
 
 For each built-in embedder: leave-one-out 1-NN identification accuracy (cosine) and verification ROC
 AUC over all pairs, on the johns chips and on lfw-chips150 (capped images per person, seeded), plus
 CPU milliseconds per image for forward and for forward+backward w.r.t. the input at batch 16.
 
-    .venv/bin/python bench/bench_models.py --lfw ../shared/data/lfw-chips150 --cap 20 --seed 0 --threads 2
+    python bench/bench_models.py --lfw lfw-chips150 --cap 20 --seed 0 --threads 2
 
-Prints a Markdown table; --json writes the raw numbers.
+--lfw is a folder or a data set name ($PUFACE_DATA/<name>); without it only johns is measured.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -20,6 +19,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from benchtables import Table, write_tables
+from puface.data.datasets import resolve_data_root
 from puface.data.johns import fetch_johns
 from puface.data.layout import scan_identities
 from puface.data.loading import load_images
@@ -71,18 +72,18 @@ def _timed(fn) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lfw", type=Path, default=None, help="lfw-chips150 folder (skipped when absent)")
+    ap.add_argument("--lfw", default=None, help="lfw-chips150 folder or data set name (skipped when absent)")
     ap.add_argument("--cap", type=int, default=20, help="images per person on LFW (seeded choice)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default=",".join(list_embedders()))
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--out-dir", type=Path, default=None, help="where the tables go (default bench/results)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     sets = {"johns": scan_identities(fetch_johns())}
-    if args.lfw and args.lfw.is_dir():
-        sets["lfw-chips150"] = scan_identities(args.lfw, min_images=2, max_per_identity=args.cap, seed=args.seed)
+    if args.lfw:
+        sets["lfw-chips150"] = scan_identities(resolve_data_root(args.lfw), min_images=2, max_per_identity=args.cap, seed=args.seed)
     loaded = {}
     for name, ds in sets.items():
         imgs, kept, errors = load_images([im.path for im in ds.images], size=150, progress=True, desc=name)
@@ -106,17 +107,20 @@ def main() -> None:
         print(row)
 
     names = list(loaded)
-    head = "| model | input | dim | " + " | ".join(f"{n} 1-NN | {n} AUC" for n in names) + " | fwd ms/img | fwd+bwd ms/img |"
-    print("\n" + head)
-    print("|" + "---|" * (3 + 2 * len(names) + 2))
     for r in results:
-        cells = " | ".join(f"{r[f'{n}_nn']:.4f} | {r[f'{n}_auc']:.4f}" for n in names)
-        print(f"| {r['model']} | {r['input']} | {r['dim']} | {cells} | {r['fwd_ms']:.1f} | {r['fwdbwd_ms']:.1f} |")
-    print(f"\n(same process: fp32 2048x2048 matmul {gflops:.1f} GFLOP/s; "
-          + "; ".join(f"{r['model']} fwd+bwd = {r['fwdbwd_ms'] / r['fwd_ms']:.2f} x fwd" for r in results) + ")")
-    if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "matmul_gflops": gflops,
-                                         "results": results}, indent=2))
+        r["fwdbwd_over_fwd"] = r["fwdbwd_ms"] / r["fwd_ms"]
+    cols = [("model", "model", "{}"), ("input", "input", "{}"), ("dim", "dim", "{}")]
+    for n in names:
+        cols += [(f"{n}_nn", f"{n} 1-NN", "{:.4f}"), (f"{n}_auc", f"{n} AUC", "{:.4f}")]
+    cols += [("fwd_ms", "fwd ms/img", "{:.1f}"), ("fwdbwd_ms", "fwd+bwd ms/img", "{:.1f}"), ("fwdbwd_over_fwd", "fwd+bwd / fwd", "{:.2f}")]
+    sizes = "; ".join(f"{n}: {len(loaded[n][0])} images, {len(set(loaded[n][1]))} identities" for n in names)
+    table = Table("Leave-one-out 1-NN identification (cosine), all-pairs verification ROC AUC, CPU cost", results, cols,
+                  notes=f"Data: {sizes}" + (f" (lfw-chips150: identities with >= 2 chips, at most {args.cap} each, seed "
+                                             f"{args.seed})" if "lfw-chips150" in loaded else "") + ". "
+                        "Timings: median wall ms per image at batch 16, 150x150 input; fwd+bwd = backward with respect to the input.")
+    write_tables("models", "Face models: quality and CPU cost", [table], args.out_dir or Path(__file__).parent / "results",
+                 baseline=f"fp32 2048x2048 matmul {gflops:.1f} GFLOP/s at {args.threads} threads.")
+    print(table.markdown())
 
 
 if __name__ == "__main__":

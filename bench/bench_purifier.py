@@ -1,8 +1,10 @@
-"""Purifier benchmarks (issue 5). Numbers go to bench/RESULTS.md, section "Purifier (issue 5)".
+"""Purifier benchmarks; `quality` and `speed` write bench/results/purifier-{quality,speed}.{md,csv}.
 
     python bench/bench_purifier.py cloaks   [--per-attack 24]     # find / generate + cache the test cloaks
     python bench/bench_purifier.py quality  [--weights CKPT]      # PSNR / embedding cosines on unseen identities
     python bench/bench_purifier.py speed    [--weights CKPT] [--n 128]   # purify throughput vs JPEG, GFLOP/s vs matmul
+
+--data: the lfw-chips150 chips (a folder or a data set name, default "lfw-chips150" in $PUFACE_DATA).
 
 quality: chips of identities the purifier never saw (its checkpoint's held-out list) are cloaked with
 the project's attacks at their *full* settings (Fawkes low/mid/high and LowKey, surrogate
@@ -27,7 +29,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path("/work/shared/data/lfw-chips150")
+from benchtables import Table, write_tables
+
+ROOT: Path = Path("lfw-chips150")  # set from --data in main()
 ATTACKS = [  # full settings (not the cheaper ones the default purifier trained on), surrogate dlib-resnet29
     ("fawkes-low", "fawkes", dict(mode="low")),
     ("fawkes-mid", "fawkes", dict(mode="mid")),
@@ -46,7 +50,7 @@ def heldout_identities(weights: str | None) -> list[str]:
         if p.heldout_identities:
             return p.heldout_identities
         seen = set(p.training_identities) | set(p.meta.get("data_summary", {}).get("val_identities", []))
-        if seen:  # trained on a copy holding only its own identities (bench/gpu_pack.py): the rest are unseen
+        if seen:  # trained on a copy holding only its own identities (tools/gpu_pack.py): the rest are unseen
             return sorted(d.name for d in ROOT.iterdir() if d.is_dir() and d.name not in seen
                           and sum(1 for _ in d.glob("*.jpg")) >= 10)
         return []
@@ -54,8 +58,8 @@ def heldout_identities(weights: str | None) -> list[str]:
         from puface.training.config import load_config
         from puface.training.data import folder_identity_split
 
-        cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "purifier-default.toml")
-        return folder_identity_split(cfg.data.root, seed=cfg.seed, heldout_min_images=cfg.data.heldout_min_images,
+        cfg = load_config("default")
+        return folder_identity_split(ROOT, seed=cfg.seed, heldout_min_images=cfg.data.heldout_min_images,
                                      heldout_fraction=cfg.data.heldout_fraction, val_fraction=cfg.data.val_fraction).heldout
 
 
@@ -75,8 +79,8 @@ def cloak_all(weights, n: int, min_n: int, progress=True) -> dict[str, tuple[tor
     """Per attack: up to `n` held-out chips whose cloaks are already in the cloak cache (made by any
     earlier run with the same attack settings), topped up to `min_n` by cloaking more (cached too)."""
     from puface.attacks import create_attack
-    from puface.attacks.base import image_digest
     from puface.attacks.cache import CloakCache
+    from puface.utils.fingerprint import image_digest
     from puface.data.loading import load_images
 
     cache = CloakCache()
@@ -100,8 +104,9 @@ def cloak_all(weights, n: int, min_n: int, progress=True) -> dict[str, tuple[tor
 
 
 def psnr(a, b):
-    mse = (a - b).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+    from puface.utils.metrics import psnr as p
+
+    return p(a, b, cap=100.0)
 
 
 def quality(weights, n: int, min_n: int, n_natural: int) -> dict:
@@ -135,7 +140,7 @@ def speed(weights, n: int, repeats: int = 3) -> dict:
     from puface.io.images import write_image
     from puface.io.jobs import Outcome, plan_mirror, run_folder_job
     from puface.purifier import Purifier
-    from puface.purifier.model import purify_folder
+    from puface.purifier.folder import purify_folder
 
     threads = torch.get_num_threads()
     p = Purifier.load(weights)
@@ -176,16 +181,54 @@ def speed(weights, n: int, repeats: int = 3) -> dict:
     return res
 
 
+def quality_tables(res: dict) -> list[Table]:
+    nat = res["natural"]
+    natural = Table("Natural chips of unseen identities", [nat], [
+        ("n", "images", "{}"), ("psnr_purified_natural", "PSNR(P(x), x) dB", "{:.2f}"),
+        ("cos_purified_natural_dlib-resnet29", "dlib cos(E(P(x)), E(x))", "{:.4f}"),
+        ("cos_purified_natural_sface", "SFace cos(E(P(x)), E(x))", "{:.4f}")], csv="natural")
+    rows = [{"attack": k, **v} for k, v in res.items() if isinstance(v, dict) and k != "natural"]
+    cloaked = Table("Cloaked chips of unseen identities (surrogate dlib-resnet29, full settings)", rows, [
+        ("attack", "attack", "{}"), ("n", "images", "{}"), ("linf_cloak_255", "cloak L-inf /255 (mean)", "{:.1f}"),
+        ("psnr_cloaked", "PSNR cloaked (dB)", "{:.2f}"), ("psnr_purified", "PSNR purified (dB)", "{:.2f}"),
+        ("cos_cloaked_dlib-resnet29", "dlib cos cloaked", "{:.4f}"), ("cos_purified_dlib-resnet29", "dlib cos purified", "{:.4f}"),
+        ("cos_cloaked_sface", "SFace cos cloaked", "{:.4f}"), ("cos_purified_sface", "SFace cos purified", "{:.4f}")])
+    return [natural, cloaked]
+
+
+def speed_tables(res: dict) -> list[Table]:
+    rows = [
+        {"measure": "fp32 2048x2048 matmul", "value": f"{res['matmul_gflops']} GFLOP/s"},
+        {"measure": f"purifier forward (batch 32, channels-last, {res['gflop_per_image']} GFLOP/image)",
+         "value": f"{res['forward_gflops']} GFLOP/s = {100 * res['forward_ratio']:.0f}% of matmul ({res['forward_images_per_s']} images/s)"},
+        {"measure": "`puface purify` folder pipeline (decode + purify + encode, batch 16)",
+         "value": f"{res['purify_images_per_s']} images/s = {100 * res['purify_vs_forward_only']:.0f}% of forward-only"},
+        {"measure": "JPEG re-encoding of the same files, same pipeline (quality 75)", "value": f"{res['jpeg_reencode_images_per_s']} images/s"},
+    ]
+    t = Table(f"{res['images']} chips (150x150 JPEG), {res['threads']} threads, best of 3, one process", rows,
+              [("measure", "measure", "{}"), ("value", "value", "{}")])
+    t.extra_csv_keys = []
+    raw = Table("All numbers (also in the CSV)", [{k: v for k, v in res.items() if not isinstance(v, dict)}], [(k, k, "{}") for k in res if not isinstance(res[k], dict)])
+    return [t], raw
+
+
 def main() -> None:
+    global ROOT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("part", choices=["cloaks", "quality", "speed"])
+    ap.add_argument("--data", default="lfw-chips150", help="the LFW chips: a folder or a data set name")
     ap.add_argument("--weights", default=None, help="purifier checkpoint (default: the shipped one)")
     ap.add_argument("--per-attack", type=int, default=24, help="at most this many held-out cloaked chips per attack (cached ones)")
     ap.add_argument("--min-per-attack", type=int, default=2, help="cloak more held-out chips when fewer are cached")
     ap.add_argument("--natural", type=int, default=64, help="held-out natural chips for the natural PSNR")
     ap.add_argument("--n", type=int, default=128, help="chips for the speed test")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON result here too")
+    ap.add_argument("--out-dir", type=Path, default=None, help="where the tables go (default bench/results)")
     a = ap.parse_args()
+    from puface.data.datasets import resolve_data_root
+
+    ROOT = resolve_data_root(a.data)
+    out_dir = a.out_dir or Path(__file__).parent / "results"
     t0 = time.time()
     if a.part == "cloaks":
         res = {k: list(v[1].shape) for k, v in cloak_all(a.weights, a.per_attack, a.min_per_attack).items()}
@@ -194,7 +237,15 @@ def main() -> None:
     else:
         res = speed(a.weights, a.n)
     res["wall_s"] = round(time.time() - t0, 1)
-    res["command"] = "python " + " ".join(sys.argv)
+    weights = a.weights or "the shipped purifier"
+    if a.part == "quality":
+        write_tables("purifier-quality", f"Purifier quality on identities it never saw ({weights})", quality_tables(res), out_dir,
+                     about="Held-out chips (the purifier checkpoint's held-out identities) whose cloaks are in the cloak cache, "
+                           f"at most {a.per_attack} per attack; {a.natural} natural held-out chips. The script takes whichever "
+                           "held-out cloaks the cache holds, so another cache state gives other chips.")
+    elif a.part == "speed":
+        tables, raw = speed_tables(res)
+        write_tables("purifier-speed", f"Purifier speed ({weights})", tables + [raw], out_dir)
     text = json.dumps(res, indent=2)
     print(text)
     if a.out:
