@@ -176,3 +176,18 @@ def test_cloak_cli_group_attack(tmp_path, johns_dir, capsys):
     capsys.readouterr()
     assert main(["cloak", "--attack", "opom", "--perturb", "classwise", str(johns_dir), str(tmp_path / "x")]) == 2
     assert "--perturb is not an option of opom" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cloak_cli_unlearnable_learns_the_other_folders(tmp_path, johns_dir):
+    """Each identity folder is one class-wise group; the other four folders are its reference classes."""
+    import csv
+
+    from puface.cli import main
+
+    out = tmp_path / "ue"
+    assert main(["cloak", "--attack", "unlearnable", "--perturb", "classwise", "--surrogate", "dlib-resnet29",
+                 "--steps", "2", "--no-progress", str(johns_dir), str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "cloak_stats.csv")))
+    assert len(rows) == 55 and all(float(r["linf"]) <= 8.5 / 255 for r in rows)
+    assert {r["rounds"] for r in rows} and all(float(r["head_error"]) < 1 for r in rows)
