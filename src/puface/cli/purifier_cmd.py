@@ -131,15 +131,25 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
 @click.option("--align", is_flag=True,
               help="Photos, not chips: detect faces, purify each aligned 150x150 face chip and paste it back.")
 @click.option("--largest-face", is_flag=True, help="With --align: purify only the largest face of each photo.")
+@click.option("--image-field", default=None, metavar="NAME",
+              help="Shards: the WebDataset field (e.g. jpg) or Parquet column holding the image (default: found by "
+                   "name: jpg/jpeg/png/webp/bmp; image, img, ... or the first bytes / {bytes, path} column).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, batch_size: int, resume: bool,
            quality: int, io_workers: int, threads: int | None, rank: int | None, world_size: int | None,
-           stats_csv: Path | None, align: bool, largest_face: bool, progress: bool) -> None:
+           stats_csv: Path | None, align: bool, largest_face: bool, image_field: str | None, progress: bool) -> None:
     """Remove cloaks from the images under IN and write them to OUT (same tree, names, formats and sizes).
 
     Streams in batches (decoding and encoding overlap the computation), resumes where it stopped,
     prints images/s. The default purifier expects aligned face chips (like the LFW/dlib 150x150
     chips); for ordinary photos use --align. Exit code 1 if some images failed.
+
+    IN may also be shards: a WebDataset .tar or a Parquet file (raw image bytes or a Hugging Face
+    datasets Image column), a folder of them, or a glob / brace pattern in quotes
+    ('data/shard-{000000..000099}.tar'). OUT then gets shards of the same format and names with the same
+    records, keys, order and other fields (labels kept); a record that cannot be decoded is listed
+    and left out; each shard is written under a temporary name and renamed when done, so a rerun
+    skips finished shards.
     """
     import torch
 
@@ -158,10 +168,19 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
     world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
     if not 0 <= rank < max(1, world_size):
         raise PufaceError(f"--rank must be in 0..{world_size - 1}, got {rank}")
-    report = purify_folder(in_path, out_root, weights=weights, device=None if device == "auto" else device,
-                           batch_size=batch_size, resume=resume, rank=rank, world_size=world_size, quality=quality,
-                           io_workers=io_workers, progress=progress, stats_csv=stats_csv, align=align,
-                           largest_face=largest_face)
+    from ..io.shards import is_shard_input
+
+    common = dict(weights=weights, device=None if device == "auto" else device, batch_size=batch_size, resume=resume,
+                  rank=rank, world_size=world_size, quality=quality, io_workers=io_workers, progress=progress,
+                  stats_csv=stats_csv, align=align, largest_face=largest_face)
+    if is_shard_input(in_path):
+        from ..purifier.folder import purify_shards
+
+        report = purify_shards(in_path, out_root, image_field=image_field, **common)
+    else:
+        if image_field is not None:
+            raise PufaceError("--image-field is for shard inputs (.tar, .parquet)")
+        report = purify_folder(in_path, out_root, **common)
     click.echo(report.summary("purified"), err=False)
     if report.exit_code:
         raise click.exceptions.Exit(report.exit_code)

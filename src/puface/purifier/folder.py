@@ -16,7 +16,7 @@ from ..utils.device import resolve_device
 from ..utils.images import tensor_to_image, to_float
 from .model import Purifier
 
-__all__ = ["make_batch_process", "purify_folder"]
+__all__ = ["make_batch_process", "purify_folder", "purify_shards"]
 
 
 def make_batch_process(purifier: Purifier, device: torch.device, channels_last: bool = True) -> Callable:
@@ -60,3 +60,28 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
         process = align_adapter(process, chip_size=150, no_face=no_face, largest_face=largest_face)
     return run_folder_job(jobs, process, batch_size=batch_size, resume=resume, desc="purifying", verb="purified",
                           stats_csv=stats_csv, quality=quality, io_workers=io_workers, progress=progress)
+
+
+def purify_shards(in_spec: str | Path, out_path: str | Path, *, purifier: Purifier | None = None,
+                  weights: str | Path | None = None, device: str | None = None, batch_size: int = 16,
+                  resume: bool = True, rank: int = 0, world_size: int = 1, quality: int = 95, io_workers: int = 2,
+                  progress: bool = True, stats_csv: Path | None = None, image_field: str | None = None,
+                  align: bool = False, largest_face: bool = False, no_face: str = "copy"):
+    """Purify every record of the WebDataset / Parquet shards `in_spec` names (a shard, a folder of
+    shards, a glob or `{000..009}` braces) into same-format shards under `out_path` (same keys, order
+    and other fields; `puface.io.shards`). rank/world_size: this process takes every world_size-th shard.
+    Returns the `ShardReport`."""
+    from ..io.shards import plan_shards, run_shard_job
+
+    dev = resolve_device(device)
+    if purifier is None:
+        purifier = Purifier.load(weights, device=dev)
+    jobs = plan_shards(in_spec, out_path)
+    if world_size > 1:
+        jobs = jobs[rank::world_size]
+    process = make_batch_process(purifier, dev)
+    if align:
+        process = align_adapter(process, chip_size=150, no_face=no_face, largest_face=largest_face)
+    return run_shard_job(jobs, process, batch_size=batch_size, resume=resume, image_field=image_field,
+                         desc="purifying", verb="purified", stats_csv=stats_csv, quality=quality,
+                         io_workers=io_workers, progress=progress)
