@@ -131,6 +131,10 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
 @click.option("--align", is_flag=True,
               help="Photos, not chips: detect faces, purify each aligned 150x150 face chip and paste it back.")
 @click.option("--largest-face", is_flag=True, help="With --align: purify only the largest face of each photo.")
+@click.option("--template", type=click.Choice(["auto", "dlib150", "arcface112"]), default="auto", show_default=True,
+              help="The chips' face layout: dlib150 (dlib chips, what the shipped purifier was trained on) or "
+                   "arcface112 (ArcFace/InsightFace 112 px crops: purified at the purifier's face scale). auto: by size, "
+                   "150x150 dlib150, 112x112 arcface112; other sizes are purified as they are, with a warning.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: threads in this process. ray: a streaming Ray Data pipeline (decode tasks, a pool of "
                    "model actors, write tasks) on the Ray cluster at --address, or a new local one; needs "
@@ -145,7 +149,7 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, batch_size: int, resume: bool,
            quality: int, io_workers: int, threads: int | None, rank: int | None, world_size: int | None,
-           stats_csv: Path | None, align: bool, largest_face: bool, engine: str, address: str | None,
+           stats_csv: Path | None, align: bool, largest_face: bool, template: str, engine: str, address: str | None,
            workers: int | None, image_field: str | None, progress: bool) -> None:
     """Remove cloaks from the images under IN and write them to OUT (same tree, names, formats and sizes).
 
@@ -181,7 +185,9 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
 
     common = dict(weights=weights, device=None if device == "auto" else device, batch_size=batch_size, resume=resume,
                   rank=rank, world_size=world_size, quality=quality, io_workers=io_workers, progress=progress,
-                  stats_csv=stats_csv, align=align, largest_face=largest_face)
+                  stats_csv=stats_csv, align=align, largest_face=largest_face, template=template)
+    if align and template != "auto":
+        raise PufaceError("--template describes chips; with --align puface cuts dlib150 chips itself")
     if engine == "local" and (address is not None or workers is not None):
         raise PufaceError("--address and --workers go with --engine ray")
     if is_shard_input(in_path):
