@@ -47,7 +47,7 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="lfw-chips150")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=16)

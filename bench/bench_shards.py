@@ -42,7 +42,7 @@ def _purify(args: list[str]) -> tuple[int, str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="lfw-chips150")
     ap.add_argument("--n", type=int, default=0, help="chips to use (0: all)")
     ap.add_argument("--per-shard", type=int, default=1000)
