@@ -136,3 +136,23 @@ def test_purify_batch_in_a_users_pipeline(cluster, chips, local_out):
     rows = {r["name"]: r["image"] for r in ds.take_all()}
     for f in files:
         assert np.array_equal(rows[f.name], read_image(ref / "John_Salley" / f.name))
+
+
+def test_cloak_on_ray_gives_the_local_bytes(cluster, johns_dir, tmp_path):
+    """Cloaks depend on their batch mates: the Ray engine's blocks hold whole batches, so each batch is the
+    local engine's and the cloaks (and their stats CSV) come out byte-identical."""
+    from puface.attacks import create_attack
+    from puface.attacks.folder import cloak_folder
+    from functools import partial
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for f in sorted(johns_dir.glob("*/*.jpg"))[::8][:7]:
+        (src / f.name).write_bytes(f.read_bytes())
+    make = partial(create_attack, "fawkes", mode="custom", th=0.01, steps=2, lr=20, embedders=["dlib-resnet29"],
+                   seed=0, device="cpu", batch_size=3)
+    local = cloak_folder(src, tmp_path / "local", make(), batch_size=3, progress=False)
+    on_ray = cloak_folder(src, tmp_path / "ray", make(), batch_size=3, progress=False, engine="ray", workers=2,
+                          attack_factory=make)
+    assert local.written == on_ray.written == 7
+    assert _tree(tmp_path / "ray") == _tree(tmp_path / "local")
