@@ -63,3 +63,19 @@ def test_purify_cli_picks_the_template_by_size(purifier, crops112, tmp_path):
     want = purifier.purify(crops112[:3], template="arcface112")
     for i in range(3):
         assert np.array_equal(read_image(tmp_path / "out" / f"c{i}.png"), tensor_to_image(want[i]))
+
+
+def test_purify_batch_is_the_cli_batch_function_without_ray(purifier, crops112, johns_images):
+    """`puface.PurifyBatch` (what a Ray Data pipeline maps) on a dict batch: same pixels as `purify`, other
+    columns untouched, mixed sizes as a list."""
+    import puface
+
+    fn = puface.PurifyBatch(purifier, device="cpu")
+    chips = np.stack([tensor_to_image(v) for v in johns_images[2][:3]])
+    out = fn({"image": chips, "label": np.array([1, 2, 3])})
+    assert out["label"].tolist() == [1, 2, 3] and out["image"].dtype == np.uint8 and out["image"].shape == chips.shape
+    want = purifier.purify(johns_images[2][:3])
+    assert all(np.array_equal(out["image"][i], tensor_to_image(want[i])) for i in range(3))
+    mixed = fn({"image": [chips[0], tensor_to_image(crops112[0])]})["image"]
+    assert mixed[1].shape == (112, 112, 3)
+    assert np.array_equal(mixed[1], tensor_to_image(purifier.purify(crops112[:1], template="arcface112")[0]))

@@ -90,16 +90,19 @@ def test_a_killed_worker_loses_and_duplicates_nothing(cluster, chips, local_out,
     errors: list[Exception] = []
 
     def killer():
+        """Kill one model actor 2 s after the pool is up (mid-run: 55 batches of 2 take far longer)."""
         deadline = time.monotonic() + 300
+        seen = None
         while time.monotonic() < deadline and not killed:
             try:
-                done = sum(1 for p in out.rglob("*.*") if not p.name.startswith("."))
                 pids = _actor_pids()
-                if done >= 12 and pids:
+                if pids and seen is None:
+                    seen = time.monotonic()
+                if pids and seen is not None and time.monotonic() - seen > 2.0:
                     os.kill(pids[0], signal.SIGKILL)
                     killed.append(pids[0])
                     return
-            except OSError as e:  # a file or process vanished while we looked
+            except OSError as e:  # a process vanished while we looked
                 errors.append(e)
             time.sleep(0.05)
 
