@@ -66,6 +66,15 @@ def test_align_all_faces_and_112(photos, tmp_path, capsys):
     names = sorted(p.name for p in (out / "ann").iterdir())
     assert names == ["one_face0.jpg", "two_face0.png", "two_face1.png"]
     assert Image.open(out / "ann" / "two_face1.png").size == (112, 112)
+    # --template arcface112 is the same layout, recorded by name; a conflicting --size is refused
+    out2 = tmp_path / "tmpl"
+    code = main(["align", str(root), str(out2), "--all-faces", "--template", "arcface112", "--detector", "hog", "--no-progress"])
+    assert code == 0
+    assert (out2 / "ann" / "two_face1.png").read_bytes() == (out / "ann" / "two_face1.png").read_bytes()
+    assert json.loads((out2 / "align_config.json").read_text())["template"]["name"] == "arcface112"
+    capsys.readouterr()
+    assert main(["align", str(root), str(tmp_path / "x"), "--template", "dlib150", "--size", "112"]) == 2
+    assert "--size 112 is the arcface112 layout" in capsys.readouterr().err
 
 
 def test_align_bad_input_is_one_line(tmp_path, capsys):

@@ -41,7 +41,7 @@ def main() -> None:
     for label in args.labels:
         if label not in by_label:
             raise SystemExit(f"{args.config}: no attack labelled {label!r} (have {', '.join(by_label)})")
-        spec = build_attack(by_label[label], seed, None, int(cfg.run.get("cloak_batch_size", 16)))
+        spec = build_attack(by_label[label], seed, None, cfg.run.get("cloak_batch_size"))  # as the runner does
         t0, n = time.perf_counter(), 0
         for u in users:
             paths = [data.train.paths[i] for i in data.train.rows_of(u)]

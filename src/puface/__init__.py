@@ -23,6 +23,7 @@ from .utils.version import __version__
 _API = (
     "load_purifier", "create_attack", "list_attacks", "create_defense", "list_defenses", "create_embedder",
     "list_embedders", "create_trainer", "list_trainers", "load_config", "run_experiment", "ExperimentConfig",
+    "PurifyBatch",
 )
 
 

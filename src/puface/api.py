@@ -21,10 +21,10 @@ from .experiments import ExperimentConfig, ExperimentResult, load_config
 from .experiments import run_experiment as _run_experiment
 from .models import FaceEmbedder
 from .models.registry import list_embedders, load_embedder
-from .purifier import Purifier
+from .purifier import Purifier, PurifyBatch
 
 __all__ = [
-    "load_purifier", "create_attack", "list_attacks", "create_defense", "list_defenses", "create_embedder",
+    "load_purifier", "PurifyBatch", "create_attack", "list_attacks", "create_defense", "list_defenses", "create_embedder",
     "list_embedders", "create_trainer", "list_trainers", "load_config", "run_experiment", "ExperimentConfig",
 ]
 

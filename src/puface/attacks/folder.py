@@ -116,6 +116,20 @@ def make_cloak_process(attack: CloakAttack, targets_by_src: dict[Path, list[torc
     return process
 
 
+def ray_cloak_process(attack: CloakAttack | Callable[[], CloakAttack], align: bool = False,
+                      largest_face: bool = False) -> Callable:
+    """The cloak batch function for an attack, or for a zero-argument attack factory (built in the Ray
+    actor, so the face models load there); `functools.partial` of this is the Ray engine's factory."""
+    if not isinstance(attack, CloakAttack):
+        attack = attack()
+    process = make_cloak_process(attack)
+    if align:
+        from ..align import align_adapter
+
+        process = align_adapter(process, chip_size=150, no_face="skip", largest_face=largest_face)
+    return process
+
+
 def _identity_of(job: FileJob, in_root: Path) -> str:
     """The user a file belongs to: its first folder under IN (or IN's own name for a flat folder)."""
     return job.rel.parts[0] if len(job.rel.parts) > 1 else in_root.name
@@ -182,6 +196,10 @@ def cloak_folder(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     reference: str | Path | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    attack_factory: Callable[[], CloakAttack] | None = None,
 ) -> JobReport:
     """Cloak every image under `in_path` into the mirrored tree `out_path`; returns the `JobReport`.
 
@@ -196,14 +214,21 @@ def cloak_folder(
     150x150 chip and paste it back (needs `puface.align`); photos without a face are skipped.
     target_pool: targeted Fawkes: a folder of identity sub-folders to choose each user's target from
     (a user is a first-level folder under IN).
+    engine: "local", or "ray" (a Ray Data pipeline, `puface.io.raydata`: `workers` actors on the cluster at
+    `address`); `attack_factory`, a picklable zero-argument callable that builds the same attack, lets
+    each actor build it (else the attack object is shipped to them).
     """
     in_path, out_path = Path(in_path), Path(out_path)
+    if engine not in ("local", "ray"):
+        raise PufaceError(f"unknown engine {engine!r}; choose local or ray")
     say = log or (lambda m: print(m, file=sys.stderr))
     targeted = bool(getattr(getattr(attack, "settings", None), "targeted", False))
     if targeted and target_pool is None:
         raise PufaceError("targeted Fawkes needs --target-pool DIR (identity folders to pick each user's target from)")
     if target_pool is not None and not targeted:
         raise PufaceError("--target-pool is only used by targeted Fawkes (--targeted)")
+    if targeted and engine == "ray":
+        raise PufaceError("--targeted runs on the local engine only (targets are chosen per user over the whole folder)")
     if targeted and align:
         raise PufaceError("--targeted with --align is not supported yet; cut aligned chips first (puface align), then cloak them")
     jobs = plan_mirror(in_path, out_path, rename=output_namer(attack.kind, fmt, tool_suffix))
@@ -241,19 +266,29 @@ def cloak_folder(
     atomic_write_bytes(config_path, (json.dumps(record, indent=2) + "\n").encode())
 
     if getattr(attack, "group", False):
-        if align or world_size > 1:
+        if align or world_size > 1 or engine != "local":
             raise PufaceError(f"{attack.name} cloaks each identity folder as one group: cut aligned chips first (puface align) "
-                              "and run it in one process (no --align, --rank/--world-size)")
+                              "and run it in one process (no --align, --rank/--world-size, --engine ray)")
         return _cloak_groups(jobs, in_path, out_path, attack, reference_dir=reference, resume=resume,
                              io_workers=io_workers, progress=progress, say=say)
     if reference is not None:
         raise PufaceError("--reference is only used by group attacks (opom, unlearnable)")
+    stats_name = STATS_NAME if world_size <= 1 else f"cloak_stats.rank{rank}.csv"
+    if engine == "ray":
+        from functools import partial
+
+        from ..io.raydata import run_ray_job
+
+        factory = partial(ray_cloak_process, attack_factory or attack, align, largest_face)
+        gpus = 1.0 if torch.device(attack.device).type == "cuda" else 0.0
+        return run_ray_job(jobs, factory, batch_size=batch_size, resume=resume, address=address, workers=workers,
+                           gpus_per_worker=gpus, desc=f"cloaking ({attack.name})", verb="cloaked",
+                           stats_csv=out_path / stats_name, progress=progress, log=log)
     process = make_cloak_process(attack, targets_by_src)
     if align:
         from ..align import align_adapter
 
         process = align_adapter(process, chip_size=150, no_face="skip", largest_face=largest_face)
-    stats_name = STATS_NAME if world_size <= 1 else f"cloak_stats.rank{rank}.csv"
     return run_folder_job(
         jobs, process, batch_size=batch_size, resume=resume, desc=f"cloaking ({attack.name})", verb="cloaked",
         stats_csv=out_path / stats_name, io_workers=io_workers, progress=progress,

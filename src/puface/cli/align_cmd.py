@@ -11,9 +11,12 @@ import click
 @click.command("align")
 @click.argument("in_path", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("out_root", metavar="OUT", type=click.Path(path_type=Path))
-@click.option("--size", type=click.Choice(["150", "112"]), default="150", show_default=True,
-              help="Chip layout: 150 = dlib chip with padding 0.25 (dlib ResNet input, the LFW chips); "
-                   "112 = ArcFace/InsightFace layout (SFace, ArcFace input).")
+@click.option("--template", type=click.Choice(["dlib150", "arcface112"]), default=None,
+              help="Chip layout: dlib150 = dlib chip, 150 px, padding 0.25 (dlib ResNet input, the LFW chips, the "
+                   "shipped purifier's); arcface112 = the ArcFace/InsightFace 112 px five-point layout (SFace, ArcFace "
+                   "input; most FR training sets). Default dlib150.")
+@click.option("--size", type=click.Choice(["150", "112"]), default=None,
+              help="Same as --template: 150 = dlib150, 112 = arcface112.")
 @click.option("--all-faces", is_flag=True,
               help="Cut every face of a photo as OUT/<path>/<name>_face<k>.<ext> (default: one chip per "
                    "photo, named like the photo).")
@@ -31,12 +34,14 @@ import click
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Skip photos whose chip already exists in OUT.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def align(in_path: Path, out_root: Path, size: str, all_faces: bool, pick: str, min_face: float, detector: str,
+def align(in_path: Path, out_root: Path, template: str | None, size: str | None, all_faces: bool, pick: str, min_face: float, detector: str,
           upsample: int, batch_size: int, quality: int, resume: bool, progress: bool) -> None:
     """Detect faces in the photos under IN and write aligned face chips to OUT (same tree).
 
     Faces are found with dlib (HOG, CNN fallback) and 5-point landmarks, and cut exactly like
-    dlib's get_face_chip. Each chip's transform (chip pixel -> photo pixel, a 2x3 affine) is
+    dlib's get_face_chip, in dlib's 150 px layout or ArcFace's 112 px one (--template arcface112: the
+    ArcFace five-point template, placed through dlib's landmarks as calibrated against YuNet's
+    five points on LFW). Each chip's transform (chip pixel -> photo pixel, a 2x3 affine) is
     recorded in OUT/align.csv so it can be inverted; settings go to OUT/align_config.json.
     Photos without a usable face are listed and skipped. Exit code 1 if some photos failed.
     """
@@ -50,7 +55,11 @@ def align(in_path: Path, out_root: Path, size: str, all_faces: bool, pick: str, 
         raise PufaceError("--batch-size must be >= 1")
     if not 1 <= quality <= 100:
         raise PufaceError("--quality must be between 1 and 100")
-    aligner = FaceAligner(int(size), FaceDetector(detector, upsample=upsample), pick="all" if all_faces else pick, min_face=min_face)
+    by_size = {"150": "dlib150", "112": "arcface112"}
+    if template is not None and size is not None and by_size[size] != template:
+        raise PufaceError(f"--size {size} is the {by_size[size]} layout, not {template}; pass one of them")
+    template = template or by_size.get(size or "150", "dlib150")
+    aligner = FaceAligner(150 if template == "dlib150" else 112, FaceDetector(detector, upsample=upsample), pick="all" if all_faces else pick, min_face=min_face)
 
     def rename(rel: Path) -> Path:
         return rel.with_name(f"{rel.stem}_face0{rel.suffix}") if all_faces else rel

@@ -77,13 +77,21 @@ import click
 @click.option("--rank", type=int, default=None, help="This process's share of the files (default: $RANK or 0).")
 @click.option("--world-size", type=int, default=None, help="Number of processes sharing the files (default: $WORLD_SIZE or 1).")
 @click.option("--io-workers", type=int, default=2, show_default=True, help="Threads that decode and encode images meanwhile.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process. ray: a streaming Ray Data pipeline (decode tasks, a pool of attack actors, "
+                   "write tasks) on the Ray cluster at --address, or a new local one; needs puface[ray]. Same outputs.")
+@click.option("--address", default=None, metavar="ADDR",
+              help="With --engine ray: the cluster to join (auto, HOST:6379, ray://HOST:10001); default: start a local one.")
+@click.option("--workers", type=int, default=None,
+              help="With --engine ray: attack actors (default: one per GPU with CUDA, else the cluster's CPUs minus one).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates: tuple[str, ...], th: float | None,
           steps: int | None, lr: float | None, fallback: bool, targeted: bool, geometry: str, cap: str, target_pool: Path | None, perceptual: str,
           epsilon: float | None, hull: str | None, perturb: str | None, reference: Path | None, through: str | None,
           gradient: str, eot_noise: float, seed: int,
           batch_size: int, device: str, threads: int | None, fmt: str, tool_names: bool, resume: bool, align: bool,
-          largest_face: bool, rank: int | None, world_size: int | None, io_workers: int, progress: bool) -> None:
+          largest_face: bool, rank: int | None, world_size: int | None, io_workers: int, engine: str,
+          address: str | None, workers: int | None, progress: bool) -> None:
     """Cloak the face images under IN and write them to OUT (same tree and names, PNG by default).
 
     Works on aligned face chips of any size (e.g. dlib's 150x150 or ArcFace's 112x112); for
@@ -168,14 +176,21 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
         adaptive = {"through": through, "gradient": gradient, "eot_noise": eot_noise}
     elif gradient != "exact" or eot_noise:
         raise PufaceError("--gradient and --eot-noise go with --through-purifier")
-    attack = create_attack(attack_name, embedders=list(surrogates) or None, seed=seed,
-                           device=None if device == "auto" else device, batch_size=batch_size, **kwargs, **knobs, **adaptive)
+    if engine == "local" and (address is not None or workers is not None):
+        raise PufaceError("--address and --workers go with --engine ray")
+    from functools import partial
+
+    attack_factory = partial(create_attack, attack_name, embedders=list(surrogates) or None, seed=seed,
+                             device=None if device == "auto" else device, batch_size=batch_size, **kwargs, **knobs,
+                             **adaptive)
+    attack = attack_factory()
     click.echo(f"{attack.name}: surrogates {', '.join(e.name for e in attack.surrogates)}; seed {seed}; "
                f"device {attack.device}; {torch.get_num_threads()} threads", err=True)
     report = cloak_folder(in_path, out_root, attack, fmt=fmt, tool_suffix=tool_names, batch_size=batch_size,
                           resume=resume, align=align, largest_face=largest_face, target_pool=target_pool, rank=rank,
                           world_size=world_size, io_workers=io_workers, progress=progress,
-                          log=lambda m: click.echo(m, err=True), reference=reference)
+                          log=lambda m: click.echo(m, err=True), reference=reference, engine=engine, address=address,
+                          workers=workers, attack_factory=attack_factory)
     click.echo(report.summary("cloaked"))
     if report.exit_code:
         raise click.exceptions.Exit(report.exit_code)

@@ -71,25 +71,103 @@ def info(root: Path, min_images: int, decode: bool, top: int, workers: int) -> N
 
 @data.command("fetch")
 @click.argument("name")
-def fetch(name: str) -> None:
+@click.option("--url", default=None, help="lfw: where to download lfw-deepfunneled.tgz from (default: the official LFW site; "
+              "a mirror must serve the identical file).")
+@click.option("--tarball", type=click.Path(path_type=Path), default=None,
+              help="lfw: use this lfw-deepfunneled.tgz instead of downloading (offline machines).")
+@click.option("--md5", default=None, help="lfw: expected md5 of the archive (default: the published one).")
+@click.option("--sha256", default=None, help="lfw: expected sha256 of the archive (checked as well as the md5).")
+@click.option("--template", "templates", type=click.Choice(["dlib150", "arcface112"]), multiple=True,
+              help="lfw: chip layouts to cut (repeatable): dlib150 -> lfw-chips150/, arcface112 -> lfw-arcface112/. "
+                   "Default: dlib150.")
+@click.option("--min-images", type=int, default=5, show_default=True, help="lfw: keep the people with at least this many photos.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="lfw: folder for the archive, the photos and the chips (default: $PUFACE_DATA, else $PUFACE_HOME/data).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+@click.pass_context
+def fetch(ctx: click.Context, name: str, url: str | None, tarball: Path | None, md5: str | None, sha256: str | None,
+          templates: tuple[str, ...], min_images: int, out_dir: Path | None, progress: bool) -> None:
     """Get the data set NAME and print where it is (`puface data list` shows the names).
 
     'johns' is dlib's example set (5 people x 11 aligned 150x150 chips, public-domain dedication) from
     Debian's libdlib19.1 package: taken from /usr/share/doc if installed, otherwise downloaded with
-    `apt-get download` and unpacked into the puface cache ($PUFACE_HOME). For a data set puface cannot
-    fetch, it says how to get it.
+    `apt-get download` and unpacked into the puface cache ($PUFACE_HOME).
+
+    'lfw' downloads the official deep-funneled LFW archive (111 MB; resumable: run the command again after
+    an interruption; md5-verified), unpacks it, keeps the people with >= --min-images photos and cuts
+    their face chips with `puface align` into lfw-chips150/ (and lfw-arcface112/ with --template
+    arcface112), where configs find them by name. Offline: download the archive elsewhere and pass
+    --tarball. For a data set puface cannot fetch, it says how to get it.
     """
     from ..data.datasets import DATASETS
     from ..utils.errors import PufaceError
 
+    if name == "lfw":
+        return _fetch_lfw(ctx, url, tarball, md5, sha256, templates or ("dlib150",), min_images, out_dir, progress)
+    if any(v is not None for v in (url, tarball, md5, sha256, out_dir)) or templates:
+        raise PufaceError("--url, --tarball, --md5, --sha256, --template and --out are options of 'puface data fetch lfw'")
     if name not in DATASETS:
-        raise PufaceError(f"unknown data set {name!r}; known: {', '.join(sorted(DATASETS))}")
+        raise PufaceError(f"unknown data set {name!r}; known: lfw, {', '.join(sorted(DATASETS))}")
     ds = DATASETS[name]
     if ds.fetch is None:
         raise PufaceError(f"puface cannot fetch {name!r} itself. It is {ds.description}. To get it: {ds.how_to_get}.")
     path = ds.fetch()
     n = sum(1 for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     click.echo(f"{name}: {n} images in {path}")
+
+
+CHIP_SETS = {"dlib150": "lfw-chips150", "arcface112": "lfw-arcface112"}
+
+
+def _fetch_lfw(ctx: click.Context, url: str | None, tarball: Path | None, md5: str | None, sha256: str | None,
+               templates: tuple[str, ...], min_images: int, out_dir: Path | None, progress: bool) -> None:
+    from ..data.fetch import LFW_ARCHIVE, LFW_MD5, LFW_URL, data_dir, download, extract_tar, offline_help, select_identities
+    from ..utils.errors import PufaceError
+    from .align_cmd import align
+
+    out = out_dir or data_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    md5 = md5 or (None if sha256 else LFW_MD5)
+    if tarball is not None:
+        if url is not None:
+            raise PufaceError("pass --url or --tarball, not both")
+        if not tarball.is_file():
+            raise PufaceError(f"{tarball}: no such file (the LFW archive {LFW_ARCHIVE})")
+        from ..data.fetch import file_digest
+
+        for algo, want in (("md5", md5), ("sha256", sha256)):
+            if want and file_digest(tarball, algo).lower() != want.lower():
+                raise PufaceError(f"{tarball}: {algo} checksum mismatch (expected {want}); is it {LFW_ARCHIVE}?")
+        archive = tarball
+    else:
+        src = url or LFW_URL
+        click.echo(f"downloading {src} -> {out / LFW_ARCHIVE}", err=True)
+        try:
+            archive = download(src, out / LFW_ARCHIVE, md5=md5, sha256=sha256, progress=progress,
+                               log=lambda m: click.echo(m, err=True))
+        except PufaceError as e:
+            if "checksum" in str(e) or "interrupted" in str(e):
+                raise
+            raise PufaceError(f"{e}. {offline_help(url=src)}") from None
+    click.echo(f"unpacking {archive}", err=True)
+    photos = extract_tar(archive, out / ".lfw-unpacked")
+    tops = [p for p in photos.iterdir() if p.is_dir()]
+    people = tops[0] if len(tops) == 1 and not any(p.is_file() for p in tops[0].iterdir()) else photos
+    chosen = out / f".lfw-min{min_images}"
+    n_ids, n_img = select_identities(people, chosen, min_images)
+    if n_ids == 0:
+        raise PufaceError(f"{archive}: no person with >= {min_images} photos (expected <name>/<name>_0001.jpg folders)")
+    click.echo(f"{n_ids} people with >= {min_images} photos ({n_img} photos)", err=True)
+    for t in templates:
+        dst = out / CHIP_SETS[t]
+        click.echo(f"cutting {t} chips into {dst}", err=True)
+        try:
+            ctx.invoke(align, in_path=chosen, out_root=dst, template=t, progress=progress)
+        except SystemExit as e:  # align exits 1 when some photos had no usable face: listed, not fatal here
+            if e.code not in (0, 1, None):
+                raise
+        n = sum(1 for p in dst.rglob("*.jpg"))
+        click.echo(f"{CHIP_SETS[t]}: {n} chips in {dst}")
 
 
 @data.command("list")

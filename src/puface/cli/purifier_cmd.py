@@ -131,15 +131,38 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
 @click.option("--align", is_flag=True,
               help="Photos, not chips: detect faces, purify each aligned 150x150 face chip and paste it back.")
 @click.option("--largest-face", is_flag=True, help="With --align: purify only the largest face of each photo.")
+@click.option("--template", type=click.Choice(["auto", "dlib150", "arcface112"]), default="auto", show_default=True,
+              help="The chips' face layout: dlib150 (dlib chips, what the shipped purifier was trained on) or "
+                   "arcface112 (ArcFace/InsightFace 112 px crops: purified at the purifier's face scale). auto: by size, "
+                   "150x150 dlib150, 112x112 arcface112; other sizes are purified as they are, with a warning.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: threads in this process. ray: a streaming Ray Data pipeline (decode tasks, a pool of "
+                   "model actors, write tasks) on the Ray cluster at --address, or a new local one; needs "
+                   "puface[ray]. Same outputs either way.")
+@click.option("--address", default=None, metavar="ADDR",
+              help="With --engine ray: the cluster to join (auto, HOST:6379, ray://HOST:10001); default: start a local one.")
+@click.option("--workers", type=int, default=None,
+              help="With --engine ray: model actors (default: one per GPU with CUDA, else the cluster's CPUs minus one).")
+@click.option("--image-field", default=None, metavar="NAME",
+              help="Shards: the WebDataset field (e.g. jpg) or Parquet column holding the image (default: found by "
+                   "name: jpg/jpeg/png/webp/bmp; image, img, ... or the first bytes / {bytes, path} column).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, batch_size: int, resume: bool,
            quality: int, io_workers: int, threads: int | None, rank: int | None, world_size: int | None,
-           stats_csv: Path | None, align: bool, largest_face: bool, progress: bool) -> None:
+           stats_csv: Path | None, align: bool, largest_face: bool, template: str, engine: str, address: str | None,
+           workers: int | None, image_field: str | None, progress: bool) -> None:
     """Remove cloaks from the images under IN and write them to OUT (same tree, names, formats and sizes).
 
     Streams in batches (decoding and encoding overlap the computation), resumes where it stopped,
     prints images/s. The default purifier expects aligned face chips (like the LFW/dlib 150x150
     chips); for ordinary photos use --align. Exit code 1 if some images failed.
+
+    IN may also be shards: a WebDataset .tar or a Parquet file (raw image bytes or a Hugging Face
+    datasets Image column), a folder of them, or a glob / brace pattern in quotes
+    ('data/shard-{000000..000099}.tar'). OUT then gets shards of the same format and names with the same
+    records, keys, order and other fields (labels kept); a record that cannot be decoded is listed
+    and left out; each shard is written under a temporary name and renamed when done, so a rerun
+    skips finished shards.
     """
     import torch
 
@@ -158,10 +181,26 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
     world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
     if not 0 <= rank < max(1, world_size):
         raise PufaceError(f"--rank must be in 0..{world_size - 1}, got {rank}")
-    report = purify_folder(in_path, out_root, weights=weights, device=None if device == "auto" else device,
-                           batch_size=batch_size, resume=resume, rank=rank, world_size=world_size, quality=quality,
-                           io_workers=io_workers, progress=progress, stats_csv=stats_csv, align=align,
-                           largest_face=largest_face)
+    from ..io.shards import is_shard_input
+
+    common = dict(weights=weights, device=None if device == "auto" else device, batch_size=batch_size, resume=resume,
+                  rank=rank, world_size=world_size, quality=quality, io_workers=io_workers, progress=progress,
+                  stats_csv=stats_csv, align=align, largest_face=largest_face, template=template)
+    if align and template != "auto":
+        raise PufaceError("--template describes chips; with --align puface cuts dlib150 chips itself")
+    if engine == "local" and (address is not None or workers is not None):
+        raise PufaceError("--address and --workers go with --engine ray")
+    if is_shard_input(in_path):
+        from ..purifier.folder import purify_shards
+
+        if engine != "local":
+            raise PufaceError("--engine ray takes image folders; shards run on the local engine (share them "
+                              "between processes with --rank/--world-size)")
+        report = purify_shards(in_path, out_root, image_field=image_field, **common)
+    else:
+        if image_field is not None:
+            raise PufaceError("--image-field is for shard inputs (.tar, .parquet)")
+        report = purify_folder(in_path, out_root, engine=engine, address=address, workers=workers, **common)
     click.echo(report.summary("purified"), err=False)
     if report.exit_code:
         raise click.exceptions.Exit(report.exit_code)

@@ -4,7 +4,8 @@ A data root (`[data] root` of a config, `--data` of a command) is resolved in th
 
 1. an existing folder (absolute, or relative to the current folder);
 2. `$PUFACE_DATA/<root>`: `$PUFACE_DATA` is a folder holding data sets by name (e.g. `lfw-chips150/`);
-3. a data set puface can fetch itself (`johns`, the embedded default);
+3. `$PUFACE_HOME/data/<root>`: where `puface data fetch` puts data sets when `$PUFACE_DATA` is not set;
+4. a data set puface can fetch itself on first use (`johns`, the embedded default);
 4. otherwise a `PufaceError` that says what the named data set is and how to get it.
 
 No config names a machine's path: the benchmark configs name their data set (`root = "lfw-chips150"`)
@@ -45,10 +46,15 @@ DATASETS: dict[str, Dataset] = {
         "fetched on first use from Debian's libdlib19.1 package (`puface data fetch johns`)", _fetch_johns),
     "lfw-chips150": Dataset(
         "lfw-chips150", "LFW (deep-funneled) people with >= 5 photos as dlib-aligned 150x150 face chips, "
-        "one folder per person (the benchmark's data: 391 identities, 4,743 chips)",
-        "download LFW deep-funneled (http://vis-www.cs.umass.edu/lfw/), keep the people with >= 5 photos and "
-        "cut chips with `puface align LFW_DIR lfw-chips150/ --size 150`; then pass --data lfw-chips150/ or "
-        "put the folder into $PUFACE_DATA"),
+        "one folder per person (the benchmark's copy holds 391 of them, 4,743 chips)",
+        "`puface data fetch lfw` (downloads LFW deep-funneled, 111 MB, and cuts the chips with `puface align`); "
+        "offline: `puface data fetch lfw --tarball lfw-deepfunneled.tgz`, or pass --data DIR / put the folder "
+        "into $PUFACE_DATA"),
+    "lfw-arcface112": Dataset(
+        "lfw-arcface112", "the lfw-chips150 photos aligned to the ArcFace 112x112 five-point layout "
+        "(`puface align --template arcface112`), one folder per person",
+        "`puface data fetch lfw --template arcface112` (offline: add --tarball lfw-deepfunneled.tgz), or "
+        "`puface align LFW_PEOPLE/ lfw-arcface112/ --template arcface112`"),
 }
 
 
@@ -70,6 +76,12 @@ def resolve_data_root(root: str | Path | None) -> Path:
     home = data_home()
     if home is not None and not p.is_absolute() and (home / p).is_dir():
         return home / p
+    if not p.is_absolute() and len(p.parts) == 1:
+        from ..utils.paths import puface_home
+
+        fetched = puface_home() / "data" / p
+        if fetched.is_dir() and any(fetched.iterdir()):
+            return fetched
     ds = DATASETS.get(str(root))
     if ds is not None and ds.fetch is not None:
         return ds.fetch()

@@ -28,10 +28,21 @@ class PuFaceDefense(Defense):
 
     kind = "puface"
 
-    def __init__(self, weights: str | None = None, batch_size: int = 32, device: str | None = None):
+    def __init__(self, weights: str | None = None, batch_size: int = 32, device: str | None = None,
+                 template: str | None = None):
+        """template: the face layout of the images ("dlib150", "arcface112"; None: the purifier's own);
+        another layout is served by resampling to the purifier's face scale (`Purifier.forward_template`)."""
         if weights in ("", "default"):
             weights = None
-        super().__init__(weights=str(weights) if weights is not None else "default")
+        params: dict[str, Any] = {"weights": str(weights) if weights is not None else "default"}
+        if template is not None:
+            from ..purifier.model import TEMPLATES
+
+            if template not in TEMPLATES:
+                raise PufaceError(f"puface: unknown template {template!r}; choose one of {', '.join(TEMPLATES)}")
+            params["template"] = template  # only when set: the configs and cache keys of old runs stay the same
+        super().__init__(**params)
+        self.template = template
         self.batch_size = int(batch_size)
         self.device = device
         self._purifier: Purifier | None = None
@@ -62,7 +73,8 @@ class PuFaceDefense(Defense):
     @property
     def name(self) -> str:
         w = self.params["weights"]
-        return "puface" if w == "default" else f"puface-{Path(w).stem}"
+        base = "puface" if w == "default" else f"puface-{Path(w).stem}"
+        return base if self.template is None else f"{base}-{self.template}"
 
     @property
     def fingerprint(self) -> str:
@@ -74,14 +86,14 @@ class PuFaceDefense(Defense):
         return self.purifier.seen_identities
 
     def _apply(self, images: torch.Tensor) -> torch.Tensor:
-        kw: dict[str, Any] = {"batch_size": self.batch_size}
+        kw: dict[str, Any] = {"batch_size": self.batch_size, "template": self.template}
         if self.device:
             kw["device"] = self.device
         return self.purifier.purify(images, **kw).cpu()
 
     def exact_forward(self, images: torch.Tensor) -> torch.Tensor:
         """The purifier's forward pass with gradients (no clamp: what an attacker differentiates)."""
-        return self.purifier(images)
+        return self.purifier.forward_template(images, self.template)
 
 
 def defense_training_identities(defense: Defense) -> set[str] | None:

@@ -149,9 +149,14 @@ def shard(jobs: Sequence[FileJob], rank: int, world_size: int) -> list[FileJob]:
     return list(jobs[rank::world_size])
 
 
-def load_for_job(job: FileJob) -> LoadedImage:
-    """Decode an input and keep its EXIF (orientation reset, since pixels are upright) and ICC."""
-    data = job.src.read_bytes() if job.src.is_file() else None
+def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
+    """Decode an input and keep its EXIF (orientation reset, since pixels are upright) and ICC.
+
+    data: the encoded bytes when they do not come from `job.src` (a record of a shard); `job.src` then
+    only names the record in errors.
+    """
+    if data is None:
+        data = job.src.read_bytes() if job.src.is_file() else None
     im = open_image(job.src, data=data)
     exif_bytes = icc = None
     fmt = ""
@@ -206,6 +211,37 @@ class _StatsCSV:
                 w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
                 for r in rows:
                     w.writerow(r)
+
+
+def call_process(process: Callable[[list[LoadedImage]], list[Outcome]], items: list[LoadedImage]) -> list[Outcome]:
+    """Call a batch function robustly: one `Outcome` per item, in order.
+
+    An exception from a batch of several retries the items one by one, so one bad image does not sink
+    its batch mates; an item that still raises becomes `Outcome.fail`. A `PufaceError` (a user's
+    mistake, e.g. missing weights) propagates.
+    """
+    try:
+        outcomes = process(items)
+        if len(outcomes) != len(items):
+            raise RuntimeError(f"batch function returned {len(outcomes)} results for {len(items)} inputs")
+        return outcomes
+    except PufaceError:
+        raise
+    except Exception as e:
+        if len(items) == 1:
+            return [Outcome.fail(f"processing failed ({type(e).__name__}: {e})")]
+    outcomes = []
+    for it in items:
+        try:
+            one = process([it])
+            if len(one) != 1:
+                raise RuntimeError(f"batch function returned {len(one)} results for 1 input")
+            outcomes.extend(one)
+        except PufaceError:
+            raise
+        except Exception as e1:
+            outcomes.append(Outcome.fail(f"processing failed ({type(e1).__name__}: {e1})"))
+    return outcomes
 
 
 def run_folder_job(
@@ -313,24 +349,7 @@ def run_folder_job(
                         items.append(r)
                 if not items:
                     continue
-                try:
-                    outcomes = process(items)
-                    if len(outcomes) != len(items):
-                        raise RuntimeError(f"batch function returned {len(outcomes)} results for {len(items)} inputs")
-                except PufaceError:
-                    raise
-                except Exception as e:
-                    if len(items) == 1:
-                        outcomes = [Outcome.fail(f"processing failed ({type(e).__name__}: {e})")]
-                    else:  # retry one by one so one bad image does not sink its batch
-                        outcomes = []
-                        for it in items:
-                            try:
-                                outcomes.extend(process([it]))
-                            except PufaceError:
-                                raise
-                            except Exception as e1:
-                                outcomes.append(Outcome.fail(f"processing failed ({type(e1).__name__}: {e1})"))
+                outcomes = call_process(process, items)
                 rows = []
                 for item, out in zip(items, outcomes):
                     if out.status == "fail":

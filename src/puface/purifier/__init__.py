@@ -5,12 +5,14 @@
     >>> clean = p.purify(images)            # (N, 3, H, W) in [0, 1] -> same shape          # doctest: +SKIP
 
 Modules: `rednet` (architecture), `model` (`Purifier`: load, purify, save), `checkpoint` (file
-formats), `folder` (purify a folder tree). Training a purifier is `puface.training`.
+formats), `folder` (purify a folder tree or shards), `batch` (`PurifyBatch`, the per-batch function for
+Ray Data's `map_batches` and other pipelines). Training a purifier is `puface.training`.
 """
 
 from __future__ import annotations
 
+from .batch import PurifyBatch
 from .model import Purifier, default_weights_path
 from .rednet import RedNet, RedNetConfig
 
-__all__ = ["Purifier", "RedNet", "RedNetConfig", "default_weights_path"]
+__all__ = ["Purifier", "PurifyBatch", "RedNet", "RedNetConfig", "default_weights_path"]

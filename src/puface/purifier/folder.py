@@ -4,6 +4,8 @@ alignment and paste-back for ordinary photos."""
 
 from __future__ import annotations
 
+import copy
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -13,22 +15,52 @@ import torch
 from ..align import align_adapter
 from ..io.jobs import LoadedImage, Outcome, group_by_size, plan_mirror, run_folder_job, shard
 from ..utils.device import resolve_device
+from ..utils.errors import PufaceError
 from ..utils.images import tensor_to_image, to_float
-from .model import Purifier
+from .model import TEMPLATES, Purifier
 
-__all__ = ["make_batch_process", "purify_folder"]
+__all__ = ["ENGINES", "make_batch_process", "purify_folder", "purify_shards", "ray_batch_process"]
+
+ENGINES = ("local", "ray")
 
 
-def make_batch_process(purifier: Purifier, device: torch.device, channels_last: bool = True) -> Callable:
-    """A `run_folder_job` batch function: purify each same-size group of decoded images at once."""
+#: `puface purify --template auto`: the face layout a chip of this size is taken to be in.
+AUTO_TEMPLATES = {(150, 150): "dlib150", (112, 112): "arcface112"}
+
+
+def template_for(shape: tuple[int, int], template: str) -> str | None:
+    """The face layout to purify an (H, W) image as: `template` itself, or with "auto" the layout its size
+    says (150x150 dlib150, 112x112 arcface112), None when the size says neither."""
+    if template != "auto":
+        return template
+    return AUTO_TEMPLATES.get(tuple(shape))  # type: ignore[arg-type]
+
+
+def make_batch_process(purifier: Purifier, device: torch.device, channels_last: bool = True,
+                       template: str = "auto", warn: Callable[[str], None] | None = None) -> Callable:
+    """A `run_folder_job` batch function: purify each same-size group of decoded images at once.
+
+    template: the chips' face layout, "dlib150" or "arcface112" (served by resampling to the purifier's
+    face scale, `Purifier.forward_template`), or "auto": by size (150x150 dlib150, 112x112 arcface112;
+    other sizes are purified at their own size as the purifier's layout, and `warn` is told once).
+    """
+    if template != "auto" and template not in TEMPLATES:
+        raise PufaceError(f"unknown template {template!r}; choose auto or one of {', '.join(TEMPLATES)}")
     purifier.to(device).eval()
+    warned: list[tuple[int, int]] = []
 
     def process(items: list[LoadedImage]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(items)
-        for _, idx in group_by_size(items).items():
+        for (h, w), idx in group_by_size(items).items():
+            t = template_for((h, w), template)
+            if t is None and not warned:
+                warned.append((h, w))
+                (warn or (lambda m: print(m, file=sys.stderr)))(
+                    f"warning: {w}x{h} images match neither face template (150x150 dlib150, 112x112 arcface112): "
+                    f"purified at their own size as {purifier.template} chips; pass --template to say their layout")
             arr = np.stack([items[i].image for i in idx])  # (n, H, W, 3) uint8
             x = to_float(torch.from_numpy(arr).permute(0, 3, 1, 2))
-            y = purifier.purify(x, batch_size=len(idx), channels_last=channels_last)
+            y = purifier.purify(x, batch_size=len(idx), channels_last=channels_last, template=t)
             for j, i in enumerate(idx):
                 out = tensor_to_image(y[j])
                 change = np.abs(out.astype(np.int16) - items[i].image.astype(np.int16))
@@ -38,25 +70,79 @@ def make_batch_process(purifier: Purifier, device: torch.device, channels_last: 
     return process
 
 
+def ray_batch_process(purifier: Purifier | str | None, device: str | None = None, align: bool = False,
+                      largest_face: bool = False, no_face: str = "copy", template: str = "auto") -> Callable:
+    """The batch function `make_batch_process` (with `align_adapter` when align) for a purifier, a checkpoint
+    path or None (the shipped one); `functools.partial` of this is the Ray engine's picklable factory (a
+    path keeps the actors' constructor arguments small: each actor loads the weights itself)."""
+    dev = resolve_device(device)
+    if not isinstance(purifier, Purifier):
+        purifier = Purifier.load(purifier, device=dev)
+    process = make_batch_process(purifier, dev, template="dlib150" if align else template)
+    if align:
+        process = align_adapter(process, chip_size=150, no_face=no_face, largest_face=largest_face)
+    return process
+
+
 def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifier | None = None,
                   weights: str | Path | None = None, device: str | None = None, batch_size: int = 16,
                   resume: bool = True, rank: int = 0, world_size: int = 1, quality: int = 95,
                   io_workers: int = 2, progress: bool = True, stats_csv: Path | None = None,
-                  align: bool = False, largest_face: bool = False, no_face: str = "copy"):
+                  align: bool = False, largest_face: bool = False, no_face: str = "copy",
+                  engine: str = "local", address: str | None = None, workers: int | None = None,
+                  cpus_per_worker: float = 1.0, template: str = "auto"):
     """Purify every image under `in_path` into the mirrored tree `out_path` (names, formats and sizes kept).
 
     rank/world_size: this process handles every world_size-th file (multi-process purification).
     align: detect faces, purify aligned 150x150 chips and paste them back (needs `puface.align`).
-    Returns the `JobReport`.
+    engine: "local" (threads in this process) or "ray" (a Ray Data pipeline on the cluster at `address`,
+    a new local one when None, with `workers` actors of `cpus_per_worker` CPUs, or one GPU each when
+    `device` is CUDA; `puface.io.raydata`). template: the chips' face layout ("auto": by size, see
+    `make_batch_process`). Returns the `JobReport`.
     """
+    if engine not in ENGINES:
+        raise PufaceError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     dev = resolve_device(device)
+    given = purifier
     if purifier is None:
-        purifier = Purifier.load(weights, device=dev)
+        purifier = Purifier.load(weights, device="cpu" if engine == "ray" else dev)  # checks the file here
     jobs = plan_mirror(in_path, out_path)
     if world_size > 1:
         jobs = shard(jobs, rank, world_size)
-    process = make_batch_process(purifier, dev)
-    if align:
-        process = align_adapter(process, chip_size=150, no_face=no_face, largest_face=largest_face)
+    if engine == "ray":
+        from functools import partial
+
+        from ..io.raydata import run_ray_job
+
+        # a path (or None: the shipped weights) lets each actor load the weights itself
+        what = copy.deepcopy(given).cpu() if given is not None else (str(Path(weights).resolve()) if weights else None)
+        factory = partial(ray_batch_process, what, str(dev), align, largest_face, no_face, template)
+        return run_ray_job(jobs, factory, batch_size=batch_size, resume=resume, address=address, workers=workers,
+                           cpus_per_worker=cpus_per_worker, gpus_per_worker=1.0 if dev.type == "cuda" else 0.0,
+                           desc="purifying", verb="purified", stats_csv=stats_csv, quality=quality, progress=progress)
+    process = ray_batch_process(purifier, str(dev), align, largest_face, no_face, template)
     return run_folder_job(jobs, process, batch_size=batch_size, resume=resume, desc="purifying", verb="purified",
                           stats_csv=stats_csv, quality=quality, io_workers=io_workers, progress=progress)
+
+
+def purify_shards(in_spec: str | Path, out_path: str | Path, *, purifier: Purifier | None = None,
+                  weights: str | Path | None = None, device: str | None = None, batch_size: int = 16,
+                  resume: bool = True, rank: int = 0, world_size: int = 1, quality: int = 95, io_workers: int = 2,
+                  progress: bool = True, stats_csv: Path | None = None, image_field: str | None = None,
+                  align: bool = False, largest_face: bool = False, no_face: str = "copy", template: str = "auto"):
+    """Purify every record of the WebDataset / Parquet shards `in_spec` names (a shard, a folder of
+    shards, a glob or `{000..009}` braces) into same-format shards under `out_path` (same keys, order
+    and other fields; `puface.io.shards`). rank/world_size: this process takes every world_size-th shard.
+    Returns the `ShardReport`."""
+    from ..io.shards import plan_shards, run_shard_job
+
+    dev = resolve_device(device)
+    if purifier is None:
+        purifier = Purifier.load(weights, device=dev)
+    jobs = plan_shards(in_spec, out_path)
+    if world_size > 1:
+        jobs = jobs[rank::world_size]
+    process = ray_batch_process(purifier, str(dev), align, largest_face, no_face, template)
+    return run_shard_job(jobs, process, batch_size=batch_size, resume=resume, image_field=image_field,
+                         desc="purifying", verb="purified", stats_csv=stats_csv, quality=quality,
+                         io_workers=io_workers, progress=progress)

@@ -15,7 +15,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..utils.device import resolve_device
@@ -25,6 +27,25 @@ from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from .rednet import RedNet, RedNetConfig, conv_flops
 
 DEFAULT_WEIGHTS_NAME = "purifier-default.safetensors"
+
+#: Face layouts a purifier can serve: its own (the one it was trained on, "dlib150" for the shipped one)
+#: natively, and the other by resampling to its face scale (see `Purifier.purify`).
+TEMPLATES = ("dlib150", "arcface112")
+
+
+def template_scale(template: str, trained_on: str = "dlib150") -> float:
+    """How many pixels of a `trained_on` chip one pixel of a `template` chip spans at equal face size: the
+    scale of the least-squares similarity between the two templates' landmarks (arcface112 -> dlib150:
+    1.494, so a 112 px ArcFace crop resized to 167 px shows the face at the scale of a 150 px dlib chip)."""
+    from ..align.geometry import TEMPLATES as REG
+    from ..align.geometry import fit_similarity
+
+    for t in (template, trained_on):
+        if t not in TEMPLATES:
+            raise PufaceError(f"unknown face template {t!r}; choose one of {', '.join(TEMPLATES)}")
+    src, dst = REG.create(template), REG.create(trained_on)
+    a = fit_similarity(src.points, dst.points)  # template-chip pixels -> trained-chip pixels
+    return float(np.hypot(a[0, 0], a[1, 0]))
 
 
 def default_weights_path() -> Path:
@@ -84,13 +105,38 @@ class Purifier(nn.Module):
         """Convolution FLOPs of one forward pass on an H x W image."""
         return conv_flops(self.net, height, width)
 
+    @property
+    def template(self) -> str:
+        """The face layout it was trained on ("dlib150" unless its training config says otherwise)."""
+        data = (self.meta.get("config") or {}).get("data") or {}
+        return str(data.get("template") or "dlib150")
+
+    def forward_template(self, images: torch.Tensor, template: str | None = None) -> torch.Tensor:
+        """The forward pass on images of face layout `template` (None or the purifier's own: plain forward).
+
+        For another layout the images are resized to the face scale the purifier was trained on
+        (bicubic; an ArcFace 112 crop to 167 px for a dlib150 purifier), purified, and only the change
+        the purifier made is resized back (antialiased) and added to the input, so resampling blur never
+        reaches the output. Differentiable.
+        """
+        if template is None or template == self.template:
+            return self(images)
+        s = template_scale(template, self.template)
+        h, w = images.shape[-2:]
+        up = F.interpolate(images, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bicubic",
+                           align_corners=False).clamp(0, 1)
+        delta = self(up) - up
+        return images + F.interpolate(delta, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+
     @torch.no_grad()
     def purify(self, images: torch.Tensor, batch_size: int = 32, device: str | torch.device | None = None,
-               channels_last: bool = True) -> torch.Tensor:
+               channels_last: bool = True, template: str | None = None) -> torch.Tensor:
         """Purify a (possibly large) batch in chunks without gradients; returns a CPU float tensor.
 
         images: (N, 3, H, W) float in [0, 1] (uint8 is accepted and scaled). device: where to run
         (None: the module's current device). channels_last: NHWC memory layout, 1.5-2x faster on CPU.
+        template: the images' face layout ("dlib150", "arcface112"; None: the purifier's own); another
+        layout than the purifier's is served by resampling (`forward_template`).
         """
         images = to_float(images)
         if images.ndim != 4 or images.shape[1] != 3:
@@ -106,7 +152,8 @@ class Purifier(nn.Module):
         try:
             for i in range(0, len(images), max(1, batch_size)):
                 x = images[i : i + batch_size].to(dev, non_blocking=True).contiguous(memory_format=fmt)
-                out.append(self(x).to("cpu").contiguous())
+                y = self(x) if template is None or template == self.template else self.forward_template(x, template)
+                out.append(y.to("cpu").contiguous())
         finally:
             self.train(was_training)
         return torch.cat(out) if out else images.new_empty(images.shape)

@@ -1,0 +1,507 @@
+"""Sharded data sets in and out: WebDataset tar shards and Parquet (Hugging Face `datasets`) files.
+
+FR training sets often come as shards rather than image folders: WebDataset `.tar` files (each record
+a group of files sharing a key: `000123.jpg`, `000123.cls`, ...) or Parquet files with an image column
+(raw bytes, or the `datasets` Image struct {bytes, path}). `run_shard_job` streams each input shard
+through a batch function (the same one the folder jobs use) and writes a shard of the same format with
+the same records, keys, order and other fields; only the image changes.
+
+- Reading and writing go through `webdataset` (tar grouping, `TarWriter`) and `pyarrow.parquet`; the
+  `shards` extra installs them (`pip install puface[shards]`).
+- A record whose image cannot be decoded (or processed) is reported (`shard:key`) and left out of
+  the output; the others are written.
+- Each output shard is written under a temporary hidden name and renamed when complete, so an existing
+  output shard is a finished one: a rerun skips it (resume per shard).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from ..utils.errors import ImageReadError, MissingDependencyError, PufaceError
+from .files import check_output_folder, list_image_files
+from .images import encode_image
+from .jobs import FileJob, JobReport, LoadedImage, Outcome, _StatsCSV, call_process, load_for_job
+
+__all__ = ["SHARD_SUFFIXES", "ShardJob", "ShardReport", "find_shards", "is_shard_input", "plan_shards", "run_shard_job",
+           "read_records", "image_field_of"]
+
+SHARD_SUFFIXES = {".tar": "webdataset", ".parquet": "parquet"}
+#: WebDataset field extensions that hold an image, in the order they are looked for, and their Pillow format.
+WDS_IMAGE_FIELDS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP"}
+#: Parquet column names tried first for the image (then the first binary or {bytes, path} column).
+PARQUET_IMAGE_NAMES = ("image", "img", "jpg", "png", "webp", "picture", "face")
+_GLOB_CHARS = "*?[{"
+
+
+def _need(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise MissingDependencyError(f"reading and writing {module} shards needs the '{module}' package: "
+                                     "pip install 'puface[shards]'") from None
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One input shard, the output shard it becomes, and its format ("webdataset" or "parquet")."""
+
+    src: Path
+    dst: Path
+    format: str
+
+
+@dataclass
+class ShardReport(JobReport):
+    """A `JobReport` over records (`total`, `written`, `failed` as "shard:key"), plus shard counts."""
+
+    shards: int = 0
+    shards_written: int = 0
+    shards_resumed: int = 0
+
+    def summary(self, verb: str = "written") -> str:
+        head = (f"{self.shards} shards: {self.shards_written} {verb}, {self.shards_resumed} already done (skipped); "
+                "records of the shards written: ")
+        return head + super().summary(verb)
+
+
+def _has_glob(text: str) -> bool:
+    return any(c in text for c in _GLOB_CHARS)
+
+
+def _shard_format(path: Path) -> str | None:
+    return SHARD_SUFFIXES.get(path.suffix.lower())
+
+
+def find_shards(spec: str | Path) -> tuple[list[Path], Path]:
+    """The shard files `spec` names and the base folder their output names are relative to.
+
+    spec: one `.tar` / `.parquet` file; a folder (every shard below it, recursively); a glob
+    (`data/*.tar`); or WebDataset's brace notation (`shard-{000000..000009}.tar`).
+    """
+    text = str(spec)
+    if _has_glob(text) and not Path(text).exists():
+        import braceexpand  # a dependency of webdataset
+
+        patterns = list(braceexpand.braceexpand(text)) if "{" in text else [text]
+        files = sorted({Path(f) for pat in patterns for f in (glob.glob(pat) if _has_glob(pat) else [pat] if Path(pat).exists() else [])})
+        files = [f for f in files if f.is_file() and _shard_format(f)]
+        if not files:
+            raise PufaceError(f"{text}: no .tar or .parquet shard matches")
+        parts = Path(text).parts
+        fixed = [p for p in parts[: next(i for i, p in enumerate(parts) if _has_glob(p))]]
+        base = Path(*fixed) if fixed else Path(".")
+        return files, base
+    path = Path(text)
+    if not path.exists():
+        raise PufaceError(f"{path}: no such file or folder")
+    if path.is_file():
+        if not _shard_format(path):
+            raise PufaceError(f"{path}: not a shard (expected .tar or .parquet)")
+        return [path], path.parent
+    files = sorted(p for p in path.rglob("*") if p.is_file() and _shard_format(p)
+                   and not any(q.startswith(".") for q in p.relative_to(path).parts))
+    return files, path
+
+
+def is_shard_input(spec: str | Path) -> bool:
+    """True when `spec` names shards (a .tar/.parquet file, a glob of them, or a folder holding shards
+    and no images); False for an image file or an image folder. A folder holding both is refused."""
+    text = str(spec)
+    p = Path(text)
+    if p.is_file():
+        return _shard_format(p) is not None
+    if p.is_dir():
+        has_shards = any(_shard_format(q) for q in p.rglob("*") if q.is_file())
+        if not has_shards:
+            return False
+        if list_image_files(p):
+            raise PufaceError(f"{p}: holds both image files and .tar/.parquet shards; pass the shards as a glob "
+                              f"(e.g. '{p}/*.tar') or move them apart")
+        return True
+    return _has_glob(text) and any(text.lower().endswith(s) for s in SHARD_SUFFIXES)
+
+
+def plan_shards(spec: str | Path, out_root: str | Path) -> list[ShardJob]:
+    """Map every shard `spec` names to the same relative path under `out_root` (see `find_shards`)."""
+    files, base = find_shards(spec)
+    out_root = Path(out_root)
+    if base.is_dir() and Path(spec).is_dir():
+        check_output_folder(base, out_root)
+    jobs = []
+    for f in files:
+        try:
+            rel = f.relative_to(base)
+        except ValueError:
+            rel = Path(f.name)
+        dst = out_root / rel
+        if dst.resolve() == f.resolve():
+            raise PufaceError(f"{dst}: output shard equals an input shard; choose another output folder")
+        jobs.append(ShardJob(f, dst, _shard_format(f)))  # type: ignore[arg-type]
+    return jobs
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+@dataclass
+class Record:
+    """One record of a shard: its key, its fields as stored, and which field holds the image.
+
+    WebDataset: `fields` maps extension -> bytes. Parquet: `fields` is the row (column -> value) and
+    `row` its index in the file; the image bytes are `image_bytes`.
+    """
+
+    key: str
+    fields: dict
+    image_field: str | None
+    image_bytes: bytes | None
+    row: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def image_field_of(fields: dict, wanted: str | None = None) -> str | None:
+    """The WebDataset field holding the image: `wanted` if given, else the first of jpg/jpeg/png/webp/bmp."""
+    if wanted:
+        return wanted if wanted in fields else None
+    for ext in WDS_IMAGE_FIELDS:
+        if ext in fields:
+            return ext
+    for k in fields:  # "face.jpg" style extensions
+        if not k.startswith("__") and k.rsplit(".", 1)[-1].lower() in WDS_IMAGE_FIELDS:
+            return k
+    return None
+
+
+def _read_wds(path: Path, image_field: str | None) -> Iterator[Record]:
+    _need("webdataset")
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    with open(path, "rb") as f:
+        files = ({**s, "__url__": str(path)} for s in tar_file_iterator(f, skip_meta=None))
+        for i, sample in enumerate(group_by_keys(files, lcase=False)):
+            key = sample["__key__"]
+            fields = {k: v for k, v in sample.items() if not k.startswith("__")}
+            fld = image_field_of(fields, image_field)
+            yield Record(key, fields, fld, fields.get(fld) if fld else None, row=i)
+
+
+def _parquet_image_column(schema, wanted: str | None) -> tuple[str, bool]:
+    """(column name, is_struct) of the image column of a Parquet schema."""
+    import pyarrow as pa
+
+    def kind(t) -> str | None:
+        if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            return "bytes"
+        if pa.types.is_struct(t) and any(t.field(i).name == "bytes" for i in range(t.num_fields)):
+            return "struct"
+        return None
+
+    names = [f.name for f in schema]
+    if wanted:
+        if wanted not in names:
+            raise PufaceError(f"no column {wanted!r} in the Parquet file (columns: {', '.join(names)})")
+        k = kind(schema.field(wanted).type)
+        if k is None:
+            raise PufaceError(f"column {wanted!r} is {schema.field(wanted).type}, not image bytes or a {{bytes, path}} struct")
+        return wanted, k == "struct"
+    cands = [(n, kind(schema.field(n).type)) for n in names if kind(schema.field(n).type)]
+    if not cands:
+        raise PufaceError(f"no image column (binary, or a {{bytes, path}} struct) among {', '.join(names)}; "
+                          "pass --image-field")
+    for pref in PARQUET_IMAGE_NAMES:
+        for n, k in cands:
+            if n.lower() == pref:
+                return n, k == "struct"
+    return cands[0][0], cands[0][1] == "struct"
+
+
+def _parquet_key(row: dict, index: int) -> str:
+    for name in ("__key__", "key", "id", "image_id", "filename", "file_name", "path"):
+        v = row.get(name)
+        if isinstance(v, (str, int)):
+            return str(v)
+    return f"row{index}"
+
+
+def _iter_parquet_batches(path: Path, image_field: str | None, batch_size: int):
+    _need("pyarrow")
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    col, is_struct = _parquet_image_column(pf.schema_arrow, image_field)
+    row0 = 0
+    for batch in pf.iter_batches(batch_size=batch_size):
+        rows = batch.to_pylist()
+        recs = []
+        for i, r in enumerate(rows):
+            v = r[col]
+            data = (v or {}).get("bytes") if is_struct else v
+            recs.append(Record(_parquet_key(r, row0 + i), r, col, data, row=row0 + i))
+        row0 += len(rows)
+        yield batch, recs
+
+
+def read_records(path: str | Path, image_field: str | None = None) -> Iterator[Record]:
+    """Every record of a shard in order (WebDataset tar or Parquet), with its image bytes."""
+    path = Path(path)
+    fmt = _shard_format(path)
+    if fmt == "webdataset":
+        yield from _read_wds(path, image_field)
+    elif fmt == "parquet":
+        for _, recs in _iter_parquet_batches(path, image_field, 256):
+            yield from recs
+    else:
+        raise PufaceError(f"{path}: not a shard (expected .tar or .parquet)")
+
+
+# ---- the job ------------------------------------------------------------------------------------
+
+def _decode(shard: Path, rec: Record) -> LoadedImage | ImageReadError:
+    label = Path(f"{shard}:{rec.key}")
+    if rec.image_bytes is None:
+        what = f"field {rec.image_field!r} is empty" if rec.image_field else "no image field (jpg, jpeg, png, webp, bmp)"
+        return ImageReadError(label, what)
+    try:
+        item = load_for_job(FileJob(label, label, Path(rec.key)), data=bytes(rec.image_bytes))
+    except ImageReadError as e:
+        return e
+    except Exception as e:  # never let one record stop the shard
+        return ImageReadError(label, f"unexpected read error ({type(e).__name__}: {e})")
+    return item
+
+
+def _pil_format(item: LoadedImage, rec: Record, fmt: str) -> str:
+    if fmt == "webdataset" and rec.image_field:
+        ext = rec.image_field.rsplit(".", 1)[-1].lower()
+        if ext in WDS_IMAGE_FIELDS:
+            return WDS_IMAGE_FIELDS[ext]
+    return item.format if item.format in ("JPEG", "PNG", "WEBP", "BMP") else "PNG"
+
+
+class _ShardWriter:
+    """Writes the records of one output shard under a temporary name; `commit` renames it into place."""
+
+    ROW_GROUP = 1024  # Parquet rows per row group written
+
+    def __init__(self, job: ShardJob):
+        self.job = job
+        job.dst.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = job.dst.with_name(f".{job.dst.name}.{os.getpid()}.tmp")
+        self.count = 0
+        if job.format == "webdataset":
+            from webdataset import TarWriter
+
+            self._file = open(self.tmp, "wb")
+            # a fixed mtime: the same records give the same bytes on every run and engine
+            self._tar = TarWriter(self._file, encoder=False, mtime=int(job.src.stat().st_mtime))
+        else:
+            self._pq = None
+
+    def write_wds(self, rec: Record, image: bytes | None) -> None:
+        fields = dict(rec.fields)
+        if image is not None:
+            fields[rec.image_field] = image  # type: ignore[index]
+        self._tar.write({"__key__": rec.key, **fields})
+        self.count += 1
+
+    def write_parquet(self, batch, recs: list[Record], images: list[bytes | None], keep: list[bool]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        col = recs[0].image_field if recs else None
+        if col is not None and any(keep):
+            idx = [i for i, k in enumerate(keep) if k]
+            table = pa.Table.from_batches([batch]).take(pa.array(idx, type=pa.int64()))
+            ci = table.schema.get_field_index(col)
+            old = table.column(ci)
+            is_struct = pa.types.is_struct(old.type)
+            new_vals = [images[i] if images[i] is not None else recs[i].image_bytes for i in idx]
+            if is_struct:
+                rows = old.to_pylist()
+                new = pa.array([{**(r or {}), "bytes": b} for r, b in zip(rows, new_vals)], type=old.type)
+            else:
+                new = pa.array(new_vals, type=old.type)
+            self._buffer.append(table.set_column(ci, table.schema.field(ci), new).cast(self._schema))
+            self._buffered += len(idx)
+            self.count += len(idx)
+            if self._buffered >= self.ROW_GROUP:
+                self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._pq is None:
+            self._pq = pq.ParquetWriter(self.tmp, self._schema)
+        if self._buffer:
+            self._pq.write_table(pa.concat_tables(self._buffer))
+        self._buffer, self._buffered = [], 0
+
+    def open_parquet(self, schema) -> None:
+        self._schema = schema
+        self._buffer: list = []
+        self._buffered = 0
+
+    def commit(self) -> None:
+        if self.job.format == "webdataset":
+            self._tar.close()
+            self._file.close()
+        else:
+            self._flush()  # also when no record survived: an empty file with the input's schema
+            self._pq.close()
+        with open(self.tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(self.tmp, self.job.dst)
+
+    def abort(self) -> None:
+        try:
+            if self.job.format == "webdataset":
+                self._file.close()
+            elif self._pq is not None:
+                self._pq.close()
+        except Exception:
+            pass
+        self.tmp.unlink(missing_ok=True)
+
+
+def _batched(it: Iterator[Record], n: int) -> Iterator[list[Record]]:
+    batch: list[Record] = []
+    for r in it:
+        batch.append(r)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def run_shard_job(
+    jobs: Sequence[ShardJob],
+    process: Callable[[list[LoadedImage]], list[Outcome]],
+    *,
+    batch_size: int = 16,
+    resume: bool = True,
+    image_field: str | None = None,
+    desc: str = "processing",
+    verb: str = "written",
+    stats_csv: Path | None = None,
+    quality: int = 95,
+    io_workers: int = 2,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> ShardReport:
+    """Stream every record of every shard in `jobs` through `process` and write same-format shards.
+
+    Args:
+        jobs: from `plan_shards`.
+        process: the folder jobs' batch function (decoded images -> one `Outcome` each).
+        image_field: the WebDataset field extension (e.g. "jpg") or Parquet column of the image
+            (default: found by name, see `image_field_of` / `PARQUET_IMAGE_NAMES`).
+        resume: skip a shard whose output exists (outputs are renamed into place when complete).
+    Records keep their key, order and every other field; a record whose image cannot be decoded or
+    processed is listed in `failed` and left out; "copy" and "skip" outcomes keep the original image
+    or leave the record out. Returns a `ShardReport` (exit_code 1 when a record failed).
+    """
+    from tqdm import tqdm
+
+    report = ShardReport(shards=len(jobs))
+    t0 = time.perf_counter()
+    stats = _StatsCSV(stats_csv)
+    todo = []
+    for j in jobs:
+        if resume and j.dst.exists():
+            report.shards_resumed += 1
+        else:
+            todo.append(j)
+    bar = tqdm(desc=desc, unit="img", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+
+    def say(msg: str) -> None:
+        if log is not None:
+            log(msg)
+        else:
+            bar.write(msg, file=sys.stderr)
+
+    def handle(job: ShardJob, recs: list[Record], pool: ThreadPoolExecutor) -> tuple[list[bytes | None], list[bool]]:
+        """Decode, process and encode one batch; returns the new image bytes and which records to keep."""
+        decoded = list(pool.map(lambda r: _decode(job.src, r), recs))
+        items, where = [], []
+        images: list[bytes | None] = [None] * len(recs)
+        keep = [False] * len(recs)
+        for i, d in enumerate(decoded):
+            if isinstance(d, Exception):
+                report.failed.append((Path(f"{job.src}:{recs[i].key}"), d.reason))
+                say(f"error: {job.src}:{recs[i].key}: {d.reason}")
+            else:
+                items.append(d)
+                where.append(i)
+        outcomes = call_process(process, items) if items else []
+        rows = []
+        for i, item, out in zip(where, items, outcomes):
+            label = f"{job.src}:{recs[i].key}"
+            if out.status == "fail":
+                report.failed.append((Path(label), out.reason))
+                say(f"error: {label}: {out.reason}")
+            elif out.status == "ok":
+                assert out.image is not None
+                try:
+                    images[i] = encode_image(out.image, _pil_format(item, recs[i], job.format), quality=quality,
+                                             exif=item.exif, icc_profile=item.icc_profile)
+                    keep[i] = True
+                    report.written += 1
+                except Exception as e:
+                    report.failed.append((Path(label), f"cannot encode ({e})"))
+                    say(f"error: {label}: cannot encode ({e})")
+            elif out.status == "copy":
+                keep[i] = True
+                report.copied.append((Path(label), out.reason))
+            else:
+                report.skipped.append((Path(label), out.reason))
+            if out.stats:
+                rows.append({"file": label, "status": out.status, **out.stats})
+        stats.add(rows)
+        report.total += len(recs)
+        bar.update(len(recs))
+        return images, keep
+
+    with ThreadPoolExecutor(max_workers=max(1, io_workers), thread_name_prefix="puface-io") as pool:
+        for job in todo:
+            writer = _ShardWriter(job)
+            try:
+                if job.format == "webdataset":
+                    _need("webdataset")
+                    for recs in _batched(_read_wds(job.src, image_field), batch_size):
+                        images, keep = handle(job, recs, pool)
+                        for rec, img, k in zip(recs, images, keep):
+                            if k:
+                                writer.write_wds(rec, img)
+                else:
+                    _need("pyarrow")
+                    import pyarrow.parquet as pq
+
+                    writer.open_parquet(pq.ParquetFile(job.src).schema_arrow)
+                    for batch, recs in _iter_parquet_batches(job.src, image_field, batch_size):
+                        images, keep = handle(job, recs, pool)
+                        writer.write_parquet(batch, recs, images, keep)
+                writer.commit()
+            except BaseException as e:
+                writer.abort()
+                if isinstance(e, (PufaceError, KeyboardInterrupt)) or not isinstance(e, Exception):
+                    raise
+                report.failed.append((job.src, f"cannot read or write the shard ({type(e).__name__}: {e})"))
+                say(f"error: {job.src}: cannot read or write the shard ({type(e).__name__}: {e})")
+                continue
+            report.shards_written += 1
+            say(f"{job.dst}: {writer.count} records")
+    bar.close()
+    report.seconds = time.perf_counter() - t0
+    return report
+

@@ -1,0 +1,162 @@
+"""`puface data fetch lfw` and its download code, against a local HTTP server started here (never the internet):
+a download cut off half-way resumes with an HTTP Range request, a checksum mismatch deletes the file and says so,
+an unreachable server says what to do offline, and a small LFW-like archive becomes aligned chips."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from puface.cli import main
+from puface.data.fetch import download, extract_tar, select_identities
+from puface.utils.errors import PufaceError
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Serves `server.files[path]`, honours `Range: bytes=N-`; `server.cut_first` cuts the first full
+    response off half-way (the connection closes early)."""
+
+    def log_message(self, *a):  # quiet
+        pass
+
+    def do_GET(self):
+        data = self.server.files.get(self.path)
+        self.server.requests.append((self.path, self.headers.get("Range")))
+        if data is None:
+            self.send_error(404)
+            return
+        rng = self.headers.get("Range")
+        start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+        if start >= len(data):
+            self.send_error(416)
+            return
+        body = data[start:]
+        self.send_response(206 if rng else 200)
+        if rng:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.server.cut_first and not rng:
+            self.server.cut_first = False
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture()
+def server():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.files, srv.requests, srv.cut_first = {}, [], False
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv, f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def _lfw_like_tgz(johns_dir: Path, people: int = 2, per_person: int = 6) -> bytes:
+    """A tiny lfw-deepfunneled.tgz: lfw-deepfunneled/<Name>/<Name>_000k.jpg, plus one person with 1 photo."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        dirs = sorted(d for d in johns_dir.iterdir() if d.is_dir())
+        for d in dirs[:people]:
+            for k, f in enumerate(sorted(d.glob("*.jpg"))[:per_person], 1):
+                tf.add(f, arcname=f"lfw-deepfunneled/{d.name}/{d.name}_{k:04d}.jpg")
+        f = sorted(dirs[people].glob("*.jpg"))[0]
+        tf.add(f, arcname=f"lfw-deepfunneled/{dirs[people].name}/{dirs[people].name}_0001.jpg")
+    return buf.getvalue()
+
+
+def test_interrupted_download_resumes_with_a_range_request(server, tmp_path):
+    srv, base = server
+    data = bytes(range(256)) * 4000  # ~1 MB
+    srv.files["/a.tgz"] = data
+    srv.cut_first = True
+    md5 = hashlib.md5(data).hexdigest()
+    with pytest.raises(PufaceError, match="interrupted .* run the same command again to resume"):
+        download(f"{base}/a.tgz", tmp_path / "a.tgz", md5=md5, progress=False)
+    part = tmp_path / ".a.tgz.part"
+    assert 0 < part.stat().st_size < len(data) and not (tmp_path / "a.tgz").exists()
+    got = download(f"{base}/a.tgz", tmp_path / "a.tgz", md5=md5, progress=False, log=lambda m: None)
+    assert got.read_bytes() == data and not part.exists()
+    assert srv.requests[-1] == ("/a.tgz", f"bytes={len(data) // 2}-")
+    # a complete, verified file is not downloaded again
+    n = len(srv.requests)
+    download(f"{base}/a.tgz", tmp_path / "a.tgz", md5=md5, progress=False)
+    assert len(srv.requests) == n
+
+
+def test_checksum_mismatch_deletes_the_file(server, tmp_path):
+    srv, base = server
+    srv.files["/b.tgz"] = b"not the archive you want" * 100
+    with pytest.raises(PufaceError, match="md5 checksum mismatch .* deleted"):
+        download(f"{base}/b.tgz", tmp_path / "b.tgz", md5="0" * 32, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_offline_says_what_to_do(server, tmp_path, capsys):
+    _, base = server
+    code = main(["data", "fetch", "lfw", "--url", f"{base}/missing.tgz", "--out", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "HTTP 404" in err and "--tarball lfw-deepfunneled.tgz" in err and "Traceback" not in err
+
+
+def test_extract_refuses_unsafe_members(tmp_path):
+    bad = tmp_path / "bad.tar"
+    with tarfile.open(bad, "w") as tf:
+        ti = tarfile.TarInfo("../escape.txt")
+        ti.size = 2
+        tf.addfile(ti, io.BytesIO(b"hi"))
+    with pytest.raises(PufaceError, match="cannot unpack"):
+        extract_tar(bad, tmp_path / "x")
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "x").exists()
+
+
+def test_fetch_lfw_downloads_unpacks_selects_and_aligns(server, johns_dir, tmp_path, capsys):
+    pytest.importorskip("dlib")
+    srv, base = server
+    data = _lfw_like_tgz(johns_dir)
+    srv.files["/lfw-deepfunneled.tgz"] = data
+    out = tmp_path / "data"
+    args = ["data", "fetch", "lfw", "--url", f"{base}/lfw-deepfunneled.tgz", "--md5", hashlib.md5(data).hexdigest(),
+            "--out", str(out), "--template", "dlib150", "--template", "arcface112", "--no-progress"]
+    code = main(args)
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    assert "2 people with >= 5 photos (12 photos)" in cap.err
+    for name, size in (("lfw-chips150", 150), ("lfw-arcface112", 112)):
+        chips = sorted((out / name).rglob("*.jpg"))
+        assert len(chips) >= 10, (name, cap.err)  # johns chips are faces; at most a couple may be missed
+        from PIL import Image
+
+        assert Image.open(chips[0]).size == (size, size)
+        assert len({c.parent.name for c in chips}) == 2  # the person with one photo is left out
+    # rerun: the archive is verified and kept, nothing is downloaded or aligned again
+    n = len(srv.requests)
+    assert main(args) == 0
+    assert len(srv.requests) == n and "0 aligned" in capsys.readouterr().out
+    # offline path: the same archive given as --tarball
+    tgz = tmp_path / "lfw-deepfunneled.tgz"
+    tgz.write_bytes(data)
+    code = main(["data", "fetch", "lfw", "--tarball", str(tgz), "--md5", hashlib.md5(data).hexdigest(),
+                 "--out", str(tmp_path / "offline"), "--no-progress"])
+    assert code == 0 and len(list((tmp_path / "offline" / "lfw-chips150").rglob("*.jpg"))) >= 10
+
+
+def test_select_identities(tmp_path):
+    root = tmp_path / "people"
+    for name, n in (("A", 5), ("B", 4), ("C", 7)):
+        (root / name).mkdir(parents=True)
+        for k in range(n):
+            (root / name / f"{name}_{k}.jpg").write_bytes(b"x")
+    assert select_identities(root, tmp_path / "sel", 5) == (2, 12)
+    assert sorted(p.name for p in (tmp_path / "sel").iterdir()) == ["A", "C"]

@@ -1,0 +1,164 @@
+"""The Ray engine (`--engine ray`) on a local 2-CPU Ray cluster started here: the same bytes as the local
+engine, a model actor killed mid-run does not lose or duplicate an image, a rerun skips what is done, and
+`PurifyBatch` works in a user's own `map_batches`. Slow: the cluster and its actors take seconds to start."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.data")
+
+from puface.io.images import read_image, write_image  # noqa: E402
+from puface.purifier.folder import purify_folder  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster with 2 CPUs (the engine joins it instead of starting its own)."""
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def chips(johns_dir, tmp_path_factory) -> Path:
+    """110 johns-sized chips (the 55 johns and their mirror images) in identity folders, plus one corrupt file."""
+    root = tmp_path_factory.mktemp("chips")
+    for f in sorted(johns_dir.glob("*/*.jpg")):
+        (root / f.parent.name).mkdir(exist_ok=True)
+        img = read_image(f)
+        write_image(root / f.parent.name / f.name, img)
+        write_image(root / f.parent.name / f"{f.stem}_mirror.png", np.ascontiguousarray(img[:, ::-1]))
+    (root / "John_Simm" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_out(chips, tmp_path_factory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("local") / "out"
+    rep = purify_folder(chips, out, device="cpu", batch_size=4, progress=False, stats_csv=out / "stats.csv")
+    return out, rep
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_ray_engine_matches_local_engine_bytes(cluster, chips, local_out, tmp_path):
+    ref, ref_rep = local_out
+    out = tmp_path / "out"
+    rep = purify_folder(chips, out, device="cpu", batch_size=4, progress=False, engine="ray", workers=2,
+                        stats_csv=out / "stats.csv")
+    assert rep.written == ref_rep.written == 110
+    assert [str(p) for p, _ in rep.failed] == [str(p) for p, _ in ref_rep.failed] == [str(chips / "John_Simm" / "broken.jpg")]
+    assert _tree(out) == _tree(ref)  # every image and the stats CSV, byte for byte
+    # rerun: everything is done
+    again = purify_folder(chips, out, device="cpu", batch_size=4, progress=False, engine="ray", workers=2)
+    assert again.resumed == 110 and again.written == 0
+
+
+def _actor_pids() -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if b"_BatchActor" in cmd and b"MapWorker" in cmd:
+                pids.append(int(d.name))
+    return pids
+
+
+def test_a_killed_worker_loses_and_duplicates_nothing(cluster, chips, local_out, tmp_path):
+    ref, _ = local_out
+    out = tmp_path / "out"
+    killed: list[int] = []
+    errors: list[Exception] = []
+
+    def killer():
+        """Kill one model actor 2 s after the pool is up (mid-run: 55 batches of 2 take far longer)."""
+        deadline = time.monotonic() + 300
+        seen = None
+        while time.monotonic() < deadline and not killed:
+            try:
+                pids = _actor_pids()
+                if pids and seen is None:
+                    seen = time.monotonic()
+                if pids and seen is not None and time.monotonic() - seen > 2.0:
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append(pids[0])
+                    return
+            except OSError as e:  # a process vanished while we looked
+                errors.append(e)
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    rep = purify_folder(chips, out, device="cpu", batch_size=2, progress=False, engine="ray", workers=2,
+                        stats_csv=out / "stats.csv")
+    t.join(timeout=5)
+    assert killed, f"no model actor was found to kill ({errors[-3:]})"
+    assert rep.written == 110 and len(rep.failed) == 1
+    tree = _tree(out)
+    assert {k: v for k, v in tree.items() if k != "stats.csv"} == {k: v for k, v in _tree(ref).items() if k != "stats.csv"}
+    with open(out / "stats.csv", newline="") as f:
+        files = [r["file"] for r in csv.DictReader(f)]
+    assert len(files) == len(set(files)) == 110  # each image reported exactly once
+    assert not [p for p in out.rglob(".*")]  # no temporary file left behind
+    # a partial rerun redoes exactly the missing outputs
+    gone = sorted(out.rglob("*_mirror.png"))[:7]
+    for p in gone:
+        p.unlink()
+    again = purify_folder(chips, out, device="cpu", batch_size=4, progress=False, engine="ray", workers=1)
+    assert again.written == 7 and again.resumed == 103
+    assert all(p.read_bytes() == (ref / p.relative_to(out)).read_bytes() for p in gone)
+
+
+def test_purify_batch_in_a_users_pipeline(cluster, chips):
+    import puface
+    from puface.purifier import Purifier
+    from puface.utils.images import image_to_tensor, tensor_to_image
+
+    files = sorted((chips / "John_Salley").glob("*.jpg"))[:6]
+    ds = ray.data.from_items([{"name": f.name, "image": read_image(f)} for f in files])
+    ds = ds.map_batches(puface.PurifyBatch, batch_size=3, compute=ray.data.ActorPoolStrategy(size=1),
+                        fn_constructor_kwargs={"device": "cpu"})
+    rows = {r["name"]: r["image"] for r in ds.take_all()}
+    p = Purifier.load()
+    for f in files:
+        want = tensor_to_image(p.purify(image_to_tensor(read_image(f))[None])[0])
+        assert np.array_equal(rows[f.name], want)
+
+
+def test_cloak_on_ray_gives_the_local_bytes(cluster, johns_dir, tmp_path):
+    """Cloaks depend on their batch mates: the Ray engine's blocks hold whole batches, so each batch is the
+    local engine's and the cloaks (and their stats CSV) come out byte-identical."""
+    from puface.attacks import create_attack
+    from puface.attacks.folder import cloak_folder
+    from functools import partial
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for f in sorted(johns_dir.glob("*/*.jpg"))[::8][:7]:
+        (src / f.name).write_bytes(f.read_bytes())
+    make = partial(create_attack, "fawkes", mode="custom", th=0.01, steps=2, lr=20, embedders=["dlib-resnet29"],
+                   seed=0, device="cpu", batch_size=3)
+    local = cloak_folder(src, tmp_path / "local", make(), batch_size=3, progress=False)
+    on_ray = cloak_folder(src, tmp_path / "ray", make(), batch_size=3, progress=False, engine="ray", workers=2,
+                          attack_factory=make)
+    assert local.written == on_ray.written == 7
+    assert _tree(tmp_path / "ray") == _tree(tmp_path / "local")

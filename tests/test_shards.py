@@ -1,0 +1,166 @@
+"""Shard formats: `puface purify` on WebDataset tar shards and Parquet files (raw bytes and the Hugging Face
+`datasets` Image struct) writes same-format shards with the same keys, order and fields, byte-identical
+images to the folder job's, reports and drops a corrupt record, and resumes per shard."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("webdataset")
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from puface.cli import main  # noqa: E402
+from puface.io.shards import find_shards, is_shard_input, plan_shards, read_records  # noqa: E402
+from puface.utils.errors import PufaceError  # noqa: E402
+
+N = 12  # johns chips used (every 4th of the 55)
+BAD_KEY = "corrupt-0007"
+
+
+class R:
+    def __init__(self, code, output):
+        self.exit_code, self.output = code, output
+
+
+def _purify(args, capfd=None):
+    """`puface purify ARGS` in-process: (exit code, stdout + stderr)."""
+    import contextlib
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["purify", *args])
+    return R(code, out.getvalue() + err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def chips(johns_dir):
+    files = sorted(johns_dir.glob("*/*.jpg"))[::4][:N]
+    return [(f"{f.parent.name}-{f.stem}", f.parent.name, f.read_bytes(), f) for f in files]
+
+
+@pytest.fixture(scope="module")
+def folder_out(chips, tmp_path_factory):
+    """The folder job's outputs for the same chips (the reference every shard output must equal)."""
+    src = tmp_path_factory.mktemp("folder-in")
+    for key, label, data, _ in chips:
+        (src / f"{key}.jpg").write_bytes(data)
+    out = tmp_path_factory.mktemp("folder-out") / "out"
+    r = _purify([str(src), str(out), "--no-progress", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    return {p.stem: p.read_bytes() for p in out.glob("*.jpg")}
+
+
+def _write_tar(path: Path, records: list[tuple[str, dict[str, bytes]]]) -> None:
+    with tarfile.open(path, "w") as tf:
+        for key, fields in records:
+            for ext, data in fields.items():
+                ti = tarfile.TarInfo(f"{key}.{ext}")
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+
+
+def _wds_records(chips, corrupt_at: int | None = None):
+    recs = []
+    for i, (key, label, data, _) in enumerate(chips):
+        fields = {"cls": label.encode(), "jpg": data, "json": json.dumps({"i": i}).encode()}
+        recs.append((key, fields))
+        if corrupt_at is not None and i == corrupt_at:
+            recs.append((BAD_KEY, {"cls": b"nobody", "jpg": data[: len(data) // 3]}))  # truncated JPEG
+    return recs
+
+
+def test_webdataset_roundtrip_keys_labels_order_and_corrupt_record(chips, folder_out, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    half = len(chips) // 2
+    _write_tar(src / "shard-000000.tar", _wds_records(chips[:half], corrupt_at=2))
+    _write_tar(src / "shard-000001.tar", _wds_records(chips[half:]))
+    out = tmp_path / "out"
+    r = _purify([str(src), str(out), "--no-progress", "--device", "cpu", "--batch-size", "4"])
+    assert r.exit_code == 1, r.output  # one record failed
+    assert f"{BAD_KEY}" in r.output and "truncated" in r.output.lower()
+    assert sorted(p.name for p in out.iterdir()) == ["shard-000000.tar", "shard-000001.tar"]
+    for name in ("shard-000000.tar", "shard-000001.tar"):
+        before = [rec for rec in read_records(src / name) if rec.key != BAD_KEY]
+        after = list(read_records(out / name))
+        assert [a.key for a in after] == [b.key for b in before]  # same keys, same order
+        for a, b in zip(after, before):
+            assert a.fields["cls"] == b.fields["cls"] and a.fields["json"] == b.fields["json"]
+            assert a.fields["jpg"] != b.fields["jpg"]  # purified
+            assert a.fields["jpg"] == folder_out[a.key]  # byte-identical to the folder job
+    # resume: both shards exist -> nothing is redone
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    r2 = _purify([str(src), str(out), "--no-progress", "--device", "cpu"])
+    assert r2.exit_code == 0, r2.output
+    assert "2 already done" in r2.output
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
+    assert not list(out.glob(".*"))  # no temporary files left
+
+
+def test_resume_redoes_only_the_missing_shard(chips, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(3):
+        _write_tar(src / f"s-{k}.tar", _wds_records(chips[k * 2 : k * 2 + 2]))
+    out = tmp_path / "out"
+    assert _purify([str(src), str(out), "--no-progress"]).exit_code == 0
+    kept = (out / "s-0.tar").stat().st_mtime_ns
+    (out / "s-1.tar").unlink()
+    r = _purify([f"{src}/s-{{0..2}}.tar", str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "1 purified, 2 already done" in r.output
+    assert (out / "s-0.tar").stat().st_mtime_ns == kept
+    assert [x.key for x in read_records(out / "s-1.tar")] == [x.key for x in read_records(src / "s-1.tar")]
+
+
+@pytest.mark.parametrize("layout", ["hf-image", "bytes"])
+def test_parquet_roundtrip(chips, folder_out, tmp_path, layout):
+    keys = [c[0] for c in chips] + [BAD_KEY]
+    labels = [c[1] for c in chips] + ["nobody"]
+    blobs = [c[2] for c in chips] + [chips[0][2][:500]]
+    if layout == "hf-image":
+        img = pa.array([{"bytes": b, "path": f"{k}.jpg"} for k, b in zip(keys, blobs)],
+                       type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+        schema_md = {b"huggingface": b'{"info": {"features": {"image": {"_type": "Image"}}}}'}
+    else:
+        img = pa.array(blobs, type=pa.binary())
+        schema_md = None
+    table = pa.table({"id": keys, "image": img, "label": labels})
+    if schema_md:
+        table = table.replace_schema_metadata(schema_md)
+    src = tmp_path / "train-00000-of-00001.parquet"
+    pq.write_table(table, src, row_group_size=5)
+    out = tmp_path / "out"
+    r = _purify([str(src), str(out), "--no-progress", "--batch-size", "4"])
+    assert r.exit_code == 1 and BAD_KEY in r.output, r.output
+    res = pq.read_table(out / src.name)
+    assert res.schema == table.schema and res.schema.metadata == table.schema.metadata
+    assert res.column("id").to_pylist() == keys[:-1] and res.column("label").to_pylist() == labels[:-1]
+    for k, v in zip(keys, res.column("image").to_pylist()):
+        data = v["bytes"] if layout == "hf-image" else v
+        assert data == folder_out[k]
+        if layout == "hf-image":
+            assert v["path"] == f"{k}.jpg"
+
+
+def test_shard_specs_and_refusals(chips, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    _write_tar(src / "a.tar", _wds_records(chips[:1]))
+    assert is_shard_input(src) and is_shard_input(src / "a.tar") and is_shard_input(f"{src}/*.tar")
+    assert not is_shard_input(chips[0][3].parent)  # an image folder
+    (src / "x.jpg").write_bytes(chips[0][2])
+    with pytest.raises(PufaceError, match="both image files and"):
+        is_shard_input(src)
+    assert [p.name for p in find_shards(f"{src}/*.tar")[0]] == ["a.tar"]
+    with pytest.raises(PufaceError, match="no .tar or .parquet shard matches"):
+        find_shards(f"{src}/*.parquet")
+    with pytest.raises(PufaceError, match="inside the input folder"):
+        (src / "x.jpg").unlink()
+        plan_shards(src, src / "out")
