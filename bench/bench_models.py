@@ -24,7 +24,8 @@ from puface.data.datasets import resolve_data_root
 from puface.data.johns import fetch_johns
 from puface.data.layout import scan_identities
 from puface.data.loading import load_images
-from puface.models import create_embedder, list_embedders
+from puface.models import list_embedders
+from puface.models.registry import load_embedder
 
 
 def nn_and_auc(emb: torch.Tensor, labels: list[str]) -> tuple[float, float]:
@@ -76,7 +77,7 @@ def main() -> None:
     ap.add_argument("--cap", type=int, default=20, help="images per person on LFW (seeded choice)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--models", default=",".join(list_embedders()))
+    ap.add_argument("--models", default=",".join(list_embedders()), help="registry names or model files (a path, or a file name in $PUFACE_MODELS)")
     ap.add_argument("--out-dir", type=Path, default=None, help="where the tables go (default bench/results)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -94,7 +95,7 @@ def main() -> None:
     gflops = matmul_gflops()
     print(f"baseline: fp32 2048x2048 matmul {gflops:.1f} GFLOP/s ({args.threads} threads)")
     for model in args.models.split(","):
-        emb = create_embedder(model)
+        emb = load_embedder(model)
         row = {"model": model, "input": f"{emb.input_size[0]}x{emb.input_size[1]}", "dim": emb.embedding_dim}
         for name, (imgs, labels) in loaded.items():
             t = time.perf_counter()

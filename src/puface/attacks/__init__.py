@@ -1,4 +1,4 @@
-"""Facial cloaking attacks (Fawkes, LowKey) as small objects you call on a batch of [0, 1] images.
+"""Facial cloaking attacks (Fawkes, LowKey, OPOM, unlearnable examples) as small objects you call on a batch of [0, 1] images.
 
     >>> from puface.attacks import create_attack, list_attacks
     >>> atk = create_attack("fawkes", mode="high", embedders=["dlib-resnet29"], seed=0)  # doctest: +SKIP
@@ -7,7 +7,8 @@
     >>> atk.config                            # every setting, JSON-serialisable (cache key)  # doctest: +SKIP
     >>> create_attack("fawkes:mode=high,embedders=dlib-resnet29,through=default")  # adaptive  # doctest: +SKIP
 
-Modules: `base` (what every attack shares), `fawkes`, `lowkey`, `adaptive` (through a defense),
+Modules: `base` (what every attack shares), `fawkes`, `lowkey`, `group` (attacks fitted on a labelled
+group: `opom`, `unlearnable`), `adaptive` (through a defense),
 `surrogates`, `targets` (targeted Fawkes), `cache` (cloaks cached by content), `folder` (cloak a
 folder tree; read cloaks made elsewhere).
 """
@@ -21,6 +22,7 @@ from ..utils.registry import Registry
 from ..utils.specs import as_table
 from .adaptive import adaptive_options
 from .base import AttackResult, CloakAttack
+from .group import GroupCloakAttack, Reference
 
 ATTACKS = Registry("attack")
 
@@ -40,6 +42,22 @@ def _lowkey(**kw: Any) -> CloakAttack:
     from .lowkey import LowKey
 
     return LowKey(**kw)
+
+
+@ATTACKS.register("opom", summary="OPOM person-specific universal privacy mask (affine/convex hull, class centre, FI-UAP)",
+                  fast={"steps": 2})
+def _opom(**kw: Any) -> CloakAttack:
+    from .opom import OPOM
+
+    return OPOM(**kw)
+
+
+@ATTACKS.register("unlearnable", summary="unlearnable examples: error-minimizing noise, min-min (sample-wise or class-wise)",
+                  fast={"steps": 2, "train_steps": 2, "max_rounds": 2})
+def _unlearnable(**kw: Any) -> CloakAttack:
+    from .unlearnable import UnlearnableExamples
+
+    return UnlearnableExamples(**kw)
 
 
 def create_attack(spec: "str | dict", **options: Any) -> CloakAttack:
@@ -75,4 +93,4 @@ def attack_label(spec: dict) -> str:
     return f"{name}-{spec['mode']}" if spec.get("mode") is not None else name
 
 
-__all__ = ["ATTACKS", "AttackResult", "CloakAttack", "create_attack", "list_attacks", "attack_label"]
+__all__ = ["ATTACKS", "AttackResult", "CloakAttack", "GroupCloakAttack", "Reference", "create_attack", "list_attacks", "attack_label"]

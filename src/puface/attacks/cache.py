@@ -178,6 +178,50 @@ class CloakCache:
                 bar.close()
         return out, kept, errors
 
+    def cloak_group(
+        self,
+        attack: CloakAttack,
+        images: torch.Tensor,
+        labels: Sequence,
+        *,
+        reference=None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """A group attack's (`group.GroupCloakAttack`) cloaks of `images` (uint8 or float (N, 3, H, W)) as one
+        group with `labels` and `reference`, from the cache or computed (and cached). Each file's key holds
+        the attack config, the image's pixels and the group's digest (every image, label and the reference),
+        so a cloak is reused only for the same group. Returns float [0, 1] images on the 8-bit grid."""
+        from .group import group_digest
+
+        x = images.float().div(255.0) if images.dtype == torch.uint8 else images
+        digests = [image_digest(im) for im in x]
+        gd = group_digest(digests, labels, reference)
+        keys = [self.key(attack, d, gd) for d in digests]
+        out = torch.empty_like(x)
+        missing = []
+        for i, k in enumerate(keys):
+            path = self.path_for(attack, k)
+            t = self._read(path, x[i].shape)
+            if t is None:
+                missing.append(i)
+            else:
+                out[i] = t
+                if self.used is not None:
+                    self.used.add(path)
+        if missing and self.cached_only:
+            raise CloakNotCachedError(attack.name, f"group of {len(x)} images", self.path_for(attack, keys[missing[0]]), len(missing))
+        if missing:  # the whole group is cloaked together
+            self._write_config(attack)
+            res = attack.run(x, labels=list(labels), reference=reference, quantize_output=True, progress=progress)
+            for i in range(len(x)):
+                pixels = tensor_to_image(res.images[i])
+                path = self.path_for(attack, keys[i])
+                _write_atomic(path, encode_image(pixels, "PNG"))
+                if self.used is not None:
+                    self.used.add(path)
+                out[i] = image_to_tensor(pixels)
+        return out
+
     def cached_count(self, attack: CloakAttack) -> int:
         """How many cloaks of `attack` are stored."""
         d = self.attack_dir(attack)

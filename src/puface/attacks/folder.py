@@ -181,8 +181,14 @@ def cloak_folder(
     io_workers: int = 2,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    reference: str | Path | None = None,
 ) -> JobReport:
     """Cloak every image under `in_path` into the mirrored tree `out_path`; returns the `JobReport`.
+
+    A group attack (OPOM, unlearnable examples) cloaks each identity (first-level folder) as one group:
+    OPOM fits one mask per identity; unlearnable examples learn every other identity under `in_path` (or
+    under `reference`, identity folders of other people, when given) as the other classes. A group is
+    redone whole unless all its outputs exist.
 
     fmt: "png" (default; lossless, so the cloak survives) or "same" (the input's format; a JPEG
     re-encode weakens the cloak). tool_suffix: name outputs `<stem>_cloaked` (Fawkes) or
@@ -234,6 +240,14 @@ def cloak_folder(
     out_path.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(config_path, (json.dumps(record, indent=2) + "\n").encode())
 
+    if getattr(attack, "group", False):
+        if align or world_size > 1:
+            raise PufaceError(f"{attack.name} cloaks each identity folder as one group: cut aligned chips first (puface align) "
+                              "and run it in one process (no --align, --rank/--world-size)")
+        return _cloak_groups(jobs, in_path, out_path, attack, reference_dir=reference, resume=resume,
+                             io_workers=io_workers, progress=progress, say=say)
+    if reference is not None:
+        raise PufaceError("--reference is only used by group attacks (opom, unlearnable)")
     process = make_cloak_process(attack, targets_by_src)
     if align:
         from ..align import align_adapter
@@ -244,3 +258,56 @@ def cloak_folder(
         jobs, process, batch_size=batch_size, resume=resume, desc=f"cloaking ({attack.name})", verb="cloaked",
         stats_csv=out_path / stats_name, io_workers=io_workers, progress=progress,
     )
+
+
+def _cloak_groups(jobs: list[FileJob], in_path: Path, out_path: Path, attack: CloakAttack, *, reference_dir,
+                  resume: bool, io_workers: int, progress: bool, say) -> JobReport:
+    """`cloak_folder` for group attacks: one identity folder at a time, each a single attack call."""
+    from ..data.loading import load_images
+    from .group import Reference
+
+    base = in_path if in_path.is_dir() else in_path.parent
+    groups: dict[str, list[FileJob]] = {}
+    for j in jobs:
+        groups.setdefault(_identity_of(j, base), []).append(j)
+    ref_items: list[tuple[Path, str]] = []
+    if reference_dir is not None:
+        from ..data.layout import scan_identities
+
+        ref_items = [(im.path, im.identity) for im in scan_identities(reference_dir, min_images=1).images]
+    elif getattr(attack, "needs_classes", False):
+        ref_items = [(j.src, ident) for ident, js in groups.items() for j in js]
+    ref_images = ref_labels = None
+    if ref_items:
+        ref_images, kept, errors = load_images([p for p, _ in ref_items])
+        for e in errors:
+            say(f"reference: skipping unreadable image {e}")
+        ref_labels = np.array([ref_items[k][1] for k in kept], dtype=object)
+    total = JobReport(total=len(jobs))
+    for ident, gjobs in groups.items():
+        if resume and all(j.dst.exists() for j in gjobs):
+            total.resumed += len(gjobs)
+            continue
+        reference = None
+        if ref_images is not None:
+            others = np.flatnonzero(ref_labels != ident)
+            reference = Reference(ref_images[torch.from_numpy(others)], ref_labels[others])
+
+        def process(items: list[LoadedImage], ident=ident, reference=reference) -> list[Outcome]:
+            sizes = {it.image.shape[:2] for it in items}
+            if len(sizes) > 1:
+                return [Outcome.fail(f"{attack.name} needs every image of {ident} at one size, found {sorted(sizes)}")
+                        for _ in items]
+            x = torch.stack([image_to_tensor(np.array(it.image)) for it in items])
+            res = attack.run(x, labels=[ident] * len(x), reference=reference, quantize_output=True)
+            return [Outcome.ok(tensor_to_image(res.images[k]), **{key: _round(v) for key, v in row.items()})
+                    for k, row in enumerate(res.rows())]
+
+        rep = run_folder_job(gjobs, process, batch_size=len(gjobs), resume=False, desc=f"cloaking {ident} ({attack.name})",
+                             verb="cloaked", stats_csv=out_path / STATS_NAME, io_workers=io_workers, progress=progress)
+        total.written += rep.written
+        total.copied += rep.copied
+        total.skipped += rep.skipped
+        total.failed += rep.failed
+        total.seconds += rep.seconds
+    return total

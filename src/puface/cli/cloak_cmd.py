@@ -1,4 +1,4 @@
-"""`puface cloak`: cloak a folder of face images with Fawkes or LowKey."""
+"""`puface cloak`: cloak a folder of face images with Fawkes, LowKey, OPOM or unlearnable examples."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import click
 @click.command("cloak")
 @click.argument("in_path", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("out_root", metavar="OUT", type=click.Path(path_type=Path))
-@click.option("--attack", "attack_name", type=click.Choice(["fawkes", "lowkey"]), default="fawkes", show_default=True,
-              help="Cloaking attack.")
+@click.option("--attack", "attack_name", type=click.Choice(["fawkes", "lowkey", "opom", "unlearnable"]), default="fawkes",
+              show_default=True, help="Cloaking attack. opom and unlearnable cloak each identity folder (first level "
+              "under IN) as one group: one OPOM mask per person; unlearnable examples learn the other folders as classes.")
 @click.option("--mode", type=click.Choice(["low", "mid", "high", "custom"]), default="high", show_default=True,
               help="Fawkes v1.0.2 mode (DSSIM budget / steps / learning rate: low 0.004/40/25, mid 0.012/75/20, "
                    "high 0.017/150/15); 'custom' takes --th/--steps/--lr.")
@@ -22,7 +23,7 @@ import click
                    "LowKey every installed model.")
 @click.option("--th", type=float, default=None, help="Fawkes custom: DSSIM budget (saved images stay under 1.1 x th, "
               "except those v1.0's fallback keeps; see --no-fallback).")
-@click.option("--steps", type=int, default=None, help="Fawkes custom / LowKey: optimisation steps (LowKey default 50).")
+@click.option("--steps", type=int, default=None, help="Fawkes custom / LowKey / OPOM / unlearnable: optimisation steps (defaults: LowKey 50, OPOM 16, unlearnable 20 per round).")
 @click.option("--lr", type=float, default=None, help="Fawkes custom: Adadelta learning rate.")
 @click.option("--fallback/--no-fallback", default=True, show_default=True,
               help="Fawkes: v1.0's 'keep the last iterate when the best one is weak' rule (it can exceed 1.1 x th, "
@@ -43,6 +44,14 @@ import click
 @click.option("--perceptual", type=click.Choice(["lpips", "ssim", "auto"]), default=None,
               help="LowKey's perceptual penalty: lpips (the default, LowKey as released), "
                    "ssim (1 - SSIM) or auto (LPIPS if installed, else SSIM with a warning).")
+@click.option("--epsilon", type=float, default=None, help="OPOM / unlearnable: L-inf budget in grey levels (0-255; default 8).")
+@click.option("--hull", type=click.Choice(["affine", "convex", "center", "fi-uap"]), default=None,
+              help="OPOM: the person's feature subspace to push out of (default affine; fi-uap: the FI-UAP baseline).")
+@click.option("--perturb", type=click.Choice(["samplewise", "classwise"]), default=None,
+              help="Unlearnable examples: one noise per photo (samplewise, the default) or per identity (classwise).")
+@click.option("--reference", type=click.Path(path_type=Path), default=None,
+              help="Unlearnable examples: identity folders of other people to learn as the other classes "
+                   "(default: the other identity folders under IN).")
 @click.option("--through-purifier", "through", metavar="DEFENSE", default=None,
               help="Adaptive attack: optimise the cloak through this defense ('default' = the shipped purifier, a "
                    "purifier checkpoint path, or any defense spec such as blur:sigma=1), i.e. against "
@@ -70,7 +79,8 @@ import click
 @click.option("--io-workers", type=int, default=2, show_default=True, help="Threads that decode and encode images meanwhile.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates: tuple[str, ...], th: float | None,
-          steps: int | None, lr: float | None, fallback: bool, targeted: bool, geometry: str, cap: str, target_pool: Path | None, perceptual: str, through: str | None,
+          steps: int | None, lr: float | None, fallback: bool, targeted: bool, geometry: str, cap: str, target_pool: Path | None, perceptual: str,
+          epsilon: float | None, hull: str | None, perturb: str | None, reference: Path | None, through: str | None,
           gradient: str, eot_noise: float, seed: int,
           batch_size: int, device: str, threads: int | None, fmt: str, tool_names: bool, resume: bool, align: bool,
           largest_face: bool, rank: int | None, world_size: int | None, io_workers: int, progress: bool) -> None:
@@ -87,6 +97,8 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
       puface cloak --attack fawkes --mode high faces/ cloaked/
       puface cloak --attack lowkey --surrogate dlib-resnet29 faces/ cloaked/
       puface cloak --mode custom --th 0.01 --steps 100 --lr 20 faces/ cloaked/
+      puface cloak --attack opom --surrogate dlib-resnet29 people/ masked/
+      puface cloak --attack unlearnable --perturb classwise --surrogate dlib-resnet29 people/ unlearnable/
     """
     import torch
 
@@ -108,7 +120,24 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
         raise PufaceError(f"--rank must be in 0..{world_size - 1}, got {rank}")
 
     knobs: dict = {}
-    if attack_name == "fawkes":
+    group_opts = {k: v for k, v in (("epsilon", epsilon), ("hull", hull), ("perturb", perturb)) if v is not None}
+    if attack_name in ("opom", "unlearnable"):
+        wrong = [k for k in group_opts if (k == "hull") != (attack_name == "opom") and k != "epsilon"]
+        if wrong:
+            raise PufaceError(f"--{wrong[0]} is not an option of {attack_name}")
+        if th is not None or lr is not None or targeted or target_pool is not None or mode != "high" or not fallback \
+                or geometry != "chip" or cap != "clip" or perceptual is not None:
+            raise PufaceError("--mode, --th, --lr, --no-fallback, --targeted, --target-pool, --geometry, --cap and --perceptual "
+                              "are Fawkes / LowKey options")
+        if reference is not None and attack_name != "unlearnable":
+            raise PufaceError("--reference is an option of unlearnable")
+        knobs.update(group_opts)
+        if steps is not None:
+            knobs["steps"] = steps
+        kwargs = {}
+    elif group_opts or reference is not None:
+        raise PufaceError("--epsilon, --hull, --perturb and --reference are OPOM / unlearnable options")
+    elif attack_name == "fawkes":
         custom = {k: v for k, v in (("th", th), ("steps", steps), ("lr", lr)) if v is not None}
         if custom and mode != "custom":
             raise PufaceError(f"--{'/--'.join(custom)} need --mode custom (mode {mode!r} fixes th, steps and lr)")
@@ -146,7 +175,7 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
     report = cloak_folder(in_path, out_root, attack, fmt=fmt, tool_suffix=tool_names, batch_size=batch_size,
                           resume=resume, align=align, largest_face=largest_face, target_pool=target_pool, rank=rank,
                           world_size=world_size, io_workers=io_workers, progress=progress,
-                          log=lambda m: click.echo(m, err=True))
+                          log=lambda m: click.echo(m, err=True), reference=reference)
     click.echo(report.summary("cloaked"))
     if report.exit_code:
         raise click.exceptions.Exit(report.exit_code)

@@ -128,18 +128,24 @@ def demo(data: Path | None, out: Path, device: str | None, restart: bool, progre
 @click.option("--defense", "defenses", multiple=True,
               help="Defense spec, e.g. none, puface, puface:weights=FILE, jpeg:quality=75, blur:sigma=1+bitdepth:bits=5; repeatable. Default: none and puface.")
 @click.option("--seed", "seeds", type=int, multiple=True, help="Split/user seed; repeatable. Default: 0.")
+@click.option("--protocol", type=click.Choice(["training", "query"]), default="training", show_default=True,
+              help="training: FaceCure's (the user's training photos cloaked, the FR model trained on them, clean test "
+                   "photos). query: the FR model built from everyone's clean gallery (training) photos, the user's probe "
+                   "(test) photos cloaked and the defense applied to every probe.")
 @click.option("--min-images", type=int, default=2, show_default=True, help="Leave out identities with fewer images.")
 @click.option("--max-per-identity", type=int, default=None, help="Seeded cap on images per identity (default: no cap).")
 @click.option("--image-size", type=int, default=150, show_default=True, help="Images are resized to this square size (pixels).")
 @click.option("--allow-purifier-identities", is_flag=True, help="Allow protected users the purifier was trained on (results are then optimistic).")
 @click.option("--save-config", type=click.Path(path_type=Path), default=None, help="Also write the equivalent TOML config here (for `puface reproduce`).")
 @common
-def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses, seeds, min_images, max_per_identity, image_size,
+def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses, seeds, protocol, min_images, max_per_identity, image_size,
              allow_purifier_identities, save_config, out, device, restart, progress) -> None:
     """Measure the attack success rate (ASR: share of a protected user's clean test photos not
     recognised as the user) and the normal accuracy (on everyone else) of cloaking attacks under
     defenses, with the FaceCure protocol: seeded 70/30 split per identity, the user's training
     photos cloaked, the defense applied to every training photo, an FR model trained, clean test.
+    With --protocol query: the FR model is built from everyone's clean gallery photos, and the
+    user's probe photos are cloaked (and defended) at matching time.
     """
     from ..experiments import ExperimentConfig
     from ..utils.specs import parse_spec
@@ -147,6 +153,7 @@ def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses
     raw: dict = {
         "name": "evaluate",
         "seeds": list(seeds) or [0],
+        **({"protocol": protocol} if protocol != "training" else {}),
         "data": {"root": str(data) if data else "johns", "min_images": min_images, "image_size": image_size},
         "users": {"allow_purifier_identities": allow_purifier_identities},
         "attacks": [{"name": "none"}]

@@ -1,6 +1,8 @@
-"""The FaceCure evaluation protocol, run for many protected users, attacks, defenses, victims and trainers.
+"""The evaluation protocols, run for many protected users, attacks, defenses, victims and trainers:
+FaceCure's training-time protocol (`Protocol`, "training", below) and the query-time one
+(`QueryProtocol`, "query": clean gallery, cloaked probes); `PROTOCOLS` maps names to classes.
 
-For one seed (`data.EvaluationData`):
+Training-time, for one seed (`data.EvaluationData`):
 
 1. every identity is split 70/30 (seeded per identity, `puface.data.split`);
 2. for each protected user, the user's *training* images are replaced by their cloaked versions
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..attacks.group import Reference
 from ..attacks.cache import CloakCache
 from ..attacks.folder import FolderCloaks
 from ..data.loading import load_images
@@ -41,11 +44,12 @@ from ..utils.fingerprint import content_hashes
 from ..utils.images import to_float, to_uint8
 from ..utils.metrics import psnr, ssim
 from .cache import ContentCache
-from .data import EvaluationData
+from .data import EvaluationData, LabelledImages
 from .metrics import protocol_scores
 from .trainers import TRAINERS, EmbeddingTrainer, Trainer, create_trainer
 
-__all__ = ["AttackSpec", "TrainerSpec", "Protocol", "setting_of", "run_id"]
+__all__ = ["AttackSpec", "TrainerSpec", "Protocol", "TrainingProtocol", "QueryProtocol", "PROTOCOLS", "protocol_class",
+           "setting_of", "run_id"]
 
 
 @dataclass
@@ -127,7 +131,9 @@ def _views(defense: Defense) -> list[Defense]:
 
 
 class Protocol:
-    """Runs the grid users x attacks x defenses x victims x trainers on one `EvaluationData`.
+    """FaceCure's training-time protocol (`name` "training"; see the module docstring): runs the grid
+    users x attacks x defenses x victims x trainers on one `EvaluationData`. `QueryProtocol` is the
+    query-time one; `PROTOCOLS` maps each name to its class.
 
     Args:
         data: the split, decoded.
@@ -148,6 +154,8 @@ class Protocol:
         batch_size: images per batch for defenses and embedding.
         progress: show tqdm progress bars.
     """
+
+    name = "training"
 
     def __init__(
         self,
@@ -287,14 +295,19 @@ class Protocol:
         self.timings["defend_s"] += time.perf_counter() - t0
         return out, content_hashes(out)
 
-    def cloak(self, spec: AttackSpec, user: str) -> torch.Tensor:
-        """The user's training images cloaked by `spec` (uint8, same rows order as the split)."""
+    def cloak(self, spec: AttackSpec, user: str, side: LabelledImages | None = None) -> torch.Tensor:
+        """The user's images of `side` (default: the training split) cloaked by `spec` (uint8, same rows
+        order as the split). A group attack (`CloakAttack.group`, e.g. OPOM, unlearnable examples) sees the
+        user's images together, labelled, and the training split's other identities as its reference."""
         t0 = time.perf_counter()
-        rows = self.data.train.rows_of(user)
-        natural = self.data.train.images[rows]
+        side = self.data.train if side is None else side
+        rows = side.rows_of(user)
+        natural = side.images[rows]
         size = tuple(natural.shape[-2:])
-        paths = [self.data.train.paths[i] for i in rows]
-        if isinstance(spec.attack, FolderCloaks):
+        paths = [side.paths[i] for i in rows]
+        if getattr(spec.attack, "group", False):
+            x = self._cloak_group(spec, user, natural)
+        elif isinstance(spec.attack, FolderCloaks):
             x, _, errors = load_images([spec.attack.path_for(p, self.data.dataset.root) for p in paths], size=size)
             if errors:
                 raise PufaceError(f"cloaked image unreadable: {errors[0]}")
@@ -315,6 +328,16 @@ class Protocol:
                 raise PufaceError(f"attack {spec.label} changed the image shape {tuple(natural.shape)} -> {tuple(x.shape)}")
         self.timings["cloak_s"] += time.perf_counter() - t0
         return to_uint8(x)
+
+    def _cloak_group(self, spec: AttackSpec, user: str, natural: torch.Tensor) -> torch.Tensor:
+        """A group attack on one user's images (uint8): the training split's other identities are its reference."""
+        train = self.data.train
+        others = np.flatnonzero(train.labels != user)
+        reference = Reference(train.images[others], train.labels[others], [train.hashes[i] for i in others])
+        labels = [user] * len(natural)
+        if self.cloak_cache is not None:
+            return self.cloak_cache.cloak_group(spec.attack, natural, labels, reference=reference, progress=self.progress)
+        return spec.attack.run(to_float(natural), labels=labels, reference=reference, quantize_output=True).images
 
     # ------------------------------------------------------------------ what the report keeps
 
@@ -447,15 +470,124 @@ class Protocol:
                 pred = self._fit_predict(ds, v, t, rows_u, cl_def, cloaked_emb)
                 wall = time.perf_counter() - t0
             self.timings["train_s"] += time.perf_counter() - t0
-            row = {
-                "run_id": rid, "seed": self.data.seed, "attack": a.label, "victim": v, "trainer": t.label,
-                "defense": d, "user": u, "setting": setting_of(v, a),
-                **protocol_scores(pred, self.data.test.labels, u),
-                "n_train": len(train), "n_user_train": len(rows_u), "n_identities": len(self.data.identities),
-                "wall_s": round(wall, 4),
-            }
-            out.append(row)
-            self.done.add(rid)
-            if self.on_result is not None:
-                self.on_result(row)
+            out.append(self._result(rid, a, v, t, d, u, pred, wall))
         return out
+
+    def _result(self, rid: str, a: AttackSpec, v: str, t: TrainerSpec, d: str, u: str, pred: np.ndarray, wall: float) -> dict:
+        """One result row (scores of the test predictions `pred`), recorded as done and passed to `on_result`."""
+        train = self.data.train
+        row = {
+            "run_id": rid, "seed": self.data.seed, "protocol": self.name, "attack": a.label, "victim": v,
+            "trainer": t.label, "defense": d, "user": u, "setting": setting_of(v, a),
+            **protocol_scores(pred, self.data.test.labels, u),
+            "n_train": len(train), "n_user_train": len(train.rows_of(u)), "n_identities": len(self.data.identities),
+            "wall_s": round(wall, 4),
+        }
+        self.done.add(rid)
+        if self.on_result is not None:
+            self.on_result(row)
+        return row
+
+
+TrainingProtocol = Protocol
+
+
+class QueryProtocol(Protocol):
+    """Query-time protection (OPOM, TIP-IM's threat): the FR model is built from the clean *gallery* (every
+    identity's training images, untouched), and the protected user's *probe* photos (their test images)
+    are cloaked when they are matched. The defense is applied to every probe (the user's cloaked ones and
+    everyone else's natural ones), never to the gallery.
+
+    ASR = share of the user's cloaked (defended) probes not matched to the user; normal accuracy = accuracy
+    on the other identities' (defended) probes (`metrics.protocol_scores`, the same definitions and table
+    columns as the training-time protocol). Each (victim, trainer) is fitted once on the gallery, and the
+    natural probes are defended, embedded and predicted once per defense: a run only re-predicts the user's
+    cloaked probes. Same arguments as `Protocol`.
+    """
+
+    name = "query"
+
+    def _check(self) -> None:
+        super()._check()
+        for u in self.users:
+            if len(self.data.test.rows_of(u)) == 0:
+                raise PufaceError(f"protected user {u!r} has no probe (test) images in this split")
+
+    def _gallery_model(self, v: str, t: TrainerSpec) -> Trainer:
+        """Trainer `t` on victim `v` fitted on the clean gallery (once)."""
+        if (v, t.label) not in self._models:
+            t0 = time.perf_counter()
+            train = self.data.train
+            model = t.build(self.victims[v])
+            if isinstance(model, EmbeddingTrainer):
+                model.fit_embeddings(self.embed(v, train.images, train.hashes), train.labels)
+            else:
+                model.fit(train.images, train.labels)
+            self._models[v, t.label] = model
+            self.timings["train_s"] += time.perf_counter() - t0
+        return self._models[v, t.label]
+
+    def _predict(self, model: Trainer, v: str, images: torch.Tensor, hashes: Sequence[str]) -> np.ndarray:
+        if isinstance(model, EmbeddingTrainer):
+            return model.predict_embeddings(self.embed(v, images, hashes))
+        return model.predict(images)
+
+    def run(self) -> list[dict]:
+        """Run every (user, attack, defense, victim, trainer) not in `done`; returns the new rows."""
+        test = self.data.test
+        jobs = [(a, u) for a in self.attacks if a.attack is not None for u in self.users
+                if not self._all_done(self._ids(a.label, u))]
+        cloaked = {(a.label, u): self.cloak(a, u, test) for a, u in self._bar(jobs, desc="cloaking probes", unit="user")}
+        pending = [d for d in self.defenses
+                   if not all(self._all_done(self._ids(a.label, u, [d])) for a in self.attacks for u in self.users)]
+        self._models: dict[tuple[str, str], Trainer] = {}
+        rows: list[dict] = []
+        units = [(d, a, u) for d in pending for a in self.attacks for u in self.users]
+        bar = self._bar(units, desc="evaluating (query-time)", unit="run") if self.progress else None
+        for d in pending:
+            probes, probe_hashes = self.defend(d, test.images, test.hashes)
+            base: dict[tuple[str, str], np.ndarray] = {}  # predictions of the natural (defended) probes
+            for a in self.attacks:
+                for u in self.users:
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix_str(f"{d} / {a.label} / {u}", refresh=False)
+                    if self._all_done(self._ids(a.label, u, [d])):
+                        continue
+                    rows_u = test.rows_of(u)
+                    natural = test.images[rows_u]
+                    self._keep_example(u, a.label, "natural", natural)
+                    cl = cloaked.get((a.label, u))
+                    if cl is not None:
+                        cl_def, cl_hashes = self.defend(d, cl, content_hashes(cl))
+                        self._keep_example(u, a.label, "cloaked", cl)
+                    else:
+                        cl_def, cl_hashes = probes[rows_u], [probe_hashes[i] for i in rows_u]
+                    self._record_quality(a.label, d, u, cl_def, natural)
+                    self._keep_example(u, a.label, f"defense:{d}", cl_def)
+                    for v, t in self._cells():
+                        rid = run_id(self.data.seed, a.label, v, t.label, d, u)
+                        if rid in self.done:
+                            continue
+                        t0 = time.perf_counter()
+                        model = self._gallery_model(v, t)
+                        if (v, t.label) not in base:
+                            base[v, t.label] = self._predict(model, v, probes, probe_hashes)
+                        pred = base[v, t.label].copy()
+                        pred[rows_u] = self._predict(model, v, cl_def, cl_hashes)
+                        rows.append(self._result(rid, a, v, t, d, u, pred, time.perf_counter() - t0))
+        if bar is not None:
+            bar.close()
+        return rows
+
+
+#: the evaluation protocols by name (`protocol = "..."` in an experiment config, `puface evaluate --protocol`)
+PROTOCOLS: dict[str, type[Protocol]] = {"training": Protocol, "query": QueryProtocol}
+
+
+def protocol_class(name: str) -> type[Protocol]:
+    """The protocol class of `name` ("training" or "query"); a `PufaceError` naming the choices otherwise."""
+    try:
+        return PROTOCOLS[name]
+    except KeyError:
+        raise PufaceError(f"unknown protocol {name!r} (choose from {', '.join(PROTOCOLS)})") from None

@@ -156,11 +156,18 @@ def render_tables(cfg: Any, summary: list[dict], quality: list[dict], *, wall_s:
     parts = [f"## {cfg.name}: ASR and normal accuracy (%)", ""]
     if cfg.description:
         parts += [cfg.description.strip(), ""]
+    if getattr(cfg, "protocol", "training") == "query":
+        protocol = ("Query-time protocol: the FR model is built from every identity's clean gallery (training) photos; "
+                    "the protected user's probe (test) photos are cloaked. ASR: share of the user's cloaked probes not "
+                    "matched to the user (higher = the cloak protects). Normal accuracy: accuracy on every other "
+                    "identity's probes. The defense is applied to every probe; the gallery is untouched.")
+    else:
+        protocol = ("ASR: share of the protected user's clean test photos not recognised as the user (higher = the "
+                    "cloak protects). Normal accuracy: accuracy on every other identity's test photos. The defense is "
+                    "applied to all training images; test photos are clean.")
     parts += [
         f"Mean ± standard deviation over {n_users} protected user(s) x {len(cfg.seeds)} seed(s) "
-        f"(seeds {', '.join(map(str, cfg.seeds))}). ASR: share of the protected user's clean test photos not "
-        "recognised as the user (higher = the cloak protects). Normal accuracy: accuracy on every other "
-        "identity's test photos. The defense is applied to all training images; test photos are clean. "
+        f"(seeds {', '.join(map(str, cfg.seeds))}). {protocol} "
         "Setting: white-box = the FR model is built on the attacker's surrogate, oblivious = on another model, "
         "clean = no cloak.",
         "",
@@ -174,7 +181,8 @@ def render_tables(cfg: Any, summary: list[dict], quality: list[dict], *, wall_s:
             parts += [f"**{title}**", "", _md_table(h, r), ""]
     if quality:
         h, r = quality_table(quality, attacks=order["attacks"], defenses=order["defenses"])
-        parts += ["### Image quality of the training images of protected users (vs. their natural images)", "", _md_table(h, r), ""]
+        which = "probe" if getattr(cfg, "protocol", "training") == "query" else "training"
+        parts += [f"### Image quality of the {which} images of protected users (vs. their natural images)", "", _md_table(h, r), ""]
     if wall_s is not None:
         resumed = f", over {sessions} sessions (resumed)" if sessions > 1 else ""
         parts += [f"Wall time: {wall_s:.0f} s ({wall_s / 60:.1f} min){resumed}.", ""]

@@ -4,6 +4,7 @@ A config (every key optional except the lists; the packaged ones are in `puface/
 
     name = "lfw"
     seeds = [0]
+    protocol = "training"         # FaceCure's (cloaked training photos) or "query" (clean gallery, cloaked probes)
 
     [data]
     root = "lfw-chips150"         # a folder, a data set name under $PUFACE_DATA, or "johns"
@@ -61,12 +62,13 @@ from typing import Any, Callable
 
 from ..attacks import attack_label
 from ..defenses import default_label
+from ..evaluation.protocol import PROTOCOLS
 from ..utils.errors import ConfigError
 from ..utils.tomlconfig import extends_chain, load_toml_config, resolve_chain, to_toml
 
 __all__ = ["ExperimentConfig", "AttackEntry", "TrainerEntry", "DefenseEntry", "load_config", "config_text", "LABELS"]
 
-_TOP_KEYS = {"name", "description", "seeds", "data", "users", "attacks", "victims", "trainers", "defenses", "run", "report"}
+_TOP_KEYS = {"name", "description", "seeds", "protocol", "data", "users", "attacks", "victims", "trainers", "defenses", "run", "report"}
 _SECTION_KEYS = {
     "data": {"root", "min_images", "max_per_identity", "train_fraction", "image_size"},
     "users": {"count", "names", "min_train", "min_test", "allow_purifier_identities"},
@@ -155,6 +157,7 @@ class ExperimentConfig:
     run: dict[str, Any]
     report: dict[str, Any]
     description: str = ""
+    protocol: str = "training"
     raw: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
 
@@ -191,10 +194,13 @@ class ExperimentConfig:
             dup = sorted({x for x in labels if labels.count(x) > 1})
             if dup:
                 raise ConfigError(f"{where}: {what} labels must be unique, repeated: {', '.join(dup)} (set label = \"...\")")
+        protocol = str(raw.get("protocol", "training"))
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"{where}: unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
         return cls(
             name=str(raw.get("name", source.stem if source else "experiment")), seeds=list(seeds), data=data, users=users,
             attacks=attacks, victims=victims, trainers=trainers, defenses=defenses, run=run, report=report,
-            description=str(raw.get("description", "")), raw=raw, source=source,
+            description=str(raw.get("description", "")), protocol=protocol, raw=raw, source=source,
         )
 
     @staticmethod
@@ -272,7 +278,7 @@ class ExperimentConfig:
     def resolved(self) -> dict[str, Any]:
         """Every setting after defaults and labels (JSON-serialisable; saved with the results)."""
         return {
-            "name": self.name, "seeds": self.seeds, "data": self.data, "users": self.users,
+            "name": self.name, "seeds": self.seeds, "protocol": self.protocol, "data": self.data, "users": self.users,
             "attacks": [a.__dict__ for a in self.attacks], "victims": self.victims,
             "trainers": [t.__dict__ for t in self.trainers], "defenses": [{"label": d.label, "spec": d.spec} for d in self.defenses],
             "run": self.run, "report": self.report, "source": str(self.source) if self.source else None,

@@ -10,7 +10,7 @@ from typing import Callable
 from ..data.datasets import resolve_data_root
 from ..defenses import PuFaceDefense
 from ..evaluation.cache import ContentCache
-from ..evaluation.protocol import Protocol
+from ..evaluation.protocol import protocol_class
 from ..utils.errors import PufaceError
 from .build import (
     build_attack,
@@ -81,9 +81,9 @@ def run_experiment(
             load_s = time.perf_counter() - t_load
             _check_users(users, exclude, allow, echo)
             users_by_seed[seed] = users
-            echo(f"seed {seed}: {len(data.identities)} identities, {len(data.train)} training / {len(data.test)} test images; "
+            echo(f"seed {seed} ({cfg.protocol}-time protocol): {len(data.identities)} identities, {len(data.train)} training / {len(data.test)} test images; "
                  f"protected users: {', '.join(users)}")
-            proto = Protocol(
+            proto = protocol_class(cfg.protocol)(
                 data, users, [build_attack(a, seed, device, cfg.run["cloak_batch_size"]) for a in cfg.attacks],
                 victims, trainers, defenses, cache=cache, done=folder.done, on_result=folder.add_run,
                 on_quality=lambda *q, seed=seed: folder.add_quality(seed, *q),

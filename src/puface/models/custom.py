@@ -14,7 +14,11 @@ What the model expects is never guessed where a guess could silently cost accura
 Sidecar example (`model.json`)::
 
     {"input_size": [112, 112], "scale": 255, "mean": [127.5, 127.5, 127.5], "std": [127.5, 127.5, 127.5],
-     "order": "RGB", "name": "arcface-r50", "licence": "non-commercial research (insightface)"}
+     "order": "RGB", "name": "arcface-r50", "licence": "non-commercial research (insightface)", "layout": "arcface112"}
+
+* face layout: the `layout` option / sidecar key: "any" (default: chips are plainly resized) or
+  "arcface112" (the model was trained on ArcFace-aligned 112 px crops: puface's dlib chips are warped into
+  that layout, as for SFace).
 
 A graph that only runs with batch 1 is run image by image (with a warning).
 """
@@ -36,7 +40,9 @@ from .base import FaceEmbedder, InputNormalization
 __all__ = ["load_custom_embedder", "read_sidecar", "CustomModelError"]
 
 _NORM_KEYS = ("scale", "mean", "std")
-_SIDECAR_KEYS = {"input_size", "scale", "mean", "std", "order", "name", "embedding_dim", "licence", "license", "source"}
+_SIDECAR_KEYS = {"input_size", "scale", "mean", "std", "order", "name", "embedding_dim", "licence", "license", "source", "layout"}
+#: face layouts a model may be trained on; puface's dlib chips are warped into them (None: plain resize)
+LAYOUTS = ("any", "arcface112")
 _TORCHSCRIPT_SUFFIXES = {".pt", ".pth", ".ts", ".torchscript", ".jit", ".zip"}
 
 
@@ -234,6 +240,7 @@ def load_custom_embedder(
     normalization: InputNormalization | Mapping | None = None,
     name: str | None = None,
     embedding_dim: int | None = None,
+    layout: str | None = None,
 ) -> FaceEmbedder:
     """A `FaceEmbedder` around a user's ONNX or TorchScript face model (see the module docstring).
 
@@ -243,6 +250,7 @@ def load_custom_embedder(
         normalization: `InputNormalization` or {"scale", "mean", "std", "order"}.
         name: shown in reports; default: the sidecar's "name", else the file stem.
         embedding_dim: D, checked against the model's output.
+        layout: the face layout the model was trained on ("any" or "arcface112"; default: the sidecar's, else "any").
     Raises:
         CustomModelError / ConfigError / OnnxImportError (all `PufaceError`) with the fix in the message.
     """
@@ -281,6 +289,14 @@ def load_custom_embedder(
     if want is not None and int(want) != dim:
         raise CustomModelError(f"{path}: embedding_dim {want} was given but the model outputs {dim}-d embeddings")
 
+    layout = str(layout or sidecar.get("layout") or "any")
+    if layout not in LAYOUTS:
+        raise ConfigError(f"{path}: unknown face layout {layout!r} (choose from {', '.join(LAYOUTS)})")
+    warp = None
+    if layout == "arcface112":
+        from .sface import dlib_chip_to_arcface_warp
+
+        warp = dlib_chip_to_arcface_warp()
     return FaceEmbedder(
         net,
         name=name or str(sidecar.get("name") or path.stem),
@@ -289,4 +305,6 @@ def load_custom_embedder(
         normalization=norm,
         source=str(sidecar.get("source") or path),
         licence=str(sidecar.get("licence") or sidecar.get("license") or "user-supplied"),
+        input_layout="dlib150" if warp is not None else "",
+        input_warp=warp,
     )

@@ -38,12 +38,26 @@ def create_embedder(name: str, device: str | None = None, **kwargs) -> FaceEmbed
     return emb.to(device) if device else emb
 
 
+def model_path(spec: str) -> Path:
+    """The file a model spec names: the path itself when it exists, else `$PUFACE_MODELS/<spec>` when that
+    exists (a folder of the user's model files, as `$PUFACE_DATA` is for data sets, so configs can name a
+    model file without a machine's path), else the path as given."""
+    import os
+
+    p = Path(spec).expanduser()
+    home = os.environ.get("PUFACE_MODELS")
+    if not p.exists() and home and (Path(home) / spec).is_file():
+        return Path(home) / spec
+    return p
+
+
 def load_embedder(spec: str, device: str | None = None, **kwargs) -> FaceEmbedder:
-    """A registry name, or a path to a user's ONNX / TorchScript face model (see `models.custom`)."""
+    """A registry name, or a user's ONNX / TorchScript face model file (see `models.custom`): a path, or a
+    file name in `$PUFACE_MODELS`."""
     _load_builtin()
     if spec in EMBEDDERS:
         return create_embedder(spec, device=device, **kwargs)
-    p = Path(spec)
+    p = model_path(spec)
     if p.suffix.lower() in (".onnx", ".pt", ".pth", ".pt2", ".ts", ".torchscript") or p.exists():
         from .custom import load_custom_embedder
 

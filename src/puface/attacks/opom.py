@@ -1,0 +1,186 @@
+"""OPOM (Zhong & Deng, "OPOM: Customized Invisible Cloak towards Face Privacy Protection", TPAMI 2022,
+arXiv 2205.11981): one person-specific universal privacy mask per identity, optimised on a set of that
+person's photos and added to every photo of the person.
+
+The mask pushes the protected photos' features out of the *feature subspace* of the person's clean
+photos, approximated by (the reference code's `loss_type`):
+
+* ``"affine"`` (OPOM-AffineHull, 8): distance of each masked photo's feature to its projection onto the
+  affine hull of the clean features {sum_i a_i f_i : sum_i a_i = 1}; closed form here (the reference
+  solves one constrained least squares per photo with cvxpy: the same projection);
+* ``"convex"`` (OPOM-ConvexHull, 9): to the convex hull (a_i >= 0 as well), solved by projected gradient
+  on the simplex; the first `center_steps` steps use the class centre, as the reference's `nter`;
+* ``"center"`` (OPOM-ClassCenter, 7): to the mean clean feature;
+* ``"fi-uap"`` (the paper's FI-UAP baseline, 0): each masked photo's distance to its own clean feature.
+
+Features are L2-normalised, the distance is the mean squared difference (the reference's `MSELoss`),
+summed over the surrogates. The optimisation is the reference's `FIM`: a random start x + U(-eps, eps)
+per photo, then `steps` times: the gradient of the loss averaged over the person's photos, a signed step
+of `step_size`, the mask = the mean of (x_adv - x) clipped to [-eps, eps], x_adv = clip(x + mask, 0, 1).
+Defaults as the released scripts (``--alpha 8 --round 16 --step_size 1``): eps 8/255, 16 steps of 1/255.
+Budgets are in grey levels (0-255). Images keep their size: the mask has the photos' resolution, the
+surrogates resize inside (OPOM worked on 112x112 ArcFace crops).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..utils.errors import ConfigError
+from .group import GroupCloakAttack, Reference
+from .surrogates import SurrogateSpec, available_defaults
+
+__all__ = ["OPOM", "OPOMSettings", "HULLS", "affine_projection", "simplex_projection"]
+
+HULLS = ("affine", "convex", "center", "fi-uap")
+
+
+@dataclass(frozen=True)
+class OPOMSettings:
+    """Every knob; `epsilon` and `step_size` in grey levels (0-255)."""
+
+    hull: str = "affine"
+    epsilon: float = 8.0
+    step_size: float = 1.0
+    steps: int = 16
+    random_start: bool = True
+    center_steps: int = 5  # convex hull only: steps that use the class centre first (the reference's nter)
+    hull_iters: int = 100  # convex hull only: projected-gradient iterations per projection
+
+    def check(self) -> None:
+        if self.hull not in HULLS:
+            raise ConfigError(f"opom: hull must be one of {', '.join(HULLS)}, got {self.hull!r}")
+        if not 0 < self.epsilon <= 255 or not self.step_size > 0:
+            raise ConfigError(f"opom: epsilon must be in (0, 255] and step_size > 0 (grey levels), got {self.epsilon}, {self.step_size}")
+        if self.steps < 0 or self.center_steps < 0 or self.hull_iters < 1:
+            raise ConfigError("opom: steps and center_steps must be >= 0, hull_iters >= 1")
+
+
+def affine_projection(points: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """Projection of each row of `points` (M, D) onto the affine hull of the rows of `anchors` (n, D)."""
+    c = anchors.mean(dim=0, keepdim=True)
+    centred = anchors - c
+    if len(anchors) < 2:
+        return c.expand_as(points)
+    u, s, _ = torch.linalg.svd(centred.T, full_matrices=False)  # columns of u span the hull's directions
+    u = u[:, s > s.max() * 1e-6]
+    return c + (points - c) @ u @ u.T
+
+
+def simplex_projection(v: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of each row of `v` (M, n) onto the probability simplex (Duchi et al. 2008)."""
+    n = v.shape[1]
+    mu, _ = v.sort(dim=1, descending=True)
+    css = mu.cumsum(dim=1) - 1
+    k = torch.arange(1, n + 1, device=v.device, dtype=v.dtype)
+    cond = mu - css / k > 0
+    rho = cond.to(v.dtype).cumsum(dim=1).argmax(dim=1, keepdim=True)  # last index where cond holds
+    theta = css.gather(1, rho) / (rho + 1).to(v.dtype)
+    return (v - theta).clamp(min=0)
+
+
+def convex_projection(points: torch.Tensor, anchors: torch.Tensor, iters: int) -> torch.Tensor:
+    """Approximate projection of each row of `points` (M, D) onto the convex hull of `anchors` (n, D):
+    min_a ||a A - y||^2 over the simplex, by projected gradient (step 1 / Lipschitz constant)."""
+    n = len(anchors)
+    a = torch.full((len(points), n), 1.0 / n, dtype=points.dtype, device=points.device)
+    gram = anchors @ anchors.T
+    lip = torch.linalg.matrix_norm(gram, ord=2).clamp(min=1e-12)
+    target = points @ anchors.T
+    for _ in range(iters):
+        a = simplex_projection(a - (a @ gram - target) / lip)
+    return a @ anchors
+
+
+class OPOM(GroupCloakAttack):
+    """OPOM privacy masks (see the module docstring): one universal mask per distinct label.
+
+    Args:
+        embedders: surrogate face models (names, model files or `FaceEmbedder`s; default dlib-resnet29
+            and sface), their losses summed.
+        seed, device, batch_size: see `CloakAttack` (`batch_size`: images per surrogate pass).
+        **knobs: fields of `OPOMSettings`.
+    """
+
+    kind = "opom"
+    algorithm = "opom-fim/1"
+
+    def __init__(self, embedders: Sequence[SurrogateSpec] | None = None, *, seed: int = 0, device=None,
+                 batch_size: int = 16, **knobs: Any):
+        known = {f.name for f in fields(OPOMSettings)}
+        unknown = sorted(set(knobs) - known)
+        if unknown:
+            raise ConfigError(f"opom: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        self.settings = replace(OPOMSettings(), **knobs)
+        self.settings.check()
+        if embedders is None:
+            embedders = available_defaults(["dlib-resnet29", "sface"], "opom")
+        super().__init__(embedders, seed=seed, device=device, batch_size=batch_size)
+
+    @property
+    def name(self) -> str:
+        return "opom" if self.settings.hull == "affine" else f"opom-{self.settings.hull}"
+
+    @property
+    def linf_budget(self) -> float:
+        return self.settings.epsilon / 255.0
+
+    def _settings(self) -> dict[str, Any]:
+        return asdict(self.settings)
+
+    def _loss(self, adv: list[torch.Tensor], clean: list[torch.Tensor], step: int) -> torch.Tensor:
+        """The feature-subspace distance (to maximise), summed over surrogates."""
+        s = self.settings
+        total = adv[0].new_zeros(())
+        for y, f in zip(adv, clean):
+            if s.hull == "fi-uap":
+                target = f
+            elif s.hull == "center" or (s.hull == "convex" and step < s.center_steps):
+                target = f.mean(dim=0, keepdim=True).expand_as(y)
+            elif s.hull == "affine":
+                target = affine_projection(y.detach(), f)
+            else:
+                target = convex_projection(y.detach(), f, s.hull_iters)
+            total = total + F.mse_loss(y, target.detach())
+        return total
+
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [F.normalize(self._batched(emb, x), dim=1) for emb in self.surrogates]
+
+    def _mask(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The universal mask (1, 3, H, W) of one person's photos x (n, 3, H, W), and the final distance
+        of each masked photo to the hull (n,)."""
+        s = self.settings
+        eps, alpha = s.epsilon / 255.0, s.step_size / 255.0
+        with torch.no_grad():
+            clean = self._features(x)
+        x_adv = x.clone()
+        if s.random_start:
+            x_adv = x + self.uniform_noise([generator] * len(x), x.shape[1:], -eps, eps, x.device)
+        mask = torch.zeros_like(x[:1])
+        for step in range(s.steps):
+            with torch.enable_grad():
+                x_adv = x_adv.detach().requires_grad_(True)
+                loss = self._loss(self._features(x_adv), clean, step)
+                (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = x_adv.detach() + alpha * grad.mean(dim=0, keepdim=True).sign()
+            mask = (x_adv - x).mean(dim=0, keepdim=True).clamp(-eps, eps)
+            x_adv = (x + mask).clamp(0, 1)
+        with torch.no_grad():
+            adv = self._features((x + mask).clamp(0, 1))
+            dist = torch.stack([((y - affine_projection(y, f)) ** 2).sum(dim=1) for y, f in zip(adv, clean)]).mean(dim=0)
+        return mask, dist
+
+    def _attack_group(self, x: torch.Tensor, labels: list, reference: Reference | None, generator: torch.Generator):
+        out = torch.empty_like(x)
+        dist = torch.zeros(len(x))
+        for lab in dict.fromkeys(labels):
+            idx = torch.tensor([i for i, l in enumerate(labels) if l == lab])
+            mask, d = self._mask(x[idx], generator)
+            out[idx] = (x[idx] + mask).clamp(0, 1)
+            dist[idx] = d.cpu()
+        return out, {"hull_distance": dist}

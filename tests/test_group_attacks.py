@@ -1,0 +1,193 @@
+"""OPOM privacy masks and unlearnable examples: the budget, one mask / noise per identity (class-wise) or per
+photo (sample-wise), determinism under a seed, the hull projections, the group cache and `puface cloak`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from puface.attacks import Reference, create_attack
+from puface.attacks.cache import CloakCache
+from puface.attacks.opom import affine_projection, convex_projection, simplex_projection
+from puface.utils.errors import ConfigError, PufaceError
+
+from test_fawkes import tiny_embedder
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def faces(small_chips):
+    """6 johns chips at 48 px, float [0, 1]."""
+    return small_chips(step=9, count=6)
+
+
+def grey(n: int, seed: int = 0) -> torch.Tensor:
+    """Mid-grey images with mild texture: far from 0 and 1, so no mask is clipped at the range's ends."""
+    g = torch.Generator().manual_seed(seed)
+    return 0.5 + 0.05 * torch.rand(n, 3, 48, 48, generator=g)
+
+
+def opom(seed: int = 0, **kw):
+    return create_attack("opom", embedders=[tiny_embedder()], seed=seed, device="cpu", **kw)
+
+
+def unlearnable(seed: int = 0, **kw):
+    kw = {"max_rounds": 2, "steps": 4, "train_steps": 3, **kw}
+    return create_attack("unlearnable", embedders=[tiny_embedder()], seed=seed, device="cpu", **kw)
+
+
+# ------------------------------------------------------------------ the hull geometry
+
+def test_affine_projection_is_the_orthogonal_projection_onto_the_hull():
+    g = torch.Generator().manual_seed(0)
+    anchors = torch.randn(4, 10, generator=g)
+    # a point of the hull projects onto itself
+    w = torch.tensor([[0.7, -0.4, 0.2, 0.5]])
+    inside = w @ anchors
+    torch.testing.assert_close(affine_projection(inside, anchors), inside, atol=1e-5, rtol=0)
+    # the residual of any point is orthogonal to every direction of the hull
+    y = torch.randn(3, 10, generator=g)
+    res = y - affine_projection(y, anchors)
+    torch.testing.assert_close(res @ (anchors[1:] - anchors[:1]).T, torch.zeros(3, 3), atol=1e-5, rtol=0)
+    # one anchor: the hull is that point
+    torch.testing.assert_close(affine_projection(y, anchors[:1]), anchors[:1].expand(3, -1))
+
+
+def test_simplex_and_convex_projection():
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(5, 4, generator=g) * 3
+    p = simplex_projection(v)
+    assert (p >= 0).all()
+    torch.testing.assert_close(p.sum(dim=1), torch.ones(5))
+    inside = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
+    torch.testing.assert_close(simplex_projection(inside), inside)
+    anchors = torch.eye(3)  # the hull is the triangle of the unit vectors
+    y = torch.tensor([[2.0, 0.0, 0.0], [0.3, 0.3, 0.3]])
+    torch.testing.assert_close(convex_projection(y, anchors, 500), torch.tensor([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3]]), atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------ OPOM
+
+@pytest.mark.parametrize("hull", ["affine", "convex", "center", "fi-uap"])
+def test_opom_budget_and_one_mask_per_identity(hull):
+    x = grey(6)
+    atk = opom(hull=hull, steps=6, epsilon=8)
+    labels = ["a"] * 3 + ["b"] * 3
+    res = atk.run(x, labels=labels)
+    delta = res.images - x
+    assert delta.abs().max() <= 8 / 255 + 1e-6 and delta.abs().max() > 4 / 255
+    torch.testing.assert_close(delta[0], delta[1], atol=1e-6, rtol=0)  # universal within a person
+    torch.testing.assert_close(delta[3], delta[5], atol=1e-6, rtol=0)
+    assert not torch.allclose(delta[0], delta[3])  # each person has their own mask
+    assert set(res.stats) >= {"dssim", "psnr", "linf", "shift_tiny", "hull_distance"}
+    q = atk.run(x, labels=labels, quantize_output=True).images
+    assert (q - x).abs().max() <= 8 / 255 + 0.5 / 255 + 1e-6
+
+
+def test_opom_seeded_and_configurable(faces):
+    a = opom(0, steps=3)(faces)
+    assert torch.equal(a, opom(0, steps=3)(faces)) and not torch.equal(a, opom(1, steps=3)(faces))
+    small = opom(0, steps=3, epsilon=2)(faces)
+    assert (small - faces).abs().max() <= 2 / 255 + 1e-6
+    assert opom(hull="convex").name == "opom-convex" and opom().name == "opom"
+    with pytest.raises(ConfigError, match="hull"):
+        opom(hull="sphere")
+    with pytest.raises(ConfigError, match="unknown option"):
+        opom(mode="high")
+
+
+def test_opom_pushes_features_out_of_the_hull(faces):
+    emb = tiny_embedder()
+    atk = opom(steps=10)
+    res = atk.run(faces)
+    clean = torch.nn.functional.normalize(emb(faces), dim=1)
+    adv = torch.nn.functional.normalize(emb(res.images), dim=1)
+    noise = (faces + (torch.rand_like(faces) - 0.5) * 2 * 8 / 255).clamp(0, 1)
+    rand = torch.nn.functional.normalize(emb(noise), dim=1)
+    dist = lambda y: ((y - affine_projection(y, clean)) ** 2).sum(1).mean()  # noqa: E731
+    assert dist(adv) > 3 * dist(rand)
+
+
+# ------------------------------------------------------------------ unlearnable examples
+
+def test_unlearnable_samplewise_and_classwise():
+    x = grey(6, seed=2)
+    labels = ["a"] * 3 + ["b"] * 3
+    ref = Reference(grey(4, seed=3), np.array(["c", "c", "d", "d"], dtype=object))
+    cw = unlearnable(perturb="classwise").run(x, labels=labels, reference=ref)
+    d = cw.images - x
+    assert d.abs().max() <= 8 / 255 + 1e-6 and d.abs().max() > 2 / 255
+    torch.testing.assert_close(d[0], d[2], atol=1e-6, rtol=0)  # one noise per identity
+    torch.testing.assert_close(d[3], d[4], atol=1e-6, rtol=0)
+    assert not torch.allclose(d[0], d[3])
+    sw = unlearnable(perturb="samplewise").run(x, labels=labels, reference=ref)
+    d = sw.images - x
+    assert d.abs().max() <= 8 / 255 + 1e-6
+    assert not torch.allclose(d[0], d[1])  # one noise per photo
+    assert set(sw.stats) >= {"rounds", "head_error", "ue_loss", "shift_tiny"}
+    assert 1 <= sw.stats["rounds"][0] <= 2
+
+
+def test_unlearnable_minimises_the_error(faces):
+    """The noise makes the user's photos easier for the inner model: lower loss than random noise of the
+    same budget under the model it was fitted with (error-minimizing, not maximizing)."""
+    labels = ["a"] * 3 + ["b"] * 3
+    atk = unlearnable(perturb="samplewise", max_rounds=3, steps=10)
+    res = atk.run(faces, labels=labels)
+    assert float(res.stats["ue_loss"].mean()) < 0.5
+
+
+def test_unlearnable_seeded_budget_and_needs_classes(faces):
+    labels = ["a"] * 3 + ["b"] * 3
+    a = unlearnable(0)(faces, labels=labels)
+    assert torch.equal(a, unlearnable(0)(faces, labels=labels)) and not torch.equal(a, unlearnable(1)(faces, labels=labels))
+    small = unlearnable(0, epsilon=4)(faces, labels=labels)
+    assert (small - faces).abs().max() <= 4 / 255 + 1e-6
+    with pytest.raises(PufaceError, match="two classes"):
+        unlearnable()(faces)
+    with pytest.raises(ConfigError, match="perturb"):
+        unlearnable(perturb="pixelwise")
+
+
+# ------------------------------------------------------------------ the group cache
+
+def test_group_cache_reuses_only_the_same_group(tmp_path, faces):
+    cache = CloakCache(tmp_path)
+    atk = opom(steps=2)
+    u8 = (faces * 255).round().to(torch.uint8)
+    first = cache.cloak_group(atk, u8[:4], ["a"] * 4)
+    assert cache.cached_count(atk) == 4
+    again = cache.cloak_group(atk, u8[:4], ["a"] * 4)
+    assert torch.equal(first, again) and cache.cached_count(atk) == 4
+    cache.cloak_group(atk, u8[:3], ["a"] * 3)  # another group: another mask, new files
+    assert cache.cached_count(atk) == 7
+    torch.testing.assert_close(first, atk.run(u8[:4].float() / 255, labels=["a"] * 4, quantize_output=True).images)
+
+
+def test_cloak_cli_group_attack(tmp_path, johns_dir, capsys):
+    from puface.cli import main
+
+    out = tmp_path / "out"
+    assert main(["cloak", "--attack", "opom", "--surrogate", "dlib-resnet29", "--steps", "1", "--no-progress",
+                 str(johns_dir), str(out)]) == 0
+    assert len(list(out.rglob("*.png"))) == 55 and (out / "cloak_stats.csv").is_file()
+    capsys.readouterr()
+    assert main(["cloak", "--attack", "opom", "--perturb", "classwise", str(johns_dir), str(tmp_path / "x")]) == 2
+    assert "--perturb is not an option of opom" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cloak_cli_unlearnable_learns_the_other_folders(tmp_path, johns_dir):
+    """Each identity folder is one class-wise group; the other four folders are its reference classes."""
+    import csv
+
+    from puface.cli import main
+
+    out = tmp_path / "ue"
+    assert main(["cloak", "--attack", "unlearnable", "--perturb", "classwise", "--surrogate", "dlib-resnet29",
+                 "--steps", "2", "--no-progress", str(johns_dir), str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "cloak_stats.csv")))
+    assert len(rows) == 55 and all(float(r["linf"]) <= 8.5 / 255 for r in rows)
+    assert {r["rounds"] for r in rows} and all(float(r["head_error"]) < 1 for r in rows)
