@@ -512,6 +512,10 @@ class QueryProtocol(Protocol):
         for u in self.users:
             if len(self.data.test.rows_of(u)) == 0:
                 raise PufaceError(f"protected user {u!r} has no probe (test) images in this split")
+        views = [label for label, d in self.defenses.items() if isinstance(d, Views)]
+        if views:
+            raise PufaceError(f"defense(s) {', '.join(views)}: a `views` defense keeps several training views and "
+                              "has no meaning for query-time probes; use it with the training-time protocol")
 
     def _gallery_model(self, v: str, t: TrainerSpec) -> Trainer:
         """Trainer `t` on victim `v` fitted on the clean gallery (once)."""
