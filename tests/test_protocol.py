@@ -224,3 +224,37 @@ def test_a_trainer_can_be_restricted_to_some_victims(colour_data):
     with pytest.raises(PufaceError, match="victims not in the grid"):
         Protocol(colour_data, ["Alice"], [CLEAN], {"a": colour_embedder("a")}, [TrainerSpec("nn", "nn", victims=("z",))],
                  {"none": create_defense("none")}, cloak_cache=None, progress=False)
+
+
+def test_views_train_on_every_view(colour_data):
+    """`views`: the FR model trains on the photo and its defended version. A blur view recovers the user
+    from the checker cloak (1-NN finds the blurred copy), a view that misses the cloak does not."""
+    proto = Protocol(colour_data, ["Alice", "Carol"], [CLEAN, CHECKER], {"colour": colour_embedder()},
+                     [TrainerSpec("nn", "nn"), TrainerSpec("linear", "linear")],
+                     {"keep-blur": create_defense({"name": "views", "of": ["none", "blur"]}),
+                      "keep-bits": create_defense("views:of=none|bitdepth")},
+                     cloak_cache=None, progress=False, example_users=1)
+    rows = proto.run()
+    assert all(r["normal_acc"] == 1.0 for r in rows)
+    assert all(r["asr"] == 0.0 for r in by(rows, attack="clean"))
+    assert all(r["asr"] == 0.0 for r in by(rows, attack="checker", defense="keep-blur", trainer="nn"))
+    assert all(r["asr"] == 1.0 for r in by(rows, attack="checker", defense="keep-bits", trainer="nn"))
+    # the training set holds both views, labels repeated; the report shows the last view
+    ds = proto._defended_set("keep-blur", need_emb=True)
+    n = len(colour_data.train)
+    assert ds.images.shape[0] == 2 * n and list(ds.labels) == list(colour_data.train.labels) * 2
+    assert torch.equal(ds.images[:n], colour_data.train.images)
+    assert proto.examples["Alice"]["checker"]["defense:keep-blur"].shape == (2, 3, 32, 32)
+
+
+def test_views_defense_as_a_function():
+    from puface.defenses import Views
+
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    v = create_defense({"name": "views", "of": ["none", "blur:sigma=1"]})
+    assert isinstance(v, Views) and v.name == "views-none-blur-s1"
+    assert torch.equal(v(x), create_defense("blur:sigma=1")(x))  # as images -> images: the last view
+    assert [p.name for p in v.parts] == ["none", "blur-s1"]
+    assert create_defense(v.config).cache_key == v.cache_key
+    with pytest.raises(PufaceError, match="at least two"):
+        create_defense({"name": "views", "of": ["none"]})

@@ -123,3 +123,10 @@ def test_evaluate_cli_offers_the_protocol(capsys):
     assert main(["evaluate", "--help"]) == 0
     text = capsys.readouterr().out
     assert "--protocol [training|query]" in text and "probe" in text
+
+
+def test_views_defense_is_refused_at_query_time(colour_data):
+    with pytest.raises(PufaceError, match="views"):
+        QueryProtocol(colour_data, ["Alice"], [AttackSpec("clean", None)], {"colour": colour_embedder()},
+                      [TrainerSpec("nn", "nn")], {"keep": create_defense("views:of=none|blur")}, cloak_cache=None,
+                      progress=False)

@@ -77,23 +77,30 @@ def as_through_defense(through: "str | Defense") -> Defense:
     return create_defense(text)
 
 
-def through_defense(embedders: Sequence[FaceEmbedder | str], defense: "str | Defense" = "default", *,
-                    gradient: str = "exact", eot_noise: float = 0.0) -> list[ThroughDefense]:
-    """Wrap surrogates (objects or registry names/paths) so an attack optimises through `defense`."""
+def through_defense(embedders: Sequence[FaceEmbedder | str], defense: "str | Defense | Sequence[str | Defense]" = "default",
+                    *, gradient: str = "exact", eot_noise: float = 0.0) -> list[ThroughDefense]:
+    """Wrap surrogates (objects or registry names/paths) so an attack optimises through `defense`.
+
+    A list of defenses is an ensemble: every surrogate is wrapped once per defense (surrogate-major order),
+    so the attack sums (or, with Fawkes' ``ensemble = "min"``, takes the weakest of) its losses over all of
+    them: expectation over a set of purifiers the attacker knows. ``"none"`` in the list is the photo itself.
+    """
     from ..models.registry import load_embedder
 
-    d = as_through_defense(defense)
+    defenses = [as_through_defense(d) for d in ([defense] if isinstance(defense, (str, Defense)) else list(defense))]
+    if not defenses:
+        raise ConfigError("an adaptive attack needs at least one defense to optimise through")
     out = []
     for e in embedders:
         emb = load_embedder(e) if isinstance(e, str) else e
-        out.append(ThroughDefense(emb, d, gradient=gradient, eot_noise=eot_noise))
+        out.extend(ThroughDefense(emb, d, gradient=gradient, eot_noise=eot_noise) for d in defenses)
     return out
 
 
 def adaptive_options(kw: dict, *, what: str = "the attack") -> dict:
     """Resolve an attack spec's adaptive keys in place and return `kw`.
 
-    Pops ``through`` (see `as_through_defense`), ``gradient`` ("exact" / "bpda") and ``eot_noise`` (std of
+    Pops ``through`` (see `as_through_defense`; a list is an ensemble, see `through_defense`), ``gradient`` ("exact" / "bpda") and ``eot_noise`` (std of
     the Gaussian input noise, images in [0, 1]); when ``through`` is set, ``kw["embedders"]`` (names or
     embedders) becomes their `ThroughDefense` wrappers. Every config reader (experiments, purifier
     training, the CLI) goes through this, so an adaptive spec means the same everywhere.

@@ -49,6 +49,11 @@ the cap after every step (PGD-style), with the same th, cap, steps and lr: same 
 (docs/RESULTS.md, "Fawkes mid"). It does not stop Adadelta at lr 20 from
 oscillating above the band on a few images; those keep an early iterate under either cap.
 
+Ensemble (`ensemble`): with several surrogates v1.0.2 sums their feature distances ("sum", the default).
+"min" pushes the weakest of them instead (the loss and the kept iterate use the smallest distance): what an
+attacker needs against a defender who keeps several views of a photo (for example the photo and its
+purified version) and recognises the person when any view still matches.
+
 Other differences from the original, all deliberate: the source embeddings are
 computed once, not at every step (same values); the iterate kept when none is inside the budget is
 the unmodified image, not the all-zero array v1.0 starts from (step 1 is always inside, so this only
@@ -96,6 +101,7 @@ class FawkesSettings:
     target_weight: float = 1000.0  # weight of the targeted feature term (v1.0's mimic branch)
     geometry: str = "chip"  # where the budget lives: "chip" (native size) or "square112" (v1.0.2's padded 112 px square)
     cap: str = "clip"  # how the +-max_change cap acts: "clip" (v1.0.2: clipped, no gradient past it) or "project"
+    ensemble: str = "sum"  # how several surrogates' feature distances combine: "sum" (v1.0.2) or "min" (the weakest)
 
     def check(self) -> None:
         if not self.th > 0:
@@ -114,6 +120,8 @@ class FawkesSettings:
             raise ConfigError(f"fawkes: unknown geometry {self.geometry!r}; choose one of {', '.join(GEOMETRIES)}")
         if self.cap not in CAP_MODES:
             raise ConfigError(f"fawkes: unknown cap {self.cap!r}; choose one of {', '.join(CAP_MODES)}")
+        if self.ensemble not in ENSEMBLE_MODES:
+            raise ConfigError(f"fawkes: unknown ensemble {self.ensemble!r}; choose one of {', '.join(ENSEMBLE_MODES)}")
 
 
 MODES: dict[str, FawkesSettings] = {
@@ -122,6 +130,7 @@ MODES: dict[str, FawkesSettings] = {
     "high": FawkesSettings(th=0.017, steps=150, lr=15.0),
 }
 CAP_MODES = ("clip", "project")
+ENSEMBLE_MODES = ("sum", "min")
 MODE_KNOBS = ("th", "steps", "lr")  # what a named mode fixes
 DEFAULT_SURROGATES = {
     "low": ("dlib-resnet29",),
@@ -219,6 +228,8 @@ class Fawkes(CloakAttack):
             del settings["geometry"]
         if settings["cap"] == "clip":  # likewise
             del settings["cap"]
+        if settings["ensemble"] == "sum":  # likewise
+            del settings["ensemble"]
         return {"mode": self.mode, **settings}
 
     def run(self, images: torch.Tensor, *, targets: Sequence[torch.Tensor] | None = None, **kw):
@@ -273,9 +284,13 @@ class Fawkes(CloakAttack):
                 delta = (awork - xw).clamp(-cap, cap)
                 d = ref_ssim.dssim(xw + delta)
                 aimg = view.apply(delta)  # the image that gets saved; the surrogates see it
-                feat = torch.zeros(n, device=dev)
-                for emb, r, rn in zip(self.surrogates, refs, ref_norms):
-                    feat = feat + ((emb(aimg) - r) ** 2).sum(dim=1) / rn
+                dists = [((emb(aimg) - r) ** 2).sum(dim=1) / rn for emb, r, rn in zip(self.surrogates, refs, ref_norms)]
+                if s.ensemble == "min":
+                    feat = torch.stack(dists).min(dim=0).values
+                else:  # summed in order, as v1.0.2
+                    feat = torch.zeros(n, device=dev)
+                    for dist in dists:
+                        feat = feat + dist
                 hinge = (d - s.th).clamp_min(0.0)
                 if maximize:
                     loss = const * hinge**2 - const_diff * feat

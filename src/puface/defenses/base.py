@@ -77,6 +77,12 @@ class Defense:
         return None
 
     @property
+    def parts(self) -> "list[Defense]":
+        """The plain defenses this one is made of, flattened (a composition's steps, a `Views`' views;
+        `[self]` for a plain defense)."""
+        return [self]
+
+    @property
     def cache_key(self) -> str:
         blob = json.dumps({"config": self.config, "fingerprint": self.fingerprint}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
@@ -190,6 +196,10 @@ class Compose(Defense):
     @property
     def name(self) -> str:
         return "+".join(d.name for d in self.steps)
+
+    @property
+    def parts(self) -> "list[Defense]":
+        return [p for d in self.steps for p in d.parts]
 
     @property
     def fingerprint(self) -> str:

@@ -16,7 +16,7 @@ from torch import nn
 from ..purifier.model import Purifier
 from ..utils.errors import PufaceError
 from ..utils.fingerprint import module_fingerprint
-from .base import Compose, Defense
+from .base import Defense
 from .registry import register
 
 __all__ = ["PuFaceDefense", "defense_training_identities"]
@@ -99,7 +99,6 @@ class PuFaceDefense(Defense):
 def defense_training_identities(defense: Defense) -> set[str] | None:
     """Identities the purifier(s) inside `defense` saw in training, or None when the defense has no
     purifier or none records them."""
-    found = [d.training_identities for d in (defense.steps if isinstance(defense, Compose) else [defense])
-             if isinstance(d, PuFaceDefense)]
+    found = [d.training_identities for d in defense.parts if isinstance(d, PuFaceDefense)]
     known = [ids for ids in found if ids is not None]
     return set().union(*known) if known else None

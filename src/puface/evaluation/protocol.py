@@ -8,7 +8,8 @@ Training-time, for one seed (`data.EvaluationData`):
 2. for each protected user, the user's *training* images are replaced by their cloaked versions
    (the attack runs once per user; cloaks come from the cloak cache when the attack supports it);
 3. the defense is applied to ALL training images, cloaked and natural alike (the model trainer
-   cannot tell them apart);
+   cannot tell them apart); a `Views` defense keeps several views of each image (e.g. the photo and
+   its purified version) and the FR model trains on all of them, labels repeated;
 4. an FR model (a trainer on a victim embedder) is trained on that set and tested on the clean,
    untouched test images of every identity;
 5. ASR = share of the user's test images not classified as the user; normal accuracy = accuracy
@@ -36,7 +37,7 @@ from ..attacks.group import Reference
 from ..attacks.cache import CloakCache
 from ..attacks.folder import FolderCloaks
 from ..data.loading import load_images
-from ..defenses import Compose, Defense, NoDefense, PuFaceDefense
+from ..defenses import Defense, NoDefense, PuFaceDefense, Views
 from ..models.base import FaceEmbedder
 from ..utils.errors import PufaceError
 from ..utils.fingerprint import content_hashes
@@ -103,19 +104,30 @@ def run_id(seed: int, attack: str, victim: str, trainer: str, defense: str, user
 
 def _is_expensive(defense: Defense) -> bool:
     """Whether defended images are worth caching (a learned defense, anywhere in a composition)."""
-    steps = defense.steps if isinstance(defense, Compose) else [defense]
-    return any(isinstance(d, PuFaceDefense) for d in steps)
+    return any(isinstance(d, PuFaceDefense) for d in defense.parts)
 
 
 @dataclass
 class _DefendedSet:
-    """One defense's view of the training set: the defended natural images, their embeddings per victim,
-    and the trainers fitted on it (the clean reference, and the warm start for each user's fit)."""
+    """One defense's view of the training set: the defended natural images (for a `Views` defense, every
+    view's, view-major), their labels and embeddings per victim, and the trainers fitted on it (the clean
+    reference, and the warm start for each user's fit)."""
 
     images: torch.Tensor
     hashes: list[str]
+    labels: np.ndarray
     embeddings: dict[str, torch.Tensor]
     base: dict[tuple[str, str], tuple[Trainer, np.ndarray, float]] = field(default_factory=dict)
+
+    def rows(self, rows_u: np.ndarray, n_train: int) -> np.ndarray:
+        """The rows of the training set's rows `rows_u` in every view."""
+        views = len(self.labels) // n_train
+        return np.concatenate([rows_u + k * n_train for k in range(views)])
+
+
+def _views(defense: Defense) -> list[Defense]:
+    """The views a defense gives of each training image: a `Views`' views, else the defense itself."""
+    return defense.views if isinstance(defense, Views) else [defense]
 
 
 class Protocol:
@@ -249,8 +261,15 @@ class Protocol:
         return out
 
     def defend(self, label: str, images: torch.Tensor, hashes: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
-        """Defense `label` applied to uint8 images -> (uint8 images, their hashes); cached when expensive."""
-        defense = self.defenses[label]
+        """Defense `label` applied to uint8 images -> (uint8 images, their hashes); cached when expensive.
+        A `Views` defense gives every view, view-major (V x N images)."""
+        parts = [self._defend_with(d, label, images, hashes) for d in _views(self.defenses[label])]
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([p[0] for p in parts]), [h for p in parts for h in p[1]]
+
+    def _defend_with(self, defense: Defense, label: str, images: torch.Tensor,
+                     hashes: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
         if isinstance(defense, NoDefense):
             return images, list(hashes)
         t0 = time.perf_counter()
@@ -346,10 +365,10 @@ class Protocol:
             t0 = time.perf_counter()
             model = t.build(self.victims[v])
             if isinstance(model, EmbeddingTrainer):
-                model.fit_embeddings(ds.embeddings[v], self.data.train.labels)
+                model.fit_embeddings(ds.embeddings[v], ds.labels)
                 pred = model.predict_embeddings(self._test_emb[v])
             else:
-                model.fit(ds.images, self.data.train.labels)
+                model.fit(ds.images, ds.labels)
                 pred = model.predict(self.data.test.images)
             ds.base[v, t.label] = (model, pred, time.perf_counter() - t0)
         return ds.base[v, t.label]
@@ -357,9 +376,9 @@ class Protocol:
     def _fit_predict(self, ds: _DefendedSet, v: str, t: TrainerSpec, rows_u: np.ndarray, cloaked: torch.Tensor,
                      cloaked_emb: Callable[[str], torch.Tensor]) -> np.ndarray:
         """Test predictions of trainer `t` on victim `v` fitted on the defended set with the user's rows
-        replaced by their (defended) cloaked images."""
-        rows = torch.from_numpy(rows_u)
-        labels = self.data.train.labels
+        replaced by their (defended) cloaked images (in every view: `cloaked` is view-major)."""
+        rows = torch.from_numpy(ds.rows(rows_u, len(self.data.train)))
+        labels = ds.labels
         if t.uses_embeddings:
             emb = ds.embeddings[v].clone()
             emb[rows] = cloaked_emb(v)
@@ -413,7 +432,8 @@ class Protocol:
         train = self.data.train
         images, hashes = self.defend(d, train.images, train.hashes)
         embeddings = {v: self.embed(v, images, hashes) for v in self.victims} if need_emb else {}
-        return _DefendedSet(images, hashes, embeddings)
+        labels = np.tile(train.labels, len(images) // len(train))
+        return _DefendedSet(images, hashes, labels, embeddings)
 
     def _run_unit(self, ds: _DefendedSet, d: str, a: AttackSpec, u: str, cloaked: torch.Tensor | None) -> list[dict]:
         """Every pending (victim, trainer) run of one (defense, attack, user)."""
@@ -425,9 +445,10 @@ class Protocol:
             cl_def, cl_hashes = self.defend(d, cloaked, content_hashes(cloaked))
             self._keep_example(u, a.label, "cloaked", cloaked)
         else:  # the clean reference: the user's rows are the defended natural ones
-            cl_def, cl_hashes = ds.images[rows_u], None
-        self._record_quality(a.label, d, u, cl_def, natural)
-        self._keep_example(u, a.label, f"defense:{d}", cl_def)
+            cl_def, cl_hashes = ds.images[ds.rows(rows_u, len(train))], None
+        last_view = cl_def[-len(rows_u):]  # what the report shows of a `Views` defense: its last view
+        self._record_quality(a.label, d, u, last_view, natural)
+        self._keep_example(u, a.label, f"defense:{d}", last_view)
         cl_emb: dict[str, torch.Tensor] = {}
 
         def cloaked_emb(v: str) -> torch.Tensor:
@@ -491,6 +512,10 @@ class QueryProtocol(Protocol):
         for u in self.users:
             if len(self.data.test.rows_of(u)) == 0:
                 raise PufaceError(f"protected user {u!r} has no probe (test) images in this split")
+        views = [label for label, d in self.defenses.items() if isinstance(d, Views)]
+        if views:
+            raise PufaceError(f"defense(s) {', '.join(views)}: a `views` defense keeps several training views and "
+                              "has no meaning for query-time probes; use it with the training-time protocol")
 
     def _gallery_model(self, v: str, t: TrainerSpec) -> Trainer:
         """Trainer `t` on victim `v` fitted on the clean gallery (once)."""

@@ -76,8 +76,7 @@ def excluded_identities(defenses: dict[str, Defense], warn: Callable[[str], None
     `warn` is told about purifiers that do not record theirs."""
     out: set[str] = set()
     for label, d in defenses.items():
-        steps = getattr(d, "steps", [d])
-        if not any(isinstance(s, PuFaceDefense) for s in steps):
+        if not any(isinstance(s, PuFaceDefense) for s in d.parts):
             continue
         ids = defense_training_identities(d)
         if ids is None:
@@ -112,6 +111,7 @@ def results_fingerprint(cfg: ExperimentConfig, victims: dict[str, FaceEmbedder],
     for a in cfg.attacks:
         through = a.params.get("through")
         if through is not None:
-            models[f"attack:{a.label}"] = as_through_defense(through).fingerprint
+            views = [through] if isinstance(through, str) else list(through)
+            models[f"attack:{a.label}"] = "|".join(as_through_defense(t).fingerprint for t in views)
     blob = json.dumps({"config": cfg.fingerprint(), "models": models}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -118,7 +118,7 @@ def _amplification(defenses: dict) -> float:
     """The amplification factor the report's image grids show: that of the (last) loaded purifier."""
     amplification = 3.0
     for d in defenses.values():
-        for s in getattr(d, "steps", [d]):
+        for s in d.parts:
             if isinstance(s, PuFaceDefense) and s.loaded:
                 amplification = s.purifier.amplification
     return amplification
