@@ -141,17 +141,7 @@ class CloakCache:
                 extra = hashlib.sha256(b"".join(t[i].detach().cpu().float().numpy().tobytes() for t in kept_targets)).hexdigest()
             keys.append(self.key(attack, image_digest(images[i]), extra))
 
-        out = torch.empty_like(images)
-        missing = []
-        for i, k in enumerate(keys):
-            path = self.path_for(attack, k)
-            t = self._read(path, images[i].shape)
-            if t is None:
-                missing.append(i)
-            else:
-                out[i] = t
-                if self.used is not None:
-                    self.used.add(path)
+        out, missing = self._lookup(attack, keys, images)
         if missing and self.cached_only:
             first = missing[0]
             raise CloakNotCachedError(attack.name, paths[kept[first]], self.path_for(attack, keys[first]), len(missing))
@@ -166,13 +156,7 @@ class CloakCache:
                     if kept_targets is not None:
                         kw["targets"] = [t[idx] for t in kept_targets]
                     res = attack.run(images[idx], quantize_output=True, **kw)
-                    for j, i in enumerate(idx):
-                        pixels = tensor_to_image(res.images[j])
-                        path = self.path_for(attack, keys[i])
-                        _write_atomic(path, encode_image(pixels, "PNG"))
-                        if self.used is not None:
-                            self.used.add(path)
-                        out[i] = image_to_tensor(pixels)  # exactly what a later read of the file returns
+                    self._store(attack, keys, idx, res.images, out)
                     bar.update(len(idx))
             finally:
                 bar.close()
@@ -197,30 +181,41 @@ class CloakCache:
         digests = [image_digest(im) for im in x]
         gd = group_digest(digests, labels, reference)
         keys = [self.key(attack, d, gd) for d in digests]
-        out = torch.empty_like(x)
+        out, missing = self._lookup(attack, keys, x)
+        if missing and self.cached_only:
+            raise CloakNotCachedError(attack.name, f"group of {len(x)} images", self.path_for(attack, keys[missing[0]]), len(missing))
+        if missing:  # the whole group is cloaked together
+            self._write_config(attack)
+            res = attack.run(x, labels=list(labels), reference=reference, quantize_output=True, progress=progress)
+            self._store(attack, keys, list(range(len(x))), res.images, out)
+        return out
+
+    def _lookup(self, attack: CloakAttack, keys: Sequence[str], images: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """(float images with every cached cloak filled in, the indices of `keys` not in the cache)."""
+        out = torch.empty_like(images)
         missing = []
         for i, k in enumerate(keys):
             path = self.path_for(attack, k)
-            t = self._read(path, x[i].shape)
+            t = self._read(path, images[i].shape)
             if t is None:
                 missing.append(i)
             else:
                 out[i] = t
                 if self.used is not None:
                     self.used.add(path)
-        if missing and self.cached_only:
-            raise CloakNotCachedError(attack.name, f"group of {len(x)} images", self.path_for(attack, keys[missing[0]]), len(missing))
-        if missing:  # the whole group is cloaked together
-            self._write_config(attack)
-            res = attack.run(x, labels=list(labels), reference=reference, quantize_output=True, progress=progress)
-            for i in range(len(x)):
-                pixels = tensor_to_image(res.images[i])
-                path = self.path_for(attack, keys[i])
-                _write_atomic(path, encode_image(pixels, "PNG"))
-                if self.used is not None:
-                    self.used.add(path)
-                out[i] = image_to_tensor(pixels)
-        return out
+        return out, missing
+
+    def _store(self, attack: CloakAttack, keys: Sequence[str], idx: Sequence[int], cloaks: torch.Tensor,
+               out: torch.Tensor) -> None:
+        """Write `cloaks` (one per index of `idx`) under their keys and into `out[idx]`, exactly as a later
+        read of the file returns them."""
+        for j, i in enumerate(idx):
+            pixels = tensor_to_image(cloaks[j])
+            path = self.path_for(attack, keys[i])
+            _write_atomic(path, encode_image(pixels, "PNG"))
+            if self.used is not None:
+                self.used.add(path)
+            out[i] = image_to_tensor(pixels)
 
     def cached_count(self, attack: CloakAttack) -> int:
         """How many cloaks of `attack` are stored."""

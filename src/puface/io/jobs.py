@@ -144,6 +144,13 @@ def plan_mirror(
     return jobs
 
 
+def split_done(jobs: Sequence, resume: bool) -> tuple[list, int]:
+    """(the jobs still to do, how many are done): with `resume`, a job whose output `dst` exists is done
+    (outputs are written atomically, so an existing one is complete)."""
+    todo = [j for j in jobs if not (resume and j.dst.exists())]
+    return todo, len(jobs) - len(todo)
+
+
 def shard(jobs: Sequence[FileJob], rank: int, world_size: int) -> list[FileJob]:
     """The part of `jobs` that process `rank` of `world_size` handles (round-robin)."""
     return list(jobs[rank::world_size])
@@ -277,12 +284,7 @@ def run_folder_job(
 
     report = JobReport(total=len(jobs))
     t0 = time.perf_counter()
-    todo = []
-    for j in jobs:
-        if resume and j.dst.exists():
-            report.resumed += 1
-        else:
-            todo.append(j)
+    todo, report.resumed = split_done(jobs, resume)
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     stats = _StatsCSV(stats_csv)
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, dynamic_ncols=True, file=sys.stderr)

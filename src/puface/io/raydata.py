@@ -28,7 +28,7 @@ import numpy as np
 
 from ..utils.errors import ImageReadError, MissingDependencyError, PufaceError
 from .images import atomic_write_bytes, encode_image, pil_format_for
-from .jobs import FileJob, JobReport, LoadedImage, Outcome, _StatsCSV, call_process, load_for_job
+from .jobs import FileJob, JobReport, LoadedImage, Outcome, _StatsCSV, call_process, load_for_job, split_done
 
 __all__ = ["run_ray_job", "init_ray"]
 
@@ -191,12 +191,7 @@ def run_ray_job(
 
     report = JobReport(total=len(jobs))
     t0 = time.perf_counter()
-    todo = []
-    for j in jobs:
-        if resume and j.dst.exists():
-            report.resumed += 1
-        else:
-            todo.append(j)
+    todo, report.resumed = split_done(jobs, resume)
     say = log or (lambda m: print(m, file=sys.stderr))
     if not todo:
         report.seconds = time.perf_counter() - t0

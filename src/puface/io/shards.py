@@ -30,7 +30,7 @@ import numpy as np
 from ..utils.errors import ImageReadError, MissingDependencyError, PufaceError
 from .files import check_output_folder, list_image_files
 from .images import encode_image
-from .jobs import FileJob, JobReport, LoadedImage, Outcome, _StatsCSV, call_process, load_for_job
+from .jobs import FileJob, JobReport, LoadedImage, Outcome, _StatsCSV, call_process, load_for_job, split_done
 
 __all__ = ["SHARD_SUFFIXES", "ShardJob", "ShardReport", "find_shards", "is_shard_input", "plan_shards", "run_shard_job",
            "read_records", "image_field_of"]
@@ -416,12 +416,7 @@ def run_shard_job(
     report = ShardReport(shards=len(jobs))
     t0 = time.perf_counter()
     stats = _StatsCSV(stats_csv)
-    todo = []
-    for j in jobs:
-        if resume and j.dst.exists():
-            report.shards_resumed += 1
-        else:
-            todo.append(j)
+    todo, report.shards_resumed = split_done(jobs, resume)
     bar = tqdm(desc=desc, unit="img", disable=not progress, dynamic_ncols=True, file=sys.stderr)
 
     def say(msg: str) -> None:
