@@ -131,15 +131,28 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
 @click.option("--align", is_flag=True,
               help="Photos, not chips: detect faces, purify each aligned 150x150 face chip and paste it back.")
 @click.option("--largest-face", is_flag=True, help="With --align: purify only the largest face of each photo.")
+@click.option("--skip-cloaked", is_flag=True,
+              help="Respect opt-outs: score every photo for a cloak first (`puface detect`) and leave out those judged "
+                   "cloaked (listed in OUT/cloaked.csv); the others are purified as usual.")
+@click.option("--report", is_flag=True,
+              help="Score every photo for a cloak as it is purified: OUT/detection.csv (per photo), "
+                   "OUT/detection-identities.csv (share flagged per identity) and a summary at the end.")
+@click.option("--detector", "detector_path", type=click.Path(path_type=Path), default=None,
+              help="With --skip-cloaked/--report: a detector file (default: the shipped one, calibrated for the shipped purifier).")
+@click.option("--fpr", type=float, default=None,
+              help="With --skip-cloaked/--report: false-positive rate of the decision on natural photos (default 0.01).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, batch_size: int, resume: bool,
            quality: int, io_workers: int, threads: int | None, rank: int | None, world_size: int | None,
-           stats_csv: Path | None, align: bool, largest_face: bool, progress: bool) -> None:
+           stats_csv: Path | None, align: bool, largest_face: bool, skip_cloaked: bool, report: bool,
+           detector_path: Path | None, fpr: float | None, progress: bool) -> None:
     """Remove cloaks from the images under IN and write them to OUT (same tree, names, formats and sizes).
 
     Streams in batches (decoding and encoding overlap the computation), resumes where it stopped,
     prints images/s. The default purifier expects aligned face chips (like the LFW/dlib 150x150
-    chips); for ordinary photos use --align. Exit code 1 if some images failed.
+    chips); for ordinary photos use --align. With --skip-cloaked or --report each photo is also scored
+    for a cloak (the detector's purified image is the one written: no second purification). Exit code 1
+    if some images failed.
     """
     import torch
 
@@ -158,10 +171,28 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
     world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
     if not 0 <= rank < max(1, world_size):
         raise PufaceError(f"--rank must be in 0..{world_size - 1}, got {rank}")
-    report = purify_folder(in_path, out_root, weights=weights, device=None if device == "auto" else device,
-                           batch_size=batch_size, resume=resume, rank=rank, world_size=world_size, quality=quality,
-                           io_workers=io_workers, progress=progress, stats_csv=stats_csv, align=align,
-                           largest_face=largest_face)
-    click.echo(report.summary("purified"), err=False)
-    if report.exit_code:
-        raise click.exceptions.Exit(report.exit_code)
+    if (detector_path is not None or fpr is not None) and not (skip_cloaked or report):
+        raise PufaceError("--detector and --fpr go with --skip-cloaked or --report")
+    if skip_cloaked or report:
+        from ..detection.folder import purify_folder_detected
+        from ..detection.detector import load_detector
+
+        if fpr is not None and not 0.0 <= fpr < 1.0:
+            raise PufaceError(f"--fpr must be in [0, 1), got {fpr}")
+        det = load_detector(detector_path, device=None, purifier=weights)
+        rep = purify_folder_detected(in_path, out_root, skip_cloaked=skip_cloaked, detector=det,
+                                     device=None if device == "auto" else device, fpr=fpr, batch_size=batch_size,
+                                     resume=resume, rank=rank, world_size=world_size, quality=quality,
+                                     io_workers=io_workers, progress=progress, align=align, largest_face=largest_face,
+                                     scores_csv=stats_csv)
+        click.echo(rep.summary("purified"))
+        if rep.exit_code:
+            raise click.exceptions.Exit(rep.exit_code)
+        return
+    job = purify_folder(in_path, out_root, weights=weights, device=None if device == "auto" else device,
+                        batch_size=batch_size, resume=resume, rank=rank, world_size=world_size, quality=quality,
+                        io_workers=io_workers, progress=progress, stats_csv=stats_csv, align=align,
+                        largest_face=largest_face)
+    click.echo(job.summary("purified"), err=False)
+    if job.exit_code:
+        raise click.exceptions.Exit(job.exit_code)
