@@ -241,3 +241,28 @@ def test_purify_skip_cloaked_and_report(tree, tmp_path, detector_file, capsys):
     assert main(["purify", str(tree), str(out2), "--detector", str(detector_file), "--report", "--no-progress"]) == 0
     assert len([p for p in out2.rglob("*") if p.suffix in (".jpg", ".png")]) == 9
     assert len(_read(out2 / "detection.csv")) == 9
+
+
+# ---------------------------------------------------------------- in the evaluation
+
+
+def test_detection_summary_per_attack_auc_tpr_fpr_and_roc():
+    """Synthetic scores: natural N(0, 1), a strong attack N(5, 1), a weak one N(0.5, 1); threshold 2.33 (1%)."""
+    from types import SimpleNamespace
+
+    from puface.evaluation.detection import detection_markdown, summarise_detection
+
+    g = np.random.default_rng(0)
+    nat = g.normal(0, 1, 4000)
+    per_seed = {0: {"strong": {"natural": nat[:2000], "cloaked": g.normal(5, 1, 300)},
+                    "weak": {"natural": nat[:2000], "cloaked": g.normal(0.5, 1, 300)}},
+                1: {"strong": {"natural": nat[2000:], "cloaked": g.normal(5, 1, 300)}}}
+    det = SimpleNamespace(threshold=lambda fpr=None: 2.326, default_fpr=0.01, fingerprint=lambda: "stub")
+    res = summarise_detection(per_seed, det)
+    rows = {r["attack"]: r for r in res["rows"]}
+    assert rows["strong"]["n_natural"] == 4000 and rows["strong"]["n_cloaked"] == 600 and rows["strong"]["seeds"] == 2
+    assert rows["strong"]["auc"] > 0.999 and rows["strong"]["tpr"] > 0.98 and rows["weak"]["auc"] < 0.7
+    assert abs(rows["strong"]["fpr"] - 0.01) < 0.005 and abs(rows["weak"]["tpr_at_1pct"] - 0.04) < 0.03
+    curve = res["roc"]["weak"]
+    assert curve["fpr"][0] == 0.0 and curve["fpr"][-1] == 1.0 and len(curve["fpr"]) <= 210
+    assert "| strong | 4000 | 600 |" in detection_markdown(res)

@@ -5,7 +5,8 @@ grid), plus a few scalar features per image. The network sees two residuals, in 
 purifier's change P(x) - x (a cloak is what a purifier trained to remove cloaks takes out) and x's own
 high-pass x - mean3x3(x) (the fine texture a cloak adds); pooled mean and standard deviation of its last
 feature maps, with the scalars, go through one linear layer to a logit (higher = more likely cloaked).
-About 0.15 GFLOP per 150x150 chip, under a tenth of the purifier's 1.73.
+With the default widths (8, 16, 32, 32) about 0.04 GFLOP per 150x150 chip (the purifier: 1.73); on
+a CPU it costs about 4% of a purification.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class ResidualNetConfig:
     scalars: names of the scalar features fed next to the pooled maps. dropout: on the pooled features
     while training."""
 
-    channels: tuple[int, ...] = (16, 16, 32, 32)
+    channels: tuple[int, ...] = (8, 16, 32, 32)
     scalars: tuple[str, ...] = ()
     dropout: float = 0.2
 
@@ -56,6 +57,7 @@ class ResidualNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(self.config.dropout)
         self.head = nn.Linear(2 * cin + len(self.config.scalars), 1)
+        self.features.to(memory_format=torch.channels_last)  # 1.2-2x faster on CPU for these narrow convs
 
     @staticmethod
     def residuals(images: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
@@ -67,7 +69,7 @@ class ResidualNet(nn.Module):
                 drop_maps: torch.Tensor | None = None) -> torch.Tensor:
         """images, purified: (N, 3, S, S) in [0, 1]; scalars: (N, len(config.scalars)); drop_maps: (N,)
         bool, training only: zero those images' pooled maps (the head must then rely on the scalars)."""
-        f = self.features(self.residuals(images, purified))
+        f = self.features(self.residuals(images, purified).contiguous(memory_format=torch.channels_last))
         pooled = torch.cat([f.mean(dim=(2, 3)), f.flatten(2).std(dim=2)], dim=1)
         pooled = self.dropout(pooled)
         if drop_maps is not None:

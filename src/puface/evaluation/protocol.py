@@ -221,9 +221,14 @@ class Protocol:
 
     def embed(self, victim: str, images: torch.Tensor, hashes: Sequence[str]) -> torch.Tensor:
         """(N, D) embeddings of uint8 images by victim `victim`, via the content cache."""
+        return self.embed_with(self.victims[victim], images, hashes, namespace=self._fingerprints[victim])
+
+    def embed_with(self, emb_model: FaceEmbedder, images: torch.Tensor, hashes: Sequence[str], *,
+                   namespace: str | None = None) -> torch.Tensor:
+        """(N, D) embeddings of uint8 images by any face model, via the content cache (shared with the
+        victims' embeddings when the model is one of them: the key is its name and weights)."""
         t0 = time.perf_counter()
-        emb_model = self.victims[victim]
-        ns = self._fingerprints[victim]
+        ns = namespace or f"{emb_model.name}:{emb_model.fingerprint()}"
         found = self.cache.get("embeddings", ns, hashes) if self.cache is not None else {}
         missing = [i for i, h in enumerate(hashes) if h not in found]
         if missing:
@@ -242,7 +247,13 @@ class Protocol:
 
     def defend(self, label: str, images: torch.Tensor, hashes: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
         """Defense `label` applied to uint8 images -> (uint8 images, their hashes); cached when expensive."""
-        defense = self.defenses[label]
+        return self.apply_defense(self.defenses[label], images, hashes, label)
+
+    def apply_defense(self, defense: Defense, images: torch.Tensor, hashes: Sequence[str],
+                      label: str = "") -> tuple[torch.Tensor, list[str]]:
+        """Any defense applied to uint8 images -> (uint8 images, their hashes); cached (by the defense's
+        `cache_key`, shared with the grid's own defenses) when expensive."""
+        label = label or defense.name
         if isinstance(defense, NoDefense):
             return images, list(hashes)
         t0 = time.perf_counter()

@@ -58,7 +58,7 @@ _SECTIONS: dict[str, dict[str, Any]] = {
                 "variants_per_chip": 2, "cloak_strengths": [1.0]},
     "detector": {"embedders": ["dlib-resnet29"], "components": ["shift:dlib-resnet29", "net"], "fpr": DEFAULT_FPR,
                  "shift_floor": 1e-4, "chip_size": 150},
-    "net": {"channels": [16, 16, 32, 32], "scalars": ["log_shift:dlib-resnet29"], "dropout": 0.2},
+    "net": {"channels": [8, 16, 32, 32], "scalars": ["log_shift:dlib-resnet29"], "dropout": 0.2},
     "train": {"epochs": 12, "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4, "crop": 128, "hflip": True,
               "map_dropout": 0.25, "batch_features": 32},
 }
@@ -98,8 +98,9 @@ class DetectorTrainConfig:
                 raise ConfigError(f"unknown option(s) in [{name}]: {', '.join(sorted(bad))} (known: {', '.join(sorted(defaults))})")
             sections[name] = {**defaults, **s}
         attacks = d.get("attacks") or []
-        if not attacks or not all(isinstance(a, dict) and "name" in a for a in attacks):
-            raise ConfigError("the detector config needs [[attacks]] tables with a name (the cloaks it learns from)")
+        comps = (d.get("detector") or {}).get("components", _SECTIONS["detector"]["components"])
+        if (not attacks and "net" in comps) or not all(isinstance(a, dict) and "name" in a for a in attacks):
+            raise ConfigError("the detector config needs [[attacks]] tables with a name (the cloaks the net learns from)")
         labels = [attack_label(a) for a in attacks]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"attack labels must be unique, got {labels}")
@@ -329,7 +330,10 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
     det0 = CloakDetector(base, purifier=purifier)
     if device:
         det0.to(device)
-    samples, data_summary = build_samples(cfg, det0, root, train_ids, progress=progress, log=log)
+    samples: SampleSet | None = None
+    data_summary: dict[str, Any] = {}
+    if cfg.attacks:
+        samples, data_summary = build_samples(cfg, det0, root, train_ids, progress=progress, log=log)
     scalar_norm = {}
     if net_cfg is not None:
         for name in net_cfg.scalars:
@@ -345,13 +349,16 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
         det.to(device)
     history: list[dict] = []
     if det.net is not None:
+        assert samples is not None
         history = fit_net(det.net, det, samples, cfg, progress=progress, log=log)
     cal = calibration_samples(cfg, det0, root, cal_ids, log=log)
     cal_feats = det.features(to_float(cal.images), purified=to_float(cal.purified), known=cal.features)
     det.calibrate(cal_feats, fpr=float(dc["fpr"]), calibration_chips=int((torch.tensor([k == "natural" for k in cal.kinds])).sum()),
                   calibration_samples=len(cal), calibration_kinds=sorted(set(cal.kinds)))
     cal_feats = det.scored(cal_feats)
-    train_feats = det.features(to_float(samples.images), purified=to_float(samples.purified), known=samples.features)
+    train_feats = None
+    if samples is not None:
+        train_feats = det.features(to_float(samples.images), purified=to_float(samples.purified), known=samples.features)
     metrics = _metrics(det, samples, train_feats, cal, cal_feats)
     det.meta = {
         "data_summary": {"root": cfg.data["root"], "train_identities": sorted(train_ids),
@@ -368,14 +375,15 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
     return det
 
 
-def _metrics(det: CloakDetector, samples: SampleSet, train_feats: dict, cal: SampleSet, cal_feats: dict) -> dict:
+def _metrics(det: CloakDetector, samples: SampleSet | None, train_feats: dict | None, cal: SampleSet, cal_feats: dict) -> dict:
     """Training AUC per attack (cloaks vs the training natural chips; optimistic), calibration FPR per kind."""
     thr = det.threshold()
-    score = train_feats["score"]
-    nat = torch.tensor([k.startswith("natural") for k in samples.kinds])
     out: dict[str, Any] = {"threshold": round(thr, 5), "train": {}, "calibration_fpr": {}}
-    for kind in sorted(set(k for k in samples.kinds if not k.startswith("natural"))):
-        m = torch.tensor([k == kind for k in samples.kinds])
+    kinds = samples.kinds if samples is not None else []
+    score = train_feats["score"] if train_feats is not None else torch.zeros(0)
+    nat = torch.tensor([k.startswith("natural") for k in kinds], dtype=torch.bool)
+    for kind in sorted(set(k for k in kinds if not k.startswith("natural"))):
+        m = torch.tensor([k == kind for k in kinds])
         out["train"][kind] = {"n": int(m.sum()), "auc": round(_auc(score[nat], score[m]), 5),
                               "tpr": round(float((score[m] > thr).float().mean()), 4)}
     for kind in sorted(set(cal.kinds)):
