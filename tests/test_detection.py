@@ -266,3 +266,47 @@ def test_detection_summary_per_attack_auc_tpr_fpr_and_roc():
     curve = res["roc"]["weak"]
     assert curve["fpr"][0] == 0.0 and curve["fpr"][-1] == 1.0 and len(curve["fpr"]) <= 210
     assert "| strong | 4000 | 600 |" in detection_markdown(res)
+
+
+# ---------------------------------------------------------------- training
+
+
+def test_train_detector_fits_calibrates_and_keeps_identities_apart(tmp_path, johns_dir, capsys):
+    """`puface train-detector` on the johns chips with a small purifier that records which johns it trained on:
+    the detector file loads, records fit and calibration identities (disjoint, none held out), and calibrates."""
+    from torch import nn
+
+    from puface.purifier import Purifier, RedNetConfig
+
+    names = sorted(p.name for p in johns_dir.iterdir() if p.is_dir())
+    torch.manual_seed(0)
+    pur = Purifier(RedNetConfig(channels=8, depth=4, downsample=1),
+                   meta={"data_summary": {"train_identities": names[:4], "val_identities": names[4:], "heldout_identities": []}})
+    for p in pur.parameters():
+        nn.init.normal_(p, std=0.01)
+    ckpt = pur.save(tmp_path / "pur.safetensors")
+    cfg = tmp_path / "det.toml"
+    cfg.write_text(f'''extends = "default"
+attacks = [{{name = "fawkes", mode = "custom", steps = 2, embedders = ["dlib-resnet29"], images = 8}}]
+[data]
+root = "{johns_dir}"
+purifier = "{ckpt}"
+calibration_fraction = 0.25
+max_natural = 12
+[augment]
+natural_variants = ["jpeg:quality=75", "resize:factor=2.0"]
+variants_per_chip = 1
+[train]
+epochs = 1
+''')
+    out = tmp_path / "run"
+    assert main(["train-detector", "--config", str(cfg), "--out", str(out), "--no-progress", "--device", "cpu",
+                 "--export", str(tmp_path / "d.safetensors")]) == 0
+    assert "validation" in capsys.readouterr().out
+    det = CloakDetector.load(tmp_path / "d.safetensors", purifier=Purifier.load(ckpt))
+    summary = det.meta["data_summary"]
+    assert len(summary["fit_identities"]) == 3 and set(summary["calibration_identities"]) == set(names) - set(summary["fit_identities"])
+    assert det.net is not None and det.calibrated and det.calibration["calibration_chips"] == 11 * 2
+    assert (out / "metrics.json").is_file() and (out / "config.toml").is_file()
+    with pytest.raises(PufaceError, match="another purifier"):
+        CloakDetector.load(tmp_path / "d.safetensors")  # calibrated for the small purifier, not the shipped one

@@ -4,19 +4,25 @@ The config (packaged: `puface/configs/detector/default.toml`, every option comme
 its checkpoint says which identities it trained on and which it validated on. The detector uses only
 those: the evaluation's pool (the purifier's held-out identities) stays unseen.
 
-1. Training chips: every chip of the purifier's training identities, ordered by the seed
-   (`interleaved_chips`: one chip per identity in turn). Natural samples: each chip as it is, and in
+The purifier's training identities are split (seeded) into *fit* identities and a share
+`calibration_fraction` of *calibration* identities, which join the purifier's validation identities.
+
+1. Chips: every chip of the purifier's training identities, ordered by the seed (`interleaved_chips`: one
+   chip per identity in turn). Natural samples: each chip of a fit identity as it is, and in
    `natural_variants` (defense specs: JPEG re-encoding, down-up resizing, noise; each chip gets a seeded
    choice of `variants_per_chip` of them), so that re-encoded or resampled natural photos are not taken for
    cloaks. Cloaked samples: the first `images` chips of each `[[attacks]]` entry, cloaked through the
-   shared cloak cache, at each of `cloak_strengths` (x + k (x_c - x)).
+   shared cloak cache, at each of `cloak_strengths` (x + k (x_c - x)); those of fit identities train the
+   net, those of calibration identities validate it.
 2. Features of every sample with the purifier and the face models (`CloakDetector.features`); the net
-   (`ResidualNet`) is trained on them (weighted binary cross-entropy, random crops and flips, the
+   (`ResidualNet`) is trained on the fit samples (weighted binary cross-entropy, random crops and flips, the
    pooled maps dropped for a share of the images so the log shifts alone must also separate).
-3. Calibration: natural chips of the purifier's *validation* identities (never used to fit the net), in
-   every natural variant; the threshold is set at the config's false-positive rate.
+3. Calibration: every natural chip of the calibration identities (never seen by the net), as it is and in
+   every natural variant; the threshold is set at the config's false-positive rate. Validation: the
+   cloaks of calibration identities against those natural samples (AUC, TPR at the threshold).
 
-Output folder: detector.safetensors, config.toml (as it ran), metrics.json (training AUCs, calibration).
+Output folder: detector.safetensors, config.toml (as it ran), metrics.json (training and validation
+AUCs, calibration).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import torch.nn.functional as F
 from ..attacks import attack_label
 from ..data.datasets import resolve_data_root
 from ..data.loading import load_images
+from ..data.split import split_identities
 from ..defenses import create_defense
 from ..detection.detector import DEFAULT_FPR, CloakDetector, DetectorConfig
 from ..detection.net import ResidualNet, ResidualNetConfig
@@ -52,7 +59,7 @@ LABELS = {"attacks": attack_label}
 
 _SECTIONS: dict[str, dict[str, Any]] = {
     "data": {"root": "lfw-chips150", "purifier": "default", "cache": "", "cloak_batch_size": 8, "cached_only": False,
-             "max_natural": None},
+             "max_natural": None, "max_calibration": None, "calibration_fraction": 0.33},
     "augment": {"natural_variants": ["jpeg:quality=75", "jpeg:quality=85", "jpeg:quality=95", "resize:factor=1.5",
                                      "resize:factor=2.0", "noise:sigma=0.008+jpeg:quality=95"],
                 "variants_per_chip": 2, "cloak_strengths": [1.0]},
@@ -202,19 +209,24 @@ def _featurise(det: CloakDetector, images: torch.Tensor, kinds: list[str], label
     return SampleSet(to_uint8(x), to_uint8(px), labels, kinds, {k: v for k, v in feats.items() if not k.startswith("z:") and k != "score"})
 
 
-def build_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, train_ids: Sequence[str], *,
-                  progress: bool = True, log: Callable[[str], None] = print) -> tuple[SampleSet, dict]:
-    """The training samples (natural variants and cloaks of the training identities) with their features."""
+def build_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, train_ids: Sequence[str],
+                  fit_ids: Sequence[str], *, progress: bool = True,
+                  log: Callable[[str], None] = print) -> tuple[SampleSet, SampleSet, dict]:
+    """(fit samples: natural variants and cloaks of the fit identities; validation cloaks: those of the
+    other training identities; summary), with their features."""
     d, aug = cfg.data, cfg.augment
     chips = interleaved_chips(root, train_ids, f"detector-train-{cfg.seed}")
     if not chips:
         raise PufaceError(f"{root}: no images of the purifier's training identities found")
-    nat_paths = chips[: d["max_natural"]] if d["max_natural"] else chips
+    fit = set(fit_ids)
+    nat_paths = [p for p in chips if p.parent.name in fit]
+    nat_paths = nat_paths[: d["max_natural"]] if d["max_natural"] else nat_paths
     nat, _, errors = load_images(nat_paths, size=int(cfg.detector["chip_size"]))
     for e in errors:
         log(f"warning: skipped {e.path}: {e.reason}")
     nat_x, nat_kinds = _variants(nat, aug["natural_variants"], int(aug["variants_per_chip"]), cfg.seed, "train")
     parts, kinds, labels = [nat_x], list(nat_kinds), [torch.zeros(len(nat_x))]
+    vparts, vkinds = [], []
     cloak_fn = cloak_with_cache(d["cache"] or None, batch_size=int(d["cloak_batch_size"]), progress=progress,
                                 cached_only=bool(d["cached_only"]))
     summary: dict[str, Any] = {"natural_chips": len(nat), "natural_samples": len(nat_x), "attacks": {}}
@@ -229,17 +241,22 @@ def build_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, trai
         x0, _, _ = load_images([paths[i] for i in kept])
         if tuple(cl.shape[-2:]) != (int(cfg.detector["chip_size"]),) * 2:
             raise PufaceError(f"{label}: cloaks of {tuple(cl.shape[-2:])} px; the detector trains on chips of {cfg.detector['chip_size']} px")
+        in_fit = torch.as_tensor([paths[i].parent.name in fit for i in kept], dtype=torch.bool)
         for k in aug["cloak_strengths"]:
             k = float(k)
-            xk = cl if k == 1.0 else (x0 + k * (cl - x0)).clamp(0, 1)
+            xk = (cl if k == 1.0 else (x0 + k * (cl - x0)).clamp(0, 1))[in_fit]
             parts.append(xk)
             kinds += [label if k == 1.0 else f"{label}@{k:g}"] * len(xk)
             labels.append(torch.ones(len(xk)))
-        summary["attacks"][label] = len(kept)
-        log(f"train: {label}: {len(kept)} cloaks")
-    samples = _featurise(det, torch.cat(parts), kinds, torch.cat(labels), int(cfg.train["batch_features"]), log, "train")
+        vparts.append(cl[~in_fit])
+        vkinds += [label] * int((~in_fit).sum())
+        summary["attacks"][label] = {"fit": int(in_fit.sum()), "validation": int((~in_fit).sum())}
+        log(f"train: {label}: {int(in_fit.sum())} cloaks to fit, {int((~in_fit).sum())} to validate")
+    batch = int(cfg.train["batch_features"])
+    samples = _featurise(det, torch.cat(parts), kinds, torch.cat(labels), batch, log, "fit")
+    val = _featurise(det, torch.cat(vparts), vkinds, torch.ones(len(vkinds)), batch, log, "validation cloaks")
     summary["samples"] = samples.counts()
-    return samples, summary
+    return samples, val, summary
 
 
 def _auc(neg: torch.Tensor, pos: torch.Tensor) -> float:
@@ -298,7 +315,9 @@ def fit_net(net: ResidualNet, det: CloakDetector, samples: SampleSet, cfg: Detec
 def calibration_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, cal_ids: Sequence[str],
                         log: Callable[[str], None] = print) -> SampleSet:
     """Natural chips of the calibration identities, as they are and in every natural variant."""
-    paths = [p for ident in sorted(cal_ids) for p in list_image_files(root / ident)]
+    """Natural chips of the calibration identities, as they are and in every natural variant."""
+    paths = interleaved_chips(root, cal_ids, f"detector-calibration-{cfg.seed}")
+    paths = paths[: cfg.data["max_calibration"]] if cfg.data["max_calibration"] else paths
     if not paths:
         raise PufaceError(f"{root}: no images of the calibration identities found")
     x, _, errors = load_images(paths, size=int(cfg.detector["chip_size"]))
@@ -319,10 +338,16 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
     weights = cfg.data["purifier"]
     purifier = Purifier.load(None if weights in ("", "default") else weights)
     summary = purifier.meta.get("data_summary") or {}
-    train_ids, cal_ids = list(summary.get("train_identities") or []), list(summary.get("val_identities") or [])
-    if not train_ids or not cal_ids:
-        raise PufaceError("the purifier's checkpoint does not record its training and validation identities; the "
-                          "detector trains and calibrates on exactly those (the evaluation's identities must stay unseen)")
+    train_ids, val_ids = list(summary.get("train_identities") or []), list(summary.get("val_identities") or [])
+    if not train_ids:
+        raise PufaceError("the purifier's checkpoint does not record its training identities; the detector trains "
+                          "and calibrates on exactly those (the evaluation's identities must stay unseen)")
+    cal_part, fit_ids = split_identities(train_ids, float(cfg.data["calibration_fraction"]), cfg.seed,
+                                         tag="detector-calibration")
+    cal_ids = sorted(cal_part + val_ids)
+    if not fit_ids or not cal_ids:
+        raise PufaceError(f"no identities left to fit ({len(fit_ids)}) or calibrate ({len(cal_ids)}); "
+                          "change data.calibration_fraction")
     dc = cfg.detector
     net_cfg = ResidualNetConfig.from_dict(cfg.net) if "net" in dc["components"] else None
     base = DetectorConfig(embedders=tuple(dc["embedders"]), components=tuple(c for c in dc["components"] if c != "net"),
@@ -331,9 +356,10 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
     if device:
         det0.to(device)
     samples: SampleSet | None = None
+    val: SampleSet | None = None
     data_summary: dict[str, Any] = {}
     if cfg.attacks:
-        samples, data_summary = build_samples(cfg, det0, root, train_ids, progress=progress, log=log)
+        samples, val, data_summary = build_samples(cfg, det0, root, train_ids, fit_ids, progress=progress, log=log)
     scalar_norm = {}
     if net_cfg is not None:
         for name in net_cfg.scalars:
@@ -356,15 +382,17 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
     det.calibrate(cal_feats, fpr=float(dc["fpr"]), calibration_chips=int((torch.tensor([k == "natural" for k in cal.kinds])).sum()),
                   calibration_samples=len(cal), calibration_kinds=sorted(set(cal.kinds)))
     cal_feats = det.scored(cal_feats)
-    train_feats = None
-    if samples is not None:
+    train_feats = val_feats = None
+    if samples is not None and val is not None:
         train_feats = det.features(to_float(samples.images), purified=to_float(samples.purified), known=samples.features)
-    metrics = _metrics(det, samples, train_feats, cal, cal_feats)
+        val_feats = det.features(to_float(val.images), purified=to_float(val.purified), known=val.features)
+    metrics = _metrics(det, samples, train_feats, cal, cal_feats, val, val_feats)
     det.meta = {
-        "data_summary": {"root": cfg.data["root"], "train_identities": sorted(train_ids),
-                         "calibration_identities": sorted(cal_ids), **data_summary,
-                         "rule": "train: the purifier's training identities; calibration: its validation identities; "
-                                 "the purifier's held-out identities (the evaluation's pool) are never used"},
+        "data_summary": {"root": cfg.data["root"], "fit_identities": sorted(fit_ids),
+                         "calibration_identities": cal_ids, **data_summary,
+                         "rule": "fit: the purifier's training identities less a seeded calibration_fraction; calibration "
+                                 "(and validation cloaks): those and the purifier's validation identities; the purifier's "
+                                 "held-out identities (the evaluation's pool) are never used"},
         "train_config": cfg.as_dict(), "metrics": metrics, "history": history,
     }
     det.save(out / "detector.safetensors")
@@ -375,10 +403,21 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
     return det
 
 
-def _metrics(det: CloakDetector, samples: SampleSet | None, train_feats: dict | None, cal: SampleSet, cal_feats: dict) -> dict:
-    """Training AUC per attack (cloaks vs the training natural chips; optimistic), calibration FPR per kind."""
+def _metrics(det: CloakDetector, samples: SampleSet | None, train_feats: dict | None, cal: SampleSet, cal_feats: dict,
+             val: SampleSet | None = None, val_feats: dict | None = None) -> dict:
+    """Per attack: training AUC (fit cloaks vs fit natural samples; optimistic) and validation AUC and TPR
+    (cloaks of calibration identities vs every natural calibration sample); calibration FPR per kind."""
     thr = det.threshold()
-    out: dict[str, Any] = {"threshold": round(thr, 5), "train": {}, "calibration_fpr": {}}
+    out: dict[str, Any] = {"threshold": round(thr, 5), "train": {}, "validation": {}, "calibration_fpr": {}}
+    if val is not None and val_feats is not None and len(val):
+        nat_cal = cal_feats["score"]
+        for kind in sorted(set(val.kinds)):
+            m = torch.tensor([k == kind for k in val.kinds])
+            sv = val_feats["score"][m]
+            row = {"n": int(m.sum()), "auc": round(_auc(nat_cal, sv), 5), "tpr": round(float((sv > thr).float().mean()), 4)}
+            for c in (k for k in val_feats if k.startswith("z:")):
+                row[f"auc_{c[2:]}"] = round(_auc(cal_feats[c], val_feats[c][m]), 5)
+            out["validation"][kind] = row
     kinds = samples.kinds if samples is not None else []
     score = train_feats["score"] if train_feats is not None else torch.zeros(0)
     nat = torch.tensor([k.startswith("natural") for k in kinds], dtype=torch.bool)
