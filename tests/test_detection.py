@@ -122,6 +122,21 @@ def test_detector_file_round_trip_and_wrong_purifier(detector, detector_file, jo
         CloakDetector.load(bad)
 
 
+def test_threshold_holds_the_rate_on_every_kind_of_natural_photo(detector, tmp_path):
+    """Calibrated with kinds (here: re-encoded photos scoring higher), no kind exceeds the rate, and the
+    kinds survive the file round trip."""
+    det = CloakDetector(DetectorConfig(), purifier=detector.purifier, embedders={"dlib-resnet29": detector.embedder("dlib-resnet29")})
+    g = torch.Generator().manual_seed(0)
+    plain, jpeg = torch.randn(3000, generator=g).mul(0.3).sub(2.7), torch.randn(3000, generator=g).mul(0.3).sub(2.4)
+    det.calibrate({"shift:dlib-resnet29": torch.cat([plain, jpeg]).exp()}, fpr=0.01, kinds=["natural"] * 3000 + ["natural:jpeg"] * 3000)
+    scores = det.scored({"shift:dlib-resnet29": torch.cat([plain, jpeg]).exp(), "psnr": torch.zeros(6000)})["score"]
+    t = det.threshold()
+    assert float((scores[:3000] > t).float().mean()) < 0.01 and float((scores[3000:] > t).float().mean()) <= 0.01
+    assert float((scores > threshold_at_fpr(scores, 0.01)).float().mean()) <= 0.01 and t > threshold_at_fpr(scores, 0.01)
+    det2 = CloakDetector.load(det.save(tmp_path / "k.safetensors"), purifier=det.purifier)
+    assert det2.threshold() == t and det2.calibration["kind_names"] == ["natural", "natural:jpeg"]
+
+
 def test_uncalibrated_detector_refuses_to_decide(johns_cloaks):
     det = CloakDetector(DetectorConfig())
     with pytest.raises(PufaceError, match="not calibrated"):

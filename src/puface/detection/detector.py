@@ -14,7 +14,8 @@ Each *component* (the log10 shifts, the net's logit, minus the PSNR) is put on o
 calibration chips: z = (value - median) / (99th percentile - median), so every component exceeds 1 on
 about 1% of natural chips; the **score** is the largest z (higher = more likely cloaked). A chip is
 called cloaked when its score exceeds the threshold at which a chosen share (the false-positive rate,
-default 1%) of the natural calibration chips score higher. The calibration chips belong to identities
+default 1%) of the natural calibration chips score higher, on each kind of calibration chip (as they are,
+JPEG re-encoded, resized, with noise): the highest of the per-kind thresholds. The calibration chips belong to identities
 the evaluation never protects.
 
 The detector file (`.safetensors`: the net's weights and the sorted natural calibration scores as
@@ -55,6 +56,7 @@ FORMAT_VERSION = 1
 DEFAULT_FPR = 0.01
 DEFAULT_DETECTOR_NAME = "detector-default.safetensors"
 PSNR_CAP = 99.0
+_CAL_TENSORS = ("natural_scores", "natural_kinds")  # calibration entries stored as tensors
 
 
 def default_detector_path() -> Path:
@@ -124,8 +126,9 @@ class CloakDetector(torch.nn.Module):
     Args:
         config: a `DetectorConfig` (or its dict).
         purifier: the purifier the features use (None: the shipped one).
-        calibration: {"components": {name: {"center", "scale"}}, "natural_scores": sorted combined scores
-            of the natural calibration chips, "fpr": the default false-positive rate, ...}.
+        calibration: {"components": {name: {"center", "scale"}}, "natural_scores": combined scores of the
+            natural calibration chips, "natural_kinds" / "kind_names": their kinds, "fpr": the default
+            false-positive rate, ...}.
         meta: data summary, metrics, fingerprints (what the file carries).
         embedders: ready face models by name (None: loaded from the registry).
     """
@@ -177,10 +180,11 @@ class CloakDetector(torch.nn.Module):
         import hashlib
 
         h = hashlib.sha256(json.dumps(self.config.as_dict(), sort_keys=True).encode())
-        h.update(json.dumps({k: v for k, v in self.calibration.items() if k != "natural_scores"}, sort_keys=True,
+        h.update(json.dumps({k: v for k, v in self.calibration.items() if k not in _CAL_TENSORS}, sort_keys=True,
                             default=str).encode())
-        if self.calibrated:
-            h.update(torch.as_tensor(self.calibration["natural_scores"]).float().numpy().tobytes())
+        for k in _CAL_TENSORS:
+            if k in self.calibration:
+                h.update(torch.as_tensor(self.calibration[k]).numpy().tobytes())
         h.update(json.dumps(self.fingerprints(), sort_keys=True).encode())
         if self.net is not None:
             h.update(module_fingerprint(self.net).encode())
@@ -292,9 +296,16 @@ class CloakDetector(torch.nn.Module):
 
     def threshold(self, fpr: float | None = None) -> float:
         """The score above which a chip is called cloaked, for false-positive rate `fpr` on the natural
-        calibration chips (None: the detector's default, 1%)."""
+        calibration chips (None: the detector's default, 1%): the highest of the thresholds that give `fpr`
+        on each kind of calibration photo (as they are, re-encoded, resized, ...), so that no kind exceeds it."""
         self._need_calibration()
-        return threshold_at_fpr(self.calibration["natural_scores"], self.default_fpr if fpr is None else float(fpr))
+        fpr = self.default_fpr if fpr is None else float(fpr)
+        scores = torch.as_tensor(self.calibration["natural_scores"])
+        kinds = self.calibration.get("natural_kinds")
+        if kinds is None:
+            return threshold_at_fpr(scores, fpr)
+        kinds = torch.as_tensor(kinds)
+        return max(threshold_at_fpr(scores[kinds == k], fpr) for k in kinds.unique().tolist())
 
     def is_cloaked(self, scores: torch.Tensor, fpr: float | None = None) -> torch.Tensor:
         """(N,) bool: scores above `threshold(fpr)`."""
@@ -304,9 +315,12 @@ class CloakDetector(torch.nn.Module):
         if not self.calibrated:
             raise PufaceError("this detector is not calibrated (no natural calibration scores)")
 
-    def calibrate(self, natural_features: Mapping[str, torch.Tensor], fpr: float = DEFAULT_FPR, **info: Any) -> None:
+    def calibrate(self, natural_features: Mapping[str, torch.Tensor], fpr: float = DEFAULT_FPR, *,
+                  kinds: Sequence[str] | None = None, **info: Any) -> None:
         """Set the component scales and the natural score distribution from natural chips' features
-        (`features(...)` of natural calibration chips); `info` is kept in the calibration record."""
+        (`features(...)` of natural calibration chips). kinds: each chip's kind ("natural", "natural:jpeg:
+        quality=75", ...): the threshold then holds the false-positive rate on every kind. `info` is kept in
+        the calibration record."""
         comps = self.component_values(natural_features)
         cal = {}
         for k, v in comps.items():
@@ -317,7 +331,13 @@ class CloakDetector(torch.nn.Module):
         self.calibration = {"components": cal, "fpr": float(fpr)}
         z = self.normalise(comps)
         scores = torch.stack(list(z.values()), 1).max(1).values
-        self.calibration["natural_scores"] = scores.float().sort().values
+        self.calibration["natural_scores"] = scores.float()
+        if kinds is not None:
+            if len(kinds) != len(scores):
+                raise ValueError(f"{len(kinds)} kinds for {len(scores)} calibration chips")
+            names = sorted(set(kinds))
+            self.calibration["kind_names"] = names
+            self.calibration["natural_kinds"] = torch.tensor([names.index(k) for k in kinds], dtype=torch.int64)
         self.calibration["threshold"] = self.threshold(fpr)
         self.calibration.update(info)
 
@@ -336,8 +356,10 @@ class CloakDetector(torch.nn.Module):
         self._need_calibration()
         path = Path(path)
         tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in (self.net.state_dict().items() if self.net else [])}
-        tensors["calibration.natural_scores"] = torch.as_tensor(self.calibration["natural_scores"]).float().contiguous()
-        cal = {k: v for k, v in self.calibration.items() if k != "natural_scores"}
+        for k in _CAL_TENSORS:
+            if k in self.calibration:
+                tensors[f"calibration.{k}"] = torch.as_tensor(self.calibration[k]).contiguous()
+        cal = {k: v for k, v in self.calibration.items() if k not in _CAL_TENSORS}
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "puface_version": __version__,
                 "config": self.config.as_dict(), "calibration": cal, "fingerprints": self.fingerprints(), **self.meta}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -383,7 +405,9 @@ class CloakDetector(torch.nn.Module):
             raise PufaceError(f"the default detector is missing from this installation ({path}); reinstall puface")
         meta, tensors = cls.read_file(path)
         cal = dict(meta.get("calibration") or {})
-        cal["natural_scores"] = tensors.pop("calibration.natural_scores")
+        for k in _CAL_TENSORS:
+            if f"calibration.{k}" in tensors:
+                cal[k] = tensors.pop(f"calibration.{k}")
         extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "config", "calibration")}
         det = cls(meta["config"], purifier=purifier, calibration=cal, meta=extra, embedders=embedders)
         if det.net is not None:

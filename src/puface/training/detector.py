@@ -18,7 +18,8 @@ The purifier's training identities are split (seeded) into *fit* identities and 
    (`ResidualNet`) is trained on the fit samples (weighted binary cross-entropy, random crops and flips, the
    pooled maps dropped for a share of the images so the log shifts alone must also separate).
 3. Calibration: every natural chip of the calibration identities (never seen by the net), as it is and in
-   every natural variant; the threshold is set at the config's false-positive rate. Validation: the
+   every natural variant; the threshold is the highest of those giving the config's false-positive rate on
+   each variant. Validation: the
    cloaks of calibration identities against those natural samples (AUC, TPR at the threshold).
 
 Output folder: detector.safetensors, config.toml (as it ran), metrics.json (training and validation
@@ -27,7 +28,9 @@ AUCs, calibration).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -48,6 +51,8 @@ from ..detection.net import ResidualNet, ResidualNetConfig
 from ..io.files import list_image_files
 from ..purifier.model import Purifier
 from ..utils.errors import ConfigError, PufaceError
+from ..utils.fingerprint import content_hashes
+from ..utils.paths import cache_dir
 from ..utils.images import to_float, to_uint8
 from ..utils.seeding import stable_seed
 from ..utils.tomlconfig import load_toml_config, to_toml
@@ -201,12 +206,30 @@ def _all_variants(x: torch.Tensor, specs: Sequence[str]) -> tuple[torch.Tensor, 
 
 def _featurise(det: CloakDetector, images: torch.Tensor, kinds: list[str], labels: torch.Tensor, batch: int,
                log: Callable[[str], None], what: str) -> SampleSet:
+    """Purified images and features of the samples; cached under $PUFACE_HOME/detector-samples by the
+    samples' pixels and the purifier's and face models' weights (a rerun with other net settings reuses them)."""
     t0 = time.perf_counter()
     x = det.to_chips(images)
+    xu = to_uint8(x)
+    h = hashlib.sha256(json.dumps(det.fingerprints(), sort_keys=True).encode())
+    for c in content_hashes(xu):
+        h.update(c.encode())
+    path = cache_dir("detector-samples") / f"{h.hexdigest()[:24]}.pt"
+    if path.is_file():
+        try:
+            saved = torch.load(path, weights_only=True)
+            log(f"{what}: {len(x)} samples, features from the cache ({path.name})")
+            return SampleSet(xu, saved["purified"], labels, kinds, saved["features"])
+        except Exception:  # an unreadable cache file is recomputed
+            pass
     px = torch.cat([det.purify_chips(x[i : i + 256], batch) for i in range(0, len(x), 256)])
     feats = det.features(x, purified=px, batch_size=batch)
+    feats = {k: v for k, v in feats.items() if k.startswith("shift:") or k == "psnr"}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save({"purified": to_uint8(px), "features": feats}, tmp)
+    os.replace(tmp, path)
     log(f"{what}: {len(x)} samples featurised ({time.perf_counter() - t0:.0f} s)")
-    return SampleSet(to_uint8(x), to_uint8(px), labels, kinds, {k: v for k, v in feats.items() if not k.startswith("z:") and k != "score"})
+    return SampleSet(xu, to_uint8(px), labels, kinds, feats)
 
 
 def build_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, train_ids: Sequence[str],
@@ -379,7 +402,7 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
         history = fit_net(det.net, det, samples, cfg, progress=progress, log=log)
     cal = calibration_samples(cfg, det0, root, cal_ids, log=log)
     cal_feats = det.features(to_float(cal.images), purified=to_float(cal.purified), known=cal.features)
-    det.calibrate(cal_feats, fpr=float(dc["fpr"]), calibration_chips=int((torch.tensor([k == "natural" for k in cal.kinds])).sum()),
+    det.calibrate(cal_feats, fpr=float(dc["fpr"]), kinds=cal.kinds, calibration_chips=int((torch.tensor([k == "natural" for k in cal.kinds])).sum()),
                   calibration_samples=len(cal), calibration_kinds=sorted(set(cal.kinds)))
     cal_feats = det.scored(cal_feats)
     train_feats = val_feats = None
