@@ -136,14 +136,20 @@ def auc(neg, pos) -> float:
 
 
 def features(det, x: torch.Tensor, what: str) -> dict:
+    """The detector's features and score of images (P(x) and the shifts through the detector-samples cache)."""
+    from puface.training.detector import cached_inputs
+    from puface.utils.images import to_float
+
     t0 = time.perf_counter()
+    xu, pu, known, hit = cached_inputs(det, x)
     out = {}
-    for i in range(0, len(x), 256):
-        f = det.features(x[i : i + 256], batch_size=32)
+    for i in range(0, len(xu), 256):
+        sl = slice(i, i + 256)
+        f = det.features(to_float(xu[sl]), purified=to_float(pu[sl]), known={k: v[sl] for k, v in known.items()})
         for k, v in f.items():
             out.setdefault(k, []).append(v)
     out = {k: torch.cat(v).numpy() for k, v in out.items()}
-    print(f"{what}: {len(x)} images ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    print(f"{what}: {len(x)} images ({time.perf_counter() - t0:.0f} s{', cached inputs' if hit else ''})", file=sys.stderr)
     return out
 
 

@@ -325,3 +325,35 @@ epochs = 1
     assert (out / "metrics.json").is_file() and (out / "config.toml").is_file()
     with pytest.raises(PufaceError, match="another purifier"):
         CloakDetector.load(tmp_path / "d.safetensors")  # calibrated for the small purifier, not the shipped one
+
+
+def test_detect_and_skip_cloaked_on_photos_with_align(tmp_path, johns_images, johns_cloaks, detector_file, capsys):
+    """--align: every face scored, a photo's score is its highest face's; a photo without a face gets a note and
+    is copied by purify; --skip-cloaked leaves out exactly the photos the scores CSV calls cloaked."""
+    pytest.importorskip("dlib")
+    from PIL import Image
+
+    from test_align_support import embed_chip
+
+    nat = [tensor_to_image(im) for im in johns_images[2][1::11][:2]]
+    cl = tensor_to_image(johns_cloaks[1][2])
+    root = tmp_path / "photos"
+    (root / "ann").mkdir(parents=True)
+    one, _ = embed_chip(nat[0], (300, 280), 0, 1.0, (140, 150))
+    Image.fromarray(one).save(root / "ann" / "one.png")
+    two, _ = embed_chip(nat[1], (360, 640), 0, 1.0, (150, 180))
+    two, _ = embed_chip(cl, (360, 640), 0, 1.0, (460, 180), canvas=two)
+    Image.fromarray(two).save(root / "ann" / "two.png")
+    Image.fromarray(np.full((120, 160, 3), 100, np.uint8)).save(root / "ann" / "none.png")
+    out = tmp_path / "s.csv"
+    assert main(["detect", str(root), "--align", "--out", str(out), "--detector", str(detector_file), "--no-progress"]) == 0
+    rows = {r["path"]: r for r in _read(out)}
+    assert rows["ann/two.png"]["faces"] == "2" and rows["ann/one.png"]["faces"] == "1"
+    assert rows["ann/none.png"]["score"] == "" and rows["ann/none.png"]["note"] == "no face found"
+    assert float(rows["ann/two.png"]["score"]) > float(rows["ann/one.png"]["score"])
+    pur = tmp_path / "pur"
+    assert main(["purify", "--align", "--skip-cloaked", str(root), str(pur), "--detector", str(detector_file), "--no-progress"]) == 0
+    written = {p.relative_to(pur).as_posix() for p in pur.rglob("*.png")}
+    flagged = {p for p, r in rows.items() if r["cloaked"] == "1"}
+    assert written == set(rows) - flagged and "ann/none.png" in written
+    capsys.readouterr()

@@ -58,7 +58,7 @@ from ..utils.seeding import stable_seed
 from ..utils.tomlconfig import load_toml_config, to_toml
 from .data import cloak_with_cache
 
-__all__ = ["DetectorTrainConfig", "load_detector_config", "interleaved_chips", "train_detector", "SampleSet"]
+__all__ = ["DetectorTrainConfig", "load_detector_config", "interleaved_chips", "train_detector", "SampleSet", "cached_inputs"]
 
 LABELS = {"attacks": attack_label}
 
@@ -204,11 +204,10 @@ def _all_variants(x: torch.Tensor, specs: Sequence[str]) -> tuple[torch.Tensor, 
     return torch.cat(outs), kinds
 
 
-def _featurise(det: CloakDetector, images: torch.Tensor, kinds: list[str], labels: torch.Tensor, batch: int,
-               log: Callable[[str], None], what: str) -> SampleSet:
-    """Purified images and features of the samples; cached under $PUFACE_HOME/detector-samples by the
-    samples' pixels and the purifier's and face models' weights (a rerun with other net settings reuses them)."""
-    t0 = time.perf_counter()
+def cached_inputs(det: CloakDetector, images: torch.Tensor, batch: int = 32) -> tuple[torch.Tensor, torch.Tensor, dict, bool]:
+    """(chips uint8, P(x) uint8, {"psnr", "shift:<embedder>"}, from the cache?) of a set of images; cached as a
+    whole under $PUFACE_HOME/detector-samples, keyed by the chips' pixels and the purifier's and face models'
+    weights (so a rerun with other net settings, or a measurement, reuses them)."""
     x = det.to_chips(images)
     xu = to_uint8(x)
     h = hashlib.sha256(json.dumps(det.fingerprints(), sort_keys=True).encode())
@@ -218,18 +217,25 @@ def _featurise(det: CloakDetector, images: torch.Tensor, kinds: list[str], label
     if path.is_file():
         try:
             saved = torch.load(path, weights_only=True)
-            log(f"{what}: {len(x)} samples, features from the cache ({path.name})")
-            return SampleSet(xu, saved["purified"], labels, kinds, saved["features"])
+            return xu, saved["purified"], saved["features"], True
         except Exception:  # an unreadable cache file is recomputed
             pass
-    px = torch.cat([det.purify_chips(x[i : i + 256], batch) for i in range(0, len(x), 256)])
+    px = torch.cat([det.purify_chips(x[i : i + 256], batch) for i in range(0, len(x), 256)]) if len(x) else x
     feats = det.features(x, purified=px, batch_size=batch)
     feats = {k: v for k, v in feats.items() if k.startswith("shift:") or k == "psnr"}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save({"purified": to_uint8(px), "features": feats}, tmp)
     os.replace(tmp, path)
-    log(f"{what}: {len(x)} samples featurised ({time.perf_counter() - t0:.0f} s)")
-    return SampleSet(xu, to_uint8(px), labels, kinds, feats)
+    return xu, to_uint8(px), feats, False
+
+
+def _featurise(det: CloakDetector, images: torch.Tensor, kinds: list[str], labels: torch.Tensor, batch: int,
+               log: Callable[[str], None], what: str) -> SampleSet:
+    """The samples with their purified images and features (`cached_inputs`)."""
+    t0 = time.perf_counter()
+    xu, pu, feats, hit = cached_inputs(det, images, batch)
+    log(f"{what}: {len(xu)} samples " + ("(features from the cache)" if hit else f"featurised ({time.perf_counter() - t0:.0f} s)"))
+    return SampleSet(xu, pu, labels, kinds, feats)
 
 
 def build_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, train_ids: Sequence[str],
