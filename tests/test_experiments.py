@@ -179,6 +179,13 @@ def test_run_writes_every_result_file(colour_experiment):
     assert summary["clean", "linear", "none"]["normal_acc_mean"] == 1.0
     assert summary["checker", "nn", "none"]["setting"] == "white-box"
     assert list(out.glob("examples/0/*/checker/cloaked_0.png"))
+    # cloak detection per attack: 2 users x 7 cloaked training images vs the 2 other identities' 14 natural ones
+    det = results["detection"]
+    assert [(r["attack"], r["n_cloaked"], r["n_natural"]) for r in det["rows"]] == [("checker", 14, 14)]
+    assert 0.0 <= det["rows"][0]["auc"] <= 1.0 and len(det["roc"]["checker"]["fpr"]) >= 2
+    assert next(csv.DictReader(open(out / "detection.csv")))["attack"] == "checker"
+    assert "## Cloak detection" in (out / "table.md").read_text()
+    assert "Cloak detection: ROC curves" in (out / "report.html").read_text()
 
 
 def test_markdown_table_has_the_paper_columns_and_one_row_per_baseline(colour_experiment):

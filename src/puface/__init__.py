@@ -6,6 +6,7 @@ for the three users (FR trainers, privacy researchers, anyone reproducing the ta
     import puface
     purifier = puface.load_purifier()                  # the shipped purifier (or a checkpoint path)
     clean = purifier.purify(images)                    # (N, 3, H, W) in [0, 1] -> same
+    detector = puface.load_detector()                  # which photos are cloaked: detector.score(images)
     purifier.purify_folder("scraped/", "purified/")    # a folder tree, streamed, resumable
 
     attack = puface.create_attack("fawkes", mode="high", embedders=["dlib-resnet29"])
@@ -21,7 +22,7 @@ See `puface.api` for the details; the layers below it are documented in docs/ARC
 from .utils.version import __version__
 
 _API = (
-    "load_purifier", "create_attack", "list_attacks", "create_defense", "list_defenses", "create_embedder",
+    "load_purifier", "load_detector", "create_attack", "list_attacks", "create_defense", "list_defenses", "create_embedder",
     "list_embedders", "create_trainer", "list_trainers", "load_config", "run_experiment", "ExperimentConfig",
     "PurifyBatch",
 )

@@ -24,7 +24,7 @@ from .models.registry import list_embedders, load_embedder
 from .purifier import Purifier, PurifyBatch
 
 __all__ = [
-    "load_purifier", "PurifyBatch", "create_attack", "list_attacks", "create_defense", "list_defenses", "create_embedder",
+    "load_purifier", "PurifyBatch", "load_detector", "create_attack", "list_attacks", "create_defense", "list_defenses", "create_embedder",
     "list_embedders", "create_trainer", "list_trainers", "load_config", "run_experiment", "ExperimentConfig",
 ]
 
@@ -37,6 +37,19 @@ def load_purifier(path: str | Path | None = None, device: str | None = "cpu") ->
     folder tree (streamed, resumable). `device`: "cpu", "cuda", "auto" (CUDA when available).
     """
     return Purifier.load(path, device=device)
+
+
+def load_detector(path: str | Path | None = None, device: str | None = "cpu", purifier: str | Path | None = None):
+    """The cloak detector shipped with puface (`path=None`) or a detector file (`puface train-detector`).
+
+    `detector.score(images)` gives (N,) cloak scores of (N, 3, H, W) images in [0, 1] (higher = more likely
+    cloaked), `detector.is_cloaked(scores, fpr=0.01)` the decisions at a false-positive rate calibrated on
+    natural photos, `detector.detect_folder(IN, "scores.csv")` scores a folder tree (streamed, resumable).
+    purifier: the purifier its features use (None: the shipped one, which the shipped detector is calibrated for).
+    """
+    from .detection import load_detector as load
+
+    return load(path, device=device, purifier=purifier)
 
 
 def create_embedder(name: str, device: str | None = None, **options: Any) -> FaceEmbedder:

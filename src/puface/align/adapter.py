@@ -55,6 +55,8 @@ def align_adapter(
     detector: str = "hog+cnn",
     feather: float = 4.0,
     refine_steps: int = 2,
+    skip_photo: Callable[[list[Outcome]], str | None] | None = None,
+    merge_stats: Callable[[list[dict]], dict] | None = None,
 ) -> ChipProcess:
     """Turn a chip-level batch function into a photo-level one.
 
@@ -72,6 +74,10 @@ def align_adapter(
         detector: "hog", "cnn" or "hog+cnn" (CNN only when HOG finds nothing).
         feather: chip pixels over which a change fades out towards the chip border.
         refine_steps: re-align-and-correct passes after pasting (see `warp.paste_back`).
+        skip_photo: given a photo's chip outcomes, a reason to leave the whole photo out (written
+            nowhere), or None (e.g. `purify --skip-cloaked`: any face judged cloaked).
+        merge_stats: the photo's stats from all its chips' stats (default: the mean of each numeric
+            stat over the processed chips).
     Returns:
         process(list[LoadedImage]) -> list[Outcome]; stats per photo: faces (detected),
         faces_processed, faces_too_small, face_px (largest processed), plus the chip function's
@@ -112,7 +118,14 @@ def align_adapter(
                 continue
             done = [(k, o) for k, o in outs if o.status == "ok" and o.image is not None]
             stats = {**base, "faces_processed": len(done), "face_px": round(max(f.size_px for f in pf.faces), 1)}
-            stats.update(_merge_stats([o.stats for _, o in done]))
+            if merge_stats is not None:
+                stats.update(merge_stats([o.stats for _, o in outs]))
+            else:
+                stats.update(_merge_stats([o.stats for _, o in done]))
+            why = skip_photo([o for _, o in outs]) if skip_photo is not None else None
+            if why:
+                results.append(Outcome.skip(why, **stats))
+                continue
             if not done:
                 statuses = {o.status for _, o in outs}
                 reason = "; ".join(dict.fromkeys(o.reason for _, o in outs if o.reason)) or "no face processed"

@@ -9,8 +9,11 @@ from pathlib import Path
 import click
 
 
-def _run(cfg, out, device, restart, progress, quiet_table=False):
+def _run(cfg, out, device, restart, progress, detect=True, quiet_table=False):
     from ..experiments import run_experiment
+
+    if not detect:
+        cfg.detection = {**cfg.detection, "enabled": False}
 
     t0 = time.perf_counter()
     res = run_experiment(cfg, out, device=device, progress=progress, restart=restart, echo=click.echo)
@@ -31,6 +34,9 @@ _COMMON = [
     click.option("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the config's, else CUDA when available)."),
     click.option("--restart", is_flag=True, help="Discard finished runs found in the output folder instead of resuming."),
     click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars."),
+    click.option("--detect/--no-detect", default=True, show_default=True,
+                 help="Report cloak detection per attack (AUC, TPR at the calibrated threshold, ROC curves; [detection] "
+                      "in a config). Purified images and embeddings come from the evaluation's cache."),
 ]
 
 
@@ -64,7 +70,7 @@ def list_packaged(kind: str) -> None:
                    "on another draw of protected users and train/test split.")
 @common
 def reproduce(config: str | None, list_configs: bool, data: Path | None, seeds: tuple[int, ...], out: Path | None,
-              device: str | None, restart: bool, progress: bool) -> None:
+              device: str | None, restart: bool, progress: bool, detect: bool) -> None:
     """Run the experiment grid of CONFIG (a TOML file, or the name of a packaged config: see
     `puface reproduce --list`) and write results.csv, summary.csv, results.json, table.md and
     report.html. The data come from --data, else the config's [data] root: a folder, or a data set
@@ -87,7 +93,7 @@ def reproduce(config: str | None, list_configs: bool, data: Path | None, seeds: 
         cfg = cfg.with_data_root(data)
     if seeds:
         cfg = cfg.with_seeds(list(seeds))
-    _run(cfg, out, device, restart, progress)
+    _run(cfg, out, device, restart, progress, detect)
 
 
 @click.command("demo")
@@ -98,7 +104,8 @@ def reproduce(config: str | None, list_configs: bool, data: Path | None, seeds: 
 @click.option("--device", default=None, help="cpu, cuda, ... (default: CUDA when available).")
 @click.option("--restart", is_flag=True, help="Discard the results of an earlier demo in the output folder.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
-def demo(data: Path | None, out: Path, device: str | None, restart: bool, progress: bool) -> None:
+@click.option("--detect/--no-detect", default=True, show_default=True, help="Report cloak detection per attack.")
+def demo(data: Path | None, out: Path, device: str | None, restart: bool, progress: bool, detect: bool) -> None:
     """End-to-end demo on the embedded default data (dlib's 'johns' set, fetched from Debian's
     libdlib19.1 on first use): cloak 3 protected users with Fawkes and LowKey, purify every
     training photo with the shipped purifier, train 1-NN and linear face recognisers, evaluate on
@@ -109,7 +116,7 @@ def demo(data: Path | None, out: Path, device: str | None, restart: bool, progre
     cfg = load_config("demo")
     if data is not None:
         cfg = cfg.with_data_root(data)
-    _run(cfg, out, device, restart, progress)
+    _run(cfg, out, device, restart, progress, detect)
 
 
 @click.command("evaluate")
@@ -137,9 +144,11 @@ def demo(data: Path | None, out: Path, device: str | None, restart: bool, progre
 @click.option("--image-size", type=int, default=150, show_default=True, help="Images are resized to this square size (pixels).")
 @click.option("--allow-purifier-identities", is_flag=True, help="Allow protected users the purifier was trained on (results are then optimistic).")
 @click.option("--save-config", type=click.Path(path_type=Path), default=None, help="Also write the equivalent TOML config here (for `puface reproduce`).")
+@click.option("--detector", "detector", type=click.Path(path_type=Path), default=None,
+              help="A detector file for the detection report (default: the shipped detector).")
 @common
 def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses, seeds, protocol, min_images, max_per_identity, image_size,
-             allow_purifier_identities, save_config, out, device, restart, progress) -> None:
+             allow_purifier_identities, save_config, detector, out, device, restart, progress, detect) -> None:
     """Measure the attack success rate (ASR: share of a protected user's clean test photos not
     recognised as the user) and the normal accuracy (on everyone else) of cloaking attacks under
     defenses, with the FaceCure protocol: seeded 70/30 split per identity, the user's training
@@ -162,6 +171,7 @@ def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses
         "victims": {"embedders": list(victims) or ["dlib-resnet29"]},
         "trainers": [parse_spec(t, "trainer spec") for t in (trainers or ["nn", "linear"])],
         "defenses": [{"name": d} for d in (defenses or ["none", "puface"])],
+        "detection": {"enabled": detect, "detector": str(detector) if detector else "default"},
     }
     if max_per_identity is not None:
         raw["data"]["max_per_identity"] = max_per_identity
@@ -175,4 +185,4 @@ def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses
 
         save_config.write_text(to_toml(raw), encoding="utf-8")
         click.echo(f"config written to {save_config}")
-    _run(cfg, out or Path("runs") / "evaluate", device, restart, progress)
+    _run(cfg, out or Path("runs") / "evaluate", device, restart, progress, detect)

@@ -146,11 +146,22 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
 @click.option("--image-field", default=None, metavar="NAME",
               help="Shards: the WebDataset field (e.g. jpg) or Parquet column holding the image (default: found by "
                    "name: jpg/jpeg/png/webp/bmp; image, img, ... or the first bytes / {bytes, path} column).")
+@click.option("--skip-cloaked", is_flag=True,
+              help="Respect opt-outs: score every photo for a cloak first (`puface detect`) and leave out those judged "
+                   "cloaked (listed in OUT/cloaked.csv); the others are purified as usual. Image folders, local engine.")
+@click.option("--report", is_flag=True,
+              help="Score every photo for a cloak as it is purified: OUT/detection.csv (per photo), "
+                   "OUT/detection-identities.csv (share flagged per identity) and a summary at the end.")
+@click.option("--detector", "detector_path", type=click.Path(path_type=Path), default=None,
+              help="With --skip-cloaked/--report: a detector file (default: the shipped one, calibrated for the shipped purifier).")
+@click.option("--fpr", type=float, default=None,
+              help="With --skip-cloaked/--report: false-positive rate of the decision on natural photos (default 0.01).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, batch_size: int, resume: bool,
            quality: int, io_workers: int, threads: int | None, rank: int | None, world_size: int | None,
            stats_csv: Path | None, align: bool, largest_face: bool, template: str, engine: str, address: str | None,
-           workers: int | None, image_field: str | None, progress: bool) -> None:
+           workers: int | None, image_field: str | None, skip_cloaked: bool, report: bool,
+           detector_path: Path | None, fpr: float | None, progress: bool) -> None:
     """Remove cloaks from the images under IN and write them to OUT (same tree, names, formats and sizes).
 
     Streams in batches (decoding and encoding overlap the computation), resumes where it stopped,
@@ -163,6 +174,9 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
     records, keys, order and other fields (labels kept); a record that cannot be decoded is listed
     and left out; each shard is written under a temporary name and renamed when done, so a rerun
     skips finished shards.
+
+    With --skip-cloaked or --report each photo is also scored for a cloak (the detector's purified
+    image is the one written: no second purification).
     """
     import torch
 
@@ -190,17 +204,34 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
         raise PufaceError("--template describes chips; with --align puface cuts dlib150 chips itself")
     if engine == "local" and (address is not None or workers is not None):
         raise PufaceError("--address and --workers go with --engine ray")
-    if is_shard_input(in_path):
+    if (detector_path is not None or fpr is not None) and not (skip_cloaked or report):
+        raise PufaceError("--detector and --fpr go with --skip-cloaked or --report")
+    if skip_cloaked or report:
+        if engine != "local" or is_shard_input(in_path) or template == "arcface112":
+            raise PufaceError("--skip-cloaked and --report score dlib150 chips or photos in an image folder on the "
+                              "local engine (not shards, --engine ray or --template arcface112)")
+        from ..detection.folder import purify_folder_detected
+        from ..detection.detector import load_detector
+
+        if fpr is not None and not 0.0 <= fpr < 1.0:
+            raise PufaceError(f"--fpr must be in [0, 1), got {fpr}")
+        det = load_detector(detector_path, device=None, purifier=weights)
+        rep = purify_folder_detected(in_path, out_root, skip_cloaked=skip_cloaked, detector=det,
+                                     device=None if device == "auto" else device, fpr=fpr, batch_size=batch_size,
+                                     resume=resume, rank=rank, world_size=world_size, quality=quality,
+                                     io_workers=io_workers, progress=progress, align=align, largest_face=largest_face,
+                                     scores_csv=stats_csv)
+    elif is_shard_input(in_path):
         from ..purifier.folder import purify_shards
 
         if engine != "local":
             raise PufaceError("--engine ray takes image folders; shards run on the local engine (share them "
                               "between processes with --rank/--world-size)")
-        report = purify_shards(in_path, out_root, image_field=image_field, **common)
+        rep = purify_shards(in_path, out_root, image_field=image_field, **common)
     else:
         if image_field is not None:
             raise PufaceError("--image-field is for shard inputs (.tar, .parquet)")
-        report = purify_folder(in_path, out_root, engine=engine, address=address, workers=workers, **common)
-    click.echo(report.summary("purified"), err=False)
-    if report.exit_code:
-        raise click.exceptions.Exit(report.exit_code)
+        rep = purify_folder(in_path, out_root, engine=engine, address=address, workers=workers, **common)
+    click.echo(rep.summary("purified"), err=False)
+    if rep.exit_code:
+        raise click.exceptions.Exit(rep.exit_code)

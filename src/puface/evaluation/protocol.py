@@ -241,9 +241,14 @@ class Protocol:
 
     def embed(self, victim: str, images: torch.Tensor, hashes: Sequence[str]) -> torch.Tensor:
         """(N, D) embeddings of uint8 images by victim `victim`, via the content cache."""
+        return self.embed_with(self.victims[victim], images, hashes, namespace=self._fingerprints[victim])
+
+    def embed_with(self, emb_model: FaceEmbedder, images: torch.Tensor, hashes: Sequence[str], *,
+                   namespace: str | None = None) -> torch.Tensor:
+        """(N, D) embeddings of uint8 images by any face model, via the content cache (shared with the
+        victims' embeddings when the model is one of them: the key is its name and weights)."""
         t0 = time.perf_counter()
-        emb_model = self.victims[victim]
-        ns = self._fingerprints[victim]
+        ns = namespace or f"{emb_model.name}:{emb_model.fingerprint()}"
         found = self.cache.get("embeddings", ns, hashes) if self.cache is not None else {}
         missing = [i for i, h in enumerate(hashes) if h not in found]
         if missing:
@@ -263,13 +268,16 @@ class Protocol:
     def defend(self, label: str, images: torch.Tensor, hashes: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
         """Defense `label` applied to uint8 images -> (uint8 images, their hashes); cached when expensive.
         A `Views` defense gives every view, view-major (V x N images)."""
-        parts = [self._defend_with(d, label, images, hashes) for d in _views(self.defenses[label])]
+        parts = [self.apply_defense(d, images, hashes, label) for d in _views(self.defenses[label])]
         if len(parts) == 1:
             return parts[0]
         return torch.cat([p[0] for p in parts]), [h for p in parts for h in p[1]]
 
-    def _defend_with(self, defense: Defense, label: str, images: torch.Tensor,
-                     hashes: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
+    def apply_defense(self, defense: Defense, images: torch.Tensor, hashes: Sequence[str],
+                      label: str = "") -> tuple[torch.Tensor, list[str]]:
+        """Any single defense applied to uint8 images -> (uint8 images, their hashes); cached (by the
+        defense's `cache_key`, shared with the grid's own defenses) when expensive."""
+        label = label or defense.name
         if isinstance(defense, NoDefense):
             return images, list(hashes)
         t0 = time.perf_counter()

@@ -138,6 +138,39 @@ def bar_charts(summary: list[dict], config: dict) -> list[tuple[str, str]]:
     return charts
 
 
+def roc_chart(detection: dict) -> str | None:
+    """ROC curves of the cloak detector, one per attack (false-positive rate on a log axis), with the
+    calibrated operating point; a data URI, or None without curves."""
+    if not detection or not detection.get("roc"):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {r["attack"]: r for r in detection.get("rows", [])}
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for attack, curve in detection["roc"].items():
+        f = np.maximum(np.asarray(curve["fpr"], dtype=float), 1e-4)
+        r = rows.get(attack, {})
+        line, = ax.plot(f, curve["tpr"], label=f"{attack} (AUC {r.get('auc', float('nan')):.3f})")
+        if r:
+            ax.plot([max(r["fpr"], 1e-4)], [r["tpr"]], "o", color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_xlim(1e-4, 1.0)
+    ax.set_ylim(0, 1.02)
+    ax.axvline(detection.get("fpr_target", 0.01), color="#999", ls="--", lw=1)
+    ax.set_xlabel("false-positive rate (natural photos)")
+    ax.set_ylabel("true-positive rate (cloaked photos)")
+    ax.set_title("cloak detection: ROC per attack (dots: the calibrated threshold)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    uri = figure_data_uri(fig)
+    plt.close(fig)
+    return uri
+
+
 def _load(out_dir: Path, rel: str) -> torch.Tensor:
     return image_to_tensor(read_image(out_dir / rel))
 
@@ -212,6 +245,10 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
     if charts:
         parts.append("<h2>ASR and normal accuracy per defense and attack</h2>")
         parts += [f'<img class="chart" src="{uri}" alt="bar chart: {html.escape(t)}">' for t, uri in charts]
+    roc = roc_chart(results.get("detection") or {})
+    if roc:
+        parts.append("<h2>Cloak detection: ROC curves</h2>")
+        parts.append(f'<img class="chart" src="{roc}" alt="ROC curves of the cloak detector per attack">')
     grids = image_grids(out_dir, results.get("examples", {}), float(results.get("amplification", 3.0)),
                         int(cfg.get("report", {}).get("users", 3)))
     if grids:
@@ -231,4 +268,4 @@ def write_report(out_dir: str | Path, results: dict[str, Any], table_md: str, na
     return path
 
 
-__all__ = ["render_report", "write_report", "markdown_to_html", "bar_charts", "image_grids", "data_uri_png"]
+__all__ = ["render_report", "write_report", "markdown_to_html", "bar_charts", "image_grids", "data_uri_png", "roc_chart"]

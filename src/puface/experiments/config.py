@@ -47,6 +47,11 @@ A config (every key optional except the lists; the packaged ones are in `puface/
     users = 3                     # users shown in the image grids
     images_per_user = 2
 
+    [detection]                   # cloak detection per attack (AUC, TPR at the calibrated threshold, ROC)
+    enabled = true
+    detector = "default"          # the shipped detector, or a detector file (`puface train-detector`)
+    # fpr = 0.01                  # false-positive rate of the threshold (default: the detector's)
+
 A config may start from another (``extends = "lfw"``) and change only what differs; lists replace the
 parent's, or are edited with ``drop_attacks = [labels]`` / ``[[add_attacks]]`` (any list key).
 """
@@ -68,19 +73,22 @@ from ..utils.tomlconfig import extends_chain, load_toml_config, resolve_chain, t
 
 __all__ = ["ExperimentConfig", "AttackEntry", "TrainerEntry", "DefenseEntry", "load_config", "config_text", "LABELS"]
 
-_TOP_KEYS = {"name", "description", "seeds", "protocol", "data", "users", "attacks", "victims", "trainers", "defenses", "run", "report"}
+_TOP_KEYS = {"name", "description", "seeds", "protocol", "data", "users", "attacks", "victims", "trainers", "defenses", "run", "report",
+             "detection"}
 _SECTION_KEYS = {
     "data": {"root", "min_images", "max_per_identity", "train_fraction", "image_size"},
     "users": {"count", "names", "min_train", "min_test", "allow_purifier_identities"},
     "victims": {"embedders"},
     "run": {"device", "batch_size", "cache", "output", "cloak_batch_size"},
     "report": {"users", "images_per_user", "enabled"},
+    "detection": {"enabled", "detector", "fpr"},
 }
 _DEFAULTS = {
     "data": {"root": "johns", "min_images": 2, "max_per_identity": None, "train_fraction": 0.7, "image_size": 150},
     "users": {"count": None, "names": None, "min_train": 2, "min_test": 1, "allow_purifier_identities": False},
     "run": {"device": None, "batch_size": 64, "cache": True, "output": None, "cloak_batch_size": None},
     "report": {"users": 3, "images_per_user": 2, "enabled": True},
+    "detection": {"enabled": True, "detector": "default", "fpr": None},
 }
 
 
@@ -156,6 +164,7 @@ class ExperimentConfig:
     defenses: list[DefenseEntry]
     run: dict[str, Any]
     report: dict[str, Any]
+    detection: dict[str, Any] = field(default_factory=lambda: dict(_DEFAULTS["detection"]))
     description: str = ""
     protocol: str = "training"
     raw: dict[str, Any] = field(default_factory=dict)
@@ -171,7 +180,10 @@ class ExperimentConfig:
             if sec in raw and not isinstance(raw[sec], dict):
                 raise ConfigError(f"{where}: [{sec}] must be a table")
             _check_keys(f"{where} [{sec}]", raw.get(sec, {}), known)
-        data, users, run, report = ({**_DEFAULTS[s], **raw.get(s, {})} for s in ("data", "users", "run", "report"))
+        data, users, run, report, detection = ({**_DEFAULTS[s], **raw.get(s, {})}
+                                               for s in ("data", "users", "run", "report", "detection"))
+        if detection["fpr"] is not None and not 0.0 <= float(detection["fpr"]) < 1.0:
+            raise ConfigError(f"{where}: [detection] fpr must be in [0, 1), got {detection['fpr']}")
         if users["count"] is None and not users["names"]:
             users["count"] = 1
         seeds = raw.get("seeds", [0])
@@ -200,7 +212,7 @@ class ExperimentConfig:
         return cls(
             name=str(raw.get("name", source.stem if source else "experiment")), seeds=list(seeds), data=data, users=users,
             attacks=attacks, victims=victims, trainers=trainers, defenses=defenses, run=run, report=report,
-            description=str(raw.get("description", "")), protocol=protocol, raw=raw, source=source,
+            detection=detection, description=str(raw.get("description", "")), protocol=protocol, raw=raw, source=source,
         )
 
     @staticmethod
@@ -257,8 +269,9 @@ class ExperimentConfig:
         ]
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes results (not the output folder or report settings)."""
-        keep = {k: v for k, v in self.raw.items() if k not in ("run", "report", "description", "name")}
+        """Hash of everything that changes results (not the output folder, report or detection settings:
+        detection is recomputed from the caches at the end of every session)."""
+        keep = {k: v for k, v in self.raw.items() if k not in ("run", "report", "description", "name", "detection")}
         keep["data"] = self.data
         keep["run"] = {k: v for k, v in self.run.items() if k not in ("output", "cache", "batch_size", "cloak_batch_size")}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -281,7 +294,7 @@ class ExperimentConfig:
             "name": self.name, "seeds": self.seeds, "protocol": self.protocol, "data": self.data, "users": self.users,
             "attacks": [a.__dict__ for a in self.attacks], "victims": self.victims,
             "trainers": [t.__dict__ for t in self.trainers], "defenses": [{"label": d.label, "spec": d.spec} for d in self.defenses],
-            "run": self.run, "report": self.report, "source": str(self.source) if self.source else None,
+            "run": self.run, "report": self.report, "detection": self.detection, "source": str(self.source) if self.source else None,
         }
 
 

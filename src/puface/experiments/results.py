@@ -8,6 +8,7 @@
     OUT/examples/...          example images for the report's grids
     OUT/sessions.jsonl        wall time and timings of each session (a resumed run has several)
     OUT/results.csv, summary.csv, table.md, results.json, report.html   written at the end
+    OUT/detection.csv         cloak detection per attack (AUC, TPR, FPR), when [detection] is enabled
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..evaluation.detection import detection_markdown
 from ..evaluation.metrics import summarise
 from ..evaluation.report import write_report
 from ..evaluation.tables import render_tables, summarise_rows, write_csv
@@ -158,8 +160,9 @@ class ResultsFolder:
         return sessions
 
     def write_tables(self, *, info: dict[str, Any], sessions: list[dict], wall_s: float, amplification: float,
-                     device: str | None) -> tuple[list[dict], list[dict], str, Path | None]:
-        """results.csv, summary.csv, table.md, results.json and (when enabled) report.html.
+                     device: str | None, detection: dict | None = None) -> tuple[list[dict], list[dict], str, Path | None]:
+        """results.csv, summary.csv, table.md, results.json, detection.csv (with `detection`, from
+        `evaluation.detection.summarise_detection`) and (when enabled) report.html.
         Returns (rows, summary, table Markdown, report path)."""
         cfg = self.cfg
         rows = self.rows()
@@ -169,6 +172,9 @@ class ResultsFolder:
         quality = self.quality_summary()
         wall_total = sum(float(x.get("wall_s", 0.0)) for x in sessions)
         table_md = render_tables(cfg, summary, quality, wall_s=wall_total, sessions=len(sessions))
+        if detection is not None:
+            write_csv(self.out / "detection.csv", detection["rows"])
+            table_md = table_md.rstrip("\n") + "\n\n" + detection_markdown(detection) + "\n"
         write_text_atomic(self.out / "table.md", table_md)
         timing_keys: list[str] = list(dict.fromkeys(k for x in sessions for k in x.get("timings_s", {})))
         results = {
@@ -184,6 +190,7 @@ class ResultsFolder:
             "n_runs": len(rows),
             "summary": summary,
             "image_quality": quality,
+            "detection": detection,
             "examples": self.examples(),
             "amplification": amplification,
             "environment": {

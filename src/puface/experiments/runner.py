@@ -10,6 +10,7 @@ from typing import Callable
 from ..data.datasets import resolve_data_root
 from ..defenses import PuFaceDefense
 from ..evaluation.cache import ContentCache
+from ..evaluation.detection import detection_scores, summarise_detection
 from ..evaluation.protocol import protocol_class
 from ..utils.errors import PufaceError
 from .build import (
@@ -74,6 +75,8 @@ def run_experiment(
     cache = ContentCache() if cfg.run.get("cache", True) else None
     timings: dict[str, float] = {}
     users_by_seed: dict[int, list[str]] = {}
+    detector = _detector(cfg, device)
+    det_scores: dict[int, dict] = {}
     with folder:
         for seed in cfg.seeds:
             t_load = time.perf_counter()
@@ -93,14 +96,29 @@ def run_experiment(
             )
             proto.run()
             proto.timings["load_s"] += load_s
+            if detector is not None:
+                t_det = time.perf_counter()
+                det_scores[seed] = detection_scores(proto, detector)
+                proto.timings["detect_s"] = time.perf_counter() - t_det
             for k, v in proto.timings.items():
                 timings[k] = timings.get(k, 0.0) + v
+    detection = summarise_detection(det_scores, detector, cfg.detection.get("fpr")) if detector is not None else None
     wall = time.perf_counter() - t_start
-    rows, summary, table_md, report = folder.write_tables(
+    rows, summary, table_md, report = folder.write_tables(detection=detection,
         info={"data_root": str(root), "users": {str(k): v for k, v in users_by_seed.items()},
               "excluded_purifier_identities": len(exclude)},
         sessions=folder.end_session(wall, timings), wall_s=wall, amplification=_amplification(defenses), device=device)
     return ExperimentResult(out, rows, summary, table_md, wall, report)
+
+
+def _detector(cfg: ExperimentConfig, device: str | None):
+    """The cloak detector of the [detection] section (None when disabled)."""
+    if not cfg.detection.get("enabled", True):
+        return None
+    from ..detection import load_detector
+
+    ref = cfg.detection.get("detector") or "default"
+    return load_detector(None if ref == "default" else ref, device=device or "cpu")
 
 
 def _check_users(users: list[str], exclude: set[str], allow: bool, echo: Callable[[str], None]) -> None:

@@ -18,7 +18,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -53,7 +53,8 @@ class Outcome:
     """What a batch function returns per input.
 
     status: "ok" (write `image`), "copy" (copy the input through unchanged), "skip" (write nothing),
-    or "fail". `reason` explains copy/skip/fail; `stats` is a row for the job's CSV (may be empty).
+    "record" (write nothing: the job's result is its `stats` row, e.g. a detection score) or "fail".
+    `reason` explains copy/skip/fail; `stats` is a row for the job's CSV (may be empty).
     """
 
     status: str
@@ -74,6 +75,10 @@ class Outcome:
         return cls("skip", reason=reason, stats=stats)
 
     @classmethod
+    def record(cls, **stats) -> "Outcome":
+        return cls("record", stats=stats)
+
+    @classmethod
     def fail(cls, reason: str) -> "Outcome":
         return cls("fail", reason=reason)
 
@@ -83,8 +88,8 @@ class JobReport:
     """Counts and per-file problems of a finished (or interrupted) folder job."""
 
     total: int = 0
-    written: int = 0
-    resumed: int = 0  # outputs that already existed
+    written: int = 0  # outputs written ("ok") or results recorded ("record")
+    resumed: int = 0  # outputs that already existed (or results already recorded)
     copied: list[tuple[Path, str]] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
@@ -144,10 +149,11 @@ def plan_mirror(
     return jobs
 
 
-def split_done(jobs: Sequence, resume: bool) -> tuple[list, int]:
-    """(the jobs still to do, how many are done): with `resume`, a job whose output `dst` exists is done
-    (outputs are written atomically, so an existing one is complete)."""
-    todo = [j for j in jobs if not (resume and j.dst.exists())]
+def split_done(jobs: Sequence, resume: bool, is_done: Callable[[Any], bool] | None = None) -> tuple[list, int]:
+    """(the jobs still to do, how many are done): with `resume`, a job is done when `is_done(job)`, by
+    default when its output `dst` exists (outputs are written atomically, so an existing one is complete)."""
+    done = is_done or (lambda j: j.dst.exists())
+    todo = [j for j in jobs if not (resume and done(j))]
     return todo, len(jobs) - len(todo)
 
 
@@ -182,6 +188,8 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
 
 def _write_outcome(item: LoadedImage, out: Outcome, quality: int) -> None:
     job = item.job
+    if out.status in ("ok", "copy") and same_file(job.dst, job.src):
+        raise OSError("the output path is the input file; refusing to overwrite it")
     if out.status == "ok":
         assert out.image is not None
         fmt = pil_format_for(job.dst)
@@ -194,13 +202,18 @@ def _write_outcome(item: LoadedImage, out: Outcome, quality: int) -> None:
 class _StatsCSV:
     """Appends per-image rows to a CSV next to the outputs (header written once; resumes append)."""
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, fields: list[str] | None = None):
         self.path = path
         self.fields: list[str] | None = None
         self.lock = threading.Lock()
         if path is not None and path.is_file() and path.stat().st_size > 0:
             with open(path, newline="") as f:
                 self.fields = next(csv.reader(f), None)
+        if self.fields is None and fields:
+            self.fields = list(fields)
+            path.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+            with open(path, "w", newline="") as f:  # type: ignore[arg-type]
+                csv.writer(f).writerow(self.fields)
 
     def add(self, rows: list[dict]) -> None:
         if self.path is None or not rows:
@@ -265,6 +278,10 @@ def run_folder_job(
     prefetch_batches: int = 2,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    is_done: Callable[[FileJob], bool] | None = None,
+    stats_fields: list[str] | None = None,
+    stats_key: str = "file",
+    stats_status: bool = True,
 ) -> JobReport:
     """Stream `jobs` through `process` in batches and write the results.
 
@@ -274,7 +291,10 @@ def run_folder_job(
         batch_size: images per call of `process`.
         resume: skip jobs whose output already exists (outputs are written atomically, so an
             existing output is complete).
-        stats_csv: where per-image `Outcome.stats` rows are appended.
+        stats_csv: where per-image `Outcome.stats` rows are appended (columns: `stats_key` with the
+            input's path relative to the input root, "status" unless `stats_status` is False, then the
+            stats; `stats_fields` fixes the columns of a new file, else the first batch's keys do).
+        is_done: with `resume`, which jobs are finished (default: their output file exists).
         quality: JPEG/WebP quality for lossy outputs.
         io_workers: decoding and encoding threads (they overlap with `process`).
     Returns:
@@ -284,9 +304,9 @@ def run_folder_job(
 
     report = JobReport(total=len(jobs))
     t0 = time.perf_counter()
-    todo, report.resumed = split_done(jobs, resume)
+    todo, report.resumed = split_done(jobs, resume, is_done)
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-    stats = _StatsCSV(stats_csv)
+    stats = _StatsCSV(stats_csv, stats_fields)
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, dynamic_ncols=True, file=sys.stderr)
 
     def say(msg: str) -> None:
@@ -314,7 +334,7 @@ def run_folder_job(
             say(f"error: {item.job.src}: cannot write {item.job.dst} ({e})")
             return
         with lock:
-            if out.status == "ok":
+            if out.status in ("ok", "record"):
                 report.written += 1
             elif out.status == "copy":
                 report.copied.append((item.job.src, out.reason))
@@ -362,7 +382,10 @@ def run_folder_job(
                             say(f"{'copied' if out.status == 'copy' else 'skipped'}: {item.job.src}: {out.reason}")
                         writes.append(pool.submit(write, item, out))
                     if out.stats:
-                        rows.append({"file": str(item.job.rel), "status": out.status, **out.stats})
+                        head = {stats_key: item.job.rel.as_posix()}
+                        if stats_status:
+                            head["status"] = out.status
+                        rows.append({**head, **out.stats})
                 stats.add(rows)
                 bar.update(len(items))
         finally:

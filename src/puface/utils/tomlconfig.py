@@ -38,7 +38,7 @@ __all__ = ["tomllib", "read_toml", "parse_toml_value", "packaged_config", "packa
            "extends_chain", "resolve_chain", "merge_configs", "apply_list_edits", "load_toml_config", "to_toml", "KINDS"]
 
 #: kind -> folder of the packaged configs of that kind, inside the package
-KINDS = {"experiment": "configs", "purifier": "configs/purifier"}
+KINDS = {"experiment": "configs", "purifier": "configs/purifier", "detector": "configs/detector"}
 NOT_INHERITED = ("name", "description", "extends")
 
 Labeller = Callable[[dict], str]

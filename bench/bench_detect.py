@@ -1,0 +1,312 @@
+"""Cloak detection on identities the detector and the purifier never saw; writes bench/results/detect*.{md,csv}.
+
+    python bench/bench_detect.py cloaks  --split test  [--attack SPEC[@N] ...]   # make / find the cached cloaks
+    python bench/bench_detect.py measure [--attack SPEC[@N] ...] [--detector FILE] # AUC, TPR, FPR on every set
+    python bench/bench_detect.py speed   [--n 96]                                # detect vs purify, same process
+
+--data: the folder holding lfw-chips150/, lfw/ and johns/ (default $PUFACE_DATA).
+
+Chips. `test` = the 126 lfw-chips150 identities with >= 10 chips (the shipped purifier's held-out list,
+never seen by the purifier nor by the detector); `train` = the purifier's training identities (what the
+shipped detector trains on, see `puface train-detector`). In each split the chips are ordered once by the
+seed (one chip per identity in turn), and an attack with @N cloaks the first N: attacks share their chips,
+so every cloaked chip has its natural twin and smaller N are prefixes of larger ones. Cloaks go through
+the shared cloak cache (`$PUFACE_HOME/cloaks`), so `measure` and later runs reuse them.
+
+Attacks are specs of the project's grammar (`fawkes:mode=high,embedders=sface,label=fawkes-high-sface`),
+each optionally followed by @N; the default list is DEFAULT_ATTACKS. New attack families are measured by
+passing their specs (`--attack 'opom:...@120'`): nothing here is specific to Fawkes or LowKey.
+
+measure, per attack (cloaked chips of test identities vs ALL natural test chips): ROC AUC, TPR at the
+detector's calibrated threshold and at the threshold giving 1% FPR on these natural chips; the same after
+re-encoding the cloaks as JPEG (quality 75, 85, 95); then the false-positive rate at the calibrated threshold
+on natural photos that are not chips of the calibration kind: the natural test chips re-encoded as JPEG
+(q75, q85, q95) and resized (down to 112 and 75 px and back), full LFW photos aligned by `--align`
+(lfw/, 400 photos), and the johns chips.
+speed: `puface detect` vs `puface purify` folder jobs on the same chips, one process, alternated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchtables import Table, write_tables
+
+DEFAULT_ATTACKS = [
+    "fawkes:mode=low,embedders=dlib-resnet29@120",
+    "fawkes:mode=mid,embedders=dlib-resnet29@120",
+    "fawkes:mode=high,embedders=dlib-resnet29@120",
+    "fawkes:mode=high,embedders=sface,label=fawkes-high-sface@60",
+    "lowkey:embedders=dlib-resnet29@30",
+]
+
+
+def data_root(arg: str | None) -> Path:
+    import os
+
+    root = Path(arg or os.environ.get("PUFACE_DATA") or ".")
+    if not (root / "lfw-chips150").is_dir():
+        raise SystemExit(f"{root}: no lfw-chips150/ inside; pass --data or set $PUFACE_DATA")
+    return root
+
+
+def parse_attack(text: str) -> tuple[str, dict, int | None]:
+    """'SPEC[@N]' -> (label, attack table, N or None)."""
+    from puface.attacks import attack_label
+    from puface.utils.specs import parse_spec
+
+    spec, _, n = text.rpartition("@") if "@" in text else (text, "", "")
+    table = parse_spec(spec, "attack spec")
+    return attack_label(table), table, int(n) if n else None
+
+
+def split_identities(split: str) -> list[str]:
+    from puface.purifier import Purifier
+
+    p = Purifier.load()
+    ids = p.heldout_identities if split == "test" else p.training_identities
+    if not ids:
+        raise SystemExit(f"the shipped purifier records no {split} identities")
+    return sorted(ids)
+
+
+def ordered_chips(chips_root: Path, split: str, seed: int = 0) -> list[Path]:
+    """Every chip of the split's identities, ordered by the seed: one chip per identity in turn. The train
+    split's order is the detector training's own (config key "detector-train-<seed>")."""
+    from puface.training.detector import interleaved_chips
+
+    key = f"detector-train-{seed}" if split == "train" else f"bench-detect-{split}-{seed}"
+    return interleaved_chips(chips_root, split_identities(split), key)
+
+
+def make_attack(table: dict, seed: int = 0):
+    from puface.attacks import create_attack
+
+    return create_attack({k: v for k, v in table.items() if k != "label"}, seed=seed)
+
+
+def cloaks(root: Path, split: str, attacks: list[str], seed: int, batch_size: int, progress: bool = True) -> dict:
+    """{label: (natural (N,3,H,W), cloaked (N,3,H,W), paths)} for the first N chips of the split."""
+    from puface.attacks.cache import CloakCache
+    from puface.data.loading import load_images
+
+    cache = CloakCache()
+    chips = ordered_chips(root / "lfw-chips150", split, seed)
+    out = {}
+    for text in attacks:
+        label, table, n = parse_attack(text)
+        sel = chips[: n or 120]
+        atk = make_attack(table, seed)
+        t0 = time.perf_counter()
+        cl, kept, errors = cache.cloak(atk, sel, batch_size=batch_size, progress=progress)
+        if errors:
+            raise SystemExit(f"{label}: {errors[0]}")
+        nat, _, _ = load_images(sel)
+        print(f"{label}: {len(sel)} cloaks ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+        out[label] = (nat, cl, sel)
+    return out
+
+
+def jpeg(x: torch.Tensor, q: int) -> torch.Tensor:
+    from puface.defenses import create_defense
+
+    return create_defense(f"jpeg:quality={q}")(x)
+
+
+def resized(x: torch.Tensor, side: int) -> torch.Tensor:
+    """Natural chips stored at another size (the detector resizes them back to its chip size)."""
+    import torch.nn.functional as F
+
+    from puface.utils.images import quantize
+
+    return quantize(F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1))
+
+
+def auc(neg, pos) -> float:
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(np.r_[np.zeros(len(neg)), np.ones(len(pos))], np.r_[neg, pos]))
+
+
+def features(det, x: torch.Tensor, what: str) -> dict:
+    """The detector's features and score of images (P(x) and the shifts through the detector-samples cache)."""
+    from puface.training.detector import cached_inputs
+    from puface.utils.images import to_float
+
+    t0 = time.perf_counter()
+    xu, pu, known, hit = cached_inputs(det, x)
+    out = {}
+    for i in range(0, len(xu), 256):
+        sl = slice(i, i + 256)
+        f = det.features(to_float(xu[sl]), purified=to_float(pu[sl]), known={k: v[sl] for k, v in known.items()})
+        for k, v in f.items():
+            out.setdefault(k, []).append(v)
+    out = {k: torch.cat(v).numpy() for k, v in out.items()}
+    print(f"{what}: {len(x)} images ({time.perf_counter() - t0:.0f} s{', cached inputs' if hit else ''})", file=sys.stderr)
+    return out
+
+
+def folder_fpr(det, folder: Path, align: bool, threshold: float, tmp: Path) -> dict:
+    """`puface detect` (the product's folder job) on a folder of natural photos: share flagged."""
+    from puface.detection.folder import detect_folder
+
+    rep = detect_folder(folder, tmp / f"{folder.name}-{int(align)}.csv", detector=det, align=align, progress=False, restart=True)
+    scores = [float(r["score"]) for r in rep.rows if r.get("score", "") != ""]
+    return {"n": len(scores), "flagged": sum(s > threshold for s in scores), "no_face": len(rep.rows) - len(scores),
+            "fpr": sum(s > threshold for s in scores) / max(1, len(scores)), "p99": float(np.percentile(scores, 99)) if scores else float("nan")}
+
+
+def measure(root: Path, attacks: list[str], det_path: str | None, seed: int, n_variants: int, out_dir: Path | None) -> None:
+    import tempfile
+
+    import numpy as np
+
+    from puface.attacks.cache import CloakCache
+    from puface.data.loading import load_images
+    from puface.detection import load_detector
+
+    det = load_detector(det_path)
+    thr = det.threshold()
+    chips = ordered_chips(root / "lfw-chips150", "test", seed)
+    nat_x, _, _ = load_images(chips)
+    nat = features(det, nat_x, "natural test chips")
+    comps = [k for k in nat if k.startswith("z:")]
+    t1 = float(np.quantile(nat["score"], 0.99, method="higher"))
+    rows, jrows, frows = [], [], []
+    sub = nat_x[:n_variants]
+    nat_j = {q: features(det, jpeg(sub, q), f"natural JPEG q{q}") for q in (75, 85, 95)}
+    cache = CloakCache(cached_only=True)
+    for text in attacks:
+        label, table, n = parse_attack(text)
+        sel = chips[: n or 120]
+        try:
+            cl, kept, _ = cache.cloak(make_attack(table, seed), sel, progress=False)
+        except Exception as e:  # a cloak not made yet: say so, go on
+            print(f"{label}: skipped ({e})", file=sys.stderr)
+            continue
+        f = features(det, cl, label)
+        row = {"attack": label, "n_cloaked": len(cl), "n_natural": len(nat_x), "auc": auc(nat["score"], f["score"]),
+               "tpr": float((f["score"] > thr).mean()), "tpr_at_1pct": float((f["score"] > t1).mean()),
+               "shift_median": float(np.median(f["shift:dlib-resnet29"]))}
+        for c in comps:
+            row[f"auc_{c[2:]}"] = auc(nat[c], f[c])
+        rows.append(row)
+        for q in (75, 85, 95):
+            fj = features(det, jpeg(cl, q), f"{label} JPEG q{q}")
+            jrows.append({"attack": label, "quality": q, "n_cloaked": len(cl), "n_natural": len(sub),
+                          "auc": auc(nat_j[q]["score"], fj["score"]), "auc_vs_original": auc(nat["score"], fj["score"]),
+                          "tpr": float((fj["score"] > thr).mean())})
+    frows.append({"set": "natural test chips (lfw-chips150, unseen identities)", "n": len(nat_x),
+                  "fpr": float((nat["score"] > thr).mean()), "p99": float(np.quantile(nat["score"], 0.99))})
+    for q in (75, 85, 95):
+        frows.append({"set": f"natural test chips, JPEG q{q}", "n": len(sub), "fpr": float((nat_j[q]["score"] > thr).mean()),
+                      "p99": float(np.quantile(nat_j[q]["score"], 0.99))})
+    for side in (112, 200, 75):
+        f = features(det, resized(sub, side), f"natural resized {side}")
+        frows.append({"set": f"natural test chips stored at {side} px", "n": len(sub), "fpr": float((f["score"] > thr).mean()),
+                      "p99": float(np.quantile(f["score"], 0.99))})
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, folder, align in (("full LFW photos (lfw/, 250 px), --align", root / "lfw", True),
+                                    ("johns chips", root / "johns", False)):
+            if folder.is_dir():
+                r = folder_fpr(det, folder, align, thr, Path(tmp))
+                frows.append({"set": name, "n": r["n"], "fpr": r["fpr"], "p99": r["p99"], "no_face": r["no_face"]})
+    comp_cols = [(f"auc_{c[2:]}", f"AUC {c[2:]} alone", "{:.4f}") for c in comps]
+    tables = [
+        Table("Unseen identities: cloaked chips vs every natural chip of the 126 held-out identities", rows,
+              [("attack", "attack", "{}"), ("n_cloaked", "cloaked", "{}"), ("n_natural", "natural", "{}"),
+               ("auc", "AUC", "{:.4f}"), ("tpr", "TPR at the calibrated threshold", lambda r: f"{100 * r['tpr']:.1f}%"),
+               ("tpr_at_1pct", "TPR at 1% FPR (these natural chips)", lambda r: f"{100 * r['tpr_at_1pct']:.1f}%"),
+               *comp_cols, ("shift_median", "median dlib shift", "{:.4f}")],
+              notes=f"Calibrated threshold {thr:.4f} (1% FPR on the calibration identities); the 1%-FPR threshold on these natural chips: {t1:.4f}.",
+              csv="attacks"),
+        Table("Cloaks re-encoded as JPEG (vs natural chips re-encoded the same way)", jrows,
+              [("attack", "attack", "{}"), ("quality", "JPEG quality", "{}"), ("n_cloaked", "cloaked", "{}"),
+               ("auc", "AUC", "{:.4f}"), ("auc_vs_original", "AUC vs original natural chips", "{:.4f}"),
+               ("tpr", "TPR at the calibrated threshold", lambda r: f"{100 * r['tpr']:.1f}%")], csv="jpeg"),
+        Table("False positives at the calibrated threshold on natural photos", frows,
+              [("set", "natural set", "{}"), ("n", "images", "{}"), ("fpr", "flagged", lambda r: f"{100 * r['fpr']:.2f}%"),
+               ("p99", "99th percentile score", "{:.3f}")],
+              notes="JPEG and resized sets: the first %d natural test chips; full photos: faces found by --align "
+                    "(a photo's score is its highest face's)." % len(sub), csv="fpr"),
+    ]
+    write_tables("detect", "Cloak detection on unseen identities", tables, out_dir or RESULTS_DIR,
+                 about=f"Detector: {det_path or 'shipped (detector-default.safetensors)'}, fingerprint {det.fingerprint()}.")
+
+
+def speed(root: Path, det_path: str | None, n: int, repeats: int, out_dir: Path | None) -> None:
+    """`puface detect` vs `puface purify` (the product's folder jobs) on the same chips, alternated, one process."""
+    import shutil
+    import tempfile
+
+    from puface.detection import load_detector
+    from puface.detection.folder import detect_folder, purify_folder_detected
+    from puface.purifier.folder import purify_folder
+
+    det = load_detector(det_path)
+    chips = ordered_chips(root / "lfw-chips150", "test", 0)[:n]
+    times: dict[str, list[float]] = {"purify": [], "detect": [], "purify --skip-cloaked": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "in"
+        for p in chips:
+            (src / p.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, src / p.parent.name / p.name)
+        detect_folder(src, Path(tmp) / "warm.csv", detector=det, progress=False)  # warm-up: lazy loads, caches
+        for r in range(repeats):
+            t0 = time.perf_counter()
+            purify_folder(src, Path(tmp) / f"p{r}", purifier=det.purifier, progress=False)
+            times["purify"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            detect_folder(src, Path(tmp) / f"d{r}.csv", detector=det, progress=False)
+            times["detect"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            purify_folder_detected(src, Path(tmp) / f"s{r}", skip_cloaked=True, detector=det, progress=False)
+            times["purify --skip-cloaked"].append(time.perf_counter() - t0)
+    base = min(times["purify"])
+    rows = [{"job": k, "images": n, "best_s": min(v), "images_per_s": n / min(v), "ratio": min(v) / base} for k, v in times.items()]
+    write_tables("detect-speed", "Cloak detection speed vs purification", [
+        Table("Folder jobs on the same chips (best of %d, alternated in one process)" % repeats, rows,
+              [("job", "job", "{}"), ("images", "images", "{}"), ("best_s", "seconds", "{:.2f}"),
+               ("images_per_s", "images/s", "{:.1f}"), ("ratio", "time vs purify", "{:.2f}x")], csv="")],
+        out_dir or RESULTS_DIR, baseline=f"`puface purify` folder job: {n / base:.1f} images/s")
+
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("what", choices=["cloaks", "measure", "speed"])
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--split", choices=["train", "test"], default="test")
+    ap.add_argument("--attack", action="append", default=None, metavar="SPEC[@N]")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--detector", default=None, help="a detector file (default: the shipped one)")
+    ap.add_argument("--n", type=int, default=96, help="speed: chips timed")
+    ap.add_argument("--repeats", type=int, default=2, help="speed: rounds of each job")
+    ap.add_argument("--variants", type=int, default=1000, help="measure: natural chips re-encoded / resized per variant")
+    ap.add_argument("--out", default=None, help="results folder (default bench/results)")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    root = data_root(a.data)
+    attacks = a.attack or DEFAULT_ATTACKS
+    out = Path(a.out) if a.out else None
+    if a.what == "cloaks":
+        cloaks(root, a.split, attacks, a.seed, a.batch_size)
+    elif a.what == "measure":
+        measure(root, attacks, a.detector, a.seed, a.variants, out)
+    else:
+        speed(root, a.detector, a.n, a.repeats, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""`puface detect IN --out scores.csv` and `puface train-detector --config default`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+
+@click.command("detect")
+@click.argument("in_path", metavar="IN", type=click.Path(path_type=Path))
+@click.option("--out", "out_csv", type=click.Path(path_type=Path), default=Path("scores.csv"), show_default=True,
+              help="Scores CSV: path (relative to IN), score, cloaked (1/0), the features; the per-identity summary goes "
+                   "next to it (<name>-identities.csv).")
+@click.option("--fpr", type=float, default=None,
+              help="False-positive rate of the decision on natural photos (default: the detector's, 0.01). Lower flags "
+                   "fewer natural photos and misses more cloaks.")
+@click.option("--detector", "weights", type=click.Path(path_type=Path), default=None,
+              help="A detector file (`puface train-detector`). Default: the detector shipped with puface.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (CUDA when available).")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
+@click.option("--align", is_flag=True,
+              help="Photos, not chips: detect and align every face first (a photo's score is its highest face score).")
+@click.option("--largest-face", is_flag=True, help="With --align: score only the largest face of each photo.")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Keep the rows an earlier run wrote to --out and score only the other images.")
+@click.option("--restart", is_flag=True, help="Discard an earlier run's --out and score everything.")
+@click.option("--io-workers", type=int, default=2, show_default=True, help="Threads that decode images while the models run.")
+@click.option("--threads", type=int, default=None, help="Torch compute threads (default: torch's choice).")
+@click.option("--rank", type=int, default=None, help="This process's share of the files (default: $RANK or 0).")
+@click.option("--world-size", type=int, default=None, help="Number of processes sharing the files (default: $WORLD_SIZE or 1).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None, device: str, batch_size: int,
+           align: bool, largest_face: bool, resume: bool, restart: bool, io_workers: int, threads: int | None,
+           rank: int | None, world_size: int | None, progress: bool) -> None:
+    """Score every image under IN for a cloak (Fawkes, LowKey, ...) and say which look cloaked.
+
+    A score per image (higher = more likely cloaked) from what the shipped purifier does to it: how far
+    it moves the face embedding, and what it takes out (a small CNN on the purifier's residual). An image
+    is called cloaked when its score exceeds the threshold at which --fpr of natural calibration photos
+    score higher. The default detector expects aligned face chips (like the LFW/dlib 150x150 chips); for
+    ordinary photos use --align. Streams in batches, resumes, prints a summary; exit code 1 if some
+    images could not be read (they are listed and skipped).
+    """
+    import torch
+
+    from ..detection.folder import detect_folder
+    from ..utils.errors import PufaceError
+
+    if batch_size < 1:
+        raise PufaceError("--batch-size must be >= 1")
+    if fpr is not None and not 0.0 <= fpr < 1.0:
+        raise PufaceError(f"--fpr must be in [0, 1), got {fpr}")
+    if largest_face and not align:
+        raise PufaceError("--largest-face needs --align")
+    if threads:
+        torch.set_num_threads(threads)
+    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    if not 0 <= rank < max(1, world_size):
+        raise PufaceError(f"--rank must be in 0..{world_size - 1}, got {rank}")
+    if world_size > 1 and out_csv == Path("scores.csv"):
+        out_csv = Path(f"scores.rank{rank}.csv")
+    report = detect_folder(in_path, out_csv, weights=weights, device=None if device == "auto" else device, fpr=fpr,
+                           batch_size=batch_size, resume=resume, restart=restart, io_workers=io_workers,
+                           progress=progress, align=align, largest_face=largest_face, rank=rank, world_size=world_size)
+    click.echo(report.summary())
+    if report.exit_code:
+        raise click.exceptions.Exit(report.exit_code)
+
+
+@click.command("train-detector")
+@click.option("--config", "config_path", default="default", show_default=True,
+              help="A TOML detector recipe, or a packaged recipe's name ('default': the shipped detector's, every "
+                   "option commented).")
+@click.option("--data", "data", type=click.Path(path_type=Path), default=None,
+              help="Identity folders instead of the config's [data] root (the packaged recipe names \"lfw-chips150\", "
+                   "found through $PUFACE_DATA).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Output folder for detector.safetensors, config.toml and metrics.json. Default: runs/detector-<config>.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config option, e.g. --set train.epochs=2 --set data.max_natural=200 (repeatable).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (CUDA when available).")
+@click.option("--threads", type=int, default=None, help="Torch compute threads (default: torch's choice).")
+@click.option("--export", "export_path", type=click.Path(path_type=Path), default=None,
+              help="Also copy the detector to this file when training ends.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+def train_detector(config_path: str, data: Path | None, out_dir: Path | None, overrides: tuple[str, ...], device: str,
+                   threads: int | None, export_path: Path | None, progress: bool) -> None:
+    """Train and calibrate a cloak detector as a recipe says (for `puface detect --detector FILE`).
+
+    It learns only from the purifier's training identities (natural chips, re-encoded and resampled
+    variants, and their cloaks made through the shared cloak cache) and sets its threshold on natural
+    chips of the purifier's validation identities; the identities the purifier held out stay unseen.
+    """
+    import shutil
+
+    import torch
+
+    from ..training.detector import load_detector_config, train_detector as train
+    from .purifier_cmd import _parse_override
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = load_detector_config(config_path, dict(_parse_override(o) for o in overrides), data_root=data)
+    out = out_dir or Path("runs") / f"detector-{Path(config_path).stem}"
+    det = train(cfg, out, device=None if device == "auto" else device, progress=progress, log=click.echo)
+    click.echo(json.dumps(det.meta.get("metrics", {}), indent=2))
+    if export_path is not None:
+        export_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "detector.safetensors", export_path)
+        click.echo(f"exported the detector to {export_path}")

@@ -1,0 +1,435 @@
+"""`CloakDetector`: which face chips carry a cloak, scored from what purification does to them.
+
+A cloak is a perturbation a purifier trained to remove cloaks takes out, and one that moves a face model's
+embedding. Per chip x (float RGB in [0, 1], (N, 3, S, S); other sizes are resized to the detector's chip
+size), with P(x) the shipped purifier's output rounded to 8 bits (what `puface purify` writes):
+
+* ``psnr``: PSNR(P(x), x) in dB (natural chips keep about 43 dB);
+* ``shift:<embedder>``: 1 - cos(E(x), E(P(x))) on each of the detector's face models (natural chips move
+  by about 0.002 on dlib-resnet29, Fawkes-high cloaks by 0.1-0.3);
+* ``net``: the logit of a small CNN (`net.ResidualNet`) on P(x) - x and x's high-pass, with the log
+  shifts as extra inputs, trained on cloaks of the purifier's training identities (`puface train-detector`).
+
+Each *component* (the log10 shifts, the net's logit, minus the PSNR) is put on one scale by natural
+calibration chips: z = (value - median) / (99th percentile - median), so every component exceeds 1 on
+about 1% of natural chips; the **score** is the largest z (higher = more likely cloaked). A chip is
+called cloaked when its score exceeds the threshold at which a chosen share (the false-positive rate,
+default 1%) of the natural calibration chips score higher, on each kind of calibration chip (as they are,
+JPEG re-encoded, resized, with noise): the highest of the per-kind thresholds. The calibration chips belong to identities
+the evaluation never protects.
+
+The detector file (`.safetensors`: the net's weights and the sorted natural calibration scores as
+tensors, the rest as JSON metadata "puface") carries its config, the fingerprints of the purifier and
+face models it was calibrated with, the data summary and the training metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..models.base import FaceEmbedder
+from ..models.registry import load_embedder
+from ..purifier.model import Purifier
+from ..utils.device import resolve_device
+from ..utils.errors import PufaceError
+from ..utils.fingerprint import module_fingerprint
+from ..utils.images import quantize, to_float
+from ..utils.metrics import psnr
+from ..utils.version import __version__
+from .net import ResidualNet
+
+__all__ = ["CloakDetector", "DetectorConfig", "threshold_at_fpr", "default_detector_path", "load_detector",
+           "FORMAT", "DEFAULT_FPR"]
+
+FORMAT = "puface-detector"
+FORMAT_VERSION = 1
+DEFAULT_FPR = 0.01
+DEFAULT_DETECTOR_NAME = "detector-default.safetensors"
+PSNR_CAP = 99.0
+_CAL_TENSORS = ("natural_scores", "natural_kinds")  # calibration entries stored as tensors
+
+
+def default_detector_path() -> Path:
+    """The detector shipped inside the package (`puface/weights/`)."""
+    return Path(str(resources.files("puface") / "weights" / DEFAULT_DETECTOR_NAME))
+
+
+def threshold_at_fpr(natural_scores: Sequence[float] | torch.Tensor, fpr: float) -> float:
+    """The smallest threshold t among `natural_scores` such that at most a share `fpr` of them is > t
+    (a chip is called cloaked when its score > t). fpr below 1/n gives the largest natural score."""
+    s = torch.as_tensor(natural_scores, dtype=torch.float64).flatten().sort().values
+    if s.numel() == 0:
+        raise PufaceError("no natural calibration scores")
+    if not 0.0 <= fpr < 1.0:
+        raise PufaceError(f"false-positive rate must be in [0, 1), got {fpr}")
+    n = s.numel()
+    allowed = math.floor(fpr * n + 1e-9)  # natural scores allowed above the threshold
+    return float(s[n - 1 - allowed])
+
+
+@dataclass
+class DetectorConfig:
+    """What the detector computes. embedders: face models of the shift features (registry names).
+    components: what the score combines ("shift:<embedder>", "net", "psnr"). chip_size: inputs of
+    another size are resized to it. shift_floor: added to a shift before its log10. net: the
+    `ResidualNetConfig` as a dict (None: no net). scalar_norm: {scalar name: (mean, std)} of the net's
+    scalar inputs (log10 shifts) on its training data."""
+
+    embedders: tuple[str, ...] = ("dlib-resnet29",)
+    components: tuple[str, ...] = ("shift:dlib-resnet29",)
+    chip_size: int = 150
+    shift_floor: float = 1e-4
+    net: dict | None = None
+    scalar_norm: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"embedders": list(self.embedders), "components": list(self.components), "chip_size": self.chip_size,
+                "shift_floor": self.shift_floor, "net": self.net,
+                "scalar_norm": {k: list(v) for k, v in self.scalar_norm.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "DetectorConfig":
+        return cls(embedders=tuple(d.get("embedders", ("dlib-resnet29",))),
+                   components=tuple(d.get("components", ("shift:dlib-resnet29",))),
+                   chip_size=int(d.get("chip_size", 150)), shift_floor=float(d.get("shift_floor", 1e-4)),
+                   net=d.get("net"), scalar_norm={k: (float(v[0]), float(v[1])) for k, v in (d.get("scalar_norm") or {}).items()})
+
+    def check(self) -> None:
+        for c in self.components:
+            kind, _, arg = c.partition(":")
+            if kind == "shift" and arg not in self.embedders:
+                raise PufaceError(f"detector component {c!r} names a face model not among its embedders {list(self.embedders)}")
+            if kind == "net" and self.net is None:
+                raise PufaceError("detector component 'net' needs a net config")
+            if kind not in ("shift", "net", "psnr"):
+                raise PufaceError(f"unknown detector component {c!r} (known: shift:<embedder>, net, psnr)")
+
+
+class CloakDetector(torch.nn.Module):
+    """Scores face chips: higher = more likely cloaked (see the module docstring).
+
+        >>> det = puface.load_detector()                       # doctest: +SKIP
+        >>> scores = det.score(images)                         # (N,) float; images (N, 3, H, W) in [0, 1]
+        >>> flagged = det.is_cloaked(scores)                   # at the calibrated 1% false-positive rate
+        >>> det.detect_folder("photos/", "scores.csv")         # a folder tree, streamed, resumable
+
+    Args:
+        config: a `DetectorConfig` (or its dict).
+        purifier: the purifier the features use (None: the shipped one).
+        calibration: {"components": {name: {"center", "scale"}}, "natural_scores": combined scores of the
+            natural calibration chips, "natural_kinds" / "kind_names": their kinds, "fpr": the default
+            false-positive rate, ...}.
+        meta: data summary, metrics, fingerprints (what the file carries).
+        embedders: ready face models by name (None: loaded from the registry).
+    """
+
+    def __init__(self, config: DetectorConfig | dict | None = None, *, purifier: Purifier | None = None,
+                 calibration: dict | None = None, meta: dict | None = None,
+                 embedders: Mapping[str, FaceEmbedder] | None = None):
+        super().__init__()
+        if isinstance(config, dict):
+            config = DetectorConfig.from_dict(config)
+        self.config = config or DetectorConfig()
+        self.config.check()
+        self.purifier = purifier if purifier is not None else Purifier.load()
+        given = dict(embedders or {})
+        self.embedders = torch.nn.ModuleDict({self._key(n): given.get(n) or load_embedder(n) for n in self.config.embedders})
+        self.net = ResidualNet(self.config.net) if self.config.net is not None else None
+        self.calibration: dict[str, Any] = dict(calibration or {})
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.eval()
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _key(name: str) -> str:
+        return name.replace(".", "_")
+
+    def embedder(self, name: str) -> FaceEmbedder:
+        return self.embedders[self._key(name)]  # type: ignore[return-value]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.purifier.parameters()).device
+
+    @property
+    def calibrated(self) -> bool:
+        return "natural_scores" in self.calibration and "components" in self.calibration
+
+    @property
+    def default_fpr(self) -> float:
+        return float(self.calibration.get("fpr", DEFAULT_FPR))
+
+    def fingerprints(self) -> dict[str, str]:
+        """Weights the calibration holds for: the purifier and each face model."""
+        out = {"purifier": module_fingerprint(self.purifier)}
+        out.update({f"embedder:{n}": self.embedder(n).fingerprint() for n in self.config.embedders})
+        return out
+
+    def fingerprint(self) -> str:
+        """sha256 (16 hex digits) of everything a score depends on: config, calibration, weights."""
+        import hashlib
+
+        h = hashlib.sha256(json.dumps(self.config.as_dict(), sort_keys=True).encode())
+        h.update(json.dumps({k: v for k, v in self.calibration.items() if k not in _CAL_TENSORS}, sort_keys=True,
+                            default=str).encode())
+        for k in _CAL_TENSORS:
+            if k in self.calibration:
+                h.update(torch.as_tensor(self.calibration[k]).numpy().tobytes())
+        h.update(json.dumps(self.fingerprints(), sort_keys=True).encode())
+        if self.net is not None:
+            h.update(module_fingerprint(self.net).encode())
+        return h.hexdigest()[:16]
+
+    def to_chips(self, images: torch.Tensor) -> torch.Tensor:
+        """Float [0, 1] (uint8 accepted) (N, 3, H, W) -> (N, 3, S, S) at the chip size, on the 8-bit grid."""
+        x = to_float(images)
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise PufaceError(f"expected (N, 3, H, W) RGB images, got shape {tuple(x.shape)}")
+        s = self.config.chip_size
+        if tuple(x.shape[-2:]) != (s, s):
+            x = F.interpolate(x.float(), size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        return quantize(x.float())
+
+    # ------------------------------------------------------------------ features
+    @torch.no_grad()
+    def purify_chips(self, chips: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """P(x) of chips from `to_chips`, rounded to 8 bits (float, CPU): what `puface purify` writes."""
+        return quantize(self.purifier.purify(chips, batch_size=batch_size, device=self.device))
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, *, purified: torch.Tensor | None = None,
+                 embeddings: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 known: Mapping[str, torch.Tensor] | None = None, batch_size: int = 32) -> dict[str, torch.Tensor]:
+        """Per-image features (each (N,), CPU float): "psnr", "shift:<embedder>", "net" (when the detector
+        has one), every component's z and the "score".
+
+        purified: P(x) when already computed (uint8 or float, the chips' size), e.g. from a cache;
+        embeddings: {embedder: (E(x), E(P(x)))} already computed; known: features already computed
+        ("shift:<embedder>", of these same images and purified images). Missing ones are computed here.
+        """
+        x = self.to_chips(images)
+        n = len(x)
+        dev = self.device
+        if purified is None:
+            px = self.purify_chips(x, batch_size)
+        else:
+            px = self.to_chips(purified)
+        out: dict[str, torch.Tensor] = {"psnr": psnr(px, x, cap=PSNR_CAP).float().cpu()}
+        given = dict(embeddings or {})
+        for name in self.config.embedders:
+            if known is not None and f"shift:{name}" in known:
+                out[f"shift:{name}"] = torch.as_tensor(known[f"shift:{name}"]).float().cpu()
+                continue
+            if name in given:
+                ex, ep = (t.float().cpu() for t in given[name])
+            else:
+                e = self.embedder(name)
+                both = e.embed(torch.cat([x, px]).to(dev), batch_size=batch_size)
+                ex, ep = both[:n], both[n:]
+            out[f"shift:{name}"] = (1.0 - (F.normalize(ex, dim=1) * F.normalize(ep, dim=1)).sum(1)).clamp_min(0.0)
+        if self.net is not None:
+            logits = []
+            for i in range(0, n, batch_size):
+                sl = slice(i, i + batch_size)
+                sc = self.net_scalars({k: v[sl] for k, v in out.items()})
+                logits.append(self.net(x[sl].to(dev), px[sl].to(dev), None if sc is None else sc.to(dev)).float().cpu())
+            out["net"] = torch.cat(logits) if logits else torch.empty(0)
+        return self.scored(out) if self.calibrated else out
+
+    def scored(self, feats: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The features with each component's z ("z:<component>") and the "score" (the largest z) added."""
+        self._need_calibration()
+        out = dict(feats)
+        z = self.normalise(self.component_values(out))
+        out.update({f"z:{k}": v for k, v in z.items()})
+        out["score"] = torch.stack(list(z.values()), 1).max(1).values
+        return out
+
+    def log_shift(self, shift: torch.Tensor) -> torch.Tensor:
+        return torch.log10(shift + self.config.shift_floor)
+
+    def net_scalars(self, feats: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """The net's standardised scalar inputs from the features (None when it takes none)."""
+        if self.net is None or not self.net.config.scalars:
+            return None
+        cols = []
+        for name in self.net.config.scalars:
+            kind, _, arg = name.partition(":")
+            if kind != "log_shift":
+                raise PufaceError(f"unknown net scalar {name!r}")
+            mean, std = self.config.scalar_norm.get(name, (0.0, 1.0))
+            cols.append((self.log_shift(feats[f"shift:{arg}"]) - mean) / std)
+        return torch.stack(cols, 1)
+
+    def component_values(self, feats: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Raw component values (higher = more likely cloaked): log10 shifts, the net's logit, -PSNR."""
+        out = {}
+        for c in self.config.components:
+            kind, _, arg = c.partition(":")
+            if kind == "shift":
+                out[c] = self.log_shift(feats[f"shift:{arg}"])
+            elif kind == "net":
+                out[c] = feats["net"]
+            else:
+                out[c] = -feats["psnr"]
+        return out
+
+    def normalise(self, comps: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        cal = self.calibration["components"]
+        return {k: (v - float(cal[k]["center"])) / float(cal[k]["scale"]) for k, v in comps.items()}
+
+    # ------------------------------------------------------------------ scores and decisions
+    def score(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """(N,) cloak scores of (N, 3, H, W) images in [0, 1]; higher = more likely cloaked."""
+        self._need_calibration()
+        return self.features(images, batch_size=batch_size)["score"]
+
+    def threshold(self, fpr: float | None = None) -> float:
+        """The score above which a chip is called cloaked, for false-positive rate `fpr` on the natural
+        calibration chips (None: the detector's default, 1%): the highest of the thresholds that give `fpr`
+        on each kind of calibration photo (as they are, re-encoded, resized, ...), so that no kind exceeds it."""
+        self._need_calibration()
+        fpr = self.default_fpr if fpr is None else float(fpr)
+        scores = torch.as_tensor(self.calibration["natural_scores"])
+        kinds = self.calibration.get("natural_kinds")
+        if kinds is None:
+            return threshold_at_fpr(scores, fpr)
+        kinds = torch.as_tensor(kinds)
+        return max(threshold_at_fpr(scores[kinds == k], fpr) for k in kinds.unique().tolist())
+
+    def is_cloaked(self, scores: torch.Tensor, fpr: float | None = None) -> torch.Tensor:
+        """(N,) bool: scores above `threshold(fpr)`."""
+        return torch.as_tensor(scores) > self.threshold(fpr)
+
+    def _need_calibration(self) -> None:
+        if not self.calibrated:
+            raise PufaceError("this detector is not calibrated (no natural calibration scores)")
+
+    def calibrate(self, natural_features: Mapping[str, torch.Tensor], fpr: float = DEFAULT_FPR, *,
+                  kinds: Sequence[str] | None = None, **info: Any) -> None:
+        """Set the component scales and the natural score distribution from natural chips' features
+        (`features(...)` of natural calibration chips). kinds: each chip's kind ("natural", "natural:jpeg:
+        quality=75", ...): the threshold then holds the false-positive rate on every kind. `info` is kept in
+        the calibration record."""
+        comps = self.component_values(natural_features)
+        cal = {}
+        for k, v in comps.items():
+            v = v.double()
+            center = float(v.median())
+            q99 = float(torch.quantile(v, 0.99))
+            cal[k] = {"center": center, "scale": max(q99 - center, 1e-6)}
+        self.calibration = {"components": cal, "fpr": float(fpr)}
+        z = self.normalise(comps)
+        scores = torch.stack(list(z.values()), 1).max(1).values
+        self.calibration["natural_scores"] = scores.float()
+        if kinds is not None:
+            if len(kinds) != len(scores):
+                raise ValueError(f"{len(kinds)} kinds for {len(scores)} calibration chips")
+            names = sorted(set(kinds))
+            self.calibration["kind_names"] = names
+            self.calibration["natural_kinds"] = torch.tensor([names.index(k) for k in kinds], dtype=torch.int64)
+        self.calibration["threshold"] = self.threshold(fpr)
+        self.calibration.update(info)
+
+    # ------------------------------------------------------------------ folders
+    def detect_folder(self, in_path: str | Path, out_csv: str | Path, **options: Any):
+        """Score every image under `in_path` into `out_csv` (see `puface.detection.folder.detect_folder`)."""
+        from .folder import detect_folder
+
+        return detect_folder(in_path, out_csv, detector=self, **options)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the detector (net weights, calibration, config, meta) to a `.safetensors` file, atomically."""
+        from safetensors.torch import save_file
+
+        self._need_calibration()
+        path = Path(path)
+        tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in (self.net.state_dict().items() if self.net else [])}
+        for k in _CAL_TENSORS:
+            if k in self.calibration:
+                tensors[f"calibration.{k}"] = torch.as_tensor(self.calibration[k]).contiguous()
+        cal = {k: v for k, v in self.calibration.items() if k not in _CAL_TENSORS}
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "puface_version": __version__,
+                "config": self.config.as_dict(), "calibration": cal, "fingerprints": self.fingerprints(), **self.meta}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            save_file(tensors, str(tmp), metadata={"puface": json.dumps(meta)})
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @staticmethod
+    def read_file(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(metadata, tensors) of a detector file; `PufaceError` naming the file when it is not one."""
+        path = Path(path)
+        if not path.is_file():
+            raise PufaceError(f"{path}: detector file not found")
+        try:
+            from safetensors import safe_open
+            from safetensors.torch import load_file
+
+            with safe_open(str(path), framework="pt") as f:
+                raw = (f.metadata() or {}).get("puface")
+            tensors = load_file(str(path))
+        except Exception as e:
+            raise PufaceError(f"{path}: cannot read detector file ({type(e).__name__}: {e})") from None
+        meta = json.loads(raw) if raw else {}
+        if meta.get("format") != FORMAT:
+            raise PufaceError(f"{path}: not a puface detector (format {meta.get('format')!r})")
+        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise PufaceError(f"{path}: detector format {meta['format_version']} is newer than this puface; upgrade puface")
+        return meta, tensors
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, *, purifier: Purifier | None = None, device: str | None = "cpu",
+             embedders: Mapping[str, FaceEmbedder] | None = None, check: bool = True) -> "CloakDetector":
+        """Load a detector file (None: the shipped one). purifier: the one its features use (None: the
+        shipped purifier); with `check`, a purifier other than the one it was calibrated with is an error
+        (its scores would not match the calibration), another face model's weights a warning."""
+        path = Path(path) if path is not None else default_detector_path()
+        if not path.is_file() and path == default_detector_path():
+            raise PufaceError(f"the default detector is missing from this installation ({path}); reinstall puface")
+        meta, tensors = cls.read_file(path)
+        cal = dict(meta.get("calibration") or {})
+        for k in _CAL_TENSORS:
+            if f"calibration.{k}" in tensors:
+                cal[k] = tensors.pop(f"calibration.{k}")
+        extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "config", "calibration")}
+        det = cls(meta["config"], purifier=purifier, calibration=cal, meta=extra, embedders=embedders)
+        if det.net is not None:
+            try:
+                det.net.load_state_dict({k[len("net."):]: v for k, v in tensors.items() if k.startswith("net.")})
+            except RuntimeError as e:
+                raise PufaceError(f"{path}: net weights do not match its config ({e})") from None
+        if check:
+            want = meta.get("fingerprints") or {}
+            have = det.fingerprints()
+            if want.get("purifier") and want["purifier"] != have["purifier"]:
+                raise PufaceError(f"{path}: calibrated with another purifier (fingerprint {want['purifier']}, this one "
+                                  f"{have['purifier']}); calibrate a detector for it (`puface train-detector --purifier ...`)")
+            for k, v in want.items():
+                if k.startswith("embedder:") and have.get(k) not in (None, v):
+                    warnings.warn(f"{path}: face model {k[9:]} has other weights than at calibration "
+                                  f"({have[k]} vs {v}); scores may drift", stacklevel=2)
+        det.eval()
+        return det.to(resolve_device(device)) if device is not None else det
+
+
+def load_detector(path: str | Path | None = None, device: str | None = "cpu", purifier: Purifier | str | Path | None = None) -> CloakDetector:
+    """The shipped cloak detector (or a detector file), with the purifier it was calibrated for."""
+    p = purifier if isinstance(purifier, Purifier) or purifier is None else Purifier.load(purifier)
+    return CloakDetector.load(path, purifier=p, device=device)

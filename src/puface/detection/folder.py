@@ -1,0 +1,379 @@
+"""Folder jobs with the detector: `detect_folder` (a scores CSV per image, a summary per identity) and
+`purify_folder_detected` (`puface purify --skip-cloaked / --report`: purify what is judged natural, leave
+out or list what is judged cloaked). Both stream through `io.jobs.run_folder_job` (decoding ahead in
+threads, batches, resume, broken files reported and skipped).
+
+Scores CSV columns: path (relative to the input), score, cloaked (1/0 at the run's threshold), psnr,
+shift_<embedder>, net (when the detector has one), faces (with `align`), note. A photo's score, with
+`align`, is the highest of its faces' (a photo with one cloaked face is called cloaked); a photo without
+a usable face gets an empty score and a note. Identity summary (<scores>-identities.csv): per first-level
+folder (an identity folder): images scored, flagged, share flagged, mean and highest score.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..io.files import list_image_files
+from ..io.images import atomic_write_bytes, is_image_file
+from ..io.jobs import FileJob, JobReport, LoadedImage, Outcome, group_by_size, plan_mirror, run_folder_job, shard
+from ..utils.errors import PufaceError
+from ..utils.images import tensor_to_image, to_float
+from .detector import CloakDetector, load_detector
+
+__all__ = ["detect_folder", "purify_folder_detected", "DetectReport", "identity_of", "summarise_identities"]
+
+
+def _col(name: str) -> str:
+    return name.replace(":", "_")
+
+
+def feature_columns(det: CloakDetector) -> list[str]:
+    cols = ["psnr"] + [f"shift_{e}" for e in det.config.embedders]
+    return cols + (["net"] if det.net is not None else [])
+
+
+def _fmt(v: float, digits: int = 6) -> float | str:
+    v = float(v)
+    return "" if math.isnan(v) else round(v, digits)
+
+
+def identity_of(rel: str | Path, root_name: str) -> str:
+    """The identity a file belongs to: its first-level folder under the input (the input's own name for
+    files directly inside it)."""
+    parts = Path(rel).parts
+    return parts[0] if len(parts) > 1 else root_name
+
+
+def summarise_identities(rows: list[dict], root_name: str) -> list[dict]:
+    """Per identity: images scored, flagged as cloaked, share flagged, mean and highest score."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("score", "") == "":
+            continue
+        groups.setdefault(identity_of(r["path"], root_name), []).append(r)
+    out = []
+    for ident in sorted(groups):
+        rs = groups[ident]
+        scores = [float(r["score"]) for r in rs]
+        flagged = sum(int(r["cloaked"]) for r in rs)
+        out.append({"identity": ident, "images": len(rs), "flagged": flagged, "share_flagged": round(flagged / len(rs), 4),
+                    "mean_score": round(float(np.mean(scores)), 4), "max_score": round(float(np.max(scores)), 4)})
+    return out
+
+
+def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+
+
+def _read_rows(path: Path, fields: list[str]) -> list[dict]:
+    """Complete rows of an earlier run's CSV (a row cut by an interruption is dropped); a CSV with other
+    columns is an error (another detector or other options wrote it)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != fields:
+            raise PufaceError(f"{path}: written by another detector or with other options (columns {reader.fieldnames}, "
+                              f"expected {fields}); choose another --out or pass --restart")
+        rows = []
+        for r in reader:
+            if None in r or any(v is None for v in r.values()):
+                continue  # cut short
+            if r.get("score", "") != "":
+                try:
+                    float(r["score"])
+                except ValueError:
+                    continue
+            elif not (r.get("note") or r.get("status")):
+                continue
+            rows.append(r)
+    return rows
+
+
+@dataclass
+class DetectReport:
+    """A finished (or interrupted) detection job: the job's counts, the threshold, and where things went."""
+
+    job: JobReport
+    threshold: float
+    fpr: float
+    rows: list[dict] = field(default_factory=list)
+    identities: list[dict] = field(default_factory=list)
+    scores_csv: Path | None = None
+    identities_csv: Path | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return self.job.exit_code
+
+    @property
+    def scored(self) -> int:
+        return sum(1 for r in self.rows if r.get("score", "") != "")
+
+    @property
+    def flagged(self) -> int:
+        return sum(1 for r in self.rows if str(r.get("cloaked", "")) == "1")
+
+    def summary(self, verb: str = "scored") -> str:
+        n, k = self.scored, self.flagged
+        lines = [self.job.summary(verb),
+                 f"cloak detection: {k} of {n} images judged cloaked ({k / max(n, 1):.1%}) at threshold {self.threshold:.4f} "
+                 f"(false-positive rate {self.fpr:.1%} on natural calibration photos)"]
+        noface = [r for r in self.rows if r.get("score", "") == ""]
+        if noface:
+            lines.append(f"{len(noface)} image(s) without a usable face (empty score)")
+        top = sorted((i for i in self.identities if i["flagged"]), key=lambda i: (-i["share_flagged"], i["identity"]))
+        if top:
+            lines.append(f"identities with flagged images ({len(top)} of {len(self.identities)}):")
+            lines += [f"  {i['identity']}: {i['flagged']}/{i['images']} ({i['share_flagged']:.0%})" for i in top[:20]]
+            if len(top) > 20:
+                lines.append(f"  ... {len(top) - 20} more in {self.identities_csv}")
+        if self.scores_csv:
+            lines.append(f"scores: {self.scores_csv}" + (f"; per identity: {self.identities_csv}" if self.identities_csv else ""))
+        return "\n".join(lines)
+
+
+def _chip_features(det: CloakDetector, arrays: list[np.ndarray], batch_size: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Features of uint8 (H, W, 3) images (any sizes; each resized to the chip size) and their purified chips."""
+    n = len(arrays)
+    feats: dict[str, list] = {}
+    purified = [None] * n
+    items = [LoadedImage(FileJob(Path(), Path(), Path()), a) for a in arrays]
+    order = []
+    for _, idx in group_by_size(items).items():
+        x = det.to_chips(torch.from_numpy(np.stack([arrays[i] for i in idx])).permute(0, 3, 1, 2))
+        px = det.purify_chips(x, batch_size)
+        f = det.features(x, purified=px, batch_size=batch_size)
+        for k, v in f.items():
+            feats.setdefault(k, []).append(v)
+        for j, i in enumerate(idx):
+            purified[i] = px[j]
+        order += idx
+    inv = torch.empty(n, dtype=torch.long)
+    inv[torch.as_tensor(order)] = torch.arange(n)
+    return {k: torch.cat(v)[inv] for k, v in feats.items()}, torch.stack(purified)  # type: ignore[arg-type]
+
+
+def _row(det: CloakDetector, feats: dict[str, torch.Tensor], i: int, threshold: float) -> dict[str, Any]:
+    s = float(feats["score"][i])
+    row: dict[str, Any] = {"score": _fmt(s), "cloaked": int(s > threshold), "psnr": _fmt(feats["psnr"][i], 3)}
+    for e in det.config.embedders:
+        row[f"shift_{e}"] = _fmt(feats[f"shift:{e}"][i])
+    if det.net is not None:
+        row["net"] = _fmt(feats["net"][i], 4)
+    return row
+
+
+def _photo_row(chip_rows: list[dict]) -> dict:
+    """A photo's row from its faces' rows: the highest-scoring face's features."""
+    best = max(chip_rows, key=lambda r: float(r["score"]))
+    return {**best, "cloaked": int(any(int(r["cloaked"]) for r in chip_rows))}
+
+
+def _make_aligner(align: bool, largest_face: bool):
+    if not align:
+        return None
+    from ..align import FaceAligner, FaceDetector
+
+    return FaceAligner(150, FaceDetector("hog+cnn"), pick="largest" if largest_face else "all")
+
+
+def _prepare_detector(detector: CloakDetector | None, weights: str | Path | None, device: str | None) -> CloakDetector:
+    from ..utils.device import resolve_device
+
+    det = detector if detector is not None else load_detector(weights, device=None)
+    return det.to(resolve_device(device)).eval()
+
+
+def _jobs(in_path: Path) -> list[FileJob]:
+    if not in_path.exists():
+        raise PufaceError(f"{in_path}: no such file or folder")
+    if in_path.is_file():
+        if not is_image_file(in_path):
+            raise PufaceError(f"{in_path}: not an image file (expected .jpg, .jpeg, .png, .bmp or .webp)")
+        return [FileJob(in_path, in_path, Path(in_path.name))]
+    return [FileJob(f, f, f.relative_to(in_path)) for f in list_image_files(in_path)]
+
+
+def _state_path(out_csv: Path) -> Path:
+    return out_csv.with_name(out_csv.stem + "-run.json")
+
+
+def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDetector | None = None,
+                  weights: str | Path | None = None, device: str | None = None, fpr: float | None = None,
+                  batch_size: int = 32, resume: bool = True, restart: bool = False, io_workers: int = 2,
+                  progress: bool = True, align: bool = False, largest_face: bool = False,
+                  identities_csv: str | Path | None = None, rank: int = 0, world_size: int = 1) -> DetectReport:
+    """Score every image under `in_path` (a folder tree or one file) into `out_csv`.
+
+    detector: a ready `CloakDetector` (else `weights`: a detector file, None = the shipped one).
+    fpr: false-positive rate of the decision (None: the detector's default, 1%). resume: keep the rows an
+    earlier run wrote to `out_csv` and score only the rest; restart: start the CSV afresh. align: photos,
+    not chips: detect and align each face first (needs the `align` extra). identities_csv: the
+    per-identity summary (default: <out_csv stem>-identities.csv). Returns a `DetectReport` (exit code 1
+    when some file could not be read).
+    """
+    in_path, out_csv = Path(in_path), Path(out_csv)
+    if out_csv.suffix.lower() != ".csv":
+        raise PufaceError(f"{out_csv}: the scores file must end in .csv")
+    if out_csv.is_dir():
+        raise PufaceError(f"{out_csv} is a folder; give a .csv file name")
+    jobs = _jobs(in_path)
+    if world_size > 1:
+        jobs = shard(jobs, rank, world_size)
+    det = _prepare_detector(detector, weights, device)
+    threshold = det.threshold(fpr)
+    fpr_v = det.default_fpr if fpr is None else float(fpr)
+    fields = ["path", "score", "cloaked", *feature_columns(det)] + (["faces"] if align else []) + ["note"]
+    state = _state_path(out_csv)
+    det_id = det.fingerprint()
+    if restart:
+        out_csv.unlink(missing_ok=True)
+    elif resume and out_csv.exists() and state.is_file():
+        old = json.loads(state.read_text(encoding="utf-8")).get("detector")
+        if old and old != det_id:
+            raise PufaceError(f"{out_csv}: scored by another detector ({old}, this one {det_id}); choose another --out "
+                              "or pass --restart")
+    previous = _read_rows(out_csv, fields) if resume and not restart else []
+    if previous or (out_csv.exists() and not resume):
+        _write_csv(out_csv, previous, fields)  # drop a row cut by an interruption before appending
+    atomic_write_bytes(state, json.dumps({"detector": det_id, "input": str(in_path), "align": align}, indent=2).encode())
+    done = {r["path"] for r in previous}
+    aligner = _make_aligner(align, largest_face)
+
+    def process(items: list[LoadedImage]) -> list[Outcome]:
+        if aligner is None:
+            feats, _ = _chip_features(det, [it.image for it in items], batch_size)
+            return [Outcome.record(**_row(det, feats, i, threshold), note="") for i in range(len(items))]
+        chips, owner, found = [], [], []
+        for i, it in enumerate(items):
+            pf = aligner.align(it.image)
+            found.append(pf)
+            for af in pf.faces:
+                chips.append(af.chip)
+                owner.append(i)
+        per: list[list[dict]] = [[] for _ in items]
+        if chips:
+            feats, _ = _chip_features(det, chips, batch_size)
+            for j, i in enumerate(owner):
+                per[i].append(_row(det, feats, j, threshold))
+        out = []
+        for it, pf, rows in zip(items, found, per):
+            if rows:
+                out.append(Outcome.record(**_photo_row(rows), faces=len(rows), note=""))
+            else:
+                blank = {k: "" for k in fields if k not in ("path",)}
+                out.append(Outcome.record(**{**blank, "faces": 0, "note": pf.reason_if_empty(aligner.min_face)}))
+        return out
+
+    job = run_folder_job(jobs, process, batch_size=batch_size, resume=resume, desc="detecting", verb="scored",
+                         stats_csv=out_csv, io_workers=io_workers, progress=progress,
+                         is_done=lambda j: j.rel.as_posix() in done, stats_fields=fields, stats_key="path",
+                         stats_status=False)
+    return _finish(out_csv, fields, threshold, fpr_v, job, in_path, identities_csv, det_id)
+
+
+def _finish(out_csv: Path, fields: list[str], threshold: float, fpr: float, job: JobReport, in_path: Path,
+            identities_csv: str | Path | None, det_id: str, *, state: dict | None = None) -> DetectReport:
+    """Rewrite the scores with the decision at this run's threshold, write the identity summary."""
+    rows = _read_rows(out_csv, fields)
+    for r in rows:
+        if r.get("score", "") != "":
+            r["cloaked"] = int(float(r["score"]) > threshold)
+    _write_csv(out_csv, rows, fields)
+    idents = summarise_identities(rows, in_path.resolve().name if in_path.is_dir() else in_path.resolve().parent.name)
+    id_path = Path(identities_csv) if identities_csv else out_csv.with_name(out_csv.stem + "-identities.csv")
+    _write_csv(id_path, idents, ["identity", "images", "flagged", "share_flagged", "mean_score", "max_score"])
+    rep = DetectReport(job, threshold, fpr, rows, idents, out_csv, id_path)
+    info = {"detector": det_id, "input": str(in_path), "threshold": threshold, "fpr": fpr, "images": len(rows),
+            "scored": rep.scored, "flagged": rep.flagged, "failed": [[str(p), why] for p, why in job.failed],
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **(state or {})}
+    atomic_write_bytes(_state_path(out_csv), json.dumps(info, indent=2).encode())
+    return rep
+
+
+def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cloaked: bool, detector: CloakDetector | None = None,
+                           detector_weights: str | Path | None = None, device: str | None = None, fpr: float | None = None,
+                           batch_size: int = 16, resume: bool = True, rank: int = 0, world_size: int = 1,
+                           quality: int = 95, io_workers: int = 2, progress: bool = True, align: bool = False,
+                           largest_face: bool = False, scores_csv: str | Path | None = None) -> DetectReport:
+    """Purify every image under `in_path` into the mirrored tree `out_path`, scoring each for a cloak first.
+
+    skip_cloaked: photos judged cloaked are left out (not written; listed in OUT/cloaked.csv), so a
+    trainer respects the opt-out; otherwise they are purified like the rest. Every image's score goes to
+    `scores_csv` (default OUT/detection.csv, with a `status` column: ok = purified, skip = left out), the
+    per-identity summary to OUT/detection-identities.csv. The purified image is the detector's own P(x),
+    so detection costs no second purification. `align`: photos, not chips (faces detected, purified and
+    pasted back; with skip_cloaked a photo with any cloaked face is left out).
+    """
+    in_path, out_path = Path(in_path), Path(out_path)
+    jobs = plan_mirror(in_path, out_path)
+    if world_size > 1:
+        jobs = shard(jobs, rank, world_size)
+    det = _prepare_detector(detector, detector_weights, device)
+    threshold = det.threshold(fpr)
+    fpr_v = det.default_fpr if fpr is None else float(fpr)
+    scores = Path(scores_csv) if scores_csv else out_path / "detection.csv"
+    fields = ["path", "status", "score", "cloaked", *feature_columns(det)] + (["faces"] if align else []) + ["note"]
+    previous = _read_rows(scores, fields) if resume else []
+    if previous or scores.exists():
+        _write_csv(scores, previous, fields)
+    skipped = {r["path"] for r in previous if r.get("status") == "skip"}
+    det_id = det.fingerprint()
+
+    def chip_process(items: list[LoadedImage]) -> list[Outcome]:
+        feats, purified = _chip_features(det, [it.image for it in items], batch_size)
+        outs = []
+        for i, it in enumerate(items):
+            row = _row(det, feats, i, threshold)
+            out = tensor_to_image(purified[i])
+            if out.shape != it.image.shape:  # not a chip of the detector's size: purify at the image's own size
+                out = tensor_to_image(det.purifier.purify(to_float(torch.from_numpy(it.image).permute(2, 0, 1)[None]),
+                                                          device=det.device)[0])
+            if skip_cloaked and row["cloaked"]:
+                outs.append(Outcome.skip(f"judged cloaked (score {row['score']} > {threshold:.4f})", **row, note=""))
+            else:
+                outs.append(Outcome.ok(out, **row, note=""))
+        return outs
+
+    process: Callable = chip_process
+    if align:
+        from ..align import align_adapter
+
+        def skip_photo(outs: list[Outcome]) -> str | None:
+            bad = [o for o in outs if o.status == "skip"]
+            return f"{len(bad)} face(s) judged cloaked" if skip_cloaked and bad else None
+
+        process = align_adapter(chip_process, chip_size=150, no_face="copy", largest_face=largest_face,
+                                skip_photo=skip_photo, merge_stats=_merge_face_stats)
+    job = run_folder_job(jobs, process, batch_size=batch_size, resume=resume, desc="detecting + purifying",
+                         verb="purified", stats_csv=scores, quality=quality, io_workers=io_workers, progress=progress,
+                         is_done=lambda j: j.dst.exists() or j.rel.as_posix() in skipped, stats_fields=fields,
+                         stats_key="path")
+    rep = _finish(scores, fields, threshold, fpr_v, job, in_path, out_path / "detection-identities.csv", det_id)
+    cloaked = [{"path": r["path"], "score": r["score"], "status": r.get("status", "")} for r in rep.rows if str(r.get("cloaked")) == "1"]
+    _write_csv(out_path / "cloaked.csv", cloaked, ["path", "score", "status"])
+    return rep
+
+
+def _merge_face_stats(rows: list[dict]) -> dict:
+    """With `align`: a photo's detection row from its faces' rows (the highest score; cloaked if any face is)."""
+    rows = [r for r in rows if r.get("score", "") != ""]
+    if not rows:
+        return {}
+    return {**_photo_row(rows), "faces": len(rows)}

@@ -1,0 +1,128 @@
+"""Cloak detection inside the evaluation: per attack, how well the detector tells the protected users'
+cloaked training photos from natural ones.
+
+Per seed: *natural* = the training photos of every identity that is not a protected user (what a
+scraper holds besides the cloaked photos); *cloaked* = every protected user's cloaked training photos,
+per attack. Scores come from the detector (`puface.detection`); its purified images and embeddings go
+through the evaluation's content cache, so a grid with the `puface` defense and a dlib victim has
+already paid for them. Per attack (seeds pooled): ROC AUC, the true-positive rate at the detector's
+calibrated threshold (and at the threshold that gives 1% false positives on these natural photos), the
+false-positive rate of the calibrated threshold on these natural photos, and the ROC curve.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..defenses import PuFaceDefense
+from ..detection.detector import CloakDetector, threshold_at_fpr
+from ..utils.fingerprint import content_hashes, module_fingerprint
+from .protocol import Protocol
+
+__all__ = ["detection_scores", "summarise_detection", "roc_points"]
+
+
+def _purifier_defense(proto: Protocol, detector: CloakDetector) -> PuFaceDefense:
+    """The grid's own purifier defense when it is the detector's purifier (its cached images are reused),
+    else a defense wrapping the detector's purifier (cached under its own key)."""
+    want = module_fingerprint(detector.purifier)
+    for d in proto.defenses.values():
+        if isinstance(d, PuFaceDefense) and d.loaded and module_fingerprint(d.purifier) == want:
+            return d
+    d = PuFaceDefense(batch_size=proto.batch_size)
+    d._purifier = detector.purifier
+    return d
+
+
+def _scores(proto: Protocol, detector: CloakDetector, defense: PuFaceDefense, namespaces: dict[str, str],
+            images: torch.Tensor) -> np.ndarray:
+    """Detector scores of uint8 chips (N, 3, S, S), with P(x) and the embeddings through the content cache."""
+    if len(images) == 0:
+        return np.zeros(0)
+    chips = (detector.to_chips(images) * 255).round().to(torch.uint8)
+    hashes = content_hashes(chips)
+    purified, p_hashes = proto.apply_defense(defense, chips, hashes)
+    emb = {}
+    for name in detector.config.embedders:
+        e = detector.embedder(name)
+        emb[name] = (proto.embed_with(e, chips, hashes, namespace=namespaces[name]),
+                     proto.embed_with(e, purified, p_hashes, namespace=namespaces[name]))
+    return detector.features(chips, purified=purified, embeddings=emb, batch_size=proto.batch_size)["score"].numpy()
+
+
+def detection_scores(proto: Protocol, detector: CloakDetector) -> dict[str, dict[str, Any]]:
+    """{attack label: {"natural": scores, "cloaked": scores, "users": n}} for the protocol's seed; the clean
+    reference is left out. Natural = training photos of the identities that are not protected users."""
+    train = proto.data.train
+    users = set(proto.users)
+    nat_rows = torch.as_tensor(np.flatnonzero([lab not in users for lab in train.labels]), dtype=torch.long)
+    defense = _purifier_defense(proto, detector)
+    namespaces = {}
+    for name in detector.config.embedders:
+        e = detector.embedder(name)
+        namespaces[name] = next((proto._fingerprints[v] for v, m in proto.victims.items()
+                                 if m.name == e.name and m.fingerprint() == e.fingerprint()), f"{e.name}:{e.fingerprint()}")
+    natural = _scores(proto, detector, defense, namespaces, train.images[nat_rows])
+    out: dict[str, dict[str, Any]] = {}
+    for spec in proto.attacks:
+        if spec.attack is None:
+            continue
+        cloaked = torch.cat([proto.cloak(spec, u) for u in proto.users])
+        out[spec.label] = {"natural": natural, "cloaked": _scores(proto, detector, defense, namespaces, cloaked),
+                           "users": len(proto.users)}
+    return out
+
+
+def roc_points(natural: np.ndarray, cloaked: np.ndarray, max_points: int = 200) -> dict[str, list[float]]:
+    """The ROC curve (false-positive rate, true-positive rate), thinned to about `max_points` points."""
+    from sklearn.metrics import roc_curve
+
+    y = np.r_[np.zeros(len(natural)), np.ones(len(cloaked))]
+    fpr, tpr, _ = roc_curve(y, np.r_[natural, cloaked])
+    if len(fpr) > max_points:
+        keep = np.unique(np.r_[0, np.linspace(0, len(fpr) - 1, max_points).round().astype(int), len(fpr) - 1])
+        fpr, tpr = fpr[keep], tpr[keep]
+    return {"fpr": [round(float(v), 5) for v in fpr], "tpr": [round(float(v), 5) for v in tpr]}
+
+
+def summarise_detection(per_seed: dict[int, dict[str, dict[str, Any]]], detector: CloakDetector,
+                        fpr: float | None = None) -> dict[str, Any]:
+    """Rows per attack (seeds pooled) and ROC curves: {"rows": [...], "roc": {attack: {fpr, tpr}}, ...}."""
+    from sklearn.metrics import roc_auc_score
+
+    thr = detector.threshold(fpr)
+    attacks = list(dict.fromkeys(a for s in per_seed.values() for a in s))
+    rows, roc = [], {}
+    for a in attacks:
+        nat = np.concatenate([s[a]["natural"] for s in per_seed.values() if a in s])
+        cl = np.concatenate([s[a]["cloaked"] for s in per_seed.values() if a in s])
+        y = np.r_[np.zeros(len(nat)), np.ones(len(cl))]
+        auc = float(roc_auc_score(y, np.r_[nat, cl])) if len(nat) and len(cl) else float("nan")
+        t1 = threshold_at_fpr(nat, 0.01) if len(nat) else float("nan")
+        rows.append({
+            "attack": a, "n_natural": int(len(nat)), "n_cloaked": int(len(cl)), "auc": round(auc, 5),
+            "tpr": round(float((cl > thr).mean()), 5) if len(cl) else float("nan"),
+            "fpr": round(float((nat > thr).mean()), 5) if len(nat) else float("nan"),
+            "tpr_at_1pct": round(float((cl > t1).mean()), 5) if len(cl) else float("nan"),
+            "threshold": round(thr, 5), "seeds": sum(1 for s in per_seed.values() if a in s),
+        })
+        roc[a] = roc_points(nat, cl)
+    return {"rows": rows, "roc": roc, "threshold": thr,
+            "fpr_target": detector.default_fpr if fpr is None else float(fpr), "detector": detector.fingerprint()}
+
+
+def detection_markdown(det: dict[str, Any]) -> str:
+    """The detection table for table.md / the report."""
+    lines = ["## Cloak detection", "",
+             f"Detector threshold {det['threshold']:.4f} (calibrated to {det['fpr_target']:.1%} false positives on natural "
+             "photos of identities the evaluation never protects). Natural = training photos of the identities that are "
+             "not protected users; cloaked = the protected users' cloaked training photos. TPR and FPR at the calibrated "
+             "threshold; TPR @1% = at the threshold giving 1% false positives on these natural photos.", "",
+             "| attack | natural | cloaked | AUC | TPR | FPR | TPR @1% |", "|---|---|---|---|---|---|---|"]
+    for r in det["rows"]:
+        lines.append(f"| {r['attack']} | {r['n_natural']} | {r['n_cloaked']} | {r['auc']:.4f} | {100 * r['tpr']:.1f} | "
+                     f"{100 * r['fpr']:.2f} | {100 * r['tpr_at_1pct']:.1f} |")
+    return "\n".join(lines)

@@ -1,0 +1,460 @@
+"""Training and calibrating the cloak detector (`puface train-detector --config default`).
+
+The config (packaged: `puface/configs/detector/default.toml`, every option commented) names a purifier;
+its checkpoint says which identities it trained on and which it validated on. The detector uses only
+those: the evaluation's pool (the purifier's held-out identities) stays unseen.
+
+The purifier's training identities are split (seeded) into *fit* identities and a share
+`calibration_fraction` of *calibration* identities, which join the purifier's validation identities.
+
+1. Chips: every chip of the purifier's training identities, ordered by the seed (`interleaved_chips`: one
+   chip per identity in turn). Natural samples: each chip of a fit identity as it is, and in
+   `natural_variants` (defense specs: JPEG re-encoding, down-up resizing, noise; each chip gets a seeded
+   choice of `variants_per_chip` of them), so that re-encoded or resampled natural photos are not taken for
+   cloaks. Cloaked samples: the first `images` chips of each `[[attacks]]` entry, cloaked through the
+   shared cloak cache, at each of `cloak_strengths` (x + k (x_c - x)); those of fit identities train the
+   net, those of calibration identities validate it.
+2. Features of every sample with the purifier and the face models (`CloakDetector.features`); the net
+   (`ResidualNet`) is trained on the fit samples (weighted binary cross-entropy, random crops and flips, the
+   pooled maps dropped for a share of the images so the log shifts alone must also separate).
+3. Calibration: every natural chip of the calibration identities (never seen by the net), as it is and in
+   every natural variant; the threshold is the highest of those giving the config's false-positive rate on
+   each variant. Validation: the
+   cloaks of calibration identities against those natural samples (AUC, TPR at the threshold).
+
+Output folder: detector.safetensors, config.toml (as it ran), metrics.json (training and validation
+AUCs, calibration).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..attacks import attack_label
+from ..data.datasets import resolve_data_root
+from ..data.loading import load_images
+from ..data.split import split_identities
+from ..defenses import create_defense
+from ..detection.detector import DEFAULT_FPR, CloakDetector, DetectorConfig
+from ..detection.net import ResidualNet, ResidualNetConfig
+from ..io.files import list_image_files
+from ..purifier.model import Purifier
+from ..utils.errors import ConfigError, PufaceError
+from ..utils.fingerprint import content_hashes
+from ..utils.paths import cache_dir
+from ..utils.images import to_float, to_uint8
+from ..utils.seeding import stable_seed
+from ..utils.tomlconfig import load_toml_config, to_toml
+from .data import cloak_with_cache
+
+__all__ = ["DetectorTrainConfig", "load_detector_config", "interleaved_chips", "train_detector", "SampleSet", "cached_inputs"]
+
+LABELS = {"attacks": attack_label}
+
+_SECTIONS: dict[str, dict[str, Any]] = {
+    "data": {"root": "lfw-chips150", "purifier": "default", "cache": "", "cloak_batch_size": 8, "cached_only": False,
+             "max_natural": None, "max_calibration": None, "calibration_fraction": 0.33},
+    "augment": {"natural_variants": ["jpeg:quality=75", "jpeg:quality=85", "jpeg:quality=95", "resize:factor=1.5",
+                                     "resize:factor=2.0", "noise:sigma=0.008+jpeg:quality=95"],
+                "variants_per_chip": 2, "cloak_strengths": [1.0]},
+    "detector": {"embedders": ["dlib-resnet29"], "components": ["shift:dlib-resnet29", "net"], "fpr": DEFAULT_FPR,
+                 "shift_floor": 1e-4, "chip_size": 150},
+    "net": {"channels": [8, 16, 32, 32], "scalars": ["log_shift:dlib-resnet29"], "dropout": 0.2},
+    "train": {"epochs": 12, "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4, "crop": 128, "hflip": True,
+              "map_dropout": 0.25, "batch_features": 32},
+}
+
+
+@dataclass(frozen=True)
+class DetectorTrainConfig:
+    """A detector recipe: `seed`, [data], [[attacks]], [augment], [detector], [net], [train] (see the
+    packaged `default.toml` for every option)."""
+
+    seed: int = 0
+    attacks: tuple[dict, ...] = ()
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _SECTIONS:
+            return self.sections[name]
+        raise AttributeError(name)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, **{k: dict(v) for k, v in self.sections.items()}, "attacks": [dict(a) for a in self.attacks]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DetectorTrainConfig":
+        d = dict(d)
+        d.pop("description", None)
+        d.pop("name", None)
+        known = {"seed", "attacks", *_SECTIONS}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown top-level option(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+        sections = {}
+        for name, defaults in _SECTIONS.items():
+            s = dict(d.get(name) or {})
+            bad = set(s) - set(defaults)
+            if bad:
+                raise ConfigError(f"unknown option(s) in [{name}]: {', '.join(sorted(bad))} (known: {', '.join(sorted(defaults))})")
+            sections[name] = {**defaults, **s}
+        attacks = d.get("attacks") or []
+        comps = (d.get("detector") or {}).get("components", _SECTIONS["detector"]["components"])
+        if (not attacks and "net" in comps) or not all(isinstance(a, dict) and "name" in a for a in attacks):
+            raise ConfigError("the detector config needs [[attacks]] tables with a name (the cloaks the net learns from)")
+        labels = [attack_label(a) for a in attacks]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"attack labels must be unique, got {labels}")
+        cfg = cls(seed=int(d.get("seed", 0)), attacks=tuple(dict(a) for a in attacks), sections=sections)
+        if not 0.0 < float(cfg.detector["fpr"]) < 0.5:
+            raise ConfigError(f"detector.fpr must be in (0, 0.5), got {cfg.detector['fpr']}")
+        if int(cfg.train["epochs"]) < 0 or int(cfg.train["batch_size"]) < 1:
+            raise ConfigError("train.epochs must be >= 0 and train.batch_size >= 1")
+        return cfg
+
+
+def load_detector_config(ref: str | Path, overrides: dict[str, Any] | None = None,
+                         data_root: str | Path | None = None) -> DetectorTrainConfig:
+    """A detector recipe: a TOML file or a packaged recipe's name ("default"); overrides "section.key" -> value."""
+    path, d, _ = load_toml_config(ref, "detector", LABELS)
+    for key, value in (overrides or {}).items():
+        parts = key.split(".")
+        tgt = d
+        for p in parts[:-1]:
+            tgt = tgt.setdefault(p, {})
+        tgt[parts[-1]] = value
+    if data_root is not None:
+        d.setdefault("data", {})["root"] = str(data_root)
+    try:
+        return DetectorTrainConfig.from_dict(d)
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def interleaved_chips(root: str | Path, identities: Sequence[str], key: str) -> list[Path]:
+    """Every image of `identities` (folders under `root`), ordered by the text `key`: each identity's
+    images shuffled, then one image per identity in turn (sorted names). The first N images spread over
+    as many identities as possible, and a smaller N is a prefix of a larger one."""
+    rng = random.Random(key)
+    per_id = []
+    for ident in sorted(identities):
+        files = list_image_files(Path(root) / ident)
+        rng.shuffle(files)
+        per_id.append(files)
+    out: list[Path] = []
+    for k in range(max((len(f) for f in per_id), default=0)):
+        out.extend(f[k] for f in per_id if k < len(f))
+    return out
+
+
+@dataclass
+class SampleSet:
+    """Detector samples: chips and their purified versions (uint8 (N, 3, S, S)), label 1 = cloaked, the
+    kind ("natural", "natural:<variant>", "<attack>", "<attack>@k") and the features per sample."""
+
+    images: torch.Tensor
+    purified: torch.Tensor
+    labels: torch.Tensor
+    kinds: list[str]
+    features: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for k in self.kinds:
+            out[k] = out.get(k, 0) + 1
+        return out
+
+
+def _variants(x: torch.Tensor, specs: Sequence[str], per_chip: int, seed: int, tag: str) -> tuple[torch.Tensor, list[str]]:
+    """Each chip of `x` (float) as it is plus `per_chip` seeded choices among `specs` (defense specs)."""
+    if not specs or per_chip <= 0:
+        return x, ["natural"] * len(x)
+    defenses = [create_defense(s) for s in specs]
+    rng = random.Random(stable_seed("detector-variants", seed, tag))
+    picks = [rng.sample(range(len(specs)), min(per_chip, len(specs))) for _ in range(len(x))]
+    outs, kinds = [x], ["natural"] * len(x)
+    for j, d in enumerate(defenses):
+        idx = [i for i, p in enumerate(picks) if j in p]
+        if idx:
+            outs.append(d(x[torch.as_tensor(idx)]))
+            kinds += [f"natural:{specs[j]}"] * len(idx)
+    return torch.cat(outs), kinds
+
+
+def _all_variants(x: torch.Tensor, specs: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
+    """Each chip as it is and in every variant."""
+    outs, kinds = [x], ["natural"] * len(x)
+    for s in specs:
+        outs.append(create_defense(s)(x))
+        kinds += [f"natural:{s}"] * len(x)
+    return torch.cat(outs), kinds
+
+
+def cached_inputs(det: CloakDetector, images: torch.Tensor, batch: int = 32) -> tuple[torch.Tensor, torch.Tensor, dict, bool]:
+    """(chips uint8, P(x) uint8, {"psnr", "shift:<embedder>"}, from the cache?) of a set of images; cached as a
+    whole under $PUFACE_HOME/detector-samples, keyed by the chips' pixels and the purifier's and face models'
+    weights (so a rerun with other net settings, or a measurement, reuses them)."""
+    x = det.to_chips(images)
+    xu = to_uint8(x)
+    h = hashlib.sha256(json.dumps(det.fingerprints(), sort_keys=True).encode())
+    for c in content_hashes(xu):
+        h.update(c.encode())
+    path = cache_dir("detector-samples") / f"{h.hexdigest()[:24]}.pt"
+    if path.is_file():
+        try:
+            saved = torch.load(path, weights_only=True)
+            return xu, saved["purified"], saved["features"], True
+        except Exception:  # an unreadable cache file is recomputed
+            pass
+    px = torch.cat([det.purify_chips(x[i : i + 256], batch) for i in range(0, len(x), 256)]) if len(x) else x
+    feats = det.features(x, purified=px, batch_size=batch)
+    feats = {k: v for k, v in feats.items() if k.startswith("shift:") or k == "psnr"}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save({"purified": to_uint8(px), "features": feats}, tmp)
+    os.replace(tmp, path)
+    return xu, to_uint8(px), feats, False
+
+
+def _featurise(det: CloakDetector, images: torch.Tensor, kinds: list[str], labels: torch.Tensor, batch: int,
+               log: Callable[[str], None], what: str) -> SampleSet:
+    """The samples with their purified images and features (`cached_inputs`)."""
+    t0 = time.perf_counter()
+    xu, pu, feats, hit = cached_inputs(det, images, batch)
+    log(f"{what}: {len(xu)} samples " + ("(features from the cache)" if hit else f"featurised ({time.perf_counter() - t0:.0f} s)"))
+    return SampleSet(xu, pu, labels, kinds, feats)
+
+
+def build_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, train_ids: Sequence[str],
+                  fit_ids: Sequence[str], *, progress: bool = True,
+                  log: Callable[[str], None] = print) -> tuple[SampleSet, SampleSet, dict]:
+    """(fit samples: natural variants and cloaks of the fit identities; validation cloaks: those of the
+    other training identities; summary), with their features."""
+    d, aug = cfg.data, cfg.augment
+    chips = interleaved_chips(root, train_ids, f"detector-train-{cfg.seed}")
+    if not chips:
+        raise PufaceError(f"{root}: no images of the purifier's training identities found")
+    fit = set(fit_ids)
+    nat_paths = [p for p in chips if p.parent.name in fit]
+    nat_paths = nat_paths[: d["max_natural"]] if d["max_natural"] else nat_paths
+    nat, _, errors = load_images(nat_paths, size=int(cfg.detector["chip_size"]))
+    for e in errors:
+        log(f"warning: skipped {e.path}: {e.reason}")
+    nat_x, nat_kinds = _variants(nat, aug["natural_variants"], int(aug["variants_per_chip"]), cfg.seed, "train")
+    parts, kinds, labels = [nat_x], list(nat_kinds), [torch.zeros(len(nat_x))]
+    vparts, vkinds = [], []
+    cloak_fn = cloak_with_cache(d["cache"] or None, batch_size=int(d["cloak_batch_size"]), progress=progress,
+                                cached_only=bool(d["cached_only"]))
+    summary: dict[str, Any] = {"natural_chips": len(nat), "natural_samples": len(nat_x), "attacks": {}}
+    for spec in cfg.attacks:
+        label = attack_label(spec)
+        n = int(spec.get("images", 100))
+        paths = chips[:n]
+        spec_seeded = {"seed": cfg.seed, **{k: v for k, v in spec.items() if k not in ("images", "label")}}
+        cl, kept, errors = cloak_fn(spec_seeded, paths)
+        for e in errors:
+            log(f"warning: skipped {getattr(e, 'path', e)}: {getattr(e, 'reason', e)}")
+        x0, _, _ = load_images([paths[i] for i in kept])
+        if tuple(cl.shape[-2:]) != (int(cfg.detector["chip_size"]),) * 2:
+            raise PufaceError(f"{label}: cloaks of {tuple(cl.shape[-2:])} px; the detector trains on chips of {cfg.detector['chip_size']} px")
+        in_fit = torch.as_tensor([paths[i].parent.name in fit for i in kept], dtype=torch.bool)
+        for k in aug["cloak_strengths"]:
+            k = float(k)
+            xk = (cl if k == 1.0 else (x0 + k * (cl - x0)).clamp(0, 1))[in_fit]
+            parts.append(xk)
+            kinds += [label if k == 1.0 else f"{label}@{k:g}"] * len(xk)
+            labels.append(torch.ones(len(xk)))
+        vparts.append(cl[~in_fit])
+        vkinds += [label] * int((~in_fit).sum())
+        summary["attacks"][label] = {"fit": int(in_fit.sum()), "validation": int((~in_fit).sum())}
+        log(f"train: {label}: {int(in_fit.sum())} cloaks to fit, {int((~in_fit).sum())} to validate")
+    batch = int(cfg.train["batch_features"])
+    samples = _featurise(det, torch.cat(parts), kinds, torch.cat(labels), batch, log, "fit")
+    val = _featurise(det, torch.cat(vparts), vkinds, torch.ones(len(vkinds)), batch, log, "validation cloaks")
+    summary["samples"] = samples.counts()
+    return samples, val, summary
+
+
+def _auc(neg: torch.Tensor, pos: torch.Tensor) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if len(neg) == 0 or len(pos) == 0:
+        return float("nan")
+    y = np.r_[np.zeros(len(neg)), np.ones(len(pos))]
+    return float(roc_auc_score(y, np.r_[neg.numpy(), pos.numpy()]))
+
+
+def fit_net(net: ResidualNet, det: CloakDetector, samples: SampleSet, cfg: DetectorTrainConfig, *,
+            progress: bool = True, log: Callable[[str], None] = print) -> list[dict]:
+    """Train `net` on the samples (see the module docstring); returns per-epoch metrics."""
+    from tqdm import tqdm
+
+    t = cfg.train
+    g = torch.Generator().manual_seed(stable_seed("detector-net", cfg.seed))
+    torch.manual_seed(stable_seed("detector-init", cfg.seed))
+    y = samples.labels.float()
+    n_pos = float(y.sum())
+    pos_weight = torch.tensor((len(y) - n_pos) / max(n_pos, 1.0))
+    scalars = det.net_scalars(samples.features)
+    opt = torch.optim.AdamW(net.parameters(), lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
+    steps = int(t["epochs"]) * ((len(y) + int(t["batch_size"]) - 1) // int(t["batch_size"]))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(t["lr"]), total_steps=max(1, steps), pct_start=0.1)
+    crop, bs, size = int(t["crop"]), int(t["batch_size"]), samples.images.shape[-1]
+    history = []
+    for epoch in range(1, int(t["epochs"]) + 1):
+        net.train()
+        perm = torch.randperm(len(y), generator=g)
+        total, t0 = 0.0, time.perf_counter()
+        bar = tqdm(range(0, len(y), bs), desc=f"detector epoch {epoch}", unit="batch", disable=not progress, leave=False)
+        for s in bar:
+            idx = perm[s : s + bs]
+            x, px = to_float(samples.images[idx]), to_float(samples.purified[idx])
+            if crop and crop < size:
+                i, j = (int(v) for v in torch.randint(0, size - crop + 1, (2,), generator=g))
+                x, px = x[..., i : i + crop, j : j + crop], px[..., i : i + crop, j : j + crop]
+            if t["hflip"] and bool(torch.rand((), generator=g) < 0.5):
+                x, px = x.flip(-1), px.flip(-1)
+            drop = torch.rand(len(idx), generator=g) < float(t["map_dropout"])
+            logit = net(x, px, None if scalars is None else scalars[idx], drop_maps=drop)
+            loss = F.binary_cross_entropy_with_logits(logit, y[idx], pos_weight=pos_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        history.append({"epoch": epoch, "loss": round(total / len(y), 5), "seconds": round(time.perf_counter() - t0, 1)})
+        log(f"detector epoch {epoch}: loss {history[-1]['loss']} ({history[-1]['seconds']} s)")
+    net.eval()
+    return history
+
+
+def calibration_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, cal_ids: Sequence[str],
+                        log: Callable[[str], None] = print) -> SampleSet:
+    """Natural chips of the calibration identities, as they are and in every natural variant."""
+    """Natural chips of the calibration identities, as they are and in every natural variant."""
+    paths = interleaved_chips(root, cal_ids, f"detector-calibration-{cfg.seed}")
+    paths = paths[: cfg.data["max_calibration"]] if cfg.data["max_calibration"] else paths
+    if not paths:
+        raise PufaceError(f"{root}: no images of the calibration identities found")
+    x, _, errors = load_images(paths, size=int(cfg.detector["chip_size"]))
+    for e in errors:
+        log(f"warning: skipped {e.path}: {e.reason}")
+    xs, kinds = _all_variants(x, cfg.augment["natural_variants"])
+    return _featurise(det, xs, kinds, torch.zeros(len(xs)), int(cfg.train["batch_features"]), log, "calibration")
+
+
+def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | None = None, progress: bool = True,
+                   log: Callable[[str], None] = print) -> CloakDetector:
+    """Train and calibrate a detector as `cfg` says; writes OUT/detector.safetensors, config.toml, metrics.json."""
+    t_start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.toml").write_text(to_toml(cfg.as_dict()), encoding="utf-8")
+    root = resolve_data_root(cfg.data["root"])
+    weights = cfg.data["purifier"]
+    purifier = Purifier.load(None if weights in ("", "default") else weights)
+    summary = purifier.meta.get("data_summary") or {}
+    train_ids, val_ids = list(summary.get("train_identities") or []), list(summary.get("val_identities") or [])
+    if not train_ids:
+        raise PufaceError("the purifier's checkpoint does not record its training identities; the detector trains "
+                          "and calibrates on exactly those (the evaluation's identities must stay unseen)")
+    cal_part, fit_ids = split_identities(train_ids, float(cfg.data["calibration_fraction"]), cfg.seed,
+                                         tag="detector-calibration")
+    cal_ids = sorted(cal_part + val_ids)
+    if not fit_ids or not cal_ids:
+        raise PufaceError(f"no identities left to fit ({len(fit_ids)}) or calibrate ({len(cal_ids)}); "
+                          "change data.calibration_fraction")
+    dc = cfg.detector
+    net_cfg = ResidualNetConfig.from_dict(cfg.net) if "net" in dc["components"] else None
+    base = DetectorConfig(embedders=tuple(dc["embedders"]), components=tuple(c for c in dc["components"] if c != "net"),
+                          chip_size=int(dc["chip_size"]), shift_floor=float(dc["shift_floor"]))
+    det0 = CloakDetector(base, purifier=purifier)
+    if device:
+        det0.to(device)
+    samples: SampleSet | None = None
+    val: SampleSet | None = None
+    data_summary: dict[str, Any] = {}
+    if cfg.attacks:
+        samples, val, data_summary = build_samples(cfg, det0, root, train_ids, fit_ids, progress=progress, log=log)
+    scalar_norm = {}
+    if net_cfg is not None:
+        for name in net_cfg.scalars:
+            kind, _, arg = name.partition(":")
+            if kind != "log_shift" or arg not in base.embedders:
+                raise ConfigError(f"net scalar {name!r}: expected log_shift:<one of detector.embedders>")
+            v = det0.log_shift(samples.features[f"shift:{arg}"])
+            scalar_norm[name] = (float(v.mean()), float(v.std().clamp_min(1e-6)))
+    config = DetectorConfig(embedders=base.embedders, components=tuple(dc["components"]), chip_size=base.chip_size,
+                            shift_floor=base.shift_floor, net=net_cfg.as_dict() if net_cfg else None, scalar_norm=scalar_norm)
+    det = CloakDetector(config, purifier=purifier, embedders={n: det0.embedder(n) for n in base.embedders})
+    if device:
+        det.to(device)
+    history: list[dict] = []
+    if det.net is not None:
+        assert samples is not None
+        history = fit_net(det.net, det, samples, cfg, progress=progress, log=log)
+    cal = calibration_samples(cfg, det0, root, cal_ids, log=log)
+    cal_feats = det.features(to_float(cal.images), purified=to_float(cal.purified), known=cal.features)
+    det.calibrate(cal_feats, fpr=float(dc["fpr"]), kinds=cal.kinds, calibration_chips=int((torch.tensor([k == "natural" for k in cal.kinds])).sum()),
+                  calibration_samples=len(cal), calibration_kinds=sorted(set(cal.kinds)))
+    cal_feats = det.scored(cal_feats)
+    train_feats = val_feats = None
+    if samples is not None and val is not None:
+        train_feats = det.features(to_float(samples.images), purified=to_float(samples.purified), known=samples.features)
+        val_feats = det.features(to_float(val.images), purified=to_float(val.purified), known=val.features)
+    metrics = _metrics(det, samples, train_feats, cal, cal_feats, val, val_feats)
+    det.meta = {
+        "data_summary": {"root": cfg.data["root"], "fit_identities": sorted(fit_ids),
+                         "calibration_identities": cal_ids, **data_summary,
+                         "rule": "fit: the purifier's training identities less a seeded calibration_fraction; calibration "
+                                 "(and validation cloaks): those and the purifier's validation identities; the purifier's "
+                                 "held-out identities (the evaluation's pool) are never used"},
+        "train_config": cfg.as_dict(), "metrics": metrics, "history": history,
+    }
+    det.save(out / "detector.safetensors")
+    (out / "metrics.json").write_text(json.dumps({"metrics": metrics, "history": history,
+                                                  "wall_s": round(time.perf_counter() - t_start, 1)}, indent=2), encoding="utf-8")
+    log(f"detector written to {out / 'detector.safetensors'} (threshold {det.calibration['threshold']:.4f} at "
+        f"{float(dc['fpr']):.1%} FPR on {len(cal)} natural calibration samples)")
+    return det
+
+
+def _metrics(det: CloakDetector, samples: SampleSet | None, train_feats: dict | None, cal: SampleSet, cal_feats: dict,
+             val: SampleSet | None = None, val_feats: dict | None = None) -> dict:
+    """Per attack: training AUC (fit cloaks vs fit natural samples; optimistic) and validation AUC and TPR
+    (cloaks of calibration identities vs every natural calibration sample); calibration FPR per kind."""
+    thr = det.threshold()
+    out: dict[str, Any] = {"threshold": round(thr, 5), "train": {}, "validation": {}, "calibration_fpr": {}}
+    if val is not None and val_feats is not None and len(val):
+        nat_cal = cal_feats["score"]
+        for kind in sorted(set(val.kinds)):
+            m = torch.tensor([k == kind for k in val.kinds])
+            sv = val_feats["score"][m]
+            row = {"n": int(m.sum()), "auc": round(_auc(nat_cal, sv), 5), "tpr": round(float((sv > thr).float().mean()), 4)}
+            for c in (k for k in val_feats if k.startswith("z:")):
+                row[f"auc_{c[2:]}"] = round(_auc(cal_feats[c], val_feats[c][m]), 5)
+            out["validation"][kind] = row
+    kinds = samples.kinds if samples is not None else []
+    score = train_feats["score"] if train_feats is not None else torch.zeros(0)
+    nat = torch.tensor([k.startswith("natural") for k in kinds], dtype=torch.bool)
+    for kind in sorted(set(k for k in kinds if not k.startswith("natural"))):
+        m = torch.tensor([k == kind for k in kinds])
+        out["train"][kind] = {"n": int(m.sum()), "auc": round(_auc(score[nat], score[m]), 5),
+                              "tpr": round(float((score[m] > thr).float().mean()), 4)}
+    for kind in sorted(set(cal.kinds)):
+        m = torch.tensor([k == kind for k in cal.kinds])
+        out["calibration_fpr"][kind] = round(float((cal_feats["score"][m] > thr).float().mean()), 4)
+    return out

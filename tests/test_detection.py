@@ -1,0 +1,359 @@
+"""Cloak detection: the score, calibration, the detector file, `puface detect` and `puface purify
+--skip-cloaked / --report` (outputs, resume, exit codes). Real purifier and dlib model on the johns chips."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from puface.cli import main
+from puface.detection import CloakDetector, DetectorConfig, threshold_at_fpr
+from puface.io.images import read_image, write_image
+from puface.utils.errors import PufaceError
+from puface.utils.images import tensor_to_image
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _read(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------- calibration
+
+
+@pytest.mark.parametrize("fpr", [0.01, 0.05])
+def test_threshold_gives_the_requested_fpr_on_held_out_natural_scores(fpr):
+    """Calibrated on 20,000 natural scores, the threshold flags `fpr` of 200,000 new ones (same law)."""
+    g = torch.Generator().manual_seed(0)
+    calib = torch.randn(20_000, generator=g).exp()
+    held_out = torch.randn(200_000, generator=g).exp()
+    t = threshold_at_fpr(calib, fpr)
+    assert int((calib > t).sum()) <= fpr * len(calib)
+    assert abs(float((held_out > t).float().mean()) - fpr) < 0.25 * fpr
+
+
+def test_threshold_edge_cases():
+    s = torch.arange(100.0)
+    assert threshold_at_fpr(s, 0.0) == 99.0  # nothing above the largest natural score
+    assert threshold_at_fpr(s, 0.1) == 89.0  # exactly 10 above
+    assert threshold_at_fpr(s, 0.001) == 99.0  # below 1/n: the largest
+    with pytest.raises(PufaceError):
+        threshold_at_fpr([], 0.01)
+    with pytest.raises(PufaceError):
+        threshold_at_fpr(s, 1.0)
+
+
+# ---------------------------------------------------------------- a real (hand-made) detector on johns
+
+
+@pytest.fixture(scope="module")
+def johns_cloaks(johns_images):
+    """Natural johns chips (one per person, 5) and a cheap Fawkes cloak of each (30 steps, dlib)."""
+    from puface.attacks import create_attack
+
+    x = johns_images[2][::11][:5]
+    atk = create_attack("fawkes", mode="custom", th=0.017, steps=30, lr=15.0, embedders=["dlib-resnet29"], seed=0)
+    return x, atk.run(x, quantize_output=True).images
+
+
+@pytest.fixture(scope="module")
+def detector(johns_images) -> CloakDetector:
+    """The shift-only detector (no net) calibrated on the 55 natural johns chips."""
+    det = CloakDetector(DetectorConfig(embedders=("dlib-resnet29",), components=("shift:dlib-resnet29",)))
+    det.calibrate(det.features(johns_images[2]), fpr=0.05)
+    return det
+
+
+@pytest.fixture(scope="module")
+def detector_file(detector, tmp_path_factory) -> Path:
+    return detector.save(tmp_path_factory.mktemp("det") / "det.safetensors")
+
+
+def test_score_orders_each_cloaked_chip_above_its_natural_twin(detector, johns_cloaks):
+    x, xc = johns_cloaks
+    f_nat, f_cl = detector.features(x), detector.features(xc)
+    assert (f_cl["score"] > f_nat["score"]).all(), (f_nat["score"], f_cl["score"])
+    assert (f_cl["shift:dlib-resnet29"] > 5 * f_nat["shift:dlib-resnet29"]).all()
+    assert detector.is_cloaked(f_cl["score"]).all()  # cloaks past the 5% threshold
+    assert torch.allclose(detector.score(xc), f_cl["score"])
+    assert (f_nat["psnr"] > 30).all()
+
+
+def test_features_accept_cached_parts_and_other_sizes(detector, johns_cloaks):
+    """Given P(x) and the embeddings (as an evaluation caches them), the same features; a 200 px copy of a chip
+    is resized to the chip size first."""
+    x, _ = johns_cloaks
+    chips = detector.to_chips(x)
+    px = detector.purify_chips(chips)
+    e = detector.embedder("dlib-resnet29")
+    full = detector.features(x)
+    cached = detector.features(x, purified=(px * 255).round().to(torch.uint8), embeddings={"dlib-resnet29": (e.embed(chips), e.embed(px))})
+    for k in ("psnr", "shift:dlib-resnet29", "score"):
+        assert torch.allclose(full[k], cached[k], atol=1e-5), k
+    big = torch.nn.functional.interpolate(x, size=(200, 200), mode="bilinear", antialias=True, align_corners=False)
+    assert detector.features(big)["score"].shape == (5,)
+
+
+def test_detector_file_round_trip_and_wrong_purifier(detector, detector_file, johns_cloaks):
+    from torch import nn
+
+    from puface.purifier import Purifier, RedNetConfig
+
+    det2 = CloakDetector.load(detector_file)
+    x, xc = johns_cloaks
+    assert torch.allclose(det2.score(xc), detector.score(xc), atol=1e-6)
+    assert det2.threshold() == detector.threshold() and det2.threshold(0.2) < det2.threshold(0.01)
+    assert det2.fingerprint() == detector.fingerprint()
+    other = Purifier(RedNetConfig(channels=8, depth=4, downsample=1))
+    for p in other.parameters():
+        nn.init.normal_(p, std=0.03)
+    with pytest.raises(PufaceError, match="another purifier"):
+        CloakDetector.load(detector_file, purifier=other)
+    bad = detector_file.with_name("bad.safetensors")
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(PufaceError, match="bad.safetensors"):
+        CloakDetector.load(bad)
+
+
+def test_threshold_holds_the_rate_on_every_kind_of_natural_photo(detector, tmp_path):
+    """Calibrated with kinds (here: re-encoded photos scoring higher), no kind exceeds the rate, and the
+    kinds survive the file round trip."""
+    det = CloakDetector(DetectorConfig(), purifier=detector.purifier, embedders={"dlib-resnet29": detector.embedder("dlib-resnet29")})
+    g = torch.Generator().manual_seed(0)
+    plain, jpeg = torch.randn(3000, generator=g).mul(0.3).sub(2.7), torch.randn(3000, generator=g).mul(0.3).sub(2.4)
+    det.calibrate({"shift:dlib-resnet29": torch.cat([plain, jpeg]).exp()}, fpr=0.01, kinds=["natural"] * 3000 + ["natural:jpeg"] * 3000)
+    scores = det.scored({"shift:dlib-resnet29": torch.cat([plain, jpeg]).exp(), "psnr": torch.zeros(6000)})["score"]
+    t = det.threshold()
+    assert float((scores[:3000] > t).float().mean()) < 0.01 and float((scores[3000:] > t).float().mean()) <= 0.01
+    assert float((scores > threshold_at_fpr(scores, 0.01)).float().mean()) <= 0.01 and t > threshold_at_fpr(scores, 0.01)
+    det2 = CloakDetector.load(det.save(tmp_path / "k.safetensors"), purifier=det.purifier)
+    assert det2.threshold() == t and det2.calibration["kind_names"] == ["natural", "natural:jpeg"]
+
+
+def test_uncalibrated_detector_refuses_to_decide(johns_cloaks):
+    det = CloakDetector(DetectorConfig())
+    with pytest.raises(PufaceError, match="not calibrated"):
+        det.score(johns_cloaks[0])
+    with pytest.raises(PufaceError, match="component"):
+        CloakDetector(DetectorConfig(components=("shift:sface",)))
+
+
+def test_net_component_runs_and_feeds_the_score(johns_images):
+    """A detector with the residual CNN: its logit is a feature, a component and part of the score."""
+    from puface.detection import ResidualNetConfig
+
+    torch.manual_seed(0)
+    cfg = DetectorConfig(components=("shift:dlib-resnet29", "net"),
+                         net=ResidualNetConfig(channels=(4, 4), scalars=("log_shift:dlib-resnet29",)).as_dict(),
+                         scalar_norm={"log_shift:dlib-resnet29": (-2.7, 0.3)})
+    det = CloakDetector(cfg)
+    x = johns_images[2][:6]
+    f = det.features(x)
+    assert f["net"].shape == (6,) and torch.isfinite(f["net"]).all()
+    det.calibrate(f, fpr=0.2)
+    g = det.features(x)
+    assert torch.equal(g["score"], torch.maximum(g["z:net"], g["z:shift:dlib-resnet29"]))
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+@pytest.fixture()
+def tree(tmp_path, johns_dir, johns_cloaks) -> Path:
+    """Two identities of natural johns chips, a third holding cloaked chips (PNG), and a broken file."""
+    root = tmp_path / "in"
+    for p in sorted(johns_dir.glob("*/*.jpg"))[::11][:2]:
+        (root / p.parent.name).mkdir(parents=True, exist_ok=True)
+        for q in sorted(p.parent.glob("*.jpg"))[:3]:
+            shutil.copy(q, root / p.parent.name / q.name)
+    for i, im in enumerate(johns_cloaks[1][:3]):
+        write_image(root / "cloaked_person" / f"c{i}.png", tensor_to_image(im))
+    (root / "cloaked_person" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    return root
+
+
+def test_detect_cli_scores_summarises_resumes(tree, tmp_path, detector_file, capsys):
+    out = tmp_path / "res" / "scores.csv"
+    args = ["detect", str(tree), "--out", str(out), "--detector", str(detector_file), "--no-progress", "--batch-size", "4"]
+    assert main(args) == 1  # the broken file
+    text = capsys.readouterr()
+    assert "broken.jpg" in text.err + text.out and "judged cloaked" in text.out
+    rows = _read(out)
+    assert [r["path"] for r in rows if r["path"].startswith("cloaked_person")] == [f"cloaked_person/c{i}.png" for i in range(3)]
+    assert len(rows) == 9 and set(rows[0]) >= {"path", "score", "cloaked", "psnr", "shift_dlib-resnet29"}
+    flagged = {r["path"] for r in rows if r["cloaked"] == "1"}
+    assert {f"cloaked_person/c{i}.png" for i in range(3)} <= flagged
+    ids = {r["identity"]: r for r in _read(tmp_path / "res" / "scores-identities.csv")}
+    assert ids["cloaked_person"]["share_flagged"] == "1.0" and ids["cloaked_person"]["images"] == "3"
+    assert len(ids) == 3
+    # resume: only the broken file is tried again; rows stay
+    assert main(args) == 1
+    assert "9 already done" in capsys.readouterr().out
+    assert len(_read(out)) == 9
+    # another false-positive rate: decisions rewritten, scores kept
+    assert main(args + ["--fpr", "0.5"]) == 1
+    rows2 = _read(out)
+    assert [r["score"] for r in rows2] == [r["score"] for r in rows]
+    assert sum(r["cloaked"] == "1" for r in rows2) >= sum(r["cloaked"] == "1" for r in rows)
+
+
+def test_detect_cli_errors(tree, tmp_path, detector_file, capsys):
+    base = ["detect", str(tree), "--detector", str(detector_file), "--no-progress"]
+    assert main(base + ["--fpr", "1.5", "--out", str(tmp_path / "a.csv")]) == 2
+    assert main(base + ["--out", str(tmp_path / "a.txt")]) == 2
+    assert main(["detect", str(tmp_path / "missing"), "--detector", str(detector_file), "--out", str(tmp_path / "b.csv")]) == 2
+    assert main(base + ["--largest-face", "--out", str(tmp_path / "c.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "missing: no such file" in err and "--fpr" in err and ".csv" in err
+    assert "Traceback" not in err
+
+
+def test_detect_cli_refuses_to_mix_detectors(tree, tmp_path, detector, detector_file, johns_images):
+    out = tmp_path / "s.csv"
+    (tree / "cloaked_person" / "broken.jpg").unlink()
+    assert main(["detect", str(tree), "--out", str(out), "--detector", str(detector_file), "--no-progress"]) == 0
+    other = CloakDetector(DetectorConfig())
+    other.calibrate(other.features(johns_images[2][:20]), fpr=0.1)
+    f2 = other.save(tmp_path / "other.safetensors")
+    assert main(["detect", str(tree), "--out", str(out), "--detector", str(f2), "--no-progress"]) == 2
+    assert main(["detect", str(tree), "--out", str(out), "--detector", str(f2), "--no-progress", "--restart"]) == 0
+
+
+def test_purify_skip_cloaked_and_report(tree, tmp_path, detector_file, capsys):
+    (tree / "cloaked_person" / "broken.jpg").unlink()
+    out = tmp_path / "out"
+    args = ["purify", str(tree), str(out), "--detector", str(detector_file), "--skip-cloaked", "--report",
+            "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.suffix in (".jpg", ".png"))
+    rows = _read(out / "detection.csv")
+    flagged = sorted(r["path"] for r in rows if r["cloaked"] == "1")
+    assert {f"cloaked_person/c{i}.png" for i in range(3)} <= set(flagged)
+    assert not set(flagged) & set(written) and len(written) + len(flagged) == 9
+    assert sorted(r["path"] for r in _read(out / "cloaked.csv")) == flagged
+    assert {r["status"] for r in rows if r["cloaked"] == "1"} == {"skip"}
+    assert "judged cloaked" in text and (out / "detection-identities.csv").is_file()
+    # what is written is exactly the purifier's output
+    from puface.purifier import Purifier
+
+    rel = next(w for w in written if w.endswith(".jpg"))
+    x = torch.from_numpy(read_image(tree / rel)).permute(2, 0, 1)[None].float() / 255
+    y = tensor_to_image(Purifier.load().purify(x)[0]).astype(int)
+    assert np.abs(read_image(out / rel).astype(int) - y).mean() < 1.5  # JPEG q95 of the same pixels
+    # resume: nothing rescored, the skipped ones are not retried
+    assert main(args) == 0
+    assert "9 already done" in capsys.readouterr().out
+    # --report alone purifies everything and lists the scores
+    out2 = tmp_path / "out2"
+    assert main(["purify", str(tree), str(out2), "--detector", str(detector_file), "--report", "--no-progress"]) == 0
+    assert len([p for p in out2.rglob("*") if p.suffix in (".jpg", ".png")]) == 9
+    assert len(_read(out2 / "detection.csv")) == 9
+
+
+# ---------------------------------------------------------------- in the evaluation
+
+
+def test_detection_summary_per_attack_auc_tpr_fpr_and_roc():
+    """Synthetic scores: natural N(0, 1), a strong attack N(5, 1), a weak one N(0.5, 1); threshold 2.33 (1%)."""
+    from types import SimpleNamespace
+
+    from puface.evaluation.detection import detection_markdown, summarise_detection
+
+    g = np.random.default_rng(0)
+    nat = g.normal(0, 1, 4000)
+    per_seed = {0: {"strong": {"natural": nat[:2000], "cloaked": g.normal(5, 1, 300)},
+                    "weak": {"natural": nat[:2000], "cloaked": g.normal(0.5, 1, 300)}},
+                1: {"strong": {"natural": nat[2000:], "cloaked": g.normal(5, 1, 300)}}}
+    det = SimpleNamespace(threshold=lambda fpr=None: 2.326, default_fpr=0.01, fingerprint=lambda: "stub")
+    res = summarise_detection(per_seed, det)
+    rows = {r["attack"]: r for r in res["rows"]}
+    assert rows["strong"]["n_natural"] == 4000 and rows["strong"]["n_cloaked"] == 600 and rows["strong"]["seeds"] == 2
+    assert rows["strong"]["auc"] > 0.999 and rows["strong"]["tpr"] > 0.98 and rows["weak"]["auc"] < 0.7
+    assert abs(rows["strong"]["fpr"] - 0.01) < 0.005 and abs(rows["weak"]["tpr_at_1pct"] - 0.04) < 0.03
+    curve = res["roc"]["weak"]
+    assert curve["fpr"][0] == 0.0 and curve["fpr"][-1] == 1.0 and len(curve["fpr"]) <= 210
+    assert "| strong | 4000 | 600 |" in detection_markdown(res)
+
+
+# ---------------------------------------------------------------- training
+
+
+def test_train_detector_fits_calibrates_and_keeps_identities_apart(tmp_path, johns_dir, capsys):
+    """`puface train-detector` on the johns chips with a small purifier that records which johns it trained on:
+    the detector file loads, records fit and calibration identities (disjoint, none held out), and calibrates."""
+    from torch import nn
+
+    from puface.purifier import Purifier, RedNetConfig
+
+    names = sorted(p.name for p in johns_dir.iterdir() if p.is_dir())
+    torch.manual_seed(0)
+    pur = Purifier(RedNetConfig(channels=8, depth=4, downsample=1),
+                   meta={"data_summary": {"train_identities": names[:4], "val_identities": names[4:], "heldout_identities": []}})
+    for p in pur.parameters():
+        nn.init.normal_(p, std=0.01)
+    ckpt = pur.save(tmp_path / "pur.safetensors")
+    cfg = tmp_path / "det.toml"
+    cfg.write_text(f'''extends = "default"
+attacks = [{{name = "fawkes", mode = "custom", steps = 2, embedders = ["dlib-resnet29"], images = 8}}]
+[data]
+root = "{johns_dir}"
+purifier = "{ckpt}"
+calibration_fraction = 0.25
+max_natural = 12
+[augment]
+natural_variants = ["jpeg:quality=75", "resize:factor=2.0"]
+variants_per_chip = 1
+[train]
+epochs = 1
+''')
+    out = tmp_path / "run"
+    assert main(["train-detector", "--config", str(cfg), "--out", str(out), "--no-progress", "--device", "cpu",
+                 "--export", str(tmp_path / "d.safetensors")]) == 0
+    assert "validation" in capsys.readouterr().out
+    det = CloakDetector.load(tmp_path / "d.safetensors", purifier=Purifier.load(ckpt))
+    summary = det.meta["data_summary"]
+    assert len(summary["fit_identities"]) == 3 and set(summary["calibration_identities"]) == set(names) - set(summary["fit_identities"])
+    assert det.net is not None and det.calibrated and det.calibration["calibration_chips"] == 11 * 2
+    assert (out / "metrics.json").is_file() and (out / "config.toml").is_file()
+    with pytest.raises(PufaceError, match="another purifier"):
+        CloakDetector.load(tmp_path / "d.safetensors")  # calibrated for the small purifier, not the shipped one
+
+
+def test_detect_and_skip_cloaked_on_photos_with_align(tmp_path, johns_images, johns_cloaks, detector_file, capsys):
+    """--align: every face scored, a photo's score is its highest face's; a photo without a face gets a note and
+    is copied by purify; --skip-cloaked leaves out exactly the photos the scores CSV calls cloaked."""
+    pytest.importorskip("dlib")
+    from PIL import Image
+
+    from test_align_support import embed_chip
+
+    nat = [tensor_to_image(im) for im in johns_images[2][1::11][:2]]
+    cl = tensor_to_image(johns_cloaks[1][2])
+    root = tmp_path / "photos"
+    (root / "ann").mkdir(parents=True)
+    one, _ = embed_chip(nat[0], (300, 280), 0, 1.0, (140, 150))
+    Image.fromarray(one).save(root / "ann" / "one.png")
+    two, _ = embed_chip(nat[1], (360, 640), 0, 1.0, (150, 180))
+    two, _ = embed_chip(cl, (360, 640), 0, 1.0, (460, 180), canvas=two)
+    Image.fromarray(two).save(root / "ann" / "two.png")
+    Image.fromarray(np.full((120, 160, 3), 100, np.uint8)).save(root / "ann" / "none.png")
+    out = tmp_path / "s.csv"
+    assert main(["detect", str(root), "--align", "--out", str(out), "--detector", str(detector_file), "--no-progress"]) == 0
+    rows = {r["path"]: r for r in _read(out)}
+    assert rows["ann/two.png"]["faces"] == "2" and rows["ann/one.png"]["faces"] == "1"
+    assert rows["ann/none.png"]["score"] == "" and rows["ann/none.png"]["note"] == "no face found"
+    assert float(rows["ann/two.png"]["score"]) > float(rows["ann/one.png"]["score"])
+    pur = tmp_path / "pur"
+    assert main(["purify", "--align", "--skip-cloaked", str(root), str(pur), "--detector", str(detector_file), "--no-progress"]) == 0
+    written = {p.relative_to(pur).as_posix() for p in pur.rglob("*.png")}
+    flagged = {p for p, r in rows.items() if r["cloaked"] == "1"}
+    assert written == set(rows) - flagged and "ann/none.png" in written
+    capsys.readouterr()
