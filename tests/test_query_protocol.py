@@ -4,6 +4,8 @@ a whole experiment with `protocol = "query"`."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -110,6 +112,9 @@ def test_query_experiment_end_to_end(tmp_path):
     assert "Query-time protocol" in res.table_md and "probe images" in res.table_md
     clean = [r for r in res.rows if r["attack"] == "clean"]
     assert all(r["asr"] == 0.0 for r in clean)
+    # detection scores the cloaked probes (2 users x 3 test photos), not training photos nobody cloaked here
+    det = json.loads((tmp_path / "out" / "results.json").read_text())["detection"]
+    assert [(r["attack"], r["n_cloaked"], r["n_natural"]) for r in det["rows"]] == [("checker", 6, 14)]
     (tmp_path / "bad.toml").write_text(text.replace('protocol = "query"', 'protocol = "probe"'))
     with pytest.raises(ConfigError, match="unknown protocol"):
         load_config(tmp_path / "bad.toml")

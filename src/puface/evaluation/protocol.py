@@ -303,6 +303,11 @@ class Protocol:
         self.timings["defend_s"] += time.perf_counter() - t0
         return out, content_hashes(out)
 
+    @property
+    def cloaked_split(self) -> LabelledImages:
+        """The split whose photos of the protected users are cloaked (training photos here; probes at query time)."""
+        return self.data.train
+
     def cloak(self, spec: AttackSpec, user: str, side: LabelledImages | None = None) -> torch.Tensor:
         """The user's images of `side` (default: the training split) cloaked by `spec` (uint8, same rows
         order as the split). A group attack (`CloakAttack.group`, e.g. OPOM, unlearnable examples) sees the
@@ -514,6 +519,10 @@ class QueryProtocol(Protocol):
     """
 
     name = "query"
+
+    @property
+    def cloaked_split(self) -> LabelledImages:
+        return self.data.test
 
     def _check(self) -> None:
         super()._check()
