@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -122,10 +121,9 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
         torch.set_num_threads(threads)
     if largest_face and not align:
         raise PufaceError("--largest-face needs --align")
-    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
-    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
-    if not 0 <= rank < max(1, world_size):
-        raise PufaceError(f"--rank must be in 0..{world_size - 1}, got {rank}")
+    from ..io.jobs import resolve_rank
+
+    rank, world_size = resolve_rank(rank, world_size)
 
     knobs: dict = {}
     group_opts = {k: v for k, v in (("epsilon", epsilon), ("hull", hull), ("perturb", perturb)) if v is not None}

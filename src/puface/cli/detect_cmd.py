@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
@@ -57,10 +56,9 @@ def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None
         raise PufaceError("--largest-face needs --align")
     if threads:
         torch.set_num_threads(threads)
-    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
-    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
-    if not 0 <= rank < max(1, world_size):
-        raise PufaceError(f"--rank must be in 0..{world_size - 1}, got {rank}")
+    from ..io.jobs import resolve_rank
+
+    rank, world_size = resolve_rank(rank, world_size)
     if world_size > 1 and out_csv == Path("scores.csv"):
         out_csv = Path(f"scores.rank{rank}.csv")
     report = detect_folder(in_path, out_csv, weights=weights, device=None if device == "auto" else device, fpr=fpr,

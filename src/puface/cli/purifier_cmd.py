@@ -191,10 +191,9 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
         raise PufaceError("--largest-face needs --align")
     if threads:
         torch.set_num_threads(threads)
-    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
-    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
-    if not 0 <= rank < max(1, world_size):
-        raise PufaceError(f"--rank must be in 0..{world_size - 1}, got {rank}")
+    from ..io.jobs import resolve_rank
+
+    rank, world_size = resolve_rank(rank, world_size)
     from ..io.shards import is_shard_input
 
     common = dict(weights=weights, device=None if device == "auto" else device, batch_size=batch_size, resume=resume,

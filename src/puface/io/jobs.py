@@ -157,6 +157,18 @@ def split_done(jobs: Sequence, resume: bool, is_done: Callable[[Any], bool] | No
     return todo, len(jobs) - len(todo)
 
 
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world size) of this process: the given values, else $RANK / $WORLD_SIZE (torchrun, SLURM
+    wrappers), else (0, 1); a `PufaceError` when rank is outside 0..world_size-1."""
+    import os
+
+    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    if not 0 <= rank < max(1, world_size):
+        raise PufaceError(f"--rank must be in 0..{world_size - 1}, got {rank}")
+    return rank, world_size
+
+
 def shard(jobs: Sequence[FileJob], rank: int, world_size: int) -> list[FileJob]:
     """The part of `jobs` that process `rank` of `world_size` handles (round-robin)."""
     return list(jobs[rank::world_size])

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from ..attacks import attack_label
 from ..purifier.rednet import RedNetConfig
 from ..utils.errors import ConfigError
-from ..utils.tomlconfig import load_toml_config, merge_configs
+from ..utils.tomlconfig import apply_overrides, load_toml_config, merge_configs
 from .amplify import AmplifyConfig
 
 #: how [[attacks]] entries are named for drop_attacks (the labels their cloaks and metrics carry)
@@ -186,14 +186,7 @@ def load_config(ref: str | Path, overrides: dict[str, Any] | None = None, *, dro
     if drop_attacks or add_attacks:
         d = merge_configs(d, {"drop_attacks": list(drop_attacks), "add_attacks": [dict(a) for a in add_attacks]},
                           LABELS, f"{path} (--drop-attack / --add-attack)")
-    for key, value in (overrides or {}).items():
-        parts = key.split(".")
-        tgt = d
-        for p in parts[:-1]:
-            tgt = tgt.setdefault(p, {})
-        tgt[parts[-1]] = value
-    if data_root is not None:
-        d.setdefault("data", {})["root"] = str(data_root)
+    apply_overrides(d, overrides, data_root)
     try:
         return PurifierTrainConfig.from_dict(d)
     except (ConfigError, TypeError) as e:

@@ -55,7 +55,7 @@ from ..utils.fingerprint import content_hashes
 from ..utils.paths import cache_dir
 from ..utils.images import to_float, to_uint8
 from ..utils.seeding import stable_seed
-from ..utils.tomlconfig import load_toml_config, to_toml
+from ..utils.tomlconfig import apply_overrides, load_toml_config, to_toml
 from .data import cloak_with_cache
 
 __all__ = ["DetectorTrainConfig", "load_detector_config", "interleaved_chips", "train_detector", "SampleSet", "cached_inputs"]
@@ -128,14 +128,7 @@ def load_detector_config(ref: str | Path, overrides: dict[str, Any] | None = Non
                          data_root: str | Path | None = None) -> DetectorTrainConfig:
     """A detector recipe: a TOML file or a packaged recipe's name ("default"); overrides "section.key" -> value."""
     path, d, _ = load_toml_config(ref, "detector", LABELS)
-    for key, value in (overrides or {}).items():
-        parts = key.split(".")
-        tgt = d
-        for p in parts[:-1]:
-            tgt = tgt.setdefault(p, {})
-        tgt[parts[-1]] = value
-    if data_root is not None:
-        d.setdefault("data", {})["root"] = str(data_root)
+    apply_overrides(d, overrides, data_root)
     try:
         return DetectorTrainConfig.from_dict(d)
     except (ConfigError, TypeError) as e:

@@ -34,7 +34,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["tomllib", "read_toml", "parse_toml_value", "packaged_config", "packaged_config_names", "find_config",
+__all__ = ["tomllib", "read_toml", "apply_overrides", "parse_toml_value", "packaged_config", "packaged_config_names", "find_config",
            "extends_chain", "resolve_chain", "merge_configs", "apply_list_edits", "load_toml_config", "to_toml", "KINDS"]
 
 #: kind -> folder of the packaged configs of that kind, inside the package
@@ -169,6 +169,21 @@ def load_toml_config(ref: str | Path, kind: str = "experiment", labels: Mapping[
     path = find_config(ref, kind)
     chain = extends_chain(path, kind)
     return path, resolve_chain(chain, labels), chain
+
+
+def apply_overrides(d: dict[str, Any], overrides: Mapping[str, Any] | None = None,
+                    data_root: str | Path | None = None) -> dict[str, Any]:
+    """`d` with "section.key" -> value overrides set in place (tables made as needed) and, when given,
+    `[data] root` replaced by `data_root` (the `--set` and `--data` options of the training commands)."""
+    for key, value in (overrides or {}).items():
+        parts = key.split(".")
+        tgt = d
+        for p in parts[:-1]:
+            tgt = tgt.setdefault(p, {})
+        tgt[parts[-1]] = value
+    if data_root is not None:
+        d.setdefault("data", {})["root"] = str(data_root)
+    return d
 
 
 def _toml_value(v: Any) -> str:
