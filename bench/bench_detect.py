@@ -3,6 +3,7 @@
     python bench/bench_detect.py cloaks  --split test  [--attack SPEC[@N] ...]   # make / find the cached cloaks
     python bench/bench_detect.py measure [--attack SPEC[@N] ...] [--detector FILE] # AUC, TPR, FPR on every set
     python bench/bench_detect.py speed   [--n 96]                                # detect vs purify, same process
+    python bench/bench_detect.py calibrate [--natural johns] [--attack ...]      # calibrate on a user's own photos
 
 --data: the folder holding lfw-chips150/, lfw/ and johns/ (default $PUFACE_DATA).
 
@@ -278,12 +279,63 @@ def speed(root: Path, det_path: str | None, n: int, repeats: int, out_dir: Path 
         out_dir or RESULTS_DIR, baseline=f"`puface purify` folder job: {n / base:.1f} images/s")
 
 
+def calibrate(root: Path, natural: Path, attacks: list[str], det_path: str | None, seed: int, out_dir: Path | None) -> None:
+    """`puface calibrate-detector` on half of a natural source's photos (every other file of each identity
+    folder), then false positives on the other half and on unseen LFW chips, and TPR on the cached test
+    cloaks, before and after."""
+    import shutil
+    import tempfile
+
+    from puface.attacks.cache import CloakCache
+    from puface.data.loading import load_images
+    from puface.detection import load_detector
+    from puface.detection.folder import calibrate_on_folder
+    from puface.io.files import list_image_files
+
+    det = load_detector(det_path)
+    chips = ordered_chips(root / "lfw-chips150", "test", seed)
+    nat = features(det, load_images(chips)[0], "natural test chips")["score"]
+    cache = CloakCache(cached_only=True)
+    cloaked = {}
+    for text in attacks:
+        label, table, n = parse_attack(text)
+        try:
+            cl, _, _ = cache.cloak(make_attack(table, seed), chips[: n or 120], progress=False)
+        except Exception as e:
+            print(f"{label}: skipped ({e})", file=sys.stderr)
+            continue
+        cloaked[label] = features(det, cl, label)["score"]
+    with tempfile.TemporaryDirectory() as tmp:
+        halves = {"cal": Path(tmp) / "cal" / natural.name, "held": Path(tmp) / "held" / natural.name}
+        for i, f in enumerate(sorted(list_image_files(natural))):
+            dst = halves["cal" if i % 2 == 0 else "held"] / f.relative_to(natural)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, dst)
+        held = folder_fpr(det, halves["held"], False, det.threshold(), Path(tmp))
+        before, after, rep = calibrate_on_folder(det, halves["cal"], f"user:{natural.name}",
+                                                 scores_csv=Path(tmp) / "cal.csv", progress=False)
+        held_after = folder_fpr(det, halves["held"], False, after, Path(tmp))
+    rows = [{"what": f"{natural.name}: the held-out half (false positives)", "n": held["n"],
+             "before": held["fpr"], "after": held_after["fpr"]},
+            {"what": "unseen LFW chips (false positives)", "n": len(nat), "before": float((nat > before).mean()),
+             "after": float((nat > after).mean())}]
+    rows += [{"what": f"{label} (true positives)", "n": len(v), "before": float((v > before).mean()),
+              "after": float((v > after).mean())} for label, v in cloaked.items()]
+    write_tables("detect-calibrate", "Calibrating the detector on a user's own natural photos", [
+        Table(f"`puface calibrate-detector` on every other photo of {natural.name}/ ({rep.scored} photos)", rows,
+              [("what", "photos", "{}"), ("n", "images", "{}"), ("before", "flagged, shipped threshold", lambda r: f"{100 * r['before']:.2f}%"),
+               ("after", "flagged, calibrated threshold", lambda r: f"{100 * r['after']:.2f}%")],
+              notes=f"Threshold {before:.4f} -> {after:.4f} (1% false positives per kind of natural photo).", csv="")],
+        out_dir or RESULTS_DIR, about=f"Detector: {det_path or 'shipped (detector-default.safetensors)'}.")
+
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["cloaks", "measure", "speed"])
+    ap.add_argument("what", choices=["cloaks", "measure", "speed", "calibrate"])
+    ap.add_argument("--natural", default="johns", help="calibrate: a folder of natural photos (relative to --data or a path)")
     ap.add_argument("--data", default=None)
     ap.add_argument("--split", choices=["train", "test"], default="test")
     ap.add_argument("--attack", action="append", default=None, metavar="SPEC[@N]")
@@ -304,6 +356,9 @@ def main(argv: list[str] | None = None) -> None:
         cloaks(root, a.split, attacks, a.seed, a.batch_size)
     elif a.what == "measure":
         measure(root, attacks, a.detector, a.seed, a.variants, out)
+    elif a.what == "calibrate":
+        natural = Path(a.natural) if Path(a.natural).is_dir() else root / a.natural
+        calibrate(root, natural, attacks, a.detector, a.seed, out)
     else:
         speed(root, a.detector, a.n, a.repeats, out)
 

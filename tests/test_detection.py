@@ -226,6 +226,43 @@ def test_detect_cli_refuses_to_mix_detectors(tree, tmp_path, detector, detector_
     assert main(["detect", str(tree), "--out", str(out), "--detector", str(f2), "--no-progress", "--restart"]) == 0
 
 
+def test_a_new_natural_kind_raises_the_threshold_to_hold_the_fpr_there(detector_file, tmp_path):
+    det = CloakDetector.load(detector_file)
+    before = det.threshold()
+    grainy = torch.linspace(before, 3 * before + 1, 200)  # a source whose natural photos score high
+    after = det.add_natural_kind(grainy, "user:grainy")
+    assert after > before and det.is_cloaked(grainy).float().mean() <= 0.05  # the detector's fpr (5%) holds there
+    assert det.calibration["kind_names"][-1] == "user:grainy" and det.calibration["added_kinds"] == {"user:grainy": 200}
+    again = CloakDetector.load(det.save(tmp_path / "cal.safetensors"))
+    assert again.threshold() == pytest.approx(after)
+    assert again.add_natural_kind(torch.full((50,), before - 1.0), "user:grainy") == pytest.approx(before)  # replaced
+    with pytest.raises(PufaceError, match="no natural scores"):
+        det.add_natural_kind([], "user:empty")
+
+
+def test_calibrate_detector_cli_on_the_users_own_photos(tree, tmp_path, detector_file, capsys):
+    """Calibrating on a folder makes its photos count as natural: here (on purpose) the cloaked ones,
+    so the new detector stops flagging them while the old one flags all three."""
+    (tree / "cloaked_person" / "broken.jpg").unlink()
+    mine = tmp_path / "mine.safetensors"
+    assert main(["calibrate-detector", str(tree / "cloaked_person"), "--out", str(mine), "--detector", str(detector_file),
+                 "--no-progress", "--device", "cpu"]) == 0
+    text = capsys.readouterr()
+    assert "calibrated on 3 natural photo(s)" in text.out and "3 scored above the old threshold" in text.out
+    assert "a few hundred are better" in text.err and (tmp_path / "mine-calibration.csv").is_file()
+    flagged = {}
+    for name, f in (("old", detector_file), ("new", mine)):
+        out = tmp_path / f"{name}.csv"
+        assert main(["detect", str(tree / "cloaked_person"), "--out", str(out), "--detector", str(f), "--no-progress"]) == 0
+        flagged[name] = sum(r["cloaked"] == "1" for r in _read(out))
+    assert flagged == {"old": 3, "new": 0}
+    capsys.readouterr()
+    assert main(["calibrate-detector", str(tree), "--out", str(tmp_path / "x.pt"), "--detector", str(detector_file)]) == 2
+    assert main(["calibrate-detector", str(tmp_path / "nothing"), "--out", str(mine), "--detector", str(detector_file)]) == 2
+    err = capsys.readouterr().err
+    assert ".safetensors" in err and "nothing: no such file" in err and "Traceback" not in err
+
+
 def test_purify_skip_cloaked_and_report(tree, tmp_path, detector_file, capsys):
     (tree / "cloaked_person" / "broken.jpg").unlink()
     out = tmp_path / "out"

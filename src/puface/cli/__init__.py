@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train-purifier": ("puface.cli.purifier_cmd", "train_purifier", "Train a PuFace purifier from a recipe (a packaged name or a TOML file)."),
     "purify": ("puface.cli.purifier_cmd", "purify", "Remove cloaks from a folder of face images."),
     "detect": ("puface.cli.detect_cmd", "detect", "Score photos for cloaks and say which look cloaked (calibrated)."),
+    "calibrate-detector": ("puface.cli.detect_cmd", "calibrate_detector", "Calibrate the cloak detector on your own natural photos."),
     "train-detector": ("puface.cli.detect_cmd", "train_detector", "Train and calibrate a cloak detector from a recipe."),
     "evaluate": ("puface.cli.evaluate_cmd", "evaluate", "Measure ASR and normal accuracy of attacks and defenses."),
     "reproduce": ("puface.cli.evaluate_cmd", "reproduce", "Run an experiment grid from a config (a packaged name or a TOML file)."),

@@ -341,6 +341,33 @@ class CloakDetector(torch.nn.Module):
         self.calibration["threshold"] = self.threshold(fpr)
         self.calibration.update(info)
 
+    def add_natural_kind(self, scores: Sequence[float] | torch.Tensor, kind: str) -> float:
+        """Hold the false-positive rate on a new kind of natural photo too: `scores` (this detector's scores of
+        photos known to be natural, e.g. a user's own collection) join the calibration as kind `kind` (a kind
+        already there is replaced); the component scales stay. Returns the new default threshold, which is
+        the highest of the per-kind thresholds, so it never falls (fewer cloaks are caught when it rises)."""
+        self._need_calibration()
+        new = torch.as_tensor(scores, dtype=torch.float32).flatten()
+        if len(new) == 0:
+            raise PufaceError("no natural scores to calibrate on")
+        old = torch.as_tensor(self.calibration["natural_scores"], dtype=torch.float32)
+        if self.calibration.get("natural_kinds") is None:
+            names, codes = ["natural"], torch.zeros(len(old), dtype=torch.int64)
+        else:
+            names = list(self.calibration["kind_names"])
+            codes = torch.as_tensor(self.calibration["natural_kinds"], dtype=torch.int64)
+        if kind in names:
+            keep = codes != names.index(kind)
+            old, codes = old[keep], codes[keep]
+        else:
+            names.append(kind)
+        self.calibration["natural_scores"] = torch.cat([old, new])
+        self.calibration["natural_kinds"] = torch.cat([codes, torch.full((len(new),), names.index(kind), dtype=torch.int64)])
+        self.calibration["kind_names"] = names
+        self.calibration["threshold"] = self.threshold()
+        self.calibration.setdefault("added_kinds", {})[kind] = len(new)
+        return self.calibration["threshold"]
+
     # ------------------------------------------------------------------ folders
     def detect_folder(self, in_path: str | Path, out_csv: str | Path, **options: Any):
         """Score every image under `in_path` into `out_csv` (see `puface.detection.folder.detect_folder`)."""

@@ -31,7 +31,7 @@ from ..utils.errors import PufaceError
 from ..utils.images import tensor_to_image, to_float
 from .detector import CloakDetector, load_detector
 
-__all__ = ["detect_folder", "purify_folder_detected", "DetectReport", "identity_of", "summarise_identities"]
+__all__ = ["detect_folder", "purify_folder_detected", "calibrate_on_folder", "DetectReport", "identity_of", "summarise_identities"]
 
 
 def _col(name: str) -> str:
@@ -286,6 +286,20 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
                          is_done=lambda j: j.rel.as_posix() in done, stats_fields=fields, stats_key="path",
                          stats_status=False)
     return _finish(out_csv, fields, threshold, fpr_v, job, in_path, identities_csv, det_id)
+
+
+def calibrate_on_folder(detector: CloakDetector, in_path: str | Path, kind: str, *, scores_csv: str | Path,
+                        **options: Any) -> tuple[float, float, DetectReport]:
+    """Add a folder of photos known to be natural (a user's own collection) to `detector`'s calibration as
+    kind `kind` (`CloakDetector.add_natural_kind`): the default threshold then holds the false-positive rate
+    on such photos too. Scores go to `scores_csv` (resumable, as `detect_folder`; `options` are its options).
+    Returns (threshold before, threshold after, the scoring report); unreadable files are left out."""
+    before = detector.threshold()
+    rep = detect_folder(in_path, scores_csv, detector=detector, **options)
+    scores = [float(r["score"]) for r in rep.rows if r.get("score", "") != ""]
+    if not scores:
+        raise PufaceError(f"{in_path}: no image could be scored, nothing to calibrate on")
+    return before, detector.add_natural_kind(scores, kind), rep
 
 
 def _finish(out_csv: Path, fields: list[str], threshold: float, fpr: float, job: JobReport, in_path: Path,
