@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "data": ("puface.cli.data_cmd", "data", "Inspect identity folders; list and fetch the named data sets."),
     "models": ("puface.cli.models_cmd", "models", "List the face recognition models puface can use."),
     "align": ("puface.cli.align_cmd", "align", "Detect faces in photos and cut aligned face chips."),
-    "cloak": ("puface.cli.cloak_cmd", "cloak", "Cloak face images with Fawkes or LowKey."),
+    "cloak": ("puface.cli.cloak_cmd", "cloak", "Cloak face images (Fawkes, LowKey, OPOM, unlearnable examples)."),
     "train-purifier": ("puface.cli.purifier_cmd", "train_purifier", "Train a PuFace purifier from a recipe (a packaged name or a TOML file)."),
     "purify": ("puface.cli.purifier_cmd", "purify", "Remove cloaks from a folder of face images."),
     "detect": ("puface.cli.detect_cmd", "detect", "Score photos for cloaks and say which look cloaked (calibrated)."),
