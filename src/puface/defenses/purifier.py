@@ -48,6 +48,13 @@ class PuFaceDefense(Defense):
         self._purifier: Purifier | None = None
         self._weights = weights
 
+    @classmethod
+    def wrapping(cls, purifier: Purifier, batch_size: int = 32) -> "PuFaceDefense":
+        """A defense around an already loaded purifier (its cache key follows the network's fingerprint)."""
+        d = cls(batch_size=batch_size)
+        d._purifier = purifier
+        return d
+
     @property
     def purifier(self) -> Purifier:
         """The purifier network, loaded on first use."""

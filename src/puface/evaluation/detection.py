@@ -32,9 +32,7 @@ def _purifier_defense(proto: Protocol, detector: CloakDetector) -> PuFaceDefense
     for d in proto.defenses.values():
         if isinstance(d, PuFaceDefense) and d.loaded and module_fingerprint(d.purifier) == want:
             return d
-    d = PuFaceDefense(batch_size=proto.batch_size)
-    d._purifier = detector.purifier
-    return d
+    return PuFaceDefense.wrapping(detector.purifier, batch_size=proto.batch_size)
 
 
 def _scores(proto: Protocol, detector: CloakDetector, defense: PuFaceDefense, namespaces: dict[str, str],
