@@ -36,9 +36,17 @@ def chips(root: Path, n: int) -> list[Path]:
     return out
 
 
-def soft_score(det, x: torch.Tensor) -> torch.Tensor:
-    """The detector's score of float chips (N, 3, 150, 150) with gradients (its features, no rounding)."""
+def _st_round(x: torch.Tensor) -> torch.Tensor:
+    """8-bit rounding forward, identity backward (straight-through)."""
+    return x + ((x * 255).round() / 255 - x).detach()
+
+
+def soft_score(det, x: torch.Tensor, st_round: bool = False) -> torch.Tensor:
+    """The detector's score of float chips (N, 3, 150, 150) with gradients (its features; P(x) rounded to 8 bits
+    straight-through with `st_round`, as the product rounds it)."""
     px = det.purifier(x).clamp(0, 1)
+    if st_round:
+        px = _st_round(px)
     feats = {}
     for name in det.config.embedders:
         e = det.embedder(name)
@@ -50,19 +58,22 @@ def soft_score(det, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(list(z.values()), 1).max(1).values
 
 
-def attack(det, dlib, x: torch.Tensor, eps: float, steps: int, weight: float, margin: float) -> torch.Tensor:
+def attack(det, dlib, x: torch.Tensor, eps: float, steps: int, weight: float, margin: float,
+           step: float | None = None, st_round: bool = False) -> torch.Tensor:
     thr = det.threshold()
     with torch.no_grad():
         e0 = F.normalize(dlib(x), dim=1)
     g0 = torch.Generator().manual_seed(0)
     delta = ((torch.rand(x.shape, generator=g0) * 2 - 1) * eps).requires_grad_(True)  # random start (seeded)
-    alpha = 2.5 * eps / steps
+    alpha = step if step else 2.5 * eps / steps
     for _ in range(steps):
         xa = (x + delta).clamp(0, 1)
+        if st_round:
+            xa = _st_round(xa)
         push = 1.0 - (F.normalize(dlib(xa), dim=1) * e0).sum(1)
         loss = -push
         if weight > 0:
-            loss = loss + weight * F.relu(soft_score(det, xa) - (thr - margin))
+            loss = loss + weight * F.relu(soft_score(det, xa, st_round) - (thr - margin))
         (g,) = torch.autograd.grad(loss.sum(), delta)
         with torch.no_grad():
             delta -= alpha * g.sign()
@@ -90,6 +101,8 @@ def main() -> None:
     ap.add_argument("--eps", type=float, default=8 / 255)
     ap.add_argument("--weights", default="0.03,0.3", help="penalty weights of the evading cloaks (comma-separated)")
     ap.add_argument("--margin", type=float, default=0.5)
+    ap.add_argument("--step", type=float, default=None, help="PGD step (default 2.5 * eps / steps)")
+    ap.add_argument("--st-round", action="store_true", help="round to 8 bits inside the loop (straight-through)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -106,7 +119,7 @@ def main() -> None:
     out = {"natural": measure(det, dlib, x, x), "settings": vars(a)}
     for name, w in [("plain", 0.0)] + [(f"evade-w{w}", float(w)) for w in a.weights.split(",")]:
         t0 = time.perf_counter()
-        xc = attack(det, dlib, x, a.eps, a.steps, w, a.margin)
+        xc = attack(det, dlib, x, a.eps, a.steps, w, a.margin, a.step, a.st_round)
         out[name] = {**measure(det, dlib, x, xc), "seconds": round(time.perf_counter() - t0, 1)}
         print(name, out[name], file=sys.stderr)
     print(json.dumps(out, indent=2))
