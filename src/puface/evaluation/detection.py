@@ -68,7 +68,7 @@ def detection_scores(proto: Protocol, detector: CloakDetector) -> dict[str, dict
     for spec in proto.attacks:
         if spec.attack is None:
             continue
-        cloaked = torch.cat([proto.cloak(spec, u, proto.cloaked_split) for u in proto.users])
+        cloaked = torch.cat([proto.cloak(spec, u) for u in proto.users])
         out[spec.label] = {"natural": natural, "cloaked": _scores(proto, detector, defense, namespaces, cloaked),
                            "users": len(proto.users)}
     return out

@@ -308,12 +308,12 @@ class Protocol:
         """The split whose photos of the protected users are cloaked (training photos here; probes at query time)."""
         return self.data.train
 
-    def cloak(self, spec: AttackSpec, user: str, side: LabelledImages | None = None) -> torch.Tensor:
-        """The user's images of `side` (default: the training split) cloaked by `spec` (uint8, same rows
-        order as the split). A group attack (`CloakAttack.group`, e.g. OPOM, unlearnable examples) sees the
-        user's images together, labelled, and the training split's other identities as its reference."""
+    def cloak(self, spec: AttackSpec, user: str) -> torch.Tensor:
+        """The user's images of `cloaked_split` cloaked by `spec` (uint8, same rows order as the split). A
+        group attack (`CloakAttack.group`, e.g. OPOM, unlearnable examples) sees the user's images together,
+        labelled, and the training split's other identities as its reference."""
         t0 = time.perf_counter()
-        side = self.data.train if side is None else side
+        side = self.cloaked_split
         rows = side.rows_of(user)
         natural = side.images[rows]
         size = tuple(natural.shape[-2:])
@@ -558,7 +558,7 @@ class QueryProtocol(Protocol):
         test = self.data.test
         jobs = [(a, u) for a in self.attacks if a.attack is not None for u in self.users
                 if not self._all_done(self._ids(a.label, u))]
-        cloaked = {(a.label, u): self.cloak(a, u, test) for a, u in self._bar(jobs, desc="cloaking probes", unit="user")}
+        cloaked = {(a.label, u): self.cloak(a, u) for a, u in self._bar(jobs, desc="cloaking probes", unit="user")}
         pending = [d for d in self.defenses
                    if not all(self._all_done(self._ids(a.label, u, [d])) for a in self.attacks for u in self.users)]
         self._models: dict[tuple[str, str], Trainer] = {}
