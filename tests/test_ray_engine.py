@@ -4,7 +4,6 @@ engine, a model actor killed mid-run does not lose or duplicate an image, a reru
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
 import signal
@@ -22,7 +21,9 @@ pytest.importorskip("ray.data")
 from puface.io.images import read_image, write_image  # noqa: E402
 from puface.purifier.folder import purify_folder  # noqa: E402
 
-pytestmark = pytest.mark.slow
+# The local reference runs with the actors' torch thread count (1, cpus_per_worker = 1): float sums, and so
+# an iterative cloak's last bits, may depend on how the work is split between threads.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -53,20 +54,6 @@ def local_out(chips, tmp_path_factory) -> tuple[Path, object]:
     out = tmp_path_factory.mktemp("local") / "out"
     rep = purify_folder(chips, out, device="cpu", batch_size=4, progress=False, stats_csv=out / "stats.csv")
     return out, rep
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    """Run the local reference with the actors' torch thread count: float sums (and so an iterative cloak's
-    last bits) may depend on how the work is split between threads."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -155,9 +142,9 @@ def test_purify_batch_in_a_users_pipeline(cluster, chips):
                         fn_constructor_kwargs={"device": "cpu", "threads": 1})
     rows = {r["name"]: r["image"] for r in ds.take_all()}
     p = Purifier.load()
-    with _torch_threads(1):  # the same batches of 3 and thread count as the actor: the same pixels
-        want = [tensor_to_image(y) for i in range(0, len(files), 3)
-                for y in p.purify(torch.stack([image_to_tensor(read_image(f)) for f in files[i : i + 3]]))]
+    # the same batches of 3 and thread count as the actor: the same pixels
+    want = [tensor_to_image(y) for i in range(0, len(files), 3)
+            for y in p.purify(torch.stack([image_to_tensor(read_image(f)) for f in files[i : i + 3]]))]
     for f, w in zip(files, want):
         assert np.array_equal(rows[f.name], w), f.name
 
@@ -175,8 +162,7 @@ def test_cloak_on_ray_gives_the_local_bytes(cluster, johns_dir, tmp_path):
         (src / f.name).write_bytes(f.read_bytes())
     make = partial(create_attack, "fawkes", mode="custom", th=0.01, steps=2, lr=20, embedders=["dlib-resnet29"],
                    seed=0, device="cpu", batch_size=3)
-    with _torch_threads(1):  # the actors' thread count (cpus_per_worker = 1)
-        local = cloak_folder(src, tmp_path / "local", make(), batch_size=3, progress=False)
+    local = cloak_folder(src, tmp_path / "local", make(), batch_size=3, progress=False)
     on_ray = cloak_folder(src, tmp_path / "ray", make(), batch_size=3, progress=False, engine="ray", workers=2,
                           attack_factory=make)
     assert local.written == on_ray.written == 7
