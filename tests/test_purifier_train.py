@@ -147,3 +147,21 @@ def test_ddp_two_cpu_processes(johns_dir, tmp_path):
     hist = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(hist) == 2  # only rank 0 validates and writes
     assert Purifier.load(out / "best.pt").config == cfg.model
+
+
+def test_init_starts_from_given_weights_and_checks_the_model(johns_dir, tmp_path):
+    """[train] init: a fine-tuning run starts from a purifier's weights (a vanishing lr keeps them exactly); weights of
+    another architecture are refused by name."""
+    base = _run(_cfg(johns_dir, epochs=1, max_steps_per_epoch=2), tmp_path / "base")
+    _run(_cfg(johns_dir, epochs=1, max_steps_per_epoch=1, lr=1e-30, init=base["safetensors_path"]), tmp_path / "tuned")
+    a = Purifier.load(base["safetensors_path"]).net.state_dict()
+    b = torch.load(tmp_path / "tuned" / "last.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    fresh = torch.load(tmp_path / "base" / "last.pt", weights_only=True)["state_dict"]
+    _run(_cfg(johns_dir, epochs=1, max_steps_per_epoch=1, lr=1e-30), tmp_path / "random")
+    c = torch.load(tmp_path / "random" / "last.pt", weights_only=True)["state_dict"]
+    assert not all(torch.equal(fresh[k], c[k]) for k in fresh)  # without init: a random start, not base's weights
+    other = _cfg(johns_dir, epochs=1, max_steps_per_epoch=1, init=base["safetensors_path"])
+    other = PurifierTrainConfig.from_dict({**other.as_dict(), "model": {"channels": 8, "depth": 4, "downsample": 1}})
+    with pytest.raises(Exception, match="init = .*model config"):
+        _run(other, tmp_path / "mismatch")

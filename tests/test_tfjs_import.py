@@ -101,9 +101,29 @@ def test_unsupported_ops_and_files_are_named(tmp_path):
     path.write_text(json.dumps(model))
     with pytest.raises(PufaceError, match="unsupported TF.js op Erf"):
         load_tfjs_graph(path)
+    with pytest.raises(PufaceError, match="no node named nowhere"):
+        load_tfjs_graph(path, output="nowhere")
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(PufaceError, match="not a TensorFlow.js graph model"):
         load_tfjs_graph(tmp_path / "bad.json")
+
+
+def test_heads_the_output_does_not_need_are_left_out(tmp_path):
+    """A multi-head graph (faceres: embedding + age + gender heads) loads with an embedding output even when
+    another head uses an op puface does not run; asking for that head names the op."""
+    path = write_graph(tmp_path)
+    model = json.loads(path.read_text())
+    model["modelTopology"]["node"].append({"name": "gender", "op": "Sigmoid", "input": ["fc"]})
+    path.write_text(json.dumps(model))
+    (tmp_path / "plain").mkdir()
+    plain = load_tfjs_graph(write_graph(tmp_path / "plain"))
+    net = load_tfjs_graph(path, output="embeddings")
+    assert all(n["name"] != "gender" for n in net.nodes)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), plain(x))
+    with pytest.raises(PufaceError, match="unsupported TF.js op Sigmoid"):
+        load_tfjs_graph(path)  # the default output is the last node, the gender head
 
 
 def test_export_tool_and_custom_loading(tmp_path, monkeypatch, johns_images):

@@ -8,6 +8,8 @@ Supported ops (what face-embedding graphs use): Const, Placeholder, Identity, Co
 (Fused)DepthwiseConv2dNative (NHWC, SAME / VALID / explicit padding, fused BiasAdd, Relu, Relu6), BiasAdd,
 Relu, Relu6, Prelu, Abs, Neg, Add, AddV2, Sub, Mul, RealDiv, Maximum, Minimum, Square, Sqrt, Rsqrt, Sum,
 Mean (reduction), Squeeze, Reshape, MatMul / _FusedMatMul, Pad. Anything else is an error naming the op.
+Only the nodes the chosen output needs are run and checked, so a multi-head graph (an embedding beside age
+and gender heads, as HSE faceres) loads with `output="global_pooling/Mean"`.
 Weights may be float32 or float16, or uint8/uint16-quantised (dequantised on load).
 
 `tools/export_tfjs_embedder.py` turns such a graph into a TorchScript file with a sidecar, the form
@@ -122,13 +124,14 @@ class TFJSGraphNet(nn.Module):
                 self._const_index[n["name"]] = len(self._const_index)
                 arr = weights[n["name"]]
                 self.register_buffer(f"const_{len(self._const_index) - 1}", torch.from_numpy(np.ascontiguousarray(arr)))
+        self.output = output or self.nodes[-1]["name"]
+        self.nodes = _ancestors(self.nodes, self.output)  # heads the output does not need (age, gender...) are left out
         known = {"Placeholder", "Identity", "Conv2D", "_FusedConv2D", "DepthwiseConv2dNative", "FusedDepthwiseConv2dNative",
                  "BiasAdd", "Relu", "Relu6", "Prelu", "Abs", "Neg", "Add", "AddV2", "Sub", "Mul", "RealDiv", "Maximum",
                  "Minimum", "Square", "Sqrt", "Rsqrt", "Sum", "Mean", "Squeeze", "Reshape", "MatMul", "_FusedMatMul", "Pad"}
         for n in self.nodes:
             if n["op"] not in known:
                 raise PufaceError(f"unsupported TF.js op {n['op']} (node {n['name']})")
-        self.output = output or self.nodes[-1]["name"]
         self.input_name = next(n["name"] for n in self.nodes if n["op"] == "Placeholder")
 
     def _const(self, name: str) -> Tensor | None:
@@ -221,6 +224,21 @@ class TFJSGraphNet(nn.Module):
             vals[n["name"]] = y
         out = vals[self.output]
         return out.permute(0, 3, 1, 2) if out.ndim == 4 else out
+
+
+def _ancestors(nodes: list[dict], output: str) -> list[dict]:
+    """The nodes `output` depends on (itself included), in the graph's order."""
+    by_name = {n["name"]: n for n in nodes}
+    if output not in by_name:
+        raise PufaceError(f"no node named {output} in the graph")
+    need, todo = set(), [output]
+    while todo:
+        name = todo.pop()
+        if name in need or name not in by_name:
+            continue  # constants are not in `nodes`
+        need.add(name)
+        todo += [i.split(":")[0].lstrip("^") for i in by_name[name].get("input", [])]
+    return [n for n in nodes if n["name"] in need]
 
 
 def _s_list(attr: dict, key: str) -> list[str]:

@@ -64,6 +64,8 @@ class TrainConfig:
     after `warmup_steps` of linear warm-up. save_every_steps: mid-epoch checkpoints for resuming.
     seed: initialisation, batch order and augmentation (default: the top-level `seed`, which also draws
     the data split and the cloaked images); set it alone to repeat a run on the same data.
+    init: start from these purifier weights instead of a random initialisation ("" = random, "default" = the
+    shipped purifier, or a checkpoint path); the model config must match theirs. For fine-tuning a recipe.
     tf32: let CUDA use TF32 in convolutions and matrix products (faster on Ampere and later). Off by
     default: purifiers trained with it on (PyTorch's default for convolutions) removed less LowKey on
     held-out faces than CPU-trained ones of the same recipe (CHANGELOG.md, 2026-11-27 03:26)."""
@@ -81,6 +83,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     seed: int | None = None
     tf32: bool = False
+    init: str = ""
 
 
 @dataclass(frozen=True)

@@ -244,6 +244,15 @@ def train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool = True,
                       progress=progress, log=log, stop_after_steps=stop_after_steps)
 
 
+def _init_from(purifier: Purifier, weights: str) -> None:
+    """Copy the weights of a purifier ("default" or a checkpoint path) into `purifier` (same model config)."""
+    src = Purifier.load(None if weights == "default" else weights)
+    if src.config.as_dict() != purifier.config.as_dict():
+        raise PufaceError(f"[train] init = {weights!r}: its model config {src.config.as_dict()} differs from this "
+                          f"recipe's {purifier.config.as_dict()}")
+    purifier.net.load_state_dict(src.net.state_dict())
+
+
 def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, device: str | None,
            embedders: dict[str, nn.Module] | None, cloak_fn: Callable | None, progress: bool,
            log: Callable[[str], None] | None, stop_after_steps: int | None) -> dict[str, Any]:
@@ -295,6 +304,9 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
                     flip.append(e(x.flip(-1)))
             nat_emb.append((torch.cat(plain), torch.cat(flip)))
 
+    if tc.init:
+        _init_from(purifier, tc.init)
+        say(f"initialised from {tc.init}")
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": -math.inf, "history": []}
     last_path, best_path = out / "last.pt", out / "best.pt"
     if resume and last_path.is_file():
