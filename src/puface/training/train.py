@@ -304,11 +304,11 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
                     flip.append(e(x.flip(-1)))
             nat_emb.append((torch.cat(plain), torch.cat(flip)))
 
-    if tc.init:
-        _init_from(purifier, tc.init)
-        say(f"initialised from {tc.init}")
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": -math.inf, "history": []}
     last_path, best_path = out / "last.pt", out / "best.pt"
+    if tc.init and not (resume and last_path.is_file()):  # a resumed run continues from its own weights
+        _init_from(purifier, tc.init)
+        say(f"initialised from {tc.init}")
     if resume and last_path.is_file():
         ck = load_checkpoint(last_path, map_location=d.device)
         ts = ck.get("train_state")
