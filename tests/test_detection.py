@@ -348,6 +348,7 @@ max_natural = 12
 [augment]
 natural_variants = ["jpeg:quality=75", "resize:factor=2.0"]
 variants_per_chip = 1
+cloak_variants = ["jpeg:quality=85"]
 [train]
 epochs = 1
 ''')
@@ -359,6 +360,8 @@ epochs = 1
     summary = det.meta["data_summary"]
     assert len(summary["fit_identities"]) == 3 and set(summary["calibration_identities"]) == set(names) - set(summary["fit_identities"])
     assert det.net is not None and det.calibrated and det.calibration["calibration_chips"] == 11 * 2
+    fit_cloaks = summary["attacks"]["fawkes-custom"]["fit"]
+    assert summary["samples"]["fawkes-custom"] == summary["samples"]["fawkes-custom:jpeg:quality=85"] == fit_cloaks > 0
     assert (out / "metrics.json").is_file() and (out / "config.toml").is_file()
     with pytest.raises(PufaceError, match="another purifier"):
         CloakDetector.load(tmp_path / "d.safetensors")  # calibrated for the small purifier, not the shipped one

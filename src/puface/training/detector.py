@@ -12,8 +12,9 @@ The purifier's training identities are split (seeded) into *fit* identities and 
    `natural_variants` (defense specs: JPEG re-encoding, down-up resizing, noise; each chip gets a seeded
    choice of `variants_per_chip` of them), so that re-encoded or resampled natural photos are not taken for
    cloaks. Cloaked samples: the first `images` chips of each `[[attacks]]` entry, cloaked through the
-   shared cloak cache, at each of `cloak_strengths` (x + k (x_c - x)); those of fit identities train the
-   net, those of calibration identities validate it.
+   shared cloak cache, at each of `cloak_strengths` (x + k (x_c - x)), plus `cloak_variants_per_chip` seeded
+   choices among `cloak_variants` (defense specs, e.g. JPEG: cloaks re-encoded as a photo site would); those
+   of fit identities train the net, those of calibration identities validate it.
 2. Features of every sample with the purifier and the face models (`CloakDetector.features`); the net
    (`ResidualNet`) is trained on the fit samples (weighted binary cross-entropy, random crops and flips, the
    pooled maps dropped for a share of the images so the log shifts alone must also separate).
@@ -67,7 +68,7 @@ _SECTIONS: dict[str, dict[str, Any]] = {
              "max_natural": None, "max_calibration": None, "calibration_fraction": 0.33},
     "augment": {"natural_variants": ["jpeg:quality=75", "jpeg:quality=85", "jpeg:quality=95", "resize:factor=1.5",
                                      "resize:factor=2.0", "noise:sigma=0.008+jpeg:quality=95"],
-                "variants_per_chip": 2, "cloak_strengths": [1.0]},
+                "variants_per_chip": 2, "cloak_strengths": [1.0], "cloak_variants": [], "cloak_variants_per_chip": 1},
     "detector": {"embedders": ["dlib-resnet29"], "components": ["shift:dlib-resnet29", "net"], "fpr": DEFAULT_FPR,
                  "shift_floor": 1e-4, "chip_size": 150},
     "net": {"channels": [8, 16, 32, 32], "scalars": ["log_shift:dlib-resnet29"], "dropout": 0.2},
@@ -270,6 +271,12 @@ def build_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, trai
             parts.append(xk)
             kinds += [label if k == 1.0 else f"{label}@{k:g}"] * len(xk)
             labels.append(torch.ones(len(xk)))
+        if aug["cloak_variants"]:
+            xv, vk = _variants(cl[in_fit], aug["cloak_variants"], int(aug["cloak_variants_per_chip"]), cfg.seed, f"cloak:{label}")
+            keep = [i for i, kind in enumerate(vk) if kind != "natural"]  # the plain cloaks are already in
+            parts.append(xv[torch.as_tensor(keep, dtype=torch.long)])
+            kinds += [f"{label}:{vk[i].split(':', 1)[1]}" for i in keep]
+            labels.append(torch.ones(len(keep)))
         vparts.append(cl[~in_fit])
         vkinds += [label] * int((~in_fit).sum())
         summary["attacks"][label] = {"fit": int(in_fit.sum()), "validation": int((~in_fit).sum())}
