@@ -15,6 +15,7 @@ import torch
 from puface.purifier import Purifier
 from puface.training.config import PurifierTrainConfig
 from puface.training.train import train
+from puface.utils.errors import PufaceError
 from purifier_support import standin_embedder, synthetic_cloak_fn
 
 TESTS = Path(__file__).parent
@@ -163,5 +164,5 @@ def test_init_starts_from_given_weights_and_checks_the_model(johns_dir, tmp_path
     assert not all(torch.equal(fresh[k], c[k]) for k in fresh)  # without init: a random start, not base's weights
     other = _cfg(johns_dir, epochs=1, max_steps_per_epoch=1, init=base["safetensors_path"])
     other = PurifierTrainConfig.from_dict({**other.as_dict(), "model": {"channels": 8, "depth": 4, "downsample": 1}})
-    with pytest.raises(Exception, match="init = .*model config"):
+    with pytest.raises(PufaceError, match="init = .*model config"):
         _run(other, tmp_path / "mismatch")

@@ -110,15 +110,23 @@ def test_unsupported_ops_and_files_are_named(tmp_path):
 
 def test_heads_the_output_does_not_need_are_left_out(tmp_path):
     """A multi-head graph (faceres: embedding + age + gender heads) loads with an embedding output even when
-    another head uses an op puface does not run; asking for that head names the op."""
+    another head uses an op puface does not run, and that head's weights are not kept; asking for that head
+    names the op."""
     path = write_graph(tmp_path)
     model = json.loads(path.read_text())
-    model["modelTopology"]["node"].append({"name": "gender", "op": "Sigmoid", "input": ["fc"]})
+    wg = np.ones((8, 1), dtype=np.float32)  # the gender head's own weights, appended to the shard
+    with open(tmp_path / "model.bin", "ab") as f:
+        f.write(wg.tobytes())
+    model["weightsManifest"][0]["weights"].append({"name": "wg", "shape": [8, 1], "dtype": "float32"})
+    model["modelTopology"]["node"] += [{"name": "wg", "op": "Const", "attr": {}},
+                                       {"name": "logit", "op": "MatMul", "input": ["fc", "wg"], "attr": {}},
+                                       {"name": "gender", "op": "Sigmoid", "input": ["logit"]}]
     path.write_text(json.dumps(model))
     (tmp_path / "plain").mkdir()
     plain = load_tfjs_graph(write_graph(tmp_path / "plain"))
     net = load_tfjs_graph(path, output="embeddings")
-    assert all(n["name"] != "gender" for n in net.nodes)
+    assert all(n["name"] not in ("logit", "gender") for n in net.nodes)
+    assert "wg" not in net._const_index and len(list(net.buffers())) == len(list(plain.buffers()))
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         torch.testing.assert_close(net(x), plain(x))

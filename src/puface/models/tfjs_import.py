@@ -115,6 +115,8 @@ class TFJSGraphNet(nn.Module):
 
     def __init__(self, nodes: list[dict], weights: dict[str, np.ndarray], output: str | None = None):
         super().__init__()
+        self.output = output or [n for n in nodes if n["op"] != "Const"][-1]["name"]
+        nodes = _ancestors(nodes, self.output)  # heads the output does not need (age, gender...) and their weights are left out
         self.nodes = [n for n in nodes if n["op"] != "Const"]
         self._const_index: dict[str, int] = {}
         for n in nodes:
@@ -124,8 +126,6 @@ class TFJSGraphNet(nn.Module):
                 self._const_index[n["name"]] = len(self._const_index)
                 arr = weights[n["name"]]
                 self.register_buffer(f"const_{len(self._const_index) - 1}", torch.from_numpy(np.ascontiguousarray(arr)))
-        self.output = output or self.nodes[-1]["name"]
-        self.nodes = _ancestors(self.nodes, self.output)  # heads the output does not need (age, gender...) are left out
         known = {"Placeholder", "Identity", "Conv2D", "_FusedConv2D", "DepthwiseConv2dNative", "FusedDepthwiseConv2dNative",
                  "BiasAdd", "Relu", "Relu6", "Prelu", "Abs", "Neg", "Add", "AddV2", "Sub", "Mul", "RealDiv", "Maximum",
                  "Minimum", "Square", "Sqrt", "Rsqrt", "Sum", "Mean", "Squeeze", "Reshape", "MatMul", "_FusedMatMul", "Pad"}
@@ -235,7 +235,7 @@ def _ancestors(nodes: list[dict], output: str) -> list[dict]:
     while todo:
         name = todo.pop()
         if name in need or name not in by_name:
-            continue  # constants are not in `nodes`
+            continue
         need.add(name)
         todo += [i.split(":")[0].lstrip("^") for i in by_name[name].get("input", [])]
     return [n for n in nodes if n["name"] in need]

@@ -189,8 +189,9 @@ class Purifier(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str | torch.device | None = "cpu") -> "Purifier":
-        """Load a purifier checkpoint (`.pt` or `.safetensors`); None = the default shipped purifier."""
-        if path is None:
+        """Load a purifier checkpoint (`.pt` or `.safetensors`); None, "" or "default" = the shipped purifier
+        (how configs name it)."""
+        if path is None or str(path) in ("", "default"):
             path = default_weights_path()
             if not path.is_file():
                 raise PufaceError(f"the default purifier is missing from this installation ({path}); "

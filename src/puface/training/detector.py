@@ -173,19 +173,21 @@ class SampleSet:
         return out
 
 
-def _variants(x: torch.Tensor, specs: Sequence[str], per_chip: int, seed: int, tag: str) -> tuple[torch.Tensor, list[str]]:
-    """Each chip of `x` (float) as it is plus `per_chip` seeded choices among `specs` (defense specs)."""
+def _variants(x: torch.Tensor, specs: Sequence[str], per_chip: int, seed: int, tag: str,
+              kind: str = "natural") -> tuple[torch.Tensor, list[str]]:
+    """Each chip of `x` (float) as it is (kind `kind`, first, in order) plus `per_chip` seeded choices among
+    `specs` (defense specs; kind "<kind>:<spec>")."""
     if not specs or per_chip <= 0:
-        return x, ["natural"] * len(x)
+        return x, [kind] * len(x)
     defenses = [create_defense(s) for s in specs]
     rng = random.Random(stable_seed("detector-variants", seed, tag))
     picks = [rng.sample(range(len(specs)), min(per_chip, len(specs))) for _ in range(len(x))]
-    outs, kinds = [x], ["natural"] * len(x)
+    outs, kinds = [x], [kind] * len(x)
     for j, d in enumerate(defenses):
         idx = [i for i, p in enumerate(picks) if j in p]
         if idx:
             outs.append(d(x[torch.as_tensor(idx)]))
-            kinds += [f"natural:{specs[j]}"] * len(idx)
+            kinds += [f"{kind}:{specs[j]}"] * len(idx)
     return torch.cat(outs), kinds
 
 
@@ -272,11 +274,12 @@ def build_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, trai
             kinds += [label if k == 1.0 else f"{label}@{k:g}"] * len(xk)
             labels.append(torch.ones(len(xk)))
         if aug["cloak_variants"]:
-            xv, vk = _variants(cl[in_fit], aug["cloak_variants"], int(aug["cloak_variants_per_chip"]), cfg.seed, f"cloak:{label}")
-            keep = [i for i, kind in enumerate(vk) if kind != "natural"]  # the plain cloaks are already in
-            parts.append(xv[torch.as_tensor(keep, dtype=torch.long)])
-            kinds += [f"{label}:{vk[i].split(':', 1)[1]}" for i in keep]
-            labels.append(torch.ones(len(keep)))
+            n_plain = int(in_fit.sum())  # the plain cloaks come first and are already in
+            xv, vk = _variants(cl[in_fit], aug["cloak_variants"], int(aug["cloak_variants_per_chip"]), cfg.seed,
+                               f"cloak:{label}", kind=label)
+            parts.append(xv[n_plain:])
+            kinds += vk[n_plain:]
+            labels.append(torch.ones(len(vk) - n_plain))
         vparts.append(cl[~in_fit])
         vkinds += [label] * int((~in_fit).sum())
         summary["attacks"][label] = {"fit": int(in_fit.sum()), "validation": int((~in_fit).sum())}
@@ -365,7 +368,7 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
     (out / "config.toml").write_text(to_toml(cfg.as_dict()), encoding="utf-8")
     root = resolve_data_root(cfg.data["root"])
     weights = cfg.data["purifier"]
-    purifier = Purifier.load(None if weights in ("", "default") else weights)
+    purifier = Purifier.load(weights)
     summary = purifier.meta.get("data_summary") or {}
     train_ids, val_ids = list(summary.get("train_identities") or []), list(summary.get("val_identities") or [])
     if not train_ids:

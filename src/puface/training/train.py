@@ -246,7 +246,7 @@ def train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool = True,
 
 def _init_from(purifier: Purifier, weights: str) -> None:
     """Copy the weights of a purifier ("default" or a checkpoint path) into `purifier` (same model config)."""
-    src = Purifier.load(None if weights == "default" else weights)
+    src = Purifier.load(weights)
     if src.config.as_dict() != purifier.config.as_dict():
         raise PufaceError(f"[train] init = {weights!r}: its model config {src.config.as_dict()} differs from this "
                           f"recipe's {purifier.config.as_dict()}")
