@@ -166,3 +166,17 @@ def test_init_starts_from_given_weights_and_checks_the_model(johns_dir, tmp_path
     other = PurifierTrainConfig.from_dict({**other.as_dict(), "model": {"channels": 8, "depth": 4, "downsample": 1}})
     with pytest.raises(PufaceError, match="init = .*model config"):
         _run(other, tmp_path / "mismatch")
+
+
+def test_face_scale_trains_the_network_at_another_scale(johns_dir, tmp_path):
+    """[train] face_scale: training runs the network through the resampling (`AtFaceScale`), so the validation
+    numbers are those of the purifier as it is used afterwards; the checkpoint records both layouts."""
+    cfg = _cfg(johns_dir, epochs=1, max_steps_per_epoch=2, face_scale="arcface112")
+    res = _run(cfg, tmp_path / "scaled")
+    p = Purifier.load(res["safetensors_path"])
+    assert (p.template, p.net_template) == ("dlib150", "arcface112")
+    plain = _run(_cfg(johns_dir, epochs=1, max_steps_per_epoch=2), tmp_path / "plain")
+    a = json.loads((tmp_path / "scaled" / "metrics.jsonl").read_text().splitlines()[-1])
+    b = json.loads((tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert a["psnr_cloaked"] == b["psnr_cloaked"] and a["psnr_natural"] != b["psnr_natural"]
+    assert Purifier.load(plain["safetensors_path"]).net_template == "dlib150"

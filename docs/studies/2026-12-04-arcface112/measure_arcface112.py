@@ -1,6 +1,7 @@
 """Does the shipped purifier (trained on dlib 150 px chips) serve ArcFace 112 px crops? Image-level numbers.
 
     python docs/studies/2026-12-04-arcface112/measure_arcface112.py --data $PUFACE_DATA [--n 200] [--out FILE]
+        [--arcface112 WEIGHTS]
 
 --data: the folder holding lfw-arcface112/ and lfw-chips150/ (the same LFW photos in both layouts).
 1. Why the crops are cut from the photos, not warped from the dlib chips: where the dlib 150 px chip lands in
@@ -11,6 +12,8 @@
 3. Cloaks: every cloak of `puface reproduce lfw-arcface112` (seed 0) found in the cloak cache (nothing is
    cloaked here): the cosine to the natural crop's embedding (SFace native 112 and dlib ResNet-29 warped) of
    the cloak, the cloak purified plainly and purified told the layout; and the PSNR to the natural crop.
+4. With --arcface112 WEIGHTS (a checkpoint, or "arcface112": the shipped one): the same numbers for a purifier
+   trained on ArcFace 112 px crops (recipe `arcface112`), run natively on them ("112 purifier").
 Prints JSON; `--out FILE` also writes it.
 """
 
@@ -33,6 +36,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0, help="the experiment seed the cloaks were made with")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--arcface112", default=None, metavar="WEIGHTS",
+                    help="also a purifier trained on 112 px crops (a checkpoint, or arcface112 = the shipped one)")
     args = ap.parse_args()
 
     from puface.align.geometry import arcface_template, dlib_template, fit_similarity
@@ -57,6 +62,9 @@ def main() -> None:
                                          "cols_right_of_chip": round(float(111 - corners[[1, 3], 0].max()), 1)}
 
     p = Purifier.load().eval()
+    p112 = Purifier.load(args.arcface112).eval() if args.arcface112 else None
+    if p112 is not None and p112.template != "arcface112":
+        raise SystemExit(f"{args.arcface112}: trained on {p112.template}, not arcface112 crops")
     arc, dlib = args.data / "lfw-arcface112", args.data / "lfw-chips150"
     held = sorted(set(p.heldout_identities))
     files = [f for h in held for f in sorted((arc / h).glob("*.jpg")) if (dlib / h / f.name).is_file()]
@@ -75,6 +83,8 @@ def main() -> None:
             "arcface112 crops, plain": m(psnr(quantize(p.purify(x112)), x112)),
             "arcface112 crops, told the layout": m(psnr(quantize(p.purify(x112, template="arcface112")), x112)),
         }
+        if p112 is not None:
+            out["natural_psnr_db"]["arcface112 crops, 112 purifier"] = m(psnr(quantize(p112.purify(x112)), x112))
 
     # 3. the grid's cached cloaks
     cfg = load_config("lfw-arcface112")
@@ -102,6 +112,8 @@ def main() -> None:
         with torch.no_grad():
             variants = {"cloaked": xc, "purified plain": quantize(p.purify(xc)),
                         "purified told the layout": quantize(p.purify(xc, template="arcface112"))}
+            if p112 is not None:
+                variants["purified by the 112 purifier"] = quantize(p112.purify(xc))
             row: dict = {"n": len(xc)}
             for name, e in models.items():
                 e0 = F.normalize(e(xn), dim=1)

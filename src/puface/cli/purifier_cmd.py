@@ -116,7 +116,9 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
 @click.argument("in_path", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("out_root", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
-              help="Purifier checkpoint (.pt or .safetensors). Default: the purifier shipped with puface.")
+              help="Purifier checkpoint (.pt or .safetensors), or a shipped one by name: default (trained on dlib 150 px "
+                   "chips) or arcface112 (on ArcFace 112 px crops). Default: the shipped ones, each on the layout it "
+                   "was trained on (see --template).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (CUDA when available).")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Images per forward pass.")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Skip images whose output already exists.")
@@ -132,9 +134,10 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
               help="Photos, not chips: detect faces, purify each aligned 150x150 face chip and paste it back.")
 @click.option("--largest-face", is_flag=True, help="With --align: purify only the largest face of each photo.")
 @click.option("--template", type=click.Choice(["auto", "dlib150", "arcface112"]), default="auto", show_default=True,
-              help="The chips' face layout: dlib150 (dlib chips, what the shipped purifier was trained on) or "
-                   "arcface112 (ArcFace/InsightFace 112 px crops: purified at the purifier's face scale). auto: by size, "
-                   "150x150 dlib150, 112x112 arcface112; other sizes are purified as they are, with a warning.")
+              help="The chips' face layout: dlib150 (dlib chips) or arcface112 (ArcFace/InsightFace 112 px crops). "
+                   "With the shipped weights each layout gets the purifier trained on it; a --weights file serves "
+                   "another layout than its own by resampling to its face scale. auto: by size, 150x150 dlib150, "
+                   "112x112 arcface112; other sizes are purified as they are, with a warning.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: threads in this process. ray: a streaming Ray Data pipeline (decode tasks, a pool of "
                    "model actors, write tasks) on the Ray cluster at --address, or a new local one; needs "

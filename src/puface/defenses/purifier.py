@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..purifier.model import Purifier
+from ..purifier.model import Purifier, is_shipped
 from ..utils.errors import PufaceError
 from ..utils.fingerprint import module_fingerprint
 from .base import Defense
@@ -24,7 +24,8 @@ __all__ = ["PuFaceDefense", "defense_training_identities"]
 
 @register
 class PuFaceDefense(Defense):
-    """The PuFace purifier: `Purifier.load(weights)` (None or "default" = the shipped one)."""
+    """The PuFace purifier: `Purifier.load(weights)` (None or "default" = the shipped one, "arcface112" = the
+    shipped one for ArcFace 112 px crops, else a checkpoint path)."""
 
     kind = "puface"
 
@@ -59,7 +60,7 @@ class PuFaceDefense(Defense):
     def purifier(self) -> Purifier:
         """The purifier network, loaded on first use."""
         if self._purifier is None:
-            if self._weights is not None and not Path(self._weights).exists():
+            if not is_shipped(self._weights) and not Path(self._weights).exists():
                 raise PufaceError(f"{self._weights}: purifier checkpoint not found")
             p = Purifier.load(self._weights)
             p.eval()

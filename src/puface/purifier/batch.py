@@ -20,7 +20,7 @@ import numpy as np
 from ..io.jobs import FileJob, LoadedImage, call_process
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
-from .model import Purifier
+from .model import Purifier, as_layouts, primary_purifier
 
 __all__ = ["PurifyBatch"]
 
@@ -28,7 +28,8 @@ __all__ = ["PurifyBatch"]
 class PurifyBatch:
     """Purify the `column` images of a batch dict (uint8 RGB, (N, H, W, 3) or N arrays (H, W, 3)).
 
-    weights: a checkpoint path (None: the shipped purifier) or a loaded `Purifier`; device: "cpu",
+    weights: a checkpoint path, a shipped name (None: the shipped purifiers, one per face layout as
+    `Purifier.load_layouts`) or a loaded `Purifier`; device: "cpu",
     "cuda", ... (None: CUDA when available); threads: torch threads (None: leave as is). The same batch
     function as `puface purify` (same-size images purified together, 8-bit rounding): outputs equal
     the CLI's pixels. An image that cannot be purified raises `PufaceError` naming its row.
@@ -43,9 +44,10 @@ class PurifyBatch:
 
             torch.set_num_threads(threads)
         self.device = resolve_device(device)
-        self.purifier = weights if isinstance(weights, Purifier) else Purifier.load(weights, device=self.device)
+        layouts = as_layouts(weights) if isinstance(weights, Purifier) else Purifier.load_layouts(weights, device=self.device)
+        self.purifier = primary_purifier(layouts)
         self.column = column
-        self._process = make_batch_process(self.purifier, self.device)
+        self._process = make_batch_process(layouts, self.device)
 
     def __call__(self, batch: dict) -> dict:
         if self.column not in batch:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from ..io.jobs import LoadedImage, Outcome, group_by_size, plan_mirror, run_fold
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
 from ..utils.images import tensor_to_image, to_float
-from .model import TEMPLATES, Purifier
+from .model import TEMPLATES, Purifier, as_layouts, is_shipped, primary_purifier
 
 __all__ = ["ENGINES", "make_batch_process", "purify_folder", "purify_shards", "ray_batch_process"]
 
@@ -36,23 +36,28 @@ def template_for(shape: tuple[int, int], template: str) -> str | None:
     return AUTO_TEMPLATES.get(tuple(shape))  # type: ignore[arg-type]
 
 
-def make_batch_process(purifier: Purifier, device: torch.device, channels_last: bool = True,
+def make_batch_process(purifier: Purifier | Mapping[str, Purifier], device: torch.device, channels_last: bool = True,
                        template: str = "auto", warn: Callable[[str], None] | None = None) -> Callable:
     """A `run_folder_job` batch function: purify each same-size group of decoded images at once.
 
-    template: the chips' face layout, "dlib150" or "arcface112" (served by resampling to the purifier's
-    face scale, `Purifier.forward_template`), or "auto": by size (150x150 dlib150, 112x112 arcface112;
-    other sizes are purified at their own size as the purifier's layout, and `warn` is told once).
+    purifier: one purifier, or one per face layout (`Purifier.load_layouts`: images of a layout go to the
+    purifier trained on it, others to the dlib150 one, else the first). template: the chips' face layout,
+    "dlib150" or "arcface112" (a purifier trained on another layout serves it by resampling to its face
+    scale, `Purifier.forward_template`), or "auto": by size (150x150 dlib150, 112x112 arcface112; other sizes
+    are purified at their own size as the purifier's layout, and `warn` is told once).
     """
     if template != "auto" and template not in TEMPLATES:
         raise PufaceError(f"unknown template {template!r}; choose auto or one of {', '.join(TEMPLATES)}")
-    purifier.to(device).eval()
+    layouts, main = as_layouts(purifier), primary_purifier(purifier)
+    for p in layouts.values():
+        p.to(device).eval()
     warned: list[tuple[int, int]] = []
 
     def process(items: list[LoadedImage]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(items)
         for (h, w), idx in group_by_size(items).items():
             t = template_for((h, w), template)
+            purifier = layouts.get(t, main) if t is not None else main
             if t is None and not warned:
                 warned.append((h, w))
                 (warn or (lambda m: print(m, file=sys.stderr)))(
@@ -70,14 +75,18 @@ def make_batch_process(purifier: Purifier, device: torch.device, channels_last: 
     return process
 
 
-def ray_batch_process(purifier: Purifier | str | None, device: str | None = None, align: bool = False,
-                      largest_face: bool = False, no_face: str = "copy", template: str = "auto") -> Callable:
-    """The batch function `make_batch_process` (with `align_adapter` when align) for a purifier, a checkpoint
-    path or None (the shipped one); `functools.partial` of this is the Ray engine's picklable factory (a
-    path keeps the actors' constructor arguments small: each actor loads the weights itself)."""
+def ray_batch_process(purifier: Purifier | Mapping[str, Purifier] | str | None, device: str | None = None,
+                      align: bool = False, largest_face: bool = False, no_face: str = "copy",
+                      template: str = "auto") -> Callable:
+    """The batch function `make_batch_process` (with `align_adapter` when align) for a purifier (or one per
+    layout), a checkpoint path or a shipped name (None: the shipped ones, one per layout,
+    `Purifier.load_layouts`); `functools.partial` of this is the Ray engine's picklable factory (a path keeps
+    the actors' constructor arguments small: each actor loads the weights itself)."""
     dev = resolve_device(device)
-    if not isinstance(purifier, Purifier):
-        purifier = Purifier.load(purifier, device=dev)
+    if not isinstance(purifier, (Purifier, Mapping)):
+        purifier = Purifier.load_layouts(purifier, device=dev)
+    if align:  # photos: puface cuts dlib150 chips itself
+        purifier = primary_purifier(purifier)
     process = make_batch_process(purifier, dev, template="dlib150" if align else template)
     if align:
         process = align_adapter(process, chip_size=150, no_face=no_face, largest_face=largest_face)
@@ -104,8 +113,8 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
         raise PufaceError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     dev = resolve_device(device)
     given = purifier
-    if purifier is None:
-        purifier = Purifier.load(weights, device="cpu" if engine == "ray" else dev)  # checks the file here
+    layouts: Purifier | dict[str, Purifier] = purifier if purifier is not None else \
+        Purifier.load_layouts(weights, device="cpu" if engine == "ray" else dev)  # checks the file here
     jobs = plan_mirror(in_path, out_path)
     if world_size > 1:
         jobs = shard(jobs, rank, world_size)
@@ -114,13 +123,19 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
 
         from ..io.raydata import run_ray_job
 
-        # a path (or None: the shipped weights) lets each actor load the weights itself
-        what = copy.deepcopy(given).cpu() if given is not None else (str(Path(weights).resolve()) if weights else None)
+        # a shipped name (None: the shipped ones) or a path lets each actor load the weights itself
+        what: Purifier | str | None
+        if given is not None:
+            what = copy.deepcopy(given).cpu()
+        elif is_shipped(weights):
+            what = str(weights) if weights else None
+        else:
+            what = str(Path(weights).resolve())  # type: ignore[arg-type]
         factory = partial(ray_batch_process, what, str(dev), align, largest_face, no_face, template)
         return run_ray_job(jobs, factory, batch_size=batch_size, resume=resume, address=address, workers=workers,
                            cpus_per_worker=cpus_per_worker, gpus_per_worker=1.0 if dev.type == "cuda" else 0.0,
                            desc="purifying", verb="purified", stats_csv=stats_csv, quality=quality, progress=progress)
-    process = ray_batch_process(purifier, str(dev), align, largest_face, no_face, template)
+    process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template)
     return run_folder_job(jobs, process, batch_size=batch_size, resume=resume, desc="purifying", verb="purified",
                           stats_csv=stats_csv, quality=quality, io_workers=io_workers, progress=progress)
 
@@ -137,12 +152,11 @@ def purify_shards(in_spec: str | Path, out_path: str | Path, *, purifier: Purifi
     from ..io.shards import plan_shards, run_shard_job
 
     dev = resolve_device(device)
-    if purifier is None:
-        purifier = Purifier.load(weights, device=dev)
+    layouts = purifier if purifier is not None else Purifier.load_layouts(weights, device=dev)
     jobs = plan_shards(in_spec, out_path)
     if world_size > 1:
         jobs = jobs[rank::world_size]
-    process = ray_batch_process(purifier, str(dev), align, largest_face, no_face, template)
+    process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template)
     return run_shard_job(jobs, process, batch_size=batch_size, resume=resume, image_field=image_field,
                          desc="purifying", verb="purified", stats_csv=stats_csv, quality=quality,
                          io_workers=io_workers, progress=progress)

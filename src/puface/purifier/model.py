@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -27,6 +27,10 @@ from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from .rednet import RedNet, RedNetConfig, conv_flops
 
 DEFAULT_WEIGHTS_NAME = "purifier-default.safetensors"
+
+#: The purifiers shipped in `puface/weights/`, by the name `--weights` and configs use: "default" (v6, trained
+#: on dlib 150 px chips) and "arcface112" (v6 fine-tuned on ArcFace 112 px crops, recipe `arcface112`).
+SHIPPED_WEIGHTS = {"default": DEFAULT_WEIGHTS_NAME, "arcface112": "purifier-arcface112.safetensors"}
 
 #: Face layouts a purifier can serve: its own (the one it was trained on, "dlib150" for the shipped one)
 #: natively, and the other by resampling to its face scale (see `Purifier.purify`).
@@ -50,7 +54,43 @@ def template_scale(template: str, trained_on: str = "dlib150") -> float:
 
 def default_weights_path() -> Path:
     """The default purifier file inside the installed package (`puface/weights/`)."""
-    return Path(str(resources.files("puface") / "weights" / DEFAULT_WEIGHTS_NAME))
+    return shipped_weights_path("default")
+
+
+def shipped_weights_path(name: str = "default") -> Path:
+    """The file of a shipped purifier (`SHIPPED_WEIGHTS`: "default", "arcface112") inside the installed package."""
+    if name not in SHIPPED_WEIGHTS:
+        raise PufaceError(f"no shipped purifier named {name!r}; shipped: {', '.join(SHIPPED_WEIGHTS)}")
+    return Path(str(resources.files("puface") / "weights" / SHIPPED_WEIGHTS[name]))
+
+
+def is_shipped(weights: str | Path | None) -> bool:
+    """Whether `weights` names a shipped purifier (None and "" mean "default"), not a file."""
+    return weights is None or str(weights) in ("", *SHIPPED_WEIGHTS)
+
+
+class AtFaceScale(nn.Module):
+    """`net` run at another face scale: (N, 3, H, W) images resized by `scale` (bicubic, clamped to [0, 1]),
+    passed through `net`, and only the change resized back to H x W (antialiased bilinear) and added to the
+    input. scale 1: the plain `net`, bit for bit. How a purifier serves another face layout than its network's
+    (`Purifier.forward_template`) and how training fine-tunes one for it (`[train] face_scale`)."""
+
+    def __init__(self, net: nn.Module, scale: float = 1.0):
+        super().__init__()
+        self.net, self.scale = net, float(scale)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.run(self.net, images, self.scale)
+
+    @staticmethod
+    def run(net: nn.Module, images: torch.Tensor, scale: float) -> torch.Tensor:
+        if abs(scale - 1.0) < 1e-9:
+            return net(images)
+        h, w = images.shape[-2:]
+        up = F.interpolate(images, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bicubic",
+                           align_corners=False).clamp(0, 1)
+        delta = net(up) - up
+        return images + F.interpolate(delta, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
 
 
 class Purifier(nn.Module):
@@ -72,7 +112,8 @@ class Purifier(nn.Module):
         return self.net.config
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        """Images of its own layout (`template`) -> purified, at its network's face scale (`net_template`)."""
+        return self.forward_template(images)
 
     @property
     def heldout_identities(self) -> list[str]:
@@ -111,22 +152,23 @@ class Purifier(nn.Module):
         data = (self.meta.get("config") or {}).get("data") or {}
         return str(data.get("template") or "dlib150")
 
-    def forward_template(self, images: torch.Tensor, template: str | None = None) -> torch.Tensor:
-        """The forward pass on images of face layout `template` (None or the purifier's own: plain forward).
+    @property
+    def net_template(self) -> str:
+        """The layout whose face scale its network runs at: `[train] face_scale` of its training config, else
+        `template` (a purifier fine-tuned on ArcFace crops from a dlib150 one keeps the dlib150 scale)."""
+        train = (self.meta.get("config") or {}).get("train") or {}
+        return str(train.get("face_scale") or self.template)
 
-        For another layout the images are resized to the face scale the purifier was trained on
-        (bicubic; an ArcFace 112 crop to 167 px for a dlib150 purifier), purified, and only the change
-        the purifier made is resized back (antialiased) and added to the input, so resampling blur never
-        reaches the output. Differentiable.
+    def forward_template(self, images: torch.Tensor, template: str | None = None) -> torch.Tensor:
+        """The forward pass on images of face layout `template` (None: the purifier's own).
+
+        Images whose face scale differs from the network's (`net_template`) are resized to it (bicubic; an
+        ArcFace 112 crop to 167 px for a dlib150 network), purified, and only the change the purifier made is
+        resized back (antialiased) and added to the input, so resampling blur never reaches the output
+        (`AtFaceScale`). Differentiable.
         """
-        if template is None or template == self.template:
-            return self(images)
-        s = template_scale(template, self.template)
-        h, w = images.shape[-2:]
-        up = F.interpolate(images, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bicubic",
-                           align_corners=False).clamp(0, 1)
-        delta = self(up) - up
-        return images + F.interpolate(delta, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        s = template_scale(template or self.template, self.net_template)
+        return AtFaceScale.run(self.net, images, s)
 
     @torch.no_grad()
     def purify(self, images: torch.Tensor, batch_size: int = 32, device: str | torch.device | None = None,
@@ -152,7 +194,7 @@ class Purifier(nn.Module):
         try:
             for i in range(0, len(images), max(1, batch_size)):
                 x = images[i : i + batch_size].to(dev, non_blocking=True).contiguous(memory_format=fmt)
-                y = self(x) if template is None or template == self.template else self.forward_template(x, template)
+                y = self.forward_template(x, template)
                 out.append(y.to("cpu").contiguous())
         finally:
             self.train(was_training)
@@ -190,11 +232,41 @@ class Purifier(nn.Module):
     @classmethod
     def load(cls, path: str | Path | None = None, device: str | torch.device | None = "cpu") -> "Purifier":
         """Load a purifier checkpoint (`.pt` or `.safetensors`); None, "" or "default" = the shipped purifier
-        (how configs name it)."""
-        if path is None or str(path) in ("", "default"):
-            path = default_weights_path()
+        (how configs name it), "arcface112" = the shipped one for ArcFace 112 px crops (`SHIPPED_WEIGHTS`)."""
+        if is_shipped(path):
+            name = str(path or "default")
+            path = shipped_weights_path(name)
             if not path.is_file():
-                raise PufaceError(f"the default purifier is missing from this installation ({path}); "
+                raise PufaceError(f"the shipped purifier {name!r} is missing from this installation ({path}); "
                                   "reinstall puface or pass --weights")
         p = cls.from_checkpoint(load_checkpoint(path))
         return p.to(resolve_device(device)) if device is not None else p
+
+    @classmethod
+    def load_layouts(cls, weights: str | Path | None = None, device: str | torch.device | None = "cpu") -> dict[str, "Purifier"]:
+        """The purifier to use for each face layout: {its template: `load(weights)`}, and when `weights` is the
+        shipped default (None, "", "default") also the other shipped purifiers that are installed, each under the
+        layout it was trained on (so 112 px ArcFace crops get the one trained on them)."""
+        main = cls.load(weights, device=device)
+        found = {main.template: main}
+        if weights is None or str(weights) in ("", "default"):
+            for name in SHIPPED_WEIGHTS:
+                if name != "default" and shipped_weights_path(name).is_file():
+                    p = cls.load(name, device=device)
+                    found.setdefault(p.template, p)
+        return found
+
+
+def as_layouts(purifier: "Purifier | Mapping[str, Purifier]") -> dict[str, Purifier]:
+    """{face layout: purifier} of one purifier (under the layout it was trained on) or of such a mapping."""
+    layouts = dict(purifier) if isinstance(purifier, Mapping) else {purifier.template: purifier}
+    if not layouts:
+        raise PufaceError("no purifier given")
+    return layouts
+
+
+def primary_purifier(purifier: "Purifier | Mapping[str, Purifier]") -> Purifier:
+    """The purifier for images of no known layout (and the dlib150 chips `--align` cuts): the dlib150 one,
+    else the first."""
+    layouts = as_layouts(purifier)
+    return layouts.get("dlib150") or next(iter(layouts.values()))

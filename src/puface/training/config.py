@@ -34,9 +34,12 @@ class DataConfig:
     """root: identity folders. Identity split: see `data.purifier_identities`.
     max_per_identity: cap per identity (seeded), None = all. val_images: images per attack for
     validation (seeded choice among the validation identities). cache: cloak cache folder ("" = default).
-    cached_only: never make a cloak; one missing from the cache stops the run (`CloakNotCachedError`)."""
+    cached_only: never make a cloak; one missing from the cache stops the run (`CloakNotCachedError`).
+    template: the face layout of the chips under `root` ("dlib150", "arcface112"); the trained purifier records
+    it, and `puface purify --template auto` serves other layouts by resampling to it."""
 
     root: str = ""
+    template: str = "dlib150"
     heldout_min_images: int | None = 10
     heldout_fraction: float = 0.0
     val_fraction: float = 0.1
@@ -68,7 +71,10 @@ class TrainConfig:
     shipped purifier, or a checkpoint path); the model config must match theirs. For fine-tuning a recipe.
     tf32: let CUDA use TF32 in convolutions and matrix products (faster on Ampere and later). Off by
     default: purifiers trained with it on (PyTorch's default for convolutions) removed less LowKey on
-    held-out faces than CPU-trained ones of the same recipe (CHANGELOG.md, 2026-11-27 03:26)."""
+    held-out faces than CPU-trained ones of the same recipe (CHANGELOG.md, 2026-11-27 03:26).
+    face_scale: run the network at this layout's face scale ("dlib150", "arcface112"; "" = the data's own
+    `data.template`): images are resized to it and only the change is resized back (`AtFaceScale`), in
+    training and in use. To fine-tune a dlib150 purifier on ArcFace crops without changing its scale."""
 
     epochs: int = 10
     batch_size: int = 16
@@ -84,6 +90,7 @@ class TrainConfig:
     seed: int | None = None
     tf32: bool = False
     init: str = ""
+    face_scale: str = ""
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,12 @@ class PurifierTrainConfig:
             raise ConfigError(f"loss.feature_weight must be >= 0, got {self.loss.feature_weight}")
         if self.loss.feature_weight > 0 and not self.loss.embedders:
             raise ConfigError("loss.feature_weight > 0 needs loss.embedders")
+        from ..purifier.model import TEMPLATES
+
+        if self.data.template not in TEMPLATES:
+            raise ConfigError(f"data.template must be one of {', '.join(TEMPLATES)}, got {self.data.template!r}")
+        if self.train.face_scale and self.train.face_scale not in TEMPLATES:
+            raise ConfigError(f"train.face_scale must be one of {', '.join(TEMPLATES)} or \"\", got {self.train.face_scale!r}")
         t = self.train
         if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0:
             raise ConfigError(f"train needs epochs >= 1, batch_size >= 1 and lr > 0 (got {t.epochs}, {t.batch_size}, {t.lr})")

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..data.datasets import resolve_data_root
 from ..purifier.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-from ..purifier.model import Purifier
+from ..purifier.model import AtFaceScale, Purifier, template_scale
 from ..purifier.rednet import conv_flops
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
@@ -281,7 +281,9 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
     loss_embs = _load_embedders(cfg.loss.embedders if cfg.loss.feature_weight > 0 else (), d.device, embedders)
     val_embs = _load_embedders(cfg.val_embedders, d.device, {**(embedders or {}), **loss_embs})
     criterion = PurifierLoss(cfg.loss.image, cfg.loss.feature_weight, list(loss_embs.values()), cfg.loss.distance).to(d.device)
-    model: nn.Module = purifier.net
+    # the network at its face scale (`[train] face_scale`; the plain net when it is the data's own)
+    net: nn.Module = AtFaceScale(purifier.net, template_scale(cfg.data.template, cfg.train.face_scale or cfg.data.template))
+    model: nn.Module = net
     if d.world_size > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     opt = torch.optim.AdamW(purifier.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -390,7 +392,7 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
         if d.main and not validate:
             save_last(epoch + 1, 0)
         if d.main and validate:
-            metrics = evaluate_purifier(purifier.net, val_pairs, val_embs, d.device, cfg.val.batch_size)
+            metrics = evaluate_purifier(net, val_pairs, val_embs, d.device, cfg.val.batch_size)
             metrics.update(epoch=epoch + 1, train_loss=parts["total"], images_per_s=round(seen / max(epoch_time, 1e-9), 2),
                            train_gflop_per_s=round(3 * flops * seen / max(epoch_time, 1e-9) / 1e9, 1),
                            lr=opt.param_groups[0]["lr"])
