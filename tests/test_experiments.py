@@ -301,7 +301,7 @@ def test_every_packaged_purifier_recipe_parses(name):
     from puface.training.config import load_config as load_purifier_config
 
     cfg = load_purifier_config(name)
-    assert cfg.attacks and cfg.data.root == "lfw-chips150", name
+    assert cfg.attacks and cfg.data.root == {"dlib150": "lfw-chips150", "arcface112": "lfw-arcface112"}[cfg.data.template], name
     assert "/work/" not in packaged_config(name, "purifier").read_text()
 
 

@@ -1,6 +1,6 @@
-"""The shipped purifier (trained on dlib's 150 px chips) serving ArcFace 112 px crops: `template=` resamples
-to the face scale it was trained on and adds back only its change; `puface purify --template auto` picks
-the layout by size and warns for sizes that match neither."""
+"""ArcFace 112 px crops: the dlib150 purifier serves them with `template=` (resampled to the face scale it was
+trained on, only its change added back); `puface purify --template auto` picks the layout by size, gives
+112 px crops to the shipped purifier trained on them (`arcface112`) and warns for sizes that match neither."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from puface.cli import main
 from puface.io.images import read_image, write_image
 from puface.models.layout import layout_warp
 from puface.purifier import Purifier
-from puface.purifier.model import template_scale
+from puface.purifier.model import default_weights_path, template_scale
 from puface.utils.images import image_to_tensor, tensor_to_image
 from puface.utils.metrics import psnr
 
@@ -50,19 +50,40 @@ def test_arcface_crops_keep_more_detail_when_the_layout_is_known(purifier, crops
     assert told > plain + 2.0, (plain, told)  # LFW ArcFace crops: 35.9 -> 42.4 dB (docs/RESULTS.md)
 
 
-def test_purify_cli_picks_the_template_by_size(purifier, crops112, tmp_path):
+def test_purify_cli_picks_the_template_by_size(purifier, crops112, johns_images, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     for i, c in enumerate(crops112[:3]):
         write_image(src / f"c{i}.png", tensor_to_image(c))
+    write_image(src / "chip.png", tensor_to_image(johns_images[2][0]))
     write_image(src / "odd.png", tensor_to_image(F.interpolate(crops112[:1], size=(100, 100))[0]))
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         assert main(["purify", str(src), str(tmp_path / "out"), "--no-progress", "--batch-size", "8"]) == 0
+        # a purifier file serves the other layout by resampling to its own face scale
+        assert main(["purify", str(src), str(tmp_path / "v6"), "--no-progress", "--weights", str(default_weights_path())]) == 0
     assert "100x100 images match neither face template" in err.getvalue()
-    want = purifier.purify(crops112[:3], template="arcface112")
+    by_112 = Purifier.load("arcface112").purify(crops112[:3])  # the shipped purifier trained on 112 px crops
+    told = purifier.purify(crops112[:3], template="arcface112")
     for i in range(3):
-        assert np.array_equal(read_image(tmp_path / "out" / f"c{i}.png"), tensor_to_image(want[i]))
+        assert np.array_equal(read_image(tmp_path / "out" / f"c{i}.png"), tensor_to_image(by_112[i]))
+        assert np.array_equal(read_image(tmp_path / "v6" / f"c{i}.png"), tensor_to_image(told[i]))
+    chip = tensor_to_image(purifier.purify(johns_images[2][:1])[0])  # 150 px chips: the dlib150 one either way
+    assert np.array_equal(read_image(tmp_path / "out" / "chip.png"), chip)
+    assert np.array_equal(read_image(tmp_path / "v6" / "chip.png"), chip)
+
+
+def test_the_arcface112_purifier_ships_and_loads(purifier):
+    p = Purifier.load("arcface112")
+    assert (p.template, p.net_template) == ("arcface112", "dlib150")  # fine-tuned from v6 at v6's face scale
+    assert set(Purifier.load_layouts()) == {"dlib150", "arcface112"}
+    assert list(Purifier.load_layouts(default_weights_path())) == ["dlib150"]
+    x = torch.rand(1, 3, 112, 112)
+    y = p.purify(x)
+    assert y.shape == x.shape and not torch.equal(y, x)
+    assert not torch.equal(y, purifier.purify(x, template="arcface112"))  # its own weights, not v6's
+    # trained on the same identities as the default one: evaluations keep the same unseen people
+    assert p.heldout_identities == purifier.heldout_identities and p.seen_identities == purifier.seen_identities
 
 
 def test_purify_batch_is_the_cli_batch_function_without_ray(purifier, crops112, johns_images):
@@ -79,3 +100,6 @@ def test_purify_batch_is_the_cli_batch_function_without_ray(purifier, crops112, 
     mixed = fn({"image": [chips[0], tensor_to_image(crops112[0])]})["image"]
     assert mixed[1].shape == (112, 112, 3)
     assert np.array_equal(mixed[1], tensor_to_image(purifier.purify(crops112[:1], template="arcface112")[0]))
+    shipped = puface.PurifyBatch(device="cpu")({"image": [chips[0], tensor_to_image(crops112[0])]})["image"]
+    assert np.array_equal(shipped[0], out["image"][0])
+    assert np.array_equal(shipped[1], tensor_to_image(Purifier.load("arcface112").purify(crops112[:1])[0]))
