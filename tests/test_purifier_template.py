@@ -103,3 +103,21 @@ def test_purify_batch_is_the_cli_batch_function_without_ray(purifier, crops112, 
     shipped = puface.PurifyBatch(device="cpu")({"image": [chips[0], tensor_to_image(crops112[0])]})["image"]
     assert np.array_equal(shipped[0], out["image"][0])
     assert np.array_equal(shipped[1], tensor_to_image(Purifier.load("arcface112").purify(crops112[:1])[0]))
+
+
+def test_purify_report_writes_arcface_crops_as_purify_does(crops112, tmp_path):
+    """`puface purify --report` on 112 px ArcFace crops: the written images are `puface purify`'s (the shipped
+    purifier trained on 112 px crops), not the detector's dlib-chip purification."""
+    src = tmp_path / "in" / "someone"
+    src.mkdir(parents=True)
+    for i, c in enumerate(crops112[:2]):
+        write_image(src / f"c{i}.png", tensor_to_image(c))
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["purify", str(tmp_path / "in"), str(tmp_path / "plain"), "--no-progress"]) == 0
+        assert main(["purify", str(tmp_path / "in"), str(tmp_path / "rep"), "--report", "--no-progress", "--device", "cpu"]) == 0
+    want = Purifier.load("arcface112").purify(crops112[:2])
+    for i in range(2):
+        got = read_image(tmp_path / "rep" / "someone" / f"c{i}.png")
+        assert np.array_equal(got, read_image(tmp_path / "plain" / "someone" / f"c{i}.png"))
+        assert np.array_equal(got, tensor_to_image(want[i]))
+    assert (tmp_path / "rep" / "detection.csv").is_file()

@@ -222,7 +222,7 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
                                      device=None if device == "auto" else device, fpr=fpr, batch_size=batch_size,
                                      resume=resume, rank=rank, world_size=world_size, quality=quality,
                                      io_workers=io_workers, progress=progress, align=align, largest_face=largest_face,
-                                     scores_csv=stats_csv)
+                                     scores_csv=stats_csv, weights=weights)
     elif is_shard_input(in_path):
         from ..purifier.folder import purify_shards
 

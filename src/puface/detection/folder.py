@@ -28,7 +28,7 @@ from ..io.files import list_image_files
 from ..io.images import atomic_write_bytes, is_image_file
 from ..io.jobs import FileJob, JobReport, LoadedImage, Outcome, group_by_size, plan_mirror, run_folder_job, shard
 from ..utils.errors import PufaceError
-from ..utils.images import tensor_to_image, to_float
+from ..utils.images import tensor_to_image
 from .detector import CloakDetector, load_detector
 
 __all__ = ["detect_folder", "purify_folder_detected", "calibrate_on_folder", "DetectReport", "identity_of", "summarise_identities"]
@@ -325,15 +325,18 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
                            detector_weights: str | Path | None = None, device: str | None = None, fpr: float | None = None,
                            batch_size: int = 16, resume: bool = True, rank: int = 0, world_size: int = 1,
                            quality: int = 95, io_workers: int = 2, progress: bool = True, align: bool = False,
-                           largest_face: bool = False, scores_csv: str | Path | None = None) -> DetectReport:
+                           largest_face: bool = False, scores_csv: str | Path | None = None,
+                           weights: str | Path | None = None) -> DetectReport:
     """Purify every image under `in_path` into the mirrored tree `out_path`, scoring each for a cloak first.
 
     skip_cloaked: photos judged cloaked are left out (not written; listed in OUT/cloaked.csv), so a
     trainer respects the opt-out; otherwise they are purified like the rest. Every image's score goes to
     `scores_csv` (default OUT/detection.csv, with a `status` column: ok = purified, skip = left out), the
     per-identity summary to OUT/detection-identities.csv. The purified image is the detector's own P(x),
-    so detection costs no second purification. `align`: photos, not chips (faces detected, purified and
-    pasted back; with skip_cloaked a photo with any cloaked face is left out).
+    so detection costs no second purification. Images that are not chips of the detector's size (112 px ArcFace
+    crops, ...) are written as `puface purify` writes them (each layout to its purifier; `weights` as there,
+    None = the shipped ones); their score is that of the image resized to a chip. `align`: photos, not chips
+    (faces detected, purified and pasted back; with skip_cloaked a photo with any cloaked face is left out).
     """
     in_path, out_path = Path(in_path), Path(out_path)
     jobs = plan_mirror(in_path, out_path)
@@ -350,15 +353,27 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
     skipped = {r["path"] for r in previous if r.get("status") == "skip"}
     det_id = det.fingerprint()
 
+    other_sizes: list[Callable] = []  # `puface purify`'s batch function, for images that are not chips, made once
+
+    def purify_others(items: list[LoadedImage]) -> list[np.ndarray]:
+        if not other_sizes:
+            from ..purifier.folder import make_batch_process
+            from ..purifier.model import Purifier, is_shipped
+
+            layouts = Purifier.load_layouts(weights, device=det.device) if is_shipped(weights) else det.purifier
+            other_sizes.append(make_batch_process(layouts, det.device))
+        return [o.image for o in other_sizes[0](items)]
+
     def chip_process(items: list[LoadedImage]) -> list[Outcome]:
         feats, purified = _chip_features(det, [it.image for it in items], batch_size)
+        images = [tensor_to_image(p) for p in purified]
+        others = [i for i, it in enumerate(items) if images[i].shape != it.image.shape]
+        for i, img in zip(others, purify_others([items[i] for i in others]) if others else []):
+            images[i] = img
         outs = []
         for i, it in enumerate(items):
             row = _row(det, feats, i, threshold)
-            out = tensor_to_image(purified[i])
-            if out.shape != it.image.shape:  # not a chip of the detector's size: purify at the image's own size
-                out = tensor_to_image(det.purifier.purify(to_float(torch.from_numpy(it.image).permute(2, 0, 1)[None]),
-                                                          device=det.device)[0])
+            out = images[i]
             if skip_cloaked and row["cloaked"]:
                 outs.append(Outcome.skip(f"judged cloaked (score {row['score']} > {threshold:.4f})", **row, note=""))
             else:
