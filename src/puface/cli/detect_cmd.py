@@ -30,10 +30,18 @@ import click
 @click.option("--threads", type=int, default=None, help="Torch compute threads (default: torch's choice).")
 @click.option("--rank", type=int, default=None, help="This process's share of the files (default: $RANK or 0).")
 @click.option("--world-size", type=int, default=None, help="Number of processes sharing the files (default: $WORLD_SIZE or 1).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: threads in this process. ray: a streaming Ray Data pipeline (decode tasks, a pool of detector "
+                   "actors) on the Ray cluster at --address, or a new local one; needs puface[ray]. Same CSV rows.")
+@click.option("--address", default=None, metavar="ADDR",
+              help="With --engine ray: the cluster to join (auto, HOST:6379, ray://HOST:10001); default: start a local one.")
+@click.option("--workers", type=int, default=None,
+              help="With --engine ray: detector actors (default: one per GPU with CUDA, else the cluster's CPUs minus one).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None, device: str, batch_size: int,
            align: bool, largest_face: bool, resume: bool, restart: bool, io_workers: int, threads: int | None,
-           rank: int | None, world_size: int | None, progress: bool) -> None:
+           rank: int | None, world_size: int | None, engine: str, address: str | None, workers: int | None,
+           progress: bool) -> None:
     """Score every image under IN for a cloak (Fawkes, LowKey, ...) and say which look cloaked.
 
     A score per image (higher = more likely cloaked) from what the shipped purifier does to it: how far
@@ -54,6 +62,8 @@ def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None
         raise PufaceError(f"--fpr must be in [0, 1), got {fpr}")
     if largest_face and not align:
         raise PufaceError("--largest-face needs --align")
+    if engine == "local" and (address is not None or workers is not None):
+        raise PufaceError("--address and --workers go with --engine ray")
     if threads:
         torch.set_num_threads(threads)
     from ..io.jobs import resolve_rank
@@ -63,7 +73,8 @@ def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None
         out_csv = Path(f"scores.rank{rank}.csv")
     report = detect_folder(in_path, out_csv, weights=weights, device=None if device == "auto" else device, fpr=fpr,
                            batch_size=batch_size, resume=resume, restart=restart, io_workers=io_workers,
-                           progress=progress, align=align, largest_face=largest_face, rank=rank, world_size=world_size)
+                           progress=progress, align=align, largest_face=largest_face, rank=rank, world_size=world_size,
+                           engine=engine, address=address, workers=workers)
     click.echo(report.summary())
     if report.exit_code:
         raise click.exceptions.Exit(report.exit_code)

@@ -31,7 +31,7 @@ from ..utils.errors import PufaceError
 from ..utils.images import tensor_to_image
 from .detector import CloakDetector, load_detector
 
-__all__ = ["detect_folder", "purify_folder_detected", "calibrate_on_folder", "DetectReport", "identity_of", "summarise_identities"]
+__all__ = ["detect_folder", "detect_batch_process", "purify_folder_detected", "calibrate_on_folder", "DetectReport", "identity_of", "summarise_identities"]
 
 
 def _col(name: str) -> str:
@@ -218,16 +218,22 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
                   weights: str | Path | None = None, device: str | None = None, fpr: float | None = None,
                   batch_size: int = 32, resume: bool = True, restart: bool = False, io_workers: int = 2,
                   progress: bool = True, align: bool = False, largest_face: bool = False,
-                  identities_csv: str | Path | None = None, rank: int = 0, world_size: int = 1) -> DetectReport:
+                  identities_csv: str | Path | None = None, rank: int = 0, world_size: int = 1,
+                  engine: str = "local", address: str | None = None, workers: int | None = None,
+                  cpus_per_worker: float = 1.0) -> DetectReport:
     """Score every image under `in_path` (a folder tree or one file) into `out_csv`.
 
     detector: a ready `CloakDetector` (else `weights`: a detector file, None = the shipped one).
     fpr: false-positive rate of the decision (None: the detector's default, 1%). resume: keep the rows an
     earlier run wrote to `out_csv` and score only the rest; restart: start the CSV afresh. align: photos,
     not chips: detect and align each face first (needs the `align` extra). identities_csv: the
-    per-identity summary (default: <out_csv stem>-identities.csv). Returns a `DetectReport` (exit code 1
-    when some file could not be read).
+    per-identity summary (default: <out_csv stem>-identities.csv). engine: "local" (threads in this process)
+    or "ray" (a Ray Data pipeline on the cluster at `address`, a new local one when None, with `workers`
+    detector actors of `cpus_per_worker` CPUs, or one GPU each on CUDA; same CSV rows). Returns a
+    `DetectReport` (exit code 1 when some file could not be read).
     """
+    if engine not in ("local", "ray"):
+        raise PufaceError(f"unknown engine {engine!r}; choose local or ray")
     in_path, out_csv = Path(in_path), Path(out_csv)
     if out_csv.suffix.lower() != ".csv":
         raise PufaceError(f"{out_csv}: the scores file must end in .csv")
@@ -254,6 +260,33 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         _write_csv(out_csv, previous, fields)  # drop a row cut by an interruption before appending
     atomic_write_bytes(state, json.dumps({"detector": det_id, "input": str(in_path), "align": align}, indent=2).encode())
     done = {r["path"] for r in previous}
+    common = dict(batch_size=batch_size, resume=resume, desc="detecting", verb="scored", stats_csv=out_csv,
+                  progress=progress, is_done=lambda j: j.rel.as_posix() in done, stats_fields=fields,
+                  stats_key="path", stats_status=False)
+    if engine == "ray":
+        import copy
+        from functools import partial
+
+        from ..io.raydata import run_ray_job
+
+        # each actor gets a CPU copy of the detector and builds the batch function on its device
+        factory = partial(detect_batch_process, copy.deepcopy(det).cpu(), str(det.device), threshold, batch_size,
+                          align, largest_face, fields)
+        job = run_ray_job(jobs, factory, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
+                          gpus_per_worker=1.0 if det.device.type == "cuda" else 0.0, **common)
+    else:
+        process = detect_batch_process(det, None, threshold, batch_size, align, largest_face, fields)
+        job = run_folder_job(jobs, process, io_workers=io_workers, **common)
+    return _finish(out_csv, fields, threshold, fpr_v, job, in_path, identities_csv, det_id)
+
+
+def detect_batch_process(det: CloakDetector, device: str | None, threshold: float, batch_size: int, align: bool,
+                         largest_face: bool, fields: list[str]) -> Callable[[list[LoadedImage]], list[Outcome]]:
+    """`detect_folder`'s batch function: decoded images -> one `Outcome.record` row each (score, decision at
+    `threshold`, features; with `align` per photo over its faces). device: move the detector there first (None:
+    where it is). Module level, so `functools.partial` of it is the Ray engine's picklable factory."""
+    if device is not None:
+        det = _prepare_detector(det, None, device)
     aligner = _make_aligner(align, largest_face)
 
     def process(items: list[LoadedImage]) -> list[Outcome]:
@@ -281,11 +314,7 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
                 out.append(Outcome.record(**{**blank, "faces": 0, "note": pf.reason_if_empty(aligner.min_face)}))
         return out
 
-    job = run_folder_job(jobs, process, batch_size=batch_size, resume=resume, desc="detecting", verb="scored",
-                         stats_csv=out_csv, io_workers=io_workers, progress=progress,
-                         is_done=lambda j: j.rel.as_posix() in done, stats_fields=fields, stats_key="path",
-                         stats_status=False)
-    return _finish(out_csv, fields, threshold, fpr_v, job, in_path, identities_csv, det_id)
+    return process
 
 
 def calibrate_on_folder(detector: CloakDetector, in_path: str | Path, kind: str, *, scores_csv: str | Path,

@@ -174,8 +174,13 @@ def run_ray_job(
     quality: int = 95,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    is_done: Callable[[FileJob], bool] | None = None,
+    stats_fields: list[str] | None = None,
+    stats_key: str = "file",
+    stats_status: bool = True,
 ) -> JobReport:
-    """Run a folder job on Ray Data; same outputs and report as `jobs.run_folder_job`.
+    """Run a folder job on Ray Data; same outputs and report as `jobs.run_folder_job` (also for jobs whose
+    batch function records rows instead of writing images: `Outcome.record`, as `puface detect`).
 
     Args:
         jobs: from `plan_mirror`.
@@ -185,13 +190,14 @@ def run_ray_job(
             CPUs minus one, at least 1).
         cpus_per_worker, gpus_per_worker: Ray resources each actor holds.
         threads: torch threads per actor (default: cpus_per_worker rounded up).
+        is_done, stats_fields, stats_key, stats_status: as `run_folder_job`.
     """
     ray = _ray()
     from tqdm import tqdm
 
     report = JobReport(total=len(jobs))
     t0 = time.perf_counter()
-    todo, report.resumed = split_done(jobs, resume)
+    todo, report.resumed = split_done(jobs, resume, is_done)
     say = log or (lambda m: print(m, file=sys.stderr))
     if not todo:
         report.seconds = time.perf_counter() - t0
@@ -230,7 +236,7 @@ def run_ray_job(
                             batch_size=batch_size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=workers), **remote)
         ds = ds.map_batches(_write_stage(quality), batch_size=batch_size, batch_format="numpy")
-        stats = _StatsCSV(stats_csv)
+        stats = _StatsCSV(stats_csv, stats_fields)
         bar = tqdm(total=len(todo), desc=f"{desc} (ray, {workers} workers)", unit="img", disable=not progress,
                    dynamic_ncols=True, file=sys.stderr)
         rel_of = {str(j.src): j.rel for j in todo}
@@ -239,7 +245,7 @@ def run_ray_job(
                 rows_csv = []
                 for src, st, why, js in zip(out["src"], out["status"], out["reason"], out["stats"]):
                     p = Path(src)
-                    if st == "ok":
+                    if st in ("ok", "record"):
                         report.written += 1
                     elif st == "copy":
                         report.copied.append((p, why))
@@ -250,7 +256,10 @@ def run_ray_job(
                         bar.write(f"error: {p}: {why}", file=sys.stderr) if log is None else say(f"error: {p}: {why}")
                     s = json.loads(js) if js else {}
                     if s:
-                        rows_csv.append({"file": str(rel_of.get(src, src)), "status": st, **s})
+                        head = {stats_key: Path(rel_of.get(src, src)).as_posix()}
+                        if stats_status:
+                            head["status"] = st
+                        rows_csv.append({**head, **s})
                 stats.add(rows_csv)
                 bar.update(len(out["src"]))
         finally:
