@@ -269,9 +269,10 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
 
         from ..io.raydata import run_ray_job
 
-        # each actor gets a CPU copy of the detector and builds the batch function on its device
-        factory = partial(detect_batch_process, copy.deepcopy(det).cpu(), str(det.device), threshold, batch_size,
-                          align, largest_face, fields)
+        # each actor loads the detector file itself (None: the shipped one), so Ray can restart a lost actor from
+        # small arguments; a detector given as an object travels as a CPU copy
+        what = copy.deepcopy(det).cpu() if detector is not None else (str(Path(weights).resolve()) if weights else None)
+        factory = partial(detect_batch_process, what, str(det.device), threshold, batch_size, align, largest_face, fields)
         job = run_ray_job(jobs, factory, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
                           gpus_per_worker=1.0 if det.device.type == "cuda" else 0.0, **common)
     else:
@@ -280,12 +281,15 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
     return _finish(out_csv, fields, threshold, fpr_v, job, in_path, identities_csv, det_id)
 
 
-def detect_batch_process(det: CloakDetector, device: str | None, threshold: float, batch_size: int, align: bool,
-                         largest_face: bool, fields: list[str]) -> Callable[[list[LoadedImage]], list[Outcome]]:
+def detect_batch_process(det: CloakDetector | str | None, device: str | None, threshold: float, batch_size: int,
+                         align: bool, largest_face: bool, fields: list[str]) -> Callable[[list[LoadedImage]], list[Outcome]]:
     """`detect_folder`'s batch function: decoded images -> one `Outcome.record` row each (score, decision at
-    `threshold`, features; with `align` per photo over its faces). device: move the detector there first (None:
-    where it is). Module level, so `functools.partial` of it is the Ray engine's picklable factory."""
-    if device is not None:
+    `threshold`, features; with `align` per photo over its faces). det: a detector, or its file (None: the shipped
+    one). device: move the detector there first (None: where it is). Module level, so `functools.partial` of it
+    is the Ray engine's picklable factory."""
+    if not isinstance(det, CloakDetector):
+        det = _prepare_detector(None, det, device)
+    elif device is not None:
         det = _prepare_detector(det, None, device)
     aligner = _make_aligner(align, largest_face)
 
