@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .options import check_engine, engine_options
+
 
 @click.command("cloak")
 @click.argument("in_path", metavar="IN", type=click.Path(path_type=Path))
@@ -76,13 +78,7 @@ import click
 @click.option("--rank", type=int, default=None, help="This process's share of the files (default: $RANK or 0).")
 @click.option("--world-size", type=int, default=None, help="Number of processes sharing the files (default: $WORLD_SIZE or 1).")
 @click.option("--io-workers", type=int, default=2, show_default=True, help="Threads that decode and encode images meanwhile.")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: this process. ray: a streaming Ray Data pipeline (decode tasks, a pool of attack actors, "
-                   "write tasks) on the Ray cluster at --address, or a new local one; needs puface[ray]. Same outputs.")
-@click.option("--address", default=None, metavar="ADDR",
-              help="With --engine ray: the cluster to join (auto, HOST:6379, ray://HOST:10001); default: start a local one.")
-@click.option("--workers", type=int, default=None,
-              help="With --engine ray: attack actors (default: one per GPU with CUDA, else the cluster's CPUs minus one).")
+@engine_options("attack")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates: tuple[str, ...], th: float | None,
           steps: int | None, lr: float | None, fallback: bool, targeted: bool, geometry: str, cap: str, target_pool: Path | None, perceptual: str,
@@ -174,8 +170,7 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
         adaptive = {"through": through, "gradient": gradient, "eot_noise": eot_noise}
     elif gradient != "exact" or eot_noise:
         raise PufaceError("--gradient and --eot-noise go with --through-purifier")
-    if engine == "local" and (address is not None or workers is not None):
-        raise PufaceError("--address and --workers go with --engine ray")
+    check_engine(engine, address, workers)
     from functools import partial
 
     attack_factory = partial(create_attack, attack_name, embedders=list(surrogates) or None, seed=seed,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from .options import check_engine, engine_options
+
 
 @click.command("detect")
 @click.argument("in_path", metavar="IN", type=click.Path(path_type=Path))
@@ -30,13 +32,7 @@ import click
 @click.option("--threads", type=int, default=None, help="Torch compute threads (default: torch's choice).")
 @click.option("--rank", type=int, default=None, help="This process's share of the files (default: $RANK or 0).")
 @click.option("--world-size", type=int, default=None, help="Number of processes sharing the files (default: $WORLD_SIZE or 1).")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: threads in this process. ray: a streaming Ray Data pipeline (decode tasks, a pool of detector "
-                   "actors) on the Ray cluster at --address, or a new local one; needs puface[ray]. Same CSV rows.")
-@click.option("--address", default=None, metavar="ADDR",
-              help="With --engine ray: the cluster to join (auto, HOST:6379, ray://HOST:10001); default: start a local one.")
-@click.option("--workers", type=int, default=None,
-              help="With --engine ray: detector actors (default: one per GPU with CUDA, else the cluster's CPUs minus one).")
+@engine_options("detector", "Same CSV rows either way.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None, device: str, batch_size: int,
            align: bool, largest_face: bool, resume: bool, restart: bool, io_workers: int, threads: int | None,
@@ -62,8 +58,7 @@ def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None
         raise PufaceError(f"--fpr must be in [0, 1), got {fpr}")
     if largest_face and not align:
         raise PufaceError("--largest-face needs --align")
-    if engine == "local" and (address is not None or workers is not None):
-        raise PufaceError("--address and --workers go with --engine ray")
+    check_engine(engine, address, workers)
     if threads:
         torch.set_num_threads(threads)
     from ..io.jobs import resolve_rank

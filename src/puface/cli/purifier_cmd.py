@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from .options import check_engine, engine_options
+
 
 def _parse_override(text: str) -> tuple[str, object]:
     from ..utils.errors import ConfigError
@@ -138,14 +140,7 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
                    "With the shipped weights each layout gets the purifier trained on it; a --weights file serves "
                    "another layout than its own by resampling to its face scale. auto: by size, 150x150 dlib150, "
                    "112x112 arcface112; other sizes are purified as they are, with a warning.")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: threads in this process. ray: a streaming Ray Data pipeline (decode tasks, a pool of "
-                   "model actors, write tasks) on the Ray cluster at --address, or a new local one; needs "
-                   "puface[ray]. Same outputs either way.")
-@click.option("--address", default=None, metavar="ADDR",
-              help="With --engine ray: the cluster to join (auto, HOST:6379, ray://HOST:10001); default: start a local one.")
-@click.option("--workers", type=int, default=None,
-              help="With --engine ray: model actors (default: one per GPU with CUDA, else the cluster's CPUs minus one).")
+@engine_options("model")
 @click.option("--image-field", default=None, metavar="NAME",
               help="Shards: the WebDataset field (e.g. jpg) or Parquet column holding the image (default: found by "
                    "name: jpg/jpeg/png/webp/bmp; image, img, ... or the first bytes / {bytes, path} column).")
@@ -204,8 +199,7 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
                   stats_csv=stats_csv, align=align, largest_face=largest_face, template=template)
     if align and template != "auto":
         raise PufaceError("--template describes chips; with --align puface cuts dlib150 chips itself")
-    if engine == "local" and (address is not None or workers is not None):
-        raise PufaceError("--address and --workers go with --engine ray")
+    check_engine(engine, address, workers)
     if (detector_path is not None or fpr is not None) and not (skip_cloaked or report):
         raise PufaceError("--detector and --fpr go with --skip-cloaked or --report")
     if skip_cloaked or report:
