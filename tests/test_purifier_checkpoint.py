@@ -85,3 +85,19 @@ def test_default_purifier_ships_and_loads():
     # it was trained: not the identity, and it declares its held-out identities
     assert not torch.equal(y, x)
     assert len(p.heldout_identities) > 0 and not set(p.heldout_identities) & set(p.training_identities)
+
+
+def test_shipped_weights_carry_no_machine_paths():
+    """The metadata of every file in puface/weights/ names data sets, not the folders of the machine that trained it."""
+    import re
+
+    from safetensors import safe_open
+
+    from puface.purifier.model import shipped_weights_path
+
+    files = sorted(shipped_weights_path().parent.glob("*.safetensors"))
+    assert len(files) >= 3  # two purifiers and the detector
+    for f in files:
+        with safe_open(str(f), "pt") as h:
+            text = json.dumps(h.metadata())
+        assert not re.search(r'"(/|[A-Za-z]:\\\\)[^"]*"|/(root|home|tmp|work)/', text), f.name
