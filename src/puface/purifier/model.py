@@ -11,6 +11,7 @@ Any H x W works (the network is fully convolutional). The shipped purifier was t
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
@@ -37,16 +38,20 @@ SHIPPED_WEIGHTS = {"default": DEFAULT_WEIGHTS_NAME, "arcface112": "purifier-arcf
 TEMPLATES = ("dlib150", "arcface112")
 
 
+@functools.lru_cache(maxsize=None)
 def template_scale(template: str, trained_on: str = "dlib150") -> float:
     """How many pixels of a `trained_on` chip one pixel of a `template` chip spans at equal face size: the
     scale of the least-squares similarity between the two templates' landmarks (arcface112 -> dlib150:
-    1.494, so a 112 px ArcFace crop resized to 167 px shows the face at the scale of a 150 px dlib chip)."""
+    1.494, so a 112 px ArcFace crop resized to 167 px shows the face at the scale of a 150 px dlib chip);
+    exactly 1 for the same layout. Cached: every forward pass asks."""
     from ..align.geometry import TEMPLATES as REG
     from ..align.geometry import fit_similarity
 
     for t in (template, trained_on):
         if t not in TEMPLATES:
             raise PufaceError(f"unknown face template {t!r}; choose one of {', '.join(TEMPLATES)}")
+    if template == trained_on:
+        return 1.0
     src, dst = REG.create(template), REG.create(trained_on)
     a = fit_similarity(src.points, dst.points)  # template-chip pixels -> trained-chip pixels
     return float(np.hypot(a[0, 0], a[1, 0]))
