@@ -16,6 +16,7 @@ PIXEL_DEFENSES = {
     "bitdepth": {"bits": 4},
     "noise": {"sigma": 0.05},
     "resize": {"factor": 2},
+    "sharpen": {"amount": 0.5},
 }
 
 
@@ -91,6 +92,16 @@ def test_resize_keeps_smooth_images_and_loses_detail(faces):
     assert (create_defense("resize", factor=4)(faces) - faces).abs().mean() > (create_defense("resize", factor=2)(faces) - faces).abs().mean()
 
 
+def test_sharpen_adds_back_detail_and_keeps_flat_images(faces):
+    flat = torch.full((1, 3, 32, 32), 0.4)
+    assert torch.allclose(create_defense("sharpen", amount=1.0)(flat), flat, atol=1e-6)
+    blur = create_defense("blur", sigma=1.0)
+    detail = lambda x: (x - blur(x)).abs().mean()  # noqa: E731
+    weak, strong = create_defense("sharpen", amount=0.5)(faces), create_defense("sharpen", amount=1.5)(faces)
+    assert detail(faces) < detail(weak) < detail(strong)
+    assert create_defense("sharpen:amount=0.5,sigma=2").name == "sharpen-a0.5-s2"
+
+
 def test_compose_is_sequential_and_flat(faces):
     a, b = create_defense("blur", sigma=1), create_defense("bitdepth", bits=5)
     c = a + b
@@ -118,7 +129,9 @@ def test_cache_key_follows_the_settings():
         ("blur:sigma=-1", "sigma"),
         ("resize:factor=0.5", "factor"),
         ("jpeg:qualty=50", "accepted parameters"),
-        ("sharpen", "unknown defense"),
+        ("deblur", "unknown defense"),
+        ("sharpen:amount=0", "amount"),
+        ("sharpen:sigma=0", "sigma"),
         ("jpeg:quality", "key=value"),
         ("jpeg+", "empty step"),
     ],

@@ -162,6 +162,45 @@ def test_net_component_runs_and_feeds_the_score(johns_images):
     assert torch.equal(g["score"], torch.maximum(g["z:net"], g["z:shift:dlib-resnet29"]))
 
 
+def test_net_inputs_choose_the_residuals_and_survive_a_round_trip(johns_images):
+    """`inputs` picks the residuals the CNN sees; old configs (no `inputs`) keep the two residuals they were made with."""
+    from puface.detection import ResidualNet, ResidualNetConfig
+
+    x = johns_images[2][:2]
+    p = x.flip(-1)  # any second image stands in for P(x)
+    two = ResidualNet(ResidualNetConfig(channels=(4,)))
+    three = ResidualNet(ResidualNetConfig(channels=(4,), inputs=("change", "highpass", "highpass_purified")))
+    r2, r3 = two.residuals(x, p), three.residuals(x, p)
+    assert r2.shape[1] == 6 and r3.shape[1] == 9 and torch.equal(r3[:, :6], r2)
+    assert torch.allclose(r3[:, 6:], three.residuals(p, p)[:, 3:6]) and not torch.allclose(r3[:, 6:], r2[:, 3:])
+    assert three.features[0].in_channels == 9
+    assert ResidualNetConfig.from_dict({"channels": [4]}).inputs == ("change", "highpass")
+    assert ResidualNetConfig.from_dict(three.config.as_dict()) == three.config
+    with pytest.raises(ValueError, match="inputs must be among"):
+        ResidualNetConfig(inputs=("edges",))
+
+
+def test_shipped_detectors_by_name(johns_images, johns_cloaks):
+    """Both shipped detectors flag cloaks; natural chips sharpened by 30% (unsharp masking, a setting the `sharpen`
+    recipe never trains on) are flagged by the default detector and not by `sharpen`."""
+    from puface.defenses import create_defense
+    from puface.detection import SHIPPED_DETECTORS, detector_path, load_detector
+
+    assert set(SHIPPED_DETECTORS) == {"default", "sharpen"} and all(detector_path(n).is_file() for n in SHIPPED_DETECTORS)
+    default, sharp = load_detector(), load_detector("sharpen")
+    assert sharp.net.config.inputs == ("change", "highpass", "highpass_purified") and sharp.fingerprint() != default.fingerprint()
+    _, xc = johns_cloaks
+    x = johns_images[2][::2]
+    with torch.no_grad():
+        for det in (default, sharp):
+            assert det.is_cloaked(det.score(xc)).all()
+        keep = ~default.is_cloaked(default.score(x)) & ~sharp.is_cloaked(sharp.score(x))
+        assert int(keep.sum()) >= 15
+        sharpened = create_defense("sharpen:amount=0.3,sigma=1")(x[keep])
+        assert default.is_cloaked(default.score(sharpened)).float().mean() >= 0.9
+        assert sharp.is_cloaked(sharp.score(sharpened)).float().mean() <= 0.1
+
+
 # ---------------------------------------------------------------- the CLI
 
 

@@ -145,7 +145,7 @@ def demo(data: Path | None, out: Path, device: str | None, restart: bool, progre
 @click.option("--allow-purifier-identities", is_flag=True, help="Allow protected users the purifier was trained on (results are then optimistic).")
 @click.option("--save-config", type=click.Path(path_type=Path), default=None, help="Also write the equivalent TOML config here (for `puface reproduce`).")
 @click.option("--detector", "detector", type=click.Path(path_type=Path), default=None,
-              help="A detector file for the detection report (default: the shipped detector).")
+              help="A detector file for the detection report, or a shipped one (default, sharpen). Default: default.")
 @common
 def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses, seeds, protocol, min_images, max_per_identity, image_size,
              allow_purifier_identities, save_config, detector, out, device, restart, progress, detect) -> None:

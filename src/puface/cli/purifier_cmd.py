@@ -151,7 +151,8 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
               help="Score every photo for a cloak as it is purified: OUT/detection.csv (per photo), "
                    "OUT/detection-identities.csv (share flagged per identity) and a summary at the end.")
 @click.option("--detector", "detector_path", type=click.Path(path_type=Path), default=None,
-              help="With --skip-cloaked/--report: a detector file (default: the shipped one, calibrated for the shipped purifier).")
+              help="With --skip-cloaked/--report: a detector file, or a shipped one (default, sharpen; both calibrated "
+                   "for the shipped purifier). Default: default.")
 @click.option("--fpr", type=float, default=None,
               help="With --skip-cloaked/--report: false-positive rate of the decision on natural photos (default 0.01).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")

@@ -10,7 +10,11 @@ median     median filter, reflect padding                              size (odd
 bitdepth   keep `bits` bits per channel                                bits (1..8)
 noise      add Gaussian noise, clip to [0, 1]                          sigma (0..1 scale), seed
 resize     downscale by `factor` (antialiased), upscale back           factor (> 1)
+sharpen    unsharp masking, x + amount (x - blur(x)), clipped          amount (> 0), sigma
 =========  ==========================================================  ==================
+
+`sharpen` removes nothing: it is the sharpening of phone cameras and photo editors, registered here so
+that natural-photo variants (detector training, false-positive checks) are specs like the others.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from ..utils.images import to_float, to_uint8
 from .base import Defense
 from .registry import register
 
-__all__ = ["JPEG", "GaussianBlur", "MedianFilter", "BitDepth", "GaussianNoise", "DownUpResize"]
+__all__ = ["JPEG", "GaussianBlur", "MedianFilter", "BitDepth", "GaussianNoise", "DownUpResize", "Sharpen"]
 
 
 @register
@@ -195,3 +199,31 @@ class DownUpResize(Defense):
         small = (max(1, int(round(h / f))), max(1, int(round(w / f))))
         x = F.interpolate(images, size=small, mode="bilinear", align_corners=False, antialias=True)
         return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+
+
+@register
+class Sharpen(Defense):
+    """Unsharp masking: x + `amount` (x - blur(x)) with a Gaussian blur of `sigma` pixels, clipped to [0, 1]."""
+
+    kind = "sharpen"
+
+    def __init__(self, amount: float = 0.5, sigma: float = 1.0):
+        amount, sigma = float(amount), float(sigma)
+        if not amount > 0:
+            raise ConfigError(f"sharpen: amount must be > 0 (0.5 = 50%), got {amount}")
+        if not sigma > 0:
+            raise ConfigError(f"sharpen: sigma must be > 0 pixels, got {sigma}")
+        super().__init__(amount=amount, sigma=sigma)
+
+    @property
+    def name(self) -> str:
+        return f"sharpen-a{self.params['amount']:g}-s{self.params['sigma']:g}"
+
+    def _apply(self, images: torch.Tensor) -> torch.Tensor:
+        return self.exact_forward(images).clamp(0, 1)
+
+    def exact_forward(self, images: torch.Tensor) -> torch.Tensor:
+        sigma = self.params["sigma"]
+        r = blur_radius(sigma)
+        mode = "reflect" if r < min(images.shape[-2:]) else "replicate"
+        return images + self.params["amount"] * (images - gaussian_blur(images, gaussian_taps(2 * r + 1, sigma), mode))

@@ -13,8 +13,17 @@ calibrating a detector is `puface.training.detector`.
 
 from __future__ import annotations
 
-from .detector import DEFAULT_FPR, CloakDetector, DetectorConfig, default_detector_path, load_detector, threshold_at_fpr
+from .detector import (
+    DEFAULT_FPR,
+    SHIPPED_DETECTORS,
+    CloakDetector,
+    DetectorConfig,
+    default_detector_path,
+    detector_path,
+    load_detector,
+    threshold_at_fpr,
+)
 from .net import ResidualNet, ResidualNetConfig
 
 __all__ = ["CloakDetector", "DetectorConfig", "ResidualNet", "ResidualNetConfig", "load_detector", "default_detector_path",
-           "threshold_at_fpr", "DEFAULT_FPR"]
+           "detector_path", "threshold_at_fpr", "DEFAULT_FPR", "SHIPPED_DETECTORS"]

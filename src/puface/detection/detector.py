@@ -48,13 +48,17 @@ from ..utils.metrics import psnr
 from ..utils.version import __version__
 from .net import ResidualNet
 
-__all__ = ["CloakDetector", "DetectorConfig", "threshold_at_fpr", "default_detector_path", "load_detector",
-           "FORMAT", "DEFAULT_FPR"]
+__all__ = ["CloakDetector", "DetectorConfig", "threshold_at_fpr", "default_detector_path", "detector_path", "load_detector",
+           "FORMAT", "DEFAULT_FPR", "SHIPPED_DETECTORS"]
 
 FORMAT = "puface-detector"
 FORMAT_VERSION = 1
 DEFAULT_FPR = 0.01
 DEFAULT_DETECTOR_NAME = "detector-default.safetensors"
+# Detectors shipped inside the package, by the name `load_detector` / `--detector` take: "default" (every cloak
+# family measured, Fawkes low included) and "sharpen" (for photos from sources that sharpen: natural photos
+# sharpened by unsharp masking are not flagged, Fawkes low mostly missed; docs/RESULTS.md section 18).
+SHIPPED_DETECTORS = {"default": DEFAULT_DETECTOR_NAME, "sharpen": "detector-sharpen.safetensors"}
 PSNR_CAP = 99.0
 _CAL_TENSORS = ("natural_scores", "natural_kinds")  # calibration entries stored as tensors
 
@@ -62,6 +66,16 @@ _CAL_TENSORS = ("natural_scores", "natural_kinds")  # calibration entries stored
 def default_detector_path() -> Path:
     """The detector shipped inside the package (`puface/weights/`)."""
     return Path(str(resources.files("puface") / "weights" / DEFAULT_DETECTOR_NAME))
+
+
+def detector_path(ref: str | Path | None) -> Path:
+    """The file of a detector reference: None or a shipped name (`SHIPPED_DETECTORS`; a file of that name in
+    the working folder wins) -> the packaged file, else the path itself."""
+    if ref is None:
+        return default_detector_path()
+    if str(ref) in SHIPPED_DETECTORS and not Path(ref).exists():
+        return Path(str(resources.files("puface") / "weights" / SHIPPED_DETECTORS[str(ref)]))
+    return Path(ref)
 
 
 def threshold_at_fpr(natural_scores: Sequence[float] | torch.Tensor, fpr: float) -> float:
@@ -424,12 +438,14 @@ class CloakDetector(torch.nn.Module):
     @classmethod
     def load(cls, path: str | Path | None = None, *, purifier: Purifier | None = None, device: str | None = "cpu",
              embedders: Mapping[str, FaceEmbedder] | None = None, check: bool = True) -> "CloakDetector":
-        """Load a detector file (None: the shipped one). purifier: the one its features use (None: the
-        shipped purifier); with `check`, a purifier other than the one it was calibrated with is an error
-        (its scores would not match the calibration), another face model's weights a warning."""
-        path = Path(path) if path is not None else default_detector_path()
-        if not path.is_file() and path == default_detector_path():
-            raise PufaceError(f"the default detector is missing from this installation ({path}); reinstall puface")
+        """Load a detector file, or a shipped one by name (None: "default"; `SHIPPED_DETECTORS`). purifier:
+        the one its features use (None: the shipped purifier); with `check`, a purifier other than the one it
+        was calibrated with is an error (its scores would not match the calibration), another face model's
+        weights a warning."""
+        named = path is None or (str(path) in SHIPPED_DETECTORS and not Path(path).exists())
+        path = detector_path(path)
+        if not path.is_file() and named:
+            raise PufaceError(f"the shipped detector {path.name} is missing from this installation ({path}); reinstall puface")
         meta, tensors = cls.read_file(path)
         cal = dict(meta.get("calibration") or {})
         for k in _CAL_TENSORS:
@@ -457,6 +473,7 @@ class CloakDetector(torch.nn.Module):
 
 
 def load_detector(path: str | Path | None = None, device: str | None = "cpu", purifier: Purifier | str | Path | None = None) -> CloakDetector:
-    """The shipped cloak detector (or a detector file), with the purifier it was calibrated for."""
+    """A cloak detector with the purifier it was calibrated for: the shipped one (None or "default"), the
+    shipped "sharpen" one, or a detector file."""
     p = purifier if isinstance(purifier, Purifier) or purifier is None else Purifier.load(purifier)
     return CloakDetector.load(path, purifier=p, device=device)

@@ -1,9 +1,11 @@
 """`ResidualNet`: the detector's small CNN, on what purification changed in a chip.
 
 Input: the chip x and its purified version P(x) (both float RGB in [0, 1], (N, 3, S, S), on the 8-bit
-grid), plus a few scalar features per image. The network sees two residuals, in grey levels / 4: the
-purifier's change P(x) - x (a cloak is what a purifier trained to remove cloaks takes out) and x's own
-high-pass x - mean3x3(x) (the fine texture a cloak adds); pooled mean and standard deviation of its last
+grid), plus a few scalar features per image. The network sees residuals (`inputs`), in grey levels / 4: the
+purifier's change P(x) - x ("change": a cloak is what a purifier trained to remove cloaks takes out), x's own
+high-pass x - mean3x3(x) ("highpass": the fine texture a cloak adds) and, optionally, the purified chip's
+high-pass ("highpass_purified": the natural edges left, against which a sharpened photo's change lines up and a
+cloak's does not); pooled mean and standard deviation of its last
 feature maps, with the scalars, go through one linear layer to a logit (higher = more likely cloaked).
 With the default widths (8, 16, 32, 32) about 0.04 GFLOP per 150x150 chip (the purifier: 1.73); on
 a CPU it costs about 4% of a purification.
@@ -17,18 +19,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ResidualNet", "ResidualNetConfig"]
+__all__ = ["ResidualNet", "ResidualNetConfig", "INPUTS"]
+
+INPUTS = ("change", "highpass", "highpass_purified")
+
+
+def _highpass(x: torch.Tensor) -> torch.Tensor:
+    return x - F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
 
 
 @dataclass(frozen=True)
 class ResidualNetConfig:
     """channels: conv widths; the first runs at full resolution, each later one after a 2x downsampling.
     scalars: names of the scalar features fed next to the pooled maps. dropout: on the pooled features
-    while training."""
+    while training. inputs: the residuals the convolutions see, 3 channels each (see the module docstring)."""
 
     channels: tuple[int, ...] = (8, 16, 32, 32)
     scalars: tuple[str, ...] = ()
     dropout: float = 0.2
+    inputs: tuple[str, ...] = ("change", "highpass")
+
+    def __post_init__(self) -> None:
+        bad = [i for i in self.inputs if i not in INPUTS]
+        if bad or not self.inputs:
+            raise ValueError(f"ResidualNet inputs must be among {', '.join(INPUTS)}; got {list(self.inputs)}")
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -37,7 +51,8 @@ class ResidualNetConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ResidualNetConfig":
         return cls(channels=tuple(int(c) for c in d.get("channels", cls.channels)),
-                   scalars=tuple(str(s) for s in d.get("scalars", ())), dropout=float(d.get("dropout", 0.2)))
+                   scalars=tuple(str(s) for s in d.get("scalars", ())), dropout=float(d.get("dropout", 0.2)),
+                   inputs=tuple(str(i) for i in d.get("inputs", cls.inputs)))
 
 
 class ResidualNet(nn.Module):
@@ -49,7 +64,7 @@ class ResidualNet(nn.Module):
             config = ResidualNetConfig.from_dict(config)
         self.config = config or ResidualNetConfig()
         layers: list[nn.Module] = []
-        cin = 6
+        cin = 3 * len(self.config.inputs)
         for i, c in enumerate(self.config.channels):
             layers.append(nn.Conv2d(cin, c, 3, stride=1 if i == 0 else 2, padding=1))
             layers.append(nn.ReLU(inplace=True))
@@ -59,11 +74,12 @@ class ResidualNet(nn.Module):
         self.head = nn.Linear(2 * cin + len(self.config.scalars), 1)
         self.features.to(memory_format=torch.channels_last)  # 1.2-2x faster on CPU for these narrow convs
 
-    @staticmethod
-    def residuals(images: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
-        """(N, 6, S, S): the purifier's change and the chip's 3x3 high-pass, in grey levels / 4."""
-        hp = images - F.avg_pool2d(images, 3, stride=1, padding=1, count_include_pad=False)
-        return torch.cat([purified - images, hp], dim=1) * (255.0 / 4.0)
+    def residuals(self, images: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
+        """(N, 3 len(inputs), S, S): the config's residuals (by default the purifier's change and the chip's 3x3
+        high-pass), in grey levels / 4."""
+        parts = {"change": lambda: purified - images, "highpass": lambda: _highpass(images),
+                 "highpass_purified": lambda: _highpass(purified)}
+        return torch.cat([parts[i]() for i in self.config.inputs], dim=1) * (255.0 / 4.0)
 
     def forward(self, images: torch.Tensor, purified: torch.Tensor, scalars: torch.Tensor | None = None,
                 drop_maps: torch.Tensor | None = None) -> torch.Tensor:
