@@ -404,6 +404,13 @@ epochs = 1
     assert (out / "metrics.json").is_file() and (out / "config.toml").is_file()
     with pytest.raises(PufaceError, match="another purifier"):
         CloakDetector.load(tmp_path / "d.safetensors")  # calibrated for the small purifier, not the shipped one
+    # the same recipe again, after other work moved torch's global random state: the same net, weight for weight
+    torch.rand(1000)
+    assert main(["train-detector", "--config", str(cfg), "--out", str(tmp_path / "run2"), "--no-progress", "--device", "cpu",
+                 "--export", str(tmp_path / "d2.safetensors")]) == 0
+    again = CloakDetector.load(tmp_path / "d2.safetensors", purifier=Purifier.load(ckpt))
+    assert all(torch.equal(a, b) for a, b in zip(det.net.state_dict().values(), again.net.state_dict().values()))
+    assert again.threshold() == det.threshold()
 
 
 def test_detect_and_skip_cloaked_on_photos_with_align(tmp_path, johns_images, johns_cloaks, detector_file, capsys):

@@ -403,6 +403,7 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
             scalar_norm[name] = (float(v.mean()), float(v.std().clamp_min(1e-6)))
     config = DetectorConfig(embedders=base.embedders, components=tuple(dc["components"]), chip_size=base.chip_size,
                             shift_floor=base.shift_floor, net=net_cfg.as_dict() if net_cfg else None, scalar_norm=scalar_norm)
+    torch.manual_seed(stable_seed("detector-init", cfg.seed))  # the net's initial weights follow the seed alone
     det = CloakDetector(config, purifier=purifier, embedders={n: det0.embedder(n) for n in base.embedders})
     if device:
         det.to(device)
