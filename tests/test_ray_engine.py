@@ -197,3 +197,7 @@ def test_detect_on_ray_writes_the_local_rows_and_resumes(cluster, chips, tmp_pat
         w.writerows(kept)
     third = detect_folder(chips, out, device="cpu", batch_size=8, progress=False, engine="ray", workers=2)
     assert third.job.resumed == 109 and third.job.written == 1 and [r["path"] for r in rows(out)] == [r["path"] for r in a]
+    # a shipped detector by name: each actor loads that file (not a path of that name in the working folder)
+    sharp = detect_folder(chips, tmp_path / "sharp.csv", weights="sharpen", device="cpu", batch_size=8, progress=False,
+                          engine="ray", workers=2)
+    assert sharp.scored == 110 and rows(tmp_path / "sharp.csv")[0]["score"] != a[0]["score"]

@@ -29,7 +29,7 @@ from ..io.images import atomic_write_bytes, is_image_file
 from ..io.jobs import FileJob, JobReport, LoadedImage, Outcome, group_by_size, plan_mirror, run_folder_job, shard
 from ..utils.errors import PufaceError
 from ..utils.images import tensor_to_image
-from .detector import CloakDetector, load_detector
+from .detector import CloakDetector, detector_path, load_detector
 
 __all__ = ["detect_folder", "detect_batch_process", "purify_folder_detected", "calibrate_on_folder", "DetectReport", "identity_of", "summarise_identities"]
 
@@ -269,9 +269,9 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
 
         from ..io.raydata import run_ray_job
 
-        # each actor loads the detector file itself (None: the shipped one), so Ray can restart a lost actor from
+        # each actor loads the detector file itself (None: the shipped one; a shipped name travels as its file), so Ray can restart a lost actor from
         # small arguments; a detector given as an object travels as a CPU copy
-        what = copy.deepcopy(det).cpu() if detector is not None else (str(Path(weights).resolve()) if weights else None)
+        what = copy.deepcopy(det).cpu() if detector is not None else (str(detector_path(weights).resolve()) if weights else None)
         factory = partial(detect_batch_process, what, str(det.device), threshold, batch_size, align, largest_face, fields)
         job = run_ray_job(jobs, factory, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
                           gpus_per_worker=1.0 if det.device.type == "cuda" else 0.0, **common)
