@@ -176,7 +176,7 @@ def test_net_inputs_choose_the_residuals_and_survive_a_round_trip(johns_images):
     assert three.features[0].in_channels == 9
     assert ResidualNetConfig.from_dict({"channels": [4]}).inputs == ("change", "highpass")
     assert ResidualNetConfig.from_dict(three.config.as_dict()) == three.config
-    with pytest.raises(ValueError, match="inputs must be among"):
+    with pytest.raises(PufaceError, match="inputs must be among"):
         ResidualNetConfig(inputs=("edges",))
 
 

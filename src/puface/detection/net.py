@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils.errors import ConfigError
+
 __all__ = ["ResidualNet", "ResidualNetConfig", "INPUTS"]
 
 INPUTS = ("change", "highpass", "highpass_purified")
@@ -42,7 +44,7 @@ class ResidualNetConfig:
     def __post_init__(self) -> None:
         bad = [i for i in self.inputs if i not in INPUTS]
         if bad or not self.inputs:
-            raise ValueError(f"ResidualNet inputs must be among {', '.join(INPUTS)}; got {list(self.inputs)}")
+            raise ConfigError(f"[net] inputs must be among {', '.join(INPUTS)}; got {list(self.inputs)}")
 
     def as_dict(self) -> dict:
         d = asdict(self)
