@@ -36,6 +36,13 @@ from .registry import register
 __all__ = ["JPEG", "GaussianBlur", "MedianFilter", "BitDepth", "GaussianNoise", "DownUpResize", "Sharpen"]
 
 
+def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of `sigma` pixels, reflect padding (replicate for images smaller than the taps)."""
+    r = blur_radius(sigma)
+    mode = "reflect" if r < min(images.shape[-2:]) else "replicate"
+    return gaussian_blur(images, gaussian_taps(2 * r + 1, sigma), mode)
+
+
 @register
 class JPEG(Defense):
     """JPEG compression at `quality` (1..95) with Pillow; `subsampling` "4:2:0" (the usual) or "4:4:4"."""
@@ -87,9 +94,7 @@ class GaussianBlur(Defense):
         return self.exact_forward(images)
 
     def exact_forward(self, images: torch.Tensor) -> torch.Tensor:
-        r = blur_radius(self.params["sigma"])
-        mode = "reflect" if r < min(images.shape[-2:]) else "replicate"
-        return gaussian_blur(images, gaussian_taps(2 * r + 1, self.params["sigma"]), mode)
+        return _blur(images, self.params["sigma"])
 
 
 @register
@@ -223,7 +228,4 @@ class Sharpen(Defense):
         return self.exact_forward(images).clamp(0, 1)
 
     def exact_forward(self, images: torch.Tensor) -> torch.Tensor:
-        sigma = self.params["sigma"]
-        r = blur_radius(sigma)
-        mode = "reflect" if r < min(images.shape[-2:]) else "replicate"
-        return images + self.params["amount"] * (images - gaussian_blur(images, gaussian_taps(2 * r + 1, sigma), mode))
+        return images + self.params["amount"] * (images - _blur(images, self.params["sigma"]))

@@ -30,7 +30,6 @@ import math
 import os
 import warnings
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -45,6 +44,7 @@ from ..utils.errors import PufaceError
 from ..utils.fingerprint import module_fingerprint
 from ..utils.images import quantize, to_float
 from ..utils.metrics import psnr
+from ..utils.paths import package_weights
 from ..utils.version import __version__
 from .net import ResidualNet
 
@@ -65,16 +65,16 @@ _CAL_TENSORS = ("natural_scores", "natural_kinds")  # calibration entries stored
 
 def default_detector_path() -> Path:
     """The detector shipped inside the package (`puface/weights/`)."""
-    return Path(str(resources.files("puface") / "weights" / DEFAULT_DETECTOR_NAME))
+    return package_weights(DEFAULT_DETECTOR_NAME)
 
 
 def detector_path(ref: str | Path | None) -> Path:
     """The file of a detector reference: None or a shipped name (`SHIPPED_DETECTORS`; a file of that name in
     the working folder wins) -> the packaged file, else the path itself."""
     if ref is None:
-        return default_detector_path()
+        ref = "default"
     if str(ref) in SHIPPED_DETECTORS and not Path(ref).exists():
-        return Path(str(resources.files("puface") / "weights" / SHIPPED_DETECTORS[str(ref)]))
+        return package_weights(SHIPPED_DETECTORS[str(ref)])
     return Path(ref)
 
 
@@ -442,9 +442,8 @@ class CloakDetector(torch.nn.Module):
         the one its features use (None: the shipped purifier); with `check`, a purifier other than the one it
         was calibrated with is an error (its scores would not match the calibration), another face model's
         weights a warning."""
-        named = path is None or (str(path) in SHIPPED_DETECTORS and not Path(path).exists())
-        path = detector_path(path)
-        if not path.is_file() and named:
+        given, path = path, detector_path(path)
+        if not path.is_file() and (given is None or Path(given) != path):  # a shipped name
             raise PufaceError(f"the shipped detector {path.name} is missing from this installation ({path}); reinstall puface")
         meta, tensors = cls.read_file(path)
         cal = dict(meta.get("calibration") or {})

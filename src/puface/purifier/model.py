@@ -12,7 +12,6 @@ Any H x W works (the network is fully convolutional). The shipped purifier was t
 from __future__ import annotations
 
 import functools
-from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,6 +23,7 @@ from torch import nn
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
 from ..utils.images import to_float
+from ..utils.paths import package_weights
 from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from .rednet import RedNet, RedNetConfig, conv_flops
 
@@ -66,7 +66,7 @@ def shipped_weights_path(name: str = "default") -> Path:
     """The file of a shipped purifier (`SHIPPED_WEIGHTS`: "default", "arcface112") inside the installed package."""
     if name not in SHIPPED_WEIGHTS:
         raise PufaceError(f"no shipped purifier named {name!r}; shipped: {', '.join(SHIPPED_WEIGHTS)}")
-    return Path(str(resources.files("puface") / "weights" / SHIPPED_WEIGHTS[name]))
+    return package_weights(SHIPPED_WEIGHTS[name])
 
 
 def is_shipped(weights: str | Path | None) -> bool:

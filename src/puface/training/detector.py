@@ -72,7 +72,7 @@ _SECTIONS: dict[str, dict[str, Any]] = {
     "detector": {"embedders": ["dlib-resnet29"], "components": ["shift:dlib-resnet29", "net"], "fpr": DEFAULT_FPR,
                  "shift_floor": 1e-4, "chip_size": 150},
     "net": {"channels": [8, 16, 32, 32], "scalars": ["log_shift:dlib-resnet29"], "dropout": 0.2,
-            "inputs": ["change", "highpass"]},
+            "inputs": list(ResidualNetConfig.inputs)},
     "train": {"epochs": 12, "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4, "crop": 128, "hflip": True,
               "map_dropout": 0.25, "batch_features": 32},
 }

@@ -1,8 +1,10 @@
-"""Where puface keeps its cache (converted weights, downloaded default data, cloak caches)."""
+"""Where puface keeps its cache (converted weights, downloaded default data, cloak caches), and where the
+installed package keeps its shipped weights."""
 
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 
@@ -16,6 +18,11 @@ def puface_home() -> Path:
         home = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "puface"
     home.mkdir(parents=True, exist_ok=True)
     return home
+
+
+def package_weights(name: str) -> Path:
+    """A file of the installed package's `weights/` folder (the shipped purifiers and detectors)."""
+    return Path(str(resources.files("puface") / "weights" / name))
 
 
 def cache_dir(*parts: str) -> Path:
