@@ -17,6 +17,8 @@ PIXEL_DEFENSES = {
     "noise": {"sigma": 0.05},
     "resize": {"factor": 2},
     "sharpen": {"amount": 0.5},
+    "gamma": {"gamma": 2.0},
+    "contrast": {"factor": 1.5},
 }
 
 
@@ -102,6 +104,19 @@ def test_sharpen_adds_back_detail_and_keeps_flat_images(faces):
     assert create_defense("sharpen:amount=0.5,sigma=2").name == "sharpen-a0.5-s2"
 
 
+def test_gamma_and_contrast_change_tones_as_cameras_do(faces):
+    ramp = torch.linspace(0, 1, 64).view(1, 1, 1, 64).expand(1, 3, 8, 64).contiguous()
+    dark, light = create_defense("gamma", gamma=2.0)(ramp), create_defense("gamma:gamma=0.5")(ramp)
+    assert torch.allclose(dark, ramp ** 2, atol=1e-5) and torch.allclose(light, ramp.sqrt(), atol=1e-3)
+    assert dark[..., [0, -1]].allclose(ramp[..., [0, -1]], atol=1e-5)  # black and white stay
+    flat = torch.full((1, 3, 16, 16), 0.3)
+    assert torch.allclose(create_defense("contrast", factor=2.0)(flat), flat, atol=1e-6)
+    more, less = create_defense("contrast", factor=1.5)(faces), create_defense("contrast", factor=0.7)(faces)
+    assert less.std() < faces.std() < more.std()
+    assert (less.mean(dim=(1, 2, 3)) - faces.mean(dim=(1, 2, 3))).abs().max() < 1e-5  # the mean is kept
+    assert create_defense("gamma:gamma=2.2+contrast:factor=1.5").name == "gamma-2.2+contrast-1.5"
+
+
 def test_compose_is_sequential_and_flat(faces):
     a, b = create_defense("blur", sigma=1), create_defense("bitdepth", bits=5)
     c = a + b
@@ -132,6 +147,8 @@ def test_cache_key_follows_the_settings():
         ("deblur", "unknown defense"),
         ("sharpen:amount=0", "amount"),
         ("sharpen:sigma=0", "sigma"),
+        ("gamma:gamma=0", "gamma"),
+        ("contrast:factor=-1", "factor"),
         ("jpeg:quality", "key=value"),
         ("jpeg+", "empty step"),
     ],

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from puface.utils.errors import ConfigError
-from puface.training.amplify import AmplifyConfig, amplified_batch, amplify, sample_factors
+from puface.defenses import create_defense
+from puface.training.amplify import AmplifyConfig, amplified_batch, amplify, sample_factors, source_variants
 
 
 def _pair(n=4, seed=0):
@@ -66,8 +67,31 @@ def test_amplified_batch_natural_rows_are_untouched():
     assert torch.allclose(inp[~nat], amplify(x[~nat], xc[~nat], k[~nat]))
 
 
+def test_source_variants_change_the_photo_and_keep_the_cloak():
+    x, xc = _pair(n=64)
+    specs = ("contrast:factor=1.5", "gamma:gamma=2")
+    cfg = AmplifyConfig(source_share=0.5, source_variants=specs)
+    v, vc = source_variants(x, xc, cfg, torch.Generator().manual_seed(0))
+    changed = (v - x).flatten(1).abs().amax(1) > 0
+    assert 10 < changed.sum() < 54  # about half the rows
+    assert torch.equal(v[~changed], x[~changed]) and torch.equal(vc[~changed], xc[~changed])
+    assert torch.allclose(vc - v, xc - x, atol=1e-6)  # the cloak's change rides on the variant
+    for i in changed.nonzero().flatten().tolist():  # each changed row is exactly one of the variants
+        assert any(torch.allclose(v[i], create_defense(s)(x[i:i + 1])[0], atol=1e-6) for s in specs)
+    again, _ = source_variants(x, xc, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(again, v)
+    # off by default, and then the generator is not touched (older recipes keep their random stream)
+    g = torch.Generator().manual_seed(3)
+    assert source_variants(x, xc, AmplifyConfig(), g)[0] is x
+    assert torch.equal(torch.rand(4, generator=g), torch.rand(4, generator=torch.Generator().manual_seed(3)))
+    assert "photo variants 0.5 (2 kinds)" in cfg.describe()
+    assert AmplifyConfig.from_dict(cfg.as_dict()) == cfg
+
+
 @pytest.mark.parametrize("bad", [dict(k_min=2, k_max=1), dict(k_min=-1), dict(natural_share=1.0),
-                                 dict(natural_share=-0.1), dict(k_values=(-1,))])
+                                 dict(natural_share=-0.1), dict(k_values=(-1,)), dict(source_share=1.5, source_variants=("gamma",)),
+                                 dict(source_share=0.5), dict(source_variants=("gamma:gamma=0",)),
+                                 dict(source_variants="gamma")])
 def test_bad_amplify_config(bad):
     with pytest.raises(ConfigError):
         AmplifyConfig(**bad)

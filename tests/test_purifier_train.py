@@ -180,3 +180,20 @@ def test_face_scale_trains_the_network_at_another_scale(johns_dir, tmp_path):
     b = json.loads((tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()[-1])
     assert a["psnr_cloaked"] == b["psnr_cloaked"] and a["psnr_natural"] != b["psnr_natural"]
     assert Purifier.load(plain["safetensors_path"]).net_template == "dlib150"
+
+
+def test_photo_variants_reach_the_training_batches(johns_dir, tmp_path):
+    """[amplify] source_variants: the same run with half of its rows changed (contrast, gamma) learns other weights,
+    and the variants are saved with the run's config; without them the random stream is that of older recipes."""
+    base = _cfg(johns_dir, epochs=1, max_steps_per_epoch=2)
+    d = base.as_dict()
+    d["amplify"] = {**d["amplify"], "source_share": 0.5, "source_variants": ["contrast:factor=1.6", "gamma:gamma=2"]}
+    varied = PurifierTrainConfig.from_dict(d)
+    _run(base, tmp_path / "plain")
+    _run(varied, tmp_path / "varied")
+    _run(_cfg(johns_dir, epochs=1, max_steps_per_epoch=2), tmp_path / "plain-again")
+    w = {n: torch.load(tmp_path / n / "last.pt", weights_only=True)["state_dict"] for n in ("plain", "varied", "plain-again")}
+    assert all(torch.equal(w["plain"][k], w["plain-again"][k]) for k in w["plain"])
+    assert not all(torch.equal(w["plain"][k], w["varied"][k]) for k in w["plain"])
+    saved = json.loads((tmp_path / "varied" / "config.json").read_text())["amplify"]
+    assert saved["source_variants"] == ["contrast:factor=1.6", "gamma:gamma=2"] and saved["source_share"] == 0.5

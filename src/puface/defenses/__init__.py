@@ -6,18 +6,18 @@
     >>> d.gradient_estimate(images, "exact")           # what an adaptive attacker differentiates
 
 Modules: `base` (the contract, composition, straight-through gradients), `registry` (names, specs),
-`pixel` (JPEG, blur, median, bit depth, noise, resize; sharpen, a natural-photo variant), `purifier` (the PuFace purifier), `views` (keep
+`pixel` (JPEG, blur, median, bit depth, noise, resize; sharpen, gamma, contrast: natural-photo variants), `purifier` (the PuFace purifier), `views` (keep
 several views of each photo, e.g. the photo and its purified version).
 """
 
 from .base import GRADIENTS, Compose, Defense, ModuleDefense, NoDefense
-from .pixel import JPEG, BitDepth, DownUpResize, GaussianBlur, GaussianNoise, MedianFilter, Sharpen
+from .pixel import JPEG, BitDepth, Contrast, DownUpResize, Gamma, GaussianBlur, GaussianNoise, MedianFilter, Sharpen
 from .purifier import PuFaceDefense, defense_training_identities
 from .registry import DEFENSES, create_defense, default_label, list_defenses
 from .views import Views
 
 __all__ = [
     "Defense", "NoDefense", "ModuleDefense", "Compose", "GRADIENTS", "PuFaceDefense", "JPEG", "GaussianBlur", "MedianFilter",
-    "BitDepth", "GaussianNoise", "DownUpResize", "Sharpen", "DEFENSES", "create_defense", "list_defenses", "default_label",
+    "BitDepth", "GaussianNoise", "DownUpResize", "Sharpen", "Gamma", "Contrast", "DEFENSES", "create_defense", "list_defenses", "default_label",
     "defense_training_identities", "Views",
 ]

@@ -11,10 +11,13 @@ bitdepth   keep `bits` bits per channel                                bits (1..
 noise      add Gaussian noise, clip to [0, 1]                          sigma (0..1 scale), seed
 resize     downscale by `factor` (antialiased), upscale back           factor (> 1)
 sharpen    unsharp masking, x + amount (x - blur(x)), clipped          amount (> 0), sigma
+gamma      x ** gamma per channel (> 1 darkens the mid-tones)              gamma (> 0)
+contrast   m + factor (x - m), m = the image's mean, clipped               factor (> 0)
 =========  ==========================================================  ==================
 
-`sharpen` removes nothing: it is the sharpening of phone cameras and photo editors, registered here so
-that natural-photo variants (detector training, false-positive checks) are specs like the others.
+`sharpen`, `gamma` and `contrast` remove nothing: they are what cameras and photo editors do to natural photos,
+registered here so that natural-photo variants (purifier and detector training, false-positive checks) are specs
+like the others.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from ..utils.images import to_float, to_uint8
 from .base import Defense
 from .registry import register
 
-__all__ = ["JPEG", "GaussianBlur", "MedianFilter", "BitDepth", "GaussianNoise", "DownUpResize", "Sharpen"]
+__all__ = ["JPEG", "GaussianBlur", "MedianFilter", "BitDepth", "GaussianNoise", "DownUpResize", "Sharpen", "Gamma",
+           "Contrast"]
 
 
 def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -229,3 +233,50 @@ class Sharpen(Defense):
 
     def exact_forward(self, images: torch.Tensor) -> torch.Tensor:
         return images + self.params["amount"] * (images - _blur(images, self.params["sigma"]))
+
+
+@register
+class Gamma(Defense):
+    """x ** `gamma` on every channel: > 1 darkens the mid-tones and stretches the highlights, < 1 lightens."""
+
+    kind = "gamma"
+
+    def __init__(self, gamma: float = 1.5):
+        gamma = float(gamma)
+        if not gamma > 0:
+            raise ConfigError(f"gamma: gamma must be > 0 (1 = unchanged), got {gamma}")
+        super().__init__(gamma=gamma)
+
+    @property
+    def name(self) -> str:
+        return f"gamma-{self.params['gamma']:g}"
+
+    def _apply(self, images: torch.Tensor) -> torch.Tensor:
+        return self.exact_forward(images)
+
+    def exact_forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.clamp_min(1e-6) ** self.params["gamma"]
+
+
+@register
+class Contrast(Defense):
+    """m + `factor` (x - m) with m the image's mean over pixels and channels, clipped: > 1 more contrast."""
+
+    kind = "contrast"
+
+    def __init__(self, factor: float = 1.3):
+        factor = float(factor)
+        if not factor > 0:
+            raise ConfigError(f"contrast: factor must be > 0 (1 = unchanged), got {factor}")
+        super().__init__(factor=factor)
+
+    @property
+    def name(self) -> str:
+        return f"contrast-{self.params['factor']:g}"
+
+    def _apply(self, images: torch.Tensor) -> torch.Tensor:
+        return self.exact_forward(images).clamp(0, 1)
+
+    def exact_forward(self, images: torch.Tensor) -> torch.Tensor:
+        m = images.mean(dim=(1, 2, 3), keepdim=True)
+        return m + self.params["factor"] * (images - m)

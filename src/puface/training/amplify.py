@@ -12,6 +12,13 @@ about 45/255, beyond LowKey's 33/255, so the strongest attack in the mix is cove
 range (rather than a few values) keeps the purifier's response smooth in the cloak's strength, since
 attacks other than the training ones have other strengths. Beyond ~3 the clip to [0, 1] starts to
 distort the cloak's shape on bright and dark skin.
+
+Other photo sources (`source_variants`, `source_share`): a share of the rows gets its natural photo changed
+first by one of the variants (defense specs such as "contrast:factor=1.5", "gamma:gamma=2+sharpen:amount=1"),
+drawn per row, the cloak's change added on top and the changed photo as the target:
+x~ = clip(v(x) + k * (x_c - x), 0, 1) -> v(x). Training chips from one source (LFW: soft, low-contrast,
+upsampled small faces) otherwise teach the purifier that whatever those chips lack is a cloak; photos from
+other cameras, lighting and skin tones then come out far from themselves (docs/RESULTS.md section 18).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
+from ..defenses import create_defense
 from ..utils.errors import ConfigError
 
 
@@ -30,15 +38,29 @@ class AmplifyConfig:
     k_min, k_max: k ~ Uniform(k_min, k_max) (used when `k_values` is empty).
     k_values: a finite set of factors, chosen uniformly (overrides the range when non-empty).
     natural_share: fraction of rows whose input is the natural image (k = 0), in [0, 1).
+    source_variants: defense specs of photo variants ("contrast:factor=1.5", "a+b" composes); empty = off.
+    source_share: fraction of rows (natural or cloaked) whose photo becomes one of the variants (drawn
+    uniformly per row), in [0, 1].
     """
 
     k_min: float = 1.0
     k_max: float = 3.0
     k_values: tuple[float, ...] = ()
     natural_share: float = 0.25
+    source_variants: tuple[str, ...] = ()
+    source_share: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k_values", tuple(float(v) for v in self.k_values))
+        if isinstance(self.source_variants, str):
+            raise ConfigError(f"amplify.source_variants must be a list of specs, got {self.source_variants!r}")
+        object.__setattr__(self, "source_variants", tuple(str(v) for v in self.source_variants))
+        for spec in self.source_variants:
+            create_defense(spec)  # a bad spec is a ConfigError naming it
+        if not 0.0 <= self.source_share <= 1.0:
+            raise ConfigError(f"amplify.source_share must be in [0, 1], got {self.source_share}")
+        if self.source_share > 0 and not self.source_variants:
+            raise ConfigError("amplify.source_share > 0 needs amplify.source_variants")
         if self.k_values:
             if any(v < 0 for v in self.k_values):
                 raise ConfigError(f"amplify.k_values must be >= 0, got {list(self.k_values)}")
@@ -58,11 +80,15 @@ class AmplifyConfig:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["k_values"] = list(self.k_values)
+        d["source_variants"] = list(self.source_variants)
         return d
 
     def describe(self) -> str:
         k = f"k in {{{', '.join(f'{v:g}' for v in self.k_values)}}}" if self.k_values else f"k ~ U[{self.k_min:g}, {self.k_max:g}]"
-        return f"{k}, natural share {self.natural_share:g}"
+        text = f"{k}, natural share {self.natural_share:g}"
+        if self.source_share > 0:
+            text += f", photo variants {self.source_share:g} ({len(self.source_variants)} kinds)"
+        return text
 
 
 def amplify(natural: torch.Tensor, cloaked: torch.Tensor, k: torch.Tensor | float) -> torch.Tensor:
@@ -99,3 +125,26 @@ def amplified_batch(natural: torch.Tensor, cloaked: torch.Tensor, config: Amplif
     """
     k = sample_factors(natural.shape[0], config, generator)
     return amplify(natural, cloaked, k), k
+
+
+def source_variants(natural: torch.Tensor, cloaked: torch.Tensor, config: AmplifyConfig,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(v(x), v(x) + (x_c - x)): a `config.source_share` of the rows replaced by one of `config.source_variants`
+    (drawn per row), the cloak's change kept; the other rows unchanged.
+
+    natural, cloaked: (N, 3, H, W) in [0, 1]. The returned "cloaked" rows are not clipped (`amplify` clips).
+    Draws nothing from `generator` when the share is 0, so recipes without variants keep their random stream.
+    """
+    if config.source_share <= 0 or not config.source_variants:
+        return natural, cloaked
+    n = natural.shape[0]
+    chosen = torch.rand(n, generator=generator) < config.source_share
+    which = torch.randint(len(config.source_variants), (n,), generator=generator)
+    if not chosen.any():
+        return natural, cloaked
+    changed = natural.clone()
+    for v, spec in enumerate(config.source_variants):
+        rows = (chosen & (which == v)).nonzero().flatten()
+        if len(rows):
+            changed[rows] = create_defense(spec)(natural[rows]).to(natural.dtype)
+    return changed, changed + (cloaked - natural)

@@ -33,7 +33,7 @@ from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
 from ..utils.metrics import psnr
 from ..utils.seeding import stable_seed
-from .amplify import amplified_batch
+from .amplify import amplified_batch, source_variants
 from .config import PurifierTrainConfig
 from .data import PairSet, build_pairs, cloak_with_cache, folder_identity_split
 from .losses import PurifierLoss
@@ -353,6 +353,7 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
             flip = torch.rand(len(idx), generator=g) < 0.5 if tc.hflip else torch.zeros(len(idx), dtype=torch.bool)
             if flip.any():
                 x[flip], xc[flip] = x[flip].flip(-1), xc[flip].flip(-1)
+            x, xc = source_variants(x, xc, cfg.amplify, g)
             inp, _ = amplified_batch(x, xc, cfg.amplify, g)
             x = x.to(d.device, non_blocking=True).contiguous(memory_format=fmt)
             inp = inp.to(d.device, non_blocking=True).contiguous(memory_format=fmt)
