@@ -22,8 +22,8 @@ measure, per attack (cloaked chips of test identities vs ALL natural test chips)
 detector's calibrated threshold and at the threshold giving 1% FPR on these natural chips; the same after
 re-encoding the cloaks as JPEG (quality 75, 85, 95); then the false-positive rate at the calibrated threshold
 on natural photos that are not chips of the calibration kind: the natural test chips re-encoded as JPEG
-(q75, q85, q95), resized (down to 112 and 75 px and back) and sharpened (unsharp masking at
-SHARPEN_SETS, settings none of the shipped recipes trains on), full LFW photos aligned by `--align`
+(q75, q85, q95), resized (down to 112 and 75 px and back), sharpened and with other tones (EDIT_SETS:
+unsharp masking, contrast, gamma, at settings none of the shipped recipes trains on), full LFW photos aligned by `--align`
 (lfw/, 400 photos), and the johns chips.
 speed: `puface detect` vs `puface purify` folder jobs on the same chips, one process, alternated.
 """
@@ -48,9 +48,11 @@ DEFAULT_ATTACKS = [
     "lowkey:embedders=dlib-resnet29@30",
 ]
 
-# Sharpened natural chips for the false-positive table: none of these settings is among the `sharpen` variants
-# of a shipped detector recipe (amount 0.5 / 1.0 at sigma 1, 0.7 at sigma 2), so they test what it generalises to.
-SHARPEN_SETS = ["sharpen:amount=0.3,sigma=1.0", "sharpen:amount=1.5,sigma=0.7", "sharpen:amount=0.5,sigma=1.5+jpeg:quality=85"]
+# Edited natural chips for the false-positive table: none of these settings is among the variants of a shipped
+# detector recipe (sharpen amount 0.5 / 1.0 at sigma 1, 0.7 at sigma 2; contrast 1.15 / 1.35 / 0.85; gamma 1.3 /
+# 1.7 / 0.8), so they test what a detector generalises to.
+EDIT_SETS = ["sharpen:amount=0.3,sigma=1.0", "sharpen:amount=1.5,sigma=0.7", "sharpen:amount=0.5,sigma=1.5+jpeg:quality=85",
+             "contrast:factor=1.2", "contrast:factor=1.5", "gamma:gamma=1.5", "gamma:gamma=2.2", "gamma:gamma=0.7"]
 
 
 def data_root(arg: str | None) -> Path:
@@ -220,7 +222,7 @@ def measure(root: Path, attacks: list[str], det_path: str | None, seed: int, n_v
         f = features(det, resized(sub, side), f"natural resized {side}")
         frows.append({"set": f"natural test chips stored at {side} px", "n": len(sub), "fpr": float((f["score"] > thr).mean()),
                       "p99": float(np.quantile(f["score"], 0.99))})
-    for spec in SHARPEN_SETS:
+    for spec in EDIT_SETS:
         f = features(det, create_defense(spec)(sub), f"natural {spec}")
         frows.append({"set": f"natural test chips, {spec}", "n": len(sub), "fpr": float((f["score"] > thr).mean()),
                       "p99": float(np.quantile(f["score"], 0.99))})

@@ -181,24 +181,34 @@ def test_net_inputs_choose_the_residuals_and_survive_a_round_trip(johns_images):
 
 
 def test_shipped_detectors_by_name(johns_images, johns_cloaks):
-    """Both shipped detectors flag cloaks; natural chips sharpened by 30% (unsharp masking, a setting the `sharpen`
-    recipe never trains on) are flagged by the default detector and not by `sharpen`."""
+    """Every shipped detector flags cloaks; natural chips sharpened by 30% (unsharp masking) are flagged by the default
+    detector and not by `sharpen` or `edits`; chips with 20% more contrast by the default and not by `edits` (settings
+    neither recipe trains on)."""
     from puface.defenses import create_defense
     from puface.detection import SHIPPED_DETECTORS, detector_path, load_detector
 
-    assert set(SHIPPED_DETECTORS) == {"default", "sharpen"} and all(detector_path(n).is_file() for n in SHIPPED_DETECTORS)
-    default, sharp = load_detector(), load_detector("sharpen")
-    assert sharp.net.config.inputs == ("change", "highpass", "highpass_purified") and sharp.fingerprint() != default.fingerprint()
+    assert set(SHIPPED_DETECTORS) == {"default", "sharpen", "edits"}
+    assert all(detector_path(n).is_file() for n in SHIPPED_DETECTORS)
+    dets = {n: load_detector(n) for n in SHIPPED_DETECTORS}
+    default, sharp, edits = dets["default"], dets["sharpen"], dets["edits"]
+    assert sharp.net.config.inputs == edits.net.config.inputs == ("change", "highpass", "highpass_purified")
+    assert len({d.fingerprint() for d in dets.values()}) == 3
     _, xc = johns_cloaks
     x = johns_images[2][::2]
+    flagged = lambda d, images: d.is_cloaked(d.score(images)).float().mean()  # noqa: E731
     with torch.no_grad():
-        for det in (default, sharp):
+        for det in dets.values():
             assert det.is_cloaked(det.score(xc)).all()
-        keep = ~default.is_cloaked(default.score(x)) & ~sharp.is_cloaked(sharp.score(x))
+        keep = torch.ones(len(x), dtype=torch.bool)
+        for det in dets.values():
+            keep &= ~det.is_cloaked(det.score(x))
         assert int(keep.sum()) >= 15
         sharpened = create_defense("sharpen:amount=0.3,sigma=1")(x[keep])
-        assert default.is_cloaked(default.score(sharpened)).float().mean() >= 0.9
-        assert sharp.is_cloaked(sharp.score(sharpened)).float().mean() <= 0.1
+        assert flagged(default, sharpened) >= 0.9
+        assert flagged(sharp, sharpened) <= 0.1 and flagged(edits, sharpened) <= 0.1
+        contrast = create_defense("contrast:factor=1.2")(x[keep])
+        assert flagged(default, contrast) >= 0.5
+        assert flagged(edits, contrast) <= 0.1
 
 
 # ---------------------------------------------------------------- the CLI

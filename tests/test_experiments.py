@@ -279,6 +279,19 @@ def test_cli_reproduce_evaluate_and_errors(tmp_path, monkeypatch, capsys):
     again = load_config(saved)
     assert [a.label for a in again.attacks] == ["clean", "checker"] and [d.label for d in again.defenses] == ["none", "blur-s1"]
 
+    # --detector: the detection report's detector instead of the config's
+    from puface.detection import load_detector
+
+    assert main(["reproduce", str(cfg), "--detector", "edits", "--out", str(tmp_path / "rd"), "--no-progress"]) == 0
+    capsys.readouterr()
+    first = json.loads((tmp_path / "r" / "results.json").read_text())["detection"]["detector"]
+    chosen = json.loads((tmp_path / "rd" / "results.json").read_text())["detection"]["detector"]
+    assert first == load_detector().fingerprint() and chosen == load_detector("edits").fingerprint() != first
+    assert main(["reproduce", str(cfg), "--detector", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "rx"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "none.safetensors" in err and "Traceback" not in err
+
     assert main(["reproduce", str(tmp_path / "nope.toml")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("puface: error:") and "nope.toml" in err and "Traceback" not in err

@@ -20,7 +20,8 @@ from .options import check_engine, engine_options
                    "fewer natural photos and misses more cloaks.")
 @click.option("--detector", "weights", type=click.Path(path_type=Path), default=None,
               help="A detector file (`puface train-detector`) or a shipped one: default (every cloak family measured), "
-                   "sharpen (photos from sources that sharpen: phone cameras, photo editors; misses most Fawkes low cloaks).")
+                   "sharpen (photos from sources that sharpen: phone cameras, photo editors; misses most Fawkes low cloaks), "
+                   "edits (edited or mixed sources: sharpened, contrast or gamma changed; misses Fawkes low cloaks).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (CUDA when available).")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
 @click.option("--align", is_flag=True,
@@ -81,7 +82,7 @@ def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None
 @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True,
               help="The calibrated detector file to write (.safetensors); use it with `puface detect --detector`.")
 @click.option("--detector", "weights", type=click.Path(path_type=Path), default=None,
-              help="The detector to start from: a file, or a shipped one (default, sharpen). Default: default.")
+              help="The detector to start from: a file, or a shipped one (default, sharpen, edits). Default: default.")
 @click.option("--kind", default=None, help="A name for this kind of photo in the calibration record (default: NATURAL's folder name).")
 @click.option("--scores", "scores_csv", type=click.Path(path_type=Path), default=None,
               help="Where the scores of NATURAL go (default: next to --out, <name>-calibration.csv); resumable.")

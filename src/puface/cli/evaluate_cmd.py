@@ -68,9 +68,12 @@ def list_packaged(kind: str) -> None:
 @click.option("--seed", "seeds", type=int, multiple=True,
               help="Run with this split/user/attack seed instead of the config's seeds (repeatable): the same grid "
                    "on another draw of protected users and train/test split.")
+@click.option("--detector", "detector", type=click.Path(path_type=Path), default=None,
+              help="The detector of the detection report instead of the config's [detection] detector: a detector "
+                   "file or a shipped one (default, sharpen, edits).")
 @common
-def reproduce(config: str | None, list_configs: bool, data: Path | None, seeds: tuple[int, ...], out: Path | None,
-              device: str | None, restart: bool, progress: bool, detect: bool) -> None:
+def reproduce(config: str | None, list_configs: bool, data: Path | None, seeds: tuple[int, ...], detector: Path | None,
+              out: Path | None, device: str | None, restart: bool, progress: bool, detect: bool) -> None:
     """Run the experiment grid of CONFIG (a TOML file, or the name of a packaged config: see
     `puface reproduce --list`) and write results.csv, summary.csv, results.json, table.md and
     report.html. The data come from --data, else the config's [data] root: a folder, or a data set
@@ -93,6 +96,8 @@ def reproduce(config: str | None, list_configs: bool, data: Path | None, seeds: 
         cfg = cfg.with_data_root(data)
     if seeds:
         cfg = cfg.with_seeds(list(seeds))
+    if detector is not None:
+        cfg.detection = {**cfg.detection, "detector": str(detector)}
     _run(cfg, out, device, restart, progress, detect)
 
 
@@ -145,7 +150,7 @@ def demo(data: Path | None, out: Path, device: str | None, restart: bool, progre
 @click.option("--allow-purifier-identities", is_flag=True, help="Allow protected users the purifier was trained on (results are then optimistic).")
 @click.option("--save-config", type=click.Path(path_type=Path), default=None, help="Also write the equivalent TOML config here (for `puface reproduce`).")
 @click.option("--detector", "detector", type=click.Path(path_type=Path), default=None,
-              help="A detector file for the detection report, or a shipped one (default, sharpen). Default: default.")
+              help="A detector file for the detection report, or a shipped one (default, sharpen, edits). Default: default.")
 @common
 def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses, seeds, protocol, min_images, max_per_identity, image_size,
              allow_purifier_identities, save_config, detector, out, device, restart, progress, detect) -> None:

@@ -151,7 +151,7 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
               help="Score every photo for a cloak as it is purified: OUT/detection.csv (per photo), "
                    "OUT/detection-identities.csv (share flagged per identity) and a summary at the end.")
 @click.option("--detector", "detector_path", type=click.Path(path_type=Path), default=None,
-              help="With --skip-cloaked/--report: a detector file, or a shipped one (default, sharpen; both calibrated "
+              help="With --skip-cloaked/--report: a detector file, or a shipped one (default, sharpen, edits; all calibrated "
                    "for the shipped purifier). Default: default.")
 @click.option("--fpr", type=float, default=None,
               help="With --skip-cloaked/--report: false-positive rate of the decision on natural photos (default 0.01).")

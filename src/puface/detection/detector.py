@@ -56,9 +56,11 @@ FORMAT_VERSION = 1
 DEFAULT_FPR = 0.01
 DEFAULT_DETECTOR_NAME = "detector-default.safetensors"
 # Detectors shipped inside the package, by the name `load_detector` / `--detector` take: "default" (every cloak
-# family measured, Fawkes low included) and "sharpen" (for photos from sources that sharpen: natural photos
-# sharpened by unsharp masking are not flagged, Fawkes low mostly missed; docs/RESULTS.md section 18).
-SHIPPED_DETECTORS = {"default": DEFAULT_DETECTOR_NAME, "sharpen": "detector-sharpen.safetensors"}
+# family measured, Fawkes low included), "sharpen" (for photos from sources that sharpen: natural photos
+# sharpened by unsharp masking are not flagged, Fawkes low mostly missed) and "edits" (for edited or mixed photo
+# sources: sharpened and contrast / gamma changed natural photos are not flagged, Fawkes low missed; RESULTS 18).
+SHIPPED_DETECTORS = {"default": DEFAULT_DETECTOR_NAME, "sharpen": "detector-sharpen.safetensors",
+                     "edits": "detector-edits.safetensors"}
 PSNR_CAP = 99.0
 _CAL_TENSORS = ("natural_scores", "natural_kinds")  # calibration entries stored as tensors
 
