@@ -40,7 +40,9 @@ def load_purifier(path: str | Path | None = None, device: str | None = "cpu") ->
 
 
 def load_detector(path: str | Path | None = None, device: str | None = "cpu", purifier: str | Path | None = None):
-    """The cloak detector shipped with puface (`path=None`) or a detector file (`puface train-detector`).
+    """The cloak detector shipped with puface (`path=None`), another shipped one by name ("sharpen": photos from
+    sources that sharpen; "edits": edited or mixed sources, sharpened or with other contrast or gamma; both miss
+    most Fawkes-low cloaks), or a detector file (`puface train-detector`).
 
     `detector.score(images)` gives (N,) cloak scores of (N, 3, H, W) images in [0, 1] (higher = more likely
     cloaked), `detector.is_cloaked(scores, fpr=0.01)` the decisions at a false-positive rate calibrated on

@@ -474,7 +474,7 @@ class CloakDetector(torch.nn.Module):
 
 
 def load_detector(path: str | Path | None = None, device: str | None = "cpu", purifier: Purifier | str | Path | None = None) -> CloakDetector:
-    """A cloak detector with the purifier it was calibrated for: the shipped one (None or "default"), the
-    shipped "sharpen" one, or a detector file."""
+    """A cloak detector with the purifier it was calibrated for: the shipped one (None or "default"), another
+    shipped one by name ("sharpen", "edits"; `SHIPPED_DETECTORS`), or a detector file."""
     p = purifier if isinstance(purifier, Purifier) or purifier is None else Purifier.load(purifier)
     return CloakDetector.load(path, purifier=p, device=device)
