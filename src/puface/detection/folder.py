@@ -134,6 +134,11 @@ class DetectReport:
         lines = [self.job.summary(verb),
                  f"cloak detection: {k} of {n} images judged cloaked ({k / max(n, 1):.1%}) at threshold {self.threshold:.4f} "
                  f"(false-positive rate {self.fpr:.1%} on natural calibration photos)"]
+        if n >= 5 and k / n > max(0.05, 10 * self.fpr):
+            lines.append(f"that is far above the {self.fpr:.1%} expected of natural photos: many photos are cloaked, or they "
+                         "come from a source unlike the calibration photos (edited: sharpened, more contrast, other gamma; "
+                         "other cameras). Compare with `--detector edits`, or calibrate on natural photos of this source "
+                         "(`puface calibrate-detector`).")
         noface = [r for r in self.rows if r.get("score", "") == ""]
         if noface:
             lines.append(f"{len(noface)} image(s) without a usable face (empty score)")
