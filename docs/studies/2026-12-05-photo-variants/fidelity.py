@@ -58,8 +58,8 @@ def main() -> None:
     face = lfw[:, :, 50:110, 45:105]
     lum = (0.299 * face[:, 0] + 0.587 * face[:, 1] + 0.114 * face[:, 2]).mean(dim=(1, 2))
     sources["lfw darkest tenth (face luminance)"] = lfw[lum <= lum.quantile(0.1)]
-    for spec in VARIANTS:
-        sources[f"lfw {create_defense(spec).name}"] = quantize(create_defense(spec)(lfw))
+    for variant in map(create_defense, VARIANTS):
+        sources[f"lfw {variant.name}"] = quantize(variant(lfw))
     for d in sorted(p for p in johns_root.iterdir() if p.is_dir()):
         sources[f"johns {d.name}"] = load(d)
 

@@ -11,8 +11,8 @@ bitdepth   keep `bits` bits per channel                                bits (1..
 noise      add Gaussian noise, clip to [0, 1]                          sigma (0..1 scale), seed
 resize     downscale by `factor` (antialiased), upscale back           factor (> 1)
 sharpen    unsharp masking, x + amount (x - blur(x)), clipped          amount (> 0), sigma
-gamma      x ** gamma per channel (> 1 darkens the mid-tones)              gamma (> 0)
-contrast   m + factor (x - m), m = the image's mean, clipped               factor (> 0)
+gamma      x ** gamma per channel (> 1 darkens the mid-tones)          gamma (> 0)
+contrast   m + factor (x - m), m = the image's mean, clipped           factor (> 0)
 =========  ==========================================================  ==================
 
 `sharpen`, `gamma` and `contrast` remove nothing: they are what cameras and photo editors do to natural photos,

@@ -24,10 +24,11 @@ other cameras, lighting and skin tones then come out far from themselves (docs/R
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 
 import torch
 
-from ..defenses import create_defense
+from ..defenses import Defense, create_defense
 from ..utils.errors import ConfigError
 
 
@@ -56,7 +57,7 @@ class AmplifyConfig:
             raise ConfigError(f"amplify.source_variants must be a list of specs, got {self.source_variants!r}")
         object.__setattr__(self, "source_variants", tuple(str(v) for v in self.source_variants))
         for spec in self.source_variants:
-            create_defense(spec)  # a bad spec is a ConfigError naming it
+            _variant(spec)  # a bad spec is a ConfigError naming it
         if not 0.0 <= self.source_share <= 1.0:
             raise ConfigError(f"amplify.source_share must be in [0, 1], got {self.source_share}")
         if self.source_share > 0 and not self.source_variants:
@@ -89,6 +90,12 @@ class AmplifyConfig:
         if self.source_share > 0:
             text += f", photo variants {self.source_share:g} ({len(self.source_variants)} kinds)"
         return text
+
+
+@lru_cache(maxsize=None)
+def _variant(spec: str) -> Defense:
+    """The photo variant of a spec, parsed once (the config checks it; every training step applies it)."""
+    return create_defense(spec)
 
 
 def amplify(natural: torch.Tensor, cloaked: torch.Tensor, k: torch.Tensor | float) -> torch.Tensor:
@@ -135,7 +142,7 @@ def source_variants(natural: torch.Tensor, cloaked: torch.Tensor, config: Amplif
     natural, cloaked: (N, 3, H, W) in [0, 1]. The returned "cloaked" rows are not clipped (`amplify` clips).
     Draws nothing from `generator` when the share is 0, so recipes without variants keep their random stream.
     """
-    if config.source_share <= 0 or not config.source_variants:
+    if config.source_share <= 0:  # the config refuses a share without variants
         return natural, cloaked
     n = natural.shape[0]
     chosen = torch.rand(n, generator=generator) < config.source_share
@@ -146,5 +153,5 @@ def source_variants(natural: torch.Tensor, cloaked: torch.Tensor, config: Amplif
     for v, spec in enumerate(config.source_variants):
         rows = (chosen & (which == v)).nonzero().flatten()
         if len(rows):
-            changed[rows] = create_defense(spec)(natural[rows]).to(natural.dtype)
+            changed[rows] = _variant(spec)(natural[rows]).to(natural.dtype)
     return changed, changed + (cloaked - natural)
