@@ -261,6 +261,7 @@ def speed(root: Path, det_path: str | None, n: int, repeats: int, out_dir: Path 
     import tempfile
 
     from puface.detection import load_detector
+    from puface.detection.detector import SHIPPED_DETECTORS
     from puface.detection.folder import detect_folder, purify_folder_detected
     from puface.purifier.folder import purify_folder
 
@@ -285,7 +286,8 @@ def speed(root: Path, det_path: str | None, n: int, repeats: int, out_dir: Path 
             times["purify --skip-cloaked"].append(time.perf_counter() - t0)
     base = min(times["purify"])
     rows = [{"job": k, "images": n, "best_s": min(v), "images_per_s": n / min(v), "ratio": min(v) / base} for k, v in times.items()]
-    write_tables("detect-speed", "Cloak detection speed vs purification", [
+    name = det_path if det_path in SHIPPED_DETECTORS or det_path is None else Path(det_path).stem
+    write_tables("detect-speed" if name in (None, "default") else f"detect-{name}-speed", "Cloak detection speed vs purification", [
         Table("Folder jobs on the same chips (best of %d, alternated in one process)" % repeats, rows,
               [("job", "job", "{}"), ("images", "images", "{}"), ("best_s", "seconds", "{:.2f}"),
                ("images_per_s", "images/s", "{:.1f}"), ("ratio", "time vs purify", "{:.2f}x")], csv="")],

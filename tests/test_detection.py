@@ -15,7 +15,7 @@ from puface.cli import main
 from puface.detection import CloakDetector, DetectorConfig, threshold_at_fpr
 from puface.io.images import read_image, write_image
 from puface.utils.errors import PufaceError
-from puface.utils.images import tensor_to_image
+from puface.utils.images import quantize, tensor_to_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -99,6 +99,19 @@ def test_features_accept_cached_parts_and_other_sizes(detector, johns_cloaks):
         assert torch.allclose(full[k], cached[k], atol=1e-5), k
     big = torch.nn.functional.interpolate(x, size=(200, 200), mode="bilinear", antialias=True, align_corners=False)
     assert detector.features(big)["score"].shape == (5,)
+
+
+def test_chunk_sizes_do_not_change_the_scores(detector, johns_cloaks):
+    """The CPU chunking of the forward passes (purifier <= 16 chips, face models >= 32) is a speed choice
+    only: every --batch-size gives the same purified chips and scores."""
+    x, _ = johns_cloaks
+    xx = torch.cat([x, x.flip(3), x.flip(2), x])  # 20 chips: several chunks at batch size 3
+    chips = detector.to_chips(xx)
+    ref = quantize(detector.purifier.purify(chips, batch_size=len(chips)))
+    assert torch.equal(detector.purify_chips(chips, batch_size=64), ref)
+    scores = [detector.features(xx, batch_size=b)["score"] for b in (3, 16, 64)]
+    for s in scores[1:]:
+        assert torch.allclose(s, scores[0], atol=1e-5)
 
 
 def test_detector_file_round_trip_and_wrong_purifier(detector, detector_file, johns_cloaks):
