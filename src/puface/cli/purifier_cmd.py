@@ -114,6 +114,35 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
                    f"checkpoints in {out}")
 
 
+def _unmask_step(in_path: Path, out_root: Path, progress: bool):
+    """`--unmask`: find each identity folder's shared pattern (all of IN read once), list the folders in
+    OUT/unmask.csv and return the `prepare` step that subtracts a photo's folder pattern."""
+    import csv
+    import io
+
+    from ..defenses.shared import folder_patterns, subtract_pattern
+    from ..io.files import check_output_folder
+    from ..io.images import atomic_write_bytes
+
+    check_output_folder(in_path, out_root)
+    found = folder_patterns(in_path, progress=progress, warn=lambda m: click.echo(m, err=True))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["folder", "photos", "ratio", "subtracted"], lineterminator="\n")
+    w.writeheader()
+    w.writerows(f.row() for f in found.values())
+    out_root.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_root / "unmask.csv", buf.getvalue().encode())
+    hit = sum(f.pattern is not None for f in found.values())
+    click.echo(f"unmask: {hit} of {len(found)} folders share a pattern; subtracted before purifying "
+               f"({out_root / 'unmask.csv'})", err=True)
+
+    def prepare(item):
+        rel = item.job.rel.parent.as_posix()
+        return subtract_pattern(item.image, found.get(rel if rel else "."))
+
+    return prepare
+
+
 @click.command("purify")
 @click.argument("in_path", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("out_root", metavar="OUT", type=click.Path(path_type=Path))
@@ -155,12 +184,17 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
                    "for the shipped purifier). Default: default.")
 @click.option("--fpr", type=float, default=None,
               help="With --skip-cloaked/--report: false-positive rate of the decision on natural photos (default 0.01).")
+@click.option("--unmask", is_flag=True,
+              help="Universal masks (OPOM-style: one pattern on all of a person's photos): take each identity folder "
+                   "(IN/<person>/<image>) as one person, find a pattern its chips share and subtract it before "
+                   "purifying; folders without one are left as they are. Lists every folder in OUT/unmask.csv. "
+                   "Aligned chips in an image folder, local engine.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, batch_size: int, resume: bool,
            quality: int, io_workers: int, threads: int | None, rank: int | None, world_size: int | None,
            stats_csv: Path | None, align: bool, largest_face: bool, template: str, engine: str, address: str | None,
            workers: int | None, image_field: str | None, skip_cloaked: bool, report: bool,
-           detector_path: Path | None, fpr: float | None, progress: bool) -> None:
+           detector_path: Path | None, fpr: float | None, unmask: bool, progress: bool) -> None:
     """Remove cloaks from the images under IN and write them to OUT (same tree, names, formats and sizes).
 
     Streams in batches (decoding and encoding overlap the computation), resumes where it stopped,
@@ -203,6 +237,14 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
     check_engine(engine, address, workers)
     if (detector_path is not None or fpr is not None) and not (skip_cloaked or report):
         raise PufaceError("--detector and --fpr go with --skip-cloaked or --report")
+    if unmask:
+        if align or skip_cloaked or report or engine != "local" or is_shard_input(in_path):
+            raise PufaceError("--unmask works on aligned chips in identity folders on the local engine (a universal "
+                              "mask sits on the same pixels of every chip): not with --align, --skip-cloaked, --report, "
+                              "shards or --engine ray")
+        if not in_path.is_dir():
+            raise PufaceError(f"{in_path}: --unmask needs a folder of identity folders")
+        common["prepare"] = _unmask_step(in_path, out_root, progress)
     if skip_cloaked or report:
         if engine != "local" or is_shard_input(in_path) or template == "arcface112":
             raise PufaceError("--skip-cloaked and --report score dlib150 chips or photos in an image folder on the "

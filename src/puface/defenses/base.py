@@ -3,7 +3,9 @@
 A defense takes float RGB (N, 3, H, W) in [0, 1] and returns a tensor of the same shape, in [0, 1],
 on the input's device. Each image is processed independently and deterministically, so a defended
 image is a pure function of (defense config, image content): the evaluation caches defended images by
-`cache_key`. An adaptive attacker differentiates through a defense with `gradient_estimate`: the
+`cache_key`. The exception is a *group-wise* defense (`groupwise = True`, e.g. `unmask`): a call is one
+person's photos and each output depends on the whole group; the evaluation calls it per identity and keys its
+cache by the group's content too. An adaptive attacker differentiates through a defense with `gradient_estimate`: the
 exact gradient where the defense has one (`exact_forward`), else the straight-through estimate
 (BPDA, Athalye et al. 2018: the defense's output forward, the identity backward).
 """
@@ -54,6 +56,7 @@ class Defense:
     """
 
     kind: str = ""
+    groupwise: bool = False  # True: a call is one person's photos (`shared.SharedPatternRemoval`), not any batch
 
     def __init__(self, **params: Any):
         self.params = params
@@ -204,6 +207,10 @@ class Compose(Defense):
     @property
     def fingerprint(self) -> str:
         return "|".join(d.fingerprint for d in self.steps)
+
+    @property
+    def groupwise(self) -> bool:  # type: ignore[override]
+        return any(d.groupwise for d in self.steps)
 
     @property
     def network(self) -> nn.Module | None:

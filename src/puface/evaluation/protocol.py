@@ -25,9 +25,10 @@ held as uint8, as they would be stored on disk after each step.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Hashable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -265,39 +266,56 @@ class Protocol:
         self.timings["embed_s"] += time.perf_counter() - t0
         return out
 
-    def defend(self, label: str, images: torch.Tensor, hashes: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
+    def defend(self, label: str, images: torch.Tensor, hashes: Sequence[str],
+               groups: Sequence[Hashable] | None = None) -> tuple[torch.Tensor, list[str]]:
         """Defense `label` applied to uint8 images -> (uint8 images, their hashes); cached when expensive.
-        A `Views` defense gives every view, view-major (V x N images)."""
-        parts = [self.apply_defense(d, images, hashes, label) for d in _views(self.defenses[label])]
+        A `Views` defense gives every view, view-major (V x N images). groups: each image's person (needed by
+        a group-wise defense, which sees each person's images together)."""
+        parts = [self.apply_defense(d, images, hashes, label, groups) for d in _views(self.defenses[label])]
         if len(parts) == 1:
             return parts[0]
         return torch.cat([p[0] for p in parts]), [h for p in parts for h in p[1]]
 
     def apply_defense(self, defense: Defense, images: torch.Tensor, hashes: Sequence[str],
-                      label: str = "") -> tuple[torch.Tensor, list[str]]:
+                      label: str = "", groups: Sequence[Hashable] | None = None) -> tuple[torch.Tensor, list[str]]:
         """Any single defense applied to uint8 images -> (uint8 images, their hashes); cached (by the
-        defense's `cache_key`, shared with the grid's own defenses) when expensive."""
+        defense's `cache_key`, shared with the grid's own defenses) when expensive. A group-wise defense
+        (`Defense.groupwise`) is called once per group of `groups` and cached under each image's hash and
+        its group's content."""
         label = label or defense.name
         if isinstance(defense, NoDefense):
             return images, list(hashes)
         t0 = time.perf_counter()
+        keys = list(hashes)
+        if defense.groupwise:
+            if groups is None or len(groups) != len(images):
+                raise PufaceError(f"defense {label}: group-wise, but the images come without their persons")
+            members = np.asarray(groups, dtype=object)
+            batches = [np.flatnonzero(members == g) for g in dict.fromkeys(groups)]
+            for idx in batches:
+                sig = hashlib.sha256("".join(sorted(hashes[i] for i in idx)).encode()).hexdigest()[:16]
+                for i in idx:
+                    keys[i] = f"{hashes[i]}@{sig}"  # an output depends on the whole group
         use_cache = self.cache is not None and _is_expensive(defense)
-        found = self.cache.get("images", defense.cache_key, hashes) if use_cache else {}
+        found = self.cache.get("images", defense.cache_key, keys) if use_cache else {}
         out = torch.empty_like(images)
-        missing = [i for i, h in enumerate(hashes) if h not in found]
-        for i, h in enumerate(hashes):
+        for i, h in enumerate(keys):
             if h in found:
                 out[i] = torch.from_numpy(found[h])
+        if defense.groupwise:  # a group is recomputed whole when one of its images is missing
+            todo = [idx for idx in batches if any(keys[i] not in found for i in idx)]
+        else:  # only the missing images, in full batches
+            missing = [i for i, h in enumerate(keys) if h not in found]
+            todo = [np.asarray(missing[s : s + self.batch_size]) for s in range(0, len(missing), self.batch_size)]
         fresh = {}
-        steps = range(0, len(missing), self.batch_size)
-        if len(missing) > self.batch_size and self.progress:
-            steps = self._bar(steps, desc=f"defense {label}", unit="batch", leave=False)
-        for s in steps:
-            idx = torch.tensor(missing[s : s + self.batch_size])
+        if len(todo) > 1 and self.progress:
+            todo = self._bar(todo, desc=f"defense {label}", unit="batch" if not defense.groupwise else "person", leave=False)
+        for idx_np in todo:
+            idx = torch.from_numpy(np.asarray(idx_np, dtype=np.int64))
             y = to_uint8(defense(to_float(images[idx])))
             out[idx] = y
             if use_cache:
-                fresh.update({hashes[int(i)]: y[j].numpy() for j, i in enumerate(idx)})
+                fresh.update({keys[int(i)]: y[j].numpy() for j, i in enumerate(idx)})
         if fresh:
             self.cache.put("images", defense.cache_key, fresh)
         self.timings["defend_s"] += time.perf_counter() - t0
@@ -443,7 +461,7 @@ class Protocol:
 
     def _defended_set(self, d: str, need_emb: bool) -> _DefendedSet:
         train = self.data.train
-        images, hashes = self.defend(d, train.images, train.hashes)
+        images, hashes = self.defend(d, train.images, train.hashes, groups=train.labels)
         embeddings = {v: self.embed(v, images, hashes) for v in self.victims} if need_emb else {}
         labels = np.tile(train.labels, len(images) // len(train))
         return _DefendedSet(images, hashes, labels, embeddings)
@@ -455,7 +473,7 @@ class Protocol:
         natural = train.images[rows_u]
         self._keep_example(u, a.label, "natural", natural)
         if cloaked is not None:
-            cl_def, cl_hashes = self.defend(d, cloaked, content_hashes(cloaked))
+            cl_def, cl_hashes = self.defend(d, cloaked, content_hashes(cloaked), groups=[u] * len(cloaked))
             self._keep_example(u, a.label, "cloaked", cloaked)
         else:  # the clean reference: the user's rows are the defended natural ones
             cl_def, cl_hashes = ds.images[ds.rows(rows_u, len(train))], None
@@ -533,6 +551,10 @@ class QueryProtocol(Protocol):
         if views:
             raise PufaceError(f"defense(s) {', '.join(views)}: a `views` defense keeps several training views and "
                               "has no meaning for query-time probes; use it with the training-time protocol")
+        grouped = [label for label, d in self.defenses.items() if any(v.groupwise for v in _views(d))]
+        if grouped:
+            raise PufaceError(f"defense(s) {', '.join(grouped)}: group-wise (each person's photos together); at query "
+                              "time the defender does not know whose probe it is: use it with the training-time protocol")
 
     def _gallery_model(self, v: str, t: TrainerSpec) -> Trainer:
         """Trainer `t` on victim `v` fitted on the clean gallery (once)."""

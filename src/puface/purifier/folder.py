@@ -99,7 +99,8 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
                   io_workers: int = 2, progress: bool = True, stats_csv: Path | None = None,
                   align: bool = False, largest_face: bool = False, no_face: str = "copy",
                   engine: str = "local", address: str | None = None, workers: int | None = None,
-                  cpus_per_worker: float = 1.0, template: str = "auto"):
+                  cpus_per_worker: float = 1.0, template: str = "auto",
+                  prepare: Callable[[LoadedImage], np.ndarray] | None = None):
     """Purify every image under `in_path` into the mirrored tree `out_path` (names, formats and sizes kept).
 
     rank/world_size: this process handles every world_size-th file (multi-process purification).
@@ -107,7 +108,9 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
     engine: "local" (threads in this process) or "ray" (a Ray Data pipeline on the cluster at `address`,
     a new local one when None, with `workers` actors of `cpus_per_worker` CPUs, or one GPU each when
     `device` is CUDA; `puface.io.raydata`). template: the chips' face layout ("auto": by size, see
-    `make_batch_process`). Returns the `JobReport`.
+    `make_batch_process`). prepare: each decoded input -> the uint8 image to purify instead (e.g. a folder's
+    shared pattern subtracted, `defenses.shared`; local engine; the change statistics are then the purifier's).
+    Returns the `JobReport`.
     """
     if engine not in ENGINES:
         raise PufaceError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -123,6 +126,9 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
 
         from ..io.raydata import run_ray_job
 
+        if prepare is not None:
+            raise PufaceError("a prepare step runs on the local engine only")
+
         # a shipped name (None: the shipped ones) or a path lets each actor load the weights itself
         what: Purifier | str | None
         if given is not None:
@@ -136,6 +142,14 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
                            cpus_per_worker=cpus_per_worker, gpus_per_worker=1.0 if dev.type == "cuda" else 0.0,
                            desc="purifying", verb="purified", stats_csv=stats_csv, quality=quality, progress=progress)
     process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template)
+    if prepare is not None:
+        purify_batch = process
+
+        def process(items: list[LoadedImage]) -> list[Outcome]:
+            for it in items:
+                it.image = prepare(it)
+            return purify_batch(items)
+
     return run_folder_job(jobs, process, batch_size=batch_size, resume=resume, desc="purifying", verb="purified",
                           stats_csv=stats_csv, quality=quality, io_workers=io_workers, progress=progress)
 

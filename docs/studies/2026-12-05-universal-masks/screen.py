@@ -1,0 +1,157 @@
+"""Image-level study behind `unmask` (puface.defenses.shared): does a person's photo group share a pattern, and
+what does subtracting its estimate do?
+
+    PUFACE_MODELS=DIR python docs/studies/2026-12-05-universal-masks/screen.py --data lfw-chips150/ \
+        --config lfw-unseen-surrogate --victim mobileface.pt --out screen.json
+
+1. The shared-pattern ratio R (`shared_pattern_ratio`) on natural groups: every identity of the purifier's training
+   side (5-9 chips), as they are and re-encoded as JPEG q75 / q50, and the identities with >= 10 chips (the
+   evaluation side, up to 40 photos), on all photos and on `test_photos` (8) of them; and on the config's cached
+   cloak groups (each protected user's training photos, per attack).
+2. Per cloak family, the victim's cosine between the defended cloak and the natural photo for: the purifier, and
+   the pattern estimate with box k subtracted *regardless of R* (k = 3, 5, 9, 17), then the purifier; and on the
+   natural groups of the same users the same, with PSNR: what a natural group would lose if it were flagged; and
+   the rms distance (grey levels) of the cloaks to the natural photos before and after the subtraction alone.
+
+Cloaks are read from the cloak cache (nothing is cloaked here). Prints JSON; --out FILE also writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--victim", required=True, help="embedder name or file")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    from PIL import Image
+
+    from puface.attacks.cache import CloakCache
+    from puface.defenses import create_defense
+    from puface.defenses.shared import SharedPatternRemoval, _by_content, highpass, shared_pattern_ratio
+    from puface.evaluation.protocol import Protocol
+    from puface.experiments import load_config
+    from puface.experiments.build import build_attack, build_defense, build_trainers, draw_users, excluded_identities
+    from puface.io.files import list_image_files
+    from puface.io.images import read_image
+    from puface.models.registry import load_embedder
+    from puface.utils.errors import CloakNotCachedError
+    from puface.utils.images import quantize, to_float
+    from puface.utils.metrics import psnr
+
+    t0 = time.perf_counter()
+    root = args.data if args.data.is_dir() else Path(os.environ.get("PUFACE_DATA", ".")) / args.data
+    cfg = load_config(args.config)
+    grid_defenses = {d.label: build_defense(d, None) for d in cfg.defenses}
+    data, users = draw_users(cfg, root, args.seed, exclude=excluded_identities(grid_defenses, print))
+    victim = load_embedder(args.victim)
+    proto = Protocol(data, users, [build_attack(a, args.seed, None, cfg.run["cloak_batch_size"]) for a in cfg.attacks],
+                     {"v": victim}, [t for t in build_trainers(cfg, None) if not t.victims], {"none": create_defense("none")},
+                     cloak_cache=CloakCache(cached_only=True), progress=False)
+    groups: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for spec in proto.attacks:
+        if spec.attack is None:
+            continue
+        for user in users:
+            try:
+                c = to_float(proto.cloak(spec, user))
+            except CloakNotCachedError:
+                continue
+            groups.setdefault(spec.label, []).append((to_float(data.train.images[data.train.rows_of(user)]), c))
+    if not groups:
+        raise SystemExit("no cached cloaks of this config: run its grid first")
+
+    def load(f) -> torch.Tensor:
+        return torch.from_numpy(read_image(f)).permute(2, 0, 1).float() / 255
+
+    def jpeg(x: torch.Tensor, q: int) -> torch.Tensor:
+        out = []
+        for im in x:
+            b = io.BytesIO()
+            Image.fromarray((im.permute(1, 2, 0) * 255).round().byte().numpy()).save(b, "JPEG", quality=q)
+            out.append(torch.from_numpy(np.array(Image.open(io.BytesIO(b.getvalue())).convert("RGB"))).permute(2, 0, 1).float() / 255)
+        return torch.stack(out)
+
+    by_id: dict[str, list[Path]] = {}
+    for f in list_image_files(root):
+        by_id.setdefault(f.parent.name, []).append(f)
+    train_side = [torch.stack([load(f) for f in fs]) for _, fs in sorted(by_id.items()) if 5 <= len(fs) <= 9]
+    eval_side = [torch.stack([load(f) for f in fs[:40]]) for _, fs in sorted(by_id.items()) if len(fs) >= 10]
+
+    def stats(v: list[float]) -> dict:
+        t = torch.tensor(v)
+        return {"n": len(v), "min": round(float(t.min()), 3), "median": round(float(t.median()), 3), "max": round(float(t.max()), 3)}
+
+    def r8(x: torch.Tensor) -> float:
+        return shared_pattern_ratio(_by_content(x)[:8])
+
+    ratio = {
+        "natural, training identities (5-9 photos)": stats([r8(x) for x in train_side]),
+        "the same, JPEG q75": stats([r8(jpeg(x, 75)) for x in train_side]),
+        "the same, JPEG q50": stats([r8(jpeg(x, 50)) for x in train_side]),
+        "natural, >= 10 photos (up to 40), all photos": stats([shared_pattern_ratio(x) for x in eval_side]),
+        "natural, >= 10 photos (up to 40), 8 photos": stats([r8(x) for x in eval_side]),
+    }
+    for label, gs in groups.items():
+        ratio[f"cloaked: {label}"] = stats([r8(c) for _, c in gs])
+
+    purifier = create_defense("puface")
+
+    def emb(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return F.normalize(victim.embed(x, 32), dim=1)
+
+    def forced(x: torch.Tensor, k: int) -> torch.Tensor:
+        return (x - highpass(x, k).mean(0, keepdim=True)).clamp(0, 1)
+
+    ks = (3, 5, 9, 17)
+    cos: dict[str, dict[str, float]] = {}
+    nat_cos: dict[str, list[float]] = {}
+    nat_psnr: dict[str, list[float]] = {}
+    grey: dict[str, dict[str, float]] = {}
+    for label, gs in groups.items():
+        acc: dict[str, list[float]] = {}
+        g: dict[str, list[float]] = {}
+        for n, c in gs:
+            g.setdefault("cloak", []).append(float((c - n).pow(2).mean().sqrt() * 255))
+            for k in ks:
+                g.setdefault(f"subtract k{k}", []).append(float((forced(c, k) - n).pow(2).mean().sqrt() * 255))
+        grey[label] = {k: round(float(np.mean(v)), 2) for k, v in g.items()}
+        for n, c in gs:
+            en = emb(n)
+            for name, x in [("puface", quantize(purifier(c)))] + [(f"subtract k{k} + puface", quantize(purifier(forced(c, k)))) for k in ks]:
+                acc.setdefault(name, []).append(float((emb(x) * en).sum(1).mean()))
+        cos[label] = {k: round(float(np.mean(v)), 3) for k, v in acc.items()}
+    for n, _ in next(iter(groups.values())):
+        en = emb(n)
+        for name, x in [("puface", quantize(purifier(n)))] + [(f"subtract k{k} + puface", quantize(purifier(forced(n, k)))) for k in ks] \
+                + [(f"subtract k{k}", forced(n, k)) for k in ks]:
+            nat_cos.setdefault(name, []).append(float((emb(x) * en).sum(1).mean()))
+            nat_psnr.setdefault(name, []).append(float(psnr(x, n).mean()))
+    out = {"config": args.config, "victim": args.victim, "users": users, "defaults": SharedPatternRemoval().params,
+           "shared_pattern_ratio": ratio, "cosine_to_natural": cos, "rms_to_natural_grey_levels": grey,
+           "natural_groups_forced": {k: {"cosine": round(float(np.mean(nat_cos[k])), 3), "psnr_db": round(float(np.mean(nat_psnr[k])), 2)} for k in nat_cos},
+           "seconds": round(time.perf_counter() - t0, 1)}
+    text = json.dumps(out, indent=1)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
