@@ -12,6 +12,9 @@ what does subtracting its estimate do?
    the pattern estimate with box k subtracted *regardless of R* (k = 3, 5, 9, 17), then the purifier; and on the
    natural groups of the same users the same, with PSNR: what a natural group would lose if it were flagged; and
    the rms distance (grey levels) of the cloaks to the natural photos before and after the subtraction alone.
+3. An attacker who knows `unmask`: OPOM's mask plus independent uniform noise per photo (+-a, projected back into
+   the 8/255 ball): R, the share of groups flagged, and the cosine without a defense, with PuFace, with
+   `unmask+puface`.
 
 Cloaks are read from the cloak cache (nothing is cloaked here). Prints JSON; --out FILE also writes it.
 """
@@ -143,8 +146,31 @@ def main() -> None:
                 + [(f"subtract k{k}", forced(n, k)) for k in ks]:
             nat_cos.setdefault(name, []).append(float((emb(x) * en).sum(1).mean()))
             nat_psnr.setdefault(name, []).append(float(psnr(x, n).mean()))
+    # 3. An attacker who knows `unmask`: each photo's copy of a universal mask gets its own uniform noise of +-a
+    # (then projected back into the mask's 8/255 L-inf ball and rounded to 8 bits), to hide the shared pattern.
+    unmask = create_defense("unmask")
+    unmask_pf = create_defense("unmask+puface")
+    adaptive: dict[str, dict] = {}
+    for label, gs in groups.items():
+        if not label.startswith("opom"):
+            continue
+        for a in (0, 2, 4, 8):
+            gen = torch.Generator().manual_seed(a)
+            acc = {"R": [], "flagged": [], "none": [], "puface": [], "unmask+puface": []}
+            for n, c in gs:
+                noise = (torch.rand(c.shape, generator=gen) * 2 - 1) * (a / 255)
+                adv = quantize((n + (c - n + noise).clamp(-8 / 255, 8 / 255)).clamp(0, 1))
+                en = emb(n)
+                unmask(adv)
+                acc["R"].append(unmask.last_ratio)
+                acc["flagged"].append(float(unmask.last_ratio > unmask.params["tau"]))
+                for name, x in (("none", adv), ("puface", quantize(purifier(adv))), ("unmask+puface", quantize(unmask_pf(adv)))):
+                    acc[name].append(float((emb(x) * en).sum(1).mean()))
+            adaptive[f"{label}, per-photo noise +-{a}/255"] = {k: round(float(np.mean(v)), 3) for k, v in acc.items()}
+
     out = {"config": args.config, "victim": args.victim, "users": users, "defaults": SharedPatternRemoval().params,
            "shared_pattern_ratio": ratio, "cosine_to_natural": cos, "rms_to_natural_grey_levels": grey,
+           "adaptive_per_photo_noise": adaptive,
            "natural_groups_forced": {k: {"cosine": round(float(np.mean(nat_cos[k])), 3), "psnr_db": round(float(np.mean(nat_psnr[k])), 2)} for k in nat_cos},
            "seconds": round(time.perf_counter() - t0, 1)}
     text = json.dumps(out, indent=1)
