@@ -52,6 +52,11 @@ def test_removes_a_universal_mask_and_leaves_natural_groups_alone(person):
     # photos cloaked one by one (a different mask each) share nothing: unchanged
     one_by_one = torch.stack([(p + _mask(p.shape, seed=i)[0]).clamp(0, 1) for i, p in enumerate(person)])
     assert torch.equal(d(one_by_one), one_by_one)
+    # the same photos as uint8, or summed in small chunks: the same pattern
+    from puface.utils.images import to_uint8
+
+    m = d.shared_pattern(masked)
+    assert torch.allclose(d.shared_pattern(to_uint8(masked), chunk=3), m, atol=1e-6)
     # the order of the photos does not matter
     perm = torch.randperm(len(masked), generator=torch.Generator().manual_seed(3))
     assert torch.equal(d(masked[perm]), out[perm])

@@ -9,9 +9,9 @@ over one person's n photos x_1..x_n (float RGB in [0, 1], (n, 3, H, W), one size
   shared (independent residuals average out as 1/sqrt(n)) and grows with a pixel-exact common pattern. A
   person's own fine face structure is shared a little too, and its share of R grows with n (LFW people with 10-40
   photos: up to 1.79 on all of them), so the test runs on `test_photos` (8) of them, chosen by content: natural
-  groups of the purifier's 265 training identities then give at most 1.24 (median 1.07; re-encoded as JPEG q75 /
-  q50: at most 1.26 / 1.27), the 126 LFW people with 10-40 photos at most 1.33, OPOM-masked groups (MobileFace)
-  2.35-2.49, groups cloaked photo by photo (Fawkes, LowKey, sample-wise noise) 1.03-1.16 (docs/RESULTS.md 15.7);
+  groups of the purifier's 265 training identities then give at most 1.26 (median 1.07; re-encoded as JPEG q75 /
+  q50: at most 1.26 / 1.28), the 126 LFW people with 10-40 photos at most 1.33, OPOM-masked groups 2.17-2.53,
+  groups cloaked photo by photo (Fawkes, LowKey, sample-wise noise) 1.02-1.18 (docs/RESULTS.md 15.7);
 * when R > `tau` the estimate m = mean_i h_k(x_i) is subtracted from every photo (k = 9 by default: the estimate
   holds the mask's fine and middle frequencies; larger boxes take more of it but also more of the person's own
   face structure, which matters if a natural group is ever flagged: on natural groups forced through it, k = 9
@@ -68,10 +68,15 @@ def shared_pattern_ratio(images: torch.Tensor, k: int = 3) -> float:
     return float(h.mean(0).pow(2).mean().sqrt() / (per_photo / n ** 0.5))
 
 
+def _as_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+
+
 def _by_content(images: torch.Tensor) -> torch.Tensor:
-    """The photos in an order that depends only on their content (so a group's result does not depend on the
-    order it comes in)."""
-    keys = [hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest() for x in images]
+    """The photos (float in [0, 1] or uint8) in an order that depends only on their 8-bit content, so a group's
+    result does not depend on the order (or the form) it comes in."""
+    q = images if images.dtype == torch.uint8 else (images.detach().float() * 255.0).round().clamp(0, 255).to(torch.uint8)
+    keys = [hashlib.sha1(x.cpu().contiguous().numpy().tobytes()).hexdigest() for x in q]
     return images[sorted(range(len(images)), key=keys.__getitem__)]
 
 
@@ -100,21 +105,25 @@ class SharedPatternRemoval(Defense):
     def name(self) -> str:
         return "unmask"
 
-    def shared_pattern(self, images: torch.Tensor) -> torch.Tensor | None:
-        """The (1, 3, H, W) pattern that would be subtracted from these photos of one person, or None when they
-        share none (R <= tau) or are fewer than `min_photos`."""
+    def shared_pattern(self, images: torch.Tensor, chunk: int = 256) -> torch.Tensor | None:
+        """The (1, 3, H, W) float pattern that would be subtracted from these photos of one person (float in [0, 1]
+        or uint8, (N, 3, H, W)), or None when they share none (R <= tau) or are fewer than `min_photos`. The mean
+        is taken in chunks of `chunk` photos (a large uint8 group stays small in memory)."""
         self.last_ratio = None
         if len(images) < self.params["min_photos"]:
             return None
         ordered = _by_content(images)  # sums in one order whatever order the group comes in
-        self.last_ratio = shared_pattern_ratio(ordered[: self.params["test_photos"]])
+        self.last_ratio = shared_pattern_ratio(_as_float(ordered[: self.params["test_photos"]]))
         if self.last_ratio <= self.params["tau"]:
             return None
-        return highpass(ordered.float(), self.params["k"]).mean(0, keepdim=True).to(images.dtype)
+        total = torch.zeros((1, *images.shape[1:]), dtype=torch.float64)
+        for i in range(0, len(ordered), chunk):
+            total += highpass(_as_float(ordered[i : i + chunk]), self.params["k"]).sum(0, keepdim=True).double()
+        return (total / len(ordered)).float()
 
     def _apply(self, images: torch.Tensor) -> torch.Tensor:
         m = self.shared_pattern(images)
-        return images.clone() if m is None else images - m
+        return images.clone() if m is None else images - m.to(images)
 
 
 @dataclass
@@ -134,10 +143,12 @@ class FolderPattern:
 
 
 def folder_patterns(in_path: str | Path, defense: SharedPatternRemoval | None = None, *, progress: bool = True,
-                    warn: Callable[[str], None] | None = None) -> dict[str, FolderPattern]:
+                    warn: Callable[[str], None] | None = None, max_photos: int = 4096) -> dict[str, FolderPattern]:
     """`unmask` over an identity-folder tree (root/<person>/<image>): each folder of images is one person. Reads
-    every image once (a file that cannot be read is left to the purification pass, which reports it); the photos of
-    the folder's most common size form the group. Returns {folder relative to `in_path`: FolderPattern}."""
+    each folder's first `max_photos` images by name (kept as uint8: 4,096 chips of 150 px take 276 MB; a file that
+    cannot be read is left to the purification pass, which reports it); those of the folder's most common size form
+    the group, and the pattern found applies to all of the folder's photos of that size. Returns {folder relative to
+    `in_path`: FolderPattern}."""
     from ..io.files import list_image_files
     from ..io.images import read_image
 
@@ -154,7 +165,7 @@ def folder_patterns(in_path: str | Path, defense: SharedPatternRemoval | None = 
     out: dict[str, FolderPattern] = {}
     for folder, files in items:
         arrays = []
-        for f in files:
+        for f in files[:max_photos]:
             try:
                 arrays.append(read_image(f))
             except Exception:  # noqa: BLE001 - reported by the purification pass
@@ -166,8 +177,7 @@ def folder_patterns(in_path: str | Path, defense: SharedPatternRemoval | None = 
             continue
         size = sizes.most_common(1)[0][0]
         group = [a for a in arrays if a.shape[:2] == size]
-        x = torch.from_numpy(np.stack(group)).permute(0, 3, 1, 2).float() / 255.0
-        m = d.shared_pattern(x)
+        m = d.shared_pattern(torch.from_numpy(np.stack(group)).permute(0, 3, 1, 2))
         pattern = None if m is None else m[0].permute(1, 2, 0).numpy()
         out[rel] = FolderPattern(rel, len(group), d.last_ratio, (int(size[0]), int(size[1])), pattern)
         if m is not None and warn is not None:
