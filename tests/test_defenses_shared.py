@@ -186,3 +186,13 @@ def test_purify_unmask_cli_per_identity_folder(johns_dir, tmp_path, capsys):
                 assert np.abs(got - ref).mean() < 0.8 * np.abs(plain - ref).mean(), f
     assert main(["purify", "--unmask", "--align", str(src), str(tmp_path / "o2"), "--no-progress"]) == 2
     assert "--unmask works on aligned chips" in capsys.readouterr().err
+    # a broken file is reported by the purification pass (exit code 1) and does not stop the others; a photo at
+    # the root is a group of its own ("."), too small to tell
+    (src / masked_name / "broken.jpg").write_bytes(b"not a jpeg")
+    write_image(src / "loose.png", read_image(johns_dir / folders[0].name / sorted(p.name for p in folders[0].iterdir())[0]))
+    assert main(["purify", "--unmask", str(src), str(tmp_path / "o3"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and f"unmask: {masked_name}:" in err
+    rows = {r["folder"]: r for r in csv.DictReader((tmp_path / "o3" / "unmask.csv").open())}
+    assert rows["."]["subtracted"] == "0" and rows["."]["ratio"] == "" and rows[masked_name]["subtracted"] == "1"
+    assert (tmp_path / "o3" / "loose.png").exists()
