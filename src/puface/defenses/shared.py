@@ -17,7 +17,9 @@ over one person's n photos x_1..x_n (float RGB in [0, 1], (n, 3, H, W), one size
   face structure, which matters if a natural group is ever flagged: on natural groups forced through it, k = 9
   keeps 36.8 dB and k = 17 30.9 dB).
 
-Groups under `tau` pass unchanged, so natural photos keep every pixel, and so do photos cloaked one by one:
+The test weighs the mask's fine part against the photos' own fine texture: on sharp photos with few per person
+it can miss (an OPOM mask on 8 sharp johns chips: R 1.49). Groups under `tau` pass unchanged, so natural photos
+keep every pixel, and so do photos cloaked one by one:
 this removes what the purifier cannot see as a cloak of one photo, and it runs before the purifier
 (`unmask+puface`). What it subtracts from a flagged group is mostly the mask but also the person's mean fine
 face structure: pixels may end no closer to the natural photo, while the face model's view of them does
