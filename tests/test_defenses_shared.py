@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from puface.defenses import SharedPatternRemoval, create_defense, shared_pattern_ratio
+from puface.defenses import SharedPatternRemoval, create_defense, shared_pattern_score
 from puface.utils.errors import ConfigError
 
 
@@ -25,25 +25,28 @@ def person(johns_images):
     return images[rows].clone()
 
 
-def test_ratio_is_about_one_for_unrelated_photos_and_grows_with_a_shared_mask(person):
+def test_score_is_about_one_for_unrelated_photos_and_grows_with_a_shared_mask(person):
     g = torch.Generator().manual_seed(0)
     noise = torch.rand(12, 3, 40, 40, generator=g)
-    assert 0.8 < shared_pattern_ratio(noise) < 1.2  # independent residuals average out as 1 / sqrt(n)
-    assert shared_pattern_ratio(person) < 1.5  # real photos of one person
+    assert 0.9 < shared_pattern_score(noise) < 1.1  # independent residuals: t statistics of unit rms
+    assert shared_pattern_score(person) < 1.5  # real photos of one person
     masked = (person + _mask(person.shape[1:])).clamp(0, 1)
-    assert shared_pattern_ratio(masked) > 2.0
-    with pytest.raises(ValueError, match="at least 2"):
-        shared_pattern_ratio(person[:1])
+    assert shared_pattern_score(masked) > 2.0
+    with pytest.raises(ValueError, match="at least 4"):
+        shared_pattern_score(person[:3])
 
 
 def test_removes_a_universal_mask_and_leaves_natural_groups_alone(person):
     d = create_defense("unmask")
-    assert d.groupwise and isinstance(d, SharedPatternRemoval) and d.params == {"tau": 1.5, "k": 9, "min_photos": 4, "test_photos": 8}
-    assert torch.equal(d(person), person) and d.last_ratio is not None and d.last_ratio <= 1.5
+    assert d.groupwise and isinstance(d, SharedPatternRemoval) and d.params == {"tau": 2.0, "k": 9, "min_photos": 4, "test_photos": 8}
+    assert torch.equal(d(person), person) and d.last_score is not None and d.last_score <= 2.0
+    # exact duplicates count once: 4 photos twice are not a shared pattern
+    twice = torch.cat([person[:4], person[:4]])
+    assert torch.equal(d(twice), twice) and d.last_score < 2.0
     mask = _mask(person.shape[1:])
     masked = (person + mask).clamp(0, 1)
     out = d(masked)
-    assert d.last_ratio > 1.5
+    assert d.last_score > 2.0
     removed = (masked - out).flatten()
     # what it takes out is mostly the mask (the rest: the person's own mean face structure at the 9 px scale)
     assert torch.nn.functional.cosine_similarity(removed, mask.expand_as(masked).flatten(), dim=0) > 0.6
@@ -61,7 +64,7 @@ def test_removes_a_universal_mask_and_leaves_natural_groups_alone(person):
     perm = torch.randperm(len(masked), generator=torch.Generator().manual_seed(3))
     assert torch.equal(d(masked[perm]), out[perm])
     # too few photos to tell: unchanged
-    assert torch.equal(d(masked[:3]), masked[:3]) and d.last_ratio is None
+    assert torch.equal(d(masked[:3]), masked[:3]) and d.last_score is None
 
 
 def test_composes_before_the_purifier_and_checks_its_settings():
@@ -194,5 +197,5 @@ def test_purify_unmask_cli_per_identity_folder(johns_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "broken.jpg" in err and f"unmask: {masked_name}:" in err
     rows = {r["folder"]: r for r in csv.DictReader((tmp_path / "o3" / "unmask.csv").open())}
-    assert rows["."]["subtracted"] == "0" and rows["."]["ratio"] == "" and rows[masked_name]["subtracted"] == "1"
+    assert rows["."]["subtracted"] == "0" and rows["."]["score"] == "" and rows[masked_name]["subtracted"] == "1"
     assert (tmp_path / "o3" / "loose.png").exists()

@@ -4,16 +4,18 @@ what does subtracting its estimate do?
     PUFACE_MODELS=DIR python docs/studies/2026-12-05-universal-masks/screen.py --data lfw-chips150/ \
         --config lfw-unseen-surrogate --victim mobileface.pt --out screen.json
 
-1. The shared-pattern ratio R (`shared_pattern_ratio`) on natural groups: every identity of the purifier's training
-   side (5-9 chips), as they are and re-encoded as JPEG q75 / q50, and the identities with >= 10 chips (the
-   evaluation side, up to 40 photos), on all photos and on `test_photos` (8) of them; and on the config's cached
-   cloak groups (each protected user's training photos, per attack).
+1. The shared-pattern score T (`shared_pattern_score`, what `unmask` tests) and, for comparison, the first test
+   tried, the energy ratio R = rms(mean_i h3) / (rms(h3) / sqrt(n)), on natural groups: every identity of the
+   purifier's training side (5-9 chips), as they are and re-encoded as JPEG q75 / q50, four of their photos each next
+   to its JPEG q75 copy, the identities with >= 10 chips (the evaluation side, up to 40 photos; T and R also on all
+   photos), the johns; and on the config's cached cloak groups (each protected user's training photos, per attack).
+   On 8 photos chosen by content unless said.
 2. Per cloak family, the victim's cosine between the defended cloak and the natural photo for: the purifier, and
    the pattern estimate with box k subtracted *regardless of R* (k = 3, 5, 9, 17), then the purifier; and on the
    natural groups of the same users the same, with PSNR: what a natural group would lose if it were flagged; and
    the rms distance (grey levels) of the cloaks to the natural photos before and after the subtraction alone.
 3. An attacker who knows `unmask`: OPOM's mask plus independent uniform noise per photo (+-a, projected back into
-   the 8/255 ball): R, the share of groups flagged, and the cosine without a defense, with PuFace, with
+   the 8/255 ball): T, the share of groups flagged, and the cosine without a defense, with PuFace, with
    `unmask+puface`.
 
 Cloaks are read from the cloak cache (nothing is cloaked here). Prints JSON; --out FILE also writes it.
@@ -46,7 +48,8 @@ def main() -> None:
 
     from puface.attacks.cache import CloakCache
     from puface.defenses import create_defense
-    from puface.defenses.shared import SharedPatternRemoval, _by_content, highpass, shared_pattern_ratio
+    from puface.data.johns import fetch_johns
+    from puface.defenses.shared import SharedPatternRemoval, _as_float, _by_content, highpass, shared_pattern_score
     from puface.evaluation.protocol import Protocol
     from puface.experiments import load_config
     from puface.experiments.build import build_attack, build_defense, build_trainers, draw_users, excluded_identities
@@ -100,18 +103,27 @@ def main() -> None:
         t = torch.tensor(v)
         return {"n": len(v), "min": round(float(t.min()), 3), "median": round(float(t.median()), 3), "max": round(float(t.max()), 3)}
 
-    def r8(x: torch.Tensor) -> float:
-        return shared_pattern_ratio(_by_content(x)[:8])
+    def energy_ratio(x: torch.Tensor) -> float:
+        h = highpass(x, 3)
+        return float(h.mean(0).pow(2).mean().sqrt() / (h.pow(2).mean().sqrt() / len(x) ** 0.5))
 
+    def both(gs: list[torch.Tensor], cap: int | None = 8) -> dict:
+        sel = [_as_float(_by_content(x)[:cap]) for x in gs]
+        return {"T": stats([shared_pattern_score(x) for x in sel]), "R": stats([energy_ratio(x) for x in sel])}
+
+    johns_root = fetch_johns()
+    johns = [torch.stack([load(f) for f in sorted(d.iterdir()) if f.is_file()]) for d in sorted(johns_root.iterdir()) if d.is_dir()]
     ratio = {
-        "natural, training identities (5-9 photos)": stats([r8(x) for x in train_side]),
-        "the same, JPEG q75": stats([r8(jpeg(x, 75)) for x in train_side]),
-        "the same, JPEG q50": stats([r8(jpeg(x, 50)) for x in train_side]),
-        "natural, >= 10 photos (up to 40), all photos": stats([shared_pattern_ratio(x) for x in eval_side]),
-        "natural, >= 10 photos (up to 40), 8 photos": stats([r8(x) for x in eval_side]),
+        "natural, training identities (5-9 photos)": both(train_side),
+        "the same, JPEG q75": both([jpeg(x, 75) for x in train_side]),
+        "the same, JPEG q50": both([jpeg(x, 50) for x in train_side]),
+        "the same, 4 photos each next to its JPEG q75 copy": both([torch.cat([x[:4], jpeg(x[:4], 75)]) for x in train_side]),
+        "natural, >= 10 photos (up to 40), all photos": both(eval_side, cap=None),
+        "natural, >= 10 photos (up to 40)": both(eval_side),
+        "natural, johns": both(johns),
     }
     for label, gs in groups.items():
-        ratio[f"cloaked: {label}"] = stats([r8(c) for _, c in gs])
+        ratio[f"cloaked: {label}"] = both([c for _, c in gs])
 
     purifier = create_defense("puface")
 
@@ -156,20 +168,20 @@ def main() -> None:
             continue
         for a in (0, 2, 4, 8):
             gen = torch.Generator().manual_seed(a)
-            acc = {"R": [], "flagged": [], "none": [], "puface": [], "unmask+puface": []}
+            acc = {"T": [], "flagged": [], "none": [], "puface": [], "unmask+puface": []}
             for n, c in gs:
                 noise = (torch.rand(c.shape, generator=gen) * 2 - 1) * (a / 255)
                 adv = quantize((n + (c - n + noise).clamp(-8 / 255, 8 / 255)).clamp(0, 1))
                 en = emb(n)
                 unmask(adv)
-                acc["R"].append(unmask.last_ratio)
-                acc["flagged"].append(float(unmask.last_ratio > unmask.params["tau"]))
+                acc["T"].append(unmask.last_score)
+                acc["flagged"].append(float(unmask.last_score > unmask.params["tau"]))
                 for name, x in (("none", adv), ("puface", quantize(purifier(adv))), ("unmask+puface", quantize(unmask_pf(adv)))):
                     acc[name].append(float((emb(x) * en).sum(1).mean()))
             adaptive[f"{label}, per-photo noise +-{a}/255"] = {k: round(float(np.mean(v)), 3) for k, v in acc.items()}
 
     out = {"config": args.config, "victim": args.victim, "users": users, "defaults": SharedPatternRemoval().params,
-           "shared_pattern_ratio": ratio, "cosine_to_natural": cos, "rms_to_natural_grey_levels": grey,
+           "shared_pattern": ratio, "cosine_to_natural": cos, "rms_to_natural_grey_levels": grey,
            "adaptive_per_photo_noise": adaptive,
            "natural_groups_forced": {k: {"cosine": round(float(np.mean(nat_cos[k])), 3), "psnr_db": round(float(np.mean(nat_psnr[k])), 2)} for k in nat_cos},
            "seconds": round(time.perf_counter() - t0, 1)}

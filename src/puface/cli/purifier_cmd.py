@@ -127,7 +127,7 @@ def _unmask_step(in_path: Path, out_root: Path, progress: bool):
     check_output_folder(in_path, out_root)
     found = folder_patterns(in_path, progress=progress, warn=lambda m: click.echo(m, err=True))
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["folder", "photos", "ratio", "subtracted"], lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=["folder", "photos", "score", "subtracted"], lineterminator="\n")
     w.writeheader()
     w.writerows(f.row() for f in found.values())
     out_root.mkdir(parents=True, exist_ok=True)

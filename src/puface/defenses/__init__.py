@@ -15,11 +15,11 @@ from .base import GRADIENTS, Compose, Defense, ModuleDefense, NoDefense
 from .pixel import JPEG, BitDepth, Contrast, DownUpResize, Gamma, GaussianBlur, GaussianNoise, MedianFilter, Sharpen
 from .purifier import PuFaceDefense, defense_training_identities
 from .registry import DEFENSES, create_defense, default_label, list_defenses
-from .shared import SharedPatternRemoval, shared_pattern_ratio
+from .shared import SharedPatternRemoval, shared_pattern_score
 from .views import Views
 
 __all__ = [
     "Defense", "NoDefense", "ModuleDefense", "Compose", "GRADIENTS", "PuFaceDefense", "JPEG", "GaussianBlur", "MedianFilter",
     "BitDepth", "GaussianNoise", "DownUpResize", "Sharpen", "Gamma", "Contrast", "DEFENSES", "create_defense", "list_defenses", "default_label",
-    "defense_training_identities", "Views", "SharedPatternRemoval", "shared_pattern_ratio",
+    "defense_training_identities", "Views", "SharedPatternRemoval", "shared_pattern_score",
 ]

@@ -3,33 +3,34 @@
 A universal cloak adds the *same* perturbation to every photo of a person (OPOM's per-identity mask,
 class-wise unlearnable noise). On aligned face chips it sits on the same pixels in each photo, while a
 photo's own fine texture differs from photo to photo. With h_k(x) = x - mean_kxk(x) (a k x k box high-pass),
-over one person's n photos x_1..x_n (float RGB in [0, 1], (n, 3, H, W), one size):
+over one person's n distinct photos x_1..x_n (float RGB in [0, 1], (n, 3, H, W), one size; exact duplicates
+count once):
 
-* the **shared-pattern ratio** R = rms(mean_i h_3(x_i)) / (rms(h_3(x_i)) / sqrt(n)) is about 1 when nothing is
-  shared (independent residuals average out as 1/sqrt(n)) and grows with a pixel-exact common pattern. A
-  person's own fine face structure is shared a little too, and its share of R grows with n (LFW people with 10-40
-  photos: up to 1.79 on all of them), so the test runs on `test_photos` (8) of them, chosen by content: natural
-  groups of the purifier's 265 training identities then give at most 1.26 (median 1.07; re-encoded as JPEG q75 /
-  q50: at most 1.26 / 1.28), the 126 LFW people with 10-40 photos at most 1.33, OPOM-masked groups 2.17-2.53,
-  groups cloaked photo by photo (Fawkes, LowKey, sample-wise noise) 1.02-1.18 (docs/RESULTS.md 15.7);
-* when R > `tau` the estimate m = mean_i h_k(x_i) is subtracted from every photo (k = 9 by default: the estimate
-  holds the mask's fine and middle frequencies; larger boxes take more of it but also more of the person's own
-  face structure, which matters if a natural group is ever flagged: on natural groups forced through it, k = 9
-  keeps 36.8 dB and k = 17 30.9 dB).
+* the **shared-pattern score** T: at each pixel and channel, the t statistic of h_3 across the photos
+  (mean / (standard deviation / sqrt(n))); T = the rms of t over the image, divided by its value for photos that
+  share nothing (sqrt((n-1)/(n-3))), so about 1 then. A pattern on the same pixels of every photo makes t large
+  wherever the photos' own texture is weaker than it (skin, background), whatever the texture elsewhere. A
+  person's own fine face structure is shared a little too, and more so with more photos, so the test runs on
+  `test_photos` (8) of them, chosen by content. Natural groups: the purifier's 265 training identities at most
+  1.23 (re-encoded as JPEG q75 / q50: 1.29 / 1.36), the 126 LFW people with 10-40 photos 1.37, the johns 1.08-1.33,
+  4 photos each next to its JPEG q75 copy 1.84; OPOM-masked groups 2.7-6.9 (on LFW chips 4.6-6.9), groups cloaked
+  photo by photo (Fawkes, LowKey, sample-wise noise) at most 1.20 (docs/RESULTS.md 15.7);
+* when T > `tau` (2.0) the estimate m = mean_i h_k(x_i) is subtracted from every photo (k = 9 by default: the
+  estimate holds the mask's fine and middle frequencies; larger boxes take more of it but also more of the
+  person's own face structure, which matters if a natural group is ever flagged: on natural groups forced through
+  it, k = 9 keeps 36.8 dB and k = 17 30.9 dB).
 
-The test weighs the mask's fine part against the photos' own fine texture: on sharp photos with few per person
-it can miss (an OPOM mask on 8 sharp johns chips: R 1.49). Groups under `tau` pass unchanged, so natural photos
-keep every pixel, and so do photos cloaked one by one:
+Groups under `tau` pass unchanged, so natural photos keep every pixel, and so do photos cloaked one by one:
 this removes what the purifier cannot see as a cloak of one photo, and it runs before the purifier
 (`unmask+puface`). What it subtracts from a flagged group is mostly the mask but also the person's mean fine
-face structure: pixels may end no closer to the natural photo, while the face model's view of them does
-(MobileFace cosine to the natural photo after the purifier: OPOM 0.63 -> 0.82).
+face structure: pixels get only a little closer to the natural photos, while the face model's view of them gets
+much closer (MobileFace cosine to the natural photo after the purifier: OPOM 0.63 -> 0.82).
 
 The defense is **group-wise** (`groupwise = True`): a call is one person's photos. The evaluation protocol
 calls it once per identity of the training set (and once on a protected user's cloaked photos); it is refused at
-query time, where the defender does not know who a probe is. Groups of fewer than `min_photos` pass unchanged.
-`puface purify --unmask` takes each identity folder as one person (`folder_patterns`, then `subtract_pattern`
-on each photo before the purifier).
+query time, where the defender does not know who a probe is. Groups of fewer than `min_photos` distinct photos
+pass unchanged. `puface purify --unmask` takes each identity folder as one person (`folder_patterns`, then
+`subtract_pattern` on each photo before the purifier).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from ..utils.errors import ConfigError
 from .base import Defense
 from .registry import register
 
-__all__ = ["SharedPatternRemoval", "shared_pattern_ratio", "highpass", "FolderPattern", "folder_patterns", "subtract_pattern"]
+__all__ = ["SharedPatternRemoval", "shared_pattern_score", "highpass", "FolderPattern", "folder_patterns", "subtract_pattern"]
 
 
 def highpass(images: torch.Tensor, k: int) -> torch.Tensor:
@@ -57,17 +58,17 @@ def highpass(images: torch.Tensor, k: int) -> torch.Tensor:
     return images - F.avg_pool2d(F.pad(images, (pad, pad, pad, pad), mode="replicate"), k, stride=1)
 
 
-def shared_pattern_ratio(images: torch.Tensor, k: int = 3) -> float:
-    """R for one person's photos (n >= 2, one size): rms of the mean high-pass over the rms of one photo's
-    high-pass / sqrt(n). About 1 for unrelated photos; a mask shared pixel for pixel raises it (module docstring)."""
+def shared_pattern_score(images: torch.Tensor, k: int = 3) -> float:
+    """T for one person's distinct photos (n >= 4, one size, float in [0, 1]): the rms over pixels of the t statistic
+    of the k x k high-pass across the photos, over its value for unrelated photos. About 1 when nothing is shared;
+    a mask on the same pixels of every photo raises it (module docstring)."""
     n = len(images)
-    if n < 2:
-        raise ValueError("shared_pattern_ratio needs at least 2 photos")
+    if n < 4:
+        raise ValueError("shared_pattern_score needs at least 4 photos")
     h = highpass(images.float(), k)
-    per_photo = h.pow(2).mean().sqrt()
-    if float(per_photo) == 0.0:
-        return 0.0
-    return float(h.mean(0).pow(2).mean().sqrt() / (per_photo / n ** 0.5))
+    sd = h.std(0, unbiased=True).clamp_min(1e-4)  # a pixel equal in every photo (saturated, padding) counts as 0
+    t2 = (h.mean(0) / (sd / n ** 0.5)).pow(2)
+    return float((t2.mean() / ((n - 1) / (n - 3))).sqrt())
 
 
 def _as_float(images: torch.Tensor) -> torch.Tensor:
@@ -75,33 +76,33 @@ def _as_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def _by_content(images: torch.Tensor) -> torch.Tensor:
-    """The photos (float in [0, 1] or uint8) in an order that depends only on their 8-bit content, so a group's
-    result does not depend on the order (or the form) it comes in."""
+    """The distinct photos (float in [0, 1] or uint8; exact duplicates once) in an order that depends only on their
+    8-bit content, so a group's result does not depend on the order (or the form) it comes in."""
     q = images if images.dtype == torch.uint8 else (images.detach().float() * 255.0).round().clamp(0, 255).to(torch.uint8)
-    keys = [hashlib.sha1(x.cpu().contiguous().numpy().tobytes()).hexdigest() for x in q]
-    return images[sorted(range(len(images)), key=keys.__getitem__)]
+    keys = {hashlib.sha1(x.cpu().contiguous().numpy().tobytes()).hexdigest(): i for i, x in enumerate(q)}
+    return images[[keys[key] for key in sorted(keys)]]
 
 
 @register
 class SharedPatternRemoval(Defense):
     """Subtract a pattern one person's photos share (universal masks); group-wise: a call = one person.
 
-    Args: tau: R above which a group is taken as masked; k: box size (odd) of the subtracted estimate;
-    min_photos: smaller groups pass unchanged; test_photos: R is measured on this many photos (by content).
+    Args: tau: T above which a group is taken as masked; k: box size (odd) of the subtracted estimate;
+    min_photos: groups with fewer distinct photos pass unchanged; test_photos: T is measured on this many (by content).
     """
 
     kind = "unmask"
     groupwise = True
 
-    def __init__(self, tau: float = 1.5, k: int = 9, min_photos: int = 4, test_photos: int = 8):
+    def __init__(self, tau: float = 2.0, k: int = 9, min_photos: int = 4, test_photos: int = 8):
         if tau <= 0:
             raise ConfigError(f"unmask: tau must be > 0 (got {tau})")
         if k < 3 or k % 2 == 0:
             raise ConfigError(f"unmask: k must be an odd box size >= 3 (got {k})")
-        if min_photos < 2 or test_photos < min_photos:
-            raise ConfigError(f"unmask: need 2 <= min_photos <= test_photos (got {min_photos}, {test_photos})")
+        if min_photos < 4 or test_photos < min_photos:
+            raise ConfigError(f"unmask: need 4 <= min_photos <= test_photos (got {min_photos}, {test_photos})")
         super().__init__(tau=float(tau), k=int(k), min_photos=int(min_photos), test_photos=int(test_photos))
-        self.last_ratio: float | None = None  # R of the last group (None: too few photos)
+        self.last_score: float | None = None  # T of the last group (None: too few distinct photos)
 
     @property
     def name(self) -> str:
@@ -111,12 +112,12 @@ class SharedPatternRemoval(Defense):
         """The (1, 3, H, W) float pattern that would be subtracted from these photos of one person (float in [0, 1]
         or uint8, (N, 3, H, W)), or None when they share none (R <= tau) or are fewer than `min_photos`. The mean
         is taken in chunks of `chunk` photos (a large uint8 group stays small in memory)."""
-        self.last_ratio = None
-        if len(images) < self.params["min_photos"]:
+        self.last_score = None
+        ordered = _by_content(images)  # distinct photos, summed in one order whatever order the group comes in
+        if len(ordered) < self.params["min_photos"]:
             return None
-        ordered = _by_content(images)  # sums in one order whatever order the group comes in
-        self.last_ratio = shared_pattern_ratio(_as_float(ordered[: self.params["test_photos"]]))
-        if self.last_ratio <= self.params["tau"]:
+        self.last_score = shared_pattern_score(_as_float(ordered[: self.params["test_photos"]]))
+        if self.last_score <= self.params["tau"]:
             return None
         total = torch.zeros((1, *images.shape[1:]), dtype=torch.float64)
         for i in range(0, len(ordered), chunk):
@@ -130,17 +131,17 @@ class SharedPatternRemoval(Defense):
 
 @dataclass
 class FolderPattern:
-    """One identity folder's verdict: `folder` (relative to the input root), photos read, R (None: too few),
+    """One identity folder's verdict: `folder` (relative to the input root), photos read, T (None: too few),
     and the (H, W, 3) float pattern subtracted from its photos of size `size` (None: none)."""
 
     folder: str
     photos: int
-    ratio: float | None
+    score: float | None
     size: tuple[int, int] | None
     pattern: np.ndarray | None
 
     def row(self) -> dict:
-        return {"folder": self.folder, "photos": self.photos, "ratio": "" if self.ratio is None else round(self.ratio, 4),
+        return {"folder": self.folder, "photos": self.photos, "score": "" if self.score is None else round(self.score, 4),
                 "subtracted": int(self.pattern is not None)}
 
 
@@ -181,9 +182,9 @@ def folder_patterns(in_path: str | Path, defense: SharedPatternRemoval | None = 
         group = [a for a in arrays if a.shape[:2] == size]
         m = d.shared_pattern(torch.from_numpy(np.stack(group)).permute(0, 3, 1, 2))
         pattern = None if m is None else m[0].permute(1, 2, 0).numpy()
-        out[rel] = FolderPattern(rel, len(group), d.last_ratio, (int(size[0]), int(size[1])), pattern)
+        out[rel] = FolderPattern(rel, len(group), d.last_score, (int(size[0]), int(size[1])), pattern)
         if m is not None and warn is not None:
-            warn(f"unmask: {rel}: {len(group)} photos share a pattern (R {d.last_ratio:.2f} > {d.params['tau']}): subtracted")
+            warn(f"unmask: {rel}: {len(group)} photos share a pattern (score {d.last_score:.2f} > {d.params['tau']}): subtracted")
     return out
 
 
