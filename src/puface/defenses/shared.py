@@ -110,7 +110,7 @@ class SharedPatternRemoval(Defense):
 
     def shared_pattern(self, images: torch.Tensor, chunk: int = 256) -> torch.Tensor | None:
         """The (1, 3, H, W) float pattern that would be subtracted from these photos of one person (float in [0, 1]
-        or uint8, (N, 3, H, W)), or None when they share none (R <= tau) or are fewer than `min_photos`. The mean
+        or uint8, (N, 3, H, W)), or None when they share none (T <= tau) or are fewer than `min_photos`. The mean
         is taken in chunks of `chunk` photos (a large uint8 group stays small in memory)."""
         self.last_score = None
         ordered = _by_content(images)  # distinct photos, summed in one order whatever order the group comes in
