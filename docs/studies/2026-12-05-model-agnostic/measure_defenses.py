@@ -32,39 +32,22 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    from puface.attacks.cache import CloakCache
     from puface.defenses import create_defense
     from puface.experiments import load_config
-    from puface.experiments.build import build_attack, build_defense, build_trainers, draw_users, excluded_identities
-    from puface.evaluation.protocol import Protocol
+    from puface.experiments.build import cached_grid_cloaks
     from puface.models.registry import load_embedder
-    from puface.utils.errors import CloakNotCachedError
     from puface.utils.images import quantize, to_float
     from puface.utils.metrics import psnr
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
     cfg = load_config(args.config)
-    grid_defenses = {d.label: build_defense(d, None) for d in cfg.defenses}
-    data, users = draw_users(cfg, args.data, args.seed, exclude=excluded_identities(grid_defenses, print))
     victim = load_embedder(args.victim)
-    proto = Protocol(data, users, [build_attack(a, args.seed, None, cfg.run["cloak_batch_size"]) for a in cfg.attacks],
-                     {"v": victim}, [t for t in build_trainers(cfg, None) if not t.victims], {"none": create_defense("none")},
-                     cloak_cache=CloakCache(cached_only=True), progress=False)
+    _, users, groups = cached_grid_cloaks(cfg, args.data, args.seed, victim)
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for spec in proto.attacks:
-        if spec.attack is None:
-            continue
-        nat, clo = [], []
-        for user in users:
-            try:
-                clo.append(proto.cloak(spec, user))
-            except CloakNotCachedError:
-                continue
-            nat.append(data.train.images[data.train.rows_of(user)])
-        if clo:
-            n = args.max_per_attack
-            pairs[spec.label] = (to_float(torch.cat(nat))[:n], to_float(torch.cat(clo))[:n])
+    n = args.max_per_attack
+    for label, gs in groups.items():
+        pairs[label] = (to_float(torch.cat([g[0] for g in gs]))[:n], to_float(torch.cat([g[1] for g in gs]))[:n])
     if not pairs:
         raise SystemExit("no cached cloaks of this config: run its grid first")
 

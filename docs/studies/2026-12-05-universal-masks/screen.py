@@ -46,39 +46,23 @@ def main() -> None:
 
     from PIL import Image
 
-    from puface.attacks.cache import CloakCache
     from puface.defenses import create_defense
     from puface.data.johns import fetch_johns
-    from puface.defenses.shared import SharedPatternRemoval, _as_float, _by_content, highpass, shared_pattern_score
-    from puface.evaluation.protocol import Protocol
+    from puface.defenses.shared import SharedPatternRemoval, _by_content, highpass, shared_pattern_score
     from puface.experiments import load_config
-    from puface.experiments.build import build_attack, build_defense, build_trainers, draw_users, excluded_identities
+    from puface.experiments.build import cached_grid_cloaks
     from puface.io.files import list_image_files
     from puface.io.images import read_image
     from puface.models.registry import load_embedder
-    from puface.utils.errors import CloakNotCachedError
     from puface.utils.images import quantize, to_float
     from puface.utils.metrics import psnr
 
     t0 = time.perf_counter()
     root = args.data if args.data.is_dir() else Path(os.environ.get("PUFACE_DATA", ".")) / args.data
     cfg = load_config(args.config)
-    grid_defenses = {d.label: build_defense(d, None) for d in cfg.defenses}
-    data, users = draw_users(cfg, root, args.seed, exclude=excluded_identities(grid_defenses, print))
     victim = load_embedder(args.victim)
-    proto = Protocol(data, users, [build_attack(a, args.seed, None, cfg.run["cloak_batch_size"]) for a in cfg.attacks],
-                     {"v": victim}, [t for t in build_trainers(cfg, None) if not t.victims], {"none": create_defense("none")},
-                     cloak_cache=CloakCache(cached_only=True), progress=False)
-    groups: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-    for spec in proto.attacks:
-        if spec.attack is None:
-            continue
-        for user in users:
-            try:
-                c = to_float(proto.cloak(spec, user))
-            except CloakNotCachedError:
-                continue
-            groups.setdefault(spec.label, []).append((to_float(data.train.images[data.train.rows_of(user)]), c))
+    _, users, cached = cached_grid_cloaks(cfg, root, args.seed, victim)
+    groups = {label: [(to_float(n), to_float(c)) for n, c in gs] for label, gs in cached.items()}
     if not groups:
         raise SystemExit("no cached cloaks of this config: run its grid first")
 
@@ -108,7 +92,7 @@ def main() -> None:
         return float(h.mean(0).pow(2).mean().sqrt() / (h.pow(2).mean().sqrt() / len(x) ** 0.5))
 
     def both(gs: list[torch.Tensor], cap: int | None = 8) -> dict:
-        sel = [_as_float(_by_content(x)[:cap]) for x in gs]
+        sel = [to_float(_by_content(x)[:cap]) for x in gs]
         return {"T": stats([shared_pattern_score(x) for x in sel]), "R": stats([energy_ratio(x) for x in sel])}
 
     johns_root = fetch_johns()

@@ -117,28 +117,20 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
 def _unmask_step(in_path: Path, out_root: Path, progress: bool):
     """`--unmask`: find each identity folder's shared pattern (all of IN read once), list the folders in
     OUT/unmask.csv and return the `prepare` step that subtracts a photo's folder pattern."""
-    import csv
-    import io
-
     from ..defenses.shared import folder_patterns, subtract_pattern
+    from ..evaluation.tables import write_csv
     from ..io.files import check_output_folder
-    from ..io.images import atomic_write_bytes
 
     check_output_folder(in_path, out_root)
     found = folder_patterns(in_path, progress=progress, warn=lambda m: click.echo(m, err=True))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["folder", "photos", "score", "subtracted"], lineterminator="\n")
-    w.writeheader()
-    w.writerows(f.row() for f in found.values())
     out_root.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out_root / "unmask.csv", buf.getvalue().encode())
+    write_csv(out_root / "unmask.csv", [f.row() for f in found.values()])
     hit = sum(f.pattern is not None for f in found.values())
     click.echo(f"unmask: {hit} of {len(found)} folders share a pattern; subtracted before purifying "
                f"({out_root / 'unmask.csv'})", err=True)
 
     def prepare(item):
-        rel = item.job.rel.parent.as_posix()
-        return subtract_pattern(item.image, found.get(rel if rel else "."))
+        return subtract_pattern(item.image, found.get(item.job.rel.parent.as_posix()))
 
     return prepare
 

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from ..utils.errors import ConfigError
+from ..utils.images import to_float, to_uint8
 from .base import Defense
 from .registry import register
 
@@ -71,14 +72,10 @@ def shared_pattern_score(images: torch.Tensor, k: int = 3) -> float:
     return float((t2.mean() / ((n - 1) / (n - 3))).sqrt())
 
 
-def _as_float(images: torch.Tensor) -> torch.Tensor:
-    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-
-
 def _by_content(images: torch.Tensor) -> torch.Tensor:
     """The distinct photos (float in [0, 1] or uint8; exact duplicates once) in an order that depends only on their
     8-bit content, so a group's result does not depend on the order (or the form) it comes in."""
-    q = images if images.dtype == torch.uint8 else (images.detach().float() * 255.0).round().clamp(0, 255).to(torch.uint8)
+    q = images if images.dtype == torch.uint8 else to_uint8(images)
     keys = {hashlib.sha1(x.cpu().contiguous().numpy().tobytes()).hexdigest(): i for i, x in enumerate(q)}
     return images[[keys[key] for key in sorted(keys)]]
 
@@ -104,10 +101,6 @@ class SharedPatternRemoval(Defense):
         super().__init__(tau=float(tau), k=int(k), min_photos=int(min_photos), test_photos=int(test_photos))
         self.last_score: float | None = None  # T of the last group (None: too few distinct photos)
 
-    @property
-    def name(self) -> str:
-        return "unmask"
-
     def shared_pattern(self, images: torch.Tensor, chunk: int = 256) -> torch.Tensor | None:
         """The (1, 3, H, W) float pattern that would be subtracted from these photos of one person (float in [0, 1]
         or uint8, (N, 3, H, W)), or None when they share none (T <= tau) or are fewer than `min_photos`. The mean
@@ -116,12 +109,12 @@ class SharedPatternRemoval(Defense):
         ordered = _by_content(images)  # distinct photos, summed in one order whatever order the group comes in
         if len(ordered) < self.params["min_photos"]:
             return None
-        self.last_score = shared_pattern_score(_as_float(ordered[: self.params["test_photos"]]))
+        self.last_score = shared_pattern_score(to_float(ordered[: self.params["test_photos"]]))
         if self.last_score <= self.params["tau"]:
             return None
         total = torch.zeros((1, *images.shape[1:]), dtype=torch.float64)
         for i in range(0, len(ordered), chunk):
-            total += highpass(_as_float(ordered[i : i + chunk]), self.params["k"]).sum(0, keepdim=True).double()
+            total += highpass(to_float(ordered[i : i + chunk]), self.params["k"]).sum(0, keepdim=True).double()
         return (total / len(ordered)).float()
 
     def _apply(self, images: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from ..utils.errors import ConfigError
 from .config import AttackEntry, DefenseEntry, ExperimentConfig
 
 __all__ = ["build_attack", "build_defense", "build_victims", "build_trainers", "draw_users", "results_fingerprint",
-           "excluded_identities"]
+           "excluded_identities", "cached_grid_cloaks"]
 
 
 def build_attack(entry: AttackEntry, seed: int, device: str | None, cloak_batch_size: int | None = None) -> AttackSpec:
@@ -100,6 +100,33 @@ def draw_users(cfg: ExperimentConfig, root: str | Path, seed: int, *, exclude: I
         exclude=exclude, min_train=int(cfg.users["min_train"]), min_test=int(cfg.users["min_test"]),
     )
     return data, users
+
+
+def cached_grid_cloaks(cfg: ExperimentConfig, root: str | Path, seed: int, victim: FaceEmbedder
+                       ) -> tuple[EvaluationData, list[str], dict[str, list[tuple[Any, Any]]]]:
+    """The cloaks of a config's grid (seed `seed`) that are in the cloak cache, for analyses that must not cloak:
+    (data, protected users, {attack label: [(natural, cloaked) uint8 training images of one user, ...]}), users
+    without a cached cloak left out. `victim` only completes the protocol that makes the cloak requests."""
+    from ..attacks.cache import CloakCache
+    from ..evaluation.protocol import Protocol
+    from ..utils.errors import CloakNotCachedError
+
+    grid_defenses = {d.label: build_defense(d, None) for d in cfg.defenses}
+    data, users = draw_users(cfg, root, seed, exclude=excluded_identities(grid_defenses, print))
+    proto = Protocol(data, users, [build_attack(a, seed, None, cfg.run["cloak_batch_size"]) for a in cfg.attacks],
+                     {"v": victim}, [t for t in build_trainers(cfg, None) if not t.victims], {"none": create_defense("none")},
+                     cloak_cache=CloakCache(cached_only=True), progress=False)
+    groups: dict[str, list[tuple[Any, Any]]] = {}
+    for spec in proto.attacks:
+        if spec.attack is None:
+            continue
+        for user in users:
+            try:
+                cloaked = proto.cloak(spec, user)
+            except CloakNotCachedError:
+                continue
+            groups.setdefault(spec.label, []).append((data.train.images[data.train.rows_of(user)], cloaked))
+    return data, users, groups
 
 
 def results_fingerprint(cfg: ExperimentConfig, victims: dict[str, FaceEmbedder], defenses: dict[str, Defense]) -> str:
