@@ -196,7 +196,7 @@ def test_net_inputs_choose_the_residuals_and_survive_a_round_trip(johns_images):
 def test_shipped_detectors_by_name(johns_images, johns_cloaks):
     """Every shipped detector flags cloaks; natural chips sharpened by 30% (unsharp masking) are flagged by the default
     detector and not by `sharpen` or `edits`; chips with 20% more contrast by the default and not by `edits` (settings
-    neither recipe trains on)."""
+    neither recipe trains on); `edits` also flags most cloaks re-encoded as JPEG."""
     from puface.defenses import create_defense
     from puface.detection import SHIPPED_DETECTORS, detector_path, load_detector
 
@@ -222,6 +222,11 @@ def test_shipped_detectors_by_name(johns_images, johns_cloaks):
         contrast = create_defense("contrast:factor=1.2")(x[keep])
         assert flagged(default, contrast) >= 0.5
         assert flagged(edits, contrast) <= 0.1
+        # `edits` scores with its net alone, and its net learned cloaks re-encoded as JPEG too
+        assert edits.config.components == ("net",)
+        f = edits.features(x[:4])
+        assert torch.equal(f["score"], f["z:net"])
+        assert flagged(edits, create_defense("jpeg:quality=85")(xc)) >= 0.8
 
 
 # ---------------------------------------------------------------- the CLI

@@ -21,7 +21,8 @@ from .options import check_engine, engine_options
 @click.option("--detector", "weights", type=click.Path(path_type=Path), default=None,
               help="A detector file (`puface train-detector`) or a shipped one: default (every cloak family measured), "
                    "sharpen (photos from sources that sharpen: phone cameras, photo editors; misses most Fawkes low cloaks), "
-                   "edits (edited or mixed sources: sharpened, contrast or gamma changed; misses Fawkes low cloaks).")
+                   "edits (edited or mixed sources: sharpened, contrast or gamma changed, re-encoded; misses Fawkes low "
+                   "cloaks and most adaptive ones).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (CUDA when available).")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
 @click.option("--align", is_flag=True,

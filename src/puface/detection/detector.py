@@ -58,7 +58,8 @@ DEFAULT_DETECTOR_NAME = "detector-default.safetensors"
 # Detectors shipped inside the package, by the name `load_detector` / `--detector` take: "default" (every cloak
 # family measured, Fawkes low included), "sharpen" (for photos from sources that sharpen: natural photos
 # sharpened by unsharp masking are not flagged, Fawkes low mostly missed) and "edits" (for edited or mixed photo
-# sources: sharpened and contrast / gamma changed natural photos are not flagged, Fawkes low missed; RESULTS 18).
+# sources: sharpened, contrast / gamma changed and re-encoded natural photos are not flagged, JPEG'd cloaks are;
+# Fawkes low and most cloaks made through the photo and the purifier missed; RESULTS 18).
 SHIPPED_DETECTORS = {"default": DEFAULT_DETECTOR_NAME, "sharpen": "detector-sharpen.safetensors",
                      "edits": "detector-edits.safetensors"}
 PSNR_CAP = 99.0
