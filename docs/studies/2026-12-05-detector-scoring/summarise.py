@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-VARIANTS = ["default", "edits-old", "default-net", "edits-net", "ej-net", "ejw-net", "ejw"]
+VARIANTS = ["default", "edits-old", "default-net", "djw-net", "edits-net", "ej-net", "ejw-net", "ejw"]
 PLAIN = ["fawkes-mid", "fawkes-high", "fawkes-high-sface", "lowkey"]
 
 
