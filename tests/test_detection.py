@@ -193,6 +193,19 @@ def test_net_inputs_choose_the_residuals_and_survive_a_round_trip(johns_images):
         ResidualNetConfig(inputs=("edges",))
 
 
+def test_net_highpass_equals_the_pooling_definition_bit_for_bit(johns_images):
+    """The net's fast 3x3 high-pass gives exactly x - avg_pool2d(x, 3, 1, 1, count_include_pad=False), on chips, on
+    odd sizes and on a cropped (non-contiguous) view, so detectors trained before it score the same."""
+    import torch.nn.functional as F
+
+    from puface.detection.net import _highpass
+
+    x = johns_images[2][:4]
+    for v in (x, x[..., 5:133, 9:137], torch.rand(2, 3, 7, 5), x.flip(-1)):
+        assert torch.equal(_highpass(v), v - F.avg_pool2d(v, 3, stride=1, padding=1, count_include_pad=False))
+    assert not torch.equal(_highpass(x), x - F.avg_pool2d(x, 3, stride=1, padding=1))  # borders count differently
+
+
 def test_shipped_detectors_by_name(johns_images, johns_cloaks):
     """Every shipped detector flags cloaks; natural chips sharpened by 30% (unsharp masking) are flagged by the default
     detector and not by `sharpen` or `edits`; chips with 20% more contrast by the default and not by `edits` (settings
