@@ -64,11 +64,14 @@ class ThroughDefense(FaceEmbedder):
         return super().preprocess(self.defend(images))
 
 
-def as_through_defense(through: "str | Defense") -> Defense:
+def as_through_defense(through: "str | dict | Defense") -> Defense:
     """The defense an adaptive spec's ``through`` names: a `Defense`, "default" (the shipped purifier), a
-    purifier checkpoint path, or any defense spec ("puface:weights=FILE", "blur:sigma=1", ...)."""
+    purifier checkpoint path, any defense spec ("puface:weights=FILE", "blur:sigma=1", ...) or a defense table
+    ({name = "random", of = [...]})."""
     if isinstance(through, Defense):
         return through
+    if isinstance(through, dict):                 # a TOML table: {name = "random", of = [...]}
+        return create_defense(through)
     text = str(through)
     if text in ("default", "puface"):
         return create_defense("puface")
@@ -77,7 +80,7 @@ def as_through_defense(through: "str | Defense") -> Defense:
     return create_defense(text)
 
 
-def through_defense(embedders: Sequence[FaceEmbedder | str], defense: "str | Defense | Sequence[str | Defense]" = "default",
+def through_defense(embedders: Sequence[FaceEmbedder | str], defense: "str | dict | Defense | Sequence[str | dict | Defense]" = "default",
                     *, gradient: str = "exact", eot_noise: float = 0.0) -> list[ThroughDefense]:
     """Wrap surrogates (objects or registry names/paths) so an attack optimises through `defense`.
 
@@ -87,7 +90,7 @@ def through_defense(embedders: Sequence[FaceEmbedder | str], defense: "str | Def
     """
     from ..models.registry import load_embedder
 
-    defenses = [as_through_defense(d) for d in ([defense] if isinstance(defense, (str, Defense)) else list(defense))]
+    defenses = [as_through_defense(d) for d in ([defense] if isinstance(defense, (str, dict, Defense)) else list(defense))]
     if not defenses:
         raise ConfigError("an adaptive attack needs at least one defense to optimise through")
     out = []

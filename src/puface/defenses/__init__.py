@@ -8,12 +8,14 @@
 Modules: `base` (the contract, composition, straight-through gradients), `registry` (names, specs),
 `pixel` (JPEG, blur, median, bit depth, noise, resize; sharpen, gamma, contrast: natural-photo variants), `purifier` (the PuFace purifier), `views` (keep
 several views of each photo, e.g. the photo and its purified version), `shared` (`unmask`: subtract a pattern
-that one person's photos share, a universal mask; group-wise).
+that one person's photos share, a universal mask; group-wise), `randomized` (`random`: one of several defenses
+per photo, chosen by a private seed).
 """
 
 from .base import GRADIENTS, Compose, Defense, ModuleDefense, NoDefense
 from .pixel import JPEG, BitDepth, Contrast, DownUpResize, Gamma, GaussianBlur, GaussianNoise, MedianFilter, Sharpen
 from .purifier import PuFaceDefense, defense_training_identities
+from .randomized import RandomChoice
 from .registry import DEFENSES, create_defense, default_label, list_defenses
 from .shared import SharedPatternRemoval, shared_pattern_score
 from .views import Views
@@ -21,5 +23,5 @@ from .views import Views
 __all__ = [
     "Defense", "NoDefense", "ModuleDefense", "Compose", "GRADIENTS", "PuFaceDefense", "JPEG", "GaussianBlur", "MedianFilter",
     "BitDepth", "GaussianNoise", "DownUpResize", "Sharpen", "Gamma", "Contrast", "DEFENSES", "create_defense", "list_defenses", "default_label",
-    "defense_training_identities", "Views", "SharedPatternRemoval", "shared_pattern_score",
+    "defense_training_identities", "Views", "RandomChoice", "SharedPatternRemoval", "shared_pattern_score",
 ]

@@ -22,7 +22,6 @@ like the others.
 
 from __future__ import annotations
 
-import hashlib
 import io
 
 import numpy as np
@@ -32,6 +31,7 @@ from PIL import Image
 
 from ..utils.errors import ConfigError
 from ..utils.filters import blur_radius, gaussian_blur, gaussian_taps
+from ..utils.fingerprint import image_seed
 from ..utils.images import to_float, to_uint8
 from .base import Defense
 from .registry import register
@@ -176,8 +176,7 @@ class GaussianNoise(Defense):
     def _apply(self, images: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(images, device="cpu")
         for i, im in enumerate(images):
-            h = hashlib.sha256(f"noise|{self.params['seed']}|".encode() + to_uint8(im).numpy().tobytes()).digest()
-            g = torch.Generator().manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
+            g = torch.Generator().manual_seed(image_seed("noise", self.params["seed"], im))
             noise = torch.randn(im.shape, generator=g, dtype=torch.float32)
             out[i] = im.detach().cpu().float() + self.params["sigma"] * noise
         return out

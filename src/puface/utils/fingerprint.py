@@ -3,6 +3,8 @@
 * `module_fingerprint`: a module's weights (two models of one name trained differently differ).
 * `image_digest`: one float image's exact pixels (an attack's input; its cloak's cache key).
 * `content_hash`: one uint8 image's pixels (the evaluation's cache of defended images, embeddings).
+* `image_seed`: a 63-bit integer from (tag, seed, one image's uint8 pixels): per-image random choices that
+  do not depend on the batch (the `noise` defense's noise, the `random` defense's branch).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import hashlib
 import numpy as np
 import torch
 
-__all__ = ["module_fingerprint", "image_digest", "content_hash", "content_hashes"]
+from .images import to_uint8
+
+__all__ = ["module_fingerprint", "image_digest", "content_hash", "content_hashes", "image_seed"]
 
 
 def module_fingerprint(module: torch.nn.Module) -> str:
@@ -47,3 +51,10 @@ def content_hash(image: torch.Tensor | np.ndarray) -> str:
 def content_hashes(images: torch.Tensor) -> list[str]:
     """`content_hash` of each image of a uint8 batch (N, 3, H, W)."""
     return [content_hash(im) for im in images]
+
+
+def image_seed(tag: str, seed: int, image: torch.Tensor) -> int:
+    """A 63-bit integer from sha256(tag, seed, one float [0, 1] image's uint8 pixels (3, H, W)): the same
+    image gets the same number whatever batch it is in."""
+    h = hashlib.sha256(f"{tag}|{seed}|".encode() + to_uint8(image).numpy().tobytes()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
