@@ -87,6 +87,8 @@ class RandomChoice(Defense):
         image per call (global torch generator), through that branch's own estimate (one-sample EOT)."""
         if gradient not in GRADIENTS:
             raise ValueError(f"unknown gradient {gradient!r}; choose one of {', '.join(GRADIENTS)}")
+        if len(images) == 0:
+            return images
         draw = torch.randint(len(self.branches), (len(images),))
         return self._route(images, draw, lambda b, x: b.gradient_estimate(x, gradient))
 
