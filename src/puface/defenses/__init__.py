@@ -12,7 +12,7 @@ that one person's photos share, a universal mask; group-wise), `randomized` (`ra
 per photo, chosen by a private seed).
 """
 
-from .base import GRADIENTS, Compose, Defense, ModuleDefense, NoDefense
+from .base import GRADIENTS, Compose, Composite, Defense, ModuleDefense, NoDefense
 from .pixel import JPEG, BitDepth, Contrast, DownUpResize, Gamma, GaussianBlur, GaussianNoise, MedianFilter, Sharpen
 from .purifier import PuFaceDefense, defense_training_identities
 from .randomized import RandomChoice
@@ -21,7 +21,7 @@ from .shared import SharedPatternRemoval, shared_pattern_score
 from .views import Views
 
 __all__ = [
-    "Defense", "NoDefense", "ModuleDefense", "Compose", "GRADIENTS", "PuFaceDefense", "JPEG", "GaussianBlur", "MedianFilter",
+    "Defense", "NoDefense", "ModuleDefense", "Composite", "Compose", "GRADIENTS", "PuFaceDefense", "JPEG", "GaussianBlur", "MedianFilter",
     "BitDepth", "GaussianNoise", "DownUpResize", "Sharpen", "Gamma", "Contrast", "DEFENSES", "create_defense", "list_defenses", "default_label",
     "defense_training_identities", "Views", "RandomChoice", "SharedPatternRemoval", "shared_pattern_score",
 ]

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..utils.fingerprint import module_fingerprint
 
-__all__ = ["Defense", "NoDefense", "ModuleDefense", "Compose", "check_images", "GRADIENTS"]
+__all__ = ["Defense", "NoDefense", "ModuleDefense", "Composite", "Compose", "check_images", "GRADIENTS"]
 
 GRADIENTS = ("exact", "bpda")
 
@@ -180,7 +180,29 @@ class ModuleDefense(Defense):
         return self.module(images)
 
 
-class Compose(Defense):
+class Composite(Defense):
+    """A defense made of other defenses (`members`: a composition's steps, `views`' views, `random`'s branches):
+    its fingerprint, plain parts and learned networks are its members'."""
+
+    @property
+    def members(self) -> "list[Defense]":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def parts(self) -> "list[Defense]":
+        return [p for d in self.members for p in d.parts]
+
+    @property
+    def fingerprint(self) -> str:
+        return "|".join(d.fingerprint for d in self.members)
+
+    @property
+    def network(self) -> nn.Module | None:
+        nets = [n for d in self.members if (n := d.network) is not None]
+        return None if not nets else nets[0] if len(nets) == 1 else nn.ModuleList(nets)
+
+
+class Compose(Composite):
     """Apply `steps` (defenses) in order; nested compositions are flattened."""
 
     kind = "compose"
@@ -197,25 +219,16 @@ class Compose(Defense):
         super().__init__(steps=[d.config for d in flat])
 
     @property
+    def members(self) -> "list[Defense]":
+        return self.steps
+
+    @property
     def name(self) -> str:
         return "+".join(d.name for d in self.steps)
 
     @property
-    def parts(self) -> "list[Defense]":
-        return [p for d in self.steps for p in d.parts]
-
-    @property
-    def fingerprint(self) -> str:
-        return "|".join(d.fingerprint for d in self.steps)
-
-    @property
     def groupwise(self) -> bool:  # type: ignore[override]
         return any(d.groupwise for d in self.steps)
-
-    @property
-    def network(self) -> nn.Module | None:
-        nets = [n for d in self.steps if (n := d.network) is not None]
-        return None if not nets else nets[0] if len(nets) == 1 else nn.ModuleList(nets)
 
     def _apply(self, images: torch.Tensor) -> torch.Tensor:
         for d in self.steps:

@@ -18,17 +18,16 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import nn
 
 from ..utils.errors import ConfigError
 from ..utils.fingerprint import image_seed
-from .base import GRADIENTS, Defense
+from .base import GRADIENTS, Composite, Defense
 from .registry import DEFENSES, create_defense
 
 __all__ = ["RandomChoice"]
 
 
-class RandomChoice(Defense):
+class RandomChoice(Composite):
     """One of several defenses per photo (`of`: defenses or specs), chosen by (`seed`, the photo's content)."""
 
     kind = "random"
@@ -47,17 +46,8 @@ class RandomChoice(Defense):
         return "random-" + "-or-".join(b.name for b in self.branches)
 
     @property
-    def fingerprint(self) -> str:
-        return "|".join(b.fingerprint for b in self.branches)
-
-    @property
-    def parts(self) -> list[Defense]:
-        return [p for b in self.branches for p in b.parts]
-
-    @property
-    def network(self) -> nn.Module | None:
-        nets = [n for b in self.branches if (n := b.network) is not None]
-        return None if not nets else nets[0] if len(nets) == 1 else nn.ModuleList(nets)
+    def members(self) -> list[Defense]:
+        return self.branches
 
     def choices(self, images: torch.Tensor) -> torch.Tensor:
         """The defender's branch index of each image, (N,) int64: a pure function of (seed, uint8 content)."""

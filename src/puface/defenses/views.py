@@ -17,16 +17,15 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import nn
 
 from ..utils.errors import ConfigError
-from .base import Defense
+from .base import Composite, Defense
 from .registry import DEFENSES, create_defense
 
 __all__ = ["Views"]
 
 
-class Views(Defense):
+class Views(Composite):
     """Keep several views of each photo (`of`: defenses or specs, e.g. ["none", "puface"]); FR trains on all."""
 
     kind = "views"
@@ -44,17 +43,8 @@ class Views(Defense):
         return "views-" + "-".join(v.name for v in self.views)
 
     @property
-    def fingerprint(self) -> str:
-        return "|".join(v.fingerprint for v in self.views)
-
-    @property
-    def parts(self) -> list[Defense]:
-        return [p for v in self.views for p in v.parts]
-
-    @property
-    def network(self) -> nn.Module | None:
-        nets = [n for v in self.views if (n := v.network) is not None]
-        return None if not nets else nets[0] if len(nets) == 1 else nn.ModuleList(nets)
+    def members(self) -> list[Defense]:
+        return self.views
 
     def _apply(self, images: torch.Tensor) -> torch.Tensor:
         return self.views[-1](images)
