@@ -8,6 +8,9 @@ darkest merged).
 
     puface detect lfw-chips150/ --detector default --out runs/fair/lfw-default.csv
     python docs/studies/2026-12-05-detector-fairness/ita_fpr.py lfw-chips150/ runs/fair/lfw-default.csv
+
+Any folder of chips whose identities are not the purifier's works too (they then fall in neither group and are
+printed as "other identities"), e.g. the johns set scored by `puface detect johns/ --detector default`.
 """
 
 from __future__ import annotations
@@ -44,15 +47,19 @@ def main(root: str, scores_csv: str) -> None:
 
     p = Purifier.load()
     groups = {"unseen identities": set(p.heldout_identities), "training identities": set(p.training_identities)}
+    groups["other identities"] = None
     rows = [r for r in csv.DictReader(open(scores_csv)) if r.get("score", "") != ""]
     data = [(r["path"].split("/")[0], float(r["score"]), int(r["cloaked"]), ita(Path(root) / r["path"]), float(r["psnr"]))
             for r in rows]
     for name, ids in groups.items():
-        sel = [d for d in data if d[0] in ids]
+        known = groups["unseen identities"] | groups["training identities"]
+        sel = [d for d in data if (d[0] in ids if ids is not None else d[0] not in known)]
         if not sel:
             continue
         s, f, t, q = (np.array([d[i] for d in sel]) for i in (1, 2, 3, 4))
-        print(f"\n{name}: {len(sel)} chips, flagged {100 * f.mean():.2f}%, corr(score, ITA) {np.corrcoef(s, t)[0, 1]:.3f}")
+        low = q < 33.0
+        print(f"\n{name}: {len(sel)} chips, flagged {100 * f.mean():.2f}%, corr(score, ITA) {np.corrcoef(s, t)[0, 1]:.3f}; "
+              f"median PSNR of P(x) vs x {np.median(q):.1f} dB; {low.sum()} chips below 33 dB, {f[low].sum()} of them flagged")
         print("| ITA bin | chips | flagged % | median score | median PSNR of P(x) vs x (dB) |\n|---|---|---|---|---|")
         for lo, hi, label in BINS:
             m = (t >= lo) & (t < hi)
