@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from puface.cli import main
-from puface.detection import CloakDetector, DetectorConfig, threshold_at_fpr
+from puface.detection import CloakDetector, DetectorConfig, allowed_above, min_calibration_size, threshold_at_fpr
 from puface.io.images import read_image, write_image
 from puface.utils.errors import PufaceError
 from puface.utils.images import quantize, tensor_to_image
@@ -48,6 +48,36 @@ def test_threshold_edge_cases():
         threshold_at_fpr([], 0.01)
     with pytest.raises(PufaceError):
         threshold_at_fpr(s, 1.0)
+
+
+def test_allowed_above_is_the_binomial_order_statistic_bound():
+    """With confidence c, k = the largest count with P(Binomial(n, fpr) <= k) <= 1 - c; too few scores give -1."""
+    from scipy.stats import binom
+
+    for n in (50, 229, 230, 660, 1000, 20_000):
+        ref = max([k for k in range(int(0.01 * n) + 1) if binom.cdf(k, n, 0.01) <= 0.1], default=-1)
+        assert allowed_above(n, 0.01, 0.9) == ref
+        assert allowed_above(n, 0.01) == allowed_above(n, 0.01, 0.0) == int(0.01 * n)  # the empirical quantile
+    assert allowed_above(660, 0.01, 0.9) == 2 and allowed_above(660, 0.01, 0.5) == 5
+    need = min_calibration_size(0.01, 0.9)
+    assert need == 230 and allowed_above(need - 1, 0.01, 0.9) == -1 and allowed_above(need, 0.01, 0.9) == 0
+    assert threshold_at_fpr(torch.arange(100.0), 0.01, 0.9) == 99.0  # too few: the largest score
+    with pytest.raises(PufaceError, match="confidence"):
+        allowed_above(100, 0.01, 1.0)
+
+
+def test_confident_threshold_holds_the_rate_with_the_stated_probability():
+    """Over 2,000 draws of 660 natural calibration scores (log-normal), the empirical 1% quantile lets the true
+    false-positive rate exceed 1% in a large share of the draws, the 90%-confidence threshold in at most 10%."""
+    g = torch.Generator().manual_seed(0)
+    draws = torch.randn(2000, 660, generator=g, dtype=torch.float64).exp()
+    normal = torch.distributions.Normal(0.0, 1.0)
+    over = {}
+    for conf in (None, 0.9):
+        t = torch.tensor([threshold_at_fpr(d, 0.01, conf) for d in draws], dtype=torch.float64)
+        true_fpr = 1.0 - normal.cdf(t.log())
+        over[conf] = float((true_fpr > 0.01).double().mean())
+    assert over[None] > 0.3 and over[0.9] <= 0.1
 
 
 # ---------------------------------------------------------------- a real (hand-made) detector on johns
@@ -148,6 +178,25 @@ def test_threshold_holds_the_rate_on_every_kind_of_natural_photo(detector, tmp_p
     assert float((scores > threshold_at_fpr(scores, 0.01)).float().mean()) <= 0.01 and t > threshold_at_fpr(scores, 0.01)
     det2 = CloakDetector.load(det.save(tmp_path / "k.safetensors"), purifier=det.purifier)
     assert det2.threshold() == t and det2.calibration["kind_names"] == ["natural", "natural:jpeg"]
+
+
+def test_confidence_is_part_of_the_calibration_and_the_file(detector, tmp_path):
+    """The default threshold holds the rate with the calibration's confidence (0.9 unless told); without one it is
+    the empirical quantile; `set_confidence` changes it and the file keeps it."""
+    det = CloakDetector(DetectorConfig(), purifier=detector.purifier, embedders={"dlib-resnet29": detector.embedder("dlib-resnet29")})
+    shift = torch.randn(1000, generator=torch.Generator().manual_seed(1)).mul(0.3).sub(2.7).exp()
+    det.calibrate({"shift:dlib-resnet29": shift}, fpr=0.01)
+    scores = torch.as_tensor(det.calibration["natural_scores"])
+    assert det.default_confidence == 0.9 and int((scores > det.threshold()).sum()) == allowed_above(1000, 0.01, 0.9) == 5
+    assert int((scores > det.threshold(confidence=0)).sum()) == 10
+    t = det.threshold()
+    again = CloakDetector.load(det.save(tmp_path / "c.safetensors"), purifier=det.purifier)
+    assert again.default_confidence == 0.9 and again.threshold() == t == again.calibration["threshold"]
+    assert again.set_confidence(None) < t and again.default_confidence is None
+    det.calibrate({"shift:dlib-resnet29": shift}, fpr=0.01, confidence=None)
+    assert det.default_confidence is None and int((scores > det.threshold()).sum()) == 10
+    with pytest.raises(PufaceError, match="confidence"):
+        det.set_confidence(1.5)
 
 
 def test_uncalibrated_detector_refuses_to_decide(johns_cloaks):
@@ -393,7 +442,7 @@ def test_detection_summary_per_attack_auc_tpr_fpr_and_roc():
     per_seed = {0: {"strong": {"natural": nat[:2000], "cloaked": g.normal(5, 1, 300)},
                     "weak": {"natural": nat[:2000], "cloaked": g.normal(0.5, 1, 300)}},
                 1: {"strong": {"natural": nat[2000:], "cloaked": g.normal(5, 1, 300)}}}
-    det = SimpleNamespace(threshold=lambda fpr=None: 2.326, default_fpr=0.01, fingerprint=lambda: "stub")
+    det = SimpleNamespace(threshold=lambda fpr=None: 2.326, default_fpr=0.01, default_confidence=0.9, fingerprint=lambda: "stub")
     res = summarise_detection(per_seed, det)
     rows = {r["attack"]: r for r in res["rows"]}
     assert rows["strong"]["n_natural"] == 4000 and rows["strong"]["n_cloaked"] == 600 and rows["strong"]["seeds"] == 2
@@ -401,7 +450,8 @@ def test_detection_summary_per_attack_auc_tpr_fpr_and_roc():
     assert abs(rows["strong"]["fpr"] - 0.01) < 0.005 and abs(rows["weak"]["tpr_at_1pct"] - 0.04) < 0.03
     curve = res["roc"]["weak"]
     assert curve["fpr"][0] == 0.0 and curve["fpr"][-1] == 1.0 and len(curve["fpr"]) <= 210
-    assert "| strong | 4000 | 600 |" in detection_markdown(res)
+    text = detection_markdown(res)
+    assert "| strong | 4000 | 600 |" in text and "held with 90% confidence" in text
 
 
 # ---------------------------------------------------------------- training

@@ -46,7 +46,8 @@ def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None
     A score per image (higher = more likely cloaked) from what the shipped purifier does to it: how far
     it moves the face embedding, and what it takes out (a small CNN on the purifier's residual). An image
     is called cloaked when its score exceeds the threshold at which --fpr of natural calibration photos
-    score higher. The default detector expects aligned face chips (like the LFW/dlib 150x150 chips); for
+    score higher (held on each kind of calibration photo with the detector's confidence, 0.9 for the
+    shipped ones, so that new natural photos of those kinds stay under --fpr). The default detector expects aligned face chips (like the LFW/dlib 150x150 chips); for
     ordinary photos use --align. Streams in batches, resumes, prints a summary; exit code 1 if some
     images could not be read (they are listed and skipped).
     """
@@ -99,10 +100,11 @@ def calibrate_detector(natural: Path, out_path: Path, weights: Path | None, kind
     screen (the shipped threshold is set on LFW-like news photos; grainier or differently processed
     sources can score higher). They join the detector's calibration as one more kind of natural photo:
     the threshold becomes the highest of the per-kind thresholds at the detector's false-positive rate,
-    so it never falls; a higher threshold also misses more weak cloaks. A few hundred photos give a
-    usable 1% threshold; the summary prints the threshold before and after.
+    so it never falls; a higher threshold also misses more weak cloaks. Each kind's threshold holds the
+    rate with the detector's confidence (0.9 for the shipped ones), which takes at least 230 photos at 1%;
+    a few hundred give a usable threshold. The summary prints the threshold before and after.
     """
-    from ..detection.detector import load_detector
+    from ..detection.detector import load_detector, min_calibration_size
     from ..detection.folder import calibrate_on_folder
     from ..utils.errors import PufaceError
 
@@ -118,10 +120,15 @@ def calibrate_detector(natural: Path, out_path: Path, weights: Path | None, kind
                                              align=align, progress=progress)
     n = rep.scored
     det.cpu().save(out_path)
+    conf = det.default_confidence
+    held = f" (held with {conf:.0%} confidence)" if conf else ""
     click.echo(f"calibrated on {n} natural photo(s) of {natural} (kind {kind!r}): {rep.flagged} scored above the old "
-               f"threshold {before:.4f}; threshold now {after:.4f} at {det.default_fpr:.1%} false positives per kind")
-    if n < 100:
-        click.echo(f"warning: {n} photos give a coarse {det.default_fpr:.1%} threshold; a few hundred are better", err=True)
+               f"threshold {before:.4f}; threshold now {after:.4f} at {det.default_fpr:.1%} false positives per kind{held}")
+    need = min_calibration_size(det.default_fpr, conf)
+    if n < max(need, 100):
+        why = (f"fewer than the {need} that can hold {det.default_fpr:.1%} with {conf:.0%} confidence: the threshold is "
+               f"their highest score" if n < need else "a coarse threshold")
+        click.echo(f"warning: {n} photos give {why}; a few hundred are better", err=True)
     click.echo(f"detector: {out_path} (use: puface detect --detector {out_path} ...)")
     if rep.exit_code:
         raise click.exceptions.Exit(rep.exit_code)

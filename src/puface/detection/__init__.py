@@ -14,16 +14,20 @@ calibrating a detector is `puface.training.detector`.
 from __future__ import annotations
 
 from .detector import (
+    DEFAULT_CONFIDENCE,
     DEFAULT_FPR,
     SHIPPED_DETECTORS,
     CloakDetector,
     DetectorConfig,
     default_detector_path,
     detector_path,
+    allowed_above,
     load_detector,
+    min_calibration_size,
     threshold_at_fpr,
 )
 from .net import ResidualNet, ResidualNetConfig
 
 __all__ = ["CloakDetector", "DetectorConfig", "ResidualNet", "ResidualNetConfig", "load_detector", "default_detector_path",
-           "detector_path", "threshold_at_fpr", "DEFAULT_FPR", "SHIPPED_DETECTORS"]
+           "detector_path", "threshold_at_fpr", "allowed_above", "min_calibration_size", "DEFAULT_FPR", "DEFAULT_CONFIDENCE",
+           "SHIPPED_DETECTORS"]

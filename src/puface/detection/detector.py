@@ -15,8 +15,10 @@ calibration chips: z = (value - median) / (99th percentile - median), so every c
 about 1% of natural chips; the **score** is the largest z (higher = more likely cloaked). A chip is
 called cloaked when its score exceeds the threshold at which a chosen share (the false-positive rate,
 default 1%) of the natural calibration chips score higher, on each kind of calibration chip (as they are,
-JPEG re-encoded, resized, with noise): the highest of the per-kind thresholds. The calibration chips belong to identities
-the evaluation never protects.
+JPEG re-encoded, resized, with noise): the highest of the per-kind thresholds. Each per-kind threshold is set so that
+the rate holds on new photos of that kind with a stated confidence (default 0.9; `allowed_above`), not only on
+average: with 660 calibration chips per kind, 2 of them may score above it instead of 6. The calibration chips belong
+to identities the evaluation never protects.
 
 The detector file (`.safetensors`: the net's weights and the sorted natural calibration scores as
 tensors, the rest as JSON metadata "puface") carries its config, the fingerprints of the purifier and
@@ -48,12 +50,15 @@ from ..utils.paths import package_weights
 from ..utils.version import __version__
 from .net import ResidualNet
 
-__all__ = ["CloakDetector", "DetectorConfig", "threshold_at_fpr", "default_detector_path", "detector_path", "load_detector",
+__all__ = ["CloakDetector", "DetectorConfig", "threshold_at_fpr", "allowed_above", "min_calibration_size", "DEFAULT_CONFIDENCE", "default_detector_path", "detector_path", "load_detector",
            "FORMAT", "DEFAULT_FPR", "SHIPPED_DETECTORS"]
 
 FORMAT = "puface-detector"
 FORMAT_VERSION = 1
 DEFAULT_FPR = 0.01
+# Confidence with which a calibrated threshold holds its false-positive rate on new natural photos of each calibration
+# kind (`allowed_above`); detector files without one use the plain empirical quantile.
+DEFAULT_CONFIDENCE = 0.9
 DEFAULT_DETECTOR_NAME = "detector-default.safetensors"
 # Detectors shipped inside the package, by the name `load_detector` / `--detector` take: "default" (every cloak
 # family measured, Fawkes low included), "sharpen" (for photos from sources that sharpen: natural photos
@@ -85,16 +90,53 @@ def detector_path(ref: str | Path | None) -> Path:
     return Path(ref)
 
 
-def threshold_at_fpr(natural_scores: Sequence[float] | torch.Tensor, fpr: float) -> float:
-    """The smallest threshold t among `natural_scores` such that at most a share `fpr` of them is > t
-    (a chip is called cloaked when its score > t). fpr below 1/n gives the largest natural score."""
+def allowed_above(n: int, fpr: float, confidence: float | None = None) -> int:
+    """How many of `n` natural calibration scores a threshold may leave above it for false-positive rate `fpr`.
+
+    confidence None or 0: floor(fpr * n), the empirical quantile; on new photos of the same kind the rate is then
+    about `fpr`, and above it for about half of the calibration draws. confidence c in (0, 1): the largest k with
+    P(Binomial(n, fpr) <= k) <= 1 - c, so that the rate on new photos of that kind is <= `fpr` with probability
+    >= c over the draw of the calibration photos (the order-statistic bound behind PAC / conformal calibration;
+    n = 660 and fpr = 1% give 6 without and 2 at c = 0.9). Returns -1 when n is too small for any k (n < ln(1 - c) /
+    ln(1 - fpr), 230 photos at 1% and 0.9): even the highest score does not hold the rate at that confidence."""
+    if not 0.0 <= fpr < 1.0:
+        raise PufaceError(f"false-positive rate must be in [0, 1), got {fpr}")
+    if confidence is None or confidence <= 0.0:
+        return math.floor(fpr * n + 1e-9)
+    if not confidence < 1.0:
+        raise PufaceError(f"confidence must be in [0, 1), got {confidence}")
+    if fpr == 0.0:
+        return 0
+    log_delta = math.log1p(-confidence)
+    log_pmf = n * math.log1p(-fpr)  # P(B = 0)
+    log_cdf, k = log_pmf, -1
+    ratio = math.log(fpr) - math.log1p(-fpr)
+    while log_cdf <= log_delta + 1e-12 and k < n:
+        k += 1
+        if k == n:
+            break
+        log_pmf += math.log(n - k) - math.log(k + 1) + ratio  # P(B = k + 1)
+        log_cdf = log_cdf + math.log1p(math.exp(log_pmf - log_cdf)) if log_pmf < log_cdf else \
+            log_pmf + math.log1p(math.exp(log_cdf - log_pmf))
+    return k
+
+
+def min_calibration_size(fpr: float, confidence: float | None) -> int:
+    """The fewest natural calibration photos that can hold `fpr` at `confidence` (1 without a confidence)."""
+    if confidence is None or confidence <= 0.0 or fpr <= 0.0:
+        return 1
+    return math.ceil(math.log1p(-confidence) / math.log1p(-fpr) - 1e-9)
+
+
+def threshold_at_fpr(natural_scores: Sequence[float] | torch.Tensor, fpr: float, confidence: float | None = None) -> float:
+    """The smallest threshold t among `natural_scores` such that at most `allowed_above(n, fpr, confidence)` of
+    them are > t (a chip is called cloaked when its score > t): without a confidence, at most a share `fpr`;
+    with one, the rate holds on new photos with that probability. Too few scores give the largest one."""
     s = torch.as_tensor(natural_scores, dtype=torch.float64).flatten().sort().values
     if s.numel() == 0:
         raise PufaceError("no natural calibration scores")
-    if not 0.0 <= fpr < 1.0:
-        raise PufaceError(f"false-positive rate must be in [0, 1), got {fpr}")
     n = s.numel()
-    allowed = math.floor(fpr * n + 1e-9)  # natural scores allowed above the threshold
+    allowed = max(allowed_above(n, fpr, confidence), 0)  # natural scores allowed above the threshold
     return float(s[n - 1 - allowed])
 
 
@@ -189,6 +231,12 @@ class CloakDetector(torch.nn.Module):
     @property
     def default_fpr(self) -> float:
         return float(self.calibration.get("fpr", DEFAULT_FPR))
+
+    @property
+    def default_confidence(self) -> float | None:
+        """The confidence its thresholds hold the false-positive rate with (None: the empirical quantile)."""
+        c = self.calibration.get("confidence")
+        return None if c is None else float(c)
 
     def fingerprints(self) -> dict[str, str]:
         """Weights the calibration holds for: the purifier and each face model."""
@@ -318,18 +366,30 @@ class CloakDetector(torch.nn.Module):
         self._need_calibration()
         return self.features(images, batch_size=batch_size)["score"]
 
-    def threshold(self, fpr: float | None = None) -> float:
-        """The score above which a chip is called cloaked, for false-positive rate `fpr` on the natural
-        calibration chips (None: the detector's default, 1%): the highest of the thresholds that give `fpr`
-        on each kind of calibration photo (as they are, re-encoded, resized, ...), so that no kind exceeds it."""
+    def threshold(self, fpr: float | None = None, confidence: float | None = None) -> float:
+        """The score above which a chip is called cloaked, for false-positive rate `fpr` on natural photos
+        (None: the detector's default, 1%): the highest of the thresholds that give `fpr` on each kind of
+        calibration photo (as they are, re-encoded, resized, ...), so that no kind exceeds it. confidence (None:
+        the detector's, 0.9 for the shipped ones; 0: the plain empirical quantile): each kind's threshold holds
+        `fpr` on new photos of that kind with this probability (`allowed_above`)."""
         self._need_calibration()
         fpr = self.default_fpr if fpr is None else float(fpr)
+        confidence = self.default_confidence if confidence is None else float(confidence)
         scores = torch.as_tensor(self.calibration["natural_scores"])
         kinds = self.calibration.get("natural_kinds")
         if kinds is None:
-            return threshold_at_fpr(scores, fpr)
+            return threshold_at_fpr(scores, fpr, confidence)
         kinds = torch.as_tensor(kinds)
-        return max(threshold_at_fpr(scores[kinds == k], fpr) for k in kinds.unique().tolist())
+        return max(threshold_at_fpr(scores[kinds == k], fpr, confidence) for k in kinds.unique().tolist())
+
+    def kind_sizes(self) -> dict[str, int]:
+        """Natural calibration photos per kind."""
+        self._need_calibration()
+        kinds = self.calibration.get("natural_kinds")
+        if kinds is None:
+            return {"natural": len(self.calibration["natural_scores"])}
+        counts = torch.bincount(torch.as_tensor(kinds), minlength=len(self.calibration["kind_names"]))
+        return {n: int(c) for n, c in zip(self.calibration["kind_names"], counts.tolist())}
 
     def is_cloaked(self, scores: torch.Tensor, fpr: float | None = None) -> torch.Tensor:
         """(N,) bool: scores above `threshold(fpr)`."""
@@ -340,11 +400,12 @@ class CloakDetector(torch.nn.Module):
             raise PufaceError("this detector is not calibrated (no natural calibration scores)")
 
     def calibrate(self, natural_features: Mapping[str, torch.Tensor], fpr: float = DEFAULT_FPR, *,
-                  kinds: Sequence[str] | None = None, **info: Any) -> None:
+                  kinds: Sequence[str] | None = None, confidence: float | None = DEFAULT_CONFIDENCE, **info: Any) -> None:
         """Set the component scales and the natural score distribution from natural chips' features
         (`features(...)` of natural calibration chips). kinds: each chip's kind ("natural", "natural:jpeg:
-        quality=75", ...): the threshold then holds the false-positive rate on every kind. `info` is kept in
-        the calibration record."""
+        quality=75", ...): the threshold then holds the false-positive rate on every kind. confidence: the
+        default threshold holds `fpr` on each kind with this probability (None: the empirical quantile).
+        `info` is kept in the calibration record."""
         comps = self.component_values(natural_features)
         cal = {}
         for k, v in comps.items():
@@ -353,6 +414,10 @@ class CloakDetector(torch.nn.Module):
             q99 = float(torch.quantile(v, 0.99))
             cal[k] = {"center": center, "scale": max(q99 - center, 1e-6)}
         self.calibration = {"components": cal, "fpr": float(fpr)}
+        if confidence is not None and confidence > 0.0:
+            if not confidence < 1.0:
+                raise PufaceError(f"confidence must be in [0, 1), got {confidence}")
+            self.calibration["confidence"] = float(confidence)
         z = self.normalise(comps)
         scores = torch.stack(list(z.values()), 1).max(1).values
         self.calibration["natural_scores"] = scores.float()
@@ -364,6 +429,20 @@ class CloakDetector(torch.nn.Module):
             self.calibration["natural_kinds"] = torch.tensor([names.index(k) for k in kinds], dtype=torch.int64)
         self.calibration["threshold"] = self.threshold(fpr)
         self.calibration.update(info)
+
+    def set_confidence(self, confidence: float | None) -> float:
+        """Hold the default false-positive rate with `confidence` on each calibration kind (None or 0: the
+        empirical quantile), as `calibrate(..., confidence=)` would have; the scores and scales stay. Returns
+        the new default threshold."""
+        self._need_calibration()
+        if confidence is None or confidence <= 0.0:
+            self.calibration.pop("confidence", None)
+        elif not confidence < 1.0:
+            raise PufaceError(f"confidence must be in [0, 1), got {confidence}")
+        else:
+            self.calibration["confidence"] = float(confidence)
+        self.calibration["threshold"] = self.threshold()
+        return self.calibration["threshold"]
 
     def add_natural_kind(self, scores: Sequence[float] | torch.Tensor, kind: str) -> float:
         """Hold the false-positive rate on a new kind of natural photo too: `scores` (this detector's scores of

@@ -109,14 +109,17 @@ def summarise_detection(per_seed: dict[int, dict[str, dict[str, Any]]], detector
         })
         roc[a] = roc_points(nat, cl)
     return {"rows": rows, "roc": roc, "threshold": thr,
-            "fpr_target": detector.default_fpr if fpr is None else float(fpr), "detector": detector.fingerprint()}
+            "fpr_target": detector.default_fpr if fpr is None else float(fpr), "confidence": detector.default_confidence,
+            "detector": detector.fingerprint()}
 
 
 def detection_markdown(det: dict[str, Any]) -> str:
     """The detection table for table.md / the report."""
+    conf = det.get("confidence")
+    held = f", held with {conf:.0%} confidence on each kind of calibration photo" if conf else ""
     lines = ["## Cloak detection", "",
              f"Detector threshold {det['threshold']:.4f} (calibrated to {det['fpr_target']:.1%} false positives on natural "
-             "photos of identities the evaluation never protects). Natural = training photos of the identities that are "
+             f"photos of identities the evaluation never protects{held}). Natural = training photos of the identities that are "
              "not protected users; cloaked = the protected users' cloaked training photos. TPR and FPR at the calibrated "
              "threshold; TPR @1% = at the threshold giving 1% false positives on these natural photos.", "",
              "| attack | natural | cloaked | AUC | TPR | FPR | TPR @1% |", "|---|---|---|---|---|---|---|"]

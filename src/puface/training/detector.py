@@ -47,7 +47,7 @@ from ..data.datasets import resolve_data_root
 from ..data.loading import load_images
 from ..data.split import split_identities
 from ..defenses import create_defense
-from ..detection.detector import DEFAULT_FPR, CloakDetector, DetectorConfig
+from ..detection.detector import DEFAULT_CONFIDENCE, DEFAULT_FPR, CloakDetector, DetectorConfig
 from ..detection.net import ResidualNet, ResidualNetConfig
 from ..io.files import list_image_files
 from ..purifier.model import Purifier
@@ -70,7 +70,7 @@ _SECTIONS: dict[str, dict[str, Any]] = {
                                      "resize:factor=2.0", "noise:sigma=0.008+jpeg:quality=95"],
                 "variants_per_chip": 2, "cloak_strengths": [1.0], "cloak_variants": [], "cloak_variants_per_chip": 1},
     "detector": {"embedders": ["dlib-resnet29"], "components": ["shift:dlib-resnet29", "net"], "fpr": DEFAULT_FPR,
-                 "shift_floor": 1e-4, "chip_size": 150},
+                 "confidence": DEFAULT_CONFIDENCE, "shift_floor": 1e-4, "chip_size": 150},
     "net": {"channels": [8, 16, 32, 32], "scalars": ["log_shift:dlib-resnet29"], "dropout": 0.2,
             "inputs": list(ResidualNetConfig.inputs)},
     "train": {"epochs": 12, "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4, "crop": 128, "hflip": True,
@@ -121,6 +121,8 @@ class DetectorTrainConfig:
         cfg = cls(seed=int(d.get("seed", 0)), attacks=tuple(dict(a) for a in attacks), sections=sections)
         if not 0.0 < float(cfg.detector["fpr"]) < 0.5:
             raise ConfigError(f"detector.fpr must be in (0, 0.5), got {cfg.detector['fpr']}")
+        if not 0.0 <= float(cfg.detector["confidence"]) < 1.0:
+            raise ConfigError(f"detector.confidence must be in [0, 1) (0: the empirical quantile), got {cfg.detector['confidence']}")
         if int(cfg.train["epochs"]) < 0 or int(cfg.train["batch_size"]) < 1:
             raise ConfigError("train.epochs must be >= 0 and train.batch_size >= 1")
         return cfg
@@ -413,7 +415,8 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
         history = fit_net(det.net, det, samples, cfg, progress=progress, log=log)
     cal = calibration_samples(cfg, det0, root, cal_ids, log=log)
     cal_feats = det.features(to_float(cal.images), purified=to_float(cal.purified), known=cal.features)
-    det.calibrate(cal_feats, fpr=float(dc["fpr"]), kinds=cal.kinds, calibration_chips=int((torch.tensor([k == "natural" for k in cal.kinds])).sum()),
+    det.calibrate(cal_feats, fpr=float(dc["fpr"]), kinds=cal.kinds, confidence=float(dc["confidence"]) or None,
+                  calibration_chips=int((torch.tensor([k == "natural" for k in cal.kinds])).sum()),
                   calibration_samples=len(cal), calibration_kinds=sorted(set(cal.kinds)))
     cal_feats = det.scored(cal_feats)
     train_feats = val_feats = None
