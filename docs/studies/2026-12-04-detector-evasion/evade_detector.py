@@ -122,6 +122,8 @@ def attack(det, dlib, x: torch.Tensor, eps: float, steps: int, weight: float, ma
 
 
 def measure(det, dlib, x: torch.Tensor, xc: torch.Tensor) -> dict:
+    from puface.utils.metrics import psnr
+
     with torch.no_grad():
         f = det.features(xc)
         e0 = F.normalize(dlib(x), dim=1)
@@ -131,7 +133,7 @@ def measure(det, dlib, x: torch.Tensor, xc: torch.Tensor) -> dict:
     kept = left[~flagged]
     return {"flagged": float(flagged.float().mean()), "score_median": float(f["score"].median()),
             "strength_median": float(strength.median()), "after_purifier_median": float(left.median()),
-            "psnr_median": float((10 * torch.log10(1 / ((xc - x) ** 2).mean((1, 2, 3)).clamp_min(1e-12))).median()),
+            "psnr_median": float(psnr(xc, x, cap=120.0).median()),
             "unflagged_after_purifier_median": float(kept.median()) if len(kept) else None,
             "threshold": round(det.threshold(), 4),
             "per_chip": {"score": [round(float(v), 3) for v in f["score"]],

@@ -32,10 +32,6 @@ def embed(dlib, x: torch.Tensor, bs: int = 32) -> torch.Tensor:
         return torch.cat([F.normalize(dlib(x[i:i + bs]), dim=1) for i in range(0, len(x), bs)])
 
 
-def nn_predict(gallery: torch.Tensor, labels: np.ndarray, probes: torch.Tensor) -> np.ndarray:
-    return labels[(probes @ gallery.T).argmax(1).numpy()]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True)
@@ -50,7 +46,9 @@ def main() -> None:
     from puface.attacks import create_attack
     from puface.detection import load_detector
     from puface.evaluation.data import EvaluationData, choose_users
-    from puface.utils.images import quantize, to_float
+    from puface.evaluation.trainers import NearestNeighbour
+    from puface.utils.images import to_float
+    from puface.utils.metrics import psnr
 
     data = EvaluationData.prepare(Path(a.data) / "lfw-chips150", seed=0, min_images=10, max_per_identity=20)
     users = choose_users(data, count=a.users, seed=0, min_train=5, min_test=2)
@@ -97,13 +95,13 @@ def main() -> None:
                     if defense.startswith("detect"):
                         keep = ~(s_tr > thr).numpy()
                         keep[iu] = ~flagged.numpy()
-                pred = nn_predict(g[keep], ytr[keep], e_te)
+                pred = NearestNeighbour(dlib).fit_embeddings(g[keep], ytr[keep]).predict_embeddings(e_te)
                 mine = yte == u
                 rows.append({"user": u, "attack": name, "defense": defense, "train_photos": int(len(iu)),
                              "kept": int(keep[iu].sum()), "flagged": int(flagged.sum()),
                              "asr": round(float((pred[mine] != u).mean()), 4),
                              "normal_acc": round(float((pred[~mine] == yte[~mine]).mean()), 4),
-                             "psnr": round(float((10 * torch.log10(1 / ((xc - xu) ** 2).mean((1, 2, 3)))).median()), 2),
+                             "psnr": round(float(psnr(xc, xu).median()), 2),
                              "seconds": round(secs[name], 1)})
                 print(rows[-1], file=sys.stderr)
     print(json.dumps({"settings": vars(a), "threshold": thr, "users": users, "rows": rows}, indent=2))

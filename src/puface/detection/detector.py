@@ -50,8 +50,9 @@ from ..utils.paths import package_weights
 from ..utils.version import __version__
 from .net import ResidualNet
 
-__all__ = ["CloakDetector", "DetectorConfig", "threshold_at_fpr", "allowed_above", "min_calibration_size", "DEFAULT_CONFIDENCE", "default_detector_path", "detector_path", "load_detector",
-           "FORMAT", "DEFAULT_FPR", "SHIPPED_DETECTORS"]
+__all__ = ["CloakDetector", "DetectorConfig", "threshold_at_fpr", "allowed_above", "checked_confidence", "min_calibration_size",
+           "default_detector_path", "detector_path", "load_detector", "FORMAT", "DEFAULT_FPR", "DEFAULT_CONFIDENCE",
+           "SHIPPED_DETECTORS"]
 
 FORMAT = "puface-detector"
 FORMAT_VERSION = 1
@@ -101,29 +102,36 @@ def allowed_above(n: int, fpr: float, confidence: float | None = None) -> int:
     ln(1 - fpr), 230 photos at 1% and 0.9): even the highest score does not hold the rate at that confidence."""
     if not 0.0 <= fpr < 1.0:
         raise PufaceError(f"false-positive rate must be in [0, 1), got {fpr}")
-    if confidence is None or confidence <= 0.0:
+    confidence = checked_confidence(confidence)
+    if confidence is None:
         return math.floor(fpr * n + 1e-9)
-    if not confidence < 1.0:
-        raise PufaceError(f"confidence must be in [0, 1), got {confidence}")
     if fpr == 0.0:
         return 0
     log_delta = math.log1p(-confidence)
-    log_pmf = n * math.log1p(-fpr)  # P(B = 0)
-    log_cdf, k = log_pmf, -1
+    log_pmf = log_cdf = n * math.log1p(-fpr)  # log P(B = 0), log P(B <= 0)
     ratio = math.log(fpr) - math.log1p(-fpr)
-    while log_cdf <= log_delta + 1e-12 and k < n:
+    k = -1  # the largest count known to have P(B <= k) <= 1 - confidence
+    while k < n - 1 and log_cdf <= log_delta + 1e-12:
         k += 1
-        if k == n:
-            break
-        log_pmf += math.log(n - k) - math.log(k + 1) + ratio  # P(B = k + 1)
-        log_cdf = log_cdf + math.log1p(math.exp(log_pmf - log_cdf)) if log_pmf < log_cdf else \
-            log_pmf + math.log1p(math.exp(log_cdf - log_pmf))
+        log_pmf += math.log(n - k) - math.log(k + 1) + ratio  # log P(B = k + 1)
+        hi, lo = max(log_cdf, log_pmf), min(log_cdf, log_pmf)
+        log_cdf = hi + math.log1p(math.exp(lo - hi))  # log P(B <= k + 1)
     return k
+
+
+def checked_confidence(confidence: float | None) -> float | None:
+    """A confidence as calibration stores it: None for None or <= 0 (the empirical quantile), else in (0, 1)."""
+    if confidence is None or confidence <= 0.0:
+        return None
+    if not confidence < 1.0:
+        raise PufaceError(f"confidence must be in [0, 1), got {confidence}")
+    return float(confidence)
 
 
 def min_calibration_size(fpr: float, confidence: float | None) -> int:
     """The fewest natural calibration photos that can hold `fpr` at `confidence` (1 without a confidence)."""
-    if confidence is None or confidence <= 0.0 or fpr <= 0.0:
+    confidence = checked_confidence(confidence)
+    if confidence is None or fpr <= 0.0:
         return 1
     return math.ceil(math.log1p(-confidence) / math.log1p(-fpr) - 1e-9)
 
@@ -382,15 +390,6 @@ class CloakDetector(torch.nn.Module):
         kinds = torch.as_tensor(kinds)
         return max(threshold_at_fpr(scores[kinds == k], fpr, confidence) for k in kinds.unique().tolist())
 
-    def kind_sizes(self) -> dict[str, int]:
-        """Natural calibration photos per kind."""
-        self._need_calibration()
-        kinds = self.calibration.get("natural_kinds")
-        if kinds is None:
-            return {"natural": len(self.calibration["natural_scores"])}
-        counts = torch.bincount(torch.as_tensor(kinds), minlength=len(self.calibration["kind_names"]))
-        return {n: int(c) for n, c in zip(self.calibration["kind_names"], counts.tolist())}
-
     def is_cloaked(self, scores: torch.Tensor, fpr: float | None = None) -> torch.Tensor:
         """(N,) bool: scores above `threshold(fpr)`."""
         return torch.as_tensor(scores) > self.threshold(fpr)
@@ -413,11 +412,8 @@ class CloakDetector(torch.nn.Module):
             center = float(v.median())
             q99 = float(torch.quantile(v, 0.99))
             cal[k] = {"center": center, "scale": max(q99 - center, 1e-6)}
+        confidence = checked_confidence(confidence)
         self.calibration = {"components": cal, "fpr": float(fpr)}
-        if confidence is not None and confidence > 0.0:
-            if not confidence < 1.0:
-                raise PufaceError(f"confidence must be in [0, 1), got {confidence}")
-            self.calibration["confidence"] = float(confidence)
         z = self.normalise(comps)
         scores = torch.stack(list(z.values()), 1).max(1).values
         self.calibration["natural_scores"] = scores.float()
@@ -427,7 +423,7 @@ class CloakDetector(torch.nn.Module):
             names = sorted(set(kinds))
             self.calibration["kind_names"] = names
             self.calibration["natural_kinds"] = torch.tensor([names.index(k) for k in kinds], dtype=torch.int64)
-        self.calibration["threshold"] = self.threshold(fpr)
+        self.set_confidence(confidence)  # stores it and the default threshold
         self.calibration.update(info)
 
     def set_confidence(self, confidence: float | None) -> float:
@@ -435,12 +431,11 @@ class CloakDetector(torch.nn.Module):
         empirical quantile), as `calibrate(..., confidence=)` would have; the scores and scales stay. Returns
         the new default threshold."""
         self._need_calibration()
-        if confidence is None or confidence <= 0.0:
+        confidence = checked_confidence(confidence)
+        if confidence is None:
             self.calibration.pop("confidence", None)
-        elif not confidence < 1.0:
-            raise PufaceError(f"confidence must be in [0, 1), got {confidence}")
         else:
-            self.calibration["confidence"] = float(confidence)
+            self.calibration["confidence"] = confidence
         self.calibration["threshold"] = self.threshold()
         return self.calibration["threshold"]
 

@@ -415,7 +415,7 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
         history = fit_net(det.net, det, samples, cfg, progress=progress, log=log)
     cal = calibration_samples(cfg, det0, root, cal_ids, log=log)
     cal_feats = det.features(to_float(cal.images), purified=to_float(cal.purified), known=cal.features)
-    det.calibrate(cal_feats, fpr=float(dc["fpr"]), kinds=cal.kinds, confidence=float(dc["confidence"]) or None,
+    det.calibrate(cal_feats, fpr=float(dc["fpr"]), kinds=cal.kinds, confidence=float(dc["confidence"]),
                   calibration_chips=int((torch.tensor([k == "natural" for k in cal.kinds])).sum()),
                   calibration_samples=len(cal), calibration_kinds=sorted(set(cal.kinds)))
     cal_feats = det.scored(cal_feats)
