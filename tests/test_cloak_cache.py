@@ -173,3 +173,15 @@ def test_cached_only_refuses_to_make_cloaks_and_records_files(files, tmp_path):
     assert Counting.calls == 0 and e.value.missing == 1 and e.value.path == paths[3]
     assert str(paths[3]) in str(e.value) and not e.value.cache_file.exists()
     assert CloakCache(tmp_path / "cache").cached_count(atk) == 3
+
+
+def test_progress_bar_names_the_experiment_label(files, tmp_path, capsys):
+    """Two settings of one attack (e.g. plain and adaptive Fawkes high) show their own labels while cloaking."""
+    paths, _ = files
+    cache = CloakCache(tmp_path / "cache")
+    cache.cloak(attack(), paths[:2], progress=True, label="fawkes-high-adaptive")
+    err = capsys.readouterr().err
+    assert "cloaking (fawkes-high-adaptive)" in err
+    plain = attack(seed=1)
+    cache.cloak(plain, paths[:2], progress=True)
+    assert f"cloaking ({plain.name})" in capsys.readouterr().err and plain.name != "fawkes-high-adaptive"

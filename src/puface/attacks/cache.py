@@ -109,6 +109,7 @@ class CloakCache:
         progress: bool = True,
         size: int | tuple[int, int] | None = None,
         targets: Sequence[torch.Tensor] | None = None,
+        label: str | None = None,
     ) -> tuple[torch.Tensor, list[int], list[ImageReadError]]:
         """Cloaked versions of the image files `paths`, from the cache or computed (and cached).
 
@@ -118,6 +119,8 @@ class CloakCache:
             size: resize inputs to (H, W) (or a square side) before cloaking; needed when the files
                 differ in size (as `puface.data.loading.load_images`).
             targets: targeted Fawkes only: per surrogate, (len(paths), D) target embeddings.
+            label: the name shown on the progress bar (default: the attack's name); an experiment
+                passes its attack label, so that two settings of one attack are told apart.
         Returns:
             (cloaked images (N, 3, H, W) in [0, 1] on the 8-bit grid, indices into `paths` of the N
             readable files, errors for the unreadable ones).
@@ -148,7 +151,7 @@ class CloakCache:
         if missing:
             self._write_config(attack)
             bs = batch_size or attack.batch_size
-            bar = tqdm(total=len(missing), desc=f"cloaking ({attack.name})", unit="img", disable=not progress, dynamic_ncols=True)
+            bar = tqdm(total=len(missing), desc=f"cloaking ({label or attack.name})", unit="img", disable=not progress, dynamic_ncols=True)
             try:
                 for lo in range(0, len(missing), bs):
                     idx = missing[lo : lo + bs]

@@ -343,7 +343,9 @@ class Protocol:
             if errors:
                 raise PufaceError(f"cloaked image unreadable: {errors[0]}")
         elif self.cloak_cache is not None and hasattr(spec.attack, "config"):
-            x, kept, errors = self.cloak_cache.cloak(spec.attack, paths, batch_size=spec.batch_size, progress=self.progress, size=size)
+            x, kept, errors = self.cloak_cache.cloak(
+                spec.attack, paths, batch_size=spec.batch_size, progress=self.progress, size=size, label=spec.label
+            )
             if errors or len(kept) != len(paths):
                 first = errors[0] if errors else "some images were not cloaked"
                 raise PufaceError(f"cloaking {user}'s images with {spec.label} failed: {first}")
