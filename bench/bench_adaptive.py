@@ -3,7 +3,9 @@ purifier, through {photo, purifier} at once (the attacker of a `views` defender)
 published purifiers, each timed in the same process on the same chips; and what the defender spends (purifying
 one chip). Writes bench/results/adaptive-cost.{md,csv}.
 
-    python bench/bench_adaptive.py --data johns --n 4 --threads 1 [--published runs/published]
+    python bench/bench_adaptive.py --data johns --n 4 --threads 1 [--published runs/published] [--embedder sface]
+
+--embedder: the attacker's face model (default dlib-resnet29); another one writes adaptive-cost-NAME.{md,csv}.
 
 --published: the folder `tools/published_purifiers.sh` fills (v1-v6); without it the ensemble rows are skipped.
 """
@@ -26,6 +28,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=0, help="Fawkes steps (0: the high mode's 150)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--published", type=Path, default=None, help="folder with v1..v6.safetensors (ensemble rows)")
+    ap.add_argument("--embedder", default="dlib-resnet29", help="the attacker's face model (surrogate)")
     ap.add_argument("--out-dir", type=Path, default=None, help="where the tables go (default bench/results)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -49,7 +52,7 @@ def main() -> None:
     rows = []
     base = None
     for label, extra in rows_spec:
-        atk = create_attack("fawkes", embedders=["dlib-resnet29"], seed=0, device="cpu", batch_size=args.n, **knobs, **extra)
+        atk = create_attack("fawkes", embedders=[args.embedder], seed=0, device="cpu", batch_size=args.n, **knobs, **extra)
         atk(x[:1])  # warm-up: weights loaded, first-call costs paid
         t0 = time.perf_counter()
         atk(x)
@@ -65,10 +68,11 @@ def main() -> None:
     purify_s = (time.perf_counter() - t0) / (3 * len(x))
     rows.append({"attack": "defender: purify one chip (the shipped purifier)", "s_per_image": purify_s, "ratio": purify_s / base,
                  "steps": 1})
-    table = Table(f"Fawkes high against dlib-resnet29 ({knobs['steps']} steps), {len(x)} chips of {root.name}, "
+    table = Table(f"Fawkes high against {args.embedder} ({knobs['steps']} steps), {len(x)} chips of {root.name}, "
                   f"{args.threads} thread(s); ratio to the plain attack in the same process", rows,
                   [("attack", "attacker's row", "{}"), ("s_per_image", "s / chip", "{:.2f}"), ("ratio", "x plain", "{:.1f}")])
-    write_tables("adaptive-cost", "Adaptive attacks: what the attacker and the defender spend", [table],
+    name = "adaptive-cost" if args.embedder == "dlib-resnet29" else f"adaptive-cost-{Path(args.embedder).stem}"
+    write_tables(name, "Adaptive attacks: what the attacker and the defender spend", [table],
                  args.out_dir or Path(__file__).parent / "results", baseline="plain Fawkes high on the same chips.")
     print(table.markdown())
 
