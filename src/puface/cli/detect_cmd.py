@@ -48,8 +48,9 @@ def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None
     is called cloaked when its score exceeds the threshold at which --fpr of natural calibration photos
     score higher (held on each kind of calibration photo with the detector's confidence, 0.9 for the
     shipped ones, so that new natural photos of those kinds stay under --fpr). The default detector
-    expects aligned face chips (like the LFW/dlib 150x150 chips); for ordinary photos use --align. Streams in batches, resumes, prints a summary; exit code 1 if some
-    images could not be read (they are listed and skipped).
+    expects aligned face chips (like the LFW/dlib 150x150 chips); for ordinary photos use --align.
+    Streams in batches, resumes, prints a summary; exit code 1 if some images could not be read (they
+    are listed and skipped).
     """
     import torch
 
