@@ -99,6 +99,25 @@ def test_report_headline_pools_folders_trimmed_to_their_tables(tmp_path, capsys)
         summaries.load_pooled(trimmed)
 
 
+def test_report_headline_needs_the_purifier_label_and_names_the_labels_there(tmp_path, capsys):
+    from puface.cli import main
+
+    folder = _summary(tmp_path, [("fawkes-high", "dlib-resnet29", "nn", "none", "white-box", 1.0, 0.99),
+                                 ("fawkes-high", "dlib-resnet29", "nn", "jpeg-q50", "white-box", 0.5, 0.9)])
+    assert main(["report", "headline", str(folder)]) == 2
+    assert main(["report", "headline", str(folder), "--puface", "nosuch"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(f"{folder}: no defense labelled" in e and "(defenses: jpeg-q50, none)" in e for e in err)
+    assert "--puface LABEL" in err[0] and "'nosuch'" in err[1]
+    # PuFace under its own label, no baseline and no undefended run: dashes, not None or nan
+    _summary(tmp_path, [("fawkes-high", "dlib-resnet29", "nn", "mine", "white-box", 0.05, 0.98)])
+    assert main(["report", "headline", str(folder), "--puface", "mine"]) == 0
+    out = capsys.readouterr().out
+    assert "None" not in out and "nan" not in out
+    assert "| **mean (white-box)** | | | | - | **5.0** | - | - | 98.0 | - | |" in out
+    assert "no baseline defense in these results; highest white-box ASR with PuFace: 5.0%" in out
+
+
 def test_report_cells_cli_writes_the_table(tmp_path, capsys):
     from puface.cli import main
 

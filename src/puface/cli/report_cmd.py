@@ -55,7 +55,7 @@ def headline(runs: tuple[Path, ...], puface_label: str, rows: str, out: Path | N
     from ..evaluation.summaries import headline_markdown, load_pooled, load_summary
 
     summary = load_summary(runs[0]) if len(runs) == 1 else load_pooled(list(runs))
-    h = make(summary, puface_label)
+    h = make(summary, puface_label, ", ".join(map(str, runs)))
     md = headline_markdown(h, ("white-box",) if rows == "white-box" else ("white-box", "oblivious"))
     if json_path is not None:
         json_path.write_text(json.dumps(h, indent=2))

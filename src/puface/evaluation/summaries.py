@@ -111,12 +111,17 @@ def _pool_summaries(folders: list[Path], grids: list[dict]) -> list[dict]:
     return out
 
 
-def headline(rows: list[dict], puface: str = "puface") -> dict[str, Any]:
-    """The headline numbers of summary rows (see the module docstring); JSON-serialisable."""
+def headline(rows: list[dict], puface: str = "puface", where: str = "summary") -> dict[str, Any]:
+    """The headline numbers of summary rows (see the module docstring); JSON-serialisable. A `puface` label
+    that no row has is an error naming `where` (the rows' folders) and the labels there."""
     cells: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for r in rows:
         if r["attack"] != "clean":
             cells[(r["attack"], r["victim"], r["trainer"], r["setting"])][r["defense"]] = r
+    labels = sorted({d for c in cells.values() for d in c})
+    if puface not in labels:
+        raise PufaceError(f"{where}: no defense labelled {puface!r} (defenses: {', '.join(labels) or 'none'}); the "
+                          "headline compares the purifier with the others: name its label with --puface LABEL")
     baselines = sorted({d for c in cells.values() for d in c} - NOT_BASELINES - {puface})
     white = [c for k, c in cells.items() if k[3] == "white-box"]
 
@@ -139,32 +144,33 @@ def headline(rows: list[dict], puface: str = "puface") -> dict[str, Any]:
         sub = [c for k, c in cells.items() if k[3] == setting]
         if sub:
             means[setting] = {d: {"asr": mean_asr(d, sub),
-                                  "normal_acc": sum(c[d]["normal_acc_mean"] for c in sub if d in c) / max(1, sum(d in c for c in sub))}
-                              for d in ("none", puface, best) if d}
-    return {"best_baseline": best, "rows": table, "means": means,
+                                  "normal_acc": sum(c[d]["normal_acc_mean"] for c in sub if d in c) / sum(d in c for c in sub)}
+                              for d in ("none", puface, best) if d and any(d in c for c in sub)}
+    return {"puface": puface, "best_baseline": best, "rows": table, "means": means,
             "max_white_box_asr_puface": max((c[puface]["asr_mean"] for c in white if puface in c), default=None)}
 
 
 def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
+    return "-" if v is None or v != v else f"{100 * v:.1f}"
 
 
 def headline_markdown(h: dict[str, Any], settings: tuple[str, ...] = ("white-box", "oblivious")) -> str:
     """The headline table as Markdown (the rows of `settings`; the means of both), with the closing line
     naming the best baseline."""
     b = h["best_baseline"]
-    out = [f"| attack | victim | trainer | setting | ASR none | ASR PuFace | ASR {b} | normal acc. none | normal acc. PuFace | normal acc. {b} | best baseline in this row (ASR) |",
+    name = b or "baseline"
+    out = [f"| attack | victim | trainer | setting | ASR none | ASR PuFace | ASR {name} | normal acc. none | normal acc. PuFace | normal acc. {name} | best baseline in this row (ASR) |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in (r for r in h["rows"] if r["setting"] in settings):
         out.append(f"| {r['attack']} | {r['victim']} | {r['trainer']} | {r['setting']} | {_pct(r['none_asr'])} | **{_pct(r['puface_asr'])}** | "
                    f"{_pct(r['best_asr'])} | {_pct(r['none_normal_acc'])} | {_pct(r['puface_normal_acc'])} | {_pct(r['best_normal_acc'])} | "
-                   f"{r['row_best']} ({_pct(r['row_best_asr'])}) |")
+                   + (f"{r['row_best']} ({_pct(r['row_best_asr'])}) |" if r["row_best"] else "- |"))
     for setting, m in h["means"].items():
-        cols = [m.get(d, {}) for d in ("none", "puface", b)]
+        cols = [m.get(d, {}) for d in ("none", h.get("puface", "puface"), b)]
         out.append(f"| **mean ({setting})** | | | | {_pct(cols[0].get('asr'))} | **{_pct(cols[1].get('asr'))}** | {_pct(cols[2].get('asr'))} | "
                    f"{_pct(cols[0].get('normal_acc'))} | {_pct(cols[1].get('normal_acc'))} | {_pct(cols[2].get('normal_acc'))} | |")
-    out += ["", f"best baseline over the white-box cells: {b}; highest white-box ASR with PuFace: "
-                f"{_pct(h['max_white_box_asr_puface'])}%"]
+    best = f"best baseline over the white-box cells: {b}" if b else "no baseline defense in these results"
+    out += ["", f"{best}; highest white-box ASR with PuFace: {_pct(h['max_white_box_asr_puface'])}%"]
     return "\n".join(out)
 
 
