@@ -29,6 +29,28 @@ def test_help_lists_commands(capsys):
     assert "--decode" in out and "--min-images" in out
 
 
+def test_models_alone_lists_them_and_the_help_names_options_that_exist(capsys):
+    import json
+    import re
+
+    from puface.models.custom import _SIDECAR_KEYS
+
+    code, listed, _ = run(["models"], capsys)
+    assert code == 0 and (code, listed) == run(["models", "list"], capsys)[:2]
+    assert "dlib-resnet29" in listed
+    code, helptext, _ = run(["models", "--help"], capsys)
+    assert code == 0
+    for text in (listed, helptext):
+        assert "--embedder" not in text and "--input-size" not in text
+        assert "--surrogate" in text and "--victim" in text and "model.json" in text
+    assert "--surrogate" in run(["cloak", "--help"], capsys)[1] and "--victim" in run(["evaluate", "--help"], capsys)[1]
+    example = json.loads(re.search(r"e\.g\. (\{.*\})", helptext).group(1))
+    named = re.findall(r"^ {4}([a-z_]+(?:, [a-z_]+)*) {2,}", helptext, re.M)
+    keys = {k for line in named for k in line.split(", ")}
+    assert {"scale", "mean", "std", "input_size", "layout", "order"} <= keys <= _SIDECAR_KEYS
+    assert set(example) <= _SIDECAR_KEYS
+
+
 def test_info_counts_and_unreadable(tmp_path, capsys):
     root = tmp_path / "faces"
     for name, n in (("ann", 3), ("bo", 2)):
