@@ -89,7 +89,7 @@ def test_fetch_johns_from_scratch(tmp_path):
     env = {"PUFACE_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}
     r = subprocess.run([sys.executable, "-m", "puface", "data", "fetch", "johns"], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "johns: 55 images" in r.stdout
+    assert "johns: 55 images" in r.stdout or "johns: already here, 55 images" in r.stdout
     from pathlib import Path
 
     d = Path(r.stdout.split(" in ", 1)[1].strip())
@@ -106,8 +106,26 @@ def test_data_list_and_a_data_set_puface_cannot_fetch(tmp_path, monkeypatch, cap
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out
     assert f"$PUFACE_DATA: {tmp_path}" in out and str(tmp_path / "lfw-chips150") in out and "johns" in out
+    assert main(["data", "fetch", "lfw-chips150"]) == 0  # there already: where it is, nothing to fetch
+    assert f"lfw-chips150: already here, 0 images in {tmp_path / 'lfw-chips150'}" in capsys.readouterr().out
+    (tmp_path / "lfw-chips150" / "A").rmdir()
+    (tmp_path / "lfw-chips150").rmdir()
     assert main(["data", "fetch", "lfw-chips150"]) == 2
     err = capsys.readouterr().err
     assert "cannot fetch 'lfw-chips150' itself" in err and "puface align" in err
     assert main(["data", "fetch", "nope"]) == 2
     assert "unknown data set 'nope'" in capsys.readouterr().err
+
+
+def test_a_fetchable_data_set_in_puface_data_is_listed_and_not_fetched_again(johns_dir, tmp_path, monkeypatch, capsys):
+    (tmp_path / "sets").mkdir()
+    (tmp_path / "sets" / "johns").symlink_to(johns_dir, target_is_directory=True)
+    monkeypatch.setenv("PUFACE_DATA", str(tmp_path / "sets"))
+    monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[listed.index(next(x for x in listed if x.startswith("johns "))) + 1].strip() == str(tmp_path / "sets" / "johns")
+    assert main(["data", "fetch", "johns"]) == 0
+    assert capsys.readouterr().out.strip() == f"johns: already here, 55 images in {tmp_path / 'sets' / 'johns'}"
+    assert not (tmp_path / "home" / "data" / "johns").exists()
