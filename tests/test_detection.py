@@ -346,6 +346,10 @@ def test_detect_cli_errors(tree, tmp_path, detector_file, capsys):
     err = capsys.readouterr().err
     assert "missing: no such file" in err and "--fpr" in err and ".csv" in err
     assert "Traceback" not in err
+    assert main(["detect", str(tree), "--detector", "nosuch", "--no-progress", "--out", str(tmp_path / "d.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "nosuch: detector file not found" in err and "default, sharpen, edits" in err
+    assert "Traceback" not in err
 
 
 def test_detect_cli_refuses_to_mix_detectors(tree, tmp_path, detector, detector_file, johns_images):
