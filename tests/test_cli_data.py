@@ -125,7 +125,8 @@ def test_a_fetchable_data_set_in_puface_data_is_listed_and_not_fetched_again(joh
     monkeypatch.chdir(tmp_path)
     assert main(["data", "list"]) == 0
     listed = capsys.readouterr().out.splitlines()
-    assert listed[listed.index(next(x for x in listed if x.startswith("johns "))) + 1].strip() == str(tmp_path / "sets" / "johns")
+    where = listed[listed.index(next(x for x in listed if x.startswith("johns "))) + 1]
+    assert where.strip() == str(tmp_path / "sets" / "johns")
     assert main(["data", "fetch", "johns"]) == 0
     assert capsys.readouterr().out.strip() == f"johns: already here, 55 images in {tmp_path / 'sets' / 'johns'}"
     assert not (tmp_path / "home" / "data" / "johns").exists()

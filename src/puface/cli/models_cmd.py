@@ -60,4 +60,5 @@ def list_cmd(check: bool) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)))
     click.echo("\nYour own model: an ONNX / TorchScript / .pt2 file (a path, or a file name in $PUFACE_MODELS) wherever a "
                "model name is taken (cloak --surrogate, evaluate --victim, embedders= in an attack spec), its input "
-               "size and normalisation in a JSON sidecar next to it (model.onnx -> model.json); see `puface models --help`.")
+               "size and normalisation in a JSON sidecar next to it (model.onnx -> model.json); see "
+               "`puface models --help`.")

@@ -106,7 +106,8 @@ def _pool_summaries(folders: list[Path], grids: list[dict]) -> list[dict]:
             mean = sum(k * v for k, v, _ in parts) / n if n else float("nan")
             ss = sum((k - 1) * sd ** 2 + k * (v - mean) ** 2 for k, v, sd in parts)
             row[f"{m}_mean"], row[f"{m}_std"] = mean, (ss / (n - 1)) ** 0.5 if n > 1 else (0.0 if n else float("nan"))
-        row.update(n=n, seeds=sum(int(r["seeds"]) for r in rs), wall_s=round(sum(float(r.get("wall_s") or 0) for r in rs), 3))
+        row.update(n=n, seeds=sum(int(r["seeds"]) for r in rs),
+                   wall_s=round(sum(float(r.get("wall_s") or 0) for r in rs), 3))
         out.append(row)
     return out
 
