@@ -29,6 +29,28 @@ def test_help_lists_commands(capsys):
     assert "--decode" in out and "--min-images" in out
 
 
+def test_models_alone_lists_them_and_the_help_names_options_that_exist(capsys):
+    import json
+    import re
+
+    from puface.models.custom import _SIDECAR_KEYS
+
+    code, listed, _ = run(["models"], capsys)
+    assert code == 0 and (code, listed) == run(["models", "list"], capsys)[:2]
+    assert "dlib-resnet29" in listed
+    code, helptext, _ = run(["models", "--help"], capsys)
+    assert code == 0
+    for text in (listed, helptext):
+        assert "--embedder" not in text and "--input-size" not in text
+        assert "--surrogate" in text and "--victim" in text and "model.json" in text
+    assert "--surrogate" in run(["cloak", "--help"], capsys)[1] and "--victim" in run(["evaluate", "--help"], capsys)[1]
+    example = json.loads(re.search(r"e\.g\. (\{.*\})", helptext).group(1))
+    named = re.findall(r"^ {4}([a-z_]+(?:, [a-z_]+)*) {2,}", helptext, re.M)
+    keys = {k for line in named for k in line.split(", ")}
+    assert {"scale", "mean", "std", "input_size", "layout", "order"} <= keys <= _SIDECAR_KEYS
+    assert set(example) <= _SIDECAR_KEYS
+
+
 def test_info_counts_and_unreadable(tmp_path, capsys):
     root = tmp_path / "faces"
     for name, n in (("ann", 3), ("bo", 2)):
@@ -67,7 +89,7 @@ def test_fetch_johns_from_scratch(tmp_path):
     env = {"PUFACE_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}
     r = subprocess.run([sys.executable, "-m", "puface", "data", "fetch", "johns"], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "johns: 55 images" in r.stdout
+    assert "johns: 55 images" in r.stdout or "johns: already here, 55 images" in r.stdout
     from pathlib import Path
 
     d = Path(r.stdout.split(" in ", 1)[1].strip())
@@ -84,8 +106,27 @@ def test_data_list_and_a_data_set_puface_cannot_fetch(tmp_path, monkeypatch, cap
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out
     assert f"$PUFACE_DATA: {tmp_path}" in out and str(tmp_path / "lfw-chips150") in out and "johns" in out
+    assert main(["data", "fetch", "lfw-chips150"]) == 0  # there already: where it is, nothing to fetch
+    assert f"lfw-chips150: already here, 0 images in {tmp_path / 'lfw-chips150'}" in capsys.readouterr().out
+    (tmp_path / "lfw-chips150" / "A").rmdir()
+    (tmp_path / "lfw-chips150").rmdir()
     assert main(["data", "fetch", "lfw-chips150"]) == 2
     err = capsys.readouterr().err
     assert "cannot fetch 'lfw-chips150' itself" in err and "puface align" in err
     assert main(["data", "fetch", "nope"]) == 2
     assert "unknown data set 'nope'" in capsys.readouterr().err
+
+
+def test_a_fetchable_data_set_in_puface_data_is_listed_and_not_fetched_again(johns_dir, tmp_path, monkeypatch, capsys):
+    (tmp_path / "sets").mkdir()
+    (tmp_path / "sets" / "johns").symlink_to(johns_dir, target_is_directory=True)
+    monkeypatch.setenv("PUFACE_DATA", str(tmp_path / "sets"))
+    monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    where = listed[listed.index(next(x for x in listed if x.startswith("johns "))) + 1]
+    assert where.strip() == str(tmp_path / "sets" / "johns")
+    assert main(["data", "fetch", "johns"]) == 0
+    assert capsys.readouterr().out.strip() == f"johns: already here, 55 images in {tmp_path / 'sets' / 'johns'}"
+    assert not (tmp_path / "home" / "data" / "johns").exists()

@@ -346,6 +346,10 @@ def test_detect_cli_errors(tree, tmp_path, detector_file, capsys):
     err = capsys.readouterr().err
     assert "missing: no such file" in err and "--fpr" in err and ".csv" in err
     assert "Traceback" not in err
+    assert main(["detect", str(tree), "--detector", "nosuch", "--no-progress", "--out", str(tmp_path / "d.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "nosuch: detector file not found" in err and "default, sharpen, edits" in err
+    assert "Traceback" not in err
 
 
 def test_detect_cli_refuses_to_mix_detectors(tree, tmp_path, detector, detector_file, johns_images):
@@ -357,6 +361,45 @@ def test_detect_cli_refuses_to_mix_detectors(tree, tmp_path, detector, detector_
     f2 = other.save(tmp_path / "other.safetensors")
     assert main(["detect", str(tree), "--out", str(out), "--detector", str(f2), "--no-progress"]) == 2
     assert main(["detect", str(tree), "--out", str(out), "--detector", str(f2), "--no-progress", "--restart"]) == 0
+
+
+def test_detect_cli_resumes_only_its_own_input_and_reports_only_its_files(tree, tmp_path, detector_file, monkeypatch,
+                                                                          capsys):
+    (tree / "cloaked_person" / "broken.jpg").unlink()
+    other = tmp_path / "other"
+    shutil.copytree(tree, other)  # the same relative names, another folder
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # the default --out, relative paths
+    assert main(["detect", "../in", "--detector", str(detector_file), "--no-progress"]) == 0
+    assert len(_read(work / "scores.csv")) == 9
+    capsys.readouterr()
+    assert main(["detect", "../other", "--detector", str(detector_file), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "scores.csv: scores of another input" in err and str(other) in err and "--restart" in err
+    assert "Traceback" not in err
+    assert main(["detect", "../other", "--detector", str(detector_file), "--no-progress", "--restart"]) == 0
+    # the input lost files since the scores were written: their rows leave the scores and the summary
+    assert main(["detect", "../other", "--detector", str(detector_file), "--no-progress", "--out", "o.csv"]) == 0
+    (other / "cloaked_person" / "c0.png").unlink()
+    capsys.readouterr()
+    assert main(["detect", "../other", "--detector", str(detector_file), "--no-progress", "--out", "o.csv"]) == 0
+    out = capsys.readouterr().out
+    assert "8 already done" in out and "1 row(s) of an earlier run for files no longer in the input dropped" in out
+    assert "cloaked_person/c0.png" not in {r["path"] for r in _read(work / "o.csv")} and len(_read(work / "o.csv")) == 8
+    ids = {r["identity"]: r for r in _read(work / "o-identities.csv")}
+    assert ids["cloaked_person"]["images"] == "2"
+
+
+def test_resume_check_names_the_option_that_differs(tmp_path):
+    from puface.detection.folder import _check_same_run
+
+    run = {"input": str(tmp_path), "align": True, "largest_face": False}
+    _check_same_run(tmp_path / "s.csv", {"detector": "d", "input": "in", "align": True}, "d", run)  # older run files
+    with pytest.raises(PufaceError, match="scored with --largest-face, this run without.*--restart"):
+        _check_same_run(tmp_path / "s.csv", {**run, "detector": "d", "largest_face": True}, "d", run)
+    with pytest.raises(PufaceError, match="another detector"):
+        _check_same_run(tmp_path / "s.csv", {**run, "detector": "e"}, "d", run)
 
 
 def test_a_new_natural_kind_raises_the_threshold_to_hold_the_fpr_there(detector_file, tmp_path):

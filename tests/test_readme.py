@@ -1,5 +1,6 @@
 """The README tells the truth: its Python example runs, its headline table is the one its command
-generates from the committed results, and CI runs the test command it names."""
+generates from the committed results, CI runs the test command it names, and the docs cite no Markdown
+file the repository lacks."""
 
 from __future__ import annotations
 
@@ -46,3 +47,11 @@ def test_ci_runs_the_test_command_the_readme_names():
     assert command in (REPO / ".ci" / "run").read_text()
     assert "bash scripts/setup.sh && .venv/bin/puface demo" in setup
     assert len(README.splitlines()) <= 160
+
+
+def test_the_markdown_files_the_docs_cite_are_in_the_repository():
+    docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    names = {p.name for p in REPO.rglob("*.md") if ".git" not in p.parts}
+    for doc in docs:
+        for cited in re.findall(r"`([^`\s]+\.md)`", doc.read_text(encoding="utf-8")):
+            assert (REPO / cited).is_file() or (doc.parent / cited).is_file() or cited in names, f"{doc.name} cites {cited}"

@@ -65,6 +65,59 @@ def test_draws_table_keeps_cells_found_in_every_draw(tmp_path):
 
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_report_headline_pools_folders_trimmed_to_their_tables(tmp_path, capsys):
+    import shutil
+
+    from puface.cli import main
+
+    # the committed folders hold summary.csv and config.toml only: pooled from those
+    assert main(["report", "headline", str(REPO / "docs/results/lfw"), str(REPO / "docs/results/lfw-seed1")]) == 0
+    assert "| **mean (white-box)** |" in capsys.readouterr().out
+    # pooling summaries gives what pooling the runs behind them gives (lfw-ladder also keeps its results.csv)
+    full = [REPO / "docs/results/lfw-ladder", REPO / "docs/results/lfw-ladder-seed1"]
+    trimmed = []
+    for f in full:
+        (tmp_path / f.name).mkdir()
+        for name in ("summary.csv", "config.toml"):
+            shutil.copy(f / name, tmp_path / f.name / name)
+        trimmed.append(tmp_path / f.name)
+    key = lambda r: tuple(r[k] for k in summaries.GROUP_KEYS)  # noqa: E731
+    runs = {key(r): r for r in summaries.load_pooled(full)}
+    pooled = {key(r): r for r in summaries.load_pooled(trimmed)}
+    assert set(pooled) == set(runs)
+    for k, r in pooled.items():
+        assert (r["n"], r["seeds"]) == (runs[k]["n"], runs[k]["seeds"])
+        for m in ("asr_mean", "asr_std", "normal_acc_mean", "normal_acc_std"):
+            assert r[m] == pytest.approx(runs[k][m], abs=1e-12)
+    with pytest.raises(PufaceError, match="seed 0 is also in another folder"):
+        summaries.load_pooled([trimmed[0], trimmed[0]])
+    (trimmed[1] / "config.toml").unlink()
+    with pytest.raises(PufaceError, match="config.toml: not found"):
+        summaries.load_pooled(trimmed)
+
+
+def test_report_headline_needs_the_purifier_label_and_names_the_labels_there(tmp_path, capsys):
+    from puface.cli import main
+
+    folder = _summary(tmp_path, [("fawkes-high", "dlib-resnet29", "nn", "none", "white-box", 1.0, 0.99),
+                                 ("fawkes-high", "dlib-resnet29", "nn", "jpeg-q50", "white-box", 0.5, 0.9)])
+    assert main(["report", "headline", str(folder)]) == 2
+    assert main(["report", "headline", str(folder), "--puface", "nosuch"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(f"{folder}: no defense labelled" in e and "(defenses: jpeg-q50, none)" in e for e in err)
+    assert "--puface LABEL" in err[0] and "'nosuch'" in err[1]
+    # PuFace under its own label, no baseline and no undefended run: dashes, not None or nan
+    _summary(tmp_path, [("fawkes-high", "dlib-resnet29", "nn", "mine", "white-box", 0.05, 0.98)])
+    assert main(["report", "headline", str(folder), "--puface", "mine"]) == 0
+    out = capsys.readouterr().out
+    assert "None" not in out and "nan" not in out
+    assert "| **mean (white-box)** | | | | - | **5.0** | - | - | 98.0 | - | |" in out
+    assert "no baseline defense in these results; highest white-box ASR with PuFace: 5.0%" in out
+
+
 def test_report_cells_cli_writes_the_table(tmp_path, capsys):
     from puface.cli import main
 

@@ -99,7 +99,7 @@ def fetch(ctx: click.Context, name: str, url: str | None, tarball: Path | None, 
     arcface112), where configs find them by name. Offline: download the archive elsewhere and pass
     --tarball. For a data set puface cannot fetch, it says how to get it.
     """
-    from ..data.datasets import DATASETS
+    from ..data.datasets import DATASETS, find_data_root
     from ..utils.errors import PufaceError
 
     if name == "lfw":
@@ -109,11 +109,12 @@ def fetch(ctx: click.Context, name: str, url: str | None, tarball: Path | None, 
     if name not in DATASETS:
         raise PufaceError(f"unknown data set {name!r}; known: lfw, {', '.join(sorted(DATASETS))}")
     ds = DATASETS[name]
-    if ds.fetch is None:
+    found = find_data_root(name)  # where configs and --data would find it: nothing to fetch
+    if found is None and ds.fetch is None:
         raise PufaceError(f"puface cannot fetch {name!r} itself. It is {ds.description}. To get it: {ds.how_to_get}.")
-    path = ds.fetch()
+    path = found or ds.fetch()
     n = sum(1 for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    click.echo(f"{name}: {n} images in {path}")
+    click.echo(f"{name}: {'already here, ' if found else ''}{n} images in {path}")
 
 
 CHIP_SETS = {"dlib150": "lfw-chips150", "arcface112": "lfw-arcface112"}
@@ -175,19 +176,13 @@ def list_cmd() -> None:
     """The data sets configs can name, where each is found here, and how to get the missing ones.
 
     A config's [data] root (or --data) is a folder, or a name looked up as $PUFACE_DATA/<name>."""
-    from ..data.datasets import DATASETS, data_home, resolve_data_root
-    from ..utils.errors import PufaceError
+    from ..data.datasets import DATASETS, data_home, find_data_root
 
     home = data_home()
     click.echo(f"$PUFACE_DATA: {home if home is not None else '(not set)'}")
     for name, ds in sorted(DATASETS.items()):
-        if ds.fetch is None:
-            try:
-                where = str(resolve_data_root(name))
-            except PufaceError:
-                where = f"not here; {ds.how_to_get}"
-        else:
-            where = f"fetched on first use (`puface data fetch {name}`)"
+        found = find_data_root(name)
+        where = str(found) if found is not None else f"not here; {ds.how_to_get}"
         click.echo(f"{name:14s} {ds.description}")
         click.echo(f"{'':14s} {where}")
 

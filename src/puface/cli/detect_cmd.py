@@ -29,7 +29,9 @@ from .options import check_engine, engine_options
               help="Photos, not chips: detect and align every face first (a photo's score is its highest face score).")
 @click.option("--largest-face", is_flag=True, help="With --align: score only the largest face of each photo.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Keep the rows an earlier run wrote to --out and score only the other images.")
+              help="Keep the rows an earlier run wrote to --out and score only the other images (refused when that run "
+                   "scored another IN, with another detector or other --align options); rows of files no longer under IN "
+                   "are dropped.")
 @click.option("--restart", is_flag=True, help="Discard an earlier run's --out and score everything.")
 @click.option("--io-workers", type=int, default=2, show_default=True, help="Threads that decode images while the models run.")
 @click.option("--threads", type=int, default=None, help="Torch compute threads (default: torch's choice).")

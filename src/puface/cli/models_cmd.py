@@ -5,10 +5,29 @@ from __future__ import annotations
 import click
 
 
-@click.group("models")
-def models() -> None:
-    """Face recognition models: built-in ones load offline from installed packages; your own
-    ONNX or TorchScript model can be passed wherever an --embedder/--surrogate is asked for."""
+@click.group("models", invoke_without_command=True)
+@click.pass_context
+def models(ctx: click.Context) -> None:
+    """Face recognition models: built-in ones load offline from installed packages (`puface models`
+    alone: `puface models list`).
+
+    \b
+    Your own model: an ONNX, TorchScript (.pt, .pth, .ts, .torchscript) or torch.export (.pt2) file,
+    given by its path (or its file name in $PUFACE_MODELS) wherever a model name is taken:
+      puface cloak --surrogate model.onnx ...      puface evaluate --victim model.onnx ...
+      --attack 'lowkey:embedders=model.onnx'       a config's [victims] embedders = ["model.onnx"]
+    What the model expects goes in a JSON sidecar next to it (model.onnx -> model.json):
+      scale, mean, std   required: net input = (x * scale - mean) / std for x in [0, 1]
+                         (mean / std: a number or one per channel; insightface ArcFace: 255, 127.5, 127.5)
+      order              "RGB" (default) or "BGR"
+      input_size         [height, width]; required unless an ONNX graph fixes its input shape
+      embedding_dim      checked against the model's output (default: measured)
+      layout             "any" (default: chips are resized) or "arcface112" (ArcFace 112 px crops)
+      name, licence, source   shown in reports
+    e.g. {"input_size": [112, 112], "scale": 255, "mean": 127.5, "std": 127.5, "layout": "arcface112"}
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_cmd)
 
 
 @models.command("list")
@@ -39,5 +58,7 @@ def list_cmd(check: bool) -> None:
     click.echo("  ".join("-" * w for w in widths))
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)))
-    click.echo("\nYour own model: --embedder PATH.onnx|PATH.pt (TorchScript), with --input-size/normalisation "
-               "options or a JSON sidecar PATH.json; see `puface models --help`.")
+    click.echo("\nYour own model: an ONNX / TorchScript / .pt2 file (a path, or a file name in $PUFACE_MODELS) wherever a "
+               "model name is taken (cloak --surrogate, evaluate --victim, embedders= in an attack spec), its input "
+               "size and normalisation in a JSON sidecar next to it (model.onnx -> model.json); see "
+               "`puface models --help`.")

@@ -49,12 +49,13 @@ def replace_between_markers(text: str, table: str, where: str = "README") -> str
 def headline(runs: tuple[Path, ...], puface_label: str, rows: str, out: Path | None, json_path: Path | None, readme: Path | None) -> None:
     """The headline table of RUNS: per attack, victim and trainer, ASR and normal accuracy with no
     defense, with PuFace and with the best baseline (lowest mean white-box ASR, chosen once for the
-    whole table). Several RUNS of one config (other --seed) are pooled from their results.csv."""
+    whole table). Several RUNS of one config (other --seed) are pooled from their results.csv, or from
+    their summary.csv where a folder was trimmed to its tables (docs/results/: the same means)."""
     from ..evaluation.summaries import headline as make
     from ..evaluation.summaries import headline_markdown, load_pooled, load_summary
 
     summary = load_summary(runs[0]) if len(runs) == 1 else load_pooled(list(runs))
-    h = make(summary, puface_label)
+    h = make(summary, puface_label, ", ".join(map(str, runs)))
     md = headline_markdown(h, ("white-box",) if rows == "white-box" else ("white-box", "oblivious"))
     if json_path is not None:
         json_path.write_text(json.dumps(h, indent=2))

@@ -5,8 +5,11 @@ A data root (`[data] root` of a config, `--data` of a command) is resolved in th
 1. an existing folder (absolute, or relative to the current folder);
 2. `$PUFACE_DATA/<root>`: `$PUFACE_DATA` is a folder holding data sets by name (e.g. `lfw-chips150/`);
 3. `$PUFACE_HOME/data/<root>`: where `puface data fetch` puts data sets when `$PUFACE_DATA` is not set;
-4. a data set puface can fetch itself on first use (`johns`, the embedded default);
-4. otherwise a `PufaceError` that says what the named data set is and how to get it.
+4. a data set puface can fetch itself: where it already is (`johns`: the installed Debian package, the
+   cache), else fetched on first use;
+5. otherwise a `PufaceError` that says what the named data set is and how to get it.
+
+Steps 1-4 without fetching are `find_data_root` (what `puface data list` and `puface data fetch` report).
 
 No config names a machine's path: the benchmark configs name their data set (`root = "lfw-chips150"`)
 and each machine says where it lives (`--data DIR` or `$PUFACE_DATA`).
@@ -21,7 +24,7 @@ from typing import Callable
 
 from ..utils.errors import PufaceError
 
-__all__ = ["DATASETS", "Dataset", "data_home", "resolve_data_root"]
+__all__ = ["DATASETS", "Dataset", "data_home", "find_data_root", "resolve_data_root"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Dataset:
     description: str
     how_to_get: str
     fetch: Callable[[], Path] | None = None
+    find: Callable[[], Path | None] | None = None  # where a fetchable set already is on this machine, no download
 
 
 def _fetch_johns() -> Path:
@@ -40,10 +44,16 @@ def _fetch_johns() -> Path:
     return fetch_johns()
 
 
+def _find_johns() -> Path | None:
+    from .johns import find_johns
+
+    return find_johns()
+
+
 DATASETS: dict[str, Dataset] = {
     "johns": Dataset(
         "johns", "dlib's example set: 5 people x 11 aligned 150x150 chips (public-domain dedication)",
-        "fetched on first use from Debian's libdlib19.1 package (`puface data fetch johns`)", _fetch_johns),
+        "fetched on first use from Debian's libdlib19.1 package (`puface data fetch johns`)", _fetch_johns, _find_johns),
     "lfw-chips150": Dataset(
         "lfw-chips150", "LFW (deep-funneled) people with >= 5 photos as dlib-aligned 150x150 face chips, "
         "one folder per person (the benchmark's copy holds 391 of them, 4,743 chips)",
@@ -64,12 +74,9 @@ def data_home() -> Path | None:
     return Path(env).expanduser() if env else None
 
 
-def resolve_data_root(root: str | Path | None) -> Path:
-    """The folder a data root names (see the module docstring for the order)."""
-    if root is None or str(root) == "":
-        raise PufaceError("no data given: pass --data DIR (identity folders ROOT/<identity>/<image>) or set "
-                          "[data] root in the config to a folder or a data set name "
-                          f"({', '.join(sorted(DATASETS))})")
+def find_data_root(root: str | Path) -> Path | None:
+    """The folder a data root names when it is already on this machine (steps 1-4 of the module docstring,
+    never fetching), else None."""
     p = Path(root).expanduser()
     if p.is_dir():
         return p
@@ -82,6 +89,21 @@ def resolve_data_root(root: str | Path | None) -> Path:
         fetched = puface_home() / "data" / p
         if fetched.is_dir() and any(fetched.iterdir()):
             return fetched
+    ds = DATASETS.get(str(root))
+    return ds.find() if ds is not None and ds.find is not None else None
+
+
+def resolve_data_root(root: str | Path | None) -> Path:
+    """The folder a data root names (see the module docstring for the order)."""
+    if root is None or str(root) == "":
+        raise PufaceError("no data given: pass --data DIR (identity folders ROOT/<identity>/<image>) or set "
+                          "[data] root in the config to a folder or a data set name "
+                          f"({', '.join(sorted(DATASETS))})")
+    found = find_data_root(root)
+    if found is not None:
+        return found
+    p = Path(root).expanduser()
+    home = data_home()
     ds = DATASETS.get(str(root))
     if ds is not None and ds.fetch is not None:
         return ds.fetch()

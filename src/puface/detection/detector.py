@@ -529,6 +529,9 @@ class CloakDetector(torch.nn.Module):
         given, path = path, detector_path(path)
         if not path.is_file() and (given is None or Path(given) != path):  # a shipped name
             raise PufaceError(f"the shipped detector {path.name} is missing from this installation ({path}); reinstall puface")
+        if not path.is_file():
+            raise PufaceError(f"{path}: detector file not found; give a detector file (`puface train-detector`, "
+                              f"`puface calibrate-detector`) or a shipped detector's name: {', '.join(SHIPPED_DETECTORS)}")
         meta, tensors = cls.read_file(path)
         cal = dict(meta.get("calibration") or {})
         for k in _CAL_TENSORS:

@@ -116,6 +116,7 @@ class DetectReport:
     identities: list[dict] = field(default_factory=list)
     scores_csv: Path | None = None
     identities_csv: Path | None = None
+    gone: int = 0  # rows of an earlier run for files no longer in the input, dropped
 
     @property
     def exit_code(self) -> int:
@@ -139,6 +140,8 @@ class DetectReport:
                          "come from a source unlike the calibration photos (edited: sharpened, more contrast, other gamma; "
                          "other cameras). Compare with `--detector edits`, or calibrate on natural photos of this source "
                          "(`puface calibrate-detector`).")
+        if self.gone:
+            lines.append(f"{self.gone} row(s) of an earlier run for files no longer in the input dropped")
         noface = [r for r in self.rows if r.get("score", "") == ""]
         if noface:
             lines.append(f"{len(noface)} image(s) without a usable face (empty score)")
@@ -219,6 +222,20 @@ def _state_path(out_csv: Path) -> Path:
     return out_csv.with_name(out_csv.stem + "-run.json")
 
 
+def _check_same_run(out_csv: Path, old: dict, det_id: str, run: dict) -> None:
+    """Refuse to resume `out_csv` when its run file says another detector, input or face option wrote it."""
+    how = "choose another --out or pass --restart"
+    if old.get("detector") and old["detector"] != det_id:
+        raise PufaceError(f"{out_csv}: scored by another detector ({old['detector']}, this one {det_id}); {how}")
+    was = old.get("input")
+    if was and Path(was).is_absolute() and was != run["input"]:  # earlier files kept the path as typed: not comparable
+        raise PufaceError(f"{out_csv}: scores of another input ({was}, this run {run['input']}); {how}")
+    for key, flag in (("align", "--align"), ("largest_face", "--largest-face")):
+        if key in old and bool(old[key]) != run[key]:
+            raise PufaceError(f"{out_csv}: scored {'with' if old[key] else 'without'} {flag}, this run "
+                              f"{'with' if run[key] else 'without'}; {how}")
+
+
 def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDetector | None = None,
                   weights: str | Path | None = None, device: str | None = None, fpr: float | None = None,
                   batch_size: int = 32, resume: bool = True, restart: bool = False, io_workers: int = 2,
@@ -245,6 +262,7 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
     if out_csv.is_dir():
         raise PufaceError(f"{out_csv} is a folder; give a .csv file name")
     jobs = _jobs(in_path)
+    current = {j.rel.as_posix() for j in jobs}  # every shard's: processes may share one CSV
     if world_size > 1:
         jobs = shard(jobs, rank, world_size)
     det = _prepare_detector(detector, weights, device)
@@ -253,17 +271,15 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
     fields = ["path", "score", "cloaked", *feature_columns(det)] + (["faces"] if align else []) + ["note"]
     state = _state_path(out_csv)
     det_id = det.fingerprint()
+    run = {"input": str(in_path.resolve()), "align": align, "largest_face": largest_face}
     if restart:
         out_csv.unlink(missing_ok=True)
     elif resume and out_csv.exists() and state.is_file():
-        old = json.loads(state.read_text(encoding="utf-8")).get("detector")
-        if old and old != det_id:
-            raise PufaceError(f"{out_csv}: scored by another detector ({old}, this one {det_id}); choose another --out "
-                              "or pass --restart")
+        _check_same_run(out_csv, json.loads(state.read_text(encoding="utf-8")), det_id, run)
     previous = _read_rows(out_csv, fields) if resume and not restart else []
     if previous or (out_csv.exists() and not resume):
         _write_csv(out_csv, previous, fields)  # drop a row cut by an interruption before appending
-    atomic_write_bytes(state, json.dumps({"detector": det_id, "input": str(in_path), "align": align}, indent=2).encode())
+    atomic_write_bytes(state, json.dumps({"detector": det_id, **run}, indent=2).encode())
     done = {r["path"] for r in previous}
     common = dict(batch_size=batch_size, resume=resume, desc="detecting", verb="scored", stats_csv=out_csv,
                   progress=progress, is_done=lambda j: j.rel.as_posix() in done, stats_fields=fields,
@@ -283,7 +299,8 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
     else:
         process = detect_batch_process(det, None, threshold, batch_size, align, largest_face, fields)
         job = run_folder_job(jobs, process, io_workers=io_workers, **common)
-    return _finish(out_csv, fields, threshold, fpr_v, job, in_path, identities_csv, det_id)
+    return _finish(out_csv, fields, threshold, fpr_v, job, in_path, identities_csv, det_id, state=run,
+                   current=current)
 
 
 def detect_batch_process(det: CloakDetector | str | None, device: str | None, threshold: float, batch_size: int,
@@ -341,9 +358,16 @@ def calibrate_on_folder(detector: CloakDetector, in_path: str | Path, kind: str,
 
 
 def _finish(out_csv: Path, fields: list[str], threshold: float, fpr: float, job: JobReport, in_path: Path,
-            identities_csv: str | Path | None, det_id: str, *, state: dict | None = None) -> DetectReport:
-    """Rewrite the scores with the decision at this run's threshold, write the identity summary."""
+            identities_csv: str | Path | None, det_id: str, *, state: dict | None = None,
+            current: set[str] | None = None) -> DetectReport:
+    """Rewrite the scores with the decision at this run's threshold, write the identity summary. current: the
+    paths (relative to the input) of this run's files; rows of other files (gone from the input since an
+    earlier run) are dropped from the scores and the summary."""
     rows = _read_rows(out_csv, fields)
+    gone = 0
+    if current is not None:
+        kept = [r for r in rows if r["path"] in current]
+        rows, gone = kept, len(rows) - len(kept)
     for r in rows:
         if r.get("score", "") != "":
             r["cloaked"] = int(float(r["score"]) > threshold)
@@ -351,8 +375,8 @@ def _finish(out_csv: Path, fields: list[str], threshold: float, fpr: float, job:
     idents = summarise_identities(rows, in_path.resolve().name if in_path.is_dir() else in_path.resolve().parent.name)
     id_path = Path(identities_csv) if identities_csv else out_csv.with_name(out_csv.stem + "-identities.csv")
     _write_csv(id_path, idents, ["identity", "images", "flagged", "share_flagged", "mean_score", "max_score"])
-    rep = DetectReport(job, threshold, fpr, rows, idents, out_csv, id_path)
-    info = {"detector": det_id, "input": str(in_path), "threshold": threshold, "fpr": fpr, "images": len(rows),
+    rep = DetectReport(job, threshold, fpr, rows, idents, out_csv, id_path, gone)
+    info = {"detector": det_id, "input": str(in_path.resolve()), "threshold": threshold, "fpr": fpr, "images": len(rows),
             "scored": rep.scored, "flagged": rep.flagged, "failed": [[str(p), why] for p, why in job.failed],
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **(state or {})}
     atomic_write_bytes(_state_path(out_csv), json.dumps(info, indent=2).encode())
@@ -378,6 +402,7 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
     """
     in_path, out_path = Path(in_path), Path(out_path)
     jobs = plan_mirror(in_path, out_path)
+    current = {j.rel.as_posix() for j in jobs}
     if world_size > 1:
         jobs = shard(jobs, rank, world_size)
     det = _prepare_detector(detector, detector_weights, device)
@@ -432,7 +457,8 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
                          verb="purified", stats_csv=scores, quality=quality, io_workers=io_workers, progress=progress,
                          is_done=lambda j: j.dst.exists() or j.rel.as_posix() in skipped, stats_fields=fields,
                          stats_key="path")
-    rep = _finish(scores, fields, threshold, fpr_v, job, in_path, out_path / "detection-identities.csv", det_id)
+    rep = _finish(scores, fields, threshold, fpr_v, job, in_path, out_path / "detection-identities.csv", det_id,
+                  current=current)
     cloaked = [{"path": r["path"], "score": r["score"], "status": r.get("status", "")} for r in rep.rows if str(r.get("cloaked")) == "1"]
     _write_csv(out_path / "cloaked.csv", cloaked, ["path", "score", "status"])
     return rep

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.errors import PufaceError
+from ..utils.tomlconfig import read_toml
 from .tables import GROUP_KEYS, summarise_rows
 
 __all__ = ["load_summary", "load_pooled", "headline", "headline_markdown", "defenses_table", "users_table",
@@ -51,17 +52,30 @@ def load_summary(folder: Path) -> list[dict]:
 
 
 def load_pooled(folders: list[Path]) -> list[dict]:
-    """Summary rows over the per-run rows of several output folders of one config (other seeds)."""
+    """Summary rows over the per-run rows of several output folders of one config (other seeds): from their
+    results.csv, or, where a folder was trimmed to its tables (docs/results/), from their summary.csv (means
+    weighted by n, the standard deviation pooled exactly; the users column left out: who they were is not
+    there). The grid is compared on config.resolved.json, or config.toml where a folder has none."""
+    folders = [Path(f) for f in folders]
+    resolved = all((f / "config.resolved.json").is_file() for f in folders)
+
     def grid(folder: Path) -> dict:
-        cfg = json.loads((Path(folder) / "config.resolved.json").read_text())
-        return {k: v for k, v in cfg.items() if k not in ("seeds", "source")}
+        if resolved:
+            return json.loads((folder / "config.resolved.json").read_text(encoding="utf-8"))
+        if not (folder / "config.toml").is_file():
+            raise PufaceError(f"{folder / 'config.toml'}: not found (pooling needs each folder's config.toml or "
+                              "config.resolved.json, to check the folders ran one grid)")
+        return read_toml(folder / "config.toml")
 
     grids = [grid(f) for f in folders]
-    if any(g != grids[0] for g in grids[1:]):
+    if any({k: v for k, v in g.items() if k not in ("seeds", "source")} !=
+           {k: v for k, v in grids[0].items() if k not in ("seeds", "source")} for g in grids[1:]):
         raise PufaceError(f"{', '.join(map(str, folders))}: not the same grid (configs differ beyond their seeds)")
+    if not all((f / "results.csv").is_file() for f in folders):
+        return _pool_summaries(folders, grids)
     runs, seen = [], set()
     for f in folders:
-        for r in _csv(Path(f) / "results.csv"):
+        for r in _csv(f / "results.csv"):
             key = (r["seed"], r["user"], *(r[k] for k in GROUP_KEYS))
             if key in seen:
                 raise PufaceError(f"{f}: seed {r['seed']} is also in another folder; pool folders of different seeds")
@@ -70,12 +84,45 @@ def load_pooled(folders: list[Path]) -> list[dict]:
     return summarise_rows(runs)
 
 
-def headline(rows: list[dict], puface: str = "puface") -> dict[str, Any]:
-    """The headline numbers of summary rows (see the module docstring); JSON-serialisable."""
+def _pool_summaries(folders: list[Path], grids: list[dict]) -> list[dict]:
+    """`load_pooled` from summary.csv files: per cell, the n-weighted means and the pooled sample standard
+    deviation of the runs behind them (exact: what summarise_rows gives on the runs themselves)."""
+    seen: dict[int, Path] = {}
+    for f, g in zip(folders, grids):
+        for seed in g.get("seeds", []):
+            if seed in seen:
+                raise PufaceError(f"{f}: seed {seed} is also in another folder; pool folders of different seeds")
+            seen[seed] = f
+    cells: dict[tuple, list[dict]] = defaultdict(list)
+    for f in folders:
+        for r in load_summary(f):
+            cells[tuple(r[k] for k in GROUP_KEYS)].append(r)
+    out = []
+    for key, rs in cells.items():
+        row: dict[str, Any] = dict(zip(GROUP_KEYS, key))
+        n = sum(int(r["n"]) for r in rs)
+        for m in ("asr", "normal_acc"):
+            parts = [(int(r["n"]), r[f"{m}_mean"], r[f"{m}_std"]) for r in rs if int(r["n"]) > 0]
+            mean = sum(k * v for k, v, _ in parts) / n if n else float("nan")
+            ss = sum((k - 1) * sd ** 2 + k * (v - mean) ** 2 for k, v, sd in parts)
+            row[f"{m}_mean"], row[f"{m}_std"] = mean, (ss / (n - 1)) ** 0.5 if n > 1 else (0.0 if n else float("nan"))
+        row.update(n=n, seeds=sum(int(r["seeds"]) for r in rs),
+                   wall_s=round(sum(float(r.get("wall_s") or 0) for r in rs), 3))
+        out.append(row)
+    return out
+
+
+def headline(rows: list[dict], puface: str = "puface", where: str = "summary") -> dict[str, Any]:
+    """The headline numbers of summary rows (see the module docstring); JSON-serialisable. A `puface` label
+    that no row has is an error naming `where` (the rows' folders) and the labels there."""
     cells: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for r in rows:
         if r["attack"] != "clean":
             cells[(r["attack"], r["victim"], r["trainer"], r["setting"])][r["defense"]] = r
+    labels = sorted({d for c in cells.values() for d in c})
+    if puface not in labels:
+        raise PufaceError(f"{where}: no defense labelled {puface!r} (defenses: {', '.join(labels) or 'none'}); the "
+                          "headline compares the purifier with the others: name its label with --puface LABEL")
     baselines = sorted({d for c in cells.values() for d in c} - NOT_BASELINES - {puface})
     white = [c for k, c in cells.items() if k[3] == "white-box"]
 
@@ -98,32 +145,33 @@ def headline(rows: list[dict], puface: str = "puface") -> dict[str, Any]:
         sub = [c for k, c in cells.items() if k[3] == setting]
         if sub:
             means[setting] = {d: {"asr": mean_asr(d, sub),
-                                  "normal_acc": sum(c[d]["normal_acc_mean"] for c in sub if d in c) / max(1, sum(d in c for c in sub))}
-                              for d in ("none", puface, best) if d}
-    return {"best_baseline": best, "rows": table, "means": means,
+                                  "normal_acc": sum(c[d]["normal_acc_mean"] for c in sub if d in c) / sum(d in c for c in sub)}
+                              for d in ("none", puface, best) if d and any(d in c for c in sub)}
+    return {"puface": puface, "best_baseline": best, "rows": table, "means": means,
             "max_white_box_asr_puface": max((c[puface]["asr_mean"] for c in white if puface in c), default=None)}
 
 
 def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
+    return "-" if v is None or v != v else f"{100 * v:.1f}"
 
 
 def headline_markdown(h: dict[str, Any], settings: tuple[str, ...] = ("white-box", "oblivious")) -> str:
     """The headline table as Markdown (the rows of `settings`; the means of both), with the closing line
     naming the best baseline."""
     b = h["best_baseline"]
-    out = [f"| attack | victim | trainer | setting | ASR none | ASR PuFace | ASR {b} | normal acc. none | normal acc. PuFace | normal acc. {b} | best baseline in this row (ASR) |",
+    name = b or "baseline"
+    out = [f"| attack | victim | trainer | setting | ASR none | ASR PuFace | ASR {name} | normal acc. none | normal acc. PuFace | normal acc. {name} | best baseline in this row (ASR) |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in (r for r in h["rows"] if r["setting"] in settings):
         out.append(f"| {r['attack']} | {r['victim']} | {r['trainer']} | {r['setting']} | {_pct(r['none_asr'])} | **{_pct(r['puface_asr'])}** | "
                    f"{_pct(r['best_asr'])} | {_pct(r['none_normal_acc'])} | {_pct(r['puface_normal_acc'])} | {_pct(r['best_normal_acc'])} | "
-                   f"{r['row_best']} ({_pct(r['row_best_asr'])}) |")
+                   + (f"{r['row_best']} ({_pct(r['row_best_asr'])}) |" if r["row_best"] else "- |"))
     for setting, m in h["means"].items():
-        cols = [m.get(d, {}) for d in ("none", "puface", b)]
+        cols = [m.get(d, {}) for d in ("none", h.get("puface", "puface"), b)]
         out.append(f"| **mean ({setting})** | | | | {_pct(cols[0].get('asr'))} | **{_pct(cols[1].get('asr'))}** | {_pct(cols[2].get('asr'))} | "
                    f"{_pct(cols[0].get('normal_acc'))} | {_pct(cols[1].get('normal_acc'))} | {_pct(cols[2].get('normal_acc'))} | |")
-    out += ["", f"best baseline over the white-box cells: {b}; highest white-box ASR with PuFace: "
-                f"{_pct(h['max_white_box_asr_puface'])}%"]
+    best = f"best baseline over the white-box cells: {b}" if b else "no baseline defense in these results"
+    out += ["", f"{best}; highest white-box ASR with PuFace: {_pct(h['max_white_box_asr_puface'])}%"]
     return "\n".join(out)
 
 
