@@ -112,6 +112,13 @@ def test_grid_expands_as_written(tmp_path):
         (lambda t: t + "\nbogus = 1\n", "give options inside the spec string"),
         (lambda t: t.replace("seeds = [0, 1]", "seeds = [0, 1"), "not valid TOML"),
         (lambda t: t.replace('victims = ["dlib-resnet29"]', 'victims = ["arcface"]'), "names victims not in"),
+        (lambda t: t.replace("count = 2", "count = -2"), r"\[users\] count must be an integer >= 1, got -2"),
+        (lambda t: t.replace("count = 2", "count = 0"), r"\[users\] count must be an integer >= 1"),
+        (lambda t: t + "\n[run]\ncloak_batch_size = -1\n", r"\[run\] cloak_batch_size must be an integer >= 1"),
+        (lambda t: t + "\n[run]\nbatch_size = 0\n", r"\[run\] batch_size must be an integer >= 1"),
+        (lambda t: t.replace('root = "johns"', 'root = "johns"\nimage_size = 0'), r"\[data\] image_size must be an integer >= 32"),
+        (lambda t: t.replace('root = "johns"', 'root = "johns"\nmax_per_identity = 0'), "max_per_identity must be"),
+        (lambda t: t.replace('root = "johns"', 'root = "johns"\ntrain_fraction = 1.5'), "train_fraction must be"),
     ],
 )
 def test_bad_configs_are_clear_errors(edit, message, tmp_path):
