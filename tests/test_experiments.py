@@ -222,6 +222,22 @@ def test_resume_skips_finished_runs_and_refuses_another_config(colour_experiment
         run_experiment(load_config(changed), out, progress=False, echo=lambda s: None)
 
 
+@pytest.mark.parametrize("trainer, message", [
+    ('name = "lineer"', "unknown trainer 'lineer'; choose one of: e2e, linear, nn"),
+    ('name = "linear"\nfoo = 1', "trainer 'linear': got an unexpected keyword argument 'foo'"),
+    ('name = "nn"\nlabel = "nn-2"\nfoo = 1', "trainer 'nn': got an unexpected keyword argument 'foo'"),
+])
+def test_bad_trainers_are_refused_before_any_work(trainer, message, tmp_path, monkeypatch):
+    """An unknown trainer or option fails before the data are read and the users cloaked."""
+    register_standins()
+    said: list[str] = []
+    root = write_colour_faces(tmp_path / "data")
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace('[[trainers]]\nname = "linear"', f"[[trainers]]\n{trainer}")
+    with pytest.raises(PufaceError, match=message):
+        run_experiment(parse(text, tmp_path), tmp_path / "o", progress=False, echo=said.append)
+    assert said == [] and not (tmp_path / "o").exists()
+
+
 def test_protected_users_seen_by_the_purifier_are_refused(tmp_path, monkeypatch):
     """A purifier that records its training identities: named users among them are refused, drawn users avoid them."""
     register_standins()
