@@ -88,7 +88,7 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
     if prepare_only:
         d = init_distributed(None if device == "auto" else device)
         try:
-            tr, va, summary = prepare_data(cfg, d)
+            tr, va, summary = prepare_data(cfg, d, progress=progress)
         finally:
             cleanup_distributed()
         if d.main:
