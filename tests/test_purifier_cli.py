@@ -201,3 +201,18 @@ def test_train_purifier_prepare_only_no_progress_shows_no_bars(johns_dir, tmp_pa
     assert main([*base, "--no-progress"]) == 0
     out = capsys.readouterr()
     assert "cloaking" not in out.err and '"train_pairs"' in out.out  # ... none with --no-progress
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=abc", "--set train.epochs: expected an integer, got 'abc'"),
+    ("seed=x", "--set seed: expected an integer, got 'x'"),
+    ("train.lr=true", "--set train.lr: expected a number, got True"),
+])
+def test_train_purifier_set_of_the_wrong_type_names_the_set(override, message, tmp_path, capsys):
+    code = main(["train-purifier", "--set", override, "--prepare-only", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == f"puface: error: {message}"  # not the packaged recipe's file
+    bad = tmp_path / "bad.toml"
+    bad.write_text('extends = "default"\n[train]\nepochs = "abc"\n')
+    assert main(["train-purifier", "--config", str(bad), "--prepare-only"]) == 2
+    assert capsys.readouterr().err.strip() == f"puface: error: {bad}: train.epochs must be an integer, got 'abc'"
