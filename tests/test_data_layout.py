@@ -77,6 +77,19 @@ def test_clear_errors(tmp_path):
         scan_identities(root, identities=["a", "zed"])
 
 
+def test_filters_that_leave_nothing_say_so(tmp_path, capsys):
+    root = make_tree(tmp_path / "r", {"a": 4, "b": 3, "c": 1})
+    with pytest.raises(PufaceError, match=r"3 identity folder\(s\) with images found \(the largest has 4\), but none "
+                                          r"passes the filter \(min_images=100\)"):
+        scan_identities(root, min_images=100)
+    with pytest.raises(PufaceError, match=r"none passes the filter \(min_images=1, max_per_identity=0\)"):
+        scan_identities(root, max_per_identity=0)
+    from puface.cli import main
+
+    assert main(["evaluate", "--data", str(root), "--min-images", "100", "--no-progress", "--out", str(tmp_path / "x")]) == 2
+    assert "3 identity folder(s) with images found" in capsys.readouterr().err
+
+
 def test_exclude_output_folder_inside_input(tmp_path):
     root = make_tree(tmp_path / "r", {"a": 2, "b": 2})
     out = root / "b"

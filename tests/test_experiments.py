@@ -112,6 +112,13 @@ def test_grid_expands_as_written(tmp_path):
         (lambda t: t + "\nbogus = 1\n", "give options inside the spec string"),
         (lambda t: t.replace("seeds = [0, 1]", "seeds = [0, 1"), "not valid TOML"),
         (lambda t: t.replace('victims = ["dlib-resnet29"]', 'victims = ["arcface"]'), "names victims not in"),
+        (lambda t: t.replace("count = 2", "count = -2"), r"\[users\] count must be an integer >= 1, got -2"),
+        (lambda t: t.replace("count = 2", "count = 0"), r"\[users\] count must be an integer >= 1"),
+        (lambda t: t + "\n[run]\ncloak_batch_size = -1\n", r"\[run\] cloak_batch_size must be an integer >= 1"),
+        (lambda t: t + "\n[run]\nbatch_size = 0\n", r"\[run\] batch_size must be an integer >= 1"),
+        (lambda t: t.replace('root = "johns"', 'root = "johns"\nimage_size = 0'), r"\[data\] image_size must be an integer >= 32"),
+        (lambda t: t.replace('root = "johns"', 'root = "johns"\nmax_per_identity = 0'), "max_per_identity must be"),
+        (lambda t: t.replace('root = "johns"', 'root = "johns"\ntrain_fraction = 1.5'), "train_fraction must be"),
     ],
 )
 def test_bad_configs_are_clear_errors(edit, message, tmp_path):
@@ -213,6 +220,22 @@ def test_resume_skips_finished_runs_and_refuses_another_config(colour_experiment
     changed.write_text(cfg_path.read_text().replace("bits = 4", "bits = 3"))
     with pytest.raises(PufaceError, match="different config"):
         run_experiment(load_config(changed), out, progress=False, echo=lambda s: None)
+
+
+@pytest.mark.parametrize("trainer, message", [
+    ('name = "lineer"', "unknown trainer 'lineer'; choose one of: e2e, linear, nn"),
+    ('name = "linear"\nfoo = 1', "trainer 'linear': got an unexpected keyword argument 'foo'"),
+    ('name = "nn"\nlabel = "nn-2"\nfoo = 1', "trainer 'nn': got an unexpected keyword argument 'foo'"),
+])
+def test_bad_trainers_are_refused_before_any_work(trainer, message, tmp_path, monkeypatch):
+    """An unknown trainer or option fails before the data are read and the users cloaked."""
+    register_standins()
+    said: list[str] = []
+    root = write_colour_faces(tmp_path / "data")
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace('[[trainers]]\nname = "linear"', f"[[trainers]]\n{trainer}")
+    with pytest.raises(PufaceError, match=message):
+        run_experiment(parse(text, tmp_path), tmp_path / "o", progress=False, echo=said.append)
+    assert said == [] and not (tmp_path / "o").exists()
 
 
 def test_protected_users_seen_by_the_purifier_are_refused(tmp_path, monkeypatch):

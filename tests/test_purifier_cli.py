@@ -162,3 +162,57 @@ images = 4
     assert code != 0 and "Traceback" not in err
     assert "no cached fawkes-custom cloak" in err and str(johns_dir) in err  # names the input file
     assert not list((tmp_path / "cache").rglob("*.png"))  # nothing was cloaked
+
+
+def _fawkes_recipe(tmp_path: Path, johns_dir: Path) -> Path:
+    """A recipe of one quick Fawkes attack on 2 training and 2 validation chips, cached under tmp_path/cache."""
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(f"""
+[data]
+root = "{johns_dir}"
+heldout_min_images = 12
+val_fraction = 0.25
+val_images = 2
+cache = "{tmp_path / 'cache'}"
+[[attacks]]
+name = "fawkes"
+mode = "custom"
+steps = 1
+embedders = ["dlib-resnet29"]
+images = 2
+""")
+    return cfg
+
+
+def test_train_purifier_checks_added_attacks_before_cloaking(johns_dir, tmp_path, capsys):
+    cfg = _fawkes_recipe(tmp_path, johns_dir)
+    code = main(["train-purifier", "--config", str(cfg), "--prepare-only", "--device", "cpu", "--no-progress",
+                 "--add-attack", 'name = "fawkes", mode = "hihg"'])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown mode 'hihg'" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "cache").exists()  # the recipe's own attack was not run first
+
+
+def test_train_purifier_prepare_only_no_progress_shows_no_bars(johns_dir, tmp_path, capsys):
+    cfg = _fawkes_recipe(tmp_path, johns_dir)
+    base = ["train-purifier", "--config", str(cfg), "--prepare-only", "--device", "cpu"]
+    assert main([*base, "--set", f'data.cache="{tmp_path / "c1"}"']) == 0
+    assert "cloaking" in capsys.readouterr().err  # bars by default ...
+    assert main([*base, "--no-progress"]) == 0
+    out = capsys.readouterr()
+    assert "cloaking" not in out.err and '"train_pairs"' in out.out  # ... none with --no-progress
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=abc", "--set train.epochs: expected an integer, got 'abc'"),
+    ("seed=x", "--set seed: expected an integer, got 'x'"),
+    ("train.lr=true", "--set train.lr: expected a number, got True"),
+])
+def test_train_purifier_set_of_the_wrong_type_names_the_set(override, message, tmp_path, capsys):
+    code = main(["train-purifier", "--set", override, "--prepare-only", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == f"puface: error: {message}"  # not the packaged recipe's file
+    bad = tmp_path / "bad.toml"
+    bad.write_text('extends = "default"\n[train]\nepochs = "abc"\n')
+    assert main(["train-purifier", "--config", str(bad), "--prepare-only"]) == 2
+    assert capsys.readouterr().err.strip() == f"puface: error: {bad}: train.epochs must be an integer, got 'abc'"

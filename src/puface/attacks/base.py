@@ -24,6 +24,7 @@ import torch
 
 from ..models.base import FaceEmbedder
 from ..utils.device import resolve_device
+from ..utils.errors import ConfigError
 from ..utils.fingerprint import image_digest
 from ..utils.images import quantize
 from ..utils.metrics import dssim, psnr
@@ -79,7 +80,7 @@ class CloakAttack:
 
     def __init__(self, surrogates: Sequence[SurrogateSpec], *, seed: int = 0, device=None, batch_size: int = 16):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"{self.kind or type(self).__name__}: batch_size must be >= 1, got {batch_size}")
         self.device = resolve_device(device)
         self.surrogates: list[FaceEmbedder] = resolve_surrogates(surrogates, self.device)
         self.seed = int(seed)

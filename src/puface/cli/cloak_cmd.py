@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import check_engine, engine_options
+from .options import check_engine, device_option, engine_options, rank_options, threads_option
 
 
 @click.command("cloak")
@@ -24,7 +24,7 @@ from .options import check_engine, engine_options
                    "LowKey every installed model.")
 @click.option("--th", type=float, default=None, help="Fawkes custom: DSSIM budget (saved images stay under 1.1 x th, "
               "except those v1.0's fallback keeps; see --no-fallback).")
-@click.option("--steps", type=int, default=None, help="Fawkes custom / LowKey / OPOM / unlearnable: optimisation steps (defaults: LowKey 50, OPOM 16, unlearnable 20 per round).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Fawkes custom / LowKey / OPOM / unlearnable: optimisation steps (defaults: LowKey 50, OPOM 16, unlearnable 20 per round).")
 @click.option("--lr", type=float, default=None, help="Fawkes custom: Adadelta learning rate.")
 @click.option("--fallback/--no-fallback", default=True, show_default=True,
               help="Fawkes: v1.0's 'keep the last iterate when the best one is weak' rule (it can exceed 1.1 x th, "
@@ -65,8 +65,8 @@ from .options import check_engine, engine_options
                    "step (expectation over transformations).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice (per image: seed + pixel hash).")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Images optimised together. The same images in the same batches give the same bytes on every run; other batch mates give equally strong cloaks that differ in some pixels (float rounding amplified by the optimisation).")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (CUDA when available).")
-@click.option("--threads", type=int, default=None, help="Torch compute threads (default: torch's choice, one per core).")
+@device_option()
+@threads_option("Torch compute threads (default: torch's choice, one per core).")
 @click.option("--format", "fmt", type=click.Choice(["png", "same"]), default="png", show_default=True,
               help="Output format: png (lossless: keeps the cloak intact) or same as the input (JPEG re-encoding weakens it).")
 @click.option("--tool-names", is_flag=True,
@@ -75,8 +75,7 @@ from .options import check_engine, engine_options
 @click.option("--align", is_flag=True,
               help="Photos, not chips: detect faces, cloak each aligned 150x150 face chip and paste it back (photos without a face are skipped).")
 @click.option("--largest-face", is_flag=True, help="With --align: cloak only the largest face of each photo.")
-@click.option("--rank", type=int, default=None, help="This process's share of the files (default: $RANK or 0).")
-@click.option("--world-size", type=int, default=None, help="Number of processes sharing the files (default: $WORLD_SIZE or 1).")
+@rank_options
 @click.option("--io-workers", type=int, default=2, show_default=True, help="Threads that decode and encode images meanwhile.")
 @engine_options("attack")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
@@ -112,8 +111,6 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
     if batch_size < 1:
         raise PufaceError("--batch-size must be >= 1")
     if threads is not None:
-        if threads < 1:
-            raise PufaceError("--threads must be >= 1")
         torch.set_num_threads(threads)
     if largest_face and not align:
         raise PufaceError("--largest-face needs --align")

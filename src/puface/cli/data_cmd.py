@@ -16,11 +16,11 @@ def data() -> None:
 
 @data.command("info")
 @click.argument("root", type=click.Path(path_type=Path))
-@click.option("--min-images", type=int, default=1, show_default=True, help="Ignore identities with fewer images.")
+@click.option("--min-images", type=click.IntRange(min=1), default=1, show_default=True, help="Ignore identities with fewer images.")
 @click.option("--decode/--no-decode", default=True, show_default=True,
               help="Decode every image to find unreadable files (--no-decode reads headers only: faster).")
-@click.option("--top", type=int, default=5, show_default=True, help="How many of the largest identities to list.")
-@click.option("--workers", type=int, default=4, show_default=True, help="Decoding threads.")
+@click.option("--top", type=click.IntRange(min=0), default=5, show_default=True, help="How many of the largest identities to list.")
+@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True, help="Decoding threads.")
 def info(root: Path, min_images: int, decode: bool, top: int, workers: int) -> None:
     """Print identities, images, image sizes and unreadable files of ROOT.
 
@@ -192,7 +192,7 @@ def list_cmd() -> None:
 @click.option("--train-fraction", type=float, default=0.7, show_default=True, help="Share of each identity's images used for training.")
 @click.option("--min-train", type=int, default=1, show_default=True, help="Fewest training images per identity.")
 @click.option("--min-test", type=int, default=1, show_default=True, help="Fewest test images per identity.")
-@click.option("--max-per-identity", type=int, default=None, help="Cap images per identity (seeded choice).")
+@click.option("--max-per-identity", type=click.IntRange(min=1), default=None, help="Cap images per identity (seeded choice).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and of the cap.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="Write the split as CSV (identity,path,part).")
 def split(root: Path, train_fraction: float, min_train: int, min_test: int, max_per_identity: int | None, seed: int, output: Path | None) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .options import check_engine, engine_options
+from .options import check_engine, device_option, engine_options, rank_options, threads_option
 
 
 @click.command("detect")
@@ -23,7 +23,7 @@ from .options import check_engine, engine_options
                    "sharpen (photos from sources that sharpen: phone cameras, photo editors; misses most Fawkes low cloaks), "
                    "edits (edited or mixed sources: sharpened, contrast or gamma changed, re-encoded; misses Fawkes low "
                    "cloaks and most adaptive ones).")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (CUDA when available).")
+@device_option()
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
 @click.option("--align", is_flag=True,
               help="Photos, not chips: detect and align every face first (a photo's score is its highest face score).")
@@ -34,9 +34,8 @@ from .options import check_engine, engine_options
                    "are dropped.")
 @click.option("--restart", is_flag=True, help="Discard an earlier run's --out and score everything.")
 @click.option("--io-workers", type=int, default=2, show_default=True, help="Threads that decode images while the models run.")
-@click.option("--threads", type=int, default=None, help="Torch compute threads (default: torch's choice).")
-@click.option("--rank", type=int, default=None, help="This process's share of the files (default: $RANK or 0).")
-@click.option("--world-size", type=int, default=None, help="Number of processes sharing the files (default: $WORLD_SIZE or 1).")
+@threads_option()
+@rank_options
 @engine_options("detector", "Same CSV rows either way.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None, device: str, batch_size: int,
@@ -91,7 +90,7 @@ def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None
 @click.option("--kind", default=None, help="A name for this kind of photo in the calibration record (default: NATURAL's folder name).")
 @click.option("--scores", "scores_csv", type=click.Path(path_type=Path), default=None,
               help="Where the scores of NATURAL go (default: next to --out, <name>-calibration.csv); resumable.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (CUDA when available).")
+@device_option()
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
 @click.option("--align", is_flag=True, help="NATURAL holds photos, not chips: detect and align every face first.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
@@ -148,8 +147,8 @@ def calibrate_detector(natural: Path, out_path: Path, weights: Path | None, kind
               help="Output folder for detector.safetensors, config.toml and metrics.json. Default: runs/detector-<config>.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config option, e.g. --set train.epochs=2 --set data.max_natural=200 (repeatable).")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (CUDA when available).")
-@click.option("--threads", type=int, default=None, help="Torch compute threads (default: torch's choice).")
+@device_option()
+@threads_option()
 @click.option("--export", "export_path", type=click.Path(path_type=Path), default=None,
               help="Also copy the detector to this file when training ends.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")

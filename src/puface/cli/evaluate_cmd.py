@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from .options import DEVICE_HELP, device_option
+
 
 def _run(cfg, out, device, restart, progress, detect=True, quiet_table=False):
     from ..experiments import run_experiment
@@ -31,7 +33,7 @@ def _run(cfg, out, device, restart, progress, detect=True, quiet_table=False):
 _COMMON = [
     click.option("--out", "out", type=click.Path(path_type=Path), default=None,
                  help="Output folder (default: [run] output of the config, else runs/<name>)."),
-    click.option("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the config's, else CUDA when available)."),
+    device_option(None, DEVICE_HELP + "; default: the config's [run] device, else auto."),
     click.option("--restart", is_flag=True, help="Discard finished runs found in the output folder instead of resuming."),
     click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars."),
     click.option("--detect/--no-detect", default=True, show_default=True,
@@ -106,7 +108,7 @@ def reproduce(config: str | None, list_configs: bool, data: Path | None, seeds: 
               help="Identity folders to use instead of the embedded 'johns' set.")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("puface-demo"), show_default=True,
               help="Output folder for the results and the report.")
-@click.option("--device", default=None, help="cpu, cuda, ... (default: CUDA when available).")
+@device_option()
 @click.option("--restart", is_flag=True, help="Discard the results of an earlier demo in the output folder.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 @click.option("--detect/--no-detect", default=True, show_default=True, help="Report cloak detection per attack.")
@@ -124,11 +126,19 @@ def demo(data: Path | None, out: Path, device: str | None, restart: bool, progre
     _run(cfg, out, device, restart, progress, detect)
 
 
+def _check_image_size(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    from ..experiments.config import MIN_IMAGE_SIZE
+
+    if value < MIN_IMAGE_SIZE:
+        raise click.BadParameter(f"{value} is below the smallest image size, {MIN_IMAGE_SIZE} pixels")
+    return value
+
+
 @click.command("evaluate")
 @click.option("--data", "data", type=click.Path(path_type=Path), default=None,
               help="Identity folders ROOT/<identity>/<image> (default: the embedded 'johns' set).")
 @click.option("--user", "users", multiple=True, help="A protected user (identity folder name); repeat for several.")
-@click.option("--users", "n_users", type=int, default=None, help="Draw this many protected users with the seed (default 1 when no --user).")
+@click.option("--users", "n_users", type=click.IntRange(min=1), default=None, help="Draw this many protected users with the seed (default 1 when no --user).")
 @click.option("--attack", "attacks", multiple=True,
               help="Attack spec name[:key=value,...], e.g. fawkes:mode=high, 'lowkey:embedders=dlib-resnet29|sface,steps=20'; repeatable. "
                    "The clean reference (no cloak) is always included. Default: fawkes:mode=high.")
@@ -144,9 +154,10 @@ def demo(data: Path | None, out: Path, device: str | None, restart: bool, progre
               help="training: FaceCure's (the user's training photos cloaked, the FR model trained on them, clean test "
                    "photos). query: the FR model built from everyone's clean gallery (training) photos, the user's probe "
                    "(test) photos cloaked and the defense applied to every probe.")
-@click.option("--min-images", type=int, default=2, show_default=True, help="Leave out identities with fewer images.")
-@click.option("--max-per-identity", type=int, default=None, help="Seeded cap on images per identity (default: no cap).")
-@click.option("--image-size", type=int, default=150, show_default=True, help="Images are resized to this square size (pixels).")
+@click.option("--min-images", type=click.IntRange(min=1), default=2, show_default=True, help="Leave out identities with fewer images.")
+@click.option("--max-per-identity", type=click.IntRange(min=1), default=None, help="Seeded cap on images per identity (default: no cap).")
+@click.option("--image-size", type=int, default=150, show_default=True, callback=_check_image_size,
+              help="Images are resized to this square size (pixels, at least 32).")
 @click.option("--allow-purifier-identities", is_flag=True, help="Allow protected users the purifier was trained on (results are then optimistic).")
 @click.option("--save-config", type=click.Path(path_type=Path), default=None, help="Also write the equivalent TOML config here (for `puface reproduce`).")
 @click.option("--detector", "detector", type=click.Path(path_type=Path), default=None,
@@ -183,7 +194,7 @@ def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses
     if users:
         raw["users"]["names"] = list(users)
     else:
-        raw["users"]["count"] = n_users or 1
+        raw["users"]["count"] = n_users if n_users is not None else 1
     cfg = ExperimentConfig.from_dict(raw)
     if save_config is not None:
         from ..utils.tomlconfig import to_toml

@@ -1,5 +1,6 @@
-"""Command-line options that several commands share: the engine of a folder job (`--engine`, `--address`,
-`--workers`)."""
+"""Command-line options that several commands share: the device (`--device`), the engine of a folder job
+(`--engine`, `--address`, `--workers`), the share of the files of one process (`--rank`, `--world-size`) and
+torch's threads (`--threads`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,38 @@ from typing import Callable
 import click
 
 from ..utils.errors import PufaceError
+
+
+DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA when available)"
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a device torch does not know, or CUDA where there is none, before any work (the rule of
+    `utils.device.resolve_device`); the value itself is passed on as given."""
+    if value is not None:
+        from ..utils.device import resolve_device
+
+        resolve_device(value)
+    return value
+
+
+def device_option(default: str | None = "auto", help: str = DEVICE_HELP + ".") -> Callable:
+    """`--device`, checked when parsed: an unknown device or an unavailable CUDA is a one-line error."""
+    return click.option("--device", default=default, show_default=default is not None, callback=_check_device,
+                        metavar="DEVICE", help=help)
+
+
+def threads_option(help: str = "Torch compute threads (default: torch's choice).") -> Callable:
+    """`--threads N` (N >= 1)."""
+    return click.option("--threads", type=click.IntRange(min=1), default=None, help=help)
+
+
+def rank_options(f: Callable) -> Callable:
+    """`--rank` and `--world-size` of a folder job whose files are split between processes."""
+    f = click.option("--world-size", type=click.IntRange(min=1), default=None,
+                     help="Number of processes sharing the files (default: $WORLD_SIZE or 1).")(f)
+    return click.option("--rank", type=click.IntRange(min=0), default=None,
+                        help="This process's share of the files (default: $RANK or 0).")(f)
 
 
 def engine_options(actors: str, outputs: str = "Same outputs either way.") -> Callable:
@@ -20,7 +53,7 @@ def engine_options(actors: str, outputs: str = "Same outputs either way.") -> Ca
                           f"puface[ray]. {outputs}"),
         click.option("--address", default=None, metavar="ADDR",
                      help="With --engine ray: the cluster to join (auto, HOST:6379, ray://HOST:10001); default: start a local one."),
-        click.option("--workers", type=int, default=None,
+        click.option("--workers", type=click.IntRange(min=1), default=None,
                      help=f"With --engine ray: {actors} actors (default: one per GPU with CUDA, else the cluster's CPUs minus one)."),
     ]
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
 
-from .options import check_engine, engine_options
+from .options import check_engine, device_option, engine_options, rank_options, threads_option
 
 
 def _parse_override(text: str) -> tuple[str, object]:
@@ -45,7 +44,7 @@ def _parse_attack(text: str) -> dict:
                    "config. Default: runs/<config name>.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from OUT/last.pt when it exists (after an interruption).")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (CUDA when available).")
+@device_option()
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config option, e.g. --set train.epochs=2 --set loss.feature_weight=0.1 (repeatable).")
 @click.option("--drop-attack", "drop_attacks", multiple=True, metavar="LABEL",
@@ -72,6 +71,7 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
     the best and the last checkpoint. Multi-process: run it under torchrun, e.g.
     `torchrun --nproc_per_node 2 -m puface train-purifier --config FILE` (DDP; gloo on CPU, nccl on GPU).
     """
+    from ..io.jobs import env_int
     from ..training.config import load_config
     from ..training.train import cleanup_distributed, init_distributed, prepare_data, train
 
@@ -88,7 +88,7 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
     if prepare_only:
         d = init_distributed(None if device == "auto" else device)
         try:
-            tr, va, summary = prepare_data(cfg, d)
+            tr, va, summary = prepare_data(cfg, d, progress=progress)
         finally:
             cleanup_distributed()
         if d.main:
@@ -101,7 +101,7 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
         result = train(cfg, out, resume=resume, device=None if device == "auto" else device, progress=progress)
     finally:
         cleanup_distributed()
-    if int(os.environ.get("RANK", "0")) != 0:
+    if env_int("RANK", 0) != 0:
         return
     if export_path is not None and result.get("best_path"):
         from ..purifier.model import Purifier
@@ -142,15 +142,14 @@ def _unmask_step(in_path: Path, out_root: Path, progress: bool):
               help="Purifier checkpoint (.pt or .safetensors), or a shipped one by name: default (trained on dlib 150 px "
                    "chips) or arcface112 (on ArcFace 112 px crops). Default: the shipped ones, each on the layout it "
                    "was trained on (see --template).")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (CUDA when available).")
+@device_option()
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Images per forward pass.")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Skip images whose output already exists.")
 @click.option("--quality", type=int, default=95, show_default=True, help="JPEG/WebP quality of lossy outputs.")
 @click.option("--io-workers", type=int, default=2, show_default=True,
               help="Threads that decode and encode images while the purifier runs.")
-@click.option("--threads", type=int, default=None, help="Torch compute threads (default: torch's choice).")
-@click.option("--rank", type=int, default=None, help="This process's share of the files (default: $RANK or 0).")
-@click.option("--world-size", type=int, default=None, help="Number of processes sharing the files (default: $WORLD_SIZE or 1).")
+@threads_option()
+@rank_options
 @click.option("--stats", "stats_csv", type=click.Path(path_type=Path), default=None,
               help="Append per-image change statistics to this CSV file.")
 @click.option("--align", is_flag=True,

@@ -92,6 +92,7 @@ def scan_identities(
     wanted = set(identities) if identities is not None else None
     images: list[FaceImage] = []
     layouts: set[str] = set()
+    sizes: list[int] = []  # images per identity folder that has any, before the filters
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and is_visible(p)):
         if any(is_within(folder, e) for e in excl):
             continue
@@ -99,6 +100,8 @@ def scan_identities(
         if wanted is not None and name not in wanted:
             continue
         files, layout = _identity_images(folder)
+        if files:
+            sizes.append(len(files))
         if len(files) < max(min_images, 1):
             continue
         if max_per_identity is not None and len(files) > max_per_identity:
@@ -110,6 +113,10 @@ def scan_identities(
         missing = wanted - {im.identity for im in images}
         if missing:
             raise PufaceError(f"{root}: identities not found (or with too few images): {', '.join(sorted(missing))}")
+    if not images and sizes:
+        filters = f"min_images={min_images}" + (f", max_per_identity={max_per_identity}" if max_per_identity is not None else "")
+        raise PufaceError(f"{root}: {len(sizes)} identity folder(s) with images found (the largest has {max(sizes)}), "
+                          f"but none passes the filter ({filters})")
     if not images:
         loose = [p for p in root.iterdir() if p.is_file() and is_image_file(p)]
         hint = " (images lie directly in it: put each person's images in a sub-folder named after them)" if loose else ""

@@ -112,6 +112,9 @@ class NearestNeighbour(EmbeddingTrainer):
 
     name = "nn"
 
+    def __init__(self, embedder: FaceEmbedder, batch_size: int = 64):
+        super().__init__(embedder, batch_size=batch_size)
+
     def fit_embeddings(self, embeddings, labels, init=None):
         self._check_fit(len(embeddings), labels)
         t0 = time.perf_counter()
@@ -321,7 +324,13 @@ def create_trainer(name: str, embedder: FaceEmbedder, **params: Any) -> Trainer:
     return TRAINERS.create(name, embedder, **params)
 
 
+def check_trainer(name: str, **params: Any) -> None:
+    """Refuse an unknown trainer or an option it does not take (as `create_trainer` would), before any
+    work: nothing is built."""
+    TRAINERS.check(name, None, **params)
+
+
 __all__ = [
-    "Trainer", "EmbeddingTrainer", "NearestNeighbour", "LinearProbe", "EndToEnd", "TRAINERS",
+    "check_trainer", "Trainer", "EmbeddingTrainer", "NearestNeighbour", "LinearProbe", "EndToEnd", "TRAINERS",
     "create_trainer", "list_trainers", "balanced_batch", "random_hflip",
 ]

@@ -14,6 +14,7 @@ from ..attacks.folder import FolderCloaks
 from ..defenses import Defense, PuFaceDefense, create_defense, defense_training_identities
 from ..evaluation.data import EvaluationData, choose_users
 from ..evaluation.protocol import AttackSpec, TrainerSpec
+from ..evaluation.trainers import check_trainer
 from ..models.base import FaceEmbedder
 from ..models.registry import load_embedder
 from ..utils.errors import ConfigError
@@ -63,11 +64,13 @@ def build_victims(cfg: ExperimentConfig, device: str | None) -> dict[str, FaceEm
 
 
 def build_trainers(cfg: ExperimentConfig, device: str | None) -> list[TrainerSpec]:
-    """The config's trainers; an end-to-end trainer fine-tunes on the experiment's device unless it says."""
+    """The config's trainers, each checked (name and options) before any work; an end-to-end trainer
+    fine-tunes on the experiment's device unless it says."""
     trainers = [TrainerSpec(t.label, t.name, dict(t.params), tuple(t.victims) if t.victims else None) for t in cfg.trainers]
     for t in trainers:
         if t.name == "e2e" and device and "device" not in t.params:
             t.params["device"] = device
+        check_trainer(t.name, **t.params)
     return trainers
 
 

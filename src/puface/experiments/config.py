@@ -71,7 +71,8 @@ from ..evaluation.protocol import PROTOCOLS
 from ..utils.errors import ConfigError
 from ..utils.tomlconfig import extends_chain, load_toml_config, resolve_chain, to_toml
 
-__all__ = ["ExperimentConfig", "AttackEntry", "TrainerEntry", "DefenseEntry", "load_config", "config_text", "LABELS"]
+__all__ = ["ExperimentConfig", "AttackEntry", "TrainerEntry", "DefenseEntry", "load_config", "config_text", "LABELS",
+           "MIN_IMAGE_SIZE"]
 
 _TOP_KEYS = {"name", "description", "seeds", "protocol", "data", "users", "attacks", "victims", "trainers", "defenses", "run", "report",
              "detection"}
@@ -90,6 +91,31 @@ _DEFAULTS = {
     "report": {"users": 3, "images_per_user": 2, "enabled": True},
     "detection": {"enabled": True, "detector": "default", "fpr": None},
 }
+
+
+#: the smallest [data] image_size (and `puface evaluate --image-size`) in pixels
+MIN_IMAGE_SIZE = 32
+
+#: (section, key) -> the smallest value; the key must be an integer (or absent / None where its default is None)
+_INT_MINIMUMS = {
+    ("data", "min_images"): 1, ("data", "max_per_identity"): 1, ("data", "image_size"): MIN_IMAGE_SIZE,
+    ("users", "count"): 1, ("users", "min_train"): 1, ("users", "min_test"): 1,
+    ("run", "batch_size"): 1, ("run", "cloak_batch_size"): 1,
+    ("report", "users"): 0, ("report", "images_per_user"): 0,
+}
+
+
+def _check_numbers(where: str, sections: dict[str, dict]) -> None:
+    """Integer settings are integers at or above their minimum (`_INT_MINIMUMS`); train_fraction in (0, 1)."""
+    for (sec, key), low in _INT_MINIMUMS.items():
+        v = sections[sec][key]
+        if v is None and _DEFAULTS[sec][key] is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ConfigError(f"{where}: [{sec}] {key} must be an integer >= {low}, got {v!r}")
+    frac = sections["data"]["train_fraction"]
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 < frac < 1.0:
+        raise ConfigError(f"{where}: [data] train_fraction must be a number between 0 and 1, got {frac!r}")
 
 
 def _as_table(t: Any) -> Any:
@@ -182,6 +208,7 @@ class ExperimentConfig:
             _check_keys(f"{where} [{sec}]", raw.get(sec, {}), known)
         data, users, run, report, detection = ({**_DEFAULTS[s], **raw.get(s, {})}
                                                for s in ("data", "users", "run", "report", "detection"))
+        _check_numbers(where, {"data": data, "users": users, "run": run, "report": report})
         if detection["fpr"] is not None and not 0.0 <= float(detection["fpr"]) < 1.0:
             raise ConfigError(f"{where}: [detection] fpr must be in [0, 1), got {detection['fpr']}")
         if users["count"] is None and not users["names"]:

@@ -12,6 +12,7 @@ from ..defenses import PuFaceDefense
 from ..evaluation.cache import ContentCache
 from ..evaluation.detection import detection_scores, summarise_detection
 from ..evaluation.protocol import protocol_class
+from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
 from .build import (
     build_attack,
@@ -61,7 +62,7 @@ def run_experiment(
     if not isinstance(cfg, ExperimentConfig):
         cfg = load_config(cfg)
     out = Path(output or cfg.run.get("output") or Path("runs") / cfg.name)
-    device = device or cfg.run.get("device")
+    device = _device(device or cfg.run.get("device"))
     root = resolve_data_root(cfg.data["root"])
     victims = build_victims(cfg, device)
     defenses = {d.label: build_defense(d, device) for d in cfg.defenses}
@@ -109,6 +110,15 @@ def run_experiment(
               "excluded_purifier_identities": len(exclude)},
         sessions=folder.end_session(wall, timings), wall_s=wall, amplification=_amplification(defenses), device=device)
     return ExperimentResult(out, rows, summary, table_md, wall, report)
+
+
+def _device(device: str | None) -> str | None:
+    """The run's device as given (None for "auto": each part picks CUDA when available), refused before any
+    work when torch does not know it or CUDA is asked for where there is none (`resolve_device`)."""
+    if device is None or str(device) == "auto":
+        return None
+    resolve_device(device)
+    return str(device)
 
 
 def _detector(cfg: ExperimentConfig, device: str | None):

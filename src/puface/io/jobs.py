@@ -157,14 +157,29 @@ def split_done(jobs: Sequence, resume: bool, is_done: Callable[[Any], bool] | No
     return todo, len(jobs) - len(todo)
 
 
-def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """(rank, world size) of this process: the given values, else $RANK / $WORLD_SIZE (torchrun, SLURM
-    wrappers), else (0, 1); a `PufaceError` when rank is outside 0..world_size-1."""
+def env_int(name: str, default: int) -> int:
+    """The integer in environment variable `name` ($RANK, $WORLD_SIZE, ...), `default` when unset; a
+    `PufaceError` naming the variable when it holds something else."""
     import os
 
-    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
-    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
-    if not 0 <= rank < max(1, world_size):
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise PufaceError(f"${name} must be an integer, got {text!r}") from None
+
+
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world size) of this process: the given values, else $RANK / $WORLD_SIZE (torchrun, SLURM
+    wrappers), else (0, 1); a `PufaceError` for a value that is not an integer, a world size below 1 or a
+    rank outside 0..world_size-1."""
+    rank = env_int("RANK", 0) if rank is None else rank
+    world_size = env_int("WORLD_SIZE", 1) if world_size is None else world_size
+    if world_size < 1:
+        raise PufaceError(f"the world size (--world-size or $WORLD_SIZE) must be >= 1, got {world_size}")
+    if not 0 <= rank < world_size:
         raise PufaceError(f"--rank must be in 0..{world_size - 1}, got {rank}")
     return rank, world_size
 

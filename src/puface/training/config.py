@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from types import UnionType
+from typing import Any, Sequence, Union, get_args, get_origin, get_type_hints
 
 from ..attacks import attack_label
 from ..purifier.rednet import RedNetConfig
@@ -20,6 +21,31 @@ from .amplify import AmplifyConfig
 
 #: how [[attacks]] entries are named for drop_attacks (the labels their cloaks and metrics carry)
 LABELS = {"attacks": attack_label}
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", tuple: "a list"}
+
+
+def _expected_type(cls: type, key: str, value: Any) -> str | None:
+    """None when `value` fits field `key` of dataclass `cls` (an int where a float is asked for, a string
+    for a list of names), else what the field takes ("an integer", "a number", ...)."""
+    hint = get_type_hints(cls).get(key)
+    if hint is None:
+        return None
+    kinds = [get_origin(a) or a for a in (get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,))]
+    for k in kinds:
+        if (value is None and k is type(None)) or (k is bool and isinstance(value, bool)) \
+                or (k in (int, float) and isinstance(value, (int, float if k is float else int)) and not isinstance(value, bool)) \
+                or (k is tuple and isinstance(value, (list, tuple, str))) or (k is str and isinstance(value, str)):
+            return None
+    return " or ".join(_TYPE_NAMES.get(k, getattr(k, "__name__", str(k))) for k in kinds if k is not type(None))
+
+
+def _check_types(section: str, d: dict, cls: type) -> None:
+    for key, value in d.items():
+        want = _expected_type(cls, key, value)
+        if want:
+            raise ConfigError(f"{section}.{key} must be {want}, got {value!r}")
 
 
 def _check_keys(section: str, d: dict, cls: type) -> None:
@@ -144,12 +170,17 @@ class PurifierTrainConfig:
             if not isinstance(s, dict):
                 raise ConfigError(f"[{name}] must be a table")
             _check_keys(name, s, klass)
+            _check_types(name, s, klass)
             for t in tuples:
                 if t in s:
                     v = s[t]
                     s[t] = (v,) if isinstance(v, str) else tuple(v)
             return klass(**s)
 
+        _check_types("config", {k: d[k] for k in ("seed",) if k in d}, cls)
+        for name, klass in (("model", RedNetConfig), ("amplify", AmplifyConfig)):
+            if isinstance(d.get(name), dict):
+                _check_types(name, {k: v for k, v in d[name].items() if k in {f.name for f in fields(klass)}}, klass)
         attacks = d.get("attacks") or []
         if not isinstance(attacks, list) or not all(isinstance(a, dict) for a in attacks):
             raise ConfigError("attacks must be a list of tables ([[attacks]] name = ..., mode = ...)")
@@ -188,6 +219,18 @@ class PurifierTrainConfig:
             raise ConfigError(f"train needs epochs >= 1, batch_size >= 1 and lr > 0 (got {t.epochs}, {t.batch_size}, {t.lr})")
 
 
+def _check_override_types(overrides: dict[str, Any]) -> None:
+    """An override ("train.epochs" -> "abc") of the wrong type is an error naming it, not the config file."""
+    sections = {"data": DataConfig, "model": RedNetConfig, "amplify": AmplifyConfig, "loss": LossConfig,
+                "train": TrainConfig, "val": ValConfig}
+    for key, value in overrides.items():
+        section, _, name = key.rpartition(".")
+        cls = sections.get(section) if section else PurifierTrainConfig
+        want = _expected_type(cls, name, value) if cls is not None else None
+        if want:
+            raise ConfigError(f"--set {key}: expected {want}, got {value!r}")
+
+
 def load_config(ref: str | Path, overrides: dict[str, Any] | None = None, *, drop_attacks: Sequence[str] = (),
                 add_attacks: Sequence[dict[str, Any]] = (), data_root: str | Path | None = None) -> PurifierTrainConfig:
     """Read a purifier training config: a TOML file or a packaged recipe's name ("default", "v5", ...),
@@ -202,6 +245,7 @@ def load_config(ref: str | Path, overrides: dict[str, Any] | None = None, *, dro
     if drop_attacks or add_attacks:
         d = merge_configs(d, {"drop_attacks": list(drop_attacks), "add_attacks": [dict(a) for a in add_attacks]},
                           LABELS, f"{path} (--drop-attack / --add-attack)")
+    _check_override_types(overrides or {})
     apply_overrides(d, overrides, data_root)
     try:
         return PurifierTrainConfig.from_dict(d)

@@ -153,6 +153,34 @@ def _cloaked_from_folder(spec: dict, root: Path, paths: list[Path]) -> tuple[tor
     return images, [kept[j] for j in ok], errs
 
 
+def _check_specs(attacks: Sequence[dict]) -> list[str]:
+    """The labels of a purifier config's attack tables once each is well formed (a name, labels unique)."""
+    if not attacks:
+        raise ConfigError("the purifier config lists no attacks ([[attacks]] tables)")
+    for a, spec in enumerate(attacks):
+        if "folder" in spec:
+            raise ConfigError(f"attack #{a + 1}: write cloaks read from a folder as name = \"folder\", root = \"DIR\": {spec}")
+        if "name" not in spec:
+            raise ConfigError(f"attack #{a + 1} needs name = \"fawkes\"/\"lowkey\" or name = \"folder\", root = \"DIR\": {spec}")
+    names = [attack_label(s) for s in attacks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"attack labels must be unique, got {names} (add label = \"...\" to tell them apart)")
+    return names
+
+
+def check_attacks(attacks: Sequence[dict], device: str | None = None) -> None:
+    """Refuse a bad attack table of a purifier config (no name, a repeated label, an unknown attack, option or
+    value) before any cloak is made: each attack is built once (its surrogates loaded), none is run."""
+    names = _check_specs(attacks)
+    for label, spec in zip(names, attacks):
+        if spec["name"] == "folder":
+            continue
+        try:
+            create_attack({k: v for k, v in spec.items() if k != "images"}, device=device)
+        except PufaceError as e:
+            raise ConfigError(f"attack {label!r}: {e}") from None
+
+
 def build_pairs(root: str | Path, identities: Sequence[str], attacks: Sequence[dict], *, seed: int = 0,
                 max_per_identity: int | None = None, cloak_fn: CloakFn | None = None, tag: str = "train",
                 log: Callable[[str], None] = print) -> PairSet:
@@ -165,19 +193,11 @@ def build_pairs(root: str | Path, identities: Sequence[str], attacks: Sequence[d
     and skipped. All images must have one size (the cloaks keep their input's size).
     """
     root = Path(root)
-    if not attacks:
-        raise ConfigError("the purifier config lists no attacks ([[attacks]] tables)")
+    names = _check_specs(attacks)
     ds = scan_identities(root, identities=identities, max_per_identity=max_per_identity, seed=seed)
     cloak_fn = cloak_fn or cloak_with_cache()
-    names = [attack_label(s) for s in attacks]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"attack labels must be unique, got {names} (add label = \"...\" to tell them apart)")
     nat_parts, clk_parts, lab_parts, files = [], [], [], []
     for a, spec in enumerate(attacks):
-        if "folder" in spec:
-            raise ConfigError(f"attack #{a + 1}: write cloaks read from a folder as name = \"folder\", root = \"DIR\": {spec}")
-        if "name" not in spec:
-            raise ConfigError(f"attack #{a + 1} needs name = \"fawkes\"/\"lowkey\" or name = \"folder\", root = \"DIR\": {spec}")
         chosen = choose_images(ds.images, spec.get("images"), seed, f"{tag}:{names[a]}")
         paths = [im.path for im in chosen]
         log(f"{tag}: {names[a]}: {len(paths)} images of {len(ds.by_identity())} identities")

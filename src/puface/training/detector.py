@@ -51,6 +51,7 @@ from ..detection.detector import DEFAULT_CONFIDENCE, DEFAULT_FPR, CloakDetector,
 from ..detection.net import ResidualNet, ResidualNetConfig
 from ..io.files import list_image_files
 from ..purifier.model import Purifier
+from ..utils.device import resolve_device
 from ..utils.errors import ConfigError, PufaceError
 from ..utils.fingerprint import content_hashes
 from ..utils.paths import cache_dir
@@ -366,6 +367,8 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
                    log: Callable[[str], None] = print) -> CloakDetector:
     """Train and calibrate a detector as `cfg` says; writes OUT/detector.safetensors, config.toml, metrics.json."""
     t_start = time.perf_counter()
+    if device:
+        resolve_device(device)  # an unknown or unavailable device fails before any work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(to_toml(cfg.as_dict()), encoding="utf-8")

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.datasets import resolve_data_root
+from ..io.jobs import env_int
 from ..purifier.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from ..purifier.model import AtFaceScale, Purifier, template_scale
 from ..purifier.rednet import conv_flops
@@ -35,7 +36,7 @@ from ..utils.metrics import psnr
 from ..utils.seeding import stable_seed
 from .amplify import amplified_batch, source_variants
 from .config import PurifierTrainConfig
-from .data import PairSet, build_pairs, cloak_with_cache, folder_identity_split
+from .data import PairSet, build_pairs, check_attacks, cloak_with_cache, folder_identity_split
 from .losses import PurifierLoss
 
 
@@ -58,9 +59,7 @@ class Dist:
 
 def init_distributed(device: str | None = None) -> Dist:
     """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK; init the process group (nccl on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    world, rank, local = env_int("WORLD_SIZE", 1), env_int("RANK", 0), env_int("LOCAL_RANK", 0)
     dev = resolve_device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local % max(1, torch.cuda.device_count()))
@@ -157,16 +156,20 @@ def _load_embedders(names: Sequence[str], device: torch.device, given: dict[str,
 
 
 def prepare_data(cfg: PurifierTrainConfig, d: Dist | None = None, cloak_fn: Callable | None = None,
-                 log: Callable[[str], None] = print) -> tuple[PairSet, PairSet, dict[str, Any]]:
-    """(train pairs, validation pairs, data summary). Cloaks not yet cached are generated (sharded over
-    ranks: rank r cloaks every world-th file first, then all ranks read the whole set from the cache)."""
+                 log: Callable[[str], None] = print, progress: bool = True) -> tuple[PairSet, PairSet, dict[str, Any]]:
+    """(train pairs, validation pairs, data summary). The attacks are checked first (`check_attacks`,
+    unless `cloak_fn` replaces them); cloaks not yet cached are generated (sharded over ranks: rank r
+    cloaks every world-th file first, then all ranks read the whole set from the cache), with progress
+    bars on the main process when `progress`."""
     d = d or Dist()
+    if cloak_fn is None:
+        check_attacks(cfg.attacks, device=str(d.device))
     root = resolve_data_root(cfg.data.root)
     split = folder_identity_split(root, seed=cfg.seed, heldout_min_images=cfg.data.heldout_min_images,
                                   heldout_fraction=cfg.data.heldout_fraction, val_fraction=cfg.data.val_fraction,
                                   max_per_identity=cfg.data.max_per_identity)
     base = cloak_fn or cloak_with_cache(cfg.data.cache or None, device=str(d.device), batch_size=cfg.data.cloak_batch_size,
-                                        progress=d.main, cached_only=cfg.data.cached_only)
+                                        progress=d.main and progress, cached_only=cfg.data.cached_only)
 
     def sharded(spec: dict, paths: list) -> Any:
         if d.world_size > 1 and "folder" not in spec:
@@ -269,7 +272,7 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2) + "\n")
     d.barrier()
-    train_pairs, val_pairs, summary = prepare_data(cfg, d, cloak_fn, log=say)
+    train_pairs, val_pairs, summary = prepare_data(cfg, d, cloak_fn, log=say, progress=progress)
     say(f"training pairs: {train_pairs.summary()}; validation pairs: {val_pairs.summary()}; "
         f"{len(summary['heldout_identities'])} identities held out, processes: {d.world_size}, device: {d.device}")
     if d.main:

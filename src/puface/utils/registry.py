@@ -60,6 +60,12 @@ class Registry:
     def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """`factory(*args, **kwargs)`; options the factory does not take raise `ConfigError` naming the
         accepted ones (checked against its signature before the call)."""
+        return self.check(name, *args, **kwargs).factory(*args, **kwargs)
+
+    def check(self, name: str, *args: Any, **kwargs: Any) -> RegistryEntry:
+        """The entry of `name` once `factory(*args, **kwargs)` is known to bind, without calling it: an
+        unknown name is a `PufaceError`, an option the factory does not take a `ConfigError` naming the
+        accepted ones. For checking a config before any work (values are only checked by `create`)."""
         entry = self.get(name)
         sig = entry.signature()
         if sig is not None:
@@ -68,7 +74,7 @@ class Registry:
             except TypeError as e:
                 accepted = ", ".join(entry.accepted(len(args))) or "(none)"
                 raise ConfigError(f"{self.kind} {name!r}: {e}; accepted parameters: {accepted}") from None
-        return entry.factory(*args, **kwargs)
+        return entry
 
     def get(self, name: str) -> RegistryEntry:
         try:
