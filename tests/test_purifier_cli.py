@@ -96,6 +96,25 @@ def test_purify_default_weights_and_errors(photo_tree, tmp_path, capsys):
     assert "nope.pt" in capsys.readouterr().err
 
 
+def test_empty_input_and_a_file_as_output_are_one_line_errors(photo_tree, tmp_path, weights, capsys):
+    """A folder without images is an error, as in `align` (a mistyped path), for purify, cloak and detect;
+    an OUT that is a file is refused once, not once per image."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["purify", "--weights", str(weights), str(empty), str(tmp_path / "o"), "--no-progress"]) == 2
+    cap = capsys.readouterr()
+    assert "empty: no images found" in cap.err and "0 images" not in cap.out and "Traceback" not in cap.err
+    assert main(["detect", str(empty), "--out", str(tmp_path / "e.csv"), "--no-progress"]) == 2
+    cap = capsys.readouterr()
+    assert "empty: no images found" in cap.err and not (tmp_path / "e.csv").exists()
+    afile = tmp_path / "afile.txt"
+    afile.write_text("x")
+    assert main(["purify", "--weights", str(weights), str(photo_tree), str(afile), "--no-progress"]) == 2
+    cap = capsys.readouterr()
+    assert "afile.txt is a file, not a folder" in cap.err and len(cap.err.strip().splitlines()) == 1
+    assert afile.read_text() == "x"
+
+
 def test_train_purifier_cli_with_a_cloaked_folder(johns_dir, johns_images, tmp_path, capsys):
     paths, _, images = johns_images
     cloaked = synthetic_cloak(images, 0)

@@ -65,8 +65,6 @@ def align(in_path: Path, out_root: Path, template: str | None, size: str | None,
         return rel.with_name(f"{rel.stem}_face0{rel.suffix}") if all_faces else rel
 
     jobs = plan_mirror(in_path, out_root, rename=rename)
-    if not jobs:
-        raise PufaceError(f"{in_path}: no images found (expected .jpg, .jpeg, .png, .bmp or .webp files)")
     config = {"puface_version": __version__, "command": "align", "input": str(in_path), "all_faces": all_faces, **aligner.config}
     atomic_write_bytes(out_root / "align_config.json", (json.dumps(config, indent=2) + "\n").encode())
 

@@ -24,9 +24,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..io.files import list_image_files
-from ..io.images import atomic_write_bytes, is_image_file
-from ..io.jobs import FileJob, JobReport, LoadedImage, Outcome, group_by_size, plan_mirror, run_folder_job, shard
+from ..io.images import atomic_write_bytes
+from ..io.jobs import FileJob, JobReport, LoadedImage, Outcome, group_by_size, image_inputs, plan_mirror, run_folder_job, shard
 from ..utils.errors import PufaceError
 from ..utils.images import tensor_to_image
 from .detector import CloakDetector, detector_path, load_detector
@@ -206,13 +205,8 @@ def _prepare_detector(detector: CloakDetector | None, weights: str | Path | None
 
 
 def _jobs(in_path: Path) -> list[FileJob]:
-    if not in_path.exists():
-        raise PufaceError(f"{in_path}: no such file or folder")
-    if in_path.is_file():
-        if not is_image_file(in_path):
-            raise PufaceError(f"{in_path}: not an image file (expected .jpg, .jpeg, .png, .bmp or .webp)")
-        return [FileJob(in_path, in_path, Path(in_path.name))]
-    return [FileJob(f, f, f.relative_to(in_path)) for f in list_image_files(in_path)]
+    base = in_path.parent if in_path.is_file() else in_path
+    return [FileJob(f, f, f.relative_to(base)) for f in image_inputs(in_path)]
 
 
 def _state_path(out_csv: Path) -> Path:

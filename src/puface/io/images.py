@@ -20,13 +20,19 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..utils.errors import ImageReadError, ImageWriteError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: Image files puface does not read (GIF: palette and animation frames; the rest: no Pillow codec or a raw
+#: camera format). Folder jobs list them as failed instead of passing over them silently.
+UNSUPPORTED_IMAGE_EXTENSIONS = (".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".ico", ".svg", ".psd",
+                                ".dng", ".cr2", ".nef", ".arw")
+#: "expected ..." in messages about inputs.
+EXPECTED_IMAGES = f"expected {', '.join(IMAGE_EXTENSIONS[:-1])} or {IMAGE_EXTENSIONS[-1]} files"
 
 #: Largest image decoded, in pixels (width * height). 100 MP is a 400 MB RGBA decode; larger images
 #: are refused with a clear message. Override with $PUFACE_MAX_PIXELS.
 DEFAULT_MAX_PIXELS = 100_000_000
 
-_PIL_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP"}
+_PIL_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
 
 # Never decode truncated files silently as grey: we want an error.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -35,6 +41,11 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 def is_image_file(path: str | Path) -> bool:
     """True when the name ends with a supported extension (any case)."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_unsupported_image_file(path: str | Path) -> bool:
+    """True for an image file puface does not read (`UNSUPPORTED_IMAGE_EXTENSIONS`, any case)."""
+    return Path(path).suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS
 
 
 def max_pixels() -> int:

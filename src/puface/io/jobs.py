@@ -24,8 +24,9 @@ import numpy as np
 from PIL import Image
 
 from ..utils.errors import ImageReadError, PufaceError
-from .files import check_output_folder, list_image_files
-from .images import atomic_write_bytes, encode_image, is_image_file, open_image, pil_format_for, same_file
+from .files import check_output_folder, check_output_root, list_image_files
+from .images import (EXPECTED_IMAGES, IMAGE_EXTENSIONS, atomic_write_bytes, encode_image, is_image_file, open_image,
+                     pil_format_for, same_file)
 
 
 @dataclass(frozen=True)
@@ -126,19 +127,18 @@ def plan_mirror(
 ) -> list[FileJob]:
     """Map every image under `in_path` (a folder, or one file) to a path under `out_root`.
 
-    Refuses an output folder that is the input folder, lies inside it or holds it
-    (`files.check_output_folder`), and any output path equal to an input path.
+    Refuses an input folder without images, an output folder that is a file, is the input folder, lies
+    inside it or holds it (`files.check_output_folder`), and any output path equal to an input path. Image
+    files puface cannot read (GIF, HEIC, ...) are planned too, so the job lists them as failed.
     """
     in_path, out_root = Path(in_path), Path(out_root)
-    if not in_path.exists():
-        raise PufaceError(f"{in_path}: no such file or folder")
+    files = image_inputs(in_path)
+    check_output_root(out_root)
     if in_path.is_file():
-        if not is_image_file(in_path):
-            raise PufaceError(f"{in_path}: not an image file (expected .jpg, .jpeg, .png, .bmp or .webp)")
-        files, base = [in_path], in_path.parent
+        base = in_path.parent
     else:
         check_output_folder(in_path, out_root)
-        files, base = list_image_files(in_path), in_path
+        base = in_path
     jobs = []
     for f in files:
         rel = f.relative_to(base)
@@ -147,6 +147,21 @@ def plan_mirror(
             raise PufaceError(f"{dst}: output path equals an input path; choose another output folder")
         jobs.append(FileJob(f, dst, rel))
     return jobs
+
+
+def image_inputs(in_path: Path) -> list[Path]:
+    """The input files of a folder job over `in_path` (a folder, or one image file); a `PufaceError` when it
+    does not exist, is not an image, or is a folder without images."""
+    if not in_path.exists():
+        raise PufaceError(f"{in_path}: no such file or folder")
+    if in_path.is_file():
+        if not is_image_file(in_path):
+            raise PufaceError(f"{in_path}: not an image file ({EXPECTED_IMAGES})")
+        return [in_path]
+    files = list_image_files(in_path, unsupported=True)
+    if not files:
+        raise PufaceError(f"{in_path}: no images found ({EXPECTED_IMAGES})")
+    return files
 
 
 def split_done(jobs: Sequence, resume: bool, is_done: Callable[[Any], bool] | None = None) -> tuple[list, int]:
@@ -181,6 +196,9 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
     only names the record in errors.
     """
     if data is None:
+        if not is_image_file(job.src):
+            raise ImageReadError(job.src, f"unsupported image format {job.src.suffix.lower() or '(no extension)'} "
+                                          f"(puface reads {', '.join(IMAGE_EXTENSIONS)}); convert it to PNG first")
         data = job.src.read_bytes() if job.src.is_file() else None
     im = open_image(job.src, data=data)
     exif_bytes = icc = None

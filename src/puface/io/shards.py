@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ..utils.errors import ImageReadError, MissingDependencyError, PufaceError
-from .files import check_output_folder, list_image_files
+from .files import check_output_folder, check_output_root, list_image_files
 from .images import encode_image
 from .jobs import FileJob, JobReport, LoadedImage, Outcome, _StatsCSV, call_process, load_for_job, split_done
 
@@ -135,6 +135,7 @@ def plan_shards(spec: str | Path, out_root: str | Path) -> list[ShardJob]:
     """Map every shard `spec` names to the same relative path under `out_root` (see `find_shards`)."""
     files, base = find_shards(spec)
     out_root = Path(out_root)
+    check_output_root(out_root)
     if base.is_dir() and Path(spec).is_dir():
         check_output_folder(base, out_root)
     jobs = []
