@@ -69,8 +69,9 @@ def test_errors_name_the_file(tmp_path):
         Purifier.load(junk)
     photo = tmp_path / "face.jpg"  # an image passed as --weights: say what it is not, not a bare KeyError
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
-    with pytest.raises(PufaceError, match=r"face\.jpg: not a purifier checkpoint \(expected a puface \.safetensors or torch \.pt"):
+    with pytest.raises(PufaceError, match=r"face\.jpg: not a purifier checkpoint \(expected a puface \.safetensors or torch \.pt") as e:
         Purifier.load(photo)
+    assert "\n" not in str(e.value)  # one line, not torch's paragraph
     fake = tmp_path / "fake.safetensors"
     fake.write_bytes(b"garbage, not safetensors")
     with pytest.raises(PufaceError, match="fake.safetensors: not a purifier checkpoint"):
