@@ -56,6 +56,14 @@ def test_align_writes_chips_transforms_and_config(photos, tmp_path, capsys):
     # resume: a second run writes nothing new
     code = main(["align", str(root), str(out), "--detector", "hog", "--no-progress"])
     assert code == 0 and "0 aligned, 2 already done" in capsys.readouterr().out
+    # another layout into the same OUT: refused (the 150 px chips stay, and so does the record that says so)
+    code = main(["align", str(root), str(out), "--detector", "hog", "--template", "arcface112", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "different aligning setting (differs in: template.name" in err and "--no-resume" in err
+    assert json.loads((out / "align_config.json").read_text())["template"]["name"] == "dlib150"
+    code = main(["align", str(root), str(out), "--detector", "hog", "--template", "arcface112", "--no-resume", "--no-progress"])
+    assert code == 0 and Image.open(out / "ann" / "one.jpg").size == (112, 112)
+    assert json.loads((out / "align_config.json").read_text())["template"]["name"] == "arcface112"
 
 
 def test_align_all_faces_and_112(photos, tmp_path, capsys):

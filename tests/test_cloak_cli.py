@@ -132,6 +132,9 @@ def test_bad_file_fails_alone_and_bad_options_are_one_line(tree, tmp_path, capsy
     assert code == 2 and "input folder" in err
     code, _, err = run(["cloak", "--surrogate", "no-such-model", str(tree), str(tmp_path / "z")], capsys)
     assert code == 2 and "no-such-model" in err
+    (tmp_path / "empty").mkdir()
+    code, stdout, err = run(["cloak", *FAST, str(tmp_path / "empty"), str(tmp_path / "e")], capsys)
+    assert code == 2 and "empty: no images found" in err and "0 images" not in stdout
 
 
 def test_targeted_picks_a_target_from_the_pool(tree, johns_dir, tmp_path, capsys, dlib_available):

@@ -120,6 +120,45 @@ def test_refusals(tmp_path):
         plan_mirror(tmp_path / "nope", tmp_path / "o")
 
 
+def test_empty_input_and_a_file_as_output_are_refused_up_front(tmp_path):
+    """An input folder without images is an error (a mistyped path), as is an output 'folder' that is a
+    file: one line each, before anything is written, not '0 images' or one failure per image."""
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(PufaceError, match="empty: no images found \\(expected .jpg.*.tiff files\\)"):
+        plan_mirror(tmp_path / "empty", tmp_path / "o")
+    src = tmp_path / "in"
+    make_inputs(src)
+    afile = tmp_path / "afile.txt"
+    afile.write_text("x")
+    for out in (afile, afile / "below"):
+        with pytest.raises(PufaceError, match="afile.txt.* not a folder"):
+            plan_mirror(src, out)
+        with pytest.raises(PufaceError, match="not a folder"):
+            plan_mirror(src / "a" / "x.png", out)
+    assert afile.read_text() == "x"
+
+
+def test_tiff_is_mirrored_and_gif_is_listed_as_failed(tmp_path):
+    """TIFF is read and written like the other formats; a GIF (or HEIC, ...) is not read but listed, so
+    nothing under IN is passed over silently."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    src.mkdir()
+    Image.fromarray(a).save(src / "t.tif")
+    Image.fromarray(a).save(src / "g.gif")
+    (src / "notes.txt").write_text("not an image: not planned")
+    jobs = plan_mirror(src, out)
+    assert sorted(j.rel.name for j in jobs) == ["g.gif", "t.tif"]
+    rep = run_folder_job(jobs, invert, progress=False, log=lambda m: None)
+    assert rep.total == 2 and rep.written == 1 and rep.exit_code == 1
+    assert "g.gif: unsupported image format .gif" in rep.summary()
+    with Image.open(out / "t.tif") as im:
+        assert im.format == "TIFF" and np.array_equal(np.asarray(im), 255 - a)
+    assert not (out / "g.gif").exists()
+
+
 def test_output_inside_input_is_refused(tmp_path):
     """An output folder inside the input would be read as input by the next run over the input (and taken for
     an identity by a data scan): refused before anything is written."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from puface.utils.errors import PufaceError
@@ -65,6 +67,15 @@ def test_errors_name_the_file(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(PufaceError, match="junk.pt"):
         Purifier.load(junk)
+    photo = tmp_path / "face.jpg"  # an image passed as --weights: say what it is not, not a bare KeyError
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
+    with pytest.raises(PufaceError, match=r"face\.jpg: not a purifier checkpoint \(expected a puface \.safetensors or torch \.pt") as e:
+        Purifier.load(photo)
+    assert "\n" not in str(e.value)  # one line, not torch's paragraph
+    fake = tmp_path / "fake.safetensors"
+    fake.write_bytes(b"garbage, not safetensors")
+    with pytest.raises(PufaceError, match="fake.safetensors: not a purifier checkpoint"):
+        Purifier.load(fake)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(PufaceError, match="not a puface purifier"):

@@ -46,7 +46,7 @@ def photo_tree(tmp_path, johns_dir) -> Path:
 
 
 def _files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.name.endswith(".csv"))
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.suffix not in (".csv", ".json"))
 
 
 def test_purify_mirrors_tree_and_keeps_names_sizes_formats(photo_tree, tmp_path, weights, capsys):
@@ -94,6 +94,80 @@ def test_purify_default_weights_and_errors(photo_tree, tmp_path, capsys):
     assert "lies inside the input folder" in capsys.readouterr().err and sorted(photo_tree.rglob("*")) == before
     assert main(["purify", "--weights", str(tmp_path / "nope.pt"), str(photo_tree), str(tmp_path / "o2")]) == 2
     assert "nope.pt" in capsys.readouterr().err
+
+
+def test_purify_keeps_alpha_grayscale_and_says_8_bits(johns_dir, tmp_path, weights, capsys):
+    """RGBA keeps its alpha channel (purified RGB, the input's alpha), grayscale stays grayscale (L), a 16-bit
+    grayscale PNG comes out 8-bit grayscale (as --help says); TIFF is written as TIFF; a GIF is listed as failed."""
+    src = tmp_path / "in"
+    src.mkdir()
+    rgb = np.asarray(Image.open(sorted(johns_dir.glob("*/*.jpg"))[0]).convert("RGB"))[:48, :40]
+    alpha = np.tile(np.linspace(0, 255, 40).astype(np.uint8), (48, 1))
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(src / "rgba.png")
+    Image.fromarray(rgb).convert("L").save(src / "gray.jpg", quality=95)
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(src / "gray16.png")
+    Image.fromarray(np.dstack([rgb[..., 1], alpha])).save(src / "la.png")
+    Image.fromarray(rgb).save(src / "t.tiff")
+    Image.fromarray(rgb).save(src / "g.gif")
+    assert Image.open(src / "gray16.png").mode.startswith("I")
+    out = tmp_path / "out"
+    code = main(["purify", "--weights", str(weights), str(src), str(out), "--no-progress", "--device", "cpu"])
+    cap = capsys.readouterr()
+    assert code == 1 and "6 images: 5 purified" in cap.out and "g.gif: unsupported image format .gif" in cap.out
+    modes = {p.name: (Image.open(p).format, Image.open(p).mode) for p in out.iterdir() if p.suffix not in (".json",)}
+    assert modes == {"rgba.png": ("PNG", "RGBA"), "gray.jpg": ("JPEG", "L"), "gray16.png": ("PNG", "L"),
+                     "la.png": ("PNG", "LA"), "t.tiff": ("TIFF", "RGB")}
+    purified = np.asarray(Image.open(out / "rgba.png"))
+    assert np.array_equal(purified[..., 3], alpha) and not np.array_equal(purified[..., :3], rgb)
+    assert np.array_equal(np.asarray(Image.open(out / "la.png"))[..., 1], alpha)
+    assert main(["purify", "--help"]) == 0 and "8 bits per channel" in capsys.readouterr().out
+
+
+def test_resume_with_other_settings_is_refused(photo_tree, tmp_path, weights, capsys):
+    """OUT records what its images depend on (purifier fingerprints, template, unmask, quality, ...; not the
+    rank, batch size or device): a rerun with other settings is refused instead of keeping the old images
+    as 'already done'; --no-resume redoes them and rewrites the record."""
+    (photo_tree / "a" / "broken.jpg").unlink()
+    out = tmp_path / "out"
+    base = ["purify", "--weights", str(weights), str(photo_tree), str(out), "--no-progress", "--device", "cpu"]
+    for rank in range(2):  # processes sharing OUT write the same record and do not refuse each other
+        assert main([*base, "--rank", str(rank), "--world-size", "2", "--batch-size", str(1 + rank)]) == 0
+    record = (out / "purify_config.json").read_text()
+    assert json.loads(record)["template"] == "auto" and json.loads(record)["quality"] == 95
+    capsys.readouterr()
+    assert main([*base, "--batch-size", "3"]) == 0 and "0 purified, 5 already done" in capsys.readouterr().out
+    torch.manual_seed(1)
+    other = Purifier(RedNetConfig(channels=8, depth=4, downsample=1)).save(tmp_path / "other.pt")
+    for extra, what in ((["--template", "arcface112"], "template"), (["--quality", "80"], "quality"),
+                        (["--weights", str(other)], "purifier.dlib150"), (["--unmask"], "unmask")):
+        assert main([*base, *extra]) == 2
+        cap = capsys.readouterr()
+        assert "holds outputs of a different purifying setting" in cap.err and f"differs in: {what})" in cap.err
+        assert "--no-resume" in cap.err and "Traceback" not in cap.err
+    assert (out / "purify_config.json").read_text() == record and not (out / "unmask.csv").exists()
+    before = (out / "a" / "c.bmp").read_bytes()
+    assert main([*base, "--template", "arcface112", "--no-resume"]) == 0
+    assert json.loads((out / "purify_config.json").read_text())["template"] == "arcface112"
+    assert (out / "a" / "c.bmp").read_bytes() != before  # redone, as arcface112 chips
+
+
+def test_empty_input_and_a_file_as_output_are_one_line_errors(photo_tree, tmp_path, weights, capsys):
+    """A folder without images is an error, as in `align` (a mistyped path), for purify, cloak and detect;
+    an OUT that is a file is refused once, not once per image."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["purify", "--weights", str(weights), str(empty), str(tmp_path / "o"), "--no-progress"]) == 2
+    cap = capsys.readouterr()
+    assert "empty: no images found" in cap.err and "0 images" not in cap.out and "Traceback" not in cap.err
+    assert main(["detect", str(empty), "--out", str(tmp_path / "e.csv"), "--no-progress"]) == 2
+    cap = capsys.readouterr()
+    assert "empty: no images found" in cap.err and not (tmp_path / "e.csv").exists()
+    afile = tmp_path / "afile.txt"
+    afile.write_text("x")
+    assert main(["purify", "--weights", str(weights), str(photo_tree), str(afile), "--no-progress"]) == 2
+    cap = capsys.readouterr()
+    assert "afile.txt is a file, not a folder" in cap.err and len(cap.err.strip().splitlines()) == 1
+    assert afile.read_text() == "x"
 
 
 def test_train_purifier_cli_with_a_cloaked_folder(johns_dir, johns_images, tmp_path, capsys):

@@ -73,6 +73,21 @@ def test_ray_engine_matches_local_engine_bytes(cluster, chips, local_out, tmp_pa
     assert again.resumed == 110 and again.written == 0
 
 
+def test_ray_engine_keeps_alpha_and_grayscale_like_the_local_engine(cluster, johns_dir, tmp_path):
+    """Alpha and grayscale travel through the Ray stages: the same bytes as the local engine."""
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rgb = read_image(sorted(johns_dir.glob("*/*.jpg"))[0])
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)]), "RGBA").save(src / "a.png")
+    Image.fromarray(rgb).convert("L").save(src / "g.jpg")
+    for engine in ("local", "ray"):
+        purify_folder(src, tmp_path / engine, device="cpu", progress=False, engine=engine, workers=1)
+    assert Image.open(tmp_path / "ray" / "a.png").mode == "RGBA" and Image.open(tmp_path / "ray" / "g.jpg").mode == "L"
+    assert _tree(tmp_path / "ray") == _tree(tmp_path / "local")
+
+
 def _actor_pids() -> list[int]:
     pids = []
     for d in Path("/proc").iterdir():

@@ -85,7 +85,7 @@ def test_webdataset_roundtrip_keys_labels_order_and_corrupt_record(chips, folder
     r = _purify([str(src), str(out), "--no-progress", "--device", "cpu", "--batch-size", "4"])
     assert r.exit_code == 1, r.output  # one record failed
     assert f"{BAD_KEY}" in r.output and "truncated" in r.output.lower()
-    assert sorted(p.name for p in out.iterdir()) == ["shard-000000.tar", "shard-000001.tar"]
+    assert sorted(p.name for p in out.glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar"]
     for name in ("shard-000000.tar", "shard-000001.tar"):
         before = [rec for rec in read_records(src / name) if rec.key != BAD_KEY]
         after = list(read_records(out / name))
@@ -117,6 +117,32 @@ def test_resume_redoes_only_the_missing_shard(chips, tmp_path):
     assert "1 purified, 2 already done" in r.output
     assert (out / "s-0.tar").stat().st_mtime_ns == kept
     assert [x.key for x in read_records(out / "s-1.tar")] == [x.key for x in read_records(src / "s-1.tar")]
+    # OUT records its settings: finished shards of another setting are not kept as 'already done'
+    r = _purify([str(src), str(out), "--no-progress", "--template", "arcface112"])
+    assert r.exit_code == 2 and "different purifying setting (differs in: template)" in r.output
+    assert json.loads((out / "purify_config.json").read_text())["template"] == "auto"
+
+
+def test_a_broken_shard_is_counted_apart_from_the_records(chips, tmp_path):
+    """One shard with a corrupt record, one truncated tar: the summary adds up (records of the written shards;
+    the broken shard, left out whole, counted and listed as a failed shard, its records not counted)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    _write_tar(src / "train-000000.tar", _wds_records(chips[:2], corrupt_at=0))
+    _write_tar(src / "whole.tar", _wds_records(chips[2:6]))
+    with tarfile.open(src / "whole.tar") as tf:
+        last = tf.getmembers()[-1]
+    data = (src / "whole.tar").read_bytes()
+    (src / "train-000001.tar").write_bytes(data[: last.offset_data + last.size // 2])  # cut inside the last file
+    (src / "whole.tar").unlink()
+    out = tmp_path / "out"
+    r = _purify([f"{src}/train-{{000000..000001}}.tar", str(out), "--no-progress", "--device", "cpu", "--batch-size", "2"])
+    assert r.exit_code == 1, r.output
+    assert "2 shards: 1 purified, 0 already done (skipped), 1 failed;" in r.output
+    assert "3 images: 2 purified, 0 already done (skipped), 0 copied unchanged, 0 skipped, 1 failed" in r.output
+    assert "FAILED (1):" in r.output and BAD_KEY in r.output
+    assert "FAILED shards, left out whole (1):" in r.output and "train-000001.tar: cannot read" in r.output
+    assert sorted(p.name for p in out.glob("*.tar")) == ["train-000000.tar"]
 
 
 @pytest.mark.parametrize("layout", ["hf-image", "bytes"])

@@ -9,7 +9,6 @@ OUT/cloak_stats.csv and the attack's config in OUT/cloak_config.json.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,7 +16,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..io.jobs import FileJob, JobReport, LoadedImage, Outcome, group_by_size, plan_mirror, run_folder_job, shard
+from ..io.jobs import (FileJob, JobReport, LoadedImage, Outcome, check_settings, group_by_size, plan_mirror, run_folder_job,
+                       shard, write_settings)
 from ..utils.errors import PufaceError
 from ..utils.images import image_to_tensor, tensor_to_image
 from ..utils.version import __version__
@@ -157,27 +157,6 @@ def _select_targets(attack: CloakAttack, jobs: list[FileJob], in_root: Path, poo
     return by_src, chosen
 
 
-def _check_config(path: Path, record: dict, resume: bool) -> None:
-    if not (resume and path.is_file()):
-        return
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise PufaceError(f"{path}: unreadable; delete it or choose another output folder") from None
-    keys = ("attack", "naming", "align")
-    diff = [k for k in keys if old.get(k) != record.get(k)]
-    if diff:
-        detail = []
-        if "attack" in diff:
-            a, b = old.get("attack") or {}, record["attack"]
-            detail = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        what = ", ".join(detail or diff)
-        raise PufaceError(
-            f"{path.parent} holds outputs of a different cloaking setting (differs in: {what}); "
-            "choose another output folder, or pass --no-resume to redo every image"
-        )
-
-
 def cloak_folder(
     in_path: str | Path,
     out_path: str | Path,
@@ -250,7 +229,7 @@ def cloak_folder(
         "align": {"align": align, "largest_face": largest_face},
     }
     config_path = out_path / CONFIG_NAME
-    _check_config(config_path, record, resume)
+    check_settings(config_path, record, resume=resume, kind="cloaking", keys=("attack", "naming", "align"))
 
     targets_by_src = None
     if targeted:
@@ -260,10 +239,7 @@ def cloak_folder(
         for user, t in chosen.items():
             say(f"target for {user}: {t}")
 
-    from ..io.images import atomic_write_bytes
-
-    out_path.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(config_path, (json.dumps(record, indent=2) + "\n").encode())
+    write_settings(config_path, record)
 
     if getattr(attack, "group", False):
         if align or world_size > 1 or engine != "local":

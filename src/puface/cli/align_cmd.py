@@ -43,11 +43,12 @@ def align(in_path: Path, out_root: Path, template: str | None, size: str | None,
     ArcFace five-point template, placed through dlib's landmarks as calibrated against YuNet's
     five points on LFW). Each chip's transform (chip pixel -> photo pixel, a 2x3 affine) is
     recorded in OUT/align.csv so it can be inverted; settings go to OUT/align_config.json.
-    Photos without a usable face are listed and skipped. Exit code 1 if some photos failed.
+    Photos without a usable face are listed and skipped. Exit code 1 if some photos failed. Resuming into an
+    OUT made with other settings is refused (--no-resume redoes every photo).
     """
     from ..align import FaceAligner, FaceDetector
     from ..io.images import atomic_write_bytes, encode_image, pil_format_for
-    from ..io.jobs import Outcome, plan_mirror, run_folder_job
+    from ..io.jobs import Outcome, check_settings, plan_mirror, run_folder_job, write_settings
     from ..utils.errors import PufaceError
     from ..utils.version import __version__
 
@@ -65,10 +66,10 @@ def align(in_path: Path, out_root: Path, template: str | None, size: str | None,
         return rel.with_name(f"{rel.stem}_face0{rel.suffix}") if all_faces else rel
 
     jobs = plan_mirror(in_path, out_root, rename=rename)
-    if not jobs:
-        raise PufaceError(f"{in_path}: no images found (expected .jpg, .jpeg, .png, .bmp or .webp files)")
-    config = {"puface_version": __version__, "command": "align", "input": str(in_path), "all_faces": all_faces, **aligner.config}
-    atomic_write_bytes(out_root / "align_config.json", (json.dumps(config, indent=2) + "\n").encode())
+    config = {"puface_version": __version__, "command": "align", "input": str(in_path), "all_faces": all_faces,
+              **aligner.config, "quality": quality}
+    check_settings(out_root / "align_config.json", config, resume=resume, kind="aligning")
+    write_settings(out_root / "align_config.json", config)
 
     def process(items):
         outs = []

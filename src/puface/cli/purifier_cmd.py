@@ -144,7 +144,9 @@ def _unmask_step(in_path: Path, out_root: Path, progress: bool):
                    "was trained on (see --template).")
 @device_option()
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Images per forward pass.")
-@click.option("--resume/--no-resume", default=True, show_default=True, help="Skip images whose output already exists.")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Skip images whose output already exists (refused when OUT was made with other settings); "
+                   "--no-resume redoes every image.")
 @click.option("--quality", type=int, default=95, show_default=True, help="JPEG/WebP quality of lossy outputs.")
 @click.option("--io-workers", type=int, default=2, show_default=True,
               help="Threads that decode and encode images while the purifier runs.")
@@ -187,6 +189,11 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
            workers: int | None, image_field: str | None, skip_cloaked: bool, report: bool,
            detector_path: Path | None, fpr: float | None, unmask: bool, progress: bool) -> None:
     """Remove cloaks from the images under IN and write them to OUT (same tree, names, formats and sizes).
+
+    Grayscale images stay grayscale and transparency (alpha) is kept; outputs have 8 bits per channel
+    (a 16-bit PNG or TIFF comes out 8-bit). Image files puface cannot read (GIF, HEIC, ...) are listed as
+    failed. OUT/purify_config.json records the settings its images depend on; resuming with other settings
+    is refused (--no-resume redoes every image).
 
     Streams in batches (decoding and encoding overlap the computation), resumes where it stopped,
     prints images/s. The default purifier expects aligned face chips (like the LFW/dlib 150x150
@@ -235,7 +242,9 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
                               "shards or --engine ray")
         if not in_path.is_dir():
             raise PufaceError(f"{in_path}: --unmask needs a folder of identity folders")
-        common["prepare"] = _unmask_step(in_path, out_root, progress)
+        # after OUT's settings are checked: the step reads all of IN and writes OUT/unmask.csv
+        common["prepare_factory"] = lambda: _unmask_step(in_path, out_root, progress)
+        common["settings"] = {"unmask": True}
     if skip_cloaked or report:
         if engine != "local" or is_shard_input(in_path) or template == "arcface112":
             raise PufaceError("--skip-cloaked and --report score dlib150 chips or photos in an image folder on the "

@@ -24,9 +24,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..io.files import list_image_files
-from ..io.images import atomic_write_bytes, is_image_file
-from ..io.jobs import FileJob, JobReport, LoadedImage, Outcome, group_by_size, plan_mirror, run_folder_job, shard
+from ..io.images import atomic_write_bytes
+from ..io.jobs import (FileJob, JobReport, LoadedImage, Outcome, group_by_size, image_inputs, keep_input_mode, plan_mirror,
+                       run_folder_job, shard)
 from ..utils.errors import PufaceError
 from ..utils.images import tensor_to_image
 from .detector import CloakDetector, detector_path, load_detector
@@ -209,13 +209,8 @@ def _prepare_detector(detector: CloakDetector | None, weights: str | Path | None
 
 
 def _jobs(in_path: Path) -> list[FileJob]:
-    if not in_path.exists():
-        raise PufaceError(f"{in_path}: no such file or folder")
-    if in_path.is_file():
-        if not is_image_file(in_path):
-            raise PufaceError(f"{in_path}: not an image file (expected .jpg, .jpeg, .png, .bmp or .webp)")
-        return [FileJob(in_path, in_path, Path(in_path.name))]
-    return [FileJob(f, f, f.relative_to(in_path)) for f in list_image_files(in_path)]
+    base = in_path.parent if in_path.is_file() else in_path
+    return [FileJob(f, f, f.relative_to(base)) for f in image_inputs(in_path)]
 
 
 def _state_path(out_csv: Path) -> Path:
@@ -410,20 +405,24 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
     fpr_v = det.default_fpr if fpr is None else float(fpr)
     scores = Path(scores_csv) if scores_csv else out_path / "detection.csv"
     fields = ["path", "status", "score", "cloaked", *feature_columns(det)] + (["faces"] if align else []) + ["note"]
+    det_id = det.fingerprint()
+    from ..purifier.folder import make_batch_process, open_output, purify_settings
+    from ..purifier.model import Purifier, as_layouts, is_shipped
+
+    # chips of the detector's size get its own P(x); other images `puface purify`'s purifier for their layout
+    layouts = Purifier.load_layouts(weights, device=det.device) if is_shipped(weights) else det.purifier
+    serving = {**as_layouts(layouts), det.purifier.template: det.purifier}
+    left_out = {"detector": det_id, "threshold": round(float(threshold), 6)} if skip_cloaked else None
+    open_output(out_path, purify_settings(in_path, serving, align=align, largest_face=largest_face, quality=quality,
+                                          skip_cloaked=left_out), resume)
     previous = _read_rows(scores, fields) if resume else []
     if previous or scores.exists():
         _write_csv(scores, previous, fields)
     skipped = {r["path"] for r in previous if r.get("status") == "skip"}
-    det_id = det.fingerprint()
-
     other_sizes: list[Callable] = []  # `puface purify`'s batch function, for images that are not chips, made once
 
     def purify_others(items: list[LoadedImage]) -> list[np.ndarray]:
         if not other_sizes:
-            from ..purifier.folder import make_batch_process
-            from ..purifier.model import Purifier, is_shipped
-
-            layouts = Purifier.load_layouts(weights, device=det.device) if is_shipped(weights) else det.purifier
             other_sizes.append(make_batch_process(layouts, det.device))
         return [o.image for o in other_sizes[0](items)]
 
@@ -453,7 +452,7 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
 
         process = align_adapter(chip_process, chip_size=150, no_face="copy", largest_face=largest_face,
                                 skip_photo=skip_photo, merge_stats=_merge_face_stats)
-    job = run_folder_job(jobs, process, batch_size=batch_size, resume=resume, desc="detecting + purifying",
+    job = run_folder_job(jobs, keep_input_mode(process), batch_size=batch_size, resume=resume, desc="detecting + purifying",
                          verb="purified", stats_csv=scores, quality=quality, io_workers=io_workers, progress=progress,
                          is_done=lambda j: j.dst.exists() or j.rel.as_posix() in skipped, stats_fields=fields,
                          stats_key="path")

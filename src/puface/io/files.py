@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Iterable
 
 from ..utils.errors import PufaceError
-from .images import is_image_file
+from .images import is_image_file, is_unsupported_image_file
 
-__all__ = ["is_within", "is_visible", "list_image_files", "check_output_folder"]
+__all__ = ["is_within", "is_visible", "list_image_files", "check_output_folder", "check_output_root"]
 
 
 def is_visible(p: Path) -> bool:
@@ -25,8 +25,9 @@ def is_within(p: str | Path, folder: str | Path) -> bool:
         return False
 
 
-def list_image_files(root: str | Path, exclude: Iterable[str | Path] = ()) -> list[Path]:
-    """All image files under `root` (recursive, sorted), skipping hidden entries and `exclude` folders."""
+def list_image_files(root: str | Path, exclude: Iterable[str | Path] = (), unsupported: bool = False) -> list[Path]:
+    """All image files under `root` (recursive, sorted), skipping hidden entries and `exclude` folders;
+    `unsupported`: image files puface cannot read too (GIF, HEIC, ...: a folder job lists them as failed)."""
     root = Path(root)
     excl = [Path(e) for e in exclude]
     out: list[Path] = []
@@ -44,9 +45,20 @@ def list_image_files(root: str | Path, exclude: Iterable[str | Path] = ()) -> li
                 continue
             if p.is_dir():
                 stack.append(p)
-            elif p.is_file() and is_image_file(p):
+            elif p.is_file() and (is_image_file(p) or (unsupported and is_unsupported_image_file(p))):
                 out.append(p)
     return sorted(out)
+
+
+def check_output_root(out_folder: str | Path) -> None:
+    """Refuse an output folder that is an existing file (or lies below one): one error, not one per output."""
+    out = Path(out_folder)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "is a file" if p == out else f"lies below the file {p}"
+                raise PufaceError(f"output folder {out} {where}, not a folder; choose another output folder")
+            return
 
 
 def check_output_folder(in_folder: str | Path, out_folder: str | Path) -> None:

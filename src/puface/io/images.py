@@ -20,13 +20,19 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..utils.errors import ImageReadError, ImageWriteError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: Image files puface does not read (GIF: palette and animation frames; the rest: no Pillow codec or a raw
+#: camera format). Folder jobs list them as failed instead of passing over them silently.
+UNSUPPORTED_IMAGE_EXTENSIONS = (".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".ico", ".svg", ".psd",
+                                ".dng", ".cr2", ".nef", ".arw")
+#: "expected ..." in messages about inputs.
+EXPECTED_IMAGES = f"expected {', '.join(IMAGE_EXTENSIONS[:-1])} or {IMAGE_EXTENSIONS[-1]} files"
 
 #: Largest image decoded, in pixels (width * height). 100 MP is a 400 MB RGBA decode; larger images
 #: are refused with a clear message. Override with $PUFACE_MAX_PIXELS.
 DEFAULT_MAX_PIXELS = 100_000_000
 
-_PIL_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP"}
+_PIL_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
 
 # Never decode truncated files silently as grey: we want an error.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -35,6 +41,11 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 def is_image_file(path: str | Path) -> bool:
     """True when the name ends with a supported extension (any case)."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_unsupported_image_file(path: str | Path) -> bool:
+    """True for an image file puface does not read (`UNSUPPORTED_IMAGE_EXTENSIONS`, any case)."""
+    return Path(path).suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS
 
 
 def max_pixels() -> int:
@@ -73,12 +84,33 @@ def _too_large(w: int, h: int, limit: int) -> str:
     return f"image too large ({w}x{h} = {w * h / 1e6:.1f} MP > {limit / 1e6:.1f} MP limit; set PUFACE_MAX_PIXELS to allow)"
 
 
+#: Pillow modes of grayscale images (written back as 8-bit L by `puface purify`; 16-bit and float become 8-bit).
+GRAY_MODES = ("L", "LA", "La", "I", "F") + tuple(m for m in Image.MODES if m.startswith("I;16"))
+_ALPHA_MODES = ("RGBA", "LA", "RGBa", "La", "PA")
+
+
+def _alpha_of(im: Image.Image) -> np.ndarray | None:
+    """The alpha channel (uint8 (H, W)) of an image that has one, else None."""
+    if im.mode in _ALPHA_MODES or (im.mode == "P" and "transparency" in im.info):
+        return np.asarray(im.convert("RGBA"))[..., 3].copy()
+    return None
+
+
 def open_image(path: str | Path, data: bytes | None = None) -> Image.Image:
     """Open and fully decode an image as an RGB Pillow image (EXIF orientation applied).
 
     Raises `ImageReadError` for missing, empty, truncated, corrupt, non-image or oversized files.
     """
-    path = Path(path)
+    return _open(Path(path), data, False)[0]
+
+
+def open_image_parts(path: str | Path, data: bytes | None = None) -> tuple[Image.Image, np.ndarray | None, bool]:
+    """`open_image`, plus what writing the image back in its own mode needs: its alpha channel (uint8 (H, W),
+    upright; None without one) and whether it is grayscale (`GRAY_MODES`)."""
+    return _open(Path(path), data, True)
+
+
+def _open(path: Path, data: bytes | None, parts: bool) -> tuple[Image.Image, np.ndarray | None, bool]:
     try:
         if data is None:
             if not path.exists():
@@ -108,6 +140,8 @@ def open_image(path: str | Path, data: bytes | None = None) -> Image.Image:
             im = ImageOps.exif_transpose(im) or im
             rgb = _to_rgb(im)
             rgb.load()
+            alpha = _alpha_of(im) if parts else None
+            gray = im.mode in GRAY_MODES
     except ImageReadError:
         raise
     except Image.DecompressionBombError as e:
@@ -121,7 +155,7 @@ def open_image(path: str | Path, data: bytes | None = None) -> Image.Image:
         else:
             msg = f"corrupt image ({msg})"
         raise ImageReadError(path, msg) from None
-    return rgb
+    return rgb, alpha, gray
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -152,9 +186,20 @@ def pil_format_for(path: str | Path) -> str:
         raise ImageWriteError(path, f"unsupported output extension {ext!r} (use one of {', '.join(IMAGE_EXTENSIONS)})") from None
 
 
+_MODE_OF_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+
 def encode_image(image: np.ndarray | Image.Image, fmt: str, *, quality: int = 95, exif: bytes | None = None, icc_profile: bytes | None = None) -> bytes:
-    """Encode an RGB image to bytes in the Pillow format `fmt` (JPEG, PNG, BMP, WEBP)."""
-    im = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8), "RGB")
+    """Encode an image to bytes in the Pillow format `fmt` (JPEG, PNG, BMP, WEBP, TIFF): uint8 RGB (H, W, 3),
+    or grayscale (H, W), with alpha (H, W, 2), RGBA (H, W, 4); alpha is dropped where the format has none
+    (JPEG, BMP)."""
+    if isinstance(image, Image.Image):
+        im = image
+    else:
+        a = np.asarray(image, dtype=np.uint8)
+        im = Image.fromarray(a, _MODE_OF_CHANNELS[1 if a.ndim == 2 else a.shape[2]])
+    if fmt in ("JPEG", "BMP") and im.mode in ("LA", "RGBA"):
+        im = im.convert(im.mode[:-1])
     buf = io.BytesIO()
     kw: dict = {}
     if fmt == "JPEG":

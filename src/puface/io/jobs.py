@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import sys
 import threading
 import time
@@ -24,8 +25,9 @@ import numpy as np
 from PIL import Image
 
 from ..utils.errors import ImageReadError, PufaceError
-from .files import check_output_folder, list_image_files
-from .images import atomic_write_bytes, encode_image, is_image_file, open_image, pil_format_for, same_file
+from .files import check_output_folder, check_output_root, list_image_files
+from .images import (EXPECTED_IMAGES, IMAGE_EXTENSIONS, atomic_write_bytes, encode_image, is_image_file,
+                     open_image_parts, pil_format_for, same_file)
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class LoadedImage:
     exif: bytes | None = None
     icc_profile: bytes | None = None
     format: str = ""
+    alpha: np.ndarray | None = None  # the input's alpha channel, uint8 (H, W) (the image is composited on white)
+    gray: bool = False  # the input is grayscale (L, 16-bit, float: `images.GRAY_MODES`)
 
 
 @dataclass
@@ -126,19 +130,18 @@ def plan_mirror(
 ) -> list[FileJob]:
     """Map every image under `in_path` (a folder, or one file) to a path under `out_root`.
 
-    Refuses an output folder that is the input folder, lies inside it or holds it
-    (`files.check_output_folder`), and any output path equal to an input path.
+    Refuses an input folder without images, an output folder that is a file, is the input folder, lies
+    inside it or holds it (`files.check_output_folder`), and any output path equal to an input path. Image
+    files puface cannot read (GIF, HEIC, ...) are planned too, so the job lists them as failed.
     """
     in_path, out_root = Path(in_path), Path(out_root)
-    if not in_path.exists():
-        raise PufaceError(f"{in_path}: no such file or folder")
+    files = image_inputs(in_path)
+    check_output_root(out_root)
     if in_path.is_file():
-        if not is_image_file(in_path):
-            raise PufaceError(f"{in_path}: not an image file (expected .jpg, .jpeg, .png, .bmp or .webp)")
-        files, base = [in_path], in_path.parent
+        base = in_path.parent
     else:
         check_output_folder(in_path, out_root)
-        files, base = list_image_files(in_path), in_path
+        base = in_path
     jobs = []
     for f in files:
         rel = f.relative_to(base)
@@ -147,6 +150,68 @@ def plan_mirror(
             raise PufaceError(f"{dst}: output path equals an input path; choose another output folder")
         jobs.append(FileJob(f, dst, rel))
     return jobs
+
+
+def image_inputs(in_path: Path) -> list[Path]:
+    """The input files of a folder job over `in_path` (a folder, or one image file); a `PufaceError` when it
+    does not exist, is not an image, or is a folder without images."""
+    if not in_path.exists():
+        raise PufaceError(f"{in_path}: no such file or folder")
+    if in_path.is_file():
+        if not is_image_file(in_path):
+            raise PufaceError(f"{in_path}: not an image file ({EXPECTED_IMAGES})")
+        return [in_path]
+    files = list_image_files(in_path, unsupported=True)
+    if not files:
+        raise PufaceError(f"{in_path}: no images found ({EXPECTED_IMAGES})")
+    return files
+
+
+#: Keys of a settings record that describe a run, not its outputs (never compared).
+RUN_INFO_KEYS = ("puface_version", "input")
+
+
+def check_settings(path: Path, record: dict, *, resume: bool, kind: str, keys: Sequence[str] | None = None) -> None:
+    """Refuse to resume into an output folder made with other settings: `path` is the folder's settings record
+    (`write_settings`), `record` this run's; they must agree on `keys` (default: every key but `RUN_INFO_KEYS`),
+    else a resume would keep outputs of the other setting and the record would lie about them. Nothing is
+    checked without `resume` or without a record (a new folder). `kind` names the job in the message
+    ("cloaking", "purifying", "aligning")."""
+    if not (resume and path.is_file()):
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise PufaceError(f"{path}: unreadable; delete it or choose another output folder") from None
+    new = json.loads(json.dumps(record))  # tuples as lists, as the record on disk holds them
+    if keys is None:
+        keys = sorted((set(old) | set(new)) - set(RUN_INFO_KEYS))
+    diff: list[str] = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            diff.extend(f"{k}.{sub}" for sub in sorted(set(a) | set(b)) if a.get(sub) != b.get(sub))
+        else:
+            diff.append(k)
+    if diff:
+        raise PufaceError(
+            f"{path.parent} holds outputs of a different {kind} setting (differs in: {', '.join(diff)}); "
+            "choose another output folder, or pass --no-resume to redo every image"
+        )
+
+
+def write_settings(path: Path, record: dict) -> None:
+    """Write a settings record (JSON) atomically. Processes sharing a folder (--rank/--world-size) write the
+    same bytes, so whichever rename comes last leaves the same file; an unchanged record is not rewritten."""
+    data = (json.dumps(record, indent=2) + "\n").encode()
+    try:
+        if path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    atomic_write_bytes(path, data)
 
 
 def split_done(jobs: Sequence, resume: bool, is_done: Callable[[Any], bool] | None = None) -> tuple[list, int]:
@@ -196,8 +261,11 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
     only names the record in errors.
     """
     if data is None:
+        if not is_image_file(job.src):
+            raise ImageReadError(job.src, f"unsupported image format {job.src.suffix.lower() or '(no extension)'} "
+                                          f"(puface reads {', '.join(IMAGE_EXTENSIONS)}); convert it to PNG first")
         data = job.src.read_bytes() if job.src.is_file() else None
-    im = open_image(job.src, data=data)
+    im, alpha, gray = open_image_parts(job.src, data=data)
     exif_bytes = icc = None
     fmt = ""
     try:
@@ -210,7 +278,32 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
                 exif_bytes = exif.tobytes()
     except Exception:  # metadata is best effort; the pixels were read fine
         pass
-    return LoadedImage(job, np.asarray(im, dtype=np.uint8), exif_bytes, icc, fmt)
+    return LoadedImage(job, np.asarray(im, dtype=np.uint8), exif_bytes, icc, fmt, alpha, gray)
+
+
+def in_input_mode(item: LoadedImage, image: np.ndarray) -> np.ndarray:
+    """A processed uint8 RGB image of `item`'s size in the input's own mode: a grayscale input back to one
+    channel (L), an input's alpha channel reattached (LA / RGBA). Other sizes (chips cut from a photo) stay RGB."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != item.image.shape[:2]:
+        return image
+    out = np.asarray(Image.fromarray(image, "RGB").convert("L")) if item.gray else image
+    if item.alpha is not None and item.alpha.shape == image.shape[:2]:
+        out = np.dstack([out, item.alpha])
+    return out
+
+
+def keep_input_mode(process: Callable[[list[LoadedImage]], list[Outcome]]) -> Callable[[list[LoadedImage]], list[Outcome]]:
+    """A batch function whose "ok" images are written in their input's mode (`in_input_mode`): what
+    `purify` promises (grayscale stays grayscale, transparency is kept); 8 bits per channel."""
+
+    def process_in_mode(items: list[LoadedImage]) -> list[Outcome]:
+        outcomes = process(items)
+        for item, out in zip(items, outcomes):
+            if out.status == "ok" and out.image is not None:
+                out.image = in_input_mode(item, out.image)
+        return outcomes
+
+    return process_in_mode
 
 
 def _write_outcome(item: LoadedImage, out: Outcome, quality: int) -> None:

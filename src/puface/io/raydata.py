@@ -68,7 +68,7 @@ def _obj(values) -> np.ndarray:
 def _decode_stage(batch: dict) -> dict:
     """Ray task: read and decode each file; decoded pixels travel as raw bytes + shape."""
     n = len(batch["src"])
-    pixels, h, w, exif, icc, fmt, error = [], [], [], [], [], [], []
+    pixels, h, w, exif, icc, fmt, error, alpha, gray = [], [], [], [], [], [], [], [], []
     for i in range(n):
         job = FileJob(Path(batch["src"][i]), Path(batch["dst"][i]), Path(batch["rel"][i]))
         try:
@@ -79,6 +79,8 @@ def _decode_stage(batch: dict) -> dict:
             exif.append(item.exif or b"")
             icc.append(item.icc_profile or b"")
             fmt.append(item.format)
+            alpha.append(b"" if item.alpha is None else np.ascontiguousarray(item.alpha).tobytes())
+            gray.append(item.gray)
             error.append("")
         except Exception as e:  # ImageReadError, or anything a hostile file provokes
             reason = e.reason if isinstance(e, ImageReadError) else f"unexpected read error ({type(e).__name__}: {e})"
@@ -88,10 +90,12 @@ def _decode_stage(batch: dict) -> dict:
             exif.append(b"")
             icc.append(b"")
             fmt.append("")
+            alpha.append(b"")
+            gray.append(False)
             error.append(reason)
     return {"src": batch["src"], "dst": batch["dst"], "rel": batch["rel"], "pixels": _obj(pixels),
             "h": np.asarray(h, np.int64), "w": np.asarray(w, np.int64), "exif": _obj(exif), "icc": _obj(icc),
-            "fmt": _obj(fmt), "error": _obj(error)}
+            "fmt": _obj(fmt), "error": _obj(error), "alpha": _obj(alpha), "gray": np.asarray(gray, bool)}
 
 
 class _BatchActor:
@@ -112,12 +116,16 @@ class _BatchActor:
         reason = list(batch["error"])
         out_pixels: list[bytes] = [b""] * n
         stats = ["{}"] * n
+        channels = np.full(n, 3, np.int64)
         for i in range(n):
             if batch["error"][i]:
                 continue
             img = np.frombuffer(batch["pixels"][i], np.uint8).reshape(int(batch["h"][i]), int(batch["w"][i]), 3)
             job = FileJob(Path(batch["src"][i]), Path(batch["dst"][i]), Path(batch["rel"][i]))
-            items.append(LoadedImage(job, img, batch["exif"][i] or None, batch["icc"][i] or None, batch["fmt"][i]))
+            h, w = int(batch["h"][i]), int(batch["w"][i])
+            alpha = np.frombuffer(batch["alpha"][i], np.uint8).reshape(h, w) if batch["alpha"][i] else None
+            items.append(LoadedImage(job, img, batch["exif"][i] or None, batch["icc"][i] or None, batch["fmt"][i],
+                                     alpha, bool(batch["gray"][i])))
             where.append(i)
         outcomes = call_process(self.process, items) if items else []
         for i, out in zip(where, outcomes):
@@ -125,12 +133,14 @@ class _BatchActor:
             stats[i] = json.dumps(out.stats)
             if out.status == "ok":
                 img = np.ascontiguousarray(out.image, dtype=np.uint8)
-                if img.ndim != 3 or img.shape[2] != 3:
+                if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (2, 3, 4))):
                     status[i], reason[i] = "fail", f"batch function returned an image of shape {img.shape}"
                     continue
                 out_pixels[i] = img.tobytes()
                 batch["h"][i], batch["w"][i] = img.shape[0], img.shape[1]
+                channels[i] = 1 if img.ndim == 2 else img.shape[2]
         return {"src": batch["src"], "dst": batch["dst"], "pixels": _obj(out_pixels), "h": batch["h"], "w": batch["w"],
+                "c": channels,
                 "exif": batch["exif"], "icc": batch["icc"], "status": _obj(status), "reason": _obj(reason),
                 "stats": _obj(stats)}
 
@@ -144,8 +154,10 @@ def _write_stage(quality: int) -> Callable[[dict], dict]:
             dst = Path(batch["dst"][i])
             try:
                 if status[i] == "ok":
-                    img = np.frombuffer(batch["pixels"][i], np.uint8).reshape(int(batch["h"][i]), int(batch["w"][i]), 3)
-                    data = encode_image(img, pil_format_for(dst), quality=quality, exif=batch["exif"][i] or None,
+                    c = int(batch["c"][i])
+                    img = np.frombuffer(batch["pixels"][i], np.uint8).reshape(int(batch["h"][i]), int(batch["w"][i]), c)
+                    data = encode_image(img[..., 0] if c == 1 else img, pil_format_for(dst), quality=quality,
+                                        exif=batch["exif"][i] or None,
                                         icc_profile=batch["icc"][i] or None)
                     atomic_write_bytes(dst, data)
                 elif status[i] == "copy":

@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ..utils.errors import ImageReadError, MissingDependencyError, PufaceError
-from .files import check_output_folder, list_image_files
+from .files import check_output_folder, check_output_root, list_image_files
 from .images import encode_image
 from .jobs import FileJob, JobReport, LoadedImage, Outcome, _StatsCSV, call_process, load_for_job, split_done
 
@@ -62,16 +62,27 @@ class ShardJob:
 
 @dataclass
 class ShardReport(JobReport):
-    """A `JobReport` over records (`total`, `written`, `failed` as "shard:key"), plus shard counts."""
+    """A `JobReport` over the records of the shards written (`total`, `written`, `failed` as "shard:key"), plus
+    shard counts: a shard that cannot be read or written to the end is left out whole, listed in `shards_failed`
+    (its records are not counted)."""
 
     shards: int = 0
     shards_written: int = 0
     shards_resumed: int = 0
+    shards_failed: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed or self.shards_failed else 0
 
     def summary(self, verb: str = "written") -> str:
-        head = (f"{self.shards} shards: {self.shards_written} {verb}, {self.shards_resumed} already done (skipped); "
-                "records of the shards written: ")
-        return head + super().summary(verb)
+        head = (f"{self.shards} shards: {self.shards_written} {verb}, {self.shards_resumed} already done (skipped), "
+                f"{len(self.shards_failed)} failed; records of the shards written: ")
+        lines = [head + super().summary(verb)]
+        if self.shards_failed:
+            lines.append(f"FAILED shards, left out whole ({len(self.shards_failed)}):")
+            lines.extend(f"  {p}: {why}" for p, why in self.shards_failed)
+        return "\n".join(lines)
 
 
 def _has_glob(text: str) -> bool:
@@ -135,6 +146,7 @@ def plan_shards(spec: str | Path, out_root: str | Path) -> list[ShardJob]:
     """Map every shard `spec` names to the same relative path under `out_root` (see `find_shards`)."""
     files, base = find_shards(spec)
     out_root = Path(out_root)
+    check_output_root(out_root)
     if base.is_dir() and Path(spec).is_dir():
         check_output_folder(base, out_root)
     jobs = []
@@ -470,6 +482,7 @@ def run_shard_job(
     with ThreadPoolExecutor(max_workers=max(1, io_workers), thread_name_prefix="puface-io") as pool:
         for job in todo:
             writer = _ShardWriter(job)
+            mark = (report.total, report.written, len(report.copied), len(report.skipped), len(report.failed))
             try:
                 if job.format == "webdataset":
                     _need("webdataset")
@@ -491,7 +504,10 @@ def run_shard_job(
                 writer.abort()
                 if isinstance(e, (PufaceError, KeyboardInterrupt)) or not isinstance(e, Exception):
                     raise
-                report.failed.append((job.src, f"cannot read or write the shard ({type(e).__name__}: {e})"))
+                # the shard is left out whole: its records, written or not, are not counted
+                report.total, report.written = mark[0], mark[1]
+                del report.copied[mark[2]:], report.skipped[mark[3]:], report.failed[mark[4]:]
+                report.shards_failed.append((job.src, f"cannot read or write the shard ({type(e).__name__}: {e})"))
                 say(f"error: {job.src}: cannot read or write the shard ({type(e).__name__}: {e})")
                 continue
             report.shards_written += 1

@@ -102,7 +102,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except PufaceError:
         raise
     except Exception as e:
-        raise PufaceError(f"{path}: cannot read purifier checkpoint ({type(e).__name__}: {e})") from None
+        raise PufaceError(f"{path}: not a purifier checkpoint (expected a puface .safetensors or torch .pt file; "
+                          f"reading it failed with {type(e).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise PufaceError(f"{path}: not a puface purifier checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r})")
     if int(ckpt.get("format_version", 0)) > FORMAT_VERSION:

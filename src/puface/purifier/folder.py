@@ -13,15 +13,21 @@ import numpy as np
 import torch
 
 from ..align import align_adapter
-from ..io.jobs import LoadedImage, Outcome, group_by_size, plan_mirror, run_folder_job, shard
+from ..io.jobs import (LoadedImage, Outcome, check_settings, group_by_size, keep_input_mode, plan_mirror, run_folder_job,
+                       shard, write_settings)
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
+from ..utils.fingerprint import module_fingerprint
 from ..utils.images import tensor_to_image, to_float
+from ..utils.version import __version__
 from .model import TEMPLATES, Purifier, as_layouts, is_shipped, primary_purifier
 
-__all__ = ["ENGINES", "make_batch_process", "purify_folder", "purify_shards", "ray_batch_process"]
+__all__ = ["ENGINES", "CONFIG_NAME", "make_batch_process", "purify_folder", "purify_shards", "purify_settings",
+           "open_output", "ray_batch_process"]
 
 ENGINES = ("local", "ray")
+#: The settings record of an output folder (`purify_settings`): a resume with other settings is refused.
+CONFIG_NAME = "purify_config.json"
 
 
 #: `puface purify --template auto`: the face layout a chip of this size is taken to be in.
@@ -90,7 +96,33 @@ def ray_batch_process(purifier: Purifier | Mapping[str, Purifier] | str | None, 
     process = make_batch_process(purifier, dev, template="dlib150" if align else template)
     if align:
         process = align_adapter(process, chip_size=150, no_face=no_face, largest_face=largest_face)
-    return process
+    return keep_input_mode(process)
+
+
+def purify_settings(in_path: str | Path, purifier: Purifier | Mapping[str, Purifier], *, template: str = "auto",
+                    align: bool = False, largest_face: bool = False, no_face: str = "copy", quality: int = 95,
+                    **more) -> dict:
+    """What an output folder's images depend on, for its settings record (OUT/purify_config.json): the purifier
+    of each face layout (its weights' fingerprint), the template, the alignment options, the quality of lossy
+    outputs, and `more` (e.g. `unmask`, the detection that leaves photos out). Not the batch size, device,
+    threads or the process's rank: those change no output."""
+    return {
+        "puface_version": __version__,
+        "input": str(in_path),
+        "purifier": {t: module_fingerprint(p) for t, p in sorted(as_layouts(purifier).items())},
+        "template": template,
+        "align": {"align": align, "largest_face": largest_face, "no_face": no_face} if align else {"align": False},
+        "quality": quality,
+        **more,
+    }
+
+
+def open_output(out_path: str | Path, record: dict, resume: bool) -> None:
+    """Check `record` (`purify_settings`) against the one in `out_path` (a resume with other settings is
+    refused: `--no-resume` redoes every image) and write it there."""
+    path = Path(out_path) / CONFIG_NAME
+    check_settings(path, record, resume=resume, kind="purifying")
+    write_settings(path, record)
 
 
 def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifier | None = None,
@@ -100,7 +132,9 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
                   align: bool = False, largest_face: bool = False, no_face: str = "copy",
                   engine: str = "local", address: str | None = None, workers: int | None = None,
                   cpus_per_worker: float = 1.0, template: str = "auto",
-                  prepare: Callable[[LoadedImage], np.ndarray] | None = None):
+                  prepare: Callable[[LoadedImage], np.ndarray] | None = None,
+                  prepare_factory: Callable[[], Callable[[LoadedImage], np.ndarray]] | None = None,
+                  settings: Mapping | None = None):
     """Purify every image under `in_path` into the mirrored tree `out_path` (names, formats and sizes kept).
 
     rank/world_size: this process handles every world_size-th file (multi-process purification).
@@ -109,7 +143,10 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
     a new local one when None, with `workers` actors of `cpus_per_worker` CPUs, or one GPU each when
     `device` is CUDA; `puface.io.raydata`). template: the chips' face layout ("auto": by size, see
     `make_batch_process`). prepare: each decoded input -> the uint8 image to purify instead (e.g. a folder's
-    shared pattern subtracted, `defenses.shared`; local engine; the change statistics are then the purifier's).
+    shared pattern subtracted, `defenses.shared`; local engine; the change statistics are then the purifier's);
+    prepare_factory: makes `prepare` once the output folder is checked (a slow step, e.g. reading all of IN).
+    settings: more output-changing settings for OUT's record (`purify_settings`, e.g. {"unmask": True});
+    resuming into a folder made with other settings is refused (`resume=False` redoes every image).
     Returns the `JobReport`.
     """
     if engine not in ENGINES:
@@ -119,6 +156,10 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
     layouts: Purifier | dict[str, Purifier] = purifier if purifier is not None else \
         Purifier.load_layouts(weights, device="cpu" if engine == "ray" else dev)  # checks the file here
     jobs = plan_mirror(in_path, out_path)
+    open_output(out_path, purify_settings(in_path, layouts, template=template, align=align, largest_face=largest_face,
+                                          no_face=no_face, quality=quality, **(settings or {})), resume)
+    if prepare_factory is not None:
+        prepare = prepare_factory()
     if world_size > 1:
         jobs = shard(jobs, rank, world_size)
     if engine == "ray":
@@ -168,6 +209,8 @@ def purify_shards(in_spec: str | Path, out_path: str | Path, *, purifier: Purifi
     dev = resolve_device(device)
     layouts = purifier if purifier is not None else Purifier.load_layouts(weights, device=dev)
     jobs = plan_shards(in_spec, out_path)
+    open_output(out_path, purify_settings(in_spec, layouts, template=template, align=align, largest_face=largest_face,
+                                          no_face=no_face, quality=quality, image_field=image_field), resume)
     if world_size > 1:
         jobs = jobs[rank::world_size]
     process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template)
