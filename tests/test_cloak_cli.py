@@ -223,3 +223,32 @@ def test_cap_project_is_recorded_and_fawkes_only(tree, tmp_path, capsys, dlib_av
     assert json.loads((out / "cloak_config.json").read_text())["attack"]["cap"] == "project"
     code, _, err = run(["cloak", "--attack", "lowkey", "--cap", "project", str(tree), str(tmp_path / "c")], capsys)
     assert code == 2 and "Fawkes options" in err and "Traceback" not in err
+
+
+def test_evaluate_reads_the_surrogates_of_a_puface_cloak_folder(johns_dir, tmp_path, capsys, dlib_available):
+    """`evaluate --cloaked DIR` on a `puface cloak` folder: the victim that was the surrogate is a white-box run;
+    the same cloaks without the record (another tool's folder) count as oblivious."""
+    data = tmp_path / "data"
+    idents = sorted(p.name for p in johns_dir.iterdir() if p.is_dir())[:3]
+    for ident in idents:
+        (data / ident).mkdir(parents=True)
+        for src in sorted((johns_dir / ident).glob("*.jpg"))[:4]:
+            shutil.copy(src, data / ident / src.name)
+    user = idents[0]
+    cloaked = tmp_path / "cloaked"
+    code, _, err = run(["cloak", *FAST, str(data / user), str(cloaked / user)], capsys)
+    assert code == 0, err
+    shutil.move(str(cloaked / user / "cloak_config.json"), str(cloaked / "cloak_config.json"))
+    bare = tmp_path / "bare"
+    shutil.copytree(cloaked, bare, ignore=shutil.ignore_patterns("cloak_config.json", "cloak_stats.csv"))
+
+    def settings(folder, out):
+        code, _, err = run(["evaluate", "--data", str(data), "--user", user, "--cloaked", str(folder),
+                            "--victim", "dlib-resnet29", "--defense", "none", "--trainer", "nn", "--no-detect",
+                            "--no-progress", "--device", "cpu", "--out", str(out)], capsys)
+        assert code == 0, err
+        rows = list(csv.DictReader(open(out / "results.csv")))
+        return {r["setting"] for r in rows if r["attack"].startswith("folder-")}
+
+    assert settings(cloaked, tmp_path / "run1") == {"white-box"}
+    assert settings(bare, tmp_path / "run2") == {"oblivious"}

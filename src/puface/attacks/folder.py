@@ -51,6 +51,16 @@ class FolderCloaks:
         self.patterns = tuple(patterns) if patterns else self.DEFAULT_PATTERNS
         self.name = f"folder-{self.root.name}"
 
+    @property
+    def recorded_surrogates(self) -> list[dict]:
+        """The surrogates `puface cloak` recorded in ROOT/cloak_config.json (name, weights fingerprint, ...);
+        empty for folders made by other tools (no record) or an unreadable record."""
+        try:
+            record = json.loads((self.root / CONFIG_NAME).read_text())
+            return [s for s in record["attack"]["surrogates"] if isinstance(s, dict)]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+
     def _candidates(self, natural: Path, data_root: Path) -> list[Path]:
         rel = Path(natural).relative_to(data_root)
         folder = self.root / rel.parent

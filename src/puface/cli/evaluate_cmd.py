@@ -144,7 +144,9 @@ def _check_image_size(ctx: click.Context, param: click.Parameter, value: int) ->
                    "The clean reference (no cloak) is always included. Default: fawkes:mode=high.")
 @click.option("--cloaked", "cloaked", multiple=True, type=click.Path(path_type=Path),
               help="A folder of cloaked images made elsewhere (Fawkes/LowKey tools, `puface cloak`) mirroring --data "
-                   "(<identity>/<stem>_cloaked.png etc.); used as an attack; repeatable.")
+                   "(<identity>/<stem>_cloaked.png etc.); used as an attack; repeatable. A folder from `puface cloak` "
+                   "names its surrogates (cloak_config.json), so runs on those victims count as white-box; for other "
+                   "tools' folders, a config's folder attack with `embedders` says it.")
 @click.option("--victim", "victims", multiple=True, help="Face model the FR model is built on (registry name or model file); repeatable. Default: dlib-resnet29.")
 @click.option("--trainer", "trainers", multiple=True, help="nn, linear or e2e (with settings: e2e:steps=300); repeatable. Default: nn and linear.")
 @click.option("--defense", "defenses", multiple=True,

@@ -20,13 +20,16 @@ from ..models.registry import load_embedder
 from ..utils.errors import ConfigError
 from .config import AttackEntry, DefenseEntry, ExperimentConfig
 
-__all__ = ["build_attack", "build_defense", "build_victims", "build_trainers", "draw_users", "results_fingerprint",
+__all__ = ["build_attack", "build_defense", "build_victims", "recorded_surrogates", "build_trainers", "draw_users", "results_fingerprint",
            "excluded_identities", "cached_grid_cloaks"]
 
 
-def build_attack(entry: AttackEntry, seed: int, device: str | None, cloak_batch_size: int | None = None) -> AttackSpec:
+def build_attack(entry: AttackEntry, seed: int, device: str | None, cloak_batch_size: int | None = None,
+                 victims: dict[str, FaceEmbedder] | None = None) -> AttackSpec:
     """An `AttackSpec` for the protocol (the attack object is built here). `cloak_batch_size`: images
-    optimised together when the entry does not set `batch_size` (None: the attack's own default)."""
+    optimised together when the entry does not set `batch_size` (None: the attack's own default).
+    A folder of cloaks without `embedders` takes its surrogates from the record `puface cloak` left in it:
+    the victims (name -> embedder) whose weights are a recorded surrogate's, so white-box runs are told apart."""
     if entry.is_clean:
         return AttackSpec(entry.label, None)
     if entry.name == "folder":
@@ -36,7 +39,12 @@ def build_attack(entry: AttackEntry, seed: int, device: str | None, cloak_batch_
         root, pats = params.pop("root"), params.pop("patterns", None)
         if params:
             raise ConfigError(f"attack {entry.label!r}: unknown option(s) {', '.join(sorted(params))} (known: root, patterns, embedders)")
-        return AttackSpec(entry.label, FolderCloaks(root, pats), surrogates=tuple(entry.embedders or ()))
+        folder = FolderCloaks(root, pats)
+        if entry.embedders is not None:
+            surrogates = tuple(entry.embedders)
+        else:
+            surrogates = recorded_surrogates(folder, victims or {})
+        return AttackSpec(entry.label, folder, surrogates=surrogates)
     kw = dict(entry.params)
     if entry.mode is not None:
         kw["mode"] = entry.mode
@@ -57,6 +65,16 @@ def build_defense(entry: DefenseEntry, device: str | None) -> Defense:
         if spec.get("name") == "puface" and device and "device" not in spec:
             spec["device"] = device
     return create_defense(spec)
+
+
+def recorded_surrogates(folder: FolderCloaks, victims: dict[str, FaceEmbedder]) -> tuple[str, ...]:
+    """The names of the surrogates recorded in a folder of cloaks, and of the `victims` (name -> embedder)
+    that are one of them (same weights fingerprint), so that a victim given as a file path matches too."""
+    recorded = folder.recorded_surrogates
+    prints = {s.get("weights_sha256_16") for s in recorded} - {None}
+    names = [str(s["name"]) for s in recorded if "name" in s]
+    names += [v for v, emb in victims.items() if v not in names and emb.fingerprint() in prints]
+    return tuple(names)
 
 
 def build_victims(cfg: ExperimentConfig, device: str | None) -> dict[str, FaceEmbedder]:

@@ -88,7 +88,7 @@ def run_experiment(
             echo(f"seed {seed} ({cfg.protocol}-time protocol): {len(data.identities)} identities, {len(data.train)} training / {len(data.test)} test images; "
                  f"protected users: {', '.join(users)}")
             proto = protocol_class(cfg.protocol)(
-                data, users, [build_attack(a, seed, device, cfg.run["cloak_batch_size"]) for a in cfg.attacks],
+                data, users, [build_attack(a, seed, device, cfg.run["cloak_batch_size"], victims) for a in cfg.attacks],
                 victims, trainers, defenses, cache=cache, done=folder.done, on_result=folder.add_run,
                 on_quality=lambda *q, seed=seed: folder.add_quality(seed, *q),
                 on_example=lambda *e, seed=seed: folder.add_example(seed, *e),
