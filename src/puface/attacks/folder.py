@@ -9,6 +9,7 @@ OUT/cloak_stats.csv and the attack's config in OUT/cloak_config.json.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
