@@ -288,7 +288,10 @@ def test_cli_reproduce_evaluate_and_errors(tmp_path, monkeypatch, capsys):
     assert pooled and {(r["seeds"], r["n"]) for r in pooled} == {(3, 6)}  # 2 users x 3 seeds per cell
     with pytest.raises(PufaceError, match="seed 3 is also"):
         load_pooled([tmp_path / "r34", tmp_path / "r34"])
-    assert main(["report", "headline", str(tmp_path / "r34"), str(tmp_path / "r5")]) == 0
+    # this grid has no purifier: the headline says which label to compare, then compares the one named
+    assert main(["report", "headline", str(tmp_path / "r34"), str(tmp_path / "r5")]) == 2
+    assert "no defense labelled 'puface' (defenses: bitdepth-4, blur-s1, none)" in capsys.readouterr().err
+    assert main(["report", "headline", str(tmp_path / "r34"), str(tmp_path / "r5"), "--puface", "blur-s1"]) == 0
     assert "| checker | test-colour-texture | nn | white-box | 100.0 |" in capsys.readouterr().out
 
     saved = tmp_path / "saved.toml"
