@@ -59,7 +59,7 @@ def load_pooled(folders: list[Path]) -> list[dict]:
     folders = [Path(f) for f in folders]
     resolved = all((f / "config.resolved.json").is_file() for f in folders)
 
-    def grid(folder: Path) -> dict:
+    def config(folder: Path) -> dict:
         if resolved:
             return json.loads((folder / "config.resolved.json").read_text(encoding="utf-8"))
         if not (folder / "config.toml").is_file():
@@ -67,9 +67,11 @@ def load_pooled(folders: list[Path]) -> list[dict]:
                               "config.resolved.json, to check the folders ran one grid)")
         return read_toml(folder / "config.toml")
 
-    grids = [grid(f) for f in folders]
-    if any({k: v for k, v in g.items() if k not in ("seeds", "source")} !=
-           {k: v for k, v in grids[0].items() if k not in ("seeds", "source")} for g in grids[1:]):
+    def grid(cfg: dict) -> dict:
+        return {k: v for k, v in cfg.items() if k not in ("seeds", "source")}
+
+    grids = [config(f) for f in folders]
+    if any(grid(g) != grid(grids[0]) for g in grids[1:]):
         raise PufaceError(f"{', '.join(map(str, folders))}: not the same grid (configs differ beyond their seeds)")
     if not all((f / "results.csv").is_file() for f in folders):
         return _pool_summaries(folders, grids)
@@ -123,7 +125,7 @@ def headline(rows: list[dict], puface: str = "puface", where: str = "summary") -
     if puface not in labels:
         raise PufaceError(f"{where}: no defense labelled {puface!r} (defenses: {', '.join(labels) or 'none'}); the "
                           "headline compares the purifier with the others: name its label with --puface LABEL")
-    baselines = sorted({d for c in cells.values() for d in c} - NOT_BASELINES - {puface})
+    baselines = sorted(set(labels) - NOT_BASELINES - {puface})
     white = [c for k, c in cells.items() if k[3] == "white-box"]
 
     def mean_asr(d: str, cs) -> float:

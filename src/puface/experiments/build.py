@@ -73,7 +73,8 @@ def recorded_surrogates(folder: FolderCloaks, victims: dict[str, FaceEmbedder]) 
     recorded = folder.recorded_surrogates
     prints = {s.get("weights_sha256_16") for s in recorded} - {None}
     names = [str(s["name"]) for s in recorded if "name" in s]
-    names += [v for v, emb in victims.items() if v not in names and emb.fingerprint() in prints]
+    if prints:
+        names += [v for v, emb in victims.items() if v not in names and emb.fingerprint() in prints]
     return tuple(names)
 
 

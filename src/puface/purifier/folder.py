@@ -151,6 +151,8 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
     """
     if engine not in ENGINES:
         raise PufaceError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine == "ray" and (prepare is not None or prepare_factory is not None):
+        raise PufaceError("a prepare step runs on the local engine only")
     dev = resolve_device(device)
     given = purifier
     layouts: Purifier | dict[str, Purifier] = purifier if purifier is not None else \
@@ -166,9 +168,6 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
         from functools import partial
 
         from ..io.raydata import run_ray_job
-
-        if prepare is not None:
-            raise PufaceError("a prepare step runs on the local engine only")
 
         # a shipped name (None: the shipped ones) or a path lets each actor load the weights itself
         what: Purifier | str | None
