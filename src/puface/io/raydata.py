@@ -120,9 +120,9 @@ class _BatchActor:
         for i in range(n):
             if batch["error"][i]:
                 continue
-            img = np.frombuffer(batch["pixels"][i], np.uint8).reshape(int(batch["h"][i]), int(batch["w"][i]), 3)
-            job = FileJob(Path(batch["src"][i]), Path(batch["dst"][i]), Path(batch["rel"][i]))
             h, w = int(batch["h"][i]), int(batch["w"][i])
+            img = np.frombuffer(batch["pixels"][i], np.uint8).reshape(h, w, 3)
+            job = FileJob(Path(batch["src"][i]), Path(batch["dst"][i]), Path(batch["rel"][i]))
             alpha = np.frombuffer(batch["alpha"][i], np.uint8).reshape(h, w) if batch["alpha"][i] else None
             items.append(LoadedImage(job, img, batch["exif"][i] or None, batch["icc"][i] or None, batch["fmt"][i],
                                      alpha, bool(batch["gray"][i])))
