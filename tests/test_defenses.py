@@ -174,3 +174,22 @@ def test_puface_defense_with_a_missing_checkpoint_is_a_clear_error(tmp_path):
 def test_config_errors_are_config_errors():
     with pytest.raises(ConfigError):
         create_defense("jpeg", quality=200)
+
+
+def test_puface_step_goes_along_the_purifiers_change(faces):
+    """step = s gives x + s (P(x) - x) clamped: 1 is the purifier itself, 2 doubles its change; the exact
+    (attacker's) forward pass is the same function before the clamp; settings reach the label and cache key."""
+    plain, two = create_defense("puface"), create_defense("puface:step=2")
+    p = plain(faces)
+    assert torch.allclose(create_defense("puface:step=1")(faces), p)
+    assert torch.allclose(two(faces), (faces + 2 * (p - faces)).clamp(0, 1), atol=1e-6)
+    change = (two(faces) - faces).abs().mean() / (p - faces).abs().mean()
+    assert 1.7 < float(change) <= 2.0  # the clamp trims a little
+    with torch.no_grad():
+        exact = two.exact_forward(faces)
+    assert torch.allclose(exact.clamp(0, 1), two(faces), atol=1e-4)
+    assert two.name == "puface-step2" and plain.name == "puface"
+    assert "step" not in plain.params  # old configs keep their cache keys
+    assert two.cache_key != plain.cache_key
+    with pytest.raises(PufaceError, match="step"):
+        create_defense("puface:step=0")

@@ -139,7 +139,7 @@ def test_resume_with_other_settings_is_refused(photo_tree, tmp_path, weights, ca
     torch.manual_seed(1)
     other = Purifier(RedNetConfig(channels=8, depth=4, downsample=1)).save(tmp_path / "other.pt")
     for extra, what in ((["--template", "arcface112"], "template"), (["--quality", "80"], "quality"),
-                        (["--weights", str(other)], "purifier.dlib150"), (["--unmask"], "unmask")):
+                        (["--weights", str(other)], "purifier.dlib150"), (["--unmask"], "unmask"), (["--step", "1.5"], "step")):
         assert main([*base, *extra]) == 2
         cap = capsys.readouterr()
         assert "holds outputs of a different purifying setting" in cap.err and f"differs in: {what})" in cap.err
@@ -149,6 +149,40 @@ def test_resume_with_other_settings_is_refused(photo_tree, tmp_path, weights, ca
     assert main([*base, "--template", "arcface112", "--no-resume"]) == 0
     assert json.loads((out / "purify_config.json").read_text())["template"] == "arcface112"
     assert (out / "a" / "c.bmp").read_bytes() != before  # redone, as arcface112 chips
+
+
+def _png_chips(johns_dir: Path, root: Path, n: int = 2) -> list[np.ndarray]:
+    arrays = []
+    for p in sorted(johns_dir.glob("*/*.jpg"))[:n]:
+        arr = np.asarray(Image.open(p).convert("RGB"))
+        write_image(root / p.parent.name / f"{p.stem}.png", arr)
+        arrays.append(arr)
+    return arrays
+
+
+def test_purify_step_goes_along_the_purifiers_change(johns_dir, tmp_path, weights, capsys):
+    """--step S writes x + S (P(x) - x) (lossless PNG here: within rounding of the --step 1 output pushed S times
+    as far), through the plain job and the detecting one (--report) alike; --step 0 is refused."""
+    src = tmp_path / "in"
+    nat = _png_chips(johns_dir, src)
+    outs = {}
+    for name, extra in (("one", []), ("two", ["--step", "2"]), ("two-report", ["--step", "2", "--report"])):
+        w = [] if name == "two-report" else ["--weights", str(weights)]
+        assert main(["purify", *w, str(src), str(tmp_path / name), "--no-progress", "--device", "cpu", *extra]) == 0
+        outs[name] = [np.asarray(Image.open(p)).astype(np.int16) for p in sorted((tmp_path / name).rglob("*.png"))]
+    for x, one, two in zip(nat, outs["one"], outs["two"]):
+        want = np.clip(x + 2 * (one - x.astype(np.int16)), 0, 255)
+        assert np.abs(two - want).max() <= 2 and np.abs(two - one).mean() > 0.5
+    assert json.loads((tmp_path / "two" / "purify_config.json").read_text())["step"] == 2.0
+    assert "step" not in json.loads((tmp_path / "one" / "purify_config.json").read_text())
+    # the shipped purifier: the detecting job writes what the plain one does
+    assert main(["purify", str(src), str(tmp_path / "plain2"), "--no-progress", "--device", "cpu", "--step", "2"]) == 0
+    plain = [np.asarray(Image.open(p)).astype(np.int16) for p in sorted((tmp_path / "plain2").rglob("*.png"))]
+    for a, b in zip(plain, outs["two-report"]):
+        assert np.abs(a - b).max() <= 1
+    capsys.readouterr()
+    assert main(["purify", str(src), str(tmp_path / "zero"), "--step", "0"]) == 2
+    assert "--step" in capsys.readouterr().err
 
 
 def test_empty_input_and_a_file_as_output_are_one_line_errors(photo_tree, tmp_path, weights, capsys):

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..purifier.model import Purifier, is_shipped
+from ..purifier.model import Purifier, check_step, extrapolate, is_shipped
 from ..utils.errors import PufaceError
 from ..utils.fingerprint import module_fingerprint
 from .base import Defense
@@ -30,9 +30,11 @@ class PuFaceDefense(Defense):
     kind = "puface"
 
     def __init__(self, weights: str | None = None, batch_size: int = 32, device: str | None = None,
-                 template: str | None = None):
+                 template: str | None = None, step: float = 1.0):
         """template: the face layout of the images ("dlib150", "arcface112"; None: the purifier's own);
-        another layout is served by resampling to the purifier's face scale (`Purifier.forward_template`)."""
+        another layout is served by resampling to the purifier's face scale (`Purifier.forward_template`).
+        step: how far to go along the purifier's change, x + step * (P(x) - x), clamped to [0, 1] (1: P(x);
+        > 1 extrapolates past the purified image, 0 < step)."""
         if weights in ("", "default"):
             weights = None
         params: dict[str, Any] = {"weights": str(weights) if weights is not None else "default"}
@@ -42,7 +44,14 @@ class PuFaceDefense(Defense):
             if template not in TEMPLATES:
                 raise PufaceError(f"puface: unknown template {template!r}; choose one of {', '.join(TEMPLATES)}")
             params["template"] = template  # only when set: the configs and cache keys of old runs stay the same
+        try:
+            step = check_step(step)
+        except PufaceError as e:
+            raise PufaceError(f"puface: {e}") from None
+        if step != 1.0:
+            params["step"] = step  # likewise only when set
         super().__init__(**params)
+        self.step = step
         self.template = template
         self.batch_size = int(batch_size)
         self.device = device
@@ -82,7 +91,8 @@ class PuFaceDefense(Defense):
     def name(self) -> str:
         w = self.params["weights"]
         base = "puface" if w == "default" else f"puface-{Path(w).stem}"
-        return base if self.template is None else f"{base}-{self.template}"
+        base = base if self.template is None else f"{base}-{self.template}"
+        return base if self.step == 1.0 else f"{base}-step{self.step:g}"
 
     @property
     def fingerprint(self) -> str:
@@ -97,11 +107,12 @@ class PuFaceDefense(Defense):
         kw: dict[str, Any] = {"batch_size": self.batch_size, "template": self.template}
         if self.device:
             kw["device"] = self.device
-        return self.purifier.purify(images, **kw).cpu()
+        return self.purifier.purify(images, step=self.step, **kw).cpu()
 
     def exact_forward(self, images: torch.Tensor) -> torch.Tensor:
         """The purifier's forward pass with gradients (no clamp: what an attacker differentiates)."""
-        return self.purifier.forward_template(images, self.template)
+        out = self.purifier.forward_template(images, self.template)
+        return out if self.step == 1.0 else extrapolate(images, out, self.step, clamp=False)
 
 
 def defense_training_identities(defense: Defense) -> set[str] | None:

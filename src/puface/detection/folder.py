@@ -28,7 +28,8 @@ from ..io.images import atomic_write_bytes
 from ..io.jobs import (FileJob, JobReport, LoadedImage, Outcome, group_by_size, image_inputs, keep_input_mode, plan_mirror,
                        run_folder_job, shard)
 from ..utils.errors import PufaceError
-from ..utils.images import tensor_to_image
+from ..purifier.model import extrapolate
+from ..utils.images import tensor_to_image, to_float
 from .detector import CloakDetector, detector_path, load_detector
 
 __all__ = ["detect_folder", "detect_batch_process", "purify_folder_detected", "calibrate_on_folder", "DetectReport", "identity_of", "summarise_identities"]
@@ -383,7 +384,7 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
                            batch_size: int = 16, resume: bool = True, rank: int = 0, world_size: int = 1,
                            quality: int = 95, io_workers: int = 2, progress: bool = True, align: bool = False,
                            largest_face: bool = False, scores_csv: str | Path | None = None,
-                           weights: str | Path | None = None) -> DetectReport:
+                           weights: str | Path | None = None, step: float = 1.0) -> DetectReport:
     """Purify every image under `in_path` into the mirrored tree `out_path`, scoring each for a cloak first.
 
     skip_cloaked: photos judged cloaked are left out (not written; listed in OUT/cloaked.csv), so a
@@ -394,6 +395,8 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
     crops, ...) are written as `puface purify` writes them (each layout to its purifier; `weights` as there,
     None = the shipped ones); their score is that of the image resized to a chip. `align`: photos, not chips
     (faces detected, purified and pasted back; with skip_cloaked a photo with any cloaked face is left out).
+    step: how far along the purifier's change the written images go (`Purifier.purify`; the score is that of
+    P(x) either way).
     """
     in_path, out_path = Path(in_path), Path(out_path)
     jobs = plan_mirror(in_path, out_path)
@@ -407,14 +410,16 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
     fields = ["path", "status", "score", "cloaked", *feature_columns(det)] + (["faces"] if align else []) + ["note"]
     det_id = det.fingerprint()
     from ..purifier.folder import make_batch_process, open_output, purify_settings
-    from ..purifier.model import Purifier, as_layouts, is_shipped
+    from ..purifier.model import Purifier, as_layouts, check_step, is_shipped
+
+    step = check_step(step)
 
     # chips of the detector's size get its own P(x); other images `puface purify`'s purifier for their layout
     layouts = Purifier.load_layouts(weights, device=det.device) if is_shipped(weights) else det.purifier
     serving = {**as_layouts(layouts), det.purifier.template: det.purifier}
     left_out = {"detector": det_id, "threshold": round(float(threshold), 6)} if skip_cloaked else None
     open_output(out_path, purify_settings(in_path, serving, align=align, largest_face=largest_face, quality=quality,
-                                          skip_cloaked=left_out), resume)
+                                          step=step, skip_cloaked=left_out), resume)
     previous = _read_rows(scores, fields) if resume else []
     if previous or scores.exists():
         _write_csv(scores, previous, fields)
@@ -423,11 +428,13 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
 
     def purify_others(items: list[LoadedImage]) -> list[np.ndarray]:
         if not other_sizes:
-            other_sizes.append(make_batch_process(layouts, det.device))
+            other_sizes.append(make_batch_process(layouts, det.device, step=step))
         return [o.image for o in other_sizes[0](items)]
 
     def chip_process(items: list[LoadedImage]) -> list[Outcome]:
         feats, purified = _chip_features(det, [it.image for it in items], batch_size)
+        if step != 1.0:
+            purified = _extrapolated(items, purified, step)
         images = [tensor_to_image(p) for p in purified]
         others = [i for i, it in enumerate(items) if images[i].shape != it.image.shape]
         for i, img in zip(others, purify_others([items[i] for i in others]) if others else []):
@@ -461,6 +468,16 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
     cloaked = [{"path": r["path"], "score": r["score"], "status": r.get("status", "")} for r in rep.rows if str(r.get("cloaked")) == "1"]
     _write_csv(out_path / "cloaked.csv", cloaked, ["path", "score", "status"])
     return rep
+
+
+def _extrapolated(items: list[LoadedImage], purified: torch.Tensor, step: float) -> list[torch.Tensor]:
+    """Each chip's x + step (P(x) - x); images of another size than the chips keep P(x) (they are re-purified
+    by `puface purify`'s batch function, which applies the step itself)."""
+    out = []
+    for it, p in zip(items, purified):
+        x = to_float(torch.from_numpy(np.ascontiguousarray(it.image)).permute(2, 0, 1))
+        out.append(extrapolate(x, p.to(x.device), step) if tuple(x.shape) == tuple(p.shape) else p)
+    return out
 
 
 def _merge_face_stats(rows: list[dict]) -> dict:

@@ -20,7 +20,7 @@ from ..utils.errors import PufaceError
 from ..utils.fingerprint import module_fingerprint
 from ..utils.images import tensor_to_image, to_float
 from ..utils.version import __version__
-from .model import TEMPLATES, Purifier, as_layouts, is_shipped, primary_purifier
+from .model import TEMPLATES, Purifier, as_layouts, check_step, is_shipped, primary_purifier
 
 __all__ = ["ENGINES", "CONFIG_NAME", "make_batch_process", "purify_folder", "purify_shards", "purify_settings",
            "open_output", "ray_batch_process"]
@@ -43,14 +43,15 @@ def template_for(shape: tuple[int, int], template: str) -> str | None:
 
 
 def make_batch_process(purifier: Purifier | Mapping[str, Purifier], device: torch.device, channels_last: bool = True,
-                       template: str = "auto", warn: Callable[[str], None] | None = None) -> Callable:
+                       template: str = "auto", warn: Callable[[str], None] | None = None, step: float = 1.0) -> Callable:
     """A `run_folder_job` batch function: purify each same-size group of decoded images at once.
 
     purifier: one purifier, or one per face layout (`Purifier.load_layouts`: images of a layout go to the
     purifier trained on it, others to the dlib150 one, else the first). template: the chips' face layout,
     "dlib150" or "arcface112" (a purifier trained on another layout serves it by resampling to its face
     scale, `Purifier.forward_template`), or "auto": by size (150x150 dlib150, 112x112 arcface112; other sizes
-    are purified at their own size as the purifier's layout, and `warn` is told once).
+    are purified at their own size as the purifier's layout, and `warn` is told once). step: how far along the
+    purifier's change (`Purifier.purify`; 1 = P(x)).
     """
     if template != "auto" and template not in TEMPLATES:
         raise PufaceError(f"unknown template {template!r}; choose auto or one of {', '.join(TEMPLATES)}")
@@ -71,7 +72,7 @@ def make_batch_process(purifier: Purifier | Mapping[str, Purifier], device: torc
                     f"purified at their own size as {purifier.template} chips; pass --template to say their layout")
             arr = np.stack([items[i].image for i in idx])  # (n, H, W, 3) uint8
             x = to_float(torch.from_numpy(arr).permute(0, 3, 1, 2))
-            y = purifier.purify(x, batch_size=len(idx), channels_last=channels_last, template=t)
+            y = purifier.purify(x, batch_size=len(idx), channels_last=channels_last, template=t, step=step)
             for j, i in enumerate(idx):
                 out = tensor_to_image(y[j])
                 change = np.abs(out.astype(np.int16) - items[i].image.astype(np.int16))
@@ -83,7 +84,7 @@ def make_batch_process(purifier: Purifier | Mapping[str, Purifier], device: torc
 
 def ray_batch_process(purifier: Purifier | Mapping[str, Purifier] | str | None, device: str | None = None,
                       align: bool = False, largest_face: bool = False, no_face: str = "copy",
-                      template: str = "auto") -> Callable:
+                      template: str = "auto", step: float = 1.0) -> Callable:
     """The batch function `make_batch_process` (with `align_adapter` when align) for a purifier (or one per
     layout), a checkpoint path or a shipped name (None: the shipped ones, one per layout,
     `Purifier.load_layouts`); `functools.partial` of this is the Ray engine's picklable factory (a path keeps
@@ -93,7 +94,7 @@ def ray_batch_process(purifier: Purifier | Mapping[str, Purifier] | str | None, 
         purifier = Purifier.load_layouts(purifier, device=dev)
     if align:  # photos: puface cuts dlib150 chips itself
         purifier = primary_purifier(purifier)
-    process = make_batch_process(purifier, dev, template="dlib150" if align else template)
+    process = make_batch_process(purifier, dev, template="dlib150" if align else template, step=step)
     if align:
         process = align_adapter(process, chip_size=150, no_face=no_face, largest_face=largest_face)
     return keep_input_mode(process)
@@ -101,11 +102,12 @@ def ray_batch_process(purifier: Purifier | Mapping[str, Purifier] | str | None, 
 
 def purify_settings(in_path: str | Path, purifier: Purifier | Mapping[str, Purifier], *, template: str = "auto",
                     align: bool = False, largest_face: bool = False, no_face: str = "copy", quality: int = 95,
-                    **more) -> dict:
+                    step: float = 1.0, **more) -> dict:
     """What an output folder's images depend on, for its settings record (OUT/purify_config.json): the purifier
     of each face layout (its weights' fingerprint), the template, the alignment options, the quality of lossy
-    outputs, and `more` (e.g. `unmask`, the detection that leaves photos out). Not the batch size, device,
-    threads or the process's rank: those change no output."""
+    outputs, the step (recorded when not 1, so that folders made before it existed still resume), and `more`
+    (e.g. `unmask`, the detection that leaves photos out). Not the batch size, device, threads or the process's
+    rank: those change no output."""
     return {
         "puface_version": __version__,
         "input": str(in_path),
@@ -113,6 +115,7 @@ def purify_settings(in_path: str | Path, purifier: Purifier | Mapping[str, Purif
         "template": template,
         "align": {"align": align, "largest_face": largest_face, "no_face": no_face} if align else {"align": False},
         "quality": quality,
+        **({"step": float(step)} if float(step) != 1.0 else {}),
         **more,
     }
 
@@ -132,9 +135,8 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
                   align: bool = False, largest_face: bool = False, no_face: str = "copy",
                   engine: str = "local", address: str | None = None, workers: int | None = None,
                   cpus_per_worker: float = 1.0, template: str = "auto",
-                  prepare: Callable[[LoadedImage], np.ndarray] | None = None,
-                  prepare_factory: Callable[[], Callable[[LoadedImage], np.ndarray]] | None = None,
-                  settings: Mapping | None = None):
+                  prepare: Callable[[], Callable[[LoadedImage], np.ndarray]] | None = None,
+                  settings: Mapping | None = None, step: float = 1.0):
     """Purify every image under `in_path` into the mirrored tree `out_path` (names, formats and sizes kept).
 
     rank/world_size: this process handles every world_size-th file (multi-process purification).
@@ -142,26 +144,28 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
     engine: "local" (threads in this process) or "ray" (a Ray Data pipeline on the cluster at `address`,
     a new local one when None, with `workers` actors of `cpus_per_worker` CPUs, or one GPU each when
     `device` is CUDA; `puface.io.raydata`). template: the chips' face layout ("auto": by size, see
-    `make_batch_process`). prepare: each decoded input -> the uint8 image to purify instead (e.g. a folder's
-    shared pattern subtracted, `defenses.shared`; local engine; the change statistics are then the purifier's);
-    prepare_factory: makes `prepare` once the output folder is checked (a slow step, e.g. reading all of IN).
+    `make_batch_process`). prepare: a factory, called once the output folder is checked (its work may be slow,
+    e.g. reading all of IN), that returns a step: each decoded input -> the uint8 image to purify instead (e.g. a
+    folder's shared pattern subtracted, `defenses.shared`; local engine; the change statistics are then the
+    purifier's). A ready step `f` is passed as `prepare=lambda: f`.
+    step: how far along the purifier's change to go (`Purifier.purify`: x + step (P(x) - x); 1 = P(x)).
     settings: more output-changing settings for OUT's record (`purify_settings`, e.g. {"unmask": True});
     resuming into a folder made with other settings is refused (`resume=False` redoes every image).
     Returns the `JobReport`.
     """
     if engine not in ENGINES:
         raise PufaceError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    if engine == "ray" and (prepare is not None or prepare_factory is not None):
+    if engine == "ray" and prepare is not None:
         raise PufaceError("a prepare step runs on the local engine only")
     dev = resolve_device(device)
     given = purifier
     layouts: Purifier | dict[str, Purifier] = purifier if purifier is not None else \
         Purifier.load_layouts(weights, device="cpu" if engine == "ray" else dev)  # checks the file here
     jobs = plan_mirror(in_path, out_path)
+    step = check_step(step)
     open_output(out_path, purify_settings(in_path, layouts, template=template, align=align, largest_face=largest_face,
-                                          no_face=no_face, quality=quality, **(settings or {})), resume)
-    if prepare_factory is not None:
-        prepare = prepare_factory()
+                                          no_face=no_face, quality=quality, step=step, **(settings or {})), resume)
+    prep = prepare() if prepare is not None else None
     if world_size > 1:
         jobs = shard(jobs, rank, world_size)
     if engine == "ray":
@@ -177,17 +181,17 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
             what = str(weights) if weights else None
         else:
             what = str(Path(weights).resolve())  # type: ignore[arg-type]
-        factory = partial(ray_batch_process, what, str(dev), align, largest_face, no_face, template)
+        factory = partial(ray_batch_process, what, str(dev), align, largest_face, no_face, template, step)
         return run_ray_job(jobs, factory, batch_size=batch_size, resume=resume, address=address, workers=workers,
                            cpus_per_worker=cpus_per_worker, gpus_per_worker=1.0 if dev.type == "cuda" else 0.0,
                            desc="purifying", verb="purified", stats_csv=stats_csv, quality=quality, progress=progress)
-    process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template)
-    if prepare is not None:
+    process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template, step)
+    if prep is not None:
         purify_batch = process
 
         def process(items: list[LoadedImage]) -> list[Outcome]:
             for it in items:
-                it.image = prepare(it)
+                it.image = prep(it)
             return purify_batch(items)
 
     return run_folder_job(jobs, process, batch_size=batch_size, resume=resume, desc="purifying", verb="purified",
@@ -198,7 +202,8 @@ def purify_shards(in_spec: str | Path, out_path: str | Path, *, purifier: Purifi
                   weights: str | Path | None = None, device: str | None = None, batch_size: int = 16,
                   resume: bool = True, rank: int = 0, world_size: int = 1, quality: int = 95, io_workers: int = 2,
                   progress: bool = True, stats_csv: Path | None = None, image_field: str | None = None,
-                  align: bool = False, largest_face: bool = False, no_face: str = "copy", template: str = "auto"):
+                  align: bool = False, largest_face: bool = False, no_face: str = "copy", template: str = "auto",
+                  step: float = 1.0):
     """Purify every record of the WebDataset / Parquet shards `in_spec` names (a shard, a folder of
     shards, a glob or `{000..009}` braces) into same-format shards under `out_path` (same keys, order
     and other fields; `puface.io.shards`). rank/world_size: this process takes every world_size-th shard.
@@ -208,11 +213,12 @@ def purify_shards(in_spec: str | Path, out_path: str | Path, *, purifier: Purifi
     dev = resolve_device(device)
     layouts = purifier if purifier is not None else Purifier.load_layouts(weights, device=dev)
     jobs = plan_shards(in_spec, out_path)
+    step = check_step(step)
     open_output(out_path, purify_settings(in_spec, layouts, template=template, align=align, largest_face=largest_face,
-                                          no_face=no_face, quality=quality, image_field=image_field), resume)
+                                          no_face=no_face, quality=quality, step=step, image_field=image_field), resume)
     if world_size > 1:
         jobs = jobs[rank::world_size]
-    process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template)
+    process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template, step)
     return run_shard_job(jobs, process, batch_size=batch_size, resume=resume, image_field=image_field,
                          desc="purifying", verb="purified", stats_csv=stats_csv, quality=quality,
                          io_workers=io_workers, progress=progress)

@@ -38,6 +38,25 @@ SHIPPED_WEIGHTS = {"default": DEFAULT_WEIGHTS_NAME, "arcface112": "purifier-arcf
 TEMPLATES = ("dlib150", "arcface112")
 
 
+def check_step(step: float) -> float:
+    """A purification step (`extrapolate`) as a float; PufaceError unless it is a finite number > 0."""
+    try:
+        value = float(step)
+    except (TypeError, ValueError):
+        raise PufaceError(f"step must be a number > 0, got {step!r}") from None
+    if not (value > 0 and np.isfinite(value)):
+        raise PufaceError(f"step must be a number > 0, got {step!r}")
+    return value
+
+
+def extrapolate(images: torch.Tensor, purified: torch.Tensor, step: float, clamp: bool = True) -> torch.Tensor:
+    """x + step * (P(x) - x): go `step` times the purifier's change (1 = P(x); 1.5 goes half again as far, which
+    removes more of a cloak made against a face model the purifier never saw; docs/RESULTS.md section 15.8).
+    (N, 3, H, W) floats in [0, 1]; clamped to [0, 1] unless `clamp` is False (an attacker's exact forward pass)."""
+    out = images + step * (purified - images)
+    return out.clamp(0, 1) if clamp else out
+
+
 @functools.lru_cache(maxsize=None)
 def template_scale(template: str, trained_on: str = "dlib150") -> float:
     """How many pixels of a `trained_on` chip one pixel of a `template` chip spans at equal face size: the
@@ -177,14 +196,16 @@ class Purifier(nn.Module):
 
     @torch.no_grad()
     def purify(self, images: torch.Tensor, batch_size: int = 32, device: str | torch.device | None = None,
-               channels_last: bool = True, template: str | None = None) -> torch.Tensor:
+               channels_last: bool = True, template: str | None = None, step: float = 1.0) -> torch.Tensor:
         """Purify a (possibly large) batch in chunks without gradients; returns a CPU float tensor.
 
         images: (N, 3, H, W) float in [0, 1] (uint8 is accepted and scaled). device: where to run
         (None: the module's current device). channels_last: NHWC memory layout, 1.5-2x faster on CPU.
         template: the images' face layout ("dlib150", "arcface112"; None: the purifier's own); another
-        layout than the purifier's is served by resampling (`forward_template`).
+        layout than the purifier's is served by resampling (`forward_template`). step: how far along the
+        purifier's change to go, x + step * (P(x) - x) clamped to [0, 1] (`extrapolate`; 1 = P(x)).
         """
+        check_step(step)
         images = to_float(images)
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected (N, 3, H, W) RGB images, got shape {tuple(images.shape)}")
@@ -200,6 +221,8 @@ class Purifier(nn.Module):
             for i in range(0, len(images), max(1, batch_size)):
                 x = images[i : i + batch_size].to(dev, non_blocking=True).contiguous(memory_format=fmt)
                 y = self.forward_template(x, template)
+                if step != 1.0:
+                    y = extrapolate(x, y, step)
                 out.append(y.to("cpu").contiguous())
         finally:
             self.train(was_training)

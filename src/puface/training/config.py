@@ -160,7 +160,7 @@ class PurifierTrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PurifierTrainConfig":
         d = dict(d)
-        allowed = {"seed", "data", "attacks", "model", "amplify", "loss", "train", "val"}
+        allowed = {"seed", "attacks", *SECTIONS}
         unknown = set(d) - allowed
         if unknown:
             raise ConfigError(f"unknown top-level option(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(allowed))})")
@@ -178,7 +178,8 @@ class PurifierTrainConfig:
             return klass(**s)
 
         _check_types("config", {k: d[k] for k in ("seed",) if k in d}, cls)
-        for name, klass in (("model", RedNetConfig), ("amplify", AmplifyConfig)):
+        for name in ("model", "amplify"):
+            klass = SECTIONS[name]
             if isinstance(d.get(name), dict):
                 _check_types(name, {k: v for k, v in d[name].items() if k in {f.name for f in fields(klass)}}, klass)
         attacks = d.get("attacks") or []
@@ -186,13 +187,13 @@ class PurifierTrainConfig:
             raise ConfigError("attacks must be a list of tables ([[attacks]] name = ..., mode = ...)")
         cfg = cls(
             seed=int(d.get("seed", 0)),
-            data=section("data", DataConfig),
+            data=section("data", SECTIONS["data"]),
             attacks=tuple(dict(a) for a in attacks),
-            model=RedNetConfig.from_dict(dict(d.get("model") or {})),
-            amplify=AmplifyConfig.from_dict(dict(d.get("amplify") or {})),
-            loss=section("loss", LossConfig, ("embedders",)),
-            train=section("train", TrainConfig),
-            val=section("val", ValConfig, ("embedders",)),
+            model=SECTIONS["model"].from_dict(dict(d.get("model") or {})),
+            amplify=SECTIONS["amplify"].from_dict(dict(d.get("amplify") or {})),
+            loss=section("loss", SECTIONS["loss"], ("embedders",)),
+            train=section("train", SECTIONS["train"]),
+            val=section("val", SECTIONS["val"], ("embedders",)),
         )
         cfg.validate()
         return cfg
@@ -219,13 +220,16 @@ class PurifierTrainConfig:
             raise ConfigError(f"train needs epochs >= 1, batch_size >= 1 and lr > 0 (got {t.epochs}, {t.batch_size}, {t.lr})")
 
 
+# Each config section's dataclass: the one mapping `from_dict` and `_check_override_types` read.
+SECTIONS: dict[str, Any] = {"data": DataConfig, "model": RedNetConfig, "amplify": AmplifyConfig, "loss": LossConfig,
+                             "train": TrainConfig, "val": ValConfig}
+
+
 def _check_override_types(overrides: dict[str, Any]) -> None:
     """An override ("train.epochs" -> "abc") of the wrong type is an error naming it, not the config file."""
-    sections = {"data": DataConfig, "model": RedNetConfig, "amplify": AmplifyConfig, "loss": LossConfig,
-                "train": TrainConfig, "val": ValConfig}
     for key, value in overrides.items():
         section, _, name = key.rpartition(".")
-        cls = sections.get(section) if section else PurifierTrainConfig
+        cls = SECTIONS.get(section) if section else PurifierTrainConfig
         want = _expected_type(cls, name, value) if cls is not None else None
         if want:
             raise ConfigError(f"--set {key}: expected {want}, got {value!r}")
