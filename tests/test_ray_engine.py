@@ -73,6 +73,21 @@ def test_ray_engine_matches_local_engine_bytes(cluster, chips, local_out, tmp_pa
     assert again.resumed == 110 and again.written == 0
 
 
+def test_ray_engine_applies_the_step_like_the_local_engine(cluster, johns_dir, tmp_path):
+    """--step reaches the Ray actors: the same bytes as the local engine, and not the step-1 output."""
+    src = tmp_path / "in"
+    for f in sorted(johns_dir.glob("*/*.jpg"))[:6]:
+        (src / f.parent.name).mkdir(parents=True, exist_ok=True)
+        write_image(src / f.parent.name / f"{f.stem}.png", read_image(f))
+    outs = {}
+    for name, engine, step in (("local", "local", 1.5), ("ray", "ray", 1.5), ("one", "local", 1.0)):
+        kw = {"workers": 1} if engine == "ray" else {}
+        rep = purify_folder(src, tmp_path / name, device="cpu", batch_size=4, progress=False, engine=engine, step=step, **kw)
+        assert rep.written == 6
+        outs[name] = {k: v for k, v in _tree(tmp_path / name).items() if k.endswith(".png")}
+    assert outs["ray"] == outs["local"] and outs["local"] != outs["one"]
+
+
 def test_ray_engine_keeps_alpha_and_grayscale_like_the_local_engine(cluster, johns_dir, tmp_path):
     """Alpha and grayscale travel through the Ray stages: the same bytes as the local engine."""
     from PIL import Image
