@@ -29,7 +29,7 @@ from ..io.jobs import (FileJob, JobReport, LoadedImage, Outcome, group_by_size, 
                        run_folder_job, shard)
 from ..utils.errors import PufaceError
 from ..purifier.model import extrapolate
-from ..utils.images import tensor_to_image, to_float
+from ..utils.images import tensor_to_image
 from .detector import CloakDetector, detector_path, load_detector
 
 __all__ = ["detect_folder", "detect_batch_process", "purify_folder_detected", "calibrate_on_folder", "DetectReport", "identity_of", "summarise_identities"]
@@ -157,8 +157,10 @@ class DetectReport:
         return "\n".join(lines)
 
 
-def _chip_features(det: CloakDetector, arrays: list[np.ndarray], batch_size: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Features of uint8 (H, W, 3) images (any sizes; each resized to the chip size) and their purified chips."""
+def _chip_features(det: CloakDetector, arrays: list[np.ndarray], batch_size: int,
+                   step: float = 1.0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Features of uint8 (H, W, 3) images (any sizes; each resized to the chip size) and their purified chips,
+    x + step (P(x) - x) when step is not 1 (`purifier.model.extrapolate`; the features are those of P(x))."""
     n = len(arrays)
     feats: dict[str, list] = {}
     purified = [None] * n
@@ -170,6 +172,8 @@ def _chip_features(det: CloakDetector, arrays: list[np.ndarray], batch_size: int
         f = det.features(x, purified=px, batch_size=batch_size)
         for k, v in f.items():
             feats.setdefault(k, []).append(v)
+        if step != 1.0:
+            px = extrapolate(x, px.to(x.device), step)
         for j, i in enumerate(idx):
             purified[i] = px[j]
         order += idx
@@ -432,9 +436,7 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
         return [o.image for o in other_sizes[0](items)]
 
     def chip_process(items: list[LoadedImage]) -> list[Outcome]:
-        feats, purified = _chip_features(det, [it.image for it in items], batch_size)
-        if step != 1.0:
-            purified = _extrapolated(items, purified, step)
+        feats, purified = _chip_features(det, [it.image for it in items], batch_size, step)
         images = [tensor_to_image(p) for p in purified]
         others = [i for i, it in enumerate(items) if images[i].shape != it.image.shape]
         for i, img in zip(others, purify_others([items[i] for i in others]) if others else []):
@@ -468,16 +470,6 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
     cloaked = [{"path": r["path"], "score": r["score"], "status": r.get("status", "")} for r in rep.rows if str(r.get("cloaked")) == "1"]
     _write_csv(out_path / "cloaked.csv", cloaked, ["path", "score", "status"])
     return rep
-
-
-def _extrapolated(items: list[LoadedImage], purified: torch.Tensor, step: float) -> list[torch.Tensor]:
-    """Each chip's x + step (P(x) - x); images of another size than the chips keep P(x) (they are re-purified
-    by `puface purify`'s batch function, which applies the step itself)."""
-    out = []
-    for it, p in zip(items, purified):
-        x = to_float(torch.from_numpy(np.ascontiguousarray(it.image)).permute(2, 0, 1))
-        out.append(extrapolate(x, p.to(x.device), step) if tuple(x.shape) == tuple(p.shape) else p)
-    return out
 
 
 def _merge_face_stats(rows: list[dict]) -> dict:

@@ -205,7 +205,7 @@ class Purifier(nn.Module):
         layout than the purifier's is served by resampling (`forward_template`). step: how far along the
         purifier's change to go, x + step * (P(x) - x) clamped to [0, 1] (`extrapolate`; 1 = P(x)).
         """
-        check_step(step)
+        step = check_step(step)
         images = to_float(images)
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected (N, 3, H, W) RGB images, got shape {tuple(images.shape)}")
