@@ -114,3 +114,19 @@ def test_purify_batches_match_forward_and_accept_uint8():
     assert p.purify(u8).shape == x.shape
     with pytest.raises(ValueError, match="RGB"):
         p.purify(torch.rand(2, 1, 8, 8))
+
+
+def test_job_step_defaults_to_the_shipped_purifiers_step(tmp_path):
+    """A job's step: the one given (checked), else 1.5 for the shipped dlib150 purifier, 1 for the shipped ArcFace
+    112 one and for any checkpoint file (even a copy of the shipped weights: the step follows the name loaded)."""
+    from puface.purifier.model import SHIPPED_STEPS, job_step
+    from puface.utils.errors import PufaceError
+
+    shipped = Purifier.load()
+    assert shipped.shipped_as == "default" and job_step(shipped) == SHIPPED_STEPS["default"] == 1.5
+    assert job_step(Purifier.load("arcface112")) == 1.0
+    copy = Purifier.load(shipped.save(tmp_path / "copy.safetensors"))
+    assert copy.shipped_as is None and job_step(copy) == 1.0
+    assert job_step(shipped, 1) == 1.0 and job_step(copy, "2") == 2.0
+    with pytest.raises(PufaceError, match="step"):
+        job_step(shipped, 0)

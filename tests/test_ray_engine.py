@@ -164,6 +164,7 @@ def test_a_killed_worker_loses_and_duplicates_nothing(cluster, chips, local_out,
 def test_purify_batch_in_a_users_pipeline(cluster, chips):
     import puface
     from puface.purifier import Purifier
+    from puface.purifier.model import job_step
     from puface.utils.images import image_to_tensor, tensor_to_image
 
     files = sorted((chips / "John_Salley").glob("*.jpg"))[:6]
@@ -172,9 +173,9 @@ def test_purify_batch_in_a_users_pipeline(cluster, chips):
                         fn_constructor_kwargs={"device": "cpu", "threads": 1})
     rows = {r["name"]: r["image"] for r in ds.take_all()}
     p = Purifier.load()
-    # the same batches of 3 and thread count as the actor: the same pixels
+    # the same batches of 3 and thread count as the actor, at `puface purify`'s default step: the same pixels
     want = [tensor_to_image(y) for i in range(0, len(files), 3)
-            for y in p.purify(torch.stack([image_to_tensor(read_image(f)) for f in files[i : i + 3]]))]
+            for y in p.purify(torch.stack([image_to_tensor(read_image(f)) for f in files[i : i + 3]]), step=job_step(p))]
     for f, w in zip(files, want):
         assert np.array_equal(rows[f.name], w), f.name
 

@@ -162,12 +162,13 @@ def _unmask_step(in_path: Path, out_root: Path, progress: bool):
                    "With the shipped weights each layout gets the purifier trained on it; a --weights file serves "
                    "another layout than its own by resampling to its face scale. auto: by size, 150x150 dlib150, "
                    "112x112 arcface112; other sizes are purified as they are, with a warning.")
-@click.option("--step", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, metavar="S",
-              help="How far along the purifier's change to go: x + S (P(x) - x). 1 writes the purifier's output; 1.5 "
-                   "goes half again as far, which removes more of a cloak made against a face model the purifier "
-                   "never saw (MobileFace grid: mean ASR 59.8% -> 36.9%) at the cost of ~3.5 dB PSNR on natural "
-                   "photos (43.5 -> 40.0 dB); it also amplifies a cloak made through the purifier itself "
-                   "(docs/RESULTS.md section 15.8).")
+@click.option("--step", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+              help="How far along the purifier's change to go: x + S (P(x) - x); 1 writes the purifier's output. "
+                   "Default: 1.5 with the shipped purifier of dlib150 chips (and --align photos), 1 with the shipped "
+                   "ArcFace 112 one and with --weights files. 1.5 removes more of a cloak made against a face model "
+                   "the purifier never saw (MobileFace grid: mean ASR 59.8% -> 36.9%) and keeps the benchmark grid "
+                   "(2.9% -> 3.1%), at ~3.5 dB PSNR on natural photos (43.2 -> 39.7 dB); it also amplifies a cloak "
+                   "made through the purifier itself (docs/RESULTS.md sections 15.8, 15.9).")
 @engine_options("model")
 @click.option("--image-field", default=None, metavar="NAME",
               help="Shards: the WebDataset field (e.g. jpg) or Parquet column holding the image (default: found by "
@@ -193,7 +194,7 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
            quality: int, io_workers: int, threads: int | None, rank: int | None, world_size: int | None,
            stats_csv: Path | None, align: bool, largest_face: bool, template: str, engine: str, address: str | None,
            workers: int | None, image_field: str | None, skip_cloaked: bool, report: bool,
-           detector_path: Path | None, fpr: float | None, unmask: bool, step: float, progress: bool) -> None:
+           detector_path: Path | None, fpr: float | None, unmask: bool, step: float | None, progress: bool) -> None:
     """Remove cloaks from the images under IN and write them to OUT (same tree, names, formats and sizes).
 
     Grayscale images stay grayscale and transparency (alpha) is kept; outputs have 8 bits per channel

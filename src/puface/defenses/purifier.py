@@ -33,8 +33,10 @@ class PuFaceDefense(Defense):
                  template: str | None = None, step: float = 1.0):
         """template: the face layout of the images ("dlib150", "arcface112"; None: the purifier's own);
         another layout is served by resampling to the purifier's face scale (`Purifier.forward_template`).
-        step: how far to go along the purifier's change, x + step * (P(x) - x), clamped to [0, 1] (1: P(x);
-        > 1 extrapolates past the purified image, 0 < step)."""
+        step: how far to go along the purifier's change, x + step * (P(x) - x), clamped to [0, 1] (1: P(x),
+        the paper's PuFace and every `puface` column of the documented grids; > 1 extrapolates past the purified
+        image, 0 < step). `puface purify` goes 1.5 with the shipped purifier (`purifier.model.job_step`): measure
+        that with `step = 1.5` (label `puface-step1.5`)."""
         if weights in ("", "default"):
             weights = None
         params: dict[str, Any] = {"weights": str(weights) if weights is not None else "default"}

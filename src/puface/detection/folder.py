@@ -388,7 +388,7 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
                            batch_size: int = 16, resume: bool = True, rank: int = 0, world_size: int = 1,
                            quality: int = 95, io_workers: int = 2, progress: bool = True, align: bool = False,
                            largest_face: bool = False, scores_csv: str | Path | None = None,
-                           weights: str | Path | None = None, step: float = 1.0) -> DetectReport:
+                           weights: str | Path | None = None, step: float | None = None) -> DetectReport:
     """Purify every image under `in_path` into the mirrored tree `out_path`, scoring each for a cloak first.
 
     skip_cloaked: photos judged cloaked are left out (not written; listed in OUT/cloaked.csv), so a
@@ -399,8 +399,8 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
     crops, ...) are written as `puface purify` writes them (each layout to its purifier; `weights` as there,
     None = the shipped ones); their score is that of the image resized to a chip. `align`: photos, not chips
     (faces detected, purified and pasted back; with skip_cloaked a photo with any cloaked face is left out).
-    step: how far along the purifier's change the written images go (`Purifier.purify`; the score is that of
-    P(x) either way).
+    step: how far along the purifier's change the written images go (`Purifier.purify`; None: each purifier's
+    default, `job_step`: 1.5 for the shipped dlib150 one); the score is that of P(x) either way.
     """
     in_path, out_path = Path(in_path), Path(out_path)
     jobs = plan_mirror(in_path, out_path)
@@ -414,9 +414,9 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
     fields = ["path", "status", "score", "cloaked", *feature_columns(det)] + (["faces"] if align else []) + ["note"]
     det_id = det.fingerprint()
     from ..purifier.folder import make_batch_process, open_output, purify_settings
-    from ..purifier.model import Purifier, as_layouts, check_step, is_shipped
+    from ..purifier.model import Purifier, as_layouts, is_shipped, job_step
 
-    step = check_step(step)
+    chip_step = job_step(det.purifier, step)
 
     # chips of the detector's size get its own P(x); other images `puface purify`'s purifier for their layout
     layouts = Purifier.load_layouts(weights, device=det.device) if is_shipped(weights) else det.purifier
@@ -436,7 +436,7 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
         return [o.image for o in other_sizes[0](items)]
 
     def chip_process(items: list[LoadedImage]) -> list[Outcome]:
-        feats, purified = _chip_features(det, [it.image for it in items], batch_size, step)
+        feats, purified = _chip_features(det, [it.image for it in items], batch_size, chip_step)
         images = [tensor_to_image(p) for p in purified]
         others = [i for i, it in enumerate(items) if images[i].shape != it.image.shape]
         for i, img in zip(others, purify_others([items[i] for i in others]) if others else []):

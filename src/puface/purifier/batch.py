@@ -30,13 +30,14 @@ class PurifyBatch:
 
     weights: a checkpoint path, a shipped name (None: the shipped purifiers, one per face layout as
     `Purifier.load_layouts`) or a loaded `Purifier`; device: "cpu",
-    "cuda", ... (None: CUDA when available); threads: torch threads (None: leave as is). The same batch
+    "cuda", ... (None: CUDA when available); threads: torch threads (None: leave as is); step: how far along the
+    purifier's change (None: `puface purify`'s default, `purifier.model.job_step`). The same batch
     function as `puface purify` (same-size images purified together, 8-bit rounding): outputs equal
     the CLI's pixels. An image that cannot be purified raises `PufaceError` naming its row.
     """
 
     def __init__(self, weights: str | Path | Purifier | None = None, device: str | None = None,
-                 column: str = "image", threads: int | None = None):
+                 column: str = "image", threads: int | None = None, step: float | None = None):
         from .folder import make_batch_process
 
         if threads:
@@ -47,7 +48,7 @@ class PurifyBatch:
         layouts = as_layouts(weights) if isinstance(weights, Purifier) else Purifier.load_layouts(weights, device=self.device)
         self.purifier = primary_purifier(layouts)
         self.column = column
-        self._process = make_batch_process(layouts, self.device)
+        self._process = make_batch_process(layouts, self.device, step=step)
 
     def __call__(self, batch: dict) -> dict:
         if self.column not in batch:

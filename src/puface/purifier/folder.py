@@ -20,7 +20,7 @@ from ..utils.errors import PufaceError
 from ..utils.fingerprint import module_fingerprint
 from ..utils.images import tensor_to_image, to_float
 from ..utils.version import __version__
-from .model import TEMPLATES, Purifier, as_layouts, check_step, is_shipped, primary_purifier
+from .model import TEMPLATES, Purifier, as_layouts, is_shipped, job_step, primary_purifier
 
 __all__ = ["ENGINES", "CONFIG_NAME", "make_batch_process", "purify_folder", "purify_shards", "purify_settings",
            "open_output", "ray_batch_process"]
@@ -43,7 +43,7 @@ def template_for(shape: tuple[int, int], template: str) -> str | None:
 
 
 def make_batch_process(purifier: Purifier | Mapping[str, Purifier], device: torch.device, channels_last: bool = True,
-                       template: str = "auto", warn: Callable[[str], None] | None = None, step: float = 1.0) -> Callable:
+                       template: str = "auto", warn: Callable[[str], None] | None = None, step: float | None = None) -> Callable:
     """A `run_folder_job` batch function: purify each same-size group of decoded images at once.
 
     purifier: one purifier, or one per face layout (`Purifier.load_layouts`: images of a layout go to the
@@ -51,13 +51,15 @@ def make_batch_process(purifier: Purifier | Mapping[str, Purifier], device: torc
     "dlib150" or "arcface112" (a purifier trained on another layout serves it by resampling to its face
     scale, `Purifier.forward_template`), or "auto": by size (150x150 dlib150, 112x112 arcface112; other sizes
     are purified at their own size as the purifier's layout, and `warn` is told once). step: how far along the
-    purifier's change (`Purifier.purify`; 1 = P(x)).
+    purifier's change (`Purifier.purify`; 1 = P(x)); None: each purifier's default (`job_step`: 1.5 for the
+    shipped dlib150 one, else 1).
     """
     if template != "auto" and template not in TEMPLATES:
         raise PufaceError(f"unknown template {template!r}; choose auto or one of {', '.join(TEMPLATES)}")
     layouts, main = as_layouts(purifier), primary_purifier(purifier)
     for p in layouts.values():
         p.to(device).eval()
+    steps = {id(p): job_step(p, step) for p in layouts.values()}
     warned: list[tuple[int, int]] = []
 
     def process(items: list[LoadedImage]) -> list[Outcome]:
@@ -72,7 +74,7 @@ def make_batch_process(purifier: Purifier | Mapping[str, Purifier], device: torc
                     f"purified at their own size as {purifier.template} chips; pass --template to say their layout")
             arr = np.stack([items[i].image for i in idx])  # (n, H, W, 3) uint8
             x = to_float(torch.from_numpy(arr).permute(0, 3, 1, 2))
-            y = purifier.purify(x, batch_size=len(idx), channels_last=channels_last, template=t, step=step)
+            y = purifier.purify(x, batch_size=len(idx), channels_last=channels_last, template=t, step=steps[id(purifier)])
             for j, i in enumerate(idx):
                 out = tensor_to_image(y[j])
                 change = np.abs(out.astype(np.int16) - items[i].image.astype(np.int16))
@@ -84,7 +86,7 @@ def make_batch_process(purifier: Purifier | Mapping[str, Purifier], device: torc
 
 def ray_batch_process(purifier: Purifier | Mapping[str, Purifier] | str | None, device: str | None = None,
                       align: bool = False, largest_face: bool = False, no_face: str = "copy",
-                      template: str = "auto", step: float = 1.0) -> Callable:
+                      template: str = "auto", step: float | None = None) -> Callable:
     """The batch function `make_batch_process` (with `align_adapter` when align) for a purifier (or one per
     layout), a checkpoint path or a shipped name (None: the shipped ones, one per layout,
     `Purifier.load_layouts`); `functools.partial` of this is the Ray engine's picklable factory (a path keeps
@@ -102,12 +104,16 @@ def ray_batch_process(purifier: Purifier | Mapping[str, Purifier] | str | None, 
 
 def purify_settings(in_path: str | Path, purifier: Purifier | Mapping[str, Purifier], *, template: str = "auto",
                     align: bool = False, largest_face: bool = False, no_face: str = "copy", quality: int = 95,
-                    step: float = 1.0, **more) -> dict:
+                    step: float | None = None, **more) -> dict:
     """What an output folder's images depend on, for its settings record (OUT/purify_config.json): the purifier
     of each face layout (its weights' fingerprint), the template, the alignment options, the quality of lossy
-    outputs, the step (recorded when not 1, so that folders made before it existed still resume), and `more`
+    outputs, the step each purifier takes (`job_step`; one number when they agree, else {layout: step};
+    recorded when not 1, so that folders made at step 1 before steps existed still resume), and `more`
     (e.g. `unmask`, the detection that leaves photos out). Not the batch size, device, threads or the process's
     rank: those change no output."""
+    steps = {t: job_step(p, step) for t, p in sorted(as_layouts(purifier).items())}
+    taken = set(steps.values())
+    recorded = None if taken == {1.0} else (taken.pop() if len(taken) == 1 else steps)
     return {
         "puface_version": __version__,
         "input": str(in_path),
@@ -115,7 +121,7 @@ def purify_settings(in_path: str | Path, purifier: Purifier | Mapping[str, Purif
         "template": template,
         "align": {"align": align, "largest_face": largest_face, "no_face": no_face} if align else {"align": False},
         "quality": quality,
-        **({"step": float(step)} if float(step) != 1.0 else {}),
+        **({"step": recorded} if recorded is not None else {}),
         **more,
     }
 
@@ -136,7 +142,7 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
                   engine: str = "local", address: str | None = None, workers: int | None = None,
                   cpus_per_worker: float = 1.0, template: str = "auto",
                   prepare: Callable[[], Callable[[LoadedImage], np.ndarray]] | None = None,
-                  settings: Mapping | None = None, step: float = 1.0):
+                  settings: Mapping | None = None, step: float | None = None):
     """Purify every image under `in_path` into the mirrored tree `out_path` (names, formats and sizes kept).
 
     rank/world_size: this process handles every world_size-th file (multi-process purification).
@@ -148,7 +154,8 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
     e.g. reading all of IN), that returns a step: each decoded input -> the uint8 image to purify instead (e.g. a
     folder's shared pattern subtracted, `defenses.shared`; local engine; the change statistics are then the
     purifier's). A ready step `f` is passed as `prepare=lambda: f`.
-    step: how far along the purifier's change to go (`Purifier.purify`: x + step (P(x) - x); 1 = P(x)).
+    step: how far along the purifier's change to go (`Purifier.purify`: x + step (P(x) - x); 1 = P(x)); None:
+    each purifier's default (`job_step`: 1.5 for the shipped dlib150 purifier, 1 for others).
     settings: more output-changing settings for OUT's record (`purify_settings`, e.g. {"unmask": True});
     resuming into a folder made with other settings is refused (`resume=False` redoes every image).
     Returns the `JobReport`.
@@ -162,7 +169,6 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
     layouts: Purifier | dict[str, Purifier] = purifier if purifier is not None else \
         Purifier.load_layouts(weights, device="cpu" if engine == "ray" else dev)  # checks the file here
     jobs = plan_mirror(in_path, out_path)
-    step = check_step(step)
     open_output(out_path, purify_settings(in_path, layouts, template=template, align=align, largest_face=largest_face,
                                           no_face=no_face, quality=quality, step=step, **(settings or {})), resume)
     prep = prepare() if prepare is not None else None
@@ -203,17 +209,16 @@ def purify_shards(in_spec: str | Path, out_path: str | Path, *, purifier: Purifi
                   resume: bool = True, rank: int = 0, world_size: int = 1, quality: int = 95, io_workers: int = 2,
                   progress: bool = True, stats_csv: Path | None = None, image_field: str | None = None,
                   align: bool = False, largest_face: bool = False, no_face: str = "copy", template: str = "auto",
-                  step: float = 1.0):
+                  step: float | None = None):
     """Purify every record of the WebDataset / Parquet shards `in_spec` names (a shard, a folder of
     shards, a glob or `{000..009}` braces) into same-format shards under `out_path` (same keys, order
     and other fields; `puface.io.shards`). rank/world_size: this process takes every world_size-th shard.
-    Returns the `ShardReport`."""
+    step: as `purify_folder`. Returns the `ShardReport`."""
     from ..io.shards import plan_shards, run_shard_job
 
     dev = resolve_device(device)
     layouts = purifier if purifier is not None else Purifier.load_layouts(weights, device=dev)
     jobs = plan_shards(in_spec, out_path)
-    step = check_step(step)
     open_output(out_path, purify_settings(in_spec, layouts, template=template, align=align, largest_face=largest_face,
                                           no_face=no_face, quality=quality, step=step, image_field=image_field), resume)
     if world_size > 1:

@@ -38,6 +38,12 @@ SHIPPED_WEIGHTS = {"default": DEFAULT_WEIGHTS_NAME, "arcface112": "purifier-arcf
 TEMPLATES = ("dlib150", "arcface112")
 
 
+#: How far a purification job (`puface purify`, `purify_folder`, ...) goes along a shipped purifier's change when no
+#: step is given (`job_step`): the default (dlib150) purifier 1.5, measured on every grid of docs/RESULTS.md
+#: sections 15.8 and 15.9; the ArcFace 112 one and checkpoints of your own 1 (their output; not measured past it).
+SHIPPED_STEPS = {"default": 1.5}
+
+
 def check_step(step: float) -> float:
     """A purification step (`extrapolate`) as a float; PufaceError unless it is a finite number > 0."""
     try:
@@ -47,6 +53,14 @@ def check_step(step: float) -> float:
     if not (value > 0 and np.isfinite(value)):
         raise PufaceError(f"step must be a number > 0, got {step!r}")
     return value
+
+
+def job_step(purifier: "Purifier", step: float | None = None) -> float:
+    """The step a purification job takes with `purifier`: `step` (checked, `check_step`), or when None the one
+    `SHIPPED_STEPS` gives the shipped purifier it was loaded as (`Purifier.shipped_as`), else 1."""
+    if step is not None:
+        return check_step(step)
+    return SHIPPED_STEPS.get(purifier.shipped_as or "", 1.0)
 
 
 def extrapolate(images: torch.Tensor, purified: torch.Tensor, step: float, clamp: bool = True) -> torch.Tensor:
@@ -130,6 +144,8 @@ class Purifier(nn.Module):
             config = RedNetConfig.from_dict(config)
         self.net = RedNet(config)
         self.meta: dict[str, Any] = dict(meta or {})
+        #: the `SHIPPED_WEIGHTS` name it was loaded under (`load`), None for a checkpoint file: picks `job_step`'s default
+        self.shipped_as: str | None = None
 
     @property
     def config(self) -> RedNetConfig:
@@ -261,6 +277,7 @@ class Purifier(nn.Module):
     def load(cls, path: str | Path | None = None, device: str | torch.device | None = "cpu") -> "Purifier":
         """Load a purifier checkpoint (`.pt` or `.safetensors`); None, "" or "default" = the shipped purifier
         (how configs name it), "arcface112" = the shipped one for ArcFace 112 px crops (`SHIPPED_WEIGHTS`)."""
+        name = None
         if is_shipped(path):
             name = str(path or "default")
             path = shipped_weights_path(name)
@@ -268,6 +285,7 @@ class Purifier(nn.Module):
                 raise PufaceError(f"the shipped purifier {name!r} is missing from this installation ({path}); "
                                   "reinstall puface or pass --weights")
         p = cls.from_checkpoint(load_checkpoint(path))
+        p.shipped_as = name
         return p.to(resolve_device(device)) if device is not None else p
 
     @classmethod
