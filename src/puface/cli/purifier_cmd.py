@@ -167,8 +167,8 @@ def _unmask_step(in_path: Path, out_root: Path, progress: bool):
                    "Default: 1.5 with the shipped purifier of dlib150 chips (and --align photos), 1 with the shipped "
                    "ArcFace 112 one and with --weights files. 1.5 removes more of a cloak made against a face model "
                    "the purifier never saw (MobileFace grid: mean ASR 59.8% -> 36.9%) and keeps the benchmark grid "
-                   "(2.9% -> 3.1%), at ~3.5 dB PSNR on natural photos (43.2 -> 39.7 dB); it also amplifies a cloak "
-                   "made through the purifier itself (docs/RESULTS.md sections 15.8, 15.9).")
+                   "(2.9 / 1.1% -> 3.1 / 0.5% on two draws), at ~3.5 dB PSNR on natural photos (42.5 -> 39.1 dB); it "
+                   "also amplifies a cloak made through the purifier itself (docs/RESULTS.md sections 15.8, 15.9).")
 @engine_options("model")
 @click.option("--image-field", default=None, metavar="NAME",
               help="Shards: the WebDataset field (e.g. jpg) or Parquet column holding the image (default: found by "
