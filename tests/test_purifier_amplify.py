@@ -7,7 +7,7 @@ import torch
 
 from puface.utils.errors import ConfigError
 from puface.defenses import create_defense
-from puface.training.amplify import AmplifyConfig, amplified_batch, amplify, sample_factors, source_variants
+from puface.training.amplify import AmplifyConfig, amplified_batch, amplify, input_variants, sample_factors, source_variants
 
 
 def _pair(n=4, seed=0):
@@ -88,10 +88,37 @@ def test_source_variants_change_the_photo_and_keep_the_cloak():
     assert AmplifyConfig.from_dict(cfg.as_dict()) == cfg
 
 
+def test_input_variants_reencode_input_and_target_alike():
+    """[amplify] input_variants: chosen rows' finished input and target both go through the same variant (a JPEG
+    of the cloaked photo -> the JPEG of the natural one); other rows are untouched; seeded; off = nothing drawn."""
+    x, xc = _pair(n=64)
+    cfg = AmplifyConfig(input_share=0.5, input_variants=("jpeg:quality=75", "jpeg:quality=90"))
+    g = torch.Generator().manual_seed(0)
+    inp, _ = amplified_batch(x, xc, cfg, g)
+    t, vi = input_variants(x, inp, cfg, torch.Generator().manual_seed(1))
+    changed = (t - x).flatten(1).abs().amax(1) > 0
+    assert 10 < changed.sum() < 54
+    assert torch.equal(t[~changed], x[~changed]) and torch.equal(vi[~changed], inp[~changed])
+    jpeg = {q: create_defense(f"jpeg:quality={q}") for q in (75, 90)}
+    for i in changed.nonzero().flatten().tolist():  # input and target through the same one of the two
+        assert any(torch.allclose(t[i], d(x[i:i + 1])[0]) and torch.allclose(vi[i], d(inp[i:i + 1])[0])
+                   for d in jpeg.values())
+    again = input_variants(x, inp, cfg, torch.Generator().manual_seed(1))
+    assert torch.equal(again[0], t) and torch.equal(again[1], vi)
+    g = torch.Generator().manual_seed(3)
+    off = input_variants(x, inp, AmplifyConfig(), g)
+    assert off[0] is x and off[1] is inp
+    assert torch.equal(torch.rand(4, generator=g), torch.rand(4, generator=torch.Generator().manual_seed(3)))
+    assert "re-encoded inputs 0.5 (2 kinds)" in cfg.describe()
+    assert AmplifyConfig.from_dict(cfg.as_dict()) == cfg
+    assert "input_variants" not in AmplifyConfig().as_dict()  # older recipes record the config they always did
+
+
 @pytest.mark.parametrize("bad", [dict(k_min=2, k_max=1), dict(k_min=-1), dict(natural_share=1.0),
                                  dict(natural_share=-0.1), dict(k_values=(-1,)), dict(source_share=1.5, source_variants=("gamma",)),
                                  dict(source_share=0.5), dict(source_variants=("gamma:gamma=0",)),
-                                 dict(source_variants="gamma")])
+                                 dict(source_variants="gamma"), dict(input_share=0.3), dict(input_variants="jpeg"),
+                                 dict(input_share=2.0, input_variants=("jpeg",)), dict(input_variants=("jpeg:quality=0",))])
 def test_bad_amplify_config(bad):
     with pytest.raises(ConfigError):
         AmplifyConfig(**bad)

@@ -197,3 +197,18 @@ def test_photo_variants_reach_the_training_batches(johns_dir, tmp_path):
     assert not all(torch.equal(w["plain"][k], w["varied"][k]) for k in w["plain"])
     saved = json.loads((tmp_path / "varied" / "config.json").read_text())["amplify"]
     assert saved["source_variants"] == ["contrast:factor=1.6", "gamma:gamma=2"] and saved["source_share"] == 0.5
+    assert "input_variants" not in saved
+
+
+def test_reencoded_inputs_reach_the_training_batches(johns_dir, tmp_path):
+    """[amplify] input_variants: the same run with half of its inputs and targets re-encoded as JPEG learns other
+    weights, and the run's config records them."""
+    base = _cfg(johns_dir, epochs=1, max_steps_per_epoch=2)
+    d = base.as_dict()
+    d["amplify"] = {**d["amplify"], "input_share": 0.5, "input_variants": ["jpeg:quality=75"]}
+    _run(base, tmp_path / "plain")
+    _run(PurifierTrainConfig.from_dict(d), tmp_path / "jpeg")
+    w = {n: torch.load(tmp_path / n / "last.pt", weights_only=True)["state_dict"] for n in ("plain", "jpeg")}
+    assert not all(torch.equal(w["plain"][k], w["jpeg"][k]) for k in w["plain"])
+    saved = json.loads((tmp_path / "jpeg" / "config.json").read_text())["amplify"]
+    assert saved["input_variants"] == ["jpeg:quality=75"] and saved["input_share"] == 0.5

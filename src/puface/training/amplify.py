@@ -19,6 +19,12 @@ drawn per row, the cloak's change added on top and the changed photo as the targ
 x~ = clip(v(x) + k * (x_c - x), 0, 1) -> v(x). Training chips from one source (LFW: soft, low-contrast,
 upsampled small faces) otherwise teach the purifier that whatever those chips lack is a cloak; photos from
 other cameras, lighting and skin tones then come out far from themselves (docs/RESULTS.md section 18).
+
+Re-encoded uploads (`input_variants`, `input_share`): a share of the rows gets the finished input and its target
+changed by one of the variants (JPEG as a photo-sharing site re-encodes: "jpeg:quality=75"), drawn per row:
+v(x~) -> v(x). A site re-encodes the cloaked photo, not the natural one; a purifier that only saw cloaks as
+made meets JPEG'd ones it removes less of (docs/RESULTS.md section 19), and the target keeps the variant's own
+artefacts, so a re-encoded natural photo is still left as it is.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ class AmplifyConfig:
     source_variants: defense specs of photo variants ("contrast:factor=1.5", "a+b" composes); empty = off.
     source_share: fraction of rows (natural or cloaked) whose photo becomes one of the variants (drawn
     uniformly per row), in [0, 1].
+    input_variants: defense specs applied to a finished input and to its target (re-encoding: "jpeg:quality=75").
+    input_share: fraction of rows (natural or cloaked) whose input and target go through one of them, in [0, 1].
     """
 
     k_min: float = 1.0
@@ -50,18 +58,22 @@ class AmplifyConfig:
     natural_share: float = 0.25
     source_variants: tuple[str, ...] = ()
     source_share: float = 0.0
+    input_variants: tuple[str, ...] = ()
+    input_share: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k_values", tuple(float(v) for v in self.k_values))
-        if isinstance(self.source_variants, str):
-            raise ConfigError(f"amplify.source_variants must be a list of specs, got {self.source_variants!r}")
-        object.__setattr__(self, "source_variants", tuple(str(v) for v in self.source_variants))
-        for spec in self.source_variants:
-            _variant(spec)  # a bad spec is a ConfigError naming it
-        if not 0.0 <= self.source_share <= 1.0:
-            raise ConfigError(f"amplify.source_share must be in [0, 1], got {self.source_share}")
-        if self.source_share > 0 and not self.source_variants:
-            raise ConfigError("amplify.source_share > 0 needs amplify.source_variants")
+        for kind in ("source", "input"):
+            specs, share = getattr(self, f"{kind}_variants"), getattr(self, f"{kind}_share")
+            if isinstance(specs, str):
+                raise ConfigError(f"amplify.{kind}_variants must be a list of specs, got {specs!r}")
+            object.__setattr__(self, f"{kind}_variants", tuple(str(v) for v in specs))
+            for spec in getattr(self, f"{kind}_variants"):
+                _variant(spec)  # a bad spec is a ConfigError naming it
+            if not 0.0 <= share <= 1.0:
+                raise ConfigError(f"amplify.{kind}_share must be in [0, 1], got {share}")
+            if share > 0 and not specs:
+                raise ConfigError(f"amplify.{kind}_share > 0 needs amplify.{kind}_variants")
         if self.k_values:
             if any(v < 0 for v in self.k_values):
                 raise ConfigError(f"amplify.k_values must be >= 0, got {list(self.k_values)}")
@@ -82,6 +94,9 @@ class AmplifyConfig:
         d = asdict(self)
         d["k_values"] = list(self.k_values)
         d["source_variants"] = list(self.source_variants)
+        d["input_variants"] = list(self.input_variants)
+        if not self.input_variants and not self.input_share:  # recipes without them keep their recorded config
+            del d["input_variants"], d["input_share"]
         return d
 
     def describe(self) -> str:
@@ -89,6 +104,8 @@ class AmplifyConfig:
         text = f"{k}, natural share {self.natural_share:g}"
         if self.source_share > 0:
             text += f", photo variants {self.source_share:g} ({len(self.source_variants)} kinds)"
+        if self.input_share > 0:
+            text += f", re-encoded inputs {self.input_share:g} ({len(self.input_variants)} kinds)"
         return text
 
 
@@ -142,16 +159,35 @@ def source_variants(natural: torch.Tensor, cloaked: torch.Tensor, config: Amplif
     natural, cloaked: (N, 3, H, W) in [0, 1]. The returned "cloaked" rows are not clipped (`amplify` clips).
     Draws nothing from `generator` when the share is 0, so recipes without variants keep their random stream.
     """
-    if config.source_share <= 0:  # the config refuses a share without variants
-        return natural, cloaked
-    n = natural.shape[0]
-    chosen = torch.rand(n, generator=generator) < config.source_share
-    which = torch.randint(len(config.source_variants), (n,), generator=generator)
+    changed = _vary(natural, config.source_variants, config.source_share, generator)[0]
+    return (natural, cloaked) if changed is natural else (changed, changed + (cloaked - natural))
+
+
+def input_variants(targets: torch.Tensor, inputs: torch.Tensor, config: AmplifyConfig,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(v(x), v(x~)): a `config.input_share` of the rows' targets and finished inputs both through one of
+    `config.input_variants` (drawn per row; JPEG: as a site re-encodes an upload); the other rows unchanged.
+
+    targets, inputs: (N, 3, H, W) in [0, 1]. Draws nothing from `generator` when the share is 0."""
+    return _vary(targets, config.input_variants, config.input_share, generator, inputs)
+
+
+def _vary(a: torch.Tensor, specs: tuple[str, ...], share: float, generator: torch.Generator | None,
+          b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A `share` of the rows of `a` (and the same rows of `b`) through one of `specs`, drawn per row; the
+    tensors themselves (not copies) when no row is chosen or the share is 0 (then nothing is drawn)."""
+    if share <= 0:  # the config refuses a share without variants
+        return a, b
+    n = a.shape[0]
+    chosen = torch.rand(n, generator=generator) < share
+    which = torch.randint(len(specs), (n,), generator=generator)
     if not chosen.any():
-        return natural, cloaked
-    changed = natural.clone()
-    for v, spec in enumerate(config.source_variants):
+        return a, b
+    a2, b2 = a.clone(), (b.clone() if b is not None else None)
+    for v, spec in enumerate(specs):
         rows = (chosen & (which == v)).nonzero().flatten()
         if len(rows):
-            changed[rows] = _variant(spec)(natural[rows]).to(natural.dtype)
-    return changed, changed + (cloaked - natural)
+            a2[rows] = _variant(spec)(a[rows]).to(a.dtype)
+            if b is not None:
+                b2[rows] = _variant(spec)(b[rows]).to(b.dtype)
+    return a2, b2

@@ -34,7 +34,7 @@ from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
 from ..utils.metrics import psnr
 from ..utils.seeding import stable_seed
-from .amplify import amplified_batch, source_variants
+from .amplify import amplified_batch, input_variants, source_variants
 from .config import PurifierTrainConfig
 from .data import PairSet, build_pairs, check_attacks, cloak_with_cache, folder_identity_split
 from .losses import PurifierLoss
@@ -358,6 +358,7 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
                 x[flip], xc[flip] = x[flip].flip(-1), xc[flip].flip(-1)
             x, xc = source_variants(x, xc, cfg.amplify, g)
             inp, _ = amplified_batch(x, xc, cfg.amplify, g)
+            x, inp = input_variants(x, inp, cfg.amplify, g)
             x = x.to(d.device, non_blocking=True).contiguous(memory_format=fmt)
             inp = inp.to(d.device, non_blocking=True).contiguous(memory_format=fmt)
             targets = None
