@@ -187,8 +187,8 @@ def test_purify_step_goes_along_the_purifiers_change(johns_dir, tmp_path, weight
 
 def test_purify_default_step_is_the_shipped_purifiers(johns_dir, tmp_path, capsys):
     """Without --step, the shipped dlib150 purifier goes 1.5 times its change (`SHIPPED_STEPS`): the same bytes as
-    --step 1.5, not those of --step 1, in the plain and the detecting job; OUT records the step (the shipped ArcFace
-    112 purifier's too), and a folder written at step 1 is not resumed with the default."""
+    --step 1.5, not those of --step 1, in the plain and the detecting job; OUT records the step of each layout
+    (the shipped ArcFace 112 purifier stays at 1), and a folder written at step 1 is not resumed with the default."""
     src = tmp_path / "in"
     _png_chips(johns_dir, src)
     outs = {}
@@ -198,7 +198,7 @@ def test_purify_default_step_is_the_shipped_purifiers(johns_dir, tmp_path, capsy
     for d, s15, s1, rep in zip(outs["default"], outs["s15"], outs["s1"], outs["report"]):
         assert np.array_equal(d, s15) and np.abs(d - s1).mean() > 0.2 and np.abs(d - rep).max() <= 1
     record = json.loads((tmp_path / "default" / "purify_config.json").read_text())
-    assert record["step"] == 1.5
+    assert record["step"] == {"arcface112": 1.0, "dlib150": 1.5}
     assert "step" not in json.loads((tmp_path / "s1" / "purify_config.json").read_text())
     capsys.readouterr()
     assert main(["purify", str(src), str(tmp_path / "s1"), "--no-progress", "--device", "cpu"]) == 2

@@ -117,14 +117,14 @@ def test_purify_batches_match_forward_and_accept_uint8():
 
 
 def test_job_step_defaults_to_the_shipped_purifiers_step(tmp_path):
-    """A job's step: the one given (checked), else 1.5 for the shipped dlib150 and ArcFace 112 purifiers, 1 for any
-    checkpoint file (even a copy of the shipped weights: the step follows the name loaded)."""
+    """A job's step: the one given (checked), else 1.5 for the shipped dlib150 purifier, 1 for the shipped ArcFace
+    112 one and for any checkpoint file (even a copy of the shipped weights: the step follows the name loaded)."""
     from puface.purifier.model import SHIPPED_STEPS, job_step
     from puface.utils.errors import PufaceError
 
     shipped = Purifier.load()
     assert shipped.shipped_as == "default" and job_step(shipped) == SHIPPED_STEPS["default"] == 1.5
-    assert job_step(Purifier.load("arcface112")) == SHIPPED_STEPS["arcface112"] == 1.5
+    assert job_step(Purifier.load("arcface112")) == 1.0
     copy = Purifier.load(shipped.save(tmp_path / "copy.safetensors"))
     assert copy.shipped_as is None and job_step(copy) == 1.0
     assert job_step(shipped, 1) == 1.0 and job_step(copy, "2") == 2.0

@@ -63,7 +63,7 @@ def test_purify_cli_picks_the_template_by_size(purifier, crops112, johns_images,
         # a purifier file serves the other layout by resampling to its own face scale
         assert main(["purify", str(src), str(tmp_path / "v6"), "--no-progress", "--weights", str(default_weights_path())]) == 0
     assert "100x100 images match neither face template" in err.getvalue()
-    by_112 = Purifier.load("arcface112").purify(crops112[:3], step=1.5)  # the shipped 112 px purifier, at its default step
+    by_112 = Purifier.load("arcface112").purify(crops112[:3])  # the shipped purifier trained on 112 px crops
     told = purifier.purify(crops112[:3], template="arcface112")
     for i in range(3):
         assert np.array_equal(read_image(tmp_path / "out" / f"c{i}.png"), tensor_to_image(by_112[i]))
@@ -90,7 +90,8 @@ def test_the_arcface112_purifier_ships_and_loads(purifier):
 
 def test_purify_batch_is_the_cli_batch_function_without_ray(purifier, crops112, johns_images):
     """`puface.PurifyBatch` (what a Ray Data pipeline maps) on a dict batch: same pixels as `purify` at `puface
-    purify`'s default step (1.5 for both shipped purifiers), other columns untouched, mixed sizes as a list."""
+    purify`'s default step (1.5 for the shipped dlib150 purifier, 1 for the ArcFace 112 one), other columns
+    untouched, mixed sizes as a list."""
     import puface
     from puface.purifier.model import job_step
 
@@ -106,12 +107,12 @@ def test_purify_batch_is_the_cli_batch_function_without_ray(purifier, crops112, 
     assert np.array_equal(mixed[1], tensor_to_image(purifier.purify(crops112[:1], template="arcface112", step=s)[0]))
     shipped = puface.PurifyBatch(device="cpu")({"image": [chips[0], tensor_to_image(crops112[0])]})["image"]
     assert np.array_equal(shipped[0], out["image"][0])
-    assert np.array_equal(shipped[1], tensor_to_image(Purifier.load("arcface112").purify(crops112[:1], step=1.5)[0]))
+    assert np.array_equal(shipped[1], tensor_to_image(Purifier.load("arcface112").purify(crops112[:1])[0]))
 
 
 def test_purify_report_writes_arcface_crops_as_purify_does(crops112, tmp_path):
     """`puface purify --report` on 112 px ArcFace crops: the written images are `puface purify`'s (the shipped
-    purifier trained on 112 px crops, at its default step 1.5), not the detector's dlib-chip purification."""
+    purifier trained on 112 px crops), not the detector's dlib-chip purification."""
     src = tmp_path / "in" / "someone"
     src.mkdir(parents=True)
     for i, c in enumerate(crops112[:2]):
@@ -119,7 +120,7 @@ def test_purify_report_writes_arcface_crops_as_purify_does(crops112, tmp_path):
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         assert main(["purify", str(tmp_path / "in"), str(tmp_path / "plain"), "--no-progress"]) == 0
         assert main(["purify", str(tmp_path / "in"), str(tmp_path / "rep"), "--report", "--no-progress", "--device", "cpu"]) == 0
-    want = Purifier.load("arcface112").purify(crops112[:2], step=1.5)
+    want = Purifier.load("arcface112").purify(crops112[:2])
     for i in range(2):
         got = read_image(tmp_path / "rep" / "someone" / f"c{i}.png")
         assert np.array_equal(got, read_image(tmp_path / "plain" / "someone" / f"c{i}.png"))

@@ -164,12 +164,12 @@ def _unmask_step(in_path: Path, out_root: Path, progress: bool):
                    "112x112 arcface112; other sizes are purified as they are, with a warning.")
 @click.option("--step", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
               help="How far along the purifier's change to go: x + S (P(x) - x); 1 writes the purifier's output. "
-                   "Default: 1.5 with the shipped purifiers (dlib150 chips, --align photos, ArcFace 112 crops), 1 "
-                   "with --weights files. 1.5 removes more of a cloak made against a face model the purifier never "
-                   "saw (MobileFace grid: mean ASR 59.8% -> 36.9%) or re-encoded as JPEG (24.9% -> 6.5%) and keeps "
-                   "the benchmark grid (2.9 / 1.1% -> 3.1 / 0.5% on two draws), at ~3.5 dB PSNR on natural photos "
-                   "(42.5 -> 39.1 dB); it also amplifies a cloak made through the purifier itself (docs/RESULTS.md "
-                   "sections 15.8, 15.9, 16.3, 19).")
+                   "Default: 1.5 with the shipped purifier of dlib150 chips (and --align photos), 1 with the shipped "
+                   "ArcFace 112 one and with --weights files. 1.5 removes more of a cloak made against a face model "
+                   "the purifier never saw (MobileFace grid: mean ASR 59.8% -> 36.9%) or re-encoded as JPEG (24.9% "
+                   "-> 6.5%) and keeps the benchmark grid (2.9 / 1.1% -> 3.1 / 0.5% on two draws), at ~3.5 dB PSNR "
+                   "on natural photos (42.5 -> 39.1 dB); it also amplifies a cloak made through the purifier itself "
+                   "(docs/RESULTS.md sections 15.8, 15.9, 16.3, 19).")
 @engine_options("model")
 @click.option("--image-field", default=None, metavar="NAME",
               help="Shards: the WebDataset field (e.g. jpg) or Parquet column holding the image (default: found by "

@@ -400,7 +400,7 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
     None = the shipped ones); their score is that of the image resized to a chip. `align`: photos, not chips
     (faces detected, purified and pasted back; with skip_cloaked a photo with any cloaked face is left out).
     step: how far along the purifier's change the written images go (`Purifier.purify`; None: each purifier's
-    default, `job_step`: 1.5 for the shipped ones); the score is that of P(x) either way.
+    default, `job_step`: 1.5 for the shipped dlib150 one); the score is that of P(x) either way.
     """
     in_path, out_path = Path(in_path), Path(out_path)
     jobs = plan_mirror(in_path, out_path)

@@ -52,7 +52,7 @@ def make_batch_process(purifier: Purifier | Mapping[str, Purifier], device: torc
     scale, `Purifier.forward_template`), or "auto": by size (150x150 dlib150, 112x112 arcface112; other sizes
     are purified at their own size as the purifier's layout, and `warn` is told once). step: how far along the
     purifier's change (`Purifier.purify`; 1 = P(x)); None: each purifier's default (`job_step`: 1.5 for the
-    shipped purifiers, else 1).
+    shipped dlib150 one, else 1).
     """
     if template != "auto" and template not in TEMPLATES:
         raise PufaceError(f"unknown template {template!r}; choose auto or one of {', '.join(TEMPLATES)}")
@@ -155,7 +155,7 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
     folder's shared pattern subtracted, `defenses.shared`; local engine; the change statistics are then the
     purifier's). A ready step `f` is passed as `prepare=lambda: f`.
     step: how far along the purifier's change to go (`Purifier.purify`: x + step (P(x) - x); 1 = P(x)); None:
-    each purifier's default (`job_step`: 1.5 for the shipped purifiers, 1 for others).
+    each purifier's default (`job_step`: 1.5 for the shipped dlib150 purifier, 1 for others).
     settings: more output-changing settings for OUT's record (`purify_settings`, e.g. {"unmask": True});
     resuming into a folder made with other settings is refused (`resume=False` redoes every image).
     Returns the `JobReport`.
