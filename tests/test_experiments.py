@@ -495,7 +495,7 @@ def test_a_run_of_an_extending_config_saves_it_resolved(tmp_path):
 def test_the_lfw_family_extends_the_main_grid():
     """Every packaged lfw-* config starts from lfw (directly or through another), so the data and split
     they share are written once. One may name the same photos in another layout (lfw-arcface112: root and
-    image size); the selection and split stay lfw's."""
+    image size) or add the photos the chips were cut from (lfw-photos); the selection and split stay lfw's."""
     lfw = load_config("lfw")
     layout = {"lfw-chips150": 150, "lfw-arcface112": 112}
     for name in [n for n in EXPERIMENTS if n.startswith("lfw-")]:
@@ -503,7 +503,8 @@ def test_the_lfw_family_extends_the_main_grid():
         assert chain[-1][0].name == "lfw.toml", name
         cfg = load_config(name)
         assert layout[cfg.data["root"]] == cfg.data["image_size"], name
-        same = {k: v for k, v in cfg.data.items() if k not in ("root", "image_size")}
+        assert cfg.data.get("photos") in (None, "lfw-photos"), name
+        same = {k: v for k, v in cfg.data.items() if k not in ("root", "image_size", "photos")}
         assert same == {k: v for k, v in lfw.data.items() if k not in ("root", "image_size")}, name
         assert cfg.seeds == lfw.seeds and cfg.name == name, name
 

@@ -94,8 +94,8 @@ def fetch(ctx: click.Context, name: str, url: str | None, tarball: Path | None, 
     `apt-get download` and unpacked into the puface cache ($PUFACE_HOME).
 
     'lfw' downloads the official deep-funneled LFW archive (111 MB; resumable: run the command again after
-    an interruption; md5-verified), unpacks it, keeps the people with >= --min-images photos and cuts
-    their face chips with `puface align` into lfw-chips150/ (and lfw-arcface112/ with --template
+    an interruption; md5-verified), unpacks it, keeps the people with >= --min-images photos (in
+    lfw-photos/, the published-photo configs' [data] photos) and cuts their face chips with `puface align` into lfw-chips150/ (and lfw-arcface112/ with --template
     arcface112), where configs find them by name. Offline: download the archive elsewhere and pass
     --tarball. For a data set puface cannot fetch, it says how to get it.
     """
@@ -154,7 +154,7 @@ def _fetch_lfw(ctx: click.Context, url: str | None, tarball: Path | None, md5: s
     photos = extract_tar(archive, out / ".lfw-unpacked")
     tops = [p for p in photos.iterdir() if p.is_dir()]
     people = tops[0] if len(tops) == 1 and not any(p.is_file() for p in tops[0].iterdir()) else photos
-    chosen = out / f".lfw-min{min_images}"
+    chosen = out / ("lfw-photos" if min_images == 5 else f"lfw-photos-min{min_images}")
     n_ids, n_img = select_identities(people, chosen, min_images)
     if n_ids == 0:
         raise PufaceError(f"{archive}: no person with >= {min_images} photos (expected <name>/<name>_0001.jpg folders)")

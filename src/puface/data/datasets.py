@@ -65,6 +65,10 @@ DATASETS: dict[str, Dataset] = {
         "(`puface align --template arcface112`), one folder per person",
         "`puface data fetch lfw --template arcface112` (offline: add --tarball lfw-deepfunneled.tgz), or "
         "`puface align LFW_PEOPLE/ lfw-arcface112/ --template arcface112`"),
+    "lfw-photos": Dataset(
+        "lfw-photos", "the LFW (deep-funneled) photos of the people with >= 5 photos, 250x250, one folder per person: "
+        "the photos lfw-chips150 was cut from ([data] photos of the published-photo configs)",
+        "`puface data fetch lfw` keeps them next to the chips (offline: add --tarball lfw-deepfunneled.tgz)"),
 }
 
 

@@ -3,7 +3,7 @@ cloaked training photos from natural ones.
 
 Per seed: *natural* = the training photos of every identity that is not a protected user (what a
 scraper holds besides the cloaked photos); *cloaked* = every protected user's cloaked training photos,
-per attack. Scores come from the detector (`puface.detection`); its purified images and embeddings go
+per attack, as the trainer receives them (on published photos: cut again from the photos). Scores come from the detector (`puface.detection`); its purified images and embeddings go
 through the evaluation's content cache, so a grid with the `puface` defense and a dlib victim has
 already paid for them. Per attack (seeds pooled): ROC AUC, the true-positive rate at the detector's
 calibrated threshold (and at the threshold that gives 1% false positives on these natural photos), the
@@ -35,6 +35,11 @@ def _purifier_defense(proto: Protocol, detector: CloakDetector) -> PuFaceDefense
     return PuFaceDefense.wrapping(detector.purifier, batch_size=proto.batch_size)
 
 
+def _published(proto: Protocol, images: torch.Tensor) -> torch.Tensor:
+    """Training images as the trainer receives them (`Protocol.as_published`: published photos cut again)."""
+    return proto.as_published(images, content_hashes(images))[0]
+
+
 def _scores(proto: Protocol, detector: CloakDetector, defense: PuFaceDefense, namespaces: dict[str, str],
             images: torch.Tensor) -> np.ndarray:
     """Detector scores of uint8 chips (N, 3, S, S), with P(x) and the embeddings through the content cache."""
@@ -42,7 +47,7 @@ def _scores(proto: Protocol, detector: CloakDetector, defense: PuFaceDefense, na
         return np.zeros(0)
     chips = (detector.to_chips(images) * 255).round().to(torch.uint8)
     hashes = content_hashes(chips)
-    purified, p_hashes = proto.apply_defense(defense, chips, hashes)
+    purified, p_hashes = proto.defend_chips(defense, chips, hashes)
     emb = {}
     for name in detector.config.embedders:
         e = detector.embedder(name)
@@ -63,12 +68,12 @@ def detection_scores(proto: Protocol, detector: CloakDetector) -> dict[str, dict
         e = detector.embedder(name)
         namespaces[name] = next((proto._fingerprints[v] for v, m in proto.victims.items()
                                  if m.name == e.name and m.fingerprint() == e.fingerprint()), f"{e.name}:{e.fingerprint()}")
-    natural = _scores(proto, detector, defense, namespaces, train.images[nat_rows])
+    natural = _scores(proto, detector, defense, namespaces, _published(proto, train.images[nat_rows]))
     out: dict[str, dict[str, Any]] = {}
     for spec in proto.attacks:
         if spec.attack is None:
             continue
-        cloaked = torch.cat([proto.cloak(spec, u) for u in proto.users])
+        cloaked = _published(proto, torch.cat([proto.cloak(spec, u) for u in proto.users]))
         out[spec.label] = {"natural": natural, "cloaked": _scores(proto, detector, defense, namespaces, cloaked),
                            "users": len(proto.users)}
     return out

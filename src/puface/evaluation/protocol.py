@@ -321,6 +321,15 @@ class Protocol:
         self.timings["defend_s"] += time.perf_counter() - t0
         return out, content_hashes(out)
 
+    #: `apply_defense` on the chips as they are, also where a subclass overrides `apply_defense` (the cloak
+    #: detector scores chips: `detection._scores`)
+    defend_chips = apply_defense
+
+    def as_published(self, images: torch.Tensor, hashes: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
+        """Training images (uint8) as the trainer receives them, before any defense: unchanged here (chips);
+        `photos.PhotoProtocol`: published as photos and cut again."""
+        return images, list(hashes)
+
     @property
     def cloaked_split(self) -> LabelledImages:
         """The split whose photos of the protected users are cloaked (training photos here; probes at query time)."""

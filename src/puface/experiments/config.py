@@ -12,6 +12,9 @@ A config (every key optional except the lists; the packaged ones are in `puface/
     max_per_identity = 20         # seeded cap per identity (absent: all)
     train_fraction = 0.7
     image_size = 150
+    # photos = "lfw-photos"       # the photos the chips were cut from: train on published photos
+                                  # (cloak pasted in, defense run on the photo, face cut again;
+                                  # evaluation.photos), training protocol only
 
     [users]
     count = 20                    # protected users drawn with the seed ...
@@ -77,7 +80,7 @@ __all__ = ["ExperimentConfig", "AttackEntry", "TrainerEntry", "DefenseEntry", "l
 _TOP_KEYS = {"name", "description", "seeds", "protocol", "data", "users", "attacks", "victims", "trainers", "defenses", "run", "report",
              "detection"}
 _SECTION_KEYS = {
-    "data": {"root", "min_images", "max_per_identity", "train_fraction", "image_size"},
+    "data": {"root", "min_images", "max_per_identity", "train_fraction", "image_size", "photos"},
     "users": {"count", "names", "min_train", "min_test", "allow_purifier_identities"},
     "victims": {"embedders"},
     "run": {"device", "batch_size", "cache", "output", "cloak_batch_size"},

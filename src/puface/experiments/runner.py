@@ -11,6 +11,7 @@ from ..data.datasets import resolve_data_root
 from ..defenses import PuFaceDefense
 from ..evaluation.cache import ContentCache
 from ..evaluation.detection import detection_scores, summarise_detection
+from ..evaluation.photos import PhotoPath, PhotoProtocol
 from ..evaluation.protocol import protocol_class
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
@@ -77,6 +78,7 @@ def run_experiment(
     timings: dict[str, float] = {}
     users_by_seed: dict[int, list[str]] = {}
     detector = _detector(cfg, device)
+    proto_cls, extra = _protocol(cfg, root, echo)
     det_scores: dict[int, dict] = {}
     with folder:
         for seed in cfg.seeds:
@@ -87,13 +89,14 @@ def run_experiment(
             users_by_seed[seed] = users
             echo(f"seed {seed} ({cfg.protocol}-time protocol): {len(data.identities)} identities, {len(data.train)} training / {len(data.test)} test images; "
                  f"protected users: {', '.join(users)}")
-            proto = protocol_class(cfg.protocol)(
+            proto = proto_cls(
                 data, users, [build_attack(a, seed, device, cfg.run["cloak_batch_size"], victims) for a in cfg.attacks],
                 victims, trainers, defenses, cache=cache, done=folder.done, on_result=folder.add_run,
                 on_quality=lambda *q, seed=seed: folder.add_quality(seed, *q),
                 on_example=lambda *e, seed=seed: folder.add_example(seed, *e),
                 example_users=int(cfg.report["users"]) if cfg.report.get("enabled", True) else 0,
                 examples_per_user=int(cfg.report["images_per_user"]), batch_size=int(cfg.run["batch_size"]), progress=progress,
+                **extra,
             )
             proto.run()
             proto.timings["load_s"] += load_s
@@ -110,6 +113,17 @@ def run_experiment(
               "excluded_purifier_identities": len(exclude)},
         sessions=folder.end_session(wall, timings), wall_s=wall, amplification=_amplification(defenses), device=device)
     return ExperimentResult(out, rows, summary, table_md, wall, report)
+
+
+def _protocol(cfg: ExperimentConfig, root: Path, echo: Callable[[str], None]) -> tuple[type, dict]:
+    """The protocol class and its extra arguments: `PhotoProtocol` on the photos of [data] photos."""
+    if not cfg.data.get("photos"):
+        return protocol_class(cfg.protocol), {}
+    if cfg.protocol != "training":
+        raise PufaceError(f"[data] photos: published photos are run with the training-time protocol only, not {cfg.protocol!r}")
+    photos = PhotoPath(resolve_data_root(cfg.data["photos"]), root, size=int(cfg.data["image_size"]))
+    echo(f"published photos: {photos.photos} (every training image is pasted into its photo, defended there and cut again)")
+    return PhotoProtocol, {"photos": photos}
 
 
 def _device(device: str | None) -> str | None:
