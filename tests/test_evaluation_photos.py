@@ -60,6 +60,20 @@ def test_a_natural_chip_publishes_its_photo_unchanged_and_comes_back(johns_photo
     assert np.corrcoef(again.ravel(), nat.ravel().astype(float))[0, 1] > 0.9
 
 
+def test_published_photos_can_be_re_encoded_as_a_photo_site_does(johns_photos):
+    chips, photos = johns_photos
+    chip = sorted(chips.glob("*/*.jpg"))[3]
+    nat = _chip(chip)
+    photo = PhotoPath(photos, chips).publish(chip, nat, nat)
+    q75, q30 = (PhotoPath(photos, chips, jpeg=q).publish(chip, nat, nat).astype(float) for q in (75, 30))
+    err = lambda a: np.abs(a - photo).mean()  # noqa: E731
+    assert q75.shape == photo.shape and 0.0 < err(q75) < err(q30) < 10.0
+    assert PhotoPath(photos, chips, jpeg=75).config["jpeg"] == 75 and "jpeg" not in PhotoPath(photos, chips).config
+    for bad in (0, 96, 75.0, True):
+        with pytest.raises(PufaceError, match="integer in 1..95"):
+            PhotoPath(photos, chips, jpeg=bad)
+
+
 def test_a_smooth_change_survives_the_round_trip_and_a_one_pixel_pattern_does_not(johns_photos):
     """Publishing, seen through the photo's own alignment (a fresh one adds a pixel or so of jitter)."""
     chips, photos = johns_photos
@@ -171,6 +185,7 @@ def test_the_protocol_trains_on_published_photos(johns_photos, tmp_path):
 @pytest.mark.parametrize("edit, message", [
     (lambda t: "protocol = \"query\"\n" + t, "training-time protocol only"),
     (lambda t: t.replace('name = "blur"\nsigma = 1.0', 'name = "unmask"'), "group-wise defenses are not run on published photos"),
+    (lambda t: t.replace('photos = "', 'photos_jpeg = 75\n# photos = "'), "photos_jpeg re-encodes published photos: it needs"),
 ])
 def test_published_photos_refuse_what_they_cannot_run(johns_photos, tmp_path, edit, message):
     register_standins()

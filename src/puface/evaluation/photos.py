@@ -8,7 +8,8 @@ pipeline then cuts the faces again. Each step resamples the change between chip 
 photos the chips were cut from, `<identity>/<stem>.<ext>` for the chip `<identity>/<stem>.<ext>`):
 
 1. publish: the chip's change (cloak - natural chip) is pasted into the photo, as `cloak --align` does
-   (feather, refine passes); a natural chip publishes its photo unchanged;
+   (feather, refine passes); a natural chip publishes its photo unchanged; with `jpeg`, every published
+   photo is then re-encoded as JPEG at that quality, as photo sites do ([data] photos_jpeg);
 2. defend: the defense runs on the published photo through `align_adapter` (every face, as
    `purify --align`); no defense leaves the photo as published;
 3. cut again: the labelled face (the one closest to the photo's centre, as the chips were cut) is
@@ -22,6 +23,7 @@ clean chips. Defended images are cached by content under the path's settings.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from pathlib import Path
@@ -29,10 +31,11 @@ from typing import Hashable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..align import FaceAligner, FaceDetector, align_adapter, extract_chip, paste_back
 from ..defenses.base import Defense, NoDefense
-from ..io.images import IMAGE_EXTENSIONS, read_image
+from ..io.images import IMAGE_EXTENSIONS, encode_image, read_image
 from ..io.jobs import FileJob, LoadedImage, Outcome
 from ..utils.errors import PufaceError
 from ..utils.fingerprint import content_hashes
@@ -51,10 +54,13 @@ class PhotoPath:
         size: chip size (150: dlib layout, 112: ArcFace), as the chips were cut.
         feather, refine_steps: the paste-back settings of `cloak --align` / `purify --align` (defaults).
         detector: face detector of every step ("hog", "cnn", "hog+cnn").
+        jpeg: JPEG quality (1..95, Pillow, 4:2:0 below 90) every published photo is re-encoded with; None: lossless.
     """
 
     def __init__(self, photos: str | Path, chips: str | Path, *, size: int = 150, feather: float = 4.0,
-                 refine_steps: int = 2, detector: str = "hog+cnn"):
+                 refine_steps: int = 2, detector: str = "hog+cnn", jpeg: int | None = None):
+        if jpeg is not None and (isinstance(jpeg, bool) or not isinstance(jpeg, int) or not 1 <= jpeg <= 95):
+            raise PufaceError(f"photos_jpeg: a JPEG quality must be an integer in 1..95, got {jpeg!r}")
         self.photos = Path(photos)
         self.chips = Path(chips)
         if not self.photos.is_dir():
@@ -63,13 +69,15 @@ class PhotoPath:
         self.feather = float(feather)
         self.refine_steps = int(refine_steps)
         self.detector = detector
+        self.jpeg = jpeg
         self.cutter = FaceAligner(self.size, FaceDetector(detector), pick="center", min_face=0.0)
         self._faces: dict[Path, tuple[np.ndarray, object]] = {}
 
     @property
     def config(self) -> dict:
-        return {"photos": self.photos.name, "size": self.size, "feather": self.feather,
-                "refine_steps": self.refine_steps, "detector": self.detector}
+        cfg = {"photos": self.photos.name, "size": self.size, "feather": self.feather,
+               "refine_steps": self.refine_steps, "detector": self.detector}
+        return cfg if self.jpeg is None else {**cfg, "jpeg": self.jpeg}
 
     def photo_for(self, chip: str | Path) -> Path:
         """The source photo of a chip file: same identity folder and stem, any image extension."""
@@ -97,13 +105,16 @@ class PhotoPath:
 
     def publish(self, chip: str | Path, natural: np.ndarray, image: np.ndarray) -> np.ndarray:
         """The photo of `chip` as published with `image` (uint8 (S, S, 3), the chip as the attack left it)
-        in place of the natural chip `natural`: the change pasted into the photo (uint8 (H, W, 3))."""
+        in place of the natural chip `natural`: the change pasted into the photo (uint8 (H, W, 3)), then
+        re-encoded when `jpeg` is set."""
         photo, face = self._natural(self.photo_for(chip))
         delta = image.astype(np.int16) - natural.astype(np.int16)
-        if not delta.any():
-            return photo
-        out = np.clip(face.chip.astype(np.int16) + delta, 0, 255).astype(np.uint8)
-        return paste_back(photo, [(face.transform, face.chip, out)], feather=self.feather, refine_steps=self.refine_steps)
+        if delta.any():
+            out = np.clip(face.chip.astype(np.int16) + delta, 0, 255).astype(np.uint8)
+            photo = paste_back(photo, [(face.transform, face.chip, out)], feather=self.feather, refine_steps=self.refine_steps)
+        if self.jpeg is not None:
+            photo = np.asarray(Image.open(io.BytesIO(encode_image(photo, "JPEG", quality=self.jpeg))).convert("RGB"))
+        return photo
 
     def cut(self, chip: str | Path, photo: np.ndarray) -> np.ndarray:
         """The labelled face of a (published, defended) photo of `chip`, detected and aligned anew; where no face

@@ -15,6 +15,7 @@ A config (every key optional except the lists; the packaged ones are in `puface/
     # photos = "lfw-photos"       # the photos the chips were cut from: train on published photos
                                   # (cloak pasted in, defense run on the photo, face cut again;
                                   # evaluation.photos), training protocol only
+    # photos_jpeg = 75            # ... every published photo re-encoded as JPEG at this quality
 
     [users]
     count = 20                    # protected users drawn with the seed ...
@@ -80,7 +81,7 @@ __all__ = ["ExperimentConfig", "AttackEntry", "TrainerEntry", "DefenseEntry", "l
 _TOP_KEYS = {"name", "description", "seeds", "protocol", "data", "users", "attacks", "victims", "trainers", "defenses", "run", "report",
              "detection"}
 _SECTION_KEYS = {
-    "data": {"root", "min_images", "max_per_identity", "train_fraction", "image_size", "photos"},
+    "data": {"root", "min_images", "max_per_identity", "train_fraction", "image_size", "photos", "photos_jpeg"},
     "users": {"count", "names", "min_train", "min_test", "allow_purifier_identities"},
     "victims": {"embedders"},
     "run": {"device", "batch_size", "cache", "output", "cloak_batch_size"},

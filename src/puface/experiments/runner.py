@@ -118,11 +118,14 @@ def run_experiment(
 def _protocol(cfg: ExperimentConfig, root: Path, echo: Callable[[str], None]) -> tuple[type, dict]:
     """The protocol class and its extra arguments: `PhotoProtocol` on the photos of [data] photos."""
     if not cfg.data.get("photos"):
+        if cfg.data.get("photos_jpeg") is not None:
+            raise PufaceError("[data] photos_jpeg re-encodes published photos: it needs [data] photos")
         return protocol_class(cfg.protocol), {}
     if cfg.protocol != "training":
         raise PufaceError(f"[data] photos: published photos are run with the training-time protocol only, not {cfg.protocol!r}")
-    photos = PhotoPath(resolve_data_root(cfg.data["photos"]), root, size=int(cfg.data["image_size"]))
-    echo(f"published photos: {photos.photos} (every training image is pasted into its photo, defended there and cut again)")
+    photos = PhotoPath(resolve_data_root(cfg.data["photos"]), root, size=int(cfg.data["image_size"]), jpeg=cfg.data.get("photos_jpeg"))
+    again = f", re-encoded as JPEG q{photos.jpeg}" if photos.jpeg is not None else ""
+    echo(f"published photos: {photos.photos} (every training image is pasted into its photo{again}, defended there and cut again)")
     return PhotoProtocol, {"photos": photos}
 
 
