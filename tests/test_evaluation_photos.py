@@ -194,3 +194,18 @@ def test_published_photos_refuse_what_they_cannot_run(johns_photos, tmp_path, ed
     cfg_path.write_text(edit(CONFIG.replace("{chips}", str(chips)).replace("{photos}", str(photos))))
     with pytest.raises(PufaceError, match=message):
         run_experiment(load_config(cfg_path), tmp_path / "out", progress=False, echo=lambda s: None)
+
+
+def test_evaluate_cli_trains_on_published_photos(johns_photos, tmp_path, capsys):
+    from puface.cli import main
+
+    register_standins()
+    chips, photos = johns_photos
+    args = ["evaluate", "--data", str(chips), "--users", "1", "--attack", f"{STANDIN_ATTACK}:embedders={STANDIN_EMBEDDER}",
+            "--victim", STANDIN_EMBEDDER, "--trainer", "nn", "--defense", "none", "--no-detect", "--no-progress"]
+    assert main(args + ["--photos", str(photos), "--photos-jpeg", "85", "--out", str(tmp_path / "o"), "--save-config", str(tmp_path / "c.toml")]) == 0
+    saved = load_config(tmp_path / "c.toml")
+    assert saved.data["photos"] == str(photos) and saved.data["photos_jpeg"] == 85
+    assert "re-encoded as JPEG q85" in capsys.readouterr().out
+    assert main(args + ["--photos", str(photos), "--protocol", "query", "--out", str(tmp_path / "q")]) == 2
+    assert "training-time protocol only" in capsys.readouterr().err

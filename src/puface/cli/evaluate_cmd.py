@@ -160,13 +160,19 @@ def _check_image_size(ctx: click.Context, param: click.Parameter, value: int) ->
 @click.option("--max-per-identity", type=click.IntRange(min=1), default=None, help="Seeded cap on images per identity (default: no cap).")
 @click.option("--image-size", type=int, default=150, show_default=True, callback=_check_image_size,
               help="Images are resized to this square size (pixels, at least 32).")
+@click.option("--photos", type=click.Path(path_type=Path), default=None,
+              help="The photos the --data chips were cut from (same <identity>/<stem> names): train on published photos "
+                   "(each cloak pasted into its photo, the defense run on the whole photo as `purify --align`, the face "
+                   "cut again). Training protocol only.")
+@click.option("--photos-jpeg", type=click.IntRange(1, 95), default=None,
+              help="With --photos: re-encode every published photo as JPEG at this quality, as photo sites do.")
 @click.option("--allow-purifier-identities", is_flag=True, help="Allow protected users the purifier was trained on (results are then optimistic).")
 @click.option("--save-config", type=click.Path(path_type=Path), default=None, help="Also write the equivalent TOML config here (for `puface reproduce`).")
 @click.option("--detector", "detector", type=click.Path(path_type=Path), default=None,
               help="A detector file for the detection report, or a shipped one (default, sharpen, edits). Default: default.")
 @common
 def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses, seeds, protocol, min_images, max_per_identity, image_size,
-             allow_purifier_identities, save_config, detector, out, device, restart, progress, detect) -> None:
+             photos, photos_jpeg, allow_purifier_identities, save_config, detector, out, device, restart, progress, detect) -> None:
     """Measure the attack success rate (ASR: share of a protected user's clean test photos not
     recognised as the user) and the normal accuracy (on everyone else) of cloaking attacks under
     defenses, with the FaceCure protocol: seeded 70/30 split per identity, the user's training
@@ -193,6 +199,10 @@ def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses
     }
     if max_per_identity is not None:
         raw["data"]["max_per_identity"] = max_per_identity
+    if photos is not None:
+        raw["data"]["photos"] = str(photos)
+    if photos_jpeg is not None:
+        raw["data"]["photos_jpeg"] = photos_jpeg
     if users:
         raw["users"]["names"] = list(users)
     else:
