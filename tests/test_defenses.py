@@ -56,6 +56,17 @@ def test_jpeg_quality_orders_the_error(faces):
     assert err[0] > err[1] > err[2] > 0
 
 
+def test_jpeg_at_a_smaller_scale_loses_more_and_scale_one_is_plain_jpeg(faces):
+    plain = create_defense("jpeg:quality=75")
+    assert create_defense("jpeg:quality=75,scale=1").cache_key == plain.cache_key  # old results and caches stay valid
+    assert torch.equal(create_defense("jpeg:quality=75,scale=1")(faces), plain(faces))
+    err = {s: (create_defense(f"jpeg:quality=75,scale={s}")(faces) - faces).pow(2).mean().item() for s in (0.6, 0.8, 1.0, 2.0)}
+    assert err[0.6] > err[0.8] > err[1.0] > 0 and err[2.0] > 0
+    small = create_defense("jpeg:quality=75,scale=0.8")
+    assert small.name == "jpeg-q75-x0.8" and small.cache_key != plain.cache_key
+    assert small(faces).shape == faces.shape
+
+
 def test_blur_removes_high_frequencies_and_preserves_flat_images(faces):
     flat = torch.full((1, 3, 20, 20), 0.3)
     assert torch.allclose(create_defense("blur", sigma=2)(flat), flat, atol=1e-6)
@@ -150,6 +161,7 @@ def test_cache_key_follows_the_settings():
         ("gamma:gamma=0", "gamma"),
         ("contrast:factor=-1", "factor"),
         ("jpeg:quality", "key=value"),
+        ("jpeg:scale=0.1", "scale"),
         ("jpeg+", "empty step"),
     ],
 )

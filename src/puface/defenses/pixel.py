@@ -4,7 +4,7 @@ noise, down-up resizing. Each is images -> images on float RGB (N, 3, H, W) in [
 =========  ==========================================================  ==================
 name       what it does                                                parameters
 =========  ==========================================================  ==================
-jpeg       JPEG encode + decode with Pillow                            quality (1..95), subsampling
+jpeg       JPEG encode + decode with Pillow                            quality (1..95), subsampling, scale
 blur       Gaussian blur, reflect padding                              sigma (pixels)
 median     median filter, reflect padding                              size (odd, pixels)
 bitdepth   keep `bits` bits per channel                                bits (1..8)
@@ -49,32 +49,45 @@ def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 @register
 class JPEG(Defense):
-    """JPEG compression at `quality` (1..95) with Pillow; `subsampling` "4:2:0" (the usual) or "4:4:4"."""
+    """JPEG compression at `quality` (1..95) with Pillow; `subsampling` "4:2:0" (the usual) or "4:4:4".
+
+    `scale` (0.25..4, default 1): encode at that many pixels per image pixel (Pillow bilinear resize, antialiased
+    when shrinking) and resize back, as a face chip cut from a re-encoded photo whose face has `scale` photo
+    pixels per chip pixel."""
 
     kind = "jpeg"
 
-    def __init__(self, quality: int = 75, subsampling: str = "4:2:0"):
+    def __init__(self, quality: int = 75, subsampling: str = "4:2:0", scale: float = 1.0):
         quality = int(quality)
         if not 1 <= quality <= 95:
             raise ConfigError(f"jpeg: quality must be in 1..95, got {quality}")
         if subsampling not in ("4:2:0", "4:2:2", "4:4:4"):
             raise ConfigError(f"jpeg: subsampling must be 4:2:0, 4:2:2 or 4:4:4, got {subsampling!r}")
-        super().__init__(quality=quality, subsampling=subsampling)
+        scale = float(scale)
+        if not 0.25 <= scale <= 4.0:
+            raise ConfigError(f"jpeg: scale must be in 0.25..4 (pixels encoded per image pixel), got {scale:g}")
+        # scale 1 is left out of the recorded settings, so cache keys and results of plain JPEG stay as they were
+        super().__init__(quality=quality, subsampling=subsampling, **({"scale": scale} if scale != 1.0 else {}))
 
     @property
     def name(self) -> str:
-        return f"jpeg-q{self.params['quality']}"
+        scale = self.params.get("scale", 1.0)
+        return f"jpeg-q{self.params['quality']}" + (f"-x{scale:g}" if scale != 1.0 else "")
 
     def _apply(self, images: torch.Tensor) -> torch.Tensor:
         out = []
+        scale = self.params.get("scale", 1.0)
         for a in to_uint8(images).permute(0, 2, 3, 1).numpy():
+            im = Image.fromarray(np.ascontiguousarray(a), "RGB")
+            if scale != 1.0:
+                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
             buf = io.BytesIO()
-            Image.fromarray(np.ascontiguousarray(a), "RGB").save(
-                buf, format="JPEG", quality=self.params["quality"], subsampling=self.params["subsampling"]
-            )
+            im.save(buf, format="JPEG", quality=self.params["quality"], subsampling=self.params["subsampling"])
             buf.seek(0)
-            dec = np.asarray(Image.open(buf).convert("RGB"), dtype=np.uint8)
-            out.append(torch.from_numpy(dec.copy()).permute(2, 0, 1))
+            dec = Image.open(buf).convert("RGB")
+            if scale != 1.0:
+                dec = dec.resize((a.shape[1], a.shape[0]), Image.BILINEAR)
+            out.append(torch.from_numpy(np.asarray(dec, dtype=np.uint8).copy()).permute(2, 0, 1))
         return to_float(torch.stack(out))
 
 
