@@ -582,3 +582,23 @@ def test_detect_and_skip_cloaked_on_photos_with_align(tmp_path, johns_images, jo
     flagged = {p for p, r in rows.items() if r["cloaked"] == "1"}
     assert written == set(rows) - flagged and "ann/none.png" in written
     capsys.readouterr()
+
+
+def test_the_evaluation_reuses_only_a_grid_purifier_that_is_the_detectors_at_its_own_output():
+    """Detection in a grid reuses the grid's purifier images only where they are what the detector was calibrated
+    on: the shipped purifier at step 1 in its own layout (not `puface:step=1.5`, not another template)."""
+    from types import SimpleNamespace
+
+    from puface.defenses import PuFaceDefense
+    from puface.detection import load_detector
+    from puface.evaluation.detection import _purifier_defense
+
+    detector = load_detector()
+    step, layout, own = PuFaceDefense(step=1.5), PuFaceDefense(template="arcface112"), PuFaceDefense()
+    for d in (step, layout, own):
+        d.purifier  # loads it
+    grid = SimpleNamespace(defenses={"puface-step1.5": step, "puface-arcface112": layout}, batch_size=8)
+    chosen = _purifier_defense(grid, detector)
+    assert chosen is not step and chosen is not layout and chosen.step == 1.0 and chosen.template is None
+    grid.defenses["puface"] = own
+    assert _purifier_defense(grid, detector) is own

@@ -26,11 +26,13 @@ __all__ = ["detection_scores", "summarise_detection", "roc_points"]
 
 
 def _purifier_defense(proto: Protocol, detector: CloakDetector) -> PuFaceDefense:
-    """The grid's own purifier defense when it is the detector's purifier (its cached images are reused),
-    else a defense wrapping the detector's purifier (cached under its own key)."""
+    """The grid's own purifier defense when it is the detector's purifier at its own output (its cached images
+    are reused), else a defense wrapping the detector's purifier (cached under its own key). A defense that goes
+    another step along the change or serves another face layout is not the detector's purifier."""
     want = module_fingerprint(detector.purifier)
     for d in proto.defenses.values():
-        if isinstance(d, PuFaceDefense) and d.loaded and module_fingerprint(d.purifier) == want:
+        if (isinstance(d, PuFaceDefense) and d.step == 1.0 and d.template is None and d.loaded
+                and module_fingerprint(d.purifier) == want):
             return d
     return PuFaceDefense.wrapping(detector.purifier, batch_size=proto.batch_size)
 
