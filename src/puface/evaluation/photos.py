@@ -71,7 +71,7 @@ class PhotoPath:
         self.detector = detector
         self.jpeg = jpeg
         self.cutter = FaceAligner(self.size, FaceDetector(detector), pick="center", min_face=0.0)
-        self._faces: dict[Path, tuple[np.ndarray, object]] = {}
+        self._faces: dict[Path, object] = {}  # photo -> its labelled face (`AlignedFace`)
 
     @property
     def config(self) -> dict:
@@ -94,14 +94,15 @@ class PhotoPath:
         raise PufaceError(f"{chip}: no source photo {folder / rel.stem}.* in {self.photos} ([data] photos)")
 
     def _natural(self, photo: Path) -> tuple[np.ndarray, object]:
-        """The photo (uint8 (H, W, 3)) and its labelled face (`AlignedFace`), read once."""
+        """The photo (uint8 (H, W, 3), read each time: photos can be large) and its labelled face
+        (`AlignedFace`, detected once and kept)."""
+        image = read_image(photo)
         if photo not in self._faces:
-            image = read_image(photo)
             faces = self.cutter.align(image).faces
             if not faces:
                 raise PufaceError(f"{photo}: no face found in the source photo")
-            self._faces[photo] = (image, faces[0])
-        return self._faces[photo]
+            self._faces[photo] = faces[0]
+        return image, self._faces[photo]
 
     def publish(self, chip: str | Path, natural: np.ndarray, image: np.ndarray) -> np.ndarray:
         """The photo of `chip` as published with `image` (uint8 (S, S, 3), the chip as the attack left it)
