@@ -187,7 +187,8 @@ def _vary(a: torch.Tensor, specs: tuple[str, ...], share: float, generator: torc
     for v, spec in enumerate(specs):
         rows = (chosen & (which == v)).nonzero().flatten()
         if len(rows):
-            a2[rows] = _variant(spec)(a[rows]).to(a.dtype)
+            variant = _variant(spec)
+            a2[rows] = variant(a[rows]).to(a.dtype)
             if b is not None:
-                b2[rows] = _variant(spec)(b[rows]).to(b.dtype)
+                b2[rows] = variant(b[rows]).to(b.dtype)
     return a2, b2
