@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import time
 from pathlib import Path
 from typing import Hashable, Sequence
 
@@ -190,32 +189,18 @@ class PhotoProtocol(Protocol):
                       label: str = "", groups: Sequence[Hashable] | None = None) -> tuple[torch.Tensor, list[str]]:
         """Each image published as its photo, `defense` (none included) run on the photo, the face cut again;
         cached by content under the path's settings."""
-        label = label or defense.name
-        t0 = time.perf_counter()
         key = f"photo:{_key(self.photos.config)}:{'none' if isinstance(defense, NoDefense) else defense.cache_key}"
-        found = self.cache.get("images", key, hashes) if self.cache is not None else {}
-        out = torch.empty_like(images)
-        for i, h in enumerate(hashes):
-            if h in found:
-                out[i] = torch.from_numpy(found[h])
-        missing = [i for i, h in enumerate(hashes) if h not in found]
-        todo = [missing[s : s + self.batch_size] for s in range(0, len(missing), self.batch_size)]
-        if len(todo) > 1 and self.progress:
-            todo = self._bar(todo, desc=f"photos, defense {label}", unit="batch", leave=False)
-        fresh = {}
-        for idx in todo:
+
+        def batch(idx: torch.Tensor) -> torch.Tensor:
             try:
-                src = [self._source[hashes[i]] for i in idx]
+                src = [self._source[hashes[int(i)]] for i in idx]
             except KeyError:
                 raise PufaceError("an image reached the photo path without its source photo (not a training chip "
                                   "nor a cloak of one)") from None
-            y = self.photos(defense, [p for p, _ in src], torch.stack([n for _, n in src]), images[torch.tensor(idx)])
-            out[torch.tensor(idx)] = y
-            fresh.update({hashes[i]: y[j].numpy() for j, i in enumerate(idx)})
-        if fresh and self.cache is not None:
-            self.cache.put("images", key, fresh)
-        self.timings["defend_s"] += time.perf_counter() - t0
-        return out, content_hashes(out)
+            return self.photos(defense, [p for p, _ in src], torch.stack([n for _, n in src]), images[idx])
+
+        return self._defend_batches(defense, images, hashes, batch, key=key if self.cache is not None else None,
+                                    label=label, groups=groups, desc="photos, defense")
 
 
 def _key(config: dict) -> str:

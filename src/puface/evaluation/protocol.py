@@ -282,9 +282,25 @@ class Protocol:
         defense's `cache_key`, shared with the grid's own defenses) when expensive. A group-wise defense
         (`Defense.groupwise`) is called once per group of `groups` and cached under each image's hash and
         its group's content."""
-        label = label or defense.name
         if isinstance(defense, NoDefense):
             return images, list(hashes)
+        key = defense.cache_key if self.cache is not None and _is_expensive(defense) else None
+        return self._defend_batches(defense, images, hashes, lambda idx: to_uint8(defense(to_float(images[idx]))),
+                                    key=key, label=label, groups=groups)
+
+    #: `apply_defense` on the chips as they are, also where a subclass overrides `apply_defense` (the cloak
+    #: detector scores chips: `detection._scores`)
+    defend_chips = apply_defense
+
+    def _defend_batches(self, defense: Defense, images: torch.Tensor, hashes: Sequence[str],
+                        batch: Callable[[torch.Tensor], torch.Tensor], *, key: str | None, label: str = "",
+                        groups: Sequence[Hashable] | None = None, desc: str = "defense") -> tuple[torch.Tensor, list[str]]:
+        """The one skeleton of every way a defense meets the images: rows found in the content cache under
+        namespace `key` (None: not cached) are taken from it, the others go through `batch` (row indices, int64
+        -> uint8 images of those rows) in batches of `batch_size` (a group-wise defense: one call per group of
+        `groups`, recomputed whole when one of its images is missing), with a progress bar; returns (uint8
+        images, their hashes) and adds the time to `timings["defend_s"]`."""
+        label = label or defense.name
         t0 = time.perf_counter()
         keys = list(hashes)
         if defense.groupwise:
@@ -296,8 +312,7 @@ class Protocol:
                 sig = hashlib.sha256("".join(sorted(hashes[i] for i in idx)).encode()).hexdigest()[:16]
                 for i in idx:
                     keys[i] = f"{hashes[i]}@{sig}"  # an output depends on the whole group
-        use_cache = self.cache is not None and _is_expensive(defense)
-        found = self.cache.get("images", defense.cache_key, keys) if use_cache else {}
+        found = self.cache.get("images", key, keys) if key is not None else {}
         out = torch.empty_like(images)
         for i, h in enumerate(keys):
             if h in found:
@@ -309,21 +324,17 @@ class Protocol:
             todo = [np.asarray(missing[s : s + self.batch_size]) for s in range(0, len(missing), self.batch_size)]
         fresh = {}
         if len(todo) > 1 and self.progress:
-            todo = self._bar(todo, desc=f"defense {label}", unit="batch" if not defense.groupwise else "person", leave=False)
+            todo = self._bar(todo, desc=f"{desc} {label}", unit="batch" if not defense.groupwise else "person", leave=False)
         for idx_np in todo:
             idx = torch.from_numpy(np.asarray(idx_np, dtype=np.int64))
-            y = to_uint8(defense(to_float(images[idx])))
+            y = batch(idx)
             out[idx] = y
-            if use_cache:
+            if key is not None:
                 fresh.update({keys[int(i)]: y[j].numpy() for j, i in enumerate(idx)})
         if fresh:
-            self.cache.put("images", defense.cache_key, fresh)
+            self.cache.put("images", key, fresh)
         self.timings["defend_s"] += time.perf_counter() - t0
         return out, content_hashes(out)
-
-    #: `apply_defense` on the chips as they are, also where a subclass overrides `apply_defense` (the cloak
-    #: detector scores chips: `detection._scores`)
-    defend_chips = apply_defense
 
     def as_published(self, images: torch.Tensor, hashes: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
         """Training images (uint8) as the trainer receives them, before any defense: unchanged here (chips);
