@@ -182,6 +182,29 @@ def test_the_protocol_trains_on_published_photos(johns_photos, tmp_path):
     assert res.summary
 
 
+def test_a_photo_replaced_under_its_name_is_not_served_from_the_cache(johns_photos, tmp_path, monkeypatch):
+    """Published and defended faces are cached by the content of their photo too, not only the folder's name."""
+    register_standins()
+    monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
+    chips, photos = johns_photos
+    mine = tmp_path / "photos"
+    shutil.copytree(photos, mine)
+    cfg_path = tmp_path / "photos.toml"
+    cfg_path.write_text(CONFIG.replace("{chips}", str(chips)).replace("{photos}", str(mine)).replace("cache = false", "cache = true"))
+
+    def clean_psnr(out: str) -> float:
+        run_experiment(load_config(cfg_path), tmp_path / out, progress=False, echo=lambda s: None)
+        quality = json.loads((tmp_path / out / "results.json").read_text())["image_quality"]
+        return next(q["psnr_mean"] for q in quality if (q["attack"], q["defense"]) == ("clean", "none"))
+
+    first = clean_psnr("a")
+    assert clean_psnr("b") == first  # same photos: the cache serves them (and gives the same numbers)
+    for f in mine.rglob("*.png"):  # the same names, other photos: brighter
+        a = np.asarray(Image.open(f).convert("RGB")).astype(np.int16)
+        Image.fromarray(np.clip(a + 40, 0, 255).astype(np.uint8)).save(f)
+    assert clean_psnr("c") < first - 3.0
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda t: "protocol = \"query\"\n" + t, "training-time protocol only"),
     (lambda t: t.replace('name = "blur"\nsigma = 1.0', 'name = "unmask"'), "group-wise defenses are not run on published photos"),

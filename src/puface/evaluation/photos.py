@@ -17,7 +17,7 @@ photos the chips were cut from, `<identity>/<stem>.<ext>` for the chip `<identit
 
 `PhotoProtocol` is `Protocol` with every training image (the natural ones of everyone and the protected
 users' cloaked ones) taken through the path, for every defense including none; test images stay the
-clean chips. Defended images are cached by content under the path's settings.
+clean chips. Defended images are cached under the path's settings by the content of the image and of its photo.
 """
 
 from __future__ import annotations
@@ -71,10 +71,12 @@ class PhotoPath:
         self.jpeg = jpeg
         self.cutter = FaceAligner(self.size, FaceDetector(detector), pick="center", min_face=0.0)
         self._faces: dict[Path, object] = {}  # photo -> its labelled face (`AlignedFace`)
+        self._digests: dict[Path, str] = {}  # photo -> hash of its file
 
     @property
     def config(self) -> dict:
-        cfg = {"photos": self.photos.name, "size": self.size, "feather": self.feather,
+        """The path's settings (what its results depend on besides the images and their photos' content)."""
+        cfg = {"size": self.size, "feather": self.feather,
                "refine_steps": self.refine_steps, "detector": self.detector}
         return cfg if self.jpeg is None else {**cfg, "jpeg": self.jpeg}
 
@@ -91,6 +93,14 @@ class PhotoPath:
             if p.is_file():
                 return p
         raise PufaceError(f"{chip}: no source photo {folder / rel.stem}.* in {self.photos} ([data] photos)")
+
+    def digest(self, chip: str | Path) -> str:
+        """Hash of the chip's source photo file (16 hex digits, read once per photo): results cached under it
+        are not served again for another photo saved under the same name."""
+        photo = self.photo_for(chip)
+        if photo not in self._digests:
+            self._digests[photo] = hashlib.sha256(photo.read_bytes()).hexdigest()[:16]
+        return self._digests[photo]
 
     def _natural(self, photo: Path) -> tuple[np.ndarray, object]:
         """The photo (uint8 (H, W, 3), read each time: photos can be large) and its labelled face
@@ -188,18 +198,20 @@ class PhotoProtocol(Protocol):
     def apply_defense(self, defense: Defense, images: torch.Tensor, hashes: Sequence[str],
                       label: str = "", groups: Sequence[Hashable] | None = None) -> tuple[torch.Tensor, list[str]]:
         """Each image published as its photo, `defense` (none included) run on the photo, the face cut again;
-        cached by content under the path's settings."""
+        cached under the path's settings by the image's content and its source photo's (`PhotoPath.digest`)."""
         key = f"photo:{_key(self.photos.config)}:{'none' if isinstance(defense, NoDefense) else defense.cache_key}"
+        try:
+            src = [self._source[h] for h in hashes]
+        except KeyError:
+            raise PufaceError("an image reached the photo path without its source photo (not a training chip "
+                              "nor a cloak of one)") from None
+        keys = [f"{h}@{self.photos.digest(chip)}" for h, (chip, _) in zip(hashes, src)]
 
         def batch(idx: torch.Tensor) -> torch.Tensor:
-            try:
-                src = [self._source[hashes[int(i)]] for i in idx]
-            except KeyError:
-                raise PufaceError("an image reached the photo path without its source photo (not a training chip "
-                                  "nor a cloak of one)") from None
-            return self.photos(defense, [p for p, _ in src], torch.stack([n for _, n in src]), images[idx])
+            rows = [src[int(i)] for i in idx]
+            return self.photos(defense, [p for p, _ in rows], torch.stack([n for _, n in rows]), images[idx])
 
-        return self._defend_batches(defense, images, hashes, batch, key=key if self.cache is not None else None,
+        return self._defend_batches(defense, images, keys, batch, key=key if self.cache is not None else None,
                                     label=label, groups=groups, desc="photos, defense")
 
 

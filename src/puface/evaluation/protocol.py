@@ -295,7 +295,8 @@ class Protocol:
     def _defend_batches(self, defense: Defense, images: torch.Tensor, hashes: Sequence[str],
                         batch: Callable[[torch.Tensor], torch.Tensor], *, key: str | None, label: str = "",
                         groups: Sequence[Hashable] | None = None, desc: str = "defense") -> tuple[torch.Tensor, list[str]]:
-        """The one skeleton of every way a defense meets the images: rows found in the content cache under
+        """The one skeleton of every way a defense meets the images: rows whose `hashes` (each image's cache key:
+        its content hash, or more where the result depends on more) are found in the content cache under
         namespace `key` (None: not cached) are taken from it, the others go through `batch` (row indices, int64
         -> uint8 images of those rows) in batches of `batch_size` (a group-wise defense: one call per group of
         `groups`, recomputed whole when one of its images is missing), with a progress bar; returns (uint8
