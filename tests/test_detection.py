@@ -15,7 +15,7 @@ from puface.cli import main
 from puface.detection import CloakDetector, DetectorConfig, allowed_above, min_calibration_size, threshold_at_fpr
 from puface.io.images import read_image, write_image
 from puface.utils.errors import PufaceError
-from puface.utils.images import quantize, tensor_to_image
+from puface.utils.images import image_to_tensor, quantize, tensor_to_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -543,6 +543,29 @@ epochs = 1
     assert (out / "metrics.json").is_file() and (out / "config.toml").is_file()
     with pytest.raises(PufaceError, match="another purifier"):
         CloakDetector.load(tmp_path / "d.safetensors")  # calibrated for the small purifier, not the shipped one
+    # `puface detect` with it: refused with the shipped purifier, naming --purifier; scores with its own
+    chips = tmp_path / "chips" / names[0]
+    chips.mkdir(parents=True)
+    for f in sorted((johns_dir / names[0]).iterdir())[:3]:
+        (chips / f.name).write_bytes(f.read_bytes())
+    scores = tmp_path / "scores.csv"
+    capsys.readouterr()
+    assert main(["detect", str(tmp_path / "chips"), "--out", str(scores), "--detector", str(tmp_path / "d.safetensors"),
+                 "--no-progress", "--device", "cpu"]) != 0
+    assert "calibrated with another purifier" in capsys.readouterr().err and not scores.exists()
+    assert main(["detect", str(tmp_path / "chips"), "--out", str(scores), "--detector", str(tmp_path / "d.safetensors"),
+                 "--purifier", str(ckpt), "--no-progress", "--device", "cpu"]) == 0
+    rows = list(csv.DictReader(open(scores)))
+    assert len(rows) == 3 and all(np.isfinite(float(r["score"])) for r in rows)
+    ours = det.score(torch.stack([image_to_tensor(read_image(johns_dir / r["path"])) for r in rows]))
+    assert np.allclose([float(r["score"]) for r in rows], ours.numpy(), atol=1e-4)
+    # an evaluation config names the same pair in [detection]
+    from puface.experiments import load_config
+    from puface.experiments.runner import _detector
+
+    exp = tmp_path / "exp.toml"
+    exp.write_text(f'extends = "demo"\n[detection]\ndetector = "{tmp_path / "d.safetensors"}"\npurifier = "{ckpt}"\n')
+    assert _detector(load_config(exp), "cpu").fingerprints() == det.fingerprints()
     # the same recipe again, after other work moved torch's global random state: the same net, weight for weight
     torch.rand(1000)
     assert main(["train-detector", "--config", str(cfg), "--out", str(tmp_path / "run2"), "--no-progress", "--device", "cpu",

@@ -23,6 +23,9 @@ from .options import check_engine, device_option, engine_options, rank_options, 
                    "sharpen (photos from sources that sharpen: phone cameras, photo editors; misses most Fawkes low cloaks), "
                    "edits (edited or mixed sources: sharpened, contrast or gamma changed, re-encoded; misses Fawkes low "
                    "cloaks and most adaptive ones).")
+@click.option("--purifier", type=click.Path(path_type=Path), default=None,
+              help="The purifier file the detector was calibrated with, for a detector trained with another purifier "
+                   "than the shipped one (`puface train-detector --set data.purifier=FILE`). Default: the shipped purifier.")
 @device_option()
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
 @click.option("--align", is_flag=True,
@@ -38,7 +41,7 @@ from .options import check_engine, device_option, engine_options, rank_options, 
 @rank_options
 @engine_options("detector", "Same CSV rows either way.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None, device: str, batch_size: int,
+def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None, purifier: Path | None, device: str, batch_size: int,
            align: bool, largest_face: bool, resume: bool, restart: bool, io_workers: int, threads: int | None,
            rank: int | None, world_size: int | None, engine: str, address: str | None, workers: int | None,
            progress: bool) -> None:
@@ -75,7 +78,7 @@ def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None
     report = detect_folder(in_path, out_csv, weights=weights, device=None if device == "auto" else device, fpr=fpr,
                            batch_size=batch_size, resume=resume, restart=restart, io_workers=io_workers,
                            progress=progress, align=align, largest_face=largest_face, rank=rank, world_size=world_size,
-                           engine=engine, address=address, workers=workers)
+                           engine=engine, address=address, workers=workers, purifier=purifier)
     click.echo(report.summary())
     if report.exit_code:
         raise click.exceptions.Exit(report.exit_code)
@@ -87,6 +90,9 @@ def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None
               help="The calibrated detector file to write (.safetensors); use it with `puface detect --detector`.")
 @click.option("--detector", "weights", type=click.Path(path_type=Path), default=None,
               help="The detector to start from: a file, or a shipped one (default, sharpen, edits). Default: default.")
+@click.option("--purifier", type=click.Path(path_type=Path), default=None,
+              help="The purifier file the detector was calibrated with, for a detector trained with another purifier "
+                   "than the shipped one (`puface train-detector --set data.purifier=FILE`). Default: the shipped purifier.")
 @click.option("--kind", default=None, help="A name for this kind of photo in the calibration record (default: NATURAL's folder name).")
 @click.option("--scores", "scores_csv", type=click.Path(path_type=Path), default=None,
               help="Where the scores of NATURAL go (default: next to --out, <name>-calibration.csv); resumable.")
@@ -94,7 +100,7 @@ def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
 @click.option("--align", is_flag=True, help="NATURAL holds photos, not chips: detect and align every face first.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def calibrate_detector(natural: Path, out_path: Path, weights: Path | None, kind: str | None, scores_csv: Path | None,
+def calibrate_detector(natural: Path, out_path: Path, weights: Path | None, purifier: Path | None, kind: str | None, scores_csv: Path | None,
                        device: str, batch_size: int, align: bool, progress: bool) -> None:
     """Calibrate the cloak detector on your own natural photos, so that its false-positive rate holds on them.
 
@@ -114,7 +120,7 @@ def calibrate_detector(natural: Path, out_path: Path, weights: Path | None, kind
         raise PufaceError(f"{out_path}: the detector file must end in .safetensors")
     if batch_size < 1:
         raise PufaceError("--batch-size must be >= 1")
-    det = load_detector(weights, device=None)
+    det = load_detector(weights, device=None, purifier=purifier)
     kind = kind or f"user:{natural.resolve().name}"
     scores = scores_csv or out_path.with_name(out_path.stem + "-calibration.csv")
     before, after, rep = calibrate_on_folder(det, natural, kind, scores_csv=scores,

@@ -549,7 +549,9 @@ class CloakDetector(torch.nn.Module):
             have = det.fingerprints()
             if want.get("purifier") and want["purifier"] != have["purifier"]:
                 raise PufaceError(f"{path}: calibrated with another purifier (fingerprint {want['purifier']}, this one "
-                                  f"{have['purifier']}); calibrate a detector for it (`puface train-detector --purifier ...`)")
+                                  f"{have['purifier']}); load it with that purifier (`--purifier FILE`; Python: `purifier=`; "
+                                  f"configs: [detection] purifier) or train a detector for this one "
+                                  f"(`puface train-detector --set data.purifier=FILE`)")
             for k, v in want.items():
                 if k.startswith("embedder:") and have.get(k) not in (None, v):
                     warnings.warn(f"{path}: face model {k[9:]} has other weights than at calibration "

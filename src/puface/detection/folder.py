@@ -206,10 +206,11 @@ def _make_aligner(align: bool, largest_face: bool):
     return FaceAligner(150, FaceDetector("hog+cnn"), pick="largest" if largest_face else "all")
 
 
-def _prepare_detector(detector: CloakDetector | None, weights: str | Path | None, device: str | None) -> CloakDetector:
+def _prepare_detector(detector: CloakDetector | None, weights: str | Path | None, device: str | None,
+                      purifier: str | Path | None = None) -> CloakDetector:
     from ..utils.device import resolve_device
 
-    det = detector if detector is not None else load_detector(weights, device=None)
+    det = detector if detector is not None else load_detector(weights, device=None, purifier=purifier)
     return det.to(resolve_device(device)).eval()
 
 
@@ -242,10 +243,11 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
                   progress: bool = True, align: bool = False, largest_face: bool = False,
                   identities_csv: str | Path | None = None, rank: int = 0, world_size: int = 1,
                   engine: str = "local", address: str | None = None, workers: int | None = None,
-                  cpus_per_worker: float = 1.0) -> DetectReport:
+                  cpus_per_worker: float = 1.0, purifier: str | Path | None = None) -> DetectReport:
     """Score every image under `in_path` (a folder tree or one file) into `out_csv`.
 
-    detector: a ready `CloakDetector` (else `weights`: a detector file, None = the shipped one).
+    detector: a ready `CloakDetector` (else `weights`: a detector file, None = the shipped one, with `purifier`:
+    the purifier file it was calibrated with, None = the shipped one).
     fpr: false-positive rate of the decision (None: the detector's default, 1%). resume: keep the rows an
     earlier run wrote to `out_csv` and score only the rest; restart: start the CSV afresh. align: photos,
     not chips: detect and align each face first (needs the `align` extra). identities_csv: the
@@ -265,7 +267,7 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
     current = {j.rel.as_posix() for j in jobs}  # every shard's: processes may share one CSV
     if world_size > 1:
         jobs = shard(jobs, rank, world_size)
-    det = _prepare_detector(detector, weights, device)
+    det = _prepare_detector(detector, weights, device, purifier)
     threshold = det.threshold(fpr)
     fpr_v = det.default_fpr if fpr is None else float(fpr)
     fields = ["path", "score", "cloaked", *feature_columns(det)] + (["faces"] if align else []) + ["note"]
@@ -291,8 +293,8 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         from ..io.raydata import run_ray_job
 
         # each actor loads the detector file itself (None: the shipped one; a shipped name travels as its file), so Ray can restart a lost actor from
-        # small arguments; a detector given as an object travels as a CPU copy
-        what = copy.deepcopy(det).cpu() if detector is not None else (str(detector_path(weights).resolve()) if weights else None)
+        # small arguments; a detector given as an object, or with its own purifier, travels as a CPU copy
+        what = copy.deepcopy(det).cpu() if detector is not None or purifier is not None else (str(detector_path(weights).resolve()) if weights else None)
         factory = partial(detect_batch_process, what, str(det.device), threshold, batch_size, align, largest_face, fields)
         job = run_ray_job(jobs, factory, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
                           gpus_per_worker=1.0 if det.device.type == "cuda" else 0.0, **common)

@@ -54,6 +54,7 @@ A config (every key optional except the lists; the packaged ones are in `puface/
     [detection]                   # cloak detection per attack (AUC, TPR at the calibrated threshold, ROC)
     enabled = true
     detector = "default"          # the shipped detector, or a detector file (`puface train-detector`)
+    # purifier = "mine.safetensors"  # the purifier the detector was calibrated with (default: the shipped one)
     # fpr = 0.01                  # false-positive rate of the threshold (default: the detector's)
 
 A config may start from another (``extends = "lfw"``) and change only what differs; lists replace the
@@ -86,14 +87,14 @@ _SECTION_KEYS = {
     "victims": {"embedders"},
     "run": {"device", "batch_size", "cache", "output", "cloak_batch_size"},
     "report": {"users", "images_per_user", "enabled"},
-    "detection": {"enabled", "detector", "fpr"},
+    "detection": {"enabled", "detector", "purifier", "fpr"},
 }
 _DEFAULTS = {
     "data": {"root": "johns", "min_images": 2, "max_per_identity": None, "train_fraction": 0.7, "image_size": 150},
     "users": {"count": None, "names": None, "min_train": 2, "min_test": 1, "allow_purifier_identities": False},
     "run": {"device": None, "batch_size": 64, "cache": True, "output": None, "cloak_batch_size": None},
     "report": {"users": 3, "images_per_user": 2, "enabled": True},
-    "detection": {"enabled": True, "detector": "default", "fpr": None},
+    "detection": {"enabled": True, "detector": "default", "purifier": None, "fpr": None},
 }
 
 

@@ -145,7 +145,9 @@ def _detector(cfg: ExperimentConfig, device: str | None):
     from ..detection import load_detector
 
     ref = cfg.detection.get("detector") or "default"
-    return load_detector(None if ref == "default" else ref, device=device or "cpu")
+    purifier = cfg.detection.get("purifier") or "default"
+    return load_detector(None if ref == "default" else ref, device=device or "cpu",
+                         purifier=None if purifier == "default" else purifier)
 
 
 def _check_users(users: list[str], exclude: set[str], allow: bool, echo: Callable[[str], None]) -> None:
