@@ -566,10 +566,14 @@ epochs = 1
     exp = tmp_path / "exp.toml"
     exp.write_text(f'extends = "demo"\n[detection]\ndetector = "{tmp_path / "d.safetensors"}"\npurifier = "{ckpt}"\n')
     assert _detector(load_config(exp), "cpu").fingerprints() == det.fingerprints()
-    # the same recipe again, after other work moved torch's global random state: the same net, weight for weight
+    # the same recipe again, after other work moved torch's global random state, the purifier given on the command
+    # line instead of in the recipe: the same net, weight for weight
     torch.rand(1000)
-    assert main(["train-detector", "--config", str(cfg), "--out", str(tmp_path / "run2"), "--no-progress", "--device", "cpu",
-                 "--export", str(tmp_path / "d2.safetensors")]) == 0
+    cfg2 = tmp_path / "det2.toml"
+    cfg2.write_text(cfg.read_text().replace(f'purifier = "{ckpt}"\n', ""))
+    assert "purifier" not in cfg2.read_text()
+    assert main(["train-detector", "--config", str(cfg2), "--purifier", str(ckpt), "--out", str(tmp_path / "run2"),
+                 "--no-progress", "--device", "cpu", "--export", str(tmp_path / "d2.safetensors")]) == 0
     again = CloakDetector.load(tmp_path / "d2.safetensors", purifier=Purifier.load(ckpt))
     assert all(torch.equal(a, b) for a, b in zip(det.net.state_dict().values(), again.net.state_dict().values()))
     assert again.threshold() == det.threshold()

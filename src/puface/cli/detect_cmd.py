@@ -25,7 +25,7 @@ from .options import check_engine, device_option, engine_options, rank_options, 
                    "cloaks and most adaptive ones).")
 @click.option("--purifier", type=click.Path(path_type=Path), default=None,
               help="The purifier file the detector was calibrated with, for a detector trained with another purifier "
-                   "than the shipped one (`puface train-detector --set data.purifier=FILE`). Default: the shipped purifier.")
+                   "than the shipped one (`puface train-detector --purifier FILE`). Default: the shipped purifier.")
 @device_option()
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
 @click.option("--align", is_flag=True,
@@ -92,7 +92,7 @@ def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None
               help="The detector to start from: a file, or a shipped one (default, sharpen, edits). Default: default.")
 @click.option("--purifier", type=click.Path(path_type=Path), default=None,
               help="The purifier file the detector was calibrated with, for a detector trained with another purifier "
-                   "than the shipped one (`puface train-detector --set data.purifier=FILE`). Default: the shipped purifier.")
+                   "than the shipped one (`puface train-detector --purifier FILE`). Default: the shipped purifier.")
 @click.option("--kind", default=None, help="A name for this kind of photo in the calibration record (default: NATURAL's folder name).")
 @click.option("--scores", "scores_csv", type=click.Path(path_type=Path), default=None,
               help="Where the scores of NATURAL go (default: next to --out, <name>-calibration.csv); resumable.")
@@ -151,6 +151,10 @@ def calibrate_detector(natural: Path, out_path: Path, weights: Path | None, puri
                    "found through $PUFACE_DATA).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output folder for detector.safetensors, config.toml and metrics.json. Default: runs/detector-<config>.")
+@click.option("--purifier", type=click.Path(path_type=Path), default=None,
+              help="The purifier whose features the detector uses (a checkpoint of `puface train-purifier`) instead "
+                   "of the config's [data] purifier (the shipped one); it must record its identity split. Use the "
+                   "detector with the same --purifier.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config option, e.g. --set train.epochs=2 --set data.max_natural=200 (repeatable).")
 @device_option()
@@ -158,8 +162,9 @@ def calibrate_detector(natural: Path, out_path: Path, weights: Path | None, puri
 @click.option("--export", "export_path", type=click.Path(path_type=Path), default=None,
               help="Also copy the detector to this file when training ends.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
-def train_detector(config_path: str, data: Path | None, out_dir: Path | None, overrides: tuple[str, ...], device: str,
-                   threads: int | None, export_path: Path | None, progress: bool) -> None:
+def train_detector(config_path: str, data: Path | None, out_dir: Path | None, purifier: Path | None,
+                   overrides: tuple[str, ...], device: str, threads: int | None, export_path: Path | None,
+                   progress: bool) -> None:
     """Train and calibrate a cloak detector as a recipe says (for `puface detect --detector FILE`).
 
     It learns only from the purifier's training identities (natural chips, re-encoded and resampled
@@ -175,7 +180,10 @@ def train_detector(config_path: str, data: Path | None, out_dir: Path | None, ov
 
     if threads:
         torch.set_num_threads(threads)
-    cfg = load_detector_config(config_path, dict(_parse_override(o) for o in overrides), data_root=data)
+    settings = dict(_parse_override(o) for o in overrides)
+    if purifier is not None:
+        settings["data.purifier"] = str(purifier)
+    cfg = load_detector_config(config_path, settings, data_root=data)
     out = out_dir or Path("runs") / f"detector-{Path(config_path).stem}"
     det = train(cfg, out, device=None if device == "auto" else device, progress=progress, log=click.echo)
     click.echo(json.dumps(det.meta.get("metrics", {}), indent=2))

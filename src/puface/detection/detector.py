@@ -551,7 +551,7 @@ class CloakDetector(torch.nn.Module):
                 raise PufaceError(f"{path}: calibrated with another purifier (fingerprint {want['purifier']}, this one "
                                   f"{have['purifier']}); load it with that purifier (`--purifier FILE`; Python: `purifier=`; "
                                   f"configs: [detection] purifier) or train a detector for this one "
-                                  f"(`puface train-detector --set data.purifier=FILE`)")
+                                  f"(`puface train-detector --purifier FILE`)")
             for k, v in want.items():
                 if k.startswith("embedder:") and have.get(k) not in (None, v):
                     warnings.warn(f"{path}: face model {k[9:]} has other weights than at calibration "
