@@ -41,8 +41,8 @@ from .options import check_engine, device_option, engine_options, rank_options, 
 @rank_options
 @engine_options("detector", "Same CSV rows either way.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None, purifier: Path | None, device: str, batch_size: int,
-           align: bool, largest_face: bool, resume: bool, restart: bool, io_workers: int, threads: int | None,
+def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None, purifier: Path | None, device: str,
+           batch_size: int, align: bool, largest_face: bool, resume: bool, restart: bool, io_workers: int, threads: int | None,
            rank: int | None, world_size: int | None, engine: str, address: str | None, workers: int | None,
            progress: bool) -> None:
     """Score every image under IN for a cloak (Fawkes, LowKey, ...) and say which look cloaked.
@@ -100,8 +100,8 @@ def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
 @click.option("--align", is_flag=True, help="NATURAL holds photos, not chips: detect and align every face first.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def calibrate_detector(natural: Path, out_path: Path, weights: Path | None, purifier: Path | None, kind: str | None, scores_csv: Path | None,
-                       device: str, batch_size: int, align: bool, progress: bool) -> None:
+def calibrate_detector(natural: Path, out_path: Path, weights: Path | None, purifier: Path | None, kind: str | None,
+                       scores_csv: Path | None, device: str, batch_size: int, align: bool, progress: bool) -> None:
     """Calibrate the cloak detector on your own natural photos, so that its false-positive rate holds on them.
 
     NATURAL: a folder of photos you know carry no cloak, from the same source as the photos you will
