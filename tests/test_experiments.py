@@ -12,6 +12,7 @@ import pytest
 from evaluation_helpers import EXPERIMENT_COLOURS_TOML, register_standins, write_colour_faces
 from puface.experiments import ExperimentConfig, load_config, run_experiment
 from puface.utils.errors import ConfigError, PufaceError
+from puface.utils.paths import package_weights
 from puface.utils.tomlconfig import extends_chain, packaged_config, packaged_config_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -295,15 +296,17 @@ def test_cli_reproduce_evaluate_and_errors(tmp_path, monkeypatch, capsys):
     assert "| checker | test-colour-texture | nn | white-box | 100.0 |" in capsys.readouterr().out
 
     saved = tmp_path / "saved.toml"
+    shipped_purifier = package_weights("purifier-default.safetensors")
     args = ["evaluate", "--data", str(root), "--users", "2", "--image-size", "32", "--victim", STANDIN_EMBEDDER,
             "--attack", f"{STANDIN_ATTACK}:label=checker,embedders={STANDIN_EMBEDDER}", "--trainer", "nn",
             "--defense", "none", "--defense", "blur:sigma=1", "--out", str(tmp_path / "e"), "--no-progress",
-            "--save-config", str(saved)]
+            "--save-config", str(saved), "--detector-purifier", str(shipped_purifier)]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "| blur-s1 | 0.0 ± 0.0 | 0.0 ± 0.0 | 100.0 |" in out
     again = load_config(saved)
     assert [a.label for a in again.attacks] == ["clean", "checker"] and [d.label for d in again.defenses] == ["none", "blur-s1"]
+    assert again.detection["purifier"] == str(shipped_purifier)
 
     # --detector: the detection report's detector instead of the config's
     from puface.detection import load_detector
@@ -317,6 +320,15 @@ def test_cli_reproduce_evaluate_and_errors(tmp_path, monkeypatch, capsys):
                  "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "none.safetensors" in err and "Traceback" not in err
+    # --detector-purifier: the purifier the detector was calibrated with (here the shipped one, named by its file)
+    assert main(["reproduce", str(cfg), "--detector", "edits", "--detector-purifier",
+                 str(shipped_purifier), "--out", str(tmp_path / "rp"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "rp" / "results.json").read_text())["detection"]["detector"] == chosen
+    assert main(["reproduce", str(cfg), "--detector", "edits", "--detector-purifier", str(tmp_path / "nopur.safetensors"),
+                 "--out", str(tmp_path / "rq"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "nopur.safetensors" in err and "Traceback" not in err
 
     assert main(["reproduce", str(tmp_path / "nope.toml")]) == 2
     err = capsys.readouterr().err

@@ -73,9 +73,13 @@ def list_packaged(kind: str) -> None:
 @click.option("--detector", "detector", type=click.Path(path_type=Path), default=None,
               help="The detector of the detection report instead of the config's [detection] detector: a detector "
                    "file or a shipped one (default, sharpen, edits).")
+@click.option("--detector-purifier", "detector_purifier", type=click.Path(path_type=Path), default=None,
+              help="The purifier file --detector was calibrated with, for a detector trained for another purifier "
+                   "(`puface train-detector --purifier`; [detection] purifier). Default: the shipped purifier.")
 @common
 def reproduce(config: str | None, list_configs: bool, data: Path | None, seeds: tuple[int, ...], detector: Path | None,
-              out: Path | None, device: str | None, restart: bool, progress: bool, detect: bool) -> None:
+              detector_purifier: Path | None, out: Path | None, device: str | None, restart: bool, progress: bool,
+              detect: bool) -> None:
     """Run the experiment grid of CONFIG (a TOML file, or the name of a packaged config: see
     `puface reproduce --list`) and write results.csv, summary.csv, results.json, table.md and
     report.html. The data come from --data, else the config's [data] root: a folder, or a data set
@@ -100,6 +104,8 @@ def reproduce(config: str | None, list_configs: bool, data: Path | None, seeds: 
         cfg = cfg.with_seeds(list(seeds))
     if detector is not None:
         cfg.detection = {**cfg.detection, "detector": str(detector)}
+    if detector_purifier is not None:
+        cfg.detection = {**cfg.detection, "purifier": str(detector_purifier)}
     _run(cfg, out, device, restart, progress, detect)
 
 
@@ -170,9 +176,13 @@ def _check_image_size(ctx: click.Context, param: click.Parameter, value: int) ->
 @click.option("--save-config", type=click.Path(path_type=Path), default=None, help="Also write the equivalent TOML config here (for `puface reproduce`).")
 @click.option("--detector", "detector", type=click.Path(path_type=Path), default=None,
               help="A detector file for the detection report, or a shipped one (default, sharpen, edits). Default: default.")
+@click.option("--detector-purifier", "detector_purifier", type=click.Path(path_type=Path), default=None,
+              help="The purifier file --detector was calibrated with, for a detector trained for another purifier "
+                   "(`puface train-detector --purifier`; [detection] purifier). Default: the shipped purifier.")
 @common
 def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses, seeds, protocol, min_images, max_per_identity, image_size,
-             photos, photos_jpeg, allow_purifier_identities, save_config, detector, out, device, restart, progress, detect) -> None:
+             photos, photos_jpeg, allow_purifier_identities, save_config, detector, detector_purifier, out, device, restart,
+             progress, detect) -> None:
     """Measure the attack success rate (ASR: share of a protected user's clean test photos not
     recognised as the user) and the normal accuracy (on everyone else) of cloaking attacks under
     defenses, with the FaceCure protocol: seeded 70/30 split per identity, the user's training
@@ -195,7 +205,8 @@ def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses
         "victims": {"embedders": list(victims) or ["dlib-resnet29"]},
         "trainers": [parse_spec(t, "trainer spec") for t in (trainers or ["nn", "linear"])],
         "defenses": [{"name": d} for d in (defenses or ["none", "puface"])],
-        "detection": {"enabled": detect, "detector": str(detector) if detector else "default"},
+        "detection": {"enabled": detect, "detector": str(detector) if detector else "default",
+                      **({"purifier": str(detector_purifier)} if detector_purifier else {})},
     }
     if max_per_identity is not None:
         raw["data"]["max_per_identity"] = max_per_identity
