@@ -47,11 +47,11 @@ def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None
            progress: bool) -> None:
     """Score every image under IN for a cloak (Fawkes, LowKey, ...) and say which look cloaked.
 
-    A score per image (higher = more likely cloaked) from what the shipped purifier does to it: how far
-    it moves the face embedding, and what it takes out (a small CNN on the purifier's residual). An image
-    is called cloaked when its score exceeds the threshold at which --fpr of natural calibration photos
-    score higher (held on each kind of calibration photo with the detector's confidence, 0.9 for the
-    shipped ones, so that new natural photos of those kinds stay under --fpr). The default detector
+    A score per image (higher = more likely cloaked) from what the purifier (the shipped one, or --purifier)
+    does to it: how far it moves the face embedding, and what it takes out (a small CNN on the purifier's
+    residual). An image is called cloaked when its score exceeds the threshold at which --fpr of natural
+    calibration photos score higher (held on each kind of calibration photo with the detector's confidence,
+    0.9 for the shipped ones, so that new natural photos of those kinds stay under --fpr). The default detector
     expects aligned face chips (like the LFW/dlib 150x150 chips); for ordinary photos use --align.
     Streams in batches, resumes, prints a summary; exit code 1 if some images could not be read (they
     are listed and skipped).
