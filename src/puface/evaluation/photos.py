@@ -70,6 +70,7 @@ class PhotoPath:
         self.detector = detector
         self.jpeg = jpeg
         self.cutter = FaceAligner(self.size, FaceDetector(detector), pick="center", min_face=0.0)
+        self._found: dict[Path, Path] = {}  # chip -> its source photo
         self._faces: dict[Path, object] = {}  # photo -> its labelled face (`AlignedFace`)
         self._digests: dict[Path, str] = {}  # photo -> hash of its file
 
@@ -81,8 +82,11 @@ class PhotoPath:
         return cfg if self.jpeg is None else {**cfg, "jpeg": self.jpeg}
 
     def photo_for(self, chip: str | Path) -> Path:
-        """The source photo of a chip file: same identity folder and stem, any image extension."""
+        """The source photo of a chip file: same identity folder and stem, any image extension (looked up once
+        per chip)."""
         chip = Path(chip)
+        if chip in self._found:
+            return self._found[chip]
         try:
             rel = chip.relative_to(self.chips)
         except ValueError:
@@ -91,6 +95,7 @@ class PhotoPath:
         for ext in (chip.suffix, *IMAGE_EXTENSIONS):
             p = folder / f"{rel.stem}{ext}"
             if p.is_file():
+                self._found[chip] = p
                 return p
         raise PufaceError(f"{chip}: no source photo {folder / rel.stem}.* in {self.photos} ([data] photos)")
 
@@ -102,16 +107,20 @@ class PhotoPath:
             self._digests[photo] = hashlib.sha256(photo.read_bytes()).hexdigest()[:16]
         return self._digests[photo]
 
-    def _natural(self, photo: Path) -> tuple[np.ndarray, object]:
-        """The photo (uint8 (H, W, 3), read each time: photos can be large) and its labelled face
-        (`AlignedFace`, detected once and kept)."""
-        image = read_image(photo)
+    def _face(self, photo: Path, image: np.ndarray | None = None) -> object:
+        """The labelled face of a natural photo (`AlignedFace`), detected once and kept; `image`: the photo
+        already read (else it is read here, only when the face is not known yet)."""
         if photo not in self._faces:
-            faces = self.cutter.align(image).faces
+            faces = self.cutter.align(read_image(photo) if image is None else image).faces
             if not faces:
                 raise PufaceError(f"{photo}: no face found in the source photo")
             self._faces[photo] = faces[0]
-        return image, self._faces[photo]
+        return self._faces[photo]
+
+    def _natural(self, photo: Path) -> tuple[np.ndarray, object]:
+        """The photo (uint8 (H, W, 3), read each time: photos can be large) and its labelled face (`_face`)."""
+        image = read_image(photo)
+        return image, self._face(photo, image)
 
     def publish(self, chip: str | Path, natural: np.ndarray, image: np.ndarray) -> np.ndarray:
         """The photo of `chip` as published with `image` (uint8 (S, S, 3), the chip as the attack left it)
@@ -132,8 +141,7 @@ class PhotoPath:
         faces = self.cutter.align(photo).faces
         if faces:
             return faces[0].chip
-        _, face = self._natural(self.photo_for(chip))
-        return extract_chip(photo, face.transform)
+        return extract_chip(photo, self._face(self.photo_for(chip)).transform)
 
     def photo_defense(self, defense: Defense):
         """`defense` (chips, float NCHW) as a photo-level function: list of uint8 photos -> list of uint8 photos."""
