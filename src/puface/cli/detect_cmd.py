@@ -10,6 +10,13 @@ import click
 from .options import check_engine, device_option, engine_options, rank_options, threads_option
 
 
+# the purifier a detector was calibrated with (one option, shared by the commands below)
+_detector_purifier_option = click.option(
+    "--purifier", type=click.Path(path_type=Path), default=None,
+    help="The purifier file the detector was calibrated with, for a detector trained with another purifier than the "
+         "shipped one (`puface train-detector --purifier FILE`). Default: the shipped purifier.")
+
+
 @click.command("detect")
 @click.argument("in_path", metavar="IN", type=click.Path(path_type=Path))
 @click.option("--out", "out_csv", type=click.Path(path_type=Path), default=Path("scores.csv"), show_default=True,
@@ -23,9 +30,7 @@ from .options import check_engine, device_option, engine_options, rank_options, 
                    "sharpen (photos from sources that sharpen: phone cameras, photo editors; misses most Fawkes low cloaks), "
                    "edits (edited or mixed sources: sharpened, contrast or gamma changed, re-encoded; misses Fawkes low "
                    "cloaks and most adaptive ones).")
-@click.option("--purifier", type=click.Path(path_type=Path), default=None,
-              help="The purifier file the detector was calibrated with, for a detector trained with another purifier "
-                   "than the shipped one (`puface train-detector --purifier FILE`). Default: the shipped purifier.")
+@_detector_purifier_option
 @device_option()
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
 @click.option("--align", is_flag=True,
@@ -90,9 +95,7 @@ def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None
               help="The calibrated detector file to write (.safetensors); use it with `puface detect --detector`.")
 @click.option("--detector", "weights", type=click.Path(path_type=Path), default=None,
               help="The detector to start from: a file, or a shipped one (default, sharpen, edits). Default: default.")
-@click.option("--purifier", type=click.Path(path_type=Path), default=None,
-              help="The purifier file the detector was calibrated with, for a detector trained with another purifier "
-                   "than the shipped one (`puface train-detector --purifier FILE`). Default: the shipped purifier.")
+@_detector_purifier_option
 @click.option("--kind", default=None, help="A name for this kind of photo in the calibration record (default: NATURAL's folder name).")
 @click.option("--scores", "scores_csv", type=click.Path(path_type=Path), default=None,
               help="Where the scores of NATURAL go (default: next to --out, <name>-calibration.csv); resumable.")

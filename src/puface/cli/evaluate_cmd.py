@@ -61,6 +61,13 @@ def list_packaged(kind: str) -> None:
         click.echo(f"{name:24s} {text[:110]}")
 
 
+# the purifier a detector was calibrated with (one option, shared by the commands below)
+_detector_purifier_option = click.option(
+    "--detector-purifier", "detector_purifier", type=click.Path(path_type=Path), default=None,
+    help="The purifier file --detector was calibrated with, for a detector trained for another purifier "
+         "(`puface train-detector --purifier`; [detection] purifier). Default: the shipped purifier.")
+
+
 @click.command("reproduce")
 @click.argument("config", metavar="CONFIG", required=False)
 @click.option("--list", "list_configs", is_flag=True, help="List the packaged configs and exit.")
@@ -73,9 +80,7 @@ def list_packaged(kind: str) -> None:
 @click.option("--detector", "detector", type=click.Path(path_type=Path), default=None,
               help="The detector of the detection report instead of the config's [detection] detector: a detector "
                    "file or a shipped one (default, sharpen, edits).")
-@click.option("--detector-purifier", "detector_purifier", type=click.Path(path_type=Path), default=None,
-              help="The purifier file --detector was calibrated with, for a detector trained for another purifier "
-                   "(`puface train-detector --purifier`; [detection] purifier). Default: the shipped purifier.")
+@_detector_purifier_option
 @common
 def reproduce(config: str | None, list_configs: bool, data: Path | None, seeds: tuple[int, ...], detector: Path | None,
               detector_purifier: Path | None, out: Path | None, device: str | None, restart: bool, progress: bool,
@@ -176,9 +181,7 @@ def _check_image_size(ctx: click.Context, param: click.Parameter, value: int) ->
 @click.option("--save-config", type=click.Path(path_type=Path), default=None, help="Also write the equivalent TOML config here (for `puface reproduce`).")
 @click.option("--detector", "detector", type=click.Path(path_type=Path), default=None,
               help="A detector file for the detection report, or a shipped one (default, sharpen, edits). Default: default.")
-@click.option("--detector-purifier", "detector_purifier", type=click.Path(path_type=Path), default=None,
-              help="The purifier file --detector was calibrated with, for a detector trained for another purifier "
-                   "(`puface train-detector --purifier`; [detection] purifier). Default: the shipped purifier.")
+@_detector_purifier_option
 @common
 def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses, seeds, protocol, min_images, max_per_identity, image_size,
              photos, photos_jpeg, allow_purifier_identities, save_config, detector, detector_purifier, out, device, restart,
