@@ -97,6 +97,19 @@ def test_exclude_output_folder_inside_input(tmp_path):
     assert scan_identities(root, exclude=[out]).identities == ["a"]
 
 
+def test_a_folder_loop_is_listed_once_and_a_linked_folder_is_followed(tmp_path, caplog):
+    root = make_tree(tmp_path / "r", {"a": 2, "b": 1})
+    other = make_tree(tmp_path / "elsewhere", {"c": 1})
+    (root / "a" / "loop").symlink_to(root / "a", target_is_directory=True)  # a/loop -> a
+    (root / "up").symlink_to(root, target_is_directory=True)  # r/up -> r
+    (root / "c").symlink_to(other / "c", target_is_directory=True)  # a linked identity folder: followed
+    with caplog.at_level("WARNING", logger="puface.io.files"):
+        files = list_image_files(root)
+    assert [f.relative_to(root).as_posix() for f in files] == ["a/a_0000.jpg", "a/a_0001.jpg", "b/b_0000.jpg", "c/c_0000.jpg"]
+    assert "a folder loop" in caplog.text and "loop" in caplog.text and "up" in caplog.text
+    assert scan_identities(root).identities == ["a", "b", "c"]
+
+
 def test_split_counts_respect_minimums():
     assert split_counts(10, 0.7, 1, 1) == (7, 3)
     assert split_counts(2, 0.7, 1, 1) == (1, 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -9,6 +11,8 @@ from ..utils.errors import PufaceError
 from .images import is_image_file, is_unsupported_image_file
 
 __all__ = ["is_within", "is_visible", "list_image_files", "check_output_folder", "check_output_root"]
+
+log = logging.getLogger(__name__)
 
 
 def is_visible(p: Path) -> bool:
@@ -27,24 +31,33 @@ def is_within(p: str | Path, folder: str | Path) -> bool:
 
 def list_image_files(root: str | Path, exclude: Iterable[str | Path] = (), unsupported: bool = False) -> list[Path]:
     """All image files under `root` (recursive, sorted), skipping hidden entries and `exclude` folders;
-    `unsupported`: image files puface cannot read too (GIF, HEIC, ...: a folder job lists them as failed)."""
+    `unsupported`: image files puface cannot read too (GIF, HEIC, ...: a folder job lists them as failed).
+
+    Links to folders are followed, except a link back to a folder that is being listed (a folder loop,
+    e.g. `a/b -> a`): it is skipped with a warning, so a loop cannot list the same images again and again.
+    """
     root = Path(root)
     excl = [Path(e) for e in exclude]
     out: list[Path] = []
-    stack = [root]
+    stack: list[tuple[Path, frozenset]] = [(root, frozenset())]
     while stack:
-        d = stack.pop()
+        d, above = stack.pop()
         if any(is_within(d, e) for e in excl):
             continue
         try:
+            st = os.stat(d)
             entries = sorted(d.iterdir())
         except OSError as e:
             raise PufaceError(f"{d}: cannot list folder ({e.strerror or e})") from None
+        key = (st.st_dev, st.st_ino)
+        if key in above:
+            log.warning("warning: skipping %s: a link back to the folder %s (a folder loop)", d, d.resolve())
+            continue
         for p in entries:
             if not is_visible(p):
                 continue
             if p.is_dir():
-                stack.append(p)
+                stack.append((p, above | {key}))
             elif p.is_file() and (is_image_file(p) or (unsupported and is_unsupported_image_file(p))):
                 out.append(p)
     return sorted(out)
