@@ -174,3 +174,33 @@ def test_tensor_conversions_roundtrip():
     t = image_to_tensor(a)
     assert t.shape == (3, 2, 3) and float(t.max()) <= 1.0
     assert np.array_equal(tensor_to_image(t), a)
+
+
+@pytest.mark.parametrize("ext,fmt", [(".png", "PNG"), (".tif", "TIFF"), (".webp", "WEBP")])
+def test_animated_or_multipage_files_are_refused_for_writing_back(tmp_path, ext, fmt):
+    """A folder job writes one picture per input: an APNG / multi-page TIFF / animated WebP would lose its other
+    frames silently, so `open_image_parts` refuses it by name; `open_image` (read only) takes the first frame."""
+    from puface.io.images import open_image, open_image_parts
+
+    first = Image.fromarray(np.full((8, 8, 3), 200, np.uint8))
+    path = tmp_path / f"anim{ext}"
+    first.save(path, format=fmt, save_all=True, append_images=[Image.fromarray(np.zeros((8, 8, 3), np.uint8))])
+    with pytest.raises(ImageReadError, match=r"anim.*animated or multi-page image \(2 frames\)"):
+        open_image_parts(path)
+    assert np.asarray(open_image(path)).mean() > 150  # the first frame
+    single = tmp_path / f"one{ext}"
+    first.save(single, format=fmt)
+    assert open_image_parts(single)[0].size == (8, 8)
+
+
+def test_a_camera_mpo_jpeg_is_one_picture(tmp_path):
+    """MPO (a JPEG with previews or a depth map, as some cameras write) is read as its main picture, not refused."""
+    from puface.io.images import open_image_parts
+
+    path = tmp_path / "camera.jpg"
+    main = Image.fromarray(np.full((16, 16, 3), 90, np.uint8))
+    main.save(path, format="MPO", save_all=True, append_images=[main.resize((8, 8))])
+    with Image.open(path) as im:
+        assert im.format == "MPO" and im.n_frames == 2
+    rgb, alpha, gray = open_image_parts(path)
+    assert rgb.size == (16, 16) and alpha is None and not gray

@@ -106,7 +106,8 @@ def open_image(path: str | Path, data: bytes | None = None) -> Image.Image:
 
 def open_image_parts(path: str | Path, data: bytes | None = None) -> tuple[Image.Image, np.ndarray | None, bool]:
     """`open_image`, plus what writing the image back in its own mode needs: its alpha channel (uint8 (H, W),
-    upright; None without one) and whether it is grayscale (`GRAY_MODES`)."""
+    upright; None without one) and whether it is grayscale (`GRAY_MODES`). Refuses an animated or multi-page
+    file (APNG, WebP, TIFF), whose output would keep only its first frame."""
     return _open(Path(path), data, True)
 
 
@@ -136,6 +137,12 @@ def _open(path: Path, data: bytes | None, parts: bool) -> tuple[Image.Image, np.
                 raise ImageReadError(path, f"invalid image size {w}x{h}")
             if w * h > limit:
                 raise ImageReadError(path, _too_large(w, h, limit))
+            frames = getattr(im, "n_frames", 1)
+            # a folder job's output would silently keep the first frame only; a camera's MPO JPEG (a photo plus
+            # previews or a depth map) is one picture
+            if parts and frames > 1 and im.format != "MPO":
+                raise ImageReadError(path, f"animated or multi-page image ({frames} frames): puface reads one picture "
+                                           "per file; save each frame as its own PNG or JPEG first")
             im.load()
             im = ImageOps.exif_transpose(im) or im
             rgb = _to_rgb(im)
