@@ -1,7 +1,7 @@
 """Cloak detection on identities the detector and the purifier never saw; writes bench/results/detect*.{md,csv}.
 
     python bench/bench_detect.py cloaks  --split test  [--attack SPEC[@N] ...]   # make / find the cached cloaks
-    python bench/bench_detect.py measure [--attack SPEC[@N] ...] [--detector FILE] # AUC, TPR, FPR on every set
+    python bench/bench_detect.py measure [--attack SPEC[@N] ...] [--detector FILE] [--name detect]  # AUC, TPR, FPR
     python bench/bench_detect.py speed   [--n 96]                                # detect vs purify, same process
     python bench/bench_detect.py calibrate [--natural johns] [--attack ...]      # calibrate on a user's own photos
 
@@ -20,9 +20,9 @@ passing their specs (`--attack 'opom:...@120'`): nothing here is specific to Faw
 
 measure, per attack (cloaked chips of test identities vs ALL natural test chips): ROC AUC, TPR at the
 detector's calibrated threshold and at the threshold giving 1% FPR on these natural chips; the same after
-re-encoding the cloaks as JPEG (quality 75, 85, 95); then the false-positive rate at the calibrated threshold
-on natural photos that are not chips of the calibration kind: the natural test chips re-encoded as JPEG
-(q75, q85, q95), resized (down to 112 and 75 px and back), sharpened and with other tones (EDIT_SETS:
+re-encoding the cloaks as JPEG (quality 75, 85, 95, with the usual 4:2:0 chroma subsampling and with full-resolution
+4:4:4 colour); then the false-positive rate at the calibrated threshold on natural photos that are not chips of
+the calibration kind: the natural test chips re-encoded as JPEG (the same six settings), resized (down to 112 and 75 px and back), sharpened and with other tones (EDIT_SETS:
 unsharp masking, contrast, gamma, at settings none of the shipped recipes trains on), full LFW photos aligned by `--align`
 (lfw/, 400 photos), and the johns chips.
 speed: `puface detect` vs `puface purify` folder jobs on the same chips, one process, alternated.
@@ -121,10 +121,19 @@ def cloaks(root: Path, split: str, attacks: list[str], seed: int, batch_size: in
     return out
 
 
-def jpeg(x: torch.Tensor, q: int) -> torch.Tensor:
+# JPEG re-encodings measured: (quality, chroma subsampling). 4:2:0 is the usual (Pillow, libjpeg, phones); 4:4:4
+# keeps full-resolution colour, as ImageMagick writes at quality >= 90 and image editors at high quality.
+JPEG_SETTINGS = [(75, "4:2:0"), (85, "4:2:0"), (95, "4:2:0"), (75, "4:4:4"), (85, "4:4:4"), (95, "4:4:4")]
+
+
+def jpeg_name(q: int, sub: str) -> str:
+    return f"q{q}" if sub == "4:2:0" else f"q{q} {sub}"
+
+
+def jpeg(x: torch.Tensor, q: int, sub: str = "4:2:0") -> torch.Tensor:
     from puface.defenses import create_defense
 
-    return create_defense(f"jpeg:quality={q}")(x)
+    return create_defense(f"jpeg:quality={q},subsampling={sub}")(x)
 
 
 def resized(x: torch.Tensor, side: int) -> torch.Tensor:
@@ -172,7 +181,8 @@ def folder_fpr(det, folder: Path, align: bool, threshold: float, tmp: Path) -> d
             "scores": np.asarray(scores)}
 
 
-def measure(root: Path, attacks: list[str], det_path: str | None, seed: int, n_variants: int, out_dir: Path | None) -> None:
+def measure(root: Path, attacks: list[str], det_path: str | None, seed: int, n_variants: int, out_dir: Path | None,
+            stem: str = "detect", fpr: float | None = None) -> None:
     import tempfile
 
     import numpy as np
@@ -183,7 +193,7 @@ def measure(root: Path, attacks: list[str], det_path: str | None, seed: int, n_v
     from puface.detection import load_detector
 
     det = load_detector(det_path)
-    thr = det.threshold()
+    thr = det.threshold(fpr)  # the calibrated threshold at the detector's rate (1%) or at --fpr
     chips = ordered_chips(root / "lfw-chips150", "test", seed)
     nat_x, _, _ = load_images(chips)
     nat = features(det, nat_x, "natural test chips")
@@ -191,7 +201,7 @@ def measure(root: Path, attacks: list[str], det_path: str | None, seed: int, n_v
     t1 = float(np.quantile(nat["score"], 0.99, method="higher"))
     rows, jrows, frows = [], [], []
     sub = nat_x[:n_variants]
-    nat_j = {q: features(det, jpeg(sub, q), f"natural JPEG q{q}") for q in (75, 85, 95)}
+    nat_j = {js: features(det, jpeg(sub, *js), f"natural JPEG {jpeg_name(*js)}") for js in JPEG_SETTINGS}
     cache = CloakCache(cached_only=True)
     for text in attacks:
         label, table, n = parse_attack(text)
@@ -208,16 +218,16 @@ def measure(root: Path, attacks: list[str], det_path: str | None, seed: int, n_v
         for c in comps:
             row[f"auc_{c[2:]}"] = auc(nat[c], f[c])
         rows.append(row)
-        for q in (75, 85, 95):
-            fj = features(det, jpeg(cl, q), f"{label} JPEG q{q}")
-            jrows.append({"attack": label, "quality": q, "n_cloaked": len(cl), "n_natural": len(sub),
-                          "auc": auc(nat_j[q]["score"], fj["score"]), "auc_vs_original": auc(nat["score"], fj["score"]),
+        for js in JPEG_SETTINGS:
+            fj = features(det, jpeg(cl, *js), f"{label} JPEG {jpeg_name(*js)}")
+            jrows.append({"attack": label, "quality": jpeg_name(*js), "n_cloaked": len(cl), "n_natural": len(sub),
+                          "auc": auc(nat_j[js]["score"], fj["score"]), "auc_vs_original": auc(nat["score"], fj["score"]),
                           "tpr": float((fj["score"] > thr).mean())})
     frows.append({"set": "natural test chips (lfw-chips150, unseen identities)", "n": len(nat_x),
                   "fpr": float((nat["score"] > thr).mean()), "p99": float(np.quantile(nat["score"], 0.99))})
-    for q in (75, 85, 95):
-        frows.append({"set": f"natural test chips, JPEG q{q}", "n": len(sub), "fpr": float((nat_j[q]["score"] > thr).mean()),
-                      "p99": float(np.quantile(nat_j[q]["score"], 0.99))})
+    for js in JPEG_SETTINGS:
+        frows.append({"set": f"natural test chips, JPEG {jpeg_name(*js)}", "n": len(sub), "fpr": float((nat_j[js]["score"] > thr).mean()),
+                      "p99": float(np.quantile(nat_j[js]["score"], 0.99))})
     for side in (112, 200, 75):
         f = features(det, resized(sub, side), f"natural resized {side}")
         frows.append({"set": f"natural test chips stored at {side} px", "n": len(sub), "fpr": float((f["score"] > thr).mean()),
@@ -239,7 +249,7 @@ def measure(root: Path, attacks: list[str], det_path: str | None, seed: int, n_v
                ("auc", "AUC", "{:.4f}"), ("tpr", "TPR at the calibrated threshold", lambda r: f"{100 * r['tpr']:.1f}%"),
                ("tpr_at_1pct", "TPR at 1% FPR (these natural chips)", lambda r: f"{100 * r['tpr_at_1pct']:.1f}%"),
                *comp_cols, ("shift_median", "median dlib shift", "{:.4f}")],
-              notes=f"Calibrated threshold {thr:.4f} (1% FPR on the calibration identities); the 1%-FPR threshold on these natural chips: {t1:.4f}.",
+              notes=f"Calibrated threshold {thr:.4f} ({100 * (fpr or det.default_fpr):g}% FPR on the calibration identities); the 1%-FPR threshold on these natural chips: {t1:.4f}.",
               csv="attacks"),
         Table("Cloaks re-encoded as JPEG (vs natural chips re-encoded the same way)", jrows,
               [("attack", "attack", "{}"), ("quality", "JPEG quality", "{}"), ("n_cloaked", "cloaked", "{}"),
@@ -251,7 +261,7 @@ def measure(root: Path, attacks: list[str], det_path: str | None, seed: int, n_v
               notes="JPEG and resized sets: the first %d natural test chips; full photos: faces found by --align "
                     "(a photo's score is its highest face's)." % len(sub), csv="fpr"),
     ]
-    write_tables("detect", "Cloak detection on unseen identities", tables, out_dir or RESULTS_DIR,
+    write_tables(stem, "Cloak detection on unseen identities", tables, out_dir or RESULTS_DIR,
                  about=f"Detector: {det_path or 'shipped (detector-default.safetensors)'}, fingerprint {det.fingerprint()}.")
 
 
@@ -362,6 +372,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=2, help="speed: rounds of each job")
     ap.add_argument("--variants", type=int, default=1000, help="measure: natural chips re-encoded / resized per variant")
     ap.add_argument("--out", default=None, help="results folder (default bench/results)")
+    ap.add_argument("--fpr", type=float, default=None, help="measure: the calibrated threshold at this false-positive rate (default: the detector's, 0.01)")
+    ap.add_argument("--name", default="detect", help="measure: stem of the result files (default detect: detect.md, detect-*.csv)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     root = data_root(a.data)
@@ -370,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.what == "cloaks":
         cloaks(root, a.split, attacks, a.seed, a.batch_size)
     elif a.what == "measure":
-        measure(root, attacks, a.detector, a.seed, a.variants, out)
+        measure(root, attacks, a.detector, a.seed, a.variants, out, a.name, a.fpr)
     elif a.what == "calibrate":
         natural = Path(a.natural) if Path(a.natural).is_dir() else root / a.natural
         calibrate(root, natural, attacks, a.detector, a.seed, out)

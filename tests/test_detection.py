@@ -256,9 +256,11 @@ def test_net_highpass_equals_the_pooling_definition_bit_for_bit(johns_images):
 
 
 def test_shipped_detectors_by_name(johns_images, johns_cloaks):
-    """Every shipped detector flags cloaks; natural chips sharpened by 30% (unsharp masking) are flagged by the default
-    detector and not by `sharpen` or `edits`; chips with 20% more contrast by the default and not by `edits` (settings
-    neither recipe trains on); `edits` also flags most cloaks re-encoded as JPEG."""
+    """Every shipped detector flags cloaks; natural chips re-encoded as JPEG with full-resolution colour (4:4:4, as
+    ImageMagick writes at quality >= 90) are not flagged by the default detector (its recipe shows it q90; the
+    detector shipped before that flagged 67% of these chips at q90, 100% at q75); natural chips sharpened by 30%
+    (unsharp masking) are not flagged by `sharpen` or `edits`, chips with 20% more contrast not by `edits` and
+    more often by the default (settings neither recipe trains on); `edits` also flags most cloaks re-encoded as JPEG."""
     from puface.defenses import create_defense
     from puface.detection import SHIPPED_DETECTORS, detector_path, load_detector
 
@@ -278,12 +280,12 @@ def test_shipped_detectors_by_name(johns_images, johns_cloaks):
         for det in dets.values():
             keep &= ~det.is_cloaked(det.score(x))
         assert int(keep.sum()) >= 15
+        for q in (90, 75):
+            assert flagged(default, create_defense(f"jpeg:quality={q},subsampling=4:4:4")(x[keep])) <= 0.1
         sharpened = create_defense("sharpen:amount=0.3,sigma=1")(x[keep])
-        assert flagged(default, sharpened) >= 0.9
         assert flagged(sharp, sharpened) <= 0.1 and flagged(edits, sharpened) <= 0.1
         contrast = create_defense("contrast:factor=1.2")(x[keep])
-        assert flagged(default, contrast) >= 0.5
-        assert flagged(edits, contrast) <= 0.1
+        assert flagged(edits, contrast) <= 0.1 < flagged(default, contrast)
         # `edits` scores with its net alone, and its net learned cloaks re-encoded as JPEG too
         assert edits.config.components == ("net",)
         f = edits.features(x[:4])
