@@ -46,18 +46,19 @@ def list_image_files(root: str | Path, exclude: Iterable[str | Path] = (), unsup
             continue
         try:
             st = os.stat(d)
+            key = (st.st_dev, st.st_ino)
+            if key in above:
+                log.warning("warning: skipping %s: a link back to the folder %s (a folder loop)", d, d.resolve())
+                continue
             entries = sorted(d.iterdir())
         except OSError as e:
             raise PufaceError(f"{d}: cannot list folder ({e.strerror or e})") from None
-        key = (st.st_dev, st.st_ino)
-        if key in above:
-            log.warning("warning: skipping %s: a link back to the folder %s (a folder loop)", d, d.resolve())
-            continue
+        below = above | {key}  # the folders above each entry of d
         for p in entries:
             if not is_visible(p):
                 continue
             if p.is_dir():
-                stack.append((p, above | {key}))
+                stack.append((p, below))
             elif p.is_file() and (is_image_file(p) or (unsupported and is_unsupported_image_file(p))):
                 out.append(p)
     return sorted(out)
