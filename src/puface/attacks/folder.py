@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..io.jobs import (FileJob, JobReport, LoadedImage, Outcome, check_settings, group_by_size, plan_mirror, run_folder_job,
-                       shard, write_settings)
+from ..io.jobs import (FileJob, JobReport, LoadedImage, Outcome, begin_settings, check_settings, group_by_size,
+                       input_identity, plan_mirror, run_folder_job, shard)
 from ..utils.errors import PufaceError
 from ..utils.images import image_to_tensor, tensor_to_image
 from ..utils.version import __version__
@@ -234,7 +234,7 @@ def cloak_folder(
 
     record = {
         "puface_version": __version__,
-        "input": str(in_path),
+        "input": input_identity(in_path),
         "attack": attack.config,
         "naming": {"format": fmt, "tool_suffix": tool_suffix},
         "align": {"align": align, "largest_face": largest_face},
@@ -250,16 +250,19 @@ def cloak_folder(
         for user, t in chosen.items():
             say(f"target for {user}: {t}")
 
-    write_settings(config_path, record)
-
-    if getattr(attack, "group", False):
-        if align or world_size > 1 or engine != "local":
-            raise PufaceError(f"{attack.name} cloaks each identity folder as one group: cut aligned chips first (puface align) "
-                              "and run it in one process (no --align, --rank/--world-size, --engine ray)")
-        return _cloak_groups(jobs, in_path, out_path, attack, reference_dir=reference, resume=resume,
-                             io_workers=io_workers, progress=progress, say=say)
-    if reference is not None:
+    group = getattr(attack, "group", False)
+    if group and (align or world_size > 1 or engine != "local"):
+        raise PufaceError(f"{attack.name} cloaks each identity folder as one group: cut aligned chips first (puface align) "
+                          "and run it in one process (no --align, --rank/--world-size, --engine ray)")
+    if reference is not None and not group:
         raise PufaceError("--reference is only used by group attacks (opom, unlearnable)")
+    finish = begin_settings(config_path, record, resume=resume, kind="cloaking", keys=("attack", "naming", "align"))
+
+    if group:
+        report = _cloak_groups(jobs, in_path, out_path, attack, reference_dir=reference, resume=resume,
+                               io_workers=io_workers, progress=progress, say=say)
+        finish()
+        return report
     stats_name = STATS_NAME if world_size <= 1 else f"cloak_stats.rank{rank}.csv"
     if engine == "ray":
         from functools import partial
@@ -268,18 +271,22 @@ def cloak_folder(
 
         factory = partial(ray_cloak_process, attack_factory or attack, align, largest_face)
         gpus = 1.0 if torch.device(attack.device).type == "cuda" else 0.0
-        return run_ray_job(jobs, factory, batch_size=batch_size, resume=resume, address=address, workers=workers,
-                           gpus_per_worker=gpus, desc=f"cloaking ({attack.name})", verb="cloaked",
-                           stats_csv=out_path / stats_name, progress=progress, log=log)
+        report = run_ray_job(jobs, factory, batch_size=batch_size, resume=resume, address=address, workers=workers,
+                             gpus_per_worker=gpus, desc=f"cloaking ({attack.name})", verb="cloaked",
+                             stats_csv=out_path / stats_name, progress=progress, log=log)
+        finish()
+        return report
     process = make_cloak_process(attack, targets_by_src)
     if align:
         from ..align import align_adapter
 
         process = align_adapter(process, chip_size=150, no_face="skip", largest_face=largest_face)
-    return run_folder_job(
+    report = run_folder_job(
         jobs, process, batch_size=batch_size, resume=resume, desc=f"cloaking ({attack.name})", verb="cloaked",
         stats_csv=out_path / stats_name, io_workers=io_workers, progress=progress,
     )
+    finish()
+    return report
 
 
 def _cloak_groups(jobs: list[FileJob], in_path: Path, out_path: Path, attack: CloakAttack, *, reference_dir,

@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI; a `PufaceError` becomes one line on stderr and exit code 2."""
     try:
         rv = cli.main(args=argv, prog_name="puface", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort:  # click's form of Ctrl-C (KeyboardInterrupt) and of an aborted prompt
+        click.echo("interrupted; finished outputs are kept, re-run the same command to resume", err=True)
         return 130
     except click.ClickException as e:
         e.show()

@@ -48,7 +48,7 @@ def align(in_path: Path, out_root: Path, template: str | None, size: str | None,
     """
     from ..align import FaceAligner, FaceDetector
     from ..io.images import atomic_write_bytes, encode_image, pil_format_for
-    from ..io.jobs import Outcome, check_settings, plan_mirror, run_folder_job, write_settings
+    from ..io.jobs import Outcome, begin_settings, input_identity, plan_mirror, run_folder_job
     from ..utils.errors import PufaceError
     from ..utils.version import __version__
 
@@ -66,10 +66,9 @@ def align(in_path: Path, out_root: Path, template: str | None, size: str | None,
         return rel.with_name(f"{rel.stem}_face0{rel.suffix}") if all_faces else rel
 
     jobs = plan_mirror(in_path, out_root, rename=rename)
-    config = {"puface_version": __version__, "command": "align", "input": str(in_path), "all_faces": all_faces,
+    config = {"puface_version": __version__, "command": "align", "input": input_identity(in_path), "all_faces": all_faces,
               **aligner.config, "quality": quality}
-    check_settings(out_root / "align_config.json", config, resume=resume, kind="aligning")
-    write_settings(out_root / "align_config.json", config)
+    finish = begin_settings(out_root / "align_config.json", config, resume=resume, kind="aligning")
 
     def process(items):
         outs = []
@@ -91,6 +90,7 @@ def align(in_path: Path, out_root: Path, template: str | None, size: str | None,
 
     report = run_folder_job(jobs, process, batch_size=batch_size, resume=resume, desc="aligning", verb="aligned",
                             stats_csv=out_root / "align.csv", quality=quality, progress=progress)
+    finish()
     click.echo(report.summary("aligned"))
     click.echo(f"chips in {out_root}; transforms in {out_root / 'align.csv'}")
     if report.exit_code:

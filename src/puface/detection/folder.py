@@ -82,8 +82,9 @@ def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
 
 
 def _read_rows(path: Path, fields: list[str]) -> list[dict]:
-    """Complete rows of an earlier run's CSV (a row cut by an interruption is dropped); a CSV with other
-    columns is an error (another detector or other options wrote it)."""
+    """Complete rows of an earlier run's CSV (a row cut by an interruption is dropped; of several rows of one
+    path, the last, in its place); a CSV with other columns is an error (another detector or other options
+    wrote it)."""
     if not path.is_file() or path.stat().st_size == 0:
         return []
     with open(path, newline="", encoding="utf-8") as f:
@@ -103,7 +104,8 @@ def _read_rows(path: Path, fields: list[str]) -> list[dict]:
             elif not (r.get("note") or r.get("status")):
                 continue
             rows.append(r)
-    return rows
+    last = {r["path"]: i for i, r in enumerate(rows)}
+    return [r for i, r in enumerate(rows) if last[r["path"]] == i]
 
 
 @dataclass
@@ -424,12 +426,13 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
     layouts = Purifier.load_layouts(weights, device=det.device) if is_shipped(weights) else det.purifier
     serving = {**as_layouts(layouts), det.purifier.template: det.purifier}
     left_out = {"detector": det_id, "threshold": round(float(threshold), 6)} if skip_cloaked else None
-    open_output(out_path, purify_settings(in_path, serving, align=align, largest_face=largest_face, quality=quality,
-                                          step=step, skip_cloaked=left_out), resume)
+    finish = open_output(out_path, purify_settings(in_path, serving, align=align, largest_face=largest_face, quality=quality,
+                                                   step=step, skip_cloaked=left_out), resume)
     previous = _read_rows(scores, fields) if resume else []
     if previous or scores.exists():
         _write_csv(scores, previous, fields)
     skipped = {r["path"] for r in previous if r.get("status") == "skip"}
+    scored = {r["path"] for r in previous if r.get("status") != "fail"}
     other_sizes: list[Callable] = []  # `puface purify`'s batch function, for images that are not chips, made once
 
     def purify_others(items: list[LoadedImage]) -> list[np.ndarray]:
@@ -465,12 +468,15 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
                                 skip_photo=skip_photo, merge_stats=_merge_face_stats)
     job = run_folder_job(jobs, keep_input_mode(process), batch_size=batch_size, resume=resume, desc="detecting + purifying",
                          verb="purified", stats_csv=scores, quality=quality, io_workers=io_workers, progress=progress,
-                         is_done=lambda j: j.dst.exists() or j.rel.as_posix() in skipped, stats_fields=fields,
+                         # done: purified and scored (an output written without --report is scored again), or left out
+                         is_done=lambda j: (j.dst.is_file() and j.rel.as_posix() in scored) or j.rel.as_posix() in skipped,
+                         stats_fields=fields,
                          stats_key="path")
     rep = _finish(scores, fields, threshold, fpr_v, job, in_path, out_path / "detection-identities.csv", det_id,
                   current=current)
     cloaked = [{"path": r["path"], "score": r["score"], "status": r.get("status", "")} for r in rep.rows if str(r.get("cloaked")) == "1"]
     _write_csv(out_path / "cloaked.csv", cloaked, ["path", "score", "status"])
+    finish()
     return rep
 
 

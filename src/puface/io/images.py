@@ -228,6 +228,10 @@ def encode_image(image: np.ndarray | Image.Image, fmt: str, *, quality: int = 95
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
     path = Path(path)
+    if not path.parent.is_dir():
+        blocking = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise ImageWriteError(path, f"cannot write: {blocking} is a file, not a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 import threading
 import time
@@ -167,25 +168,28 @@ def image_inputs(in_path: Path) -> list[Path]:
     return files
 
 
-#: Keys of a settings record that describe a run, not its outputs (never compared).
+#: Keys of a settings record that describe a run, not its outputs (never compared as settings; "input" is
+#: compared as a path, `check_settings`).
 RUN_INFO_KEYS = ("puface_version", "input")
+#: Set in a settings record while a `--no-resume` run redoes a folder made with other settings: until it ends,
+#: the folder holds outputs of both, so a later resume is refused (`begin_settings`).
+REDO_KEY = "unfinished_redo"
 
 
-def check_settings(path: Path, record: dict, *, resume: bool, kind: str, keys: Sequence[str] | None = None) -> None:
-    """Refuse to resume into an output folder made with other settings: `path` is the folder's settings record
-    (`write_settings`), `record` this run's; they must agree on `keys` (default: every key but `RUN_INFO_KEYS`),
-    else a resume would keep outputs of the other setting and the record would lie about them. Nothing is
-    checked without `resume` or without a record (a new folder). `kind` names the job in the message
-    ("cloaking", "purifying", "aligning")."""
-    if not (resume and path.is_file()):
-        return
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise PufaceError(f"{path}: unreadable; delete it or choose another output folder") from None
-    new = json.loads(json.dumps(record))  # tuples as lists, as the record on disk holds them
+def input_identity(in_path: str | Path) -> str:
+    """How a settings record names a job's input: the folder its output names are relative to (an input
+    folder itself, a file's folder), as an absolute path with links resolved, so that a resume from another
+    working folder matches and one over another folder's files of the same names does not."""
+    p = Path(in_path)
+    if p.is_file():
+        p = p.parent
+    return str(p.resolve()) if p.exists() else os.path.abspath(str(in_path))
+
+
+def _settings_diff(old: dict, new: dict, keys: Sequence[str] | None) -> list[str]:
+    new = json.loads(json.dumps(new))  # tuples as lists, as the record on disk holds them
     if keys is None:
-        keys = sorted((set(old) | set(new)) - set(RUN_INFO_KEYS))
+        keys = sorted((set(old) | set(new)) - set(RUN_INFO_KEYS) - {REDO_KEY})
     diff: list[str] = []
     for k in keys:
         a, b = old.get(k), new.get(k)
@@ -195,11 +199,68 @@ def check_settings(path: Path, record: dict, *, resume: bool, kind: str, keys: S
             diff.extend(f"{k}.{sub}" for sub in sorted(set(a) | set(b)) if a.get(sub) != b.get(sub))
         else:
             diff.append(k)
+    return diff
+
+
+def _read_settings(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise PufaceError(f"{path}: unreadable; delete it or choose another output folder") from None
+
+
+def check_settings(path: Path, record: dict, *, resume: bool, kind: str, keys: Sequence[str] | None = None) -> None:
+    """Refuse to resume into an output folder made with other settings: `path` is the folder's settings record
+    (`write_settings`), `record` this run's; they must agree on `keys` (default: every key but `RUN_INFO_KEYS`)
+    and on the input (both absolute paths, `input_identity`; records that kept the path as typed are not
+    compared), else a resume would keep outputs of the other setting or input and the record would lie about
+    them. A folder whose `--no-resume` redo with other settings was interrupted (`begin_settings`) is refused
+    too. Nothing is checked without `resume` or without a record (a new folder). `kind` names the job in the
+    message ("cloaking", "purifying", "aligning")."""
+    if not resume:
+        return
+    old = _read_settings(path)
+    if old is None:
+        return
+    how = "choose another output folder, or pass --no-resume to redo every image"
+    if old.get(REDO_KEY):
+        raise PufaceError(f"{path.parent}: an earlier --no-resume run with other settings stopped before it ended, so "
+                          f"the folder holds outputs of both settings; pass --no-resume to redo every image, or choose "
+                          "another output folder")
+    was, now = old.get("input"), record.get("input")
+    if was and now and Path(str(was)).is_absolute() and Path(str(now)).is_absolute() and was != now:
+        raise PufaceError(f"{path.parent} holds outputs of another input ({was}; this run: {now}); {how}")
+    diff = _settings_diff(old, record, keys)
     if diff:
-        raise PufaceError(
-            f"{path.parent} holds outputs of a different {kind} setting (differs in: {', '.join(diff)}); "
-            "choose another output folder, or pass --no-resume to redo every image"
-        )
+        raise PufaceError(f"{path.parent} holds outputs of a different {kind} setting (differs in: {', '.join(diff)}); {how}")
+
+
+def begin_settings(path: Path, record: dict, *, resume: bool, kind: str,
+                   keys: Sequence[str] | None = None) -> Callable[[], None]:
+    """Check (`check_settings`) and write an output folder's settings record before a job; returns the function
+    to call once the job has ended. Without `resume`, over a record of other settings or another input, the
+    record written first is marked as an unfinished redo (`REDO_KEY`) and the plain record replaces it only at
+    the end, so an interrupted redo cannot be resumed as if its folder held one setting. (Processes sharing a
+    folder with --rank each replace it when they end: a redo shared by several processes is marked only until
+    the first of them ends.)"""
+    check_settings(path, record, resume=resume, kind=kind, keys=keys)
+    old = None if resume else _read_settings_quietly(path)
+    if old is not None and (old.get(REDO_KEY) or _settings_diff(old, record, keys)
+                            or (old.get("input") or record.get("input")) and old.get("input") != record.get("input")):
+        write_settings(path, {**record, REDO_KEY: True})
+        return lambda: write_settings(path, record)
+    write_settings(path, record)
+    return lambda: None
+
+
+def _read_settings_quietly(path: Path) -> dict | None:
+    """The record at `path`, an empty one ({"unreadable": True}) when it cannot be read, None when absent."""
+    try:
+        return _read_settings(path)
+    except PufaceError:
+        return {"unreadable": True}
 
 
 def write_settings(path: Path, record: dict) -> None:
@@ -216,8 +277,8 @@ def write_settings(path: Path, record: dict) -> None:
 
 def split_done(jobs: Sequence, resume: bool, is_done: Callable[[Any], bool] | None = None) -> tuple[list, int]:
     """(the jobs still to do, how many are done): with `resume`, a job is done when `is_done(job)`, by
-    default when its output `dst` exists (outputs are written atomically, so an existing one is complete)."""
-    done = is_done or (lambda j: j.dst.exists())
+    default when its output `dst` is a file (outputs are written atomically, so an existing one is complete)."""
+    done = is_done or (lambda j: j.dst.is_file())
     todo = [j for j in jobs if not (resume and done(j))]
     return todo, len(jobs) - len(todo)
 
@@ -335,7 +396,8 @@ class _StatsCSV:
             with open(path, "w", newline="") as f:  # type: ignore[arg-type]
                 csv.writer(f).writerow(self.fields)
 
-    def add(self, rows: list[dict]) -> None:
+    def ensure_fields(self, rows: list[dict]) -> None:
+        """Fix the columns, when no header fixes them yet, to every key of `rows` (in first-seen order)."""
         if self.path is None or not rows:
             return
         with self.lock:
@@ -347,6 +409,12 @@ class _StatsCSV:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 with open(self.path, "w", newline="") as f:
                     csv.writer(f).writerow(self.fields)
+
+    def add(self, rows: list[dict]) -> None:
+        if self.path is None or not rows:
+            return
+        self.ensure_fields(rows)
+        with self.lock:
             with open(self.path, "a", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
                 for r in rows:
@@ -445,14 +513,25 @@ def run_folder_job(
 
     lock = threading.Lock()
 
+    def stats_rows(item: LoadedImage, out: Outcome) -> list[dict]:
+        if not out.stats:
+            return []
+        head = {stats_key: item.job.rel.as_posix()}
+        if stats_status:
+            head["status"] = out.status
+        return [{**head, **out.stats}]
+
     def write(item: LoadedImage, out: Outcome) -> None:
         try:
             _write_outcome(item, out, quality)
         except Exception as e:
+            why = f"cannot write {item.job.dst} ({getattr(e, 'reason', None) or e})"
             with lock:
-                report.failed.append((item.job.src, f"cannot write {item.job.dst} ({e})"))
-            say(f"error: {item.job.src}: cannot write {item.job.dst} ({e})")
+                report.failed.append((item.job.src, why))
+            say(f"error: {item.job.src}: {why}")
             return
+        # the job's row goes to the CSV only once its output is in place: a row never stands for a missing file
+        stats.add(stats_rows(item, out))
         with lock:
             if out.status in ("ok", "record"):
                 report.written += 1
@@ -492,21 +571,17 @@ def run_folder_job(
                 if not items:
                     continue
                 outcomes = call_process(process, items)
-                rows = []
+                # the first batch's rows set the columns (all their keys), though each row is added once written
+                stats.ensure_fields([r for item, out in zip(items, outcomes) for r in stats_rows(item, out)])
                 for item, out in zip(items, outcomes):
                     if out.status == "fail":
                         report.failed.append((item.job.src, out.reason))
                         say(f"error: {item.job.src}: {out.reason}")
+                        stats.add(stats_rows(item, out))
                     else:
                         if out.status in ("copy", "skip"):
                             say(f"{'copied' if out.status == 'copy' else 'skipped'}: {item.job.src}: {out.reason}")
                         writes.append(pool.submit(write, item, out))
-                    if out.stats:
-                        head = {stats_key: item.job.rel.as_posix()}
-                        if stats_status:
-                            head["status"] = out.status
-                        rows.append({**head, **out.stats})
-                stats.add(rows)
                 bar.update(len(items))
         finally:
             for w in writes:

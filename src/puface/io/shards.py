@@ -139,7 +139,12 @@ def is_shard_input(spec: str | Path) -> bool:
             raise PufaceError(f"{p}: holds both image files and .tar/.parquet shards; pass the shards as a glob "
                               f"(e.g. '{p}/*.tar') or move them apart")
         return True
-    return _has_glob(text) and any(text.lower().endswith(s) for s in SHARD_SUFFIXES)
+    if not _has_glob(text):
+        return False
+    import braceexpand  # a dependency of webdataset
+
+    patterns = list(braceexpand.braceexpand(text)) if "{" in text else [text]  # 'data.{tar,parquet}' too
+    return all(any(pat.lower().endswith(s) for s in SHARD_SUFFIXES) for pat in patterns)
 
 
 def plan_shards(spec: str | Path, out_root: str | Path) -> list[ShardJob]:
@@ -149,15 +154,17 @@ def plan_shards(spec: str | Path, out_root: str | Path) -> list[ShardJob]:
     check_output_root(out_root)
     if base.is_dir() and Path(spec).is_dir():
         check_output_folder(base, out_root)
-    jobs = []
+    if not all(f.absolute().is_relative_to(base.absolute()) for f in files):
+        # shards from several folders ({a,b}/data.tar): names relative to the folder they all lie in
+        base = Path(os.path.commonpath([str(f.parent.absolute()) for f in files]))
+    jobs, seen = [], {}
     for f in files:
-        try:
-            rel = f.relative_to(base)
-        except ValueError:
-            rel = Path(f.name)
-        dst = out_root / rel
+        dst = out_root / f.absolute().relative_to(base.absolute())
         if dst.resolve() == f.resolve():
             raise PufaceError(f"{dst}: output shard equals an input shard; choose another output folder")
+        if dst in seen:
+            raise PufaceError(f"{seen[dst]} and {f} would both be written to {dst}; purify them into separate output folders")
+        seen[dst] = f
         jobs.append(ShardJob(f, dst, _shard_format(f)))  # type: ignore[arg-type]
     return jobs
 
@@ -299,6 +306,23 @@ def _pil_format(item: LoadedImage, rec: Record, fmt: str) -> str:
     return item.format if item.format in ("JPEG", "PNG", "WEBP", "BMP") else "PNG"
 
 
+def _remove_stale_temporaries(dst: Path) -> None:
+    """Delete the partial shards (`.NAME.PID.tmp`) that a killed process left next to `dst`, when no process of
+    that id runs on this machine (a live one may be another process writing it)."""
+    for tmp in dst.parent.glob(f".{glob.escape(dst.name)}.*.tmp"):
+        pid = tmp.name[len(dst.name) + 2 : -len(".tmp")]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive
+        except ProcessLookupError:
+            pass
+        except OSError:  # alive but not ours (EPERM)
+            continue
+        tmp.unlink(missing_ok=True)
+
+
 class _ShardWriter:
     """Writes the records of one output shard under a temporary name; `commit` renames it into place."""
 
@@ -308,6 +332,7 @@ class _ShardWriter:
         self.job = job
         job.dst.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = job.dst.with_name(f".{job.dst.name}.{os.getpid()}.tmp")
+        _remove_stale_temporaries(job.dst)
         self.count = 0
         if job.format == "webdataset":
             from webdataset import TarWriter

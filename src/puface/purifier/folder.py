@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from ..align import align_adapter
-from ..io.jobs import (LoadedImage, Outcome, check_settings, group_by_size, keep_input_mode, plan_mirror, run_folder_job,
-                       shard, write_settings)
+from ..io.jobs import (LoadedImage, Outcome, begin_settings, group_by_size, input_identity, keep_input_mode, plan_mirror,
+                       run_folder_job, shard)
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
 from ..utils.fingerprint import module_fingerprint
@@ -116,7 +116,7 @@ def purify_settings(in_path: str | Path, purifier: Purifier | Mapping[str, Purif
     recorded = None if taken == {1.0} else (taken.pop() if len(taken) == 1 else steps)
     return {
         "puface_version": __version__,
-        "input": str(in_path),
+        "input": input_identity(in_path),
         "purifier": {t: module_fingerprint(p) for t, p in sorted(as_layouts(purifier).items())},
         "template": template,
         "align": {"align": align, "largest_face": largest_face, "no_face": no_face} if align else {"align": False},
@@ -126,12 +126,11 @@ def purify_settings(in_path: str | Path, purifier: Purifier | Mapping[str, Purif
     }
 
 
-def open_output(out_path: str | Path, record: dict, resume: bool) -> None:
-    """Check `record` (`purify_settings`) against the one in `out_path` (a resume with other settings is
-    refused: `--no-resume` redoes every image) and write it there."""
-    path = Path(out_path) / CONFIG_NAME
-    check_settings(path, record, resume=resume, kind="purifying")
-    write_settings(path, record)
+def open_output(out_path: str | Path, record: dict, resume: bool) -> Callable[[], None]:
+    """Check `record` (`purify_settings`) against the one in `out_path` (a resume with other settings or another
+    input is refused: `--no-resume` redoes every image) and write it there; returns the function to call when
+    the job has ended (`io.jobs.begin_settings`: a redo over other settings is marked unfinished until then)."""
+    return begin_settings(Path(out_path) / CONFIG_NAME, record, resume=resume, kind="purifying")
 
 
 def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifier | None = None,
@@ -169,8 +168,8 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
     layouts: Purifier | dict[str, Purifier] = purifier if purifier is not None else \
         Purifier.load_layouts(weights, device="cpu" if engine == "ray" else dev)  # checks the file here
     jobs = plan_mirror(in_path, out_path)
-    open_output(out_path, purify_settings(in_path, layouts, template=template, align=align, largest_face=largest_face,
-                                          no_face=no_face, quality=quality, step=step, **(settings or {})), resume)
+    finish = open_output(out_path, purify_settings(in_path, layouts, template=template, align=align, largest_face=largest_face,
+                                                   no_face=no_face, quality=quality, step=step, **(settings or {})), resume)
     prep = prepare() if prepare is not None else None
     if world_size > 1:
         jobs = shard(jobs, rank, world_size)
@@ -188,9 +187,11 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
         else:
             what = str(Path(weights).resolve())  # type: ignore[arg-type]
         factory = partial(ray_batch_process, what, str(dev), align, largest_face, no_face, template, step)
-        return run_ray_job(jobs, factory, batch_size=batch_size, resume=resume, address=address, workers=workers,
-                           cpus_per_worker=cpus_per_worker, gpus_per_worker=1.0 if dev.type == "cuda" else 0.0,
-                           desc="purifying", verb="purified", stats_csv=stats_csv, quality=quality, progress=progress)
+        report = run_ray_job(jobs, factory, batch_size=batch_size, resume=resume, address=address, workers=workers,
+                             cpus_per_worker=cpus_per_worker, gpus_per_worker=1.0 if dev.type == "cuda" else 0.0,
+                             desc="purifying", verb="purified", stats_csv=stats_csv, quality=quality, progress=progress)
+        finish()
+        return report
     process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template, step)
     if prep is not None:
         purify_batch = process
@@ -200,8 +201,10 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
                 it.image = prep(it)
             return purify_batch(items)
 
-    return run_folder_job(jobs, process, batch_size=batch_size, resume=resume, desc="purifying", verb="purified",
-                          stats_csv=stats_csv, quality=quality, io_workers=io_workers, progress=progress)
+    report = run_folder_job(jobs, process, batch_size=batch_size, resume=resume, desc="purifying", verb="purified",
+                            stats_csv=stats_csv, quality=quality, io_workers=io_workers, progress=progress)
+    finish()
+    return report
 
 
 def purify_shards(in_spec: str | Path, out_path: str | Path, *, purifier: Purifier | None = None,
@@ -219,11 +222,15 @@ def purify_shards(in_spec: str | Path, out_path: str | Path, *, purifier: Purifi
     dev = resolve_device(device)
     layouts = purifier if purifier is not None else Purifier.load_layouts(weights, device=dev)
     jobs = plan_shards(in_spec, out_path)
-    open_output(out_path, purify_settings(in_spec, layouts, template=template, align=align, largest_face=largest_face,
-                                          no_face=no_face, quality=quality, step=step, image_field=image_field), resume)
+    # the folder the output shards' names are relative to identifies the input (a folder, a glob or braces in it)
+    base = jobs[0].src.absolute().parents[len(jobs[0].dst.relative_to(out_path).parts) - 1] if jobs else in_spec
+    finish = open_output(out_path, purify_settings(base, layouts, template=template, align=align, largest_face=largest_face,
+                                                   no_face=no_face, quality=quality, step=step, image_field=image_field), resume)
     if world_size > 1:
         jobs = jobs[rank::world_size]
     process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template, step)
-    return run_shard_job(jobs, process, batch_size=batch_size, resume=resume, image_field=image_field,
-                         desc="purifying", verb="purified", stats_csv=stats_csv, quality=quality,
-                         io_workers=io_workers, progress=progress)
+    report = run_shard_job(jobs, process, batch_size=batch_size, resume=resume, image_field=image_field,
+                           desc="purifying", verb="purified", stats_csv=stats_csv, quality=quality,
+                           io_workers=io_workers, progress=progress)
+    finish()
+    return report

@@ -1,0 +1,188 @@
+"""What a folder or shard job promises about its output folder when runs are resumed, redone or interrupted:
+a resume never mixes in outputs of another input or of an unfinished redo with other settings, a CSV row
+stands only for an output that was written, two inputs never share one output, and a killed run's partial
+files do not stay behind."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import click
+import pytest
+import torch
+from torch import nn
+
+import puface.purifier.folder as purifier_folder
+from puface.cli import main
+from puface.io.jobs import REDO_KEY, Outcome, plan_mirror, run_folder_job
+from puface.purifier import Purifier, RedNetConfig
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    p = Purifier(RedNetConfig(channels=8, depth=4, downsample=1))
+    for prm in p.parameters():
+        nn.init.normal_(prm, std=0.03)
+    return p.save(tmp_path_factory.mktemp("w") / "p.pt")
+
+
+def _tree(johns_dir: Path, root: Path, start: int) -> Path:
+    """Two identity folders of two chips each, the chips from `start` on (same names for every start)."""
+    src = sorted(johns_dir.glob("*/*.jpg"))
+    for k, p in enumerate(src[start : start + 4]):
+        (root / f"id{k // 2}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, root / f"id{k // 2}" / f"{k % 2}.jpg")
+    return root
+
+
+def _purify(*args) -> list[str]:
+    return ["purify", *map(str, args), "--no-progress", "--device", "cpu"]
+
+
+def test_resuming_into_an_output_folder_of_another_input_is_refused(johns_dir, tmp_path, weights, capsys, monkeypatch):
+    """Same file names, other photos: the outputs of the first input must not pass as the second's."""
+    a, b, out = _tree(johns_dir, tmp_path / "a", 0), _tree(johns_dir, tmp_path / "b", 20), tmp_path / "out"
+    assert main(_purify(a, out, "--weights", weights)) == 0
+    first = (out / "id0" / "0.jpg").read_bytes()
+    capsys.readouterr()
+    assert main(_purify(b, out, "--weights", weights)) == 2
+    err = capsys.readouterr().err
+    assert "holds outputs of another input" in err and str(a.resolve()) in err and "--no-resume" in err
+    assert (out / "id0" / "0.jpg").read_bytes() == first
+    monkeypatch.chdir(tmp_path)  # the same input named from another folder is the same input
+    assert main(_purify("a", "out", "--weights", weights)) == 0
+    assert "0 purified, 4 already done" in capsys.readouterr().out
+    assert main(_purify(b, out, "--weights", weights, "--no-resume")) == 0
+    assert (out / "id0" / "0.jpg").read_bytes() != first
+    assert json.loads((out / "purify_config.json").read_text())["input"] == str(b.resolve())
+
+
+def test_an_interrupted_redo_with_other_settings_cannot_be_resumed(johns_dir, tmp_path, weights, capsys, monkeypatch):
+    """--no-resume with other settings, stopped half way, leaves outputs of both settings: a plain resume of
+    either setting is refused until a --no-resume run ends; a redo with the same settings needs no mark."""
+    src, out = _tree(johns_dir, tmp_path / "in", 0), tmp_path / "out"
+    assert main(_purify(src, out, "--weights", weights)) == 0
+    real = purifier_folder.run_folder_job
+
+    def stopped(jobs, process, **kw):  # writes the first image with the new setting, then Ctrl-C
+        real(jobs[:1], process, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(purifier_folder, "run_folder_job", stopped)
+    assert main(_purify(src, out, "--weights", weights, "--step", "2", "--no-resume")) == 130
+    assert json.loads((out / "purify_config.json").read_text())[REDO_KEY] is True
+    monkeypatch.setattr(purifier_folder, "run_folder_job", real)
+    capsys.readouterr()
+    for extra in ([], ["--step", "2"]):
+        assert main(_purify(src, out, "--weights", weights, *extra)) == 2
+        assert "stopped before it ended" in capsys.readouterr().err
+    assert main(_purify(src, out, "--weights", weights, "--step", "2", "--no-resume")) == 0
+    record = json.loads((out / "purify_config.json").read_text())
+    assert REDO_KEY not in record and record["step"] == 2
+    assert main(_purify(src, out, "--weights", weights, "--step", "2")) == 0  # a plain resume again
+    monkeypatch.setattr(purifier_folder, "run_folder_job", stopped)
+    assert main(_purify(src, out, "--weights", weights, "--step", "2", "--no-resume")) == 130
+    assert REDO_KEY not in json.loads((out / "purify_config.json").read_text())  # same settings: nothing mixed
+
+
+def _identity(items):
+    return [Outcome.ok(it.image, mean=float(it.image.mean())) for it in items]
+
+
+def test_a_csv_row_stands_only_for_a_written_output(johns_dir, tmp_path, capsys):
+    """An output that cannot be written (a file where its folder should be; a folder where it should be) is
+    reported once, with the cause, gets no row, and is done on the next run; its row then appears once."""
+    src, out = _tree(johns_dir, tmp_path / "in", 0), tmp_path / "out"
+    out.mkdir()
+    (out / "id1").write_bytes(b"in the way")  # blocks id1/0.jpg and id1/1.jpg
+    (out / "id0" / "1.jpg").mkdir(parents=True)  # a folder where an output goes
+    stats = out / "stats.csv"
+    rep = run_folder_job(plan_mirror(src, out), _identity, batch_size=4, stats_csv=stats, progress=False,
+                         log=lambda m: None)
+    assert rep.written == 1 and len(rep.failed) == 3
+    why = dict((p.relative_to(src).as_posix(), w) for p, w in rep.failed)
+    assert f"{out / 'id1'} is a file, not a folder" in why["id1/0.jpg"] and why["id1/0.jpg"].count(str(out / "id1" / "0.jpg")) == 1
+    assert "id0/1.jpg" in why  # not taken for an output already written
+    rows = stats.read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("id0/0.jpg,ok,")
+    (out / "id1").unlink()
+    (out / "id0" / "1.jpg").rmdir()
+    rep = run_folder_job(plan_mirror(src, out), _identity, batch_size=4, stats_csv=stats, progress=False)
+    assert rep.written == 3 and rep.resumed == 1 and not rep.failed
+    names = sorted(r.split(",")[0] for r in stats.read_text().splitlines()[1:])
+    assert names == ["id0/0.jpg", "id0/1.jpg", "id1/0.jpg", "id1/1.jpg"]
+
+
+def test_purify_report_resumed_over_a_plain_run_scores_every_image(johns_dir, tmp_path, capsys):
+    """Outputs written by a plain `purify` carry no score: a resume with --report scores them, so its summary
+    covers every image; a second --report run finds them all done."""
+    src, out = _tree(johns_dir, tmp_path / "in", 0), tmp_path / "out"
+    assert main(_purify(src, out)) == 0
+    capsys.readouterr()
+    assert main(_purify(src, out, "--report")) == 0
+    rows = (out / "detection.csv").read_text().splitlines()
+    assert len(rows) == 5 and sorted(r.split(",")[0] for r in rows[1:]) == ["id0/0.jpg", "id0/1.jpg", "id1/0.jpg", "id1/1.jpg"]
+    assert "of 4 images" in capsys.readouterr().out
+    assert main(_purify(src, out, "--report")) == 0
+    assert "0 purified, 4 already done" in capsys.readouterr().out
+    assert len((out / "detection.csv").read_text().splitlines()) == 5
+
+
+def _tar(path: Path, chip: bytes, key: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tf:
+        ti = tarfile.TarInfo(f"{key}.jpg")
+        ti.size = len(chip)
+        tf.addfile(ti, io.BytesIO(chip))
+    return path
+
+
+def test_shards_of_one_name_from_several_folders_are_kept_apart(johns_dir, tmp_path, weights):
+    from puface.io.shards import is_shard_input, plan_shards
+
+    chip = sorted(johns_dir.glob("*/*.jpg"))[0].read_bytes()
+    _tar(tmp_path / "a" / "data.tar", chip, "k0")
+    _tar(tmp_path / "b" / "data.tar", chip, "k1")
+    _tar(tmp_path / "b" / "more.tar", chip, "k2")
+    for spec, want in ((f"{{{tmp_path}/a,{tmp_path}/b}}/data.tar", ["a/data.tar", "b/data.tar"]),
+                       (f"{{{tmp_path}/a/data,{tmp_path}/b/more}}.tar", ["a/data.tar", "b/more.tar"]),
+                       (f"{tmp_path}/b/*.tar", ["data.tar", "more.tar"])):
+        jobs = plan_shards(spec, tmp_path / "out")
+        assert sorted(j.dst.relative_to(tmp_path / "out").as_posix() for j in jobs) == want, spec
+    out = tmp_path / "out"
+    assert main(_purify(f"{{{tmp_path}/a,{tmp_path}/b}}/data.tar", out, "--weights", weights)) == 0
+    assert (out / "a" / "data.tar").is_file() and (out / "b" / "data.tar").is_file()
+    assert is_shard_input(f"{tmp_path}/a/data.{{tar,parquet}}")
+    assert not is_shard_input(f"{tmp_path}/a/*.{{tar,jpg}}")
+
+
+def test_a_killed_shard_writers_partial_file_is_removed(johns_dir, tmp_path, weights):
+    chip = sorted(johns_dir.glob("*/*.jpg"))[0].read_bytes()
+    src = _tar(tmp_path / "in" / "data.tar", chip, "k0")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f".data.tar.{dead.pid}.tmp"
+    stale.write_bytes(b"half a shard")
+    assert main(_purify(src.parent, out, "--weights", weights)) == 0
+    assert (out / "data.tar").is_file() and not stale.exists()
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_ctrl_c_says_how_to_resume(monkeypatch, capsys):
+    from puface import cli as cli_module
+
+    def abort(**kw):
+        raise click.exceptions.Abort()
+
+    monkeypatch.setattr(cli_module.cli, "main", abort)
+    assert cli_module.main(["purify"]) == 130
+    assert "re-run the same command to resume" in capsys.readouterr().err
+
