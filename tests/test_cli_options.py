@@ -93,3 +93,16 @@ def test_rank_and_world_size_from_the_environment_are_checked(monkeypatch, tmp_p
         resolve_rank(None, None)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert resolve_rank(None, None) == (0, 2) and resolve_rank(1, None) == (1, 2)
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_an_unusable_puface_home_is_one_line(where, tmp_path, monkeypatch, capsys, johns_dir):
+    """$PUFACE_HOME that cannot be a folder: one line naming it and what to do, not a traceback."""
+    blocker = tmp_path / "home"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("PUFACE_HOME", str(blocker if where == "a file" else blocker / "sub"))
+    src = tmp_path / "in" / "a"
+    src.mkdir(parents=True)
+    (src / "x.jpg").write_bytes(next(iter(sorted(johns_dir.glob("*/*.jpg")))).read_bytes())
+    code, _, err = run(["cloak", "--mode", "custom", "--steps", "1", "--no-progress", str(tmp_path / "in"), str(tmp_path / "out")], capsys)
+    assert code == 2 and "$PUFACE_HOME" in err and "writable folder" in err and "Traceback" not in err

@@ -131,3 +131,36 @@ def test_trainer_contract(name, colour_set):
     cfg = json.loads(json.dumps(model.config))
     params = {k: v for k, v in cfg.items() if k not in ("name", "embedder")}
     assert cfg["name"] == name and create_trainer(name, tiny_conv_embedder(0), **params).config == model.config
+
+
+# ------------------------------------------------------------------ spec values
+
+def _numeric_option(registry, name: str) -> str | None:
+    """A option of `name` that takes a number: from its fast options, else its signature's numeric defaults."""
+    fast = _fast(registry, name)
+    key = next((k for k, v in fast.items() if isinstance(v, (int, float)) and not isinstance(v, bool)), None)
+    if key is None:
+        sig = registry.get(name).signature()
+        params = sig.parameters.values() if sig is not None else []
+        key = next((p.name for p in params if isinstance(p.default, (int, float)) and not isinstance(p.default, bool)), None)
+    return key
+
+
+@pytest.mark.parametrize("kind, name", [("attack", n) for n in ATTACKS.names()] + [("defense", n) for n in DEFENSES.names()]
+                         + [("trainer", n) for n in TRAINERS.names()])
+def test_text_where_a_number_goes_is_one_config_error(kind, name):
+    """`steps=abc` in a spec is a `ConfigError` naming the option, not a TypeError from deep inside."""
+    from puface.utils.errors import ConfigError
+
+    registry = {"attack": ATTACKS, "defense": DEFENSES, "trainer": TRAINERS}[kind]
+    key = _numeric_option(registry, name)
+    if key is None:
+        pytest.skip(f"{kind} {name} takes no number")
+    options = {**_fast(registry, name), key: "abc"}
+    with pytest.raises(ConfigError, match=f"{key} must be a number, got 'abc'"):
+        if kind == "attack":
+            create_attack(name, **options)
+        elif kind == "defense":
+            create_defense({"name": name, **options})
+        else:
+            TRAINERS.check(name, tiny_conv_embedder(), **options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -557,3 +558,33 @@ def test_data_root_comes_from_a_folder_puface_data_or_says_how_to_get_it(tmp_pat
         resolve_data_root("somewhere")
     with pytest.raises(PufaceError, match="no data given"):
         resolve_data_root("")
+
+
+def test_a_typo_with_restart_leaves_the_earlier_results_alone(colour_experiment, tmp_path):
+    """A bad spec value is one clear error raised before the output folder is touched: a --restart with a
+    typo must not discard the finished runs or overwrite the recorded config."""
+    cfg_path, out, _ = colour_experiment
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
+    bad = tmp_path / "bad.toml"
+    bad.write_text(cfg_path.read_text().replace('label = "checker"', 'label = "checker"\namplitude = "abc"'))
+    with pytest.raises(PufaceError, match="amplitude must be a number, got 'abc'"):
+        run_experiment(load_config(bad), copy, progress=False, echo=lambda s: None, restart=True)
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
+
+
+def test_resuming_over_changed_data_is_refused(tmp_path):
+    """The runs of a folder hold for the images they read: after a change under the data folder a resume is
+    refused (unchanged data resumes)."""
+    register_standins()
+    root = write_colour_faces(tmp_path / "data")
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root))
+    out = tmp_path / "out"
+    run_experiment(parse(text, tmp_path), out, progress=False, echo=lambda s: None)
+    said: list[str] = []
+    run_experiment(parse(text, tmp_path), out, progress=False, echo=said.append)
+    assert any(s.startswith("resuming:") for s in said)
+    next(p for p in sorted(root.rglob("*.png"))).unlink()
+    with pytest.raises(PufaceError, match="results of other data"):
+        run_experiment(parse(text, tmp_path), out, progress=False, echo=lambda s: None)

@@ -186,3 +186,58 @@ def test_ctrl_c_says_how_to_resume(monkeypatch, capsys):
     assert cli_module.main(["purify"]) == 130
     assert "re-run the same command to resume" in capsys.readouterr().err
 
+
+
+def _cloak(*args) -> list[str]:
+    return ["cloak", "--surrogate", "dlib-resnet29", "--no-progress", "--device", "cpu", *map(str, args)]
+
+
+def _stats(out: Path) -> list[dict]:
+    import csv
+
+    with open(out / "cloak_stats.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_cloak_redone_or_resumed_keeps_one_stats_row_per_image(johns_dir, tmp_path, capsys):
+    """--no-resume with other settings starts the stats afresh (the new columns too); a group attack whose
+    identity holds an unreadable photo is done once its readable photos are cloaked, not redone on every run."""
+    src, out = _tree(johns_dir, tmp_path / "in", 0), tmp_path / "out"
+    fast = ["--mode", "custom", "--th", "0.01", "--steps", "1", "--lr", "20"]
+    assert main(_cloak(*fast, src, out)) == 0
+    assert main(_cloak(*fast, "--steps", "2", "--surrogate", "sface", "--no-resume", src, out)) == 0
+    rows = _stats(out)
+    assert sorted(r["file"] for r in rows) == ["id0/0.jpg", "id0/1.jpg", "id1/0.jpg", "id1/1.jpg"]
+    assert all(r.get("shift_sface") not in (None, "") for r in rows)
+
+    (src / "id1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    group = tmp_path / "group"
+    assert main(_cloak("--attack", "opom", "--steps", "1", src, group)) == 1
+    capsys.readouterr()
+    assert main(_cloak("--attack", "opom", "--steps", "1", src, group)) == 1  # the broken photo is listed again
+    cap = capsys.readouterr()
+    assert "0 cloaked, 4 already done" in cap.out and "broken.jpg" in cap.out
+    assert sorted(r["file"] for r in _stats(group)) == ["id0/0.jpg", "id0/1.jpg", "id1/0.jpg", "id1/1.jpg"]
+
+
+def test_a_cloak_folder_records_its_reference_and_is_read_by_its_recorded_names(johns_dir, tmp_path, capsys):
+    """A resume against another --reference is refused (the outputs were optimised against the first); a redo in
+    another format leaves the old files, and `--cloaked` readers take the recorded name."""
+    from puface.attacks.folder import FolderCloaks
+
+    src, out = _tree(johns_dir, tmp_path / "in", 0), tmp_path / "out"
+    ref_a, ref_b = _tree(johns_dir, tmp_path / "ref_a", 8), _tree(johns_dir, tmp_path / "ref_b", 12)
+    fast = ["--attack", "unlearnable", "--steps", "1", "--epsilon", "4"]
+    assert main(_cloak(*fast, "--reference", ref_a, src, out)) == 0
+    assert json.loads((out / "cloak_config.json").read_text())["reference"] == str(ref_a.resolve())
+    capsys.readouterr()
+    assert main(_cloak(*fast, "--reference", ref_b, src, out)) == 2
+    assert "differs in: reference" in capsys.readouterr().err
+
+    plain = tmp_path / "plain"
+    fawkes = ["--mode", "custom", "--th", "0.01", "--steps", "1", "--lr", "20"]
+    assert main(_cloak(*fawkes, "--format", "same", src, plain)) == 0
+    assert main(_cloak(*fawkes, "--no-resume", src, plain)) == 0  # now PNG: the .jpg files stay beside them
+    assert (plain / "id0" / "0.jpg").is_file() and (plain / "id0" / "0.png").is_file()
+    found = FolderCloaks(plain).find(src / "id0" / "0.jpg", src)
+    assert found == plain / "id0" / "0.png"

@@ -112,3 +112,18 @@ def test_shipped_weights_carry_no_machine_paths():
         with safe_open(str(f), "pt") as h:
             text = json.dumps(h.metadata())
         assert not re.search(r'"(/|[A-Za-z]:\\\\)[^"]*"|/(root|home|tmp|work)/', text), f.name
+
+
+def test_a_checkpoint_without_its_model_config_is_one_clear_error(tmp_path):
+    """A hand-made safetensors file with puface metadata but no model config: a PufaceError naming what is
+    missing, not a KeyError from deep inside `Purifier.load`."""
+    from safetensors.torch import save_file
+
+    from puface.purifier.checkpoint import FORMAT
+
+    path = tmp_path / "made-by-hand.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"puface": json.dumps({"format": FORMAT, "format_version": 1})})
+    with pytest.raises(PufaceError, match="incomplete purifier checkpoint .no model_config."):
+        load_checkpoint(path)
+    with pytest.raises(PufaceError, match="incomplete purifier checkpoint"):
+        Purifier.load(path)

@@ -127,3 +127,17 @@ def test_report_cells_cli_writes_the_table(tmp_path, capsys):
     assert (tmp_path / "t.md").read_text().splitlines()[2] == "| none | 100.0 | 100.0 | 100.0 | 99.0 |"
     assert main(["report", "cells", "compare", str(folder)]) == 2
     assert "needs --other" in capsys.readouterr().err
+
+
+def test_repeats_table_keeps_each_trainer_as_its_own_cell(tmp_path):
+    """Two trainers of one attack and victim are two cells (the 1-NN one must not be overwritten by the linear one)."""
+    folder = _summary(tmp_path, [
+        ("fawkes", "dlib-resnet29", "nn", "ref", "white-box", 1.0, 0.99),
+        ("fawkes", "dlib-resnet29", "linear", "ref", "white-box", 0.5, 0.99),
+        ("fawkes", "dlib-resnet29", "nn", "ref-s1", "white-box", 0.8, 0.99),
+        ("fawkes", "dlib-resnet29", "linear", "ref-s1", "white-box", 0.3, 0.99),
+    ])
+    table = summaries.repeats_table(folder)
+    assert "fawkes / dlib-resnet29 / linear" in table and "fawkes / dlib-resnet29 / nn" in table
+    row = next(line for line in table.splitlines() if line.startswith("| ref |"))
+    assert "| ref | 2 | 40.0 [30.0, 50.0] | 90.0 [80.0, 100.0] | 65.0 [55.0, 75.0] |" in row

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from ..io.jobs import (FileJob, JobReport, LoadedImage, Outcome, begin_settings, check_settings, group_by_size,
-                       input_identity, plan_mirror, run_folder_job, shard)
-from ..utils.errors import PufaceError
+                       input_identity, load_for_job, plan_mirror, run_folder_job, shard)
+from ..utils.errors import ImageReadError, PufaceError
 from ..utils.images import image_to_tensor, tensor_to_image
 from ..utils.version import __version__
 from .base import CloakAttack
@@ -49,8 +49,20 @@ class FolderCloaks:
         self.root = Path(root)
         if not self.root.is_dir():
             raise PufaceError(f"{self.root}: folder of cloaked images not found")
-        self.patterns = tuple(patterns) if patterns else self.DEFAULT_PATTERNS
+        recorded = () if patterns else self._recorded_pattern()
+        self.patterns = tuple(patterns) if patterns else tuple(dict.fromkeys((*recorded, *self.DEFAULT_PATTERNS)))
         self.name = f"folder-{self.root.name}"
+
+    def _recorded_pattern(self) -> tuple[str, ...]:
+        """The output name `puface cloak` recorded for this folder (its `naming`), tried before the defaults: a
+        folder redone with another format may still hold files under the old names."""
+        try:
+            record = json.loads((self.root / CONFIG_NAME).read_text())
+            naming, kind = record["naming"], str(record["attack"].get("name", ""))
+            suffix = TOOL_SUFFIX.get(kind, "_cloaked") if naming.get("tool_suffix") else ""
+            return (f"{{stem}}{suffix}{'.png' if naming.get('format', 'png') == 'png' else '{ext}'}",)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return ()
 
     @property
     def recorded_surrogates(self) -> list[dict]:
@@ -238,9 +250,13 @@ def cloak_folder(
         "attack": attack.config,
         "naming": {"format": fmt, "tool_suffix": tool_suffix},
         "align": {"align": align, "largest_face": largest_face},
+        # photos the outputs were optimised against (group attacks' reference identities, targeted Fawkes' pool)
+        "reference": input_identity(reference) if reference is not None else None,
+        "target_pool": input_identity(target_pool) if targeted and target_pool is not None else None,
     }
     config_path = out_path / CONFIG_NAME
-    check_settings(config_path, record, resume=resume, kind="cloaking", keys=("attack", "naming", "align"))
+    keys = ("attack", "naming", "align", "reference", "target_pool")
+    check_settings(config_path, record, resume=resume, kind="cloaking", keys=keys)
 
     targets_by_src = None
     if targeted:
@@ -256,7 +272,7 @@ def cloak_folder(
                           "and run it in one process (no --align, --rank/--world-size, --engine ray)")
     if reference is not None and not group:
         raise PufaceError("--reference is only used by group attacks (opom, unlearnable)")
-    finish = begin_settings(config_path, record, resume=resume, kind="cloaking", keys=("attack", "naming", "align"))
+    finish = begin_settings(config_path, record, resume=resume, kind="cloaking", keys=keys)
 
     if group:
         report = _cloak_groups(jobs, in_path, out_path, attack, reference_dir=reference, resume=resume,
@@ -289,6 +305,19 @@ def cloak_folder(
     return report
 
 
+def _unreadable(jobs: list[FileJob]) -> list[tuple[Path, str]] | None:
+    """(input, reason) for each of `jobs` when none of them can be decoded; None as soon as one can."""
+    out = []
+    for j in jobs:
+        try:
+            load_for_job(j)
+        except ImageReadError as e:
+            out.append((j.src, e.reason))
+            continue
+        return None
+    return out
+
+
 def _cloak_groups(jobs: list[FileJob], in_path: Path, out_path: Path, attack: CloakAttack, *, reference_dir,
                   resume: bool, io_workers: int, progress: bool, say) -> JobReport:
     """`cloak_folder` for group attacks: one identity folder at a time, each a single attack call."""
@@ -314,9 +343,13 @@ def _cloak_groups(jobs: list[FileJob], in_path: Path, out_path: Path, attack: Cl
         ref_labels = np.array([ref_items[k][1] for k in kept], dtype=object)
     total = JobReport(total=len(jobs))
     for ident, gjobs in groups.items():
-        if resume and all(j.dst.exists() for j in gjobs):
-            total.resumed += len(gjobs)
-            continue
+        if resume:
+            missing = [j for j in gjobs if not j.dst.is_file()]
+            unreadable = _unreadable(missing) if len(missing) < len(gjobs) else None
+            if unreadable is not None:  # every readable photo of the group is cloaked: the group is done
+                total.resumed += len(gjobs) - len(missing)
+                total.failed += unreadable
+                continue
         reference = None
         if ref_images is not None:
             others = np.flatnonzero(ref_labels != ident)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..utils.errors import ConfigError
+from ..utils.registry import require_numbers
 from .group import GroupCloakAttack, Reference
 from .surrogates import SurrogateSpec, available_defaults
 
@@ -116,6 +117,7 @@ class OPOM(GroupCloakAttack):
         if unknown:
             raise ConfigError(f"opom: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         self.settings = replace(OPOMSettings(), **knobs)
+        require_numbers(self.settings, "opom")
         self.settings.check()
         if embedders is None:
             embedders = available_defaults(["dlib-resnet29", "sface"], "opom")

@@ -39,6 +39,7 @@ from torch import nn
 
 from ..utils.errors import ConfigError, PufaceError
 from ..utils.images import to_float
+from ..utils.registry import require_numbers
 from .group import GroupCloakAttack, Reference
 from .surrogates import SurrogateSpec, available_defaults
 
@@ -92,6 +93,7 @@ class UnlearnableExamples(GroupCloakAttack):
         if unknown:
             raise ConfigError(f"unlearnable: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         self.settings = replace(UnlearnableSettings(), **knobs)
+        require_numbers(self.settings, "unlearnable")
         self.settings.check()
         if embedders is None:
             embedders = available_defaults(["dlib-resnet29"], "unlearnable")
@@ -166,8 +168,9 @@ class UnlearnableExamples(GroupCloakAttack):
         ref_labels = [] if reference is None else reference.labels.tolist()
         classes = sorted(set(map(str, labels)) | set(map(str, ref_labels)))
         if len(classes) < 2:
-            raise PufaceError("unlearnable: the min-min optimisation needs at least two classes; pass labels naming "
-                              "several identities or a reference of other identities")
+            raise PufaceError("unlearnable: the min-min optimisation needs at least two classes: give it photos of several "
+                              "identities (identity folders under IN) or other people as a reference (`puface cloak "
+                              "--reference FOLDER`; `reference=` from Python)")
         index = {c: i for i, c in enumerate(classes)}
         y = torch.tensor([index[str(l)] for l in labels], device=self.device)
         ref_codes = torch.tensor([index[str(l)] for l in ref_labels], dtype=torch.long, device=self.device)

@@ -58,7 +58,7 @@ def list_packaged(kind: str) -> None:
         if not text and path:
             first = next((ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("#")), "")
             text = first.lstrip("# ")
-        click.echo(f"{name:24s} {text[:110]}")
+        click.echo(f"{name:24s} {text if len(text) <= 110 else text[:107].rstrip() + '...'}")
 
 
 # the purifier a detector was calibrated with (one option, shared by the commands below)

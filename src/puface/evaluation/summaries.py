@@ -233,14 +233,14 @@ def repeats_table(folder: Path, quality: Path | None = None) -> str:
     """Defenses grouped by recipe: per white-box cell the mean and [min, max] over the repeats; with
     `quality` (a folder of `bench/bench_purifier.py quality` JSONs, <label>.json), the held-out natural
     PSNR and LowKey cosines."""
-    cells: dict[str, dict[tuple[str, str], dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    cells: dict[str, dict[tuple[str, str, str], dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     normal: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r, asr, acc in _cells_pct(folder):
-        if r["setting"] == "white-box":
-            cells[recipe_of(r["defense"])][(r["attack"], r["victim"])][r["defense"]] = asr
+        if r["setting"] == "white-box":  # a cell: attack, victim and trainer
+            cells[recipe_of(r["defense"])][(r["attack"], r["victim"], r["trainer"])][r["defense"]] = asr
             normal[recipe_of(r["defense"])][r["defense"]].append(acc)
     keys = sorted({k for c in cells.values() for k in c})
-    head = [f"{a} / {v}" for a, v in keys] + ["mean white-box", "normal acc."]
+    head = [f"{a} / {v} / {t}" for a, v, t in keys] + ["mean white-box", "normal acc."]
     if quality:
         head += ["PSNR natural (dB)", "LowKey cos dlib / SFace"]
     out = ["| recipe | runs | " + " | ".join(head) + " |", "|---" * (len(head) + 2) + "|"]

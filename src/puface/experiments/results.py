@@ -63,11 +63,28 @@ def json_safe(o: Any) -> Any:
     return o
 
 
+def data_fingerprint(root: str | Path) -> str:
+    """A hash of the image files under `root` (relative paths and sizes; not times, so a copy of the same
+    data elsewhere matches)."""
+    import hashlib
+
+    from ..io.files import list_image_files
+
+    root = Path(root)
+    h = hashlib.sha256()
+    for p in list_image_files(root):
+        h.update(f"{p.relative_to(root).as_posix()}\t{p.stat().st_size}\n".encode())
+    return h.hexdigest()[:16]
+
+
 class ResultsFolder:
     """The output folder of one experiment run (see the module docstring). Use as a context manager
     around the runs, so the append-only files are closed whatever happens."""
 
-    def __init__(self, out: Path, cfg: ExperimentConfig, fingerprint: str, *, restart: bool = False):
+    def __init__(self, out: Path, cfg: ExperimentConfig, fingerprint: str, *, restart: bool = False,
+                 data: str | None = None):
+        """data: a fingerprint of the data the runs read (`data_fingerprint`): a resume over results of other data
+        is refused (folders written before it was recorded are not compared)."""
         self.out, self.cfg, self.fingerprint = out, cfg, fingerprint
         out.mkdir(parents=True, exist_ok=True)
         self.state_path, self.runs_path, self.details_path = out / "state.json", out / "runs.jsonl", out / "details.jsonl"
@@ -77,9 +94,14 @@ class ResultsFolder:
                 raise PufaceError(
                     f"{out} holds results of a different config or different model weights (fingerprint "
                     f"{old.get('fingerprint')} != {fingerprint}); use another --out folder or --restart to discard them")
+            if data and old.get("data") and old["data"] != data:
+                raise PufaceError(
+                    f"{out} holds results of other data (images added, removed or changed under the data folder since "
+                    "they were run); use another --out folder or --restart to discard them")
         if restart and self.runs_path.exists():
             self.runs_path.replace(out / f"runs.{int(time.time())}.discarded.jsonl")
-        write_text_atomic(self.state_path, json.dumps({"fingerprint": fingerprint, "config": cfg.source and str(cfg.source)}, indent=2))
+        write_text_atomic(self.state_path, json.dumps({"fingerprint": fingerprint, "config": cfg.source and str(cfg.source),
+                                                       **({"data": data} if data else {})}, indent=2))
         write_text_atomic(out / "config.toml", config_text(cfg))
         write_text_atomic(out / "config.resolved.json", json.dumps(cfg.resolved(), indent=2, default=str))
         self.done = {r["run_id"] for r in read_jsonl(self.runs_path)}

@@ -25,7 +25,7 @@ from .build import (
     results_fingerprint,
 )
 from .config import ExperimentConfig, load_config
-from .results import ResultsFolder
+from .results import ResultsFolder, data_fingerprint
 
 __all__ = ["ExperimentResult", "run_experiment"]
 
@@ -68,12 +68,20 @@ def run_experiment(
     victims = build_victims(cfg, device)
     defenses = {d.label: build_defense(d, device) for d in cfg.defenses}
     trainers = build_trainers(cfg, device)
-    folder = ResultsFolder(out, cfg, results_fingerprint(cfg, victims, defenses), restart=restart)
+    exclude = excluded_identities(defenses, echo)
+    allow = bool(cfg.users.get("allow_purifier_identities"))
+    # every spec and the first draw of users are checked before the output folder is touched (a typo must not
+    # cost a --restart its earlier results)
+    for a in cfg.attacks:
+        build_attack(a, cfg.seeds[0], device, cfg.run["cloak_batch_size"], victims)
+    t_load = time.perf_counter()
+    first_draw = draw_users(cfg, root, cfg.seeds[0], exclude=() if allow else exclude, progress=progress)
+    first_load_s = time.perf_counter() - t_load
+    folder = ResultsFolder(out, cfg, results_fingerprint(cfg, victims, defenses), restart=restart,
+                           data=data_fingerprint(root))
     if folder.done:
         echo(f"resuming: {len(folder.done)} finished run(s) found in {folder.runs_path}")
     echo(f"data: {root}")
-    exclude = excluded_identities(defenses, echo)
-    allow = bool(cfg.users.get("allow_purifier_identities"))
     cache = ContentCache() if cfg.run.get("cache", True) else None
     timings: dict[str, float] = {}
     users_by_seed: dict[int, list[str]] = {}
@@ -82,9 +90,12 @@ def run_experiment(
     det_scores: dict[int, dict] = {}
     with folder:
         for seed in cfg.seeds:
-            t_load = time.perf_counter()
-            data, users = draw_users(cfg, root, seed, exclude=() if allow else exclude, progress=progress)
-            load_s = time.perf_counter() - t_load
+            if first_draw is not None:
+                (data, users), load_s, first_draw = first_draw, first_load_s, None
+            else:
+                t_load = time.perf_counter()
+                data, users = draw_users(cfg, root, seed, exclude=() if allow else exclude, progress=progress)
+                load_s = time.perf_counter() - t_load
             _check_users(users, exclude, allow, echo)
             users_by_seed[seed] = users
             echo(f"seed {seed} ({cfg.protocol}-time protocol): {len(data.identities)} identities, {len(data.train)} training / {len(data.test)} test images; "

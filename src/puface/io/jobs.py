@@ -396,6 +396,34 @@ class _StatsCSV:
             with open(path, "w", newline="") as f:  # type: ignore[arg-type]
                 csv.writer(f).writerow(self.fields)
 
+    def drop(self, key_field: str, keys: set[str] | Callable[[str], bool]) -> None:
+        """Remove the rows whose `key_field` is in `keys` (or for which `keys(value)` is true): jobs about to be
+        redone, so that each keeps one row. The file is rewritten atomically, and only when it holds such a row;
+        when no row is left, the header goes too, so the redo's rows set the columns."""
+        if self.path is None or not keys or not self.path.is_file() or self.fields is None:
+            return
+        match = keys if callable(keys) else keys.__contains__
+        with self.lock:
+            with open(self.path, newline="") as f:
+                reader = csv.reader(f)
+                header = next(reader, None)
+                rows = list(reader)
+            if not header or key_field not in header:
+                return
+            k = header.index(key_field)
+            kept = [r for r in rows if not (len(r) > k and match(r[k]))]
+            if len(kept) == len(rows):
+                return
+            if not kept:
+                self.path.unlink()
+                self.fields = None
+                return
+            buf = io.StringIO()
+            w = csv.writer(buf)
+            w.writerow(header)
+            w.writerows(kept)
+            atomic_write_bytes(self.path, buf.getvalue().encode())
+
     def ensure_fields(self, rows: list[dict]) -> None:
         """Fix the columns, when no header fixes them yet, to every key of `rows` (in first-seen order)."""
         if self.path is None or not rows:
@@ -495,6 +523,9 @@ def run_folder_job(
     todo, report.resumed = split_done(jobs, resume, is_done)
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     stats = _StatsCSV(stats_csv, stats_fields)
+    stats.drop(stats_key, {j.rel.as_posix() for j in todo})  # rows of jobs done before and redone now
+    if stats.fields is None and stats_fields:
+        stats = _StatsCSV(stats_csv, stats_fields)
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, dynamic_ncols=True, file=sys.stderr)
 
     def say(msg: str) -> None:

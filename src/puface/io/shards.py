@@ -454,6 +454,8 @@ def run_shard_job(
     t0 = time.perf_counter()
     stats = _StatsCSV(stats_csv)
     todo, report.shards_resumed = split_done(jobs, resume)
+    redo = tuple(f"{j.src}:" for j in todo)  # rows of shards written before and redone now (an interrupted one)
+    stats.drop("file", lambda label: label.startswith(redo))
     bar = tqdm(desc=desc, unit="img", disable=not progress, dynamic_ncols=True, file=sys.stderr)
 
     def say(msg: str) -> None:

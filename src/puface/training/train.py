@@ -402,8 +402,6 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
                            train_gflop_per_s=round(3 * flops * seen / max(epoch_time, 1e-9) / 1e9, 1),
                            lr=opt.param_groups[0]["lr"])
             state["history"].append({k: v for k, v in metrics.items() if k != "per_attack"})
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
             emb_txt = "  ".join(f"{n}: cos cloaked {metrics[f'cos_cloaked_{n}']:.3f} -> purified {metrics[f'cos_purified_{n}']:.3f}, "
                                 f"natural {metrics[f'cos_natural_{n}']:.4f}" for n in val_embs)
             say(f"epoch {epoch + 1}: val PSNR natural {metrics['psnr_natural']:.2f} dB, cloaked {metrics['psnr_cloaked']:.2f} -> "
@@ -415,6 +413,9 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
                 save_checkpoint(best_path, ck)
                 save_checkpoint(out / "best.safetensors", ck)
             save_last(epoch + 1, 0, metrics)
+            # logged once the epoch is saved: a run stopped in between redoes the epoch and logs it once
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
             result = metrics
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0
         d.barrier()

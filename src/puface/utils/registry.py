@@ -41,6 +41,34 @@ class RegistryEntry:
         return [p.name for p in named[positional:]]
 
 
+def _expects_number(param: inspect.Parameter) -> bool:
+    """True when a parameter takes a number only: its default is an int or float (not a bool), or its annotation
+    names nothing but int, float and None."""
+    if isinstance(param.default, (int, float)) and not isinstance(param.default, bool):
+        return True
+    ann = param.annotation
+    if ann is inspect.Parameter.empty:
+        return False
+    text = ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann))
+    kinds = {t.strip() for t in str(text).replace("Optional[", "").replace("]", "").split("|")}
+    return bool(kinds) and kinds <= {"int", "float", "None"} and bool(kinds & {"int", "float"})
+
+
+def require_numbers(settings: Any, what: str) -> None:
+    """Raise `ConfigError` when a field of the dataclass `settings` that takes a number (`_expects_number`: an int
+    or float default, or an int/float annotation) holds text, e.g. `steps=abc` from a spec; `what` names the attack."""
+    import dataclasses
+
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if not isinstance(value, str):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else inspect.Parameter.empty
+        param = inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=f.type)
+        if _expects_number(param):
+            raise ConfigError(f"{what}: {f.name} must be a number, got {value!r}")
+
+
 class Registry:
     """Maps names to factories. `info` holds free-form metadata shown by `puface ... list`."""
 
@@ -70,10 +98,15 @@ class Registry:
         sig = entry.signature()
         if sig is not None:
             try:
-                sig.bind(*args, **kwargs)
+                bound = sig.bind(*args, **kwargs)
             except TypeError as e:
                 accepted = ", ".join(entry.accepted(len(args))) or "(none)"
                 raise ConfigError(f"{self.kind} {name!r}: {e}; accepted parameters: {accepted}") from None
+            for key, value in kwargs.items():
+                param = sig.parameters.get(key)
+                if param is not None and isinstance(value, str) and _expects_number(param):
+                    raise ConfigError(f"{self.kind} {name!r}: {key} must be a number, got {value!r}")
+            del bound
         return entry
 
     def get(self, name: str) -> RegistryEntry:
