@@ -164,3 +164,22 @@ def test_text_where_a_number_goes_is_one_config_error(kind, name):
             create_defense({"name": name, **options})
         else:
             TRAINERS.check(name, tiny_conv_embedder(), **options)
+
+
+def test_models_refuse_images_that_are_not_float_in_0_1(faces, tmp_path, monkeypatch):
+    """0..255 values or uint8 into an embedder, a defense, the purifier or the detector: a ValueError that says
+    what to do, not white images or an ordinary-looking score; float64 is taken as float32."""
+    import puface
+    from puface.detection.detector import detector_path
+
+    x = faces.float()
+    emb, defense, purifier = create_embedder("dlib-resnet29"), create_defense("jpeg:quality=75"), puface.load_purifier()
+    for call in (emb, defense, purifier.purify, puface.load_detector().score):
+        with pytest.raises(ValueError, match=r"expected values in \[0, 1\].*divide by 255"):
+            call(x * 255)
+    with pytest.raises(ValueError, match="uint8 images"):
+        emb((x * 255).to(torch.uint8))
+    assert torch.allclose(emb(x.double()), emb(x), atol=1e-6) and purifier.purify(x.double()).dtype == torch.float32
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "edits").mkdir()  # a folder named like a shipped detector does not hide it
+    assert detector_path("edits").is_file() and detector_path("edits") != tmp_path / "edits"

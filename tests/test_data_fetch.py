@@ -160,3 +160,28 @@ def test_select_identities(tmp_path):
             (root / name / f"{name}_{k}.jpg").write_bytes(b"x")
     assert select_identities(root, tmp_path / "sel", 5) == (2, 12)
     assert sorted(p.name for p in (tmp_path / "sel").iterdir()) == ["A", "C"]
+
+
+def test_another_archive_is_unpacked_again_and_other_min_images_go_beside(server, johns_dir, tmp_path, capsys):
+    """An unpacked folder is kept only for the archive it came from; --min-images N != 5 writes its own photos
+    and chips folders (lfw-photos-minN, lfw-chips150-minN) instead of refusing the default ones."""
+    from puface.data.fetch import extract_tar
+
+    small, big = tmp_path / "small.tgz", tmp_path / "big.tgz"
+    small.write_bytes(_lfw_like_tgz(johns_dir, people=2))
+    big.write_bytes(_lfw_like_tgz(johns_dir, people=3))
+    dest = tmp_path / "unpacked"
+    count = lambda: len([p for p in next(p for p in dest.iterdir() if p.is_dir()).iterdir() if p.is_dir()])
+    extract_tar(small, dest)
+    first = count()
+    extract_tar(small, dest)  # the same archive: kept
+    assert count() == first
+    extract_tar(big, dest)
+    assert count() == first + 1
+    pytest.importorskip("dlib")
+    data = big.read_bytes()
+    out = tmp_path / "data"
+    base = ["data", "fetch", "lfw", "--tarball", str(big), "--md5", hashlib.md5(data).hexdigest(), "--out", str(out), "--no-progress"]
+    assert main(base) == 0
+    assert main([*base, "--min-images", "6"]) == 0, capsys.readouterr().err
+    assert (out / "lfw-photos-min6").is_dir() and list((out / "lfw-chips150-min6").rglob("*.jpg"))

@@ -434,6 +434,17 @@ def test_calibrate_detector_cli_on_the_users_own_photos(tree, tmp_path, detector
         assert main(["detect", str(tree / "cloaked_person"), "--out", str(out), "--detector", str(f), "--no-progress"]) == 0
         flagged[name] = sum(r["cloaked"] == "1" for r in _read(out))
     assert flagged == {"old": 3, "new": 0}
+    assert "3 of the 3 photos scored as cloaked before this calibration: are they natural?" in text.err
+    # the same kind again: said to replace the first; another folder into the same --out: --restart exists
+    again = tmp_path / "again.safetensors"
+    assert main(["calibrate-detector", str(tree / "cloaked_person"), "--out", str(again), "--detector", str(mine),
+                 "--no-progress", "--device", "cpu"]) == 0
+    assert "already held a calibration kind 'user:cloaked_person' (3 photos): these photos replace it" in capsys.readouterr().err
+    other = next(p for p in sorted(tree.iterdir()) if p.name != "cloaked_person")
+    assert main(["calibrate-detector", str(other), "--out", str(mine), "--detector", str(detector_file), "--no-progress"]) == 2
+    assert "pass --restart" in capsys.readouterr().err
+    assert main(["calibrate-detector", str(other), "--out", str(mine), "--detector", str(detector_file), "--no-progress",
+                 "--restart"]) in (0, 1)
     capsys.readouterr()
     assert main(["calibrate-detector", str(tree), "--out", str(tmp_path / "x.pt"), "--detector", str(detector_file)]) == 2
     assert main(["calibrate-detector", str(tmp_path / "nothing"), "--out", str(mine), "--detector", str(detector_file)]) == 2
@@ -631,3 +642,42 @@ def test_the_evaluation_reuses_only_a_grid_purifier_that_is_the_detectors_at_its
     assert chosen is not step and chosen is not layout and chosen.step == 1.0 and chosen.template is None
     grid.defenses["puface"] = own
     assert _purifier_defense(grid, detector) is own
+
+
+def test_a_folder_decision_is_the_detectors_own_at_the_threshold(johns_dir, tmp_path):
+    """A score equal to the threshold is not cloaked for `is_cloaked`, and not in the CSV either (the CSV keeps
+    scores exactly enough that deciding again from the file gives the same answer)."""
+    import csv as _csv
+
+    from puface.detection import load_detector
+    from puface.io.images import read_image
+    from puface.utils.images import image_to_tensor
+
+    from puface.defenses import create_defense
+    from puface.io.images import write_image
+    from puface.utils.images import tensor_to_image
+
+    src = sorted(johns_dir.glob("*/*.jpg"))[0]
+    sharp = create_defense("sharpen:amount=1.5,sigma=0.7")(image_to_tensor(read_image(src))[None])  # scores high
+    path = tmp_path / "in" / "a" / "sharp.png"
+    write_image(path, tensor_to_image(sharp[0]))
+    det = load_detector()
+    score = det.score(image_to_tensor(read_image(path))[None])
+    assert float(score[0]) > det.threshold()
+    det.add_natural_kind(score.repeat(3), "user:this-one")  # 3 scores: the threshold is their (highest) value
+    assert det.threshold() == float(score[0])
+    assert not bool(det.is_cloaked(score)[0])
+    rep = det.detect_folder(tmp_path / "in", tmp_path / "s.csv", progress=False)
+    rows = list(_csv.DictReader(open(tmp_path / "s.csv")))
+    assert rows[0]["cloaked"] == "0" and rep.flagged == 0
+
+
+def test_detector_recipe_errors_are_one_line(tmp_path, johns_dir):
+    """Text where a number goes (--set train.epochs=x) and data without the purifier's identities are clear
+    errors, not a ValueError traceback or 'cannot list folder'."""
+    from puface.training.detector import interleaved_chips, load_detector_config
+
+    with pytest.raises(PufaceError, match="invalid literal"):
+        load_detector_config("default", {"train.epochs": "x"})
+    with pytest.raises(PufaceError, match="2 of the purifier's 3 training identities are not here .Nobody_A, Nobody_B."):
+        interleaved_chips(johns_dir, ["John_Salley", "Nobody_A", "Nobody_B"], "k")

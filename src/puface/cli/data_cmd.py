@@ -76,7 +76,8 @@ def info(root: Path, min_images: int, decode: bool, top: int, workers: int) -> N
 @click.option("--tarball", type=click.Path(path_type=Path), default=None,
               help="lfw: use this lfw-deepfunneled.tgz instead of downloading (offline machines).")
 @click.option("--md5", default=None, help="lfw: expected md5 of the archive (default: the published one).")
-@click.option("--sha256", default=None, help="lfw: expected sha256 of the archive (checked as well as the md5).")
+@click.option("--sha256", default=None, help="lfw: expected sha256 of the archive (instead of the published md5; "
+                                            "with --md5 both are checked).")
 @click.option("--template", "templates", type=click.Choice(["dlib150", "arcface112"]), multiple=True,
               help="lfw: chip layouts to cut (repeatable): dlib150 -> lfw-chips150/, arcface112 -> lfw-arcface112/. "
                    "Default: dlib150.")
@@ -160,7 +161,7 @@ def _fetch_lfw(ctx: click.Context, url: str | None, tarball: Path | None, md5: s
         raise PufaceError(f"{archive}: no person with >= {min_images} photos (expected <name>/<name>_0001.jpg folders)")
     click.echo(f"{n_ids} people with >= {min_images} photos ({n_img} photos)", err=True)
     for t in templates:
-        dst = out / CHIP_SETS[t]
+        dst = out / (CHIP_SETS[t] if min_images == 5 else f"{CHIP_SETS[t]}-min{min_images}")  # beside lfw-photos-minN
         click.echo(f"cutting {t} chips into {dst}", err=True)
         try:
             ctx.invoke(align, in_path=chosen, out_root=dst, template=t, progress=progress)
@@ -168,7 +169,7 @@ def _fetch_lfw(ctx: click.Context, url: str | None, tarball: Path | None, md5: s
             if e.code not in (0, 1, None):
                 raise
         n = sum(1 for p in dst.rglob("*.jpg"))
-        click.echo(f"{CHIP_SETS[t]}: {n} chips in {dst}")
+        click.echo(f"{dst.name}: {n} chips in {dst}")
 
 
 @data.command("list")

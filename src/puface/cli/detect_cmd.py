@@ -99,12 +99,14 @@ def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None
 @click.option("--kind", default=None, help="A name for this kind of photo in the calibration record (default: NATURAL's folder name).")
 @click.option("--scores", "scores_csv", type=click.Path(path_type=Path), default=None,
               help="Where the scores of NATURAL go (default: next to --out, <name>-calibration.csv); resumable.")
+@click.option("--restart", is_flag=True, help="Score NATURAL afresh, discarding the scores file of an earlier run.")
 @device_option()
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
 @click.option("--align", is_flag=True, help="NATURAL holds photos, not chips: detect and align every face first.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def calibrate_detector(natural: Path, out_path: Path, weights: Path | None, purifier: Path | None, kind: str | None,
-                       scores_csv: Path | None, device: str, batch_size: int, align: bool, progress: bool) -> None:
+                       scores_csv: Path | None, restart: bool, device: str, batch_size: int, align: bool,
+                       progress: bool) -> None:
     """Calibrate the cloak detector on your own natural photos, so that its false-positive rate holds on them.
 
     NATURAL: a folder of photos you know carry no cloak, from the same source as the photos you will
@@ -125,11 +127,18 @@ def calibrate_detector(natural: Path, out_path: Path, weights: Path | None, puri
         raise PufaceError("--batch-size must be >= 1")
     det = load_detector(weights, device=None, purifier=purifier)
     kind = kind or f"user:{natural.resolve().name}"
+    replaced = (det.calibration.get("added_kinds") or {}).get(kind)
     scores = scores_csv or out_path.with_name(out_path.stem + "-calibration.csv")
     before, after, rep = calibrate_on_folder(det, natural, kind, scores_csv=scores,
                                              device=None if device == "auto" else device, batch_size=batch_size,
-                                             align=align, progress=progress)
+                                             align=align, progress=progress, restart=restart)
     n = rep.scored
+    if replaced:
+        click.echo(f"warning: the detector already held a calibration kind {kind!r} ({replaced} photos): these photos "
+                   "replace it (pass --kind NAME to keep both)", err=True)
+    if n and rep.flagged > n / 2:
+        click.echo(f"warning: {rep.flagged} of the {n} photos scored as cloaked before this calibration: are they "
+                   f"natural? The new threshold ({after:.4f}) lets photos like them through", err=True)
     det.cpu().save(out_path)
     conf = det.default_confidence
     held = f" (held with {conf:.0%} confidence)" if conf else ""

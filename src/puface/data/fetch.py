@@ -146,10 +146,18 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, md5: str 
 
 def extract_tar(archive: str | Path, dest: str | Path, *, log: Callable[[str], None] | None = None) -> Path:
     """Unpack a .tar/.tgz into `dest` (atomically: a hidden temporary folder renamed when complete).
-    An existing `dest` is kept as it is (a finished extraction)."""
+    An existing `dest` unpacked from the same archive (its size and time, recorded inside) is kept as it is;
+    one unpacked from another archive is replaced."""
     archive, dest = Path(archive), Path(dest)
+    st = archive.stat()
+    stamp = f"{archive.resolve()}\t{st.st_size}\t{st.st_mtime_ns}\n"
     if dest.is_dir():
-        return dest
+        try:
+            if (dest / ".puface-archive").read_text() == stamp:
+                return dest
+        except OSError:
+            pass
+        shutil.rmtree(dest)  # unpacked from another archive (or before the stamp was kept): unpack again
     tmp = dest.with_name(f".{dest.name}.extracting")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -164,10 +172,11 @@ def extract_tar(archive: str | Path, dest: str | Path, *, log: Callable[[str], N
                 tf.extractall(tmp)
     except (tarfile.TarError, OSError, EOFError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise PufaceError(f"{archive}: cannot unpack ({e})") from None
+        raise PufaceError(f"{archive}: cannot unpack ({e}); the archive is damaged: delete it and fetch it again") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    (tmp / ".puface-archive").write_text(stamp)
     os.replace(tmp, dest)
     return dest
 

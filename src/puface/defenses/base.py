@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..utils.fingerprint import module_fingerprint
+from ..utils.images import check_unit_images
 
 __all__ = ["Defense", "NoDefense", "ModuleDefense", "Composite", "Compose", "check_images", "GRADIENTS"]
 
@@ -27,12 +28,9 @@ GRADIENTS = ("exact", "bpda")
 
 
 def check_images(images: torch.Tensor, who: str) -> None:
-    """Raise ValueError unless `images` is a float (N, 3, H, W) tensor."""
-    if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 3:
-        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
-        raise ValueError(f"{who}: expected float RGB images (N, 3, H, W) in [0, 1], got {shape}")
-    if not images.is_floating_point():
-        raise ValueError(f"{who}: expected a float tensor in [0, 1], got dtype {images.dtype}")
+    """Raise ValueError unless `images` is a float (N, 3, H, W) tensor with values in [0, 1]
+    (`utils.images.check_unit_images`)."""
+    check_unit_images(images, who)
 
 
 class _StraightThrough(torch.autograd.Function):

@@ -44,7 +44,7 @@ from ..purifier.model import Purifier
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
 from ..utils.fingerprint import module_fingerprint
-from ..utils.images import quantize, to_float
+from ..utils.images import check_unit_images, quantize, to_float
 from ..utils.metrics import psnr
 from ..utils.paths import package_weights
 from ..utils.version import __version__
@@ -86,7 +86,7 @@ def detector_path(ref: str | Path | None) -> Path:
     the working folder wins) -> the packaged file, else the path itself."""
     if ref is None:
         ref = "default"
-    if str(ref) in SHIPPED_DETECTORS and not Path(ref).exists():
+    if str(ref) in SHIPPED_DETECTORS and not Path(ref).is_file():
         return package_weights(SHIPPED_DETECTORS[str(ref)])
     return Path(ref)
 
@@ -269,9 +269,7 @@ class CloakDetector(torch.nn.Module):
 
     def to_chips(self, images: torch.Tensor) -> torch.Tensor:
         """Float [0, 1] (uint8 accepted) (N, 3, H, W) -> (N, 3, S, S) at the chip size, on the 8-bit grid."""
-        x = to_float(images)
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise PufaceError(f"expected (N, 3, H, W) RGB images, got shape {tuple(x.shape)}")
+        x = check_unit_images(to_float(images), "detector")
         s = self.config.chip_size
         if tuple(x.shape[-2:]) != (s, s):
             x = F.interpolate(x.float(), size=(s, s), mode="bilinear", align_corners=False, antialias=True)

@@ -49,6 +49,18 @@ def _fmt(v: float, digits: int = 6) -> float | str:
     return "" if math.isnan(v) else round(v, digits)
 
 
+def _score_text(v: float) -> float | str:
+    """A score as the CSV keeps it: 9 significant digits, so that the float32 score reads back exactly and a
+    decision made from the file (`decide`) is the detector's own (`CloakDetector.is_cloaked`)."""
+    v = float(v)
+    return "" if math.isnan(v) else float(f"{v:.9g}")
+
+
+def decide(score: float, threshold: float) -> int:
+    """1 when `score` is above `threshold`, compared in float32 as `CloakDetector.is_cloaked` compares them."""
+    return int(np.float32(score) > np.float32(threshold))
+
+
 def identity_of(rel: str | Path, root_name: str) -> str:
     """The identity a file belongs to: its first-level folder under the input (the input's own name for
     files directly inside it)."""
@@ -186,7 +198,7 @@ def _chip_features(det: CloakDetector, arrays: list[np.ndarray], batch_size: int
 
 def _row(det: CloakDetector, feats: dict[str, torch.Tensor], i: int, threshold: float) -> dict[str, Any]:
     s = float(feats["score"][i])
-    row: dict[str, Any] = {"score": _fmt(s), "cloaked": int(s > threshold), "psnr": _fmt(feats["psnr"][i], 3)}
+    row: dict[str, Any] = {"score": _score_text(s), "cloaked": decide(s, threshold), "psnr": _fmt(feats["psnr"][i], 3)}
     for e in det.config.embedders:
         row[f"shift_{e}"] = _fmt(feats[f"shift:{e}"][i])
     if det.net is not None:
@@ -374,7 +386,7 @@ def _finish(out_csv: Path, fields: list[str], threshold: float, fpr: float, job:
         rows, gone = kept, len(rows) - len(kept)
     for r in rows:
         if r.get("score", "") != "":
-            r["cloaked"] = int(float(r["score"]) > threshold)
+            r["cloaked"] = decide(float(r["score"]), threshold)
     _write_csv(out_csv, rows, fields)
     idents = summarise_identities(rows, in_path.resolve().name if in_path.is_dir() else in_path.resolve().parent.name)
     id_path = Path(identities_csv) if identities_csv else out_csv.with_name(out_csv.stem + "-identities.csv")

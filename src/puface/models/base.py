@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils.fingerprint import module_fingerprint
+from ..utils.images import check_unit_images
 
 
 @dataclass(frozen=True)
@@ -99,9 +100,7 @@ class FaceEmbedder(nn.Module):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """[0,1] RGB (N,3,H,W) -> the network's input (N,3,h,w): resize, reorder, normalise."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"{self.name}: expected (N, 3, H, W) RGB images, got shape {tuple(images.shape)}")
-        x = images
+        x = check_unit_images(images, self.name).to(self._mean.dtype)  # float64 into a float32 model, and back
         if self.input_warp is not None:
             x = self._warp(x)
         elif tuple(x.shape[-2:]) != self.input_size:

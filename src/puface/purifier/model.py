@@ -22,7 +22,7 @@ from torch import nn
 
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
-from ..utils.images import to_float
+from ..utils.images import check_unit_images, to_float
 from ..utils.paths import package_weights
 from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from .rednet import RedNet, RedNetConfig, conv_flops
@@ -209,7 +209,8 @@ class Purifier(nn.Module):
         (`AtFaceScale`). Differentiable.
         """
         s = template_scale(template or self.template, self.net_template)
-        return AtFaceScale.run(self.net, images, s)
+        dtype = next(self.net.parameters()).dtype
+        return AtFaceScale.run(self.net, check_unit_images(images, "purifier").to(dtype), s)
 
     @torch.no_grad()
     def purify(self, images: torch.Tensor, batch_size: int = 32, device: str | torch.device | None = None,

@@ -136,7 +136,7 @@ def load_detector_config(ref: str | Path, overrides: dict[str, Any] | None = Non
     apply_overrides(d, overrides, data_root)
     try:
         return DetectorTrainConfig.from_dict(d)
-    except (ConfigError, TypeError) as e:
+    except (ConfigError, TypeError, ValueError) as e:  # ValueError: text where a number goes (--set train.epochs=x)
         raise ConfigError(f"{path}: {e}") from None
 
 
@@ -145,6 +145,12 @@ def interleaved_chips(root: str | Path, identities: Sequence[str], key: str) -> 
     images shuffled, then one image per identity in turn (sorted names). The first N images spread over
     as many identities as possible, and a smaller N is a prefix of a larger one."""
     rng = random.Random(key)
+    missing = [i for i in sorted(identities) if not (Path(root) / i).is_dir()]
+    if missing:
+        raise PufaceError(f"{root}: {len(missing)} of the purifier's {len(identities)} training identities are not here "
+                          f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); the detector learns from the "
+                          "identities its purifier was trained on: pass the purifier's training data as --data, or "
+                          "--purifier a purifier trained on this folder")
     per_id = []
     for ident in sorted(identities):
         files = list_image_files(Path(root) / ident)

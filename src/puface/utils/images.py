@@ -27,6 +27,24 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
+def check_unit_images(images: torch.Tensor, who: str) -> torch.Tensor:
+    """`images` checked as float RGB in [0, 1], (N, 3, H, W), for a model's input (returned as they are; the model
+    casts them to its own dtype): an integer tensor or values plainly outside [0, 1] (e.g. 0..255 floats; a loose
+    bound, so optimisation steps just past the range pass) raise ValueError naming `who` and the fix."""
+    if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+        raise ValueError(f"{who}: expected float RGB images (N, 3, H, W) in [0, 1], got {shape}")
+    if not images.is_floating_point():
+        raise ValueError(f"{who}: expected a float tensor in [0, 1], got dtype {images.dtype} "
+                         "(uint8 images: puface.utils.images.to_float(x), i.e. x.float() / 255)")
+    if images.numel():
+        lo, hi = torch.aminmax(images.detach())
+        if float(hi) > 1.5 or float(lo) < -0.5:
+            raise ValueError(f"{who}: expected values in [0, 1], got [{float(lo):.3g}, {float(hi):.3g}] "
+                             "(0..255 images: divide by 255)")
+    return images
+
+
 def quantize(images: torch.Tensor) -> torch.Tensor:
     """Round [0, 1] images to the 8-bit grid: round(255 x) / 255, float32, on the input's device.
 
