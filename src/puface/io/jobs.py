@@ -552,7 +552,8 @@ def run_folder_job(
             head["status"] = out.status
         return [{**head, **out.stats}]
 
-    def write(item: LoadedImage, out: Outcome) -> None:
+    def write(item: LoadedImage, out: Outcome) -> bool:
+        """Write one outcome; False when its output could not be written (reported as failed)."""
         try:
             _write_outcome(item, out, quality)
         except Exception as e:
@@ -560,9 +561,7 @@ def run_folder_job(
             with lock:
                 report.failed.append((item.job.src, why))
             say(f"error: {item.job.src}: {why}")
-            return
-        # the job's row goes to the CSV only once its output is in place: a row never stands for a missing file
-        stats.add(stats_rows(item, out))
+            return False
         with lock:
             if out.status in ("ok", "record"):
                 report.written += 1
@@ -570,6 +569,17 @@ def run_folder_job(
                 report.copied.append((item.job.src, out.reason))
             elif out.status == "skip":
                 report.skipped.append((item.job.src, out.reason))
+        return True
+
+    # each job's CSV row goes in only once its output is in place (a row never stands for a missing file), in the
+    # jobs' order: a batch's rows wait until all its writes are done, and batches keep their order
+    rows_due: deque[list[tuple[Future | None, list[dict]]]] = deque()
+
+    def add_rows(wait: bool) -> None:
+        while rows_due and (wait or all(f is None or f.done() for f, _ in rows_due[0])):
+            for f, rows in rows_due.popleft():
+                if f is None or f.result():
+                    stats.add(rows)
 
     with ThreadPoolExecutor(max_workers=max(1, io_workers), thread_name_prefix="puface-io") as pool:
         pending: deque[list[Future]] = deque()
@@ -604,19 +614,24 @@ def run_folder_job(
                 outcomes = call_process(process, items)
                 # the first batch's rows set the columns (all their keys), though each row is added once written
                 stats.ensure_fields([r for item, out in zip(items, outcomes) for r in stats_rows(item, out)])
+                due: list[tuple[Future | None, list[dict]]] = []
                 for item, out in zip(items, outcomes):
                     if out.status == "fail":
                         report.failed.append((item.job.src, out.reason))
                         say(f"error: {item.job.src}: {out.reason}")
-                        stats.add(stats_rows(item, out))
+                        due.append((None, stats_rows(item, out)))
                     else:
                         if out.status in ("copy", "skip"):
                             say(f"{'copied' if out.status == 'copy' else 'skipped'}: {item.job.src}: {out.reason}")
                         writes.append(pool.submit(write, item, out))
+                        due.append((writes[-1], stats_rows(item, out)))
+                rows_due.append(due)
+                add_rows(wait=False)
                 bar.update(len(items))
         finally:
             for w in writes:
                 w.result()
+            add_rows(wait=True)
             bar.close()
     report.seconds = time.perf_counter() - t0
     return report
