@@ -681,3 +681,17 @@ def test_detector_recipe_errors_are_one_line(tmp_path, johns_dir):
         load_detector_config("default", {"train.epochs": "x"})
     with pytest.raises(PufaceError, match="2 of the purifier's 3 training identities are not here .Nobody_A, Nobody_B."):
         interleaved_chips(johns_dir, ["John_Salley", "Nobody_A", "Nobody_B"], "k")
+
+
+def test_a_scores_file_with_nothing_to_change_is_not_rewritten(tree, tmp_path, detector_file):
+    """Processes sharing one scores CSV (--rank) append to it: a run that has nothing to drop or re-decide leaves
+    the file in place (same inode) instead of replacing it under them; a cut last row is still dropped."""
+    (tree / "cloaked_person" / "broken.jpg").unlink()
+    out = tmp_path / "s.csv"
+    args = ["detect", str(tree), "--out", str(out), "--detector", str(detector_file), "--no-progress"]
+    assert main(args) == 0
+    inode = out.stat().st_ino
+    assert main(args) == 0 and out.stat().st_ino == inode
+    with open(out, "a") as f:
+        f.write("cloaked_person/c9.png,1.2")  # a row cut by a kill
+    assert main(args) == 0 and "c9.png" not in out.read_text()

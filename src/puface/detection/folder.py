@@ -293,8 +293,8 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
     elif resume and out_csv.exists() and state.is_file():
         _check_same_run(out_csv, json.loads(state.read_text(encoding="utf-8")), det_id, run)
     previous = _read_rows(out_csv, fields) if resume and not restart else []
-    if previous or (out_csv.exists() and not resume):
-        _write_csv(out_csv, previous, fields)  # drop a row cut by an interruption before appending
+    if (out_csv.exists() and not resume) or len(previous) != _count_records(out_csv):
+        _write_csv(out_csv, previous, fields)  # drop a row cut by an interruption (or repeated) before appending
     atomic_write_bytes(state, json.dumps({"detector": det_id, **run}, indent=2).encode())
     done = {r["path"] for r in previous}
     common = dict(batch_size=batch_size, resume=resume, desc="detecting", verb="scored", stats_csv=out_csv,
@@ -373,6 +373,14 @@ def calibrate_on_folder(detector: CloakDetector, in_path: str | Path, kind: str,
     return before, detector.add_natural_kind(scores, kind), rep
 
 
+def _count_records(path: Path) -> int:
+    """Data rows of a CSV file (0 when it is missing)."""
+    if not path.is_file():
+        return 0
+    with open(path, newline="", encoding="utf-8") as f:
+        return max(0, sum(1 for _ in csv.reader(f)) - 1)
+
+
 def _finish(out_csv: Path, fields: list[str], threshold: float, fpr: float, job: JobReport, in_path: Path,
             identities_csv: str | Path | None, det_id: str, *, state: dict | None = None,
             current: set[str] | None = None) -> DetectReport:
@@ -380,14 +388,19 @@ def _finish(out_csv: Path, fields: list[str], threshold: float, fpr: float, job:
     paths (relative to the input) of this run's files; rows of other files (gone from the input since an
     earlier run) are dropped from the scores and the summary."""
     rows = _read_rows(out_csv, fields)
+    stored = _count_records(out_csv)
     gone = 0
     if current is not None:
         kept = [r for r in rows if r["path"] in current]
         rows, gone = kept, len(rows) - len(kept)
+    changed = 0
     for r in rows:
         if r.get("score", "") != "":
-            r["cloaked"] = decide(float(r["score"]), threshold)
-    _write_csv(out_csv, rows, fields)
+            now = decide(float(r["score"]), threshold)
+            changed += str(r.get("cloaked")) != str(now)
+            r["cloaked"] = now
+    if changed or len(rows) != stored:  # only then: processes sharing the file (--rank) may still be appending to it
+        _write_csv(out_csv, rows, fields)
     idents = summarise_identities(rows, in_path.resolve().name if in_path.is_dir() else in_path.resolve().parent.name)
     id_path = Path(identities_csv) if identities_csv else out_csv.with_name(out_csv.stem + "-identities.csv")
     _write_csv(id_path, idents, ["identity", "images", "flagged", "share_flagged", "mean_score", "max_score"])
@@ -441,8 +454,8 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
     finish = open_output(out_path, purify_settings(in_path, serving, align=align, largest_face=largest_face, quality=quality,
                                                    step=step, skip_cloaked=left_out), resume)
     previous = _read_rows(scores, fields) if resume else []
-    if previous or scores.exists():
-        _write_csv(scores, previous, fields)
+    if (scores.exists() and not resume) or len(previous) != _count_records(scores):
+        _write_csv(scores, previous, fields)  # drop a row cut by an interruption (or repeated) before appending
     skipped = {r["path"] for r in previous if r.get("status") == "skip"}
     scored = {r["path"] for r in previous if r.get("status") != "fail"}
     other_sizes: list[Callable] = []  # `puface purify`'s batch function, for images that are not chips, made once
