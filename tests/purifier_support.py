@@ -66,3 +66,14 @@ def synthetic_cloak_fn(eps: float = 8 / 255):
         return synthetic_cloak(imgs, seed, eps * float(spec.get("strength", 1.0))), kept, errors
 
     return cloak
+
+
+def visible_purifier_file(path: Path, seed: int = 0) -> Path:
+    """A small purifier that visibly changes images (seeded random non-zero weights), saved to `path`."""
+    from puface.purifier import Purifier, RedNetConfig
+
+    torch.manual_seed(seed)
+    p = Purifier(RedNetConfig(channels=8, depth=4, downsample=1))
+    for prm in p.parameters():
+        nn.init.normal_(prm, std=0.03)
+    return p.save(path)

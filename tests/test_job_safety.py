@@ -14,22 +14,18 @@ from pathlib import Path
 
 import click
 import pytest
-import torch
-from torch import nn
 
 import puface.purifier.folder as purifier_folder
 from puface.cli import main
 from puface.io.jobs import REDO_KEY, Outcome, plan_mirror, run_folder_job
-from puface.purifier import Purifier, RedNetConfig
+
+from purifier_support import visible_purifier_file
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    p = Purifier(RedNetConfig(channels=8, depth=4, downsample=1))
-    for prm in p.parameters():
-        nn.init.normal_(prm, std=0.03)
-    return p.save(tmp_path_factory.mktemp("w") / "p.pt")
+    """A small purifier that visibly changes images (random non-zero weights)."""
+    return visible_purifier_file(tmp_path_factory.mktemp("w") / "p.pt")
 
 
 def _tree(johns_dir: Path, root: Path, start: int) -> Path:

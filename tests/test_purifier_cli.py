@@ -11,23 +11,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from puface.cli import main
 from puface.io.images import write_image
 from puface.utils.images import tensor_to_image
 from puface.purifier import Purifier, RedNetConfig
-from purifier_support import synthetic_cloak
+from purifier_support import synthetic_cloak, visible_purifier_file
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     """A small purifier that visibly changes images (random non-zero weights)."""
-    torch.manual_seed(0)
-    p = Purifier(RedNetConfig(channels=8, depth=4, downsample=1))
-    for prm in p.parameters():
-        nn.init.normal_(prm, std=0.03)
-    return p.save(tmp_path_factory.mktemp("w") / "p.pt")
+    return visible_purifier_file(tmp_path_factory.mktemp("w") / "p.pt")
 
 
 @pytest.fixture()

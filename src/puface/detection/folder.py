@@ -93,21 +93,24 @@ def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
-def _read_rows(path: Path, fields: list[str]) -> list[dict]:
+def _load_rows(path: Path, fields: list[str]) -> tuple[list[dict], int]:
     """Complete rows of an earlier run's CSV (a row cut by an interruption is dropped; of several rows of one
-    path, the last, in its place); a CSV with other columns is an error (another detector or other options
-    wrote it)."""
+    path, the last, in its place), and how many records the file holds (it needs rewriting when they differ);
+    a CSV with other columns is an error (another detector or other options wrote it)."""
     if not path.is_file() or path.stat().st_size == 0:
-        return []
+        return [], 0
     with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames != fields:
-            raise PufaceError(f"{path}: written by another detector or with other options (columns {reader.fieldnames}, "
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != fields:
+            raise PufaceError(f"{path}: written by another detector or with other options (columns {header}, "
                               f"expected {fields}); choose another --out or pass --restart")
-        rows = []
-        for r in reader:
-            if None in r or any(v is None for v in r.values()):
-                continue  # cut short
+        rows, stored = [], 0
+        for rec in reader:
+            stored += 1
+            if len(rec) != len(fields):
+                continue  # cut short (or blank)
+            r = dict(zip(fields, rec))
             if r.get("score", "") != "":
                 try:
                     float(r["score"])
@@ -117,7 +120,7 @@ def _read_rows(path: Path, fields: list[str]) -> list[dict]:
                 continue
             rows.append(r)
     last = {r["path"]: i for i, r in enumerate(rows)}
-    return [r for i, r in enumerate(rows) if last[r["path"]] == i]
+    return [r for i, r in enumerate(rows) if last[r["path"]] == i], stored
 
 
 @dataclass
@@ -292,8 +295,8 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         out_csv.unlink(missing_ok=True)
     elif resume and out_csv.exists() and state.is_file():
         _check_same_run(out_csv, json.loads(state.read_text(encoding="utf-8")), det_id, run)
-    previous = _read_rows(out_csv, fields) if resume and not restart else []
-    if (out_csv.exists() and not resume) or len(previous) != _count_records(out_csv):
+    previous, stored = _load_rows(out_csv, fields) if resume and not restart else ([], 0)
+    if (out_csv.exists() and not resume) or len(previous) != stored:
         _write_csv(out_csv, previous, fields)  # drop a row cut by an interruption (or repeated) before appending
     atomic_write_bytes(state, json.dumps({"detector": det_id, **run}, indent=2).encode())
     done = {r["path"] for r in previous}
@@ -373,22 +376,13 @@ def calibrate_on_folder(detector: CloakDetector, in_path: str | Path, kind: str,
     return before, detector.add_natural_kind(scores, kind), rep
 
 
-def _count_records(path: Path) -> int:
-    """Data rows of a CSV file (0 when it is missing)."""
-    if not path.is_file():
-        return 0
-    with open(path, newline="", encoding="utf-8") as f:
-        return max(0, sum(1 for _ in csv.reader(f)) - 1)
-
-
 def _finish(out_csv: Path, fields: list[str], threshold: float, fpr: float, job: JobReport, in_path: Path,
             identities_csv: str | Path | None, det_id: str, *, state: dict | None = None,
             current: set[str] | None = None) -> DetectReport:
     """Rewrite the scores with the decision at this run's threshold, write the identity summary. current: the
     paths (relative to the input) of this run's files; rows of other files (gone from the input since an
     earlier run) are dropped from the scores and the summary."""
-    rows = _read_rows(out_csv, fields)
-    stored = _count_records(out_csv)
+    rows, stored = _load_rows(out_csv, fields)
     gone = 0
     if current is not None:
         kept = [r for r in rows if r["path"] in current]
@@ -453,8 +447,8 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
     left_out = {"detector": det_id, "threshold": round(float(threshold), 6)} if skip_cloaked else None
     finish = open_output(out_path, purify_settings(in_path, serving, align=align, largest_face=largest_face, quality=quality,
                                                    step=step, skip_cloaked=left_out), resume)
-    previous = _read_rows(scores, fields) if resume else []
-    if (scores.exists() and not resume) or len(previous) != _count_records(scores):
+    previous, stored = _load_rows(scores, fields) if resume else ([], 0)
+    if (scores.exists() and not resume) or len(previous) != stored:
         _write_csv(scores, previous, fields)  # drop a row cut by an interruption (or repeated) before appending
     skipped = {r["path"] for r in previous if r.get("status") == "skip"}
     scored = {r["path"] for r in previous if r.get("status") != "fail"}

@@ -247,8 +247,7 @@ def begin_settings(path: Path, record: dict, *, resume: bool, kind: str,
     the first of them ends.)"""
     check_settings(path, record, resume=resume, kind=kind, keys=keys)
     old = None if resume else _read_settings_quietly(path)
-    if old is not None and (old.get(REDO_KEY) or _settings_diff(old, record, keys)
-                            or (old.get("input") or record.get("input")) and old.get("input") != record.get("input")):
+    if old is not None and (old.get(REDO_KEY) or _settings_diff(old, record, keys) or old.get("input") != record.get("input")):
         write_settings(path, {**record, REDO_KEY: True})
         return lambda: write_settings(path, record)
     write_settings(path, record)
@@ -386,20 +385,25 @@ class _StatsCSV:
     def __init__(self, path: Path | None, fields: list[str] | None = None):
         self.path = path
         self.fields: list[str] | None = None
+        self.given = list(fields) if fields else None  # the columns of a new file, when the caller fixes them
         self.lock = threading.Lock()
         if path is not None and path.is_file() and path.stat().st_size > 0:
             with open(path, newline="") as f:
                 self.fields = next(csv.reader(f), None)
-        if self.fields is None and fields:
-            self.fields = list(fields)
-            path.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-            with open(path, "w", newline="") as f:  # type: ignore[arg-type]
-                csv.writer(f).writerow(self.fields)
+        if self.fields is None and self.given:
+            self._start(self.given)
+
+    def _start(self, fields: list[str]) -> None:
+        """Begin the file with the header `fields` (the caller holds the lock, or no other thread runs yet)."""
+        self.fields = fields
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        with open(self.path, "w", newline="") as f:  # type: ignore[arg-type]
+            csv.writer(f).writerow(fields)
 
     def drop(self, key_field: str, keys: set[str] | Callable[[str], bool]) -> None:
         """Remove the rows whose `key_field` is in `keys` (or for which `keys(value)` is true): jobs about to be
         redone, so that each keeps one row. The file is rewritten atomically, and only when it holds such a row;
-        when no row is left, the header goes too, so the redo's rows set the columns."""
+        when no row is left, the file starts again (with the given columns, else the redo's rows set them)."""
         if self.path is None or not keys or not self.path.is_file() or self.fields is None:
             return
         match = keys if callable(keys) else keys.__contains__
@@ -417,6 +421,8 @@ class _StatsCSV:
             if not kept:
                 self.path.unlink()
                 self.fields = None
+                if self.given:
+                    self._start(self.given)
                 return
             buf = io.StringIO()
             w = csv.writer(buf)
@@ -433,10 +439,7 @@ class _StatsCSV:
                 keys: list[str] = []
                 for r in rows:
                     keys.extend(k for k in r if k not in keys)
-                self.fields = keys
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.path, "w", newline="") as f:
-                    csv.writer(f).writerow(self.fields)
+                self._start(keys)
 
     def add(self, rows: list[dict]) -> None:
         if self.path is None or not rows:
@@ -524,8 +527,6 @@ def run_folder_job(
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     stats = _StatsCSV(stats_csv, stats_fields)
     stats.drop(stats_key, {j.rel.as_posix() for j in todo})  # rows of jobs done before and redone now
-    if stats.fields is None and stats_fields:
-        stats = _StatsCSV(stats_csv, stats_fields)
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, dynamic_ncols=True, file=sys.stderr)
 
     def say(msg: str) -> None:
@@ -612,19 +613,20 @@ def run_folder_job(
                 if not items:
                     continue
                 outcomes = call_process(process, items)
+                rows = [stats_rows(item, out) for item, out in zip(items, outcomes)]
                 # the first batch's rows set the columns (all their keys), though each row is added once written
-                stats.ensure_fields([r for item, out in zip(items, outcomes) for r in stats_rows(item, out)])
+                stats.ensure_fields([r for rs in rows for r in rs])
                 due: list[tuple[Future | None, list[dict]]] = []
-                for item, out in zip(items, outcomes):
+                for item, out, rs in zip(items, outcomes, rows):
                     if out.status == "fail":
                         report.failed.append((item.job.src, out.reason))
                         say(f"error: {item.job.src}: {out.reason}")
-                        due.append((None, stats_rows(item, out)))
+                        due.append((None, rs))
                     else:
                         if out.status in ("copy", "skip"):
                             say(f"{'copied' if out.status == 'copy' else 'skipped'}: {item.job.src}: {out.reason}")
                         writes.append(pool.submit(write, item, out))
-                        due.append((writes[-1], stats_rows(item, out)))
+                        due.append((writes[-1], rs))
                 rows_due.append(due)
                 add_rows(wait=False)
                 bar.update(len(items))

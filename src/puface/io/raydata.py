@@ -250,8 +250,6 @@ def run_ray_job(
         ds = ds.map_batches(_write_stage(quality), batch_size=batch_size, batch_format="numpy")
         stats = _StatsCSV(stats_csv, stats_fields)
         stats.drop(stats_key, {j.rel.as_posix() for j in todo})  # rows of jobs done before and redone now
-        if stats.fields is None and stats_fields:
-            stats = _StatsCSV(stats_csv, stats_fields)
         bar = tqdm(total=len(todo), desc=f"{desc} (ray, {workers} workers)", unit="img", disable=not progress,
                    dynamic_ncols=True, file=sys.stderr)
         rel_of = {str(j.src): j.rel for j in todo}

@@ -98,7 +98,7 @@ class Registry:
         sig = entry.signature()
         if sig is not None:
             try:
-                bound = sig.bind(*args, **kwargs)
+                sig.bind(*args, **kwargs)
             except TypeError as e:
                 accepted = ", ".join(entry.accepted(len(args))) or "(none)"
                 raise ConfigError(f"{self.kind} {name!r}: {e}; accepted parameters: {accepted}") from None
@@ -106,7 +106,6 @@ class Registry:
                 param = sig.parameters.get(key)
                 if param is not None and isinstance(value, str) and _expects_number(param):
                     raise ConfigError(f"{self.kind} {name!r}: {key} must be a number, got {value!r}")
-            del bound
         return entry
 
     def get(self, name: str) -> RegistryEntry:
