@@ -166,6 +166,35 @@ def test_text_where_a_number_goes_is_one_config_error(kind, name):
             TRAINERS.check(name, tiny_conv_embedder(), **options)
 
 
+# an int spelling of a float knob, a whole-float spelling of an int knob, 0 / 1 for a bool: same settings as the
+# canonical spelling; text where a bool goes, a fraction where an int goes: one ConfigError
+_SPELLINGS = {"fawkes": ({"mode": "custom", "lr": 15, "steps": 3.0, "targeted": 0}, {"mode": "custom", "lr": 15.0, "steps": 3},
+                         {"save_last_on_failed": "no"}, {"mode": "custom", "steps": 2.5}),
+              "lowkey": ({"blur_sigma": 3, "steps": 2.0, "flip_tta": 1}, {"steps": 2}, {"flip_tta": "off"}, {"steps": 1.5}),
+              "opom": ({"epsilon": 8, "steps": 2.0}, {"steps": 2}, {"random_start": "no"}, {"steps": 0.5}),
+              "unlearnable": ({"epsilon": 8, "steps": 2.0}, {"steps": 2}, None, {"train_steps": 2.5})}
+
+
+@pytest.mark.parametrize("name", sorted(_SPELLINGS))
+def test_attack_settings_spelled_alike_share_a_config(name):
+    """`opom:epsilon=8` is `opom` (epsilon 8.0): same config, so the same cloak cache key; `random_start=no` is
+    refused, not taken as true; `steps=2.5` is a ConfigError, not a TypeError from inside the attack."""
+    from puface.utils.errors import ConfigError
+
+    loose, canonical, bad_bool, fraction = _SPELLINGS[name]
+
+    def make(**options):
+        return create_attack(name, embedders=[tiny_embedder()], device="cpu", **options)
+
+    a, b = make(**loose), make(**canonical)
+    assert json.dumps(a.config, sort_keys=True) == json.dumps(b.config, sort_keys=True)
+    if bad_bool is not None:  # unlearnable has no bool knob
+        with pytest.raises(ConfigError, match="must be true or false"):
+            make(**bad_bool)
+    with pytest.raises(ConfigError, match="must be an integer"):
+        make(**fraction)
+
+
 def test_models_refuse_images_that_are_not_float_in_0_1(faces, tmp_path, monkeypatch):
     """0..255 values or uint8 into an embedder, a defense, the purifier or the detector: a ValueError that says
     what to do, not white images or an ordinary-looking score; float64 is taken as float32."""

@@ -70,7 +70,7 @@ import torch
 from ..utils.errors import ConfigError
 from ..utils.images import quantize
 from ..utils.metrics import ReferenceSSIM, dssim
-from ..utils.registry import require_numbers
+from ..utils.registry import typed_settings
 from .base import CloakAttack
 from .fawkes_geometry import GEOMETRIES, make_view
 from .surrogates import SurrogateSpec, available_defaults
@@ -208,7 +208,7 @@ class Fawkes(CloakAttack):
                 raise ConfigError(f"fawkes: mode {mode!r} fixes {', '.join(MODE_KNOBS)}; use mode='custom' to set {', '.join(fixed)}")
         base = MODES.get(mode, MODES["high"])
         self.settings = replace(base, **knobs)
-        require_numbers(self.settings, "fawkes")
+        self.settings = typed_settings(self.settings, "fawkes")
         self.settings.check()
         self.mode = mode
         if embedders is None:

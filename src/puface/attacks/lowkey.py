@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ..utils.errors import ConfigError, MissingDependencyError
 from ..utils.filters import GaussianBlur
 from ..utils.metrics import ReferenceSSIM
-from ..utils.registry import require_numbers
+from ..utils.registry import typed_settings
 from .base import CloakAttack
 from .surrogates import SurrogateSpec, raw_embedding
 
@@ -121,7 +121,7 @@ class LowKey(CloakAttack):
         if unknown:
             raise ConfigError(f"lowkey: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         settings = replace(LowKeySettings(), **knobs)
-        require_numbers(settings, "lowkey")
+        settings = typed_settings(settings, "lowkey")
         settings.check()
         self.settings = replace(settings, perceptual=_resolve_perceptual(settings.perceptual, settings.lpips_net))
         if embedders is None:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..utils.errors import ConfigError
-from ..utils.registry import require_numbers
+from ..utils.registry import typed_settings
 from .group import GroupCloakAttack, Reference
 from .surrogates import SurrogateSpec, available_defaults
 
@@ -117,7 +117,7 @@ class OPOM(GroupCloakAttack):
         if unknown:
             raise ConfigError(f"opom: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         self.settings = replace(OPOMSettings(), **knobs)
-        require_numbers(self.settings, "opom")
+        self.settings = typed_settings(self.settings, "opom")
         self.settings.check()
         if embedders is None:
             embedders = available_defaults(["dlib-resnet29", "sface"], "opom")

@@ -39,7 +39,7 @@ from torch import nn
 
 from ..utils.errors import ConfigError, PufaceError
 from ..utils.images import to_float
-from ..utils.registry import require_numbers
+from ..utils.registry import typed_settings
 from .group import GroupCloakAttack, Reference
 from .surrogates import SurrogateSpec, available_defaults
 
@@ -93,7 +93,7 @@ class UnlearnableExamples(GroupCloakAttack):
         if unknown:
             raise ConfigError(f"unlearnable: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         self.settings = replace(UnlearnableSettings(), **knobs)
-        require_numbers(self.settings, "unlearnable")
+        self.settings = typed_settings(self.settings, "unlearnable")
         self.settings.check()
         if embedders is None:
             embedders = available_defaults(["dlib-resnet29"], "unlearnable")

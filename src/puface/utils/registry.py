@@ -69,6 +69,37 @@ def require_numbers(settings: Any, what: str) -> None:
             raise ConfigError(f"{what}: {f.name} must be a number, got {value!r}")
 
 
+def typed_settings(settings: Any, what: str) -> Any:
+    """The dataclass `settings` (an attack's knobs) with every value in its field's type, so that two specs that mean
+    the same thing give the same config, and so the same cache key: an int where a float goes becomes a float
+    (`epsilon=8` -> 8.0, as the default 8.0), a whole float where an int goes an int (`steps=20.0` -> 20), 0 or 1
+    where a bool goes false or true. Text where a number goes (`require_numbers`), a fraction where an integer goes
+    and anything but true / false / 0 / 1 where a bool goes (`random_start=no`) raise `ConfigError` naming the
+    option; `what` names the attack."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(type(settings))
+    require_numbers(settings, what)
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(settings):
+        value, kind = getattr(settings, f.name), hints.get(f.name)
+        if kind is bool:
+            if not isinstance(value, bool):
+                if not (isinstance(value, (int, float)) and value in (0, 1)):
+                    raise ConfigError(f"{what}: {f.name} must be true or false, got {value!r}")
+                changes[f.name] = bool(value)
+        elif kind in (int, float) and isinstance(value, bool):
+            raise ConfigError(f"{what}: {f.name} must be a number, got {value!r}")
+        elif kind is float and isinstance(value, int):
+            changes[f.name] = float(value)
+        elif kind is int and isinstance(value, float):
+            if not value.is_integer():
+                raise ConfigError(f"{what}: {f.name} must be an integer, got {value!r}")
+            changes[f.name] = int(value)
+    return dataclasses.replace(settings, **changes) if changes else settings
+
+
 class Registry:
     """Maps names to factories. `info` holds free-form metadata shown by `puface ... list`."""
 
