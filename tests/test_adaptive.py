@@ -71,11 +71,33 @@ def test_exact_and_bpda_gradients(faces):
 def test_eot_noise_randomises_and_validates(faces):
     adaptive = through(tiny_embedder(), BoxBlur(), eot_noise=0.05)
     assert adaptive.name.endswith("-eot0.05")
-    assert not torch.allclose(adaptive(faces), adaptive(faces))
+    plain = through(tiny_embedder(), BoxBlur())
+    assert not torch.allclose(adaptive(faces), plain(faces))  # noise before the defense
+    with torch.no_grad():  # each image its own noise, the same for the same pixels
+        n1, n2 = adaptive.defend(faces) - plain.defend(faces), adaptive.defend(faces) - plain.defend(faces)
+    torch.testing.assert_close(n1, n2, atol=0, rtol=0)
     with pytest.raises(PufaceError, match="gradient"):
         through(tiny_embedder(), BoxBlur(), gradient="magic")
     with pytest.raises(PufaceError, match="eot_noise"):
         through(tiny_embedder(), BoxBlur(), eot_noise=-1)
+
+
+def test_eot_attack_follows_its_seed_not_the_global_generator(faces):
+    """An EOT attack is bit-identical under its seed whatever the global torch generator holds (the cloak cache
+    keys it by its config), and each image's EOT noise does not depend on its batch mates."""
+    def cloak(global_seed: int, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        torch.manual_seed(global_seed)
+        atk = create_attack("fawkes", mode="custom", th=0.02, steps=3, lr=15.0, seed=seed, device="cpu",
+                            embedders=[through(tiny_embedder(), BoxBlur(), eot_noise=0.05)])
+        return atk(x)
+
+    x = faces[:2]
+    first = cloak(0, x)
+    torch.testing.assert_close(cloak(1, x), first, atol=0, rtol=0)
+    assert not torch.equal(cloak(0, x, seed=1), first)
+    wrapped = through(tiny_embedder(), BoxBlur(), eot_noise=0.05)
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped.defend(x[1:]), wrapped.defend(x)[1:], atol=0, rtol=0)
 
 
 def test_purifier_weights_are_in_the_fingerprint():

@@ -11,7 +11,9 @@ LowKey's step schedule): only the gradients change. The gradient is the defense'
 
 EOT (expectation over transformations): with ``eot_noise > 0`` each forward pass adds Gaussian noise
 of that standard deviation (images in [0, 1]) before the defense, so the cloak must survive small
-input changes, not one exact input.
+input changes, not one exact input. Each image's noise is seeded by its exact pixels (`eot_noise_like`): every
+new iterate meets new noise, while a cloak stays a function of the attack's seed and the image (the global torch
+generator is not used).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import torch
 from ..defenses import GRADIENTS, Defense, create_defense
 from ..models.base import FaceEmbedder
 from ..utils.errors import ConfigError, PufaceError
+from ..utils.fingerprint import image_digest
+from ..utils.seeding import stable_seed
 
-__all__ = ["ThroughDefense", "through_defense", "as_through_defense", "adaptive_options", "GRADIENTS"]
+__all__ = ["ThroughDefense", "through_defense", "as_through_defense", "adaptive_options", "eot_noise_like", "GRADIENTS"]
 
 
 class ThroughDefense(FaceEmbedder):
@@ -57,11 +61,20 @@ class ThroughDefense(FaceEmbedder):
         """The defended images, with the gradient the attacker uses (EOT noise added first)."""
         x = images
         if self.eot_noise > 0:
-            x = (x + torch.randn_like(x) * self.eot_noise).clamp(0.0, 1.0)
+            x = (x + eot_noise_like(x) * self.eot_noise).clamp(0.0, 1.0)
         return self.defense.gradient_estimate(x, self.gradient)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         return super().preprocess(self.defend(images))
+
+
+def eot_noise_like(images: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise shaped like `images` (N, 3, H, W), image i drawn from a generator seeded by its exact
+    pixels (`image_digest`): fresh noise for every new iterate of an attack, yet the same for the same image whatever
+    its batch, and not taken from the global torch generator, so an EOT attack's cloaks follow its seed alone."""
+    gens = [torch.Generator().manual_seed(stable_seed("eot", image_digest(im)) % 2**63) for im in images]
+    noise = [torch.randn(tuple(images.shape[1:]), generator=g, dtype=torch.float32) for g in gens]
+    return (torch.stack(noise) if noise else torch.zeros(images.shape)).to(images)
 
 
 def as_through_defense(through: "str | dict | Defense") -> Defense:
