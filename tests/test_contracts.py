@@ -166,6 +166,17 @@ def test_text_where_a_number_goes_is_one_config_error(kind, name):
             TRAINERS.check(name, tiny_conv_embedder(), **options)
 
 
+def test_text_where_a_bool_goes_is_one_config_error():
+    """`e2e:flip=no` is refused (it ran with flips, as bool("no") is true); true / false / 0 / 1 pass."""
+    from puface.utils.errors import ConfigError
+
+    for value in ("no", "off", 2):
+        with pytest.raises(ConfigError, match="flip must be true or false"):
+            create_trainer("e2e", tiny_conv_embedder(), flip=value)
+    for value, flip in ((False, False), (0, False), (1, True), (True, True)):
+        assert create_trainer("e2e", tiny_conv_embedder(), flip=value).config["flip"] is flip
+
+
 # an int spelling of a float knob, a whole-float spelling of an int knob, 0 / 1 for a bool: same settings as the
 # canonical spelling; text where a bool goes, a fraction where an int goes: one ConfigError
 _SPELLINGS = {"fawkes": ({"mode": "custom", "lr": 15, "steps": 3.0, "targeted": 0}, {"mode": "custom", "lr": 15.0, "steps": 3},

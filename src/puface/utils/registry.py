@@ -124,7 +124,9 @@ class Registry:
     def check(self, name: str, *args: Any, **kwargs: Any) -> RegistryEntry:
         """The entry of `name` once `factory(*args, **kwargs)` is known to bind, without calling it: an
         unknown name is a `PufaceError`, an option the factory does not take a `ConfigError` naming the
-        accepted ones. For checking a config before any work (values are only checked by `create`)."""
+        accepted ones, text where a number goes or anything but true / false / 0 / 1 where a bool goes (an option
+        whose default is a bool: `e2e:flip=no` is not taken as true) a `ConfigError` naming the option. For checking
+        a config before any work (other values are only checked by `create`)."""
         entry = self.get(name)
         sig = entry.signature()
         if sig is not None:
@@ -137,6 +139,9 @@ class Registry:
                 param = sig.parameters.get(key)
                 if param is not None and isinstance(value, str) and _expects_number(param):
                     raise ConfigError(f"{self.kind} {name!r}: {key} must be a number, got {value!r}")
+                if param is not None and isinstance(param.default, bool) and not isinstance(value, bool) \
+                        and not (isinstance(value, (int, float)) and value in (0, 1)):
+                    raise ConfigError(f"{self.kind} {name!r}: {key} must be true or false, got {value!r}")
         return entry
 
     def get(self, name: str) -> RegistryEntry:
