@@ -116,6 +116,19 @@ def test_purify_batches_match_forward_and_accept_uint8():
         p.purify(torch.rand(2, 1, 8, 8))
 
 
+def test_purify_takes_float64_as_float32_at_every_step():
+    """float64 images come out float32 (the network's dtype) whatever the step: step 1.5 gave float64."""
+    torch.manual_seed(3)
+    p = Purifier(RedNetConfig(channels=8, depth=4, downsample=1))
+    for prm in p.parameters():
+        nn.init.normal_(prm, std=0.05)
+    x = torch.rand(3, 3, 30, 34)
+    for step in (1.0, 1.5):
+        out = p.purify(x.double(), step=step)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, p.purify(x, step=step), atol=0, rtol=0)
+
+
 def test_job_step_defaults_to_the_shipped_purifiers_step(tmp_path):
     """A job's step: the one given (checked), else 1.5 for the shipped dlib150 purifier, 1 for the shipped ArcFace
     112 one and for any checkpoint file (even a copy of the shipped weights: the step follows the name loaded)."""

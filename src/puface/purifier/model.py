@@ -240,7 +240,7 @@ class Purifier(nn.Module):
                 x = images[i : i + batch_size].to(dev, non_blocking=True).contiguous(memory_format=fmt)
                 y = self.forward_template(x, template)
                 if step != 1.0:
-                    y = extrapolate(x, y, step)
+                    y = extrapolate(x.to(y.dtype), y, step)  # in the network's dtype, as step 1 (float64 in: float32)
                 out.append(y.to("cpu").contiguous())
         finally:
             self.train(was_training)
