@@ -151,6 +151,18 @@ def test_unlearnable_seeded_budget_and_needs_classes(faces):
         unlearnable(perturb="pixelwise")
 
 
+def test_unlearnable_leaves_the_global_generator_alone(faces):
+    """The heads start from the attack's own generator: a run draws nothing from the global torch generator (the
+    default init of nn.Linear did, so a caller's seeded stream changed with each call)."""
+    labels = ["a"] * 3 + ["b"] * 3
+    atk = unlearnable(0, max_rounds=1, steps=1, train_steps=1)
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    out = atk(faces, labels=labels)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(out, unlearnable(0, max_rounds=1, steps=1, train_steps=1)(faces, labels=labels))
+
+
 # ------------------------------------------------------------------ the group cache
 
 def test_group_cache_reuses_only_the_same_group(tmp_path, faces):

@@ -178,7 +178,7 @@ class UnlearnableExamples(GroupCloakAttack):
             [torch.empty(0, e.embedding_dim, device=self.device) for e in self.surrogates]
         heads = nn.ModuleList()
         for emb in self.surrogates:
-            head = nn.Linear(emb.embedding_dim, len(classes))
+            head = nn.utils.skip_init(nn.Linear, emb.embedding_dim, len(classes))  # no draw from the global generator
             with torch.no_grad():
                 head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.01)
                 head.bias.zero_()
