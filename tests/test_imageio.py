@@ -229,3 +229,17 @@ def test_an_icc_profile_is_kept_only_where_it_describes_the_output(tmp_path):
     assert not run_folder_job(plan_mirror(src, tmp_path / "chips"), chips, progress=False).failed
     assert Image.open(tmp_path / "chips" / "gray.png").info.get("icc_profile") is None
     assert Image.open(tmp_path / "chips" / "rgb.jpg").info.get("icc_profile") == srgb
+
+
+def test_a_broken_link_in_a_folder_job_is_listed_as_failed(tmp_path):
+    """A link to a file that is gone is a broken input: counted and named with its cause, not passed over silently."""
+    from puface.io.jobs import Outcome, plan_mirror, run_folder_job
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (12, 10), (1, 2, 3)).save(src / "a.png")
+    (src / "b.jpg").symlink_to("gone.jpg")
+    rep = run_folder_job(plan_mirror(src, tmp_path / "out"), lambda items: [Outcome.ok(it.image) for it in items],
+                         progress=False, log=lambda m: None)
+    assert rep.total == 2 and rep.written == 1
+    assert rep.failed == [(src / "b.jpg", "broken link to gone.jpg, which does not exist")]

@@ -115,7 +115,8 @@ def _open(path: Path, data: bytes | None, parts: bool) -> tuple[Image.Image, np.
     try:
         if data is None:
             if not path.exists():
-                raise ImageReadError(path, "file not found")
+                raise ImageReadError(path, f"broken link to {os.readlink(path)}, which does not exist" if path.is_symlink()
+                                     else "file not found")
             if path.is_dir():
                 raise ImageReadError(path, "is a folder, not an image")
             data = path.read_bytes()
