@@ -118,6 +118,26 @@ def test_purify_keeps_alpha_grayscale_and_says_8_bits(johns_dir, tmp_path, weigh
     assert main(["purify", "--help"]) == 0 and "8 bits per channel" in capsys.readouterr().out
 
 
+def test_large_photos_of_one_size_are_not_stacked_into_one_forward_pass(tmp_path, weights, monkeypatch):
+    """Whole photos purified without --align: a batch of same-size photos goes through the network in chunks of at
+    most `CHUNK_PIXELS` (one photo at least), not all at once (16 phone photos of 12 MP took some 60 GB: killed);
+    the outputs are those of a job that purifies the photos one by one."""
+    import puface.purifier.folder as folder
+
+    src = tmp_path / "in"
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        write_image(src / f"p{i}.png", rng.integers(0, 256, (48, 40, 3), dtype=np.uint8))
+    monkeypatch.setattr(folder, "CHUNK_PIXELS", 2 * 48 * 40 + 1, raising=False)
+    purifier = Purifier.load(weights)
+    seen: list[int] = []
+    purifier.net.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    purifier.purify_folder(src, tmp_path / "out", progress=False, batch_size=16)
+    assert seen == [2, 2, 1]
+    purifier.purify_folder(src, tmp_path / "one", progress=False, batch_size=1)
+    assert all((tmp_path / "out" / p.name).read_bytes() == p.read_bytes() for p in (tmp_path / "one").glob("*.png"))
+
+
 def test_resume_with_other_settings_is_refused(photo_tree, tmp_path, weights, capsys):
     """OUT records what its images depend on (purifier fingerprints, template, unmask, quality, ...; not the
     rank, batch size or device): a rerun with other settings is refused instead of keeping the old images
