@@ -84,8 +84,8 @@ def _too_large(w: int, h: int, limit: int) -> str:
     return f"image too large ({w}x{h} = {w * h / 1e6:.1f} MP > {limit / 1e6:.1f} MP limit; set PUFACE_MAX_PIXELS to allow)"
 
 
-#: Pillow modes of grayscale images (written back as 8-bit L by `puface purify`; 16-bit and float become 8-bit).
-GRAY_MODES = ("L", "LA", "La", "I", "F") + tuple(m for m in Image.MODES if m.startswith("I;16"))
+#: Pillow modes of grayscale images (written back as 8-bit L by `puface purify`; 1-bit, 16-bit and float become 8-bit).
+GRAY_MODES = ("1", "L", "LA", "La", "I", "F") + tuple(m for m in Image.MODES if m.startswith("I;16"))
 _ALPHA_MODES = ("RGBA", "LA", "RGBa", "La", "PA")
 
 

@@ -50,7 +50,7 @@ class LoadedImage:
     icc_profile: bytes | None = None
     format: str = ""
     alpha: np.ndarray | None = None  # the input's alpha channel, uint8 (H, W) (the image is composited on white)
-    gray: bool = False  # the input is grayscale (L, 16-bit, float: `images.GRAY_MODES`)
+    gray: bool = False  # the input is grayscale (1-bit, L, 16-bit, float: `images.GRAY_MODES`)
 
 
 @dataclass
