@@ -91,3 +91,16 @@ def test_align_bad_input_is_one_line(tmp_path, capsys):
     assert code == 2 and "no such file or folder" in err and "Traceback" not in err
     code = main(["align", "--help"])
     assert code == 0 and "--all-faces" in capsys.readouterr().out
+
+
+def test_align_tiny_or_thin_photos_have_no_face_not_a_dlib_error(tmp_path, capsys):
+    """A photo too small (or too thin, once downscaled for the CNN) for dlib's CNN detector is a photo without a
+    face (skipped, named), not a multi-line dlib "Filter windows must be small enough" failure."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for w, h in ((1, 1), (9, 9), (300, 8), (2000, 9)):
+        Image.fromarray(np.full((h, w, 3), 100, np.uint8)).save(src / f"{w}x{h}.png")
+    code = main(["align", str(src), str(tmp_path / "out"), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "4 skipped, 0 failed" in out and "Filter windows" not in out + err
+    assert out.count(": no face found") == 4

@@ -339,6 +339,21 @@ def test_detect_cli_scores_summarises_resumes(tree, tmp_path, detector_file, cap
     assert "far above the 1.0% expected" in text and "--detector edits" in text
 
 
+def test_file_names_that_are_not_utf8_get_their_rows_and_resume(tree, tmp_path, detector_file, capsys):
+    """A file or folder name that is not UTF-8 (bytes from an old archive) is scored, its row keeps its bytes in the
+    scores and identities CSVs, and a resume finds it: no UnicodeEncodeError traceback losing the batch's rows."""
+    import os
+
+    (tree / "cloaked_person" / "broken.jpg").unlink()
+    os.rename(tree / "cloaked_person", os.fsdecode(bytes(tree) + b"/caf\xe9"))
+    os.rename(os.fsdecode(bytes(tree) + b"/caf\xe9/c0.png"), os.fsdecode(bytes(tree) + b"/caf\xe9/\xff0.png"))
+    out = tmp_path / "scores.csv"
+    args = ["detect", str(tree), "--out", str(out), "--detector", str(detector_file), "--no-progress"]
+    assert main(args) == 0
+    assert b"\ncaf\xe9/\xff0.png," in out.read_bytes() and b"\ncaf\xe9," in (tmp_path / "scores-identities.csv").read_bytes()
+    assert main(args) == 0 and "9 already done" in capsys.readouterr().out
+
+
 def test_detect_cli_errors(tree, tmp_path, detector_file, capsys):
     base = ["detect", str(tree), "--detector", str(detector_file), "--no-progress"]
     assert main(base + ["--fpr", "1.5", "--out", str(tmp_path / "a.csv")]) == 2

@@ -204,3 +204,42 @@ def test_a_camera_mpo_jpeg_is_one_picture(tmp_path):
         assert im.format == "MPO" and im.n_frames == 2
     rgb, alpha, gray = open_image_parts(path)
     assert rgb.size == (16, 16) and alpha is None and not gray
+
+
+def test_an_icc_profile_is_kept_only_where_it_describes_the_output(tmp_path):
+    """A folder job keeps an input's ICC profile, but a CMYK input's profile does not go onto its RGB output (nor a
+    grayscale photo's onto an RGB chip): a colour-managed reader would refuse or misread the file."""
+    from PIL import ImageCms
+
+    from puface.io.jobs import Outcome, keep_input_mode, plan_mirror, run_folder_job
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    as_space = lambda space: srgb[:16] + space + srgb[20:]  # noqa: E731 - a profile declaring another colour space
+    src = tmp_path / "in"
+    src.mkdir()
+    face = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8))
+    face.save(src / "rgb.jpg", icc_profile=srgb)
+    face.convert("CMYK").save(src / "cmyk.jpg", icc_profile=as_space(b"CMYK"))
+    face.convert("L").save(src / "gray.png", icc_profile=as_space(b"GRAY"))
+    same = keep_input_mode(lambda items: [Outcome.ok(it.image) for it in items])
+    assert not run_folder_job(plan_mirror(src, tmp_path / "out"), same, progress=False).failed
+    profile = {p.name: Image.open(p).info.get("icc_profile") for p in (tmp_path / "out").iterdir()}
+    assert profile == {"rgb.jpg": srgb, "cmyk.jpg": None, "gray.png": as_space(b"GRAY")}
+    chips = lambda items: [Outcome.ok(np.zeros((8, 8, 3), np.uint8)) for _ in items]  # noqa: E731 - RGB, another size
+    assert not run_folder_job(plan_mirror(src, tmp_path / "chips"), chips, progress=False).failed
+    assert Image.open(tmp_path / "chips" / "gray.png").info.get("icc_profile") is None
+    assert Image.open(tmp_path / "chips" / "rgb.jpg").info.get("icc_profile") == srgb
+
+
+def test_a_broken_link_in_a_folder_job_is_listed_as_failed(tmp_path):
+    """A link to a file that is gone is a broken input: counted and named with its cause, not passed over silently."""
+    from puface.io.jobs import Outcome, plan_mirror, run_folder_job
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (12, 10), (1, 2, 3)).save(src / "a.png")
+    (src / "b.jpg").symlink_to("gone.jpg")
+    rep = run_folder_job(plan_mirror(src, tmp_path / "out"), lambda items: [Outcome.ok(it.image) for it in items],
+                         progress=False, log=lambda m: None)
+    assert rep.total == 2 and rep.written == 1
+    assert rep.failed == [(src / "b.jpg", "broken link to gone.jpg, which does not exist")]

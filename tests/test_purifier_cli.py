@@ -93,7 +93,7 @@ def test_purify_default_weights_and_errors(photo_tree, tmp_path, capsys):
 
 def test_purify_keeps_alpha_grayscale_and_says_8_bits(johns_dir, tmp_path, weights, capsys):
     """RGBA keeps its alpha channel (purified RGB, the input's alpha), grayscale stays grayscale (L), a 16-bit
-    grayscale PNG comes out 8-bit grayscale (as --help says); TIFF is written as TIFF; a GIF is listed as failed."""
+    grayscale PNG and a 1-bit black-and-white one come out 8-bit grayscale (as --help says); TIFF is written as TIFF; a GIF is listed as failed."""
     src = tmp_path / "in"
     src.mkdir()
     rgb = np.asarray(Image.open(sorted(johns_dir.glob("*/*.jpg"))[0]).convert("RGB"))[:48, :40]
@@ -103,19 +103,40 @@ def test_purify_keeps_alpha_grayscale_and_says_8_bits(johns_dir, tmp_path, weigh
     Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(src / "gray16.png")
     Image.fromarray(np.dstack([rgb[..., 1], alpha])).save(src / "la.png")
     Image.fromarray(rgb).save(src / "t.tiff")
+    Image.fromarray(rgb).convert("1").save(src / "bw.png")
     Image.fromarray(rgb).save(src / "g.gif")
     assert Image.open(src / "gray16.png").mode.startswith("I")
     out = tmp_path / "out"
     code = main(["purify", "--weights", str(weights), str(src), str(out), "--no-progress", "--device", "cpu"])
     cap = capsys.readouterr()
-    assert code == 1 and "6 images: 5 purified" in cap.out and "g.gif: unsupported image format .gif" in cap.out
+    assert code == 1 and "7 images: 6 purified" in cap.out and "g.gif: unsupported image format .gif" in cap.out
     modes = {p.name: (Image.open(p).format, Image.open(p).mode) for p in out.iterdir() if p.suffix not in (".json",)}
     assert modes == {"rgba.png": ("PNG", "RGBA"), "gray.jpg": ("JPEG", "L"), "gray16.png": ("PNG", "L"),
-                     "la.png": ("PNG", "LA"), "t.tiff": ("TIFF", "RGB")}
+                     "la.png": ("PNG", "LA"), "t.tiff": ("TIFF", "RGB"), "bw.png": ("PNG", "L")}
     purified = np.asarray(Image.open(out / "rgba.png"))
     assert np.array_equal(purified[..., 3], alpha) and not np.array_equal(purified[..., :3], rgb)
     assert np.array_equal(np.asarray(Image.open(out / "la.png"))[..., 1], alpha)
     assert main(["purify", "--help"]) == 0 and "8 bits per channel" in capsys.readouterr().out
+
+
+def test_large_photos_of_one_size_are_not_stacked_into_one_forward_pass(tmp_path, weights, monkeypatch):
+    """Whole photos purified without --align: a batch of same-size photos goes through the network in chunks of at
+    most `CHUNK_PIXELS` (one photo at least), not all at once (16 phone photos of 12 MP took some 60 GB: killed);
+    the outputs are those of a job that purifies the photos one by one."""
+    import puface.purifier.folder as folder
+
+    src = tmp_path / "in"
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        write_image(src / f"p{i}.png", rng.integers(0, 256, (48, 40, 3), dtype=np.uint8))
+    monkeypatch.setattr(folder, "CHUNK_PIXELS", 2 * 48 * 40 + 1, raising=False)
+    purifier = Purifier.load(weights)
+    seen: list[int] = []
+    purifier.net.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    purifier.purify_folder(src, tmp_path / "out", progress=False, batch_size=16)
+    assert seen == [2, 2, 1]
+    purifier.purify_folder(src, tmp_path / "one", progress=False, batch_size=1)
+    assert all((tmp_path / "out" / p.name).read_bytes() == p.read_bytes() for p in (tmp_path / "one").glob("*.png"))
 
 
 def test_resume_with_other_settings_is_refused(photo_tree, tmp_path, weights, capsys):

@@ -29,6 +29,9 @@ import numpy as np
 from ..utils.errors import MissingDependencyError, PufaceError
 
 DETECTORS = ("hog", "cnn", "hog+cnn")
+#: The CNN is not run on a (downscaled) photo whose shorter side is below this: dlib raises "Filter windows must
+#: be small enough to fit into the padded image" under about 10 px, and no face it can find is that small.
+CNN_MIN_SIDE = 16
 
 _PIP_HINT = "pip install dlib-bin  (or: pip install 'puface[align]')"
 
@@ -148,7 +151,7 @@ class FaceDetector:
             for r, s in zip(rects, scores):
                 if s >= self.min_score:
                     out.append(((r.left() / f, r.top() / f, r.right() / f, r.bottom() / f), float(s)))
-        else:
+        elif min(small.shape[:2]) >= CNN_MIN_SIDE:
             for d in _model("cnn")(small, self.cnn_upsample):
                 r = d.rect
                 out.append(((r.left() / f, r.top() / f, r.right() / f, r.bottom() / f), float(d.confidence)))

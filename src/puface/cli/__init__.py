@@ -62,6 +62,9 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI; a `PufaceError` becomes one line on stderr and exit code 2."""
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as escapes, not a traceback
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         rv = cli.main(args=argv, prog_name="puface", standalone_mode=False)
     except click.exceptions.Abort:  # click's form of Ctrl-C (KeyboardInterrupt) and of an aborted prompt

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from ..io.images import atomic_write_bytes
-from ..io.jobs import (FileJob, JobReport, LoadedImage, Outcome, group_by_size, image_inputs, keep_input_mode, plan_mirror,
-                       run_folder_job, shard)
+from ..io.jobs import (CSV_TEXT, FileJob, JobReport, LoadedImage, Outcome, group_by_size, image_inputs, keep_input_mode,
+                       plan_mirror, run_folder_job, shard)
 from ..utils.errors import PufaceError
 from ..purifier.model import extrapolate
 from ..utils.images import tensor_to_image
@@ -90,7 +90,7 @@ def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+    atomic_write_bytes(path, buf.getvalue().encode(**CSV_TEXT))
 
 
 def _load_rows(path: Path, fields: list[str]) -> tuple[list[dict], int]:
@@ -99,7 +99,7 @@ def _load_rows(path: Path, fields: list[str]) -> tuple[list[dict], int]:
     a CSV with other columns is an error (another detector or other options wrote it)."""
     if not path.is_file() or path.stat().st_size == 0:
         return [], 0
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", **CSV_TEXT) as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header != fields:

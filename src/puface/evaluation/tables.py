@@ -40,6 +40,7 @@ def summarise_rows(rows: Iterable[dict]) -> list[dict]:
 def write_csv(path: str | Path, rows: Sequence[dict]) -> None:
     """Rows (dicts) as CSV with the union of their keys as header, written atomically."""
     from ..io.images import atomic_write_bytes
+    from ..io.jobs import CSV_TEXT
 
     keys: list[str] = []
     for r in rows:
@@ -51,7 +52,7 @@ def write_csv(path: str | Path, rows: Sequence[dict]) -> None:
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
-    atomic_write_bytes(Path(path), buf.getvalue().encode("utf-8"))
+    atomic_write_bytes(Path(path), buf.getvalue().encode(**CSV_TEXT))
 
 
 def _fmt(s: dict | None, key: str) -> str:

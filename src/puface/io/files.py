@@ -31,7 +31,8 @@ def is_within(p: str | Path, folder: str | Path) -> bool:
 
 def list_image_files(root: str | Path, exclude: Iterable[str | Path] = (), unsupported: bool = False) -> list[Path]:
     """All image files under `root` (recursive, sorted), skipping hidden entries and `exclude` folders;
-    `unsupported`: image files puface cannot read too (GIF, HEIC, ...: a folder job lists them as failed).
+    `unsupported`: image files puface cannot read too (GIF, HEIC, ..., and links to a file that does not exist: a
+    folder job lists them as failed).
 
     Links to folders are followed, except a link back to a folder that is being listed (a folder loop,
     e.g. `a/b -> a`): it is skipped with a warning, so a loop cannot list the same images again and again.
@@ -61,6 +62,8 @@ def list_image_files(root: str | Path, exclude: Iterable[str | Path] = (), unsup
                 stack.append((p, below))
             elif p.is_file() and (is_image_file(p) or (unsupported and is_unsupported_image_file(p))):
                 out.append(p)
+            elif unsupported and p.is_symlink() and not p.exists() and (is_image_file(p) or is_unsupported_image_file(p)):
+                out.append(p)  # a broken link
     return sorted(out)
 
 

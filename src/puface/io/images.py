@@ -84,8 +84,8 @@ def _too_large(w: int, h: int, limit: int) -> str:
     return f"image too large ({w}x{h} = {w * h / 1e6:.1f} MP > {limit / 1e6:.1f} MP limit; set PUFACE_MAX_PIXELS to allow)"
 
 
-#: Pillow modes of grayscale images (written back as 8-bit L by `puface purify`; 16-bit and float become 8-bit).
-GRAY_MODES = ("L", "LA", "La", "I", "F") + tuple(m for m in Image.MODES if m.startswith("I;16"))
+#: Pillow modes of grayscale images (written back as 8-bit L by `puface purify`; 1-bit, 16-bit and float become 8-bit).
+GRAY_MODES = ("1", "L", "LA", "La", "I", "F") + tuple(m for m in Image.MODES if m.startswith("I;16"))
 _ALPHA_MODES = ("RGBA", "LA", "RGBa", "La", "PA")
 
 
@@ -115,7 +115,8 @@ def _open(path: Path, data: bytes | None, parts: bool) -> tuple[Image.Image, np.
     try:
         if data is None:
             if not path.exists():
-                raise ImageReadError(path, "file not found")
+                raise ImageReadError(path, f"broken link to {os.readlink(path)}, which does not exist" if path.is_symlink()
+                                     else "file not found")
             if path.is_dir():
                 raise ImageReadError(path, "is a folder, not an image")
             data = path.read_bytes()
@@ -194,12 +195,15 @@ def pil_format_for(path: str | Path) -> str:
 
 
 _MODE_OF_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+#: The colour space an ICC profile must declare (header bytes 16-20) to describe written pixels of each mode.
+_ICC_SPACES = {"L": b"GRAY", "LA": b"GRAY", "RGB": b"RGB ", "RGBA": b"RGB "}
 
 
 def encode_image(image: np.ndarray | Image.Image, fmt: str, *, quality: int = 95, exif: bytes | None = None, icc_profile: bytes | None = None) -> bytes:
     """Encode an image to bytes in the Pillow format `fmt` (JPEG, PNG, BMP, WEBP, TIFF): uint8 RGB (H, W, 3),
     or grayscale (H, W), with alpha (H, W, 2), RGBA (H, W, 4); alpha is dropped where the format has none
-    (JPEG, BMP)."""
+    (JPEG, BMP). `icc_profile` is written only where it describes the pixels (a CMYK input's profile is not kept on
+    its RGB output, nor a grayscale photo's on an RGB chip cut from it)."""
     if isinstance(image, Image.Image):
         im = image
     else:
@@ -219,7 +223,7 @@ def encode_image(image: np.ndarray | Image.Image, fmt: str, *, quality: int = 95
         kw.update(compress_level=6)
     if exif and fmt in ("JPEG", "PNG", "WEBP"):
         kw["exif"] = exif
-    if icc_profile and fmt in ("JPEG", "PNG", "WEBP"):
+    if icc_profile and fmt in ("JPEG", "PNG", "WEBP") and icc_profile[16:20] == _ICC_SPACES.get(im.mode):
         kw["icc_profile"] = icc_profile
     im.save(buf, format=fmt, **kw)
     return buf.getvalue()

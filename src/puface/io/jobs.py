@@ -50,7 +50,7 @@ class LoadedImage:
     icc_profile: bytes | None = None
     format: str = ""
     alpha: np.ndarray | None = None  # the input's alpha channel, uint8 (H, W) (the image is composited on white)
-    gray: bool = False  # the input is grayscale (L, 16-bit, float: `images.GRAY_MODES`)
+    gray: bool = False  # the input is grayscale (1-bit, L, 16-bit, float: `images.GRAY_MODES`)
 
 
 @dataclass
@@ -379,6 +379,12 @@ def _write_outcome(item: LoadedImage, out: Outcome, quality: int) -> None:
         atomic_write_bytes(job.dst, job.src.read_bytes())
 
 
+#: How the jobs' CSV files hold text (`open(path, newline="", **CSV_TEXT)`, `text.encode(**CSV_TEXT)`): UTF-8, a
+#: file name that is not UTF-8 kept as its own bytes (surrogateescape, as `os.fsencode` does), so that it gets its
+#: row and a resume finds it again.
+CSV_TEXT = {"encoding": "utf-8", "errors": "surrogateescape"}
+
+
 class _StatsCSV:
     """Appends per-image rows to a CSV next to the outputs (header written once; resumes append)."""
 
@@ -388,7 +394,7 @@ class _StatsCSV:
         self.given = list(fields) if fields else None  # the columns of a new file, when the caller fixes them
         self.lock = threading.Lock()
         if path is not None and path.is_file() and path.stat().st_size > 0:
-            with open(path, newline="") as f:
+            with open(path, newline="", **CSV_TEXT) as f:
                 self.fields = next(csv.reader(f), None)
         if self.fields is None and self.given:
             self._start(self.given)
@@ -397,7 +403,7 @@ class _StatsCSV:
         """Begin the file with the header `fields` (the caller holds the lock, or no other thread runs yet)."""
         self.fields = fields
         self.path.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-        with open(self.path, "w", newline="") as f:  # type: ignore[arg-type]
+        with open(self.path, "w", newline="", **CSV_TEXT) as f:  # type: ignore[arg-type]
             csv.writer(f).writerow(fields)
 
     def drop(self, key_field: str, keys: set[str] | Callable[[str], bool]) -> None:
@@ -408,7 +414,7 @@ class _StatsCSV:
             return
         match = keys if callable(keys) else keys.__contains__
         with self.lock:
-            with open(self.path, newline="") as f:
+            with open(self.path, newline="", **CSV_TEXT) as f:
                 reader = csv.reader(f)
                 header = next(reader, None)
                 rows = list(reader)
@@ -428,7 +434,7 @@ class _StatsCSV:
             w = csv.writer(buf)
             w.writerow(header)
             w.writerows(kept)
-            atomic_write_bytes(self.path, buf.getvalue().encode())
+            atomic_write_bytes(self.path, buf.getvalue().encode(**CSV_TEXT))
 
     def ensure_fields(self, rows: list[dict]) -> None:
         """Fix the columns, when no header fixes them yet, to every key of `rows` (in first-seen order)."""
@@ -446,7 +452,7 @@ class _StatsCSV:
             return
         self.ensure_fields(rows)
         with self.lock:
-            with open(self.path, "a", newline="") as f:
+            with open(self.path, "a", newline="", **CSV_TEXT) as f:
                 w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
                 for r in rows:
                     w.writerow(r)
