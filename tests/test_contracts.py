@@ -223,3 +223,15 @@ def test_models_refuse_images_that_are_not_float_in_0_1(faces, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     (tmp_path / "edits").mkdir()  # a folder named like a shipped detector does not hide it
     assert detector_path("edits").is_file() and detector_path("edits") != tmp_path / "edits"
+
+
+@pytest.mark.parametrize("spec, meant", [("fawkes:mdoe=high", "mode"), ("lowkey:embeders=sface", "embedders"),
+                                         ("opom:sed=1", "seed"), ("unlearnable:batchsize=2", "batch_size")])
+def test_an_attack_option_typo_lists_the_spec_keys_too(spec, meant):
+    """`fawkes:mdoe=high` lists what a spec takes, mode and the adaptive keys included, not only the settings."""
+    from puface.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        create_attack(spec)
+    known = str(e.value).split("known: ")[1].split(", ")
+    assert meant in known and {"embedders", "seed", "through"} <= set(known)

@@ -77,6 +77,13 @@ def test_clear_errors(tmp_path):
         scan_identities(root, identities=["a", "zed"])
 
 
+def test_a_folder_of_data_sets_names_the_one_below(tmp_path):
+    """ROOT/<set>/<identity>/<image> (a --data one level too high) says where the identity folders are."""
+    make_tree(tmp_path / "sets" / "mine", {"a": 2, "b": 2})
+    with pytest.raises(PufaceError, match=r"one level down, in .*sets/mine: give that folder"):
+        scan_identities(tmp_path / "sets")
+
+
 def test_filters_that_leave_nothing_say_so(tmp_path, capsys):
     root = make_tree(tmp_path / "r", {"a": 4, "b": 3, "c": 1})
     with pytest.raises(PufaceError, match=r"3 identity folder\(s\) with images found \(the largest has 4\), but none "

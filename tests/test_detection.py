@@ -698,6 +698,13 @@ def test_detector_recipe_errors_are_one_line(tmp_path, johns_dir):
         interleaved_chips(johns_dir, ["John_Salley", "Nobody_A", "Nobody_B"], "k")
 
 
+def test_detector_recipe_set_of_an_unknown_key_names_the_set():
+    from puface.training.detector import load_detector_config
+
+    with pytest.raises(PufaceError, match=r"default.toml with --set train.epoch=2: unknown option\(s\) in \[train\]"):
+        load_detector_config("default", {"train.epoch": 2})
+
+
 def test_a_scores_file_with_nothing_to_change_is_not_rewritten(tree, tmp_path, detector_file):
     """Processes sharing one scores CSV (--rank) append to it: a run that has nothing to drop or re-decide leaves
     the file in place (same inode) instead of replacing it under them; a cut last row is still dropped."""

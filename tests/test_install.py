@@ -31,3 +31,17 @@ def test_pip_install_without_extras_runs_the_demo(tmp_path):
     rows = list(csv.DictReader(open(out / "summary.csv", encoding="utf-8")))
     assert {r["defense"] for r in rows} >= {"none", "puface"} and (out / "report.html").is_file()
     assert "Traceback" not in run.stderr
+
+
+def test_build_backend_floor_reads_the_license_field():
+    """`license = "MIT"` (an SPDX string, PEP 639) is read by setuptools 77 on; an older one that the build-system
+    floor lets in (a pinned or system setuptools, --no-build-isolation) fails the build on it."""
+    from packaging.requirements import Requirement
+
+    from puface.utils.tomlconfig import tomllib
+
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    if not isinstance(meta["project"].get("license"), str):
+        return
+    req = next(Requirement(r) for r in meta["build-system"]["requires"] if Requirement(r).name == "setuptools")
+    assert not req.specifier.contains("76.1.0"), req

@@ -360,3 +360,13 @@ def test_train_purifier_set_of_the_wrong_type_names_the_set(override, message, t
     bad.write_text('extends = "default"\n[train]\nepochs = "abc"\n')
     assert main(["train-purifier", "--config", str(bad), "--prepare-only"]) == 2
     assert capsys.readouterr().err.strip() == f"puface: error: {bad}: train.epochs must be an integer, got 'abc'"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epoch=2", "unknown option(s) in [train]: epoch"),
+    ("trian.epochs=2", "unknown top-level option(s): trian"),
+])
+def test_train_purifier_set_of_an_unknown_key_names_the_set(override, message, tmp_path, capsys):
+    code = main(["train-purifier", "--set", override, "--prepare-only", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"default.toml with --set {override}: {message}" in err  # the typo is the --set's

@@ -17,7 +17,7 @@ while its statistics (DSSIM, embedding shift) stay the same.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
 import torch
@@ -31,7 +31,20 @@ from ..utils.metrics import dssim, psnr
 from ..utils.seeding import stable_seed
 from .surrogates import SurrogateSpec, describe_surrogate, resolve_surrogates
 
-__all__ = ["AttackResult", "CloakAttack"]
+__all__ = ["AttackResult", "CloakAttack", "check_knobs"]
+
+#: what every attack spec takes besides its settings' fields (`attacks.create_attack`, `adaptive.adaptive_options`)
+SPEC_KEYS = ("embedders", "seed", "batch_size", "label", "through", "gradient", "eot_noise")
+
+
+def check_knobs(kind: str, knobs: dict, settings: type, *extra: str) -> None:
+    """A `ConfigError` naming the `knobs` that are not fields of the dataclass `settings`; the options it lists
+    as known are those fields, `extra` (e.g. Fawkes' mode) and `SPEC_KEYS`."""
+    known = {f.name for f in fields(settings)}
+    unknown = sorted(set(knobs) - known)
+    if unknown:
+        known |= {*extra, *SPEC_KEYS}
+        raise ConfigError(f"{kind}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
 
 
 @dataclass

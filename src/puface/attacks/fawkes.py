@@ -62,7 +62,7 @@ matters for `steps=0`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 import torch
@@ -71,7 +71,7 @@ from ..utils.errors import ConfigError
 from ..utils.images import quantize
 from ..utils.metrics import ReferenceSSIM, dssim
 from ..utils.registry import typed_settings
-from .base import CloakAttack
+from .base import CloakAttack, check_knobs
 from .fawkes_geometry import GEOMETRIES, make_view
 from .surrogates import SurrogateSpec, available_defaults
 
@@ -198,10 +198,7 @@ class Fawkes(CloakAttack):
     ):
         if mode not in (*MODES, "custom"):
             raise ConfigError(f"fawkes: unknown mode {mode!r}; choose one of low, mid, high, custom")
-        known = {f.name for f in fields(FawkesSettings)}
-        unknown = sorted(set(knobs) - known)
-        if unknown:
-            raise ConfigError(f"fawkes: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        check_knobs("fawkes", knobs, FawkesSettings, "mode")
         if mode != "custom":
             fixed = sorted(k for k in knobs if k in MODE_KNOBS)
             if fixed:

@@ -272,6 +272,10 @@ def cloak_folder(
                           "and run it in one process (no --align, --rank/--world-size, --engine ray)")
     if reference is not None and not group:
         raise PufaceError("--reference is only used by group attacks (opom, unlearnable)")
+    if align:  # a missing dlib must not leave a record that refuses the next run without --align
+        from ..align import import_dlib
+
+        import_dlib()
     finish = begin_settings(config_path, record, resume=resume, kind="cloaking", keys=keys)
 
     if group:

@@ -24,7 +24,7 @@ resize inside (differentiably).
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -34,7 +34,7 @@ from ..utils.errors import ConfigError, MissingDependencyError
 from ..utils.filters import GaussianBlur
 from ..utils.metrics import ReferenceSSIM
 from ..utils.registry import typed_settings
-from .base import CloakAttack
+from .base import CloakAttack, check_knobs
 from .surrogates import SurrogateSpec, raw_embedding
 
 __all__ = ["LowKey", "LowKeySettings", "PERCEPTUAL_CHOICES"]
@@ -116,10 +116,7 @@ class LowKey(CloakAttack):
         batch_size: int = 8,
         **knobs: Any,
     ):
-        known = {f.name for f in fields(LowKeySettings)}
-        unknown = sorted(set(knobs) - known)
-        if unknown:
-            raise ConfigError(f"lowkey: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        check_knobs("lowkey", knobs, LowKeySettings)
         settings = replace(LowKeySettings(), **knobs)
         settings = typed_settings(settings, "lowkey")
         settings.check()

@@ -24,7 +24,7 @@ surrogates resize inside (OPOM worked on 112x112 ArcFace crops).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 import torch
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ..utils.errors import ConfigError
 from ..utils.registry import typed_settings
+from .base import check_knobs
 from .group import GroupCloakAttack, Reference
 from .surrogates import SurrogateSpec, available_defaults
 
@@ -112,10 +113,7 @@ class OPOM(GroupCloakAttack):
 
     def __init__(self, embedders: Sequence[SurrogateSpec] | None = None, *, seed: int = 0, device=None,
                  batch_size: int = 16, **knobs: Any):
-        known = {f.name for f in fields(OPOMSettings)}
-        unknown = sorted(set(knobs) - known)
-        if unknown:
-            raise ConfigError(f"opom: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        check_knobs("opom", knobs, OPOMSettings)
         self.settings = replace(OPOMSettings(), **knobs)
         self.settings = typed_settings(self.settings, "opom")
         self.settings.check()

@@ -29,7 +29,7 @@ reference, the labels of the protected photos must name at least two classes.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -40,6 +40,7 @@ from torch import nn
 from ..utils.errors import ConfigError, PufaceError
 from ..utils.images import to_float
 from ..utils.registry import typed_settings
+from .base import check_knobs
 from .group import GroupCloakAttack, Reference
 from .surrogates import SurrogateSpec, available_defaults
 
@@ -88,10 +89,7 @@ class UnlearnableExamples(GroupCloakAttack):
 
     def __init__(self, embedders: Sequence[SurrogateSpec] | None = None, *, seed: int = 0, device=None,
                  batch_size: int = 16, **knobs: Any):
-        known = {f.name for f in fields(UnlearnableSettings)}
-        unknown = sorted(set(knobs) - known)
-        if unknown:
-            raise ConfigError(f"unlearnable: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        check_knobs("unlearnable", knobs, UnlearnableSettings)
         self.settings = replace(UnlearnableSettings(), **knobs)
         self.settings = typed_settings(self.settings, "unlearnable")
         self.settings.check()

@@ -63,6 +63,14 @@ def _identity_images(folder: Path) -> tuple[list[Path], str]:
     return direct, "identity"
 
 
+def _holder_of_identities(root: Path) -> Path | None:
+    """The first sub-folder of `root` that is itself a tree of identity folders (ROOT/<set>/<identity>/<image>)."""
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and is_visible(p)):
+        if any(_identity_images(d)[0] for d in sub.iterdir() if d.is_dir() and is_visible(d)):
+            return sub
+    return None
+
+
 def scan_identities(
     root: str | Path,
     *,
@@ -120,6 +128,9 @@ def scan_identities(
     if not images:
         loose = [p for p in root.iterdir() if p.is_file() and is_image_file(p)]
         hint = " (images lie directly in it: put each person's images in a sub-folder named after them)" if loose else ""
+        deeper = None if loose else _holder_of_identities(root)
+        if deeper is not None:
+            hint = f" (identity folders lie one level down, in {deeper}: give that folder)"
         raise PufaceError(f"{root}: no identity folders with images found{hint}")
     layout = "facescrub" if layouts == {"facescrub"} else "identity"
     return FaceDataset(root, layout, sorted(images))

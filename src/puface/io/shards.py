@@ -36,6 +36,8 @@ __all__ = ["SHARD_SUFFIXES", "ShardJob", "ShardReport", "find_shards", "is_shard
            "read_records", "image_field_of"]
 
 SHARD_SUFFIXES = {".tar": "webdataset", ".parquet": "parquet"}
+#: the package each shard format (and the {a..b} pattern of shard names) needs: the `shards` extra
+_FORMAT_MODULES = {"webdataset": "webdataset", "parquet": "pyarrow", "pattern": "braceexpand"}
 #: WebDataset field extensions that hold an image, in the order they are looked for, and their Pillow format.
 WDS_IMAGE_FIELDS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP"}
 #: Parquet column names tried first for the image (then the first binary or {bytes, path} column).
@@ -47,8 +49,8 @@ def _need(module: str):
     try:
         return __import__(module)
     except ImportError:
-        raise MissingDependencyError(f"reading and writing {module} shards needs the '{module}' package: "
-                                     "pip install 'puface[shards]'") from None
+        raise MissingDependencyError(f"WebDataset / Parquet shards need the '{module}' package, which is not "
+                                     "installed; fix: pip install 'puface[shards]'") from None
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,11 @@ def _has_glob(text: str) -> bool:
     return any(c in text for c in _GLOB_CHARS)
 
 
+def _expand(text: str) -> list[str]:
+    """WebDataset's brace notation expanded (`braceexpand`, a dependency of webdataset); a plain glob as it is."""
+    return list(_need(_FORMAT_MODULES["pattern"]).braceexpand(text)) if "{" in text else [text]
+
+
 def _shard_format(path: Path) -> str | None:
     return SHARD_SUFFIXES.get(path.suffix.lower())
 
@@ -101,9 +108,7 @@ def find_shards(spec: str | Path) -> tuple[list[Path], Path]:
     """
     text = str(spec)
     if _has_glob(text) and not Path(text).exists():
-        import braceexpand  # a dependency of webdataset
-
-        patterns = list(braceexpand.braceexpand(text)) if "{" in text else [text]
+        patterns = _expand(text)
         files = sorted({Path(f) for pat in patterns for f in (glob.glob(pat) if _has_glob(pat) else [pat] if Path(pat).exists() else [])})
         files = [f for f in files if f.is_file() and _shard_format(f)]
         if not files:
@@ -141,15 +146,15 @@ def is_shard_input(spec: str | Path) -> bool:
         return True
     if not _has_glob(text):
         return False
-    import braceexpand  # a dependency of webdataset
-
-    patterns = list(braceexpand.braceexpand(text)) if "{" in text else [text]  # 'data.{tar,parquet}' too
+    patterns = _expand(text)  # 'data.{tar,parquet}' too
     return all(any(pat.lower().endswith(s) for s in SHARD_SUFFIXES) for pat in patterns)
 
 
 def plan_shards(spec: str | Path, out_root: str | Path) -> list[ShardJob]:
     """Map every shard `spec` names to the same relative path under `out_root` (see `find_shards`)."""
     files, base = find_shards(spec)
+    for fmt in sorted({_shard_format(f) for f in files}):  # a missing extra is one line before any output
+        _need(_FORMAT_MODULES[fmt])  # type: ignore[index]
     out_root = Path(out_root)
     check_output_root(out_root)
     if base.is_dir() and Path(spec).is_dir():

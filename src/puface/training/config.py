@@ -16,7 +16,7 @@ from typing import Any, Sequence, Union, get_args, get_origin, get_type_hints
 from ..attacks import attack_label
 from ..purifier.rednet import RedNetConfig
 from ..utils.errors import ConfigError
-from ..utils.tomlconfig import apply_overrides, load_toml_config, merge_configs
+from ..utils.tomlconfig import apply_overrides, config_where, load_toml_config, merge_configs
 from .amplify import AmplifyConfig
 
 #: how [[attacks]] entries are named for drop_attacks (the labels their cloaks and metrics carry)
@@ -254,4 +254,4 @@ def load_config(ref: str | Path, overrides: dict[str, Any] | None = None, *, dro
     try:
         return PurifierTrainConfig.from_dict(d)
     except (ConfigError, TypeError) as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{config_where(path, overrides)}: {e}") from None

@@ -57,7 +57,7 @@ from ..utils.fingerprint import content_hashes
 from ..utils.paths import cache_dir
 from ..utils.images import to_float, to_uint8
 from ..utils.seeding import stable_seed
-from ..utils.tomlconfig import apply_overrides, load_toml_config, to_toml
+from ..utils.tomlconfig import apply_overrides, config_where, load_toml_config, to_toml
 from .data import cloak_with_cache
 
 __all__ = ["DetectorTrainConfig", "load_detector_config", "interleaved_chips", "train_detector", "SampleSet", "cached_inputs"]
@@ -137,7 +137,7 @@ def load_detector_config(ref: str | Path, overrides: dict[str, Any] | None = Non
     try:
         return DetectorTrainConfig.from_dict(d)
     except (ConfigError, TypeError, ValueError) as e:  # ValueError: text where a number goes (--set train.epochs=x)
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{config_where(path, overrides)}: {e}") from None
 
 
 def interleaved_chips(root: str | Path, identities: Sequence[str], key: str) -> list[Path]:

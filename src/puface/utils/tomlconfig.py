@@ -35,7 +35,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["tomllib", "read_toml", "apply_overrides", "parse_toml_value", "packaged_config", "packaged_config_names", "find_config",
-           "extends_chain", "resolve_chain", "merge_configs", "apply_list_edits", "load_toml_config", "to_toml", "KINDS"]
+           "extends_chain", "resolve_chain", "merge_configs", "apply_list_edits", "load_toml_config", "to_toml", "KINDS",
+           "config_where"]
 
 #: kind -> folder of the packaged configs of that kind, inside the package
 KINDS = {"experiment": "configs", "purifier": "configs/purifier", "detector": "configs/detector"}
@@ -184,6 +185,13 @@ def apply_overrides(d: dict[str, Any], overrides: Mapping[str, Any] | None = Non
     if data_root is not None:
         d.setdefault("data", {})["root"] = str(data_root)
     return d
+
+
+def config_where(path: str | Path, overrides: Mapping[str, Any] | None = None) -> str:
+    """How an error names a config: its file, and the `--set` overrides put on top of it (a typo there is the
+    user's, not the file's)."""
+    sets = ", ".join(f"{k}={v}" for k, v in (overrides or {}).items())
+    return f"{path} with --set {sets}" if sets else str(path)
 
 
 def _toml_value(v: Any) -> str:

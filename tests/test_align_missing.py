@@ -1,0 +1,42 @@
+"""Without dlib (the `align` extra), `--align` is a one-line error that writes no settings record: a record of an
+--align job that never ran would refuse the next run into the same folder without --align."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import pytest
+
+from puface.cli import main
+
+
+@pytest.fixture()
+def no_dlib(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dlib", None)  # `import dlib` raises ImportError
+
+
+@pytest.fixture()
+def one_person(johns_dir, tmp_path):
+    src = tmp_path / "in" / "A"
+    src.mkdir(parents=True)
+    shutil.copy(sorted((johns_dir / "John_Simm").glob("*.jpg"))[0], src)
+    return src.parent
+
+
+def test_purify_align_without_dlib_leaves_no_record(no_dlib, one_person, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["purify", "--align", "--no-progress", "--device", "cpu", str(one_person), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "puface[align]" in err and len(err.strip().splitlines()) == 1
+    assert not (out / "purify_config.json").exists()
+    assert main(["purify", "--no-progress", "--device", "cpu", str(one_person), str(out)]) == 0  # not refused
+
+
+@pytest.mark.parametrize("args", [["cloak", "--mode", "custom", "--steps", "1", "--surrogate", "dlib-resnet29"],
+                                  ["purify", "--report"]])
+def test_other_align_jobs_without_dlib_leave_no_record(no_dlib, one_person, tmp_path, capsys, args):
+    out = tmp_path / "out"
+    assert main([*args, "--align", "--no-progress", "--device", "cpu", str(one_person), str(out)]) == 2
+    assert "puface[align]" in capsys.readouterr().err
+    assert not any(out.glob("*_config.json"))
