@@ -24,6 +24,10 @@ def test_pip_install_without_extras_runs_the_demo(tmp_path):
     extras = subprocess.run([str(venv / "bin" / "python"), "-c", "import importlib.util as u; "
                              "print(u.find_spec('dlib'), u.find_spec('onnxruntime'))"], capture_output=True, text=True, check=True)
     assert extras.stdout.split() == ["None", "None"]  # truly without the extras
+    lic = subprocess.run([str(venv / "bin" / "python"), "-c", "import importlib.metadata as m; "
+                          "print([f.name for f in m.distribution('puface').files if 'licenses' in f.parts])"],
+                         capture_output=True, text=True, check=True)
+    assert "LICENSE" in lic.stdout  # the licence text travels with the package
     out = tmp_path / "demo"
     run = subprocess.run([str(venv / "bin" / "puface"), "demo", "--out", str(out), "--no-progress"],
                          capture_output=True, text=True, cwd=tmp_path)
