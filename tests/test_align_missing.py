@@ -40,3 +40,19 @@ def test_other_align_jobs_without_dlib_leave_no_record(no_dlib, one_person, tmp_
     assert main([*args, "--align", "--no-progress", "--device", "cpu", str(one_person), str(out)]) == 2
     assert "puface[align]" in capsys.readouterr().err
     assert not any(out.glob("*_config.json"))
+
+
+def test_detect_align_without_dlib_writes_neither_scores_nor_run_file(no_dlib, one_person, tmp_path, capsys):
+    out = tmp_path / "scores.csv"
+    assert main(["detect", "--align", "--no-progress", "--device", "cpu", str(one_person), "--out", str(out)]) == 2
+    assert "puface[align]" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "scores-run.json").exists()
+
+
+def test_evaluate_on_photos_without_dlib_touches_no_output_folder(no_dlib, johns_dir, tmp_path, capsys):
+    out = tmp_path / "runs" / "evaluate"
+    args = ["evaluate", "--data", str(johns_dir), "--photos", str(johns_dir), "--attack", "fawkes:mode=custom,steps=1",
+            "--defense", "none", "--trainer", "nn", "--users", "1", "--no-progress", "--device", "cpu", "--out", str(out)]
+    assert main(args) == 2
+    assert "puface[align]" in capsys.readouterr().err
+    assert not out.exists()

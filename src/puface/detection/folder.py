@@ -280,6 +280,10 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         raise PufaceError(f"{out_csv}: the scores file must end in .csv")
     if out_csv.is_dir():
         raise PufaceError(f"{out_csv} is a folder; give a .csv file name")
+    if align:  # no dlib: an error before the run file and the CSV are written
+        from ..align import import_dlib
+
+        import_dlib()
     jobs = _jobs(in_path)
     current = {j.rel.as_posix() for j in jobs}  # every shard's: processes may share one CSV
     if world_size > 1:

@@ -77,6 +77,7 @@ def run_experiment(
     t_load = time.perf_counter()
     first_draw = draw_users(cfg, root, cfg.seeds[0], exclude=() if allow else exclude, progress=progress)
     first_load_s = time.perf_counter() - t_load
+    proto_cls, extra = _protocol(cfg, root, echo)  # published photos need dlib: checked before the folder is touched
     folder = ResultsFolder(out, cfg, results_fingerprint(cfg, victims, defenses), restart=restart,
                            data=data_fingerprint(root))
     if folder.done:
@@ -86,7 +87,6 @@ def run_experiment(
     timings: dict[str, float] = {}
     users_by_seed: dict[int, list[str]] = {}
     detector = _detector(cfg, device)
-    proto_cls, extra = _protocol(cfg, root, echo)
     det_scores: dict[int, dict] = {}
     with folder:
         for seed in cfg.seeds:
@@ -134,6 +134,9 @@ def _protocol(cfg: ExperimentConfig, root: Path, echo: Callable[[str], None]) ->
         return protocol_class(cfg.protocol), {}
     if cfg.protocol != "training":
         raise PufaceError(f"[data] photos: published photos are run with the training-time protocol only, not {cfg.protocol!r}")
+    from ..align import import_dlib
+
+    import_dlib()  # every published photo is aligned: without dlib, one line before any work
     photos = PhotoPath(resolve_data_root(cfg.data["photos"]), root, size=int(cfg.data["image_size"]), jpeg=cfg.data.get("photos_jpeg"))
     again = f", re-encoded as JPEG q{photos.jpeg}" if photos.jpeg is not None else ""
     echo(f"published photos: {photos.photos} (every training image is pasted into its photo{again}, defended there and cut again)")
