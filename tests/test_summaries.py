@@ -157,3 +157,16 @@ def test_table_md_counts_protected_users_per_seed_not_over_all_seeds():
     cfg = SimpleNamespace(attacks=[SimpleNamespace(label="clean")], victims=["v"], trainers=[SimpleNamespace(label="nn")],
                           defenses=[SimpleNamespace(label="none")], name="two-draws", description="", seeds=[0, 1])
     assert "over 2 protected user(s) x 2 seed(s)" in render_tables(cfg, summary, [])
+
+
+def test_report_cells_users_names_an_attack_or_defense_without_runs(tmp_path, capsys):
+    from puface.cli import main
+
+    (tmp_path / "results.csv").write_text("seed,user,attack,victim,trainer,defense,setting,asr,normal_acc\n"
+                                          "0,Ann,lowkey,v,nn,puface,white-box,0.0,1.0\n")
+    assert main(["report", "cells", "users", str(tmp_path), "--attack", "lowkey", "--users", "Ann"]) == 0
+    assert "| named (1) | 0.0 | 0.0 |" in capsys.readouterr().out
+    for extra in (["--attack", "fawkes"], ["--attack", "lowkey", "--defense", "jpeg"]):
+        assert main(["report", "cells", "users", str(tmp_path), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "no runs of attack" in err and "Traceback" not in err

@@ -208,6 +208,8 @@ def users_table(folder: Path, attack: str, named: set[str], defense: str = "pufa
         if r["attack"] == attack and r["defense"] == defense:
             for g in ("named" if r["user"] in named else "others", "all"):
                 asr[(r["victim"], r["trainer"])][g].append(100 * float(r["asr"]))
+    if not asr:
+        raise PufaceError(f"{folder}/results.csv: no runs of attack {attack!r} with defense {defense!r}")
     cols = sorted(asr)
     out = ["| users | " + " | ".join(f"{v} {t}" for v, t in cols) + " | mean |", "|---" * (len(cols) + 2) + "|"]
     for g in ("named", "others", "all"):
