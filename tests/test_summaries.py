@@ -170,3 +170,15 @@ def test_report_cells_users_names_an_attack_or_defense_without_runs(tmp_path, ca
         assert main(["report", "cells", "users", str(tmp_path), *extra]) == 2
         err = capsys.readouterr().err
         assert "no runs of attack" in err and "Traceback" not in err
+
+
+def test_report_on_an_unfinished_run_says_it_has_not_finished(tmp_path, capsys):
+    from puface.cli import main
+
+    (tmp_path / "runs.jsonl").write_text('{"run_id": "0|clean|v|nn|none|Ann"}\n')  # interrupted: no tables yet
+    assert main(["report", "headline", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "has not finished" in err and "resume" in err
+    (tmp_path / "runs.jsonl").unlink()
+    assert main(["report", "headline", str(tmp_path)]) == 2
+    assert "expected a `puface reproduce` output folder" in capsys.readouterr().err

@@ -33,6 +33,9 @@ NOT_BASELINES = {"none", "puface"}
 
 def _csv(path: Path) -> list[dict]:
     if not path.is_file():
+        if (path.parent / "runs.jsonl").is_file():
+            raise PufaceError(f"{path}: not found: the run in {path.parent} has not finished (its tables are written at "
+                              "the end); run the same `puface reproduce` / `puface evaluate` command again to resume it")
         raise PufaceError(f"{path}: not found (expected a `puface reproduce` output folder)")
     with open(path, encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))
