@@ -717,3 +717,20 @@ def test_a_scores_file_with_nothing_to_change_is_not_rewritten(tree, tmp_path, d
     with open(out, "a") as f:
         f.write("cloaked_person/c9.png,1.2")  # a row cut by a kill
     assert main(args) == 0 and "c9.png" not in out.read_text()
+
+
+def test_detection_table_of_a_query_time_run_says_the_probes_are_cloaked():
+    """At query time the cloaked photos the detector scores are the protected users' probes, not training photos."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from puface.evaluation.detection import detection_markdown, summarise_detection
+    from puface.evaluation.protocol import QueryProtocol
+
+    assert QueryProtocol.cloaked_split.fget(SimpleNamespace(data=SimpleNamespace(test="probes"))) == "probes"
+    det = SimpleNamespace(threshold=lambda fpr=None: 0.5, default_fpr=0.01, default_confidence=0.9, fingerprint=lambda: "d")
+    scores = {"natural": np.array([0.0, 0.1, 0.2]), "cloaked": np.array([0.9, 1.0]), "users": 1}
+    for split, text in (("probe", "cloaked probe photos"), ("training", "cloaked training photos")):
+        md = detection_markdown(summarise_detection({0: {"opom": {**scores, "split": split}}}, det))
+        assert text in md and "| opom | 3 | 2 | 1.0000 | 100.0 | 0.00 | 100.0 |" in md

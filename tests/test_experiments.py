@@ -588,3 +588,22 @@ def test_resuming_over_changed_data_is_refused(tmp_path):
     next(p for p in sorted(root.rglob("*.png"))).unlink()
     with pytest.raises(PufaceError, match="results of other data"):
         run_experiment(parse(text, tmp_path), out, progress=False, echo=lambda s: None)
+
+
+def test_reproduce_records_its_detection_overrides_in_the_saved_config(tmp_path, monkeypatch):
+    """--detector, --detector-purifier and --no-detect change the run's detection table, so OUT/config.toml
+    (what a rerun reads) must say them."""
+    import puface.experiments
+    from puface.cli import main
+    from puface.experiments import config_text
+
+    seen = []
+    monkeypatch.setattr(puface.experiments, "run_experiment", lambda cfg, *a, **k: seen.append(cfg) or 1 / 0)
+    for extra in (["--detector", "edits", "--detector-purifier", "mine.safetensors"], ["--no-detect"]):
+        with pytest.raises(ZeroDivisionError):
+            main(["reproduce", "demo", "--out", str(tmp_path / "r"), *extra])
+        (tmp_path / "saved.toml").write_text(config_text(seen[-1]))
+        saved = load_config(tmp_path / "saved.toml")
+        assert saved.detection == seen[-1].detection and saved.fingerprint() == load_config("demo").fingerprint()
+    assert seen[0].detection["detector"] == "edits" and seen[0].detection["purifier"] == "mine.safetensors"
+    assert seen[1].detection["enabled"] is False

@@ -115,6 +115,7 @@ def test_query_experiment_end_to_end(tmp_path):
     # detection scores the cloaked probes (2 users x 3 test photos), not training photos nobody cloaked here
     det = json.loads((tmp_path / "out" / "results.json").read_text())["detection"]
     assert [(r["attack"], r["n_cloaked"], r["n_natural"]) for r in det["rows"]] == [("checker", 6, 14)]
+    assert det["cloaked_split"] == "probe" and "cloaked = the protected users' cloaked probe photos" in res.table_md
     (tmp_path / "bad.toml").write_text(text.replace('protocol = "query"', 'protocol = "probe"'))
     with pytest.raises(ConfigError, match="unknown protocol"):
         load_config(tmp_path / "bad.toml")

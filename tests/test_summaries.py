@@ -141,3 +141,44 @@ def test_repeats_table_keeps_each_trainer_as_its_own_cell(tmp_path):
     assert "fawkes / dlib-resnet29 / linear" in table and "fawkes / dlib-resnet29 / nn" in table
     row = next(line for line in table.splitlines() if line.startswith("| ref |"))
     assert "| ref | 2 | 40.0 [30.0, 50.0] | 90.0 [80.0, 100.0] | 65.0 [55.0, 75.0] |" in row
+
+
+def test_table_md_counts_protected_users_per_seed_not_over_all_seeds():
+    """Two draws of 2 users that share one name: 4 runs per cell = 2 users x 2 seeds, not 3 x 2."""
+    from types import SimpleNamespace
+
+    from puface.evaluation.tables import render_tables, summarise_rows
+
+    rows = [{"seed": seed, "user": user, "attack": "clean", "victim": "v", "trainer": "nn", "defense": "none",
+             "setting": "clean", "asr": 0.0, "normal_acc": 1.0}
+            for seed, users in ((0, ("Ann", "Bob")), (1, ("Ann", "Cid"))) for user in users]
+    summary = summarise_rows(rows)
+    assert summary[0]["n"] == 4 and summary[0]["users"] == 3
+    cfg = SimpleNamespace(attacks=[SimpleNamespace(label="clean")], victims=["v"], trainers=[SimpleNamespace(label="nn")],
+                          defenses=[SimpleNamespace(label="none")], name="two-draws", description="", seeds=[0, 1])
+    assert "over 2 protected user(s) x 2 seed(s)" in render_tables(cfg, summary, [])
+
+
+def test_report_cells_users_names_an_attack_or_defense_without_runs(tmp_path, capsys):
+    from puface.cli import main
+
+    (tmp_path / "results.csv").write_text("seed,user,attack,victim,trainer,defense,setting,asr,normal_acc\n"
+                                          "0,Ann,lowkey,v,nn,puface,white-box,0.0,1.0\n")
+    assert main(["report", "cells", "users", str(tmp_path), "--attack", "lowkey", "--users", "Ann"]) == 0
+    assert "| named (1) | 0.0 | 0.0 |" in capsys.readouterr().out
+    for extra in (["--attack", "fawkes"], ["--attack", "lowkey", "--defense", "jpeg"]):
+        assert main(["report", "cells", "users", str(tmp_path), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "no runs of attack" in err and "Traceback" not in err
+
+
+def test_report_on_an_unfinished_run_says_it_has_not_finished(tmp_path, capsys):
+    from puface.cli import main
+
+    (tmp_path / "runs.jsonl").write_text('{"run_id": "0|clean|v|nn|none|Ann"}\n')  # interrupted: no tables yet
+    assert main(["report", "headline", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "has not finished" in err and "resume" in err
+    (tmp_path / "runs.jsonl").unlink()
+    assert main(["report", "headline", str(tmp_path)]) == 2
+    assert "expected a `puface reproduce` output folder" in capsys.readouterr().err

@@ -15,7 +15,7 @@ def _run(cfg, out, device, restart, progress, detect=True, quiet_table=False):
     from ..experiments import run_experiment
 
     if not detect:
-        cfg.detection = {**cfg.detection, "enabled": False}
+        cfg = cfg.with_detection(enabled=False)
 
     t0 = time.perf_counter()
     res = run_experiment(cfg, out, device=device, progress=progress, restart=restart, echo=click.echo)
@@ -108,9 +108,9 @@ def reproduce(config: str | None, list_configs: bool, data: Path | None, seeds: 
     if seeds:
         cfg = cfg.with_seeds(list(seeds))
     if detector is not None:
-        cfg.detection = {**cfg.detection, "detector": str(detector)}
+        cfg = cfg.with_detection(detector=str(detector))
     if detector_purifier is not None:
-        cfg.detection = {**cfg.detection, "purifier": str(detector_purifier)}
+        cfg = cfg.with_detection(purifier=str(detector_purifier))
     _run(cfg, out, device, restart, progress, detect)
 
 

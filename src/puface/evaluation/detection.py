@@ -3,7 +3,8 @@ cloaked training photos from natural ones.
 
 Per seed: *natural* = the training photos of every identity that is not a protected user (what a
 scraper holds besides the cloaked photos); *cloaked* = every protected user's cloaked training photos,
-per attack, as the trainer receives them (on published photos: cut again from the photos). Scores come from the detector (`puface.detection`); its purified images and embeddings go
+per attack, as the trainer receives them (on published photos: cut again from the photos; at query time the
+cloaked probe photos). Scores come from the detector (`puface.detection`); its purified images and embeddings go
 through the evaluation's content cache, so a grid with the `puface` defense and a dlib victim has
 already paid for them. Per attack (seeds pooled): ROC AUC, the true-positive rate at the detector's
 calibrated threshold (and at the threshold that gives 1% false positives on these natural photos), the
@@ -59,7 +60,8 @@ def _scores(proto: Protocol, detector: CloakDetector, defense: PuFaceDefense, na
 
 
 def detection_scores(proto: Protocol, detector: CloakDetector) -> dict[str, dict[str, Any]]:
-    """{attack label: {"natural": scores, "cloaked": scores, "users": n}} for the protocol's seed; the clean
+    """{attack label: {"natural": scores, "cloaked": scores, "users": n, "split": "training" | "probe"}} for the
+    protocol's seed (split: the protected users' photos that are cloaked, probes at query time); the clean
     reference is left out. Natural = training photos of the identities that are not protected users."""
     train = proto.data.train
     users = set(proto.users)
@@ -71,13 +73,14 @@ def detection_scores(proto: Protocol, detector: CloakDetector) -> dict[str, dict
         namespaces[name] = next((proto._fingerprints[v] for v, m in proto.victims.items()
                                  if m.name == e.name and m.fingerprint() == e.fingerprint()), f"{e.name}:{e.fingerprint()}")
     natural = _scores(proto, detector, defense, namespaces, _published(proto, train.images[nat_rows]))
+    split = "probe" if proto.cloaked_split is proto.data.test else "training"  # query time: the probes are cloaked
     out: dict[str, dict[str, Any]] = {}
     for spec in proto.attacks:
         if spec.attack is None:
             continue
         cloaked = _published(proto, torch.cat([proto.cloak(spec, u) for u in proto.users]))
         out[spec.label] = {"natural": natural, "cloaked": _scores(proto, detector, defense, namespaces, cloaked),
-                           "users": len(proto.users)}
+                           "users": len(proto.users), "split": split}
     return out
 
 
@@ -115,7 +118,8 @@ def summarise_detection(per_seed: dict[int, dict[str, dict[str, Any]]], detector
             "threshold": round(thr, 5), "seeds": sum(1 for s in per_seed.values() if a in s),
         })
         roc[a] = roc_points(nat, cl)
-    return {"rows": rows, "roc": roc, "threshold": thr,
+    splits = {s[a].get("split", "training") for s in per_seed.values() for a in s}
+    return {"rows": rows, "roc": roc, "threshold": thr, "cloaked_split": " / ".join(sorted(splits)) or "training",
             "fpr_target": detector.default_fpr if fpr is None else float(fpr), "confidence": detector.default_confidence,
             "detector": detector.fingerprint()}
 
@@ -127,7 +131,8 @@ def detection_markdown(det: dict[str, Any]) -> str:
     lines = ["## Cloak detection", "",
              f"Detector threshold {det['threshold']:.4f} (calibrated to {det['fpr_target']:.1%} false positives on natural "
              f"photos of identities the evaluation never protects{held}). Natural = training photos of the identities that are "
-             "not protected users; cloaked = the protected users' cloaked training photos. TPR and FPR at the calibrated "
+             f"not protected users; cloaked = the protected users' cloaked {det.get('cloaked_split', 'training')} photos. "
+             "TPR and FPR at the calibrated "
              "threshold; TPR @1% = at the threshold giving 1% false positives on these natural photos.", "",
              "| attack | natural | cloaked | AUC | TPR | FPR | TPR @1% |", "|---|---|---|---|---|---|---|"]
     for r in det["rows"]:

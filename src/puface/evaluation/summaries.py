@@ -33,6 +33,9 @@ NOT_BASELINES = {"none", "puface"}
 
 def _csv(path: Path) -> list[dict]:
     if not path.is_file():
+        if (path.parent / "runs.jsonl").is_file():
+            raise PufaceError(f"{path}: not found: the run in {path.parent} has not finished (its tables are written at "
+                              "the end); run the same `puface reproduce` / `puface evaluate` command again to resume it")
         raise PufaceError(f"{path}: not found (expected a `puface reproduce` output folder)")
     with open(path, encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))
@@ -208,6 +211,8 @@ def users_table(folder: Path, attack: str, named: set[str], defense: str = "pufa
         if r["attack"] == attack and r["defense"] == defense:
             for g in ("named" if r["user"] in named else "others", "all"):
                 asr[(r["victim"], r["trainer"])][g].append(100 * float(r["asr"]))
+    if not asr:
+        raise PufaceError(f"{folder}/results.csv: no runs of attack {attack!r} with defense {defense!r}")
     cols = sorted(asr)
     out = ["| users | " + " | ".join(f"{v} {t}" for v, t in cols) + " | mean |", "|---" * (len(cols) + 2) + "|"]
     for g in ("named", "others", "all"):

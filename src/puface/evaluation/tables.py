@@ -153,7 +153,9 @@ def render_tables(cfg: Any, summary: list[dict], quality: list[dict], *, wall_s:
         attacks=[a.label for a in cfg.attacks], victims=list(cfg.victims),
         trainers=[t.label for t in cfg.trainers], defenses=[d.label for d in cfg.defenses],
     )
-    n_users = max((s["users"] for s in summary), default=0)
+    # protected users per seed (a cell's n is users x seeds; the users column counts the distinct names over
+    # all seeds, which two draws may share)
+    n_users = max((s["n"] // max(1, s["seeds"]) for s in summary), default=0)
     parts = [f"## {cfg.name}: ASR and normal accuracy (%)", ""]
     if cfg.description:
         parts += [cfg.description.strip(), ""]

@@ -320,6 +320,10 @@ class ExperimentConfig:
         """The same config with other split/user/attack seeds (a repeat of the grid on other data draws)."""
         return self._edited(lambda raw: raw.__setitem__("seeds", [int(s) for s in seeds]))
 
+    def with_detection(self, **changes: Any) -> "ExperimentConfig":
+        """The same config with [detection] settings changed (recorded in the config saved with the results)."""
+        return self._edited(lambda raw: raw.setdefault("detection", {}).update(changes))
+
     def resolved(self) -> dict[str, Any]:
         """Every setting after defaults and labels (JSON-serialisable; saved with the results)."""
         return {
@@ -352,7 +356,7 @@ def config_text(cfg: ExperimentConfig) -> str:
         names = " -> ".join(str(p) for p, _ in chain) or str(cfg.source)
         if same:
             return f"# {names}, resolved (extends applied)\n" + to_toml(cfg.raw)
-        return f"# {names} with command-line overrides (data root, seeds)\n" + to_toml(cfg.raw)
+        return f"# {names} with command-line overrides (data root, seeds, detection)\n" + to_toml(cfg.raw)
     return to_toml(cfg.raw)
 
 
