@@ -212,3 +212,40 @@ def test_reencoded_inputs_reach_the_training_batches(johns_dir, tmp_path):
     assert not all(torch.equal(w["plain"][k], w["jpeg"][k]) for k in w["plain"])
     saved = json.loads((tmp_path / "jpeg" / "config.json").read_text())["amplify"]
     assert saved["input_variants"] == ["jpeg:quality=75"] and saved["input_share"] == 0.5
+
+
+def _epochs_logged(out) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("killed", ["after_saving", "before_saving"])
+def test_metrics_log_holds_each_saved_epoch_once_after_a_kill_at_the_epoch_end(johns_dir, tmp_path, monkeypatch, killed):
+    """A run killed at the end of epoch 1, just after (or just before) last.pt records it, resumes to a metrics.jsonl
+    with epochs 1 and 2 once each (before: epoch 1 was missing when the kill came after the save)."""
+    import importlib
+
+    training = importlib.import_module("puface.training.train")  # the module (the package exports `train`, the function)
+    cfg = _cfg(johns_dir, epochs=2, max_steps_per_epoch=2)
+    real = training.save_checkpoint
+
+    def dying(path, ck):
+        if Path(path).name == "last.pt" and ck.get("epoch") == 1 and ck["train_state"]["step_in_epoch"] == 0:
+            if killed == "after_saving":
+                real(path, ck)
+            raise KeyboardInterrupt
+        return real(path, ck)
+
+    monkeypatch.setattr(training, "save_checkpoint", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _run(cfg, tmp_path / "run")
+    monkeypatch.setattr(training, "save_checkpoint", real)
+    _run(cfg, tmp_path / "run")
+    assert _epochs_logged(tmp_path / "run") == [1, 2]
+
+
+def test_no_resume_starts_the_metrics_log_afresh(johns_dir, tmp_path):
+    """--no-resume retrains from scratch; its metrics.jsonl holds its own epochs, not the earlier run's as well."""
+    cfg = _cfg(johns_dir, epochs=2, max_steps_per_epoch=2)
+    _run(cfg, tmp_path / "run")
+    _run(cfg, tmp_path / "run", resume=False)
+    assert _epochs_logged(tmp_path / "run") == [1, 2]

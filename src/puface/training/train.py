@@ -247,6 +247,25 @@ def train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool = True,
                       progress=progress, log=log, stop_after_steps=stop_after_steps)
 
 
+def _keep_logged_epochs(path: Path, epochs: int) -> None:
+    """Rewrite metrics.jsonl (atomically) to the lines of epochs 1..`epochs`, the ones `last.pt` holds, once each:
+    a fresh run (0) starts it empty, a resumed one drops an epoch logged but not saved before the stop (and a
+    line cut by a kill)."""
+    if not path.is_file():
+        return
+    kept: dict[int, str] = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int) and 1 <= row["epoch"] <= epochs:
+            kept[row["epoch"]] = line
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(kept[e] + "\n" for e in sorted(kept)))
+    os.replace(tmp, path)
+
+
 def _init_from(purifier: Purifier, weights: str) -> None:
     """Copy the weights of a purifier ("default" or a checkpoint path) into `purifier` (same model config)."""
     src = Purifier.load(weights)
@@ -327,6 +346,8 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
         state.update({k: ts[k] for k in ("epoch", "step_in_epoch", "global_step", "best_score", "history") if k in ts})
         say(f"resuming from {last_path}: epoch {state['epoch'] + 1}, step {state['step_in_epoch']}")
 
+    if d.main:
+        _keep_logged_epochs(out / "metrics.jsonl", state["epoch"])
     flops = conv_flops(purifier.net, *train_pairs.natural.shape[-2:])
     meta_config = cfg.as_dict()
 
@@ -412,10 +433,11 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
                                      data_summary=summary, metrics=metrics, epoch=epoch + 1)
                 save_checkpoint(best_path, ck)
                 save_checkpoint(out / "best.safetensors", ck)
-            save_last(epoch + 1, 0, metrics)
-            # logged once the epoch is saved: a run stopped in between redoes the epoch and logs it once
+            # logged before the epoch is saved: a run stopped in between redoes the epoch, and the resume drops
+            # the line (`_keep_logged_epochs`), so each saved epoch is logged once
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
+            save_last(epoch + 1, 0, metrics)
             result = metrics
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0
         d.barrier()
