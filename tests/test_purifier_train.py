@@ -249,3 +249,28 @@ def test_no_resume_starts_the_metrics_log_afresh(johns_dir, tmp_path):
     _run(cfg, tmp_path / "run")
     _run(cfg, tmp_path / "run", resume=False)
     assert _epochs_logged(tmp_path / "run") == [1, 2]
+
+
+def test_a_resume_with_another_config_is_refused_and_keeps_the_recorded_one(johns_dir, tmp_path):
+    """Resuming last.pt with other settings (here train.lr, the seed) is refused naming them, and config.json still
+    says how the run was made (before: the run went on with the new settings and config.json was overwritten);
+    settings that change no result (data.cache, data.cloak_batch_size, val.batch_size) may differ."""
+    cfg = _cfg(johns_dir, epochs=2, max_steps_per_epoch=2)
+    assert _run(cfg, tmp_path / "run", stop_after_steps=1)["stopped"]
+    recorded = (tmp_path / "run" / "config.json").read_text()
+    for changed, key in ((_cfg(johns_dir, epochs=2, max_steps_per_epoch=2, lr=2e-3), "train.lr"),
+                         (PurifierTrainConfig.from_dict({**cfg.as_dict(), "seed": 1}), "seed")):
+        with pytest.raises(PufaceError, match=key):
+            _run(changed, tmp_path / "run")
+        assert (tmp_path / "run" / "config.json").read_text() == recorded
+    fewer = tmp_path / "fewer"  # data.root may move, but not to other data
+    for ident in sorted(p for p in johns_dir.iterdir() if p.is_dir())[1:]:
+        (fewer / ident.name).mkdir(parents=True)
+        for f in ident.iterdir():
+            (fewer / ident.name / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(PufaceError, match="other data"):
+        _run(_cfg(fewer, epochs=2, max_steps_per_epoch=2), tmp_path / "run")
+    assert (tmp_path / "run" / "config.json").read_text() == recorded
+    same = PurifierTrainConfig.from_dict({**cfg.as_dict(), "data": {**cfg.as_dict()["data"], "cloak_batch_size": 2},
+                                          "val": {"batch_size": 4}})
+    assert _run(same, tmp_path / "run")["epochs"] == 2

@@ -266,6 +266,28 @@ def _keep_logged_epochs(path: Path, epochs: int) -> None:
     os.replace(tmp, path)
 
 
+#: settings a resumed run may change: where its inputs are and how they are batched, not what it computes
+RESUME_MAY_CHANGE = ("data.root", "data.cache", "data.cloak_batch_size", "data.cached_only", "train.save_every_steps",
+                     "val.batch_size")
+
+
+def _check_resumed_config(path: Path, was: dict[str, Any], now: dict[str, Any]) -> None:
+    """Refuse to resume `path` (trained with config `was`) under another config `now`, naming the settings that
+    differ; those in `RESUME_MAY_CHANGE` and settings the recorded config does not have (newer options) are not
+    compared. (The data the run trains on is compared once it is read.)"""
+    def flat(c: dict[str, Any]) -> dict[str, Any]:
+        return {f"{k}.{kk}" if isinstance(v, dict) else k: vv
+                for k, v in c.items() for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])}
+
+    old, new = flat(was), flat(json.loads(json.dumps(now)))
+    changed = [k for k in old if k in new and k not in RESUME_MAY_CHANGE and old[k] != new[k]]
+    if changed:
+        raise PufaceError(f"{path}: was trained with other settings ("
+                          + ", ".join(f"{k} = {old[k]!r}, now {new[k]!r}" for k in changed[:4])
+                          + (", ..." if len(changed) > 4 else "") + "); resume with the same config and --set, "
+                          "or use another --out or --no-resume")
+
+
 def _init_from(purifier: Purifier, weights: str) -> None:
     """Copy the weights of a purifier ("default" or a checkpoint path) into `purifier` (same model config)."""
     src = Purifier.load(weights)
@@ -287,11 +309,28 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
         say = lambda s: None  # noqa: E731
     run_seed = cfg.seed if cfg.train.seed is None else cfg.train.seed  # init, batch order, augmentation
     torch.manual_seed(run_seed)
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2) + "\n")
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    resumed = load_checkpoint(last_path, map_location=d.device) if resume and last_path.is_file() else None
+    if resumed is not None:  # before config.json is rewritten: it must keep saying how the run was made
+        _check_resumed_config(last_path, resumed.get("config") or {}, cfg.as_dict())
+
+    def write_config() -> None:
+        if d.main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2) + "\n")
+
+    if resumed is None:
+        write_config()
     d.barrier()
     train_pairs, val_pairs, summary = prepare_data(cfg, d, cloak_fn, log=say, progress=progress)
+    if resumed is not None:
+        was = resumed.get("data_summary") or {}
+        moved = [k for k in ("train_identities", "val_identities", "heldout_identities", "train_pairs", "val_pairs")
+                 if k in was and was[k] != summary[k]]
+        if moved:
+            raise PufaceError(f"{last_path}: was trained on other data ({', '.join(moved)} differ); resume on the same "
+                              "data, or use another --out or --no-resume")
+        write_config()  # the same settings; data.root may name the data's new place
     say(f"training pairs: {train_pairs.summary()}; validation pairs: {val_pairs.summary()}; "
         f"{len(summary['heldout_identities'])} identities held out, processes: {d.world_size}, device: {d.device}")
     if d.main:
@@ -329,12 +368,11 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
             nat_emb.append((torch.cat(plain), torch.cat(flip)))
 
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": -math.inf, "history": []}
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if tc.init and not (resume and last_path.is_file()):  # a resumed run continues from its own weights
+    if tc.init and resumed is None:  # a resumed run continues from its own weights
         _init_from(purifier, tc.init)
         say(f"initialised from {tc.init}")
-    if resume and last_path.is_file():
-        ck = load_checkpoint(last_path, map_location=d.device)
+    if resumed is not None:
+        ck = resumed
         ts = ck.get("train_state")
         if ts is None:
             raise PufaceError(f"{last_path}: has no training state to resume from (delete it or pass --no-resume)")
