@@ -274,3 +274,17 @@ def test_a_resume_with_another_config_is_refused_and_keeps_the_recorded_one(john
     same = PurifierTrainConfig.from_dict({**cfg.as_dict(), "data": {**cfg.as_dict()["data"], "cloak_batch_size": 2},
                                           "val": {"batch_size": 4}})
     assert _run(same, tmp_path / "run")["epochs"] == 2
+
+
+def test_the_saved_config_json_reruns_the_run(johns_dir, tmp_path):
+    """OUT/config.json, the config saved next to the results, is itself a config `--config` reads (before: 'not
+    valid TOML'), and training from it repeats the run weight for weight."""
+    from puface.training.config import load_config
+
+    cfg = _cfg(johns_dir, epochs=1, max_steps_per_epoch=2)
+    _run(cfg, tmp_path / "run")
+    again = load_config(tmp_path / "run" / "config.json")
+    assert again == cfg
+    _run(again, tmp_path / "again")
+    a, b = (torch.load(tmp_path / n / "last.pt", weights_only=True)["state_dict"] for n in ("run", "again"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -34,7 +34,7 @@ def _parse_attack(text: str) -> dict:
 @click.command("train-purifier")
 @click.option("--config", "config_path", default="default", show_default=True,
               help="A TOML training config, or a packaged recipe's name (--list shows them; 'default' is the "
-                   "shipped purifier's, with every option commented).")
+                   "shipped purifier's, with every option commented), or a run's OUT/config.json (as it ran).")
 @click.option("--list", "list_recipes", is_flag=True, help="List the packaged purifier recipes and exit.")
 @click.option("--data", "data", type=click.Path(path_type=Path), default=None,
               help="Identity folders to train on instead of the config's [data] root (which may name a data set "
