@@ -288,3 +288,15 @@ def test_the_saved_config_json_reruns_the_run(johns_dir, tmp_path):
     _run(again, tmp_path / "again")
     a, b = (torch.load(tmp_path / n / "last.pt", weights_only=True)["state_dict"] for n in ("run", "again"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_no_validation_identities_is_said(johns_dir, tmp_path):
+    """Too few identities for a validation share: the run says it validates on training pairs (before: silently)."""
+    from puface.training.train import prepare_data
+
+    cfg = _cfg(johns_dir, epochs=1)
+    cfg = PurifierTrainConfig.from_dict({**cfg.as_dict(), "data": {**cfg.as_dict()["data"], "val_fraction": 0.05}})
+    said: list[str] = []
+    _, _, summary = prepare_data(cfg, cloak_fn=synthetic_cloak_fn(), log=said.append, progress=False)
+    assert summary["val_identities"] == []
+    assert any("no validation identities" in s and "training pairs" in s for s in said), said

@@ -186,6 +186,9 @@ def prepare_data(cfg: PurifierTrainConfig, d: Dist | None = None, cloak_fn: Call
                           cloak_fn=sharded, tag="val", log=quiet)
     else:
         val = train.subset(torch.arange(min(len(train), cfg.data.val_images)))
+        quiet(f"warning: no validation identities ({len(split.train)} training identities, data.val_fraction = "
+              f"{cfg.data.val_fraction}): validating on {len(val)} training pairs, so the best checkpoint is chosen on "
+              "images it trained on; raise data.val_fraction or add identities")
     summary = {
         "root": str(cfg.data.root),  # as named (a data set name stays a name; its folder differs per machine)
         "split": {"seed": cfg.seed, "heldout_min_images": cfg.data.heldout_min_images,
