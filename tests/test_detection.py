@@ -734,3 +734,37 @@ def test_detection_table_of_a_query_time_run_says_the_probes_are_cloaked():
     for split, text in (("probe", "cloaked probe photos"), ("training", "cloaked training photos")):
         md = detection_markdown(summarise_detection({0: {"opom": {**scores, "split": split}}}, det))
         assert text in md and "| opom | 3 | 2 | 1.0000 | 100.0 | 0.00 | 100.0 |" in md
+
+
+def test_train_detector_makes_its_cloaks_on_the_device_asked_for(tmp_path, johns_dir, monkeypatch):
+    """`train-detector --device D` makes the training cloaks on D too (before: the cloak function was built without
+    the device, so `--device cpu` still cloaked on a GPU when there is one, and `cuda:1` on cuda:0)."""
+    import importlib
+
+    from puface.purifier import Purifier, RedNetConfig
+    from puface.training.detector import DetectorTrainConfig
+
+    training = importlib.import_module("puface.training.detector")
+    names = sorted(p.name for p in johns_dir.iterdir() if p.is_dir())
+    ckpt = Purifier(RedNetConfig(channels=8, depth=4, downsample=1), meta={"data_summary": {
+        "train_identities": names[:4], "val_identities": names[4:], "heldout_identities": []}}).save(tmp_path / "p.safetensors")
+    asked: list = []
+
+    class Stop(Exception):
+        pass
+
+    def cloak_with_cache(*args, **kw):
+        asked.append(kw.get("device"))
+
+        def cloak(spec, paths):
+            raise Stop
+        return cloak
+
+    monkeypatch.setattr(training, "cloak_with_cache", cloak_with_cache)
+    cfg = DetectorTrainConfig.from_dict({
+        "data": {"root": str(johns_dir), "purifier": str(ckpt), "max_natural": 2},
+        "augment": {"natural_variants": [], "variants_per_chip": 0},
+        "attacks": [{"name": "fawkes", "mode": "custom", "steps": 1, "embedders": ["dlib-resnet29"], "images": 2}]})
+    with pytest.raises(Stop):
+        training.train_detector(cfg, tmp_path / "run", device="cpu", progress=False, log=lambda s: None)
+    assert asked == ["cpu"]

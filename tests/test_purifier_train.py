@@ -212,3 +212,91 @@ def test_reencoded_inputs_reach_the_training_batches(johns_dir, tmp_path):
     assert not all(torch.equal(w["plain"][k], w["jpeg"][k]) for k in w["plain"])
     saved = json.loads((tmp_path / "jpeg" / "config.json").read_text())["amplify"]
     assert saved["input_variants"] == ["jpeg:quality=75"] and saved["input_share"] == 0.5
+
+
+def _epochs_logged(out) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("killed", ["after_saving", "before_saving"])
+def test_metrics_log_holds_each_saved_epoch_once_after_a_kill_at_the_epoch_end(johns_dir, tmp_path, monkeypatch, killed):
+    """A run killed at the end of epoch 1, just after (or just before) last.pt records it, resumes to a metrics.jsonl
+    with epochs 1 and 2 once each (before: epoch 1 was missing when the kill came after the save)."""
+    import importlib
+
+    training = importlib.import_module("puface.training.train")  # the module (the package exports `train`, the function)
+    cfg = _cfg(johns_dir, epochs=2, max_steps_per_epoch=2)
+    real = training.save_checkpoint
+
+    def dying(path, ck):
+        if Path(path).name == "last.pt" and ck.get("epoch") == 1 and ck["train_state"]["step_in_epoch"] == 0:
+            if killed == "after_saving":
+                real(path, ck)
+            raise KeyboardInterrupt
+        return real(path, ck)
+
+    monkeypatch.setattr(training, "save_checkpoint", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _run(cfg, tmp_path / "run")
+    monkeypatch.setattr(training, "save_checkpoint", real)
+    _run(cfg, tmp_path / "run")
+    assert _epochs_logged(tmp_path / "run") == [1, 2]
+
+
+def test_no_resume_starts_the_metrics_log_afresh(johns_dir, tmp_path):
+    """--no-resume retrains from scratch; its metrics.jsonl holds its own epochs, not the earlier run's as well."""
+    cfg = _cfg(johns_dir, epochs=2, max_steps_per_epoch=2)
+    _run(cfg, tmp_path / "run")
+    _run(cfg, tmp_path / "run", resume=False)
+    assert _epochs_logged(tmp_path / "run") == [1, 2]
+
+
+def test_a_resume_with_another_config_is_refused_and_keeps_the_recorded_one(johns_dir, tmp_path):
+    """Resuming last.pt with other settings (here train.lr, the seed) is refused naming them, and config.json still
+    says how the run was made (before: the run went on with the new settings and config.json was overwritten);
+    settings that change no result (data.cache, data.cloak_batch_size, val.batch_size) may differ."""
+    cfg = _cfg(johns_dir, epochs=2, max_steps_per_epoch=2)
+    assert _run(cfg, tmp_path / "run", stop_after_steps=1)["stopped"]
+    recorded = (tmp_path / "run" / "config.json").read_text()
+    for changed, key in ((_cfg(johns_dir, epochs=2, max_steps_per_epoch=2, lr=2e-3), "train.lr"),
+                         (PurifierTrainConfig.from_dict({**cfg.as_dict(), "seed": 1}), "seed")):
+        with pytest.raises(PufaceError, match=key):
+            _run(changed, tmp_path / "run")
+        assert (tmp_path / "run" / "config.json").read_text() == recorded
+    fewer = tmp_path / "fewer"  # data.root may move, but not to other data
+    for ident in sorted(p for p in johns_dir.iterdir() if p.is_dir())[1:]:
+        (fewer / ident.name).mkdir(parents=True)
+        for f in ident.iterdir():
+            (fewer / ident.name / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(PufaceError, match="other data"):
+        _run(_cfg(fewer, epochs=2, max_steps_per_epoch=2), tmp_path / "run")
+    assert (tmp_path / "run" / "config.json").read_text() == recorded
+    same = PurifierTrainConfig.from_dict({**cfg.as_dict(), "data": {**cfg.as_dict()["data"], "cloak_batch_size": 2},
+                                          "val": {"batch_size": 4}})
+    assert _run(same, tmp_path / "run")["epochs"] == 2
+
+
+def test_the_saved_config_json_reruns_the_run(johns_dir, tmp_path):
+    """OUT/config.json, the config saved next to the results, is itself a config `--config` reads (before: 'not
+    valid TOML'), and training from it repeats the run weight for weight."""
+    from puface.training.config import load_config
+
+    cfg = _cfg(johns_dir, epochs=1, max_steps_per_epoch=2)
+    _run(cfg, tmp_path / "run")
+    again = load_config(tmp_path / "run" / "config.json")
+    assert again == cfg
+    _run(again, tmp_path / "again")
+    a, b = (torch.load(tmp_path / n / "last.pt", weights_only=True)["state_dict"] for n in ("run", "again"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_no_validation_identities_is_said(johns_dir, tmp_path):
+    """Too few identities for a validation share: the run says it validates on training pairs (before: silently)."""
+    from puface.training.train import prepare_data
+
+    cfg = _cfg(johns_dir, epochs=1)
+    cfg = PurifierTrainConfig.from_dict({**cfg.as_dict(), "data": {**cfg.as_dict()["data"], "val_fraction": 0.05}})
+    said: list[str] = []
+    _, _, summary = prepare_data(cfg, cloak_fn=synthetic_cloak_fn(), log=said.append, progress=False)
+    assert summary["val_identities"] == []
+    assert any("no validation identities" in s and "training pairs" in s for s in said), said

@@ -34,7 +34,7 @@ def _parse_attack(text: str) -> dict:
 @click.command("train-purifier")
 @click.option("--config", "config_path", default="default", show_default=True,
               help="A TOML training config, or a packaged recipe's name (--list shows them; 'default' is the "
-                   "shipped purifier's, with every option commented).")
+                   "shipped purifier's, with every option commented), or a run's OUT/config.json (as it ran).")
 @click.option("--list", "list_recipes", is_flag=True, help="List the packaged purifier recipes and exit.")
 @click.option("--data", "data", type=click.Path(path_type=Path), default=None,
               help="Identity folders to train on instead of the config's [data] root (which may name a data set "
@@ -43,7 +43,9 @@ def _parse_attack(text: str) -> dict:
               help="Run folder for checkpoints (best.pt, last.pt, best.safetensors), metrics.jsonl and the "
                    "config. Default: runs/<config name>.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Continue from OUT/last.pt when it exists (after an interruption).")
+              help="Continue from OUT/last.pt when it exists (after an interruption); refused when the config, --set "
+                   "or data differ from the run's (data.root, data.cache, save_every_steps and the cloaking and validation "
+                   "batch sizes may).")
 @device_option()
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config option, e.g. --set train.epochs=2 --set loss.feature_weight=0.1 (repeatable).")

@@ -8,6 +8,7 @@ every checkpoint.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import UnionType
@@ -238,14 +239,23 @@ def _check_override_types(overrides: dict[str, Any]) -> None:
 def load_config(ref: str | Path, overrides: dict[str, Any] | None = None, *, drop_attacks: Sequence[str] = (),
                 add_attacks: Sequence[dict[str, Any]] = (), data_root: str | Path | None = None) -> PurifierTrainConfig:
     """Read a purifier training config: a TOML file or a packaged recipe's name ("default", "v5", ...),
-    with `extends` resolved (`puface.utils.tomlconfig`).
+    with `extends` resolved (`puface.utils.tomlconfig`), or a run's saved `config.json`.
 
     overrides: "section.key" (or "seed") -> value, set on top. drop_attacks / add_attacks: edit the
     `[[attacks]]` list like a config's ``drop_attacks`` / ``[[add_attacks]]`` (labels as `attack_label`
     names them, e.g. "fawkes-high", "lowkey-ensemble"; an unknown label is an error). data_root: instead
     of `[data] root`. Both serve ablations without copying a config.
     """
-    path, d, _ = load_toml_config(ref, "purifier", LABELS)
+    if Path(ref).suffix == ".json" and Path(ref).is_file():  # a run's own config.json (`as_dict`), as it ran
+        path = Path(ref)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: not a readable JSON config ({e})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: not a config (expected a JSON object)")
+    else:
+        path, d, _ = load_toml_config(ref, "purifier", LABELS)
     if drop_attacks or add_attacks:
         d = merge_configs(d, {"drop_attacks": list(drop_attacks), "add_attacks": [dict(a) for a in add_attacks]},
                           LABELS, f"{path} (--drop-attack / --add-attack)")

@@ -245,10 +245,10 @@ def _featurise(det: CloakDetector, images: torch.Tensor, kinds: list[str], label
 
 
 def build_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, train_ids: Sequence[str],
-                  fit_ids: Sequence[str], *, progress: bool = True,
+                  fit_ids: Sequence[str], *, progress: bool = True, device: str | None = None,
                   log: Callable[[str], None] = print) -> tuple[SampleSet, SampleSet, dict]:
     """(fit samples: natural variants and cloaks of the fit identities; validation cloaks: those of the
-    other training identities; summary), with their features."""
+    other training identities; summary), with their features. device: where the cloaks are made (None: auto)."""
     d, aug = cfg.data, cfg.augment
     chips = interleaved_chips(root, train_ids, f"detector-train-{cfg.seed}")
     if not chips:
@@ -262,7 +262,7 @@ def build_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, trai
     nat_x, nat_kinds = _variants(nat, aug["natural_variants"], int(aug["variants_per_chip"]), cfg.seed, "train")
     parts, kinds, labels = [nat_x], list(nat_kinds), [torch.zeros(len(nat_x))]
     vparts, vkinds = [], []
-    cloak_fn = cloak_with_cache(d["cache"] or None, batch_size=int(d["cloak_batch_size"]), progress=progress,
+    cloak_fn = cloak_with_cache(d["cache"] or None, device=device, batch_size=int(d["cloak_batch_size"]), progress=progress,
                                 cached_only=bool(d["cached_only"]))
     summary: dict[str, Any] = {"natural_chips": len(nat), "natural_samples": len(nat_x), "attacks": {}}
     for spec in cfg.attacks:
@@ -403,7 +403,8 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
     val: SampleSet | None = None
     data_summary: dict[str, Any] = {}
     if cfg.attacks:
-        samples, val, data_summary = build_samples(cfg, det0, root, train_ids, fit_ids, progress=progress, log=log)
+        samples, val, data_summary = build_samples(cfg, det0, root, train_ids, fit_ids, progress=progress, device=device,
+                                                   log=log)
     scalar_norm = {}
     if net_cfg is not None:
         for name in net_cfg.scalars:

@@ -186,6 +186,9 @@ def prepare_data(cfg: PurifierTrainConfig, d: Dist | None = None, cloak_fn: Call
                           cloak_fn=sharded, tag="val", log=quiet)
     else:
         val = train.subset(torch.arange(min(len(train), cfg.data.val_images)))
+        quiet(f"warning: no validation identities ({len(split.train)} training identities, data.val_fraction = "
+              f"{cfg.data.val_fraction}): validating on {len(val)} training pairs, so the best checkpoint is chosen on "
+              "images it trained on; raise data.val_fraction or add identities")
     summary = {
         "root": str(cfg.data.root),  # as named (a data set name stays a name; its folder differs per machine)
         "split": {"seed": cfg.seed, "heldout_min_images": cfg.data.heldout_min_images,
@@ -247,6 +250,47 @@ def train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool = True,
                       progress=progress, log=log, stop_after_steps=stop_after_steps)
 
 
+def _keep_logged_epochs(path: Path, epochs: int) -> None:
+    """Rewrite metrics.jsonl (atomically) to the lines of epochs 1..`epochs`, the ones `last.pt` holds, once each:
+    a fresh run (0) starts it empty, a resumed one drops an epoch logged but not saved before the stop (and a
+    line cut by a kill)."""
+    if not path.is_file():
+        return
+    kept: dict[int, str] = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int) and 1 <= row["epoch"] <= epochs:
+            kept[row["epoch"]] = line
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(kept[e] + "\n" for e in sorted(kept)))
+    os.replace(tmp, path)
+
+
+#: settings a resumed run may change: where its inputs are and how they are batched, not what it computes
+RESUME_MAY_CHANGE = ("data.root", "data.cache", "data.cloak_batch_size", "data.cached_only", "train.save_every_steps",
+                     "val.batch_size")
+
+
+def _check_resumed_config(path: Path, was: dict[str, Any], now: dict[str, Any]) -> None:
+    """Refuse to resume `path` (trained with config `was`) under another config `now`, naming the settings that
+    differ; those in `RESUME_MAY_CHANGE` and settings the recorded config does not have (newer options) are not
+    compared. (The data the run trains on is compared once it is read.)"""
+    def flat(c: dict[str, Any]) -> dict[str, Any]:
+        return {f"{k}.{kk}" if isinstance(v, dict) else k: vv
+                for k, v in c.items() for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])}
+
+    old, new = flat(was), flat(json.loads(json.dumps(now)))
+    changed = [k for k in old if k in new and k not in RESUME_MAY_CHANGE and old[k] != new[k]]
+    if changed:
+        raise PufaceError(f"{path}: was trained with other settings ("
+                          + ", ".join(f"{k} = {old[k]!r}, now {new[k]!r}" for k in changed[:4])
+                          + (", ..." if len(changed) > 4 else "") + "); resume with the same config and --set, "
+                          "or use another --out or --no-resume")
+
+
 def _init_from(purifier: Purifier, weights: str) -> None:
     """Copy the weights of a purifier ("default" or a checkpoint path) into `purifier` (same model config)."""
     src = Purifier.load(weights)
@@ -268,11 +312,28 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
         say = lambda s: None  # noqa: E731
     run_seed = cfg.seed if cfg.train.seed is None else cfg.train.seed  # init, batch order, augmentation
     torch.manual_seed(run_seed)
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2) + "\n")
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    resumed = load_checkpoint(last_path, map_location=d.device) if resume and last_path.is_file() else None
+    if resumed is not None:  # before config.json is rewritten: it must keep saying how the run was made
+        _check_resumed_config(last_path, resumed.get("config") or {}, cfg.as_dict())
+
+    def write_config() -> None:
+        if d.main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2) + "\n")
+
+    if resumed is None:
+        write_config()
     d.barrier()
     train_pairs, val_pairs, summary = prepare_data(cfg, d, cloak_fn, log=say, progress=progress)
+    if resumed is not None:
+        was = resumed.get("data_summary") or {}
+        moved = [k for k in ("train_identities", "val_identities", "heldout_identities", "train_pairs", "val_pairs")
+                 if k in was and was[k] != summary[k]]
+        if moved:
+            raise PufaceError(f"{last_path}: was trained on other data ({', '.join(moved)} differ); resume on the same "
+                              "data, or use another --out or --no-resume")
+        write_config()  # the same settings; data.root may name the data's new place
     say(f"training pairs: {train_pairs.summary()}; validation pairs: {val_pairs.summary()}; "
         f"{len(summary['heldout_identities'])} identities held out, processes: {d.world_size}, device: {d.device}")
     if d.main:
@@ -310,12 +371,11 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
             nat_emb.append((torch.cat(plain), torch.cat(flip)))
 
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": -math.inf, "history": []}
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if tc.init and not (resume and last_path.is_file()):  # a resumed run continues from its own weights
+    if tc.init and resumed is None:  # a resumed run continues from its own weights
         _init_from(purifier, tc.init)
         say(f"initialised from {tc.init}")
-    if resume and last_path.is_file():
-        ck = load_checkpoint(last_path, map_location=d.device)
+    if resumed is not None:
+        ck = resumed
         ts = ck.get("train_state")
         if ts is None:
             raise PufaceError(f"{last_path}: has no training state to resume from (delete it or pass --no-resume)")
@@ -327,6 +387,8 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
         state.update({k: ts[k] for k in ("epoch", "step_in_epoch", "global_step", "best_score", "history") if k in ts})
         say(f"resuming from {last_path}: epoch {state['epoch'] + 1}, step {state['step_in_epoch']}")
 
+    if d.main:
+        _keep_logged_epochs(out / "metrics.jsonl", state["epoch"])
     flops = conv_flops(purifier.net, *train_pairs.natural.shape[-2:])
     meta_config = cfg.as_dict()
 
@@ -412,10 +474,11 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
                                      data_summary=summary, metrics=metrics, epoch=epoch + 1)
                 save_checkpoint(best_path, ck)
                 save_checkpoint(out / "best.safetensors", ck)
-            save_last(epoch + 1, 0, metrics)
-            # logged once the epoch is saved: a run stopped in between redoes the epoch and logs it once
+            # logged before the epoch is saved: a run stopped in between redoes the epoch, and the resume drops
+            # the line (`_keep_logged_epochs`), so each saved epoch is logged once
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
+            save_last(epoch + 1, 0, metrics)
             result = metrics
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0
         d.barrier()
