@@ -768,3 +768,28 @@ def test_train_detector_makes_its_cloaks_on_the_device_asked_for(tmp_path, johns
     with pytest.raises(Stop):
         training.train_detector(cfg, tmp_path / "run", device="cpu", progress=False, log=lambda s: None)
     assert asked == ["cpu"]
+
+
+def test_palette_photos_are_scored_with_a_note_that_says_why_they_look_cloaked(johns_dir, tmp_path):
+    """Natural photos saved with a colour palette (8-bit PNG, BMP) score like cloaks (bench/results/detect-palette.md):
+    `puface detect` and `purify --report` still score them, and say in the note why the decision says little."""
+    from PIL import Image
+
+    from puface.detection.folder import PALETTE_NOTE
+
+    root = tmp_path / "in" / "A"
+    root.mkdir(parents=True)
+    for i, p in enumerate(sorted(johns_dir.glob("*/*.jpg"))[:2]):
+        im = Image.open(p).convert("RGB")
+        im.save(root / f"rgb{i}.png")
+        im.quantize(256).save(root / f"pal{i}.png")
+        im.quantize(256).save(root / f"pal{i}.bmp")
+    out = tmp_path / "scores.csv"
+    assert main(["detect", str(root.parent), "--out", str(out), "--no-progress"]) == 0
+    rows = {r["path"]: r for r in _read(out)}
+    assert len(rows) == 6 and all(r["score"] != "" for r in rows.values())
+    assert {p for p, r in rows.items() if r["note"] == PALETTE_NOTE} == {f"A/pal{i}.{e}" for i in range(2) for e in ("png", "bmp")}
+    assert all(float(rows[f"A/pal{i}.png"]["score"]) > float(rows[f"A/rgb{i}.png"]["score"]) for i in range(2))
+    assert main(["purify", "--report", "--no-progress", str(root.parent), str(tmp_path / "out")]) == 0
+    rep = {r["path"]: r for r in _read(tmp_path / "out" / "detection.csv")}
+    assert rep["A/pal0.png"]["note"] == PALETTE_NOTE and rep["A/rgb0.png"]["note"] == ""

@@ -96,7 +96,7 @@ def align_adapter(
             pf = aligner.align(item.image)
             found.append(pf)
             for k, af in enumerate(pf.faces):
-                chips.append(LoadedImage(_face_job(item.job, af.index), af.chip, None, None, item.format))
+                chips.append(LoadedImage(_face_job(item.job, af.index), af.chip, None, None, item.format, palette=item.palette))
                 owners.append((i, k))
         chip_out = chip_process(chips) if chips else []
         if len(chip_out) != len(chips):

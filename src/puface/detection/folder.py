@@ -326,6 +326,12 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
                    current=current)
 
 
+#: The note of a photo whose colours come from a palette (8-bit PNG, BMP, TIFF with a colour table, as GIF encoders make
+#: them): the quantisation moves it under purification as a cloak does, so the shipped detectors flag nearly all such
+#: natural photos (bench/results/detect-palette.md).
+PALETTE_NOTE = "palette image (<= 256 colours): its colour quantisation scores like a cloak, so the decision says little"
+
+
 def detect_batch_process(det: CloakDetector | str | None, device: str | None, threshold: float, batch_size: int,
                          align: bool, largest_face: bool, fields: list[str]) -> Callable[[list[LoadedImage]], list[Outcome]]:
     """`detect_folder`'s batch function: decoded images -> one `Outcome.record` row each (score, decision at
@@ -341,7 +347,8 @@ def detect_batch_process(det: CloakDetector | str | None, device: str | None, th
     def process(items: list[LoadedImage]) -> list[Outcome]:
         if aligner is None:
             feats, _ = _chip_features(det, [it.image for it in items], batch_size)
-            return [Outcome.record(**_row(det, feats, i, threshold), note="") for i in range(len(items))]
+            return [Outcome.record(**_row(det, feats, i, threshold), note=PALETTE_NOTE if it.palette else "")
+                    for i, it in enumerate(items)]
         chips, owner, found = [], [], []
         for i, it in enumerate(items):
             pf = aligner.align(it.image)
@@ -357,7 +364,7 @@ def detect_batch_process(det: CloakDetector | str | None, device: str | None, th
         out = []
         for it, pf, rows in zip(items, found, per):
             if rows:
-                out.append(Outcome.record(**_photo_row(rows), faces=len(rows), note=""))
+                out.append(Outcome.record(**_photo_row(rows), faces=len(rows), note=PALETTE_NOTE if it.palette else ""))
             else:
                 blank = {k: "" for k in fields if k not in ("path",)}
                 out.append(Outcome.record(**{**blank, "faces": 0, "note": pf.reason_if_empty(aligner.min_face)}))
@@ -473,10 +480,11 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
         for i, it in enumerate(items):
             row = _row(det, feats, i, threshold)
             out = images[i]
+            note = PALETTE_NOTE if it.palette else ""
             if skip_cloaked and row["cloaked"]:
-                outs.append(Outcome.skip(f"judged cloaked (score {row['score']} > {threshold:.4f})", **row, note=""))
+                outs.append(Outcome.skip(f"judged cloaked (score {row['score']} > {threshold:.4f})", **row, note=note))
             else:
-                outs.append(Outcome.ok(out, **row, note=""))
+                outs.append(Outcome.ok(out, **row, note=note))
         return outs
 
     process: Callable = chip_process

@@ -51,6 +51,7 @@ class LoadedImage:
     format: str = ""
     alpha: np.ndarray | None = None  # the input's alpha channel, uint8 (H, W) (the image is composited on white)
     gray: bool = False  # the input is grayscale (1-bit, L, 16-bit, float: `images.GRAY_MODES`)
+    palette: bool = False  # the input's colours come from a palette (8-bit PNG, BMP, TIFF: Pillow modes P, PA)
 
 
 @dataclass
@@ -328,9 +329,11 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
     im, alpha, gray = open_image_parts(job.src, data=data)
     exif_bytes = icc = None
     fmt = ""
+    palette = False
     try:
         with Image.open(io.BytesIO(data)) as raw:  # type: ignore[arg-type]
             fmt = raw.format or ""
+            palette = raw.mode in ("P", "PA")
             icc = raw.info.get("icc_profile")
             exif = raw.getexif()
             if exif:
@@ -338,7 +341,7 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
                 exif_bytes = exif.tobytes()
     except Exception:  # metadata is best effort; the pixels were read fine
         pass
-    return LoadedImage(job, np.asarray(im, dtype=np.uint8), exif_bytes, icc, fmt, alpha, gray)
+    return LoadedImage(job, np.asarray(im, dtype=np.uint8), exif_bytes, icc, fmt, alpha, gray, palette)
 
 
 def in_input_mode(item: LoadedImage, image: np.ndarray) -> np.ndarray:
