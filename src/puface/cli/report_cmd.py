@@ -57,11 +57,11 @@ def headline(runs: tuple[Path, ...], puface_label: str, rows: str, out: Path | N
     summary = load_summary(runs[0]) if len(runs) == 1 else load_pooled(list(runs))
     h = make(summary, puface_label, ", ".join(map(str, runs)))
     md = headline_markdown(h, ("white-box",) if rows == "white-box" else ("white-box", "oblivious"))
-    if json_path is not None:
-        json_path.write_text(json.dumps(h, indent=2))
-    if readme is not None:
-        from ..io.images import atomic_write_bytes
+    from ..io.images import atomic_write_bytes
 
+    if json_path is not None:
+        atomic_write_bytes(json_path, json.dumps(h, indent=2).encode("utf-8"))
+    if readme is not None:
         atomic_write_bytes(readme, replace_between_markers(readme.read_text(encoding="utf-8"), md, str(readme)).encode("utf-8"))
         click.echo(f"updated: {readme}")
     if readme is None or out is not None:
