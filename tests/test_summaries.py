@@ -182,3 +182,23 @@ def test_report_on_an_unfinished_run_says_it_has_not_finished(tmp_path, capsys):
     (tmp_path / "runs.jsonl").unlink()
     assert main(["report", "headline", str(tmp_path)]) == 2
     assert "expected a `puface reproduce` output folder" in capsys.readouterr().err
+
+
+def test_repeats_table_keeps_baselines_whose_labels_end_in_s_and_a_number_apart(tmp_path):
+    """blur-s1 and blur-s2 (sigma 1 and 2) are two baselines, not two training seeds of one recipe: with the run's
+    config.resolved.json only purifier files (a `weights` option) are grouped as repeats."""
+    import json
+
+    folder = _summary(tmp_path, [
+        ("fawkes", "dlib-resnet29", "nn", "blur-s1", "white-box", 1.0, 0.99),
+        ("fawkes", "dlib-resnet29", "nn", "blur-s2", "white-box", 0.6, 0.99),
+        ("fawkes", "dlib-resnet29", "nn", "ref", "white-box", 0.1, 0.99),
+        ("fawkes", "dlib-resnet29", "nn", "ref-s1", "white-box", 0.3, 0.99),
+    ])
+    (folder / "config.resolved.json").write_text(json.dumps({"defenses": [
+        {"label": "blur-s1", "spec": {"name": "blur", "sigma": 1.0}}, {"label": "blur-s2", "spec": {"name": "blur", "sigma": 2.0}},
+        {"label": "ref", "spec": {"name": "puface", "weights": "a.safetensors"}},
+        {"label": "ref-s1", "spec": "puface:weights=b.safetensors"}]}))
+    rows = {line.split(" | ")[0][2:]: line for line in summaries.repeats_table(folder).splitlines()[2:]}
+    assert set(rows) == {"blur-s1", "blur-s2", "ref"}
+    assert rows["blur-s2"].startswith("| blur-s2 | 1 | 60.0 |") and rows["ref"].startswith("| ref | 2 | 20.0 [10.0, 30.0] |")

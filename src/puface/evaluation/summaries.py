@@ -228,6 +228,20 @@ def recipe_of(label: str) -> str:
     return base if base and tail.isdigit() else label
 
 
+def _trained_labels(folder: Path) -> set[str] | None:
+    """The defense labels of `folder`'s run that name a purifier file (a `weights` option: the ones a recipe repeats
+    with other train.seed), from its config.resolved.json; None when the folder has none (trimmed result folders)."""
+    path = folder / "config.resolved.json"
+    if not path.is_file():
+        return None
+    out = set()
+    for d in json.loads(path.read_text(encoding="utf-8")).get("defenses") or []:
+        spec = d.get("spec")
+        if (isinstance(spec, dict) and "weights" in spec) or (isinstance(spec, str) and "weights=" in spec):
+            out.add(d.get("label"))
+    return out
+
+
 def _span(xs: list[float], digits: int = 1) -> str:
     if len(xs) == 1:
         return f"{xs[0]:.{digits}f}"
@@ -235,15 +249,22 @@ def _span(xs: list[float], digits: int = 1) -> str:
 
 
 def repeats_table(folder: Path, quality: Path | None = None) -> str:
-    """Defenses grouped by recipe: per white-box cell the mean and [min, max] over the repeats; with
+    """Defenses grouped by recipe (labels "<recipe>-s<N>" of purifier files; every label of another defense is its
+    own row, when the folder's config.resolved.json says which are which): per white-box cell the mean and [min, max]
+    over the repeats; with
     `quality` (a folder of `bench/bench_purifier.py quality` JSONs, <label>.json), the held-out natural
     PSNR and LowKey cosines."""
     cells: dict[str, dict[tuple[str, str, str], dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     normal: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    trained = _trained_labels(folder)  # blur-s1 and blur-s2 (sigma 1 and 2) are two baselines, not two repeats
+
+    def recipe(label: str) -> str:
+        return recipe_of(label) if trained is None or label in trained else label
+
     for r, asr, acc in _cells_pct(folder):
         if r["setting"] == "white-box":  # a cell: attack, victim and trainer
-            cells[recipe_of(r["defense"])][(r["attack"], r["victim"], r["trainer"])][r["defense"]] = asr
-            normal[recipe_of(r["defense"])][r["defense"]].append(acc)
+            cells[recipe(r["defense"])][(r["attack"], r["victim"], r["trainer"])][r["defense"]] = asr
+            normal[recipe(r["defense"])][r["defense"]].append(acc)
     keys = sorted({k for c in cells.values() for k in c})
     head = [f"{a} / {v} / {t}" for a, v, t in keys] + ["mean white-box", "normal acc."]
     if quality:
