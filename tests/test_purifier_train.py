@@ -251,6 +251,20 @@ def test_no_resume_starts_the_metrics_log_afresh(johns_dir, tmp_path):
     assert _epochs_logged(tmp_path / "run") == [1, 2]
 
 
+def test_no_resume_sets_the_earlier_runs_checkpoints_aside(johns_dir, tmp_path):
+    """An interrupted --no-resume redo must not leave the earlier run's best.pt beside its new config (a user taking
+    OUT/best.pt would get the old weights): they are renamed *.discarded.*, kept, and the new run writes its own."""
+    cfg = _cfg(johns_dir, epochs=1, max_steps_per_epoch=2)
+    _run(cfg, tmp_path / "run")
+    old = (tmp_path / "run" / "best.pt").read_bytes()
+    assert _run(cfg, tmp_path / "run", resume=False, stop_after_steps=1)["stopped"]
+    assert not (tmp_path / "run" / "best.pt").exists() and not (tmp_path / "run" / "result.json").exists()
+    kept = list((tmp_path / "run").glob("best.*.discarded.pt"))
+    assert len(kept) == 1 and kept[0].read_bytes() == old
+    _run(cfg, tmp_path / "run", resume=False)
+    assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "result.json").is_file()
+
+
 def test_a_resume_with_another_config_is_refused_and_keeps_the_recorded_one(johns_dir, tmp_path):
     """Resuming last.pt with other settings (here train.lr, the seed) is refused naming them, and config.json still
     says how the run was made (before: the run went on with the new settings and config.json was overwritten);

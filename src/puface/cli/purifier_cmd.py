@@ -45,7 +45,8 @@ def _parse_attack(text: str) -> dict:
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from OUT/last.pt when it exists (after an interruption); refused when the config, --set "
                    "or data differ from the run's (data.root, data.cache, save_every_steps and the cloaking and validation "
-                   "batch sizes may).")
+                   "batch sizes may). --no-resume starts afresh; an earlier run's checkpoints and result.json are "
+                   "renamed *.<time>.discarded.* first.")
 @device_option()
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config option, e.g. --set train.epochs=2 --set loss.feature_weight=0.1 (repeatable).")

@@ -269,6 +269,17 @@ def _keep_logged_epochs(path: Path, epochs: int) -> None:
     os.replace(tmp, path)
 
 
+def _set_aside_previous(out: Path) -> None:
+    """A fresh run (--no-resume) in the folder of an earlier one: that run's checkpoints and result are renamed
+    <stem>.<unix time>.discarded<suffix> (kept, not deleted), so no file of it stands beside the new config until the
+    new run replaces it (`puface purify --weights OUT/best.pt` took the old run's weights after an interrupted redo)."""
+    stamp = int(time.time())
+    for name in ("best.pt", "best.safetensors", "last.pt", "result.json"):
+        p = out / name
+        if p.is_file():
+            p.replace(out / f"{p.stem}.{stamp}.discarded{p.suffix}")
+
+
 #: settings a resumed run may change: where its inputs are and how they are batched, not what it computes
 RESUME_MAY_CHANGE = ("data.root", "data.cache", "data.cloak_batch_size", "data.cached_only", "train.save_every_steps",
                      "val.batch_size")
@@ -323,6 +334,8 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
             (out / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2) + "\n")
 
     if resumed is None:
+        if d.main:
+            _set_aside_previous(out)
         write_config()
     d.barrier()
     train_pairs, val_pairs, summary = prepare_data(cfg, d, cloak_fn, log=say, progress=progress)
