@@ -68,12 +68,18 @@ def synthetic_cloak_fn(eps: float = 8 / 255):
     return cloak
 
 
-def visible_purifier_file(path: Path, seed: int = 0) -> Path:
-    """A small purifier that visibly changes images (seeded random non-zero weights), saved to `path`."""
+def visible_purifier(seed: int = 0, std: float = 0.03):
+    """A small purifier (8 channels, depth 4, one stride-2 stage) that visibly changes images: seeded random
+    non-zero weights of standard deviation `std`."""
     from puface.purifier import Purifier, RedNetConfig
 
     torch.manual_seed(seed)
     p = Purifier(RedNetConfig(channels=8, depth=4, downsample=1))
     for prm in p.parameters():
-        nn.init.normal_(prm, std=0.03)
-    return p.save(path)
+        nn.init.normal_(prm, std=std)
+    return p
+
+
+def visible_purifier_file(path: Path, seed: int = 0) -> Path:
+    """`visible_purifier(seed)`, saved to `path`."""
+    return visible_purifier(seed).save(path)

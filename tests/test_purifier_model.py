@@ -9,6 +9,7 @@ from torch import nn
 from puface.utils.errors import ConfigError
 from puface.purifier import Purifier, RedNet, RedNetConfig
 from puface.purifier.rednet import conv_flops, count_parameters
+from purifier_support import visible_purifier
 
 
 @pytest.mark.parametrize("size", [(150, 150), (112, 112), (97, 131), (8, 8), (1, 5)])
@@ -102,10 +103,7 @@ def test_gradients_reach_every_layer():
 
 
 def test_purify_batches_match_forward_and_accept_uint8():
-    torch.manual_seed(3)
-    p = Purifier(RedNetConfig(channels=8, depth=4, downsample=1))
-    for prm in p.parameters():
-        nn.init.normal_(prm, std=0.05)
+    p = visible_purifier(seed=3, std=0.05)
     x = torch.rand(5, 3, 30, 34)
     direct = p(x).detach()
     assert torch.allclose(p.purify(x, batch_size=2), direct, atol=1e-5)
@@ -118,10 +116,7 @@ def test_purify_batches_match_forward_and_accept_uint8():
 
 def test_purify_takes_float64_as_float32_at_every_step():
     """float64 images come out float32 (the network's dtype) whatever the step: step 1.5 gave float64."""
-    torch.manual_seed(3)
-    p = Purifier(RedNetConfig(channels=8, depth=4, downsample=1))
-    for prm in p.parameters():
-        nn.init.normal_(prm, std=0.05)
+    p = visible_purifier(seed=3, std=0.05)
     x = torch.rand(3, 3, 30, 34)
     for step in (1.0, 1.5):
         out = p.purify(x.double(), step=step)

@@ -86,6 +86,8 @@ def _too_large(w: int, h: int, limit: int) -> str:
 
 #: Pillow modes of grayscale images (written back as 8-bit L by `puface purify`; 1-bit, 16-bit and float become 8-bit).
 GRAY_MODES = ("1", "L", "LA", "La", "I", "F") + tuple(m for m in Image.MODES if m.startswith("I;16"))
+#: Pillow modes of images whose colours come from a palette (8-bit PNG, BMP, TIFF with a colour table).
+PALETTE_MODES = ("P", "PA")
 _ALPHA_MODES = ("RGBA", "LA", "RGBa", "La", "PA")
 
 

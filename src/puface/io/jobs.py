@@ -27,7 +27,7 @@ from PIL import Image
 
 from ..utils.errors import ImageReadError, PufaceError
 from .files import check_output_folder, check_output_root, list_image_files
-from .images import (EXPECTED_IMAGES, IMAGE_EXTENSIONS, atomic_write_bytes, encode_image, is_image_file,
+from .images import (EXPECTED_IMAGES, IMAGE_EXTENSIONS, PALETTE_MODES, atomic_write_bytes, encode_image, is_image_file,
                      open_image_parts, pil_format_for, same_file)
 
 
@@ -51,7 +51,7 @@ class LoadedImage:
     format: str = ""
     alpha: np.ndarray | None = None  # the input's alpha channel, uint8 (H, W) (the image is composited on white)
     gray: bool = False  # the input is grayscale (1-bit, L, 16-bit, float: `images.GRAY_MODES`)
-    palette: bool = False  # the input's colours come from a palette (8-bit PNG, BMP, TIFF: Pillow modes P, PA)
+    palette: bool = False  # the input's colours come from a palette (8-bit PNG, BMP, TIFF: `images.PALETTE_MODES`)
 
 
 @dataclass
@@ -333,7 +333,7 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
     try:
         with Image.open(io.BytesIO(data)) as raw:  # type: ignore[arg-type]
             fmt = raw.format or ""
-            palette = raw.mode in ("P", "PA")
+            palette = raw.mode in PALETTE_MODES
             icc = raw.info.get("icc_profile")
             exif = raw.getexif()
             if exif:

@@ -25,7 +25,6 @@ A graph that only runs with batch 1 is run image by image (with a warning).
 
 from __future__ import annotations
 
-import json
 import warnings
 import zipfile
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..utils.errors import ConfigError, PufaceError
+from ..utils.tomlconfig import read_json_object
 from .base import FaceEmbedder, InputNormalization
 
 __all__ = ["load_custom_embedder", "read_sidecar", "CustomModelError"]
@@ -55,12 +55,7 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     side = Path(path).with_suffix(".json")
     if not side.is_file():
         return {}
-    try:
-        data = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{side}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{side}: expected a JSON object with keys like input_size, scale, mean, std, order")
+    data = read_json_object(side, "a JSON object with keys like input_size, scale, mean, std, order")
     unknown = sorted(set(data) - _SIDECAR_KEYS)
     if unknown:
         raise ConfigError(f"{side}: unknown key(s) {unknown}; allowed: {sorted(_SIDECAR_KEYS)}")

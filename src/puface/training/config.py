@@ -8,7 +8,6 @@ every checkpoint.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import UnionType
@@ -17,7 +16,7 @@ from typing import Any, Sequence, Union, get_args, get_origin, get_type_hints
 from ..attacks import attack_label
 from ..purifier.rednet import RedNetConfig
 from ..utils.errors import ConfigError
-from ..utils.tomlconfig import apply_overrides, config_where, load_toml_config, merge_configs
+from ..utils.tomlconfig import apply_overrides, config_where, load_toml_config, merge_configs, read_json_object
 from .amplify import AmplifyConfig
 
 #: how [[attacks]] entries are named for drop_attacks (the labels their cloaks and metrics carry)
@@ -248,12 +247,7 @@ def load_config(ref: str | Path, overrides: dict[str, Any] | None = None, *, dro
     """
     if Path(ref).suffix == ".json" and Path(ref).is_file():  # a run's own config.json (`as_dict`), as it ran
         path = Path(ref)
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: not a readable JSON config ({e})") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"{path}: not a config (expected a JSON object)")
+        d = read_json_object(path, "a config (a JSON object, as a run's config.json holds)")
     else:
         path, d, _ = load_toml_config(ref, "purifier", LABELS)
     if drop_attacks or add_attacks:

@@ -34,7 +34,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["tomllib", "read_toml", "apply_overrides", "parse_toml_value", "packaged_config", "packaged_config_names", "find_config",
+__all__ = ["tomllib", "read_toml", "read_json_object", "apply_overrides", "parse_toml_value", "packaged_config", "packaged_config_names", "find_config",
            "extends_chain", "resolve_chain", "merge_configs", "apply_list_edits", "load_toml_config", "to_toml", "KINDS",
            "config_where"]
 
@@ -54,6 +54,19 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: config file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
+
+
+def read_json_object(path: str | Path, expected: str = "a JSON object") -> dict[str, Any]:
+    """The JSON file holding one object, as a dict (a run's saved config, a model's sidecar); `ConfigError` naming
+    the file when it cannot be read, is not valid JSON, or holds something else (the message says `expected`)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected {expected}")
+    return data
 
 
 def parse_toml_value(text: str) -> Any:
