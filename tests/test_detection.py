@@ -772,10 +772,12 @@ def test_train_detector_makes_its_cloaks_on_the_device_asked_for(tmp_path, johns
 
 def test_palette_photos_are_scored_with_a_note_that_says_why_they_look_cloaked(johns_dir, tmp_path):
     """Natural photos saved with a colour palette (8-bit PNG, BMP) score like cloaks (bench/results/detect-palette.md):
-    `puface detect` and `purify --report` still score them, and say in the note why the decision says little."""
+    `puface detect` and `purify --report` still score them, judge them against natural palette photos (the shipped
+    detector's storage kinds; not flagged) and say so in the note; with --one-threshold the note says why the
+    decision says little."""
     from PIL import Image
 
-    from puface.detection.folder import PALETTE_NOTE
+    from puface.detection.folder import PALETTE_KIND_NOTE, PALETTE_NOTE
 
     root = tmp_path / "in" / "A"
     root.mkdir(parents=True)
@@ -788,8 +790,13 @@ def test_palette_photos_are_scored_with_a_note_that_says_why_they_look_cloaked(j
     assert main(["detect", str(root.parent), "--out", str(out), "--no-progress"]) == 0
     rows = {r["path"]: r for r in _read(out)}
     assert len(rows) == 6 and all(r["score"] != "" for r in rows.values())
-    assert {p for p, r in rows.items() if r["note"] == PALETTE_NOTE} == {f"A/pal{i}.{e}" for i in range(2) for e in ("png", "bmp")}
+    palette = {f"A/pal{i}.{e}" for i in range(2) for e in ("png", "bmp")}
+    assert {p for p, r in rows.items() if r["note"] == PALETTE_KIND_NOTE} == palette
+    assert {p for p, r in rows.items() if r["storage"] == "palette"} == palette
+    assert all(rows[p]["cloaked"] == "0" for p in palette)
     assert all(float(rows[f"A/pal{i}.png"]["score"]) > float(rows[f"A/rgb{i}.png"]["score"]) for i in range(2))
+    assert main(["detect", str(root.parent), "--out", str(out), "--no-progress", "--one-threshold"]) == 0
+    assert {r["path"] for r in _read(out) if r["note"] == PALETTE_NOTE} == palette
     assert main(["purify", "--report", "--no-progress", str(root.parent), str(tmp_path / "out")]) == 0
     rep = {r["path"]: r for r in _read(tmp_path / "out" / "detection.csv")}
-    assert rep["A/pal0.png"]["note"] == PALETTE_NOTE and rep["A/rgb0.png"]["note"] == ""
+    assert rep["A/pal0.png"]["note"] == PALETTE_KIND_NOTE and rep["A/rgb0.png"]["note"] == ""

@@ -25,6 +25,10 @@ _detector_purifier_option = click.option(
 @click.option("--fpr", type=float, default=None,
               help="False-positive rate of the decision on natural photos (default: the detector's, 0.01). Lower flags "
                    "fewer natural photos and misses more cloaks.")
+@click.option("--one-threshold", is_flag=True,
+              help="Judge every image by the default threshold. Without it, a chip stored in a way that makes natural "
+                   "photos score high (JPEG with full-resolution colour below quality 90, a palette) gets the higher "
+                   "threshold calibrated on natural photos stored the same way (the 'storage' column).")
 @click.option("--detector", "weights", type=click.Path(path_type=Path), default=None,
               help="A detector file (`puface train-detector`) or a shipped one: default (every cloak family measured), "
                    "sharpen (photos from sources that sharpen: phone cameras, photo editors; misses most Fawkes low cloaks), "
@@ -46,7 +50,7 @@ _detector_purifier_option = click.option(
 @rank_options
 @engine_options("detector", "Same CSV rows either way.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None, purifier: Path | None, device: str,
+def detect(in_path: Path, out_csv: Path, fpr: float | None, one_threshold: bool, weights: Path | None, purifier: Path | None, device: str,
            batch_size: int, align: bool, largest_face: bool, resume: bool, restart: bool, io_workers: int, threads: int | None,
            rank: int | None, world_size: int | None, engine: str, address: str | None, workers: int | None,
            progress: bool) -> None:
@@ -56,7 +60,9 @@ def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None
     does to it: how far it moves the face embedding, and what it takes out (a small CNN on the purifier's
     residual). An image is called cloaked when its score exceeds the threshold at which --fpr of natural
     calibration photos score higher (held on each kind of calibration photo with the detector's confidence,
-    0.9 for the shipped ones, so that new natural photos of those kinds stay under --fpr). The default detector
+    0.9 for the shipped ones, so that new natural photos of those kinds stay under --fpr); a chip whose file is
+    stored in a way that makes natural photos score high (JPEG with full-resolution colour below quality 90, a
+    palette) gets the higher threshold of natural photos stored the same way (--one-threshold: not). The default detector
     expects aligned face chips (like the LFW/dlib 150x150 chips); for ordinary photos use --align.
     Streams in batches, resumes, prints a summary; exit code 1 if some images could not be read (they
     are listed and skipped).
@@ -83,7 +89,7 @@ def detect(in_path: Path, out_csv: Path, fpr: float | None, weights: Path | None
     report = detect_folder(in_path, out_csv, weights=weights, device=None if device == "auto" else device, fpr=fpr,
                            batch_size=batch_size, resume=resume, restart=restart, io_workers=io_workers,
                            progress=progress, align=align, largest_face=largest_face, rank=rank, world_size=world_size,
-                           engine=engine, address=address, workers=workers, purifier=purifier)
+                           engine=engine, address=address, workers=workers, purifier=purifier, one_threshold=one_threshold)
     click.echo(report.summary())
     if report.exit_code:
         raise click.exceptions.Exit(report.exit_code)

@@ -188,6 +188,9 @@ def _unmask_step(in_path: Path, out_root: Path, progress: bool):
                    "for the shipped purifier). Default: default.")
 @click.option("--fpr", type=float, default=None,
               help="With --skip-cloaked/--report: false-positive rate of the decision on natural photos (default 0.01).")
+@click.option("--one-threshold", is_flag=True,
+              help="With --skip-cloaked/--report: judge every image by the detector's default threshold, also chips "
+                   "stored as 4:4:4 JPEG or with a palette (see `puface detect --help`).")
 @click.option("--unmask", is_flag=True,
               help="Universal masks (OPOM-style: one pattern on all of a person's photos): take each identity folder "
                    "(IN/<person>/<image>) as one person, find a pattern its chips share and subtract it before "
@@ -198,7 +201,8 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
            quality: int, io_workers: int, threads: int | None, rank: int | None, world_size: int | None,
            stats_csv: Path | None, align: bool, largest_face: bool, template: str, engine: str, address: str | None,
            workers: int | None, image_field: str | None, skip_cloaked: bool, report: bool,
-           detector_path: Path | None, fpr: float | None, unmask: bool, step: float | None, progress: bool) -> None:
+           detector_path: Path | None, fpr: float | None, one_threshold: bool, unmask: bool, step: float | None,
+           progress: bool) -> None:
     """Remove cloaks from the images under IN and write them to OUT (same tree, names, formats and sizes).
 
     Grayscale images stay grayscale and transparency (alpha) is kept; outputs have 8 bits per channel
@@ -244,8 +248,8 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
     if align and template != "auto":
         raise PufaceError("--template describes chips; with --align puface cuts dlib150 chips itself")
     check_engine(engine, address, workers)
-    if (detector_path is not None or fpr is not None) and not (skip_cloaked or report):
-        raise PufaceError("--detector and --fpr go with --skip-cloaked or --report")
+    if (detector_path is not None or fpr is not None or one_threshold) and not (skip_cloaked or report):
+        raise PufaceError("--detector, --fpr and --one-threshold go with --skip-cloaked or --report")
     if unmask:
         if align or skip_cloaked or report or engine != "local" or is_shard_input(in_path):
             raise PufaceError("--unmask works on aligned chips in identity folders on the local engine (a universal "
@@ -270,7 +274,7 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
                                      device=None if device == "auto" else device, fpr=fpr, batch_size=batch_size,
                                      resume=resume, rank=rank, world_size=world_size, quality=quality,
                                      io_workers=io_workers, progress=progress, align=align, largest_face=largest_face,
-                                     scores_csv=stats_csv, weights=weights, step=step)
+                                     scores_csv=stats_csv, weights=weights, step=step, one_threshold=one_threshold)
     elif is_shard_input(in_path):
         from ..purifier.folder import purify_shards
 

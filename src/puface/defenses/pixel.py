@@ -13,9 +13,10 @@ resize     downscale by `factor` (antialiased), upscale back           factor (>
 sharpen    unsharp masking, x + amount (x - blur(x)), clipped          amount (> 0), sigma
 gamma      x ** gamma per channel (> 1 darkens the mid-tones)          gamma (> 0)
 contrast   m + factor (x - m), m = the image's mean, clipped           factor (> 0)
+palette    colour quantisation to a palette (8-bit PNG, GIF)           colors (2..256), mode
 =========  ==========================================================  ==================
 
-`sharpen`, `gamma` and `contrast` remove nothing: they are what cameras and photo editors do to natural photos,
+`sharpen`, `gamma`, `contrast` and `palette` remove nothing: they are what cameras and photo editors do to natural photos,
 registered here so that natural-photo variants (purifier and detector training, false-positive checks) are specs
 like the others.
 """
@@ -37,7 +38,7 @@ from .base import Defense
 from .registry import register
 
 __all__ = ["JPEG", "GaussianBlur", "MedianFilter", "BitDepth", "GaussianNoise", "DownUpResize", "Sharpen", "Gamma",
-           "Contrast"]
+           "Contrast", "Palette"]
 
 
 def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -292,3 +293,35 @@ class Contrast(Defense):
     def exact_forward(self, images: torch.Tensor) -> torch.Tensor:
         m = images.mean(dim=(1, 2, 3), keepdim=True)
         return m + self.params["factor"] * (images - m)
+
+
+@register
+class Palette(Defense):
+    """Colour quantisation as an 8-bit PNG or GIF encoder stores a photo (what a palette image's reader gets back):
+    mode "adaptive" = `colors` (2..256) chosen per image by median cut (Pillow `Image.quantize`, no dithering);
+    mode "web" = the fixed 216-colour web palette with Floyd-Steinberg dithering (`colors` is not used)."""
+
+    kind = "palette"
+
+    def __init__(self, colors: int = 256, mode: str = "adaptive"):
+        colors = int(colors)
+        if not 2 <= colors <= 256:
+            raise ConfigError(f"palette: colors must be in 2..256, got {colors}")
+        if mode not in ("adaptive", "web"):
+            raise ConfigError(f"palette: mode must be adaptive or web, got {mode!r}")
+        super().__init__(colors=colors, mode=mode)
+
+    @property
+    def name(self) -> str:
+        return "palette-web" if self.params["mode"] == "web" else f"palette-{self.params['colors']}"
+
+    def _apply(self, images: torch.Tensor) -> torch.Tensor:
+        out = []
+        for a in to_uint8(images).permute(0, 2, 3, 1).numpy():
+            im = Image.fromarray(np.ascontiguousarray(a), "RGB")
+            if self.params["mode"] == "web":
+                p = im.convert("P", palette=Image.Palette.WEB, dither=Image.Dither.FLOYDSTEINBERG)
+            else:
+                p = im.quantize(self.params["colors"], method=Image.Quantize.MEDIANCUT)
+            out.append(torch.from_numpy(np.asarray(p.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1))
+        return to_float(torch.stack(out))

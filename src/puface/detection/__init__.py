@@ -7,7 +7,8 @@
     >>> det.detect_folder("photos/", "scores.csv")    # a folder tree: scores CSV + per-identity summary  # doctest: +SKIP
 
 Modules: `detector` (features, score, calibration, the file format), `net` (the small CNN on the
-purifier residual), `folder` (`detect_folder`, `purify_folder_detected`: the folder jobs). Training and
+purifier residual), `storage` (which calibration kinds judge a chip stored as JPEG or with a palette), `folder`
+(`detect_folder`, `purify_folder_detected`: the folder jobs). Training and
 calibrating a detector is `puface.training.detector`.
 """
 

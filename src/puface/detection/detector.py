@@ -49,10 +49,19 @@ from ..utils.metrics import psnr
 from ..utils.paths import package_weights
 from ..utils.version import __version__
 from .net import ResidualNet
+from .storage import kinds_for_storage, last_step
 
 __all__ = ["CloakDetector", "DetectorConfig", "threshold_at_fpr", "allowed_above", "checked_confidence", "min_calibration_size",
            "default_detector_path", "detector_path", "load_detector", "FORMAT", "DEFAULT_FPR", "DEFAULT_CONFIDENCE",
-           "SHIPPED_DETECTORS"]
+           "SHIPPED_DETECTORS", "storage_of_kind"]
+
+def storage_of_kind(kind: str) -> str:
+    """The storage string a kind's last step makes ("natural:jpeg:quality=75" -> "jpeg:quality=75,subsampling=4:2:0")."""
+    step, params = last_step(kind)
+    if step == "jpeg":
+        return f"jpeg:quality={params.get('quality', '75')},subsampling={params.get('subsampling', '4:2:0')}"
+    return step
+
 
 FORMAT = "puface-detector"
 FORMAT_VERSION = 1
@@ -372,12 +381,15 @@ class CloakDetector(torch.nn.Module):
         self._need_calibration()
         return self.features(images, batch_size=batch_size)["score"]
 
-    def threshold(self, fpr: float | None = None, confidence: float | None = None) -> float:
+    def threshold(self, fpr: float | None = None, confidence: float | None = None, storage: str = "") -> float:
         """The score above which a chip is called cloaked, for false-positive rate `fpr` on natural photos
         (None: the detector's default, 1%): the highest of the thresholds that give `fpr` on each kind of
         calibration photo (as they are, re-encoded, resized, ...), so that no kind exceeds it. confidence (None:
         the detector's, 0.9 for the shipped ones; 0: the plain empirical quantile): each kind's threshold holds
-        `fpr` on new photos of that kind with this probability (`allowed_above`)."""
+        `fpr` on new photos of that kind with this probability (`allowed_above`). Storage kinds
+        (`storage_kinds`) do not count, but for a chip whose file is stored their way: storage (how the chip's
+        file stores it, `io.images.storage_of`; "" = unknown) raises the threshold to that of the kinds that
+        describe the storage (`detection.storage.kinds_for_storage`) when theirs is higher; it never lowers it."""
         self._need_calibration()
         fpr = self.default_fpr if fpr is None else float(fpr)
         confidence = self.default_confidence if confidence is None else float(confidence)
@@ -386,32 +398,57 @@ class CloakDetector(torch.nn.Module):
         if kinds is None:
             return threshold_at_fpr(scores, fpr, confidence)
         kinds = torch.as_tensor(kinds)
-        return max(threshold_at_fpr(scores[kinds == k], fpr, confidence) for k in kinds.unique().tolist())
+        names = list(self.calibration["kind_names"])
+        only = set(self.storage_kinds)
 
-    def is_cloaked(self, scores: torch.Tensor, fpr: float | None = None) -> torch.Tensor:
-        """(N,) bool: scores above `threshold(fpr)`."""
-        return torch.as_tensor(scores) > self.threshold(fpr)
+        def of(k: str) -> float:
+            return threshold_at_fpr(scores[kinds == names.index(k)], fpr, confidence)
+
+        default = max(of(k) for k in (n for n in names if n not in only))
+        chosen = kinds_for_storage(names, storage) if storage else None
+        return max([default] + [of(k) for k in chosen or []])
+
+    @property
+    def storage_kinds(self) -> list[str]:
+        """Calibration kinds that only serve files stored their way (`detection.storage`); [] when none."""
+        return list(self.calibration.get("storage_kinds") or []) if self.calibration else []
+
+    def is_cloaked(self, scores: torch.Tensor, fpr: float | None = None, storage: str = "") -> torch.Tensor:
+        """(N,) bool: scores above `threshold(fpr, storage=storage)` (storage: how the chips were stored, e.g.
+        "jpeg:quality=75,subsampling=4:2:0"; "" = unknown)."""
+        return torch.as_tensor(scores) > self.threshold(fpr, storage=storage)
 
     def _need_calibration(self) -> None:
         if not self.calibrated:
             raise PufaceError("this detector is not calibrated (no natural calibration scores)")
 
     def calibrate(self, natural_features: Mapping[str, torch.Tensor], fpr: float = DEFAULT_FPR, *,
-                  kinds: Sequence[str] | None = None, confidence: float | None = DEFAULT_CONFIDENCE, **info: Any) -> None:
+                  kinds: Sequence[str] | None = None, confidence: float | None = DEFAULT_CONFIDENCE,
+                  storage_kinds: Sequence[str] = (), **info: Any) -> None:
         """Set the component scales and the natural score distribution from natural chips' features
         (`features(...)` of natural calibration chips). kinds: each chip's kind ("natural", "natural:jpeg:
         quality=75", ...): the threshold then holds the false-positive rate on every kind. confidence: the
         default threshold holds `fpr` on each kind with this probability (None: the empirical quantile).
-        `info` is kept in the calibration record."""
+        storage_kinds: kinds (among `kinds`) that only serve files stored their way (`threshold(storage=)`);
+        they neither set the component scales nor the default threshold. `info` is kept in the calibration record."""
+        storage_kinds = sorted(set(storage_kinds))
         comps = self.component_values(natural_features)
-        cal = {}
-        for k, v in comps.items():
-            v = v.double()
-            center = float(v.median())
-            q99 = float(torch.quantile(v, 0.99))
-            cal[k] = {"center": center, "scale": max(q99 - center, 1e-6)}
+        if storage_kinds:
+            if kinds is None or not set(storage_kinds) <= set(kinds):
+                raise ValueError(f"storage kinds {storage_kinds} are not all among the calibration kinds")
+            for k in storage_kinds:
+                if kinds_for_storage([k], storage_of_kind(k)) is None:
+                    raise ValueError(f"kind {k!r}: a storage kind must end in a JPEG (jpeg:quality=...) or palette step")
+            base = torch.tensor([k not in storage_kinds for k in kinds])
+            if not bool(base.any()):
+                raise ValueError("every calibration kind is a storage kind; the default threshold needs another")
+            cal = self._scales({k: v[base] for k, v in comps.items()})
+        else:
+            cal = self._scales(comps)
         confidence = checked_confidence(confidence)
         self.calibration = {"components": cal, "fpr": float(fpr)}
+        if storage_kinds:
+            self.calibration["storage_kinds"] = storage_kinds
         z = self.normalise(comps)
         scores = torch.stack(list(z.values()), 1).max(1).values
         self.calibration["natural_scores"] = scores.float()
@@ -423,6 +460,17 @@ class CloakDetector(torch.nn.Module):
             self.calibration["natural_kinds"] = torch.tensor([names.index(k) for k in kinds], dtype=torch.int64)
         self.set_confidence(confidence)  # stores it and the default threshold
         self.calibration.update(info)
+
+    @staticmethod
+    def _scales(comps: Mapping[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+        """Each component's natural center (median) and scale (99th percentile - median)."""
+        cal = {}
+        for k, v in comps.items():
+            v = v.double()
+            center = float(v.median())
+            q99 = float(torch.quantile(v, 0.99))
+            cal[k] = {"center": center, "scale": max(q99 - center, 1e-6)}
+        return cal
 
     def set_confidence(self, confidence: float | None) -> float:
         """Hold the default false-positive rate with `confidence` on each calibration kind (None or 0: the
@@ -437,11 +485,15 @@ class CloakDetector(torch.nn.Module):
         self.calibration["threshold"] = self.threshold()
         return self.calibration["threshold"]
 
-    def add_natural_kind(self, scores: Sequence[float] | torch.Tensor, kind: str) -> float:
+    def add_natural_kind(self, scores: Sequence[float] | torch.Tensor, kind: str, *, storage: bool = False) -> float:
         """Hold the false-positive rate on a new kind of natural photo too: `scores` (this detector's scores of
         photos known to be natural, e.g. a user's own collection) join the calibration as kind `kind` (a kind
         already there is replaced); the component scales stay. Returns the new default threshold, which is
-        the highest of the per-kind thresholds, so it never falls (fewer cloaks are caught when it rises)."""
+        the highest of the per-kind thresholds, so it never falls (fewer cloaks are caught when it rises).
+        storage: the kind only serves files stored as its last step says (`detection.storage`; e.g.
+        "natural:jpeg:quality=75,subsampling=4:4:4"): the default threshold stays."""
+        if storage and kinds_for_storage([kind], storage_of_kind(kind)) is None:
+            raise PufaceError(f"kind {kind!r}: a storage kind must end in a JPEG (jpeg:quality=...) or palette step")
         self._need_calibration()
         new = torch.as_tensor(scores, dtype=torch.float32).flatten()
         if len(new) == 0:
@@ -460,6 +512,11 @@ class CloakDetector(torch.nn.Module):
         self.calibration["natural_scores"] = torch.cat([old, new])
         self.calibration["natural_kinds"] = torch.cat([codes, torch.full((len(new),), names.index(kind), dtype=torch.int64)])
         self.calibration["kind_names"] = names
+        only = [k for k in self.storage_kinds if k != kind] + ([kind] if storage else [])
+        if only:
+            self.calibration["storage_kinds"] = sorted(only)
+        else:
+            self.calibration.pop("storage_kinds", None)
         self.calibration["threshold"] = self.threshold()
         self.calibration.setdefault("added_kinds", {})[kind] = len(new)
         return self.calibration["threshold"]

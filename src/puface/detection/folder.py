@@ -3,8 +3,12 @@
 out or list what is judged cloaked). Both stream through `io.jobs.run_folder_job` (decoding ahead in
 threads, batches, resume, broken files reported and skipped).
 
-Scores CSV columns: path (relative to the input), score, cloaked (1/0 at the run's threshold), psnr,
-shift_<embedder>, net (when the detector has one), faces (with `align`), note. A photo's score, with
+Scores CSV columns: path (relative to the input), score, cloaked (1/0 at the row's threshold), psnr,
+shift_<embedder>, net (when the detector has one), faces (with `align`), storage, note. storage: how the file
+stores a chip scored at its own size ("jpeg:quality=75,subsampling=4:2:0", "palette"; `io.images.storage_of`),
+empty for lossless files, photos (`align`) and other sizes; a row's threshold is the detector's for that storage
+(`CloakDetector.threshold(storage=)`, `detection.storage`: higher than the default for storages that make natural
+photos score high), the default one when it is empty or with `one_threshold`. A photo's score, with
 `align`, is the highest of its faces' (a photo with one cloaked face is called cloaked); a photo without
 a usable face gets an empty score and a note. Identity summary (<scores>-identities.csv): per first-level
 folder (an identity folder): images scored, flagged, share flagged, mean and highest score.
@@ -31,8 +35,10 @@ from ..utils.errors import PufaceError
 from ..purifier.model import extrapolate
 from ..utils.images import tensor_to_image
 from .detector import CloakDetector, detector_path, load_detector
+from .storage import describe
 
-__all__ = ["detect_folder", "detect_batch_process", "purify_folder_detected", "calibrate_on_folder", "DetectReport", "identity_of", "summarise_identities"]
+__all__ = ["detect_folder", "detect_batch_process", "purify_folder_detected", "calibrate_on_folder", "DetectReport", "identity_of",
+           "summarise_identities", "Thresholds", "chip_storage"]
 
 
 def _col(name: str) -> str:
@@ -123,9 +129,41 @@ def _load_rows(path: Path, fields: list[str]) -> tuple[list[dict], int]:
     return [r for i, r in enumerate(rows) if last[r["path"]] == i], stored
 
 
+class Thresholds:
+    """A detector's threshold per storage (`CloakDetector.threshold(fpr, storage=)`), computed once each; with
+    `one` every storage gets the default threshold."""
+
+    def __init__(self, det: CloakDetector, fpr: float | None, one: bool = False):
+        self.det, self.fpr, self.one = det, fpr, one
+        self.default = det.threshold(fpr)
+        self._by: dict[str, float] = {"": self.default}
+
+    def __call__(self, storage: str = "") -> float:
+        storage = "" if self.one else (storage or "")
+        if storage not in self._by:
+            self._by[storage] = self.det.threshold(self.fpr, storage=storage)
+        return self._by[storage]
+
+    def used(self, rows: list[dict]) -> dict[str, float]:
+        """{storage: threshold} over the scored rows' storages whose threshold is not the default one."""
+        out = {}
+        for r in rows:
+            st = "" if self.one else (r.get("storage") or "")
+            if st and r.get("score", "") != "" and self(st) != self.default:
+                out[st] = self(st)
+        return dict(sorted(out.items()))
+
+
+def chip_storage(det: CloakDetector, item: LoadedImage) -> str:
+    """The storage a decision may use: the file's (`LoadedImage.storage`) when the image is a chip of the detector's
+    size (scored as stored, not resampled), else "" (the storage column says so too)."""
+    s = det.config.chip_size
+    return item.storage if item.image.shape[:2] == (s, s) else ""
+
+
 @dataclass
 class DetectReport:
-    """A finished (or interrupted) detection job: the job's counts, the threshold, and where things went."""
+    """A finished (or interrupted) detection job: the job's counts, the thresholds, and where things went."""
 
     job: JobReport
     threshold: float
@@ -135,6 +173,7 @@ class DetectReport:
     scores_csv: Path | None = None
     identities_csv: Path | None = None
     gone: int = 0  # rows of an earlier run for files no longer in the input, dropped
+    thresholds: dict[str, float] = field(default_factory=dict)  # {storage: threshold} used besides the default
 
     @property
     def exit_code(self) -> int:
@@ -153,6 +192,13 @@ class DetectReport:
         lines = [self.job.summary(verb),
                  f"cloak detection: {k} of {n} images judged cloaked ({k / max(n, 1):.1%}) at threshold {self.threshold:.4f} "
                  f"(false-positive rate {self.fpr:.1%} on natural calibration photos)"]
+        if self.thresholds:
+            count: dict[str, int] = {}
+            for r in self.rows:
+                if r.get("score", "") != "" and r.get("storage") in self.thresholds:
+                    count[r["storage"]] = count.get(r["storage"], 0) + 1
+            lines.append("chips judged against natural photos stored the same way (a higher threshold): "
+                         + "; ".join(f"{describe(st)} {t:.4f} ({count.get(st, 0)})" for st, t in self.thresholds.items()))
         if n >= 5 and k / n > max(0.05, 10 * self.fpr):
             lines.append(f"that is far above the {self.fpr:.1%} expected of natural photos: many photos are cloaked, or they "
                          "come from a source unlike the calibration photos (edited: sharpened, more contrast, other gamma; "
@@ -199,13 +245,14 @@ def _chip_features(det: CloakDetector, arrays: list[np.ndarray], batch_size: int
     return {k: torch.cat(v)[inv] for k, v in feats.items()}, torch.stack(purified)  # type: ignore[arg-type]
 
 
-def _row(det: CloakDetector, feats: dict[str, torch.Tensor], i: int, threshold: float) -> dict[str, Any]:
+def _row(det: CloakDetector, feats: dict[str, torch.Tensor], i: int, threshold: Thresholds, storage: str = "") -> dict[str, Any]:
     s = float(feats["score"][i])
-    row: dict[str, Any] = {"score": _score_text(s), "cloaked": decide(s, threshold), "psnr": _fmt(feats["psnr"][i], 3)}
+    row: dict[str, Any] = {"score": _score_text(s), "cloaked": decide(s, threshold(storage)), "psnr": _fmt(feats["psnr"][i], 3)}
     for e in det.config.embedders:
         row[f"shift_{e}"] = _fmt(feats[f"shift:{e}"][i])
     if det.net is not None:
         row["net"] = _fmt(feats["net"][i], 4)
+    row["storage"] = storage
     return row
 
 
@@ -260,12 +307,15 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
                   progress: bool = True, align: bool = False, largest_face: bool = False,
                   identities_csv: str | Path | None = None, rank: int = 0, world_size: int = 1,
                   engine: str = "local", address: str | None = None, workers: int | None = None,
-                  cpus_per_worker: float = 1.0, purifier: str | Path | None = None) -> DetectReport:
+                  cpus_per_worker: float = 1.0, purifier: str | Path | None = None,
+                  one_threshold: bool = False) -> DetectReport:
     """Score every image under `in_path` (a folder tree or one file) into `out_csv`.
 
     detector: a ready `CloakDetector` (else `weights`: a detector file, None = the shipped one, with `purifier`:
     the purifier file it was calibrated with, None = the shipped one).
-    fpr: false-positive rate of the decision (None: the detector's default, 1%). resume: keep the rows an
+    fpr: false-positive rate of the decision (None: the detector's default, 1%); a chip stored as JPEG or with a
+    palette is judged by the threshold of its storage's calibration kind (`CloakDetector.threshold(storage=)`),
+    every image by the default threshold with `one_threshold`. resume: keep the rows an
     earlier run wrote to `out_csv` and score only the rest; restart: start the CSV afresh. align: photos,
     not chips: detect and align each face first (needs the `align` extra). identities_csv: the
     per-identity summary (default: <out_csv stem>-identities.csv). engine: "local" (threads in this process)
@@ -289,9 +339,9 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
     if world_size > 1:
         jobs = shard(jobs, rank, world_size)
     det = _prepare_detector(detector, weights, device, purifier)
-    threshold = det.threshold(fpr)
+    thresholds = Thresholds(det, fpr, one_threshold)
     fpr_v = det.default_fpr if fpr is None else float(fpr)
-    fields = ["path", "score", "cloaked", *feature_columns(det)] + (["faces"] if align else []) + ["note"]
+    fields = ["path", "score", "cloaked", *feature_columns(det)] + (["faces"] if align else []) + ["storage", "note"]
     state = _state_path(out_csv)
     det_id = det.fingerprint()
     run = {"input": str(in_path.resolve()), "align": align, "largest_face": largest_face}
@@ -316,38 +366,55 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         # each actor loads the detector file itself (None: the shipped one; a shipped name travels as its file), so Ray can restart a lost actor from
         # small arguments; a detector given as an object, or with its own purifier, travels as a CPU copy
         what = copy.deepcopy(det).cpu() if detector is not None or purifier is not None else (str(detector_path(weights).resolve()) if weights else None)
-        factory = partial(detect_batch_process, what, str(det.device), threshold, batch_size, align, largest_face, fields)
+        factory = partial(detect_batch_process, what, str(det.device), fpr, batch_size, align, largest_face, fields,
+                          one_threshold)
         job = run_ray_job(jobs, factory, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
                           gpus_per_worker=1.0 if det.device.type == "cuda" else 0.0, **common)
     else:
-        process = detect_batch_process(det, None, threshold, batch_size, align, largest_face, fields)
+        process = detect_batch_process(det, None, fpr, batch_size, align, largest_face, fields, one_threshold)
         job = run_folder_job(jobs, process, io_workers=io_workers, **common)
-    return _finish(out_csv, fields, threshold, fpr_v, job, in_path, identities_csv, det_id, state=run,
+    return _finish(out_csv, fields, thresholds, fpr_v, job, in_path, identities_csv, det_id, state=run,
                    current=current)
 
 
 #: The note of a photo whose colours come from a palette (8-bit PNG, BMP, TIFF with a colour table, as GIF encoders make
-#: them): the quantisation moves it under purification as a cloak does, so the shipped detectors flag nearly all such
-#: natural photos (bench/results/detect-palette.md).
+#: them) when no palette calibration kind judges it (a detector without one, a photo with `align`, a chip of another
+#: size, `one_threshold`): the quantisation moves it under purification as a cloak does, so the detectors flag nearly
+#: all such natural photos at their default threshold (bench/results/detect-palette.md).
 PALETTE_NOTE = "palette image (<= 256 colours): its colour quantisation scores like a cloak, so the decision says little"
+#: ... and when the palette kinds judge it: natural palette photos pass, and so do most cloaks.
+PALETTE_KIND_NOTE = "palette image (<= 256 colours): judged against natural palette photos, which score like cloaks: few cloaks are caught"
 
 
-def detect_batch_process(det: CloakDetector | str | None, device: str | None, threshold: float, batch_size: int,
-                         align: bool, largest_face: bool, fields: list[str]) -> Callable[[list[LoadedImage]], list[Outcome]]:
-    """`detect_folder`'s batch function: decoded images -> one `Outcome.record` row each (score, decision at
-    `threshold`, features; with `align` per photo over its faces). det: a detector, or its file (None: the shipped
-    one). device: move the detector there first (None: where it is). Module level, so `functools.partial` of it
-    is the Ray engine's picklable factory."""
+def _palette_kind_judged(thresholds: Thresholds, storage: str) -> bool:
+    return storage == "palette" and thresholds("palette") != thresholds.default
+
+
+def _note(item: LoadedImage, thresholds: Thresholds, aligned: bool = False) -> str:
+    """A row's note on the file: whether a palette image was judged by the palette kinds or not."""
+    if not item.palette:
+        return ""
+    return PALETTE_KIND_NOTE if not aligned and _palette_kind_judged(thresholds, chip_storage(thresholds.det, item)) else PALETTE_NOTE
+
+
+def detect_batch_process(det: CloakDetector | str | None, device: str | None, fpr: float | None, batch_size: int,
+                         align: bool, largest_face: bool, fields: list[str],
+                         one_threshold: bool = False) -> Callable[[list[LoadedImage]], list[Outcome]]:
+    """`detect_folder`'s batch function: decoded images -> one `Outcome.record` row each (score, decision at the
+    threshold for `fpr` and the chip's storage (`Thresholds`), features; with `align` per photo over its faces). det:
+    a detector, or its file (None: the shipped one). device: move the detector there first (None: where it is).
+    Module level, so `functools.partial` of it is the Ray engine's picklable factory."""
     if not isinstance(det, CloakDetector):
         det = _prepare_detector(None, det, device)
     elif device is not None:
         det = _prepare_detector(det, None, device)
     aligner = _make_aligner(align, largest_face)
+    threshold = Thresholds(det, fpr, one_threshold)
 
     def process(items: list[LoadedImage]) -> list[Outcome]:
         if aligner is None:
             feats, _ = _chip_features(det, [it.image for it in items], batch_size)
-            return [Outcome.record(**_row(det, feats, i, threshold), note=PALETTE_NOTE if it.palette else "")
+            return [Outcome.record(**_row(det, feats, i, threshold, chip_storage(det, it)), note=_note(it, threshold))
                     for i, it in enumerate(items)]
         chips, owner, found = [], [], []
         for i, it in enumerate(items):
@@ -364,7 +431,7 @@ def detect_batch_process(det: CloakDetector | str | None, device: str | None, th
         out = []
         for it, pf, rows in zip(items, found, per):
             if rows:
-                out.append(Outcome.record(**_photo_row(rows), faces=len(rows), note=PALETTE_NOTE if it.palette else ""))
+                out.append(Outcome.record(**_photo_row(rows), faces=len(rows), note=_note(it, threshold, aligned=True)))
             else:
                 blank = {k: "" for k in fields if k not in ("path",)}
                 out.append(Outcome.record(**{**blank, "faces": 0, "note": pf.reason_if_empty(aligner.min_face)}))
@@ -387,10 +454,11 @@ def calibrate_on_folder(detector: CloakDetector, in_path: str | Path, kind: str,
     return before, detector.add_natural_kind(scores, kind), rep
 
 
-def _finish(out_csv: Path, fields: list[str], threshold: float, fpr: float, job: JobReport, in_path: Path,
+def _finish(out_csv: Path, fields: list[str], thresholds: Thresholds, fpr: float, job: JobReport, in_path: Path,
             identities_csv: str | Path | None, det_id: str, *, state: dict | None = None,
             current: set[str] | None = None) -> DetectReport:
-    """Rewrite the scores with the decision at this run's threshold, write the identity summary. current: the
+    """Rewrite the scores with the decision at this run's thresholds (each row's storage's), write the identity
+    summary. current: the
     paths (relative to the input) of this run's files; rows of other files (gone from the input since an
     earlier run) are dropped from the scores and the summary."""
     rows, stored = _load_rows(out_csv, fields)
@@ -401,16 +469,22 @@ def _finish(out_csv: Path, fields: list[str], threshold: float, fpr: float, job:
     changed = 0
     for r in rows:
         if r.get("score", "") != "":
-            now = decide(float(r["score"]), threshold)
+            now = decide(float(r["score"]), thresholds(r.get("storage", "")))
             changed += str(r.get("cloaked")) != str(now)
             r["cloaked"] = now
+        if r.get("note") in (PALETTE_NOTE, PALETTE_KIND_NOTE):  # a resume with(out) --one-threshold: the note follows
+            note = PALETTE_KIND_NOTE if _palette_kind_judged(thresholds, r.get("storage", "")) else PALETTE_NOTE
+            changed += r["note"] != note
+            r["note"] = note
     if changed or len(rows) != stored:  # only then: processes sharing the file (--rank) may still be appending to it
         _write_csv(out_csv, rows, fields)
     idents = summarise_identities(rows, in_path.resolve().name if in_path.is_dir() else in_path.resolve().parent.name)
     id_path = Path(identities_csv) if identities_csv else out_csv.with_name(out_csv.stem + "-identities.csv")
     _write_csv(id_path, idents, ["identity", "images", "flagged", "share_flagged", "mean_score", "max_score"])
-    rep = DetectReport(job, threshold, fpr, rows, idents, out_csv, id_path, gone)
-    info = {"detector": det_id, "input": str(in_path.resolve()), "threshold": threshold, "fpr": fpr, "images": len(rows),
+    used = thresholds.used(rows)
+    rep = DetectReport(job, thresholds.default, fpr, rows, idents, out_csv, id_path, gone, used)
+    info = {"detector": det_id, "input": str(in_path.resolve()), "threshold": thresholds.default,
+            "thresholds_by_storage": used, "one_threshold": thresholds.one, "fpr": fpr, "images": len(rows),
             "scored": rep.scored, "flagged": rep.flagged, "failed": [[str(p), why] for p, why in job.failed],
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **(state or {})}
     atomic_write_bytes(_state_path(out_csv), json.dumps(info, indent=2).encode())
@@ -422,7 +496,8 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
                            batch_size: int = 16, resume: bool = True, rank: int = 0, world_size: int = 1,
                            quality: int = 95, io_workers: int = 2, progress: bool = True, align: bool = False,
                            largest_face: bool = False, scores_csv: str | Path | None = None,
-                           weights: str | Path | None = None, step: float | None = None) -> DetectReport:
+                           weights: str | Path | None = None, step: float | None = None,
+                           one_threshold: bool = False) -> DetectReport:
     """Purify every image under `in_path` into the mirrored tree `out_path`, scoring each for a cloak first.
 
     skip_cloaked: photos judged cloaked are left out (not written; listed in OUT/cloaked.csv), so a
@@ -435,6 +510,8 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
     (faces detected, purified and pasted back; with skip_cloaked a photo with any cloaked face is left out).
     step: how far along the purifier's change the written images go (`Purifier.purify`; None: each purifier's
     default, `job_step`: 1.5 for the shipped dlib150 one); the score is that of P(x) either way.
+    A chip stored as 4:4:4 JPEG or with a palette is judged by its storage's threshold, as `detect_folder` judges
+    it (every image by the default threshold with `one_threshold`).
     """
     in_path, out_path = Path(in_path), Path(out_path)
     jobs = plan_mirror(in_path, out_path)
@@ -442,10 +519,10 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
     if world_size > 1:
         jobs = shard(jobs, rank, world_size)
     det = _prepare_detector(detector, detector_weights, device)
-    threshold = det.threshold(fpr)
+    threshold = Thresholds(det, fpr, one_threshold)
     fpr_v = det.default_fpr if fpr is None else float(fpr)
     scores = Path(scores_csv) if scores_csv else out_path / "detection.csv"
-    fields = ["path", "status", "score", "cloaked", *feature_columns(det)] + (["faces"] if align else []) + ["note"]
+    fields = ["path", "status", "score", "cloaked", *feature_columns(det)] + (["faces"] if align else []) + ["storage", "note"]
     det_id = det.fingerprint()
     from ..purifier.folder import make_batch_process, open_output, purify_settings
     from ..purifier.model import Purifier, as_layouts, is_shipped, job_step
@@ -455,7 +532,8 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
     # chips of the detector's size get its own P(x); other images `puface purify`'s purifier for their layout
     layouts = Purifier.load_layouts(weights, device=det.device) if is_shipped(weights) else det.purifier
     serving = {**as_layouts(layouts), det.purifier.template: det.purifier}
-    left_out = {"detector": det_id, "threshold": round(float(threshold), 6)} if skip_cloaked else None
+    left_out = ({"detector": det_id, "threshold": round(float(threshold.default), 6), "by_storage": not one_threshold}
+                if skip_cloaked else None)
     finish = open_output(out_path, purify_settings(in_path, serving, align=align, largest_face=largest_face, quality=quality,
                                                    step=step, skip_cloaked=left_out), resume)
     previous, stored = _load_rows(scores, fields) if resume else ([], 0)
@@ -478,11 +556,12 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
             images[i] = img
         outs = []
         for i, it in enumerate(items):
-            row = _row(det, feats, i, threshold)
+            storage = chip_storage(det, it)
+            row = _row(det, feats, i, threshold, storage)
             out = images[i]
-            note = PALETTE_NOTE if it.palette else ""
+            note = _note(it, threshold)
             if skip_cloaked and row["cloaked"]:
-                outs.append(Outcome.skip(f"judged cloaked (score {row['score']} > {threshold:.4f})", **row, note=note))
+                outs.append(Outcome.skip(f"judged cloaked (score {row['score']} > {threshold(storage):.4f})", **row, note=note))
             else:
                 outs.append(Outcome.ok(out, **row, note=note))
         return outs

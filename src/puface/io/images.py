@@ -90,6 +90,55 @@ GRAY_MODES = ("1", "L", "LA", "La", "I", "F") + tuple(m for m in Image.MODES if 
 PALETTE_MODES = ("P", "PA")
 _ALPHA_MODES = ("RGBA", "LA", "RGBa", "La", "PA")
 
+#: Chroma subsampling of a JPEG as `PIL.JpegImagePlugin.get_sampling` reports it.
+_SAMPLING = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
+_REFERENCE_TABLES: list[tuple[int, np.ndarray]] = []
+_REFERENCE_LOCK = threading.Lock()
+
+
+def _reference_tables() -> list[tuple[int, np.ndarray]]:
+    """(quality, luminance + chrominance quantisation tables) of Pillow's (libjpeg's) encoder at qualities 1..100."""
+    with _REFERENCE_LOCK:
+        if not _REFERENCE_TABLES:
+            tile = Image.new("RGB", (8, 8))
+            for q in range(1, 101):
+                buf = io.BytesIO()
+                tile.save(buf, format="JPEG", quality=q)
+                with Image.open(buf) as im:
+                    t = im.quantization  # type: ignore[attr-defined]
+                _REFERENCE_TABLES.append((q, np.concatenate([np.asarray(t[0]), np.asarray(t[1])]).astype(np.int64)))
+        return _REFERENCE_TABLES
+
+
+def jpeg_settings(im: Image.Image) -> tuple[int, str] | None:
+    """(quality, chroma subsampling) of an opened colour JPEG, else None (not a JPEG, grey, CMYK, unknown sampling).
+
+    quality (1..100) is the libjpeg (IJG) quality whose standard tables are nearest to the file's (sum of absolute
+    differences), as `identify -verbose` estimates it: exact for files libjpeg, Pillow, OpenCV or ImageMagick wrote
+    at a quality setting, an estimate for encoders with tables of their own (cameras, phones). subsampling: "4:2:0",
+    "4:2:2" or "4:4:4"."""
+    if getattr(im, "format", None) != "JPEG" or getattr(im, "layers", 0) != 3 or im.mode != "RGB":
+        return None
+    from PIL import JpegImagePlugin
+
+    sampling = _SAMPLING.get(JpegImagePlugin.get_sampling(im))
+    tables = getattr(im, "quantization", None) or {}
+    if sampling is None or 0 not in tables or 1 not in tables or len(tables[0]) != 64 or len(tables[1]) != 64:
+        return None
+    mine = np.concatenate([np.asarray(tables[0]), np.asarray(tables[1])]).astype(np.int64)
+    quality = min(_reference_tables(), key=lambda qt: int(np.abs(qt[1] - mine).sum()))[0]
+    return quality, sampling
+
+
+def storage_of(im: Image.Image) -> str:
+    """How an opened image file stores its pixels, in the grammar of the pixel transforms that would make it
+    (`puface.defenses`): "jpeg:quality=Q,subsampling=S" for a colour JPEG (`jpeg_settings`), "palette" for a
+    palette image (`PALETTE_MODES`), "" otherwise (lossless colour, grey, or unknown)."""
+    if im.mode in PALETTE_MODES:
+        return "palette"
+    js = jpeg_settings(im)
+    return f"jpeg:quality={js[0]},subsampling={js[1]}" if js else ""
+
 
 def _alpha_of(im: Image.Image) -> np.ndarray | None:
     """The alpha channel (uint8 (H, W)) of an image that has one, else None."""

@@ -28,7 +28,7 @@ from PIL import Image
 from ..utils.errors import ImageReadError, PufaceError
 from .files import check_output_folder, check_output_root, list_image_files
 from .images import (EXPECTED_IMAGES, IMAGE_EXTENSIONS, PALETTE_MODES, atomic_write_bytes, encode_image, is_image_file,
-                     open_image_parts, pil_format_for, same_file)
+                     open_image_parts, pil_format_for, same_file, storage_of)
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class LoadedImage:
     alpha: np.ndarray | None = None  # the input's alpha channel, uint8 (H, W) (the image is composited on white)
     gray: bool = False  # the input is grayscale (1-bit, L, 16-bit, float: `images.GRAY_MODES`)
     palette: bool = False  # the input's colours come from a palette (8-bit PNG, BMP, TIFF: `images.PALETTE_MODES`)
+    storage: str = ""  # how the file stores its pixels (`images.storage_of`: "jpeg:quality=75,subsampling=4:2:0", "palette", "")
 
 
 @dataclass
@@ -330,10 +331,12 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
     exif_bytes = icc = None
     fmt = ""
     palette = False
+    storage = ""
     try:
         with Image.open(io.BytesIO(data)) as raw:  # type: ignore[arg-type]
             fmt = raw.format or ""
             palette = raw.mode in PALETTE_MODES
+            storage = storage_of(raw)
             icc = raw.info.get("icc_profile")
             exif = raw.getexif()
             if exif:
@@ -341,7 +344,7 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
                 exif_bytes = exif.tobytes()
     except Exception:  # metadata is best effort; the pixels were read fine
         pass
-    return LoadedImage(job, np.asarray(im, dtype=np.uint8), exif_bytes, icc, fmt, alpha, gray, palette)
+    return LoadedImage(job, np.asarray(im, dtype=np.uint8), exif_bytes, icc, fmt, alpha, gray, palette, storage)
 
 
 def in_input_mode(item: LoadedImage, image: np.ndarray) -> np.ndarray:

@@ -68,7 +68,7 @@ def _obj(values) -> np.ndarray:
 def _decode_stage(batch: dict) -> dict:
     """Ray task: read and decode each file; decoded pixels travel as raw bytes + shape."""
     n = len(batch["src"])
-    pixels, h, w, exif, icc, fmt, error, alpha, gray, palette = [], [], [], [], [], [], [], [], [], []
+    pixels, h, w, exif, icc, fmt, error, alpha, gray, palette, storage = [], [], [], [], [], [], [], [], [], [], []
     for i in range(n):
         job = FileJob(Path(batch["src"][i]), Path(batch["dst"][i]), Path(batch["rel"][i]))
         try:
@@ -82,6 +82,7 @@ def _decode_stage(batch: dict) -> dict:
             alpha.append(b"" if item.alpha is None else np.ascontiguousarray(item.alpha).tobytes())
             gray.append(item.gray)
             palette.append(item.palette)
+            storage.append(item.storage)
             error.append("")
         except Exception as e:  # ImageReadError, or anything a hostile file provokes
             reason = e.reason if isinstance(e, ImageReadError) else f"unexpected read error ({type(e).__name__}: {e})"
@@ -94,11 +95,12 @@ def _decode_stage(batch: dict) -> dict:
             alpha.append(b"")
             gray.append(False)
             palette.append(False)
+            storage.append("")
             error.append(reason)
     return {"src": batch["src"], "dst": batch["dst"], "rel": batch["rel"], "pixels": _obj(pixels),
             "h": np.asarray(h, np.int64), "w": np.asarray(w, np.int64), "exif": _obj(exif), "icc": _obj(icc),
             "fmt": _obj(fmt), "error": _obj(error), "alpha": _obj(alpha), "gray": np.asarray(gray, bool),
-            "palette": np.asarray(palette, bool)}
+            "palette": np.asarray(palette, bool), "storage": _obj(storage)}
 
 
 class _BatchActor:
@@ -128,7 +130,8 @@ class _BatchActor:
             job = FileJob(Path(batch["src"][i]), Path(batch["dst"][i]), Path(batch["rel"][i]))
             alpha = np.frombuffer(batch["alpha"][i], np.uint8).reshape(h, w) if batch["alpha"][i] else None
             items.append(LoadedImage(job, img, batch["exif"][i] or None, batch["icc"][i] or None, batch["fmt"][i],
-                                     alpha, bool(batch["gray"][i]), bool(batch["palette"][i])))
+                                     alpha, bool(batch["gray"][i]), bool(batch["palette"][i]),
+                                     str(batch["storage"][i])))
             where.append(i)
         outcomes = call_process(self.process, items) if items else []
         for i, out in zip(where, outcomes):

@@ -47,7 +47,8 @@ from ..data.datasets import resolve_data_root
 from ..data.loading import load_images
 from ..data.split import split_identities
 from ..defenses import create_defense
-from ..detection.detector import DEFAULT_CONFIDENCE, DEFAULT_FPR, CloakDetector, DetectorConfig
+from ..detection.detector import DEFAULT_CONFIDENCE, DEFAULT_FPR, CloakDetector, DetectorConfig, storage_of_kind
+from ..detection.storage import kinds_for_storage
 from ..detection.net import ResidualNet, ResidualNetConfig
 from ..io.files import list_image_files
 from ..purifier.model import Purifier
@@ -69,7 +70,8 @@ _SECTIONS: dict[str, dict[str, Any]] = {
              "max_natural": None, "max_calibration": None, "calibration_fraction": 0.33},
     "augment": {"natural_variants": ["jpeg:quality=75", "jpeg:quality=85", "jpeg:quality=95", "resize:factor=1.5",
                                      "resize:factor=2.0", "noise:sigma=0.008+jpeg:quality=95"],
-                "variants_per_chip": 2, "cloak_strengths": [1.0], "cloak_variants": [], "cloak_variants_per_chip": 1},
+                "variants_per_chip": 2, "cloak_strengths": [1.0], "cloak_variants": [], "cloak_variants_per_chip": 1,
+                "storage_variants": []},
     "detector": {"embedders": ["dlib-resnet29"], "components": ["shift:dlib-resnet29", "net"], "fpr": DEFAULT_FPR,
                  "confidence": DEFAULT_CONFIDENCE, "shift_floor": 1e-4, "chip_size": 150},
     "net": {"channels": [8, 16, 32, 32], "scalars": ["log_shift:dlib-resnet29"], "dropout": 0.2,
@@ -124,6 +126,12 @@ class DetectorTrainConfig:
             raise ConfigError(f"detector.fpr must be in (0, 0.5), got {cfg.detector['fpr']}")
         if not 0.0 <= float(cfg.detector["confidence"]) < 1.0:
             raise ConfigError(f"detector.confidence must be in [0, 1) (0: the empirical quantile), got {cfg.detector['confidence']}")
+        for spec in cfg.augment["storage_variants"]:
+            if kinds_for_storage([f"natural:{spec}"], storage_of_kind(f"natural:{spec}")) is None:
+                raise ConfigError(f"augment.storage_variants: {spec!r} must end in a JPEG at the chip's size "
+                                  "(jpeg:quality=...) or a palette step: it serves files stored that way")
+            if spec in cfg.augment["natural_variants"]:
+                raise ConfigError(f"augment.storage_variants: {spec!r} is also a natural variant")
         if int(cfg.train["epochs"]) < 0 or int(cfg.train["batch_size"]) < 1:
             raise ConfigError("train.epochs must be >= 0 and train.batch_size >= 1")
         return cfg
@@ -356,8 +364,8 @@ def fit_net(net: ResidualNet, det: CloakDetector, samples: SampleSet, cfg: Detec
 
 def calibration_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, cal_ids: Sequence[str],
                         log: Callable[[str], None] = print) -> SampleSet:
-    """Natural chips of the calibration identities, as they are and in every natural variant."""
-    """Natural chips of the calibration identities, as they are and in every natural variant."""
+    """Natural chips of the calibration identities, as they are, in every natural variant and in every storage
+    variant (kinds "natural:<spec>")."""
     paths = interleaved_chips(root, cal_ids, f"detector-calibration-{cfg.seed}")
     paths = paths[: cfg.data["max_calibration"]] if cfg.data["max_calibration"] else paths
     if not paths:
@@ -365,7 +373,7 @@ def calibration_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path
     x, _, errors = load_images(paths, size=int(cfg.detector["chip_size"]))
     for e in errors:
         log(f"warning: skipped {e.path}: {e.reason}")
-    xs, kinds = _all_variants(x, cfg.augment["natural_variants"])
+    xs, kinds = _all_variants(x, list(cfg.augment["natural_variants"]) + list(cfg.augment["storage_variants"]))
     return _featurise(det, xs, kinds, torch.zeros(len(xs)), int(cfg.train["batch_features"]), log, "calibration")
 
 
@@ -426,6 +434,7 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
     cal = calibration_samples(cfg, det0, root, cal_ids, log=log)
     cal_feats = det.features(to_float(cal.images), purified=to_float(cal.purified), known=cal.features)
     det.calibrate(cal_feats, fpr=float(dc["fpr"]), kinds=cal.kinds, confidence=float(dc["confidence"]),
+                  storage_kinds=[f"natural:{v}" for v in cfg.augment["storage_variants"]],
                   calibration_chips=int((torch.tensor([k == "natural" for k in cal.kinds])).sum()),
                   calibration_samples=len(cal), calibration_kinds=sorted(set(cal.kinds)))
     cal_feats = det.scored(cal_feats)
