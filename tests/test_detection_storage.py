@@ -38,6 +38,8 @@ def test_jpeg_quality_and_subsampling_are_read_back(photo, sub):
     for q in (10, 50, 60, 74, 75, 85, 90, 93, 95, 100):
         assert jpeg_settings(_opened(photo, format="JPEG", quality=q, subsampling=sub)) == (q, sub)
     assert storage_of(_opened(photo, format="JPEG", quality=75, subsampling=sub)) == f"jpeg:quality=75,subsampling={sub}"
+    assert jpeg_settings(_opened(photo, format="JPEG", quality=80, subsampling=sub, progressive=True)) == (80, sub)
+    assert jpeg_settings(_opened(photo, format="MPO", quality=80, subsampling=sub, save_all=True, append_images=[photo])) == (80, sub)
 
 
 def test_storage_of_other_files(photo):

@@ -111,13 +111,14 @@ def _reference_tables() -> list[tuple[int, np.ndarray]]:
 
 
 def jpeg_settings(im: Image.Image) -> tuple[int, str] | None:
-    """(quality, chroma subsampling) of an opened colour JPEG, else None (not a JPEG, grey, CMYK, unknown sampling).
+    """(quality, chroma subsampling) of an opened colour JPEG (or MPO: a camera's JPEG with more pictures in it), else
+    None (not a JPEG, grey, CMYK, unknown sampling).
 
     quality (1..100) is the libjpeg (IJG) quality whose standard tables are nearest to the file's (sum of absolute
     differences), as `identify -verbose` estimates it: exact for files libjpeg, Pillow, OpenCV or ImageMagick wrote
     at a quality setting, an estimate for encoders with tables of their own (cameras, phones). subsampling: "4:2:0",
     "4:2:2" or "4:4:4"."""
-    if getattr(im, "format", None) != "JPEG" or getattr(im, "layers", 0) != 3 or im.mode != "RGB":
+    if getattr(im, "format", None) not in ("JPEG", "MPO") or getattr(im, "layers", 0) != 3 or im.mode != "RGB":
         return None
     from PIL import JpegImagePlugin
 
