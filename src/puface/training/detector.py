@@ -20,7 +20,9 @@ The purifier's training identities are split (seeded) into *fit* identities and 
    pooled maps dropped for a share of the images so the log shifts alone must also separate).
 3. Calibration: every natural chip of the calibration identities (never seen by the net), as it is and in
    every natural variant; the threshold is the highest of those giving the config's false-positive rate on
-   each variant. Validation: the
+   each variant. Each `storage_variants` spec (a JPEG or palette step) adds a *storage kind*: it serves only chip
+   files stored that way (`detection.storage`), whose threshold it raises; it sets neither the component scales
+   nor the default threshold. Validation: the
    cloaks of calibration identities against those natural samples (AUC, TPR at the threshold).
 
 Output folder: detector.safetensors, config.toml (as it ran), metrics.json (training and validation
