@@ -53,6 +53,24 @@ def test_linear_probe_on_hand_built_embeddings():
     assert warm.n_iter_ < ref.n_iter_
 
 
+@pytest.mark.parametrize("name", ["nn", "linear", "e2e"])
+def test_tuple_labels_are_labels_like_any_hashable(name):
+    """Labels are any hashable values: tuples (e.g. (source, identity)) come back as tuples, not a numpy error."""
+    labels = [("lfw", "a"), ("lfw", "b"), ("web", "a")] * 2
+    x = torch.zeros(6, 3, 32, 32)
+    for i, colour in enumerate([0, 1, 2] * 2):
+        x[i, colour] = 0.9
+    options = {"steps": 2, "batch_size": 2} if name == "e2e" else {}
+    t = create_trainer(name, colour_embedder(), **options).fit(x, labels)
+    pred = t.predict(x)
+    assert pred.shape == (6,) and all(isinstance(p, tuple) for p in pred)
+    assert set(t.classes_.tolist()) == set(labels)
+    if name != "e2e":
+        assert pred.tolist() == labels
+    one = create_trainer(name, colour_embedder(), **options).fit(x[:2], [("lfw", "a")] * 2)  # one class
+    assert one.predict(x[:3]).tolist() == [("lfw", "a")] * 3
+
+
 @pytest.mark.parametrize("name", ["nn", "linear"])
 def test_frozen_trainers_fit_and_predict_images(name, colour_data):
     tr, te = colour_data.train, colour_data.test

@@ -37,10 +37,18 @@ from ..utils.registry import Registry
 TRAINERS = Registry("trainer")
 
 
+def _objects(values: Sequence[Hashable]) -> np.ndarray:
+    """A 1-D object array of `values` (np.asarray would make tuple labels a 2-D array)."""
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        out[i] = v
+    return out
+
+
 def _encode_labels(labels: Sequence[Hashable]) -> tuple[np.ndarray, np.ndarray]:
     """(classes sorted, integer codes) for a label sequence."""
-    arr = np.asarray(list(labels), dtype=object)
-    classes = np.array(sorted(set(arr.tolist()), key=str), dtype=object)
+    arr = _objects(list(labels))
+    classes = _objects(sorted(set(arr.tolist()), key=str))
     index = {c: i for i, c in enumerate(classes.tolist())}
     return classes, np.fromiter((index[x] for x in arr.tolist()), dtype=np.int64, count=len(arr))
 
@@ -179,7 +187,7 @@ class LinearProbe(EmbeddingTrainer):
     def predict_embeddings(self, embeddings):
         self._require_fitted()
         if self.model_ is None:
-            return np.full(len(embeddings), self.classes_[0], dtype=object)
+            return self.classes_[np.zeros(len(embeddings), dtype=np.int64)]
         xs = self.scaler_.transform(torch.as_tensor(embeddings).double().numpy())
         return self.classes_[self.model_.predict(xs)]
 
