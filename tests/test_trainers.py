@@ -25,6 +25,19 @@ def test_registry():
         create_trainer("linear", colour_embedder(), gamma=2)
 
 
+def test_a_trainer_from_a_spec_string_or_table():
+    """The one spec grammar (`--trainer e2e:steps=300`) works from Python too, as for attacks and defenses."""
+    import puface
+
+    for spec, options in (("e2e:steps=3,batch_size=2", {}), ({"name": "e2e", "steps": 3, "label": "e2e-3"}, {"batch_size": 2}),
+                          ("e2e", {"steps": 3, "batch_size": 2})):
+        t = create_trainer(spec, colour_embedder(), **options)
+        assert t.name == "e2e" and (t.params["steps"], t.params["batch_size"]) == (3, 2)
+    assert puface.create_trainer("linear:C=0.5", colour_embedder()).params["C"] == 0.5
+    with pytest.raises(PufaceError, match="accepted parameters"):
+        create_trainer("linear:gamma=2", colour_embedder())
+
+
 def test_nearest_neighbour_on_hand_built_embeddings():
     train = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0.9, 0.1, 0]])
     labels = ["a", "b", "c", "a"]

@@ -33,6 +33,7 @@ from ..utils.device import resolve_device
 from ..utils.errors import ConfigError
 from ..utils.images import to_float
 from ..utils.registry import Registry
+from ..utils.specs import as_table
 
 TRAINERS = Registry("trainer")
 
@@ -326,10 +327,13 @@ def list_trainers() -> list[str]:
     return TRAINERS.names()
 
 
-def create_trainer(name: str, embedder: FaceEmbedder, **params: Any) -> Trainer:
-    """A trainer by name, on `embedder`, e.g. `create_trainer("linear", emb, C=0.5)`; a wrong option
-    raises `ConfigError` listing the accepted ones."""
-    return TRAINERS.create(name, embedder, **params)
+def create_trainer(name: "str | dict", embedder: FaceEmbedder, **params: Any) -> Trainer:
+    """A trainer by name, on `embedder`, e.g. `create_trainer("linear", emb, C=0.5)`, or from a spec string or
+    table (`puface.utils.specs`: `create_trainer("e2e:steps=300", emb)`, as `--trainer` takes; a table's ``label``
+    is ignored); a wrong option raises `ConfigError` listing the accepted ones."""
+    table = {**as_table(name if not isinstance(name, str) or ":" in name else {"name": name}, "trainer"), **params}
+    table.pop("label", None)
+    return TRAINERS.create(str(table.pop("name")), embedder, **table)
 
 
 def check_trainer(name: str, **params: Any) -> None:
