@@ -58,6 +58,8 @@ def test_embedder_contract(embedder, faces):
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     info = json.loads(json.dumps(embedder.describe()))
     assert info["name"] == embedder.name and len(embedder.fingerprint()) == 16
+    # an empty batch is (0, D), warped layouts (SFace's ArcFace 112) included
+    assert embedder(faces[:0]).shape == (0, embedder.embedding_dim)
 
 
 # ------------------------------------------------------------------ attacks
