@@ -67,6 +67,14 @@ def test_linear_probe_on_hand_built_embeddings():
 
 
 @pytest.mark.parametrize("name", ["nn", "linear", "e2e"])
+def test_predicting_no_images_gives_no_labels(name, colour_data):
+    tr = colour_data.train
+    options = {"steps": 2, "batch_size": 2} if name == "e2e" else {}
+    t = create_trainer(name, colour_embedder(), **options).fit(tr.images, tr.labels)
+    assert t.predict(tr.images[:0]).shape == (0,)
+
+
+@pytest.mark.parametrize("name", ["nn", "linear", "e2e"])
 def test_tuple_labels_are_labels_like_any_hashable(name):
     """Labels are any hashable values: tuples (e.g. (source, identity)) come back as tuples, not a numpy error."""
     labels = [("lfw", "a"), ("lfw", "b"), ("web", "a")] * 2

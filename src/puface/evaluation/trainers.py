@@ -187,6 +187,8 @@ class LinearProbe(EmbeddingTrainer):
 
     def predict_embeddings(self, embeddings):
         self._require_fitted()
+        if len(embeddings) == 0:  # scikit-learn refuses 0 samples; nn and e2e give an empty prediction too
+            return self.classes_[:0]
         if self.model_ is None:
             return self.classes_[np.zeros(len(embeddings), dtype=np.int64)]
         xs = self.scaler_.transform(torch.as_tensor(embeddings).double().numpy())
