@@ -23,6 +23,9 @@ def test_registry():
         create_trainer("svm", colour_embedder())
     with pytest.raises(PufaceError, match="accepted parameters"):
         create_trainer("linear", colour_embedder(), gamma=2)
+    for name in ("nn", "linear", "e2e"):  # refused when made, not a ValueError from range() at fit time
+        with pytest.raises(PufaceError, match="batch_size"):
+            create_trainer(name, colour_embedder(), batch_size=0)
 
 
 def test_a_trainer_from_a_spec_string_or_table():

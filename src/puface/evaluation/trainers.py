@@ -94,6 +94,8 @@ class EmbeddingTrainer(Trainer):
     uses_embeddings = True
 
     def __init__(self, embedder: FaceEmbedder, batch_size: int = 64, **params: Any):
+        if int(batch_size) < 1:
+            raise ConfigError(f"{self.name}: batch_size must be >= 1, got {batch_size}")
         super().__init__(embedder, **params)
         self.batch_size = int(batch_size)
 
