@@ -58,6 +58,8 @@ def test_embedder_contract(embedder, faces):
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     info = json.loads(json.dumps(embedder.describe()))
     assert info["name"] == embedder.name and len(embedder.fingerprint()) == 16
+    # an empty batch is (0, D), warped layouts (SFace's ArcFace 112) included
+    assert embedder(faces[:0]).shape == (0, embedder.embedding_dim)
 
 
 # ------------------------------------------------------------------ attacks
@@ -204,6 +206,19 @@ def test_attack_settings_spelled_alike_share_a_config(name):
             make(**bad_bool)
     with pytest.raises(ConfigError, match="must be an integer"):
         make(**fraction)
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+@pytest.mark.parametrize("key, value", [("seed", "abc"), ("batch_size", "abc"), ("seed", 1.5), ("batch_size", 2.5)])
+def test_an_attacks_seed_and_batch_size_must_be_integers(name, key, value):
+    """`lowkey:seed=abc` (every attack spec takes seed and batch_size) is a ConfigError naming the option, not a
+    ValueError / TypeError from inside; whole numbers in any spelling are the same attack."""
+    from puface.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{key} must be an integer, got {value!r}"):
+        create_attack(name, embedders=[tiny_embedder()], device="cpu", **{key: value})
+    atk = create_attack(name, embedders=[tiny_embedder()], device="cpu", seed=3.0, batch_size=np.int64(4))
+    assert (atk.seed, atk.batch_size) == (3, 4) and type(atk.seed) is int and type(atk.batch_size) is int
 
 
 def test_models_refuse_images_that_are_not_float_in_0_1(faces, tmp_path, monkeypatch):

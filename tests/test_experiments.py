@@ -121,6 +121,9 @@ def test_grid_expands_as_written(tmp_path):
         (lambda t: t.replace('root = "johns"', 'root = "johns"\nimage_size = 0'), r"\[data\] image_size must be an integer >= 32"),
         (lambda t: t.replace('root = "johns"', 'root = "johns"\nmax_per_identity = 0'), "max_per_identity must be"),
         (lambda t: t.replace('root = "johns"', 'root = "johns"\ntrain_fraction = 1.5'), "train_fraction must be"),
+        # an attack's seed and device come from the run (create_attack got them twice: a TypeError traceback)
+        (lambda t: t.replace('mode = "high"', 'mode = "high"\nseed = 3', 1), "sets seed; an experiment seeds"),
+        (lambda t: t.replace('mode = "high"', 'mode = "high"\ndevice = "cpu"', 1), "sets device"),
     ],
 )
 def test_bad_configs_are_clear_errors(edit, message, tmp_path):

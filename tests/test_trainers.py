@@ -23,6 +23,22 @@ def test_registry():
         create_trainer("svm", colour_embedder())
     with pytest.raises(PufaceError, match="accepted parameters"):
         create_trainer("linear", colour_embedder(), gamma=2)
+    for name in ("nn", "linear", "e2e"):  # refused when made, not a ValueError from range() at fit time
+        with pytest.raises(PufaceError, match="batch_size"):
+            create_trainer(name, colour_embedder(), batch_size=0)
+
+
+def test_a_trainer_from_a_spec_string_or_table():
+    """The one spec grammar (`--trainer e2e:steps=300`) works from Python too, as for attacks and defenses."""
+    import puface
+
+    for spec, options in (("e2e:steps=3,batch_size=2", {}), ({"name": "e2e", "steps": 3, "label": "e2e-3"}, {"batch_size": 2}),
+                          ("e2e", {"steps": 3, "batch_size": 2})):
+        t = create_trainer(spec, colour_embedder(), **options)
+        assert t.name == "e2e" and (t.params["steps"], t.params["batch_size"]) == (3, 2)
+    assert puface.create_trainer("linear:C=0.5", colour_embedder()).params["C"] == 0.5
+    with pytest.raises(PufaceError, match="accepted parameters"):
+        create_trainer("linear:gamma=2", colour_embedder())
 
 
 def test_nearest_neighbour_on_hand_built_embeddings():
@@ -51,6 +67,32 @@ def test_linear_probe_on_hand_built_embeddings():
     assert isinstance(warm, LinearProbe)
     assert np.allclose(warm.model_.coef_, ref.model_.coef_, atol=1e-3)
     assert warm.n_iter_ < ref.n_iter_
+
+
+@pytest.mark.parametrize("name", ["nn", "linear", "e2e"])
+def test_predicting_no_images_gives_no_labels(name, colour_data):
+    tr = colour_data.train
+    options = {"steps": 2, "batch_size": 2} if name == "e2e" else {}
+    t = create_trainer(name, colour_embedder(), **options).fit(tr.images, tr.labels)
+    assert t.predict(tr.images[:0]).shape == (0,)
+
+
+@pytest.mark.parametrize("name", ["nn", "linear", "e2e"])
+def test_tuple_labels_are_labels_like_any_hashable(name):
+    """Labels are any hashable values: tuples (e.g. (source, identity)) come back as tuples, not a numpy error."""
+    labels = [("lfw", "a"), ("lfw", "b"), ("web", "a")] * 2
+    x = torch.zeros(6, 3, 32, 32)
+    for i, colour in enumerate([0, 1, 2] * 2):
+        x[i, colour] = 0.9
+    options = {"steps": 2, "batch_size": 2} if name == "e2e" else {}
+    t = create_trainer(name, colour_embedder(), **options).fit(x, labels)
+    pred = t.predict(x)
+    assert pred.shape == (6,) and all(isinstance(p, tuple) for p in pred)
+    assert set(t.classes_.tolist()) == set(labels)
+    if name != "e2e":
+        assert pred.tolist() == labels
+    one = create_trainer(name, colour_embedder(), **options).fit(x[:2], [("lfw", "a")] * 2)  # one class
+    assert one.predict(x[:3]).tolist() == [("lfw", "a")] * 3
 
 
 @pytest.mark.parametrize("name", ["nn", "linear"])

@@ -60,9 +60,9 @@ def create_embedder(name: str, device: str | None = None, **options: Any) -> Fac
     return load_embedder(name, device=device, **options)
 
 
-def create_trainer(name: str, embedder: FaceEmbedder | str, **options: Any):
-    """An FR trainer of the FaceCure protocol (`list_trainers()`: nn, linear, e2e) on an embedder (or
-    its name): `fit(images, labels)`, `predict(images)`."""
+def create_trainer(name: str | dict, embedder: FaceEmbedder | str, **options: Any):
+    """An FR trainer of the FaceCure protocol (`list_trainers()`: nn, linear, e2e; or a spec, "e2e:steps=300") on
+    an embedder (or its name): `fit(images, labels)`, `predict(images)`."""
     from .evaluation.trainers import create_trainer as make
 
     return make(name, create_embedder(embedder) if isinstance(embedder, str) else embedder, **options)

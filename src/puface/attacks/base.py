@@ -47,6 +47,17 @@ def check_knobs(kind: str, knobs: dict, settings: type, *extra: str) -> None:
         raise ConfigError(f"{kind}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
 
 
+def _integer(what: str, key: str, value: Any) -> int:
+    """`value` as an int; text or a fraction (`lowkey:seed=abc` from a spec) is a `ConfigError` naming the option."""
+    try:
+        whole = not isinstance(value, bool) and float(value).is_integer()
+    except (TypeError, ValueError):
+        whole = False
+    if not whole:
+        raise ConfigError(f"{what}: {key} must be an integer, got {value!r}")
+    return int(value)
+
+
 @dataclass
 class AttackResult:
     """Cloaked images (N, 3, H, W) in [0, 1] and per-image statistics, each a (N,) float tensor.
@@ -92,12 +103,14 @@ class CloakAttack:
     algorithm: str = ""  # bump when the algorithm's output changes: it is part of the cache key
 
     def __init__(self, surrogates: Sequence[SurrogateSpec], *, seed: int = 0, device=None, batch_size: int = 16):
+        what = self.kind or type(self).__name__
+        seed, batch_size = _integer(what, "seed", seed), _integer(what, "batch_size", batch_size)
         if batch_size < 1:
-            raise ConfigError(f"{self.kind or type(self).__name__}: batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"{what}: batch_size must be >= 1, got {batch_size}")
         self.device = resolve_device(device)
         self.surrogates: list[FaceEmbedder] = resolve_surrogates(surrogates, self.device)
-        self.seed = int(seed)
-        self.batch_size = int(batch_size)
+        self.seed = seed
+        self.batch_size = batch_size
         self._surrogate_info: list[dict] | None = None
 
     # ------------------------------------------------------------------ description

@@ -48,7 +48,7 @@ class _StraightThrough(torch.autograd.Function):
 class Defense:
     """Base class. Subclasses set `kind` and implement `_apply(images) -> images`.
 
-    `params` holds every setting (JSON-serialisable); `config` adds the kind (`create_defense(**config)`
+    `params` holds every setting (JSON-serialisable); `config` adds the kind (`create_defense(config)`
     rebuilds the defense); `name` is a short, stable label for tables ("jpeg-q75"); `cache_key`
     identifies the exact function (including a checkpoint's content hash where there is one).
     """

@@ -33,14 +33,23 @@ from ..utils.device import resolve_device
 from ..utils.errors import ConfigError
 from ..utils.images import to_float
 from ..utils.registry import Registry
+from ..utils.specs import as_table
 
 TRAINERS = Registry("trainer")
 
 
+def _objects(values: Sequence[Hashable]) -> np.ndarray:
+    """A 1-D object array of `values` (np.asarray would make tuple labels a 2-D array)."""
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        out[i] = v
+    return out
+
+
 def _encode_labels(labels: Sequence[Hashable]) -> tuple[np.ndarray, np.ndarray]:
     """(classes sorted, integer codes) for a label sequence."""
-    arr = np.asarray(list(labels), dtype=object)
-    classes = np.array(sorted(set(arr.tolist()), key=str), dtype=object)
+    arr = _objects(list(labels))
+    classes = _objects(sorted(set(arr.tolist()), key=str))
     index = {c: i for i, c in enumerate(classes.tolist())}
     return classes, np.fromiter((index[x] for x in arr.tolist()), dtype=np.int64, count=len(arr))
 
@@ -85,6 +94,8 @@ class EmbeddingTrainer(Trainer):
     uses_embeddings = True
 
     def __init__(self, embedder: FaceEmbedder, batch_size: int = 64, **params: Any):
+        if int(batch_size) < 1:
+            raise ConfigError(f"{self.name}: batch_size must be >= 1, got {batch_size}")
         super().__init__(embedder, **params)
         self.batch_size = int(batch_size)
 
@@ -178,8 +189,10 @@ class LinearProbe(EmbeddingTrainer):
 
     def predict_embeddings(self, embeddings):
         self._require_fitted()
+        if len(embeddings) == 0:  # scikit-learn refuses 0 samples; nn and e2e give an empty prediction too
+            return self.classes_[:0]
         if self.model_ is None:
-            return np.full(len(embeddings), self.classes_[0], dtype=object)
+            return self.classes_[np.zeros(len(embeddings), dtype=np.int64)]
         xs = self.scaler_.transform(torch.as_tensor(embeddings).double().numpy())
         return self.classes_[self.model_.predict(xs)]
 
@@ -318,10 +331,13 @@ def list_trainers() -> list[str]:
     return TRAINERS.names()
 
 
-def create_trainer(name: str, embedder: FaceEmbedder, **params: Any) -> Trainer:
-    """A trainer by name, on `embedder`, e.g. `create_trainer("linear", emb, C=0.5)`; a wrong option
-    raises `ConfigError` listing the accepted ones."""
-    return TRAINERS.create(name, embedder, **params)
+def create_trainer(name: "str | dict", embedder: FaceEmbedder, **params: Any) -> Trainer:
+    """A trainer by name, on `embedder`, e.g. `create_trainer("linear", emb, C=0.5)`, or from a spec string or
+    table (`puface.utils.specs`: `create_trainer("e2e:steps=300", emb)`, as `--trainer` takes; a table's ``label``
+    is ignored); a wrong option raises `ConfigError` listing the accepted ones."""
+    table = {**as_table(name if not isinstance(name, str) or ":" in name else {"name": name}, "trainer"), **params}
+    table.pop("label", None)
+    return TRAINERS.create(str(table.pop("name")), embedder, **table)
 
 
 def check_trainer(name: str, **params: Any) -> None:

@@ -272,6 +272,10 @@ class ExperimentConfig:
         emb = t.pop("embedders", None)
         if name == "none" and (mode or emb or t):
             raise ConfigError(f"{where}: attack 'none' (the clean reference) takes no settings")
+        run_wide = sorted(k for k in ("seed", "device") if k in t)  # the run sets these for every attack
+        if run_wide:
+            raise ConfigError(f"{where}: attack {label!r} sets {', '.join(run_wide)}; an experiment seeds each attack "
+                              "with its run's seed (`seeds = [...]`) and runs it on [run] device (--device)")
         emb = [emb] if isinstance(emb, str) else emb
         return AttackEntry(label=label, name=name, mode=mode, embedders=list(emb) if emb is not None else None, params=t)
 

@@ -116,6 +116,8 @@ class FaceEmbedder(nn.Module):
         image is zero."""
         theta = self.input_warp.to(x.dtype)
         h, w = self.input_size
+        if len(x) == 0:  # affine_grid refuses an empty batch; an empty batch embeds to (0, D) as with a plain resize
+            return x.new_zeros((0, x.shape[1], h, w))
         # input pixels stepped per output pixel = |column of theta| * (input size / output size)
         step_y = float(theta[:, 1].norm()) * x.shape[-2] / h
         step_x = float(theta[:, 0].norm()) * x.shape[-1] / w
