@@ -106,3 +106,15 @@ def test_cloak_cache_and_cli_on_the_gpu(tmp_path, johns_dir):
     p = subprocess.run(cmd, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert len(list((tmp_path / "out").rglob("*.png"))) == len(list(johns_dir.glob("*/*.jpg")))
+
+
+def test_unmask_on_the_gpu_subtracts_what_it_subtracts_on_the_cpu(johns_images):
+    """The shared-pattern sum lives on the photos' device (it was a CPU tensor: a device error on CUDA photos)."""
+    x = johns_images[2][:11]
+    mask = torch.zeros_like(x[:1])
+    mask[..., ::2, ::2] = 4 / 255
+    cloaked = (x + mask).clamp(0, 1)
+    d = create_defense("unmask")
+    cpu = d(cloaked)
+    gpu = d(cloaked.to(GPU)).cpu()
+    assert d.last_score is not None and torch.allclose(gpu, cpu, atol=1e-5) and not torch.equal(cpu, cloaked)

@@ -112,7 +112,7 @@ class SharedPatternRemoval(Defense):
         self.last_score = shared_pattern_score(to_float(ordered[: self.params["test_photos"]]))
         if self.last_score <= self.params["tau"]:
             return None
-        total = torch.zeros((1, *images.shape[1:]), dtype=torch.float64)
+        total = torch.zeros((1, *images.shape[1:]), dtype=torch.float64, device=images.device)
         for i in range(0, len(ordered), chunk):
             total += highpass(to_float(ordered[i : i + chunk]), self.params["k"]).sum(0, keepdim=True).double()
         return (total / len(ordered)).float()
