@@ -202,3 +202,18 @@ def test_repeats_table_keeps_baselines_whose_labels_end_in_s_and_a_number_apart(
     rows = {line.split(" | ")[0][2:]: line for line in summaries.repeats_table(folder).splitlines()[2:]}
     assert set(rows) == {"blur-s1", "blur-s2", "ref"}
     assert rows["blur-s2"].startswith("| blur-s2 | 1 | 60.0 |") and rows["ref"].startswith("| ref | 2 | 20.0 [10.0, 30.0] |")
+
+
+def test_table_md_of_a_grid_with_one_baseline_defense_shows_its_numbers():
+    """A grid run with one defense that is neither "none" nor the purifier (`evaluate --defense jpeg:quality=75`):
+    the paper table has no column for it, so its ASR must come in the per-defense table (it had no number)."""
+    from types import SimpleNamespace
+
+    from puface.evaluation.tables import render_tables, summarise_rows
+
+    rows = [{"seed": 0, "user": user, "attack": "lowkey", "victim": "v", "trainer": "nn", "defense": "jpeg-q75",
+             "setting": "white-box", "asr": asr, "normal_acc": 0.9} for user, asr in (("Ann", 0.25), ("Bob", 0.75))]
+    cfg = SimpleNamespace(attacks=[SimpleNamespace(label="lowkey")], victims=["v"], trainers=[SimpleNamespace(label="nn")],
+                          defenses=[SimpleNamespace(label="jpeg-q75")], name="one-defense", description="", seeds=[0])
+    md = render_tables(cfg, summarise_rows(rows), [])
+    assert "| jpeg-q75 | 50.0 ± 35.4 | 90.0 |" in md
