@@ -252,9 +252,15 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
     grids = image_grids(out_dir, results.get("examples", {}), float(results.get("amplification", 3.0)),
                         int(cfg.get("report", {}).get("users", 3)))
     if grids:
-        parts.append("<h2>Example training images of protected users</h2>")
-        parts.append("<p>PSNR and SSIM are measured against the natural image. The defense columns show what the "
-                     "FR model is trained on after the defense is applied to the cloaked photo.</p>")
+        if cfg.get("protocol") == "query":  # the cloaked photos are the user's probes, not training photos
+            parts.append("<h2>Example probe images of protected users</h2>")
+            parts.append("<p>PSNR and SSIM are measured against the natural image. The defense columns show the probe "
+                         "the FR model (built on the clean gallery) is queried with after the defense is applied to the "
+                         "cloaked probe.</p>")
+        else:
+            parts.append("<h2>Example training images of protected users</h2>")
+            parts.append("<p>PSNR and SSIM are measured against the natural image. The defense columns show what the "
+                         "FR model is trained on after the defense is applied to the cloaked photo.</p>")
         parts.append(grids)
     parts.append("</body></html>")
     return "\n".join(parts)
