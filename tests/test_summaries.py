@@ -217,3 +217,28 @@ def test_table_md_of_a_grid_with_one_baseline_defense_shows_its_numbers():
                           defenses=[SimpleNamespace(label="jpeg-q75")], name="one-defense", description="", seeds=[0])
     md = render_tables(cfg, summarise_rows(rows), [])
     assert "| jpeg-q75 | 50.0 ± 35.4 | 90.0 |" in md
+
+
+def test_draws_run_with_no_detect_or_another_report_setting_pool(tmp_path):
+    """`reproduce CONFIG --seed 1 --no-detect` records [detection] enabled = false in its config: detection (and the
+    report's settings, batch sizes) change no ASR or accuracy, so the draw pools with the others; a real grid change
+    is still refused."""
+    base = {"name": "g", "seeds": [0], "protocol": "training", "data": {"root": "lfw-chips150"},
+            "attacks": [{"label": "lowkey"}], "defenses": [{"label": "none"}],
+            "run": {"device": None, "batch_size": 64, "cache": True, "output": None},
+            "report": {"users": 3}, "detection": {"enabled": True, "detector": "default"}, "source": "/a/g.toml"}
+    other = {**base, "seeds": [1], "run": {**base["run"], "batch_size": 16}, "report": {"users": 0},
+             "detection": {"enabled": False, "detector": "default"}, "source": "/b/g.toml"}
+    folders = []
+    for seed, cfg in ((0, base), (1, other)):
+        f = tmp_path / f"s{seed}"
+        f.mkdir()
+        (f / "config.resolved.json").write_text(json.dumps(cfg))
+        (f / "results.csv").write_text("seed,user,attack,victim,trainer,defense,setting,asr,normal_acc\n"
+                                       f"{seed},Ann,lowkey,v,nn,none,white-box,{0.5 * seed},1.0\n")
+        folders.append(f)
+    (row,) = summaries.load_pooled(folders)
+    assert row["n"] == 2 and row["asr_mean"] == 0.25
+    (folders[1] / "config.resolved.json").write_text(json.dumps({**other, "data": {"root": "other"}}))
+    with pytest.raises(PufaceError, match="not the same grid"):
+        summaries.load_pooled(folders)

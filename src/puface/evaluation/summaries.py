@@ -30,6 +30,11 @@ __all__ = ["load_summary", "load_pooled", "headline", "headline_markdown", "defe
 
 NOT_BASELINES = {"none", "puface"}
 
+#: config settings that change no ASR or accuracy (as `ExperimentConfig.fingerprint` leaves them out; and the seeds):
+#: draws of one grid run with --no-detect, another [report] or batch size pool with the others
+NOT_GRID = ("seeds", "source", "description", "report", "detection")
+NOT_GRID_RUN = ("output", "cache", "batch_size", "cloak_batch_size")
+
 
 def _csv(path: Path) -> list[dict]:
     if not path.is_file():
@@ -71,7 +76,10 @@ def load_pooled(folders: list[Path]) -> list[dict]:
         return read_toml(folder / "config.toml")
 
     def grid(cfg: dict) -> dict:
-        return {k: v for k, v in cfg.items() if k not in ("seeds", "source")}
+        out = {k: v for k, v in cfg.items() if k not in NOT_GRID}
+        if isinstance(out.get("run"), dict):
+            out["run"] = {k: v for k, v in out["run"].items() if k not in NOT_GRID_RUN}
+        return out
 
     grids = [config(f) for f in folders]
     if any(grid(g) != grid(grids[0]) for g in grids[1:]):
