@@ -242,3 +242,17 @@ def test_draws_run_with_no_detect_or_another_report_setting_pool(tmp_path):
     (folders[1] / "config.resolved.json").write_text(json.dumps({**other, "data": {"root": "other"}}))
     with pytest.raises(PufaceError, match="not the same grid"):
         summaries.load_pooled(folders)
+
+
+def test_report_on_a_folder_whose_csv_is_not_a_runs_is_one_clear_error(tmp_path, capsys):
+    """A folder that is not a run folder but holds a summary.csv / results.csv of another program (a benchmark's, a
+    spreadsheet's): one error line naming the file and the missing columns, not a KeyError traceback."""
+    from puface.cli import main
+
+    (tmp_path / "summary.csv").write_text("image,score\na.png,0.5\n")
+    (tmp_path / "results.csv").write_text("image,score\na.png,0.5\n")
+    for args in (["headline", str(tmp_path)], ["cells", "defenses", str(tmp_path)],
+                 ["cells", "users", str(tmp_path), "--attack", "lowkey"]):
+        assert main(["report", *args]) == 2
+        err = capsys.readouterr().err
+        assert "not a `puface reproduce`" in err and "missing column(s): " in err and "attack, victim" in err and "Traceback" not in err
