@@ -109,3 +109,18 @@ def test_query_time_report_says_its_example_images_are_probes(tmp_path):
     html = res.report.read_text()
     assert "Example probe images of protected users" in html and "cloaked probe" in html
     assert "training images" not in html and "trained on after the defense" not in html
+
+
+def test_report_gives_the_description_once(tmp_path):
+    """table.md holds the config's description under its heading; the report printed it a second time above."""
+    from puface.evaluation.report import render_report
+    from puface.evaluation.tables import render_tables
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(attacks=[], victims=[], trainers=[], defenses=[], name="d", seeds=[0],
+                          description="Fawkes & LowKey on <five> users.")
+    md = render_tables(cfg, [], [])
+    page = render_report(tmp_path, {"name": "d", "description": cfg.description}, md)
+    assert page.count("Fawkes &amp; LowKey on &lt;five&gt; users.") == 1
+    # a table without it still gets it from the report
+    assert render_report(tmp_path, {"name": "d", "description": cfg.description}, "").count("Fawkes &amp;") == 1

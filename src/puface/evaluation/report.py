@@ -238,7 +238,7 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="meta">{"<br>".join(meta)}</p>',
     ]
-    if results.get("description"):
+    if results.get("description") and results["description"].strip() not in table_md:  # table.md's own says it once
         parts.append(f"<p>{html.escape(results['description'])}</p>")
     parts.append(markdown_to_html(table_md))
     charts = bar_charts(results.get("summary", []), cfg)
