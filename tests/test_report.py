@@ -52,6 +52,8 @@ def test_report_is_self_contained(report):
     # the image grid shows natural, cloaked, amplified and the defenses, with PSNR/SSIM captions
     for caption in ("natural (reference)", "cloaked<br>PSNR", "amplified x3", "blur-s1 (cloaked input)", "SSIM"):
         assert caption in text
+    # the bar charts say what their bars and error bars are
+    assert "error bars: one sample standard deviation over them" in text
 
 
 def test_markdown_subset():

@@ -95,7 +95,7 @@ def _ordered(values, order: Sequence[str]) -> list[str]:
 
 def bar_charts(summary: list[dict], config: dict) -> list[tuple[str, str]]:
     """One figure per (victim, trainer): ASR (top) and normal accuracy (bottom) per defense, one bar per
-    attack, with the standard deviation over users as error bars. Returns [(title, data URI)]."""
+    attack, with the sample standard deviation over users and seeds as error bars. Returns [(title, data URI)]."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -244,6 +244,8 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
     charts = bar_charts(results.get("summary", []), cfg)
     if charts:
         parts.append("<h2>ASR and normal accuracy per defense and attack</h2>")
+        parts.append("<p>Bars: the mean over protected users and seeds (in %, as in the tables); error bars: one sample "
+                     "standard deviation over them (none for a single user).</p>")
         parts += [f'<img class="chart" src="{uri}" alt="bar chart: {html.escape(t)}">' for t, uri in charts]
     roc = roc_chart(results.get("detection") or {})
     if roc:
