@@ -610,3 +610,24 @@ def test_reproduce_records_its_detection_overrides_in_the_saved_config(tmp_path,
         assert saved.detection == seen[-1].detection and saved.fingerprint() == load_config("demo").fingerprint()
     assert seen[0].detection["detector"] == "edits" and seen[0].detection["purifier"] == "mine.safetensors"
     assert seen[1].detection["enabled"] is False
+
+
+def test_restart_sets_aside_everything_the_discarded_runs_wrote(tmp_path):
+    """--restart after the data changed (the way out a refused resume names): the new tables hold the new runs only.
+    Before, only runs.jsonl was set aside: the discarded users' image quality and examples (details.jsonl) were
+    summed into the new tables and the report's grid, and the discarded session into the wall time."""
+    register_standins()
+    root = write_colour_faces(tmp_path / "data")
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace("[run]", "[detection]\nenabled = false\n\n[run]")
+    out = tmp_path / "out"
+    run_experiment(parse(text, tmp_path), out, progress=False, echo=lambda s: None)
+    users = json.loads((out / "results.json").read_text())["users"]["0"]
+    gone = users[0]
+    (root / gone).rename(root / "Zed")
+    res = run_experiment(parse(text, tmp_path), out, progress=False, echo=lambda s: None, restart=True)
+    results = json.loads((out / "results.json").read_text())
+    assert gone not in results["users"]["0"] and results["sessions"] == 1 and "resumed" not in res.table_md
+    assert {k.split("/")[1] for k in results["examples"]} <= set(results["users"]["0"])
+    assert all(q["n"] == 14 for q in results["image_quality"])  # 2 users x 7 training images
+    assert gone not in (out / "report.html").read_text()
+    assert len(list(out.glob("details.*.discarded.jsonl"))) == 1 and len(list(out.glob("runs.*.discarded.jsonl"))) == 1

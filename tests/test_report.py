@@ -52,6 +52,8 @@ def test_report_is_self_contained(report):
     # the image grid shows natural, cloaked, amplified and the defenses, with PSNR/SSIM captions
     for caption in ("natural (reference)", "cloaked<br>PSNR", "amplified x3", "blur-s1 (cloaked input)", "SSIM"):
         assert caption in text
+    # the bar charts say what their bars and error bars are
+    assert "error bars: one sample standard deviation over them" in text
 
 
 def test_markdown_subset():
@@ -96,3 +98,31 @@ def test_report_renders_in_chromium(report, tmp_path):
     # ... and the face grids decoded: the protected users' identity colours (see evaluation_helpers)
     alice_or_dave = max(share_near((204, 51, 51), tol=20), share_near((191, 178, 51), tol=20))
     assert alice_or_dave > 0.001
+
+
+def test_query_time_report_says_its_example_images_are_probes(tmp_path):
+    """At query time the cloaked and defended images of the grid are the user's probes (the FR model is built on the
+    clean gallery): the report must not call them training images the FR model is trained on."""
+    register_standins()
+    root = write_colour_faces(tmp_path / "data")
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace('seeds = [0]', 'seeds = [0]\nprotocol = "query"')
+    (tmp_path / "c.toml").write_text(text.replace("[run]", "[detection]\nenabled = false\n\n[run]"))
+    res = run_experiment(load_config(tmp_path / "c.toml"), tmp_path / "out", progress=False, echo=lambda s: None)
+    html = res.report.read_text()
+    assert "Example probe images of protected users" in html and "cloaked probe" in html
+    assert "training images" not in html and "trained on after the defense" not in html
+
+
+def test_report_gives_the_description_once(tmp_path):
+    """table.md holds the config's description under its heading; the report printed it a second time above."""
+    from puface.evaluation.report import render_report
+    from puface.evaluation.tables import render_tables
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(attacks=[], victims=[], trainers=[], defenses=[], name="d", seeds=[0],
+                          description="Fawkes & LowKey on <five> users.")
+    md = render_tables(cfg, [], [])
+    page = render_report(tmp_path, {"name": "d", "description": cfg.description}, md)
+    assert page.count("Fawkes &amp; LowKey on &lt;five&gt; users.") == 1
+    # a table without it still gets it from the report
+    assert render_report(tmp_path, {"name": "d", "description": cfg.description}, "").count("Fawkes &amp;") == 1

@@ -202,3 +202,57 @@ def test_repeats_table_keeps_baselines_whose_labels_end_in_s_and_a_number_apart(
     rows = {line.split(" | ")[0][2:]: line for line in summaries.repeats_table(folder).splitlines()[2:]}
     assert set(rows) == {"blur-s1", "blur-s2", "ref"}
     assert rows["blur-s2"].startswith("| blur-s2 | 1 | 60.0 |") and rows["ref"].startswith("| ref | 2 | 20.0 [10.0, 30.0] |")
+
+
+def test_table_md_of_a_grid_with_one_baseline_defense_shows_its_numbers():
+    """A grid run with one defense that is neither "none" nor the purifier (`evaluate --defense jpeg:quality=75`):
+    the paper table has no column for it, so its ASR must come in the per-defense table (it had no number)."""
+    from types import SimpleNamespace
+
+    from puface.evaluation.tables import render_tables, summarise_rows
+
+    rows = [{"seed": 0, "user": user, "attack": "lowkey", "victim": "v", "trainer": "nn", "defense": "jpeg-q75",
+             "setting": "white-box", "asr": asr, "normal_acc": 0.9} for user, asr in (("Ann", 0.25), ("Bob", 0.75))]
+    cfg = SimpleNamespace(attacks=[SimpleNamespace(label="lowkey")], victims=["v"], trainers=[SimpleNamespace(label="nn")],
+                          defenses=[SimpleNamespace(label="jpeg-q75")], name="one-defense", description="", seeds=[0])
+    md = render_tables(cfg, summarise_rows(rows), [])
+    assert "| jpeg-q75 | 50.0 ± 35.4 | 90.0 |" in md
+
+
+def test_draws_run_with_no_detect_or_another_report_setting_pool(tmp_path):
+    """`reproduce CONFIG --seed 1 --no-detect` records [detection] enabled = false in its config: detection (and the
+    report's settings, batch sizes) change no ASR or accuracy, so the draw pools with the others; a real grid change
+    is still refused."""
+    base = {"name": "g", "seeds": [0], "protocol": "training", "data": {"root": "lfw-chips150"},
+            "attacks": [{"label": "lowkey"}], "defenses": [{"label": "none"}],
+            "run": {"device": None, "batch_size": 64, "cache": True, "output": None},
+            "report": {"users": 3}, "detection": {"enabled": True, "detector": "default"}, "source": "/a/g.toml"}
+    other = {**base, "seeds": [1], "run": {**base["run"], "batch_size": 16}, "report": {"users": 0},
+             "detection": {"enabled": False, "detector": "default"}, "source": "/b/g.toml"}
+    folders = []
+    for seed, cfg in ((0, base), (1, other)):
+        f = tmp_path / f"s{seed}"
+        f.mkdir()
+        (f / "config.resolved.json").write_text(json.dumps(cfg))
+        (f / "results.csv").write_text("seed,user,attack,victim,trainer,defense,setting,asr,normal_acc\n"
+                                       f"{seed},Ann,lowkey,v,nn,none,white-box,{0.5 * seed},1.0\n")
+        folders.append(f)
+    (row,) = summaries.load_pooled(folders)
+    assert row["n"] == 2 and row["asr_mean"] == 0.25
+    (folders[1] / "config.resolved.json").write_text(json.dumps({**other, "data": {"root": "other"}}))
+    with pytest.raises(PufaceError, match="not the same grid"):
+        summaries.load_pooled(folders)
+
+
+def test_report_on_a_folder_whose_csv_is_not_a_runs_is_one_clear_error(tmp_path, capsys):
+    """A folder that is not a run folder but holds a summary.csv / results.csv of another program (a benchmark's, a
+    spreadsheet's): one error line naming the file and the missing columns, not a KeyError traceback."""
+    from puface.cli import main
+
+    (tmp_path / "summary.csv").write_text("image,score\na.png,0.5\n")
+    (tmp_path / "results.csv").write_text("image,score\na.png,0.5\n")
+    for args in (["headline", str(tmp_path)], ["cells", "defenses", str(tmp_path)],
+                 ["cells", "users", str(tmp_path), "--attack", "lowkey"]):
+        assert main(["report", *args]) == 2
+        err = capsys.readouterr().err
+        assert "not a `puface reproduce`" in err and "missing column(s): " in err and "attack, victim" in err and "Traceback" not in err

@@ -95,7 +95,7 @@ def _ordered(values, order: Sequence[str]) -> list[str]:
 
 def bar_charts(summary: list[dict], config: dict) -> list[tuple[str, str]]:
     """One figure per (victim, trainer): ASR (top) and normal accuracy (bottom) per defense, one bar per
-    attack, with the standard deviation over users as error bars. Returns [(title, data URI)]."""
+    attack, with the sample standard deviation over users and seeds as error bars. Returns [(title, data URI)]."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -238,12 +238,14 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="meta">{"<br>".join(meta)}</p>',
     ]
-    if results.get("description"):
+    if results.get("description") and results["description"].strip() not in table_md:  # table.md's own says it once
         parts.append(f"<p>{html.escape(results['description'])}</p>")
     parts.append(markdown_to_html(table_md))
     charts = bar_charts(results.get("summary", []), cfg)
     if charts:
         parts.append("<h2>ASR and normal accuracy per defense and attack</h2>")
+        parts.append("<p>Bars: the mean over protected users and seeds (in %, as in the tables); error bars: one sample "
+                     "standard deviation over them (none for a single user).</p>")
         parts += [f'<img class="chart" src="{uri}" alt="bar chart: {html.escape(t)}">' for t, uri in charts]
     roc = roc_chart(results.get("detection") or {})
     if roc:
@@ -252,9 +254,15 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
     grids = image_grids(out_dir, results.get("examples", {}), float(results.get("amplification", 3.0)),
                         int(cfg.get("report", {}).get("users", 3)))
     if grids:
-        parts.append("<h2>Example training images of protected users</h2>")
-        parts.append("<p>PSNR and SSIM are measured against the natural image. The defense columns show what the "
-                     "FR model is trained on after the defense is applied to the cloaked photo.</p>")
+        if cfg.get("protocol") == "query":  # the cloaked photos are the user's probes, not training photos
+            parts.append("<h2>Example probe images of protected users</h2>")
+            parts.append("<p>PSNR and SSIM are measured against the natural image. The defense columns show the probe "
+                         "the FR model (built on the clean gallery) is queried with after the defense is applied to the "
+                         "cloaked probe.</p>")
+        else:
+            parts.append("<h2>Example training images of protected users</h2>")
+            parts.append("<p>PSNR and SSIM are measured against the natural image. The defense columns show what the "
+                         "FR model is trained on after the defense is applied to the cloaked photo.</p>")
         parts.append(grids)
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -30,6 +30,15 @@ __all__ = ["load_summary", "load_pooled", "headline", "headline_markdown", "defe
 
 NOT_BASELINES = {"none", "puface"}
 
+#: the columns the tables read from an output folder's summary.csv and results.csv
+SUMMARY_COLUMNS = (*GROUP_KEYS, "asr_mean", "asr_std", "normal_acc_mean", "normal_acc_std", "n", "seeds")
+RESULTS_COLUMNS = ("seed", "user", *GROUP_KEYS, "asr", "normal_acc")
+
+#: config settings that change no ASR or accuracy (as `ExperimentConfig.fingerprint` leaves them out; and the seeds):
+#: draws of one grid run with --no-detect, another [report] or batch size pool with the others
+NOT_GRID = ("seeds", "source", "description", "report", "detection")
+NOT_GRID_RUN = ("output", "cache", "batch_size", "cloak_batch_size")
+
 
 def _csv(path: Path) -> list[dict]:
     if not path.is_file():
@@ -38,7 +47,13 @@ def _csv(path: Path) -> list[dict]:
                               "the end); run the same `puface reproduce` / `puface evaluate` command again to resume it")
         raise PufaceError(f"{path}: not found (expected a `puface reproduce` output folder)")
     with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    need = SUMMARY_COLUMNS if path.name == "summary.csv" else RESULTS_COLUMNS
+    missing = [c for c in need if c not in (reader.fieldnames or ())]
+    if missing:  # another program's CSV of that name: one line, not a KeyError
+        raise PufaceError(f"{path}: not a `puface reproduce` {path.name} (missing column(s): {', '.join(missing)})")
+    return rows
 
 
 def _mean(xs: list[float]) -> float:
@@ -71,7 +86,10 @@ def load_pooled(folders: list[Path]) -> list[dict]:
         return read_toml(folder / "config.toml")
 
     def grid(cfg: dict) -> dict:
-        return {k: v for k, v in cfg.items() if k not in ("seeds", "source")}
+        out = {k: v for k, v in cfg.items() if k not in NOT_GRID}
+        if isinstance(out.get("run"), dict):
+            out["run"] = {k: v for k, v in out["run"].items() if k not in NOT_GRID_RUN}
+        return out
 
     grids = [config(f) for f in folders]
     if any(grid(g) != grid(grids[0]) for g in grids[1:]):

@@ -178,7 +178,10 @@ def render_tables(cfg: Any, summary: list[dict], quality: list[dict], *, wall_s:
     header, rows = paper_table(summary, **order)
     parts += [_md_table(header, rows), ""]
     blocks = defense_tables(summary, **order)
-    if blocks and len({s["defense"] for s in summary}) > 1:
+    defenses = {s["defense"] for s in summary}
+    # the paper table has columns for "none" and the purifier only: a grid of one other defense (jpeg alone)
+    # has its numbers in the per-defense tables alone
+    if blocks and (len(defenses) > 1 or any(d != "none" and not d.startswith("puface") for d in defenses)):
         parts += ["### Every defense", ""]
         for title, h, r in blocks:
             parts += [f"**{title}**", "", _md_table(h, r), ""]

@@ -34,6 +34,9 @@ from .config import ExperimentConfig, config_text
 
 __all__ = ["ResultsFolder", "read_jsonl", "write_text_atomic", "json_safe"]
 
+#: the files written at the end of a run (`ResultsFolder.write_tables`)
+END_FILES = ("results.csv", "summary.csv", "table.md", "results.json", "report.html", "detection.csv")
+
 
 def read_jsonl(path: Path) -> list[dict]:
     """The JSON lines of `path` (none when it is missing); a line cut by an interruption is skipped."""
@@ -98,8 +101,14 @@ class ResultsFolder:
                 raise PufaceError(
                     f"{out} holds results of other data (images added, removed or changed under the data folder since "
                     "they were run); use another --out folder or --restart to discard them")
-        if restart and self.runs_path.exists():
-            self.runs_path.replace(out / f"runs.{int(time.time())}.discarded.jsonl")
+        if restart:
+            # everything the discarded runs wrote is set aside, not only their rows: their image quality and examples
+            # (details.jsonl) and sessions would be summed into the new tables, and their tables left standing
+            stamp = int(time.time())
+            for name in ("runs.jsonl", "details.jsonl", "sessions.jsonl", *END_FILES):
+                p = out / name
+                if p.exists():
+                    p.replace(out / f"{p.stem}.{stamp}.discarded{p.suffix}")
         write_text_atomic(self.state_path, json.dumps({"fingerprint": fingerprint, "config": cfg.source and str(cfg.source),
                                                        **({"data": data} if data else {})}, indent=2))
         write_text_atomic(out / "config.toml", config_text(cfg))
