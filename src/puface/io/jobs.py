@@ -284,6 +284,31 @@ def split_done(jobs: Sequence, resume: bool, is_done: Callable[[Any], bool] | No
     return todo, len(jobs) - len(todo)
 
 
+def recorded_done(stats_csv: Path | Sequence[Path] | None, stats_key: str = "file") -> Callable[[FileJob], bool] | None:
+    """The resume test of a job that writes a row to `stats_csv` (an earlier run began it): its output is a file
+    and the CSV holds its row. A job's row goes in after its output is in place, so a run killed between the two
+    left outputs without rows; with this test a resume redoes them (the same bytes) and writes their rows. Several
+    CSVs (one per process, `cloak --rank`): a row in any of them counts. None when there is no such CSV (the
+    default test, the output alone, applies)."""
+    paths = [stats_csv] if isinstance(stats_csv, (str, Path)) else list(stats_csv or [])
+    recorded: set[str] = set()
+    found = False
+    for path in map(Path, paths):
+        if not path.is_file() or path.stat().st_size == 0:
+            continue
+        with open(path, newline="", **CSV_TEXT) as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header or stats_key not in header:
+                continue
+            k = header.index(stats_key)
+            recorded.update(r[k] for r in reader if len(r) > k)
+            found = True
+    if not found:
+        return None
+    return lambda j: j.dst.is_file() and j.rel.as_posix() in recorded
+
+
 def env_int(name: str, default: int) -> int:
     """The integer in environment variable `name` ($RANK, $WORLD_SIZE, ...), `default` when unset; a
     `PufaceError` naming the variable when it holds something else."""
@@ -535,7 +560,7 @@ def run_folder_job(
 
     report = JobReport(total=len(jobs))
     t0 = time.perf_counter()
-    todo, report.resumed = split_done(jobs, resume, is_done)
+    todo, report.resumed = split_done(jobs, resume, is_done or recorded_done(stats_csv, stats_key))
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     stats = _StatsCSV(stats_csv, stats_fields)
     stats.drop(stats_key, {j.rel.as_posix() for j in todo})  # rows of jobs done before and redone now

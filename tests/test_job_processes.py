@@ -1,0 +1,78 @@
+"""Folder jobs under kills, restarts and several processes on one output folder: a resume after a kill leaves
+every output with its CSV row, once."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from puface.cli import main
+
+from purifier_support import visible_purifier_file
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A small purifier that visibly changes images (random non-zero weights)."""
+    return visible_purifier_file(tmp_path_factory.mktemp("w") / "p.pt")
+
+
+def _tree(johns_dir: Path, root: Path, n: int = 4) -> Path:
+    for k, p in enumerate(sorted(johns_dir.glob("*/*.jpg"))[:n]):
+        (root / f"id{k // 2}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, root / f"id{k // 2}" / f"{k % 2}.jpg")
+    return root
+
+
+def _purify(*args) -> list[str]:
+    return ["purify", *map(str, args), "--no-progress", "--device", "cpu"]
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.jpg"))}
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_outputs_written_before_a_kill_get_their_rows_on_resume(johns_dir, tmp_path, weights, capsys):
+    """A job adds a batch's rows once all its outputs are in place, so a kill -9 in between leaves outputs
+    without rows (with the local engine, typically the last batch's: its rows wait for the next batch). The
+    resume redoes those images (the same bytes) and writes their rows: one row per image, none lost."""
+    src = _tree(johns_dir, tmp_path / "in")
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert main(_purify(src, ref, "--weights", weights, "--stats", ref / "stats.csv")) == 0
+    assert main(_purify(src, out, "--weights", weights, "--stats", out / "stats.csv", "--batch-size", "2")) == 0
+    lines = (out / "stats.csv").read_text().splitlines(keepends=True)
+    (out / "stats.csv").write_text("".join(lines[:3]))  # what the kill left: 4 outputs, the first batch's 2 rows
+    capsys.readouterr()
+    assert main(_purify(src, out, "--weights", weights, "--stats", out / "stats.csv", "--batch-size", "2")) == 0
+    assert "2 purified, 2 already done" in capsys.readouterr().out
+    assert _outputs(out) == _outputs(ref)
+    assert sorted(_rows(out / "stats.csv"), key=str) == sorted(_rows(ref / "stats.csv"), key=str)
+
+
+def test_a_group_cloaked_before_a_kill_gets_its_rows_on_resume(johns_dir, tmp_path, capsys):
+    """A group attack (OPOM) writes an identity's rows after all its cloaks: a kill in between left the group's
+    cloaks without rows, and the resume took the group for done. It is redone (the same bytes) with its rows."""
+    src, out = _tree(johns_dir, tmp_path / "in"), tmp_path / "out"
+    cloak = ["cloak", "--attack", "opom", "--steps", "1", "--surrogate", "dlib-resnet29", "--no-progress",
+             "--device", "cpu", src, out]
+    assert main(list(map(str, cloak))) == 0
+    cloaks = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.png")}
+    rows = _rows(out / "cloak_stats.csv")
+    kept = [r for r in rows if not r["file"].startswith("id1/")]
+    with open(out / "cloak_stats.csv", "w", newline="") as f:  # what the kill left: id1's cloaks, not its rows
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(kept)
+    capsys.readouterr()
+    assert main(list(map(str, cloak))) == 0
+    assert "2 cloaked, 2 already done" in capsys.readouterr().out
+    assert {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.png")} == cloaks
+    assert sorted(r["file"] for r in _rows(out / "cloak_stats.csv")) == ["id0/0.jpg", "id0/1.jpg", "id1/0.jpg", "id1/1.jpg"]
