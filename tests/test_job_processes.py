@@ -76,3 +76,43 @@ def test_a_group_cloaked_before_a_kill_gets_its_rows_on_resume(johns_dir, tmp_pa
     assert "2 cloaked, 2 already done" in capsys.readouterr().out
     assert {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.png")} == cloaks
     assert sorted(r["file"] for r in _rows(out / "cloak_stats.csv")) == ["id0/0.jpg", "id0/1.jpg", "id1/0.jpg", "id1/1.jpg"]
+
+
+def _holder(out: Path, rank: int, world_size: int):
+    """Another process that claims `out` as a job does (`claim_output`) and holds it until stopped."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from pathlib import Path; from puface.io.jobs import claim_output; "
+            f"release = claim_output(Path({str(out)!r}), {rank}, {world_size}); print('held', flush=True); time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_second_process_on_one_output_folder_is_refused(johns_dir, tmp_path, weights, capsys):
+    """Two runs started on one OUT by mistake both wrote every output and every stats row (44 rows for 34 images in
+    a real run); the second is refused with a clear message, ranks of one job run side by side, one rank twice
+    does not, and a killed holder leaves the folder free."""
+    src, out = _tree(johns_dir, tmp_path / "in"), tmp_path / "out"
+    holder = _holder(out, 0, 1)
+    try:
+        assert main(_purify(src, out, "--weights", weights, "--stats", out / "stats.csv")) == 2
+        assert "another puface process is writing into this folder" in capsys.readouterr().err
+        assert not list(out.rglob("*.jpg")) and not (out / "stats.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    holder = _holder(out, 0, 2)
+    try:
+        assert main(_purify(src, out, "--weights", weights, "--rank", "0", "--world-size", "2")) == 2
+        assert "as rank 0" in capsys.readouterr().err
+        assert main(_purify(src, out, "--weights", weights)) == 2
+        assert main(_purify(src, out, "--weights", weights, "--rank", "1", "--world-size", "2")) == 0
+        assert len(list(out.rglob("*.jpg"))) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(_purify(src, out, "--weights", weights)) == 0  # killed -9: its claim went with it
+    assert len(list(out.rglob("*.jpg"))) == 4
+    assert not (out / ".puface.lock").exists()  # the last process removes it

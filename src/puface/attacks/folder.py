@@ -276,7 +276,8 @@ def cloak_folder(
         from ..align import import_dlib
 
         import_dlib()
-    finish = begin_settings(config_path, record, resume=resume, kind="cloaking", keys=keys)
+    finish = begin_settings(config_path, record, resume=resume, kind="cloaking", keys=keys, rank=rank,
+                            world_size=world_size)
 
     if group:
         report = _cloak_groups(jobs, in_path, out_path, attack, reference_dir=reference, resume=resume,

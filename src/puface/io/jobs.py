@@ -239,21 +239,91 @@ def check_settings(path: Path, record: dict, *, resume: bool, kind: str, keys: S
         raise PufaceError(f"{path.parent} holds outputs of a different {kind} setting (differs in: {', '.join(diff)}); {how}")
 
 
+#: The lock file of an output folder while a job writes into it (`claim_output`): hidden, removed by the last process.
+LOCK_NAME = ".puface.lock"
+
+
+def claim_output(folder: Path, rank: int = 0, world_size: int = 1) -> Callable[[], None]:
+    """Claim output folder `folder` for this process's share of a job until the returned function is called (or
+    the process ends, also by kill -9): a `PufaceError` when another process holds the same share, so that two runs
+    started on one folder by mistake do not both write every output and every CSV row. A process without ranks
+    claims the whole folder; process `rank` (of any world size) one share, so the ranks of one job run side by side
+    but never one rank twice or a rank beside a run without ranks. An advisory lock (`fcntl.lockf`) on
+    `folder/.puface.lock`, which the last process to release its claim removes; where the file system takes no
+    locks, nothing is claimed."""
+    try:
+        import errno
+        import fcntl
+    except ImportError:  # not POSIX
+        return lambda: None
+    path = folder / LOCK_NAME
+    start, length = (0, 0) if world_size <= 1 else (1 + rank, 1)  # length 0: the whole file, every share
+    for _ in range(10):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            f = open(path, "a+b")
+        except OSError:
+            return lambda: None
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)
+        except OSError as e:
+            f.close()
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                return lambda: None  # locks not supported here
+            if world_size > 1:
+                raise PufaceError(f"{folder}: another puface process is writing into this folder as rank {rank} (or "
+                                  "without --rank); give each process its own --rank, or wait for it to end") from None
+            raise PufaceError(f"{folder}: another puface process is writing into this folder; wait for it to end, or "
+                              "split the files between processes with --rank/--world-size") from None
+        try:
+            held, now = os.fstat(f.fileno()), os.stat(path)
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                break
+        except OSError:
+            pass
+        f.close()  # a process that ended removed the file after it was opened here: claim the new one
+    else:
+        return lambda: None
+
+    def release() -> None:
+        if f.closed:
+            return
+        try:  # the whole file is free of other claims: this is the last process, the file goes
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0)
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        f.close()
+
+    return release
+
+
 def begin_settings(path: Path, record: dict, *, resume: bool, kind: str,
-                   keys: Sequence[str] | None = None) -> Callable[[], None]:
+                   keys: Sequence[str] | None = None, rank: int = 0, world_size: int = 1) -> Callable[[], None]:
     """Check (`check_settings`) and write an output folder's settings record before a job; returns the function
     to call once the job has ended. Without `resume`, over a record of other settings or another input, the
     record written first is marked as an unfinished redo (`REDO_KEY`) and the plain record replaces it only at
     the end, so an interrupted redo cannot be resumed as if its folder held one setting. (Processes sharing a
     folder with --rank each replace it when they end: a redo shared by several processes is marked only until
-    the first of them ends.)"""
-    check_settings(path, record, resume=resume, kind=kind, keys=keys)
-    old = None if resume else _read_settings_quietly(path)
-    if old is not None and (old.get(REDO_KEY) or _settings_diff(old, record, keys) or old.get("input") != record.get("input")):
-        write_settings(path, {**record, REDO_KEY: True})
-        return lambda: write_settings(path, record)
-    write_settings(path, record)
-    return lambda: None
+    the first of them ends.) The folder is claimed for this process's share (`claim_output`: refused while another
+    process holds it) until the returned function is called."""
+    release = claim_output(path.parent, rank, world_size)
+    try:
+        check_settings(path, record, resume=resume, kind=kind, keys=keys)
+        old = None if resume else _read_settings_quietly(path)
+        if old is not None and (old.get(REDO_KEY) or _settings_diff(old, record, keys) or old.get("input") != record.get("input")):
+            write_settings(path, {**record, REDO_KEY: True})
+
+            def finish() -> None:
+                write_settings(path, record)
+                release()
+
+            return finish
+        write_settings(path, record)
+    except BaseException:
+        release()
+        raise
+    return release
 
 
 def _read_settings_quietly(path: Path) -> dict | None:
