@@ -116,3 +116,23 @@ def test_a_second_process_on_one_output_folder_is_refused(johns_dir, tmp_path, w
     assert main(_purify(src, out, "--weights", weights)) == 0  # killed -9: its claim went with it
     assert len(list(out.rglob("*.jpg"))) == 4
     assert not (out / ".puface.lock").exists()  # the last process removes it
+
+
+def test_a_killed_runs_temporary_outputs_are_removed_on_resume(johns_dir, tmp_path, weights):
+    """An output is written under a temporary name and renamed into place; kill -9 in between left the temporary
+    file for good (a real run: one `.NAME.PID.THREAD.tmp` after the resume). The resume removes those of its own
+    outputs whose process is gone, never a live process's."""
+    import os
+    import subprocess
+
+    src, out = _tree(johns_dir, tmp_path / "in"), tmp_path / "out"
+    assert main(_purify(src, out, "--weights", weights)) == 0
+    (out / "id1" / "0.jpg").unlink()  # the output the kill interrupted
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = out / "id1" / f".0.jpg.{dead.pid}.140000000000.tmp"
+    stale.write_bytes(b"half an image")
+    live = out / "id1" / f".0.jpg.{os.getppid()}.140000000000.tmp"  # a process that still runs
+    live.write_bytes(b"being written")
+    assert main(_purify(src, out, "--weights", weights)) == 0
+    assert (out / "id1" / "0.jpg").is_file() and not stale.exists() and live.exists()

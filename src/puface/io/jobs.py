@@ -346,6 +346,42 @@ def write_settings(path: Path, record: dict) -> None:
     atomic_write_bytes(path, data)
 
 
+def remove_stale_temporaries(outputs: Iterable[Path]) -> None:
+    """Delete the temporary files of `outputs` (`.NAME.PID.THREAD.tmp`, `images.atomic_write_bytes`) that a killed
+    process left, when no process of that id runs on this machine (a live one may be another process writing it).
+    Only these outputs' own: other processes (ranks, maybe on other machines) write other outputs."""
+    import re
+
+    pattern = re.compile(r"\.(.+)\.(\d+)\.(\d+)\.tmp")
+    names: dict[Path, set[str]] = {}
+    for p in outputs:
+        names.setdefault(p.parent, set()).add(p.name)
+    alive: dict[int, bool] = {os.getpid(): True}
+    for folder, mine in names.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in entries:
+            m = pattern.fullmatch(e.name)
+            if m is None or m.group(1) not in mine or not e.is_file(follow_symlinks=False):
+                continue
+            pid = int(m.group(2))
+            if pid not in alive:
+                try:
+                    os.kill(pid, 0)
+                    alive[pid] = True
+                except ProcessLookupError:
+                    alive[pid] = False
+                except OSError:  # alive but not ours (EPERM)
+                    alive[pid] = True
+            if not alive[pid]:
+                try:
+                    os.unlink(e.path)
+                except OSError:
+                    pass
+
+
 def split_done(jobs: Sequence, resume: bool, is_done: Callable[[Any], bool] | None = None) -> tuple[list, int]:
     """(the jobs still to do, how many are done): with `resume`, a job is done when `is_done(job)`, by
     default when its output `dst` is a file (outputs are written atomically, so an existing one is complete)."""
@@ -631,6 +667,7 @@ def run_folder_job(
     report = JobReport(total=len(jobs))
     t0 = time.perf_counter()
     todo, report.resumed = split_done(jobs, resume, is_done or recorded_done(stats_csv, stats_key))
+    remove_stale_temporaries(j.dst for j in todo)  # a killed run's half-written outputs, under temporary names
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     stats = _StatsCSV(stats_csv, stats_fields)
     stats.drop(stats_key, {j.rel.as_posix() for j in todo})  # rows of jobs done before and redone now
