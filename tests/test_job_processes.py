@@ -136,3 +136,16 @@ def test_a_killed_runs_temporary_outputs_are_removed_on_resume(johns_dir, tmp_pa
     live.write_bytes(b"being written")
     assert main(_purify(src, out, "--weights", weights)) == 0
     assert (out / "id1" / "0.jpg").is_file() and not stale.exists() and live.exists()
+
+
+def test_processes_starting_one_csv_together_keep_each_others_rows(tmp_path):
+    """Ranks sharing a stats CSV (purify --rank --stats, shards too) each begin the file when they write their first
+    rows if it did not exist when they started: the later one truncated the rows the other had added (a real run of
+    two shard ranks: 23 rows for 34 records). Now it keeps the file and its header."""
+    from puface.io.jobs import _StatsCSV
+
+    path = tmp_path / "stats.csv"
+    first, second = _StatsCSV(path), _StatsCSV(path)  # both started before the file existed
+    second.add([{"file": "b.jpg", "v": 1}])
+    first.add([{"file": "a.jpg", "v": 2}])
+    assert sorted((r["file"], r["v"]) for r in _rows(path)) == [("a.jpg", "2"), ("b.jpg", "1")]

@@ -537,11 +537,27 @@ class _StatsCSV:
             self._start(self.given)
 
     def _start(self, fields: list[str]) -> None:
-        """Begin the file with the header `fields` (the caller holds the lock, or no other thread runs yet)."""
-        self.fields = fields
+        """Begin the file with the header `fields` (the caller holds the lock, or no other thread runs yet). When
+        another process sharing the file (--rank) began it meanwhile, its header is kept and taken, never truncated
+        with the rows it has added."""
         self.path.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-        with open(self.path, "w", newline="", **CSV_TEXT) as f:  # type: ignore[arg-type]
+        try:
+            with open(self.path, "x", newline="", **CSV_TEXT) as f:  # type: ignore[arg-type]
+                csv.writer(f).writerow(fields)
+            self.fields = fields
+            return
+        except FileExistsError:
+            pass
+        for _ in range(100):  # the other process writes its header right after creating the file
+            with open(self.path, newline="", **CSV_TEXT) as f:  # type: ignore[arg-type]
+                header = next(csv.reader(f), None)
+            if header:
+                self.fields = header
+                return
+            time.sleep(0.01)
+        with open(self.path, "a", newline="", **CSV_TEXT) as f:  # type: ignore[arg-type]  # an empty file: begin it
             csv.writer(f).writerow(fields)
+        self.fields = fields
 
     def drop(self, key_field: str, keys: set[str] | Callable[[str], bool]) -> None:
         """Remove the rows whose `key_field` is in `keys` (or for which `keys(value)` is true): jobs about to be
