@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..io.jobs import (FileJob, JobReport, LoadedImage, Outcome, begin_settings, check_settings, group_by_size,
-                       input_identity, load_for_job, plan_mirror, run_folder_job, shard)
+                       input_identity, load_for_job, plan_mirror, recorded_done, run_folder_job, shard)
 from ..utils.errors import ImageReadError, PufaceError
 from ..utils.images import image_to_tensor, tensor_to_image
 from ..utils.version import __version__
@@ -276,7 +276,8 @@ def cloak_folder(
         from ..align import import_dlib
 
         import_dlib()
-    finish = begin_settings(config_path, record, resume=resume, kind="cloaking", keys=keys)
+    finish = begin_settings(config_path, record, resume=resume, kind="cloaking", keys=keys, rank=rank,
+                            world_size=world_size)
 
     if group:
         report = _cloak_groups(jobs, in_path, out_path, attack, reference_dir=reference, resume=resume,
@@ -284,6 +285,8 @@ def cloak_folder(
         finish()
         return report
     stats_name = STATS_NAME if world_size <= 1 else f"cloak_stats.rank{rank}.csv"
+    # done: cloaked with its row in any process's stats (runs with other world sizes wrote other files)
+    done = recorded_done([out_path / STATS_NAME, *sorted(out_path.glob("cloak_stats.rank*.csv"))])
     if engine == "ray":
         from functools import partial
 
@@ -293,7 +296,7 @@ def cloak_folder(
         gpus = 1.0 if torch.device(attack.device).type == "cuda" else 0.0
         report = run_ray_job(jobs, factory, batch_size=batch_size, resume=resume, address=address, workers=workers,
                              gpus_per_worker=gpus, desc=f"cloaking ({attack.name})", verb="cloaked",
-                             stats_csv=out_path / stats_name, progress=progress, log=log)
+                             stats_csv=out_path / stats_name, progress=progress, log=log, is_done=done)
         finish()
         return report
     process = make_cloak_process(attack, targets_by_src)
@@ -303,7 +306,7 @@ def cloak_folder(
         process = align_adapter(process, chip_size=150, no_face="skip", largest_face=largest_face)
     report = run_folder_job(
         jobs, process, batch_size=batch_size, resume=resume, desc=f"cloaking ({attack.name})", verb="cloaked",
-        stats_csv=out_path / stats_name, io_workers=io_workers, progress=progress,
+        stats_csv=out_path / stats_name, io_workers=io_workers, progress=progress, is_done=done,
     )
     finish()
     return report
@@ -346,9 +349,11 @@ def _cloak_groups(jobs: list[FileJob], in_path: Path, out_path: Path, attack: Cl
             say(f"reference: skipping unreadable image {e}")
         ref_labels = np.array([ref_items[k][1] for k in kept], dtype=object)
     total = JobReport(total=len(jobs))
+    # done: cloaked and its stats row written (a kill between the two left a cloak without its row)
+    done = recorded_done(out_path / STATS_NAME) or (lambda j: j.dst.is_file())
     for ident, gjobs in groups.items():
         if resume:
-            missing = [j for j in gjobs if not j.dst.is_file()]
+            missing = [j for j in gjobs if not done(j)]
             unreadable = _unreadable(missing) if len(missing) < len(gjobs) else None
             if unreadable is not None:  # every readable photo of the group is cloaked: the group is done
                 total.resumed += len(gjobs) - len(missing)

@@ -535,7 +535,7 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
     left_out = ({"detector": det_id, "threshold": round(float(threshold.default), 6), "by_storage": not one_threshold}
                 if skip_cloaked else None)
     finish = open_output(out_path, purify_settings(in_path, serving, align=align, largest_face=largest_face, quality=quality,
-                                                   step=step, skip_cloaked=left_out), resume)
+                                                   step=step, skip_cloaked=left_out), resume, rank, world_size)
     previous, stored = _load_rows(scores, fields) if resume else ([], 0)
     if (scores.exists() and not resume) or len(previous) != stored:
         _write_csv(scores, previous, fields)  # drop a row cut by an interruption (or repeated) before appending

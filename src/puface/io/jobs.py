@@ -239,21 +239,91 @@ def check_settings(path: Path, record: dict, *, resume: bool, kind: str, keys: S
         raise PufaceError(f"{path.parent} holds outputs of a different {kind} setting (differs in: {', '.join(diff)}); {how}")
 
 
+#: The lock file of an output folder while a job writes into it (`claim_output`): hidden, removed by the last process.
+LOCK_NAME = ".puface.lock"
+
+
+def claim_output(folder: Path, rank: int = 0, world_size: int = 1) -> Callable[[], None]:
+    """Claim output folder `folder` for this process's share of a job until the returned function is called (or
+    the process ends, also by kill -9): a `PufaceError` when another process holds the same share, so that two runs
+    started on one folder by mistake do not both write every output and every CSV row. A process without ranks
+    claims the whole folder; process `rank` (of any world size) one share, so the ranks of one job run side by side
+    but never one rank twice or a rank beside a run without ranks. An advisory lock (`fcntl.lockf`) on
+    `folder/.puface.lock`, which the last process to release its claim removes; where the file system takes no
+    locks, nothing is claimed."""
+    try:
+        import errno
+        import fcntl
+    except ImportError:  # not POSIX
+        return lambda: None
+    path = folder / LOCK_NAME
+    start, length = (0, 0) if world_size <= 1 else (1 + rank, 1)  # length 0: the whole file, every share
+    for _ in range(10):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            f = open(path, "a+b")
+        except OSError:
+            return lambda: None
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)
+        except OSError as e:
+            f.close()
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                return lambda: None  # locks not supported here
+            if world_size > 1:
+                raise PufaceError(f"{folder}: another puface process is writing into this folder as rank {rank} (or "
+                                  "without --rank); give each process its own --rank, or wait for it to end") from None
+            raise PufaceError(f"{folder}: another puface process is writing into this folder; wait for it to end, or "
+                              "split the files between processes with --rank/--world-size") from None
+        try:
+            held, now = os.fstat(f.fileno()), os.stat(path)
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                break
+        except OSError:
+            pass
+        f.close()  # a process that ended removed the file after it was opened here: claim the new one
+    else:
+        return lambda: None
+
+    def release() -> None:
+        if f.closed:
+            return
+        try:  # the whole file is free of other claims: this is the last process, the file goes
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0)
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        f.close()
+
+    return release
+
+
 def begin_settings(path: Path, record: dict, *, resume: bool, kind: str,
-                   keys: Sequence[str] | None = None) -> Callable[[], None]:
+                   keys: Sequence[str] | None = None, rank: int = 0, world_size: int = 1) -> Callable[[], None]:
     """Check (`check_settings`) and write an output folder's settings record before a job; returns the function
     to call once the job has ended. Without `resume`, over a record of other settings or another input, the
     record written first is marked as an unfinished redo (`REDO_KEY`) and the plain record replaces it only at
     the end, so an interrupted redo cannot be resumed as if its folder held one setting. (Processes sharing a
     folder with --rank each replace it when they end: a redo shared by several processes is marked only until
-    the first of them ends.)"""
-    check_settings(path, record, resume=resume, kind=kind, keys=keys)
-    old = None if resume else _read_settings_quietly(path)
-    if old is not None and (old.get(REDO_KEY) or _settings_diff(old, record, keys) or old.get("input") != record.get("input")):
-        write_settings(path, {**record, REDO_KEY: True})
-        return lambda: write_settings(path, record)
-    write_settings(path, record)
-    return lambda: None
+    the first of them ends.) The folder is claimed for this process's share (`claim_output`: refused while another
+    process holds it) until the returned function is called."""
+    release = claim_output(path.parent, rank, world_size)
+    try:
+        check_settings(path, record, resume=resume, kind=kind, keys=keys)
+        old = None if resume else _read_settings_quietly(path)
+        if old is not None and (old.get(REDO_KEY) or _settings_diff(old, record, keys) or old.get("input") != record.get("input")):
+            write_settings(path, {**record, REDO_KEY: True})
+
+            def finish() -> None:
+                write_settings(path, record)
+                release()
+
+            return finish
+        write_settings(path, record)
+    except BaseException:
+        release()
+        raise
+    return release
 
 
 def _read_settings_quietly(path: Path) -> dict | None:
@@ -276,12 +346,73 @@ def write_settings(path: Path, record: dict) -> None:
     atomic_write_bytes(path, data)
 
 
+def remove_stale_temporaries(outputs: Iterable[Path]) -> None:
+    """Delete the temporary files of `outputs` (`.NAME.PID.THREAD.tmp`, `images.atomic_write_bytes`) that a killed
+    process left, when no process of that id runs on this machine (a live one may be another process writing it).
+    Only these outputs' own: other processes (ranks, maybe on other machines) write other outputs."""
+    import re
+
+    pattern = re.compile(r"\.(.+)\.(\d+)\.(\d+)\.tmp")
+    names: dict[Path, set[str]] = {}
+    for p in outputs:
+        names.setdefault(p.parent, set()).add(p.name)
+    alive: dict[int, bool] = {os.getpid(): True}
+    for folder, mine in names.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in entries:
+            m = pattern.fullmatch(e.name)
+            if m is None or m.group(1) not in mine or not e.is_file(follow_symlinks=False):
+                continue
+            pid = int(m.group(2))
+            if pid not in alive:
+                try:
+                    os.kill(pid, 0)
+                    alive[pid] = True
+                except ProcessLookupError:
+                    alive[pid] = False
+                except OSError:  # alive but not ours (EPERM)
+                    alive[pid] = True
+            if not alive[pid]:
+                try:
+                    os.unlink(e.path)
+                except OSError:
+                    pass
+
+
 def split_done(jobs: Sequence, resume: bool, is_done: Callable[[Any], bool] | None = None) -> tuple[list, int]:
     """(the jobs still to do, how many are done): with `resume`, a job is done when `is_done(job)`, by
     default when its output `dst` is a file (outputs are written atomically, so an existing one is complete)."""
     done = is_done or (lambda j: j.dst.is_file())
     todo = [j for j in jobs if not (resume and done(j))]
     return todo, len(jobs) - len(todo)
+
+
+def recorded_done(stats_csv: Path | Sequence[Path] | None, stats_key: str = "file") -> Callable[[FileJob], bool] | None:
+    """The resume test of a job that writes a row to `stats_csv` (an earlier run began it): its output is a file
+    and the CSV holds its row. A job's row goes in after its output is in place, so a run killed between the two
+    left outputs without rows; with this test a resume redoes them (the same bytes) and writes their rows. Several
+    CSVs (one per process, `cloak --rank`): a row in any of them counts. None when there is no such CSV (the
+    default test, the output alone, applies)."""
+    paths = [stats_csv] if isinstance(stats_csv, (str, Path)) else list(stats_csv or [])
+    recorded: set[str] = set()
+    found = False
+    for path in map(Path, paths):
+        if not path.is_file() or path.stat().st_size == 0:
+            continue
+        with open(path, newline="", **CSV_TEXT) as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header or stats_key not in header:
+                continue
+            k = header.index(stats_key)
+            recorded.update(r[k] for r in reader if len(r) > k)
+            found = True
+    if not found:
+        return None
+    return lambda j: j.dst.is_file() and j.rel.as_posix() in recorded
 
 
 def env_int(name: str, default: int) -> int:
@@ -406,11 +537,27 @@ class _StatsCSV:
             self._start(self.given)
 
     def _start(self, fields: list[str]) -> None:
-        """Begin the file with the header `fields` (the caller holds the lock, or no other thread runs yet)."""
-        self.fields = fields
+        """Begin the file with the header `fields` (the caller holds the lock, or no other thread runs yet). When
+        another process sharing the file (--rank) began it meanwhile, its header is kept and taken, never truncated
+        with the rows it has added."""
         self.path.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-        with open(self.path, "w", newline="", **CSV_TEXT) as f:  # type: ignore[arg-type]
+        try:
+            with open(self.path, "x", newline="", **CSV_TEXT) as f:  # type: ignore[arg-type]
+                csv.writer(f).writerow(fields)
+            self.fields = fields
+            return
+        except FileExistsError:
+            pass
+        for _ in range(100):  # the other process writes its header right after creating the file
+            with open(self.path, newline="", **CSV_TEXT) as f:  # type: ignore[arg-type]
+                header = next(csv.reader(f), None)
+            if header:
+                self.fields = header
+                return
+            time.sleep(0.01)
+        with open(self.path, "a", newline="", **CSV_TEXT) as f:  # type: ignore[arg-type]  # an empty file: begin it
             csv.writer(f).writerow(fields)
+        self.fields = fields
 
     def drop(self, key_field: str, keys: set[str] | Callable[[str], bool]) -> None:
         """Remove the rows whose `key_field` is in `keys` (or for which `keys(value)` is true): jobs about to be
@@ -535,7 +682,8 @@ def run_folder_job(
 
     report = JobReport(total=len(jobs))
     t0 = time.perf_counter()
-    todo, report.resumed = split_done(jobs, resume, is_done)
+    todo, report.resumed = split_done(jobs, resume, is_done or recorded_done(stats_csv, stats_key))
+    remove_stale_temporaries(j.dst for j in todo)  # a killed run's half-written outputs, under temporary names
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     stats = _StatsCSV(stats_csv, stats_fields)
     stats.drop(stats_key, {j.rel.as_posix() for j in todo})  # rows of jobs done before and redone now

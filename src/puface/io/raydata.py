@@ -28,7 +28,7 @@ import numpy as np
 
 from ..utils.errors import ImageReadError, MissingDependencyError, PufaceError
 from .images import atomic_write_bytes, encode_image, pil_format_for
-from .jobs import FileJob, JobReport, LoadedImage, Outcome, _StatsCSV, call_process, load_for_job, split_done
+from .jobs import FileJob, JobReport, LoadedImage, Outcome, _StatsCSV, call_process, load_for_job, recorded_done, split_done
 
 __all__ = ["run_ray_job", "init_ray"]
 
@@ -215,7 +215,7 @@ def run_ray_job(
 
     report = JobReport(total=len(jobs))
     t0 = time.perf_counter()
-    todo, report.resumed = split_done(jobs, resume, is_done)
+    todo, report.resumed = split_done(jobs, resume, is_done or recorded_done(stats_csv, stats_key))
     say = log or (lambda m: print(m, file=sys.stderr))
     if not todo:
         report.seconds = time.perf_counter() - t0

@@ -134,11 +134,12 @@ def purify_settings(in_path: str | Path, purifier: Purifier | Mapping[str, Purif
     }
 
 
-def open_output(out_path: str | Path, record: dict, resume: bool) -> Callable[[], None]:
+def open_output(out_path: str | Path, record: dict, resume: bool, rank: int = 0, world_size: int = 1) -> Callable[[], None]:
     """Check `record` (`purify_settings`) against the one in `out_path` (a resume with other settings or another
     input is refused: `--no-resume` redoes every image) and write it there; returns the function to call when
     the job has ended (`io.jobs.begin_settings`: a redo over other settings is marked unfinished until then)."""
-    return begin_settings(Path(out_path) / CONFIG_NAME, record, resume=resume, kind="purifying")
+    return begin_settings(Path(out_path) / CONFIG_NAME, record, resume=resume, kind="purifying", rank=rank,
+                          world_size=world_size)
 
 
 def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifier | None = None,
@@ -177,7 +178,8 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
         Purifier.load_layouts(weights, device="cpu" if engine == "ray" else dev)  # checks the file here
     jobs = plan_mirror(in_path, out_path)
     finish = open_output(out_path, purify_settings(in_path, layouts, template=template, align=align, largest_face=largest_face,
-                                                   no_face=no_face, quality=quality, step=step, **(settings or {})), resume)
+                                                   no_face=no_face, quality=quality, step=step, **(settings or {})), resume,
+                         rank, world_size)
     prep = prepare() if prepare is not None else None
     if world_size > 1:
         jobs = shard(jobs, rank, world_size)
@@ -233,7 +235,8 @@ def purify_shards(in_spec: str | Path, out_path: str | Path, *, purifier: Purifi
     # the folder the output shards' names are relative to identifies the input (a folder, a glob or braces in it)
     base = jobs[0].src.absolute().parents[len(jobs[0].dst.relative_to(out_path).parts) - 1] if jobs else in_spec
     finish = open_output(out_path, purify_settings(base, layouts, template=template, align=align, largest_face=largest_face,
-                                                   no_face=no_face, quality=quality, step=step, image_field=image_field), resume)
+                                                   no_face=no_face, quality=quality, step=step, image_field=image_field), resume,
+                         rank, world_size)
     if world_size > 1:
         jobs = jobs[rank::world_size]
     process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template, step)

@@ -1,0 +1,151 @@
+"""Folder jobs under kills, restarts and several processes on one output folder: a resume after a kill leaves
+every output with its CSV row, once."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from puface.cli import main
+
+from purifier_support import visible_purifier_file
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A small purifier that visibly changes images (random non-zero weights)."""
+    return visible_purifier_file(tmp_path_factory.mktemp("w") / "p.pt")
+
+
+def _tree(johns_dir: Path, root: Path, n: int = 4) -> Path:
+    for k, p in enumerate(sorted(johns_dir.glob("*/*.jpg"))[:n]):
+        (root / f"id{k // 2}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, root / f"id{k // 2}" / f"{k % 2}.jpg")
+    return root
+
+
+def _purify(*args) -> list[str]:
+    return ["purify", *map(str, args), "--no-progress", "--device", "cpu"]
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.jpg"))}
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_outputs_written_before_a_kill_get_their_rows_on_resume(johns_dir, tmp_path, weights, capsys):
+    """A job adds a batch's rows once all its outputs are in place, so a kill -9 in between leaves outputs
+    without rows (with the local engine, typically the last batch's: its rows wait for the next batch). The
+    resume redoes those images (the same bytes) and writes their rows: one row per image, none lost."""
+    src = _tree(johns_dir, tmp_path / "in")
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert main(_purify(src, ref, "--weights", weights, "--stats", ref / "stats.csv")) == 0
+    assert main(_purify(src, out, "--weights", weights, "--stats", out / "stats.csv", "--batch-size", "2")) == 0
+    lines = (out / "stats.csv").read_text().splitlines(keepends=True)
+    (out / "stats.csv").write_text("".join(lines[:3]))  # what the kill left: 4 outputs, the first batch's 2 rows
+    capsys.readouterr()
+    assert main(_purify(src, out, "--weights", weights, "--stats", out / "stats.csv", "--batch-size", "2")) == 0
+    assert "2 purified, 2 already done" in capsys.readouterr().out
+    assert _outputs(out) == _outputs(ref)
+    assert sorted(_rows(out / "stats.csv"), key=str) == sorted(_rows(ref / "stats.csv"), key=str)
+
+
+def test_a_group_cloaked_before_a_kill_gets_its_rows_on_resume(johns_dir, tmp_path, capsys):
+    """A group attack (OPOM) writes an identity's rows after all its cloaks: a kill in between left the group's
+    cloaks without rows, and the resume took the group for done. It is redone (the same bytes) with its rows."""
+    src, out = _tree(johns_dir, tmp_path / "in"), tmp_path / "out"
+    cloak = ["cloak", "--attack", "opom", "--steps", "1", "--surrogate", "dlib-resnet29", "--no-progress",
+             "--device", "cpu", src, out]
+    assert main(list(map(str, cloak))) == 0
+    cloaks = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.png")}
+    rows = _rows(out / "cloak_stats.csv")
+    kept = [r for r in rows if not r["file"].startswith("id1/")]
+    with open(out / "cloak_stats.csv", "w", newline="") as f:  # what the kill left: id1's cloaks, not its rows
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(kept)
+    capsys.readouterr()
+    assert main(list(map(str, cloak))) == 0
+    assert "2 cloaked, 2 already done" in capsys.readouterr().out
+    assert {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.png")} == cloaks
+    assert sorted(r["file"] for r in _rows(out / "cloak_stats.csv")) == ["id0/0.jpg", "id0/1.jpg", "id1/0.jpg", "id1/1.jpg"]
+
+
+def _holder(out: Path, rank: int, world_size: int):
+    """Another process that claims `out` as a job does (`claim_output`) and holds it until stopped."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from pathlib import Path; from puface.io.jobs import claim_output; "
+            f"release = claim_output(Path({str(out)!r}), {rank}, {world_size}); print('held', flush=True); time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_second_process_on_one_output_folder_is_refused(johns_dir, tmp_path, weights, capsys):
+    """Two runs started on one OUT by mistake both wrote every output and every stats row (44 rows for 34 images in
+    a real run); the second is refused with a clear message, ranks of one job run side by side, one rank twice
+    does not, and a killed holder leaves the folder free."""
+    src, out = _tree(johns_dir, tmp_path / "in"), tmp_path / "out"
+    holder = _holder(out, 0, 1)
+    try:
+        assert main(_purify(src, out, "--weights", weights, "--stats", out / "stats.csv")) == 2
+        assert "another puface process is writing into this folder" in capsys.readouterr().err
+        assert not list(out.rglob("*.jpg")) and not (out / "stats.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    holder = _holder(out, 0, 2)
+    try:
+        assert main(_purify(src, out, "--weights", weights, "--rank", "0", "--world-size", "2")) == 2
+        assert "as rank 0" in capsys.readouterr().err
+        assert main(_purify(src, out, "--weights", weights)) == 2
+        assert main(_purify(src, out, "--weights", weights, "--rank", "1", "--world-size", "2")) == 0
+        assert len(list(out.rglob("*.jpg"))) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(_purify(src, out, "--weights", weights)) == 0  # killed -9: its claim went with it
+    assert len(list(out.rglob("*.jpg"))) == 4
+    assert not (out / ".puface.lock").exists()  # the last process removes it
+
+
+def test_a_killed_runs_temporary_outputs_are_removed_on_resume(johns_dir, tmp_path, weights):
+    """An output is written under a temporary name and renamed into place; kill -9 in between left the temporary
+    file for good (a real run: one `.NAME.PID.THREAD.tmp` after the resume). The resume removes those of its own
+    outputs whose process is gone, never a live process's."""
+    import os
+    import subprocess
+
+    src, out = _tree(johns_dir, tmp_path / "in"), tmp_path / "out"
+    assert main(_purify(src, out, "--weights", weights)) == 0
+    (out / "id1" / "0.jpg").unlink()  # the output the kill interrupted
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = out / "id1" / f".0.jpg.{dead.pid}.140000000000.tmp"
+    stale.write_bytes(b"half an image")
+    live = out / "id1" / f".0.jpg.{os.getppid()}.140000000000.tmp"  # a process that still runs
+    live.write_bytes(b"being written")
+    assert main(_purify(src, out, "--weights", weights)) == 0
+    assert (out / "id1" / "0.jpg").is_file() and not stale.exists() and live.exists()
+
+
+def test_processes_starting_one_csv_together_keep_each_others_rows(tmp_path):
+    """Ranks sharing a stats CSV (purify --rank --stats, shards too) each begin the file when they write their first
+    rows if it did not exist when they started: the later one truncated the rows the other had added (a real run of
+    two shard ranks: 23 rows for 34 records). Now it keeps the file and its header."""
+    from puface.io.jobs import _StatsCSV
+
+    path = tmp_path / "stats.csv"
+    first, second = _StatsCSV(path), _StatsCSV(path)  # both started before the file existed
+    second.add([{"file": "b.jpg", "v": 1}])
+    first.add([{"file": "a.jpg", "v": 2}])
+    assert sorted((r["file"], r["v"]) for r in _rows(path)) == [("a.jpg", "2"), ("b.jpg", "1")]
