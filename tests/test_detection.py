@@ -698,6 +698,17 @@ def test_detector_recipe_errors_are_one_line(tmp_path, johns_dir):
         interleaved_chips(johns_dir, ["John_Salley", "Nobody_A", "Nobody_B"], "k")
 
 
+def test_train_detector_into_a_file_is_a_clear_error(tmp_path):
+    """train-detector --out FILE ended in a FileExistsError traceback; now one PufaceError, the file untouched."""
+    from puface.training.detector import load_detector_config, train_detector
+
+    (tmp_path / "afile").write_text("keep me")
+    for out, message in ((tmp_path / "afile", "afile is a file, not a folder"), (tmp_path / "afile" / "d", "lies below")):
+        with pytest.raises(PufaceError, match=message):
+            train_detector(load_detector_config("default", {}), out, device="cpu", progress=False, log=lambda s: None)
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
 def test_detector_recipe_set_of_an_unknown_key_names_the_set():
     from puface.training.detector import load_detector_config
 
