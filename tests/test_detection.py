@@ -165,6 +165,19 @@ def test_detector_file_round_trip_and_wrong_purifier(detector, detector_file, jo
         CloakDetector.load(bad)
 
 
+def test_a_detector_file_that_cannot_be_written_is_a_clear_error(detector, tmp_path):
+    """calibrate-detector --out DIR.safetensors (a folder) or an unwritable place ended, after all the scoring, in an
+    IsADirectoryError / SafetensorError traceback; now one PufaceError naming the file, and no temporary file left."""
+    (tmp_path / "dir.safetensors").mkdir()
+    (tmp_path / "afile").write_text("keep me")
+    for path in (tmp_path / "dir.safetensors", tmp_path / "afile" / "d.safetensors"):
+        with pytest.raises(PufaceError, match=f"{path.name}: cannot write"):
+            detector.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "dir.safetensors"]
+    assert not any((tmp_path / "dir.safetensors").iterdir()) and (tmp_path / "afile").read_text() == "keep me"
+    assert CloakDetector.load(detector.save(tmp_path / "sub" / "ok.safetensors")).threshold() == detector.threshold()
+
+
 def test_threshold_holds_the_rate_on_every_kind_of_natural_photo(detector, tmp_path):
     """Calibrated with kinds (here: re-encoded photos scoring higher), no kind exceeds the rate, and the
     kinds survive the file round trip."""
