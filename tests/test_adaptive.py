@@ -78,8 +78,9 @@ def test_eot_noise_randomises_and_validates(faces):
     torch.testing.assert_close(n1, n2, atol=0, rtol=0)
     with pytest.raises(PufaceError, match="gradient"):
         through(tiny_embedder(), BoxBlur(), gradient="magic")
-    with pytest.raises(PufaceError, match="eot_noise"):
-        through(tiny_embedder(), BoxBlur(), eot_noise=-1)
+    for bad in (-1, float("nan"), float("inf")):  # nan gave "cloaks" equal to their inputs (cloak --eot-noise nan)
+        with pytest.raises(PufaceError, match="eot_noise"):
+            through(tiny_embedder(), BoxBlur(), eot_noise=bad)
 
 
 def test_eot_attack_follows_its_seed_not_the_global_generator(faces):

@@ -93,6 +93,15 @@ def test_align_bad_input_is_one_line(tmp_path, capsys):
     assert code == 0 and "--all-faces" in capsys.readouterr().out
 
 
+def test_align_min_face_must_be_a_number(photos, tmp_path, capsys):
+    """--min-face nan passed the `< 0` check and silently kept faces of any size (recorded as NaN)."""
+    root, _ = photos
+    for bad in ("nan", "inf", "-5"):
+        assert main(["align", str(root), str(tmp_path / "o"), "--detector", "hog", "--min-face", bad, "--no-progress"]) == 2
+        assert f"min_face must be a number >= 0, got {float(bad)}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_align_tiny_or_thin_photos_have_no_face_not_a_dlib_error(tmp_path, capsys):
     """A photo too small (or too thin, once downscaled for the CNN) for dlib's CNN detector is a photo without a
     face (skipped, named), not a multi-line dlib "Filter windows must be small enough" failure."""

@@ -165,6 +165,19 @@ def test_detector_file_round_trip_and_wrong_purifier(detector, detector_file, jo
         CloakDetector.load(bad)
 
 
+def test_a_detector_file_that_cannot_be_written_is_a_clear_error(detector, tmp_path):
+    """calibrate-detector --out DIR.safetensors (a folder) or an unwritable place ended, after all the scoring, in an
+    IsADirectoryError / SafetensorError traceback; now one PufaceError naming the file, and no temporary file left."""
+    (tmp_path / "dir.safetensors").mkdir()
+    (tmp_path / "afile").write_text("keep me")
+    for path in (tmp_path / "dir.safetensors", tmp_path / "afile" / "d.safetensors"):
+        with pytest.raises(PufaceError, match=f"{path.name}: cannot write"):
+            detector.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "dir.safetensors"]
+    assert not any((tmp_path / "dir.safetensors").iterdir()) and (tmp_path / "afile").read_text() == "keep me"
+    assert CloakDetector.load(detector.save(tmp_path / "sub" / "ok.safetensors")).threshold() == detector.threshold()
+
+
 def test_threshold_holds_the_rate_on_every_kind_of_natural_photo(detector, tmp_path):
     """Calibrated with kinds (here: re-encoded photos scoring higher), no kind exceeds the rate, and the
     kinds survive the file round trip."""
@@ -696,6 +709,17 @@ def test_detector_recipe_errors_are_one_line(tmp_path, johns_dir):
         load_detector_config("default", {"train.epochs": "x"})
     with pytest.raises(PufaceError, match="2 of the purifier's 3 training identities are not here .Nobody_A, Nobody_B."):
         interleaved_chips(johns_dir, ["John_Salley", "Nobody_A", "Nobody_B"], "k")
+
+
+def test_train_detector_into_a_file_is_a_clear_error(tmp_path):
+    """train-detector --out FILE ended in a FileExistsError traceback; now one PufaceError, the file untouched."""
+    from puface.training.detector import load_detector_config, train_detector
+
+    (tmp_path / "afile").write_text("keep me")
+    for out, message in ((tmp_path / "afile", "afile is a file, not a folder"), (tmp_path / "afile" / "d", "lies below")):
+        with pytest.raises(PufaceError, match=message):
+            train_detector(load_detector_config("default", {}), out, device="cpu", progress=False, log=lambda s: None)
+    assert (tmp_path / "afile").read_text() == "keep me"
 
 
 def test_detector_recipe_set_of_an_unknown_key_names_the_set():

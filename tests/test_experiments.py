@@ -577,6 +577,31 @@ def test_a_typo_with_restart_leaves_the_earlier_results_alone(colour_experiment,
     assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
 
 
+def test_evaluate_save_config_into_a_new_folder_or_onto_a_folder(tmp_path, capsys):
+    """`evaluate --save-config new/c.toml` ended in a FileNotFoundError traceback, `--save-config DIR` in an
+    IsADirectoryError one; now the first is written (its folder made), the second is a one-line error."""
+    from puface.cli import main
+
+    nope = str(tmp_path / "nope")  # data that are not there: the run stops after the config is saved
+    assert main(["evaluate", "--data", nope, "--save-config", str(tmp_path / "new" / "c.toml"), "--no-progress"]) == 2
+    assert 'root = "' in (tmp_path / "new" / "c.toml").read_text() and "data folder not found" in capsys.readouterr().err
+    assert main(["evaluate", "--data", nope, "--save-config", str(tmp_path / "new"), "--no-progress"]) == 2
+    assert "new: cannot write" in capsys.readouterr().err
+
+
+def test_an_output_folder_that_is_a_file_or_cannot_be_made_is_a_clear_error(tmp_path):
+    """`evaluate --out FILE` (and reproduce) ended in a FileExistsError traceback; now one PufaceError naming it."""
+    register_standins()
+    root = write_colour_faces(tmp_path / "data")
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root))
+    (tmp_path / "afile").write_text("keep me")
+    for out, message in ((tmp_path / "afile", "afile is a file, not a folder"),
+                         (tmp_path / "afile" / "sub", "lies below the file")):
+        with pytest.raises(PufaceError, match=message):
+            run_experiment(parse(text, tmp_path), out, progress=False, echo=lambda s: None)
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
 def test_resuming_over_changed_data_is_refused(tmp_path):
     """The runs of a folder hold for the images they read: after a change under the data folder a resume is
     refused (unchanged data resumes)."""

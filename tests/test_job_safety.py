@@ -184,6 +184,21 @@ def test_ctrl_c_says_how_to_resume(monkeypatch, capsys):
 
 
 
+def test_a_job_into_the_output_folder_of_another_job_is_refused(johns_dir, tmp_path, weights, capsys):
+    """`cloak --format same` into a `purify` output folder: a resume took the purified images of the same names for
+    cloaks already done (reported "3 already done"), a redo overwrote them; both are refused, the images kept."""
+    src, out = _tree(johns_dir, tmp_path / "in", 0), tmp_path / "out"
+    assert main(_purify(src, out, "--weights", weights)) == 0
+    purified = {p: p.read_bytes() for p in out.rglob("*.jpg")}
+    capsys.readouterr()
+    for extra in ([], ["--no-resume"]):
+        assert main(_cloak("--format", "same", *extra, src, out)) == 2
+        err = capsys.readouterr().err
+        assert "holds the outputs of `puface purify` (purify_config.json)" in err and "another output folder" in err
+    assert {p: p.read_bytes() for p in out.rglob("*.jpg")} == purified
+    assert not (out / "cloak_config.json").exists()
+
+
 def _cloak(*args) -> list[str]:
     return ["cloak", "--surrogate", "dlib-resnet29", "--no-progress", "--device", "cpu", *map(str, args)]
 

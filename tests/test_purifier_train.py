@@ -265,6 +265,15 @@ def test_no_resume_sets_the_earlier_runs_checkpoints_aside(johns_dir, tmp_path):
     assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "result.json").is_file()
 
 
+def test_a_run_folder_that_is_a_file_is_a_clear_error(johns_dir, tmp_path):
+    """train-purifier --out FILE ended in a FileExistsError traceback; now one PufaceError, the file untouched."""
+    (tmp_path / "afile").write_text("keep me")
+    for out, message in ((tmp_path / "afile", "afile is a file, not a folder"), (tmp_path / "afile" / "run", "lies below")):
+        with pytest.raises(PufaceError, match=message):
+            _run(_cfg(johns_dir, epochs=1, max_steps_per_epoch=1), out)
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
 def test_a_resume_with_another_config_is_refused_and_keeps_the_recorded_one(johns_dir, tmp_path):
     """Resuming last.pt with other settings (here train.lr, the seed) is refused naming them, and config.json still
     says how the run was made (before: the run went on with the new settings and config.json was overwritten);

@@ -70,8 +70,8 @@ class FaceAligner:
     def __init__(self, template: ChipTemplate | int = 150, detector: FaceDetector | None = None, pick: str = "all", min_face: float = 40.0):
         if pick not in PICKS:
             raise PufaceError(f"unknown face choice {pick!r}; choose one of: {', '.join(PICKS)}")
-        if min_face < 0:
-            raise PufaceError(f"min_face must be >= 0, got {min_face}")
+        if not 0 <= min_face < float("inf"):  # nan too: it kept every face, however small
+            raise PufaceError(f"min_face must be a number >= 0, got {min_face}")
         self.template = template if isinstance(template, ChipTemplate) else template_for_size(int(template))
         self.detector = detector if detector is not None else FaceDetector()
         self.pick = pick

@@ -42,8 +42,8 @@ class ThroughDefense(FaceEmbedder):
     def __init__(self, inner: FaceEmbedder, defense: Defense, *, gradient: str = "exact", eot_noise: float = 0.0):
         if gradient not in GRADIENTS:
             raise PufaceError(f"unknown gradient {gradient!r} for an adaptive attack (choose from {', '.join(GRADIENTS)})")
-        if eot_noise < 0:
-            raise PufaceError(f"eot_noise must be >= 0, got {eot_noise}")
+        if not 0 <= eot_noise < float("inf"):  # nan too: it made cloaks that change nothing
+            raise PufaceError(f"eot_noise must be a number >= 0, got {eot_noise}")
         suffix = defense.name + ("" if gradient == "exact" else f"-{gradient}") + (f"-eot{eot_noise:g}" if eot_noise else "")
         super().__init__(inner.net, name=f"{inner.name}|{suffix}", input_size=inner.input_size,
                          embedding_dim=inner.embedding_dim, normalization=inner.normalization, source=inner.source,

@@ -223,8 +223,9 @@ def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses
         raw["users"]["count"] = n_users if n_users is not None else 1
     cfg = ExperimentConfig.from_dict(raw)
     if save_config is not None:
+        from ..io.images import atomic_write_bytes
         from ..utils.tomlconfig import to_toml
 
-        save_config.write_text(to_toml(raw), encoding="utf-8")
+        atomic_write_bytes(save_config, to_toml(raw).encode("utf-8"))  # a folder there: one line, not a traceback
         click.echo(f"config written to {save_config}")
     _run(cfg, out or Path("runs") / "evaluate", device, restart, progress, detect)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -531,7 +530,9 @@ class CloakDetector(torch.nn.Module):
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
         """Write the detector (net weights, calibration, config, meta) to a `.safetensors` file, atomically."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save as to_bytes
+
+        from ..io.images import atomic_write_bytes
 
         self._need_calibration()
         path = Path(path)
@@ -542,14 +543,8 @@ class CloakDetector(torch.nn.Module):
         cal = {k: v for k, v in self.calibration.items() if k not in _CAL_TENSORS}
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "puface_version": __version__,
                 "config": self.config.as_dict(), "calibration": cal, "fingerprints": self.fingerprints(), **self.meta}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            save_file(tensors, str(tmp), metadata={"puface": json.dumps(meta)})
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        # a folder or an unwritable place there: a PufaceError naming the file, not a traceback
+        atomic_write_bytes(path, to_bytes(tensors, metadata={"puface": json.dumps(meta)}))
         return path
 
     @staticmethod

@@ -26,6 +26,7 @@ from ..evaluation.detection import detection_markdown
 from ..evaluation.metrics import summarise
 from ..evaluation.report import write_report
 from ..evaluation.tables import render_tables, summarise_rows, write_csv
+from ..io.files import check_output_root
 from ..io.images import atomic_write_bytes, write_image
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
@@ -89,7 +90,11 @@ class ResultsFolder:
         """data: a fingerprint of the data the runs read (`data_fingerprint`): a resume over results of other data
         is refused (folders written before it was recorded are not compared)."""
         self.out, self.cfg, self.fingerprint = out, cfg, fingerprint
-        out.mkdir(parents=True, exist_ok=True)
+        check_output_root(out)  # a file there: one line, not a traceback
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise PufaceError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
         self.state_path, self.runs_path, self.details_path = out / "state.json", out / "runs.jsonl", out / "details.jsonl"
         if self.state_path.is_file() and read_jsonl(self.runs_path) and not restart:
             old = json.loads(self.state_path.read_text())

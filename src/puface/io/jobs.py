@@ -213,14 +213,26 @@ def _read_settings(path: Path) -> dict | None:
         raise PufaceError(f"{path}: unreadable; delete it or choose another output folder") from None
 
 
+#: The settings record of each folder job that writes images, and the command that writes it: an output folder
+#: holds the outputs of one of them (`check_settings`).
+JOB_RECORDS = {"cloak_config.json": "puface cloak", "purify_config.json": "puface purify",
+               "align_config.json": "puface align"}
+
+
 def check_settings(path: Path, record: dict, *, resume: bool, kind: str, keys: Sequence[str] | None = None) -> None:
     """Refuse to resume into an output folder made with other settings: `path` is the folder's settings record
     (`write_settings`), `record` this run's; they must agree on `keys` (default: every key but `RUN_INFO_KEYS`)
     and on the input (both absolute paths, `input_identity`; records that kept the path as typed are not
     compared), else a resume would keep outputs of the other setting or input and the record would lie about
     them. A folder whose `--no-resume` redo with other settings was interrupted (`begin_settings`) is refused
-    too. Nothing is checked without `resume` or without a record (a new folder). `kind` names the job in the
-    message ("cloaking", "purifying", "aligning")."""
+    too. A folder holding another job's record (`JOB_RECORDS`) is refused with or without `resume`: a resume would
+    take that job's outputs of the same names for done, a redo would overwrite them. Nothing else is checked
+    without `resume` or without a record (a new folder). `kind` names the job in the message ("cloaking",
+    "purifying", "aligning")."""
+    for name, command in JOB_RECORDS.items():
+        if name != path.name and (path.parent / name).is_file():
+            raise PufaceError(f"{path.parent} holds the outputs of `{command}` ({name}); choose another output "
+                              f"folder for {kind}")
     if not resume:
         return
     old = _read_settings(path)

@@ -52,7 +52,7 @@ from ..defenses import create_defense
 from ..detection.detector import DEFAULT_CONFIDENCE, DEFAULT_FPR, CloakDetector, DetectorConfig, storage_of_kind
 from ..detection.storage import kinds_for_storage
 from ..detection.net import ResidualNet, ResidualNetConfig
-from ..io.files import list_image_files
+from ..io.files import check_output_root, list_image_files
 from ..purifier.model import Purifier
 from ..utils.device import resolve_device
 from ..utils.errors import ConfigError, PufaceError
@@ -386,7 +386,11 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
     if device:
         resolve_device(device)  # an unknown or unavailable device fails before any work
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_root(out)  # a file there: one line, not a traceback
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PufaceError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
     (out / "config.toml").write_text(to_toml(cfg.as_dict()), encoding="utf-8")
     root = resolve_data_root(cfg.data["root"])
     weights = cfg.data["purifier"]

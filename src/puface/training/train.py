@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.datasets import resolve_data_root
+from ..io.files import check_output_root
 from ..io.jobs import env_int
 from ..purifier.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from ..purifier.model import AtFaceScale, Purifier, template_scale
@@ -318,6 +319,7 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
 
     d = init_distributed(device)
     out = Path(out_dir)
+    check_output_root(out)  # a file there: one line, not a traceback
     say = log or (lambda s: tqdm.write(s, file=sys.stderr))
     if not d.main:
         say = lambda s: None  # noqa: E731
@@ -330,7 +332,10 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
 
     def write_config() -> None:
         if d.main:
-            out.mkdir(parents=True, exist_ok=True)
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise PufaceError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
             (out / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2) + "\n")
 
     if resumed is None:
