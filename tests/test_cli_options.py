@@ -77,10 +77,30 @@ def test_device_auto_passes_the_check_and_a_configs_device_is_checked(tmp_path, 
     (["cloak", "IN", "OUT", "--threads", "0"], "--threads"),
     (["train-detector", "--threads", "0"], "--threads"),
     (["data", "info", "IN", "--top", "-1"], "--top"),
+    (["purify", "IN", "OUT", "--io-workers", "0"], "--io-workers"),
+    (["cloak", "IN", "OUT", "--io-workers", "-1"], "--io-workers"),
+    (["detect", "IN", "--io-workers", "0"], "--io-workers"),
+    (["data", "split", "IN", "--min-train", "-3"], "--min-train"),
+    (["data", "split", "IN", "--min-test", "-1"], "--min-test"),
 ])
 def test_bad_numbers_name_the_option(argv, option, capsys):
     code, _, err = run(argv, capsys)
     assert code == 2 and f"Invalid value for '{option}'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("spec", ["fawkes:mode=custom,th=inf", "fawkes:mode=custom,lr=inf", "fawkes:mode=custom,th=nan"])
+def test_fawkes_budget_and_step_must_be_finite(spec):
+    from puface.attacks import create_attack
+    from puface.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must be a number > 0"):
+        create_attack(spec)
+
+
+def test_evaluate_takes_named_users_or_a_count_not_both(tmp_path, capsys):
+    code, _, err = run(["evaluate", "--data", str(tmp_path), "--user", "A", "--users", "3", "--out", str(tmp_path / "r"),
+                        "--no-progress"], capsys)
+    assert code == 2 and "give one or the other" in err and not (tmp_path / "r").exists()
 
 
 def test_rank_and_world_size_from_the_environment_are_checked(monkeypatch, tmp_path, capsys):

@@ -722,6 +722,16 @@ def test_train_detector_into_a_file_is_a_clear_error(tmp_path):
     assert (tmp_path / "afile").read_text() == "keep me"
 
 
+def test_train_detector_with_data_it_cannot_use_leaves_no_folder(tmp_path, johns_dir):
+    """Data without the purifier's identities is refused before the output folder (and its config.toml) is made."""
+    from puface.training.detector import load_detector_config, train_detector
+
+    with pytest.raises(PufaceError, match="training identities are not here"):
+        train_detector(load_detector_config("default", {}, data_root=johns_dir), tmp_path / "det", device="cpu",
+                       progress=False, log=lambda s: None)
+    assert not (tmp_path / "det").exists()
+
+
 def test_detector_recipe_set_of_an_unknown_key_names_the_set():
     from puface.training.detector import load_detector_config
 

@@ -62,6 +62,7 @@ matters for `steps=0`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
@@ -105,12 +106,12 @@ class FawkesSettings:
     ensemble: str = "sum"  # how several surrogates' feature distances combine: "sum" (v1.0.2) or "min" (the weakest)
 
     def check(self) -> None:
-        if not self.th > 0:
-            raise ConfigError(f"fawkes: th (DSSIM budget) must be > 0, got {self.th}")
+        if not 0 < self.th < math.inf:
+            raise ConfigError(f"fawkes: th (DSSIM budget) must be a number > 0, got {self.th}")
         if self.steps < 0:
             raise ConfigError(f"fawkes: steps must be >= 0, got {self.steps}")
-        if not self.lr > 0:
-            raise ConfigError(f"fawkes: lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ConfigError(f"fawkes: lr must be a number > 0, got {self.lr}")
         if not 0 < self.max_change <= 255:
             raise ConfigError(f"fawkes: max_change must be in (0, 255] grey levels, got {self.max_change}")
         if not 0 <= self.band < 1:

@@ -76,7 +76,7 @@ from .options import check_engine, device_option, engine_options, rank_options, 
               help="Photos, not chips: detect faces, cloak each aligned 150x150 face chip and paste it back (photos without a face are skipped).")
 @click.option("--largest-face", is_flag=True, help="With --align: cloak only the largest face of each photo.")
 @rank_options
-@click.option("--io-workers", type=int, default=2, show_default=True, help="Threads that decode and encode images meanwhile.")
+@click.option("--io-workers", type=click.IntRange(min=1), default=2, show_default=True, help="Threads that decode and encode images meanwhile.")
 @engine_options("attack")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates: tuple[str, ...], th: float | None,

@@ -45,7 +45,7 @@ _detector_purifier_option = click.option(
                    "scored another IN, with another detector or other --align options); rows of files no longer under IN "
                    "are dropped.")
 @click.option("--restart", is_flag=True, help="Discard an earlier run's --out and score everything.")
-@click.option("--io-workers", type=int, default=2, show_default=True, help="Threads that decode images while the models run.")
+@click.option("--io-workers", type=click.IntRange(min=1), default=2, show_default=True, help="Threads that decode images while the models run.")
 @threads_option()
 @rank_options
 @engine_options("detector", "Same CSV rows either way.")

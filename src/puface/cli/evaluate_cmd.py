@@ -194,6 +194,7 @@ def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses
     user's probe photos are cloaked (and defended) at matching time.
     """
     from ..experiments import ExperimentConfig
+    from ..utils.errors import PufaceError
     from ..utils.specs import parse_spec
 
     raw: dict = {
@@ -218,6 +219,8 @@ def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses
     if photos_jpeg is not None:
         raw["data"]["photos_jpeg"] = photos_jpeg
     if users:
+        if n_users is not None:
+            raise PufaceError("--user names the protected users and --users draws them: give one or the other")
         raw["users"]["names"] = list(users)
     else:
         raw["users"]["count"] = n_users if n_users is not None else 1

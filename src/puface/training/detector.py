@@ -53,6 +53,7 @@ from ..detection.detector import DEFAULT_CONFIDENCE, DEFAULT_FPR, CloakDetector,
 from ..detection.storage import kinds_for_storage
 from ..detection.net import ResidualNet, ResidualNetConfig
 from ..io.files import check_output_root, list_image_files
+from ..io.images import atomic_write_bytes
 from ..purifier.model import Purifier
 from ..utils.device import resolve_device
 from ..utils.errors import ConfigError, PufaceError
@@ -150,17 +151,22 @@ def load_detector_config(ref: str | Path, overrides: dict[str, Any] | None = Non
         raise ConfigError(f"{config_where(path, overrides)}: {e}") from None
 
 
-def interleaved_chips(root: str | Path, identities: Sequence[str], key: str) -> list[Path]:
-    """Every image of `identities` (folders under `root`), ordered by the text `key`: each identity's
-    images shuffled, then one image per identity in turn (sorted names). The first N images spread over
-    as many identities as possible, and a smaller N is a prefix of a larger one."""
-    rng = random.Random(key)
+def require_identities(root: str | Path, identities: Sequence[str]) -> None:
+    """A `PufaceError` naming the identities (of the purifier's) that have no folder under `root`."""
     missing = [i for i in sorted(identities) if not (Path(root) / i).is_dir()]
     if missing:
         raise PufaceError(f"{root}: {len(missing)} of the purifier's {len(identities)} training identities are not here "
                           f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); the detector learns from the "
                           "identities its purifier was trained on: pass the purifier's training data as --data, or "
                           "--purifier a purifier trained on this folder")
+
+
+def interleaved_chips(root: str | Path, identities: Sequence[str], key: str) -> list[Path]:
+    """Every image of `identities` (folders under `root`), ordered by the text `key`: each identity's
+    images shuffled, then one image per identity in turn (sorted names). The first N images spread over
+    as many identities as possible, and a smaller N is a prefix of a larger one."""
+    rng = random.Random(key)
+    require_identities(root, identities)
     per_id = []
     for ident in sorted(identities):
         files = list_image_files(Path(root) / ident)
@@ -387,12 +393,7 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
         resolve_device(device)  # an unknown or unavailable device fails before any work
     out = Path(out)
     check_output_root(out)  # a file there: one line, not a traceback
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PufaceError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
-    (out / "config.toml").write_text(to_toml(cfg.as_dict()), encoding="utf-8")
-    root = resolve_data_root(cfg.data["root"])
+    root = resolve_data_root(cfg.data["root"])  # data and purifier checked before the output folder is touched
     weights = cfg.data["purifier"]
     purifier = Purifier.load(weights)
     summary = purifier.meta.get("data_summary") or {}
@@ -406,6 +407,12 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
     if not fit_ids or not cal_ids:
         raise PufaceError(f"no identities left to fit ({len(fit_ids)}) or calibrate ({len(cal_ids)}); "
                           "change data.calibration_fraction")
+    require_identities(root, sorted(set(train_ids) | set(val_ids)))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PufaceError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
+    atomic_write_bytes(out / "config.toml", to_toml(cfg.as_dict()).encode("utf-8"))
     dc = cfg.detector
     net_cfg = ResidualNetConfig.from_dict(cfg.net) if "net" in dc["components"] else None
     base = DetectorConfig(embedders=tuple(dc["embedders"]), components=tuple(c for c in dc["components"] if c != "net"),
@@ -458,8 +465,8 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
         "train_config": cfg.as_dict(), "metrics": metrics, "history": history,
     }
     det.save(out / "detector.safetensors")
-    (out / "metrics.json").write_text(json.dumps({"metrics": metrics, "history": history,
-                                                  "wall_s": round(time.perf_counter() - t_start, 1)}, indent=2), encoding="utf-8")
+    atomic_write_bytes(out / "metrics.json", json.dumps({"metrics": metrics, "history": history,
+                                                         "wall_s": round(time.perf_counter() - t_start, 1)}, indent=2).encode("utf-8"))
     log(f"detector written to {out / 'detector.safetensors'} (threshold {det.calibration['threshold']:.4f} at "
         f"{float(dc['fpr']):.1%} FPR on {len(cal)} natural calibration samples)")
     return det

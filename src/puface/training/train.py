@@ -27,6 +27,7 @@ from torch import nn
 
 from ..data.datasets import resolve_data_root
 from ..io.files import check_output_root
+from ..io.images import atomic_write_bytes
 from ..io.jobs import env_int
 from ..purifier.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from ..purifier.model import AtFaceScale, Purifier, template_scale
@@ -336,7 +337,7 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
                 out.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise PufaceError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
-            (out / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2) + "\n")
+            atomic_write_bytes(out / "config.json", (json.dumps(cfg.as_dict(), indent=2) + "\n").encode("utf-8"))
 
     if resumed is None:
         if d.main:
