@@ -185,3 +185,46 @@ def test_another_archive_is_unpacked_again_and_other_min_images_go_beside(server
     assert main(base) == 0
     assert main([*base, "--min-images", "6"]) == 0, capsys.readouterr().err
     assert (out / "lfw-photos-min6").is_dir() and list((out / "lfw-chips150-min6").rglob("*.jpg"))
+
+
+class _ChunkedHandler(BaseHTTPRequestHandler):
+    """Serves `server.data` with chunked transfer encoding (no Content-Length) and closes the connection half-way
+    through the first response; a `Range: bytes=N-` request gets the rest as a 206."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        data, rng = self.server.data, self.headers.get("Range")
+        self.server.requests.append(rng)
+        start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+        self.send_response(206 if rng else 200)
+        if rng:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        body = data[start:] if rng else data[: len(data) // 2]
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(body), body))
+        if rng:
+            self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+        self.close_connection = True
+
+
+def test_a_chunked_download_cut_off_is_resumable_not_a_traceback(tmp_path):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _ChunkedHandler)
+    srv.data, srv.requests = bytes(range(256)) * 400, []
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/c.tgz"
+    md5 = hashlib.md5(srv.data).hexdigest()
+    try:
+        with pytest.raises(PufaceError, match="interrupted .* run the same command again to resume"):
+            download(url, tmp_path / "c.tgz", md5=md5, progress=False)
+        assert (tmp_path / ".c.tgz.part").stat().st_size == len(srv.data) // 2
+        got = download(url, tmp_path / "c.tgz", md5=md5, progress=False, log=lambda m: None)
+        assert got.read_bytes() == srv.data and srv.requests[-1] == f"bytes={len(srv.data) // 2}-"
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -14,6 +14,7 @@ LFW (`LFW_URL`, `LFW_MD5`): the official deep-funneled archive (111 MB, 13,233 p
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import sys
@@ -119,7 +120,9 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, md5: str 
                     while True:
                         try:
                             block = resp.read(CHUNK)
-                        except (OSError, urllib.error.URLError, ValueError) as e:
+                        except (OSError, urllib.error.URLError, ValueError, http.client.HTTPException) as e:
+                            if isinstance(e, http.client.IncompleteRead) and e.partial:  # chunked: what came is sound
+                                f.write(e.partial)
                             raise PufaceError(f"download of {url} interrupted after {f.tell() / 1e6:.1f} MB ({e}); "
                                               "run the same command again to resume") from None
                         if not block:
