@@ -228,3 +228,35 @@ def test_a_chunked_download_cut_off_is_resumable_not_a_traceback(tmp_path):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+class _WholeFileAs206(BaseHTTPRequestHandler):
+    """Answers a Range request with 206 but sends the whole file (Content-Range from byte 0), as some servers do."""
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        data = self.server.data
+        self.send_response(206 if self.headers.get("Range") else 200)
+        self.send_header("Content-Range", f"bytes 0-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_a_206_from_byte_0_is_not_appended_to_the_partial_file(tmp_path):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _WholeFileAs206)
+    srv.data = bytes(range(256)) * 40
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/w.tgz"
+    try:
+        (tmp_path / ".w.tgz.part").write_bytes(srv.data[:1000])  # an earlier download, cut off
+        got = download(url, tmp_path / "w.tgz", progress=False, log=lambda m: None)  # no checksum to catch it
+        assert got.read_bytes() == srv.data
+        (tmp_path / ".x.tgz.part").write_bytes(srv.data[:1000])
+        got = download(url, tmp_path / "x.tgz", md5=hashlib.md5(srv.data).hexdigest(), progress=False, log=lambda m: None)
+        assert got.read_bytes() == srv.data
+    finally:
+        srv.shutdown()
+        srv.server_close()

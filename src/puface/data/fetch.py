@@ -70,6 +70,15 @@ def _check(path: Path, sha256: str | None, md5: str | None) -> None:
                 raise PufaceError(f"{path.name}: {algo} checksum mismatch (expected {want}, got {got})")
 
 
+def _range_start(content_range: str | None) -> int | None:
+    """The first byte a 206 answer holds (`Content-Range: bytes START-END/TOTAL`), None when not stated."""
+    try:
+        unit, _, spec = (content_range or "").strip().partition(" ")
+        return int(spec.split("-", 1)[0]) if unit.lower() == "bytes" else None
+    except ValueError:
+        return None
+
+
 def download(url: str, dest: str | Path, *, sha256: str | None = None, md5: str | None = None,
              timeout: float = 60.0, progress: bool = True, log: Callable[[str], None] | None = None) -> Path:
     """Download `url` to `dest`, resuming a partial download, verified against `sha256` / `md5`.
@@ -106,6 +115,12 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, md5: str 
     if resp is not None:
         with resp:
             resumed = resp.status == 206
+            start = _range_start(resp.headers.get("Content-Range"))
+            if resumed and start is not None and start != have:
+                if start != 0:
+                    raise PufaceError(f"cannot resume {url}: asked for the bytes from {have}, the server sent them "
+                                      f"from {start}; delete {part} to download it again from the start")
+                resumed = False  # the whole file, as a 206: write it from the start
             if have and not resumed:
                 say(f"{url}: the server does not resume downloads; starting again")
                 have = 0
