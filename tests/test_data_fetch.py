@@ -260,3 +260,15 @@ def test_a_206_from_byte_0_is_not_appended_to_the_partial_file(tmp_path):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (writes to it fail: no space left)")
+def test_a_full_disk_is_a_clear_error_not_a_traceback(server, tmp_path, capsys):
+    srv, base = server
+    srv.files["/lfw-deepfunneled.tgz"] = bytes(range(256)) * 100
+    (tmp_path / ".lfw-deepfunneled.tgz.part").symlink_to("/dev/full")  # every write: ENOSPC, as on a full disk
+    with pytest.raises(PufaceError, match="cannot write .*lfw-deepfunneled.tgz.part .*run the same command again"):
+        download(f"{base}/lfw-deepfunneled.tgz", tmp_path / "lfw-deepfunneled.tgz", progress=False)
+    code = main(["data", "fetch", "lfw", "--url", f"{base}/lfw-deepfunneled.tgz", "--out", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot write" in err and "Traceback" not in err and "Offline?" not in err

@@ -150,7 +150,7 @@ def _fetch_lfw(ctx: click.Context, url: str | None, tarball: Path | None, md5: s
             archive = download(src, out / LFW_ARCHIVE, md5=md5, sha256=sha256, progress=progress,
                                log=lambda m: click.echo(m, err=True))
         except PufaceError as e:
-            if "checksum" in str(e) or "interrupted" in str(e):
+            if any(w in str(e) for w in ("checksum", "interrupted", "cannot write", "cannot resume")):  # offline help: no
                 raise
             raise PufaceError(f"{e}. {offline_help(url=src)}") from None
     click.echo(f"unpacking {archive}", err=True)

@@ -147,6 +147,9 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, md5: str 
                     f.flush()
                     os.fsync(f.fileno())
                     got = f.tell()
+            except OSError as e:  # a full disk, a folder that cannot be written
+                raise PufaceError(f"cannot write {part} ({e.strerror or e}); make room and run the same "
+                                  "command again to resume") from None
             finally:
                 bar.close()
             if total is not None and got < total:
