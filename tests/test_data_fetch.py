@@ -272,3 +272,55 @@ def test_a_full_disk_is_a_clear_error_not_a_traceback(server, tmp_path, capsys):
     code = main(["data", "fetch", "lfw", "--url", f"{base}/lfw-deepfunneled.tgz", "--out", str(tmp_path), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "cannot write" in err and "Traceback" not in err and "Offline?" not in err
+
+
+class _SlowHandler(BaseHTTPRequestHandler):
+    """Serves `server.data` in 10 pieces, 50 ms apart (so two downloads overlap)."""
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        import time
+
+        data = self.server.data
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        step = len(data) // 10
+        for i in range(0, len(data), step):
+            self.wfile.write(data[i : i + step])
+            self.wfile.flush()
+            time.sleep(0.05)
+
+
+def test_two_downloads_of_one_file_at_once_take_turns(tmp_path):
+    import time
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
+    srv.data = bytes(range(256)) * 4000
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/s.tgz"
+    results: list = []
+
+    def fetch(md5):
+        try:
+            results.append(download(url, tmp_path / "s.tgz", md5=md5, progress=False, log=lambda m: None))
+        except Exception as e:  # noqa: BLE001 - the test reports it
+            results.append(e)
+
+    try:
+        for md5 in (hashlib.md5(srv.data).hexdigest(), None):
+            (tmp_path / "s.tgz").unlink(missing_ok=True)
+            results.clear()
+            threads = [threading.Thread(target=fetch, args=(md5,)) for _ in range(2)]
+            threads[0].start()
+            time.sleep(0.2)  # the second starts while the first is half-way
+            threads[1].start()
+            for t in threads:
+                t.join(30)
+            assert results == [tmp_path / "s.tgz"] * 2, results
+            assert (tmp_path / "s.tgz").read_bytes() == srv.data and not (tmp_path / ".s.tgz.part").exists()
+    finally:
+        srv.shutdown()
+        srv.server_close()

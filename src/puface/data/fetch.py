@@ -13,6 +13,7 @@ LFW (`LFW_URL`, `LFW_MD5`): the official deep-funneled archive (111 MB, 13,233 p
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -87,10 +88,39 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, md5: str 
     `PufaceError` when the server cannot be reached (the message says what to do offline is up to the
     caller: see `offline_help`) or the checksum does not match (the partial file is deleted).
     """
-    from tqdm import tqdm
-
     dest = Path(dest)
     say = log or (lambda m: print(m, file=sys.stderr))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(dest.parent, lambda: say(f"another download into {dest.parent} is under way; waiting for it")):
+        return _download(url, dest, sha256, md5, timeout, progress, say)
+
+
+@contextlib.contextmanager
+def _exclusive(folder: Path, on_wait: Callable[[], None]):
+    """Hold an exclusive lock on `folder` while the block runs: two downloads into one folder (two processes or
+    threads, e.g. two `puface data fetch lfw`) take turns instead of writing into one partial file, and the
+    second then finds the file complete. No lock file is left behind."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _download(url: str, dest: Path, sha256: str | None, md5: str | None, timeout: float, progress: bool,
+              say: Callable[[str], None]) -> Path:
+    from tqdm import tqdm
+
     if dest.is_file():
         try:
             _check(dest, sha256, md5)
@@ -98,7 +128,6 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, md5: str 
         except PufaceError:
             say(f"{dest}: checksum does not match; downloading it again")
             dest.unlink()
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(f".{dest.name}.part")
     have = part.stat().st_size if part.is_file() else 0
     req = urllib.request.Request(url, headers={"User-Agent": "puface", **({"Range": f"bytes={have}-"} if have else {})})
