@@ -324,3 +324,23 @@ def test_two_downloads_of_one_file_at_once_take_turns(tmp_path):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_a_tgz_with_corrupt_compressed_data_is_a_clear_error(tmp_path):
+    import gzip
+
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w") as tf:
+        for i in range(3):
+            ti = tarfile.TarInfo(f"top/p{i}/a.jpg")
+            ti.size = 20000
+            tf.addfile(ti, io.BytesIO((bytes(range(256)) * 79)[: ti.size]))
+    t = plain.getvalue()
+    # two gzip members (a valid .tgz may have several); the second's first deflate block has the reserved type 3
+    second = bytearray(gzip.compress(t[30000:], mtime=0))
+    second[10] |= 0b110
+    bad = tmp_path / "bad.tgz"
+    bad.write_bytes(gzip.compress(t[:30000], mtime=0) + bytes(second))
+    with pytest.raises(PufaceError, match="cannot unpack .*damaged"):
+        extract_tar(bad, tmp_path / "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tgz"]

@@ -22,6 +22,7 @@ import sys
 import tarfile
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -220,7 +221,7 @@ def extract_tar(archive: str | Path, dest: str | Path, *, log: Callable[[str], N
                     if m.issym() or m.islnk() or Path(m.name).is_absolute() or ".." in Path(m.name).parts:
                         raise PufaceError(f"{archive}: unsafe member {m.name!r}") from None
                 tf.extractall(tmp)
-    except (tarfile.TarError, OSError, EOFError) as e:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:  # zlib.error: corrupt deflate data in a .tgz
         shutil.rmtree(tmp, ignore_errors=True)
         raise PufaceError(f"{archive}: cannot unpack ({e}); the archive is damaged: delete it and fetch it again") from None
     except BaseException:
