@@ -344,3 +344,37 @@ def test_a_tgz_with_corrupt_compressed_data_is_a_clear_error(tmp_path):
     with pytest.raises(PufaceError, match="cannot unpack .*damaged"):
         extract_tar(bad, tmp_path / "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tgz"]
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGXFSZ"), reason="needs RLIMIT_FSIZE (POSIX)")
+def test_unpacking_onto_a_full_disk_does_not_call_the_archive_damaged(tmp_path):
+    import subprocess
+    import sys
+
+    good = tmp_path / "good.tar"
+    with tarfile.open(good, "w") as tf:
+        ti = tarfile.TarInfo("top/p/a.jpg")
+        ti.size = 200_000
+        tf.addfile(ti, io.BytesIO(bytes(ti.size)))
+    # a child process whose files cannot grow past 100 kB: writing the member fails as on a full disk (EFBIG)
+    code = (
+        "import resource, signal, sys\n"
+        "from puface.data.fetch import extract_tar\n"
+        "from puface.utils.errors import PufaceError\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+        "try:\n"
+        "    extract_tar(sys.argv[1], sys.argv[2])\n"
+        "except PufaceError as e:\n"
+        "    print(e)\n"
+    )
+    import os
+
+    import puface
+
+    env = {**os.environ, "PYTHONPATH": str(Path(puface.__file__).parents[1])}  # this checkout's puface
+    r = subprocess.run([sys.executable, "-c", code, str(good), str(tmp_path / "x")], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert "cannot unpack into" in r.stdout and "make room" in r.stdout, r.stdout + r.stderr
+    assert "damaged" not in r.stdout and "delete it" not in r.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.tar"]
