@@ -141,3 +141,26 @@ def test_fetch_lfw_without_dlib_says_so_before_any_download(tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert "puface[align]" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "d").exists()
+
+
+def test_split_of_an_identity_folder_whose_name_is_not_utf8(johns_dir, tmp_path, capsys):
+    import os
+
+    root = tmp_path / "root"
+    chips = sorted(johns_dir.glob("*/*.jpg"))[:8]
+    try:  # e.g. a Latin-1 name from an old zip; macOS refuses such names
+        os.makedirs(os.path.join(os.fsencode(root), b"Ren\xe9"))
+    except OSError:
+        pytest.skip("this file system takes only UTF-8 names")
+    (root / "Anna").mkdir()
+    for i, f in enumerate(chips):
+        shutil.copy(f, (root / (os.fsdecode(b"Ren\xe9") if i % 2 else "Anna")) / f"{i}.jpg")
+    dest = tmp_path / "split.csv"
+    code, out, err = run(["data", "split", str(root), "-o", str(dest)], capsys)
+    assert code == 0 and "2 identities: 6 training and 2 test images" in out, err
+    rows = dest.read_bytes().splitlines()
+    assert len(rows) == 9 and sum(b"/Ren\xe9/" in r for r in rows) == 4
+    # a UTF-8 name's seed is what it always was
+    from puface.utils.seeding import stable_seed
+
+    assert stable_seed("split", 0, "Anna") == 10495944068040909451

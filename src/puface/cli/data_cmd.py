@@ -217,5 +217,5 @@ def split(root: Path, train_fraction: float, min_train: int, min_test: int, max_
         for part, items in (("train", sp.train), ("test", sp.test)):
             for im in items:
                 w.writerow([im.identity, str(im.path), part])
-        atomic_write_bytes(output, buf.getvalue().encode())
+        atomic_write_bytes(output, buf.getvalue().encode("utf-8", "surrogateescape"))  # a path as its bytes
         click.echo(f"written: {output}")
