@@ -190,3 +190,23 @@ def test_shard_specs_and_refusals(chips, tmp_path):
     with pytest.raises(PufaceError, match="inside the input folder"):
         (src / "x.jpg").unlink()
         plan_shards(src, src / "out")
+
+
+def test_a_tar_made_on_macos_keeps_its_records_whole(chips, tmp_path):
+    """macOS's tar puts an AppleDouble `._NAME` member before each file with extended attributes; they are junk,
+    not records, and must not split a record (its label would be lost from the image's record)."""
+    src = tmp_path / "mac.tar"
+    with tarfile.open(src, "w") as tf:
+        for key, label, data, _ in chips[:2]:
+            for ext, payload in (("jpg", data), ("cls", label.encode())):
+                for name, body in ((f"shard/._{key}.{ext}", b"\x00\x05\x16\x07AppleDouble"), (f"shard/{key}.{ext}", payload)):
+                    ti = tarfile.TarInfo(name)
+                    ti.size = len(body)
+                    tf.addfile(ti, io.BytesIO(body))
+        ti = tarfile.TarInfo("__MACOSX/shard/._x.jpg")
+        ti.size = 4
+        tf.addfile(ti, io.BytesIO(b"junk"))
+    recs = list(read_records(src))
+    assert [(r.key, sorted(r.fields), r.image_field) for r in recs] == [
+        (f"shard/{key}", ["cls", "jpg"], "jpg") for key, _, _, _ in chips[:2]]
+    assert [r.fields["cls"] for r in recs] == [label.encode() for _, label, _, _ in chips[:2]]

@@ -8,6 +8,7 @@ the same records, keys, order and other fields; only the image changes.
 
 - Reading and writing go through `webdataset` (tar grouping, `TarWriter`) and `pyarrow.parquet`; the
   `shards` extra installs them (`pip install puface[shards]`).
+- Hidden tar members (`._000.jpg`: macOS's AppleDouble files) and `__MACOSX/` are not records: left out.
 - A record whose image cannot be decoded (or processed) is reported (`shard:key`) and left out of
   the output; the others are written.
 - Each output shard is written under a temporary hidden name and renamed when complete, so an existing
@@ -22,7 +23,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -205,12 +206,20 @@ def image_field_of(fields: dict, wanted: str | None = None) -> str | None:
     return None
 
 
+def _wds_member(name: str) -> bool:
+    """False for OS junk in a tar: hidden members (a component with a leading dot, e.g. macOS's AppleDouble
+    `._000.jpg` that `tar` adds beside each file with extended attributes) and anything under `__MACOSX/`.
+    Read as records, they split each real record in two (WebDataset groups consecutive members by key)."""
+    parts = PurePosixPath(name).parts
+    return not any((q.startswith(".") and q not in (".", "..")) or q == "__MACOSX" for q in parts)
+
+
 def _read_wds(path: Path, image_field: str | None) -> Iterator[Record]:
     _need("webdataset")
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
     with open(path, "rb") as f:
-        files = ({**s, "__url__": str(path)} for s in tar_file_iterator(f, skip_meta=None))
+        files = ({**s, "__url__": str(path)} for s in tar_file_iterator(f, skip_meta=None) if _wds_member(s["fname"]))
         for i, sample in enumerate(group_by_keys(files, lcase=False)):
             key = sample["__key__"]
             fields = {k: v for k, v in sample.items() if not k.startswith("__")}
