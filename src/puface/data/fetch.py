@@ -4,7 +4,8 @@
 resumes from the bytes already there (`Range: bytes=N-`; a server that ignores ranges restarts it), the
 whole file is checked against its sha256 or md5, and only then renamed to `dest`. A mismatch deletes the
 partial file and says so. `extract_tar` unpacks an archive into a temporary folder and renames it into
-place (members that would land outside the folder, links included, are refused by tarfile's "data" filter).
+place; tarfile's "data" filter keeps every member inside the folder (an absolute name loses its leading "/", a
+member or link that would land outside is refused).
 
 LFW (`LFW_URL`, `LFW_MD5`): the official deep-funneled archive (111 MB, 13,233 photos of 5,749 people);
 `select_identities` picks the people with enough photos. `puface data fetch lfw` (cli) chains these with
