@@ -220,3 +220,34 @@ def test_min_ensemble_pushes_the_weakest_view(faces):
     assert min(s_min) > 0 and not torch.equal(out["sum"], out["min"])
     # measured: sum (raw 0.0244, blurred 0.00016), min (0.0116, 0.0065): the weakest view 40x further
     assert min(s_min) > 10 * min(s_sum), (s_sum, s_min)
+
+
+@pytest.mark.parametrize("one, other", [
+    # noise first, so that the JPEG meets an image off the clean one's 8-bit grid and its gradient is not 0
+    ("noise:sigma=0.02+jpeg:quality=75", "noise:sigma=0.02+jpeg:quality=75,subsampling=4:4:4"),
+    ("noise:sigma=0.05", "noise:sigma=0.05,seed=1"),
+    ("noise:sigma=0.02+unmask", "noise:sigma=0.02+unmask:tau=0.5,min_photos=4"),
+])
+def test_cloaks_through_defenses_that_differ_in_one_setting_are_not_shared(faces, tmp_path, one, other):
+    """An adaptive attack's cloak cache key holds its surrogates' names, which name the defense they go through:
+    JPEG 4:2:0 and 4:4:4 (noise of seed 0 and 1, unmask of any settings) had one name, so the second attack was served the first's
+    cloaks. Each now gets its own, the ones it makes itself."""
+    from puface.attacks.cache import CloakCache
+    from puface.io.images import write_image
+    from puface.utils.images import tensor_to_image
+
+    paths = []
+    for i, im in enumerate(faces):
+        paths.append(tmp_path / f"{i}.png")
+        write_image(paths[-1], tensor_to_image(im))
+
+    def attack(through_spec):
+        return create_attack("fawkes", mode="custom", th=0.05, steps=3, lr=30.0, device="cpu", batch_size=4,
+                             embedders=through_defense([tiny_embedder()], through_spec, gradient="bpda"))
+
+    cache = CloakCache(tmp_path / "cloaks")
+    first, _, _ = cache.cloak(attack(one), paths, progress=False)
+    second, _, _ = cache.cloak(attack(other), paths, progress=False)
+    own, _, _ = CloakCache(tmp_path / "fresh").cloak(attack(other), paths, progress=False)
+    assert not torch.equal(own, first)  # the setting changes the cloaks ...
+    torch.testing.assert_close(second, own, atol=0, rtol=0)  # ... so the cache must not hand the first ones back

@@ -207,3 +207,35 @@ def test_unsupported_operator_names_op_and_file(tmp_path):
     with pytest.raises(UnsupportedOperatorError, match=r"gs\.onnx.*GridSample"):
         load_embedder(str(path), normalization=ARCFACE)
     assert issubclass(UnsupportedOperatorError, PufaceError)
+
+
+def test_evaluation_embeddings_follow_the_sidecars_normalisation_and_size(tmp_path):
+    """The evaluation caches a victim's embeddings by its name and weights: a model whose sidecar was corrected
+    (normalisation, input size) kept being served the embeddings the wrong settings gave. They are recomputed."""
+    from evaluation_helpers import write_colour_faces
+    from puface.defenses import create_defense
+    from puface.evaluation.cache import ContentCache
+    from puface.evaluation.data import EvaluationData
+    from puface.evaluation.protocol import AttackSpec, Protocol, TrainerSpec
+
+    data = EvaluationData.prepare(write_colour_faces(tmp_path / "faces", per_identity=4), seed=0, image_size=32)
+    path = tmp_path / "tiny.pt"
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(72, 16)).eval()
+    torch.jit.script(net).save(str(path))  # any input size
+    cache = ContentCache(":memory:")
+
+    def embeddings(sidecar: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the protocol's embeddings of the training images, the model's own) with this sidecar."""
+        path.with_suffix(".json").write_text(json.dumps(sidecar))
+        emb = load_embedder(str(path))
+        proto = Protocol(data, [data.train.labels[0]], [AttackSpec("clean", None)], {"tiny": emb}, [TrainerSpec("nn", "nn")],
+                         {"none": create_defense("none")}, cache=cache, cloak_cache=None, progress=False)
+        return proto.embed("tiny", data.train.images, data.train.hashes), emb.embed(data.train.images.float() / 255)
+
+    first, own = embeddings({"input_size": [24, 20], "scale": 1, "mean": 0, "std": 1})
+    torch.testing.assert_close(first, own)
+    for sidecar in ({"input_size": [24, 20], **ARCFACE}, {"input_size": [26, 20], "scale": 1, "mean": 0, "std": 1}):
+        got, own = embeddings(sidecar)
+        assert not torch.allclose(own, first, atol=1e-3)
+        torch.testing.assert_close(got, own)

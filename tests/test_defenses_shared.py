@@ -69,7 +69,7 @@ def test_removes_a_universal_mask_and_leaves_natural_groups_alone(person):
 
 def test_composes_before_the_purifier_and_checks_its_settings():
     c = create_defense("unmask:k=17+jpeg:quality=90")
-    assert c.groupwise and c.name == "unmask+jpeg-q90" and not create_defense("jpeg:quality=90").groupwise
+    assert c.groupwise and c.name == "unmask-k17+jpeg-q90" and create_defense("unmask+jpeg").name == "unmask+jpeg-q75" and not create_defense("jpeg:quality=90").groupwise
     assert create_defense("unmask:k=17").cache_key != create_defense("unmask").cache_key
     for spec, msg in [("unmask:k=4", "odd"), ("unmask:tau=0", "tau"), ("unmask:min_photos=1", "min_photos"),
                       ("unmask:test_photos=3", "test_photos")]:

@@ -656,3 +656,44 @@ def test_restart_sets_aside_everything_the_discarded_runs_wrote(tmp_path):
     assert all(q["n"] == 14 for q in results["image_quality"])  # 2 users x 7 training images
     assert gone not in (out / "report.html").read_text()
     assert len(list(out.glob("details.*.discarded.jsonl"))) == 1 and len(list(out.glob("runs.*.discarded.jsonl"))) == 1
+
+
+def test_resuming_with_other_face_models_behind_the_same_names_is_refused(tmp_path, monkeypatch):
+    """A run folder resumed only when the config text, the victims' and purifiers' weights and the data were the
+    same. An attack's surrogate file that no victim is (replaced by other weights), and a victim's sidecar (its
+    normalisation corrected), were not compared: the resume went on and its table mixed runs of two models. Both
+    are refused now; unchanged models resume."""
+    import torch
+    from torch import nn
+
+    register_standins()
+    monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
+    root = write_colour_faces(tmp_path / "data", per_identity=6)
+
+    def save_model(path: Path, seed: int, scale: float = 1.0) -> None:
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 8)).eval()
+        torch.jit.script(net).save(str(path))
+        path.with_suffix(".json").write_text(json.dumps({"input_size": [32, 32], "scale": scale, "mean": 0, "std": 1}))
+
+    victim, surrogate = tmp_path / "victim.pt", tmp_path / "surrogate.pt"
+    save_model(victim, 0)
+    save_model(surrogate, 1)
+    text = (EXPERIMENT_COLOURS_TOML.replace("{root}", str(root))
+            .replace('name = "bitdepth"\nbits = 4', 'name = "bitdepth"\nbits = 4\n\n[[attacks]]\nname = "fawkes"\nmode = "custom"\n'
+                     f'steps = 1\nembedders = ["{surrogate}"]')
+            .replace('[victims]\nembedders = ["', f'[victims]\nembedders = ["{victim}", "'))
+    out = tmp_path / "out"
+    cfg = parse(text, tmp_path)
+    assert [a.name for a in cfg.attacks][-1] == "fawkes" and str(victim) in cfg.victims
+    run_experiment(cfg, out, progress=False, echo=lambda s: None)
+    said: list[str] = []
+    run_experiment(parse(text, tmp_path), out, progress=False, echo=said.append)
+    assert any(s.startswith("resuming:") for s in said)
+    save_model(surrogate, 2)  # other weights under the surrogate's name
+    with pytest.raises(PufaceError, match="other face models"):
+        run_experiment(parse(text, tmp_path), out, progress=False, echo=lambda s: None)
+    save_model(surrogate, 1)
+    save_model(victim, 0, scale=255.0)  # the victim's sidecar corrected
+    with pytest.raises(PufaceError, match="other face models"):
+        run_experiment(parse(text, tmp_path), out, progress=False, echo=lambda s: None)

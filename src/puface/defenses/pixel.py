@@ -72,8 +72,11 @@ class JPEG(Defense):
 
     @property
     def name(self) -> str:
-        scale = self.params.get("scale", 1.0)
-        return f"jpeg-q{self.params['quality']}" + (f"-x{scale:g}" if scale != 1.0 else "")
+        # every setting that changes the output is in the name (an adaptive attack's surrogate is named after the
+        # defense it goes through, and that name is part of its cloak cache key); the defaults add nothing
+        scale, sub = self.params.get("scale", 1.0), self.params["subsampling"]
+        return (f"jpeg-q{self.params['quality']}" + (f"-x{scale:g}" if scale != 1.0 else "")
+                + (f"-{sub.replace(':', '')}" if sub != "4:2:0" else ""))
 
     def _apply(self, images: torch.Tensor) -> torch.Tensor:
         out = []
@@ -185,7 +188,8 @@ class GaussianNoise(Defense):
 
     @property
     def name(self) -> str:
-        return f"noise-s{self.params['sigma']:g}"
+        seed = self.params["seed"]  # in the name as the JPEG's subsampling is; seed 0 adds nothing
+        return f"noise-s{self.params['sigma']:g}" + (f"-seed{seed}" if seed != 0 else "")
 
     def _apply(self, images: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(images, device="cpu")

@@ -101,6 +101,14 @@ class SharedPatternRemoval(Defense):
         super().__init__(tau=float(tau), k=int(k), min_photos=int(min_photos), test_photos=int(test_photos))
         self.last_score: float | None = None  # T of the last group (None: too few distinct photos)
 
+    #: the defaults; the name lists the settings that differ (an adaptive attack's cloak cache key holds it)
+    _DEFAULTS = {"tau": 2.0, "k": 9, "min_photos": 4, "test_photos": 8}
+    _SHORT = {"tau": "t", "k": "k", "min_photos": "min", "test_photos": "test"}
+
+    @property
+    def name(self) -> str:
+        return "-".join(["unmask"] + [f"{self._SHORT[k]}{v:g}" for k, v in self.params.items() if v != self._DEFAULTS[k]])
+
     def shared_pattern(self, images: torch.Tensor, chunk: int = 256) -> torch.Tensor | None:
         """The (1, 3, H, W) float pattern that would be subtracted from these photos of one person (float in [0, 1]
         or uint8, (N, 3, H, W)), or None when they share none (T <= tau) or are fewer than `min_photos`. The mean

@@ -67,11 +67,8 @@ def detection_scores(proto: Protocol, detector: CloakDetector) -> dict[str, dict
     users = set(proto.users)
     nat_rows = torch.as_tensor(np.flatnonzero([lab not in users for lab in train.labels]), dtype=torch.long)
     defense = _purifier_defense(proto, detector)
-    namespaces = {}
-    for name in detector.config.embedders:
-        e = detector.embedder(name)
-        namespaces[name] = next((proto._fingerprints[v] for v, m in proto.victims.items()
-                                 if m.name == e.name and m.fingerprint() == e.fingerprint()), f"{e.name}:{e.fingerprint()}")
+    # the same key as a victim that is the same model: its embeddings are shared
+    namespaces = {name: detector.embedder(name).embedding_key() for name in detector.config.embedders}
     natural = _scores(proto, detector, defense, namespaces, _published(proto, train.images[nat_rows]))
     split = "probe" if proto.cloaked_split is proto.data.test else "training"  # query time: the probes are cloaked
     out: dict[str, dict[str, Any]] = {}

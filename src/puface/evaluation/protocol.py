@@ -197,7 +197,7 @@ class Protocol:
         self.timings: dict[str, float] = {"load_s": 0.0, "cloak_s": 0.0, "defend_s": 0.0, "embed_s": 0.0, "train_s": 0.0}
         self.examples: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
         self.quality: dict[tuple[str, str, str], dict[str, list[float]]] = {}
-        self._fingerprints = {v: f"{emb.name}:{emb.fingerprint()}" for v, emb in self.victims.items()}
+        self._fingerprints = {v: emb.embedding_key() for v, emb in self.victims.items()}
         self._check()
 
     # ------------------------------------------------------------------ checks and bookkeeping
@@ -247,9 +247,9 @@ class Protocol:
     def embed_with(self, emb_model: FaceEmbedder, images: torch.Tensor, hashes: Sequence[str], *,
                    namespace: str | None = None) -> torch.Tensor:
         """(N, D) embeddings of uint8 images by any face model, via the content cache (shared with the
-        victims' embeddings when the model is one of them: the key is its name and weights)."""
+        victims' embeddings when the model is one of them: the key is `FaceEmbedder.embedding_key`)."""
         t0 = time.perf_counter()
-        ns = namespace or f"{emb_model.name}:{emb_model.fingerprint()}"
+        ns = namespace or emb_model.embedding_key()
         found = self.cache.get("embeddings", ns, hashes) if self.cache is not None else {}
         missing = [i for i, h in enumerate(hashes) if h not in found]
         if missing:

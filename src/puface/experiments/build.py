@@ -151,6 +151,19 @@ def cached_grid_cloaks(cfg: ExperimentConfig, root: str | Path, seed: int, victi
     return data, users, groups
 
 
+def models_fingerprint(attacks: list[AttackSpec], victims: dict[str, FaceEmbedder]) -> str:
+    """Hash of what the models of a grid compute beyond `results_fingerprint`'s weights: every attack's surrogates
+    (their weights, input size and normalisation, as the attack's config records them: a model file an attack names
+    but no victim is, replaced by other weights, made other cloaks) and each victim's `embedding_key` (a sidecar's
+    input size or normalisation changed). Recorded beside the results fingerprint; a resume compares it."""
+    blob = {f"victim:{k}": v.embedding_key() for k, v in victims.items()}
+    for a in attacks:
+        config = getattr(a.attack, "config", None)
+        if isinstance(config, dict) and "surrogates" in config:
+            blob[f"attack:{a.label}"] = config["surrogates"]
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def results_fingerprint(cfg: ExperimentConfig, victims: dict[str, FaceEmbedder], defenses: dict[str, Defense]) -> str:
     """Hash of the config (`ExperimentConfig.fingerprint`) and of every weight file it names: victim
     models, purifier defenses and the defenses an adaptive attack goes through. A run folder resumes only

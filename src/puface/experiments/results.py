@@ -1,6 +1,6 @@
 """An experiment's output folder: what is written as results arrive, and the tables written at the end.
 
-    OUT/state.json            the results fingerprint (config + weights); a different one refuses to resume
+    OUT/state.json            the results fingerprint (config + weights), the data and models fingerprints; a different one refuses to resume
     OUT/config.toml           the config as it ran (stands alone: extends resolved, overrides applied)
     OUT/config.resolved.json  every setting after defaults
     OUT/runs.jsonl            one row per finished run, appended at once (resume reads it)
@@ -86,9 +86,11 @@ class ResultsFolder:
     around the runs, so the append-only files are closed whatever happens."""
 
     def __init__(self, out: Path, cfg: ExperimentConfig, fingerprint: str, *, restart: bool = False,
-                 data: str | None = None):
+                 data: str | None = None, models: str | None = None):
         """data: a fingerprint of the data the runs read (`data_fingerprint`): a resume over results of other data
-        is refused (folders written before it was recorded are not compared)."""
+        is refused (folders written before it was recorded are not compared). models: likewise for what the models
+        compute beyond their weights in `fingerprint` (`build.models_fingerprint`: attack surrogates, victims' input
+        size and normalisation)."""
         self.out, self.cfg, self.fingerprint = out, cfg, fingerprint
         check_output_root(out)  # a file there: one line, not a traceback
         try:
@@ -106,6 +108,10 @@ class ResultsFolder:
                 raise PufaceError(
                     f"{out} holds results of other data (images added, removed or changed under the data folder since "
                     "they were run); use another --out folder or --restart to discard them")
+            if models and old.get("models") and old["models"] != models:
+                raise PufaceError(
+                    f"{out} holds results of other face models (an attack's surrogate weights, or a model's input size or "
+                    "normalisation, changed since they were run); use another --out folder or --restart to discard them")
         if restart:
             # everything the discarded runs wrote is set aside, not only their rows: their image quality and examples
             # (details.jsonl) and sessions would be summed into the new tables, and their tables left standing
@@ -115,7 +121,8 @@ class ResultsFolder:
                 if p.exists():
                     p.replace(out / f"{p.stem}.{stamp}.discarded{p.suffix}")
         write_text_atomic(self.state_path, json.dumps({"fingerprint": fingerprint, "config": cfg.source and str(cfg.source),
-                                                       **({"data": data} if data else {})}, indent=2))
+                                                       **({"data": data} if data else {}),
+                                                       **({"models": models} if models else {})}, indent=2))
         write_text_atomic(out / "config.toml", config_text(cfg))
         write_text_atomic(out / "config.resolved.json", json.dumps(cfg.resolved(), indent=2, default=str))
         self.done = {r["run_id"] for r in read_jsonl(self.runs_path)}

@@ -22,6 +22,7 @@ from .build import (
     build_victims,
     draw_users,
     excluded_identities,
+    models_fingerprint,
     results_fingerprint,
 )
 from .config import ExperimentConfig, load_config
@@ -72,14 +73,13 @@ def run_experiment(
     allow = bool(cfg.users.get("allow_purifier_identities"))
     # every spec and the first draw of users are checked before the output folder is touched (a typo must not
     # cost a --restart its earlier results)
-    for a in cfg.attacks:
-        build_attack(a, cfg.seeds[0], device, cfg.run["cloak_batch_size"], victims)
+    checked = [build_attack(a, cfg.seeds[0], device, cfg.run["cloak_batch_size"], victims) for a in cfg.attacks]
     t_load = time.perf_counter()
     first_draw = draw_users(cfg, root, cfg.seeds[0], exclude=() if allow else exclude, progress=progress)
     first_load_s = time.perf_counter() - t_load
     proto_cls, extra = _protocol(cfg, root, echo)  # published photos need dlib: checked before the folder is touched
     folder = ResultsFolder(out, cfg, results_fingerprint(cfg, victims, defenses), restart=restart,
-                           data=data_fingerprint(root))
+                           data=data_fingerprint(root), models=models_fingerprint(checked, victims))
     if folder.done:
         echo(f"resuming: {len(folder.done)} finished run(s) found in {folder.runs_path}")
     echo(f"data: {root}")

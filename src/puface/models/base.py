@@ -146,6 +146,19 @@ class FaceEmbedder(nn.Module):
         of cache keys that tells two models of one name apart."""
         return module_fingerprint(self)
 
+    def embedding_key(self) -> str:
+        """What its embeddings of an image depend on, as "<name>:<weights fingerprint>:<settings hash>": the
+        weights (`fingerprint`), and the input size and normalisation, which are no weights (a user's model takes
+        them from its sidecar or options, so one file gives other embeddings when they change). The evaluation's
+        content cache keys embeddings by it."""
+        import hashlib
+        import json
+
+        n = self.normalization  # as floats: 255 and 255.0 are one setting
+        settings = json.dumps({"input_size": list(self.input_size), "scale": float(n.scale), "mean": [float(v) for v in n.mean],
+                               "std": [float(v) for v in n.std], "order": n.order}, sort_keys=True)
+        return f"{self.name}:{self.fingerprint()}:{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
+
     def describe(self) -> dict:
         return {
             "name": self.name,
