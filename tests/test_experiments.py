@@ -656,3 +656,22 @@ def test_restart_sets_aside_everything_the_discarded_runs_wrote(tmp_path):
     assert all(q["n"] == 14 for q in results["image_quality"])  # 2 users x 7 training images
     assert gone not in (out / "report.html").read_text()
     assert len(list(out.glob("details.*.discarded.jsonl"))) == 1 and len(list(out.glob("runs.*.discarded.jsonl"))) == 1
+
+
+def test_image_quality_counts_identical_images_apart_from_the_psnr_mean(colour_experiment):
+    """The clean images with no defense are the natural ones: their PSNR is infinite, recorded at the 99 dB cap, and
+    table.md showed "99.00 ± 0.00" (and averaged the cap with real values where some images were identical)."""
+    from puface.evaluation.tables import quality_table
+
+    _, out, res = colour_experiment
+    md = (out / "table.md").read_text()
+    assert "| clean | none | identical (∞) | 1.0000 ± 0.0000 | 14 |" in md and "99.00" not in md
+    assert "counted apart (identical), not averaged" in md
+    quality = {(q["attack"], q["defense"]): q for q in json.loads((out / "results.json").read_text())["image_quality"]}
+    assert quality["clean", "none"]["psnr_identical"] == quality["clean", "none"]["n"] == 14
+    assert quality["clean", "none"]["psnr_mean"] is None  # no image differs: no mean
+    assert quality["checker", "none"]["psnr_identical"] == 0 and quality["checker", "none"]["psnr_mean"] < 99.0
+    # some identical: the mean and deviation of the others, the identical ones named
+    _, rows = quality_table([{"attack": "a", "defense": "d", "psnr_mean": 30.0, "psnr_std": 2.0, "ssim_mean": 0.9,
+                              "ssim_std": 0.01, "n": 5, "psnr_identical": 2}])
+    assert rows[0][2] == "30.00 ± 2.00 (2 identical left out)"

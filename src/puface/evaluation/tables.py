@@ -137,11 +137,16 @@ def defense_tables(summary: list[dict], *, attacks: Sequence[str] = (), victims:
 
 
 def quality_table(quality: list[dict], *, attacks: Sequence[str] = (), defenses: Sequence[str] = ()) -> tuple[list[str], list[list[str]]]:
+    """PSNR and SSIM per (attack, defense); the PSNR of the images that differ from their natural image (images
+    identical to it, `psnr_identical` of `n`, have an infinite PSNR: counted in the cell, not averaged)."""
     header = ["attack", "defense", "PSNR vs natural (dB)", "SSIM vs natural", "images"]
     rows = []
     order = {(a, d): i for i, (a, d) in enumerate((a, d) for a in attacks for d in defenses)}
     for q in sorted(quality, key=lambda q: order.get((q["attack"], q["defense"]), 1 << 30)):
-        p = Summary(q["psnr_mean"], q["psnr_std"], q["n"]).format(percent=False, digits=2)
+        same = int(q.get("psnr_identical", 0))  # identical to the natural image: PSNR infinite, not averaged
+        p = Summary(q["psnr_mean"], q["psnr_std"], q["n"] - same).format(percent=False, digits=2)
+        if same:
+            p = "identical (∞)" if same == q["n"] else f"{p} ({same} identical left out)"
         s = Summary(q["ssim_mean"], q["ssim_std"], q["n"]).format(percent=False, digits=4)
         rows.append([q["attack"], q["defense"], p, s, str(q["n"])])
     return header, rows
@@ -188,7 +193,11 @@ def render_tables(cfg: Any, summary: list[dict], quality: list[dict], *, wall_s:
     if quality:
         h, r = quality_table(quality, attacks=order["attacks"], defenses=order["defenses"])
         which = "probe" if getattr(cfg, "protocol", "training") == "query" else "training"
-        parts += [f"### Image quality of the {which} images of protected users (vs. their natural images)", "", _md_table(h, r), ""]
+        parts += [f"### Image quality of the {which} images of protected users (vs. their natural images)", ""]
+        if any(q.get("psnr_identical") for q in quality):
+            parts += ["PSNR: mean ± standard deviation over the images that differ from their natural image; an image "
+                      "identical to it has an infinite PSNR and is counted apart (identical), not averaged.", ""]
+        parts += [_md_table(h, r), ""]
     if wall_s is not None:
         resumed = f", over {sessions} sessions (resumed)" if sessions > 1 else ""
         parts += [f"Wall time: {wall_s:.0f} s ({wall_s / 60:.1f} min){resumed}.", ""]

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..evaluation.detection import detection_markdown
-from ..evaluation.metrics import summarise
+from ..evaluation.metrics import PSNR_CAP, summarise
 from ..evaluation.report import write_report
 from ..evaluation.tables import render_tables, summarise_rows, write_csv
 from ..io.files import check_output_root
@@ -165,7 +165,9 @@ class ResultsFolder:
         return [r for r in read_jsonl(self.details_path) if r.get("config_fingerprint") == self.fingerprint]
 
     def quality_summary(self) -> list[dict]:
-        """PSNR and SSIM of the protected users' training images, per (attack, defense)."""
+        """PSNR and SSIM of the protected users' training images, per (attack, defense). Images identical to the
+        natural ones (PSNR infinite, recorded at the PSNR_CAP) are counted in `psnr_identical` and left out of the
+        PSNR mean and standard deviation (NaN when every image is identical); `n` counts every image."""
         quality: dict[str, dict[str, list[float]]] = {}
         details = self._details_of_config()
         for r in {(r["seed"], r["attack"], r["defense"], r["user"]): r for r in details if r["type"] == "quality"}.values():
@@ -175,8 +177,9 @@ class ResultsFolder:
         out = []
         for key, q in sorted(quality.items()):
             a, d = key.split("|", 1)
-            p, s = summarise(q["psnr"]), summarise(q["ssim"])
-            out.append({"attack": a, "defense": d, "psnr_mean": p.mean, "psnr_std": p.std, "ssim_mean": s.mean, "ssim_std": s.std, "n": p.n})
+            p, s = summarise(v for v in q["psnr"] if v < PSNR_CAP), summarise(q["ssim"])
+            out.append({"attack": a, "defense": d, "psnr_mean": p.mean, "psnr_std": p.std, "ssim_mean": s.mean, "ssim_std": s.std,
+                        "n": s.n, "psnr_identical": sum(v >= PSNR_CAP for v in q["psnr"])})
         return out
 
     def examples(self) -> dict[str, dict[str, list[str]]]:
