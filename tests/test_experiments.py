@@ -675,3 +675,16 @@ def test_image_quality_counts_identical_images_apart_from_the_psnr_mean(colour_e
     _, rows = quality_table([{"attack": "a", "defense": "d", "psnr_mean": 30.0, "psnr_std": 2.0, "ssim_mean": 0.9,
                               "ssim_std": 0.01, "n": 5, "psnr_identical": 2}])
     assert rows[0][2] == "30.00 ± 2.00 (2 identical left out)"
+
+
+def test_labels_whose_pipes_would_give_two_cells_one_run_id_are_refused():
+    """Run ids join (seed, attack, victim, trainer, defense, user) with `|` and resume skips the ids found in
+    runs.jsonl: attack "x|a" with victim "b", trainer "t" and attack "x" with victim "a", trainer "b|t" are one id,
+    so the second cell was never run (taken as done). Such a grid is refused; a `|` that makes no clash is kept."""
+    raw = {"attacks": [{"name": "none", "label": "x"}, {"name": "none", "label": "x|a"}], "victims": {"embedders": ["a", "b"]},
+           "trainers": [{"name": "nn", "label": "t"}, {"name": "nn", "label": "b|t"}], "defenses": ["none"]}
+    with pytest.raises(ConfigError, match="two cells would share one id"):
+        ExperimentConfig.from_dict(raw)
+    raw["trainers"][1]["label"] = "t|b"
+    cfg = ExperimentConfig.from_dict(raw)
+    assert [t.label for t in cfg.trainers] == ["t", "t|b"] and len(cfg.grid()) == 8

@@ -3,6 +3,7 @@ Chromium) with its tables, charts and image grids."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -126,3 +127,57 @@ def test_report_gives_the_description_once(tmp_path):
     assert page.count("Fawkes &amp; LowKey on &lt;five&gt; users.") == 1
     # a table without it still gets it from the report
     assert render_report(tmp_path, {"name": "d", "description": cfg.description}, "").count("Fawkes &amp;") == 1
+
+
+def test_free_text_labels_with_pipes_underscores_and_dollars_are_shown_as_written(tmp_path, monkeypatch):
+    """Labels come from configs as free text. A `|` split the Markdown / HTML table cells (and the image-quality rows,
+    keyed "attack|defense", were cut at it); matplotlib dropped a legend label starting with `_` and read `$...$` as
+    math text."""
+    from matplotlib import cbook
+
+    from puface.evaluation import report as report_mod
+    from puface.evaluation import summaries
+    from puface.evaluation.detection import detection_markdown
+
+    drawn = []  # the text of each chart as matplotlib draws it, caught on its way to PNG
+    real = report_mod.figure_data_uri
+
+    def keep_text(fig):
+        texts = [t for ax in fig.axes for t in (*ax.get_xticklabels(), ax.title,
+                                                  *(ax.get_legend().get_texts() if ax.get_legend() else ()))]
+        drawn.append([t.get_text() for t in texts if t.get_text()])
+        return real(fig)
+
+    monkeypatch.setattr(report_mod, "figure_data_uri", keep_text)
+    register_standins()
+    root = write_colour_faces(tmp_path / "data")
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace('label = "checker"', 'label = "_check|er $1$"')
+    (tmp_path / "c.toml").write_text(text.replace('name = "blur"', 'name = "blur"\nlabel = "blur|$s$"'))
+    res = run_experiment(load_config(tmp_path / "c.toml"), tmp_path / "out", progress=False, echo=lambda s: None)
+
+    def cells(line: str) -> list[str]:
+        return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+
+    md = (tmp_path / "out" / "table.md").read_text()
+    for block in re.findall(r"(?:^\|.*\n)+", md, flags=re.M):  # every table: each row as many cells as its header
+        rows = [cells(line) for line in block.splitlines()]
+        assert len({len(r) for r in rows}) == 1, block
+    assert "| _check\\|er $1$ | test-colour-texture | white-box | nn |" in md
+    assert "| blur\\|$s$ |" in md and "ASR _check\\|er $1$" in md
+    quality = {(q["attack"], q["defense"]) for q in json.loads((tmp_path / "out" / "results.json").read_text())["image_quality"]}
+    assert ("_check|er $1$", "blur|$s$") in quality and ("clean", "blur|$s$") in quality
+    page = res.report.read_text()
+    assert "<td>_check|er $1$</td>" in page and "<td>blur|$s$</td>" in page
+    det = json.loads((tmp_path / "out" / "results.json").read_text())["detection"]
+    assert len(cells(detection_markdown(det).splitlines()[-1])) == 7
+    # the charts: the attack in each legend (two bar charts and the ROC chart), the defense on the axis, as written
+    assert len(drawn) == 3
+    for texts in drawn:
+        assert not any(cbook.is_math_text(t) for t in texts if "check" in t or "blur" in t)  # (log ticks are math)
+        assert any(t.replace("\\$", "$").startswith("_check|er $1$") for t in texts)
+    assert any(t.replace("\\$", "$") == "blur|$s$" for t in drawn[0])
+    # the `puface report` tables read the same labels back from summary.csv
+    rows = summaries.load_summary(tmp_path / "out")
+    head = summaries.headline_markdown(summaries.headline(rows, puface="blur|$s$")).splitlines()
+    assert len({len(cells(line)) for line in head if line.startswith("|")}) == 1
+    assert "| blur\\|$s$ | 0.0 |" in summaries.defenses_table(tmp_path / "out")

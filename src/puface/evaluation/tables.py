@@ -61,9 +61,15 @@ def _fmt(s: dict | None, key: str) -> str:
     return Summary(s[f"{key}_mean"], s[f"{key}_std"], s["n"]).format()
 
 
+def md_cell(text: Any) -> str:
+    """Text for a Markdown table cell: a `|` (in a free-text label from a config) escaped as `\\|`, so it does not
+    split the cell (`report.markdown_to_html` reads it back)."""
+    return str(text).replace("|", "\\|")
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines = ["| " + " | ".join(map(md_cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(map(md_cell, r)) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -204,4 +210,4 @@ def render_tables(cfg: Any, summary: list[dict], quality: list[dict], *, wall_s:
     return "\n".join(parts)
 
 
-__all__ = ["summarise_rows", "write_csv", "render_tables", "paper_table", "defense_tables", "quality_table"]
+__all__ = ["summarise_rows", "write_csv", "render_tables", "paper_table", "defense_tables", "quality_table", "md_cell"]

@@ -168,15 +168,14 @@ class ResultsFolder:
         """PSNR and SSIM of the protected users' training images, per (attack, defense). Images identical to the
         natural ones (PSNR infinite, recorded at the PSNR_CAP) are counted in `psnr_identical` and left out of the
         PSNR mean and standard deviation (NaN when every image is identical); `n` counts every image."""
-        quality: dict[str, dict[str, list[float]]] = {}
+        quality: dict[tuple[str, str], dict[str, list[float]]] = {}
         details = self._details_of_config()
         for r in {(r["seed"], r["attack"], r["defense"], r["user"]): r for r in details if r["type"] == "quality"}.values():
-            agg = quality.setdefault(f"{r['attack']}|{r['defense']}", {"psnr": [], "ssim": []})
+            agg = quality.setdefault((r["attack"], r["defense"]), {"psnr": [], "ssim": []})
             agg["psnr"].extend(r["psnr"])
             agg["ssim"].extend(r["ssim"])
         out = []
-        for key, q in sorted(quality.items()):
-            a, d = key.split("|", 1)
+        for (a, d), q in sorted(quality.items()):
             p, s = summarise(v for v in q["psnr"] if v < PSNR_CAP), summarise(q["ssim"])
             out.append({"attack": a, "defense": d, "psnr_mean": p.mean, "psnr_std": p.std, "ssim_mean": s.mean, "ssim_std": s.std,
                         "n": s.n, "psnr_identical": sum(v >= PSNR_CAP for v in q["psnr"])})
