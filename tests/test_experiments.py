@@ -688,3 +688,27 @@ def test_labels_whose_pipes_would_give_two_cells_one_run_id_are_refused():
     raw["trainers"][1]["label"] = "t|b"
     cfg = ExperimentConfig.from_dict(raw)
     assert [t.label for t in cfg.trainers] == ["t", "t|b"] and len(cfg.grid()) == 8
+
+
+def test_example_images_of_labels_that_differ_only_by_colon_or_slash_are_two_files(tmp_path):
+    """Example files were named by the kind with ":" -> "-" and "/" -> "_": defenses labelled "jpeg:75" and "jpeg-75"
+    (or "a/b" and "a_b") wrote one file, the second defense's images standing for both in the report."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from puface.experiments.results import ResultsFolder
+
+    cfg = ExperimentConfig.from_dict({"attacks": ["none"], "trainers": ["nn"],
+                                      "defenses": [{"name": "jpeg", "label": "jpeg:75"}, {"name": "jpeg", "label": "jpeg-75"},
+                                                   {"name": "blur", "label": "a/b"}, {"name": "blur", "label": "a_b"}]})
+    kinds = ["defense:jpeg:75", "defense:jpeg-75", "defense:a/b", "defense:a_b", "cloaked"]
+    with ResultsFolder(tmp_path / "out", cfg, "fp") as folder:
+        for value, kind in enumerate(kinds):
+            folder.add_example(0, "Ann", "fawkes", kind, torch.full((1, 3, 8, 8), 10 * value, dtype=torch.uint8))
+    paths = {kind: folder.examples()["0/Ann/fawkes"][kind][0] for kind in kinds}
+    assert len(set(paths.values())) == len(kinds)
+    for value, kind in enumerate(kinds):  # each file holds its own kind's images
+        assert (np.asarray(Image.open(tmp_path / "out" / paths[kind])) == 10 * value).all()
+    # a label without ":" or "/" keeps the name it had
+    assert paths["defense:jpeg-75"].endswith("/defense-jpeg-75_0.png") and paths["cloaked"].endswith("/cloaked_0.png")

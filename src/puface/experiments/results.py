@@ -33,7 +33,7 @@ from ..utils.errors import PufaceError
 from ..utils.images import tensor_to_image
 from .config import ExperimentConfig, config_text
 
-__all__ = ["ResultsFolder", "read_jsonl", "write_text_atomic", "json_safe"]
+__all__ = ["ResultsFolder", "read_jsonl", "write_text_atomic", "json_safe", "example_name"]
 
 #: the files written at the end of a run (`ResultsFolder.write_tables`)
 END_FILES = ("results.csv", "summary.csv", "table.md", "results.json", "report.html", "detection.csv")
@@ -65,6 +65,19 @@ def json_safe(o: Any) -> Any:
     if isinstance(o, (list, tuple)):
         return [json_safe(v) for v in o]
     return o
+
+
+def example_name(kind: str) -> str:
+    """The file name stem of an example image of `kind` ("natural", "cloaked", "defense:<label>"): ":" and "/" of the
+    label become "-" and "_", and a label that held one also gets a hash of the kind, so that labels differing only
+    there ("a:b", "a-b") write different files; other labels keep their name ("defense-jpeg-q75")."""
+    import hashlib
+
+    prefix, label = ("defense-", kind[len("defense:"):]) if kind.startswith("defense:") else ("", kind)
+    safe = prefix + label.replace(":", "-").replace("/", "_")
+    if ":" in label or "/" in label:
+        safe += "-" + hashlib.sha256(kind.encode("utf-8")).hexdigest()[:8]
+    return safe
 
 
 def data_fingerprint(root: str | Path) -> str:
@@ -143,8 +156,9 @@ class ResultsFolder:
         self._append(self._details, {"type": "quality", "seed": seed, "attack": attack, "defense": defense, "user": user, **q})
 
     def add_example(self, seed: int, user: str, attack: str, kind: str, images: torch.Tensor) -> None:
-        """Save example images (uint8 (k, 3, H, W)) as examples/<seed>/<user>/<attack>/<kind>_<i>.png."""
-        safe = kind.replace(":", "-").replace("/", "_")
+        """Save example images (uint8 (k, 3, H, W)) as examples/<seed>/<user>/<attack>/<kind>_<i>.png (see
+        `example_name`)."""
+        safe = example_name(kind)
         paths = []
         for i, im in enumerate(images):
             rel = Path("examples") / str(seed) / user / attack / f"{safe}_{i}.png"
