@@ -181,3 +181,28 @@ def test_free_text_labels_with_pipes_underscores_and_dollars_are_shown_as_writte
     head = summaries.headline_markdown(summaries.headline(rows, puface="blur|$s$")).splitlines()
     assert len({len(cells(line)) for line in head if line.startswith("|")}) == 1
     assert "| blur\\|$s$ | 0.0 |" in summaries.defenses_table(tmp_path / "out")
+
+
+def test_detection_table_gives_its_units_and_the_roc_legend_names_the_target_line(monkeypatch):
+    """TPR / FPR were printed in % under bare "TPR" / "FPR" headers, and the ROC chart's dashed line (the calibration's
+    false-positive target) had no legend entry."""
+    from puface.evaluation import report as report_mod
+    from puface.evaluation.detection import detection_markdown
+
+    det = {"rows": [{"attack": "fawkes", "n_natural": 20, "n_cloaked": 10, "auc": 0.9, "tpr": 0.8, "fpr": 0.05,
+                     "tpr_at_1pct": 0.5, "threshold": 0.3, "seeds": 1}],
+           "roc": {"fawkes": {"fpr": [0.0, 0.05, 1.0], "tpr": [0.0, 0.8, 1.0]}}, "threshold": 0.3,
+           "cloaked_split": "training", "fpr_target": 0.02, "confidence": None}
+    md = detection_markdown(det).splitlines()
+    assert md[-3] == "| attack | natural | cloaked | AUC | TPR (%) | FPR (%) | TPR @1% FPR (%) |"
+    assert md[-1] == "| fawkes | 20 | 10 | 0.9000 | 80.0 | 5.00 | 50.0 |"
+    legends = []
+    real = report_mod.figure_data_uri
+
+    def keep_legend(fig):
+        legends.append([t.get_text() for t in fig.axes[0].get_legend().get_texts()])
+        return real(fig)
+
+    monkeypatch.setattr(report_mod, "figure_data_uri", keep_legend)
+    assert report_mod.roc_chart(det).startswith("data:image/png;base64,")
+    assert legends == [["fawkes (AUC 0.900)", "calibration target: 2.0% FPR"]]

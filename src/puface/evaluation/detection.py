@@ -134,8 +134,8 @@ def detection_markdown(det: dict[str, Any]) -> str:
              f"photos of identities the evaluation never protects{held}). Natural = training photos of the identities that are "
              f"not protected users; cloaked = the protected users' cloaked {det.get('cloaked_split', 'training')} photos. "
              "TPR and FPR at the calibrated "
-             "threshold; TPR @1% = at the threshold giving 1% false positives on these natural photos.", "",
-             "| attack | natural | cloaked | AUC | TPR | FPR | TPR @1% |", "|---|---|---|---|---|---|---|"]
+             "threshold; TPR @1% FPR = at the threshold giving 1% false positives on these natural photos.", "",
+             "| attack | natural | cloaked | AUC | TPR (%) | FPR (%) | TPR @1% FPR (%) |", "|---|---|---|---|---|---|---|"]
     for r in det["rows"]:
         lines.append(f"| {md_cell(r['attack'])} | {r['n_natural']} | {r['n_cloaked']} | {r['auc']:.4f} | {100 * r['tpr']:.1f} | "
                      f"{100 * r['fpr']:.2f} | {100 * r['tpr_at_1pct']:.1f} |")
