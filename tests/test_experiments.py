@@ -712,3 +712,25 @@ def test_example_images_of_labels_that_differ_only_by_colon_or_slash_are_two_fil
         assert (np.asarray(Image.open(tmp_path / "out" / paths[kind])) == 10 * value).all()
     # a label without ":" or "/" keeps the name it had
     assert paths["defense:jpeg-75"].endswith("/defense-jpeg-75_0.png") and paths["cloaked"].endswith("/cloaked_0.png")
+
+
+def test_the_cli_and_table_md_say_which_wall_time_each_gives(tmp_path, monkeypatch, capsys):
+    """The CLI printed "wall time: N s" (this command, writing tables and report included) right after table.md's
+    "Wall time: M s" (the grid's runs, summed over every session of the folder): two numbers, neither saying which."""
+    import re
+
+    from puface.cli import main
+
+    register_standins()
+    monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(EXPERIMENT_COLOURS_TOML.replace("{root}", str(write_colour_faces(tmp_path / "data"))))
+    args = ["reproduce", str(cfg), "--out", str(tmp_path / "r"), "--no-progress", "--no-detect"]
+    assert main(args) == 0 and main(args) == 0  # the second resumes: a session with no runs
+    out = capsys.readouterr().out.splitlines()
+    table = next(line for line in reversed(out) if line.startswith("Wall time:"))
+    assert re.fullmatch(r"Wall time: \d+ s \(\d+\.\d min\) running the grid \(loading, cloaking, defending, training, "
+                        r"detection; writing these tables and the report not counted\), summed over 2 sessions \(resumed\)\.",
+                        table)
+    assert table in (tmp_path / "r" / "table.md").read_text()
+    assert re.fullmatch(r"wall time: \d+ s \(\d+\.\d min\) for this command, writing the tables and report included", out[-1])

@@ -244,7 +244,7 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
     timings = ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in results.get("timings_s", {}).items())
     meta = [
         f"data: {html.escape(str(results.get('data_root', '')))}",
-        f"runs: {results.get('n_runs', 0)}; wall time {results.get('wall_s', 0):.0f} s ({timings})",
+        f"runs: {results.get('n_runs', 0)}; wall time running the grid {results.get('wall_s', 0):.0f} s ({timings})",
         "protected users: " + "; ".join(f"seed {s}: {html.escape(', '.join(u))}" for s, u in results.get("users", {}).items()),
         f"environment: Python {env.get('python', '?')}, torch {env.get('torch', '?')}, {env.get('device', '?')}, "
         f"{env.get('threads', '?')} threads; finished {results.get('finished', '')}",

@@ -205,8 +205,9 @@ def render_tables(cfg: Any, summary: list[dict], quality: list[dict], *, wall_s:
                       "identical to it has an infinite PSNR and is counted apart (identical), not averaged.", ""]
         parts += [_md_table(h, r), ""]
     if wall_s is not None:
-        resumed = f", over {sessions} sessions (resumed)" if sessions > 1 else ""
-        parts += [f"Wall time: {wall_s:.0f} s ({wall_s / 60:.1f} min){resumed}.", ""]
+        resumed = f", summed over {sessions} sessions (resumed)" if sessions > 1 else ""
+        parts += [f"Wall time: {wall_s:.0f} s ({wall_s / 60:.1f} min) running the grid (loading, cloaking, defending, "
+                  f"training, detection; writing these tables and the report not counted){resumed}.", ""]
     return "\n".join(parts)
 
 
