@@ -149,15 +149,17 @@ def headline(rows: list[dict], puface: str = "puface", where: str = "summary") -
     baselines = sorted(set(labels) - NOT_BASELINES - {puface})
     white = [c for k, c in cells.items() if k[3] == "white-box"]
 
-    def mean_asr(d: str, cs) -> float:
-        vals = [c[d]["asr_mean"] for c in cs if d in c]
+    def mean_of(d: str, cs, m: str = "asr") -> float:  # cells without a number (NaN: no test photo) left out
+        vals = [c[d][f"{m}_mean"] for c in cs if d in c and c[d][f"{m}_mean"] == c[d][f"{m}_mean"]]
         return sum(vals) / len(vals) if vals else float("nan")
 
-    best = min(baselines, key=lambda d: mean_asr(d, white)) if baselines else None
+    # NaN compares false with everything: min() kept a baseline without a number when it came first
+    best = min(baselines, key=lambda d: (mean_of(d, white) != mean_of(d, white), mean_of(d, white))) if baselines else None
     table = []
     for key in sorted(cells, key=lambda k: (k[3] != "white-box", k[0], k[1], k[2])):
         c = cells[key]
-        row_best = min((d for d in baselines if d in c), key=lambda d: (c[d]["asr_mean"], -c[d]["normal_acc_mean"]), default=None)
+        row_best = min((d for d in baselines if d in c and c[d]["asr_mean"] == c[d]["asr_mean"]),
+                       key=lambda d: (c[d]["asr_mean"], -c[d]["normal_acc_mean"]), default=None)
         table.append({"attack": key[0], "victim": key[1], "trainer": key[2], "setting": key[3],
                       **{f"{name}_{m}": c[d][f"{m}_mean"] if d in c else None
                          for name, d in (("none", "none"), ("puface", puface), ("best", best))
@@ -167,11 +169,11 @@ def headline(rows: list[dict], puface: str = "puface", where: str = "summary") -
     for setting in ("white-box", "oblivious"):
         sub = [c for k, c in cells.items() if k[3] == setting]
         if sub:
-            means[setting] = {d: {"asr": mean_asr(d, sub),
-                                  "normal_acc": sum(c[d]["normal_acc_mean"] for c in sub if d in c) / sum(d in c for c in sub)}
+            means[setting] = {d: {"asr": mean_of(d, sub), "normal_acc": mean_of(d, sub, "normal_acc")}
                               for d in ("none", puface, best) if d and any(d in c for c in sub)}
     return {"puface": puface, "best_baseline": best, "rows": table, "means": means,
-            "max_white_box_asr_puface": max((c[puface]["asr_mean"] for c in white if puface in c), default=None)}
+            "max_white_box_asr_puface": max((c[puface]["asr_mean"] for c in white if puface in c
+                                             and c[puface]["asr_mean"] == c[puface]["asr_mean"]), default=None)}
 
 
 def _pct(v) -> str:
@@ -311,10 +313,13 @@ def compare_table(folder: Path, other: Path) -> str:
     def rows(f: Path) -> dict[tuple, tuple[float, float]]:
         return {(r["attack"], r["victim"], r["trainer"], r["defense"]): (asr, acc) for r, asr, acc in _cells_pct(f)}
 
+    def same(x: tuple[float, float], y: tuple[float, float]) -> bool:  # no number in both (NaN) is the same
+        return all(u == v or (u != u and v != v) for u, v in zip(x, y))
+
     a, b = rows(folder), rows(other)
     if set(a) != set(b):
         raise PufaceError(f"not the same grid: {len(set(a) ^ set(b))} rows are in only one of the two summary.csv files")
-    changed = [k for k in a if a[k] != b[k]]
+    changed = [k for k in a if not same(a[k], b[k])]
     out = [f"{len(a) - len(changed)} of {len(a)} rows identical (ASR and normal accuracy)"]
     if changed:
         out += ["", "| attack | victim | trainer | defense | ASR | normal acc. |", "|---|---|---|---|---|---|"]
