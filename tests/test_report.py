@@ -206,3 +206,21 @@ def test_detection_table_gives_its_units_and_the_roc_legend_names_the_target_lin
     monkeypatch.setattr(report_mod, "figure_data_uri", keep_legend)
     assert report_mod.roc_chart(det).startswith("data:image/png;base64,")
     assert legends == [["fawkes (AUC 0.900)", "calibration target: 2.0% FPR"]]
+
+
+def test_a_cell_without_an_asr_is_marked_in_the_bar_chart_not_drawn_as_zero(monkeypatch):
+    """A NaN mean (the users of the cell had no test photo) was drawn as a bar of no height: the same picture as 0%."""
+    from puface.evaluation import report as report_mod
+
+    texts = []
+    real = report_mod.figure_data_uri
+
+    def keep_texts(fig):
+        texts.append([[(t.get_text(), round(t.get_position()[0], 3)) for t in ax.texts] for ax in fig.axes])
+        return real(fig)
+
+    monkeypatch.setattr(report_mod, "figure_data_uri", keep_texts)
+    summary = [{"attack": "fawkes", "victim": "v", "trainer": "nn", "defense": d, "asr_mean": asr, "asr_std": 0.0,
+                "normal_acc_mean": 0.9, "normal_acc_std": 0.0} for d, asr in (("none", 0.0), ("blur", float("nan")))]
+    assert len(report_mod.bar_charts(summary, {"defenses": [{"label": "none"}, {"label": "blur"}]})) == 1
+    assert texts == [[[("n/a", 1.0)], []]]  # over blur's ASR bar only; the 0% of "none" stays a bar

@@ -132,7 +132,11 @@ def bar_charts(summary: list[dict], config: dict) -> list[tuple[str, str]]:
                     vals = [_num(idx[a, d][f"{key}_mean"]) * 100 if (a, d) in idx else np.nan for d in defenses]
                     errs = [_num(idx[a, d][f"{key}_std"]) * 100 if (a, d) in idx else 0.0 for d in defenses]
                     errs = [0.0 if math.isnan(e) else e for e in errs]
-                    bars = ax.bar(x + (j - (len(attacks) - 1) / 2) * width, vals, width, yerr=errs, capsize=2)
+                    at = x + (j - (len(attacks) - 1) / 2) * width
+                    bars = ax.bar(at, vals, width, yerr=errs, capsize=2)
+                    for xi, val in zip(at, vals):  # no number (no test photo, or not run): not an empty bar, as 0% is
+                        if math.isnan(val):
+                            ax.text(xi, 1, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="#555")
                     if ax is axes[0]:  # the legend's
                         handles.append(bars)
             axes[0].set_ylabel("ASR (%)")
@@ -263,7 +267,7 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
     if charts:
         parts.append("<h2>ASR and normal accuracy per defense and attack</h2>")
         parts.append("<p>Bars: the mean over protected users and seeds (in %, as in the tables); error bars: one sample "
-                     "standard deviation over them (none for a single user).</p>")
+                     "standard deviation over them (none for a single user); n/a: no number (no test photo of the users, or not run).</p>")
         parts += [f'<img class="chart" src="{uri}" alt="bar chart: {html.escape(t)}">' for t, uri in charts]
     roc = roc_chart(results.get("detection") or {})
     if roc:
