@@ -697,3 +697,81 @@ def test_resuming_with_other_face_models_behind_the_same_names_is_refused(tmp_pa
     save_model(victim, 0, scale=255.0)  # the victim's sidecar corrected
     with pytest.raises(PufaceError, match="other face models"):
         run_experiment(parse(text, tmp_path), out, progress=False, echo=lambda s: None)
+
+
+def test_image_quality_counts_identical_images_apart_from_the_psnr_mean(colour_experiment):
+    """The clean images with no defense are the natural ones: their PSNR is infinite, recorded at the 99 dB cap, and
+    table.md showed "99.00 ± 0.00" (and averaged the cap with real values where some images were identical)."""
+    from puface.evaluation.tables import quality_table
+
+    _, out, res = colour_experiment
+    md = (out / "table.md").read_text()
+    assert "| clean | none | identical (∞) | 1.0000 ± 0.0000 | 14 |" in md and "99.00" not in md
+    assert "counted apart (identical), not averaged" in md
+    quality = {(q["attack"], q["defense"]): q for q in json.loads((out / "results.json").read_text())["image_quality"]}
+    assert quality["clean", "none"]["psnr_identical"] == quality["clean", "none"]["n"] == 14
+    assert quality["clean", "none"]["psnr_mean"] is None  # no image differs: no mean
+    assert quality["checker", "none"]["psnr_identical"] == 0 and quality["checker", "none"]["psnr_mean"] < 99.0
+    # some identical: the mean and deviation of the others, the identical ones named
+    _, rows = quality_table([{"attack": "a", "defense": "d", "psnr_mean": 30.0, "psnr_std": 2.0, "ssim_mean": 0.9,
+                              "ssim_std": 0.01, "n": 5, "psnr_identical": 2}])
+    assert rows[0][2] == "30.00 ± 2.00 (2 identical left out)"
+
+
+def test_labels_whose_pipes_would_give_two_cells_one_run_id_are_refused():
+    """Run ids join (seed, attack, victim, trainer, defense, user) with `|` and resume skips the ids found in
+    runs.jsonl: attack "x|a" with victim "b", trainer "t" and attack "x" with victim "a", trainer "b|t" are one id,
+    so the second cell was never run (taken as done). Such a grid is refused; a `|` that makes no clash is kept."""
+    raw = {"attacks": [{"name": "none", "label": "x"}, {"name": "none", "label": "x|a"}], "victims": {"embedders": ["a", "b"]},
+           "trainers": [{"name": "nn", "label": "t"}, {"name": "nn", "label": "b|t"}], "defenses": ["none"]}
+    with pytest.raises(ConfigError, match="two cells would share one id"):
+        ExperimentConfig.from_dict(raw)
+    raw["trainers"][1]["label"] = "t|b"
+    cfg = ExperimentConfig.from_dict(raw)
+    assert [t.label for t in cfg.trainers] == ["t", "t|b"] and len(cfg.grid()) == 8
+
+
+def test_example_images_of_labels_that_differ_only_by_colon_or_slash_are_two_files(tmp_path):
+    """Example files were named by the kind with ":" -> "-" and "/" -> "_": defenses labelled "jpeg:75" and "jpeg-75"
+    (or "a/b" and "a_b") wrote one file, the second defense's images standing for both in the report."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from puface.experiments.results import ResultsFolder
+
+    cfg = ExperimentConfig.from_dict({"attacks": ["none"], "trainers": ["nn"],
+                                      "defenses": [{"name": "jpeg", "label": "jpeg:75"}, {"name": "jpeg", "label": "jpeg-75"},
+                                                   {"name": "blur", "label": "a/b"}, {"name": "blur", "label": "a_b"}]})
+    kinds = ["defense:jpeg:75", "defense:jpeg-75", "defense:a/b", "defense:a_b", "cloaked"]
+    with ResultsFolder(tmp_path / "out", cfg, "fp") as folder:
+        for value, kind in enumerate(kinds):
+            folder.add_example(0, "Ann", "fawkes", kind, torch.full((1, 3, 8, 8), 10 * value, dtype=torch.uint8))
+    paths = {kind: folder.examples()["0/Ann/fawkes"][kind][0] for kind in kinds}
+    assert len(set(paths.values())) == len(kinds)
+    for value, kind in enumerate(kinds):  # each file holds its own kind's images
+        assert (np.asarray(Image.open(tmp_path / "out" / paths[kind])) == 10 * value).all()
+    # a label without ":" or "/" keeps the name it had
+    assert paths["defense:jpeg-75"].endswith("/defense-jpeg-75_0.png") and paths["cloaked"].endswith("/cloaked_0.png")
+
+
+def test_the_cli_and_table_md_say_which_wall_time_each_gives(tmp_path, monkeypatch, capsys):
+    """The CLI printed "wall time: N s" (this command, writing tables and report included) right after table.md's
+    "Wall time: M s" (the grid's runs, summed over every session of the folder): two numbers, neither saying which."""
+    import re
+
+    from puface.cli import main
+
+    register_standins()
+    monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(EXPERIMENT_COLOURS_TOML.replace("{root}", str(write_colour_faces(tmp_path / "data"))))
+    args = ["reproduce", str(cfg), "--out", str(tmp_path / "r"), "--no-progress", "--no-detect"]
+    assert main(args) == 0 and main(args) == 0  # the second resumes: a session with no runs
+    out = capsys.readouterr().out.splitlines()
+    table = next(line for line in reversed(out) if line.startswith("Wall time:"))
+    assert re.fullmatch(r"Wall time: \d+ s \(\d+\.\d min\) running the grid \(loading, cloaking, defending, training, "
+                        r"detection; writing these tables and the report not counted\), summed over 2 sessions \(resumed\)\.",
+                        table)
+    assert table in (tmp_path / "r" / "table.md").read_text()
+    assert re.fullmatch(r"wall time: \d+ s \(\d+\.\d min\) for this command, writing the tables and report included", out[-1])

@@ -3,6 +3,7 @@ Chromium) with its tables, charts and image grids."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -126,3 +127,100 @@ def test_report_gives_the_description_once(tmp_path):
     assert page.count("Fawkes &amp; LowKey on &lt;five&gt; users.") == 1
     # a table without it still gets it from the report
     assert render_report(tmp_path, {"name": "d", "description": cfg.description}, "").count("Fawkes &amp;") == 1
+
+
+def test_free_text_labels_with_pipes_underscores_and_dollars_are_shown_as_written(tmp_path, monkeypatch):
+    """Labels come from configs as free text. A `|` split the Markdown / HTML table cells (and the image-quality rows,
+    keyed "attack|defense", were cut at it); matplotlib dropped a legend label starting with `_` and read `$...$` as
+    math text."""
+    from matplotlib import cbook
+
+    from puface.evaluation import report as report_mod
+    from puface.evaluation import summaries
+    from puface.evaluation.detection import detection_markdown
+
+    drawn = []  # the text of each chart as matplotlib draws it, caught on its way to PNG
+    real = report_mod.figure_data_uri
+
+    def keep_text(fig):
+        texts = [t for ax in fig.axes for t in (*ax.get_xticklabels(), ax.title,
+                                                  *(ax.get_legend().get_texts() if ax.get_legend() else ()))]
+        drawn.append([t.get_text() for t in texts if t.get_text()])
+        return real(fig)
+
+    monkeypatch.setattr(report_mod, "figure_data_uri", keep_text)
+    register_standins()
+    root = write_colour_faces(tmp_path / "data")
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace('label = "checker"', 'label = "_check|er $1$"')
+    (tmp_path / "c.toml").write_text(text.replace('name = "blur"', 'name = "blur"\nlabel = "blur|$s$"'))
+    res = run_experiment(load_config(tmp_path / "c.toml"), tmp_path / "out", progress=False, echo=lambda s: None)
+
+    def cells(line: str) -> list[str]:
+        return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+
+    md = (tmp_path / "out" / "table.md").read_text()
+    for block in re.findall(r"(?:^\|.*\n)+", md, flags=re.M):  # every table: each row as many cells as its header
+        rows = [cells(line) for line in block.splitlines()]
+        assert len({len(r) for r in rows}) == 1, block
+    assert "| _check\\|er $1$ | test-colour-texture | white-box | nn |" in md
+    assert "| blur\\|$s$ |" in md and "ASR _check\\|er $1$" in md
+    quality = {(q["attack"], q["defense"]) for q in json.loads((tmp_path / "out" / "results.json").read_text())["image_quality"]}
+    assert ("_check|er $1$", "blur|$s$") in quality and ("clean", "blur|$s$") in quality
+    page = res.report.read_text()
+    assert "<td>_check|er $1$</td>" in page and "<td>blur|$s$</td>" in page
+    det = json.loads((tmp_path / "out" / "results.json").read_text())["detection"]
+    assert len(cells(detection_markdown(det).splitlines()[-1])) == 7
+    # the charts: the attack in each legend (two bar charts and the ROC chart), the defense on the axis, as written
+    assert len(drawn) == 3
+    for texts in drawn:
+        assert not any(cbook.is_math_text(t) for t in texts if "check" in t or "blur" in t)  # (log ticks are math)
+        assert any(t.replace("\\$", "$").startswith("_check|er $1$") for t in texts)
+    assert any(t.replace("\\$", "$") == "blur|$s$" for t in drawn[0])
+    # the `puface report` tables read the same labels back from summary.csv
+    rows = summaries.load_summary(tmp_path / "out")
+    head = summaries.headline_markdown(summaries.headline(rows, puface="blur|$s$")).splitlines()
+    assert len({len(cells(line)) for line in head if line.startswith("|")}) == 1
+    assert "| blur\\|$s$ | 0.0 |" in summaries.defenses_table(tmp_path / "out")
+
+
+def test_detection_table_gives_its_units_and_the_roc_legend_names_the_target_line(monkeypatch):
+    """TPR / FPR were printed in % under bare "TPR" / "FPR" headers, and the ROC chart's dashed line (the calibration's
+    false-positive target) had no legend entry."""
+    from puface.evaluation import report as report_mod
+    from puface.evaluation.detection import detection_markdown
+
+    det = {"rows": [{"attack": "fawkes", "n_natural": 20, "n_cloaked": 10, "auc": 0.9, "tpr": 0.8, "fpr": 0.05,
+                     "tpr_at_1pct": 0.5, "threshold": 0.3, "seeds": 1}],
+           "roc": {"fawkes": {"fpr": [0.0, 0.05, 1.0], "tpr": [0.0, 0.8, 1.0]}}, "threshold": 0.3,
+           "cloaked_split": "training", "fpr_target": 0.02, "confidence": None}
+    md = detection_markdown(det).splitlines()
+    assert md[-3] == "| attack | natural | cloaked | AUC | TPR (%) | FPR (%) | TPR @1% FPR (%) |"
+    assert md[-1] == "| fawkes | 20 | 10 | 0.9000 | 80.0 | 5.00 | 50.0 |"
+    legends = []
+    real = report_mod.figure_data_uri
+
+    def keep_legend(fig):
+        legends.append([t.get_text() for t in fig.axes[0].get_legend().get_texts()])
+        return real(fig)
+
+    monkeypatch.setattr(report_mod, "figure_data_uri", keep_legend)
+    assert report_mod.roc_chart(det).startswith("data:image/png;base64,")
+    assert legends == [["fawkes (AUC 0.900)", "calibration target: 2.0% FPR"]]
+
+
+def test_a_cell_without_an_asr_is_marked_in_the_bar_chart_not_drawn_as_zero(monkeypatch):
+    """A NaN mean (the users of the cell had no test photo) was drawn as a bar of no height: the same picture as 0%."""
+    from puface.evaluation import report as report_mod
+
+    texts = []
+    real = report_mod.figure_data_uri
+
+    def keep_texts(fig):
+        texts.append([[(t.get_text(), round(t.get_position()[0], 3)) for t in ax.texts] for ax in fig.axes])
+        return real(fig)
+
+    monkeypatch.setattr(report_mod, "figure_data_uri", keep_texts)
+    summary = [{"attack": "fawkes", "victim": "v", "trainer": "nn", "defense": d, "asr_mean": asr, "asr_std": 0.0,
+                "normal_acc_mean": 0.9, "normal_acc_std": 0.0} for d, asr in (("none", 0.0), ("blur", float("nan")))]
+    assert len(report_mod.bar_charts(summary, {"defenses": [{"label": "none"}, {"label": "blur"}]})) == 1
+    assert texts == [[[("n/a", 1.0)], []]]  # over blur's ASR bar only; the 0% of "none" stays a bar

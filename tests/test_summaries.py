@@ -256,3 +256,23 @@ def test_report_on_a_folder_whose_csv_is_not_a_runs_is_one_clear_error(tmp_path,
         assert main(["report", *args]) == 2
         err = capsys.readouterr().err
         assert "not a `puface reproduce`" in err and "missing column(s): " in err and "attack, victim" in err and "Traceback" not in err
+
+
+def test_a_cell_without_an_asr_is_no_best_baseline_and_compares_equal_to_itself(tmp_path, capsys):
+    """A cell whose users had no test photo has no ASR (NaN; an empty field in summary.csv). `report headline` picked
+    such a baseline as the best one (NaN compares false with everything, so min() kept it when it came first), in its
+    row too, and `report cells compare` counted the cell as differing between two copies of one run."""
+    from puface.cli import main
+    from puface.evaluation.tables import summarise_rows, write_csv
+
+    runs = [{"seed": 0, "user": "Ann", "attack": "fawkes", "victim": "v", "trainer": "nn", "defense": d,
+             "setting": "white-box", "asr": asr, "normal_acc": 0.9}
+            for d, asr in (("none", 1.0), ("puface", 0.1), ("blur", float("nan")), ("jpeg", 0.5))]
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        write_csv(tmp_path / name / "summary.csv", summarise_rows(runs))
+    h = summaries.headline(summaries.load_summary(tmp_path / "a"))
+    assert h["best_baseline"] == "jpeg" and h["rows"][0]["row_best"] == "jpeg"
+    assert h["means"]["white-box"]["jpeg"] == {"asr": 0.5, "normal_acc": 0.9}
+    assert main(["report", "cells", "compare", str(tmp_path / "a"), "--other", str(tmp_path / "b")]) == 0
+    assert capsys.readouterr().out.strip() == "4 of 4 rows identical (ASR and normal accuracy)"

@@ -26,7 +26,8 @@ def _run(cfg, out, device, restart, progress, detect=True, quiet_table=False):
     click.echo(f"results: {res.output}/results.csv, summary: {res.output}/summary.csv, table: {res.output}/table.md")
     if res.report:
         click.echo(f"report:  {res.report}")
-    click.echo(f"wall time: {wall:.0f} s ({wall / 60:.1f} min)")
+    # table.md's wall time is the grid's, summed over every session of the folder: say which this one is
+    click.echo(f"wall time: {wall:.0f} s ({wall / 60:.1f} min) for this command, writing the tables and report included")
     return res
 
 

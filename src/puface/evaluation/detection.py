@@ -22,6 +22,7 @@ from ..defenses import PuFaceDefense
 from ..detection.detector import CloakDetector, threshold_at_fpr
 from ..utils.fingerprint import content_hashes, module_fingerprint
 from .protocol import Protocol
+from .tables import md_cell
 
 __all__ = ["detection_scores", "summarise_detection", "roc_points"]
 
@@ -130,9 +131,9 @@ def detection_markdown(det: dict[str, Any]) -> str:
              f"photos of identities the evaluation never protects{held}). Natural = training photos of the identities that are "
              f"not protected users; cloaked = the protected users' cloaked {det.get('cloaked_split', 'training')} photos. "
              "TPR and FPR at the calibrated "
-             "threshold; TPR @1% = at the threshold giving 1% false positives on these natural photos.", "",
-             "| attack | natural | cloaked | AUC | TPR | FPR | TPR @1% |", "|---|---|---|---|---|---|---|"]
+             "threshold; TPR @1% FPR = at the threshold giving 1% false positives on these natural photos.", "",
+             "| attack | natural | cloaked | AUC | TPR (%) | FPR (%) | TPR @1% FPR (%) |", "|---|---|---|---|---|---|---|"]
     for r in det["rows"]:
-        lines.append(f"| {r['attack']} | {r['n_natural']} | {r['n_cloaked']} | {r['auc']:.4f} | {100 * r['tpr']:.1f} | "
+        lines.append(f"| {md_cell(r['attack'])} | {r['n_natural']} | {r['n_cloaked']} | {r['auc']:.4f} | {100 * r['tpr']:.1f} | "
                      f"{100 * r['fpr']:.2f} | {100 * r['tpr_at_1pct']:.1f} |")
     return "\n".join(lines)

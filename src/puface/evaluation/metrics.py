@@ -52,6 +52,11 @@ def protocol_scores(predicted: Sequence[Hashable], true: Sequence[Hashable], use
     }
 
 
+#: PSNR (dB) recorded for an image identical to its reference (its true PSNR is infinite): the image-quality
+#: summaries count such images apart instead of averaging the cap with real values
+PSNR_CAP = 99.0
+
+
 @dataclass(frozen=True)
 class Summary:
     """Mean, sample standard deviation (ddof=1; 0 for one value) and count of finite values."""
@@ -78,5 +83,5 @@ def summarise(values: Iterable[float]) -> Summary:
 
 
 __all__ = [
-    "attack_success_rate", "normal_accuracy", "protocol_scores", "Summary", "summarise",
+    "attack_success_rate", "normal_accuracy", "protocol_scores", "Summary", "summarise", "PSNR_CAP",
 ]

@@ -46,7 +46,7 @@ from ..utils.images import to_float, to_uint8
 from ..utils.metrics import psnr, ssim
 from .cache import ContentCache
 from .data import EvaluationData, LabelledImages
-from .metrics import protocol_scores
+from .metrics import PSNR_CAP, protocol_scores
 from .trainers import TRAINERS, EmbeddingTrainer, Trainer, create_trainer
 
 __all__ = ["AttackSpec", "TrainerSpec", "Protocol", "TrainingProtocol", "QueryProtocol", "PROTOCOLS", "protocol_class",
@@ -396,10 +396,10 @@ class Protocol:
     # ------------------------------------------------------------------ what the report keeps
 
     def _record_quality(self, attack: str, defense: str, user: str, images: torch.Tensor, natural: torch.Tensor) -> None:
-        """PSNR (dB, capped at 99) and SSIM of a user's (cloaked, defended) training images against the
+        """PSNR (dB, capped at PSNR_CAP = 99: identical images) and SSIM of a user's (cloaked, defended) training images against the
         natural ones, in `quality[attack, defense, user]` (and passed to `on_quality`)."""
         x, y = to_float(images), to_float(natural)
-        q = {"psnr": psnr(x, y, cap=99.0).tolist(), "ssim": ssim(x, y).tolist()}
+        q = {"psnr": psnr(x, y, cap=PSNR_CAP).tolist(), "ssim": ssim(x, y).tolist()}
         self.quality[attack, defense, user] = q
         if self.on_quality is not None:
             self.on_quality(attack, defense, user, q)

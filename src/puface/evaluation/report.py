@@ -64,7 +64,10 @@ def markdown_to_html(md: str) -> str:
         if line.startswith("|"):
             block = []
             while i < len(lines) and lines[i].startswith("|"):
-                block.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                # cells split at each `|` not escaped (`tables.md_cell` writes a label's `|` as `\\|`)
+                row = lines[i].strip()[1:]
+                row = row[:-1] if row.endswith("|") and not row.endswith("\\|") else row
+                block.append([c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", row)])
                 i += 1
             head, body = block[0], [r for r in block[1:] if not all(set(c) <= set("-: ") for c in r)]
             out.append('<table class="results"><thead><tr>' + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr></thead><tbody>")
@@ -86,6 +89,12 @@ def markdown_to_html(md: str) -> str:
 def _num(x: Any) -> float:
     """A summary number; None (NaN in strict JSON) -> nan."""
     return float("nan") if x is None else float(x)
+
+
+def _plain(label: Any) -> str:
+    """A free-text label as matplotlib draws it literally: `$` escaped (it would start math text). Legends are given
+    their labels explicitly, so a label starting with `_` is shown, not dropped as matplotlib's "no legend" mark."""
+    return str(label).replace("$", r"\$")
 
 
 def _ordered(values, order: Sequence[str]) -> list[str]:
@@ -117,21 +126,29 @@ def bar_charts(summary: list[dict], config: dict) -> list[tuple[str, str]]:
             fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.9 * len(defenses) + 2), 5.6), sharex=True)
             width = 0.8 / max(1, len(attacks))
             x = np.arange(len(defenses))
+            handles = []
             for j, a in enumerate(attacks):
                 for ax, key in zip(axes, ("asr", "normal_acc")):
                     vals = [_num(idx[a, d][f"{key}_mean"]) * 100 if (a, d) in idx else np.nan for d in defenses]
                     errs = [_num(idx[a, d][f"{key}_std"]) * 100 if (a, d) in idx else 0.0 for d in defenses]
                     errs = [0.0 if math.isnan(e) else e for e in errs]
-                    ax.bar(x + (j - (len(attacks) - 1) / 2) * width, vals, width, yerr=errs, capsize=2, label=a)
+                    at = x + (j - (len(attacks) - 1) / 2) * width
+                    bars = ax.bar(at, vals, width, yerr=errs, capsize=2)
+                    for xi, val in zip(at, vals):  # no number (no test photo, or not run): not an empty bar, as 0% is
+                        if math.isnan(val):
+                            ax.text(xi, 1, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="#555")
+                    if ax is axes[0]:  # the legend's
+                        handles.append(bars)
             axes[0].set_ylabel("ASR (%)")
             axes[1].set_ylabel("normal accuracy (%)")
             for ax in axes:
                 ax.set_ylim(0, 105)
                 ax.grid(axis="y", alpha=0.3)
-            axes[1].set_xticks(x, defenses, rotation=30, ha="right")
-            axes[0].legend(fontsize=8, title="attack", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            axes[1].set_xticks(x, [_plain(d) for d in defenses], rotation=30, ha="right")
+            axes[0].legend(handles, [_plain(a) for a in attacks], fontsize=8, title="attack", title_fontsize=8,
+                           loc="upper left", bbox_to_anchor=(1.01, 1.0))
             title = f"victim {v}, trainer {t}"
-            axes[0].set_title(title)
+            axes[0].set_title(_plain(title))
             fig.tight_layout()
             charts.append((title, figure_data_uri(fig)))
             plt.close(fig)
@@ -150,21 +167,26 @@ def roc_chart(detection: dict) -> str | None:
 
     rows = {r["attack"]: r for r in detection.get("rows", [])}
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    handles, labels = [], []
     for attack, curve in detection["roc"].items():
         f = np.maximum(np.asarray(curve["fpr"], dtype=float), 1e-4)
         r = rows.get(attack, {})
-        line, = ax.plot(f, curve["tpr"], label=f"{attack} (AUC {r.get('auc', float('nan')):.3f})")
+        line, = ax.plot(f, curve["tpr"])
+        handles.append(line)
+        labels.append(f"{_plain(attack)} (AUC {r.get('auc', float('nan')):.3f})")
         if r:
             ax.plot([max(r["fpr"], 1e-4)], [r["tpr"]], "o", color=line.get_color())
     ax.set_xscale("log")
     ax.set_xlim(1e-4, 1.0)
     ax.set_ylim(0, 1.02)
-    ax.axvline(detection.get("fpr_target", 0.01), color="#999", ls="--", lw=1)
+    target = detection.get("fpr_target", 0.01)
+    handles.append(ax.axvline(target, color="#999", ls="--", lw=1))
+    labels.append(f"calibration target: {target:.1%} FPR")
     ax.set_xlabel("false-positive rate (natural photos)")
     ax.set_ylabel("true-positive rate (cloaked photos)")
     ax.set_title("cloak detection: ROC per attack (dots: the calibrated threshold)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(handles, labels, fontsize=8, loc="lower right")
     fig.tight_layout()
     uri = figure_data_uri(fig)
     plt.close(fig)
@@ -226,7 +248,7 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
     timings = ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in results.get("timings_s", {}).items())
     meta = [
         f"data: {html.escape(str(results.get('data_root', '')))}",
-        f"runs: {results.get('n_runs', 0)}; wall time {results.get('wall_s', 0):.0f} s ({timings})",
+        f"runs: {results.get('n_runs', 0)}; wall time running the grid {results.get('wall_s', 0):.0f} s ({timings})",
         "protected users: " + "; ".join(f"seed {s}: {html.escape(', '.join(u))}" for s, u in results.get("users", {}).items()),
         f"environment: Python {env.get('python', '?')}, torch {env.get('torch', '?')}, {env.get('device', '?')}, "
         f"{env.get('threads', '?')} threads; finished {results.get('finished', '')}",
@@ -245,7 +267,7 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
     if charts:
         parts.append("<h2>ASR and normal accuracy per defense and attack</h2>")
         parts.append("<p>Bars: the mean over protected users and seeds (in %, as in the tables); error bars: one sample "
-                     "standard deviation over them (none for a single user).</p>")
+                     "standard deviation over them (none for a single user); n/a: no number (no test photo of the users, or not run).</p>")
         parts += [f'<img class="chart" src="{uri}" alt="bar chart: {html.escape(t)}">' for t, uri in charts]
     roc = roc_chart(results.get("detection") or {})
     if roc:

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..utils.errors import PufaceError
 from ..utils.tomlconfig import read_toml
-from .tables import GROUP_KEYS, summarise_rows
+from .tables import GROUP_KEYS, md_cell, summarise_rows
 
 __all__ = ["load_summary", "load_pooled", "headline", "headline_markdown", "defenses_table", "users_table",
            "repeats_table", "compare_table", "draws_table", "NOT_BASELINES"]
@@ -149,15 +149,17 @@ def headline(rows: list[dict], puface: str = "puface", where: str = "summary") -
     baselines = sorted(set(labels) - NOT_BASELINES - {puface})
     white = [c for k, c in cells.items() if k[3] == "white-box"]
 
-    def mean_asr(d: str, cs) -> float:
-        vals = [c[d]["asr_mean"] for c in cs if d in c]
+    def mean_of(d: str, cs, m: str = "asr") -> float:  # cells without a number (NaN: no test photo) left out
+        vals = [c[d][f"{m}_mean"] for c in cs if d in c and c[d][f"{m}_mean"] == c[d][f"{m}_mean"]]
         return sum(vals) / len(vals) if vals else float("nan")
 
-    best = min(baselines, key=lambda d: mean_asr(d, white)) if baselines else None
+    # NaN compares false with everything: min() kept a baseline without a number when it came first
+    best = min(baselines, key=lambda d: (mean_of(d, white) != mean_of(d, white), mean_of(d, white))) if baselines else None
     table = []
     for key in sorted(cells, key=lambda k: (k[3] != "white-box", k[0], k[1], k[2])):
         c = cells[key]
-        row_best = min((d for d in baselines if d in c), key=lambda d: (c[d]["asr_mean"], -c[d]["normal_acc_mean"]), default=None)
+        row_best = min((d for d in baselines if d in c and c[d]["asr_mean"] == c[d]["asr_mean"]),
+                       key=lambda d: (c[d]["asr_mean"], -c[d]["normal_acc_mean"]), default=None)
         table.append({"attack": key[0], "victim": key[1], "trainer": key[2], "setting": key[3],
                       **{f"{name}_{m}": c[d][f"{m}_mean"] if d in c else None
                          for name, d in (("none", "none"), ("puface", puface), ("best", best))
@@ -167,11 +169,11 @@ def headline(rows: list[dict], puface: str = "puface", where: str = "summary") -
     for setting in ("white-box", "oblivious"):
         sub = [c for k, c in cells.items() if k[3] == setting]
         if sub:
-            means[setting] = {d: {"asr": mean_asr(d, sub),
-                                  "normal_acc": sum(c[d]["normal_acc_mean"] for c in sub if d in c) / sum(d in c for c in sub)}
+            means[setting] = {d: {"asr": mean_of(d, sub), "normal_acc": mean_of(d, sub, "normal_acc")}
                               for d in ("none", puface, best) if d and any(d in c for c in sub)}
     return {"puface": puface, "best_baseline": best, "rows": table, "means": means,
-            "max_white_box_asr_puface": max((c[puface]["asr_mean"] for c in white if puface in c), default=None)}
+            "max_white_box_asr_puface": max((c[puface]["asr_mean"] for c in white if puface in c
+                                             and c[puface]["asr_mean"] == c[puface]["asr_mean"]), default=None)}
 
 
 def _pct(v) -> str:
@@ -182,13 +184,13 @@ def headline_markdown(h: dict[str, Any], settings: tuple[str, ...] = ("white-box
     """The headline table as Markdown (the rows of `settings`; the means of both), with the closing line
     naming the best baseline."""
     b = h["best_baseline"]
-    name = b or "baseline"
+    name = md_cell(b or "baseline")
     out = [f"| attack | victim | trainer | setting | ASR none | ASR PuFace | ASR {name} | normal acc. none | normal acc. PuFace | normal acc. {name} | best baseline in this row (ASR) |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in (r for r in h["rows"] if r["setting"] in settings):
-        out.append(f"| {r['attack']} | {r['victim']} | {r['trainer']} | {r['setting']} | {_pct(r['none_asr'])} | **{_pct(r['puface_asr'])}** | "
+        out.append(f"| {md_cell(r['attack'])} | {md_cell(r['victim'])} | {md_cell(r['trainer'])} | {r['setting']} | {_pct(r['none_asr'])} | **{_pct(r['puface_asr'])}** | "
                    f"{_pct(r['best_asr'])} | {_pct(r['none_normal_acc'])} | {_pct(r['puface_normal_acc'])} | {_pct(r['best_normal_acc'])} | "
-                   + (f"{r['row_best']} ({_pct(r['row_best_asr'])}) |" if r["row_best"] else "- |"))
+                   + (f"{md_cell(r['row_best'])} ({_pct(r['row_best_asr'])}) |" if r["row_best"] else "- |"))
     for setting, m in h["means"].items():
         cols = [m.get(d, {}) for d in ("none", h.get("puface", "puface"), b)]
         out.append(f"| **mean ({setting})** | | | | {_pct(cols[0].get('asr'))} | **{_pct(cols[1].get('asr'))}** | {_pct(cols[2].get('asr'))} | "
@@ -212,13 +214,13 @@ def defenses_table(folder: Path, attack: str | None = None) -> str:
     if not cells:
         raise PufaceError(f"{folder}/summary.csv: no white-box cells" + (f" of attack {attack!r}" if attack else ""))
     cols = sorted({k for v in cells.values() for k in v}) if attack else []
-    head = "".join(f" {v} {t} |" for _, v, t in cols)
+    head = "".join(f" {md_cell(v)} {md_cell(t)} |" for _, v, t in cols)
     out = [f"| defense |{head} mean white-box ASR | min cell | max cell | normal acc. (white-box cells) |",
            "|---" * (len(cols) + 5) + "|"]
     for name, v in cells.items():
         asr = [a for a, _ in v.values()]
         per = "".join(f" {v[c][0]:.1f} |" if c in v else " - |" for c in cols)
-        out.append(f"| {name} |{per} {_mean(asr):.1f} | {min(asr):.1f} | {max(asr):.1f} | {_mean([n for _, n in v.values()]):.1f} |")
+        out.append(f"| {md_cell(name)} |{per} {_mean(asr):.1f} | {min(asr):.1f} | {max(asr):.1f} | {_mean([n for _, n in v.values()]):.1f} |")
     return "\n".join(out)
 
 
@@ -232,7 +234,7 @@ def users_table(folder: Path, attack: str, named: set[str], defense: str = "pufa
     if not asr:
         raise PufaceError(f"{folder}/results.csv: no runs of attack {attack!r} with defense {defense!r}")
     cols = sorted(asr)
-    out = ["| users | " + " | ".join(f"{v} {t}" for v, t in cols) + " | mean |", "|---" * (len(cols) + 2) + "|"]
+    out = ["| users | " + " | ".join(md_cell(f"{v} {t}") for v, t in cols) + " | mean |", "|---" * (len(cols) + 2) + "|"]
     for g in ("named", "others", "all"):
         vals = [_mean(asr[c][g]) for c in cols if asr[c][g]]
         if len(vals) == len(cols):
@@ -284,7 +286,7 @@ def repeats_table(folder: Path, quality: Path | None = None) -> str:
             cells[recipe(r["defense"])][(r["attack"], r["victim"], r["trainer"])][r["defense"]] = asr
             normal[recipe(r["defense"])][r["defense"]].append(acc)
     keys = sorted({k for c in cells.values() for k in c})
-    head = [f"{a} / {v} / {t}" for a, v, t in keys] + ["mean white-box", "normal acc."]
+    head = [md_cell(f"{a} / {v} / {t}") for a, v, t in keys] + ["mean white-box", "normal acc."]
     if quality:
         head += ["PSNR natural (dB)", "LowKey cos dlib / SFace"]
     out = ["| recipe | runs | " + " | ".join(head) + " |", "|---" * (len(head) + 2) + "|"]
@@ -301,7 +303,7 @@ def repeats_table(folder: Path, quality: Path | None = None) -> str:
                            + _span([x["lowkey"]["cos_purified_sface"] for x in q], 3))
             else:
                 row += ["-", "-"]
-        out.append(f"| {recipe} | {len(runs)} | " + " | ".join(row) + " |")
+        out.append(f"| {md_cell(recipe)} | {len(runs)} | " + " | ".join(row) + " |")
     return "\n".join(out)
 
 
@@ -311,14 +313,17 @@ def compare_table(folder: Path, other: Path) -> str:
     def rows(f: Path) -> dict[tuple, tuple[float, float]]:
         return {(r["attack"], r["victim"], r["trainer"], r["defense"]): (asr, acc) for r, asr, acc in _cells_pct(f)}
 
+    def same(x: tuple[float, float], y: tuple[float, float]) -> bool:  # no number in both (NaN) is the same
+        return all(u == v or (u != u and v != v) for u, v in zip(x, y))
+
     a, b = rows(folder), rows(other)
     if set(a) != set(b):
         raise PufaceError(f"not the same grid: {len(set(a) ^ set(b))} rows are in only one of the two summary.csv files")
-    changed = [k for k in a if a[k] != b[k]]
+    changed = [k for k in a if not same(a[k], b[k])]
     out = [f"{len(a) - len(changed)} of {len(a)} rows identical (ASR and normal accuracy)"]
     if changed:
         out += ["", "| attack | victim | trainer | defense | ASR | normal acc. |", "|---|---|---|---|---|---|"]
-        out += ["| " + " | ".join(k) + f" | {a[k][0]:.1f} -> {b[k][0]:.1f} | {a[k][1]:.2f} -> {b[k][1]:.2f} |" for k in changed]
+        out += ["| " + " | ".join(map(md_cell, k)) + f" | {a[k][0]:.1f} -> {b[k][0]:.1f} | {a[k][1]:.2f} -> {b[k][1]:.2f} |" for k in changed]
     return "\n".join(out)
 
 
@@ -331,14 +336,14 @@ def draws_table(folders: list[Path], attack_suffix: str = "") -> str:
     cells = [k[:3] for k in runs[0] if k[3] == "none" and all(k in run and (*k[:3], "puface") in run for run in runs)]
     if not cells:
         raise PufaceError("no white-box cell with no defense and PuFace in every folder")
-    out = ["| attack | victim | trainer | " + " | ".join(Path(f).name for f in folders) + " | mean | PuFace, range over draws |",
+    out = ["| attack | victim | trainer | " + " | ".join(md_cell(Path(f).name) for f in folders) + " | mean | PuFace, range over draws |",
            "|---" * (len(folders) + 5) + "|"]
     moved, accs = [], []
     for c in cells:
         none = [run[(*c, "none")][0] for run in runs]
         puface = [run[(*c, "puface")][0] for run in runs]
         per = " | ".join(f"**{a:.1f}**" if a < 95 else f"{a:.1f}" for a in none)
-        out.append(f"| {' | '.join(c)} | {per} | {_mean(none):.1f} | {min(puface):.1f}-{max(puface):.1f} |")
+        out.append(f"| {' | '.join(map(md_cell, c))} | {per} | {_mean(none):.1f} | {min(puface):.1f}-{max(puface):.1f} |")
         for run in runs:
             a, b = run[(*c, "none")][1], run[(*c, "puface")][1]
             moved.append(abs(a - b))

@@ -61,9 +61,15 @@ def _fmt(s: dict | None, key: str) -> str:
     return Summary(s[f"{key}_mean"], s[f"{key}_std"], s["n"]).format()
 
 
+def md_cell(text: Any) -> str:
+    """Text for a Markdown table cell: a `|` (in a free-text label from a config) escaped as `\\|`, so it does not
+    split the cell (`report.markdown_to_html` reads it back)."""
+    return str(text).replace("|", "\\|")
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines = ["| " + " | ".join(map(md_cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(map(md_cell, r)) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -137,11 +143,16 @@ def defense_tables(summary: list[dict], *, attacks: Sequence[str] = (), victims:
 
 
 def quality_table(quality: list[dict], *, attacks: Sequence[str] = (), defenses: Sequence[str] = ()) -> tuple[list[str], list[list[str]]]:
+    """PSNR and SSIM per (attack, defense); the PSNR of the images that differ from their natural image (images
+    identical to it, `psnr_identical` of `n`, have an infinite PSNR: counted in the cell, not averaged)."""
     header = ["attack", "defense", "PSNR vs natural (dB)", "SSIM vs natural", "images"]
     rows = []
     order = {(a, d): i for i, (a, d) in enumerate((a, d) for a in attacks for d in defenses)}
     for q in sorted(quality, key=lambda q: order.get((q["attack"], q["defense"]), 1 << 30)):
-        p = Summary(q["psnr_mean"], q["psnr_std"], q["n"]).format(percent=False, digits=2)
+        same = int(q.get("psnr_identical", 0))  # identical to the natural image: PSNR infinite, not averaged
+        p = Summary(q["psnr_mean"], q["psnr_std"], q["n"] - same).format(percent=False, digits=2)
+        if same:
+            p = "identical (∞)" if same == q["n"] else f"{p} ({same} identical left out)"
         s = Summary(q["ssim_mean"], q["ssim_std"], q["n"]).format(percent=False, digits=4)
         rows.append([q["attack"], q["defense"], p, s, str(q["n"])])
     return header, rows
@@ -188,11 +199,16 @@ def render_tables(cfg: Any, summary: list[dict], quality: list[dict], *, wall_s:
     if quality:
         h, r = quality_table(quality, attacks=order["attacks"], defenses=order["defenses"])
         which = "probe" if getattr(cfg, "protocol", "training") == "query" else "training"
-        parts += [f"### Image quality of the {which} images of protected users (vs. their natural images)", "", _md_table(h, r), ""]
+        parts += [f"### Image quality of the {which} images of protected users (vs. their natural images)", ""]
+        if any(q.get("psnr_identical") for q in quality):
+            parts += ["PSNR: mean ± standard deviation over the images that differ from their natural image; an image "
+                      "identical to it has an infinite PSNR and is counted apart (identical), not averaged.", ""]
+        parts += [_md_table(h, r), ""]
     if wall_s is not None:
-        resumed = f", over {sessions} sessions (resumed)" if sessions > 1 else ""
-        parts += [f"Wall time: {wall_s:.0f} s ({wall_s / 60:.1f} min){resumed}.", ""]
+        resumed = f", summed over {sessions} sessions (resumed)" if sessions > 1 else ""
+        parts += [f"Wall time: {wall_s:.0f} s ({wall_s / 60:.1f} min) running the grid (loading, cloaking, defending, "
+                  f"training, detection; writing these tables and the report not counted){resumed}.", ""]
     return "\n".join(parts)
 
 
-__all__ = ["summarise_rows", "write_csv", "render_tables", "paper_table", "defense_tables", "quality_table"]
+__all__ = ["summarise_rows", "write_csv", "render_tables", "paper_table", "defense_tables", "quality_table", "md_cell"]

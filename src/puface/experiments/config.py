@@ -72,7 +72,7 @@ from typing import Any, Callable
 
 from ..attacks import attack_label
 from ..defenses import default_label
-from ..evaluation.protocol import PROTOCOLS
+from ..evaluation.protocol import PROTOCOLS, run_id
 from ..utils.errors import ConfigError
 from ..utils.tomlconfig import extends_chain, load_toml_config, resolve_chain, to_toml
 
@@ -241,11 +241,20 @@ class ExperimentConfig:
         protocol = str(raw.get("protocol", "training"))
         if protocol not in PROTOCOLS:
             raise ConfigError(f"{where}: unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
-        return cls(
+        cfg = cls(
             name=str(raw.get("name", source.stem if source else "experiment")), seeds=list(seeds), data=data, users=users,
             attacks=attacks, victims=victims, trainers=trainers, defenses=defenses, run=run, report=report,
             detection=detection, description=str(raw.get("description", "")), protocol=protocol, raw=raw, source=source,
         )
+        # a run is known by its `|`-joined run id (resume skips the ids in runs.jsonl): labels holding `|` may make two
+        # cells one id, and the second would be taken as done; such a grid is refused (no other label changes)
+        ids: dict[str, dict] = {}
+        for c in cfg.grid():
+            other = ids.setdefault(run_id(c["seed"], c["attack"], c["victim"], c["trainer"], c["defense"], ""), c)
+            if other is not c:
+                raise ConfigError(f"{where}: the runs of two cells would share one id, as labels holding '|' are joined "
+                                  f"with '|': {other} and {c}; change a label")
+        return cfg
 
     @staticmethod
     def _tables(raw: dict, key: str, where: str) -> list:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..evaluation.detection import detection_markdown
-from ..evaluation.metrics import summarise
+from ..evaluation.metrics import PSNR_CAP, summarise
 from ..evaluation.report import write_report
 from ..evaluation.tables import render_tables, summarise_rows, write_csv
 from ..io.files import check_output_root
@@ -33,7 +33,7 @@ from ..utils.errors import PufaceError
 from ..utils.images import tensor_to_image
 from .config import ExperimentConfig, config_text
 
-__all__ = ["ResultsFolder", "read_jsonl", "write_text_atomic", "json_safe"]
+__all__ = ["ResultsFolder", "read_jsonl", "write_text_atomic", "json_safe", "example_name"]
 
 #: the files written at the end of a run (`ResultsFolder.write_tables`)
 END_FILES = ("results.csv", "summary.csv", "table.md", "results.json", "report.html", "detection.csv")
@@ -65,6 +65,19 @@ def json_safe(o: Any) -> Any:
     if isinstance(o, (list, tuple)):
         return [json_safe(v) for v in o]
     return o
+
+
+def example_name(kind: str) -> str:
+    """The file name stem of an example image of `kind` ("natural", "cloaked", "defense:<label>"): ":" and "/" of the
+    label become "-" and "_", and a label that held one also gets a hash of the kind, so that labels differing only
+    there ("a:b", "a-b") write different files; other labels keep their name ("defense-jpeg-q75")."""
+    import hashlib
+
+    prefix, label = ("defense-", kind[len("defense:"):]) if kind.startswith("defense:") else ("", kind)
+    safe = prefix + label.replace(":", "-").replace("/", "_")
+    if ":" in label or "/" in label:
+        safe += "-" + hashlib.sha256(kind.encode("utf-8")).hexdigest()[:8]
+    return safe
 
 
 def data_fingerprint(root: str | Path) -> str:
@@ -150,8 +163,9 @@ class ResultsFolder:
         self._append(self._details, {"type": "quality", "seed": seed, "attack": attack, "defense": defense, "user": user, **q})
 
     def add_example(self, seed: int, user: str, attack: str, kind: str, images: torch.Tensor) -> None:
-        """Save example images (uint8 (k, 3, H, W)) as examples/<seed>/<user>/<attack>/<kind>_<i>.png."""
-        safe = kind.replace(":", "-").replace("/", "_")
+        """Save example images (uint8 (k, 3, H, W)) as examples/<seed>/<user>/<attack>/<kind>_<i>.png (see
+        `example_name`)."""
+        safe = example_name(kind)
         paths = []
         for i, im in enumerate(images):
             rel = Path("examples") / str(seed) / user / attack / f"{safe}_{i}.png"
@@ -172,18 +186,20 @@ class ResultsFolder:
         return [r for r in read_jsonl(self.details_path) if r.get("config_fingerprint") == self.fingerprint]
 
     def quality_summary(self) -> list[dict]:
-        """PSNR and SSIM of the protected users' training images, per (attack, defense)."""
-        quality: dict[str, dict[str, list[float]]] = {}
+        """PSNR and SSIM of the protected users' training images, per (attack, defense). Images identical to the
+        natural ones (PSNR infinite, recorded at the PSNR_CAP) are counted in `psnr_identical` and left out of the
+        PSNR mean and standard deviation (NaN when every image is identical); `n` counts every image."""
+        quality: dict[tuple[str, str], dict[str, list[float]]] = {}
         details = self._details_of_config()
         for r in {(r["seed"], r["attack"], r["defense"], r["user"]): r for r in details if r["type"] == "quality"}.values():
-            agg = quality.setdefault(f"{r['attack']}|{r['defense']}", {"psnr": [], "ssim": []})
+            agg = quality.setdefault((r["attack"], r["defense"]), {"psnr": [], "ssim": []})
             agg["psnr"].extend(r["psnr"])
             agg["ssim"].extend(r["ssim"])
         out = []
-        for key, q in sorted(quality.items()):
-            a, d = key.split("|", 1)
-            p, s = summarise(q["psnr"]), summarise(q["ssim"])
-            out.append({"attack": a, "defense": d, "psnr_mean": p.mean, "psnr_std": p.std, "ssim_mean": s.mean, "ssim_std": s.std, "n": p.n})
+        for (a, d), q in sorted(quality.items()):
+            p, s = summarise(v for v in q["psnr"] if v < PSNR_CAP), summarise(q["ssim"])
+            out.append({"attack": a, "defense": d, "psnr_mean": p.mean, "psnr_std": p.std, "ssim_mean": s.mean, "ssim_std": s.std,
+                        "n": s.n, "psnr_identical": sum(v >= PSNR_CAP for v in q["psnr"])})
         return out
 
     def examples(self) -> dict[str, dict[str, list[str]]]:
