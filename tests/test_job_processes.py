@@ -149,3 +149,54 @@ def test_processes_starting_one_csv_together_keep_each_others_rows(tmp_path):
     second.add([{"file": "b.jpg", "v": 1}])
     first.add([{"file": "a.jpg", "v": 2}])
     assert sorted((r["file"], r["v"]) for r in _rows(path)) == [("a.jpg", "2"), ("b.jpg", "1")]
+
+
+def _slowed_rewrite(module: str, call: str, tmp_path: Path):
+    """Another process that rewrites a CSV with `call` (Python, after `from pathlib import Path`), its rewrite held
+    between reading the file and renaming the new one into place until the test lets it go (files as barriers)."""
+    import subprocess
+    import sys
+
+    read, go = tmp_path / "read", tmp_path / "go"
+    code = ("import time; from pathlib import Path; import puface.io.images as images; import " + module + " as m\n"
+            "real = images.atomic_write_bytes\n"
+            "def slow(path, data):\n"
+            f"    Path({str(read)!r}).touch()\n"
+            f"    while not Path({str(go)!r}).exists(): time.sleep(0.01)\n"
+            "    real(path, data)\n"
+            "m.atomic_write_bytes = slow\n" + call)
+    p = subprocess.Popen([sys.executable, "-c", code])
+    while not read.exists():
+        assert p.poll() is None, "the rewriting process ended before its rewrite"
+        import time
+
+        time.sleep(0.01)
+    return p, go
+
+
+@pytest.mark.parametrize("rewrite", ["drop", "detect"])
+def test_rows_appended_while_another_process_rewrites_the_csv_are_kept(tmp_path, rewrite):
+    """Ranks share a CSV; one rewrites it (dropping the rows of its shard to redo on a resume or --no-resume, detect's
+    start-of-run and end-of-run rewrites) while another appends: the appended rows went into the file the rename
+    replaced (lost). Appends and rewrites now take the file's lock: the append waits for the rewrite and goes into the
+    new file."""
+    import threading
+
+    from puface.io.jobs import _StatsCSV
+
+    path = tmp_path / "stats.csv"
+    path.write_text("path,score\r\nredo.jpg,1\r\nkeep.jpg,2\r\n")
+    if rewrite == "drop":
+        p, go = _slowed_rewrite("puface.io.jobs", f"m._StatsCSV(Path({str(path)!r})).drop('path', {{'redo.jpg'}})",
+                                tmp_path)
+    else:
+        p, go = _slowed_rewrite("puface.detection.folder", f"m._start_rows(Path({str(path)!r}), ['path', 'score'], "
+                                "False, {'redo.jpg'})", tmp_path)
+    appender = threading.Thread(target=lambda: _StatsCSV(path).add([{"path": "new.jpg", "score": 3}]))
+    appender.start()
+    appender.join(timeout=2)  # done at once without the lock; with it, it waits for the rewrite
+    go.touch()
+    assert p.wait(timeout=60) == 0
+    appender.join(timeout=60)
+    assert not appender.is_alive()
+    assert sorted(r["path"] for r in _rows(path)) == ["keep.jpg", "new.jpg"]

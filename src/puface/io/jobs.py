@@ -18,9 +18,10 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -534,8 +535,82 @@ def _write_outcome(item: LoadedImage, out: Outcome, quality: int) -> None:
 CSV_TEXT = {"encoding": "utf-8", "errors": "surrogateescape"}
 
 
+def _flock(fd: int) -> bool:
+    """Wait for an exclusive advisory lock (`flock`) on open file `fd`; False where none can be taken (not POSIX, a
+    file system without locks: then the caller goes on unlocked, as before there were locks)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def locked_csv(path: Path, create: bool = True) -> Iterator[int | None]:
+    """Hold an exclusive advisory lock on the CSV at `path` while the block runs: every append to and rewrite of a
+    CSV that processes may share (the ranks of one job: stats and scores CSVs) goes through it, so that rows one
+    process appends while another rewrites the file (dropping rows to redo, deciding again) are never lost. The lock
+    is on the file itself (`flock`: held until the descriptor is closed, whatever else the process opens and closes);
+    a rewrite renames its new file into place while it holds the lock, so a process that was waiting finds another
+    file under the name and locks that one instead. Yields a descriptor of the file open for reading and appending
+    (created empty when missing with `create`; None when it is missing without). Where the file system takes no
+    locks, the block runs unlocked."""
+    flags = os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0) | getattr(os, "O_BINARY", 0)
+    while True:
+        try:
+            fd = os.open(path, flags, 0o666)
+        except FileNotFoundError:
+            if create:
+                raise
+            yield None
+            return
+        try:
+            if not _flock(fd):
+                break
+            held = os.fstat(fd)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+            if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # replaced or removed by the process that held the lock: lock the file now under the name
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def read_locked(fd: int) -> io.TextIOWrapper:
+    """The CSV open as `fd` (`locked_csv`) as text from its start, read through that descriptor (closing another one
+    of the same file would drop the lock where the file system emulates `flock` with POSIX locks); closing it leaves
+    `fd` open."""
+    f = open(fd, newline="", closefd=False, **CSV_TEXT)
+    f.seek(0)
+    return f
+
+
+def _append_locked(fd: int, data: bytes, header: list[str] | None) -> None:
+    """Append `data` (whole CSV lines) to the CSV open as `fd` (`locked_csv`), beginning an empty file with `header`."""
+    if header is not None and os.fstat(fd).st_size == 0:
+        buf = io.StringIO()
+        csv.writer(buf).writerow(header)
+        data = buf.getvalue().encode(**CSV_TEXT) + data
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class _StatsCSV:
-    """Appends per-image rows to a CSV next to the outputs (header written once; resumes append)."""
+    """Appends per-image rows to a CSV next to the outputs (header written once; resumes append). Processes sharing
+    the file (--rank) append and rewrite it under its lock (`locked_csv`)."""
 
     def __init__(self, path: Path | None, fields: list[str] | None = None):
         self.path = path
@@ -553,53 +628,48 @@ class _StatsCSV:
         another process sharing the file (--rank) began it meanwhile, its header is kept and taken, never truncated
         with the rows it has added."""
         self.path.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-        try:
-            with open(self.path, "x", newline="", **CSV_TEXT) as f:  # type: ignore[arg-type]
-                csv.writer(f).writerow(fields)
-            self.fields = fields
-            return
-        except FileExistsError:
-            pass
-        for _ in range(100):  # the other process writes its header right after creating the file
-            with open(self.path, newline="", **CSV_TEXT) as f:  # type: ignore[arg-type]
-                header = next(csv.reader(f), None)
-            if header:
-                self.fields = header
+        with locked_csv(self.path) as fd:  # type: ignore[arg-type]
+            if os.fstat(fd).st_size == 0:
+                _append_locked(fd, b"", fields)
+                self.fields = fields
                 return
-            time.sleep(0.01)
-        with open(self.path, "a", newline="", **CSV_TEXT) as f:  # type: ignore[arg-type]  # an empty file: begin it
-            csv.writer(f).writerow(fields)
-        self.fields = fields
+            with read_locked(fd) as f:
+                header = next(csv.reader(f), None)
+        self.fields = header or fields
 
     def drop(self, key_field: str, keys: set[str] | Callable[[str], bool]) -> None:
         """Remove the rows whose `key_field` is in `keys` (or for which `keys(value)` is true): jobs about to be
-        redone, so that each keeps one row. The file is rewritten atomically, and only when it holds such a row;
-        when no row is left, the file starts again (with the given columns, else the redo's rows set them)."""
+        redone, so that each keeps one row. The file is rewritten atomically, under its lock, and only when it holds
+        such a row; when no row is left, the file starts again (with the given columns, else the redo's rows set
+        them)."""
         if self.path is None or not keys or not self.path.is_file() or self.fields is None:
             return
         match = keys if callable(keys) else keys.__contains__
         with self.lock:
-            with open(self.path, newline="", **CSV_TEXT) as f:
-                reader = csv.reader(f)
-                header = next(reader, None)
-                rows = list(reader)
-            if not header or key_field not in header:
-                return
-            k = header.index(key_field)
-            kept = [r for r in rows if not (len(r) > k and match(r[k]))]
-            if len(kept) == len(rows):
-                return
-            if not kept:
-                self.path.unlink()
-                self.fields = None
-                if self.given:
-                    self._start(self.given)
-                return
-            buf = io.StringIO()
-            w = csv.writer(buf)
-            w.writerow(header)
-            w.writerows(kept)
-            atomic_write_bytes(self.path, buf.getvalue().encode(**CSV_TEXT))
+            with locked_csv(self.path, create=False) as fd:
+                if fd is None:
+                    return
+                with read_locked(fd) as f:
+                    reader = csv.reader(f)
+                    header = next(reader, None)
+                    rows = list(reader)
+                if not header or key_field not in header:
+                    return
+                k = header.index(key_field)
+                kept = [r for r in rows if not (len(r) > k and match(r[k]))]
+                if len(kept) == len(rows):
+                    return
+                if not kept:
+                    self.path.unlink()
+                    self.fields = None
+                else:
+                    buf = io.StringIO()
+                    w = csv.writer(buf)
+                    w.writerow(header)
+                    w.writerows(kept)
+                    atomic_write_bytes(self.path, buf.getvalue().encode(**CSV_TEXT))
+            if self.fields is None and self.given:
+                self._start(self.given)
 
     def ensure_fields(self, rows: list[dict]) -> None:
         """Fix the columns, when no header fixes them yet, to every key of `rows` (in first-seen order)."""
@@ -616,11 +686,12 @@ class _StatsCSV:
         if self.path is None or not rows:
             return
         self.ensure_fields(rows)
-        with self.lock:
-            with open(self.path, "a", newline="", **CSV_TEXT) as f:
-                w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
-                for r in rows:
-                    w.writerow(r)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self.fields, extrasaction="ignore")  # type: ignore[arg-type]
+        w.writerows(rows)
+        with self.lock, locked_csv(self.path) as fd:
+            # the header again when another process sharing the file removed it meanwhile (it dropped every row)
+            _append_locked(fd, buf.getvalue().encode(**CSV_TEXT), self.fields)  # type: ignore[arg-type]
 
 
 def call_process(process: Callable[[list[LoadedImage]], list[Outcome]], items: list[LoadedImage]) -> list[Outcome]:
