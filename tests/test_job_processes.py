@@ -200,3 +200,30 @@ def test_rows_appended_while_another_process_rewrites_the_csv_are_kept(tmp_path,
     appender.join(timeout=60)
     assert not appender.is_alive()
     assert sorted(r["path"] for r in _rows(path)) == ["keep.jpg", "new.jpg"]
+
+
+def test_rows_appended_after_a_cut_last_line_start_a_line_of_their_own(tmp_path):
+    """A kill in the middle of a large append (rows of more than one write) leaves the last line cut: the next append
+    joined its first row onto it, so that row was lost into the cut one. It now starts on a new line."""
+    from puface.io.jobs import _StatsCSV
+
+    path = tmp_path / "stats.csv"
+    path.write_text("file,status,v\r\na.jpg,ok,1\r\nb.jpg,o")  # b.jpg's row cut by the kill
+    _StatsCSV(path).add([{"file": "c.jpg", "status": "ok", "v": 3}])
+    assert [r for r in _rows(path) if r["file"] in ("a.jpg", "c.jpg")] == [
+        {"file": "a.jpg", "status": "ok", "v": "1"}, {"file": "c.jpg", "status": "ok", "v": "3"}]
+
+
+def test_an_image_whose_row_was_cut_by_a_kill_is_redone_on_resume(johns_dir, tmp_path, weights, capsys):
+    """A cut row (its columns short) counted as recorded, so the resume kept it cut for good. The resume now redoes
+    that image (the same bytes) and replaces the cut row with a whole one."""
+    src = _tree(johns_dir, tmp_path / "in")
+    out = tmp_path / "out"
+    assert main(_purify(src, out, "--weights", weights, "--stats", out / "stats.csv")) == 0
+    whole = _rows(out / "stats.csv")
+    text = (out / "stats.csv").read_text()
+    (out / "stats.csv").write_text(text[: text.rstrip().rfind(",")])  # the last row cut inside its last columns
+    capsys.readouterr()
+    assert main(_purify(src, out, "--weights", weights, "--stats", out / "stats.csv")) == 0
+    assert "1 purified, 3 already done" in capsys.readouterr().out
+    assert sorted(_rows(out / "stats.csv"), key=str) == sorted(whole, key=str)

@@ -405,8 +405,10 @@ def split_done(jobs: Sequence, resume: bool, is_done: Callable[[Any], bool] | No
 
 def recorded_done(stats_csv: Path | Sequence[Path] | None, stats_key: str = "file") -> Callable[[FileJob], bool] | None:
     """The resume test of a job that writes a row to `stats_csv` (an earlier run began it): its output is a file
-    and the CSV holds its row. A job's row goes in after its output is in place, so a run killed between the two
-    left outputs without rows; with this test a resume redoes them (the same bytes) and writes their rows. Several
+    and the CSV holds its row, complete (a row cut by a kill in the middle of an append has fewer columns than the
+    header: the job is redone and the cut row replaced). A job's row goes in after its output is in place, so a run
+    killed between the two left outputs without rows; with this test a resume redoes them (the same bytes) and writes
+    their rows. Several
     CSVs (one per process, `cloak --rank`): a row in any of them counts. None when there is no such CSV (the
     default test, the output alone, applies)."""
     paths = [stats_csv] if isinstance(stats_csv, (str, Path)) else list(stats_csv or [])
@@ -421,7 +423,7 @@ def recorded_done(stats_csv: Path | Sequence[Path] | None, stats_key: str = "fil
             if not header or stats_key not in header:
                 continue
             k = header.index(stats_key)
-            recorded.update(r[k] for r in reader if len(r) > k)
+            recorded.update(r[k] for r in reader if len(r) == len(header))
             found = True
     if not found:
         return None
@@ -598,11 +600,18 @@ def read_locked(fd: int) -> io.TextIOWrapper:
 
 
 def _append_locked(fd: int, data: bytes, header: list[str] | None) -> None:
-    """Append `data` (whole CSV lines) to the CSV open as `fd` (`locked_csv`), beginning an empty file with `header`."""
-    if header is not None and os.fstat(fd).st_size == 0:
+    """Append `data` (whole CSV lines) to the CSV open as `fd` (`locked_csv`), beginning an empty file with `header`.
+    A file whose last line was cut (a process killed in the middle of a large append) gets a line end first, so the
+    new rows start on a line of their own (readers drop the cut row: `recorded_done`, `detection.folder`)."""
+    size = os.fstat(fd).st_size
+    if header is not None and size == 0:
         buf = io.StringIO()
         csv.writer(buf).writerow(header)
         data = buf.getvalue().encode(**CSV_TEXT) + data
+    elif size > 0:
+        os.lseek(fd, size - 1, os.SEEK_SET)
+        if os.read(fd, 1) not in (b"\n", b"\r"):
+            data = b"\r\n" + data
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
