@@ -4,6 +4,7 @@ every output with its CSV row, once."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -227,3 +228,87 @@ def test_an_image_whose_row_was_cut_by_a_kill_is_redone_on_resume(johns_dir, tmp
     assert main(_purify(src, out, "--weights", weights, "--stats", out / "stats.csv")) == 0
     assert "1 purified, 3 already done" in capsys.readouterr().out
     assert sorted(_rows(out / "stats.csv"), key=str) == sorted(whole, key=str)
+
+
+def test_processes_of_different_world_sizes_on_one_output_folder_are_refused(tmp_path):
+    """Rank 0 of 2 and rank 1 of 3 write overlapping files (shares of other splits), but their rank bytes differ, so
+    both were let in. A process now announces its world size in the lock: another world size is refused, either way
+    round; the same world size still runs side by side, and the folder is free again once the holder ends."""
+    from puface.io.jobs import claim_output
+    from puface.utils.errors import PufaceError
+
+    out = tmp_path / "out"
+    for held, refused, fine in (((0, 2), (1, 3), (1, 2)), ((2, 3), (1, 2), (0, 3))):
+        holder = _holder(out, *held)
+        try:
+            with pytest.raises(PufaceError, match="another --world-size"):
+                claim_output(out, *refused)
+            claim_output(out, *fine)()
+        finally:
+            holder.kill()
+            holder.wait()
+    claim_output(out, *refused)()
+    assert not (out / ".puface.lock").exists()
+
+
+def test_ranks_starting_with_other_settings_at_once_do_not_both_pass_the_check(tmp_path):
+    """Two ranks started at the same instant with other settings could both pass the settings check before either
+    wrote its record (the folder then held outputs of both). The check and write are now one step between the
+    processes sharing the folder: the second sees the first's record and is refused."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from puface.io.jobs import begin_settings
+    from puface.utils.errors import PufaceError
+
+    out, checked, go = tmp_path / "out", tmp_path / "checked", tmp_path / "go"
+    code = ("import time; from pathlib import Path; import puface.io.jobs as jobs\n"
+            "real = jobs.check_settings\n"
+            "def slow(*a, **k):\n"
+            "    real(*a, **k)\n"
+            f"    Path({str(checked)!r}).touch()\n"
+            f"    while not Path({str(go)!r}).exists(): time.sleep(0.01)\n"
+            "jobs.check_settings = slow\n"
+            f"jobs.begin_settings(Path({str(out / 'purify_config.json')!r}), {{'step': 1}}, resume=True, kind='purifying', "
+            "rank=0, world_size=2)\n")
+    first = subprocess.Popen([sys.executable, "-c", code])
+    while not checked.exists():
+        assert first.poll() is None
+        time.sleep(0.01)
+    result: list = []
+
+    def second() -> None:
+        try:
+            result.append(begin_settings(out / "purify_config.json", {"step": 2}, resume=True, kind="purifying",
+                                         rank=1, world_size=2))
+        except PufaceError as e:
+            result.append(e)
+
+    t = threading.Thread(target=second)
+    t.start()
+    t.join(timeout=2)  # done at once without the settings lock; with it, it waits for the first's write
+    go.touch()
+    assert first.wait(timeout=60) == 0
+    t.join(timeout=60)
+    assert isinstance(result[0], PufaceError) and "different purifying setting" in str(result[0])
+    assert json.loads((out / "purify_config.json").read_text()) == {"step": 1}
+
+
+def test_jobs_run_unlocked_where_the_file_system_takes_no_locks(johns_dir, tmp_path, weights, monkeypatch):
+    """NFS or Lustre mounted without locking: every lock call fails with ENOLCK. The folder claim, the settings lock and
+    the CSV locks then do nothing, and the job runs as before there were locks."""
+    import errno
+    import fcntl
+
+    def no_locks(*a, **k):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    src, out = _tree(johns_dir, tmp_path / "in"), tmp_path / "out"
+    for rank in (0, 1):
+        assert main(_purify(src, out, "--weights", weights, "--stats", out / "stats.csv", "--rank", rank,
+                            "--world-size", 2)) == 0
+    assert len(_outputs(out)) == 4 and len(_rows(out / "stats.csv")) == 4

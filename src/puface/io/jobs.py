@@ -254,40 +254,93 @@ def check_settings(path: Path, record: dict, *, resume: bool, kind: str, keys: S
 
 #: The lock file of an output folder while a job writes into it (`claim_output`): hidden, removed by the last process.
 LOCK_NAME = ".puface.lock"
+#: Byte ranges of a claim's lock file (`fcntl.lockf`): byte 0 serialises the settings check and write of the processes
+#: sharing the output (`Claim.settings`), byte 1 + rank is a rank's share, and a process of world size W holds a shared
+#: lock on byte _WORLD_BYTES + W (far beyond any rank's byte), so that processes of other world sizes are refused.
+_WORLD_BYTES = 1 << 40
 
 
-def claim_output(folder: Path, rank: int = 0, world_size: int = 1) -> Callable[[], None]:
-    """Claim output folder `folder` for this process's share of a job until the returned function is called (or
+class Claim:
+    """A process's claim on an output (`claim_output`): call it to release the claim (the last process removes the lock
+    file); `settings()` serialises a settings check and write between the processes sharing the output."""
+
+    def __init__(self, f: Any = None, path: Path | None = None, whole: bool = True):
+        self.f, self.path, self.whole = f, path, whole
+
+    def __call__(self) -> None:
+        f = self.f
+        if f is None or f.closed:
+            return
+        import fcntl
+
+        try:  # the whole file is free of other claims: this is the last process, the file goes
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0)
+            self.path.unlink(missing_ok=True)  # type: ignore[union-attr]
+        except OSError:
+            pass
+        f.close()
+
+    @contextmanager
+    def settings(self) -> Iterator[None]:
+        """Hold the claim's settings lock while the block runs (waiting for it): processes sharing the output with
+        --rank check and write the settings record one at a time, so two started with other settings at the same
+        instant cannot both pass the check before either writes. A claim of the whole output needs none."""
+        if self.f is None or self.f.closed or self.whole:
+            yield
+            return
+        import fcntl
+
+        try:
+            fcntl.lockf(self.f, fcntl.LOCK_EX, 1, 0)
+        except OSError:  # no locks after all: unlocked, as where nothing was claimed
+            yield
+            return
+        try:
+            yield
+        finally:
+            try:
+                fcntl.lockf(self.f, fcntl.LOCK_UN, 1, 0)
+            except OSError:
+                pass
+
+
+def claim_output(folder: Path, rank: int = 0, world_size: int = 1) -> Claim:
+    """Claim output folder `folder` for this process's share of a job until the returned `Claim` is called (or
     the process ends, also by kill -9): a `PufaceError` when another process holds the same share, so that two runs
     started on one folder by mistake do not both write every output and every CSV row. A process without ranks
-    claims the whole folder; process `rank` (of any world size) one share, so the ranks of one job run side by side
-    but never one rank twice or a rank beside a run without ranks. An advisory lock (`fcntl.lockf`) on
-    `folder/.puface.lock`, which the last process to release its claim removes; where the file system takes no
-    locks, nothing is claimed."""
+    claims the whole folder; process `rank` of `world_size` one share, so the ranks of one job run side by side
+    but never one rank twice, a rank beside a run without ranks, or ranks of different world sizes (whose shares
+    overlap). An advisory lock (`fcntl.lockf`) on `folder/.puface.lock`, which the last process to release its claim
+    removes; where the file system takes no locks, nothing is claimed."""
+    return _claim(folder / LOCK_NAME, rank, world_size, str(folder), "writing into this folder")
+
+
+def _claim(path: Path, rank: int, world_size: int, name: str, doing: str) -> Claim:
+    """`claim_output` on lock file `path`; messages say "{name}: another puface process is {doing}"."""
     try:
         import errno
         import fcntl
     except ImportError:  # not POSIX
-        return lambda: None
-    path = folder / LOCK_NAME
+        return Claim()
+    busy = (errno.EACCES, errno.EAGAIN)
     start, length = (0, 0) if world_size <= 1 else (1 + rank, 1)  # length 0: the whole file, every share
     for _ in range(10):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             f = open(path, "a+b")
         except OSError:
-            return lambda: None
+            return Claim()
         try:
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)
         except OSError as e:
             f.close()
-            if e.errno not in (errno.EACCES, errno.EAGAIN):
-                return lambda: None  # locks not supported here
+            if e.errno not in busy:
+                return Claim()  # locks not supported here
             if world_size > 1:
-                raise PufaceError(f"{folder}: another puface process is writing into this folder as rank {rank} (or "
-                                  "without --rank); give each process its own --rank, or wait for it to end") from None
-            raise PufaceError(f"{folder}: another puface process is writing into this folder; wait for it to end, or "
-                              "split the files between processes with --rank/--world-size") from None
+                raise PufaceError(f"{name}: another puface process is {doing} as rank {rank} (or without --rank); give "
+                                  "each process its own --rank, or wait for it to end") from None
+            raise PufaceError(f"{name}: another puface process is {doing}; wait for it to end, or split the files "
+                              "between processes with --rank/--world-size") from None
         try:
             held, now = os.fstat(f.fileno()), os.stat(path)
             if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
@@ -296,19 +349,23 @@ def claim_output(folder: Path, rank: int = 0, world_size: int = 1) -> Callable[[
             pass
         f.close()  # a process that ended removed the file after it was opened here: claim the new one
     else:
-        return lambda: None
-
-    def release() -> None:
-        if f.closed:
-            return
-        try:  # the whole file is free of other claims: this is the last process, the file goes
-            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0)
-            path.unlink(missing_ok=True)
-        except OSError:
-            pass
+        return Claim()
+    if world_size <= 1:
+        return Claim(f, path)
+    # announce this world size, then find any other one: of two processes of different world sizes starting together,
+    # the later to look sees the other's (both may be refused, never both let through)
+    try:
+        fcntl.lockf(f, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, _WORLD_BYTES + world_size)
+        for lo, n in ((_WORLD_BYTES, world_size), (_WORLD_BYTES + world_size + 1, 0)):  # smaller, larger world sizes
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, n, lo)
+            fcntl.lockf(f, fcntl.LOCK_UN, n, lo)
+    except OSError as e:
         f.close()
-
-    return release
+        if e.errno not in busy:
+            return Claim()
+        raise PufaceError(f"{name}: another puface process is {doing} with another --world-size; processes that share "
+                          f"it must all give the same --world-size (this one: {world_size}), or wait for it to end") from None
+    return Claim(f, path, whole=False)
 
 
 def begin_settings(path: Path, record: dict, *, resume: bool, kind: str,
@@ -319,24 +376,28 @@ def begin_settings(path: Path, record: dict, *, resume: bool, kind: str,
     the end, so an interrupted redo cannot be resumed as if its folder held one setting. (Processes sharing a
     folder with --rank each replace it when they end: a redo shared by several processes is marked only until
     the first of them ends.) The folder is claimed for this process's share (`claim_output`: refused while another
-    process holds it) until the returned function is called."""
-    release = claim_output(path.parent, rank, world_size)
+    process holds it) until the returned function is called; processes sharing it check and write the record one at
+    a time (`Claim.settings`)."""
+    claim = claim_output(path.parent, rank, world_size)
     try:
-        check_settings(path, record, resume=resume, kind=kind, keys=keys)
-        old = None if resume else _read_settings_quietly(path)
-        if old is not None and (old.get(REDO_KEY) or _settings_diff(old, record, keys) or old.get("input") != record.get("input")):
-            write_settings(path, {**record, REDO_KEY: True})
-
-            def finish() -> None:
-                write_settings(path, record)
-                release()
-
-            return finish
-        write_settings(path, record)
+        with claim.settings():
+            check_settings(path, record, resume=resume, kind=kind, keys=keys)
+            old = None if resume else _read_settings_quietly(path)
+            redo = old is not None and bool(old.get(REDO_KEY) or _settings_diff(old, record, keys)
+                                            or old.get("input") != record.get("input"))
+            write_settings(path, {**record, REDO_KEY: True} if redo else record)
     except BaseException:
-        release()
+        claim()
         raise
-    return release
+    if not redo:
+        return claim
+
+    def finish() -> None:
+        with claim.settings():
+            write_settings(path, record)
+        claim()
+
+    return finish
 
 
 def _read_settings_quietly(path: Path) -> dict | None:
