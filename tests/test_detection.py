@@ -834,3 +834,41 @@ def test_palette_photos_are_scored_with_a_note_that_says_why_they_look_cloaked(j
     assert main(["purify", "--report", "--no-progress", str(root.parent), str(tmp_path / "out")]) == 0
     rep = {r["path"]: r for r in _read(tmp_path / "out" / "detection.csv")}
     assert rep["A/pal0.png"]["note"] == PALETTE_KIND_NOTE and rep["A/rgb0.png"]["note"] == ""
+
+
+def test_two_detects_on_one_scores_file_are_refused_ranks_sharing_it_are_not(tree, tmp_path, detector_file, capsys):
+    """`detect` took no lock: two runs on one --out by mistake both scored every image into it. The scores file is
+    claimed as an output folder is (`io.jobs.claim_file`, a lock file beside it): a second run is refused before it
+    scores anything; ranks sharing one file (--rank/--world-size with one --out) still run side by side."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "res" / "scores.csv"
+    (tree / "cloaked_person" / "broken.jpg").unlink()
+
+    def holder(rank: int, world_size: int):
+        code = ("import time; from pathlib import Path; from puface.io.jobs import claim_file; "
+                f"c = claim_file(Path({str(out)!r}), {rank}, {world_size}); print('held', flush=True); time.sleep(60)")
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "held"
+        return p
+
+    args = ["detect", str(tree), "--out", str(out), "--detector", str(detector_file), "--no-progress"]
+    p = holder(0, 1)
+    try:
+        assert main(args) == 2
+        assert "another puface process is writing this file" in capsys.readouterr().err
+        assert not out.exists()
+    finally:
+        p.kill()
+        p.wait()
+    p = holder(0, 2)
+    try:
+        assert main(args + ["--rank", "0", "--world-size", "2"]) == 2
+        assert main(args + ["--rank", "1", "--world-size", "2"]) == 0
+        assert len(_read(out)) == 4  # rank 1's share of the 9 images
+    finally:
+        p.kill()
+        p.wait()
+    assert main(args + ["--rank", "0", "--world-size", "2"]) == 0
+    assert len(_read(out)) == 9 and not list(out.parent.glob(".*.lock"))

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from ..io.images import atomic_write_bytes
-from ..io.jobs import (CSV_TEXT, FileJob, JobReport, LoadedImage, Outcome, group_by_size, image_inputs, keep_input_mode,
-                       locked_csv, plan_mirror, read_locked, run_folder_job, shard)
+from ..io.jobs import (CSV_TEXT, FileJob, JobReport, LoadedImage, Outcome, claim_file, group_by_size, image_inputs,
+                       keep_input_mode, locked_csv, plan_mirror, read_locked, run_folder_job, shard)
 from ..utils.errors import PufaceError
 from ..purifier.model import extrapolate
 from ..utils.images import tensor_to_image
@@ -360,44 +360,50 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         import_dlib()
     jobs = _jobs(in_path)
     current = {j.rel.as_posix() for j in jobs}  # every shard's: processes may share one CSV
-    if world_size > 1:
-        jobs = shard(jobs, rank, world_size)
-    det = _prepare_detector(detector, weights, device, purifier)
-    thresholds = Thresholds(det, fpr, one_threshold)
-    fpr_v = det.default_fpr if fpr is None else float(fpr)
-    fields = ["path", "score", "cloaked", *feature_columns(det)] + (["faces"] if align else []) + ["storage", "note"]
-    state = _state_path(out_csv)
-    det_id = det.fingerprint()
-    run = {"input": str(in_path.resolve()), "align": align, "largest_face": largest_face}
-    if restart:
-        out_csv.unlink(missing_ok=True)
-    elif resume and out_csv.exists() and state.is_file():
-        _check_same_run(out_csv, json.loads(state.read_text(encoding="utf-8")), det_id, run)
-    previous = _start_rows(out_csv, fields, resume and not restart,
-                           {j.rel.as_posix() for j in jobs} if world_size > 1 else None)
-    atomic_write_bytes(state, json.dumps({"detector": det_id, **run}, indent=2).encode())
-    done = {r["path"] for r in previous}
-    common = dict(batch_size=batch_size, resume=resume, desc="detecting", verb="scored", stats_csv=out_csv,
-                  progress=progress, is_done=lambda j: j.rel.as_posix() in done, stats_fields=fields,
-                  stats_key="path", stats_status=False)
-    if engine == "ray":
-        import copy
-        from functools import partial
+    # one process per scores file (or per rank of the processes sharing it): two runs on one --out by mistake are
+    # refused before either scores anything, as for an output folder
+    claim = claim_file(out_csv, rank, world_size)
+    try:
+        if world_size > 1:
+            jobs = shard(jobs, rank, world_size)
+        det = _prepare_detector(detector, weights, device, purifier)
+        thresholds = Thresholds(det, fpr, one_threshold)
+        fpr_v = det.default_fpr if fpr is None else float(fpr)
+        fields = ["path", "score", "cloaked", *feature_columns(det)] + (["faces"] if align else []) + ["storage", "note"]
+        state = _state_path(out_csv)
+        det_id = det.fingerprint()
+        run = {"input": str(in_path.resolve()), "align": align, "largest_face": largest_face}
+        if restart:
+            out_csv.unlink(missing_ok=True)
+        elif resume and out_csv.exists() and state.is_file():
+            _check_same_run(out_csv, json.loads(state.read_text(encoding="utf-8")), det_id, run)
+        previous = _start_rows(out_csv, fields, resume and not restart,
+                               {j.rel.as_posix() for j in jobs} if world_size > 1 else None)
+        atomic_write_bytes(state, json.dumps({"detector": det_id, **run}, indent=2).encode())
+        done = {r["path"] for r in previous}
+        common = dict(batch_size=batch_size, resume=resume, desc="detecting", verb="scored", stats_csv=out_csv,
+                      progress=progress, is_done=lambda j: j.rel.as_posix() in done, stats_fields=fields,
+                      stats_key="path", stats_status=False)
+        if engine == "ray":
+            import copy
+            from functools import partial
 
-        from ..io.raydata import run_ray_job
+            from ..io.raydata import run_ray_job
 
-        # each actor loads the detector file itself (None: the shipped one; a shipped name travels as its file), so Ray can restart a lost actor from
-        # small arguments; a detector given as an object, or with its own purifier, travels as a CPU copy
-        what = copy.deepcopy(det).cpu() if detector is not None or purifier is not None else (str(detector_path(weights).resolve()) if weights else None)
-        factory = partial(detect_batch_process, what, str(det.device), fpr, batch_size, align, largest_face, fields,
-                          one_threshold)
-        job = run_ray_job(jobs, factory, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
-                          gpus_per_worker=1.0 if det.device.type == "cuda" else 0.0, **common)
-    else:
-        process = detect_batch_process(det, None, fpr, batch_size, align, largest_face, fields, one_threshold)
-        job = run_folder_job(jobs, process, io_workers=io_workers, **common)
-    return _finish(out_csv, fields, thresholds, fpr_v, job, in_path, identities_csv, det_id, state=run,
-                   current=current)
+            # each actor loads the detector file itself (None: the shipped one; a shipped name travels as its file), so Ray can restart a lost actor from
+            # small arguments; a detector given as an object, or with its own purifier, travels as a CPU copy
+            what = copy.deepcopy(det).cpu() if detector is not None or purifier is not None else (str(detector_path(weights).resolve()) if weights else None)
+            factory = partial(detect_batch_process, what, str(det.device), fpr, batch_size, align, largest_face, fields,
+                              one_threshold)
+            job = run_ray_job(jobs, factory, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
+                              gpus_per_worker=1.0 if det.device.type == "cuda" else 0.0, **common)
+        else:
+            process = detect_batch_process(det, None, fpr, batch_size, align, largest_face, fields, one_threshold)
+            job = run_folder_job(jobs, process, io_workers=io_workers, **common)
+        return _finish(out_csv, fields, thresholds, fpr_v, job, in_path, identities_csv, det_id, state=run,
+                       current=current)
+    finally:
+        claim()
 
 
 #: The note of a photo whose colours come from a palette (8-bit PNG, BMP, TIFF with a colour table, as GIF encoders make

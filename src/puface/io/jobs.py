@@ -315,6 +315,12 @@ def claim_output(folder: Path, rank: int = 0, world_size: int = 1) -> Claim:
     return _claim(folder / LOCK_NAME, rank, world_size, str(folder), "writing into this folder")
 
 
+def claim_file(path: Path, rank: int = 0, world_size: int = 1) -> Claim:
+    """`claim_output` for a job whose output is one file that processes (--rank) may share (`detect`'s scores CSV):
+    the lock file is `.NAME.lock` beside it, removed by the last process."""
+    return _claim(path.with_name(f".{path.name}.lock"), rank, world_size, str(path), "writing this file")
+
+
 def _claim(path: Path, rank: int, world_size: int, name: str, doing: str) -> Claim:
     """`claim_output` on lock file `path`; messages say "{name}: another puface process is {doing}"."""
     try:
