@@ -872,3 +872,21 @@ def test_two_detects_on_one_scores_file_are_refused_ranks_sharing_it_are_not(tre
         p.wait()
     assert main(args + ["--rank", "0", "--world-size", "2"]) == 0
     assert len(_read(out)) == 9 and not list(out.parent.glob(".*.lock"))
+
+
+def test_detect_help_and_default_out_with_ranks(tree, tmp_path, detector_file, monkeypatch, capsys):
+    """`detect --help` said --out defaults to scores.csv, but with --world-size above 1 each rank writes
+    scores.rank<r>.csv: the help says so, and a --out given is the file every rank shares."""
+    from click.testing import CliRunner
+
+    from puface.cli import cli
+
+    help_text = " ".join(CliRunner().invoke(cli, ["detect", "--help"]).output.split())
+    assert "Default: scores.csv; with --world-size above 1, scores.rank<r>.csv per rank r" in help_text
+    (tree / "cloaked_person" / "broken.jpg").unlink()
+    monkeypatch.chdir(tmp_path)
+    args = ["detect", str(tree), "--detector", str(detector_file), "--no-progress", "--world-size", "2"]
+    assert main(args + ["--rank", "1"]) == 0
+    assert len(_read(tmp_path / "scores.rank1.csv")) == 4 and not (tmp_path / "scores.csv").exists()
+    assert main(args + ["--rank", "0", "--out", "scores.csv"]) == 0
+    assert len(_read(tmp_path / "scores.csv")) == 5 and not (tmp_path / "scores.rank0.csv").exists()
