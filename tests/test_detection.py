@@ -834,3 +834,59 @@ def test_palette_photos_are_scored_with_a_note_that_says_why_they_look_cloaked(j
     assert main(["purify", "--report", "--no-progress", str(root.parent), str(tmp_path / "out")]) == 0
     rep = {r["path"]: r for r in _read(tmp_path / "out" / "detection.csv")}
     assert rep["A/pal0.png"]["note"] == PALETTE_KIND_NOTE and rep["A/rgb0.png"]["note"] == ""
+
+
+def test_two_detects_on_one_scores_file_are_refused_ranks_sharing_it_are_not(tree, tmp_path, detector_file, capsys):
+    """`detect` took no lock: two runs on one --out by mistake both scored every image into it. The scores file is
+    claimed as an output folder is (`io.jobs.claim_file`, a lock file beside it): a second run is refused before it
+    scores anything; ranks sharing one file (--rank/--world-size with one --out) still run side by side."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "res" / "scores.csv"
+    (tree / "cloaked_person" / "broken.jpg").unlink()
+
+    def holder(rank: int, world_size: int):
+        code = ("import time; from pathlib import Path; from puface.io.jobs import claim_file; "
+                f"c = claim_file(Path({str(out)!r}), {rank}, {world_size}); print('held', flush=True); time.sleep(60)")
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "held"
+        return p
+
+    args = ["detect", str(tree), "--out", str(out), "--detector", str(detector_file), "--no-progress"]
+    p = holder(0, 1)
+    try:
+        assert main(args) == 2
+        assert "another puface process is writing this file" in capsys.readouterr().err
+        assert not out.exists()
+    finally:
+        p.kill()
+        p.wait()
+    p = holder(0, 2)
+    try:
+        assert main(args + ["--rank", "0", "--world-size", "2"]) == 2
+        assert main(args + ["--rank", "1", "--world-size", "2"]) == 0
+        assert len(_read(out)) == 4  # rank 1's share of the 9 images
+    finally:
+        p.kill()
+        p.wait()
+    assert main(args + ["--rank", "0", "--world-size", "2"]) == 0
+    assert len(_read(out)) == 9 and not list(out.parent.glob(".*.lock"))
+
+
+def test_detect_help_and_default_out_with_ranks(tree, tmp_path, detector_file, monkeypatch, capsys):
+    """`detect --help` said --out defaults to scores.csv, but with --world-size above 1 each rank writes
+    scores.rank<r>.csv: the help says so, and a --out given is the file every rank shares."""
+    from click.testing import CliRunner
+
+    from puface.cli import cli
+
+    help_text = " ".join(CliRunner().invoke(cli, ["detect", "--help"]).output.split())
+    assert "Default: scores.csv; with --world-size above 1, scores.rank<r>.csv per rank r" in help_text
+    (tree / "cloaked_person" / "broken.jpg").unlink()
+    monkeypatch.chdir(tmp_path)
+    args = ["detect", str(tree), "--detector", str(detector_file), "--no-progress", "--world-size", "2"]
+    assert main(args + ["--rank", "1"]) == 0
+    assert len(_read(tmp_path / "scores.rank1.csv")) == 4 and not (tmp_path / "scores.csv").exists()
+    assert main(args + ["--rank", "0", "--out", "scores.csv"]) == 0
+    assert len(_read(tmp_path / "scores.csv")) == 5 and not (tmp_path / "scores.rank0.csv").exists()

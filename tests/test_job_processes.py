@@ -4,6 +4,7 @@ every output with its CSV row, once."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -149,3 +150,165 @@ def test_processes_starting_one_csv_together_keep_each_others_rows(tmp_path):
     second.add([{"file": "b.jpg", "v": 1}])
     first.add([{"file": "a.jpg", "v": 2}])
     assert sorted((r["file"], r["v"]) for r in _rows(path)) == [("a.jpg", "2"), ("b.jpg", "1")]
+
+
+def _slowed_rewrite(module: str, call: str, tmp_path: Path):
+    """Another process that rewrites a CSV with `call` (Python, after `from pathlib import Path`), its rewrite held
+    between reading the file and renaming the new one into place until the test lets it go (files as barriers)."""
+    import subprocess
+    import sys
+
+    read, go = tmp_path / "read", tmp_path / "go"
+    code = ("import time; from pathlib import Path; import puface.io.images as images; import " + module + " as m\n"
+            "real = images.atomic_write_bytes\n"
+            "def slow(path, data):\n"
+            f"    Path({str(read)!r}).touch()\n"
+            f"    while not Path({str(go)!r}).exists(): time.sleep(0.01)\n"
+            "    real(path, data)\n"
+            "m.atomic_write_bytes = slow\n" + call)
+    p = subprocess.Popen([sys.executable, "-c", code])
+    while not read.exists():
+        assert p.poll() is None, "the rewriting process ended before its rewrite"
+        import time
+
+        time.sleep(0.01)
+    return p, go
+
+
+@pytest.mark.parametrize("rewrite", ["drop", "detect"])
+def test_rows_appended_while_another_process_rewrites_the_csv_are_kept(tmp_path, rewrite):
+    """Ranks share a CSV; one rewrites it (dropping the rows of its shard to redo on a resume or --no-resume, detect's
+    start-of-run and end-of-run rewrites) while another appends: the appended rows went into the file the rename
+    replaced (lost). Appends and rewrites now take the file's lock: the append waits for the rewrite and goes into the
+    new file."""
+    import threading
+
+    from puface.io.jobs import _StatsCSV
+
+    path = tmp_path / "stats.csv"
+    path.write_text("path,score\r\nredo.jpg,1\r\nkeep.jpg,2\r\n")
+    if rewrite == "drop":
+        p, go = _slowed_rewrite("puface.io.jobs", f"m._StatsCSV(Path({str(path)!r})).drop('path', {{'redo.jpg'}})",
+                                tmp_path)
+    else:
+        p, go = _slowed_rewrite("puface.detection.folder", f"m._start_rows(Path({str(path)!r}), ['path', 'score'], "
+                                "False, {'redo.jpg'})", tmp_path)
+    appender = threading.Thread(target=lambda: _StatsCSV(path).add([{"path": "new.jpg", "score": 3}]))
+    appender.start()
+    appender.join(timeout=2)  # done at once without the lock; with it, it waits for the rewrite
+    go.touch()
+    assert p.wait(timeout=60) == 0
+    appender.join(timeout=60)
+    assert not appender.is_alive()
+    assert sorted(r["path"] for r in _rows(path)) == ["keep.jpg", "new.jpg"]
+
+
+def test_rows_appended_after_a_cut_last_line_start_a_line_of_their_own(tmp_path):
+    """A kill in the middle of a large append (rows of more than one write) leaves the last line cut: the next append
+    joined its first row onto it, so that row was lost into the cut one. It now starts on a new line."""
+    from puface.io.jobs import _StatsCSV
+
+    path = tmp_path / "stats.csv"
+    path.write_text("file,status,v\r\na.jpg,ok,1\r\nb.jpg,o")  # b.jpg's row cut by the kill
+    _StatsCSV(path).add([{"file": "c.jpg", "status": "ok", "v": 3}])
+    assert [r for r in _rows(path) if r["file"] in ("a.jpg", "c.jpg")] == [
+        {"file": "a.jpg", "status": "ok", "v": "1"}, {"file": "c.jpg", "status": "ok", "v": "3"}]
+
+
+def test_an_image_whose_row_was_cut_by_a_kill_is_redone_on_resume(johns_dir, tmp_path, weights, capsys):
+    """A cut row (its columns short) counted as recorded, so the resume kept it cut for good. The resume now redoes
+    that image (the same bytes) and replaces the cut row with a whole one."""
+    src = _tree(johns_dir, tmp_path / "in")
+    out = tmp_path / "out"
+    assert main(_purify(src, out, "--weights", weights, "--stats", out / "stats.csv")) == 0
+    whole = _rows(out / "stats.csv")
+    text = (out / "stats.csv").read_text()
+    (out / "stats.csv").write_text(text[: text.rstrip().rfind(",")])  # the last row cut inside its last columns
+    capsys.readouterr()
+    assert main(_purify(src, out, "--weights", weights, "--stats", out / "stats.csv")) == 0
+    assert "1 purified, 3 already done" in capsys.readouterr().out
+    assert sorted(_rows(out / "stats.csv"), key=str) == sorted(whole, key=str)
+
+
+def test_processes_of_different_world_sizes_on_one_output_folder_are_refused(tmp_path):
+    """Rank 0 of 2 and rank 1 of 3 write overlapping files (shares of other splits), but their rank bytes differ, so
+    both were let in. A process now announces its world size in the lock: another world size is refused, either way
+    round; the same world size still runs side by side, and the folder is free again once the holder ends."""
+    from puface.io.jobs import claim_output
+    from puface.utils.errors import PufaceError
+
+    out = tmp_path / "out"
+    for held, refused, fine in (((0, 2), (1, 3), (1, 2)), ((2, 3), (1, 2), (0, 3))):
+        holder = _holder(out, *held)
+        try:
+            with pytest.raises(PufaceError, match="another --world-size"):
+                claim_output(out, *refused)
+            claim_output(out, *fine)()
+        finally:
+            holder.kill()
+            holder.wait()
+    claim_output(out, *refused)()
+    assert not (out / ".puface.lock").exists()
+
+
+def test_ranks_starting_with_other_settings_at_once_do_not_both_pass_the_check(tmp_path):
+    """Two ranks started at the same instant with other settings could both pass the settings check before either
+    wrote its record (the folder then held outputs of both). The check and write are now one step between the
+    processes sharing the folder: the second sees the first's record and is refused."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from puface.io.jobs import begin_settings
+    from puface.utils.errors import PufaceError
+
+    out, checked, go = tmp_path / "out", tmp_path / "checked", tmp_path / "go"
+    code = ("import time; from pathlib import Path; import puface.io.jobs as jobs\n"
+            "real = jobs.check_settings\n"
+            "def slow(*a, **k):\n"
+            "    real(*a, **k)\n"
+            f"    Path({str(checked)!r}).touch()\n"
+            f"    while not Path({str(go)!r}).exists(): time.sleep(0.01)\n"
+            "jobs.check_settings = slow\n"
+            f"jobs.begin_settings(Path({str(out / 'purify_config.json')!r}), {{'step': 1}}, resume=True, kind='purifying', "
+            "rank=0, world_size=2)\n")
+    first = subprocess.Popen([sys.executable, "-c", code])
+    while not checked.exists():
+        assert first.poll() is None
+        time.sleep(0.01)
+    result: list = []
+
+    def second() -> None:
+        try:
+            result.append(begin_settings(out / "purify_config.json", {"step": 2}, resume=True, kind="purifying",
+                                         rank=1, world_size=2))
+        except PufaceError as e:
+            result.append(e)
+
+    t = threading.Thread(target=second)
+    t.start()
+    t.join(timeout=2)  # done at once without the settings lock; with it, it waits for the first's write
+    go.touch()
+    assert first.wait(timeout=60) == 0
+    t.join(timeout=60)
+    assert isinstance(result[0], PufaceError) and "different purifying setting" in str(result[0])
+    assert json.loads((out / "purify_config.json").read_text()) == {"step": 1}
+
+
+def test_jobs_run_unlocked_where_the_file_system_takes_no_locks(johns_dir, tmp_path, weights, monkeypatch):
+    """NFS or Lustre mounted without locking: every lock call fails with ENOLCK. The folder claim, the settings lock and
+    the CSV locks then do nothing, and the job runs as before there were locks."""
+    import errno
+    import fcntl
+
+    def no_locks(*a, **k):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    src, out = _tree(johns_dir, tmp_path / "in"), tmp_path / "out"
+    for rank in (0, 1):
+        assert main(_purify(src, out, "--weights", weights, "--stats", out / "stats.csv", "--rank", rank,
+                            "--world-size", 2)) == 0
+    assert len(_outputs(out)) == 4 and len(_rows(out / "stats.csv")) == 4

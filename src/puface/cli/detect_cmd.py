@@ -19,9 +19,10 @@ _detector_purifier_option = click.option(
 
 @click.command("detect")
 @click.argument("in_path", metavar="IN", type=click.Path(path_type=Path))
-@click.option("--out", "out_csv", type=click.Path(path_type=Path), default=Path("scores.csv"), show_default=True,
+@click.option("--out", "out_csv", type=click.Path(path_type=Path), default=None,
               help="Scores CSV: path (relative to IN), score, cloaked (1/0), the features; the per-identity summary goes "
-                   "next to it (<name>-identities.csv).")
+                   "next to it (<name>-identities.csv). Default: scores.csv; with --world-size above 1, scores.rank<r>.csv "
+                   "per rank r (give one --out to every rank to share one file).")
 @click.option("--fpr", type=float, default=None,
               help="False-positive rate of the decision on natural photos (default: the detector's, 0.01). Lower flags "
                    "fewer natural photos and misses more cloaks.")
@@ -50,7 +51,7 @@ _detector_purifier_option = click.option(
 @rank_options
 @engine_options("detector", "Same CSV rows either way.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def detect(in_path: Path, out_csv: Path, fpr: float | None, one_threshold: bool, weights: Path | None, purifier: Path | None, device: str,
+def detect(in_path: Path, out_csv: Path | None, fpr: float | None, one_threshold: bool, weights: Path | None, purifier: Path | None, device: str,
            batch_size: int, align: bool, largest_face: bool, resume: bool, restart: bool, io_workers: int, threads: int | None,
            rank: int | None, world_size: int | None, engine: str, address: str | None, workers: int | None,
            progress: bool) -> None:
@@ -84,8 +85,8 @@ def detect(in_path: Path, out_csv: Path, fpr: float | None, one_threshold: bool,
     from ..io.jobs import resolve_rank
 
     rank, world_size = resolve_rank(rank, world_size)
-    if world_size > 1 and out_csv == Path("scores.csv"):
-        out_csv = Path(f"scores.rank{rank}.csv")
+    if out_csv is None:
+        out_csv = Path(f"scores.rank{rank}.csv" if world_size > 1 else "scores.csv")
     report = detect_folder(in_path, out_csv, weights=weights, device=None if device == "auto" else device, fpr=fpr,
                            batch_size=batch_size, resume=resume, restart=restart, io_workers=io_workers,
                            progress=progress, align=align, largest_face=largest_face, rank=rank, world_size=world_size,

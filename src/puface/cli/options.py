@@ -38,7 +38,8 @@ def threads_option(help: str = "Torch compute threads (default: torch's choice).
 def rank_options(f: Callable) -> Callable:
     """`--rank` and `--world-size` of a folder job whose files are split between processes."""
     f = click.option("--world-size", type=click.IntRange(min=1), default=None,
-                     help="Number of processes sharing the files (default: $WORLD_SIZE or 1).")(f)
+                     help="Number of processes sharing the files (default: $WORLD_SIZE or 1); every process writing into one "
+                          "output gives the same number (another is refused while they run).")(f)
     return click.option("--rank", type=click.IntRange(min=0), default=None,
                         help="This process's share of the files (default: $RANK or 0).")(f)
 

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from ..io.images import atomic_write_bytes
-from ..io.jobs import (CSV_TEXT, FileJob, JobReport, LoadedImage, Outcome, group_by_size, image_inputs, keep_input_mode,
-                       plan_mirror, run_folder_job, shard)
+from ..io.jobs import (CSV_TEXT, FileJob, JobReport, LoadedImage, Outcome, claim_file, group_by_size, image_inputs,
+                       keep_input_mode, locked_csv, plan_mirror, read_locked, run_folder_job, shard)
 from ..utils.errors import PufaceError
 from ..purifier.model import extrapolate
 from ..utils.images import tensor_to_image
@@ -99,15 +99,18 @@ def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode(**CSV_TEXT))
 
 
-def _load_rows(path: Path, fields: list[str]) -> tuple[list[dict], int]:
+def _load_rows(path: Path, fields: list[str], fd: int | None = None) -> tuple[list[dict], int]:
     """Complete rows of an earlier run's CSV (a row cut by an interruption is dropped; of several rows of one
     path, the last, in its place), and how many records the file holds (it needs rewriting when they differ);
-    a CSV with other columns is an error (another detector or other options wrote it)."""
-    if not path.is_file() or path.stat().st_size == 0:
+    a CSV with other columns is an error (another detector or other options wrote it). fd: the file, locked
+    (`io.jobs.locked_csv`), read through that descriptor."""
+    if fd is None and (not path.is_file() or path.stat().st_size == 0):
         return [], 0
-    with open(path, newline="", **CSV_TEXT) as f:
+    with (read_locked(fd) if fd is not None else open(path, newline="", **CSV_TEXT)) as f:
         reader = csv.reader(f)
         header = next(reader, None)
+        if header is None:
+            return [], 0
         if header != fields:
             raise PufaceError(f"{path}: written by another detector or with other options (columns {header}, "
                               f"expected {fields}); choose another --out or pass --restart")
@@ -127,6 +130,27 @@ def _load_rows(path: Path, fields: list[str]) -> tuple[list[dict], int]:
             rows.append(r)
     last = {r["path"]: i for i, r in enumerate(rows)}
     return [r for i, r in enumerate(rows) if last[r["path"]] == i], stored
+
+
+def _start_rows(path: Path, fields: list[str], resume: bool, mine: set[str] | None = None) -> list[dict]:
+    """The rows an earlier run left in the scores CSV `path` that this run keeps (with `resume`), the file rewritten
+    under its lock (`io.jobs.locked_csv`) to hold just them when it holds others (a row cut by an interruption, one
+    repeated) or, without `resume`, any row. mine: this process's files when processes (--rank) share the file: a
+    run without `resume` then drops only their rows (the others' rows, maybe just added, stay)."""
+    with locked_csv(path, create=False) as fd:
+        if fd is None:
+            return []
+        if resume:
+            previous, stored = _load_rows(path, fields, fd)
+            if len(previous) != stored:
+                _write_csv(path, previous, fields)  # drop a row cut by an interruption (or repeated) before appending
+            return previous
+        try:
+            others = [r for r in _load_rows(path, fields, fd)[0] if r["path"] not in mine] if mine is not None else []
+        except PufaceError:  # other columns: the file starts again
+            others = []
+        _write_csv(path, others, fields)
+        return []
 
 
 class Thresholds:
@@ -336,45 +360,50 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         import_dlib()
     jobs = _jobs(in_path)
     current = {j.rel.as_posix() for j in jobs}  # every shard's: processes may share one CSV
-    if world_size > 1:
-        jobs = shard(jobs, rank, world_size)
-    det = _prepare_detector(detector, weights, device, purifier)
-    thresholds = Thresholds(det, fpr, one_threshold)
-    fpr_v = det.default_fpr if fpr is None else float(fpr)
-    fields = ["path", "score", "cloaked", *feature_columns(det)] + (["faces"] if align else []) + ["storage", "note"]
-    state = _state_path(out_csv)
-    det_id = det.fingerprint()
-    run = {"input": str(in_path.resolve()), "align": align, "largest_face": largest_face}
-    if restart:
-        out_csv.unlink(missing_ok=True)
-    elif resume and out_csv.exists() and state.is_file():
-        _check_same_run(out_csv, json.loads(state.read_text(encoding="utf-8")), det_id, run)
-    previous, stored = _load_rows(out_csv, fields) if resume and not restart else ([], 0)
-    if (out_csv.exists() and not resume) or len(previous) != stored:
-        _write_csv(out_csv, previous, fields)  # drop a row cut by an interruption (or repeated) before appending
-    atomic_write_bytes(state, json.dumps({"detector": det_id, **run}, indent=2).encode())
-    done = {r["path"] for r in previous}
-    common = dict(batch_size=batch_size, resume=resume, desc="detecting", verb="scored", stats_csv=out_csv,
-                  progress=progress, is_done=lambda j: j.rel.as_posix() in done, stats_fields=fields,
-                  stats_key="path", stats_status=False)
-    if engine == "ray":
-        import copy
-        from functools import partial
+    # one process per scores file (or per rank of the processes sharing it): two runs on one --out by mistake are
+    # refused before either scores anything, as for an output folder
+    claim = claim_file(out_csv, rank, world_size)
+    try:
+        if world_size > 1:
+            jobs = shard(jobs, rank, world_size)
+        det = _prepare_detector(detector, weights, device, purifier)
+        thresholds = Thresholds(det, fpr, one_threshold)
+        fpr_v = det.default_fpr if fpr is None else float(fpr)
+        fields = ["path", "score", "cloaked", *feature_columns(det)] + (["faces"] if align else []) + ["storage", "note"]
+        state = _state_path(out_csv)
+        det_id = det.fingerprint()
+        run = {"input": str(in_path.resolve()), "align": align, "largest_face": largest_face}
+        if restart:
+            out_csv.unlink(missing_ok=True)
+        elif resume and out_csv.exists() and state.is_file():
+            _check_same_run(out_csv, json.loads(state.read_text(encoding="utf-8")), det_id, run)
+        previous = _start_rows(out_csv, fields, resume and not restart,
+                               {j.rel.as_posix() for j in jobs} if world_size > 1 else None)
+        atomic_write_bytes(state, json.dumps({"detector": det_id, **run}, indent=2).encode())
+        done = {r["path"] for r in previous}
+        common = dict(batch_size=batch_size, resume=resume, desc="detecting", verb="scored", stats_csv=out_csv,
+                      progress=progress, is_done=lambda j: j.rel.as_posix() in done, stats_fields=fields,
+                      stats_key="path", stats_status=False)
+        if engine == "ray":
+            import copy
+            from functools import partial
 
-        from ..io.raydata import run_ray_job
+            from ..io.raydata import run_ray_job
 
-        # each actor loads the detector file itself (None: the shipped one; a shipped name travels as its file), so Ray can restart a lost actor from
-        # small arguments; a detector given as an object, or with its own purifier, travels as a CPU copy
-        what = copy.deepcopy(det).cpu() if detector is not None or purifier is not None else (str(detector_path(weights).resolve()) if weights else None)
-        factory = partial(detect_batch_process, what, str(det.device), fpr, batch_size, align, largest_face, fields,
-                          one_threshold)
-        job = run_ray_job(jobs, factory, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
-                          gpus_per_worker=1.0 if det.device.type == "cuda" else 0.0, **common)
-    else:
-        process = detect_batch_process(det, None, fpr, batch_size, align, largest_face, fields, one_threshold)
-        job = run_folder_job(jobs, process, io_workers=io_workers, **common)
-    return _finish(out_csv, fields, thresholds, fpr_v, job, in_path, identities_csv, det_id, state=run,
-                   current=current)
+            # each actor loads the detector file itself (None: the shipped one; a shipped name travels as its file), so Ray can restart a lost actor from
+            # small arguments; a detector given as an object, or with its own purifier, travels as a CPU copy
+            what = copy.deepcopy(det).cpu() if detector is not None or purifier is not None else (str(detector_path(weights).resolve()) if weights else None)
+            factory = partial(detect_batch_process, what, str(det.device), fpr, batch_size, align, largest_face, fields,
+                              one_threshold)
+            job = run_ray_job(jobs, factory, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
+                              gpus_per_worker=1.0 if det.device.type == "cuda" else 0.0, **common)
+        else:
+            process = detect_batch_process(det, None, fpr, batch_size, align, largest_face, fields, one_threshold)
+            job = run_folder_job(jobs, process, io_workers=io_workers, **common)
+        return _finish(out_csv, fields, thresholds, fpr_v, job, in_path, identities_csv, det_id, state=run,
+                       current=current)
+    finally:
+        claim()
 
 
 #: The note of a photo whose colours come from a palette (8-bit PNG, BMP, TIFF with a colour table, as GIF encoders make
@@ -461,23 +490,24 @@ def _finish(out_csv: Path, fields: list[str], thresholds: Thresholds, fpr: float
     summary. current: the
     paths (relative to the input) of this run's files; rows of other files (gone from the input since an
     earlier run) are dropped from the scores and the summary."""
-    rows, stored = _load_rows(out_csv, fields)
-    gone = 0
-    if current is not None:
-        kept = [r for r in rows if r["path"] in current]
-        rows, gone = kept, len(rows) - len(kept)
-    changed = 0
-    for r in rows:
-        if r.get("score", "") != "":
-            now = decide(float(r["score"]), thresholds(r.get("storage", "")))
-            changed += str(r.get("cloaked")) != str(now)
-            r["cloaked"] = now
-        if r.get("note") in (PALETTE_NOTE, PALETTE_KIND_NOTE):  # a resume with(out) --one-threshold: the note follows
-            note = PALETTE_KIND_NOTE if _palette_kind_judged(thresholds, r.get("storage", "")) else PALETTE_NOTE
-            changed += r["note"] != note
-            r["note"] = note
-    if changed or len(rows) != stored:  # only then: processes sharing the file (--rank) may still be appending to it
-        _write_csv(out_csv, rows, fields)
+    with locked_csv(out_csv, create=False) as fd:  # processes sharing the file (--rank) may still append to it
+        rows, stored = _load_rows(out_csv, fields, fd) if fd is not None else ([], 0)
+        gone = 0
+        if current is not None:
+            kept = [r for r in rows if r["path"] in current]
+            rows, gone = kept, len(rows) - len(kept)
+        changed = 0
+        for r in rows:
+            if r.get("score", "") != "":
+                now = decide(float(r["score"]), thresholds(r.get("storage", "")))
+                changed += str(r.get("cloaked")) != str(now)
+                r["cloaked"] = now
+            if r.get("note") in (PALETTE_NOTE, PALETTE_KIND_NOTE):  # a resume with(out) --one-threshold: the note follows
+                note = PALETTE_KIND_NOTE if _palette_kind_judged(thresholds, r.get("storage", "")) else PALETTE_NOTE
+                changed += r["note"] != note
+                r["note"] = note
+        if changed or len(rows) != stored:
+            _write_csv(out_csv, rows, fields)
     idents = summarise_identities(rows, in_path.resolve().name if in_path.is_dir() else in_path.resolve().parent.name)
     id_path = Path(identities_csv) if identities_csv else out_csv.with_name(out_csv.stem + "-identities.csv")
     _write_csv(id_path, idents, ["identity", "images", "flagged", "share_flagged", "mean_score", "max_score"])
@@ -536,9 +566,7 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
                 if skip_cloaked else None)
     finish = open_output(out_path, purify_settings(in_path, serving, align=align, largest_face=largest_face, quality=quality,
                                                    step=step, skip_cloaked=left_out), resume, rank, world_size)
-    previous, stored = _load_rows(scores, fields) if resume else ([], 0)
-    if (scores.exists() and not resume) or len(previous) != stored:
-        _write_csv(scores, previous, fields)  # drop a row cut by an interruption (or repeated) before appending
+    previous = _start_rows(scores, fields, resume, {j.rel.as_posix() for j in jobs} if world_size > 1 else None)
     skipped = {r["path"] for r in previous if r.get("status") == "skip"}
     scored = {r["path"] for r in previous if r.get("status") != "fail"}
     other_sizes: list[Callable] = []  # `puface purify`'s batch function, for images that are not chips, made once

@@ -18,9 +18,10 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -253,40 +254,99 @@ def check_settings(path: Path, record: dict, *, resume: bool, kind: str, keys: S
 
 #: The lock file of an output folder while a job writes into it (`claim_output`): hidden, removed by the last process.
 LOCK_NAME = ".puface.lock"
+#: Byte ranges of a claim's lock file (`fcntl.lockf`): byte 0 serialises the settings check and write of the processes
+#: sharing the output (`Claim.settings`), byte 1 + rank is a rank's share, and a process of world size W holds a shared
+#: lock on byte _WORLD_BYTES + W (far beyond any rank's byte), so that processes of other world sizes are refused.
+_WORLD_BYTES = 1 << 40
 
 
-def claim_output(folder: Path, rank: int = 0, world_size: int = 1) -> Callable[[], None]:
-    """Claim output folder `folder` for this process's share of a job until the returned function is called (or
+class Claim:
+    """A process's claim on an output (`claim_output`): call it to release the claim (the last process removes the lock
+    file); `settings()` serialises a settings check and write between the processes sharing the output."""
+
+    def __init__(self, f: Any = None, path: Path | None = None, whole: bool = True):
+        self.f, self.path, self.whole = f, path, whole
+
+    def __call__(self) -> None:
+        f = self.f
+        if f is None or f.closed:
+            return
+        import fcntl
+
+        try:  # the whole file is free of other claims: this is the last process, the file goes
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0)
+            self.path.unlink(missing_ok=True)  # type: ignore[union-attr]
+        except OSError:
+            pass
+        f.close()
+
+    @contextmanager
+    def settings(self) -> Iterator[None]:
+        """Hold the claim's settings lock while the block runs (waiting for it): processes sharing the output with
+        --rank check and write the settings record one at a time, so two started with other settings at the same
+        instant cannot both pass the check before either writes. A claim of the whole output needs none."""
+        if self.f is None or self.f.closed or self.whole:
+            yield
+            return
+        import fcntl
+
+        try:
+            fcntl.lockf(self.f, fcntl.LOCK_EX, 1, 0)
+        except OSError:  # no locks after all: unlocked, as where nothing was claimed
+            yield
+            return
+        try:
+            yield
+        finally:
+            try:
+                fcntl.lockf(self.f, fcntl.LOCK_UN, 1, 0)
+            except OSError:
+                pass
+
+
+def claim_output(folder: Path, rank: int = 0, world_size: int = 1) -> Claim:
+    """Claim output folder `folder` for this process's share of a job until the returned `Claim` is called (or
     the process ends, also by kill -9): a `PufaceError` when another process holds the same share, so that two runs
     started on one folder by mistake do not both write every output and every CSV row. A process without ranks
-    claims the whole folder; process `rank` (of any world size) one share, so the ranks of one job run side by side
-    but never one rank twice or a rank beside a run without ranks. An advisory lock (`fcntl.lockf`) on
-    `folder/.puface.lock`, which the last process to release its claim removes; where the file system takes no
-    locks, nothing is claimed."""
+    claims the whole folder; process `rank` of `world_size` one share, so the ranks of one job run side by side
+    but never one rank twice, a rank beside a run without ranks, or ranks of different world sizes (whose shares
+    overlap). An advisory lock (`fcntl.lockf`) on `folder/.puface.lock`, which the last process to release its claim
+    removes; where the file system takes no locks, nothing is claimed."""
+    return _claim(folder / LOCK_NAME, rank, world_size, str(folder), "writing into this folder")
+
+
+def claim_file(path: Path, rank: int = 0, world_size: int = 1) -> Claim:
+    """`claim_output` for a job whose output is one file that processes (--rank) may share (`detect`'s scores CSV):
+    the lock file is `.NAME.lock` beside it, removed by the last process."""
+    return _claim(path.with_name(f".{path.name}.lock"), rank, world_size, str(path), "writing this file")
+
+
+def _claim(path: Path, rank: int, world_size: int, name: str, doing: str) -> Claim:
+    """`claim_output` on lock file `path`; messages say "{name}: another puface process is {doing}"."""
     try:
         import errno
         import fcntl
     except ImportError:  # not POSIX
-        return lambda: None
-    path = folder / LOCK_NAME
+        return Claim()
+    busy = (errno.EACCES, errno.EAGAIN)
     start, length = (0, 0) if world_size <= 1 else (1 + rank, 1)  # length 0: the whole file, every share
     for _ in range(10):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             f = open(path, "a+b")
         except OSError:
-            return lambda: None
+            return Claim()
         try:
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)
         except OSError as e:
             f.close()
-            if e.errno not in (errno.EACCES, errno.EAGAIN):
-                return lambda: None  # locks not supported here
+            if e.errno not in busy:
+                return Claim()  # locks not supported here
             if world_size > 1:
-                raise PufaceError(f"{folder}: another puface process is writing into this folder as rank {rank} (or "
-                                  "without --rank); give each process its own --rank, or wait for it to end") from None
-            raise PufaceError(f"{folder}: another puface process is writing into this folder; wait for it to end, or "
-                              "split the files between processes with --rank/--world-size") from None
+                raise PufaceError(f"{name}: another puface process is {doing} as rank {rank} (or without --rank); give "
+                                  "each process its own --rank, or wait for it to end") from None
+            raise PufaceError(f"{name}: another puface process is {doing}; wait for it to end, or split the files "
+                              "between processes with --rank/--world-size") from None
         try:
             held, now = os.fstat(f.fileno()), os.stat(path)
             if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
@@ -295,19 +355,23 @@ def claim_output(folder: Path, rank: int = 0, world_size: int = 1) -> Callable[[
             pass
         f.close()  # a process that ended removed the file after it was opened here: claim the new one
     else:
-        return lambda: None
-
-    def release() -> None:
-        if f.closed:
-            return
-        try:  # the whole file is free of other claims: this is the last process, the file goes
-            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0)
-            path.unlink(missing_ok=True)
-        except OSError:
-            pass
+        return Claim()
+    if world_size <= 1:
+        return Claim(f, path)
+    # announce this world size, then find any other one: of two processes of different world sizes starting together,
+    # the later to look sees the other's (both may be refused, never both let through)
+    try:
+        fcntl.lockf(f, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, _WORLD_BYTES + world_size)
+        for lo, n in ((_WORLD_BYTES, world_size), (_WORLD_BYTES + world_size + 1, 0)):  # smaller, larger world sizes
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, n, lo)
+            fcntl.lockf(f, fcntl.LOCK_UN, n, lo)
+    except OSError as e:
         f.close()
-
-    return release
+        if e.errno not in busy:
+            return Claim()
+        raise PufaceError(f"{name}: another puface process is {doing} with another --world-size; processes that share "
+                          f"it must all give the same --world-size (this one: {world_size}), or wait for it to end") from None
+    return Claim(f, path, whole=False)
 
 
 def begin_settings(path: Path, record: dict, *, resume: bool, kind: str,
@@ -318,24 +382,28 @@ def begin_settings(path: Path, record: dict, *, resume: bool, kind: str,
     the end, so an interrupted redo cannot be resumed as if its folder held one setting. (Processes sharing a
     folder with --rank each replace it when they end: a redo shared by several processes is marked only until
     the first of them ends.) The folder is claimed for this process's share (`claim_output`: refused while another
-    process holds it) until the returned function is called."""
-    release = claim_output(path.parent, rank, world_size)
+    process holds it) until the returned function is called; processes sharing it check and write the record one at
+    a time (`Claim.settings`)."""
+    claim = claim_output(path.parent, rank, world_size)
     try:
-        check_settings(path, record, resume=resume, kind=kind, keys=keys)
-        old = None if resume else _read_settings_quietly(path)
-        if old is not None and (old.get(REDO_KEY) or _settings_diff(old, record, keys) or old.get("input") != record.get("input")):
-            write_settings(path, {**record, REDO_KEY: True})
-
-            def finish() -> None:
-                write_settings(path, record)
-                release()
-
-            return finish
-        write_settings(path, record)
+        with claim.settings():
+            check_settings(path, record, resume=resume, kind=kind, keys=keys)
+            old = None if resume else _read_settings_quietly(path)
+            redo = old is not None and bool(old.get(REDO_KEY) or _settings_diff(old, record, keys)
+                                            or old.get("input") != record.get("input"))
+            write_settings(path, {**record, REDO_KEY: True} if redo else record)
     except BaseException:
-        release()
+        claim()
         raise
-    return release
+    if not redo:
+        return claim
+
+    def finish() -> None:
+        with claim.settings():
+            write_settings(path, record)
+        claim()
+
+    return finish
 
 
 def _read_settings_quietly(path: Path) -> dict | None:
@@ -404,8 +472,10 @@ def split_done(jobs: Sequence, resume: bool, is_done: Callable[[Any], bool] | No
 
 def recorded_done(stats_csv: Path | Sequence[Path] | None, stats_key: str = "file") -> Callable[[FileJob], bool] | None:
     """The resume test of a job that writes a row to `stats_csv` (an earlier run began it): its output is a file
-    and the CSV holds its row. A job's row goes in after its output is in place, so a run killed between the two
-    left outputs without rows; with this test a resume redoes them (the same bytes) and writes their rows. Several
+    and the CSV holds its row, complete (a row cut by a kill in the middle of an append has fewer columns than the
+    header: the job is redone and the cut row replaced). A job's row goes in after its output is in place, so a run
+    killed between the two left outputs without rows; with this test a resume redoes them (the same bytes) and writes
+    their rows. Several
     CSVs (one per process, `cloak --rank`): a row in any of them counts. None when there is no such CSV (the
     default test, the output alone, applies)."""
     paths = [stats_csv] if isinstance(stats_csv, (str, Path)) else list(stats_csv or [])
@@ -420,7 +490,7 @@ def recorded_done(stats_csv: Path | Sequence[Path] | None, stats_key: str = "fil
             if not header or stats_key not in header:
                 continue
             k = header.index(stats_key)
-            recorded.update(r[k] for r in reader if len(r) > k)
+            recorded.update(r[k] for r in reader if len(r) == len(header))
             found = True
     if not found:
         return None
@@ -534,8 +604,89 @@ def _write_outcome(item: LoadedImage, out: Outcome, quality: int) -> None:
 CSV_TEXT = {"encoding": "utf-8", "errors": "surrogateescape"}
 
 
+def _flock(fd: int) -> bool:
+    """Wait for an exclusive advisory lock (`flock`) on open file `fd`; False where none can be taken (not POSIX, a
+    file system without locks: then the caller goes on unlocked, as before there were locks)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def locked_csv(path: Path, create: bool = True) -> Iterator[int | None]:
+    """Hold an exclusive advisory lock on the CSV at `path` while the block runs: every append to and rewrite of a
+    CSV that processes may share (the ranks of one job: stats and scores CSVs) goes through it, so that rows one
+    process appends while another rewrites the file (dropping rows to redo, deciding again) are never lost. The lock
+    is on the file itself (`flock`: held until the descriptor is closed, whatever else the process opens and closes);
+    a rewrite renames its new file into place while it holds the lock, so a process that was waiting finds another
+    file under the name and locks that one instead. Yields a descriptor of the file open for reading and appending
+    (created empty when missing with `create`; None when it is missing without). Where the file system takes no
+    locks, the block runs unlocked."""
+    flags = os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0) | getattr(os, "O_BINARY", 0)
+    while True:
+        try:
+            fd = os.open(path, flags, 0o666)
+        except FileNotFoundError:
+            if create:
+                raise
+            yield None
+            return
+        try:
+            if not _flock(fd):
+                break
+            held = os.fstat(fd)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+            if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # replaced or removed by the process that held the lock: lock the file now under the name
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def read_locked(fd: int) -> io.TextIOWrapper:
+    """The CSV open as `fd` (`locked_csv`) as text from its start, read through that descriptor (closing another one
+    of the same file would drop the lock where the file system emulates `flock` with POSIX locks); closing it leaves
+    `fd` open."""
+    f = open(fd, newline="", closefd=False, **CSV_TEXT)
+    f.seek(0)
+    return f
+
+
+def _append_locked(fd: int, data: bytes, header: list[str] | None) -> None:
+    """Append `data` (whole CSV lines) to the CSV open as `fd` (`locked_csv`), beginning an empty file with `header`.
+    A file whose last line was cut (a process killed in the middle of a large append) gets a line end first, so the
+    new rows start on a line of their own (readers drop the cut row: `recorded_done`, `detection.folder`)."""
+    size = os.fstat(fd).st_size
+    if header is not None and size == 0:
+        buf = io.StringIO()
+        csv.writer(buf).writerow(header)
+        data = buf.getvalue().encode(**CSV_TEXT) + data
+    elif size > 0:
+        os.lseek(fd, size - 1, os.SEEK_SET)
+        if os.read(fd, 1) not in (b"\n", b"\r"):
+            data = b"\r\n" + data
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class _StatsCSV:
-    """Appends per-image rows to a CSV next to the outputs (header written once; resumes append)."""
+    """Appends per-image rows to a CSV next to the outputs (header written once; resumes append). Processes sharing
+    the file (--rank) append and rewrite it under its lock (`locked_csv`)."""
 
     def __init__(self, path: Path | None, fields: list[str] | None = None):
         self.path = path
@@ -553,53 +704,48 @@ class _StatsCSV:
         another process sharing the file (--rank) began it meanwhile, its header is kept and taken, never truncated
         with the rows it has added."""
         self.path.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-        try:
-            with open(self.path, "x", newline="", **CSV_TEXT) as f:  # type: ignore[arg-type]
-                csv.writer(f).writerow(fields)
-            self.fields = fields
-            return
-        except FileExistsError:
-            pass
-        for _ in range(100):  # the other process writes its header right after creating the file
-            with open(self.path, newline="", **CSV_TEXT) as f:  # type: ignore[arg-type]
-                header = next(csv.reader(f), None)
-            if header:
-                self.fields = header
+        with locked_csv(self.path) as fd:  # type: ignore[arg-type]
+            if os.fstat(fd).st_size == 0:
+                _append_locked(fd, b"", fields)
+                self.fields = fields
                 return
-            time.sleep(0.01)
-        with open(self.path, "a", newline="", **CSV_TEXT) as f:  # type: ignore[arg-type]  # an empty file: begin it
-            csv.writer(f).writerow(fields)
-        self.fields = fields
+            with read_locked(fd) as f:
+                header = next(csv.reader(f), None)
+        self.fields = header or fields
 
     def drop(self, key_field: str, keys: set[str] | Callable[[str], bool]) -> None:
         """Remove the rows whose `key_field` is in `keys` (or for which `keys(value)` is true): jobs about to be
-        redone, so that each keeps one row. The file is rewritten atomically, and only when it holds such a row;
-        when no row is left, the file starts again (with the given columns, else the redo's rows set them)."""
+        redone, so that each keeps one row. The file is rewritten atomically, under its lock, and only when it holds
+        such a row; when no row is left, the file starts again (with the given columns, else the redo's rows set
+        them)."""
         if self.path is None or not keys or not self.path.is_file() or self.fields is None:
             return
         match = keys if callable(keys) else keys.__contains__
         with self.lock:
-            with open(self.path, newline="", **CSV_TEXT) as f:
-                reader = csv.reader(f)
-                header = next(reader, None)
-                rows = list(reader)
-            if not header or key_field not in header:
-                return
-            k = header.index(key_field)
-            kept = [r for r in rows if not (len(r) > k and match(r[k]))]
-            if len(kept) == len(rows):
-                return
-            if not kept:
-                self.path.unlink()
-                self.fields = None
-                if self.given:
-                    self._start(self.given)
-                return
-            buf = io.StringIO()
-            w = csv.writer(buf)
-            w.writerow(header)
-            w.writerows(kept)
-            atomic_write_bytes(self.path, buf.getvalue().encode(**CSV_TEXT))
+            with locked_csv(self.path, create=False) as fd:
+                if fd is None:
+                    return
+                with read_locked(fd) as f:
+                    reader = csv.reader(f)
+                    header = next(reader, None)
+                    rows = list(reader)
+                if not header or key_field not in header:
+                    return
+                k = header.index(key_field)
+                kept = [r for r in rows if not (len(r) > k and match(r[k]))]
+                if len(kept) == len(rows):
+                    return
+                if not kept:
+                    self.path.unlink()
+                    self.fields = None
+                else:
+                    buf = io.StringIO()
+                    w = csv.writer(buf)
+                    w.writerow(header)
+                    w.writerows(kept)
+                    atomic_write_bytes(self.path, buf.getvalue().encode(**CSV_TEXT))
+            if self.fields is None and self.given:
+                self._start(self.given)
 
     def ensure_fields(self, rows: list[dict]) -> None:
         """Fix the columns, when no header fixes them yet, to every key of `rows` (in first-seen order)."""
@@ -616,11 +762,12 @@ class _StatsCSV:
         if self.path is None or not rows:
             return
         self.ensure_fields(rows)
-        with self.lock:
-            with open(self.path, "a", newline="", **CSV_TEXT) as f:
-                w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
-                for r in rows:
-                    w.writerow(r)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self.fields, extrasaction="ignore")  # type: ignore[arg-type]
+        w.writerows(rows)
+        with self.lock, locked_csv(self.path) as fd:
+            # the header again when another process sharing the file removed it meanwhile (it dropped every row)
+            _append_locked(fd, buf.getvalue().encode(**CSV_TEXT), self.fields)  # type: ignore[arg-type]
 
 
 def call_process(process: Callable[[list[LoadedImage]], list[Outcome]], items: list[LoadedImage]) -> list[Outcome]:
