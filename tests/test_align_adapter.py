@@ -205,3 +205,34 @@ def test_missing_dlib_gives_a_clear_error(monkeypatch):
     with pytest.raises(MissingDependencyError, match="pip install dlib-bin"):
         detect.import_dlib()
 
+
+
+def test_a_transparent_photo_keeps_its_own_colours_away_from_the_face(chips, tmp_path):
+    """`purify --align` on an RGBA PNG (keep_input_mode over align_adapter): pixels away from the face come back
+    byte-identical, colour and alpha. The photo is processed composited on white; writing that composite back under
+    the input's alpha blended white into every semi-transparent pixel (colours changed by up to 250 grey levels) and
+    turned every transparent one white."""
+    from puface.io.jobs import keep_input_mode
+
+    photo, _ = embed_chip(chips[1], (300, 280), 0, 1.2, (140, 150))
+    h, w = photo.shape[:2]
+    alpha = np.full((h, w), 255, np.uint8)
+    alpha[:, :60] = np.linspace(0, 254, 60).astype(np.uint8)  # a transparent-to-opaque band on the left
+    alpha[:40] = 0  # a transparent strip along the top
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.dstack([photo, alpha]), "RGBA").save(src / "cut_out.png")
+    report = run_folder_job(plan_mirror(src, tmp_path / "out"), keep_input_mode(align_adapter(brighten, detector="hog")),
+                            progress=False)
+    assert report.written == 1
+    out = np.asarray(Image.open(tmp_path / "out" / "cut_out.png"))
+    assert out.shape == (h, w, 4)
+    assert np.array_equal(out[..., 3], alpha)
+    assert (out[..., :3] != photo).any(-1)[100:200, 100:180].mean() > 0.5  # the face was processed
+    composite = np.asarray(load_for_job(FileJob(src / "cut_out.png", tmp_path / "x.png", Path("x.png"))).image)
+    tf = FaceAligner(150, FaceDetector("hog")).align(composite).faces[0].transform
+    yy, xx = np.mgrid[0:h, 0:w].astype(float)
+    pc = apply_affine(tf.image_to_chip, np.stack([xx.ravel(), yy.ravel()], 1)).reshape(h, w, 2)
+    away = ~((pc[..., 0] > -1) & (pc[..., 0] < 150) & (pc[..., 1] > -1) & (pc[..., 1] < 150))
+    assert away[:, :60].sum() > 1000 and away[:40].sum() > 1000
+    assert np.array_equal(out[away], np.dstack([photo, alpha])[away])

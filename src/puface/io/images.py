@@ -141,11 +141,13 @@ def storage_of(im: Image.Image) -> str:
     return f"jpeg:quality={js[0]},subsampling={js[1]}" if js else ""
 
 
-def _alpha_of(im: Image.Image) -> np.ndarray | None:
-    """The alpha channel (uint8 (H, W)) of an image that has one, else None."""
+def _alpha_of(im: Image.Image) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(alpha channel uint8 (H, W), the colour under it uint8 (H, W, 3), not composited) of an image that has an
+    alpha channel, else (None, None)."""
     if im.mode in _ALPHA_MODES or (im.mode == "P" and "transparency" in im.info):
-        return np.asarray(im.convert("RGBA"))[..., 3].copy()
-    return None
+        rgba = np.asarray(im.convert("RGBA"))
+        return rgba[..., 3].copy(), rgba[..., :3].copy()
+    return None, None
 
 
 def open_image(path: str | Path, data: bytes | None = None) -> Image.Image:
@@ -156,14 +158,17 @@ def open_image(path: str | Path, data: bytes | None = None) -> Image.Image:
     return _open(Path(path), data, False)[0]
 
 
-def open_image_parts(path: str | Path, data: bytes | None = None) -> tuple[Image.Image, np.ndarray | None, bool]:
+def open_image_parts(path: str | Path, data: bytes | None = None, *, color: bool = False) -> tuple:
     """`open_image`, plus what writing the image back in its own mode needs: its alpha channel (uint8 (H, W),
-    upright; None without one) and whether it is grayscale (`GRAY_MODES`). Refuses an animated or multi-page
-    file (APNG, WebP, TIFF), whose output would keep only its first frame."""
-    return _open(Path(path), data, True)
+    upright; None without one) and whether it is grayscale (`GRAY_MODES`). With `color`, a fourth item: the colour
+    under the alpha channel (uint8 (H, W, 3), upright, not composited on white; None without alpha), which the RGB
+    image (composited) no longer holds where alpha < 255. Refuses an animated or multi-page file (APNG, WebP, TIFF),
+    whose output would keep only its first frame."""
+    rgb, alpha, gray, under = _open(Path(path), data, True)
+    return (rgb, alpha, gray, under) if color else (rgb, alpha, gray)
 
 
-def _open(path: Path, data: bytes | None, parts: bool) -> tuple[Image.Image, np.ndarray | None, bool]:
+def _open(path: Path, data: bytes | None, parts: bool) -> tuple[Image.Image, np.ndarray | None, bool, np.ndarray | None]:
     try:
         if data is None:
             if not path.exists():
@@ -200,7 +205,7 @@ def _open(path: Path, data: bytes | None, parts: bool) -> tuple[Image.Image, np.
             im = ImageOps.exif_transpose(im) or im
             rgb = _to_rgb(im)
             rgb.load()
-            alpha = _alpha_of(im) if parts else None
+            alpha, under = _alpha_of(im) if parts else (None, None)
             gray = im.mode in GRAY_MODES
     except ImageReadError:
         raise
@@ -215,7 +220,7 @@ def _open(path: Path, data: bytes | None, parts: bool) -> tuple[Image.Image, np.
         else:
             msg = f"corrupt image ({msg})"
         raise ImageReadError(path, msg) from None
-    return rgb, alpha, gray
+    return rgb, alpha, gray, under
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -54,6 +54,7 @@ class LoadedImage:
     gray: bool = False  # the input is grayscale (1-bit, L, 16-bit, float: `images.GRAY_MODES`)
     palette: bool = False  # the input's colours come from a palette (8-bit PNG, BMP, TIFF: `images.PALETTE_MODES`)
     storage: str = ""  # how the file stores its pixels (`images.storage_of`: "jpeg:quality=75,subsampling=4:2:0", "palette", "")
+    color: np.ndarray | None = None  # the colour under the input's alpha channel, uint8 (H, W, 3), not composited (None without alpha)
 
 
 @dataclass
@@ -540,7 +541,7 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
             raise ImageReadError(job.src, f"unsupported image format {job.src.suffix.lower() or '(no extension)'} "
                                           f"(puface reads {', '.join(IMAGE_EXTENSIONS)}); convert it to PNG first")
         data = job.src.read_bytes() if job.src.is_file() else None
-    im, alpha, gray = open_image_parts(job.src, data=data)
+    im, alpha, gray, under = open_image_parts(job.src, data=data, color=True)
     exif_bytes = icc = None
     fmt = ""
     palette = False
@@ -557,14 +558,19 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
                 exif_bytes = exif.tobytes()
     except Exception:  # metadata is best effort; the pixels were read fine
         pass
-    return LoadedImage(job, np.asarray(im, dtype=np.uint8), exif_bytes, icc, fmt, alpha, gray, palette, storage)
+    return LoadedImage(job, np.asarray(im, dtype=np.uint8), exif_bytes, icc, fmt, alpha, gray, palette, storage, under)
 
 
 def in_input_mode(item: LoadedImage, image: np.ndarray) -> np.ndarray:
     """A processed uint8 RGB image of `item`'s size in the input's own mode: a grayscale input back to one
-    channel (L), an input's alpha channel reattached (LA / RGBA). Other sizes (chips cut from a photo) stay RGB."""
+    channel (L), an input's alpha channel reattached (LA / RGBA) over the input's own colour plus the change processing
+    made (the image processed was composited on white: a pixel left alone keeps its colour, not white blended into
+    it). Other sizes (chips cut from a photo) stay RGB."""
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != item.image.shape[:2]:
         return image
+    if item.alpha is not None and item.color is not None and item.color.shape == image.shape:
+        change = image.astype(np.int16) - item.image.astype(np.int16)
+        image = np.clip(item.color.astype(np.int16) + change, 0, 255).astype(np.uint8)
     out = np.asarray(Image.fromarray(image, "RGB").convert("L")) if item.gray else image
     if item.alpha is not None and item.alpha.shape == image.shape[:2]:
         out = np.dstack([out, item.alpha])

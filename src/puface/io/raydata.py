@@ -68,7 +68,7 @@ def _obj(values) -> np.ndarray:
 def _decode_stage(batch: dict) -> dict:
     """Ray task: read and decode each file; decoded pixels travel as raw bytes + shape."""
     n = len(batch["src"])
-    pixels, h, w, exif, icc, fmt, error, alpha, gray, palette, storage = [], [], [], [], [], [], [], [], [], [], []
+    pixels, h, w, exif, icc, fmt, error, alpha, gray, palette, storage, color = [], [], [], [], [], [], [], [], [], [], [], []
     for i in range(n):
         job = FileJob(Path(batch["src"][i]), Path(batch["dst"][i]), Path(batch["rel"][i]))
         try:
@@ -83,6 +83,7 @@ def _decode_stage(batch: dict) -> dict:
             gray.append(item.gray)
             palette.append(item.palette)
             storage.append(item.storage)
+            color.append(b"" if item.color is None else np.ascontiguousarray(item.color).tobytes())
             error.append("")
         except Exception as e:  # ImageReadError, or anything a hostile file provokes
             reason = e.reason if isinstance(e, ImageReadError) else f"unexpected read error ({type(e).__name__}: {e})"
@@ -96,11 +97,12 @@ def _decode_stage(batch: dict) -> dict:
             gray.append(False)
             palette.append(False)
             storage.append("")
+            color.append(b"")
             error.append(reason)
     return {"src": batch["src"], "dst": batch["dst"], "rel": batch["rel"], "pixels": _obj(pixels),
             "h": np.asarray(h, np.int64), "w": np.asarray(w, np.int64), "exif": _obj(exif), "icc": _obj(icc),
             "fmt": _obj(fmt), "error": _obj(error), "alpha": _obj(alpha), "gray": np.asarray(gray, bool),
-            "palette": np.asarray(palette, bool), "storage": _obj(storage)}
+            "palette": np.asarray(palette, bool), "storage": _obj(storage), "color": _obj(color)}
 
 
 class _BatchActor:
@@ -129,9 +131,10 @@ class _BatchActor:
             img = np.frombuffer(batch["pixels"][i], np.uint8).reshape(h, w, 3)
             job = FileJob(Path(batch["src"][i]), Path(batch["dst"][i]), Path(batch["rel"][i]))
             alpha = np.frombuffer(batch["alpha"][i], np.uint8).reshape(h, w) if batch["alpha"][i] else None
+            color = np.frombuffer(batch["color"][i], np.uint8).reshape(h, w, 3) if batch["color"][i] else None
             items.append(LoadedImage(job, img, batch["exif"][i] or None, batch["icc"][i] or None, batch["fmt"][i],
                                      alpha, bool(batch["gray"][i]), bool(batch["palette"][i]),
-                                     str(batch["storage"][i])))
+                                     str(batch["storage"][i]), color))
             where.append(i)
         outcomes = call_process(self.process, items) if items else []
         for i, out in zip(where, outcomes):
