@@ -236,3 +236,32 @@ def test_a_transparent_photo_keeps_its_own_colours_away_from_the_face(chips, tmp
     away = ~((pc[..., 0] > -1) & (pc[..., 0] < 150) & (pc[..., 1] > -1) & (pc[..., 1] < 150))
     assert away[:, :60].sum() > 1000 and away[:40].sum() > 1000
     assert np.array_equal(out[away], np.dstack([photo, alpha])[away])
+
+
+def test_a_lossless_webp_photo_stays_lossless(chips, tmp_path):
+    """A lossless WebP photo is written lossless: pixels away from the face come back byte-identical (it was written
+    lossy at --quality, which changed 94% of the background by up to 10 grey levels), a lossy one stays lossy."""
+    photo, _ = embed_chip(chips[2], (260, 240), 0, 1.1, (120, 130))
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(photo).save(src / "lossless.webp", lossless=True)
+    Image.fromarray(photo).save(src / "lossy.webp", quality=90)
+    Image.fromarray(np.dstack([photo, np.full(photo.shape[:2], 200, np.uint8)])).save(src / "alpha.webp", lossless=True)
+    report = run_folder_job(plan_mirror(src, tmp_path / "out"), align_adapter(brighten, detector="hog"), progress=False)
+    assert report.written == 3
+    out = tmp_path / "out"
+    got = np.asarray(Image.open(out / "lossless.webp").convert("RGB"))
+    tf = FaceAligner(150, FaceDetector("hog")).align(photo).faces[0].transform
+    h, w = photo.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(float)
+    pc = apply_affine(tf.image_to_chip, np.stack([xx.ravel(), yy.ravel()], 1)).reshape(h, w, 2)
+    away = ~((pc[..., 0] > -1) & (pc[..., 0] < 150) & (pc[..., 1] > -1) & (pc[..., 1] < 150))
+    assert away.sum() > 10000 and np.array_equal(got[away], photo[away])
+    assert (got != photo).any(-1).sum() > 1000  # the face was processed
+
+    from puface.io.images import is_lossless_webp
+
+    assert is_lossless_webp((src / "lossless.webp").read_bytes()) and is_lossless_webp((src / "alpha.webp").read_bytes())
+    assert not is_lossless_webp((src / "lossy.webp").read_bytes())
+    assert is_lossless_webp((out / "lossless.webp").read_bytes()) and is_lossless_webp((out / "alpha.webp").read_bytes())
+    assert not is_lossless_webp((out / "lossy.webp").read_bytes())

@@ -150,7 +150,7 @@ def _unmask_step(in_path: Path, out_root: Path, progress: bool):
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Skip images whose output already exists (refused when OUT was made with other settings); "
                    "--no-resume redoes every image.")
-@click.option("--quality", type=int, default=95, show_default=True, help="JPEG/WebP quality of lossy outputs.")
+@click.option("--quality", type=int, default=95, show_default=True, help="JPEG/WebP quality of lossy outputs (a lossless WebP input is written lossless).")
 @click.option("--io-workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Threads that decode and encode images while the purifier runs.")
 @threads_option()

@@ -141,6 +141,23 @@ def storage_of(im: Image.Image) -> str:
     return f"jpeg:quality={js[0]},subsampling={js[1]}" if js else ""
 
 
+def is_lossless_webp(data: bytes) -> bool:
+    """True for the bytes of a lossless WebP file: its image bitstream is VP8L (lossy WebP is VP8), directly or inside
+    an extended (VP8X) file."""
+    if len(data) < 20 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return False
+    pos = 12
+    while pos + 8 <= len(data):
+        tag = data[pos : pos + 4]
+        if tag == b"VP8L":
+            return True
+        if tag == b"VP8 ":
+            return False
+        size = struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        pos += 8 + size + (size & 1)
+    return False
+
+
 def _alpha_of(im: Image.Image) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(alpha channel uint8 (H, W), the colour under it uint8 (H, W, 3), not composited) of an image that has an
     alpha channel, else (None, None)."""
@@ -256,11 +273,13 @@ _MODE_OF_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 _ICC_SPACES = {"L": b"GRAY", "LA": b"GRAY", "RGB": b"RGB ", "RGBA": b"RGB "}
 
 
-def encode_image(image: np.ndarray | Image.Image, fmt: str, *, quality: int = 95, exif: bytes | None = None, icc_profile: bytes | None = None) -> bytes:
+def encode_image(image: np.ndarray | Image.Image, fmt: str, *, quality: int = 95, exif: bytes | None = None, icc_profile: bytes | None = None,
+                 lossless: bool = False) -> bytes:
     """Encode an image to bytes in the Pillow format `fmt` (JPEG, PNG, BMP, WEBP, TIFF): uint8 RGB (H, W, 3),
     or grayscale (H, W), with alpha (H, W, 2), RGBA (H, W, 4); alpha is dropped where the format has none
     (JPEG, BMP). `icc_profile` is written only where it describes the pixels (a CMYK input's profile is not kept on
-    its RGB output, nor a grayscale photo's on an RGB chip cut from it)."""
+    its RGB output, nor a grayscale photo's on an RGB chip cut from it). `lossless`: a WebP is written lossless
+    whatever `quality` (the input was lossless WebP: `is_lossless_webp`)."""
     if isinstance(image, Image.Image):
         im = image
     else:
@@ -274,7 +293,7 @@ def encode_image(image: np.ndarray | Image.Image, fmt: str, *, quality: int = 95
         kw.update(quality=quality, subsampling=0 if quality >= 90 else 2)
     elif fmt == "WEBP":
         kw.update(quality=quality)
-        if quality >= 100:
+        if quality >= 100 or lossless:
             kw.update(lossless=True)
     elif fmt == "PNG":
         kw.update(compress_level=6)

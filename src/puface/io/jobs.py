@@ -29,7 +29,7 @@ from PIL import Image
 from ..utils.errors import ImageReadError, PufaceError
 from .files import check_output_folder, check_output_root, list_image_files
 from .images import (EXPECTED_IMAGES, IMAGE_EXTENSIONS, PALETTE_MODES, atomic_write_bytes, encode_image, is_image_file,
-                     open_image_parts, pil_format_for, same_file, storage_of)
+                     is_lossless_webp, open_image_parts, pil_format_for, same_file, storage_of)
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class LoadedImage:
     palette: bool = False  # the input's colours come from a palette (8-bit PNG, BMP, TIFF: `images.PALETTE_MODES`)
     storage: str = ""  # how the file stores its pixels (`images.storage_of`: "jpeg:quality=75,subsampling=4:2:0", "palette", "")
     color: np.ndarray | None = None  # the colour under the input's alpha channel, uint8 (H, W, 3), not composited (None without alpha)
+    lossless: bool = False  # the input is a lossless WebP (`images.is_lossless_webp`): a WebP output is written lossless too
 
 
 @dataclass
@@ -558,7 +559,8 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
                 exif_bytes = exif.tobytes()
     except Exception:  # metadata is best effort; the pixels were read fine
         pass
-    return LoadedImage(job, np.asarray(im, dtype=np.uint8), exif_bytes, icc, fmt, alpha, gray, palette, storage, under)
+    return LoadedImage(job, np.asarray(im, dtype=np.uint8), exif_bytes, icc, fmt, alpha, gray, palette, storage, under,
+                       fmt == "WEBP" and is_lossless_webp(data))  # type: ignore[arg-type]
 
 
 def in_input_mode(item: LoadedImage, image: np.ndarray) -> np.ndarray:
@@ -598,7 +600,7 @@ def _write_outcome(item: LoadedImage, out: Outcome, quality: int) -> None:
     if out.status == "ok":
         assert out.image is not None
         fmt = pil_format_for(job.dst)
-        data = encode_image(out.image, fmt, quality=quality, exif=item.exif, icc_profile=item.icc_profile)
+        data = encode_image(out.image, fmt, quality=quality, exif=item.exif, icc_profile=item.icc_profile, lossless=item.lossless)
         atomic_write_bytes(job.dst, data)
     elif out.status == "copy":
         atomic_write_bytes(job.dst, job.src.read_bytes())

@@ -502,7 +502,7 @@ def run_shard_job(
                 assert out.image is not None
                 try:
                     images[i] = encode_image(out.image, _pil_format(item, recs[i], job.format), quality=quality,
-                                             exif=item.exif, icc_profile=item.icc_profile)
+                                             exif=item.exif, icc_profile=item.icc_profile, lossless=item.lossless)
                     keep[i] = True
                     report.written += 1
                 except Exception as e:
