@@ -231,6 +231,29 @@ def test_an_icc_profile_is_kept_only_where_it_describes_the_output(tmp_path):
     assert Image.open(tmp_path / "chips" / "rgb.jpg").info.get("icc_profile") == srgb
 
 
+def test_a_tiff_keeps_its_icc_profile(tmp_path):
+    """A TIFF's ICC profile is kept on its output, as a JPEG's, PNG's or WebP's is (it was dropped: the colours of a
+    photo in another RGB space than sRGB changed in every colour-managed viewer); a CMYK TIFF's profile still does not
+    go onto its RGB output."""
+    from PIL import ImageCms
+
+    from puface.io.jobs import Outcome, keep_input_mode, plan_mirror, run_folder_job
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    as_space = lambda space: srgb[:16] + space + srgb[20:]  # noqa: E731 - a profile declaring another colour space
+    src = tmp_path / "in"
+    src.mkdir()
+    face = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 30, 3), dtype=np.uint8))
+    face.save(src / "rgb.tiff", icc_profile=srgb, compression="tiff_lzw")
+    face.convert("L").save(src / "gray.tif", icc_profile=as_space(b"GRAY"))
+    face.convert("CMYK").save(src / "cmyk.tiff", icc_profile=as_space(b"CMYK"))
+    same = keep_input_mode(lambda items: [Outcome.ok(it.image) for it in items])
+    assert not run_folder_job(plan_mirror(src, tmp_path / "out"), same, progress=False).failed
+    profile = {p.name: Image.open(p).info.get("icc_profile") for p in (tmp_path / "out").iterdir()}
+    assert profile == {"rgb.tiff": srgb, "gray.tif": as_space(b"GRAY"), "cmyk.tiff": None}
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "rgb.tiff")), np.asarray(face))
+
+
 def test_a_broken_link_in_a_folder_job_is_listed_as_failed(tmp_path):
     """A link to a file that is gone is a broken input: counted and named with its cause, not passed over silently."""
     from puface.io.jobs import Outcome, plan_mirror, run_folder_job

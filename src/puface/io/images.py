@@ -299,7 +299,7 @@ def encode_image(image: np.ndarray | Image.Image, fmt: str, *, quality: int = 95
         kw.update(compress_level=6)
     if exif and fmt in ("JPEG", "PNG", "WEBP"):
         kw["exif"] = exif
-    if icc_profile and fmt in ("JPEG", "PNG", "WEBP") and icc_profile[16:20] == _ICC_SPACES.get(im.mode):
+    if icc_profile and fmt in ("JPEG", "PNG", "WEBP", "TIFF") and icc_profile[16:20] == _ICC_SPACES.get(im.mode):
         kw["icc_profile"] = icc_profile
     im.save(buf, format=fmt, **kw)
     return buf.getvalue()
