@@ -164,6 +164,22 @@ def test_torch_export_program(tmp_path, images):
     torch.testing.assert_close(emb(images), reference(net, images, (24, 20), emb.normalization), atol=1e-5, rtol=1e-4)
 
 
+def test_torch_export_program_with_static_shapes(tmp_path, images):
+    """A program exported without dynamic_shapes fixes batch and size: the size comes from it (a sidecar
+    that contradicts it is refused) and any batch runs."""
+    net = TinyFace()
+    path = tmp_path / "static.pt2"
+    torch.export.save(torch.export.export(net, (torch.rand(2, 3, 24, 20),)), str(path))
+    (tmp_path / "static.json").write_text(json.dumps(ARCFACE))
+    emb = load_embedder(str(path))
+    assert emb.input_size == (24, 20)
+    x = torch.cat([images, images[:2]])  # 5 images: not a multiple of the exported batch
+    torch.testing.assert_close(emb(x), reference(net, x, (24, 20), emb.normalization), atol=1e-5, rtol=1e-4)
+    (tmp_path / "static.json").write_text(json.dumps({**ARCFACE, "input_size": [32, 32]}))
+    with pytest.raises(CustomModelError, match="static.pt2: the graph takes 24x20 images but input_size is 32x32"):
+        load_embedder(str(path))
+
+
 def test_batch_one_only_model_runs_image_by_image(tmp_path, images):
     net = BatchOneOnly()
     path = tmp_path / "b1.pt"

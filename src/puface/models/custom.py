@@ -5,7 +5,7 @@
 What the model expects is never guessed where a guess could silently cost accuracy:
 
 * input size (h, w): the `input_size` option, else `input_size` in a JSON sidecar next to the file
-  (`model.onnx` -> `model.json`), else, for ONNX, the graph's static input shape;
+  (`model.onnx` -> `model.json`), else, for ONNX and torch.export, the graph's static input shape;
 * normalisation: the `normalization` option (an `InputNormalization` or a dict), else the sidecar's
   `scale`, `mean`, `std` (and optional `order`, default "RGB"); required, with an error naming what is missing.
   net_in = (x * scale - mean) / std for x in [0, 1]; e.g. insightface ArcFace: scale 255, mean 127.5, std 127.5;
@@ -20,7 +20,8 @@ Sidecar example (`model.json`)::
   "arcface112" (the model was trained on ArcFace-aligned 112 px crops: puface's dlib chips are warped into
   that layout, as for SFace).
 
-A graph that only runs with batch 1 is run image by image (with a warning).
+A graph that only runs with batch 1 is run image by image (with a warning); a torch.export program exported
+without dynamic shapes (fixed batch B) is run B images at a time, the last chunk padded.
 """
 
 from __future__ import annotations
@@ -202,11 +203,37 @@ class _Exported(nn.Module):
         return self.module(x)
 
 
-def _load_exported(path: Path) -> nn.Module:
+class _FixedBatch(nn.Module):
+    """Runs a network traced for a fixed batch of `batch` images in chunks of that size; the last chunk is
+    padded with zero images, whose outputs are dropped."""
+
+    def __init__(self, net: nn.Module, batch: int):
+        super().__init__()
+        self.net = net
+        self.batch = batch
+
+    def forward(self, x: Tensor) -> Tensor:
+        outs = []
+        for i in range(0, x.shape[0], self.batch):
+            chunk = x[i : i + self.batch]
+            n = chunk.shape[0]
+            if n < self.batch:
+                chunk = torch.cat([chunk, chunk.new_zeros((self.batch - n, *chunk.shape[1:]))])
+            outs.append(self.net(chunk)[:n])
+        return torch.cat(outs)
+
+
+def _load_exported(path: Path) -> tuple[nn.Module, tuple[int | None, ...] | None]:
+    """(module, the input shape the program was exported for: an int per static dim, None per dynamic one;
+    None when the program does not take one tensor)."""
     try:
-        return _Exported(torch.export.load(str(path)).module())
+        module = torch.export.load(str(path)).module()
     except Exception as e:
         raise CustomModelError(f"{path}: not a loadable torch.export program ({type(e).__name__}: {e})") from None
+    inputs = [n for n in module.graph.nodes if n.op == "placeholder"]
+    shape = getattr(inputs[0].meta.get("val"), "shape", None) if len(inputs) == 1 else None
+    shape = tuple(d if isinstance(d, int) else None for d in shape) if shape is not None else None
+    return _Exported(module), shape
 
 
 def _probe(net: nn.Module, size: tuple[int, int], path: Path) -> tuple[nn.Module, int]:
@@ -254,10 +281,17 @@ def load_custom_embedder(
         raise CustomModelError(f"{path}: no such model file")
     side_path = path.with_suffix(".json")
     kind = _kind(path)
+    fixed_batch = None
     if kind == "onnx":
         net, graph_size = _load_onnx(path)
     elif kind == "exported":
-        net, graph_size = _load_exported(path), None
+        net, shape = _load_exported(path)
+        graph_size = None
+        if shape is not None:  # a program exported without dynamic_shapes fixes its batch and image size
+            if len(shape) != 4 or shape[1] not in (None, 3):
+                raise CustomModelError(f"{path}: the program takes input of shape {shape}; expected (N, 3, H, W)")
+            graph_size = (shape[2], shape[3]) if shape[2] and shape[3] else None
+            fixed_batch = shape[0]
     else:
         net, graph_size = _load_torchscript(path), None
     sidecar = read_sidecar(path)
@@ -270,7 +304,8 @@ def load_custom_embedder(
     elif graph_size is not None:
         size = graph_size
     else:
-        what = "the ONNX graph's input size is dynamic" if kind == "onnx" else f"a {kind} file does not record its input size"
+        what = {"onnx": "the ONNX graph's input size is dynamic", "exported": "the program's input size is dynamic"}.get(
+            kind, f"a {kind} file does not record its input size")
         raise CustomModelError(f"{path}: {what}; give input_size=(height, width) or put \"input_size\": [h, w] into {side_path}")
 
     if graph_size is not None and size != graph_size:
@@ -279,6 +314,8 @@ def load_custom_embedder(
             "drop input_size or fix it"
         )
     net = _FirstOutput(net).eval()
+    if fixed_batch is not None:
+        net = _FixedBatch(net, fixed_batch)
     net, dim = _probe(net, size, path)
     want = embedding_dim if embedding_dim is not None else sidecar.get("embedding_dim")
     if want is not None and int(want) != dim:
