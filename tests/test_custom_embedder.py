@@ -189,6 +189,20 @@ def test_batch_one_only_model_runs_image_by_image(tmp_path, images):
     torch.testing.assert_close(emb(images), reference(TinyFace(), images, (24, 20), emb.normalization), atol=1e-5, rtol=1e-4)
 
 
+class IntegerOutput(TinyFace):
+    def forward(self, x):
+        return (super().forward(x) * 100).round().to(torch.int64)
+
+
+def test_a_model_with_integer_output_is_refused_at_load(tmp_path):
+    """Integer 'embeddings' cannot be normalised or differentiated: refused when the file is loaded, not
+    later by every image an attack or evaluation feeds it."""
+    path = tmp_path / "int.pt"
+    trace(IntegerOutput(), torch.rand(2, 3, 24, 20)).save(str(path))
+    with pytest.raises(CustomModelError, match="int.pt: the model outputs int64 values; expected float embeddings"):
+        load_embedder(str(path), input_size=(24, 20), normalization=ARCFACE)
+
+
 def test_state_dict_is_not_torchscript(tmp_path):
     path = tmp_path / "weights.pth"
     torch.save(TinyFace().state_dict(), path)

@@ -248,6 +248,9 @@ def _probe(net: nn.Module, size: tuple[int, int], path: Path) -> tuple[nn.Module
             continue
         if y.ndim != 2 or y.shape[0] != batch:
             raise CustomModelError(f"{path}: output shape {tuple(y.shape)} for a batch of {batch}; expected (N, D) embeddings")
+        if not y.is_floating_point():
+            raise CustomModelError(f"{path}: the model outputs {str(y.dtype).replace('torch.', '')} values; expected float "
+                                   "embeddings (export the embedding layer's output, before any rounding or cast)")
         if batch == 1:
             warnings.warn(f"{path}: the model only runs with batch 1; puface will feed it image by image", stacklevel=3)
             net = _PerImage(net)
