@@ -138,6 +138,25 @@ def test_bad_sidecar(tmp_path):
         load_embedder(str(path))
 
 
+@pytest.mark.parametrize("entry, wrong", [
+    ({"scale": None}, "scale must be a positive number"),
+    ({"scale": 0}, "scale must be a positive number"),
+    ({"mean": [127.5, None, 127.5]}, "mean must be a number or 3 numbers"),
+    ({"input_size": 0}, "input_size must be"),
+    ({"input_size": [23.5, 20]}, "input_size must be"),
+    ({"input_size": True}, "input_size must be"),
+    ({"embedding_dim": "sixteen"}, "embedding_dim must be a positive whole number"),
+    ({"embedding_dim": 16.5}, "embedding_dim must be a positive whole number"),
+])
+def test_sidecar_values_of_the_wrong_type_name_the_sidecar(tmp_path, entry, wrong):
+    """A sidecar value that is no number (null, a string) or not a valid one is a ConfigError naming the
+    sidecar and the key, not a bare TypeError / ValueError, nor silently truncated (23.5 -> 23, 16.5 -> 16)."""
+    path = export_onnx(TinyFace(), tmp_path / "m.onnx", dynamic={"x": {2: "h", 3: "w"}})
+    (tmp_path / "m.json").write_text(json.dumps({"input_size": [24, 20], **ARCFACE, **entry}))
+    with pytest.raises(ConfigError, match=f"m.json: {wrong}"):
+        load_embedder(str(path))
+
+
 def test_torchscript(tmp_path, images):
     net = TinyFace()
     path = tmp_path / "tiny.pt"

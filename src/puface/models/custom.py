@@ -26,6 +26,8 @@ without dynamic shapes (fixed batch B) is run B images at a time, the last chunk
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 import zipfile
 from pathlib import Path
@@ -63,14 +65,19 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _number(value: Any) -> float | None:
+    """`value` as a finite float, or None when it is not a number (bools, strings, null, NaN and inf are not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy scalars are Real too
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
 def _triple(value: Any, key: str, where: str) -> tuple[float, float, float]:
-    if isinstance(value, (int, float)):
-        return (float(value),) * 3
-    try:
-        vals = tuple(float(v) for v in value)
-    except TypeError:
-        vals = ()
-    if len(vals) != 3:
+    if isinstance(value, (list, tuple)):
+        vals = tuple(_number(v) for v in value)
+    else:
+        vals = (_number(value),) * 3
+    if len(vals) != 3 or None in vals:
         raise ConfigError(f"{where}: {key} must be a number or 3 numbers (one per channel), got {value!r}")
     return vals  # type: ignore[return-value]
 
@@ -91,9 +98,12 @@ def _normalization(option: InputNormalization | Mapping | None, sidecar: Mapping
     unknown = sorted(set(src) - set(_NORM_KEYS) - {"order"}) if option is not None else []
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; use scale, mean, std, order")
+    scale = _number(src["scale"])
+    if scale is None or scale <= 0:
+        raise ConfigError(f"{where}: scale must be a positive number (255 for 0..255 input, 1 for 0..1), got {src['scale']!r}")
     try:
         return InputNormalization(
-            scale=float(src["scale"]),
+            scale=scale,
             mean=_triple(src["mean"], "mean", where),
             std=_triple(src["std"], "std", where),
             order=str(src.get("order", "RGB")).upper(),
@@ -102,16 +112,17 @@ def _normalization(option: InputNormalization | Mapping | None, sidecar: Mapping
         raise ConfigError(f"{where}: {e}") from None
 
 
+def _count(value: Any) -> int | None:
+    """`value` as a positive int (a whole float such as 112.0 too), else None."""
+    n = _number(value)
+    return int(n) if n is not None and n == int(n) and n > 0 else None
+
+
 def _size(value: Any, where: str) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    try:
-        h, w = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: input_size must be [height, width] in pixels, got {value!r}") from None
-    if h <= 0 or w <= 0:
-        raise ConfigError(f"{where}: input_size must be positive, got {value!r}")
-    return (h, w)
+    vals = [_count(v) for v in value] if isinstance(value, (list, tuple)) else [_count(value)] * 2
+    if len(vals) != 2 or None in vals:
+        raise ConfigError(f"{where}: input_size must be [height, width] in pixels (positive whole numbers), got {value!r}")
+    return (vals[0], vals[1])  # type: ignore[return-value]
 
 
 def _kind(path: Path) -> str:
@@ -320,7 +331,9 @@ def load_custom_embedder(
     if fixed_batch is not None:
         net = _FixedBatch(net, fixed_batch)
     net, dim = _probe(net, size, path)
-    want = embedding_dim if embedding_dim is not None else sidecar.get("embedding_dim")
+    want, where = (embedding_dim, "embedding_dim option") if embedding_dim is not None else (sidecar.get("embedding_dim"), str(side_path))
+    if want is not None and _count(want) is None:
+        raise ConfigError(f"{where}: embedding_dim must be a positive whole number, got {want!r}")
     if want is not None and int(want) != dim:
         raise CustomModelError(f"{path}: embedding_dim {want} was given but the model outputs {dim}-d embeddings")
 
