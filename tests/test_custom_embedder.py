@@ -94,6 +94,30 @@ def test_onnx_exported_with_fixed_batch_one_runs_any_batch(tmp_path, images):
         load_embedder(path, normalization=ARCFACE, input_size=112)
 
 
+class ChannelsLast(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x.permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("dynamic", [None, {"x": {0: "n", 1: "h", 2: "w"}}])
+def test_onnx_with_channels_last_input(tmp_path, images, dynamic):
+    """A graph taking (N, H, W, 3), as TensorFlow exports do, is fed channels last; its size is read from the
+    right dims."""
+    net = TinyFace()
+    path = tmp_path / "nhwc.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ChannelsLast(net).eval(), (torch.rand(1, 24, 20, 3),), str(path), input_names=["x"], output_names=["y"],
+                          dynamic_axes=dynamic, dynamo=False)
+    emb = load_embedder(str(path), normalization=ARCFACE, input_size=None if dynamic is None else (24, 20))
+    assert emb.input_size == (24, 20)
+    torch.testing.assert_close(emb(images), reference(net, images, (24, 20), emb.normalization), atol=1e-5, rtol=1e-4)
+
+
 def test_sidecar_json_gives_size_normalisation_and_name(tmp_path, images):
     net = TinyFace()
     path = export_onnx(net, tmp_path / "model.onnx", size=(24, 20), dynamic={"x": {0: "N", 2: "H", 3: "W"}})

@@ -9,6 +9,7 @@ What the model expects is never guessed where a guess could silently cost accura
 * normalisation: the `normalization` option (an `InputNormalization` or a dict), else the sidecar's
   `scale`, `mean`, `std` (and optional `order`, default "RGB"); required, with an error naming what is missing.
   net_in = (x * scale - mean) / std for x in [0, 1]; e.g. insightface ArcFace: scale 255, mean 127.5, std 127.5;
+* channel layout: (N, 3, H, W); an ONNX graph whose input is (N, H, W, 3) (TensorFlow exports) is fed so;
 * embedding size: the `embedding_dim` option / sidecar key, else measured by a probe forward pass.
 
 Sidecar example (`model.json`)::
@@ -166,6 +167,17 @@ class _PerImage(nn.Module):
         return torch.cat([self.net(x[i : i + 1]) for i in range(x.shape[0])])
 
 
+class _ChannelsLast(nn.Module):
+    """Feeds a network that takes (N, H, W, C) images the (N, C, H, W) batches puface passes."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Any:
+        return self.net(x.permute(0, 2, 3, 1))
+
+
 def _load_onnx(path: Path) -> tuple[nn.Module, tuple[int, int] | None]:
     from .onnx_import import OnnxImportError, OnnxModule, load_onnx_model
 
@@ -179,8 +191,11 @@ def _load_onnx(path: Path) -> tuple[nn.Module, tuple[int, int] | None]:
     shape = net.input_shapes[0]
     if len(shape) != 4:
         raise CustomModelError(f"{path}: the input {net.input_names[0]!r} has shape {shape}; expected (N, 3, H, W)")
+    if shape[3] == 3 and shape[1] != 3:  # channels last (N, H, W, 3), as TensorFlow exports (tf2onnx) take
+        net, shape = _ChannelsLast(net), (shape[0], 3, shape[1], shape[2])
     if shape[1] not in (None, 3):
-        raise CustomModelError(f"{path}: the input has {shape[1]} channels; expected 3 (NCHW, colour)")
+        raise CustomModelError(f"{path}: the input has shape {shape}, no dimension of 3 colour channels; "
+                               "expected (N, 3, H, W) or (N, H, W, 3)")
     size = (shape[2], shape[3]) if shape[2] and shape[3] else None
     return net, size
 
