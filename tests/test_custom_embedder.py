@@ -246,6 +246,15 @@ def test_a_model_with_integer_output_is_refused_at_load(tmp_path):
         load_embedder(str(path), input_size=(24, 20), normalization=ARCFACE)
 
 
+def test_a_scripted_model_that_fails_on_the_input_says_why(tmp_path):
+    """A TorchScript error's first line is only 'The following operation failed in the TorchScript
+    interpreter.'; the load error gives the cause (here: a channels-last model fed (N, 3, H, W))."""
+    path = tmp_path / "nhwc.pt"
+    torch.jit.script(ChannelsLast(TinyFace()).eval()).save(str(path))
+    with pytest.raises(CustomModelError, match=r"nhwc.pt: the model fails on a \(N, 3, 24, 20\) input: RuntimeError: .*channels"):
+        load_embedder(str(path), input_size=(24, 20), normalization=ARCFACE)
+
+
 def test_state_dict_is_not_torchscript(tmp_path):
     path = tmp_path / "weights.pth"
     torch.save(TinyFace().state_dict(), path)

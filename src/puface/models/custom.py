@@ -262,6 +262,17 @@ def _load_exported(path: Path) -> tuple[nn.Module, tuple[int | None, ...] | None
     return _Exported(module), shape
 
 
+def _error_line(e: BaseException) -> str:
+    """One line saying why user code failed. A TorchScript error's first line only says that an operation
+    failed in the interpreter (then a stack of source excerpts): its last line is the cause."""
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    if "failed in the TorchScript interpreter" in lines[0]:
+        return lines[-1].strip()
+    return f"{type(e).__name__}: {lines[0]}"
+
+
 def _probe(net: nn.Module, size: tuple[int, int], path: Path) -> tuple[nn.Module, int]:
     """Run zeros through the net at batch 2 (else batch 1, then wrap per image); return (net, D)."""
     errors = []
@@ -270,7 +281,7 @@ def _probe(net: nn.Module, size: tuple[int, int], path: Path) -> tuple[nn.Module
             with torch.no_grad():
                 y = net(torch.zeros(batch, 3, *size))
         except Exception as e:  # any failure of user code
-            errors.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            errors.append(_error_line(e))
             continue
         if y.ndim != 2 or y.shape[0] != batch:
             raise CustomModelError(f"{path}: output shape {tuple(y.shape)} for a batch of {batch}; expected (N, D) embeddings")
