@@ -255,6 +255,18 @@ def test_a_scripted_model_that_fails_on_the_input_says_why(tmp_path):
         load_embedder(str(path), input_size=(24, 20), normalization=ARCFACE)
 
 
+def test_a_model_traced_in_training_mode_is_refused(tmp_path):
+    """Traced in training mode, a BatchNorm normalises with the batch's statistics for good (eval() does not
+    change a trace): an image's embedding would depend on the images batched with it."""
+    net = TinyFace().train()
+    path = tmp_path / "train_mode.pt"
+    trace(net, torch.rand(2, 3, 24, 20)).save(str(path))
+    with pytest.raises(CustomModelError, match="train_mode.pt: .*changes with the other images in its batch.*model.eval"):
+        load_embedder(str(path), input_size=(24, 20), normalization=ARCFACE)
+    trace(net.eval(), torch.rand(2, 3, 24, 20)).save(str(path))
+    assert load_embedder(str(path), input_size=(24, 20), normalization=ARCFACE).embedding_dim == 16
+
+
 def test_state_dict_is_not_torchscript(tmp_path):
     path = tmp_path / "weights.pth"
     torch.save(TinyFace().state_dict(), path)

@@ -273,6 +273,19 @@ def _error_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0]}"
 
 
+def _check_batch_independent(net: nn.Module, size: tuple[int, int], path: Path) -> None:
+    """Refuse a net whose output for an image changes with the other images of its batch: a BatchNorm
+    traced or exported in training mode normalises with the batch's statistics, whatever eval() says."""
+    x = torch.randn(3, 3, *size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = net(x[:2])[0].float(), net(x[::2])[0].float()  # image 0 beside image 1, then beside image 2
+    if not torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(a.abs().max())):
+        raise CustomModelError(
+            f"{path}: the model's output for an image changes with the other images in its batch (a BatchNorm traced "
+            "or exported in training mode?); call model.eval() before torch.jit.trace / torch.export / torch.onnx.export"
+        )
+
+
 def _probe(net: nn.Module, size: tuple[int, int], path: Path) -> tuple[nn.Module, int]:
     """Run zeros through the net at batch 2 (else batch 1, then wrap per image); return (net, D)."""
     errors = []
@@ -291,6 +304,8 @@ def _probe(net: nn.Module, size: tuple[int, int], path: Path) -> tuple[nn.Module
         if batch == 1:
             warnings.warn(f"{path}: the model only runs with batch 1; puface will feed it image by image", stacklevel=3)
             net = _PerImage(net)
+        else:
+            _check_batch_independent(net, size, path)
         return net, int(y.shape[1])
     raise CustomModelError(f"{path}: the model fails on a (N, 3, {size[0]}, {size[1]}) input: {errors[-1]}")
 
