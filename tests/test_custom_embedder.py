@@ -94,6 +94,30 @@ def test_onnx_exported_with_fixed_batch_one_runs_any_batch(tmp_path, images):
         load_embedder(path, normalization=ARCFACE, input_size=112)
 
 
+class ChannelsLast(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x.permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("dynamic", [None, {"x": {0: "n", 1: "h", 2: "w"}}])
+def test_onnx_with_channels_last_input(tmp_path, images, dynamic):
+    """A graph taking (N, H, W, 3), as TensorFlow exports do, is fed channels last; its size is read from the
+    right dims."""
+    net = TinyFace()
+    path = tmp_path / "nhwc.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ChannelsLast(net).eval(), (torch.rand(1, 24, 20, 3),), str(path), input_names=["x"], output_names=["y"],
+                          dynamic_axes=dynamic, dynamo=False)
+    emb = load_embedder(str(path), normalization=ARCFACE, input_size=None if dynamic is None else (24, 20))
+    assert emb.input_size == (24, 20)
+    torch.testing.assert_close(emb(images), reference(net, images, (24, 20), emb.normalization), atol=1e-5, rtol=1e-4)
+
+
 def test_sidecar_json_gives_size_normalisation_and_name(tmp_path, images):
     net = TinyFace()
     path = export_onnx(net, tmp_path / "model.onnx", size=(24, 20), dynamic={"x": {0: "N", 2: "H", 3: "W"}})
@@ -138,6 +162,25 @@ def test_bad_sidecar(tmp_path):
         load_embedder(str(path))
 
 
+@pytest.mark.parametrize("entry, wrong", [
+    ({"scale": None}, "scale must be a positive number"),
+    ({"scale": 0}, "scale must be a positive number"),
+    ({"mean": [127.5, None, 127.5]}, "mean must be a number or 3 numbers"),
+    ({"input_size": 0}, "input_size must be"),
+    ({"input_size": [23.5, 20]}, "input_size must be"),
+    ({"input_size": True}, "input_size must be"),
+    ({"embedding_dim": "sixteen"}, "embedding_dim must be a positive whole number"),
+    ({"embedding_dim": 16.5}, "embedding_dim must be a positive whole number"),
+])
+def test_sidecar_values_of_the_wrong_type_name_the_sidecar(tmp_path, entry, wrong):
+    """A sidecar value that is no number (null, a string) or not a valid one is a ConfigError naming the
+    sidecar and the key, not a bare TypeError / ValueError, nor silently truncated (23.5 -> 23, 16.5 -> 16)."""
+    path = export_onnx(TinyFace(), tmp_path / "m.onnx", dynamic={"x": {2: "h", 3: "w"}})
+    (tmp_path / "m.json").write_text(json.dumps({"input_size": [24, 20], **ARCFACE, **entry}))
+    with pytest.raises(ConfigError, match=f"m.json: {wrong}"):
+        load_embedder(str(path))
+
+
 def test_torchscript(tmp_path, images):
     net = TinyFace()
     path = tmp_path / "tiny.pt"
@@ -164,6 +207,22 @@ def test_torch_export_program(tmp_path, images):
     torch.testing.assert_close(emb(images), reference(net, images, (24, 20), emb.normalization), atol=1e-5, rtol=1e-4)
 
 
+def test_torch_export_program_with_static_shapes(tmp_path, images):
+    """A program exported without dynamic_shapes fixes batch and size: the size comes from it (a sidecar
+    that contradicts it is refused) and any batch runs."""
+    net = TinyFace()
+    path = tmp_path / "static.pt2"
+    torch.export.save(torch.export.export(net, (torch.rand(2, 3, 24, 20),)), str(path))
+    (tmp_path / "static.json").write_text(json.dumps(ARCFACE))
+    emb = load_embedder(str(path))
+    assert emb.input_size == (24, 20)
+    x = torch.cat([images, images[:2]])  # 5 images: not a multiple of the exported batch
+    torch.testing.assert_close(emb(x), reference(net, x, (24, 20), emb.normalization), atol=1e-5, rtol=1e-4)
+    (tmp_path / "static.json").write_text(json.dumps({**ARCFACE, "input_size": [32, 32]}))
+    with pytest.raises(CustomModelError, match="static.pt2: the graph takes 24x20 images but input_size is 32x32"):
+        load_embedder(str(path))
+
+
 def test_batch_one_only_model_runs_image_by_image(tmp_path, images):
     net = BatchOneOnly()
     path = tmp_path / "b1.pt"
@@ -171,6 +230,41 @@ def test_batch_one_only_model_runs_image_by_image(tmp_path, images):
     with pytest.warns(UserWarning, match="batch 1"):
         emb = load_embedder(str(path), input_size=(24, 20), normalization=ARCFACE)
     torch.testing.assert_close(emb(images), reference(TinyFace(), images, (24, 20), emb.normalization), atol=1e-5, rtol=1e-4)
+
+
+class IntegerOutput(TinyFace):
+    def forward(self, x):
+        return (super().forward(x) * 100).round().to(torch.int64)
+
+
+def test_a_model_with_integer_output_is_refused_at_load(tmp_path):
+    """Integer 'embeddings' cannot be normalised or differentiated: refused when the file is loaded, not
+    later by every image an attack or evaluation feeds it."""
+    path = tmp_path / "int.pt"
+    trace(IntegerOutput(), torch.rand(2, 3, 24, 20)).save(str(path))
+    with pytest.raises(CustomModelError, match="int.pt: the model outputs int64 values; expected float embeddings"):
+        load_embedder(str(path), input_size=(24, 20), normalization=ARCFACE)
+
+
+def test_a_scripted_model_that_fails_on_the_input_says_why(tmp_path):
+    """A TorchScript error's first line is only 'The following operation failed in the TorchScript
+    interpreter.'; the load error gives the cause (here: a channels-last model fed (N, 3, H, W))."""
+    path = tmp_path / "nhwc.pt"
+    torch.jit.script(ChannelsLast(TinyFace()).eval()).save(str(path))
+    with pytest.raises(CustomModelError, match=r"nhwc.pt: the model fails on a \(N, 3, 24, 20\) input: RuntimeError: .*channels"):
+        load_embedder(str(path), input_size=(24, 20), normalization=ARCFACE)
+
+
+def test_a_model_traced_in_training_mode_is_refused(tmp_path):
+    """Traced in training mode, a BatchNorm normalises with the batch's statistics for good (eval() does not
+    change a trace): an image's embedding would depend on the images batched with it."""
+    net = TinyFace().train()
+    path = tmp_path / "train_mode.pt"
+    trace(net, torch.rand(2, 3, 24, 20)).save(str(path))
+    with pytest.raises(CustomModelError, match="train_mode.pt: .*changes with the other images in its batch.*model.eval"):
+        load_embedder(str(path), input_size=(24, 20), normalization=ARCFACE)
+    trace(net.eval(), torch.rand(2, 3, 24, 20)).save(str(path))
+    assert load_embedder(str(path), input_size=(24, 20), normalization=ARCFACE).embedding_dim == 16
 
 
 def test_state_dict_is_not_torchscript(tmp_path):

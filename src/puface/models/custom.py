@@ -5,10 +5,11 @@
 What the model expects is never guessed where a guess could silently cost accuracy:
 
 * input size (h, w): the `input_size` option, else `input_size` in a JSON sidecar next to the file
-  (`model.onnx` -> `model.json`), else, for ONNX, the graph's static input shape;
+  (`model.onnx` -> `model.json`), else, for ONNX and torch.export, the graph's static input shape;
 * normalisation: the `normalization` option (an `InputNormalization` or a dict), else the sidecar's
   `scale`, `mean`, `std` (and optional `order`, default "RGB"); required, with an error naming what is missing.
   net_in = (x * scale - mean) / std for x in [0, 1]; e.g. insightface ArcFace: scale 255, mean 127.5, std 127.5;
+* channel layout: (N, 3, H, W); an ONNX graph whose input is (N, H, W, 3) (TensorFlow exports) is fed so;
 * embedding size: the `embedding_dim` option / sidecar key, else measured by a probe forward pass.
 
 Sidecar example (`model.json`)::
@@ -20,11 +21,14 @@ Sidecar example (`model.json`)::
   "arcface112" (the model was trained on ArcFace-aligned 112 px crops: puface's dlib chips are warped into
   that layout, as for SFace).
 
-A graph that only runs with batch 1 is run image by image (with a warning).
+A graph that only runs with batch 1 is run image by image (with a warning); a torch.export program exported
+without dynamic shapes (fixed batch B) is run B images at a time, the last chunk padded.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 import zipfile
 from pathlib import Path
@@ -62,14 +66,19 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _number(value: Any) -> float | None:
+    """`value` as a finite float, or None when it is not a number (bools, strings, null, NaN and inf are not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy scalars are Real too
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
 def _triple(value: Any, key: str, where: str) -> tuple[float, float, float]:
-    if isinstance(value, (int, float)):
-        return (float(value),) * 3
-    try:
-        vals = tuple(float(v) for v in value)
-    except TypeError:
-        vals = ()
-    if len(vals) != 3:
+    if isinstance(value, (list, tuple)):
+        vals = tuple(_number(v) for v in value)
+    else:
+        vals = (_number(value),) * 3
+    if len(vals) != 3 or None in vals:
         raise ConfigError(f"{where}: {key} must be a number or 3 numbers (one per channel), got {value!r}")
     return vals  # type: ignore[return-value]
 
@@ -90,9 +99,12 @@ def _normalization(option: InputNormalization | Mapping | None, sidecar: Mapping
     unknown = sorted(set(src) - set(_NORM_KEYS) - {"order"}) if option is not None else []
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; use scale, mean, std, order")
+    scale = _number(src["scale"])
+    if scale is None or scale <= 0:
+        raise ConfigError(f"{where}: scale must be a positive number (255 for 0..255 input, 1 for 0..1), got {src['scale']!r}")
     try:
         return InputNormalization(
-            scale=float(src["scale"]),
+            scale=scale,
             mean=_triple(src["mean"], "mean", where),
             std=_triple(src["std"], "std", where),
             order=str(src.get("order", "RGB")).upper(),
@@ -101,16 +113,17 @@ def _normalization(option: InputNormalization | Mapping | None, sidecar: Mapping
         raise ConfigError(f"{where}: {e}") from None
 
 
+def _count(value: Any) -> int | None:
+    """`value` as a positive int (a whole float such as 112.0 too), else None."""
+    n = _number(value)
+    return int(n) if n is not None and n == int(n) and n > 0 else None
+
+
 def _size(value: Any, where: str) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    try:
-        h, w = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: input_size must be [height, width] in pixels, got {value!r}") from None
-    if h <= 0 or w <= 0:
-        raise ConfigError(f"{where}: input_size must be positive, got {value!r}")
-    return (h, w)
+    vals = [_count(v) for v in value] if isinstance(value, (list, tuple)) else [_count(value)] * 2
+    if len(vals) != 2 or None in vals:
+        raise ConfigError(f"{where}: input_size must be [height, width] in pixels (positive whole numbers), got {value!r}")
+    return (vals[0], vals[1])  # type: ignore[return-value]
 
 
 def _kind(path: Path) -> str:
@@ -154,6 +167,17 @@ class _PerImage(nn.Module):
         return torch.cat([self.net(x[i : i + 1]) for i in range(x.shape[0])])
 
 
+class _ChannelsLast(nn.Module):
+    """Feeds a network that takes (N, H, W, C) images the (N, C, H, W) batches puface passes."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Any:
+        return self.net(x.permute(0, 2, 3, 1))
+
+
 def _load_onnx(path: Path) -> tuple[nn.Module, tuple[int, int] | None]:
     from .onnx_import import OnnxImportError, OnnxModule, load_onnx_model
 
@@ -167,8 +191,11 @@ def _load_onnx(path: Path) -> tuple[nn.Module, tuple[int, int] | None]:
     shape = net.input_shapes[0]
     if len(shape) != 4:
         raise CustomModelError(f"{path}: the input {net.input_names[0]!r} has shape {shape}; expected (N, 3, H, W)")
+    if shape[3] == 3 and shape[1] != 3:  # channels last (N, H, W, 3), as TensorFlow exports (tf2onnx) take
+        net, shape = _ChannelsLast(net), (shape[0], 3, shape[1], shape[2])
     if shape[1] not in (None, 3):
-        raise CustomModelError(f"{path}: the input has {shape[1]} channels; expected 3 (NCHW, colour)")
+        raise CustomModelError(f"{path}: the input has shape {shape}, no dimension of 3 colour channels; "
+                               "expected (N, 3, H, W) or (N, H, W, 3)")
     size = (shape[2], shape[3]) if shape[2] and shape[3] else None
     return net, size
 
@@ -202,11 +229,61 @@ class _Exported(nn.Module):
         return self.module(x)
 
 
-def _load_exported(path: Path) -> nn.Module:
+class _FixedBatch(nn.Module):
+    """Runs a network traced for a fixed batch of `batch` images in chunks of that size; the last chunk is
+    padded with zero images, whose outputs are dropped."""
+
+    def __init__(self, net: nn.Module, batch: int):
+        super().__init__()
+        self.net = net
+        self.batch = batch
+
+    def forward(self, x: Tensor) -> Tensor:
+        outs = []
+        for i in range(0, x.shape[0], self.batch):
+            chunk = x[i : i + self.batch]
+            n = chunk.shape[0]
+            if n < self.batch:
+                chunk = torch.cat([chunk, chunk.new_zeros((self.batch - n, *chunk.shape[1:]))])
+            outs.append(self.net(chunk)[:n])
+        return torch.cat(outs)
+
+
+def _load_exported(path: Path) -> tuple[nn.Module, tuple[int | None, ...] | None]:
+    """(module, the input shape the program was exported for: an int per static dim, None per dynamic one;
+    None when the program does not take one tensor)."""
     try:
-        return _Exported(torch.export.load(str(path)).module())
+        module = torch.export.load(str(path)).module()
     except Exception as e:
         raise CustomModelError(f"{path}: not a loadable torch.export program ({type(e).__name__}: {e})") from None
+    inputs = [n for n in module.graph.nodes if n.op == "placeholder"]
+    shape = getattr(inputs[0].meta.get("val"), "shape", None) if len(inputs) == 1 else None
+    shape = tuple(d if isinstance(d, int) else None for d in shape) if shape is not None else None
+    return _Exported(module), shape
+
+
+def _error_line(e: BaseException) -> str:
+    """One line saying why user code failed. A TorchScript error's first line only says that an operation
+    failed in the interpreter (then a stack of source excerpts): its last line is the cause."""
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    if "failed in the TorchScript interpreter" in lines[0]:
+        return lines[-1].strip()
+    return f"{type(e).__name__}: {lines[0]}"
+
+
+def _check_batch_independent(net: nn.Module, size: tuple[int, int], path: Path) -> None:
+    """Refuse a net whose output for an image changes with the other images of its batch: a BatchNorm
+    traced or exported in training mode normalises with the batch's statistics, whatever eval() says."""
+    x = torch.randn(3, 3, *size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = net(x[:2])[0].float(), net(x[::2])[0].float()  # image 0 beside image 1, then beside image 2
+    if not torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(a.abs().max())):
+        raise CustomModelError(
+            f"{path}: the model's output for an image changes with the other images in its batch (a BatchNorm traced "
+            "or exported in training mode?); call model.eval() before torch.jit.trace / torch.export / torch.onnx.export"
+        )
 
 
 def _probe(net: nn.Module, size: tuple[int, int], path: Path) -> tuple[nn.Module, int]:
@@ -217,13 +294,18 @@ def _probe(net: nn.Module, size: tuple[int, int], path: Path) -> tuple[nn.Module
             with torch.no_grad():
                 y = net(torch.zeros(batch, 3, *size))
         except Exception as e:  # any failure of user code
-            errors.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            errors.append(_error_line(e))
             continue
         if y.ndim != 2 or y.shape[0] != batch:
             raise CustomModelError(f"{path}: output shape {tuple(y.shape)} for a batch of {batch}; expected (N, D) embeddings")
+        if not y.is_floating_point():
+            raise CustomModelError(f"{path}: the model outputs {str(y.dtype).replace('torch.', '')} values; expected float "
+                                   "embeddings (export the embedding layer's output, before any rounding or cast)")
         if batch == 1:
             warnings.warn(f"{path}: the model only runs with batch 1; puface will feed it image by image", stacklevel=3)
             net = _PerImage(net)
+        else:
+            _check_batch_independent(net, size, path)
         return net, int(y.shape[1])
     raise CustomModelError(f"{path}: the model fails on a (N, 3, {size[0]}, {size[1]}) input: {errors[-1]}")
 
@@ -254,10 +336,17 @@ def load_custom_embedder(
         raise CustomModelError(f"{path}: no such model file")
     side_path = path.with_suffix(".json")
     kind = _kind(path)
+    fixed_batch = None
     if kind == "onnx":
         net, graph_size = _load_onnx(path)
     elif kind == "exported":
-        net, graph_size = _load_exported(path), None
+        net, shape = _load_exported(path)
+        graph_size = None
+        if shape is not None:  # a program exported without dynamic_shapes fixes its batch and image size
+            if len(shape) != 4 or shape[1] not in (None, 3):
+                raise CustomModelError(f"{path}: the program takes input of shape {shape}; expected (N, 3, H, W)")
+            graph_size = (shape[2], shape[3]) if shape[2] and shape[3] else None
+            fixed_batch = shape[0]
     else:
         net, graph_size = _load_torchscript(path), None
     sidecar = read_sidecar(path)
@@ -270,7 +359,8 @@ def load_custom_embedder(
     elif graph_size is not None:
         size = graph_size
     else:
-        what = "the ONNX graph's input size is dynamic" if kind == "onnx" else f"a {kind} file does not record its input size"
+        what = {"onnx": "the ONNX graph's input size is dynamic", "exported": "the program's input size is dynamic"}.get(
+            kind, f"a {kind} file does not record its input size")
         raise CustomModelError(f"{path}: {what}; give input_size=(height, width) or put \"input_size\": [h, w] into {side_path}")
 
     if graph_size is not None and size != graph_size:
@@ -279,8 +369,12 @@ def load_custom_embedder(
             "drop input_size or fix it"
         )
     net = _FirstOutput(net).eval()
+    if fixed_batch is not None:
+        net = _FixedBatch(net, fixed_batch)
     net, dim = _probe(net, size, path)
-    want = embedding_dim if embedding_dim is not None else sidecar.get("embedding_dim")
+    want, where = (embedding_dim, "embedding_dim option") if embedding_dim is not None else (sidecar.get("embedding_dim"), str(side_path))
+    if want is not None and _count(want) is None:
+        raise ConfigError(f"{where}: embedding_dim must be a positive whole number, got {want!r}")
     if want is not None and int(want) != dim:
         raise CustomModelError(f"{path}: embedding_dim {want} was given but the model outputs {dim}-d embeddings")
 
