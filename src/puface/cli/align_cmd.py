@@ -32,7 +32,7 @@ import click
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Photos decoded ahead per batch.")
 @click.option("--quality", type=int, default=95, show_default=True, help="JPEG/WebP quality of the chips.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Skip photos whose chip already exists in OUT.")
+              help="Skip photos whose chip and OUT/align.csv row already exist.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def align(in_path: Path, out_root: Path, template: str | None, size: str | None, all_faces: bool, pick: str, min_face: float, detector: str,
           upsample: int, batch_size: int, quality: int, resume: bool, progress: bool) -> None:

@@ -71,7 +71,9 @@ from .options import check_engine, device_option, engine_options, rank_options, 
               help="Output format: png (lossless: keeps the cloak intact) or same as the input (JPEG re-encoding weakens it).")
 @click.option("--tool-names", is_flag=True,
               help="Name outputs like the original tools: <stem>_cloaked.png (Fawkes), <stem>_attacked.png (LowKey).")
-@click.option("--resume/--no-resume", default=True, show_default=True, help="Skip images whose output already exists.")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Skip images whose output and OUT/cloak_stats.csv row already exist (refused when OUT was made with "
+                   "other settings); --no-resume redoes every image.")
 @click.option("--align", is_flag=True,
               help="Photos, not chips: detect faces, cloak each aligned 150x150 face chip and paste it back (photos without a face are skipped).")
 @click.option("--largest-face", is_flag=True, help="With --align: cloak only the largest face of each photo.")

@@ -35,7 +35,8 @@ _COMMON = [
     click.option("--out", "out", type=click.Path(path_type=Path), default=None,
                  help="Output folder (default: [run] output of the config, else runs/<name>)."),
     device_option(None, DEVICE_HELP + "; default: the config's [run] device, else auto."),
-    click.option("--restart", is_flag=True, help="Discard finished runs found in the output folder instead of resuming."),
+    click.option("--restart", is_flag=True, help="Set aside the finished runs found in the output folder and every file they wrote "
+                 "(renamed <name>.<time>.discarded.<ext>) instead of resuming."),
     click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars."),
     click.option("--detect/--no-detect", default=True, show_default=True,
                  help="Report cloak detection per attack (AUC, TPR at the calibrated threshold, ROC curves; [detection] "
@@ -92,10 +93,10 @@ def reproduce(config: str | None, list_configs: bool, data: Path | None, seeds: 
     name looked up in $PUFACE_DATA (the LFW configs name "lfw-chips150"). A config may start from
     another (extends = "lfw") and write only what differs; OUT/config.toml is saved resolved.
 
-    Finished runs are kept in OUT/runs.jsonl: re-running the same command resumes
-    (only while the config and every weight file it names - victims, purifiers - are unchanged;
-    otherwise it stops and asks for another --out or --restart). Cloaks, purified
-    images and embeddings are cached by content ($PUFACE_HOME), so other experiments reuse them.
+    Finished runs are kept in OUT/runs.jsonl: re-running the same command resumes (only while the config,
+    the data and the face models it names - the weights of victims, purifiers and attack surrogates, a model's
+    input size and normalisation - are unchanged; otherwise it stops and asks for another --out or --restart).
+    Cloaks, purified images and embeddings are cached by content ($PUFACE_HOME), so other experiments reuse them.
     """
     from ..experiments import load_config
 

@@ -148,7 +148,8 @@ def _unmask_step(in_path: Path, out_root: Path, progress: bool):
 @device_option()
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Images per forward pass.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Skip images whose output already exists (refused when OUT was made with other settings); "
+              help="Skip images whose output (and, with --stats, its row) already exists (refused when OUT was made with "
+                   "other settings); "
                    "--no-resume redoes every image.")
 @click.option("--quality", type=int, default=95, show_default=True, help="JPEG/WebP quality of lossy outputs (a lossless WebP input is written lossless).")
 @click.option("--io-workers", type=click.IntRange(min=1), default=2, show_default=True,
@@ -208,7 +209,8 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
     Grayscale images stay grayscale and transparency (alpha) is kept; outputs have 8 bits per channel
     (a 16-bit PNG or TIFF comes out 8-bit). Image files puface cannot read (GIF, HEIC, ...) are listed as
     failed. OUT/purify_config.json records the settings its images depend on; resuming with other settings
-    is refused (--no-resume redoes every image).
+    is refused (--no-resume redoes every image), and so is an OUT that holds another command's outputs (cloak,
+    align) or that another puface process is writing into (other than the other ranks of one job).
 
     Streams in batches (decoding and encoding overlap the computation), resumes where it stopped,
     prints images/s. The default purifier expects aligned face chips (like the LFW/dlib 150x150
