@@ -208,7 +208,13 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
 
         def process(items: list[LoadedImage]) -> list[Outcome]:
             for it in items:
-                it.image = prep(it)
+                new = prep(it)
+                if it.color is not None and it.color.shape == new.shape == it.image.shape:
+                    # the colour under an alpha channel takes the step's change too: the output is that colour plus
+                    # the change processing made (`in_input_mode`), and the step is part of the processing
+                    change = new.astype(np.int16) - it.image.astype(np.int16)
+                    it.color = np.clip(it.color.astype(np.int16) + change, 0, 255).astype(np.uint8)
+                it.image = new
             return purify_batch(items)
 
     report = run_folder_job(jobs, process, batch_size=batch_size, resume=resume, desc="purifying", verb="purified",
