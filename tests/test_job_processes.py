@@ -312,3 +312,28 @@ def test_jobs_run_unlocked_where_the_file_system_takes_no_locks(johns_dir, tmp_p
         assert main(_purify(src, out, "--weights", weights, "--stats", out / "stats.csv", "--rank", rank,
                             "--world-size", 2)) == 0
     assert len(_outputs(out)) == 4 and len(_rows(out / "stats.csv")) == 4
+
+
+def test_a_failed_job_leaves_its_folder_to_other_processes(johns_dir, tmp_path, weights):
+    """A job that fails (or is interrupted) in a Python session that goes on (IPython and Jupyter keep the last
+    exception, and with it the job's frames) held its claim on OUT: another process was refused with 'another
+    puface process is writing into this folder' though nothing wrote. The claim now goes with the failure; the
+    settings record stays as it was."""
+    import subprocess
+    import sys
+
+    from puface.purifier.folder import purify_folder
+
+    src, out = _tree(johns_dir, tmp_path / "in", n=2), tmp_path / "out"
+
+    def broken():
+        raise RuntimeError("the prepare step failed")
+
+    with pytest.raises(RuntimeError) as kept:  # `kept` holds the exception, as an interactive session does
+        purify_folder(src, out, weights=weights, device="cpu", progress=False, prepare=broken)
+    assert (out / "purify_config.json").is_file()
+    code = ("from pathlib import Path; from puface.io.jobs import claim_output; "
+            f"claim_output(Path({str(out)!r}))(); print('claimed')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "claimed", r.stderr
+    assert kept.value is not None
