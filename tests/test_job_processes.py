@@ -337,3 +337,25 @@ def test_a_failed_job_leaves_its_folder_to_other_processes(johns_dir, tmp_path, 
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == "claimed", r.stderr
     assert kept.value is not None
+
+
+def test_a_job_that_writes_no_file_leaves_temporaries_in_its_input_alone(tmp_path):
+    """`detect` runs a folder job whose jobs' dst is the input file itself (it writes CSV rows, no image): the
+    clean-up of a killed run's temporaries deleted `.NAME.PID.THREAD.tmp` files beside the input images, in a
+    folder puface only reads (another program, maybe `puface purify` on another machine, may be writing it)."""
+    import subprocess
+
+    from PIL import Image
+
+    from puface.io.jobs import FileJob, Outcome, run_folder_job
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (8, 8)).save(src / "a.png")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    other = src / f".a.png.{dead.pid}.140000000000.tmp"
+    other.write_bytes(b"another program's half-written file")
+    rep = run_folder_job([FileJob(src / "a.png", src / "a.png", Path("a.png"))], lambda items: [Outcome.record(x=1) for _ in items],
+                         resume=False, stats_csv=tmp_path / "rows.csv", stats_key="path", progress=False)
+    assert rep.written == 1 and other.exists()

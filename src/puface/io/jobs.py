@@ -870,7 +870,9 @@ def run_folder_job(
     report = JobReport(total=len(jobs))
     t0 = time.perf_counter()
     todo, report.resumed = split_done(jobs, resume, is_done or recorded_done(stats_csv, stats_key))
-    remove_stale_temporaries(j.dst for j in todo)  # a killed run's half-written outputs, under temporary names
+    # a killed run's half-written outputs, under temporary names; not for jobs that write no file (`detect`: dst is the
+    # input, whose folder is another program's to clean, maybe one writing it from another machine)
+    remove_stale_temporaries(j.dst for j in todo if j.dst != j.src)
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     stats = _StatsCSV(stats_csv, stats_fields)
     stats.drop(stats_key, {j.rel.as_posix() for j in todo})  # rows of jobs done before and redone now
