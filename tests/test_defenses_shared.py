@@ -199,3 +199,29 @@ def test_purify_unmask_cli_per_identity_folder(johns_dir, tmp_path, capsys):
     rows = {r["folder"]: r for r in csv.DictReader((tmp_path / "o3" / "unmask.csv").open())}
     assert rows["."]["subtracted"] == "0" and rows["."]["score"] == "" and rows[masked_name]["subtracted"] == "1"
     assert (tmp_path / "o3" / "loose.png").exists()
+
+
+def test_a_prepare_step_is_kept_on_a_photo_with_an_alpha_channel(johns_dir, tmp_path):
+    """`purify --unmask` (purify_folder's prepare step) on an RGBA chip: the step's change is written as on the same
+    chip without alpha. The colour under the alpha channel is written back plus the change purification made from
+    the prepared image, so the step's own change (the subtracted pattern) was dropped: an opaque RGBA chip came out
+    as if never prepared."""
+    from PIL import Image
+
+    from puface.purifier.folder import purify_folder
+
+    a = np.asarray(Image.open(sorted(johns_dir.glob("*/*.jpg"))[0]).convert("RGB"))
+    alpha = np.full(a.shape[:2], 255, np.uint8)
+    alpha[:20] = 128  # a half-transparent strip
+    (tmp_path / "rgb").mkdir()
+    (tmp_path / "rgba").mkdir()
+    Image.fromarray(a).save(tmp_path / "rgb" / "x.png")
+    Image.fromarray(np.dstack([a, alpha]), "RGBA").save(tmp_path / "rgba" / "x.png")
+    for k in ("rgb", "rgba"):
+        purify_folder(tmp_path / k, tmp_path / f"{k}-out", prepare=lambda: (lambda it: it.image // 2), progress=False,
+                      device="cpu")
+    plain = np.asarray(Image.open(tmp_path / "rgb-out" / "x.png")).astype(int)
+    out = np.asarray(Image.open(tmp_path / "rgba-out" / "x.png"))
+    assert np.array_equal(out[..., 3], alpha)
+    assert np.abs(out[50:, :, :3].astype(int) - plain[50:]).mean() < 0.5  # opaque, away from the strip: as without alpha
+    assert out[..., :3].mean() < 0.6 * a.mean()  # the step (halving) is in the output, the strip included

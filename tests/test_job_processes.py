@@ -312,3 +312,50 @@ def test_jobs_run_unlocked_where_the_file_system_takes_no_locks(johns_dir, tmp_p
         assert main(_purify(src, out, "--weights", weights, "--stats", out / "stats.csv", "--rank", rank,
                             "--world-size", 2)) == 0
     assert len(_outputs(out)) == 4 and len(_rows(out / "stats.csv")) == 4
+
+
+def test_a_failed_job_leaves_its_folder_to_other_processes(johns_dir, tmp_path, weights):
+    """A job that fails (or is interrupted) in a Python session that goes on (IPython and Jupyter keep the last
+    exception, and with it the job's frames) held its claim on OUT: another process was refused with 'another
+    puface process is writing into this folder' though nothing wrote. The claim now goes with the failure; the
+    settings record stays as it was."""
+    import subprocess
+    import sys
+
+    from puface.purifier.folder import purify_folder
+
+    src, out = _tree(johns_dir, tmp_path / "in", n=2), tmp_path / "out"
+
+    def broken():
+        raise RuntimeError("the prepare step failed")
+
+    with pytest.raises(RuntimeError) as kept:  # `kept` holds the exception, as an interactive session does
+        purify_folder(src, out, weights=weights, device="cpu", progress=False, prepare=broken)
+    assert (out / "purify_config.json").is_file()
+    code = ("from pathlib import Path; from puface.io.jobs import claim_output; "
+            f"claim_output(Path({str(out)!r}))(); print('claimed')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "claimed", r.stderr
+    assert kept.value is not None
+
+
+def test_a_job_that_writes_no_file_leaves_temporaries_in_its_input_alone(tmp_path):
+    """`detect` runs a folder job whose jobs' dst is the input file itself (it writes CSV rows, no image): the
+    clean-up of a killed run's temporaries deleted `.NAME.PID.THREAD.tmp` files beside the input images, in a
+    folder puface only reads (another program, maybe `puface purify` on another machine, may be writing it)."""
+    import subprocess
+
+    from PIL import Image
+
+    from puface.io.jobs import FileJob, Outcome, run_folder_job
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (8, 8)).save(src / "a.png")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    other = src / f".a.png.{dead.pid}.140000000000.tmp"
+    other.write_bytes(b"another program's half-written file")
+    rep = run_folder_job([FileJob(src / "a.png", src / "a.png", Path("a.png"))], lambda items: [Outcome.record(x=1) for _ in items],
+                         resume=False, stats_csv=tmp_path / "rows.csv", stats_key="path", progress=False)
+    assert rep.written == 1 and other.exists()

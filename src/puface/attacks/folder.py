@@ -279,35 +279,36 @@ def cloak_folder(
     finish = begin_settings(config_path, record, resume=resume, kind="cloaking", keys=keys, rank=rank,
                             world_size=world_size)
 
-    if group:
-        report = _cloak_groups(jobs, in_path, out_path, attack, reference_dir=reference, resume=resume,
-                               io_workers=io_workers, progress=progress, say=say)
-        finish()
-        return report
-    stats_name = STATS_NAME if world_size <= 1 else f"cloak_stats.rank{rank}.csv"
-    # done: cloaked with its row in any process's stats (runs with other world sizes wrote other files)
-    done = recorded_done([out_path / STATS_NAME, *sorted(out_path.glob("cloak_stats.rank*.csv"))])
-    if engine == "ray":
-        from functools import partial
+    with finish.on_failure():
+        if group:
+            report = _cloak_groups(jobs, in_path, out_path, attack, reference_dir=reference, resume=resume,
+                                   io_workers=io_workers, progress=progress, say=say)
+            finish()
+            return report
+        stats_name = STATS_NAME if world_size <= 1 else f"cloak_stats.rank{rank}.csv"
+        # done: cloaked with its row in any process's stats (runs with other world sizes wrote other files)
+        done = recorded_done([out_path / STATS_NAME, *sorted(out_path.glob("cloak_stats.rank*.csv"))])
+        if engine == "ray":
+            from functools import partial
 
-        from ..io.raydata import run_ray_job
+            from ..io.raydata import run_ray_job
 
-        factory = partial(ray_cloak_process, attack_factory or attack, align, largest_face)
-        gpus = 1.0 if torch.device(attack.device).type == "cuda" else 0.0
-        report = run_ray_job(jobs, factory, batch_size=batch_size, resume=resume, address=address, workers=workers,
-                             gpus_per_worker=gpus, desc=f"cloaking ({attack.name})", verb="cloaked",
-                             stats_csv=out_path / stats_name, progress=progress, log=log, is_done=done)
-        finish()
-        return report
-    process = make_cloak_process(attack, targets_by_src)
-    if align:
-        from ..align import align_adapter
+            factory = partial(ray_cloak_process, attack_factory or attack, align, largest_face)
+            gpus = 1.0 if torch.device(attack.device).type == "cuda" else 0.0
+            report = run_ray_job(jobs, factory, batch_size=batch_size, resume=resume, address=address, workers=workers,
+                                 gpus_per_worker=gpus, desc=f"cloaking ({attack.name})", verb="cloaked",
+                                 stats_csv=out_path / stats_name, progress=progress, log=log, is_done=done)
+            finish()
+            return report
+        process = make_cloak_process(attack, targets_by_src)
+        if align:
+            from ..align import align_adapter
 
-        process = align_adapter(process, chip_size=150, no_face="skip", largest_face=largest_face)
-    report = run_folder_job(
-        jobs, process, batch_size=batch_size, resume=resume, desc=f"cloaking ({attack.name})", verb="cloaked",
-        stats_csv=out_path / stats_name, io_workers=io_workers, progress=progress, is_done=done,
-    )
+            process = align_adapter(process, chip_size=150, no_face="skip", largest_face=largest_face)
+        report = run_folder_job(
+            jobs, process, batch_size=batch_size, resume=resume, desc=f"cloaking ({attack.name})", verb="cloaked",
+            stats_csv=out_path / stats_name, io_workers=io_workers, progress=progress, is_done=done,
+        )
     finish()
     return report
 

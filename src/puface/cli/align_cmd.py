@@ -70,26 +70,27 @@ def align(in_path: Path, out_root: Path, template: str | None, size: str | None,
               **aligner.config, "quality": quality}
     finish = begin_settings(out_root / "align_config.json", config, resume=resume, kind="aligning")
 
-    def process(items):
-        outs = []
-        for item in items:
-            pf = aligner.align(item.image)
-            base = {"faces": pf.found, "faces_too_small": len(pf.too_small)}
-            if not pf.faces:
-                outs.append(Outcome.skip(pf.reason_if_empty(aligner.min_face), **base, chips="[]"))
-                continue
-            records = []
-            for k, af in enumerate(pf.faces):
-                name = item.job.dst.name if k == 0 or not all_faces else f"{item.job.src.stem}_face{k}{item.job.dst.suffix}"
-                records.append({"chip": name, **af.to_json()})
-                if k > 0:  # extra faces are written here; face 0 (the job's own output) goes last
-                    dst = item.job.dst.with_name(name)
-                    atomic_write_bytes(dst, encode_image(af.chip, pil_format_for(dst), quality=quality))
-            outs.append(Outcome.ok(pf.faces[0].chip, **base, chips=json.dumps(records)))
-        return outs
+    with finish.on_failure():
+        def process(items):
+            outs = []
+            for item in items:
+                pf = aligner.align(item.image)
+                base = {"faces": pf.found, "faces_too_small": len(pf.too_small)}
+                if not pf.faces:
+                    outs.append(Outcome.skip(pf.reason_if_empty(aligner.min_face), **base, chips="[]"))
+                    continue
+                records = []
+                for k, af in enumerate(pf.faces):
+                    name = item.job.dst.name if k == 0 or not all_faces else f"{item.job.src.stem}_face{k}{item.job.dst.suffix}"
+                    records.append({"chip": name, **af.to_json()})
+                    if k > 0:  # extra faces are written here; face 0 (the job's own output) goes last
+                        dst = item.job.dst.with_name(name)
+                        atomic_write_bytes(dst, encode_image(af.chip, pil_format_for(dst), quality=quality))
+                outs.append(Outcome.ok(pf.faces[0].chip, **base, chips=json.dumps(records)))
+            return outs
 
-    report = run_folder_job(jobs, process, batch_size=batch_size, resume=resume, desc="aligning", verb="aligned",
-                            stats_csv=out_root / "align.csv", quality=quality, progress=progress)
+        report = run_folder_job(jobs, process, batch_size=batch_size, resume=resume, desc="aligning", verb="aligned",
+                                stats_csv=out_root / "align.csv", quality=quality, progress=progress)
     finish()
     click.echo(report.summary("aligned"))
     click.echo(f"chips in {out_root}; transforms in {out_root / 'align.csv'}")

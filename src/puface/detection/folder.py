@@ -566,54 +566,55 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
                 if skip_cloaked else None)
     finish = open_output(out_path, purify_settings(in_path, serving, align=align, largest_face=largest_face, quality=quality,
                                                    step=step, skip_cloaked=left_out), resume, rank, world_size)
-    previous = _start_rows(scores, fields, resume, {j.rel.as_posix() for j in jobs} if world_size > 1 else None)
-    skipped = {r["path"] for r in previous if r.get("status") == "skip"}
-    scored = {r["path"] for r in previous if r.get("status") != "fail"}
-    other_sizes: list[Callable] = []  # `puface purify`'s batch function, for images that are not chips, made once
+    with finish.on_failure():
+        previous = _start_rows(scores, fields, resume, {j.rel.as_posix() for j in jobs} if world_size > 1 else None)
+        skipped = {r["path"] for r in previous if r.get("status") == "skip"}
+        scored = {r["path"] for r in previous if r.get("status") != "fail"}
+        other_sizes: list[Callable] = []  # `puface purify`'s batch function, for images that are not chips, made once
 
-    def purify_others(items: list[LoadedImage]) -> list[np.ndarray]:
-        if not other_sizes:
-            other_sizes.append(make_batch_process(layouts, det.device, step=step))
-        return [o.image for o in other_sizes[0](items)]
+        def purify_others(items: list[LoadedImage]) -> list[np.ndarray]:
+            if not other_sizes:
+                other_sizes.append(make_batch_process(layouts, det.device, step=step))
+            return [o.image for o in other_sizes[0](items)]
 
-    def chip_process(items: list[LoadedImage]) -> list[Outcome]:
-        feats, purified = _chip_features(det, [it.image for it in items], batch_size, chip_step)
-        images = [tensor_to_image(p) for p in purified]
-        others = [i for i, it in enumerate(items) if images[i].shape != it.image.shape]
-        for i, img in zip(others, purify_others([items[i] for i in others]) if others else []):
-            images[i] = img
-        outs = []
-        for i, it in enumerate(items):
-            storage = chip_storage(det, it)
-            row = _row(det, feats, i, threshold, storage)
-            out = images[i]
-            note = _note(it, threshold)
-            if skip_cloaked and row["cloaked"]:
-                outs.append(Outcome.skip(f"judged cloaked (score {row['score']} > {threshold(storage):.4f})", **row, note=note))
-            else:
-                outs.append(Outcome.ok(out, **row, note=note))
-        return outs
+        def chip_process(items: list[LoadedImage]) -> list[Outcome]:
+            feats, purified = _chip_features(det, [it.image for it in items], batch_size, chip_step)
+            images = [tensor_to_image(p) for p in purified]
+            others = [i for i, it in enumerate(items) if images[i].shape != it.image.shape]
+            for i, img in zip(others, purify_others([items[i] for i in others]) if others else []):
+                images[i] = img
+            outs = []
+            for i, it in enumerate(items):
+                storage = chip_storage(det, it)
+                row = _row(det, feats, i, threshold, storage)
+                out = images[i]
+                note = _note(it, threshold)
+                if skip_cloaked and row["cloaked"]:
+                    outs.append(Outcome.skip(f"judged cloaked (score {row['score']} > {threshold(storage):.4f})", **row, note=note))
+                else:
+                    outs.append(Outcome.ok(out, **row, note=note))
+            return outs
 
-    process: Callable = chip_process
-    if align:
-        from ..align import align_adapter
+        process: Callable = chip_process
+        if align:
+            from ..align import align_adapter
 
-        def skip_photo(outs: list[Outcome]) -> str | None:
-            bad = [o for o in outs if o.status == "skip"]
-            return f"{len(bad)} face(s) judged cloaked" if skip_cloaked and bad else None
+            def skip_photo(outs: list[Outcome]) -> str | None:
+                bad = [o for o in outs if o.status == "skip"]
+                return f"{len(bad)} face(s) judged cloaked" if skip_cloaked and bad else None
 
-        process = align_adapter(chip_process, chip_size=150, no_face="copy", largest_face=largest_face,
-                                skip_photo=skip_photo, merge_stats=_merge_face_stats)
-    job = run_folder_job(jobs, keep_input_mode(process), batch_size=batch_size, resume=resume, desc="detecting + purifying",
-                         verb="purified", stats_csv=scores, quality=quality, io_workers=io_workers, progress=progress,
-                         # done: purified and scored (an output written without --report is scored again), or left out
-                         is_done=lambda j: (j.dst.is_file() and j.rel.as_posix() in scored) or j.rel.as_posix() in skipped,
-                         stats_fields=fields,
-                         stats_key="path")
-    rep = _finish(scores, fields, threshold, fpr_v, job, in_path, out_path / "detection-identities.csv", det_id,
-                  current=current)
-    cloaked = [{"path": r["path"], "score": r["score"], "status": r.get("status", "")} for r in rep.rows if str(r.get("cloaked")) == "1"]
-    _write_csv(out_path / "cloaked.csv", cloaked, ["path", "score", "status"])
+            process = align_adapter(chip_process, chip_size=150, no_face="copy", largest_face=largest_face,
+                                    skip_photo=skip_photo, merge_stats=_merge_face_stats)
+        job = run_folder_job(jobs, keep_input_mode(process), batch_size=batch_size, resume=resume, desc="detecting + purifying",
+                             verb="purified", stats_csv=scores, quality=quality, io_workers=io_workers, progress=progress,
+                             # done: purified and scored (an output written without --report is scored again), or left out
+                             is_done=lambda j: (j.dst.is_file() and j.rel.as_posix() in scored) or j.rel.as_posix() in skipped,
+                             stats_fields=fields,
+                             stats_key="path")
+        rep = _finish(scores, fields, threshold, fpr_v, job, in_path, out_path / "detection-identities.csv", det_id,
+                      current=current)
+        cloaked = [{"path": r["path"], "score": r["score"], "status": r.get("status", "")} for r in rep.rows if str(r.get("cloaked")) == "1"]
+        _write_csv(out_path / "cloaked.csv", cloaked, ["path", "score", "status"])
     finish()
     return rep
 

@@ -377,15 +377,15 @@ def _claim(path: Path, rank: int, world_size: int, name: str, doing: str) -> Cla
 
 
 def begin_settings(path: Path, record: dict, *, resume: bool, kind: str,
-                   keys: Sequence[str] | None = None, rank: int = 0, world_size: int = 1) -> Callable[[], None]:
+                   keys: Sequence[str] | None = None, rank: int = 0, world_size: int = 1) -> "JobFinish":
     """Check (`check_settings`) and write an output folder's settings record before a job; returns the function
     to call once the job has ended. Without `resume`, over a record of other settings or another input, the
     record written first is marked as an unfinished redo (`REDO_KEY`) and the plain record replaces it only at
     the end, so an interrupted redo cannot be resumed as if its folder held one setting. (Processes sharing a
     folder with --rank each replace it when they end: a redo shared by several processes is marked only until
     the first of them ends.) The folder is claimed for this process's share (`claim_output`: refused while another
-    process holds it) until the returned function is called; processes sharing it check and write the record one at
-    a time (`Claim.settings`)."""
+    process holds it) until the returned function is called, or its `release()` (`JobFinish`: a failed job); processes
+    sharing it check and write the record one at a time (`Claim.settings`)."""
     claim = claim_output(path.parent, rank, world_size)
     try:
         with claim.settings():
@@ -397,15 +397,35 @@ def begin_settings(path: Path, record: dict, *, resume: bool, kind: str,
     except BaseException:
         claim()
         raise
-    if not redo:
-        return claim
+    return JobFinish(claim, (lambda: write_settings(path, record)) if redo else None)
 
-    def finish() -> None:
-        with claim.settings():
-            write_settings(path, record)
-        claim()
 
-    return finish
+class JobFinish:
+    """`begin_settings`'s end of a job: call it once the job has ended (the plain record replaces an unfinished
+    redo's, the claim is released); `release()` when the job failed: the claim alone is released (the record stays as
+    it is), so that a failed job in a process that goes on (a Python session keeping the exception) leaves the folder
+    to other processes."""
+
+    def __init__(self, claim: "Claim", write: Callable[[], None] | None = None):
+        self.claim, self.write = claim, write
+
+    def __call__(self) -> None:
+        if self.write is not None:
+            with self.claim.settings():
+                self.write()
+        self.claim()
+
+    def release(self) -> None:
+        self.claim()
+
+    @contextmanager
+    def on_failure(self) -> Iterator[None]:
+        """Release the claim when the block raises (the job failed or was interrupted), then raise on."""
+        try:
+            yield
+        except BaseException:
+            self.release()
+            raise
 
 
 def _read_settings_quietly(path: Path) -> dict | None:
@@ -850,7 +870,9 @@ def run_folder_job(
     report = JobReport(total=len(jobs))
     t0 = time.perf_counter()
     todo, report.resumed = split_done(jobs, resume, is_done or recorded_done(stats_csv, stats_key))
-    remove_stale_temporaries(j.dst for j in todo)  # a killed run's half-written outputs, under temporary names
+    # a killed run's half-written outputs, under temporary names; not for jobs that write no file (`detect`: dst is the
+    # input, whose folder is another program's to clean, maybe one writing it from another machine)
+    remove_stale_temporaries(j.dst for j in todo if j.dst != j.src)
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     stats = _StatsCSV(stats_csv, stats_fields)
     stats.drop(stats_key, {j.rel.as_posix() for j in todo})  # rows of jobs done before and redone now

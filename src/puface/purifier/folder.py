@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..align import align_adapter, import_dlib
-from ..io.jobs import (LoadedImage, Outcome, begin_settings, group_by_size, input_identity, keep_input_mode, plan_mirror,
+from ..io.jobs import (JobFinish, LoadedImage, Outcome, begin_settings, group_by_size, input_identity, keep_input_mode, plan_mirror,
                        run_folder_job, shard)
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
@@ -134,7 +134,7 @@ def purify_settings(in_path: str | Path, purifier: Purifier | Mapping[str, Purif
     }
 
 
-def open_output(out_path: str | Path, record: dict, resume: bool, rank: int = 0, world_size: int = 1) -> Callable[[], None]:
+def open_output(out_path: str | Path, record: dict, resume: bool, rank: int = 0, world_size: int = 1) -> JobFinish:
     """Check `record` (`purify_settings`) against the one in `out_path` (a resume with other settings or another
     input is refused: `--no-resume` redoes every image) and write it there; returns the function to call when
     the job has ended (`io.jobs.begin_settings`: a redo over other settings is marked unfinished until then)."""
@@ -180,39 +180,46 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
     finish = open_output(out_path, purify_settings(in_path, layouts, template=template, align=align, largest_face=largest_face,
                                                    no_face=no_face, quality=quality, step=step, **(settings or {})), resume,
                          rank, world_size)
-    prep = prepare() if prepare is not None else None
-    if world_size > 1:
-        jobs = shard(jobs, rank, world_size)
-    if engine == "ray":
-        from functools import partial
+    with finish.on_failure():
+        prep = prepare() if prepare is not None else None
+        if world_size > 1:
+            jobs = shard(jobs, rank, world_size)
+        if engine == "ray":
+            from functools import partial
 
-        from ..io.raydata import run_ray_job
+            from ..io.raydata import run_ray_job
 
-        # a shipped name (None: the shipped ones) or a path lets each actor load the weights itself
-        what: Purifier | str | None
-        if given is not None:
-            what = copy.deepcopy(given).cpu()
-        elif is_shipped(weights):
-            what = str(weights) if weights else None
-        else:
-            what = str(Path(weights).resolve())  # type: ignore[arg-type]
-        factory = partial(ray_batch_process, what, str(dev), align, largest_face, no_face, template, step)
-        report = run_ray_job(jobs, factory, batch_size=batch_size, resume=resume, address=address, workers=workers,
-                             cpus_per_worker=cpus_per_worker, gpus_per_worker=1.0 if dev.type == "cuda" else 0.0,
-                             desc="purifying", verb="purified", stats_csv=stats_csv, quality=quality, progress=progress)
-        finish()
-        return report
-    process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template, step)
-    if prep is not None:
-        purify_batch = process
+            # a shipped name (None: the shipped ones) or a path lets each actor load the weights itself
+            what: Purifier | str | None
+            if given is not None:
+                what = copy.deepcopy(given).cpu()
+            elif is_shipped(weights):
+                what = str(weights) if weights else None
+            else:
+                what = str(Path(weights).resolve())  # type: ignore[arg-type]
+            factory = partial(ray_batch_process, what, str(dev), align, largest_face, no_face, template, step)
+            report = run_ray_job(jobs, factory, batch_size=batch_size, resume=resume, address=address, workers=workers,
+                                 cpus_per_worker=cpus_per_worker, gpus_per_worker=1.0 if dev.type == "cuda" else 0.0,
+                                 desc="purifying", verb="purified", stats_csv=stats_csv, quality=quality, progress=progress)
+            finish()
+            return report
+        process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template, step)
+        if prep is not None:
+            purify_batch = process
 
-        def process(items: list[LoadedImage]) -> list[Outcome]:
-            for it in items:
-                it.image = prep(it)
-            return purify_batch(items)
+            def process(items: list[LoadedImage]) -> list[Outcome]:
+                for it in items:
+                    new = prep(it)
+                    if it.color is not None and it.color.shape == new.shape == it.image.shape:
+                        # the colour under an alpha channel takes the step's change too: the output is that colour plus
+                        # the change processing made (`in_input_mode`), and the step is part of the processing
+                        change = new.astype(np.int16) - it.image.astype(np.int16)
+                        it.color = np.clip(it.color.astype(np.int16) + change, 0, 255).astype(np.uint8)
+                    it.image = new
+                return purify_batch(items)
 
-    report = run_folder_job(jobs, process, batch_size=batch_size, resume=resume, desc="purifying", verb="purified",
-                            stats_csv=stats_csv, quality=quality, io_workers=io_workers, progress=progress)
+        report = run_folder_job(jobs, process, batch_size=batch_size, resume=resume, desc="purifying", verb="purified",
+                                stats_csv=stats_csv, quality=quality, io_workers=io_workers, progress=progress)
     finish()
     return report
 
@@ -237,11 +244,12 @@ def purify_shards(in_spec: str | Path, out_path: str | Path, *, purifier: Purifi
     finish = open_output(out_path, purify_settings(base, layouts, template=template, align=align, largest_face=largest_face,
                                                    no_face=no_face, quality=quality, step=step, image_field=image_field), resume,
                          rank, world_size)
-    if world_size > 1:
-        jobs = jobs[rank::world_size]
-    process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template, step)
-    report = run_shard_job(jobs, process, batch_size=batch_size, resume=resume, image_field=image_field,
-                           desc="purifying", verb="purified", stats_csv=stats_csv, quality=quality,
-                           io_workers=io_workers, progress=progress)
+    with finish.on_failure():
+        if world_size > 1:
+            jobs = jobs[rank::world_size]
+        process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template, step)
+        report = run_shard_job(jobs, process, batch_size=batch_size, resume=resume, image_field=image_field,
+                               desc="purifying", verb="purified", stats_csv=stats_csv, quality=quality,
+                               io_workers=io_workers, progress=progress)
     finish()
     return report
