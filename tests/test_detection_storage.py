@@ -194,3 +194,21 @@ def test_folder_decisions_follow_each_chips_storage(cloaked_chip, tmp_path):
     out = tmp_path / "out"
     purify_folder_detected(tmp_path / "in", out, skip_cloaked=True, detector=det, fpr=fpr, progress=False)
     assert sorted(p.name for p in (out / "person").iterdir()) == ["c.jpg", "d.png"]
+
+
+def test_a_scores_file_of_the_earlier_version_is_refused_with_the_reason(tmp_path):
+    """A scores CSV written before the storage column: a resume says why it cannot go on, not 'another detector'."""
+    det = load_detector()
+    root = tmp_path / "in" / "p"
+    root.mkdir(parents=True)
+    Image.new("RGB", (150, 150), (120, 90, 80)).save(root / "a.png")
+    out = tmp_path / "s.csv"
+    detect_folder(tmp_path / "in", out, detector=det, progress=False)
+    with open(out, newline="") as f:
+        rows = list(csv.reader(f))
+    drop = rows[0].index("storage")
+    with open(out, "w", newline="") as f:
+        csv.writer(f).writerows([r[:drop] + r[drop + 1:] for r in rows])
+    with pytest.raises(PufaceError, match="earlier puface .no 'storage' column"):
+        detect_folder(tmp_path / "in", out, detector=det, progress=False)
+    assert detect_folder(tmp_path / "in", out, detector=det, progress=False, restart=True).scored == 1

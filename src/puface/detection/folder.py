@@ -111,6 +111,9 @@ def _load_rows(path: Path, fields: list[str], fd: int | None = None) -> tuple[li
         header = next(reader, None)
         if header is None:
             return [], 0
+        if "storage" in fields and header == [f for f in fields if f != "storage"]:
+            raise PufaceError(f"{path}: written by an earlier puface (no 'storage' column: its decisions did not know "
+                              "how each file is stored); pass --restart to score again, or choose another --out")
         if header != fields:
             raise PufaceError(f"{path}: written by another detector or with other options (columns {header}, "
                               f"expected {fields}); choose another --out or pass --restart")

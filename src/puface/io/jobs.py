@@ -869,7 +869,7 @@ def run_folder_job(
 
     report = JobReport(total=len(jobs))
     t0 = time.perf_counter()
-    todo, report.resumed = split_done(jobs, resume, is_done or recorded_done(stats_csv, stats_key))
+    todo, report.resumed = split_done(jobs, resume, is_done or (recorded_done(stats_csv, stats_key) if resume else None))
     # a killed run's half-written outputs, under temporary names; not for jobs that write no file (`detect`: dst is the
     # input, whose folder is another program's to clean, maybe one writing it from another machine)
     remove_stale_temporaries(j.dst for j in todo if j.dst != j.src)

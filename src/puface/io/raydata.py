@@ -221,7 +221,7 @@ def run_ray_job(
 
     report = JobReport(total=len(jobs))
     t0 = time.perf_counter()
-    todo, report.resumed = split_done(jobs, resume, is_done or recorded_done(stats_csv, stats_key))
+    todo, report.resumed = split_done(jobs, resume, is_done or (recorded_done(stats_csv, stats_key) if resume else None))
     say = log or (lambda m: print(m, file=sys.stderr))
     if not todo:
         report.seconds = time.perf_counter() - t0
