@@ -333,3 +333,38 @@ def test_evaluation_embeddings_follow_the_sidecars_normalisation_and_size(tmp_pa
         got, own = embeddings(sidecar)
         assert not torch.allclose(own, first, atol=1e-3)
         torch.testing.assert_close(got, own)
+
+
+class Detached(TinyFace):
+    """Cuts the graph: embeddings without gradients to the input (useless as an attack surrogate)."""
+
+    def forward(self, x):
+        return self.fc(self.body(x.detach()).flatten(1))
+
+
+def test_models_info_checks_a_model_and_measures_it_on_a_folder(tmp_path, johns_dir, capsys):
+    """`puface models info`: a user's model is described and checked (exit 0); one whose graph cuts the gradient
+    fails the gradient check (exit 1); with --images a real model identifies the johns far above chance and a
+    random one does not."""
+    from puface.cli import main
+
+    path = tmp_path / "tiny.pt"
+    torch.jit.script(TinyFace()).save(str(path))
+    (tmp_path / "tiny.json").write_text(json.dumps({"input_size": [24, 20], "scale": 1, "mean": 0.5, "std": 0.5}))
+    assert main(["models", "info", str(path), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "embedding_dim   16" in out and "ok   gradients: reach the input" in out and "FAIL" not in out
+    cut = tmp_path / "cut.pt"
+    torch.jit.script(Detached()).save(str(cut))
+    (tmp_path / "cut.json").write_text((tmp_path / "tiny.json").read_text())
+    assert main(["models", "info", str(cut), "--device", "cpu"]) == 1
+    assert "FAIL gradients" in capsys.readouterr().out
+
+    from puface.models.checks import identification
+    from puface.models import create_embedder
+
+    real = identification(create_embedder("dlib-resnet29"), johns_dir, per_identity=4)
+    rand = identification(load_embedder(str(path)), johns_dir, per_identity=4)
+    assert real["images"] == 20 and real["identities"] == 5 and real["chance"] == pytest.approx(3 / 19)
+    assert real["accuracy"] >= 0.9 and real["same"] > real["other"] + 0.1
+    assert rand["accuracy"] < real["accuracy"]
