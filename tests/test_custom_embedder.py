@@ -368,3 +368,7 @@ def test_models_info_checks_a_model_and_measures_it_on_a_folder(tmp_path, johns_
     assert real["images"] == 20 and real["identities"] == 5 and real["chance"] == pytest.approx(3 / 19)
     assert real["accuracy"] >= 0.9 and real["same"] > real["other"] + 0.1
     assert rand["accuracy"] < real["accuracy"]
+    assert main(["models", "info", "dlib-resnet29", "--images", str(johns_dir), "--per-identity", "3"]) == 0
+    assert "warning" not in capsys.readouterr().out
+    assert main(["models", "info", str(path), "--images", str(johns_dir), "--per-identity", "3"]) == 0
+    assert "warning: the model barely tells these people apart" in capsys.readouterr().out
