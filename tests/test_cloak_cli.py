@@ -227,8 +227,10 @@ def test_cap_project_is_recorded_and_fawkes_only(tree, tmp_path, capsys, dlib_av
 
 
 def test_evaluate_reads_the_surrogates_of_a_puface_cloak_folder(johns_dir, tmp_path, capsys, dlib_available):
-    """`evaluate --cloaked DIR` on a `puface cloak` folder: the victim that was the surrogate is a white-box run;
-    the same cloaks without the record (another tool's folder) count as oblivious."""
+    """`evaluate --cloaked DIR` on a `puface cloak` folder: the victim that was the surrogate is a white-box run,
+    whether the record sits at the folder's top or in the person's own folder (a user cloaks their own photos: it
+    was read only at the top, so such cloaks counted as oblivious); the same cloaks without the record (another
+    tool's folder), or with identity folders recording other surrogates, count as oblivious."""
     data = tmp_path / "data"
     idents = sorted(p.name for p in johns_dir.iterdir() if p.is_dir())[:3]
     for ident in idents:
@@ -239,7 +241,15 @@ def test_evaluate_reads_the_surrogates_of_a_puface_cloak_folder(johns_dir, tmp_p
     cloaked = tmp_path / "cloaked"
     code, _, err = run(["cloak", *FAST, str(data / user), str(cloaked / user)], capsys)
     assert code == 0, err
-    shutil.move(str(cloaked / user / "cloak_config.json"), str(cloaked / "cloak_config.json"))
+    mixed = tmp_path / "mixed"
+    shutil.copytree(cloaked, mixed)
+    (mixed / idents[1]).mkdir()
+    record = json.loads((cloaked / user / "cloak_config.json").read_text())
+    record["attack"]["surrogates"] = [{**record["attack"]["surrogates"][0], "name": "sface"}]
+    (mixed / idents[1] / "cloak_config.json").write_text(json.dumps(record))
+    top = tmp_path / "top"
+    shutil.copytree(cloaked, top)
+    shutil.move(str(top / user / "cloak_config.json"), str(top / "cloak_config.json"))
     bare = tmp_path / "bare"
     shutil.copytree(cloaked, bare, ignore=shutil.ignore_patterns("cloak_config.json", "cloak_stats.csv"))
 
@@ -252,4 +262,6 @@ def test_evaluate_reads_the_surrogates_of_a_puface_cloak_folder(johns_dir, tmp_p
         return {r["setting"] for r in rows if r["attack"].startswith("folder-")}
 
     assert settings(cloaked, tmp_path / "run1") == {"white-box"}
+    assert settings(top, tmp_path / "run3") == {"white-box"}
     assert settings(bare, tmp_path / "run2") == {"oblivious"}
+    assert settings(mixed, tmp_path / "run4") == {"oblivious"}

@@ -32,6 +32,15 @@ STATS_NAME = "cloak_stats.csv"
 FORMATS = ("png", "same")
 
 
+def _surrogates_in(record: Path) -> list[dict] | None:
+    """The surrogates a `puface cloak` record lists, or None when there is no readable record."""
+    try:
+        data = json.loads(record.read_text())
+        return [s for s in data["attack"]["surrogates"] if isinstance(s, dict)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 class FolderCloaks:
     """Cloaks made elsewhere (the original Fawkes or LowKey tools, `puface cloak`): a folder that mirrors
     the data tree, `root/<identity>/<file>`. For a natural image `<identity>/<stem>.<ext>` the first
@@ -66,13 +75,18 @@ class FolderCloaks:
 
     @property
     def recorded_surrogates(self) -> list[dict]:
-        """The surrogates `puface cloak` recorded in ROOT/cloak_config.json (name, weights fingerprint, ...);
-        empty for folders made by other tools (no record) or an unreadable record."""
-        try:
-            record = json.loads((self.root / CONFIG_NAME).read_text())
-            return [s for s in record["attack"]["surrogates"] if isinstance(s, dict)]
-        except (OSError, ValueError, KeyError, TypeError):
+        """The surrogates `puface cloak` recorded in ROOT/cloak_config.json (name, weights fingerprint, ...), or,
+        without one, in the identity folders' own records (each person's folder cloaked by its own `puface cloak`
+        run) when they all name the same surrogates; empty for folders made by other tools (no record), unreadable
+        records or identity folders cloaked against different surrogates."""
+        top = _surrogates_in(self.root / CONFIG_NAME)
+        if top is not None:
+            return top
+        folders = sorted(d for d in self.root.iterdir() if d.is_dir()) if self.root.is_dir() else []
+        found = [s for s in (_surrogates_in(d / CONFIG_NAME) for d in folders) if s is not None]
+        if not found or any(json.dumps(f, sort_keys=True) != json.dumps(found[0], sort_keys=True) for f in found):
             return []
+        return found[0]
 
     def _candidates(self, natural: Path, data_root: Path) -> list[Path]:
         rel = Path(natural).relative_to(data_root)

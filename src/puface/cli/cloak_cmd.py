@@ -103,6 +103,13 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
       puface cloak --mode custom --th 0.01 --steps 100 --lr 20 faces/ cloaked/
       puface cloak --attack opom --surrogate dlib-resnet29 people/ masked/
       puface cloak --attack unlearnable --perturb classwise --surrogate dlib-resnet29 people/ unlearnable/
+
+    \b
+    Do your cloaks protect you? Offline, as FaceCure measures it (a face model trained on your cloaked
+    photos and other people's, tested on your clean ones; with and without the purifier): put your chips
+    in people/me/ beside other people's folders (e.g. from `puface data fetch lfw`), then
+      puface cloak --mode high people/me/ cloaked/me/
+      puface evaluate --data people/ --user me --cloaked cloaked/ --defense none --defense puface
     """
     import torch
 
