@@ -54,6 +54,7 @@ __all__ = ["CloakDetector", "DetectorConfig", "threshold_at_fpr", "allowed_above
            "default_detector_path", "detector_path", "load_detector", "FORMAT", "DEFAULT_FPR", "DEFAULT_CONFIDENCE",
            "SHIPPED_DETECTORS", "storage_of_kind"]
 
+
 def storage_of_kind(kind: str) -> str:
     """The storage string a kind's last step makes ("natural:jpeg:quality=75" -> "jpeg:quality=75,subsampling=4:2:0")."""
     step, params = last_step(kind)
