@@ -372,3 +372,11 @@ def test_models_info_checks_a_model_and_measures_it_on_a_folder(tmp_path, johns_
     assert "warning" not in capsys.readouterr().out
     assert main(["models", "info", str(path), "--images", str(johns_dir), "--per-identity", "3"]) == 0
     assert "warning: the model barely tells these people apart" in capsys.readouterr().out
+
+
+def test_a_cut_pt2_file_is_named_as_a_torch_export_program(tmp_path):
+    """A .pt2 file that is not a zip (cut short) was reported as 'not a readable ONNX model'."""
+    bad = tmp_path / "model.pt2"
+    bad.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(CustomModelError, match="model.pt2: not a torch.export program"):
+        load_embedder(str(bad), input_size=(24, 20), normalization=ARCFACE)

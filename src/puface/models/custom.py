@@ -132,6 +132,9 @@ def _kind(path: Path) -> str:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
         return "exported" if any(n.endswith("/archive_format") for n in names) else "torchscript"
+    if path.suffix.lower() == ".pt2":
+        raise CustomModelError(f"{path}: not a torch.export program (not a zip archive: cut short, or another kind of file); "
+                               "save one with torch.export.save(torch.export.export(model.eval(), (example,)), path)")
     if path.suffix.lower() in _TORCHSCRIPT_SUFFIXES:
         raise CustomModelError(
             f"{path}: not a TorchScript file (not a zip archive); a PyTorch model must be saved with "
