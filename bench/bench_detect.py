@@ -131,11 +131,6 @@ def jpeg_name(q: int, sub: str) -> str:
     return f"q{q}" if sub == "4:2:0" else f"q{q} {sub}"
 
 
-def jpeg_storage(q: int, sub: str = "4:2:0") -> str:
-    """What `puface detect` reads from a chip file stored so (`io.images.storage_of`)."""
-    return f"jpeg:quality={q},subsampling={sub}"
-
-
 def jpeg(x: torch.Tensor, q: int, sub: str = "4:2:0") -> torch.Tensor:
     from puface.defenses import create_defense
 
@@ -199,6 +194,7 @@ def measure(root: Path, attacks: list[str], det_path: str | None, seed: int, n_v
     from puface.data.loading import load_images
     from puface.defenses import create_defense
     from puface.detection import load_detector
+    from puface.io.images import jpeg_storage  # what `puface detect` reads from a chip file stored so
 
     det = load_detector(det_path)
     thr = det.threshold(fpr)  # the calibrated threshold at the detector's rate (1%) or at --fpr

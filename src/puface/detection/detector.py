@@ -48,19 +48,11 @@ from ..utils.metrics import psnr
 from ..utils.paths import package_weights
 from ..utils.version import __version__
 from .net import ResidualNet
-from .storage import kinds_for_storage, last_step
+from .storage import is_storage_kind, kinds_for_storage
 
 __all__ = ["CloakDetector", "DetectorConfig", "threshold_at_fpr", "allowed_above", "checked_confidence", "min_calibration_size",
            "default_detector_path", "detector_path", "load_detector", "FORMAT", "DEFAULT_FPR", "DEFAULT_CONFIDENCE",
-           "SHIPPED_DETECTORS", "storage_of_kind"]
-
-
-def storage_of_kind(kind: str) -> str:
-    """The storage string a kind's last step makes ("natural:jpeg:quality=75" -> "jpeg:quality=75,subsampling=4:2:0")."""
-    step, params = last_step(kind)
-    if step == "jpeg":
-        return f"jpeg:quality={params.get('quality', '75')},subsampling={params.get('subsampling', '4:2:0')}"
-    return step
+           "SHIPPED_DETECTORS"]
 
 
 FORMAT = "puface-detector"
@@ -437,7 +429,7 @@ class CloakDetector(torch.nn.Module):
             if kinds is None or not set(storage_kinds) <= set(kinds):
                 raise ValueError(f"storage kinds {storage_kinds} are not all among the calibration kinds")
             for k in storage_kinds:
-                if kinds_for_storage([k], storage_of_kind(k)) is None:
+                if not is_storage_kind(k):
                     raise ValueError(f"kind {k!r}: a storage kind must end in a JPEG (jpeg:quality=...) or palette step")
             base = torch.tensor([k not in storage_kinds for k in kinds])
             if not bool(base.any()):
@@ -492,7 +484,7 @@ class CloakDetector(torch.nn.Module):
         the highest of the per-kind thresholds, so it never falls (fewer cloaks are caught when it rises).
         storage: the kind only serves files stored as its last step says (`detection.storage`; e.g.
         "natural:jpeg:quality=75,subsampling=4:4:4"): the default threshold stays."""
-        if storage and kinds_for_storage([kind], storage_of_kind(kind)) is None:
+        if storage and not is_storage_kind(kind):
             raise PufaceError(f"kind {kind!r}: a storage kind must end in a JPEG (jpeg:quality=...) or palette step")
         self._need_calibration()
         new = torch.as_tensor(scores, dtype=torch.float32).flatten()

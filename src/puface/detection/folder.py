@@ -340,9 +340,10 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
 
     detector: a ready `CloakDetector` (else `weights`: a detector file, None = the shipped one, with `purifier`:
     the purifier file it was calibrated with, None = the shipped one).
-    fpr: false-positive rate of the decision (None: the detector's default, 1%); a chip stored as JPEG or with a
-    palette is judged by the threshold of its storage's calibration kind (`CloakDetector.threshold(storage=)`),
-    every image by the default threshold with `one_threshold`. resume: keep the rows an
+    fpr: false-positive rate of the decision (None: the detector's default, 1%); a chip whose file is stored in a way
+    that makes natural photos score high (4:4:4 JPEG below quality 90, a palette) gets the higher threshold of its
+    storage's calibration kinds (`CloakDetector.threshold(storage=)`; never lower than the default), every image the
+    default threshold with `one_threshold`. resume: keep the rows an
     earlier run wrote to `out_csv` and score only the rest; restart: start the CSV afresh. align: photos,
     not chips: detect and align each face first (needs the `align` extra). identities_csv: the
     per-identity summary (default: <out_csv stem>-identities.csv). engine: "local" (threads in this process)

@@ -20,9 +20,11 @@ before scoring) get the default threshold.
 
 from __future__ import annotations
 
+from ..io.images import jpeg_storage
 from ..utils.errors import PufaceError
 
-__all__ = ["parse_storage", "last_step", "kinds_for_storage", "JPEG_QUALITY_SLACK", "describe"]
+__all__ = ["parse_storage", "last_step", "kinds_for_storage", "storage_of_kind", "is_storage_kind", "JPEG_QUALITY_SLACK",
+           "describe"]
 
 #: A JPEG file below its subsampling's lowest calibrated quality is judged by that quality's kinds when it is at most
 #: this much below (JPEG artefacts grow as the quality falls, so a file far below the calibrated ones gets the default).
@@ -89,6 +91,20 @@ def kinds_for_storage(kind_names: list[str], storage: str) -> list[str] | None:
         return None
     use = max(below) if below else lowest
     return [k for q, k in matched if q == use]
+
+
+def storage_of_kind(kind: str) -> str:
+    """The storage string a kind's last step makes ("natural:jpeg:quality=75" -> "jpeg:quality=75,subsampling=4:2:0")."""
+    step, params = last_step(kind)
+    if step == "jpeg":
+        return jpeg_storage(params.get("quality", "75"), params.get("subsampling", "4:2:0"))
+    return step
+
+
+def is_storage_kind(kind: str) -> bool:
+    """Whether `kind` can be a storage kind: its last step makes a storage some kind describes (a JPEG at the chip's
+    size, a palette)."""
+    return kinds_for_storage([kind], storage_of_kind(kind)) is not None
 
 
 def describe(storage: str) -> str:

@@ -131,6 +131,11 @@ def jpeg_settings(im: Image.Image) -> tuple[int, str] | None:
     return quality, sampling
 
 
+def jpeg_storage(quality: int | str, subsampling: str = "4:2:0") -> str:
+    """The storage string of a colour JPEG (`storage_of`): "jpeg:quality=Q,subsampling=S"."""
+    return f"jpeg:quality={quality},subsampling={subsampling}"
+
+
 def storage_of(im: Image.Image) -> str:
     """How an opened image file stores its pixels, in the grammar of the pixel transforms that would make it
     (`puface.defenses`): "jpeg:quality=Q,subsampling=S" for a colour JPEG (`jpeg_settings`), "palette" for a
@@ -138,7 +143,7 @@ def storage_of(im: Image.Image) -> str:
     if im.mode in PALETTE_MODES:
         return "palette"
     js = jpeg_settings(im)
-    return f"jpeg:quality={js[0]},subsampling={js[1]}" if js else ""
+    return jpeg_storage(*js) if js else ""
 
 
 def is_lossless_webp(data: bytes) -> bool:

@@ -61,9 +61,7 @@ def identification(emb: FaceEmbedder, root: str | Path, per_identity: int = 10, 
     if errors:
         bad = {str(e.path) for e in errors}
         labels = [lab for im, lab in zip(ds.images, labels) if str(im.path) not in bad]
-    device = next((b.device for b in emb.buffers()), torch.device("cpu"))
-    with torch.no_grad():
-        e = torch.cat([emb(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+    e = emb.embed(x, batch_size)
     sim = e @ e.T
     same = torch.tensor([[a == b for b in labels] for a in labels])
     eye = torch.eye(len(labels), dtype=torch.bool)

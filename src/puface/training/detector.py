@@ -49,8 +49,8 @@ from ..data.datasets import resolve_data_root
 from ..data.loading import load_images
 from ..data.split import split_identities
 from ..defenses import create_defense
-from ..detection.detector import DEFAULT_CONFIDENCE, DEFAULT_FPR, CloakDetector, DetectorConfig, storage_of_kind
-from ..detection.storage import kinds_for_storage
+from ..detection.detector import DEFAULT_CONFIDENCE, DEFAULT_FPR, CloakDetector, DetectorConfig
+from ..detection.storage import is_storage_kind
 from ..detection.net import ResidualNet, ResidualNetConfig
 from ..io.files import check_output_root, list_image_files
 from ..io.images import atomic_write_bytes
@@ -130,7 +130,7 @@ class DetectorTrainConfig:
         if not 0.0 <= float(cfg.detector["confidence"]) < 1.0:
             raise ConfigError(f"detector.confidence must be in [0, 1) (0: the empirical quantile), got {cfg.detector['confidence']}")
         for spec in cfg.augment["storage_variants"]:
-            if kinds_for_storage([f"natural:{spec}"], storage_of_kind(f"natural:{spec}")) is None:
+            if not is_storage_kind(f"natural:{spec}"):
                 raise ConfigError(f"augment.storage_variants: {spec!r} must end in a JPEG at the chip's size "
                                   "(jpeg:quality=...) or a palette step: it serves files stored that way")
             if spec in cfg.augment["natural_variants"]:
