@@ -210,3 +210,44 @@ def test_a_tar_made_on_macos_keeps_its_records_whole(chips, tmp_path):
     assert [(r.key, sorted(r.fields), r.image_field) for r in recs] == [
         (f"shard/{key}", ["cls", "jpg"], "jpg") for key, _, _, _ in chips[:2]]
     assert [r.fields["cls"] for r in recs] == [label.encode() for _, label, _, _ in chips[:2]]
+
+
+def test_every_image_of_a_webdataset_record_is_purified(chips, folder_out, tmp_path):
+    """A record of several images (a pair: KEY.left.jpg, KEY.right.jpg) gets each one purified, byte-identical to the
+    folder job (the earlier code purified the first and passed the others on as they were, exit 0); a record with one
+    bad image is left out whole, its good image listed as left out with it; --image-field names the ones to purify."""
+    (a, _, da, _), (b, _, db, _), (c, _, dc, _) = chips[:3]
+    recs = [("p0", {"cls": b"0", "left.jpg": da, "right.jpg": db}),
+            ("p1", {"cls": b"1", "left.jpg": dc, "right.jpg": dc[: len(dc) // 3]})]  # a truncated right image
+    src = tmp_path / "pairs.tar"
+    _write_tar(src, recs)
+    out = tmp_path / "out"
+    r = _purify([str(src), str(out), "--no-progress", "--device", "cpu"])
+    assert r.exit_code == 1, r.output
+    assert "4 images: 2 purified, 0 already done (skipped), 0 copied unchanged, 1 skipped, 1 failed" in r.output
+    assert "p1.right.jpg: truncated" in r.output
+    assert "p1.left.jpg: left out with its record" in r.output and "p1.right.jpg failed" in r.output
+    assert "1 records (1 of several images, each image purified: left.jpg, right.jpg)" in r.output
+    (got,) = read_records(out / src.name)
+    assert got.key == "p0" and got.fields["cls"] == b"0"
+    assert got.fields["left.jpg"] == folder_out[a] and got.fields["right.jpg"] == folder_out[b]
+    # only the field named is purified; the other image is kept as it was
+    out2 = tmp_path / "out2"
+    r = _purify([str(src), str(out2), "--no-progress", "--device", "cpu", "--image-field", "left.jpg"])
+    assert r.exit_code == 0, r.output
+    p0, p1 = read_records(out2 / src.name)
+    assert p0.fields["left.jpg"] == folder_out[a] and p0.fields["right.jpg"] == db
+    assert p1.fields["left.jpg"] == folder_out[c] and p1.fields["right.jpg"] == dc[: len(dc) // 3]
+
+
+def test_a_parquet_file_of_several_image_columns_is_refused_until_one_is_named(chips, tmp_path):
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    col = pa.array([{"bytes": chips[0][2], "path": "a.jpg"}], type=struct)
+    src = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"id": ["k"], "left": col, "right": col}), src)
+    r = _purify([str(src), str(tmp_path / "out"), "--no-progress"])
+    assert r.exit_code == 2 and "several image columns (left, right)" in r.output and "--image-field left" in r.output
+    r = _purify([str(src), str(tmp_path / "out2"), "--no-progress", "--image-field", "right"])
+    assert r.exit_code == 0, r.output
+    res = pq.read_table(tmp_path / "out2" / src.name)
+    assert res.column("left").to_pylist()[0]["bytes"] == chips[0][2] != res.column("right").to_pylist()[0]["bytes"]

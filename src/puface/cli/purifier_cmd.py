@@ -176,8 +176,10 @@ def _unmask_step(in_path: Path, out_root: Path, progress: bool):
                    "(docs/RESULTS.md sections 15.8, 15.9, 16.3, 19).")
 @engine_options("model")
 @click.option("--image-field", default=None, metavar="NAME",
-              help="Shards: the WebDataset field (e.g. jpg) or Parquet column holding the image (default: found by "
-                   "name: jpg/jpeg/png/webp/bmp; image, img, ... or the first bytes / {bytes, path} column).")
+              help="Shards: the WebDataset field(s) to purify (e.g. jpg, or left.jpg,right.jpg; default: every image "
+                   "field of a record: jpg/jpeg/png/webp/bmp, so name the faces to leave a mask or map alone) or the "
+                   "Parquet column holding the image (default: found by name: image, img, ... or the first bytes / "
+                   "{bytes, path} column; a file of several {bytes, path} columns needs one named).")
 @click.option("--skip-cloaked", is_flag=True,
               help="Respect opt-outs: score every photo for a cloak first (`puface detect`) and leave out those judged "
                    "cloaked (listed in OUT/cloaked.csv); the others are purified as usual. Image folders, local engine.")
@@ -219,8 +221,8 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
     IN may also be shards: a WebDataset .tar or a Parquet file (raw image bytes or a Hugging Face
     datasets Image column), a folder of them, or a glob / brace pattern in quotes
     ('data/shard-{000000..000099}.tar'). OUT then gets shards of the same format and names with the same
-    records, keys, order and other fields (labels kept); a record that cannot be decoded is listed
-    and left out; each shard is written under a temporary name and renamed when done, so a rerun
+    records, keys, order and other fields (labels kept); every image of a record is purified (see
+    --image-field); a record with an image that cannot be decoded is listed and left out; each shard is written under a temporary name and renamed when done, so a rerun
     skips finished shards.
 
     With --skip-cloaked or --report each photo is also scored for a cloak (the detector's purified

@@ -9,8 +9,11 @@ the same records, keys, order and other fields; only the image changes.
 - Reading and writing go through `webdataset` (tar grouping, `TarWriter`) and `pyarrow.parquet`; the
   `shards` extra installs them (`pip install puface[shards]`).
 - Hidden tar members (`._000.jpg`: macOS's AppleDouble files) and `__MACOSX/` are not records: left out.
-- A record whose image cannot be decoded (or processed) is reported (`shard:key`) and left out of
-  the output; the others are written.
+- Every image of a WebDataset record is processed (a record of several images, `000123.left.jpg` and
+  `000123.right.jpg`, gets each purified; `--image-field left.jpg` names the ones to process, e.g. to leave a mask
+  alone); a Parquet file with several image-struct columns is refused until `--image-field` names one.
+- A record whose image (or one of its images) cannot be decoded or processed is reported (`shard:key`, or
+  `shard:key.field` for a record of several images) and left out of the output whole; the others are written.
 - Each output shard is written under a temporary hidden name and renamed when complete, so an existing
   output shard is a finished one: a rerun skips it (resume per shard).
 """
@@ -34,7 +37,7 @@ from .images import encode_image
 from .jobs import FileJob, JobReport, LoadedImage, Outcome, _StatsCSV, call_process, load_for_job, split_done
 
 __all__ = ["SHARD_SUFFIXES", "ShardJob", "ShardReport", "find_shards", "is_shard_input", "plan_shards", "run_shard_job",
-           "read_records", "image_field_of"]
+           "read_records", "image_field_of", "image_fields_of"]
 
 SHARD_SUFFIXES = {".tar": "webdataset", ".parquet": "parquet"}
 #: the package each shard format (and the {a..b} pattern of shard names) needs: the `shards` extra
@@ -179,31 +182,46 @@ def plan_shards(spec: str | Path, out_root: str | Path) -> list[ShardJob]:
 
 @dataclass
 class Record:
-    """One record of a shard: its key, its fields as stored, and which field holds the image.
+    """One record of a shard: its key, its fields as stored, and which fields hold its images.
 
-    WebDataset: `fields` maps extension -> bytes. Parquet: `fields` is the row (column -> value) and
-    `row` its index in the file; the image bytes are `image_bytes`.
+    WebDataset: `fields` maps extension -> bytes; `images` maps each image field to process (`image_fields_of`) to
+    its bytes (None: a field named by `--image-field` that the record lacks). Parquet: `fields` is the row
+    (column -> value) and `row` its index in the file; `images` holds the one image column's bytes. `image_field` and
+    `image_bytes` are the first image's.
     """
 
     key: str
     fields: dict
-    image_field: str | None
-    image_bytes: bytes | None
+    images: dict[str, bytes | None]
     row: int = 0
     extra: dict = field(default_factory=dict)
 
+    @property
+    def image_field(self) -> str | None:
+        return next(iter(self.images), None)
+
+    @property
+    def image_bytes(self) -> bytes | None:
+        return next(iter(self.images.values()), None)
+
+
+def _is_image_field(name: str) -> bool:
+    return not name.startswith("__") and name.rsplit(".", 1)[-1].lower() in WDS_IMAGE_FIELDS
+
+
+def image_fields_of(fields: dict, wanted: str | None = None) -> list[str]:
+    """The WebDataset fields of a record that hold its images, in the record's order: those named in `wanted` (one
+    field, or several separated by commas: "left.jpg,right.jpg"), else every field whose extension is an image's
+    (jpg, jpeg, png, webp, bmp; "face.jpg" style too)."""
+    if wanted:
+        return [w.strip() for w in wanted.split(",") if w.strip()]
+    return [k for k in fields if _is_image_field(k)]
+
 
 def image_field_of(fields: dict, wanted: str | None = None) -> str | None:
-    """The WebDataset field holding the image: `wanted` if given, else the first of jpg/jpeg/png/webp/bmp."""
-    if wanted:
-        return wanted if wanted in fields else None
-    for ext in WDS_IMAGE_FIELDS:
-        if ext in fields:
-            return ext
-    for k in fields:  # "face.jpg" style extensions
-        if not k.startswith("__") and k.rsplit(".", 1)[-1].lower() in WDS_IMAGE_FIELDS:
-            return k
-    return None
+    """The first WebDataset field holding an image (`image_fields_of`), None when there is none."""
+    found = [f for f in image_fields_of(fields, wanted) if f in fields]
+    return found[0] if found else None
 
 
 def _wds_member(name: str) -> bool:
@@ -223,8 +241,7 @@ def _read_wds(path: Path, image_field: str | None) -> Iterator[Record]:
         for i, sample in enumerate(group_by_keys(files, lcase=False)):
             key = sample["__key__"]
             fields = {k: v for k, v in sample.items() if not k.startswith("__")}
-            fld = image_field_of(fields, image_field)
-            yield Record(key, fields, fld, fields.get(fld) if fld else None, row=i)
+            yield Record(key, fields, {f: fields.get(f) for f in image_fields_of(fields, image_field)}, row=i)
 
 
 def _parquet_image_column(schema, wanted: str | None) -> tuple[str, bool]:
@@ -239,6 +256,9 @@ def _parquet_image_column(schema, wanted: str | None) -> tuple[str, bool]:
         return None
 
     names = [f.name for f in schema]
+    if wanted and "," in wanted:
+        raise PufaceError(f"--image-field {wanted}: a Parquet file is purified one image column at a time; name one "
+                          "column and run again on the output for the next")
     if wanted:
         if wanted not in names:
             raise PufaceError(f"no column {wanted!r} in the Parquet file (columns: {', '.join(names)})")
@@ -250,6 +270,10 @@ def _parquet_image_column(schema, wanted: str | None) -> tuple[str, bool]:
     if not cands:
         raise PufaceError(f"no image column (binary, or a {{bytes, path}} struct) among {', '.join(names)}; "
                           "pass --image-field")
+    structs = [n for n, k in cands if k == "struct"]
+    if len(structs) > 1:  # never purify one and pass the others on as they are without a word
+        raise PufaceError(f"several image columns ({', '.join(structs)}); puface purifies one column at a time: pass "
+                          f"--image-field {structs[0]}, then run again on the output with the next")
     for pref in PARQUET_IMAGE_NAMES:
         for n, k in cands:
             if n.lower() == pref:
@@ -278,7 +302,7 @@ def _iter_parquet_batches(path: Path, image_field: str | None, batch_size: int):
         for i, r in enumerate(rows):
             v = r[col]
             data = (v or {}).get("bytes") if is_struct else v
-            recs.append(Record(_parquet_key(r, row0 + i), r, col, data, row=row0 + i))
+            recs.append(Record(_parquet_key(r, row0 + i), r, {col: data}, row=row0 + i))
         row0 += len(rows)
         yield batch, recs
 
@@ -298,13 +322,17 @@ def read_records(path: str | Path, image_field: str | None = None) -> Iterator[R
 
 # ---- the job ------------------------------------------------------------------------------------
 
-def _decode(shard: Path, rec: Record) -> LoadedImage | ImageReadError:
-    label = Path(f"{shard}:{rec.key}")
-    if rec.image_bytes is None:
-        what = f"field {rec.image_field!r} is empty" if rec.image_field else "no image field (jpg, jpeg, png, webp, bmp)"
+def _decode(label: Path, rec: Record, image_field: str | None) -> LoadedImage | ImageReadError:
+    """Image `image_field` of `rec` decoded (None: the record has no image field); `label` names it in errors."""
+    data = rec.images.get(image_field) if image_field is not None else None
+    if data is None:
+        if image_field is None:
+            what = "no image field (jpg, jpeg, png, webp, bmp)"
+        else:
+            what = f"field {image_field!r} is empty" if image_field in rec.fields else f"no field {image_field!r}"
         return ImageReadError(label, what)
     try:
-        item = load_for_job(FileJob(label, label, Path(rec.key)), data=bytes(rec.image_bytes))
+        item = load_for_job(FileJob(label, label, Path(rec.key)), data=bytes(data))
     except ImageReadError as e:
         return e
     except Exception as e:  # never let one record stop the shard
@@ -312,9 +340,9 @@ def _decode(shard: Path, rec: Record) -> LoadedImage | ImageReadError:
     return item
 
 
-def _pil_format(item: LoadedImage, rec: Record, fmt: str) -> str:
-    if fmt == "webdataset" and rec.image_field:
-        ext = rec.image_field.rsplit(".", 1)[-1].lower()
+def _pil_format(item: LoadedImage, image_field: str, fmt: str) -> str:
+    if fmt == "webdataset":
+        ext = image_field.rsplit(".", 1)[-1].lower()
         if ext in WDS_IMAGE_FIELDS:
             return WDS_IMAGE_FIELDS[ext]
     return item.format if item.format in ("JPEG", "PNG", "WEBP", "BMP") else "PNG"
@@ -357,10 +385,9 @@ class _ShardWriter:
         else:
             self._pq = None
 
-    def write_wds(self, rec: Record, image: bytes | None) -> None:
-        fields = dict(rec.fields)
-        if image is not None:
-            fields[rec.image_field] = image  # type: ignore[index]
+    def write_wds(self, rec: Record, images: dict[str, bytes]) -> None:
+        """Write `rec` with the image fields in `images` replaced (the others as they were)."""
+        fields = {**rec.fields, **images}
         self._tar.write({"__key__": rec.key, **fields})
         self.count += 1
 
@@ -455,12 +482,14 @@ def run_shard_job(
     Args:
         jobs: from `plan_shards`.
         process: the folder jobs' batch function (decoded images -> one `Outcome` each).
-        image_field: the WebDataset field extension (e.g. "jpg") or Parquet column of the image
-            (default: found by name, see `image_field_of` / `PARQUET_IMAGE_NAMES`).
+        image_field: the WebDataset field extension (e.g. "jpg"; several separated by commas) or Parquet column of
+            the image (default: every image field of a WebDataset record, `image_fields_of`; the Parquet column
+            found by name, `PARQUET_IMAGE_NAMES`).
         resume: skip a shard whose output exists (outputs are renamed into place when complete).
-    Records keep their key, order and every other field; a record whose image cannot be decoded or
-    processed is listed in `failed` and left out; "copy" and "skip" outcomes keep the original image
-    or leave the record out. Returns a `ShardReport` (exit_code 1 when a record failed).
+    Records keep their key, order and every other field; a record whose image (any of its images) cannot be
+    decoded or processed is listed in `failed` and left out; "copy" and "skip" outcomes keep the original image
+    or leave the record out. Counts are of images (a record of several images counts each; one left out with its
+    record because another failed or was skipped is listed as skipped). Returns a `ShardReport` (exit_code 1 when a record failed).
     """
     from tqdm import tqdm
 
@@ -478,51 +507,70 @@ def run_shard_job(
         else:
             bar.write(msg, file=sys.stderr)
 
-    def handle(job: ShardJob, recs: list[Record], pool: ThreadPoolExecutor) -> tuple[list[bytes | None], list[bool]]:
-        """Decode, process and encode one batch; returns the new image bytes and which records to keep."""
-        decoded = list(pool.map(lambda r: _decode(job.src, r), recs))
+    def handle(job: ShardJob, recs: list[Record], pool: ThreadPoolExecutor) -> tuple[list[dict[str, bytes]], list[bool]]:
+        """Decode, process and encode every image of a batch of records; returns each record's new image bytes (by
+        field) and which records to keep (those whose every image was written or copied)."""
+        units = [(i, f) for i, r in enumerate(recs) for f in (list(r.images) or [None])]
+
+        def label(u: int) -> str:
+            i, f = units[u]
+            return f"{job.src}:{recs[i].key}" + (f".{f}" if len(recs[i].images) > 1 else "")
+
+        decoded = list(pool.map(lambda u: _decode(Path(label(u)), recs[units[u][0]], units[u][1]), range(len(units))))
         items, where = [], []
-        images: list[bytes | None] = [None] * len(recs)
-        keep = [False] * len(recs)
-        for i, d in enumerate(decoded):
+        results: list[tuple[str, str]] = [("fail", "")] * len(units)  # (status, reason) per image
+        images: list[dict[str, bytes]] = [{} for _ in recs]
+        for u, d in enumerate(decoded):
             if isinstance(d, Exception):
-                report.failed.append((Path(f"{job.src}:{recs[i].key}"), d.reason))
-                say(f"error: {job.src}:{recs[i].key}: {d.reason}")
+                results[u] = ("fail", d.reason)
             else:
                 items.append(d)
-                where.append(i)
+                where.append(u)
         outcomes = call_process(process, items) if items else []
         rows = []
-        for i, item, out in zip(where, items, outcomes):
-            label = f"{job.src}:{recs[i].key}"
-            if out.status == "fail":
-                report.failed.append((Path(label), out.reason))
-                say(f"error: {label}: {out.reason}")
-            elif out.status == "ok":
-                assert out.image is not None
+        for u, item, out in zip(where, items, outcomes):
+            i, f = units[u]
+            results[u] = (out.status, out.reason)
+            if out.status == "ok":
+                assert out.image is not None and f is not None
                 try:
-                    images[i] = encode_image(out.image, _pil_format(item, recs[i], job.format), quality=quality,
-                                             exif=item.exif, icc_profile=item.icc_profile, lossless=item.lossless)
-                    keep[i] = True
-                    report.written += 1
+                    images[i][f] = encode_image(out.image, _pil_format(item, f, job.format), quality=quality,
+                                                exif=item.exif, icc_profile=item.icc_profile, lossless=item.lossless)
                 except Exception as e:
-                    report.failed.append((Path(label), f"cannot encode ({e})"))
-                    say(f"error: {label}: cannot encode ({e})")
-            elif out.status == "copy":
-                keep[i] = True
-                report.copied.append((Path(label), out.reason))
-            else:
-                report.skipped.append((Path(label), out.reason))
+                    results[u] = ("fail", f"cannot encode ({e})")
             if out.stats:
-                rows.append({"file": label, "status": out.status, **out.stats})
+                rows.append({"file": label(u), "status": out.status, **out.stats})
         stats.add(rows)
-        report.total += len(recs)
-        bar.update(len(recs))
+        keep = [False] * len(recs)
+        for i in range(len(recs)):
+            mine = [u for u, (j, _) in enumerate(units) if j == i]
+            cause = next((u for u in mine if results[u][0] == "fail"), None)
+            if cause is None:
+                cause = next((u for u in mine if results[u][0] not in ("ok", "copy")), None)
+            keep[i] = cause is None
+            for u in mine:
+                status, why = results[u]
+                if status == "fail":
+                    report.failed.append((Path(label(u)), why))
+                    say(f"error: {label(u)}: {why}")
+                elif status not in ("ok", "copy"):
+                    report.skipped.append((Path(label(u)), why))
+                elif cause is not None:  # processed, but its record is left out: never dropped without a word
+                    gone = "failed" if results[cause][0] == "fail" else "was skipped"
+                    report.skipped.append((Path(label(u)), f"left out with its record ({label(cause)} {gone})"))
+                elif status == "ok":
+                    report.written += 1
+                else:
+                    report.copied.append((Path(label(u)), why))
+        report.total += len(units)
+        bar.update(len(units))
         return images, keep
 
     with ThreadPoolExecutor(max_workers=max(1, io_workers), thread_name_prefix="puface-io") as pool:
         for job in todo:
             writer = _ShardWriter(job)
+            several: set[str] = set()  # the image fields of records holding several images
+            n_several = 0
             mark = (report.total, report.written, len(report.copied), len(report.skipped), len(report.failed))
             try:
                 if job.format == "webdataset":
@@ -532,6 +580,9 @@ def run_shard_job(
                         for rec, img, k in zip(recs, images, keep):
                             if k:
                                 writer.write_wds(rec, img)
+                                if len(rec.images) > 1:
+                                    several.update(rec.images)
+                                    n_several += 1
                 else:
                     _need("pyarrow")
                     import pyarrow.parquet as pq
@@ -539,7 +590,7 @@ def run_shard_job(
                     writer.open_parquet(pq.ParquetFile(job.src).schema_arrow)
                     for batch, recs in _iter_parquet_batches(job.src, image_field, batch_size):
                         images, keep = handle(job, recs, pool)
-                        writer.write_parquet(batch, recs, images, keep)
+                        writer.write_parquet(batch, recs, [im.get(r.image_field) for im, r in zip(images, recs)], keep)
                 writer.commit()
             except BaseException as e:
                 writer.abort()
@@ -552,7 +603,9 @@ def run_shard_job(
                 say(f"error: {job.src}: cannot read or write the shard ({type(e).__name__}: {e})")
                 continue
             report.shards_written += 1
-            say(f"{job.dst}: {writer.count} records")
+            many = (f" ({n_several} of several images, each image {verb}: {', '.join(sorted(several))})"
+                    if n_several else "")
+            say(f"{job.dst}: {writer.count} records{many}")
     bar.close()
     report.seconds = time.perf_counter() - t0
     return report
