@@ -254,6 +254,38 @@ def test_a_tiff_keeps_its_icc_profile(tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "rgb.tiff")), np.asarray(face))
 
 
+def test_a_folder_job_keeps_the_resolution_and_a_tiffs_compression(tmp_path):
+    """An output keeps its input's resolution (dpi: JPEG, PNG, TIFF, BMP; a quarter-turned EXIF orientation swaps x and
+    y) and a TIFF's compression (LZW, deflate, JPEG; 1-bit fax compression does not fit the 8-bit output, which is then
+    uncompressed). The earlier code wrote every output at no or the default resolution and every TIFF uncompressed: a
+    JPEG-compressed TIFF came back 5-6x larger."""
+    from puface.io.jobs import Outcome, keep_input_mode, plan_mirror, run_folder_job
+
+    src = tmp_path / "in"
+    src.mkdir()
+    face = Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 30, 3), dtype=np.uint8))
+    face.save(src / "lzw.tif", compression="tiff_lzw", dpi=(300, 300))
+    face.save(src / "jpeg.tif", compression="jpeg", dpi=(300, 300))
+    face.convert("L").save(src / "deflate.tiff", compression="tiff_adobe_deflate", dpi=(600, 600))
+    face.convert("1").save(src / "fax.tif", compression="group4", dpi=(200, 200))
+    face.save(src / "a.jpg", dpi=(300, 300))
+    face.save(src / "a.png", dpi=(72, 144))
+    face.save(src / "a.bmp", dpi=(300, 300))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # upright by a quarter turn
+    face.save(src / "turned.jpg", dpi=(100, 200), exif=exif.tobytes())
+    same = keep_input_mode(lambda items: [Outcome.ok(it.image) for it in items])
+    assert not run_folder_job(plan_mirror(src, tmp_path / "out"), same, progress=False).failed
+    out = {p.name: Image.open(p) for p in (tmp_path / "out").iterdir()}
+    dpi = {n: tuple(round(float(v)) for v in im.info.get("dpi", (0, 0))) for n, im in out.items()}
+    assert dpi == {"lzw.tif": (300, 300), "jpeg.tif": (300, 300), "deflate.tiff": (600, 600), "fax.tif": (200, 200),
+                   "a.jpg": (300, 300), "a.png": (72, 144), "a.bmp": (300, 300), "turned.jpg": (200, 100)}
+    tiffs = {n: out[n].info.get("compression") for n in ("lzw.tif", "jpeg.tif", "deflate.tiff", "fax.tif")}
+    assert tiffs == {"lzw.tif": "tiff_lzw", "jpeg.tif": "jpeg", "deflate.tiff": "tiff_adobe_deflate", "fax.tif": "raw"}
+    assert np.array_equal(np.asarray(out["lzw.tif"]), np.asarray(face))  # lossless stays lossless
+    assert out["turned.jpg"].size == (40, 30)  # written upright
+
+
 def test_a_broken_link_in_a_folder_job_is_listed_as_failed(tmp_path):
     """A link to a file that is gone is a broken input: counted and named with its cause, not passed over silently."""
     from puface.io.jobs import Outcome, plan_mirror, run_folder_job

@@ -89,7 +89,8 @@ def test_ray_engine_applies_the_step_like_the_local_engine(cluster, johns_dir, t
 
 
 def test_ray_engine_keeps_alpha_and_grayscale_like_the_local_engine(cluster, johns_dir, tmp_path):
-    """Alpha and grayscale travel through the Ray stages: the same bytes as the local engine."""
+    """Alpha, grayscale, the resolution and a TIFF's compression travel through the Ray stages: the same bytes as the
+    local engine."""
     from PIL import Image
 
     src = tmp_path / "in"
@@ -97,9 +98,12 @@ def test_ray_engine_keeps_alpha_and_grayscale_like_the_local_engine(cluster, joh
     rgb = read_image(sorted(johns_dir.glob("*/*.jpg"))[0])
     Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)]), "RGBA").save(src / "a.png")
     Image.fromarray(rgb).convert("L").save(src / "g.jpg")
+    Image.fromarray(rgb).save(src / "t.tif", compression="tiff_lzw", dpi=(300, 300))
     for engine in ("local", "ray"):
         purify_folder(src, tmp_path / engine, device="cpu", progress=False, engine=engine, workers=1)
     assert Image.open(tmp_path / "ray" / "a.png").mode == "RGBA" and Image.open(tmp_path / "ray" / "g.jpg").mode == "L"
+    t = Image.open(tmp_path / "ray" / "t.tif")
+    assert t.info["compression"] == "tiff_lzw" and t.info["dpi"] == (300, 300)
     assert _tree(tmp_path / "ray") == _tree(tmp_path / "local")
 
 

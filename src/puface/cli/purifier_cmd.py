@@ -209,7 +209,8 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
     """Remove cloaks from the images under IN and write them to OUT (same tree, names, formats and sizes).
 
     Grayscale images stay grayscale and transparency (alpha) is kept; outputs have 8 bits per channel
-    (a 16-bit PNG or TIFF comes out 8-bit). Image files puface cannot read (GIF, HEIC, ...) are listed as
+    (a 16-bit PNG or TIFF comes out 8-bit) and a palette (colour-table) image comes out RGB, since purified
+    colours do not fit its palette. EXIF, the ICC profile, the resolution (dpi) and a TIFF's compression are kept. Image files puface cannot read (GIF, HEIC, ...) are listed as
     failed. OUT/purify_config.json records the settings its images depend on; resuming with other settings
     is refused (--no-resume redoes every image), and so is an OUT that holds another command's outputs (cloak,
     align) or that another puface process is writing into (other than the other ranks of one job).

@@ -274,17 +274,42 @@ def pil_format_for(path: str | Path) -> str:
 
 
 _MODE_OF_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+#: Formats whose files Pillow writes a resolution (dots per inch) into: JPEG (JFIF), PNG (pHYs), TIFF, BMP; a WebP's
+#: is in its EXIF, kept as such.
+DPI_FORMATS = ("JPEG", "PNG", "TIFF", "BMP")
+#: TIFF compressions Pillow (libtiff) writes for 8-bit L, LA, RGB and RGBA: an input's is kept (`encode_image`); others
+#: (CCITT fax, for 1-bit images; SGI log, for HDR) do not fit an 8-bit output, which is then written uncompressed.
+TIFF_COMPRESSIONS = ("tiff_lzw", "tiff_adobe_deflate", "tiff_deflate", "packbits", "jpeg", "lzma", "zstd")
+
+
+def resolution_of(im: Image.Image) -> tuple[float, float] | None:
+    """(x, y) dots per inch an opened image file declares (Pillow's `info["dpi"]`: JFIF or EXIF, pHYs, TIFF, BMP),
+    swapped when its EXIF orientation turns it upright by a quarter turn; None when it declares none usable."""
+    dpi = im.info.get("dpi")
+    try:
+        x, y = (float(v) for v in dpi)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    if not (0 < x < 1e6 and 0 < y < 1e6):  # 0 (an aspect ratio only), NaN, nonsense
+        return None
+    try:
+        turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:
+        turned = False
+    return (y, x) if turned else (x, y)
 #: The colour space an ICC profile must declare (header bytes 16-20) to describe written pixels of each mode.
 _ICC_SPACES = {"L": b"GRAY", "LA": b"GRAY", "RGB": b"RGB ", "RGBA": b"RGB "}
 
 
 def encode_image(image: np.ndarray | Image.Image, fmt: str, *, quality: int = 95, exif: bytes | None = None, icc_profile: bytes | None = None,
-                 lossless: bool = False) -> bytes:
+                 lossless: bool = False, dpi: tuple[float, float] | None = None, tiff_compression: str | None = None) -> bytes:
     """Encode an image to bytes in the Pillow format `fmt` (JPEG, PNG, BMP, WEBP, TIFF): uint8 RGB (H, W, 3),
     or grayscale (H, W), with alpha (H, W, 2), RGBA (H, W, 4); alpha is dropped where the format has none
     (JPEG, BMP). `icc_profile` is written only where it describes the pixels (a CMYK input's profile is not kept on
     its RGB output, nor a grayscale photo's on an RGB chip cut from it). `lossless`: a WebP is written lossless
-    whatever `quality` (the input was lossless WebP: `is_lossless_webp`)."""
+    whatever `quality` (the input was lossless WebP: `is_lossless_webp`). `dpi`: (x, y) dots per inch, written where the
+    format holds it (`DPI_FORMATS`). `tiff_compression`: a TIFF's compression, as Pillow names it (the input's: `info
+    ["compression"]`), where Pillow writes it for the pixels (`TIFF_COMPRESSIONS`; "jpeg" at `quality`), else none."""
     if isinstance(image, Image.Image):
         im = image
     else:
@@ -306,6 +331,14 @@ def encode_image(image: np.ndarray | Image.Image, fmt: str, *, quality: int = 95
         kw["exif"] = exif
     if icc_profile and fmt in ("JPEG", "PNG", "WEBP", "TIFF") and icc_profile[16:20] == _ICC_SPACES.get(im.mode):
         kw["icc_profile"] = icc_profile
+    if dpi and fmt in DPI_FORMATS:
+        kw["dpi"] = tuple(dpi)
+    if fmt == "TIFF" and tiff_compression in TIFF_COMPRESSIONS:
+        try:
+            im.save(buf, format=fmt, compression=tiff_compression, **kw, **({"quality": quality} if tiff_compression == "jpeg" else {}))
+            return buf.getvalue()
+        except OSError:  # a libtiff built without this codec (lzma, zstd): uncompressed, as Pillow's default
+            buf = io.BytesIO()
     im.save(buf, format=fmt, **kw)
     return buf.getvalue()
 

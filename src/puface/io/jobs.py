@@ -29,7 +29,7 @@ from PIL import Image
 from ..utils.errors import ImageReadError, PufaceError
 from .files import check_output_folder, check_output_root, list_image_files
 from .images import (EXPECTED_IMAGES, IMAGE_EXTENSIONS, PALETTE_MODES, atomic_write_bytes, encode_image, is_image_file,
-                     is_lossless_webp, open_image_parts, pil_format_for, same_file, storage_of)
+                     is_lossless_webp, open_image_parts, pil_format_for, resolution_of, same_file, storage_of)
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,14 @@ class LoadedImage:
     storage: str = ""  # how the file stores its pixels (`images.storage_of`: "jpeg:quality=75,subsampling=4:2:0", "palette", "")
     color: np.ndarray | None = None  # the colour under the input's alpha channel, uint8 (H, W, 3), not composited (None without alpha)
     lossless: bool = False  # the input is a lossless WebP (`images.is_lossless_webp`): a WebP output is written lossless too
+    dpi: tuple[float, float] | None = None  # the resolution the input declares (`images.resolution_of`), kept on output
+    compression: str = ""  # a TIFF input's compression (Pillow's name: "tiff_lzw", "jpeg", ...), kept where Pillow writes it
+
+    def encoding(self) -> dict:
+        """`images.encode_image`'s keywords that write an output like this input: EXIF, ICC profile, lossless WebP,
+        resolution, TIFF compression."""
+        return {"exif": self.exif, "icc_profile": self.icc_profile, "lossless": self.lossless, "dpi": self.dpi,
+                "tiff_compression": self.compression or None}
 
 
 @dataclass
@@ -566,13 +574,16 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
     exif_bytes = icc = None
     fmt = ""
     palette = False
-    storage = ""
+    storage = compression = ""
+    dpi = None
     try:
         with Image.open(io.BytesIO(data)) as raw:  # type: ignore[arg-type]
             fmt = raw.format or ""
             palette = raw.mode in PALETTE_MODES
             storage = storage_of(raw)
             icc = raw.info.get("icc_profile")
+            dpi = resolution_of(raw)
+            compression = str(raw.info.get("compression") or "") if fmt == "TIFF" else ""
             exif = raw.getexif()
             if exif:
                 exif[0x0112] = 1
@@ -580,7 +591,7 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
     except Exception:  # metadata is best effort; the pixels were read fine
         pass
     return LoadedImage(job, np.asarray(im, dtype=np.uint8), exif_bytes, icc, fmt, alpha, gray, palette, storage, under,
-                       fmt == "WEBP" and is_lossless_webp(data))  # type: ignore[arg-type]
+                       fmt == "WEBP" and is_lossless_webp(data), dpi, compression)  # type: ignore[arg-type]
 
 
 def in_input_mode(item: LoadedImage, image: np.ndarray) -> np.ndarray:
@@ -620,7 +631,7 @@ def _write_outcome(item: LoadedImage, out: Outcome, quality: int) -> None:
     if out.status == "ok":
         assert out.image is not None
         fmt = pil_format_for(job.dst)
-        data = encode_image(out.image, fmt, quality=quality, exif=item.exif, icc_profile=item.icc_profile, lossless=item.lossless)
+        data = encode_image(out.image, fmt, quality=quality, **item.encoding())
         atomic_write_bytes(job.dst, data)
     elif out.status == "copy":
         atomic_write_bytes(job.dst, job.src.read_bytes())

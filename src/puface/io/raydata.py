@@ -68,7 +68,7 @@ def _obj(values) -> np.ndarray:
 def _decode_stage(batch: dict) -> dict:
     """Ray task: read and decode each file; decoded pixels travel as raw bytes + shape."""
     n = len(batch["src"])
-    pixels, h, w, exif, icc, fmt, error, alpha, gray, palette, storage, color, lossless = ([] for _ in range(13))
+    pixels, h, w, exif, icc, fmt, error, alpha, gray, palette, storage, color, lossless, dpi, compression = ([] for _ in range(15))
     for i in range(n):
         job = FileJob(Path(batch["src"][i]), Path(batch["dst"][i]), Path(batch["rel"][i]))
         try:
@@ -85,6 +85,8 @@ def _decode_stage(batch: dict) -> dict:
             storage.append(item.storage)
             color.append(b"" if item.color is None else np.ascontiguousarray(item.color).tobytes())
             lossless.append(item.lossless)
+            dpi.append(json.dumps(item.dpi) if item.dpi else "")
+            compression.append(item.compression)
             error.append("")
         except Exception as e:  # ImageReadError, or anything a hostile file provokes
             reason = e.reason if isinstance(e, ImageReadError) else f"unexpected read error ({type(e).__name__}: {e})"
@@ -100,12 +102,14 @@ def _decode_stage(batch: dict) -> dict:
             storage.append("")
             color.append(b"")
             lossless.append(False)
+            dpi.append("")
+            compression.append("")
             error.append(reason)
     return {"src": batch["src"], "dst": batch["dst"], "rel": batch["rel"], "pixels": _obj(pixels),
             "h": np.asarray(h, np.int64), "w": np.asarray(w, np.int64), "exif": _obj(exif), "icc": _obj(icc),
             "fmt": _obj(fmt), "error": _obj(error), "alpha": _obj(alpha), "gray": np.asarray(gray, bool),
             "palette": np.asarray(palette, bool), "storage": _obj(storage), "color": _obj(color),
-            "lossless": np.asarray(lossless, bool)}
+            "lossless": np.asarray(lossless, bool), "dpi": _obj(dpi), "compression": _obj(compression)}
 
 
 class _BatchActor:
@@ -153,7 +157,8 @@ class _BatchActor:
                 channels[i] = 1 if img.ndim == 2 else img.shape[2]
         return {"src": batch["src"], "dst": batch["dst"], "pixels": _obj(out_pixels), "h": batch["h"], "w": batch["w"],
                 "c": channels,
-                "exif": batch["exif"], "icc": batch["icc"], "lossless": batch["lossless"], "status": _obj(status), "reason": _obj(reason),
+                "exif": batch["exif"], "icc": batch["icc"], "lossless": batch["lossless"], "dpi": batch["dpi"],
+                "compression": batch["compression"], "status": _obj(status), "reason": _obj(reason),
                 "stats": _obj(stats)}
 
 
@@ -168,9 +173,11 @@ def _write_stage(quality: int) -> Callable[[dict], dict]:
                 if status[i] == "ok":
                     c = int(batch["c"][i])
                     img = np.frombuffer(batch["pixels"][i], np.uint8).reshape(int(batch["h"][i]), int(batch["w"][i]), c)
+                    dpi = batch["dpi"][i]
                     data = encode_image(img[..., 0] if c == 1 else img, pil_format_for(dst), quality=quality,
-                                        exif=batch["exif"][i] or None,
-                                        icc_profile=batch["icc"][i] or None, lossless=bool(batch["lossless"][i]))
+                                        exif=batch["exif"][i] or None, icc_profile=batch["icc"][i] or None,
+                                        lossless=bool(batch["lossless"][i]), dpi=tuple(json.loads(dpi)) if dpi else None,
+                                        tiff_compression=batch["compression"][i] or None)
                     atomic_write_bytes(dst, data)
                 elif status[i] == "copy":
                     atomic_write_bytes(dst, Path(batch["src"][i]).read_bytes())

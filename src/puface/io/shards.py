@@ -535,7 +535,7 @@ def run_shard_job(
                 assert out.image is not None and f is not None
                 try:
                     images[i][f] = encode_image(out.image, _pil_format(item, f, job.format), quality=quality,
-                                                exif=item.exif, icc_profile=item.icc_profile, lossless=item.lossless)
+                                                **item.encoding())
                 except Exception as e:
                     results[u] = ("fail", f"cannot encode ({e})")
             if out.stats:
