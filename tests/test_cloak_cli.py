@@ -265,3 +265,30 @@ def test_evaluate_reads_the_surrogates_of_a_puface_cloak_folder(johns_dir, tmp_p
     assert settings(top, tmp_path / "run3") == {"white-box"}
     assert settings(bare, tmp_path / "run2") == {"oblivious"}
     assert settings(mixed, tmp_path / "run4") == {"oblivious"}
+
+
+def test_cloak_keeps_an_alpha_channel_and_gives_a_grey_photo_a_colour_cloak(johns_dir, tmp_path, capsys, dlib_available):
+    """A transparent PNG comes out with its alpha channel, byte for byte, over its own colour plus the cloak's change
+    (the earlier code wrote RGB: the transparent part became opaque white); a grayscale photo comes out RGB, since a
+    cloak changes colours (documented in `cloak --help`)."""
+    from PIL import Image
+
+    rgb = read_image(sorted(johns_dir.glob("*/*.jpg"))[0])
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:, :40], alpha[:, 40:60] = 0, 128
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(src / "t.png")
+    Image.fromarray(rgb).convert("L").save(src / "g.png")
+    out = tmp_path / "out"
+    code, _, err = run(["cloak", *FAST, str(src), str(out)], capsys)
+    assert code == 0, err
+    t, g = Image.open(out / "t.png"), Image.open(out / "g.png")
+    assert t.mode == "RGBA" and g.mode == "RGB"
+    got = np.asarray(t)
+    assert np.array_equal(got[..., 3], alpha)
+    change = np.abs(got[..., :3].astype(int) - rgb.astype(int))
+    assert change[:, :40].max() <= change[:, 60:].max() + 1  # the hidden colour kept (not white), cloaked alike
+    assert change[:, 60:].max() > 0
+    text = " ".join(run(["cloak", "--help"], capsys)[1].split())
+    assert "alpha channel (transparency) is kept" in text and "grayscale image comes out RGB" in text

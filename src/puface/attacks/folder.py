@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..io.jobs import (FileJob, JobReport, LoadedImage, Outcome, begin_settings, check_settings, group_by_size,
-                       input_identity, load_for_job, plan_mirror, recorded_done, run_folder_job, shard)
+                       input_identity, keep_input_mode, load_for_job, plan_mirror, recorded_done, run_folder_job, shard)
 from ..utils.errors import ImageReadError, PufaceError
 from ..utils.images import image_to_tensor, tensor_to_image
 from ..utils.version import __version__
@@ -154,17 +154,19 @@ def make_cloak_process(attack: CloakAttack, targets_by_src: dict[Path, list[torc
 
 
 def ray_cloak_process(attack: CloakAttack | Callable[[], CloakAttack], align: bool = False,
-                      largest_face: bool = False) -> Callable:
-    """The cloak batch function for an attack, or for a zero-argument attack factory (built in the Ray
-    actor, so the face models load there); `functools.partial` of this is the Ray engine's factory."""
+                      largest_face: bool = False, targets_by_src: dict[Path, list[torch.Tensor]] | None = None) -> Callable:
+    """The cloak batch function of a folder job (`make_cloak_process`; with `align_adapter` when align) for an attack,
+    or for a zero-argument attack factory (built in the Ray actor, so the face models load there); `functools.partial`
+    of this is the Ray engine's factory. Outputs keep an input's alpha channel; a grayscale input's cloak is RGB
+    (`keep_input_mode(gray=False)`)."""
     if not isinstance(attack, CloakAttack):
         attack = attack()
-    process = make_cloak_process(attack)
+    process = make_cloak_process(attack, targets_by_src)
     if align:
         from ..align import align_adapter
 
         process = align_adapter(process, chip_size=150, no_face="skip", largest_face=largest_face)
-    return process
+    return keep_input_mode(process, gray=False)
 
 
 def _identity_of(job: FileJob, in_root: Path) -> str:
@@ -314,11 +316,7 @@ def cloak_folder(
                                  stats_csv=out_path / stats_name, progress=progress, log=log, is_done=done)
             finish()
             return report
-        process = make_cloak_process(attack, targets_by_src)
-        if align:
-            from ..align import align_adapter
-
-            process = align_adapter(process, chip_size=150, no_face="skip", largest_face=largest_face)
+        process = ray_cloak_process(attack, align, largest_face, targets_by_src)
         report = run_folder_job(
             jobs, process, batch_size=batch_size, resume=resume, desc=f"cloaking ({attack.name})", verb="cloaked",
             stats_csv=out_path / stats_name, io_workers=io_workers, progress=progress, is_done=done,
@@ -389,7 +387,7 @@ def _cloak_groups(jobs: list[FileJob], in_path: Path, out_path: Path, attack: Cl
             return [Outcome.ok(tensor_to_image(res.images[k]), **{key: _round(v) for key, v in row.items()})
                     for k, row in enumerate(res.rows())]
 
-        rep = run_folder_job(gjobs, process, batch_size=len(gjobs), resume=False, desc=f"cloaking {ident} ({attack.name})",
+        rep = run_folder_job(gjobs, keep_input_mode(process, gray=False), batch_size=len(gjobs), resume=False, desc=f"cloaking {ident} ({attack.name})",
                              verb="cloaked", stats_csv=out_path / STATS_NAME, io_workers=io_workers, progress=progress)
         total.written += rep.written
         total.copied += rep.copied

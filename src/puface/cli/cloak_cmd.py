@@ -89,6 +89,7 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
           largest_face: bool, rank: int | None, world_size: int | None, io_workers: int, engine: str,
           address: str | None, workers: int | None, progress: bool) -> None:
     """Cloak the face images under IN and write them to OUT (same tree and names, PNG by default).
+    An alpha channel (transparency) is kept; a grayscale image comes out RGB, since a cloak changes colours.
 
     Works on aligned face chips of any size (e.g. dlib's 150x150 or ArcFace's 112x112); for
     ordinary photos add --align. Writes each batch as soon as it is done, resumes where it

@@ -594,31 +594,34 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
                        fmt == "WEBP" and is_lossless_webp(data), dpi, compression)  # type: ignore[arg-type]
 
 
-def in_input_mode(item: LoadedImage, image: np.ndarray) -> np.ndarray:
+def in_input_mode(item: LoadedImage, image: np.ndarray, *, gray: bool = True) -> np.ndarray:
     """A processed uint8 RGB image of `item`'s size in the input's own mode: a grayscale input back to one
-    channel (L), an input's alpha channel reattached (LA / RGBA) over the input's own colour plus the change processing
-    made (the image processed was composited on white: a pixel left alone keeps its colour, not white blended into
-    it). Other sizes (chips cut from a photo) stay RGB."""
+    channel (L; not with `gray=False`: a cloak's change is in colour, so it stays RGB), an input's alpha channel
+    reattached (LA / RGBA) over the input's own colour plus the change processing made (the image processed was
+    composited on white: a pixel left alone keeps its colour, not white blended into it). Other sizes (chips cut
+    from a photo) stay RGB."""
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != item.image.shape[:2]:
         return image
     if item.alpha is not None and item.color is not None and item.color.shape == image.shape:
         change = image.astype(np.int16) - item.image.astype(np.int16)
         image = np.clip(item.color.astype(np.int16) + change, 0, 255).astype(np.uint8)
-    out = np.asarray(Image.fromarray(image, "RGB").convert("L")) if item.gray else image
+    out = np.asarray(Image.fromarray(image, "RGB").convert("L")) if item.gray and gray else image
     if item.alpha is not None and item.alpha.shape == image.shape[:2]:
         out = np.dstack([out, item.alpha])
     return out
 
 
-def keep_input_mode(process: Callable[[list[LoadedImage]], list[Outcome]]) -> Callable[[list[LoadedImage]], list[Outcome]]:
+def keep_input_mode(process: Callable[[list[LoadedImage]], list[Outcome]], *,
+                    gray: bool = True) -> Callable[[list[LoadedImage]], list[Outcome]]:
     """A batch function whose "ok" images are written in their input's mode (`in_input_mode`): what
-    `purify` promises (grayscale stays grayscale, transparency is kept); 8 bits per channel."""
+    `purify` promises (grayscale stays grayscale, transparency is kept) and `cloak` (`gray=False`: transparency is
+    kept, a grayscale input's cloak is in colour); 8 bits per channel."""
 
     def process_in_mode(items: list[LoadedImage]) -> list[Outcome]:
         outcomes = process(items)
         for item, out in zip(items, outcomes):
             if out.status == "ok" and out.image is not None:
-                out.image = in_input_mode(item, out.image)
+                out.image = in_input_mode(item, out.image, gray=gray)
         return outcomes
 
     return process_in_mode
