@@ -114,6 +114,34 @@ def test_purify_batches_match_forward_and_accept_uint8():
         p.purify(torch.rand(2, 1, 8, 8))
 
 
+def test_purify_and_a_folder_job_leave_the_callers_purifier_as_it_was(tmp_path):
+    """`purify` and `purify_folder` run the caller's purifier without changing it: its weights' memory layout (purify
+    left them channels_last), training mode and device (a cuda test: purify(device="cuda") left it on the GPU)."""
+    import numpy as np
+    from PIL import Image
+
+    p = visible_purifier(seed=3, std=0.05)
+    p.train()
+    before = {k: (v.stride(), v.device) for k, v in p.state_dict().items()}
+    x = torch.rand(3, 3, 30, 34)
+    assert torch.allclose(p.purify(x), p.purify(x, channels_last=False), atol=1e-5)
+    assert p.training and {k: (v.stride(), v.device) for k, v in p.state_dict().items()} == before
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.full((30, 34, 3), 120, np.uint8)).save(src / "a.png")
+    assert p.purify_folder(src, tmp_path / "out", device="cpu", progress=False).written == 1
+    assert p.training and {k: (v.stride(), v.device) for k, v in p.state_dict().items()} == before
+
+
+@pytest.mark.cuda
+def test_purify_on_the_gpu_leaves_the_purifier_on_the_cpu():
+    p = visible_purifier(seed=3, std=0.05)
+    x = torch.rand(3, 3, 30, 34)
+    out = p.purify(x, device="cuda")
+    assert out.device.type == "cpu" and next(p.parameters()).device.type == "cpu"
+    torch.testing.assert_close(out, p.purify(x), atol=1e-5, rtol=0)
+
+
 def test_purify_takes_float64_as_float32_at_every_step():
     """float64 images come out float32 (the network's dtype) whatever the step: step 1.5 gave float64."""
     p = visible_purifier(seed=3, std=0.05)

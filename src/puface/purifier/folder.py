@@ -61,9 +61,11 @@ def make_batch_process(purifier: Purifier | Mapping[str, Purifier], device: torc
     """
     if template != "auto" and template not in TEMPLATES:
         raise PufaceError(f"unknown template {template!r}; choose auto or one of {', '.join(TEMPLATES)}")
-    layouts, main = as_layouts(purifier), primary_purifier(purifier)
-    for p in layouts.values():
-        p.to(device).eval()
+    # the job's own copies, on `device` and in the memory layout it runs: the caller's purifier is left as it was
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    own = {id(p): copy.deepcopy(p).to(device, memory_format=fmt).eval() for p in as_layouts(purifier).values()}
+    layouts = {t: own[id(p)] for t, p in as_layouts(purifier).items()}
+    main = own[id(primary_purifier(purifier))]
     steps = {id(p): job_step(p, step) for p in layouts.values()}
     warned: list[tuple[int, int]] = []
 

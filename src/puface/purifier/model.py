@@ -161,6 +161,16 @@ class AtFaceScale(nn.Module):
         return images + F.interpolate(delta, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
 
 
+def weights_memory_format(module: nn.Module) -> torch.memory_format:
+    """The memory layout of a module's convolution weights: `torch.channels_last` when its first 4-D weight with a
+    spatial extent (k > 1) is stored NHWC, else `torch.contiguous_format`."""
+    for w in module.parameters():
+        if w.ndim == 4 and w.shape[2] * w.shape[3] > 1:
+            return torch.channels_last if not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last) \
+                else torch.contiguous_format
+    return torch.contiguous_format
+
+
 class Purifier(nn.Module):
     """A RED-Net purifier: (N, 3, H, W) float RGB in [0, 1] -> purified images, same shape and range.
 
@@ -248,6 +258,8 @@ class Purifier(nn.Module):
 
         images: (N, 3, H, W) float in [0, 1] (uint8 is accepted and scaled). device: where to run
         (None: the module's current device). channels_last: NHWC memory layout, 1.5-2x faster on CPU.
+        The module is left as it was (its device, training mode and weights' memory layout: moving its 2.3 MB of
+        weights there and back costs about a millisecond); to run many calls on a device, move it there once.
         template: the images' face layout ("dlib150", "arcface112"; None: the purifier's own); another
         layout than the purifier's is served by resampling (`forward_template`). step: how far along the
         purifier's change to go, x + step * (P(x) - x) clamped to [0, 1] (`extrapolate`; 1 = P(x)). Images
@@ -257,13 +269,15 @@ class Purifier(nn.Module):
         images = to_float(images)
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected (N, 3, H, W) RGB images, got shape {tuple(images.shape)}")
+        home, home_fmt = next(self.parameters()).device, weights_memory_format(self)
         if device is not None:
             self.to(resolve_device(device))
         dev = next(self.parameters()).device
         was_training = self.training
         self.eval()
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.to(memory_format=fmt)
+        if fmt != home_fmt:
+            self.to(memory_format=fmt)
         out = []
         try:
             for i in range(0, len(images), max(1, batch_size)):
@@ -272,8 +286,12 @@ class Purifier(nn.Module):
                 if step != 1.0:
                     y = extrapolate(x.to(y.dtype), y, step)  # in the network's dtype, as step 1 (float64 in: float32)
                 out.append(y.to("cpu").contiguous())
-        finally:
+        finally:  # the caller's module as it was
             self.train(was_training)
+            if fmt != home_fmt:
+                self.to(memory_format=home_fmt)
+            if dev != home:
+                self.to(home)
         return torch.cat(out) if out else images.new_empty(images.shape)
 
     def purify_folder(self, in_path: str | Path, out_path: str | Path, **options: Any):
