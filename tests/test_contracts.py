@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from puface.attacks import ATTACKS, create_attack
+from puface.attacks.base import AttackResult
 from puface.defenses import DEFENSES, create_defense
 from puface.evaluation.trainers import TRAINERS, create_trainer
 from puface.models.registry import EMBEDDERS, create_embedder, list_embedders
@@ -86,6 +87,13 @@ def test_attack_contract(name, faces):
     cfg = atk.config
     assert json.loads(json.dumps(cfg)) == cfg and cfg["attack"] == name and cfg["seed"] == 0
     assert make(0).config == cfg and make(1).config != cfg  # the cache key follows the settings
+    # no image: a well-formed empty result, with the stats every result holds (it had none: res.stats["dssim"] was a
+    # KeyError), and one that adds nothing when concatenated first (it dropped every stat of the results after it)
+    empty = atk.run(faces[:0], **({"labels": []} if extra else {}))
+    assert empty.images.shape == (0, *faces.shape[1:]) and empty.rows() == []
+    assert {k: v.shape for k, v in empty.stats.items()} == {k: (0,) for k in ("dssim", "psnr", "linf", "shift_tiny")}
+    both = AttackResult.concat([empty, res])
+    assert torch.equal(both.images, res.images) and both.stats.keys() == res.stats.keys()
 
 
 # ------------------------------------------------------------------ defenses

@@ -79,12 +79,15 @@ class AttackResult:
 
     @staticmethod
     def concat(parts: Sequence["AttackResult"]) -> "AttackResult":
-        if not parts:
-            return AttackResult(torch.empty(0, 3, 0, 0), {})
-        keys = list(parts[0].stats)
+        """The results one after another; results of no image add nothing (their stats may be fewer: an attack's own
+        stats are known only once it ran)."""
+        full = [p for p in parts if len(p.images)]
+        if not full:
+            return parts[0] if parts else AttackResult(torch.empty(0, 3, 0, 0), {})
+        keys = list(full[0].stats)
         return AttackResult(
-            torch.cat([p.images for p in parts]),
-            {k: torch.cat([p.stats[k] for p in parts]) for k in keys},
+            torch.cat([p.images for p in full]),
+            {k: torch.cat([p.stats[k] for p in full]) for k in keys},
         )
 
 
@@ -208,8 +211,14 @@ class CloakAttack:
             if bar is not None:
                 bar.close()
         if not parts:
-            return AttackResult(images.clone(), {})
+            return self._empty_result(images)
         return AttackResult.concat(parts)
+
+    def _empty_result(self, images: torch.Tensor) -> AttackResult:
+        """The result of no image: the images as given, and the stats every result holds (dssim, psnr, linf, shift per
+        surrogate), each of shape (0,), so that code reading them needs no special case."""
+        names = ["dssim", "psnr", "linf", *(f"shift_{emb.name}" for emb in self.surrogates)]
+        return AttackResult(images.clone(), {k: torch.empty(0) for k in names})
 
     @staticmethod
     def _slice_extra(value, lo: int, hi: int):

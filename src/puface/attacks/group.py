@@ -97,7 +97,7 @@ class GroupCloakAttack(CloakAttack):
         if len(labels) != len(images):
             raise PufaceError(f"{self.name}: {len(images)} images but {len(labels)} labels")
         if not len(images):
-            return AttackResult(images.clone(), {})
+            return self._empty_result(images)
         home = images.device
         x = images.to(self.device, torch.float32)
         g = torch.Generator(device="cpu")
