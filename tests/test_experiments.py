@@ -618,6 +618,39 @@ def test_resuming_over_changed_data_is_refused(tmp_path):
         run_experiment(parse(text, tmp_path), out, progress=False, echo=lambda s: None)
 
 
+def test_an_image_changed_in_place_at_its_size_is_seen_and_times_are_not(tmp_path):
+    """The data check reads contents: two images swapped (every path and size as it was) refuse a resume, which the
+    earlier paths-and-sizes fingerprint let through; new file times alone (a copy made with cp -r) do not. A folder
+    written before contents were recorded resumes, and records them."""
+    import os
+
+    register_standins()
+    root = write_colour_faces(tmp_path / "data")
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root))
+    out = tmp_path / "out"
+    run_experiment(parse(text, tmp_path), out, progress=False, echo=lambda s: None)
+    for p in root.rglob("*.png"):
+        os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**12))
+    said: list[str] = []
+    run_experiment(parse(text, tmp_path), out, progress=False, echo=said.append)
+    assert any(s.startswith("resuming:") for s in said)
+    by_size: dict[int, list[Path]] = {}
+    for p in sorted(root.rglob("*.png")):
+        by_size.setdefault(p.stat().st_size, []).append(p)
+    a, b = next(ps for ps in by_size.values() if len(ps) > 1 and ps[0].read_bytes() != ps[1].read_bytes())[:2]
+    da, db = a.read_bytes(), b.read_bytes()
+    a.write_bytes(db)
+    b.write_bytes(da)
+    with pytest.raises(PufaceError, match="images changed in place"):
+        run_experiment(parse(text, tmp_path), out, progress=False, echo=lambda s: None)
+    state = json.loads((out / "state.json").read_text())
+    (out / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k != "data_content"}))
+    said.clear()
+    run_experiment(parse(text, tmp_path), out, progress=False, echo=said.append)  # an older folder: paths and sizes
+    assert any(s.startswith("resuming:") for s in said)
+    assert json.loads((out / "state.json").read_text())["data_content"] != state["data_content"]
+
+
 def test_reproduce_records_its_detection_overrides_in_the_saved_config(tmp_path, monkeypatch):
     """--detector, --detector-purifier and --no-detect change the run's detection table, so OUT/config.toml
     (what a rerun reads) must say them."""

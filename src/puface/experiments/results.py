@@ -80,18 +80,25 @@ def example_name(kind: str) -> str:
     return safe
 
 
-def data_fingerprint(root: str | Path) -> str:
-    """A hash of the image files under `root` (relative paths and sizes; not times, so a copy of the same
-    data elsewhere matches)."""
+def data_fingerprints(root: str | Path) -> tuple[str, str]:
+    """(paths and sizes, paths and contents) hashes of the image files under `root`: the first is what run folders
+    recorded before contents were (state.json "data"), the second ("data_content") also tells an image edited in
+    place at the same size (an uncompressed BMP or TIFF always keeps its size). Never times: a copy of the data without them (cp -r, a fresh
+    fetch on another machine) is the same data. Reading the contents costs one pass over the files (LFW chips, 4743
+    files, 41 MB: 0.5 s against 0.15 s for paths and sizes, on a busy 2-core machine), less than the run's own
+    loading of them."""
     import hashlib
 
     from ..io.files import list_image_files
 
     root = Path(root)
-    h = hashlib.sha256()
+    sizes, contents = hashlib.sha256(), hashlib.sha256()
     for p in list_image_files(root):
-        h.update(f"{p.relative_to(root).as_posix()}\t{p.stat().st_size}\n".encode())
-    return h.hexdigest()[:16]
+        rel = p.relative_to(root).as_posix()
+        sizes.update(f"{rel}\t{p.stat().st_size}\n".encode())
+        with open(p, "rb") as f:
+            contents.update(f"{rel}\t{hashlib.file_digest(f, 'sha256').hexdigest()}\n".encode())
+    return sizes.hexdigest()[:16], contents.hexdigest()[:16]
 
 
 class ResultsFolder:
@@ -99,9 +106,10 @@ class ResultsFolder:
     around the runs, so the append-only files are closed whatever happens."""
 
     def __init__(self, out: Path, cfg: ExperimentConfig, fingerprint: str, *, restart: bool = False,
-                 data: str | None = None, models: str | None = None):
-        """data: a fingerprint of the data the runs read (`data_fingerprint`): a resume over results of other data
-        is refused (folders written before it was recorded are not compared). models: likewise for what the models
+                 data: str | None = None, models: str | None = None, data_content: str | None = None):
+        """data, data_content: fingerprints of the data the runs read (`data_fingerprints`: paths and sizes, paths and
+        contents): a resume over results of other data is refused (folders written before one was recorded are not
+        compared on it, and record it now). models: likewise for what the models
         compute beyond their weights in `fingerprint` (`build.models_fingerprint`: attack surrogates, victims' input
         size and normalisation)."""
         self.out, self.cfg, self.fingerprint = out, cfg, fingerprint
@@ -121,6 +129,10 @@ class ResultsFolder:
                 raise PufaceError(
                     f"{out} holds results of other data (images added, removed or changed under the data folder since "
                     "they were run); use another --out folder or --restart to discard them")
+            if data_content and old.get("data_content") and old["data_content"] != data_content:
+                raise PufaceError(
+                    f"{out} holds results of other data (images changed in place under the data folder since they were "
+                    "run); use another --out folder or --restart to discard them")
             if models and old.get("models") and old["models"] != models:
                 raise PufaceError(
                     f"{out} holds results of other face models (an attack's surrogate weights, or a model's input size or "
@@ -135,6 +147,7 @@ class ResultsFolder:
                     p.replace(out / f"{p.stem}.{stamp}.discarded{p.suffix}")
         write_text_atomic(self.state_path, json.dumps({"fingerprint": fingerprint, "config": cfg.source and str(cfg.source),
                                                        **({"data": data} if data else {}),
+                                                       **({"data_content": data_content} if data_content else {}),
                                                        **({"models": models} if models else {})}, indent=2))
         write_text_atomic(out / "config.toml", config_text(cfg))
         write_text_atomic(out / "config.resolved.json", json.dumps(cfg.resolved(), indent=2, default=str))

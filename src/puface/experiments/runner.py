@@ -26,7 +26,7 @@ from .build import (
     results_fingerprint,
 )
 from .config import ExperimentConfig, load_config
-from .results import ResultsFolder, data_fingerprint
+from .results import ResultsFolder, data_fingerprints
 
 __all__ = ["ExperimentResult", "run_experiment"]
 
@@ -78,8 +78,9 @@ def run_experiment(
     first_draw = draw_users(cfg, root, cfg.seeds[0], exclude=() if allow else exclude, progress=progress)
     first_load_s = time.perf_counter() - t_load
     proto_cls, extra = _protocol(cfg, root, echo)  # published photos need dlib: checked before the folder is touched
-    folder = ResultsFolder(out, cfg, results_fingerprint(cfg, victims, defenses), restart=restart,
-                           data=data_fingerprint(root), models=models_fingerprint(checked, victims))
+    data, data_content = data_fingerprints(root)
+    folder = ResultsFolder(out, cfg, results_fingerprint(cfg, victims, defenses), restart=restart, data=data,
+                           data_content=data_content, models=models_fingerprint(checked, victims))
     if folder.done:
         echo(f"resuming: {len(folder.done)} finished run(s) found in {folder.runs_path}")
     echo(f"data: {root}")
