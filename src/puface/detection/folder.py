@@ -359,9 +359,9 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
     if out_csv.is_dir():
         raise PufaceError(f"{out_csv} is a folder; give a .csv file name")
     if align:  # no dlib: an error before the run file and the CSV are written
-        from ..align import import_dlib
+        from ..align import require_alignment
 
-        import_dlib()
+        require_alignment()
     jobs = _jobs(in_path)
     current = {j.rel.as_posix() for j in jobs}  # every shard's: processes may share one CSV
     # one process per scores file (or per rank of the processes sharing it): two runs on one --out by mistake are

@@ -135,9 +135,9 @@ def _protocol(cfg: ExperimentConfig, root: Path, echo: Callable[[str], None]) ->
         return protocol_class(cfg.protocol), {}
     if cfg.protocol != "training":
         raise PufaceError(f"[data] photos: published photos are run with the training-time protocol only, not {cfg.protocol!r}")
-    from ..align import import_dlib
+    from ..align import require_alignment
 
-    import_dlib()  # every published photo is aligned: without dlib, one line before any work
+    require_alignment()  # every published photo is aligned: without dlib, one line before any work
     photos = PhotoPath(resolve_data_root(cfg.data["photos"]), root, size=int(cfg.data["image_size"]), jpeg=cfg.data.get("photos_jpeg"))
     again = f", re-encoded as JPEG q{photos.jpeg}" if photos.jpeg is not None else ""
     echo(f"published photos: {photos.photos} (every training image is pasted into its photo{again}, defended there and cut again)")

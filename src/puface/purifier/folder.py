@@ -12,7 +12,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from ..align import align_adapter, import_dlib
+from ..align import align_adapter, require_alignment
 from ..io.jobs import (JobFinish, LoadedImage, Outcome, begin_settings, group_by_size, input_identity, keep_input_mode, plan_mirror,
                        run_folder_job, shard)
 from ..utils.device import resolve_device
@@ -120,7 +120,7 @@ def purify_settings(in_path: str | Path, purifier: Purifier | Mapping[str, Purif
     (e.g. `unmask`, the detection that leaves photos out). Not the batch size, device, threads or the process's
     rank: those change no output."""
     if align:  # no dlib: an error before any record, which would refuse a rerun without --align
-        import_dlib()
+        require_alignment()
     steps = {t: job_step(p, step) for t, p in sorted(as_layouts(purifier).items())}
     taken = set(steps.values())
     recorded = None if taken == {1.0} else (taken.pop() if len(taken) == 1 else steps)
