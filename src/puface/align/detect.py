@@ -39,7 +39,7 @@ _PIP_HINT = "pip install dlib-bin  (or: pip install 'puface[align]')"
 def import_dlib() -> Any:
     """The `dlib` module, or `MissingDependencyError` with the pip command that installs it."""
     try:
-        import dlib  # type: ignore[import-not-found]
+        import dlib
     except ImportError:
         raise MissingDependencyError(f"face detection and alignment need dlib, which is not installed; fix: {_PIP_HINT}") from None
     return dlib

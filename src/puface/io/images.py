@@ -327,7 +327,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as e:
         try:
-            tmp.unlink(missing_ok=True)  # type: ignore[possibly-undefined]
+            tmp.unlink(missing_ok=True)
         except Exception:
             pass
         raise ImageWriteError(path, f"cannot write ({e.strerror or e})") from None

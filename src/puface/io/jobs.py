@@ -992,5 +992,5 @@ def group_by_size(items: Iterable[LoadedImage]) -> dict[tuple[int, int], list[in
     """Indices of `items` grouped by image (height, width), so each group stacks into one tensor."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, it in enumerate(items):
-        groups.setdefault(tuple(it.image.shape[:2]), []).append(i)  # type: ignore[arg-type]
+        groups.setdefault(tuple(it.image.shape[:2]), []).append(i)
     return groups

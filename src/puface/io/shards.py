@@ -360,7 +360,7 @@ class _ShardWriter:
     def write_wds(self, rec: Record, image: bytes | None) -> None:
         fields = dict(rec.fields)
         if image is not None:
-            fields[rec.image_field] = image  # type: ignore[index]
+            fields[rec.image_field] = image
         self._tar.write({"__key__": rec.key, **fields})
         self.count += 1
 

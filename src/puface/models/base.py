@@ -65,6 +65,12 @@ class FaceEmbedder(nn.Module):
             embedder's fingerprint.
     """
 
+    # buffers (register_buffer), declared for the type checker
+    input_warp: "torch.Tensor | None"
+    _order: torch.Tensor
+    _mean: torch.Tensor
+    _std: torch.Tensor
+
     def __init__(
         self,
         net: nn.Module,
@@ -102,7 +108,7 @@ class FaceEmbedder(nn.Module):
         """[0,1] RGB (N,3,H,W) -> the network's input (N,3,h,w): resize, reorder, normalise."""
         x = check_unit_images(images, self.name).to(self._mean.dtype)  # float64 into a float32 model, and back
         if self.input_warp is not None:
-            x = self._warp(x)
+            x = self._warp(x, self.input_warp)
         elif tuple(x.shape[-2:]) != self.input_size:
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
         if self.normalization.order == "BGR":
@@ -110,11 +116,11 @@ class FaceEmbedder(nn.Module):
         x = x * self.normalization.scale
         return (x - self._mean) / self._std
 
-    def _warp(self, x: torch.Tensor) -> torch.Tensor:
-        """Resample (N, 3, H, W) into the network's layout: an antialiased resize to the scale the warp
+    def _warp(self, x: torch.Tensor, warp: torch.Tensor) -> torch.Tensor:
+        """Resample (N, 3, H, W) into the network's layout with the (2, 3) `warp`: an antialiased resize to the scale the warp
         samples at (about one input pixel per output pixel), then a bilinear affine warp; outside the
         image is zero."""
-        theta = self.input_warp.to(x.dtype)
+        theta = warp.to(x.dtype)
         h, w = self.input_size
         if len(x) == 0:  # affine_grid refuses an empty batch; an empty batch embeds to (0, D) as with a plain resize
             return x.new_zeros((0, x.shape[1], h, w))
