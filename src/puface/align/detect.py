@@ -143,7 +143,7 @@ class FaceDetector:
             from PIL import Image
 
             f = limit / max(h, w)
-            small = np.asarray(Image.fromarray(image).resize((max(1, round(w * f)), max(1, round(h * f))), Image.BILINEAR, reducing_gap=2.0))
+            small = np.asarray(Image.fromarray(image).resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR, reducing_gap=2.0))
         small = np.ascontiguousarray(small)
         out = []
         if kind == "hog":
