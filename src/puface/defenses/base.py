@@ -205,6 +205,8 @@ class Compose(Composite):
 
     kind = "compose"
 
+    steps: "list[Defense]"
+
     def __init__(self, steps: "list[Defense]"):
         flat: list[Defense] = []
         for d in steps:

@@ -211,7 +211,7 @@ def _open(path: Path, data: bytes | None, parts: bool) -> tuple[Image.Image, np.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.filterwarnings("error", message=".*[Tt]runcated.*")
-            im = Image.open(io.BytesIO(data))
+            im: Image.Image = Image.open(io.BytesIO(data))
             w, h = im.size
             if w <= 0 or h <= 0:
                 raise ImageReadError(path, f"invalid image size {w}x{h}")
