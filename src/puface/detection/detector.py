@@ -32,7 +32,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, cast
 
 import numpy as np
 import torch
@@ -228,7 +228,7 @@ class CloakDetector(torch.nn.Module):
         return name.replace(".", "_")
 
     def embedder(self, name: str) -> FaceEmbedder:
-        return self.embedders[self._key(name)]  # type: ignore[return-value]
+        return cast(FaceEmbedder, self.embedders[self._key(name)])  # (built from FaceEmbedders only)
 
     @property
     def device(self) -> torch.device:

@@ -105,7 +105,7 @@ def _reference_tables() -> list[tuple[int, np.ndarray]]:
                 buf = io.BytesIO()
                 tile.save(buf, format="JPEG", quality=q)
                 with Image.open(buf) as im:
-                    t = im.quantization  # type: ignore[attr-defined]
+                    t = im.quantization  # type: ignore[attr-defined]  # JpegImageFile's; Image.open is typed ImageFile
                 _REFERENCE_TABLES.append((q, np.concatenate([np.asarray(t[0]), np.asarray(t[1])]).astype(np.int64)))
         return _REFERENCE_TABLES
 

@@ -277,7 +277,8 @@ class Claim:
 
         try:  # the whole file is free of other claims: this is the last process, the file goes
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0)
-            self.path.unlink(missing_ok=True)  # type: ignore[union-attr]
+            if self.path is not None:  # (set with f)
+                self.path.unlink(missing_ok=True)
         except OSError:
             pass
         f.close()
@@ -563,12 +564,13 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
                                           f"(puface reads {', '.join(IMAGE_EXTENSIONS)}); convert it to PNG first")
         data = job.src.read_bytes() if job.src.is_file() else None
     im, alpha, gray, under = open_image_parts(job.src, data=data, color=True)
+    encoded = data if data is not None else b""  # None: job.src was no file a moment ago (then no metadata)
     exif_bytes = icc = None
     fmt = ""
     palette = False
     storage = ""
     try:
-        with Image.open(io.BytesIO(data)) as raw:  # type: ignore[arg-type]
+        with Image.open(io.BytesIO(encoded)) as raw:
             fmt = raw.format or ""
             palette = raw.mode in PALETTE_MODES
             storage = storage_of(raw)
@@ -580,7 +582,7 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
     except Exception:  # metadata is best effort; the pixels were read fine
         pass
     return LoadedImage(job, np.asarray(im, dtype=np.uint8), exif_bytes, icc, fmt, alpha, gray, palette, storage, under,
-                       fmt == "WEBP" and is_lossless_webp(data))  # type: ignore[arg-type]
+                       fmt == "WEBP" and is_lossless_webp(encoded))
 
 
 def in_input_mode(item: LoadedImage, image: np.ndarray) -> np.ndarray:
