@@ -105,7 +105,8 @@ def _alexnet() -> nn.ModuleList:
 
 def _vgg16() -> nn.ModuleList:
     """Shift-tolerant VGG16 features (max-pool 2x2 stride 1 + BlurPool); outputs relu1_2..relu5_3."""
-    cfg: list[list[int | str]] = [[64, 64], ["M", 128, 128], ["M", 256, 256, 256], ["M", 512, 512, 512], ["M", 512, 512, 512]]
+    cfg: list[list[int | str]] = [[64, 64], ["M", 128, 128], ["M", 256, 256, 256], ["M", 512, 512, 512],
+                                  ["M", 512, 512, 512]]
     slices, i, cin = [], 0, 3
     for group in cfg:
         layers: dict[int, nn.Module] = {}

@@ -84,7 +84,8 @@ class JPEG(Defense):
         for a in to_uint8(images).permute(0, 2, 3, 1).numpy():
             im = Image.fromarray(np.ascontiguousarray(a), "RGB")
             if scale != 1.0:
-                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BILINEAR)
+                size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+                im = im.resize(size, Image.Resampling.BILINEAR)
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=self.params["quality"], subsampling=self.params["subsampling"])
             buf.seek(0)

@@ -384,9 +384,9 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
                                {j.rel.as_posix() for j in jobs} if world_size > 1 else None)
         atomic_write_bytes(state, json.dumps({"detector": det_id, **run}, indent=2).encode())
         done = {r["path"] for r in previous}
-        common: dict[str, Any] = dict(batch_size=batch_size, resume=resume, desc="detecting", verb="scored", stats_csv=out_csv,
-                      progress=progress, is_done=lambda j: j.rel.as_posix() in done, stats_fields=fields,
-                      stats_key="path", stats_status=False)
+        common: dict[str, Any] = dict(
+            batch_size=batch_size, resume=resume, desc="detecting", verb="scored", stats_csv=out_csv, progress=progress,
+            is_done=lambda j: j.rel.as_posix() in done, stats_fields=fields, stats_key="path", stats_status=False)
         if engine == "ray":
             import copy
             from functools import partial

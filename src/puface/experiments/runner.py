@@ -76,8 +76,8 @@ def run_experiment(
     # cost a --restart its earlier results)
     checked = [build_attack(a, cfg.seeds[0], device, cfg.run["cloak_batch_size"], victims) for a in cfg.attacks]
     t_load = time.perf_counter()
-    first_draw: tuple[EvaluationData, list[str]] | None = draw_users(cfg, root, cfg.seeds[0],
-                                                                     exclude=() if allow else exclude, progress=progress)
+    first_draw: tuple[EvaluationData, list[str]] | None = draw_users(
+        cfg, root, cfg.seeds[0], exclude=() if allow else exclude, progress=progress)
     first_load_s = time.perf_counter() - t_load
     proto_cls, extra = _protocol(cfg, root, echo)  # published photos need dlib: checked before the folder is touched
     folder = ResultsFolder(out, cfg, results_fingerprint(cfg, victims, defenses), restart=restart,

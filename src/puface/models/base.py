@@ -108,7 +108,7 @@ class FaceEmbedder(nn.Module):
         """[0,1] RGB (N,3,H,W) -> the network's input (N,3,h,w): resize, reorder, normalise."""
         x = check_unit_images(images, self.name).to(self._mean.dtype)  # float64 into a float32 model, and back
         if self.input_warp is not None:
-            x = self._warp(x, self.input_warp)
+            x = self._warp(x)
         elif tuple(x.shape[-2:]) != self.input_size:
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
         if self.normalization.order == "BGR":
@@ -116,11 +116,12 @@ class FaceEmbedder(nn.Module):
         x = x * self.normalization.scale
         return (x - self._mean) / self._std
 
-    def _warp(self, x: torch.Tensor, warp: torch.Tensor) -> torch.Tensor:
-        """Resample (N, 3, H, W) into the network's layout with the (2, 3) `warp`: an antialiased resize to the scale the warp
+    def _warp(self, x: torch.Tensor) -> torch.Tensor:
+        """Resample (N, 3, H, W) into the network's layout: an antialiased resize to the scale the warp
         samples at (about one input pixel per output pixel), then a bilinear affine warp; outside the
         image is zero."""
-        theta = warp.to(x.dtype)
+        assert self.input_warp is not None, "only an embedder with an input_warp warps"
+        theta = self.input_warp.to(x.dtype)
         h, w = self.input_size
         if len(x) == 0:  # affine_grid refuses an empty batch; an empty batch embeds to (0, D) as with a plain resize
             return x.new_zeros((0, x.shape[1], h, w))

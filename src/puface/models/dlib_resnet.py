@@ -236,7 +236,7 @@ def dlib_resnet29(path: str | Path | None = None, channels_last: bool = True, in
         raise PufaceError(f"dlib-resnet29: unknown input_layout {input_layout!r}; choose one of {', '.join(LAYOUTS)}")
     net = load_dlib_resnet29(path)
     if channels_last:
-        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's Module.to stubs omit memory_format
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack memory_format
     return FaceEmbedder(
         net,
         name="dlib-resnet29",

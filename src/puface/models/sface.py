@@ -117,7 +117,7 @@ class SFaceNet(nn.Module):
         self.blocks = nn.Sequential(*layers)
         self.fc = nn.Linear(FEATURE_SHAPE[0] * FEATURE_SHAPE[1] * FEATURE_SHAPE[2], EMBEDDING_DIM)
         if channels_last:
-            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's Module.to stubs omit memory_format
+            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack memory_format
 
     def forward(self, x: Tensor) -> Tensor:
         x = (x - self.input_mean) * self.input_scale

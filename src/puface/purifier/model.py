@@ -264,7 +264,7 @@ class Purifier(nn.Module):
         was_training = self.training
         self.eval()
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.to(memory_format=fmt)  # type: ignore[call-overload]  # torch's Module.to stubs omit memory_format
+        self.to(memory_format=fmt)  # type: ignore[call-overload]  # stubs lack memory_format
         out = []
         try:
             for i in range(0, len(images), max(1, batch_size)):

@@ -361,7 +361,8 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
 
     tc = cfg.train
     fmt = torch.channels_last if tc.channels_last else torch.contiguous_format
-    purifier = Purifier(cfg.model).to(d.device).to(memory_format=fmt)  # type: ignore[call-overload]  # torch's Module.to stubs omit memory_format
+    purifier = Purifier(cfg.model).to(d.device)
+    purifier.to(memory_format=fmt)  # type: ignore[call-overload]  # stubs lack memory_format
     loss_embs = _load_embedders(cfg.loss.embedders if cfg.loss.feature_weight > 0 else (), d.device, embedders)
     val_embs = _load_embedders(cfg.val_embedders, d.device, {**(embedders or {}), **loss_embs})
     criterion = PurifierLoss(cfg.loss.image, cfg.loss.feature_weight, list(loss_embs.values()), cfg.loss.distance).to(d.device)
