@@ -115,6 +115,16 @@ def test_a_csv_row_stands_only_for_a_written_output(johns_dir, tmp_path, capsys)
     assert names == ["id0/0.jpg", "id0/1.jpg", "id1/0.jpg", "id1/1.jpg"]
 
 
+def test_stats_columns_without_a_stats_csv_write_the_outputs_alone(johns_dir, tmp_path):
+    """`stats_fields` fixes the columns of a stats CSV; with no `stats_csv` there is none, and the job writes its
+    outputs (it raised AttributeError 'NoneType' object has no attribute 'parent' before running; found by mypy)."""
+    src, out = _tree(johns_dir, tmp_path / "in", 0), tmp_path / "out"
+    rep = run_folder_job(plan_mirror(src, out), _identity, batch_size=4, progress=False, stats_fields=["file", "status"])
+    assert rep.written == 4 and not rep.failed
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "id0/0.jpg", "id0/1.jpg", "id1/0.jpg", "id1/1.jpg"]
+
+
 def test_purify_report_resumed_over_a_plain_run_scores_every_image(johns_dir, tmp_path, capsys):
     """Outputs written by a plain `purify` carry no score: a resume with --report scores them, so its summary
     covers every image; a second --report run finds them all done."""

@@ -192,3 +192,15 @@ def test_large_photos_are_purified_in_tiles_with_the_whole_photos_result(monkeyp
     assert parts.shape == photo.shape and parts.dtype == torch.float32
     assert (whole - photo).abs().max() > 0.01  # the purifier changes it, so equality below means something
     assert torch.allclose(parts, whole, atol=1e-4)
+
+
+@pytest.mark.parametrize("width", [20, 2000])  # under and over TILE: the tiled path returned None (mypy, return-value)
+def test_an_image_with_an_empty_side_is_refused_with_its_shape(width):
+    """purify takes any image of at least 1 x 1 px; one with no rows is a ValueError naming its shape, whatever its
+    width (a wider one than TILE gave AttributeError 'NoneType' has no attribute 'to', a narrower one a conv error)."""
+    from puface.purifier.model import tiled
+
+    with pytest.raises(ValueError, match=rf"\(1, 3, 0, {width}\)"):
+        Purifier().purify(torch.zeros(1, 3, 0, width))
+    empty = torch.zeros(1, 3, 0, width)
+    assert tiled(lambda t: t + 1, empty, tile=8).shape == empty.shape  # nothing to tile: fn's own result

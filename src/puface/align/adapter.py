@@ -142,5 +142,5 @@ def align_adapter(
             results.append(Outcome.ok(photo, **stats))
         return results
 
-    process.aligner = aligner  # type: ignore[attr-defined]
+    process.aligner = aligner  # type: ignore[attr-defined]  # an attribute on a function: mypy cannot type it
     return process

@@ -39,7 +39,7 @@ _PIP_HINT = "pip install dlib-bin  (or: pip install 'puface[align]')"
 def import_dlib() -> Any:
     """The `dlib` module, or `MissingDependencyError` with the pip command that installs it."""
     try:
-        import dlib  # type: ignore[import-not-found]
+        import dlib
     except ImportError:
         raise MissingDependencyError(f"face detection and alignment need dlib, which is not installed; fix: {_PIP_HINT}") from None
     return dlib
@@ -158,7 +158,7 @@ class FaceDetector:
             from PIL import Image
 
             f = limit / max(h, w)
-            small = np.asarray(Image.fromarray(image).resize((max(1, round(w * f)), max(1, round(h * f))), Image.BILINEAR, reducing_gap=2.0))
+            small = np.asarray(Image.fromarray(image).resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR, reducing_gap=2.0))
         small = np.ascontiguousarray(small)
         out = []
         if kind == "hog":

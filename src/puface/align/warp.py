@@ -221,7 +221,7 @@ def paste_back(
     """
     if not chips:
         return image.copy()
-    masks = {}
+    masks: dict[int, np.ndarray] = {}
     targets = []
     first = []
     for tf, cin, cout in chips:

@@ -106,7 +106,7 @@ def through_defense(embedders: Sequence[FaceEmbedder | str], defense: "str | dic
     defenses = [as_through_defense(d) for d in ([defense] if isinstance(defense, (str, dict, Defense)) else list(defense))]
     if not defenses:
         raise ConfigError("an adaptive attack needs at least one defense to optimise through")
-    out = []
+    out: list[ThroughDefense] = []
     for e in embedders:
         emb = load_embedder(e) if isinstance(e, str) else e
         out.extend(ThroughDefense(emb, d, gradient=gradient, eot_noise=eot_noise) for d in defenses)

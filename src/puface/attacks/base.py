@@ -93,7 +93,8 @@ class AttackResult:
 
 class CloakAttack:
     """Base class. Subclasses set `kind` and `algorithm`, and implement `_settings()` (their knobs as
-    a JSON-serialisable dict), `name` and `_attack_batch(x, generators, **extra)`.
+    a JSON-serialisable dict), `name` and `_attack_batch(x, generators)`, with keyword parameters after those for
+    the attack's own per-image inputs (`run`'s `extra`: Fawkes' `targets`).
 
     Args:
         surrogates: resolved `FaceEmbedder`s (see `surrogates.resolve_surrogates`).
@@ -168,7 +169,10 @@ class CloakAttack:
         if images.numel() and (not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1):
             raise ValueError("images must be finite and in [0, 1]")
 
-    min_side: int = 11
+    @property
+    def min_side(self) -> int:
+        """The smallest image side, in px, the attack takes."""
+        return 11
 
     @property
     def linf_budget(self) -> float | None:
@@ -234,7 +238,7 @@ class CloakAttack:
         """Just the cloaked images, (N, 3, H, W) in [0, 1]."""
         return self.run(images, **extra).images
 
-    def _attack_batch(self, x: torch.Tensor, generators: list[torch.Generator], **extra) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _attack_batch(self, x: torch.Tensor, generators: list[torch.Generator]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     def _quantize(self, x: torch.Tensor, out: torch.Tensor, own_stats: dict[str, torch.Tensor]) -> torch.Tensor:

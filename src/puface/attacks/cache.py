@@ -18,7 +18,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -155,7 +155,7 @@ class CloakCache:
             try:
                 for lo in range(0, len(missing), bs):
                     idx = missing[lo : lo + bs]
-                    kw = {}
+                    kw: dict[str, Any] = {}
                     if kept_targets is not None:
                         kw["targets"] = [t[idx] for t in kept_targets]
                     res = attack.run(images[idx], quantize_output=True, **kw)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -141,14 +141,14 @@ def make_cloak_process(attack: CloakAttack, targets_by_src: dict[Path, list[torc
                     outcomes[i] = Outcome.fail(f"image is {w}x{h} px; {attack.name} needs at least {attack.min_side}x{attack.min_side}")
                 continue
             x = torch.stack([image_to_tensor(np.array(items[i].image)) for i in idx])  # writable copy
-            kw = {}
+            kw: dict[str, Any] = {}
             if targets_by_src is not None:
                 per_image = [targets_by_src[items[i].job.src] for i in idx]
                 kw["targets"] = [torch.stack([t[m] for t in per_image]) for m in range(len(attack.surrogates))]
             res = attack.run(x, quantize_output=True, **kw)
             for k, (i, row) in enumerate(zip(idx, res.rows())):
                 outcomes[i] = Outcome.ok(tensor_to_image(res.images[k]), **{key: _round(v) for key, v in row.items()})
-        return outcomes  # type: ignore[return-value]
+        return outcomes  # type: ignore[return-value]  # no None left: the size groups cover every item
 
     return process
 
@@ -275,9 +275,9 @@ def cloak_folder(
     check_settings(config_path, record, resume=resume, kind="cloaking", keys=keys)
 
     targets_by_src = None
-    if targeted:
+    if targeted and target_pool is not None:  # (targeted without a pool was refused above)
         base = in_path if in_path.is_dir() else in_path.parent
-        targets_by_src, chosen = _select_targets(attack, jobs, base, Path(target_pool), progress)  # type: ignore[arg-type]
+        targets_by_src, chosen = _select_targets(attack, jobs, base, Path(target_pool), progress)
         record["targets"] = {"pool": str(target_pool), "user_to_target": chosen}
         for user, t in chosen.items():
             say(f"target for {user}: {t}")
@@ -373,7 +373,7 @@ def _cloak_groups(jobs: list[FileJob], in_path: Path, out_path: Path, attack: Cl
                 total.failed += unreadable
                 continue
         reference = None
-        if ref_images is not None:
+        if ref_images is not None and ref_labels is not None:  # set together
             others = np.flatnonzero(ref_labels != ident)
             reference = Reference(ref_images[torch.from_numpy(others)], ref_labels[others])
 

@@ -58,6 +58,7 @@ class Reference:
     def digest(self) -> str:
         """sha256 of the sorted (content hash, label) pairs: the reference's identity in cache keys."""
         if self._digest is None:
+            assert self.hashes is not None  # __post_init__ computes them when absent
             pairs = sorted(f"{h}:{lab}" for h, lab in zip(self.hashes, self.labels.tolist()))
             self._digest = hashlib.sha256("\n".join(pairs).encode()).hexdigest()
         return self._digest

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,9 @@ from ..utils.metrics import ReferenceSSIM
 from ..utils.registry import typed_settings
 from .base import CloakAttack, check_knobs
 from .surrogates import SurrogateSpec, raw_embedding
+
+if TYPE_CHECKING:
+    from .perceptual import LPIPS
 
 __all__ = ["LowKey", "LowKeySettings", "PERCEPTUAL_CHOICES"]
 
@@ -129,14 +132,14 @@ class LowKey(CloakAttack):
                 raise MissingDependencyError("lowkey: no face models are installed; reinstall puface (it depends on them) or pass --surrogate")
         super().__init__(embedders, seed=seed, device=device, batch_size=batch_size)
         self.blur = GaussianBlur(self.settings.blur_kernel, self.settings.blur_sigma).to(self.device)
-        self._lpips = None
+        self._lpips: LPIPS | None = None
 
     @property
     def name(self) -> str:
         return "lowkey"
 
     @property
-    def min_side(self) -> int:  # type: ignore[override]
+    def min_side(self) -> int:
         side = max(11, self.settings.blur_kernel // 2 + 1)
         return max(side, 21) if self.settings.perceptual == "lpips" else side
 

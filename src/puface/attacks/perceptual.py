@@ -71,6 +71,8 @@ class _BlurPool(nn.Module):
     (C, 1, 3, 3), overwritten by the stored weights (identical to [1,2,1]^T[1,2,1]/16).
     """
 
+    filt: torch.Tensor  # buffer
+
     def __init__(self, channels: int):
         super().__init__()
         a = torch.tensor([1.0, 2.0, 1.0])
@@ -103,12 +105,13 @@ def _alexnet() -> nn.ModuleList:
 
 def _vgg16() -> nn.ModuleList:
     """Shift-tolerant VGG16 features (max-pool 2x2 stride 1 + BlurPool); outputs relu1_2..relu5_3."""
-    cfg = [[64, 64], ["M", 128, 128], ["M", 256, 256, 256], ["M", 512, 512, 512], ["M", 512, 512, 512]]
+    cfg: list[list[int | str]] = [[64, 64], ["M", 128, 128], ["M", 256, 256, 256], ["M", 512, 512, 512],
+                                  ["M", 512, 512, 512]]
     slices, i, cin = [], 0, 3
     for group in cfg:
         layers: dict[int, nn.Module] = {}
         for v in group:
-            if v == "M":
+            if isinstance(v, str):  # "M"
                 layers[i], layers[i + 1] = nn.MaxPool2d(2, stride=1), _BlurPool(cin)
             else:
                 layers[i], layers[i + 1] = nn.Conv2d(cin, v, 3, padding=1), nn.ReLU()
@@ -150,6 +153,9 @@ class LPIPS(nn.Module):
     least 21 px for alex, 18 px for vgg) -> distances (N,), float, >= 0. Differentiable w.r.t. both
     inputs; the weights never require grad.
     """
+
+    shift: torch.Tensor  # buffers
+    scale: torch.Tensor
 
     def __init__(self, net: str = "alex"):
         super().__init__()

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 import torch
@@ -118,20 +118,24 @@ class UnlearnableExamples(GroupCloakAttack):
     def _reference_features(self, reference: Reference) -> list[torch.Tensor]:
         """Each surrogate's features of the (clean) reference, cached by content across calls."""
         out = []
+        hashes = reference.hashes
+        assert hashes is not None  # Reference.__post_init__ computes them when absent
         for emb in self.surrogates:
             cache = self._features_cache[emb.name]
-            missing = [i for i, h in enumerate(reference.hashes) if h not in cache]
+            missing = [i for i, h in enumerate(hashes) if h not in cache]
             for s in range(0, len(missing), 64):
                 idx = missing[s : s + 64]
                 x = to_float(reference.images[torch.tensor(idx)]).to(self.device)
                 for i, f in zip(idx, self._embed(emb, x)):
-                    cache[reference.hashes[i]] = f.cpu()
-            out.append(torch.stack([cache[h] for h in reference.hashes]).to(self.device) if len(reference)
+                    cache[hashes[i]] = f.cpu()
+            out.append(torch.stack([cache[h] for h in hashes]).to(self.device) if len(reference)
                        else torch.empty(0, emb.embedding_dim, device=self.device))
         return out
 
     def _loss(self, heads: nn.ModuleList, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        return sum(F.cross_entropy(h(self._embed(emb, x)), y, reduction=reduction) for emb, h in zip(self.surrogates, heads))
+        # a tensor: an attack has at least one surrogate (resolve_surrogates)
+        return cast(torch.Tensor, sum(F.cross_entropy(h(self._embed(emb, x)), y, reduction=reduction)
+                                      for emb, h in zip(self.surrogates, heads)))
 
     def _train_heads(self, heads: nn.ModuleList, opt: torch.optim.Optimizer, ref_feats: list[torch.Tensor],
                      ref_codes: torch.Tensor, user_feats: list[torch.Tensor], user_codes: torch.Tensor,
@@ -141,7 +145,7 @@ class UnlearnableExamples(GroupCloakAttack):
         feats = [torch.cat([r, u]) for r, u in zip(ref_feats, user_feats)]
         for _ in range(s.train_steps):
             idx = torch.randint(len(codes), (min(s.train_batch, len(codes)),), generator=generator).to(self.device)
-            loss = sum(F.cross_entropy(h(f[idx]), codes[idx]) for h, f in zip(heads, feats))
+            loss = cast(torch.Tensor, sum(F.cross_entropy(h(f[idx]), codes[idx]) for h, f in zip(heads, feats)))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

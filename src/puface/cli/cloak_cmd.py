@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -143,7 +144,7 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
         knobs.update(group_opts)
         if steps is not None:
             knobs["steps"] = steps
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
     elif group_opts or reference is not None:
         raise PufaceError("--epsilon, --hull, --perturb and --reference are OPOM / unlearnable options")
     elif attack_name == "fawkes":

@@ -111,9 +111,12 @@ def fetch(ctx: click.Context, name: str, url: str | None, tarball: Path | None, 
         raise PufaceError(f"unknown data set {name!r}; known: lfw, {', '.join(sorted(DATASETS))}")
     ds = DATASETS[name]
     found = find_data_root(name)  # where configs and --data would find it: nothing to fetch
-    if found is None and ds.fetch is None:
+    if found is not None:
+        path = found
+    elif ds.fetch is None:
         raise PufaceError(f"puface cannot fetch {name!r} itself. It is {ds.description}. To get it: {ds.how_to_get}.")
-    path = found or ds.fetch()
+    else:
+        path = ds.fetch()
     n = sum(1 for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     click.echo(f"{name}: {'already here, ' if found else ''}{n} images in {path}")
 

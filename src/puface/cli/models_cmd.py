@@ -43,7 +43,7 @@ def list_cmd(check: bool) -> None:
     from ..utils.errors import PufaceError
 
     list_embedders()  # registers the built-in models
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for entry in EMBEDDERS:
         info = entry.info
         status = ""

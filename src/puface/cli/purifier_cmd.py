@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -247,9 +248,10 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
     rank, world_size = resolve_rank(rank, world_size)
     from ..io.shards import is_shard_input
 
-    common = dict(weights=weights, device=None if device == "auto" else device, batch_size=batch_size, resume=resume,
-                  rank=rank, world_size=world_size, quality=quality, io_workers=io_workers, progress=progress,
-                  stats_csv=stats_csv, align=align, largest_face=largest_face, template=template, step=step)
+    common: dict[str, Any] = dict(
+        weights=weights, device=None if device == "auto" else device, batch_size=batch_size, resume=resume, rank=rank,
+        world_size=world_size, quality=quality, io_workers=io_workers, progress=progress, stats_csv=stats_csv,
+        align=align, largest_face=largest_face, template=template, step=step)
     if align and template != "auto":
         raise PufaceError("--template describes chips; with --align puface cuts dlib150 chips itself")
     check_engine(engine, address, workers)

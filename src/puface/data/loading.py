@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,17 +40,17 @@ def load_images(
     """
     if isinstance(size, int):
         size = (size, size)
-    paths = [Path(p) for p in paths]
+    files = [Path(p) for p in paths]
 
-    def task(i: int):
+    def task(i: int) -> tuple[int, torch.Tensor | None, ImageReadError | None]:
         try:
-            return i, _load_one(paths[i], size), None
+            return i, _load_one(files[i], size), None
         except ImageReadError as e:
             return i, None, e
 
     results = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        it = pool.map(task, range(len(paths)))
+        it: Iterable[tuple[int, torch.Tensor | None, ImageReadError | None]] = pool.map(task, range(len(paths)))
         if progress:
             from tqdm import tqdm
 

@@ -54,10 +54,14 @@ class Defense:
     """
 
     kind: str = ""
-    groupwise: bool = False  # True: a call is one person's photos (`shared.SharedPatternRemoval`), not any batch
 
     def __init__(self, **params: Any):
         self.params = params
+
+    @property
+    def groupwise(self) -> bool:
+        """True: a call is one person's photos (`shared.SharedPatternRemoval`), not any batch."""
+        return False
 
     @property
     def config(self) -> dict[str, Any]:
@@ -205,6 +209,8 @@ class Compose(Composite):
 
     kind = "compose"
 
+    steps: "list[Defense]"
+
     def __init__(self, steps: "list[Defense]"):
         flat: list[Defense] = []
         for d in steps:
@@ -225,7 +231,7 @@ class Compose(Composite):
         return "+".join(d.name for d in self.steps)
 
     @property
-    def groupwise(self) -> bool:  # type: ignore[override]
+    def groupwise(self) -> bool:
         return any(d.groupwise for d in self.steps)
 
     def _apply(self, images: torch.Tensor) -> torch.Tensor:

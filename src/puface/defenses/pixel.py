@@ -84,13 +84,14 @@ class JPEG(Defense):
         for a in to_uint8(images).permute(0, 2, 3, 1).numpy():
             im = Image.fromarray(np.ascontiguousarray(a), "RGB")
             if scale != 1.0:
-                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
+                size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+                im = im.resize(size, Image.Resampling.BILINEAR)
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=self.params["quality"], subsampling=self.params["subsampling"])
             buf.seek(0)
             dec = Image.open(buf).convert("RGB")
             if scale != 1.0:
-                dec = dec.resize((a.shape[1], a.shape[0]), Image.BILINEAR)
+                dec = dec.resize((a.shape[1], a.shape[0]), Image.Resampling.BILINEAR)
             out.append(torch.from_numpy(np.asarray(dec, dtype=np.uint8).copy()).permute(2, 0, 1))
         return to_float(torch.stack(out))
 

@@ -39,7 +39,7 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -161,7 +161,7 @@ def folder_patterns(in_path: str | Path, defense: SharedPatternRemoval | None = 
     by_folder: dict[Path, list[Path]] = {}
     for f in list_image_files(root) if root.is_dir() else [root]:
         by_folder.setdefault(f.parent, []).append(f)
-    items = list(by_folder.items())
+    items: Iterable[tuple[Path, list[Path]]] = list(by_folder.items())
     if progress:
         from tqdm import tqdm
 

@@ -32,8 +32,9 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -137,7 +138,7 @@ def min_calibration_size(fpr: float, confidence: float | None) -> int:
     return math.ceil(math.log1p(-confidence) / math.log1p(-fpr) - 1e-9)
 
 
-def threshold_at_fpr(natural_scores: Sequence[float] | torch.Tensor, fpr: float, confidence: float | None = None) -> float:
+def threshold_at_fpr(natural_scores: Sequence[float] | np.ndarray | torch.Tensor, fpr: float, confidence: float | None = None) -> float:
     """The smallest threshold t among `natural_scores` such that at most `allowed_above(n, fpr, confidence)` of
     them are > t (a chip is called cloaked when its score > t): without a confidence, at most a share `fpr`;
     with one, the rate holds on new photos with that probability. Too few scores give the largest one."""
@@ -227,7 +228,7 @@ class CloakDetector(torch.nn.Module):
         return name.replace(".", "_")
 
     def embedder(self, name: str) -> FaceEmbedder:
-        return self.embedders[self._key(name)]  # type: ignore[return-value]
+        return cast(FaceEmbedder, self.embedders[self._key(name)])  # (built from FaceEmbedders only)
 
     @property
     def device(self) -> torch.device:

@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, SupportsFloat
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ def feature_columns(det: CloakDetector) -> list[str]:
     return cols + (["net"] if det.net is not None else [])
 
 
-def _fmt(v: float, digits: int = 6) -> float | str:
+def _fmt(v: SupportsFloat, digits: int = 6) -> float | str:
     v = float(v)
     return "" if math.isnan(v) else round(v, digits)
 
@@ -253,7 +253,7 @@ def _chip_features(det: CloakDetector, arrays: list[np.ndarray], batch_size: int
     x + step (P(x) - x) when step is not 1 (`purifier.model.extrapolate`; the features are those of P(x))."""
     n = len(arrays)
     feats: dict[str, list] = {}
-    purified = [None] * n
+    purified: list[torch.Tensor] = []  # per size group, in `order`
     items = [LoadedImage(FileJob(Path(), Path(), Path()), a) for a in arrays]
     order = []
     for _, idx in group_by_size(items).items():
@@ -264,12 +264,11 @@ def _chip_features(det: CloakDetector, arrays: list[np.ndarray], batch_size: int
             feats.setdefault(k, []).append(v)
         if step != 1.0:
             px = extrapolate(x, px.to(x.device), step)
-        for j, i in enumerate(idx):
-            purified[i] = px[j]
+        purified.append(px)
         order += idx
     inv = torch.empty(n, dtype=torch.long)
     inv[torch.as_tensor(order)] = torch.arange(n)
-    return {k: torch.cat(v)[inv] for k, v in feats.items()}, torch.stack(purified)  # type: ignore[arg-type]
+    return {k: torch.cat(v)[inv] for k, v in feats.items()}, torch.cat(purified)[inv]
 
 
 def _row(det: CloakDetector, feats: dict[str, torch.Tensor], i: int, threshold: Thresholds, storage: str = "") -> dict[str, Any]:
@@ -385,9 +384,9 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
                                {j.rel.as_posix() for j in jobs} if world_size > 1 else None)
         atomic_write_bytes(state, json.dumps({"detector": det_id, **run}, indent=2).encode())
         done = {r["path"] for r in previous}
-        common = dict(batch_size=batch_size, resume=resume, desc="detecting", verb="scored", stats_csv=out_csv,
-                      progress=progress, is_done=lambda j: j.rel.as_posix() in done, stats_fields=fields,
-                      stats_key="path", stats_status=False)
+        common: dict[str, Any] = dict(
+            batch_size=batch_size, resume=resume, desc="detecting", verb="scored", stats_csv=out_csv, progress=progress,
+            is_done=lambda j: j.rel.as_posix() in done, stats_fields=fields, stats_key="path", stats_status=False)
         if engine == "ray":
             import copy
             from functools import partial

@@ -86,7 +86,8 @@ class ResidualNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(self.config.dropout)
         self.head = nn.Linear(2 * cin + len(self.config.scalars), 1)
-        self.features.to(memory_format=torch.channels_last)  # 1.2-2x faster on CPU for these narrow convs
+        # channels_last: 1.2-2x faster on CPU for these narrow convs
+        self.features.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack memory_format
 
     def residuals(self, images: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
         """(N, 3 len(inputs), S, S): the config's residuals (by default the purifier's change and the chip's 3x3

@@ -18,7 +18,7 @@ import torch
 from ..data.layout import FaceDataset, FaceImage, scan_identities
 from ..data.loading import load_images
 from ..data.split import Split, split_dataset
-from ..utils.errors import PufaceError
+from ..utils.errors import ImageReadError, PufaceError
 from ..utils.fingerprint import content_hashes
 from ..utils.images import to_uint8
 from ..utils.seeding import stable_seed
@@ -47,7 +47,9 @@ class LabelledImages:
 def load_labelled(items: Sequence[FaceImage], size: int, *, progress: bool = False, desc: str = "loading") -> LabelledImages:
     """Decode `items` to uint8 at size x size; unreadable files are left out with a warning naming them."""
     paths = [im.path for im in items]
-    chunks, kept_all, errors = [], [], []
+    chunks: list[torch.Tensor] = []
+    kept_all: list[int] = []
+    errors: list[ImageReadError] = []
     for start in range(0, len(paths), 256):
         x, kept, errs = load_images(paths[start : start + 256], size=(size, size), progress=progress, desc=desc)
         chunks.append(to_uint8(x))

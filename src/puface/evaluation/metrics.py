@@ -16,8 +16,11 @@ from typing import Hashable, Iterable, Sequence
 
 import numpy as np
 
+#: Identity labels, one per image: a sequence, or a 1-D numpy array (object dtype: the data sets' `labels`).
+Labels = Sequence[Hashable] | np.ndarray
 
-def attack_success_rate(predicted: Sequence[Hashable], true: Sequence[Hashable], user: Hashable) -> float:
+
+def attack_success_rate(predicted: Labels, true: Labels, user: Hashable) -> float:
     """Share (0..1) of the user's test images (true == user) predicted as someone else. NaN if none."""
     p, t = np.asarray(predicted, dtype=object), np.asarray(true, dtype=object)
     if p.shape != t.shape:
@@ -28,7 +31,7 @@ def attack_success_rate(predicted: Sequence[Hashable], true: Sequence[Hashable],
     return float(np.mean(p[mine] != user))
 
 
-def normal_accuracy(predicted: Sequence[Hashable], true: Sequence[Hashable], user: Hashable | None) -> float:
+def normal_accuracy(predicted: Labels, true: Labels, user: Hashable | None) -> float:
     """Top-1 accuracy (0..1) on the test images of every identity except `user`. NaN if none."""
     p, t = np.asarray(predicted, dtype=object), np.asarray(true, dtype=object)
     if p.shape != t.shape:
@@ -39,7 +42,7 @@ def normal_accuracy(predicted: Sequence[Hashable], true: Sequence[Hashable], use
     return float(np.mean(p[others] == t[others]))
 
 
-def protocol_scores(predicted: Sequence[Hashable], true: Sequence[Hashable], user: Hashable) -> dict[str, float | int]:
+def protocol_scores(predicted: Labels, true: Labels, user: Hashable) -> dict[str, float | int]:
     """{asr, normal_acc, user_acc, n_user_test, n_other_test} for one protected user."""
     t = np.asarray(true, dtype=object)
     asr = attack_success_rate(predicted, true, user)

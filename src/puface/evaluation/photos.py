@@ -26,19 +26,20 @@ import hashlib
 import io
 import json
 from pathlib import Path
-from typing import Hashable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..align import FaceAligner, FaceDetector, align_adapter, extract_chip, paste_back
+from ..align import AlignedFace, FaceAligner, FaceDetector, align_adapter, extract_chip, paste_back
 from ..defenses.base import Defense, NoDefense
 from ..io.images import IMAGE_EXTENSIONS, encode_image, read_image
 from ..io.jobs import FileJob, LoadedImage, Outcome
 from ..utils.errors import PufaceError
 from ..utils.fingerprint import content_hashes
 from ..utils.images import image_to_tensor, tensor_to_image, to_uint8
+from .metrics import Labels
 from .protocol import Protocol
 
 __all__ = ["PhotoPath", "PhotoProtocol"]
@@ -71,7 +72,7 @@ class PhotoPath:
         self.jpeg = jpeg
         self.cutter = FaceAligner(self.size, FaceDetector(detector), pick="center", min_face=0.0)
         self._found: dict[Path, Path] = {}  # chip -> its source photo
-        self._faces: dict[Path, object] = {}  # photo -> its labelled face (`AlignedFace`)
+        self._faces: dict[Path, AlignedFace] = {}  # photo -> its labelled face
         self._digests: dict[Path, str] = {}  # photo -> hash of its file
 
     @property
@@ -107,7 +108,7 @@ class PhotoPath:
             self._digests[photo] = hashlib.sha256(photo.read_bytes()).hexdigest()[:16]
         return self._digests[photo]
 
-    def _face(self, photo: Path, image: np.ndarray | None = None) -> object:
+    def _face(self, photo: Path, image: np.ndarray | None = None) -> AlignedFace:
         """The labelled face of a natural photo (`AlignedFace`), detected once and kept; `image`: the photo
         already read (else it is read here, only when the face is not known yet)."""
         if photo not in self._faces:
@@ -117,7 +118,7 @@ class PhotoPath:
             self._faces[photo] = faces[0]
         return self._faces[photo]
 
-    def _natural(self, photo: Path) -> tuple[np.ndarray, object]:
+    def _natural(self, photo: Path) -> tuple[np.ndarray, AlignedFace]:
         """The photo (uint8 (H, W, 3), read each time: photos can be large) and its labelled face (`_face`)."""
         image = read_image(photo)
         return image, self._face(photo, image)
@@ -159,7 +160,7 @@ class PhotoPath:
         def run(photos: Sequence[np.ndarray]) -> list[np.ndarray]:
             jobs = [LoadedImage(FileJob(Path(f"p{i}.png"), Path(f"p{i}.png"), Path(f"p{i}.png")), p) for i, p in enumerate(photos)]
             outs = process(jobs)
-            return [o.image if o.status == "ok" else p for o, p in zip(outs, photos)]
+            return [o.image if o.status == "ok" and o.image is not None else p for o, p in zip(outs, photos)]
 
         return run
 
@@ -204,7 +205,7 @@ class PhotoProtocol(Protocol):
         return self.apply_defense(NoDefense(), images, hashes)
 
     def apply_defense(self, defense: Defense, images: torch.Tensor, hashes: Sequence[str],
-                      label: str = "", groups: Sequence[Hashable] | None = None) -> tuple[torch.Tensor, list[str]]:
+                      label: str = "", groups: Labels | None = None) -> tuple[torch.Tensor, list[str]]:
         """Each image published as its photo, `defense` (none included) run on the photo, the face cut again;
         cached under the path's settings by the image's content and its source photo's (`PhotoPath.digest`)."""
         key = f"photo:{_key(self.photos.config)}:{'none' if isinstance(defense, NoDefense) else defense.cache_key}"

@@ -28,12 +28,13 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..attacks.base import CloakAttack
 from ..attacks.group import Reference
 from ..attacks.cache import CloakCache
 from ..attacks.folder import FolderCloaks
@@ -46,7 +47,7 @@ from ..utils.images import to_float, to_uint8
 from ..utils.metrics import psnr, ssim
 from .cache import ContentCache
 from .data import EvaluationData, LabelledImages
-from .metrics import PSNR_CAP, protocol_scores
+from .metrics import PSNR_CAP, Labels, protocol_scores
 from .trainers import TRAINERS, EmbeddingTrainer, Trainer, create_trainer
 
 __all__ = ["AttackSpec", "TrainerSpec", "Protocol", "TrainingProtocol", "QueryProtocol", "PROTOCOLS", "protocol_class",
@@ -168,7 +169,7 @@ class Protocol:
         defenses: dict[str, Defense],
         *,
         cache: ContentCache | None = None,
-        cloak_cache: CloakCache | None | str = "default",
+        cloak_cache: CloakCache | None | Literal["default"] = "default",
         on_result: Callable[[dict], None] | None = None,
         on_quality: Callable[[str, str, str, dict], None] | None = None,
         on_example: Callable[[str, str, str, torch.Tensor], None] | None = None,
@@ -185,7 +186,7 @@ class Protocol:
         self.trainers = list(trainers)
         self.defenses = dict(defenses)
         self.cache = cache
-        self.cloak_cache = CloakCache() if cloak_cache == "default" else cloak_cache
+        self.cloak_cache: CloakCache | None = CloakCache() if cloak_cache == "default" else cloak_cache
         self.on_result = on_result
         self.on_quality = on_quality
         self.on_example = on_example
@@ -267,7 +268,7 @@ class Protocol:
         return out
 
     def defend(self, label: str, images: torch.Tensor, hashes: Sequence[str],
-               groups: Sequence[Hashable] | None = None) -> tuple[torch.Tensor, list[str]]:
+               groups: Labels | None = None) -> tuple[torch.Tensor, list[str]]:
         """Defense `label` applied to uint8 images -> (uint8 images, their hashes); cached when expensive.
         A `Views` defense gives every view, view-major (V x N images). groups: each image's person (needed by
         a group-wise defense, which sees each person's images together)."""
@@ -277,7 +278,7 @@ class Protocol:
         return torch.cat([p[0] for p in parts]), [h for p in parts for h in p[1]]
 
     def apply_defense(self, defense: Defense, images: torch.Tensor, hashes: Sequence[str],
-                      label: str = "", groups: Sequence[Hashable] | None = None) -> tuple[torch.Tensor, list[str]]:
+                      label: str = "", groups: Labels | None = None) -> tuple[torch.Tensor, list[str]]:
         """Any single defense applied to uint8 images -> (uint8 images, their hashes); cached (by the
         defense's `cache_key`, shared with the grid's own defenses) when expensive. A group-wise defense
         (`Defense.groupwise`) is called once per group of `groups` and cached under each image's hash and
@@ -294,7 +295,7 @@ class Protocol:
 
     def _defend_batches(self, defense: Defense, images: torch.Tensor, hashes: Sequence[str],
                         batch: Callable[[torch.Tensor], torch.Tensor], *, key: str | None, label: str = "",
-                        groups: Sequence[Hashable] | None = None, desc: str = "defense") -> tuple[torch.Tensor, list[str]]:
+                        groups: Labels | None = None, desc: str = "defense") -> tuple[torch.Tensor, list[str]]:
         """The one skeleton of every way a defense meets the images: rows whose `hashes` (each image's cache key:
         its content hash, or more where the result depends on more) are found in the content cache under
         namespace `key` (None: not cached) are taken from it, the others go through `batch` (row indices, int64
@@ -308,21 +309,22 @@ class Protocol:
             if groups is None or len(groups) != len(images):
                 raise PufaceError(f"defense {label}: group-wise, but the images come without their persons")
             members = np.asarray(groups, dtype=object)
-            batches = [np.flatnonzero(members == g) for g in dict.fromkeys(groups)]
-            for idx in batches:
-                sig = hashlib.sha256("".join(sorted(hashes[i] for i in idx)).encode()).hexdigest()[:16]
-                for i in idx:
+            batches: list[list[int]] = [np.flatnonzero(members == g).tolist() for g in dict.fromkeys(groups)]
+            for rows in batches:
+                sig = hashlib.sha256("".join(sorted(hashes[i] for i in rows)).encode()).hexdigest()[:16]
+                for i in rows:
                     keys[i] = f"{hashes[i]}@{sig}"  # an output depends on the whole group
-        found = self.cache.get("images", key, keys) if key is not None else {}
+        cache = self.cache if key is not None else None  # (callers give a key only with a cache)
+        found = cache.get("images", key, keys) if cache is not None and key is not None else {}
         out = torch.empty_like(images)
         for i, h in enumerate(keys):
             if h in found:
                 out[i] = torch.from_numpy(found[h])
         if defense.groupwise:  # a group is recomputed whole when one of its images is missing
-            todo = [idx for idx in batches if any(keys[i] not in found for i in idx)]
+            todo = [rows for rows in batches if any(keys[i] not in found for i in rows)]
         else:  # only the missing images, in full batches
             missing = [i for i, h in enumerate(keys) if h not in found]
-            todo = [np.asarray(missing[s : s + self.batch_size]) for s in range(0, len(missing), self.batch_size)]
+            todo = [missing[s : s + self.batch_size] for s in range(0, len(missing), self.batch_size)]
         fresh = {}
         if len(todo) > 1 and self.progress:
             todo = self._bar(todo, desc=f"{desc} {label}", unit="batch" if not defense.groupwise else "person", leave=False)
@@ -330,10 +332,10 @@ class Protocol:
             idx = torch.from_numpy(np.asarray(idx_np, dtype=np.int64))
             y = batch(idx)
             out[idx] = y
-            if key is not None:
+            if cache is not None:
                 fresh.update({keys[int(i)]: y[j].numpy() for j, i in enumerate(idx)})
-        if fresh:
-            self.cache.put("images", key, fresh)
+        if fresh and cache is not None and key is not None:
+            cache.put("images", key, fresh)
         self.timings["defend_s"] += time.perf_counter() - t0
         return out, content_hashes(out)
 
@@ -351,21 +353,24 @@ class Protocol:
         """The user's images of `cloaked_split` cloaked by `spec` (uint8, same rows order as the split). A
         group attack (`CloakAttack.group`, e.g. OPOM, unlearnable examples) sees the user's images together,
         labelled, and the training split's other identities as its reference."""
+        attack = spec.attack
+        if attack is None:
+            raise ValueError(f"{spec.label}: the clean reference (no attack) cloaks nothing")
         t0 = time.perf_counter()
         side = self.cloaked_split
         rows = side.rows_of(user)
         natural = side.images[rows]
-        size = tuple(natural.shape[-2:])
+        size = (natural.shape[-2], natural.shape[-1])
         paths = [side.paths[i] for i in rows]
-        if getattr(spec.attack, "group", False):
-            x = self._cloak_group(spec, user, natural)
-        elif isinstance(spec.attack, FolderCloaks):
-            x, _, errors = load_images([spec.attack.path_for(p, self.data.dataset.root) for p in paths], size=size)
+        if getattr(attack, "group", False):
+            x = self._cloak_group(attack, user, natural)
+        elif isinstance(attack, FolderCloaks):
+            x, _, errors = load_images([attack.path_for(p, self.data.dataset.root) for p in paths], size=size)
             if errors:
                 raise PufaceError(f"cloaked image unreadable: {errors[0]}")
-        elif self.cloak_cache is not None and hasattr(spec.attack, "config"):
+        elif self.cloak_cache is not None and hasattr(attack, "config"):
             x, kept, errors = self.cloak_cache.cloak(
-                spec.attack, paths, batch_size=spec.batch_size, progress=self.progress, size=size, label=spec.label
+                attack, paths, batch_size=spec.batch_size, progress=self.progress, size=size, label=spec.label
             )
             if errors or len(kept) != len(paths):
                 first = errors[0] if errors else "some images were not cloaked"
@@ -376,22 +381,22 @@ class Protocol:
             outs = []
             for s in range(0, len(natural), spec.batch_size):
                 batch = to_float(natural[s : s + spec.batch_size])
-                outs.append(spec.attack.run(batch).images if hasattr(spec.attack, "run") else spec.attack(batch))
+                outs.append(attack.run(batch).images if hasattr(attack, "run") else attack(batch))
             x = torch.cat(outs)
             if tuple(x.shape) != tuple(natural.shape):
                 raise PufaceError(f"attack {spec.label} changed the image shape {tuple(natural.shape)} -> {tuple(x.shape)}")
         self.timings["cloak_s"] += time.perf_counter() - t0
         return to_uint8(x)
 
-    def _cloak_group(self, spec: AttackSpec, user: str, natural: torch.Tensor) -> torch.Tensor:
+    def _cloak_group(self, attack: CloakAttack, user: str, natural: torch.Tensor) -> torch.Tensor:
         """A group attack on one user's images (uint8): the training split's other identities are its reference."""
         train = self.data.train
         others = np.flatnonzero(train.labels != user)
         reference = Reference(train.images[others], train.labels[others], [train.hashes[i] for i in others])
         labels = [user] * len(natural)
         if self.cloak_cache is not None:
-            return self.cloak_cache.cloak_group(spec.attack, natural, labels, reference=reference, progress=self.progress)
-        return spec.attack.run(to_float(natural), labels=labels, reference=reference, quantize_output=True).images
+            return self.cloak_cache.cloak_group(attack, natural, labels, reference=reference, progress=self.progress)
+        return attack.run(to_float(natural), labels=labels, reference=reference, quantize_output=True).images
 
     # ------------------------------------------------------------------ what the report keeps
 
@@ -437,7 +442,9 @@ class Protocol:
             emb = ds.embeddings[v].clone()
             emb[rows] = cloaked_emb(v)
             model = t.build(self.victims[v])
-            init = self._base_model(ds, v, t)[0] if t.warm_starts else None
+            assert isinstance(model, EmbeddingTrainer)  # what uses_embeddings says of its factory
+            base = self._base_model(ds, v, t)[0] if t.warm_starts else None
+            init = base if isinstance(base, EmbeddingTrainer) else None  # (it is: the same trainer spec)
             model.fit_embeddings(emb, labels, init=init)
             return model.predict_embeddings(self._test_emb[v])
         images = ds.images.clone()
@@ -499,7 +506,8 @@ class Protocol:
             cl_def, cl_hashes = self.defend(d, cloaked, content_hashes(cloaked), groups=[u] * len(cloaked))
             self._keep_example(u, a.label, "cloaked", cloaked)
         else:  # the clean reference: the user's rows are the defended natural ones
-            cl_def, cl_hashes = ds.images[ds.rows(rows_u, len(train))], None
+            defended_rows = ds.rows(rows_u, len(train))
+            cl_def, cl_hashes = ds.images[defended_rows], [ds.hashes[i] for i in defended_rows]
         last_view = cl_def[-len(rows_u):]  # what the report shows of a `Views` defense: its last view
         self._record_quality(a.label, d, u, last_view, natural)
         self._keep_example(u, a.label, f"defense:{d}", last_view)

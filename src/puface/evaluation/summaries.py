@@ -218,9 +218,9 @@ def defenses_table(folder: Path, attack: str | None = None) -> str:
     out = [f"| defense |{head} mean white-box ASR | min cell | max cell | normal acc. (white-box cells) |",
            "|---" * (len(cols) + 5) + "|"]
     for name, v in cells.items():
-        asr = [a for a, _ in v.values()]
+        asrs = [a for a, _ in v.values()]
         per = "".join(f" {v[c][0]:.1f} |" if c in v else " - |" for c in cols)
-        out.append(f"| {md_cell(name)} |{per} {_mean(asr):.1f} | {min(asr):.1f} | {max(asr):.1f} | {_mean([n for _, n in v.values()]):.1f} |")
+        out.append(f"| {md_cell(name)} |{per} {_mean(asrs):.1f} | {min(asrs):.1f} | {max(asrs):.1f} | {_mean([n for _, n in v.values()]):.1f} |")
     return "\n".join(out)
 
 
@@ -290,11 +290,11 @@ def repeats_table(folder: Path, quality: Path | None = None) -> str:
     if quality:
         head += ["PSNR natural (dB)", "LowKey cos dlib / SFace"]
     out = ["| recipe | runs | " + " | ".join(head) + " |", "|---" * (len(head) + 2) + "|"]
-    for recipe, c in cells.items():
+    for name, c in cells.items():
         runs = sorted(c[keys[0]])
         row = [_span([c[k][d] for d in runs]) for k in keys]
         row.append(_span([_mean([c[k][d] for k in keys]) for d in runs]))
-        row.append(_span([_mean(normal[recipe][d]) for d in runs]))
+        row.append(_span([_mean(normal[name][d]) for d in runs]))
         if quality:
             q = [json.loads((quality / f"{d}.json").read_text()) for d in runs if (quality / f"{d}.json").is_file()]
             if len(q) == len(runs):
@@ -303,7 +303,7 @@ def repeats_table(folder: Path, quality: Path | None = None) -> str:
                            + _span([x["lowkey"]["cos_purified_sface"] for x in q], 3))
             else:
                 row += ["-", "-"]
-        out.append(f"| {md_cell(recipe)} | {len(runs)} | " + " | ".join(row) + " |")
+        out.append(f"| {md_cell(name)} | {len(runs)} | " + " | ".join(row) + " |")
     return "\n".join(out)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from typing import Any, Hashable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -34,11 +34,12 @@ from ..utils.errors import ConfigError
 from ..utils.images import to_float
 from ..utils.registry import Registry
 from ..utils.specs import as_table
+from .metrics import Labels
 
 TRAINERS = Registry("trainer")
 
 
-def _objects(values: Sequence[Hashable]) -> np.ndarray:
+def _objects(values: Labels) -> np.ndarray:
     """A 1-D object array of `values` (np.asarray would make tuple labels a 2-D array)."""
     out = np.empty(len(values), dtype=object)
     for i, v in enumerate(values):
@@ -46,7 +47,7 @@ def _objects(values: Sequence[Hashable]) -> np.ndarray:
     return out
 
 
-def _encode_labels(labels: Sequence[Hashable]) -> tuple[np.ndarray, np.ndarray]:
+def _encode_labels(labels: Labels) -> tuple[np.ndarray, np.ndarray]:
     """(classes sorted, integer codes) for a label sequence."""
     arr = _objects(list(labels))
     classes = _objects(sorted(set(arr.tolist()), key=str))
@@ -71,21 +72,23 @@ class Trainer:
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "embedder": getattr(self.embedder, "name", type(self.embedder).__name__), **self.params}
 
-    def fit(self, images: torch.Tensor, labels: Sequence[Hashable]) -> "Trainer":  # pragma: no cover
+    def fit(self, images: torch.Tensor, labels: Labels) -> "Trainer":  # pragma: no cover
         raise NotImplementedError
 
     def predict(self, images: torch.Tensor) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
 
-    def _check_fit(self, n: int, labels: Sequence[Hashable]) -> None:
+    def _check_fit(self, n: int, labels: Labels) -> None:
         if n != len(labels):
             raise ValueError(f"{self.name}: {n} training images but {len(labels)} labels")
         if n == 0:
             raise ValueError(f"{self.name}: no training images")
 
-    def _require_fitted(self) -> None:
+    def _require_fitted(self) -> np.ndarray:
+        """The fitted classes (RuntimeError before `fit`)."""
         if self.classes_ is None:
             raise RuntimeError(f"{self.name}: call fit() before predict()")
+        return self.classes_
 
 
 class EmbeddingTrainer(Trainer):
@@ -103,14 +106,14 @@ class EmbeddingTrainer(Trainer):
         out = [self.embedder.embed(to_float(images[i : i + self.batch_size])) for i in range(0, len(images), self.batch_size)]
         return torch.cat(out) if out else torch.empty(0, self.embedder.embedding_dim)
 
-    def fit(self, images: torch.Tensor, labels: Sequence[Hashable]) -> "EmbeddingTrainer":
+    def fit(self, images: torch.Tensor, labels: Labels) -> "EmbeddingTrainer":
         self._check_fit(len(images), labels)
         return self.fit_embeddings(self._embed(images), labels)
 
     def predict(self, images: torch.Tensor) -> np.ndarray:
         return self.predict_embeddings(self._embed(images))
 
-    def fit_embeddings(self, embeddings: torch.Tensor, labels: Sequence[Hashable], init: "EmbeddingTrainer | None" = None) -> "EmbeddingTrainer":  # pragma: no cover
+    def fit_embeddings(self, embeddings: torch.Tensor, labels: Labels, init: "EmbeddingTrainer | None" = None) -> "EmbeddingTrainer":  # pragma: no cover
         raise NotImplementedError
 
     def predict_embeddings(self, embeddings: torch.Tensor) -> np.ndarray:  # pragma: no cover
@@ -271,7 +274,7 @@ class EndToEnd(Trainer):
     def _forward_embed(self, model: FaceEmbedder, images: torch.Tensor) -> torch.Tensor:
         return model(to_float(images).to(self.device))
 
-    def fit(self, images: torch.Tensor, labels: Sequence[Hashable]) -> "EndToEnd":
+    def fit(self, images: torch.Tensor, labels: Labels) -> "EndToEnd":
         self._check_fit(len(images), labels)
         t0 = time.perf_counter()
         p = self.params
@@ -293,7 +296,7 @@ class EndToEnd(Trainer):
         g = torch.Generator().manual_seed(p["seed"])
         by_class = [np.flatnonzero(codes == c) for c in range(len(self.classes_))]
         self.losses = []
-        steps = range(p["steps"])
+        steps: Iterable[int] = range(p["steps"])
         if self.progress:
             from tqdm import tqdm
 
@@ -318,12 +321,12 @@ class EndToEnd(Trainer):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> np.ndarray:
-        self._require_fitted()
+        classes = self._require_fitted()
         out = []
         for i in range(0, len(images), 64):
             out.append(self.head_(self._forward_embed(self.model_, images[i : i + 64])).argmax(1).cpu())
         idx = torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
-        return self.classes_[idx]
+        return classes[idx]
 
 
 def list_trainers() -> list[str]:

@@ -89,7 +89,7 @@ _SECTION_KEYS = {
     "report": {"users", "images_per_user", "enabled"},
     "detection": {"enabled", "detector", "purifier", "fpr"},
 }
-_DEFAULTS = {
+_DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"root": "johns", "min_images": 2, "max_per_identity": None, "train_fraction": 0.7, "image_size": 150},
     "users": {"count": None, "names": None, "min_train": 2, "min_test": 1, "allow_purifier_identities": False},
     "run": {"device": None, "batch_size": 64, "cache": True, "output": None, "cloak_batch_size": None},

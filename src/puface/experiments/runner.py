@@ -10,6 +10,7 @@ from typing import Callable
 from ..data.datasets import resolve_data_root
 from ..defenses import PuFaceDefense
 from ..evaluation.cache import ContentCache
+from ..evaluation.data import EvaluationData
 from ..evaluation.detection import detection_scores, summarise_detection
 from ..evaluation.photos import PhotoPath, PhotoProtocol
 from ..evaluation.protocol import protocol_class
@@ -75,7 +76,8 @@ def run_experiment(
     # cost a --restart its earlier results)
     checked = [build_attack(a, cfg.seeds[0], device, cfg.run["cloak_batch_size"], victims) for a in cfg.attacks]
     t_load = time.perf_counter()
-    first_draw = draw_users(cfg, root, cfg.seeds[0], exclude=() if allow else exclude, progress=progress)
+    first_draw: tuple[EvaluationData, list[str]] | None = draw_users(
+        cfg, root, cfg.seeds[0], exclude=() if allow else exclude, progress=progress)
     first_load_s = time.perf_counter() - t_load
     proto_cls, extra = _protocol(cfg, root, echo)  # published photos need dlib: checked before the folder is touched
     data, data_content = data_fingerprints(root)

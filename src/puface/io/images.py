@@ -107,10 +107,16 @@ def _reference_tables() -> np.ndarray:
                 buf = io.BytesIO()
                 tile.save(buf, format="JPEG", quality=q)
                 with Image.open(buf) as im:
+<<<<<<< HEAD
                     t = im.quantization  # type: ignore[attr-defined]
                 rows.append(np.concatenate([np.asarray(t[0]), np.asarray(t[1])]).astype(np.int64))
             _REFERENCE_TABLES.append(np.stack(rows))
         return _REFERENCE_TABLES[0]
+=======
+                    t = im.quantization  # type: ignore[attr-defined]  # JpegImageFile's; Image.open is typed ImageFile
+                _REFERENCE_TABLES.append((q, np.concatenate([np.asarray(t[0]), np.asarray(t[1])]).astype(np.int64)))
+        return _REFERENCE_TABLES
+>>>>>>> 71a40e90336a1d988222fc7420eb38717b6d61f3
 
 
 def jpeg_settings(im: Image.Image) -> tuple[int, str] | None:
@@ -216,7 +222,7 @@ def _open(path: Path, data: bytes | None, parts: bool) -> tuple[Image.Image, np.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.filterwarnings("error", message=".*[Tt]runcated.*")
-            im = Image.open(io.BytesIO(data))
+            im: Image.Image = Image.open(io.BytesIO(data))
             w, h = im.size
             if w <= 0 or h <= 0:
                 raise ImageReadError(path, f"invalid image size {w}x{h}")
@@ -365,7 +371,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as e:
         try:
-            tmp.unlink(missing_ok=True)  # type: ignore[possibly-undefined]
+            tmp.unlink(missing_ok=True)
         except Exception:
             pass
         raise ImageWriteError(path, f"cannot write ({e.strerror or e})") from None

@@ -18,10 +18,10 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence, TypedDict, overload
 
 import numpy as np
 from PIL import Image
@@ -285,7 +285,8 @@ class Claim:
 
         try:  # the whole file is free of other claims: this is the last process, the file goes
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0)
-            self.path.unlink(missing_ok=True)  # type: ignore[union-attr]
+            if self.path is not None:  # (set with f)
+                self.path.unlink(missing_ok=True)
         except OSError:
             pass
         f.close()
@@ -571,13 +572,14 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
                                           f"(puface reads {', '.join(IMAGE_EXTENSIONS)}); convert it to PNG first")
         data = job.src.read_bytes() if job.src.is_file() else None
     im, alpha, gray, under = open_image_parts(job.src, data=data, color=True)
+    encoded = data if data is not None else b""  # None: job.src was no file a moment ago (then no metadata)
     exif_bytes = icc = None
     fmt = ""
     palette = False
     storage = compression = ""
     dpi = None
     try:
-        with Image.open(io.BytesIO(data)) as raw:  # type: ignore[arg-type]
+        with Image.open(io.BytesIO(encoded)) as raw:
             fmt = raw.format or ""
             palette = raw.mode in PALETTE_MODES
             storage = storage_of(raw)
@@ -591,7 +593,11 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
     except Exception:  # metadata is best effort; the pixels were read fine
         pass
     return LoadedImage(job, np.asarray(im, dtype=np.uint8), exif_bytes, icc, fmt, alpha, gray, palette, storage, under,
+<<<<<<< HEAD
                        fmt == "WEBP" and is_lossless_webp(data), dpi, compression)  # type: ignore[arg-type]
+=======
+                       fmt == "WEBP" and is_lossless_webp(encoded))
+>>>>>>> 71a40e90336a1d988222fc7420eb38717b6d61f3
 
 
 def in_input_mode(item: LoadedImage, image: np.ndarray, *, gray: bool = True) -> np.ndarray:
@@ -643,7 +649,12 @@ def _write_outcome(item: LoadedImage, out: Outcome, quality: int) -> None:
 #: How the jobs' CSV files hold text (`open(path, newline="", **CSV_TEXT)`, `text.encode(**CSV_TEXT)`): UTF-8, a
 #: file name that is not UTF-8 kept as its own bytes (surrogateescape, as `os.fsencode` does), so that it gets its
 #: row and a resume finds it again.
-CSV_TEXT = {"encoding": "utf-8", "errors": "surrogateescape"}
+class _TextEncoding(TypedDict):
+    encoding: str
+    errors: str
+
+
+CSV_TEXT: _TextEncoding = {"encoding": "utf-8", "errors": "surrogateescape"}
 
 
 def _flock(fd: int) -> bool:
@@ -660,7 +671,11 @@ def _flock(fd: int) -> bool:
     return True
 
 
-@contextmanager
+@overload
+def locked_csv(path: Path, create: Literal[True] = True) -> AbstractContextManager[int]: ...
+@overload
+def locked_csv(path: Path, create: bool) -> AbstractContextManager[int | None]: ...
+@contextmanager  # type: ignore[misc]  # the overloads split its Iterator[int | None] by `create` (None only without)
 def locked_csv(path: Path, create: bool = True) -> Iterator[int | None]:
     """Hold an exclusive advisory lock on the CSV at `path` while the block runs: every append to and rewrite of a
     CSV that processes may share (the ranks of one job: stats and scores CSVs) goes through it, so that rows one
@@ -738,15 +753,16 @@ class _StatsCSV:
         if path is not None and path.is_file() and path.stat().st_size > 0:
             with open(path, newline="", **CSV_TEXT) as f:
                 self.fields = next(csv.reader(f), None)
-        if self.fields is None and self.given:
+        if path is not None and self.fields is None and self.given:
             self._start(self.given)
 
     def _start(self, fields: list[str]) -> None:
         """Begin the file with the header `fields` (the caller holds the lock, or no other thread runs yet). When
         another process sharing the file (--rank) began it meanwhile, its header is kept and taken, never truncated
         with the rows it has added."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-        with locked_csv(self.path) as fd:  # type: ignore[arg-type]
+        assert self.path is not None  # a CSV without a path is never started
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with locked_csv(self.path) as fd:
             if os.fstat(fd).st_size == 0:
                 _append_locked(fd, b"", fields)
                 self.fields = fields
@@ -805,11 +821,13 @@ class _StatsCSV:
             return
         self.ensure_fields(rows)
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=self.fields, extrasaction="ignore")  # type: ignore[arg-type]
+        fields = self.fields
+        assert fields is not None  # ensure_fields fixed them
+        w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
         w.writerows(rows)
         with self.lock, locked_csv(self.path) as fd:
             # the header again when another process sharing the file removed it meanwhile (it dropped every row)
-            _append_locked(fd, buf.getvalue().encode(**CSV_TEXT), self.fields)  # type: ignore[arg-type]
+            _append_locked(fd, buf.getvalue().encode(**CSV_TEXT), fields)
 
 
 def call_process(process: Callable[[list[LoadedImage]], list[Outcome]], items: list[LoadedImage]) -> list[Outcome]:
@@ -1006,5 +1024,5 @@ def group_by_size(items: Iterable[LoadedImage]) -> dict[tuple[int, int], list[in
     """Indices of `items` grouped by image (height, width), so each group stacks into one tensor."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, it in enumerate(items):
-        groups.setdefault(tuple(it.image.shape[:2]), []).append(i)  # type: ignore[arg-type]
+        groups.setdefault(tuple(it.image.shape[:2]), []).append(i)
     return groups

@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -154,11 +154,19 @@ def is_shard_input(spec: str | Path) -> bool:
     return all(any(pat.lower().endswith(s) for s in SHARD_SUFFIXES) for pat in patterns)
 
 
+def _known_format(path: Path) -> str:
+    """The format of a shard `find_shards` found (it keeps only the files `_shard_format` knows)."""
+    fmt = _shard_format(path)
+    if fmt is None:
+        raise PufaceError(f"{path}: not a shard (expected .tar or .parquet)")
+    return fmt
+
+
 def plan_shards(spec: str | Path, out_root: str | Path) -> list[ShardJob]:
     """Map every shard `spec` names to the same relative path under `out_root` (see `find_shards`)."""
     files, base = find_shards(spec)
-    for fmt in sorted({_shard_format(f) for f in files}):  # a missing extra is one line before any output
-        _need(_FORMAT_MODULES[fmt])  # type: ignore[index]
+    for fmt in sorted({_known_format(f) for f in files}):  # a missing extra is one line before any output
+        _need(_FORMAT_MODULES[fmt])
     out_root = Path(out_root)
     check_output_root(out_root)
     if base.is_dir() and Path(spec).is_dir():
@@ -166,7 +174,8 @@ def plan_shards(spec: str | Path, out_root: str | Path) -> list[ShardJob]:
     if not all(f.absolute().is_relative_to(base.absolute()) for f in files):
         # shards from several folders ({a,b}/data.tar): names relative to the folder they all lie in
         base = Path(os.path.commonpath([str(f.parent.absolute()) for f in files]))
-    jobs, seen = [], {}
+    jobs: list[ShardJob] = []
+    seen: dict[Path, Path] = {}
     for f in files:
         dst = out_root / f.absolute().relative_to(base.absolute())
         if dst.resolve() == f.resolve():
@@ -174,7 +183,7 @@ def plan_shards(spec: str | Path, out_root: str | Path) -> list[ShardJob]:
         if dst in seen:
             raise PufaceError(f"{seen[dst]} and {f} would both be written to {dst}; purify them into separate output folders")
         seen[dst] = f
-        jobs.append(ShardJob(f, dst, _shard_format(f)))  # type: ignore[arg-type]
+        jobs.append(ShardJob(f, dst, _known_format(f)))
     return jobs
 
 
@@ -369,6 +378,8 @@ class _ShardWriter:
     """Writes the records of one output shard under a temporary name; `commit` renames it into place."""
 
     ROW_GROUP = 1024  # Parquet rows per row group written
+    _pq: Any  # Parquet: the pyarrow ParquetWriter, None until the first row group
+    _buffer: list[Any]  # Parquet: the pyarrow tables not written yet
 
     def __init__(self, job: ShardJob):
         self.job = job
@@ -385,9 +396,16 @@ class _ShardWriter:
         else:
             self._pq = None
 
+<<<<<<< HEAD
     def write_wds(self, rec: Record, images: dict[str, bytes]) -> None:
         """Write `rec` with the image fields in `images` replaced (the others as they were)."""
         fields = {**rec.fields, **images}
+=======
+    def write_wds(self, rec: Record, image: bytes | None) -> None:
+        fields = dict(rec.fields)
+        if image is not None:
+            fields[rec.image_field] = image
+>>>>>>> 71a40e90336a1d988222fc7420eb38717b6d61f3
         self._tar.write({"__key__": rec.key, **fields})
         self.count += 1
 
@@ -426,7 +444,7 @@ class _ShardWriter:
 
     def open_parquet(self, schema) -> None:
         self._schema = schema
-        self._buffer: list = []
+        self._buffer = []
         self._buffered = 0
 
     def commit(self) -> None:

@@ -65,6 +65,12 @@ class FaceEmbedder(nn.Module):
             embedder's fingerprint.
     """
 
+    # buffers (register_buffer), declared for the type checker
+    input_warp: "torch.Tensor | None"
+    _order: torch.Tensor
+    _mean: torch.Tensor
+    _std: torch.Tensor
+
     def __init__(
         self,
         net: nn.Module,
@@ -114,6 +120,7 @@ class FaceEmbedder(nn.Module):
         """Resample (N, 3, H, W) into the network's layout: an antialiased resize to the scale the warp
         samples at (about one input pixel per output pixel), then a bilinear affine warp; outside the
         image is zero."""
+        assert self.input_warp is not None, "only an embedder with an input_warp warps"
         theta = self.input_warp.to(x.dtype)
         h, w = self.input_size
         if len(x) == 0:  # affine_grid refuses an empty batch; an empty batch embeds to (0, D) as with a plain resize

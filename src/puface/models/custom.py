@@ -78,9 +78,10 @@ def _triple(value: Any, key: str, where: str) -> tuple[float, float, float]:
         vals = tuple(_number(v) for v in value)
     else:
         vals = (_number(value),) * 3
-    if len(vals) != 3 or None in vals:
+    nums = [v for v in vals if v is not None]
+    if len(vals) != 3 or len(nums) != 3:
         raise ConfigError(f"{where}: {key} must be a number or 3 numbers (one per channel), got {value!r}")
-    return vals  # type: ignore[return-value]
+    return (nums[0], nums[1], nums[2])
 
 
 def _normalization(option: InputNormalization | Mapping | None, sidecar: Mapping, side_path: Path, model_path: Path) -> InputNormalization:
@@ -121,9 +122,10 @@ def _count(value: Any) -> int | None:
 
 def _size(value: Any, where: str) -> tuple[int, int]:
     vals = [_count(v) for v in value] if isinstance(value, (list, tuple)) else [_count(value)] * 2
-    if len(vals) != 2 or None in vals:
+    nums = [v for v in vals if v is not None]
+    if len(vals) != 2 or len(nums) != 2:
         raise ConfigError(f"{where}: input_size must be [height, width] in pixels (positive whole numbers), got {value!r}")
-    return (vals[0], vals[1])  # type: ignore[return-value]
+    return (nums[0], nums[1])
 
 
 def _kind(path: Path) -> str:
@@ -188,14 +190,15 @@ def _load_onnx(path: Path) -> tuple[nn.Module, tuple[int, int] | None]:
         model = load_onnx_model(path)
     except OnnxImportError as e:
         raise CustomModelError(f"{e}; puface reads face models as ONNX (.onnx) or TorchScript (.pt)") from None
-    net = OnnxModule(model, source=path)
-    if len(net.input_names) != 1:
-        raise CustomModelError(f"{path}: a face model must take one image input; this graph takes {net.input_names}")
-    shape = net.input_shapes[0]
+    graph = OnnxModule(model, source=path)
+    if len(graph.input_names) != 1:
+        raise CustomModelError(f"{path}: a face model must take one image input; this graph takes {graph.input_names}")
+    shape = graph.input_shapes[0]
     if len(shape) != 4:
-        raise CustomModelError(f"{path}: the input {net.input_names[0]!r} has shape {shape}; expected (N, 3, H, W)")
+        raise CustomModelError(f"{path}: the input {graph.input_names[0]!r} has shape {shape}; expected (N, 3, H, W)")
+    net: nn.Module = graph
     if shape[3] == 3 and shape[1] != 3:  # channels last (N, H, W, 3), as TensorFlow exports (tf2onnx) take
-        net, shape = _ChannelsLast(net), (shape[0], 3, shape[1], shape[2])
+        net, shape = _ChannelsLast(graph), (shape[0], 3, shape[1], shape[2])
     if shape[1] not in (None, 3):
         raise CustomModelError(f"{path}: the input has shape {shape}, no dimension of 3 colour channels; "
                                "expected (N, 3, H, W) or (N, H, W, 3)")

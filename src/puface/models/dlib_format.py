@@ -22,6 +22,7 @@ input_rgb_image(_sized), loss_metric(_2). Anything else raises `DlibFormatError`
 
 from __future__ import annotations
 
+import builtins
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,7 @@ class _Reader:
         self.pos += n
         return b
 
+    # (below these methods, annotations name builtins.int / builtins.bool: the methods shadow the types)
     def int(self, what: str, nbytes: int = 8, signed: bool = True) -> int:
         start = self.pos
         ctrl = self.take(1, what)[0]
@@ -110,10 +112,10 @@ class _Reader:
         value = int.from_bytes(self.take(size, what), "little")
         return -value if neg else value
 
-    def uint(self, what: str, nbytes: int = 8) -> int:
+    def uint(self, what: str, nbytes: builtins.int = 8) -> builtins.int:
         return self.int(what, nbytes, signed=False)
 
-    def version(self, what: str, allowed: tuple[int, ...]) -> int:
+    def version(self, what: str, allowed: tuple[builtins.int, ...]) -> builtins.int:
         start = self.pos
         v = self.int(f"{what} version", 4)
         if v not in allowed:
@@ -127,14 +129,14 @@ class _Reader:
             return _FLOAT_SPECIAL[exponent]
         return math.ldexp(float(mantissa), exponent)
 
-    def bool(self, what: str) -> bool:
+    def bool(self, what: str) -> builtins.bool:
         start = self.pos
         ch = self.take(1, what)
         if ch not in (b"0", b"1"):
             raise self.fail(f"expected '0' or '1' for {what}, got byte 0x{ch[0]:02x}", start)
         return ch == b"1"
 
-    def string(self, what: str, max_len: int = 256) -> str:
+    def string(self, what: str, max_len: builtins.int = 256) -> str:
         start = self.pos
         n = self.uint(f"{what} (length)")
         if n > max_len:
@@ -145,7 +147,7 @@ class _Reader:
         except UnicodeDecodeError:
             raise self.fail(f"non-ASCII bytes in {what}", start) from None
 
-    def peek_string_startswith(self, prefix: bytes) -> bool:
+    def peek_string_startswith(self, prefix: bytes) -> builtins.bool:
         """True when a string starting with `prefix` comes next; the cursor does not move."""
         start = self.pos
         try:
@@ -156,8 +158,9 @@ class _Reader:
         self.pos = start
         return ok
 
-    def shape4(self, what: str) -> tuple[int, int, int, int]:
-        return tuple(self.int(f"{what} {d}") for d in ("num_samples", "k", "nr", "nc"))  # type: ignore[return-value]
+    def shape4(self, what: str) -> tuple[builtins.int, builtins.int, builtins.int, builtins.int]:
+        n, k, nr, nc = (self.int(f"{what} {d}") for d in ("num_samples", "k", "nr", "nc"))
+        return n, k, nr, nc
 
     def tensor(self, what: str) -> np.ndarray:
         """A `resizable_tensor` (version 2) -> float32 array of shape (n, k, nr, nc)."""
@@ -170,7 +173,7 @@ class _Reader:
         raw = self.take(4 * count, f"the {count} float32 values of tensor {what} {shape}")
         return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)
 
-    def alias(self, what: str) -> tuple[int, int, int, int]:
+    def alias(self, what: str) -> tuple[builtins.int, builtins.int, builtins.int, builtins.int]:
         self.version(f"alias_tensor {what}", (1,))
         return self.shape4(f"alias_tensor {what}")
 
@@ -235,7 +238,7 @@ def _fc_2(r: _Reader, layer: DlibLayer) -> None:
     a.update(_lr_multipliers(r, "fc_"))
     if w[:2] != (a["num_inputs"], a["num_outputs"]):
         raise r.fail(f"fc_: weights {w} disagree with {a['num_inputs']} inputs x {a['num_outputs']} outputs")
-    parts = {"weight": (w[0], w[1])}
+    parts: dict[str, tuple[int, ...]] = {"weight": (w[0], w[1])}
     if a["bias"]:
         parts["bias"] = (math.prod(b),)
     layer.weights = _split(r, params, parts, "fc_", layer.offset)

@@ -118,6 +118,7 @@ class DlibResNet29(nn.Module):
         """The 29 convolutions in dlib's (forward) order."""
         out = [self.stem]
         for block in self.blocks:
+            assert isinstance(block, ResidualBlock)
             out += [block.conv1, block.conv2]
         return out
 
@@ -142,9 +143,9 @@ def _check_layout(net: DlibNetwork, model: DlibResNet29) -> None:
     found, expected = net.kinds(), expected_layout()
     if found != expected:
         i = next((i for i, (f, e) in enumerate(zip(found, expected)) if f != e), min(len(found), len(expected)))
-        got = found[i] if i < len(found) else "(end)"
-        want = expected[i] if i < len(expected) else "(end)"
-        raise fail(f"layer {i} is {got!r}, expected {want!r} ({len(found)} layers, expected {len(expected)})")
+        got_kind = found[i] if i < len(found) else "(end)"
+        want_kind = expected[i] if i < len(expected) else "(end)"
+        raise fail(f"layer {i} is {got_kind!r}, expected {want_kind!r} ({len(found)} layers, expected {len(expected)})")
     inp = net.input.attrs
     if inp.get("nr", INPUT_SIZE[0]) != INPUT_SIZE[0] or inp.get("nc", INPUT_SIZE[1]) != INPUT_SIZE[1]:
         raise fail(f"input size {inp.get('nr')}x{inp.get('nc')}, expected {INPUT_SIZE[0]}x{INPUT_SIZE[1]}")
@@ -235,7 +236,7 @@ def dlib_resnet29(path: str | Path | None = None, channels_last: bool = True, in
         raise PufaceError(f"dlib-resnet29: unknown input_layout {input_layout!r}; choose one of {', '.join(LAYOUTS)}")
     net = load_dlib_resnet29(path)
     if channels_last:
-        net = net.to(memory_format=torch.channels_last)
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack memory_format
     return FaceEmbedder(
         net,
         name="dlib-resnet29",

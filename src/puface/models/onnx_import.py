@@ -269,6 +269,9 @@ class Linear(nn.Module):
 class ChannelAffine(nn.Module):
     """Inference BatchNormalization, y = x * scale + shift over dim 1 of x (N, C, ...)."""
 
+    scale: Tensor  # buffers
+    shift: Tensor
+
     def __init__(self, gamma: Tensor, beta: Tensor, mean: Tensor, var: Tensor, eps: float):
         super().__init__()
         a = gamma / torch.sqrt(var + eps)
@@ -283,6 +286,8 @@ class ChannelAffine(nn.Module):
 class PReLU(nn.Module):
     """ONNX PRelu with a constant slope: x if x >= 0 else slope * x (slope broadcast numpy-style).
     A per-channel slope of shape (C,1,...,1) runs as `F.prelu`."""
+
+    slope: Tensor  # buffer
 
     def __init__(self, slope: Tensor):
         super().__init__()
@@ -942,7 +947,8 @@ class OnnxModule(nn.Module):
                 b = consts[ins[2]] if len(ins) > 2 and ins[2] else None
                 bn = single_bn_after(outs[0], w.shape[0])
                 if bn is not None:
-                    w, b = _fold_bn(w, b, *(consts[i] for i in bn.input[1:5]), float(_attrs(bn).get("epsilon", 1e-5)))
+                    gamma, beta, mean, var = (consts[i] for i in bn.input[1:5])
+                    w, b = _fold_bn(w, b, gamma, beta, mean, var, float(_attrs(bn).get("epsilon", 1e-5)))
                     outs = [bn.output[0]]
                     skip.add(id(bn))
                 add(Conv(w, b, a), [ins[0]], outs)
@@ -950,12 +956,14 @@ class OnnxModule(nn.Module):
                 w, b, trans_a = lin
                 bn = single_bn_after(outs[0], w.shape[0])
                 if bn is not None and n.op_type == "Gemm":  # Gemm output is (N, out): BN's dim 1 is `out`
-                    w, b = _fold_bn(w, b, *(consts[i] for i in bn.input[1:5]), float(_attrs(bn).get("epsilon", 1e-5)))
+                    gamma, beta, mean, var = (consts[i] for i in bn.input[1:5])
+                    w, b = _fold_bn(w, b, gamma, beta, mean, var, float(_attrs(bn).get("epsilon", 1e-5)))
                     outs = [bn.output[0]]
                     skip.add(id(bn))
                 add(Linear(w, b, trans_a), [ins[0]], outs)
             elif n.op_type == "BatchNormalization" and all(i in consts for i in ins[1:5]) and not a.get("training_mode", 0):
-                add(ChannelAffine(*(consts[i] for i in ins[1:5]), float(a.get("epsilon", 1e-5))), [ins[0]], outs[:1])
+                gamma, beta, mean, var = (consts[i] for i in ins[1:5])
+                add(ChannelAffine(gamma, beta, mean, var, float(a.get("epsilon", 1e-5))), [ins[0]], outs[:1])
             elif n.op_type == "PRelu" and ins[1] in consts:
                 add(PReLU(consts[ins[1]]), [ins[0]], outs)
             else:
@@ -1002,7 +1010,9 @@ class OnnxModule(nn.Module):
             return self._static[name]
         if name not in self._const_names:
             raise KeyError(f"{self.source}: no constant {name!r} feeds a runtime node")
-        return self._buffers[self._const_names[name]]
+        t = self._buffers[self._const_names[name]]
+        assert t is not None, name  # registered from a folded constant, never None
+        return t
 
     def extra_repr(self) -> str:
         return f"source={self.source!r}, inputs={self.input_names}, outputs={self.output_names}"

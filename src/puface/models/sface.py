@@ -70,12 +70,12 @@ class _PReLUFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
         ctx.save_for_backward(x, weight)
         return F.prelu(x, weight)
 
     @staticmethod
-    def backward(ctx, g: Tensor):  # type: ignore[override]
+    def backward(ctx, g: Tensor):
         x, weight = ctx.saved_tensors
         gx = gw = None
         if ctx.needs_input_grad[0]:
@@ -101,6 +101,9 @@ class SFaceNet(nn.Module):
     `channels_last` (default) runs the convolutions in NHWC memory format (faster on CPU).
     """
 
+    input_mean: Tensor  # buffers
+    input_scale: Tensor
+
     def __init__(self, channels_last: bool = True):
         super().__init__()
         self.channels_last = channels_last
@@ -114,7 +117,7 @@ class SFaceNet(nn.Module):
         self.blocks = nn.Sequential(*layers)
         self.fc = nn.Linear(FEATURE_SHAPE[0] * FEATURE_SHAPE[1] * FEATURE_SHAPE[2], EMBEDDING_DIM)
         if channels_last:
-            self.to(memory_format=torch.channels_last)
+            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack memory_format
 
     def forward(self, x: Tensor) -> Tensor:
         x = (x - self.input_mean) * self.input_scale
@@ -151,10 +154,11 @@ def convert_sface(path: str | Path) -> dict[str, Tensor]:
     state: dict[str, Tensor] = {"input_mean": torch.tensor(127.5), "input_scale": torch.tensor(0.0078125)}
     convs = [m for m, _, _ in steps if isinstance(m, Conv)]
     acts = [m for m, _, _ in steps if isinstance(m, OnnxPReLU)]
+    # ref.blocks alternate conv, PReLU: block 2j is the j-th conv, 2j + 1 its PReLU
+    ref_convs = [m for m in ref.blocks if isinstance(m, nn.Conv2d)]
+    ref_acts = [m for m in ref.blocks if isinstance(m, PReLU)]
     targets = [(ref.stem, ref.stem_act, "stem", "stem_act")]
-    for i in range(len(BLOCKS)):
-        targets.append((ref.blocks[4 * i], ref.blocks[4 * i + 1], f"blocks.{4 * i}", f"blocks.{4 * i + 1}"))
-        targets.append((ref.blocks[4 * i + 2], ref.blocks[4 * i + 3], f"blocks.{4 * i + 2}", f"blocks.{4 * i + 3}"))
+    targets += [(c, p, f"blocks.{2 * j}", f"blocks.{2 * j + 1}") for j, (c, p) in enumerate(zip(ref_convs, ref_acts))]
     for conv, act, (tconv, tact, cname, aname) in zip(convs, acts, targets):
         if conv.weight.shape != tconv.weight.shape or conv.groups != tconv.groups:
             raise fail(f"{cname}: weight {tuple(conv.weight.shape)} groups {conv.groups}")
@@ -163,6 +167,8 @@ def convert_sface(path: str | Path) -> dict[str, Tensor]:
             raise fail(f"{cname}: strides {strides} / pads {conv.attrs.get('pads')}")
         if act.slope.numel() != tact.weight.numel():
             raise fail(f"{aname}: PReLU slope {tuple(act.slope.shape)}")
+        if conv.bias is None:
+            raise fail(f"{cname}: no bias")
         state[f"{cname}.weight"] = conv.weight.detach().clone()
         state[f"{cname}.bias"] = conv.bias.detach().clone()
         state[f"{aname}.weight"] = act.slope.reshape(-1).clone()
@@ -170,8 +176,8 @@ def convert_sface(path: str | Path) -> dict[str, Tensor]:
     # bn1 (per channel on 1024x7x7) -> flatten -> fc (with fc1's BN already folded): fold bn1 into fc too
     bn1, fc = steps[-4][0], steps[-1][0]
     assert isinstance(bn1, ChannelAffine) and isinstance(fc, Linear)
-    if fc.weight.shape != ref.fc.weight.shape:
-        raise fail(f"fc weight {tuple(fc.weight.shape)}")
+    if fc.weight.shape != ref.fc.weight.shape or fc.bias is None:
+        raise fail(f"fc weight {tuple(fc.weight.shape)}" + ("" if fc.bias is not None else ", no bias"))
     hw = FEATURE_SHAPE[1] * FEATURE_SHAPE[2]
     a, b = bn1.scale.repeat_interleave(hw), bn1.shift.repeat_interleave(hw)
     W = fc.weight.detach().double()

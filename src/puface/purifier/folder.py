@@ -44,7 +44,7 @@ def template_for(shape: tuple[int, int], template: str) -> str | None:
     says (150x150 dlib150, 112x112 arcface112), None when the size says neither."""
     if template != "auto":
         return template
-    return AUTO_TEMPLATES.get(tuple(shape))  # type: ignore[arg-type]
+    return AUTO_TEMPLATES.get((shape[0], shape[1]))
 
 
 def make_batch_process(purifier: Purifier | Mapping[str, Purifier], device: torch.device, channels_last: bool = True,
@@ -87,7 +87,7 @@ def make_batch_process(purifier: Purifier | Mapping[str, Purifier], device: torc
                 out = tensor_to_image(y[j])
                 change = np.abs(out.astype(np.int16) - items[i].image.astype(np.int16))
                 outcomes[i] = Outcome.ok(out, mean_abs_change=round(float(change.mean()), 3), max_abs_change=int(change.max()))
-        return outcomes  # type: ignore[return-value]
+        return outcomes  # type: ignore[return-value]  # no None left: the size groups cover every item
 
     return process
 
@@ -195,10 +195,10 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
             what: Purifier | str | None
             if given is not None:
                 what = copy.deepcopy(given).cpu()
-            elif is_shipped(weights):
+            elif weights is None or is_shipped(weights):
                 what = str(weights) if weights else None
             else:
-                what = str(Path(weights).resolve())  # type: ignore[arg-type]
+                what = str(Path(weights).resolve())
             factory = partial(ray_batch_process, what, str(dev), align, largest_face, no_face, template, step)
             report = run_ray_job(jobs, factory, batch_size=batch_size, resume=resume, address=address, workers=workers,
                                  cpus_per_worker=cpus_per_worker, gpus_per_worker=1.0 if dev.type == "cuda" else 0.0,

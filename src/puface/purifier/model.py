@@ -123,7 +123,7 @@ def tiled(fn, images: torch.Tensor, tile: int | None = None, margin: int | None 
     block of the result kept (None: `TILE`, `TILE_MARGIN`). Images no larger than tile x tile go through `fn` whole."""
     tile, margin = tile or TILE, TILE_MARGIN if margin is None else margin
     H, W = images.shape[-2:]
-    if H <= tile and W <= tile:
+    if (H <= tile and W <= tile) or H == 0 or W == 0:  # one tile, or none to cut
         return fn(images)
     out = None
     for y0 in range(0, H, tile):
@@ -134,6 +134,7 @@ def tiled(fn, images: torch.Tensor, tile: int | None = None, margin: int | None 
             if out is None:
                 out = part.new_empty(images.shape)
             out[..., y0:y1, x0:x1] = part[..., y0 - a : y1 - a, x0 - b : x1 - b]
+    assert out is not None  # H, W >= 1: at least one tile
     return out
 
 
@@ -267,8 +268,8 @@ class Purifier(nn.Module):
         """
         step = check_step(step)
         images = to_float(images)
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected (N, 3, H, W) RGB images, got shape {tuple(images.shape)}")
+        if images.ndim != 4 or images.shape[1] != 3 or 0 in images.shape[2:]:
+            raise ValueError(f"expected (N, 3, H, W) RGB images of at least 1 x 1 px, got shape {tuple(images.shape)}")
         home, home_fmt = next(self.parameters()).device, weights_memory_format(self)
         if device is not None:
             self.to(resolve_device(device))
@@ -277,7 +278,7 @@ class Purifier(nn.Module):
         self.eval()
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         if fmt != home_fmt:
-            self.to(memory_format=fmt)
+            self.to(memory_format=fmt)  # type: ignore[call-overload]  # stubs lack memory_format
         out = []
         try:
             for i in range(0, len(images), max(1, batch_size)):
@@ -328,7 +329,7 @@ class Purifier(nn.Module):
         """Load a purifier checkpoint (`.pt` or `.safetensors`); None, "" or "default" = the shipped purifier
         (how configs name it), "arcface112" = the shipped one for ArcFace 112 px crops (`SHIPPED_WEIGHTS`)."""
         name = None
-        if is_shipped(path):
+        if path is None or is_shipped(path):
             name = str(path or "default")
             path = shipped_weights_path(name)
             if not path.is_file():

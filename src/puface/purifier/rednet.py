@@ -93,8 +93,8 @@ class RedNet(nn.Module):
                 dec.append(nn.ConvTranspose2d(c, cout, k, padding=k // 2))
         self.encoder = nn.ModuleList(enc)
         self.decoder = nn.ModuleList(dec)  # decoder[i] mirrors encoder[i]; applied in reverse order
-        nn.init.zeros_(self.decoder[0].weight)
-        nn.init.zeros_(self.decoder[0].bias)
+        for p in dec[0].parameters():  # the last layer's weight and bias start at zero
+            nn.init.zeros_(p)
 
     @property
     def multiple(self) -> int:

@@ -169,7 +169,9 @@ def input_variants(targets: torch.Tensor, inputs: torch.Tensor, config: AmplifyC
     `config.input_variants` (drawn per row; JPEG: as a site re-encodes an upload); the other rows unchanged.
 
     targets, inputs: (N, 3, H, W) in [0, 1]. Draws nothing from `generator` when the share is 0."""
-    return _vary(targets, config.input_variants, config.input_share, generator, inputs)
+    varied, varied_inputs = _vary(targets, config.input_variants, config.input_share, generator, inputs)
+    assert varied_inputs is not None  # _vary gives its second tensor back varied
+    return varied, varied_inputs
 
 
 def _vary(a: torch.Tensor, specs: tuple[str, ...], share: float, generator: torch.Generator | None,
@@ -189,6 +191,6 @@ def _vary(a: torch.Tensor, specs: tuple[str, ...], share: float, generator: torc
         if len(rows):
             variant = _variant(spec)
             a2[rows] = variant(a[rows]).to(a.dtype)
-            if b is not None:
+            if b is not None and b2 is not None:  # (b2 is b's copy)
                 b2[rows] = variant(b[rows]).to(b.dtype)
     return a2, b2

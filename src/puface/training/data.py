@@ -196,7 +196,10 @@ def build_pairs(root: str | Path, identities: Sequence[str], attacks: Sequence[d
     names = _check_specs(attacks)
     ds = scan_identities(root, identities=identities, max_per_identity=max_per_identity, seed=seed)
     cloak_fn = cloak_fn or cloak_with_cache()
-    nat_parts, clk_parts, lab_parts, files = [], [], [], []
+    nat_parts: list[torch.Tensor] = []
+    clk_parts: list[torch.Tensor] = []
+    lab_parts: list[torch.Tensor] = []
+    files: list[str] = []
     for a, spec in enumerate(attacks):
         chosen = choose_images(ds.images, spec.get("images"), seed, f"{tag}:{names[a]}")
         paths = [im.path for im in chosen]

@@ -428,6 +428,7 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
                                                    log=log)
     scalar_norm = {}
     if net_cfg is not None:
+        assert samples is not None  # DetectorTrainConfig refuses a net without [[attacks]]
         for name in net_cfg.scalars:
             kind, _, arg = name.partition(":")
             if kind != "log_shift" or arg not in base.embedders:

@@ -210,8 +210,9 @@ def _precision_knobs() -> list[tuple[object, str, object, object]]:
     """(object, attribute, value for TF32 on, value for off) for cuDNN convolutions and CUDA matmuls:
     PyTorch >= 2.9's `fp32_precision` API, else the legacy `allow_tf32` flags (mixing the two raises)."""
     conv, mm = torch.backends.cudnn, torch.backends.cuda.matmul
-    if hasattr(getattr(conv, "conv", None), "fp32_precision"):
-        return [(conv.conv, "fp32_precision", "tf32", "ieee"), (mm, "fp32_precision", "tf32", "ieee")]
+    conv_conv = getattr(conv, "conv", None)  # torch >= 2.9 (not in its type stubs)
+    if hasattr(conv_conv, "fp32_precision"):
+        return [(conv_conv, "fp32_precision", "tf32", "ieee"), (mm, "fp32_precision", "tf32", "ieee")]
     return [(conv, "allow_tf32", True, False), (mm, "allow_tf32", True, False)]
 
 
@@ -360,7 +361,8 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
 
     tc = cfg.train
     fmt = torch.channels_last if tc.channels_last else torch.contiguous_format
-    purifier = Purifier(cfg.model).to(d.device).to(memory_format=fmt)
+    purifier = Purifier(cfg.model).to(d.device)
+    purifier.to(memory_format=fmt)  # type: ignore[call-overload]  # stubs lack memory_format
     loss_embs = _load_embedders(cfg.loss.embedders if cfg.loss.feature_weight > 0 else (), d.device, embedders)
     val_embs = _load_embedders(cfg.val_embedders, d.device, {**(embedders or {}), **loss_embs})
     criterion = PurifierLoss(cfg.loss.image, cfg.loss.feature_weight, list(loss_embs.values()), cfg.loss.distance).to(d.device)
@@ -380,16 +382,17 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
     nat_emb: list[tuple[torch.Tensor, torch.Tensor]] = []
     if criterion.feature is not None:
         for e in criterion.feature.embedders:
-            plain, flip = [], []
+            plain: list[torch.Tensor] = []
+            mirrored: list[torch.Tensor] = []
             with torch.no_grad():
                 for i in range(0, len(train_pairs), 64):
                     x, _ = train_pairs.batch(torch.arange(i, min(i + 64, len(train_pairs))))
                     x = x.to(d.device)
                     plain.append(e(x))
-                    flip.append(e(x.flip(-1)))
-            nat_emb.append((torch.cat(plain), torch.cat(flip)))
+                    mirrored.append(e(x.flip(-1)))
+            nat_emb.append((torch.cat(plain), torch.cat(mirrored)))
 
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": -math.inf, "history": []}
+    state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": -math.inf, "history": []}
     if tc.init and resumed is None:  # a resumed run continues from its own weights
         _init_from(purifier, tc.init)
         say(f"initialised from {tc.init}")
@@ -457,9 +460,9 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
             state["global_step"] += 1
             seen += len(idx) * d.world_size
             rate = seen / max(1e-9, time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{parts['total']:.5f}", img=f"{parts['image']:.5f}",
-                            **({"feat": f"{parts['feature']:.4f}"} if "feature" in parts else {}),
-                            ips=f"{rate:.1f}", refresh=False)
+            feat: dict[str, Any] = {"feat": f"{parts['feature']:.4f}"} if "feature" in parts else {}
+            bar.set_postfix(loss=f"{parts['total']:.5f}", img=f"{parts['image']:.5f}", **feat, ips=f"{rate:.1f}",
+                            refresh=False)
             bar.update(1)
             steps_this_call += 1
             if stop_after_steps is not None and steps_this_call >= stop_after_steps and step + 1 < len(batches):

@@ -43,6 +43,8 @@ class GaussianBlur(nn.Module):
     needs H, W > k // 2.
     """
 
+    taps: torch.Tensor  # buffer
+
     def __init__(self, kernel_size: int = 7, sigma: float = 3.0):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:

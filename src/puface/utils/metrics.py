@@ -71,12 +71,12 @@ class _ValidFilter1d(torch.autograd.Function):
     symmetric) over the gradient zero-padded by k - 1 on both sides ('full' correlation)."""
 
     @staticmethod
-    def forward(ctx, x, fwd: _BandPlan, bwd: _BandPlan):  # type: ignore[override]
+    def forward(ctx, x, fwd: _BandPlan, bwd: _BandPlan):
         ctx.bwd = bwd
         return fwd.apply(x)
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad):
         k = ctx.bwd.k
         return ctx.bwd.apply(F.pad(grad, (k - 1, k - 1))), None, None
 
@@ -133,7 +133,7 @@ class _SSIMToReference(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, ref: "ReferenceSSIM"):  # type: ignore[override]
+    def forward(ctx, x, ref: "ReferenceSSIM"):
         f = ref.filter
         mu_x, xx, xy = f(x), f(x * x), f(x * ref.y)  # three calls: cheaper than one on a concatenation
         mu_y = ref.mu_y
@@ -152,7 +152,7 @@ class _SSIMToReference(torch.autograd.Function):
         return s.mean(dim=(1, 2, 3))
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad):
         x, d_mu, d_xx, d_xy = ctx.saved_tensors
         ref = ctx.ref
         h, w = x.shape[-2:]
@@ -184,7 +184,8 @@ def ssim(x: torch.Tensor, y: torch.Tensor, max_val: float = 1.0, window: int = W
     c1, c2 = (K1 * max_val) ** 2, (K2 * max_val) ** 2
     c = x.shape[1]
     m = f(torch.cat([x, y, x * x, y * y, x * y], dim=1))
-    return _ssim_from_moments(*(m[:, i * c : (i + 1) * c] for i in range(5)), c1, c2)
+    mu_x, mu_y, xx, yy, xy = (m[:, i * c : (i + 1) * c] for i in range(5))
+    return _ssim_from_moments(mu_x, mu_y, xx, yy, xy, c1, c2)
 
 
 def dssim(x: torch.Tensor, y: torch.Tensor, max_val: float = 1.0) -> torch.Tensor:
