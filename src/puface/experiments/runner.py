@@ -80,8 +80,8 @@ def run_experiment(
         cfg, root, cfg.seeds[0], exclude=() if allow else exclude, progress=progress)
     first_load_s = time.perf_counter() - t_load
     proto_cls, extra = _protocol(cfg, root, echo)  # published photos need dlib: checked before the folder is touched
-    data, data_content = data_fingerprints(root)
-    folder = ResultsFolder(out, cfg, results_fingerprint(cfg, victims, defenses), restart=restart, data=data,
+    data_fp, data_content = data_fingerprints(root)
+    folder = ResultsFolder(out, cfg, results_fingerprint(cfg, victims, defenses), restart=restart, data=data_fp,
                            data_content=data_content, models=models_fingerprint(checked, victims))
     if folder.done:
         echo(f"resuming: {len(folder.done)} finished run(s) found in {folder.runs_path}")

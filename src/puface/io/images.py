@@ -107,16 +107,10 @@ def _reference_tables() -> np.ndarray:
                 buf = io.BytesIO()
                 tile.save(buf, format="JPEG", quality=q)
                 with Image.open(buf) as im:
-<<<<<<< HEAD
-                    t = im.quantization  # type: ignore[attr-defined]
+                    t = im.quantization  # type: ignore[attr-defined]  # JpegImageFile's; Image.open is typed ImageFile
                 rows.append(np.concatenate([np.asarray(t[0]), np.asarray(t[1])]).astype(np.int64))
             _REFERENCE_TABLES.append(np.stack(rows))
         return _REFERENCE_TABLES[0]
-=======
-                    t = im.quantization  # type: ignore[attr-defined]  # JpegImageFile's; Image.open is typed ImageFile
-                _REFERENCE_TABLES.append((q, np.concatenate([np.asarray(t[0]), np.asarray(t[1])]).astype(np.int64)))
-        return _REFERENCE_TABLES
->>>>>>> 71a40e90336a1d988222fc7420eb38717b6d61f3
 
 
 def jpeg_settings(im: Image.Image) -> tuple[int, str] | None:

@@ -593,11 +593,7 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
     except Exception:  # metadata is best effort; the pixels were read fine
         pass
     return LoadedImage(job, np.asarray(im, dtype=np.uint8), exif_bytes, icc, fmt, alpha, gray, palette, storage, under,
-<<<<<<< HEAD
-                       fmt == "WEBP" and is_lossless_webp(data), dpi, compression)  # type: ignore[arg-type]
-=======
-                       fmt == "WEBP" and is_lossless_webp(encoded))
->>>>>>> 71a40e90336a1d988222fc7420eb38717b6d61f3
+                       fmt == "WEBP" and is_lossless_webp(encoded), dpi, compression)
 
 
 def in_input_mode(item: LoadedImage, image: np.ndarray, *, gray: bool = True) -> np.ndarray:

@@ -396,16 +396,9 @@ class _ShardWriter:
         else:
             self._pq = None
 
-<<<<<<< HEAD
     def write_wds(self, rec: Record, images: dict[str, bytes]) -> None:
         """Write `rec` with the image fields in `images` replaced (the others as they were)."""
         fields = {**rec.fields, **images}
-=======
-    def write_wds(self, rec: Record, image: bytes | None) -> None:
-        fields = dict(rec.fields)
-        if image is not None:
-            fields[rec.image_field] = image
->>>>>>> 71a40e90336a1d988222fc7420eb38717b6d61f3
         self._tar.write({"__key__": rec.key, **fields})
         self.count += 1
 
@@ -528,7 +521,8 @@ def run_shard_job(
     def handle(job: ShardJob, recs: list[Record], pool: ThreadPoolExecutor) -> tuple[list[dict[str, bytes]], list[bool]]:
         """Decode, process and encode every image of a batch of records; returns each record's new image bytes (by
         field) and which records to keep (those whose every image was written or copied)."""
-        units = [(i, f) for i, r in enumerate(recs) for f in (list(r.images) or [None])]
+        units: list[tuple[int, str | None]] = [(i, f) for i, r in enumerate(recs)
+                                                for f in (list[str | None](r.images) or [None])]
 
         def label(u: int) -> str:
             i, f = units[u]

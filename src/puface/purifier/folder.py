@@ -63,7 +63,8 @@ def make_batch_process(purifier: Purifier | Mapping[str, Purifier], device: torc
         raise PufaceError(f"unknown template {template!r}; choose auto or one of {', '.join(TEMPLATES)}")
     # the job's own copies, on `device` and in the memory layout it runs: the caller's purifier is left as it was
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    own = {id(p): copy.deepcopy(p).to(device, memory_format=fmt).eval() for p in as_layouts(purifier).values()}
+    own = {id(p): copy.deepcopy(p).to(device, memory_format=fmt).eval()  # type: ignore[call-overload]  # stubs lack it
+           for p in as_layouts(purifier).values()}
     layouts = {t: own[id(p)] for t, p in as_layouts(purifier).items()}
     main = own[id(primary_purifier(purifier))]
     steps = {id(p): job_step(p, step) for p in layouts.values()}

@@ -290,7 +290,7 @@ class Purifier(nn.Module):
         finally:  # the caller's module as it was
             self.train(was_training)
             if fmt != home_fmt:
-                self.to(memory_format=home_fmt)
+                self.to(memory_format=home_fmt)  # type: ignore[call-overload]  # stubs lack memory_format
             if dev != home:
                 self.to(home)
         return torch.cat(out) if out else images.new_empty(images.shape)
