@@ -90,6 +90,10 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
     cfg = load_config(config_path, sets, drop_attacks=drop_attacks, add_attacks=[_parse_attack(a) for a in add_attacks],
                       data_root=data)
     out = out_dir or Path("runs") / Path(config_path).stem
+    if export_path is not None:  # before training, not after it
+        from ..io.files import check_output_file
+
+        check_output_file(export_path, "--export")
     if prepare_only:
         d = init_distributed(None if device == "auto" else device)
         try:

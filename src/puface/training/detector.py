@@ -52,7 +52,7 @@ from ..defenses import create_defense
 from ..detection.detector import DEFAULT_CONFIDENCE, DEFAULT_FPR, CloakDetector, DetectorConfig
 from ..detection.storage import is_storage_kind
 from ..detection.net import ResidualNet, ResidualNetConfig
-from ..io.files import check_output_root, list_image_files
+from ..io.files import check_output_folder, check_output_root, list_image_files
 from ..io.images import atomic_write_bytes
 from ..purifier.model import Purifier
 from ..utils.device import resolve_device
@@ -394,6 +394,7 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
     out = Path(out)
     check_output_root(out)  # a file there: one line, not a traceback
     root = resolve_data_root(cfg.data["root"])  # data and purifier checked before the output folder is touched
+    check_output_folder(root, out)  # not in the data (nor the data in it)
     weights = cfg.data["purifier"]
     purifier = Purifier.load(weights)
     summary = purifier.meta.get("data_summary") or {}
