@@ -172,7 +172,8 @@ def calibrate_detector(natural: Path, out_path: Path, weights: Path | None, puri
               help="Identity folders instead of the config's [data] root (the packaged recipe names \"lfw-chips150\", "
                    "found through $PUFACE_DATA).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Output folder for detector.safetensors, config.toml and metrics.json. Default: runs/detector-<config>.")
+              help="Output folder for detector.safetensors, config.toml (the recipe as it ran) and metrics.json (AUCs, "
+                   "calibration, the net's epochs); not inside the data. Default: runs/detector-<config>.")
 @click.option("--purifier", type=click.Path(path_type=Path), default=None,
               help="The purifier whose features the detector uses (a checkpoint of `puface train-purifier`) instead "
                    "of the config's [data] purifier (the shipped one); it must record its identity split. Use the "
@@ -192,10 +193,9 @@ def train_detector(config_path: str, data: Path | None, out_dir: Path | None, pu
     It learns from the purifier's training identities (natural chips, re-encoded and resampled variants,
     and their cloaks made through the shared cloak cache) less a seeded share (data.calibration_fraction),
     and sets its threshold on natural chips of that share and of the purifier's validation identities;
-    the identities the purifier held out stay unseen. There is no mid-run resume, but cloaks (per image)
-    and the purifier's features (per finished sample set: fit, validation, calibration) are cached, so a
-    rerun after an interruption redoes the net's training (2-8 min on a 2-core CPU for the shipped
-    recipes) and any sample set it had not finished.
+    the identities the purifier held out stay unseen. A rerun after an interruption continues: cloaks
+    (per image) and the purifier's features (per finished sample set: fit, validation, calibration) are
+    cached, and the net resumes after its last finished epoch (OUT/.net-state.pt, removed at the end).
     """
     import torch
 
