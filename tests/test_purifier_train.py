@@ -419,3 +419,16 @@ def test_the_temporaries_of_a_killed_run_are_removed(johns_dir, tmp_path):
         p.write_bytes(b"partial")
     _run(_cfg(johns_dir, epochs=1, max_steps_per_epoch=1), out)
     assert not any(p.exists() for p in stale) and live.exists()
+
+
+def test_resuming_a_finished_run_says_it_is_finished(johns_dir, tmp_path):
+    """Rerunning a finished run said 'resuming from last.pt: epoch 2, step 0' of a 1-epoch run; now it says the run is
+    finished and trains nothing (the checkpoint is left as it was)."""
+    cfg = _cfg(johns_dir, epochs=1, max_steps_per_epoch=1)
+    _run(cfg, tmp_path / "run")
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    said: list[str] = []
+    train(cfg, tmp_path / "run", embedders={"standin": standin_embedder()}, cloak_fn=synthetic_cloak_fn(),
+          progress=False, log=said.append)
+    assert any("the run is finished (1 epochs); nothing to train" in s for s in said), said
+    assert not any(s.startswith("resuming") for s in said) and (tmp_path / "run" / "last.pt").read_bytes() == before

@@ -456,7 +456,10 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
         opt.load_state_dict(ts["optimizer"])
         sched.load_state_dict(ts["scheduler"])
         state.update({k: ts[k] for k in ("epoch", "step_in_epoch", "global_step", "best_score", "history") if k in ts})
-        say(f"resuming from {last_path}: epoch {state['epoch'] + 1}, step {state['step_in_epoch']}")
+        if state["epoch"] >= tc.epochs:
+            say(f"{last_path}: the run is finished ({tc.epochs} epochs); nothing to train (--no-resume trains afresh)")
+        else:
+            say(f"resuming from {last_path}: epoch {state['epoch'] + 1} of {tc.epochs}, step {state['step_in_epoch']}")
 
     if d.main:
         _keep_logged_epochs(out / "metrics.jsonl", state["epoch"])
