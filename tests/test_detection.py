@@ -890,3 +890,107 @@ def test_detect_help_and_default_out_with_ranks(tree, tmp_path, detector_file, m
     assert len(_read(tmp_path / "scores.rank1.csv")) == 4 and not (tmp_path / "scores.csv").exists()
     assert main(args + ["--rank", "0", "--out", "scores.csv"]) == 0
     assert len(_read(tmp_path / "scores.csv")) == 5 and not (tmp_path / "scores.rank0.csv").exists()
+
+
+def test_calibrate_detector_never_overwrites_its_input_detector(tree, tmp_path, detector_file, capsys):
+    """calibrate-detector --out the --detector file itself replaced the input detector (inputs are never overwritten);
+    an --out that is a folder or lies below a file is refused as well, all before any photo is scored."""
+    mine = tmp_path / "mine.safetensors"
+    mine.write_bytes(detector_file.read_bytes())
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "folder.safetensors").mkdir()
+    for out, message in ((mine, "is the input"), (tmp_path / "folder.safetensors", "is a folder"),
+                         (tmp_path / "afile" / "d.safetensors", "lies below the file")):
+        code = main(["calibrate-detector", str(tree), "--out", str(out), "--detector", str(mine), "--no-progress",
+                     "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err, (out, err)
+    assert mine.read_bytes() == detector_file.read_bytes()
+    assert not list(tmp_path.glob("*-calibration.csv"))
+
+
+def _tiny_detector_recipe(tmp_path, root, names) -> tuple[Path, Path]:
+    """(a small purifier recording `names[:4]` as trained on and the rest as validation, a one-epoch recipe on
+    `root` with one quick Fawkes attack)."""
+    from puface.purifier import Purifier, RedNetConfig
+
+    torch.manual_seed(0)
+    pur = Purifier(RedNetConfig(channels=8, depth=4, downsample=1),
+                   meta={"data_summary": {"train_identities": names[:4], "val_identities": names[4:], "heldout_identities": []}})
+    ckpt = pur.save(tmp_path / "pur.safetensors")
+    cfg = tmp_path / "det.toml"
+    cfg.write_text(f'''extends = "default"
+attacks = [{{name = "fawkes", mode = "custom", steps = 1, embedders = ["dlib-resnet29"], images = 4}}]
+[data]
+root = "{root}"
+purifier = "{ckpt}"
+calibration_fraction = 0.25
+max_natural = 4
+max_calibration = 4
+[augment]
+natural_variants = []
+[train]
+epochs = 1
+''')
+    return ckpt, cfg
+
+
+def test_train_detector_refuses_an_out_in_the_data_and_a_bad_export_before_training(tmp_path, johns_dir, capsys):
+    """train-detector --out inside --data was trained into; --export below a file or onto a folder ended, after the
+    whole training, in a FileExistsError / IsADirectoryError traceback. Now each is one line before any work."""
+    data = tmp_path / "data"
+    for f in sorted(johns_dir.glob("*/*.jpg")):
+        (data / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, data / f.parent.name / f.name)
+    names = sorted(p.name for p in data.iterdir())
+    ckpt, cfg = _tiny_detector_recipe(tmp_path, data, names)
+    (tmp_path / "afile").write_text("x")
+    cases = ((["--out", str(data / "det")], "lies inside the input folder"),
+             (["--out", str(tmp_path / "run"), "--export", str(tmp_path / "afile" / "d.safetensors")], "lies below the file"),
+             (["--out", str(tmp_path / "run"), "--export", str(tmp_path)], "is a folder"))
+    for args, message in cases:
+        code = main(["train-detector", "--config", str(cfg), "--no-progress", "--device", "cpu", *args])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)
+    assert not (data / "det").exists() and not (tmp_path / "run").exists()
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_train_detector_resumes_its_net_after_the_last_finished_epoch(tmp_path, johns_dir):
+    """train-detector had no resume: a run stopped in the net's training started the net over (the shipped recipes'
+    net takes 2-14 min on a 2-core CPU). Now each epoch's state is saved in OUT/.net-state.pt; the rerun continues
+    after the last finished epoch and ends with the same net, bit for bit; the file goes once the detector is
+    written, and a state saved by another recipe is not used."""
+    from puface.detection.detector import CloakDetector
+    from puface.training.detector import NET_STATE, load_detector_config, train_detector
+
+    names = sorted(p.name for p in johns_dir.iterdir() if p.is_dir())
+    ckpt, recipe = _tiny_detector_recipe(tmp_path, johns_dir, names)
+    cfg = load_detector_config(recipe, {"train.epochs": 3})
+    full = train_detector(cfg, tmp_path / "full", device="cpu", progress=False, log=lambda s: None)
+    assert not (tmp_path / "full" / NET_STATE).exists()
+
+    def stop_after_epoch_2(line: str) -> None:
+        if line.startswith("detector epoch 2:"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_detector(cfg, tmp_path / "cut", device="cpu", progress=False, log=stop_after_epoch_2)
+    assert (tmp_path / "cut" / NET_STATE).is_file() and not (tmp_path / "cut" / "detector.safetensors").exists()
+    said: list[str] = []
+    again = train_detector(cfg, tmp_path / "cut", device="cpu", progress=False, log=said.append)
+    assert any("resuming after epoch 2" in s for s in said) and sum(s.startswith("detector epoch") for s in said) == 1
+    assert all(torch.equal(a, b) for a, b in zip(full.net.state_dict().values(), again.net.state_dict().values()))
+    assert [h["epoch"] for h in again.meta["history"]] == [1, 2, 3]
+    assert not (tmp_path / "cut" / NET_STATE).exists()
+    # a state of another recipe (another learning rate) is not resumed
+    with pytest.raises(KeyboardInterrupt):
+        train_detector(cfg, tmp_path / "other", device="cpu", progress=False, log=stop_after_epoch_2)
+    said.clear()
+    train_detector(load_detector_config(recipe, {"train.epochs": 3, "train.lr": 1e-3}), tmp_path / "other",
+                   device="cpu", progress=False, log=said.append)
+    assert any("another recipe" in s for s in said) and sum(s.startswith("detector epoch") for s in said) == 3
+    from puface.purifier import Purifier
+
+    saved = CloakDetector.load(tmp_path / "cut" / "detector.safetensors", purifier=Purifier.load(ckpt))
+    assert saved.threshold() == full.threshold()

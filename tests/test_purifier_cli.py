@@ -370,3 +370,37 @@ def test_train_purifier_set_of_an_unknown_key_names_the_set(override, message, t
     code = main(["train-purifier", "--set", override, "--prepare-only", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2 and f"default.toml with --set {override}: {message}" in err  # the typo is the --set's
+
+
+def test_train_purifier_refuses_a_bad_export_before_training(johns_dir, johns_images, tmp_path, capsys):
+    """--export below a file (or onto a folder) ended, after the whole training, in a FileExistsError traceback;
+    now one line before any work, no run folder made."""
+    paths, _, images = johns_images
+    cloaked = synthetic_cloak(images[:12], 0)
+    for i, p in enumerate(paths[:12]):
+        write_image(tmp_path / "cloaked" / p.relative_to(johns_dir).with_suffix(".png"), tensor_to_image(cloaked[i]))
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(f"""
+[data]
+root = "{johns_dir}"
+heldout_min_images = 12
+[[attacks]]
+name = "folder"
+root = "{tmp_path / 'cloaked'}"
+[model]
+channels = 8
+depth = 2
+downsample = 1
+[loss]
+feature_weight = 0.0
+[train]
+epochs = 1
+batch_size = 4
+""")
+    (tmp_path / "afile").write_text("x")
+    for export, message in ((tmp_path / "afile" / "p.safetensors", "lies below the file"), (tmp_path, "is a folder")):
+        code = main(["train-purifier", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress",
+                     "--device", "cpu", "--export", str(export)])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err, err
+        assert not (tmp_path / "run").exists()

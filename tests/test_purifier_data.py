@@ -74,3 +74,46 @@ def test_image_choice_is_seeded_and_prefix_stable(johns_dir):
     assert choose_images(ims, "all", 0, "t") == sorted(ims)
     with pytest.raises(ConfigError):
         choose_images(ims, -3, 0, "t")
+
+
+def _tree(tmp_path, johns_dir, size_of):
+    """A copy of 2 johns identities (6 chips each) with chip i resized to `size_of(i)` px (None: as it is)."""
+    from PIL import Image
+
+    root = tmp_path / "faces"
+    for ident in sorted(p for p in johns_dir.iterdir() if p.is_dir())[:2]:
+        (root / ident.name).mkdir(parents=True)
+        for i, f in enumerate(sorted(ident.iterdir())[:6]):
+            im = Image.open(f)
+            s = size_of(i)
+            (im.resize((s, s)) if s else im).save(root / ident.name / f.name)
+    return root
+
+
+def test_training_chips_of_several_sizes_are_one_clear_error(johns_dir, tmp_path):
+    """Chips of mixed sizes ended in a ValueError traceback from load_images; now a PufaceError naming a file of each
+    size (cloaks from the cache and from a folder alike)."""
+    root = _tree(tmp_path, johns_dir, lambda i: 120 if i == 3 else None)
+    ids = sorted(p.name for p in root.iterdir())
+    with pytest.raises(PufaceError, match=r"120x120 px, unlike .*\(150x150 px\)"):
+        build_pairs(root, ids, [{"name": "fawkes", "mode": "high"}], cloak_fn=synthetic_cloak_fn(), log=lambda s: None)
+    from puface.data.loading import load_images
+
+    files = sorted(root.rglob("*.jpg"))
+    with pytest.raises(PufaceError, match=str(files[3])):
+        load_images(files)
+    assert load_images(files, size=150)[0].shape == (12, 3, 150, 150)  # resized on request, as before
+
+
+def test_chips_too_small_for_the_attack_are_one_clear_error(johns_dir, tmp_path):
+    """8x8 px chips reached Fawkes and ended in its ValueError traceback; the cloak cache now refuses them in one line
+    naming a file, before any attack runs."""
+    from puface.attacks import create_attack
+    from puface.attacks.cache import CloakCache
+
+    root = _tree(tmp_path, johns_dir, lambda i: 8)
+    attack = create_attack({"name": "fawkes", "mode": "custom", "steps": 1, "embedders": ["dlib-resnet29"]}, device="cpu")
+    files = sorted(root.rglob("*.jpg"))
+    with pytest.raises(PufaceError, match=rf"{files[0]}: 8x8 px \(12 images of this size\); fawkes-custom needs at least 11x11 px"):
+        CloakCache(root=tmp_path / "cache").cloak(attack, files, progress=False)
+    assert not list((tmp_path / "cache").rglob("*.png"))

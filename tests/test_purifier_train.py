@@ -323,3 +323,112 @@ def test_no_validation_identities_is_said(johns_dir, tmp_path):
     _, _, summary = prepare_data(cfg, cloak_fn=synthetic_cloak_fn(), log=said.append, progress=False)
     assert summary["val_identities"] == []
     assert any("no validation identities" in s and "training pairs" in s for s in said), said
+
+
+def test_every_run_file_is_placed_by_an_atomic_rename(johns_dir, tmp_path, monkeypatch):
+    """Each file a run leaves is written under a temporary name and renamed into place, so a kill (-9) never leaves
+    part of one (before: data_summary.json and result.json were written in place and metrics.jsonl appended to)."""
+    real = os.replace
+    placed: dict[str, bytes] = {}
+
+    def spy(src, dst):
+        real(src, dst)
+        placed[Path(dst).name] = Path(dst).read_bytes()
+
+    monkeypatch.setattr(os, "replace", spy)
+    out = tmp_path / "run"
+    _run(_cfg(johns_dir, epochs=2, max_steps_per_epoch=2), out)
+    left = sorted(p.name for p in out.iterdir())
+    assert left == sorted(["config.json", "data_summary.json", "metrics.jsonl", "last.pt", "best.pt", "best.safetensors",
+                           "result.json"])
+    for name in left:
+        assert placed.get(name) == (out / name).read_bytes(), f"{name} was not written by a rename"
+
+
+def test_a_face_model_or_init_that_does_not_load_is_said_before_any_cloak(johns_dir, tmp_path):
+    """A typo in loss.embedders, val.embedders or train.init stopped the run only after every cloak was made (hours
+    for the shipped recipe); now it stops first, naming the setting, and leaves no run folder."""
+    calls: list[dict] = []
+    cloak = synthetic_cloak_fn()
+
+    def counting(spec, paths):
+        calls.append(spec)
+        return cloak(spec, paths)
+
+    base = _cfg(johns_dir, epochs=1, max_steps_per_epoch=1).as_dict()
+    for edit, setting in ((lambda d: d["loss"].update(embedders=["standin", "no-such-model"]), "loss.embedders"),
+                          (lambda d: d["val"].update(embedders=["no-such-model"]), "val.embedders"),
+                          (lambda d: d["train"].update(init=str(tmp_path / "missing.safetensors")), "init")):
+        d = json.loads(json.dumps(base))
+        edit(d)
+        out = tmp_path / setting
+        with pytest.raises(PufaceError, match=setting):
+            train(PurifierTrainConfig.from_dict(d), out, embedders={"standin": standin_embedder()}, cloak_fn=counting,
+                  progress=False, log=lambda s: None)
+        assert not calls and not out.exists()
+
+
+def test_no_resume_keeps_the_earlier_runs_config_and_metrics_with_its_checkpoints(johns_dir, tmp_path):
+    """--no-resume set the earlier run's checkpoints aside but emptied its metrics.jsonl and overwrote its config.json
+    (its record of how they were made); now they are set aside with them."""
+    out = tmp_path / "run"
+    _run(_cfg(johns_dir, epochs=1, max_steps_per_epoch=2), out)
+    old = {n: (out / n).read_bytes() for n in ("config.json", "metrics.jsonl", "data_summary.json")}
+    _run(_cfg(johns_dir, epochs=2, max_steps_per_epoch=2), out, resume=False, stop_after_steps=1)
+    for name, data in old.items():
+        p = Path(name)
+        kept = list(out.glob(f"{p.stem}.*.discarded{p.suffix}"))
+        assert len(kept) == 1 and kept[0].read_bytes() == data, name
+    assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 2
+
+
+def _copy_tree(src: Path, dst: Path) -> Path:
+    for f in sorted(src.glob("*/*")):
+        (dst / f.parent.name).mkdir(parents=True, exist_ok=True)
+        (dst / f.parent.name / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_a_run_folder_in_the_data_or_holding_another_tools_config_is_refused(johns_dir, tmp_path):
+    """--out inside --data (or the data folder itself) and a folder whose config.json is not a training run's were
+    trained into (the latter's config.json overwritten); now one error each, nothing written."""
+    data = _copy_tree(johns_dir, tmp_path / "data")
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    for out, message in ((data / "run", "inside the input folder"), (data, "is the input folder")):
+        with pytest.raises(PufaceError, match=message):
+            _run(_cfg(data, epochs=1, max_steps_per_epoch=1), out)
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    other = tmp_path / "model"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(PufaceError, match="not the config of a purifier training run"):
+        _run(_cfg(johns_dir, epochs=1, max_steps_per_epoch=1), other)
+    assert (other / "config.json").read_text() == '{"model_type": "bert"}' and len(list(other.iterdir())) == 1
+
+
+def test_the_temporaries_of_a_killed_run_are_removed(johns_dir, tmp_path):
+    """A run killed while writing a checkpoint left its hidden .last.pt.PID.tmp for ever; a run in that folder now
+    removes the temporaries of processes that no longer run (and keeps a live one's)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [out / f".last.pt.{dead.pid}.1.tmp", out / f".metrics.jsonl.{dead.pid}.2.tmp"]
+    live = out / f".best.pt.{os.getpid()}.3.tmp"
+    for p in (*stale, live):
+        p.write_bytes(b"partial")
+    _run(_cfg(johns_dir, epochs=1, max_steps_per_epoch=1), out)
+    assert not any(p.exists() for p in stale) and live.exists()
+
+
+def test_resuming_a_finished_run_says_it_is_finished(johns_dir, tmp_path):
+    """Rerunning a finished run said 'resuming from last.pt: epoch 2, step 0' of a 1-epoch run; now it says the run is
+    finished and trains nothing (the checkpoint is left as it was)."""
+    cfg = _cfg(johns_dir, epochs=1, max_steps_per_epoch=1)
+    _run(cfg, tmp_path / "run")
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    said: list[str] = []
+    train(cfg, tmp_path / "run", embedders={"standin": standin_embedder()}, cloak_fn=synthetic_cloak_fn(),
+          progress=False, log=said.append)
+    assert any("the run is finished (1 epochs); nothing to train" in s for s in said), said
+    assert not any(s.startswith("resuming") for s in said) and (tmp_path / "run" / "last.pt").read_bytes() == before

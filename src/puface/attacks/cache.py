@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 
 from ..io.images import encode_image, read_image
-from ..utils.errors import CloakNotCachedError, ImageReadError, ImageWriteError
+from ..utils.errors import CloakNotCachedError, ImageReadError, ImageWriteError, PufaceError
 from ..utils.fingerprint import image_digest
 from ..utils.images import image_to_tensor, tensor_to_image
 from ..utils.paths import cache_dir
@@ -134,6 +134,10 @@ class CloakCache:
         images, kept, errors = load_images(paths, size=size)
         if not kept:
             return images, kept, errors
+        if min(images.shape[-2:]) < attack.min_side:  # all of one size: the first names them
+            h, w = images.shape[-2:]
+            raise PufaceError(f"{paths[kept[0]]}: {w}x{h} px ({len(kept)} images of this size); {attack.name} needs at "
+                              f"least {attack.min_side}x{attack.min_side} px")
         kept_targets = None
         if targets is not None:
             kept_targets = [t[kept] if t.ndim == 2 else t.expand(len(paths), -1)[kept] for t in targets]

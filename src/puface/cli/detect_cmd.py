@@ -103,9 +103,10 @@ def detect(in_path: Path, out_csv: Path | None, fpr: float | None, one_threshold
 @click.option("--detector", "weights", type=click.Path(path_type=Path), default=None,
               help="The detector to start from: a file, or a shipped one (default, sharpen, edits). Default: default.")
 @_detector_purifier_option
-@click.option("--kind", default=None, help="A name for this kind of photo in the calibration record (default: NATURAL's folder name).")
+@click.option("--kind", default=None, help="A name for this kind of photo in the calibration record (default: user:<NATURAL's folder name>).")
 @click.option("--scores", "scores_csv", type=click.Path(path_type=Path), default=None,
-              help="Where the scores of NATURAL go (default: next to --out, <name>-calibration.csv); resumable.")
+              help="Where the scores of NATURAL go (default: next to --out, <name>-calibration.csv, with "
+                   "<name>-calibration-identities.csv and <name>-calibration-run.json beside it); resumable.")
 @click.option("--restart", is_flag=True, help="Score NATURAL afresh, discarding the scores file of an earlier run.")
 @device_option()
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
@@ -124,14 +125,16 @@ def calibrate_detector(natural: Path, out_path: Path, weights: Path | None, puri
     rate with the detector's confidence (0.9 for the shipped ones), which takes at least 230 photos at 1%;
     a few hundred give a usable threshold. The summary prints the threshold before and after.
     """
-    from ..detection.detector import load_detector, min_calibration_size
+    from ..detection.detector import detector_path, load_detector, min_calibration_size
     from ..detection.folder import calibrate_on_folder
+    from ..io.files import check_output_file
     from ..utils.errors import PufaceError
 
     if out_path.suffix.lower() != ".safetensors":
         raise PufaceError(f"{out_path}: the detector file must end in .safetensors")
     if batch_size < 1:
         raise PufaceError("--batch-size must be >= 1")
+    check_output_file(out_path, "--out", inputs=[detector_path(weights), *([purifier] if purifier else [])])
     det = load_detector(weights, device=None, purifier=purifier)
     kind = kind or f"user:{natural.resolve().name}"
     replaced = (det.calibration.get("added_kinds") or {}).get(kind)
@@ -169,7 +172,8 @@ def calibrate_detector(natural: Path, out_path: Path, weights: Path | None, puri
               help="Identity folders instead of the config's [data] root (the packaged recipe names \"lfw-chips150\", "
                    "found through $PUFACE_DATA).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Output folder for detector.safetensors, config.toml and metrics.json. Default: runs/detector-<config>.")
+              help="Output folder for detector.safetensors, config.toml (the recipe as it ran) and metrics.json (AUCs, "
+                   "calibration, the net's epochs); not inside the data. Default: runs/detector-<config>.")
 @click.option("--purifier", type=click.Path(path_type=Path), default=None,
               help="The purifier whose features the detector uses (a checkpoint of `puface train-purifier`) instead "
                    "of the config's [data] purifier (the shipped one); it must record its identity split. Use the "
@@ -186,14 +190,16 @@ def train_detector(config_path: str, data: Path | None, out_dir: Path | None, pu
                    progress: bool) -> None:
     """Train and calibrate a cloak detector as a recipe says (for `puface detect --detector FILE`).
 
-    It learns only from the purifier's training identities (natural chips, re-encoded and resampled
-    variants, and their cloaks made through the shared cloak cache) and sets its threshold on natural
-    chips of the purifier's validation identities; the identities the purifier held out stay unseen.
+    It learns from the purifier's training identities (natural chips, re-encoded and resampled variants,
+    and their cloaks made through the shared cloak cache) less a seeded share (data.calibration_fraction),
+    and sets its threshold on natural chips of that share and of the purifier's validation identities;
+    the identities the purifier held out stay unseen. A rerun after an interruption continues: cloaks
+    (per image) and the purifier's features (per finished sample set: fit, validation, calibration) are
+    cached, and the net resumes after its last finished epoch (OUT/.net-state.pt, removed at the end).
     """
-    import shutil
-
     import torch
 
+    from ..io.files import check_output_file
     from ..training.detector import load_detector_config, train_detector as train
     from .purifier_cmd import _parse_override
 
@@ -204,9 +210,10 @@ def train_detector(config_path: str, data: Path | None, out_dir: Path | None, pu
         settings["data.purifier"] = str(purifier)
     cfg = load_detector_config(config_path, settings, data_root=data)
     out = out_dir or Path("runs") / f"detector-{Path(config_path).stem}"
+    if export_path is not None:  # before training, not after it
+        check_output_file(export_path, "--export", inputs=[p for p in (purifier,) if p is not None])
     det = train(cfg, out, device=None if device == "auto" else device, progress=progress, log=click.echo)
     click.echo(json.dumps(det.meta.get("metrics", {}), indent=2))
     if export_path is not None:
-        export_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out / "detector.safetensors", export_path)
+        det.save(export_path)  # atomically, as OUT/detector.safetensors
         click.echo(f"exported the detector to {export_path}")

@@ -41,13 +41,15 @@ def _parse_attack(text: str) -> dict:
               help="Identity folders to train on instead of the config's [data] root (which may name a data set "
                    "found in $PUFACE_DATA; the packaged recipes name \"lfw-chips150\").")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Run folder for checkpoints (best.pt, last.pt, best.safetensors), metrics.jsonl and the "
-                   "config. Default: runs/<config name>.")
+              help="Run folder: config.json (as it ran), data_summary.json (identity split, pairs), metrics.jsonl "
+                   "(one line per validated epoch), last.pt (for resuming), best.pt and best.safetensors (the best "
+                   "epoch's weights) and result.json (when done). Not inside the training data. Default: "
+                   "runs/<config name>.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from OUT/last.pt when it exists (after an interruption); refused when the config, --set "
-                   "or data differ from the run's (data.root, data.cache, save_every_steps and the cloaking and validation "
-                   "batch sizes may). --no-resume starts afresh; an earlier run's checkpoints and result.json are "
-                   "renamed *.<time>.discarded.* first.")
+                   "or data differ from the run's (data.root, data.cache, data.cached_only, save_every_steps and the cloaking and validation "
+                   "batch sizes may). --no-resume starts afresh; an earlier run's files are renamed "
+                   "*.<time>.discarded.* first.")
 @device_option()
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config option, e.g. --set train.epochs=2 --set loss.feature_weight=0.1 (repeatable).")
@@ -89,6 +91,10 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
     cfg = load_config(config_path, sets, drop_attacks=drop_attacks, add_attacks=[_parse_attack(a) for a in add_attacks],
                       data_root=data)
     out = out_dir or Path("runs") / Path(config_path).stem
+    if export_path is not None:  # before training, not after it
+        from ..io.files import check_output_file
+
+        check_output_file(export_path, "--export")
     if prepare_only:
         d = init_distributed(None if device == "auto" else device)
         try:

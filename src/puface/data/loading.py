@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..io.images import read_image
-from ..utils.errors import ImageReadError
+from ..utils.errors import ImageReadError, PufaceError
 from ..utils.images import image_to_tensor
 
 
@@ -37,6 +37,8 @@ def load_images(
             images differ in size. None keeps the size (all images must then be the same size).
     Returns:
         (images, kept indices into `paths`, errors for files that could not be read).
+    Raises:
+        PufaceError: without `size`, when the readable files differ in size (naming two of them).
     """
     if isinstance(size, int):
         size = (size, size)
@@ -61,9 +63,14 @@ def load_images(
     tensors = [t for _, t, _ in results if t is not None]
     if not tensors:
         return torch.empty(0, 3, *(size or (0, 0))), kept, errors
-    shapes = {tuple(t.shape) for t in tensors}
-    if len(shapes) > 1:
-        raise ValueError(f"images differ in size ({sorted(shapes)[:3]} ...); pass size= to resize them")
+    first = tuple(tensors[0].shape[-2:])
+    odd = next((j for j, t in enumerate(tensors) if tuple(t.shape[-2:]) != first), None)
+    if odd is not None:
+        def wh(j: int) -> str:
+            return "x".join(str(v) for v in reversed(tensors[j].shape[-2:]))
+
+        raise PufaceError(f"{paths[kept[odd]]}: {wh(odd)} px, unlike {paths[kept[0]]} ({wh(0)} px): these images must "
+                          "be of one size (face chips cut alike; resize them first)")
     return torch.stack(tensors), kept, errors
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Iterable
 
 from ..utils.errors import PufaceError
-from .images import is_image_file, is_unsupported_image_file
+from .images import is_image_file, is_unsupported_image_file, same_file
 
-__all__ = ["is_within", "is_visible", "list_image_files", "check_output_folder", "check_output_root"]
+__all__ = ["is_within", "is_visible", "list_image_files", "check_output_folder", "check_output_root", "check_output_file"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,22 @@ def check_output_root(out_folder: str | Path) -> None:
                 where = "is a file" if p == out else f"lies below the file {p}"
                 raise PufaceError(f"output folder {out} {where}, not a folder; choose another output folder")
             return
+
+
+def check_output_file(path: str | Path, what: str = "output file", inputs: Iterable[str | Path] = ()) -> None:
+    """Refuse, before any work, an output file that is an existing folder, lies below a file, or is one of `inputs`
+    (files the job reads: inputs are never overwritten)."""
+    out = Path(path)
+    if out.is_dir():
+        raise PufaceError(f"{what} {out} is a folder; give a file name")
+    for p in out.parents:
+        if p.exists():
+            if not p.is_dir():
+                raise PufaceError(f"{what} {out} lies below the file {p}; choose another place")
+            break
+    for inp in inputs:
+        if out.exists() and same_file(out, inp):
+            raise PufaceError(f"{what} {out} is the input {inp}; write to another file (inputs are never overwritten)")
 
 
 def check_output_folder(in_folder: str | Path, out_folder: str | Path) -> None:

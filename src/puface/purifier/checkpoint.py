@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,10 @@ _META_KEYS = ("model_config", "config", "puface_version", "torch_version", "data
 
 
 def _atomic_target(path: Path) -> Path:
+    """The temporary beside `path`, named as `io.images.atomic_write_bytes` names its own (.NAME.PID.THREAD.tmp), so
+    that `io.jobs.remove_stale_temporaries` finds the one a killed process left."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
 def make_checkpoint(state_dict: dict[str, torch.Tensor], model_config: dict, *, config: dict | None = None,

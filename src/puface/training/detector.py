@@ -26,12 +26,14 @@ The purifier's training identities are split (seeded) into *fit* identities and 
    cloaks of calibration identities against those natural samples (AUC, TPR at the threshold).
 
 Output folder: detector.safetensors, config.toml (as it ran), metrics.json (training and validation
-AUCs, calibration).
+AUCs, calibration); while the net trains, .net-state.pt (its state after the last finished epoch: a rerun of the
+same recipe on the same samples resumes there, bit for bit).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -52,7 +54,7 @@ from ..defenses import create_defense
 from ..detection.detector import DEFAULT_CONFIDENCE, DEFAULT_FPR, CloakDetector, DetectorConfig
 from ..detection.storage import is_storage_kind
 from ..detection.net import ResidualNet, ResidualNetConfig
-from ..io.files import check_output_root, list_image_files
+from ..io.files import check_output_folder, check_output_root, list_image_files
 from ..io.images import atomic_write_bytes
 from ..purifier.model import Purifier
 from ..utils.device import resolve_device
@@ -326,9 +328,26 @@ def _auc(neg: torch.Tensor, pos: torch.Tensor) -> float:
     return float(roc_auc_score(y, np.r_[neg.numpy(), pos.numpy()]))
 
 
+#: the net's training state after its last finished epoch, in the output folder (removed once the detector is written)
+NET_STATE = ".net-state.pt"
+
+
+def _net_state_key(net: ResidualNet, det: CloakDetector, samples: SampleSet, cfg: DetectorTrainConfig) -> str:
+    """What a saved net state must have been trained on to be resumed: the recipe, the purifier and face models, the
+    net's initial weights and every sample (pixels, purified pixels, labels)."""
+    h = hashlib.sha256(json.dumps([cfg.as_dict(), det.fingerprints()], sort_keys=True, default=str).encode())
+    for t in (*net.state_dict().values(), samples.images, samples.purified, samples.labels):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def fit_net(net: ResidualNet, det: CloakDetector, samples: SampleSet, cfg: DetectorTrainConfig, *,
-            progress: bool = True, log: Callable[[str], None] = print) -> list[dict]:
-    """Train `net` on the samples (see the module docstring); returns per-epoch metrics."""
+            progress: bool = True, log: Callable[[str], None] = print, state_path: Path | None = None) -> list[dict]:
+    """Train `net` on the samples (see the module docstring); returns per-epoch metrics.
+
+    state_path: after each epoch the training state (weights, optimiser, schedule, random states) is saved there
+    (atomically); a later call with the same recipe, models, initial weights and samples continues after the last
+    saved epoch and ends with the same weights, bit for bit, as one that was never interrupted."""
     from tqdm import tqdm
 
     t = cfg.train
@@ -342,8 +361,28 @@ def fit_net(net: ResidualNet, det: CloakDetector, samples: SampleSet, cfg: Detec
     steps = int(t["epochs"]) * ((len(y) + int(t["batch_size"]) - 1) // int(t["batch_size"]))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(t["lr"]), total_steps=max(1, steps), pct_start=0.1)
     crop, bs, size = int(t["crop"]), int(t["batch_size"]), samples.images.shape[-1]
-    history = []
-    for epoch in range(1, int(t["epochs"]) + 1):
+    history: list[dict] = []
+    first = 1
+    key = _net_state_key(net, det, samples, cfg) if state_path is not None else ""
+    if state_path is not None and state_path.is_file():
+        try:
+            saved = torch.load(state_path, weights_only=True)
+            usable = saved.get("key") == key
+        except Exception as e:  # a state file that cannot be read is ignored: the net is trained from its start
+            saved, usable = {"error": f"{type(e).__name__}: {e}"}, False
+        if usable:
+            net.load_state_dict(saved["net"])
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
+            g.set_state(saved["generator"])
+            torch.set_rng_state(saved["torch_rng"])
+            history = list(saved["history"])
+            first = int(saved["epoch"]) + 1
+            log(f"detector net: resuming after epoch {saved['epoch']} ({state_path})")
+        else:
+            why = f"cannot be read ({saved['error']})" if "error" in saved else "was saved by another recipe or on other samples"
+            log(f"detector net: {state_path} {why}; training from the start")
+    for epoch in range(first, int(t["epochs"]) + 1):
         net.train()
         perm = torch.randperm(len(y), generator=g)
         total, t0 = 0.0, time.perf_counter()
@@ -365,6 +404,12 @@ def fit_net(net: ResidualNet, det: CloakDetector, samples: SampleSet, cfg: Detec
             sched.step()
             total += loss.item() * len(idx)
         history.append({"epoch": epoch, "loss": round(total / len(y), 5), "seconds": round(time.perf_counter() - t0, 1)})
+        if state_path is not None:
+            buf = io.BytesIO()
+            torch.save({"key": key, "epoch": epoch, "net": net.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "generator": g.get_state(), "torch_rng": torch.get_rng_state(),
+                        "history": history}, buf)
+            atomic_write_bytes(state_path, buf.getvalue())
         log(f"detector epoch {epoch}: loss {history[-1]['loss']} ({history[-1]['seconds']} s)")
     net.eval()
     return history
@@ -394,6 +439,7 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
     out = Path(out)
     check_output_root(out)  # a file there: one line, not a traceback
     root = resolve_data_root(cfg.data["root"])  # data and purifier checked before the output folder is touched
+    check_output_folder(root, out)  # not in the data (nor the data in it)
     weights = cfg.data["purifier"]
     purifier = Purifier.load(weights)
     summary = purifier.meta.get("data_summary") or {}
@@ -444,7 +490,7 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
     history: list[dict] = []
     if det.net is not None:
         assert samples is not None
-        history = fit_net(det.net, det, samples, cfg, progress=progress, log=log)
+        history = fit_net(det.net, det, samples, cfg, progress=progress, log=log, state_path=out / NET_STATE)
     cal = calibration_samples(cfg, det0, root, cal_ids, log=log)
     cal_feats = det.features(to_float(cal.images), purified=to_float(cal.purified), known=cal.features)
     det.calibrate(cal_feats, fpr=float(dc["fpr"]), kinds=cal.kinds, confidence=float(dc["confidence"]),
@@ -466,6 +512,7 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
         "train_config": cfg.as_dict(), "metrics": metrics, "history": history,
     }
     det.save(out / "detector.safetensors")
+    (out / NET_STATE).unlink(missing_ok=True)  # the net is in the detector file now
     atomic_write_bytes(out / "metrics.json", json.dumps({"metrics": metrics, "history": history,
                                                          "wall_s": round(time.perf_counter() - t_start, 1)}, indent=2).encode("utf-8"))
     log(f"detector written to {out / 'detector.safetensors'} (threshold {det.calibration['threshold']:.4f} at "

@@ -1,6 +1,7 @@
 """Purifier training: seeded, resumable, single process or DDP under `torchrun` (gloo on CPU, nccl on GPU).
 
-    train(config, out_dir)   # writes out_dir/{config.json, metrics.jsonl, last.pt, best.pt, best.safetensors}
+    train(config, out_dir)   # writes out_dir/{config.json, data_summary.json, metrics.jsonl, last.pt, best.pt,
+                             #                 best.safetensors, result.json}, each atomically
 
 Every random choice (identity split, image choice, epoch order, amplification factors, flips)
 derives from `config.seed`, so an interrupted run resumed from `last.pt` continues exactly as an
@@ -26,12 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.datasets import resolve_data_root
-from ..io.files import check_output_root
+from ..io.files import check_output_folder, check_output_root
 from ..io.images import atomic_write_bytes
-from ..io.jobs import env_int
+from ..io.jobs import env_int, remove_stale_temporaries
 from ..purifier.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from ..purifier.model import AtFaceScale, Purifier, template_scale
-from ..purifier.rednet import conv_flops
+from ..purifier.rednet import RedNetConfig, conv_flops
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
 from ..utils.metrics import psnr
@@ -145,7 +146,10 @@ def _step_generator(seed: int, epoch: int, step: int, rank: int) -> torch.Genera
     return torch.Generator().manual_seed(stable_seed("purifier-step", seed, epoch, step, rank) % 2**63)
 
 
-def _load_embedders(names: Sequence[str], device: torch.device, given: dict[str, nn.Module] | None) -> dict[str, nn.Module]:
+def _load_embedders(names: Sequence[str], device: torch.device, given: dict[str, nn.Module] | None,
+                    setting: str = "embedders") -> dict[str, nn.Module]:
+    """name -> frozen face model (from `given`, else loaded by name); a name that cannot be loaded is a
+    `PufaceError` naming `setting` (the config option that lists it)."""
     out: dict[str, nn.Module] = {}
     for n in names:
         if given and n in given:
@@ -153,7 +157,10 @@ def _load_embedders(names: Sequence[str], device: torch.device, given: dict[str,
         else:
             from ..models.registry import load_embedder
 
-            out[n] = load_embedder(n, device=str(device)).eval()
+            try:
+                out[n] = load_embedder(n, device=str(device)).eval()
+            except PufaceError as e:
+                raise PufaceError(f"{setting}: {e}") from None
     return out
 
 
@@ -267,20 +274,51 @@ def _keep_logged_epochs(path: Path, epochs: int) -> None:
             continue
         if isinstance(row, dict) and isinstance(row.get("epoch"), int) and 1 <= row["epoch"] <= epochs:
             kept[row["epoch"]] = line
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(kept[e] + "\n" for e in sorted(kept)))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, "".join(kept[e] + "\n" for e in sorted(kept)).encode("utf-8"))
+
+
+def _log_metrics(path: Path, row: dict[str, Any]) -> None:
+    """Add one epoch's line to metrics.jsonl, rewriting the (small) file atomically: a kill leaves the log with or
+    without the line, never with part of it."""
+    before = path.read_bytes() if path.is_file() else b""
+    atomic_write_bytes(path, before + (json.dumps(row) + "\n").encode("utf-8"))
+
+
+#: the files a run writes into its folder (`train`); a --no-resume redo sets aside an earlier run's (`_set_aside_previous`)
+RUN_FILES = ("config.json", "data_summary.json", "metrics.jsonl", "last.pt", "best.pt", "best.safetensors", "result.json")
 
 
 def _set_aside_previous(out: Path) -> None:
-    """A fresh run (--no-resume) in the folder of an earlier one: that run's checkpoints and result are renamed
-    <stem>.<unix time>.discarded<suffix> (kept, not deleted), so no file of it stands beside the new config until the
-    new run replaces it (`puface purify --weights OUT/best.pt` took the old run's weights after an interrupted redo)."""
+    """A fresh run (--no-resume) in the folder of an earlier one that trained (a checkpoint, a result or a logged
+    epoch): every file of that run is renamed <stem>.<unix time>.discarded<suffix> (kept, not deleted), so no file of
+    it stands beside the new config until the new run replaces it (`puface purify --weights OUT/best.pt` took the old
+    run's weights after an interrupted redo), and its config and metrics log stay with its checkpoints (before, the
+    new run emptied metrics.jsonl and overwrote config.json)."""
+    trained = any((out / n).is_file() for n in ("last.pt", "best.pt", "best.safetensors", "result.json")) \
+        or ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size > 0)
+    if not trained:
+        return
     stamp = int(time.time())
-    for name in ("best.pt", "best.safetensors", "last.pt", "result.json"):
+    for name in RUN_FILES:
         p = out / name
         if p.is_file():
             p.replace(out / f"{p.stem}.{stamp}.discarded{p.suffix}")
+
+
+def _check_run_folder(out: Path, root: Path) -> None:
+    """Refuse a run folder that is or lies inside the training data (`io.files.check_output_folder`), or whose
+    config.json is not a purifier training config (another tool's folder: a fresh run would overwrite it)."""
+    check_output_folder(root, out)
+    cfg = out / "config.json"
+    if cfg.is_file():
+        try:
+            was = json.loads(cfg.read_text(encoding="utf-8"))
+            ok = isinstance(was, dict) and {"data", "model", "train"} <= set(was)
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            raise PufaceError(f"{cfg}: not the config of a purifier training run (another tool's file?); choose "
+                              "another --out (the run would overwrite it)")
 
 
 #: settings a resumed run may change: where its inputs are and how they are batched, not what it computes
@@ -305,13 +343,17 @@ def _check_resumed_config(path: Path, was: dict[str, Any], now: dict[str, Any]) 
                           "or use another --out or --no-resume")
 
 
-def _init_from(purifier: Purifier, weights: str) -> None:
-    """Copy the weights of a purifier ("default" or a checkpoint path) into `purifier` (same model config)."""
-    src = Purifier.load(weights)
-    if src.config.as_dict() != purifier.config.as_dict():
+def _init_source(weights: str, model: RedNetConfig) -> Purifier:
+    """The purifier ("default" or a checkpoint path) whose weights `[train] init` starts from, once its model config
+    is `model`'s."""
+    try:
+        src = Purifier.load(weights)
+    except PufaceError as e:
+        raise PufaceError(f"[train] init = {weights!r}: {e}") from None
+    if src.config.as_dict() != model.as_dict():
         raise PufaceError(f"[train] init = {weights!r}: its model config {src.config.as_dict()} differs from this "
-                          f"recipe's {purifier.config.as_dict()}")
-    purifier.net.load_state_dict(src.net.state_dict())
+                          f"recipe's {model.as_dict()}")
+    return src
 
 
 def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, device: str | None,
@@ -328,9 +370,22 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
     run_seed = cfg.seed if cfg.train.seed is None else cfg.train.seed  # init, batch order, augmentation
     torch.manual_seed(run_seed)
     last_path, best_path = out / "last.pt", out / "best.pt"
+    _check_run_folder(out, resolve_data_root(cfg.data.root))
+    if d.main:  # the temporaries of a run killed while writing (no process of theirs runs)
+        remove_stale_temporaries([out / n for n in RUN_FILES])
     resumed = load_checkpoint(last_path, map_location=d.device) if resume and last_path.is_file() else None
     if resumed is not None:  # before config.json is rewritten: it must keep saying how the run was made
         _check_resumed_config(last_path, resumed.get("config") or {}, cfg.as_dict())
+    tc = cfg.train
+    # the face models and the init weights, before the data: making the cloaks can take hours, and a name that does not
+    # load (a typo in loss.embedders, val.embedders or train.init) is said now, not after them. Loaded aside from the
+    # global random state, so the network's initial weights are those of a run that loads them later.
+    with torch.random.fork_rng(devices=[]):
+        loss_embs = _load_embedders(cfg.loss.embedders if cfg.loss.feature_weight > 0 else (), d.device, embedders,
+                                    "loss.embedders")
+        val_embs = _load_embedders(cfg.val_embedders, d.device, {**(embedders or {}), **loss_embs},
+                                   "val.embedders" if cfg.val.embedders else "loss.embedders")
+        init = _init_source(tc.init, cfg.model) if tc.init and resumed is None else None  # a resumed run has its own
 
     def write_config() -> None:
         if d.main:
@@ -357,14 +412,11 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
     say(f"training pairs: {train_pairs.summary()}; validation pairs: {val_pairs.summary()}; "
         f"{len(summary['heldout_identities'])} identities held out, processes: {d.world_size}, device: {d.device}")
     if d.main:
-        (out / "data_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_bytes(out / "data_summary.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
 
-    tc = cfg.train
     fmt = torch.channels_last if tc.channels_last else torch.contiguous_format
     purifier = Purifier(cfg.model).to(d.device)
     purifier.to(memory_format=fmt)  # type: ignore[call-overload]  # stubs lack memory_format
-    loss_embs = _load_embedders(cfg.loss.embedders if cfg.loss.feature_weight > 0 else (), d.device, embedders)
-    val_embs = _load_embedders(cfg.val_embedders, d.device, {**(embedders or {}), **loss_embs})
     criterion = PurifierLoss(cfg.loss.image, cfg.loss.feature_weight, list(loss_embs.values()), cfg.loss.distance).to(d.device)
     # the network at its face scale (`[train] face_scale`; the plain net when it is the data's own)
     net: nn.Module = AtFaceScale(purifier.net, template_scale(cfg.data.template, cfg.train.face_scale or cfg.data.template))
@@ -393,8 +445,8 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
             nat_emb.append((torch.cat(plain), torch.cat(mirrored)))
 
     state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": -math.inf, "history": []}
-    if tc.init and resumed is None:  # a resumed run continues from its own weights
-        _init_from(purifier, tc.init)
+    if init is not None:  # a resumed run continues from its own weights
+        purifier.net.load_state_dict(init.net.state_dict())
         say(f"initialised from {tc.init}")
     if resumed is not None:
         ck = resumed
@@ -407,7 +459,10 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
         opt.load_state_dict(ts["optimizer"])
         sched.load_state_dict(ts["scheduler"])
         state.update({k: ts[k] for k in ("epoch", "step_in_epoch", "global_step", "best_score", "history") if k in ts})
-        say(f"resuming from {last_path}: epoch {state['epoch'] + 1}, step {state['step_in_epoch']}")
+        if state["epoch"] >= tc.epochs:
+            say(f"{last_path}: the run is finished ({tc.epochs} epochs); nothing to train (--no-resume trains afresh)")
+        else:
+            say(f"resuming from {last_path}: epoch {state['epoch'] + 1} of {tc.epochs}, step {state['step_in_epoch']}")
 
     if d.main:
         _keep_logged_epochs(out / "metrics.jsonl", state["epoch"])
@@ -498,8 +553,7 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
                 save_checkpoint(out / "best.safetensors", ck)
             # logged before the epoch is saved: a run stopped in between redoes the epoch, and the resume drops
             # the line (`_keep_logged_epochs`), so each saved epoch is logged once
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            _log_metrics(out / "metrics.jsonl", metrics)
             save_last(epoch + 1, 0, metrics)
             result = metrics
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0
@@ -508,7 +562,7 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
         best = load_checkpoint(best_path)
         result = {"best": best["metrics"], "best_path": str(best_path), "last_path": str(last_path),
                   "safetensors_path": str(out / "best.safetensors"), "epochs": tc.epochs}
-        (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_bytes(out / "result.json", (json.dumps(result, indent=2) + "\n").encode("utf-8"))
     return result
 
 
