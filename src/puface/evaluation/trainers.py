@@ -59,6 +59,9 @@ class Trainer:
 
     name: str = ""
     uses_embeddings: bool = False  # fits on frozen embeddings (`fit_embeddings`), so the protocol can share them
+    #: bumped when the trainer's fits change (an output folder's results fingerprint holds the versions above 1, so
+    #: runs of an earlier version are not resumed beside new ones)
+    algorithm: int = 1
 
     def __init__(self, embedder: FaceEmbedder, **params: Any):
         self.embedder = embedder
@@ -155,6 +158,7 @@ class LinearProbe(EmbeddingTrainer):
     """
 
     name = "linear"
+    algorithm = 2  # 2: every fit starts cold (1 started each protected user's fit from the all-natural probe)
 
     def __init__(self, embedder: FaceEmbedder, C: float = 1.0, max_iter: int = 500, tol: float = 1e-4, batch_size: int = 64):
         if not C > 0:
