@@ -93,3 +93,68 @@ def test_training_time_scores_match_scikit_learn_on_hand_chosen_embeddings(looku
         assert (r["asr"], r["normal_acc"]) == pytest.approx(want, abs=1e-12), r
         assert r["n_user_test"] == 3 and r["n_other_test"] == 3 * 59 and r["n_user_train"] == 7
     assert {r["asr"] for r in rows if r["attack"] == "cloak"} - {0.0}  # the cloak protects someone: not a vacuous case
+
+
+def test_the_defense_sees_every_training_photo_and_no_test_photo(lookup_case):
+    """Training time: the defense runs on every identity's training photos and on the protected user's cloaked ones
+    (the trainer cannot tell them apart), never on a test photo; the user's test photos reach the model clean."""
+    data, table, n = lookup_case
+    rec = Recording()
+    cloak = ShiftRows(n)
+    proto = Protocol(data, ["id03"], [AttackSpec("cloak", cloak, surrogates=("lookup",))], {"lookup": lookup_embedder(table)},
+                     [TrainerSpec("nn", "nn")], {"rec": rec}, cloak_cache=None, progress=False)
+    (row,) = proto.run()
+    cloaked = to_uint8(cloak(to_float(data.train.images[data.train.rows_of("id03")])))
+    assert rec.seen == set(data.train.hashes) | set(content_hashes(cloaked))
+    assert not rec.seen & set(data.test.hashes)
+    assert (row["asr"], row["normal_acc"]) == pytest.approx(_expected(table, data, "id03", n, "nn"), abs=1e-12)
+
+
+def test_query_time_scores_match_scikit_learn_on_hand_chosen_embeddings(lookup_case):
+    """Query time: the classifier is fitted on the clean gallery (every training photo, untouched), the user's probes
+    are cloaked and every probe goes through the defense; ASR and normal accuracy equal scikit-learn's on the table."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    data, table, n = lookup_case
+    rec = Recording()
+    proto = QueryProtocol(data, ["id00", "id07"], [AttackSpec("cloak", ShiftRows(n), surrogates=("lookup",))],
+                          {"lookup": lookup_embedder(table)}, [TrainerSpec("nn", "nn")], {"rec": rec},
+                          cloak_cache=None, progress=False)
+    rows = proto.run()
+    unit = table / np.linalg.norm(table, axis=1, keepdims=True)
+    gallery = row_of(to_float(data.train.images)).numpy()
+    knn = KNeighborsClassifier(1, metric="cosine").fit(unit[gallery], data.train.labels.astype(str))
+    t = data.test.labels.astype(str)
+    for r in rows:
+        probes = row_of(to_float(data.test.images)).numpy()
+        probes = np.where(t == r["user"], probes + n, probes)  # the user's probes cloaked
+        p = knn.predict(unit[probes])
+        assert r["asr"] == pytest.approx(np.mean(p[t == r["user"]] != r["user"]), abs=1e-12)
+        assert r["normal_acc"] == pytest.approx(np.mean(p[t != r["user"]] == t[t != r["user"]]), abs=1e-12)
+    assert not rec.seen & set(data.train.hashes) and set(data.test.hashes) <= rec.seen
+
+
+def test_detection_summary_on_scores_with_ties():
+    """AUC counts a tie as half (Mann-Whitney), a photo is called cloaked when its score is above the threshold (as
+    `CloakDetector.is_cloaked` and `puface detect` decide), and the 1% threshold of 10 natural scores is their highest."""
+    from puface.evaluation.detection import summarise_detection
+
+    natural = np.arange(10, dtype=np.float32)  # 0 .. 9
+    cloaked = np.array([5, 9, 9, 10], dtype=np.float32)
+    det = SimpleNamespace(threshold=lambda fpr=None: 9.0, default_fpr=0.01, default_confidence=None, fingerprint=lambda: "stub")
+    res = summarise_detection({0: {"a": {"natural": natural, "cloaked": cloaked}}}, det)
+    (row,) = res["rows"]
+    # pairs (cloaked, natural) won: 5 -> 5 + 0.5, 9 -> 9 + 0.5 (twice), 10 -> 10; of 4 x 10
+    assert row["auc"] == pytest.approx((5.5 + 2 * 9.5 + 10) / 40)
+    assert row["tpr"] == 0.25 and row["fpr"] == 0.0  # only 10 is above 9; a score equal to the threshold is natural
+    assert row["tpr_at_1pct"] == 0.25 and (row["n_natural"], row["n_cloaked"]) == (10, 4)
+    roc = res["roc"]["a"]
+    assert (roc["fpr"][0], roc["tpr"][0], roc["fpr"][-1], roc["tpr"][-1]) == (0.0, 0.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("n,train", [(2, 1), (3, 2), (4, 3), (5, 4), (10, 7), (11, 8), (15, 11), (20, 14), (40, 28)])
+def test_the_split_keeps_70_percent_of_each_identity_for_training(n, train):
+    """round(0.7 n) training photos, at least one on each side. (An exact half rounds as the binary product does:
+    0.7 * 5 = 3.5 gives 4, but 0.7 * 45 = 31.499999999999996 gives 31; no identity of the packaged grids has 45, 85,
+    165 or 175 photos, where this happens below 200.)"""
+    assert split_counts(n, 0.7, 1, 1) == (train, n - train)
