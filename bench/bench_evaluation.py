@@ -1,16 +1,12 @@
-"""Evaluation efficiency: what the protocol's sharing and the linear probe's warm start save.
+"""Evaluation efficiency: what the protocol's sharing saves.
 
-Two measurements on real data (dlib ResNet-29 embeddings of LFW chips, or johns when the LFW chips
-are absent), each against a baseline run in the same process:
+Measured on real data (dlib ResNet-29 embeddings of LFW chips, or johns when the LFW chips are absent),
+against a baseline run in the same process:
 
-1. Shared embeddings. The protocol embeds the clean test set once per victim and the (defended)
-   natural training set once per defense; only the protected user's rows are re-embedded per user.
-   Baseline: the straightforward loop that embeds the whole training and test set for every run.
-   Same grid (users x defenses, nn trainer), same predictions required.
-2. Linear probe warm start. Per protected user, the probe starts from the probe fitted on the
-   all-natural training set (the objective is strictly convex, so the optimum is the same).
-   Baseline: a cold start for every user. Reports time ratio, coefficient difference and agreement
-   of the predictions.
+Shared embeddings. The protocol embeds the clean test set once per victim and the (defended)
+natural training set once per defense; only the protected user's rows are re-embedded per user.
+Baseline: the straightforward loop that embeds the whole training and test set for every run.
+Same grid (users x defenses, nn trainer), same predictions required.
 
     python bench/bench_evaluation.py [--data DIR_OR_NAME] [--users 4] [--identities 60] [--threads 2] [--json OUT]
 
@@ -24,7 +20,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from benchtables import Table, write_tables
@@ -117,50 +112,19 @@ def main() -> None:
     print(f"[1] grid {len(users)} users x {len(defenses)} defenses, nn: naive {t_naive:.1f} s, shared {t_shared:.1f} s "
           f"-> {t_naive / t_shared:.1f}x faster; identical scores: {same}")
 
-    # [2] linear warm start
-    nat_emb = emb.embed(to_float(data.train.images))
-    test_emb = emb.embed(to_float(data.test.images))
-    t0 = time.perf_counter()
-    base = create_trainer("linear", emb).fit_embeddings(nat_emb, data.train.labels)
-    t_base = time.perf_counter() - t0
-    cold_t, warm_t, coef_diff, agree, it_cold, it_warm = 0.0, 0.0, [], [], [], []
-    for u in users:
-        e = nat_emb.clone()
-        rows = torch.from_numpy(data.train.rows_of(u))
-        e[rows] = emb.embed(to_float(cloak[u]))
-        t0 = time.perf_counter()
-        cold = create_trainer("linear", emb).fit_embeddings(e, data.train.labels)
-        cold_t += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        warm = create_trainer("linear", emb).fit_embeddings(e, data.train.labels, init=base)
-        warm_t += time.perf_counter() - t0
-        coef_diff.append(float(np.abs(cold.model_.coef_ - warm.model_.coef_).max()))
-        agree.append(float(np.mean(cold.predict_embeddings(test_emb) == warm.predict_embeddings(test_emb))))
-        it_cold.append(cold.n_iter_)
-        it_warm.append(warm.n_iter_)
-    print(f"[2] linear probe, {len(users)} users: cold {cold_t:.1f} s ({np.mean(it_cold):.0f} it), warm {warm_t:.1f} s "
-          f"({np.mean(it_warm):.0f} it) -> {cold_t / warm_t:.1f}x faster (+ one base fit {t_base:.1f} s); "
-          f"max |coef diff| {max(coef_diff):.3g}; prediction agreement {np.mean(agree) * 100:.2f}%")
     out = {
         "data": str(root), "identities": len(data.identities), "train": len(data.train), "test": len(data.test),
         "users": len(users), "threads": args.threads,
         "shared": {"naive_s": t_naive, "shared_s": t_shared, "speedup": t_naive / t_shared, "identical": same},
-        "linear_warm_start": {"cold_s": cold_t, "warm_s": warm_t, "base_fit_s": t_base, "speedup": cold_t / warm_t,
-                              "iters_cold": float(np.mean(it_cold)), "iters_warm": float(np.mean(it_warm)),
-                              "max_coef_diff": max(coef_diff), "agreement": float(np.mean(agree))},
     }
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
-    sh, lw = out["shared"], out["linear_warm_start"]
+    sh = out["shared"]
     rows = [
         {"what": f"grid of {len(users)} users x {len(defenses)} defenses (none, JPEG 75), 1-NN: embed everything per run vs the "
                  "protocol (test set embedded once per victim, natural training set once per defense, only the user's rows per run)",
          "baseline": f"{sh['naive_s']:.1f} s", "puface": f"{sh['shared_s']:.1f} s", "ratio": sh["speedup"],
          "same": "identical ASR and normal accuracy in all runs" if sh["identical"] else "SCORES DIFFER"},
-        {"what": "linear probe per protected user: cold start vs warm start from the all-natural probe (strictly convex, same optimum)",
-         "baseline": f"{lw['cold_s']:.1f} s, {lw['iters_cold']:.0f} lbfgs iterations",
-         "puface": f"{lw['warm_s']:.1f} s, {lw['iters_warm']:.0f} iterations (+ one shared base fit, {lw['base_fit_s']:.1f} s)",
-         "ratio": lw["speedup"], "same": f"{100 * lw['agreement']:.2f}% identical predictions; max coefficient difference {lw['max_coef_diff']:.2g}"},
     ]
     table = Table(f"{root.name}: {len(data.identities)} identities, {len(data.train)} training / {len(data.test)} test images, "
                   "dlib ResNet-29, a fixed stand-in cloak (the user's images blurred, sigma 2)", rows,

@@ -808,3 +808,22 @@ def test_the_cli_and_table_md_say_which_wall_time_each_gives(tmp_path, monkeypat
                         table)
     assert table in (tmp_path / "r" / "table.md").read_text()
     assert re.fullmatch(r"wall time: \d+ s \(\d+\.\d min\) for this command, writing the tables and report included", out[-1])
+
+
+def test_a_trainer_whose_fits_changed_does_not_resume_its_old_runs(tmp_path, monkeypatch):
+    """The linear probe's fits changed (every fit starts cold since algorithm 2); a folder holding its earlier runs must
+    not be resumed beside new ones: the results fingerprint holds the versions of the grid's trainers above 1, and a
+    grid of trainers at version 1 keeps the fingerprint it had before versions existed."""
+    from puface.evaluation.trainers import LinearProbe, NearestNeighbour
+    from puface.experiments.build import results_fingerprint
+
+    grid = 'name = "t"\n[data]\nroot = "johns"\n[[attacks]]\nname = "none"\n[victims]\nembedders = ["dlib-resnet29"]\n'
+    linear = parse(grid + '[[trainers]]\nname = "nn"\n[[trainers]]\nname = "linear"\n[[defenses]]\nname = "none"\n', tmp_path)
+    nn_only = parse(grid + '[[trainers]]\nname = "nn"\n[[defenses]]\nname = "none"\n', tmp_path)
+    now = results_fingerprint(linear, {}, {}), results_fingerprint(nn_only, {}, {})
+    assert LinearProbe.algorithm == 2 and NearestNeighbour.algorithm == 1
+    monkeypatch.setattr(LinearProbe, "algorithm", 1, raising=False)  # the warm-started probe's runs
+    assert results_fingerprint(linear, {}, {}) != now[0]
+    assert results_fingerprint(nn_only, {}, {}) == now[1]
+    monkeypatch.setattr(NearestNeighbour, "algorithm", 2, raising=False)
+    assert results_fingerprint(nn_only, {}, {}) != now[1]

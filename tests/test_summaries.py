@@ -276,3 +276,38 @@ def test_a_cell_without_an_asr_is_no_best_baseline_and_compares_equal_to_itself(
     assert h["means"]["white-box"]["jpeg"] == {"asr": 0.5, "normal_acc": 0.9}
     assert main(["report", "cells", "compare", str(tmp_path / "a"), "--other", str(tmp_path / "b")]) == 0
     assert capsys.readouterr().out.strip() == "4 of 4 rows identical (ASR and normal accuracy)"
+
+
+def test_runs_without_an_asr_are_read_back_from_results_csv_and_left_out(tmp_path, capsys):
+    """results.csv writes a run without an ASR (NaN: the user had no test photo) as an empty field; `report headline`
+    pooling two draws' results.csv and `report cells users` stopped on it with a ValueError traceback, and
+    `report cells defenses` printed "nan" and took min / max over it."""
+    from puface.cli import main
+    from puface.evaluation.tables import summarise_rows, write_csv
+
+    folders = []
+    for seed in (0, 1):
+        d = tmp_path / f"seed{seed}"
+        d.mkdir()
+        (d / "config.toml").write_text(f'name = "g"\nseeds = [{seed}]\n')
+        runs = [{"run_id": f"{seed}|{u}|{df}", "seed": seed, "attack": "fawkes", "victim": "v", "trainer": "nn", "defense": df,
+                 "user": u, "setting": "white-box", "asr": asr, "normal_acc": acc}
+                for df, u, asr, acc in (("none", "Ann", 1.0, 0.9), ("none", "Bob", float("nan"), 0.8),
+                                        ("puface", "Ann", 0.2 + 0.1 * seed, 0.9), ("puface", "Bob", float("nan"), 0.7))]
+        write_csv(d / "results.csv", runs)
+        write_csv(d / "summary.csv", summarise_rows(runs))
+        folders.append(d)
+    assert ",Bob,white-box,,0.8" in (folders[0] / "results.csv").read_text()  # NaN is an empty field
+    pooled = {r["defense"]: r for r in summaries.load_pooled(folders)}
+    assert pooled["puface"]["asr_mean"] == pytest.approx(0.25) and pooled["puface"]["n"] == 2  # Bob's runs left out
+    assert pooled["puface"]["normal_acc_mean"] == pytest.approx(0.8) and pooled["none"]["asr_mean"] == 1.0
+    assert main(["report", "headline", *map(str, folders)]) == 0
+    assert "| fawkes | v | nn | white-box | 100.0 | **25.0** |" in capsys.readouterr().out
+    table = summaries.users_table(folders[0], "fawkes", {"Ann"}, "puface").splitlines()
+    assert table[2:] == ["| named (1) | 20.0 | 20.0 |", "| all (1) | 20.0 | 20.0 |"]
+    # a cell of summary.csv without an ASR: "-" in its column, left out of the mean, min and max
+    write_csv(folders[0] / "summary.csv", summarise_rows(
+        [{"seed": 0, "user": "Ann", "attack": "fawkes", "victim": v, "trainer": "nn", "defense": "none", "setting": "white-box",
+          "asr": asr, "normal_acc": 0.9} for v, asr in (("a", float("nan")), ("b", 0.5), ("c", 1.0))]))
+    lines = summaries.defenses_table(folders[0], "fawkes").splitlines()
+    assert lines[2] == "| none | - | 50.0 | 100.0 | 75.0 | 50.0 | 100.0 | 90.0 |"

@@ -58,15 +58,9 @@ def test_linear_probe_on_hand_built_embeddings():
     t = create_trainer("linear", colour_embedder()).fit_embeddings(torch.from_numpy(x), y)
     test = np.concatenate([c + rng.normal(0, 0.5, (10, 4)) for c in centres])
     assert (t.predict_embeddings(torch.from_numpy(test)) == np.repeat(["p", "q", "r"], 10)).mean() == 1.0
-    # a warm start reaches the same solution in fewer iterations
-    cold = create_trainer("linear", colour_embedder(), tol=1e-8).fit_embeddings(torch.from_numpy(x), y)
-    x2 = x.copy()
-    x2[:3] += 0.3
-    warm = create_trainer("linear", colour_embedder(), tol=1e-8).fit_embeddings(torch.from_numpy(x2), y, init=cold)
-    ref = create_trainer("linear", colour_embedder(), tol=1e-8).fit_embeddings(torch.from_numpy(x2), y)
-    assert isinstance(warm, LinearProbe)
-    assert np.allclose(warm.model_.coef_, ref.model_.coef_, atol=1e-3)
-    assert warm.n_iter_ < ref.n_iter_
+    assert isinstance(t, LinearProbe)
+    with pytest.raises(TypeError):  # every fit starts cold: no start from another fit (it stopped near that one)
+        t.fit_embeddings(torch.from_numpy(x), y, init=t)
 
 
 @pytest.mark.parametrize("name", ["nn", "linear", "e2e"])

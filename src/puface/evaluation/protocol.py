@@ -17,8 +17,8 @@ Training-time, for one seed (`data.EvaluationData`):
 
 Work is shared wherever the result cannot differ: the clean test set is embedded once per victim;
 the natural training images are defended and embedded once per defense (only the protected user's
-rows change from one user to the next); a trainer that declares `warm_starts` begins each user's fit
-from the all-natural model; defended images of expensive defenses (the purifier) and all embeddings
+rows change from one user to the next; every fit starts afresh, so a run's scores depend on its own
+training set alone); defended images of expensive defenses (the purifier) and all embeddings
 are cached by content (`cache.ContentCache`), so reruns and other experiments reuse them. Images are
 held as uint8, as they would be stored on disk after each step.
 """
@@ -88,10 +88,6 @@ class TrainerSpec:
     def uses_embeddings(self) -> bool:
         return bool(getattr(TRAINERS.get(self.name).factory, "uses_embeddings", False))
 
-    @property
-    def warm_starts(self) -> bool:
-        return bool(getattr(TRAINERS.get(self.name).factory, "warm_starts", False))
-
 
 def setting_of(victim: str, attack: AttackSpec) -> str:
     """"clean" (no cloak), "white-box" (the victim is one of the attack's surrogates) or "oblivious"."""
@@ -113,7 +109,7 @@ def _is_expensive(defense: Defense) -> bool:
 class _DefendedSet:
     """One defense's view of the training set: the defended natural images (for a `Views` defense, every
     view's, view-major), their labels and embeddings per victim, and the trainers fitted on it (the clean
-    reference, and the warm start for each user's fit)."""
+    reference: one fit serves every user)."""
 
     images: torch.Tensor
     hashes: list[str]
@@ -419,7 +415,8 @@ class Protocol:
     # ------------------------------------------------------------------ fitting one FR model
 
     def _base_model(self, ds: _DefendedSet, v: str, t: TrainerSpec) -> tuple[Trainer, np.ndarray, float]:
-        """The trainer fitted on the all-natural (defended) training set, its test predictions, fit seconds."""
+        """The trainer fitted on the all-natural (defended) training set (the clean reference's runs), its test
+        predictions, fit seconds."""
         if (v, t.label) not in ds.base:
             t0 = time.perf_counter()
             model = t.build(self.victims[v])
@@ -443,9 +440,7 @@ class Protocol:
             emb[rows] = cloaked_emb(v)
             model = t.build(self.victims[v])
             assert isinstance(model, EmbeddingTrainer)  # what uses_embeddings says of its factory
-            base = self._base_model(ds, v, t)[0] if t.warm_starts else None
-            init = base if isinstance(base, EmbeddingTrainer) else None  # (it is: the same trainer spec)
-            model.fit_embeddings(emb, labels, init=init)
+            model.fit_embeddings(emb, labels)
             return model.predict_embeddings(self._test_emb[v])
         images = ds.images.clone()
         images[rows] = cloaked

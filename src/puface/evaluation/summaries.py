@@ -60,12 +60,17 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
+def _number(text: str) -> float:
+    """A number of summary.csv / results.csv: `tables.write_csv` writes NaN (no test photo) as an empty cell."""
+    return float(text) if text != "" else float("nan")
+
+
 def load_summary(folder: Path) -> list[dict]:
     """summary.csv's rows with the four summary numbers as floats (fractions)."""
     rows = _csv(Path(folder) / "summary.csv")
     for r in rows:
         for k in ("asr_mean", "asr_std", "normal_acc_mean", "normal_acc_std"):
-            r[k] = float(r[k]) if r[k] != "" else float("nan")
+            r[k] = _number(r[k])
     return rows
 
 
@@ -103,7 +108,7 @@ def load_pooled(folders: list[Path]) -> list[dict]:
             if key in seen:
                 raise PufaceError(f"{f}: seed {r['seed']} is also in another folder; pool folders of different seeds")
             seen.add(key)
-            runs.append({**r, "asr": float(r["asr"]), "normal_acc": float(r["normal_acc"])})
+            runs.append({**r, "asr": _number(r["asr"]), "normal_acc": _number(r["normal_acc"])})
     return summarise_rows(runs)
 
 
@@ -180,6 +185,11 @@ def _pct(v) -> str:
     return "-" if v is None or v != v else f"{100 * v:.1f}"
 
 
+def _pct_of(v: float) -> str:
+    """A number already in %, one decimal; "-" for NaN."""
+    return "-" if v != v else f"{v:.1f}"
+
+
 def headline_markdown(h: dict[str, Any], settings: tuple[str, ...] = ("white-box", "oblivious")) -> str:
     """The headline table as Markdown (the rows of `settings`; the means of both), with the closing line
     naming the best baseline."""
@@ -218,9 +228,12 @@ def defenses_table(folder: Path, attack: str | None = None) -> str:
     out = [f"| defense |{head} mean white-box ASR | min cell | max cell | normal acc. (white-box cells) |",
            "|---" * (len(cols) + 5) + "|"]
     for name, v in cells.items():
-        asrs = [a for a, _ in v.values()]
-        per = "".join(f" {v[c][0]:.1f} |" if c in v else " - |" for c in cols)
-        out.append(f"| {md_cell(name)} |{per} {_mean(asrs):.1f} | {min(asrs):.1f} | {max(asrs):.1f} | {_mean([n for _, n in v.values()]):.1f} |")
+        asrs = [a for a, _ in v.values() if a == a]  # a cell without a number (NaN: no test photo) left out
+        accs = [n for _, n in v.values() if n == n]
+        per = "".join(f" {_pct_of(v[c][0])} |" if c in v else " - |" for c in cols)
+        span = f"{_mean(asrs):.1f} | {min(asrs):.1f} | {max(asrs):.1f}" if asrs else "- | - | -"
+        normal = f"{_mean(accs):.1f}" if accs else "-"
+        out.append(f"| {md_cell(name)} |{per} {span} | {normal} |")
     return "\n".join(out)
 
 
@@ -228,7 +241,7 @@ def users_table(folder: Path, attack: str, named: set[str], defense: str = "pufa
     """ASR of `attack` under `defense` per victim / trainer, for the `named` users, the others and all."""
     asr: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in _csv(Path(folder) / "results.csv"):
-        if r["attack"] == attack and r["defense"] == defense:
+        if r["attack"] == attack and r["defense"] == defense and r["asr"] != "":  # a user without a test photo: no ASR
             for g in ("named" if r["user"] in named else "others", "all"):
                 asr[(r["victim"], r["trainer"])][g].append(100 * float(r["asr"]))
     if not asr:

@@ -14,7 +14,7 @@ from ..attacks.folder import FolderCloaks
 from ..defenses import Defense, PuFaceDefense, create_defense, defense_training_identities
 from ..evaluation.data import EvaluationData, choose_users
 from ..evaluation.protocol import AttackSpec, TrainerSpec
-from ..evaluation.trainers import check_trainer
+from ..evaluation.trainers import TRAINERS, check_trainer
 from ..models.base import FaceEmbedder
 from ..models.registry import load_embedder
 from ..utils.errors import ConfigError
@@ -165,10 +165,14 @@ def models_fingerprint(attacks: list[AttackSpec], victims: dict[str, FaceEmbedde
 
 
 def results_fingerprint(cfg: ExperimentConfig, victims: dict[str, FaceEmbedder], defenses: dict[str, Defense]) -> str:
-    """Hash of the config (`ExperimentConfig.fingerprint`) and of every weight file it names: victim
-    models, purifier defenses and the defenses an adaptive attack goes through. A run folder resumes only
-    when this matches, so retrained weights behind the same config text ("default") start afresh."""
+    """Hash of the config (`ExperimentConfig.fingerprint`), of every weight file it names (victim models, purifier
+    defenses and the defenses an adaptive attack goes through) and of its trainers' versions above 1
+    (`Trainer.algorithm`). A run folder resumes only when this matches, so retrained weights behind the same config
+    text ("default"), or a trainer whose fits changed, start afresh."""
     models: dict[str, Any] = {f"victim:{k}": v.fingerprint() for k, v in victims.items()}
+    for t in cfg.trainers:  # version 1 left out: the fingerprints of folders written before versions existed stay
+        if (version := getattr(TRAINERS.get(t.name).factory, "algorithm", 1)) > 1:
+            models[f"trainer:{t.name}"] = version
     models.update({f"defense:{k}": f for k, d in defenses.items() if (f := d.fingerprint)})  # hashes weights: once each
     for a in cfg.attacks:
         through = a.params.get("through")

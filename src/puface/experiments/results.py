@@ -123,7 +123,8 @@ class ResultsFolder:
             old = json.loads(self.state_path.read_text())
             if old.get("fingerprint") != fingerprint:
                 raise PufaceError(
-                    f"{out} holds results of a different config or different model weights (fingerprint "
+                    f"{out} holds results of a different config, different model weights or an earlier version of a "
+                    f"trainer (fingerprint "
                     f"{old.get('fingerprint')} != {fingerprint}); use another --out folder or --restart to discard them")
             if data and old.get("data") and old["data"] != data:
                 raise PufaceError(
