@@ -25,7 +25,7 @@ from .options import check_engine, device_option, engine_options, rank_options, 
 @click.option("--surrogate", "surrogates", multiple=True, metavar="NAME_OR_PATH",
               help="Face model to optimise against: a registered name (see `puface models list`) or an ONNX/"
                    "TorchScript file (repeatable). Default: Fawkes low dlib-resnet29, mid/high dlib-resnet29 + sface; "
-                   "LowKey every installed model.")
+                   "LowKey every installed model (one per network, on dlib chips: not the -arcface112 variants).")
 @click.option("--th", type=float, default=None, help="Fawkes custom: DSSIM budget (saved images stay under 1.1 x th, "
               "except those v1.0's fallback keeps; see --no-fallback).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Fawkes custom / LowKey / OPOM / unlearnable: optimisation steps (defaults: LowKey 50, OPOM 16, unlearnable 20 per round).")
