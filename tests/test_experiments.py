@@ -223,8 +223,42 @@ def test_resume_skips_finished_runs_and_refuses_another_config(colour_experiment
     assert "0/Alice/checker" in results["examples"] and "over 2 sessions" in res2.table_md
     changed = tmp_path / "changed.toml"
     changed.write_text(cfg_path.read_text().replace("bits = 4", "bits = 3"))
-    with pytest.raises(PufaceError, match="different config"):
+    with pytest.raises(PufaceError, match=r"a config that differs in defenses \(added bitdepth-3; removed bitdepth-4\)"):
         run_experiment(load_config(changed), out, progress=False, echo=lambda s: None)
+
+
+def test_a_refused_resume_names_what_differs(colour_experiment, tmp_path):
+    """A config with one more defense was refused as 'a different config or different model weights', with two
+    fingerprints: nothing said what differed, nor that another folder reuses the cached work. Now the refusal names
+    the entries added, removed or changed and the settings, and it still refuses (the draws of users may differ)."""
+    cfg_path, out, _ = colour_experiment
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    text = cfg_path.read_text()
+    more = tmp_path / "more.toml"
+    more.write_text(text + '\n[[defenses]]\nname = "median"\nsize = 3\n')
+    with pytest.raises(PufaceError) as e:
+        run_experiment(load_config(more), out, progress=False, echo=lambda s: None)
+    assert "differs in defenses (added median-3)" in str(e.value) and "another output folder (--out; out= in Python)" in str(e.value)
+    assert "--restart (restart=True)" in str(e.value)
+    users = tmp_path / "users.toml"
+    users.write_text(text.replace("[users]\n", "[users]\nmin_test = 2\n"))
+    with pytest.raises(PufaceError, match=r"differs in \[users\] min_test \("):
+        run_experiment(load_config(users), out, progress=False, echo=lambda s: None)
+    assert (out / "runs.jsonl").read_text().splitlines() == lines  # nothing run, nothing lost
+
+
+def test_config_changes_by_label_and_setting():
+    from puface.experiments.results import config_changes
+
+    base = load_config("demo").resolved()
+    edited = json.loads(json.dumps(base))
+    edited["attacks"][1]["params"]["steps"] = 41
+    edited["trainers"].pop()
+    edited["data"]["min_images"] = 5
+    edited["report"]["users"] = 9  # changes no result
+    edited["run"]["batch_size"] = 8  # nor this
+    assert config_changes(base, edited) == ["attacks (changed fawkes-high-s40)", "[data] min_images", "trainers (removed linear)"]
+    assert config_changes(base, base) == [] and config_changes(None, edited) == []
 
 
 @pytest.mark.parametrize("trainer, message", [

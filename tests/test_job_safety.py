@@ -262,3 +262,13 @@ def test_a_cloak_folder_records_its_reference_and_is_read_by_its_recorded_names(
     assert (plain / "id0" / "0.jpg").is_file() and (plain / "id0" / "0.png").is_file()
     found = FolderCloaks(plain).find(src / "id0" / "0.jpg", src)
     assert found == plain / "id0" / "0.png"
+
+
+def test_a_slow_jobs_summary_gives_seconds_per_image():
+    """23 LowKey cloaks in 2010 s were summed up as '(2009.6 s, 0.0 images/s)'; a job slower than an image a second
+    now says seconds per image, a faster one images per second as before."""
+    from puface.io.jobs import JobReport
+
+    assert JobReport(total=23, written=23, seconds=2009.6).summary("cloaked").endswith("(2009.6 s, 87.4 s/image)")
+    assert JobReport(total=40, written=40, seconds=8.0).summary().endswith("(8.0 s, 5.0 images/s)")
+    assert JobReport(total=3, resumed=3, seconds=0.5).summary().endswith("(0.5 s, 0.0 images/s)")  # nothing written

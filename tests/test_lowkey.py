@@ -176,3 +176,18 @@ def test_real_ensemble_full_attack_on_johns(johns_images):
     assert (res.stats["linf"] <= 0.13 + 1 / 255).all()
     for n in names:
         assert (res.stats[f"shift_{n}"] > 0.5).all(), res.stats
+
+
+def test_default_surrogates_are_one_per_network_not_the_layout_variants():
+    """LowKey without embedders took every registered embedder: dlib-resnet29, dlib-resnet29-arcface112, sface and
+    sface-arcface112, so on dlib chips two of its four surrogates saw a misaligned face (the ArcFace 112 warps) and
+    each step cost about twice as much (puface cloak --attack lowkey printed all four). Now one per network."""
+    from puface.attacks import create_attack
+    from puface.models.registry import distinct_embedders, list_embedders
+
+    if not {"dlib-resnet29", "sface"} <= set(list_embedders()):
+        pytest.skip("needs both built-in face models")
+    names = distinct_embedders()  # (other tests of a session may register stand-ins too)
+    assert {"dlib-resnet29", "sface"} <= set(names) and not {"dlib-resnet29-arcface112", "sface-arcface112"} & set(names)
+    atk = create_attack("lowkey", steps=1, perceptual="ssim", device="cpu")
+    assert [e.name for e in atk.surrogates] == names

@@ -404,3 +404,26 @@ batch_size = 4
         err = capsys.readouterr().err
         assert code == 2 and message in err and "Traceback" not in err, err
         assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("attacks.images=10", "--set attacks.images: attacks is a list of 9 entries; pick one by its index, 0 to 8 "
+                          "(e.g. attacks.0.images), or give the whole list as TOML"),
+    ("attacks.x.images=10", "--set attacks.x.images: attacks is a list of 9 entries; pick one by its index, 0 to 8 "
+                            "(e.g. attacks.0.images), or give the whole list as TOML"),
+    ("train.epochs.x=1", "--set train.epochs.x: train.epochs is a value (20), not a table"),
+])
+def test_train_purifier_set_through_a_list_or_a_value_is_one_line(override, message, tmp_path, capsys):
+    """--set attacks.0.images=10 ended in an AttributeError traceback ('list' object has no attribute 'setdefault');
+    a key through the [[attacks]] list now picks an entry by its index, and a key that cannot be set says how."""
+    code = main(["train-purifier", "--set", override, "--prepare-only", "--out", str(tmp_path / "r")])
+    assert code == 2 and capsys.readouterr().err.strip() == f"puface: error: {message}"
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_purifier_set_an_attack_entry_by_its_index():
+    from puface.training.config import load_config
+
+    cfg = load_config("default", {"attacks.0.images": 10, "attacks.1": {"name": "fawkes", "mode": "low", "images": 5}})
+    assert cfg.attacks[0]["images"] == 10 and cfg.attacks[0]["mode"] == "high"
+    assert cfg.attacks[1] == {"name": "fawkes", "mode": "low", "images": 5} and len(cfg.attacks) == 9

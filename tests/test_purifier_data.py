@@ -24,6 +24,19 @@ def test_identity_split_is_disjoint_seeded_and_holds_out_big_identities():
     assert s != purifier_identities(counts, heldout_min_images=10, heldout_fraction=0.1, val_fraction=0.2, seed=1)
     with pytest.raises(PufaceError, match="no identities left"):
         purifier_identities({"a": 20}, heldout_min_images=10)
+
+
+def test_no_training_identities_says_to_raise_the_held_out_minimum():
+    """Every identity of a small set with >= 10 images each is held out; the message said 'lower
+    data.heldout_min_images', which holds out more. Now it says which way, with a value that works."""
+    counts = {f"id{i}": 10 + i for i in range(12)}
+    with pytest.raises(PufaceError) as e:
+        purifier_identities(counts, heldout_min_images=10)
+    assert "lower data.heldout_min_images" not in str(e.value)
+    assert "12 held out with >= 10 images each" in str(e.value)
+    assert "--set data.heldout_min_images=22: none" in str(e.value)
+    s = purifier_identities(counts, heldout_min_images=22, val_fraction=0.1)  # the value it names works
+    assert not s.heldout and len(s.val) == 1 and len(s.train) == 11
     with pytest.raises(ConfigError):
         purifier_identities(counts, val_fraction=1.0)
 

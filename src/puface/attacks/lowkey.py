@@ -125,9 +125,9 @@ class LowKey(CloakAttack):
         settings.check()
         self.settings = replace(settings, perceptual=_resolve_perceptual(settings.perceptual, settings.lpips_net))
         if embedders is None:
-            from ..models.registry import list_embedders
+            from ..models.registry import distinct_embedders
 
-            embedders = list_embedders()
+            embedders = distinct_embedders()  # not the layout variants: on dlib chips they see misaligned faces
             if not embedders:
                 raise MissingDependencyError("lowkey: no face models are installed; reinstall puface (it depends on them) or pass --surrogate")
         super().__init__(embedders, seed=seed, device=device, batch_size=batch_size)

@@ -13,16 +13,19 @@ from .options import check_engine, device_option, engine_options, rank_options, 
 @click.command("cloak")
 @click.argument("in_path", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("out_root", metavar="OUT", type=click.Path(path_type=Path))
-@click.option("--attack", "attack_name", type=click.Choice(["fawkes", "lowkey", "opom", "unlearnable"]), default="fawkes",
-              show_default=True, help="Cloaking attack. opom and unlearnable cloak each identity folder (first level "
-              "under IN) as one group: one OPOM mask per person; unlearnable examples learn the other folders as classes.")
-@click.option("--mode", type=click.Choice(["low", "mid", "high", "custom"]), default="high", show_default=True,
+@click.option("--attack", "attack_spec", metavar="SPEC", default="fawkes", show_default=True,
+              help="Cloaking attack: fawkes, lowkey, opom or unlearnable, optionally with any of its settings in the spec "
+              "grammar of configs and `evaluate --attack` (name:key=value,..., lists a|b), e.g. "
+              "'lowkey:steps=20,step_size=0.00625' or 'fawkes:mode=mid,cap=project'. opom and unlearnable cloak each "
+              "identity folder (first level under IN) as one group: one OPOM mask per person; unlearnable examples "
+              "learn the other folders as classes.")
+@click.option("--mode", type=click.Choice(["low", "mid", "high", "custom"]), default=None,
               help="Fawkes v1.0.2 mode (DSSIM budget / steps / learning rate: low 0.004/40/25, mid 0.012/75/20, "
-                   "high 0.017/150/15); 'custom' takes --th/--steps/--lr.")
+                   "high 0.017/150/15); 'custom' takes --th/--steps/--lr.  [default: high]")
 @click.option("--surrogate", "surrogates", multiple=True, metavar="NAME_OR_PATH",
               help="Face model to optimise against: a registered name (see `puface models list`) or an ONNX/"
                    "TorchScript file (repeatable). Default: Fawkes low dlib-resnet29, mid/high dlib-resnet29 + sface; "
-                   "LowKey every installed model.")
+                   "LowKey every installed model (one per network, on dlib chips: not the -arcface112 variants).")
 @click.option("--th", type=float, default=None, help="Fawkes custom: DSSIM budget (saved images stay under 1.1 x th, "
               "except those v1.0's fallback keeps; see --no-fallback).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Fawkes custom / LowKey / OPOM / unlearnable: optimisation steps (defaults: LowKey 50, OPOM 16, unlearnable 20 per round).")
@@ -82,7 +85,7 @@ from .options import check_engine, device_option, engine_options, rank_options, 
 @click.option("--io-workers", type=click.IntRange(min=1), default=2, show_default=True, help="Threads that decode and encode images meanwhile.")
 @engine_options("attack")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates: tuple[str, ...], th: float | None,
+def cloak(in_path: Path, out_root: Path, attack_spec: str, mode: str | None, surrogates: tuple[str, ...], th: float | None,
           steps: int | None, lr: float | None, fallback: bool, targeted: bool, geometry: str, cap: str, target_pool: Path | None, perceptual: str,
           epsilon: float | None, hull: str | None, perturb: str | None, reference: Path | None, through: str | None,
           gradient: str, eot_noise: float, seed: int,
@@ -102,6 +105,7 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
     Examples:
       puface cloak --attack fawkes --mode high faces/ cloaked/
       puface cloak --attack lowkey --surrogate dlib-resnet29 faces/ cloaked/
+      puface cloak --attack 'lowkey:steps=20,step_size=0.00625,embedders=dlib-resnet29' faces/ cloaked/
       puface cloak --mode custom --th 0.01 --steps 100 --lr 20 faces/ cloaked/
       puface cloak --attack opom --surrogate dlib-resnet29 people/ masked/
       puface cloak --attack unlearnable --perturb classwise --surrogate dlib-resnet29 people/ unlearnable/
@@ -128,6 +132,7 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
     from ..io.jobs import resolve_rank
 
     rank, world_size = resolve_rank(rank, world_size)
+    attack_name, mode, spec = _attack_spec(attack_spec, mode)
 
     knobs: dict = {}
     group_opts = {k: v for k, v in (("epsilon", epsilon), ("hull", hull), ("perturb", perturb)) if v is not None}
@@ -135,7 +140,7 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
         wrong = [k for k in group_opts if (k == "hull") != (attack_name == "opom") and k != "epsilon"]
         if wrong:
             raise PufaceError(f"--{wrong[0]} is not an option of {attack_name}")
-        if th is not None or lr is not None or targeted or target_pool is not None or mode != "high" or not fallback \
+        if th is not None or lr is not None or targeted or target_pool is not None or mode is not None or not fallback \
                 or geometry != "chip" or cap != "clip" or perceptual is not None:
             raise PufaceError("--mode, --th, --lr, --no-fallback, --targeted, --target-pool, --geometry, --cap and --perceptual "
                               "are Fawkes / LowKey options")
@@ -149,8 +154,8 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
         raise PufaceError("--epsilon, --hull, --perturb and --reference are OPOM / unlearnable options")
     elif attack_name == "fawkes":
         custom = {k: v for k, v in (("th", th), ("steps", steps), ("lr", lr)) if v is not None}
-        if custom and mode != "custom":
-            raise PufaceError(f"--{'/--'.join(custom)} need --mode custom (mode {mode!r} fixes th, steps and lr)")
+        if custom and (mode or "high") != "custom":
+            raise PufaceError(f"--{'/--'.join(custom)} need --mode custom (mode {mode or 'high'!r} fixes th, steps and lr)")
         knobs.update(custom)
         if targeted:
             knobs["targeted"] = True
@@ -162,9 +167,9 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
             knobs["cap"] = cap
         if perceptual is not None:
             raise PufaceError("--perceptual is a LowKey option")
-        kwargs = {"mode": mode}
+        kwargs = {"mode": mode or "high"}
     else:
-        if th is not None or lr is not None or targeted or target_pool is not None or mode != "high" or not fallback or geometry != "chip" or cap != "clip":
+        if th is not None or lr is not None or targeted or target_pool is not None or mode is not None or not fallback or geometry != "chip" or cap != "clip":
             raise PufaceError("--mode, --th, --lr, --no-fallback, --targeted, --target-pool, --geometry and --cap are Fawkes options")
         if steps is not None:
             knobs["steps"] = steps
@@ -178,12 +183,13 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
         adaptive = {"through": through, "gradient": gradient, "eot_noise": eot_noise}
     elif gradient != "exact" or eot_noise:
         raise PufaceError("--gradient and --eot-noise go with --through-purifier")
+    embedders = _spec_settings(attack_spec, spec, {**knobs, **adaptive}, surrogates)
     check_engine(engine, address, workers)
     from functools import partial
 
-    attack_factory = partial(create_attack, attack_name, embedders=list(surrogates) or None, seed=seed,
+    attack_factory = partial(create_attack, attack_name, embedders=embedders, seed=seed,
                              device=None if device == "auto" else device, batch_size=batch_size, **kwargs, **knobs,
-                             **adaptive)
+                             **spec, **adaptive)
     attack = attack_factory()
     click.echo(f"{attack.name}: surrogates {', '.join(e.name for e in attack.surrogates)}; seed {seed}; "
                f"device {attack.device}; {torch.get_num_threads()} threads", err=True)
@@ -195,3 +201,45 @@ def cloak(in_path: Path, out_root: Path, attack_name: str, mode: str, surrogates
     click.echo(report.summary("cloaked"))
     if report.exit_code:
         raise click.exceptions.Exit(report.exit_code)
+
+
+#: the attacks `puface cloak` runs (a folder of single images or, for the group attacks, of identity folders)
+CLOAK_ATTACKS = ("fawkes", "lowkey", "opom", "unlearnable")
+
+
+def _attack_spec(text: str, mode: str | None) -> tuple[str, str | None, dict[str, Any]]:
+    """(name, Fawkes mode, the other settings) of `--attack SPEC` (`utils.specs` grammar); a mode in the spec and
+    another --mode, or an attack `cloak` does not run, is a `PufaceError`."""
+    from ..utils.errors import PufaceError
+    from ..utils.specs import parse_spec
+
+    spec = parse_spec(text, "--attack")
+    name = str(spec.pop("name"))
+    spec.pop("label", None)  # names a row in result tables; nothing here
+    if name not in CLOAK_ATTACKS:
+        raise PufaceError(f"--attack {text!r}: unknown attack {name!r}; choose one of: {', '.join(CLOAK_ATTACKS)}")
+    in_spec = spec.pop("mode", None)
+    if in_spec is not None and mode is not None and str(in_spec) != mode:
+        raise PufaceError(f"--attack {text!r} says mode={in_spec} and --mode says {mode}: give the mode once")
+    return name, mode if mode is not None else (None if in_spec is None else str(in_spec)), spec
+
+
+def _spec_settings(text: str, spec: dict[str, Any], options: dict[str, Any], surrogates: tuple[str, ...]) -> list[str] | None:
+    """The surrogates of the run (--surrogate, else the spec's `embedders`), with `spec` left holding the attack's other
+    settings; a setting given both in the spec and by an option, or one that has its own option, is a `PufaceError`."""
+    from ..utils.errors import PufaceError
+
+    for key, option in (("seed", "--seed"), ("device", "--device"), ("batch_size", "--batch-size")):
+        if key in spec:
+            raise PufaceError(f"--attack {text!r}: give {key} as {option}")
+    twice = sorted(k for k in spec if k in options)
+    if twice:
+        raise PufaceError(f"--attack {text!r}: {', '.join(twice)} also given by an option; give each setting once")
+    in_spec = spec.pop("embedders", None)
+    if in_spec is not None and surrogates:
+        raise PufaceError(f"--attack {text!r} names embedders and --surrogate names surrogates: give them once")
+    embedders = list(surrogates) or ([in_spec] if isinstance(in_spec, str) else in_spec)
+    if "through" in spec and not embedders:
+        raise PufaceError(f"--attack {text!r}: an attack through a defense needs its surrogates named (embedders=... "
+                          "or --surrogate)")
+    return embedders

@@ -52,7 +52,8 @@ def _parse_attack(text: str) -> dict:
                    "*.<time>.discarded.* first.")
 @device_option()
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config option, e.g. --set train.epochs=2 --set loss.feature_weight=0.1 (repeatable).")
+              help="Override a config option, e.g. --set train.epochs=2 --set loss.feature_weight=0.1; an "
+                   "[[attacks]] entry by its index: --set attacks.0.images=20 (repeatable).")
 @click.option("--drop-attack", "drop_attacks", multiple=True, metavar="LABEL",
               help="Leave out the config's attack with this label, e.g. --drop-attack lowkey-ensemble (repeatable; "
                    "labels: `label`, else NAME-MODE, else NAME).")

@@ -16,12 +16,13 @@ from .base import GRADIENTS, Compose, Composite, Defense, ModuleDefense, NoDefen
 from .pixel import JPEG, BitDepth, Contrast, DownUpResize, Gamma, GaussianBlur, GaussianNoise, MedianFilter, Sharpen
 from .purifier import PuFaceDefense, defense_training_identities
 from .randomized import RandomChoice
-from .registry import DEFENSES, create_defense, default_label, list_defenses
+from .registry import DEFENSES, create_defense, default_label, list_defenses, register
 from .shared import SharedPatternRemoval, shared_pattern_score
 from .views import Views
 
 __all__ = [
     "Defense", "NoDefense", "ModuleDefense", "Composite", "Compose", "GRADIENTS", "PuFaceDefense", "JPEG", "GaussianBlur", "MedianFilter",
-    "BitDepth", "GaussianNoise", "DownUpResize", "Sharpen", "Gamma", "Contrast", "DEFENSES", "create_defense", "list_defenses", "default_label",
+    "BitDepth", "GaussianNoise", "DownUpResize", "Sharpen", "Gamma", "Contrast", "DEFENSES", "register", "create_defense", "list_defenses",
+    "default_label",
     "defense_training_identities", "Views", "RandomChoice", "SharedPatternRemoval", "shared_pattern_score",
 ]

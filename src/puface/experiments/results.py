@@ -33,7 +33,7 @@ from ..utils.errors import PufaceError
 from ..utils.images import tensor_to_image
 from .config import ExperimentConfig, config_text
 
-__all__ = ["ResultsFolder", "read_jsonl", "write_text_atomic", "json_safe", "example_name"]
+__all__ = ["ResultsFolder", "read_jsonl", "write_text_atomic", "json_safe", "example_name", "config_changes"]
 
 #: the files written at the end of a run (`ResultsFolder.write_tables`)
 END_FILES = ("results.csv", "summary.csv", "table.md", "results.json", "report.html", "detection.csv")
@@ -101,6 +101,50 @@ def data_fingerprints(root: str | Path) -> tuple[str, str]:
     return sizes.hexdigest()[:16], contents.hexdigest()[:16]
 
 
+#: resolved config keys that change no result (`ExperimentConfig.fingerprint` leaves them out)
+_NOT_RESULTS = ("name", "description", "report", "detection", "source")
+_NOT_RESULTS_RUN = ("output", "cache", "batch_size", "cloak_batch_size")
+
+
+def _read_resolved(path: Path) -> dict | None:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def config_changes(old: dict | None, new: dict) -> list[str]:
+    """What differs between two resolved configs (`ExperimentConfig.resolved`) in what changes results, for a refused
+    resume: the attacks, trainers and defenses added, removed or changed (by label), and the other settings by name.
+    Empty when `old` is None (an older folder without the file) or nothing in them differs."""
+    if old is None:
+        return []
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key in _NOT_RESULTS:
+            continue
+        a, b = old.get(key), new.get(key)
+        if key == "run":
+            a, b = ({k: v for k, v in (d or {}).items() if k not in _NOT_RESULTS_RUN} for d in (a, b))
+        if json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str):
+            continue
+        if key in ("attacks", "trainers", "defenses") and isinstance(a, list) and isinstance(b, list):
+            was = {str(e.get("label")): e for e in a if isinstance(e, dict)}
+            now = {str(e.get("label")): e for e in b if isinstance(e, dict)}
+            parts = [f"{verb} {', '.join(labels)}" for verb, labels in (
+                ("added", [k for k in now if k not in was]), ("removed", [k for k in was if k not in now]),
+                ("changed", [k for k in now if k in was and json.dumps(now[k], sort_keys=True, default=str)
+                             != json.dumps(was[k], sort_keys=True, default=str)])) if labels]
+            out.append(f"{key} ({'; '.join(parts) or 'order'})")
+        elif isinstance(a, dict) and isinstance(b, dict):
+            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            out.append(f"[{key}] {', '.join(keys)}")
+        else:
+            out.append(key)
+    return out
+
+
 class ResultsFolder:
     """The output folder of one experiment run (see the module docstring). Use as a context manager
     around the runs, so the append-only files are closed whatever happens."""
@@ -122,10 +166,15 @@ class ResultsFolder:
         if self.state_path.is_file() and read_jsonl(self.runs_path) and not restart:
             old = json.loads(self.state_path.read_text())
             if old.get("fingerprint") != fingerprint:
+                changes = config_changes(_read_resolved(out / "config.resolved.json"), cfg.resolved())
+                what = ("a config that differs in " + "; ".join(changes)) if changes else \
+                    ("the same config with other model weights behind its names (a purifier or face model file "
+                     "changed) or runs of an earlier version of a trainer")
                 raise PufaceError(
-                    f"{out} holds results of a different config, different model weights or an earlier version of a "
-                    f"trainer (fingerprint "
-                    f"{old.get('fingerprint')} != {fingerprint}); use another --out folder or --restart to discard them")
+                    f"{out} holds results of {what} (fingerprint {old.get('fingerprint')} != {fingerprint}); use another "
+                    "output folder (--out; out= in Python)" + (", where the cloaks, defended images and embeddings "
+                    "cached from these runs are reused," if cfg.run.get("cache", True) else "") +
+                    " or --restart (restart=True) to discard them")
             if data and old.get("data") and old["data"] != data:
                 raise PufaceError(
                     f"{out} holds results of other data (images added, removed or changed under the data folder since "

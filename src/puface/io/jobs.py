@@ -120,10 +120,12 @@ class JobReport:
 
     def summary(self, verb: str = "written") -> str:
         rate = self.written / self.seconds if self.seconds > 0 else 0.0
+        # slow jobs (cloaking on a CPU: a minute per image) in seconds per image; '0.0 images/s' said nothing
+        speed = f"{rate:.1f} images/s" if rate >= 1 or not self.written else f"{self.seconds / self.written:.1f} s/image"
         lines = [
             f"{self.total} images: {self.written} {verb}, {self.resumed} already done (skipped), "
             f"{len(self.copied)} copied unchanged, {len(self.skipped)} skipped, {len(self.failed)} failed "
-            f"({self.seconds:.1f} s, {rate:.1f} images/s)"
+            f"({self.seconds:.1f} s, {speed})"
         ]
         for title, items in (("copied unchanged", self.copied), ("skipped", self.skipped), ("FAILED", self.failed)):
             if items:

@@ -257,6 +257,7 @@ def dlib_resnet29(path: str | Path | None = None, channels_last: bool = True, in
     input_size="150x150",
     layout="ArcFace 112 crops warped onto dlib's chip",
     dim=128,
+    variant_of="dlib-resnet29",
 )
 def dlib_resnet29_arcface112(channels_last: bool = True) -> FaceEmbedder:
     """dlib's ResNet-29 on ArcFace 112 crops (`dlib_resnet29(input_layout="arcface112")`)."""

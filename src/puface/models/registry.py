@@ -31,6 +31,13 @@ def list_embedders() -> list[str]:
     return EMBEDDERS.names()
 
 
+def distinct_embedders() -> list[str]:
+    """Names of the built-in embedders, one per network: without the variants that run a listed one on another face
+    layout (`variant_of`, e.g. sface-arcface112), which on a chip of the default layout see a misaligned face."""
+    _load_builtin()
+    return [e.name for e in EMBEDDERS if not e.info.get("variant_of")]
+
+
 def create_embedder(name: str, device: str | None = None, **kwargs) -> FaceEmbedder:
     """Build a built-in embedder by name (weights come from installed packages, cached once)."""
     _load_builtin()

@@ -244,6 +244,7 @@ def dlib_chip_to_arcface_warp() -> torch.Tensor:
     input_size="112x112",
     layout="ArcFace 112 crops (puface align --template arcface112), plainly resized",
     dim=128,
+    variant_of="sface",
 )
 def sface_arcface112(channels_last: bool = True) -> FaceEmbedder:
     """SFace for inputs that are ArcFace 112 crops already (`sface(input_layout="arcface112")`): its native layout."""

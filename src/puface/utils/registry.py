@@ -100,6 +100,11 @@ def typed_settings(settings: Any, what: str) -> Any:
     return dataclasses.replace(settings, **changes) if changes else settings
 
 
+def _defined_at(factory: Callable[..., Any]) -> str:
+    """Where a factory is defined: its module and qualified name."""
+    return f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', repr(factory))}"
+
+
 class Registry:
     """Maps names to factories. `info` holds free-form metadata shown by `puface ... list`."""
 
@@ -109,8 +114,12 @@ class Registry:
 
     def register(self, name: str, **info: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} registered twice")
+            old = self._entries.get(name)
+            # the same definition run again (a notebook cell or a script re-run in one session) replaces its entry;
+            # another one under a taken name is refused
+            if old is not None and _defined_at(old.factory) != _defined_at(factory):
+                raise ValueError(f"{self.kind} {name!r} registered twice: by {_defined_at(old.factory)} and by "
+                                 f"{_defined_at(factory)}; give the new one another name")
             self._entries[name] = RegistryEntry(name, factory, dict(info))
             return factory
 

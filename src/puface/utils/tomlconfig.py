@@ -185,16 +185,38 @@ def load_toml_config(ref: str | Path, kind: str = "experiment", labels: Mapping[
     return path, resolve_chain(chain, labels), chain
 
 
+def _override_step(tgt: Any, part: str, key: str, where: str, rest: str) -> Any:
+    """One step of an override's dotted key: into a table (made when missing), or into an array of tables' entry by
+    its index; anything else is a `ConfigError` saying how to write the key."""
+    if isinstance(tgt, dict):
+        return tgt.setdefault(part, {})
+    if isinstance(tgt, list):
+        if part.isdigit() and int(part) < len(tgt) and isinstance(tgt[int(part)], dict):
+            return tgt[int(part)]
+        raise ConfigError(f"--set {key}: {where} is a list of {len(tgt)} entries; pick one by its index"
+                          + (f", 0 to {len(tgt) - 1} (e.g. {where}.0.{rest})" if tgt else "")
+                          + ", or give the whole list as TOML")
+    raise ConfigError(f"--set {key}: {where} is a value ({tgt!r}), not a table")
+
+
 def apply_overrides(d: dict[str, Any], overrides: Mapping[str, Any] | None = None,
                     data_root: str | Path | None = None) -> dict[str, Any]:
     """`d` with "section.key" -> value overrides set in place (tables made as needed) and, when given,
-    `[data] root` replaced by `data_root` (the `--set` and `--data` options of the training commands)."""
+    `[data] root` replaced by `data_root` (the `--set` and `--data` options of the training commands).
+    A number after an array of tables picks one entry ("attacks.0.images" -> 20: the first [[attacks]]); a
+    key that goes through a list without one, or through a value, is a `ConfigError` naming the key."""
     for key, value in (overrides or {}).items():
         parts = key.split(".")
-        tgt = d
-        for p in parts[:-1]:
-            tgt = tgt.setdefault(p, {})
-        tgt[parts[-1]] = value
+        tgt: Any = d
+        for i, p in enumerate(parts[:-1]):
+            tgt = _override_step(tgt, p, key, ".".join(parts[:i]), ".".join(parts[i + 1:]))
+        last = parts[-1]
+        if isinstance(tgt, list) and last.isdigit() and int(last) < len(tgt):
+            tgt[int(last)] = value  # a whole entry, as a TOML inline table
+        elif isinstance(tgt, dict):
+            tgt[last] = value
+        else:
+            _override_step(tgt, "", key, ".".join(parts[:-1]), last)
     if data_root is not None:
         d.setdefault("data", {})["root"] = str(data_root)
     return d
