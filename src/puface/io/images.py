@@ -8,6 +8,7 @@ a half-written output.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import struct
@@ -384,13 +385,29 @@ def write_image(path: str | Path, image: np.ndarray, *, quality: int = 95, exif:
     atomic_write_bytes(path, data)
 
 
+def _stat_or_none(p: str | Path) -> os.stat_result | None:
+    """`os.stat(p)`, None where nothing is there to stat (as `Path.exists` says False: missing, below a file, a
+    link loop); other errors (no permission) raise."""
+    try:
+        return os.stat(p)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return None
+        raise
+
+
 def same_file(a: str | Path, b: str | Path) -> bool:
     """True when two paths name the same file (resolving links); False when either does not exist
-    and their resolved paths differ."""
-    a, b = Path(a), Path(b)
+    and their resolved paths differ.
+
+    One `stat` per path (a folder job asks this of every input): when one exists and the other does not, they cannot
+    name one file, so the paths are resolved (an `lstat` per folder of each) only when neither can be looked at."""
     try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
+        sa, sb = _stat_or_none(a), _stat_or_none(b)
     except OSError:
-        pass
-    return a.resolve() == b.resolve()
+        sa = sb = None
+    if sa is not None and sb is not None:
+        return os.path.samestat(sa, sb)
+    if sa is not None or sb is not None:
+        return False
+    return Path(a).resolve() == Path(b).resolve()
