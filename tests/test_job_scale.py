@@ -1,7 +1,7 @@
 """What a folder or shard job costs per file, apart from the network: the start-up (listing, planning), the loop's
 bookkeeping and a resume must grow linearly with the data set, without a `stat` storm or state kept per finished
 image. Costs are counted (system calls, lookups, live objects) on small trees, not timed; the measured curves on
-trees of 10,000 to 200,000 files are in docs/RESULTS.md section 16.12."""
+trees of 10,000 to 1,000,000 files are in docs/RESULTS.md section 16.5."""
 
 from __future__ import annotations
 

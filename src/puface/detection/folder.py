@@ -70,7 +70,7 @@ def decide(score: float, threshold: float) -> int:
 def identity_of(rel: str | Path, root_name: str) -> str:
     """The identity a file belongs to: its first-level folder under the input (the input's own name for
     files directly inside it)."""
-    parts = Path(rel).parts
+    parts = rel.split("/") if isinstance(rel, str) else Path(rel).parts  # a row's path is POSIX (`as_posix`)
     return parts[0] if len(parts) > 1 else root_name
 
 

@@ -39,14 +39,19 @@ _PIL_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", "
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
+def _suffix(path: str | Path) -> str:
+    """`Path(path).suffix.lower()` without making a `Path` (a folder listing asks this of every file)."""
+    return os.path.splitext(os.fspath(path))[1].lower()
+
+
 def is_image_file(path: str | Path) -> bool:
     """True when the name ends with a supported extension (any case)."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    return _suffix(path) in IMAGE_EXTENSIONS
 
 
 def is_unsupported_image_file(path: str | Path) -> bool:
     """True for an image file puface does not read (`UNSUPPORTED_IMAGE_EXTENSIONS`, any case)."""
-    return Path(path).suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS
+    return _suffix(path) in UNSUPPORTED_IMAGE_EXTENSIONS
 
 
 def max_pixels() -> int:
