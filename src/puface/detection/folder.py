@@ -70,7 +70,7 @@ def decide(score: float, threshold: float) -> int:
 def identity_of(rel: str | Path, root_name: str) -> str:
     """The identity a file belongs to: its first-level folder under the input (the input's own name for
     files directly inside it)."""
-    parts = Path(rel).parts
+    parts = rel.split("/") if isinstance(rel, str) else Path(rel).parts  # a row's path is POSIX (`as_posix`)
     return parts[0] if len(parts) > 1 else root_name
 
 
@@ -380,10 +380,10 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
             out_csv.unlink(missing_ok=True)
         elif resume and out_csv.exists() and state.is_file():
             _check_same_run(out_csv, json.loads(state.read_text(encoding="utf-8")), det_id, run)
-        previous = _start_rows(out_csv, fields, resume and not restart,
-                               {j.rel.as_posix() for j in jobs} if world_size > 1 else None)
+        # the paths alone: the rows themselves are read again at the end (`_finish`), not held meanwhile
+        done = {r["path"] for r in _start_rows(out_csv, fields, resume and not restart,
+                                               {j.rel.as_posix() for j in jobs} if world_size > 1 else None)}
         atomic_write_bytes(state, json.dumps({"detector": det_id, **run}, indent=2).encode())
-        done = {r["path"] for r in previous}
         common: dict[str, Any] = dict(
             batch_size=batch_size, resume=resume, desc="detecting", verb="scored", stats_csv=out_csv, progress=progress,
             is_done=lambda j: j.rel.as_posix() in done, stats_fields=fields, stats_key="path", stats_status=False)
@@ -573,6 +573,7 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
         previous = _start_rows(scores, fields, resume, {j.rel.as_posix() for j in jobs} if world_size > 1 else None)
         skipped = {r["path"] for r in previous if r.get("status") == "skip"}
         scored = {r["path"] for r in previous if r.get("status") != "fail"}
+        del previous  # the paths alone: the rows themselves are read again at the end (`_finish`), not held meanwhile
         other_sizes: list[Callable] = []  # `puface purify`'s batch function, for images that are not chips, made once
 
         def purify_others(items: list[LoadedImage]) -> list[np.ndarray]:

@@ -51,20 +51,34 @@ def list_image_files(root: str | Path, exclude: Iterable[str | Path] = (), unsup
             if key in above:
                 log.warning("warning: skipping %s: a link back to the folder %s (a folder loop)", d, d.resolve())
                 continue
-            entries = sorted(d.iterdir())
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
             raise PufaceError(f"{d}: cannot list folder ({e.strerror or e})") from None
         below = above | {key}  # the folders above each entry of d
-        for p in entries:
-            if not is_visible(p):
+        for entry in entries:  # the folder's own entry types: no stat per file (only per link)
+            name = entry.name
+            if name.startswith("."):  # hidden (`is_visible`)
                 continue
-            if p.is_dir():
-                stack.append((p, below))
-            elif p.is_file() and (is_image_file(p) or (unsupported and is_unsupported_image_file(p))):
-                out.append(p)
-            elif unsupported and p.is_symlink() and not p.exists() and (is_image_file(p) or is_unsupported_image_file(p)):
-                out.append(p)  # a broken link
+            if _entry_is(entry, "dir"):
+                stack.append((d / name, below))
+                continue
+            if not (is_image_file(name) or (unsupported and is_unsupported_image_file(name))):
+                continue
+            if _entry_is(entry, "file"):
+                out.append(d / name)
+            elif unsupported and entry.is_symlink() and not (d / name).exists():
+                out.append(d / name)  # a broken link
     return sorted(out)
+
+
+def _entry_is(entry: os.DirEntry[str], kind: str) -> bool:
+    """`entry.is_dir()` / `entry.is_file()` (links followed; the type the folder listing gave, a `stat` only for a
+    link), False where it cannot be looked at (a link loop), as `Path.is_dir` / `Path.is_file` say."""
+    try:
+        return entry.is_dir() if kind == "dir" else entry.is_file()
+    except OSError:
+        return False
 
 
 def check_output_root(out_folder: str | Path) -> None:

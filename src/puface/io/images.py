@@ -8,6 +8,7 @@ a half-written output.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import struct
@@ -38,14 +39,19 @@ _PIL_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", "
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
+def _suffix(path: str | Path) -> str:
+    """`Path(path).suffix.lower()` without making a `Path` (a folder listing asks this of every file)."""
+    return os.path.splitext(os.fspath(path))[1].lower()
+
+
 def is_image_file(path: str | Path) -> bool:
     """True when the name ends with a supported extension (any case)."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    return _suffix(path) in IMAGE_EXTENSIONS
 
 
 def is_unsupported_image_file(path: str | Path) -> bool:
     """True for an image file puface does not read (`UNSUPPORTED_IMAGE_EXTENSIONS`, any case)."""
-    return Path(path).suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS
+    return _suffix(path) in UNSUPPORTED_IMAGE_EXTENSIONS
 
 
 def max_pixels() -> int:
@@ -384,13 +390,29 @@ def write_image(path: str | Path, image: np.ndarray, *, quality: int = 95, exif:
     atomic_write_bytes(path, data)
 
 
+def _stat_or_none(p: str | Path) -> os.stat_result | None:
+    """`os.stat(p)`, None where nothing is there to stat (as `Path.exists` says False: missing, below a file, a
+    link loop); other errors (no permission) raise."""
+    try:
+        return os.stat(p)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return None
+        raise
+
+
 def same_file(a: str | Path, b: str | Path) -> bool:
     """True when two paths name the same file (resolving links); False when either does not exist
-    and their resolved paths differ."""
-    a, b = Path(a), Path(b)
+    and their resolved paths differ.
+
+    One `stat` per path (a folder job asks this of every input): when one exists and the other does not, they cannot
+    name one file, so the paths are resolved (an `lstat` per folder of each) only when neither can be looked at."""
     try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
+        sa, sb = _stat_or_none(a), _stat_or_none(b)
     except OSError:
-        pass
-    return a.resolve() == b.resolve()
+        sa = sb = None
+    if sa is not None and sb is not None:
+        return os.path.samestat(sa, sb)
+    if sa is not None or sb is not None:
+        return False
+    return Path(a).resolve() == Path(b).resolve()

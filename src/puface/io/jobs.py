@@ -963,7 +963,9 @@ def run_folder_job(
 
     with ThreadPoolExecutor(max_workers=max(1, io_workers), thread_name_prefix="puface-io") as pool:
         pending: deque[list[Future]] = deque()
-        writes: list[Future] = []
+        # writes not known to be done, in order: those done are let go as the job goes (a finished future holds ~1.7 kB,
+        # so keeping all of them held 1.7 GB per million images)
+        writes: deque[Future] = deque()
         next_batch = 0
 
         def submit_next() -> None:
@@ -1008,6 +1010,8 @@ def run_folder_job(
                         due.append((writes[-1], rs))
                 rows_due.append(due)
                 add_rows(wait=False)
+                while writes and writes[0].done():
+                    writes.popleft().result()
                 bar.update(len(items))
         finally:
             for w in writes:

@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Container, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -133,6 +133,16 @@ def find_shards(spec: str | Path) -> tuple[list[Path], Path]:
     return files, path
 
 
+def _holds_shards(folder: Path) -> bool:
+    """True when a .tar / .parquet file lies below `folder` (links to folders not followed, as `Path.rglob`). Names
+    first: a `stat` only for a shard's name, none per image of an image folder (`purify` asks this of every input)."""
+    for top, _, names in os.walk(folder):
+        for name in names:
+            if os.path.splitext(name)[1].lower() in SHARD_SUFFIXES and os.path.isfile(os.path.join(top, name)):
+                return True
+    return False
+
+
 def is_shard_input(spec: str | Path) -> bool:
     """True when `spec` names shards (a .tar/.parquet file, a glob of them, or a folder holding shards
     and no images); False for an image file or an image folder. A folder holding both is refused."""
@@ -141,8 +151,7 @@ def is_shard_input(spec: str | Path) -> bool:
     if p.is_file():
         return _shard_format(p) is not None
     if p.is_dir():
-        has_shards = any(_shard_format(q) for q in p.rglob("*") if q.is_file())
-        if not has_shards:
+        if not _holds_shards(p):
             return False
         if list_image_files(p):
             raise PufaceError(f"{p}: holds both image files and .tar/.parquet shards; pass the shards as a glob "
@@ -357,21 +366,32 @@ def _pil_format(item: LoadedImage, image_field: str, fmt: str) -> str:
     return item.format if item.format in ("JPEG", "PNG", "WEBP", "BMP") else "PNG"
 
 
-def _remove_stale_temporaries(dst: Path) -> None:
-    """Delete the partial shards (`.NAME.PID.tmp`) that a killed process left next to `dst`, when no process of
-    that id runs on this machine (a live one may be another process writing it)."""
-    for tmp in dst.parent.glob(f".{glob.escape(dst.name)}.*.tmp"):
-        pid = tmp.name[len(dst.name) + 2 : -len(".tmp")]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
+def _remove_stale_temporaries(dsts: Iterable[Path]) -> None:
+    """Delete the partial shards (`.NAME.PID.tmp`) of the output shards `dsts` that a killed process left, when no
+    process of that id runs on this machine (a live one may be another process writing it). Each folder is listed
+    once (not once per shard: a folder of 10,000 shards was listed 10,000 times)."""
+    names: dict[Path, set[str]] = {}
+    for dst in dsts:
+        names.setdefault(dst.parent, set()).add(dst.name)
+    for folder, mine in names.items():
         try:
-            os.kill(int(pid), 0)
-            continue  # alive
-        except ProcessLookupError:
-            pass
-        except OSError:  # alive but not ours (EPERM)
+            entries = [e.name for e in os.scandir(folder)]
+        except OSError:
             continue
-        tmp.unlink(missing_ok=True)
+        for entry in entries:
+            if not (entry.startswith(".") and entry.endswith(".tmp")):
+                continue
+            name, _, pid = entry[1 : -len(".tmp")].rpartition(".")
+            if name not in mine or not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+                continue  # alive
+            except ProcessLookupError:
+                pass
+            except OSError:  # alive but not ours (EPERM)
+                continue
+            (folder / entry).unlink(missing_ok=True)
 
 
 class _ShardWriter:
@@ -385,7 +405,6 @@ class _ShardWriter:
         self.job = job
         job.dst.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = job.dst.with_name(f".{job.dst.name}.{os.getpid()}.tmp")
-        _remove_stale_temporaries(job.dst)
         self.count = 0
         if job.format == "webdataset":
             from webdataset import TarWriter
@@ -473,6 +492,18 @@ def _batched(it: Iterator[Record], n: int) -> Iterator[list[Record]]:
         yield batch
 
 
+def shard_of(label: str, shards: Container[str]) -> str | None:
+    """The shard of a record's label ("SHARD:key", `run_shard_job`) when it is one of `shards`, else None: the text
+    before each colon looked up in turn (a shard's path or a key may hold colons), so a row costs a lookup per colon of
+    its label, not a comparison per shard (a resume's stats CSV of a million rows over thousands of shards)."""
+    i = label.find(":")
+    while i != -1:
+        if label[:i] in shards:
+            return label[:i]
+        i = label.find(":", i + 1)
+    return None
+
+
 def run_shard_job(
     jobs: Sequence[ShardJob],
     process: Callable[[list[LoadedImage]], list[Outcome]],
@@ -508,8 +539,9 @@ def run_shard_job(
     t0 = time.perf_counter()
     stats = _StatsCSV(stats_csv)
     todo, report.shards_resumed = split_done(jobs, resume)
-    redo = tuple(f"{j.src}:" for j in todo)  # rows of shards written before and redone now (an interrupted one)
-    stats.drop("file", lambda label: label.startswith(redo))
+    _remove_stale_temporaries(j.dst for j in todo)
+    redo = {str(j.src) for j in todo}  # rows of shards written before and redone now (an interrupted one)
+    stats.drop("file", lambda label: shard_of(label, redo) is not None)
     bar = tqdm(desc=desc, unit="img", disable=not progress, dynamic_ncols=True, file=sys.stderr)
 
     def say(msg: str) -> None:
