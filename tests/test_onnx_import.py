@@ -651,3 +651,27 @@ def test_supported_ops_cover_the_face_model_set():
         "Pad", "Clip", "Sqrt", "Pow",
     }  # fmt: skip
     assert needed <= SUPPORTED_OPS
+
+
+@pytest.mark.parametrize(
+    "op,ins,kw",
+    [
+        ("Reshape", ["x"], {}),  # the shape input left out
+        ("Reshape", ["x", ""], {}),  # ... or given as the empty name
+        ("Expand", ["x", ""], {}),
+        ("Slice", ["x", "", "e"], {}),
+        ("Pad", ["x", ""], {"mode": "constant"}),
+    ],
+)
+def test_a_missing_required_integer_input_is_a_clear_error(op, ins, kw):
+    """A node without a required shape / starts / pads input is an OnnxImportError naming the operator and the
+    input, both when it runs and when it is folded into a constant (with the file and the node), not a TypeError
+    or IndexError from inside the op."""
+    inits = {"e": np.array([1], np.int64)}
+    runtime = model([node(op, ins, ["y"], **kw)], {"x": [2, 3]}, ["y"], inits)
+    net = OnnxModule(runtime)
+    with pytest.raises(OnnxImportError, match=rf"{op}: required input 1 is missing"):
+        net(torch.zeros(2, 3))
+    folded = model([node(op, ins, ["y"], name="n1", **kw)], {}, ["y"], {**inits, "x": rand(2, 3)})
+    with pytest.raises(OnnxImportError, match=rf"folded\.onnx: node 'n1': {op}: required input 1 is missing"):
+        OnnxModule(folded, source="folded.onnx")

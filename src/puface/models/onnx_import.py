@@ -162,9 +162,8 @@ def fold_batchnorm(weight: Tensor, bias: Tensor | None, gamma: Tensor, beta: Ten
 _fold_bn = fold_batchnorm  # (OnnxModule's `fold_batchnorm` flag shadows the name)
 
 
-def _ints(t: Tensor | Sequence[int] | None) -> list[int] | None:
-    if t is None:
-        return None
+def _ints(t: Tensor | Sequence[int]) -> list[int]:
+    """A 1-D integer tensor (a shape, pads, axes...) or a sequence as a list of ints."""
     if isinstance(t, Tensor):
         return [int(v) for v in t.reshape(-1).tolist()]
     return [int(v) for v in t]
@@ -311,6 +310,21 @@ def _opt(xs: list, i: int) -> Tensor | None:
     return xs[i] if len(xs) > i else None
 
 
+def _input_ints(xs: list, i: int, op: str) -> list[int]:
+    """Input `i` of an `op` node, a required integer tensor (shape, starts, pads...), as ints;
+    `OnnxImportError` when the node leaves it out or gives it the empty name."""
+    t = _opt(xs, i)
+    if t is None:
+        raise OnnxImportError(f"{op}: required input {i} is missing")
+    return _ints(t)
+
+
+def _opt_ints(xs: list, i: int) -> list[int] | None:
+    """Optional input `i` (axes, steps, split...) as ints, None when absent."""
+    t = _opt(xs, i)
+    return None if t is None else _ints(t)
+
+
 def _conv(xs, a, opset):
     return _conv_apply(xs[0], xs[1], _opt(xs, 2), a, int(a.get("group", 1)))
 
@@ -352,7 +366,7 @@ def _flatten(xs, a, opset):
 def _reshape(xs, a, opset):
     """ONNX Reshape (0 copies a dim unless allowzero). In a graph exported for batch 1 (attribute
     `_batch1`, set by OnnxModule on runtime nodes), a leading literal 1 stands for the batch."""
-    x, shape = xs[0], _ints(xs[1])
+    x, shape = xs[0], _input_ints(xs, 1, "Reshape")
     if not a.get("allowzero", 0):
         shape = [x.shape[i] if d == 0 and i < x.ndim else d for i, d in enumerate(shape)]
     if a.get("_batch1") and shape and shape[0] == 1 and x.ndim and x.shape[0] != 1:
@@ -467,7 +481,7 @@ def _gather(xs, a, opset):
 
 def _axes(xs, a, opset, input_index: int, since: int) -> list[int] | None:
     if opset >= since:
-        return _ints(_opt(xs, input_index))
+        return _opt_ints(xs, input_index)
     return a.get("axes")
 
 
@@ -493,9 +507,9 @@ def _squeeze(xs, a, opset):
 def _slice(xs, a, opset):
     x = xs[0]
     if opset >= 10:
-        starts, ends = _ints(xs[1]), _ints(xs[2])
-        axes = _ints(_opt(xs, 3)) or list(range(len(starts)))
-        steps = _ints(_opt(xs, 4)) or [1] * len(starts)
+        starts, ends = _input_ints(xs, 1, "Slice"), _input_ints(xs, 2, "Slice")
+        axes = _opt_ints(xs, 3) or list(range(len(starts)))
+        steps = _opt_ints(xs, 4) or [1] * len(starts)
     else:
         starts, ends = a["starts"], a["ends"]
         axes = a.get("axes") or list(range(len(starts)))
@@ -534,10 +548,10 @@ def _softmax_like(fn: Callable[[Tensor, int], Tensor]):
 def _pad(xs, a, opset):
     x = xs[0]
     if opset >= 11:
-        pads = _ints(xs[1])
-        value = _opt(xs, 2)
-        value = float(value.reshape(-1)[0]) if value is not None and value.numel() else 0.0
-        axes = _ints(_opt(xs, 3))
+        pads = _input_ints(xs, 1, "Pad")
+        fill = _opt(xs, 2)
+        value = float(fill.reshape(-1)[0]) if fill is not None and fill.numel() else 0.0
+        axes = _opt_ints(xs, 3)
     else:
         pads, value, axes = list(a["pads"]), float(a.get("value", 0.0)), None
     mode = a.get("mode", "constant")
@@ -562,9 +576,9 @@ def _pad(xs, a, opset):
 def _clip(xs, a, opset):
     x = xs[0]
     if opset >= 11:
-        lo, hi = _opt(xs, 1), _opt(xs, 2)
-        lo = float(lo) if lo is not None else None
-        hi = float(hi) if hi is not None else None
+        t_lo, t_hi = _opt(xs, 1), _opt(xs, 2)
+        lo = float(t_lo) if t_lo is not None else None
+        hi = float(t_hi) if t_hi is not None else None
     else:
         lo, hi = a.get("min"), a.get("max")
     return torch.clamp(x, min=lo, max=hi)
@@ -616,21 +630,21 @@ def _cast(xs, a, opset):
 
 def _constant_of_shape(xs, a, opset):
     value = a.get("value")
-    shape = _ints(xs[0])
+    shape = _input_ints(xs, 0, "ConstantOfShape")
     if value is None:
         return torch.zeros(shape, dtype=torch.float32)
     return torch.full(shape, value.reshape(-1)[0].item(), dtype=value.dtype)
 
 
 def _expand(xs, a, opset):
-    x, shape = xs[0], _ints(xs[1])
+    x, shape = xs[0], _input_ints(xs, 1, "Expand")
     return x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(shape)))
 
 
 def _split(xs, a, opset, n_outputs: int = 1):
     x = xs[0]
     ax = int(a.get("axis", 0)) % x.ndim
-    split = _ints(_opt(xs, 1)) if opset >= 13 else a.get("split")
+    split = _opt_ints(xs, 1) if opset >= 13 else a.get("split")
     if not split:
         k = int(a.get("num_outputs", n_outputs))
         size = math.ceil(x.shape[ax] / k)
