@@ -138,13 +138,13 @@ class NearestNeighbour(EmbeddingTrainer):
         return self
 
     def predict_embeddings(self, embeddings):
-        self._require_fitted()
+        classes = self._require_fitted()
         q = F.normalize(torch.as_tensor(embeddings).float(), dim=1)
         idx = []
         for i in range(0, len(q), 1024):
             idx.append((q[i : i + 1024] @ self._train.T).argmax(1))
         nearest = torch.cat(idx).numpy() if idx else np.zeros(0, dtype=np.int64)
-        return self.classes_[self._codes[nearest]]
+        return classes[self._codes[nearest]]
 
 
 @TRAINERS.register("linear", doc="standardised embeddings + logistic regression, frozen embedder")
@@ -191,13 +191,13 @@ class LinearProbe(EmbeddingTrainer):
         return self
 
     def predict_embeddings(self, embeddings):
-        self._require_fitted()
+        classes = self._require_fitted()
         if len(embeddings) == 0:  # scikit-learn refuses 0 samples; nn and e2e give an empty prediction too
-            return self.classes_[:0]
+            return classes[:0]
         if self.model_ is None:
-            return self.classes_[np.zeros(len(embeddings), dtype=np.int64)]
+            return classes[np.zeros(len(embeddings), dtype=np.int64)]
         xs = self.scaler_.transform(torch.as_tensor(embeddings).double().numpy())
-        return self.classes_[self.model_.predict(xs)]
+        return classes[self.model_.predict(xs)]
 
 
 def balanced_batch(by_class: Sequence[np.ndarray], batch_size: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
