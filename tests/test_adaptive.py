@@ -184,9 +184,17 @@ def test_purifier_config_drops_and_adds_attacks():
 
     path = "default"
     base = [attack_label(a) for a in load_config(path).attacks]
-    extra = {"label": "adaptive", "name": "fawkes", "mode": "high", "embedders": ["dlib-resnet29"], "through": "default"}
+    extra = {
+        "label": "adaptive",
+        "name": "fawkes",
+        "mode": "high",
+        "embedders": ["dlib-resnet29"],
+        "through": "default",
+    }
     cfg = load_config(path, drop_attacks=["lowkey", "lowkey-ensemble"], add_attacks=[extra])
-    assert [attack_label(a) for a in cfg.attacks] == [b for b in base if b not in ("lowkey", "lowkey-ensemble")] + ["adaptive"]
+    assert [attack_label(a) for a in cfg.attacks] == [b for b in base if b not in ("lowkey", "lowkey-ensemble")] + [
+        "adaptive"
+    ]
     with pytest.raises(ConfigError, match="'lowkey-typo', not among its attacks.*fawkes-high"):
         load_config(path, drop_attacks=["lowkey-typo"])
 

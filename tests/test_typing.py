@@ -51,6 +51,8 @@ def test_the_check_reports_an_error_with_its_place(tmp_path):
     assert res.returncode == 1
     # (the folder may be an earlier run's: mypy replays a module's cached errors)
     returned, untyped = _errors(res.stdout)
-    assert returned.endswith('bad.py:2: error: Incompatible return value type (got "float", expected "int")  [return-value]')
+    assert returned.endswith(
+        'bad.py:2: error: Incompatible return value type (got "float", expected "int")  [return-value]'
+    )
     assert untyped.endswith('bad.py:6: error: Incompatible types in assignment (expression has type "str", '
                             'variable has type "int")  [assignment]')

@@ -71,7 +71,12 @@ class ChipTemplate:
     padding: float | None = None
 
     def describe(self) -> dict:
-        return {"name": self.name, "size": self.size, "padding": self.padding, "points": np.round(self.points, 4).tolist()}
+        return {
+            "name": self.name,
+            "size": self.size,
+            "padding": self.padding,
+            "points": np.round(self.points, 4).tolist(),
+        }
 
 
 def dlib_template(size: int = 150, padding: float = 0.25) -> ChipTemplate:
@@ -89,8 +94,12 @@ def arcface_template(size: int = 112) -> ChipTemplate:
 
 
 TEMPLATES = Registry("chip template")
-TEMPLATES.register("dlib150", help="dlib face chip, 150 px, padding 0.25 (dlib ResNet input)")(lambda: dlib_template(150, 0.25))
-TEMPLATES.register("arcface112", help="ArcFace/InsightFace 112 px layout (SFace, ArcFace input)")(lambda: arcface_template(112))
+TEMPLATES.register("dlib150", help="dlib face chip, 150 px, padding 0.25 (dlib ResNet input)")(
+    lambda: dlib_template(150, 0.25)
+)
+TEMPLATES.register("arcface112", help="ArcFace/InsightFace 112 px layout (SFace, ArcFace input)")(
+    lambda: arcface_template(112)
+)
 
 
 def template_for_size(size: int) -> ChipTemplate:

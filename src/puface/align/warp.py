@@ -146,7 +146,9 @@ def _sample_zero_pad(a: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     y0 = np.minimum(np.floor(yp).astype(np.int64), s)
     fx = (xp - x0)[..., None]
     fy = (yp - y0)[..., None]
-    return (1 - fy) * ((1 - fx) * pad[y0, x0] + fx * pad[y0, x0 + 1]) + fy * ((1 - fx) * pad[y0 + 1, x0] + fx * pad[y0 + 1, x0 + 1])
+    return (1 - fy) * ((1 - fx) * pad[y0, x0] + fx * pad[y0, x0 + 1]) + fy * (
+        (1 - fx) * pad[y0 + 1, x0] + fx * pad[y0 + 1, x0 + 1]
+    )
 
 
 def paste_delta(

@@ -44,16 +44,22 @@ def _lowkey(**kw: Any) -> CloakAttack:
     return LowKey(**kw)
 
 
-@ATTACKS.register("opom", summary="OPOM person-specific universal privacy mask (affine/convex hull, class centre, FI-UAP)",
-                  fast={"steps": 2})
+@ATTACKS.register(
+    "opom",
+    summary="OPOM person-specific universal privacy mask (affine/convex hull, class centre, FI-UAP)",
+    fast={"steps": 2},
+)
 def _opom(**kw: Any) -> CloakAttack:
     from .opom import OPOM
 
     return OPOM(**kw)
 
 
-@ATTACKS.register("unlearnable", summary="unlearnable examples: error-minimizing noise, min-min (sample-wise or class-wise)",
-                  fast={"steps": 2, "train_steps": 2, "max_rounds": 2})
+@ATTACKS.register(
+    "unlearnable",
+    summary="unlearnable examples: error-minimizing noise, min-min (sample-wise or class-wise)",
+    fast={"steps": 2, "train_steps": 2, "max_rounds": 2},
+)
 def _unlearnable(**kw: Any) -> CloakAttack:
     from .unlearnable import UnlearnableExamples
 
@@ -93,4 +99,13 @@ def attack_label(spec: dict) -> str:
     return f"{name}-{spec['mode']}" if spec.get("mode") is not None else name
 
 
-__all__ = ["ATTACKS", "AttackResult", "CloakAttack", "GroupCloakAttack", "Reference", "create_attack", "list_attacks", "attack_label"]
+__all__ = [
+    "ATTACKS",
+    "AttackResult",
+    "CloakAttack",
+    "GroupCloakAttack",
+    "Reference",
+    "create_attack",
+    "list_attacks",
+    "attack_label",
+]

@@ -55,7 +55,9 @@ def resolve_surrogates(specs: Sequence[SurrogateSpec], device: torch.device) -> 
         elif isinstance(s, str):
             emb = load_embedder(s)
         else:
-            raise PufaceError(f"a surrogate must be a model name, a model file path or a FaceEmbedder, got {type(s).__name__}")
+            raise PufaceError(
+                f"a surrogate must be a model name, a model file path or a FaceEmbedder, got {type(s).__name__}"
+            )
         emb = emb.to(device).eval()
         for p in emb.parameters():
             p.requires_grad_(False)

@@ -23,7 +23,14 @@ from ..utils.images import image_to_tensor
 __all__ = ["TargetPool", "embed_files"]
 
 
-def embed_files(paths: Sequence[Path], embedders: Sequence[FaceEmbedder], *, batch_size: int = 32, progress: bool = False, desc: str = "embedding") -> tuple[list[torch.Tensor], list[int], list[str]]:
+def embed_files(
+    paths: Sequence[Path],
+    embedders: Sequence[FaceEmbedder],
+    *,
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "embedding",
+) -> tuple[list[torch.Tensor], list[int], list[str]]:
     """Embeddings of image files of any sizes, one (M, D) tensor per embedder (CPU).
 
     Returns (embeddings, kept indices into `paths`, error lines for unreadable files).

@@ -29,6 +29,18 @@ from .detector import (
 )
 from .net import ResidualNet, ResidualNetConfig
 
-__all__ = ["CloakDetector", "DetectorConfig", "ResidualNet", "ResidualNetConfig", "load_detector", "default_detector_path",
-           "detector_path", "threshold_at_fpr", "allowed_above", "min_calibration_size", "DEFAULT_FPR", "DEFAULT_CONFIDENCE",
-           "SHIPPED_DETECTORS"]
+__all__ = [
+    "CloakDetector",
+    "DetectorConfig",
+    "ResidualNet",
+    "ResidualNetConfig",
+    "load_detector",
+    "default_detector_path",
+    "detector_path",
+    "threshold_at_fpr",
+    "allowed_above",
+    "min_calibration_size",
+    "DEFAULT_FPR",
+    "DEFAULT_CONFIDENCE",
+    "SHIPPED_DETECTORS",
+]

@@ -44,7 +44,19 @@ from .base import FaceEmbedder, InputNormalization
 __all__ = ["load_custom_embedder", "read_sidecar", "CustomModelError"]
 
 _NORM_KEYS = ("scale", "mean", "std")
-_SIDECAR_KEYS = {"input_size", "scale", "mean", "std", "order", "name", "embedding_dim", "licence", "license", "source", "layout"}
+_SIDECAR_KEYS = {
+    "input_size",
+    "scale",
+    "mean",
+    "std",
+    "order",
+    "name",
+    "embedding_dim",
+    "licence",
+    "license",
+    "source",
+    "layout",
+}
 #: face layouts a model may be trained on; puface's dlib chips are warped into them (None: plain resize)
 LAYOUTS = ("any", "arcface112")
 _TORCHSCRIPT_SUFFIXES = {".pt", ".pth", ".ts", ".torchscript", ".jit", ".zip"}
@@ -84,7 +96,9 @@ def _triple(value: Any, key: str, where: str) -> tuple[float, float, float]:
     return (nums[0], nums[1], nums[2])
 
 
-def _normalization(option: InputNormalization | Mapping | None, sidecar: Mapping, side_path: Path, model_path: Path) -> InputNormalization:
+def _normalization(
+    option: InputNormalization | Mapping | None, sidecar: Mapping, side_path: Path, model_path: Path
+) -> InputNormalization:
     if isinstance(option, InputNormalization):
         return option
     src, where = (option, "normalization option") if option is not None else (sidecar, str(side_path))
@@ -102,7 +116,9 @@ def _normalization(option: InputNormalization | Mapping | None, sidecar: Mapping
         raise ConfigError(f"{where}: unknown key(s) {unknown}; use scale, mean, std, order")
     scale = _number(src["scale"])
     if scale is None or scale <= 0:
-        raise ConfigError(f"{where}: scale must be a positive number (255 for 0..255 input, 1 for 0..1), got {src['scale']!r}")
+        raise ConfigError(
+            f"{where}: scale must be a positive number (255 for 0..255 input, 1 for 0..1), got {src['scale']!r}"
+        )
     try:
         return InputNormalization(
             scale=scale,
@@ -124,7 +140,9 @@ def _size(value: Any, where: str) -> tuple[int, int]:
     vals = [_count(v) for v in value] if isinstance(value, (list, tuple)) else [_count(value)] * 2
     nums = [v for v in vals if v is not None]
     if len(vals) != 2 or len(nums) != 2:
-        raise ConfigError(f"{where}: input_size must be [height, width] in pixels (positive whole numbers), got {value!r}")
+        raise ConfigError(
+            f"{where}: input_size must be [height, width] in pixels (positive whole numbers), got {value!r}"
+        )
     return (nums[0], nums[1])
 
 
@@ -135,8 +153,10 @@ def _kind(path: Path) -> str:
             names = z.namelist()
         return "exported" if any(n.endswith("/archive_format") for n in names) else "torchscript"
     if path.suffix.lower() == ".pt2":
-        raise CustomModelError(f"{path}: not a torch.export program (not a zip archive: cut short, or another kind of file); "
-                               "save one with torch.export.save(torch.export.export(model.eval(), (example,)), path)")
+        raise CustomModelError(
+            f"{path}: not a torch.export program (not a zip archive: cut short, or another kind of file); "
+            "save one with torch.export.save(torch.export.export(model.eval(), (example,)), path)"
+        )
     if path.suffix.lower() in _TORCHSCRIPT_SUFFIXES:
         raise CustomModelError(
             f"{path}: not a TorchScript file (not a zip archive); a PyTorch model must be saved with "
@@ -303,10 +323,14 @@ def _probe(net: nn.Module, size: tuple[int, int], path: Path) -> tuple[nn.Module
             errors.append(_error_line(e))
             continue
         if y.ndim != 2 or y.shape[0] != batch:
-            raise CustomModelError(f"{path}: output shape {tuple(y.shape)} for a batch of {batch}; expected (N, D) embeddings")
+            raise CustomModelError(
+                f"{path}: output shape {tuple(y.shape)} for a batch of {batch}; expected (N, D) embeddings"
+            )
         if not y.is_floating_point():
-            raise CustomModelError(f"{path}: the model outputs {str(y.dtype).replace('torch.', '')} values; expected float "
-                                   "embeddings (export the embedding layer's output, before any rounding or cast)")
+            raise CustomModelError(
+                f"{path}: the model outputs {str(y.dtype).replace('torch.', '')} values; expected float "
+                "embeddings (export the embedding layer's output, before any rounding or cast)"
+            )
         if batch == 1:
             warnings.warn(f"{path}: the model only runs with batch 1; puface will feed it image by image", stacklevel=3)
             net = _PerImage(net)
@@ -365,9 +389,13 @@ def load_custom_embedder(
     elif graph_size is not None:
         size = graph_size
     else:
-        what = {"onnx": "the ONNX graph's input size is dynamic", "exported": "the program's input size is dynamic"}.get(
-            kind, f"a {kind} file does not record its input size")
-        raise CustomModelError(f"{path}: {what}; give input_size=(height, width) or put \"input_size\": [h, w] into {side_path}")
+        what = {
+            "onnx": "the ONNX graph's input size is dynamic",
+            "exported": "the program's input size is dynamic",
+        }.get(kind, f"a {kind} file does not record its input size")
+        raise CustomModelError(
+            f"{path}: {what}; give input_size=(height, width) or put \"input_size\": [h, w] into {side_path}"
+        )
 
     if graph_size is not None and size != graph_size:
         raise CustomModelError(
@@ -378,7 +406,11 @@ def load_custom_embedder(
     if fixed_batch is not None:
         net = _FixedBatch(net, fixed_batch)
     net, dim = _probe(net, size, path)
-    want, where = (embedding_dim, "embedding_dim option") if embedding_dim is not None else (sidecar.get("embedding_dim"), str(side_path))
+    want, where = (
+        (embedding_dim, "embedding_dim option")
+        if embedding_dim is not None
+        else (sidecar.get("embedding_dim"), str(side_path))
+    )
     if want is not None and _count(want) is None:
         raise ConfigError(f"{where}: embedding_dim must be a positive whole number, got {want!r}")
     if want is not None and int(want) != dim:

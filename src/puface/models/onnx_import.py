@@ -122,7 +122,9 @@ def _attrs(node: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- shared helpers
 
 
-def dequantize_linear(x: Tensor, scale: Tensor, zero_point: Tensor | None = None, axis: int = 1, block_size: int = 0) -> Tensor:
+def dequantize_linear(
+    x: Tensor, scale: Tensor, zero_point: Tensor | None = None, axis: int = 1, block_size: int = 0
+) -> Tensor:
     """ONNX DequantizeLinear: (x - zero_point) * scale, in float32.
 
     Per-tensor when `scale` has one element, per-axis when it is 1-D along `axis`, blocked when
@@ -151,7 +153,9 @@ def dequantize_linear(x: Tensor, scale: Tensor, zero_point: Tensor | None = None
     return (xf - z) * s if z is not None else xf * s
 
 
-def fold_batchnorm(weight: Tensor, bias: Tensor | None, gamma: Tensor, beta: Tensor, mean: Tensor, var: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+def fold_batchnorm(
+    weight: Tensor, bias: Tensor | None, gamma: Tensor, beta: Tensor, mean: Tensor, var: Tensor, eps: float
+) -> tuple[Tensor, Tensor]:
     """Fold an inference BatchNorm over the output channels (dim 0 of `weight`) into weight and bias."""
     a = gamma / torch.sqrt(var + eps)
     w = weight * a.reshape([-1] + [1] * (weight.ndim - 1))
@@ -169,7 +173,9 @@ def _ints(t: Tensor | Sequence[int]) -> list[int]:
     return [int(v) for v in t]
 
 
-def _same_pads(in_sizes: Sequence[int], kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int], upper: bool) -> list[int]:
+def _same_pads(
+    in_sizes: Sequence[int], kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int], upper: bool
+) -> list[int]:
     """ONNX auto_pad SAME_UPPER / SAME_LOWER -> explicit [begin..., end...] pads."""
     begins, ends = [], []
     for n, k, s, d in zip(in_sizes, kernel, strides, dilations):
@@ -380,7 +386,9 @@ def _transpose(xs, a, opset):
     return x.permute(*perm)
 
 
-def _pool_prepare(x: Tensor, a: dict, kernel: list[int], fill: float) -> tuple[Tensor, list[int], list[int], list[int], bool]:
+def _pool_prepare(
+    x: Tensor, a: dict, kernel: list[int], fill: float
+) -> tuple[Tensor, list[int], list[int], list[int], bool]:
     """Explicit padding that torch pooling cannot express is applied up front (with `fill`)."""
     strides, dil, pads = _window_geometry(a, x, kernel)
     k = len(kernel)
@@ -446,7 +454,12 @@ def _dequantize(xs, a, opset):
 def _constant(xs, a, opset):
     if "value" in a:
         return a["value"]
-    for key, dtype in (("value_float", torch.float32), ("value_floats", torch.float32), ("value_int", torch.int64), ("value_ints", torch.int64)):
+    for key, dtype in (
+        ("value_float", torch.float32),
+        ("value_floats", torch.float32),
+        ("value_int", torch.int64),
+        ("value_ints", torch.int64),
+    ):
         if key in a:
             return torch.tensor(a[key], dtype=dtype)
     raise OnnxImportError(f"Constant node with unsupported attribute(s) {sorted(a)}")
@@ -688,7 +701,9 @@ _OPS: dict[str, Callable[..., Any]] = {
     "LeakyRelu": lambda xs, a, opset: F.leaky_relu(xs[0], float(a.get("alpha", 0.01))),
     "Elu": lambda xs, a, opset: F.elu(xs[0], float(a.get("alpha", 1.0))),
     "Sigmoid": _unary(torch.sigmoid),
-    "HardSigmoid": lambda xs, a, opset: torch.clamp(xs[0] * float(a.get("alpha", 0.2)) + float(a.get("beta", 0.5)), 0, 1),
+    "HardSigmoid": lambda xs, a, opset: torch.clamp(
+        xs[0] * float(a.get("alpha", 0.2)) + float(a.get("beta", 0.5)), 0, 1
+    ),
     "HardSwish": _unary(F.hardswish),
     "Tanh": _unary(torch.tanh),
     "Erf": _unary(torch.erf),
@@ -902,13 +917,20 @@ class OnnxModule(nn.Module):
         used = {i for n in nodes for i in n.input} | {o.name for o in g.output}
         self.input_names = [i.name for i in g.input if i.name not in consts and i.name in used]
         self.input_shapes = [
-            tuple((d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None) for d in i.type.tensor_type.shape.dim)
+            tuple(
+                (d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None)
+                for d in i.type.tensor_type.shape.dim
+            )
             for i in g.input
             if i.name in self.input_names
         ]
         self.output_names = [o.name for o in g.output]
         batch1 = bool(self.input_shapes) and all(len(sh) > 0 and sh[0] == 1 for sh in self.input_shapes)
-        missing = [o for o in self.output_names if o not in consts and not any(o in n.output for n in nodes) and o not in self.input_names]
+        missing = [
+            o
+            for o in self.output_names
+            if o not in consts and not any(o in n.output for n in nodes) and o not in self.input_names
+        ]
         if missing:
             raise OnnxImportError(f"{self.source}: graph outputs {missing} are never produced")
 
@@ -975,7 +997,11 @@ class OnnxModule(nn.Module):
                     outs = [bn.output[0]]
                     skip.add(id(bn))
                 add(Linear(w, b, trans_a), [ins[0]], outs)
-            elif n.op_type == "BatchNormalization" and all(i in consts for i in ins[1:5]) and not a.get("training_mode", 0):
+            elif (
+                n.op_type == "BatchNormalization"
+                and all(i in consts for i in ins[1:5])
+                and not a.get("training_mode", 0)
+            ):
                 gamma, beta, mean, var = (consts[i] for i in ins[1:5])
                 add(ChannelAffine(gamma, beta, mean, var, float(a.get("epsilon", 1e-5))), [ins[0]], outs[:1])
             elif n.op_type == "PRelu" and ins[1] in consts:
@@ -991,17 +1017,22 @@ class OnnxModule(nn.Module):
             for i in ins:
                 last_use[i] = k
         self._free_after = [
-            [i for i in ins if i and last_use.get(i) == k and i not in outputs and i not in consts] for k, (ins, _) in enumerate(self._wiring)
+            [i for i in ins if i and last_use.get(i) == k and i not in outputs and i not in consts]
+            for k, (ins, _) in enumerate(self._wiring)
         ]
         self._output_consts = {o: consts[o] for o in self.output_names if o in consts}
 
     def forward(self, *inputs: Tensor) -> Any:
         if len(inputs) != len(self.input_names):
-            raise ValueError(f"{self.source}: expected {len(self.input_names)} input(s) {self.input_names}, got {len(inputs)}")
+            raise ValueError(
+                f"{self.source}: expected {len(self.input_names)} input(s) {self.input_names}, got {len(inputs)}"
+            )
         env: dict[str, Any] = dict(zip(self.input_names, inputs))
         buffers, const_names, static = self._buffers, self._const_names, self._static
         for k, (step, (ins, outs)) in enumerate(zip(self.steps, self._wiring)):
-            args = [env[i] if i in env else (buffers[const_names[i]] if i in const_names else static.get(i)) for i in ins]
+            args = [
+                env[i] if i in env else (buffers[const_names[i]] if i in const_names else static.get(i)) for i in ins
+            ]
             out = step(*args)
             if isinstance(out, tuple):
                 for name, t in zip(outs, out):

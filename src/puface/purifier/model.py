@@ -340,7 +340,9 @@ class Purifier(nn.Module):
         return p.to(resolve_device(device)) if device is not None else p
 
     @classmethod
-    def load_layouts(cls, weights: str | Path | None = None, device: str | torch.device | None = "cpu") -> dict[str, "Purifier"]:
+    def load_layouts(
+        cls, weights: str | Path | None = None, device: str | torch.device | None = "cpu"
+    ) -> dict[str, "Purifier"]:
         """The purifier to use for each face layout: {its template: `load(weights)`}, and when `weights` is the
         shipped default (None, "", "default") also the other shipped purifiers that are installed, each under the
         layout it was trained on (so 112 px ArcFace crops get the one trained on them)."""
