@@ -67,7 +67,15 @@ class ContentCache:
         for key, a in items.items():
             a = np.ascontiguousarray(a)
             raw = a.tobytes()
-            rows.append((namespace, key, a.dtype.str, "x".join(map(str, a.shape)), zlib.compress(raw, 1) if kind == "images" else raw))
+            rows.append(
+                (
+                    namespace,
+                    key,
+                    a.dtype.str,
+                    "x".join(map(str, a.shape)),
+                    zlib.compress(raw, 1) if kind == "images" else raw,
+                )
+            )
         with self._db:
             self._db.executemany(f"INSERT OR REPLACE INTO {kind} VALUES (?, ?, ?, ?, ?)", rows)
 

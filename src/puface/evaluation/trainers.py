@@ -70,7 +70,11 @@ class Trainer:
 
     @property
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "embedder": getattr(self.embedder, "name", type(self.embedder).__name__), **self.params}
+        return {
+            "name": self.name,
+            "embedder": getattr(self.embedder, "name", type(self.embedder).__name__),
+            **self.params,
+        }
 
     def fit(self, images: torch.Tensor, labels: Labels) -> "Trainer":  # pragma: no cover
         raise NotImplementedError
@@ -103,7 +107,10 @@ class EmbeddingTrainer(Trainer):
         self.batch_size = int(batch_size)
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
-        out = [self.embedder.embed(to_float(images[i : i + self.batch_size])) for i in range(0, len(images), self.batch_size)]
+        out = [
+            self.embedder.embed(to_float(images[i : i + self.batch_size]))
+            for i in range(0, len(images), self.batch_size)
+        ]
         return torch.cat(out) if out else torch.empty(0, self.embedder.embedding_dim)
 
     def fit(self, images: torch.Tensor, labels: Labels) -> "EmbeddingTrainer":
@@ -113,7 +120,9 @@ class EmbeddingTrainer(Trainer):
     def predict(self, images: torch.Tensor) -> np.ndarray:
         return self.predict_embeddings(self._embed(images))
 
-    def fit_embeddings(self, embeddings: torch.Tensor, labels: Labels, init: "EmbeddingTrainer | None" = None) -> "EmbeddingTrainer":  # pragma: no cover
+    def fit_embeddings(
+        self, embeddings: torch.Tensor, labels: Labels, init: "EmbeddingTrainer | None" = None
+    ) -> "EmbeddingTrainer":  # pragma: no cover
         raise NotImplementedError
 
     def predict_embeddings(self, embeddings: torch.Tensor) -> np.ndarray:  # pragma: no cover
@@ -159,7 +168,9 @@ class LinearProbe(EmbeddingTrainer):
     name = "linear"
     warm_starts = True
 
-    def __init__(self, embedder: FaceEmbedder, C: float = 1.0, max_iter: int = 500, tol: float = 1e-4, batch_size: int = 64):
+    def __init__(
+        self, embedder: FaceEmbedder, C: float = 1.0, max_iter: int = 500, tol: float = 1e-4, batch_size: int = 64
+    ):
         if not C > 0:
             raise ConfigError(f"linear: C must be > 0, got {C}")
         super().__init__(embedder, batch_size=batch_size, C=float(C), max_iter=int(max_iter), tol=float(tol))
@@ -178,8 +189,14 @@ class LinearProbe(EmbeddingTrainer):
         if len(self.classes_) == 1:  # degenerate but legal: everything is that one class
             self.model_ = None
         else:
-            warm = isinstance(init, LinearProbe) and init.model_ is not None and np.array_equal(init.classes_, self.classes_)
-            self.model_ = LogisticRegression(C=self.params["C"], max_iter=self.params["max_iter"], tol=self.params["tol"], warm_start=warm)
+            warm = (
+                isinstance(init, LinearProbe)
+                and init.model_ is not None
+                and np.array_equal(init.classes_, self.classes_)
+            )
+            self.model_ = LogisticRegression(
+                C=self.params["C"], max_iter=self.params["max_iter"], tol=self.params["tol"], warm_start=warm
+            )
             if warm:
                 self.model_.coef_ = init.model_.coef_.copy()
                 self.model_.intercept_ = init.model_.intercept_.copy()
@@ -200,7 +217,9 @@ class LinearProbe(EmbeddingTrainer):
         return classes[self.model_.predict(xs)]
 
 
-def balanced_batch(by_class: Sequence[np.ndarray], batch_size: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+def balanced_batch(
+    by_class: Sequence[np.ndarray], batch_size: int, generator: torch.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Class-balanced sample: each of `batch_size` slots draws a class uniformly, then one of its rows
     uniformly. `by_class[c]` lists the rows of class c. Returns (row indices, class codes)."""
     cls = torch.randint(len(by_class), (batch_size,), generator=generator).numpy()
@@ -227,7 +246,9 @@ class CosineHead(nn.Module):
         return self.scale * F.normalize(emb, dim=1) @ F.normalize(self.weight, dim=1).T
 
 
-@TRAINERS.register("e2e", doc="fine-tune the embedder end to end with a softmax head", fast={"steps": 5, "batch_size": 4})
+@TRAINERS.register(
+    "e2e", doc="fine-tune the embedder end to end with a softmax head", fast={"steps": 5, "batch_size": 4}
+)
 class EndToEnd(Trainer):
     """Fine-tune a copy of the embedder and a cosine-softmax head (FaceCure's "end-to-end" tracker).
 
