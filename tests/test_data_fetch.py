@@ -4,7 +4,6 @@ an unreachable server says what to do offline, and a small LFW-like archive beco
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import tarfile
@@ -171,7 +170,12 @@ def test_another_archive_is_unpacked_again_and_other_min_images_go_beside(server
     small.write_bytes(_lfw_like_tgz(johns_dir, people=2))
     big.write_bytes(_lfw_like_tgz(johns_dir, people=3))
     dest = tmp_path / "unpacked"
-    count = lambda: len([p for p in next(p for p in dest.iterdir() if p.is_dir()).iterdir() if p.is_dir()])
+
+    def count() -> int:
+        """People folders in the one unpacked top folder."""
+        top = next(p for p in dest.iterdir() if p.is_dir())
+        return len([p for p in top.iterdir() if p.is_dir()])
+
     extract_tar(small, dest)
     first = count()
     extract_tar(small, dest)  # the same archive: kept

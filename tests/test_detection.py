@@ -252,7 +252,8 @@ def test_net_component_runs_and_feeds_the_score(johns_images):
 
 
 def test_net_inputs_choose_the_residuals_and_survive_a_round_trip(johns_images):
-    """`inputs` picks the residuals the CNN sees; old configs (no `inputs`) keep the two residuals they were made with."""
+    """`inputs` picks the residuals the CNN sees; old configs (no `inputs`) keep the two residuals they were made
+    with."""
     from puface.detection import ResidualNet, ResidualNetConfig
 
     x = johns_images[2][:2]
@@ -757,7 +758,7 @@ def test_the_evaluation_reuses_only_a_grid_purifier_that_is_the_detectors_at_its
     detector = load_detector()
     step, layout, own = PuFaceDefense(step=1.5), PuFaceDefense(template="arcface112"), PuFaceDefense()
     for d in (step, layout, own):
-        d.purifier  # loads it
+        _ = d.purifier  # the property loads it
     grid = SimpleNamespace(defenses={"puface-step1.5": step, "puface-arcface112": layout}, batch_size=8)
     chosen = _purifier_defense(grid, detector)
     assert chosen is not step and chosen is not layout and chosen.step == 1.0 and chosen.template is None

@@ -31,7 +31,8 @@ def rand(*shape, lo=-1.0, hi=1.0):
 
 
 def model(nodes, inputs, outputs, inits=None, opset=17):
-    """inputs: {name: [shape]} (float) or {name: ([shape], elem_type)}; outputs: {name: elem_type} or [names] (float)."""
+    """inputs: {name: [shape]} (float) or {name: ([shape], elem_type)};
+    outputs: {name: elem_type} or [names] (float)."""
     ins = []
     for name, spec in inputs.items():
         shape, et = spec if isinstance(spec, tuple) else (spec, F32)
@@ -713,7 +714,8 @@ def test_not_an_onnx_file(tmp_path):
 
 def test_supported_ops_cover_the_face_model_set():
     needed = {
-        "Conv", "BatchNormalization", "PRelu", "Relu", "LeakyRelu", "Sigmoid", "Add", "Mul", "Sub", "Div", "Gemm", "MatMul",
+        "Conv", "BatchNormalization", "PRelu", "Relu", "LeakyRelu", "Sigmoid", "Add", "Mul", "Sub", "Div", "Gemm",
+        "MatMul",
         "Flatten", "Reshape", "Transpose", "MaxPool", "AveragePool", "GlobalAveragePool", "Concat", "DequantizeLinear",
         "Constant", "Identity", "Dropout", "Shape", "Gather", "Unsqueeze", "Squeeze", "Slice", "ReduceMean", "Softmax",
         "Pad", "Clip", "Sqrt", "Pow",

@@ -102,7 +102,8 @@ def test_purify_default_weights_and_errors(photo_tree, tmp_path, capsys):
 
 def test_purify_keeps_alpha_grayscale_and_says_8_bits(johns_dir, tmp_path, weights, capsys):
     """RGBA keeps its alpha channel (purified RGB, the input's alpha), grayscale stays grayscale (L), a 16-bit
-    grayscale PNG and a 1-bit black-and-white one come out 8-bit grayscale (as --help says); TIFF is written as TIFF; a GIF is listed as failed."""
+    grayscale PNG and a 1-bit black-and-white one come out 8-bit grayscale (as --help says); TIFF is written as
+    TIFF; a GIF is listed as failed."""
     src = tmp_path / "in"
     src.mkdir()
     rgb = np.asarray(Image.open(sorted(johns_dir.glob("*/*.jpg"))[0]).convert("RGB"))[:48, :40]

@@ -131,7 +131,8 @@ from puface.purifier.checkpoint import load_checkpoint
 dist.barrier()
 ck = load_checkpoint({out!r} + "/last.pt")
 # one file per rank: the two processes' stdout interleave character by character
-open({out!r} + f"/rank{{d.rank}}.txt", "w").write(f"rank {{d.rank}} of {{d.world_size}} steps {{ck['train_state']['global_step']}}")
+steps = ck['train_state']['global_step']
+open({out!r} + f"/rank{{d.rank}}.txt", "w").write(f"rank {{d.rank}} of {{d.world_size}} steps {{steps}}")
 cleanup_distributed()
 """
 

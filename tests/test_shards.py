@@ -48,7 +48,7 @@ def chips(johns_dir):
 def folder_out(chips, tmp_path_factory):
     """The folder job's outputs for the same chips (the reference every shard output must equal)."""
     src = tmp_path_factory.mktemp("folder-in")
-    for key, label, data, _ in chips:
+    for key, _label, data, _ in chips:
         (src / f"{key}.jpg").write_bytes(data)
     out = tmp_path_factory.mktemp("folder-out") / "out"
     r = _purify([str(src), str(out), "--no-progress", "--device", "cpu"])

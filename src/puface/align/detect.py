@@ -91,8 +91,8 @@ class Face:
 
     @property
     def center(self) -> np.ndarray:
-        l, t, r, b = self.box
-        return np.array([(l + r) / 2.0, (t + b) / 2.0])
+        left, top, right, bottom = self.box
+        return np.array([(left + right) / 2.0, (top + bottom) / 2.0])
 
 
 _models: dict[str, Any] = {}

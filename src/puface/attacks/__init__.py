@@ -1,4 +1,5 @@
-"""Facial cloaking attacks (Fawkes, LowKey, OPOM, unlearnable examples) as small objects you call on a batch of [0, 1] images.
+"""Facial cloaking attacks (Fawkes, LowKey, OPOM, unlearnable examples) as small objects you call on a batch
+of [0, 1] images.
 
     >>> from puface.attacks import create_attack, list_attacks
     >>> atk = create_attack("fawkes", mode="high", embedders=["dlib-resnet29"], seed=0)  # doctest: +SKIP

@@ -127,10 +127,10 @@ def through_defense(
 def adaptive_options(kw: dict, *, what: str = "the attack") -> dict:
     """Resolve an attack spec's adaptive keys in place and return `kw`.
 
-    Pops ``through`` (see `as_through_defense`; a list is an ensemble, see `through_defense`), ``gradient`` ("exact" / "bpda") and ``eot_noise`` (std of
-    the Gaussian input noise, images in [0, 1]); when ``through`` is set, ``kw["embedders"]`` (names or
-    embedders) becomes their `ThroughDefense` wrappers. Every config reader (experiments, purifier
-    training, the CLI) goes through this, so an adaptive spec means the same everywhere.
+    Pops ``through`` (see `as_through_defense`; a list is an ensemble, see `through_defense`), ``gradient`` ("exact" /
+    "bpda") and ``eot_noise`` (std of the Gaussian input noise, images in [0, 1]); when ``through`` is set,
+    ``kw["embedders"]`` (names or embedders) becomes their `ThroughDefense` wrappers. Every config reader
+    (experiments, purifier training, the CLI) goes through this, so an adaptive spec means the same everywhere.
     """
     through = kw.pop("through", None)
     gradient = str(kw.pop("gradient", "exact"))

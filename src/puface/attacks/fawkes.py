@@ -249,7 +249,8 @@ class Fawkes(CloakAttack):
             for t, emb in zip(targets, self.surrogates):
                 if t.shape != (len(images), emb.embedding_dim):
                     raise ValueError(
-                        f"targets for {emb.name}: expected shape ({len(images)}, {emb.embedding_dim}), got {tuple(t.shape)}"
+                        f"targets for {emb.name}: expected shape ({len(images)}, {emb.embedding_dim}), "
+                        f"got {tuple(t.shape)}"
                     )
             return super().run(images, targets=list(targets), **kw)
         if targets is not None:

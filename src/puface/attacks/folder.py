@@ -292,7 +292,8 @@ def cloak_folder(
         jobs = shard(jobs, rank, world_size)
     if fmt == "same" and any(j.dst.suffix.lower() in (".jpg", ".jpeg", ".webp") for j in jobs):
         say(
-            "warning: writing lossy JPEG/WebP outputs (--format same): re-encoding weakens the cloak; PNG keeps it intact"
+            "warning: writing lossy JPEG/WebP outputs (--format same): re-encoding weakens the cloak; "
+            "PNG keeps it intact"
         )
 
     record = {

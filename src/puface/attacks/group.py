@@ -26,7 +26,7 @@ import torch
 
 from ..utils.errors import PufaceError
 from ..utils.fingerprint import content_hashes, image_digest
-from ..utils.images import quantize, to_float, to_uint8
+from ..utils.images import quantize, to_uint8
 from ..utils.seeding import stable_seed
 from .base import AttackResult, CloakAttack
 

@@ -58,7 +58,8 @@ class OPOMSettings:
             raise ConfigError(f"opom: hull must be one of {', '.join(HULLS)}, got {self.hull!r}")
         if not 0 < self.epsilon <= 255 or not self.step_size > 0:
             raise ConfigError(
-                f"opom: epsilon must be in (0, 255] and step_size > 0 (grey levels), got {self.epsilon}, {self.step_size}"
+                f"opom: epsilon must be in (0, 255] and step_size > 0 (grey levels), "
+                f"got {self.epsilon}, {self.step_size}"
             )
         if self.steps < 0 or self.center_steps < 0 or self.hull_iters < 1:
             raise ConfigError("opom: steps and center_steps must be >= 0, hull_iters >= 1")
@@ -183,7 +184,7 @@ class OPOM(GroupCloakAttack):
         out = torch.empty_like(x)
         dist = torch.zeros(len(x))
         for lab in dict.fromkeys(labels):
-            idx = torch.tensor([i for i, l in enumerate(labels) if l == lab])
+            idx = torch.tensor([i for i, label in enumerate(labels) if label == lab])
             mask, d = self._mask(x[idx], generator)
             out[idx] = (x[idx] + mask).clamp(0, 1)
             dist[idx] = d.cpu()

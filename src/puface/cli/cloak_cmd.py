@@ -50,7 +50,8 @@ from .options import check_engine, device_option, engine_options, rank_options, 
     "--steps",
     type=click.IntRange(min=1),
     default=None,
-    help="Fawkes custom / LowKey / OPOM / unlearnable: optimisation steps (defaults: LowKey 50, OPOM 16, unlearnable 20 per round).",
+    help="Fawkes custom / LowKey / OPOM / unlearnable: optimisation steps "
+    "(defaults: LowKey 50, OPOM 16, unlearnable 20 per round).",
 )
 @click.option("--lr", type=float, default=None, help="Fawkes custom: Adadelta learning rate.")
 @click.option(
@@ -63,7 +64,8 @@ from .options import check_engine, device_option, engine_options, rank_options, 
 @click.option(
     "--targeted",
     is_flag=True,
-    help="Fawkes: the paper's targeted version (mimic the farthest identity of --target-pool) instead of v1.0's push-away.",
+    help="Fawkes: the paper's targeted version (mimic the farthest identity of --target-pool) "
+    "instead of v1.0's push-away.",
 )
 @click.option(
     "--geometry",
@@ -152,7 +154,9 @@ from .options import check_engine, device_option, engine_options, rank_options, 
     type=int,
     default=16,
     show_default=True,
-    help="Images optimised together. The same images in the same batches give the same bytes on every run; other batch mates give equally strong cloaks that differ in some pixels (float rounding amplified by the optimisation).",
+    help="Images optimised together. The same images in the same batches give the same bytes on every run; "
+    "other batch mates give equally strong cloaks that differ in some pixels (float rounding amplified by "
+    "the optimisation).",
 )
 @device_option()
 @threads_option("Torch compute threads (default: torch's choice, one per core).")
@@ -179,7 +183,8 @@ from .options import check_engine, device_option, engine_options, rank_options, 
 @click.option(
     "--align",
     is_flag=True,
-    help="Photos, not chips: detect faces, cloak each aligned 150x150 face chip and paste it back (photos without a face are skipped).",
+    help="Photos, not chips: detect faces, cloak each aligned 150x150 face chip and paste it back "
+    "(photos without a face are skipped).",
 )
 @click.option("--largest-face", is_flag=True, help="With --align: cloak only the largest face of each photo.")
 @rank_options

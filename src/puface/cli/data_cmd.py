@@ -68,9 +68,8 @@ def info(root: Path, min_images: int, decode: bool, top: int, workers: int) -> N
     sizes = Counter(f"{w}x{h}" for _, s, _ in results if s for (w, h) in [s])
     bad = [(p, why) for p, s, why in results if why]
     counts = sorted((len(v) for v in groups.values()), reverse=True)
-    click.echo(
-        f"folder:      {ds.root}  (layout: {'FaceScrub download/<id>/face/<img>' if ds.layout == 'facescrub' else '<id>/<img>'})"
-    )
+    layout = "FaceScrub download/<id>/face/<img>" if ds.layout == "facescrub" else "<id>/<img>"
+    click.echo(f"folder:      {ds.root}  (layout: {layout})")
     click.echo(f"identities:  {len(groups):,}")
     click.echo(f"images:      {len(ds):,}")
     click.echo(f"per identity: min {counts[-1]}, median {counts[len(counts) // 2]}, max {counts[0]}")
@@ -145,11 +144,11 @@ def fetch(
     Debian's libdlib19.1 package: taken from /usr/share/doc if installed, otherwise downloaded with
     `apt-get download` and unpacked into the puface cache ($PUFACE_HOME).
 
-    'lfw' downloads the official deep-funneled LFW archive (111 MB; resumable: run the command again after
-    an interruption; md5-verified), unpacks it, keeps the people with >= --min-images photos (in
-    lfw-photos/, the published-photo configs' [data] photos) and cuts their face chips with `puface align` into lfw-chips150/ (and lfw-arcface112/ with --template
-    arcface112), where configs find them by name. Offline: download the archive elsewhere and pass
-    --tarball. For a data set puface cannot fetch, it says how to get it.
+    'lfw' downloads the official deep-funneled LFW archive (111 MB; resumable: run the command again after an
+    interruption; md5-verified), unpacks it, keeps the people with >= --min-images photos (in lfw-photos/, the
+    published-photo configs' [data] photos) and cuts their face chips with `puface align` into lfw-chips150/ (and
+    lfw-arcface112/ with --template arcface112), where configs find them by name. Offline: download the archive
+    elsewhere and pass --tarball. For a data set puface cannot fetch, it says how to get it.
     """
     from ..data.datasets import DATASETS, find_data_root
     from ..utils.errors import PufaceError

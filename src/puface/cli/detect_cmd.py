@@ -111,8 +111,8 @@ def detect(
     calibration photos score higher (held on each kind of calibration photo with the detector's confidence,
     0.9 for the shipped ones, so that new natural photos of those kinds stay under --fpr); a chip whose file is
     stored in a way that makes natural photos score high (JPEG with full-resolution colour below quality 90, a
-    palette) gets the higher threshold of natural photos stored the same way (--one-threshold: not). The default detector
-    expects aligned face chips (like the LFW/dlib 150x150 chips); for ordinary photos use --align.
+    palette) gets the higher threshold of natural photos stored the same way (--one-threshold: not). The default
+    detector expects aligned face chips (like the LFW/dlib 150x150 chips); for ordinary photos use --align.
     Streams in batches, resumes, prints a summary; exit code 1 if some images could not be read (they
     are listed and skipped).
     """

@@ -182,7 +182,8 @@ def _check_image_size(ctx: click.Context, param: click.Parameter, value: int) ->
     "--attack",
     "attacks",
     multiple=True,
-    help="Attack spec name[:key=value,...], e.g. fawkes:mode=high, 'lowkey:embedders=dlib-resnet29|sface,steps=20'; repeatable. "
+    help="Attack spec name[:key=value,...], e.g. fawkes:mode=high, 'lowkey:embedders=dlib-resnet29|sface,steps=20'; "
+    "repeatable. "
     "The clean reference (no cloak) is always included. Default: fawkes:mode=high.",
 )
 @click.option(
@@ -211,7 +212,8 @@ def _check_image_size(ctx: click.Context, param: click.Parameter, value: int) ->
     "--defense",
     "defenses",
     multiple=True,
-    help="Defense spec, e.g. none, puface, puface:weights=FILE, jpeg:quality=75, blur:sigma=1+bitdepth:bits=5; repeatable. Default: none and puface.",
+    help="Defense spec, e.g. none, puface, puface:weights=FILE, jpeg:quality=75, blur:sigma=1+bitdepth:bits=5; "
+    "repeatable. Default: none and puface.",
 )
 @click.option("--seed", "seeds", type=int, multiple=True, help="Split/user seed; repeatable. Default: 0.")
 @click.option(

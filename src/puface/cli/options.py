@@ -65,13 +65,15 @@ def engine_options(actors: str, outputs: str = "Same outputs either way.") -> Ca
             "--address",
             default=None,
             metavar="ADDR",
-            help="With --engine ray: the cluster to join (auto, HOST:6379, ray://HOST:10001); default: start a local one.",
+            help="With --engine ray: the cluster to join (auto, HOST:6379, ray://HOST:10001); "
+            "default: start a local one.",
         ),
         click.option(
             "--workers",
             type=click.IntRange(min=1),
             default=None,
-            help=f"With --engine ray: {actors} actors (default: one per GPU with CUDA, else the cluster's CPUs minus one).",
+            help=f"With --engine ray: {actors} actors "
+            "(default: one per GPU with CUDA, else the cluster's CPUs minus one).",
         ),
     ]
 

@@ -65,8 +65,8 @@ def _parse_attack(text: str) -> dict:
     default=True,
     show_default=True,
     help="Continue from OUT/last.pt when it exists (after an interruption); refused when the config, --set "
-    "or data differ from the run's (data.root, data.cache, data.cached_only, save_every_steps and the cloaking and validation "
-    "batch sizes may). --no-resume starts afresh; an earlier run's files are renamed "
+    "or data differ from the run's (data.root, data.cache, data.cached_only, save_every_steps and the cloaking "
+    "and validation batch sizes may). --no-resume starts afresh; an earlier run's files are renamed "
     "*.<time>.discarded.* first.",
 )
 @device_option()
@@ -359,12 +359,13 @@ def purify(
 ) -> None:
     """Remove cloaks from the images under IN and write them to OUT (same tree, names, formats and sizes).
 
-    Grayscale images stay grayscale and transparency (alpha) is kept; outputs have 8 bits per channel
-    (a 16-bit PNG or TIFF comes out 8-bit) and a palette (colour-table) image comes out RGB, since purified
-    colours do not fit its palette. EXIF, the ICC profile, the resolution (dpi) and a TIFF's compression are kept. Image files puface cannot read (GIF, HEIC, ...) are listed as
-    failed. OUT/purify_config.json records the settings its images depend on; resuming with other settings
-    is refused (--no-resume redoes every image), and so is an OUT that holds another command's outputs (cloak,
-    align) or that another puface process is writing into (other than the other ranks of one job).
+    Grayscale images stay grayscale and transparency (alpha) is kept; outputs have 8 bits per channel (a 16-bit PNG or
+    TIFF comes out 8-bit) and a palette (colour-table) image comes out RGB, since purified colours do not fit its
+    palette. EXIF, the ICC profile, the resolution (dpi) and a TIFF's compression are kept. Image files puface cannot
+    read (GIF, HEIC, ...) are listed as failed. OUT/purify_config.json records the settings its images depend on;
+    resuming with other settings is refused (--no-resume redoes every image), and so is an OUT that holds another
+    command's outputs (cloak, align) or that another puface process is writing into (other than the other ranks of one
+    job).
 
     Streams in batches (decoding and encoding overlap the computation), resumes where it stopped,
     prints images/s. The default purifier expects aligned face chips (like the LFW/dlib 150x150
@@ -374,8 +375,8 @@ def purify(
     datasets Image column), a folder of them, or a glob / brace pattern in quotes
     ('data/shard-{000000..000099}.tar'). OUT then gets shards of the same format and names with the same
     records, keys, order and other fields (labels kept); every image of a record is purified (see
-    --image-field); a record with an image that cannot be decoded is listed and left out; each shard is written under a temporary name and renamed when done, so a rerun
-    skips finished shards.
+    --image-field); a record with an image that cannot be decoded is listed and left out; each shard is
+    written under a temporary name and renamed when done, so a rerun skips finished shards.
 
     With --skip-cloaked or --report each photo is also scored for a cloak (the detector's purified
     image is the one written: no second purification).

@@ -199,7 +199,8 @@ def folder_patterns(in_path: str | Path, defense: SharedPatternRemoval | None = 
         out[rel] = FolderPattern(rel, len(group), d.last_score, (int(size[0]), int(size[1])), pattern)
         if m is not None and warn is not None:
             warn(
-                f"unmask: {rel}: {len(group)} photos share a pattern (score {d.last_score:.2f} > {d.params['tau']}): subtracted"
+                f"unmask: {rel}: {len(group)} photos share a pattern "
+                f"(score {d.last_score:.2f} > {d.params['tau']}): subtracted"
             )
     return out
 

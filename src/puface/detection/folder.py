@@ -235,7 +235,8 @@ class DetectReport:
         n, k = self.scored, self.flagged
         lines = [
             self.job.summary(verb),
-            f"cloak detection: {k} of {n} images judged cloaked ({k / max(n, 1):.1%}) at threshold {self.threshold:.4f} "
+            f"cloak detection: {k} of {n} images judged cloaked ({k / max(n, 1):.1%}) "
+            f"at threshold {self.threshold:.4f} "
             f"(false-positive rate {self.fpr:.1%} on natural calibration photos)",
         ]
         if self.thresholds:
@@ -426,8 +427,9 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
 
             from ..io.raydata import run_ray_job
 
-            # each actor loads the detector file itself (None: the shipped one; a shipped name travels as its file), so Ray can restart a lost actor from
-            # small arguments; a detector given as an object, or with its own purifier, travels as a CPU copy
+            # each actor loads the detector file itself (None: the shipped one; a shipped name travels as its file),
+            # so Ray can restart a lost actor from small arguments; a detector given as an object, or with its own
+            # purifier, travels as a CPU copy
             what = (
                 copy.deepcopy(det).cpu()
                 if detector is not None or purifier is not None
@@ -454,7 +456,10 @@ PALETTE_NOTE = (
     "palette image (<= 256 colours): its colour quantisation scores like a cloak, so the decision says little"
 )
 #: ... and when the palette kinds judge it: natural palette photos pass, and so do most cloaks.
-PALETTE_KIND_NOTE = "palette image (<= 256 colours): judged against natural palette photos, which score like cloaks: few cloaks are caught"
+PALETTE_KIND_NOTE = (
+    "palette image (<= 256 colours): judged against natural palette photos, which score like cloaks: "
+    "few cloaks are caught"
+)
 
 
 def _palette_kind_judged(thresholds: Thresholds, storage: str) -> bool:

@@ -101,7 +101,8 @@ def kinds_for_storage(kind_names: list[str], storage: str) -> list[str] | None:
 
 
 def storage_of_kind(kind: str) -> str:
-    """The storage string a kind's last step makes ("natural:jpeg:quality=75" -> "jpeg:quality=75,subsampling=4:2:0")."""
+    """The storage string a kind's last step makes
+    ("natural:jpeg:quality=75" -> "jpeg:quality=75,subsampling=4:2:0")."""
     step, params = last_step(kind)
     if step == "jpeg":
         return jpeg_storage(params.get("quality", "75"), params.get("subsampling", "4:2:0"))

@@ -38,7 +38,8 @@ class ContentCache:
             self._db.execute("PRAGMA journal_mode=WAL")
         for kind in self.KINDS:
             self._db.execute(
-                f"CREATE TABLE IF NOT EXISTS {kind} (ns TEXT, key TEXT, dtype TEXT, shape TEXT, data BLOB, PRIMARY KEY (ns, key))"
+                f"CREATE TABLE IF NOT EXISTS {kind} "
+                "(ns TEXT, key TEXT, dtype TEXT, shape TEXT, data BLOB, PRIMARY KEY (ns, key))"
             )
         self._db.commit()
 

@@ -136,7 +136,8 @@ def detection_markdown(det: dict[str, Any]) -> str:
         "## Cloak detection",
         "",
         f"Detector threshold {det['threshold']:.4f} (calibrated to {det['fpr_target']:.1%} false positives on natural "
-        f"photos of identities the evaluation never protects{held}). Natural = training photos of the identities that are "
+        f"photos of identities the evaluation never protects{held}). "
+        "Natural = training photos of the identities that are "
         f"not protected users; cloaked = the protected users' cloaked {det.get('cloaked_split', 'training')} photos. "
         "TPR and FPR at the calibrated "
         "threshold; TPR @1% FPR = at the threshold giving 1% false positives on these natural photos.",

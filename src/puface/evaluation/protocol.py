@@ -420,8 +420,8 @@ class Protocol:
     def _record_quality(
         self, attack: str, defense: str, user: str, images: torch.Tensor, natural: torch.Tensor
     ) -> None:
-        """PSNR (dB, capped at PSNR_CAP = 99: identical images) and SSIM of a user's (cloaked, defended) training images against the
-        natural ones, in `quality[attack, defense, user]` (and passed to `on_quality`)."""
+        """PSNR (dB, capped at PSNR_CAP = 99: identical images) and SSIM of a user's (cloaked, defended) training
+        images against the natural ones, in `quality[attack, defense, user]` (and passed to `on_quality`)."""
         x, y = to_float(images), to_float(natural)
         q = {"psnr": psnr(x, y, cap=PSNR_CAP).tolist(), "ssim": ssim(x, y).tolist()}
         self.quality[attack, defense, user] = q

@@ -24,14 +24,17 @@ from ..utils.images import image_to_tensor, tensor_to_image
 from ..utils.metrics import psnr, ssim
 
 CSS = """
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
-h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; } h3 { margin-top: 1.4em; }
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1200px;
+       color: #222; padding: 0 1em; }
+h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+h3 { margin-top: 1.4em; }
 table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 13px; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; } th { background: #f3f3f3; }
 td:first-child, th:first-child { text-align: left; }
 .meta { color: #555; } .chart { max-width: 100%; }
 .grid { display: grid; gap: 10px; margin: .5em 0 1.5em; }
-figure { margin: 0; text-align: center; font-size: 12px; } figure img { width: 150px; height: 150px; image-rendering: auto; border: 1px solid #ddd; }
+figure { margin: 0; text-align: center; font-size: 12px; }
+figure img { width: 150px; height: 150px; image-rendering: auto; border: 1px solid #ddd; }
 figcaption { color: #444; }
 """
 
@@ -287,7 +290,8 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
         parts.append("<h2>ASR and normal accuracy per defense and attack</h2>")
         parts.append(
             "<p>Bars: the mean over protected users and seeds (in %, as in the tables); error bars: one sample "
-            "standard deviation over them (none for a single user); n/a: no number (no test photo of the users, or not run).</p>"
+            "standard deviation over them (none for a single user); "
+            "n/a: no number (no test photo of the users, or not run).</p>"
         )
         parts += [f'<img class="chart" src="{uri}" alt="bar chart: {html.escape(t)}">' for t, uri in charts]
     roc = roc_chart(results.get("detection") or {})

@@ -190,20 +190,24 @@ def headline_markdown(h: dict[str, Any], settings: tuple[str, ...] = ("white-box
     b = h["best_baseline"]
     name = md_cell(b or "baseline")
     out = [
-        f"| attack | victim | trainer | setting | ASR none | ASR PuFace | ASR {name} | normal acc. none | normal acc. PuFace | normal acc. {name} | best baseline in this row (ASR) |",
+        f"| attack | victim | trainer | setting | ASR none | ASR PuFace | ASR {name} "
+        f"| normal acc. none | normal acc. PuFace | normal acc. {name} | best baseline in this row (ASR) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in (r for r in h["rows"] if r["setting"] in settings):
         out.append(
-            f"| {md_cell(r['attack'])} | {md_cell(r['victim'])} | {md_cell(r['trainer'])} | {r['setting']} | {_pct(r['none_asr'])} | **{_pct(r['puface_asr'])}** | "
-            f"{_pct(r['best_asr'])} | {_pct(r['none_normal_acc'])} | {_pct(r['puface_normal_acc'])} | {_pct(r['best_normal_acc'])} | "
+            f"| {md_cell(r['attack'])} | {md_cell(r['victim'])} | {md_cell(r['trainer'])} | {r['setting']} "
+            f"| {_pct(r['none_asr'])} | **{_pct(r['puface_asr'])}** | {_pct(r['best_asr'])} "
+            f"| {_pct(r['none_normal_acc'])} | {_pct(r['puface_normal_acc'])} | {_pct(r['best_normal_acc'])} | "
             + (f"{md_cell(r['row_best'])} ({_pct(r['row_best_asr'])}) |" if r["row_best"] else "- |")
         )
     for setting, m in h["means"].items():
         cols = [m.get(d, {}) for d in ("none", h.get("puface", "puface"), b)]
         out.append(
-            f"| **mean ({setting})** | | | | {_pct(cols[0].get('asr'))} | **{_pct(cols[1].get('asr'))}** | {_pct(cols[2].get('asr'))} | "
-            f"{_pct(cols[0].get('normal_acc'))} | {_pct(cols[1].get('normal_acc'))} | {_pct(cols[2].get('normal_acc'))} | |"
+            f"| **mean ({setting})** | | | | {_pct(cols[0].get('asr'))} | **{_pct(cols[1].get('asr'))}** "
+            f"| {_pct(cols[2].get('asr'))} | "
+            f"{_pct(cols[0].get('normal_acc'))} | {_pct(cols[1].get('normal_acc'))} "
+            f"| {_pct(cols[2].get('normal_acc'))} | |"
         )
     best = f"best baseline over the white-box cells: {b}" if b else "no baseline defense in these results"
     out += ["", f"{best}; highest white-box ASR with PuFace: {_pct(h['max_white_box_asr_puface'])}%"]
@@ -231,7 +235,8 @@ def defenses_table(folder: Path, attack: str | None = None) -> str:
         asrs = [a for a, _ in v.values()]
         per = "".join(f" {v[c][0]:.1f} |" if c in v else " - |" for c in cols)
         out.append(
-            f"| {md_cell(name)} |{per} {_mean(asrs):.1f} | {min(asrs):.1f} | {max(asrs):.1f} | {_mean([n for _, n in v.values()]):.1f} |"
+            f"| {md_cell(name)} |{per} {_mean(asrs):.1f} | {min(asrs):.1f} | {max(asrs):.1f} "
+            f"| {_mean([n for _, n in v.values()]):.1f} |"
         )
     return "\n".join(out)
 

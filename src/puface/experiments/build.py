@@ -48,7 +48,8 @@ def build_attack(entry: AttackEntry, seed: int, device: str | None, cloak_batch_
         root, pats = params.pop("root"), params.pop("patterns", None)
         if params:
             raise ConfigError(
-                f"attack {entry.label!r}: unknown option(s) {', '.join(sorted(params))} (known: root, patterns, embedders)"
+                f"attack {entry.label!r}: unknown option(s) {', '.join(sorted(params))} "
+                "(known: root, patterns, embedders)"
             )
         folder = FolderCloaks(root, pats)
         if entry.embedders is not None:

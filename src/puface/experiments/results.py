@@ -1,6 +1,7 @@
 """An experiment's output folder: what is written as results arrive, and the tables written at the end.
 
-    OUT/state.json            the results fingerprint (config + weights), the data and models fingerprints; a different one refuses to resume
+    OUT/state.json            the results fingerprint (config + weights), the data and models fingerprints;
+                              a different one refuses to resume
     OUT/config.toml           the config as it ran (stands alone: extends resolved, overrides applied)
     OUT/config.resolved.json  every setting after defaults
     OUT/runs.jsonl            one row per finished run, appended at once (resume reads it)
@@ -82,11 +83,11 @@ def example_name(kind: str) -> str:
 
 def data_fingerprints(root: str | Path) -> tuple[str, str]:
     """(paths and sizes, paths and contents) hashes of the image files under `root`: the first is what run folders
-    recorded before contents were (state.json "data"), the second ("data_content") also tells an image edited in
-    place at the same size (an uncompressed BMP or TIFF always keeps its size). Never times: a copy of the data without them (cp -r, a fresh
-    fetch on another machine) is the same data. Reading the contents costs one pass over the files (LFW chips, 4743
-    files, 41 MB: 0.5 s against 0.15 s for paths and sizes, on a busy 2-core machine), less than the run's own
-    loading of them."""
+    recorded before contents were (state.json "data"), the second ("data_content") also tells an image edited in place
+    at the same size (an uncompressed BMP or TIFF always keeps its size). Never times: a copy of the data without them
+    (cp -r, a fresh fetch on another machine) is the same data. Reading the contents costs one pass over the files
+    (LFW chips, 4743 files, 41 MB: 0.5 s against 0.15 s for paths and sizes, on a busy 2-core machine), less than the
+    run's own loading of them."""
     import hashlib
 
     from ..io.files import list_image_files
@@ -140,8 +141,9 @@ class ResultsFolder:
                     "run); use another --out folder or --restart to discard them")
             if models and old.get("models") and old["models"] != models:
                 raise PufaceError(
-                    f"{out} holds results of other face models (an attack's surrogate weights, or a model's input size or "
-                    "normalisation, changed since they were run); use another --out folder or --restart to discard them")
+                    f"{out} holds results of other face models (an attack's surrogate weights, or a model's input "
+                    "size or normalisation, changed since they were run); use another --out folder or --restart to "
+                    "discard them")
         if restart:
             # everything the discarded runs wrote is set aside, not only their rows: their image quality and examples
             # (details.jsonl) and sessions would be summed into the new tables, and their tables left standing

@@ -102,7 +102,8 @@ def run_experiment(
             _check_users(users, exclude, allow, echo)
             users_by_seed[seed] = users
             echo(
-                f"seed {seed} ({cfg.protocol}-time protocol): {len(data.identities)} identities, {len(data.train)} training / {len(data.test)} test images; "
+                f"seed {seed} ({cfg.protocol}-time protocol): {len(data.identities)} identities, "
+                f"{len(data.train)} training / {len(data.test)} test images; "
                 f"protected users: {', '.join(users)}"
             )
             proto = proto_cls(
@@ -158,7 +159,8 @@ def _protocol(cfg: ExperimentConfig, root: Path, echo: Callable[[str], None]) ->
     )
     again = f", re-encoded as JPEG q{photos.jpeg}" if photos.jpeg is not None else ""
     echo(
-        f"published photos: {photos.photos} (every training image is pasted into its photo{again}, defended there and cut again)"
+        f"published photos: {photos.photos} (every training image is pasted into its photo{again}, "
+        "defended there and cut again)"
     )
     return PhotoProtocol, {"photos": photos}
 

@@ -69,7 +69,12 @@ def list_image_files(root: str | Path, exclude: Iterable[str | Path] = (), unsup
                 stack.append((p, below))
             elif p.is_file() and (is_image_file(p) or (unsupported and is_unsupported_image_file(p))):
                 out.append(p)
-            elif unsupported and p.is_symlink() and not p.exists() and (is_image_file(p) or is_unsupported_image_file(p)):
+            elif (
+                unsupported
+                and p.is_symlink()
+                and not p.exists()
+                and (is_image_file(p) or is_unsupported_image_file(p))
+            ):
                 out.append(p)  # a broken link
     return sorted(out)
 

@@ -256,7 +256,20 @@ def _open(
         raise ImageReadError(path, f"image too large ({e}; set PUFACE_MAX_PIXELS to allow)") from None
     except UnidentifiedImageError:
         raise ImageReadError(path, "not an image, or a format Pillow cannot read") from None
-    except (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, struct.error, ZeroDivisionError, MemoryError, RuntimeError, UserWarning) as e:
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        EOFError,
+        struct.error,
+        ZeroDivisionError,
+        MemoryError,
+        RuntimeError,
+        UserWarning,
+    ) as e:
         msg = str(e) or type(e).__name__
         if "truncated" in msg.lower():
             msg = f"truncated or incomplete file ({msg})"

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 
 from ..utils.errors import ImageReadError, MissingDependencyError, PufaceError
 from .files import check_output_folder, check_output_root, list_image_files
@@ -414,7 +413,6 @@ class _ShardWriter:
 
     def write_parquet(self, batch, recs: list[Record], images: list[bytes | None], keep: list[bool]) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         col = recs[0].image_field if recs else None
         if col is not None and any(keep):
@@ -510,7 +508,8 @@ def run_shard_job(
     Records keep their key, order and every other field; a record whose image (any of its images) cannot be
     decoded or processed is listed in `failed` and left out; "copy" and "skip" outcomes keep the original image
     or leave the record out. Counts are of images (a record of several images counts each; one left out with its
-    record because another failed or was skipped is listed as skipped). Returns a `ShardReport` (exit_code 1 when a record failed).
+    record because another failed or was skipped is listed as skipped). Returns a `ShardReport` (exit_code 1
+    when a record failed).
     """
     from tqdm import tqdm
 

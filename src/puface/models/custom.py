@@ -1,6 +1,7 @@
 """A user's own face model (ONNX, TorchScript or torch.export .pt2 file) as a `FaceEmbedder`.
 
-    >>> emb = load_embedder("w600k_r50.onnx", normalization={"scale": 255, "mean": 127.5, "std": 127.5})  # doctest: +SKIP
+    >>> emb = load_embedder("w600k_r50.onnx",
+    ...                     normalization={"scale": 255, "mean": 127.5, "std": 127.5})  # doctest: +SKIP
 
 What the model expects is never guessed where a guess could silently cost accuracy:
 
@@ -109,7 +110,8 @@ def _normalization(
             f"{model_path}: the input normalisation is unknown (missing {', '.join(missing)} in {have}). "
             f"Give normalization=InputNormalization(scale=..., mean=..., std=..., order='RGB') or a dict with keys "
             f"scale, mean, std (order optional, default RGB), or write them into {side_path}; "
-            "net_in = (x * scale - mean) / std for x in [0, 1], e.g. insightface ArcFace: scale 255, mean 127.5, std 127.5"
+            "net_in = (x * scale - mean) / std for x in [0, 1], "
+            "e.g. insightface ArcFace: scale 255, mean 127.5, std 127.5"
         )
     unknown = sorted(set(src) - set(_NORM_KEYS) - {"order"}) if option is not None else []
     if unknown:
@@ -308,7 +310,8 @@ def _check_batch_independent(net: nn.Module, size: tuple[int, int], path: Path) 
     if not torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(a.abs().max())):
         raise CustomModelError(
             f"{path}: the model's output for an image changes with the other images in its batch (a BatchNorm traced "
-            "or exported in training mode?); call model.eval() before torch.jit.trace / torch.export / torch.onnx.export"
+            "or exported in training mode?); "
+            "call model.eval() before torch.jit.trace / torch.export / torch.onnx.export"
         )
 
 

@@ -62,7 +62,8 @@ class UnsupportedOperatorError(OnnxImportError):
         where = f"{path}: " if path else ""
         super().__init__(
             f"{where}unsupported ONNX operator(s): {', '.join(self.ops)} "
-            f"(puface translates {len(SUPPORTED_OPS)} standard operators, listed in puface.models.onnx_import.SUPPORTED_OPS); "
+            f"(puface translates {len(SUPPORTED_OPS)} standard operators, "
+            "listed in puface.models.onnx_import.SUPPORTED_OPS); "
             "export the model with those, or save it as TorchScript / torch.export instead"
         )
 

@@ -58,7 +58,8 @@ def verify_sha256(path: Path, expected: str) -> None:
             h.update(chunk)
     if h.hexdigest() != expected:
         raise PufaceError(
-            f"{path}: sha256 {h.hexdigest()} differs from the expected {expected}; the file is corrupt or another version"
+            f"{path}: sha256 {h.hexdigest()} differs from the expected {expected}; "
+            "the file is corrupt or another version"
         )
     _verified.add(key)
 

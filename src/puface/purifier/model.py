@@ -185,7 +185,8 @@ class Purifier(nn.Module):
             config = RedNetConfig.from_dict(config)
         self.net = RedNet(config)
         self.meta: dict[str, Any] = dict(meta or {})
-        #: the `SHIPPED_WEIGHTS` name it was loaded under (`load`), None for a checkpoint file: picks `job_step`'s default
+        #: the `SHIPPED_WEIGHTS` name it was loaded under (`load`), None for a checkpoint file:
+        #: picks `job_step`'s default
         self.shipped_as: str | None = None
 
     @property

@@ -325,7 +325,8 @@ def build_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, trai
         x0, _, _ = load_images([paths[i] for i in kept])
         if tuple(cl.shape[-2:]) != (int(cfg.detector["chip_size"]),) * 2:
             raise PufaceError(
-                f"{label}: cloaks of {tuple(cl.shape[-2:])} px; the detector trains on chips of {cfg.detector['chip_size']} px"
+                f"{label}: cloaks of {tuple(cl.shape[-2:])} px; "
+                f"the detector trains on chips of {cfg.detector['chip_size']} px"
             )
         in_fit = torch.as_tensor([paths[i].parent.name in fit for i in kept], dtype=torch.bool)
         for k in aug["cloak_strengths"]:

@@ -301,7 +301,8 @@ def _log_metrics(path: Path, row: dict[str, Any]) -> None:
     atomic_write_bytes(path, before + (json.dumps(row) + "\n").encode("utf-8"))
 
 
-#: the files a run writes into its folder (`train`); a --no-resume redo sets aside an earlier run's (`_set_aside_previous`)
+#: the files a run writes into its folder (`train`); a --no-resume redo sets aside an earlier run's
+#: (`_set_aside_previous`)
 RUN_FILES = (
     "config.json",
     "data_summary.json",
@@ -598,8 +599,9 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
                 for n in val_embs
             )
             say(
-                f"epoch {epoch + 1}: val PSNR natural {metrics['psnr_natural']:.2f} dB, cloaked {metrics['psnr_cloaked']:.2f} -> "
-                f"purified {metrics['psnr_purified']:.2f} dB  {emb_txt}  score {metrics['score']:.4f}  ({metrics['images_per_s']} img/s)"
+                f"epoch {epoch + 1}: val PSNR natural {metrics['psnr_natural']:.2f} dB, "
+                f"cloaked {metrics['psnr_cloaked']:.2f} -> purified {metrics['psnr_purified']:.2f} dB  "
+                f"{emb_txt}  score {metrics['score']:.4f}  ({metrics['images_per_s']} img/s)"
             )
             if metrics["score"] > state["best_score"]:
                 state["best_score"] = metrics["score"]
