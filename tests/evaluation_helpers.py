@@ -30,7 +30,11 @@ def write_colour_faces(root: Path, per_identity: int = 10, size: int = 32, seed:
         d = root / name
         d.mkdir(parents=True, exist_ok=True)
         for i in range(per_identity):
-            a = np.clip(np.array(rgb) + rng.uniform(-0.03, 0.03, 3), 0, 1)[None, None, :].repeat(size, 0).repeat(size, 1)
+            a = (
+                np.clip(np.array(rgb) + rng.uniform(-0.03, 0.03, 3), 0, 1)[None, None, :]
+                .repeat(size, 0)
+                .repeat(size, 1)
+            )
             Image.fromarray((a * 255).round().astype(np.uint8), "RGB").save(d / f"{name}_{i:02d}.png")
     return root
 
@@ -51,17 +55,23 @@ class ColourTextureNet(nn.Module):
 
 
 def colour_embedder(name: str = "colour-texture") -> FaceEmbedder:
-    return FaceEmbedder(ColourTextureNet(), name=name, input_size=(32, 32), embedding_dim=4, normalization=InputNormalization())
+    return FaceEmbedder(
+        ColourTextureNet(), name=name, input_size=(32, 32), embedding_dim=4, normalization=InputNormalization()
+    )
 
 
 def tiny_conv_embedder(seed: int = 0) -> FaceEmbedder:
     """A seeded random conv net (trainable) as a 16-d embedder on 32 px input."""
     g = torch.Generator().manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 16))
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 16)
+    )
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return FaceEmbedder(net, name=f"tiny-conv-{seed}", input_size=(32, 32), embedding_dim=16, normalization=InputNormalization())
+    return FaceEmbedder(
+        net, name=f"tiny-conv-{seed}", input_size=(32, 32), embedding_dim=16, normalization=InputNormalization()
+    )
 
 
 class CheckerCloak:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -184,9 +183,17 @@ def test_purifier_config_drops_and_adds_attacks():
 
     path = "default"
     base = [attack_label(a) for a in load_config(path).attacks]
-    extra = {"label": "adaptive", "name": "fawkes", "mode": "high", "embedders": ["dlib-resnet29"], "through": "default"}
+    extra = {
+        "label": "adaptive",
+        "name": "fawkes",
+        "mode": "high",
+        "embedders": ["dlib-resnet29"],
+        "through": "default",
+    }
     cfg = load_config(path, drop_attacks=["lowkey", "lowkey-ensemble"], add_attacks=[extra])
-    assert [attack_label(a) for a in cfg.attacks] == [b for b in base if b not in ("lowkey", "lowkey-ensemble")] + ["adaptive"]
+    assert [attack_label(a) for a in cfg.attacks] == [b for b in base if b not in ("lowkey", "lowkey-ensemble")] + [
+        "adaptive"
+    ]
     with pytest.raises(ConfigError, match="'lowkey-typo', not among its attacks.*fawkes-high"):
         load_config(path, drop_attacks=["lowkey-typo"])
 
@@ -230,8 +237,8 @@ def test_min_ensemble_pushes_the_weakest_view(faces):
 ])
 def test_cloaks_through_defenses_that_differ_in_one_setting_are_not_shared(faces, tmp_path, one, other):
     """An adaptive attack's cloak cache key holds its surrogates' names, which name the defense they go through:
-    JPEG 4:2:0 and 4:4:4 (noise of seed 0 and 1, unmask of any settings) had one name, so the second attack was served the first's
-    cloaks. Each now gets its own, the ones it makes itself."""
+    JPEG 4:2:0 and 4:4:4 (noise of seed 0 and 1, unmask of any settings) had one name, so the second attack was
+    served the first's cloaks. Each now gets its own, the ones it makes itself."""
     from puface.attacks.cache import CloakCache
     from puface.io.images import write_image
     from puface.utils.images import tensor_to_image

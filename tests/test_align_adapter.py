@@ -222,8 +222,9 @@ def test_a_transparent_photo_keeps_its_own_colours_away_from_the_face(chips, tmp
     src = tmp_path / "in"
     src.mkdir()
     Image.fromarray(np.dstack([photo, alpha]), "RGBA").save(src / "cut_out.png")
-    report = run_folder_job(plan_mirror(src, tmp_path / "out"), keep_input_mode(align_adapter(brighten, detector="hog")),
-                            progress=False)
+    report = run_folder_job(
+        plan_mirror(src, tmp_path / "out"), keep_input_mode(align_adapter(brighten, detector="hog")), progress=False
+    )
     assert report.written == 1
     out = np.asarray(Image.open(tmp_path / "out" / "cut_out.png"))
     assert out.shape == (h, w, 4)
@@ -261,7 +262,11 @@ def test_a_lossless_webp_photo_stays_lossless(chips, tmp_path):
 
     from puface.io.images import is_lossless_webp
 
-    assert is_lossless_webp((src / "lossless.webp").read_bytes()) and is_lossless_webp((src / "alpha.webp").read_bytes())
+    assert is_lossless_webp((src / "lossless.webp").read_bytes()) and is_lossless_webp(
+        (src / "alpha.webp").read_bytes()
+    )
     assert not is_lossless_webp((src / "lossy.webp").read_bytes())
-    assert is_lossless_webp((out / "lossless.webp").read_bytes()) and is_lossless_webp((out / "alpha.webp").read_bytes())
+    assert is_lossless_webp((out / "lossless.webp").read_bytes()) and is_lossless_webp(
+        (out / "alpha.webp").read_bytes()
+    )
     assert not is_lossless_webp((out / "lossy.webp").read_bytes())

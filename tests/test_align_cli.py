@@ -61,7 +61,9 @@ def test_align_writes_chips_transforms_and_config(photos, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "different aligning setting (differs in: template.name" in err and "--no-resume" in err
     assert json.loads((out / "align_config.json").read_text())["template"]["name"] == "dlib150"
-    code = main(["align", str(root), str(out), "--detector", "hog", "--template", "arcface112", "--no-resume", "--no-progress"])
+    code = main(
+        ["align", str(root), str(out), "--detector", "hog", "--template", "arcface112", "--no-resume", "--no-progress"]
+    )
     assert code == 0 and Image.open(out / "ann" / "one.jpg").size == (112, 112)
     assert json.loads((out / "align_config.json").read_text())["template"]["name"] == "arcface112"
 
@@ -76,7 +78,9 @@ def test_align_all_faces_and_112(photos, tmp_path, capsys):
     assert Image.open(out / "ann" / "two_face1.png").size == (112, 112)
     # --template arcface112 is the same layout, recorded by name; a conflicting --size is refused
     out2 = tmp_path / "tmpl"
-    code = main(["align", str(root), str(out2), "--all-faces", "--template", "arcface112", "--detector", "hog", "--no-progress"])
+    code = main(
+        ["align", str(root), str(out2), "--all-faces", "--template", "arcface112", "--detector", "hog", "--no-progress"]
+    )
     assert code == 0
     assert (out2 / "ann" / "two_face1.png").read_bytes() == (out / "ann" / "two_face1.png").read_bytes()
     assert json.loads((out2 / "align_config.json").read_text())["template"]["name"] == "arcface112"
@@ -97,7 +101,10 @@ def test_align_min_face_must_be_a_number(photos, tmp_path, capsys):
     """--min-face nan passed the `< 0` check and silently kept faces of any size (recorded as NaN)."""
     root, _ = photos
     for bad in ("nan", "inf", "-5"):
-        assert main(["align", str(root), str(tmp_path / "o"), "--detector", "hog", "--min-face", bad, "--no-progress"]) == 2
+        assert (
+            main(["align", str(root), str(tmp_path / "o"), "--detector", "hog", "--min-face", bad, "--no-progress"])
+            == 2
+        )
         assert f"min_face must be a number >= 0, got {float(bad)}" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 

@@ -85,7 +85,9 @@ def test_chip_transform_puts_landmarks_on_the_template_and_inverts():
     assert err.max() < 1.0
     assert tf.scale == pytest.approx((150 * 1.9 - 1) / 149, rel=1e-9)
     assert tf.angle == pytest.approx(0.4)
-    np.testing.assert_allclose(apply_affine(tf.image_to_chip, apply_affine(tf.chip_to_image, tpl.points)), tpl.points, atol=1e-9)
+    np.testing.assert_allclose(
+        apply_affine(tf.image_to_chip, apply_affine(tf.chip_to_image, tpl.points)), tpl.points, atol=1e-9
+    )
     back = ChipTransform.from_json(tf.to_json())
     np.testing.assert_allclose(back.chip_to_image, tf.chip_to_image, atol=1e-5)
     assert face_size(lm) == pytest.approx(1.9 * 150 / 1.5, rel=1e-6)
@@ -100,7 +102,9 @@ def test_extract_chip_equals_dlib_get_face_chip(scale):
     size = int(150 * scale * 2.2)
     img = _textured(size + 17, size, seed=3)
     for _ in range(3):
-        m = _similarity(rng.uniform(-0.6, 0.6), scale * rng.uniform(0.9, 1.1), *(rng.uniform(0.3, 0.7, 2) * size - 75 * scale))
+        m = _similarity(
+            rng.uniform(-0.6, 0.6), scale * rng.uniform(0.9, 1.1), *(rng.uniform(0.3, 0.7, 2) * size - 75 * scale)
+        )
         lm = np.rint(apply_affine(m, tpl.points))  # dlib's landmarks are integer points
         det = dlib.full_object_detection(dlib.rectangle(0, 0, 10, 10), [dlib.point(int(x), int(y)) for x, y in lm])
         ref = dlib.get_face_chip(img, det, size=150, padding=0.25)

@@ -51,8 +51,26 @@ def test_detect_align_without_dlib_writes_neither_scores_nor_run_file(no_dlib, o
 
 def test_evaluate_on_photos_without_dlib_touches_no_output_folder(no_dlib, johns_dir, tmp_path, capsys):
     out = tmp_path / "runs" / "evaluate"
-    args = ["evaluate", "--data", str(johns_dir), "--photos", str(johns_dir), "--attack", "fawkes:mode=custom,steps=1",
-            "--defense", "none", "--trainer", "nn", "--users", "1", "--no-progress", "--device", "cpu", "--out", str(out)]
+    args = [
+        "evaluate",
+        "--data",
+        str(johns_dir),
+        "--photos",
+        str(johns_dir),
+        "--attack",
+        "fawkes:mode=custom,steps=1",
+        "--defense",
+        "none",
+        "--trainer",
+        "nn",
+        "--users",
+        "1",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 2
     assert "puface[align]" in capsys.readouterr().err
     assert not out.exists()

@@ -23,12 +23,24 @@ def embed_chip(chip: np.ndarray, hw: tuple[int, int], angle_deg: float, scale: f
     t = np.asarray(center, float) - rot @ np.array([(n - 1) / 2.0, (n - 1) / 2.0])
     m = np.hstack([rot, t[:, None]])
     inv = tuple(np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2].ravel())
-    warped = np.asarray(Image.fromarray(chip).transform((w, h), Image.AFFINE, inv, Image.BICUBIC, fillcolor=(0, 0, 0)), np.float64)
-    alpha = np.asarray(Image.fromarray(np.full((n, n), 255, np.uint8)).transform((w, h), Image.AFFINE, inv, Image.BILINEAR, fillcolor=0), np.float64)[..., None] / 255.0
+    warped = np.asarray(
+        Image.fromarray(chip).transform((w, h), Image.AFFINE, inv, Image.BICUBIC, fillcolor=(0, 0, 0)), np.float64
+    )
+    alpha = (
+        np.asarray(
+            Image.fromarray(np.full((n, n), 255, np.uint8)).transform(
+                (w, h), Image.AFFINE, inv, Image.BILINEAR, fillcolor=0
+            ),
+            np.float64,
+        )[..., None]
+        / 255.0
+    )
     if canvas is None:
         rng = np.random.default_rng(seed)
         yy, xx = np.mgrid[0:h, 0:w]
-        canvas = np.stack([90 + 40 * np.sin(xx / 37.0), 110 + 30 * np.cos(yy / 23.0), 100 + 0 * xx], -1) + rng.normal(0, 4, (h, w, 3))
+        canvas = np.stack([90 + 40 * np.sin(xx / 37.0), 110 + 30 * np.cos(yy / 23.0), 100 + 0 * xx], -1) + rng.normal(
+            0, 4, (h, w, 3)
+        )
     out = alpha * warped + (1 - alpha) * np.asarray(canvas, np.float64)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8), m
 

@@ -87,7 +87,9 @@ def test_split_writes_csv(johns_dir, tmp_path, capsys):
 def test_fetch_johns_from_scratch(tmp_path):
     """With an empty cache, `puface data fetch johns` downloads and unpacks libdlib19.1."""
     env = {"PUFACE_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}
-    r = subprocess.run([sys.executable, "-m", "puface", "data", "fetch", "johns"], env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "puface", "data", "fetch", "johns"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     assert "johns: 55 images" in r.stdout or "johns: already here, 55 images" in r.stdout
     from pathlib import Path

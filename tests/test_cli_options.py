@@ -36,7 +36,10 @@ def test_device_cuda_without_cuda_is_one_line_before_any_work(name, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
     code, _, err = run([*DEVICE_COMMANDS[name], "--device", "cuda"], capsys)
-    assert code == 2 and err.strip() == "puface: error: device 'cuda' requested but CUDA is not available (use --device cpu)"
+    assert (
+        code == 2
+        and err.strip() == "puface: error: device 'cuda' requested but CUDA is not available (use --device cpu)"
+    )
     code, _, err = run([*DEVICE_COMMANDS[name], "--device", "gpu"], capsys)
     assert code == 2 and "invalid device 'gpu'" in err and "Traceback" not in err
 
@@ -60,7 +63,9 @@ def test_device_auto_passes_the_check_and_a_configs_device_is_checked(tmp_path, 
                    '[[attacks]]\nname = "none"\n[[trainers]]\nname = "nn"\n[[defenses]]\nname = "none"\n')
     code, _, err = run(["reproduce", str(cfg), "--out", str(tmp_path / "r"), "--no-progress"], capsys)
     assert code == 2 and "device 'cuda' requested but CUDA is not available" in err
-    code, _, err = run(["reproduce", str(cfg), "--device", "cpu", "--out", str(tmp_path / "r"), "--no-progress"], capsys)
+    code, _, err = run(
+        ["reproduce", str(cfg), "--device", "cpu", "--out", str(tmp_path / "r"), "--no-progress"], capsys
+    )
     assert code == 2 and "data folder not found" in err  # --device overrides the config's
 
 
@@ -88,7 +93,9 @@ def test_bad_numbers_name_the_option(argv, option, capsys):
     assert code == 2 and f"Invalid value for '{option}'" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("spec", ["fawkes:mode=custom,th=inf", "fawkes:mode=custom,lr=inf", "fawkes:mode=custom,th=nan"])
+@pytest.mark.parametrize(
+    "spec", ["fawkes:mode=custom,th=inf", "fawkes:mode=custom,lr=inf", "fawkes:mode=custom,th=nan"]
+)
 def test_fawkes_budget_and_step_must_be_finite(spec):
     from puface.attacks import create_attack
     from puface.utils.errors import ConfigError
@@ -98,8 +105,21 @@ def test_fawkes_budget_and_step_must_be_finite(spec):
 
 
 def test_evaluate_takes_named_users_or_a_count_not_both(tmp_path, capsys):
-    code, _, err = run(["evaluate", "--data", str(tmp_path), "--user", "A", "--users", "3", "--out", str(tmp_path / "r"),
-                        "--no-progress"], capsys)
+    code, _, err = run(
+        [
+            "evaluate",
+            "--data",
+            str(tmp_path),
+            "--user",
+            "A",
+            "--users",
+            "3",
+            "--out",
+            str(tmp_path / "r"),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 2 and "give one or the other" in err and not (tmp_path / "r").exists()
 
 
@@ -124,5 +144,8 @@ def test_an_unusable_puface_home_is_one_line(where, tmp_path, monkeypatch, capsy
     src = tmp_path / "in" / "a"
     src.mkdir(parents=True)
     (src / "x.jpg").write_bytes(next(iter(sorted(johns_dir.glob("*/*.jpg")))).read_bytes())
-    code, _, err = run(["cloak", "--mode", "custom", "--steps", "1", "--no-progress", str(tmp_path / "in"), str(tmp_path / "out")], capsys)
+    code, _, err = run(
+        ["cloak", "--mode", "custom", "--steps", "1", "--no-progress", str(tmp_path / "in"), str(tmp_path / "out")],
+        capsys,
+    )
     assert code == 2 and "$PUFACE_HOME" in err and "writable folder" in err and "Traceback" not in err

@@ -22,10 +22,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def tiny_embedder(seed: int = 0) -> FaceEmbedder:
     g = torch.Generator().manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(3, 8, 5, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 16))
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 5, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 16)
+    )
     with torch.no_grad():
         for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (2.0 / p[0].numel()) ** 0.5 if p.ndim > 1 else torch.zeros_like(p))
+            p.copy_(
+                torch.randn(p.shape, generator=g) * (2.0 / p[0].numel()) ** 0.5 if p.ndim > 1 else torch.zeros_like(p)
+            )
     return FaceEmbedder(net, name="tiny", input_size=(64, 64), embedding_dim=16, normalization=InputNormalization())
 
 
@@ -165,7 +169,9 @@ def test_cached_only_refuses_to_make_cloaks_and_records_files(files, tmp_path):
     # the cached three are read without running the attack, and recorded
     Counting.calls = 0
     read_back: set = set()
-    again, _, _ = CloakCache(tmp_path / "cache", cached_only=True, used=read_back).cloak(attack(), paths[:3], progress=False)
+    again, _, _ = CloakCache(tmp_path / "cache", cached_only=True, used=read_back).cloak(
+        attack(), paths[:3], progress=False
+    )
     assert Counting.calls == 0 and torch.equal(again, made) and read_back == used
     # one more file: stops before any cloaking, naming the file without a cloak
     with pytest.raises(CloakNotCachedError) as e:

@@ -107,8 +107,26 @@ def test_tool_names_and_same_format(tree, tmp_path, capsys, dlib_available):
     names = sorted(p.name for p in out.rglob("*.jpg"))
     assert len(names) == 4 and all(n.endswith("_cloaked.jpg") for n in names)
     out2 = tmp_path / "lk"
-    code, _, err = run(["cloak", "--attack", "lowkey", "--steps", "2", "--perceptual", "ssim", "--surrogate", "dlib-resnet29",
-                        "--tool-names", "--no-progress", "--device", "cpu", str(tree), str(out2)], capsys)
+    code, _, err = run(
+        [
+            "cloak",
+            "--attack",
+            "lowkey",
+            "--steps",
+            "2",
+            "--perceptual",
+            "ssim",
+            "--surrogate",
+            "dlib-resnet29",
+            "--tool-names",
+            "--no-progress",
+            "--device",
+            "cpu",
+            str(tree),
+            str(out2),
+        ],
+        capsys,
+    )
     assert code == 0, err
     names = sorted(p.name for p in out2.rglob("*.png"))
     assert len(names) == 4 and all(n.endswith("_attacked.png") for n in names)
@@ -161,8 +179,22 @@ def test_every_option_has_help(capsys):
     for p in cloak.params:
         if p.param_type_name == "option":
             assert p.help, p.name
-    for opt in ("--attack", "--mode", "--no-fallback", "--surrogate", "--seed", "--batch-size", "--device", "--threads", "--tool-names",
-                "--format", "--resume", "--align", "--largest-face", "--target-pool"):
+    for opt in (
+        "--attack",
+        "--mode",
+        "--no-fallback",
+        "--surrogate",
+        "--seed",
+        "--batch-size",
+        "--device",
+        "--threads",
+        "--tool-names",
+        "--format",
+        "--resume",
+        "--align",
+        "--largest-face",
+        "--target-pool",
+    ):
         assert opt in out
 
 
@@ -194,7 +226,9 @@ def test_through_purifier_is_an_adaptive_cloak(tree, tmp_path, capsys, dlib_avai
 
     ckpt = Purifier({"channels": 4, "depth": 2, "downsample": 1}).save(tmp_path / "p.safetensors")
     out = tmp_path / "out"
-    code, _, err = run(["cloak", *FAST, "--through-purifier", str(ckpt), "--gradient", "bpda", str(tree), str(out)], capsys)
+    code, _, err = run(
+        ["cloak", *FAST, "--through-purifier", str(ckpt), "--gradient", "bpda", str(tree), str(out)], capsys
+    )
     assert code == 0, err
     assert len(outputs(out)) == 4
     cfg = json.loads((out / "cloak_config.json").read_text())
@@ -213,7 +247,9 @@ def test_geometry_square112_is_recorded_with_its_budget(tree, tmp_path, capsys, 
     assert json.loads((out / "cloak_config.json").read_text())["attack"]["geometry"] == "square112"
     rows = list(csv.DictReader((out / "cloak_stats.csv").open()))
     assert len(rows) == 4 and all(0 < float(r["dssim_work"]) for r in rows)
-    code, _, err = run(["cloak", "--attack", "lowkey", "--geometry", "square112", str(tree), str(tmp_path / "g")], capsys)
+    code, _, err = run(
+        ["cloak", "--attack", "lowkey", "--geometry", "square112", str(tree), str(tmp_path / "g")], capsys
+    )
     assert code == 2 and "Fawkes options" in err
 
 
@@ -267,7 +303,9 @@ def test_evaluate_reads_the_surrogates_of_a_puface_cloak_folder(johns_dir, tmp_p
     assert settings(mixed, tmp_path / "run4") == {"oblivious"}
 
 
-def test_cloak_keeps_an_alpha_channel_and_gives_a_grey_photo_a_colour_cloak(johns_dir, tmp_path, capsys, dlib_available):
+def test_cloak_keeps_an_alpha_channel_and_gives_a_grey_photo_a_colour_cloak(
+    johns_dir, tmp_path, capsys, dlib_available
+):
     """A transparent PNG comes out with its alpha channel, byte for byte, over its own colour plus the cloak's change
     (the earlier code wrote RGB: the transparent part became opaque white); a grayscale photo comes out RGB, since a
     cloak changes colours (documented in `cloak --help`)."""

@@ -152,12 +152,18 @@ def _numeric_option(registry, name: str) -> str | None:
     if key is None:
         sig = registry.get(name).signature()
         params = sig.parameters.values() if sig is not None else []
-        key = next((p.name for p in params if isinstance(p.default, (int, float)) and not isinstance(p.default, bool)), None)
+        key = next(
+            (p.name for p in params if isinstance(p.default, (int, float)) and not isinstance(p.default, bool)), None
+        )
     return key
 
 
-@pytest.mark.parametrize("kind, name", [("attack", n) for n in ATTACKS.names()] + [("defense", n) for n in DEFENSES.names()]
-                         + [("trainer", n) for n in TRAINERS.names()])
+@pytest.mark.parametrize(
+    "kind, name",
+    [("attack", n) for n in ATTACKS.names()]
+    + [("defense", n) for n in DEFENSES.names()]
+    + [("trainer", n) for n in TRAINERS.names()],
+)
 def test_text_where_a_number_goes_is_one_config_error(kind, name):
     """`steps=abc` in a spec is a `ConfigError` naming the option, not a TypeError from deep inside."""
     from puface.utils.errors import ConfigError
@@ -189,11 +195,17 @@ def test_text_where_a_bool_goes_is_one_config_error():
 
 # an int spelling of a float knob, a whole-float spelling of an int knob, 0 / 1 for a bool: same settings as the
 # canonical spelling; text where a bool goes, a fraction where an int goes: one ConfigError
-_SPELLINGS = {"fawkes": ({"mode": "custom", "lr": 15, "steps": 3.0, "targeted": 0}, {"mode": "custom", "lr": 15.0, "steps": 3},
-                         {"save_last_on_failed": "no"}, {"mode": "custom", "steps": 2.5}),
-              "lowkey": ({"blur_sigma": 3, "steps": 2.0, "flip_tta": 1}, {"steps": 2}, {"flip_tta": "off"}, {"steps": 1.5}),
-              "opom": ({"epsilon": 8, "steps": 2.0}, {"steps": 2}, {"random_start": "no"}, {"steps": 0.5}),
-              "unlearnable": ({"epsilon": 8, "steps": 2.0}, {"steps": 2}, None, {"train_steps": 2.5})}
+_SPELLINGS = {
+    "fawkes": (
+        {"mode": "custom", "lr": 15, "steps": 3.0, "targeted": 0},
+        {"mode": "custom", "lr": 15.0, "steps": 3},
+        {"save_last_on_failed": "no"},
+        {"mode": "custom", "steps": 2.5},
+    ),
+    "lowkey": ({"blur_sigma": 3, "steps": 2.0, "flip_tta": 1}, {"steps": 2}, {"flip_tta": "off"}, {"steps": 1.5}),
+    "opom": ({"epsilon": 8, "steps": 2.0}, {"steps": 2}, {"random_start": "no"}, {"steps": 0.5}),
+    "unlearnable": ({"epsilon": 8, "steps": 2.0}, {"steps": 2}, None, {"train_steps": 2.5}),
+}
 
 
 @pytest.mark.parametrize("name", sorted(_SPELLINGS))

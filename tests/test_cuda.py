@@ -72,7 +72,9 @@ def test_a_whole_experiment_runs_on_the_gpu(colour_data):
     tmp, _ = colour_data
     register_standins()
     cfg = tmp / "c.toml"
-    cfg.write_text(EXPERIMENT_COLOURS_TOML.replace("{root}", str(tmp / "data")).replace('device = "cpu"', f'device = "{GPU}"'))
+    cfg.write_text(
+        EXPERIMENT_COLOURS_TOML.replace("{root}", str(tmp / "data")).replace('device = "cpu"', f'device = "{GPU}"')
+    )
     out = run_experiment(load_config(cfg), tmp / "out", progress=False, echo=lambda s: None)
     assert out.report is not None and len(out.rows) == 24
 

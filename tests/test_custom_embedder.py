@@ -26,7 +26,9 @@ class TinyFace(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.PReLU(8), nn.Conv2d(8, 8, 3, 1, 1, groups=8), nn.ReLU())
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.PReLU(8), nn.Conv2d(8, 8, 3, 1, 1, groups=8), nn.ReLU()
+        )
         self.fc = nn.Linear(8 * 12 * 10, 16)
         with torch.no_grad():
             bn = self.body[1]
@@ -47,7 +49,15 @@ class BatchOneOnly(TinyFace):
 def export_onnx(net, path, size=(24, 20), dynamic=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.rand(1, 3, *size),), str(path), input_names=["x"], output_names=["y"], dynamic_axes=dynamic, dynamo=False)
+        torch.onnx.export(
+            net,
+            (torch.rand(1, 3, *size),),
+            str(path),
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes=dynamic,
+            dynamo=False,
+        )
     return path
 
 
@@ -58,7 +68,11 @@ def trace(net, example):
 
 
 def reference(net, images, size, norm: InputNormalization):
-    x = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True) if images.shape[-2:] != size else images
+    x = (
+        F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+        if images.shape[-2:] != size
+        else images
+    )
     if norm.order == "BGR":
         x = x.flip(1)
     x = (x * norm.scale - torch.tensor(norm.mean).view(1, 3, 1, 1)) / torch.tensor(norm.std).view(1, 3, 1, 1)
@@ -111,8 +125,15 @@ def test_onnx_with_channels_last_input(tmp_path, images, dynamic):
     path = tmp_path / "nhwc.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(ChannelsLast(net).eval(), (torch.rand(1, 24, 20, 3),), str(path), input_names=["x"], output_names=["y"],
-                          dynamic_axes=dynamic, dynamo=False)
+        torch.onnx.export(
+            ChannelsLast(net).eval(),
+            (torch.rand(1, 24, 20, 3),),
+            str(path),
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes=dynamic,
+            dynamo=False,
+        )
     emb = load_embedder(str(path), normalization=ARCFACE, input_size=None if dynamic is None else (24, 20))
     assert emb.input_size == (24, 20)
     torch.testing.assert_close(emb(images), reference(net, images, (24, 20), emb.normalization), atol=1e-5, rtol=1e-4)
@@ -121,7 +142,15 @@ def test_onnx_with_channels_last_input(tmp_path, images, dynamic):
 def test_sidecar_json_gives_size_normalisation_and_name(tmp_path, images):
     net = TinyFace()
     path = export_onnx(net, tmp_path / "model.onnx", size=(24, 20), dynamic={"x": {0: "N", 2: "H", 3: "W"}})
-    side = {"input_size": [24, 20], "scale": 1.0, "mean": [0.5, 0.4, 0.3], "std": 0.25, "order": "bgr", "name": "my-arcface", "licence": "mine"}
+    side = {
+        "input_size": [24, 20],
+        "scale": 1.0,
+        "mean": [0.5, 0.4, 0.3],
+        "std": 0.25,
+        "order": "bgr",
+        "name": "my-arcface",
+        "licence": "mine",
+    }
     (tmp_path / "model.json").write_text(json.dumps(side))
     emb = load_embedder(str(path))
     assert emb.name == "my-arcface" and emb.licence == "mine" and emb.input_size == (24, 20)
@@ -229,7 +258,9 @@ def test_batch_one_only_model_runs_image_by_image(tmp_path, images):
     trace(net, torch.rand(1, 3, 24, 20)).save(str(path))
     with pytest.warns(UserWarning, match="batch 1"):
         emb = load_embedder(str(path), input_size=(24, 20), normalization=ARCFACE)
-    torch.testing.assert_close(emb(images), reference(TinyFace(), images, (24, 20), emb.normalization), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        emb(images), reference(TinyFace(), images, (24, 20), emb.normalization), atol=1e-5, rtol=1e-4
+    )
 
 
 class IntegerOutput(TinyFace):
@@ -251,7 +282,9 @@ def test_a_scripted_model_that_fails_on_the_input_says_why(tmp_path):
     interpreter.'; the load error gives the cause (here: a channels-last model fed (N, 3, H, W))."""
     path = tmp_path / "nhwc.pt"
     torch.jit.script(ChannelsLast(TinyFace()).eval()).save(str(path))
-    with pytest.raises(CustomModelError, match=r"nhwc.pt: the model fails on a \(N, 3, 24, 20\) input: RuntimeError: .*channels"):
+    with pytest.raises(
+        CustomModelError, match=r"nhwc.pt: the model fails on a \(N, 3, 24, 20\) input: RuntimeError: .*channels"
+    ):
         load_embedder(str(path), input_size=(24, 20), normalization=ARCFACE)
 
 
@@ -261,7 +294,9 @@ def test_a_model_traced_in_training_mode_is_refused(tmp_path):
     net = TinyFace().train()
     path = tmp_path / "train_mode.pt"
     trace(net, torch.rand(2, 3, 24, 20)).save(str(path))
-    with pytest.raises(CustomModelError, match="train_mode.pt: .*changes with the other images in its batch.*model.eval"):
+    with pytest.raises(
+        CustomModelError, match="train_mode.pt: .*changes with the other images in its batch.*model.eval"
+    ):
         load_embedder(str(path), input_size=(24, 20), normalization=ARCFACE)
     trace(net.eval(), torch.rand(2, 3, 24, 20)).save(str(path))
     assert load_embedder(str(path), input_size=(24, 20), normalization=ARCFACE).embedding_dim == 16
@@ -293,7 +328,10 @@ def test_unsupported_operator_names_op_and_file(tmp_path):
     g = helper.make_graph(
         [helper.make_node("GridSample", ["x", "grid"], ["y"])],
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]), helper.make_tensor_value_info("grid", TensorProto.FLOAT, [1, 8, 8, 2])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+            helper.make_tensor_value_info("grid", TensorProto.FLOAT, [1, 8, 8, 2]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
     )
     path = tmp_path / "gs.onnx"
@@ -315,7 +353,9 @@ def test_evaluation_embeddings_follow_the_sidecars_normalisation_and_size(tmp_pa
     data = EvaluationData.prepare(write_colour_faces(tmp_path / "faces", per_identity=4), seed=0, image_size=32)
     path = tmp_path / "tiny.pt"
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(72, 16)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(72, 16)
+    ).eval()
     torch.jit.script(net).save(str(path))  # any input size
     cache = ContentCache(":memory:")
 
@@ -323,8 +363,17 @@ def test_evaluation_embeddings_follow_the_sidecars_normalisation_and_size(tmp_pa
         """(the protocol's embeddings of the training images, the model's own) with this sidecar."""
         path.with_suffix(".json").write_text(json.dumps(sidecar))
         emb = load_embedder(str(path))
-        proto = Protocol(data, [data.train.labels[0]], [AttackSpec("clean", None)], {"tiny": emb}, [TrainerSpec("nn", "nn")],
-                         {"none": create_defense("none")}, cache=cache, cloak_cache=None, progress=False)
+        proto = Protocol(
+            data,
+            [data.train.labels[0]],
+            [AttackSpec("clean", None)],
+            {"tiny": emb},
+            [TrainerSpec("nn", "nn")],
+            {"none": create_defense("none")},
+            cache=cache,
+            cloak_cache=None,
+            progress=False,
+        )
         return proto.embed("tiny", data.train.images, data.train.hashes), emb.embed(data.train.images.float() / 255)
 
     first, own = embeddings({"input_size": [24, 20], "scale": 1, "mean": 0, "std": 1})

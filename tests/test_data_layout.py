@@ -93,7 +93,10 @@ def test_filters_that_leave_nothing_say_so(tmp_path, capsys):
         scan_identities(root, max_per_identity=0)
     from puface.cli import main
 
-    assert main(["evaluate", "--data", str(root), "--min-images", "100", "--no-progress", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["evaluate", "--data", str(root), "--min-images", "100", "--no-progress", "--out", str(tmp_path / "x")])
+        == 2
+    )
     assert "3 identity folder(s) with images found" in capsys.readouterr().err
 
 
@@ -112,7 +115,12 @@ def test_a_folder_loop_is_listed_once_and_a_linked_folder_is_followed(tmp_path, 
     (root / "c").symlink_to(other / "c", target_is_directory=True)  # a linked identity folder: followed
     with caplog.at_level("WARNING", logger="puface.io.files"):
         files = list_image_files(root)
-    assert [f.relative_to(root).as_posix() for f in files] == ["a/a_0000.jpg", "a/a_0001.jpg", "b/b_0000.jpg", "c/c_0000.jpg"]
+    assert [f.relative_to(root).as_posix() for f in files] == [
+        "a/a_0000.jpg",
+        "a/a_0001.jpg",
+        "b/b_0000.jpg",
+        "c/c_0000.jpg",
+    ]
     assert "a folder loop" in caplog.text and "loop" in caplog.text and "up" in caplog.text
     assert scan_identities(root).identities == ["a", "b", "c"]
 

@@ -60,7 +60,10 @@ def test_jpeg_at_a_smaller_scale_loses_more_and_scale_one_is_plain_jpeg(faces):
     plain = create_defense("jpeg:quality=75")
     assert create_defense("jpeg:quality=75,scale=1").cache_key == plain.cache_key  # old results and caches stay valid
     assert torch.equal(create_defense("jpeg:quality=75,scale=1")(faces), plain(faces))
-    err = {s: (create_defense(f"jpeg:quality=75,scale={s}")(faces) - faces).pow(2).mean().item() for s in (0.6, 0.8, 1.0, 2.0)}
+    err = {
+        s: (create_defense(f"jpeg:quality=75,scale={s}")(faces) - faces).pow(2).mean().item()
+        for s in (0.6, 0.8, 1.0, 2.0)
+    }
     assert err[0.6] > err[0.8] > err[1.0] > 0 and err[2.0] > 0
     small = create_defense("jpeg:quality=75,scale=0.8")
     assert small.name == "jpeg-q75-x0.8" and small.cache_key != plain.cache_key
@@ -102,7 +105,9 @@ def test_noise_depends_on_the_image_not_the_batch(faces):
 def test_resize_keeps_smooth_images_and_loses_detail(faces):
     ramp = torch.linspace(0, 1, 64).view(1, 1, 1, 64).expand(1, 3, 64, 64).contiguous()
     assert (create_defense("resize", factor=2)(ramp) - ramp).abs()[..., 2:-2].max() < 0.02
-    assert (create_defense("resize", factor=4)(faces) - faces).abs().mean() > (create_defense("resize", factor=2)(faces) - faces).abs().mean()
+    assert (create_defense("resize", factor=4)(faces) - faces).abs().mean() > (
+        create_defense("resize", factor=2)(faces) - faces
+    ).abs().mean()
 
 
 def test_sharpen_adds_back_detail_and_keeps_flat_images(faces):

@@ -77,8 +77,9 @@ def test_attacks_through_the_random_defense_move_every_branch(faces):
     kw = dict(mode="custom", th=0.02, steps=30, lr=15.0, seed=0, device="cpu")
     torch.manual_seed(0)
     eot = create_attack("fawkes", embedders=[ThroughDefense(tiny_embedder(), rnd)], **kw)(faces)
-    weakest = create_attack("fawkes", ensemble="min", embedders=[ThroughDefense(tiny_embedder(), b) for b in rnd.branches],
-                            **kw)(faces)
+    weakest = create_attack(
+        "fawkes", ensemble="min", embedders=[ThroughDefense(tiny_embedder(), b) for b in rnd.branches], **kw
+    )(faces)
     plain = create_attack("fawkes", embedders=[tiny_embedder()], **kw)(faces)
 
     def blurred_shift(c):

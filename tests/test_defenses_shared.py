@@ -38,7 +38,11 @@ def test_score_is_about_one_for_unrelated_photos_and_grows_with_a_shared_mask(pe
 
 def test_removes_a_universal_mask_and_leaves_natural_groups_alone(person):
     d = create_defense("unmask")
-    assert d.groupwise and isinstance(d, SharedPatternRemoval) and d.params == {"tau": 2.0, "k": 9, "min_photos": 4, "test_photos": 8}
+    assert (
+        d.groupwise
+        and isinstance(d, SharedPatternRemoval)
+        and d.params == {"tau": 2.0, "k": 9, "min_photos": 4, "test_photos": 8}
+    )
     assert torch.equal(d(person), person) and d.last_score is not None and d.last_score <= 2.0
     # exact duplicates count once: 4 photos twice are not a shared pattern
     twice = torch.cat([person[:4], person[:4]])
@@ -69,7 +73,12 @@ def test_removes_a_universal_mask_and_leaves_natural_groups_alone(person):
 
 def test_composes_before_the_purifier_and_checks_its_settings():
     c = create_defense("unmask:k=17+jpeg:quality=90")
-    assert c.groupwise and c.name == "unmask-k17+jpeg-q90" and create_defense("unmask+jpeg").name == "unmask+jpeg-q75" and not create_defense("jpeg:quality=90").groupwise
+    assert (
+        c.groupwise
+        and c.name == "unmask-k17+jpeg-q90"
+        and create_defense("unmask+jpeg").name == "unmask+jpeg-q75"
+        and not create_defense("jpeg:quality=90").groupwise
+    )
     assert create_defense("unmask:k=17").cache_key != create_defense("unmask").cache_key
     for spec, msg in [("unmask:k=4", "odd"), ("unmask:tau=0", "tau"), ("unmask:min_photos=1", "min_photos"),
                       ("unmask:test_photos=3", "test_photos")]:
@@ -140,9 +149,16 @@ def test_known_answer_in_the_protocol(tmp_path):
     from puface.evaluation.protocol import AttackSpec, Protocol, TrainerSpec
 
     data = EvaluationData.prepare(write_colour_faces(tmp_path), seed=0, image_size=32)
-    proto = Protocol(data, ["Alice", "Carol"], [AttackSpec("checker", CheckerCloak(), surrogates=("colour",))],
-                     {"colour": colour_embedder()}, [TrainerSpec("nn", "nn")],
-                     {"none": create_defense("none"), "unmask": create_defense("unmask")}, cloak_cache=None, progress=False)
+    proto = Protocol(
+        data,
+        ["Alice", "Carol"],
+        [AttackSpec("checker", CheckerCloak(), surrogates=("colour",))],
+        {"colour": colour_embedder()},
+        [TrainerSpec("nn", "nn")],
+        {"none": create_defense("none"), "unmask": create_defense("unmask")},
+        cloak_cache=None,
+        progress=False,
+    )
     rows = proto.run()
     assert {(r["defense"], r["asr"], r["normal_acc"]) for r in rows} == {("none", 1.0, 1.0), ("unmask", 0.0, 1.0)}
     assert np.isfinite([r["asr"] for r in rows]).all()
@@ -192,7 +208,9 @@ def test_purify_unmask_cli_per_identity_folder(johns_dir, tmp_path, capsys):
     # a broken file is reported by the purification pass (exit code 1) and does not stop the others; a photo at
     # the root is a group of its own ("."), too small to tell
     (src / masked_name / "broken.jpg").write_bytes(b"not a jpeg")
-    write_image(src / "loose.png", read_image(johns_dir / folders[0].name / sorted(p.name for p in folders[0].iterdir())[0]))
+    write_image(
+        src / "loose.png", read_image(johns_dir / folders[0].name / sorted(p.name for p in folders[0].iterdir())[0])
+    )
     assert main(["purify", "--unmask", str(src), str(tmp_path / "o3"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "broken.jpg" in err and f"unmask: {masked_name}:" in err
@@ -223,5 +241,7 @@ def test_a_prepare_step_is_kept_on_a_photo_with_an_alpha_channel(johns_dir, tmp_
     plain = np.asarray(Image.open(tmp_path / "rgb-out" / "x.png")).astype(int)
     out = np.asarray(Image.open(tmp_path / "rgba-out" / "x.png"))
     assert np.array_equal(out[..., 3], alpha)
-    assert np.abs(out[50:, :, :3].astype(int) - plain[50:]).mean() < 0.5  # opaque, away from the strip: as without alpha
+    assert (
+        np.abs(out[50:, :, :3].astype(int) - plain[50:]).mean() < 0.5
+    )  # opaque, away from the strip: as without alpha
     assert out[..., :3].mean() < 0.6 * a.mean()  # the step (halving) is in the output, the strip included

@@ -124,7 +124,9 @@ def test_features_accept_cached_parts_and_other_sizes(detector, johns_cloaks):
     px = detector.purify_chips(chips)
     e = detector.embedder("dlib-resnet29")
     full = detector.features(x)
-    cached = detector.features(x, purified=(px * 255).round().to(torch.uint8), embeddings={"dlib-resnet29": (e.embed(chips), e.embed(px))})
+    cached = detector.features(
+        x, purified=(px * 255).round().to(torch.uint8), embeddings={"dlib-resnet29": (e.embed(chips), e.embed(px))}
+    )
     for k in ("psnr", "shift:dlib-resnet29", "score"):
         assert torch.allclose(full[k], cached[k], atol=1e-5), k
     big = torch.nn.functional.interpolate(x, size=(200, 200), mode="bilinear", antialias=True, align_corners=False)
@@ -181,14 +183,22 @@ def test_a_detector_file_that_cannot_be_written_is_a_clear_error(detector, tmp_p
 def test_threshold_holds_the_rate_on_every_kind_of_natural_photo(detector, tmp_path):
     """Calibrated with kinds (here: re-encoded photos scoring higher), no kind exceeds the rate, and the
     kinds survive the file round trip."""
-    det = CloakDetector(DetectorConfig(), purifier=detector.purifier, embedders={"dlib-resnet29": detector.embedder("dlib-resnet29")})
+    det = CloakDetector(
+        DetectorConfig(), purifier=detector.purifier, embedders={"dlib-resnet29": detector.embedder("dlib-resnet29")}
+    )
     g = torch.Generator().manual_seed(0)
     plain, jpeg = torch.randn(3000, generator=g).mul(0.3).sub(2.7), torch.randn(3000, generator=g).mul(0.3).sub(2.4)
-    det.calibrate({"shift:dlib-resnet29": torch.cat([plain, jpeg]).exp()}, fpr=0.01, kinds=["natural"] * 3000 + ["natural:jpeg"] * 3000)
+    det.calibrate(
+        {"shift:dlib-resnet29": torch.cat([plain, jpeg]).exp()},
+        fpr=0.01,
+        kinds=["natural"] * 3000 + ["natural:jpeg"] * 3000,
+    )
     scores = det.scored({"shift:dlib-resnet29": torch.cat([plain, jpeg]).exp(), "psnr": torch.zeros(6000)})["score"]
     t = det.threshold()
     assert float((scores[:3000] > t).float().mean()) < 0.01 and float((scores[3000:] > t).float().mean()) <= 0.01
-    assert float((scores > threshold_at_fpr(scores, 0.01)).float().mean()) <= 0.01 and t > threshold_at_fpr(scores, 0.01)
+    assert float((scores > threshold_at_fpr(scores, 0.01)).float().mean()) <= 0.01 and t > threshold_at_fpr(
+        scores, 0.01
+    )
     det2 = CloakDetector.load(det.save(tmp_path / "k.safetensors"), purifier=det.purifier)
     assert det2.threshold() == t and det2.calibration["kind_names"] == ["natural", "natural:jpeg"]
 
@@ -196,11 +206,15 @@ def test_threshold_holds_the_rate_on_every_kind_of_natural_photo(detector, tmp_p
 def test_confidence_is_part_of_the_calibration_and_the_file(detector, tmp_path):
     """The default threshold holds the rate with the calibration's confidence (0.9 unless told); without one it is
     the empirical quantile; `set_confidence` changes it and the file keeps it."""
-    det = CloakDetector(DetectorConfig(), purifier=detector.purifier, embedders={"dlib-resnet29": detector.embedder("dlib-resnet29")})
+    det = CloakDetector(
+        DetectorConfig(), purifier=detector.purifier, embedders={"dlib-resnet29": detector.embedder("dlib-resnet29")}
+    )
     shift = torch.randn(1000, generator=torch.Generator().manual_seed(1)).mul(0.3).sub(2.7).exp()
     det.calibrate({"shift:dlib-resnet29": shift}, fpr=0.01)
     scores = torch.as_tensor(det.calibration["natural_scores"])
-    assert det.default_confidence == 0.9 and int((scores > det.threshold()).sum()) == allowed_above(1000, 0.01, 0.9) == 5
+    assert (
+        det.default_confidence == 0.9 and int((scores > det.threshold()).sum()) == allowed_above(1000, 0.01, 0.9) == 5
+    )
     assert int((scores > det.threshold(confidence=0)).sum()) == 10
     t = det.threshold()
     again = CloakDetector.load(det.save(tmp_path / "c.safetensors"), purifier=det.purifier)
@@ -238,7 +252,8 @@ def test_net_component_runs_and_feeds_the_score(johns_images):
 
 
 def test_net_inputs_choose_the_residuals_and_survive_a_round_trip(johns_images):
-    """`inputs` picks the residuals the CNN sees; old configs (no `inputs`) keep the two residuals they were made with."""
+    """`inputs` picks the residuals the CNN sees; old configs (no `inputs`) keep the two residuals they were made
+    with."""
     from puface.detection import ResidualNet, ResidualNetConfig
 
     x = johns_images[2][:2]
@@ -325,12 +340,24 @@ def tree(tmp_path, johns_dir, johns_cloaks) -> Path:
 
 def test_detect_cli_scores_summarises_resumes(tree, tmp_path, detector_file, capsys):
     out = tmp_path / "res" / "scores.csv"
-    args = ["detect", str(tree), "--out", str(out), "--detector", str(detector_file), "--no-progress", "--batch-size", "4"]
+    args = [
+        "detect",
+        str(tree),
+        "--out",
+        str(out),
+        "--detector",
+        str(detector_file),
+        "--no-progress",
+        "--batch-size",
+        "4",
+    ]
     assert main(args) == 1  # the broken file
     text = capsys.readouterr()
     assert "broken.jpg" in text.err + text.out and "judged cloaked" in text.out
     rows = _read(out)
-    assert [r["path"] for r in rows if r["path"].startswith("cloaked_person")] == [f"cloaked_person/c{i}.png" for i in range(3)]
+    assert [r["path"] for r in rows if r["path"].startswith("cloaked_person")] == [
+        f"cloaked_person/c{i}.png" for i in range(3)
+    ]
     assert len(rows) == 9 and set(rows[0]) >= {"path", "score", "cloaked", "psnr", "shift_dlib-resnet29"}
     flagged = {r["path"] for r in rows if r["cloaked"] == "1"}
     assert {f"cloaked_person/c{i}.png" for i in range(3)} <= flagged
@@ -363,7 +390,10 @@ def test_file_names_that_are_not_utf8_get_their_rows_and_resume(tree, tmp_path, 
     out = tmp_path / "scores.csv"
     args = ["detect", str(tree), "--out", str(out), "--detector", str(detector_file), "--no-progress"]
     assert main(args) == 0
-    assert b"\ncaf\xe9/\xff0.png," in out.read_bytes() and b"\ncaf\xe9," in (tmp_path / "scores-identities.csv").read_bytes()
+    assert (
+        b"\ncaf\xe9/\xff0.png," in out.read_bytes()
+        and b"\ncaf\xe9," in (tmp_path / "scores-identities.csv").read_bytes()
+    )
     assert main(args) == 0 and "9 already done" in capsys.readouterr().out
 
 
@@ -371,7 +401,10 @@ def test_detect_cli_errors(tree, tmp_path, detector_file, capsys):
     base = ["detect", str(tree), "--detector", str(detector_file), "--no-progress"]
     assert main(base + ["--fpr", "1.5", "--out", str(tmp_path / "a.csv")]) == 2
     assert main(base + ["--out", str(tmp_path / "a.txt")]) == 2
-    assert main(["detect", str(tmp_path / "missing"), "--detector", str(detector_file), "--out", str(tmp_path / "b.csv")]) == 2
+    assert (
+        main(["detect", str(tmp_path / "missing"), "--detector", str(detector_file), "--out", str(tmp_path / "b.csv")])
+        == 2
+    )
     assert main(base + ["--largest-face", "--out", str(tmp_path / "c.csv")]) == 2
     err = capsys.readouterr().err
     assert "missing: no such file" in err and "--fpr" in err and ".csv" in err
@@ -451,15 +484,32 @@ def test_calibrate_detector_cli_on_the_users_own_photos(tree, tmp_path, detector
     so the new detector stops flagging them while the old one flags all three."""
     (tree / "cloaked_person" / "broken.jpg").unlink()
     mine = tmp_path / "mine.safetensors"
-    assert main(["calibrate-detector", str(tree / "cloaked_person"), "--out", str(mine), "--detector", str(detector_file),
-                 "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "calibrate-detector",
+                str(tree / "cloaked_person"),
+                "--out",
+                str(mine),
+                "--detector",
+                str(detector_file),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr()
     assert "calibrated on 3 natural photo(s)" in text.out and "3 scored above the old threshold" in text.out
     assert "a few hundred are better" in text.err and (tmp_path / "mine-calibration.csv").is_file()
     flagged = {}
     for name, f in (("old", detector_file), ("new", mine)):
         out = tmp_path / f"{name}.csv"
-        assert main(["detect", str(tree / "cloaked_person"), "--out", str(out), "--detector", str(f), "--no-progress"]) == 0
+        assert (
+            main(["detect", str(tree / "cloaked_person"), "--out", str(out), "--detector", str(f), "--no-progress"])
+            == 0
+        )
         flagged[name] = sum(r["cloaked"] == "1" for r in _read(out))
     assert flagged == {"old": 3, "new": 0}
     assert "3 of the 3 photos scored as cloaked before this calibration: are they natural?" in text.err
@@ -467,15 +517,36 @@ def test_calibrate_detector_cli_on_the_users_own_photos(tree, tmp_path, detector
     again = tmp_path / "again.safetensors"
     assert main(["calibrate-detector", str(tree / "cloaked_person"), "--out", str(again), "--detector", str(mine),
                  "--no-progress", "--device", "cpu"]) == 0
-    assert "already held a calibration kind 'user:cloaked_person' (3 photos): these photos replace it" in capsys.readouterr().err
+    assert (
+        "already held a calibration kind 'user:cloaked_person' (3 photos): these photos replace it"
+        in capsys.readouterr().err
+    )
     other = next(p for p in sorted(tree.iterdir()) if p.name != "cloaked_person")
-    assert main(["calibrate-detector", str(other), "--out", str(mine), "--detector", str(detector_file), "--no-progress"]) == 2
+    assert (
+        main(["calibrate-detector", str(other), "--out", str(mine), "--detector", str(detector_file), "--no-progress"])
+        == 2
+    )
     assert "pass --restart" in capsys.readouterr().err
-    assert main(["calibrate-detector", str(other), "--out", str(mine), "--detector", str(detector_file), "--no-progress",
-                 "--restart"]) in (0, 1)
+    assert main(
+        [
+            "calibrate-detector",
+            str(other),
+            "--out",
+            str(mine),
+            "--detector",
+            str(detector_file),
+            "--no-progress",
+            "--restart",
+        ]
+    ) in (0, 1)
     capsys.readouterr()
-    assert main(["calibrate-detector", str(tree), "--out", str(tmp_path / "x.pt"), "--detector", str(detector_file)]) == 2
-    assert main(["calibrate-detector", str(tmp_path / "nothing"), "--out", str(mine), "--detector", str(detector_file)]) == 2
+    assert (
+        main(["calibrate-detector", str(tree), "--out", str(tmp_path / "x.pt"), "--detector", str(detector_file)]) == 2
+    )
+    assert (
+        main(["calibrate-detector", str(tmp_path / "nothing"), "--out", str(mine), "--detector", str(detector_file)])
+        == 2
+    )
     err = capsys.readouterr().err
     assert ".safetensors" in err and "nothing: no such file" in err and "Traceback" not in err
 
@@ -527,7 +598,9 @@ def test_detection_summary_per_attack_auc_tpr_fpr_and_roc():
     per_seed = {0: {"strong": {"natural": nat[:2000], "cloaked": g.normal(5, 1, 300)},
                     "weak": {"natural": nat[:2000], "cloaked": g.normal(0.5, 1, 300)}},
                 1: {"strong": {"natural": nat[2000:], "cloaked": g.normal(5, 1, 300)}}}
-    det = SimpleNamespace(threshold=lambda fpr=None: 2.326, default_fpr=0.01, default_confidence=0.9, fingerprint=lambda: "stub")
+    det = SimpleNamespace(
+        threshold=lambda fpr=None: 2.326, default_fpr=0.01, default_confidence=0.9, fingerprint=lambda: "stub"
+    )
     res = summarise_detection(per_seed, det)
     rows = {r["attack"]: r for r in res["rows"]}
     assert rows["strong"]["n_natural"] == 4000 and rows["strong"]["n_cloaked"] == 600 and rows["strong"]["seeds"] == 2
@@ -551,8 +624,10 @@ def test_train_detector_fits_calibrates_and_keeps_identities_apart(tmp_path, joh
 
     names = sorted(p.name for p in johns_dir.iterdir() if p.is_dir())
     torch.manual_seed(0)
-    pur = Purifier(RedNetConfig(channels=8, depth=4, downsample=1),
-                   meta={"data_summary": {"train_identities": names[:4], "val_identities": names[4:], "heldout_identities": []}})
+    pur = Purifier(
+        RedNetConfig(channels=8, depth=4, downsample=1),
+        meta={"data_summary": {"train_identities": names[:4], "val_identities": names[4:], "heldout_identities": []}},
+    )
     for p in pur.parameters():
         nn.init.normal_(p, std=0.01)
     ckpt = pur.save(tmp_path / "pur.safetensors")
@@ -577,7 +652,9 @@ epochs = 1
     assert "validation" in capsys.readouterr().out
     det = CloakDetector.load(tmp_path / "d.safetensors", purifier=Purifier.load(ckpt))
     summary = det.meta["data_summary"]
-    assert len(summary["fit_identities"]) == 3 and set(summary["calibration_identities"]) == set(names) - set(summary["fit_identities"])
+    assert len(summary["fit_identities"]) == 3 and set(summary["calibration_identities"]) == set(names) - set(
+        summary["fit_identities"]
+    )
     assert det.net is not None and det.calibrated and det.calibration["calibration_chips"] == 11 * 2
     fit_cloaks = summary["attacks"]["fawkes-custom"]["fit"]
     assert summary["samples"]["fawkes-custom"] == summary["samples"]["fawkes-custom:jpeg:quality=85"] == fit_cloaks > 0
@@ -639,13 +716,30 @@ def test_detect_and_skip_cloaked_on_photos_with_align(tmp_path, johns_images, jo
     Image.fromarray(two).save(root / "ann" / "two.png")
     Image.fromarray(np.full((120, 160, 3), 100, np.uint8)).save(root / "ann" / "none.png")
     out = tmp_path / "s.csv"
-    assert main(["detect", str(root), "--align", "--out", str(out), "--detector", str(detector_file), "--no-progress"]) == 0
+    assert (
+        main(["detect", str(root), "--align", "--out", str(out), "--detector", str(detector_file), "--no-progress"])
+        == 0
+    )
     rows = {r["path"]: r for r in _read(out)}
     assert rows["ann/two.png"]["faces"] == "2" and rows["ann/one.png"]["faces"] == "1"
     assert rows["ann/none.png"]["score"] == "" and rows["ann/none.png"]["note"] == "no face found"
     assert float(rows["ann/two.png"]["score"]) > float(rows["ann/one.png"]["score"])
     pur = tmp_path / "pur"
-    assert main(["purify", "--align", "--skip-cloaked", str(root), str(pur), "--detector", str(detector_file), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "purify",
+                "--align",
+                "--skip-cloaked",
+                str(root),
+                str(pur),
+                "--detector",
+                str(detector_file),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     written = {p.relative_to(pur).as_posix() for p in pur.rglob("*.png")}
     flagged = {p for p, r in rows.items() if r["cloaked"] == "1"}
     assert written == set(rows) - flagged and "ann/none.png" in written
@@ -664,7 +758,7 @@ def test_the_evaluation_reuses_only_a_grid_purifier_that_is_the_detectors_at_its
     detector = load_detector()
     step, layout, own = PuFaceDefense(step=1.5), PuFaceDefense(template="arcface112"), PuFaceDefense()
     for d in (step, layout, own):
-        d.purifier  # loads it
+        _ = d.purifier  # the property loads it
     grid = SimpleNamespace(defenses={"puface-step1.5": step, "puface-arcface112": layout}, batch_size=8)
     chosen = _purifier_defense(grid, detector)
     assert chosen is not step and chosen is not layout and chosen.step == 1.0 and chosen.template is None
@@ -707,7 +801,9 @@ def test_detector_recipe_errors_are_one_line(tmp_path, johns_dir):
 
     with pytest.raises(PufaceError, match="invalid literal"):
         load_detector_config("default", {"train.epochs": "x"})
-    with pytest.raises(PufaceError, match="2 of the purifier's 3 training identities are not here .Nobody_A, Nobody_B."):
+    with pytest.raises(
+        PufaceError, match="2 of the purifier's 3 training identities are not here .Nobody_A, Nobody_B."
+    ):
         interleaved_chips(johns_dir, ["John_Salley", "Nobody_A", "Nobody_B"], "k")
 
 
@@ -716,7 +812,10 @@ def test_train_detector_into_a_file_is_a_clear_error(tmp_path):
     from puface.training.detector import load_detector_config, train_detector
 
     (tmp_path / "afile").write_text("keep me")
-    for out, message in ((tmp_path / "afile", "afile is a file, not a folder"), (tmp_path / "afile" / "d", "lies below")):
+    for out, message in (
+        (tmp_path / "afile", "afile is a file, not a folder"),
+        (tmp_path / "afile" / "d", "lies below"),
+    ):
         with pytest.raises(PufaceError, match=message):
             train_detector(load_detector_config("default", {}), out, device="cpu", progress=False, log=lambda s: None)
     assert (tmp_path / "afile").read_text() == "keep me"
@@ -763,7 +862,9 @@ def test_detection_table_of_a_query_time_run_says_the_probes_are_cloaked():
     from puface.evaluation.protocol import QueryProtocol
 
     assert QueryProtocol.cloaked_split.fget(SimpleNamespace(data=SimpleNamespace(test="probes"))) == "probes"
-    det = SimpleNamespace(threshold=lambda fpr=None: 0.5, default_fpr=0.01, default_confidence=0.9, fingerprint=lambda: "d")
+    det = SimpleNamespace(
+        threshold=lambda fpr=None: 0.5, default_fpr=0.01, default_confidence=0.9, fingerprint=lambda: "d"
+    )
     scores = {"natural": np.array([0.0, 0.1, 0.2]), "cloaked": np.array([0.9, 1.0]), "users": 1}
     for split, text in (("probe", "cloaked probe photos"), ("training", "cloaked training photos")):
         md = detection_markdown(summarise_detection({0: {"opom": {**scores, "split": split}}}, det))
@@ -780,8 +881,10 @@ def test_train_detector_makes_its_cloaks_on_the_device_asked_for(tmp_path, johns
 
     training = importlib.import_module("puface.training.detector")
     names = sorted(p.name for p in johns_dir.iterdir() if p.is_dir())
-    ckpt = Purifier(RedNetConfig(channels=8, depth=4, downsample=1), meta={"data_summary": {
-        "train_identities": names[:4], "val_identities": names[4:], "heldout_identities": []}}).save(tmp_path / "p.safetensors")
+    ckpt = Purifier(
+        RedNetConfig(channels=8, depth=4, downsample=1),
+        meta={"data_summary": {"train_identities": names[:4], "val_identities": names[4:], "heldout_identities": []}},
+    ).save(tmp_path / "p.safetensors")
     asked: list = []
 
     class Stop(Exception):
@@ -915,8 +1018,10 @@ def _tiny_detector_recipe(tmp_path, root, names) -> tuple[Path, Path]:
     from puface.purifier import Purifier, RedNetConfig
 
     torch.manual_seed(0)
-    pur = Purifier(RedNetConfig(channels=8, depth=4, downsample=1),
-                   meta={"data_summary": {"train_identities": names[:4], "val_identities": names[4:], "heldout_identities": []}})
+    pur = Purifier(
+        RedNetConfig(channels=8, depth=4, downsample=1),
+        meta={"data_summary": {"train_identities": names[:4], "val_identities": names[4:], "heldout_identities": []}},
+    )
     ckpt = pur.save(tmp_path / "pur.safetensors")
     cfg = tmp_path / "det.toml"
     cfg.write_text(f'''extends = "default"
@@ -945,9 +1050,14 @@ def test_train_detector_refuses_an_out_in_the_data_and_a_bad_export_before_train
     names = sorted(p.name for p in data.iterdir())
     ckpt, cfg = _tiny_detector_recipe(tmp_path, data, names)
     (tmp_path / "afile").write_text("x")
-    cases = ((["--out", str(data / "det")], "lies inside the input folder"),
-             (["--out", str(tmp_path / "run"), "--export", str(tmp_path / "afile" / "d.safetensors")], "lies below the file"),
-             (["--out", str(tmp_path / "run"), "--export", str(tmp_path)], "is a folder"))
+    cases = (
+        (["--out", str(data / "det")], "lies inside the input folder"),
+        (
+            ["--out", str(tmp_path / "run"), "--export", str(tmp_path / "afile" / "d.safetensors")],
+            "lies below the file",
+        ),
+        (["--out", str(tmp_path / "run"), "--export", str(tmp_path)], "is a folder"),
+    )
     for args, message in cases:
         code = main(["train-detector", "--config", str(cfg), "--no-progress", "--device", "cpu", *args])
         err = capsys.readouterr().err

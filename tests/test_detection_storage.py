@@ -37,9 +37,13 @@ def test_jpeg_quality_and_subsampling_are_read_back(photo, sub):
     chroma subsampling as written."""
     for q in (10, 50, 60, 74, 75, 85, 90, 93, 95, 100):
         assert jpeg_settings(_opened(photo, format="JPEG", quality=q, subsampling=sub)) == (q, sub)
-    assert storage_of(_opened(photo, format="JPEG", quality=75, subsampling=sub)) == f"jpeg:quality=75,subsampling={sub}"
+    assert (
+        storage_of(_opened(photo, format="JPEG", quality=75, subsampling=sub)) == f"jpeg:quality=75,subsampling={sub}"
+    )
     assert jpeg_settings(_opened(photo, format="JPEG", quality=80, subsampling=sub, progressive=True)) == (80, sub)
-    assert jpeg_settings(_opened(photo, format="MPO", quality=80, subsampling=sub, save_all=True, append_images=[photo])) == (80, sub)
+    assert jpeg_settings(
+        _opened(photo, format="MPO", quality=80, subsampling=sub, save_all=True, append_images=[photo])
+    ) == (80, sub)
 
 
 def test_storage_of_other_files(photo):
@@ -64,9 +68,14 @@ def test_the_kinds_that_describe_a_storage():
     def k(storage):
         return kinds_for_storage(KINDS, storage)
 
-    assert last_step("natural:noise:sigma=0.008+jpeg:quality=95") == ("jpeg", {"quality": "95"}) and last_step("natural") == ("", {})
+    assert last_step("natural:noise:sigma=0.008+jpeg:quality=95") == ("jpeg", {"quality": "95"}) and last_step(
+        "natural"
+    ) == ("", {})
     assert k("jpeg:quality=92,subsampling=4:2:0") == ["natural:jpeg:quality=75"]
-    assert k("jpeg:quality=100,subsampling=4:2:0") == ["natural:noise:sigma=0.008+jpeg:quality=95", "natural:jpeg:quality=95"]
+    assert k("jpeg:quality=100,subsampling=4:2:0") == [
+        "natural:noise:sigma=0.008+jpeg:quality=95",
+        "natural:jpeg:quality=95",
+    ]
     assert k("jpeg:quality=56,subsampling=4:2:0") == ["natural:jpeg:quality=60"]  # within the slack below 60
     assert k("jpeg:quality=50,subsampling=4:2:0") is None  # far below every calibrated quality
     assert k("jpeg:quality=80,subsampling=4:4:4") == ["natural:jpeg:quality=75,subsampling=4:4:4"]
@@ -94,7 +103,9 @@ def cloaked_chip(johns_images) -> Image.Image:
 def _detector(shipped, storage_kinds=("natural:jpeg:quality=75,subsampling=4:4:4", "natural:palette:colors=256")):
     """A dlib-shift detector calibrated on synthetic shifts: natural kinds low, the 4:4:4 q75 kind higher, the
     palette kind far higher, a q60 kind lower than the default."""
-    det = CloakDetector(DetectorConfig(), purifier=shipped.purifier, embedders={"dlib-resnet29": shipped.embedder("dlib-resnet29")})
+    det = CloakDetector(
+        DetectorConfig(), purifier=shipped.purifier, embedders={"dlib-resnet29": shipped.embedder("dlib-resnet29")}
+    )
     g = torch.Generator().manual_seed(0)
     level = {"natural": -2.7, "natural:jpeg:quality=90,subsampling=4:4:4": -2.5, "natural:jpeg:quality=60": -3.0,
              "natural:jpeg:quality=75,subsampling=4:4:4": -2.0, "natural:palette:colors=256": -1.0}
@@ -106,7 +117,9 @@ def _detector(shipped, storage_kinds=("natural:jpeg:quality=75,subsampling=4:4:4
 
 def test_storage_kinds_raise_a_chips_threshold_but_never_lower_it(shipped, tmp_path):
     det, shift, kinds = _detector(shipped)
-    plain = CloakDetector(DetectorConfig(), purifier=shipped.purifier, embedders={"dlib-resnet29": shipped.embedder("dlib-resnet29")})
+    plain = CloakDetector(
+        DetectorConfig(), purifier=shipped.purifier, embedders={"dlib-resnet29": shipped.embedder("dlib-resnet29")}
+    )
     base = [i for i, k in enumerate(kinds) if "4:4:4" not in k or "quality=90" in k]
     base = [i for i in base if "palette" not in kinds[i]]
     plain.calibrate({"shift:dlib-resnet29": shift[base]}, fpr=0.01, kinds=[kinds[i] for i in base])
@@ -121,7 +134,10 @@ def test_storage_kinds_raise_a_chips_threshold_but_never_lower_it(shipped, tmp_p
     assert det.threshold(storage="jpeg:quality=60,subsampling=4:2:0") == t  # lower kind: never below the default
     assert det.threshold(storage="jpeg:quality=80,subsampling=4:2:2") == t  # no kind describes it
     just_below = torch.tensor([t444 - 1e-3])
-    assert det.is_cloaked(just_below).item() and not det.is_cloaked(just_below, storage="jpeg:quality=80,subsampling=4:4:4").item()
+    assert (
+        det.is_cloaked(just_below).item()
+        and not det.is_cloaked(just_below, storage="jpeg:quality=80,subsampling=4:4:4").item()
+    )
     again = CloakDetector.load(det.save(tmp_path / "s.safetensors"), purifier=det.purifier)
     assert again.storage_kinds == sorted(["natural:jpeg:quality=75,subsampling=4:4:4", "natural:palette:colors=256"])
     assert again.threshold(storage="palette") == tpal and again.threshold() == t
@@ -186,10 +202,16 @@ def test_folder_decisions_follow_each_chips_storage(cloaked_chip, tmp_path):
         "jpeg:quality=75,subsampling=4:4:4": pytest.approx(1e6), "palette": pytest.approx(1e6)}
     assert "JPEG q75 4:4:4 1000000.0000 (1)" in rep.summary()
     rep2 = detect_folder(tmp_path / "in", tmp_path / "s.csv", detector=det, fpr=fpr, progress=False, one_threshold=True)
-    assert rep2.flagged == 5 and rep2.thresholds == {} and _rows(tmp_path / "s.csv")["person/d.png"]["note"] == PALETTE_NOTE
+    assert (
+        rep2.flagged == 5
+        and rep2.thresholds == {}
+        and _rows(tmp_path / "s.csv")["person/d.png"]["note"] == PALETTE_NOTE
+    )
     rep3 = detect_folder(tmp_path / "in", tmp_path / "t.csv", detector=det, fpr=fpr, progress=False, one_threshold=True)
     assert rep3.flagged == 5 and _rows(tmp_path / "t.csv")["person/d.png"]["note"] == PALETTE_NOTE
-    rep4 = detect_folder(tmp_path / "in", tmp_path / "t.csv", detector=det, fpr=fpr, progress=False)  # resumed, by storage
+    rep4 = detect_folder(
+        tmp_path / "in", tmp_path / "t.csv", detector=det, fpr=fpr, progress=False
+    )  # resumed, by storage
     assert rep4.flagged == 3 and _rows(tmp_path / "t.csv")["person/d.png"]["note"] == PALETTE_KIND_NOTE
     out = tmp_path / "out"
     purify_folder_detected(tmp_path / "in", out, skip_cloaked=True, detector=det, fpr=fpr, progress=False)

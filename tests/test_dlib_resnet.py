@@ -142,8 +142,16 @@ def test_port_agrees_with_unfolded_float64_reference(parsed, johns_images):
     def conv_affine(i, t):
         c, a = cons[i], affs[i]
         pad = c.attrs["padding_y"]
-        y = F.conv2d(t, torch.from_numpy(c.weights["weight"]).double(), torch.from_numpy(c.weights["bias"]).double(), c.attrs["stride_y"], pad)
-        return y * torch.from_numpy(a.weights["gamma"]).double().view(1, -1, 1, 1) + torch.from_numpy(a.weights["beta"]).double().view(1, -1, 1, 1)
+        y = F.conv2d(
+            t,
+            torch.from_numpy(c.weights["weight"]).double(),
+            torch.from_numpy(c.weights["bias"]).double(),
+            c.attrs["stride_y"],
+            pad,
+        )
+        return y * torch.from_numpy(a.weights["gamma"]).double().view(1, -1, 1, 1) + torch.from_numpy(
+            a.weights["beta"]
+        ).double().view(1, -1, 1, 1)
 
     t = F.max_pool2d(F.relu(conv_affine(0, x)), 3, 2)
     for i in range(14):

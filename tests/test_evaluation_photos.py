@@ -38,7 +38,9 @@ def johns_photos(johns_dir, tmp_path_factory):
         for f in sorted(person.glob("*.jpg")):
             shutil.copy(f, chips / person.name / f.name)
             a = np.asarray(Image.open(f).convert("RGB"))
-            Image.fromarray(np.pad(a, ((BORDER, BORDER), (BORDER, BORDER), (0, 0)), mode="edge")).save(photos / person.name / f"{f.stem}.png")
+            Image.fromarray(np.pad(a, ((BORDER, BORDER), (BORDER, BORDER), (0, 0)), mode="edge")).save(
+                photos / person.name / f"{f.stem}.png"
+            )
     return chips, photos
 
 
@@ -171,7 +173,10 @@ def test_the_protocol_trains_on_published_photos(johns_photos, tmp_path):
     res = run_experiment(load_config(cfg_path), tmp_path / "out", progress=False, echo=lambda s: None)
     rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
     assert len(rows) == 2 * 2  # attacks x defenses (1 user, 1 victim, 1 trainer)
-    quality = {(q["attack"], q["defense"]): q for q in json.loads((tmp_path / "out" / "results.json").read_text())["image_quality"]}
+    quality = {
+        (q["attack"], q["defense"]): q
+        for q in json.loads((tmp_path / "out" / "results.json").read_text())["image_quality"]
+    }
     # the natural training photos were cut again from their photos, not passed through as chips
     assert 15.0 < quality["clean", "none"]["psnr_mean"] < 99.0
     # what the trainer got for a cloaked photo without defense: the face cut again from the published photo
@@ -190,7 +195,9 @@ def test_a_photo_replaced_under_its_name_is_not_served_from_the_cache(johns_phot
     mine = tmp_path / "photos"
     shutil.copytree(photos, mine)
     cfg_path = tmp_path / "photos.toml"
-    cfg_path.write_text(CONFIG.replace("{chips}", str(chips)).replace("{photos}", str(mine)).replace("cache = false", "cache = true"))
+    cfg_path.write_text(
+        CONFIG.replace("{chips}", str(chips)).replace("{photos}", str(mine)).replace("cache = false", "cache = true")
+    )
 
     def clean_psnr(out: str) -> float:
         run_experiment(load_config(cfg_path), tmp_path / out, progress=False, echo=lambda s: None)
@@ -205,11 +212,20 @@ def test_a_photo_replaced_under_its_name_is_not_served_from_the_cache(johns_phot
     assert clean_psnr("c") < first - 3.0
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda t: "protocol = \"query\"\n" + t, "training-time protocol only"),
-    (lambda t: t.replace('name = "blur"\nsigma = 1.0', 'name = "unmask"'), "group-wise defenses are not run on published photos"),
-    (lambda t: t.replace('photos = "', 'photos_jpeg = 75\n# photos = "'), "photos_jpeg re-encodes published photos: it needs"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: "protocol = \"query\"\n" + t, "training-time protocol only"),
+        (
+            lambda t: t.replace('name = "blur"\nsigma = 1.0', 'name = "unmask"'),
+            "group-wise defenses are not run on published photos",
+        ),
+        (
+            lambda t: t.replace('photos = "', 'photos_jpeg = 75\n# photos = "'),
+            "photos_jpeg re-encodes published photos: it needs",
+        ),
+    ],
+)
 def test_published_photos_refuse_what_they_cannot_run(johns_photos, tmp_path, edit, message):
     register_standins()
     chips, photos = johns_photos
@@ -224,9 +240,39 @@ def test_evaluate_cli_trains_on_published_photos(johns_photos, tmp_path, capsys)
 
     register_standins()
     chips, photos = johns_photos
-    args = ["evaluate", "--data", str(chips), "--users", "1", "--attack", f"{STANDIN_ATTACK}:embedders={STANDIN_EMBEDDER}",
-            "--victim", STANDIN_EMBEDDER, "--trainer", "nn", "--defense", "none", "--no-detect", "--no-progress"]
-    assert main(args + ["--photos", str(photos), "--photos-jpeg", "85", "--out", str(tmp_path / "o"), "--save-config", str(tmp_path / "c.toml")]) == 0
+    args = [
+        "evaluate",
+        "--data",
+        str(chips),
+        "--users",
+        "1",
+        "--attack",
+        f"{STANDIN_ATTACK}:embedders={STANDIN_EMBEDDER}",
+        "--victim",
+        STANDIN_EMBEDDER,
+        "--trainer",
+        "nn",
+        "--defense",
+        "none",
+        "--no-detect",
+        "--no-progress",
+    ]
+    assert (
+        main(
+            args
+            + [
+                "--photos",
+                str(photos),
+                "--photos-jpeg",
+                "85",
+                "--out",
+                str(tmp_path / "o"),
+                "--save-config",
+                str(tmp_path / "c.toml"),
+            ]
+        )
+        == 0
+    )
     saved = load_config(tmp_path / "c.toml")
     assert saved.data["photos"] == str(photos) and saved.data["photos_jpeg"] == 85
     assert "re-encoded as JPEG q85" in capsys.readouterr().out

@@ -108,7 +108,10 @@ def test_grid_expands_as_written(tmp_path):
         (lambda t: t.replace('label = "lowkey-2"', 'label = "fawkes-high"'), "unique"),
         (lambda t: t + '\n[[defenses]]\nname = "jpeg"\nquality = 60\n', "unique"),
         (lambda t: t.replace("seeds = [0, 1]", 'seeds = ["a"]'), "seeds"),
-        (lambda t: t.replace('name = "none"\n\n[[attacks]]', 'name = "none"\nmode = "x"\n\n[[attacks]]', 1), "takes no settings"),
+        (
+            lambda t: t.replace('name = "none"\n\n[[attacks]]', 'name = "none"\nmode = "x"\n\n[[attacks]]', 1),
+            "takes no settings",
+        ),
         (lambda t: t.replace("quality = 60", "quality = 600"), "quality"),
         (lambda t: "bogus = 1\n" + t, "unknown option"),
         (lambda t: t + "\nbogus = 1\n", "give options inside the spec string"),
@@ -118,7 +121,10 @@ def test_grid_expands_as_written(tmp_path):
         (lambda t: t.replace("count = 2", "count = 0"), r"\[users\] count must be an integer >= 1"),
         (lambda t: t + "\n[run]\ncloak_batch_size = -1\n", r"\[run\] cloak_batch_size must be an integer >= 1"),
         (lambda t: t + "\n[run]\nbatch_size = 0\n", r"\[run\] batch_size must be an integer >= 1"),
-        (lambda t: t.replace('root = "johns"', 'root = "johns"\nimage_size = 0'), r"\[data\] image_size must be an integer >= 32"),
+        (
+            lambda t: t.replace('root = "johns"', 'root = "johns"\nimage_size = 0'),
+            r"\[data\] image_size must be an integer >= 32",
+        ),
         (lambda t: t.replace('root = "johns"', 'root = "johns"\nmax_per_identity = 0'), "max_per_identity must be"),
         (lambda t: t.replace('root = "johns"', 'root = "johns"\ntrain_fraction = 1.5'), "train_fraction must be"),
         # an attack's seed and device come from the run (create_attack got them twice: a TypeError traceback)
@@ -176,13 +182,26 @@ def colour_experiment(tmp_path_factory):
 
 def test_run_writes_every_result_file(colour_experiment):
     cfg_path, out, res = colour_experiment
-    for name in ("config.toml", "config.resolved.json", "runs.jsonl", "results.csv", "summary.csv", "results.json", "table.md", "report.html"):
+    for name in (
+        "config.toml",
+        "config.resolved.json",
+        "runs.jsonl",
+        "results.csv",
+        "summary.csv",
+        "results.json",
+        "table.md",
+        "report.html",
+    ):
         assert (out / name).is_file(), name
     assert (out / "config.toml").read_text() == cfg_path.read_text()
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == 2 * 2 * 2 * 3  # users x attacks x trainers x defenses
     results = json.loads((out / "results.json").read_text())  # strict JSON
-    assert results["n_runs"] == 24 and results["wall_s"] > 0 and set(results["timings_s"]) >= {"defend_s", "embed_s", "train_s"}
+    assert (
+        results["n_runs"] == 24
+        and results["wall_s"] > 0
+        and set(results["timings_s"]) >= {"defend_s", "embed_s", "train_s"}
+    )
     assert all("wall_s" in r for r in rows)
     summary = {(s["attack"], s["trainer"], s["defense"]): s for s in res.summary}
     assert summary["checker", "nn", "none"]["asr_mean"] == 1.0
@@ -271,7 +290,9 @@ def test_bad_trainers_are_refused_before_any_work(trainer, message, tmp_path, mo
     register_standins()
     said: list[str] = []
     root = write_colour_faces(tmp_path / "data")
-    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace('[[trainers]]\nname = "linear"', f"[[trainers]]\n{trainer}")
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace(
+        '[[trainers]]\nname = "linear"', f"[[trainers]]\n{trainer}"
+    )
     with pytest.raises(PufaceError, match=message):
         run_experiment(parse(text, tmp_path), tmp_path / "o", progress=False, echo=said.append)
     assert said == [] and not (tmp_path / "o").exists()
@@ -286,7 +307,9 @@ def test_protected_users_seen_by_the_purifier_are_refused(tmp_path, monkeypatch)
     monkeypatch.setattr(defenses.PuFaceDefense, "_apply", lambda self, x: x.clone())
     monkeypatch.setattr(defenses.PuFaceDefense, "fingerprint", property(lambda self: "test"))
     root = write_colour_faces(tmp_path / "data")
-    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace('name = "bitdepth"\nbits = 4', 'name = "puface"')
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace(
+        'name = "bitdepth"\nbits = 4', 'name = "puface"'
+    )
     text = text.replace("[report]", "[report]\nenabled = false")
     named = text.replace("count = 2", 'names = ["Alice", "Carol"]')
     with pytest.raises(PufaceError, match="Alice.*purifier's training data"):
@@ -306,17 +329,24 @@ def test_cli_reproduce_evaluate_and_errors(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
     root = write_colour_faces(tmp_path / "data")
     cfg = tmp_path / "c.toml"
-    cfg.write_text(EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace("[report]", "[report]\nenabled = false"))
+    cfg.write_text(
+        EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace("[report]", "[report]\nenabled = false")
+    )
     assert main(["reproduce", str(cfg), "--out", str(tmp_path / "r"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "| checker | test-colour-texture | white-box | nn | 100.0 ± 0.0 |" in out and "wall time:" in out
-    assert main(["reproduce", str(cfg), "--seed", "3", "--seed", "4", "--out", str(tmp_path / "r34"), "--no-progress"]) == 0
+    assert (
+        main(["reproduce", str(cfg), "--seed", "3", "--seed", "4", "--out", str(tmp_path / "r34"), "--no-progress"])
+        == 0
+    )
     capsys.readouterr()
     with open(tmp_path / "r34" / "results.csv", newline="") as f:
         assert {row["seed"] for row in csv.DictReader(f)} == {"3", "4"}
     saved_cfg = load_config(tmp_path / "r34" / "config.toml")
     assert saved_cfg.seeds == [3, 4] and saved_cfg.data["root"] == str(root)
-    assert (tmp_path / "r" / "config.toml").read_text() == cfg.read_text()  # no override: the file itself, comments kept
+    assert (
+        tmp_path / "r" / "config.toml"
+    ).read_text() == cfg.read_text()  # no override: the file itself, comments kept
 
     # `puface report headline` pools folders of the same grid run with other seeds, and refuses overlapping seeds
     from puface.evaluation.summaries import load_pooled
@@ -343,7 +373,10 @@ def test_cli_reproduce_evaluate_and_errors(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "| blur-s1 | 0.0 ± 0.0 | 0.0 ± 0.0 | 100.0 |" in out
     again = load_config(saved)
-    assert [a.label for a in again.attacks] == ["clean", "checker"] and [d.label for d in again.defenses] == ["none", "blur-s1"]
+    assert [a.label for a in again.attacks] == ["clean", "checker"] and [d.label for d in again.defenses] == [
+        "none",
+        "blur-s1",
+    ]
     assert again.detection["purifier"] == str(shipped_purifier)
 
     # --detector: the detection report's detector instead of the config's
@@ -363,8 +396,22 @@ def test_cli_reproduce_evaluate_and_errors(tmp_path, monkeypatch, capsys):
                  str(shipped_purifier), "--out", str(tmp_path / "rp"), "--no-progress"]) == 0
     capsys.readouterr()
     assert json.loads((tmp_path / "rp" / "results.json").read_text())["detection"]["detector"] == chosen
-    assert main(["reproduce", str(cfg), "--detector", "edits", "--detector-purifier", str(tmp_path / "nopur.safetensors"),
-                 "--out", str(tmp_path / "rq"), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "reproduce",
+                str(cfg),
+                "--detector",
+                "edits",
+                "--detector-purifier",
+                str(tmp_path / "nopur.safetensors"),
+                "--out",
+                str(tmp_path / "rq"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "nopur.safetensors" in err and "Traceback" not in err
 
@@ -390,7 +437,9 @@ def test_every_packaged_purifier_recipe_parses(name):
     from puface.training.config import load_config as load_purifier_config
 
     cfg = load_purifier_config(name)
-    assert cfg.attacks and cfg.data.root == {"dlib150": "lfw-chips150", "arcface112": "lfw-arcface112"}[cfg.data.template], name
+    assert (
+        cfg.attacks and cfg.data.root == {"dlib150": "lfw-chips150", "arcface112": "lfw-arcface112"}[cfg.data.template]
+    ), name
     assert "/work/" not in packaged_config(name, "purifier").read_text()
 
 
@@ -468,7 +517,9 @@ def test_the_ablation_grid_names_purifiers_that_tools_train_ablations_trains():
     assert cpu <= set(rows)  # CPU-trained copies of GPU-trained rows
     assert {mod.split_name(r)[0] for r in rows} <= set(mod.VARIANTS)
     adaptive = load_config("lfw-adaptive-trained")
-    assert {d.spec.get("weights") for d in adaptive.defenses if isinstance(d.spec, dict)} >= {"runs/ablation-v4/adaptive/best.safetensors"}
+    assert {d.spec.get("weights") for d in adaptive.defenses if isinstance(d.spec, dict)} >= {
+        "runs/ablation-v4/adaptive/best.safetensors"
+    }
 
 
 CHILD_TOML = """
@@ -573,8 +624,12 @@ def test_recipe_suffixes_split_off_repeats():
 
 def test_list_edits_drop_and_add_entries_of_the_parent(tmp_path):
     parse(GRID_TOML, tmp_path, "grid.toml")
-    child = parse('extends = "grid.toml"\ndrop_attacks = ["lowkey-2"]\ndrop_defenses = ["jpeg-q60"]\n'
-                  '[[add_attacks]]\nname = "fawkes"\nmode = "low"\nembedders = ["dlib-resnet29"]\n', tmp_path, "edit.toml")
+    child = parse(
+        'extends = "grid.toml"\ndrop_attacks = ["lowkey-2"]\ndrop_defenses = ["jpeg-q60"]\n'
+        '[[add_attacks]]\nname = "fawkes"\nmode = "low"\nembedders = ["dlib-resnet29"]\n',
+        tmp_path,
+        "edit.toml",
+    )
     assert [a.label for a in child.attacks] == ["clean", "fawkes-high", "fawkes-low"]
     assert [d.label for d in child.defenses] == ["none", "blur-s1+bitdepth-5"]
     with pytest.raises(ConfigError, match="drop_attacks names 'nope', not among its attacks .clean, fawkes-high"):
@@ -618,7 +673,9 @@ def test_evaluate_save_config_into_a_new_folder_or_onto_a_folder(tmp_path, capsy
 
     nope = str(tmp_path / "nope")  # data that are not there: the run stops after the config is saved
     assert main(["evaluate", "--data", nope, "--save-config", str(tmp_path / "new" / "c.toml"), "--no-progress"]) == 2
-    assert 'root = "' in (tmp_path / "new" / "c.toml").read_text() and "data folder not found" in capsys.readouterr().err
+    assert (
+        'root = "' in (tmp_path / "new" / "c.toml").read_text() and "data folder not found" in capsys.readouterr().err
+    )
     assert main(["evaluate", "--data", nope, "--save-config", str(tmp_path / "new"), "--no-progress"]) == 2
     assert "new: cannot write" in capsys.readouterr().err
 
@@ -710,7 +767,9 @@ def test_restart_sets_aside_everything_the_discarded_runs_wrote(tmp_path):
     summed into the new tables and the report's grid, and the discarded session into the wall time."""
     register_standins()
     root = write_colour_faces(tmp_path / "data")
-    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace("[run]", "[detection]\nenabled = false\n\n[run]")
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace(
+        "[run]", "[detection]\nenabled = false\n\n[run]"
+    )
     out = tmp_path / "out"
     run_experiment(parse(text, tmp_path), out, progress=False, echo=lambda s: None)
     users = json.loads((out / "results.json").read_text())["users"]["0"]
@@ -739,17 +798,24 @@ def test_resuming_with_other_face_models_behind_the_same_names_is_refused(tmp_pa
 
     def save_model(path: Path, seed: int, scale: float = 1.0) -> None:
         torch.manual_seed(seed)
-        net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 8)).eval()
+        net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 8)
+        ).eval()
         torch.jit.script(net).save(str(path))
         path.with_suffix(".json").write_text(json.dumps({"input_size": [32, 32], "scale": scale, "mean": 0, "std": 1}))
 
     victim, surrogate = tmp_path / "victim.pt", tmp_path / "surrogate.pt"
     save_model(victim, 0)
     save_model(surrogate, 1)
-    text = (EXPERIMENT_COLOURS_TOML.replace("{root}", str(root))
-            .replace('name = "bitdepth"\nbits = 4', 'name = "bitdepth"\nbits = 4\n\n[[attacks]]\nname = "fawkes"\nmode = "custom"\n'
-                     f'steps = 1\nembedders = ["{surrogate}"]')
-            .replace('[victims]\nembedders = ["', f'[victims]\nembedders = ["{victim}", "'))
+    text = (
+        EXPERIMENT_COLOURS_TOML.replace("{root}", str(root))
+        .replace(
+            'name = "bitdepth"\nbits = 4',
+            'name = "bitdepth"\nbits = 4\n\n[[attacks]]\nname = "fawkes"\nmode = "custom"\n'
+            f'steps = 1\nembedders = ["{surrogate}"]',
+        )
+        .replace('[victims]\nembedders = ["', f'[victims]\nembedders = ["{victim}", "')
+    )
     out = tmp_path / "out"
     cfg = parse(text, tmp_path)
     assert [a.name for a in cfg.attacks][-1] == "fawkes" and str(victim) in cfg.victims
@@ -789,8 +855,12 @@ def test_labels_whose_pipes_would_give_two_cells_one_run_id_are_refused():
     """Run ids join (seed, attack, victim, trainer, defense, user) with `|` and resume skips the ids found in
     runs.jsonl: attack "x|a" with victim "b", trainer "t" and attack "x" with victim "a", trainer "b|t" are one id,
     so the second cell was never run (taken as done). Such a grid is refused; a `|` that makes no clash is kept."""
-    raw = {"attacks": [{"name": "none", "label": "x"}, {"name": "none", "label": "x|a"}], "victims": {"embedders": ["a", "b"]},
-           "trainers": [{"name": "nn", "label": "t"}, {"name": "nn", "label": "b|t"}], "defenses": ["none"]}
+    raw = {
+        "attacks": [{"name": "none", "label": "x"}, {"name": "none", "label": "x|a"}],
+        "victims": {"embedders": ["a", "b"]},
+        "trainers": [{"name": "nn", "label": "t"}, {"name": "nn", "label": "b|t"}],
+        "defenses": ["none"],
+    }
     with pytest.raises(ConfigError, match="two cells would share one id"):
         ExperimentConfig.from_dict(raw)
     raw["trainers"][1]["label"] = "t|b"
@@ -807,9 +877,18 @@ def test_example_images_of_labels_that_differ_only_by_colon_or_slash_are_two_fil
 
     from puface.experiments.results import ResultsFolder
 
-    cfg = ExperimentConfig.from_dict({"attacks": ["none"], "trainers": ["nn"],
-                                      "defenses": [{"name": "jpeg", "label": "jpeg:75"}, {"name": "jpeg", "label": "jpeg-75"},
-                                                   {"name": "blur", "label": "a/b"}, {"name": "blur", "label": "a_b"}]})
+    cfg = ExperimentConfig.from_dict(
+        {
+            "attacks": ["none"],
+            "trainers": ["nn"],
+            "defenses": [
+                {"name": "jpeg", "label": "jpeg:75"},
+                {"name": "jpeg", "label": "jpeg-75"},
+                {"name": "blur", "label": "a/b"},
+                {"name": "blur", "label": "a_b"},
+            ],
+        }
+    )
     kinds = ["defense:jpeg:75", "defense:jpeg-75", "defense:a/b", "defense:a_b", "cloaked"]
     with ResultsFolder(tmp_path / "out", cfg, "fp") as folder:
         for value, kind in enumerate(kinds):
@@ -837,9 +916,11 @@ def test_the_cli_and_table_md_say_which_wall_time_each_gives(tmp_path, monkeypat
     assert main(args) == 0 and main(args) == 0  # the second resumes: a session with no runs
     out = capsys.readouterr().out.splitlines()
     table = next(line for line in reversed(out) if line.startswith("Wall time:"))
-    assert re.fullmatch(r"Wall time: \d+ s \(\d+\.\d min\) running the grid \(loading, cloaking, defending, training, "
-                        r"detection; writing these tables and the report not counted\), summed over 2 sessions \(resumed\)\.",
-                        table)
+    assert re.fullmatch(
+        r"Wall time: \d+ s \(\d+\.\d min\) running the grid \(loading, cloaking, defending, training, "
+        r"detection; writing these tables and the report not counted\), summed over 2 sessions \(resumed\)\.",
+        table,
+    )
     assert table in (tmp_path / "r" / "table.md").read_text()
     assert re.fullmatch(r"wall time: \d+ s \(\d+\.\d min\) for this command, writing the tables and report included", out[-1])
 

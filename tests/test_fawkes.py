@@ -29,7 +29,9 @@ def tiny_embedder(seed: int = 0, name: str = "tiny") -> FaceEmbedder:
     )  # fmt: skip
     with torch.no_grad():
         for p in net.parameters():  # He-style weights, zero biases: the output follows the input
-            p.copy_(torch.randn(p.shape, generator=g) * (2.0 / p[0].numel()) ** 0.5 if p.ndim > 1 else torch.zeros_like(p))
+            p.copy_(
+                torch.randn(p.shape, generator=g) * (2.0 / p[0].numel()) ** 0.5 if p.ndim > 1 else torch.zeros_like(p)
+            )
     return FaceEmbedder(net, name=name, input_size=(48, 48), embedding_dim=32, normalization=InputNormalization())
 
 

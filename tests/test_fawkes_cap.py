@@ -61,7 +61,11 @@ def test_projected_cap_keeps_the_budget_and_the_cap(chips):
 
 @pytest.mark.parametrize(
     "knob, default, other, unknown",
-    [("geometry", "chip", "square112", "square224"), ("cap", "clip", "project", "wrap"), ("ensemble", "sum", "min", "max")],
+    [
+        ("geometry", "chip", "square112", "square224"),
+        ("cap", "clip", "project", "wrap"),
+        ("ensemble", "sum", "min", "max"),
+    ],
 )
 def test_knob_names_the_cache_key_only_when_not_the_default(knob, default, other, unknown):
     emb = tiny_embedder()

@@ -43,7 +43,9 @@ def test_square_view_pads_with_the_mean_colour_and_maps_back_exactly():
 def test_square112_keeps_the_budget_where_fawkes_measures_it(chips):
     emb = tiny_embedder()
     th = MODES["mid"].th
-    res = Fawkes("mid", [emb], geometry="square112", save_last_on_failed=False, device="cpu").run(chips, quantize_output=True)
+    res = Fawkes("mid", [emb], geometry="square112", save_last_on_failed=False, device="cpu").run(
+        chips, quantize_output=True
+    )
     assert res.images.shape == chips.shape  # the saved image is the chip, not the 112 px square
     work = res.stats["dssim_work"]
     assert (work <= 1.1 * th + 1e-6).all() and work.mean() > 0.5 * th, work

@@ -65,7 +65,9 @@ def test_simplex_and_convex_projection():
     torch.testing.assert_close(simplex_projection(inside), inside)
     anchors = torch.eye(3)  # the hull is the triangle of the unit vectors
     y = torch.tensor([[2.0, 0.0, 0.0], [0.3, 0.3, 0.3]])
-    torch.testing.assert_close(convex_projection(y, anchors, 500), torch.tensor([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3]]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        convex_projection(y, anchors, 500), torch.tensor([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3]]), atol=1e-4, rtol=0
+    )
 
 
 # ------------------------------------------------------------------ OPOM
@@ -142,7 +144,9 @@ def test_unlearnable_minimises_the_error(faces):
 def test_unlearnable_seeded_budget_and_needs_classes(faces):
     labels = ["a"] * 3 + ["b"] * 3
     a = unlearnable(0)(faces, labels=labels)
-    assert torch.equal(a, unlearnable(0)(faces, labels=labels)) and not torch.equal(a, unlearnable(1)(faces, labels=labels))
+    assert torch.equal(a, unlearnable(0)(faces, labels=labels)) and not torch.equal(
+        a, unlearnable(1)(faces, labels=labels)
+    )
     small = unlearnable(0, epsilon=4)(faces, labels=labels)
     assert (small - faces).abs().max() <= 4 / 255 + 1e-6
     with pytest.raises(PufaceError, match="two classes"):

@@ -21,8 +21,16 @@ def test_pip_install_without_extras_runs_the_demo(tmp_path):
     # torch first, on its own (as scripts/setup.sh does): TORCH_SPEC picks the build, the local CPU wheel here
     subprocess.run(pip + [os.environ.get("TORCH_SPEC", "torch==2.13.0")], check=True)
     subprocess.run(pip + [str(REPO)], check=True)
-    extras = subprocess.run([str(venv / "bin" / "python"), "-c", "import importlib.util as u; "
-                             "print(u.find_spec('dlib'), u.find_spec('onnxruntime'))"], capture_output=True, text=True, check=True)
+    extras = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import importlib.util as u; print(u.find_spec('dlib'), u.find_spec('onnxruntime'))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert extras.stdout.split() == ["None", "None"]  # truly without the extras
     lic = subprocess.run([str(venv / "bin" / "python"), "-c", "import importlib.metadata as m; "
                           "print([f.name for f in m.distribution('puface').files if 'licenses' in f.parts])"],

@@ -76,7 +76,12 @@ def test_a_group_cloaked_before_a_kill_gets_its_rows_on_resume(johns_dir, tmp_pa
     assert main(list(map(str, cloak))) == 0
     assert "2 cloaked, 2 already done" in capsys.readouterr().out
     assert {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.png")} == cloaks
-    assert sorted(r["file"] for r in _rows(out / "cloak_stats.csv")) == ["id0/0.jpg", "id0/1.jpg", "id1/0.jpg", "id1/1.jpg"]
+    assert sorted(r["file"] for r in _rows(out / "cloak_stats.csv")) == [
+        "id0/0.jpg",
+        "id0/1.jpg",
+        "id1/0.jpg",
+        "id1/1.jpg",
+    ]
 
 
 def _holder(out: Path, rank: int, world_size: int):
@@ -84,8 +89,10 @@ def _holder(out: Path, rank: int, world_size: int):
     import subprocess
     import sys
 
-    code = ("import sys, time; from pathlib import Path; from puface.io.jobs import claim_output; "
-            f"release = claim_output(Path({str(out)!r}), {rank}, {world_size}); print('held', flush=True); time.sleep(60)")
+    code = (
+        "import sys, time; from pathlib import Path; from puface.io.jobs import claim_output; "
+        f"release = claim_output(Path({str(out)!r}), {rank}, {world_size}); print('held', flush=True); time.sleep(60)"
+    )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"
     return p
@@ -264,15 +271,17 @@ def test_ranks_starting_with_other_settings_at_once_do_not_both_pass_the_check(t
     from puface.utils.errors import PufaceError
 
     out, checked, go = tmp_path / "out", tmp_path / "checked", tmp_path / "go"
-    code = ("import time; from pathlib import Path; import puface.io.jobs as jobs\n"
-            "real = jobs.check_settings\n"
-            "def slow(*a, **k):\n"
-            "    real(*a, **k)\n"
-            f"    Path({str(checked)!r}).touch()\n"
-            f"    while not Path({str(go)!r}).exists(): time.sleep(0.01)\n"
-            "jobs.check_settings = slow\n"
-            f"jobs.begin_settings(Path({str(out / 'purify_config.json')!r}), {{'step': 1}}, resume=True, kind='purifying', "
-            "rank=0, world_size=2)\n")
+    code = (
+        "import time; from pathlib import Path; import puface.io.jobs as jobs\n"
+        "real = jobs.check_settings\n"
+        "def slow(*a, **k):\n"
+        "    real(*a, **k)\n"
+        f"    Path({str(checked)!r}).touch()\n"
+        f"    while not Path({str(go)!r}).exists(): time.sleep(0.01)\n"
+        "jobs.check_settings = slow\n"
+        f"jobs.begin_settings(Path({str(out / 'purify_config.json')!r}), {{'step': 1}}, resume=True, kind='purifying', "
+        "rank=0, world_size=2)\n"
+    )
     first = subprocess.Popen([sys.executable, "-c", code])
     while not checked.exists():
         assert first.poll() is None
@@ -356,6 +365,12 @@ def test_a_job_that_writes_no_file_leaves_temporaries_in_its_input_alone(tmp_pat
     dead.wait()
     other = src / f".a.png.{dead.pid}.140000000000.tmp"
     other.write_bytes(b"another program's half-written file")
-    rep = run_folder_job([FileJob(src / "a.png", src / "a.png", Path("a.png"))], lambda items: [Outcome.record(x=1) for _ in items],
-                         resume=False, stats_csv=tmp_path / "rows.csv", stats_key="path", progress=False)
+    rep = run_folder_job(
+        [FileJob(src / "a.png", src / "a.png", Path("a.png"))],
+        lambda items: [Outcome.record(x=1) for _ in items],
+        resume=False,
+        stats_csv=tmp_path / "rows.csv",
+        stats_key="path",
+        progress=False,
+    )
     assert rep.written == 1 and other.exists()

@@ -103,7 +103,10 @@ def test_a_csv_row_stands_only_for_a_written_output(johns_dir, tmp_path, capsys)
                          log=lambda m: None)
     assert rep.written == 1 and len(rep.failed) == 3
     why = dict((p.relative_to(src).as_posix(), w) for p, w in rep.failed)
-    assert f"{out / 'id1'} is a file, not a folder" in why["id1/0.jpg"] and why["id1/0.jpg"].count(str(out / "id1" / "0.jpg")) == 1
+    assert (
+        f"{out / 'id1'} is a file, not a folder" in why["id1/0.jpg"]
+        and why["id1/0.jpg"].count(str(out / "id1" / "0.jpg")) == 1
+    )
     assert "id0/1.jpg" in why  # not taken for an output already written
     rows = stats.read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("id0/0.jpg,ok,")
@@ -119,7 +122,9 @@ def test_stats_columns_without_a_stats_csv_write_the_outputs_alone(johns_dir, tm
     """`stats_fields` fixes the columns of a stats CSV; with no `stats_csv` there is none, and the job writes its
     outputs (it raised AttributeError 'NoneType' object has no attribute 'parent' before running; found by mypy)."""
     src, out = _tree(johns_dir, tmp_path / "in", 0), tmp_path / "out"
-    rep = run_folder_job(plan_mirror(src, out), _identity, batch_size=4, progress=False, stats_fields=["file", "status"])
+    rep = run_folder_job(
+        plan_mirror(src, out), _identity, batch_size=4, progress=False, stats_fields=["file", "status"]
+    )
     assert rep.written == 4 and not rep.failed
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
         "id0/0.jpg", "id0/1.jpg", "id1/0.jpg", "id1/1.jpg"]
@@ -133,7 +138,12 @@ def test_purify_report_resumed_over_a_plain_run_scores_every_image(johns_dir, tm
     capsys.readouterr()
     assert main(_purify(src, out, "--report")) == 0
     rows = (out / "detection.csv").read_text().splitlines()
-    assert len(rows) == 5 and sorted(r.split(",")[0] for r in rows[1:]) == ["id0/0.jpg", "id0/1.jpg", "id1/0.jpg", "id1/1.jpg"]
+    assert len(rows) == 5 and sorted(r.split(",")[0] for r in rows[1:]) == [
+        "id0/0.jpg",
+        "id0/1.jpg",
+        "id1/0.jpg",
+        "id1/1.jpg",
+    ]
     assert "of 4 images" in capsys.readouterr().out
     assert main(_purify(src, out, "--report")) == 0
     assert "0 purified, 4 already done" in capsys.readouterr().out

@@ -13,7 +13,9 @@ from puface.utils.tomlconfig import tomllib
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "puface"
 
-importlinter = pytest.importorskip("importlinter.cli", reason="import-linter is a test dependency (pip install 'puface[test]')")
+importlinter = pytest.importorskip(
+    "importlinter.cli", reason="import-linter is a test dependency (pip install 'puface[test]')"
+)
 
 
 def _layers() -> list[str]:

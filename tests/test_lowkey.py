@@ -31,7 +31,9 @@ def tiny_embedder(seed: int = 0, name: str = "tiny") -> FaceEmbedder:
     )  # fmt: skip
     with torch.no_grad():
         for p in net.parameters():  # He-style weights, zero biases: the output follows the input
-            p.copy_(torch.randn(p.shape, generator=g) * (2.0 / p[0].numel()) ** 0.5 if p.ndim > 1 else torch.zeros_like(p))
+            p.copy_(
+                torch.randn(p.shape, generator=g) * (2.0 / p[0].numel()) ** 0.5 if p.ndim > 1 else torch.zeros_like(p)
+            )
     return FaceEmbedder(net, name=name, input_size=(48, 48), embedding_dim=32, normalization=InputNormalization())
 
 
@@ -42,7 +44,14 @@ def faces(small_chips):
 
 def test_defaults_are_lowkeys():
     s = LowKeySettings()
-    assert (s.steps, s.step_size, s.init_noise, s.c_sim, s.blur_kernel, s.blur_sigma) == (50, 0.0025, 0.005, 0.05, 7, 3.0)
+    assert (s.steps, s.step_size, s.init_noise, s.c_sim, s.blur_kernel, s.blur_sigma) == (
+        50,
+        0.0025,
+        0.005,
+        0.05,
+        7,
+        3.0,
+    )
     assert s.combination and s.flip_tta and s.lpips_net == "alex"
     assert s.max_change == pytest.approx(0.13)
 

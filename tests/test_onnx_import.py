@@ -31,7 +31,8 @@ def rand(*shape, lo=-1.0, hi=1.0):
 
 
 def model(nodes, inputs, outputs, inits=None, opset=17):
-    """inputs: {name: [shape]} (float) or {name: ([shape], elem_type)}; outputs: {name: elem_type} or [names] (float)."""
+    """inputs: {name: [shape]} (float) or {name: ([shape], elem_type)};
+    outputs: {name: elem_type} or [names] (float)."""
     ins = []
     for name, spec in inputs.items():
         shape, et = spec if isinstance(spec, tuple) else (spec, F32)
@@ -81,9 +82,13 @@ def node(op, ins, outs, **attrs):
 
 CONV_CASES = {
     "plain": dict(attrs=dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1]), cin=3, cout=5, group=1),
-    "strided-dilated": dict(attrs=dict(kernel_shape=[3, 3], strides=[2, 2], dilations=[2, 2], pads=[2, 2, 2, 2]), cin=4, cout=6, group=1),
+    "strided-dilated": dict(
+        attrs=dict(kernel_shape=[3, 3], strides=[2, 2], dilations=[2, 2], pads=[2, 2, 2, 2]), cin=4, cout=6, group=1
+    ),
     "asymmetric-pads": dict(attrs=dict(kernel_shape=[3, 2], strides=[2, 1], pads=[0, 1, 2, 0]), cin=3, cout=4, group=1),
-    "depthwise": dict(attrs=dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], group=8), cin=8, cout=8, group=8),
+    "depthwise": dict(
+        attrs=dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], group=8), cin=8, cout=8, group=8
+    ),
     "grouped": dict(attrs=dict(kernel_shape=[1, 1], group=2), cin=4, cout=6, group=2),
     "same-upper": dict(attrs=dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"), cin=3, cout=4, group=1),
     "same-lower": dict(attrs=dict(kernel_shape=[4, 4], strides=[2, 2], auto_pad="SAME_LOWER"), cin=3, cout=4, group=1),
@@ -97,7 +102,9 @@ def test_conv(case):
     k = c["attrs"]["kernel_shape"]
     w = rand(c["cout"], c["cin"] // c["group"], *k)
     b = rand(c["cout"])
-    m = model([node("Conv", ["x", "w", "b"], ["y"], **c["attrs"])], {"x": [2, c["cin"], 11, 10]}, ["y"], {"w": w, "b": b})
+    m = model(
+        [node("Conv", ["x", "w", "b"], ["y"], **c["attrs"])], {"x": [2, c["cin"], 11, 10]}, ["y"], {"w": w, "b": b}
+    )
     net = check(m, {"x": rand(2, c["cin"], 11, 10)})
     assert isinstance(net.steps[0], Conv)
 
@@ -124,7 +131,11 @@ def _bn(x, y, prefix="bn", eps=1e-3):
 def test_conv_batchnorm_prelu_is_folded_into_one_conv():
     inits = {"w": rand(6, 3, 3, 3), "slope": rand(6, 1, 1, lo=0.0, hi=0.5), **_bn_inits(6)}
     m = model(
-        [node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]), _bn("c", "n"), node("PRelu", ["n", "slope"], ["y"])],
+        [
+            node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+            _bn("c", "n"),
+            node("PRelu", ["n", "slope"], ["y"]),
+        ],
         {"x": [2, 3, 8, 8]},
         ["y"],
         inits,
@@ -216,7 +227,13 @@ def test_variadic(op):
 
 
 def test_clip_opset11_inputs_and_opset6_attrs():
-    m = model([node("Clip", ["x", "lo", "hi"], ["y"])], {"x": [4, 5]}, ["y"], {"lo": np.array(-0.2, np.float32), "hi": np.array(0.3, np.float32)}, opset=13)
+    m = model(
+        [node("Clip", ["x", "lo", "hi"], ["y"])],
+        {"x": [4, 5]},
+        ["y"],
+        {"lo": np.array(-0.2, np.float32), "hi": np.array(0.3, np.float32)},
+        opset=13,
+    )
     check(m, {"x": rand(4, 5)})
     m = model([node("Clip", ["x", "", "hi"], ["y"])], {"x": [4, 5]}, ["y"], {"hi": np.array(0.3, np.float32)}, opset=13)
     check(m, {"x": rand(4, 5)})
@@ -250,14 +267,21 @@ def test_gemm(attrs, bshape, cshape):
 def test_gemm_with_runtime_matrix_and_batchnorm_fold():
     m = model([node("Gemm", ["a", "b"], ["y"], transB=1)], {"a": [3, 5], "b": [4, 5]}, ["y"])
     check(m, {"a": rand(3, 5), "b": rand(4, 5)})
-    m = model([node("Gemm", ["a", "W", "c"], ["g"], transB=1), _bn("g", "y", eps=2e-5)], {"a": [3, 5]}, ["y"], {"W": rand(4, 5), "c": rand(4), **_bn_inits(4)})
+    m = model(
+        [node("Gemm", ["a", "W", "c"], ["g"], transB=1), _bn("g", "y", eps=2e-5)],
+        {"a": [3, 5]},
+        ["y"],
+        {"W": rand(4, 5), "c": rand(4), **_bn_inits(4)},
+    )
     net = check(m, {"a": rand(3, 5)})
     assert [type(s).__name__ for s in net.steps] == ["Linear"]
 
 
 def test_batchnorm_after_3d_matmul_is_not_folded_over_features():
     """BN normalises dim 1 (here: tokens), not MatMul's output features, even when both are 4."""
-    m = model([node("MatMul", ["a", "W"], ["t"]), _bn("t", "y")], {"a": [2, 4, 5]}, ["y"], {"W": rand(5, 4), **_bn_inits(4)})
+    m = model(
+        [node("MatMul", ["a", "W"], ["t"]), _bn("t", "y")], {"a": [2, 4, 5]}, ["y"], {"W": rand(5, 4), **_bn_inits(4)}
+    )
     check(m, {"a": rand(2, 4, 5)})
 
 
@@ -324,9 +348,20 @@ def test_batch1_graph_reshape_runs_any_batch():
 
 
 def test_squeeze_unsqueeze_opsets():
-    m = model([node("Squeeze", ["x", "ax"], ["s"]), node("Unsqueeze", ["s", "ax2"], ["y"])], {"x": [2, 1, 3, 1]}, ["y"], {"ax": np.array([1, -1], np.int64), "ax2": np.array([0, 3], np.int64)}, opset=13)
+    m = model(
+        [node("Squeeze", ["x", "ax"], ["s"]), node("Unsqueeze", ["s", "ax2"], ["y"])],
+        {"x": [2, 1, 3, 1]},
+        ["y"],
+        {"ax": np.array([1, -1], np.int64), "ax2": np.array([0, 3], np.int64)},
+        opset=13,
+    )
     check(m, {"x": rand(2, 1, 3, 1)})
-    m = model([node("Squeeze", ["x"], ["s"], axes=[3]), node("Unsqueeze", ["s"], ["y"], axes=[1])], {"x": [2, 1, 3, 1]}, ["y"], opset=11)
+    m = model(
+        [node("Squeeze", ["x"], ["s"], axes=[3]), node("Unsqueeze", ["s"], ["y"], axes=[1])],
+        {"x": [2, 1, 3, 1]},
+        ["y"],
+        opset=11,
+    )
     check(m, {"x": rand(2, 1, 3, 1)})
     m = model([node("Squeeze", ["x"], ["y"])], {"x": [2, 1, 3, 1]}, ["y"], opset=13)
     check(m, {"x": rand(2, 1, 3, 1)})
@@ -364,7 +399,11 @@ def test_concat_split_expand_gather():
         ],
         {"a": [2, 3, 4], "b": [2, 2, 4]},
         ["s1", "s2", "e", "g"],
-        {"sp": np.array([1, 4], np.int64), "shape": np.array([3, 2, 1, 4], np.int64), "idx": np.array([[0, -1], [2, 2]], np.int64)},
+        {
+            "sp": np.array([1, 4], np.int64),
+            "shape": np.array([3, 2, 1, 4], np.int64),
+            "idx": np.array([[0, -1], [2, 2]], np.int64),
+        },
         opset=13,
     )
     check(m, {"a": rand(2, 3, 4), "b": rand(2, 2, 4)})
@@ -398,7 +437,10 @@ POOL_CASES = {
     "avg-include": ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1)),
     "avg-exclude": ("AveragePool", dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])),
     "avg-asym-exclude": ("AveragePool", dict(kernel_shape=[2, 3], strides=[2, 2], pads=[1, 0, 0, 2])),
-    "avg-asym-include": ("AveragePool", dict(kernel_shape=[2, 3], strides=[2, 2], pads=[1, 0, 0, 2], count_include_pad=1)),
+    "avg-asym-include": (
+        "AveragePool",
+        dict(kernel_shape=[2, 3], strides=[2, 2], pads=[1, 0, 0, 2], count_include_pad=1),
+    ),
     "avg-2x2": ("AveragePool", dict(kernel_shape=[2, 2], strides=[2, 2])),
 }
 
@@ -411,7 +453,9 @@ def test_pooling(case):
 
 
 def test_global_pools():
-    m = model([node("GlobalAveragePool", ["x"], ["a"]), node("GlobalMaxPool", ["x"], ["m"])], {"x": [2, 3, 5, 4]}, ["a", "m"])
+    m = model(
+        [node("GlobalAveragePool", ["x"], ["a"]), node("GlobalMaxPool", ["x"], ["m"])], {"x": [2, 3, 5, 4]}, ["a", "m"]
+    )
     check(m, {"x": rand(2, 3, 5, 4)})
 
 
@@ -422,14 +466,22 @@ def test_global_pools():
 @pytest.mark.parametrize("opset", [17, 18])
 def test_reduce(op, opset):
     if opset >= 18:
-        m = model([node(op, ["x", "ax"], ["y"], keepdims=0)], {"x": [2, 3, 4]}, ["y"], {"ax": np.array([1, -1], np.int64)}, opset=opset)
+        m = model(
+            [node(op, ["x", "ax"], ["y"], keepdims=0)],
+            {"x": [2, 3, 4]},
+            ["y"],
+            {"ax": np.array([1, -1], np.int64)},
+            opset=opset,
+        )
     else:
         m = model([node(op, ["x"], ["y"], axes=[1, -1], keepdims=0)], {"x": [2, 3, 4]}, ["y"], opset=opset)
     check(m, {"x": rand(2, 3, 4)})
 
 
 def test_reduce_sum_and_all_axes():
-    m = model([node("ReduceSum", ["x", "ax"], ["y"])], {"x": [2, 3, 4]}, ["y"], {"ax": np.array([2], np.int64)}, opset=13)
+    m = model(
+        [node("ReduceSum", ["x", "ax"], ["y"])], {"x": [2, 3, 4]}, ["y"], {"ax": np.array([2], np.int64)}, opset=13
+    )
     check(m, {"x": rand(2, 3, 4)})
     m = model([node("ReduceMean", ["x"], ["y"], keepdims=1)], {"x": [2, 3, 4]}, ["y"], opset=17)
     check(m, {"x": rand(2, 3, 4)})
@@ -472,7 +524,13 @@ def test_pad(mode):
 
 
 def test_pad_axes_and_old_opset():
-    m = model([node("Pad", ["x", "pads", "", "axes"], ["y"])], {"x": [2, 3, 5]}, ["y"], {"pads": np.array([1, 2, 0, 3], np.int64), "axes": np.array([1, 2], np.int64)}, opset=18)
+    m = model(
+        [node("Pad", ["x", "pads", "", "axes"], ["y"])],
+        {"x": [2, 3, 5]},
+        ["y"],
+        {"pads": np.array([1, 2, 0, 3], np.int64), "axes": np.array([1, 2], np.int64)},
+        opset=18,
+    )
     check(m, {"x": rand(2, 3, 5)})
     m = model([node("Pad", ["x"], ["y"], pads=[0, 1, 1, 0, 2, 0], value=1.5)], {"x": [2, 3, 5]}, ["y"], opset=10)
     check(m, {"x": rand(2, 3, 5)})
@@ -550,7 +608,13 @@ def test_dequantize_linear_blocked_values():
 
 
 def test_dequantize_linear_at_runtime():
-    m = model([node("DequantizeLinear", ["q", "s", "z"], ["y"])], {"q": ([2, 3], TensorProto.UINT8)}, ["y"], {"s": np.array(0.1, np.float32), "z": np.array(128, np.uint8)}, opset=13)
+    m = model(
+        [node("DequantizeLinear", ["q", "s", "z"], ["y"])],
+        {"q": ([2, 3], TensorProto.UINT8)},
+        ["y"],
+        {"s": np.array(0.1, np.float32), "z": np.array(128, np.uint8)},
+        opset=13,
+    )
     check(m, {"q": RNG.integers(0, 256, size=(2, 3)).astype(np.uint8)})
 
 
@@ -601,7 +665,12 @@ def test_gradient_matches_equivalent_torch_network():
 def test_state_dict_roundtrip_and_unused_inputs_dropped():
     """Initializer-backed and unused graph inputs are not runtime inputs; the state dict is complete."""
     w = rand(2, 3, 1, 1)
-    m = model([node("Conv", ["x", "w"], ["c"], kernel_shape=[1, 1]), node("Add", ["c", "k"], ["y"])], {"x": [1, 3, 4, 4], "w": [2, 3, 1, 1], "stale": [5], "k": [1]}, ["y"], {"w": w, "k": np.array([0.5], np.float32)})
+    m = model(
+        [node("Conv", ["x", "w"], ["c"], kernel_shape=[1, 1]), node("Add", ["c", "k"], ["y"])],
+        {"x": [1, 3, 4, 4], "w": [2, 3, 1, 1], "stale": [5], "k": [1]},
+        ["y"],
+        {"w": w, "k": np.array([0.5], np.float32)},
+    )
     net = OnnxModule(m)
     assert net.input_names == ["x"]
     clone = OnnxModule(m)
@@ -645,9 +714,34 @@ def test_not_an_onnx_file(tmp_path):
 
 def test_supported_ops_cover_the_face_model_set():
     needed = {
-        "Conv", "BatchNormalization", "PRelu", "Relu", "LeakyRelu", "Sigmoid", "Add", "Mul", "Sub", "Div", "Gemm", "MatMul",
+        "Conv", "BatchNormalization", "PRelu", "Relu", "LeakyRelu", "Sigmoid", "Add", "Mul", "Sub", "Div", "Gemm",
+        "MatMul",
         "Flatten", "Reshape", "Transpose", "MaxPool", "AveragePool", "GlobalAveragePool", "Concat", "DequantizeLinear",
         "Constant", "Identity", "Dropout", "Shape", "Gather", "Unsqueeze", "Squeeze", "Slice", "ReduceMean", "Softmax",
         "Pad", "Clip", "Sqrt", "Pow",
     }  # fmt: skip
     assert needed <= SUPPORTED_OPS
+
+
+@pytest.mark.parametrize(
+    "op,ins,kw",
+    [
+        ("Reshape", ["x"], {}),  # the shape input left out
+        ("Reshape", ["x", ""], {}),  # ... or given as the empty name
+        ("Expand", ["x", ""], {}),
+        ("Slice", ["x", "", "e"], {}),
+        ("Pad", ["x", ""], {"mode": "constant"}),
+    ],
+)
+def test_a_missing_required_integer_input_is_a_clear_error(op, ins, kw):
+    """A node without a required shape / starts / pads input is an OnnxImportError naming the operator and the
+    input, both when it runs and when it is folded into a constant (with the file and the node), not a TypeError
+    or IndexError from inside the op."""
+    inits = {"e": np.array([1], np.int64)}
+    runtime = model([node(op, ins, ["y"], **kw)], {"x": [2, 3]}, ["y"], inits)
+    net = OnnxModule(runtime)
+    with pytest.raises(OnnxImportError, match=rf"{op}: required input 1 is missing"):
+        net(torch.zeros(2, 3))
+    folded = model([node(op, ins, ["y"], name="n1", **kw)], {}, ["y"], {**inits, "x": rand(2, 3)})
+    with pytest.raises(OnnxImportError, match=rf"folded\.onnx: node 'n1': {op}: required input 1 is missing"):
+        OnnxModule(folded, source="folded.onnx")

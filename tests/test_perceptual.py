@@ -138,7 +138,9 @@ def test_load_lpips_is_cached():
 
 def test_missing_package_names_pip_command(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "stlpips_pytorch" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "stlpips_pytorch" else real(name, *a)
+    )
     with pytest.raises(MissingDependencyError, match=r"pip install stlpips-pytorch==0\.0\.2"):
         lpips_weights_path("alex")
     with pytest.raises(MissingDependencyError, match=r"a dependency of puface"):

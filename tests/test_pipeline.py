@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +85,9 @@ def test_copy_and_skip_outcomes(tmp_path):
     make_inputs(src)
 
     def decide(items):
-        return [Outcome.copy("no face found") if it.job.rel.name == "x.png" else Outcome.skip("too small") for it in items]
+        return [
+            Outcome.copy("no face found") if it.job.rel.name == "x.png" else Outcome.skip("too small") for it in items
+        ]
 
     rep = run_folder_job(plan_mirror(src, out), decide, progress=False, log=lambda m: None)
     assert (out / "a" / "x.png").read_bytes() == (src / "a" / "x.png").read_bytes()

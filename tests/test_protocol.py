@@ -147,9 +147,13 @@ def test_cache_resume_examples_and_quality(colour_data):
     # the same grid again with the same cache: every embedding comes from the cache
     _, rows2, emb2 = run_protocol(colour_data, defenses=["none", "blur"], attacks=[CLEAN, CHECKER], cache=cache)
     assert emb2.net.images_seen == 0 and first > 0
-    assert [(r["run_id"], r["asr"], r["normal_acc"]) for r in rows] == [(r["run_id"], r["asr"], r["normal_acc"]) for r in rows2]
+    assert [(r["run_id"], r["asr"], r["normal_acc"]) for r in rows] == [
+        (r["run_id"], r["asr"], r["normal_acc"]) for r in rows2
+    ]
     # resume: finished runs are skipped
-    _, rows3, _ = run_protocol(colour_data, defenses=["none", "blur"], attacks=[CLEAN, CHECKER], done=[r["run_id"] for r in rows])
+    _, rows3, _ = run_protocol(
+        colour_data, defenses=["none", "blur"], attacks=[CLEAN, CHECKER], done=[r["run_id"] for r in rows]
+    )
     assert rows3 == []
     # examples for the first user, per attack: natural, cloaked and each defense's output
     ex = proto.examples["Alice"]
@@ -222,8 +226,16 @@ def test_a_trainer_can_be_restricted_to_some_victims(colour_data):
     rows = proto.run()
     assert sorted((r["victim"], r["trainer"]) for r in rows) == [("a", "linear"), ("a", "nn"), ("b", "linear")]
     with pytest.raises(PufaceError, match="victims not in the grid"):
-        Protocol(colour_data, ["Alice"], [CLEAN], {"a": colour_embedder("a")}, [TrainerSpec("nn", "nn", victims=("z",))],
-                 {"none": create_defense("none")}, cloak_cache=None, progress=False)
+        Protocol(
+            colour_data,
+            ["Alice"],
+            [CLEAN],
+            {"a": colour_embedder("a")},
+            [TrainerSpec("nn", "nn", victims=("z",))],
+            {"none": create_defense("none")},
+            cloak_cache=None,
+            progress=False,
+        )
 
 
 def test_views_train_on_every_view(colour_data):

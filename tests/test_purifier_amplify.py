@@ -7,7 +7,14 @@ import torch
 
 from puface.utils.errors import ConfigError
 from puface.defenses import create_defense
-from puface.training.amplify import AmplifyConfig, amplified_batch, amplify, input_variants, sample_factors, source_variants
+from puface.training.amplify import (
+    AmplifyConfig,
+    amplified_batch,
+    amplify,
+    input_variants,
+    sample_factors,
+    source_variants,
+)
 
 
 def _pair(n=4, seed=0):
@@ -114,11 +121,24 @@ def test_input_variants_reencode_input_and_target_alike():
     assert "input_variants" not in AmplifyConfig().as_dict()  # older recipes record the config they always did
 
 
-@pytest.mark.parametrize("bad", [dict(k_min=2, k_max=1), dict(k_min=-1), dict(natural_share=1.0),
-                                 dict(natural_share=-0.1), dict(k_values=(-1,)), dict(source_share=1.5, source_variants=("gamma",)),
-                                 dict(source_share=0.5), dict(source_variants=("gamma:gamma=0",)),
-                                 dict(source_variants="gamma"), dict(input_share=0.3), dict(input_variants="jpeg"),
-                                 dict(input_share=2.0, input_variants=("jpeg",)), dict(input_variants=("jpeg:quality=0",))])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(k_min=2, k_max=1),
+        dict(k_min=-1),
+        dict(natural_share=1.0),
+        dict(natural_share=-0.1),
+        dict(k_values=(-1,)),
+        dict(source_share=1.5, source_variants=("gamma",)),
+        dict(source_share=0.5),
+        dict(source_variants=("gamma:gamma=0",)),
+        dict(source_variants="gamma"),
+        dict(input_share=0.3),
+        dict(input_variants="jpeg"),
+        dict(input_share=2.0, input_variants=("jpeg",)),
+        dict(input_variants=("jpeg:quality=0",)),
+    ],
+)
 def test_bad_amplify_config(bad):
     with pytest.raises(ConfigError):
         AmplifyConfig(**bad)

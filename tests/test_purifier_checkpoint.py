@@ -69,7 +69,9 @@ def test_errors_name_the_file(tmp_path):
         Purifier.load(junk)
     photo = tmp_path / "face.jpg"  # an image passed as --weights: say what it is not, not a bare KeyError
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
-    with pytest.raises(PufaceError, match=r"face\.jpg: not a purifier checkpoint \(expected a puface \.safetensors or torch \.pt") as e:
+    with pytest.raises(
+        PufaceError, match=r"face\.jpg: not a purifier checkpoint \(expected a puface \.safetensors or torch \.pt"
+    ) as e:
         Purifier.load(photo)
     assert "\n" not in str(e.value)  # one line, not torch's paragraph
     fake = tmp_path / "fake.safetensors"
@@ -122,7 +124,9 @@ def test_a_checkpoint_without_its_model_config_is_one_clear_error(tmp_path):
     from puface.purifier.checkpoint import FORMAT
 
     path = tmp_path / "made-by-hand.safetensors"
-    save_file({"w": torch.zeros(2)}, str(path), metadata={"puface": json.dumps({"format": FORMAT, "format_version": 1})})
+    save_file(
+        {"w": torch.zeros(2)}, str(path), metadata={"puface": json.dumps({"format": FORMAT, "format_version": 1})}
+    )
     with pytest.raises(PufaceError, match="incomplete purifier checkpoint .no model_config."):
         load_checkpoint(path)
     with pytest.raises(PufaceError, match="incomplete purifier checkpoint"):

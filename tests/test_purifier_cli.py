@@ -41,7 +41,9 @@ def photo_tree(tmp_path, johns_dir) -> Path:
 
 
 def _files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.suffix not in (".csv", ".json"))
+    return sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.suffix not in (".csv", ".json")
+    )
 
 
 def test_purify_mirrors_tree_and_keeps_names_sizes_formats(photo_tree, tmp_path, weights, capsys):
@@ -60,8 +62,15 @@ def test_purify_mirrors_tree_and_keeps_names_sizes_formats(photo_tree, tmp_path,
     assert "mean_abs_change" in (tmp_path / "stats.csv").read_text()
     # the PNG output holds exactly the purifier's output
     p = Purifier.load(weights)
-    x = torch.from_numpy(np.array(Image.open(photo_tree / "a/b/odd size.png").convert("RGB"))).permute(2, 0, 1)[None].float() / 255
-    assert np.array_equal(tensor_to_image(p.purify(x)[0]), np.asarray(Image.open(out / "a/b/odd size.png").convert("RGB")))
+    x = (
+        torch.from_numpy(np.array(Image.open(photo_tree / "a/b/odd size.png").convert("RGB")))
+        .permute(2, 0, 1)[None]
+        .float()
+        / 255
+    )
+    assert np.array_equal(
+        tensor_to_image(p.purify(x)[0]), np.asarray(Image.open(out / "a/b/odd size.png").convert("RGB"))
+    )
     # resume: nothing is redone; inputs untouched
     before = {f: (out / f).stat().st_mtime_ns for f in expected}
     code = main(["purify", "--weights", str(weights), str(photo_tree), str(out), "--no-progress"])
@@ -93,7 +102,8 @@ def test_purify_default_weights_and_errors(photo_tree, tmp_path, capsys):
 
 def test_purify_keeps_alpha_grayscale_and_says_8_bits(johns_dir, tmp_path, weights, capsys):
     """RGBA keeps its alpha channel (purified RGB, the input's alpha), grayscale stays grayscale (L), a 16-bit
-    grayscale PNG and a 1-bit black-and-white one come out 8-bit grayscale (as --help says); TIFF is written as TIFF; a GIF is listed as failed."""
+    grayscale PNG and a 1-bit black-and-white one come out 8-bit grayscale (as --help says); TIFF is written as
+    TIFF; a GIF is listed as failed."""
     src = tmp_path / "in"
     src.mkdir()
     rgb = np.asarray(Image.open(sorted(johns_dir.glob("*/*.jpg"))[0]).convert("RGB"))[:48, :40]
@@ -154,8 +164,13 @@ def test_resume_with_other_settings_is_refused(photo_tree, tmp_path, weights, ca
     assert main([*base, "--batch-size", "3"]) == 0 and "0 purified, 5 already done" in capsys.readouterr().out
     torch.manual_seed(1)
     other = Purifier(RedNetConfig(channels=8, depth=4, downsample=1)).save(tmp_path / "other.pt")
-    for extra, what in ((["--template", "arcface112"], "template"), (["--quality", "80"], "quality"),
-                        (["--weights", str(other)], "purifier.dlib150"), (["--unmask"], "unmask"), (["--step", "1.5"], "step")):
+    for extra, what in (
+        (["--template", "arcface112"], "template"),
+        (["--quality", "80"], "quality"),
+        (["--weights", str(other)], "purifier.dlib150"),
+        (["--unmask"], "unmask"),
+        (["--step", "1.5"], "step"),
+    ):
         assert main([*base, *extra]) == 2
         cap = capsys.readouterr()
         assert "holds outputs of a different purifying setting" in cap.err and f"differs in: {what})" in cap.err

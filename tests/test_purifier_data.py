@@ -54,7 +54,9 @@ def test_build_pairs_with_the_cloak_function(johns_dir):
                         seed=0, cloak_fn=synthetic_cloak_fn(), log=lambda s: None)
     assert again.files == pairs.files  # seeded choice
     with pytest.raises(ConfigError, match="unique"):
-        build_pairs(johns_dir, ids, [{"name": "lowkey"}, {"name": "lowkey"}], cloak_fn=synthetic_cloak_fn(), log=lambda s: None)
+        build_pairs(
+            johns_dir, ids, [{"name": "lowkey"}, {"name": "lowkey"}], cloak_fn=synthetic_cloak_fn(), log=lambda s: None
+        )
 
 
 def test_build_pairs_from_a_cloaked_folder(johns_dir, tmp_path, johns_images):
@@ -125,8 +127,12 @@ def test_chips_too_small_for_the_attack_are_one_clear_error(johns_dir, tmp_path)
     from puface.attacks.cache import CloakCache
 
     root = _tree(tmp_path, johns_dir, lambda i: 8)
-    attack = create_attack({"name": "fawkes", "mode": "custom", "steps": 1, "embedders": ["dlib-resnet29"]}, device="cpu")
+    attack = create_attack(
+        {"name": "fawkes", "mode": "custom", "steps": 1, "embedders": ["dlib-resnet29"]}, device="cpu"
+    )
     files = sorted(root.rglob("*.jpg"))
-    with pytest.raises(PufaceError, match=rf"{files[0]}: 8x8 px \(12 images of this size\); fawkes-custom needs at least 11x11 px"):
+    with pytest.raises(
+        PufaceError, match=rf"{files[0]}: 8x8 px \(12 images of this size\); fawkes-custom needs at least 11x11 px"
+    ):
         CloakCache(root=tmp_path / "cache").cloak(attack, files, progress=False)
     assert not list((tmp_path / "cache").rglob("*.png"))

@@ -61,7 +61,10 @@ def test_purify_cli_picks_the_template_by_size(purifier, crops112, johns_images,
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         assert main(["purify", str(src), str(tmp_path / "out"), "--no-progress", "--batch-size", "8"]) == 0
         # a purifier file serves the other layout by resampling to its own face scale
-        assert main(["purify", str(src), str(tmp_path / "v6"), "--no-progress", "--weights", str(default_weights_path())]) == 0
+        assert (
+            main(["purify", str(src), str(tmp_path / "v6"), "--no-progress", "--weights", str(default_weights_path())])
+            == 0
+        )
     assert "100x100 images match neither face template" in err.getvalue()
     by_112 = Purifier.load("arcface112").purify(crops112[:3])  # the shipped purifier trained on 112 px crops
     told = purifier.purify(crops112[:3], template="arcface112")
@@ -72,7 +75,9 @@ def test_purify_cli_picks_the_template_by_size(purifier, crops112, johns_images,
     # purifier, its plain output as a --weights file (`job_step`)
     chip = tensor_to_image(purifier.purify(johns_images[2][:1], step=1.5)[0])
     assert np.array_equal(read_image(tmp_path / "out" / "chip.png"), chip)
-    assert np.array_equal(read_image(tmp_path / "v6" / "chip.png"), tensor_to_image(purifier.purify(johns_images[2][:1])[0]))
+    assert np.array_equal(
+        read_image(tmp_path / "v6" / "chip.png"), tensor_to_image(purifier.purify(johns_images[2][:1])[0])
+    )
 
 
 def test_the_arcface112_purifier_ships_and_loads(purifier):
@@ -119,7 +124,12 @@ def test_purify_report_writes_arcface_crops_as_purify_does(crops112, tmp_path):
         write_image(src / f"c{i}.png", tensor_to_image(c))
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         assert main(["purify", str(tmp_path / "in"), str(tmp_path / "plain"), "--no-progress"]) == 0
-        assert main(["purify", str(tmp_path / "in"), str(tmp_path / "rep"), "--report", "--no-progress", "--device", "cpu"]) == 0
+        assert (
+            main(
+                ["purify", str(tmp_path / "in"), str(tmp_path / "rep"), "--report", "--no-progress", "--device", "cpu"]
+            )
+            == 0
+        )
     want = Purifier.load("arcface112").purify(crops112[:2])
     for i in range(2):
         got = read_image(tmp_path / "rep" / "someone" / f"c{i}.png")

@@ -22,16 +22,27 @@ TESTS = Path(__file__).parent
 
 
 def _cfg(root, **train_kw) -> PurifierTrainConfig:
-    return PurifierTrainConfig.from_dict({
-        "seed": 0,
-        "data": {"root": str(root), "heldout_min_images": None, "val_fraction": 0.2, "val_images": 6},
-        "attacks": [{"name": "fawkes", "mode": "high"}, {"name": "lowkey", "images": 16}],
-        "model": {"channels": 16, "depth": 4, "downsample": 1},
-        "amplify": {"k_min": 1.0, "k_max": 1.0, "natural_share": 0.25},
-        "loss": {"feature_weight": 0.001, "embedders": ["standin"]},
-        "train": {"epochs": 3, "batch_size": 8, "lr": 1e-3, "warmup_steps": 0, "final_lr_fraction": 1.0, "grad_clip": 0.0, "save_every_steps": 0, **train_kw},
-        "val": {"batch_size": 16},
-    })
+    return PurifierTrainConfig.from_dict(
+        {
+            "seed": 0,
+            "data": {"root": str(root), "heldout_min_images": None, "val_fraction": 0.2, "val_images": 6},
+            "attacks": [{"name": "fawkes", "mode": "high"}, {"name": "lowkey", "images": 16}],
+            "model": {"channels": 16, "depth": 4, "downsample": 1},
+            "amplify": {"k_min": 1.0, "k_max": 1.0, "natural_share": 0.25},
+            "loss": {"feature_weight": 0.001, "embedders": ["standin"]},
+            "train": {
+                "epochs": 3,
+                "batch_size": 8,
+                "lr": 1e-3,
+                "warmup_steps": 0,
+                "final_lr_fraction": 1.0,
+                "grad_clip": 0.0,
+                "save_every_steps": 0,
+                **train_kw,
+            },
+            "val": {"batch_size": 16},
+        }
+    )
 
 
 def _run(cfg, out, **kw):
@@ -120,7 +131,8 @@ from puface.purifier.checkpoint import load_checkpoint
 dist.barrier()
 ck = load_checkpoint({out!r} + "/last.pt")
 # one file per rank: the two processes' stdout interleave character by character
-open({out!r} + f"/rank{{d.rank}}.txt", "w").write(f"rank {{d.rank}} of {{d.world_size}} steps {{ck['train_state']['global_step']}}")
+steps = ck['train_state']['global_step']
+open({out!r} + f"/rank{{d.rank}}.txt", "w").write(f"rank {{d.rank}} of {{d.world_size}} steps {{steps}}")
 cleanup_distributed()
 """
 
@@ -192,7 +204,10 @@ def test_photo_variants_reach_the_training_batches(johns_dir, tmp_path):
     _run(base, tmp_path / "plain")
     _run(varied, tmp_path / "varied")
     _run(_cfg(johns_dir, epochs=1, max_steps_per_epoch=2), tmp_path / "plain-again")
-    w = {n: torch.load(tmp_path / n / "last.pt", weights_only=True)["state_dict"] for n in ("plain", "varied", "plain-again")}
+    w = {
+        n: torch.load(tmp_path / n / "last.pt", weights_only=True)["state_dict"]
+        for n in ("plain", "varied", "plain-again")
+    }
     assert all(torch.equal(w["plain"][k], w["plain-again"][k]) for k in w["plain"])
     assert not all(torch.equal(w["plain"][k], w["varied"][k]) for k in w["plain"])
     saved = json.loads((tmp_path / "varied" / "config.json").read_text())["amplify"]
@@ -219,12 +234,16 @@ def _epochs_logged(out) -> list[int]:
 
 
 @pytest.mark.parametrize("killed", ["after_saving", "before_saving"])
-def test_metrics_log_holds_each_saved_epoch_once_after_a_kill_at_the_epoch_end(johns_dir, tmp_path, monkeypatch, killed):
+def test_metrics_log_holds_each_saved_epoch_once_after_a_kill_at_the_epoch_end(
+    johns_dir, tmp_path, monkeypatch, killed
+):
     """A run killed at the end of epoch 1, just after (or just before) last.pt records it, resumes to a metrics.jsonl
     with epochs 1 and 2 once each (before: epoch 1 was missing when the kill came after the save)."""
     import importlib
 
-    training = importlib.import_module("puface.training.train")  # the module (the package exports `train`, the function)
+    training = importlib.import_module(
+        "puface.training.train"
+    )  # the module (the package exports `train`, the function)
     cfg = _cfg(johns_dir, epochs=2, max_steps_per_epoch=2)
     real = training.save_checkpoint
 
@@ -268,7 +287,10 @@ def test_no_resume_sets_the_earlier_runs_checkpoints_aside(johns_dir, tmp_path):
 def test_a_run_folder_that_is_a_file_is_a_clear_error(johns_dir, tmp_path):
     """train-purifier --out FILE ended in a FileExistsError traceback; now one PufaceError, the file untouched."""
     (tmp_path / "afile").write_text("keep me")
-    for out, message in ((tmp_path / "afile", "afile is a file, not a folder"), (tmp_path / "afile" / "run", "lies below")):
+    for out, message in (
+        (tmp_path / "afile", "afile is a file, not a folder"),
+        (tmp_path / "afile" / "run", "lies below"),
+    ):
         with pytest.raises(PufaceError, match=message):
             _run(_cfg(johns_dir, epochs=1, max_steps_per_epoch=1), out)
     assert (tmp_path / "afile").read_text() == "keep me"
@@ -339,8 +361,9 @@ def test_every_run_file_is_placed_by_an_atomic_rename(johns_dir, tmp_path, monke
     out = tmp_path / "run"
     _run(_cfg(johns_dir, epochs=2, max_steps_per_epoch=2), out)
     left = sorted(p.name for p in out.iterdir())
-    assert left == sorted(["config.json", "data_summary.json", "metrics.jsonl", "last.pt", "best.pt", "best.safetensors",
-                           "result.json"])
+    assert left == sorted(
+        ["config.json", "data_summary.json", "metrics.jsonl", "last.pt", "best.pt", "best.safetensors", "result.json"]
+    )
     for name in left:
         assert placed.get(name) == (out / name).read_bytes(), f"{name} was not written by a rename"
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -103,7 +102,9 @@ def test_protocol_registry_and_checks(colour_data):
 def test_query_experiment_end_to_end(tmp_path):
     register_standins()
     root = write_colour_faces(tmp_path / "data")
-    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace('seeds = [0]', 'seeds = [0]\nprotocol = "query"')
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace(
+        'seeds = [0]', 'seeds = [0]\nprotocol = "query"'
+    )
     (tmp_path / "q.toml").write_text(text)
     cfg = load_config(tmp_path / "q.toml")
     assert cfg.protocol == "query" and cfg.resolved()["protocol"] == "query"

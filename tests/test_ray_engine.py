@@ -66,7 +66,11 @@ def test_ray_engine_matches_local_engine_bytes(cluster, chips, local_out, tmp_pa
     rep = purify_folder(chips, out, device="cpu", batch_size=4, progress=False, engine="ray", workers=2,
                         stats_csv=out / "stats.csv")
     assert rep.written == ref_rep.written == 110
-    assert [str(p) for p, _ in rep.failed] == [str(p) for p, _ in ref_rep.failed] == [str(chips / "John_Simm" / "broken.jpg")]
+    assert (
+        [str(p) for p, _ in rep.failed]
+        == [str(p) for p, _ in ref_rep.failed]
+        == [str(chips / "John_Simm" / "broken.jpg")]
+    )
     assert _tree(out) == _tree(ref)  # every image and the stats CSV, byte for byte
     # rerun: everything is done
     again = purify_folder(chips, out, device="cpu", batch_size=4, progress=False, engine="ray", workers=2)
@@ -82,7 +86,9 @@ def test_ray_engine_applies_the_step_like_the_local_engine(cluster, johns_dir, t
     outs = {}
     for name, engine, step in (("local", "local", 1.5), ("ray", "ray", 1.5), ("one", "local", 1.0)):
         kw = {"workers": 1} if engine == "ray" else {}
-        rep = purify_folder(src, tmp_path / name, device="cpu", batch_size=4, progress=False, engine=engine, step=step, **kw)
+        rep = purify_folder(
+            src, tmp_path / name, device="cpu", batch_size=4, progress=False, engine=engine, step=step, **kw
+        )
         assert rep.written == 6
         outs[name] = {k: v for k, v in _tree(tmp_path / name).items() if k.endswith(".png")}
     assert outs["ray"] == outs["local"] and outs["local"] != outs["one"]
@@ -151,7 +157,9 @@ def test_a_killed_worker_loses_and_duplicates_nothing(cluster, chips, local_out,
     assert killed, f"no model actor was found to kill ({errors[-3:]})"
     assert rep.written == 110 and len(rep.failed) == 1
     tree = _tree(out)
-    assert {k: v for k, v in tree.items() if k != "stats.csv"} == {k: v for k, v in _tree(ref).items() if k != "stats.csv"}
+    assert {k: v for k, v in tree.items() if k != "stats.csv"} == {
+        k: v for k, v in _tree(ref).items() if k != "stats.csv"
+    }
     with open(out / "stats.csv", newline="") as f:
         files = [r["file"] for r in csv.DictReader(f)]
     assert len(files) == len(set(files)) == 110  # each image reported exactly once
@@ -178,8 +186,11 @@ def test_purify_batch_in_a_users_pipeline(cluster, chips):
     rows = {r["name"]: r["image"] for r in ds.take_all()}
     p = Purifier.load()
     # the same batches of 3 and thread count as the actor, at `puface purify`'s default step: the same pixels
-    want = [tensor_to_image(y) for i in range(0, len(files), 3)
-            for y in p.purify(torch.stack([image_to_tensor(read_image(f)) for f in files[i : i + 3]]), step=job_step(p))]
+    want = [
+        tensor_to_image(y)
+        for i in range(0, len(files), 3)
+        for y in p.purify(torch.stack([image_to_tensor(read_image(f)) for f in files[i : i + 3]]), step=job_step(p))
+    ]
     for f, w in zip(files, want):
         assert np.array_equal(rows[f.name], w), f.name
 
@@ -222,7 +233,9 @@ def test_detect_on_ray_writes_the_local_rows_and_resumes(cluster, chips, tmp_pat
     a, b = rows(ref), rows(out)
     assert [r["path"] for r in a] == [r["path"] for r in b] and len(a) == 110
     for ra, rb in zip(a, b):  # the same scores up to float noise between thread layouts
-        assert ra["cloaked"] == rb["cloaked"] and abs(float(ra["score"]) - float(rb["score"])) < 1e-3 * (1 + abs(float(ra["score"])))
+        assert ra["cloaked"] == rb["cloaked"] and abs(float(ra["score"]) - float(rb["score"])) < 1e-3 * (
+            1 + abs(float(ra["score"]))
+        )
     again = detect_folder(chips, out, device="cpu", batch_size=8, progress=False, engine="ray", workers=2)
     assert again.job.resumed == 110 and again.scored == 110  # the summary still counts every row
     kept = [r for r in b if r["path"] != b[0]["path"]]
@@ -231,7 +244,9 @@ def test_detect_on_ray_writes_the_local_rows_and_resumes(cluster, chips, tmp_pat
         w.writeheader()
         w.writerows(kept)
     third = detect_folder(chips, out, device="cpu", batch_size=8, progress=False, engine="ray", workers=2)
-    assert third.job.resumed == 109 and third.job.written == 1 and [r["path"] for r in rows(out)] == [r["path"] for r in a]
+    assert (
+        third.job.resumed == 109 and third.job.written == 1 and [r["path"] for r in rows(out)] == [r["path"] for r in a]
+    )
     # a shipped detector by name: each actor loads that file (not a path of that name in the working folder)
     sharp = detect_folder(chips, tmp_path / "sharp.csv", weights="sharpen", device="cpu", batch_size=8, progress=False,
                           engine="ray", workers=2)

@@ -54,4 +54,6 @@ def test_the_markdown_files_the_docs_cite_are_in_the_repository():
     names = {p.name for p in REPO.rglob("*.md") if ".git" not in p.parts}
     for doc in docs:
         for cited in re.findall(r"`([^`\s]+\.md)`", doc.read_text(encoding="utf-8")):
-            assert (REPO / cited).is_file() or (doc.parent / cited).is_file() or cited in names, f"{doc.name} cites {cited}"
+            assert (REPO / cited).is_file() or (doc.parent / cited).is_file() or cited in names, (
+                f"{doc.name} cites {cited}"
+            )

@@ -106,7 +106,9 @@ def test_query_time_report_says_its_example_images_are_probes(tmp_path):
     clean gallery): the report must not call them training images the FR model is trained on."""
     register_standins()
     root = write_colour_faces(tmp_path / "data")
-    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace('seeds = [0]', 'seeds = [0]\nprotocol = "query"')
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace(
+        'seeds = [0]', 'seeds = [0]\nprotocol = "query"'
+    )
     (tmp_path / "c.toml").write_text(text.replace("[run]", "[detection]\nenabled = false\n\n[run]"))
     res = run_experiment(load_config(tmp_path / "c.toml"), tmp_path / "out", progress=False, echo=lambda s: None)
     html = res.report.read_text()
@@ -164,7 +166,10 @@ def test_free_text_labels_with_pipes_underscores_and_dollars_are_shown_as_writte
         assert len({len(r) for r in rows}) == 1, block
     assert "| _check\\|er $1$ | test-colour-texture | white-box | nn |" in md
     assert "| blur\\|$s$ |" in md and "ASR _check\\|er $1$" in md
-    quality = {(q["attack"], q["defense"]) for q in json.loads((tmp_path / "out" / "results.json").read_text())["image_quality"]}
+    quality = {
+        (q["attack"], q["defense"])
+        for q in json.loads((tmp_path / "out" / "results.json").read_text())["image_quality"]
+    }
     assert ("_check|er $1$", "blur|$s$") in quality and ("clean", "blur|$s$") in quality
     page = res.report.read_text()
     assert "<td>_check|er $1$</td>" in page and "<td>blur|$s$</td>" in page

@@ -48,7 +48,7 @@ def chips(johns_dir):
 def folder_out(chips, tmp_path_factory):
     """The folder job's outputs for the same chips (the reference every shard output must equal)."""
     src = tmp_path_factory.mktemp("folder-in")
-    for key, label, data, _ in chips:
+    for key, _label, data, _ in chips:
         (src / f"{key}.jpg").write_bytes(data)
     out = tmp_path_factory.mktemp("folder-out") / "out"
     r = _purify([str(src), str(out), "--no-progress", "--device", "cpu"])
@@ -136,7 +136,9 @@ def test_a_broken_shard_is_counted_apart_from_the_records(chips, tmp_path):
     (src / "train-000001.tar").write_bytes(data[: last.offset_data + last.size // 2])  # cut inside the last file
     (src / "whole.tar").unlink()
     out = tmp_path / "out"
-    r = _purify([f"{src}/train-{{000000..000001}}.tar", str(out), "--no-progress", "--device", "cpu", "--batch-size", "2"])
+    r = _purify(
+        [f"{src}/train-{{000000..000001}}.tar", str(out), "--no-progress", "--device", "cpu", "--batch-size", "2"]
+    )
     assert r.exit_code == 1, r.output
     assert "2 shards: 1 purified, 0 already done (skipped), 1 failed;" in r.output
     assert "3 images: 2 purified, 0 already done (skipped), 0 copied unchanged, 0 skipped, 1 failed" in r.output
@@ -199,7 +201,10 @@ def test_a_tar_made_on_macos_keeps_its_records_whole(chips, tmp_path):
     with tarfile.open(src, "w") as tf:
         for key, label, data, _ in chips[:2]:
             for ext, payload in (("jpg", data), ("cls", label.encode())):
-                for name, body in ((f"shard/._{key}.{ext}", b"\x00\x05\x16\x07AppleDouble"), (f"shard/{key}.{ext}", payload)):
+                for name, body in (
+                    (f"shard/._{key}.{ext}", b"\x00\x05\x16\x07AppleDouble"),
+                    (f"shard/{key}.{ext}", payload),
+                ):
                     ti = tarfile.TarInfo(name)
                     ti.size = len(body)
                     tf.addfile(ti, io.BytesIO(body))

@@ -75,7 +75,10 @@ def test_negated_contrast_matches_the_closed_form():
     assert got < -0.9  # anti-correlated structure: SSIM close to -1
 
 
-@pytest.mark.parametrize("shape,noise", [((3, 32, 32), 10.0), ((3, 40, 27), 40.0), ((1, 11, 11), 5.0), ((3, 150, 150), 3.0), ((3, 330, 24), 8.0)])
+@pytest.mark.parametrize(
+    "shape,noise",
+    [((3, 32, 32), 10.0), ((3, 40, 27), 40.0), ((1, 11, 11), 5.0), ((3, 150, 150), 3.0), ((3, 330, 24), 8.0)],
+)
 def test_matches_an_independent_float64_reference(shape, noise):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, size=shape)
@@ -138,7 +141,9 @@ def test_gradient_of_the_blocked_filter_matches_convolution(monkeypatch):
     x2 = x0.clone().requires_grad_(True)
     ssim(x2, y).sum().backward()
     assert torch.allclose(x1.grad, x2.grad, atol=1e-12, rtol=1e-9)
-    assert torch.autograd.gradcheck(lambda t: ssim(t, y[:1, :1, :20, :23]), (x0[:1, :1, :20, :23].clone().requires_grad_(True),))
+    assert torch.autograd.gradcheck(
+        lambda t: ssim(t, y[:1, :1, :20, :23]), (x0[:1, :1, :20, :23].clone().requires_grad_(True),)
+    )
 
 
 def test_reference_ssim_closed_form_gradient_matches_autograd():

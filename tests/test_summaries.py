@@ -107,7 +107,9 @@ def test_report_headline_needs_the_purifier_label_and_names_the_labels_there(tmp
     assert main(["report", "headline", str(folder)]) == 2
     assert main(["report", "headline", str(folder), "--puface", "nosuch"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 2 and all(f"{folder}: no defense labelled" in e and "(defenses: jpeg-q50, none)" in e for e in err)
+    assert len(err) == 2 and all(
+        f"{folder}: no defense labelled" in e and "(defenses: jpeg-q50, none)" in e for e in err
+    )
     assert "--puface LABEL" in err[0] and "'nosuch'" in err[1]
     # PuFace under its own label, no baseline and no undefended run: dashes, not None or nan
     _summary(tmp_path, [("fawkes-high", "dlib-resnet29", "nn", "mine", "white-box", 0.05, 0.98)])
@@ -154,8 +156,15 @@ def test_table_md_counts_protected_users_per_seed_not_over_all_seeds():
             for seed, users in ((0, ("Ann", "Bob")), (1, ("Ann", "Cid"))) for user in users]
     summary = summarise_rows(rows)
     assert summary[0]["n"] == 4 and summary[0]["users"] == 3
-    cfg = SimpleNamespace(attacks=[SimpleNamespace(label="clean")], victims=["v"], trainers=[SimpleNamespace(label="nn")],
-                          defenses=[SimpleNamespace(label="none")], name="two-draws", description="", seeds=[0, 1])
+    cfg = SimpleNamespace(
+        attacks=[SimpleNamespace(label="clean")],
+        victims=["v"],
+        trainers=[SimpleNamespace(label="nn")],
+        defenses=[SimpleNamespace(label="none")],
+        name="two-draws",
+        description="",
+        seeds=[0, 1],
+    )
     assert "over 2 protected user(s) x 2 seed(s)" in render_tables(cfg, summary, [])
 
 
@@ -195,13 +204,23 @@ def test_repeats_table_keeps_baselines_whose_labels_end_in_s_and_a_number_apart(
         ("fawkes", "dlib-resnet29", "nn", "ref", "white-box", 0.1, 0.99),
         ("fawkes", "dlib-resnet29", "nn", "ref-s1", "white-box", 0.3, 0.99),
     ])
-    (folder / "config.resolved.json").write_text(json.dumps({"defenses": [
-        {"label": "blur-s1", "spec": {"name": "blur", "sigma": 1.0}}, {"label": "blur-s2", "spec": {"name": "blur", "sigma": 2.0}},
-        {"label": "ref", "spec": {"name": "puface", "weights": "a.safetensors"}},
-        {"label": "ref-s1", "spec": "puface:weights=b.safetensors"}]}))
+    (folder / "config.resolved.json").write_text(
+        json.dumps(
+            {
+                "defenses": [
+                    {"label": "blur-s1", "spec": {"name": "blur", "sigma": 1.0}},
+                    {"label": "blur-s2", "spec": {"name": "blur", "sigma": 2.0}},
+                    {"label": "ref", "spec": {"name": "puface", "weights": "a.safetensors"}},
+                    {"label": "ref-s1", "spec": "puface:weights=b.safetensors"},
+                ]
+            }
+        )
+    )
     rows = {line.split(" | ")[0][2:]: line for line in summaries.repeats_table(folder).splitlines()[2:]}
     assert set(rows) == {"blur-s1", "blur-s2", "ref"}
-    assert rows["blur-s2"].startswith("| blur-s2 | 1 | 60.0 |") and rows["ref"].startswith("| ref | 2 | 20.0 [10.0, 30.0] |")
+    assert rows["blur-s2"].startswith("| blur-s2 | 1 | 60.0 |") and rows["ref"].startswith(
+        "| ref | 2 | 20.0 [10.0, 30.0] |"
+    )
 
 
 def test_table_md_of_a_grid_with_one_baseline_defense_shows_its_numbers():
@@ -213,8 +232,15 @@ def test_table_md_of_a_grid_with_one_baseline_defense_shows_its_numbers():
 
     rows = [{"seed": 0, "user": user, "attack": "lowkey", "victim": "v", "trainer": "nn", "defense": "jpeg-q75",
              "setting": "white-box", "asr": asr, "normal_acc": 0.9} for user, asr in (("Ann", 0.25), ("Bob", 0.75))]
-    cfg = SimpleNamespace(attacks=[SimpleNamespace(label="lowkey")], victims=["v"], trainers=[SimpleNamespace(label="nn")],
-                          defenses=[SimpleNamespace(label="jpeg-q75")], name="one-defense", description="", seeds=[0])
+    cfg = SimpleNamespace(
+        attacks=[SimpleNamespace(label="lowkey")],
+        victims=["v"],
+        trainers=[SimpleNamespace(label="nn")],
+        defenses=[SimpleNamespace(label="jpeg-q75")],
+        name="one-defense",
+        description="",
+        seeds=[0],
+    )
     md = render_tables(cfg, summarise_rows(rows), [])
     assert "| jpeg-q75 | 50.0 ± 35.4 | 90.0 |" in md
 
@@ -255,7 +281,12 @@ def test_report_on_a_folder_whose_csv_is_not_a_runs_is_one_clear_error(tmp_path,
                  ["cells", "users", str(tmp_path), "--attack", "lowkey"]):
         assert main(["report", *args]) == 2
         err = capsys.readouterr().err
-        assert "not a `puface reproduce`" in err and "missing column(s): " in err and "attack, victim" in err and "Traceback" not in err
+        assert (
+            "not a `puface reproduce`" in err
+            and "missing column(s): " in err
+            and "attack, victim" in err
+            and "Traceback" not in err
+        )
 
 
 def test_a_cell_without_an_asr_is_no_best_baseline_and_compares_equal_to_itself(tmp_path, capsys):

@@ -28,7 +28,13 @@ def write_graph(folder: Path, seed: int = 0) -> Path:
     """A small face-net-like TF.js graph (NHWC 16x16x3 -> 8-d unit vector) with random weights."""
     rng = np.random.default_rng(seed)
     consts: list[tuple[str, np.ndarray]] = []
-    nodes = [{"name": "input", "op": "Placeholder", "attr": {"shape": {"shape": {"dim": [{"size": "-1"}, {"size": "16"}, {"size": "16"}, {"size": "3"}]}}}}]
+    nodes = [
+        {
+            "name": "input",
+            "op": "Placeholder",
+            "attr": {"shape": {"shape": {"dim": [{"size": "-1"}, {"size": "16"}, {"size": "16"}, {"size": "3"}]}}},
+        }
+    ]
 
     def const(name, arr):
         consts.append((name, arr))
@@ -42,7 +48,10 @@ def write_graph(folder: Path, seed: int = 0) -> Path:
     conv_attr = lambda stride, pad, fused: {  # noqa: E731
         "strides": {"list": {"i": ["1", str(stride), str(stride), "1"]}}, "padding": {"s": _b64(pad)},
         "data_format": {"s": _b64("NHWC")}, "fused_ops": {"list": {"s": [_b64(f) for f in fused]}}}
-    w1, b1 = const("w1", rng.normal(size=(3, 3, 3, 6)).astype(np.float32) * 0.3), const("b1", rng.normal(size=6).astype(np.float32))
+    w1, b1 = (
+        const("w1", rng.normal(size=(3, 3, 3, 6)).astype(np.float32) * 0.3),
+        const("b1", rng.normal(size=6).astype(np.float32)),
+    )
     c1 = node("c1", "_FusedConv2D", ["input", w1, b1], **conv_attr(2, "SAME", ["BiasAdd"]))
     # PReLU as MobileFaceNet's graph writes it: relu(x) + alpha * (x - |x|)
     alpha = const("alpha", rng.uniform(0.1, 0.4, 6).astype(np.float32))
@@ -51,11 +60,17 @@ def write_graph(folder: Path, seed: int = 0) -> Path:
     p1 = node("p1", "Add", [r, neg])
     pads = const("pads", np.array([[0, 0], [1, 1], [1, 1], [0, 0]], dtype=np.int32))
     padded = node("pad", "Pad", [p1, pads])
-    wd, bd = const("wd", rng.normal(size=(3, 3, 6, 1)).astype(np.float32) * 0.3), const("bd", rng.normal(size=6).astype(np.float32))
+    wd, bd = (
+        const("wd", rng.normal(size=(3, 3, 6, 1)).astype(np.float32) * 0.3),
+        const("bd", rng.normal(size=6).astype(np.float32)),
+    )
     d1 = node("d1", "FusedDepthwiseConv2dNative", [padded, wd, bd], **conv_attr(1, "VALID", ["BiasAdd", "Relu"]))
     six, zero = const("six", np.array(6.0, dtype=np.float32)), const("zero", np.array(0.0, dtype=np.float32))
     relu6 = node("relu6", "Minimum", [node("max0", "Maximum", [d1, zero]), six])
-    w2, b2 = const("w2", rng.normal(size=(3, 3, 6, 4)).astype(np.float32) * 0.3), const("b2", rng.normal(size=4).astype(np.float32))
+    w2, b2 = (
+        const("w2", rng.normal(size=(3, 3, 6, 4)).astype(np.float32) * 0.3),
+        const("b2", rng.normal(size=4).astype(np.float32)),
+    )
     c2 = node("c2", "_FusedConv2D", [relu6, w2, b2], **conv_attr(2, "SAME", ["BiasAdd"]))
     shape = const("shape", np.array([-1, 64], dtype=np.int32))
     flat = node("flat", "Reshape", [c2, shape])
@@ -66,10 +81,19 @@ def write_graph(folder: Path, seed: int = 0) -> Path:
     node("embeddings", "Mul", [fc, node("rs", "Rsqrt", [node("mx", "Maximum", [ss, eps])])])
     blob = b"".join(a.tobytes() for _, a in consts)
     (folder / "model.bin").write_bytes(blob)
-    manifest = [{"paths": ["model.bin"], "weights": [{"name": n, "shape": list(a.shape), "dtype": "int32" if a.dtype == np.int32 else "float32"}
-                                                       for n, a in consts]}]
+    manifest = [
+        {
+            "paths": ["model.bin"],
+            "weights": [
+                {"name": n, "shape": list(a.shape), "dtype": "int32" if a.dtype == np.int32 else "float32"}
+                for n, a in consts
+            ],
+        }
+    ]
     path = folder / "model.json"
-    path.write_text(json.dumps({"format": "graph-model", "modelTopology": {"node": nodes}, "weightsManifest": manifest}))
+    path.write_text(
+        json.dumps({"format": "graph-model", "modelTopology": {"node": nodes}, "weightsManifest": manifest})
+    )
     return path
 
 

@@ -79,7 +79,9 @@ def test_ckpt_full_split_restores_the_heldout_list(tmp_path, johns_dir):
                "heldout_identities": [], "split": {"seed": 3, "heldout_min_images": 10, "heldout_fraction": 0.0,
                                                    "val_fraction": 0.34, "max_per_identity": None}}
     torch.manual_seed(0)
-    ckpt = Purifier(RedNetConfig(channels=8, depth=4, downsample=1), meta={"data_summary": summary}).save(tmp_path / "p.safetensors")
+    ckpt = Purifier(RedNetConfig(channels=8, depth=4, downsample=1), meta={"data_summary": summary}).save(
+        tmp_path / "p.safetensors"
+    )
 
     mod = tools_module("ckpt_full_split")
     p, got = mod.full_split(ckpt, full)

@@ -32,8 +32,11 @@ def test_a_trainer_from_a_spec_string_or_table():
     """The one spec grammar (`--trainer e2e:steps=300`) works from Python too, as for attacks and defenses."""
     import puface
 
-    for spec, options in (("e2e:steps=3,batch_size=2", {}), ({"name": "e2e", "steps": 3, "label": "e2e-3"}, {"batch_size": 2}),
-                          ("e2e", {"steps": 3, "batch_size": 2})):
+    for spec, options in (
+        ("e2e:steps=3,batch_size=2", {}),
+        ({"name": "e2e", "steps": 3, "label": "e2e-3"}, {"batch_size": 2}),
+        ("e2e", {"steps": 3, "batch_size": 2}),
+    ):
         t = create_trainer(spec, colour_embedder(), **options)
         assert t.name == "e2e" and (t.params["steps"], t.params["batch_size"]) == (3, 2)
     assert puface.create_trainer("linear:C=0.5", colour_embedder()).params["C"] == 0.5
@@ -102,7 +105,9 @@ def test_end_to_end_fits_predicts_and_trains_the_backbone(colour_data):
     tr, te = colour_data.train, colour_data.test
     emb = tiny_conv_embedder(seed=1)
     before = [p.clone() for p in emb.parameters()]
-    t = create_trainer("e2e", emb, steps=40, batch_size=8, backbone_lr=1e-3, seed=0, device="cpu").fit(tr.images, tr.labels)
+    t = create_trainer("e2e", emb, steps=40, batch_size=8, backbone_lr=1e-3, seed=0, device="cpu").fit(
+        tr.images, tr.labels
+    )
     pred = t.predict(te.images)
     assert (pred == te.labels).mean() == 1.0
     assert np.mean(t.losses[-5:]) < np.mean(t.losses[:5])
@@ -110,7 +115,9 @@ def test_end_to_end_fits_predicts_and_trains_the_backbone(colour_data):
     assert any(not torch.equal(a, b) for a, b in zip(before, t.model_.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(before, emb.parameters()))
     # seeded: the same run gives the same model
-    t2 = create_trainer("e2e", emb, steps=40, batch_size=8, backbone_lr=1e-3, seed=0, device="cpu").fit(tr.images, tr.labels)
+    t2 = create_trainer("e2e", emb, steps=40, batch_size=8, backbone_lr=1e-3, seed=0, device="cpu").fit(
+        tr.images, tr.labels
+    )
     assert t.losses == t2.losses
 
 

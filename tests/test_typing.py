@@ -43,10 +43,16 @@ def test_the_package_type_checks():
 
 
 def test_the_check_reports_an_error_with_its_place(tmp_path):
-    """The same run on a module with a wrong type fails and names the file, line and error code."""
+    """The same run on a module with a wrong type fails and names the file, line and error code; the body of a
+    function without annotations is checked too (check_untyped_defs)."""
     bad = tmp_path / "bad.py"
-    bad.write_text("def half(n: int) -> int:\n    return n / 2\n")
+    bad.write_text("def half(n: int) -> int:\n    return n / 2\n\n\ndef untyped():\n    n: int = 'one'\n    return n\n")
     res = _mypy(str(bad))
     assert res.returncode == 1
-    (error,) = _errors(res.stdout)  # (the folder may be an earlier run's: mypy replays a module's cached errors)
-    assert error.endswith('bad.py:2: error: Incompatible return value type (got "float", expected "int")  [return-value]')
+    # (the folder may be an earlier run's: mypy replays a module's cached errors)
+    returned, untyped = _errors(res.stdout)
+    assert returned.endswith(
+        'bad.py:2: error: Incompatible return value type (got "float", expected "int")  [return-value]'
+    )
+    assert untyped.endswith('bad.py:6: error: Incompatible types in assignment (expression has type "str", '
+                            'variable has type "int")  [assignment]')

@@ -27,8 +27,8 @@ def conv(x, w, attr, depthwise):
     s = (_ints(attr, "strides") or [1, 1, 1, 1])[1]
     kh, kw = w.shape[:2]
     if base64.b64decode(attr["padding"]["s"]).decode() == "SAME":
-        (t, b), (l, r) = _pad_same(x.shape[1], kh, s), _pad_same(x.shape[2], kw, s)
-        x = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
+        (top, bottom), (left, right) = _pad_same(x.shape[1], kh, s), _pad_same(x.shape[2], kw, s)
+        x = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
     win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::s, ::s]  # N,H',W',C,kh,kw
     if depthwise:
         y = np.einsum("nhwcij,ijcm->nhwcm", win, w)

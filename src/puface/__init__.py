@@ -22,8 +22,19 @@ See `puface.api` for the details; the layers below it are documented in docs/ARC
 from .utils.version import __version__
 
 _API = (
-    "load_purifier", "load_detector", "create_attack", "list_attacks", "create_defense", "list_defenses", "create_embedder",
-    "list_embedders", "create_trainer", "list_trainers", "load_config", "run_experiment", "ExperimentConfig",
+    "load_purifier",
+    "load_detector",
+    "create_attack",
+    "list_attacks",
+    "create_defense",
+    "list_defenses",
+    "create_embedder",
+    "list_embedders",
+    "create_trainer",
+    "list_trainers",
+    "load_config",
+    "run_experiment",
+    "ExperimentConfig",
     "PurifyBatch",
 )
 

@@ -24,8 +24,20 @@ from .models.registry import list_embedders, load_embedder
 from .purifier import Purifier, PurifyBatch
 
 __all__ = [
-    "load_purifier", "PurifyBatch", "load_detector", "create_attack", "list_attacks", "create_defense", "list_defenses", "create_embedder",
-    "list_embedders", "create_trainer", "list_trainers", "load_config", "run_experiment", "ExperimentConfig",
+    "load_purifier",
+    "PurifyBatch",
+    "load_detector",
+    "create_attack",
+    "list_attacks",
+    "create_defense",
+    "list_defenses",
+    "create_embedder",
+    "list_embedders",
+    "create_trainer",
+    "list_trainers",
+    "load_config",
+    "run_experiment",
+    "ExperimentConfig",
 ]
 
 

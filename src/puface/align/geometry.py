@@ -71,7 +71,12 @@ class ChipTemplate:
     padding: float | None = None
 
     def describe(self) -> dict:
-        return {"name": self.name, "size": self.size, "padding": self.padding, "points": np.round(self.points, 4).tolist()}
+        return {
+            "name": self.name,
+            "size": self.size,
+            "padding": self.padding,
+            "points": np.round(self.points, 4).tolist(),
+        }
 
 
 def dlib_template(size: int = 150, padding: float = 0.25) -> ChipTemplate:
@@ -89,8 +94,12 @@ def arcface_template(size: int = 112) -> ChipTemplate:
 
 
 TEMPLATES = Registry("chip template")
-TEMPLATES.register("dlib150", help="dlib face chip, 150 px, padding 0.25 (dlib ResNet input)")(lambda: dlib_template(150, 0.25))
-TEMPLATES.register("arcface112", help="ArcFace/InsightFace 112 px layout (SFace, ArcFace input)")(lambda: arcface_template(112))
+TEMPLATES.register("dlib150", help="dlib face chip, 150 px, padding 0.25 (dlib ResNet input)")(
+    lambda: dlib_template(150, 0.25)
+)
+TEMPLATES.register("arcface112", help="ArcFace/InsightFace 112 px layout (SFace, ArcFace input)")(
+    lambda: arcface_template(112)
+)
 
 
 def template_for_size(size: int) -> ChipTemplate:
@@ -213,15 +222,15 @@ def chip_transform(landmarks: np.ndarray, template: ChipTemplate) -> ChipTransfo
 
 def transform_from_rect(rect: tuple[float, float, float, float], angle: float, size: int) -> ChipTransform:
     """The chip -> photo affine of dlib's `extract_image_chip` for a rotated square rectangle."""
-    l, t, r, b = rect
-    ctr = np.array([(l + r) / 2.0, (t + b) / 2.0])
-    tl = _rotate_about(ctr, np.array([l, t]), angle)
-    tr = _rotate_about(ctr, np.array([r, t]), angle)
-    bl = _rotate_about(ctr, np.array([l, b]), angle)
+    left, top, right, bottom = rect
+    ctr = np.array([(left + right) / 2.0, (top + bottom) / 2.0])
+    tl = _rotate_about(ctr, np.array([left, top]), angle)
+    tr = _rotate_about(ctr, np.array([right, top]), angle)
+    bl = _rotate_about(ctr, np.array([left, bottom]), angle)
     ax = (tr - tl) / (size - 1)
     ay = (bl - tl) / (size - 1)
     m = np.stack([ax, ay, tl], axis=1)
-    return ChipTransform(m, (float(l), float(t), float(r), float(b)), float(angle), int(size))
+    return ChipTransform(m, (float(left), float(top), float(right), float(bottom)), float(angle), int(size))
 
 
 def face_size(landmarks: np.ndarray) -> float:

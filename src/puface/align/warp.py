@@ -53,25 +53,30 @@ def _point_down(p: np.ndarray) -> np.ndarray:
     return p / 2.0 - np.array([1.25, 0.75])
 
 
-def _rect_area(l: float, t: float, r: float, b: float) -> float:
-    return max(0.0, r - l + 1) * max(0.0, b - t + 1)
+def _rect_area(left: float, top: float, right: float, bottom: float) -> float:
+    return max(0.0, right - left + 1) * max(0.0, bottom - top + 1)
 
 
-def _round_rect(l: float, t: float, r: float, b: float) -> tuple[int, int, int, int]:
+def _round_rect(left: float, top: float, right: float, bottom: float) -> tuple[int, int, int, int]:
     # dlib: drectangle -> rectangle rounds each side to the nearest integer
-    return (int(math.floor(l + 0.5)), int(math.floor(t + 0.5)), int(math.floor(r + 0.5)), int(math.floor(b + 0.5)))
+    return (
+        int(math.floor(left + 0.5)),
+        int(math.floor(top + 0.5)),
+        int(math.floor(right + 0.5)),
+        int(math.floor(bottom + 0.5)),
+    )
 
 
 def extract_chip(image: np.ndarray, tf: ChipTransform) -> np.ndarray:
     """Cut the chip `tf` out of uint8 RGB `image` (H, W, 3): uint8 (size, size, 3), as dlib does."""
     n = tf.size
     h, w = image.shape[:2]
-    l, t, r, b = tf.rect
+    left, top, right, bottom = tf.rect
     # Pyramid depth: halve while the rectangle is still more than 4x the chip's area.
     depth = 0
     grow = 2.0
-    pl, pt = _point_down(np.array([l, t]))
-    pr, pb = _point_down(np.array([r, b]))
+    pl, pt = _point_down(np.array([left, top]))
+    pr, pb = _point_down(np.array([right, bottom]))
     while _rect_area(pl, pt, pr, pb) > n * n:
         (pl, pt), (pr, pb) = _point_down(np.array([pl, pt])), _point_down(np.array([pr, pb]))
         depth += 1
@@ -146,7 +151,9 @@ def _sample_zero_pad(a: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     y0 = np.minimum(np.floor(yp).astype(np.int64), s)
     fx = (xp - x0)[..., None]
     fy = (yp - y0)[..., None]
-    return (1 - fy) * ((1 - fx) * pad[y0, x0] + fx * pad[y0, x0 + 1]) + fy * ((1 - fx) * pad[y0 + 1, x0] + fx * pad[y0 + 1, x0 + 1])
+    return (1 - fy) * ((1 - fx) * pad[y0, x0] + fx * pad[y0, x0 + 1]) + fy * (
+        (1 - fx) * pad[y0 + 1, x0] + fx * pad[y0 + 1, x0 + 1]
+    )
 
 
 def paste_delta(

@@ -1,4 +1,5 @@
-"""Facial cloaking attacks (Fawkes, LowKey, OPOM, unlearnable examples) as small objects you call on a batch of [0, 1] images.
+"""Facial cloaking attacks (Fawkes, LowKey, OPOM, unlearnable examples) as small objects you call on a batch
+of [0, 1] images.
 
     >>> from puface.attacks import create_attack, list_attacks
     >>> atk = create_attack("fawkes", mode="high", embedders=["dlib-resnet29"], seed=0)  # doctest: +SKIP
@@ -44,16 +45,22 @@ def _lowkey(**kw: Any) -> CloakAttack:
     return LowKey(**kw)
 
 
-@ATTACKS.register("opom", summary="OPOM person-specific universal privacy mask (affine/convex hull, class centre, FI-UAP)",
-                  fast={"steps": 2})
+@ATTACKS.register(
+    "opom",
+    summary="OPOM person-specific universal privacy mask (affine/convex hull, class centre, FI-UAP)",
+    fast={"steps": 2},
+)
 def _opom(**kw: Any) -> CloakAttack:
     from .opom import OPOM
 
     return OPOM(**kw)
 
 
-@ATTACKS.register("unlearnable", summary="unlearnable examples: error-minimizing noise, min-min (sample-wise or class-wise)",
-                  fast={"steps": 2, "train_steps": 2, "max_rounds": 2})
+@ATTACKS.register(
+    "unlearnable",
+    summary="unlearnable examples: error-minimizing noise, min-min (sample-wise or class-wise)",
+    fast={"steps": 2, "train_steps": 2, "max_rounds": 2},
+)
 def _unlearnable(**kw: Any) -> CloakAttack:
     from .unlearnable import UnlearnableExamples
 
@@ -93,4 +100,13 @@ def attack_label(spec: dict) -> str:
     return f"{name}-{spec['mode']}" if spec.get("mode") is not None else name
 
 
-__all__ = ["ATTACKS", "AttackResult", "CloakAttack", "GroupCloakAttack", "Reference", "create_attack", "list_attacks", "attack_label"]
+__all__ = [
+    "ATTACKS",
+    "AttackResult",
+    "CloakAttack",
+    "GroupCloakAttack",
+    "Reference",
+    "create_attack",
+    "list_attacks",
+    "attack_label",
+]

@@ -41,10 +41,14 @@ class ThroughDefense(FaceEmbedder):
 
     def __init__(self, inner: FaceEmbedder, defense: Defense, *, gradient: str = "exact", eot_noise: float = 0.0):
         if gradient not in GRADIENTS:
-            raise PufaceError(f"unknown gradient {gradient!r} for an adaptive attack (choose from {', '.join(GRADIENTS)})")
+            raise PufaceError(
+                f"unknown gradient {gradient!r} for an adaptive attack (choose from {', '.join(GRADIENTS)})"
+            )
         if not 0 <= eot_noise < float("inf"):  # nan too: it made cloaks that change nothing
             raise PufaceError(f"eot_noise must be a number >= 0, got {eot_noise}")
-        suffix = defense.name + ("" if gradient == "exact" else f"-{gradient}") + (f"-eot{eot_noise:g}" if eot_noise else "")
+        suffix = (
+            defense.name + ("" if gradient == "exact" else f"-{gradient}") + (f"-eot{eot_noise:g}" if eot_noise else "")
+        )
         super().__init__(inner.net, name=f"{inner.name}|{suffix}", input_size=inner.input_size,
                          embedding_dim=inner.embedding_dim, normalization=inner.normalization, source=inner.source,
                          licence=inner.licence, input_layout=inner.input_layout, input_warp=inner.input_warp)
@@ -93,8 +97,13 @@ def as_through_defense(through: "str | dict | Defense") -> Defense:
     return create_defense(text)
 
 
-def through_defense(embedders: Sequence[FaceEmbedder | str], defense: "str | dict | Defense | Sequence[str | dict | Defense]" = "default",
-                    *, gradient: str = "exact", eot_noise: float = 0.0) -> list[ThroughDefense]:
+def through_defense(
+    embedders: Sequence[FaceEmbedder | str],
+    defense: "str | dict | Defense | Sequence[str | dict | Defense]" = "default",
+    *,
+    gradient: str = "exact",
+    eot_noise: float = 0.0,
+) -> list[ThroughDefense]:
     """Wrap surrogates (objects or registry names/paths) so an attack optimises through `defense`.
 
     A list of defenses is an ensemble: every surrogate is wrapped once per defense (surrogate-major order),
@@ -103,7 +112,9 @@ def through_defense(embedders: Sequence[FaceEmbedder | str], defense: "str | dic
     """
     from ..models.registry import load_embedder
 
-    defenses = [as_through_defense(d) for d in ([defense] if isinstance(defense, (str, dict, Defense)) else list(defense))]
+    defenses = [
+        as_through_defense(d) for d in ([defense] if isinstance(defense, (str, dict, Defense)) else list(defense))
+    ]
     if not defenses:
         raise ConfigError("an adaptive attack needs at least one defense to optimise through")
     out: list[ThroughDefense] = []
@@ -116,10 +127,10 @@ def through_defense(embedders: Sequence[FaceEmbedder | str], defense: "str | dic
 def adaptive_options(kw: dict, *, what: str = "the attack") -> dict:
     """Resolve an attack spec's adaptive keys in place and return `kw`.
 
-    Pops ``through`` (see `as_through_defense`; a list is an ensemble, see `through_defense`), ``gradient`` ("exact" / "bpda") and ``eot_noise`` (std of
-    the Gaussian input noise, images in [0, 1]); when ``through`` is set, ``kw["embedders"]`` (names or
-    embedders) becomes their `ThroughDefense` wrappers. Every config reader (experiments, purifier
-    training, the CLI) goes through this, so an adaptive spec means the same everywhere.
+    Pops ``through`` (see `as_through_defense`; a list is an ensemble, see `through_defense`), ``gradient`` ("exact" /
+    "bpda") and ``eot_noise`` (std of the Gaussian input noise, images in [0, 1]); when ``through`` is set,
+    ``kw["embedders"]`` (names or embedders) becomes their `ThroughDefense` wrappers. Every config reader
+    (experiments, purifier training, the CLI) goes through this, so an adaptive spec means the same everywhere.
     """
     through = kw.pop("through", None)
     gradient = str(kw.pop("gradient", "exact"))

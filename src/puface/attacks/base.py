@@ -179,7 +179,9 @@ class CloakAttack:
         """The largest per-pixel change the attack may make on its output, [0, 1] scale (None: no such bound)."""
         return None
 
-    def run(self, images: torch.Tensor, *, quantize_output: bool = False, progress: bool = False, **extra) -> AttackResult:
+    def run(
+        self, images: torch.Tensor, *, quantize_output: bool = False, progress: bool = False, **extra
+    ) -> AttackResult:
         """Cloak `images` (N, 3, H, W) float in [0, 1]; returns images and per-image stats.
 
         Args:
@@ -238,7 +240,9 @@ class CloakAttack:
         """Just the cloaked images, (N, 3, H, W) in [0, 1]."""
         return self.run(images, **extra).images
 
-    def _attack_batch(self, x: torch.Tensor, generators: list[torch.Generator]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _attack_batch(
+        self, x: torch.Tensor, generators: list[torch.Generator]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     def _quantize(self, x: torch.Tensor, out: torch.Tensor, own_stats: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -261,7 +265,9 @@ class CloakAttack:
         return {k: v.float().cpu() for k, v in stats.items()}
 
     @staticmethod
-    def uniform_noise(generators: list[torch.Generator], shape: Sequence[int], low: float, high: float, device) -> torch.Tensor:
+    def uniform_noise(
+        generators: list[torch.Generator], shape: Sequence[int], low: float, high: float, device
+    ) -> torch.Tensor:
         """(N, *shape) uniform noise in [low, high), image i drawn from generators[i]."""
         noise = torch.stack([torch.rand(tuple(shape), generator=g) for g in generators])
         return (noise * (high - low) + low).to(device)

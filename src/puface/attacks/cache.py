@@ -145,7 +145,9 @@ class CloakCache:
         for i in range(len(kept)):
             extra = ""
             if kept_targets is not None:
-                extra = hashlib.sha256(b"".join(t[i].detach().cpu().float().numpy().tobytes() for t in kept_targets)).hexdigest()
+                extra = hashlib.sha256(
+                    b"".join(t[i].detach().cpu().float().numpy().tobytes() for t in kept_targets)
+                ).hexdigest()
             keys.append(self.key(attack, image_digest(images[i]), extra))
 
         out, missing = self._lookup(attack, keys, images)
@@ -155,7 +157,13 @@ class CloakCache:
         if missing:
             self._write_config(attack)
             bs = batch_size or attack.batch_size
-            bar = tqdm(total=len(missing), desc=f"cloaking ({label or attack.name})", unit="img", disable=not progress, dynamic_ncols=True)
+            bar = tqdm(
+                total=len(missing),
+                desc=f"cloaking ({label or attack.name})",
+                unit="img",
+                disable=not progress,
+                dynamic_ncols=True,
+            )
             try:
                 for lo in range(0, len(missing), bs):
                     idx = missing[lo : lo + bs]
@@ -190,7 +198,9 @@ class CloakCache:
         keys = [self.key(attack, d, gd) for d in digests]
         out, missing = self._lookup(attack, keys, x)
         if missing and self.cached_only:
-            raise CloakNotCachedError(attack.name, f"group of {len(x)} images", self.path_for(attack, keys[missing[0]]), len(missing))
+            raise CloakNotCachedError(
+                attack.name, f"group of {len(x)} images", self.path_for(attack, keys[missing[0]]), len(missing)
+            )
         if missing:  # the whole group is cloaked together
             self._write_config(attack)
             res = attack.run(x, labels=list(labels), reference=reference, quantize_output=True, progress=progress)

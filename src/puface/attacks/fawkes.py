@@ -101,7 +101,9 @@ class FawkesSettings:
     fallback_dssim: float = 0.015  # ... and the last iterate's DSSIM is below this
     targeted: bool = False  # mimic a target embedding (paper / v0.3) instead of pushing away (v1.0)
     target_weight: float = 1000.0  # weight of the targeted feature term (v1.0's mimic branch)
-    geometry: str = "chip"  # where the budget lives: "chip" (native size) or "square112" (v1.0.2's padded 112 px square)
+    geometry: str = (
+        "chip"  # where the budget lives: "chip" (native size) or "square112" (v1.0.2's padded 112 px square)
+    )
     cap: str = "clip"  # how the +-max_change cap acts: "clip" (v1.0.2: clipped, no gradient past it) or "project"
     ensemble: str = "sum"  # how several surrogates' feature distances combine: "sum" (v1.0.2) or "min" (the weakest)
 
@@ -203,7 +205,9 @@ class Fawkes(CloakAttack):
         if mode != "custom":
             fixed = sorted(k for k in knobs if k in MODE_KNOBS)
             if fixed:
-                raise ConfigError(f"fawkes: mode {mode!r} fixes {', '.join(MODE_KNOBS)}; use mode='custom' to set {', '.join(fixed)}")
+                raise ConfigError(
+                    f"fawkes: mode {mode!r} fixes {', '.join(MODE_KNOBS)}; use mode='custom' to set {', '.join(fixed)}"
+                )
         base = MODES.get(mode, MODES["high"])
         self.settings = replace(base, **knobs)
         self.settings = typed_settings(self.settings, "fawkes")
@@ -238,11 +242,16 @@ class Fawkes(CloakAttack):
             if targets is None:
                 raise ValueError("targeted Fawkes needs `targets` (one embedding tensor per surrogate); see TargetPool")
             if len(targets) != len(self.surrogates):
-                raise ValueError(f"targets: expected {len(self.surrogates)} tensors (one per surrogate), got {len(targets)}")
+                raise ValueError(
+                    f"targets: expected {len(self.surrogates)} tensors (one per surrogate), got {len(targets)}"
+                )
             targets = [t.expand(len(images), -1) if t.ndim == 1 else t for t in targets]
             for t, emb in zip(targets, self.surrogates):
                 if t.shape != (len(images), emb.embedding_dim):
-                    raise ValueError(f"targets for {emb.name}: expected shape ({len(images)}, {emb.embedding_dim}), got {tuple(t.shape)}")
+                    raise ValueError(
+                        f"targets for {emb.name}: expected shape ({len(images)}, {emb.embedding_dim}), "
+                        f"got {tuple(t.shape)}"
+                    )
             return super().run(images, targets=list(targets), **kw)
         if targets is not None:
             raise ValueError("`targets` is only used by targeted Fawkes (targeted=True)")
@@ -313,7 +322,9 @@ class Fawkes(CloakAttack):
                 best = torch.where(keep.view(-1, 1, 1, 1), aimg, best)
                 best_d = torch.where(keep, d, best_d)
                 if maximize:
-                    const_diff, outside = _adapt_const_diff(d, const_diff, outside, lo_band, hi_band, s.const_diff_bound)
+                    const_diff, outside = _adapt_const_diff(
+                        d, const_diff, outside, lo_band, hi_band, s.const_diff_bound
+                    )
                 last = (aimg, d, feat)
 
         fallback = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -349,7 +360,9 @@ def _project_into_cap(modifier: torch.Tensor, simg_tanh: torch.Tensor, xw: torch
         return torch.where(past, moved, modifier)
 
 
-def _budget_guard(x: torch.Tensor, out: torch.Tensor, bound: float, exempt: torch.Tensor, to_work=None) -> tuple[torch.Tensor, torch.Tensor]:
+def _budget_guard(
+    x: torch.Tensor, out: torch.Tensor, bound: float, exempt: torch.Tensor, to_work=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """8-bit round `out`; where the rounded image's DSSIM to `x` exceeds `bound` (and the image is not
     `exempt`), shrink its cloak x + a (out - x) with the largest a in 0.99, 0.98, ... that fits.
     `to_work` maps images to the view the budget is measured in (None: the images themselves).

@@ -24,7 +24,15 @@ from ..utils.images import image_to_tensor, tensor_to_image
 from ..utils.version import __version__
 from .base import CloakAttack
 
-__all__ = ["FolderCloaks", "cloak_folder", "make_cloak_process", "output_namer", "TOOL_SUFFIX", "CONFIG_NAME", "STATS_NAME"]
+__all__ = [
+    "FolderCloaks",
+    "cloak_folder",
+    "make_cloak_process",
+    "output_namer",
+    "TOOL_SUFFIX",
+    "CONFIG_NAME",
+    "STATS_NAME",
+]
 
 TOOL_SUFFIX = {"fawkes": "_cloaked", "lowkey": "_attacked"}  # the original tools' output names
 CONFIG_NAME = "cloak_config.json"
@@ -50,8 +58,19 @@ class FolderCloaks:
     """
 
     DEFAULT_PATTERNS = (
-        "{name}", "{stem}.png", "{stem}.jpg", "{stem}.jpeg", "{stem}.bmp", "{stem}.webp", "{stem}_cloaked.png", "{stem}_cloaked.jpg", "{stem}_cloaked{ext}",
-        "{stem}_high_cloaked.png", "{stem}_mid_cloaked.png", "{stem}_low_cloaked.png", "{stem}_attacked.png",
+        "{name}",
+        "{stem}.png",
+        "{stem}.jpg",
+        "{stem}.jpeg",
+        "{stem}.bmp",
+        "{stem}.webp",
+        "{stem}_cloaked.png",
+        "{stem}_cloaked.jpg",
+        "{stem}_cloaked{ext}",
+        "{stem}_high_cloaked.png",
+        "{stem}_mid_cloaked.png",
+        "{stem}_low_cloaked.png",
+        "{stem}_attacked.png",
     )
 
     def __init__(self, root: str | Path, patterns: Sequence[str] | None = None):
@@ -91,7 +110,9 @@ class FolderCloaks:
     def _candidates(self, natural: Path, data_root: Path) -> list[Path]:
         rel = Path(natural).relative_to(data_root)
         folder = self.root / rel.parent
-        return list(dict.fromkeys(folder / pat.format(name=rel.name, stem=rel.stem, ext=rel.suffix) for pat in self.patterns))
+        return list(
+            dict.fromkeys(folder / pat.format(name=rel.name, stem=rel.stem, ext=rel.suffix) for pat in self.patterns)
+        )
 
     def find(self, natural: Path, data_root: Path) -> Path | None:
         """The cloaked file for `natural` (a file under `data_root`), or None when there is none."""
@@ -138,7 +159,9 @@ def make_cloak_process(attack: CloakAttack, targets_by_src: dict[Path, list[torc
         for (h, w), idx in group_by_size(items).items():
             if min(h, w) < attack.min_side:
                 for i in idx:
-                    outcomes[i] = Outcome.fail(f"image is {w}x{h} px; {attack.name} needs at least {attack.min_side}x{attack.min_side}")
+                    outcomes[i] = Outcome.fail(
+                        f"image is {w}x{h} px; {attack.name} needs at least {attack.min_side}x{attack.min_side}"
+                    )
                 continue
             x = torch.stack([image_to_tensor(np.array(items[i].image)) for i in idx])  # writable copy
             kw: dict[str, Any] = {}
@@ -153,8 +176,12 @@ def make_cloak_process(attack: CloakAttack, targets_by_src: dict[Path, list[torc
     return process
 
 
-def ray_cloak_process(attack: CloakAttack | Callable[[], CloakAttack], align: bool = False,
-                      largest_face: bool = False, targets_by_src: dict[Path, list[torch.Tensor]] | None = None) -> Callable:
+def ray_cloak_process(
+    attack: CloakAttack | Callable[[], CloakAttack],
+    align: bool = False,
+    largest_face: bool = False,
+    targets_by_src: dict[Path, list[torch.Tensor]] | None = None,
+) -> Callable:
     """The cloak batch function of a folder job (`make_cloak_process`; with `align_adapter` when align) for an attack,
     or for a zero-argument attack factory (built in the Ray actor, so the face models load there); `functools.partial`
     of this is the Ray engine's factory. Outputs keep an input's alpha channel; a grayscale input's cloak is RGB
@@ -246,19 +273,28 @@ def cloak_folder(
     if target_pool is not None and not targeted:
         raise PufaceError("--target-pool is only used by targeted Fawkes (--targeted)")
     if targeted and engine == "ray":
-        raise PufaceError("--targeted runs on the local engine only (targets are chosen per user over the whole folder)")
+        raise PufaceError(
+            "--targeted runs on the local engine only (targets are chosen per user over the whole folder)"
+        )
     if targeted and align:
-        raise PufaceError("--targeted with --align is not supported yet; cut aligned chips first (puface align), then cloak them")
+        raise PufaceError(
+            "--targeted with --align is not supported yet; cut aligned chips first (puface align), then cloak them"
+        )
     jobs = plan_mirror(in_path, out_path, rename=output_namer(attack.kind, fmt, tool_suffix))
     seen: dict[Path, Path] = {}
     for j in jobs:
         if j.dst in seen:
-            raise PufaceError(f"{seen[j.dst]} and {j.src} would both be written to {j.dst}; rename one, or use --format same")
+            raise PufaceError(
+                f"{seen[j.dst]} and {j.src} would both be written to {j.dst}; rename one, or use --format same"
+            )
         seen[j.dst] = j.src
     if world_size > 1:
         jobs = shard(jobs, rank, world_size)
     if fmt == "same" and any(j.dst.suffix.lower() in (".jpg", ".jpeg", ".webp") for j in jobs):
-        say("warning: writing lossy JPEG/WebP outputs (--format same): re-encoding weakens the cloak; PNG keeps it intact")
+        say(
+            "warning: writing lossy JPEG/WebP outputs (--format same): re-encoding weakens the cloak; "
+            "PNG keeps it intact"
+        )
 
     record = {
         "puface_version": __version__,
@@ -284,8 +320,10 @@ def cloak_folder(
 
     group = getattr(attack, "group", False)
     if group and (align or world_size > 1 or engine != "local"):
-        raise PufaceError(f"{attack.name} cloaks each identity folder as one group: cut aligned chips first (puface align) "
-                          "and run it in one process (no --align, --rank/--world-size, --engine ray)")
+        raise PufaceError(
+            f"{attack.name} cloaks each identity folder as one group: cut aligned chips first (puface align) "
+            "and run it in one process (no --align, --rank/--world-size, --engine ray)"
+        )
     if reference is not None and not group:
         raise PufaceError("--reference is only used by group attacks (opom, unlearnable)")
     if align:  # a missing dlib must not leave a record that refuses the next run without --align
@@ -387,8 +425,17 @@ def _cloak_groups(jobs: list[FileJob], in_path: Path, out_path: Path, attack: Cl
             return [Outcome.ok(tensor_to_image(res.images[k]), **{key: _round(v) for key, v in row.items()})
                     for k, row in enumerate(res.rows())]
 
-        rep = run_folder_job(gjobs, keep_input_mode(process, gray=False), batch_size=len(gjobs), resume=False, desc=f"cloaking {ident} ({attack.name})",
-                             verb="cloaked", stats_csv=out_path / STATS_NAME, io_workers=io_workers, progress=progress)
+        rep = run_folder_job(
+            gjobs,
+            keep_input_mode(process, gray=False),
+            batch_size=len(gjobs),
+            resume=False,
+            desc=f"cloaking {ident} ({attack.name})",
+            verb="cloaked",
+            stats_csv=out_path / STATS_NAME,
+            io_workers=io_workers,
+            progress=progress,
+        )
         total.written += rep.written
         total.copied += rep.copied
         total.skipped += rep.skipped

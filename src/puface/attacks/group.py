@@ -26,7 +26,7 @@ import torch
 
 from ..utils.errors import PufaceError
 from ..utils.fingerprint import content_hashes, image_digest
-from ..utils.images import quantize, to_float, to_uint8
+from ..utils.images import quantize, to_uint8
 from ..utils.seeding import stable_seed
 from .base import AttackResult, CloakAttack
 
@@ -102,12 +102,17 @@ class GroupCloakAttack(CloakAttack):
         home = images.device
         x = images.to(self.device, torch.float32)
         g = torch.Generator(device="cpu")
-        g.manual_seed(stable_seed(self.seed, self.kind, group_digest([image_digest(im) for im in x], labels, reference)) % (2**63))
+        g.manual_seed(
+            stable_seed(self.seed, self.kind, group_digest([image_digest(im) for im in x], labels, reference)) % (2**63)
+        )
         out, own = self._attack_group(x, labels, reference, g)
         out = out.detach().clamp(0, 1)
         if quantize_output:
             out = quantize(out)
-        parts = [self.measure(x[i : i + self.batch_size], out[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
+        parts = [
+            self.measure(x[i : i + self.batch_size], out[i : i + self.batch_size])
+            for i in range(0, len(x), self.batch_size)
+        ]
         stats = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         stats.update({k: v.detach().float().cpu() for k, v in own.items()})
         return AttackResult(out.to(home), stats)

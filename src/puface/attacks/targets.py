@@ -23,7 +23,14 @@ from ..utils.images import image_to_tensor
 __all__ = ["TargetPool", "embed_files"]
 
 
-def embed_files(paths: Sequence[Path], embedders: Sequence[FaceEmbedder], *, batch_size: int = 32, progress: bool = False, desc: str = "embedding") -> tuple[list[torch.Tensor], list[int], list[str]]:
+def embed_files(
+    paths: Sequence[Path],
+    embedders: Sequence[FaceEmbedder],
+    *,
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "embedding",
+) -> tuple[list[torch.Tensor], list[int], list[str]]:
     """Embeddings of image files of any sizes, one (M, D) tensor per embedder (CPU).
 
     Returns (embeddings, kept indices into `paths`, error lines for unreadable files).
@@ -77,7 +84,7 @@ class TargetPool:
         ids = sorted(set(labels))
         if not ids:
             raise PufaceError("the target pool holds no images")
-        idx = {name: [i for i, l in enumerate(labels) if l == name] for name in ids}
+        idx = {name: [i for i, label in enumerate(labels) if label == name] for name in ids}
         cents = [torch.stack([e[idx[name]].mean(dim=0) for name in ids]) for e in embeddings]
         return cls(ids, cents)
 

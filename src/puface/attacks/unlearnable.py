@@ -69,7 +69,10 @@ class UnlearnableSettings:
         if self.perturb not in PERTURB_TYPES:
             raise ConfigError(f"unlearnable: perturb must be one of {', '.join(PERTURB_TYPES)}, got {self.perturb!r}")
         if not 0 < self.epsilon <= 255 or not self.step_size > 0:
-            raise ConfigError(f"unlearnable: epsilon must be in (0, 255] and step_size > 0 (grey levels), got {self.epsilon}, {self.step_size}")
+            raise ConfigError(
+                f"unlearnable: epsilon must be in (0, 255] and step_size > 0 (grey levels), "
+                f"got {self.epsilon}, {self.step_size}"
+            )
         if self.steps < 0 or self.train_steps < 0 or self.max_rounds < 1 or self.train_batch < 1:
             raise ConfigError("unlearnable: steps and train_steps must be >= 0, max_rounds and train_batch >= 1")
 
@@ -170,12 +173,14 @@ class UnlearnableExamples(GroupCloakAttack):
         ref_labels = [] if reference is None else reference.labels.tolist()
         classes = sorted(set(map(str, labels)) | set(map(str, ref_labels)))
         if len(classes) < 2:
-            raise PufaceError("unlearnable: the min-min optimisation needs at least two classes: give it photos of several "
-                              "identities (identity folders under IN) or other people as a reference (`puface cloak "
-                              "--reference FOLDER`; `reference=` from Python)")
+            raise PufaceError(
+                "unlearnable: the min-min optimisation needs at least two classes: give it photos of several "
+                "identities (identity folders under IN) or other people as a reference (`puface cloak "
+                "--reference FOLDER`; `reference=` from Python)"
+            )
         index = {c: i for i, c in enumerate(classes)}
-        y = torch.tensor([index[str(l)] for l in labels], device=self.device)
-        ref_codes = torch.tensor([index[str(l)] for l in ref_labels], dtype=torch.long, device=self.device)
+        y = torch.tensor([index[str(label)] for label in labels], device=self.device)
+        ref_codes = torch.tensor([index[str(label)] for label in ref_labels], dtype=torch.long, device=self.device)
         ref_feats = self._reference_features(reference) if reference is not None else \
             [torch.empty(0, e.embedding_dim, device=self.device) for e in self.surrogates]
         heads = nn.ModuleList()
@@ -189,7 +194,7 @@ class UnlearnableExamples(GroupCloakAttack):
 
         # one noise per image (sample-wise) or per protected class (class-wise); uniform start in [-eps, eps]
         groups = [[i] for i in range(len(x))] if s.perturb == "samplewise" else \
-            [[i for i, l in enumerate(labels) if l == lab] for lab in dict.fromkeys(labels)]
+            [[i for i, label in enumerate(labels) if label == lab] for lab in dict.fromkeys(labels)]
         noise = self.uniform_noise([generator] * len(groups), x.shape[1:], -eps, eps, x.device)
         owner = torch.empty(len(x), dtype=torch.long)
         for g, members in enumerate(groups):
@@ -222,4 +227,8 @@ class UnlearnableExamples(GroupCloakAttack):
         with torch.no_grad():
             final = self._loss(heads, out, y, reduction="none")
         n = len(x)
-        return out, {"rounds": torch.full((n,), float(rounds)), "head_error": torch.full((n,), error), "ue_loss": final.detach().cpu()}
+        return out, {
+            "rounds": torch.full((n,), float(rounds)),
+            "head_error": torch.full((n,), error),
+            "ue_loss": final.detach().cpu(),
+        }

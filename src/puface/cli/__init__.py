@@ -17,13 +17,29 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("puface.cli.models_cmd", "models", "List the face recognition models puface can use."),
     "align": ("puface.cli.align_cmd", "align", "Detect faces in photos and cut aligned face chips."),
     "cloak": ("puface.cli.cloak_cmd", "cloak", "Cloak face images (Fawkes, LowKey, OPOM, unlearnable examples)."),
-    "train-purifier": ("puface.cli.purifier_cmd", "train_purifier", "Train a PuFace purifier from a recipe (a packaged name or a TOML file)."),
+    "train-purifier": (
+        "puface.cli.purifier_cmd",
+        "train_purifier",
+        "Train a PuFace purifier from a recipe (a packaged name or a TOML file).",
+    ),
     "purify": ("puface.cli.purifier_cmd", "purify", "Remove cloaks from a folder of face images."),
     "detect": ("puface.cli.detect_cmd", "detect", "Score photos for cloaks and say which look cloaked (calibrated)."),
-    "calibrate-detector": ("puface.cli.detect_cmd", "calibrate_detector", "Calibrate the cloak detector on your own natural photos."),
-    "train-detector": ("puface.cli.detect_cmd", "train_detector", "Train and calibrate a cloak detector from a recipe."),
+    "calibrate-detector": (
+        "puface.cli.detect_cmd",
+        "calibrate_detector",
+        "Calibrate the cloak detector on your own natural photos.",
+    ),
+    "train-detector": (
+        "puface.cli.detect_cmd",
+        "train_detector",
+        "Train and calibrate a cloak detector from a recipe.",
+    ),
     "evaluate": ("puface.cli.evaluate_cmd", "evaluate", "Measure ASR and normal accuracy of attacks and defenses."),
-    "reproduce": ("puface.cli.evaluate_cmd", "reproduce", "Run an experiment grid from a config (a packaged name or a TOML file)."),
+    "reproduce": (
+        "puface.cli.evaluate_cmd",
+        "reproduce",
+        "Run an experiment grid from a config (a packaged name or a TOML file).",
+    ),
     "demo": ("puface.cli.evaluate_cmd", "demo", "End-to-end demo on the embedded default data."),
     "report": ("puface.cli.report_cmd", "report", "Tables from finished experiments (headline, per-cell summaries)."),
 }

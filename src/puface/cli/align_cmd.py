@@ -11,31 +11,79 @@ import click
 @click.command("align")
 @click.argument("in_path", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("out_root", metavar="OUT", type=click.Path(path_type=Path))
-@click.option("--template", type=click.Choice(["dlib150", "arcface112"]), default=None,
-              help="Chip layout: dlib150 = dlib chip, 150 px, padding 0.25 (dlib ResNet input, the LFW chips, the "
-                   "shipped purifier's); arcface112 = the ArcFace/InsightFace 112 px five-point layout (SFace, ArcFace "
-                   "input; most FR training sets). Default dlib150.")
-@click.option("--size", type=click.Choice(["150", "112"]), default=None,
-              help="Same as --template: 150 = dlib150, 112 = arcface112.")
-@click.option("--all-faces", is_flag=True,
-              help="Cut every face of a photo as OUT/<path>/<name>_face<k>.<ext> (default: one chip per "
-                   "photo, named like the photo).")
-@click.option("--pick", type=click.Choice(["center", "largest"]), default="center", show_default=True,
-              help="Without --all-faces: which face to keep (the one closest to the photo centre, as in LFW, or the largest).")
-@click.option("--min-face", type=float, default=40.0, show_default=True,
-              help="Ignore faces smaller than this many photo pixels (about the eyebrow-to-chin height).")
-@click.option("--detector", type=click.Choice(["hog", "cnn", "hog+cnn"]), default="hog+cnn", show_default=True,
-              help="dlib detector: HOG (fast), CNN (slow on CPU, finds harder faces), or HOG with the CNN only "
-                   "for photos where HOG finds nothing.")
-@click.option("--upsample", type=int, default=1, show_default=True,
-              help="Upsample photos this many times (2x each) before detection; 1 finds faces down to ~40 px.")
+@click.option(
+    "--template",
+    type=click.Choice(["dlib150", "arcface112"]),
+    default=None,
+    help="Chip layout: dlib150 = dlib chip, 150 px, padding 0.25 (dlib ResNet input, the LFW chips, the "
+    "shipped purifier's); arcface112 = the ArcFace/InsightFace 112 px five-point layout (SFace, ArcFace "
+    "input; most FR training sets). Default dlib150.",
+)
+@click.option(
+    "--size",
+    type=click.Choice(["150", "112"]),
+    default=None,
+    help="Same as --template: 150 = dlib150, 112 = arcface112.",
+)
+@click.option(
+    "--all-faces",
+    is_flag=True,
+    help="Cut every face of a photo as OUT/<path>/<name>_face<k>.<ext> (default: one chip per "
+    "photo, named like the photo).",
+)
+@click.option(
+    "--pick",
+    type=click.Choice(["center", "largest"]),
+    default="center",
+    show_default=True,
+    help="Without --all-faces: which face to keep (the one closest to the photo centre, as in LFW, or the largest).",
+)
+@click.option(
+    "--min-face",
+    type=float,
+    default=40.0,
+    show_default=True,
+    help="Ignore faces smaller than this many photo pixels (about the eyebrow-to-chin height).",
+)
+@click.option(
+    "--detector",
+    type=click.Choice(["hog", "cnn", "hog+cnn"]),
+    default="hog+cnn",
+    show_default=True,
+    help="dlib detector: HOG (fast), CNN (slow on CPU, finds harder faces), or HOG with the CNN only "
+    "for photos where HOG finds nothing.",
+)
+@click.option(
+    "--upsample",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Upsample photos this many times (2x each) before detection; 1 finds faces down to ~40 px.",
+)
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Photos decoded ahead per batch.")
 @click.option("--quality", type=int, default=95, show_default=True, help="JPEG/WebP quality of the chips.")
-@click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Skip photos whose chip and OUT/align.csv row already exist.")
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Skip photos whose chip and OUT/align.csv row already exist.",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def align(in_path: Path, out_root: Path, template: str | None, size: str | None, all_faces: bool, pick: str, min_face: float, detector: str,
-          upsample: int, batch_size: int, quality: int, resume: bool, progress: bool) -> None:
+def align(
+    in_path: Path,
+    out_root: Path,
+    template: str | None,
+    size: str | None,
+    all_faces: bool,
+    pick: str,
+    min_face: float,
+    detector: str,
+    upsample: int,
+    batch_size: int,
+    quality: int,
+    resume: bool,
+    progress: bool,
+) -> None:
     """Detect faces in the photos under IN and write aligned face chips to OUT (same tree).
 
     Faces are found with dlib (HOG, CNN fallback) and 5-point landmarks, and cut exactly like
@@ -60,14 +108,25 @@ def align(in_path: Path, out_root: Path, template: str | None, size: str | None,
     if template is not None and size is not None and by_size[size] != template:
         raise PufaceError(f"--size {size} is the {by_size[size]} layout, not {template}; pass one of them")
     template = template or by_size.get(size or "150", "dlib150")
-    aligner = FaceAligner(150 if template == "dlib150" else 112, FaceDetector(detector, upsample=upsample), pick="all" if all_faces else pick, min_face=min_face)
+    aligner = FaceAligner(
+        150 if template == "dlib150" else 112,
+        FaceDetector(detector, upsample=upsample),
+        pick="all" if all_faces else pick,
+        min_face=min_face,
+    )
 
     def rename(rel: Path) -> Path:
         return rel.with_name(f"{rel.stem}_face0{rel.suffix}") if all_faces else rel
 
     jobs = plan_mirror(in_path, out_root, rename=rename)
-    config = {"puface_version": __version__, "command": "align", "input": input_identity(in_path), "all_faces": all_faces,
-              **aligner.config, "quality": quality}
+    config = {
+        "puface_version": __version__,
+        "command": "align",
+        "input": input_identity(in_path),
+        "all_faces": all_faces,
+        **aligner.config,
+        "quality": quality,
+    }
     finish = begin_settings(out_root / "align_config.json", config, resume=resume, kind="aligning")
 
     with finish.on_failure():
@@ -81,7 +140,11 @@ def align(in_path: Path, out_root: Path, template: str | None, size: str | None,
                     continue
                 records = []
                 for k, af in enumerate(pf.faces):
-                    name = item.job.dst.name if k == 0 or not all_faces else f"{item.job.src.stem}_face{k}{item.job.dst.suffix}"
+                    name = (
+                        item.job.dst.name
+                        if k == 0 or not all_faces
+                        else f"{item.job.src.stem}_face{k}{item.job.dst.suffix}"
+                    )
                     records.append({"chip": name, **af.to_json()})
                     if k > 0:  # extra faces are written here; face 0 (the job's own output) goes last
                         dst = item.job.dst.with_name(name)

@@ -30,59 +30,147 @@ from .options import check_engine, device_option, engine_options, rank_options, 
               "except those v1.0's fallback keeps; see --no-fallback).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Fawkes custom / LowKey / OPOM / unlearnable: optimisation steps (defaults: LowKey 50, OPOM 16, unlearnable 20 per round).")
 @click.option("--lr", type=float, default=None, help="Fawkes custom: Adadelta learning rate.")
-@click.option("--fallback/--no-fallback", default=True, show_default=True,
-              help="Fawkes: v1.0's 'keep the last iterate when the best one is weak' rule (it can exceed 1.1 x th, "
-                   "up to DSSIM 0.015; such images are flagged in the CSV). --no-fallback keeps every image in budget.")
-@click.option("--targeted", is_flag=True,
-              help="Fawkes: the paper's targeted version (mimic the farthest identity of --target-pool) instead of v1.0's push-away.")
-@click.option("--geometry", type=click.Choice(["chip", "square112"]), default="chip", show_default=True,
-              help="Fawkes: where the DSSIM budget is measured. chip: on the image at its size. square112: as Fawkes "
-                   "v1.0.2 does, on the image padded to a square (+30 px, mean colour) and resized to 112 px; the cloak "
-                   "is upsampled back, so the same --mode changes the image more.")
-@click.option("--cap", type=click.Choice(["clip", "project"]), default="clip", show_default=True,
-              help="Fawkes: how the +-15 grey-level cap acts. clip: as v1.0.2, clipped inside the loss, so a pixel "
-                   "past the cap gets no gradient and a step that overshoots the budget can leave an image weakly "
-                   "cloaked. project: moved back inside the cap after every step (same budget, stronger cloaks).")
-@click.option("--target-pool", type=click.Path(path_type=Path), default=None,
-              help="With --targeted: identity folders (POOL/<identity>/<image>) to pick each user's target from. "
-                   "A user is a first-level folder of IN.")
-@click.option("--perceptual", type=click.Choice(["lpips", "ssim", "auto"]), default=None,
-              help="LowKey's perceptual penalty: lpips (the default, LowKey as released), "
-                   "ssim (1 - SSIM) or auto (LPIPS if installed, else SSIM with a warning).")
-@click.option("--epsilon", type=float, default=None, help="OPOM / unlearnable: L-inf budget in grey levels (0-255; default 8).")
-@click.option("--hull", type=click.Choice(["affine", "convex", "center", "fi-uap"]), default=None,
-              help="OPOM: the person's feature subspace to push out of (default affine; fi-uap: the FI-UAP baseline).")
-@click.option("--perturb", type=click.Choice(["samplewise", "classwise"]), default=None,
-              help="Unlearnable examples: one noise per photo (samplewise, the default) or per identity (classwise).")
-@click.option("--reference", type=click.Path(path_type=Path), default=None,
-              help="Unlearnable examples: identity folders of other people to learn as the other classes "
-                   "(default: the other identity folders under IN).")
-@click.option("--through-purifier", "through", metavar="DEFENSE", default=None,
-              help="Adaptive attack: optimise the cloak through this defense ('default' = the shipped purifier, a "
-                   "purifier checkpoint path, or any defense spec such as blur:sigma=1), i.e. against "
-                   "embed(defense(x)), with the same budget. Needs --surrogate.")
-@click.option("--gradient", type=click.Choice(["exact", "bpda"]), default="exact", show_default=True,
-              help="With --through-purifier: backpropagate through the purifier (exact) or treat it as the identity "
-                   "in the backward pass (bpda).")
-@click.option("--eot-noise", type=float, default=0.0, show_default=True,
-              help="With --through-purifier: Gaussian noise (std, images in [0,1]) added before the purifier at each "
-                   "step (expectation over transformations).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice (per image: seed + pixel hash).")
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Images optimised together. The same images in the same batches give the same bytes on every run; other batch mates give equally strong cloaks that differ in some pixels (float rounding amplified by the optimisation).")
+@click.option(
+    "--fallback/--no-fallback",
+    default=True,
+    show_default=True,
+    help="Fawkes: v1.0's 'keep the last iterate when the best one is weak' rule (it can exceed 1.1 x th, "
+    "up to DSSIM 0.015; such images are flagged in the CSV). --no-fallback keeps every image in budget.",
+)
+@click.option(
+    "--targeted",
+    is_flag=True,
+    help="Fawkes: the paper's targeted version (mimic the farthest identity of --target-pool) "
+    "instead of v1.0's push-away.",
+)
+@click.option(
+    "--geometry",
+    type=click.Choice(["chip", "square112"]),
+    default="chip",
+    show_default=True,
+    help="Fawkes: where the DSSIM budget is measured. chip: on the image at its size. square112: as Fawkes "
+    "v1.0.2 does, on the image padded to a square (+30 px, mean colour) and resized to 112 px; the cloak "
+    "is upsampled back, so the same --mode changes the image more.",
+)
+@click.option(
+    "--cap",
+    type=click.Choice(["clip", "project"]),
+    default="clip",
+    show_default=True,
+    help="Fawkes: how the +-15 grey-level cap acts. clip: as v1.0.2, clipped inside the loss, so a pixel "
+    "past the cap gets no gradient and a step that overshoots the budget can leave an image weakly "
+    "cloaked. project: moved back inside the cap after every step (same budget, stronger cloaks).",
+)
+@click.option(
+    "--target-pool",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --targeted: identity folders (POOL/<identity>/<image>) to pick each user's target from. "
+    "A user is a first-level folder of IN.",
+)
+@click.option(
+    "--perceptual",
+    type=click.Choice(["lpips", "ssim", "auto"]),
+    default=None,
+    help="LowKey's perceptual penalty: lpips (the default, LowKey as released), "
+    "ssim (1 - SSIM) or auto (LPIPS if installed, else SSIM with a warning).",
+)
+@click.option(
+    "--epsilon", type=float, default=None, help="OPOM / unlearnable: L-inf budget in grey levels (0-255; default 8)."
+)
+@click.option(
+    "--hull",
+    type=click.Choice(["affine", "convex", "center", "fi-uap"]),
+    default=None,
+    help="OPOM: the person's feature subspace to push out of (default affine; fi-uap: the FI-UAP baseline).",
+)
+@click.option(
+    "--perturb",
+    type=click.Choice(["samplewise", "classwise"]),
+    default=None,
+    help="Unlearnable examples: one noise per photo (samplewise, the default) or per identity (classwise).",
+)
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Unlearnable examples: identity folders of other people to learn as the other classes "
+    "(default: the other identity folders under IN).",
+)
+@click.option(
+    "--through-purifier",
+    "through",
+    metavar="DEFENSE",
+    default=None,
+    help="Adaptive attack: optimise the cloak through this defense ('default' = the shipped purifier, a "
+    "purifier checkpoint path, or any defense spec such as blur:sigma=1), i.e. against "
+    "embed(defense(x)), with the same budget. Needs --surrogate.",
+)
+@click.option(
+    "--gradient",
+    type=click.Choice(["exact", "bpda"]),
+    default="exact",
+    show_default=True,
+    help="With --through-purifier: backpropagate through the purifier (exact) or treat it as the identity "
+    "in the backward pass (bpda).",
+)
+@click.option(
+    "--eot-noise",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="With --through-purifier: Gaussian noise (std, images in [0,1]) added before the purifier at each "
+    "step (expectation over transformations).",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of every random choice (per image: seed + pixel hash)."
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Images optimised together. The same images in the same batches give the same bytes on every run; "
+    "other batch mates give equally strong cloaks that differ in some pixels (float rounding amplified by "
+    "the optimisation).",
+)
 @device_option()
 @threads_option("Torch compute threads (default: torch's choice, one per core).")
-@click.option("--format", "fmt", type=click.Choice(["png", "same"]), default="png", show_default=True,
-              help="Output format: png (lossless: keeps the cloak intact) or same as the input (JPEG re-encoding weakens it).")
-@click.option("--tool-names", is_flag=True,
-              help="Name outputs like the original tools: <stem>_cloaked.png (Fawkes), <stem>_attacked.png (LowKey).")
-@click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Skip images whose output and OUT/cloak_stats.csv row already exist (refused when OUT was made with "
-                   "other settings); --no-resume redoes every image.")
-@click.option("--align", is_flag=True,
-              help="Photos, not chips: detect faces, cloak each aligned 150x150 face chip and paste it back (photos without a face are skipped).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["png", "same"]),
+    default="png",
+    show_default=True,
+    help="Output format: png (lossless: keeps the cloak intact) or same as the input (JPEG re-encoding weakens it).",
+)
+@click.option(
+    "--tool-names",
+    is_flag=True,
+    help="Name outputs like the original tools: <stem>_cloaked.png (Fawkes), <stem>_attacked.png (LowKey).",
+)
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Skip images whose output and OUT/cloak_stats.csv row already exist (refused when OUT was made with "
+    "other settings); --no-resume redoes every image.",
+)
+@click.option(
+    "--align",
+    is_flag=True,
+    help="Photos, not chips: detect faces, cloak each aligned 150x150 face chip and paste it back "
+    "(photos without a face are skipped).",
+)
 @click.option("--largest-face", is_flag=True, help="With --align: cloak only the largest face of each photo.")
 @rank_options
-@click.option("--io-workers", type=click.IntRange(min=1), default=2, show_default=True, help="Threads that decode and encode images meanwhile.")
+@click.option(
+    "--io-workers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Threads that decode and encode images meanwhile.",
+)
 @engine_options("attack")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def cloak(in_path: Path, out_root: Path, attack_spec: str, mode: str | None, surrogates: tuple[str, ...], th: float | None,
@@ -142,8 +230,10 @@ def cloak(in_path: Path, out_root: Path, attack_spec: str, mode: str | None, sur
             raise PufaceError(f"--{wrong[0]} is not an option of {attack_name}")
         if th is not None or lr is not None or targeted or target_pool is not None or mode is not None or not fallback \
                 or geometry != "chip" or cap != "clip" or perceptual is not None:
-            raise PufaceError("--mode, --th, --lr, --no-fallback, --targeted, --target-pool, --geometry, --cap and --perceptual "
-                              "are Fawkes / LowKey options")
+            raise PufaceError(
+                "--mode, --th, --lr, --no-fallback, --targeted, --target-pool, --geometry, --cap and --perceptual "
+                "are Fawkes / LowKey options"
+            )
         if reference is not None and attack_name != "unlearnable":
             raise PufaceError("--reference is an option of unlearnable")
         knobs.update(group_opts)

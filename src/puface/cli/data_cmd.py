@@ -16,10 +16,26 @@ def data() -> None:
 
 @data.command("info")
 @click.argument("root", type=click.Path(path_type=Path))
-@click.option("--min-images", type=click.IntRange(min=1), default=1, show_default=True, help="Ignore identities with fewer images.")
-@click.option("--decode/--no-decode", default=True, show_default=True,
-              help="Decode every image to find unreadable files (--no-decode reads headers only: faster).")
-@click.option("--top", type=click.IntRange(min=0), default=5, show_default=True, help="How many of the largest identities to list.")
+@click.option(
+    "--min-images",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Ignore identities with fewer images.",
+)
+@click.option(
+    "--decode/--no-decode",
+    default=True,
+    show_default=True,
+    help="Decode every image to find unreadable files (--no-decode reads headers only: faster).",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="How many of the largest identities to list.",
+)
 @click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True, help="Decoding threads.")
 def info(root: Path, min_images: int, decode: bool, top: int, workers: int) -> None:
     """Print identities, images, image sizes and unreadable files of ROOT.
@@ -52,7 +68,8 @@ def info(root: Path, min_images: int, decode: bool, top: int, workers: int) -> N
     sizes = Counter(f"{w}x{h}" for _, s, _ in results if s for (w, h) in [s])
     bad = [(p, why) for p, s, why in results if why]
     counts = sorted((len(v) for v in groups.values()), reverse=True)
-    click.echo(f"folder:      {ds.root}  (layout: {'FaceScrub download/<id>/face/<img>' if ds.layout == 'facescrub' else '<id>/<img>'})")
+    layout = "FaceScrub download/<id>/face/<img>" if ds.layout == "facescrub" else "<id>/<img>"
+    click.echo(f"folder:      {ds.root}  (layout: {layout})")
     click.echo(f"identities:  {len(groups):,}")
     click.echo(f"images:      {len(ds):,}")
     click.echo(f"per identity: min {counts[-1]}, median {counts[len(counts) // 2]}, max {counts[0]}")
@@ -71,34 +88,67 @@ def info(root: Path, min_images: int, decode: bool, top: int, workers: int) -> N
 
 @data.command("fetch")
 @click.argument("name")
-@click.option("--url", default=None, help="lfw: where to download lfw-deepfunneled.tgz from (default: the official LFW site; "
-              "a mirror must serve the identical file).")
-@click.option("--tarball", type=click.Path(path_type=Path), default=None,
-              help="lfw: use this lfw-deepfunneled.tgz instead of downloading (offline machines).")
+@click.option(
+    "--url",
+    default=None,
+    help="lfw: where to download lfw-deepfunneled.tgz from (default: the official LFW site; "
+    "a mirror must serve the identical file).",
+)
+@click.option(
+    "--tarball",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="lfw: use this lfw-deepfunneled.tgz instead of downloading (offline machines).",
+)
 @click.option("--md5", default=None, help="lfw: expected md5 of the archive (default: the published one).")
-@click.option("--sha256", default=None, help="lfw: expected sha256 of the archive (instead of the published md5; "
-                                            "with --md5 both are checked).")
-@click.option("--template", "templates", type=click.Choice(["dlib150", "arcface112"]), multiple=True,
-              help="lfw: chip layouts to cut (repeatable): dlib150 -> lfw-chips150/, arcface112 -> lfw-arcface112/. "
-                   "Default: dlib150.")
-@click.option("--min-images", type=int, default=5, show_default=True, help="lfw: keep the people with at least this many photos.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="lfw: folder for the archive, the photos and the chips (default: $PUFACE_DATA, else $PUFACE_HOME/data).")
+@click.option(
+    "--sha256",
+    default=None,
+    help="lfw: expected sha256 of the archive (instead of the published md5; with --md5 both are checked).",
+)
+@click.option(
+    "--template",
+    "templates",
+    type=click.Choice(["dlib150", "arcface112"]),
+    multiple=True,
+    help="lfw: chip layouts to cut (repeatable): dlib150 -> lfw-chips150/, arcface112 -> lfw-arcface112/. "
+    "Default: dlib150.",
+)
+@click.option(
+    "--min-images", type=int, default=5, show_default=True, help="lfw: keep the people with at least this many photos."
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="lfw: folder for the archive, the photos and the chips (default: $PUFACE_DATA, else $PUFACE_HOME/data).",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 @click.pass_context
-def fetch(ctx: click.Context, name: str, url: str | None, tarball: Path | None, md5: str | None, sha256: str | None,
-          templates: tuple[str, ...], min_images: int, out_dir: Path | None, progress: bool) -> None:
+def fetch(
+    ctx: click.Context,
+    name: str,
+    url: str | None,
+    tarball: Path | None,
+    md5: str | None,
+    sha256: str | None,
+    templates: tuple[str, ...],
+    min_images: int,
+    out_dir: Path | None,
+    progress: bool,
+) -> None:
     """Get the data set NAME and print where it is (`puface data list` shows the names).
 
     'johns' is dlib's example set (5 people x 11 aligned 150x150 chips, public-domain dedication) from
     Debian's libdlib19.1 package: taken from /usr/share/doc if installed, otherwise downloaded with
     `apt-get download` and unpacked into the puface cache ($PUFACE_HOME).
 
-    'lfw' downloads the official deep-funneled LFW archive (111 MB; resumable: run the command again after
-    an interruption; md5-verified), unpacks it, keeps the people with >= --min-images photos (in
-    lfw-photos/, the published-photo configs' [data] photos) and cuts their face chips with `puface align` into lfw-chips150/ (and lfw-arcface112/ with --template
-    arcface112), where configs find them by name. Offline: download the archive elsewhere and pass
-    --tarball. For a data set puface cannot fetch, it says how to get it.
+    'lfw' downloads the official deep-funneled LFW archive (111 MB; resumable: run the command again after an
+    interruption; md5-verified), unpacks it, keeps the people with >= --min-images photos (in lfw-photos/, the
+    published-photo configs' [data] photos) and cuts their face chips with `puface align` into lfw-chips150/ (and
+    lfw-arcface112/ with --template arcface112), where configs find them by name. Offline: download the archive
+    elsewhere and pass --tarball. For a data set puface cannot fetch, it says how to get it.
     """
     from ..data.datasets import DATASETS, find_data_root
     from ..utils.errors import PufaceError
@@ -106,7 +156,9 @@ def fetch(ctx: click.Context, name: str, url: str | None, tarball: Path | None, 
     if name == "lfw":
         return _fetch_lfw(ctx, url, tarball, md5, sha256, templates or ("dlib150",), min_images, out_dir, progress)
     if any(v is not None for v in (url, tarball, md5, sha256, out_dir)) or templates:
-        raise PufaceError("--url, --tarball, --md5, --sha256, --template and --out are options of 'puface data fetch lfw'")
+        raise PufaceError(
+            "--url, --tarball, --md5, --sha256, --template and --out are options of 'puface data fetch lfw'"
+        )
     if name not in DATASETS:
         raise PufaceError(f"unknown data set {name!r}; known: lfw, {', '.join(sorted(DATASETS))}")
     ds = DATASETS[name]
@@ -126,7 +178,16 @@ CHIP_SETS = {"dlib150": "lfw-chips150", "arcface112": "lfw-arcface112"}
 
 def _fetch_lfw(ctx: click.Context, url: str | None, tarball: Path | None, md5: str | None, sha256: str | None,
                templates: tuple[str, ...], min_images: int, out_dir: Path | None, progress: bool) -> None:
-    from ..data.fetch import LFW_ARCHIVE, LFW_MD5, LFW_URL, data_dir, download, extract_tar, offline_help, select_identities
+    from ..data.fetch import (
+        LFW_ARCHIVE,
+        LFW_MD5,
+        LFW_URL,
+        data_dir,
+        download,
+        extract_tar,
+        offline_help,
+        select_identities,
+    )
     from ..utils.errors import PufaceError
     from ..align import require_alignment
     from .align_cmd import align
@@ -153,7 +214,9 @@ def _fetch_lfw(ctx: click.Context, url: str | None, tarball: Path | None, md5: s
             archive = download(src, out / LFW_ARCHIVE, md5=md5, sha256=sha256, progress=progress,
                                log=lambda m: click.echo(m, err=True))
         except PufaceError as e:
-            if any(w in str(e) for w in ("checksum", "interrupted", "cannot write", "cannot resume")):  # offline help: no
+            if any(
+                w in str(e) for w in ("checksum", "interrupted", "cannot write", "cannot resume")
+            ):  # offline help: no
                 raise
             raise PufaceError(f"{e}. {offline_help(url=src)}") from None
     click.echo(f"unpacking {archive}", err=True)
@@ -195,13 +258,35 @@ def list_cmd() -> None:
 
 @data.command("split")
 @click.argument("root", type=click.Path(path_type=Path))
-@click.option("--train-fraction", type=float, default=0.7, show_default=True, help="Share of each identity's images used for training.")
-@click.option("--min-train", type=click.IntRange(min=0), default=1, show_default=True, help="Fewest training images per identity.")
-@click.option("--min-test", type=click.IntRange(min=0), default=1, show_default=True, help="Fewest test images per identity.")
-@click.option("--max-per-identity", type=click.IntRange(min=1), default=None, help="Cap images per identity (seeded choice).")
+@click.option(
+    "--train-fraction",
+    type=float,
+    default=0.7,
+    show_default=True,
+    help="Share of each identity's images used for training.",
+)
+@click.option(
+    "--min-train", type=click.IntRange(min=0), default=1, show_default=True, help="Fewest training images per identity."
+)
+@click.option(
+    "--min-test", type=click.IntRange(min=0), default=1, show_default=True, help="Fewest test images per identity."
+)
+@click.option(
+    "--max-per-identity", type=click.IntRange(min=1), default=None, help="Cap images per identity (seeded choice)."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and of the cap.")
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="Write the split as CSV (identity,path,part).")
-def split(root: Path, train_fraction: float, min_train: int, min_test: int, max_per_identity: int | None, seed: int, output: Path | None) -> None:
+@click.option(
+    "--output", "-o", type=click.Path(path_type=Path), default=None, help="Write the split as CSV (identity,path,part)."
+)
+def split(
+    root: Path,
+    train_fraction: float,
+    min_train: int,
+    min_test: int,
+    max_per_identity: int | None,
+    seed: int,
+    output: Path | None,
+) -> None:
     """Show (and optionally save) the seeded per-identity train/test split of ROOT."""
     import csv
     import io
@@ -212,7 +297,9 @@ def split(root: Path, train_fraction: float, min_train: int, min_test: int, max_
 
     ds = scan_identities(root, max_per_identity=max_per_identity, seed=seed)
     sp = split_dataset(ds, train_fraction=train_fraction, min_train=min_train, min_test=min_test, seed=seed)
-    click.echo(f"{len(sp.identities())} identities: {len(sp.train)} training and {len(sp.test)} test images (seed {seed})")
+    click.echo(
+        f"{len(sp.identities())} identities: {len(sp.train)} training and {len(sp.test)} test images (seed {seed})"
+    )
     if output:
         buf = io.StringIO()
         w = csv.writer(buf)

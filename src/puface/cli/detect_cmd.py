@@ -19,42 +19,90 @@ _detector_purifier_option = click.option(
 
 @click.command("detect")
 @click.argument("in_path", metavar="IN", type=click.Path(path_type=Path))
-@click.option("--out", "out_csv", type=click.Path(path_type=Path), default=None,
-              help="Scores CSV: path (relative to IN), score, cloaked (1/0), the features; the per-identity summary goes "
-                   "next to it (<name>-identities.csv). Default: scores.csv; with --world-size above 1, scores.rank<r>.csv "
-                   "per rank r (give one --out to every rank to share one file).")
-@click.option("--fpr", type=float, default=None,
-              help="False-positive rate of the decision on natural photos (default: the detector's, 0.01). Lower flags "
-                   "fewer natural photos and misses more cloaks.")
-@click.option("--one-threshold", is_flag=True,
-              help="Judge every image by the default threshold. Without it, a chip stored in a way that makes natural "
-                   "photos score high (JPEG with full-resolution colour below quality 90, a palette) gets the higher "
-                   "threshold calibrated on natural photos stored the same way (the 'storage' column).")
-@click.option("--detector", "weights", type=click.Path(path_type=Path), default=None,
-              help="A detector file (`puface train-detector`) or a shipped one: default (every cloak family measured), "
-                   "sharpen (photos from sources that sharpen: phone cameras, photo editors; misses most Fawkes low cloaks), "
-                   "edits (edited or mixed sources: sharpened, contrast or gamma changed, re-encoded; misses Fawkes low "
-                   "cloaks and most adaptive ones).")
+@click.option(
+    "--out",
+    "out_csv",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Scores CSV: path (relative to IN), score, cloaked (1/0), the features; the per-identity summary goes "
+    "next to it (<name>-identities.csv). Default: scores.csv; with --world-size above 1, scores.rank<r>.csv "
+    "per rank r (give one --out to every rank to share one file).",
+)
+@click.option(
+    "--fpr",
+    type=float,
+    default=None,
+    help="False-positive rate of the decision on natural photos (default: the detector's, 0.01). Lower flags "
+    "fewer natural photos and misses more cloaks.",
+)
+@click.option(
+    "--one-threshold",
+    is_flag=True,
+    help="Judge every image by the default threshold. Without it, a chip stored in a way that makes natural "
+    "photos score high (JPEG with full-resolution colour below quality 90, a palette) gets the higher "
+    "threshold calibrated on natural photos stored the same way (the 'storage' column).",
+)
+@click.option(
+    "--detector",
+    "weights",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A detector file (`puface train-detector`) or a shipped one: default (every cloak family measured), "
+    "sharpen (photos from sources that sharpen: phone cameras, photo editors; misses most Fawkes low cloaks), "
+    "edits (edited or mixed sources: sharpened, contrast or gamma changed, re-encoded; misses Fawkes low "
+    "cloaks and most adaptive ones).",
+)
 @_detector_purifier_option
 @device_option()
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
-@click.option("--align", is_flag=True,
-              help="Photos, not chips: detect and align every face first (a photo's score is its highest face score).")
+@click.option(
+    "--align",
+    is_flag=True,
+    help="Photos, not chips: detect and align every face first (a photo's score is its highest face score).",
+)
 @click.option("--largest-face", is_flag=True, help="With --align: score only the largest face of each photo.")
-@click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Keep the rows an earlier run wrote to --out and score only the other images (refused when that run "
-                   "scored another IN, with another detector or other --align options); rows of files no longer under IN "
-                   "are dropped.")
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Keep the rows an earlier run wrote to --out and score only the other images (refused when that run "
+    "scored another IN, with another detector or other --align options); rows of files no longer under IN "
+    "are dropped.",
+)
 @click.option("--restart", is_flag=True, help="Discard an earlier run's --out and score everything.")
-@click.option("--io-workers", type=click.IntRange(min=1), default=2, show_default=True, help="Threads that decode images while the models run.")
+@click.option(
+    "--io-workers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Threads that decode images while the models run.",
+)
 @threads_option()
 @rank_options
 @engine_options("detector", "Same CSV rows either way.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def detect(in_path: Path, out_csv: Path | None, fpr: float | None, one_threshold: bool, weights: Path | None, purifier: Path | None, device: str,
-           batch_size: int, align: bool, largest_face: bool, resume: bool, restart: bool, io_workers: int, threads: int | None,
-           rank: int | None, world_size: int | None, engine: str, address: str | None, workers: int | None,
-           progress: bool) -> None:
+def detect(
+    in_path: Path,
+    out_csv: Path | None,
+    fpr: float | None,
+    one_threshold: bool,
+    weights: Path | None,
+    purifier: Path | None,
+    device: str,
+    batch_size: int,
+    align: bool,
+    largest_face: bool,
+    resume: bool,
+    restart: bool,
+    io_workers: int,
+    threads: int | None,
+    rank: int | None,
+    world_size: int | None,
+    engine: str,
+    address: str | None,
+    workers: int | None,
+    progress: bool,
+) -> None:
     """Score every image under IN for a cloak (Fawkes, LowKey, ...) and say which look cloaked.
 
     A score per image (higher = more likely cloaked) from what the purifier (the shipped one, or --purifier)
@@ -63,8 +111,8 @@ def detect(in_path: Path, out_csv: Path | None, fpr: float | None, one_threshold
     calibration photos score higher (held on each kind of calibration photo with the detector's confidence,
     0.9 for the shipped ones, so that new natural photos of those kinds stay under --fpr); a chip whose file is
     stored in a way that makes natural photos score high (JPEG with full-resolution colour below quality 90, a
-    palette) gets the higher threshold of natural photos stored the same way (--one-threshold: not). The default detector
-    expects aligned face chips (like the LFW/dlib 150x150 chips); for ordinary photos use --align.
+    palette) gets the higher threshold of natural photos stored the same way (--one-threshold: not). The default
+    detector expects aligned face chips (like the LFW/dlib 150x150 chips); for ordinary photos use --align.
     Streams in batches, resumes, prints a summary; exit code 1 if some images could not be read (they
     are listed and skipped).
     """
@@ -87,10 +135,27 @@ def detect(in_path: Path, out_csv: Path | None, fpr: float | None, one_threshold
     rank, world_size = resolve_rank(rank, world_size)
     if out_csv is None:
         out_csv = Path(f"scores.rank{rank}.csv" if world_size > 1 else "scores.csv")
-    report = detect_folder(in_path, out_csv, weights=weights, device=None if device == "auto" else device, fpr=fpr,
-                           batch_size=batch_size, resume=resume, restart=restart, io_workers=io_workers,
-                           progress=progress, align=align, largest_face=largest_face, rank=rank, world_size=world_size,
-                           engine=engine, address=address, workers=workers, purifier=purifier, one_threshold=one_threshold)
+    report = detect_folder(
+        in_path,
+        out_csv,
+        weights=weights,
+        device=None if device == "auto" else device,
+        fpr=fpr,
+        batch_size=batch_size,
+        resume=resume,
+        restart=restart,
+        io_workers=io_workers,
+        progress=progress,
+        align=align,
+        largest_face=largest_face,
+        rank=rank,
+        world_size=world_size,
+        engine=engine,
+        address=address,
+        workers=workers,
+        purifier=purifier,
+        one_threshold=one_threshold,
+    )
     click.echo(report.summary())
     if report.exit_code:
         raise click.exceptions.Exit(report.exit_code)
@@ -98,23 +163,52 @@ def detect(in_path: Path, out_csv: Path | None, fpr: float | None, one_threshold
 
 @click.command("calibrate-detector")
 @click.argument("natural", metavar="NATURAL", type=click.Path(path_type=Path))
-@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True,
-              help="The calibrated detector file to write (.safetensors); use it with `puface detect --detector`.")
-@click.option("--detector", "weights", type=click.Path(path_type=Path), default=None,
-              help="The detector to start from: a file, or a shipped one (default, sharpen, edits). Default: default.")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The calibrated detector file to write (.safetensors); use it with `puface detect --detector`.",
+)
+@click.option(
+    "--detector",
+    "weights",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The detector to start from: a file, or a shipped one (default, sharpen, edits). Default: default.",
+)
 @_detector_purifier_option
-@click.option("--kind", default=None, help="A name for this kind of photo in the calibration record (default: user:<NATURAL's folder name>).")
-@click.option("--scores", "scores_csv", type=click.Path(path_type=Path), default=None,
-              help="Where the scores of NATURAL go (default: next to --out, <name>-calibration.csv, with "
-                   "<name>-calibration-identities.csv and <name>-calibration-run.json beside it); resumable.")
+@click.option(
+    "--kind",
+    default=None,
+    help="A name for this kind of photo in the calibration record (default: user:<NATURAL's folder name>).",
+)
+@click.option(
+    "--scores",
+    "scores_csv",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the scores of NATURAL go (default: next to --out, <name>-calibration.csv, with "
+    "<name>-calibration-identities.csv and <name>-calibration-run.json beside it); resumable.",
+)
 @click.option("--restart", is_flag=True, help="Score NATURAL afresh, discarding the scores file of an earlier run.")
 @device_option()
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
 @click.option("--align", is_flag=True, help="NATURAL holds photos, not chips: detect and align every face first.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def calibrate_detector(natural: Path, out_path: Path, weights: Path | None, purifier: Path | None, kind: str | None,
-                       scores_csv: Path | None, restart: bool, device: str, batch_size: int, align: bool,
-                       progress: bool) -> None:
+def calibrate_detector(
+    natural: Path,
+    out_path: Path,
+    weights: Path | None,
+    purifier: Path | None,
+    kind: str | None,
+    scores_csv: Path | None,
+    restart: bool,
+    device: str,
+    batch_size: int,
+    align: bool,
+    progress: bool,
+) -> None:
     """Calibrate the cloak detector on your own natural photos, so that its false-positive rate holds on them.
 
     NATURAL: a folder of photos you know carry no cloak, from the same source as the photos you will
@@ -152,12 +246,18 @@ def calibrate_detector(natural: Path, out_path: Path, weights: Path | None, puri
     det.cpu().save(out_path)
     conf = det.default_confidence
     held = f" (held with {conf:.0%} confidence)" if conf else ""
-    click.echo(f"calibrated on {n} natural photo(s) of {natural} (kind {kind!r}): {rep.flagged} scored above the old "
-               f"threshold {before:.4f}; threshold now {after:.4f} at {det.default_fpr:.1%} false positives per kind{held}")
+    click.echo(
+        f"calibrated on {n} natural photo(s) of {natural} (kind {kind!r}): {rep.flagged} scored above the old "
+        f"threshold {before:.4f}; threshold now {after:.4f} at {det.default_fpr:.1%} false positives per kind{held}"
+    )
     need = min_calibration_size(det.default_fpr, conf)
     if n < max(need, 100):
-        why = (f"fewer than the {need} that can hold {det.default_fpr:.1%} with {conf:.0%} confidence: the threshold is "
-               f"their highest score" if n < need else "a coarse threshold")
+        why = (
+            f"fewer than the {need} that can hold {det.default_fpr:.1%} with {conf:.0%} confidence: the threshold is "
+            f"their highest score"
+            if n < need
+            else "a coarse threshold"
+        )
         click.echo(f"warning: {n} photos give {why}; a few hundred are better", err=True)
     click.echo(f"detector: {out_path} (use: puface detect --detector {out_path} ...)")
     if rep.exit_code:

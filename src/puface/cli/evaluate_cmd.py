@@ -27,20 +27,35 @@ def _run(cfg, out, device, restart, progress, detect=True, quiet_table=False):
     if res.report:
         click.echo(f"report:  {res.report}")
     # table.md's wall time is the grid's, summed over every session of the folder: say which this one is
-    click.echo(f"wall time: {wall:.0f} s ({wall / 60:.1f} min) for this command, writing the tables and report included")
+    click.echo(
+        f"wall time: {wall:.0f} s ({wall / 60:.1f} min) for this command, writing the tables and report included"
+    )
     return res
 
 
 _COMMON = [
-    click.option("--out", "out", type=click.Path(path_type=Path), default=None,
-                 help="Output folder (default: [run] output of the config, else runs/<name>)."),
+    click.option(
+        "--out",
+        "out",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Output folder (default: [run] output of the config, else runs/<name>).",
+    ),
     device_option(None, DEVICE_HELP + "; default: the config's [run] device, else auto."),
-    click.option("--restart", is_flag=True, help="Set aside the finished runs found in the output folder and every file they wrote "
-                 "(renamed <name>.<time>.discarded.<ext>) instead of resuming."),
+    click.option(
+        "--restart",
+        is_flag=True,
+        help="Set aside the finished runs found in the output folder and every file they wrote "
+        "(renamed <name>.<time>.discarded.<ext>) instead of resuming.",
+    ),
     click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars."),
-    click.option("--detect/--no-detect", default=True, show_default=True,
-                 help="Report cloak detection per attack (AUC, TPR at the calibrated threshold, ROC curves; [detection] "
-                      "in a config). Purified images and embeddings come from the evaluation's cache."),
+    click.option(
+        "--detect/--no-detect",
+        default=True,
+        show_default=True,
+        help="Report cloak detection per attack (AUC, TPR at the calibrated threshold, ROC curves; [detection] "
+        "in a config). Purified images and embeddings come from the evaluation's cache.",
+    ),
 ]
 
 
@@ -148,46 +163,149 @@ def _check_image_size(ctx: click.Context, param: click.Parameter, value: int) ->
 
 
 @click.command("evaluate")
-@click.option("--data", "data", type=click.Path(path_type=Path), default=None,
-              help="Identity folders ROOT/<identity>/<image> (default: the embedded 'johns' set).")
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Identity folders ROOT/<identity>/<image> (default: the embedded 'johns' set).",
+)
 @click.option("--user", "users", multiple=True, help="A protected user (identity folder name); repeat for several.")
-@click.option("--users", "n_users", type=click.IntRange(min=1), default=None, help="Draw this many protected users with the seed (default 1 when no --user).")
-@click.option("--attack", "attacks", multiple=True,
-              help="Attack spec name[:key=value,...], e.g. fawkes:mode=high, 'lowkey:embedders=dlib-resnet29|sface,steps=20'; repeatable. "
-                   "The clean reference (no cloak) is always included. Default: fawkes:mode=high.")
-@click.option("--cloaked", "cloaked", multiple=True, type=click.Path(path_type=Path),
-              help="A folder of cloaked images made elsewhere (Fawkes/LowKey tools, `puface cloak`) mirroring --data "
-                   "(<identity>/<stem>_cloaked.png etc.); used as an attack; repeatable. A folder from `puface cloak` "
-                   "names its surrogates (cloak_config.json), so runs on those victims count as white-box; for other "
-                   "tools' folders, a config's folder attack with `embedders` says it.")
-@click.option("--victim", "victims", multiple=True, help="Face model the FR model is built on (registry name or model file); repeatable. Default: dlib-resnet29.")
-@click.option("--trainer", "trainers", multiple=True, help="nn, linear or e2e (with settings: e2e:steps=300); repeatable. Default: nn and linear.")
-@click.option("--defense", "defenses", multiple=True,
-              help="Defense spec, e.g. none, puface, puface:weights=FILE, jpeg:quality=75, blur:sigma=1+bitdepth:bits=5; repeatable. Default: none and puface.")
+@click.option(
+    "--users",
+    "n_users",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Draw this many protected users with the seed (default 1 when no --user).",
+)
+@click.option(
+    "--attack",
+    "attacks",
+    multiple=True,
+    help="Attack spec name[:key=value,...], e.g. fawkes:mode=high, 'lowkey:embedders=dlib-resnet29|sface,steps=20'; "
+    "repeatable. "
+    "The clean reference (no cloak) is always included. Default: fawkes:mode=high.",
+)
+@click.option(
+    "--cloaked",
+    "cloaked",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A folder of cloaked images made elsewhere (Fawkes/LowKey tools, `puface cloak`) mirroring --data "
+    "(<identity>/<stem>_cloaked.png etc.); used as an attack; repeatable. A folder from `puface cloak` "
+    "names its surrogates (cloak_config.json), so runs on those victims count as white-box; for other "
+    "tools' folders, a config's folder attack with `embedders` says it.",
+)
+@click.option(
+    "--victim",
+    "victims",
+    multiple=True,
+    help="Face model the FR model is built on (registry name or model file); repeatable. Default: dlib-resnet29.",
+)
+@click.option(
+    "--trainer",
+    "trainers",
+    multiple=True,
+    help="nn, linear or e2e (with settings: e2e:steps=300); repeatable. Default: nn and linear.",
+)
+@click.option(
+    "--defense",
+    "defenses",
+    multiple=True,
+    help="Defense spec, e.g. none, puface, puface:weights=FILE, jpeg:quality=75, blur:sigma=1+bitdepth:bits=5; "
+    "repeatable. Default: none and puface.",
+)
 @click.option("--seed", "seeds", type=int, multiple=True, help="Split/user seed; repeatable. Default: 0.")
-@click.option("--protocol", type=click.Choice(["training", "query"]), default="training", show_default=True,
-              help="training: FaceCure's (the user's training photos cloaked, the FR model trained on them, clean test "
-                   "photos). query: the FR model built from everyone's clean gallery (training) photos, the user's probe "
-                   "(test) photos cloaked and the defense applied to every probe.")
-@click.option("--min-images", type=click.IntRange(min=1), default=2, show_default=True, help="Leave out identities with fewer images.")
-@click.option("--max-per-identity", type=click.IntRange(min=1), default=None, help="Seeded cap on images per identity (default: no cap).")
-@click.option("--image-size", type=int, default=150, show_default=True, callback=_check_image_size,
-              help="Images are resized to this square size (pixels, at least 32).")
-@click.option("--photos", type=click.Path(path_type=Path), default=None,
-              help="The photos the --data chips were cut from (same <identity>/<stem> names): train on published photos "
-                   "(each cloak pasted into its photo, the defense run on the whole photo as `purify --align`, the face "
-                   "cut again). Training protocol only.")
-@click.option("--photos-jpeg", type=click.IntRange(1, 95), default=None,
-              help="With --photos: re-encode every published photo as JPEG at this quality, as photo sites do.")
-@click.option("--allow-purifier-identities", is_flag=True, help="Allow protected users the purifier was trained on (results are then optimistic).")
-@click.option("--save-config", type=click.Path(path_type=Path), default=None, help="Also write the equivalent TOML config here (for `puface reproduce`).")
-@click.option("--detector", "detector", type=click.Path(path_type=Path), default=None,
-              help="A detector file for the detection report, or a shipped one (default, sharpen, edits). Default: default.")
+@click.option(
+    "--protocol",
+    type=click.Choice(["training", "query"]),
+    default="training",
+    show_default=True,
+    help="training: FaceCure's (the user's training photos cloaked, the FR model trained on them, clean test "
+    "photos). query: the FR model built from everyone's clean gallery (training) photos, the user's probe "
+    "(test) photos cloaked and the defense applied to every probe.",
+)
+@click.option(
+    "--min-images",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Leave out identities with fewer images.",
+)
+@click.option(
+    "--max-per-identity",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Seeded cap on images per identity (default: no cap).",
+)
+@click.option(
+    "--image-size",
+    type=int,
+    default=150,
+    show_default=True,
+    callback=_check_image_size,
+    help="Images are resized to this square size (pixels, at least 32).",
+)
+@click.option(
+    "--photos",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The photos the --data chips were cut from (same <identity>/<stem> names): train on published photos "
+    "(each cloak pasted into its photo, the defense run on the whole photo as `purify --align`, the face "
+    "cut again). Training protocol only.",
+)
+@click.option(
+    "--photos-jpeg",
+    type=click.IntRange(1, 95),
+    default=None,
+    help="With --photos: re-encode every published photo as JPEG at this quality, as photo sites do.",
+)
+@click.option(
+    "--allow-purifier-identities",
+    is_flag=True,
+    help="Allow protected users the purifier was trained on (results are then optimistic).",
+)
+@click.option(
+    "--save-config",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the equivalent TOML config here (for `puface reproduce`).",
+)
+@click.option(
+    "--detector",
+    "detector",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A detector file for the detection report, or a shipped one (default, sharpen, edits). Default: default.",
+)
 @_detector_purifier_option
 @common
-def evaluate(data, users, n_users, attacks, cloaked, victims, trainers, defenses, seeds, protocol, min_images, max_per_identity, image_size,
-             photos, photos_jpeg, allow_purifier_identities, save_config, detector, detector_purifier, out, device, restart,
-             progress, detect) -> None:
+def evaluate(
+    data,
+    users,
+    n_users,
+    attacks,
+    cloaked,
+    victims,
+    trainers,
+    defenses,
+    seeds,
+    protocol,
+    min_images,
+    max_per_identity,
+    image_size,
+    photos,
+    photos_jpeg,
+    allow_purifier_identities,
+    save_config,
+    detector,
+    detector_purifier,
+    out,
+    device,
+    restart,
+    progress,
+    detect,
+) -> None:
     """Measure the attack success rate (ASR: share of a protected user's clean test photos not
     recognised as the user) and the normal accuracy (on everyone else) of cloaking attacks under
     defenses, with the FaceCure protocol: seeded 70/30 split per identity, the user's training

@@ -53,7 +53,17 @@ def list_cmd(check: bool) -> None:
                 status = f"ok ({emb.normalization.describe()})"
             except PufaceError as e:
                 status = f"unavailable: {e}"
-        rows.append((entry.name, info.get("source", ""), info.get("licence", ""), str(info.get("input_size", "")), str(info.get("layout", "")), str(info.get("dim", "")), status))
+        rows.append(
+            (
+                entry.name,
+                info.get("source", ""),
+                info.get("licence", ""),
+                str(info.get("input_size", "")),
+                str(info.get("layout", "")),
+                str(info.get("dim", "")),
+                status,
+            )
+        )
     headers = ("name", "source", "licence", "input", "face layout", "dim") + (("status",) if check else ())
     rows = [r[: len(headers)] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
@@ -62,22 +72,34 @@ def list_cmd(check: bool) -> None:
     click.echo("  ".join("-" * w for w in widths))
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)))
-    click.echo("\nYour own model: an ONNX / TorchScript / .pt2 file (a path, or a file name in $PUFACE_MODELS) wherever a "
-               "model name is taken (cloak --surrogate, evaluate --victim, embedders= in an attack spec), its input "
-               "size and normalisation in a JSON sidecar next to it (model.onnx -> model.json); see "
-               "`puface models --help`.")
+    click.echo(
+        "\nYour own model: an ONNX / TorchScript / .pt2 file (a path, or a file name in $PUFACE_MODELS) wherever a "
+        "model name is taken (cloak --surrogate, evaluate --victim, embedders= in an attack spec), its input "
+        "size and normalisation in a JSON sidecar next to it (model.onnx -> model.json); see "
+        "`puface models --help`."
+    )
 
 
 @models.command("info")
 @click.argument("model")
-@click.option("--images", "images_root", type=click.Path(path_type=Path), default=None,
-              help="A folder root/<identity>/<image> of aligned face chips (a few people, several photos each): also "
-                   "measure how well the model tells them apart (leave-one-out 1-NN accuracy, mean cosine of same- and "
-                   "other-identity pairs). A wrong normalisation or input size in the sidecar shows as the two cosines "
-                   "close together (MobileFace read at scale 1 instead of 255: 1.000 and 1.000, against 0.640 and 0.158) "
-                   "or an accuracy near chance.")
-@click.option("--per-identity", type=click.IntRange(min=2), default=10, show_default=True,
-              help="With --images: at most this many photos per identity (a seeded choice).")
+@click.option(
+    "--images",
+    "images_root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A folder root/<identity>/<image> of aligned face chips (a few people, several photos each): also "
+    "measure how well the model tells them apart (leave-one-out 1-NN accuracy, mean cosine of same- and "
+    "other-identity pairs). A wrong normalisation or input size in the sidecar shows as the two cosines "
+    "close together (MobileFace read at scale 1 instead of 255: 1.000 and 1.000, against 0.640 and 0.158) "
+    "or an accuracy near chance.",
+)
+@click.option(
+    "--per-identity",
+    type=click.IntRange(min=2),
+    default=10,
+    show_default=True,
+    help="With --images: at most this many photos per identity (a seeded choice).",
+)
 @device_option()
 def info_cmd(model: str, images_root: Path | None, per_identity: int, device: str) -> None:
     """What a face model is and whether it behaves: MODEL is a built-in name or your own ONNX / TorchScript / .pt2
@@ -101,7 +123,9 @@ def info_cmd(model: str, images_root: Path | None, per_identity: int, device: st
                    f"1-NN accuracy {r['accuracy']:.1%} (chance {r['chance']:.1%}); mean cosine same person "
                    f"{r['same']:.3f}, other people {r['other']:.3f}")
         if r["same"] - r["other"] < 0.05 or r["accuracy"] < 2 * r["chance"]:
-            click.echo("warning: the model barely tells these people apart: check the sidecar's scale, mean, std, order "
-                       "and input_size (and that the photos are aligned chips)")
+            click.echo(
+                "warning: the model barely tells these people apart: check the sidecar's scale, mean, std, order "
+                "and input_size (and that the photos are aligned chips)"
+            )
     if failed:
         raise click.exceptions.Exit(1)

@@ -37,9 +37,13 @@ def threads_option(help: str = "Torch compute threads (default: torch's choice).
 
 def rank_options(f: Callable) -> Callable:
     """`--rank` and `--world-size` of a folder job whose files are split between processes."""
-    f = click.option("--world-size", type=click.IntRange(min=1), default=None,
-                     help="Number of processes sharing the files (default: $WORLD_SIZE or 1); every process writing into one "
-                          "output gives the same number (another is refused while they run).")(f)
+    f = click.option(
+        "--world-size",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Number of processes sharing the files (default: $WORLD_SIZE or 1); every process writing into one "
+        "output gives the same number (another is refused while they run).",
+    )(f)
     return click.option("--rank", type=click.IntRange(min=0), default=None,
                         help="This process's share of the files (default: $RANK or 0).")(f)
 
@@ -48,14 +52,29 @@ def engine_options(actors: str, outputs: str = "Same outputs either way.") -> Ca
     """`--engine local|ray`, `--address ADDR`, `--workers N` for a folder job whose Ray actors run `actors`
     ("model", "attack", "detector"); `outputs` says what both engines produce alike."""
     opts = [
-        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-                     help=f"local: threads in this process. ray: a streaming Ray Data pipeline (decode tasks, a pool of "
-                          f"{actors} actors, write tasks) on the Ray cluster at --address, or a new local one; needs "
-                          f"puface[ray]. {outputs}"),
-        click.option("--address", default=None, metavar="ADDR",
-                     help="With --engine ray: the cluster to join (auto, HOST:6379, ray://HOST:10001); default: start a local one."),
-        click.option("--workers", type=click.IntRange(min=1), default=None,
-                     help=f"With --engine ray: {actors} actors (default: one per GPU with CUDA, else the cluster's CPUs minus one)."),
+        click.option(
+            "--engine",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            show_default=True,
+            help=f"local: threads in this process. ray: a streaming Ray Data pipeline (decode tasks, a pool of "
+            f"{actors} actors, write tasks) on the Ray cluster at --address, or a new local one; needs "
+            f"puface[ray]. {outputs}",
+        ),
+        click.option(
+            "--address",
+            default=None,
+            metavar="ADDR",
+            help="With --engine ray: the cluster to join (auto, HOST:6379, ray://HOST:10001); "
+            "default: start a local one.",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=1),
+            default=None,
+            help=f"With --engine ray: {actors} actors "
+            "(default: one per GPU with CUDA, else the cluster's CPUs minus one).",
+        ),
     ]
 
     def deco(f: Callable) -> Callable:

@@ -33,23 +33,42 @@ def _parse_attack(text: str) -> dict:
 
 
 @click.command("train-purifier")
-@click.option("--config", "config_path", default="default", show_default=True,
-              help="A TOML training config, or a packaged recipe's name (--list shows them; 'default' is the "
-                   "shipped purifier's, with every option commented), or a run's OUT/config.json (as it ran).")
+@click.option(
+    "--config",
+    "config_path",
+    default="default",
+    show_default=True,
+    help="A TOML training config, or a packaged recipe's name (--list shows them; 'default' is the "
+    "shipped purifier's, with every option commented), or a run's OUT/config.json (as it ran).",
+)
 @click.option("--list", "list_recipes", is_flag=True, help="List the packaged purifier recipes and exit.")
-@click.option("--data", "data", type=click.Path(path_type=Path), default=None,
-              help="Identity folders to train on instead of the config's [data] root (which may name a data set "
-                   "found in $PUFACE_DATA; the packaged recipes name \"lfw-chips150\").")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Run folder: config.json (as it ran), data_summary.json (identity split, pairs), metrics.jsonl "
-                   "(one line per validated epoch), last.pt (for resuming), best.pt and best.safetensors (the best "
-                   "epoch's weights) and result.json (when done). Not inside the training data. Default: "
-                   "runs/<config name>.")
-@click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Continue from OUT/last.pt when it exists (after an interruption); refused when the config, --set "
-                   "or data differ from the run's (data.root, data.cache, data.cached_only, save_every_steps and the cloaking and validation "
-                   "batch sizes may). --no-resume starts afresh; an earlier run's files are renamed "
-                   "*.<time>.discarded.* first.")
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Identity folders to train on instead of the config's [data] root (which may name a data set "
+    "found in $PUFACE_DATA; the packaged recipes name \"lfw-chips150\").",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run folder: config.json (as it ran), data_summary.json (identity split, pairs), metrics.jsonl "
+    "(one line per validated epoch), last.pt (for resuming), best.pt and best.safetensors (the best "
+    "epoch's weights) and result.json (when done). Not inside the training data. Default: "
+    "runs/<config name>.",
+)
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Continue from OUT/last.pt when it exists (after an interruption); refused when the config, --set "
+    "or data differ from the run's (data.root, data.cache, data.cached_only, save_every_steps and the cloaking "
+    "and validation batch sizes may). --no-resume starts afresh; an earlier run's files are renamed "
+    "*.<time>.discarded.* first.",
+)
 @device_option()
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config option, e.g. --set train.epochs=2 --set loss.feature_weight=0.1; an "
@@ -68,9 +87,21 @@ def _parse_attack(text: str) -> dict:
 @click.option("--export", "export_path", type=click.Path(path_type=Path), default=None,
               help="Also write the best purifier to this file (.safetensors or .pt) when training ends.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
-def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_dir: Path | None, resume: bool, device: str, overrides: tuple[str, ...],
-                   drop_attacks: tuple[str, ...], add_attacks: tuple[str, ...], prepare_only: bool,
-                   cached_cloaks_only: bool, export_path: Path | None, progress: bool) -> None:
+def train_purifier(
+    config_path: str,
+    list_recipes: bool,
+    data: Path | None,
+    out_dir: Path | None,
+    resume: bool,
+    device: str,
+    overrides: tuple[str, ...],
+    drop_attacks: tuple[str, ...],
+    add_attacks: tuple[str, ...],
+    prepare_only: bool,
+    cached_cloaks_only: bool,
+    export_path: Path | None,
+    progress: bool,
+) -> None:
     """Train a PuFace purifier (RED-Net) on amplified cloaked images, as the config says.
 
     Seeded and resumable. Per epoch it validates on identities not used for training (PSNR of
@@ -121,8 +152,10 @@ def train_purifier(config_path: str, list_recipes: bool, data: Path | None, out_
         click.echo(f"exported the best purifier to {export_path}")
     if result:
         b = result.get("best", {})
-        click.echo(f"done: best epoch {b.get('epoch')} (score {b.get('score')}, PSNR natural {b.get('psnr_natural')} dB); "
-                   f"checkpoints in {out}")
+        click.echo(
+            f"done: best epoch {b.get('epoch')} (score {b.get('score')}, PSNR natural {b.get('psnr_natural')} dB); "
+            f"checkpoints in {out}"
+        )
 
 
 def _unmask_step(in_path: Path, out_root: Path, progress: bool):
@@ -149,79 +182,165 @@ def _unmask_step(in_path: Path, out_root: Path, progress: bool):
 @click.command("purify")
 @click.argument("in_path", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("out_root", metavar="OUT", type=click.Path(path_type=Path))
-@click.option("--weights", type=click.Path(path_type=Path), default=None,
-              help="Purifier checkpoint (.pt or .safetensors), or a shipped one by name: default (trained on dlib 150 px "
-                   "chips) or arcface112 (on ArcFace 112 px crops). Default: the shipped ones, each on the layout it "
-                   "was trained on (see --template).")
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Purifier checkpoint (.pt or .safetensors), or a shipped one by name: default (trained on dlib 150 px "
+    "chips) or arcface112 (on ArcFace 112 px crops). Default: the shipped ones, each on the layout it "
+    "was trained on (see --template).",
+)
 @device_option()
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Images per forward pass.")
-@click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Skip images whose output (and, with --stats, its row) already exists (refused when OUT was made with "
-                   "other settings); "
-                   "--no-resume redoes every image.")
-@click.option("--quality", type=int, default=95, show_default=True, help="JPEG/WebP quality of lossy outputs (a lossless WebP input is written lossless).")
-@click.option("--io-workers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Threads that decode and encode images while the purifier runs.")
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Skip images whose output (and, with --stats, its row) already exists (refused when OUT was made with "
+    "other settings); "
+    "--no-resume redoes every image.",
+)
+@click.option(
+    "--quality",
+    type=int,
+    default=95,
+    show_default=True,
+    help="JPEG/WebP quality of lossy outputs (a lossless WebP input is written lossless).",
+)
+@click.option(
+    "--io-workers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Threads that decode and encode images while the purifier runs.",
+)
 @threads_option()
 @rank_options
-@click.option("--stats", "stats_csv", type=click.Path(path_type=Path), default=None,
-              help="Append per-image change statistics to this CSV file.")
-@click.option("--align", is_flag=True,
-              help="Photos, not chips: detect faces, purify each aligned 150x150 face chip and paste it back.")
+@click.option(
+    "--stats",
+    "stats_csv",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Append per-image change statistics to this CSV file.",
+)
+@click.option(
+    "--align",
+    is_flag=True,
+    help="Photos, not chips: detect faces, purify each aligned 150x150 face chip and paste it back.",
+)
 @click.option("--largest-face", is_flag=True, help="With --align: purify only the largest face of each photo.")
-@click.option("--template", type=click.Choice(["auto", "dlib150", "arcface112"]), default="auto", show_default=True,
-              help="The chips' face layout: dlib150 (dlib chips) or arcface112 (ArcFace/InsightFace 112 px crops). "
-                   "With the shipped weights each layout gets the purifier trained on it; a --weights file serves "
-                   "another layout than its own by resampling to its face scale. auto: by size, 150x150 dlib150, "
-                   "112x112 arcface112; other sizes are purified as they are, with a warning.")
-@click.option("--step", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
-              help="How far along the purifier's change to go: x + S (P(x) - x); 1 writes the purifier's output. "
-                   "Default: 1.5 with the shipped purifier of dlib150 chips (and --align photos), 1 with the shipped "
-                   "ArcFace 112 one and with --weights files. 1.5 removes more of a cloak made against a face model "
-                   "the purifier never saw (MobileFace grid: mean ASR 59.8% -> 36.9%) or re-encoded as JPEG (24.9% "
-                   "-> 6.5%) and keeps the benchmark grid (2.9 / 1.1% -> 3.1 / 0.5% on two draws), at ~3.5 dB PSNR "
-                   "on natural photos (42.5 -> 39.1 dB); it also amplifies a cloak made through the purifier itself "
-                   "(docs/RESULTS.md sections 15.8, 15.9, 16.3, 19).")
+@click.option(
+    "--template",
+    type=click.Choice(["auto", "dlib150", "arcface112"]),
+    default="auto",
+    show_default=True,
+    help="The chips' face layout: dlib150 (dlib chips) or arcface112 (ArcFace/InsightFace 112 px crops). "
+    "With the shipped weights each layout gets the purifier trained on it; a --weights file serves "
+    "another layout than its own by resampling to its face scale. auto: by size, 150x150 dlib150, "
+    "112x112 arcface112; other sizes are purified as they are, with a warning.",
+)
+@click.option(
+    "--step",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="S",
+    help="How far along the purifier's change to go: x + S (P(x) - x); 1 writes the purifier's output. "
+    "Default: 1.5 with the shipped purifier of dlib150 chips (and --align photos), 1 with the shipped "
+    "ArcFace 112 one and with --weights files. 1.5 removes more of a cloak made against a face model "
+    "the purifier never saw (MobileFace grid: mean ASR 59.8% -> 36.9%) or re-encoded as JPEG (24.9% "
+    "-> 6.5%) and keeps the benchmark grid (2.9 / 1.1% -> 3.1 / 0.5% on two draws), at ~3.5 dB PSNR "
+    "on natural photos (42.5 -> 39.1 dB); it also amplifies a cloak made through the purifier itself "
+    "(docs/RESULTS.md sections 15.8, 15.9, 16.3, 19).",
+)
 @engine_options("model")
-@click.option("--image-field", default=None, metavar="NAME",
-              help="Shards: the WebDataset field(s) to purify (e.g. jpg, or left.jpg,right.jpg; default: every image "
-                   "field of a record: jpg/jpeg/png/webp/bmp, so name the faces to leave a mask or map alone) or the "
-                   "Parquet column holding the image (default: found by name: image, img, ... or the first bytes / "
-                   "{bytes, path} column; a file of several {bytes, path} columns needs one named).")
-@click.option("--skip-cloaked", is_flag=True,
-              help="Respect opt-outs: score every photo for a cloak first (`puface detect`) and leave out those judged "
-                   "cloaked (listed in OUT/cloaked.csv); the others are purified as usual. Image folders, local engine.")
-@click.option("--report", is_flag=True,
-              help="Score every photo for a cloak as it is purified: OUT/detection.csv (per photo), "
-                   "OUT/detection-identities.csv (share flagged per identity) and a summary at the end.")
-@click.option("--detector", "detector_path", type=click.Path(path_type=Path), default=None,
-              help="With --skip-cloaked/--report: a detector file, or a shipped one (default, sharpen, edits; all calibrated "
-                   "for the shipped purifier). Default: default.")
-@click.option("--fpr", type=float, default=None,
-              help="With --skip-cloaked/--report: false-positive rate of the decision on natural photos (default 0.01).")
-@click.option("--one-threshold", is_flag=True,
-              help="With --skip-cloaked/--report: judge every image by the detector's default threshold, also chips "
-                   "stored as 4:4:4 JPEG or with a palette (see `puface detect --help`).")
-@click.option("--unmask", is_flag=True,
-              help="Universal masks (OPOM-style: one pattern on all of a person's photos): take each identity folder "
-                   "(IN/<person>/<image>) as one person, find a pattern its chips share and subtract it before "
-                   "purifying; folders without one are left as they are. Lists every folder in OUT/unmask.csv. "
-                   "Aligned chips in an image folder, local engine.")
+@click.option(
+    "--image-field",
+    default=None,
+    metavar="NAME",
+    help="Shards: the WebDataset field(s) to purify (e.g. jpg, or left.jpg,right.jpg; default: every image "
+    "field of a record: jpg/jpeg/png/webp/bmp, so name the faces to leave a mask or map alone) or the "
+    "Parquet column holding the image (default: found by name: image, img, ... or the first bytes / "
+    "{bytes, path} column; a file of several {bytes, path} columns needs one named).",
+)
+@click.option(
+    "--skip-cloaked",
+    is_flag=True,
+    help="Respect opt-outs: score every photo for a cloak first (`puface detect`) and leave out those judged "
+    "cloaked (listed in OUT/cloaked.csv); the others are purified as usual. Image folders, local engine.",
+)
+@click.option(
+    "--report",
+    is_flag=True,
+    help="Score every photo for a cloak as it is purified: OUT/detection.csv (per photo), "
+    "OUT/detection-identities.csv (share flagged per identity) and a summary at the end.",
+)
+@click.option(
+    "--detector",
+    "detector_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --skip-cloaked/--report: a detector file, or a shipped one (default, sharpen, edits; all calibrated "
+    "for the shipped purifier). Default: default.",
+)
+@click.option(
+    "--fpr",
+    type=float,
+    default=None,
+    help="With --skip-cloaked/--report: false-positive rate of the decision on natural photos (default 0.01).",
+)
+@click.option(
+    "--one-threshold",
+    is_flag=True,
+    help="With --skip-cloaked/--report: judge every image by the detector's default threshold, also chips "
+    "stored as 4:4:4 JPEG or with a palette (see `puface detect --help`).",
+)
+@click.option(
+    "--unmask",
+    is_flag=True,
+    help="Universal masks (OPOM-style: one pattern on all of a person's photos): take each identity folder "
+    "(IN/<person>/<image>) as one person, find a pattern its chips share and subtract it before "
+    "purifying; folders without one are left as they are. Lists every folder in OUT/unmask.csv. "
+    "Aligned chips in an image folder, local engine.",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, batch_size: int, resume: bool,
-           quality: int, io_workers: int, threads: int | None, rank: int | None, world_size: int | None,
-           stats_csv: Path | None, align: bool, largest_face: bool, template: str, engine: str, address: str | None,
-           workers: int | None, image_field: str | None, skip_cloaked: bool, report: bool,
-           detector_path: Path | None, fpr: float | None, one_threshold: bool, unmask: bool, step: float | None,
-           progress: bool) -> None:
+def purify(
+    in_path: Path,
+    out_root: Path,
+    weights: Path | None,
+    device: str,
+    batch_size: int,
+    resume: bool,
+    quality: int,
+    io_workers: int,
+    threads: int | None,
+    rank: int | None,
+    world_size: int | None,
+    stats_csv: Path | None,
+    align: bool,
+    largest_face: bool,
+    template: str,
+    engine: str,
+    address: str | None,
+    workers: int | None,
+    image_field: str | None,
+    skip_cloaked: bool,
+    report: bool,
+    detector_path: Path | None,
+    fpr: float | None,
+    one_threshold: bool,
+    unmask: bool,
+    step: float | None,
+    progress: bool,
+) -> None:
     """Remove cloaks from the images under IN and write them to OUT (same tree, names, formats and sizes).
 
-    Grayscale images stay grayscale and transparency (alpha) is kept; outputs have 8 bits per channel
-    (a 16-bit PNG or TIFF comes out 8-bit) and a palette (colour-table) image comes out RGB, since purified
-    colours do not fit its palette. EXIF, the ICC profile, the resolution (dpi) and a TIFF's compression are kept. Image files puface cannot read (GIF, HEIC, ...) are listed as
-    failed. OUT/purify_config.json records the settings its images depend on; resuming with other settings
-    is refused (--no-resume redoes every image), and so is an OUT that holds another command's outputs (cloak,
-    align) or that another puface process is writing into (other than the other ranks of one job).
+    Grayscale images stay grayscale and transparency (alpha) is kept; outputs have 8 bits per channel (a 16-bit PNG or
+    TIFF comes out 8-bit) and a palette (colour-table) image comes out RGB, since purified colours do not fit its
+    palette. EXIF, the ICC profile, the resolution (dpi) and a TIFF's compression are kept. Image files puface cannot
+    read (GIF, HEIC, ...) are listed as failed. OUT/purify_config.json records the settings its images depend on;
+    resuming with other settings is refused (--no-resume redoes every image), and so is an OUT that holds another
+    command's outputs (cloak, align) or that another puface process is writing into (other than the other ranks of one
+    job).
 
     Streams in batches (decoding and encoding overlap the computation), resumes where it stopped,
     prints images/s. The default purifier expects aligned face chips (like the LFW/dlib 150x150
@@ -231,8 +350,8 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
     datasets Image column), a folder of them, or a glob / brace pattern in quotes
     ('data/shard-{000000..000099}.tar'). OUT then gets shards of the same format and names with the same
     records, keys, order and other fields (labels kept); every image of a record is purified (see
-    --image-field); a record with an image that cannot be decoded is listed and left out; each shard is written under a temporary name and renamed when done, so a rerun
-    skips finished shards.
+    --image-field); a record with an image that cannot be decoded is listed and left out; each shard is
+    written under a temporary name and renamed when done, so a rerun skips finished shards.
 
     With --skip-cloaked or --report each photo is also scored for a cloak (the detector's purified
     image is the one written: no second purification).
@@ -266,9 +385,11 @@ def purify(in_path: Path, out_root: Path, weights: Path | None, device: str, bat
         raise PufaceError("--detector, --fpr and --one-threshold go with --skip-cloaked or --report")
     if unmask:
         if align or skip_cloaked or report or engine != "local" or is_shard_input(in_path):
-            raise PufaceError("--unmask works on aligned chips in identity folders on the local engine (a universal "
-                              "mask sits on the same pixels of every chip): not with --align, --skip-cloaked, --report, "
-                              "shards or --engine ray")
+            raise PufaceError(
+                "--unmask works on aligned chips in identity folders on the local engine (a universal "
+                "mask sits on the same pixels of every chip): not with --align, --skip-cloaked, --report, "
+                "shards or --engine ray"
+            )
         if not in_path.is_dir():
             raise PufaceError(f"{in_path}: --unmask needs a folder of identity folders")
         # after OUT's settings are checked: the step reads all of IN and writes OUT/unmask.csv

@@ -40,13 +40,28 @@ def replace_between_markers(text: str, table: str, where: str = "README") -> str
 @report.command("headline")
 @click.argument("runs", nargs=-1, required=True, type=RUN)
 @click.option("--puface", "puface_label", default="puface", show_default=True, help="Defense label of the purifier.")
-@click.option("--rows", type=click.Choice(["all", "white-box"]), default="all", show_default=True,
-              help="Which cells get a row (the means cover both settings either way).")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the Markdown here instead of printing it.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the numbers as JSON.")
-@click.option("--readme", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help=f"Put the table into this Markdown file between {README_START} and {README_END}.")
-def headline(runs: tuple[Path, ...], puface_label: str, rows: str, out: Path | None, json_path: Path | None, readme: Path | None) -> None:
+@click.option(
+    "--rows",
+    type=click.Choice(["all", "white-box"]),
+    default="all",
+    show_default=True,
+    help="Which cells get a row (the means cover both settings either way).",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Write the Markdown here instead of printing it."
+)
+@click.option(
+    "--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the numbers as JSON."
+)
+@click.option(
+    "--readme",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help=f"Put the table into this Markdown file between {README_START} and {README_END}.",
+)
+def headline(
+    runs: tuple[Path, ...], puface_label: str, rows: str, out: Path | None, json_path: Path | None, readme: Path | None
+) -> None:
     """The headline table of RUNS: per attack, victim and trainer, ASR and normal accuracy with no
     defense, with PuFace and with the best baseline (lowest mean white-box ASR, chosen once for the
     whole table). Several RUNS of one config (other --seed) are pooled from their results.csv, or from
@@ -62,7 +77,9 @@ def headline(runs: tuple[Path, ...], puface_label: str, rows: str, out: Path | N
     if json_path is not None:
         atomic_write_bytes(json_path, json.dumps(h, indent=2).encode("utf-8"))
     if readme is not None:
-        atomic_write_bytes(readme, replace_between_markers(readme.read_text(encoding="utf-8"), md, str(readme)).encode("utf-8"))
+        atomic_write_bytes(
+            readme, replace_between_markers(readme.read_text(encoding="utf-8"), md, str(readme)).encode("utf-8")
+        )
         click.echo(f"updated: {readme}")
     if readme is None or out is not None:
         _emit(md, out)
@@ -71,16 +88,33 @@ def headline(runs: tuple[Path, ...], puface_label: str, rows: str, out: Path | N
 @report.command("cells")
 @click.argument("mode", type=click.Choice(["defenses", "users", "repeats", "compare", "draws"]))
 @click.argument("runs", nargs=-1, required=True, type=RUN)
-@click.option("--attack", default=None, help="users: the attack label; defenses: only this attack's cells, one column each.")
+@click.option(
+    "--attack", default=None, help="users: the attack label; defenses: only this attack's cells, one column each."
+)
 @click.option("--users", "named", default="", help="users: comma-separated names of the first group.")
 @click.option("--defense", default="puface", show_default=True, help="users: the defense label.")
-@click.option("--quality", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
-              help="repeats: a folder of `bench/bench_purifier.py quality` JSONs (<defense label>.json).")
+@click.option(
+    "--quality",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="repeats: a folder of `bench/bench_purifier.py quality` JSONs (<defense label>.json).",
+)
 @click.option("--other", type=RUN, default=None, help="compare: the second output folder.")
 @click.option("--attack-suffix", default="", help="draws: only attack labels ending in this.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the Markdown here instead of printing it.")
-def cells(mode: str, runs: tuple[Path, ...], attack: str | None, named: str, defense: str, quality: Path | None,
-          other: Path | None, attack_suffix: str, out: Path | None) -> None:
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Write the Markdown here instead of printing it."
+)
+def cells(
+    mode: str,
+    runs: tuple[Path, ...],
+    attack: str | None,
+    named: str,
+    defense: str,
+    quality: Path | None,
+    other: Path | None,
+    attack_suffix: str,
+    out: Path | None,
+) -> None:
     """Per-cell summaries of RUNS that the report does not print.
 
     \b

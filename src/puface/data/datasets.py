@@ -52,23 +52,33 @@ def _find_johns() -> Path | None:
 
 DATASETS: dict[str, Dataset] = {
     "johns": Dataset(
-        "johns", "dlib's example set: 5 people x 11 aligned 150x150 chips (public-domain dedication)",
-        "fetched on first use from Debian's libdlib19.1 package (`puface data fetch johns`)", _fetch_johns, _find_johns),
+        "johns",
+        "dlib's example set: 5 people x 11 aligned 150x150 chips (public-domain dedication)",
+        "fetched on first use from Debian's libdlib19.1 package (`puface data fetch johns`)",
+        _fetch_johns,
+        _find_johns,
+    ),
     "lfw-chips150": Dataset(
-        "lfw-chips150", "LFW (deep-funneled) people with >= 5 photos as dlib-aligned 150x150 face chips, "
+        "lfw-chips150",
+        "LFW (deep-funneled) people with >= 5 photos as dlib-aligned 150x150 face chips, "
         "one folder per person (the benchmark's copy holds 391 of them, 4,743 chips)",
         "`puface data fetch lfw` (downloads LFW deep-funneled, 111 MB, and cuts the chips with `puface align`); "
         "offline: `puface data fetch lfw --tarball lfw-deepfunneled.tgz`, or pass --data DIR / put the folder "
-        "into $PUFACE_DATA"),
+        "into $PUFACE_DATA",
+    ),
     "lfw-arcface112": Dataset(
-        "lfw-arcface112", "the lfw-chips150 photos aligned to the ArcFace 112x112 five-point layout "
+        "lfw-arcface112",
+        "the lfw-chips150 photos aligned to the ArcFace 112x112 five-point layout "
         "(`puface align --template arcface112`), one folder per person",
         "`puface data fetch lfw --template arcface112` (offline: add --tarball lfw-deepfunneled.tgz), or "
-        "`puface align LFW_PEOPLE/ lfw-arcface112/ --template arcface112`"),
+        "`puface align LFW_PEOPLE/ lfw-arcface112/ --template arcface112`",
+    ),
     "lfw-photos": Dataset(
-        "lfw-photos", "the LFW (deep-funneled) photos of the people with >= 5 photos, 250x250, one folder per person: "
+        "lfw-photos",
+        "the LFW (deep-funneled) photos of the people with >= 5 photos, 250x250, one folder per person: "
         "the photos lfw-chips150 was cut from ([data] photos of the published-photo configs)",
-        "`puface data fetch lfw` keeps them next to the chips (offline: add --tarball lfw-deepfunneled.tgz)"),
+        "`puface data fetch lfw` keeps them next to the chips (offline: add --tarball lfw-deepfunneled.tgz)",
+    ),
 }
 
 

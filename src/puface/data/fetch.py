@@ -227,7 +227,9 @@ def extract_tar(archive: str | Path, dest: str | Path, *, log: Callable[[str], N
         if isinstance(e, OSError) and e.errno is not None:  # the folder written to (a full disk), not the archive
             raise PufaceError(f"{archive}: cannot unpack into {dest.parent} ({e.strerror or e}); make room there "
                               "and run the same command again") from None
-        raise PufaceError(f"{archive}: cannot unpack ({e}); the archive is damaged: delete it and fetch it again") from None
+        raise PufaceError(
+            f"{archive}: cannot unpack ({e}); the archive is damaged: delete it and fetch it again"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -53,7 +53,9 @@ def fetch_johns(quiet: bool = True) -> Path:
     if found is not None:
         return found
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
-        raise PufaceError(f"the default 'johns' data needs Debian's apt-get and dpkg, which are not here; {HOW_TO_POINT}")
+        raise PufaceError(
+            f"the default 'johns' data needs Debian's apt-get and dpkg, which are not here; {HOW_TO_POINT}"
+        )
     target = cached_johns_dir()
     with tempfile.TemporaryDirectory(prefix="puface-johns-") as tmp:
         tmpd = Path(tmp)

@@ -122,12 +122,16 @@ def scan_identities(
         if missing:
             raise PufaceError(f"{root}: identities not found (or with too few images): {', '.join(sorted(missing))}")
     if not images and sizes:
-        filters = f"min_images={min_images}" + (f", max_per_identity={max_per_identity}" if max_per_identity is not None else "")
+        filters = f"min_images={min_images}" + (
+            f", max_per_identity={max_per_identity}" if max_per_identity is not None else ""
+        )
         raise PufaceError(f"{root}: {len(sizes)} identity folder(s) with images found (the largest has {max(sizes)}), "
                           f"but none passes the filter ({filters})")
     if not images:
         loose = [p for p in root.iterdir() if p.is_file() and is_image_file(p)]
-        hint = " (images lie directly in it: put each person's images in a sub-folder named after them)" if loose else ""
+        hint = (
+            " (images lie directly in it: put each person's images in a sub-folder named after them)" if loose else ""
+        )
         deeper = None if loose else _holder_of_identities(root)
         if deeper is not None:
             hint = f" (identity folders lie one level down, in {deeper}: give that folder)"

@@ -55,7 +55,9 @@ def split_dataset(
         if len(images) < min_train + min_test:
             if drop_small:
                 continue
-            raise PufaceError(f"identity {identity!r} has {len(images)} images; a split needs at least {min_train + min_test}")
+            raise PufaceError(
+                f"identity {identity!r} has {len(images)} images; a split needs at least {min_train + min_test}"
+            )
         n_train, _ = split_counts(len(images), train_fraction, min_train, min_test)
         order = sorted(images)
         random.Random(stable_seed("split", seed, identity)).shuffle(order)
@@ -66,7 +68,9 @@ def split_dataset(
     return Split(train, test)
 
 
-def split_identities(identities: list[str], fraction: float, seed: int, tag: str = "identities") -> tuple[list[str], list[str]]:
+def split_identities(
+    identities: list[str], fraction: float, seed: int, tag: str = "identities"
+) -> tuple[list[str], list[str]]:
     """Split a list of identity names into two disjoint groups (first gets round(n*fraction)), seeded."""
     names = sorted(identities)
     random.Random(stable_seed(tag, seed)).shuffle(names)

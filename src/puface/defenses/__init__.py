@@ -5,11 +5,11 @@
     >>> defended = d(images)                           # (N, 3, H, W) in [0, 1] -> same
     >>> d.gradient_estimate(images, "exact")           # what an adaptive attacker differentiates
 
-Modules: `base` (the contract, composition, straight-through gradients), `registry` (names, specs),
-`pixel` (JPEG, blur, median, bit depth, noise, resize; sharpen, gamma, contrast: natural-photo variants), `purifier` (the PuFace purifier), `views` (keep
-several views of each photo, e.g. the photo and its purified version), `shared` (`unmask`: subtract a pattern
-that one person's photos share, a universal mask; group-wise), `randomized` (`random`: one of several defenses
-per photo, chosen by a private seed).
+Modules: `base` (the contract, composition, straight-through gradients), `registry` (names, specs), `pixel` (JPEG,
+blur, median, bit depth, noise, resize; sharpen, gamma, contrast: natural-photo variants), `purifier` (the PuFace
+purifier), `views` (keep several views of each photo, e.g. the photo and its purified version), `shared` (`unmask`:
+subtract a pattern that one person's photos share, a universal mask; group-wise), `randomized` (`random`: one of
+several defenses per photo, chosen by a private seed).
 """
 
 from .base import GRADIENTS, Compose, Composite, Defense, ModuleDefense, NoDefense

@@ -16,9 +16,9 @@ contrast   m + factor (x - m), m = the image's mean, clipped           factor (>
 palette    colour quantisation to a palette (8-bit PNG, GIF)           colors (2..256), mode
 =========  ==========================================================  ==================
 
-`sharpen`, `gamma`, `contrast` and `palette` remove nothing: they are what cameras and photo editors do to natural photos,
-registered here so that natural-photo variants (purifier and detector training, false-positive checks) are specs
-like the others.
+`sharpen`, `gamma`, `contrast` and `palette` remove nothing: they are what cameras and photo editors do to natural
+photos, registered here so that natural-photo variants (purifier and detector training, false-positive checks) are
+specs like the others.
 """
 
 from __future__ import annotations

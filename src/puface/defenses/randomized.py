@@ -34,7 +34,9 @@ class RandomChoice(Composite):
 
     def __init__(self, of: Sequence["Defense | str | dict"], seed: int = 0):
         if isinstance(of, (str, dict, Defense)) or len(of) < 2:
-            raise ConfigError('random: `of` lists at least two defenses (e.g. of = ["puface", "resize:factor=2+puface"])')
+            raise ConfigError(
+                'random: `of` lists at least two defenses (e.g. of = ["puface", "resize:factor=2+puface"])'
+            )
         self.branches = [create_defense(b) for b in of]
         for b in self.branches:
             if b.groupwise or b.kind in ("views", "random"):

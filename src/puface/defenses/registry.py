@@ -30,7 +30,9 @@ def register(cls: type[Defense]) -> type[Defense]:
 register(NoDefense)
 
 
-@DEFENSES.register("compose", doc="apply `steps` (defenses or specs) in order", fast={"steps": ["blur:sigma=1", "jpeg:quality=80"]})
+@DEFENSES.register(
+    "compose", doc="apply `steps` (defenses or specs) in order", fast={"steps": ["blur:sigma=1", "jpeg:quality=80"]}
+)
 def _compose(steps: Sequence["Defense | str | dict"]) -> Compose:
     if not steps:
         raise ConfigError("compose: needs at least one step")

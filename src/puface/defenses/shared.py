@@ -50,7 +50,14 @@ from ..utils.images import to_float, to_uint8
 from .base import Defense
 from .registry import register
 
-__all__ = ["SharedPatternRemoval", "shared_pattern_score", "highpass", "FolderPattern", "folder_patterns", "subtract_pattern"]
+__all__ = [
+    "SharedPatternRemoval",
+    "shared_pattern_score",
+    "highpass",
+    "FolderPattern",
+    "folder_patterns",
+    "subtract_pattern",
+]
 
 
 def highpass(images: torch.Tensor, k: int) -> torch.Tensor:
@@ -107,7 +114,9 @@ class SharedPatternRemoval(Defense):
 
     @property
     def name(self) -> str:
-        return "-".join(["unmask"] + [f"{self._SHORT[k]}{v:g}" for k, v in self.params.items() if v != self._DEFAULTS[k]])
+        return "-".join(
+            ["unmask"] + [f"{self._SHORT[k]}{v:g}" for k, v in self.params.items() if v != self._DEFAULTS[k]]
+        )
 
     def shared_pattern(self, images: torch.Tensor, chunk: int = 256) -> torch.Tensor | None:
         """The (1, 3, H, W) float pattern that would be subtracted from these photos of one person (float in [0, 1]
@@ -142,8 +151,12 @@ class FolderPattern:
     pattern: np.ndarray | None
 
     def row(self) -> dict:
-        return {"folder": self.folder, "photos": self.photos, "score": "" if self.score is None else round(self.score, 4),
-                "subtracted": int(self.pattern is not None)}
+        return {
+            "folder": self.folder,
+            "photos": self.photos,
+            "score": "" if self.score is None else round(self.score, 4),
+            "subtracted": int(self.pattern is not None),
+        }
 
 
 def folder_patterns(in_path: str | Path, defense: SharedPatternRemoval | None = None, *, progress: bool = True,
@@ -185,7 +198,10 @@ def folder_patterns(in_path: str | Path, defense: SharedPatternRemoval | None = 
         pattern = None if m is None else m[0].permute(1, 2, 0).numpy()
         out[rel] = FolderPattern(rel, len(group), d.last_score, (int(size[0]), int(size[1])), pattern)
         if m is not None and warn is not None:
-            warn(f"unmask: {rel}: {len(group)} photos share a pattern (score {d.last_score:.2f} > {d.params['tau']}): subtracted")
+            warn(
+                f"unmask: {rel}: {len(group)} photos share a pattern "
+                f"(score {d.last_score:.2f} > {d.params['tau']}): subtracted"
+            )
     return out
 
 

@@ -58,4 +58,6 @@ class Views(Composite):
         return self.views[-1].gradient_estimate(images, gradient)
 
 
-DEFENSES.register("views", doc=(Views.__doc__ or "").strip().splitlines()[0], fast={"of": ["none", "blur:sigma=1"]})(Views)
+DEFENSES.register("views", doc=(Views.__doc__ or "").strip().splitlines()[0], fast={"of": ["none", "blur:sigma=1"]})(
+    Views
+)

@@ -3,8 +3,8 @@
     >>> import puface
     >>> det = puface.load_detector()                  # the shipped, calibrated detector  # doctest: +SKIP
     >>> scores = det.score(images)                    # (N,) higher = more likely cloaked  # doctest: +SKIP
-    >>> det.is_cloaked(scores)                        # at the calibrated 1% false-positive rate  # doctest: +SKIP
-    >>> det.detect_folder("photos/", "scores.csv")    # a folder tree: scores CSV + per-identity summary  # doctest: +SKIP
+    >>> det.is_cloaked(scores)                        # at the calibrated 1% false-positive rate # doctest: +SKIP
+    >>> det.detect_folder("photos/", "scores.csv")    # a folder tree: scores CSV, per-identity summary # doctest: +SKIP
 
 Modules: `detector` (features, score, calibration, the file format), `net` (the small CNN on the
 purifier residual), `storage` (which calibration kinds judge a chip stored as JPEG or with a palette), `folder`
@@ -29,6 +29,18 @@ from .detector import (
 )
 from .net import ResidualNet, ResidualNetConfig
 
-__all__ = ["CloakDetector", "DetectorConfig", "ResidualNet", "ResidualNetConfig", "load_detector", "default_detector_path",
-           "detector_path", "threshold_at_fpr", "allowed_above", "min_calibration_size", "DEFAULT_FPR", "DEFAULT_CONFIDENCE",
-           "SHIPPED_DETECTORS"]
+__all__ = [
+    "CloakDetector",
+    "DetectorConfig",
+    "ResidualNet",
+    "ResidualNetConfig",
+    "load_detector",
+    "default_detector_path",
+    "detector_path",
+    "threshold_at_fpr",
+    "allowed_above",
+    "min_calibration_size",
+    "DEFAULT_FPR",
+    "DEFAULT_CONFIDENCE",
+    "SHIPPED_DETECTORS",
+]

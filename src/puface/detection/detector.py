@@ -51,9 +51,21 @@ from ..utils.version import __version__
 from .net import ResidualNet
 from .storage import is_storage_kind, kinds_for_storage
 
-__all__ = ["CloakDetector", "DetectorConfig", "threshold_at_fpr", "allowed_above", "checked_confidence", "min_calibration_size",
-           "default_detector_path", "detector_path", "load_detector", "FORMAT", "DEFAULT_FPR", "DEFAULT_CONFIDENCE",
-           "SHIPPED_DETECTORS"]
+__all__ = [
+    "CloakDetector",
+    "DetectorConfig",
+    "threshold_at_fpr",
+    "allowed_above",
+    "checked_confidence",
+    "min_calibration_size",
+    "default_detector_path",
+    "detector_path",
+    "load_detector",
+    "FORMAT",
+    "DEFAULT_FPR",
+    "DEFAULT_CONFIDENCE",
+    "SHIPPED_DETECTORS",
+]
 
 
 FORMAT = "puface-detector"
@@ -138,7 +150,9 @@ def min_calibration_size(fpr: float, confidence: float | None) -> int:
     return math.ceil(math.log1p(-confidence) / math.log1p(-fpr) - 1e-9)
 
 
-def threshold_at_fpr(natural_scores: Sequence[float] | np.ndarray | torch.Tensor, fpr: float, confidence: float | None = None) -> float:
+def threshold_at_fpr(
+    natural_scores: Sequence[float] | np.ndarray | torch.Tensor, fpr: float, confidence: float | None = None
+) -> float:
     """The smallest threshold t among `natural_scores` such that at most `allowed_above(n, fpr, confidence)` of
     them are > t (a chip is called cloaked when its score > t): without a confidence, at most a share `fpr`;
     with one, the rate holds on new photos with that probability. Too few scores give the largest one."""
@@ -172,16 +186,22 @@ class DetectorConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DetectorConfig":
-        return cls(embedders=tuple(d.get("embedders", ("dlib-resnet29",))),
-                   components=tuple(d.get("components", ("shift:dlib-resnet29",))),
-                   chip_size=int(d.get("chip_size", 150)), shift_floor=float(d.get("shift_floor", 1e-4)),
-                   net=d.get("net"), scalar_norm={k: (float(v[0]), float(v[1])) for k, v in (d.get("scalar_norm") or {}).items()})
+        return cls(
+            embedders=tuple(d.get("embedders", ("dlib-resnet29",))),
+            components=tuple(d.get("components", ("shift:dlib-resnet29",))),
+            chip_size=int(d.get("chip_size", 150)),
+            shift_floor=float(d.get("shift_floor", 1e-4)),
+            net=d.get("net"),
+            scalar_norm={k: (float(v[0]), float(v[1])) for k, v in (d.get("scalar_norm") or {}).items()},
+        )
 
     def check(self) -> None:
         for c in self.components:
             kind, _, arg = c.partition(":")
             if kind == "shift" and arg not in self.embedders:
-                raise PufaceError(f"detector component {c!r} names a face model not among its embedders {list(self.embedders)}")
+                raise PufaceError(
+                    f"detector component {c!r} names a face model not among its embedders {list(self.embedders)}"
+                )
             if kind == "net" and self.net is None:
                 raise PufaceError("detector component 'net' needs a net config")
             if kind not in ("shift", "net", "psnr"):
@@ -216,7 +236,9 @@ class CloakDetector(torch.nn.Module):
         self.config.check()
         self.purifier = purifier if purifier is not None else Purifier.load()
         given = dict(embedders or {})
-        self.embedders = torch.nn.ModuleDict({self._key(n): given.get(n) or load_embedder(n) for n in self.config.embedders})
+        self.embedders = torch.nn.ModuleDict(
+            {self._key(n): given.get(n) or load_embedder(n) for n in self.config.embedders}
+        )
         self.net = ResidualNet(self.config.net) if self.config.net is not None else None
         self.calibration: dict[str, Any] = dict(calibration or {})
         self.meta: dict[str, Any] = dict(meta or {})
@@ -431,7 +453,9 @@ class CloakDetector(torch.nn.Module):
                 raise ValueError(f"storage kinds {storage_kinds} are not all among the calibration kinds")
             for k in storage_kinds:
                 if not is_storage_kind(k):
-                    raise ValueError(f"kind {k!r}: a storage kind must end in a JPEG (jpeg:quality=...) or palette step")
+                    raise ValueError(
+                        f"kind {k!r}: a storage kind must end in a JPEG (jpeg:quality=...) or palette step"
+                    )
             base = torch.tensor([k not in storage_kinds for k in kinds])
             if not bool(base.any()):
                 raise ValueError("every calibration kind is a storage kind; the default threshold needs another")
@@ -503,7 +527,9 @@ class CloakDetector(torch.nn.Module):
         else:
             names.append(kind)
         self.calibration["natural_scores"] = torch.cat([old, new])
-        self.calibration["natural_kinds"] = torch.cat([codes, torch.full((len(new),), names.index(kind), dtype=torch.int64)])
+        self.calibration["natural_kinds"] = torch.cat(
+            [codes, torch.full((len(new),), names.index(kind), dtype=torch.int64)]
+        )
         self.calibration["kind_names"] = names
         only = [k for k in self.storage_kinds if k != kind] + ([kind] if storage else [])
         if only:
@@ -530,7 +556,9 @@ class CloakDetector(torch.nn.Module):
 
         self._need_calibration()
         path = Path(path)
-        tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in (self.net.state_dict().items() if self.net else [])}
+        tensors = {
+            f"net.{k}": v.detach().cpu().contiguous() for k, v in (self.net.state_dict().items() if self.net else [])
+        }
         for k in _CAL_TENSORS:
             if k in self.calibration:
                 tensors[f"calibration.{k}"] = torch.as_tensor(self.calibration[k]).contiguous()
@@ -560,7 +588,9 @@ class CloakDetector(torch.nn.Module):
         if meta.get("format") != FORMAT:
             raise PufaceError(f"{path}: not a puface detector (format {meta.get('format')!r})")
         if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise PufaceError(f"{path}: detector format {meta['format_version']} is newer than this puface; upgrade puface")
+            raise PufaceError(
+                f"{path}: detector format {meta['format_version']} is newer than this puface; upgrade puface"
+            )
         return meta, tensors
 
     @classmethod
@@ -572,10 +602,14 @@ class CloakDetector(torch.nn.Module):
         weights a warning."""
         given, path = path, detector_path(path)
         if not path.is_file() and (given is None or Path(given) != path):  # a shipped name
-            raise PufaceError(f"the shipped detector {path.name} is missing from this installation ({path}); reinstall puface")
+            raise PufaceError(
+                f"the shipped detector {path.name} is missing from this installation ({path}); reinstall puface"
+            )
         if not path.is_file():
-            raise PufaceError(f"{path}: detector file not found; give a detector file (`puface train-detector`, "
-                              f"`puface calibrate-detector`) or a shipped detector's name: {', '.join(SHIPPED_DETECTORS)}")
+            raise PufaceError(
+                f"{path}: detector file not found; give a detector file (`puface train-detector`, "
+                f"`puface calibrate-detector`) or a shipped detector's name: {', '.join(SHIPPED_DETECTORS)}"
+            )
         meta, tensors = cls.read_file(path)
         cal = dict(meta.get("calibration") or {})
         for k in _CAL_TENSORS:
@@ -592,10 +626,12 @@ class CloakDetector(torch.nn.Module):
             want = meta.get("fingerprints") or {}
             have = det.fingerprints()
             if want.get("purifier") and want["purifier"] != have["purifier"]:
-                raise PufaceError(f"{path}: calibrated with another purifier (fingerprint {want['purifier']}, this one "
-                                  f"{have['purifier']}); load it with that purifier (`--purifier FILE`; Python: `purifier=`; "
-                                  f"configs: [detection] purifier) or train a detector for this one "
-                                  f"(`puface train-detector --purifier FILE`)")
+                raise PufaceError(
+                    f"{path}: calibrated with another purifier (fingerprint {want['purifier']}, this one "
+                    f"{have['purifier']}); load it with that purifier (`--purifier FILE`; Python: `purifier=`; "
+                    f"configs: [detection] purifier) or train a detector for this one "
+                    f"(`puface train-detector --purifier FILE`)"
+                )
             for k, v in want.items():
                 if k.startswith("embedder:") and have.get(k) not in (None, v):
                     warnings.warn(f"{path}: face model {k[9:]} has other weights than at calibration "
@@ -604,7 +640,9 @@ class CloakDetector(torch.nn.Module):
         return det.to(resolve_device(device)) if device is not None else det
 
 
-def load_detector(path: str | Path | None = None, device: str | None = "cpu", purifier: Purifier | str | Path | None = None) -> CloakDetector:
+def load_detector(
+    path: str | Path | None = None, device: str | None = "cpu", purifier: Purifier | str | Path | None = None
+) -> CloakDetector:
     """A cloak detector with the purifier it was calibrated for: the shipped one (None or "default"), another
     shipped one by name ("sharpen", "edits"; `SHIPPED_DETECTORS`), or a detector file."""
     p = purifier if isinstance(purifier, Purifier) or purifier is None else Purifier.load(purifier)

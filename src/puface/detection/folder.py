@@ -37,8 +37,17 @@ from ..utils.images import tensor_to_image
 from .detector import CloakDetector, detector_path, load_detector
 from .storage import describe
 
-__all__ = ["detect_folder", "detect_batch_process", "purify_folder_detected", "calibrate_on_folder", "DetectReport", "identity_of",
-           "summarise_identities", "Thresholds", "chip_storage"]
+__all__ = [
+    "detect_folder",
+    "detect_batch_process",
+    "purify_folder_detected",
+    "calibrate_on_folder",
+    "DetectReport",
+    "identity_of",
+    "summarise_identities",
+    "Thresholds",
+    "chip_storage",
+]
 
 
 def _col(name: str) -> str:
@@ -86,8 +95,16 @@ def summarise_identities(rows: list[dict], root_name: str) -> list[dict]:
         rs = groups[ident]
         scores = [float(r["score"]) for r in rs]
         flagged = sum(int(r["cloaked"]) for r in rs)
-        out.append({"identity": ident, "images": len(rs), "flagged": flagged, "share_flagged": round(flagged / len(rs), 4),
-                    "mean_score": round(float(np.mean(scores)), 4), "max_score": round(float(np.max(scores)), 4)})
+        out.append(
+            {
+                "identity": ident,
+                "images": len(rs),
+                "flagged": flagged,
+                "share_flagged": round(flagged / len(rs), 4),
+                "mean_score": round(float(np.mean(scores)), 4),
+                "max_score": round(float(np.max(scores)), 4),
+            }
+        )
     return out
 
 
@@ -216,21 +233,28 @@ class DetectReport:
 
     def summary(self, verb: str = "scored") -> str:
         n, k = self.scored, self.flagged
-        lines = [self.job.summary(verb),
-                 f"cloak detection: {k} of {n} images judged cloaked ({k / max(n, 1):.1%}) at threshold {self.threshold:.4f} "
-                 f"(false-positive rate {self.fpr:.1%} on natural calibration photos)"]
+        lines = [
+            self.job.summary(verb),
+            f"cloak detection: {k} of {n} images judged cloaked ({k / max(n, 1):.1%}) "
+            f"at threshold {self.threshold:.4f} "
+            f"(false-positive rate {self.fpr:.1%} on natural calibration photos)",
+        ]
         if self.thresholds:
             count: dict[str, int] = {}
             for r in self.rows:
                 if r.get("score", "") != "" and r.get("storage") in self.thresholds:
                     count[r["storage"]] = count.get(r["storage"], 0) + 1
-            lines.append("chips judged against natural photos stored the same way (a higher threshold): "
-                         + "; ".join(f"{describe(st)} {t:.4f} ({count.get(st, 0)})" for st, t in self.thresholds.items()))
+            lines.append(
+                "chips judged against natural photos stored the same way (a higher threshold): "
+                + "; ".join(f"{describe(st)} {t:.4f} ({count.get(st, 0)})" for st, t in self.thresholds.items())
+            )
         if n >= 5 and k / n > max(0.05, 10 * self.fpr):
-            lines.append(f"that is far above the {self.fpr:.1%} expected of natural photos: many photos are cloaked, or they "
-                         "come from a source unlike the calibration photos (edited: sharpened, more contrast, other gamma; "
-                         "other cameras). Compare with `--detector edits`, or calibrate on natural photos of this source "
-                         "(`puface calibrate-detector`).")
+            lines.append(
+                f"that is far above the {self.fpr:.1%} expected of natural photos: many photos are cloaked, or they "
+                "come from a source unlike the calibration photos (edited: sharpened, more contrast, other gamma; "
+                "other cameras). Compare with `--detector edits`, or calibrate on natural photos of this source "
+                "(`puface calibrate-detector`)."
+            )
         if self.gone:
             lines.append(f"{self.gone} row(s) of an earlier run for files no longer in the input dropped")
         noface = [r for r in self.rows if r.get("score", "") == ""]
@@ -243,7 +267,9 @@ class DetectReport:
             if len(top) > 20:
                 lines.append(f"  ... {len(top) - 20} more in {self.identities_csv}")
         if self.scores_csv:
-            lines.append(f"scores: {self.scores_csv}" + (f"; per identity: {self.identities_csv}" if self.identities_csv else ""))
+            lines.append(
+                f"scores: {self.scores_csv}" + (f"; per identity: {self.identities_csv}" if self.identities_csv else "")
+            )
         return "\n".join(lines)
 
 
@@ -271,9 +297,15 @@ def _chip_features(det: CloakDetector, arrays: list[np.ndarray], batch_size: int
     return {k: torch.cat(v)[inv] for k, v in feats.items()}, torch.cat(purified)[inv]
 
 
-def _row(det: CloakDetector, feats: dict[str, torch.Tensor], i: int, threshold: Thresholds, storage: str = "") -> dict[str, Any]:
+def _row(
+    det: CloakDetector, feats: dict[str, torch.Tensor], i: int, threshold: Thresholds, storage: str = ""
+) -> dict[str, Any]:
     s = float(feats["score"][i])
-    row: dict[str, Any] = {"score": _score_text(s), "cloaked": decide(s, threshold(storage)), "psnr": _fmt(feats["psnr"][i], 3)}
+    row: dict[str, Any] = {
+        "score": _score_text(s),
+        "cloaked": decide(s, threshold(storage)),
+        "psnr": _fmt(feats["psnr"][i], 3),
+    }
     for e in det.config.embedders:
         row[f"shift_{e}"] = _fmt(feats[f"shift:{e}"][i])
     if det.net is not None:
@@ -372,7 +404,9 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         det = _prepare_detector(detector, weights, device, purifier)
         thresholds = Thresholds(det, fpr, one_threshold)
         fpr_v = det.default_fpr if fpr is None else float(fpr)
-        fields = ["path", "score", "cloaked", *feature_columns(det)] + (["faces"] if align else []) + ["storage", "note"]
+        fields = (
+            ["path", "score", "cloaked", *feature_columns(det)] + (["faces"] if align else []) + ["storage", "note"]
+        )
         state = _state_path(out_csv)
         det_id = det.fingerprint()
         run = {"input": str(in_path.resolve()), "align": align, "largest_face": largest_face}
@@ -393,9 +427,14 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
 
             from ..io.raydata import run_ray_job
 
-            # each actor loads the detector file itself (None: the shipped one; a shipped name travels as its file), so Ray can restart a lost actor from
-            # small arguments; a detector given as an object, or with its own purifier, travels as a CPU copy
-            what = copy.deepcopy(det).cpu() if detector is not None or purifier is not None else (str(detector_path(weights).resolve()) if weights else None)
+            # each actor loads the detector file itself (None: the shipped one; a shipped name travels as its file),
+            # so Ray can restart a lost actor from small arguments; a detector given as an object, or with its own
+            # purifier, travels as a CPU copy
+            what = (
+                copy.deepcopy(det).cpu()
+                if detector is not None or purifier is not None
+                else (str(detector_path(weights).resolve()) if weights else None)
+            )
             factory = partial(detect_batch_process, what, str(det.device), fpr, batch_size, align, largest_face, fields,
                               one_threshold)
             job = run_ray_job(jobs, factory, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
@@ -413,9 +452,14 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
 #: them) when no palette calibration kind judges it (a detector without one, a photo with `align`, a chip of another
 #: size, `one_threshold`): the quantisation moves it under purification as a cloak does, so the detectors flag nearly
 #: all such natural photos at their default threshold (bench/results/detect-palette.md).
-PALETTE_NOTE = "palette image (<= 256 colours): its colour quantisation scores like a cloak, so the decision says little"
+PALETTE_NOTE = (
+    "palette image (<= 256 colours): its colour quantisation scores like a cloak, so the decision says little"
+)
 #: ... and when the palette kinds judge it: natural palette photos pass, and so do most cloaks.
-PALETTE_KIND_NOTE = "palette image (<= 256 colours): judged against natural palette photos, which score like cloaks: few cloaks are caught"
+PALETTE_KIND_NOTE = (
+    "palette image (<= 256 colours): judged against natural palette photos, which score like cloaks: "
+    "few cloaks are caught"
+)
 
 
 def _palette_kind_judged(thresholds: Thresholds, storage: str) -> bool:
@@ -426,7 +470,11 @@ def _note(item: LoadedImage, thresholds: Thresholds, aligned: bool = False) -> s
     """A row's note on the file: whether a palette image was judged by the palette kinds or not."""
     if not item.palette:
         return ""
-    return PALETTE_KIND_NOTE if not aligned and _palette_kind_judged(thresholds, chip_storage(thresholds.det, item)) else PALETTE_NOTE
+    return (
+        PALETTE_KIND_NOTE
+        if not aligned and _palette_kind_judged(thresholds, chip_storage(thresholds.det, item))
+        else PALETTE_NOTE
+    )
 
 
 def detect_batch_process(det: CloakDetector | str | None, device: str | None, fpr: float | None, batch_size: int,
@@ -505,7 +553,10 @@ def _finish(out_csv: Path, fields: list[str], thresholds: Thresholds, fpr: float
                 now = decide(float(r["score"]), thresholds(r.get("storage", "")))
                 changed += str(r.get("cloaked")) != str(now)
                 r["cloaked"] = now
-            if r.get("note") in (PALETTE_NOTE, PALETTE_KIND_NOTE):  # a resume with(out) --one-threshold: the note follows
+            if r.get("note") in (
+                PALETTE_NOTE,
+                PALETTE_KIND_NOTE,
+            ):  # a resume with(out) --one-threshold: the note follows
                 note = PALETTE_KIND_NOTE if _palette_kind_judged(thresholds, r.get("storage", "")) else PALETTE_NOTE
                 changed += r["note"] != note
                 r["note"] = note
@@ -524,13 +575,29 @@ def _finish(out_csv: Path, fields: list[str], thresholds: Thresholds, fpr: float
     return rep
 
 
-def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cloaked: bool, detector: CloakDetector | None = None,
-                           detector_weights: str | Path | None = None, device: str | None = None, fpr: float | None = None,
-                           batch_size: int = 16, resume: bool = True, rank: int = 0, world_size: int = 1,
-                           quality: int = 95, io_workers: int = 2, progress: bool = True, align: bool = False,
-                           largest_face: bool = False, scores_csv: str | Path | None = None,
-                           weights: str | Path | None = None, step: float | None = None,
-                           one_threshold: bool = False) -> DetectReport:
+def purify_folder_detected(
+    in_path: str | Path,
+    out_path: str | Path,
+    *,
+    skip_cloaked: bool,
+    detector: CloakDetector | None = None,
+    detector_weights: str | Path | None = None,
+    device: str | None = None,
+    fpr: float | None = None,
+    batch_size: int = 16,
+    resume: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    quality: int = 95,
+    io_workers: int = 2,
+    progress: bool = True,
+    align: bool = False,
+    largest_face: bool = False,
+    scores_csv: str | Path | None = None,
+    weights: str | Path | None = None,
+    step: float | None = None,
+    one_threshold: bool = False,
+) -> DetectReport:
     """Purify every image under `in_path` into the mirrored tree `out_path`, scoring each for a cloak first.
 
     skip_cloaked: photos judged cloaked are left out (not written; listed in OUT/cloaked.csv), so a
@@ -555,7 +622,11 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
     threshold = Thresholds(det, fpr, one_threshold)
     fpr_v = det.default_fpr if fpr is None else float(fpr)
     scores = Path(scores_csv) if scores_csv else out_path / "detection.csv"
-    fields = ["path", "status", "score", "cloaked", *feature_columns(det)] + (["faces"] if align else []) + ["storage", "note"]
+    fields = (
+        ["path", "status", "score", "cloaked", *feature_columns(det)]
+        + (["faces"] if align else [])
+        + ["storage", "note"]
+    )
     det_id = det.fingerprint()
     from ..purifier.folder import make_batch_process, open_output, purify_settings
     from ..purifier.model import Purifier, as_layouts, is_shipped, job_step
@@ -567,8 +638,15 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
     serving = {**as_layouts(layouts), det.purifier.template: det.purifier}
     left_out = ({"detector": det_id, "threshold": round(float(threshold.default), 6), "by_storage": not one_threshold}
                 if skip_cloaked else None)
-    finish = open_output(out_path, purify_settings(in_path, serving, align=align, largest_face=largest_face, quality=quality,
-                                                   step=step, skip_cloaked=left_out), resume, rank, world_size)
+    finish = open_output(
+        out_path,
+        purify_settings(
+            in_path, serving, align=align, largest_face=largest_face, quality=quality, step=step, skip_cloaked=left_out
+        ),
+        resume,
+        rank,
+        world_size,
+    )
     with finish.on_failure():
         previous = _start_rows(scores, fields, resume, {j.rel.as_posix() for j in jobs} if world_size > 1 else None)
         skipped = {r["path"] for r in previous if r.get("status") == "skip"}
@@ -594,7 +672,11 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
                 out = images[i]
                 note = _note(it, threshold)
                 if skip_cloaked and row["cloaked"]:
-                    outs.append(Outcome.skip(f"judged cloaked (score {row['score']} > {threshold(storage):.4f})", **row, note=note))
+                    outs.append(
+                        Outcome.skip(
+                            f"judged cloaked (score {row['score']} > {threshold(storage):.4f})", **row, note=note
+                        )
+                    )
                 else:
                     outs.append(Outcome.ok(out, **row, note=note))
             return outs
@@ -609,15 +691,29 @@ def purify_folder_detected(in_path: str | Path, out_path: str | Path, *, skip_cl
 
             process = align_adapter(chip_process, chip_size=150, no_face="copy", largest_face=largest_face,
                                     skip_photo=skip_photo, merge_stats=_merge_face_stats)
-        job = run_folder_job(jobs, keep_input_mode(process), batch_size=batch_size, resume=resume, desc="detecting + purifying",
-                             verb="purified", stats_csv=scores, quality=quality, io_workers=io_workers, progress=progress,
-                             # done: purified and scored (an output written without --report is scored again), or left out
-                             is_done=lambda j: (j.dst.is_file() and j.rel.as_posix() in scored) or j.rel.as_posix() in skipped,
-                             stats_fields=fields,
-                             stats_key="path")
+        job = run_folder_job(
+            jobs,
+            keep_input_mode(process),
+            batch_size=batch_size,
+            resume=resume,
+            desc="detecting + purifying",
+            verb="purified",
+            stats_csv=scores,
+            quality=quality,
+            io_workers=io_workers,
+            progress=progress,
+            # done: purified and scored (an output written without --report is scored again), or left out
+            is_done=lambda j: (j.dst.is_file() and j.rel.as_posix() in scored) or j.rel.as_posix() in skipped,
+            stats_fields=fields,
+            stats_key="path",
+        )
         rep = _finish(scores, fields, threshold, fpr_v, job, in_path, out_path / "detection-identities.csv", det_id,
                       current=current)
-        cloaked = [{"path": r["path"], "score": r["score"], "status": r.get("status", "")} for r in rep.rows if str(r.get("cloaked")) == "1"]
+        cloaked = [
+            {"path": r["path"], "score": r["score"], "status": r.get("status", "")}
+            for r in rep.rows
+            if str(r.get("cloaked")) == "1"
+        ]
         _write_csv(out_path / "cloaked.csv", cloaked, ["path", "score", "status"])
     finish()
     return rep

@@ -23,8 +23,15 @@ from __future__ import annotations
 from ..io.images import jpeg_storage
 from ..utils.errors import PufaceError
 
-__all__ = ["parse_storage", "last_step", "kinds_for_storage", "storage_of_kind", "is_storage_kind", "JPEG_QUALITY_SLACK",
-           "describe"]
+__all__ = [
+    "parse_storage",
+    "last_step",
+    "kinds_for_storage",
+    "storage_of_kind",
+    "is_storage_kind",
+    "JPEG_QUALITY_SLACK",
+    "describe",
+]
 
 #: A JPEG file below its subsampling's lowest calibrated quality is judged by that quality's kinds when it is at most
 #: this much below (JPEG artefacts grow as the quality falls, so a file far below the calibrated ones gets the default).
@@ -94,7 +101,8 @@ def kinds_for_storage(kind_names: list[str], storage: str) -> list[str] | None:
 
 
 def storage_of_kind(kind: str) -> str:
-    """The storage string a kind's last step makes ("natural:jpeg:quality=75" -> "jpeg:quality=75,subsampling=4:2:0")."""
+    """The storage string a kind's last step makes
+    ("natural:jpeg:quality=75" -> "jpeg:quality=75,subsampling=4:2:0")."""
     step, params = last_step(kind)
     if step == "jpeg":
         return jpeg_storage(params.get("quality", "75"), params.get("subsampling", "4:2:0"))

@@ -38,7 +38,8 @@ class ContentCache:
             self._db.execute("PRAGMA journal_mode=WAL")
         for kind in self.KINDS:
             self._db.execute(
-                f"CREATE TABLE IF NOT EXISTS {kind} (ns TEXT, key TEXT, dtype TEXT, shape TEXT, data BLOB, PRIMARY KEY (ns, key))"
+                f"CREATE TABLE IF NOT EXISTS {kind} "
+                "(ns TEXT, key TEXT, dtype TEXT, shape TEXT, data BLOB, PRIMARY KEY (ns, key))"
             )
         self._db.commit()
 
@@ -67,7 +68,15 @@ class ContentCache:
         for key, a in items.items():
             a = np.ascontiguousarray(a)
             raw = a.tobytes()
-            rows.append((namespace, key, a.dtype.str, "x".join(map(str, a.shape)), zlib.compress(raw, 1) if kind == "images" else raw))
+            rows.append(
+                (
+                    namespace,
+                    key,
+                    a.dtype.str,
+                    "x".join(map(str, a.shape)),
+                    zlib.compress(raw, 1) if kind == "images" else raw,
+                )
+            )
         with self._db:
             self._db.executemany(f"INSERT OR REPLACE INTO {kind} VALUES (?, ?, ?, ?, ?)", rows)
 

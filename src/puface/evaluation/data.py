@@ -44,7 +44,9 @@ class LabelledImages:
         return np.flatnonzero(self.labels == identity)
 
 
-def load_labelled(items: Sequence[FaceImage], size: int, *, progress: bool = False, desc: str = "loading") -> LabelledImages:
+def load_labelled(
+    items: Sequence[FaceImage], size: int, *, progress: bool = False, desc: str = "loading"
+) -> LabelledImages:
     """Decode `items` to uint8 at size x size; unreadable files are left out with a warning naming them."""
     paths = [im.path for im in items]
     chunks: list[torch.Tensor] = []
@@ -124,7 +126,9 @@ def choose_users(
             raise PufaceError(f"protected user(s) not in the data (or with too few images): {', '.join(missing)}")
         return list(dict.fromkeys(names))
     excluded = set(exclude)
-    candidates = sorted(k for k in n_train if n_train[k] >= min_train and n_test.get(k, 0) >= min_test and k not in excluded)
+    candidates = sorted(
+        k for k in n_train if n_train[k] >= min_train and n_test.get(k, 0) >= min_test and k not in excluded
+    )
     if count is None:
         count = 1
     if count > len(candidates):

@@ -117,23 +117,37 @@ def summarise_detection(per_seed: dict[int, dict[str, dict[str, Any]]], detector
         })
         roc[a] = roc_points(nat, cl)
     splits = {s[a].get("split", "training") for s in per_seed.values() for a in s}
-    return {"rows": rows, "roc": roc, "threshold": thr, "cloaked_split": " / ".join(sorted(splits)) or "training",
-            "fpr_target": detector.default_fpr if fpr is None else float(fpr), "confidence": detector.default_confidence,
-            "detector": detector.fingerprint()}
+    return {
+        "rows": rows,
+        "roc": roc,
+        "threshold": thr,
+        "cloaked_split": " / ".join(sorted(splits)) or "training",
+        "fpr_target": detector.default_fpr if fpr is None else float(fpr),
+        "confidence": detector.default_confidence,
+        "detector": detector.fingerprint(),
+    }
 
 
 def detection_markdown(det: dict[str, Any]) -> str:
     """The detection table for table.md / the report."""
     conf = det.get("confidence")
     held = f", held with {conf:.0%} confidence on each kind of calibration photo" if conf else ""
-    lines = ["## Cloak detection", "",
-             f"Detector threshold {det['threshold']:.4f} (calibrated to {det['fpr_target']:.1%} false positives on natural "
-             f"photos of identities the evaluation never protects{held}). Natural = training photos of the identities that are "
-             f"not protected users; cloaked = the protected users' cloaked {det.get('cloaked_split', 'training')} photos. "
-             "TPR and FPR at the calibrated "
-             "threshold; TPR @1% FPR = at the threshold giving 1% false positives on these natural photos.", "",
-             "| attack | natural | cloaked | AUC | TPR (%) | FPR (%) | TPR @1% FPR (%) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Cloak detection",
+        "",
+        f"Detector threshold {det['threshold']:.4f} (calibrated to {det['fpr_target']:.1%} false positives on natural "
+        f"photos of identities the evaluation never protects{held}). "
+        "Natural = training photos of the identities that are "
+        f"not protected users; cloaked = the protected users' cloaked {det.get('cloaked_split', 'training')} photos. "
+        "TPR and FPR at the calibrated "
+        "threshold; TPR @1% FPR = at the threshold giving 1% false positives on these natural photos.",
+        "",
+        "| attack | natural | cloaked | AUC | TPR (%) | FPR (%) | TPR @1% FPR (%) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in det["rows"]:
-        lines.append(f"| {md_cell(r['attack'])} | {r['n_natural']} | {r['n_cloaked']} | {r['auc']:.4f} | {100 * r['tpr']:.1f} | "
-                     f"{100 * r['fpr']:.2f} | {100 * r['tpr_at_1pct']:.1f} |")
+        lines.append(
+            f"| {md_cell(r['attack'])} | {r['n_natural']} | {r['n_cloaked']} | {r['auc']:.4f} | {100 * r['tpr']:.1f} | "
+            f"{100 * r['fpr']:.2f} | {100 * r['tpr_at_1pct']:.1f} |"
+        )
     return "\n".join(lines)

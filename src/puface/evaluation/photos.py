@@ -64,7 +64,9 @@ class PhotoPath:
         self.photos = Path(photos)
         self.chips = Path(chips)
         if not self.photos.is_dir():
-            raise PufaceError(f"{self.photos}: photo folder not found ([data] photos: the photos the chips were cut from)")
+            raise PufaceError(
+                f"{self.photos}: photo folder not found ([data] photos: the photos the chips were cut from)"
+            )
         self.size = int(size)
         self.feather = float(feather)
         self.refine_steps = int(refine_steps)
@@ -131,7 +133,9 @@ class PhotoPath:
         delta = image.astype(np.int16) - natural.astype(np.int16)
         if delta.any():
             out = np.clip(face.chip.astype(np.int16) + delta, 0, 255).astype(np.uint8)
-            photo = paste_back(photo, [(face.transform, face.chip, out)], feather=self.feather, refine_steps=self.refine_steps)
+            photo = paste_back(
+                photo, [(face.transform, face.chip, out)], feather=self.feather, refine_steps=self.refine_steps
+            )
         if self.jpeg is not None:
             photo = np.asarray(Image.open(io.BytesIO(encode_image(photo, "JPEG", quality=self.jpeg))).convert("RGB"))
         return photo
@@ -158,13 +162,18 @@ class PhotoPath:
                                 feather=self.feather, refine_steps=self.refine_steps)
 
         def run(photos: Sequence[np.ndarray]) -> list[np.ndarray]:
-            jobs = [LoadedImage(FileJob(Path(f"p{i}.png"), Path(f"p{i}.png"), Path(f"p{i}.png")), p) for i, p in enumerate(photos)]
+            jobs = [
+                LoadedImage(FileJob(Path(f"p{i}.png"), Path(f"p{i}.png"), Path(f"p{i}.png")), p)
+                for i, p in enumerate(photos)
+            ]
             outs = process(jobs)
             return [o.image if o.status == "ok" and o.image is not None else p for o, p in zip(outs, photos)]
 
         return run
 
-    def __call__(self, defense: Defense, chips: Sequence[str | Path], naturals: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, defense: Defense, chips: Sequence[str | Path], naturals: torch.Tensor, images: torch.Tensor
+    ) -> torch.Tensor:
         """Published, defended, cut again: uint8 (N, 3, S, S) images of `chips` (their natural chips `naturals`,
         uint8 (N, 3, S, S)) -> uint8 (N, 3, S, S)."""
         nat = naturals.permute(0, 2, 3, 1).numpy()
@@ -184,13 +193,17 @@ class PhotoProtocol(Protocol):
         super().__init__(*args, **kwargs)
         train = self.data.train
         # content hash -> (chip file, natural chip): the natural training chips, and each cloak as it is made
-        self._source: dict[str, tuple[Path, torch.Tensor]] = {h: (p, train.images[i]) for i, (p, h) in enumerate(zip(train.paths, train.hashes))}
+        self._source: dict[str, tuple[Path, torch.Tensor]] = {
+            h: (p, train.images[i]) for i, (p, h) in enumerate(zip(train.paths, train.hashes))
+        }
 
     def _check(self) -> None:
         super()._check()
         for label, d in self.defenses.items():
             if d.groupwise:
-                raise PufaceError(f"defense {label}: group-wise defenses are not run on published photos ([data] photos)")
+                raise PufaceError(
+                    f"defense {label}: group-wise defenses are not run on published photos ([data] photos)"
+                )
 
     def cloak(self, spec, user: str) -> torch.Tensor:
         x = super().cloak(spec, user)

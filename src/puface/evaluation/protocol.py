@@ -191,7 +191,13 @@ class Protocol:
         self.examples_per_user = examples_per_user
         self.batch_size = batch_size
         self.progress = progress
-        self.timings: dict[str, float] = {"load_s": 0.0, "cloak_s": 0.0, "defend_s": 0.0, "embed_s": 0.0, "train_s": 0.0}
+        self.timings: dict[str, float] = {
+            "load_s": 0.0,
+            "cloak_s": 0.0,
+            "defend_s": 0.0,
+            "embed_s": 0.0,
+            "train_s": 0.0,
+        }
         self.examples: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
         self.quality: dict[tuple[str, str, str], dict[str, list[float]]] = {}
         self._fingerprints = {v: emb.embedding_key() for v, emb in self.victims.items()}
@@ -203,7 +209,10 @@ class Protocol:
         for label_set, what in ((self.victims, "victim"), (self.defenses, "defense")):
             if not label_set:
                 raise PufaceError(f"the evaluation needs at least one {what}")
-        for what, labels in (("attack", [a.label for a in self.attacks]), ("trainer", [t.label for t in self.trainers])):
+        for what, labels in (
+            ("attack", [a.label for a in self.attacks]),
+            ("trainer", [t.label for t in self.trainers]),
+        ):
             if not labels:
                 raise PufaceError(f"the evaluation needs at least one {what}")
             dup = {x for x in labels if labels.count(x) > 1}
@@ -259,7 +268,11 @@ class Protocol:
             if self.cache is not None:
                 self.cache.put("embeddings", ns, fresh)
             found.update(fresh)
-        out = torch.from_numpy(np.stack([found[h] for h in hashes])) if len(hashes) else torch.empty(0, emb_model.embedding_dim)
+        out = (
+            torch.from_numpy(np.stack([found[h] for h in hashes]))
+            if len(hashes)
+            else torch.empty(0, emb_model.embedding_dim)
+        )
         self.timings["embed_s"] += time.perf_counter() - t0
         return out
 
@@ -323,7 +336,9 @@ class Protocol:
             todo = [missing[s : s + self.batch_size] for s in range(0, len(missing), self.batch_size)]
         fresh = {}
         if len(todo) > 1 and self.progress:
-            todo = self._bar(todo, desc=f"{desc} {label}", unit="batch" if not defense.groupwise else "person", leave=False)
+            todo = self._bar(
+                todo, desc=f"{desc} {label}", unit="batch" if not defense.groupwise else "person", leave=False
+            )
         for idx_np in todo:
             idx = torch.from_numpy(np.asarray(idx_np, dtype=np.int64))
             y = batch(idx)
@@ -380,7 +395,9 @@ class Protocol:
                 outs.append(attack.run(batch).images if hasattr(attack, "run") else attack(batch))
             x = torch.cat(outs)
             if tuple(x.shape) != tuple(natural.shape):
-                raise PufaceError(f"attack {spec.label} changed the image shape {tuple(natural.shape)} -> {tuple(x.shape)}")
+                raise PufaceError(
+                    f"attack {spec.label} changed the image shape {tuple(natural.shape)} -> {tuple(x.shape)}"
+                )
         self.timings["cloak_s"] += time.perf_counter() - t0
         return to_uint8(x)
 
@@ -396,9 +413,11 @@ class Protocol:
 
     # ------------------------------------------------------------------ what the report keeps
 
-    def _record_quality(self, attack: str, defense: str, user: str, images: torch.Tensor, natural: torch.Tensor) -> None:
-        """PSNR (dB, capped at PSNR_CAP = 99: identical images) and SSIM of a user's (cloaked, defended) training images against the
-        natural ones, in `quality[attack, defense, user]` (and passed to `on_quality`)."""
+    def _record_quality(
+        self, attack: str, defense: str, user: str, images: torch.Tensor, natural: torch.Tensor
+    ) -> None:
+        """PSNR (dB, capped at PSNR_CAP = 99: identical images) and SSIM of a user's (cloaked, defended) training
+        images against the natural ones, in `quality[attack, defense, user]` (and passed to `on_quality`)."""
         x, y = to_float(images), to_float(natural)
         q = {"psnr": psnr(x, y, cap=PSNR_CAP).tolist(), "ssim": ssim(x, y).tolist()}
         self.quality[attack, defense, user] = q
@@ -530,7 +549,9 @@ class Protocol:
             out.append(self._result(rid, a, v, t, d, u, pred, wall))
         return out
 
-    def _result(self, rid: str, a: AttackSpec, v: str, t: TrainerSpec, d: str, u: str, pred: np.ndarray, wall: float) -> dict:
+    def _result(
+        self, rid: str, a: AttackSpec, v: str, t: TrainerSpec, d: str, u: str, pred: np.ndarray, wall: float
+    ) -> dict:
         """One result row (scores of the test predictions `pred`), recorded as done and passed to `on_result`."""
         train = self.data.train
         row = {
@@ -579,8 +600,10 @@ class QueryProtocol(Protocol):
                               "has no meaning for query-time probes; use it with the training-time protocol")
         grouped = [label for label, d in self.defenses.items() if any(v.groupwise for v in _views(d))]
         if grouped:
-            raise PufaceError(f"defense(s) {', '.join(grouped)}: group-wise (each person's photos together); at query "
-                              "time the defender does not know whose probe it is: use it with the training-time protocol")
+            raise PufaceError(
+                f"defense(s) {', '.join(grouped)}: group-wise (each person's photos together); at query "
+                "time the defender does not know whose probe it is: use it with the training-time protocol"
+            )
 
     def _gallery_model(self, v: str, t: TrainerSpec) -> Trainer:
         """Trainer `t` on victim `v` fitted on the clean gallery (once)."""

@@ -24,14 +24,17 @@ from ..utils.images import image_to_tensor, tensor_to_image
 from ..utils.metrics import psnr, ssim
 
 CSS = """
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
-h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; } h3 { margin-top: 1.4em; }
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1200px;
+       color: #222; padding: 0 1em; }
+h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+h3 { margin-top: 1.4em; }
 table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 13px; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; } th { background: #f3f3f3; }
 td:first-child, th:first-child { text-align: left; }
 .meta { color: #555; } .chart { max-width: 100%; }
 .grid { display: grid; gap: 10px; margin: .5em 0 1.5em; }
-figure { margin: 0; text-align: center; font-size: 12px; } figure img { width: 150px; height: 150px; image-rendering: auto; border: 1px solid #ddd; }
+figure { margin: 0; text-align: center; font-size: 12px; }
+figure img { width: 150px; height: 150px; image-rendering: auto; border: 1px solid #ddd; }
 figcaption { color: #444; }
 """
 
@@ -70,7 +73,11 @@ def markdown_to_html(md: str) -> str:
                 block.append([c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", row)])
                 i += 1
             head, body = block[0], [r for r in block[1:] if not all(set(c) <= set("-: ") for c in r)]
-            out.append('<table class="results"><thead><tr>' + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr></thead><tbody>")
+            out.append(
+                '<table class="results"><thead><tr>'
+                + "".join(f"<th>{inline(c)}</th>" for c in head)
+                + "</tr></thead><tbody>"
+            )
             out += ["<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in body]
             out.append("</tbody></table>")
             continue
@@ -197,7 +204,9 @@ def _load(out_dir: Path, rel: str) -> torch.Tensor:
     return image_to_tensor(read_image(out_dir / rel))
 
 
-def image_grids(out_dir: Path, examples: dict[str, dict[str, list[str]]], amplification: float, max_users: int = 3) -> str:
+def image_grids(
+    out_dir: Path, examples: dict[str, dict[str, list[str]]], amplification: float, max_users: int = 3
+) -> str:
     """HTML figures for each (seed/user/attack) with a cloak: natural, cloaked, amplified
     (clip(x + k (x_c - x))), and each learned or baseline defense applied to the cloaked image."""
     blocks = []
@@ -211,7 +220,9 @@ def image_grids(out_dir: Path, examples: dict[str, dict[str, list[str]]], amplif
                 continue
             users_seen.append(user)
         defended = sorted(k for k in kinds if k.startswith("defense:") and k != "defense:none")
-        defended = [k for k in defended if k.startswith("defense:puface")] + [k for k in defended if not k.startswith("defense:puface")]
+        defended = [k for k in defended if k.startswith("defense:puface")] + [
+            k for k in defended if not k.startswith("defense:puface")
+        ]
         cols = ["natural", "cloaked", "amplified"] + defended
         rows_html = []
         for i, nat_rel in enumerate(kinds["natural"]):
@@ -230,12 +241,22 @@ def image_grids(out_dir: Path, examples: dict[str, dict[str, list[str]]], amplif
                     cap = "natural (reference)"
                 else:
                     p, s = float(psnr(im, nat)[0]), float(ssim(im, nat)[0])
-                    name = f"amplified x{amplification:g}" if c == "amplified" else (c[len("defense:"):] + " (cloaked input)" if c.startswith("defense:") else c)
+                    name = (
+                        f"amplified x{amplification:g}"
+                        if c == "amplified"
+                        else (c[len("defense:") :] + " (cloaked input)" if c.startswith("defense:") else c)
+                    )
                     cap = f"{html.escape(name)}<br>PSNR {p:.2f} dB<br>SSIM {s:.4f}"
                 uri = data_uri_png(tensor_to_image(im[0]))
                 cells.append(f'<figure><img src="{uri}" alt="{html.escape(c)}"><figcaption>{cap}</figcaption></figure>')
-            rows_html.append(f'<div class="grid" style="grid-template-columns: repeat({len(cells)}, 160px)">' + "".join(cells) + "</div>")
-        blocks.append(f"<h3>{html.escape(user)}: {html.escape(attack)} (seed {html.escape(seed)})</h3>" + "".join(rows_html))
+            rows_html.append(
+                f'<div class="grid" style="grid-template-columns: repeat({len(cells)}, 160px)">'
+                + "".join(cells)
+                + "</div>"
+            )
+        blocks.append(
+            f"<h3>{html.escape(user)}: {html.escape(attack)} (seed {html.escape(seed)})</h3>" + "".join(rows_html)
+        )
     return "\n".join(blocks)
 
 
@@ -249,7 +270,8 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
     meta = [
         f"data: {html.escape(str(results.get('data_root', '')))}",
         f"runs: {results.get('n_runs', 0)}; wall time running the grid {results.get('wall_s', 0):.0f} s ({timings})",
-        "protected users: " + "; ".join(f"seed {s}: {html.escape(', '.join(u))}" for s, u in results.get("users", {}).items()),
+        "protected users: "
+        + "; ".join(f"seed {s}: {html.escape(', '.join(u))}" for s, u in results.get("users", {}).items()),
         f"environment: Python {env.get('python', '?')}, torch {env.get('torch', '?')}, {env.get('device', '?')}, "
         f"{env.get('threads', '?')} threads; finished {results.get('finished', '')}",
     ]
@@ -266,8 +288,11 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
     charts = bar_charts(results.get("summary", []), cfg)
     if charts:
         parts.append("<h2>ASR and normal accuracy per defense and attack</h2>")
-        parts.append("<p>Bars: the mean over protected users and seeds (in %, as in the tables); error bars: one sample "
-                     "standard deviation over them (none for a single user); n/a: no number (no test photo of the users, or not run).</p>")
+        parts.append(
+            "<p>Bars: the mean over protected users and seeds (in %, as in the tables); error bars: one sample "
+            "standard deviation over them (none for a single user); "
+            "n/a: no number (no test photo of the users, or not run).</p>"
+        )
         parts += [f'<img class="chart" src="{uri}" alt="bar chart: {html.escape(t)}">' for t, uri in charts]
     roc = roc_chart(results.get("detection") or {})
     if roc:
@@ -278,9 +303,11 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
     if grids:
         if cfg.get("protocol") == "query":  # the cloaked photos are the user's probes, not training photos
             parts.append("<h2>Example probe images of protected users</h2>")
-            parts.append("<p>PSNR and SSIM are measured against the natural image. The defense columns show the probe "
-                         "the FR model (built on the clean gallery) is queried with after the defense is applied to the "
-                         "cloaked probe.</p>")
+            parts.append(
+                "<p>PSNR and SSIM are measured against the natural image. The defense columns show the probe "
+                "the FR model (built on the clean gallery) is queried with after the defense is applied to the "
+                "cloaked probe.</p>"
+            )
         else:
             parts.append("<h2>Example training images of protected users</h2>")
             parts.append("<p>PSNR and SSIM are measured against the natural image. The defense columns show what the "
@@ -298,4 +325,12 @@ def write_report(out_dir: str | Path, results: dict[str, Any], table_md: str, na
     return path
 
 
-__all__ = ["render_report", "write_report", "markdown_to_html", "bar_charts", "image_grids", "data_uri_png", "roc_chart"]
+__all__ = [
+    "render_report",
+    "write_report",
+    "markdown_to_html",
+    "bar_charts",
+    "image_grids",
+    "data_uri_png",
+    "roc_chart",
+]

@@ -43,8 +43,10 @@ NOT_GRID_RUN = ("output", "cache", "batch_size", "cloak_batch_size")
 def _csv(path: Path) -> list[dict]:
     if not path.is_file():
         if (path.parent / "runs.jsonl").is_file():
-            raise PufaceError(f"{path}: not found: the run in {path.parent} has not finished (its tables are written at "
-                              "the end); run the same `puface reproduce` / `puface evaluate` command again to resume it")
+            raise PufaceError(
+                f"{path}: not found: the run in {path.parent} has not finished (its tables are written at "
+                "the end); run the same `puface reproduce` / `puface evaluate` command again to resume it"
+            )
         raise PufaceError(f"{path}: not found (expected a `puface reproduce` output folder)")
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
@@ -159,7 +161,9 @@ def headline(rows: list[dict], puface: str = "puface", where: str = "summary") -
         return sum(vals) / len(vals) if vals else float("nan")
 
     # NaN compares false with everything: min() kept a baseline without a number when it came first
-    best = min(baselines, key=lambda d: (mean_of(d, white) != mean_of(d, white), mean_of(d, white))) if baselines else None
+    best = (
+        min(baselines, key=lambda d: (mean_of(d, white) != mean_of(d, white), mean_of(d, white))) if baselines else None
+    )
     table = []
     for key in sorted(cells, key=lambda k: (k[3] != "white-box", k[0], k[1], k[2])):
         c = cells[key]
@@ -195,16 +199,26 @@ def headline_markdown(h: dict[str, Any], settings: tuple[str, ...] = ("white-box
     naming the best baseline."""
     b = h["best_baseline"]
     name = md_cell(b or "baseline")
-    out = [f"| attack | victim | trainer | setting | ASR none | ASR PuFace | ASR {name} | normal acc. none | normal acc. PuFace | normal acc. {name} | best baseline in this row (ASR) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        f"| attack | victim | trainer | setting | ASR none | ASR PuFace | ASR {name} "
+        f"| normal acc. none | normal acc. PuFace | normal acc. {name} | best baseline in this row (ASR) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in (r for r in h["rows"] if r["setting"] in settings):
-        out.append(f"| {md_cell(r['attack'])} | {md_cell(r['victim'])} | {md_cell(r['trainer'])} | {r['setting']} | {_pct(r['none_asr'])} | **{_pct(r['puface_asr'])}** | "
-                   f"{_pct(r['best_asr'])} | {_pct(r['none_normal_acc'])} | {_pct(r['puface_normal_acc'])} | {_pct(r['best_normal_acc'])} | "
-                   + (f"{md_cell(r['row_best'])} ({_pct(r['row_best_asr'])}) |" if r["row_best"] else "- |"))
+        out.append(
+            f"| {md_cell(r['attack'])} | {md_cell(r['victim'])} | {md_cell(r['trainer'])} | {r['setting']} "
+            f"| {_pct(r['none_asr'])} | **{_pct(r['puface_asr'])}** | {_pct(r['best_asr'])} "
+            f"| {_pct(r['none_normal_acc'])} | {_pct(r['puface_normal_acc'])} | {_pct(r['best_normal_acc'])} | "
+            + (f"{md_cell(r['row_best'])} ({_pct(r['row_best_asr'])}) |" if r["row_best"] else "- |")
+        )
     for setting, m in h["means"].items():
         cols = [m.get(d, {}) for d in ("none", h.get("puface", "puface"), b)]
-        out.append(f"| **mean ({setting})** | | | | {_pct(cols[0].get('asr'))} | **{_pct(cols[1].get('asr'))}** | {_pct(cols[2].get('asr'))} | "
-                   f"{_pct(cols[0].get('normal_acc'))} | {_pct(cols[1].get('normal_acc'))} | {_pct(cols[2].get('normal_acc'))} | |")
+        out.append(
+            f"| **mean ({setting})** | | | | {_pct(cols[0].get('asr'))} | **{_pct(cols[1].get('asr'))}** "
+            f"| {_pct(cols[2].get('asr'))} | "
+            f"{_pct(cols[0].get('normal_acc'))} | {_pct(cols[1].get('normal_acc'))} "
+            f"| {_pct(cols[2].get('normal_acc'))} | |"
+        )
     best = f"best baseline over the white-box cells: {b}" if b else "no baseline defense in these results"
     out += ["", f"{best}; highest white-box ASR with PuFace: {_pct(h['max_white_box_asr_puface'])}%"]
     return "\n".join(out)
@@ -247,11 +261,16 @@ def users_table(folder: Path, attack: str, named: set[str], defense: str = "pufa
     if not asr:
         raise PufaceError(f"{folder}/results.csv: no runs of attack {attack!r} with defense {defense!r}")
     cols = sorted(asr)
-    out = ["| users | " + " | ".join(md_cell(f"{v} {t}") for v, t in cols) + " | mean |", "|---" * (len(cols) + 2) + "|"]
+    out = [
+        "| users | " + " | ".join(md_cell(f"{v} {t}") for v, t in cols) + " | mean |",
+        "|---" * (len(cols) + 2) + "|",
+    ]
     for g in ("named", "others", "all"):
         vals = [_mean(asr[c][g]) for c in cols if asr[c][g]]
         if len(vals) == len(cols):
-            out.append(f"| {g} ({len(asr[cols[0]][g])}) | " + " | ".join(f"{x:.1f}" for x in vals) + f" | {_mean(vals):.1f} |")
+            out.append(
+                f"| {g} ({len(asr[cols[0]][g])}) | " + " | ".join(f"{x:.1f}" for x in vals) + f" | {_mean(vals):.1f} |"
+            )
     return "\n".join(out)
 
 
@@ -331,12 +350,17 @@ def compare_table(folder: Path, other: Path) -> str:
 
     a, b = rows(folder), rows(other)
     if set(a) != set(b):
-        raise PufaceError(f"not the same grid: {len(set(a) ^ set(b))} rows are in only one of the two summary.csv files")
+        raise PufaceError(
+            f"not the same grid: {len(set(a) ^ set(b))} rows are in only one of the two summary.csv files"
+        )
     changed = [k for k in a if not same(a[k], b[k])]
     out = [f"{len(a) - len(changed)} of {len(a)} rows identical (ASR and normal accuracy)"]
     if changed:
         out += ["", "| attack | victim | trainer | defense | ASR | normal acc. |", "|---|---|---|---|---|---|"]
-        out += ["| " + " | ".join(map(md_cell, k)) + f" | {a[k][0]:.1f} -> {b[k][0]:.1f} | {a[k][1]:.2f} -> {b[k][1]:.2f} |" for k in changed]
+        out += [
+            "| " + " | ".join(map(md_cell, k)) + f" | {a[k][0]:.1f} -> {b[k][0]:.1f} | {a[k][1]:.2f} -> {b[k][1]:.2f} |"
+            for k in changed
+        ]
     return "\n".join(out)
 
 
@@ -349,17 +373,26 @@ def draws_table(folders: list[Path], attack_suffix: str = "") -> str:
     cells = [k[:3] for k in runs[0] if k[3] == "none" and all(k in run and (*k[:3], "puface") in run for run in runs)]
     if not cells:
         raise PufaceError("no white-box cell with no defense and PuFace in every folder")
-    out = ["| attack | victim | trainer | " + " | ".join(md_cell(Path(f).name) for f in folders) + " | mean | PuFace, range over draws |",
-           "|---" * (len(folders) + 5) + "|"]
+    out = [
+        "| attack | victim | trainer | "
+        + " | ".join(md_cell(Path(f).name) for f in folders)
+        + " | mean | PuFace, range over draws |",
+        "|---" * (len(folders) + 5) + "|",
+    ]
     moved, accs = [], []
     for c in cells:
         none = [run[(*c, "none")][0] for run in runs]
         puface = [run[(*c, "puface")][0] for run in runs]
         per = " | ".join(f"**{a:.1f}**" if a < 95 else f"{a:.1f}" for a in none)
-        out.append(f"| {' | '.join(map(md_cell, c))} | {per} | {_mean(none):.1f} | {min(puface):.1f}-{max(puface):.1f} |")
+        out.append(
+            f"| {' | '.join(map(md_cell, c))} | {per} | {_mean(none):.1f} | {min(puface):.1f}-{max(puface):.1f} |"
+        )
         for run in runs:
             a, b = run[(*c, "none")][1], run[(*c, "puface")][1]
             moved.append(abs(a - b))
             accs += [a, b]
-    out += ["", f"normal accuracy {min(accs):.1f}-{max(accs):.1f}%, no defense vs PuFace at most {max(moved):.2f} points apart"]
+    out += [
+        "",
+        f"normal accuracy {min(accs):.1f}-{max(accs):.1f}%, no defense vs PuFace at most {max(moved):.2f} points apart",
+    ]
     return "\n".join(out)

@@ -97,7 +97,9 @@ def paper_table(summary: list[dict], *, attacks: Sequence[str] = (), victims: Se
                 if not any(cells):
                     continue
                 setting = next(c["setting"] for c in cells if c)
-                rows.append([a, v, setting, t] + [_fmt(c, "asr") for c in cells] + [_fmt(c, "normal_acc") for c in cells])
+                rows.append(
+                    [a, v, setting, t] + [_fmt(c, "asr") for c in cells] + [_fmt(c, "normal_acc") for c in cells]
+                )
                 if setting != "clean":
                     for j, c in enumerate(cells):
                         if c is not None:
@@ -111,12 +113,22 @@ def paper_table(summary: list[dict], *, attacks: Sequence[str] = (), victims: Se
 
     settings = [st for st in ("white-box", "oblivious") if any(k[0] == st for k in means)]
     for st in settings + (["all cloaked"] if len(settings) > 1 else []):
-        rows.append([f"**mean ({st})**", "", "", ""] + [m(st, "asr", j) for j in range(len(cols))] + [m(st, "acc", j) for j in range(len(cols))])
+        rows.append(
+            [f"**mean ({st})**", "", "", ""]
+            + [m(st, "asr", j) for j in range(len(cols))]
+            + [m(st, "acc", j) for j in range(len(cols))]
+        )
     return header, rows
 
 
-def defense_tables(summary: list[dict], *, attacks: Sequence[str] = (), victims: Sequence[str] = (),
-                   trainers: Sequence[str] = (), defenses: Sequence[str] = ()) -> list[tuple[str, list[str], list[list[str]]]]:
+def defense_tables(
+    summary: list[dict],
+    *,
+    attacks: Sequence[str] = (),
+    victims: Sequence[str] = (),
+    trainers: Sequence[str] = (),
+    defenses: Sequence[str] = (),
+) -> list[tuple[str, list[str], list[list[str]]]]:
     """For each (victim, trainer): one row per defense with the ASR of each attack and the normal
     accuracy averaged over the attacks."""
     index = {tuple(s[k] for k in ("attack", "victim", "trainer", "defense")): s for s in summary}
@@ -127,7 +139,10 @@ def defense_tables(summary: list[dict], *, attacks: Sequence[str] = (), victims:
             present = [a for a in atk if any(k[0] == a and k[1] == v and k[2] == t for k in index)]
             if not present:
                 continue
-            settings = {a: next(s["setting"] for k, s in index.items() if k[0] == a and k[1] == v and k[2] == t) for a in present}
+            settings = {
+                a: next(s["setting"] for k, s in index.items() if k[0] == a and k[1] == v and k[2] == t)
+                for a in present
+            }
             header = ["defense"] + [f"ASR {a}" + ("" if settings[a] == a else f" ({settings[a]})") for a in present]
             header += ["normal acc. (mean over attacks)"]
             rows = []
@@ -142,7 +157,9 @@ def defense_tables(summary: list[dict], *, attacks: Sequence[str] = (), victims:
     return out
 
 
-def quality_table(quality: list[dict], *, attacks: Sequence[str] = (), defenses: Sequence[str] = ()) -> tuple[list[str], list[list[str]]]:
+def quality_table(
+    quality: list[dict], *, attacks: Sequence[str] = (), defenses: Sequence[str] = ()
+) -> tuple[list[str], list[list[str]]]:
     """PSNR and SSIM per (attack, defense); the PSNR of the images that differ from their natural image (images
     identical to it, `psnr_identical` of `n`, have an infinite PSNR: counted in the cell, not averaged)."""
     header = ["attack", "defense", "PSNR vs natural (dB)", "SSIM vs natural", "images"]
@@ -158,7 +175,9 @@ def quality_table(quality: list[dict], *, attacks: Sequence[str] = (), defenses:
     return header, rows
 
 
-def render_tables(cfg: Any, summary: list[dict], quality: list[dict], *, wall_s: float | None = None, sessions: int = 1) -> str:
+def render_tables(
+    cfg: Any, summary: list[dict], quality: list[dict], *, wall_s: float | None = None, sessions: int = 1
+) -> str:
     """The Markdown results document (paper table, defense tables, image quality, timing)."""
     order = dict(
         attacks=[a.label for a in cfg.attacks], victims=list(cfg.victims),

@@ -72,7 +72,11 @@ class Trainer:
 
     @property
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "embedder": getattr(self.embedder, "name", type(self.embedder).__name__), **self.params}
+        return {
+            "name": self.name,
+            "embedder": getattr(self.embedder, "name", type(self.embedder).__name__),
+            **self.params,
+        }
 
     def fit(self, images: torch.Tensor, labels: Labels) -> "Trainer":  # pragma: no cover
         raise NotImplementedError
@@ -105,7 +109,10 @@ class EmbeddingTrainer(Trainer):
         self.batch_size = int(batch_size)
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
-        out = [self.embedder.embed(to_float(images[i : i + self.batch_size])) for i in range(0, len(images), self.batch_size)]
+        out = [
+            self.embedder.embed(to_float(images[i : i + self.batch_size]))
+            for i in range(0, len(images), self.batch_size)
+        ]
         return torch.cat(out) if out else torch.empty(0, self.embedder.embedding_dim)
 
     def fit(self, images: torch.Tensor, labels: Labels) -> "EmbeddingTrainer":
@@ -140,13 +147,13 @@ class NearestNeighbour(EmbeddingTrainer):
         return self
 
     def predict_embeddings(self, embeddings):
-        self._require_fitted()
+        classes = self._require_fitted()
         q = F.normalize(torch.as_tensor(embeddings).float(), dim=1)
         idx = []
         for i in range(0, len(q), 1024):
             idx.append((q[i : i + 1024] @ self._train.T).argmax(1))
         nearest = torch.cat(idx).numpy() if idx else np.zeros(0, dtype=np.int64)
-        return self.classes_[self._codes[nearest]]
+        return classes[self._codes[nearest]]
 
 
 @TRAINERS.register("linear", doc="standardised embeddings + logistic regression, frozen embedder")
@@ -163,7 +170,9 @@ class LinearProbe(EmbeddingTrainer):
     name = "linear"
     algorithm = 2  # 2: every fit starts cold (1 started each protected user's fit from the all-natural probe)
 
-    def __init__(self, embedder: FaceEmbedder, C: float = 1.0, max_iter: int = 500, tol: float = 1e-4, batch_size: int = 64):
+    def __init__(
+        self, embedder: FaceEmbedder, C: float = 1.0, max_iter: int = 500, tol: float = 1e-4, batch_size: int = 64
+    ):
         if not C > 0:
             raise ConfigError(f"linear: C must be > 0, got {C}")
         super().__init__(embedder, batch_size=batch_size, C=float(C), max_iter=int(max_iter), tol=float(tol))
@@ -191,16 +200,18 @@ class LinearProbe(EmbeddingTrainer):
         return self
 
     def predict_embeddings(self, embeddings):
-        self._require_fitted()
+        classes = self._require_fitted()
         if len(embeddings) == 0:  # scikit-learn refuses 0 samples; nn and e2e give an empty prediction too
-            return self.classes_[:0]
+            return classes[:0]
         if self.model_ is None:
-            return self.classes_[np.zeros(len(embeddings), dtype=np.int64)]
+            return classes[np.zeros(len(embeddings), dtype=np.int64)]
         xs = self.scaler_.transform(torch.as_tensor(embeddings).double().numpy())
-        return self.classes_[self.model_.predict(xs)]
+        return classes[self.model_.predict(xs)]
 
 
-def balanced_batch(by_class: Sequence[np.ndarray], batch_size: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+def balanced_batch(
+    by_class: Sequence[np.ndarray], batch_size: int, generator: torch.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Class-balanced sample: each of `batch_size` slots draws a class uniformly, then one of its rows
     uniformly. `by_class[c]` lists the rows of class c. Returns (row indices, class codes)."""
     cls = torch.randint(len(by_class), (batch_size,), generator=generator).numpy()
@@ -227,7 +238,9 @@ class CosineHead(nn.Module):
         return self.scale * F.normalize(emb, dim=1) @ F.normalize(self.weight, dim=1).T
 
 
-@TRAINERS.register("e2e", doc="fine-tune the embedder end to end with a softmax head", fast={"steps": 5, "batch_size": 4})
+@TRAINERS.register(
+    "e2e", doc="fine-tune the embedder end to end with a softmax head", fast={"steps": 5, "batch_size": 4}
+)
 class EndToEnd(Trainer):
     """Fine-tune a copy of the embedder and a cosine-softmax head (FaceCure's "end-to-end" tracker).
 

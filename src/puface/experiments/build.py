@@ -20,8 +20,17 @@ from ..models.registry import load_embedder
 from ..utils.errors import ConfigError
 from .config import AttackEntry, DefenseEntry, ExperimentConfig
 
-__all__ = ["build_attack", "build_defense", "build_victims", "recorded_surrogates", "build_trainers", "draw_users", "results_fingerprint",
-           "excluded_identities", "cached_grid_cloaks"]
+__all__ = [
+    "build_attack",
+    "build_defense",
+    "build_victims",
+    "recorded_surrogates",
+    "build_trainers",
+    "draw_users",
+    "results_fingerprint",
+    "excluded_identities",
+    "cached_grid_cloaks",
+]
 
 
 def build_attack(entry: AttackEntry, seed: int, device: str | None, cloak_batch_size: int | None = None,
@@ -38,7 +47,10 @@ def build_attack(entry: AttackEntry, seed: int, device: str | None, cloak_batch_
             raise ConfigError(f"attack {entry.label!r}: a folder attack needs root = \"<folder of cloaked images>\"")
         root, pats = params.pop("root"), params.pop("patterns", None)
         if params:
-            raise ConfigError(f"attack {entry.label!r}: unknown option(s) {', '.join(sorted(params))} (known: root, patterns, embedders)")
+            raise ConfigError(
+                f"attack {entry.label!r}: unknown option(s) {', '.join(sorted(params))} "
+                "(known: root, patterns, embedders)"
+            )
         folder = FolderCloaks(root, pats)
         if entry.embedders is not None:
             surrogates = tuple(entry.embedders)
@@ -54,7 +66,9 @@ def build_attack(entry: AttackEntry, seed: int, device: str | None, cloak_batch_
         kw["batch_size"] = int(cloak_batch_size)
     atk = create_attack(entry.name, seed=seed, device=device, **kw)
     surrogates = tuple(entry.embedders) if entry.embedders is not None else tuple(s.name for s in atk.surrogates)
-    return AttackSpec(entry.label, atk, surrogates=surrogates, batch_size=getattr(atk, "batch_size", cloak_batch_size or 16))
+    return AttackSpec(
+        entry.label, atk, surrogates=surrogates, batch_size=getattr(atk, "batch_size", cloak_batch_size or 16)
+    )
 
 
 def build_defense(entry: DefenseEntry, device: str | None) -> Defense:
@@ -85,7 +99,9 @@ def build_victims(cfg: ExperimentConfig, device: str | None) -> dict[str, FaceEm
 def build_trainers(cfg: ExperimentConfig, device: str | None) -> list[TrainerSpec]:
     """The config's trainers, each checked (name and options) before any work; an end-to-end trainer
     fine-tunes on the experiment's device unless it says."""
-    trainers = [TrainerSpec(t.label, t.name, dict(t.params), tuple(t.victims) if t.victims else None) for t in cfg.trainers]
+    trainers = [
+        TrainerSpec(t.label, t.name, dict(t.params), tuple(t.victims) if t.victims else None) for t in cfg.trainers
+    ]
     for t in trainers:
         if t.name == "e2e" and device and "device" not in t.params:
             t.params["device"] = device
@@ -135,9 +151,16 @@ def cached_grid_cloaks(cfg: ExperimentConfig, root: str | Path, seed: int, victi
 
     grid_defenses = {d.label: build_defense(d, None) for d in cfg.defenses}
     data, users = draw_users(cfg, root, seed, exclude=excluded_identities(grid_defenses, print))
-    proto = Protocol(data, users, [build_attack(a, seed, None, cfg.run["cloak_batch_size"]) for a in cfg.attacks],
-                     {"v": victim}, [t for t in build_trainers(cfg, None) if not t.victims], {"none": create_defense("none")},
-                     cloak_cache=CloakCache(cached_only=True), progress=False)
+    proto = Protocol(
+        data,
+        users,
+        [build_attack(a, seed, None, cfg.run["cloak_batch_size"]) for a in cfg.attacks],
+        {"v": victim},
+        [t for t in build_trainers(cfg, None) if not t.victims],
+        {"none": create_defense("none")},
+        cloak_cache=CloakCache(cached_only=True),
+        progress=False,
+    )
     groups: dict[str, list[tuple[Any, Any]]] = {}
     for spec in proto.attacks:
         if spec.attack is None:

@@ -79,8 +79,21 @@ from ..utils.tomlconfig import extends_chain, load_toml_config, resolve_chain, t
 __all__ = ["ExperimentConfig", "AttackEntry", "TrainerEntry", "DefenseEntry", "load_config", "config_text", "LABELS",
            "MIN_IMAGE_SIZE"]
 
-_TOP_KEYS = {"name", "description", "seeds", "protocol", "data", "users", "attacks", "victims", "trainers", "defenses", "run", "report",
-             "detection"}
+_TOP_KEYS = {
+    "name",
+    "description",
+    "seeds",
+    "protocol",
+    "data",
+    "users",
+    "attacks",
+    "victims",
+    "trainers",
+    "defenses",
+    "run",
+    "report",
+    "detection",
+}
 _SECTION_KEYS = {
     "data": {"root", "min_images", "max_per_identity", "train_fraction", "image_size", "photos", "photos_jpeg"},
     "users": {"count", "names", "min_train", "min_test", "allow_purifier_identities"},
@@ -147,7 +160,9 @@ LABELS: dict[str, Callable[[dict], str]] = {
 def _check_keys(where: str, d: dict, known: set[str]) -> None:
     unknown = set(d) - known
     if unknown:
-        raise ConfigError(f"unknown option(s) in {where}: {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+        raise ConfigError(
+            f"unknown option(s) in {where}: {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})"
+        )
 
 
 @dataclass
@@ -237,14 +252,28 @@ class ExperimentConfig:
                              ("defense", [d.label for d in defenses]), ("victim", victims)):
             dup = sorted({x for x in labels if labels.count(x) > 1})
             if dup:
-                raise ConfigError(f"{where}: {what} labels must be unique, repeated: {', '.join(dup)} (set label = \"...\")")
+                raise ConfigError(
+                    f"{where}: {what} labels must be unique, repeated: {', '.join(dup)} (set label = \"...\")"
+                )
         protocol = str(raw.get("protocol", "training"))
         if protocol not in PROTOCOLS:
             raise ConfigError(f"{where}: unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
         cfg = cls(
-            name=str(raw.get("name", source.stem if source else "experiment")), seeds=list(seeds), data=data, users=users,
-            attacks=attacks, victims=victims, trainers=trainers, defenses=defenses, run=run, report=report,
-            detection=detection, description=str(raw.get("description", "")), protocol=protocol, raw=raw, source=source,
+            name=str(raw.get("name", source.stem if source else "experiment")),
+            seeds=list(seeds),
+            data=data,
+            users=users,
+            attacks=attacks,
+            victims=victims,
+            trainers=trainers,
+            defenses=defenses,
+            run=run,
+            report=report,
+            detection=detection,
+            description=str(raw.get("description", "")),
+            protocol=protocol,
+            raw=raw,
+            source=source,
         )
         # a run is known by its `|`-joined run id (resume skips the ids in runs.jsonl): labels holding `|` may make two
         # cells one id, and the second would be taken as done; such a grid is refused (no other label changes)
@@ -252,8 +281,10 @@ class ExperimentConfig:
         for c in cfg.grid():
             other = ids.setdefault(run_id(c["seed"], c["attack"], c["victim"], c["trainer"], c["defense"], ""), c)
             if other is not c:
-                raise ConfigError(f"{where}: the runs of two cells would share one id, as labels holding '|' are joined "
-                                  f"with '|': {other} and {c}; change a label")
+                raise ConfigError(
+                    f"{where}: the runs of two cells would share one id, as labels holding '|' are joined "
+                    f"with '|': {other} and {c}; change a label"
+                )
         return cfg
 
     @staticmethod
@@ -286,7 +317,9 @@ class ExperimentConfig:
             raise ConfigError(f"{where}: attack {label!r} sets {', '.join(run_wide)}; an experiment seeds each attack "
                               "with its run's seed (`seeds = [...]`) and runs it on [run] device (--device)")
         emb = [emb] if isinstance(emb, str) else emb
-        return AttackEntry(label=label, name=name, mode=mode, embedders=list(emb) if emb is not None else None, params=t)
+        return AttackEntry(
+            label=label, name=name, mode=mode, embedders=list(emb) if emb is not None else None, params=t
+        )
 
     @classmethod
     def _trainer(cls, t: Any, where: str) -> TrainerEntry:
@@ -318,7 +351,9 @@ class ExperimentConfig:
         detection is recomputed from the caches at the end of every session)."""
         keep = {k: v for k, v in self.raw.items() if k not in ("run", "report", "description", "name", "detection")}
         keep["data"] = self.data
-        keep["run"] = {k: v for k, v in self.run.items() if k not in ("output", "cache", "batch_size", "cloak_batch_size")}
+        keep["run"] = {
+            k: v for k, v in self.run.items() if k not in ("output", "cache", "batch_size", "cloak_batch_size")
+        }
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def _edited(self, edit: Callable[[dict], None]) -> "ExperimentConfig":
@@ -340,10 +375,19 @@ class ExperimentConfig:
     def resolved(self) -> dict[str, Any]:
         """Every setting after defaults and labels (JSON-serialisable; saved with the results)."""
         return {
-            "name": self.name, "seeds": self.seeds, "protocol": self.protocol, "data": self.data, "users": self.users,
-            "attacks": [a.__dict__ for a in self.attacks], "victims": self.victims,
-            "trainers": [t.__dict__ for t in self.trainers], "defenses": [{"label": d.label, "spec": d.spec} for d in self.defenses],
-            "run": self.run, "report": self.report, "detection": self.detection, "source": str(self.source) if self.source else None,
+            "name": self.name,
+            "seeds": self.seeds,
+            "protocol": self.protocol,
+            "data": self.data,
+            "users": self.users,
+            "attacks": [a.__dict__ for a in self.attacks],
+            "victims": self.victims,
+            "trainers": [t.__dict__ for t in self.trainers],
+            "defenses": [{"label": d.label, "spec": d.spec} for d in self.defenses],
+            "run": self.run,
+            "report": self.report,
+            "detection": self.detection,
+            "source": str(self.source) if self.source else None,
         }
 
 

@@ -1,6 +1,7 @@
 """An experiment's output folder: what is written as results arrive, and the tables written at the end.
 
-    OUT/state.json            the results fingerprint (config + weights), the data and models fingerprints; a different one refuses to resume
+    OUT/state.json            the results fingerprint (config + weights), the data and models fingerprints;
+                              a different one refuses to resume
     OUT/config.toml           the config as it ran (stands alone: extends resolved, overrides applied)
     OUT/config.resolved.json  every setting after defaults
     OUT/runs.jsonl            one row per finished run, appended at once (resume reads it)
@@ -82,11 +83,11 @@ def example_name(kind: str) -> str:
 
 def data_fingerprints(root: str | Path) -> tuple[str, str]:
     """(paths and sizes, paths and contents) hashes of the image files under `root`: the first is what run folders
-    recorded before contents were (state.json "data"), the second ("data_content") also tells an image edited in
-    place at the same size (an uncompressed BMP or TIFF always keeps its size). Never times: a copy of the data without them (cp -r, a fresh
-    fetch on another machine) is the same data. Reading the contents costs one pass over the files (LFW chips, 4743
-    files, 41 MB: 0.5 s against 0.15 s for paths and sizes, on a busy 2-core machine), less than the run's own
-    loading of them."""
+    recorded before contents were (state.json "data"), the second ("data_content") also tells an image edited in place
+    at the same size (an uncompressed BMP or TIFF always keeps its size). Never times: a copy of the data without them
+    (cp -r, a fresh fetch on another machine) is the same data. Reading the contents costs one pass over the files
+    (LFW chips, 4743 files, 41 MB: 0.5 s against 0.15 s for paths and sizes, on a busy 2-core machine), less than the
+    run's own loading of them."""
     import hashlib
 
     from ..io.files import list_image_files
@@ -162,7 +163,11 @@ class ResultsFolder:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise PufaceError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
-        self.state_path, self.runs_path, self.details_path = out / "state.json", out / "runs.jsonl", out / "details.jsonl"
+        self.state_path, self.runs_path, self.details_path = (
+            out / "state.json",
+            out / "runs.jsonl",
+            out / "details.jsonl",
+        )
         if self.state_path.is_file() and read_jsonl(self.runs_path) and not restart:
             old = json.loads(self.state_path.read_text())
             if old.get("fingerprint") != fingerprint:
@@ -185,8 +190,9 @@ class ResultsFolder:
                     "run); use another --out folder or --restart to discard them")
             if models and old.get("models") and old["models"] != models:
                 raise PufaceError(
-                    f"{out} holds results of other face models (an attack's surrogate weights, or a model's input size or "
-                    "normalisation, changed since they were run); use another --out folder or --restart to discard them")
+                    f"{out} holds results of other face models (an attack's surrogate weights, or a model's input "
+                    "size or normalisation, changed since they were run); use another --out folder or --restart to "
+                    "discard them")
         if restart:
             # everything the discarded runs wrote is set aside, not only their rows: their image quality and examples
             # (details.jsonl) and sessions would be summed into the new tables, and their tables left standing
@@ -195,10 +201,19 @@ class ResultsFolder:
                 p = out / name
                 if p.exists():
                     p.replace(out / f"{p.stem}.{stamp}.discarded{p.suffix}")
-        write_text_atomic(self.state_path, json.dumps({"fingerprint": fingerprint, "config": cfg.source and str(cfg.source),
-                                                       **({"data": data} if data else {}),
-                                                       **({"data_content": data_content} if data_content else {}),
-                                                       **({"models": models} if models else {})}, indent=2))
+        write_text_atomic(
+            self.state_path,
+            json.dumps(
+                {
+                    "fingerprint": fingerprint,
+                    "config": cfg.source and str(cfg.source),
+                    **({"data": data} if data else {}),
+                    **({"data_content": data_content} if data_content else {}),
+                    **({"models": models} if models else {}),
+                },
+                indent=2,
+            ),
+        )
         write_text_atomic(out / "config.toml", config_text(cfg))
         write_text_atomic(out / "config.resolved.json", json.dumps(cfg.resolved(), indent=2, default=str))
         self.done = {r["run_id"] for r in read_jsonl(self.runs_path)}
@@ -223,7 +238,9 @@ class ResultsFolder:
         self.new_runs += 1
 
     def add_quality(self, seed: int, attack: str, defense: str, user: str, q: dict) -> None:
-        self._append(self._details, {"type": "quality", "seed": seed, "attack": attack, "defense": defense, "user": user, **q})
+        self._append(
+            self._details, {"type": "quality", "seed": seed, "attack": attack, "defense": defense, "user": user, **q}
+        )
 
     def add_example(self, seed: int, user: str, attack: str, kind: str, images: torch.Tensor) -> None:
         """Save example images (uint8 (k, 3, H, W)) as examples/<seed>/<user>/<attack>/<kind>_<i>.png (see
@@ -234,7 +251,10 @@ class ResultsFolder:
             rel = Path("examples") / str(seed) / user / attack / f"{safe}_{i}.png"
             write_image(self.out / rel, tensor_to_image(im))
             paths.append(rel.as_posix())
-        self._append(self._details, {"type": "example", "seed": seed, "user": user, "attack": attack, "kind": kind, "paths": paths})
+        self._append(
+            self._details,
+            {"type": "example", "seed": seed, "user": user, "attack": attack, "kind": kind, "paths": paths},
+        )
 
     # ------------------------------------------------------------------ at the end
     def rows(self) -> list[dict]:
@@ -254,15 +274,27 @@ class ResultsFolder:
         PSNR mean and standard deviation (NaN when every image is identical); `n` counts every image."""
         quality: dict[tuple[str, str], dict[str, list[float]]] = {}
         details = self._details_of_config()
-        for r in {(r["seed"], r["attack"], r["defense"], r["user"]): r for r in details if r["type"] == "quality"}.values():
+        for r in {
+            (r["seed"], r["attack"], r["defense"], r["user"]): r for r in details if r["type"] == "quality"
+        }.values():
             agg = quality.setdefault((r["attack"], r["defense"]), {"psnr": [], "ssim": []})
             agg["psnr"].extend(r["psnr"])
             agg["ssim"].extend(r["ssim"])
         out = []
         for (a, d), q in sorted(quality.items()):
             p, s = summarise(v for v in q["psnr"] if v < PSNR_CAP), summarise(q["ssim"])
-            out.append({"attack": a, "defense": d, "psnr_mean": p.mean, "psnr_std": p.std, "ssim_mean": s.mean, "ssim_std": s.std,
-                        "n": s.n, "psnr_identical": sum(v >= PSNR_CAP for v in q["psnr"])})
+            out.append(
+                {
+                    "attack": a,
+                    "defense": d,
+                    "psnr_mean": p.mean,
+                    "psnr_std": p.std,
+                    "ssim_mean": s.mean,
+                    "ssim_std": s.std,
+                    "n": s.n,
+                    "psnr_identical": sum(v >= PSNR_CAP for v in q["psnr"]),
+                }
+            )
         return out
 
     def examples(self) -> dict[str, dict[str, list[str]]]:
@@ -281,8 +313,16 @@ class ResultsFolder:
             f.write(json.dumps(record) + "\n")
         return sessions
 
-    def write_tables(self, *, info: dict[str, Any], sessions: list[dict], wall_s: float, amplification: float,
-                     device: str | None, detection: dict | None = None) -> tuple[list[dict], list[dict], str, Path | None]:
+    def write_tables(
+        self,
+        *,
+        info: dict[str, Any],
+        sessions: list[dict],
+        wall_s: float,
+        amplification: float,
+        device: str | None,
+        detection: dict | None = None,
+    ) -> tuple[list[dict], list[dict], str, Path | None]:
         """results.csv, summary.csv, table.md, results.json, detection.csv (with `detection`, from
         `evaluation.detection.summarise_detection`) and (when enabled) report.html.
         Returns (rows, summary, table Markdown, report path)."""
@@ -308,7 +348,9 @@ class ResultsFolder:
             "wall_s": round(wall_total, 2),
             "wall_s_this_session": round(wall_s, 2),
             "sessions": len(sessions),
-            "timings_s": {k: round(sum(float(x.get("timings_s", {}).get(k, 0.0)) for x in sessions), 2) for k in timing_keys},
+            "timings_s": {
+                k: round(sum(float(x.get("timings_s", {}).get(k, 0.0)) for x in sessions), 2) for k in timing_keys
+            },
             "n_runs": len(rows),
             "summary": summary,
             "image_quality": quality,

@@ -101,15 +101,27 @@ def run_experiment(
                 load_s = time.perf_counter() - t_load
             _check_users(users, exclude, allow, echo)
             users_by_seed[seed] = users
-            echo(f"seed {seed} ({cfg.protocol}-time protocol): {len(data.identities)} identities, {len(data.train)} training / {len(data.test)} test images; "
-                 f"protected users: {', '.join(users)}")
+            echo(
+                f"seed {seed} ({cfg.protocol}-time protocol): {len(data.identities)} identities, "
+                f"{len(data.train)} training / {len(data.test)} test images; "
+                f"protected users: {', '.join(users)}"
+            )
             proto = proto_cls(
-                data, users, [build_attack(a, seed, device, cfg.run["cloak_batch_size"], victims) for a in cfg.attacks],
-                victims, trainers, defenses, cache=cache, done=folder.done, on_result=folder.add_run,
+                data,
+                users,
+                [build_attack(a, seed, device, cfg.run["cloak_batch_size"], victims) for a in cfg.attacks],
+                victims,
+                trainers,
+                defenses,
+                cache=cache,
+                done=folder.done,
+                on_result=folder.add_run,
                 on_quality=lambda *q, seed=seed: folder.add_quality(seed, *q),
                 on_example=lambda *e, seed=seed: folder.add_example(seed, *e),
                 example_users=int(cfg.report["users"]) if cfg.report.get("enabled", True) else 0,
-                examples_per_user=int(cfg.report["images_per_user"]), batch_size=int(cfg.run["batch_size"]), progress=progress,
+                examples_per_user=int(cfg.report["images_per_user"]),
+                batch_size=int(cfg.run["batch_size"]),
+                progress=progress,
                 **extra,
             )
             proto.run()
@@ -136,13 +148,20 @@ def _protocol(cfg: ExperimentConfig, root: Path, echo: Callable[[str], None]) ->
             raise PufaceError("[data] photos_jpeg re-encodes published photos: it needs [data] photos")
         return protocol_class(cfg.protocol), {}
     if cfg.protocol != "training":
-        raise PufaceError(f"[data] photos: published photos are run with the training-time protocol only, not {cfg.protocol!r}")
+        raise PufaceError(
+            f"[data] photos: published photos are run with the training-time protocol only, not {cfg.protocol!r}"
+        )
     from ..align import require_alignment
 
     require_alignment()  # every published photo is aligned: without dlib, one line before any work
-    photos = PhotoPath(resolve_data_root(cfg.data["photos"]), root, size=int(cfg.data["image_size"]), jpeg=cfg.data.get("photos_jpeg"))
+    photos = PhotoPath(
+        resolve_data_root(cfg.data["photos"]), root, size=int(cfg.data["image_size"]), jpeg=cfg.data.get("photos_jpeg")
+    )
     again = f", re-encoded as JPEG q{photos.jpeg}" if photos.jpeg is not None else ""
-    echo(f"published photos: {photos.photos} (every training image is pasted into its photo{again}, defended there and cut again)")
+    echo(
+        f"published photos: {photos.photos} (every training image is pasted into its photo{again}, "
+        "defended there and cut again)"
+    )
     return PhotoProtocol, {"photos": photos}
 
 
@@ -175,7 +194,9 @@ def _check_users(users: list[str], exclude: set[str], allow: bool, echo: Callabl
             f"protected user(s) {', '.join(bad)} were in the purifier's training data: the evaluation would be "
             "meaningless; pick other users or set [users] allow_purifier_identities = true")
     if bad:
-        echo(f"WARNING: protected user(s) {', '.join(bad)} were in the purifier's training data (allowed by the config)")
+        echo(
+            f"WARNING: protected user(s) {', '.join(bad)} were in the purifier's training data (allowed by the config)"
+        )
 
 
 def _amplification(defenses: dict) -> float:

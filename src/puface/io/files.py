@@ -10,7 +10,14 @@ from typing import Iterable
 from ..utils.errors import PufaceError
 from .images import is_image_file, is_unsupported_image_file, same_file
 
-__all__ = ["is_within", "is_visible", "list_image_files", "check_output_folder", "check_output_root", "check_output_file"]
+__all__ = [
+    "is_within",
+    "is_visible",
+    "list_image_files",
+    "check_output_folder",
+    "check_output_root",
+    "check_output_file",
+]
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,15 @@ EXPECTED_IMAGES = f"expected {', '.join(IMAGE_EXTENSIONS[:-1])} or {IMAGE_EXTENS
 #: are refused with a clear message. Override with $PUFACE_MAX_PIXELS.
 DEFAULT_MAX_PIXELS = 100_000_000
 
-_PIL_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
+_PIL_FORMATS = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".bmp": "BMP",
+    ".webp": "WEBP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
 
 # Never decode truncated files silently as grey: we want an error.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -87,7 +95,9 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 
 def _too_large(w: int, h: int, limit: int) -> str:
-    return f"image too large ({w}x{h} = {w * h / 1e6:.1f} MP > {limit / 1e6:.1f} MP limit; set PUFACE_MAX_PIXELS to allow)"
+    return (
+        f"image too large ({w}x{h} = {w * h / 1e6:.1f} MP > {limit / 1e6:.1f} MP limit; set PUFACE_MAX_PIXELS to allow)"
+    )
 
 
 #: Pillow modes of grayscale images (written back as 8-bit L by `puface purify`; 1-bit, 16-bit and float become 8-bit).
@@ -201,12 +211,18 @@ def open_image_parts(path: str | Path, data: bytes | None = None, *, color: bool
     return (rgb, alpha, gray, under) if color else (rgb, alpha, gray)
 
 
-def _open(path: Path, data: bytes | None, parts: bool) -> tuple[Image.Image, np.ndarray | None, bool, np.ndarray | None]:
+def _open(
+    path: Path, data: bytes | None, parts: bool
+) -> tuple[Image.Image, np.ndarray | None, bool, np.ndarray | None]:
     try:
         if data is None:
             if not path.exists():
-                raise ImageReadError(path, f"broken link to {os.readlink(path)}, which does not exist" if path.is_symlink()
-                                     else "file not found")
+                raise ImageReadError(
+                    path,
+                    f"broken link to {os.readlink(path)}, which does not exist"
+                    if path.is_symlink()
+                    else "file not found",
+                )
             if path.is_dir():
                 raise ImageReadError(path, "is a folder, not an image")
             data = path.read_bytes()
@@ -246,7 +262,20 @@ def _open(path: Path, data: bytes | None, parts: bool) -> tuple[Image.Image, np.
         raise ImageReadError(path, f"image too large ({e}; set PUFACE_MAX_PIXELS to allow)") from None
     except UnidentifiedImageError:
         raise ImageReadError(path, "not an image, or a format Pillow cannot read") from None
-    except (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, struct.error, ZeroDivisionError, MemoryError, RuntimeError, UserWarning) as e:
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        EOFError,
+        struct.error,
+        ZeroDivisionError,
+        MemoryError,
+        RuntimeError,
+        UserWarning,
+    ) as e:
         msg = str(e) or type(e).__name__
         if "truncated" in msg.lower():
             msg = f"truncated or incomplete file ({msg})"
@@ -281,7 +310,9 @@ def pil_format_for(path: str | Path) -> str:
     try:
         return _PIL_FORMATS[ext]
     except KeyError:
-        raise ImageWriteError(path, f"unsupported output extension {ext!r} (use one of {', '.join(IMAGE_EXTENSIONS)})") from None
+        raise ImageWriteError(
+            path, f"unsupported output extension {ext!r} (use one of {', '.join(IMAGE_EXTENSIONS)})"
+        ) from None
 
 
 _MODE_OF_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
@@ -312,8 +343,17 @@ def resolution_of(im: Image.Image) -> tuple[float, float] | None:
 _ICC_SPACES = {"L": b"GRAY", "LA": b"GRAY", "RGB": b"RGB ", "RGBA": b"RGB "}
 
 
-def encode_image(image: np.ndarray | Image.Image, fmt: str, *, quality: int = 95, exif: bytes | None = None, icc_profile: bytes | None = None,
-                 lossless: bool = False, dpi: tuple[float, float] | None = None, tiff_compression: str | None = None) -> bytes:
+def encode_image(
+    image: np.ndarray | Image.Image,
+    fmt: str,
+    *,
+    quality: int = 95,
+    exif: bytes | None = None,
+    icc_profile: bytes | None = None,
+    lossless: bool = False,
+    dpi: tuple[float, float] | None = None,
+    tiff_compression: str | None = None,
+) -> bytes:
     """Encode an image to bytes in the Pillow format `fmt` (JPEG, PNG, BMP, WEBP, TIFF): uint8 RGB (H, W, 3),
     or grayscale (H, W), with alpha (H, W, 2), RGBA (H, W, 4); alpha is dropped where the format has none
     (JPEG, BMP). `icc_profile` is written only where it describes the pixels (a CMYK input's profile is not kept on
@@ -346,7 +386,13 @@ def encode_image(image: np.ndarray | Image.Image, fmt: str, *, quality: int = 95
         kw["dpi"] = tuple(dpi)
     if fmt == "TIFF" and tiff_compression in TIFF_COMPRESSIONS:
         try:
-            im.save(buf, format=fmt, compression=tiff_compression, **kw, **({"quality": quality} if tiff_compression == "jpeg" else {}))
+            im.save(
+                buf,
+                format=fmt,
+                compression=tiff_compression,
+                **kw,
+                **({"quality": quality} if tiff_compression == "jpeg" else {}),
+            )
             return buf.getvalue()
         except OSError:  # a libtiff built without this codec (lzma, zstd): uncompressed, as Pillow's default
             buf = io.BytesIO()
@@ -377,7 +423,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise ImageWriteError(path, f"cannot write ({e.strerror or e})") from None
 
 
-def write_image(path: str | Path, image: np.ndarray, *, quality: int = 95, exif: bytes | None = None, icc_profile: bytes | None = None, inputs: tuple[str | Path, ...] = ()) -> None:
+def write_image(
+    path: str | Path,
+    image: np.ndarray,
+    *,
+    quality: int = 95,
+    exif: bytes | None = None,
+    icc_profile: bytes | None = None,
+    inputs: tuple[str | Path, ...] = (),
+) -> None:
     """Atomically write uint8 RGB (H, W, 3) to `path`; the format follows the extension.
 
     `inputs`: paths this output must never overwrite (an output equal to an input is refused).

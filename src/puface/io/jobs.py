@@ -53,11 +53,19 @@ class LoadedImage:
     alpha: np.ndarray | None = None  # the input's alpha channel, uint8 (H, W) (the image is composited on white)
     gray: bool = False  # the input is grayscale (1-bit, L, 16-bit, float: `images.GRAY_MODES`)
     palette: bool = False  # the input's colours come from a palette (8-bit PNG, BMP, TIFF: `images.PALETTE_MODES`)
-    storage: str = ""  # how the file stores its pixels (`images.storage_of`: "jpeg:quality=75,subsampling=4:2:0", "palette", "")
-    color: np.ndarray | None = None  # the colour under the input's alpha channel, uint8 (H, W, 3), not composited (None without alpha)
-    lossless: bool = False  # the input is a lossless WebP (`images.is_lossless_webp`): a WebP output is written lossless too
+    storage: str = (
+        ""  # how the file stores its pixels (`images.storage_of`: "jpeg:quality=75,subsampling=4:2:0", "palette", "")
+    )
+    color: np.ndarray | None = (
+        None  # the colour under the input's alpha channel, uint8 (H, W, 3), not composited (None without alpha)
+    )
+    lossless: bool = (
+        False  # the input is a lossless WebP (`images.is_lossless_webp`): a WebP output is written lossless too
+    )
     dpi: tuple[float, float] | None = None  # the resolution the input declares (`images.resolution_of`), kept on output
-    compression: str = ""  # a TIFF input's compression (Pillow's name: "tiff_lzw", "jpeg", ...), kept where Pillow writes it
+    compression: str = (
+        ""  # a TIFF input's compression (Pillow's name: "tiff_lzw", "jpeg", ...), kept where Pillow writes it
+    )
 
     def encoding(self) -> dict:
         """`images.encode_image`'s keywords that write an output like this input: EXIF, ICC profile, lossless WebP,
@@ -261,7 +269,9 @@ def check_settings(path: Path, record: dict, *, resume: bool, kind: str, keys: S
         raise PufaceError(f"{path.parent} holds outputs of another input ({was}; this run: {now}); {how}")
     diff = _settings_diff(old, record, keys)
     if diff:
-        raise PufaceError(f"{path.parent} holds outputs of a different {kind} setting (differs in: {', '.join(diff)}); {how}")
+        raise PufaceError(
+            f"{path.parent} holds outputs of a different {kind} setting (differs in: {', '.join(diff)}); {how}"
+        )
 
 
 #: The lock file of an output folder while a job writes into it (`claim_output`): hidden, removed by the last process.
@@ -382,8 +392,10 @@ def _claim(path: Path, rank: int, world_size: int, name: str, doing: str) -> Cla
         f.close()
         if e.errno not in busy:
             return Claim()
-        raise PufaceError(f"{name}: another puface process is {doing} with another --world-size; processes that share "
-                          f"it must all give the same --world-size (this one: {world_size}), or wait for it to end") from None
+        raise PufaceError(
+            f"{name}: another puface process is {doing} with another --world-size; processes that share "
+            f"it must all give the same --world-size (this one: {world_size}), or wait for it to end"
+        ) from None
     return Claim(f, path, whole=False)
 
 
@@ -899,7 +911,9 @@ def run_folder_job(
 
     report = JobReport(total=len(jobs))
     t0 = time.perf_counter()
-    todo, report.resumed = split_done(jobs, resume, is_done or (recorded_done(stats_csv, stats_key) if resume else None))
+    todo, report.resumed = split_done(
+        jobs, resume, is_done or (recorded_done(stats_csv, stats_key) if resume else None)
+    )
     # a killed run's half-written outputs, under temporary names; not for jobs that write no file (`detect`: dst is the
     # input, whose folder is another program's to clean, maybe one writing it from another machine)
     remove_stale_temporaries(j.dst for j in todo if j.dst != j.src)

@@ -28,7 +28,17 @@ import numpy as np
 
 from ..utils.errors import ImageReadError, MissingDependencyError, PufaceError
 from .images import atomic_write_bytes, encode_image, pil_format_for
-from .jobs import FileJob, JobReport, LoadedImage, Outcome, _StatsCSV, call_process, load_for_job, recorded_done, split_done
+from .jobs import (
+    FileJob,
+    JobReport,
+    LoadedImage,
+    Outcome,
+    _StatsCSV,
+    call_process,
+    load_for_job,
+    recorded_done,
+    split_done,
+)
 
 __all__ = ["run_ray_job", "init_ray"]
 
@@ -68,7 +78,9 @@ def _obj(values) -> np.ndarray:
 def _decode_stage(batch: dict) -> dict:
     """Ray task: read and decode each file; decoded pixels travel as raw bytes + shape."""
     n = len(batch["src"])
-    pixels, h, w, exif, icc, fmt, error, alpha, gray, palette, storage, color, lossless, dpi, compression = ([] for _ in range(15))
+    pixels, h, w, exif, icc, fmt, error, alpha, gray, palette, storage, color, lossless, dpi, compression = (
+        [] for _ in range(15)
+    )
     for i in range(n):
         job = FileJob(Path(batch["src"][i]), Path(batch["dst"][i]), Path(batch["rel"][i]))
         try:
@@ -174,10 +186,16 @@ def _write_stage(quality: int) -> Callable[[dict], dict]:
                     c = int(batch["c"][i])
                     img = np.frombuffer(batch["pixels"][i], np.uint8).reshape(int(batch["h"][i]), int(batch["w"][i]), c)
                     dpi = batch["dpi"][i]
-                    data = encode_image(img[..., 0] if c == 1 else img, pil_format_for(dst), quality=quality,
-                                        exif=batch["exif"][i] or None, icc_profile=batch["icc"][i] or None,
-                                        lossless=bool(batch["lossless"][i]), dpi=tuple(json.loads(dpi)) if dpi else None,
-                                        tiff_compression=batch["compression"][i] or None)
+                    data = encode_image(
+                        img[..., 0] if c == 1 else img,
+                        pil_format_for(dst),
+                        quality=quality,
+                        exif=batch["exif"][i] or None,
+                        icc_profile=batch["icc"][i] or None,
+                        lossless=bool(batch["lossless"][i]),
+                        dpi=tuple(json.loads(dpi)) if dpi else None,
+                        tiff_compression=batch["compression"][i] or None,
+                    )
                     atomic_write_bytes(dst, data)
                 elif status[i] == "copy":
                     atomic_write_bytes(dst, Path(batch["src"][i]).read_bytes())
@@ -228,7 +246,9 @@ def run_ray_job(
 
     report = JobReport(total=len(jobs))
     t0 = time.perf_counter()
-    todo, report.resumed = split_done(jobs, resume, is_done or (recorded_done(stats_csv, stats_key) if resume else None))
+    todo, report.resumed = split_done(
+        jobs, resume, is_done or (recorded_done(stats_csv, stats_key) if resume else None)
+    )
     say = log or (lambda m: print(m, file=sys.stderr))
     if not todo:
         report.seconds = time.perf_counter() - t0
@@ -262,10 +282,14 @@ def run_ray_job(
         remote: dict = {"num_cpus": cpus_per_worker}
         if gpus_per_worker:
             remote["num_gpus"] = gpus_per_worker
-        ds = ds.map_batches(_BatchActor, fn_constructor_kwargs={"factory": factory,
-                                                                "threads": threads or max(1, math.ceil(cpus_per_worker))},
-                            batch_size=batch_size, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=workers), **remote)
+        ds = ds.map_batches(
+            _BatchActor,
+            fn_constructor_kwargs={"factory": factory, "threads": threads or max(1, math.ceil(cpus_per_worker))},
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            **remote,
+        )
         ds = ds.map_batches(_write_stage(quality), batch_size=batch_size, batch_format="numpy")
         stats = _StatsCSV(stats_csv, stats_fields)
         stats.drop(stats_key, {j.rel.as_posix() for j in todo})  # rows of jobs done before and redone now

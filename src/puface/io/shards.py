@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Container, Iterable, Iterator, Sequence
 
-import numpy as np
 
 from ..utils.errors import ImageReadError, MissingDependencyError, PufaceError
 from .files import check_output_folder, check_output_root, list_image_files
@@ -113,7 +112,13 @@ def find_shards(spec: str | Path) -> tuple[list[Path], Path]:
     text = str(spec)
     if _has_glob(text) and not Path(text).exists():
         patterns = _expand(text)
-        files = sorted({Path(f) for pat in patterns for f in (glob.glob(pat) if _has_glob(pat) else [pat] if Path(pat).exists() else [])})
+        files = sorted(
+            {
+                Path(f)
+                for pat in patterns
+                for f in (glob.glob(pat) if _has_glob(pat) else [pat] if Path(pat).exists() else [])
+            }
+        )
         files = [f for f in files if f.is_file() and _shard_format(f)]
         if not files:
             raise PufaceError(f"{text}: no .tar or .parquet shard matches")
@@ -190,7 +195,9 @@ def plan_shards(spec: str | Path, out_root: str | Path) -> list[ShardJob]:
         if dst.resolve() == f.resolve():
             raise PufaceError(f"{dst}: output shard equals an input shard; choose another output folder")
         if dst in seen:
-            raise PufaceError(f"{seen[dst]} and {f} would both be written to {dst}; purify them into separate output folders")
+            raise PufaceError(
+                f"{seen[dst]} and {f} would both be written to {dst}; purify them into separate output folders"
+            )
         seen[dst] = f
         jobs.append(ShardJob(f, dst, _known_format(f)))
     return jobs
@@ -282,7 +289,9 @@ def _parquet_image_column(schema, wanted: str | None) -> tuple[str, bool]:
             raise PufaceError(f"no column {wanted!r} in the Parquet file (columns: {', '.join(names)})")
         k = kind(schema.field(wanted).type)
         if k is None:
-            raise PufaceError(f"column {wanted!r} is {schema.field(wanted).type}, not image bytes or a {{bytes, path}} struct")
+            raise PufaceError(
+                f"column {wanted!r} is {schema.field(wanted).type}, not image bytes or a {{bytes, path}} struct"
+            )
         return wanted, k == "struct"
     cands = [(n, kind(schema.field(n).type)) for n in names if kind(schema.field(n).type)]
     if not cands:
@@ -423,7 +432,6 @@ class _ShardWriter:
 
     def write_parquet(self, batch, recs: list[Record], images: list[bytes | None], keep: list[bool]) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         col = recs[0].image_field if recs else None
         if col is not None and any(keep):
@@ -531,7 +539,8 @@ def run_shard_job(
     Records keep their key, order and every other field; a record whose image (any of its images) cannot be
     decoded or processed is listed in `failed` and left out; "copy" and "skip" outcomes keep the original image
     or leave the record out. Counts are of images (a record of several images counts each; one left out with its
-    record because another failed or was skipped is listed as skipped). Returns a `ShardReport` (exit_code 1 when a record failed).
+    record because another failed or was skipped is listed as skipped). Returns a `ShardReport` (exit_code 1
+    when a record failed).
     """
     from tqdm import tqdm
 
@@ -550,7 +559,9 @@ def run_shard_job(
         else:
             bar.write(msg, file=sys.stderr)
 
-    def handle(job: ShardJob, recs: list[Record], pool: ThreadPoolExecutor) -> tuple[list[dict[str, bytes]], list[bool]]:
+    def handle(
+        job: ShardJob, recs: list[Record], pool: ThreadPoolExecutor
+    ) -> tuple[list[dict[str, bytes]], list[bool]]:
         """Decode, process and encode every image of a batch of records; returns each record's new image bytes (by
         field) and which records to keep (those whose every image was written or copied)."""
         units: list[tuple[int, str | None]] = [(i, f) for i, r in enumerate(recs)

@@ -162,8 +162,16 @@ class FaceEmbedder(nn.Module):
         import json
 
         n = self.normalization  # as floats: 255 and 255.0 are one setting
-        settings = json.dumps({"input_size": list(self.input_size), "scale": float(n.scale), "mean": [float(v) for v in n.mean],
-                               "std": [float(v) for v in n.std], "order": n.order}, sort_keys=True)
+        settings = json.dumps(
+            {
+                "input_size": list(self.input_size),
+                "scale": float(n.scale),
+                "mean": [float(v) for v in n.mean],
+                "std": [float(v) for v in n.std],
+                "order": n.order,
+            },
+            sort_keys=True,
+        )
         return f"{self.name}:{self.fingerprint()}:{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
 
     def describe(self) -> dict:

@@ -24,7 +24,13 @@ def check_embedder(emb: FaceEmbedder, n: int = 4, size: int = 150, seed: int = 0
         e = emb(x)
         again = emb(x)
         alone = emb(x[:1])
-    out.append(("output shape", tuple(e.shape) == (n, emb.embedding_dim), f"{tuple(e.shape)}, expected ({n}, {emb.embedding_dim})"))
+    out.append(
+        (
+            "output shape",
+            tuple(e.shape) == (n, emb.embedding_dim),
+            f"{tuple(e.shape)}, expected ({n}, {emb.embedding_dim})",
+        )
+    )
     norms = e.norm(dim=1)
     out.append(("unit norm", bool(torch.allclose(norms, torch.ones_like(norms), atol=1e-4)),
                 f"norms {norms.min().item():.5f}..{norms.max().item():.5f}"))

@@ -1,6 +1,7 @@
 """A user's own face model (ONNX, TorchScript or torch.export .pt2 file) as a `FaceEmbedder`.
 
-    >>> emb = load_embedder("w600k_r50.onnx", normalization={"scale": 255, "mean": 127.5, "std": 127.5})  # doctest: +SKIP
+    >>> emb = load_embedder("w600k_r50.onnx",
+    ...                     normalization={"scale": 255, "mean": 127.5, "std": 127.5})  # doctest: +SKIP
 
 What the model expects is never guessed where a guess could silently cost accuracy:
 
@@ -44,7 +45,19 @@ from .base import FaceEmbedder, InputNormalization
 __all__ = ["load_custom_embedder", "read_sidecar", "CustomModelError"]
 
 _NORM_KEYS = ("scale", "mean", "std")
-_SIDECAR_KEYS = {"input_size", "scale", "mean", "std", "order", "name", "embedding_dim", "licence", "license", "source", "layout"}
+_SIDECAR_KEYS = {
+    "input_size",
+    "scale",
+    "mean",
+    "std",
+    "order",
+    "name",
+    "embedding_dim",
+    "licence",
+    "license",
+    "source",
+    "layout",
+}
 #: face layouts a model may be trained on; puface's dlib chips are warped into them (None: plain resize)
 LAYOUTS = ("any", "arcface112")
 _TORCHSCRIPT_SUFFIXES = {".pt", ".pth", ".ts", ".torchscript", ".jit", ".zip"}
@@ -84,7 +97,9 @@ def _triple(value: Any, key: str, where: str) -> tuple[float, float, float]:
     return (nums[0], nums[1], nums[2])
 
 
-def _normalization(option: InputNormalization | Mapping | None, sidecar: Mapping, side_path: Path, model_path: Path) -> InputNormalization:
+def _normalization(
+    option: InputNormalization | Mapping | None, sidecar: Mapping, side_path: Path, model_path: Path
+) -> InputNormalization:
     if isinstance(option, InputNormalization):
         return option
     src, where = (option, "normalization option") if option is not None else (sidecar, str(side_path))
@@ -95,14 +110,17 @@ def _normalization(option: InputNormalization | Mapping | None, sidecar: Mapping
             f"{model_path}: the input normalisation is unknown (missing {', '.join(missing)} in {have}). "
             f"Give normalization=InputNormalization(scale=..., mean=..., std=..., order='RGB') or a dict with keys "
             f"scale, mean, std (order optional, default RGB), or write them into {side_path}; "
-            "net_in = (x * scale - mean) / std for x in [0, 1], e.g. insightface ArcFace: scale 255, mean 127.5, std 127.5"
+            "net_in = (x * scale - mean) / std for x in [0, 1], "
+            "e.g. insightface ArcFace: scale 255, mean 127.5, std 127.5"
         )
     unknown = sorted(set(src) - set(_NORM_KEYS) - {"order"}) if option is not None else []
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; use scale, mean, std, order")
     scale = _number(src["scale"])
     if scale is None or scale <= 0:
-        raise ConfigError(f"{where}: scale must be a positive number (255 for 0..255 input, 1 for 0..1), got {src['scale']!r}")
+        raise ConfigError(
+            f"{where}: scale must be a positive number (255 for 0..255 input, 1 for 0..1), got {src['scale']!r}"
+        )
     try:
         return InputNormalization(
             scale=scale,
@@ -124,7 +142,9 @@ def _size(value: Any, where: str) -> tuple[int, int]:
     vals = [_count(v) for v in value] if isinstance(value, (list, tuple)) else [_count(value)] * 2
     nums = [v for v in vals if v is not None]
     if len(vals) != 2 or len(nums) != 2:
-        raise ConfigError(f"{where}: input_size must be [height, width] in pixels (positive whole numbers), got {value!r}")
+        raise ConfigError(
+            f"{where}: input_size must be [height, width] in pixels (positive whole numbers), got {value!r}"
+        )
     return (nums[0], nums[1])
 
 
@@ -135,8 +155,10 @@ def _kind(path: Path) -> str:
             names = z.namelist()
         return "exported" if any(n.endswith("/archive_format") for n in names) else "torchscript"
     if path.suffix.lower() == ".pt2":
-        raise CustomModelError(f"{path}: not a torch.export program (not a zip archive: cut short, or another kind of file); "
-                               "save one with torch.export.save(torch.export.export(model.eval(), (example,)), path)")
+        raise CustomModelError(
+            f"{path}: not a torch.export program (not a zip archive: cut short, or another kind of file); "
+            "save one with torch.export.save(torch.export.export(model.eval(), (example,)), path)"
+        )
     if path.suffix.lower() in _TORCHSCRIPT_SUFFIXES:
         raise CustomModelError(
             f"{path}: not a TorchScript file (not a zip archive); a PyTorch model must be saved with "
@@ -288,7 +310,8 @@ def _check_batch_independent(net: nn.Module, size: tuple[int, int], path: Path) 
     if not torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(a.abs().max())):
         raise CustomModelError(
             f"{path}: the model's output for an image changes with the other images in its batch (a BatchNorm traced "
-            "or exported in training mode?); call model.eval() before torch.jit.trace / torch.export / torch.onnx.export"
+            "or exported in training mode?); "
+            "call model.eval() before torch.jit.trace / torch.export / torch.onnx.export"
         )
 
 
@@ -303,10 +326,14 @@ def _probe(net: nn.Module, size: tuple[int, int], path: Path) -> tuple[nn.Module
             errors.append(_error_line(e))
             continue
         if y.ndim != 2 or y.shape[0] != batch:
-            raise CustomModelError(f"{path}: output shape {tuple(y.shape)} for a batch of {batch}; expected (N, D) embeddings")
+            raise CustomModelError(
+                f"{path}: output shape {tuple(y.shape)} for a batch of {batch}; expected (N, D) embeddings"
+            )
         if not y.is_floating_point():
-            raise CustomModelError(f"{path}: the model outputs {str(y.dtype).replace('torch.', '')} values; expected float "
-                                   "embeddings (export the embedding layer's output, before any rounding or cast)")
+            raise CustomModelError(
+                f"{path}: the model outputs {str(y.dtype).replace('torch.', '')} values; expected float "
+                "embeddings (export the embedding layer's output, before any rounding or cast)"
+            )
         if batch == 1:
             warnings.warn(f"{path}: the model only runs with batch 1; puface will feed it image by image", stacklevel=3)
             net = _PerImage(net)
@@ -365,9 +392,13 @@ def load_custom_embedder(
     elif graph_size is not None:
         size = graph_size
     else:
-        what = {"onnx": "the ONNX graph's input size is dynamic", "exported": "the program's input size is dynamic"}.get(
-            kind, f"a {kind} file does not record its input size")
-        raise CustomModelError(f"{path}: {what}; give input_size=(height, width) or put \"input_size\": [h, w] into {side_path}")
+        what = {
+            "onnx": "the ONNX graph's input size is dynamic",
+            "exported": "the program's input size is dynamic",
+        }.get(kind, f"a {kind} file does not record its input size")
+        raise CustomModelError(
+            f"{path}: {what}; give input_size=(height, width) or put \"input_size\": [h, w] into {side_path}"
+        )
 
     if graph_size is not None and size != graph_size:
         raise CustomModelError(
@@ -378,7 +409,11 @@ def load_custom_embedder(
     if fixed_batch is not None:
         net = _FixedBatch(net, fixed_batch)
     net, dim = _probe(net, size, path)
-    want, where = (embedding_dim, "embedding_dim option") if embedding_dim is not None else (sidecar.get("embedding_dim"), str(side_path))
+    want, where = (
+        (embedding_dim, "embedding_dim option")
+        if embedding_dim is not None
+        else (sidecar.get("embedding_dim"), str(side_path))
+    )
     if want is not None and _count(want) is None:
         raise ConfigError(f"{where}: embedding_dim must be a positive whole number, got {want!r}")
     if want is not None and int(want) != dim:

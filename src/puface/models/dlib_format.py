@@ -92,7 +92,9 @@ class _Reader:
 
     def take(self, n: int, what: str) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
-            raise self.fail(f"file ends while reading {what} (needs {n} bytes, {len(self.data) - self.pos} left; truncated?)")
+            raise self.fail(
+                f"file ends while reading {what} (needs {n} bytes, {len(self.data) - self.pos} left; truncated?)"
+            )
         b = self.data[self.pos : self.pos + n]
         self.pos += n
         return b
@@ -178,7 +180,9 @@ class _Reader:
         return self.shape4(f"alias_tensor {what}")
 
 
-def _split(r: _Reader, params: np.ndarray, shapes: dict[str, tuple[int, ...]], what: str, offset: int) -> dict[str, np.ndarray]:
+def _split(
+    r: _Reader, params: np.ndarray, shapes: dict[str, tuple[int, ...]], what: str, offset: int
+) -> dict[str, np.ndarray]:
     """Cut a layer's flat params into the aliased parts (consecutive, in the given order)."""
     flat = params.reshape(-1)
     total = sum(math.prod(s) for s in shapes.values())
@@ -193,7 +197,12 @@ def _split(r: _Reader, params: np.ndarray, shapes: dict[str, tuple[int, ...]], w
 
 
 def _lr_multipliers(r: _Reader, what: str) -> dict[str, float]:
-    names = ("learning_rate_multiplier", "weight_decay_multiplier", "bias_learning_rate_multiplier", "bias_weight_decay_multiplier")
+    names = (
+        "learning_rate_multiplier",
+        "weight_decay_multiplier",
+        "bias_learning_rate_multiplier",
+        "bias_weight_decay_multiplier",
+    )
     return {n: r.float(f"{what} {n}") for n in names}
 
 
@@ -207,7 +216,9 @@ def _con_4(r: _Reader, layer: DlibLayer) -> None:
     filt, bias = r.alias("con_ filters"), r.alias("con_ biases")
     a.update(_lr_multipliers(r, "con_"))
     if filt[0] != a["num_filters"] or filt[2:] != (a["nr"], a["nc"]) or math.prod(bias) != a["num_filters"]:
-        raise r.fail(f"con_: filters {filt} / biases {bias} disagree with {a['num_filters']} filters of {a['nr']}x{a['nc']}")
+        raise r.fail(
+            f"con_: filters {filt} / biases {bias} disagree with {a['num_filters']} filters of {a['nr']}x{a['nc']}"
+        )
     layer.weights = _split(r, params, {"weight": filt, "bias": (math.prod(bias),)}, "con_", layer.offset)
 
 
@@ -217,7 +228,9 @@ def _affine(r: _Reader, layer: DlibLayer) -> None:
     layer.attrs["mode"] = {0: "conv", 1: "fc"}.get(r.int("affine_ mode", 4), "unknown")
     if layer.attrs["mode"] != "conv":
         raise r.fail("affine_ in fc mode is not supported (only per-channel conv mode)")
-    layer.weights = _split(r, params, {"gamma": (math.prod(gamma),), "beta": (math.prod(beta),)}, "affine_", layer.offset)
+    layer.weights = _split(
+        r, params, {"gamma": (math.prod(gamma),), "beta": (math.prod(beta),)}, "affine_", layer.offset
+    )
 
 
 def _pool(r: _Reader, layer: DlibLayer) -> None:

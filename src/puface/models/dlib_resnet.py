@@ -221,7 +221,9 @@ def load_dlib_resnet29(path: str | Path | None = None) -> DlibResNet29:
     layout="dlib chip, padding 0.25",
     dim=128,
 )
-def dlib_resnet29(path: str | Path | None = None, channels_last: bool = True, input_layout: str = "dlib150") -> FaceEmbedder:
+def dlib_resnet29(
+    path: str | Path | None = None, channels_last: bool = True, input_layout: str = "dlib150"
+) -> FaceEmbedder:
     """`FaceEmbedder` over dlib's ResNet-29: [0,1] RGB (N, 3, H, W) -> L2-normalised (N, 128).
 
     input_layout "dlib150" (default): inputs are dlib chips of any size, resized (antialiased bilinear)

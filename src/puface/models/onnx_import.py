@@ -62,7 +62,8 @@ class UnsupportedOperatorError(OnnxImportError):
         where = f"{path}: " if path else ""
         super().__init__(
             f"{where}unsupported ONNX operator(s): {', '.join(self.ops)} "
-            f"(puface translates {len(SUPPORTED_OPS)} standard operators, listed in puface.models.onnx_import.SUPPORTED_OPS); "
+            f"(puface translates {len(SUPPORTED_OPS)} standard operators, "
+            "listed in puface.models.onnx_import.SUPPORTED_OPS); "
             "export the model with those, or save it as TorchScript / torch.export instead"
         )
 
@@ -122,7 +123,9 @@ def _attrs(node: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- shared helpers
 
 
-def dequantize_linear(x: Tensor, scale: Tensor, zero_point: Tensor | None = None, axis: int = 1, block_size: int = 0) -> Tensor:
+def dequantize_linear(
+    x: Tensor, scale: Tensor, zero_point: Tensor | None = None, axis: int = 1, block_size: int = 0
+) -> Tensor:
     """ONNX DequantizeLinear: (x - zero_point) * scale, in float32.
 
     Per-tensor when `scale` has one element, per-axis when it is 1-D along `axis`, blocked when
@@ -151,7 +154,9 @@ def dequantize_linear(x: Tensor, scale: Tensor, zero_point: Tensor | None = None
     return (xf - z) * s if z is not None else xf * s
 
 
-def fold_batchnorm(weight: Tensor, bias: Tensor | None, gamma: Tensor, beta: Tensor, mean: Tensor, var: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+def fold_batchnorm(
+    weight: Tensor, bias: Tensor | None, gamma: Tensor, beta: Tensor, mean: Tensor, var: Tensor, eps: float
+) -> tuple[Tensor, Tensor]:
     """Fold an inference BatchNorm over the output channels (dim 0 of `weight`) into weight and bias."""
     a = gamma / torch.sqrt(var + eps)
     w = weight * a.reshape([-1] + [1] * (weight.ndim - 1))
@@ -162,15 +167,16 @@ def fold_batchnorm(weight: Tensor, bias: Tensor | None, gamma: Tensor, beta: Ten
 _fold_bn = fold_batchnorm  # (OnnxModule's `fold_batchnorm` flag shadows the name)
 
 
-def _ints(t: Tensor | Sequence[int] | None) -> list[int] | None:
-    if t is None:
-        return None
+def _ints(t: Tensor | Sequence[int]) -> list[int]:
+    """A 1-D integer tensor (a shape, pads, axes...) or a sequence as a list of ints."""
     if isinstance(t, Tensor):
         return [int(v) for v in t.reshape(-1).tolist()]
     return [int(v) for v in t]
 
 
-def _same_pads(in_sizes: Sequence[int], kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int], upper: bool) -> list[int]:
+def _same_pads(
+    in_sizes: Sequence[int], kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int], upper: bool
+) -> list[int]:
     """ONNX auto_pad SAME_UPPER / SAME_LOWER -> explicit [begin..., end...] pads."""
     begins, ends = [], []
     for n, k, s, d in zip(in_sizes, kernel, strides, dilations):
@@ -311,6 +317,21 @@ def _opt(xs: list, i: int) -> Tensor | None:
     return xs[i] if len(xs) > i else None
 
 
+def _input_ints(xs: list, i: int, op: str) -> list[int]:
+    """Input `i` of an `op` node, a required integer tensor (shape, starts, pads...), as ints;
+    `OnnxImportError` when the node leaves it out or gives it the empty name."""
+    t = _opt(xs, i)
+    if t is None:
+        raise OnnxImportError(f"{op}: required input {i} is missing")
+    return _ints(t)
+
+
+def _opt_ints(xs: list, i: int) -> list[int] | None:
+    """Optional input `i` (axes, steps, split...) as ints, None when absent."""
+    t = _opt(xs, i)
+    return None if t is None else _ints(t)
+
+
 def _conv(xs, a, opset):
     return _conv_apply(xs[0], xs[1], _opt(xs, 2), a, int(a.get("group", 1)))
 
@@ -352,7 +373,7 @@ def _flatten(xs, a, opset):
 def _reshape(xs, a, opset):
     """ONNX Reshape (0 copies a dim unless allowzero). In a graph exported for batch 1 (attribute
     `_batch1`, set by OnnxModule on runtime nodes), a leading literal 1 stands for the batch."""
-    x, shape = xs[0], _ints(xs[1])
+    x, shape = xs[0], _input_ints(xs, 1, "Reshape")
     if not a.get("allowzero", 0):
         shape = [x.shape[i] if d == 0 and i < x.ndim else d for i, d in enumerate(shape)]
     if a.get("_batch1") and shape and shape[0] == 1 and x.ndim and x.shape[0] != 1:
@@ -366,7 +387,9 @@ def _transpose(xs, a, opset):
     return x.permute(*perm)
 
 
-def _pool_prepare(x: Tensor, a: dict, kernel: list[int], fill: float) -> tuple[Tensor, list[int], list[int], list[int], bool]:
+def _pool_prepare(
+    x: Tensor, a: dict, kernel: list[int], fill: float
+) -> tuple[Tensor, list[int], list[int], list[int], bool]:
     """Explicit padding that torch pooling cannot express is applied up front (with `fill`)."""
     strides, dil, pads = _window_geometry(a, x, kernel)
     k = len(kernel)
@@ -432,7 +455,12 @@ def _dequantize(xs, a, opset):
 def _constant(xs, a, opset):
     if "value" in a:
         return a["value"]
-    for key, dtype in (("value_float", torch.float32), ("value_floats", torch.float32), ("value_int", torch.int64), ("value_ints", torch.int64)):
+    for key, dtype in (
+        ("value_float", torch.float32),
+        ("value_floats", torch.float32),
+        ("value_int", torch.int64),
+        ("value_ints", torch.int64),
+    ):
         if key in a:
             return torch.tensor(a[key], dtype=dtype)
     raise OnnxImportError(f"Constant node with unsupported attribute(s) {sorted(a)}")
@@ -467,7 +495,7 @@ def _gather(xs, a, opset):
 
 def _axes(xs, a, opset, input_index: int, since: int) -> list[int] | None:
     if opset >= since:
-        return _ints(_opt(xs, input_index))
+        return _opt_ints(xs, input_index)
     return a.get("axes")
 
 
@@ -493,9 +521,9 @@ def _squeeze(xs, a, opset):
 def _slice(xs, a, opset):
     x = xs[0]
     if opset >= 10:
-        starts, ends = _ints(xs[1]), _ints(xs[2])
-        axes = _ints(_opt(xs, 3)) or list(range(len(starts)))
-        steps = _ints(_opt(xs, 4)) or [1] * len(starts)
+        starts, ends = _input_ints(xs, 1, "Slice"), _input_ints(xs, 2, "Slice")
+        axes = _opt_ints(xs, 3) or list(range(len(starts)))
+        steps = _opt_ints(xs, 4) or [1] * len(starts)
     else:
         starts, ends = a["starts"], a["ends"]
         axes = a.get("axes") or list(range(len(starts)))
@@ -534,10 +562,10 @@ def _softmax_like(fn: Callable[[Tensor, int], Tensor]):
 def _pad(xs, a, opset):
     x = xs[0]
     if opset >= 11:
-        pads = _ints(xs[1])
-        value = _opt(xs, 2)
-        value = float(value.reshape(-1)[0]) if value is not None and value.numel() else 0.0
-        axes = _ints(_opt(xs, 3))
+        pads = _input_ints(xs, 1, "Pad")
+        fill = _opt(xs, 2)
+        value = float(fill.reshape(-1)[0]) if fill is not None and fill.numel() else 0.0
+        axes = _opt_ints(xs, 3)
     else:
         pads, value, axes = list(a["pads"]), float(a.get("value", 0.0)), None
     mode = a.get("mode", "constant")
@@ -562,9 +590,9 @@ def _pad(xs, a, opset):
 def _clip(xs, a, opset):
     x = xs[0]
     if opset >= 11:
-        lo, hi = _opt(xs, 1), _opt(xs, 2)
-        lo = float(lo) if lo is not None else None
-        hi = float(hi) if hi is not None else None
+        t_lo, t_hi = _opt(xs, 1), _opt(xs, 2)
+        lo = float(t_lo) if t_lo is not None else None
+        hi = float(t_hi) if t_hi is not None else None
     else:
         lo, hi = a.get("min"), a.get("max")
     return torch.clamp(x, min=lo, max=hi)
@@ -616,21 +644,21 @@ def _cast(xs, a, opset):
 
 def _constant_of_shape(xs, a, opset):
     value = a.get("value")
-    shape = _ints(xs[0])
+    shape = _input_ints(xs, 0, "ConstantOfShape")
     if value is None:
         return torch.zeros(shape, dtype=torch.float32)
     return torch.full(shape, value.reshape(-1)[0].item(), dtype=value.dtype)
 
 
 def _expand(xs, a, opset):
-    x, shape = xs[0], _ints(xs[1])
+    x, shape = xs[0], _input_ints(xs, 1, "Expand")
     return x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(shape)))
 
 
 def _split(xs, a, opset, n_outputs: int = 1):
     x = xs[0]
     ax = int(a.get("axis", 0)) % x.ndim
-    split = _ints(_opt(xs, 1)) if opset >= 13 else a.get("split")
+    split = _opt_ints(xs, 1) if opset >= 13 else a.get("split")
     if not split:
         k = int(a.get("num_outputs", n_outputs))
         size = math.ceil(x.shape[ax] / k)
@@ -674,7 +702,9 @@ _OPS: dict[str, Callable[..., Any]] = {
     "LeakyRelu": lambda xs, a, opset: F.leaky_relu(xs[0], float(a.get("alpha", 0.01))),
     "Elu": lambda xs, a, opset: F.elu(xs[0], float(a.get("alpha", 1.0))),
     "Sigmoid": _unary(torch.sigmoid),
-    "HardSigmoid": lambda xs, a, opset: torch.clamp(xs[0] * float(a.get("alpha", 0.2)) + float(a.get("beta", 0.5)), 0, 1),
+    "HardSigmoid": lambda xs, a, opset: torch.clamp(
+        xs[0] * float(a.get("alpha", 0.2)) + float(a.get("beta", 0.5)), 0, 1
+    ),
     "HardSwish": _unary(F.hardswish),
     "Tanh": _unary(torch.tanh),
     "Erf": _unary(torch.erf),
@@ -888,13 +918,20 @@ class OnnxModule(nn.Module):
         used = {i for n in nodes for i in n.input} | {o.name for o in g.output}
         self.input_names = [i.name for i in g.input if i.name not in consts and i.name in used]
         self.input_shapes = [
-            tuple((d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None) for d in i.type.tensor_type.shape.dim)
+            tuple(
+                (d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None)
+                for d in i.type.tensor_type.shape.dim
+            )
             for i in g.input
             if i.name in self.input_names
         ]
         self.output_names = [o.name for o in g.output]
         batch1 = bool(self.input_shapes) and all(len(sh) > 0 and sh[0] == 1 for sh in self.input_shapes)
-        missing = [o for o in self.output_names if o not in consts and not any(o in n.output for n in nodes) and o not in self.input_names]
+        missing = [
+            o
+            for o in self.output_names
+            if o not in consts and not any(o in n.output for n in nodes) and o not in self.input_names
+        ]
         if missing:
             raise OnnxImportError(f"{self.source}: graph outputs {missing} are never produced")
 
@@ -961,7 +998,11 @@ class OnnxModule(nn.Module):
                     outs = [bn.output[0]]
                     skip.add(id(bn))
                 add(Linear(w, b, trans_a), [ins[0]], outs)
-            elif n.op_type == "BatchNormalization" and all(i in consts for i in ins[1:5]) and not a.get("training_mode", 0):
+            elif (
+                n.op_type == "BatchNormalization"
+                and all(i in consts for i in ins[1:5])
+                and not a.get("training_mode", 0)
+            ):
                 gamma, beta, mean, var = (consts[i] for i in ins[1:5])
                 add(ChannelAffine(gamma, beta, mean, var, float(a.get("epsilon", 1e-5))), [ins[0]], outs[:1])
             elif n.op_type == "PRelu" and ins[1] in consts:
@@ -977,17 +1018,22 @@ class OnnxModule(nn.Module):
             for i in ins:
                 last_use[i] = k
         self._free_after = [
-            [i for i in ins if i and last_use.get(i) == k and i not in outputs and i not in consts] for k, (ins, _) in enumerate(self._wiring)
+            [i for i in ins if i and last_use.get(i) == k and i not in outputs and i not in consts]
+            for k, (ins, _) in enumerate(self._wiring)
         ]
         self._output_consts = {o: consts[o] for o in self.output_names if o in consts}
 
     def forward(self, *inputs: Tensor) -> Any:
         if len(inputs) != len(self.input_names):
-            raise ValueError(f"{self.source}: expected {len(self.input_names)} input(s) {self.input_names}, got {len(inputs)}")
+            raise ValueError(
+                f"{self.source}: expected {len(self.input_names)} input(s) {self.input_names}, got {len(inputs)}"
+            )
         env: dict[str, Any] = dict(zip(self.input_names, inputs))
         buffers, const_names, static = self._buffers, self._const_names, self._static
         for k, (step, (ins, outs)) in enumerate(zip(self.steps, self._wiring)):
-            args = [env[i] if i in env else (buffers[const_names[i]] if i in const_names else static.get(i)) for i in ins]
+            args = [
+                env[i] if i in env else (buffers[const_names[i]] if i in const_names else static.get(i)) for i in ins
+            ]
             out = step(*args)
             if isinstance(out, tuple):
                 for name, t in zip(outs, out):

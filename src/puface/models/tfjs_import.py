@@ -63,7 +63,11 @@ def read_tfjs_model(model_json: str | Path) -> tuple[list[dict], dict[str, np.nd
                 qdt = {"uint8": np.uint8, "uint16": np.uint16, "float16": np.float16}[q["dtype"]]
                 raw = np.frombuffer(blob, dtype=qdt, count=n, offset=offset)
                 offset += raw.nbytes
-                arr = raw.astype(np.float32) if q["dtype"] == "float16" else raw.astype(np.float32) * q["scale"] + q["min"]
+                arr = (
+                    raw.astype(np.float32)
+                    if q["dtype"] == "float16"
+                    else raw.astype(np.float32) * q["scale"] + q["min"]
+                )
             else:
                 dt = {"float32": np.float32, "int32": np.int32}[w["dtype"]]
                 arr = np.frombuffer(blob, dtype=dt, count=n, offset=offset)
@@ -116,7 +120,9 @@ class TFJSGraphNet(nn.Module):
     def __init__(self, nodes: list[dict], weights: dict[str, np.ndarray], output: str | None = None):
         super().__init__()
         self.output = output or [n for n in nodes if n["op"] != "Const"][-1]["name"]
-        nodes = _ancestors(nodes, self.output)  # heads the output does not need (age, gender...) and their weights are left out
+        nodes = _ancestors(
+            nodes, self.output
+        )  # heads the output does not need (age, gender...) and their weights are left out
         self.nodes = [n for n in nodes if n["op"] != "Const"]
         self._const_index: dict[str, int] = {}
         for n in nodes:
@@ -126,9 +132,37 @@ class TFJSGraphNet(nn.Module):
                 self._const_index[n["name"]] = len(self._const_index)
                 arr = weights[n["name"]]
                 self.register_buffer(f"const_{len(self._const_index) - 1}", torch.from_numpy(np.ascontiguousarray(arr)))
-        known = {"Placeholder", "Identity", "Conv2D", "_FusedConv2D", "DepthwiseConv2dNative", "FusedDepthwiseConv2dNative",
-                 "BiasAdd", "Relu", "Relu6", "Prelu", "Abs", "Neg", "Add", "AddV2", "Sub", "Mul", "RealDiv", "Maximum",
-                 "Minimum", "Square", "Sqrt", "Rsqrt", "Sum", "Mean", "Squeeze", "Reshape", "MatMul", "_FusedMatMul", "Pad"}
+        known = {
+            "Placeholder",
+            "Identity",
+            "Conv2D",
+            "_FusedConv2D",
+            "DepthwiseConv2dNative",
+            "FusedDepthwiseConv2dNative",
+            "BiasAdd",
+            "Relu",
+            "Relu6",
+            "Prelu",
+            "Abs",
+            "Neg",
+            "Add",
+            "AddV2",
+            "Sub",
+            "Mul",
+            "RealDiv",
+            "Maximum",
+            "Minimum",
+            "Square",
+            "Sqrt",
+            "Rsqrt",
+            "Sum",
+            "Mean",
+            "Squeeze",
+            "Reshape",
+            "MatMul",
+            "_FusedMatMul",
+            "Pad",
+        }
         for n in self.nodes:
             if n["op"] not in known:
                 raise PufaceError(f"unsupported TF.js op {n['op']} (node {n['name']})")
@@ -258,5 +292,7 @@ def graph_summary(model_json: str | Path) -> dict[str, Any]:
     for n in nodes:
         ops[n["op"]] = ops.get(n["op"], 0) + 1
     inp = next((n for n in nodes if n["op"] == "Placeholder"), None)
-    dims = [int(d.get("size", -1)) for d in (inp or {}).get("attr", {}).get("shape", {}).get("shape", {}).get("dim", [])]
+    dims = [
+        int(d.get("size", -1)) for d in (inp or {}).get("attr", {}).get("shape", {}).get("shape", {}).get("dim", [])
+    ]
     return {"input": dims, "ops": ops}

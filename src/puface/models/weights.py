@@ -36,7 +36,9 @@ def package_file(module: str, pip_name: str, relpath: str, sha256: str | None = 
     """Path of `relpath` inside an installed package, checked against `sha256` when given."""
     path = package_dir(module, pip_name) / relpath
     if not path.is_file():
-        raise MissingDependencyError(f"{path} is missing from {pip_name}; reinstall: pip install --force-reinstall {pip_name}")
+        raise MissingDependencyError(
+            f"{path} is missing from {pip_name}; reinstall: pip install --force-reinstall {pip_name}"
+        )
     if sha256 is not None:
         verify_sha256(path, sha256)
     return path
@@ -55,7 +57,10 @@ def verify_sha256(path: Path, expected: str) -> None:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     if h.hexdigest() != expected:
-        raise PufaceError(f"{path}: sha256 {h.hexdigest()} differs from the expected {expected}; the file is corrupt or another version")
+        raise PufaceError(
+            f"{path}: sha256 {h.hexdigest()} differs from the expected {expected}; "
+            "the file is corrupt or another version"
+        )
     _verified.add(key)
 
 
@@ -67,7 +72,9 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def cached_state_dict(name: str, source_sha256: str, convert: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def cached_state_dict(
+    name: str, source_sha256: str, convert: Callable[[], dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
     """Return a converted state dict, converting once and caching it under `$PUFACE_HOME/weights`.
 
     The cache file name carries the source's sha256, so a different source never reuses it. Written

@@ -45,7 +45,9 @@ class PurifyBatch:
 
             torch.set_num_threads(threads)
         self.device = resolve_device(device)
-        layouts = as_layouts(weights) if isinstance(weights, Purifier) else Purifier.load_layouts(weights, device=self.device)
+        layouts = (
+            as_layouts(weights) if isinstance(weights, Purifier) else Purifier.load_layouts(weights, device=self.device)
+        )
         self.purifier = primary_purifier(layouts)
         self.column = column
         self._process = make_batch_process(layouts, self.device, step=step)

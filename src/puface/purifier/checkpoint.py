@@ -108,9 +108,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise PufaceError(f"{path}: not a purifier checkpoint (expected a puface .safetensors or torch .pt file; "
                           f"reading it failed with {type(e).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise PufaceError(f"{path}: not a puface purifier checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r})")
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise PufaceError(f"{path}: not a puface purifier checkpoint (format {found!r})")
     if int(ckpt.get("format_version", 0)) > FORMAT_VERSION:
-        raise PufaceError(f"{path}: checkpoint format {ckpt['format_version']} is newer than this puface ({FORMAT_VERSION}); upgrade puface")
+        raise PufaceError(
+            f"{path}: checkpoint format {ckpt['format_version']} is newer than this puface ({FORMAT_VERSION}); "
+            "upgrade puface"
+        )
     missing = [k for k in ("state_dict", "model_config") if not isinstance(ckpt.get(k), dict)]
     if missing:
         raise PufaceError(f"{path}: incomplete purifier checkpoint (no {' or '.join(missing)})")

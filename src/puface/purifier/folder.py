@@ -13,8 +13,18 @@ import numpy as np
 import torch
 
 from ..align import align_adapter, require_alignment
-from ..io.jobs import (JobFinish, LoadedImage, Outcome, begin_settings, group_by_size, input_identity, keep_input_mode, plan_mirror,
-                       run_folder_job, shard)
+from ..io.jobs import (
+    JobFinish,
+    LoadedImage,
+    Outcome,
+    begin_settings,
+    group_by_size,
+    input_identity,
+    keep_input_mode,
+    plan_mirror,
+    run_folder_job,
+    shard,
+)
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
 from ..utils.fingerprint import module_fingerprint
@@ -47,8 +57,14 @@ def template_for(shape: tuple[int, int], template: str) -> str | None:
     return AUTO_TEMPLATES.get((shape[0], shape[1]))
 
 
-def make_batch_process(purifier: Purifier | Mapping[str, Purifier], device: torch.device, channels_last: bool = True,
-                       template: str = "auto", warn: Callable[[str], None] | None = None, step: float | None = None) -> Callable:
+def make_batch_process(
+    purifier: Purifier | Mapping[str, Purifier],
+    device: torch.device,
+    channels_last: bool = True,
+    template: str = "auto",
+    warn: Callable[[str], None] | None = None,
+    step: float | None = None,
+) -> Callable:
     """A `run_folder_job` batch function: purify each same-size group of decoded images at once.
 
     purifier: one purifier, or one per face layout (`Purifier.load_layouts`: images of a layout go to the
@@ -87,7 +103,9 @@ def make_batch_process(purifier: Purifier | Mapping[str, Purifier], device: torc
             for j, i in enumerate(idx):
                 out = tensor_to_image(y[j])
                 change = np.abs(out.astype(np.int16) - items[i].image.astype(np.int16))
-                outcomes[i] = Outcome.ok(out, mean_abs_change=round(float(change.mean()), 3), max_abs_change=int(change.max()))
+                outcomes[i] = Outcome.ok(
+                    out, mean_abs_change=round(float(change.mean()), 3), max_abs_change=int(change.max())
+                )
         return outcomes  # type: ignore[return-value]  # no None left: the size groups cover every item
 
     return process
@@ -180,9 +198,23 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
     layouts: Purifier | dict[str, Purifier] = purifier if purifier is not None else \
         Purifier.load_layouts(weights, device="cpu" if engine == "ray" else dev)  # checks the file here
     jobs = plan_mirror(in_path, out_path)
-    finish = open_output(out_path, purify_settings(in_path, layouts, template=template, align=align, largest_face=largest_face,
-                                                   no_face=no_face, quality=quality, step=step, **(settings or {})), resume,
-                         rank, world_size)
+    finish = open_output(
+        out_path,
+        purify_settings(
+            in_path,
+            layouts,
+            template=template,
+            align=align,
+            largest_face=largest_face,
+            no_face=no_face,
+            quality=quality,
+            step=step,
+            **(settings or {}),
+        ),
+        resume,
+        rank,
+        world_size,
+    )
     with finish.on_failure():
         prep = prepare() if prepare is not None else None
         if world_size > 1:
@@ -201,9 +233,21 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
             else:
                 what = str(Path(weights).resolve())
             factory = partial(ray_batch_process, what, str(dev), align, largest_face, no_face, template, step)
-            report = run_ray_job(jobs, factory, batch_size=batch_size, resume=resume, address=address, workers=workers,
-                                 cpus_per_worker=cpus_per_worker, gpus_per_worker=1.0 if dev.type == "cuda" else 0.0,
-                                 desc="purifying", verb="purified", stats_csv=stats_csv, quality=quality, progress=progress)
+            report = run_ray_job(
+                jobs,
+                factory,
+                batch_size=batch_size,
+                resume=resume,
+                address=address,
+                workers=workers,
+                cpus_per_worker=cpus_per_worker,
+                gpus_per_worker=1.0 if dev.type == "cuda" else 0.0,
+                desc="purifying",
+                verb="purified",
+                stats_csv=stats_csv,
+                quality=quality,
+                progress=progress,
+            )
             finish()
             return report
         process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template, step)
@@ -244,9 +288,23 @@ def purify_shards(in_spec: str | Path, out_path: str | Path, *, purifier: Purifi
     jobs = plan_shards(in_spec, out_path)
     # the folder the output shards' names are relative to identifies the input (a folder, a glob or braces in it)
     base = jobs[0].src.absolute().parents[len(jobs[0].dst.relative_to(out_path).parts) - 1] if jobs else in_spec
-    finish = open_output(out_path, purify_settings(base, layouts, template=template, align=align, largest_face=largest_face,
-                                                   no_face=no_face, quality=quality, step=step, image_field=image_field), resume,
-                         rank, world_size)
+    finish = open_output(
+        out_path,
+        purify_settings(
+            base,
+            layouts,
+            template=template,
+            align=align,
+            largest_face=largest_face,
+            no_face=no_face,
+            quality=quality,
+            step=step,
+            image_field=image_field,
+        ),
+        resume,
+        rank,
+        world_size,
+    )
     with finish.on_failure():
         if world_size > 1:
             jobs = jobs[rank::world_size]

@@ -185,7 +185,8 @@ class Purifier(nn.Module):
             config = RedNetConfig.from_dict(config)
         self.net = RedNet(config)
         self.meta: dict[str, Any] = dict(meta or {})
-        #: the `SHIPPED_WEIGHTS` name it was loaded under (`load`), None for a checkpoint file: picks `job_step`'s default
+        #: the `SHIPPED_WEIGHTS` name it was loaded under (`load`), None for a checkpoint file:
+        #: picks `job_step`'s default
         self.shipped_as: str | None = None
 
     @property
@@ -340,7 +341,9 @@ class Purifier(nn.Module):
         return p.to(resolve_device(device)) if device is not None else p
 
     @classmethod
-    def load_layouts(cls, weights: str | Path | None = None, device: str | torch.device | None = "cpu") -> dict[str, "Purifier"]:
+    def load_layouts(
+        cls, weights: str | Path | None = None, device: str | torch.device | None = "cpu"
+    ) -> dict[str, "Purifier"]:
         """The purifier to use for each face layout: {its template: `load(weights)`}, and when `weights` is the
         shipped default (None, "", "default") also the other shipped purifiers that are installed, each under the
         layout it was trained on (so 112 px ArcFace crops get the one trained on them)."""

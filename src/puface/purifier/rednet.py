@@ -67,7 +67,9 @@ class RedNetConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ConfigError(f"unknown model option(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"unknown model option(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})"
+            )
         return cls(**d)
 
     def as_dict(self) -> dict:

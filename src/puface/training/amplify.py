@@ -87,7 +87,9 @@ class AmplifyConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ConfigError(f"unknown amplify option(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"unknown amplify option(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})"
+            )
         return cls(**d)
 
     def as_dict(self) -> dict:
@@ -100,7 +102,11 @@ class AmplifyConfig:
         return d
 
     def describe(self) -> str:
-        k = f"k in {{{', '.join(f'{v:g}' for v in self.k_values)}}}" if self.k_values else f"k ~ U[{self.k_min:g}, {self.k_max:g}]"
+        k = (
+            f"k in {{{', '.join(f'{v:g}' for v in self.k_values)}}}"
+            if self.k_values
+            else f"k ~ U[{self.k_min:g}, {self.k_max:g}]"
+        )
         text = f"{k}, natural share {self.natural_share:g}"
         if self.source_share > 0:
             text += f", photo variants {self.source_share:g} ({len(self.source_variants)} kinds)"
@@ -121,7 +127,9 @@ def amplify(natural: torch.Tensor, cloaked: torch.Tensor, k: torch.Tensor | floa
     natural, cloaked: (N, 3, H, W) in [0, 1]. Returns (N, 3, H, W) in [0, 1].
     """
     if natural.shape != cloaked.shape:
-        raise ValueError(f"natural and cloaked images differ in shape: {tuple(natural.shape)} vs {tuple(cloaked.shape)}")
+        raise ValueError(
+            f"natural and cloaked images differ in shape: {tuple(natural.shape)} vs {tuple(cloaked.shape)}"
+        )
     if not torch.is_tensor(k):
         k = torch.tensor(float(k), dtype=natural.dtype, device=natural.device)
     k = k.to(dtype=natural.dtype, device=natural.device)
@@ -142,7 +150,9 @@ def sample_factors(n: int, config: AmplifyConfig, generator: torch.Generator | N
     return torch.where(natural, torch.zeros_like(k), k)
 
 
-def amplified_batch(natural: torch.Tensor, cloaked: torch.Tensor, config: AmplifyConfig, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def amplified_batch(
+    natural: torch.Tensor, cloaked: torch.Tensor, config: AmplifyConfig, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs x~, factors k): one training batch made from (natural, cloaked) pairs.
 
     Rows with k = 0 are natural inputs (x -> x). Shapes: (N, 3, H, W) and (N,).

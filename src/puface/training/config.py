@@ -34,9 +34,17 @@ def _expected_type(cls: type, key: str, value: Any) -> str | None:
         return None
     kinds = [get_origin(a) or a for a in (get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,))]
     for k in kinds:
-        if (value is None and k is type(None)) or (k is bool and isinstance(value, bool)) \
-                or (k in (int, float) and isinstance(value, (int, float if k is float else int)) and not isinstance(value, bool)) \
-                or (k is tuple and isinstance(value, (list, tuple, str))) or (k is str and isinstance(value, str)):
+        if (
+            (value is None and k is type(None))
+            or (k is bool and isinstance(value, bool))
+            or (
+                k in (int, float)
+                and isinstance(value, (int, float if k is float else int))
+                and not isinstance(value, bool)
+            )
+            or (k is tuple and isinstance(value, (list, tuple, str)))
+            or (k is str and isinstance(value, str))
+        ):
             return None
     return " or ".join(_TYPE_NAMES.get(k, getattr(k, "__name__", str(k))) for k in kinds if k is not type(None))
 
@@ -52,7 +60,9 @@ def _check_keys(section: str, d: dict, cls: type) -> None:
     known = {f.name for f in fields(cls)}
     unknown = set(d) - known
     if unknown:
-        raise ConfigError(f"unknown option(s) in [{section}]: {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+        raise ConfigError(
+            f"unknown option(s) in [{section}]: {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})"
+        )
 
 
 @dataclass(frozen=True)
@@ -163,7 +173,9 @@ class PurifierTrainConfig:
         allowed = {"seed", "attacks", *SECTIONS}
         unknown = set(d) - allowed
         if unknown:
-            raise ConfigError(f"unknown top-level option(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(allowed))})")
+            raise ConfigError(
+                f"unknown top-level option(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(allowed))})"
+            )
 
         def section(name: str, klass: type, tuples: tuple[str, ...] = ()):
             s = dict(d.get(name) or {})
@@ -214,10 +226,14 @@ class PurifierTrainConfig:
         if self.data.template not in TEMPLATES:
             raise ConfigError(f"data.template must be one of {', '.join(TEMPLATES)}, got {self.data.template!r}")
         if self.train.face_scale and self.train.face_scale not in TEMPLATES:
-            raise ConfigError(f"train.face_scale must be one of {', '.join(TEMPLATES)} or \"\", got {self.train.face_scale!r}")
+            raise ConfigError(
+                f"train.face_scale must be one of {', '.join(TEMPLATES)} or \"\", got {self.train.face_scale!r}"
+            )
         t = self.train
         if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0:
-            raise ConfigError(f"train needs epochs >= 1, batch_size >= 1 and lr > 0 (got {t.epochs}, {t.batch_size}, {t.lr})")
+            raise ConfigError(
+                f"train needs epochs >= 1, batch_size >= 1 and lr > 0 (got {t.epochs}, {t.batch_size}, {t.lr})"
+            )
 
 
 # Each config section's dataclass: the one mapping `from_dict` and `_check_override_types` read.

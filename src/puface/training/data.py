@@ -102,7 +102,11 @@ class PairSet:
         return int(self.natural.shape[0])
 
     def summary(self) -> dict[str, Any]:
-        counts = torch.bincount(self.attack, minlength=len(self.attack_names)).tolist() if len(self) else [0] * len(self.attack_names)
+        counts = (
+            torch.bincount(self.attack, minlength=len(self.attack_names)).tolist()
+            if len(self)
+            else [0] * len(self.attack_names)
+        )
         return {"pairs": len(self), "per_attack": dict(zip(self.attack_names, counts)),
                 "image_size": list(self.natural.shape[-2:]) if len(self) else []}
 
@@ -137,7 +141,9 @@ def cloak_with_cache(cache_root: str | Path | None = None, device: str | None = 
 
     def cloak(spec: dict, paths: list[Path]):
         atk = create_attack({k: v for k, v in spec.items() if k != "images"}, device=device)
-        return CloakCache(root=cache_root, cached_only=cached_only, used=used).cloak(atk, paths, batch_size=batch_size, progress=progress)
+        return CloakCache(root=cache_root, cached_only=cached_only, used=used).cloak(
+            atk, paths, batch_size=batch_size, progress=progress
+        )
 
     return cloak
 
@@ -153,7 +159,9 @@ def _cloaked_from_folder(spec: dict, root: Path, paths: list[Path]) -> tuple[tor
             found.append(hit)
             kept.append(i)
     if not found:
-        raise PufaceError(f"{folder.root}: no cloaked images found that mirror {root} (expected {folder.root}/<identity>/<file>)")
+        raise PufaceError(
+            f"{folder.root}: no cloaked images found that mirror {root} (expected {folder.root}/<identity>/<file>)"
+        )
     images, ok, errs = load_images(found)
     return images, [kept[j] for j in ok], errs
 
@@ -164,9 +172,13 @@ def _check_specs(attacks: Sequence[dict]) -> list[str]:
         raise ConfigError("the purifier config lists no attacks ([[attacks]] tables)")
     for a, spec in enumerate(attacks):
         if "folder" in spec:
-            raise ConfigError(f"attack #{a + 1}: write cloaks read from a folder as name = \"folder\", root = \"DIR\": {spec}")
+            raise ConfigError(
+                f"attack #{a + 1}: write cloaks read from a folder as name = \"folder\", root = \"DIR\": {spec}"
+            )
         if "name" not in spec:
-            raise ConfigError(f"attack #{a + 1} needs name = \"fawkes\"/\"lowkey\" or name = \"folder\", root = \"DIR\": {spec}")
+            raise ConfigError(
+                f"attack #{a + 1} needs name = \"fawkes\"/\"lowkey\" or name = \"folder\", root = \"DIR\": {spec}"
+            )
     names = [attack_label(s) for s in attacks]
     if len(set(names)) != len(names):
         raise ConfigError(f"attack labels must be unique, got {names} (add label = \"...\" to tell them apart)")

@@ -66,7 +66,14 @@ from ..utils.seeding import stable_seed
 from ..utils.tomlconfig import apply_overrides, config_where, load_toml_config, to_toml
 from .data import cloak_with_cache
 
-__all__ = ["DetectorTrainConfig", "load_detector_config", "interleaved_chips", "train_detector", "SampleSet", "cached_inputs"]
+__all__ = [
+    "DetectorTrainConfig",
+    "load_detector_config",
+    "interleaved_chips",
+    "train_detector",
+    "SampleSet",
+    "cached_inputs",
+]
 
 LABELS = {"attacks": attack_label}
 
@@ -101,7 +108,11 @@ class DetectorTrainConfig:
         raise AttributeError(name)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, **{k: dict(v) for k, v in self.sections.items()}, "attacks": [dict(a) for a in self.attacks]}
+        return {
+            "seed": self.seed,
+            **{k: dict(v) for k, v in self.sections.items()},
+            "attacks": [dict(a) for a in self.attacks],
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DetectorTrainConfig":
@@ -111,18 +122,24 @@ class DetectorTrainConfig:
         known = {"seed", "attacks", *_SECTIONS}
         unknown = set(d) - known
         if unknown:
-            raise ConfigError(f"unknown top-level option(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"unknown top-level option(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})"
+            )
         sections = {}
         for name, defaults in _SECTIONS.items():
             s = dict(d.get(name) or {})
             bad = set(s) - set(defaults)
             if bad:
-                raise ConfigError(f"unknown option(s) in [{name}]: {', '.join(sorted(bad))} (known: {', '.join(sorted(defaults))})")
+                raise ConfigError(
+                    f"unknown option(s) in [{name}]: {', '.join(sorted(bad))} (known: {', '.join(sorted(defaults))})"
+                )
             sections[name] = {**defaults, **s}
         attacks = d.get("attacks") or []
         comps = (d.get("detector") or {}).get("components", _SECTIONS["detector"]["components"])
         if (not attacks and "net" in comps) or not all(isinstance(a, dict) and "name" in a for a in attacks):
-            raise ConfigError("the detector config needs [[attacks]] tables with a name (the cloaks the net learns from)")
+            raise ConfigError(
+                "the detector config needs [[attacks]] tables with a name (the cloaks the net learns from)"
+            )
         labels = [attack_label(a) for a in attacks]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"attack labels must be unique, got {labels}")
@@ -130,7 +147,9 @@ class DetectorTrainConfig:
         if not 0.0 < float(cfg.detector["fpr"]) < 0.5:
             raise ConfigError(f"detector.fpr must be in (0, 0.5), got {cfg.detector['fpr']}")
         if not 0.0 <= float(cfg.detector["confidence"]) < 1.0:
-            raise ConfigError(f"detector.confidence must be in [0, 1) (0: the empirical quantile), got {cfg.detector['confidence']}")
+            raise ConfigError(
+                f"detector.confidence must be in [0, 1) (0: the empirical quantile), got {cfg.detector['confidence']}"
+            )
         for spec in cfg.augment["storage_variants"]:
             if not is_storage_kind(f"natural:{spec}"):
                 raise ConfigError(f"augment.storage_variants: {spec!r} must end in a JPEG at the chip's size "
@@ -157,10 +176,12 @@ def require_identities(root: str | Path, identities: Sequence[str]) -> None:
     """A `PufaceError` naming the identities (of the purifier's) that have no folder under `root`."""
     missing = [i for i in sorted(identities) if not (Path(root) / i).is_dir()]
     if missing:
-        raise PufaceError(f"{root}: {len(missing)} of the purifier's {len(identities)} training identities are not here "
-                          f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); the detector learns from the "
-                          "identities its purifier was trained on: pass the purifier's training data as --data, or "
-                          "--purifier a purifier trained on this folder")
+        raise PufaceError(
+            f"{root}: {len(missing)} of the purifier's {len(identities)} training identities are not here "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); the detector learns from the "
+            "identities its purifier was trained on: pass the purifier's training data as --data, or "
+            "--purifier a purifier trained on this folder"
+        )
 
 
 def interleaved_chips(root: str | Path, identities: Sequence[str], key: str) -> list[Path]:
@@ -228,7 +249,9 @@ def _all_variants(x: torch.Tensor, specs: Sequence[str]) -> tuple[torch.Tensor, 
     return torch.cat(outs), kinds
 
 
-def cached_inputs(det: CloakDetector, images: torch.Tensor, batch: int = 32) -> tuple[torch.Tensor, torch.Tensor, dict, bool]:
+def cached_inputs(
+    det: CloakDetector, images: torch.Tensor, batch: int = 32
+) -> tuple[torch.Tensor, torch.Tensor, dict, bool]:
     """(chips uint8, P(x) uint8, {"psnr", "shift:<embedder>"}, from the cache?) of a set of images; cached as a
     whole under $PUFACE_HOME/detector-samples, keyed by the chips' pixels and the purifier's and face models'
     weights (so a rerun with other net settings, or a measurement, reuses them)."""
@@ -258,7 +281,10 @@ def _featurise(det: CloakDetector, images: torch.Tensor, kinds: list[str], label
     """The samples with their purified images and features (`cached_inputs`)."""
     t0 = time.perf_counter()
     xu, pu, feats, hit = cached_inputs(det, images, batch)
-    log(f"{what}: {len(xu)} samples " + ("(features from the cache)" if hit else f"featurised ({time.perf_counter() - t0:.0f} s)"))
+    log(
+        f"{what}: {len(xu)} samples "
+        + ("(features from the cache)" if hit else f"featurised ({time.perf_counter() - t0:.0f} s)")
+    )
     return SampleSet(xu, pu, labels, kinds, feats)
 
 
@@ -280,8 +306,13 @@ def build_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, trai
     nat_x, nat_kinds = _variants(nat, aug["natural_variants"], int(aug["variants_per_chip"]), cfg.seed, "train")
     parts, kinds, labels = [nat_x], list(nat_kinds), [torch.zeros(len(nat_x))]
     vparts, vkinds = [], []
-    cloak_fn = cloak_with_cache(d["cache"] or None, device=device, batch_size=int(d["cloak_batch_size"]), progress=progress,
-                                cached_only=bool(d["cached_only"]))
+    cloak_fn = cloak_with_cache(
+        d["cache"] or None,
+        device=device,
+        batch_size=int(d["cloak_batch_size"]),
+        progress=progress,
+        cached_only=bool(d["cached_only"]),
+    )
     summary: dict[str, Any] = {"natural_chips": len(nat), "natural_samples": len(nat_x), "attacks": {}}
     for spec in cfg.attacks:
         label = attack_label(spec)
@@ -293,7 +324,10 @@ def build_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, trai
             log(f"warning: skipped {getattr(e, 'path', e)}: {getattr(e, 'reason', e)}")
         x0, _, _ = load_images([paths[i] for i in kept])
         if tuple(cl.shape[-2:]) != (int(cfg.detector["chip_size"]),) * 2:
-            raise PufaceError(f"{label}: cloaks of {tuple(cl.shape[-2:])} px; the detector trains on chips of {cfg.detector['chip_size']} px")
+            raise PufaceError(
+                f"{label}: cloaks of {tuple(cl.shape[-2:])} px; "
+                f"the detector trains on chips of {cfg.detector['chip_size']} px"
+            )
         in_fit = torch.as_tensor([paths[i].parent.name in fit for i in kept], dtype=torch.bool)
         for k in aug["cloak_strengths"]:
             k = float(k)
@@ -380,13 +414,19 @@ def fit_net(net: ResidualNet, det: CloakDetector, samples: SampleSet, cfg: Detec
             first = int(saved["epoch"]) + 1
             log(f"detector net: resuming after epoch {saved['epoch']} ({state_path})")
         else:
-            why = f"cannot be read ({saved['error']})" if "error" in saved else "was saved by another recipe or on other samples"
+            why = (
+                f"cannot be read ({saved['error']})"
+                if "error" in saved
+                else "was saved by another recipe or on other samples"
+            )
             log(f"detector net: {state_path} {why}; training from the start")
     for epoch in range(first, int(t["epochs"]) + 1):
         net.train()
         perm = torch.randperm(len(y), generator=g)
         total, t0 = 0.0, time.perf_counter()
-        bar = tqdm(range(0, len(y), bs), desc=f"detector epoch {epoch}", unit="batch", disable=not progress, leave=False)
+        bar = tqdm(
+            range(0, len(y), bs), desc=f"detector epoch {epoch}", unit="batch", disable=not progress, leave=False
+        )
         for s in bar:
             idx = perm[s : s + bs]
             x, px = to_float(samples.images[idx]), to_float(samples.purified[idx])
@@ -403,7 +443,9 @@ def fit_net(net: ResidualNet, det: CloakDetector, samples: SampleSet, cfg: Detec
             opt.step()
             sched.step()
             total += loss.item() * len(idx)
-        history.append({"epoch": epoch, "loss": round(total / len(y), 5), "seconds": round(time.perf_counter() - t0, 1)})
+        history.append(
+            {"epoch": epoch, "loss": round(total / len(y), 5), "seconds": round(time.perf_counter() - t0, 1)}
+        )
         if state_path is not None:
             buf = io.BytesIO()
             torch.save({"key": key, "epoch": epoch, "net": net.state_dict(), "optimizer": opt.state_dict(),
@@ -470,8 +512,9 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
     val: SampleSet | None = None
     data_summary: dict[str, Any] = {}
     if cfg.attacks:
-        samples, val, data_summary = build_samples(cfg, det0, root, train_ids, fit_ids, progress=progress, device=device,
-                                                   log=log)
+        samples, val, data_summary = build_samples(
+            cfg, det0, root, train_ids, fit_ids, progress=progress, device=device, log=log
+        )
     scalar_norm = {}
     if net_cfg is not None:
         assert samples is not None  # DetectorTrainConfig refuses a net without [[attacks]]
@@ -481,8 +524,14 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
                 raise ConfigError(f"net scalar {name!r}: expected log_shift:<one of detector.embedders>")
             v = det0.log_shift(samples.features[f"shift:{arg}"])
             scalar_norm[name] = (float(v.mean()), float(v.std().clamp_min(1e-6)))
-    config = DetectorConfig(embedders=base.embedders, components=tuple(dc["components"]), chip_size=base.chip_size,
-                            shift_floor=base.shift_floor, net=net_cfg.as_dict() if net_cfg else None, scalar_norm=scalar_norm)
+    config = DetectorConfig(
+        embedders=base.embedders,
+        components=tuple(dc["components"]),
+        chip_size=base.chip_size,
+        shift_floor=base.shift_floor,
+        net=net_cfg.as_dict() if net_cfg else None,
+        scalar_norm=scalar_norm,
+    )
     torch.manual_seed(stable_seed("detector-init", cfg.seed))  # the net's initial weights follow the seed alone
     det = CloakDetector(config, purifier=purifier, embedders={n: det0.embedder(n) for n in base.embedders})
     if device:
@@ -500,21 +549,33 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
     cal_feats = det.scored(cal_feats)
     train_feats = val_feats = None
     if samples is not None and val is not None:
-        train_feats = det.features(to_float(samples.images), purified=to_float(samples.purified), known=samples.features)
+        train_feats = det.features(
+            to_float(samples.images), purified=to_float(samples.purified), known=samples.features
+        )
         val_feats = det.features(to_float(val.images), purified=to_float(val.purified), known=val.features)
     metrics = _metrics(det, samples, train_feats, cal, cal_feats, val, val_feats)
     det.meta = {
-        "data_summary": {"root": cfg.data["root"], "fit_identities": sorted(fit_ids),
-                         "calibration_identities": cal_ids, **data_summary,
-                         "rule": "fit: the purifier's training identities less a seeded calibration_fraction; calibration "
-                                 "(and validation cloaks): those and the purifier's validation identities; the purifier's "
-                                 "held-out identities (the evaluation's pool) are never used"},
-        "train_config": cfg.as_dict(), "metrics": metrics, "history": history,
+        "data_summary": {
+            "root": cfg.data["root"],
+            "fit_identities": sorted(fit_ids),
+            "calibration_identities": cal_ids,
+            **data_summary,
+            "rule": "fit: the purifier's training identities less a seeded calibration_fraction; calibration "
+            "(and validation cloaks): those and the purifier's validation identities; the purifier's "
+            "held-out identities (the evaluation's pool) are never used",
+        },
+        "train_config": cfg.as_dict(),
+        "metrics": metrics,
+        "history": history,
     }
     det.save(out / "detector.safetensors")
     (out / NET_STATE).unlink(missing_ok=True)  # the net is in the detector file now
-    atomic_write_bytes(out / "metrics.json", json.dumps({"metrics": metrics, "history": history,
-                                                         "wall_s": round(time.perf_counter() - t_start, 1)}, indent=2).encode("utf-8"))
+    atomic_write_bytes(
+        out / "metrics.json",
+        json.dumps(
+            {"metrics": metrics, "history": history, "wall_s": round(time.perf_counter() - t_start, 1)}, indent=2
+        ).encode("utf-8"),
+    )
     log(f"detector written to {out / 'detector.safetensors'} (threshold {det.calibration['threshold']:.4f} at "
         f"{float(dc['fpr']):.1%} FPR on {len(cal)} natural calibration samples)")
     return det
@@ -531,7 +592,11 @@ def _metrics(det: CloakDetector, samples: SampleSet | None, train_feats: dict | 
         for kind in sorted(set(val.kinds)):
             m = torch.tensor([k == kind for k in val.kinds])
             sv = val_feats["score"][m]
-            row = {"n": int(m.sum()), "auc": round(_auc(nat_cal, sv), 5), "tpr": round(float((sv > thr).float().mean()), 4)}
+            row = {
+                "n": int(m.sum()),
+                "auc": round(_auc(nat_cal, sv), 5),
+                "tpr": round(float((sv > thr).float().mean()), 4),
+            }
             for c in (k for k in val_feats if k.startswith("z:")):
                 row[f"auc_{c[2:]}"] = round(_auc(cal_feats[c], val_feats[c][m]), 5)
             out["validation"][kind] = row

@@ -115,10 +115,16 @@ def evaluate_purifier(model: nn.Module, pairs: PairSet, embedders: dict[str, nn.
 
     out: dict[str, Any] = summarise(torch.ones(len(pairs), dtype=torch.bool))
     if embedders:
-        out["score"] = round(sum((out[f"cos_purified_{n}"] + out[f"cos_natural_{n}"]) / 2 for n in embedders) / len(embedders), 5)
+        out["score"] = round(
+            sum((out[f"cos_purified_{n}"] + out[f"cos_natural_{n}"]) / 2 for n in embedders) / len(embedders), 5
+        )
     else:
         out["score"] = round((out["psnr_purified"] - out["psnr_cloaked"]) / 100.0, 5)
-    out["per_attack"] = {name: summarise(pairs.attack == a) for a, name in enumerate(pairs.attack_names) if bool((pairs.attack == a).any())}
+    out["per_attack"] = {
+        name: summarise(pairs.attack == a)
+        for a, name in enumerate(pairs.attack_names)
+        if bool((pairs.attack == a).any())
+    }
     return out
 
 
@@ -130,7 +136,9 @@ def _lr_factor(step: int, total: int, warmup: int, final: float) -> float:
     return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def _epoch_order(n: int, seed: int, epoch: int, rank: int, world: int, batch: int, max_steps: int | None) -> list[torch.Tensor]:
+def _epoch_order(
+    n: int, seed: int, epoch: int, rank: int, world: int, batch: int, max_steps: int | None
+) -> list[torch.Tensor]:
     """This rank's batches of pair indices for one epoch (same number of batches on every rank)."""
     g = torch.Generator().manual_seed(stable_seed("purifier-epoch", seed, epoch) % 2**63)
     perm = torch.randperm(n, generator=g)
@@ -177,8 +185,13 @@ def prepare_data(cfg: PurifierTrainConfig, d: Dist | None = None, cloak_fn: Call
     split = folder_identity_split(root, seed=cfg.seed, heldout_min_images=cfg.data.heldout_min_images,
                                   heldout_fraction=cfg.data.heldout_fraction, val_fraction=cfg.data.val_fraction,
                                   max_per_identity=cfg.data.max_per_identity)
-    base = cloak_fn or cloak_with_cache(cfg.data.cache or None, device=str(d.device), batch_size=cfg.data.cloak_batch_size,
-                                        progress=d.main and progress, cached_only=cfg.data.cached_only)
+    base = cloak_fn or cloak_with_cache(
+        cfg.data.cache or None,
+        device=str(d.device),
+        batch_size=cfg.data.cloak_batch_size,
+        progress=d.main and progress,
+        cached_only=cfg.data.cached_only,
+    )
 
     def sharded(spec: dict, paths: list) -> Any:
         if d.world_size > 1 and "folder" not in spec:
@@ -200,11 +213,15 @@ def prepare_data(cfg: PurifierTrainConfig, d: Dist | None = None, cloak_fn: Call
               "images it trained on; raise data.val_fraction or add identities")
     summary = {
         "root": str(cfg.data.root),  # as named (a data set name stays a name; its folder differs per machine)
-        "split": {"seed": cfg.seed, "heldout_min_images": cfg.data.heldout_min_images,
-                  "heldout_fraction": cfg.data.heldout_fraction, "val_fraction": cfg.data.val_fraction,
-                  "max_per_identity": cfg.data.max_per_identity,
-                  "rule": "held out = identities with >= heldout_min_images images + seeded heldout_fraction of the rest; "
-                          "val = seeded val_fraction of the remainder; train = the rest (puface.training.data.purifier_identities)"},
+        "split": {
+            "seed": cfg.seed,
+            "heldout_min_images": cfg.data.heldout_min_images,
+            "heldout_fraction": cfg.data.heldout_fraction,
+            "val_fraction": cfg.data.val_fraction,
+            "max_per_identity": cfg.data.max_per_identity,
+            "rule": "held out = identities with >= heldout_min_images images + seeded heldout_fraction of the rest; "
+            "val = seeded val_fraction of the remainder; train = the rest (puface.training.data.purifier_identities)",
+        },
         **split.as_dict(),
         "attacks": [dict(a) for a in cfg.attacks],
         "train_pairs": train.summary(),
@@ -284,8 +301,17 @@ def _log_metrics(path: Path, row: dict[str, Any]) -> None:
     atomic_write_bytes(path, before + (json.dumps(row) + "\n").encode("utf-8"))
 
 
-#: the files a run writes into its folder (`train`); a --no-resume redo sets aside an earlier run's (`_set_aside_previous`)
-RUN_FILES = ("config.json", "data_summary.json", "metrics.jsonl", "last.pt", "best.pt", "best.safetensors", "result.json")
+#: the files a run writes into its folder (`train`); a --no-resume redo sets aside an earlier run's
+#: (`_set_aside_previous`)
+RUN_FILES = (
+    "config.json",
+    "data_summary.json",
+    "metrics.jsonl",
+    "last.pt",
+    "best.pt",
+    "best.safetensors",
+    "result.json",
+)
 
 
 def _set_aside_previous(out: Path) -> None:
@@ -417,18 +443,28 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
     fmt = torch.channels_last if tc.channels_last else torch.contiguous_format
     purifier = Purifier(cfg.model).to(d.device)
     purifier.to(memory_format=fmt)  # type: ignore[call-overload]  # stubs lack memory_format
-    criterion = PurifierLoss(cfg.loss.image, cfg.loss.feature_weight, list(loss_embs.values()), cfg.loss.distance).to(d.device)
+    criterion = PurifierLoss(cfg.loss.image, cfg.loss.feature_weight, list(loss_embs.values()), cfg.loss.distance).to(
+        d.device
+    )
     # the network at its face scale (`[train] face_scale`; the plain net when it is the data's own)
-    net: nn.Module = AtFaceScale(purifier.net, template_scale(cfg.data.template, cfg.train.face_scale or cfg.data.template))
+    net: nn.Module = AtFaceScale(
+        purifier.net, template_scale(cfg.data.template, cfg.train.face_scale or cfg.data.template)
+    )
     model: nn.Module = net
     if d.world_size > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.device.index] if d.device.type == "cuda" else None
+        )
     opt = torch.optim.AdamW(purifier.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    steps_per_epoch = len(_epoch_order(len(train_pairs), run_seed, 0, d.rank, d.world_size, tc.batch_size, tc.max_steps_per_epoch))
+    steps_per_epoch = len(
+        _epoch_order(len(train_pairs), run_seed, 0, d.rank, d.world_size, tc.batch_size, tc.max_steps_per_epoch)
+    )
     if steps_per_epoch == 0:
         raise PufaceError(f"too few training pairs ({len(train_pairs)}) for {d.world_size} process(es)")
     total_steps = steps_per_epoch * tc.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total_steps, tc.warmup_steps, tc.final_lr_fraction))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: _lr_factor(s, total_steps, tc.warmup_steps, tc.final_lr_fraction)
+    )
 
     # natural-image embeddings are fixed (E frozen): compute once, plain and mirrored
     nat_emb: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -475,13 +511,25 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
         ts = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
               "step_in_epoch": step_in_epoch, "global_step": state["global_step"], "best_score": state["best_score"],
               "history": state["history"]}
-        save_checkpoint(last_path, make_checkpoint(purifier.net.state_dict(), cfg.model.as_dict(), config=meta_config,
-                                                   data_summary=summary, metrics=metrics or {}, epoch=epoch, train_state=ts))
+        save_checkpoint(
+            last_path,
+            make_checkpoint(
+                purifier.net.state_dict(),
+                cfg.model.as_dict(),
+                config=meta_config,
+                data_summary=summary,
+                metrics=metrics or {},
+                epoch=epoch,
+                train_state=ts,
+            ),
+        )
 
     result: dict[str, Any] = {}
     steps_this_call = 0
     for epoch in range(state["epoch"], tc.epochs):
-        batches = _epoch_order(len(train_pairs), run_seed, epoch, d.rank, d.world_size, tc.batch_size, tc.max_steps_per_epoch)
+        batches = _epoch_order(
+            len(train_pairs), run_seed, epoch, d.rank, d.world_size, tc.batch_size, tc.max_steps_per_epoch
+        )
         start = state["step_in_epoch"] if epoch == state["epoch"] else 0
         bar = tqdm(total=len(batches), initial=start, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step",
                    disable=not (progress and d.main), dynamic_ncols=True, file=sys.stderr)
@@ -537,14 +585,24 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
             save_last(epoch + 1, 0)
         if d.main and validate:
             metrics = evaluate_purifier(net, val_pairs, val_embs, d.device, cfg.val.batch_size)
-            metrics.update(epoch=epoch + 1, train_loss=parts["total"], images_per_s=round(seen / max(epoch_time, 1e-9), 2),
-                           train_gflop_per_s=round(3 * flops * seen / max(epoch_time, 1e-9) / 1e9, 1),
-                           lr=opt.param_groups[0]["lr"])
+            metrics.update(
+                epoch=epoch + 1,
+                train_loss=parts["total"],
+                images_per_s=round(seen / max(epoch_time, 1e-9), 2),
+                train_gflop_per_s=round(3 * flops * seen / max(epoch_time, 1e-9) / 1e9, 1),
+                lr=opt.param_groups[0]["lr"],
+            )
             state["history"].append({k: v for k, v in metrics.items() if k != "per_attack"})
-            emb_txt = "  ".join(f"{n}: cos cloaked {metrics[f'cos_cloaked_{n}']:.3f} -> purified {metrics[f'cos_purified_{n}']:.3f}, "
-                                f"natural {metrics[f'cos_natural_{n}']:.4f}" for n in val_embs)
-            say(f"epoch {epoch + 1}: val PSNR natural {metrics['psnr_natural']:.2f} dB, cloaked {metrics['psnr_cloaked']:.2f} -> "
-                f"purified {metrics['psnr_purified']:.2f} dB  {emb_txt}  score {metrics['score']:.4f}  ({metrics['images_per_s']} img/s)")
+            emb_txt = "  ".join(
+                f"{n}: cos cloaked {metrics[f'cos_cloaked_{n}']:.3f} -> purified {metrics[f'cos_purified_{n}']:.3f}, "
+                f"natural {metrics[f'cos_natural_{n}']:.4f}"
+                for n in val_embs
+            )
+            say(
+                f"epoch {epoch + 1}: val PSNR natural {metrics['psnr_natural']:.2f} dB, "
+                f"cloaked {metrics['psnr_cloaked']:.2f} -> purified {metrics['psnr_purified']:.2f} dB  "
+                f"{emb_txt}  score {metrics['score']:.4f}  ({metrics['images_per_s']} img/s)"
+            )
             if metrics["score"] > state["best_score"]:
                 state["best_score"] = metrics["score"]
                 ck = make_checkpoint(purifier.net.state_dict(), cfg.model.as_dict(), config=meta_config,

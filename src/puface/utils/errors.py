@@ -42,6 +42,8 @@ class CloakNotCachedError(PufaceError):
 
     def __init__(self, attack: str, path: str | Path, cache_file: str | Path, missing: int):
         self.path, self.cache_file, self.missing = Path(path), Path(cache_file), missing
-        super().__init__(f"{self.path}: no cached {attack} cloak (expected at {self.cache_file}; {missing} file(s) of this "
-                         "set lack one); make them first (`puface train-purifier --config FILE --prepare-only`) or "
-                         "drop --cached-cloaks-only / data.cached_only")
+        super().__init__(
+            f"{self.path}: no cached {attack} cloak (expected at {self.cache_file}; {missing} file(s) of this "
+            "set lack one); make them first (`puface train-purifier --config FILE --prepare-only`) or "
+            "drop --cached-cloaks-only / data.cached_only"
+        )

@@ -172,7 +172,9 @@ def _ssim_from_moments(mu_x, mu_y, xx, yy, xy, c1: float, c2: float) -> torch.Te
     return (lum * cs).mean(dim=(1, 2, 3))
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, max_val: float = 1.0, window: int = WINDOW, sigma: float = SIGMA) -> torch.Tensor:
+def ssim(
+    x: torch.Tensor, y: torch.Tensor, max_val: float = 1.0, window: int = WINDOW, sigma: float = SIGMA
+) -> torch.Tensor:
     """SSIM of each pair: x, y (N, C, H, W) on the scale [0, max_val], H, W >= `window` -> (N,).
 
     1 for identical images; differentiable in both arguments.

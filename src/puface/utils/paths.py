@@ -38,5 +38,7 @@ def cache_dir(*parts: str) -> Path:
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise PufaceError(f"{d}: cannot create this cache folder ({e.strerror or e}); set $PUFACE_HOME to a writable folder") from None
+        raise PufaceError(
+            f"{d}: cannot create this cache folder ({e.strerror or e}); set $PUFACE_HOME to a writable folder"
+        ) from None
     return d

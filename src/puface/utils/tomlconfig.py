@@ -34,9 +34,24 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["tomllib", "read_toml", "read_json_object", "apply_overrides", "parse_toml_value", "packaged_config", "packaged_config_names", "find_config",
-           "extends_chain", "resolve_chain", "merge_configs", "apply_list_edits", "load_toml_config", "to_toml", "KINDS",
-           "config_where"]
+__all__ = [
+    "tomllib",
+    "read_toml",
+    "read_json_object",
+    "apply_overrides",
+    "parse_toml_value",
+    "packaged_config",
+    "packaged_config_names",
+    "find_config",
+    "extends_chain",
+    "resolve_chain",
+    "merge_configs",
+    "apply_list_edits",
+    "load_toml_config",
+    "to_toml",
+    "KINDS",
+    "config_where",
+]
 
 #: kind -> folder of the packaged configs of that kind, inside the package
 KINDS = {"experiment": "configs", "purifier": "configs/purifier", "detector": "configs/detector"}
@@ -112,7 +127,9 @@ def find_config(ref: str | Path, kind: str = "experiment", *, relative_to: Path 
         return packaged
     names = ", ".join(packaged_config_names(kind)) or "(none)"
     where = f" (named in {relative_to})" if relative_to is not None else ""
-    raise ConfigError(f"{ref}: config file not found{where}, and no packaged {kind} config has that name (packaged: {names})")
+    raise ConfigError(
+        f"{ref}: config file not found{where}, and no packaged {kind} config has that name (packaged: {names})"
+    )
 
 
 def extends_chain(path: Path, kind: str = "experiment") -> list[tuple[Path, dict[str, Any]]]:
@@ -125,7 +142,9 @@ def extends_chain(path: Path, kind: str = "experiment") -> list[tuple[Path, dict
             raise ConfigError(f"{last}: extends must be a config file or name, got {ref!r}")
         parent = find_config(ref, kind, relative_to=last)
         if any(parent.resolve() == c.resolve() for c, _ in chain):
-            raise ConfigError(f"{path}: extends goes round in a circle: {' -> '.join(str(c) for c, _ in chain)} -> {parent}")
+            raise ConfigError(
+                f"{path}: extends goes round in a circle: {' -> '.join(str(c) for c, _ in chain)} -> {parent}"
+            )
         chain.append((parent, read_toml(parent)))
     return chain
 
@@ -137,7 +156,9 @@ def _merge_tables(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, An
     return out
 
 
-def apply_list_edits(raw: dict[str, Any], labels: Mapping[str, Labeller] | None = None, where: str = "config") -> dict[str, Any]:
+def apply_list_edits(
+    raw: dict[str, Any], labels: Mapping[str, Labeller] | None = None, where: str = "config"
+) -> dict[str, Any]:
     """Apply ``drop_<key> = [labels]`` and ``[[add_<key>]]`` to the list `raw[key]` (in that order) and
     remove the edit keys. Entries are matched by `labels[key](entry)` (default: the entry's `label`, else
     its `name`); dropping a label that is not there is a `ConfigError`."""
@@ -169,7 +190,9 @@ def merge_configs(parent: dict[str, Any], child: dict[str, Any], labels: Mapping
     return apply_list_edits({**_merge_tables(base, plain), **edits}, labels, where)
 
 
-def resolve_chain(chain: list[tuple[Path, dict[str, Any]]], labels: Mapping[str, Labeller] | None = None) -> dict[str, Any]:
+def resolve_chain(
+    chain: list[tuple[Path, dict[str, Any]]], labels: Mapping[str, Labeller] | None = None
+) -> dict[str, Any]:
     """An `extends_chain` folded into one config dict."""
     raw = apply_list_edits(chain[-1][1], labels, str(chain[-1][0]))
     for path, child in reversed(chain[:-1]):
@@ -237,7 +260,9 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items() if x is not None) + " }"
+        return (
+            "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items() if x is not None) + " }"
+        )
     return json.dumps(str(v))
 
 
