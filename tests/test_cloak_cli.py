@@ -337,13 +337,21 @@ def test_attack_takes_the_spec_grammar_of_configs(tree, tmp_path, capsys, dlib_a
     'lowkey:steps=15,step_size=0.0083' could not be made with `puface cloak` (no option sets LowKey's step_size);
     it now takes the spec grammar of configs and `evaluate --attack`, the same cloaks as the options give."""
     spec = "lowkey:steps=2,step_size=0.01,perceptual=ssim,embedders=dlib-resnet29"
-    code, _, err = run(["cloak", "--attack", spec, "--no-progress", "--device", "cpu", str(tree), str(tmp_path / "a")], capsys)
+    code, _, err = run(
+        ["cloak", "--attack", spec, "--no-progress", "--device", "cpu", str(tree), str(tmp_path / "a")], capsys
+    )
     assert code == 0, err
     config = json.loads((tmp_path / "a" / "cloak_config.json").read_text())["attack"]
-    assert config["step_size"] == 0.01 and config["steps"] == 2 and [s["name"] for s in config["surrogates"]] == ["dlib-resnet29"]
+    assert (
+        config["step_size"] == 0.01
+        and config["steps"] == 2
+        and [s["name"] for s in config["surrogates"]] == ["dlib-resnet29"]
+    )
     rows = list(csv.DictReader(open(tmp_path / "a" / "cloak_stats.csv")))
     assert len(rows) == 4 and all(float(r["linf"]) <= 2 * 0.01 + 0.005 + 1 / 255 for r in rows)
-    code, _, err = run(["cloak", "--attack", "fawkes:mode=custom,steps=3", *FAST[4:], str(tree), str(tmp_path / "b")], capsys)
+    code, _, err = run(
+        ["cloak", "--attack", "fawkes:mode=custom,steps=3", *FAST[4:], str(tree), str(tmp_path / "b")], capsys
+    )
     assert code == 0, err
     code, _, err = run(["cloak", *FAST, str(tree), str(tmp_path / "c")], capsys)
     assert code == 0, err
@@ -354,15 +362,24 @@ def test_attack_takes_the_spec_grammar_of_configs(tree, tmp_path, capsys, dlib_a
         [(tmp_path / "c" / p).read_bytes() for p in outputs(tmp_path / "c")]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--attack", "nope"], "--attack 'nope': unknown attack 'nope'; choose one of: fawkes, lowkey, opom, unlearnable"),
-    (["--attack", "lowkey:bogus=1"], "lowkey: unknown option(s) bogus"),
-    (["--attack", "fawkes:mode=low", "--mode", "high"], "--attack 'fawkes:mode=low' says mode=low and --mode says high"),
-    (["--attack", "lowkey:steps=2", "--steps", "3"], "--attack 'lowkey:steps=2': steps also given by an option"),
-    (["--attack", "fawkes:seed=3"], "--attack 'fawkes:seed=3': give seed as --seed"),
-    (["--attack", "lowkey:embedders=sface", "--surrogate", "dlib-resnet29"], "names embedders and --surrogate"),
-    (["--attack", "lowkey", "--mode", "high"], "are Fawkes options"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--attack", "nope"],
+            "--attack 'nope': unknown attack 'nope'; choose one of: fawkes, lowkey, opom, unlearnable",
+        ),
+        (["--attack", "lowkey:bogus=1"], "lowkey: unknown option(s) bogus"),
+        (
+            ["--attack", "fawkes:mode=low", "--mode", "high"],
+            "--attack 'fawkes:mode=low' says mode=low and --mode says high",
+        ),
+        (["--attack", "lowkey:steps=2", "--steps", "3"], "--attack 'lowkey:steps=2': steps also given by an option"),
+        (["--attack", "fawkes:seed=3"], "--attack 'fawkes:seed=3': give seed as --seed"),
+        (["--attack", "lowkey:embedders=sface", "--surrogate", "dlib-resnet29"], "names embedders and --surrogate"),
+        (["--attack", "lowkey", "--mode", "high"], "are Fawkes options"),
+    ],
+)
 def test_attack_spec_errors_are_one_line(args, message, tree, tmp_path, capsys):
     code, _, err = run(["cloak", *args, "--no-progress", str(tree), str(tmp_path / "o")], capsys)
     assert code == 2 and message in err and "Traceback" not in err

@@ -34,7 +34,9 @@ class Recording(Defense):
         return images
 
 
-def _expected(table: np.ndarray, data: EvaluationData, user: str, cloak_offset: int | None, trainer: str) -> tuple[float, float]:
+def _expected(
+    table: np.ndarray, data: EvaluationData, user: str, cloak_offset: int | None, trainer: str
+) -> tuple[float, float]:
     """(ASR, normal accuracy) computed with scikit-learn from the table alone: the training rows' embeddings with the
     user's replaced by their cloaked rows, FaceCure's classifiers (1-NN, cosine; StandardScaler + logistic
     regression, cold start), the clean test rows."""
@@ -83,9 +85,16 @@ def test_training_time_scores_match_scikit_learn_on_hand_chosen_embeddings(looku
     on that run's training set (the protocol's linear probe warm-started from the all-natural probe stopped near it:
     lbfgs at tol 1e-4 barely moved, and other identities' test photos came out otherwise)."""
     data, table, n = lookup_case
-    proto = Protocol(data, USERS, [AttackSpec("clean", None), AttackSpec("cloak", ShiftRows(n), surrogates=("lookup",))],
-                     {"lookup": lookup_embedder(table)}, [TrainerSpec("nn", "nn"), TrainerSpec("linear", "linear")],
-                     {"none": create_defense("none")}, cloak_cache=None, progress=False)
+    proto = Protocol(
+        data,
+        USERS,
+        [AttackSpec("clean", None), AttackSpec("cloak", ShiftRows(n), surrogates=("lookup",))],
+        {"lookup": lookup_embedder(table)},
+        [TrainerSpec("nn", "nn"), TrainerSpec("linear", "linear")],
+        {"none": create_defense("none")},
+        cloak_cache=None,
+        progress=False,
+    )
     rows = proto.run()
     assert len(rows) == len(USERS) * 2 * 2
     for r in rows:
@@ -101,8 +110,16 @@ def test_the_defense_sees_every_training_photo_and_no_test_photo(lookup_case):
     data, table, n = lookup_case
     rec = Recording()
     cloak = ShiftRows(n)
-    proto = Protocol(data, ["id03"], [AttackSpec("cloak", cloak, surrogates=("lookup",))], {"lookup": lookup_embedder(table)},
-                     [TrainerSpec("nn", "nn")], {"rec": rec}, cloak_cache=None, progress=False)
+    proto = Protocol(
+        data,
+        ["id03"],
+        [AttackSpec("cloak", cloak, surrogates=("lookup",))],
+        {"lookup": lookup_embedder(table)},
+        [TrainerSpec("nn", "nn")],
+        {"rec": rec},
+        cloak_cache=None,
+        progress=False,
+    )
     (row,) = proto.run()
     cloaked = to_uint8(cloak(to_float(data.train.images[data.train.rows_of("id03")])))
     assert rec.seen == set(data.train.hashes) | set(content_hashes(cloaked))
@@ -136,12 +153,15 @@ def test_query_time_scores_match_scikit_learn_on_hand_chosen_embeddings(lookup_c
 
 def test_detection_summary_on_scores_with_ties():
     """AUC counts a tie as half (Mann-Whitney), a photo is called cloaked when its score is above the threshold (as
-    `CloakDetector.is_cloaked` and `puface detect` decide), and the 1% threshold of 10 natural scores is their highest."""
+    `CloakDetector.is_cloaked` and `puface detect` decide), and the 1% threshold of 10 natural scores is their
+    highest."""
     from puface.evaluation.detection import summarise_detection
 
     natural = np.arange(10, dtype=np.float32)  # 0 .. 9
     cloaked = np.array([5, 9, 9, 10], dtype=np.float32)
-    det = SimpleNamespace(threshold=lambda fpr=None: 9.0, default_fpr=0.01, default_confidence=None, fingerprint=lambda: "stub")
+    det = SimpleNamespace(
+        threshold=lambda fpr=None: 9.0, default_fpr=0.01, default_confidence=None, fingerprint=lambda: "stub"
+    )
     res = summarise_detection({0: {"a": {"natural": natural, "cloaked": cloaked}}}, det)
     (row,) = res["rows"]
     # pairs (cloaked, natural) won: 5 -> 5 + 0.5, 9 -> 9 + 0.5 (twice), 10 -> 10; of 4 x 10

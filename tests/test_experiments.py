@@ -242,7 +242,9 @@ def test_resume_skips_finished_runs_and_refuses_another_config(colour_experiment
     assert "0/Alice/checker" in results["examples"] and "over 2 sessions" in res2.table_md
     changed = tmp_path / "changed.toml"
     changed.write_text(cfg_path.read_text().replace("bits = 4", "bits = 3"))
-    with pytest.raises(PufaceError, match=r"a config that differs in defenses \(added bitdepth-3; removed bitdepth-4\)"):
+    with pytest.raises(
+        PufaceError, match=r"a config that differs in defenses \(added bitdepth-3; removed bitdepth-4\)"
+    ):
         run_experiment(load_config(changed), out, progress=False, echo=lambda s: None)
 
 
@@ -257,7 +259,9 @@ def test_a_refused_resume_names_what_differs(colour_experiment, tmp_path):
     more.write_text(text + '\n[[defenses]]\nname = "median"\nsize = 3\n')
     with pytest.raises(PufaceError) as e:
         run_experiment(load_config(more), out, progress=False, echo=lambda s: None)
-    assert "differs in defenses (added median-3)" in str(e.value) and "another output folder (--out; out= in Python)" in str(e.value)
+    assert "differs in defenses (added median-3)" in str(
+        e.value
+    ) and "another output folder (--out; out= in Python)" in str(e.value)
     assert "--restart (restart=True)" in str(e.value)
     users = tmp_path / "users.toml"
     users.write_text(text.replace("[users]\n", "[users]\nmin_test = 2\n"))
@@ -276,7 +280,11 @@ def test_config_changes_by_label_and_setting():
     edited["data"]["min_images"] = 5
     edited["report"]["users"] = 9  # changes no result
     edited["run"]["batch_size"] = 8  # nor this
-    assert config_changes(base, edited) == ["attacks (changed fawkes-high-s40)", "[data] min_images", "trainers (removed linear)"]
+    assert config_changes(base, edited) == [
+        "attacks (changed fawkes-high-s40)",
+        "[data] min_images",
+        "trainers (removed linear)",
+    ]
     assert config_changes(base, base) == [] and config_changes(None, edited) == []
 
 
@@ -922,7 +930,9 @@ def test_the_cli_and_table_md_say_which_wall_time_each_gives(tmp_path, monkeypat
         table,
     )
     assert table in (tmp_path / "r" / "table.md").read_text()
-    assert re.fullmatch(r"wall time: \d+ s \(\d+\.\d min\) for this command, writing the tables and report included", out[-1])
+    assert re.fullmatch(
+        r"wall time: \d+ s \(\d+\.\d min\) for this command, writing the tables and report included", out[-1]
+    )
 
 
 def test_a_trainer_whose_fits_changed_does_not_resume_its_old_runs(tmp_path, monkeypatch):
@@ -933,7 +943,9 @@ def test_a_trainer_whose_fits_changed_does_not_resume_its_old_runs(tmp_path, mon
     from puface.experiments.build import results_fingerprint
 
     grid = 'name = "t"\n[data]\nroot = "johns"\n[[attacks]]\nname = "none"\n[victims]\nembedders = ["dlib-resnet29"]\n'
-    linear = parse(grid + '[[trainers]]\nname = "nn"\n[[trainers]]\nname = "linear"\n[[defenses]]\nname = "none"\n', tmp_path)
+    linear = parse(
+        grid + '[[trainers]]\nname = "nn"\n[[trainers]]\nname = "linear"\n[[defenses]]\nname = "none"\n', tmp_path
+    )
     nn_only = parse(grid + '[[trainers]]\nname = "nn"\n[[defenses]]\nname = "none"\n', tmp_path)
     now = results_fingerprint(linear, {}, {}), results_fingerprint(nn_only, {}, {})
     assert LinearProbe.algorithm == 2 and NearestNeighbour.algorithm == 1

@@ -91,7 +91,9 @@ def test_planning_a_job_stats_each_file_once_or_twice(tmp_path, count_stats):
     count_stats["reset"]()
     jobs = plan_mirror(tmp_path / "in", tmp_path / "out")
     assert len(jobs) == n
-    assert count_stats["stat"] + count_stats["lstat"] <= 2 * n + 60  # the output's stat and the input's (and the folder checks)
+    assert (
+        count_stats["stat"] + count_stats["lstat"] <= 2 * n + 60
+    )  # the output's stat and the input's (and the folder checks)
 
 
 def test_same_file_answers(tmp_path):
@@ -134,7 +136,9 @@ def test_a_folder_job_lets_go_of_finished_writes(tmp_path, monkeypatch):
             return f
 
     monkeypatch.setattr(jobs_module, "ThreadPoolExecutor", Tracking)
-    monkeypatch.setattr(jobs_module, "load_for_job", lambda job, data=None: LoadedImage(job, np.zeros((2, 2, 3), np.uint8)))
+    monkeypatch.setattr(
+        jobs_module, "load_for_job", lambda job, data=None: LoadedImage(job, np.zeros((2, 2, 3), np.uint8))
+    )
     n, seen = 200, []
 
     def process(items):

@@ -197,6 +197,8 @@ def test_default_surrogates_are_one_per_network_not_the_layout_variants():
     if not {"dlib-resnet29", "sface"} <= set(list_embedders()):
         pytest.skip("needs both built-in face models")
     names = distinct_embedders()  # (other tests of a session may register stand-ins too)
-    assert {"dlib-resnet29", "sface"} <= set(names) and not {"dlib-resnet29-arcface112", "sface-arcface112"} & set(names)
+    assert {"dlib-resnet29", "sface"} <= set(names) and not {"dlib-resnet29-arcface112", "sface-arcface112"} & set(
+        names
+    )
     atk = create_attack("lowkey", steps=1, perceptual="ssim", device="cpu")
     assert [e.name for e in atk.surrogates] == names

@@ -321,10 +321,26 @@ def test_runs_without_an_asr_are_read_back_from_results_csv_and_left_out(tmp_pat
         d = tmp_path / f"seed{seed}"
         d.mkdir()
         (d / "config.toml").write_text(f'name = "g"\nseeds = [{seed}]\n')
-        runs = [{"run_id": f"{seed}|{u}|{df}", "seed": seed, "attack": "fawkes", "victim": "v", "trainer": "nn", "defense": df,
-                 "user": u, "setting": "white-box", "asr": asr, "normal_acc": acc}
-                for df, u, asr, acc in (("none", "Ann", 1.0, 0.9), ("none", "Bob", float("nan"), 0.8),
-                                        ("puface", "Ann", 0.2 + 0.1 * seed, 0.9), ("puface", "Bob", float("nan"), 0.7))]
+        runs = [
+            {
+                "run_id": f"{seed}|{u}|{df}",
+                "seed": seed,
+                "attack": "fawkes",
+                "victim": "v",
+                "trainer": "nn",
+                "defense": df,
+                "user": u,
+                "setting": "white-box",
+                "asr": asr,
+                "normal_acc": acc,
+            }
+            for df, u, asr, acc in (
+                ("none", "Ann", 1.0, 0.9),
+                ("none", "Bob", float("nan"), 0.8),
+                ("puface", "Ann", 0.2 + 0.1 * seed, 0.9),
+                ("puface", "Bob", float("nan"), 0.7),
+            )
+        ]
         write_csv(d / "results.csv", runs)
         write_csv(d / "summary.csv", summarise_rows(runs))
         folders.append(d)
@@ -337,8 +353,24 @@ def test_runs_without_an_asr_are_read_back_from_results_csv_and_left_out(tmp_pat
     table = summaries.users_table(folders[0], "fawkes", {"Ann"}, "puface").splitlines()
     assert table[2:] == ["| named (1) | 20.0 | 20.0 |", "| all (1) | 20.0 | 20.0 |"]
     # a cell of summary.csv without an ASR: "-" in its column, left out of the mean, min and max
-    write_csv(folders[0] / "summary.csv", summarise_rows(
-        [{"seed": 0, "user": "Ann", "attack": "fawkes", "victim": v, "trainer": "nn", "defense": "none", "setting": "white-box",
-          "asr": asr, "normal_acc": 0.9} for v, asr in (("a", float("nan")), ("b", 0.5), ("c", 1.0))]))
+    write_csv(
+        folders[0] / "summary.csv",
+        summarise_rows(
+            [
+                {
+                    "seed": 0,
+                    "user": "Ann",
+                    "attack": "fawkes",
+                    "victim": v,
+                    "trainer": "nn",
+                    "defense": "none",
+                    "setting": "white-box",
+                    "asr": asr,
+                    "normal_acc": 0.9,
+                }
+                for v, asr in (("a", float("nan")), ("b", 0.5), ("c", 1.0))
+            ]
+        ),
+    )
     lines = summaries.defenses_table(folders[0], "fawkes").splitlines()
     assert lines[2] == "| none | - | 50.0 | 100.0 | 75.0 | 50.0 | 100.0 | 90.0 |"

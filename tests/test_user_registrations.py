@@ -96,8 +96,13 @@ def test_a_users_attack_and_defense_run_in_a_config(own_entries, tmp_path):
     _register_attack()  # registered again by the same code: replaced, not refused
     root = write_colour_faces(tmp_path / "data")
     text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root))
-    text = text.replace('[[defenses]]\nname = "bitdepth"\nbits = 4', '[[defenses]]\nname = "test-posterize"\nlevels = 4')
-    text = text.replace("[victims]", f'[[attacks]]\nname = "test-uniform-noise"\neps = 4.0\nembedders = ["{STANDIN_EMBEDDER}"]\n\n[victims]')
+    text = text.replace(
+        '[[defenses]]\nname = "bitdepth"\nbits = 4', '[[defenses]]\nname = "test-posterize"\nlevels = 4'
+    )
+    text = text.replace(
+        "[victims]",
+        f'[[attacks]]\nname = "test-uniform-noise"\neps = 4.0\nembedders = ["{STANDIN_EMBEDDER}"]\n\n[victims]',
+    )
     (tmp_path / "own.toml").write_text(text)
     res = puface.run_experiment(tmp_path / "own.toml", out=tmp_path / "out")
     cells = {(r["attack"], r["defense"]) for r in res.summary}

@@ -13,22 +13,48 @@ from .options import check_engine, device_option, engine_options, rank_options, 
 @click.command("cloak")
 @click.argument("in_path", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("out_root", metavar="OUT", type=click.Path(path_type=Path))
-@click.option("--attack", "attack_spec", metavar="SPEC", default="fawkes", show_default=True,
-              help="Cloaking attack: fawkes, lowkey, opom or unlearnable, optionally with any of its settings in the spec "
-              "grammar of configs and `evaluate --attack` (name:key=value,..., lists a|b), e.g. "
-              "'lowkey:steps=20,step_size=0.00625' or 'fawkes:mode=mid,cap=project'. opom and unlearnable cloak each "
-              "identity folder (first level under IN) as one group: one OPOM mask per person; unlearnable examples "
-              "learn the other folders as classes.")
-@click.option("--mode", type=click.Choice(["low", "mid", "high", "custom"]), default=None,
-              help="Fawkes v1.0.2 mode (DSSIM budget / steps / learning rate: low 0.004/40/25, mid 0.012/75/20, "
-                   "high 0.017/150/15); 'custom' takes --th/--steps/--lr.  [default: high]")
-@click.option("--surrogate", "surrogates", multiple=True, metavar="NAME_OR_PATH",
-              help="Face model to optimise against: a registered name (see `puface models list`) or an ONNX/"
-                   "TorchScript file (repeatable). Default: Fawkes low dlib-resnet29, mid/high dlib-resnet29 + sface; "
-                   "LowKey every installed model (one per network, on dlib chips: not the -arcface112 variants).")
-@click.option("--th", type=float, default=None, help="Fawkes custom: DSSIM budget (saved images stay under 1.1 x th, "
-              "except those v1.0's fallback keeps; see --no-fallback).")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Fawkes custom / LowKey / OPOM / unlearnable: optimisation steps (defaults: LowKey 50, OPOM 16, unlearnable 20 per round).")
+@click.option(
+    "--attack",
+    "attack_spec",
+    metavar="SPEC",
+    default="fawkes",
+    show_default=True,
+    help="Cloaking attack: fawkes, lowkey, opom or unlearnable, optionally with any of its settings in the spec "
+    "grammar of configs and `evaluate --attack` (name:key=value,..., lists a|b), e.g. "
+    "'lowkey:steps=20,step_size=0.00625' or 'fawkes:mode=mid,cap=project'. opom and unlearnable cloak each "
+    "identity folder (first level under IN) as one group: one OPOM mask per person; unlearnable examples "
+    "learn the other folders as classes.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["low", "mid", "high", "custom"]),
+    default=None,
+    help="Fawkes v1.0.2 mode (DSSIM budget / steps / learning rate: low 0.004/40/25, mid 0.012/75/20, "
+    "high 0.017/150/15); 'custom' takes --th/--steps/--lr.  [default: high]",
+)
+@click.option(
+    "--surrogate",
+    "surrogates",
+    multiple=True,
+    metavar="NAME_OR_PATH",
+    help="Face model to optimise against: a registered name (see `puface models list`) or an ONNX/"
+    "TorchScript file (repeatable). Default: Fawkes low dlib-resnet29, mid/high dlib-resnet29 + sface; "
+    "LowKey every installed model (one per network, on dlib chips: not the -arcface112 variants).",
+)
+@click.option(
+    "--th",
+    type=float,
+    default=None,
+    help="Fawkes custom: DSSIM budget (saved images stay under 1.1 x th, "
+    "except those v1.0's fallback keeps; see --no-fallback).",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Fawkes custom / LowKey / OPOM / unlearnable: optimisation steps (defaults: LowKey 50, OPOM 16, "
+    "unlearnable 20 per round).",
+)
 @click.option("--lr", type=float, default=None, help="Fawkes custom: Adadelta learning rate.")
 @click.option(
     "--fallback/--no-fallback",
@@ -173,13 +199,45 @@ from .options import check_engine, device_option, engine_options, rank_options, 
 )
 @engine_options("attack")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def cloak(in_path: Path, out_root: Path, attack_spec: str, mode: str | None, surrogates: tuple[str, ...], th: float | None,
-          steps: int | None, lr: float | None, fallback: bool, targeted: bool, geometry: str, cap: str, target_pool: Path | None, perceptual: str,
-          epsilon: float | None, hull: str | None, perturb: str | None, reference: Path | None, through: str | None,
-          gradient: str, eot_noise: float, seed: int,
-          batch_size: int, device: str, threads: int | None, fmt: str, tool_names: bool, resume: bool, align: bool,
-          largest_face: bool, rank: int | None, world_size: int | None, io_workers: int, engine: str,
-          address: str | None, workers: int | None, progress: bool) -> None:
+def cloak(
+    in_path: Path,
+    out_root: Path,
+    attack_spec: str,
+    mode: str | None,
+    surrogates: tuple[str, ...],
+    th: float | None,
+    steps: int | None,
+    lr: float | None,
+    fallback: bool,
+    targeted: bool,
+    geometry: str,
+    cap: str,
+    target_pool: Path | None,
+    perceptual: str,
+    epsilon: float | None,
+    hull: str | None,
+    perturb: str | None,
+    reference: Path | None,
+    through: str | None,
+    gradient: str,
+    eot_noise: float,
+    seed: int,
+    batch_size: int,
+    device: str,
+    threads: int | None,
+    fmt: str,
+    tool_names: bool,
+    resume: bool,
+    align: bool,
+    largest_face: bool,
+    rank: int | None,
+    world_size: int | None,
+    io_workers: int,
+    engine: str,
+    address: str | None,
+    workers: int | None,
+    progress: bool,
+) -> None:
     """Cloak the face images under IN and write them to OUT (same tree and names, PNG by default).
     An alpha channel (transparency) is kept; a grayscale image comes out RGB, since a cloak changes colours.
 
@@ -245,7 +303,9 @@ def cloak(in_path: Path, out_root: Path, attack_spec: str, mode: str | None, sur
     elif attack_name == "fawkes":
         custom = {k: v for k, v in (("th", th), ("steps", steps), ("lr", lr)) if v is not None}
         if custom and (mode or "high") != "custom":
-            raise PufaceError(f"--{'/--'.join(custom)} need --mode custom (mode {mode or 'high'!r} fixes th, steps and lr)")
+            raise PufaceError(
+                f"--{'/--'.join(custom)} need --mode custom (mode {mode or 'high'!r} fixes th, steps and lr)"
+            )
         knobs.update(custom)
         if targeted:
             knobs["targeted"] = True
@@ -259,8 +319,19 @@ def cloak(in_path: Path, out_root: Path, attack_spec: str, mode: str | None, sur
             raise PufaceError("--perceptual is a LowKey option")
         kwargs = {"mode": mode or "high"}
     else:
-        if th is not None or lr is not None or targeted or target_pool is not None or mode is not None or not fallback or geometry != "chip" or cap != "clip":
-            raise PufaceError("--mode, --th, --lr, --no-fallback, --targeted, --target-pool, --geometry and --cap are Fawkes options")
+        if (
+            th is not None
+            or lr is not None
+            or targeted
+            or target_pool is not None
+            or mode is not None
+            or not fallback
+            or geometry != "chip"
+            or cap != "clip"
+        ):
+            raise PufaceError(
+                "--mode, --th, --lr, --no-fallback, --targeted, --target-pool, --geometry and --cap are Fawkes options"
+            )
         if steps is not None:
             knobs["steps"] = steps
         if perceptual is not None:
@@ -314,7 +385,9 @@ def _attack_spec(text: str, mode: str | None) -> tuple[str, str | None, dict[str
     return name, mode if mode is not None else (None if in_spec is None else str(in_spec)), spec
 
 
-def _spec_settings(text: str, spec: dict[str, Any], options: dict[str, Any], surrogates: tuple[str, ...]) -> list[str] | None:
+def _spec_settings(
+    text: str, spec: dict[str, Any], options: dict[str, Any], surrogates: tuple[str, ...]
+) -> list[str] | None:
     """The surrogates of the run (--surrogate, else the spec's `embedders`), with `spec` left holding the attack's other
     settings; a setting given both in the spec and by an option, or one that has its own option, is a `PufaceError`."""
     from ..utils.errors import PufaceError

@@ -70,22 +70,48 @@ def _parse_attack(text: str) -> dict:
     "*.<time>.discarded.* first.",
 )
 @device_option()
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config option, e.g. --set train.epochs=2 --set loss.feature_weight=0.1; an "
-                   "[[attacks]] entry by its index: --set attacks.0.images=20 (repeatable).")
-@click.option("--drop-attack", "drop_attacks", multiple=True, metavar="LABEL",
-              help="Leave out the config's attack with this label, e.g. --drop-attack lowkey-ensemble (repeatable; "
-                   "labels: `label`, else NAME-MODE, else NAME).")
-@click.option("--add-attack", "add_attacks", multiple=True, metavar="TOML",
-              help="Add an attack, written as TOML keys, e.g. --add-attack 'label = \"adaptive\", name = \"fawkes\", "
-                   "mode = \"high\", embedders = [\"dlib-resnet29\"], through = \"default\", images = 160' (repeatable).")
-@click.option("--prepare-only", is_flag=True,
-              help="Only build the training pairs (generate and cache missing cloaks) and print the data summary.")
-@click.option("--cached-cloaks-only", is_flag=True,
-              help="Never make a cloak: stop, naming the file, at the first one missing from the cache (checks that "
-                   "a run on another machine trains on exactly the cloaks made here; same as --set data.cached_only=true).")
-@click.option("--export", "export_path", type=click.Path(path_type=Path), default=None,
-              help="Also write the best purifier to this file (.safetensors or .pt) when training ends.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config option, e.g. --set train.epochs=2 --set loss.feature_weight=0.1; an "
+    "[[attacks]] entry by its index: --set attacks.0.images=20 (repeatable).",
+)
+@click.option(
+    "--drop-attack",
+    "drop_attacks",
+    multiple=True,
+    metavar="LABEL",
+    help="Leave out the config's attack with this label, e.g. --drop-attack lowkey-ensemble (repeatable; "
+    "labels: `label`, else NAME-MODE, else NAME).",
+)
+@click.option(
+    "--add-attack",
+    "add_attacks",
+    multiple=True,
+    metavar="TOML",
+    help="Add an attack, written as TOML keys, e.g. --add-attack 'label = \"adaptive\", name = \"fawkes\", "
+    "mode = \"high\", embedders = [\"dlib-resnet29\"], through = \"default\", images = 160' (repeatable).",
+)
+@click.option(
+    "--prepare-only",
+    is_flag=True,
+    help="Only build the training pairs (generate and cache missing cloaks) and print the data summary.",
+)
+@click.option(
+    "--cached-cloaks-only",
+    is_flag=True,
+    help="Never make a cloak: stop, naming the file, at the first one missing from the cache (checks that "
+    "a run on another machine trains on exactly the cloaks made here; same as --set data.cached_only=true).",
+)
+@click.option(
+    "--export",
+    "export_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the best purifier to this file (.safetensors or .pt) when training ends.",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def train_purifier(
     config_path: str,

@@ -191,7 +191,9 @@ class LinearProbe(EmbeddingTrainer):
         if len(self.classes_) == 1:  # degenerate but legal: everything is that one class
             self.model_ = None
         else:
-            self.model_ = LogisticRegression(C=self.params["C"], max_iter=self.params["max_iter"], tol=self.params["tol"])
+            self.model_ = LogisticRegression(
+                C=self.params["C"], max_iter=self.params["max_iter"], tol=self.params["tol"]
+            )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 self.model_.fit(xs, codes)

@@ -176,7 +176,8 @@ class ResultsFolder:
                     ("the same config with other model weights behind its names (a purifier or face model file "
                      "changed) or runs of an earlier version of a trainer")
                 raise PufaceError(
-                    f"{out} holds results of {what} (fingerprint {old.get('fingerprint')} != {fingerprint}); use another "
+                    f"{out} holds results of {what} (fingerprint {old.get('fingerprint')} != {fingerprint}); use "
+                    "another "
                     "output folder (--out; out= in Python)" + (", where the cloaks, defended images and embeddings "
                     "cached from these runs are reused," if cfg.run.get("cache", True) else "") +
                     " or --restart (restart=True) to discard them")

@@ -129,7 +129,9 @@ class JobReport:
     def summary(self, verb: str = "written") -> str:
         rate = self.written / self.seconds if self.seconds > 0 else 0.0
         # slow jobs (cloaking on a CPU: a minute per image) in seconds per image; '0.0 images/s' said nothing
-        speed = f"{rate:.1f} images/s" if rate >= 1 or not self.written else f"{self.seconds / self.written:.1f} s/image"
+        speed = (
+            f"{rate:.1f} images/s" if rate >= 1 or not self.written else f"{self.seconds / self.written:.1f} s/image"
+        )
         lines = [
             f"{self.total} images: {self.written} {verb}, {self.resumed} already done (skipped), "
             f"{len(self.copied)} copied unchanged, {len(self.skipped)} skipped, {len(self.failed)} failed "

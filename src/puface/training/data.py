@@ -69,11 +69,13 @@ def purifier_identities(counts: dict[str, int], *, heldout_min_images: int | Non
     if not train:
         # identities with >= heldout_min_images are held out: fewer are held out with a HIGHER minimum
         above = max(counts.values(), default=0) + 1
-        raise PufaceError(f"no identities left for purifier training ({len(names)} identities: {len(big)} held out with "
-                          f">= {heldout_min_images} images each, {len(extra_heldout)} by data.heldout_fraction, "
-                          f"{len(val)} for validation); hold out fewer by count with a higher data.heldout_min_images "
-                          f"(--set data.heldout_min_images={above}: none) or lower data.heldout_fraction / "
-                          "data.val_fraction")
+        raise PufaceError(
+            f"no identities left for purifier training ({len(names)} identities: {len(big)} held out with "
+            f">= {heldout_min_images} images each, {len(extra_heldout)} by data.heldout_fraction, "
+            f"{len(val)} for validation); hold out fewer by count with a higher data.heldout_min_images "
+            f"(--set data.heldout_min_images={above}: none) or lower data.heldout_fraction / "
+            "data.val_fraction"
+        )
     return IdentitySplit(sorted(train), sorted(val), sorted(big + extra_heldout))
 
 
