@@ -90,6 +90,7 @@ def data_fingerprints(root: str | Path) -> tuple[str, str]:
     run's own loading of them."""
     import hashlib
 
+    from ..data.fetch import file_digest
     from ..io.files import list_image_files
 
     root = Path(root)
@@ -97,8 +98,7 @@ def data_fingerprints(root: str | Path) -> tuple[str, str]:
     for p in list_image_files(root):
         rel = p.relative_to(root).as_posix()
         sizes.update(f"{rel}\t{p.stat().st_size}\n".encode())
-        with open(p, "rb") as f:
-            contents.update(f"{rel}\t{hashlib.file_digest(f, 'sha256').hexdigest()}\n".encode())
+        contents.update(f"{rel}\t{file_digest(p)}\n".encode())
     return sizes.hexdigest()[:16], contents.hexdigest()[:16]
 
 

@@ -6,7 +6,6 @@ Nothing is ever downloaded: a missing package raises `MissingDependencyError` na
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -52,24 +51,20 @@ def verify_sha256(path: Path, expected: str) -> None:
     key = (str(path), path.stat().st_mtime, expected)
     if key in _verified:
         return
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    if h.hexdigest() != expected:
+    digest = sha256_of(path)
+    if digest != expected:
         raise PufaceError(
-            f"{path}: sha256 {h.hexdigest()} differs from the expected {expected}; "
+            f"{path}: sha256 {digest} differs from the expected {expected}; "
             "the file is corrupt or another version"
         )
     _verified.add(key)
 
 
 def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """Hex SHA-256 of a file (`data.fetch.file_digest`, the one home of file hashing)."""
+    from ..data.fetch import file_digest
+
+    return file_digest(path)
 
 
 def cached_state_dict(
