@@ -88,15 +88,21 @@ def _entry_is(entry: os.DirEntry[str], kind: str) -> bool:
         return False
 
 
+def _file_in_the_way(paths: Iterable[Path]) -> Path | None:
+    """The first of `paths` (a path, then its parents) that exists, when it is not a folder; None otherwise."""
+    for p in paths:
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
 def check_output_root(out_folder: str | Path) -> None:
     """Refuse an output folder that is an existing file (or lies below one): one error, not one per output."""
     out = Path(out_folder)
-    for p in (out, *out.parents):
-        if p.exists():
-            if not p.is_dir():
-                where = "is a file" if p == out else f"lies below the file {p}"
-                raise PufaceError(f"output folder {out} {where}, not a folder; choose another output folder")
-            return
+    p = _file_in_the_way((out, *out.parents))
+    if p is not None:
+        where = "is a file" if p == out else f"lies below the file {p}"
+        raise PufaceError(f"output folder {out} {where}, not a folder; choose another output folder")
 
 
 def check_output_file(path: str | Path, what: str = "output file", inputs: Iterable[str | Path] = ()) -> None:
@@ -105,11 +111,9 @@ def check_output_file(path: str | Path, what: str = "output file", inputs: Itera
     out = Path(path)
     if out.is_dir():
         raise PufaceError(f"{what} {out} is a folder; give a file name")
-    for p in out.parents:
-        if p.exists():
-            if not p.is_dir():
-                raise PufaceError(f"{what} {out} lies below the file {p}; choose another place")
-            break
+    p = _file_in_the_way(out.parents)
+    if p is not None:
+        raise PufaceError(f"{what} {out} lies below the file {p}; choose another place")
     for inp in inputs:
         if out.exists() and same_file(out, inp):
             raise PufaceError(f"{what} {out} is the input {inp}; write to another file (inputs are never overwritten)")
