@@ -270,3 +270,14 @@ def test_an_attack_option_typo_lists_the_spec_keys_too(spec, meant):
         create_attack(spec)
     known = str(e.value).split("known: ")[1].split(", ")
     assert meant in known and {"embedders", "seed", "through"} <= set(known)
+
+
+def test_the_lazy_top_level_api_lists_the_names_of_puface_api():
+    """`import puface` names its API without importing it (`puface._API`, for speed); the names live twice, so they
+    must agree with `puface.api.__all__`, and each must resolve."""
+    import puface
+    import puface.api
+
+    assert set(puface._API) == set(puface.api.__all__)
+    for name in puface._API:
+        assert getattr(puface, name) is getattr(puface.api, name)
