@@ -117,7 +117,25 @@ def test_report_headline_needs_the_purifier_label_and_names_the_labels_there(tmp
     out = capsys.readouterr().out
     assert "None" not in out and "nan" not in out
     assert "| **mean (white-box)** | | | | - | **5.0** | - | - | 98.0 | - | |" in out
-    assert "no baseline defense in these results; highest white-box ASR with PuFace: 5.0%" in out
+    assert "no baseline defense in these results; highest white-box ASR with mine: 5.0%" in out
+
+
+def test_report_headline_names_the_columns_of_another_purifier_label_by_that_label(tmp_path, capsys):
+    """`--puface puface-step1.5` shows that defense: its columns must say so, not "PuFace" (the grids' step-1
+    purifier, which is also in the folder); the default label keeps the README's "PuFace"."""
+    from puface.cli import main
+
+    folder = _summary(tmp_path, [("fawkes-high", "dlib-resnet29", "nn", "none", "white-box", 1.0, 0.99),
+                                 ("fawkes-high", "dlib-resnet29", "nn", "puface", "white-box", 0.1, 0.98),
+                                 ("fawkes-high", "dlib-resnet29", "nn", "puface-step1.5", "white-box", 0.05, 0.97)])
+    assert main(["report", "headline", str(folder), "--puface", "puface-step1.5"]) == 0
+    out = capsys.readouterr().out
+    head = out.splitlines()[0]
+    assert "| ASR puface-step1.5 |" in head and "| normal acc. puface-step1.5 |" in head and "PuFace" not in head
+    assert "| 100.0 | **5.0** |" in out and "highest white-box ASR with puface-step1.5: 5.0%" in out
+    assert main(["report", "headline", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "| ASR PuFace |" in out.splitlines()[0] and "| 100.0 | **10.0** |" in out
 
 
 def test_report_cells_cli_writes_the_table(tmp_path, capsys):

@@ -194,14 +194,21 @@ def _pct_of(v: float) -> str:
     return "-" if v != v else f"{v:.1f}"
 
 
+def purifier_column(label: str) -> str:
+    """How the headline names the purifier's columns: "PuFace" for the grids' own `puface` label, else the label
+    shown (`--puface puface-step1.5`), so a table of another defense never reads as the paper's PuFace."""
+    return "PuFace" if label == "puface" else md_cell(label)
+
+
 def headline_markdown(h: dict[str, Any], settings: tuple[str, ...] = ("white-box", "oblivious")) -> str:
     """The headline table as Markdown (the rows of `settings`; the means of both), with the closing line
     naming the best baseline."""
     b = h["best_baseline"]
     name = md_cell(b or "baseline")
+    pu = purifier_column(h.get("puface", "puface"))
     out = [
-        f"| attack | victim | trainer | setting | ASR none | ASR PuFace | ASR {name} "
-        f"| normal acc. none | normal acc. PuFace | normal acc. {name} | best baseline in this row (ASR) |",
+        f"| attack | victim | trainer | setting | ASR none | ASR {pu} | ASR {name} "
+        f"| normal acc. none | normal acc. {pu} | normal acc. {name} | best baseline in this row (ASR) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in (r for r in h["rows"] if r["setting"] in settings):
@@ -220,7 +227,7 @@ def headline_markdown(h: dict[str, Any], settings: tuple[str, ...] = ("white-box
             f"| {_pct(cols[2].get('normal_acc'))} | |"
         )
     best = f"best baseline over the white-box cells: {b}" if b else "no baseline defense in these results"
-    out += ["", f"{best}; highest white-box ASR with PuFace: {_pct(h['max_white_box_asr_puface'])}%"]
+    out += ["", f"{best}; highest white-box ASR with {pu}: {_pct(h['max_white_box_asr_puface'])}%"]
     return "\n".join(out)
 
 
