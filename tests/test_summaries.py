@@ -199,6 +199,22 @@ def test_report_cells_users_names_an_attack_or_defense_without_runs(tmp_path, ca
         assert "no runs of attack" in err and "Traceback" not in err
 
 
+def test_report_cells_users_counts_users_not_runs(tmp_path, capsys):
+    """A folder of three seeds where Ann is protected in every draw: "named (3)" counted her three runs as three
+    users; the label says users, and the runs when there are more of them."""
+    from puface.cli import main
+
+    (tmp_path / "results.csv").write_text(
+        "seed,user,attack,victim,trainer,defense,setting,asr,normal_acc\n"
+        + "".join(f"{seed},{user},lowkey,v,nn,puface,white-box,{asr},1.0\n"
+                  for seed, user, asr in ((0, "Ann", 0.0), (0, "Bob", 0.5), (1, "Ann", 0.1), (1, "Cid", 0.2),
+                                          (2, "Ann", 0.3))))
+    assert main(["report", "cells", "users", str(tmp_path), "--attack", "lowkey", "--users", "Ann"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2:] == ["| named (1 user, 3 runs) | 13.3 | 13.3 |", "| others (2) | 35.0 | 35.0 |",
+                         "| all (3 users, 5 runs) | 22.0 | 22.0 |"]
+
+
 def test_report_on_an_unfinished_run_says_it_has_not_finished(tmp_path, capsys):
     from puface.cli import main
 

@@ -259,12 +259,15 @@ def defenses_table(folder: Path, attack: str | None = None) -> str:
 
 
 def users_table(folder: Path, attack: str, named: set[str], defense: str = "puface") -> str:
-    """ASR of `attack` under `defense` per victim / trainer, for the `named` users, the others and all."""
+    """ASR of `attack` under `defense` per victim / trainer (the mean over runs), for the `named` users, the others
+    and all; each group's label counts its users, and its runs where a folder of several seeds has more."""
     asr: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    who: dict[str, set[str]] = defaultdict(set)
     for r in _csv(Path(folder) / "results.csv"):
         if r["attack"] == attack and r["defense"] == defense and r["asr"] != "":  # a user without a test photo: no ASR
             for g in ("named" if r["user"] in named else "others", "all"):
                 asr[(r["victim"], r["trainer"])][g].append(100 * float(r["asr"]))
+                who[g].add(r["user"])
     if not asr:
         raise PufaceError(f"{folder}/results.csv: no runs of attack {attack!r} with defense {defense!r}")
     cols = sorted(asr)
@@ -275,9 +278,9 @@ def users_table(folder: Path, attack: str, named: set[str], defense: str = "pufa
     for g in ("named", "others", "all"):
         vals = [_mean(asr[c][g]) for c in cols if asr[c][g]]
         if len(vals) == len(cols):
-            out.append(
-                f"| {g} ({len(asr[cols[0]][g])}) | " + " | ".join(f"{x:.1f}" for x in vals) + f" | {_mean(vals):.1f} |"
-            )
+            users, runs = len(who[g]), max(len(asr[c][g]) for c in cols)
+            count = f"{users}" if runs == users else f"{users} user{'s' * (users != 1)}, {runs} runs"
+            out.append(f"| {g} ({count}) | " + " | ".join(f"{x:.1f}" for x in vals) + f" | {_mean(vals):.1f} |")
     return "\n".join(out)
 
 
