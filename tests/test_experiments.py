@@ -157,6 +157,30 @@ def test_a_config_path_still_works(tmp_path):
     assert load_config(p).grid() == load_config("demo").grid()
 
 
+def test_show_prints_a_packaged_configs_text_to_copy_and_edit(tmp_path, capsys):
+    """`puface reproduce NAME --show > mine.toml` (and `train-purifier` / `train-detector --config NAME --show`) gives
+    the packaged file's text, comments kept; the copy runs as the packaged config does, `extends` included."""
+    from puface.cli import main
+    from puface.training.config import load_config as load_recipe
+    from puface.training.detector import load_detector_config
+
+    for name in ("lfw", "lfw-e2e"):  # lfw-e2e: extends = "lfw", found by name from the copy's folder
+        assert main(["reproduce", name, "--show"]) == 0
+        text = capsys.readouterr().out
+        assert text == packaged_config(name).read_text(encoding="utf-8") and text.startswith("#")
+        (tmp_path / "mine.toml").write_text(text)
+        assert load_config(tmp_path / "mine.toml").fingerprint() == load_config(name).fingerprint()
+    assert main(["train-purifier", "--config", "default", "--show"]) == 0
+    (tmp_path / "recipe.toml").write_text(capsys.readouterr().out)
+    assert load_recipe(tmp_path / "recipe.toml") == load_recipe("default")
+    assert main(["train-detector", "--show"]) == 0
+    (tmp_path / "detector.toml").write_text(capsys.readouterr().out)
+    assert load_detector_config(tmp_path / "detector.toml") == load_detector_config("default")
+    assert main(["train-detector", "--list"]) == 0 and "sharpen " in capsys.readouterr().out
+    assert main(["reproduce", "nosuch", "--show"]) == 2
+    assert "no packaged experiment config has that name" in capsys.readouterr().err
+
+
 def test_lfw_config_is_the_benchmark():
     cfg = load_config("lfw")
     assert cfg.data["min_images"] >= 10 and cfg.data["max_per_identity"]

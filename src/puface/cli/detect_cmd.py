@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from .options import check_engine, device_option, engine_options, rank_options, threads_option
+from .options import (SHOW_HELP, check_engine, device_option, engine_options, list_packaged, rank_options, show_config,
+                      threads_option)
 
 
 # the purifier a detector was calibrated with (one option, shared by the commands below)
@@ -268,6 +269,8 @@ def calibrate_detector(
 @click.option("--config", "config_path", default="default", show_default=True,
               help="A TOML detector recipe, or a packaged recipe's name ('default': the shipped detector's, every "
                    "option commented).")
+@click.option("--list", "list_recipes", is_flag=True, help="List the packaged detector recipes and exit.")
+@click.option("--show", is_flag=True, help=SHOW_HELP)
 @click.option("--data", "data", type=click.Path(path_type=Path), default=None,
               help="Identity folders instead of the config's [data] root (the packaged recipe names \"lfw-chips150\", "
                    "found through $PUFACE_DATA).")
@@ -285,9 +288,9 @@ def calibrate_detector(
 @click.option("--export", "export_path", type=click.Path(path_type=Path), default=None,
               help="Also copy the detector to this file when training ends.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
-def train_detector(config_path: str, data: Path | None, out_dir: Path | None, purifier: Path | None,
-                   overrides: tuple[str, ...], device: str, threads: int | None, export_path: Path | None,
-                   progress: bool) -> None:
+def train_detector(config_path: str, list_recipes: bool, show: bool, data: Path | None, out_dir: Path | None,
+                   purifier: Path | None, overrides: tuple[str, ...], device: str, threads: int | None,
+                   export_path: Path | None, progress: bool) -> None:
     """Train and calibrate a cloak detector as a recipe says (for `puface detect --detector FILE`).
 
     It learns from the purifier's training identities (natural chips, re-encoded and resampled variants,
@@ -303,6 +306,10 @@ def train_detector(config_path: str, data: Path | None, out_dir: Path | None, pu
     from ..training.detector import load_detector_config, train_detector as train
     from .purifier_cmd import _parse_override
 
+    if list_recipes:
+        return list_packaged("detector")
+    if show:
+        return show_config(config_path, "detector")
     if threads:
         torch.set_num_threads(threads)
     settings = dict(_parse_override(o) for o in overrides)

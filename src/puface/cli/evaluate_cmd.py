@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .options import DEVICE_HELP, device_option
+from .options import DEVICE_HELP, SHOW_HELP, device_option, list_packaged, show_config
 
 
 def _run(cfg, out, device, restart, progress, detect=True, quiet_table=False):
@@ -65,19 +65,6 @@ def common(f):
     return f
 
 
-def list_packaged(kind: str) -> None:
-    """Print the packaged configs of `kind` with their description (first comment line for recipes)."""
-    from ..utils.tomlconfig import packaged_config, packaged_config_names, read_toml
-
-    for name in packaged_config_names(kind):
-        path = packaged_config(name, kind)
-        text = str(read_toml(path).get("description", "")) if path else ""
-        if not text and path:
-            first = next((ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("#")), "")
-            text = first.lstrip("# ")
-        click.echo(f"{name:24s} {text if len(text) <= 110 else text[:107].rstrip() + '...'}")
-
-
 # the purifier a detector was calibrated with (one option, shared by the commands below)
 _detector_purifier_option = click.option(
     "--detector-purifier", "detector_purifier", type=click.Path(path_type=Path), default=None,
@@ -88,6 +75,7 @@ _detector_purifier_option = click.option(
 @click.command("reproduce")
 @click.argument("config", metavar="CONFIG", required=False)
 @click.option("--list", "list_configs", is_flag=True, help="List the packaged configs and exit.")
+@click.option("--show", is_flag=True, help=SHOW_HELP)
 @click.option("--data", "data", type=click.Path(path_type=Path), default=None,
               help="Identity folders ROOT/<identity>/<image> to use instead of the config's [data] root "
                    "(which may name a data set found in $PUFACE_DATA).")
@@ -99,14 +87,15 @@ _detector_purifier_option = click.option(
                    "file or a shipped one (default, sharpen, edits).")
 @_detector_purifier_option
 @common
-def reproduce(config: str | None, list_configs: bool, data: Path | None, seeds: tuple[int, ...], detector: Path | None,
-              detector_purifier: Path | None, out: Path | None, device: str | None, restart: bool, progress: bool,
-              detect: bool) -> None:
+def reproduce(config: str | None, list_configs: bool, show: bool, data: Path | None, seeds: tuple[int, ...],
+              detector: Path | None, detector_purifier: Path | None, out: Path | None, device: str | None,
+              restart: bool, progress: bool, detect: bool) -> None:
     """Run the experiment grid of CONFIG (a TOML file, or the name of a packaged config: see
-    `puface reproduce --list`) and write results.csv, summary.csv, results.json, table.md and
-    report.html. The data come from --data, else the config's [data] root: a folder, or a data set
-    name looked up in $PUFACE_DATA (the LFW configs name "lfw-chips150"). A config may start from
-    another (extends = "lfw") and write only what differs; OUT/config.toml is saved resolved.
+    `puface reproduce --list`; `puface reproduce NAME --show > mine.toml` copies one to edit) and write
+    results.csv, summary.csv, results.json, table.md and report.html. The data come from --data, else the
+    config's [data] root: a folder, or a data set name looked up in $PUFACE_DATA (the LFW configs name
+    "lfw-chips150"). A config may start from another (extends = "lfw") and write only what differs;
+    OUT/config.toml is saved resolved.
 
     Finished runs are kept in OUT/runs.jsonl: re-running the same command resumes (only while the config,
     the data and the face models it names - the weights of victims, purifiers and attack surrogates, a model's
@@ -119,6 +108,8 @@ def reproduce(config: str | None, list_configs: bool, data: Path | None, seeds: 
         return list_packaged("experiment")
     if config is None:
         raise click.UsageError("give a CONFIG (a TOML file or a packaged config's name; --list shows them)")
+    if show:
+        return show_config(config, "experiment")
     cfg = load_config(config)
     if data is not None:
         cfg = cfg.with_data_root(data)

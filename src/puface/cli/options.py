@@ -1,6 +1,6 @@
 """Command-line options that several commands share: the device (`--device`), the engine of a folder job
-(`--engine`, `--address`, `--workers`), the share of the files of one process (`--rank`, `--world-size`) and
-torch's threads (`--threads`)."""
+(`--engine`, `--address`, `--workers`), the share of the files of one process (`--rank`, `--world-size`),
+torch's threads (`--threads`), and the packaged configs of the commands that run one (`--list`, `--show`)."""
 
 from __future__ import annotations
 
@@ -89,3 +89,29 @@ def check_engine(engine: str, address: str | None, workers: int | None) -> None:
     """--address and --workers only go with --engine ray."""
     if engine == "local" and (address is not None or workers is not None):
         raise PufaceError("--address and --workers go with --engine ray")
+
+
+def list_packaged(kind: str) -> None:
+    """Print the packaged configs of `kind` with their description (first comment line for recipes)."""
+    from ..utils.tomlconfig import packaged_config, packaged_config_names, read_toml
+
+    for name in packaged_config_names(kind):
+        path = packaged_config(name, kind)
+        text = str(read_toml(path).get("description", "")) if path else ""
+        if not text and path:
+            first = next((ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("#")), "")
+            text = first.lstrip("# ")
+        click.echo(f"{name:24s} {text if len(text) <= 110 else text[:107].rstrip() + '...'}")
+
+
+def show_config(ref: str, kind: str) -> None:
+    """Print the text of the config `ref` (a packaged name or a file) as it is, comments included, so it can be
+    copied and edited (`puface reproduce lfw --show > mine.toml`); an `extends` in it still finds the packaged
+    parent by name."""
+    from ..utils.tomlconfig import find_config
+
+    click.echo(find_config(ref, kind).read_text(encoding="utf-8"), nl=False)
+
+
+#: `--show` of the commands that run a config (reproduce, train-purifier, train-detector)
+SHOW_HELP = "Print the config's text (comments included: a start for your own copy) and exit."

@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from .options import check_engine, device_option, engine_options, rank_options, threads_option
+from .options import (SHOW_HELP, check_engine, device_option, engine_options, list_packaged, rank_options, show_config,
+                      threads_option)
 
 
 def _parse_override(text: str) -> tuple[str, object]:
@@ -42,6 +43,7 @@ def _parse_attack(text: str) -> dict:
     "shipped purifier's, with every option commented), or a run's OUT/config.json (as it ran).",
 )
 @click.option("--list", "list_recipes", is_flag=True, help="List the packaged purifier recipes and exit.")
+@click.option("--show", is_flag=True, help=SHOW_HELP)
 @click.option(
     "--data",
     "data",
@@ -116,6 +118,7 @@ def _parse_attack(text: str) -> dict:
 def train_purifier(
     config_path: str,
     list_recipes: bool,
+    show: bool,
     data: Path | None,
     out_dir: Path | None,
     resume: bool,
@@ -140,9 +143,9 @@ def train_purifier(
     from ..training.train import cleanup_distributed, init_distributed, prepare_data, train
 
     if list_recipes:
-        from .evaluate_cmd import list_packaged
-
         return list_packaged("purifier")
+    if show:
+        return show_config(config_path, "purifier")
     sets = dict(_parse_override(o) for o in overrides)
     if cached_cloaks_only:
         sets["data.cached_only"] = True
