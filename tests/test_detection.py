@@ -799,7 +799,7 @@ def test_detector_recipe_errors_are_one_line(tmp_path, johns_dir):
     errors, not a ValueError traceback or 'cannot list folder'."""
     from puface.training.detector import interleaved_chips, load_detector_config
 
-    with pytest.raises(PufaceError, match="invalid literal"):
+    with pytest.raises(PufaceError, match="with --set train.epochs=x: train.epochs must be an integer, got .x."):
         load_detector_config("default", {"train.epochs": "x"})
     with pytest.raises(
         PufaceError, match="2 of the purifier's 3 training identities are not here .Nobody_A, Nobody_B."

@@ -387,6 +387,32 @@ def test_train_purifier_set_of_an_unknown_key_names_the_set(override, message, t
     assert code == 2 and f"default.toml with --set {override}: {message}" in err  # the typo is the --set's
 
 
+def test_set_none_clears_an_optional_setting_of_either_recipe_and_stays_text_elsewhere():
+    """TOML has no null: `--set KEY=none` was the text "none", refused for the purifier's optional counts (no way to
+    clear one a recipe sets) and taken by the detector's (data.max_natural = "none", a TypeError when training
+    sliced by it). Now `none` clears a setting that takes None, in both recipe loaders, and a wrong type of the
+    detector's is refused when the recipe is read."""
+    from puface.cli.purifier_cmd import _parse_override
+    from puface.training.config import load_config
+    from puface.training.detector import load_detector_config
+    from puface.utils.errors import PufaceError
+
+    sets = dict(map(_parse_override, ("train.max_steps_per_epoch=none", "data.max_per_identity=None",
+                                      "data.heldout_min_images=none", "data.cache=none")))
+    cfg = load_config("default", sets)
+    assert (cfg.train.max_steps_per_epoch, cfg.data.max_per_identity, cfg.data.heldout_min_images) == (None,) * 3
+    assert cfg.data.cache == "none"  # a string setting: the text (a folder of that name)
+    with pytest.raises(PufaceError, match=r"--set train.epochs: expected an integer, got 'none'"):
+        load_config("default", dict([_parse_override("train.epochs=none")]))
+    det = load_detector_config("default", dict([_parse_override("data.max_natural=5")]))
+    assert det.data["max_natural"] == 5
+    assert load_detector_config("default", dict([_parse_override("data.max_natural=none")])).data["max_natural"] is None
+    for text, message in (("data.max_natural=abc", "data.max_natural must be an integer or none, got 'abc'"),
+                          ("train.epochs=none", "train.epochs must be an integer, got 'none'")):
+        with pytest.raises(PufaceError, match=f"with --set {text}: {message}"):
+            load_detector_config("default", dict([_parse_override(text)]))
+
+
 def test_train_purifier_refuses_a_bad_export_before_training(johns_dir, johns_images, tmp_path, capsys):
     """--export below a file (or onto a folder) ended, after the whole training, in a FileExistsError traceback;
     now one line before any work, no run folder made."""

@@ -282,7 +282,8 @@ def calibrate_detector(
                    "of the config's [data] purifier (the shipped one); it must record its identity split. Use the "
                    "detector with the same --purifier.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config option, e.g. --set train.epochs=2 --set data.max_natural=200 (repeatable).")
+              help="Override a config option, e.g. --set train.epochs=2 --set data.max_natural=200 (repeatable); "
+                   "none clears an optional one (TOML has no null): --set data.max_natural=none.")
 @device_option()
 @threads_option()
 @click.option("--export", "export_path", type=click.Path(path_type=Path), default=None,

@@ -78,7 +78,8 @@ def _parse_attack(text: str) -> dict:
     multiple=True,
     metavar="KEY=VALUE",
     help="Override a config option, e.g. --set train.epochs=2 --set loss.feature_weight=0.1; an "
-    "[[attacks]] entry by its index: --set attacks.0.images=20 (repeatable).",
+    "[[attacks]] entry by its index: --set attacks.0.images=20 (repeatable). VALUE is TOML (a bare word is text); "
+    "none clears an optional option (TOML has no null): --set data.max_per_identity=none.",
 )
 @click.option(
     "--drop-attack",

@@ -74,7 +74,7 @@ from ..attacks import attack_label
 from ..defenses import default_label
 from ..evaluation.protocol import PROTOCOLS, run_id
 from ..utils.errors import ConfigError
-from ..utils.tomlconfig import extends_chain, load_toml_config, resolve_chain, to_toml
+from ..utils.tomlconfig import extends_chain, load_toml_config, refuse_unknown, resolve_chain, to_toml
 
 __all__ = ["ExperimentConfig", "AttackEntry", "TrainerEntry", "DefenseEntry", "load_config", "config_text", "LABELS",
            "MIN_IMAGE_SIZE"]
@@ -157,14 +157,6 @@ LABELS: dict[str, Callable[[dict], str]] = {
 }
 
 
-def _check_keys(where: str, d: dict, known: set[str]) -> None:
-    unknown = set(d) - known
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) in {where}: {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})"
-        )
-
-
 @dataclass
 class AttackEntry:
     """One attack of the grid: `create_attack(name, mode=..., embedders=..., **params)`."""
@@ -221,11 +213,11 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: Path | None = None) -> "ExperimentConfig":
         where = str(source) if source else "config"
-        _check_keys(where, raw, _TOP_KEYS)
+        refuse_unknown(raw, _TOP_KEYS, where)
         for sec, known in _SECTION_KEYS.items():
             if sec in raw and not isinstance(raw[sec], dict):
                 raise ConfigError(f"{where}: [{sec}] must be a table")
-            _check_keys(f"{where} [{sec}]", raw.get(sec, {}), known)
+            refuse_unknown(raw.get(sec, {}), known, f"{where} [{sec}]")
         data, users, run, report, detection = ({**_DEFAULTS[s], **raw.get(s, {})}
                                                for s in ("data", "users", "run", "report", "detection"))
         _check_numbers(where, {"data": data, "users": users, "run": run, "report": report})

@@ -16,7 +16,8 @@ from typing import Any, Sequence, Union, get_args, get_origin, get_type_hints
 from ..attacks import attack_label
 from ..purifier.rednet import RedNetConfig
 from ..utils.errors import ConfigError
-from ..utils.tomlconfig import apply_overrides, config_where, load_toml_config, merge_configs, read_json_object
+from ..utils.tomlconfig import (apply_overrides, clear_optional, config_where, load_toml_config, merge_configs,
+                                read_json_object, refuse_unknown)
 from .amplify import AmplifyConfig
 
 #: how [[attacks]] entries are named for drop_attacks (the labels their cloaks and metrics carry)
@@ -57,12 +58,7 @@ def _check_types(section: str, d: dict, cls: type) -> None:
 
 
 def _check_keys(section: str, d: dict, cls: type) -> None:
-    known = {f.name for f in fields(cls)}
-    unknown = set(d) - known
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) in [{section}]: {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})"
-        )
+    refuse_unknown(d, (f.name for f in fields(cls)), f"[{section}]")
 
 
 @dataclass(frozen=True)
@@ -170,12 +166,7 @@ class PurifierTrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PurifierTrainConfig":
         d = dict(d)
-        allowed = {"seed", "attacks", *SECTIONS}
-        unknown = set(d) - allowed
-        if unknown:
-            raise ConfigError(
-                f"unknown top-level option(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(allowed))})"
-            )
+        refuse_unknown(d, {"seed", "attacks", *SECTIONS})
 
         def section(name: str, klass: type, tuples: tuple[str, ...] = ()):
             s = dict(d.get(name) or {})
@@ -241,11 +232,24 @@ SECTIONS: dict[str, Any] = {"data": DataConfig, "model": RedNetConfig, "amplify"
                              "train": TrainConfig, "val": ValConfig}
 
 
+def _field_class(key: str) -> tuple[type | None, str]:
+    """(the dataclass holding the setting "section.name" or "seed", the field's name); None for a key of no section
+    (an [[attacks]] entry's: "attacks.0.images")."""
+    section, _, name = key.rpartition(".")
+    return (SECTIONS.get(section) if section else PurifierTrainConfig), name
+
+
+def _takes_none(key: str) -> bool:
+    """Whether the setting `key` is optional (its type admits None: train.seed, data.max_per_identity, ...)."""
+    cls, name = _field_class(key)
+    hint = get_type_hints(cls).get(name) if cls is not None else None
+    return hint is not None and get_origin(hint) in (Union, UnionType) and type(None) in get_args(hint)
+
+
 def _check_override_types(overrides: dict[str, Any]) -> None:
     """An override ("train.epochs" -> "abc") of the wrong type is an error naming it, not the config file."""
     for key, value in overrides.items():
-        section, _, name = key.rpartition(".")
-        cls = SECTIONS.get(section) if section else PurifierTrainConfig
+        cls, name = _field_class(key)
         want = _expected_type(cls, name, value) if cls is not None else None
         if want:
             raise ConfigError(f"--set {key}: expected {want}, got {value!r}")
@@ -256,10 +260,11 @@ def load_config(ref: str | Path, overrides: dict[str, Any] | None = None, *, dro
     """Read a purifier training config: a TOML file or a packaged recipe's name ("default", "v5", ...),
     with `extends` resolved (`puface.utils.tomlconfig`), or a run's saved `config.json`.
 
-    overrides: "section.key" (or "seed") -> value, set on top. drop_attacks / add_attacks: edit the
-    `[[attacks]]` list like a config's ``drop_attacks`` / ``[[add_attacks]]`` (labels as `attack_label`
-    names them, e.g. "fawkes-high", "lowkey-ensemble"; an unknown label is an error). data_root: instead
-    of `[data] root`. Both serve ablations without copying a config.
+    overrides: "section.key" (or "seed") -> value, set on top; the text "none" clears an optional setting
+    (`tomlconfig.clear_optional`: `train.max_steps_per_epoch`, `data.max_per_identity`, ...).
+    drop_attacks / add_attacks: edit the `[[attacks]]` list like a config's ``drop_attacks`` /
+    ``[[add_attacks]]`` (labels as `attack_label` names them, e.g. "fawkes-high", "lowkey-ensemble"; an unknown
+    label is an error). data_root: instead of `[data] root`. Both serve ablations without copying a config.
     """
     if Path(ref).suffix == ".json" and Path(ref).is_file():  # a run's own config.json (`as_dict`), as it ran
         path = Path(ref)
@@ -269,7 +274,8 @@ def load_config(ref: str | Path, overrides: dict[str, Any] | None = None, *, dro
     if drop_attacks or add_attacks:
         d = merge_configs(d, {"drop_attacks": list(drop_attacks), "add_attacks": [dict(a) for a in add_attacks]},
                           LABELS, f"{path} (--drop-attack / --add-attack)")
-    _check_override_types(overrides or {})
+    overrides = clear_optional(overrides, _takes_none)
+    _check_override_types(overrides)
     apply_overrides(d, overrides, data_root)
     try:
         return PurifierTrainConfig.from_dict(d)

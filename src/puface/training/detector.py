@@ -63,7 +63,8 @@ from ..utils.fingerprint import content_hashes
 from ..utils.paths import cache_dir
 from ..utils.images import to_float, to_uint8
 from ..utils.seeding import stable_seed
-from ..utils.tomlconfig import apply_overrides, config_where, load_toml_config, to_toml
+from ..utils.tomlconfig import (apply_overrides, clear_optional, config_where, load_toml_config, refuse_unknown,
+                                to_toml)
 from .data import cloak_with_cache
 
 __all__ = [
@@ -119,20 +120,13 @@ class DetectorTrainConfig:
         d = dict(d)
         d.pop("description", None)
         d.pop("name", None)
-        known = {"seed", "attacks", *_SECTIONS}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(
-                f"unknown top-level option(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})"
-            )
+        refuse_unknown(d, {"seed", "attacks", *_SECTIONS})
         sections = {}
         for name, defaults in _SECTIONS.items():
             s = dict(d.get(name) or {})
-            bad = set(s) - set(defaults)
-            if bad:
-                raise ConfigError(
-                    f"unknown option(s) in [{name}]: {', '.join(sorted(bad))} (known: {', '.join(sorted(defaults))})"
-                )
+            refuse_unknown(s, defaults, f"[{name}]")
+            for key, value in s.items():
+                _check_type(f"{name}.{key}", value, defaults[key])
             sections[name] = {**defaults, **s}
         attacks = d.get("attacks") or []
         comps = (d.get("detector") or {}).get("components", _SECTIONS["detector"]["components"])
@@ -161,10 +155,35 @@ class DetectorTrainConfig:
         return cfg
 
 
+def _check_type(key: str, value: Any, default: Any) -> None:
+    """A recipe's setting has its default's kind: true or false, an integer, a number, a string or a list; a setting
+    whose default is None (data.max_natural, data.max_calibration: counts, None = all) an integer or none."""
+    if default is None:
+        ok, want = value is None or (isinstance(value, int) and not isinstance(value, bool)), "an integer or none"
+    elif isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(default, float):
+        ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    elif isinstance(default, int):
+        ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    else:
+        ok, want = isinstance(value, type(default)), "a list" if isinstance(default, list) else "a string"
+    if not ok:
+        raise ConfigError(f"{key} must be {want}, got {value!r}")
+
+
+def _takes_none(key: str) -> bool:
+    """Whether the setting "section.key" is optional (its default is None)."""
+    section, _, name = key.partition(".")
+    return name in _SECTIONS.get(section, {}) and _SECTIONS[section][name] is None
+
+
 def load_detector_config(ref: str | Path, overrides: dict[str, Any] | None = None,
                          data_root: str | Path | None = None) -> DetectorTrainConfig:
-    """A detector recipe: a TOML file or a packaged recipe's name ("default"); overrides "section.key" -> value."""
+    """A detector recipe: a TOML file or a packaged recipe's name ("default"); overrides "section.key" -> value, the
+    text "none" clearing an optional setting (`tomlconfig.clear_optional`: data.max_natural, data.max_calibration)."""
     path, d, _ = load_toml_config(ref, "detector", LABELS)
+    overrides = clear_optional(overrides, _takes_none)
     apply_overrides(d, overrides, data_root)
     try:
         return DetectorTrainConfig.from_dict(d)

@@ -25,7 +25,7 @@ import json
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .errors import ConfigError
 
@@ -40,6 +40,9 @@ __all__ = [
     "read_json_object",
     "apply_overrides",
     "parse_toml_value",
+    "clear_optional",
+    "refuse_unknown",
+    "NONE_WORD",
     "packaged_config",
     "packaged_config_names",
     "find_config",
@@ -85,11 +88,35 @@ def read_json_object(path: str | Path, expected: str = "a JSON object") -> dict[
 
 
 def parse_toml_value(text: str) -> Any:
-    """A TOML value written on a command line (``--set train.epochs=2``); bare words stay strings."""
+    """A TOML value written on a command line (``--set train.epochs=2``); bare words stay strings (`none` too:
+    `clear_optional` reads it where the setting takes None)."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+
+
+#: `--set KEY=none`: TOML has no null, so this word (any case) is how a command line clears an optional setting
+NONE_WORD = "none"
+
+
+def clear_optional(overrides: Mapping[str, Any] | None, takes_none: Callable[[str], bool]) -> dict[str, Any]:
+    """`overrides` ("section.key" -> value) with the text `none` made None where `takes_none(key)`: the setting is
+    optional and None is its "not set" state (``--set data.max_per_identity=none``: every image, whatever the file
+    says). Elsewhere `none` stays text, for the config's own checks to take or refuse. The one rule of every
+    config loader that takes `--set`."""
+    return {k: None if isinstance(v, str) and v.lower() == NONE_WORD and takes_none(k) else v
+            for k, v in (overrides or {}).items()}
+
+
+def refuse_unknown(d: Mapping[str, Any], known: Iterable[str], where: str | None = None) -> None:
+    """A `ConfigError` when `d` holds keys outside `known` (a typo must not fall back to a default): "unknown
+    option(s) in WHERE: ... (known: ...)", or "unknown top-level option(s): ..." without `where`."""
+    known = set(known)
+    unknown = set(d) - known
+    if unknown:
+        what = f"option(s) in {where}" if where is not None else "top-level option(s)"
+        raise ConfigError(f"unknown {what}: {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
 
 
 def _folder(kind: str):
@@ -248,7 +275,7 @@ def apply_overrides(d: dict[str, Any], overrides: Mapping[str, Any] | None = Non
 def config_where(path: str | Path, overrides: Mapping[str, Any] | None = None) -> str:
     """How an error names a config: its file, and the `--set` overrides put on top of it (a typo there is the
     user's, not the file's)."""
-    sets = ", ".join(f"{k}={v}" for k, v in (overrides or {}).items())
+    sets = ", ".join(f"{k}={NONE_WORD if v is None else v}" for k, v in (overrides or {}).items())
     return f"{path} with --set {sets}" if sets else str(path)
 
 
