@@ -978,3 +978,12 @@ def test_a_trainer_whose_fits_changed_does_not_resume_its_old_runs(tmp_path, mon
     assert results_fingerprint(nn_only, {}, {}) == now[1]
     monkeypatch.setattr(NearestNeighbour, "algorithm", 2, raising=False)
     assert results_fingerprint(nn_only, {}, {}) != now[1]
+    # e2e fits take the run's seed since algorithm 2 (seed 0 for every draw before): a folder of its earlier runs is
+    # not resumed beside new ones either
+    from puface.evaluation.trainers import EndToEnd
+
+    e2e = parse(grid + '[[trainers]]\nname = "e2e"\n[[defenses]]\nname = "none"\n', tmp_path)
+    seeded = results_fingerprint(e2e, {}, {})
+    assert EndToEnd.algorithm == 2
+    monkeypatch.setattr(EndToEnd, "algorithm", 1, raising=False)
+    assert results_fingerprint(e2e, {}, {}) != seeded

@@ -126,6 +126,29 @@ def test_known_answers_nn(colour_data):
         assert (r["asr"], r["normal_acc"]) == (0.0, 1.0), r
 
 
+def test_an_end_to_end_trainer_is_seeded_with_the_runs_seed(colour_root, monkeypatch):
+    """The e2e trainer's seed (batch sampling and flips) was 0 in every draw of a grid: `--seed 1` trained the same
+    batches as seed 0. Its fits now take the run's seed unless the entry sets one (seed 0 as before)."""
+    from evaluation_helpers import tiny_conv_embedder
+    from puface.evaluation.trainers import EndToEnd
+
+    seen: list[int] = []
+    fit = EndToEnd.fit
+
+    def spy(self, images, labels):
+        seen.append(self.params["seed"])
+        return fit(self, images, labels)
+
+    monkeypatch.setattr(EndToEnd, "fit", spy)
+    e2e = {"steps": 1, "batch_size": 2, "device": "cpu"}
+    for seed, params, want in ((1, e2e, 1), (0, e2e, 0), (1, {**e2e, "seed": 5}, 5)):
+        seen.clear()
+        data = EvaluationData.prepare(colour_root, seed=seed, image_size=32)
+        Protocol(data, ["Alice"], [CLEAN], {"tiny": tiny_conv_embedder()}, [TrainerSpec("e2e", "e2e", dict(params))],
+                 {"none": create_defense("none")}, cache=None, cloak_cache=None, progress=False).run()
+        assert seen and set(seen) == {want}, (seed, params, seen)
+
+
 def test_linear_trainer_in_the_protocol(colour_data):
     _, rows, _ = run_protocol(colour_data, defenses=["none", "blur"], attacks=[CLEAN, CHECKER], trainers=("linear",))
     assert all(r["normal_acc"] == 1.0 for r in rows)

@@ -81,8 +81,13 @@ class TrainerSpec:
     def applies_to(self, victim: str) -> bool:
         return self.victims is None or victim in self.victims
 
-    def build(self, embedder: FaceEmbedder) -> Trainer:
-        return create_trainer(self.name, embedder, **self.params)
+    def build(self, embedder: FaceEmbedder, seed: int | None = None) -> Trainer:
+        """The trainer on `embedder`. One that takes a `seed` (e2e: batches and flips) gets the run's `seed` unless
+        the entry sets its own, so the draws of a grid are draws of its fits too (seed 0 fits as before)."""
+        params = dict(self.params)
+        if seed is not None and "seed" not in params and "seed" in TRAINERS.get(self.name).accepted(positional=1):
+            params["seed"] = int(seed)
+        return create_trainer(self.name, embedder, **params)
 
     @property
     def uses_embeddings(self) -> bool:
@@ -438,7 +443,7 @@ class Protocol:
         predictions, fit seconds."""
         if (v, t.label) not in ds.base:
             t0 = time.perf_counter()
-            model = t.build(self.victims[v])
+            model = t.build(self.victims[v], self.data.seed)
             if isinstance(model, EmbeddingTrainer):
                 model.fit_embeddings(ds.embeddings[v], ds.labels)
                 pred = model.predict_embeddings(self._test_emb[v])
@@ -457,13 +462,13 @@ class Protocol:
         if t.uses_embeddings:
             emb = ds.embeddings[v].clone()
             emb[rows] = cloaked_emb(v)
-            model = t.build(self.victims[v])
+            model = t.build(self.victims[v], self.data.seed)
             assert isinstance(model, EmbeddingTrainer)  # what uses_embeddings says of its factory
             model.fit_embeddings(emb, labels)
             return model.predict_embeddings(self._test_emb[v])
         images = ds.images.clone()
         images[rows] = cloaked
-        model = t.build(self.victims[v])
+        model = t.build(self.victims[v], self.data.seed)
         model.fit(images, labels)
         return model.predict(self.data.test.images)
 
@@ -610,7 +615,7 @@ class QueryProtocol(Protocol):
         if (v, t.label) not in self._models:
             t0 = time.perf_counter()
             train = self.data.train
-            model = t.build(self.victims[v])
+            model = t.build(self.victims[v], self.data.seed)
             if isinstance(model, EmbeddingTrainer):
                 model.fit_embeddings(self.embed(v, train.images, train.hashes), train.labels)
             else:

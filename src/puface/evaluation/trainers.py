@@ -257,11 +257,12 @@ class EndToEnd(Trainer):
         lr, backbone_lr: Adam learning rates of the head and the embedder.
         scale: softmax temperature of the cosine head.
         flip: random horizontal flips.
-        seed: seeds batch sampling and flips.
+        seed: seeds batch sampling and flips (in a protocol: the run's seed, unless the entry sets one).
         device: "cpu", "cuda", ...; None picks CUDA when available.
     """
 
     name = "e2e"
+    algorithm = 2  # 2: a protocol seeds the fits with the run's seed (1: seed 0 for every draw; seed-0 runs unchanged)
 
     def __init__(
         self,
