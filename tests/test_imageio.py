@@ -300,3 +300,33 @@ def test_a_broken_link_in_a_folder_job_is_listed_as_failed(tmp_path):
                          progress=False, log=lambda m: None)
     assert rep.total == 2 and rep.written == 1
     assert rep.failed == [(src / "b.jpg", "broken link to gone.jpg, which does not exist")]
+
+
+def test_an_input_that_cannot_be_read_is_a_read_error_naming_it_in_every_job(tmp_path, monkeypatch):
+    """`load_for_job` read the bytes itself (Path.read_bytes) instead of through the image reader: a file that exists
+    but cannot be read (permissions, I/O) escaped as a bare PermissionError, which the group-cloak resume check
+    (`attacks.folder._unreadable`) does not catch, and which the engines listed as 'unexpected read error'. It is now
+    the reader's one-line `ImageReadError`, as `open_image` gives; the bytes are still read once."""
+    from puface.io.jobs import FileJob, Outcome, load_for_job, plan_mirror, run_folder_job
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.png", "locked.png"):
+        Image.new("RGB", (12, 10), (1, 2, 3)).save(src / name)
+    read_bytes, reads = Path.read_bytes, []
+
+    def guarded(self: Path) -> bytes:
+        reads.append(self.name)
+        if self.name == "locked.png":  # what chmod 000 does for a user other than root
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", guarded)
+    with pytest.raises(ImageReadError, match=r"locked.png: cannot read file \(Permission denied\)"):
+        load_for_job(FileJob(src / "locked.png", tmp_path / "o.png", Path("o.png")))
+    reads.clear()
+    assert load_for_job(FileJob(src / "a.png", tmp_path / "o.png", Path("o.png"))).image.shape == (10, 12, 3)
+    assert reads == ["a.png"]
+    rep = run_folder_job(plan_mirror(src, tmp_path / "out"), lambda items: [Outcome.ok(it.image) for it in items],
+                         progress=False, log=lambda m: None)
+    assert rep.written == 1 and rep.failed == [(src / "locked.png", "cannot read file (Permission denied)")]

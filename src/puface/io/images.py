@@ -211,23 +211,27 @@ def open_image_parts(path: str | Path, data: bytes | None = None, *, color: bool
     return (rgb, alpha, gray, under) if color else (rgb, alpha, gray)
 
 
+def read_image_bytes(path: str | Path) -> bytes:
+    """The bytes of an image file, read once (decoders and metadata readers then share them); `ImageReadError` naming
+    the file when it is missing, a broken link or a folder, or cannot be read (permissions, I/O)."""
+    path = Path(path)
+    try:
+        if not path.exists():
+            link = path.is_symlink()
+            raise ImageReadError(path, f"broken link to {os.readlink(path)}, which does not exist" if link else
+                                 "file not found")
+        if path.is_dir():
+            raise ImageReadError(path, "is a folder, not an image")
+        return path.read_bytes()
+    except OSError as e:
+        raise ImageReadError(path, f"cannot read file ({e.strerror or e})") from None
+
+
 def _open(
     path: Path, data: bytes | None, parts: bool
 ) -> tuple[Image.Image, np.ndarray | None, bool, np.ndarray | None]:
-    try:
-        if data is None:
-            if not path.exists():
-                raise ImageReadError(
-                    path,
-                    f"broken link to {os.readlink(path)}, which does not exist"
-                    if path.is_symlink()
-                    else "file not found",
-                )
-            if path.is_dir():
-                raise ImageReadError(path, "is a folder, not an image")
-            data = path.read_bytes()
-    except OSError as e:
-        raise ImageReadError(path, f"cannot read file ({e.strerror or e})") from None
+    if data is None:
+        data = read_image_bytes(path)
     if len(data) == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
     limit = max_pixels()

@@ -29,7 +29,8 @@ from PIL import Image
 from ..utils.errors import ImageReadError, PufaceError
 from .files import check_output_folder, check_output_root, list_image_files
 from .images import (EXPECTED_IMAGES, IMAGE_EXTENSIONS, PALETTE_MODES, atomic_write_bytes, encode_image, is_image_file,
-                     is_lossless_webp, open_image_parts, pil_format_for, resolution_of, same_file, storage_of)
+                     is_lossless_webp, open_image_parts, pil_format_for, read_image_bytes, resolution_of, same_file,
+                     storage_of)
 
 
 @dataclass(frozen=True)
@@ -586,16 +587,15 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
         if not is_image_file(job.src):
             raise ImageReadError(job.src, f"unsupported image format {job.src.suffix.lower() or '(no extension)'} "
                                           f"(puface reads {', '.join(IMAGE_EXTENSIONS)}); convert it to PNG first")
-        data = job.src.read_bytes() if job.src.is_file() else None
+        data = read_image_bytes(job.src)  # once: the pixels and the metadata below come from the same bytes
     im, alpha, gray, under = open_image_parts(job.src, data=data, color=True)
-    encoded = data if data is not None else b""  # None: job.src was no file a moment ago (then no metadata)
     exif_bytes = icc = None
     fmt = ""
     palette = False
     storage = compression = ""
     dpi = None
     try:
-        with Image.open(io.BytesIO(encoded)) as raw:
+        with Image.open(io.BytesIO(data)) as raw:  # header only: about 0.05 ms a chip, 4% of its decode
             fmt = raw.format or ""
             palette = raw.mode in PALETTE_MODES
             storage = storage_of(raw)
@@ -609,7 +609,7 @@ def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
     except Exception:  # metadata is best effort; the pixels were read fine
         pass
     return LoadedImage(job, np.asarray(im, dtype=np.uint8), exif_bytes, icc, fmt, alpha, gray, palette, storage, under,
-                       fmt == "WEBP" and is_lossless_webp(encoded), dpi, compression)
+                       fmt == "WEBP" and is_lossless_webp(data), dpi, compression)
 
 
 def in_input_mode(item: LoadedImage, image: np.ndarray, *, gray: bool = True) -> np.ndarray:
