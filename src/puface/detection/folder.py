@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from ..io.images import atomic_write_bytes
-from ..io.jobs import (CSV_TEXT, FileJob, JobReport, LoadedImage, Outcome, claim_file, group_by_size, image_inputs,
-                       keep_input_mode, locked_csv, plan_mirror, read_locked, run_folder_job, shard)
+from ..io.jobs import (CSV_TEXT, FileJob, JobReport, LoadedImage, Outcome, claim_file, group_by_size,
+                       iter_image_inputs, keep_input_mode, locked_csv, plan_mirror, read_locked, run_folder_job)
 from ..utils.errors import PufaceError
 from ..purifier.model import extrapolate
 from ..utils.images import tensor_to_image
@@ -336,9 +336,18 @@ def _prepare_detector(detector: CloakDetector | None, weights: str | Path | None
     return det.to(resolve_device(device)).eval()
 
 
-def _jobs(in_path: Path) -> list[FileJob]:
+def _jobs(in_path: Path, rank: int = 0, world_size: int = 1, names: set[str] | None = None) -> list[FileJob]:
+    """`detect`'s jobs (the output is the input itself: the row is the result): process `rank` of `world_size`'s share
+    (`io.jobs.plan_mirror`'s), every listed file's relative POSIX path added to `names`."""
     base = in_path.parent if in_path.is_file() else in_path
-    return [FileJob(f, f, f.relative_to(base)) for f in image_inputs(in_path)]
+    jobs = []
+    for i, f in enumerate(iter_image_inputs(in_path)):
+        rel = f.relative_to(base)
+        if names is not None:
+            names.add(rel.as_posix())
+        if i % world_size == rank:
+            jobs.append(FileJob(f, f, rel))
+    return jobs
 
 
 def _state_path(out_csv: Path) -> Path:
@@ -393,14 +402,12 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         from ..align import require_alignment
 
         require_alignment()
-    jobs = _jobs(in_path)
-    current = {j.rel.as_posix() for j in jobs}  # every shard's: processes may share one CSV
+    current: set[str] = set()  # every shard's: processes may share one CSV
+    jobs = _jobs(in_path, rank, world_size, current)  # this process's share
     # one process per scores file (or per rank of the processes sharing it): two runs on one --out by mistake are
     # refused before either scores anything, as for an output folder
     claim = claim_file(out_csv, rank, world_size)
     try:
-        if world_size > 1:
-            jobs = shard(jobs, rank, world_size)
         det = _prepare_detector(detector, weights, device, purifier)
         thresholds = Thresholds(det, fpr, one_threshold)
         fpr_v = det.default_fpr if fpr is None else float(fpr)
@@ -614,10 +621,8 @@ def purify_folder_detected(
     it (every image by the default threshold with `one_threshold`).
     """
     in_path, out_path = Path(in_path), Path(out_path)
-    jobs = plan_mirror(in_path, out_path)
-    current = {j.rel.as_posix() for j in jobs}
-    if world_size > 1:
-        jobs = shard(jobs, rank, world_size)
+    current: set[str] = set()  # every process's files: processes (--rank) share the scores CSV
+    jobs = plan_mirror(in_path, out_path, rank=rank, world_size=world_size, names=current)  # this process's share
     det = _prepare_detector(detector, detector_weights, device)
     threshold = Thresholds(det, fpr, one_threshold)
     fpr_v = det.default_fpr if fpr is None else float(fpr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
 import sys
@@ -27,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..utils.errors import ImageReadError, PufaceError
-from .files import check_output_folder, check_output_root, list_image_files
+from .files import check_output_folder, check_output_root, iter_image_files
 from .images import (EXPECTED_IMAGES, IMAGE_EXTENSIONS, PALETTE_MODES, atomic_write_bytes, encode_image, is_image_file,
                      is_lossless_webp, open_image_parts, pil_format_for, resolution_of, same_file, storage_of)
 
@@ -153,15 +154,22 @@ def plan_mirror(
     out_root: str | Path,
     *,
     rename: Callable[[Path], Path] = default_output_name,
+    rank: int = 0,
+    world_size: int = 1,
+    names: set[str] | None = None,
 ) -> list[FileJob]:
     """Map every image under `in_path` (a folder, or one file) to a path under `out_root`.
 
     Refuses an input folder without images, an output folder that is a file, is the input folder, lies
     inside it or holds it (`files.check_output_folder`), and any output path equal to an input path. Image
     files puface cannot read (GIF, HEIC, ...) are planned too, so the job lists them as failed.
+    rank/world_size: only the share of process `rank` of `world_size` (`shard`: every world_size-th file of the
+    sorted listing, the same on every process and every run), the others' files listed but never held. names: a
+    set that gets the relative POSIX path of every file listed, every process's (jobs that must know the whole input).
     """
     in_path, out_root = Path(in_path), Path(out_root)
-    files = image_inputs(in_path)
+    files = iter_image_inputs(in_path)
+    first = next(files)  # the input's errors (none, not an image, no images) before the output's
     check_output_root(out_root)
     if in_path.is_file():
         base = in_path.parent
@@ -169,7 +177,10 @@ def plan_mirror(
         check_output_folder(in_path, out_root)
         base = in_path
     jobs = []
-    for f in files:
+    listed: Iterator[Path] = itertools.chain([first], files)
+    if names is not None:
+        listed = _noting(listed, base, names)
+    for f in _share(listed, rank, world_size):
         rel = f.relative_to(base)
         dst = out_root / rename(rel)
         if same_file(dst, f):
@@ -181,16 +192,24 @@ def plan_mirror(
 def image_inputs(in_path: Path) -> list[Path]:
     """The input files of a folder job over `in_path` (a folder, or one image file); a `PufaceError` when it
     does not exist, is not an image, or is a folder without images."""
+    return list(iter_image_inputs(in_path))
+
+
+def iter_image_inputs(in_path: Path) -> Iterator[Path]:
+    """`image_inputs` one file at a time (`files.iter_image_files`); its errors come with the first file asked for."""
     if not in_path.exists():
         raise PufaceError(f"{in_path}: no such file or folder")
     if in_path.is_file():
         if not is_image_file(in_path):
             raise PufaceError(f"{in_path}: not an image file ({EXPECTED_IMAGES})")
-        return [in_path]
-    files = list_image_files(in_path, unsupported=True)
-    if not files:
+        yield in_path
+        return
+    found = False
+    for f in iter_image_files(in_path, unsupported=True):
+        found = True
+        yield f
+    if not found:
         raise PufaceError(f"{in_path}: no images found ({EXPECTED_IMAGES})")
-    return files
 
 
 #: Keys of a settings record that describe a run, not its outputs (never compared as settings; "input" is
@@ -574,6 +593,18 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
 def shard(jobs: Sequence[FileJob], rank: int, world_size: int) -> list[FileJob]:
     """The part of `jobs` that process `rank` of `world_size` handles (round-robin)."""
     return list(jobs[rank::world_size])
+
+
+def _noting(files: Iterable[Path], base: Path, names: set[str]) -> Iterator[Path]:
+    """`files` as they come, each one's path relative to `base` (POSIX) added to `names` on the way."""
+    for f in files:
+        names.add(f.relative_to(base).as_posix())
+        yield f
+
+
+def _share(items: Iterable, rank: int, world_size: int) -> Iterator:
+    """`shard` of a stream: items rank, rank + world_size, ... of `items`, the others passed over as they come."""
+    return itertools.islice(items, rank, None, world_size) if world_size > 1 else iter(items)
 
 
 def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:
