@@ -301,14 +301,53 @@ LOCK_NAME = ".puface.lock"
 #: sharing the output (`Claim.settings`), byte 1 + rank is a rank's share, and a process of world size W holds a shared
 #: lock on byte _WORLD_BYTES + W (far beyond any rank's byte), so that processes of other world sizes are refused.
 _WORLD_BYTES = 1 << 40
+#: Byte _ENDED_BYTES + rank of a claim's lock file: held (shared) by a rank whose share is done (`Claim.ended`); between
+#: the ranks' bytes and the world sizes' (a lock beyond those would read as a process of a larger world size).
+_ENDED_BYTES = 1 << 39
 
 
 class Claim:
     """A process's claim on an output (`claim_output`): call it to release the claim (the last process removes the lock
     file); `settings()` serialises a settings check and write between the processes sharing the output."""
 
-    def __init__(self, f: Any = None, path: Path | None = None, whole: bool = True):
+    def __init__(self, f: Any = None, path: Path | None = None, whole: bool = True, rank: int = 0,
+                 world_size: int = 1):
         self.f, self.path, self.whole = f, path, whole
+        self.rank, self.world_size = rank, world_size
+
+    def ended(self) -> None:
+        """Say that this process's share is done (every output and row of it written; only the summaries are left):
+        the other processes' `others_running` no longer count it, though it holds its share until it is released."""
+        if self.f is None or self.f.closed or self.whole:
+            return
+        import fcntl
+
+        try:
+            fcntl.lockf(self.f, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, _ENDED_BYTES + self.rank)
+        except OSError:
+            pass
+
+    def others_running(self) -> int:
+        """How many other processes sharing the output (--rank) hold their share and have not `ended` it: 0 for a
+        claim of the whole output, or where nothing was claimed. Asked under a lock the processes share (the scores
+        CSV's) after `ended`, of two processes ending together the later one sees 0."""
+        if self.f is None or self.f.closed or self.whole:
+            return 0
+        return sum(1 for r in range(self.world_size)
+                   if r != self.rank and self._held(1 + r) and not self._held(_ENDED_BYTES + r))
+
+    def _held(self, start: int) -> bool:
+        """True when another process holds a lock on byte `start` of the lock file (never one of this claim's own
+        bytes: testing would release them)."""
+        import errno
+        import fcntl
+
+        try:
+            fcntl.lockf(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, start)
+        except OSError as e:
+            return e.errno in (errno.EACCES, errno.EAGAIN)
+        fcntl.lockf(self.f, fcntl.LOCK_UN, 1, start)
+        return False
 
     def __call__(self) -> None:
         f = self.f
@@ -417,7 +456,7 @@ def _claim(path: Path, rank: int, world_size: int, name: str, doing: str) -> Cla
             f"{name}: another puface process is {doing} with another --world-size; processes that share "
             f"it must all give the same --world-size (this one: {world_size}), or wait for it to end"
         ) from None
-    return Claim(f, path, whole=False)
+    return Claim(f, path, whole=False, rank=rank, world_size=world_size)
 
 
 def begin_settings(path: Path, record: dict, *, resume: bool, kind: str,
