@@ -290,6 +290,7 @@ class DetectReport:
     by_storage: dict[str, int] = field(default_factory=dict)  # scored rows judged by each of `thresholds`
     fields: list[str] = field(default_factory=list)  # the scores CSV's columns
     others_running: int = 0  # processes sharing the scores CSV (--rank) still scoring when this one ended
+    cloaked_csv: Path | None = None  # `purify --skip-cloaked`: the list of the photos judged cloaked (and left out)
 
     @property
     def exit_code(self) -> int:
@@ -306,7 +307,7 @@ class DetectReport:
     def summary(self, verb: str = "scored") -> str:
         n, k = self.scored, self.flagged
         lines = [
-            self.job.summary(verb),
+            self.job.summary(verb, {"skipped": self.cloaked_csv} if self.cloaked_csv else None),
             f"cloak detection: {k} of {n} images judged cloaked ({k / max(n, 1):.1%}) "
             f"at threshold {self.threshold:.4f} "
             f"(false-positive rate {self.fpr:.1%} on natural calibration photos)",
@@ -626,7 +627,7 @@ def _finish(out_csv: Path, fields: list[str], thresholds: Thresholds, fpr: float
     claim: this process's claim on the output, shared with other processes (--rank): the summaries are left to the
     last of them to end (`Claim.others_running`), whose rows are all in by then."""
     tally = IdentityTally(in_path.resolve().name if in_path.is_dir() else in_path.resolve().parent.name)
-    rep = DetectReport(job, thresholds.default, fpr, scores_csv=out_csv, fields=fields)
+    rep = DetectReport(job, thresholds.default, fpr, scores_csv=out_csv, fields=fields, cloaked_csv=cloaked_csv)
     storages: dict[str, int] = {}  # scored rows per storage
     cloaked: list[dict] = []
 

@@ -127,7 +127,10 @@ class JobReport:
         """0 when every file was handled, 1 when some failed."""
         return 1 if self.failed else 0
 
-    def summary(self, verb: str = "written") -> str:
+    def summary(self, verb: str = "written", listed_in: dict[str, Path] | None = None) -> str:
+        """Counts, then each file copied, skipped or failed with its reason; listed_in: for "copied unchanged",
+        "skipped" or "FAILED", the file that lists them (the job wrote it; each was also told as it happened): a line
+        naming it instead of one per file."""
         rate = self.written / self.seconds if self.seconds > 0 else 0.0
         # slow jobs (cloaking on a CPU: a minute per image) in seconds per image; '0.0 images/s' said nothing
         speed = (
@@ -139,7 +142,9 @@ class JobReport:
             f"({self.seconds:.1f} s, {speed})"
         ]
         for title, items in (("copied unchanged", self.copied), ("skipped", self.skipped), ("FAILED", self.failed)):
-            if items:
+            if items and listed_in and title in listed_in:
+                lines.append(f"{title} ({len(items)}): listed in {listed_in[title]}")
+            elif items:
                 lines.append(f"{title} ({len(items)}):")
                 lines.extend(f"  {p}: {why}" for p, why in items)
         return "\n".join(lines)
