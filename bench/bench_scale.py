@@ -8,7 +8,8 @@ million files take no space; a second such tree as a finished output; a complete
 (the shipped detector's columns). Then measures, each in its own process (wall seconds, CPU seconds, peak memory):
 planning a fresh job (`plan_mirror`: listing, output checks, one output path per file), `puface purify` resumed over
 the finished output (every image done: nothing for the network), `puface detect` resumed over the complete CSV
-(every image scored). Writes bench/results/<name>.{md,csv}.
+(every image scored). Writes bench/results/<name>.{md,csv}. With --world-size W the two CLI jobs run as rank 0 of W
+processes (what one process of a multi-process job costs), and the plan measured is that rank's.
 """
 
 from __future__ import annotations
@@ -27,6 +28,16 @@ from benchtables import Table, write_tables
 from puface.data.johns import fetch_johns
 
 LINKS_PER_COPY = 50_000  # under ext4's 65,000 links per file
+#: Planning a fresh job as rank 0 of {w} processes (a puface whose `plan_mirror` takes no rank: the whole plan, then
+#: rank 0's share of it).
+PLAN = """import sys
+from puface.io.jobs import plan_mirror, shard
+try:
+    jobs = plan_mirror(sys.argv[1], sys.argv[2], rank=0, world_size={w})
+except TypeError:
+    jobs = shard(plan_mirror(sys.argv[1], sys.argv[2]), 0, {w})
+assert len(jobs) == {share}
+"""
 
 
 def build_tree(root: Path, n: int, chips: list[Path], pool: Path) -> None:
@@ -82,6 +93,7 @@ def main() -> None:
     ap.add_argument("--files", default="10000,50000,200000", help="tree sizes, comma-separated")
     ap.add_argument("--work", type=Path, default=None, help="where the trees go (default: a temporary folder)")
     ap.add_argument("--name", default="scale", help="results name: bench/results/<name>.{md,csv}")
+    ap.add_argument("--world-size", type=int, default=1, help="run the jobs as rank 0 of this many processes")
     args = ap.parse_args()
     sizes = [int(s) for s in args.files.split(",")]
     work = args.work or Path(tempfile.mkdtemp(prefix="puface-scale-"))
@@ -92,6 +104,8 @@ def main() -> None:
 
     fields = ["path", "score", "cloaked", *feature_columns(load_detector()), "storage", "note"]
     py = [sys.executable]
+    w = args.world_size
+    ranks = ["--rank", "0", "--world-size", str(w)] if w > 1 else []
     rows = []
     try:
         for n in sizes:
@@ -101,28 +115,28 @@ def main() -> None:
                     pool.mkdir(exist_ok=True)
                     build_tree(tree, n, chips, pool)
             write_scores(src, work / f"scores{n}.csv", fields)
-            plan = ("import sys; from puface.io.jobs import plan_mirror; "
-                    f"assert len(plan_mirror(sys.argv[1], sys.argv[2])) == {n}")
+            plan = PLAN.format(w=w, share=len(range(0, n, w)))
             for label, cmd in (
                 ("plan a fresh job (plan_mirror)", [*py, "-c", plan, str(src), str(work / f"fresh{n}")]),
                 ("purify, resumed, all done", [*py, "-m", "puface", "purify", str(src), str(done), "--device", "cpu",
-                                               "--no-progress"]),
+                                               "--no-progress", *ranks]),
                 ("detect, resumed, all scored", [*py, "-m", "puface", "detect", str(src), "--out",
-                                                 str(work / f"scores{n}.csv"), "--device", "cpu", "--no-progress"]),
+                                                 str(work / f"scores{n}.csv"), "--device", "cpu", "--no-progress",
+                                                 *ranks]),
             ):
                 (done / "purify_config.json").unlink(missing_ok=True)
                 (work / f"scores{n}-run.json").unlink(missing_ok=True)
                 r = measure(cmd, work)
-                rows.append({"files": n, "job": label, **r})
+                rows.append({"files": n, "world_size": w, "job": label, **r})
                 print(f"{n:>9} {label:32s} {r['wall_s']:7.1f} s wall {r['cpu_s']:7.1f} s CPU {r['peak_mb']:7.0f} MB",
                       flush=True)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     table = Table("Start-up and resume costs by tree size", rows,
-                  [("files", "files", "{:,}"), ("job", "job", "{}"), ("wall_s", "wall s", "{:.1f}"),
-                   ("cpu_s", "CPU s", "{:.1f}"), ("peak_mb", "peak MB", "{:.0f}")],
-                  notes="Each job in its own process; the two CLI jobs include the import of torch and the loading "
+                  [("files", "files", "{:,}"), ("world_size", "processes", "{}"), ("job", "job", "{}"),
+                   ("wall_s", "wall s", "{:.1f}"), ("cpu_s", "CPU s", "{:.1f}"), ("peak_mb", "peak MB", "{:.0f}")],
+                  notes="Each job in its own process (with processes above 1: rank 0 of them); the two CLI jobs include the import of torch and the loading "
                         "of the models (about 2 s CPU and 250 MB at any size).")
     write_tables(args.name, "Per-file costs of the folder jobs at scale", [table])
 

@@ -584,6 +584,23 @@ def test_purify_skip_cloaked_and_report(tree, tmp_path, detector_file, capsys):
     assert len(_read(out2 / "detection.csv")) == 9
 
 
+def test_purify_skip_cloaked_tells_each_photo_left_out_once(tree, tmp_path, detector_file, capsys):
+    """Each photo left out was told twice: as it was skipped (stderr) and again in the summary's list (stdout), as
+    many lines as photos left out (100,000 at a million photos, a tenth cloaked), which OUT/cloaked.csv lists too. The
+    summary now names that file."""
+    (tree / "cloaked_person" / "broken.jpg").unlink()
+    out = tmp_path / "out"
+    args = ["purify", str(tree), str(out), "--detector", str(detector_file), "--skip-cloaked", "--no-progress",
+            "--device", "cpu"]
+    assert main(args) == 0
+    told = capsys.readouterr()
+    flagged = [r["path"] for r in _read(out / "cloaked.csv")]
+    assert len(flagged) >= 3
+    assert all((told.out + told.err).count(p) == 1 for p in flagged), told
+    assert all(f"skipped: {tree / p}: judged cloaked" in told.err for p in flagged)
+    assert f"skipped ({len(flagged)}): listed in {out / 'cloaked.csv'}" in told.out
+
+
 # ---------------------------------------------------------------- in the evaluation
 
 

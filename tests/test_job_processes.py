@@ -374,3 +374,60 @@ def test_a_job_that_writes_no_file_leaves_temporaries_in_its_input_alone(tmp_pat
         progress=False,
     )
     assert rep.written == 1 and other.exists()
+
+
+def _file_holder(path: Path, rank: int, world_size: int, ended: bool = False):
+    """Another process that claims the scores CSV `path` as `detect --rank` does (`claim_file`) and holds it until
+    stopped; `ended`: it says its share is done (`Claim.ended`), as a rank does once its rows are all in."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time; from pathlib import Path; from puface.io.jobs import claim_file; "
+        f"c = claim_file(Path({str(path)!r}), {rank}, {world_size}); {'c.ended(); ' if ended else ''}"
+        "print('held', flush=True); time.sleep(60)"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_ranks_sharing_a_scores_csv_restart_and_summarise_together(johns_dir, tmp_path, capsys):
+    """Ranks given one --out share the scores CSV: `detect --restart` in one of them deleted the file with the rows the
+    others had written, and each wrote the per-identity summary at its end from the rows there so far (only the last
+    one's was complete). Now a restart drops only the rank's own rows, and a rank that ends while another is still
+    scoring says so and leaves the summary to the last."""
+    src, scores = _tree(johns_dir, tmp_path / "in"), tmp_path / "scores.csv"
+    idents = tmp_path / "scores-identities.csv"
+    detect = ["detect", str(src), "--out", str(scores), "--no-progress", "--device", "cpu", "--world-size", "2"]
+    holder = _file_holder(scores, 1, 2)  # rank 1 still scoring
+    try:
+        assert main([*detect, "--rank", "0"]) == 0
+        assert "1 other process(es) sharing" in capsys.readouterr().out
+        assert not idents.exists()  # no summary of half the input
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(r["path"] for r in _rows(scores)) == ["id0/0.jpg", "id1/0.jpg"]
+    assert main([*detect, "--rank", "1", "--restart"]) == 0
+    assert "other process" not in capsys.readouterr().out
+    assert sorted(r["path"] for r in _rows(scores)) == ["id0/0.jpg", "id0/1.jpg", "id1/0.jpg", "id1/1.jpg"]
+    assert sum(int(r["images"]) for r in _rows(idents)) == 4
+
+
+def test_a_rank_that_ended_its_share_is_not_waited_for(tmp_path):
+    """`Claim.others_running`: the other ranks holding their share of a shared file, less those that said `ended`."""
+    from puface.io.jobs import claim_file
+
+    scores = tmp_path / "scores.csv"
+    for ended, running in ((False, 1), (True, 0)):
+        holder = _file_holder(scores, 1, 3, ended=ended)
+        try:
+            mine = claim_file(scores, 0, 3)
+            assert mine.others_running() == running
+            mine.ended()
+            assert mine.others_running() == running  # its own share never counts, ended or not
+            mine()
+        finally:
+            holder.kill()
+            holder.wait()

@@ -19,6 +19,7 @@ from puface.io.files import list_image_files
 from puface.io.images import same_file
 from puface.io.jobs import FileJob, LoadedImage, Outcome, plan_mirror, run_folder_job
 from puface.io.shards import is_shard_input
+from puface.utils.errors import PufaceError
 
 
 def _names_tree(root: Path, folders: int = 3, per: int = 40) -> int:
@@ -241,3 +242,96 @@ def test_a_detection_resume_holds_no_earlier_rows_while_it_scores(job, tmp_path,
                                                 device="cpu", progress=False)
     assert held == [0]
     assert rep.gone == 300 and rep.scored == 1 and [r["path"] for r in rep.rows] == ["a/new.jpg"]
+
+
+def test_a_rank_plans_only_its_own_share(tmp_path, monkeypatch):
+    """With --rank/--world-size every process listed and planned the whole tree (three paths per file, ~0.7 kB: a
+    million files took ~1 GB in each process) and then kept every world-size-th job. Now a rank makes only its own
+    jobs, the same share as before (`shard` of the whole plan: outputs and CSVs of earlier runs resume as they were),
+    and `detect`'s jobs likewise; the paths of every file are still known where the job needs them (`names`)."""
+    import puface.detection.folder as det_folder
+    from puface.io.jobs import shard
+
+    n = _names_tree(tmp_path / "in")
+    whole = plan_mirror(tmp_path / "in", tmp_path / "out")
+    made = []
+    real = jobs_module.FileJob
+
+    def counting(*a, **k):
+        made.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(jobs_module, "FileJob", counting)
+    monkeypatch.setattr(det_folder, "FileJob", counting)
+    shares = []
+    for rank in range(4):
+        made.clear()
+        names: set[str] = set()
+        mine = plan_mirror(tmp_path / "in", tmp_path / "out", rank=rank, world_size=4, names=names)
+        assert mine == shard(whole, rank, 4) and len(made) == n // 4
+        assert names == {j.rel.as_posix() for j in whole}
+        made.clear()
+        names = set()
+        detect_jobs = det_folder._jobs(tmp_path / "in", rank, 4, names)
+        assert [j.rel for j in detect_jobs] == [j.rel for j in mine] and len(made) == n // 4
+        assert names == {j.rel.as_posix() for j in whole}
+        shares.append(mine)
+    assert sorted(j.rel for s in shares for j in s) == sorted(j.rel for j in whole)
+    with pytest.raises(PufaceError, match="no images found"):
+        (tmp_path / "empty").mkdir()
+        plan_mirror(tmp_path / "empty", tmp_path / "out", rank=1, world_size=4)
+
+
+def test_the_streamed_listing_is_the_sorted_one(tmp_path):
+    """`iter_image_files` gives the files in the order of the sorted listing (a rank's share is taken from it as it
+    comes): sub-folders' files where the folder's name falls among its files, names that share a prefix."""
+    from puface.io.files import iter_image_files
+
+    root = tmp_path / "in"
+    for rel in ("a/x.jpg", "a b/y.jpg", "a.jpg", "a-b.png", "a0/z.jpg", "A/w.jpg", "b.jpg", "a/c/d.jpg", "a/e.jpg",
+                "ab/f.jpg", "a.d/g.jpg", "é/h.jpg", "z/.hidden.jpg", "z/n.txt"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")
+    streamed = list(iter_image_files(root))
+    assert streamed == sorted(streamed) and len(streamed) == 12
+    assert list_image_files(root) == streamed
+
+
+def test_the_end_of_a_detection_job_holds_no_rows(tmp_path):
+    """The end of `detect` (and `purify --skip-cloaked/--report`) read every row of the scores CSV as a dict and kept
+    them in the report (`DetectReport.rows`, ~1.4 kB each: 1.4 GB at a million images); now the rows stream past
+    and are counted, the file is rewritten from a second read, and `rows` reads the file when asked. Same files."""
+    import random
+    import tracemalloc
+    from types import SimpleNamespace
+
+    from puface.detection.folder import Thresholds, _finish, summarise_identities
+    from puface.io.jobs import JobReport
+
+    rnd = random.Random(0)
+    fields = ["path", "score", "cloaked", "psnr", "shift_dlib-resnet29", "net", "storage", "note"]
+    scores = tmp_path / "scores.csv"
+    n = 10_000
+    with open(scores, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        for i in range(n):  # a decision of an earlier threshold (0.9): rewritten at this one (1.0)
+            s = rnd.uniform(0.5, 1.5)
+            w.writerow([f"id{i % 37:03d}/img_{i:06d}.jpg", f"{s:.9g}", int(s > 0.9), "41.5", "0.01", "0.2",
+                        "jpeg:quality=93,subsampling=4:2:0", ""])
+        w.writerow(["id000/cut.jpg", "1.2"])  # a row cut by a kill: dropped
+    (tmp_path / "in").mkdir()
+    det = SimpleNamespace(threshold=lambda fpr=None, storage="": 1.0)
+    tracemalloc.start()
+    rep = _finish(scores, fields, Thresholds(det, 0.01), 0.01, JobReport(), tmp_path / "in", None, "stub")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 300 * n, peak / n  # ~1,000 bytes per row before
+    rows = list(csv.DictReader(open(scores, newline="")))
+    assert len(rows) == n and all(r["cloaked"] == str(int(float(r["score"]) > 1.0)) for r in rows)
+    assert rep.scored == n and rep.flagged == sum(r["cloaked"] == "1" for r in rows) and rep.no_face == 0
+    assert rep.rows == rows
+    assert rep.identities == summarise_identities(rows, "in") and len(rep.identities) == 37
+    idents = list(csv.DictReader(open(rep.identities_csv, newline="")))
+    assert [r["identity"] for r in idents] == [i["identity"] for i in rep.identities]
+    assert [float(r["mean_score"]) for r in idents] == [i["mean_score"] for i in rep.identities]

@@ -70,7 +70,8 @@ _detector_purifier_option = click.option(
     "scored another IN, with another detector or other --align options); rows of files no longer under IN "
     "are dropped.",
 )
-@click.option("--restart", is_flag=True, help="Discard an earlier run's --out and score everything.")
+@click.option("--restart", is_flag=True, help="Discard an earlier run's --out and score everything (with "
+              "--world-size above 1 and one shared --out: this rank's rows only; give it to every rank).")
 @click.option(
     "--io-workers",
     type=click.IntRange(min=1),

@@ -23,14 +23,15 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, SupportsFloat
+from array import array
+from typing import Any, Callable, Iterable, Iterator, SupportsFloat
 
 import numpy as np
 import torch
 
 from ..io.images import atomic_write_bytes
-from ..io.jobs import (CSV_TEXT, FileJob, JobReport, LoadedImage, Outcome, claim_file, group_by_size, image_inputs,
-                       keep_input_mode, locked_csv, plan_mirror, read_locked, run_folder_job, shard)
+from ..io.jobs import (CSV_TEXT, Claim, FileJob, JobReport, LoadedImage, Outcome, claim_file, group_by_size,
+                       iter_image_inputs, keep_input_mode, locked_csv, plan_mirror, read_locked, run_folder_job)
 from ..utils.errors import PufaceError
 from ..purifier.model import extrapolate
 from ..utils.images import tensor_to_image
@@ -83,94 +84,156 @@ def identity_of(rel: str | Path, root_name: str) -> str:
     return parts[0] if len(parts) > 1 else root_name
 
 
-def summarise_identities(rows: list[dict], root_name: str) -> list[dict]:
+def summarise_identities(rows: Iterable[dict], root_name: str) -> list[dict]:
     """Per identity: images scored, flagged as cloaked, share flagged, mean and highest score."""
-    groups: dict[str, list[dict]] = {}
+    tally = IdentityTally(root_name)
     for r in rows:
-        if r.get("score", "") == "":
-            continue
-        groups.setdefault(identity_of(r["path"], root_name), []).append(r)
-    out = []
-    for ident in sorted(groups):
-        rs = groups[ident]
-        scores = [float(r["score"]) for r in rs]
-        flagged = sum(int(r["cloaked"]) for r in rs)
-        out.append(
-            {
-                "identity": ident,
-                "images": len(rs),
-                "flagged": flagged,
-                "share_flagged": round(flagged / len(rs), 4),
-                "mean_score": round(float(np.mean(scores)), 4),
-                "max_score": round(float(np.max(scores)), 4),
-            }
-        )
-    return out
+        tally.add(r)
+    return tally.summary()
 
 
-def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode(**CSV_TEXT))
+class IdentityTally:
+    """`summarise_identities` a row at a time: per identity the flagged count and the scores (8 bytes each, not the
+    rows), so that a summary of a million rows is made while they stream past."""
+
+    def __init__(self, root_name: str):
+        self.root_name = root_name
+        self.scores: dict[str, array] = {}
+        self.flagged: dict[str, int] = {}
+
+    def add(self, row: dict) -> None:
+        """Count a scores row (one without a score is left out)."""
+        if row.get("score", "") == "":
+            return
+        ident = identity_of(row["path"], self.root_name)
+        if ident not in self.scores:
+            self.scores[ident], self.flagged[ident] = array("d"), 0
+        self.scores[ident].append(float(row["score"]))
+        self.flagged[ident] += int(row["cloaked"])
+
+    def summary(self) -> list[dict]:
+        out = []
+        for ident in sorted(self.scores):
+            scores = np.frombuffer(self.scores[ident], dtype=np.float64)
+            flagged = self.flagged[ident]
+            out.append(
+                {
+                    "identity": ident,
+                    "images": len(scores),
+                    "flagged": flagged,
+                    "share_flagged": round(flagged / len(scores), 4),
+                    "mean_score": round(float(np.mean(scores)), 4),
+                    "max_score": round(float(np.max(scores)), 4),
+                }
+            )
+        return out
 
 
-def _load_rows(path: Path, fields: list[str], fd: int | None = None) -> tuple[list[dict], int]:
-    """Complete rows of an earlier run's CSV (a row cut by an interruption is dropped; of several rows of one
-    path, the last, in its place), and how many records the file holds (it needs rewriting when they differ);
-    a CSV with other columns is an error (another detector or other options wrote it). fd: the file, locked
-    (`io.jobs.locked_csv`), read through that descriptor."""
+def _write_csv(path: Path, rows: Iterable[dict], fields: list[str]) -> None:
+    """Write `rows` to the CSV `path` atomically, streamed (`rows` may be a generator over another file's rows)."""
+
+    def chunks() -> Iterator[bytes]:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for i, r in enumerate(rows, 1):
+            w.writerow(r)
+            if i % 256 == 0:
+                yield buf.getvalue().encode(**CSV_TEXT)
+                buf.seek(0)
+                buf.truncate()
+        yield buf.getvalue().encode(**CSV_TEXT)
+
+    atomic_write_bytes(path, chunks())
+
+
+def _records(path: Path, fields: list[str], fd: int | None = None) -> Iterator[dict | None]:
+    """Each record of an earlier run's CSV after its header: the row, or None for one cut by an interruption (or
+    blank, or with a score that is no number); a CSV with other columns is an error (another detector or other options
+    wrote it). fd: the file, locked (`io.jobs.locked_csv`), read through that descriptor."""
     if fd is None and (not path.is_file() or path.stat().st_size == 0):
-        return [], 0
+        return
     with (read_locked(fd) if fd is not None else open(path, newline="", **CSV_TEXT)) as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
-            return [], 0
+            return
         if "storage" in fields and header == [f for f in fields if f != "storage"]:
             raise PufaceError(f"{path}: written by an earlier puface (no 'storage' column: its decisions did not know "
                               "how each file is stored); pass --restart to score again, or choose another --out")
         if header != fields:
             raise PufaceError(f"{path}: written by another detector or with other options (columns {header}, "
                               f"expected {fields}); choose another --out or pass --restart")
-        rows, stored = [], 0
         for rec in reader:
-            stored += 1
             if len(rec) != len(fields):
-                continue  # cut short (or blank)
+                yield None  # cut short (or blank)
+                continue
             r = dict(zip(fields, rec))
             if r.get("score", "") != "":
                 try:
                     float(r["score"])
                 except ValueError:
+                    yield None
                     continue
             elif not (r.get("note") or r.get("status")):
+                yield None
                 continue
-            rows.append(r)
-    last = {r["path"]: i for i, r in enumerate(rows)}
-    return [r for i, r in enumerate(rows) if last[r["path"]] == i], stored
+            yield r
 
 
-def _start_rows(path: Path, fields: list[str], resume: bool, mine: set[str] | None = None) -> list[dict]:
-    """The rows an earlier run left in the scores CSV `path` that this run keeps (with `resume`), the file rewritten
-    under its lock (`io.jobs.locked_csv`) to hold just them when it holds others (a row cut by an interruption, one
-    repeated) or, without `resume`, any row. mine: this process's files when processes (--rank) share the file: a
-    run without `resume` then drops only their rows (the others' rows, maybe just added, stay)."""
+def _last_rows(path: Path, fields: list[str], fd: int | None = None) -> tuple[dict[str, int], int]:
+    """A first pass over an earlier run's CSV (`_records`): {path: the number of its last complete row among the
+    complete rows} and how many records the file holds. `_rows` then reads the rows themselves."""
+    last: dict[str, int] = {}
+    stored = i = 0
+    for r in _records(path, fields, fd):
+        stored += 1
+        if r is not None:
+            last[r["path"]] = i
+            i += 1
+    return last, stored
+
+
+def _rows(path: Path, fields: list[str], last: dict[str, int], fd: int | None = None) -> Iterator[dict]:
+    """The complete rows of an earlier run's CSV, one at a time; of several rows of one path the last, in its place
+    (`last` from `_last_rows` over the same file)."""
+    i = 0
+    for r in _records(path, fields, fd):
+        if r is not None:
+            if last.get(r["path"]) == i:
+                yield r
+            i += 1
+
+
+def _load_rows(path: Path, fields: list[str], fd: int | None = None) -> tuple[list[dict], int]:
+    """Complete rows of an earlier run's CSV (`_rows`), all at once, and how many records the file holds (it needs
+    rewriting when they differ)."""
+    last, stored = _last_rows(path, fields, fd)
+    return list(_rows(path, fields, last, fd)), stored
+
+
+def _start_rows(path: Path, fields: list[str], resume: bool, mine: set[str] | None = None) -> dict[str, str]:
+    """{path: status ("" without a status column)} of the rows an earlier run left in the scores CSV `path` that this
+    run keeps (with `resume`), the file rewritten under its lock (`io.jobs.locked_csv`) to hold just them when it holds
+    others (a row cut by an interruption, one repeated) or, without `resume`, any row. mine: this process's files when
+    processes (--rank) share the file: a run without `resume` then drops only their rows (the others' rows, maybe just
+    added, stay). The rows stream through: a file of a million rows is never held."""
     with locked_csv(path, create=False) as fd:
         if fd is None:
-            return []
+            return {}
         if resume:
-            previous, stored = _load_rows(path, fields, fd)
-            if len(previous) != stored:
-                _write_csv(path, previous, fields)  # drop a row cut by an interruption (or repeated) before appending
-            return previous
+            last, stored = _last_rows(path, fields, fd)
+            kept = {r["path"]: r.get("status", "") for r in _rows(path, fields, last, fd)}
+            if len(kept) != stored:  # drop a row cut by an interruption (or repeated) before appending
+                _write_csv(path, _rows(path, fields, last, fd), fields)
+            return kept
         try:
-            others = [r for r in _load_rows(path, fields, fd)[0] if r["path"] not in mine] if mine is not None else []
+            last = _last_rows(path, fields, fd)[0] if mine is not None else {}
         except PufaceError:  # other columns: the file starts again
-            others = []
+            last = {}
+        others = (r for r in _rows(path, fields, last, fd) if r["path"] not in (mine or ())) if last else iter(())
         _write_csv(path, others, fields)
-        return []
+        return {}
 
 
 class Thresholds:
@@ -188,12 +251,16 @@ class Thresholds:
             self._by[storage] = self.det.threshold(self.fpr, storage=storage)
         return self._by[storage]
 
-    def used(self, rows: list[dict]) -> dict[str, float]:
+    def used(self, rows: Iterable[dict]) -> dict[str, float]:
         """{storage: threshold} over the scored rows' storages whose threshold is not the default one."""
+        return self.used_by(r.get("storage") or "" for r in rows if r.get("score", "") != "")
+
+    def used_by(self, storages: Iterable[str]) -> dict[str, float]:
+        """`used` of scored rows of these storages."""
         out = {}
-        for r in rows:
-            st = "" if self.one else (r.get("storage") or "")
-            if st and r.get("score", "") != "" and self(st) != self.default:
+        for st in storages:
+            st = "" if self.one else (st or "")
+            if st and self(st) != self.default:
                 out[st] = self(st)
         return dict(sorted(out.items()))
 
@@ -212,41 +279,44 @@ class DetectReport:
     job: JobReport
     threshold: float
     fpr: float
-    rows: list[dict] = field(default_factory=list)
     identities: list[dict] = field(default_factory=list)
     scores_csv: Path | None = None
     identities_csv: Path | None = None
     gone: int = 0  # rows of an earlier run for files no longer in the input, dropped
     thresholds: dict[str, float] = field(default_factory=dict)  # {storage: threshold} used besides the default
+    scored: int = 0  # rows with a score
+    flagged: int = 0  # rows judged cloaked
+    no_face: int = 0  # rows without a score (no usable face)
+    by_storage: dict[str, int] = field(default_factory=dict)  # scored rows judged by each of `thresholds`
+    fields: list[str] = field(default_factory=list)  # the scores CSV's columns
+    others_running: int = 0  # processes sharing the scores CSV (--rank) still scoring when this one ended
+    cloaked_csv: Path | None = None  # `purify --skip-cloaked`: the list of the photos judged cloaked (and left out)
 
     @property
     def exit_code(self) -> int:
         return self.job.exit_code
 
     @property
-    def scored(self) -> int:
-        return sum(1 for r in self.rows if r.get("score", "") != "")
-
-    @property
-    def flagged(self) -> int:
-        return sum(1 for r in self.rows if str(r.get("cloaked", "")) == "1")
+    def rows(self) -> list[dict]:
+        """The rows of the scores CSV (values as the file holds them), read from `scores_csv` when asked: the job
+        counts them as they stream past and holds none (a million rows took ~1.4 GB)."""
+        if self.scores_csv is None:
+            return []
+        return _load_rows(self.scores_csv, self.fields)[0]
 
     def summary(self, verb: str = "scored") -> str:
         n, k = self.scored, self.flagged
         lines = [
-            self.job.summary(verb),
+            self.job.summary(verb, {"skipped": self.cloaked_csv} if self.cloaked_csv else None),
             f"cloak detection: {k} of {n} images judged cloaked ({k / max(n, 1):.1%}) "
             f"at threshold {self.threshold:.4f} "
             f"(false-positive rate {self.fpr:.1%} on natural calibration photos)",
         ]
         if self.thresholds:
-            count: dict[str, int] = {}
-            for r in self.rows:
-                if r.get("score", "") != "" and r.get("storage") in self.thresholds:
-                    count[r["storage"]] = count.get(r["storage"], 0) + 1
             lines.append(
                 "chips judged against natural photos stored the same way (a higher threshold): "
-                + "; ".join(f"{describe(st)} {t:.4f} ({count.get(st, 0)})" for st, t in self.thresholds.items())
+                + "; ".join(f"{describe(st)} {t:.4f} ({self.by_storage.get(st, 0)})"
+                            for st, t in self.thresholds.items())
             )
         if n >= 5 and k / n > max(0.05, 10 * self.fpr):
             lines.append(
@@ -257,9 +327,8 @@ class DetectReport:
             )
         if self.gone:
             lines.append(f"{self.gone} row(s) of an earlier run for files no longer in the input dropped")
-        noface = [r for r in self.rows if r.get("score", "") == ""]
-        if noface:
-            lines.append(f"{len(noface)} image(s) without a usable face (empty score)")
+        if self.no_face:
+            lines.append(f"{self.no_face} image(s) without a usable face (empty score)")
         top = sorted((i for i in self.identities if i["flagged"]), key=lambda i: (-i["share_flagged"], i["identity"]))
         if top:
             lines.append(f"identities with flagged images ({len(top)} of {len(self.identities)}):")
@@ -270,6 +339,10 @@ class DetectReport:
             lines.append(
                 f"scores: {self.scores_csv}" + (f"; per identity: {self.identities_csv}" if self.identities_csv else "")
             )
+        if self.others_running:
+            lines.append(f"{self.others_running} other process(es) sharing {self.scores_csv} (--rank) still running: "
+                         "these counts are of the rows written so far; the last process to end writes the summaries "
+                         "of the whole input")
         return "\n".join(lines)
 
 
@@ -336,9 +409,18 @@ def _prepare_detector(detector: CloakDetector | None, weights: str | Path | None
     return det.to(resolve_device(device)).eval()
 
 
-def _jobs(in_path: Path) -> list[FileJob]:
+def _jobs(in_path: Path, rank: int = 0, world_size: int = 1, names: set[str] | None = None) -> list[FileJob]:
+    """`detect`'s jobs (the output is the input itself: the row is the result): process `rank` of `world_size`'s share
+    (`io.jobs.plan_mirror`'s), every listed file's relative POSIX path added to `names`."""
     base = in_path.parent if in_path.is_file() else in_path
-    return [FileJob(f, f, f.relative_to(base)) for f in image_inputs(in_path)]
+    jobs = []
+    for i, f in enumerate(iter_image_inputs(in_path)):
+        rel = f.relative_to(base)
+        if names is not None:
+            names.add(rel.as_posix())
+        if i % world_size == rank:
+            jobs.append(FileJob(f, f, rel))
+    return jobs
 
 
 def _state_path(out_csv: Path) -> Path:
@@ -393,14 +475,12 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         from ..align import require_alignment
 
         require_alignment()
-    jobs = _jobs(in_path)
-    current = {j.rel.as_posix() for j in jobs}  # every shard's: processes may share one CSV
+    current: set[str] = set()  # every shard's: processes may share one CSV
+    jobs = _jobs(in_path, rank, world_size, current)  # this process's share
     # one process per scores file (or per rank of the processes sharing it): two runs on one --out by mistake are
     # refused before either scores anything, as for an output folder
     claim = claim_file(out_csv, rank, world_size)
     try:
-        if world_size > 1:
-            jobs = shard(jobs, rank, world_size)
         det = _prepare_detector(detector, weights, device, purifier)
         thresholds = Thresholds(det, fpr, one_threshold)
         fpr_v = det.default_fpr if fpr is None else float(fpr)
@@ -410,13 +490,15 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         state = _state_path(out_csv)
         det_id = det.fingerprint()
         run = {"input": str(in_path.resolve()), "align": align, "largest_face": largest_face}
-        if restart:
+        if restart and world_size <= 1:
             out_csv.unlink(missing_ok=True)
-        elif resume and out_csv.exists() and state.is_file():
+        elif resume and not restart and out_csv.exists() and state.is_file():
             _check_same_run(out_csv, json.loads(state.read_text(encoding="utf-8")), det_id, run)
-        # the paths alone: the rows themselves are read again at the end (`_finish`), not held meanwhile
-        done = {r["path"] for r in _start_rows(out_csv, fields, resume and not restart,
-                                               {j.rel.as_posix() for j in jobs} if world_size > 1 else None)}
+        # the paths alone: the rows themselves are read again at the end (`_finish`), not held meanwhile. Processes
+        # sharing the file (--rank) drop only their own files' rows without resume, --restart too (the whole file
+        # deleted the rows the other ranks had just written)
+        done = set(_start_rows(out_csv, fields, resume and not restart,
+                               {j.rel.as_posix() for j in jobs} if world_size > 1 else None))
         atomic_write_bytes(state, json.dumps({"detector": det_id, **run}, indent=2).encode())
         common: dict[str, Any] = dict(
             batch_size=batch_size, resume=resume, desc="detecting", verb="scored", stats_csv=out_csv, progress=progress,
@@ -443,7 +525,7 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
             process = detect_batch_process(det, None, fpr, batch_size, align, largest_face, fields, one_threshold)
             job = run_folder_job(jobs, process, io_workers=io_workers, **common)
         return _finish(out_csv, fields, thresholds, fpr_v, job, in_path, identities_csv, det_id, state=run,
-                       current=current)
+                       current=current, claim=claim)
     finally:
         claim()
 
@@ -536,39 +618,75 @@ def calibrate_on_folder(detector: CloakDetector, in_path: str | Path, kind: str,
 
 def _finish(out_csv: Path, fields: list[str], thresholds: Thresholds, fpr: float, job: JobReport, in_path: Path,
             identities_csv: str | Path | None, det_id: str, *, state: dict | None = None,
-            current: set[str] | None = None) -> DetectReport:
+            current: set[str] | None = None, claim: Claim | None = None,
+            cloaked_csv: Path | None = None) -> DetectReport:
     """Rewrite the scores with the decision at this run's thresholds (each row's storage's), write the identity
-    summary. current: the
-    paths (relative to the input) of this run's files; rows of other files (gone from the input since an
-    earlier run) are dropped from the scores and the summary."""
+    summary (and with `cloaked_csv` the list of the rows judged cloaked). current: the paths (relative to the input) of
+    this run's files; rows of other files (gone from the input since an earlier run) are dropped from the scores and
+    the summary. The rows stream through, counted as they pass (two or three reads of the file; none is held).
+    claim: this process's claim on the output, shared with other processes (--rank): the summaries are left to the
+    last of them to end (`Claim.others_running`), whose rows are all in by then."""
+    tally = IdentityTally(in_path.resolve().name if in_path.is_dir() else in_path.resolve().parent.name)
+    rep = DetectReport(job, thresholds.default, fpr, scores_csv=out_csv, fields=fields, cloaked_csv=cloaked_csv)
+    storages: dict[str, int] = {}  # scored rows per storage
+    cloaked: list[dict] = []
+
+    def decided(r: dict) -> bool:
+        """Decide row `r` at this run's thresholds (its note follows); True when that changed it."""
+        changed = False
+        if r.get("score", "") != "":
+            now = decide(float(r["score"]), thresholds(r.get("storage", "")))
+            changed = str(r.get("cloaked")) != str(now)
+            r["cloaked"] = now
+        if r.get("note") in (PALETTE_NOTE, PALETTE_KIND_NOTE):  # a resume with(out) --one-threshold: the note follows
+            note = PALETTE_KIND_NOTE if _palette_kind_judged(thresholds, r.get("storage", "")) else PALETTE_NOTE
+            changed = changed or r["note"] != note
+            r["note"] = note
+        return changed
+
+    def kept_rows(fd: int, last: dict[str, int]) -> Iterator[dict]:
+        for r in _rows(out_csv, fields, last, fd):
+            if current is None or r["path"] in current:
+                decided(r)
+                yield r
+
     with locked_csv(out_csv, create=False) as fd:  # processes sharing the file (--rank) may still append to it
-        rows, stored = _load_rows(out_csv, fields, fd) if fd is not None else ([], 0)
-        gone = 0
-        if current is not None:
-            kept = [r for r in rows if r["path"] in current]
-            rows, gone = kept, len(rows) - len(kept)
-        changed = 0
-        for r in rows:
-            if r.get("score", "") != "":
-                now = decide(float(r["score"]), thresholds(r.get("storage", "")))
-                changed += str(r.get("cloaked")) != str(now)
-                r["cloaked"] = now
-            if r.get("note") in (
-                PALETTE_NOTE,
-                PALETTE_KIND_NOTE,
-            ):  # a resume with(out) --one-threshold: the note follows
-                note = PALETTE_KIND_NOTE if _palette_kind_judged(thresholds, r.get("storage", "")) else PALETTE_NOTE
-                changed += r["note"] != note
-                r["note"] = note
-        if changed or len(rows) != stored:
-            _write_csv(out_csv, rows, fields)
-    idents = summarise_identities(rows, in_path.resolve().name if in_path.is_dir() else in_path.resolve().parent.name)
-    id_path = Path(identities_csv) if identities_csv else out_csv.with_name(out_csv.stem + "-identities.csv")
-    _write_csv(id_path, idents, ["identity", "images", "flagged", "share_flagged", "mean_score", "max_score"])
-    used = thresholds.used(rows)
-    rep = DetectReport(job, thresholds.default, fpr, rows, idents, out_csv, id_path, gone, used)
+        last, stored = _last_rows(out_csv, fields, fd) if fd is not None else ({}, 0)
+        kept = 0
+        changed = False
+        for r in _rows(out_csv, fields, last, fd) if fd is not None else ():
+            if current is not None and r["path"] not in current:
+                rep.gone += 1
+                continue
+            kept += 1
+            changed = decided(r) or changed
+            tally.add(r)
+            if r.get("score", "") == "":
+                rep.no_face += 1
+                continue
+            rep.scored += 1
+            st = r.get("storage", "")
+            storages[st] = storages.get(st, 0) + 1
+            if str(r.get("cloaked", "")) == "1":
+                rep.flagged += 1
+                if cloaked_csv is not None:
+                    cloaked.append({"path": r["path"], "score": r["score"], "status": r.get("status", "")})
+        if fd is not None and (changed or kept != stored):
+            _write_csv(out_csv, kept_rows(fd, last), fields)
+        if claim is not None:
+            claim.ended()
+            rep.others_running = claim.others_running()
+    rep.identities = tally.summary()
+    rep.identities_csv = Path(identities_csv) if identities_csv else out_csv.with_name(out_csv.stem + "-identities.csv")
+    rep.thresholds = thresholds.used_by(storages)
+    rep.by_storage = {st: storages[st] for st in rep.thresholds}
+    if not rep.others_running:
+        _write_csv(rep.identities_csv, rep.identities,
+                   ["identity", "images", "flagged", "share_flagged", "mean_score", "max_score"])
+        if cloaked_csv is not None:
+            _write_csv(cloaked_csv, cloaked, ["path", "score", "status"])
     info = {"detector": det_id, "input": str(in_path.resolve()), "threshold": thresholds.default,
-            "thresholds_by_storage": used, "one_threshold": thresholds.one, "fpr": fpr, "images": len(rows),
+            "thresholds_by_storage": rep.thresholds, "one_threshold": thresholds.one, "fpr": fpr, "images": kept,
             "scored": rep.scored, "flagged": rep.flagged, "failed": [[str(p), why] for p, why in job.failed],
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **(state or {})}
     atomic_write_bytes(_state_path(out_csv), json.dumps(info, indent=2).encode())
@@ -614,10 +732,8 @@ def purify_folder_detected(
     it (every image by the default threshold with `one_threshold`).
     """
     in_path, out_path = Path(in_path), Path(out_path)
-    jobs = plan_mirror(in_path, out_path)
-    current = {j.rel.as_posix() for j in jobs}
-    if world_size > 1:
-        jobs = shard(jobs, rank, world_size)
+    current: set[str] = set()  # every process's files: processes (--rank) share the scores CSV
+    jobs = plan_mirror(in_path, out_path, rank=rank, world_size=world_size, names=current)  # this process's share
     det = _prepare_detector(detector, detector_weights, device)
     threshold = Thresholds(det, fpr, one_threshold)
     fpr_v = det.default_fpr if fpr is None else float(fpr)
@@ -649,8 +765,8 @@ def purify_folder_detected(
     )
     with finish.on_failure():
         previous = _start_rows(scores, fields, resume, {j.rel.as_posix() for j in jobs} if world_size > 1 else None)
-        skipped = {r["path"] for r in previous if r.get("status") == "skip"}
-        scored = {r["path"] for r in previous if r.get("status") != "fail"}
+        skipped = {p for p, status in previous.items() if status == "skip"}
+        scored = {p for p, status in previous.items() if status != "fail"}
         del previous  # the paths alone: the rows themselves are read again at the end (`_finish`), not held meanwhile
         other_sizes: list[Callable] = []  # `puface purify`'s batch function, for images that are not chips, made once
 
@@ -708,13 +824,7 @@ def purify_folder_detected(
             stats_key="path",
         )
         rep = _finish(scores, fields, threshold, fpr_v, job, in_path, out_path / "detection-identities.csv", det_id,
-                      current=current)
-        cloaked = [
-            {"path": r["path"], "score": r["score"], "status": r.get("status", "")}
-            for r in rep.rows
-            if str(r.get("cloaked")) == "1"
-        ]
-        _write_csv(out_path / "cloaked.csv", cloaked, ["path", "score", "status"])
+                      current=current, claim=finish.claim, cloaked_csv=out_path / "cloaked.csv")
     finish()
     return rep
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from ..utils.errors import PufaceError
 from .images import is_image_file, is_unsupported_image_file, same_file
@@ -14,6 +14,7 @@ __all__ = [
     "is_within",
     "is_visible",
     "list_image_files",
+    "iter_image_files",
     "check_output_folder",
     "check_output_root",
     "check_output_file",
@@ -44,39 +45,56 @@ def list_image_files(root: str | Path, exclude: Iterable[str | Path] = (), unsup
     Links to folders are followed, except a link back to a folder that is being listed (a folder loop,
     e.g. `a/b -> a`): it is skipped with a warning, so a loop cannot list the same images again and again.
     """
+    return list(iter_image_files(root, exclude, unsupported))
+
+
+def iter_image_files(root: str | Path, exclude: Iterable[str | Path] = (), unsupported: bool = False) -> Iterator[Path]:
+    """`list_image_files` one file at a time, in the same (sorted) order, holding only the entries of the folders
+    above the current one: a job that keeps some of the files (one rank's share) never holds the whole tree.
+
+    The order is the sorted one because a folder's entries are visited in name order, each sub-folder's files where
+    its name falls (a path sorts by its parts, and a folder's files share the folder's parts); a folder that cannot
+    be listed raises when the walk reaches it.
+    """
     root = Path(root)
     excl = [Path(e) for e in exclude]
-    out: list[Path] = []
-    stack: list[tuple[Path, frozenset]] = [(root, frozenset())]
-    while stack:
-        d, above = stack.pop()
+    # a stack of (folder, the keys of the folders above its entries, its remaining entries (sorted, reversed))
+    stack: list[tuple[Path, frozenset, list[os.DirEntry[str]]]] = []
+
+    def enter(d: Path, above: frozenset) -> None:
         if any(is_within(d, e) for e in excl):
-            continue
+            return
         try:
             st = os.stat(d)
             key = (st.st_dev, st.st_ino)
             if key in above:
                 log.warning("warning: skipping %s: a link back to the folder %s (a folder loop)", d, d.resolve())
-                continue
+                return
             with os.scandir(d) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                entries = sorted(it, key=lambda e: e.name, reverse=True)
         except OSError as e:
             raise PufaceError(f"{d}: cannot list folder ({e.strerror or e})") from None
-        below = above | {key}  # the folders above each entry of d
-        for entry in entries:  # the folder's own entry types: no stat per file (only per link)
-            name = entry.name
-            if name.startswith("."):  # hidden (`is_visible`)
-                continue
-            if _entry_is(entry, "dir"):
-                stack.append((d / name, below))
-                continue
-            if not (is_image_file(name) or (unsupported and is_unsupported_image_file(name))):
-                continue
-            if _entry_is(entry, "file"):
-                out.append(d / name)
-            elif unsupported and entry.is_symlink() and not (d / name).exists():
-                out.append(d / name)  # a broken link
-    return sorted(out)
+        stack.append((d, above | {key}, entries))  # the folders above each entry of d
+
+    enter(root, frozenset())
+    while stack:
+        d, below, entries = stack[-1]
+        if not entries:
+            stack.pop()
+            continue
+        entry = entries.pop()
+        name = entry.name
+        if name.startswith("."):  # hidden (`is_visible`)
+            continue
+        if _entry_is(entry, "dir"):  # the folder's own entry types: no stat per file (only per link)
+            enter(d / name, below)
+            continue
+        if not (is_image_file(name) or (unsupported and is_unsupported_image_file(name))):
+            continue
+        if _entry_is(entry, "file"):
+            yield d / name
+        elif unsupported and entry.is_symlink() and not (d / name).exists():
+            yield d / name  # a broken link
 
 
 def _entry_is(entry: os.DirEntry[str], kind: str) -> bool:

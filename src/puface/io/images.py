@@ -15,6 +15,7 @@ import struct
 import threading
 import warnings
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -404,27 +405,31 @@ def encode_image(
     return buf.getvalue()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
+def atomic_write_bytes(path: str | Path, data: bytes | Iterable[bytes]) -> None:
+    """Write `data` (bytes, or chunks of bytes written as they come: a file larger than memory) to `path` via a
+    temporary file in the same folder and an atomic rename."""
     path = Path(path)
     if not path.parent.is_dir():
         blocking = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
         if blocking is not None:
             raise ImageWriteError(path, f"cannot write: {blocking} is a file, not a folder")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         with open(tmp, "wb") as f:
-            f.write(data)
+            for chunk in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # an error of the chunks' producer too: no temporary file left behind
         try:
             tmp.unlink(missing_ok=True)
         except Exception:
             pass
-        raise ImageWriteError(path, f"cannot write ({e.strerror or e})") from None
+        if isinstance(e, OSError):
+            raise ImageWriteError(path, f"cannot write ({e.strerror or e})") from None
+        raise
 
 
 def write_image(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
 import sys
@@ -27,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..utils.errors import ImageReadError, PufaceError
-from .files import check_output_folder, check_output_root, list_image_files
+from .files import check_output_folder, check_output_root, iter_image_files
 from .images import (EXPECTED_IMAGES, IMAGE_EXTENSIONS, PALETTE_MODES, atomic_write_bytes, encode_image, is_image_file,
                      is_lossless_webp, open_image_parts, pil_format_for, read_image_bytes, resolution_of, same_file,
                      storage_of)
@@ -127,7 +128,10 @@ class JobReport:
         """0 when every file was handled, 1 when some failed."""
         return 1 if self.failed else 0
 
-    def summary(self, verb: str = "written") -> str:
+    def summary(self, verb: str = "written", listed_in: dict[str, Path] | None = None) -> str:
+        """Counts, then each file copied, skipped or failed with its reason; listed_in: for "copied unchanged",
+        "skipped" or "FAILED", the file that lists them (the job wrote it; each was also told as it happened): a line
+        naming it instead of one per file."""
         rate = self.written / self.seconds if self.seconds > 0 else 0.0
         # slow jobs (cloaking on a CPU: a minute per image) in seconds per image; '0.0 images/s' said nothing
         speed = (
@@ -139,7 +143,9 @@ class JobReport:
             f"({self.seconds:.1f} s, {speed})"
         ]
         for title, items in (("copied unchanged", self.copied), ("skipped", self.skipped), ("FAILED", self.failed)):
-            if items:
+            if items and listed_in and title in listed_in:
+                lines.append(f"{title} ({len(items)}): listed in {listed_in[title]}")
+            elif items:
                 lines.append(f"{title} ({len(items)}):")
                 lines.extend(f"  {p}: {why}" for p, why in items)
         return "\n".join(lines)
@@ -154,15 +160,22 @@ def plan_mirror(
     out_root: str | Path,
     *,
     rename: Callable[[Path], Path] = default_output_name,
+    rank: int = 0,
+    world_size: int = 1,
+    names: set[str] | None = None,
 ) -> list[FileJob]:
     """Map every image under `in_path` (a folder, or one file) to a path under `out_root`.
 
     Refuses an input folder without images, an output folder that is a file, is the input folder, lies
     inside it or holds it (`files.check_output_folder`), and any output path equal to an input path. Image
     files puface cannot read (GIF, HEIC, ...) are planned too, so the job lists them as failed.
+    rank/world_size: only the share of process `rank` of `world_size` (`shard`: every world_size-th file of the
+    sorted listing, the same on every process and every run), the others' files listed but never held. names: a
+    set that gets the relative POSIX path of every file listed, every process's (jobs that must know the whole input).
     """
     in_path, out_root = Path(in_path), Path(out_root)
-    files = image_inputs(in_path)
+    files = iter_image_inputs(in_path)
+    first = next(files)  # the input's errors (none, not an image, no images) before the output's
     check_output_root(out_root)
     if in_path.is_file():
         base = in_path.parent
@@ -170,7 +183,10 @@ def plan_mirror(
         check_output_folder(in_path, out_root)
         base = in_path
     jobs = []
-    for f in files:
+    listed: Iterator[Path] = itertools.chain([first], files)
+    if names is not None:
+        listed = _noting(listed, base, names)
+    for f in _share(listed, rank, world_size):
         rel = f.relative_to(base)
         dst = out_root / rename(rel)
         if same_file(dst, f):
@@ -182,16 +198,24 @@ def plan_mirror(
 def image_inputs(in_path: Path) -> list[Path]:
     """The input files of a folder job over `in_path` (a folder, or one image file); a `PufaceError` when it
     does not exist, is not an image, or is a folder without images."""
+    return list(iter_image_inputs(in_path))
+
+
+def iter_image_inputs(in_path: Path) -> Iterator[Path]:
+    """`image_inputs` one file at a time (`files.iter_image_files`); its errors come with the first file asked for."""
     if not in_path.exists():
         raise PufaceError(f"{in_path}: no such file or folder")
     if in_path.is_file():
         if not is_image_file(in_path):
             raise PufaceError(f"{in_path}: not an image file ({EXPECTED_IMAGES})")
-        return [in_path]
-    files = list_image_files(in_path, unsupported=True)
-    if not files:
+        yield in_path
+        return
+    found = False
+    for f in iter_image_files(in_path, unsupported=True):
+        found = True
+        yield f
+    if not found:
         raise PufaceError(f"{in_path}: no images found ({EXPECTED_IMAGES})")
-    return files
 
 
 #: Keys of a settings record that describe a run, not its outputs (never compared as settings; "input" is
@@ -283,14 +307,53 @@ LOCK_NAME = ".puface.lock"
 #: sharing the output (`Claim.settings`), byte 1 + rank is a rank's share, and a process of world size W holds a shared
 #: lock on byte _WORLD_BYTES + W (far beyond any rank's byte), so that processes of other world sizes are refused.
 _WORLD_BYTES = 1 << 40
+#: Byte _ENDED_BYTES + rank of a claim's lock file: held (shared) by a rank whose share is done (`Claim.ended`); between
+#: the ranks' bytes and the world sizes' (a lock beyond those would read as a process of a larger world size).
+_ENDED_BYTES = 1 << 39
 
 
 class Claim:
     """A process's claim on an output (`claim_output`): call it to release the claim (the last process removes the lock
     file); `settings()` serialises a settings check and write between the processes sharing the output."""
 
-    def __init__(self, f: Any = None, path: Path | None = None, whole: bool = True):
+    def __init__(self, f: Any = None, path: Path | None = None, whole: bool = True, rank: int = 0,
+                 world_size: int = 1):
         self.f, self.path, self.whole = f, path, whole
+        self.rank, self.world_size = rank, world_size
+
+    def ended(self) -> None:
+        """Say that this process's share is done (every output and row of it written; only the summaries are left):
+        the other processes' `others_running` no longer count it, though it holds its share until it is released."""
+        if self.f is None or self.f.closed or self.whole:
+            return
+        import fcntl
+
+        try:
+            fcntl.lockf(self.f, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, _ENDED_BYTES + self.rank)
+        except OSError:
+            pass
+
+    def others_running(self) -> int:
+        """How many other processes sharing the output (--rank) hold their share and have not `ended` it: 0 for a
+        claim of the whole output, or where nothing was claimed. Asked under a lock the processes share (the scores
+        CSV's) after `ended`, of two processes ending together the later one sees 0."""
+        if self.f is None or self.f.closed or self.whole:
+            return 0
+        return sum(1 for r in range(self.world_size)
+                   if r != self.rank and self._held(1 + r) and not self._held(_ENDED_BYTES + r))
+
+    def _held(self, start: int) -> bool:
+        """True when another process holds a lock on byte `start` of the lock file (never one of this claim's own
+        bytes: testing would release them)."""
+        import errno
+        import fcntl
+
+        try:
+            fcntl.lockf(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, start)
+        except OSError as e:
+            return e.errno in (errno.EACCES, errno.EAGAIN)
+        fcntl.lockf(self.f, fcntl.LOCK_UN, 1, start)
+        return False
 
     def __call__(self) -> None:
         f = self.f
@@ -399,7 +462,7 @@ def _claim(path: Path, rank: int, world_size: int, name: str, doing: str) -> Cla
             f"{name}: another puface process is {doing} with another --world-size; processes that share "
             f"it must all give the same --world-size (this one: {world_size}), or wait for it to end"
         ) from None
-    return Claim(f, path, whole=False)
+    return Claim(f, path, whole=False, rank=rank, world_size=world_size)
 
 
 def begin_settings(path: Path, record: dict, *, resume: bool, kind: str,
@@ -575,6 +638,18 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
 def shard(jobs: Sequence[FileJob], rank: int, world_size: int) -> list[FileJob]:
     """The part of `jobs` that process `rank` of `world_size` handles (round-robin)."""
     return list(jobs[rank::world_size])
+
+
+def _noting(files: Iterable[Path], base: Path, names: set[str]) -> Iterator[Path]:
+    """`files` as they come, each one's path relative to `base` (POSIX) added to `names` on the way."""
+    for f in files:
+        names.add(f.relative_to(base).as_posix())
+        yield f
+
+
+def _share(items: Iterable, rank: int, world_size: int) -> Iterator:
+    """`shard` of a stream: items rank, rank + world_size, ... of `items`, the others passed over as they come."""
+    return itertools.islice(items, rank, None, world_size) if world_size > 1 else iter(items)
 
 
 def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:

@@ -80,10 +80,10 @@ class ShardReport(JobReport):
     def exit_code(self) -> int:
         return 1 if self.failed or self.shards_failed else 0
 
-    def summary(self, verb: str = "written") -> str:
+    def summary(self, verb: str = "written", listed_in: dict[str, Path] | None = None) -> str:
         head = (f"{self.shards} shards: {self.shards_written} {verb}, {self.shards_resumed} already done (skipped), "
                 f"{len(self.shards_failed)} failed; records of the shards written: ")
-        lines = [head + super().summary(verb)]
+        lines = [head + super().summary(verb, listed_in)]
         if self.shards_failed:
             lines.append(f"FAILED shards, left out whole ({len(self.shards_failed)}):")
             lines.extend(f"  {p}: {why}" for p, why in self.shards_failed)

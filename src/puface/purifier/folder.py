@@ -23,7 +23,6 @@ from ..io.jobs import (
     keep_input_mode,
     plan_mirror,
     run_folder_job,
-    shard,
 )
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
@@ -197,7 +196,7 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
     given = purifier
     layouts: Purifier | dict[str, Purifier] = purifier if purifier is not None else \
         Purifier.load_layouts(weights, device="cpu" if engine == "ray" else dev)  # checks the file here
-    jobs = plan_mirror(in_path, out_path)
+    jobs = plan_mirror(in_path, out_path, rank=rank, world_size=world_size)  # this process's share
     finish = open_output(
         out_path,
         purify_settings(
@@ -217,8 +216,6 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
     )
     with finish.on_failure():
         prep = prepare() if prepare is not None else None
-        if world_size > 1:
-            jobs = shard(jobs, rank, world_size)
         if engine == "ray":
             from functools import partial
 
