@@ -245,3 +245,24 @@ def test_a_prepare_step_is_kept_on_a_photo_with_an_alpha_channel(johns_dir, tmp_
         np.abs(out[50:, :, :3].astype(int) - plain[50:]).mean() < 0.5
     )  # opaque, away from the strip: as without alpha
     assert out[..., :3].mean() < 0.6 * a.mean()  # the step (halving) is in the output, the strip included
+
+
+def test_a_folders_pattern_is_read_from_the_photos_the_purification_reads(johns_dir, tmp_path):
+    """`purify --unmask` found a folder's shared pattern with `read_image`, which takes an animated file's first frame,
+    while the purification refuses such a file (`io.images.open_image_parts`): a photo left unpurified still shaped
+    what was subtracted from the others. Now the pattern is read as the purification reads: the animated file is left
+    out of the group (and reported by the purification pass)."""
+    from PIL import Image
+
+    from puface.defenses.shared import folder_patterns
+    from puface.io.images import read_image
+
+    person = tmp_path / "in" / "person"
+    person.mkdir(parents=True)
+    files = sorted(next(p for p in johns_dir.iterdir() if p.is_dir()).iterdir())[:5]
+    for f in files[:4]:
+        (person / f.name).write_bytes(f.read_bytes())
+    frames = [Image.fromarray(read_image(files[4])), Image.fromarray(255 - read_image(files[4]))]
+    frames[0].save(person / "moving.png", save_all=True, append_images=frames[1:])  # an animated PNG, 2 frames
+    assert getattr(Image.open(person / "moving.png"), "n_frames", 1) == 2
+    assert folder_patterns(tmp_path / "in", progress=False)["person"].photos == 4

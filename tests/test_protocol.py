@@ -293,3 +293,45 @@ def test_views_defense_as_a_function():
     assert create_defense(v.config).cache_key == v.cache_key
     with pytest.raises(PufaceError, match="at least two"):
         create_defense({"name": "views", "of": ["none"]})
+
+
+def test_a_checkpoint_is_cached_by_its_content_not_its_path(colour_data, tmp_path, monkeypatch):
+    """The `puface` defense of a checkpoint file: the same file at another path reuses its purified images (before:
+    the path was part of the cache key, so a copy was purified again); another checkpoint written at the same path is
+    not served the first one's; images cached under the key earlier versions used (path and weights) are still found,
+    and stored under the new key."""
+    import hashlib
+    import json
+
+    from puface.defenses.purifier import PuFaceDefense
+    from purifier_support import visible_purifier_file
+
+    a = visible_purifier_file(tmp_path / "a" / "p.safetensors")
+    copies = [tmp_path / f"{n}" / "p.safetensors" for n in ("b", "c")]
+    for c in copies:
+        c.parent.mkdir()
+        c.write_bytes(a.read_bytes())
+    da, db, dc = (create_defense({"name": "puface", "weights": str(p)}) for p in (a, *copies))
+    assert da.cache_key == db.cache_key == dc.cache_key
+    visible_purifier_file(copies[0], seed=1)  # another checkpoint at b's path
+    assert create_defense({"name": "puface", "weights": str(copies[0])}).cache_key != da.cache_key
+    assert create_defense("puface").earlier_cache_keys == []  # the shipped purifier's key is as it was
+
+    calls = []
+    real = PuFaceDefense._apply
+    monkeypatch.setattr(PuFaceDefense, "_apply", lambda self, x: calls.append(len(x)) or real(self, x))
+    cache = ContentCache(":memory:")
+    proto = Protocol(colour_data, ["Alice"], [CLEAN], {"c": colour_embedder()}, [TrainerSpec("nn", "nn")],
+                     {"p": da}, cache=cache, cloak_cache=None, progress=False)
+    images, hashes = colour_data.train.images[:6], colour_data.train.hashes[:6]
+    # an earlier version's entries, under its key: the config as written (c's path) and the weights
+    old = hashlib.sha256(json.dumps({"config": dc.config, "fingerprint": dc.fingerprint}, sort_keys=True,
+                                    default=str).encode()).hexdigest()[:20]
+    assert dc.earlier_cache_keys == [old]
+    want = torch.from_numpy(np.stack([np.full((3, 32, 32), i, np.uint8) for i in range(6)]))
+    cache.put("images", old, {h: w.numpy() for h, w in zip(hashes, want)})
+    got, _ = proto.apply_defense(dc, images, hashes)
+    assert calls == [] and torch.equal(got, want)
+    assert set(cache.get("images", dc.cache_key, hashes)) == set(hashes)  # moved to the new key
+    got, _ = proto.apply_defense(da, images, hashes)  # the same checkpoint at another path: from the cache
+    assert calls == [] and torch.equal(got, want)

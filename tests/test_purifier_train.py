@@ -455,3 +455,40 @@ def test_resuming_a_finished_run_says_it_is_finished(johns_dir, tmp_path):
           progress=False, log=said.append)
     assert any("the run is finished (1 epochs); nothing to train" in s for s in said), said
     assert not any(s.startswith("resuming") for s in said) and (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
+def test_a_resume_on_other_pixels_or_other_cloaks_is_refused(johns_dir, tmp_path):
+    """A resume compares the pairs' contents, not only the identity names and pair counts: one training image
+    edited in place (same name, same count) or other cloaks of the same images (a cloak cache made with other
+    surrogate weights, another cloaked folder) are other data (before: the run went on over both without a word).
+    The same data under another root resumes."""
+    from puface.io.images import read_image, write_image
+
+    data = tmp_path / "data"
+    for ident in sorted(p for p in johns_dir.iterdir() if p.is_dir()):
+        (data / ident.name).mkdir(parents=True)
+        for f in ident.iterdir():
+            (data / ident.name / f.name).write_bytes(f.read_bytes())
+    cfg = _cfg(data, epochs=2, max_steps_per_epoch=2)
+    assert _run(cfg, tmp_path / "run", stop_after_steps=1)["stopped"]
+    with pytest.raises(PufaceError, match="other data.*train_content"):  # other cloaks of the same images
+        train(cfg, tmp_path / "run", embedders={"standin": standin_embedder()}, cloak_fn=synthetic_cloak_fn(4 / 255),
+              progress=False, log=lambda s: None)
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    assert _run(_cfg(moved, epochs=2, max_steps_per_epoch=2), tmp_path / "run", stop_after_steps=1)["stopped"]
+    for ident in sorted(p for p in moved.iterdir() if p.is_dir()):  # one image of each: the training ones too
+        edited = sorted(ident.glob("*.jpg"))[0]
+        img = read_image(edited)
+        img[:10, :10] = 255 - img[:10, :10]
+        write_image(edited, img)
+    with pytest.raises(PufaceError, match="other data.*content.*other pixels of the images"):
+        _run(_cfg(moved, epochs=2, max_steps_per_epoch=2), tmp_path / "run")
+    # a checkpoint from before the contents were recorded resumes as before (names and counts) and records them
+    last = tmp_path / "run" / "last.pt"
+    ck = torch.load(last, weights_only=True)
+    was = ck["data_summary"].pop("train_content"), ck["data_summary"].pop("val_content")
+    torch.save(ck, last)
+    _run(_cfg(moved, epochs=2, max_steps_per_epoch=2), tmp_path / "run")
+    now = torch.load(last, weights_only=True)["data_summary"]
+    assert now["train_content"]["natural"] != was[0]["natural"] and set(now["val_content"]) == {"natural", "cloaked"}

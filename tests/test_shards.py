@@ -245,6 +245,51 @@ def test_every_image_of_a_webdataset_record_is_purified(chips, folder_out, tmp_p
     assert p1.fields["left.jpg"] == folder_out[c] and p1.fields["right.jpg"] == dc[: len(dc) // 3]
 
 
+def test_a_resume_over_shards_an_earlier_version_left_half_purified_is_refused(chips, tmp_path):
+    """An output folder written before every image of a record was purified (its settings record has no
+    shard_version) resumed its shards of several-image records as done, their other images still cloaked (exit 0).
+    Now such shards are named and the resume refused; once they are deleted a resume redoes them only, and the
+    record says this version. Shards of one image per record, and folders where --image-field named the field, stay
+    done."""
+    (_, _, da, _), (_, _, db, _), (_, _, dc, _) = chips[:3]
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    _write_tar(src / "single.tar", [("s0", {"cls": b"0", "jpg": dc})])
+    args = [str(src), str(out), "--no-progress", "--device", "cpu"]
+    assert _purify(args).exit_code == 0
+    # the earlier version's outputs of a pair record and a file of two image columns: the same records, the right
+    # image (column) as it was (the first one purified: not looked at)
+    _write_tar(src / "pairs.tar", [("p0", {"cls": b"0", "left.jpg": da, "right.jpg": db})])
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    col = pa.array([{"bytes": da, "path": "a.jpg"}], type=struct)
+    pq.write_table(pa.table({"id": ["k"], "left": col, "right": col}), src / "cols.parquet")
+    for name in ("pairs.tar", "cols.parquet"):
+        (out / name).write_bytes((src / name).read_bytes())
+    record = out / "purify_config.json"
+
+    def as_earlier(image_field=None):  # the record an earlier version wrote
+        rec = json.loads(record.read_text())
+        rec.pop("shard_version", None)
+        record.write_text(json.dumps({**rec, "image_field": image_field}))
+
+    as_earlier("jpg")
+    r = _purify([*args, "--image-field", "jpg"])  # the field was named: the earlier version did the same
+    assert r.exit_code == 0 and "3 already done" in r.output, r.output
+    as_earlier()
+    r = _purify(args)
+    assert r.exit_code == 2, r.output
+    assert "2 output shard(s) written by an earlier puface" in r.output
+    assert "pairs.tar (record p0 holds several images)" in r.output
+    assert "cols.parquet (image columns left, right)" in r.output and "single.tar" not in r.output
+    assert "shard_version" not in record.read_text()  # nothing written: a resume is refused again
+    for p in (out / "pairs.tar", out / "cols.parquet", src / "cols.parquet"):
+        p.unlink()
+    r = _purify(args)
+    assert r.exit_code == 0 and "2 shards: 1 purified, 1 already done" in r.output, r.output
+    (p0,) = read_records(out / "pairs.tar")
+    assert db != p0.fields["right.jpg"] and json.loads(record.read_text())["shard_version"] >= 2
+
+
 def test_a_parquet_file_of_several_image_columns_is_refused_until_one_is_named(chips, tmp_path):
     struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     col = pa.array([{"bytes": chips[0][2], "path": "a.jpg"}], type=struct)

@@ -12,7 +12,11 @@ an optional reference set::
 
 Randomness: one generator per call, seeded with (attack seed, kind, digest of the group's pixels and
 labels, the reference's digest), so the same group gives bit-identical cloaks whatever the order of
-other calls. `batch_size` only bounds how many images go through a surrogate at once.
+other calls. A group is its images in their order: the same photos in another order are another group (another
+seed, other mini-batches: OPOM and unlearnable cloaks of 6 photos differed by up to 15/255 when reversed, measured
+with a stand-in face model), cached apart (`CloakCache.cloak_group`); the protocol and `puface cloak` give a person's
+photos sorted by path. Sorting them by content here would free cloaks from file names but change every cached one.
+`batch_size` only bounds how many images go through a surrogate at once.
 """
 
 from __future__ import annotations

@@ -67,8 +67,9 @@ def _parse_attack(text: str) -> dict:
     default=True,
     show_default=True,
     help="Continue from OUT/last.pt when it exists (after an interruption); refused when the config, --set "
-    "or data differ from the run's (data.root, data.cache, data.cached_only, save_every_steps and the cloaking "
-    "and validation batch sizes may). --no-resume starts afresh; an earlier run's files are renamed "
+    "or data differ from the run's (the pairs' pixels too: an image edited in place, other cloaks; data.root, "
+    "data.cache, data.cached_only, save_every_steps and the cloaking and validation batch sizes may). --no-resume "
+    "starts afresh; an earlier run's files are renamed "
     "*.<time>.discarded.* first.",
 )
 @device_option()

@@ -2,6 +2,13 @@
 
 Each identity is shuffled with its own seed derived from (seed, identity name), so adding or removing
 other identities never changes an identity's split.
+
+Counts: round(0.7 n) training photos (`split_counts`). FaceCure's own scripts count otherwise: eval.py (NN, linear)
+draws int(0.3 n) test photos of every identity, so training keeps one photo more there wherever 0.7 n has a fraction
+below a half (6 photos: 5 / 1 there, 4 / 2 here; 9, 12, 13, 16, 19, ...: 169 of the sizes 2 to 399); eval_e2e.py
+keeps int(0.7 n) of the protected user's photos for training, one fewer there wherever the fraction is a half or more
+(5: 3 / 2 there, 4 / 1 here; 11, 14, 15, ...). Of 10 to 20 photos (the LFW grids' identities) all three agree at 10
+and 20 only. Every documented grid uses this rule; changing it would change their splits.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ class Split:
 
 
 def split_counts(n: int, train_fraction: float, min_train: int, min_test: int) -> tuple[int, int]:
-    """(n_train, n_test) for n images: round(n * fraction), then moved to respect both minimums."""
+    """(n_train, n_test) for n images: round(n * fraction) (a half up, as the binary product gives it: 0.7 * 5 = 3.5
+    -> 4, 0.7 * 45 = 31.499... -> 31), then moved to respect both minimums. Not FaceCure's int(0.3 n) test photos
+    (module docstring)."""
     if not 0.0 < train_fraction < 1.0:
         raise PufaceError(f"train fraction must be in (0, 1), got {train_fraction}")
     if n < min_train + min_test:

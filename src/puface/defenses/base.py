@@ -88,9 +88,21 @@ class Defense:
         return [self]
 
     @property
+    def key_config(self) -> dict[str, Any]:
+        """`config` as `cache_key` holds it: the same, but a setting that says where content lies rather than what it
+        is stands for the content (a checkpoint's path: `PuFaceDefense`, whose weights are in `fingerprint`)."""
+        return self.config
+
+    @property
     def cache_key(self) -> str:
-        blob = json.dumps({"config": self.config, "fingerprint": self.fingerprint}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+        return _cache_key(self.key_config, self.fingerprint)
+
+    @property
+    def earlier_cache_keys(self) -> list[str]:
+        """Keys earlier versions cached this same function's outputs under (by its config as written: a checkpoint's
+        path), for a cache lookup that misses `cache_key`; empty where they are the same."""
+        old = _cache_key(self.config, self.fingerprint)
+        return [old] if old != self.cache_key else []
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float in [0, 1] -> same shape, float in [0, 1], on the input's device; no gradient."""
@@ -135,6 +147,11 @@ class Defense:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
+
+
+def _cache_key(config: dict[str, Any], fingerprint: str) -> str:
+    blob = json.dumps({"config": config, "fingerprint": fingerprint}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 class NoDefense(Defense):
@@ -197,6 +214,12 @@ class Composite(Defense):
     @property
     def fingerprint(self) -> str:
         return "|".join(d.fingerprint for d in self.members)
+
+    @property
+    def key_config(self) -> dict[str, Any]:
+        """`config` with its members' `key_config` in place of their configs."""
+        configs, keyed = [d.config for d in self.members], [d.key_config for d in self.members]
+        return {k: keyed if v == configs else v for k, v in self.config.items()}
 
     @property
     def network(self) -> nn.Module | None:

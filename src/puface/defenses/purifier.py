@@ -101,6 +101,18 @@ class PuFaceDefense(Defense):
         return module_fingerprint(self.purifier)
 
     @property
+    def key_config(self) -> dict[str, Any]:
+        """A checkpoint file stands in the cache key for its content, not its path: the weights (`fingerprint`) and the
+        face layouts its metadata records (`Purifier.template`, `net_template`: they choose the resampling), so the same
+        checkpoint elsewhere reuses its purified images and another one written at the same path does not. Shipped
+        purifiers keep their name (their keys as before)."""
+        w = self.params["weights"]
+        if is_shipped(None if w == "default" else w):
+            return self.config
+        p = self.purifier
+        return {**self.config, "weights": {"checkpoint": [p.template, p.net_template]}}
+
+    @property
     def training_identities(self) -> set[str] | None:
         """Identities the purifier saw in training or validation (None: not recorded)."""
         return self.purifier.seen_identities

@@ -7,8 +7,10 @@ cannot tell which branch a published photo will meet, and must make a cloak that
 
 What such an attacker optimises through (the adaptive attacks of `puface.attacks.adaptive`):
 
-- ``through = {name = "random", of = [...]}`` (this defense): every forward pass draws a fresh branch per image from the
-  global torch generator, the one-sample expectation over transformations (EOT, Athalye et al. 2018);
+- ``through = {name = "random", of = [...]}`` (this defense): every forward pass draws a branch per image from the
+  image's exact pixels (fresh for every new iterate, the same for the same image in any batch, never from the global
+  torch generator, so the cloaks follow the attack's seed alone), the one-sample expectation over transformations
+  (EOT, Athalye et al. 2018);
 - ``through = [branch, branch, ...]`` with Fawkes' ``ensemble = "sum"``: the exact expectation over the
   uniform choice, every branch in every step (K times the cost).
 """
@@ -20,7 +22,8 @@ from typing import Sequence
 import torch
 
 from ..utils.errors import ConfigError
-from ..utils.fingerprint import image_seed
+from ..utils.fingerprint import image_digest, image_seed
+from ..utils.seeding import stable_seed
 from .base import GRADIENTS, Composite, Defense
 from .registry import DEFENSES, create_defense
 
@@ -75,13 +78,16 @@ class RandomChoice(Composite):
         return all(b.has_exact_gradient for b in self.branches)
 
     def gradient_estimate(self, images: torch.Tensor, gradient: str = "exact") -> torch.Tensor:
-        """What an attacker who knows the branches but not the seed differentiates: a fresh uniform draw per
-        image per call (global torch generator), through that branch's own estimate (one-sample EOT)."""
+        """What an attacker who knows the branches but not the seed differentiates: a uniform draw per image from
+        its exact float pixels (`image_digest`: a new one for every new iterate of an attack, the same for the same
+        image whatever its batch; not the global torch generator, which made an attack's cloaks depend on what ran
+        before it), through that branch's own estimate (one-sample EOT)."""
         if gradient not in GRADIENTS:
             raise ValueError(f"unknown gradient {gradient!r}; choose one of {', '.join(GRADIENTS)}")
         if len(images) == 0:
             return images
-        draw = torch.randint(len(self.branches), (len(images),))
+        k = len(self.branches)
+        draw = torch.tensor([stable_seed("random-eot", image_digest(im)) % k for im in images], dtype=torch.long)
         return self._route(images, draw, lambda b, x: b.gradient_estimate(x, gradient))
 
 

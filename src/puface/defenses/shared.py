@@ -162,12 +162,13 @@ class FolderPattern:
 def folder_patterns(in_path: str | Path, defense: SharedPatternRemoval | None = None, *, progress: bool = True,
                     warn: Callable[[str], None] | None = None, max_photos: int = 4096) -> dict[str, FolderPattern]:
     """`unmask` over an identity-folder tree (root/<person>/<image>): each folder of images is one person. Reads
-    each folder's first `max_photos` images by name (kept as uint8: 4,096 chips of 150 px take 276 MB; a file that
-    cannot be read is left to the purification pass, which reports it); those of the folder's most common size form
+    each folder's first `max_photos` images by name (kept as uint8: 4,096 chips of 150 px take 276 MB; read as the
+    purification reads them, so a file it refuses, one that cannot be read or an animated one, is left out and
+    reported by the purification pass); those of the folder's most common size form
     the group, and the pattern found applies to all of the folder's photos of that size. Returns {folder relative to
     `in_path`: FolderPattern}."""
     from ..io.files import list_image_files
-    from ..io.images import read_image
+    from ..io.images import open_image_parts
 
     d = defense or SharedPatternRemoval()
     root = Path(in_path)
@@ -183,8 +184,8 @@ def folder_patterns(in_path: str | Path, defense: SharedPatternRemoval | None = 
     for folder, files in items:
         arrays = []
         for f in files[:max_photos]:
-            try:
-                arrays.append(read_image(f))
+            try:  # read as the purification reads it (an animated file is refused there, so left out here)
+                arrays.append(np.asarray(open_image_parts(f)[0], dtype=np.uint8))
             except Exception:  # noqa: BLE001 - reported by the purification pass
                 continue
         rel = "." if folder == root else folder.relative_to(root).as_posix()

@@ -221,7 +221,9 @@ class PhotoProtocol(Protocol):
                       label: str = "", groups: Labels | None = None) -> tuple[torch.Tensor, list[str]]:
         """Each image published as its photo, `defense` (none included) run on the photo, the face cut again;
         cached under the path's settings by the image's content and its source photo's (`PhotoPath.digest`)."""
-        key = f"photo:{_key(self.photos.config)}:{'none' if isinstance(defense, NoDefense) else defense.cache_key}"
+        plain = "none" if isinstance(defense, NoDefense) else None
+        key = f"photo:{_key(self.photos.config)}:{plain or defense.cache_key}"
+        earlier = [] if plain else [f"photo:{_key(self.photos.config)}:{k}" for k in defense.earlier_cache_keys]
         try:
             src = [self._source[h] for h in hashes]
         except KeyError:
@@ -234,7 +236,7 @@ class PhotoProtocol(Protocol):
             return self.photos(defense, [p for p, _ in rows], torch.stack([n for _, n in rows]), images[idx])
 
         return self._defend_batches(defense, images, keys, batch, key=key if self.cache is not None else None,
-                                    label=label, groups=groups, desc="photos, defense")
+                                    label=label, groups=groups, desc="photos, defense", earlier=earlier)
 
 
 def _key(config: dict) -> str:

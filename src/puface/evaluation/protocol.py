@@ -301,7 +301,8 @@ class Protocol:
             return images, list(hashes)
         key = defense.cache_key if self.cache is not None and _is_expensive(defense) else None
         return self._defend_batches(defense, images, hashes, lambda idx: to_uint8(defense(to_float(images[idx]))),
-                                    key=key, label=label, groups=groups)
+                                    key=key, label=label, groups=groups,
+                                    earlier=defense.earlier_cache_keys if key is not None else ())
 
     #: `apply_defense` on the chips as they are, also where a subclass overrides `apply_defense` (the cloak
     #: detector scores chips: `detection._scores`)
@@ -309,13 +310,16 @@ class Protocol:
 
     def _defend_batches(self, defense: Defense, images: torch.Tensor, hashes: Sequence[str],
                         batch: Callable[[torch.Tensor], torch.Tensor], *, key: str | None, label: str = "",
-                        groups: Labels | None = None, desc: str = "defense") -> tuple[torch.Tensor, list[str]]:
+                        groups: Labels | None = None, desc: str = "defense",
+                        earlier: Sequence[str] = ()) -> tuple[torch.Tensor, list[str]]:
         """The one skeleton of every way a defense meets the images: rows whose `hashes` (each image's cache key:
         its content hash, or more where the result depends on more) are found in the content cache under
         namespace `key` (None: not cached) are taken from it, the others go through `batch` (row indices, int64
         -> uint8 images of those rows) in batches of `batch_size` (a group-wise defense: one call per group of
         `groups`, recomputed whole when one of its images is missing), with a progress bar; returns (uint8
-        images, their hashes) and adds the time to `timings["defend_s"]`."""
+        images, their hashes) and adds the time to `timings["defend_s"]`. Rows missing under `key` are looked up
+        under the `earlier` namespaces of the same function (`Defense.earlier_cache_keys`) and, found there, stored
+        under `key` too."""
         label = label or defense.name
         t0 = time.perf_counter()
         keys = list(hashes)
@@ -330,6 +334,13 @@ class Protocol:
                     keys[i] = f"{hashes[i]}@{sig}"  # an output depends on the whole group
         cache = self.cache if key is not None else None  # (callers give a key only with a cache)
         found = cache.get("images", key, keys) if cache is not None and key is not None else {}
+        moved: dict[str, np.ndarray] = {}  # found under an earlier key only: stored under `key` too
+        for old in earlier:
+            missing_keys = [h for h in keys if h not in found]
+            if cache is None or not missing_keys:
+                break
+            moved.update(cache.get("images", old, missing_keys))
+            found.update(moved)
         out = torch.empty_like(images)
         for i, h in enumerate(keys):
             if h in found:
@@ -339,7 +350,7 @@ class Protocol:
         else:  # only the missing images, in full batches
             missing = [i for i, h in enumerate(keys) if h not in found]
             todo = [missing[s : s + self.batch_size] for s in range(0, len(missing), self.batch_size)]
-        fresh = {}
+        fresh = dict(moved)
         if len(todo) > 1 and self.progress:
             todo = self._bar(
                 todo, desc=f"{desc} {label}", unit="batch" if not defense.groupwise else "person", leave=False

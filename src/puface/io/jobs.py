@@ -219,8 +219,9 @@ def iter_image_inputs(in_path: Path) -> Iterator[Path]:
 
 
 #: Keys of a settings record that describe a run, not its outputs (never compared as settings; "input" is
-#: compared as a path, `check_settings`).
-RUN_INFO_KEYS = ("puface_version", "input")
+#: compared as a path, `check_settings`; "shard_version", what a shard job's outputs hold, by the shard job:
+#: `io.shards.check_earlier_outputs`).
+RUN_INFO_KEYS = ("puface_version", "input", "shard_version")
 #: Set in a settings record while a `--no-resume` run redoes a folder made with other settings: until it ends,
 #: the folder holds outputs of both, so a later resume is refused (`begin_settings`).
 REDO_KEY = "unfinished_redo"

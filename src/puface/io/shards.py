@@ -15,7 +15,9 @@ the same records, keys, order and other fields; only the image changes.
 - A record whose image (or one of its images) cannot be decoded or processed is reported (`shard:key`, or
   `shard:key.field` for a record of several images) and left out of the output whole; the others are written.
 - Each output shard is written under a temporary hidden name and renamed when complete, so an existing
-  output shard is a finished one: a rerun skips it (resume per shard).
+  output shard is a finished one: a rerun skips it (resume per shard). The output folder's settings record says
+  which version of the job wrote it (`SHARD_VERSION`); a resume over shards an earlier version wrote with images
+  left as they were is refused, naming them (`check_earlier_outputs`).
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ from typing import Any, Callable, Container, Iterable, Iterator, Sequence
 from ..utils.errors import ImageReadError, MissingDependencyError, PufaceError
 from .files import check_output_folder, check_output_root, list_image_files
 from .images import encode_image
-from .jobs import FileJob, JobReport, LoadedImage, Outcome, _StatsCSV, call_process, load_for_job, split_done
+from .jobs import (FileJob, JobReport, LoadedImage, Outcome, _read_settings, _StatsCSV, call_process, load_for_job,
+                   split_done)
 
-__all__ = ["SHARD_SUFFIXES", "ShardJob", "ShardReport", "find_shards", "is_shard_input", "plan_shards", "run_shard_job",
-           "read_records", "image_field_of", "image_fields_of"]
+__all__ = ["SHARD_SUFFIXES", "SHARD_VERSION", "ShardJob", "ShardReport", "check_earlier_outputs", "find_shards",
+           "is_shard_input", "plan_shards", "run_shard_job", "read_records", "image_field_of", "image_fields_of"]
 
 SHARD_SUFFIXES = {".tar": "webdataset", ".parquet": "parquet"}
 #: the package each shard format (and the {a..b} pattern of shard names) needs: the `shards` extra
@@ -46,6 +49,10 @@ WDS_IMAGE_FIELDS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP",
 #: Parquet column names tried first for the image (then the first binary or {bytes, path} column).
 PARQUET_IMAGE_NAMES = ("image", "img", "jpg", "png", "webp", "picture", "face")
 _GLOB_CHARS = "*?[{"
+#: What a shard job's outputs hold, recorded in its output folder's settings record ("shard_version"): 2, every image
+#: of a WebDataset record processed. Folders without it were written by earlier versions, which processed the first
+#: image of a record of several only (and the first of several Parquet image columns): `check_earlier_outputs`.
+SHARD_VERSION = 2
 
 
 def _need(module: str):
@@ -345,6 +352,78 @@ def read_records(path: str | Path, image_field: str | None = None) -> Iterator[R
             yield from recs
     else:
         raise PufaceError(f"{path}: not a shard (expected .tar or .parquet)")
+
+
+# ---- outputs of earlier versions ------------------------------------------------------------------
+
+def _wds_several_images(path: Path) -> str | None:
+    """The key of the first record of a WebDataset tar that holds several image fields, None when none does. Reads the
+    members' headers only (names, as `_read_wds` groups them), not their data."""
+    import re
+    import tarfile
+
+    key, images = None, 0
+    with tarfile.open(path, "r:") as tf:
+        for m in tf:
+            if not m.isfile() or not _wds_member(m.name):
+                continue
+            match = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", m.name)  # webdataset's base_plus_ext
+            if match is None:
+                continue
+            if match.group(1) != key:
+                key, images = match.group(1), 0
+            images += _is_image_field(match.group(2))
+            if images > 1:
+                return key
+    return None
+
+
+def _parquet_image_structs(path: Path) -> list[str]:
+    """The {bytes, path} struct columns of a Parquet file (its schema only)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    return [f.name for f in schema
+            if pa.types.is_struct(f.type) and any(f.type.field(i).name == "bytes" for i in range(f.type.num_fields))]
+
+
+def check_earlier_outputs(record_path: Path, jobs: Sequence[ShardJob], image_field: str | None) -> None:
+    """Refuse to resume into an output folder whose settings record (`record_path`) an earlier version of the shard job
+    wrote (no "shard_version", or one below `SHARD_VERSION`) when one of its output shards of `jobs` holds images that
+    version left as they were: a WebDataset record of several images (it processed the first one only) or a Parquet
+    file of several image structs (the first column only), where no `image_field` was named. Other output shards of
+    such a folder are what this version writes and stay done. Every job's output is looked at, whichever process
+    (--rank) takes it, so that the processes of a job agree. The refusal names the shards: delete them and resume
+    (only they are redone), or redo every shard with --no-resume."""
+    try:
+        old = _read_settings(record_path)
+    except PufaceError:
+        return  # unreadable: `check_settings` says so
+    if old is None or image_field or int(old.get("shard_version") or 1) >= SHARD_VERSION:
+        return
+    stale: list[str] = []
+    for job in jobs:
+        if not job.dst.is_file():
+            continue
+        try:
+            if job.format == "webdataset":
+                key = _wds_several_images(job.dst)
+                why = None if key is None else f"record {key} holds several images"
+            else:
+                cols = _parquet_image_structs(job.dst)
+                why = f"image columns {', '.join(cols)}" if len(cols) > 1 else None
+        except Exception as e:  # an output shard that cannot be read is named too
+            why = f"unreadable ({type(e).__name__})"
+        if why is not None:
+            stale.append(f"{job.dst} ({why})")
+    if stale:
+        more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""
+        raise PufaceError(
+            f"{record_path.parent}: {len(stale)} output shard(s) written by an earlier puface, which processed only "
+            f"the first image of a record (or column) of several and left the others as they were: "
+            f"{'; '.join(stale[:3])}{more}; delete them and resume (only they are redone), or pass --no-resume to "
+            "redo every shard")
 
 
 # ---- the job ------------------------------------------------------------------------------------

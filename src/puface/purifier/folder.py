@@ -278,11 +278,13 @@ def purify_shards(in_spec: str | Path, out_path: str | Path, *, purifier: Purifi
     shards, a glob or `{000..009}` braces) into same-format shards under `out_path` (same keys, order
     and other fields; `puface.io.shards`). rank/world_size: this process takes every world_size-th shard.
     step: as `purify_folder`. Returns the `ShardReport`."""
-    from ..io.shards import plan_shards, run_shard_job
+    from ..io.shards import SHARD_VERSION, check_earlier_outputs, plan_shards, run_shard_job
 
     dev = resolve_device(device)
     layouts = purifier if purifier is not None else Purifier.load_layouts(weights, device=dev)
     jobs = plan_shards(in_spec, out_path)
+    if resume:  # before the record says this version: every process must see the earlier version's outputs
+        check_earlier_outputs(Path(out_path) / CONFIG_NAME, jobs, image_field)
     # the folder the output shards' names are relative to identifies the input (a folder, a glob or braces in it)
     base = jobs[0].src.absolute().parents[len(jobs[0].dst.relative_to(out_path).parts) - 1] if jobs else in_spec
     finish = open_output(
@@ -297,6 +299,7 @@ def purify_shards(in_spec: str | Path, out_path: str | Path, *, purifier: Purifi
             quality=quality,
             step=step,
             image_field=image_field,
+            shard_version=SHARD_VERSION,
         ),
         resume,
         rank,

@@ -31,6 +31,7 @@ from ..data.layout import FaceImage, scan_identities
 from ..data.loading import load_images
 from ..data.split import split_identities
 from ..utils.errors import ConfigError, PufaceError
+from ..utils.fingerprint import content_hash
 from ..utils.images import to_float, to_uint8
 from ..utils.seeding import stable_seed
 
@@ -111,6 +112,11 @@ class PairSet:
         )
         return {"pairs": len(self), "per_attack": dict(zip(self.attack_names, counts)),
                 "image_size": list(self.natural.shape[-2:]) if len(self) else []}
+
+    def content(self) -> dict[str, str]:
+        """The pairs' pixels, in their order: `content_hash` of the natural and of the cloaked uint8 set (a resume
+        compares them, so an image edited in place or other cloaks of the same images are other data)."""
+        return {"natural": content_hash(self.natural), "cloaked": content_hash(self.cloaked)}
 
     def subset(self, idx: Sequence[int] | torch.Tensor) -> "PairSet":
         idx = torch.as_tensor(idx, dtype=torch.long)

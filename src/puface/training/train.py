@@ -226,6 +226,8 @@ def prepare_data(cfg: PurifierTrainConfig, d: Dist | None = None, cloak_fn: Call
         "attacks": [dict(a) for a in cfg.attacks],
         "train_pairs": train.summary(),
         "val_pairs": val.summary(),
+        "train_content": train.content(),
+        "val_content": val.content(),
     }
     return train, val, summary
 
@@ -369,6 +371,20 @@ def _check_resumed_config(path: Path, was: dict[str, Any], now: dict[str, Any]) 
                           "or use another --out or --no-resume")
 
 
+def _what_moved(moved: list[str]) -> str:
+    """What the keys of a refused resume's data summary that differ mean, in words."""
+    said = []
+    if any(k.endswith("_identities") for k in moved):
+        said.append("other identities")
+    if any(k.endswith("_pairs") for k in moved):
+        said.append("other pair counts")
+    if any(k.endswith(".natural") for k in moved):
+        said.append("other pixels of the images")
+    if any(k.endswith(".cloaked") for k in moved):
+        said.append("other cloaks (a cloak cache or cloaked folder made otherwise)")
+    return ", ".join(said)
+
+
 def _init_source(weights: str, model: RedNetConfig) -> Purifier:
     """The purifier ("default" or a checkpoint path) whose weights `[train] init` starts from, once its model config
     is `model`'s."""
@@ -429,11 +445,15 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
     train_pairs, val_pairs, summary = prepare_data(cfg, d, cloak_fn, log=say, progress=progress)
     if resumed is not None:
         was = resumed.get("data_summary") or {}
+        # the pairs' pixels too (train_content, val_content: natural and cloaked), where the checkpoint has them
+        # (checkpoints before them are compared on names and counts, and record them from now on)
         moved = [k for k in ("train_identities", "val_identities", "heldout_identities", "train_pairs", "val_pairs")
                  if k in was and was[k] != summary[k]]
+        moved += [f"{k}.{part}" for k in ("train_content", "val_content") if isinstance(was.get(k), dict)
+                  for part in sorted(summary[k]) if was[k].get(part) != summary[k][part]]
         if moved:
-            raise PufaceError(f"{last_path}: was trained on other data ({', '.join(moved)} differ); resume on the same "
-                              "data, or use another --out or --no-resume")
+            raise PufaceError(f"{last_path}: was trained on other data ({', '.join(moved)} differ: "
+                              f"{_what_moved(moved)}); resume on the same data, or use another --out or --no-resume")
         write_config()  # the same settings; data.root may name the data's new place
     say(f"training pairs: {train_pairs.summary()}; validation pairs: {val_pairs.summary()}; "
         f"{len(summary['heldout_identities'])} identities held out, processes: {d.world_size}, device: {d.device}")

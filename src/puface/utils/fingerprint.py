@@ -39,12 +39,13 @@ def image_digest(image: torch.Tensor) -> str:
 
 
 def content_hash(image: torch.Tensor | np.ndarray) -> str:
-    """sha256 (32 hex digits) of a uint8 image's shape and bytes."""
+    """sha256 (32 hex digits) of a uint8 image's shape and bytes (any shape: a whole uint8 set too, hashed in place
+    without a copy of its bytes)."""
     a = image.cpu().numpy() if torch.is_tensor(image) else np.asarray(image)
     if a.dtype != np.uint8:
         raise ValueError(f"content_hash needs uint8 pixels, got {a.dtype}")
     h = hashlib.sha256(str(a.shape).encode())
-    h.update(np.ascontiguousarray(a).tobytes())
+    h.update(np.ascontiguousarray(a).data)
     return h.hexdigest()[:32]
 
 
