@@ -1,12 +1,15 @@
-"""The command lines the docs quote still parse: every `puface ...` line in the README, docs/, the packaged
-configs' comments and bench/results/*.md names a sub-command, options and choice values today's click CLI
-knows, and packaged configs / shipped weights that exist; every `python bench/X.py ...` line names a script
-whose argparse accepts its options. Nothing is run: click's and argparse's own parsers read the tokens.
+"""The command lines the docs quote still parse. Every `puface ...` line in the README, docs/ (Markdown and
+TOML), bench/results/*.md, the bench scripts' docstrings, the packaged configs' comments and the CLI's own help
+texts names a sub-command, options and choice / number values today's click CLI takes, packaged configs,
+shipped detectors and purifiers, and registered attacks, defenses, trainers and face models that exist; every
+`python X.py ...` line names a script that is there and whose argparse accepts its options. Nothing is run:
+click's and argparse's own parsers read the tokens. CHANGELOG.md is history and is left out.
 Also: the repository paths the README, docs/RESULTS.md and docs/ARCHITECTURE.md cite (in backticks or as
 Markdown links) exist.
 
 Placeholders the docs write (`N`, `DIR`, `RUN`, `runs/...`, `[--seed N]`, `a|b`, `...`) are read as such:
-upper-case tokens stand for any value, `[...]` marks optional parts, `a|b` is checked as a and as b."""
+upper-case tokens stand for any value, `[...]` marks optional parts, `a|b` is checked as a and as b. Paths are
+not looked up on disk (example paths), except paths into the repository (docs/..., src/...)."""
 
 from __future__ import annotations
 
@@ -211,9 +214,32 @@ def _committed_path_missing(value: str) -> str | None:
     return None
 
 
+def _registered(value: str, names: list[str], what: str) -> str | None:
+    """Why the spec `value` (name[:key=value,...], steps joined by '+') names no registered `what`; a model
+    file (a name with a suffix) is the user's. Names a doc's own example registers (`.register("my-attack"`)
+    count as registered."""
+    unknown = [step.split(":")[0] for step in value.split("+")
+               if step.split(":")[0] not in (*names, *_doc_registered()) and not _is_path(step.split(":")[0])]
+    return f"no {what} {', '.join(unknown)} (registered: {', '.join(names)})" if unknown else None
+
+
+_EXAMPLE_NAMES: list[str] = []
+
+
+def _doc_registered() -> list[str]:
+    if not _EXAMPLE_NAMES:
+        text = "".join(p.read_text(encoding="utf-8") for p in doc_files())
+        _EXAMPLE_NAMES.extend(["none", *re.findall(r"\.register\(\"([\w-]+)\"", text)])
+    return _EXAMPLE_NAMES
+
+
 def _value_checks() -> dict[tuple[str, str], object]:
     """(command, option or argument name) -> check(value) -> problem or None, for values that name things."""
+    from puface.attacks import ATTACKS
+    from puface.defenses.registry import DEFENSES
     from puface.detection import SHIPPED_DETECTORS
+    from puface.evaluation.trainers import TRAINERS
+    from puface.models.registry import list_embedders
     from puface.purifier.model import SHIPPED_WEIGHTS
 
     return {
@@ -222,6 +248,12 @@ def _value_checks() -> dict[tuple[str, str], object]:
         ("train-detector", "--config"): lambda v: _named(v, "detector"),
         ("*", "--detector"): lambda v: _shipped(v, SHIPPED_DETECTORS, "detector"),
         ("purify", "--weights"): lambda v: _shipped(v, SHIPPED_WEIGHTS, "purifier"),
+        ("evaluate", "--attack"): lambda v: _registered(v, ATTACKS.names(), "attack"),
+        ("cloak", "--attack"): lambda v: _registered(v, ATTACKS.names(), "attack"),
+        ("evaluate", "--defense"): lambda v: _registered(v, DEFENSES.names(), "defense"),
+        ("evaluate", "--trainer"): lambda v: _registered(v, TRAINERS.names(), "trainer"),
+        ("evaluate", "--victim"): lambda v: _registered(v, list_embedders(), "face model"),
+        ("cloak", "--surrogate"): lambda v: _registered(v, list_embedders(), "face model"),
     }
 
 
@@ -241,8 +273,8 @@ def check_puface(tokens: list[str], whole: bool) -> list[str]:
     names = ["puface"]
     tokens = list(tokens)
     while isinstance(cmd, click.Group):
-        if not tokens or tokens[0] in ("--help", "-h", "--version"):
-            return []
+        if not tokens or tokens[0] in ("--help", "-h", "--version") or is_placeholder(tokens[0]):
+            return []  # `puface COMMAND --help`
         if tokens[0].startswith("-"):
             return [f"{' '.join(names)}: no such option {tokens[0]}"]
         sub = cmd.get_command(ctx, tokens[0])
@@ -254,6 +286,11 @@ def check_puface(tokens: list[str], whole: bool) -> list[str]:
         return []
     try:
         values, extra, _ = cmd.make_parser(ctx).parse_args(list(tokens))
+    except click.BadOptionUsage as e:
+        if whole or not tokens or e.option_name != tokens[-1]:
+            return [f"{' '.join(names)}: {e.format_message()}"]
+        # an inline fragment naming an option (`puface detect --detector`): read with some value
+        return check_puface([*names[1:], *tokens, "VALUE"], whole)
     except click.UsageError as e:
         return [f"{' '.join(names)}: {e.format_message()}"]
     problems = []
@@ -401,7 +438,14 @@ def test_the_docs_quote_commands_and_they_are_found():
     ("puface detect --detector sharpish photos/", True, "no shipped detector"),
     ("puface purify --weights arcface113 in/ out/", True, "no shipped purifier"),
     ("puface purify --step fast in/ out/", True, "is not a valid float"),
+    ("puface evaluate --attack fawks:mode=high", False, "no attack fawks"),
+    ("puface evaluate --defense blur:sigma=1+bitdeep:bits=5", False, "no defense bitdeep"),
+    ("puface evaluate --victim sfase --trainer nnn", False, "no face model sfase"),
+    ("puface evaluate --trainer nnn", False, "no trainer nnn"),
+    ("puface cloak --surrogate dlib-resnet28 in/ out/", True, "no face model dlib-resnet28"),
     ("puface purify in/", True, "missing"),
+    ("puface detect --detector", True, "requires an argument"),
+    ("puface detect --detectr", False, "No such option"),
     ("puface models lst", True, "no such command"),
     ("python bench/bench_detect.py measure --no-such-flag 1", True, "unrecognized arguments"),
     ("python bench/bench_detect.py measur", True, "invalid choice"),
@@ -416,6 +460,7 @@ def test_a_drifted_command_is_caught(text, whole, expected):
 
 @pytest.mark.parametrize("text, whole", [
     ("puface purify --skip-cloaked", False),  # an inline fragment: IN and OUT may be left out
+    ("puface detect --detector", False),  # a fragment naming an option
     ("puface reproduce lfw --data lfw-chips150/ --out runs/lfw [--seed N]", True),
     ("puface report cells MODE RUN ...", True),
     ("puface detect --engine ray [--address ADDR] [--workers N] IN", True),
@@ -423,9 +468,36 @@ def test_a_drifted_command_is_caught(text, whole, expected):
     ("python bench/bench_detect.py cloaks|measure --variants N --attack 'fawkes:mode=high,label=x@60'", True),
     ("puface reproduce docs/studies/2026-12-05-private-recipes/lfw-hardening.toml --out runs/h", True),
     ("puface purify --weights runs/mine/best.safetensors in/ out/", True),
+    ("puface evaluate --attack 'lowkey:embedders=dlib-resnet29|sface' --victim mobileface.pt --defense none", True),
+    ("puface evaluate --attack my-attack:steps=20", False),  # registered by the example in ARCHITECTURE.md
 ])
 def test_placeholders_and_alternatives_are_read_as_such(text, whole):
     assert check(Quoted("doc.md:1", text, whole)) == []
+
+
+def help_texts() -> list[tuple[str, str]]:
+    """(command, text) of every help text of the CLI: each command's and each of its options'."""
+    from puface.cli import cli
+
+    ctx = click.Context(cli, info_name="puface")
+    out = [("", cli.help or "")]
+    for name in cli.list_commands(ctx):
+        cmd = cli.get_command(ctx, name)
+        subs = [(f"{name} {s}", cmd.get_command(ctx, s)) for s in cmd.list_commands(ctx)] \
+            if isinstance(cmd, click.Group) else [(name, cmd)]
+        for full, sub in subs:
+            assert sub is not None
+            out += [(full, sub.help or ""), *((full, getattr(p, "help", None) or "") for p in sub.params)]
+    return out
+
+
+def test_the_commands_the_help_texts_quote_parse():
+    """`puface X --help` sends readers to other commands and options (`puface detect --detector`): they exist."""
+    quoted = [Quoted(f"puface {name} --help", c, False) for name, text in help_texts()
+              for _, span in _spans(text) for c in _commands_in(span)]
+    assert len(quoted) > 10
+    problems = [p for q in quoted for p in check(q)]
+    assert not problems, "\n".join(problems)
 
 
 def test_a_drifted_doc_fails():
