@@ -336,7 +336,7 @@ _PARSERS: dict[Path, argparse.ArgumentParser] = {}
 
 
 def script_parser(path: Path) -> argparse.ArgumentParser:
-    """The ArgumentParser `path`'s main() builds, caught at its parse_args (nothing after it runs); types
+    """The ArgumentParser `path`'s main() builds, caught when it parses (nothing after that runs); types
     let placeholders (N, DIR) through, errors raise `_Refused`."""
     if path not in _PARSERS:
         spec = importlib.util.spec_from_file_location(f"_docs_{path.stem}", path)
@@ -347,8 +347,8 @@ def script_parser(path: Path) -> argparse.ArgumentParser:
         def caught(self, args=None, namespace=None):
             raise _Parser(self)
 
-        try:
-            with mock.patch.object(argparse.ArgumentParser, "parse_args", caught):
+        try:  # parse_args reads through parse_known_args: either stops main() there
+            with mock.patch.object(argparse.ArgumentParser, "parse_known_args", caught):
                 module.main()
         except _Parser as e:
             parser = e.args[0]
