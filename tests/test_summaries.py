@@ -374,3 +374,30 @@ def test_runs_without_an_asr_are_read_back_from_results_csv_and_left_out(tmp_pat
     )
     lines = summaries.defenses_table(folders[0], "fawkes").splitlines()
     assert lines[2] == "| none | - | 50.0 | 100.0 | 75.0 | 50.0 | 100.0 | 90.0 |"
+
+
+def test_headline_of_a_query_time_run_says_its_asr_counts_cloaked_probes(tmp_path, capsys):
+    """At query time ASR is the share of the user's cloaked (and defended) probes not matched: table.md said so, the
+    headline table of the same folder printed the numbers without a word, as if they were training-time ASRs."""
+    from puface.cli import main
+
+    rows = [("lowkey", "dlib-resnet29", "nn", d, "white-box", asr, 0.99)
+            for d, asr in (("none", 1.0), ("puface", 0.05))]
+    configs = {"query-toml": ("config.toml", 'protocol = "query"\n'),
+               "query-json": ("config.resolved.json", '{"protocol": "query"}'),
+               "training": ("config.toml", 'name = "t"\n'), "no-config": None}
+    for name, config in configs.items():
+        (tmp_path / name).mkdir()
+        folder = _summary(tmp_path / name, rows)
+        if config:
+            (folder / config[0]).write_text(config[1])
+        query = name.startswith("query")
+        assert main(["report", "headline", str(folder)]) == 0
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        if query:
+            assert "cloaked probe photos" in last and last == summaries.QUERY_NOTE
+        else:
+            assert last.startswith("no baseline defense in these results;"), name
+        assert summaries.run_protocol(folder) == ("query" if query else "training")
+    assert main(["report", "headline", str(tmp_path / "query-toml"), "--json", str(tmp_path / "h.json")]) == 0
+    assert json.loads((tmp_path / "h.json").read_text())["protocol"] == "query"
