@@ -245,6 +245,28 @@ def test_table_md_of_a_grid_with_one_baseline_defense_shows_its_numbers():
     assert "| jpeg-q75 | 50.0 ± 35.4 | 90.0 |" in md
 
 
+def test_table_md_without_none_or_puface_has_no_empty_paper_table():
+    """The paper table has columns for "none" and the purifier only: a grid with neither printed it as a bare header
+    `| attack | victim | setting | trainer |` with no row (an empty table in report.html too)."""
+    from types import SimpleNamespace
+
+    from puface.evaluation.report import markdown_to_html
+    from puface.evaluation.tables import render_tables, summarise_rows
+
+    rows = [{"seed": 0, "user": "Ann", "attack": "lowkey", "victim": "v", "trainer": "nn", "defense": d,
+             "setting": "white-box", "asr": 0.5, "normal_acc": 0.9} for d in ("jpeg-q75", "blur-s1")]
+    cfg = SimpleNamespace(
+        attacks=[SimpleNamespace(label="lowkey")], victims=["v"], trainers=[SimpleNamespace(label="nn")],
+        defenses=[SimpleNamespace(label="jpeg-q75"), SimpleNamespace(label="blur-s1")],
+        name="baselines", description="", seeds=[0],
+    )
+    md = render_tables(cfg, summarise_rows(rows), [])
+    assert "| attack | victim | setting | trainer |" not in md
+    assert "No `none` or PuFace defense in this grid" in md and "| blur-s1 | 50.0 | 90.0 |" in md
+    page = markdown_to_html(md)
+    assert page.count('<table class="results">') == 1 and "<th>defense</th>" in page
+
+
 def test_draws_run_with_no_detect_or_another_report_setting_pool(tmp_path):
     """`reproduce CONFIG --seed 1 --no-detect` records [detection] enabled = false in its config: detection (and the
     report's settings, batch sizes) change no ASR or accuracy, so the draw pools with the others; a real grid change
