@@ -262,7 +262,7 @@ def test_table_md_without_none_or_puface_has_no_empty_paper_table():
     )
     md = render_tables(cfg, summarise_rows(rows), [])
     assert "| attack | victim | setting | trainer |" not in md
-    assert "No `none` or PuFace defense in this grid" in md and "| blur-s1 | 50.0 | 90.0 |" in md
+    assert 'No "none" or PuFace defense in this grid' in md and "| blur-s1 | 50.0 | 90.0 |" in md
     page = markdown_to_html(md)
     assert page.count('<table class="results">') == 1 and "<th>defense</th>" in page
 
