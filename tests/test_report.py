@@ -229,3 +229,47 @@ def test_a_cell_without_an_asr_is_marked_in_the_bar_chart_not_drawn_as_zero(monk
                 "normal_acc_mean": 0.9, "normal_acc_std": 0.0} for d, asr in (("none", 0.0), ("blur", float("nan")))]
     assert len(report_mod.bar_charts(summary, {"defenses": [{"label": "none"}, {"label": "blur"}]})) == 1
     assert texts == [[[("n/a", 1.0)], []]]  # over blur's ASR bar only; the 0% of "none" stays a bar
+
+
+def _write_examples(out: Path, kinds: list[str], n: int = 2) -> dict[str, dict[str, list[str]]]:
+    """Example images of one user and attack as the runner writes them (examples/<seed>/<user>/<attack>/...)."""
+    from puface.io.images import write_image
+
+    rng = np.random.default_rng(0)
+    paths: dict[str, list[str]] = {}
+    for kind in kinds:
+        for i in range(n):
+            rel = f"examples/0/Alice/fawkes/{kind.replace(':', '-')}_{i}.png"
+            write_image(out / rel, rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+            paths.setdefault(kind, []).append(rel)
+    return {"0/Alice/fawkes": paths}
+
+
+def test_a_missing_example_image_is_left_out_and_named_and_the_report_is_still_written(tmp_path):
+    """An example image that could not be read (an output folder copied or trimmed without examples/, a file deleted)
+    ended the finished grid with `puface: error: .../defense-blur-s1_0.png: file not found` when the tables were
+    written, leaving the report of the previous session beside the new table.md."""
+    from puface.evaluation.report import render_report
+
+    examples = _write_examples(tmp_path, ["natural", "cloaked", "defense:none", "defense:puface", "defense:blur"])
+    (tmp_path / examples["0/Alice/fawkes"]["defense:blur"][0]).unlink()
+    (tmp_path / examples["0/Alice/fawkes"]["natural"][1]).unlink()  # no reference: that row is left out
+    page = render_report(tmp_path, {"name": "x", "examples": examples}, "")
+    assert page.count('alt="natural"') == 1 and page.count('alt="defense:puface"') == 1
+    assert page.count('alt="defense:blur"') == 0
+    assert "2 example image(s) could not be read and are left out" in page
+    assert "examples/0/Alice/fawkes/defense-blur_0.png (file not found)" in page
+    assert "examples/0/Alice/fawkes/natural_1.png (file not found)" in page
+
+
+def test_image_grid_columns_follow_the_configs_defense_order(tmp_path):
+    """The grid sorted its defense columns by name (blur before jpeg), while the tables and charts follow the
+    config's order."""
+    from puface.evaluation.report import render_report
+
+    kinds = ["natural", "cloaked", "defense:none", "defense:jpeg", "defense:puface", "defense:blur", "defense:zz"]
+    examples = _write_examples(tmp_path, kinds, n=1)
+    config = {"defenses": [{"label": d} for d in ("none", "puface", "jpeg", "blur")]}
+    page = render_report(tmp_path, {"name": "x", "examples": examples, "config": config}, "")
+    shown = re.findall(r'alt="(natural|cloaked|amplified|defense:[a-z]+)"', page)
+    assert shown == ["natural", "cloaked", "amplified", "defense:puface", "defense:jpeg", "defense:blur", "defense:zz"]

@@ -279,6 +279,28 @@ def test_table_md_of_a_grid_with_one_baseline_defense_shows_its_numbers():
     assert "| jpeg-q75 | 50.0 ± 35.4 | 90.0 |" in md
 
 
+def test_table_md_without_none_or_puface_has_no_empty_paper_table():
+    """The paper table has columns for "none" and the purifier only: a grid with neither printed it as a bare header
+    `| attack | victim | setting | trainer |` with no row (an empty table in report.html too)."""
+    from types import SimpleNamespace
+
+    from puface.evaluation.report import markdown_to_html
+    from puface.evaluation.tables import render_tables, summarise_rows
+
+    rows = [{"seed": 0, "user": "Ann", "attack": "lowkey", "victim": "v", "trainer": "nn", "defense": d,
+             "setting": "white-box", "asr": 0.5, "normal_acc": 0.9} for d in ("jpeg-q75", "blur-s1")]
+    cfg = SimpleNamespace(
+        attacks=[SimpleNamespace(label="lowkey")], victims=["v"], trainers=[SimpleNamespace(label="nn")],
+        defenses=[SimpleNamespace(label="jpeg-q75"), SimpleNamespace(label="blur-s1")],
+        name="baselines", description="", seeds=[0],
+    )
+    md = render_tables(cfg, summarise_rows(rows), [])
+    assert "| attack | victim | setting | trainer |" not in md
+    assert 'No "none" or PuFace defense in this grid' in md and "| blur-s1 | 50.0 | 90.0 |" in md
+    page = markdown_to_html(md)
+    assert page.count('<table class="results">') == 1 and "<th>defense</th>" in page
+
+
 def test_draws_run_with_no_detect_or_another_report_setting_pool(tmp_path):
     """`reproduce CONFIG --seed 1 --no-detect` records [detection] enabled = false in its config: detection (and the
     report's settings, batch sizes) change no ASR or accuracy, so the draw pools with the others; a real grid change
@@ -408,3 +430,30 @@ def test_runs_without_an_asr_are_read_back_from_results_csv_and_left_out(tmp_pat
     )
     lines = summaries.defenses_table(folders[0], "fawkes").splitlines()
     assert lines[2] == "| none | - | 50.0 | 100.0 | 75.0 | 50.0 | 100.0 | 90.0 |"
+
+
+def test_headline_of_a_query_time_run_says_its_asr_counts_cloaked_probes(tmp_path, capsys):
+    """At query time ASR is the share of the user's cloaked (and defended) probes not matched: table.md said so, the
+    headline table of the same folder printed the numbers without a word, as if they were training-time ASRs."""
+    from puface.cli import main
+
+    rows = [("lowkey", "dlib-resnet29", "nn", d, "white-box", asr, 0.99)
+            for d, asr in (("none", 1.0), ("puface", 0.05))]
+    configs = {"query-toml": ("config.toml", 'protocol = "query"\n'),
+               "query-json": ("config.resolved.json", '{"protocol": "query"}'),
+               "training": ("config.toml", 'name = "t"\n'), "no-config": None}
+    for name, config in configs.items():
+        (tmp_path / name).mkdir()
+        folder = _summary(tmp_path / name, rows)
+        if config:
+            (folder / config[0]).write_text(config[1])
+        query = name.startswith("query")
+        assert main(["report", "headline", str(folder)]) == 0
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        if query:
+            assert "cloaked probe photos" in last and last == summaries.QUERY_NOTE
+        else:
+            assert last.startswith("no baseline defense in these results;"), name
+        assert summaries.run_protocol(folder) == ("query" if query else "training")
+    assert main(["report", "headline", str(tmp_path / "query-toml"), "--json", str(tmp_path / "h.json")]) == 0
+    assert json.loads((tmp_path / "h.json").read_text())["protocol"] == "query"

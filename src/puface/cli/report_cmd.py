@@ -67,10 +67,10 @@ def headline(
     whole table). Several RUNS of one config (other --seed) are pooled from their results.csv, or from
     their summary.csv where a folder was trimmed to its tables (docs/results/: the same means)."""
     from ..evaluation.summaries import headline as make
-    from ..evaluation.summaries import headline_markdown, load_pooled, load_summary
+    from ..evaluation.summaries import headline_markdown, load_pooled, load_summary, run_protocol
 
-    summary = load_summary(runs[0]) if len(runs) == 1 else load_pooled(list(runs))
-    h = make(summary, puface_label, ", ".join(map(str, runs)))
+    summary = load_summary(runs[0]) if len(runs) == 1 else load_pooled(list(runs))  # pooled: one grid, one protocol
+    h = make(summary, puface_label, ", ".join(map(str, runs)), protocol=run_protocol(runs[0]))
     md = headline_markdown(h, ("white-box",) if rows == "white-box" else ("white-box", "oblivious"))
     from ..io.images import atomic_write_bytes
 

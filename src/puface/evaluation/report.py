@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..io.images import atomic_write_bytes, read_image
+from ..utils.errors import PufaceError
 from ..utils.images import image_to_tensor, tensor_to_image
 from ..utils.metrics import psnr, ssim
 
@@ -200,16 +201,32 @@ def roc_chart(detection: dict) -> str | None:
     return uri
 
 
-def _load(out_dir: Path, rel: str) -> torch.Tensor:
-    return image_to_tensor(read_image(out_dir / rel))
+def _load(out_dir: Path, rel: str, missing: list[str]) -> torch.Tensor | None:
+    """An example image as (1, 3, H, W) float, or None (its path added to `missing`) when it cannot be read: a folder
+    copied or trimmed without its examples/ still gets its report."""
+    try:
+        return image_to_tensor(read_image(out_dir / rel))[None]
+    except PufaceError as e:
+        missing.append(f"{rel} ({getattr(e, 'reason', e)})")
+        return None
 
 
 def image_grids(
-    out_dir: Path, examples: dict[str, dict[str, list[str]]], amplification: float, max_users: int = 3
+    out_dir: Path, examples: dict[str, dict[str, list[str]]], amplification: float, max_users: int = 3,
+    defenses: Sequence[str] = (),
 ) -> str:
     """HTML figures for each (seed/user/attack) with a cloak: natural, cloaked, amplified
-    (clip(x + k (x_c - x))), and each learned or baseline defense applied to the cloaked image."""
+    (clip(x + k (x_c - x))), and each learned or baseline defense applied to the cloaked image; the defense columns
+    in the order of `defenses` (the config's labels; others after them, PuFace first). An example image that cannot
+    be read is left out, and the files left out are listed under the grids."""
+    order = list(defenses)
+
+    def rank(kind: str) -> tuple[int, bool, str]:  # "defense:<label>": the config's order, PuFace first of the rest
+        label = kind[len("defense:"):]
+        return (order.index(label) if label in order else len(order), not label.startswith("puface"), label)
+
     blocks = []
+    missing: list[str] = []
     users_seen: list[str] = []
     for key, kinds in examples.items():
         seed, user, attack = key.split("/", 2)
@@ -219,19 +236,20 @@ def image_grids(
             if len(users_seen) >= max_users:
                 continue
             users_seen.append(user)
-        defended = sorted(k for k in kinds if k.startswith("defense:") and k != "defense:none")
-        defended = [k for k in defended if k.startswith("defense:puface")] + [
-            k for k in defended if not k.startswith("defense:puface")
-        ]
+        defended = sorted((k for k in kinds if k.startswith("defense:") and k != "defense:none"), key=rank)
         cols = ["natural", "cloaked", "amplified"] + defended
         rows_html = []
         for i, nat_rel in enumerate(kinds["natural"]):
-            nat = _load(out_dir, nat_rel)[None]
-            cl = _load(out_dir, kinds["cloaked"][i])[None]
+            nat = _load(out_dir, nat_rel, missing)
+            cl = _load(out_dir, kinds["cloaked"][i], missing) if i < len(kinds["cloaked"]) else None
+            if nat is None or cl is None:  # no reference to measure against, or no cloak to show: no row
+                continue
             imgs = {"natural": nat, "cloaked": cl, "amplified": (nat + amplification * (cl - nat)).clamp(0, 1)}
             for k in defended:
                 if i < len(kinds[k]):
-                    imgs[k] = _load(out_dir, kinds[k][i])[None]
+                    im = _load(out_dir, kinds[k][i], missing)
+                    if im is not None:
+                        imgs[k] = im
             cells = []
             for c in cols:
                 if c not in imgs:
@@ -254,8 +272,14 @@ def image_grids(
                 + "".join(cells)
                 + "</div>"
             )
+        if rows_html:
+            blocks.append(
+                f"<h3>{html.escape(user)}: {html.escape(attack)} (seed {html.escape(seed)})</h3>" + "".join(rows_html)
+            )
+    if missing:
         blocks.append(
-            f"<h3>{html.escape(user)}: {html.escape(attack)} (seed {html.escape(seed)})</h3>" + "".join(rows_html)
+            f'<p class="meta">{len(missing)} example image(s) could not be read and are left out: '
+            + "; ".join(html.escape(m) for m in missing) + "</p>"
         )
     return "\n".join(blocks)
 
@@ -299,7 +323,7 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
         parts.append("<h2>Cloak detection: ROC curves</h2>")
         parts.append(f'<img class="chart" src="{roc}" alt="ROC curves of the cloak detector per attack">')
     grids = image_grids(out_dir, results.get("examples", {}), float(results.get("amplification", 3.0)),
-                        int(cfg.get("report", {}).get("users", 3)))
+                        int(cfg.get("report", {}).get("users", 3)), [d["label"] for d in cfg.get("defenses", [])])
     if grids:
         if cfg.get("protocol") == "query":  # the cloaked photos are the user's probes, not training photos
             parts.append("<h2>Example probe images of protected users</h2>")

@@ -25,10 +25,15 @@ from ..utils.errors import PufaceError
 from ..utils.tomlconfig import read_toml
 from .tables import GROUP_KEYS, md_cell, summarise_rows
 
-__all__ = ["load_summary", "load_pooled", "headline", "headline_markdown", "defenses_table", "users_table",
-           "repeats_table", "compare_table", "draws_table", "NOT_BASELINES"]
+__all__ = ["load_summary", "load_pooled", "run_protocol", "QUERY_NOTE", "headline", "headline_markdown",
+           "defenses_table", "users_table", "repeats_table", "compare_table", "draws_table", "NOT_BASELINES"]
 
 NOT_BASELINES = {"none", "puface"}
+
+#: what the headline's numbers mean for runs of the query-time protocol (table.md says it in the same words)
+QUERY_NOTE = ("Query-time protocol: the FR model is built from every identity's clean gallery photos; ASR = share of "
+              "the protected users' cloaked probe photos (with the defense applied to them) not matched to the user; "
+              "normal accuracy = accuracy on every other identity's probes.")
 
 #: the columns the tables read from an output folder's summary.csv and results.csv
 SUMMARY_COLUMNS = (*GROUP_KEYS, "asr_mean", "asr_std", "normal_acc_mean", "normal_acc_std", "n", "seeds")
@@ -65,6 +70,21 @@ def _mean(xs: list[float]) -> float:
 def _number(text: str) -> float:
     """A number of summary.csv / results.csv: `tables.write_csv` writes NaN (no test photo) as an empty cell."""
     return float(text) if text != "" else float("nan")
+
+
+def run_protocol(folder: Path) -> str:
+    """The protocol of the run in `folder` ("training" or "query"), from its config.resolved.json, else its
+    config.toml (a trimmed result folder); "training" (the default) when neither names one or can be read."""
+    for name in ("config.resolved.json", "config.toml"):
+        path = Path(folder) / name
+        if path.is_file():
+            try:
+                cfg = json.loads(path.read_text(encoding="utf-8")) if path.suffix == ".json" else read_toml(path)
+            except (OSError, ValueError, PufaceError):
+                continue
+            if isinstance(cfg, dict):
+                return str(cfg.get("protocol", "training"))
+    return "training"
 
 
 def load_summary(folder: Path) -> list[dict]:
@@ -142,9 +162,11 @@ def _pool_summaries(folders: list[Path], grids: list[dict]) -> list[dict]:
     return out
 
 
-def headline(rows: list[dict], puface: str = "puface", where: str = "summary") -> dict[str, Any]:
+def headline(rows: list[dict], puface: str = "puface", where: str = "summary", protocol: str = "training"
+             ) -> dict[str, Any]:
     """The headline numbers of summary rows (see the module docstring); JSON-serialisable. A `puface` label
-    that no row has is an error naming `where` (the rows' folders) and the labels there."""
+    that no row has is an error naming `where` (the rows' folders) and the labels there. `protocol`: the runs'
+    ("training" or "query": `run_protocol`), which says what the ASR counts."""
     cells: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for r in rows:
         if r["attack"] != "clean":
@@ -180,7 +202,7 @@ def headline(rows: list[dict], puface: str = "puface", where: str = "summary") -
         if sub:
             means[setting] = {d: {"asr": mean_of(d, sub), "normal_acc": mean_of(d, sub, "normal_acc")}
                               for d in ("none", puface, best) if d and any(d in c for c in sub)}
-    return {"puface": puface, "best_baseline": best, "rows": table, "means": means,
+    return {"puface": puface, "protocol": protocol, "best_baseline": best, "rows": table, "means": means,
             "max_white_box_asr_puface": max((c[puface]["asr_mean"] for c in white if puface in c
                                              and c[puface]["asr_mean"] == c[puface]["asr_mean"]), default=None)}
 
@@ -228,6 +250,8 @@ def headline_markdown(h: dict[str, Any], settings: tuple[str, ...] = ("white-box
         )
     best = f"best baseline over the white-box cells: {b}" if b else "no baseline defense in these results"
     out += ["", f"{best}; highest white-box ASR with {pu}: {_pct(h['max_white_box_asr_puface'])}%"]
+    if h.get("protocol") == "query":  # the same numbers mean another thing than in the training-time tables
+        out += ["", QUERY_NOTE]
     return "\n".join(out)
 
 

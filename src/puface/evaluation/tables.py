@@ -206,7 +206,10 @@ def render_tables(
         "",
     ]
     header, rows = paper_table(summary, **order)
-    parts += [_md_table(header, rows), ""]
+    if len(header) > 4:  # columns for "none" and the purifier: a grid with neither has its numbers below alone
+        parts += [_md_table(header, rows), ""]
+    elif summary:
+        parts += ['No "none" or PuFace defense in this grid: the numbers of each defense follow.', ""]
     blocks = defense_tables(summary, **order)
     defenses = {s["defense"] for s in summary}
     # the paper table has columns for "none" and the purifier only: a grid of one other defense (jpeg alone)
