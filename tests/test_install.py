@@ -57,3 +57,31 @@ def test_build_backend_floor_reads_the_license_field():
         return
     req = next(Requirement(r) for r in meta["build-system"]["requires"] if Requirement(r).name == "setuptools")
     assert not req.specifier.contains("76.1.0"), req
+
+
+@pytest.mark.parametrize("args", [["demo"], ["purify", "in", "out"], ["detect", "in"], ["models", "list"]])
+def test_cli_without_torch_says_what_to_install(tmp_path, args):
+    """A venv without torch (`pip install --no-deps puface`, or torch uninstalled): every command that needs it
+    is one line naming the pip requirement, not a traceback, and writes nothing."""
+    code = "import sys; sys.modules['torch'] = None; from puface.cli import main; sys.exit(main(sys.argv[1:]))"
+    run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr[-2000:]
+    assert "PyTorch" in run.stderr and "pip install 'torch>=" in run.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_base_dependencies_name_the_requirement_from_pyproject():
+    """Each import name the CLI turns into a pip hint is one of pyproject's dependencies, with its version floor;
+    any other missing module is not dressed up as one (it is a bug, and surfaces as such)."""
+    from puface.utils.errors import BASE_IMPORTS, missing_base_dependency
+    from puface.utils.tomlconfig import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    by_name = {d.split(";")[0].split(">")[0].split("=")[0].strip().lower(): d.split(";")[0].strip() for d in deps}
+    for module, dist in BASE_IMPORTS.items():
+        assert dist in by_name, f"{dist} (import {module}) is not in pyproject's dependencies"
+        err = missing_base_dependency(ModuleNotFoundError(f"No module named '{module}'", name=f"{module}.sub"))
+        assert err is not None and f"pip install '{by_name[dist]}'" in str(err)
+    assert missing_base_dependency(ModuleNotFoundError("No module named 'dlib'", name="dlib")) is None
+    assert missing_base_dependency(ModuleNotFoundError("No module named 'puface.nope'", name="puface.nope")) is None
