@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,38 @@ def test_missing_base_dependencies_name_the_requirement_from_pyproject():
         assert err is not None and f"pip install '{by_name[dist]}'" in str(err)
     assert missing_base_dependency(ModuleNotFoundError("No module named 'dlib'", name="dlib")) is None
     assert missing_base_dependency(ModuleNotFoundError("No module named 'puface.nope'", name="puface.nope")) is None
+
+
+def test_wheel_and_sdist_hold_the_package_and_its_data(tmp_path):
+    """Built offline with the installed setuptools (no isolation): the wheel holds every file under src/puface
+    (the shipped weights, the packaged configs, py.typed; a data file that package-data misses would only fail at
+    run time) and nothing beside the package; the sdist holds the same source and no partial test suite."""
+    pytest.importorskip("setuptools", minversion="77")  # pyproject's build-system floor
+    import tarfile
+    import zipfile
+
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
+        shutil.copy(REPO / name, tmp_path)
+    shutil.copytree(REPO / "tests", tmp_path / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "dist"
+    built = []
+    for hook in ("build_sdist", "build_wheel"):  # one process each: setuptools keeps state between the two
+        code = f"import sys, setuptools.build_meta as b; print('built:', b.{hook}(sys.argv[1]))"
+        run = subprocess.run([sys.executable, "-c", code, str(out)], cwd=tmp_path, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-3000:]
+        built.append(run.stdout.rsplit("built: ", 1)[1].strip())  # after setuptools' log on stdout
+    sdist_name, wheel_name = built
+
+    package = {p.relative_to(src).as_posix() for p in (src / "puface").rglob("*") if p.is_file()}
+    assert {"puface/weights/purifier-default.safetensors", "puface/configs/demo.toml", "puface/py.typed"} <= package
+    with zipfile.ZipFile(out / wheel_name) as whl:
+        names = set(whl.namelist())
+    assert {n for n in names if not n.startswith("puface-")} == package
+    assert "puface = puface.cli:main" in zipfile.ZipFile(out / wheel_name).read(
+        next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+    with tarfile.open(out / sdist_name) as sd:
+        files = {m.name.split("/", 1)[1] for m in sd.getmembers() if m.isfile()}
+    assert {f"src/{p}" for p in package} <= files
+    assert not [f for f in files if f.startswith("tests/")], "a partial test suite in the sdist"
