@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from ..utils.errors import PufaceError
+from ..utils.errors import PufaceError, missing_base_dependency
 from ..utils.version import __version__
 
 # command name -> (module, attribute, one-line help shown by `puface --help`)
@@ -77,7 +77,8 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: runs the CLI; a `PufaceError` becomes one line on stderr and exit code 2."""
+    """Entry point: runs the CLI; a `PufaceError`, or a missing dependency of puface's own (a venv without torch),
+    becomes one line on stderr and exit code 2."""
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as escapes, not a traceback
         if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
@@ -91,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except PufaceError as e:
         click.echo(f"puface: error: {e}", err=True)
+        return 2
+    except ModuleNotFoundError as e:
+        missing = missing_base_dependency(e)
+        if missing is None:
+            raise
+        click.echo(f"puface: error: {missing}", err=True)
         return 2
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

@@ -3,6 +3,7 @@ one clear line instead of a traceback."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -30,6 +31,45 @@ class ImageWriteError(PufaceError):
 
 class MissingDependencyError(PufaceError):
     """A needed package or asset is not installed; the message says which `pip install` fixes it."""
+
+
+# import name -> distribution name of puface's own dependencies that code imports directly (the model packages
+# are found by path, and say so themselves: models.weights.package_dir); click is imported before any command runs
+BASE_IMPORTS = {
+    "torch": "torch",
+    "numpy": "numpy",
+    "PIL": "pillow",
+    "sklearn": "scikit-learn",
+    "tqdm": "tqdm",
+    "onnx": "onnx",
+    "safetensors": "safetensors",
+    "matplotlib": "matplotlib",
+    "tomli": "tomli",
+}
+
+
+def missing_base_dependency(exc: ModuleNotFoundError) -> MissingDependencyError | None:
+    """The `MissingDependencyError` for an import of one of puface's own dependencies that failed because the
+    package is absent (`pip install --no-deps`, a venv without torch), naming the pip requirement as
+    puface's metadata states it; None when `exc` is about any other module (a bug: let it surface)."""
+    top = (exc.name or "").partition(".")[0]
+    dist = BASE_IMPORTS.get(top)
+    if dist is None:
+        return None
+    spec = dist
+    try:
+        from importlib.metadata import PackageNotFoundError, requires
+
+        for req in requires("puface") or []:  # e.g. "torch>=2.1", "tomli>=2.0; python_version < '3.11'"
+            head = req.split(";")[0].strip()
+            name = re.match(r"[A-Za-z0-9._-]*", head)
+            if name and name.group().lower() == dist.lower() and "extra ==" not in req:
+                spec = head
+    except PackageNotFoundError:  # a source tree that is not installed: the bare name
+        pass
+    what = "PyTorch (the Python package 'torch')" if dist == "torch" else f"the Python package {dist!r}"
+    hint = "  (for a CUDA build, the command at https://pytorch.org/get-started/locally/)" if dist == "torch" else ""
+    return MissingDependencyError(f"{what} is not installed; puface needs it: pip install '{spec}'{hint}")
 
 
 class ConfigError(PufaceError):
