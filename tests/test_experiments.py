@@ -181,6 +181,20 @@ def test_show_prints_a_packaged_configs_text_to_copy_and_edit(tmp_path, capsys):
     assert "no packaged experiment config has that name" in capsys.readouterr().err
 
 
+def test_show_of_a_file_that_is_not_text_is_one_line(tmp_path, capsys):
+    """`--show` of a file that is not UTF-8 text (a binary or Latin-1 file named as the config) is a one-line error
+    naming it, as running it is (it was a UnicodeDecodeError traceback)."""
+    from puface.cli import main
+
+    bad = tmp_path / "mine.toml"
+    bad.write_bytes(b"# caf\xe9\n\x00\xff\xfe")
+    for args in (["reproduce", str(bad), "--show"], ["train-purifier", "--config", str(bad), "--show"],
+                 ["train-detector", "--config", str(bad), "--show"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"{bad}: " in err and "UTF-8" in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_lfw_config_is_the_benchmark():
     cfg = load_config("lfw")
     assert cfg.data["min_images"] >= 10 and cfg.data["max_per_identity"]

@@ -8,7 +8,7 @@ from typing import Callable
 
 import click
 
-from ..utils.errors import PufaceError
+from ..utils.errors import ConfigError, PufaceError
 
 
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA when available)"
@@ -107,10 +107,17 @@ def list_packaged(kind: str) -> None:
 def show_config(ref: str, kind: str) -> None:
     """Print the text of the config `ref` (a packaged name or a file) as it is, comments included, so it can be
     copied and edited (`puface reproduce lfw --show > mine.toml`); an `extends` in it still finds the packaged
-    parent by name."""
+    parent by name; a file that cannot be read as UTF-8 text is a `ConfigError` naming it."""
     from ..utils.tomlconfig import find_config
 
-    click.echo(find_config(ref, kind).read_text(encoding="utf-8"), nl=False)
+    path = find_config(ref, kind)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a config (not UTF-8 text: {e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    click.echo(text, nl=False)
 
 
 #: `--show` of the commands that run a config (reproduce, train-purifier, train-detector)
