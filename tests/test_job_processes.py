@@ -415,6 +415,32 @@ def test_ranks_sharing_a_scores_csv_restart_and_summarise_together(johns_dir, tm
     assert sum(int(r["images"]) for r in _rows(idents)) == 4
 
 
+def test_restart_of_a_ranks_own_scores_file_starts_it_afresh(johns_dir, tmp_path, monkeypatch, capsys):
+    """Without --out each rank writes its own scores.rank<r>.csv: --restart there kept the rows of files the rank no
+    longer takes (a file added to the input moves the later ones to other ranks), scores of the run it was to discard
+    (another detector's too: a restart skips that check), judged and summarised with its own. Its file starts afresh,
+    as with one process; a shared --out still keeps the other ranks' rows (the test above)."""
+    src = _tree(johns_dir, tmp_path / "in")
+    monkeypatch.chdir(tmp_path)
+    detect = ["detect", str(src), "--no-progress", "--device", "cpu", "--world-size", "2", "--rank", "0"]
+    assert main(detect) == 0
+    scores = tmp_path / "scores.rank0.csv"
+    rows = _rows(scores)
+    assert sorted(r["path"] for r in rows) == ["id0/0.jpg", "id1/0.jpg"]
+    for r in rows:  # as if an earlier detector had scored it
+        r["score"] = "99.0" if r["path"] == "id1/0.jpg" else r["score"]
+    with open(scores, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    shutil.copy(src / "id0" / "1.jpg", src / "id0" / "00.jpg")  # sorts before id0/1.jpg: id1/0.jpg goes to rank 1
+    capsys.readouterr()
+    assert main([*detect, "--restart"]) == 0
+    assert " of 3 images judged cloaked" in capsys.readouterr().out
+    assert sorted(r["path"] for r in _rows(scores)) == ["id0/0.jpg", "id0/1.jpg", "id1/1.jpg"]
+    assert sum(int(r["images"]) for r in _rows(tmp_path / "scores.rank0-identities.csv")) == 3
+
+
 def test_a_rank_that_ended_its_share_is_not_waited_for(tmp_path):
     """`Claim.others_running`: the other ranks holding their share of a shared file, less those that said `ended`."""
     from puface.io.jobs import claim_file

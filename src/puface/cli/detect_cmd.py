@@ -135,6 +135,7 @@ def detect(
     from ..io.jobs import resolve_rank
 
     rank, world_size = resolve_rank(rank, world_size)
+    shared = out_csv is not None  # one --out given to every rank; the default scores.rank<r>.csv is this rank's alone
     if out_csv is None:
         out_csv = Path(f"scores.rank{rank}.csv" if world_size > 1 else "scores.csv")
     report = detect_folder(
@@ -157,6 +158,7 @@ def detect(
         workers=workers,
         purifier=purifier,
         one_threshold=one_threshold,
+        shared=shared,
     )
     click.echo(report.summary())
     if report.exit_code:

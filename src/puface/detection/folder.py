@@ -448,7 +448,7 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
                   identities_csv: str | Path | None = None, rank: int = 0, world_size: int = 1,
                   engine: str = "local", address: str | None = None, workers: int | None = None,
                   cpus_per_worker: float = 1.0, purifier: str | Path | None = None,
-                  one_threshold: bool = False) -> DetectReport:
+                  one_threshold: bool = False, shared: bool = True) -> DetectReport:
     """Score every image under `in_path` (a folder tree or one file) into `out_csv`.
 
     detector: a ready `CloakDetector` (else `weights`: a detector file, None = the shipped one, with `purifier`:
@@ -461,7 +461,10 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
     not chips: detect and align each face first (needs the `align` extra). identities_csv: the
     per-identity summary (default: <out_csv stem>-identities.csv). engine: "local" (threads in this process)
     or "ray" (a Ray Data pipeline on the cluster at `address`, a new local one when None, with `workers`
-    detector actors of `cpus_per_worker` CPUs, or one GPU each on CUDA; same CSV rows). Returns a
+    detector actors of `cpus_per_worker` CPUs, or one GPU each on CUDA; same CSV rows). shared: with `world_size`
+    above 1, whether the other ranks write into `out_csv` too (one --out given to every rank): a restart or a run
+    without resume then drops only this rank's files' rows; False: the file is this rank's alone (the CLI's
+    scores.rank<r>.csv) and starts afresh, rows of files another rank now takes included. Returns a
     `DetectReport` (exit code 1 when some file could not be read).
     """
     if engine not in ("local", "ray"):
@@ -490,15 +493,16 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         state = _state_path(out_csv)
         det_id = det.fingerprint()
         run = {"input": str(in_path.resolve()), "align": align, "largest_face": largest_face}
-        if restart and world_size <= 1:
+        shared = shared and world_size > 1
+        if restart and not shared:
             out_csv.unlink(missing_ok=True)
         elif resume and not restart and out_csv.exists() and state.is_file():
             _check_same_run(out_csv, json.loads(state.read_text(encoding="utf-8")), det_id, run)
         # the paths alone: the rows themselves are read again at the end (`_finish`), not held meanwhile. Processes
         # sharing the file (--rank) drop only their own files' rows without resume, --restart too (the whole file
-        # deleted the rows the other ranks had just written)
+        # deleted the rows the other ranks had just written); a rank's own file starts afresh
         done = set(_start_rows(out_csv, fields, resume and not restart,
-                               {j.rel.as_posix() for j in jobs} if world_size > 1 else None))
+                               {j.rel.as_posix() for j in jobs} if shared else None))
         atomic_write_bytes(state, json.dumps({"detector": det_id, **run}, indent=2).encode())
         common: dict[str, Any] = dict(
             batch_size=batch_size, resume=resume, desc="detecting", verb="scored", stats_csv=out_csv, progress=progress,
