@@ -30,7 +30,8 @@ __all__ = ["load_summary", "load_pooled", "run_protocol", "QUERY_NOTE", "headlin
 
 NOT_BASELINES = {"none", "puface"}
 
-#: what the headline's numbers mean for runs of the query-time protocol (table.md says it in the same words)
+#: what the headline's numbers mean for runs of the query-time protocol (table.md says the same at more length:
+#: `tables.render_tables`)
 QUERY_NOTE = ("Query-time protocol: the FR model is built from every identity's clean gallery photos; ASR = share of "
               "the protected users' cloaked probe photos (with the defense applied to them) not matched to the user; "
               "normal accuracy = accuracy on every other identity's probes.")
@@ -224,7 +225,7 @@ def purifier_column(label: str) -> str:
 
 def headline_markdown(h: dict[str, Any], settings: tuple[str, ...] = ("white-box", "oblivious")) -> str:
     """The headline table as Markdown (the rows of `settings`; the means of both), with the closing line
-    naming the best baseline."""
+    naming the best baseline, and for a query-time run (`h["protocol"]`) what its ASR counts (`QUERY_NOTE`)."""
     b = h["best_baseline"]
     name = md_cell(b or "baseline")
     pu = purifier_column(h.get("puface", "puface"))
