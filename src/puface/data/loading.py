@@ -74,11 +74,4 @@ def load_images(
     return torch.stack(tensors), kept, errors
 
 
-def image_sizes(paths: Sequence[Path]) -> list[tuple[int, int]]:
-    """(width, height) of each file from its header (no full decode)."""
-    from ..io.images import image_info
-
-    return [image_info(p)[:2] for p in paths]
-
-
-__all__ = ["load_images", "image_sizes"]
+__all__ = ["load_images"]

@@ -51,10 +51,6 @@ __all__ = [
 ]
 
 
-def _col(name: str) -> str:
-    return name.replace(":", "_")
-
-
 def feature_columns(det: CloakDetector) -> list[str]:
     cols = ["psnr"] + [f"shift_{e}" for e in det.config.embedders]
     return cols + (["net"] if det.net is not None else [])
@@ -251,12 +247,8 @@ class Thresholds:
             self._by[storage] = self.det.threshold(self.fpr, storage=storage)
         return self._by[storage]
 
-    def used(self, rows: Iterable[dict]) -> dict[str, float]:
-        """{storage: threshold} over the scored rows' storages whose threshold is not the default one."""
-        return self.used_by(r.get("storage") or "" for r in rows if r.get("score", "") != "")
-
     def used_by(self, storages: Iterable[str]) -> dict[str, float]:
-        """`used` of scored rows of these storages."""
+        """{storage: threshold} over these storages (of the scored rows) whose threshold is not the default one."""
         out = {}
         for st in storages:
             st = "" if self.one else (st or "")

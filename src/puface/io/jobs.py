@@ -195,14 +195,10 @@ def plan_mirror(
     return jobs
 
 
-def image_inputs(in_path: Path) -> list[Path]:
-    """The input files of a folder job over `in_path` (a folder, or one image file); a `PufaceError` when it
-    does not exist, is not an image, or is a folder without images."""
-    return list(iter_image_inputs(in_path))
-
-
 def iter_image_inputs(in_path: Path) -> Iterator[Path]:
-    """`image_inputs` one file at a time (`files.iter_image_files`); its errors come with the first file asked for."""
+    """The input files of a folder job over `in_path` (a folder, or one image file), one at a time
+    (`files.iter_image_files`); a `PufaceError` when it does not exist, is not an image, or is a folder without
+    images, raised when the first file is asked for."""
     if not in_path.exists():
         raise PufaceError(f"{in_path}: no such file or folder")
     if in_path.is_file():

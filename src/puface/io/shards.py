@@ -39,7 +39,7 @@ from .jobs import (FileJob, JobReport, LoadedImage, Outcome, _read_settings, _St
                    split_done)
 
 __all__ = ["SHARD_SUFFIXES", "SHARD_VERSION", "ShardJob", "ShardReport", "check_earlier_outputs", "find_shards",
-           "is_shard_input", "plan_shards", "run_shard_job", "read_records", "image_field_of", "image_fields_of"]
+           "is_shard_input", "plan_shards", "run_shard_job", "read_records", "image_fields_of"]
 
 SHARD_SUFFIXES = {".tar": "webdataset", ".parquet": "parquet"}
 #: the package each shard format (and the {a..b} pattern of shard names) needs: the `shards` extra
@@ -248,12 +248,6 @@ def image_fields_of(fields: dict, wanted: str | None = None) -> list[str]:
     if wanted:
         return [w.strip() for w in wanted.split(",") if w.strip()]
     return [k for k in fields if _is_image_field(k)]
-
-
-def image_field_of(fields: dict, wanted: str | None = None) -> str | None:
-    """The first WebDataset field holding an image (`image_fields_of`), None when there is none."""
-    found = [f for f in image_fields_of(fields, wanted) if f in fields]
-    return found[0] if found else None
 
 
 def _wds_member(name: str) -> bool:

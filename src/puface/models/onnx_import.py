@@ -45,7 +45,6 @@ __all__ = [
     "load_onnx_model",
     "dequantize_linear",
     "fold_batchnorm",
-    "constant_tensors",
 ]
 
 
@@ -829,13 +828,6 @@ def _check_supported(nodes: Sequence[Any], path: Any) -> None:
             bad.append(n.op_type)
     if bad:
         raise UnsupportedOperatorError(bad, path)
-
-
-def constant_tensors(model: Any, path: str | Path | None = None) -> dict[str, Tensor]:
-    """Every tensor of the graph that does not depend on a runtime input, by name: the initializers
-    (floats as float32) and the outputs of all foldable nodes (e.g. dequantised, reshaped weights)."""
-    consts, _ = _fold(model, path)
-    return consts
 
 
 def _fold(model: Any, path: Any) -> tuple[dict[str, Tensor], list[Any]]:
