@@ -335,3 +335,54 @@ def test_the_end_of_a_detection_job_holds_no_rows(tmp_path):
     idents = list(csv.DictReader(open(rep.identities_csv, newline="")))
     assert [r["identity"] for r in idents] == [i["identity"] for i in rep.identities]
     assert [float(r["mean_score"]) for r in idents] == [i["mean_score"] for i in rep.identities]
+
+
+def test_every_multi_process_job_splits_by_one_rule(tmp_path, monkeypatch):
+    """The rank share rule (every world_size-th item, starting at rank) was written four times (`shard`, the stream
+    `_share`, `i % world_size == rank` in detect's jobs, `jobs[rank::world_size]` in purify_shards); now `io.jobs.share`
+    is its one home. Each job's share is the earlier formula's, item for item, for world sizes 1 to 5: the files of
+    plan_mirror and detect (a resumed output or scores CSV keeps its rank's files), and purify_shards' shards."""
+    import tarfile
+
+    import puface.detection.folder as det_folder
+    import puface.io.shards as shards_module
+    import puface.purifier.folder as pur_folder
+    from puface.io.jobs import share, shard
+
+    n = _names_tree(tmp_path / "in", folders=3, per=7)
+    whole = plan_mirror(tmp_path / "in", tmp_path / "out")
+    (tmp_path / "sh").mkdir()
+    for k in range(7):
+        with tarfile.open(tmp_path / "sh" / f"{k:03d}.tar", "w"):
+            pass
+    taken: list = []
+
+    def fake_run(jobs, *a, **k):
+        taken.append(list(jobs))
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(shards_module, "run_shard_job", fake_run)
+    monkeypatch.setattr(pur_folder, "ray_batch_process", lambda *a, **k: None)
+    all_shards = shards_module.plan_shards(tmp_path / "sh", tmp_path / "sh-out")
+    assert len(all_shards) == 7
+    for w in range(1, 6):
+        parts = []
+        for r in range(w):
+            old = [j for i, j in enumerate(whole) if i % w == r]
+            assert old == whole[r::w] == shard(whole, r, w) == list(share(iter(whole), r, w))
+            names: set[str] = set()
+            assert plan_mirror(tmp_path / "in", tmp_path / "out", rank=r, world_size=w, names=names) == old
+            assert names == {j.rel.as_posix() for j in whole}
+            names = set()
+            assert [j.rel for j in det_folder._jobs(tmp_path / "in", r, w, names)] == [j.rel for j in old]
+            assert names == {j.rel.as_posix() for j in whole}
+            parts.append(old)
+            taken.clear()
+            with pytest.raises(RuntimeError, match="stop"):
+                pur_folder.purify_shards(tmp_path / "sh", tmp_path / f"sh-out{w}", rank=r, world_size=w,
+                                         device="cpu", progress=False)
+            assert [j.src.name for j in taken[0]] == [j.src.name for j in all_shards[r::w]]
+        assert sorted(j.rel for p in parts for j in p) == sorted(j.rel for j in whole) and len(whole) == n
+    one: set[str] = set()
+    f = whole[3].src
+    assert [j.rel for j in det_folder._jobs(f, 0, 1, one)] == [Path(f.name)] and one == {f.name}

@@ -31,7 +31,7 @@ import torch
 
 from ..io.images import atomic_write_bytes
 from ..io.jobs import (CSV_TEXT, Claim, FileJob, JobReport, LoadedImage, Outcome, claim_file, group_by_size,
-                       iter_image_inputs, keep_input_mode, locked_csv, plan_mirror, read_locked, run_folder_job)
+                       iter_image_inputs, keep_input_mode, locked_csv, plan_mirror, read_locked, run_folder_job, share)
 from ..utils.errors import PufaceError
 from ..purifier.model import extrapolate
 from ..utils.images import tensor_to_image
@@ -405,14 +405,7 @@ def _jobs(in_path: Path, rank: int = 0, world_size: int = 1, names: set[str] | N
     """`detect`'s jobs (the output is the input itself: the row is the result): process `rank` of `world_size`'s share
     (`io.jobs.plan_mirror`'s), every listed file's relative POSIX path added to `names`."""
     base = in_path.parent if in_path.is_file() else in_path
-    jobs = []
-    for i, f in enumerate(iter_image_inputs(in_path)):
-        rel = f.relative_to(base)
-        if names is not None:
-            names.add(rel.as_posix())
-        if i % world_size == rank:
-            jobs.append(FileJob(f, f, rel))
-    return jobs
+    return [FileJob(f, f, f.relative_to(base)) for f in share(iter_image_inputs(in_path, names), rank, world_size)]
 
 
 def _state_path(out_csv: Path) -> Path:

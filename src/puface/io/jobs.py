@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence, TypedDict, overload
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence, TypedDict, TypeVar, overload
 
 import numpy as np
 from PIL import Image
@@ -169,12 +169,12 @@ def plan_mirror(
     Refuses an input folder without images, an output folder that is a file, is the input folder, lies
     inside it or holds it (`files.check_output_folder`), and any output path equal to an input path. Image
     files puface cannot read (GIF, HEIC, ...) are planned too, so the job lists them as failed.
-    rank/world_size: only the share of process `rank` of `world_size` (`shard`: every world_size-th file of the
+    rank/world_size: only the share of process `rank` of `world_size` (`share`: every world_size-th file of the
     sorted listing, the same on every process and every run), the others' files listed but never held. names: a
     set that gets the relative POSIX path of every file listed, every process's (jobs that must know the whole input).
     """
     in_path, out_root = Path(in_path), Path(out_root)
-    files = iter_image_inputs(in_path)
+    files = iter_image_inputs(in_path, names)
     first = next(files)  # the input's errors (none, not an image, no images) before the output's
     check_output_root(out_root)
     if in_path.is_file():
@@ -183,10 +183,7 @@ def plan_mirror(
         check_output_folder(in_path, out_root)
         base = in_path
     jobs = []
-    listed: Iterator[Path] = itertools.chain([first], files)
-    if names is not None:
-        listed = _noting(listed, base, names)
-    for f in _share(listed, rank, world_size):
+    for f in share(itertools.chain([first], files), rank, world_size):
         rel = f.relative_to(base)
         dst = out_root / rename(rel)
         if same_file(dst, f):
@@ -195,20 +192,25 @@ def plan_mirror(
     return jobs
 
 
-def iter_image_inputs(in_path: Path) -> Iterator[Path]:
+def iter_image_inputs(in_path: Path, names: set[str] | None = None) -> Iterator[Path]:
     """The input files of a folder job over `in_path` (a folder, or one image file), one at a time
     (`files.iter_image_files`); a `PufaceError` when it does not exist, is not an image, or is a folder without
-    images, raised when the first file is asked for."""
+    images, raised when the first file is asked for. names: a set that gets each file's path relative to the
+    folder (a file: its parent), POSIX, as it is listed."""
     if not in_path.exists():
         raise PufaceError(f"{in_path}: no such file or folder")
     if in_path.is_file():
         if not is_image_file(in_path):
             raise PufaceError(f"{in_path}: not an image file ({EXPECTED_IMAGES})")
+        if names is not None:
+            names.add(in_path.name)
         yield in_path
         return
     found = False
     for f in iter_image_files(in_path, unsupported=True):
         found = True
+        if names is not None:
+            names.add(f.relative_to(in_path).as_posix())
         yield f
     if not found:
         raise PufaceError(f"{in_path}: no images found ({EXPECTED_IMAGES})")
@@ -632,21 +634,19 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
-def shard(jobs: Sequence[FileJob], rank: int, world_size: int) -> list[FileJob]:
-    """The part of `jobs` that process `rank` of `world_size` handles (round-robin)."""
-    return list(jobs[rank::world_size])
+_T = TypeVar("_T")
 
 
-def _noting(files: Iterable[Path], base: Path, names: set[str]) -> Iterator[Path]:
-    """`files` as they come, each one's path relative to `base` (POSIX) added to `names` on the way."""
-    for f in files:
-        names.add(f.relative_to(base).as_posix())
-        yield f
-
-
-def _share(items: Iterable, rank: int, world_size: int) -> Iterator:
-    """`shard` of a stream: items rank, rank + world_size, ... of `items`, the others passed over as they come."""
+def share(items: Iterable[_T], rank: int, world_size: int) -> Iterator[_T]:
+    """The part of `items` that process `rank` of `world_size` handles, the one rule for every multi-process job
+    (files, shards, detect's rows): items rank, rank + world_size, ... (round-robin), the others passed over as
+    they come (the whole of `items` is read)."""
     return itertools.islice(items, rank, None, world_size) if world_size > 1 else iter(items)
+
+
+def shard(jobs: Iterable[_T], rank: int, world_size: int) -> list[_T]:
+    """`share` as a list."""
+    return list(share(jobs, rank, world_size))
 
 
 def load_for_job(job: FileJob, data: bytes | None = None) -> LoadedImage:

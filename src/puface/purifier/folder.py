@@ -23,6 +23,7 @@ from ..io.jobs import (
     keep_input_mode,
     plan_mirror,
     run_folder_job,
+    shard,
 )
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
@@ -306,8 +307,7 @@ def purify_shards(in_spec: str | Path, out_path: str | Path, *, purifier: Purifi
         world_size,
     )
     with finish.on_failure():
-        if world_size > 1:
-            jobs = jobs[rank::world_size]
+        jobs = shard(jobs, rank, world_size)
         process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template, step)
         report = run_shard_job(jobs, process, batch_size=batch_size, resume=resume, image_field=image_field,
                                desc="purifying", verb="purified", stats_csv=stats_csv, quality=quality,

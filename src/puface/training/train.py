@@ -29,7 +29,7 @@ from torch import nn
 from ..data.datasets import resolve_data_root
 from ..io.files import check_output_folder, check_output_root
 from ..io.images import atomic_write_bytes
-from ..io.jobs import env_int, remove_stale_temporaries
+from ..io.jobs import env_int, remove_stale_temporaries, shard
 from ..purifier.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from ..purifier.model import AtFaceScale, Purifier, template_scale
 from ..purifier.rednet import RedNetConfig, conv_flops
@@ -195,7 +195,7 @@ def prepare_data(cfg: PurifierTrainConfig, d: Dist | None = None, cloak_fn: Call
 
     def sharded(spec: dict, paths: list) -> Any:
         if d.world_size > 1 and "folder" not in spec:
-            base(spec, paths[d.rank :: d.world_size])  # fill the cache in parallel
+            base(spec, shard(paths, d.rank, d.world_size))  # fill the cache in parallel
             d.barrier()
         return base(spec, paths)
 
