@@ -457,3 +457,37 @@ def test_a_rank_that_ended_its_share_is_not_waited_for(tmp_path):
         finally:
             holder.kill()
             holder.wait()
+
+
+def test_asking_which_ranks_run_does_not_refuse_a_rank_starting(tmp_path):
+    """`Claim.others_running` tested another rank's byte of the lock file by locking it for a moment, so a rank
+    claiming its share at that instant was refused as a duplicate ("another puface process is writing this file as
+    rank 1"): with rank 0 asking in a loop, about one start of rank 1 in four was refused. Now the byte is tested
+    without being locked (F_TEST), and no start is refused; an ended rank is still seen (the test above)."""
+    import subprocess
+    import sys
+    import time
+
+    from puface.io.jobs import claim_file
+    from puface.utils.errors import PufaceError
+
+    scores = tmp_path / "scores.csv"
+    code = (
+        "import time; from pathlib import Path; from puface.io.jobs import claim_file; "
+        f"c = claim_file(Path({str(scores)!r}), 0, 2); print('held', flush=True); t = time.time()\n"
+        "while time.time() - t < 1.5: c.others_running()\n"
+    )
+    asker = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert asker.stdout.readline().strip() == "held"
+        starts, refused, t = 0, [], time.time()
+        while time.time() - t < 0.8:
+            starts += 1
+            try:
+                claim_file(scores, 1, 2)()
+            except PufaceError as e:
+                refused.append(str(e))
+        assert starts > 200 and refused == [], (starts, len(refused), refused[:1])
+    finally:
+        asker.kill()
+        asker.wait()

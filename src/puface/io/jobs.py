@@ -306,8 +306,9 @@ LOCK_NAME = ".puface.lock"
 #: sharing the output (`Claim.settings`), byte 1 + rank is a rank's share, and a process of world size W holds a shared
 #: lock on byte _WORLD_BYTES + W (far beyond any rank's byte), so that processes of other world sizes are refused.
 _WORLD_BYTES = 1 << 40
-#: Byte _ENDED_BYTES + rank of a claim's lock file: held (shared) by a rank whose share is done (`Claim.ended`); between
-#: the ranks' bytes and the world sizes' (a lock beyond those would read as a process of a larger world size).
+#: Byte _ENDED_BYTES + rank of a claim's lock file: held by a rank whose share is done (`Claim.ended`; exclusive, as a
+#: rank's byte is, so that a test without locking sees it: `Claim._held`); between the ranks' bytes and the world
+#: sizes' (a lock beyond those would read as a process of a larger world size).
 _ENDED_BYTES = 1 << 39
 
 
@@ -328,7 +329,7 @@ class Claim:
         import fcntl
 
         try:
-            fcntl.lockf(self.f, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, _ENDED_BYTES + self.rank)
+            fcntl.lockf(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _ENDED_BYTES + self.rank)
         except OSError:
             pass
 
@@ -342,12 +343,20 @@ class Claim:
                    if r != self.rank and self._held(1 + r) and not self._held(_ENDED_BYTES + r))
 
     def _held(self, start: int) -> bool:
-        """True when another process holds a lock on byte `start` of the lock file (never one of this claim's own
-        bytes: testing would release them)."""
+        """True when another process holds an exclusive lock on byte `start` of the lock file (a rank's byte, an ended
+        byte). Tested without taking it (`os.lockf` F_TEST: fcntl F_GETLK), so that a rank claiming its byte at that
+        instant is not refused as a duplicate; glibc's test sees exclusive locks only, hence those bytes are locked
+        exclusively. Where F_TEST is missing, the lock is taken and given back (never one of this claim's own bytes:
+        that would release them)."""
         import errno
         import fcntl
 
+        fd = self.f.fileno()
         try:
+            if hasattr(os, "lockf"):
+                os.lseek(fd, start, os.SEEK_SET)  # F_TEST tests from the file offset (nothing reads or writes the file)
+                os.lockf(fd, os.F_TEST, 1)
+                return False
             fcntl.lockf(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, start)
         except OSError as e:
             return e.errno in (errno.EACCES, errno.EAGAIN)
