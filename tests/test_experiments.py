@@ -639,6 +639,34 @@ def test_a_run_of_an_extending_config_saves_it_resolved(tmp_path):
     assert config_text(plain) == "# a comment\n" + GRID_TOML
 
 
+def test_the_saved_config_names_packaged_configs_by_their_place_in_the_package(tmp_path, monkeypatch):
+    """`reproduce NAME --out DIR` wrote config.toml headed by the packaged configs' absolute paths on this install
+    ("# /.../site-packages/puface/configs/lfw-unseen-surrogate-step.toml -> ..."), a path of one machine in a
+    result folder that is committed and shared. Packaged configs are named "puface/configs/NAME.toml" now; a user's
+    own file keeps its path as given."""
+    import puface
+    import puface.experiments
+    from puface.cli import main
+    from puface.experiments import config_text
+
+    seen = []
+    monkeypatch.setattr(puface.experiments, "run_experiment", lambda cfg, *a, **k: seen.append(cfg) or 1 / 0)
+    monkeypatch.chdir(tmp_path)
+    Path("mine").mkdir()
+    Path("mine/grid.toml").write_text('extends = "lfw-unseen"\nname = "mine"\n')
+    for ref, chain in (("lfw-unseen-surrogate-step", "lfw-unseen-surrogate-step -> lfw-unseen-surrogate -> lfw-unseen"),
+                       ("mine/grid.toml", "lfw-unseen")):
+        with pytest.raises(ZeroDivisionError):
+            main(["reproduce", ref, "--out", str(tmp_path / "r")])
+        header = config_text(seen[-1]).splitlines()[0]
+        packaged = " -> ".join(f"puface/configs/{n}.toml" for n in f"{chain} -> lfw".split(" -> "))
+        mine = "mine/grid.toml -> " if ref.endswith(".toml") else ""
+        assert header == f"# {mine}{packaged}, resolved (extends applied)", header
+        assert str(Path(puface.__file__).parent) not in header
+    given = tmp_path / "mine" / "grid.toml"  # an absolute path given stays one
+    assert config_text(load_config(given)).startswith(f"# {given} -> puface/configs/lfw-unseen.toml ->")
+
+
 def test_the_lfw_family_extends_the_main_grid():
     """Every packaged lfw-* config starts from lfw (directly or through another), so the data and split
     they share are written once. One may name the same photos in another layout (lfw-arcface112: root and

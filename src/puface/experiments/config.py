@@ -74,7 +74,7 @@ from ..attacks import attack_label
 from ..defenses import default_label
 from ..evaluation.protocol import PROTOCOLS, run_id
 from ..utils.errors import ConfigError
-from ..utils.tomlconfig import extends_chain, load_toml_config, refuse_unknown, resolve_chain, to_toml
+from ..utils.tomlconfig import config_label, extends_chain, load_toml_config, refuse_unknown, resolve_chain, to_toml
 
 __all__ = ["ExperimentConfig", "AttackEntry", "TrainerEntry", "DefenseEntry", "load_config", "config_text", "LABELS",
            "MIN_IMAGE_SIZE"]
@@ -393,7 +393,8 @@ def load_config(ref: str | Path) -> ExperimentConfig:
 def config_text(cfg: ExperimentConfig) -> str:
     """TOML for the config as it runs: the source file's text (comments kept) when the run changed nothing in
     it, else the config written out (after --data / --seed overrides, or with its `extends` chain resolved,
-    so the saved file stands alone), headed by the file it came from."""
+    so the saved file stands alone), headed by the files it came from (`config_label`: a packaged config by its
+    place in the package, not this install's path)."""
     if cfg.source is not None and cfg.source.is_file():
         try:
             chain = extends_chain(cfg.source)
@@ -402,7 +403,7 @@ def config_text(cfg: ExperimentConfig) -> str:
         same = bool(chain) and _plain(resolve_chain(chain, LABELS)) == _plain(cfg.raw)
         if same and len(chain) == 1:
             return cfg.source.read_text(encoding="utf-8")
-        names = " -> ".join(str(p) for p, _ in chain) or str(cfg.source)
+        names = " -> ".join(config_label(p) for p, _ in chain) or config_label(cfg.source)
         if same:
             return f"# {names}, resolved (extends applied)\n" + to_toml(cfg.raw)
         return f"# {names} with command-line overrides (data root, seeds, detection)\n" + to_toml(cfg.raw)

@@ -44,6 +44,7 @@ __all__ = [
     "refuse_unknown",
     "NONE_WORD",
     "packaged_config",
+    "config_label",
     "packaged_config_names",
     "find_config",
     "extends_chain",
@@ -139,6 +140,18 @@ def packaged_config(name: str, kind: str = "experiment") -> Path | None:
     stem = stem[:-5] if stem.endswith(".toml") else stem
     p = _folder(kind).joinpath(f"{stem}.toml")
     return Path(str(p)) if p.is_file() else None
+
+
+def config_label(path: Path, kind: str = "experiment") -> str:
+    """How a saved file names config `path`: a packaged config of `kind` by its place in the package
+    ("puface/configs/lfw.toml", the same on every install and machine), any other file as given."""
+    packaged = packaged_config(path.name, kind) if path.name.endswith(".toml") else None
+    try:
+        if packaged is not None and packaged.samefile(path):
+            return f"puface/{KINDS[kind]}/{packaged.name}"
+    except OSError:
+        pass
+    return str(path)
 
 
 def find_config(ref: str | Path, kind: str = "experiment", *, relative_to: Path | None = None) -> Path:
