@@ -14,7 +14,7 @@ README_START, README_END = "<!-- headline:start -->", "<!-- headline:end -->"
 @click.group("report")
 def report() -> None:
     """Tables from `puface reproduce` / `puface evaluate` output folders (summary.csv, results.csv).
-    ASR and accuracy in %, as Markdown."""
+    ASR and accuracy in %, as Markdown; and the folder's HTML report rebuilt (html)."""
 
 
 def _emit(text: str, out: Path | None) -> None:
@@ -145,3 +145,19 @@ def cells(
             raise PufaceError("report cells users needs --attack LABEL")
         text = s.users_table(folder, attack, set(filter(None, named.split(","))), defense)
     _emit(text, out)
+
+
+@report.command("html")
+@click.argument("run", type=RUN)
+@click.option(
+    "--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    help="Write the report here instead of RUN/report.html.",
+)
+def html(run: Path, out: Path | None) -> None:
+    """Rebuild RUN's self-contained report.html from the files it holds, nothing run again: its results.json and
+    table.md, or, in a folder trimmed to its tables (docs/results/), its summary.csv (or results.csv), config.toml
+    and table.md (no run environment, timings or ROC curves: those are kept only in results.json); the image grids
+    from examples/ when there. Only the report file is written (atomically)."""
+    from ..experiments.report_folder import rebuild_report
+
+    click.echo(f"written: {rebuild_report(run, out)}")

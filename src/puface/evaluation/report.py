@@ -181,9 +181,9 @@ def roc_chart(detection: dict) -> str | None:
         r = rows.get(attack, {})
         line, = ax.plot(f, curve["tpr"])
         handles.append(line)
-        labels.append(f"{_plain(attack)} (AUC {r.get('auc', float('nan')):.3f})")
-        if r:
-            ax.plot([max(r["fpr"], 1e-4)], [r["tpr"]], "o", color=line.get_color())
+        labels.append(f"{_plain(attack)} (AUC {_num(r.get('auc')):.3f})")
+        if r and not (math.isnan(_num(r.get("fpr"))) or math.isnan(_num(r.get("tpr")))):  # results.json: NaN is null
+            ax.plot([max(_num(r["fpr"]), 1e-4)], [_num(r["tpr"])], "o", color=line.get_color())
     ax.set_xscale("log")
     ax.set_xlim(1e-4, 1.0)
     ax.set_ylim(0, 1.02)
@@ -291,13 +291,19 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
     title = f"puface evaluation: {results.get('name', '')}"
     env = results.get("environment", {})
     timings = ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in results.get("timings_s", {}).items())
+    # each line only when the results hold it: a report rebuilt from a trimmed folder (`puface report html`) has no
+    # run environment or timings, and says so in its notes instead of printing zeros
     meta = [
-        f"data: {html.escape(str(results.get('data_root', '')))}",
-        f"runs: {results.get('n_runs', 0)}; wall time running the grid {results.get('wall_s', 0):.0f} s ({timings})",
-        "protected users: "
-        + "; ".join(f"seed {s}: {html.escape(', '.join(u))}" for s, u in results.get("users", {}).items()),
-        f"environment: Python {env.get('python', '?')}, torch {env.get('torch', '?')}, {env.get('device', '?')}, "
-        f"{env.get('threads', '?')} threads; finished {results.get('finished', '')}",
+        *([f"data: {html.escape(str(results['data_root']))}"] if "data_root" in results else []),
+        *([f"runs: {results.get('n_runs', 0)}; wall time running the grid {results.get('wall_s', 0):.0f} s "
+           f"({timings})"] if "wall_s" in results else
+          [f"runs: {results['n_runs']}"] if "n_runs" in results else []),
+        *(["protected users: "
+           + "; ".join(f"seed {s}: {html.escape(', '.join(u))}" for s, u in results["users"].items())]
+          if "users" in results else []),
+        *([f"environment: Python {env.get('python', '?')}, torch {env.get('torch', '?')}, {env.get('device', '?')}, "
+           f"{env.get('threads', '?')} threads; finished {results.get('finished', '')}"] if env else []),
+        *(html.escape(str(n)) for n in results.get("notes", [])),
     ]
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',

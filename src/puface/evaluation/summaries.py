@@ -25,7 +25,8 @@ from ..utils.errors import PufaceError
 from ..utils.tomlconfig import read_toml
 from .tables import GROUP_KEYS, md_cell, summarise_rows
 
-__all__ = ["load_summary", "load_pooled", "run_protocol", "QUERY_NOTE", "headline", "headline_markdown",
+__all__ = ["load_summary", "load_results", "load_pooled", "run_protocol", "QUERY_NOTE", "headline",
+           "headline_markdown",
            "defenses_table", "users_table", "repeats_table", "compare_table", "draws_table", "NOT_BASELINES"]
 
 NOT_BASELINES = {"none", "puface"}
@@ -95,6 +96,11 @@ def load_summary(folder: Path) -> list[dict]:
         for k in ("asr_mean", "asr_std", "normal_acc_mean", "normal_acc_std"):
             r[k] = _number(r[k])
     return rows
+
+
+def load_results(folder: Path) -> list[dict]:
+    """results.csv's rows (one per run: seed, user, the cell, asr, normal_acc), as the text the file holds."""
+    return _csv(Path(folder) / "results.csv")
 
 
 def load_pooled(folders: list[Path]) -> list[dict]:

@@ -2,7 +2,8 @@
 
 Modules, in the order data flows: `config` (schema, `extends`, reading and writing configs), `build`
 (config entries -> attacks, defenses, victims, trainers, users), `runner` (`run_experiment`),
-`results` (the output folder: runs.jsonl as results arrive, then CSV, Markdown, JSON and the report).
+`results` (the output folder: runs.jsonl as results arrive, then CSV, Markdown, JSON and the report),
+`report_folder` (a finished folder's report rebuilt from its files: `puface report html`).
 
     from puface.experiments import load_config, run_experiment
     result = run_experiment(load_config("demo"), "runs/demo")

@@ -1,0 +1,135 @@
+"""`puface report html RUN`: a run folder's report.html rebuilt from the files the folder holds (nothing run again):
+from results.json as the run wrote it, from a folder trimmed to its CSVs and config (docs/results/), and one clear
+error for a folder without results."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from evaluation_helpers import EXPERIMENT_COLOURS_TOML, STANDIN_EMBEDDER, register_standins, write_colour_faces
+from puface.cli import main
+from puface.experiments import load_config, run_experiment
+
+TABLE = re.compile(r'<table class="results">.*?</table>', re.S)
+FIGURE = re.compile(r"<figure>.*?</figure>", re.S)
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory) -> Path:
+    """A tiny finished run (colour stand-ins, 2 users, 2 trainers, 3 defenses) with its report and examples."""
+    register_standins()
+    tmp = tmp_path_factory.mktemp("report_html")
+    root = write_colour_faces(tmp / "data")
+    (tmp / "c.toml").write_text(EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)))
+    res = run_experiment(load_config(tmp / "c.toml"), tmp / "out", progress=False, echo=lambda s: None)
+    assert res.report is not None and (tmp / "out" / "results.json").is_file()
+    return tmp / "out"
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_deleted_report_is_rebuilt_as_the_run_wrote_it_and_nothing_else_is_touched(run_folder, tmp_path, capsys):
+    folder = tmp_path / "run"
+    shutil.copytree(run_folder, folder)
+    wrote = (folder / "report.html").read_bytes()
+    (folder / "report.html").unlink()
+    before = _files(folder)
+    assert main(["report", "html", str(folder)]) == 0
+    assert f"written: {folder / 'report.html'}" in capsys.readouterr().out
+    after = _files(folder)
+    assert after.pop("report.html") == wrote  # the same page, byte for byte: charts, ROC curves, image grids
+    assert after == before  # no other file written or changed (no temporary file left)
+
+    # --out: the page elsewhere, the run folder untouched
+    out = tmp_path / "elsewhere" / "r.html"
+    assert main(["report", "html", str(folder), "--out", str(out)]) == 0
+    assert out.read_bytes() == wrote and _files(folder) == {**before, "report.html": wrote}
+
+
+def test_a_folder_trimmed_to_its_csvs_and_config_renders_the_same_tables(run_folder, tmp_path):
+    """docs/results/ folders keep config.toml, summary.csv, table.md (some results.csv, detection.csv): no
+    results.json, no config.resolved.json, no examples."""
+    wrote = (run_folder / "report.html").read_text()
+    for keep in (("config.toml", "summary.csv", "table.md"),
+                 ("config.toml", "summary.csv", "results.csv", "detection.csv", "table.md")):
+        folder = tmp_path / str(len(keep))
+        folder.mkdir()
+        for name in keep:
+            shutil.copy(run_folder / name, folder / name)
+        assert main(["report", "html", str(folder)]) == 0
+        page = (folder / "report.html").read_text()
+        assert sorted(p.name for p in folder.iterdir()) == sorted((*keep, "report.html"))
+        assert TABLE.findall(page) == TABLE.findall(wrote) and len(TABLE.findall(page)) >= 3
+        charts = re.findall(r'<img class="chart" src="[^"]*" alt="bar chart: ([^"]*)"', page)
+        assert charts == re.findall(r'<img class="chart" src="[^"]*" alt="bar chart: ([^"]*)"', wrote)
+        assert charts == [f"victim {STANDIN_EMBEDDER}, trainer nn", f"victim {STANDIN_EMBEDDER}, trainer linear"]
+        # what it lacks is said, not printed as zeros; the ROC curves live only in results.json
+        assert "results.json is not in this folder" in page and "wall time running the grid" not in page
+        assert "Cloak detection: ROC curves" in wrote and "Cloak detection: ROC curves" not in page
+        assert "<figure>" not in page
+        if "results.csv" in keep:  # the protected users and runs, as the run wrote them
+            users = re.search(r"protected users: seed 0: [^<]*", wrote)
+            assert users is not None and users.group(0) in page
+            assert re.search(r"runs: (\d+)", page).group(1) == re.search(r"runs: (\d+)", wrote).group(1)
+            assert "no run environment, timings or ROC curves (the detection table gives AUC" in page
+
+
+def test_a_trimmed_folder_with_its_examples_gets_the_same_image_grids(run_folder, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("config.toml", "summary.csv", "table.md"):
+        shutil.copy(run_folder / name, folder / name)
+    shutil.copytree(run_folder / "examples", folder / "examples")
+    assert main(["report", "html", str(folder)]) == 0
+    page, wrote = (folder / "report.html").read_text(), (run_folder / "report.html").read_text()
+    assert FIGURE.findall(wrote) and sorted(FIGURE.findall(page)) == sorted(FIGURE.findall(wrote))
+    assert re.findall(r"<h3>[^<]*seed[^<]*</h3>", page) == re.findall(r"<h3>[^<]*seed[^<]*</h3>", wrote)
+
+
+def test_a_folder_without_results_is_one_clear_error(run_folder, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["report", "html", str(empty)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"puface: error: {empty / 'summary.csv'}: not found (expected a `puface reproduce` output folder)"
+
+    unfinished = tmp_path / "unfinished"  # a run stopped before its tables: told to resume it
+    unfinished.mkdir()
+    shutil.copy(run_folder / "runs.jsonl", unfinished / "runs.jsonl")
+    assert main(["report", "html", str(unfinished)]) == 2
+    assert "has not finished" in capsys.readouterr().err
+
+    for missing in ("config.toml", "table.md"):  # the CSVs without what the page needs beside them: named
+        folder = tmp_path / f"no-{missing}"
+        folder.mkdir()
+        for name in {"config.toml", "summary.csv", "table.md"} - {missing}:
+            shutil.copy(run_folder / name, folder / name)
+        assert main(["report", "html", str(folder)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"puface: error: {folder / missing}: not found") and "\n" not in err
+        assert not (folder / "report.html").exists()
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run_folder, broken)
+    (broken / "report.html").unlink()
+    (broken / "results.json").write_text('{"name": "cut')
+    assert main(["report", "html", str(broken)]) == 2
+    assert f"{broken / 'results.json'}: cannot be read as JSON" in capsys.readouterr().err
+    assert not (broken / "report.html").exists()
+
+
+def test_a_roc_chart_from_results_json_takes_its_nulls(monkeypatch):
+    """results.json writes NaN as null (strict JSON): an attack without an AUC or operating point is drawn without
+    them, not a TypeError when the report is rebuilt from the file."""
+    from puface.evaluation.report import roc_chart
+
+    det = {"rows": [{"attack": "a", "auc": None, "fpr": None, "tpr": None}], "roc": {"a": {"fpr": [0, 1],
+                                                                                        "tpr": [0, 1]}}}
+    uri = roc_chart(det)
+    assert uri is not None and uri.startswith("data:image/png;base64,")
