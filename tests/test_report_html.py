@@ -51,6 +51,11 @@ def test_a_deleted_report_is_rebuilt_as_the_run_wrote_it_and_nothing_else_is_tou
     assert main(["report", "html", str(folder), "--out", str(out)]) == 0
     assert out.read_bytes() == wrote and _files(folder) == {**before, "report.html": wrote}
 
+    # --out onto one of the run's own files: refused, the file kept
+    assert main(["report", "html", str(folder), "--out", str(folder / "table.md")]) == 2
+    assert "is one of the run's own files" in capsys.readouterr().err
+    assert _files(folder) == {**before, "report.html": wrote}
+
 
 def test_a_folder_trimmed_to_its_csvs_and_config_renders_the_same_tables(run_folder, tmp_path):
     """docs/results/ folders keep config.toml, summary.csv, table.md (some results.csv, detection.csv): no

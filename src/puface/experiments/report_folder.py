@@ -22,7 +22,11 @@ from ..utils.errors import PufaceError
 from .config import load_config
 from .results import example_name
 
-__all__ = ["report_inputs", "rebuild_report"]
+__all__ = ["report_inputs", "rebuild_report", "INPUTS"]
+
+#: the files of a run folder the report may be built from (never written by `rebuild_report`)
+INPUTS = ("results.json", "table.md", "summary.csv", "results.csv", "config.toml", "config.resolved.json",
+          "detection.csv", "runs.jsonl", "details.jsonl", "state.json")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -113,7 +117,9 @@ def rebuild_report(folder: str | Path, out: str | Path | None = None) -> Path:
     """Render the report of the finished run in `folder` again and write it atomically to `out` (default
     folder/report.html); no other file is written. Returns the path written."""
     folder = Path(folder)
-    results, table_md = report_inputs(folder)
     path = Path(out) if out is not None else folder / "report.html"
+    if path.resolve() in {(folder / n).resolve() for n in INPUTS}:
+        raise PufaceError(f"{path}: is one of the run's own files the report is built from; write it elsewhere")
+    results, table_md = report_inputs(folder)
     atomic_write_bytes(path, render_report(folder, results, table_md).encode("utf-8"))
     return path
