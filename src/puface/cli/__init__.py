@@ -41,7 +41,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Run an experiment grid from a config (a packaged name or a TOML file).",
     ),
     "demo": ("puface.cli.evaluate_cmd", "demo", "End-to-end demo on the embedded default data."),
-    "report": ("puface.cli.report_cmd", "report", "Tables from finished experiments (headline, per-cell summaries)."),
+    "report": (
+        "puface.cli.report_cmd",
+        "report",
+        "Tables and the HTML report from finished experiments (headline, cells, html).",
+    ),
 }
 
 
