@@ -67,3 +67,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def colour_run(tmp_path_factory) -> Path:
+    """A tiny finished experiment (tests/evaluation_helpers.py's colour stand-ins: 2 users, 2 trainers, 3 defenses)
+    with its report.html, results.json and examples: the run folder. Read only; copy it to change it."""
+    from evaluation_helpers import EXPERIMENT_COLOURS_TOML, register_standins, write_colour_faces
+    from puface.experiments import load_config, run_experiment
+
+    register_standins()
+    tmp = tmp_path_factory.mktemp("colour_run")
+    root = write_colour_faces(tmp / "data")
+    (tmp / "c.toml").write_text(EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)))
+    res = run_experiment(load_config(tmp / "c.toml"), tmp / "out", progress=False, echo=lambda s: None)
+    assert res.report is not None and (tmp / "out" / "results.json").is_file()
+    return tmp / "out"

@@ -31,15 +31,10 @@ def chromium() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
-    register_standins()
-    tmp = tmp_path_factory.mktemp("report")
-    root = write_colour_faces(tmp / "data")
-    (tmp / "c.toml").write_text(EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)))
-    res = run_experiment(load_config(tmp / "c.toml"), tmp / "out", progress=False, echo=lambda s: None)
-    assert res.report is not None
-    return res.report
+@pytest.fixture
+def report(colour_run) -> Path:
+    """The report.html of the shared tiny finished run (conftest's `colour_run`)."""
+    return colour_run / "report.html"
 
 
 def test_report_is_self_contained(report):

@@ -8,35 +8,20 @@ import re
 import shutil
 from pathlib import Path
 
-import pytest
-
-from evaluation_helpers import EXPERIMENT_COLOURS_TOML, STANDIN_EMBEDDER, register_standins, write_colour_faces
+from evaluation_helpers import STANDIN_EMBEDDER
 from puface.cli import main
-from puface.experiments import load_config, run_experiment
 
 TABLE = re.compile(r'<table class="results">.*?</table>', re.S)
 FIGURE = re.compile(r"<figure>.*?</figure>", re.S)
-
-
-@pytest.fixture(scope="module")
-def run_folder(tmp_path_factory) -> Path:
-    """A tiny finished run (colour stand-ins, 2 users, 2 trainers, 3 defenses) with its report and examples."""
-    register_standins()
-    tmp = tmp_path_factory.mktemp("report_html")
-    root = write_colour_faces(tmp / "data")
-    (tmp / "c.toml").write_text(EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)))
-    res = run_experiment(load_config(tmp / "c.toml"), tmp / "out", progress=False, echo=lambda s: None)
-    assert res.report is not None and (tmp / "out" / "results.json").is_file()
-    return tmp / "out"
 
 
 def _files(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_a_deleted_report_is_rebuilt_as_the_run_wrote_it_and_nothing_else_is_touched(run_folder, tmp_path, capsys):
+def test_a_deleted_report_is_rebuilt_as_the_run_wrote_it_and_nothing_else_is_touched(colour_run, tmp_path, capsys):
     folder = tmp_path / "run"
-    shutil.copytree(run_folder, folder)
+    shutil.copytree(colour_run, folder)
     wrote = (folder / "report.html").read_bytes()
     (folder / "report.html").unlink()
     before = _files(folder)
@@ -57,16 +42,16 @@ def test_a_deleted_report_is_rebuilt_as_the_run_wrote_it_and_nothing_else_is_tou
     assert _files(folder) == {**before, "report.html": wrote}
 
 
-def test_a_folder_trimmed_to_its_csvs_and_config_renders_the_same_tables(run_folder, tmp_path):
+def test_a_folder_trimmed_to_its_csvs_and_config_renders_the_same_tables(colour_run, tmp_path):
     """docs/results/ folders keep config.toml, summary.csv, table.md (some results.csv, detection.csv): no
     results.json, no config.resolved.json, no examples."""
-    wrote = (run_folder / "report.html").read_text()
+    wrote = (colour_run / "report.html").read_text()
     for keep in (("config.toml", "summary.csv", "table.md"),
                  ("config.toml", "summary.csv", "results.csv", "detection.csv", "table.md")):
         folder = tmp_path / str(len(keep))
         folder.mkdir()
         for name in keep:
-            shutil.copy(run_folder / name, folder / name)
+            shutil.copy(colour_run / name, folder / name)
         assert main(["report", "html", str(folder)]) == 0
         page = (folder / "report.html").read_text()
         assert sorted(p.name for p in folder.iterdir()) == sorted((*keep, "report.html"))
@@ -85,19 +70,19 @@ def test_a_folder_trimmed_to_its_csvs_and_config_renders_the_same_tables(run_fol
             assert "no run environment, timings or ROC curves (the detection table gives AUC" in page
 
 
-def test_a_trimmed_folder_with_its_examples_gets_the_same_image_grids(run_folder, tmp_path):
+def test_a_trimmed_folder_with_its_examples_gets_the_same_image_grids(colour_run, tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
     for name in ("config.toml", "summary.csv", "table.md"):
-        shutil.copy(run_folder / name, folder / name)
-    shutil.copytree(run_folder / "examples", folder / "examples")
+        shutil.copy(colour_run / name, folder / name)
+    shutil.copytree(colour_run / "examples", folder / "examples")
     assert main(["report", "html", str(folder)]) == 0
-    page, wrote = (folder / "report.html").read_text(), (run_folder / "report.html").read_text()
+    page, wrote = (folder / "report.html").read_text(), (colour_run / "report.html").read_text()
     assert FIGURE.findall(wrote) and sorted(FIGURE.findall(page)) == sorted(FIGURE.findall(wrote))
     assert re.findall(r"<h3>[^<]*seed[^<]*</h3>", page) == re.findall(r"<h3>[^<]*seed[^<]*</h3>", wrote)
 
 
-def test_a_folder_without_results_is_one_clear_error(run_folder, tmp_path, capsys):
+def test_a_folder_without_results_is_one_clear_error(colour_run, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["report", "html", str(empty)]) == 2
@@ -106,7 +91,7 @@ def test_a_folder_without_results_is_one_clear_error(run_folder, tmp_path, capsy
 
     unfinished = tmp_path / "unfinished"  # a run stopped before its tables: told to resume it
     unfinished.mkdir()
-    shutil.copy(run_folder / "runs.jsonl", unfinished / "runs.jsonl")
+    shutil.copy(colour_run / "runs.jsonl", unfinished / "runs.jsonl")
     assert main(["report", "html", str(unfinished)]) == 2
     assert "has not finished" in capsys.readouterr().err
 
@@ -114,14 +99,14 @@ def test_a_folder_without_results_is_one_clear_error(run_folder, tmp_path, capsy
         folder = tmp_path / f"no-{missing}"
         folder.mkdir()
         for name in {"config.toml", "summary.csv", "table.md"} - {missing}:
-            shutil.copy(run_folder / name, folder / name)
+            shutil.copy(colour_run / name, folder / name)
         assert main(["report", "html", str(folder)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"puface: error: {folder / missing}: not found") and "\n" not in err
         assert not (folder / "report.html").exists()
 
     broken = tmp_path / "broken"
-    shutil.copytree(run_folder, broken)
+    shutil.copytree(colour_run, broken)
     (broken / "report.html").unlink()
     (broken / "results.json").write_text('{"name": "cut')
     assert main(["report", "html", str(broken)]) == 2
