@@ -293,18 +293,22 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
     timings = ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in results.get("timings_s", {}).items())
     # each line only when the results hold it: a report rebuilt from a trimmed folder (`puface report html`) has no
     # run environment or timings, and says so in its notes instead of printing zeros
-    meta = [
-        *([f"data: {html.escape(str(results['data_root']))}"] if "data_root" in results else []),
-        *([f"runs: {results.get('n_runs', 0)}; wall time running the grid {results.get('wall_s', 0):.0f} s "
-           f"({timings})"] if "wall_s" in results else
-          [f"runs: {results['n_runs']}"] if "n_runs" in results else []),
-        *(["protected users: "
-           + "; ".join(f"seed {s}: {html.escape(', '.join(u))}" for s, u in results["users"].items())]
-          if "users" in results else []),
-        *([f"environment: Python {env.get('python', '?')}, torch {env.get('torch', '?')}, {env.get('device', '?')}, "
-           f"{env.get('threads', '?')} threads; finished {results.get('finished', '')}"] if env else []),
-        *(html.escape(str(n)) for n in results.get("notes", [])),
-    ]
+    meta = []
+    if "data_root" in results:
+        meta.append(f"data: {html.escape(str(results['data_root']))}")
+    if "wall_s" in results:
+        meta.append(f"runs: {results.get('n_runs', 0)}; wall time running the grid {results['wall_s']:.0f} s "
+                    f"({timings})")
+    elif "n_runs" in results:
+        meta.append(f"runs: {results['n_runs']}")
+    if "users" in results:
+        meta.append("protected users: "
+                    + "; ".join(f"seed {s}: {html.escape(', '.join(u))}" for s, u in results["users"].items()))
+    if env:
+        meta.append(f"environment: Python {env.get('python', '?')}, torch {env.get('torch', '?')}, "
+                    f"{env.get('device', '?')}, {env.get('threads', '?')} threads; "
+                    f"finished {results.get('finished', '')}")
+    meta += [html.escape(str(n)) for n in results.get("notes", [])]
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
