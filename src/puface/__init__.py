@@ -40,10 +40,18 @@ _API = (
 
 
 def __getattr__(name: str):
-    """The API functions, imported on first use (so `import puface` stays fast)."""
+    """The API functions, imported on first use (so `import puface` stays fast). Without torch (or another of
+    puface's dependencies) installed: an ImportError saying what to pip install, as the CLI says it."""
     if name in _API:
-        from . import api
+        try:
+            from . import api
+        except ModuleNotFoundError as e:
+            from .utils.errors import missing_base_dependency
 
+            missing = missing_base_dependency(e)
+            if missing is None:
+                raise
+            raise missing from None
         return getattr(api, name)
     raise AttributeError(f"module 'puface' has no attribute {name!r}")
 

@@ -44,7 +44,7 @@ from ..purifier.model import Purifier
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
 from ..utils.fingerprint import module_fingerprint
-from ..utils.images import check_unit_images, quantize, to_float
+from ..utils.images import check_unit_images, quantize
 from ..utils.metrics import psnr
 from ..utils.paths import package_weights
 from ..utils.version import __version__
@@ -293,7 +293,7 @@ class CloakDetector(torch.nn.Module):
 
     def to_chips(self, images: torch.Tensor) -> torch.Tensor:
         """Float [0, 1] (uint8 accepted) (N, 3, H, W) -> (N, 3, S, S) at the chip size, on the 8-bit grid."""
-        x = check_unit_images(to_float(images), "detector")
+        x = check_unit_images(images, "detector", uint8=True)
         s = self.config.chip_size
         if tuple(x.shape[-2:]) != (s, s):
             x = F.interpolate(x.float(), size=(s, s), mode="bilinear", align_corners=False, antialias=True)
@@ -431,7 +431,11 @@ class CloakDetector(torch.nn.Module):
     def is_cloaked(self, scores: torch.Tensor, fpr: float | None = None, storage: str = "") -> torch.Tensor:
         """(N,) bool: scores above `threshold(fpr, storage=storage)` (storage: how the chips were stored, e.g.
         "jpeg:quality=75,subsampling=4:2:0"; "" = unknown)."""
-        return torch.as_tensor(scores) > self.threshold(fpr, storage=storage)
+        scores = torch.as_tensor(scores)
+        if scores.ndim > 1:  # images instead of their scores gave a bool per pixel
+            raise ValueError(f"is_cloaked: expected (N,) scores (detector.score(images)), "
+                             f"got shape {tuple(scores.shape)}")
+        return scores > self.threshold(fpr, storage=storage)
 
     def _need_calibration(self) -> None:
         if not self.calibrated:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from ..utils.device import resolve_device
 from ..utils.registry import Registry
 from .base import FaceEmbedder
 
@@ -42,7 +43,7 @@ def create_embedder(name: str, device: str | None = None, **kwargs) -> FaceEmbed
     """Build a built-in embedder by name (weights come from installed packages, cached once)."""
     _load_builtin()
     emb = EMBEDDERS.create(name, **kwargs)
-    return emb.to(device) if device else emb
+    return emb.to(resolve_device(device)) if device else emb
 
 
 def model_path(spec: str) -> Path:
@@ -69,6 +70,6 @@ def load_embedder(spec: str, device: str | None = None, **kwargs) -> FaceEmbedde
         from .custom import load_custom_embedder
 
         emb = load_custom_embedder(p, **kwargs)
-        return emb.to(device) if device else emb
+        return emb.to(resolve_device(device)) if device else emb
     EMBEDDERS.get(spec)  # raises a clear "unknown embedder" error
     raise AssertionError("unreachable")  # pragma: no cover

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
-from ..utils.images import check_unit_images, to_float
+from ..utils.images import check_unit_images
 from ..utils.paths import package_weights
 from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from .rednet import RedNet, RedNetConfig, conv_flops
@@ -268,8 +268,8 @@ class Purifier(nn.Module):
         larger than `TILE` on a side go through in overlapping tiles (`tiled`), so memory does not grow with them.
         """
         step = check_step(step)
-        images = to_float(images)
-        if images.ndim != 4 or images.shape[1] != 3 or 0 in images.shape[2:]:
+        images = check_unit_images(images, "purifier", uint8=True)
+        if 0 in images.shape[2:]:
             raise ValueError(f"expected (N, 3, H, W) RGB images of at least 1 x 1 px, got shape {tuple(images.shape)}")
         home, home_fmt = next(self.parameters()).device, weights_memory_format(self)
         if device is not None:

@@ -33,6 +33,11 @@ class MissingDependencyError(PufaceError):
     """A needed package or asset is not installed; the message says which `pip install` fixes it."""
 
 
+class MissingBaseDependencyError(MissingDependencyError, ImportError):
+    """One of puface's own dependencies (torch, numpy, ...) is not installed: an ImportError too, so Python code that
+    guards `import puface`'s API with `except ImportError` sees it (`missing_base_dependency`)."""
+
+
 # import name -> distribution name of puface's own dependencies that code imports directly (the model packages
 # are found by path, and say so themselves: models.weights.package_dir); click is imported before any command runs
 BASE_IMPORTS = {
@@ -48,10 +53,11 @@ BASE_IMPORTS = {
 }
 
 
-def missing_base_dependency(exc: ModuleNotFoundError) -> MissingDependencyError | None:
-    """The `MissingDependencyError` for an import of one of puface's own dependencies that failed because the
+def missing_base_dependency(exc: ModuleNotFoundError) -> MissingBaseDependencyError | None:
+    """The `MissingBaseDependencyError` for an import of one of puface's own dependencies that failed because the
     package is absent (`pip install --no-deps`, a venv without torch), naming the pip requirement as
-    puface's metadata states it; None when `exc` is about any other module (a bug: let it surface)."""
+    puface's metadata states it; None when `exc` is about any other module (a bug: let it surface). The CLI
+    prints it as one line; `puface.<api name>` raises it."""
     top = (exc.name or "").partition(".")[0]
     dist = BASE_IMPORTS.get(top)
     if dist is None:
@@ -69,7 +75,9 @@ def missing_base_dependency(exc: ModuleNotFoundError) -> MissingDependencyError 
         pass
     what = "PyTorch (the Python package 'torch')" if dist == "torch" else f"the Python package {dist!r}"
     hint = "  (for a CUDA build, the command at https://pytorch.org/get-started/locally/)" if dist == "torch" else ""
-    return MissingDependencyError(f"{what} is not installed; puface needs it: pip install '{spec}'{hint}")
+    err = MissingBaseDependencyError(f"{what} is not installed; puface needs it: pip install '{spec}'{hint}")
+    err.name = top  # ImportError's own field: the module that is missing
+    return err
 
 
 class ConfigError(PufaceError):

@@ -7,6 +7,8 @@ files decode to. Rounding is to nearest (ties to even), as saving a PNG does.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -27,18 +29,28 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
-def check_unit_images(images: torch.Tensor, who: str) -> torch.Tensor:
+def check_unit_images(images: torch.Tensor, who: str, uint8: bool = False) -> torch.Tensor:
     """`images` checked as float RGB in [0, 1], (N, 3, H, W), for a model's input (returned as they are; the model
-    casts them to its own dtype): an integer tensor or values plainly outside [0, 1] (e.g. 0..255 floats; a loose
-    bound, so optimisation steps just past the range pass) raise ValueError naming `who` and the fix."""
-    if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 3:
-        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
-        raise ValueError(f"{who}: expected float RGB images (N, 3, H, W) in [0, 1], got {shape}")
+    casts them to its own dtype): not a tensor, an integer tensor or values plainly outside [0, 1] (e.g. 0..255
+    floats; a loose bound, so optimisation steps just past the range pass) or NaN / infinite values raise ValueError
+    naming `who` and the fix. uint8: a uint8 tensor is taken as 0..255 and returned as float (`to_float`)."""
+    if not torch.is_tensor(images):  # a numpy array, a PIL image, a list: not guessed at
+        raise ValueError(f"{who}: expected a torch tensor of float RGB images (N, 3, H, W) in [0, 1], got "
+                         f"{type(images).__name__} (a uint8 (H, W, 3) array or PIL image: "
+                         "puface.utils.images.image_to_tensor(np.asarray(img))[None])")
+    if uint8:
+        images = to_float(images)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"{who}: expected float RGB images (N, 3, H, W) in [0, 1], got {tuple(images.shape)}")
     if not images.is_floating_point():
         raise ValueError(f"{who}: expected a float tensor in [0, 1], got dtype {images.dtype} "
                          "(uint8 images: puface.utils.images.to_float(x), i.e. x.float() / 255)")
     if images.numel():
-        lo, hi = torch.aminmax(images.detach())
+        lo, hi = torch.aminmax(images.detach())  # NaN anywhere makes both NaN
+        if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+            bad = int((~torch.isfinite(images.detach())).sum())
+            raise ValueError(f"{who}: expected values in [0, 1], got {bad} NaN or infinite value(s) "
+                             f"in {tuple(images.shape)}")
         if float(hi) > 1.5 or float(lo) < -0.5:
             raise ValueError(f"{who}: expected values in [0, 1], got [{float(lo):.3g}, {float(hi):.3g}] "
                              "(0..255 images: divide by 255)")

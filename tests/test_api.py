@@ -1,0 +1,85 @@
+"""The Python API as a newcomer calls it (`import puface`): images in the wrong form, the usual mistakes. Each is
+either taken (as documented) or a ValueError / ImportError that names the problem, never a silent wrong answer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import puface
+
+
+@pytest.fixture(scope="module")
+def models():
+    """The shipped purifier and detector, a defense and an embedder: every API entry that takes images."""
+    purifier = puface.load_purifier()
+    return {"purifier.purify": purifier.purify, "purifier(images)": purifier,
+            "detector.score": puface.load_detector().score, "defense": puface.create_defense("jpeg:quality=75"),
+            "embedder": puface.create_embedder("sface")}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_infinite_pixels_are_refused_by_every_model(models, bad):
+    """A NaN pixel (a division by zero upstream) came back as NaN images or embeddings, as black from the JPEG
+    defense (a silent wrong answer) or as an IndexError from inside the detector: now a ValueError naming the count."""
+    x = torch.rand(2, 3, 24, 24)
+    x[1, 0, 3, 4] = bad
+    for who, call in models.items():
+        with pytest.raises(ValueError, match=r"expected values in \[0, 1\], got 1 NaN or infinite value"):
+            call(x)
+        assert call(x[:1]).isfinite().all(), who  # the clean image alone is fine
+
+
+@pytest.mark.parametrize("what", ["ndarray", "Image", "list"])
+def test_purify_and_score_refuse_what_is_not_a_tensor_naming_it(models, what):
+    """A numpy array, a PIL image or a list of tensors into `purifier.purify` or `detector.score` (the two that also
+    take uint8) gave AttributeError "'Image' object has no attribute 'dtype'"; now the ValueError the other models
+    give, naming the type and how to make a tensor of it."""
+    from PIL import Image
+
+    x = torch.rand(1, 3, 24, 24)
+    arr = (x[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    given = {"ndarray": arr, "Image": Image.fromarray(arr), "list": [x[0]]}[what]
+    for who in ("purifier.purify", "detector.score"):
+        with pytest.raises(ValueError, match=rf"expected a torch tensor .* got {what} .*image_to_tensor"):
+            models[who](given)
+    assert models["purifier.purify"]((x * 255).round().to(torch.uint8)).dtype == torch.float32  # uint8: documented
+
+
+def test_is_cloaked_refuses_images_given_for_scores():
+    """`detector.is_cloaked(images)` (the images, not `detector.score(images)`) returned a bool per pixel, a tensor
+    of the images' shape that looks like an answer; now a ValueError. Scores as a list or one number still work."""
+    detector = puface.load_detector()
+    with pytest.raises(ValueError, match=r"expected \(N,\) scores .* got shape \(2, 3, 8, 8\)"):
+        detector.is_cloaked(torch.rand(2, 3, 8, 8))
+    t = detector.threshold()
+    assert detector.is_cloaked([t - 1, t + 1]).tolist() == [False, True]
+    assert bool(detector.is_cloaked(torch.tensor(t + 1))) is True
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where there is no CUDA")
+@pytest.mark.parametrize("device", ["cuda", "gpu"], ids=["no-cuda", "unknown"])  # an id "cuda" reads as the mark
+def test_create_embedder_on_a_device_this_machine_lacks_is_one_line(device):
+    """`create_embedder("sface", device="cuda")` on a CPU-only machine raised torch's AssertionError ("Torch not
+    compiled with CUDA enabled"), "auto" a RuntimeError: the device goes through `resolve_device` as in
+    load_purifier and create_attack."""
+    from puface.utils.errors import PufaceError
+
+    with pytest.raises(PufaceError, match="device"):
+        puface.create_embedder("sface", device=device)
+    assert next(puface.create_embedder("sface", device="auto").parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize("code", ["import puface; puface.load_purifier()", "from puface import create_attack"])
+def test_the_api_without_torch_is_an_import_error_saying_what_to_install(code):
+    """A venv without torch: `puface.load_purifier()` raised ModuleNotFoundError 'torch' from deep inside; now an
+    ImportError (from `errors.missing_base_dependency`, the CLI's one line) naming the pip requirement."""
+    run = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None\ntry:\n    " + code +
+                          "\nexcept ImportError as e:\n    print(type(e).__name__, e.name, e)"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0 and run.stderr == "", run.stderr[-2000:]
+    assert run.stdout.startswith("MissingBaseDependencyError torch PyTorch") and "pip install 'torch>=" in run.stdout
