@@ -83,3 +83,13 @@ def test_the_api_without_torch_is_an_import_error_saying_what_to_install(code):
                          capture_output=True, text=True)
     assert run.returncode == 0 and run.stderr == "", run.stderr[-2000:]
     assert run.stdout.startswith("MissingBaseDependencyError torch PyTorch") and "pip install 'torch>=" in run.stdout
+
+
+def test_a_misspelt_shipped_purifier_names_the_shipped_ones():
+    """`load_purifier("arcfase112")` said only "purifier checkpoint not found" (the detector's loader lists its
+    shipped names); now Purifier.load, the one home the `puface` defense also goes through, lists them."""
+    from puface.utils.errors import PufaceError
+
+    for load in (puface.load_purifier, lambda w: puface.create_defense("puface", weights=w)(torch.rand(1, 3, 8, 8))):
+        with pytest.raises(PufaceError, match=r"arcfase112: purifier checkpoint not found; .* default, arcface112"):
+            load("arcfase112")

@@ -71,8 +71,6 @@ class PuFaceDefense(Defense):
     def purifier(self) -> Purifier:
         """The purifier network, loaded on first use."""
         if self._purifier is None:
-            if self._weights is not None and not is_shipped(self._weights) and not Path(self._weights).exists():
-                raise PufaceError(f"{self._weights}: purifier checkpoint not found")
             p = Purifier.load(self._weights)
             p.eval()
             if self.device:
