@@ -93,3 +93,21 @@ def test_a_misspelt_shipped_purifier_names_the_shipped_ones():
     for load in (puface.load_purifier, lambda w: puface.create_defense("puface", weights=w)(torch.rand(1, 3, 8, 8))):
         with pytest.raises(PufaceError, match=r"arcfase112: purifier checkpoint not found; .* default, arcface112"):
             load("arcfase112")
+
+
+def test_run_experiment_seeds_are_integers_or_a_config_error(tmp_path):
+    """`run_experiment(cfg, seeds=1)` raised TypeError "'int' object is not iterable" (a config's `seeds = 1` is
+    taken), `seeds=[1.5]` ran seed 1 (int(1.5)), `seeds=0` was ignored (falsy), and a config's `seeds = 1.5` was a
+    TypeError; now one integer or a list of them, anything else the config's ConfigError, before anything runs."""
+    from puface.experiments import ExperimentConfig
+    from puface.utils.errors import ConfigError
+
+    cfg = puface.load_config("demo")
+    assert cfg.with_seeds(1).seeds == [1] and cfg.with_seeds(np.int64(0)).seeds == [0]
+    assert cfg.with_seeds([np.int64(2), 3]).seeds == [2, 3]
+    for bad in (1.5, [1.5], ["a"], [], [True]):
+        with pytest.raises(ConfigError, match="seeds must be a list of integers"):
+            puface.run_experiment(cfg, tmp_path / "out", seeds=bad)
+    with pytest.raises(ConfigError, match="seeds must be a list of integers, got 1.5"):
+        ExperimentConfig.from_dict({**cfg.raw, "seeds": 1.5})
+    assert not (tmp_path / "out").exists()

@@ -81,7 +81,7 @@ def create_trainer(name: str | dict, embedder: FaceEmbedder | str, **options: An
 
 
 def run_experiment(config: ExperimentConfig | str | Path | dict, out: str | Path | None = None, *,
-                   data: str | Path | None = None, seeds: list[int] | None = None, device: str | None = None,
+                   data: str | Path | None = None, seeds: int | list[int] | None = None, device: str | None = None,
                    progress: bool = False, restart: bool = False) -> ExperimentResult:
     """Run an experiment grid and write its results (CSV, Markdown, JSON, HTML report) into `out`.
 
@@ -97,6 +97,6 @@ def run_experiment(config: ExperimentConfig | str | Path | dict, out: str | Path
         cfg = load_config(config)
     if data is not None:
         cfg = cfg.with_data_root(data)
-    if seeds:
-        cfg = cfg.with_seeds(list(seeds))
+    if seeds is not None:
+        cfg = cfg.with_seeds(seeds)
     return _run_experiment(cfg, out, device=device, progress=progress, restart=restart)

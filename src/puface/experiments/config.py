@@ -66,9 +66,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..attacks import attack_label
 from ..defenses import default_label
@@ -228,7 +229,8 @@ class ExperimentConfig:
         seeds = raw.get("seeds", [0])
         if isinstance(seeds, int):
             seeds = [seeds]
-        if not seeds or not all(isinstance(s, int) for s in seeds):
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                               for s in seeds):  # `seeds = 1.5`: a TypeError
             raise ConfigError(f"{where}: seeds must be a list of integers, got {seeds!r}")
         attacks = [cls._attack(a, where) for a in cls._tables(raw, "attacks", where)]
         trainers = [cls._trainer(t, where) for t in cls._tables(raw, "trainers", where)]
@@ -356,9 +358,13 @@ class ExperimentConfig:
     def with_data_root(self, root: str | Path) -> "ExperimentConfig":
         return self._edited(lambda raw: raw.setdefault("data", {}).__setitem__("root", str(root)))
 
-    def with_seeds(self, seeds: list[int]) -> "ExperimentConfig":
-        """The same config with other split/user/attack seeds (a repeat of the grid on other data draws)."""
-        return self._edited(lambda raw: raw.__setitem__("seeds", [int(s) for s in seeds]))
+    def with_seeds(self, seeds: int | Sequence[int]) -> "ExperimentConfig":
+        """The same config with other split/user/attack seeds (a repeat of the grid on other data draws): a list of
+        integers (numpy's too) or one; anything else is the ConfigError of a config's `seeds` (no int(1.5) = 1)."""
+        given: Any = [seeds] if isinstance(seeds, numbers.Integral) else seeds
+        if isinstance(given, (list, tuple, range)):
+            given = [int(s) if isinstance(s, numbers.Integral) and not isinstance(s, bool) else s for s in given]
+        return self._edited(lambda raw: raw.__setitem__("seeds", given))
 
     def with_detection(self, **changes: Any) -> "ExperimentConfig":
         """The same config with [detection] settings changed (recorded in the config saved with the results)."""
