@@ -111,3 +111,18 @@ def test_run_experiment_seeds_are_integers_or_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="seeds must be a list of integers, got 1.5"):
         ExperimentConfig.from_dict({**cfg.raw, "seeds": 1.5})
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["fawkes", "opom"])  # CloakAttack.run and GroupCloakAttack.run
+def test_an_attack_names_itself_and_what_it_was_given(name):
+    """An attack given 0..255 floats said only "images must be finite and in [0, 1]" (not what it got, nor the
+    fix), a numpy array a TypeError; now the models' check (`check_unit_images`) naming the attack, then its own
+    strict [0, 1] with the range it got."""
+    attack = puface.create_attack(name, embedders=["dlib-resnet29"], device="cpu")
+    x = torch.rand(1, 3, 16, 16)
+    with pytest.raises(ValueError, match=rf"attack {name}.*: expected values in \[0, 1\], got .*255.*divide by 255"):
+        attack(x * 255)
+    with pytest.raises(ValueError, match=rf"attack {name}.*: expected values in \[0, 1\], got \[.*, 1\.2\]$"):
+        attack(torch.cat([x, torch.full_like(x, 1.2)]))
+    with pytest.raises(ValueError, match=rf"attack {name}.*: expected a torch tensor .* got ndarray"):
+        attack(x.numpy())

@@ -26,7 +26,7 @@ from ..models.base import FaceEmbedder
 from ..utils.device import resolve_device
 from ..utils.errors import ConfigError
 from ..utils.fingerprint import image_digest
-from ..utils.images import quantize
+from ..utils.images import check_unit_images, quantize
 from ..utils.metrics import dssim, psnr
 from ..utils.seeding import stable_seed
 from .surrogates import SurrogateSpec, describe_surrogate, resolve_surrogates
@@ -156,18 +156,17 @@ class CloakAttack:
             gens.append(g)
         return gens
 
-    @staticmethod
-    def _check_images(images: torch.Tensor, min_side: int) -> None:
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be RGB (N, 3, H, W), got shape {tuple(images.shape)}")
-        if not images.is_floating_point():
-            raise ValueError(f"images must be float in [0, 1], got {images.dtype}")
+    def _check_images(self, images: torch.Tensor, min_side: int) -> None:
+        """The models' check (`check_unit_images`: a float (N, 3, H, W) tensor, finite, not 0..255), then the
+        attack's own: at least `min_side` px, values strictly in [0, 1]; a ValueError naming the attack."""
+        who = f"attack {self.name}"
+        check_unit_images(images, who)
         if min(images.shape[-2:]) < min_side:
-            raise ValueError(f"images must be at least {min_side}x{min_side} px, got {tuple(images.shape[-2:])}")
-        if images.numel() and (not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1):
-            raise ValueError("images must be finite and in [0, 1]")
+            raise ValueError(f"{who}: images must be at least {min_side}x{min_side} px, got {tuple(images.shape[-2:])}")
+        if images.numel():
+            lo, hi = (float(v) for v in torch.aminmax(images.detach()))
+            if lo < 0 or hi > 1:
+                raise ValueError(f"{who}: expected values in [0, 1], got [{lo:.3g}, {hi:.3g}]")
 
     @property
     def min_side(self) -> int:
