@@ -42,9 +42,11 @@ __all__ = [
 
 
 def load_purifier(path: str | Path | None = None, device: str | None = "cpu") -> Purifier:
-    """A purifier: the one shipped with puface (`path=None`) or a checkpoint (.safetensors or .pt).
+    """A purifier: the one shipped with puface (`path=None`; "arcface112": the one for ArcFace 112 px crops) or a
+    checkpoint (.safetensors or .pt).
 
-    `purifier.purify(images)` purifies a tensor batch (no gradients, batched, returns CPU);
+    `purifier.purify(images)` purifies a tensor batch ((N, 3, H, W) float in [0, 1] or uint8, any size; no
+    gradients, batched, returns float on the CPU);
     `purifier(images)` is the differentiable forward pass; `purifier.purify_folder(IN, OUT)` purifies a
     folder tree (streamed, resumable). `device`: "cpu", "cuda", "auto" (CUDA when available).
     """
@@ -56,9 +58,10 @@ def load_detector(path: str | Path | None = None, device: str | None = "cpu", pu
     sources that sharpen; "edits": edited or mixed sources, sharpened or with other contrast or gamma; both miss
     most Fawkes-low cloaks), or a detector file (`puface train-detector`).
 
-    `detector.score(images)` gives (N,) cloak scores of (N, 3, H, W) images in [0, 1] (higher = more likely
-    cloaked), `detector.is_cloaked(scores, fpr=0.01)` the decisions at a false-positive rate calibrated on
-    natural photos, `detector.detect_folder(IN, "scores.csv")` scores a folder tree (streamed, resumable).
+    `detector.score(images)` gives (N,) cloak scores of (N, 3, H, W) images in [0, 1] (or uint8; any size, resized to
+    150 px chips; higher = more likely cloaked), `detector.is_cloaked(scores, fpr=0.01)` the (N,) decisions at a
+    false-positive rate calibrated on natural photos (None: the file's own, 1% for the shipped ones),
+    `detector.detect_folder(IN, "scores.csv")` scores a folder tree (streamed, resumable).
     purifier: the purifier its features use (None: the shipped one, which the shipped detector is calibrated for).
     """
     from .detection import load_detector as load
@@ -68,7 +71,8 @@ def load_detector(path: str | Path | None = None, device: str | None = "cpu", pu
 
 def create_embedder(name: str, device: str | None = None, **options: Any) -> FaceEmbedder:
     """A face model by registry name (`list_embedders()`) or the path of your ONNX / TorchScript model:
-    (N, 3, H, W) in [0, 1], any size -> (N, D) L2-normalised embeddings."""
+    (N, 3, H, W) float in [0, 1], any size -> (N, D) L2-normalised embeddings. device: None = the CPU, "cuda",
+    "auto" (CUDA when available)."""
     return load_embedder(name, device=device, **options)
 
 
@@ -86,8 +90,11 @@ def run_experiment(config: ExperimentConfig | str | Path | dict, out: str | Path
     """Run an experiment grid and write its results (CSV, Markdown, JSON, HTML report) into `out`.
 
     config: an `ExperimentConfig`, a config dict (TOML's form), a TOML file or a packaged config's name
-    ("demo", "lfw", ...). data: the identity folders instead of the config's [data] root. seeds: other
-    draws of users and splits. Returns an `ExperimentResult` (rows, summary, the Markdown table, paths).
+    ("demo", "lfw", ...). out: default the config's [run] output, else runs/<name>; a folder holding this config's
+    finished runs is resumed (`restart=True` discards them), one of another config is refused. data: the identity
+    folders instead of the config's [data] root. seeds: other draws of users and splits (an integer or a list).
+    Returns an `ExperimentResult`: `rows` and `summary` (lists of dicts), `table_md` (the Markdown table),
+    `output` and `report` (paths), `wall_s`.
     """
     if isinstance(config, dict):
         cfg = ExperimentConfig.from_dict(config)

@@ -72,7 +72,8 @@ def create_attack(spec: "str | dict", **options: Any) -> CloakAttack:
     `create_attack("fawkes", mode="high", embedders=["dlib-resnet29"], seed=0, device=None)`,
     `create_attack("lowkey:steps=20,embedders=dlib-resnet29|sface")`. Options are the attack's knobs;
     ``through`` (a defense, "default" = the shipped purifier), ``gradient`` and ``eot_noise`` make it
-    adaptive (`adaptive.adaptive_options`). A table's ``label`` is ignored (it names the row in tables)."""
+    adaptive (`adaptive.adaptive_options`). Keyword options override a spec's. A table's ``label`` is ignored (it
+    names the row in tables)."""
     table = {**as_table(spec if not isinstance(spec, str) or ":" in spec else {"name": spec}, "attack"), **options}
     table.pop("label", None)
     name = str(table.pop("name"))

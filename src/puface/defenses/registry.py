@@ -43,7 +43,8 @@ def create_defense(spec: "str | dict | Defense", **params: Any) -> Defense:
     """A defense from a name and its options (`create_defense("jpeg", quality=75)`), a spec string
     (``"blur:sigma=1+bitdepth:bits=5"``), a table (``{"name": "jpeg", "quality": 75}``) or a defense.
 
-    Unknown names and options raise `ConfigError` / `PufaceError` listing what is accepted.
+    Keyword options override a single spec's. Unknown names and options raise `ConfigError` / `PufaceError` listing
+    what is accepted.
     """
     if isinstance(spec, Defense):
         if params:
