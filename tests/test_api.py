@@ -126,3 +126,19 @@ def test_an_attack_names_itself_and_what_it_was_given(name):
         attack(torch.cat([x, torch.full_like(x, 1.2)]))
     with pytest.raises(ValueError, match=rf"attack {name}.*: expected a torch tensor .* got ndarray"):
         attack(x.numpy())
+
+
+def test_run_experiment_refuses_an_output_folder_inside_its_data(tmp_path):
+    """`run_experiment(cfg, out=DATA/"out")` ran and wrote its examples into the data folder, so the next call (a
+    resume) was refused as "results of other data (images added ...)"; now refused before anything is written, as
+    the folder jobs refuse an output inside their input (`io.files.check_output_folder`)."""
+    from evaluation_helpers import EXPERIMENT_COLOURS_TOML, register_standins, write_colour_faces
+    from puface.utils.errors import PufaceError
+    from puface.utils.tomlconfig import tomllib
+
+    register_standins()
+    root = write_colour_faces(tmp_path / "data", per_identity=4, size=16)
+    cfg = tomllib.loads(EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)))
+    with pytest.raises(PufaceError, match="lies inside the input folder"):
+        puface.run_experiment(cfg, out=root / "out")
+    assert not (root / "out").exists()

@@ -14,6 +14,7 @@ from ..evaluation.data import EvaluationData
 from ..evaluation.detection import detection_scores, summarise_detection
 from ..evaluation.photos import PhotoPath, PhotoProtocol
 from ..evaluation.protocol import protocol_class
+from ..io.files import check_output_folder
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
 from .build import (
@@ -67,6 +68,7 @@ def run_experiment(
     out = Path(output or cfg.run.get("output") or Path("runs") / cfg.name)
     device = _device(device or cfg.run.get("device"))
     root = resolve_data_root(cfg.data["root"])
+    check_output_folder(root, out)  # inside the data, its own files would change the data a resume is checked against
     victims = build_victims(cfg, device)
     defenses = {d.label: build_defense(d, device) for d in cfg.defenses}
     trainers = build_trainers(cfg, device)
