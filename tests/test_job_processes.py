@@ -491,3 +491,105 @@ def test_asking_which_ranks_run_does_not_refuse_a_rank_starting(tmp_path):
     finally:
         asker.kill()
         asker.wait()
+
+
+def test_a_rank_starting_as_another_ends_is_not_refused(tmp_path):
+    """The last process out locked the whole lock file for a moment to remove it, and a rank claiming its share at that
+    instant (or looking for other world sizes) was refused: with rank 0 starting and ending in a loop, 261 of 28,270
+    starts of rank 1 in 1.5 s were refused ("as rank 0", "with another --world-size"), and two ranks looking for other
+    world sizes at once refused each other too. A starting process now waits out a removal and another's start (the
+    gate byte), so no start is refused, and the last one out still removes the file."""
+    import subprocess
+    import sys
+    import time
+
+    from puface.io.jobs import claim_file
+    from puface.utils.errors import PufaceError
+
+    scores = tmp_path / "scores.csv"
+    code = (
+        "import time; from pathlib import Path; from puface.io.jobs import claim_file\n"
+        f"p = Path({str(scores)!r}); print('go', flush=True); t = time.time(); refused = 0\n"
+        "while time.time() - t < 1.2:\n"
+        "    try:\n        claim_file(p, 0, 2)()\n    except Exception:\n        refused += 1\n"
+        "print(refused, flush=True)\n"
+    )
+    other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "go"
+        starts, refused, t = 0, [], time.time()
+        while time.time() - t < 0.8:
+            starts += 1
+            try:
+                claim_file(scores, 1, 2)()
+            except PufaceError as e:
+                refused.append(str(e))
+        assert int(other.communicate(timeout=60)[0]) == 0
+    finally:
+        other.kill()
+        other.wait()
+    assert starts > 200 and refused == [], (starts, len(refused), refused[:1])
+    assert not scores.with_name(".scores.csv.lock").exists()
+
+
+def test_ranks_ending_together_remove_the_lock_file(tmp_path):
+    """Of two ranks ending at once, each tested whether the whole lock file was free while the other still held its
+    share, and neither removed it (0 to 9 of 300 such ends left `.scores.csv.lock` behind). Here rank 0's test fails
+    while rank 1 holds its share, and rank 0 is held there while rank 1 ends; a process now lets go of its own share
+    before it tests, so rank 1 finds the file free and removes it."""
+    import subprocess
+    import sys
+
+    from puface.io.jobs import claim_file
+
+    scores = tmp_path / "scores.csv"
+    code = (
+        "import fcntl, sys; from pathlib import Path; from puface.io.jobs import claim_file\n"
+        "real = fcntl.lockf\n"
+        "def lockf(f, cmd, length=0, start=0, whence=0):\n"
+        "    try:\n        return real(f, cmd, length, start, whence)\n"
+        "    except OSError:\n"
+        "        if (length, start) == (0, 0):  # the test of the whole file, failed: wait here\n"
+        "            print('tested', flush=True); sys.stdin.readline()\n"
+        "        raise\n"
+        f"c = claim_file(Path({str(scores)!r}), 0, 2); print('held', flush=True); sys.stdin.readline()\n"
+        "fcntl.lockf = lockf\n"
+        "c()\n"
+    )
+    other = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert other.stdin is not None and other.stdout is not None
+    try:
+        assert other.stdout.readline().strip() == "held"
+        mine = claim_file(scores, 1, 2)
+        other.stdin.write("end\n")
+        other.stdin.flush()
+        assert other.stdout.readline().strip() == "tested"
+        mine()
+        other.stdin.write("go on\n")
+        other.stdin.flush()
+        assert other.wait(timeout=60) == 0
+    finally:
+        other.kill()
+        other.wait()
+    assert not scores.with_name(".scores.csv.lock").exists()
+
+
+def test_a_process_whose_lock_file_was_replaced_does_not_remove_the_new_one(tmp_path):
+    """A process ending removed the lock file under its name whatever file that was by then: one that had been removed
+    (by hand, or by another process) and made again by a process now holding it went, so a second run of that
+    process's rank was let in. The file is removed only while its name is still the file this process holds."""
+    from puface.io.jobs import claim_output
+    from puface.utils.errors import PufaceError
+
+    out = tmp_path / "out"
+    mine = claim_output(out, 1, 2)
+    (out / ".puface.lock").unlink()  # removed while held
+    holder = _holder(out, 0, 2)  # claims a new lock file
+    try:
+        mine()
+        assert (out / ".puface.lock").exists()
+        with pytest.raises(PufaceError, match="as rank 0"):
+            claim_output(out, 0, 2)
+    finally:
+        holder.kill()
+        holder.wait()
