@@ -593,3 +593,30 @@ def test_a_process_whose_lock_file_was_replaced_does_not_remove_the_new_one(tmp_
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_rank_restarted_with_another_detector_names_the_ranks_it_did_not_rescore(johns_dir, tmp_path, capsys):
+    """Ranks share one scores CSV; rank 0 alone restarted with another detector (same columns: `sharpen` after
+    `default`) kept rank 1's rows of the first, judged them at the new detector's thresholds, and said nothing; a
+    plain resume of rank 1 with the new detector then took those rows for its own. A restart cannot refuse (the other
+    ranks may restart after it, one at a time), so the run file now records the detector per rank: a rank that ends
+    with rows of another detector in the file names those ranks, and a resume over its own rows of another detector is
+    refused; once every rank has restarted, the warning is gone."""
+    src, scores = _tree(johns_dir, tmp_path / "in"), tmp_path / "scores.csv"
+    detect = ["detect", str(src), "--out", str(scores), "--no-progress", "--device", "cpu", "--world-size", "2"]
+    for rank in ("0", "1"):
+        assert main([*detect, "--rank", rank]) == 0
+    first = {r["path"]: r["score"] for r in _rows(scores)}
+    capsys.readouterr()
+    assert main([*detect, "--rank", "0", "--restart", "--detector", "sharpen"]) == 0
+    out = capsys.readouterr().out
+    assert "holds rows of rank(s) 1 scored by another detector" in out and "--restart too" in out
+    rows = {r["path"]: r["score"] for r in _rows(scores)}
+    assert [rows[p] == first[p] for p in sorted(rows)] == [False, True, False, True]  # rank 1's: id0/1, id1/1
+    assert main([*detect, "--rank", "1", "--detector", "sharpen"]) == 2
+    assert "the rows of rank 1's files were scored by another detector" in capsys.readouterr().err
+    assert main([*detect, "--rank", "1", "--restart", "--detector", "sharpen"]) == 0
+    assert "another detector" not in capsys.readouterr().out
+    assert all(r["score"] != first[r["path"]] for r in _rows(scores)) and len(_rows(scores)) == 4
+    run = json.loads((tmp_path / "scores-run.json").read_text())
+    assert run["world_size"] == 2 and run["ranks"] == {"0": run["detector"], "1": run["detector"]}
