@@ -620,3 +620,23 @@ def test_a_rank_restarted_with_another_detector_names_the_ranks_it_did_not_resco
     assert all(r["score"] != first[r["path"]] for r in _rows(scores)) and len(_rows(scores)) == 4
     run = json.loads((tmp_path / "scores-run.json").read_text())
     assert run["world_size"] == 2 and run["ranks"] == {"0": run["detector"], "1": run["detector"]}
+
+
+@pytest.mark.parametrize("text", ["", "{\"detector\": \"4962e3"])
+def test_a_resume_over_an_empty_or_broken_run_file_is_one_line_or_goes_on(johns_dir, tmp_path, capsys, text):
+    """A run file that holds no JSON (cut or edited by hand) failed a resume with a JSONDecodeError traceback; and the
+    run file of a shared scores CSV, now written under its lock, is made empty first (a kill at that instant leaves it
+    so). An empty one reads as no record (the resume goes on, nothing rescored); a broken one is one line naming it
+    and what to do."""
+    src, scores = _tree(johns_dir, tmp_path / "in"), tmp_path / "scores.csv"
+    detect = ["detect", str(src), "--out", str(scores), "--no-progress", "--device", "cpu", "--world-size", "2"]
+    for rank in ("0", "1"):
+        assert main([*detect, "--rank", rank]) == 0
+    (tmp_path / "scores-run.json").write_text(text)
+    capsys.readouterr()
+    if not text:
+        assert main([*detect, "--rank", "0"]) == 0
+        assert "0 scored, 2 already done" in capsys.readouterr().out
+    else:
+        assert main([*detect, "--rank", "0"]) == 2
+        assert f"{tmp_path / 'scores-run.json'}: unreadable run file of scores.csv" in capsys.readouterr().err

@@ -431,6 +431,20 @@ def _check_same_run(out_csv: Path, old: dict, det_id: str, run: dict) -> None:
                               f"{'with' if run[key] else 'without'}; {how}")
 
 
+def _load_run(state: Path) -> dict:
+    """An earlier run's run file: {} when empty (made by its lock, `_record_rank`, and never written: a kill at that
+    instant); a `PufaceError` naming it when it holds no run record."""
+    try:
+        text = state.read_text(encoding="utf-8")
+        old = json.loads(text) if text.strip() else {}
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict):
+        raise PufaceError(f"{state}: unreadable run file of {state.name.removesuffix('-run.json')}.csv; pass --restart "
+                          "to score again, or delete it to keep the rows")
+    return old
+
+
 def _rank_detectors(old: dict, world_size: int) -> dict[str, str]:
     """{rank: the fingerprint of the detector that scored that rank's files} of a scores CSV that processes (--rank)
     share, from its run file `old`: its record per rank when written with this world size, else (an earlier run of
@@ -517,7 +531,7 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         if restart and not shared:
             out_csv.unlink(missing_ok=True)
         elif resume and not restart and out_csv.exists() and state.is_file():
-            old = json.loads(state.read_text(encoding="utf-8"))
+            old = _load_run(state)
             _check_same_run(out_csv, old, det_id, run)
             mine = _rank_detectors(old, world_size).get(str(rank), det_id) if shared else det_id
             if mine != det_id:  # the file's last run used this detector, another rank's restart: these rows are older
