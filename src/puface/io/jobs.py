@@ -477,8 +477,8 @@ def _names(path: Path, f: Any) -> bool:
 def _enter_gate(f: Any, busy: tuple[int, ...], wait: float = 2.0) -> None:
     """Hold `_GATE_BYTE` of the lock file `f`, waiting (polling every millisecond) while another process is claiming
     or the last process out holds the whole file to remove it; after `wait` seconds (a process stopped there, an older
-    puface holding the whole file for its run) go on without it: the claim is then refused as before. An `OSError`
-    other than a busy lock (no locks here) propagates."""
+    puface holding the whole file for its run) go on without it, as before there was a gate (a holder of the whole
+    file then refuses the claim). An `OSError` other than a busy lock (no locks here) propagates."""
     import fcntl
 
     deadline = time.monotonic() + wait
@@ -487,9 +487,9 @@ def _enter_gate(f: Any, busy: tuple[int, ...], wait: float = 2.0) -> None:
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _GATE_BYTE)
             return
         except OSError as e:
-            if e.errno not in busy or time.monotonic() > deadline:
-                if e.errno not in busy:
-                    raise
+            if e.errno not in busy:
+                raise
+            if time.monotonic() > deadline:
                 return
         time.sleep(0.001)
 
