@@ -6,9 +6,10 @@ Builds, under --work (default: a temporary folder, removed at the end), for each
 identity folders of 50-500 files (one in five nested three deep): hard links to copies of the johns chips, so a
 million files take no space; a second such tree as a finished output; a complete scores CSV for `puface detect`
 (the shipped detector's columns). Then measures, each in its own process (wall seconds, CPU seconds, peak memory):
-planning a fresh job (`plan_mirror`: listing, output checks, one output path per file), `puface purify` resumed over
-the finished output (every image done: nothing for the network), `puface detect` resumed over the complete CSV
-(every image scored). Writes bench/results/<name>.{md,csv}. With --world-size W the two CLI jobs run as rank 0 of W
+planning a fresh job (`plan_mirror`: listing, output checks, one output path per file), planning a fresh `puface
+cloak` (the same, outputs renamed and checked for two inputs of one output name; the import of torch included),
+`puface purify` resumed over the finished output (every image done: nothing for the network), `puface detect` resumed
+over the complete CSV (every image scored). Writes bench/results/<name>.{md,csv}. With --world-size W the two CLI jobs run as rank 0 of W
 processes (what one process of a multi-process job costs), and the plan measured is that rank's.
 """
 
@@ -36,6 +37,23 @@ try:
     jobs = plan_mirror(sys.argv[1], sys.argv[2], rank=0, world_size={w})
 except TypeError:
     jobs = shard(plan_mirror(sys.argv[1], sys.argv[2]), 0, {w})
+assert len(jobs) == {share}
+"""
+#: Planning a fresh `puface cloak` as rank 0 of {w} processes: output names renamed to .png and checked for two inputs
+#: of one output over every process's files (a puface whose `plan_mirror` takes no `clash`: the whole plan checked, then
+#: rank 0's share of it, as `cloak_folder` did). Includes the import of torch (the attacks' module).
+CLOAK_PLAN = """import sys
+from puface.attacks.folder import output_namer
+from puface.io.jobs import plan_mirror, shard
+rename = output_namer("fawkes")
+try:
+    jobs = plan_mirror(sys.argv[1], sys.argv[2], rename=rename, rank=0, world_size={w}, clash="rename one")
+except TypeError:
+    jobs, seen = plan_mirror(sys.argv[1], sys.argv[2], rename=rename), set()
+    for j in jobs:
+        assert j.dst not in seen
+        seen.add(j.dst)
+    jobs = shard(jobs, 0, {w})
 assert len(jobs) == {share}
 """
 
@@ -116,8 +134,10 @@ def main() -> None:
                     build_tree(tree, n, chips, pool)
             write_scores(src, work / f"scores{n}.csv", fields)
             plan = PLAN.format(w=w, share=len(range(0, n, w)))
+            cloak_plan = CLOAK_PLAN.format(w=w, share=len(range(0, n, w)))
             for label, cmd in (
                 ("plan a fresh job (plan_mirror)", [*py, "-c", plan, str(src), str(work / f"fresh{n}")]),
+                ("plan a fresh cloak (with torch)", [*py, "-c", cloak_plan, str(src), str(work / f"fresh{n}")]),
                 ("purify, resumed, all done", [*py, "-m", "puface", "purify", str(src), str(done), "--device", "cpu",
                                                "--no-progress", *ranks]),
                 ("detect, resumed, all scored", [*py, "-m", "puface", "detect", str(src), "--out",

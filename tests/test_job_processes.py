@@ -491,3 +491,152 @@ def test_asking_which_ranks_run_does_not_refuse_a_rank_starting(tmp_path):
     finally:
         asker.kill()
         asker.wait()
+
+
+def test_a_rank_starting_as_another_ends_is_not_refused(tmp_path):
+    """The last process out locked the whole lock file for a moment to remove it, and a rank claiming its share at that
+    instant (or looking for other world sizes) was refused: with rank 0 starting and ending in a loop, 261 of 28,270
+    starts of rank 1 in 1.5 s were refused ("as rank 0", "with another --world-size"), and two ranks looking for other
+    world sizes at once refused each other too. A starting process now waits out a removal and another's start (the
+    gate byte), so no start is refused, and the last one out still removes the file."""
+    import subprocess
+    import sys
+    import time
+
+    from puface.io.jobs import claim_file
+    from puface.utils.errors import PufaceError
+
+    scores = tmp_path / "scores.csv"
+    code = (
+        "import time; from pathlib import Path; from puface.io.jobs import claim_file\n"
+        f"p = Path({str(scores)!r}); print('go', flush=True); t = time.time(); refused = 0\n"
+        "while time.time() - t < 1.2:\n"
+        "    try:\n        claim_file(p, 0, 2)()\n    except Exception:\n        refused += 1\n"
+        "print(refused, flush=True)\n"
+    )
+    other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "go"
+        starts, refused, t = 0, [], time.time()
+        while time.time() - t < 0.8:
+            starts += 1
+            try:
+                claim_file(scores, 1, 2)()
+            except PufaceError as e:
+                refused.append(str(e))
+        assert int(other.communicate(timeout=60)[0]) == 0
+    finally:
+        other.kill()
+        other.wait()
+    assert starts > 200 and refused == [], (starts, len(refused), refused[:1])
+    assert not scores.with_name(".scores.csv.lock").exists()
+
+
+def test_ranks_ending_together_remove_the_lock_file(tmp_path):
+    """Of two ranks ending at once, each tested whether the whole lock file was free while the other still held its
+    share, and neither removed it (0 to 9 of 300 such ends left `.scores.csv.lock` behind). Here rank 0's test fails
+    while rank 1 holds its share, and rank 0 is held there while rank 1 ends; a process now lets go of its own share
+    before it tests, so rank 1 finds the file free and removes it."""
+    import subprocess
+    import sys
+
+    from puface.io.jobs import claim_file
+
+    scores = tmp_path / "scores.csv"
+    code = (
+        "import fcntl, sys; from pathlib import Path; from puface.io.jobs import claim_file\n"
+        "real = fcntl.lockf\n"
+        "def lockf(f, cmd, length=0, start=0, whence=0):\n"
+        "    try:\n        return real(f, cmd, length, start, whence)\n"
+        "    except OSError:\n"
+        "        if (length, start) == (0, 0):  # the test of the whole file, failed: wait here\n"
+        "            print('tested', flush=True); sys.stdin.readline()\n"
+        "        raise\n"
+        f"c = claim_file(Path({str(scores)!r}), 0, 2); print('held', flush=True); sys.stdin.readline()\n"
+        "fcntl.lockf = lockf\n"
+        "c()\n"
+    )
+    other = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert other.stdin is not None and other.stdout is not None
+    try:
+        assert other.stdout.readline().strip() == "held"
+        mine = claim_file(scores, 1, 2)
+        other.stdin.write("end\n")
+        other.stdin.flush()
+        assert other.stdout.readline().strip() == "tested"
+        mine()
+        other.stdin.write("go on\n")
+        other.stdin.flush()
+        assert other.wait(timeout=60) == 0
+    finally:
+        other.kill()
+        other.wait()
+    assert not scores.with_name(".scores.csv.lock").exists()
+
+
+def test_a_process_whose_lock_file_was_replaced_does_not_remove_the_new_one(tmp_path):
+    """A process ending removed the lock file under its name whatever file that was by then: one that had been removed
+    (by hand, or by another process) and made again by a process now holding it went, so a second run of that
+    process's rank was let in. The file is removed only while its name is still the file this process holds."""
+    from puface.io.jobs import claim_output
+    from puface.utils.errors import PufaceError
+
+    out = tmp_path / "out"
+    mine = claim_output(out, 1, 2)
+    (out / ".puface.lock").unlink()  # removed while held
+    holder = _holder(out, 0, 2)  # claims a new lock file
+    try:
+        mine()
+        assert (out / ".puface.lock").exists()
+        with pytest.raises(PufaceError, match="as rank 0"):
+            claim_output(out, 0, 2)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_rank_restarted_with_another_detector_names_the_ranks_it_did_not_rescore(johns_dir, tmp_path, capsys):
+    """Ranks share one scores CSV; rank 0 alone restarted with another detector (same columns: `sharpen` after
+    `default`) kept rank 1's rows of the first, judged them at the new detector's thresholds, and said nothing; a
+    plain resume of rank 1 with the new detector then took those rows for its own. A restart cannot refuse (the other
+    ranks may restart after it, one at a time), so the run file now records the detector per rank: a rank that ends
+    with rows of another detector in the file names those ranks, and a resume over its own rows of another detector is
+    refused; once every rank has restarted, the warning is gone."""
+    src, scores = _tree(johns_dir, tmp_path / "in"), tmp_path / "scores.csv"
+    detect = ["detect", str(src), "--out", str(scores), "--no-progress", "--device", "cpu", "--world-size", "2"]
+    for rank in ("0", "1"):
+        assert main([*detect, "--rank", rank]) == 0
+    first = {r["path"]: r["score"] for r in _rows(scores)}
+    capsys.readouterr()
+    assert main([*detect, "--rank", "0", "--restart", "--detector", "sharpen"]) == 0
+    out = capsys.readouterr().out
+    assert "holds rows of rank(s) 1 scored by another detector" in out and "--restart too" in out
+    rows = {r["path"]: r["score"] for r in _rows(scores)}
+    assert [rows[p] == first[p] for p in sorted(rows)] == [False, True, False, True]  # rank 1's: id0/1, id1/1
+    assert main([*detect, "--rank", "1", "--detector", "sharpen"]) == 2
+    assert "the rows of rank 1's files were scored by another detector" in capsys.readouterr().err
+    assert main([*detect, "--rank", "1", "--restart", "--detector", "sharpen"]) == 0
+    assert "another detector" not in capsys.readouterr().out
+    assert all(r["score"] != first[r["path"]] for r in _rows(scores)) and len(_rows(scores)) == 4
+    run = json.loads((tmp_path / "scores-run.json").read_text())
+    assert run["world_size"] == 2 and run["ranks"] == {"0": run["detector"], "1": run["detector"]}
+
+
+@pytest.mark.parametrize("text", ["", "{\"detector\": \"4962e3"])
+def test_a_resume_over_an_empty_or_broken_run_file_is_one_line_or_goes_on(johns_dir, tmp_path, capsys, text):
+    """A run file that holds no JSON (cut or edited by hand) failed a resume with a JSONDecodeError traceback; and the
+    run file of a shared scores CSV, now written under its lock, is made empty first (a kill at that instant leaves it
+    so). An empty one reads as no record (the resume goes on, nothing rescored); a broken one is one line naming it
+    and what to do."""
+    src, scores = _tree(johns_dir, tmp_path / "in"), tmp_path / "scores.csv"
+    detect = ["detect", str(src), "--out", str(scores), "--no-progress", "--device", "cpu", "--world-size", "2"]
+    for rank in ("0", "1"):
+        assert main([*detect, "--rank", rank]) == 0
+    (tmp_path / "scores-run.json").write_text(text)
+    capsys.readouterr()
+    if not text:
+        assert main([*detect, "--rank", "0"]) == 0
+        assert "0 scored, 2 already done" in capsys.readouterr().out
+    else:
+        assert main([*detect, "--rank", "0"]) == 2
+        assert f"{tmp_path / 'scores-run.json'}: unreadable run file of scores.csv" in capsys.readouterr().err

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..io.jobs import (FileJob, JobReport, LoadedImage, Outcome, begin_settings, check_settings, group_by_size,
-                       input_identity, keep_input_mode, load_for_job, plan_mirror, recorded_done, run_folder_job, shard)
+                       input_identity, keep_input_mode, load_for_job, plan_mirror, recorded_done, run_folder_job)
 from ..utils.errors import ImageReadError, PufaceError
 from ..utils.images import image_to_tensor, tensor_to_image
 from ..utils.version import __version__
@@ -280,16 +280,9 @@ def cloak_folder(
         raise PufaceError(
             "--targeted with --align is not supported yet; cut aligned chips first (puface align), then cloak them"
         )
-    jobs = plan_mirror(in_path, out_path, rename=output_namer(attack.kind, fmt, tool_suffix))
-    seen: dict[Path, Path] = {}
-    for j in jobs:
-        if j.dst in seen:
-            raise PufaceError(
-                f"{seen[j.dst]} and {j.src} would both be written to {j.dst}; rename one, or use --format same"
-            )
-        seen[j.dst] = j.src
-    if world_size > 1:
-        jobs = shard(jobs, rank, world_size)
+    # this process's share; two inputs (any process's) that would get one output name are refused as they stream past
+    jobs = plan_mirror(in_path, out_path, rename=output_namer(attack.kind, fmt, tool_suffix), rank=rank,
+                       world_size=world_size, clash="rename one, or use --format same")
     if fmt == "same" and any(j.dst.suffix.lower() in (".jpg", ".jpeg", ".webp") for j in jobs):
         say(
             "warning: writing lossy JPEG/WebP outputs (--format same): re-encoding weakens the cloak; "

@@ -283,6 +283,7 @@ class DetectReport:
     fields: list[str] = field(default_factory=list)  # the scores CSV's columns
     others_running: int = 0  # processes sharing the scores CSV (--rank) still scoring when this one ended
     cloaked_csv: Path | None = None  # `purify --skip-cloaked`: the list of the photos judged cloaked (and left out)
+    mixed: dict[str, str] = field(default_factory=dict)  # {rank: detector fingerprint} of ranks scored by another one
 
     @property
     def exit_code(self) -> int:
@@ -331,6 +332,10 @@ class DetectReport:
             lines.append(
                 f"scores: {self.scores_csv}" + (f"; per identity: {self.identities_csv}" if self.identities_csv else "")
             )
+        if self.mixed:
+            lines.append(f"warning: {self.scores_csv} holds rows of rank(s) {', '.join(self.mixed)} scored by another "
+                         f"detector ({', '.join(sorted(set(self.mixed.values())))}), judged here at this detector's "
+                         "thresholds: run those ranks with this detector and --restart too")
         if self.others_running:
             lines.append(f"{self.others_running} other process(es) sharing {self.scores_csv} (--rank) still running: "
                          "these counts are of the rows written so far; the last process to end writes the summaries "
@@ -426,6 +431,50 @@ def _check_same_run(out_csv: Path, old: dict, det_id: str, run: dict) -> None:
                               f"{'with' if run[key] else 'without'}; {how}")
 
 
+def _load_run(state: Path) -> dict:
+    """An earlier run's run file: {} when empty (made by its lock, `_record_rank`, and never written: a kill at that
+    instant); a `PufaceError` naming it when it holds no run record."""
+    try:
+        text = state.read_text(encoding="utf-8")
+        old = json.loads(text) if text.strip() else {}
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict):
+        raise PufaceError(f"{state}: unreadable run file of {state.name.removesuffix('-run.json')}.csv; pass --restart "
+                          "to score again, or delete it to keep the rows")
+    return old
+
+
+def _rank_detectors(old: dict, world_size: int) -> dict[str, str]:
+    """{rank: the fingerprint of the detector that scored that rank's files} of a scores CSV that processes (--rank)
+    share, from its run file `old`: its record per rank when written with this world size, else (an earlier run of
+    another world size, or of one process) every rank's rows by its one detector; {} without one."""
+    if old.get("world_size") == world_size and isinstance(old.get("ranks"), dict):
+        return {str(r): str(d) for r, d in old["ranks"].items()}
+    return {str(r): str(old["detector"]) for r in range(world_size)} if old.get("detector") else {}
+
+
+def _read_run(fd: int) -> dict:
+    """The run file open as `fd` (`io.jobs.locked_csv`), {} when empty or unreadable."""
+    try:
+        with read_locked(fd) as f:
+            old = json.loads(f.read() or "{}")
+    except ValueError:
+        return {}
+    return old if isinstance(old, dict) else {}
+
+
+def _record_rank(state: Path, rank: int, world_size: int, det_id: str, info: dict) -> dict[str, str]:
+    """Write the run file `state` of a scores CSV shared by processes (--rank) as `info` plus which detector scored each
+    rank's files, this rank's now `det_id`, the others' as the file said (under the run file's lock: the ranks write it
+    one at a time, none losing another's record). Returns {rank: fingerprint} of the ranks scored by another."""
+    with locked_csv(state) as fd:
+        ranks = _rank_detectors(_read_run(fd), world_size)
+        ranks[str(rank)] = det_id
+        atomic_write_bytes(state, json.dumps({**info, "world_size": world_size, "ranks": ranks}, indent=2).encode())
+    return {r: d for r, d in sorted(ranks.items(), key=lambda kv: int(kv[0])) if d != det_id}
+
+
 def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDetector | None = None,
                   weights: str | Path | None = None, device: str | None = None, fpr: float | None = None,
                   batch_size: int = 32, resume: bool = True, restart: bool = False, io_workers: int = 2,
@@ -482,13 +531,21 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         if restart and not shared:
             out_csv.unlink(missing_ok=True)
         elif resume and not restart and out_csv.exists() and state.is_file():
-            _check_same_run(out_csv, json.loads(state.read_text(encoding="utf-8")), det_id, run)
+            old = _load_run(state)
+            _check_same_run(out_csv, old, det_id, run)
+            mine = _rank_detectors(old, world_size).get(str(rank), det_id) if shared else det_id
+            if mine != det_id:  # the file's last run used this detector, another rank's restart: these rows are older
+                raise PufaceError(f"{out_csv}: the rows of rank {rank}'s files were scored by another detector "
+                                  f"({mine}, this one {det_id}); pass --restart")
         # the paths alone: the rows themselves are read again at the end (`_finish`), not held meanwhile. Processes
         # sharing the file (--rank) drop only their own files' rows without resume, --restart too (the whole file
         # deleted the rows the other ranks had just written); a rank's own file starts afresh
         done = set(_start_rows(out_csv, fields, resume and not restart,
                                {j.rel.as_posix() for j in jobs} if shared else None))
-        atomic_write_bytes(state, json.dumps({"detector": det_id, **run}, indent=2).encode())
+        if shared:
+            _record_rank(state, rank, world_size, det_id, {"detector": det_id, **run})
+        else:
+            atomic_write_bytes(state, json.dumps({"detector": det_id, **run}, indent=2).encode())
         common: dict[str, Any] = dict(
             batch_size=batch_size, resume=resume, desc="detecting", verb="scored", stats_csv=out_csv, progress=progress,
             is_done=lambda j: j.rel.as_posix() in done, stats_fields=fields, stats_key="path", stats_status=False)
@@ -514,7 +571,7 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
             process = detect_batch_process(det, None, fpr, batch_size, align, largest_face, fields, one_threshold)
             job = run_folder_job(jobs, process, io_workers=io_workers, **common)
         return _finish(out_csv, fields, thresholds, fpr_v, job, in_path, identities_csv, det_id, state=run,
-                       current=current, claim=claim)
+                       current=current, claim=claim, rank=(rank, world_size) if shared else None)
     finally:
         claim()
 
@@ -608,13 +665,15 @@ def calibrate_on_folder(detector: CloakDetector, in_path: str | Path, kind: str,
 def _finish(out_csv: Path, fields: list[str], thresholds: Thresholds, fpr: float, job: JobReport, in_path: Path,
             identities_csv: str | Path | None, det_id: str, *, state: dict | None = None,
             current: set[str] | None = None, claim: Claim | None = None,
-            cloaked_csv: Path | None = None) -> DetectReport:
+            cloaked_csv: Path | None = None, rank: tuple[int, int] | None = None) -> DetectReport:
     """Rewrite the scores with the decision at this run's thresholds (each row's storage's), write the identity
     summary (and with `cloaked_csv` the list of the rows judged cloaked). current: the paths (relative to the input) of
     this run's files; rows of other files (gone from the input since an earlier run) are dropped from the scores and
     the summary. The rows stream through, counted as they pass (two or three reads of the file; none is held).
     claim: this process's claim on the output, shared with other processes (--rank): the summaries are left to the
-    last of them to end (`Claim.others_running`), whose rows are all in by then."""
+    last of them to end (`Claim.others_running`), whose rows are all in by then. rank: (rank, world size) of a process
+    sharing the file: the run file records the detector per rank, and the ranks whose rows another detector scored
+    (one rank restarted with another detector, the others not yet) are named in the report (`DetectReport.mixed`)."""
     tally = IdentityTally(in_path.resolve().name if in_path.is_dir() else in_path.resolve().parent.name)
     rep = DetectReport(job, thresholds.default, fpr, scores_csv=out_csv, fields=fields, cloaked_csv=cloaked_csv)
     storages: dict[str, int] = {}  # scored rows per storage
@@ -678,7 +737,10 @@ def _finish(out_csv: Path, fields: list[str], thresholds: Thresholds, fpr: float
             "thresholds_by_storage": rep.thresholds, "one_threshold": thresholds.one, "fpr": fpr, "images": kept,
             "scored": rep.scored, "flagged": rep.flagged, "failed": [[str(p), why] for p, why in job.failed],
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **(state or {})}
-    atomic_write_bytes(_state_path(out_csv), json.dumps(info, indent=2).encode())
+    if rank is not None:
+        rep.mixed = _record_rank(_state_path(out_csv), *rank, det_id, info)
+    else:
+        atomic_write_bytes(_state_path(out_csv), json.dumps(info, indent=2).encode())
     return rep
 
 

@@ -163,6 +163,7 @@ def plan_mirror(
     rank: int = 0,
     world_size: int = 1,
     names: set[str] | None = None,
+    clash: str | None = None,
 ) -> list[FileJob]:
     """Map every image under `in_path` (a folder, or one file) to a path under `out_root`.
 
@@ -172,9 +173,12 @@ def plan_mirror(
     rank/world_size: only the share of process `rank` of `world_size` (`share`: every world_size-th file of the
     sorted listing, the same on every process and every run), the others' files listed but never held. names: a
     set that gets the relative POSIX path of every file listed, every process's (jobs that must know the whole input).
+    clash: refuse two input files (any process's) that `rename` gives one output path, with "A and B would both be
+    written to DST; {clash}" (`rename` changing extensions: a.jpg and a.png -> a.png); checked as the files stream
+    past (`unique_outputs`), so a process's plan still holds its share alone.
     """
     in_path, out_root = Path(in_path), Path(out_root)
-    files = iter_image_inputs(in_path, names)
+    files: Iterator[Path] = iter_image_inputs(in_path, names)
     first = next(files)  # the input's errors (none, not an image, no images) before the output's
     check_output_root(out_root)
     if in_path.is_file():
@@ -182,14 +186,45 @@ def plan_mirror(
     else:
         check_output_folder(in_path, out_root)
         base = in_path
+    files = itertools.chain([first], files)
+    if clash is not None:
+        files = unique_outputs(files, base, out_root, rename, clash)
     jobs = []
-    for f in share(itertools.chain([first], files), rank, world_size):
+    for f in share(files, rank, world_size):
         rel = f.relative_to(base)
         dst = out_root / rename(rel)
         if same_file(dst, f):
             raise PufaceError(f"{dst}: output path equals an input path; choose another output folder")
         jobs.append(FileJob(f, dst, rel))
     return jobs
+
+
+def unique_outputs(files: Iterable[Path], base: Path, out_root: Path, rename: Callable[[Path], Path],
+                   clash: str) -> Iterator[Path]:
+    """`files` (a listing of `files.iter_image_files`: depth first, in sorted order) passed through, a `PufaceError`
+    when two of them get one output name (`rename` of their path relative to `base`; it must keep a file in its folder,
+    as puface's renamers do: only then can two outputs meet; checked on each folder's first file). Only the output
+    names of the folders the walk is in are held: a folder left is never entered again, so its names are let go when
+    the first file of a folder outside it comes. Folders are compared as text (a `Path` comparison per file cost a
+    second at 200,000 files)."""
+    seen: dict[str, dict[str, Path]] = {}  # folder -> {output name: input}, for the folders the walk is in
+    names: dict[str, Path] = {}
+    here = None
+    for f in files:
+        folder = str(f).rpartition(os.sep)[0]
+        rel = f.relative_to(base)
+        out = rename(rel)
+        if folder != here:
+            if out.parent != rel.parent:
+                raise ValueError(f"rename moved {rel} to another folder ({out}); unique_outputs needs it in its folder")
+            here = folder
+            for d in [d for d in seen if not (folder == d or folder.startswith(d.rstrip(os.sep) + os.sep))]:
+                del seen[d]
+            names = seen.setdefault(folder, {})
+        if out.name in names:
+            raise PufaceError(f"{names[out.name]} and {f} would both be written to {out_root / out}; {clash}")
+        names[out.name] = f
+        yield f
 
 
 def iter_image_inputs(in_path: Path, names: set[str] | None = None) -> Iterator[Path]:
@@ -310,6 +345,12 @@ _WORLD_BYTES = 1 << 40
 #: rank's byte is, so that a test without locking sees it: `Claim._held`); between the ranks' bytes and the world
 #: sizes' (a lock beyond those would read as a process of a larger world size).
 _ENDED_BYTES = 1 << 39
+#: Byte _GATE_BYTE of a claim's lock file: a process claiming its share holds it while it takes its bytes and looks for
+#: other world sizes (one process at a time: their looks, brief exclusive locks, would otherwise meet and refuse both),
+#: and the last process out takes the whole file, this byte included, for the moment it removes the file; a process
+#: claiming the whole output locks every byte but this one. So a starting process waits out a removal or another's
+#: start (microseconds) instead of being refused by it, and no file is removed while a process is claiming it.
+_GATE_BYTE = 1 << 38
 
 
 class Claim:
@@ -364,15 +405,21 @@ class Claim:
         return False
 
     def __call__(self) -> None:
+        """Release the claim; the last process out removes the lock file. This process's bytes are let go first, so
+        that of two processes ending together one sees the other's gone and removes the file (each testing while the
+        other still held its share left the file behind); the whole file is then locked (free of every claim, and of
+        every process claiming at that moment: `_GATE_BYTE`) and removed only while its name is still this file (a
+        process that let go of an older file, removed meanwhile, never removes the newer one another process holds)."""
         f = self.f
         if f is None or f.closed:
             return
         import fcntl
 
-        try:  # the whole file is free of other claims: this is the last process, the file goes
+        try:
+            fcntl.lockf(f, fcntl.LOCK_UN, 0, 0)
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0)
-            if self.path is not None:  # (set with f)
-                self.path.unlink(missing_ok=True)
+            if self.path is not None and _names(self.path, f):  # (path is set with f)
+                self.path.unlink()
         except OSError:
             pass
         f.close()
@@ -418,6 +465,35 @@ def claim_file(path: Path, rank: int = 0, world_size: int = 1) -> Claim:
     return _claim(path.with_name(f".{path.name}.lock"), rank, world_size, str(path), "writing this file")
 
 
+def _names(path: Path, f: Any) -> bool:
+    """True when `path` is the file open as `f` (not removed, nor replaced by a newer one)."""
+    try:
+        held, now = os.fstat(f.fileno()), os.stat(path)
+    except OSError:
+        return False
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+
+
+def _enter_gate(f: Any, busy: tuple[int, ...], wait: float = 2.0) -> None:
+    """Hold `_GATE_BYTE` of the lock file `f`, waiting (polling every millisecond) while another process is claiming
+    or the last process out holds the whole file to remove it; after `wait` seconds (a process stopped there, an older
+    puface holding the whole file for its run) go on without it, as before there was a gate (a holder of the whole
+    file then refuses the claim). An `OSError` other than a busy lock (no locks here) propagates."""
+    import fcntl
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _GATE_BYTE)
+            return
+        except OSError as e:
+            if e.errno not in busy:
+                raise
+            if time.monotonic() > deadline:
+                return
+        time.sleep(0.001)
+
+
 def _claim(path: Path, rank: int, world_size: int, name: str, doing: str) -> Claim:
     """`claim_output` on lock file `path`; messages say "{name}: another puface process is {doing}"."""
     try:
@@ -426,7 +502,8 @@ def _claim(path: Path, rank: int, world_size: int, name: str, doing: str) -> Cla
     except ImportError:  # not POSIX
         return Claim()
     busy = (errno.EACCES, errno.EAGAIN)
-    start, length = (0, 0) if world_size <= 1 else (1 + rank, 1)  # length 0: the whole file, every share
+    # (length, start) of the bytes this process holds: one rank's byte, or every byte but the gate (the whole output)
+    ranges = [(1, 1 + rank)] if world_size > 1 else [(_GATE_BYTE, 0), (0, _GATE_BYTE + 1)]
     for _ in range(10):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -434,7 +511,9 @@ def _claim(path: Path, rank: int, world_size: int, name: str, doing: str) -> Cla
         except OSError:
             return Claim()
         try:
-            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)
+            _enter_gate(f, busy)  # a removal of the file in progress ends first; none starts until the gate is left
+            for length, start in ranges:
+                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)
         except OSError as e:
             f.close()
             if e.errno not in busy:
@@ -444,16 +523,13 @@ def _claim(path: Path, rank: int, world_size: int, name: str, doing: str) -> Cla
                                   "each process its own --rank, or wait for it to end") from None
             raise PufaceError(f"{name}: another puface process is {doing}; wait for it to end, or split the files "
                               "between processes with --rank/--world-size") from None
-        try:
-            held, now = os.fstat(f.fileno()), os.stat(path)
-            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
-                break
-        except OSError:
-            pass
+        if _names(path, f):
+            break
         f.close()  # a process that ended removed the file after it was opened here: claim the new one
     else:
         return Claim()
     if world_size <= 1:
+        _leave_gate(f)
         return Claim(f, path)
     # announce this world size, then find any other one: of two processes of different world sizes starting together,
     # the later to look sees the other's (both may be refused, never both let through)
@@ -470,7 +546,17 @@ def _claim(path: Path, rank: int, world_size: int, name: str, doing: str) -> Cla
             f"{name}: another puface process is {doing} with another --world-size; processes that share "
             f"it must all give the same --world-size (this one: {world_size}), or wait for it to end"
         ) from None
+    _leave_gate(f)
     return Claim(f, path, whole=False, rank=rank, world_size=world_size)
+
+
+def _leave_gate(f: Any) -> None:
+    import fcntl
+
+    try:
+        fcntl.lockf(f, fcntl.LOCK_UN, 1, _GATE_BYTE)
+    except OSError:
+        pass
 
 
 def begin_settings(path: Path, record: dict, *, resume: bool, kind: str,
