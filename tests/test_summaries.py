@@ -457,3 +457,55 @@ def test_headline_of_a_query_time_run_says_its_asr_counts_cloaked_probes(tmp_pat
         assert summaries.run_protocol(folder) == ("query" if query else "training")
     assert main(["report", "headline", str(tmp_path / "query-toml"), "--json", str(tmp_path / "h.json")]) == 0
     assert json.loads((tmp_path / "h.json").read_text())["protocol"] == "query"
+
+
+def _no_asr_runs(seed: int = 0) -> list[dict]:
+    """Runs of one white-box cell where no user has an ASR under no defense (no test photo of theirs) and one user has
+    none under the purifier; every run has a normal accuracy (the other identities' test photos)."""
+    return [{"seed": seed, "user": u, "attack": "lowkey", "victim": "v", "trainer": "nn", "defense": d,
+             "setting": "white-box", "asr": asr, "normal_acc": acc}
+            for d, u, asr, acc in (("none", "Ann", float("nan"), 0.9), ("none", "Bob", float("nan"), 0.8),
+                                   ("puface", "Ann", 0.2, 0.9), ("puface", "Bob", float("nan"), 0.7))]
+
+
+def test_table_md_shows_the_normal_accuracy_of_a_cell_where_no_user_has_an_asr():
+    """table.md formatted both numbers of a cell with the ASR's count: a cell where no user had an ASR showed "-" for
+    its normal accuracy too (yet the mean row below counted it), and a normal accuracy over two runs of which one had
+    an ASR lost its ± as if it were one run's."""
+    from types import SimpleNamespace
+
+    from puface.evaluation.tables import render_tables, summarise_rows
+
+    summary = summarise_rows(_no_asr_runs())
+    assert {r["defense"]: (r["n"], r["normal_acc_n"]) for r in summary} == {"none": (0, 2), "puface": (1, 2)}
+    cfg = SimpleNamespace(
+        attacks=[SimpleNamespace(label="lowkey")], victims=["v"], trainers=[SimpleNamespace(label="nn")],
+        defenses=[SimpleNamespace(label="none"), SimpleNamespace(label="puface")],
+        name="no-asr", description="", seeds=[0],
+    )
+    md = render_tables(cfg, summary, [])
+    assert "| lowkey | v | white-box | nn | - | 20.0 | 85.0 ± 7.1 | 80.0 ± 14.1 |" in md
+    assert "| none | - | 85.0 |" in md and "| puface | 20.0 | 80.0 |" in md  # the per-defense tables
+
+
+def test_pooled_summaries_weight_the_normal_accuracy_by_its_own_count(tmp_path):
+    """Folders trimmed to summary.csv pooled each cell's normal accuracy with the ASR's count as weight: a cell where
+    no user had an ASR lost its normal accuracy (NaN, "-" in `report headline`)."""
+    from puface.evaluation.tables import summarise_rows, write_csv
+
+    folders, runs = [], []
+    for seed in (0, 1):
+        d = tmp_path / f"seed{seed}"
+        d.mkdir()
+        (d / "config.toml").write_text(f'name = "g"\nseeds = [{seed}]\n')
+        rs = [{**r, "normal_acc": r["normal_acc"] - 0.1 * seed} for r in _no_asr_runs(seed)]
+        write_csv(d / "summary.csv", summarise_rows(rs))
+        folders.append(d)
+        runs += rs
+    pooled = {r["defense"]: r for r in summaries.load_pooled(folders)}
+    exact = {r["defense"]: r for r in summarise_rows(runs)}
+    for d in ("none", "puface"):
+        for k in ("asr_mean", "asr_std", "normal_acc_mean", "normal_acc_std"):
+            assert pooled[d][k] == pytest.approx(exact[d][k], nan_ok=True), (d, k)
+        assert (pooled[d]["n"], pooled[d]["normal_acc_n"]) == (exact[d]["n"], exact[d]["normal_acc_n"])
+    assert pooled["none"]["normal_acc_mean"] == pytest.approx(0.8)

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..utils.errors import PufaceError
 from ..utils.tomlconfig import read_toml
-from .tables import GROUP_KEYS, md_cell, summarise_rows
+from .tables import GROUP_KEYS, count_of, md_cell, summarise_rows
 
 __all__ = ["load_summary", "load_results", "load_pooled", "run_protocol", "QUERY_NOTE", "headline",
            "headline_markdown",
@@ -157,13 +157,14 @@ def _pool_summaries(folders: list[Path], grids: list[dict]) -> list[dict]:
     out = []
     for key, rs in cells.items():
         row: dict[str, Any] = dict(zip(GROUP_KEYS, key))
-        n = sum(int(r["n"]) for r in rs)
-        for m in ("asr", "normal_acc"):
-            parts = [(int(r["n"]), r[f"{m}_mean"], r[f"{m}_std"]) for r in rs if int(r["n"]) > 0]
+        counts: dict[str, int] = {}
+        for m in ("asr", "normal_acc"):  # each weighted by its own count: a run without an ASR has a normal accuracy
+            parts = [(count_of(r, m), r[f"{m}_mean"], r[f"{m}_std"]) for r in rs if count_of(r, m) > 0]
+            n = counts[m] = sum(k for k, _, _ in parts)
             mean = sum(k * v for k, v, _ in parts) / n if n else float("nan")
             ss = sum((k - 1) * sd ** 2 + k * (v - mean) ** 2 for k, v, sd in parts)
             row[f"{m}_mean"], row[f"{m}_std"] = mean, (ss / (n - 1)) ** 0.5 if n > 1 else (0.0 if n else float("nan"))
-        row.update(n=n, seeds=sum(int(r["seeds"]) for r in rs),
+        row.update(n=counts["asr"], normal_acc_n=counts["normal_acc"], seeds=sum(int(r["seeds"]) for r in rs),
                    wall_s=round(sum(float(r.get("wall_s") or 0) for r in rs), 3))
         out.append(row)
     return out
