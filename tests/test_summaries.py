@@ -509,3 +509,38 @@ def test_pooled_summaries_weight_the_normal_accuracy_by_its_own_count(tmp_path):
             assert pooled[d][k] == pytest.approx(exact[d][k], nan_ok=True), (d, k)
         assert (pooled[d]["n"], pooled[d]["normal_acc_n"]) == (exact[d]["n"], exact[d]["normal_acc_n"])
     assert pooled["none"]["normal_acc_mean"] == pytest.approx(0.8)
+
+
+def test_report_cells_draws_and_users_take_the_purifiers_label_as_headline_does(tmp_path, capsys):
+    """`report headline --puface LABEL` names the purifier's defense label; `report cells draws` had no such option
+    (click: "No such option: --puface") and looked for "puface" alone, so the draws of a grid whose purifier has
+    another label had "no white-box cell". Now --puface means the same in both, the columns are named as the headline
+    names them, and `cells users` shows that defense unless --defense names another."""
+    from puface.cli import main
+
+    folders = []
+    for seed, (none, pu) in enumerate(((0.9, 0.05), (float("nan"), 0.0))):
+        (tmp_path / f"seed{seed}").mkdir()
+        folders.append(_summary(tmp_path / f"seed{seed}", [
+            ("lowkey", "sface", "nn", "none", "white-box", none, 0.99),
+            ("lowkey", "sface", "nn", "puface-step", "white-box", pu, 0.98),
+            ("lowkey", "sface", "nn", "puface", "white-box", 0.5, 0.5)]))
+    assert main(["report", "cells", "draws", *map(str, folders), "--puface", "puface-step"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| attack | victim | trainer | seed0 | seed1 | mean | puface-step, range over draws |"
+    assert lines[2:] == ["| lowkey | sface | nn | **90.0** | - | 90.0 | 0.0-5.0 |", "",
+                         "normal accuracy 98.0-99.0%, no defense vs puface-step at most 1.00 points apart"]
+    assert main(["report", "cells", "draws", *map(str, folders), "--puface", "pu"]) == 2
+    err = capsys.readouterr().err
+    assert "no white-box cell with no defense and 'pu'" in err and "puface-step" in err and "Traceback" not in err
+    assert main(["report", "headline", str(folders[0]), "--puface", "puface-step"]) == 0
+    assert "ASR puface-step" in capsys.readouterr().out
+
+    (tmp_path / "results.csv").write_text("seed,user,attack,victim,trainer,defense,setting,asr,normal_acc\n"
+                                          "0,Ann,lowkey,v,nn,puface,white-box,0.5,1.0\n"
+                                          "0,Ann,lowkey,v,nn,puface-step,white-box,0.25,1.0\n"
+                                          "0,Ann,lowkey,v,nn,jpeg,white-box,1.0,1.0\n")
+    for extra, asr in (([], "50.0"), (["--puface", "puface-step"], "25.0"),
+                       (["--puface", "puface-step", "--defense", "jpeg"], "100.0")):
+        assert main(["report", "cells", "users", str(tmp_path), "--attack", "lowkey", "--users", "Ann", *extra]) == 0
+        assert f"| named (1) | {asr} | {asr} |" in capsys.readouterr().out

@@ -406,35 +406,42 @@ def compare_table(folder: Path, other: Path) -> str:
     return "\n".join(out)
 
 
-def draws_table(folders: list[Path], attack_suffix: str = "") -> str:
+def draws_table(folders: list[Path], attack_suffix: str = "", puface: str = "puface") -> str:
     """One row per white-box cell present in every folder (attack labels ending in `attack_suffix`): the
-    no-defense ASR per draw (bold below 95%), its mean and PuFace's range; then how far normal accuracy
-    moved between no defense and PuFace."""
+    no-defense ASR per draw (bold below 95%), its mean and the range of the purifier (defense label `puface`, named as
+    `headline` names it: `purifier_column`); then how far normal accuracy moved between no defense and the purifier.
+    A number a cell lacks (NaN: no test photo) is "-" and left out of the mean and ranges."""
     runs = [{(r["attack"], r["victim"], r["trainer"], r["defense"]): (asr, acc) for r, asr, acc in _cells_pct(f)
              if r["setting"] == "white-box" and r["attack"].endswith(attack_suffix)} for f in folders]
-    cells = [k[:3] for k in runs[0] if k[3] == "none" and all(k in run and (*k[:3], "puface") in run for run in runs)]
+    cells = [k[:3] for k in runs[0] if k[3] == "none" and all(k in run and (*k[:3], puface) in run for run in runs)]
+    pu = purifier_column(puface)
     if not cells:
-        raise PufaceError("no white-box cell with no defense and PuFace in every folder")
+        labels = sorted({k[3] for run in runs for k in run})
+        raise PufaceError(f"no white-box cell with no defense and {puface!r} in every folder (defenses there: "
+                          f"{', '.join(labels) or 'none'}); name the purifier's label with --puface LABEL")
     out = [
         "| attack | victim | trainer | "
         + " | ".join(md_cell(Path(f).name) for f in folders)
-        + " | mean | PuFace, range over draws |",
+        + f" | mean | {pu}, range over draws |",
         "|---" * (len(folders) + 5) + "|",
     ]
+
+    def span(xs: list[float], digits: int = 1) -> str:
+        xs = [x for x in xs if x == x]
+        return f"{min(xs):.{digits}f}-{max(xs):.{digits}f}" if xs else "-"
+
     moved, accs = [], []
     for c in cells:
         none = [run[(*c, "none")][0] for run in runs]
-        puface = [run[(*c, "puface")][0] for run in runs]
-        per = " | ".join(f"**{a:.1f}**" if a < 95 else f"{a:.1f}" for a in none)
-        out.append(
-            f"| {' | '.join(map(md_cell, c))} | {per} | {_mean(none):.1f} | {min(puface):.1f}-{max(puface):.1f} |"
-        )
+        per = " | ".join(f"**{a:.1f}**" if a < 95 else _pct_of(a) for a in none)
+        known = [a for a in none if a == a]
+        out.append(f"| {' | '.join(map(md_cell, c))} | {per} | {_pct_of(_mean(known) if known else float('nan'))} "
+                   f"| {span([run[(*c, puface)][0] for run in runs])} |")
         for run in runs:
-            a, b = run[(*c, "none")][1], run[(*c, "puface")][1]
-            moved.append(abs(a - b))
+            a, b = run[(*c, "none")][1], run[(*c, puface)][1]
+            if a == a and b == b:
+                moved.append(abs(a - b))
             accs += [a, b]
-    out += [
-        "",
-        f"normal accuracy {min(accs):.1f}-{max(accs):.1f}%, no defense vs PuFace at most {max(moved):.2f} points apart",
-    ]
+    far = f"{max(moved):.2f} points apart" if moved else "- points apart"
+    out += ["", f"normal accuracy {span(accs)}%, no defense vs {pu} at most {far}"]
     return "\n".join(out)
