@@ -544,3 +544,26 @@ def test_report_cells_draws_and_users_take_the_purifiers_label_as_headline_does(
                        (["--puface", "puface-step", "--defense", "jpeg"], "100.0")):
         assert main(["report", "cells", "users", str(tmp_path), "--attack", "lowkey", "--users", "Ann", *extra]) == 0
         assert f"| named (1) | {asr} | {asr} |" in capsys.readouterr().out
+
+
+def test_repeats_table_of_a_folder_trimmed_to_its_config_toml_keeps_baselines_apart(tmp_path):
+    """The folders of docs/results/ hold config.toml, not config.resolved.json: `report cells repeats` on them took
+    every label ending in -s<N> for a repeat, so docs/results/lfw's blur-s1 (sigma 1) came out as a recipe "blur".
+    The config.toml says which defenses name a purifier file (a label left out gets its default: blur-s2)."""
+    folder = _summary(tmp_path, [
+        ("fawkes", "dlib-resnet29", "nn", "blur-s1", "white-box", 1.0, 0.99),
+        ("fawkes", "dlib-resnet29", "nn", "blur-s2", "white-box", 0.6, 0.99),
+        ("fawkes", "dlib-resnet29", "nn", "ref", "white-box", 0.1, 0.99),
+        ("fawkes", "dlib-resnet29", "nn", "ref-s1", "white-box", 0.3, 0.99),
+        ("fawkes", "dlib-resnet29", "nn", "puface-b", "white-box", 0.2, 0.99),
+    ])
+    (folder / "config.toml").write_text(
+        'name = "g"\n\n[[defenses]]\nlabel = "blur-s1"\nname = "blur"\nsigma = 1.0\n\n'
+        '[[defenses]]\nname = "blur"\nsigma = 2.0\n\n'
+        '[[defenses]]\nlabel = "ref"\nname = "puface"\nweights = "a.safetensors"\n\n'
+        '[[defenses]]\nlabel = "ref-s1"\nname = "puface"\nweights = "b.safetensors"\n\n'
+        '[[defenses]]\nname = "puface"\nweights = "b.safetensors"\n')
+    rows = {line.split(" | ")[0][2:]: line for line in summaries.repeats_table(folder).splitlines()[2:]}
+    assert set(rows) == {"blur-s1", "blur-s2", "ref", "puface-b"}
+    assert rows["blur-s1"].startswith("| blur-s1 | 1 | 100.0 |") and rows["ref"].startswith(
+        "| ref | 2 | 20.0 [10.0, 30.0] |")

@@ -322,17 +322,32 @@ def recipe_of(label: str) -> str:
     return base if base and tail.isdigit() else label
 
 
+def _names_weights(spec: Any) -> bool:
+    return (isinstance(spec, dict) and "weights" in spec) or (isinstance(spec, str) and "weights=" in spec)
+
+
 def _trained_labels(folder: Path) -> set[str] | None:
     """The defense labels of `folder`'s run that name a purifier file (a `weights` option: the ones a recipe repeats
-    with other train.seed), from its config.resolved.json; None when the folder has none (trimmed result folders)."""
+    with other train.seed), from its config.resolved.json, else from the config.toml it wrote (a folder trimmed to its
+    tables, docs/results/: the entries as written, a label left out given its default); None when neither is there
+    or the config.toml extends another (its entries are not all in it)."""
     path = folder / "config.resolved.json"
+    if path.is_file():
+        return {d.get("label") for d in json.loads(path.read_text(encoding="utf-8")).get("defenses") or []
+                if _names_weights(d.get("spec"))}
+    path = folder / "config.toml"
     if not path.is_file():
         return None
+    from ..defenses import default_label
+
+    raw = read_toml(path)
+    if "extends" in raw:
+        return None
     out = set()
-    for d in json.loads(path.read_text(encoding="utf-8")).get("defenses") or []:
-        spec = d.get("spec")
-        if (isinstance(spec, dict) and "weights" in spec) or (isinstance(spec, str) and "weights=" in spec):
-            out.add(d.get("label"))
+    for d in raw.get("defenses") or []:
+        if _names_weights(d):
+            out.add(str(d.get("label") or default_label({k: v for k, v in d.items() if k != "label"}))
+                    if isinstance(d, dict) else default_label(d))
     return out
 
 
@@ -344,10 +359,9 @@ def _span(xs: list[float], digits: int = 1) -> str:
 
 def repeats_table(folder: Path, quality: Path | None = None) -> str:
     """Defenses grouped by recipe (labels "<recipe>-s<N>" of purifier files; every label of another defense is its
-    own row, when the folder's config.resolved.json says which are which): per white-box cell the mean and [min, max]
-    over the repeats; with
-    `quality` (a folder of `bench/bench_purifier.py quality` JSONs, <label>.json), the held-out natural
-    PSNR and LowKey cosines."""
+    own row, when the folder's config.resolved.json or config.toml says which are which): per white-box cell the
+    mean and [min, max] over the repeats; with `quality` (a folder of `bench/bench_purifier.py quality` JSONs,
+    <label>.json), the held-out natural PSNR and LowKey cosines."""
     cells: dict[str, dict[tuple[str, str, str], dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     normal: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     trained = _trained_labels(folder)  # blur-s1 and blur-s2 (sigma 1 and 2) are two baselines, not two repeats
