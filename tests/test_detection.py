@@ -1121,3 +1121,17 @@ def test_train_detector_resumes_its_net_after_the_last_finished_epoch(tmp_path, 
 
     saved = CloakDetector.load(tmp_path / "cut" / "detector.safetensors", purifier=Purifier.load(ckpt))
     assert saved.threshold() == full.threshold()
+
+
+def test_detection_of_a_grid_without_a_cloaking_attack_says_so_not_an_empty_table():
+    """A grid with only the clean reference (attack name "none") ended table.md and report.html with a detection
+    table of a header and no row, under a threshold line, as if detection had been measured."""
+    from types import SimpleNamespace
+
+    from puface.evaluation.detection import detection_markdown, summarise_detection
+
+    det = SimpleNamespace(
+        threshold=lambda fpr=None: 0.5, default_fpr=0.01, default_confidence=0.9, fingerprint=lambda: "d"
+    )
+    md = detection_markdown(summarise_detection({0: {}}, det))
+    assert "| attack |" not in md and "No cloaking attack in this grid" in md

@@ -457,3 +457,113 @@ def test_headline_of_a_query_time_run_says_its_asr_counts_cloaked_probes(tmp_pat
         assert summaries.run_protocol(folder) == ("query" if query else "training")
     assert main(["report", "headline", str(tmp_path / "query-toml"), "--json", str(tmp_path / "h.json")]) == 0
     assert json.loads((tmp_path / "h.json").read_text())["protocol"] == "query"
+
+
+def _no_asr_runs(seed: int = 0) -> list[dict]:
+    """Runs of one white-box cell where no user has an ASR under no defense (no test photo of theirs) and one user has
+    none under the purifier; every run has a normal accuracy (the other identities' test photos)."""
+    return [{"seed": seed, "user": u, "attack": "lowkey", "victim": "v", "trainer": "nn", "defense": d,
+             "setting": "white-box", "asr": asr, "normal_acc": acc}
+            for d, u, asr, acc in (("none", "Ann", float("nan"), 0.9), ("none", "Bob", float("nan"), 0.8),
+                                   ("puface", "Ann", 0.2, 0.9), ("puface", "Bob", float("nan"), 0.7))]
+
+
+def test_table_md_shows_the_normal_accuracy_of_a_cell_where_no_user_has_an_asr():
+    """table.md formatted both numbers of a cell with the ASR's count: a cell where no user had an ASR showed "-" for
+    its normal accuracy too (yet the mean row below counted it), and a normal accuracy over two runs of which one had
+    an ASR lost its ± as if it were one run's."""
+    from types import SimpleNamespace
+
+    from puface.evaluation.tables import render_tables, summarise_rows
+
+    summary = summarise_rows(_no_asr_runs())
+    assert {r["defense"]: (r["n"], r["normal_acc_n"]) for r in summary} == {"none": (0, 2), "puface": (1, 2)}
+    cfg = SimpleNamespace(
+        attacks=[SimpleNamespace(label="lowkey")], victims=["v"], trainers=[SimpleNamespace(label="nn")],
+        defenses=[SimpleNamespace(label="none"), SimpleNamespace(label="puface")],
+        name="no-asr", description="", seeds=[0],
+    )
+    md = render_tables(cfg, summary, [])
+    assert "| lowkey | v | white-box | nn | - | 20.0 | 85.0 ± 7.1 | 80.0 ± 14.1 |" in md
+    assert "| none | - | 85.0 |" in md and "| puface | 20.0 | 80.0 |" in md  # the per-defense tables
+
+
+def test_pooled_summaries_weight_the_normal_accuracy_by_its_own_count(tmp_path):
+    """Folders trimmed to summary.csv pooled each cell's normal accuracy with the ASR's count as weight: a cell where
+    no user had an ASR lost its normal accuracy (NaN, "-" in `report headline`)."""
+    from puface.evaluation.tables import summarise_rows, write_csv
+
+    folders, runs = [], []
+    for seed in (0, 1):
+        d = tmp_path / f"seed{seed}"
+        d.mkdir()
+        (d / "config.toml").write_text(f'name = "g"\nseeds = [{seed}]\n')
+        rs = [{**r, "normal_acc": r["normal_acc"] - 0.1 * seed} for r in _no_asr_runs(seed)]
+        write_csv(d / "summary.csv", summarise_rows(rs))
+        folders.append(d)
+        runs += rs
+    pooled = {r["defense"]: r for r in summaries.load_pooled(folders)}
+    exact = {r["defense"]: r for r in summarise_rows(runs)}
+    for d in ("none", "puface"):
+        for k in ("asr_mean", "asr_std", "normal_acc_mean", "normal_acc_std"):
+            assert pooled[d][k] == pytest.approx(exact[d][k], nan_ok=True), (d, k)
+        assert (pooled[d]["n"], pooled[d]["normal_acc_n"]) == (exact[d]["n"], exact[d]["normal_acc_n"])
+    assert pooled["none"]["normal_acc_mean"] == pytest.approx(0.8)
+
+
+def test_report_cells_draws_and_users_take_the_purifiers_label_as_headline_does(tmp_path, capsys):
+    """`report headline --puface LABEL` names the purifier's defense label; `report cells draws` had no such option
+    (click: "No such option: --puface") and looked for "puface" alone, so the draws of a grid whose purifier has
+    another label had "no white-box cell". Now --puface means the same in both, the columns are named as the headline
+    names them, and `cells users` shows that defense unless --defense names another."""
+    from puface.cli import main
+
+    folders = []
+    for seed, (none, pu) in enumerate(((0.9, 0.05), (float("nan"), 0.0))):
+        (tmp_path / f"seed{seed}").mkdir()
+        folders.append(_summary(tmp_path / f"seed{seed}", [
+            ("lowkey", "sface", "nn", "none", "white-box", none, 0.99),
+            ("lowkey", "sface", "nn", "puface-step", "white-box", pu, 0.98),
+            ("lowkey", "sface", "nn", "puface", "white-box", 0.5, 0.5)]))
+    assert main(["report", "cells", "draws", *map(str, folders), "--puface", "puface-step"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| attack | victim | trainer | seed0 | seed1 | mean | puface-step, range over draws |"
+    assert lines[2:] == ["| lowkey | sface | nn | **90.0** | - | 90.0 | 0.0-5.0 |", "",
+                         "normal accuracy 98.0-99.0%, no defense vs puface-step at most 1.00 points apart"]
+    assert main(["report", "cells", "draws", *map(str, folders), "--puface", "pu"]) == 2
+    err = capsys.readouterr().err
+    assert "no white-box cell with no defense and 'pu'" in err and "puface-step" in err and "Traceback" not in err
+    assert main(["report", "headline", str(folders[0]), "--puface", "puface-step"]) == 0
+    assert "ASR puface-step" in capsys.readouterr().out
+
+    (tmp_path / "results.csv").write_text("seed,user,attack,victim,trainer,defense,setting,asr,normal_acc\n"
+                                          "0,Ann,lowkey,v,nn,puface,white-box,0.5,1.0\n"
+                                          "0,Ann,lowkey,v,nn,puface-step,white-box,0.25,1.0\n"
+                                          "0,Ann,lowkey,v,nn,jpeg,white-box,1.0,1.0\n")
+    for extra, asr in (([], "50.0"), (["--puface", "puface-step"], "25.0"),
+                       (["--puface", "puface-step", "--defense", "jpeg"], "100.0")):
+        assert main(["report", "cells", "users", str(tmp_path), "--attack", "lowkey", "--users", "Ann", *extra]) == 0
+        assert f"| named (1) | {asr} | {asr} |" in capsys.readouterr().out
+
+
+def test_repeats_table_of_a_folder_trimmed_to_its_config_toml_keeps_baselines_apart(tmp_path):
+    """The folders of docs/results/ hold config.toml, not config.resolved.json: `report cells repeats` on them took
+    every label ending in -s<N> for a repeat, so docs/results/lfw's blur-s1 (sigma 1) came out as a recipe "blur".
+    The config.toml says which defenses name a purifier file (a label left out gets its default: blur-s2)."""
+    folder = _summary(tmp_path, [
+        ("fawkes", "dlib-resnet29", "nn", "blur-s1", "white-box", 1.0, 0.99),
+        ("fawkes", "dlib-resnet29", "nn", "blur-s2", "white-box", 0.6, 0.99),
+        ("fawkes", "dlib-resnet29", "nn", "ref", "white-box", 0.1, 0.99),
+        ("fawkes", "dlib-resnet29", "nn", "ref-s1", "white-box", 0.3, 0.99),
+        ("fawkes", "dlib-resnet29", "nn", "puface-b", "white-box", 0.2, 0.99),
+    ])
+    (folder / "config.toml").write_text(
+        'name = "g"\n\n[[defenses]]\nlabel = "blur-s1"\nname = "blur"\nsigma = 1.0\n\n'
+        '[[defenses]]\nname = "blur"\nsigma = 2.0\n\n'
+        '[[defenses]]\nlabel = "ref"\nname = "puface"\nweights = "a.safetensors"\n\n'
+        '[[defenses]]\nlabel = "ref-s1"\nname = "puface"\nweights = "b.safetensors"\n\n'
+        '[[defenses]]\nname = "puface"\nweights = "b.safetensors"\n')
+    rows = {line.split(" | ")[0][2:]: line for line in summaries.repeats_table(folder).splitlines()[2:]}
+    assert set(rows) == {"blur-s1", "blur-s2", "ref", "puface-b"}
+    assert rows["blur-s1"].startswith("| blur-s1 | 1 | 100.0 |") and rows["ref"].startswith(
+        "| ref | 2 | 20.0 [10.0, 30.0] |")

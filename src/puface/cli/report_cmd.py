@@ -37,9 +37,14 @@ def replace_between_markers(text: str, table: str, where: str = "README") -> str
     return text[: start + len(README_START)] + "\n" + table + "\n" + text[end:]
 
 
+#: `--puface LABEL`, one meaning in every view that singles the purifier out (headline; cells draws and users)
+PUFACE_OPTION = click.option("--puface", "puface_label", default="puface", show_default=True,
+                             help="Defense label of the purifier.")
+
+
 @report.command("headline")
 @click.argument("runs", nargs=-1, required=True, type=RUN)
-@click.option("--puface", "puface_label", default="puface", show_default=True, help="Defense label of the purifier.")
+@PUFACE_OPTION
 @click.option(
     "--rows",
     type=click.Choice(["all", "white-box"]),
@@ -92,7 +97,8 @@ def headline(
     "--attack", default=None, help="users: the attack label; defenses: only this attack's cells, one column each."
 )
 @click.option("--users", "named", default="", help="users: comma-separated names of the first group.")
-@click.option("--defense", default="puface", show_default=True, help="users: the defense label.")
+@click.option("--defense", default=None, help="users: the defense label  [default: the --puface label]")
+@PUFACE_OPTION
 @click.option(
     "--quality",
     type=click.Path(path_type=Path, exists=True, file_okay=False),
@@ -109,7 +115,8 @@ def cells(
     runs: tuple[Path, ...],
     attack: str | None,
     named: str,
-    defense: str,
+    defense: str | None,
+    puface_label: str,
     quality: Path | None,
     other: Path | None,
     attack_suffix: str,
@@ -122,7 +129,7 @@ def cells(
     users     ASR of --attack under --defense per victim / trainer, --users vs the others (results.csv)
     repeats   defenses grouped by recipe (NAME, NAME-s1, ...): mean [min, max] per white-box cell
     compare   two runs of one grid (RUN and --other): identical rows, and those that differ
-    draws     one grid on several draws (RUN RUN ...): no-defense ASR per draw, PuFace's range
+    draws     one grid on several draws (RUN RUN ...): no-defense ASR per draw, the --puface defense's range
     """
     from ..evaluation import summaries as s
     from ..utils.errors import PufaceError
@@ -131,7 +138,7 @@ def cells(
         raise PufaceError(f"report cells {mode} takes one output folder")
     folder = runs[0]
     if mode == "draws":
-        text = s.draws_table(list(runs), attack_suffix)
+        text = s.draws_table(list(runs), attack_suffix, puface_label)
     elif mode == "defenses":
         text = s.defenses_table(folder, attack)
     elif mode == "repeats":
@@ -143,7 +150,7 @@ def cells(
     else:
         if not attack:
             raise PufaceError("report cells users needs --attack LABEL")
-        text = s.users_table(folder, attack, set(filter(None, named.split(","))), defense)
+        text = s.users_table(folder, attack, set(filter(None, named.split(","))), defense or puface_label)
     _emit(text, out)
 
 

@@ -129,7 +129,11 @@ def summarise_detection(per_seed: dict[int, dict[str, dict[str, Any]]], detector
 
 
 def detection_markdown(det: dict[str, Any]) -> str:
-    """The detection table for table.md / the report."""
+    """The detection table for table.md / the report; a grid without a cloaking attack (only the clean reference)
+    gets a sentence saying there was nothing to detect, not a table without rows."""
+    if not det["rows"]:
+        return "\n".join(["## Cloak detection", "", "No cloaking attack in this grid (only the clean reference): no "
+                          "cloaked photo for the detector to tell from natural ones, so nothing was measured."])
     conf = det.get("confidence")
     held = f", held with {conf:.0%} confidence on each kind of calibration photo" if conf else ""
     lines = [

@@ -112,7 +112,8 @@ def _ordered(values, order: Sequence[str]) -> list[str]:
 
 def bar_charts(summary: list[dict], config: dict) -> list[tuple[str, str]]:
     """One figure per (victim, trainer): ASR (top) and normal accuracy (bottom) per defense, one bar per
-    attack, with the sample standard deviation over users and seeds as error bars. Returns [(title, data URI)]."""
+    attack, with the sample standard deviation over users and seeds as error bars, cut at 0 and 100% (both are shares
+    of photos: a mean of 90 ± 30% has no run above 100%). Returns [(title, data URI)]."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,9 +140,11 @@ def bar_charts(summary: list[dict], config: dict) -> list[tuple[str, str]]:
                 for ax, key in zip(axes, ("asr", "normal_acc")):
                     vals = [_num(idx[a, d][f"{key}_mean"]) * 100 if (a, d) in idx else np.nan for d in defenses]
                     errs = [_num(idx[a, d][f"{key}_std"]) * 100 if (a, d) in idx else 0.0 for d in defenses]
-                    errs = [0.0 if math.isnan(e) else e for e in errs]
+                    # one standard deviation each way, within the shares' range [0, 100] (the axis ends at 105)
+                    yerr = [[0.0 if math.isnan(e + v) else min(e, v) for e, v in zip(errs, vals)],
+                            [0.0 if math.isnan(e + v) else min(e, 100.0 - v) for e, v in zip(errs, vals)]]
                     at = x + (j - (len(attacks) - 1) / 2) * width
-                    bars = ax.bar(at, vals, width, yerr=errs, capsize=2)
+                    bars = ax.bar(at, vals, width, yerr=yerr, capsize=2)
                     for xi, val in zip(at, vals):  # no number (no test photo, or not run): not an empty bar, as 0% is
                         if math.isnan(val):
                             ax.text(xi, 1, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="#555")
@@ -324,7 +327,7 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
         parts.append("<h2>ASR and normal accuracy per defense and attack</h2>")
         parts.append(
             "<p>Bars: the mean over protected users and seeds (in %, as in the tables); error bars: one sample "
-            "standard deviation over them (none for a single user); "
+            "standard deviation over them each way, cut at 0 and 100% (none for a single user); "
             "n/a: no number (no test photo of the users, or not run).</p>"
         )
         parts += [f'<img class="chart" src="{uri}" alt="bar chart: {html.escape(t)}">' for t, uri in charts]

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..utils.errors import PufaceError
 from ..utils.tomlconfig import read_toml
-from .tables import GROUP_KEYS, md_cell, summarise_rows
+from .tables import GROUP_KEYS, count_of, md_cell, summarise_rows
 
 __all__ = ["load_summary", "load_results", "load_pooled", "run_protocol", "QUERY_NOTE", "headline",
            "headline_markdown",
@@ -157,13 +157,14 @@ def _pool_summaries(folders: list[Path], grids: list[dict]) -> list[dict]:
     out = []
     for key, rs in cells.items():
         row: dict[str, Any] = dict(zip(GROUP_KEYS, key))
-        n = sum(int(r["n"]) for r in rs)
-        for m in ("asr", "normal_acc"):
-            parts = [(int(r["n"]), r[f"{m}_mean"], r[f"{m}_std"]) for r in rs if int(r["n"]) > 0]
+        counts: dict[str, int] = {}
+        for m in ("asr", "normal_acc"):  # each weighted by its own count: a run without an ASR has a normal accuracy
+            parts = [(count_of(r, m), r[f"{m}_mean"], r[f"{m}_std"]) for r in rs if count_of(r, m) > 0]
+            n = counts[m] = sum(k for k, _, _ in parts)
             mean = sum(k * v for k, v, _ in parts) / n if n else float("nan")
             ss = sum((k - 1) * sd ** 2 + k * (v - mean) ** 2 for k, v, sd in parts)
             row[f"{m}_mean"], row[f"{m}_std"] = mean, (ss / (n - 1)) ** 0.5 if n > 1 else (0.0 if n else float("nan"))
-        row.update(n=n, seeds=sum(int(r["seeds"]) for r in rs),
+        row.update(n=counts["asr"], normal_acc_n=counts["normal_acc"], seeds=sum(int(r["seeds"]) for r in rs),
                    wall_s=round(sum(float(r.get("wall_s") or 0) for r in rs), 3))
         out.append(row)
     return out
@@ -321,17 +322,32 @@ def recipe_of(label: str) -> str:
     return base if base and tail.isdigit() else label
 
 
+def _names_weights(spec: Any) -> bool:
+    return (isinstance(spec, dict) and "weights" in spec) or (isinstance(spec, str) and "weights=" in spec)
+
+
 def _trained_labels(folder: Path) -> set[str] | None:
     """The defense labels of `folder`'s run that name a purifier file (a `weights` option: the ones a recipe repeats
-    with other train.seed), from its config.resolved.json; None when the folder has none (trimmed result folders)."""
+    with other train.seed), from its config.resolved.json, else from the config.toml it wrote (a folder trimmed to its
+    tables, docs/results/: the entries as written, a label left out given its default); None when neither is there
+    or the config.toml extends another (its entries are not all in it)."""
     path = folder / "config.resolved.json"
+    if path.is_file():
+        return {d.get("label") for d in json.loads(path.read_text(encoding="utf-8")).get("defenses") or []
+                if _names_weights(d.get("spec"))}
+    path = folder / "config.toml"
     if not path.is_file():
         return None
+    from ..defenses import default_label
+
+    raw = read_toml(path)
+    if "extends" in raw:
+        return None
     out = set()
-    for d in json.loads(path.read_text(encoding="utf-8")).get("defenses") or []:
-        spec = d.get("spec")
-        if (isinstance(spec, dict) and "weights" in spec) or (isinstance(spec, str) and "weights=" in spec):
-            out.add(d.get("label"))
+    for d in raw.get("defenses") or []:
+        if _names_weights(d):
+            out.add(str(d.get("label") or default_label({k: v for k, v in d.items() if k != "label"}))
+                    if isinstance(d, dict) else default_label(d))
     return out
 
 
@@ -343,10 +359,9 @@ def _span(xs: list[float], digits: int = 1) -> str:
 
 def repeats_table(folder: Path, quality: Path | None = None) -> str:
     """Defenses grouped by recipe (labels "<recipe>-s<N>" of purifier files; every label of another defense is its
-    own row, when the folder's config.resolved.json says which are which): per white-box cell the mean and [min, max]
-    over the repeats; with
-    `quality` (a folder of `bench/bench_purifier.py quality` JSONs, <label>.json), the held-out natural
-    PSNR and LowKey cosines."""
+    own row, when the folder's config.resolved.json or config.toml says which are which): per white-box cell the
+    mean and [min, max] over the repeats; with `quality` (a folder of `bench/bench_purifier.py quality` JSONs,
+    <label>.json), the held-out natural PSNR and LowKey cosines."""
     cells: dict[str, dict[tuple[str, str, str], dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     normal: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     trained = _trained_labels(folder)  # blur-s1 and blur-s2 (sigma 1 and 2) are two baselines, not two repeats
@@ -405,35 +420,42 @@ def compare_table(folder: Path, other: Path) -> str:
     return "\n".join(out)
 
 
-def draws_table(folders: list[Path], attack_suffix: str = "") -> str:
+def draws_table(folders: list[Path], attack_suffix: str = "", puface: str = "puface") -> str:
     """One row per white-box cell present in every folder (attack labels ending in `attack_suffix`): the
-    no-defense ASR per draw (bold below 95%), its mean and PuFace's range; then how far normal accuracy
-    moved between no defense and PuFace."""
+    no-defense ASR per draw (bold below 95%), its mean and the range of the purifier (defense label `puface`, named as
+    `headline` names it: `purifier_column`); then how far normal accuracy moved between no defense and the purifier.
+    A number a cell lacks (NaN: no test photo) is "-" and left out of the mean and ranges."""
     runs = [{(r["attack"], r["victim"], r["trainer"], r["defense"]): (asr, acc) for r, asr, acc in _cells_pct(f)
              if r["setting"] == "white-box" and r["attack"].endswith(attack_suffix)} for f in folders]
-    cells = [k[:3] for k in runs[0] if k[3] == "none" and all(k in run and (*k[:3], "puface") in run for run in runs)]
+    cells = [k[:3] for k in runs[0] if k[3] == "none" and all(k in run and (*k[:3], puface) in run for run in runs)]
+    pu = purifier_column(puface)
     if not cells:
-        raise PufaceError("no white-box cell with no defense and PuFace in every folder")
+        labels = sorted({k[3] for run in runs for k in run})
+        raise PufaceError(f"no white-box cell with no defense and {puface!r} in every folder (defenses there: "
+                          f"{', '.join(labels) or 'none'}); name the purifier's label with --puface LABEL")
     out = [
         "| attack | victim | trainer | "
         + " | ".join(md_cell(Path(f).name) for f in folders)
-        + " | mean | PuFace, range over draws |",
+        + f" | mean | {pu}, range over draws |",
         "|---" * (len(folders) + 5) + "|",
     ]
+
+    def span(xs: list[float], digits: int = 1) -> str:
+        xs = [x for x in xs if x == x]
+        return f"{min(xs):.{digits}f}-{max(xs):.{digits}f}" if xs else "-"
+
     moved, accs = [], []
     for c in cells:
         none = [run[(*c, "none")][0] for run in runs]
-        puface = [run[(*c, "puface")][0] for run in runs]
-        per = " | ".join(f"**{a:.1f}**" if a < 95 else f"{a:.1f}" for a in none)
-        out.append(
-            f"| {' | '.join(map(md_cell, c))} | {per} | {_mean(none):.1f} | {min(puface):.1f}-{max(puface):.1f} |"
-        )
+        per = " | ".join(f"**{a:.1f}**" if a < 95 else _pct_of(a) for a in none)
+        known = [a for a in none if a == a]
+        out.append(f"| {' | '.join(map(md_cell, c))} | {per} | {_pct_of(_mean(known) if known else float('nan'))} "
+                   f"| {span([run[(*c, puface)][0] for run in runs])} |")
         for run in runs:
-            a, b = run[(*c, "none")][1], run[(*c, "puface")][1]
-            moved.append(abs(a - b))
+            a, b = run[(*c, "none")][1], run[(*c, puface)][1]
+            if a == a and b == b:
+                moved.append(abs(a - b))
             accs += [a, b]
-    out += [
-        "",
-        f"normal accuracy {min(accs):.1f}-{max(accs):.1f}%, no defense vs PuFace at most {max(moved):.2f} points apart",
-    ]
+    far = f"{max(moved):.2f} points apart" if moved else "- points apart"
+    out += ["", f"normal accuracy {span(accs)}%, no defense vs {pu} at most {far}"]
     return "\n".join(out)

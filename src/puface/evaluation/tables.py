@@ -3,7 +3,8 @@
 The Markdown follows the PuFace paper's layout (ASR without a defense and with PuFace, normal
 accuracy without and with), then one row per defense (the baselines) for each victim and trainer,
 then image quality and timing. Percentages are mean ± sample standard deviation over protected
-users (and seeds); n is the number of users x seeds.
+users (and seeds); n is the number of runs (users x seeds) with an ASR, normal_acc_n of those with a normal accuracy
+(a user without a test photo has no ASR, yet the FR model trained for that run still has one).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def summarise_rows(rows: Iterable[dict]) -> list[dict]:
         out.append({
             **dict(zip(GROUP_KEYS, key)),
             "asr_mean": asr.mean, "asr_std": asr.std, "normal_acc_mean": acc.mean, "normal_acc_std": acc.std,
-            "n": asr.n, "users": len({r["user"] for r in rs}), "seeds": len({r["seed"] for r in rs}),
+            "n": asr.n, "normal_acc_n": acc.n, "users": len({r["user"] for r in rs}),
+            "seeds": len({r["seed"] for r in rs}),
             "wall_s": round(sum(float(r.get("wall_s", 0.0)) for r in rs), 3),
         })
     return out
@@ -55,10 +57,17 @@ def write_csv(path: str | Path, rows: Sequence[dict]) -> None:
     atomic_write_bytes(Path(path), buf.getvalue().encode(**CSV_TEXT))
 
 
+def count_of(s: dict, key: str) -> int:
+    """How many runs a summary row's `key` ("asr" or "normal_acc") is the mean of: `n` for the ASR, `normal_acc_n` for
+    the normal accuracy (`n` in a summary written before it was counted apart)."""
+    n = s.get(f"{key}_n") if key != "asr" else None
+    return int(s["n"] if n is None or n == "" else n)
+
+
 def _fmt(s: dict | None, key: str) -> str:
     if s is None:
         return "-"
-    return Summary(s[f"{key}_mean"], s[f"{key}_std"], s["n"]).format()
+    return Summary(s[f"{key}_mean"], s[f"{key}_std"], count_of(s, key)).format()
 
 
 def md_cell(text: Any) -> str:
@@ -233,4 +242,5 @@ def render_tables(
     return "\n".join(parts)
 
 
-__all__ = ["summarise_rows", "write_csv", "render_tables", "paper_table", "defense_tables", "quality_table", "md_cell"]
+__all__ = ["summarise_rows", "count_of", "write_csv", "render_tables", "paper_table", "defense_tables", "quality_table",
+           "md_cell"]
