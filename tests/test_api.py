@@ -74,10 +74,13 @@ def test_create_embedder_on_a_device_this_machine_lacks_is_one_line(device):
     assert next(puface.create_embedder("sface", device="auto").parameters()).device.type == "cpu"
 
 
-@pytest.mark.parametrize("code", ["import puface; puface.load_purifier()", "from puface import create_attack"])
+@pytest.mark.parametrize("code", ["import puface; puface.load_purifier()", "from puface import create_attack",
+                                  "import puface.api"])
 def test_the_api_without_torch_is_an_import_error_saying_what_to_install(code):
     """A venv without torch: `puface.load_purifier()` raised ModuleNotFoundError 'torch' from deep inside; now an
-    ImportError (from `errors.missing_base_dependency`, the CLI's one line) naming the pip requirement."""
+    ImportError (from `errors.missing_base_dependency`, the CLI's one line) naming the pip requirement. `puface.api`
+    (the module the docstrings point to) says it too; the layers below it do not (internal: a plain
+    ModuleNotFoundError 'torch')."""
     run = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None\ntry:\n    " + code +
                           "\nexcept ImportError as e:\n    print(type(e).__name__, e.name, e)"],
                          capture_output=True, text=True)
@@ -105,12 +108,50 @@ def test_run_experiment_seeds_are_integers_or_a_config_error(tmp_path):
     cfg = puface.load_config("demo")
     assert cfg.with_seeds(1).seeds == [1] and cfg.with_seeds(np.int64(0)).seeds == [0]
     assert cfg.with_seeds([np.int64(2), 3]).seeds == [2, 3]
-    for bad in (1.5, [1.5], ["a"], [], [True]):
-        with pytest.raises(ConfigError, match="seeds must be a list of integers"):
+    for bad in (1.5, [1.5], ["a"], [], [True]):  # named as the caller's, not as demo.toml's (which has other seeds)
+        with pytest.raises(ConfigError, match=r"^run_experiment\(seeds=\.\.\.\): seeds must be a list of integers"):
             puface.run_experiment(cfg, tmp_path / "out", seeds=bad)
+    with pytest.raises(ConfigError, match=r"^with_seeds: seeds must be a list of integers, got \[1\.5\]$"):
+        cfg.with_seeds([1.5])  # type: ignore[list-item]
     with pytest.raises(ConfigError, match="seeds must be a list of integers, got 1.5"):
         ExperimentConfig.from_dict({**cfg.raw, "seeds": 1.5})
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("config", [None, 3, b"demo"])
+def test_run_experiment_given_no_config_says_what_a_config_is(config):
+    """`run_experiment(None)` raised pathlib's TypeError "expected str, bytes or os.PathLike object, not NoneType";
+    now the config's one line naming what it got and what it takes."""
+    from puface.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^run_experiment: config must be a packaged config's name, a TOML file's "
+                                          rf"path, a config dict or an ExperimentConfig, got {type(config).__name__}$"):
+        puface.run_experiment(config)
+
+
+def test_experiment_result_is_part_of_the_api():
+    """`run_experiment` returns an ExperimentResult (its fields documented there) but `puface.ExperimentResult` was
+    an AttributeError, unlike the other API types (ExperimentConfig, PurifyBatch)."""
+    from puface.experiments import ExperimentResult
+
+    assert puface.ExperimentResult is ExperimentResult and "ExperimentResult" in puface.__all__
+    assert "ExperimentResult" in dir(puface)
+
+
+def test_a_numpy_array_for_images_gets_the_fix_that_fits_it():
+    """A float (N, 3, H, W) numpy array was told to go through `image_to_tensor` (for a uint8 (H, W, 3) photo: wrong
+    for it); now the advice follows the array's dtype and layout, and the message names both."""
+    from puface.utils.images import check_unit_images
+
+    x = np.random.rand(2, 3, 8, 8).astype(np.float32)
+    with pytest.raises(ValueError, match=r"^m: .*, got ndarray float32 \(2, 3, 8, 8\) \(torch\.from_numpy\(a\)\)$"):
+        check_unit_images(x, "m")
+    nhwc = x.transpose(0, 2, 3, 1)
+    with pytest.raises(ValueError, match=r"got ndarray float32 \(2, 8, 8, 3\) \(torch\.from_numpy\(a\)\.permute\("):
+        check_unit_images(nhwc, "m")
+    assert check_unit_images(torch.from_numpy(nhwc).permute(0, 3, 1, 2), "m").shape == (2, 3, 8, 8)  # the fix works
+    with pytest.raises(ValueError, match=r"got ndarray uint8 \(8, 8, 3\) \(a uint8 \(H, W, 3\) .*image_to_tensor"):
+        check_unit_images((x[0].transpose(1, 2, 0) * 255).astype(np.uint8), "m")
 
 
 @pytest.mark.parametrize("name", ["fawkes", "opom"])  # CloakAttack.run and GroupCloakAttack.run

@@ -35,6 +35,7 @@ _API = (
     "load_config",
     "run_experiment",
     "ExperimentConfig",
+    "ExperimentResult",
     "PurifyBatch",
 )
 
@@ -43,15 +44,8 @@ def __getattr__(name: str):
     """The API functions, imported on first use (so `import puface` stays fast). Without torch (or another of
     puface's dependencies) installed: an ImportError saying what to pip install, as the CLI says it."""
     if name in _API:
-        try:
-            from . import api
-        except ModuleNotFoundError as e:
-            from .utils.errors import missing_base_dependency
+        from . import api  # which says what to pip install when a dependency is missing
 
-            missing = missing_base_dependency(e)
-            if missing is None:
-                raise
-            raise missing from None
         return getattr(api, name)
     raise AttributeError(f"module 'puface' has no attribute {name!r}")
 

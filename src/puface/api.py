@@ -11,17 +11,26 @@ spec grammar of `puface.utils.specs` (``"jpeg:quality=75"``, ``"fawkes:mode=high
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from .attacks import create_attack, list_attacks
-from .defenses import create_defense, list_defenses
-from .evaluation.trainers import list_trainers
-from .experiments import ExperimentConfig, ExperimentResult, load_config
-from .experiments import run_experiment as _run_experiment
-from .models import FaceEmbedder
-from .models.registry import list_embedders, load_embedder
-from .purifier import Purifier, PurifyBatch
+from .utils.errors import ConfigError, missing_base_dependency
+
+try:  # without torch (or another of puface's own dependencies): what to pip install, as `puface.<name>` and the CLI say
+    from .attacks import create_attack, list_attacks
+    from .defenses import create_defense, list_defenses
+    from .evaluation.trainers import list_trainers
+    from .experiments import ExperimentConfig, ExperimentResult, load_config
+    from .experiments import run_experiment as _run_experiment
+    from .models import FaceEmbedder
+    from .models.registry import list_embedders, load_embedder
+    from .purifier import Purifier, PurifyBatch
+except ModuleNotFoundError as e:
+    _missing = missing_base_dependency(e)
+    if _missing is None:
+        raise
+    raise _missing from None
 
 __all__ = [
     "load_purifier",
@@ -38,6 +47,7 @@ __all__ = [
     "load_config",
     "run_experiment",
     "ExperimentConfig",
+    "ExperimentResult",
 ]
 
 
@@ -100,10 +110,13 @@ def run_experiment(config: ExperimentConfig | str | Path | dict, out: str | Path
         cfg = ExperimentConfig.from_dict(config)
     elif isinstance(config, ExperimentConfig):
         cfg = config
-    else:
+    elif isinstance(config, (str, os.PathLike)):
         cfg = load_config(config)
+    else:  # None, a number: pathlib's TypeError "expected str, bytes or os.PathLike object" said not what is taken
+        raise ConfigError(f"run_experiment: config must be a packaged config's name, a TOML file's path, a config "
+                          f"dict or an ExperimentConfig, got {type(config).__name__}")
     if data is not None:
         cfg = cfg.with_data_root(data)
     if seeds is not None:
-        cfg = cfg.with_seeds(seeds)
+        cfg = cfg.with_seeds(seeds, where="run_experiment(seeds=...)")
     return _run_experiment(cfg, out, device=device, progress=progress, restart=restart)

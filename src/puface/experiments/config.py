@@ -226,12 +226,7 @@ class ExperimentConfig:
             raise ConfigError(f"{where}: [detection] fpr must be in [0, 1), got {detection['fpr']}")
         if users["count"] is None and not users["names"]:
             users["count"] = 1
-        seeds = raw.get("seeds", [0])
-        if isinstance(seeds, int):
-            seeds = [seeds]
-        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                               for s in seeds):  # `seeds = 1.5`: a TypeError
-            raise ConfigError(f"{where}: seeds must be a list of integers, got {seeds!r}")
+        seeds = _seed_list(raw.get("seeds", [0]), where)
         attacks = [cls._attack(a, where) for a in cls._tables(raw, "attacks", where)]
         trainers = [cls._trainer(t, where) for t in cls._tables(raw, "trainers", where)]
         defenses = [cls._defense(d, where) for d in cls._tables(raw, "defenses", where)]
@@ -358,12 +353,14 @@ class ExperimentConfig:
     def with_data_root(self, root: str | Path) -> "ExperimentConfig":
         return self._edited(lambda raw: raw.setdefault("data", {}).__setitem__("root", str(root)))
 
-    def with_seeds(self, seeds: int | Sequence[int]) -> "ExperimentConfig":
+    def with_seeds(self, seeds: int | Sequence[int], where: str = "with_seeds") -> "ExperimentConfig":
         """The same config with other split/user/attack seeds (a repeat of the grid on other data draws): a list of
-        integers (numpy's too) or one; anything else is the ConfigError of a config's `seeds` (no int(1.5) = 1)."""
+        integers (numpy's too) or one; anything else is the ConfigError of a config's `seeds` (no int(1.5) = 1),
+        headed by `where` (the caller that was given them: not the config file, which had other seeds)."""
         given: Any = [seeds] if isinstance(seeds, numbers.Integral) else seeds
         if isinstance(given, (list, tuple, range)):
             given = [int(s) if isinstance(s, numbers.Integral) and not isinstance(s, bool) else s for s in given]
+        given = _seed_list(given, where)
         return self._edited(lambda raw: raw.__setitem__("seeds", given))
 
     def with_detection(self, **changes: Any) -> "ExperimentConfig":
@@ -387,6 +384,17 @@ class ExperimentConfig:
             "detection": self.detection,
             "source": str(self.source) if self.source else None,
         }
+
+
+def _seed_list(seeds: Any, where: str) -> list[int]:
+    """A config's `seeds` (one integer or a non-empty list of them) as a list; anything else a ConfigError headed by
+    `where` (`seeds = 1.5` was a TypeError)."""
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
+        raise ConfigError(f"{where}: seeds must be a list of integers, got {seeds!r}")
+    return seeds
 
 
 def load_config(ref: str | Path) -> ExperimentConfig:

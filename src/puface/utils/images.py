@@ -35,9 +35,15 @@ def check_unit_images(images: torch.Tensor, who: str, uint8: bool = False) -> to
     floats; a loose bound, so optimisation steps just past the range pass) or NaN / infinite values raise ValueError
     naming `who` and the fix. uint8: a uint8 tensor is taken as 0..255 and returned as float (`to_float`)."""
     if not torch.is_tensor(images):  # a numpy array, a PIL image, a list: not guessed at
-        raise ValueError(f"{who}: expected a torch tensor of float RGB images (N, 3, H, W) in [0, 1], got "
-                         f"{type(images).__name__} (a uint8 (H, W, 3) array or PIL image: "
-                         "puface.utils.images.image_to_tensor(np.asarray(img))[None])")
+        got, fix = type(images).__name__, ("a uint8 (H, W, 3) array or PIL image: "
+                                          "puface.utils.images.image_to_tensor(np.asarray(img))[None]")
+        if isinstance(images, np.ndarray):
+            got += f" {images.dtype} {images.shape}"
+            if images.dtype.kind == "f":  # already the layout and range, or one permute from it
+                fix = "torch.from_numpy(a)" + (".permute(0, 3, 1, 2)" if images.ndim == 4 and images.shape[-1] == 3
+                                               and images.shape[1] != 3 else "")
+        raise ValueError(f"{who}: expected a torch tensor of float RGB images (N, 3, H, W) in [0, 1], got {got} "
+                         f"({fix})")
     if uint8:
         images = to_float(images)
     if images.ndim != 4 or images.shape[1] != 3:
