@@ -622,6 +622,30 @@ def test_a_rank_restarted_with_another_detector_names_the_ranks_it_did_not_resco
     assert run["world_size"] == 2 and run["ranks"] == {"0": run["detector"], "1": run["detector"]}
 
 
+@pytest.mark.parametrize("split", [[], ["--world-size", "4", "--rank", "0"]], ids=["one-process", "other-world-size"])
+def test_a_resume_of_other_ranks_over_rows_of_two_detectors_is_refused(johns_dir, tmp_path, capsys, split):
+    """After rank 0 of 2 restarted with another detector (rank 1's rows still the first one's, the run file saying so
+    per rank), a resume with that detector as one process, or as ranks of another world size, took every row for its
+    own (4 of 8 scored by the other detector, judged at this one's thresholds) and wrote over the per-rank record
+    (with --world-size 4: every rank recorded as this detector). Now refused, naming both detectors; --restart goes."""
+    src, scores = _tree(johns_dir, tmp_path / "in"), tmp_path / "scores.csv"
+    base = ["detect", str(src), "--out", str(scores), "--no-progress", "--device", "cpu"]
+    for rank in ("0", "1"):
+        assert main([*base, "--world-size", "2", "--rank", rank]) == 0
+    assert main([*base, "--world-size", "2", "--rank", "0", "--restart", "--detector", "sharpen"]) == 0
+    capsys.readouterr()
+    assert main([*base, *split, "--detector", "sharpen"]) == 2
+    err = capsys.readouterr().err
+    assert "scored by 2 ranks (--rank) with more than one detector" in err and "pass --restart" in err
+    assert main([*base, *split, "--detector", "sharpen", "--restart"]) == 0
+    run = json.loads((tmp_path / "scores-run.json").read_text())
+    if split:  # the other ranks' files may still hold the first detector's rows: recorded as both, not as this one
+        assert run["ranks"]["0"] == run["detector"] and run["ranks"]["1"] != run["detector"]
+        assert "holds rows of rank(s) 1, 2, 3 scored by another detector" in capsys.readouterr().out
+    else:
+        assert "ranks" not in run
+
+
 @pytest.mark.parametrize("text", ["", "{\"detector\": \"4962e3"])
 def test_a_resume_over_an_empty_or_broken_run_file_is_one_line_or_goes_on(johns_dir, tmp_path, capsys, text):
     """A run file that holds no JSON (cut or edited by hand) failed a resume with a JSONDecodeError traceback; and the

@@ -447,10 +447,16 @@ def _load_run(state: Path) -> dict:
 
 def _rank_detectors(old: dict, world_size: int) -> dict[str, str]:
     """{rank: the fingerprint of the detector that scored that rank's files} of a scores CSV that processes (--rank)
-    share, from its run file `old`: its record per rank when written with this world size, else (an earlier run of
-    another world size, or of one process) every rank's rows by its one detector; {} without one."""
-    if old.get("world_size") == world_size and isinstance(old.get("ranks"), dict):
-        return {str(r): str(d) for r, d in old["ranks"].items()}
+    share, from its run file `old`: its record per rank when written with this world size; when written with another
+    (or read for one process: `world_size` 1), each rank's files may hold rows of any rank of that run, so every rank
+    gets all its detectors ("A+B" where they differ: no detector's own); else (a run of one process, or an earlier
+    puface) every rank's rows by its one detector; {} without one."""
+    ranks = old.get("ranks")
+    if isinstance(ranks, dict):
+        if old.get("world_size") == world_size:
+            return {str(r): str(d) for r, d in ranks.items()}
+        # another split of the files: a rank's files may hold rows of any rank of that run, so of all its detectors
+        return {str(r): "+".join(sorted({str(d) for d in ranks.values()})) for r in range(world_size)} if ranks else {}
     return {str(r): str(old["detector"]) for r in range(world_size)} if old.get("detector") else {}
 
 
@@ -533,10 +539,14 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         elif resume and not restart and out_csv.exists() and state.is_file():
             old = _load_run(state)
             _check_same_run(out_csv, old, det_id, run)
-            mine = _rank_detectors(old, world_size).get(str(rank), det_id) if shared else det_id
+            mine = _rank_detectors(old, world_size if shared else 1).get(str(rank) if shared else "0", det_id)
             if mine != det_id:  # the file's last run used this detector, another rank's restart: these rows are older
-                raise PufaceError(f"{out_csv}: the rows of rank {rank}'s files were scored by another detector "
-                                  f"({mine}, this one {det_id}); pass --restart")
+                if shared and old.get("world_size") == world_size:
+                    raise PufaceError(f"{out_csv}: the rows of rank {rank}'s files were scored by another detector "
+                                      f"({mine}, this one {det_id}); pass --restart")
+                raise PufaceError(f"{out_csv}: its rows were scored by {old.get('world_size')} ranks (--rank) with "
+                                  f"more than one detector ({mine.replace('+', ', ')}; this one {det_id}), and this "
+                                  f"run {'splits the files otherwise' if shared else 'is one process'}; pass --restart")
         # the paths alone: the rows themselves are read again at the end (`_finish`), not held meanwhile. Processes
         # sharing the file (--rank) drop only their own files' rows without resume, --restart too (the whole file
         # deleted the rows the other ranks had just written); a rank's own file starts afresh
