@@ -108,6 +108,7 @@ def test_run_experiment_seeds_are_integers_or_a_config_error(tmp_path):
     cfg = puface.load_config("demo")
     assert cfg.with_seeds(1).seeds == [1] and cfg.with_seeds(np.int64(0)).seeds == [0]
     assert cfg.with_seeds([np.int64(2), 3]).seeds == [2, 3]
+    assert ExperimentConfig.from_dict({**cfg.raw, "seeds": (4, 5)}).seeds == [4, 5]  # a tuple, as before
     for bad in (1.5, [1.5], ["a"], [], [True]):  # named as the caller's, not as demo.toml's (which has other seeds)
         with pytest.raises(ConfigError, match=r"^run_experiment\(seeds=\.\.\.\): seeds must be a list of integers"):
             puface.run_experiment(cfg, tmp_path / "out", seeds=bad)

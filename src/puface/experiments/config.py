@@ -391,10 +391,10 @@ def _seed_list(seeds: Any, where: str) -> list[int]:
     `where` (`seeds = 1.5` was a TypeError)."""
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                           for s in seeds):
+    if not isinstance(seeds, (list, tuple)) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                                    for s in seeds):
         raise ConfigError(f"{where}: seeds must be a list of integers, got {seeds!r}")
-    return seeds
+    return list(seeds)  # a tuple from Python code, as before audit AG
 
 
 def load_config(ref: str | Path) -> ExperimentConfig:
