@@ -432,7 +432,7 @@ def _check_same_run(out_csv: Path, old: dict, det_id: str, run: dict) -> None:
 
 
 def _load_run(state: Path) -> dict:
-    """An earlier run's run file: {} when empty (made by its lock, `_record_rank`, and never written: a kill at that
+    """An earlier run's run file: {} when empty (made by its lock, `_write_run`, and never written: a kill at that
     instant); a `PufaceError` naming it when it holds no run record."""
     try:
         text = state.read_text(encoding="utf-8")
@@ -470,15 +470,20 @@ def _read_run(fd: int) -> dict:
     return old if isinstance(old, dict) else {}
 
 
-def _record_rank(state: Path, rank: int, world_size: int, det_id: str, info: dict) -> dict[str, str]:
-    """Write the run file `state` of a scores CSV shared by processes (--rank) as `info` plus which detector scored each
-    rank's files, this rank's now `det_id`, the others' as the file said (under the run file's lock: the ranks write it
-    one at a time, none losing another's record). Returns {rank: fingerprint} of the ranks scored by another."""
+def _write_run(state: Path, info: dict, det_id: str, rank: tuple[int, int] | None = None) -> dict[str, str]:
+    """Write the run file `state` of a scores CSV as `info`; for a process sharing the CSV (rank: (rank, world size)),
+    plus which detector scored each rank's files, this rank's now `det_id`, the others' as the file said (under the
+    run file's lock: the ranks write it one at a time, none losing another's record). Returns {rank: fingerprint} of
+    the ranks scored by another detector ({} for one process)."""
+    if rank is None:
+        atomic_write_bytes(state, json.dumps(info, indent=2).encode())
+        return {}
+    r, world_size = rank
     with locked_csv(state) as fd:
         ranks = _rank_detectors(_read_run(fd), world_size)
-        ranks[str(rank)] = det_id
+        ranks[str(r)] = det_id
         atomic_write_bytes(state, json.dumps({**info, "world_size": world_size, "ranks": ranks}, indent=2).encode())
-    return {r: d for r, d in sorted(ranks.items(), key=lambda kv: int(kv[0])) if d != det_id}
+    return {k: d for k, d in sorted(ranks.items(), key=lambda kv: int(kv[0])) if d != det_id}
 
 
 def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDetector | None = None,
@@ -552,10 +557,7 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         # deleted the rows the other ranks had just written); a rank's own file starts afresh
         done = set(_start_rows(out_csv, fields, resume and not restart,
                                {j.rel.as_posix() for j in jobs} if shared else None))
-        if shared:
-            _record_rank(state, rank, world_size, det_id, {"detector": det_id, **run})
-        else:
-            atomic_write_bytes(state, json.dumps({"detector": det_id, **run}, indent=2).encode())
+        _write_run(state, {"detector": det_id, **run}, det_id, (rank, world_size) if shared else None)
         common: dict[str, Any] = dict(
             batch_size=batch_size, resume=resume, desc="detecting", verb="scored", stats_csv=out_csv, progress=progress,
             is_done=lambda j: j.rel.as_posix() in done, stats_fields=fields, stats_key="path", stats_status=False)
@@ -747,10 +749,7 @@ def _finish(out_csv: Path, fields: list[str], thresholds: Thresholds, fpr: float
             "thresholds_by_storage": rep.thresholds, "one_threshold": thresholds.one, "fpr": fpr, "images": kept,
             "scored": rep.scored, "flagged": rep.flagged, "failed": [[str(p), why] for p, why in job.failed],
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **(state or {})}
-    if rank is not None:
-        rep.mixed = _record_rank(_state_path(out_csv), *rank, det_id, info)
-    else:
-        atomic_write_bytes(_state_path(out_csv), json.dumps(info, indent=2).encode())
+    rep.mixed = _write_run(_state_path(out_csv), info, det_id, rank)
     return rep
 
 
