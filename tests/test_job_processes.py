@@ -459,6 +459,23 @@ def test_a_rank_that_ended_its_share_is_not_waited_for(tmp_path):
             holder.wait()
 
 
+def _claim_rank1_in_a_loop(scores, seconds: float) -> tuple[int, list[str]]:
+    """Claim and release rank 1 of 2 of `scores` for `seconds`: (how many starts, the refusals' messages)."""
+    import time
+
+    from puface.io.jobs import claim_file
+    from puface.utils.errors import PufaceError
+
+    starts, refused, t = 0, [], time.time()
+    while time.time() - t < seconds:
+        starts += 1
+        try:
+            claim_file(scores, 1, 2)()
+        except PufaceError as e:
+            refused.append(str(e))
+    return starts, refused
+
+
 def test_asking_which_ranks_run_does_not_refuse_a_rank_starting(tmp_path):
     """`Claim.others_running` tested another rank's byte of the lock file by locking it for a moment, so a rank
     claiming its share at that instant was refused as a duplicate ("another puface process is writing this file as
@@ -466,10 +483,6 @@ def test_asking_which_ranks_run_does_not_refuse_a_rank_starting(tmp_path):
     without being locked (F_TEST), and no start is refused; an ended rank is still seen (the test above)."""
     import subprocess
     import sys
-    import time
-
-    from puface.io.jobs import claim_file
-    from puface.utils.errors import PufaceError
 
     scores = tmp_path / "scores.csv"
     code = (
@@ -480,13 +493,7 @@ def test_asking_which_ranks_run_does_not_refuse_a_rank_starting(tmp_path):
     asker = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert asker.stdout.readline().strip() == "held"
-        starts, refused, t = 0, [], time.time()
-        while time.time() - t < 0.8:
-            starts += 1
-            try:
-                claim_file(scores, 1, 2)()
-            except PufaceError as e:
-                refused.append(str(e))
+        starts, refused = _claim_rank1_in_a_loop(scores, 0.8)
         assert starts > 200 and refused == [], (starts, len(refused), refused[:1])
     finally:
         asker.kill()
@@ -501,10 +508,6 @@ def test_a_rank_starting_as_another_ends_is_not_refused(tmp_path):
     gate byte), so no start is refused, and the last one out still removes the file."""
     import subprocess
     import sys
-    import time
-
-    from puface.io.jobs import claim_file
-    from puface.utils.errors import PufaceError
 
     scores = tmp_path / "scores.csv"
     code = (
@@ -517,13 +520,7 @@ def test_a_rank_starting_as_another_ends_is_not_refused(tmp_path):
     other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert other.stdout.readline().strip() == "go"
-        starts, refused, t = 0, [], time.time()
-        while time.time() - t < 0.8:
-            starts += 1
-            try:
-                claim_file(scores, 1, 2)()
-            except PufaceError as e:
-                refused.append(str(e))
+        starts, refused = _claim_rank1_in_a_loop(scores, 0.8)
         assert int(other.communicate(timeout=60)[0]) == 0
     finally:
         other.kill()
