@@ -224,6 +224,12 @@ def _pct_of(v: float) -> str:
     return "-" if v != v else f"{v:.1f}"
 
 
+def _pct_range(xs: list[float]) -> str:
+    """The range "min-max" of numbers already in %, one decimal, NaN left out; "-" when none is left."""
+    xs = [x for x in xs if x == x]
+    return f"{min(xs):.1f}-{max(xs):.1f}" if xs else "-"
+
+
 def purifier_column(label: str) -> str:
     """How the headline names the purifier's columns: "PuFace" for the grids' own `puface` label, else the label
     shown (`--puface puface-step1.5`), so a table of another defense never reads as the paper's PuFace."""
@@ -440,22 +446,18 @@ def draws_table(folders: list[Path], attack_suffix: str = "", puface: str = "puf
         "|---" * (len(folders) + 5) + "|",
     ]
 
-    def span(xs: list[float], digits: int = 1) -> str:
-        xs = [x for x in xs if x == x]
-        return f"{min(xs):.{digits}f}-{max(xs):.{digits}f}" if xs else "-"
-
     moved, accs = [], []
     for c in cells:
         none = [run[(*c, "none")][0] for run in runs]
         per = " | ".join(f"**{a:.1f}**" if a < 95 else _pct_of(a) for a in none)
         known = [a for a in none if a == a]
         out.append(f"| {' | '.join(map(md_cell, c))} | {per} | {_pct_of(_mean(known) if known else float('nan'))} "
-                   f"| {span([run[(*c, puface)][0] for run in runs])} |")
+                   f"| {_pct_range([run[(*c, puface)][0] for run in runs])} |")
         for run in runs:
             a, b = run[(*c, "none")][1], run[(*c, puface)][1]
             if a == a and b == b:
                 moved.append(abs(a - b))
             accs += [a, b]
     far = f"{max(moved):.2f} points apart" if moved else "- points apart"
-    out += ["", f"normal accuracy {span(accs)}%, no defense vs {pu} at most {far}"]
+    out += ["", f"normal accuracy {_pct_range(accs)}%, no defense vs {pu} at most {far}"]
     return "\n".join(out)
