@@ -86,10 +86,10 @@ def alone(n: int) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ranks", type=int, default=16)
-    ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--alone", type=int, default=300)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ranks", type=int, default=16, help="processes starting together, one per rank (16)")
+    ap.add_argument("--rounds", type=int, default=10, help="times they start together (10)")
+    ap.add_argument("--alone", type=int, default=300, help="claims of one process in a loop (300)")
     args = ap.parse_args()
     cols = [("step", "step", "{}"), ("starts", "starts", "{}"), ("refused", "refused", "{}"),
             ("median_ms", "median ms", "{:.3f}"), ("p90_ms", "p90 ms", "{:.3f}"), ("max_ms", "max ms", "{:.3f}")]
