@@ -84,13 +84,19 @@ def test_a_group_cloaked_before_a_kill_gets_its_rows_on_resume(johns_dir, tmp_pa
     ]
 
 
-def _holder(out: Path, rank: int, world_size: int):
-    """Another process that claims `out` as a job does (`claim_output`) and holds it until stopped."""
+#: Code that makes a process lock as an older puface did, and as systems without open-file-description locks do
+_POSIX_LOCKS = "import puface.io.jobs; puface.io.jobs._OFD = False\n"
+
+
+def _holder(out: Path, rank: int, world_size: int, posix: bool = False):
+    """Another process that claims `out` as a job does (`claim_output`) and holds it until stopped; with `posix`, by
+    POSIX record locks (`_POSIX_LOCKS`)."""
     import subprocess
     import sys
 
     code = (
-        "import sys, time; from pathlib import Path; from puface.io.jobs import claim_output; "
+        (_POSIX_LOCKS if posix else "")
+        + "import sys, time; from pathlib import Path; from puface.io.jobs import claim_output; "
         f"release = claim_output(Path({str(out)!r}), {rank}, {world_size}); print('held', flush=True); time.sleep(60)"
     )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -124,6 +130,188 @@ def test_a_second_process_on_one_output_folder_is_refused(johns_dir, tmp_path, w
     assert main(_purify(src, out, "--weights", weights)) == 0  # killed -9: its claim went with it
     assert len(list(out.rglob("*.jpg"))) == 4
     assert not (out / ".puface.lock").exists()  # the last process removes it
+
+
+def _claimed_elsewhere(out: Path, rank: int, world_size: int, posix: bool = False) -> str:
+    """What a separate process gets when it claims `out` as `rank` of `world_size` (with `posix`, by POSIX record locks:
+    `_POSIX_LOCKS`): "claimed" (then released) or the refusal's message."""
+    import subprocess
+    import sys
+
+    code = (
+        (_POSIX_LOCKS if posix else "")
+        + "from pathlib import Path; from puface.io.jobs import claim_output\n"
+        "from puface.utils.errors import PufaceError\n"
+        f"try:\n    claim_output(Path({str(out)!r}), {rank}, {world_size})()\n    print('claimed')\n"
+        "except PufaceError as e:\n    print(e)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip()
+
+
+@pytest.mark.parametrize("ofd", [True, False])
+def test_one_output_claimed_twice_in_one_process_is_refused(tmp_path, monkeypatch, ofd):
+    """The claim's locks (POSIX `lockf`) belong to the process: a second job on one output in the same process (two
+    threads of a Python session, a notebook starting a job while one runs) was let in, the same rank twice and the
+    whole folder twice alike, and both wrote every output. It is refused now with a one-line message (by the
+    open-file-description locks, or where there are none by the process's record of its claims), and the folder
+    stays claimed by the first until it ends: a separate process (locking the other way) is refused too."""
+    import puface.io.jobs as jobs
+    from puface.utils.errors import PufaceError
+
+    if ofd and not jobs._ofd_locks():
+        pytest.skip("no open-file-description locks here")
+    monkeypatch.setattr(jobs, "_OFD", ofd)
+    out = tmp_path / "out"
+    for rank, world_size, refusal in ((0, 1, "into this folder;"), (1, 2, "into this folder as rank 1")):
+        first = jobs.begin_settings(out / "purify_config.json", {"step": 1}, resume=True, kind="purifying", rank=rank,
+                                    world_size=world_size)
+        try:
+            with pytest.raises(PufaceError, match="another puface job in this process is writing into this folder"):
+                jobs.claim_output(out, rank, world_size)
+            assert refusal in _claimed_elsewhere(out, rank, world_size, posix=ofd)  # the refusal let nothing go
+        finally:
+            first()
+        assert not (out / ".puface.lock").exists()
+        assert _claimed_elsewhere(out, rank, world_size) == "claimed"
+
+
+def test_releasing_one_of_two_ranks_held_in_one_process_keeps_the_other(tmp_path):
+    """Two ranks of one job claimed in one process: releasing one closed its lock file, and closing any descriptor
+    of a file drops every POSIX lock the process holds on it, so the other rank's claim went silently and a separate
+    process was let in as that rank. The other rank now stays claimed until it is released itself."""
+    from puface.io.jobs import claim_output
+
+    out = tmp_path / "out"
+    zero, one = claim_output(out, 0, 2), claim_output(out, 1, 2)
+    try:
+        zero()
+        assert "as rank 1" in _claimed_elsewhere(out, 1, 2)
+        assert _claimed_elsewhere(out, 0, 2) == "claimed"
+        assert (out / ".puface.lock").exists()  # the last one out removes it, not the first
+    finally:
+        one()
+    assert not (out / ".puface.lock").exists()
+    assert _claimed_elsewhere(out, 1, 2) == "claimed"
+
+
+def test_two_ranks_starting_and_ending_in_two_threads_are_not_refused(tmp_path):
+    """Two threads of one process claim and release rank 0 and rank 1 of one file in a loop, as two processes do in
+    `test_a_rank_starting_as_another_ends_is_not_refused`: no start is refused and none waits. (A release that held
+    this process's claims record while closing its file kept the other thread's claim waiting at the gate for its
+    file's removal: about one start in a thousand waited 2 s and was refused.)"""
+    import threading
+
+    scores, got = tmp_path / "scores.csv", {}
+
+    def loop(rank: int) -> None:
+        got[rank] = _claim_rank1_in_a_loop(scores, 0.8, rank)
+
+    threads = [threading.Thread(target=loop, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert all(starts > 200 and refused == [] for starts, refused in got.values()), got
+    assert not scores.with_name(".scores.csv.lock").exists()
+
+
+def test_without_open_file_description_locks_one_process_claims_an_output_once(tmp_path, monkeypatch):
+    """Where the system has only POSIX locks (macOS), which cannot keep two claims of one process apart, a second
+    claim of one output in the process is refused, another rank included (its release would drop the first's locks),
+    with a one-line message; once the first is released, the output can be claimed again."""
+    import puface.io.jobs as jobs
+    from puface.utils.errors import PufaceError
+
+    monkeypatch.setattr(jobs, "_OFD", False)
+    out = tmp_path / "out"
+    zero = jobs.claim_output(out, 0, 2)
+    try:
+        with pytest.raises(PufaceError, match="another puface job in this process .* cannot keep two claims of one "
+                                              "process apart") as e:
+            jobs.claim_output(out, 1, 2)
+        assert "\n" not in str(e.value)
+        assert "as rank 0" in _claimed_elsewhere(out, 0, 2)
+    finally:
+        zero()
+    jobs.claim_output(out, 1, 2)()
+    assert not (out / ".puface.lock").exists()
+
+
+def test_the_lock_layout_is_checked_against_the_kernel(monkeypatch):
+    """`struct flock` is packed by hand for open-file-description locks: the layout used is the kernel's here (on
+    Linux, which has them), and a wrong one (packed without alignment, as a first guess might be) is caught by the
+    check, so the claim falls back to POSIX locks instead of locking the wrong bytes."""
+    import struct
+    import sys
+
+    import puface.io.jobs as jobs
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("open-file-description locks are Linux's")
+    assert jobs._probe_ofd_locks()
+    for layout in ("=hhqqi", "hhqiq", "hhllhh"):
+        monkeypatch.setattr(jobs, "_FLOCK", struct.Struct(layout))
+        assert not jobs._probe_ofd_locks(), layout
+
+
+@pytest.mark.parametrize("posix_holds", [True, False])
+def test_claims_by_posix_and_open_file_description_locks_exclude_each_other(tmp_path, posix_holds):
+    """A process claiming with open-file-description locks and one with POSIX record locks (an older puface, or a
+    system without the former) share an output as two processes of one kind do: the same rank, a claim of the whole
+    output beside a rank, and another world size are refused either way round, other ranks run side by side, and a
+    rank asking which others run sees the other kind's."""
+    import puface.io.jobs as jobs
+    from puface.utils.errors import PufaceError
+
+    if not jobs._ofd_locks():
+        pytest.skip("no open-file-description locks here")
+    out = tmp_path / "out"
+    holder = _holder(out, 0, 2, posix=posix_holds)
+    try:
+        for rank, world_size, refusal in ((0, 2, "as rank 0"), (0, 1, "writing into this folder;"),
+                                          (1, 3, "another --world-size")):
+            assert refusal in _claimed_elsewhere(out, rank, world_size, posix=not posix_holds)
+            if not posix_holds:
+                with pytest.raises(PufaceError, match=refusal):
+                    jobs.claim_output(out, rank, world_size)
+        assert _claimed_elsewhere(out, 1, 2, posix=not posix_holds) == "claimed"
+        mine = jobs.claim_output(out, 1, 2)
+        assert mine.others_running() == 1
+        mine()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_forked_child_does_not_keep_its_parents_claim(tmp_path):
+    """An open-file-description lock goes with the last descriptor of its open file, and a forked child (a data
+    loader's worker, multiprocessing) holds a copy of the parent's: killed -9, the parent's claim would have stayed
+    while the child lived (POSIX locks never pass to a child). The child closes its copy at the fork."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    code = (
+        "import os, time; from pathlib import Path; from puface.io.jobs import claim_output\n"
+        f"c = claim_output(Path({str(out)!r}))\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n    time.sleep(60); os._exit(0)\n"
+        "print(pid, flush=True); time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    try:
+        assert "writing into this folder" in _claimed_elsewhere(out, 0, 1)
+        parent.kill()
+        parent.wait()
+        assert _claimed_elsewhere(out, 0, 1) == "claimed"
+    finally:
+        parent.kill()
+        parent.wait()
+        os.kill(child, signal.SIGKILL)
 
 
 def test_a_killed_runs_temporary_outputs_are_removed_on_resume(johns_dir, tmp_path, weights):
@@ -305,17 +493,26 @@ def test_ranks_starting_with_other_settings_at_once_do_not_both_pass_the_check(t
     assert json.loads((out / "purify_config.json").read_text()) == {"step": 1}
 
 
-def test_jobs_run_unlocked_where_the_file_system_takes_no_locks(johns_dir, tmp_path, weights, monkeypatch):
+@pytest.mark.parametrize("ofd", [True, False])
+def test_jobs_run_unlocked_where_the_file_system_takes_no_locks(johns_dir, tmp_path, weights, monkeypatch, ofd):
     """NFS or Lustre mounted without locking: every lock call fails with ENOLCK. The folder claim, the settings lock and
-    the CSV locks then do nothing, and the job runs as before there were locks."""
+    the CSV locks then do nothing, and the job runs as before there were locks (with open-file-description locks, and
+    with the POSIX locks of systems without them)."""
     import errno
     import fcntl
+
+    import puface.io.jobs as jobs
+
+    if ofd and not jobs._ofd_locks():
+        pytest.skip("no open-file-description locks here")
 
     def no_locks(*a, **k):
         raise OSError(errno.ENOLCK, "No locks available")
 
+    monkeypatch.setattr(jobs, "_OFD", ofd)
     monkeypatch.setattr(fcntl, "lockf", no_locks)
     monkeypatch.setattr(fcntl, "flock", no_locks)
+    monkeypatch.setattr(fcntl, "fcntl", no_locks)
     src, out = _tree(johns_dir, tmp_path / "in"), tmp_path / "out"
     for rank in (0, 1):
         assert main(_purify(src, out, "--weights", weights, "--stats", out / "stats.csv", "--rank", rank,
@@ -459,8 +656,8 @@ def test_a_rank_that_ended_its_share_is_not_waited_for(tmp_path):
             holder.wait()
 
 
-def _claim_rank1_in_a_loop(scores, seconds: float) -> tuple[int, list[str]]:
-    """Claim and release rank 1 of 2 of `scores` for `seconds`: (how many starts, the refusals' messages)."""
+def _claim_rank1_in_a_loop(scores, seconds: float, rank: int = 1) -> tuple[int, list[str]]:
+    """Claim and release rank 1 (or `rank`) of 2 of `scores` for `seconds`: (starts, the refusals' messages)."""
     import time
 
     from puface.io.jobs import claim_file
@@ -470,7 +667,7 @@ def _claim_rank1_in_a_loop(scores, seconds: float) -> tuple[int, list[str]]:
     while time.time() - t < seconds:
         starts += 1
         try:
-            claim_file(scores, 1, 2)()
+            claim_file(scores, rank, 2)()
         except PufaceError as e:
             refused.append(str(e))
     return starts, refused
@@ -541,16 +738,16 @@ def test_ranks_ending_together_remove_the_lock_file(tmp_path):
 
     scores = tmp_path / "scores.csv"
     code = (
-        "import fcntl, sys; from pathlib import Path; from puface.io.jobs import claim_file\n"
-        "real = fcntl.lockf\n"
-        "def lockf(f, cmd, length=0, start=0, whence=0):\n"
-        "    try:\n        return real(f, cmd, length, start, whence)\n"
+        "import sys; from pathlib import Path; import puface.io.jobs as jobs\n"
+        "real = jobs._range_lock\n"  # every lock of a claim goes through it
+        "def lock(f, cmd, length=0, start=0):\n"
+        "    try:\n        return real(f, cmd, length, start)\n"
         "    except OSError:\n"
         "        if (length, start) == (0, 0):  # the test of the whole file, failed: wait here\n"
         "            print('tested', flush=True); sys.stdin.readline()\n"
         "        raise\n"
-        f"c = claim_file(Path({str(scores)!r}), 0, 2); print('held', flush=True); sys.stdin.readline()\n"
-        "fcntl.lockf = lockf\n"
+        f"c = jobs.claim_file(Path({str(scores)!r}), 0, 2); print('held', flush=True); sys.stdin.readline()\n"
+        "jobs._range_lock = lock\n"
         "c()\n"
     )
     other = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -14,9 +14,11 @@ import io
 import itertools
 import json
 import os
+import struct
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
@@ -337,7 +339,7 @@ def check_settings(path: Path, record: dict, *, resume: bool, kind: str, keys: S
 
 #: The lock file of an output folder while a job writes into it (`claim_output`): hidden, removed by the last process.
 LOCK_NAME = ".puface.lock"
-#: Byte ranges of a claim's lock file (`fcntl.lockf`): byte 0 serialises the settings check and write of the processes
+#: Byte ranges of a claim's lock file (`_range_lock`): byte 0 serialises the settings check and write of the processes
 #: sharing the output (`Claim.settings`), byte 1 + rank is a rank's share, and a process of world size W holds a shared
 #: lock on byte _WORLD_BYTES + W (far beyond any rank's byte), so that processes of other world sizes are refused.
 _WORLD_BYTES = 1 << 40
@@ -353,14 +355,146 @@ _ENDED_BYTES = 1 << 39
 _GATE_BYTE = 1 << 38
 
 
+#: The claims this process holds (`_claim`, `Claim.__call__`: under `_HELD_LOCK`): where POSIX locks cannot tell two
+#: claims of one process apart, a second claim of one lock file is refused here; a forked child closes their files.
+_HELD: "weakref.WeakSet[Claim]" = weakref.WeakSet()
+_HELD_LOCK = threading.Lock()
+
+
+def _close_held_in_child() -> None:
+    """After a fork, in the child: the child holds none of its parent's claims (POSIX locks never pass to a child), so
+    its copies of their lock files are closed; open, they would keep the parent's open-file-description locks held
+    after the parent ended (kill -9) for as long as the child lives."""
+    global _HELD_LOCK
+    _HELD_LOCK = threading.Lock()  # another thread of the parent may have held it at the fork
+    for c in list(_HELD):
+        if c.f is not None:
+            try:
+                c.f.close()
+            except OSError:
+                pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
+
+
+#: `_range_lock`'s command to test a byte range without locking it
+_TEST = 0
+#: `struct flock` as Linux's fcntl takes it (large-file builds: `flock64`): short l_type, short l_whence, off_t l_start,
+#: off_t l_len, pid_t l_pid, in native alignment with the end padded to off_t's (x86-64: 32 bytes, i386: 24);
+#: checked against the kernel before use (`_probe_ofd_locks`)
+_FLOCK = struct.Struct("hhqqi0q")
+#: Whether this process locks with open-file-description locks (`_ofd_locks`); None until first asked
+_OFD: bool | None = None
+
+
+def _range_lock(f: Any, cmd: int, length: int = 0, start: int = 0) -> bool:
+    """Lock, unlock or test bytes [start, start + length) of the open lock file `f` (length 0: to any end), the one
+    home of the claims' locks. `cmd` as `fcntl.lockf` takes it: LOCK_SH or LOCK_EX (waiting for it; with | LOCK_NB an
+    `OSError` EACCES/EAGAIN at once where another holder has it), LOCK_UN; or `_TEST`: True when another holder has an
+    exclusive lock on the range, nothing taken. False otherwise.
+
+    The locks are open-file-description locks (`F_OFD_SETLK`, Linux >= 3.15: `_ofd_locks`). They belong to `f`, not
+    to the process: two claims in one process exclude each other as those of two processes do, and closing one file
+    never drops the other's locks; they conflict with other processes' POSIX record locks (an older puface's claim)
+    as POSIX locks do among themselves, and go when the last descriptor of `f` is closed (a forked child's copy is
+    closed: `_close_held_in_child`). Elsewhere (macOS, older kernels) POSIX record locks (`fcntl.lockf`, `os.lockf`
+    F_TEST), which belong to the process: its claims neither exclude each other nor survive another's close of the
+    file, so `_claim` refuses a second claim of one lock file in the process (`_HELD`), ranks of one job included."""
+    import errno
+    import fcntl
+
+    if _ofd_locks():
+        if cmd == _TEST:
+            kind, op = fcntl.F_RDLCK, fcntl.F_OFD_GETLK  # a read lock meets exclusive locks only
+        else:
+            kind = (fcntl.F_UNLCK if cmd == fcntl.LOCK_UN else fcntl.F_RDLCK if cmd & fcntl.LOCK_SH
+                    else fcntl.F_WRLCK)
+            op = fcntl.F_OFD_SETLK if cmd & fcntl.LOCK_NB or cmd == fcntl.LOCK_UN else fcntl.F_OFD_SETLKW
+        got = fcntl.fcntl(f.fileno(), op, _FLOCK.pack(kind, os.SEEK_SET, start, length, 0))
+        return cmd == _TEST and _FLOCK.unpack(got)[0] != fcntl.F_UNLCK
+    if cmd != _TEST:
+        fcntl.lockf(f, cmd, length, start)
+        return False
+    try:
+        if hasattr(os, "lockf"):
+            os.lseek(f.fileno(), start, os.SEEK_SET)  # F_TEST tests from the file offset (nothing reads or writes f)
+            os.lockf(f.fileno(), os.F_TEST, length)  # (glibc: F_GETLK for a read lock: sees exclusive locks only)
+            return False
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)  # taken and given back: never a claim's own bytes
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EAGAIN):
+            return True
+        raise
+    fcntl.lockf(f, fcntl.LOCK_UN, length, start)
+    return False
+
+
+def _ofd_locks() -> bool:
+    """Whether `_range_lock` takes open-file-description locks here: found once per process (`_probe_ofd_locks`)."""
+    global _OFD
+    if _OFD is None:
+        _OFD = _probe_ofd_locks()
+    return _OFD
+
+
+def _probe_ofd_locks() -> bool:
+    """True when open-file-description locks work as `_range_lock` packs them: on a temporary file, a lock on 3 bytes
+    beyond 1 TiB taken through one descriptor is reported at its place (`_FLOCK`'s fields read back as packed) to a
+    second descriptor of this process, which is refused it and sees the bytes either side free. False where fcntl
+    lacks the commands (macOS), the kernel refuses them (EINVAL: Linux before 3.15), a field reads back otherwise
+    (another layout of `struct flock`), or no temporary file can be made or locked."""
+    import errno
+    import fcntl
+    import tempfile
+
+    if not all(hasattr(fcntl, c) for c in ("F_OFD_GETLK", "F_OFD_SETLK", "F_OFD_SETLKW")):
+        return False
+    start, length = (1 << 40) + 5, 3
+
+    def lock(fd: int, op: int, kind: int, at: int, n: int) -> tuple:
+        return _FLOCK.unpack(fcntl.fcntl(fd, op, _FLOCK.pack(kind, os.SEEK_SET, at, n, 0)))
+
+    try:
+        fd, name = tempfile.mkstemp(prefix=".puface-lock-")
+        try:
+            other = os.open(name, os.O_RDWR)
+        finally:
+            os.unlink(name)
+        try:
+            lock(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK, start, length)
+            seen = lock(other, fcntl.F_OFD_GETLK, fcntl.F_RDLCK, 0, 0)
+            free = [lock(other, fcntl.F_OFD_GETLK, fcntl.F_WRLCK, at, 1)[0] for at in (start - 1, start + length)]
+            try:
+                lock(other, fcntl.F_OFD_SETLK, fcntl.F_WRLCK, start + length - 1, 1)
+                refused = False
+            except OSError as e:
+                refused = e.errno in (errno.EACCES, errno.EAGAIN)
+        finally:
+            os.close(other)
+            os.close(fd)
+    except (OSError, struct.error):  # (struct.error: a layout whose fields cannot hold the values)
+        return False
+    return seen == (fcntl.F_WRLCK, os.SEEK_SET, start, length, -1) and free == [fcntl.F_UNLCK] * 2 and refused
+
+
 class Claim:
     """A process's claim on an output (`claim_output`): call it to release the claim (the last process removes the lock
-    file); `settings()` serialises a settings check and write between the processes sharing the output."""
+    file); `settings()` serialises a settings check and write between the processes sharing the output. `key` is the
+    lock file's (st_dev, st_ino) while claimed (`_HELD`)."""
 
     def __init__(self, f: Any = None, path: Path | None = None, whole: bool = True, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, key: tuple[int, int] | None = None):
         self.f, self.path, self.whole = f, path, whole
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.key = rank, world_size, key
+
+    def excludes(self, key: tuple[int, int], rank: int, world_size: int) -> bool:
+        """True when this claim, still held on lock file `key`, keeps out a claim of `rank` of `world_size` (the same
+        rank, another world size, or either one of the whole output)."""
+        return (self.key == key and self.f is not None and not self.f.closed
+                and (self.whole or world_size <= 1 or self.world_size != world_size or self.rank == rank))
 
     def ended(self) -> None:
         """Say that this process's share is done (every output and row of it written; only the summaries are left):
@@ -370,7 +504,7 @@ class Claim:
         import fcntl
 
         try:
-            fcntl.lockf(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _ENDED_BYTES + self.rank)
+            _range_lock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _ENDED_BYTES + self.rank)
         except OSError:
             pass
 
@@ -384,25 +518,14 @@ class Claim:
                    if r != self.rank and self._held(1 + r) and not self._held(_ENDED_BYTES + r))
 
     def _held(self, start: int) -> bool:
-        """True when another process holds an exclusive lock on byte `start` of the lock file (a rank's byte, an ended
-        byte). Tested without taking it (`os.lockf` F_TEST: fcntl F_GETLK), so that a rank claiming its byte at that
-        instant is not refused as a duplicate; glibc's test sees exclusive locks only, hence those bytes are locked
-        exclusively. Where F_TEST is missing, the lock is taken and given back (never one of this claim's own bytes:
-        that would release them)."""
-        import errno
-        import fcntl
-
-        fd = self.f.fileno()
+        """True when another claim (another process's, or another of this process where `_range_lock` tells them
+        apart) holds byte `start` of the lock file (a rank's byte, an ended byte): tested without taking it
+        (`_range_lock` _TEST), so that a rank claiming its byte at that instant is not refused as a duplicate. The
+        test sees exclusive locks only, hence those bytes are locked exclusively."""
         try:
-            if hasattr(os, "lockf"):
-                os.lseek(fd, start, os.SEEK_SET)  # F_TEST tests from the file offset (nothing reads or writes the file)
-                os.lockf(fd, os.F_TEST, 1)
-                return False
-            fcntl.lockf(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, start)
-        except OSError as e:
-            return e.errno in (errno.EACCES, errno.EAGAIN)
-        fcntl.lockf(self.f, fcntl.LOCK_UN, 1, start)
-        return False
+            return _range_lock(self.f, _TEST, 1, start)
+        except OSError:
+            return False
 
     def __call__(self) -> None:
         """Release the claim; the last process out removes the lock file. This process's bytes are let go first, so
@@ -416,13 +539,15 @@ class Claim:
         import fcntl
 
         try:
-            fcntl.lockf(f, fcntl.LOCK_UN, 0, 0)
-            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0)
+            _range_lock(f, fcntl.LOCK_UN, 0, 0)
+            _range_lock(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0)
             if self.path is not None and _names(self.path, f):  # (path is set with f)
                 self.path.unlink()
         except OSError:
             pass
-        f.close()
+        f.close()  # first: a claim of this process may be waiting (holding `_HELD_LOCK`) for the removal to end
+        with _HELD_LOCK:
+            _HELD.discard(self)
 
     @contextmanager
     def settings(self) -> Iterator[None]:
@@ -435,7 +560,7 @@ class Claim:
         import fcntl
 
         try:
-            fcntl.lockf(self.f, fcntl.LOCK_EX, 1, 0)
+            _range_lock(self.f, fcntl.LOCK_EX, 1, 0)
         except OSError:  # no locks after all: unlocked, as where nothing was claimed
             yield
             return
@@ -443,7 +568,7 @@ class Claim:
             yield
         finally:
             try:
-                fcntl.lockf(self.f, fcntl.LOCK_UN, 1, 0)
+                _range_lock(self.f, fcntl.LOCK_UN, 1, 0)
             except OSError:
                 pass
 
@@ -454,8 +579,9 @@ def claim_output(folder: Path, rank: int = 0, world_size: int = 1) -> Claim:
     started on one folder by mistake do not both write every output and every CSV row. A process without ranks
     claims the whole folder; process `rank` of `world_size` one share, so the ranks of one job run side by side
     but never one rank twice, a rank beside a run without ranks, or ranks of different world sizes (whose shares
-    overlap). An advisory lock (`fcntl.lockf`) on `folder/.puface.lock`, which the last process to release its claim
-    removes; where the file system takes no locks, nothing is claimed."""
+    overlap). Two claims in one process (two jobs of a Python session) exclude each other as those of two processes do
+    (`_range_lock`). An advisory lock on `folder/.puface.lock`, which the last process to release its claim removes;
+    where the file system takes no locks, nothing is claimed."""
     return _claim(folder / LOCK_NAME, rank, world_size, str(folder), "writing into this folder")
 
 
@@ -484,7 +610,7 @@ def _enter_gate(f: Any, busy: tuple[int, ...], wait: float = 2.0) -> None:
     deadline = time.monotonic() + wait
     while True:
         try:
-            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _GATE_BYTE)
+            _range_lock(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _GATE_BYTE)
             return
         except OSError as e:
             if e.errno not in busy:
@@ -495,7 +621,8 @@ def _enter_gate(f: Any, busy: tuple[int, ...], wait: float = 2.0) -> None:
 
 
 def _claim(path: Path, rank: int, world_size: int, name: str, doing: str) -> Claim:
-    """`claim_output` on lock file `path`; messages say "{name}: another puface process is {doing}"."""
+    """`claim_output` on lock file `path`; messages say "{name}: another puface process is {doing}", or "another
+    puface job in this process" where a claim this process holds keeps it out (`_HELD`)."""
     try:
         import errno
         import fcntl
@@ -504,57 +631,90 @@ def _claim(path: Path, rank: int, world_size: int, name: str, doing: str) -> Cla
     busy = (errno.EACCES, errno.EAGAIN)
     # (length, start) of the bytes this process holds: one rank's byte, or every byte but the gate (the whole output)
     ranges = [(1, 1 + rank)] if world_size > 1 else [(_GATE_BYTE, 0), (0, _GATE_BYTE + 1)]
-    for _ in range(10):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            f = open(path, "a+b")
-        except OSError:
+    ofd = _ofd_locks()
+    with _HELD_LOCK:  # one claim at a time in this process, so that `_HELD` is as the locks are
+        for _ in range(10):
+            key = None if ofd else _key(path)
+            if key is not None and key in {c.key for c in _HELD if c.f is not None and not c.f.closed}:
+                # POSIX locks: a second claim would not be refused, and its close would drop the first's locks
+                raise PufaceError(f"{name}: another puface job in this process is {doing}; wait for it to end (this "
+                                  "system's file locks cannot keep two claims of one process apart)")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                f = open(path, "a+b")
+            except OSError:
+                return Claim()
+            try:
+                _enter_gate(f, busy)  # a removal of the file in progress ends first; none starts until the gate is left
+                for length, start in ranges:
+                    _range_lock(f, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)
+            except OSError as e:
+                who = _who(f, rank, world_size)
+                f.close()
+                if e.errno not in busy:
+                    return Claim()  # locks not supported here
+                if world_size > 1:
+                    raise PufaceError(f"{name}: {who} is {doing} as rank {rank} (or without --rank); give each "
+                                      "process its own --rank, or wait for it to end") from None
+                raise PufaceError(f"{name}: {who} is {doing}; wait for it to end, or split the files between "
+                                  "processes with --rank/--world-size") from None
+            if _names(path, f):
+                break
+            f.close()  # a process that ended removed the file after it was opened here: claim the new one
+        else:
             return Claim()
+        if world_size <= 1:
+            _leave_gate(f)
+            return _register(Claim(f, path, key=_key(f)))
+        # announce this world size, then find any other one: of two processes of different world sizes starting
+        # together, the later to look sees the other's (both may be refused, never both let through)
         try:
-            _enter_gate(f, busy)  # a removal of the file in progress ends first; none starts until the gate is left
-            for length, start in ranges:
-                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)
+            _range_lock(f, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, _WORLD_BYTES + world_size)
+            for lo, n in ((_WORLD_BYTES, world_size), (_WORLD_BYTES + world_size + 1, 0)):  # smaller, larger sizes
+                _range_lock(f, fcntl.LOCK_EX | fcntl.LOCK_NB, n, lo)
+                _range_lock(f, fcntl.LOCK_UN, n, lo)
         except OSError as e:
+            who = _who(f, rank, world_size)
             f.close()
             if e.errno not in busy:
-                return Claim()  # locks not supported here
-            if world_size > 1:
-                raise PufaceError(f"{name}: another puface process is {doing} as rank {rank} (or without --rank); give "
-                                  "each process its own --rank, or wait for it to end") from None
-            raise PufaceError(f"{name}: another puface process is {doing}; wait for it to end, or split the files "
-                              "between processes with --rank/--world-size") from None
-        if _names(path, f):
-            break
-        f.close()  # a process that ended removed the file after it was opened here: claim the new one
-    else:
-        return Claim()
-    if world_size <= 1:
+                return Claim()
+            raise PufaceError(
+                f"{name}: {who} is {doing} with another --world-size; processes that share it must all give the "
+                f"same --world-size (this one: {world_size}), or wait for it to end"
+            ) from None
         _leave_gate(f)
-        return Claim(f, path)
-    # announce this world size, then find any other one: of two processes of different world sizes starting together,
-    # the later to look sees the other's (both may be refused, never both let through)
+        return _register(Claim(f, path, whole=False, rank=rank, world_size=world_size, key=_key(f)))
+
+
+def _key(f: Any) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the open file `f`, or of the file at path `f`; None where there is none."""
     try:
-        fcntl.lockf(f, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, _WORLD_BYTES + world_size)
-        for lo, n in ((_WORLD_BYTES, world_size), (_WORLD_BYTES + world_size + 1, 0)):  # smaller, larger world sizes
-            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, n, lo)
-            fcntl.lockf(f, fcntl.LOCK_UN, n, lo)
-    except OSError as e:
-        f.close()
-        if e.errno not in busy:
-            return Claim()
-        raise PufaceError(
-            f"{name}: another puface process is {doing} with another --world-size; processes that share "
-            f"it must all give the same --world-size (this one: {world_size}), or wait for it to end"
-        ) from None
-    _leave_gate(f)
-    return Claim(f, path, whole=False, rank=rank, world_size=world_size)
+        st = os.fstat(f.fileno()) if hasattr(f, "fileno") else os.stat(f)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _who(f: Any, rank: int, world_size: int) -> str:
+    """Who holds what refused a claim of `rank` of `world_size` on the open lock file `f`: a claim of this process
+    (`_HELD`), else another process."""
+    key = _key(f)
+    if key is not None and any(c.excludes(key, rank, world_size) for c in _HELD):
+        return "another puface job in this process"
+    return "another puface process"
+
+
+def _register(claim: Claim) -> Claim:
+    """Add the new `claim` to this process's claims (`_HELD`; under `_HELD_LOCK`)."""
+    _HELD.add(claim)
+    return claim
 
 
 def _leave_gate(f: Any) -> None:
     import fcntl
 
     try:
-        fcntl.lockf(f, fcntl.LOCK_UN, 1, _GATE_BYTE)
+        _range_lock(f, fcntl.LOCK_UN, 1, _GATE_BYTE)
     except OSError:
         pass
 
