@@ -15,22 +15,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .utils.errors import ConfigError, missing_base_dependency
-
-try:  # without torch (or another of puface's own dependencies): what to pip install, as `puface.<name>` and the CLI say
-    from .attacks import create_attack, list_attacks
-    from .defenses import create_defense, list_defenses
-    from .evaluation.trainers import list_trainers
-    from .experiments import ExperimentConfig, ExperimentResult, load_config
-    from .experiments import run_experiment as _run_experiment
-    from .models import FaceEmbedder
-    from .models.registry import list_embedders, load_embedder
-    from .purifier import Purifier, PurifyBatch
-except ModuleNotFoundError as e:
-    _missing = missing_base_dependency(e)
-    if _missing is None:
-        raise
-    raise _missing from None
+# without torch (or another of puface's own dependencies) these raise the ImportError saying what to pip install
+# (`utils.errors.install_missing_base_dependency_hints`, as for every puface module)
+from .attacks import create_attack, list_attacks
+from .defenses import create_defense, list_defenses
+from .evaluation.trainers import list_trainers
+from .experiments import ExperimentConfig, ExperimentResult, load_config
+from .experiments import run_experiment as _run_experiment
+from .models import FaceEmbedder
+from .models.registry import list_embedders, load_embedder
+from .purifier import Purifier, PurifyBatch
+from .utils.errors import ConfigError
 
 __all__ = [
     "load_purifier",
