@@ -215,3 +215,21 @@ def test_run_experiment_refuses_an_output_folder_inside_its_data(tmp_path):
     with pytest.raises(PufaceError, match="lies inside the input folder"):
         puface.run_experiment(cfg, out=root / "out")
     assert not (root / "out").exists()
+
+
+def test_every_api_name_has_its_own_docstring():
+    """`help(puface.ExperimentResult)` showed only the dataclass's generated signature (no word on what `rows`,
+    `summary` or `report` hold); every name `import puface` exports now has a docstring of its own, and those that
+    take or return images say their form."""
+    import inspect
+
+    for name in puface.__all__:
+        if name == "__version__":
+            continue
+        doc = inspect.getdoc(getattr(puface, name)) or ""
+        assert doc and not doc.startswith(f"{name}("), name  # a dataclass without one: its generated signature
+    for name in ("load_purifier", "load_detector", "create_attack", "create_defense", "create_embedder",
+                 "create_trainer"):
+        assert "(N, 3, H, W)" in inspect.getdoc(getattr(puface, name)) and "[0, 1]" in inspect.getdoc(
+            getattr(puface, name)), name
+    assert "uint8 RGB" in inspect.getdoc(puface.PurifyBatch)
