@@ -79,13 +79,44 @@ def test_create_embedder_on_a_device_this_machine_lacks_is_one_line(device):
 def test_the_api_without_torch_is_an_import_error_saying_what_to_install(code):
     """A venv without torch: `puface.load_purifier()` raised ModuleNotFoundError 'torch' from deep inside; now an
     ImportError (from `errors.missing_base_dependency`, the CLI's one line) naming the pip requirement. `puface.api`
-    (the module the docstrings point to) says it too; the layers below it do not (internal: a plain
-    ModuleNotFoundError 'torch')."""
+    (the module the docstrings point to) says it too, as every other module does (the test below)."""
     run = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None\ntry:\n    " + code +
                           "\nexcept ImportError as e:\n    print(type(e).__name__, e.name, e)"],
                          capture_output=True, text=True)
     assert run.returncode == 0 and run.stderr == "", run.stderr[-2000:]
     assert run.stdout.startswith("MissingBaseDependencyError torch PyTorch") and "pip install 'torch>=" in run.stdout
+
+
+@pytest.mark.parametrize("dep, spec", [("torch", "torch>="), ("numpy", "numpy>=")])
+def test_every_module_without_a_base_dependency_imports_or_says_what_to_install(dep, spec):
+    """Without torch, `import puface.purifier` (or models, attacks, detection, utils.images: 70 of puface's modules)
+    raised a bare ModuleNotFoundError 'torch'; only `puface.api` said what to pip install. Now every module (walked
+    with pkgutil) either imports or raises the MissingBaseDependencyError naming the requirement."""
+    import json
+    import pkgutil
+
+    names = [m.name for m in pkgutil.walk_packages(puface.__path__, "puface.") if not m.name.endswith("__main__")]
+    code = f"""import importlib, json, sys
+sys.modules[{dep!r}] = None
+got = {{}}
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+        got[name] = "imported"
+    except ImportError as e:
+        got[name] = f"{{type(e).__name__}} {{e.name}}: {{e}}"
+print(json.dumps(got))"""
+    run = subprocess.run([sys.executable, "-W", "ignore", "-c", code, *names], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout)
+    hint = f"MissingBaseDependencyError {dep}: "
+    bad = {name: said for name, said in got.items() if said != "imported" and not (
+        said.startswith(hint) and f"pip install '{spec}" in said)}
+    assert not bad, bad
+    for needs in ("api", "purifier", "models.base", "utils.images", "evaluation.data"):
+        needs = f"puface.{needs}"
+        assert got[needs].startswith(hint), (needs, got[needs])  # the dependency was missing indeed
+    assert got["puface.cli"] == got["puface.utils.errors"] == "imported"  # `puface --help` needs neither
 
 
 def test_a_misspelt_shipped_purifier_names_the_shipped_ones():
@@ -184,3 +215,21 @@ def test_run_experiment_refuses_an_output_folder_inside_its_data(tmp_path):
     with pytest.raises(PufaceError, match="lies inside the input folder"):
         puface.run_experiment(cfg, out=root / "out")
     assert not (root / "out").exists()
+
+
+def test_every_api_name_has_its_own_docstring():
+    """`help(puface.ExperimentResult)` showed only the dataclass's generated signature (no word on what `rows`,
+    `summary` or `report` hold); every name `import puface` exports now has a docstring of its own, and those that
+    take or return images say their form."""
+    import inspect
+
+    for name in puface.__all__:
+        if name == "__version__":
+            continue
+        doc = inspect.getdoc(getattr(puface, name)) or ""
+        assert doc and not doc.startswith(f"{name}("), name  # a dataclass without one: its generated signature
+    for name in ("load_purifier", "load_detector", "create_attack", "create_defense", "create_embedder",
+                 "create_trainer"):
+        assert "(N, 3, H, W)" in inspect.getdoc(getattr(puface, name)) and "[0, 1]" in inspect.getdoc(
+            getattr(puface, name)), name
+    assert "uint8 RGB" in inspect.getdoc(puface.PurifyBatch)

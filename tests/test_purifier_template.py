@@ -136,3 +136,22 @@ def test_purify_report_writes_arcface_crops_as_purify_does(crops112, tmp_path):
         assert np.array_equal(got, read_image(tmp_path / "plain" / "someone" / f"c{i}.png"))
         assert np.array_equal(got, tensor_to_image(want[i]))
     assert (tmp_path / "rep" / "detection.csv").is_file()
+
+
+
+def test_purify_of_a_resampled_layout_stays_in_the_unit_range(purifier, crops112):
+    """`load_purifier("arcface112").purify(crops)` (the shipped 112 px purifier, whose network runs at the dlib150
+    face scale) and the dlib150 purifier's `purify(crops, template="arcface112")` returned values outside [0, 1]
+    (the change resized back from the network's scale overshoots: about -0.02..1.02 on these crops), though `purify`
+    returns images in [0, 1]. Now clamped, as the files `puface purify` writes and the defense's output already
+    were; the differentiable forward pass (an attacker's) is left unclamped, and step 1.5 was clamped already."""
+    shipped112 = Purifier.load("arcface112")
+    for y in (shipped112.purify(crops112), purifier.purify(crops112, template="arcface112")):
+        assert y.shape == crops112.shape and float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    with torch.no_grad():
+        raw = shipped112.forward_template(crops112)
+    assert float(raw.min()) < 0.0 or float(raw.max()) > 1.0  # these crops do overshoot
+    y = shipped112.purify(crops112, channels_last=False)  # the same values, clamped
+    assert torch.allclose(y, raw.clamp(0, 1), atol=1e-6)
+    y15 = shipped112.purify(crops112, channels_last=False, step=1.5)  # as before the fix
+    assert torch.allclose(y15, (crops112 + 1.5 * (raw - crops112)).clamp(0, 1), atol=1e-6)

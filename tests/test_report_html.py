@@ -123,3 +123,35 @@ def test_a_roc_chart_from_results_json_takes_its_nulls(monkeypatch):
                                                                                         "tpr": [0, 1]}}}
     uri = roc_chart(det)
     assert uri is not None and uri.startswith("data:image/png;base64,")
+
+
+def test_every_committed_result_folder_carries_the_config_its_report_is_built_from(tmp_path, capsys):
+    """The five docs/results/v6-candidates/ens-v6*-seed* folders kept summary.csv and table.md but no config.toml, so
+    `puface report html` on them stopped at "config.toml: not found". Each now carries the config that made it
+    (recovered from git: the two ens-v6-*.toml of commit e405d9a, --seed N). Every committed result folder: a config
+    whose name and seeds are its table's and whose defense labels are its summary's; a v6 page builds from it."""
+    import csv
+
+    from puface.experiments.config import load_config
+
+    results = Path(__file__).resolve().parents[1] / "docs" / "results"
+    folders = sorted({p.parent for name in ("summary.csv", "results.csv") for p in results.rglob(name)})
+    assert len(folders) >= 70 and sum(f.parent.name == "v6-candidates" for f in folders) == 5
+    for folder in folders:
+        assert (folder / "config.toml").is_file(), folder
+        cfg = load_config(folder / "config.toml").resolved()
+        table = (folder / "table.md").read_text(encoding="utf-8")
+        heading = re.search(r"^## (.+?): .*\(seeds ([0-9, ]+)\)", table, re.M | re.S)
+        assert heading is not None and heading.group(1) == cfg["name"], folder
+        assert [int(s) for s in heading.group(2).split(",")] == cfg["seeds"], folder
+        summary = folder / ("summary.csv" if (folder / "summary.csv").is_file() else "results.csv")
+        with summary.open(encoding="utf-8", newline="") as f:
+            defenses = {row["defense"] for row in csv.DictReader(f)}
+        assert defenses == {d["label"] for d in cfg["defenses"]}, folder
+    for seed in ("ens-v6c-seed1", "ens-v6t-seed2"):
+        out = tmp_path / f"{seed}.html"
+        assert main(["report", "html", str(results / "v6-candidates" / seed), "--out", str(out)]) == 0, \
+            capsys.readouterr().err
+        page = out.read_text(encoding="utf-8")
+        assert "lfw-lowkey-ensemble-v6-" in page and "v6-ref-s1" in page
+        assert "results.json is not in this folder" in page

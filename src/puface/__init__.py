@@ -19,7 +19,10 @@ for the three users (FR trainers, privacy researchers, anyone reproducing the ta
 See `puface.api` for the details; the layers below it are documented in docs/ARCHITECTURE.md.
 """
 
+from .utils.errors import install_missing_base_dependency_hints
 from .utils.version import __version__
+
+install_missing_base_dependency_hints()  # `import puface.<any module>` without torch says what to pip install
 
 _API = (
     "load_purifier",

@@ -15,22 +15,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .utils.errors import ConfigError, missing_base_dependency
-
-try:  # without torch (or another of puface's own dependencies): what to pip install, as `puface.<name>` and the CLI say
-    from .attacks import create_attack, list_attacks
-    from .defenses import create_defense, list_defenses
-    from .evaluation.trainers import list_trainers
-    from .experiments import ExperimentConfig, ExperimentResult, load_config
-    from .experiments import run_experiment as _run_experiment
-    from .models import FaceEmbedder
-    from .models.registry import list_embedders, load_embedder
-    from .purifier import Purifier, PurifyBatch
-except ModuleNotFoundError as e:
-    _missing = missing_base_dependency(e)
-    if _missing is None:
-        raise
-    raise _missing from None
+# without torch (or another of puface's own dependencies) these raise the ImportError saying what to pip install
+# (`utils.errors.install_missing_base_dependency_hints`, as for every puface module)
+from .attacks import create_attack, list_attacks
+from .defenses import create_defense, list_defenses
+from .evaluation.trainers import list_trainers
+from .experiments import ExperimentConfig, ExperimentResult, load_config
+from .experiments import run_experiment as _run_experiment
+from .models import FaceEmbedder
+from .models.registry import list_embedders, load_embedder
+from .purifier import Purifier, PurifyBatch
+from .utils.errors import ConfigError
 
 __all__ = [
     "load_purifier",
@@ -57,7 +52,8 @@ def load_purifier(path: str | Path | None = None, device: str | None = "cpu") ->
 
     `purifier.purify(images)` purifies a tensor batch ((N, 3, H, W) float in [0, 1] or uint8, any size; no
     gradients, batched, returns float on the CPU);
-    `purifier(images)` is the differentiable forward pass; `purifier.purify_folder(IN, OUT)` purifies a
+    `purifier(images)` is the differentiable forward pass (not clamped: a purifier whose network runs at another face
+    scale, as "arcface112", may step a little outside [0, 1]); `purifier.purify_folder(IN, OUT)` purifies a
     folder tree (streamed, resumable). `device`: "cpu", "cuda", "auto" (CUDA when available).
     """
     return Purifier.load(path, device=device)
@@ -88,7 +84,8 @@ def create_embedder(name: str, device: str | None = None, **options: Any) -> Fac
 
 def create_trainer(name: str | dict, embedder: FaceEmbedder | str, **options: Any):
     """An FR trainer of the FaceCure protocol (`list_trainers()`: nn, linear, e2e; or a spec, "e2e:steps=300") on
-    an embedder (or its name): `fit(images, labels)`, `predict(images)`."""
+    an embedder (or its name): `fit(images, labels)` on (N, 3, H, W) float images in [0, 1] and N identity labels,
+    `predict(images)` -> an (N,) numpy array of those labels."""
     from .evaluation.trainers import create_trainer as make
 
     return make(name, create_embedder(embedder) if isinstance(embedder, str) else embedder, **options)

@@ -73,7 +73,11 @@ def create_attack(spec: "str | dict", **options: Any) -> CloakAttack:
     `create_attack("lowkey:steps=20,embedders=dlib-resnet29|sface")`. Options are the attack's knobs;
     ``through`` (a defense, "default" = the shipped purifier), ``gradient`` and ``eot_noise`` make it
     adaptive (`adaptive.adaptive_options`). Keyword options override a spec's. A table's ``label`` is ignored (it
-    names the row in tables)."""
+    names the row in tables).
+
+    `attack(images)`: (N, 3, H, W) float in [0, 1] -> the cloaked images, same shape, in [0, 1], on the input's
+    device; `attack.run(images)` gives them with per-image statistics. Group attacks (opom, unlearnable) also take
+    the identities: `attack(images, labels=...)`."""
     table = {**as_table(spec if not isinstance(spec, str) or ":" in spec else {"name": spec}, "attack"), **options}
     table.pop("label", None)
     name = str(table.pop("name"))

@@ -44,7 +44,8 @@ def create_defense(spec: "str | dict | Defense", **params: Any) -> Defense:
     (``"blur:sigma=1+bitdepth:bits=5"``), a table (``{"name": "jpeg", "quality": 75}``) or a defense.
 
     Keyword options override a single spec's. Unknown names and options raise `ConfigError` / `PufaceError` listing
-    what is accepted.
+    what is accepted. `defense(images)`: (N, 3, H, W) float in [0, 1] -> same shape, in [0, 1], on the input's
+    device; no gradient (`defense.gradient_estimate` is the differentiable form for adaptive attacks).
     """
     if isinstance(spec, Defense):
         if params:

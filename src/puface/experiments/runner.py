@@ -35,6 +35,11 @@ __all__ = ["ExperimentResult", "run_experiment"]
 
 @dataclass
 class ExperimentResult:
+    """What `run_experiment` returns (the same is on disk in `output`). rows: one dict per run, results.csv's columns
+    (seed, attack, victim, trainer, defense, user, setting; asr and normal_acc as shares in [0, 1]; ...); summary: one
+    dict per cell over users and seeds, summary.csv's (asr_mean, asr_std, normal_acc_mean, ...: shares in [0, 1]);
+    table_md: table.md (percentages); wall_s: seconds this call ran; report: report.html (None: [report] disabled)."""
+
     output: Path
     rows: list[dict]
     summary: list[dict]

@@ -33,7 +33,8 @@ class PurifyBatch:
     "cuda", ... (None: CUDA when available); threads: torch threads (None: leave as is); step: how far along the
     purifier's change (None: `puface purify`'s default, `purifier.model.job_step`). The same batch
     function as `puface purify` (same-size images purified together, 8-bit rounding): outputs equal
-    the CLI's pixels. An image that cannot be purified raises `PufaceError` naming its row.
+    the CLI's pixels. Returns the batch with that column replaced by the purified images, uint8 RGB of the same
+    shapes (an (N, H, W, 3) array stays one). An image that cannot be purified raises `PufaceError` naming its row.
     """
 
     def __init__(self, weights: str | Path | Purifier | None = None, device: str | None = None,

@@ -256,7 +256,8 @@ class Purifier(nn.Module):
     @torch.no_grad()
     def purify(self, images: torch.Tensor, batch_size: int = 32, device: str | torch.device | None = None,
                channels_last: bool = True, template: str | None = None, step: float = 1.0) -> torch.Tensor:
-        """Purify a (possibly large) batch in chunks without gradients; returns a CPU float tensor.
+        """Purify a (possibly large) batch in chunks without gradients; returns a CPU float tensor in [0, 1], the
+        input's shape.
 
         images: (N, 3, H, W) float in [0, 1] (uint8 is accepted and scaled). device: where to run
         (None: the module's current device). channels_last: NHWC memory layout, 1.5-2x faster on CPU.
@@ -287,6 +288,8 @@ class Purifier(nn.Module):
                 y = tiled(lambda t: self.forward_template(t, template), x)
                 if step != 1.0:
                     y = extrapolate(x.to(y.dtype), y, step)  # in the network's dtype, as step 1 (float64 in: float32)
+                else:  # the change resized back from the network's face scale (`AtFaceScale`) may overshoot [0, 1]
+                    y = y.clamp(0, 1)
                 out.append(y.to("cpu").contiguous())
         finally:  # the caller's module as it was
             self.train(was_training)

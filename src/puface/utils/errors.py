@@ -1,10 +1,14 @@
 """Exception types. Every error a user can cause derives from `PufaceError` so the CLI can print
-one clear line instead of a traceback."""
+one clear line instead of a traceback; a missing dependency of puface's own is an ImportError saying what to pip
+install wherever puface is imported (`missing_base_dependency`, `install_missing_base_dependency_hints`)."""
 
 from __future__ import annotations
 
 import re
+import sys
+from importlib.machinery import ModuleSpec, SourceFileLoader, SourcelessFileLoader
 from pathlib import Path
+from types import ModuleType
 
 
 class PufaceError(Exception):
@@ -78,6 +82,59 @@ def missing_base_dependency(exc: ModuleNotFoundError) -> MissingBaseDependencyEr
     err = MissingBaseDependencyError(f"{what} is not installed; puface needs it: pip install '{spec}'{hint}")
     err.name = top  # ImportError's own field: the module that is missing
     return err
+
+
+def _exec_saying_what_to_install(exec_module, module: ModuleType) -> None:
+    """Runs `exec_module(module)`; a ModuleNotFoundError of one of puface's own dependencies becomes
+    `missing_base_dependency`'s error (any other: a bug, raised as it is)."""
+    try:
+        exec_module(module)
+    except ModuleNotFoundError as e:
+        missing = missing_base_dependency(e)
+        if missing is None:
+            raise
+        raise missing from None
+
+
+class _SourceLoader(SourceFileLoader):
+    def exec_module(self, module: ModuleType) -> None:
+        _exec_saying_what_to_install(super().exec_module, module)
+
+
+class _BytecodeLoader(SourcelessFileLoader):
+    def exec_module(self, module: ModuleType) -> None:
+        _exec_saying_what_to_install(super().exec_module, module)
+
+
+class _MissingBaseDependencyHints:
+    """A finder on `sys.meta_path` for puface's own modules (`puface.*`): it finds nothing itself, it takes the spec
+    the other finders give and swaps a .py or .pyc file's loader for the same loader whose module, if an import of a
+    base dependency in it fails, raises `missing_base_dependency`'s error. So `import puface.purifier` (any module)
+    in a venv without torch says what to pip install, as `puface.<api name>` and the CLI do; nothing is imported
+    early (torch is imported where it was)."""
+
+    def find_spec(self, fullname: str, path=None, target: ModuleType | None = None) -> ModuleSpec | None:
+        if not fullname.startswith("puface."):
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = None if finder is self or find is None else find(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader  # another kind (a zip archive's, an extension's) is left as it is
+        if type(loader) is SourceFileLoader:
+            spec.loader = _SourceLoader(loader.name, loader.path)
+        elif type(loader) is SourcelessFileLoader:
+            spec.loader = _BytecodeLoader(loader.name, loader.path)
+        return spec
+
+
+def install_missing_base_dependency_hints() -> None:
+    """Puts the `_MissingBaseDependencyHints` finder first on `sys.meta_path` (once; `import puface` calls it)."""
+    if not any(isinstance(f, _MissingBaseDependencyHints) for f in sys.meta_path):
+        sys.meta_path.insert(0, _MissingBaseDependencyHints())
 
 
 class ConfigError(PufaceError):
