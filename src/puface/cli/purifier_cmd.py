@@ -252,7 +252,8 @@ def _unmask_step(in_path: Path, out_root: Path, progress: bool):
     "stats_csv",
     type=click.Path(path_type=Path),
     default=None,
-    help="Append per-image change statistics to this CSV file.",
+    help="Append a row per image to this CSV file: file (relative to IN), status, mean_abs_change and "
+    "max_abs_change (how far the output moved from the input, in grey levels 0-255).",
 )
 @click.option(
     "--align",
