@@ -149,3 +149,21 @@ def test_an_unusable_puface_home_is_one_line(where, tmp_path, monkeypatch, capsy
         capsys,
     )
     assert code == 2 and "$PUFACE_HOME" in err and "writable folder" in err and "Traceback" not in err
+
+
+def test_the_top_level_help_names_every_environment_variable_puface_reads(capsys):
+    """`puface --help` said nothing of $PUFACE_HOME (where the cache grows, GBs), $PUFACE_DATA, $PUFACE_MODELS or
+    $PUFACE_MAX_PIXELS; each PUFACE_* variable the package reads is now named there."""
+    import re
+    from pathlib import Path
+
+    import puface
+
+    src = Path(puface.__file__).parent
+    read = {m for p in src.rglob("*.py")
+            for m in re.findall(r"environ(?:\.get\(|\[)\s*['\"](PUFACE_\w+)['\"]", p.read_text(encoding="utf-8"))}
+    assert {"PUFACE_HOME", "PUFACE_DATA", "PUFACE_MODELS"} <= read  # the scan finds them
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0
+    assert not [name for name in sorted(read) if not re.search(rf"^\s+{name}\s", out, flags=re.M)], out
+    assert "~/.cache/puface" in out  # where the cache is when PUFACE_HOME is not set

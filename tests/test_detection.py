@@ -1002,7 +1002,9 @@ def test_detect_help_and_default_out_with_ranks(tree, tmp_path, detector_file, m
     from puface.cli import cli
 
     help_text = " ".join(CliRunner().invoke(cli, ["detect", "--help"]).output.split())
-    assert "Default: scores.csv; with --world-size above 1, scores.rank<r>.csv per rank r" in help_text
+    assert "Default: scores.csv in the current folder; with --world-size above 1, scores.rank<r>.csv per rank r" in (
+        help_text)
+    assert "<name>-identities.csv" in help_text and "<name>-run.json" in help_text  # every file written beside it
     (tree / "cloaked_person" / "broken.jpg").unlink()
     monkeypatch.chdir(tmp_path)
     args = ["detect", str(tree), "--detector", str(detector_file), "--no-progress", "--world-size", "2"]

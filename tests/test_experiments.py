@@ -726,6 +726,22 @@ def test_data_root_comes_from_a_folder_puface_data_or_says_how_to_get_it(tmp_pat
         resolve_data_root("")
 
 
+def test_a_relative_data_root_not_found_says_it_is_read_from_the_current_folder(tmp_path, monkeypatch):
+    """A config beside its data, `[data] root = "../people"`, was refused with "not a folder here": here is the
+    folder puface runs in (while `extends` is read from the config's folder), and the message now says so."""
+    from puface.data.datasets import resolve_data_root
+
+    monkeypatch.delenv("PUFACE_DATA", raising=False)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    with pytest.raises(PufaceError) as e:
+        resolve_data_root("../people")
+    assert f"not a folder under the current folder {tmp_path / 'work'}" in str(e.value)
+    assert "not the config file's folder" in str(e.value)
+    with pytest.raises(PufaceError, match="data folder not found: no such folder; pass --data DIR"):
+        resolve_data_root(tmp_path / "people")  # an absolute path: nothing else was looked at
+
+
 def test_a_typo_with_restart_leaves_the_earlier_results_alone(colour_experiment, tmp_path):
     """A bad spec value is one clear error raised before the output folder is touched: a --restart with a
     typo must not discard the finished runs or overwrite the recorded config."""

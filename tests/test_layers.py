@@ -3,6 +3,7 @@ layers below its own, function-level imports included. A new top-level package m
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -13,25 +14,49 @@ from puface.utils.tomlconfig import tomllib
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "puface"
 
-importlinter = pytest.importorskip(
-    "importlinter.cli", reason="import-linter is a test dependency (pip install 'puface[test]')"
-)
+
+def _importlinter():
+    """import-linter (a test dependency), or a skip of the test that runs it."""
+    return pytest.importorskip(
+        "importlinter.cli", reason="import-linter is a test dependency (pip install 'puface[test]')"
+    )
 
 
-def _layers() -> list[str]:
+def _contract_layers() -> list[set[str]]:
+    """pyproject's layers, top to bottom, each a set of package names (without `puface.`)."""
     cfg = tomllib.loads((REPO / "pyproject.toml").read_text())
     (contract,) = cfg["tool"]["importlinter"]["contracts"]
-    return [name.strip() for layer in contract["layers"] for name in layer.split("|")]
+    return [{name.strip().removeprefix("puface.") for name in layer.split("|")} for layer in contract["layers"]]
+
+
+def doc_layers(text: str) -> list[set[str]]:
+    """The layer table of docs/ARCHITECTURE.md (`| 11 | `cli`, `api` | ... |`), top to bottom, each a set of the
+    backticked package names of its second column."""
+    rows = re.findall(r"^\|\s*(\d+)\s*\|([^|]*)\|", text, flags=re.M)
+    return [set(re.findall(r"`(\w+)`", names)) for _, names in sorted(rows, key=lambda r: -int(r[0]))]
+
+
+def test_the_architecture_doc_states_the_layers_the_contract_checks():
+    """docs/ARCHITECTURE.md's layer table (the map a newcomer reads) names the same packages in the same order as
+    the contract import-linter enforces; nothing checked that the two agree."""
+    assert doc_layers((REPO / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")) == _contract_layers()
+
+
+def test_a_drifted_layer_table_is_caught():
+    text = (REPO / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    swapped = text.replace("| 8 | `attacks` |", "| 8 | `detection` |")
+    swapped = swapped.replace("| 7 | `detection` |", "| 7 | `attacks` |")
+    assert swapped != text and doc_layers(swapped) != _contract_layers()
 
 
 def test_no_module_imports_from_a_layer_above_its_own():
-    assert importlinter.lint_imports(config_filename=str(REPO / "pyproject.toml"), no_cache=True, no_logo=True) == 0
+    assert _importlinter().lint_imports(config_filename=str(REPO / "pyproject.toml"), no_cache=True, no_logo=True) == 0
 
 
 def test_every_part_of_the_package_is_in_a_layer():
     parts = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
     modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
-    assert {f"puface.{n}" for n in parts | modules} == set(_layers())
+    assert parts | modules == set().union(*_contract_layers())
 
 
 def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
@@ -46,5 +71,5 @@ def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
                    "type = layers\nlayers =\n    layered.high\n    layered.low\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    assert importlinter.lint_imports(config_filename=str(cfg), no_cache=True, no_logo=True) == 1
+    assert _importlinter().lint_imports(config_filename=str(cfg), no_cache=True, no_logo=True) == 1
     sys.modules.pop("layered", None)

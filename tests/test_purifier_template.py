@@ -66,6 +66,7 @@ def test_purify_cli_picks_the_template_by_size(purifier, crops112, johns_images,
             == 0
         )
     assert "100x100 images match neither face template" in err.getvalue()
+    assert "or --align if they are photos rather than face chips" in err.getvalue()  # what to do with photos
     by_112 = Purifier.load("arcface112").purify(crops112[:3])  # the shipped purifier trained on 112 px crops
     told = purifier.purify(crops112[:3], template="arcface112")
     for i in range(3):

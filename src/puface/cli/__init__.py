@@ -77,6 +77,17 @@ def cli() -> None:
     Images are read from identity folders ROOT/<identity>/<image> (FaceScrub's
     download/<identity>/face/<image> works too). Outputs mirror the input tree.
     Run `puface COMMAND --help` for each command's options.
+
+    \b
+    Environment variables:
+      PUFACE_HOME        the cache: cloaks, purified images, embeddings and detector features
+                         (keyed by content), converted model weights, the fetched 'johns' set.
+                         Default: $XDG_CACHE_HOME/puface, else ~/.cache/puface. It grows with
+                         the experiments run (GBs); a deleted entry is made again when needed.
+      PUFACE_DATA        a folder of data sets by name: a config's [data] root = "lfw-chips150"
+                         is looked up there (`puface data list`).
+      PUFACE_MODELS      a folder where a model file name (--victim model.onnx) is looked up.
+      PUFACE_MAX_PIXELS  the largest image decoded, in pixels (default 100000000).
     """
 
 

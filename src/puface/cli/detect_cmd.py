@@ -25,8 +25,9 @@ _detector_purifier_option = click.option(
     "out_csv",
     type=click.Path(path_type=Path),
     default=None,
-    help="Scores CSV: path (relative to IN), score, cloaked (1/0), the features; the per-identity summary goes "
-    "next to it (<name>-identities.csv). Default: scores.csv; with --world-size above 1, scores.rank<r>.csv "
+    help="The scores CSV to write (a row per image: its path relative to IN, score, cloaked 1/0, the features); "
+    "beside it <name>-identities.csv (share flagged per identity) and <name>-run.json (the detector and settings, "
+    "for resuming). Default: scores.csv in the current folder; with --world-size above 1, scores.rank<r>.csv "
     "per rank r (give one --out to every rank to share one file).",
 )
 @click.option(

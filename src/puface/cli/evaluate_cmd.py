@@ -39,7 +39,8 @@ _COMMON = [
         "out",
         type=click.Path(path_type=Path),
         default=None,
-        help="Output folder (default: [run] output of the config, else runs/<name>).",
+        help="Output folder (default: the config's [run] output, else runs/<its name>: runs/evaluate for "
+        "`puface evaluate`; relative paths from the current folder).",
     ),
     device_option(None, DEVICE_HELP + "; default: the config's [run] device, else auto."),
     click.option(

@@ -127,5 +127,9 @@ def resolve_data_root(root: str | Path | None) -> Path:
     if ds is not None:
         raise PufaceError(f"data set {ds.name!r} not found: not a folder here, not in {where}. It is {ds.description}. "
                           f"To get it: {ds.how_to_get}.")
-    raise PufaceError(f"{root}: data folder not found (not a folder here, not in {where}); pass --data DIR, "
+    # a relative root is read from the working folder, while `extends` is read from the config's: say which
+    why = "no such folder" if p.is_absolute() else (
+        f"not a folder under the current folder {Path.cwd()}, which a relative path is read from (not the config "
+        f"file's folder), nor in {where}")
+    raise PufaceError(f"{root}: data folder not found: {why}; pass --data DIR, "
                       "a folder of identity sub-folders ROOT/<identity>/<image>")

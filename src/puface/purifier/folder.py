@@ -95,7 +95,8 @@ def make_batch_process(
                 warned.append((h, w))
                 (warn or (lambda m: print(m, file=sys.stderr)))(
                     f"warning: {w}x{h} images match neither face template (150x150 dlib150, 112x112 arcface112): "
-                    f"purified at their own size as {purifier.template} chips; pass --template to say their layout")
+                    f"purified at their own size as {purifier.template} chips; pass --template to say their layout, "
+                    "or --align if they are photos rather than face chips")
             arr = np.stack([items[i].image for i in idx])  # (n, H, W, 3) uint8
             x = to_float(torch.from_numpy(arr).permute(0, 3, 1, 2))
             y = purifier.purify(x, batch_size=max(1, CHUNK_PIXELS // (h * w)), channels_last=channels_last, template=t,
