@@ -20,7 +20,7 @@ import puface
 
 REPO = Path(__file__).resolve().parents[1]
 _FILE_SUFFIXES = (".py", ".toml", ".md", ".safetensors", ".json", ".jsonl", ".csv", ".pt", ".onnx", ".lock", ".html")
-_NOT_OURS = ("torch.", "nn.", "ds.")  # torch.load, nn.Module, a user's ds.map_batches
+_NOT_OURS = ("torch.", "nn.", "ds.", "sys.", "os.")  # torch.load, nn.Module, a user's ds.map_batches, sys.meta_path
 
 
 @lru_cache(maxsize=1)
