@@ -545,6 +545,38 @@ def test_a_failed_job_leaves_its_folder_to_other_processes(johns_dir, tmp_path, 
     assert kept.value is not None
 
 
+@pytest.mark.parametrize("ofd", [True, False])
+def test_a_job_whose_last_settings_write_fails_leaves_its_folder(tmp_path, monkeypatch, ofd):
+    """The end of a redo (`JobFinish`) writes the plain settings record, then releases the claim: a failed write
+    (disk full, the folder made read-only meanwhile) skipped the release, and in a Python session that keeps the
+    exception the folder stayed claimed: the session's next job on it was refused with 'another puface job in this
+    process is writing into this folder', another process with 'another puface process'. The claim now goes either
+    way; the record stays the unfinished redo's."""
+    import puface.io.jobs as jobs
+    from puface.utils.errors import PufaceError
+
+    if ofd and not jobs._ofd_locks():
+        pytest.skip("no open-file-description locks here")
+    monkeypatch.setattr(jobs, "_OFD", ofd)
+    out, record = tmp_path / "out", tmp_path / "out" / "purify_config.json"
+    jobs.begin_settings(record, {"step": 1}, resume=True, kind="purifying")()
+    finish = jobs.begin_settings(record, {"step": 2}, resume=False, kind="purifying")  # a redo: the end rewrites
+
+    def full(path, data):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(jobs, "atomic_write_bytes", full)
+    with pytest.raises(OSError) as kept:  # `kept` holds the exception and the job's frames, as a session does
+        finish()
+    assert json.loads(record.read_text())[jobs.REDO_KEY] is True
+    assert _claimed_elsewhere(out, 0, 1, posix=ofd) == "claimed"
+    try:
+        jobs.claim_output(out)()
+    except PufaceError as e:
+        pytest.fail(str(e))
+    assert kept.value is not None and finish is not None
+
+
 def test_a_job_that_writes_no_file_leaves_temporaries_in_its_input_alone(tmp_path):
     """`detect` runs a folder job whose jobs' dst is the input file itself (it writes CSV rows, no image): the
     clean-up of a killed run's temporaries deleted `.NAME.PID.THREAD.tmp` files beside the input images, in a

@@ -753,10 +753,12 @@ class JobFinish:
         self.claim, self.write = claim, write
 
     def __call__(self) -> None:
-        if self.write is not None:
-            with self.claim.settings():
-                self.write()
-        self.claim()
+        try:
+            if self.write is not None:
+                with self.claim.settings():
+                    self.write()
+        finally:  # a failed write (disk full) must not keep the folder claimed: the record stays the redo's
+            self.claim()
 
     def release(self) -> None:
         self.claim()
