@@ -254,6 +254,35 @@ def test_the_lock_layout_is_checked_against_the_kernel(monkeypatch):
         assert not jobs._probe_ofd_locks(), layout
 
 
+def test_a_failed_lock_probe_leaves_no_descriptor_and_no_file(tmp_path, monkeypatch):
+    """The probe opens its temporary file twice: where the second open failed (EMFILE, a process at its limit of open
+    files) the first descriptor stayed open for the life of the process. The probe now says False (POSIX locks) and
+    leaves neither a descriptor nor its file in the temporary folder."""
+    import errno
+    import os
+    import sys
+    import tempfile
+
+    import puface.io.jobs as jobs
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("counts /proc/self/fd")
+    real_open = os.open
+
+    def at_the_limit(path, flags, *a, **k):
+        if flags == os.O_RDWR:  # the probe's second open (mkstemp's own adds O_CREAT | O_EXCL)
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    before = set(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, "open", at_the_limit)
+    assert not jobs._probe_ofd_locks()
+    monkeypatch.setattr(os, "open", real_open)
+    assert set(os.listdir("/proc/self/fd")) <= before
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("posix_holds", [True, False])
 def test_claims_by_posix_and_open_file_description_locks_exclude_each_other(tmp_path, posix_holds):
     """A process claiming with open-file-description locks and one with POSIX record locks (an older puface, or a

@@ -461,6 +461,9 @@ def _probe_ofd_locks() -> bool:
         fd, name = tempfile.mkstemp(prefix=".puface-lock-")
         try:
             other = os.open(name, os.O_RDWR)
+        except OSError:
+            os.close(fd)  # (EMFILE: the last descriptor went to mkstemp)
+            raise
         finally:
             os.unlink(name)
         try:
