@@ -119,6 +119,24 @@ print(json.dumps(got))"""
     assert got["puface.cli"] == got["puface.utils.errors"] == "imported"  # `puface --help` needs neither
 
 
+@pytest.mark.parametrize("again", [
+    "for k in [k for k in sys.modules if k.split('.')[0] == 'puface']:\n    del sys.modules[k]\nimport puface",
+    "import importlib, puface.utils.errors\nimportlib.reload(puface.utils.errors)\nimportlib.reload(puface)",
+], ids=["modules-dropped", "reloaded"])
+def test_puface_imported_afresh_still_imports_its_modules(again):
+    """`import puface` after its modules were dropped from sys.modules (a test's clean-up, a notebook's reload), or a
+    reload of utils.errors and puface, put a second import-hint finder on sys.meta_path beside the first (a new class,
+    which the check for one did not recognise); each asked the other for puface's modules, so the next
+    `import puface.purifier` ended in RecursionError. One finder stays, and it still says what to install."""
+    code = (f"import sys\nimport puface\n{again}\nimport puface.purifier, puface.io.jobs\n"
+            "print(sum(getattr(f, 'puface_hints', False) for f in sys.meta_path))\n"
+            "sys.modules['torch'] = None\nsys.modules.pop('puface.detection', None)\n"
+            "try:\n    import puface.detection\nexcept ImportError as e:\n    print(type(e).__name__, e.name)")
+    run = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-1500:]
+    assert run.stdout.split("\n")[:2] == ["1", "MissingBaseDependencyError torch"]
+
+
 def test_a_misspelt_shipped_purifier_names_the_shipped_ones():
     """`load_purifier("arcfase112")` said only "purifier checkpoint not found" (the detector's loader lists its
     shipped names); now Purifier.load, the one home the `puface` defense also goes through, lists them."""

@@ -111,14 +111,18 @@ class _MissingBaseDependencyHints:
     the other finders give and swaps a .py or .pyc file's loader for the same loader whose module, if an import of a
     base dependency in it fails, raises `missing_base_dependency`'s error. So `import puface.purifier` (any module)
     in a venv without torch says what to pip install, as `puface.<api name>` and the CLI do; nothing is imported
-    early (torch is imported where it was)."""
+    early (torch is imported where it was). Told apart by `puface_hints`, not by class: a fresh copy of this module
+    (`importlib.reload`, `sys.modules` cleared and puface imported again) has a class of its own."""
+
+    puface_hints = True
 
     def find_spec(self, fullname: str, path=None, target: ModuleType | None = None) -> ModuleSpec | None:
         if not fullname.startswith("puface."):
             return None
         for finder in sys.meta_path:
             find = getattr(finder, "find_spec", None)
-            spec = None if finder is self or find is None else find(fullname, path, target)
+            # (another of these finders, left by an earlier copy of this module, would ask this one back: no end)
+            spec = None if getattr(finder, "puface_hints", False) or find is None else find(fullname, path, target)
             if spec is not None:
                 break
         else:
@@ -132,9 +136,10 @@ class _MissingBaseDependencyHints:
 
 
 def install_missing_base_dependency_hints() -> None:
-    """Puts the `_MissingBaseDependencyHints` finder first on `sys.meta_path` (once; `import puface` calls it)."""
-    if not any(isinstance(f, _MissingBaseDependencyHints) for f in sys.meta_path):
-        sys.meta_path.insert(0, _MissingBaseDependencyHints())
+    """Puts the `_MissingBaseDependencyHints` finder first on `sys.meta_path` (`import puface` calls it), in place of
+    any an earlier copy of this module put there: one at a time."""
+    sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "puface_hints", False)]
+    sys.meta_path.insert(0, _MissingBaseDependencyHints())
 
 
 class ConfigError(PufaceError):
