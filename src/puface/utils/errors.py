@@ -60,12 +60,13 @@ BASE_IMPORTS = {
 def missing_base_dependency(exc: ModuleNotFoundError) -> MissingBaseDependencyError | None:
     """The `MissingBaseDependencyError` for an import of one of puface's own dependencies that failed because the
     package is absent (`pip install --no-deps`, a venv without torch), naming the pip requirement as
-    puface's metadata states it; None when `exc` is about any other module (a bug: let it surface). The CLI
+    puface's metadata states it; None when `exc` is about any other module (a bug: let it surface), or about a
+    submodule of a package that is installed ('numpy._core' under numpy 1: installing it would change nothing). The CLI
     prints it as one line; `puface.<api name>` raises it."""
     top = (exc.name or "").partition(".")[0]
     dist = BASE_IMPORTS.get(top)
-    if dist is None:
-        return None
+    if dist is None or (exc.name != top and _importable(top)):
+        return None  # (a part of an installed package is missing: a broken or mismatched install, as its error says)
     spec = dist
     try:
         from importlib.metadata import PackageNotFoundError, requires
@@ -82,6 +83,16 @@ def missing_base_dependency(exc: ModuleNotFoundError) -> MissingBaseDependencyEr
     err = MissingBaseDependencyError(f"{what} is not installed; puface needs it: pip install '{spec}'{hint}")
     err.name = top  # ImportError's own field: the module that is missing
     return err
+
+
+def _importable(name: str) -> bool:
+    """Whether top-level package `name` is installed (found without importing it)."""
+    from importlib.util import find_spec
+
+    try:
+        return find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _exec_saying_what_to_install(exec_module, module: ModuleType) -> None:
