@@ -156,7 +156,8 @@ except ImportError as e:
                    "torch": "MissingBaseDependencyError torch"}, got
     run = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None\n"
                           "from puface.utils.errors import missing_base_dependency as m\n"
-                          "print(type(m(ModuleNotFoundError(name='torch.nn'))).__name__)"], capture_output=True, text=True)
+                          "print(type(m(ModuleNotFoundError(name='torch.nn'))).__name__)"],
+                         capture_output=True, text=True)
     assert run.stdout.strip() == "MissingBaseDependencyError", run.stderr[-1000:]
 
 
