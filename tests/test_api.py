@@ -119,6 +119,48 @@ print(json.dumps(got))"""
     assert got["puface.cli"] == got["puface.utils.errors"] == "imported"  # `puface --help` needs neither
 
 
+@pytest.mark.parametrize("again", [
+    "for k in [k for k in sys.modules if k.split('.')[0] == 'puface']:\n    del sys.modules[k]\nimport puface",
+    "import importlib, puface.utils.errors\nimportlib.reload(puface.utils.errors)\nimportlib.reload(puface)",
+], ids=["modules-dropped", "reloaded"])
+def test_puface_imported_afresh_still_imports_its_modules(again):
+    """`import puface` after its modules were dropped from sys.modules (a test's clean-up, a notebook's reload), or a
+    reload of utils.errors and puface, put a second import-hint finder on sys.meta_path beside the first (a new class,
+    which the check for one did not recognise); each asked the other for puface's modules, so the next
+    `import puface.purifier` ended in RecursionError. One finder stays, and it still says what to install."""
+    code = (f"import sys\nimport puface\n{again}\nimport puface.purifier, puface.io.jobs\n"
+            "print(sum(getattr(f, 'puface_hints', False) for f in sys.meta_path))\n"
+            "sys.modules['torch'] = None\nsys.modules.pop('puface.detection', None)\n"
+            "try:\n    import puface.detection\nexcept ImportError as e:\n    print(type(e).__name__, e.name)")
+    run = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-1500:]
+    assert run.stdout.split("\n")[:2] == ["1", "MissingBaseDependencyError torch"]
+
+
+def test_a_missing_part_of_an_installed_dependency_is_not_called_a_missing_package():
+    """A ModuleNotFoundError for a submodule of an installed base package ('numpy._core' from a wheel built for numpy
+    2 under numpy 1, a torch build without a part) was dressed up as 'PyTorch ... is not installed; pip install
+    torch>=2.1', by every puface module since the import hints (before, by puface.api and the CLI): installing changes
+    nothing. Such an error is now raised as it is; a missing package, or a part of one, still says what to install."""
+    code = """import sys
+sys.modules[sys.argv[1]] = None
+try:
+    import puface.training.train
+except ImportError as e:
+    print(type(e).__name__, e.name)"""
+    got = {}
+    for missing in ("torch.distributed", "torch"):
+        run = subprocess.run([sys.executable, "-W", "ignore", "-c", code, missing], capture_output=True, text=True)
+        got[missing] = run.stdout.strip()
+    assert got == {"torch.distributed": "ModuleNotFoundError torch.distributed",
+                   "torch": "MissingBaseDependencyError torch"}, got
+    run = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None\n"
+                          "from puface.utils.errors import missing_base_dependency as m\n"
+                          "print(type(m(ModuleNotFoundError(name='torch.nn'))).__name__)"],
+                         capture_output=True, text=True)
+    assert run.stdout.strip() == "MissingBaseDependencyError", run.stderr[-1000:]
+
+
 def test_a_misspelt_shipped_purifier_names_the_shipped_ones():
     """`load_purifier("arcfase112")` said only "purifier checkpoint not found" (the detector's loader lists its
     shipped names); now Purifier.load, the one home the `puface` defense also goes through, lists them."""

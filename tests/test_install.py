@@ -82,7 +82,7 @@ def test_missing_base_dependencies_name_the_requirement_from_pyproject():
     by_name = {d.split(";")[0].split(">")[0].split("=")[0].strip().lower(): d.split(";")[0].strip() for d in deps}
     for module, dist in BASE_IMPORTS.items():
         assert dist in by_name, f"{dist} (import {module}) is not in pyproject's dependencies"
-        err = missing_base_dependency(ModuleNotFoundError(f"No module named '{module}'", name=f"{module}.sub"))
+        err = missing_base_dependency(ModuleNotFoundError(f"No module named '{module}'", name=module))
         assert err is not None and f"pip install '{by_name[dist]}'" in str(err)
     assert missing_base_dependency(ModuleNotFoundError("No module named 'dlib'", name="dlib")) is None
     assert missing_base_dependency(ModuleNotFoundError("No module named 'puface.nope'", name="puface.nope")) is None

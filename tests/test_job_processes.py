@@ -254,6 +254,35 @@ def test_the_lock_layout_is_checked_against_the_kernel(monkeypatch):
         assert not jobs._probe_ofd_locks(), layout
 
 
+def test_a_failed_lock_probe_leaves_no_descriptor_and_no_file(tmp_path, monkeypatch):
+    """The probe opens its temporary file twice: where the second open failed (EMFILE, a process at its limit of open
+    files) the first descriptor stayed open for the life of the process. The probe now says False (POSIX locks) and
+    leaves neither a descriptor nor its file in the temporary folder."""
+    import errno
+    import os
+    import sys
+    import tempfile
+
+    import puface.io.jobs as jobs
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("counts /proc/self/fd")
+    real_open = os.open
+
+    def at_the_limit(path, flags, *a, **k):
+        if flags == os.O_RDWR:  # the probe's second open (mkstemp's own adds O_CREAT | O_EXCL)
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    before = set(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, "open", at_the_limit)
+    assert not jobs._probe_ofd_locks()
+    monkeypatch.setattr(os, "open", real_open)
+    assert set(os.listdir("/proc/self/fd")) <= before
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("posix_holds", [True, False])
 def test_claims_by_posix_and_open_file_description_locks_exclude_each_other(tmp_path, posix_holds):
     """A process claiming with open-file-description locks and one with POSIX record locks (an older puface, or a
@@ -543,6 +572,38 @@ def test_a_failed_job_leaves_its_folder_to_other_processes(johns_dir, tmp_path, 
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == "claimed", r.stderr
     assert kept.value is not None
+
+
+@pytest.mark.parametrize("ofd", [True, False])
+def test_a_job_whose_last_settings_write_fails_leaves_its_folder(tmp_path, monkeypatch, ofd):
+    """The end of a redo (`JobFinish`) writes the plain settings record, then releases the claim: a failed write
+    (disk full, the folder made read-only meanwhile) skipped the release, and in a Python session that keeps the
+    exception the folder stayed claimed: the session's next job on it was refused with 'another puface job in this
+    process is writing into this folder', another process with 'another puface process'. The claim now goes either
+    way; the record stays the unfinished redo's."""
+    import puface.io.jobs as jobs
+    from puface.utils.errors import PufaceError
+
+    if ofd and not jobs._ofd_locks():
+        pytest.skip("no open-file-description locks here")
+    monkeypatch.setattr(jobs, "_OFD", ofd)
+    out, record = tmp_path / "out", tmp_path / "out" / "purify_config.json"
+    jobs.begin_settings(record, {"step": 1}, resume=True, kind="purifying")()
+    finish = jobs.begin_settings(record, {"step": 2}, resume=False, kind="purifying")  # a redo: the end rewrites
+
+    def full(path, data):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(jobs, "atomic_write_bytes", full)
+    with pytest.raises(OSError) as kept:  # `kept` holds the exception and the job's frames, as a session does
+        finish()
+    assert json.loads(record.read_text())[jobs.REDO_KEY] is True
+    assert _claimed_elsewhere(out, 0, 1, posix=ofd) == "claimed"
+    try:
+        jobs.claim_output(out)()
+    except PufaceError as e:
+        pytest.fail(str(e))
+    assert kept.value is not None and finish is not None
 
 
 def test_a_job_that_writes_no_file_leaves_temporaries_in_its_input_alone(tmp_path):

@@ -461,6 +461,9 @@ def _probe_ofd_locks() -> bool:
         fd, name = tempfile.mkstemp(prefix=".puface-lock-")
         try:
             other = os.open(name, os.O_RDWR)
+        except OSError:
+            os.close(fd)  # (EMFILE: the last descriptor went to mkstemp)
+            raise
         finally:
             os.unlink(name)
         try:
@@ -753,10 +756,12 @@ class JobFinish:
         self.claim, self.write = claim, write
 
     def __call__(self) -> None:
-        if self.write is not None:
-            with self.claim.settings():
-                self.write()
-        self.claim()
+        try:
+            if self.write is not None:
+                with self.claim.settings():
+                    self.write()
+        finally:  # a failed write (disk full) must not keep the folder claimed: the record stays the redo's
+            self.claim()
 
     def release(self) -> None:
         self.claim()

@@ -60,12 +60,13 @@ BASE_IMPORTS = {
 def missing_base_dependency(exc: ModuleNotFoundError) -> MissingBaseDependencyError | None:
     """The `MissingBaseDependencyError` for an import of one of puface's own dependencies that failed because the
     package is absent (`pip install --no-deps`, a venv without torch), naming the pip requirement as
-    puface's metadata states it; None when `exc` is about any other module (a bug: let it surface). The CLI
+    puface's metadata states it; None when `exc` is about any other module (a bug: let it surface), or about a
+    submodule of a package that is installed ('numpy._core' under numpy 1: installing it would change nothing). The CLI
     prints it as one line; `puface.<api name>` raises it."""
     top = (exc.name or "").partition(".")[0]
     dist = BASE_IMPORTS.get(top)
-    if dist is None:
-        return None
+    if dist is None or (exc.name != top and _importable(top)):
+        return None  # (a part of an installed package is missing: a broken or mismatched install, as its error says)
     spec = dist
     try:
         from importlib.metadata import PackageNotFoundError, requires
@@ -82,6 +83,16 @@ def missing_base_dependency(exc: ModuleNotFoundError) -> MissingBaseDependencyEr
     err = MissingBaseDependencyError(f"{what} is not installed; puface needs it: pip install '{spec}'{hint}")
     err.name = top  # ImportError's own field: the module that is missing
     return err
+
+
+def _importable(name: str) -> bool:
+    """Whether top-level package `name` is installed (found without importing it)."""
+    from importlib.util import find_spec
+
+    try:
+        return find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _exec_saying_what_to_install(exec_module, module: ModuleType) -> None:
@@ -111,14 +122,18 @@ class _MissingBaseDependencyHints:
     the other finders give and swaps a .py or .pyc file's loader for the same loader whose module, if an import of a
     base dependency in it fails, raises `missing_base_dependency`'s error. So `import puface.purifier` (any module)
     in a venv without torch says what to pip install, as `puface.<api name>` and the CLI do; nothing is imported
-    early (torch is imported where it was)."""
+    early (torch is imported where it was). Told apart by `puface_hints`, not by class: a fresh copy of this module
+    (`importlib.reload`, `sys.modules` cleared and puface imported again) has a class of its own."""
+
+    puface_hints = True
 
     def find_spec(self, fullname: str, path=None, target: ModuleType | None = None) -> ModuleSpec | None:
         if not fullname.startswith("puface."):
             return None
         for finder in sys.meta_path:
             find = getattr(finder, "find_spec", None)
-            spec = None if finder is self or find is None else find(fullname, path, target)
+            # (another of these finders, left by an earlier copy of this module, would ask this one back: no end)
+            spec = None if getattr(finder, "puface_hints", False) or find is None else find(fullname, path, target)
             if spec is not None:
                 break
         else:
@@ -132,9 +147,10 @@ class _MissingBaseDependencyHints:
 
 
 def install_missing_base_dependency_hints() -> None:
-    """Puts the `_MissingBaseDependencyHints` finder first on `sys.meta_path` (once; `import puface` calls it)."""
-    if not any(isinstance(f, _MissingBaseDependencyHints) for f in sys.meta_path):
-        sys.meta_path.insert(0, _MissingBaseDependencyHints())
+    """Puts the `_MissingBaseDependencyHints` finder first on `sys.meta_path` (`import puface` calls it), in place of
+    any an earlier copy of this module put there: one at a time."""
+    sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "puface_hints", False)]
+    sys.meta_path.insert(0, _MissingBaseDependencyHints())
 
 
 class ConfigError(PufaceError):
