@@ -493,10 +493,15 @@ class Claim:
         self.f, self.path, self.whole = f, path, whole
         self.rank, self.world_size, self.key = rank, world_size, key
 
+    @property
+    def active(self) -> bool:
+        """Whether this claim is still held (its lock file open: not yet released, not an unlocked claim)."""
+        return self.f is not None and not self.f.closed
+
     def excludes(self, key: tuple[int, int], rank: int, world_size: int) -> bool:
         """True when this claim, still held on lock file `key`, keeps out a claim of `rank` of `world_size` (the same
         rank, another world size, or either one of the whole output)."""
-        return (self.key == key and self.f is not None and not self.f.closed
+        return (self.key == key and self.active
                 and (self.whole or world_size <= 1 or self.world_size != world_size or self.rank == rank))
 
     def ended(self) -> None:
@@ -638,7 +643,7 @@ def _claim(path: Path, rank: int, world_size: int, name: str, doing: str) -> Cla
     with _HELD_LOCK:  # one claim at a time in this process, so that `_HELD` is as the locks are
         for _ in range(10):
             key = None if ofd else _key(path)
-            if key is not None and key in {c.key for c in _HELD if c.f is not None and not c.f.closed}:
+            if key is not None and any(c.key == key and c.active for c in _HELD):
                 # POSIX locks: a second claim would not be refused, and its close would drop the first's locks
                 raise PufaceError(f"{name}: another puface job in this process is {doing}; wait for it to end (this "
                                   "system's file locks cannot keep two claims of one process apart)")
