@@ -158,7 +158,7 @@ def test_one_output_claimed_twice_in_one_process_is_refused(tmp_path, monkeypatc
     import puface.io.jobs as jobs
     from puface.utils.errors import PufaceError
 
-    if ofd and not jobs._ofd_locks():
+    if ofd and not jobs._ofd_locks(tmp_path):
         pytest.skip("no open-file-description locks here")
     monkeypatch.setattr(jobs, "_OFD", ofd)
     out = tmp_path / "out"
@@ -254,6 +254,74 @@ def test_the_lock_layout_is_checked_against_the_kernel(monkeypatch):
         assert not jobs._probe_ofd_locks(), layout
 
 
+def test_the_lock_probe_runs_on_the_output_folders_file_system(tmp_path, monkeypatch):
+    """Whether open-file-description locks work was probed once per process on a file in the system's temporary
+    folder, and the claim then locked that way in the output folder, which may be a mount that locks otherwise (NFS,
+    FUSE): there a second job of the process on the output would be let in. The probe now runs in the lock file's
+    folder: where it fails there (here a probe that fails for the output folder only, as on such a mount), the claim
+    locks by POSIX locks and refuses the second job from the process's record of its claims."""
+    import sys
+    import tempfile
+
+    import puface.io.jobs as jobs
+    from puface.utils.errors import PufaceError
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("open-file-description locks are Linux's")
+    out, elsewhere = tmp_path / "out", tmp_path / "tmp"
+    elsewhere.mkdir()
+    real, asked = jobs._probe_ofd_locks, []
+
+    def probe(folder=None):
+        asked.append(folder)
+        where = Path(folder if folder is not None else tempfile.gettempdir()).resolve()
+        return False if where == out.resolve() else real(folder) if folder is not None else real()
+
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    monkeypatch.setattr(jobs, "_probe_ofd_locks", probe)
+    monkeypatch.setattr(jobs, "_OFD", None)
+    monkeypatch.setattr(jobs, "_OFD_BY_DEVICE", {}, raising=False)
+    first = jobs.claim_output(out)
+    try:
+        with pytest.raises(PufaceError, match="another puface job in this process .* cannot keep two claims of one "
+                                              "process apart"):
+            jobs.claim_output(out)
+    finally:
+        first()
+    assert [Path(f).resolve() for f in asked] == [out.resolve()]
+    assert list(out.iterdir()) == [] and list(elsewhere.iterdir()) == []
+
+
+def test_the_lock_probe_runs_once_per_file_system(tmp_path, monkeypatch):
+    """The probe's answer is kept per file system (st_dev): claims in two folders of one file system probe once, a
+    claim on another file system (tmpfs) probes there, and the probe leaves no file behind."""
+    import os
+    import sys
+    import tempfile
+
+    import puface.io.jobs as jobs
+
+    shm = Path("/dev/shm")
+    if not sys.platform.startswith("linux") or not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs a second file system (/dev/shm)")
+    real, asked = jobs._probe_ofd_locks, []
+
+    def probe(folder=None):
+        asked.append(os.stat(folder if folder is not None else tempfile.gettempdir()).st_dev)
+        return real(folder) if folder is not None else real()
+
+    monkeypatch.setattr(jobs, "_probe_ofd_locks", probe)
+    monkeypatch.setattr(jobs, "_OFD", None)
+    monkeypatch.setattr(jobs, "_OFD_BY_DEVICE", {}, raising=False)
+    with tempfile.TemporaryDirectory(dir=shm) as other:
+        folders = [tmp_path / "a", tmp_path / "b", Path(other) / "c"]
+        for folder in folders + folders:
+            jobs.claim_output(folder, 1, 2)()
+            assert list(folder.iterdir()) == []
+        assert sorted(asked) == sorted({tmp_path.stat().st_dev, shm.stat().st_dev})
+        assert jobs._ofd_locks(Path(other)) == jobs._ofd_locks(tmp_path) == real(str(tmp_path))
+
+
 def test_a_failed_lock_probe_leaves_no_descriptor_and_no_file(tmp_path, monkeypatch):
     """The probe opens its temporary file twice: where the second open failed (EMFILE, a process at its limit of open
     files) the first descriptor stayed open for the life of the process. The probe now says False (POSIX locks) and
@@ -292,7 +360,7 @@ def test_claims_by_posix_and_open_file_description_locks_exclude_each_other(tmp_
     import puface.io.jobs as jobs
     from puface.utils.errors import PufaceError
 
-    if not jobs._ofd_locks():
+    if not jobs._ofd_locks(tmp_path):
         pytest.skip("no open-file-description locks here")
     out = tmp_path / "out"
     holder = _holder(out, 0, 2, posix=posix_holds)
@@ -532,7 +600,7 @@ def test_jobs_run_unlocked_where_the_file_system_takes_no_locks(johns_dir, tmp_p
 
     import puface.io.jobs as jobs
 
-    if ofd and not jobs._ofd_locks():
+    if ofd and not jobs._ofd_locks(tmp_path):
         pytest.skip("no open-file-description locks here")
 
     def no_locks(*a, **k):
@@ -584,7 +652,7 @@ def test_a_job_whose_last_settings_write_fails_leaves_its_folder(tmp_path, monke
     import puface.io.jobs as jobs
     from puface.utils.errors import PufaceError
 
-    if ofd and not jobs._ofd_locks():
+    if ofd and not jobs._ofd_locks(tmp_path):
         pytest.skip("no open-file-description locks here")
     monkeypatch.setattr(jobs, "_OFD", ofd)
     out, record = tmp_path / "out", tmp_path / "out" / "purify_config.json"

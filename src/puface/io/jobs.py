@@ -386,8 +386,11 @@ _TEST = 0
 #: off_t l_len, pid_t l_pid, in native alignment with the end padded to off_t's (x86-64: 32 bytes, i386: 24);
 #: checked against the kernel before use (`_probe_ofd_locks`)
 _FLOCK = struct.Struct("hhqqi0q")
-#: Whether this process locks with open-file-description locks (`_ofd_locks`); None until first asked
+#: Whether this process locks with open-file-description locks on every file system (tests, older systems' code);
+#: None: as each file system's probe says (`_ofd_locks`)
 _OFD: bool | None = None
+#: Whether open-file-description locks work, per file system (st_dev) probed in this process (`_ofd_locks`)
+_OFD_BY_DEVICE: dict[int, bool] = {}
 
 
 def _range_lock(f: Any, cmd: int, length: int = 0, start: int = 0) -> bool:
@@ -396,7 +399,8 @@ def _range_lock(f: Any, cmd: int, length: int = 0, start: int = 0) -> bool:
     `OSError` EACCES/EAGAIN at once where another holder has it), LOCK_UN; or `_TEST`: True when another holder has an
     exclusive lock on the range, nothing taken. False otherwise.
 
-    The locks are open-file-description locks (`F_OFD_SETLK`, Linux >= 3.15: `_ofd_locks`). They belong to `f`, not
+    The locks are open-file-description locks where `f`'s file system takes them (`F_OFD_SETLK`, Linux >= 3.15:
+    `_ofd_locks`). They belong to `f`, not
     to the process: two claims in one process exclude each other as those of two processes do, and closing one file
     never drops the other's locks; they conflict with other processes' POSIX record locks (an older puface's claim)
     as POSIX locks do among themselves, and go when the last descriptor of `f` is closed (a forked child's copy is
@@ -406,7 +410,7 @@ def _range_lock(f: Any, cmd: int, length: int = 0, start: int = 0) -> bool:
     import errno
     import fcntl
 
-    if _ofd_locks():
+    if _ofd_locks(f):
         if cmd == _TEST:
             kind, op = fcntl.F_RDLCK, fcntl.F_OFD_GETLK  # a read lock meets exclusive locks only
         else:
@@ -432,20 +436,42 @@ def _range_lock(f: Any, cmd: int, length: int = 0, start: int = 0) -> bool:
     return False
 
 
-def _ofd_locks() -> bool:
-    """Whether `_range_lock` takes open-file-description locks here: found once per process (`_probe_ofd_locks`)."""
-    global _OFD
-    if _OFD is None:
-        _OFD = _probe_ofd_locks()
-    return _OFD
+def _ofd_locks(at: Any) -> bool:
+    """Whether `_range_lock` takes open-file-description locks on the open file or the folder `at`: probed once per
+    file system (st_dev) in this process, in that folder (`_probe_ofd_locks`; an open file's: the one its name is in),
+    since an output folder on NFS, a FUSE mount or tmpfs may lock otherwise than the temporary folder's file system.
+    `_OFD` where set. False where `at` cannot be seen, or where no probe file can be made there (not remembered)."""
+    if _OFD is not None:
+        return _OFD
+    is_file = hasattr(at, "fileno")
+    known = getattr(at, "puface_ofd", None) if is_file else None  # (an open lock file remembers its answer)
+    if known is not None:
+        return known
+    try:
+        dev = os.fstat(at.fileno()).st_dev if is_file else os.stat(at).st_dev
+    except OSError:
+        return False
+    known = _OFD_BY_DEVICE.get(dev)
+    if known is None:
+        found = _probe_ofd_locks(os.path.dirname(os.path.abspath(at.name)) if is_file else os.fspath(at))
+        if found is None:
+            return False
+        known = _OFD_BY_DEVICE[dev] = found
+    if is_file:
+        try:
+            at.puface_ofd = known
+        except AttributeError:
+            pass
+    return known
 
 
-def _probe_ofd_locks() -> bool:
-    """True when open-file-description locks work as `_range_lock` packs them: on a temporary file, a lock on 3 bytes
-    beyond 1 TiB taken through one descriptor is reported at its place (`_FLOCK`'s fields read back as packed) to a
-    second descriptor of this process, which is refused it and sees the bytes either side free. False where fcntl
-    lacks the commands (macOS), the kernel refuses them (EINVAL: Linux before 3.15), a field reads back otherwise
-    (another layout of `struct flock`), or no temporary file can be made or locked."""
+def _probe_ofd_locks(folder: str | None = None) -> bool | None:
+    """True when open-file-description locks work as `_range_lock` packs them: on a temporary file in `folder` (None:
+    the system's temporary folder), a lock on 3 bytes beyond 1 TiB taken through one descriptor is reported at its
+    place (`_FLOCK`'s fields read back as packed) to a second descriptor of this process, which is refused it and sees
+    the bytes either side free. False where fcntl lacks the commands (macOS), the kernel or the file system refuses
+    them (EINVAL: Linux before 3.15; ENOLCK), a field reads back otherwise (another layout of `struct flock`), or the
+    file cannot be locked; None where no temporary file can be made or opened twice there (nothing learnt)."""
     import errno
     import fcntl
     import tempfile
@@ -458,7 +484,7 @@ def _probe_ofd_locks() -> bool:
         return _FLOCK.unpack(fcntl.fcntl(fd, op, _FLOCK.pack(kind, os.SEEK_SET, at, n, 0)))
 
     try:
-        fd, name = tempfile.mkstemp(prefix=".puface-lock-")
+        fd, name = tempfile.mkstemp(prefix=".puface-lock-", dir=folder)
         try:
             other = os.open(name, os.O_RDWR)
         except OSError:
@@ -466,6 +492,9 @@ def _probe_ofd_locks() -> bool:
             raise
         finally:
             os.unlink(name)
+    except OSError:
+        return None
+    try:
         try:
             lock(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK, start, length)
             seen = lock(other, fcntl.F_OFD_GETLK, fcntl.F_RDLCK, 0, 0)
@@ -639,16 +668,18 @@ def _claim(path: Path, rank: int, world_size: int, name: str, doing: str) -> Cla
     busy = (errno.EACCES, errno.EAGAIN)
     # (length, start) of the bytes this process holds: one rank's byte, or every byte but the gate (the whole output)
     ranges = [(1, 1 + rank)] if world_size > 1 else [(_GATE_BYTE, 0), (0, _GATE_BYTE + 1)]
-    ofd = _ofd_locks()
     with _HELD_LOCK:  # one claim at a time in this process, so that `_HELD` is as the locks are
         for _ in range(10):
-            key = None if ofd else _key(path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                return Claim()
+            key = None if _ofd_locks(path.parent) else _key(path)  # (probed on the lock file's file system)
             if key is not None and any(c.key == key and c.active for c in _HELD):
                 # POSIX locks: a second claim would not be refused, and its close would drop the first's locks
                 raise PufaceError(f"{name}: another puface job in this process is {doing}; wait for it to end (this "
                                   "system's file locks cannot keep two claims of one process apart)")
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
                 f = open(path, "a+b")
             except OSError:
                 return Claim()
