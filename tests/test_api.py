@@ -87,6 +87,36 @@ def test_the_api_without_torch_is_an_import_error_saying_what_to_install(code):
     assert run.stdout.startswith("MissingBaseDependencyError torch PyTorch") and "pip install 'torch>=" in run.stdout
 
 
+def test_puface_imported_from_a_zip_archive_without_torch_says_what_to_install(tmp_path):
+    """puface imported from a zip archive (a zipapp, a wheel put on sys.path) without torch: `import puface.api` (and
+    every other module) raised the bare ModuleNotFoundError 'torch', since the import hints swapped only the loaders
+    of .py and .pyc files; the zip archive's loader says what to pip install now too."""
+    import zipfile
+    from pathlib import Path
+
+    archive = tmp_path / "puface.zip"
+    root = Path(puface.__file__).parent
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in sorted(root.rglob("*.py")):
+            z.write(f, f.relative_to(root.parent).as_posix())
+    code = """import sys
+sys.path.insert(0, sys.argv[1])
+sys.modules['torch'] = None
+try:
+    exec(sys.argv[2])
+except ImportError as e:
+    print(type(e).__name__, e.name, e)
+import puface
+print(puface.__file__)"""
+    for stmt in ("import puface.api", "import puface; puface.load_purifier()", "import puface.purifier"):
+        run = subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(archive), stmt], capture_output=True,
+                             text=True)
+        assert run.returncode == 0 and run.stderr == "", run.stderr[-2000:]
+        said, where = run.stdout.strip().split("\n")
+        assert where == str(archive / "puface" / "__init__.py")  # (the archive's copy was imported)
+        assert said.startswith("MissingBaseDependencyError torch PyTorch") and "pip install 'torch>=" in said, said
+
+
 @pytest.mark.parametrize("dep, spec", [("torch", "torch>="), ("numpy", "numpy>=")])
 def test_every_module_without_a_base_dependency_imports_or_says_what_to_install(dep, spec):
     """Without torch, `import puface.purifier` (or models, attacks, detection, utils.images: 70 of puface's modules)

@@ -4,11 +4,13 @@ install wherever puface is imported (`missing_base_dependency`, `install_missing
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from importlib.machinery import ModuleSpec, SourceFileLoader, SourcelessFileLoader
 from pathlib import Path
 from types import ModuleType
+from zipimport import zipimporter
 
 
 class PufaceError(Exception):
@@ -117,10 +119,18 @@ class _BytecodeLoader(SourcelessFileLoader):
         _exec_saying_what_to_install(super().exec_module, module)
 
 
+class _ZipLoader(zipimporter):
+    """A zip archive's loader (a zipapp, a wheel on sys.path) for one folder of it, as `zipimporter` is."""
+
+    def exec_module(self, module: ModuleType) -> None:
+        _exec_saying_what_to_install(super().exec_module, module)
+
+
 class _MissingBaseDependencyHints:
     """A finder on `sys.meta_path` for puface's own modules (`puface.*`): it finds nothing itself, it takes the spec
-    the other finders give and swaps a .py or .pyc file's loader for the same loader whose module, if an import of a
-    base dependency in it fails, raises `missing_base_dependency`'s error. So `import puface.purifier` (any module)
+    the other finders give and swaps a .py or .pyc file's loader, or a zip archive's (a zipapp, a wheel on sys.path),
+    for the same loader whose module, if an import of a base dependency in it fails, raises
+    `missing_base_dependency`'s error. So `import puface.purifier` (any module)
     in a venv without torch says what to pip install, as `puface.<api name>` and the CLI do; nothing is imported
     early (torch is imported where it was). Told apart by `puface_hints`, not by class: a fresh copy of this module
     (`importlib.reload`, `sys.modules` cleared and puface imported again) has a class of its own."""
@@ -138,11 +148,13 @@ class _MissingBaseDependencyHints:
                 break
         else:
             return None
-        loader = spec.loader  # another kind (a zip archive's, an extension's) is left as it is
+        loader = spec.loader  # another kind (an extension's, a frozen application's) is left as it is
         if type(loader) is SourceFileLoader:
             spec.loader = _SourceLoader(loader.name, loader.path)
         elif type(loader) is SourcelessFileLoader:
             spec.loader = _BytecodeLoader(loader.name, loader.path)
+        elif type(loader) is zipimporter:  # (the archive's directory is read once: zipimport caches it per archive)
+            spec.loader = _ZipLoader(os.path.join(loader.archive, loader.prefix))
         return spec
 
 
