@@ -742,6 +742,38 @@ def test_a_relative_data_root_not_found_says_it_is_read_from_the_current_folder(
         resolve_data_root(tmp_path / "people")  # an absolute path: nothing else was looked at
 
 
+def test_a_relative_data_root_of_an_extended_config_is_read_from_the_current_folder(tmp_path, monkeypatch):
+    """A relative `[data] root` set in an extended config of another folder is read from the current folder, as the
+    child's own is (never from either config file's folder), and the error says so; it also looked in
+    `$PUFACE_HOME/data/<root>` (where `puface data fetch` puts data sets) without saying so, and names it now. A
+    folder attack's relative root said only "folder of cloaked images not found"; it names the current folder too."""
+    from puface.data.datasets import resolve_data_root
+
+    for folder in ("base/faces/a", "sub/faces/a", "work"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "base" / "base.toml").write_text('extends = "demo"\n[data]\nroot = "faces"\n')
+    (tmp_path / "sub" / "child.toml").write_text('extends = "../base/base.toml"\nname = "child"\n')
+    monkeypatch.delenv("PUFACE_DATA", raising=False)
+    monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "work")
+    root = load_config(tmp_path / "sub" / "child.toml").data["root"]
+    with pytest.raises(PufaceError) as e:
+        resolve_data_root(root)
+    said = str(e.value)
+    assert said.startswith("faces: data folder not found: not a folder under the current folder "
+                           f"{tmp_path / 'work'}, which a relative path is read from (not the config file's folder, "
+                           "nor an extended config's), nor in $PUFACE_DATA (not set), nor in $PUFACE_HOME/data "
+                           f"({tmp_path / 'home' / 'data'}); pass --data DIR"), said
+    assert "\n" not in said
+    monkeypatch.chdir(tmp_path / "sub")
+    assert resolve_data_root(root).resolve() == tmp_path / "sub" / "faces"
+    from puface.attacks.folder import FolderCloaks  # ([[attacks]] name = "folder", root = DIR: the same rule)
+
+    with pytest.raises(PufaceError, match=f"^cloaked: folder of cloaked images not found under the current folder "
+                                          f"{tmp_path / 'sub'}, which a relative path is read from"):
+        FolderCloaks("cloaked")
+
+
 def test_a_typo_with_restart_leaves_the_earlier_results_alone(colour_experiment, tmp_path):
     """A bad spec value is one clear error raised before the output folder is touched: a --restart with a
     typo must not discard the finished runs or overwrite the recorded config."""

@@ -76,7 +76,10 @@ class FolderCloaks:
     def __init__(self, root: str | Path, patterns: Sequence[str] | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise PufaceError(f"{self.root}: folder of cloaked images not found")
+            where = "" if self.root.is_absolute() else (
+                f" under the current folder {Path.cwd()}, which a relative path is read from (not the config file's "
+                "folder)")
+            raise PufaceError(f"{self.root}: folder of cloaked images not found{where}")
         recorded = () if patterns else self._recorded_pattern()
         self.patterns = tuple(patterns) if patterns else tuple(dict.fromkeys((*recorded, *self.DEFAULT_PATTERNS)))
         self.name = f"folder-{self.root.name}"

@@ -94,9 +94,10 @@ def reproduce(config: str | None, list_configs: bool, show: bool, data: Path | N
     """Run the experiment grid of CONFIG (a TOML file, or the name of a packaged config: see
     `puface reproduce --list`; `puface reproduce NAME --show > mine.toml` copies one to edit) and write
     results.csv, summary.csv, results.json, table.md and report.html. The data come from --data, else the
-    config's [data] root: a folder, or a data set name looked up in $PUFACE_DATA (the LFW configs name
-    "lfw-chips150"). A config may start from another (extends = "lfw") and write only what differs;
-    OUT/config.toml is saved resolved.
+    config's [data] root: a folder (a relative one is read from the current folder, not from the config
+    file's), or a data set name looked up in $PUFACE_DATA (the LFW configs name "lfw-chips150"). A config may
+    start from another (extends = "lfw", a path read from the config file's folder) and write only what
+    differs; OUT/config.toml is saved resolved.
 
     Finished runs are kept in OUT/runs.jsonl: re-running the same command resumes (only while the config,
     the data and the face models it names - the weights of victims, purifiers and attack surrogates, a model's

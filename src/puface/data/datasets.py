@@ -2,7 +2,8 @@
 
 A data root (`[data] root` of a config, `--data` of a command) is resolved in this order:
 
-1. an existing folder (absolute, or relative to the current folder);
+1. an existing folder (absolute, or relative to the current folder: never to a config file's folder, though a
+   config's `extends` is read from there);
 2. `$PUFACE_DATA/<root>`: `$PUFACE_DATA` is a folder holding data sets by name (e.g. `lfw-chips150/`);
 3. `$PUFACE_HOME/data/<root>`: where `puface data fetch` puts data sets when `$PUFACE_DATA` is not set;
 4. a data set puface can fetch itself: where it already is (`johns`: the installed Debian package, the
@@ -107,6 +108,19 @@ def find_data_root(root: str | Path) -> Path | None:
     return ds.find() if ds is not None and ds.find is not None else None
 
 
+def _fetched_place(p: Path) -> str:
+    """", nor in $PUFACE_HOME/data (its path)" where `find_data_root` looked for relative root `p` there (a one-part
+    name: where `puface data fetch` puts data sets), else ""."""
+    if len(p.parts) != 1:
+        return ""
+    from ..utils.paths import puface_home
+
+    try:
+        return f", nor in $PUFACE_HOME/data ({puface_home() / 'data'})"
+    except PufaceError:  # (no usable cache folder: nothing was found there either)
+        return ""
+
+
 def resolve_data_root(root: str | Path | None) -> Path:
     """The folder a data root names (see the module docstring for the order)."""
     if root is None or str(root) == "":
@@ -127,9 +141,10 @@ def resolve_data_root(root: str | Path | None) -> Path:
     if ds is not None:
         raise PufaceError(f"data set {ds.name!r} not found: not a folder here, not in {where}. It is {ds.description}. "
                           f"To get it: {ds.how_to_get}.")
-    # a relative root is read from the working folder, while `extends` is read from the config's: say which
+    # a relative root is read from the working folder, while `extends` is read from the config's: say which, and
+    # every other place looked in (`find_data_root`)
     why = "no such folder" if p.is_absolute() else (
         f"not a folder under the current folder {Path.cwd()}, which a relative path is read from (not the config "
-        f"file's folder), nor in {where}")
+        f"file's folder, nor an extended config's), nor in {where}{_fetched_place(p)}")
     raise PufaceError(f"{root}: data folder not found: {why}; pass --data DIR, "
                       "a folder of identity sub-folders ROOT/<identity>/<image>")

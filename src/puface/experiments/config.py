@@ -7,7 +7,8 @@ A config (every key optional except the lists; the packaged ones are in `puface/
     protocol = "training"         # FaceCure's (cloaked training photos) or "query" (clean gallery, cloaked probes)
 
     [data]
-    root = "lfw-chips150"         # a folder, a data set name under $PUFACE_DATA, or "johns"
+    root = "lfw-chips150"         # a folder (relative: to the current folder, not the config's), a data set
+                                  # name under $PUFACE_DATA, or "johns"
     min_images = 10               # identities with fewer images are left out
     max_per_identity = 20         # seeded cap per identity (absent: all)
     train_fraction = 0.7
