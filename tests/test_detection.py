@@ -956,6 +956,40 @@ def test_palette_photos_are_scored_with_a_note_that_says_why_they_look_cloaked(j
     assert rep["A/pal0.png"]["note"] == PALETTE_KIND_NOTE and rep["A/rgb0.png"]["note"] == ""
 
 
+def test_images_that_are_not_chips_of_the_detectors_size_get_one_warning_with_their_count(johns_dir, tmp_path,
+                                                                                           capsys):
+    """`puface detect` on photos without --align, or on 112 / 250 px crops, scored each image resized to a 150 px chip
+    and said nothing, though the threshold holds only for aligned face chips. Each such row now says so in its note,
+    and the summary (of `detect`, also on a resume, and of `purify --report`) says it once, with their count."""
+    from PIL import Image
+
+    root = tmp_path / "in" / "A"
+    root.mkdir(parents=True)
+    chips = [Image.open(p).convert("RGB") for p in sorted(johns_dir.glob("*/*.jpg"))[:4]]
+    chips[0].save(root / "chip.png")
+    chips[1].save(root / "chip.jpg", quality=95)
+    chips[2].resize((112, 112), Image.BICUBIC).save(root / "arcface.png")
+    chips[3].resize((250, 250), Image.BICUBIC).save(root / "big.png")
+    chips[3].resize((112, 112), Image.BICUBIC).quantize(256).save(root / "pal.png")
+    out = tmp_path / "scores.csv"
+    warning = ("warning: 3 of 5 images are not 150x150 face chips (see their note): each was scored resized to "
+               "150x150, and the threshold holds only for aligned face chips")
+    for _ in range(2):  # the second run resumes: nothing scored again, the rows still counted
+        assert main(["detect", str(root.parent), "--out", str(out), "--no-progress"]) == 0
+        said = capsys.readouterr().out
+        assert [line for line in said.splitlines() if "face chips" in line] == [
+            line for line in said.splitlines() if line.startswith(warning)], said
+        assert said.count(warning) == 1 and "pass --align if they are photos" in said, said
+    notes = {r["path"]: r["note"] for r in _read(out)}
+    assert notes == {"A/chip.png": "", "A/chip.jpg": "",
+                     "A/arcface.png": "112x112: not a 150x150 face chip, scored resized to one",
+                     "A/big.png": "250x250: not a 150x150 face chip, scored resized to one",
+                     "A/pal.png": "112x112: not a 150x150 face chip, scored resized to one; palette image (<= 256 "
+                                  "colours): its colour quantisation scores like a cloak, so the decision says little"}
+    assert main(["purify", "--report", "--no-progress", str(root.parent), str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out.count(warning) == 1
+
+
 def test_two_detects_on_one_scores_file_are_refused_ranks_sharing_it_are_not(tree, tmp_path, detector_file, capsys):
     """`detect` took no lock: two runs on one --out by mistake both scored every image into it. The scores file is
     claimed as an output folder is (`io.jobs.claim_file`, a lock file beside it): a second run is refused before it

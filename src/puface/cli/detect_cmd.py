@@ -115,7 +115,9 @@ def detect(
     0.9 for the shipped ones, so that new natural photos of those kinds stay under --fpr); a chip whose file is
     stored in a way that makes natural photos score high (JPEG with full-resolution colour below quality 90, a
     palette) gets the higher threshold of natural photos stored the same way (--one-threshold: not). The default
-    detector expects aligned face chips (like the LFW/dlib 150x150 chips); for ordinary photos use --align.
+    detector expects aligned face chips (like the LFW/dlib 150x150 chips); for ordinary photos use --align. An
+    image of another size is scored resized to a chip, and the summary warns once with their count (their
+    note says so): its decision holds only if it is an aligned face chip at another size.
     Streams in batches, resumes, prints a summary; exit code 1 if some images could not be read (they
     are listed and skipped).
     """

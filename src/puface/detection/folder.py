@@ -10,8 +10,10 @@ empty for lossless files, photos (`align`) and other sizes; a row's threshold is
 (`CloakDetector.threshold(storage=)`, `detection.storage`: higher than the default for storages that make natural
 photos score high), the default one when it is empty or with `one_threshold`. A photo's score, with
 `align`, is the highest of its faces' (a photo with one cloaked face is called cloaked); a photo without
-a usable face gets an empty score and a note. Identity summary (<scores>-identities.csv): per first-level
-folder (an identity folder): images scored, flagged, share flagged, mean and highest score.
+a usable face gets an empty score and a note; without `align`, an image that is not a chip of the detector's size is
+scored resized to one and its note says so (`RESIZED_NOTE`; the report counts them: `DetectReport.resized`). Identity
+summary (<scores>-identities.csv): per first-level folder (an identity folder): images scored, flagged, share
+flagged, mean and highest score.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import csv
 import io
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,6 +287,8 @@ class DetectReport:
     others_running: int = 0  # processes sharing the scores CSV (--rank) still scoring when this one ended
     cloaked_csv: Path | None = None  # `purify --skip-cloaked`: the list of the photos judged cloaked (and left out)
     mixed: dict[str, str] = field(default_factory=dict)  # {rank: detector fingerprint} of ranks scored by another one
+    resized: int = 0  # scored rows of images that are not chips of the detector's size (`RESIZED_NOTE`)
+    chip_size: int = 150  # the detector's chip size (px), as those rows' notes say
 
     @property
     def exit_code(self) -> int:
@@ -317,6 +322,13 @@ class DetectReport:
                 "come from a source unlike the calibration photos (edited: sharpened, more contrast, other gamma; "
                 "other cameras). Compare with `--detector edits`, or calibrate on natural photos of this source "
                 "(`puface calibrate-detector`)."
+            )
+        if self.resized:
+            c = self.chip_size
+            lines.append(
+                f"warning: {self.resized} of {n} images are not {c}x{c} face chips (see their note): each was scored "
+                f"resized to {c}x{c}, and the threshold holds only for aligned face chips (resized ones included), not "
+                "for whole photos or other face crops (112x112 ArcFace); pass --align if they are photos"
             )
         if self.gone:
             lines.append(f"{self.gone} row(s) of an earlier run for files no longer in the input dropped")
@@ -606,15 +618,30 @@ def _palette_kind_judged(thresholds: Thresholds, storage: str) -> bool:
     return storage == "palette" and thresholds("palette") != thresholds.default
 
 
+#: The note of an image that is not a chip of the detector's size, scored resized to one (`_size_note`)
+RESIZED_NOTE = "{w}x{h}: not a {s}x{s} face chip, scored resized to one"
+_RESIZED = re.compile(r"^\d+x\d+: not a (\d+)x\1 face chip, scored resized to one")
+
+
+def _size_note(det: CloakDetector, item: LoadedImage) -> str:
+    """`RESIZED_NOTE` for an image that is not a chip of `det`'s size (a photo not aligned, a 112 px crop), else ""."""
+    s = det.config.chip_size
+    h, w = item.image.shape[:2]
+    return "" if (h, w) == (s, s) else RESIZED_NOTE.format(w=w, h=h, s=s)
+
+
 def _note(item: LoadedImage, thresholds: Thresholds, aligned: bool = False) -> str:
-    """A row's note on the file: whether a palette image was judged by the palette kinds or not."""
+    """A row's note on the file: an image not of the chip size scored resized (`_size_note`; not with `aligned`:
+    its faces were cut as chips), and whether a palette image was judged by the palette kinds or not ("; " between)."""
+    size = "" if aligned else _size_note(thresholds.det, item)
     if not item.palette:
-        return ""
-    return (
+        return size
+    palette = (
         PALETTE_KIND_NOTE
         if not aligned and _palette_kind_judged(thresholds, chip_storage(thresholds.det, item))
         else PALETTE_NOTE
     )
+    return f"{size}; {palette}" if size else palette
 
 
 def detect_batch_process(det: CloakDetector | str | None, device: str | None, fpr: float | None, batch_size: int,
@@ -725,6 +752,9 @@ def _finish(out_csv: Path, fields: list[str], thresholds: Thresholds, fpr: float
                 rep.no_face += 1
                 continue
             rep.scored += 1
+            resized = _RESIZED.match(r.get("note") or "")
+            if resized:
+                rep.resized, rep.chip_size = rep.resized + 1, int(resized.group(1))
             st = r.get("storage", "")
             storages[st] = storages.get(st, 0) + 1
             if str(r.get("cloaked", "")) == "1":
