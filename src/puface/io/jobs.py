@@ -32,8 +32,8 @@ from PIL import Image
 from ..utils.errors import ImageReadError, PufaceError
 from .files import check_output_folder, check_output_root, iter_image_files
 from .images import (EXPECTED_IMAGES, IMAGE_EXTENSIONS, PALETTE_MODES, atomic_write_bytes, encode_image, is_image_file,
-                     is_lossless_webp, open_image_parts, pil_format_for, read_image_bytes, resolution_of, same_file,
-                     storage_of)
+                     is_lossless_webp, max_pixels, open_image_parts, pil_format_for, read_image_bytes, resolution_of,
+                     same_file, storage_of)
 
 
 @dataclass(frozen=True)
@@ -234,6 +234,7 @@ def iter_image_inputs(in_path: Path, names: set[str] | None = None) -> Iterator[
     (`files.iter_image_files`); a `PufaceError` when it does not exist, is not an image, or is a folder without
     images, raised when the first file is asked for. names: a set that gets each file's path relative to the
     folder (a file: its parent), POSIX, as it is listed."""
+    max_pixels()  # a bad $PUFACE_MAX_PIXELS: one error before any work, not one failure per file
     if not in_path.exists():
         raise PufaceError(f"{in_path}: no such file or folder")
     if in_path.is_file():
@@ -1248,6 +1249,7 @@ def run_folder_job(
     """
     from tqdm import tqdm
 
+    max_pixels()  # a bad $PUFACE_MAX_PIXELS: one error, not one failure per file
     report = JobReport(total=len(jobs))
     t0 = time.perf_counter()
     todo, report.resumed = split_done(
