@@ -363,3 +363,26 @@ def test_bad_max_pixels_is_one_clear_error_before_a_folder_job(tmp_path, monkeyp
     with pytest.raises(PufaceError, match=r"\$PUFACE_MAX_PIXELS must be a positive whole number of pixels, got"):
         plan_mirror(tmp_path / "in", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_file_name_with_a_newline_is_reported_on_one_line(tmp_path, capsys):
+    """A scraped name holding a newline ('bad\\nname.jpg', empty) split its 'error:' line and its line of the summary
+    in two, so a report read line by line lost the file; the name is now printed with the newline escaped."""
+    from puface.io.jobs import Outcome, plan_mirror, run_folder_job
+
+    src = tmp_path / "in" / "id"
+    src.mkdir(parents=True)
+    write_image(src / "ok.png", np.zeros((4, 4, 3), np.uint8))
+    (src / "bad\nname.jpg").write_bytes(b"")
+    (src / "tab\there.png").write_bytes(b"not a png")
+    report = run_folder_job(plan_mirror(tmp_path / "in", tmp_path / "out"),
+                            lambda items: [Outcome.ok(it.image) for it in items], progress=False)
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: {src}/bad\\nname.jpg: empty file (0 bytes)",
+        f"error: {src}/tab\\there.png: not an image, or a format Pillow cannot read",
+    ]
+    lines = report.summary().splitlines()
+    assert lines[1:] == ["FAILED (2):", f"  {src}/bad\\nname.jpg: empty file (0 bytes)",
+                         f"  {src}/tab\\there.png: not an image, or a format Pillow cannot read"]
+    assert [f.name for f in report.failed[0][:1]] == ["bad\nname.jpg"]  # the report keeps the real path
