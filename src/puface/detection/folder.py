@@ -10,7 +10,8 @@ empty for lossless files, photos (`align`) and other sizes; a row's threshold is
 (`CloakDetector.threshold(storage=)`, `detection.storage`: higher than the default for storages that make natural
 photos score high), the default one when it is empty or with `one_threshold`. A photo's score, with
 `align`, is the highest of its faces' (a photo with one cloaked face is called cloaked); a photo without
-a usable face gets an empty score and a note. Identity summary (<scores>-identities.csv): per first-level
+a usable face gets an empty score and a note; a palette or black-and-white chip gets a note on what its decision
+is worth (`PALETTE_NOTE`, `TWO_LEVEL_NOTE`). Identity summary (<scores>-identities.csv): per first-level
 folder (an identity folder): images scored, flagged, share flagged, mean and highest score.
 """
 
@@ -602,12 +603,30 @@ PALETTE_KIND_NOTE = (
 )
 
 
+#: The note of a chip scored at its own pixels whose pixels are all 0 or 255 (a 1-bit, black-and-white file): no
+#: calibration kind holds such photos, and natural ones score far above the threshold (8 johns chips saved as 1-bit:
+#: scores 26 to 34 against 1.83, every one flagged).
+TWO_LEVEL_NOTE = (
+    "black-and-white image (every pixel 0 or 255, as a 1-bit file holds them): its two levels score like a cloak, "
+    "so the decision says little"
+)
+
+
+def _two_level(item: LoadedImage, chip_size: int) -> bool:
+    """True for a chip of `chip_size` (scored at its own pixels) whose every value is 0 or 255."""
+    a = item.image
+    return a.shape[:2] == (chip_size, chip_size) and bool(np.all((a == 0) | (a == 255)))
+
+
 def _palette_kind_judged(thresholds: Thresholds, storage: str) -> bool:
     return storage == "palette" and thresholds("palette") != thresholds.default
 
 
 def _note(item: LoadedImage, thresholds: Thresholds, aligned: bool = False) -> str:
-    """A row's note on the file: whether a palette image was judged by the palette kinds or not."""
+    """A row's note on the file: whether a palette image was judged by the palette kinds or not; that a chip of two
+    levels (`TWO_LEVEL_NOTE`) cannot be judged."""
+    if not aligned and _two_level(item, thresholds.det.config.chip_size):
+        return TWO_LEVEL_NOTE
     if not item.palette:
         return ""
     return (
