@@ -1360,7 +1360,8 @@ def run_folder_job(
                         due.append((None, rs))
                     else:
                         if out.status in ("copy", "skip"):
-                            say(f"{'copied' if out.status == 'copy' else 'skipped'}: {shown_path(item.job.src)}: {out.reason}")
+                            verb = "copied" if out.status == "copy" else "skipped"
+                            say(f"{verb}: {shown_path(item.job.src)}: {out.reason}")
                         writes.append(pool.submit(write, item, out))
                         due.append((writes[-1], rs))
                 rows_due.append(due)
