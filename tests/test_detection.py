@@ -990,6 +990,27 @@ def test_images_that_are_not_chips_of_the_detectors_size_get_one_warning_with_th
     assert capsys.readouterr().out.count(warning) == 1
 
 
+def test_black_and_white_chips_get_a_note_that_says_the_decision_says_little(johns_dir, tmp_path):
+    """Natural chips saved as 1-bit (black-and-white) PNG scored 26 to 34 against a threshold of 1.83, all flagged
+    cloaked with an empty note, nothing saying why; their row now says their two levels score like a cloak. The same
+    chips in grey or colour get no note."""
+    from PIL import Image
+
+    root = tmp_path / "in" / "A"
+    root.mkdir(parents=True)
+    for i, p in enumerate(sorted(johns_dir.glob("*/*.jpg"))[:2]):
+        im = Image.open(p).convert("RGB")
+        im.save(root / f"rgb{i}.png")
+        im.convert("L").save(root / f"gray{i}.png")
+        im.convert("1").save(root / f"bw{i}.png")
+    out = tmp_path / "scores.csv"
+    main(["detect", str(root.parent), "--out", str(out), "--no-progress"])
+    rows = {r["path"]: r for r in _read(out)}
+    assert len(rows) == 6 and all(r["score"] != "" for r in rows.values())
+    assert {p for p, r in rows.items() if "two levels score like a cloak" in r["note"]} == {"A/bw0.png", "A/bw1.png"}
+    assert all(r["note"] == "" for p, r in rows.items() if "bw" not in p)
+
+
 def test_two_detects_on_one_scores_file_are_refused_ranks_sharing_it_are_not(tree, tmp_path, detector_file, capsys):
     """`detect` took no lock: two runs on one --out by mistake both scored every image into it. The scores file is
     claimed as an output folder is (`io.jobs.claim_file`, a lock file beside it): a second run is refused before it

@@ -330,3 +330,59 @@ def test_an_input_that_cannot_be_read_is_a_read_error_naming_it_in_every_job(tmp
     rep = run_folder_job(plan_mirror(src, tmp_path / "out"), lambda items: [Outcome.ok(it.image) for it in items],
                          progress=False, log=lambda m: None)
     assert rep.written == 1 and rep.failed == [(src / "locked.png", "cannot read file (Permission denied)")]
+
+
+def test_bomb_caught_by_pillow_names_puface_limit(tmp_path):
+    """Over twice the limit Pillow's own check fires in Image.open; its message named a limit of 200000000 pixels the
+    user never set (ours is 100 MP): the message now says ours, as an image just over it does."""
+    p = tmp_path / "bomb.png"
+    p.write_bytes(_png_header_only(40_000, 40_000))
+    with pytest.raises(ImageReadError, match=r"1600\.0 MP > 100\.0 MP limit; set PUFACE_MAX_PIXELS") as e:
+        read_image(p)
+    assert "200000000" not in str(e.value) and "DOS" not in str(e.value)
+
+
+def test_small_size_limit_says_pixels_not_zero_megapixels(tmp_path, monkeypatch):
+    p = tmp_path / "a.png"
+    write_image(p, np.zeros((20, 30, 3), np.uint8))
+    monkeypatch.setenv("PUFACE_MAX_PIXELS", "100")
+    with pytest.raises(ImageReadError, match=r"30x20 = 600 pixels > 100 pixels limit"):
+        read_image(p)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "1.5e6"])
+def test_bad_max_pixels_is_one_clear_error_before_a_folder_job(tmp_path, monkeypatch, value):
+    """A bad $PUFACE_MAX_PIXELS failed every file of a folder job with 'unexpected read error (ValueError: invalid
+    literal for int() ...)', or refused each with '0.0 MP limit'; now one PufaceError before anything is planned."""
+    from puface.io.jobs import plan_mirror
+    from puface.utils.errors import PufaceError
+
+    (tmp_path / "in").mkdir()
+    write_image(tmp_path / "in" / "a.png", np.zeros((4, 4, 3), np.uint8))
+    monkeypatch.setenv("PUFACE_MAX_PIXELS", value)
+    with pytest.raises(PufaceError, match=r"\$PUFACE_MAX_PIXELS must be a positive whole number of pixels, got"):
+        plan_mirror(tmp_path / "in", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_name_with_a_newline_is_reported_on_one_line(tmp_path, capsys):
+    """A scraped name holding a newline ('bad\\nname.jpg', empty) split its 'error:' line and its line of the summary
+    in two, so a report read line by line lost the file; the name is now printed with the newline escaped."""
+    from puface.io.jobs import Outcome, plan_mirror, run_folder_job
+
+    src = tmp_path / "in" / "id"
+    src.mkdir(parents=True)
+    write_image(src / "ok.png", np.zeros((4, 4, 3), np.uint8))
+    (src / "bad\nname.jpg").write_bytes(b"")
+    (src / "tab\there.png").write_bytes(b"not a png")
+    report = run_folder_job(plan_mirror(tmp_path / "in", tmp_path / "out"),
+                            lambda items: [Outcome.ok(it.image) for it in items], progress=False)
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: {src}/bad\\nname.jpg: empty file (0 bytes)",
+        f"error: {src}/tab\\there.png: not an image, or a format Pillow cannot read",
+    ]
+    lines = report.summary().splitlines()
+    assert lines[1:] == ["FAILED (2):", f"  {src}/bad\\nname.jpg: empty file (0 bytes)",
+                         f"  {src}/tab\\there.png: not an image, or a format Pillow cannot read"]
+    assert [f.name for f in report.failed[0][:1]] == ["bad\nname.jpg"]  # the report keeps the real path

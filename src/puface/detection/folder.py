@@ -11,9 +11,10 @@ empty for lossless files, photos (`align`) and other sizes; a row's threshold is
 photos score high), the default one when it is empty or with `one_threshold`. A photo's score, with
 `align`, is the highest of its faces' (a photo with one cloaked face is called cloaked); a photo without
 a usable face gets an empty score and a note; without `align`, an image that is not a chip of the detector's size is
-scored resized to one and its note says so (`RESIZED_NOTE`; the report counts them: `DetectReport.resized`). Identity
-summary (<scores>-identities.csv): per first-level folder (an identity folder): images scored, flagged, share
-flagged, mean and highest score.
+scored resized to one and its note says so (`RESIZED_NOTE`; the report counts them: `DetectReport.resized`); a
+palette or black-and-white chip gets a note on what its decision is worth (`PALETTE_NOTE`, `TWO_LEVEL_NOTE`).
+Identity summary (<scores>-identities.csv): per first-level folder (an identity folder): images scored, flagged,
+share flagged, mean and highest score.
 """
 
 from __future__ import annotations
@@ -614,6 +615,21 @@ PALETTE_KIND_NOTE = (
 )
 
 
+#: The note of a chip scored at its own pixels whose pixels are all 0 or 255 (a 1-bit, black-and-white file): no
+#: calibration kind holds such photos, and natural ones score far above the threshold (8 johns chips saved as 1-bit:
+#: scores 26 to 34 against 1.83, every one flagged).
+TWO_LEVEL_NOTE = (
+    "black-and-white image (every pixel 0 or 255, as a 1-bit file holds them): its two levels score like a cloak, "
+    "so the decision says little"
+)
+
+
+def _two_level(item: LoadedImage, chip_size: int) -> bool:
+    """True for a chip of `chip_size` (scored at its own pixels) whose every value is 0 or 255."""
+    a = item.image
+    return a.shape[:2] == (chip_size, chip_size) and bool(np.all((a == 0) | (a == 255)))
+
+
 def _palette_kind_judged(thresholds: Thresholds, storage: str) -> bool:
     return storage == "palette" and thresholds("palette") != thresholds.default
 
@@ -632,8 +648,11 @@ def _size_note(det: CloakDetector, item: LoadedImage) -> str:
 
 def _note(item: LoadedImage, thresholds: Thresholds, aligned: bool = False) -> str:
     """A row's note on the file: an image not of the chip size scored resized (`_size_note`; not with `aligned`:
-    its faces were cut as chips), and whether a palette image was judged by the palette kinds or not ("; " between)."""
+    its faces were cut as chips), that a chip of two levels cannot be judged (`TWO_LEVEL_NOTE`), and whether a palette
+    image was judged by the palette kinds or not ("; " between)."""
     size = "" if aligned else _size_note(thresholds.det, item)
+    if not aligned and _two_level(item, thresholds.det.config.chip_size):
+        return TWO_LEVEL_NOTE  # a chip of the detector's size: no size note
     if not item.palette:
         return size
     palette = (

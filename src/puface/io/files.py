@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..utils.errors import PufaceError
+from ..utils.errors import PufaceError, shown_path
 from .images import is_image_file, is_unsupported_image_file, same_file
 
 __all__ = [
@@ -68,7 +68,8 @@ def iter_image_files(root: str | Path, exclude: Iterable[str | Path] = (), unsup
             st = os.stat(d)
             key = (st.st_dev, st.st_ino)
             if key in above:
-                log.warning("warning: skipping %s: a link back to the folder %s (a folder loop)", d, d.resolve())
+                log.warning("warning: skipping %s: a link back to the folder %s (a folder loop)", shown_path(d),
+                            shown_path(d.resolve()))
                 return
             with os.scandir(d) as it:
                 entries = sorted(it, key=lambda e: e.name, reverse=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import struct
 import threading
 import warnings
@@ -20,7 +21,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from ..utils.errors import ImageReadError, ImageWriteError
+from ..utils.errors import ImageReadError, ImageWriteError, PufaceError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: Image files puface does not read (GIF: palette and animation frames; the rest: no Pillow codec or a raw
@@ -64,8 +65,18 @@ def is_unsupported_image_file(path: str | Path) -> bool:
 
 
 def max_pixels() -> int:
-    env = os.environ.get("PUFACE_MAX_PIXELS")
-    return int(env) if env else DEFAULT_MAX_PIXELS
+    """The largest image decoded, in pixels: $PUFACE_MAX_PIXELS, else `DEFAULT_MAX_PIXELS`; a `PufaceError` for a value
+    that is not a positive integer (folder jobs ask once before any file, so it is one line, not one per file)."""
+    env = os.environ.get("PUFACE_MAX_PIXELS", "").strip()
+    if not env:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(env.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise PufaceError(f"$PUFACE_MAX_PIXELS must be a positive whole number of pixels, got {env!r}")
+    return value
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -95,10 +106,15 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _too_large(w: int, h: int, limit: int) -> str:
-    return (
-        f"image too large ({w}x{h} = {w * h / 1e6:.1f} MP > {limit / 1e6:.1f} MP limit; set PUFACE_MAX_PIXELS to allow)"
-    )
+def _pixels(n: int) -> str:
+    """A pixel count as said in messages: megapixels from 0.1 MP, else the count ("2500 pixels", not "0.0 MP")."""
+    return f"{n / 1e6:.1f} MP" if n >= 100_000 else f"{n} pixels"
+
+
+def _too_large(w: int | None, h: int | None, limit: int, pixels: int | None = None) -> str:
+    """The message for an image of w x h (or only `pixels`, when Pillow's own check said so) over `limit` pixels."""
+    size = f"{w}x{h} = {_pixels(w * h)}" if w is not None and h is not None else _pixels(pixels or 0)
+    return f"image too large ({size} > {_pixels(limit)} limit; set PUFACE_MAX_PIXELS to allow)"
 
 
 #: Pillow modes of grayscale images (written back as 8-bit L by `puface purify`; 1-bit, 16-bit and float become 8-bit).
@@ -263,8 +279,12 @@ def _open(
             gray = im.mode in GRAY_MODES
     except ImageReadError:
         raise
-    except Image.DecompressionBombError as e:
-        raise ImageReadError(path, f"image too large ({e}; set PUFACE_MAX_PIXELS to allow)") from None
+    except Image.DecompressionBombError as e:  # Pillow's own check, at twice our limit, in Image.open: its message
+        # ("Image size (N pixels) exceeds limit of 2*L pixels, could be decompression bomb DOS attack.") told of a
+        # limit the user never set; say ours
+        said = re.search(r"\((\d+) pixels\)", str(e))
+        raise ImageReadError(path, _too_large(None, None, limit, int(said.group(1))) if said else
+                             f"image too large ({e}; set PUFACE_MAX_PIXELS to allow)") from None
     except UnidentifiedImageError:
         raise ImageReadError(path, "not an image, or a format Pillow cannot read") from None
     except (

@@ -29,11 +29,11 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence, TypedDi
 import numpy as np
 from PIL import Image
 
-from ..utils.errors import ImageReadError, PufaceError
+from ..utils.errors import ImageReadError, PufaceError, shown_path
 from .files import check_output_folder, check_output_root, iter_image_files
 from .images import (EXPECTED_IMAGES, IMAGE_EXTENSIONS, PALETTE_MODES, atomic_write_bytes, encode_image, is_image_file,
-                     is_lossless_webp, open_image_parts, pil_format_for, read_image_bytes, resolution_of, same_file,
-                     storage_of)
+                     is_lossless_webp, max_pixels, open_image_parts, pil_format_for, read_image_bytes, resolution_of,
+                     same_file, storage_of)
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ class JobReport:
                 lines.append(f"{title} ({len(items)}): listed in {listed_in[title]}")
             elif items:
                 lines.append(f"{title} ({len(items)}):")
-                lines.extend(f"  {p}: {why}" for p, why in items)
+                lines.extend(f"  {shown_path(p)}: {why}" for p, why in items)
         return "\n".join(lines)
 
 
@@ -234,6 +234,7 @@ def iter_image_inputs(in_path: Path, names: set[str] | None = None) -> Iterator[
     (`files.iter_image_files`); a `PufaceError` when it does not exist, is not an image, or is a folder without
     images, raised when the first file is asked for. names: a set that gets each file's path relative to the
     folder (a file: its parent), POSIX, as it is listed."""
+    max_pixels()  # a bad $PUFACE_MAX_PIXELS: one error before any work, not one failure per file
     if not in_path.exists():
         raise PufaceError(f"{in_path}: no such file or folder")
     if in_path.is_file():
@@ -1279,6 +1280,7 @@ def run_folder_job(
     """
     from tqdm import tqdm
 
+    max_pixels()  # a bad $PUFACE_MAX_PIXELS: one error, not one failure per file
     report = JobReport(total=len(jobs))
     t0 = time.perf_counter()
     todo, report.resumed = split_done(
@@ -1321,10 +1323,10 @@ def run_folder_job(
         try:
             _write_outcome(item, out, quality)
         except Exception as e:
-            why = f"cannot write {item.job.dst} ({getattr(e, 'reason', None) or e})"
+            why = f"cannot write {shown_path(item.job.dst)} ({getattr(e, 'reason', None) or e})"
             with lock:
                 report.failed.append((item.job.src, why))
-            say(f"error: {item.job.src}: {why}")
+            say(f"error: {shown_path(item.job.src)}: {why}")
             return False
         with lock:
             if out.status in ("ok", "record"):
@@ -1371,7 +1373,7 @@ def run_folder_job(
                         src = getattr(r, "path", "?")
                         reason = getattr(r, "reason", str(r))
                         report.failed.append((Path(src), reason))
-                        say(f"error: {src}: {reason}")
+                        say(f"error: {shown_path(src)}: {reason}")
                         bar.update(1)
                     else:
                         items.append(r)
@@ -1385,11 +1387,12 @@ def run_folder_job(
                 for item, out, rs in zip(items, outcomes, rows):
                     if out.status == "fail":
                         report.failed.append((item.job.src, out.reason))
-                        say(f"error: {item.job.src}: {out.reason}")
+                        say(f"error: {shown_path(item.job.src)}: {out.reason}")
                         due.append((None, rs))
                     else:
                         if out.status in ("copy", "skip"):
-                            say(f"{'copied' if out.status == 'copy' else 'skipped'}: {item.job.src}: {out.reason}")
+                            verb = "copied" if out.status == "copy" else "skipped"
+                            say(f"{verb}: {shown_path(item.job.src)}: {out.reason}")
                         writes.append(pool.submit(write, item, out))
                         due.append((writes[-1], rs))
                 rows_due.append(due)

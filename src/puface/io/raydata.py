@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..utils.errors import ImageReadError, MissingDependencyError, PufaceError
+from ..utils.errors import ImageReadError, MissingDependencyError, PufaceError, shown_path
 from .images import atomic_write_bytes, encode_image, pil_format_for
 from .jobs import (
     FileJob,
@@ -309,7 +309,8 @@ def run_ray_job(
                         report.skipped.append((p, why))
                     else:
                         report.failed.append((p, why))
-                        bar.write(f"error: {p}: {why}", file=sys.stderr) if log is None else say(f"error: {p}: {why}")
+                        msg = f"error: {shown_path(p)}: {why}"
+                        bar.write(msg, file=sys.stderr) if log is None else say(msg)
                     s = json.loads(js) if js else {}
                     if s:
                         head = {stats_key: Path(rel_of.get(src, src)).as_posix()}

@@ -32,9 +32,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Container, Iterable, Iterator, Sequence
 
 
-from ..utils.errors import ImageReadError, MissingDependencyError, PufaceError
+from ..utils.errors import ImageReadError, MissingDependencyError, PufaceError, shown_path
 from .files import check_output_folder, check_output_root, list_image_files
-from .images import encode_image
+from .images import encode_image, max_pixels
 from .jobs import (FileJob, JobReport, LoadedImage, Outcome, _read_settings, _StatsCSV, call_process, load_for_job,
                    split_done)
 
@@ -93,7 +93,7 @@ class ShardReport(JobReport):
         lines = [head + super().summary(verb, listed_in)]
         if self.shards_failed:
             lines.append(f"FAILED shards, left out whole ({len(self.shards_failed)}):")
-            lines.extend(f"  {p}: {why}" for p, why in self.shards_failed)
+            lines.extend(f"  {shown_path(p)}: {why}" for p, why in self.shards_failed)
         return "\n".join(lines)
 
 
@@ -617,6 +617,7 @@ def run_shard_job(
     """
     from tqdm import tqdm
 
+    max_pixels()  # a bad $PUFACE_MAX_PIXELS: one error, not one failure per record
     report = ShardReport(shards=len(jobs))
     t0 = time.perf_counter()
     stats = _StatsCSV(stats_csv)

@@ -13,6 +13,16 @@ from types import ModuleType
 from zipimport import zipimporter
 
 
+#: Control characters (C0 and DEL) as `shown_path` writes them.
+_ESCAPES = {**{c: f"\\x{c:02x}" for c in (*range(32), 127)}, 9: "\\t", 10: "\\n", 13: "\\r"}
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as a one-line message prints it: control characters (a newline or tab in a file name) escaped as \\n,
+    \\t, \\r or \\xNN, so a report keeps one line per file; other characters as they are."""
+    return str(path).translate(_ESCAPES)
+
+
 class PufaceError(Exception):
     """Base class for errors caused by input, configuration or environment (not by a bug)."""
 
@@ -23,7 +33,7 @@ class ImageReadError(PufaceError):
     def __init__(self, path: str | Path, reason: str):
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{shown_path(self.path)}: {reason}")
 
 
 class ImageWriteError(PufaceError):
@@ -32,7 +42,7 @@ class ImageWriteError(PufaceError):
     def __init__(self, path: str | Path, reason: str):
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{shown_path(self.path)}: {reason}")
 
 
 class MissingDependencyError(PufaceError):
