@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -342,6 +343,36 @@ def test_bad_trainers_are_refused_before_any_work(trainer, message, tmp_path, mo
     with pytest.raises(PufaceError, match=message):
         run_experiment(parse(text, tmp_path), tmp_path / "o", progress=False, echo=said.append)
     assert said == [] and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("old, new, where, message", [
+    ('name = "{a}"\nlabel = "checker"', 'name = "fawks"\nlabel = "checker"', "[[attacks]] 'checker'",
+     "unknown attack 'fawks'; choose one of: fawkes, lowkey"),
+    ('name = "{a}"\nlabel = "checker"', 'name = "fawkes"\nmode = "low"\nstpes = 3\nlabel = "checker"',
+     "[[attacks]] 'checker'", r"fawkes: unknown option\(s\) stpes; known: .*steps"),
+    ('name = "linear"', 'name = "lineer"', "[[trainers]] 'lineer'", "unknown trainer 'lineer'; choose one of: e2e"),
+    ('name = "bitdepth"', 'name = "bitdepht"', "[[defenses]] 'bitdepht'", "unknown defense 'bitdepht'; choose one"),
+    ('[victims]\nembedders = ["{e}"]', '[victims]\nembedders = ["sfaec"]', "[victims] embedders",
+     "unknown embedder 'sfaec'; choose one of: .*sface"),
+])
+def test_a_config_files_bad_name_says_which_file_and_entry(old, new, where, message, tmp_path):
+    """A mistake in a config file's entry is one line naming the file and the entry, then the valid choices
+    (it named neither the file nor the entry: a grid with several attacks left the user to guess which)."""
+    from evaluation_helpers import STANDIN_ATTACK, STANDIN_EMBEDDER
+
+    register_standins()
+    root = write_colour_faces(tmp_path / "data")
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root))
+    old = old.replace("{a}", STANDIN_ATTACK).replace("{e}", STANDIN_EMBEDDER)
+    assert old in text
+    path = tmp_path / "mine.toml"
+    path.write_text(text.replace(old, new))
+    with pytest.raises(ConfigError) as err:
+        run_experiment(path, tmp_path / "o", progress=False, echo=lambda s: None)
+    msg = str(err.value)
+    assert msg.startswith(f"{path} {where}: ") and "\n" not in msg
+    assert re.search(message, msg[len(f"{path} {where}: "):])
+    assert not (tmp_path / "o").exists()
 
 
 def test_protected_users_seen_by_the_purifier_are_refused(tmp_path, monkeypatch):
