@@ -398,6 +398,24 @@ def test_protected_users_seen_by_the_purifier_are_refused(tmp_path, monkeypatch)
     assert {r["user"] for r in res.rows} == {"Alice", "Carol"}
 
 
+def test_too_few_users_outside_the_purifiers_training_data_says_why_and_how_to_allow_them(tmp_path, monkeypatch):
+    """Every identity excluded as the purifier's training data: the error said only "not among the 2 excluded",
+    not what they are nor how to allow them."""
+    register_standins()
+    import puface.defenses as defenses
+
+    monkeypatch.setattr(defenses.PuFaceDefense, "training_identities", property(lambda self: {"Alice", "Bob"}))
+    monkeypatch.setattr(defenses.PuFaceDefense, "fingerprint", property(lambda self: "test"))
+    root = write_colour_faces(tmp_path / "data")
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace('name = "bitdepth"\nbits = 4', 'name = "puface"')
+    with pytest.raises(PufaceError, match=r"not among the 2 excluded\); excluded: the identities a purifier of the "
+                       r"grid was trained on.*\[users\] allow_purifier_identities = true \(evaluate "
+                       r"--allow-purifier-identities\)"):
+        run_experiment(parse(text.replace("count = 2", "count = 3"), tmp_path), tmp_path / "o", progress=False,
+                       echo=lambda s: None)
+    assert not (tmp_path / "o").exists()
+
+
 def test_cli_reproduce_evaluate_and_errors(tmp_path, monkeypatch, capsys):
     from evaluation_helpers import STANDIN_ATTACK, STANDIN_EMBEDDER
     from puface.cli import main

@@ -156,6 +156,8 @@ def draw_users(cfg: ExperimentConfig, root: str | Path, seed: int, *, exclude: I
     users = choose_users(
         data, count=cfg.users.get("count"), names=cfg.users.get("names"), seed=seed,
         exclude=exclude, min_train=int(cfg.users["min_train"]), min_test=int(cfg.users["min_test"]),
+        excluded_as="the identities a purifier of the grid was trained on (its checkpoint records them); evaluate on "
+        "other people, or allow them: [users] allow_purifier_identities = true (evaluate --allow-purifier-identities)",
     )
     return data, users
 
