@@ -407,7 +407,8 @@ def test_too_few_users_outside_the_purifiers_training_data_says_why_and_how_to_a
     monkeypatch.setattr(defenses.PuFaceDefense, "training_identities", property(lambda self: {"Alice", "Bob"}))
     monkeypatch.setattr(defenses.PuFaceDefense, "fingerprint", property(lambda self: "test"))
     root = write_colour_faces(tmp_path / "data")
-    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace('name = "bitdepth"\nbits = 4', 'name = "puface"')
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root))
+    text = text.replace('name = "bitdepth"\nbits = 4', 'name = "puface"')
     with pytest.raises(PufaceError, match=r"not among the 2 excluded\); excluded: the identities a purifier of the "
                        r"grid was trained on.*\[users\] allow_purifier_identities = true \(evaluate "
                        r"--allow-purifier-identities\)"):

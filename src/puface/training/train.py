@@ -454,7 +454,8 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
             _set_aside_previous(out)
         write_config()
     d.barrier()
-    train_pairs, val_pairs, summary = prepare_data(cfg, d, cloak_fn, log=say, progress=progress, checked=True, split=split)
+    train_pairs, val_pairs, summary = prepare_data(cfg, d, cloak_fn, log=say, progress=progress, checked=True,
+                                                   split=split)
     if resumed is not None:
         was = resumed.get("data_summary") or {}
         # the pairs' pixels too (train_content, val_content: natural and cloaked), where the checkpoint has them
