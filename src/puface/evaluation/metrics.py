@@ -16,14 +16,11 @@ from typing import Any, Hashable, Iterable, Sequence
 
 import numpy as np
 
+from ..utils.labels import plain_label
+
 #: Identity labels, one per image: a sequence, or a 1-D numpy array (object dtype: the data sets' `labels`); the
 #: functions below take a 1-D torch tensor too.
 Labels = Sequence[Hashable] | np.ndarray
-
-
-def _label(x: Any) -> Any:
-    """A label as a plain value: a 0-d tensor or numpy scalar (`labels[i]`, `logits.argmax()`) -> `.item()`."""
-    return x.item() if getattr(x, "ndim", None) == 0 and hasattr(x, "item") else x
 
 
 def _labels(predicted: Any, true: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +40,7 @@ def attack_success_rate(predicted: Labels, true: Labels, user: Hashable) -> floa
     """Share (0..1) of the user's test images (true == user) predicted as someone else. NaN if none.
     Labels: one per image (sequences, numpy arrays or torch tensors); `user` may be a 0-d tensor."""
     p, t = _labels(predicted, true)
-    user = _label(user)
+    user = plain_label(user)
     mine = t == user
     if not mine.any():
         return float("nan")
@@ -53,7 +50,7 @@ def attack_success_rate(predicted: Labels, true: Labels, user: Hashable) -> floa
 def normal_accuracy(predicted: Labels, true: Labels, user: Hashable | None) -> float:
     """Top-1 accuracy (0..1) on the test images of every identity except `user`. NaN if none."""
     p, t = _labels(predicted, true)
-    user = _label(user)
+    user = plain_label(user)
     others = t != user if user is not None else np.ones(len(t), dtype=bool)
     if not others.any():
         return float("nan")
@@ -62,7 +59,7 @@ def normal_accuracy(predicted: Labels, true: Labels, user: Hashable | None) -> f
 
 def protocol_scores(predicted: Labels, true: Labels, user: Hashable) -> dict[str, float | int]:
     """{asr, normal_acc, user_acc, n_user_test, n_other_test} for one protected user."""
-    t, user = _labels(true, true)[1], _label(user)
+    t, user = _labels(true, true)[1], plain_label(user)
     asr = attack_success_rate(predicted, true, user)
     return {
         "asr": asr,

@@ -33,6 +33,7 @@ from ..models.base import FaceEmbedder
 from ..utils.device import resolve_device
 from ..utils.errors import ConfigError
 from ..utils.images import to_float
+from ..utils.labels import label_values
 from ..utils.registry import Registry
 from ..utils.specs import as_table
 from .metrics import Labels
@@ -51,7 +52,7 @@ def _objects(values: Labels) -> np.ndarray:
 def _encode_labels(labels: Labels | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(classes sorted, integer codes) for a label sequence; a torch tensor's labels are its values (its elements,
     0-d tensors, hash by identity: every image would be a class of its own)."""
-    arr = _objects(labels.detach().cpu().tolist() if isinstance(labels, torch.Tensor) else list(labels))
+    arr = _objects(label_values(labels))
     classes = _objects(sorted(set(arr.tolist()), key=str))
     index = {c: i for i, c in enumerate(classes.tolist())}
     return classes, np.fromiter((index[x] for x in arr.tolist()), dtype=np.int64, count=len(arr))
