@@ -354,6 +354,8 @@ def test_bad_trainers_are_refused_before_any_work(trainer, message, tmp_path, mo
     ('name = "bitdepth"', 'name = "bitdepht"', "[[defenses]] 'bitdepht'", "unknown defense 'bitdepht'; choose one"),
     ('[victims]\nembedders = ["{e}"]', '[victims]\nembedders = ["sfaec"]', "[victims] embedders",
      "unknown embedder 'sfaec'; choose one of: .*sface"),
+    ('name = "bitdepth"\nbits = 4', 'name = "puface"\nweights = "nope.pt"\nlabel = "mine"', "[[defenses]] 'mine'",
+     r"nope.pt: purifier checkpoint not found; .*; a relative path is read from the current folder /"),
 ])
 def test_a_config_files_bad_name_says_which_file_and_entry(old, new, where, message, tmp_path):
     """A mistake in a config file's entry is one line naming the file and the entry, then the valid choices

@@ -36,17 +36,17 @@ __all__ = [
 
 
 @contextmanager
-def entry_errors(cfg: ExperimentConfig, where: str) -> Iterator[None]:
+def entry_errors(cfg: ExperimentConfig | None, where: str) -> Iterator[None]:
     """Head an error raised while building a part of `cfg` (`where`: "[[attacks]] 'lowkey'", "[victims] embedders")
     with its file and that part, as a ConfigError, so the one line says where the mistake is (an unknown name, a
     wrong option, a missing weights file); a config not read from a file (`puface evaluate`'s options, a dict) and a
-    missing package keep their message as it is."""
+    missing package keep their message as it is (so does everything when `cfg` is None)."""
     try:
         yield
     except MissingDependencyError:
         raise
     except PufaceError as e:
-        if cfg.source is None:
+        if cfg is None or cfg.source is None:
             raise
         raise ConfigError(f"{cfg.source} {where}: {e}") from e
 
@@ -129,14 +129,17 @@ def build_trainers(cfg: ExperimentConfig, device: str | None) -> list[TrainerSpe
     return trainers
 
 
-def excluded_identities(defenses: dict[str, Defense], warn: Callable[[str], None]) -> set[str]:
+def excluded_identities(defenses: dict[str, Defense], warn: Callable[[str], None],
+                        cfg: ExperimentConfig | None = None) -> set[str]:
     """Identities any purifier of the grid was trained on (protected users must not be among them);
-    `warn` is told about purifiers that do not record theirs."""
+    `warn` is told about purifiers that do not record theirs. A purifier that does not load is an error naming the
+    defense's entry of `cfg` (`entry_errors`)."""
     out: set[str] = set()
     for label, d in defenses.items():
         if not any(isinstance(s, PuFaceDefense) for s in d.parts):
             continue
-        ids = defense_training_identities(d)
+        with entry_errors(cfg, f"[[defenses]] {label!r}"):
+            ids = defense_training_identities(d)
         if ids is None:
             warn(f"warning: defense {label!r}: the purifier does not record its training identities; "
                  "make sure no protected user was in its training set")

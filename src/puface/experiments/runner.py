@@ -81,7 +81,7 @@ def run_experiment(
         with entry_errors(cfg, f"[[defenses]] {d.label!r}"):
             defenses[d.label] = build_defense(d, device)
     trainers = build_trainers(cfg, device)
-    exclude = excluded_identities(defenses, echo)
+    exclude = excluded_identities(defenses, echo, cfg)
     allow = bool(cfg.users.get("allow_purifier_identities"))
     # every spec and the first draw of users are checked before the output folder is touched (a typo must not
     # cost a --restart its earlier results)

@@ -341,8 +341,10 @@ class Purifier(nn.Module):
                 raise PufaceError(f"the shipped purifier {name!r} is missing from this installation ({path}); "
                                   "reinstall puface or pass --weights")
         elif not Path(path).is_file():  # a misspelt name too: say what else it could be
+            where = f"; a relative path is read from the current folder {Path.cwd()}"
+            where = "" if Path(path).is_absolute() else where
             raise PufaceError(f"{path}: purifier checkpoint not found; give a checkpoint file (.safetensors, .pt) or "
-                              f"a shipped purifier's name: {', '.join(SHIPPED_WEIGHTS)}")
+                              f"a shipped purifier's name: {', '.join(SHIPPED_WEIGHTS)}{where}")
         p = cls.from_checkpoint(load_checkpoint(path))
         p.shipped_as = name
         return p.to(resolve_device(device)) if device is not None else p
