@@ -34,6 +34,19 @@ def test_nan_or_infinite_pixels_are_refused_by_every_model(models, bad):
         assert call(x[:1]).isfinite().all(), who  # the clean image alone is fine
 
 
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+def test_a_batch_size_below_one_or_fractional_is_refused_not_images_dropped(models, batch_size):
+    """purify(x, batch_size=0) returned no images and batch_size=-1 two of three (slices of a negative size), an
+    embedder's embed(batch_size=-1) none, the detector a RuntimeError from inside: now a ValueError naming it."""
+    x = torch.rand(3, 3, 24, 24)
+    calls = {"purifier": models["purifier.purify"], "detector": models["detector.score"],
+             "sface": models["embedder"].embed}
+    for who, call in calls.items():
+        with pytest.raises(ValueError, match=rf"^{who}: batch_size must be an integer >= 1, got {batch_size}$"):
+            call(x, batch_size=batch_size)
+        assert len(call(x, batch_size=2)) == 3, who
+
+
 @pytest.mark.parametrize("what", ["ndarray", "Image", "list"])
 def test_purify_and_score_refuse_what_is_not_a_tensor_naming_it(models, what):
     """A numpy array, a PIL image or a list of tensors into `purifier.purify` or `detector.score` (the two that also

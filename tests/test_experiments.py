@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -344,6 +345,38 @@ def test_bad_trainers_are_refused_before_any_work(trainer, message, tmp_path, mo
     assert said == [] and not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("old, new, where, message", [
+    ('name = "{a}"\nlabel = "checker"', 'name = "fawks"\nlabel = "checker"', "[[attacks]] 'checker'",
+     "unknown attack 'fawks'; choose one of: fawkes, lowkey"),
+    ('name = "{a}"\nlabel = "checker"', 'name = "fawkes"\nmode = "low"\nstpes = 3\nlabel = "checker"',
+     "[[attacks]] 'checker'", r"fawkes: unknown option\(s\) stpes; known: .*steps"),
+    ('name = "linear"', 'name = "lineer"', "[[trainers]] 'lineer'", "unknown trainer 'lineer'; choose one of: e2e"),
+    ('name = "bitdepth"', 'name = "bitdepht"', "[[defenses]] 'bitdepht'", "unknown defense 'bitdepht'; choose one"),
+    ('[victims]\nembedders = ["{e}"]', '[victims]\nembedders = ["sfaec"]', "[victims] embedders",
+     "unknown embedder 'sfaec'; choose one of: .*sface"),
+    ('name = "bitdepth"\nbits = 4', 'name = "puface"\nweights = "nope.pt"\nlabel = "mine"', "[[defenses]] 'mine'",
+     r"nope.pt: purifier checkpoint not found; .*; a relative path is read from the current folder /"),
+])
+def test_a_config_files_bad_name_says_which_file_and_entry(old, new, where, message, tmp_path):
+    """A mistake in a config file's entry is one line naming the file and the entry, then the valid choices
+    (it named neither the file nor the entry: a grid with several attacks left the user to guess which)."""
+    from evaluation_helpers import STANDIN_ATTACK, STANDIN_EMBEDDER
+
+    register_standins()
+    root = write_colour_faces(tmp_path / "data")
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root))
+    old = old.replace("{a}", STANDIN_ATTACK).replace("{e}", STANDIN_EMBEDDER)
+    assert old in text
+    path = tmp_path / "mine.toml"
+    path.write_text(text.replace(old, new))
+    with pytest.raises(ConfigError) as err:
+        run_experiment(path, tmp_path / "o", progress=False, echo=lambda s: None)
+    msg = str(err.value)
+    assert msg.startswith(f"{path} {where}: ") and "\n" not in msg
+    assert re.search(message, msg[len(f"{path} {where}: "):])
+    assert not (tmp_path / "o").exists()
+
+
 def test_protected_users_seen_by_the_purifier_are_refused(tmp_path, monkeypatch):
     """A purifier that records its training identities: named users among them are refused, drawn users avoid them."""
     register_standins()
@@ -365,6 +398,25 @@ def test_protected_users_seen_by_the_purifier_are_refused(tmp_path, monkeypatch)
     allowed = named.replace("count = 2", "").replace("[users]", "[users]\nallow_purifier_identities = true")
     res = run_experiment(parse(allowed, tmp_path, "allowed.toml"), tmp_path / "o3", progress=False, echo=lambda s: None)
     assert {r["user"] for r in res.rows} == {"Alice", "Carol"}
+
+
+def test_too_few_users_outside_the_purifiers_training_data_says_why_and_how_to_allow_them(tmp_path, monkeypatch):
+    """Every identity excluded as the purifier's training data: the error said only "not among the 2 excluded",
+    not what they are nor how to allow them."""
+    register_standins()
+    import puface.defenses as defenses
+
+    monkeypatch.setattr(defenses.PuFaceDefense, "training_identities", property(lambda self: {"Alice", "Bob"}))
+    monkeypatch.setattr(defenses.PuFaceDefense, "fingerprint", property(lambda self: "test"))
+    root = write_colour_faces(tmp_path / "data")
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root))
+    text = text.replace('name = "bitdepth"\nbits = 4', 'name = "puface"')
+    with pytest.raises(PufaceError, match=r"not among the 2 excluded\); excluded: the identities a purifier of the "
+                       r"grid was trained on.*\[users\] allow_purifier_identities = true \(evaluate "
+                       r"--allow-purifier-identities\)"):
+        run_experiment(parse(text.replace("count = 2", "count = 3"), tmp_path), tmp_path / "o", progress=False,
+                       echo=lambda s: None)
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_reproduce_evaluate_and_errors(tmp_path, monkeypatch, capsys):

@@ -141,6 +141,24 @@ def test_unlearnable_minimises_the_error(faces):
     assert float(res.stats["ue_loss"].mean()) < 0.5
 
 
+def test_group_attacks_take_torch_labels_as_their_values():
+    """Labels as a torch tensor (a data loader's): its elements, 0-d tensors hashing by identity, keyed the seed as
+    "tensor(0)" and OPOM ran each person's mask once per photo; now the same cloaks as the list of values."""
+    x = grey(4, seed=4)
+    ref = Reference(grey(4, seed=5), torch.tensor([7, 7, 8, 8]))
+    assert ref.labels.tolist() == [7, 7, 8, 8]
+    for make in (lambda: opom(steps=2), lambda: unlearnable(perturb="classwise")):
+        calls: list[list[int]] = []
+        atk = make()
+        inner = atk._attack_group
+        atk._attack_group = lambda x, labels, *a, calls=calls, inner=inner: (calls.append(list(labels)),
+                                                                             inner(x, labels, *a))[1]
+        by_tensor = atk.run(x, labels=torch.tensor([0, 0, 1, 1]), reference=ref).images
+        by_list = make().run(x, labels=[0, 0, 1, 1], reference=Reference(ref.images, np.array([7, 7, 8, 8]))).images
+        assert calls == [[0, 0, 1, 1]] and all(type(v) is int for v in calls[0])
+        assert torch.equal(by_tensor, by_list)
+
+
 def test_unlearnable_seeded_budget_and_needs_classes(faces):
     labels = ["a"] * 3 + ["b"] * 3
     a = unlearnable(0)(faces, labels=labels)

@@ -44,6 +44,19 @@ def test_metrics_on_hand_built_predictions():
         attack_success_rate(pred[:-1], true, "u")
 
 
+def test_metrics_take_torch_labels_and_say_when_given_logits():
+    """A classifier's torch labels and a user given as a tensor (`labels[i]`) raised AttributeError "'bool' object
+    has no attribute 'any'"; logits for labels said "differ in length (5 vs 5)"."""
+    pred, true = torch.tensor([1, 1, 0, 2, 2]), torch.tensor([1, 1, 1, 2, 0])
+    for user in (1, torch.tensor(1), np.int64(1), true[0]):
+        assert attack_success_rate(pred, true, user) == pytest.approx(1 / 3)
+        assert normal_accuracy(pred, true, user) == 0.5
+        assert protocol_scores(pred, true, user)["n_user_test"] == 3
+    assert attack_success_rate(pred.numpy(), true.numpy(), 1) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match=r"differ in shape \(\(5, 3\) vs \(5,\)\).*argmax"):
+        attack_success_rate(torch.rand(5, 3), true, 1)
+
+
 def test_summaries_and_image_quality():
     s = summarise([0.2, 0.4, float("nan"), 0.6])
     assert (s.mean, s.n) == (pytest.approx(0.4), 3) and s.std == pytest.approx(0.2)

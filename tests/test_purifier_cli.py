@@ -78,6 +78,15 @@ def test_purify_mirrors_tree_and_keeps_names_sizes_formats(photo_tree, tmp_path,
     assert "5 already done" in capsys.readouterr().out
 
 
+def test_purify_takes_the_checkpoint_as_purifier_too(photo_tree, tmp_path, weights):
+    """`--purifier CKPT`, as detect / train-detector / calibrate-detector name it, was "No such option" in purify."""
+    (photo_tree / "a" / "broken.jpg").unlink()
+    for opt in ("--weights", "--purifier"):
+        assert main(["purify", opt, str(weights), str(photo_tree), str(tmp_path / opt), "--no-progress"]) == 0
+    for rel in _files(photo_tree):
+        assert (tmp_path / "--weights" / rel).read_bytes() == (tmp_path / "--purifier" / rel).read_bytes(), rel
+
+
 def test_purify_shards_by_rank(photo_tree, tmp_path, weights):
     (photo_tree / "a" / "broken.jpg").unlink()
     out = tmp_path / "out"

@@ -405,6 +405,28 @@ def test_no_resume_keeps_the_earlier_runs_config_and_metrics_with_its_checkpoint
     assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 2
 
 
+@pytest.mark.parametrize("mistake", ["attack", "data"])
+def test_a_no_resume_redo_with_a_mistake_leaves_the_earlier_run_in_place(mistake, johns_dir, tmp_path):
+    """--no-resume over a finished run with a typo in an attack's name, or --data naming a folder of images without
+    identity folders: the earlier run's files were set aside (*.discarded.*) and a config.json of the broken recipe
+    written before the mistake was found; now nothing in OUT changes."""
+    out = tmp_path / "run"
+    cfg = _cfg(johns_dir, epochs=1, max_steps_per_epoch=1)
+    _run(cfg, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    bad = json.loads(json.dumps(cfg.as_dict()))
+    if mistake == "attack":
+        bad["attacks"][0]["name"] = "fawks"
+        message, kw = "unknown attack 'fawks'", {}
+    else:
+        bad["data"]["root"] = str(next(johns_dir.iterdir()))
+        message, kw = "no identity folders", {"cloak_fn": synthetic_cloak_fn()}
+    with pytest.raises(PufaceError, match=message):
+        train(PurifierTrainConfig.from_dict(bad), out, resume=False, embedders={"standin": standin_embedder()},
+              progress=False, log=lambda s: None, **kw)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def _copy_tree(src: Path, dst: Path) -> Path:
     for f in sorted(src.glob("*/*")):
         (dst / f.parent.name).mkdir(parents=True, exist_ok=True)

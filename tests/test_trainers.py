@@ -44,6 +44,24 @@ def test_a_trainer_from_a_spec_string_or_table():
         create_trainer("linear:gamma=2", colour_embedder())
 
 
+@pytest.mark.parametrize("name", ["nn", "linear", "e2e"])
+def test_torch_labels_are_their_values(name, colour_data):
+    """Integer labels as a torch tensor: each element (a 0-d tensor, hashed by identity) was a class of its own (the
+    linear probe fitted one class per image) and predict returned tensors; now the values, as with a list."""
+    names = sorted(set(colour_data.train.labels.tolist()))
+    codes = torch.tensor([names.index(y) for y in colour_data.train.labels.tolist()])
+    images = colour_data.train.images
+    opts = {"steps": 2, "batch_size": 4} if name == "e2e" else {}
+    t = create_trainer(name, colour_embedder(), **opts).fit(images, codes)
+    assert t.classes_.tolist() == list(range(len(names)))
+    pred = t.predict(colour_data.test.images)
+    assert all(type(p) is int for p in pred)
+    if name != "e2e":  # the frozen-embedder trainers: the same fit as with the names
+        by_name = create_trainer(name, colour_embedder()).fit(images, colour_data.train.labels).predict(
+            colour_data.test.images)
+        assert [names[p] for p in pred] == by_name.tolist()
+
+
 def test_nearest_neighbour_on_hand_built_embeddings():
     train = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0.9, 0.1, 0]])
     labels = ["a", "b", "c", "a"]

@@ -31,6 +31,7 @@ import torch
 from ..utils.errors import PufaceError
 from ..utils.fingerprint import content_hashes, image_digest
 from ..utils.images import quantize, to_uint8
+from ..utils.labels import label_values
 from ..utils.seeding import stable_seed
 from .base import AttackResult, CloakAttack
 
@@ -48,7 +49,7 @@ class Reference:
     hashes: list[str] | None = None
 
     def __post_init__(self) -> None:
-        self.labels = np.asarray(list(self.labels), dtype=object)
+        self.labels = np.asarray(label_values(self.labels), dtype=object)
         if len(self.labels) != len(self.images):
             raise PufaceError(f"reference: {len(self.images)} images but {len(self.labels)} labels")
         if self.hashes is None:
@@ -90,7 +91,7 @@ class GroupCloakAttack(CloakAttack):
         """Cloak `images` (N, 3, H, W) float in [0, 1] as one group.
 
         Args:
-            labels: identity of each image (default: all one identity).
+            labels: identity of each image, a sequence, numpy array or torch tensor (default: all one identity).
             reference: other identities' labelled images the attacker knows (used by attacks that need
                 classes; ignored by the others).
             quantize_output: round to 8 bits before the statistics are measured.
@@ -98,7 +99,7 @@ class GroupCloakAttack(CloakAttack):
         if extra:
             raise PufaceError(f"{self.name}: unknown input(s) {', '.join(sorted(extra))}")
         self._check_images(images, self.min_side)
-        labels = ["user"] * len(images) if labels is None else list(labels)
+        labels = ["user"] * len(images) if labels is None else label_values(labels)
         if len(labels) != len(images):
             raise PufaceError(f"{self.name}: {len(images)} images but {len(labels)} labels")
         if not len(images):

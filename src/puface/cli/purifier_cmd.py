@@ -215,11 +215,13 @@ def _unmask_step(in_path: Path, out_root: Path, progress: bool):
 @click.argument("out_root", metavar="OUT", type=click.Path(path_type=Path))
 @click.option(
     "--weights",
+    "--purifier",
+    "weights",
     type=click.Path(path_type=Path),
     default=None,
     help="Purifier checkpoint (.pt or .safetensors), or a shipped one by name: default (trained on dlib 150 px "
     "chips) or arcface112 (on ArcFace 112 px crops). Default: the shipped ones, each on the layout it "
-    "was trained on (see --template).",
+    "was trained on (see --template). --purifier is the same option, named as in detect and train-detector.",
 )
 @device_option()
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Images per forward pass.")

@@ -44,7 +44,7 @@ from ..purifier.model import Purifier
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
 from ..utils.fingerprint import module_fingerprint
-from ..utils.images import check_unit_images, quantize
+from ..utils.images import check_batch_size, check_unit_images, quantize
 from ..utils.metrics import psnr
 from ..utils.paths import package_weights
 from ..utils.version import __version__
@@ -319,6 +319,7 @@ class CloakDetector(torch.nn.Module):
         embeddings: {embedder: (E(x), E(P(x)))} already computed; known: features already computed
         ("shift:<embedder>", of these same images and purified images). Missing ones are computed here.
         """
+        batch_size = check_batch_size(batch_size, "detector")
         x = self.to_chips(images)
         n = len(x)
         dev = self.device

@@ -115,9 +115,11 @@ def choose_users(
     exclude: Iterable[str] = (),
     min_train: int = 2,
     min_test: int = 1,
+    excluded_as: str = "",
 ) -> list[str]:
     """Protected users: `names` as given, or `count` identities drawn with `seed` among those with at
-    least `min_train` training and `min_test` test images that are not in `exclude`."""
+    least `min_train` training and `min_test` test images that are not in `exclude` (`excluded_as` says what they
+    are, and how to allow them, when too few are left)."""
     n_train = {str(k): int(v) for k, v in zip(*np.unique(data.train.labels.astype(str), return_counts=True))}
     n_test = {str(k): int(v) for k, v in zip(*np.unique(data.test.labels.astype(str), return_counts=True))}
     if names:
@@ -136,5 +138,6 @@ def choose_users(
             f"asked for {count} protected users but only {len(candidates)} identities qualify "
             f"(>= {min_train} training and >= {min_test} test images"
             + (f", not among the {len(excluded)} excluded" if excluded else "") + ")"
+            + (f"; excluded: {excluded_as}" if excluded and excluded_as else "")
         )
     return sorted(random.Random(stable_seed("users", seed)).sample(candidates, count))

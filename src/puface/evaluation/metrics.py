@@ -12,19 +12,35 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Hashable, Iterable, Sequence
+from typing import Any, Hashable, Iterable, Sequence
 
 import numpy as np
 
-#: Identity labels, one per image: a sequence, or a 1-D numpy array (object dtype: the data sets' `labels`).
+from ..utils.labels import plain_label
+
+#: Identity labels, one per image: a sequence, or a 1-D numpy array (object dtype: the data sets' `labels`); the
+#: functions below take a 1-D torch tensor too.
 Labels = Sequence[Hashable] | np.ndarray
 
 
-def attack_success_rate(predicted: Labels, true: Labels, user: Hashable) -> float:
-    """Share (0..1) of the user's test images (true == user) predicted as someone else. NaN if none."""
-    p, t = np.asarray(predicted, dtype=object), np.asarray(true, dtype=object)
+def _labels(predicted: Any, true: Any) -> tuple[np.ndarray, np.ndarray]:
+    """predicted and true labels as object arrays of plain values, one per image (a torch tensor on any device
+    too); labels of another count or shape (scores or logits given for labels) are a ValueError saying so."""
+    p, t = (np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=object)
+            for x in (predicted, true))
     if p.shape != t.shape:
-        raise ValueError(f"predicted and true labels differ in length ({len(p)} vs {len(t)})")
+        if len(p) != len(t):
+            raise ValueError(f"predicted and true labels differ in length ({len(p)} vs {len(t)})")
+        raise ValueError(f"predicted and true labels differ in shape ({p.shape} vs {t.shape}); give one label per "
+                         "image (scores or logits (N, classes): their argmax over dim 1)")
+    return p, t
+
+
+def attack_success_rate(predicted: Labels, true: Labels, user: Hashable) -> float:
+    """Share (0..1) of the user's test images (true == user) predicted as someone else. NaN if none.
+    Labels: one per image (sequences, numpy arrays or torch tensors); `user` may be a 0-d tensor."""
+    p, t = _labels(predicted, true)
+    user = plain_label(user)
     mine = t == user
     if not mine.any():
         return float("nan")
@@ -33,9 +49,8 @@ def attack_success_rate(predicted: Labels, true: Labels, user: Hashable) -> floa
 
 def normal_accuracy(predicted: Labels, true: Labels, user: Hashable | None) -> float:
     """Top-1 accuracy (0..1) on the test images of every identity except `user`. NaN if none."""
-    p, t = np.asarray(predicted, dtype=object), np.asarray(true, dtype=object)
-    if p.shape != t.shape:
-        raise ValueError(f"predicted and true labels differ in length ({len(p)} vs {len(t)})")
+    p, t = _labels(predicted, true)
+    user = plain_label(user)
     others = t != user if user is not None else np.ones(len(t), dtype=bool)
     if not others.any():
         return float("nan")
@@ -44,7 +59,7 @@ def normal_accuracy(predicted: Labels, true: Labels, user: Hashable | None) -> f
 
 def protocol_scores(predicted: Labels, true: Labels, user: Hashable) -> dict[str, float | int]:
     """{asr, normal_acc, user_acc, n_user_test, n_other_test} for one protected user."""
-    t = np.asarray(true, dtype=object)
+    t, user = _labels(true, true)[1], plain_label(user)
     asr = attack_success_rate(predicted, true, user)
     return {
         "asr": asr,

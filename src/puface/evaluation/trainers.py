@@ -9,7 +9,8 @@
 
 Images are float RGB (N, 3, H, W) in [0, 1] (uint8 0..255 is accepted too and converted per batch,
 which keeps a large training set at a quarter of the memory). Labels are any hashable values
-(identity names); `predict` returns the same kind of values as a numpy object array.
+(identity names), or a 1-D torch tensor of them; `predict` returns the same kind of values (a tensor's as Python
+numbers) as a numpy object array.
 
 The frozen-embedder trainers also work on precomputed embeddings (`fit_embeddings`,
 `predict_embeddings`), which lets the protocol embed each image once and reuse it across trainers,
@@ -32,6 +33,7 @@ from ..models.base import FaceEmbedder
 from ..utils.device import resolve_device
 from ..utils.errors import ConfigError
 from ..utils.images import to_float
+from ..utils.labels import label_values
 from ..utils.registry import Registry
 from ..utils.specs import as_table
 from .metrics import Labels
@@ -47,9 +49,10 @@ def _objects(values: Labels) -> np.ndarray:
     return out
 
 
-def _encode_labels(labels: Labels) -> tuple[np.ndarray, np.ndarray]:
-    """(classes sorted, integer codes) for a label sequence."""
-    arr = _objects(list(labels))
+def _encode_labels(labels: Labels | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(classes sorted, integer codes) for a label sequence; a torch tensor's labels are its values (its elements,
+    0-d tensors, hash by identity: every image would be a class of its own)."""
+    arr = _objects(label_values(labels))
     classes = _objects(sorted(set(arr.tolist()), key=str))
     index = {c: i for i, c in enumerate(classes.tolist())}
     return classes, np.fromiter((index[x] for x in arr.tolist()), dtype=np.int64, count=len(arr))

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from ..attacks import create_attack
 from ..attacks.adaptive import as_through_defense
@@ -17,7 +18,7 @@ from ..evaluation.protocol import AttackSpec, TrainerSpec
 from ..evaluation.trainers import TRAINERS, check_trainer
 from ..models.base import FaceEmbedder
 from ..models.registry import load_embedder
-from ..utils.errors import ConfigError
+from ..utils.errors import ConfigError, MissingDependencyError, PufaceError
 from .config import AttackEntry, DefenseEntry, ExperimentConfig
 
 __all__ = [
@@ -30,7 +31,24 @@ __all__ = [
     "results_fingerprint",
     "excluded_identities",
     "cached_grid_cloaks",
+    "entry_errors",
 ]
+
+
+@contextmanager
+def entry_errors(cfg: ExperimentConfig | None, where: str) -> Iterator[None]:
+    """Head an error raised while building a part of `cfg` (`where`: "[[attacks]] 'lowkey'", "[victims] embedders")
+    with its file and that part, as a ConfigError, so the one line says where the mistake is (an unknown name, a
+    wrong option, a missing weights file); a config not read from a file (`puface evaluate`'s options, a dict) and a
+    missing package keep their message as it is (so does everything when `cfg` is None)."""
+    try:
+        yield
+    except MissingDependencyError:
+        raise
+    except PufaceError as e:
+        if cfg is None or cfg.source is None:
+            raise
+        raise ConfigError(f"{cfg.source} {where}: {e}") from e
 
 
 def build_attack(entry: AttackEntry, seed: int, device: str | None, cloak_batch_size: int | None = None,
@@ -93,7 +111,8 @@ def recorded_surrogates(folder: FolderCloaks, victims: dict[str, FaceEmbedder]) 
 
 
 def build_victims(cfg: ExperimentConfig, device: str | None) -> dict[str, FaceEmbedder]:
-    return {name: load_embedder(name, device=device) for name in cfg.victims}
+    with entry_errors(cfg, "[victims] embedders"):
+        return {name: load_embedder(name, device=device) for name in cfg.victims}
 
 
 def build_trainers(cfg: ExperimentConfig, device: str | None) -> list[TrainerSpec]:
@@ -105,18 +124,22 @@ def build_trainers(cfg: ExperimentConfig, device: str | None) -> list[TrainerSpe
     for t in trainers:
         if t.name == "e2e" and device and "device" not in t.params:
             t.params["device"] = device
-        check_trainer(t.name, **t.params)
+        with entry_errors(cfg, f"[[trainers]] {t.label!r}"):
+            check_trainer(t.name, **t.params)
     return trainers
 
 
-def excluded_identities(defenses: dict[str, Defense], warn: Callable[[str], None]) -> set[str]:
+def excluded_identities(defenses: dict[str, Defense], warn: Callable[[str], None],
+                        cfg: ExperimentConfig | None = None) -> set[str]:
     """Identities any purifier of the grid was trained on (protected users must not be among them);
-    `warn` is told about purifiers that do not record theirs."""
+    `warn` is told about purifiers that do not record theirs. A purifier that does not load is an error naming the
+    defense's entry of `cfg` (`entry_errors`)."""
     out: set[str] = set()
     for label, d in defenses.items():
         if not any(isinstance(s, PuFaceDefense) for s in d.parts):
             continue
-        ids = defense_training_identities(d)
+        with entry_errors(cfg, f"[[defenses]] {label!r}"):
+            ids = defense_training_identities(d)
         if ids is None:
             warn(f"warning: defense {label!r}: the purifier does not record its training identities; "
                  "make sure no protected user was in its training set")
@@ -136,6 +159,8 @@ def draw_users(cfg: ExperimentConfig, root: str | Path, seed: int, *, exclude: I
     users = choose_users(
         data, count=cfg.users.get("count"), names=cfg.users.get("names"), seed=seed,
         exclude=exclude, min_train=int(cfg.users["min_train"]), min_test=int(cfg.users["min_test"]),
+        excluded_as="the identities a purifier of the grid was trained on (its checkpoint records them); evaluate on "
+        "other people, or allow them: [users] allow_purifier_identities = true (evaluate --allow-purifier-identities)",
     )
     return data, users
 

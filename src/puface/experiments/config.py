@@ -75,7 +75,7 @@ from typing import Any, Callable, Sequence
 from ..attacks import attack_label
 from ..defenses import default_label
 from ..evaluation.protocol import PROTOCOLS, run_id
-from ..utils.errors import ConfigError
+from ..utils.errors import ConfigError, MissingDependencyError, PufaceError
 from ..utils.tomlconfig import config_label, extends_chain, load_toml_config, refuse_unknown, resolve_chain, to_toml
 
 __all__ = ["ExperimentConfig", "AttackEntry", "TrainerEntry", "DefenseEntry", "load_config", "config_text", "LABELS",
@@ -230,7 +230,7 @@ class ExperimentConfig:
         seeds = _seed_list(raw.get("seeds", [0]), where)
         attacks = [cls._attack(a, where) for a in cls._tables(raw, "attacks", where)]
         trainers = [cls._trainer(t, where) for t in cls._tables(raw, "trainers", where)]
-        defenses = [cls._defense(d, where) for d in cls._tables(raw, "defenses", where)]
+        defenses = [cls._defense(d, where, source) for d in cls._tables(raw, "defenses", where)]
         victims = list(raw.get("victims", {}).get("embedders", ["dlib-resnet29"]))
         if not victims:
             raise ConfigError(f"{where}: [victims] embedders is empty")
@@ -320,10 +320,21 @@ class ExperimentConfig:
         return TrainerEntry(label=label, name=name, params=t, victims=list(victims) if victims else None)
 
     @staticmethod
-    def _defense(t: Any, where: str) -> DefenseEntry:
+    def _defense(t: Any, where: str, source: Path | None = None) -> DefenseEntry:
+        """One [[defenses]] entry; its default label builds the defense, so a mistake in a file's entry (an unknown
+        name or option) is a ConfigError naming the file and the entry (`build.entry_errors` does the others)."""
         if isinstance(t, dict) and "name" not in t:
             raise ConfigError(f"{where}: every [[defenses]] entry needs a name, got {t!r}")
-        return DefenseEntry(label=_defense_label(t), spec=t)
+        try:
+            label = _defense_label(t)
+        except MissingDependencyError:
+            raise
+        except PufaceError as e:
+            if source is None:
+                raise
+            entry = t.get("label") or t["name"] if isinstance(t, dict) else t
+            raise ConfigError(f"{where} [[defenses]] {str(entry)!r}: {e}") from e
+        return DefenseEntry(label=label, spec=t)
 
     # -------------------------------------------------------------- the grid
 

@@ -23,6 +23,7 @@ from .build import (
     build_trainers,
     build_victims,
     draw_users,
+    entry_errors,
     excluded_identities,
     models_fingerprint,
     results_fingerprint,
@@ -75,13 +76,19 @@ def run_experiment(
     root = resolve_data_root(cfg.data["root"])
     check_output_folder(root, out)  # inside the data, its own files would change the data a resume is checked against
     victims = build_victims(cfg, device)
-    defenses = {d.label: build_defense(d, device) for d in cfg.defenses}
+    defenses = {}
+    for d in cfg.defenses:
+        with entry_errors(cfg, f"[[defenses]] {d.label!r}"):
+            defenses[d.label] = build_defense(d, device)
     trainers = build_trainers(cfg, device)
-    exclude = excluded_identities(defenses, echo)
+    exclude = excluded_identities(defenses, echo, cfg)
     allow = bool(cfg.users.get("allow_purifier_identities"))
     # every spec and the first draw of users are checked before the output folder is touched (a typo must not
     # cost a --restart its earlier results)
-    checked = [build_attack(a, cfg.seeds[0], device, cfg.run["cloak_batch_size"], victims) for a in cfg.attacks]
+    checked = []
+    for a in cfg.attacks:
+        with entry_errors(cfg, f"[[attacks]] {a.label!r}"):
+            checked.append(build_attack(a, cfg.seeds[0], device, cfg.run["cloak_batch_size"], victims))
     t_load = time.perf_counter()
     first_draw: tuple[EvaluationData, list[str]] | None = draw_users(
         cfg, root, cfg.seeds[0], exclude=() if allow else exclude, progress=progress)

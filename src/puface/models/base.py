@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils.fingerprint import module_fingerprint
-from ..utils.images import check_unit_images
+from ..utils.images import check_batch_size, check_unit_images
 
 
 @dataclass(frozen=True)
@@ -144,6 +144,7 @@ class FaceEmbedder(nn.Module):
     @torch.no_grad()
     def embed(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Embeddings of a (possibly large) batch without gradients, computed in chunks; returns CPU."""
+        batch_size = check_batch_size(batch_size, self.name)
         device = next(self.parameters(), torch.empty(0)).device
         out = [self(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)]
         return torch.cat(out) if out else torch.empty(0, self.embedding_dim)

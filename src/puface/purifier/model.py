@@ -22,7 +22,7 @@ from torch import nn
 
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
-from ..utils.images import check_unit_images
+from ..utils.images import check_batch_size, check_unit_images
 from ..utils.paths import package_weights
 from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from .rednet import RedNet, RedNetConfig, conv_flops
@@ -269,6 +269,7 @@ class Purifier(nn.Module):
         larger than `TILE` on a side go through in overlapping tiles (`tiled`), so memory does not grow with them.
         """
         step = check_step(step)
+        batch_size = check_batch_size(batch_size, "purifier")
         images = check_unit_images(images, "purifier", uint8=True)
         if 0 in images.shape[2:]:
             raise ValueError(f"expected (N, 3, H, W) RGB images of at least 1 x 1 px, got shape {tuple(images.shape)}")
@@ -283,7 +284,7 @@ class Purifier(nn.Module):
             self.to(memory_format=fmt)  # type: ignore[call-overload]  # stubs lack memory_format
         out = []
         try:
-            for i in range(0, len(images), max(1, batch_size)):
+            for i in range(0, len(images), batch_size):
                 x = images[i : i + batch_size].to(dev, non_blocking=True).contiguous(memory_format=fmt)
                 y = tiled(lambda t: self.forward_template(t, template), x)
                 if step != 1.0:
@@ -340,8 +341,10 @@ class Purifier(nn.Module):
                 raise PufaceError(f"the shipped purifier {name!r} is missing from this installation ({path}); "
                                   "reinstall puface or pass --weights")
         elif not Path(path).is_file():  # a misspelt name too: say what else it could be
+            where = f"; a relative path is read from the current folder {Path.cwd()}"
+            where = "" if Path(path).is_absolute() else where
             raise PufaceError(f"{path}: purifier checkpoint not found; give a checkpoint file (.safetensors, .pt) or "
-                              f"a shipped purifier's name: {', '.join(SHIPPED_WEIGHTS)}")
+                              f"a shipped purifier's name: {', '.join(SHIPPED_WEIGHTS)}{where}")
         p = cls.from_checkpoint(load_checkpoint(path))
         p.shipped_as = name
         return p.to(resolve_device(device)) if device is not None else p

@@ -172,19 +172,27 @@ def _load_embedders(names: Sequence[str], device: torch.device, given: dict[str,
     return out
 
 
+def identity_split(cfg: PurifierTrainConfig) -> Any:
+    """The held-out / validation / training identities of the config's data (`folder_identity_split`, seeded)."""
+    return folder_identity_split(resolve_data_root(cfg.data.root), seed=cfg.seed,
+                                 heldout_min_images=cfg.data.heldout_min_images,
+                                 heldout_fraction=cfg.data.heldout_fraction, val_fraction=cfg.data.val_fraction,
+                                 max_per_identity=cfg.data.max_per_identity)
+
+
 def prepare_data(cfg: PurifierTrainConfig, d: Dist | None = None, cloak_fn: Callable | None = None,
-                 log: Callable[[str], None] = print, progress: bool = True) -> tuple[PairSet, PairSet, dict[str, Any]]:
+                 log: Callable[[str], None] = print, progress: bool = True,
+                 checked: bool = False, split: Any = None) -> tuple[PairSet, PairSet, dict[str, Any]]:
     """(train pairs, validation pairs, data summary). The attacks are checked first (`check_attacks`,
-    unless `cloak_fn` replaces them); cloaks not yet cached are generated (sharded over ranks: rank r
+    unless `cloak_fn` replaces them or `checked` says the caller did), the identities split (`identity_split`,
+    unless given as `split`); cloaks not yet cached are generated (sharded over ranks: rank r
     cloaks every world-th file first, then all ranks read the whole set from the cache), with progress
     bars on the main process when `progress`."""
     d = d or Dist()
-    if cloak_fn is None:
+    if cloak_fn is None and not checked:
         check_attacks(cfg.attacks, device=str(d.device))
     root = resolve_data_root(cfg.data.root)
-    split = folder_identity_split(root, seed=cfg.seed, heldout_min_images=cfg.data.heldout_min_images,
-                                  heldout_fraction=cfg.data.heldout_fraction, val_fraction=cfg.data.val_fraction,
-                                  max_per_identity=cfg.data.max_per_identity)
+    split = split or identity_split(cfg)
     base = cloak_fn or cloak_with_cache(
         cfg.data.cache or None,
         device=str(d.device),
@@ -428,6 +436,10 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
         val_embs = _load_embedders(cfg.val_embedders, d.device, {**(embedders or {}), **loss_embs},
                                    "val.embedders" if cfg.val.embedders else "loss.embedders")
         init = _init_source(tc.init, cfg.model) if tc.init and resumed is None else None  # a resumed run has its own
+    # a typo in an attack or a folder without identities must not set aside (--no-resume) the run already in OUT
+    if cloak_fn is None:
+        check_attacks(cfg.attacks, device=str(d.device))
+    split = identity_split(cfg)
 
     def write_config() -> None:
         if d.main:
@@ -442,7 +454,8 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
             _set_aside_previous(out)
         write_config()
     d.barrier()
-    train_pairs, val_pairs, summary = prepare_data(cfg, d, cloak_fn, log=say, progress=progress)
+    train_pairs, val_pairs, summary = prepare_data(cfg, d, cloak_fn, log=say, progress=progress, checked=True,
+                                                   split=split)
     if resumed is not None:
         was = resumed.get("data_summary") or {}
         # the pairs' pixels too (train_content, val_content: natural and cloaked), where the checkpoint has them

@@ -8,6 +8,7 @@ files decode to. Rounding is to nearest (ties to even), as saving a PNG does.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,6 +62,18 @@ def check_unit_images(images: torch.Tensor, who: str, uint8: bool = False) -> to
             raise ValueError(f"{who}: expected values in [0, 1], got [{float(lo):.3g}, {float(hi):.3g}] "
                              "(0..255 images: divide by 255)")
     return images
+
+
+def check_batch_size(batch_size: Any, who: str) -> int:
+    """A batched call's `batch_size` (images per forward pass) as an int >= 1; anything else (0, negative, a
+    fraction, text: slicing with it dropped images silently) is a ValueError naming `who`."""
+    try:
+        whole = not isinstance(batch_size, bool) and float(batch_size).is_integer()
+    except (TypeError, ValueError):
+        whole = False
+    if not whole or int(batch_size) < 1:
+        raise ValueError(f"{who}: batch_size must be an integer >= 1, got {batch_size!r}")
+    return int(batch_size)
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
