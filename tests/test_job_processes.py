@@ -987,3 +987,31 @@ def test_a_resume_over_an_empty_or_broken_run_file_is_one_line_or_goes_on(johns_
     else:
         assert main([*detect, "--rank", "0"]) == 2
         assert f"{tmp_path / 'scores-run.json'}: unreadable run file of scores.csv" in capsys.readouterr().err
+
+
+def test_a_claim_locks_one_way_to_its_release_though_the_probe_runs_later(tmp_path, monkeypatch):
+    """Where the lock probe could not make its file in the output folder (None: EMFILE, ENOSPC; not remembered), each
+    lock of the claim probed again: here the gate byte was taken by a POSIX lock and, once the probe ran, the claim's
+    bytes and its release by open-file-description locks, which leave the POSIX lock held: the release could not take
+    the whole file (its own POSIX lock conflicts) and left the lock file behind, its gate held. The claim now keeps the
+    kind it was checked for (`_HELD`) to its release."""
+    import sys
+
+    import puface.io.jobs as jobs
+
+    if not sys.platform.startswith("linux") or not jobs._probe_ofd_locks(str(tmp_path)):
+        pytest.skip("needs open-file-description locks")
+    real, calls = jobs._probe_ofd_locks, []
+
+    def probe(folder=None):
+        calls.append(folder)
+        return None if len(calls) <= 2 else real(folder)
+
+    monkeypatch.setattr(jobs, "_probe_ofd_locks", probe)
+    monkeypatch.setattr(jobs, "_OFD", None)
+    monkeypatch.setattr(jobs, "_OFD_BY_DEVICE", {})
+    out = tmp_path / "out"
+    release = jobs.claim_output(out)
+    assert (out / jobs.LOCK_NAME).exists() and release.key is not None
+    release()
+    assert list(out.iterdir()) == []

@@ -675,15 +675,19 @@ def _claim(path: Path, rank: int, world_size: int, name: str, doing: str) -> Cla
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError:
                 return Claim()
-            key = None if _ofd_locks(path.parent) else _key(path)  # (probed on the lock file's file system)
+            ofd = _ofd_locks(path.parent)  # (probed on the lock file's file system)
+            key = None if ofd else _key(path)
             if key is not None and any(c.key == key and c.active for c in _HELD):
                 # POSIX locks: a second claim would not be refused, and its close would drop the first's locks
                 raise PufaceError(f"{name}: another puface job in this process is {doing}; wait for it to end (this "
                                   "system's file locks cannot keep two claims of one process apart)")
             try:
-                f = open(path, "a+b")
+                f: Any = open(path, "a+b")
             except OSError:
                 return Claim()
+            # the claim locks as `_HELD` was checked for, to its release: a probe that could not run here (None, not
+            # remembered: EMFILE, ENOSPC) and ran later would switch its unlock to the other kind of lock
+            f.puface_ofd = ofd
             try:
                 _enter_gate(f, busy)  # a removal of the file in progress ends first; none starts until the gate is left
                 for length, start in ranges:
