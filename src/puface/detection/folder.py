@@ -895,7 +895,7 @@ def purify_folder_detected(
                 storage = chip_storage(det, it)
                 row = _row(det, feats, i, threshold, storage)
                 out = images[i]
-                note = _note(it, threshold)
+                note = _note(it, threshold, aligned=align)  # (with `align`: a face's chip, cut at 150 px)
                 if skip_cloaked and row["cloaked"]:
                     outs.append(
                         Outcome.skip(
