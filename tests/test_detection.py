@@ -1031,6 +1031,25 @@ def test_purify_with_align_notes_no_resizing_of_the_faces_it_cut(johns_dir, john
         assert rep.resized == 0 and "pass --align" not in rep.summary()
 
 
+def test_identity_folders_with_odd_names_are_listed_one_per_line(johns_dir, tmp_path, capsys):
+    """The summary's list of identities with flagged images printed a folder name as it is: 'N\\nL' split its line in
+    two and a name that is not UTF-8 came out as its raw byte (stdout) while the error lines show escapes; the names
+    are now shown as file names are (`shown_path`)."""
+    import os
+
+    from PIL import Image
+
+    root = tmp_path / "in"
+    chip = Image.open(sorted(johns_dir.glob("*/*.jpg"))[0]).convert("1")  # black-and-white: flagged
+    for name in ("N\nL", os.fsdecode(b"X\xffY")):
+        (root / name).mkdir(parents=True)
+        chip.save(root / name / "bw.png")
+    assert main(["detect", str(root), "--out", str(tmp_path / "s.csv"), "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = lines[lines.index("identities with flagged images (2 of 2):") + 1:][:2]
+    assert sorted(listed) == ["  N\\nL: 1/1 (100%)", "  X\\xffY: 1/1 (100%)"], lines
+
+
 def test_two_detects_on_one_scores_file_are_refused_ranks_sharing_it_are_not(tree, tmp_path, detector_file, capsys):
     """`detect` took no lock: two runs on one --out by mistake both scored every image into it. The scores file is
     claimed as an output folder is (`io.jobs.claim_file`, a lock file beside it): a second run is refused before it
