@@ -1011,6 +1011,45 @@ def test_black_and_white_chips_get_a_note_that_says_the_decision_says_little(joh
     assert all(r["note"] == "" for p, r in rows.items() if "bw" not in p)
 
 
+def test_purify_with_align_notes_no_resizing_of_the_faces_it_cut(johns_dir, johns_images, tmp_path):
+    """`purify --align` with a detector of other chips than 150 px (chip_size 112) noted every face chip it cut (150
+    px) as "150x150: not a 112x112 face chip, scored resized to one" and warned "pass --align if they are photos", the
+    run having --align; `detect --align` notes nothing for the same photos. Both now note the faces alike (nothing)."""
+    from puface.detection.folder import detect_folder, purify_folder_detected
+
+    det = CloakDetector(DetectorConfig(embedders=("dlib-resnet29",), components=("shift:dlib-resnet29",),
+                                       chip_size=112))
+    det.calibrate(det.features(johns_images[2][::2]), fpr=0.05)
+    root = tmp_path / "in" / "A"
+    root.mkdir(parents=True)
+    shutil.copy(sorted(johns_dir.glob("*/*.jpg"))[0], root / "face.jpg")
+    detected = detect_folder(root.parent, tmp_path / "s.csv", detector=det, align=True, progress=False)
+    purified = purify_folder_detected(root.parent, tmp_path / "out", skip_cloaked=False, detector=det, align=True,
+                                      progress=False)
+    for rep in (detected, purified):
+        assert [(r["faces"], r["note"]) for r in rep.rows] == [("1", "")]
+        assert rep.resized == 0 and "pass --align" not in rep.summary()
+
+
+def test_identity_folders_with_odd_names_are_listed_one_per_line(johns_dir, tmp_path, capsys):
+    """The summary's list of identities with flagged images printed a folder name as it is: 'N\\nL' split its line in
+    two and a name that is not UTF-8 came out as its raw byte (stdout) while the error lines show escapes; the names
+    are now shown as file names are (`shown_path`)."""
+    import os
+
+    from PIL import Image
+
+    root = tmp_path / "in"
+    chip = Image.open(sorted(johns_dir.glob("*/*.jpg"))[0]).convert("1")  # black-and-white: flagged
+    for name in ("N\nL", os.fsdecode(b"X\xffY")):
+        (root / name).mkdir(parents=True)
+        chip.save(root / name / "bw.png")
+    assert main(["detect", str(root), "--out", str(tmp_path / "s.csv"), "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = lines[lines.index("identities with flagged images (2 of 2):") + 1:][:2]
+    assert sorted(listed) == ["  N\\nL: 1/1 (100%)", "  X\\xffY: 1/1 (100%)"], lines
+
+
 def test_two_detects_on_one_scores_file_are_refused_ranks_sharing_it_are_not(tree, tmp_path, detector_file, capsys):
     """`detect` took no lock: two runs on one --out by mistake both scored every image into it. The scores file is
     claimed as an output folder is (`io.jobs.claim_file`, a lock file beside it): a second run is refused before it

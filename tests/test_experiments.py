@@ -826,6 +826,21 @@ def test_a_relative_data_root_of_an_extended_config_is_read_from_the_current_fol
         FolderCloaks("cloaked")
 
 
+def test_a_folder_attacks_root_under_the_home_folder_is_found(tmp_path, monkeypatch):
+    """`root = "~/cloaked"` of a folder attack was looked for as a folder named '~' under the current folder (and the
+    error said it was read from there), though a `[data] root` of "~/faces" is found in the home folder; both expand
+    ~ now."""
+    from puface.attacks.folder import FolderCloaks
+    from puface.data.datasets import resolve_data_root
+
+    for folder in ("home/cloaked", "home/faces/a", "work"):
+        (tmp_path / folder).mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "work")
+    assert resolve_data_root("~/faces") == tmp_path / "home" / "faces"
+    assert FolderCloaks("~/cloaked").root == tmp_path / "home" / "cloaked"
+
+
 def test_a_typo_with_restart_leaves_the_earlier_results_alone(colour_experiment, tmp_path):
     """A bad spec value is one clear error raised before the output folder is touched: a --restart with a
     typo must not discard the finished runs or overwrite the recorded config."""

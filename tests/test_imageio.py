@@ -386,3 +386,29 @@ def test_a_file_name_with_a_newline_is_reported_on_one_line(tmp_path, capsys):
     assert lines[1:] == ["FAILED (2):", f"  {src}/bad\\nname.jpg: empty file (0 bytes)",
                          f"  {src}/tab\\there.png: not an image, or a format Pillow cannot read"]
     assert [f.name for f in report.failed[0][:1]] == ["bad\nname.jpg"]  # the report keeps the real path
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_alike_on_stdout_and_stderr(tmp_path):
+    """A name that is not UTF-8 (byte 0xff, held as the surrogate escape U+DCFF) was printed as 'bad\\udcffname.png'
+    in the 'error:' line on stderr and as the raw byte 0xff (invalid UTF-8) in the summary on stdout, so the two
+    named the file differently; both now show the byte as \\xff."""
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "in" / "id"
+    src.mkdir(parents=True)
+    write_image(src / "ok.png", np.zeros((4, 4, 3), np.uint8))
+    bad = os.fsdecode(os.fsencode(str(src)) + b"/bad\xffname.png")
+    with open(bad, "wb") as f:
+        f.write(b"not a png")
+    code = ("import sys; from puface.io.jobs import Outcome, plan_mirror, run_folder_job; "
+            "r = run_folder_job(plan_mirror(*map(__import__('pathlib').Path, sys.argv[1:3])), "
+            "lambda items: [Outcome.ok(it.image) for it in items], progress=False); print(r.summary())")
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": ""}
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "in"), str(tmp_path / "out")], env=env,
+                         capture_output=True, timeout=300)
+    out, err = run.stdout.decode("utf-8"), run.stderr.decode("utf-8")  # (valid UTF-8 both)
+    shown = f"{src}/bad\\xffname.png: not an image, or a format Pillow cannot read"
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [f"error: {shown}"], err
+    assert f"  {shown}" in out.splitlines(), out

@@ -987,3 +987,66 @@ def test_a_resume_over_an_empty_or_broken_run_file_is_one_line_or_goes_on(johns_
     else:
         assert main([*detect, "--rank", "0"]) == 2
         assert f"{tmp_path / 'scores-run.json'}: unreadable run file of scores.csv" in capsys.readouterr().err
+
+
+def test_a_claim_locks_one_way_to_its_release_though_the_probe_runs_later(tmp_path, monkeypatch):
+    """Where the lock probe could not make its file in the output folder (None: EMFILE, ENOSPC; not remembered), each
+    lock of the claim probed again: here the gate byte was taken by a POSIX lock and, once the probe ran, the claim's
+    bytes and its release by open-file-description locks, which leave the POSIX lock held: the release could not take
+    the whole file (its own POSIX lock conflicts) and left the lock file behind, its gate held. The claim now keeps the
+    kind it was checked for (`_HELD`) to its release."""
+    import sys
+
+    import puface.io.jobs as jobs
+
+    if not sys.platform.startswith("linux") or not jobs._probe_ofd_locks(str(tmp_path)):
+        pytest.skip("needs open-file-description locks")
+    real, calls = jobs._probe_ofd_locks, []
+
+    def probe(folder=None):
+        calls.append(folder)
+        return None if len(calls) <= 2 else real(folder)
+
+    monkeypatch.setattr(jobs, "_probe_ofd_locks", probe)
+    monkeypatch.setattr(jobs, "_OFD", None)
+    monkeypatch.setattr(jobs, "_OFD_BY_DEVICE", {})
+    out = tmp_path / "out"
+    release = jobs.claim_output(out)
+    assert (out / jobs.LOCK_NAME).exists() and release.key is not None
+    release()
+    assert list(out.iterdir()) == []
+
+
+def test_a_lock_probe_whose_file_cannot_be_removed_at_once_leaks_nothing(tmp_path, monkeypatch):
+    """Where the probe's file could not be removed while open (EBUSY, as a network file system may say), the probe
+    gave up with both descriptors open and its file left in the output folder, and, its answer not kept, did so again
+    at every claim. It now removes the file once closed, keeps its answer for the file system, and leaks nothing."""
+    import errno
+    import os
+    import sys
+
+    import puface.io.jobs as jobs
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("counts /proc/self/fd")
+    real_unlink, refused = os.unlink, set()
+
+    def busy_while_open(path, *a, **k):
+        name = os.fspath(path)
+        if os.path.basename(name).startswith(".puface-lock-") and name not in refused:
+            refused.add(name)  # the first try, with the file still open
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        return real_unlink(path, *a, **k)
+
+    real_probe, probes = jobs._probe_ofd_locks, []
+    monkeypatch.setattr(jobs, "_probe_ofd_locks", lambda folder=None: probes.append(folder) or real_probe(folder))
+    monkeypatch.setattr(jobs, "_OFD", None)
+    monkeypatch.setattr(jobs, "_OFD_BY_DEVICE", {})
+    out = tmp_path / "out"
+    before = set(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, "unlink", busy_while_open)
+    for _ in range(3):
+        jobs.claim_output(out)()
+    monkeypatch.setattr(os, "unlink", real_unlink)
+    assert set(os.listdir("/proc/self/fd")) <= before
+    assert list(out.iterdir()) == [] and len(refused) == len(probes) == 1

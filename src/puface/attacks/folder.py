@@ -74,7 +74,7 @@ class FolderCloaks:
     )
 
     def __init__(self, root: str | Path, patterns: Sequence[str] | None = None):
-        self.root = Path(root)
+        self.root = Path(root).expanduser()  # (~ as a data root's: `data.datasets.find_data_root`)
         if not self.root.is_dir():
             where = "" if self.root.is_absolute() else (
                 f" under the current folder {Path.cwd()}, which a relative path is read from (not the config file's "

@@ -36,7 +36,7 @@ import torch
 from ..io.images import atomic_write_bytes
 from ..io.jobs import (CSV_TEXT, Claim, FileJob, JobReport, LoadedImage, Outcome, claim_file, group_by_size,
                        iter_image_inputs, keep_input_mode, locked_csv, plan_mirror, read_locked, run_folder_job, share)
-from ..utils.errors import PufaceError
+from ..utils.errors import PufaceError, shown_path
 from ..purifier.model import extrapolate
 from ..utils.images import tensor_to_image
 from .detector import CloakDetector, detector_path, load_detector
@@ -338,7 +338,8 @@ class DetectReport:
         top = sorted((i for i in self.identities if i["flagged"]), key=lambda i: (-i["share_flagged"], i["identity"]))
         if top:
             lines.append(f"identities with flagged images ({len(top)} of {len(self.identities)}):")
-            lines += [f"  {i['identity']}: {i['flagged']}/{i['images']} ({i['share_flagged']:.0%})" for i in top[:20]]
+            lines += [f"  {shown_path(i['identity'])}: {i['flagged']}/{i['images']} ({i['share_flagged']:.0%})"
+                      for i in top[:20]]
             if len(top) > 20:
                 lines.append(f"  ... {len(top) - 20} more in {self.identities_csv}")
         if self.scores_csv:
@@ -895,7 +896,7 @@ def purify_folder_detected(
                 storage = chip_storage(det, it)
                 row = _row(det, feats, i, threshold, storage)
                 out = images[i]
-                note = _note(it, threshold)
+                note = _note(it, threshold, aligned=align)  # (with `align`: a face's chip, cut at 150 px)
                 if skip_cloaked and row["cloaked"]:
                     outs.append(
                         Outcome.skip(

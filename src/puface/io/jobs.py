@@ -486,16 +486,20 @@ def _probe_ofd_locks(folder: str | None = None) -> bool | None:
 
     try:
         fd, name = tempfile.mkstemp(prefix=".puface-lock-", dir=folder)
-        try:
-            other = os.open(name, os.O_RDWR)
-        except OSError:
-            os.close(fd)  # (EMFILE: the last descriptor went to mkstemp)
-            raise
-        finally:
-            os.unlink(name)
     except OSError:
         return None
     try:
+        other = os.open(name, os.O_RDWR)
+    except OSError:
+        other = -1  # (EMFILE: the last descriptor went to mkstemp)
+    try:
+        os.unlink(name)  # at once: a probe stopped here leaves no file in the user's folder
+        name = ""
+    except OSError:  # (a file system that keeps a file open elsewhere: removed once closed, below)
+        pass
+    try:
+        if other < 0:
+            return None
         try:
             lock(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK, start, length)
             seen = lock(other, fcntl.F_OFD_GETLK, fcntl.F_RDLCK, 0, 0)
@@ -505,11 +509,17 @@ def _probe_ofd_locks(folder: str | None = None) -> bool | None:
                 refused = False
             except OSError as e:
                 refused = e.errno in (errno.EACCES, errno.EAGAIN)
-        finally:
-            os.close(other)
-            os.close(fd)
-    except (OSError, struct.error):  # (struct.error: a layout whose fields cannot hold the values)
-        return False
+        except (OSError, struct.error):  # (struct.error: a layout whose fields cannot hold the values)
+            return False
+    finally:
+        for d in (other, fd):
+            if d >= 0:
+                os.close(d)
+        if name:
+            try:
+                os.unlink(name)
+            except OSError:  # left behind (hidden, not an image name); the answer is kept, so never probed again
+                pass
     return seen == (fcntl.F_WRLCK, os.SEEK_SET, start, length, -1) and free == [fcntl.F_UNLCK] * 2 and refused
 
 
@@ -675,15 +685,19 @@ def _claim(path: Path, rank: int, world_size: int, name: str, doing: str) -> Cla
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError:
                 return Claim()
-            key = None if _ofd_locks(path.parent) else _key(path)  # (probed on the lock file's file system)
+            ofd = _ofd_locks(path.parent)  # (probed on the lock file's file system)
+            key = None if ofd else _key(path)
             if key is not None and any(c.key == key and c.active for c in _HELD):
                 # POSIX locks: a second claim would not be refused, and its close would drop the first's locks
                 raise PufaceError(f"{name}: another puface job in this process is {doing}; wait for it to end (this "
                                   "system's file locks cannot keep two claims of one process apart)")
             try:
-                f = open(path, "a+b")
+                f: Any = open(path, "a+b")
             except OSError:
                 return Claim()
+            # the claim locks as `_HELD` was checked for, to its release: a probe that could not run here (None, not
+            # remembered: EMFILE, ENOSPC) and ran later would switch its unlock to the other kind of lock
+            f.puface_ofd = ofd
             try:
                 _enter_gate(f, busy)  # a removal of the file in progress ends first; none starts until the gate is left
                 for length, start in ranges:

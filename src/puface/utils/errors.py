@@ -13,13 +13,16 @@ from types import ModuleType
 from zipimport import zipimporter
 
 
-#: Control characters (C0 and DEL) as `shown_path` writes them.
-_ESCAPES = {**{c: f"\\x{c:02x}" for c in (*range(32), 127)}, 9: "\\t", 10: "\\n", 13: "\\r"}
+#: Control characters (C0 and DEL) as `shown_path` writes them, and the bytes of a file name that is not UTF-8
+#: (U+DC80..U+DCFF: `os.fsdecode`'s surrogate escapes of bytes 0x80..0xFF) as \\xNN of the byte.
+_ESCAPES = {**{c: f"\\x{c:02x}" for c in (*range(32), 127)}, 9: "\\t", 10: "\\n", 13: "\\r",
+            **{0xDC00 + b: f"\\x{b:02x}" for b in range(0x80, 0x100)}}
 
 
 def shown_path(path: str | Path) -> str:
     """A path as a one-line message prints it: control characters (a newline or tab in a file name) escaped as \\n,
-    \\t, \\r or \\xNN, so a report keeps one line per file; other characters as they are."""
+    \\t, \\r or \\xNN, so a report keeps one line per file, and a byte of a name that is not UTF-8 as \\xNN (so
+    stdout and stderr print it alike, as valid text); other characters as they are."""
     return str(path).translate(_ESCAPES)
 
 
