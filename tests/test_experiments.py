@@ -1144,3 +1144,20 @@ def test_a_trainer_whose_fits_changed_does_not_resume_its_old_runs(tmp_path, mon
     assert EndToEnd.algorithm == 2
     monkeypatch.setattr(EndToEnd, "algorithm", 1, raising=False)
     assert results_fingerprint(e2e, {}, {}) != seeded
+
+
+def test_runs_of_another_config_are_not_taken_as_done(colour_experiment, tmp_path):
+    """A folder whose state.json was lost (copied without it) kept another config's rows in runs.jsonl: their run ids
+    counted as done, so a config of other defenses skipped the runs whose ids matched (none, blur-s1) and then left
+    them out of its tables (rows of another fingerprint): summary.csv lacked two of its three defenses, silently.
+    Only this config's runs count as done now."""
+    cfg_path, out, res = colour_experiment
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    (copy / "state.json").unlink()
+    changed = tmp_path / "changed.toml"
+    changed.write_text(cfg_path.read_text().replace("bits = 4", "bits = 3"))
+    res2 = run_experiment(load_config(changed), copy, progress=False, echo=lambda s: None)
+    assert len(res2.rows) == len(res.rows)
+    assert {s["defense"] for s in res2.summary} == {"none", "blur-s1", "bitdepth-3"}
+    assert {s["defense"]: s["users"] for s in res2.summary} == {"none": 2, "blur-s1": 2, "bitdepth-3": 2}

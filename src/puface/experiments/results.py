@@ -217,7 +217,9 @@ class ResultsFolder:
         )
         write_text_atomic(out / "config.toml", config_text(cfg))
         write_text_atomic(out / "config.resolved.json", json.dumps(cfg.resolved(), indent=2, default=str))
-        self.done = {r["run_id"] for r in read_jsonl(self.runs_path)}
+        # the runs of this config only, as `rows` reads them: a run of another config (rows left by one whose
+        # state.json is gone) is run again, not skipped and then left out of the tables
+        self.done = {r["run_id"] for r in self.rows()}
         self.new_runs = 0
 
     def __enter__(self) -> "ResultsFolder":
