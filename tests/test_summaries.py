@@ -567,3 +567,41 @@ def test_repeats_table_of_a_folder_trimmed_to_its_config_toml_keeps_baselines_ap
     assert set(rows) == {"blur-s1", "blur-s2", "ref", "puface-b"}
     assert rows["blur-s1"].startswith("| blur-s1 | 1 | 100.0 |") and rows["ref"].startswith(
         "| ref | 2 | 20.0 [10.0, 30.0] |")
+
+
+def test_headline_never_takes_another_purifier_for_the_best_baseline(tmp_path, capsys):
+    """A grid with the purifier at another step, a retrained purifier file or a composition holding the purifier
+    (docs/results/lfw-full-step, lfw-jpeg-inputs, lfw-randomised) had one of them as its "best baseline" (`report
+    headline docs/results/lfw-full-step`: 'best baseline over the white-box cells: puface-step1.5'), PuFace set
+    against itself. Baselines are the defenses without a purifier: by label ("puface...", as the paper table tells
+    them) and by the run's config (a retrained file or a composition under any label)."""
+    import json
+
+    from puface.cli import main
+
+    cell = ("fawkes-high", "dlib-resnet29", "nn")
+    folder = _summary(tmp_path, [(*cell, "none", "white-box", 1.0, 0.99), (*cell, "puface", "white-box", 0.1, 0.99),
+                                 (*cell, "puface-step1.5", "white-box", 0.02, 0.99),
+                                 (*cell, "mine", "white-box", 0.03, 0.99), (*cell, "jpeg+pu", "white-box", 0.04, 0.99),
+                                 (*cell, "blur-s1", "white-box", 0.6, 0.98), (*cell, "jpeg-q75", "white-box", 0.8, 0.99)])
+    defenses = [{"label": "none", "spec": {"name": "none"}}, {"label": "puface", "spec": {"name": "puface"}},
+                {"label": "puface-step1.5", "spec": {"name": "puface", "step": 1.5}},
+                {"label": "mine", "spec": {"name": "puface", "weights": "mine.safetensors"}},
+                {"label": "jpeg+pu", "spec": "jpeg:quality=75+puface"},
+                {"label": "blur-s1", "spec": {"name": "blur", "sigma": 1.0}},
+                {"label": "jpeg-q75", "spec": {"name": "jpeg", "quality": 75}}]
+    (folder / "config.resolved.json").write_text(json.dumps({"defenses": defenses}))
+    assert main(["report", "headline", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "best baseline over the white-box cells: blur-s1;" in out and "| ASR blur-s1 |" in out
+    assert "| blur-s1 (60.0) |" in out
+    assert summaries.purifier_labels(folder) == {"puface", "puface-step1.5", "mine", "jpeg+pu"}
+    # a folder trimmed to its tables: the entries of its config.toml say the same
+    (folder / "config.resolved.json").unlink()
+    (folder / "config.toml").write_text(
+        '[[defenses]]\nname = "none"\n\n[[defenses]]\nname = "puface"\nstep = 1.5\n\n[[defenses]]\nlabel = "mine"\n'
+        'name = "puface"\nweights = "mine.safetensors"\n\n[[defenses]]\nlabel = "jpeg+pu"\nname = "jpeg+puface"\n\n'
+        '[[defenses]]\nname = "blur"\nsigma = 1.0\n')
+    assert summaries.purifier_labels(folder) == {"puface-step1.5", "mine", "jpeg+pu"}
+    assert main(["report", "headline", str(folder)]) == 0
+    assert "best baseline over the white-box cells: blur-s1;" in capsys.readouterr().out

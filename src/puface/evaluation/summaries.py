@@ -3,9 +3,9 @@ per-cell summaries the report does not print. Each reads an experiment's output 
 and `results.csv` where it needs the per-run rows) and returns Markdown; ASR and accuracy in %.
 
 * `headline`: per attack, victim and trainer, ASR and normal accuracy with no defense, with PuFace and
-  with the best baseline - the one with the lowest mean ASR over the white-box cells, chosen once for the
-  whole table (not per row, which would flatter the baselines with hindsight per cell) - plus the best
-  baseline per row. Several folders (one config run with other `--seed`s) are pooled from their runs.
+  with the best baseline - the defense without a purifier with the lowest mean ASR over the white-box cells,
+  chosen once for the whole table (not per row, which would flatter the baselines with hindsight per cell) - plus
+  the best baseline per row. Several folders (one config run with other `--seed`s) are pooled from their runs.
 * `defenses`: per defense over the white-box cells: mean, min and max cell ASR, normal accuracy.
 * `users`: ASR of one attack and defense per victim / trainer, for named users vs the others.
 * `repeats`: defenses grouped by recipe (NAME and its repeats NAME-s1, NAME-s2, ...): mean [min, max].
@@ -19,13 +19,13 @@ import csv
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from ..utils.errors import PufaceError
 from ..utils.tomlconfig import read_toml
 from .tables import GROUP_KEYS, count_of, md_cell, summarise_rows
 
-__all__ = ["load_summary", "load_results", "load_pooled", "run_protocol", "QUERY_NOTE", "headline",
+__all__ = ["load_summary", "load_results", "load_pooled", "run_protocol", "QUERY_NOTE", "headline", "purifier_labels",
            "headline_markdown",
            "defenses_table", "users_table", "repeats_table", "compare_table", "draws_table", "NOT_BASELINES"]
 
@@ -170,11 +170,13 @@ def _pool_summaries(folders: list[Path], grids: list[dict]) -> list[dict]:
     return out
 
 
-def headline(rows: list[dict], puface: str = "puface", where: str = "summary", protocol: str = "training"
-             ) -> dict[str, Any]:
+def headline(rows: list[dict], puface: str = "puface", where: str = "summary", protocol: str = "training",
+             purifiers: Iterable[str] = ()) -> dict[str, Any]:
     """The headline numbers of summary rows (see the module docstring); JSON-serialisable. A `puface` label
     that no row has is an error naming `where` (the rows' folders) and the labels there. `protocol`: the runs'
-    ("training" or "query": `run_protocol`), which says what the ASR counts."""
+    ("training" or "query": `run_protocol`), which says what the ASR counts. A baseline is a defense without a
+    purifier: not `none`, not a label starting with "puface" (as the paper table tells them), not one of
+    `purifiers` (labels of defenses that hold one: `purifier_labels`)."""
     cells: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for r in rows:
         if r["attack"] != "clean":
@@ -183,7 +185,7 @@ def headline(rows: list[dict], puface: str = "puface", where: str = "summary", p
     if puface not in labels:
         raise PufaceError(f"{where}: no defense labelled {puface!r} (defenses: {', '.join(labels) or 'none'}); the "
                           "headline compares the purifier with the others: name its label with --puface LABEL")
-    baselines = sorted(set(labels) - NOT_BASELINES - {puface})
+    baselines = sorted(d for d in set(labels) - NOT_BASELINES - {puface} - set(purifiers) if not d.startswith("puface"))
     white = [c for k, c in cells.items() if k[3] == "white-box"]
 
     def mean_of(d: str, cs, m: str = "asr") -> float:  # cells without a number (NaN: no test photo) left out
@@ -326,6 +328,46 @@ def recipe_of(label: str) -> str:
     """A defense label without its repeat suffix: "ref-s2" -> "ref" (a recipe repeated with train.seed 2)."""
     base, _, tail = label.rpartition("-s")
     return base if base and tail.isdigit() else label
+
+
+def purifier_labels(folder: Path) -> set[str]:
+    """The defense labels of `folder`'s run whose defense holds a purifier anywhere (a `puface` step of a composition,
+    a view, a branch of `random`; a retrained file under any label), from its config.resolved.json, else its
+    config.toml (the entries written in it; none when it extends another); building a defense loads no weights."""
+    from ..defenses import PuFaceDefense, create_defense, default_label
+
+    folder = Path(folder)
+    entries: list[tuple[str, Any]] = []
+    path = folder / "config.resolved.json"
+    if path.is_file():
+        try:
+            entries = [(str(d.get("label")), d.get("spec")) for d in
+                       json.loads(path.read_text(encoding="utf-8")).get("defenses") or [] if isinstance(d, dict)]
+        except (OSError, ValueError, AttributeError):
+            entries = []
+    elif (folder / "config.toml").is_file():
+        try:
+            raw = read_toml(folder / "config.toml")
+        except PufaceError:
+            raw = {}
+        for d in raw.get("defenses") or [] if "extends" not in raw else []:
+            spec = {k: v for k, v in d.items() if k != "label"} if isinstance(d, dict) else d
+            try:
+                label = str(d.get("label") or default_label(spec)) if isinstance(d, dict) else default_label(spec)
+            except PufaceError:
+                continue
+            entries.append((label, spec))
+    out = set()
+    for label, spec in entries:
+        if isinstance(spec, dict):
+            spec = {k: v for k, v in spec.items() if k != "label"}
+        try:
+            defense = create_defense(spec)
+        except (PufaceError, TypeError, ValueError):  # a defense this install does not know: not judged
+            continue
+        if any(isinstance(p, PuFaceDefense) for p in defense.parts):
+            out.add(label)
+    return out
 
 
 def _names_weights(spec: Any) -> bool:
