@@ -582,8 +582,10 @@ def test_headline_never_takes_another_purifier_for_the_best_baseline(tmp_path, c
     cell = ("fawkes-high", "dlib-resnet29", "nn")
     folder = _summary(tmp_path, [(*cell, "none", "white-box", 1.0, 0.99), (*cell, "puface", "white-box", 0.1, 0.99),
                                  (*cell, "puface-step1.5", "white-box", 0.02, 0.99),
-                                 (*cell, "mine", "white-box", 0.03, 0.99), (*cell, "jpeg+pu", "white-box", 0.04, 0.99),
-                                 (*cell, "blur-s1", "white-box", 0.6, 0.98), (*cell, "jpeg-q75", "white-box", 0.8, 0.99)])
+                                 (*cell, "mine", "white-box", 0.03, 0.99),
+                                 (*cell, "jpeg+pu", "white-box", 0.04, 0.99),
+                                 (*cell, "blur-s1", "white-box", 0.6, 0.98),
+                                 (*cell, "jpeg-q75", "white-box", 0.8, 0.99)])
     defenses = [{"label": "none", "spec": {"name": "none"}}, {"label": "puface", "spec": {"name": "puface"}},
                 {"label": "puface-step1.5", "spec": {"name": "puface", "step": 1.5}},
                 {"label": "mine", "spec": {"name": "puface", "weights": "mine.safetensors"}},

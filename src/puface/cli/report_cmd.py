@@ -69,10 +69,12 @@ def headline(
 ) -> None:
     """The headline table of RUNS: per attack, victim and trainer, ASR and normal accuracy with no
     defense, with PuFace and with the best baseline (the defense without a purifier with the lowest mean
-    white-box ASR, chosen once for the whole table). Several RUNS of one config (other --seed) are pooled from their results.csv, or from
-    their summary.csv where a folder was trimmed to its tables (docs/results/: the same means)."""
+    white-box ASR, chosen once for the whole table). Several RUNS of one config (other --seed) are pooled from
+    their results.csv, or from their summary.csv where a folder was trimmed to its tables (docs/results/: the
+    same means)."""
     from ..evaluation.summaries import headline as make
-    from ..evaluation.summaries import headline_markdown, load_pooled, load_summary, purifier_labels, run_protocol
+    from ..evaluation.summaries import headline_markdown, load_pooled, load_summary, purifier_labels
+    from ..evaluation.summaries import run_protocol
 
     summary = load_summary(runs[0]) if len(runs) == 1 else load_pooled(list(runs))  # pooled: one grid, one protocol
     h = make(summary, puface_label, ", ".join(map(str, runs)), protocol=run_protocol(runs[0]),
