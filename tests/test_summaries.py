@@ -575,7 +575,8 @@ def _mine_grid(report: dict | None = None):
     from puface.experiments.config import ExperimentConfig
 
     raw = {"name": "mine", "attacks": [{"name": "fawkes", "mode": "low"}], "trainers": [{"name": "nn"}],
-           "defenses": [{"name": "none"}, {"name": "puface", "label": "mine"}], **({"report": report} if report else {})}
+           "defenses": [{"name": "none"}, {"name": "puface", "label": "mine"}],
+           **({"report": report} if report else {})}
     cfg = ExperimentConfig.from_dict(raw, Path("mine.toml"))
     rows = [{"seed": 0, "user": "Ann", "attack": "fawkes-low", "victim": "dlib-resnet29", "trainer": "nn",
              "defense": d, "setting": "white-box", "asr": asr, "normal_acc": 0.9}
