@@ -3,6 +3,7 @@ either taken (as documented) or a ValueError / ImportError that names the proble
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -318,3 +319,38 @@ def test_every_api_name_has_its_own_docstring():
         assert "(N, 3, H, W)" in inspect.getdoc(getattr(puface, name)) and "[0, 1]" in inspect.getdoc(
             getattr(puface, name)), name
     assert "uint8 RGB" in inspect.getdoc(puface.PurifyBatch)
+
+
+def test_puface_imported_from_a_zip_archive_uses_its_shipped_weights_and_configs(tmp_path):
+    """puface imported from a zip archive (torch present): `package_weights` gave the path inside the archive as a plain
+    Path, so the shipped purifier and detector were "missing from this installation", and `load_config('demo')` was a
+    NotADirectoryError. Now the packaged files are extracted once into $PUFACE_HOME's cache and used from there: the
+    archive's purifier purifies exactly as the installed one."""
+    import zipfile
+    from pathlib import Path
+
+    archive = tmp_path / "puface.zip"
+    root = Path(puface.__file__).parent
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in sorted(root.rglob("*")):
+            if f.is_file() and "__pycache__" not in f.parts:
+                z.write(f, f.relative_to(root.parent).as_posix())
+    torch.manual_seed(0)
+    images = torch.rand(1, 3, 150, 150)
+    torch.save(images, tmp_path / "x.pt")
+    code = """import sys
+sys.path.insert(0, sys.argv[1])
+import torch
+import puface
+from puface.training.config import load_config as purifier_config
+assert puface.__file__.startswith(sys.argv[1]), puface.__file__
+torch.save(puface.load_purifier().purify(torch.load(sys.argv[2])), sys.argv[3])
+puface.load_detector()
+print(puface.load_config('demo').name, puface.load_config('lfw-ablations-shipped').name, purifier_config('default')
+      is not None)"""
+    env = {**os.environ, "PUFACE_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(archive), str(tmp_path / "x.pt"),
+                          str(tmp_path / "y.pt")], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["demo", "lfw-ablations-shipped", "True"]
+    assert torch.equal(torch.load(tmp_path / "y.pt"), puface.load_purifier().purify(images))

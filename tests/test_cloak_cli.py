@@ -369,7 +369,9 @@ def test_attack_takes_the_spec_grammar_of_configs(tree, tmp_path, capsys, dlib_a
             ["--attack", "nope"],
             "--attack 'nope': unknown attack 'nope'; choose one of: fawkes, lowkey, opom, unlearnable",
         ),
-        (["--attack", "lowkey:bogus=1"], "lowkey: unknown option(s) bogus"),
+        # the attack's own errors about the spec's settings name the --attack text as the unknown name's does
+        (["--attack", "lowkey:stpes=2"], "--attack 'lowkey:stpes=2': unknown option(s) stpes; known: "),
+        (["--attack", "lowkey:steps=x"], "--attack 'lowkey:steps=x': steps must be a number, got 'x'"),
         (
             ["--attack", "fawkes:mode=low", "--mode", "high"],
             "--attack 'fawkes:mode=low' says mode=low and --mode says high",

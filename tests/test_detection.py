@@ -14,7 +14,7 @@ import torch
 from puface.cli import main
 from puface.detection import CloakDetector, DetectorConfig, allowed_above, min_calibration_size, threshold_at_fpr
 from puface.io.images import read_image, write_image
-from puface.utils.errors import PufaceError
+from puface.utils.errors import ConfigError, PufaceError
 from puface.utils.images import image_to_tensor, quantize, tensor_to_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -1231,3 +1231,27 @@ def test_detection_of_a_grid_without_a_cloaking_attack_says_so_not_an_empty_tabl
     )
     md = detection_markdown(summarise_detection({0: {}}, det))
     assert "| attack |" not in md and "No cloaking attack in this grid" in md
+
+
+def test_train_detector_names_the_config_file_of_a_misspelt_attack_before_any_work(tmp_path, johns_dir):
+    """A detector recipe with a misspelt attack name failed only when its cloaks were due (after the others' cloaks,
+    hours on LFW), with `unknown attack 'fawks'` and no file or entry; now at the start, naming both, OUT untouched."""
+    import re
+
+    from puface.purifier import Purifier, RedNetConfig
+    from puface.training.detector import load_detector_config, train_detector
+
+    names = sorted(p.name for p in johns_dir.iterdir() if p.is_dir())
+    ckpt = Purifier(RedNetConfig(channels=8, depth=4, downsample=1), meta={"data_summary": {
+        "train_identities": names[:4], "val_identities": names[4:], "heldout_identities": []}}).save(
+        tmp_path / "pur.safetensors")
+    cfg = tmp_path / "det.toml"
+    cfg.write_text(f'''extends = "default"
+attacks = [{{name = "fawkes", mode = "low", images = 8}}, {{label = "mine", name = "fawks", images = 8}}]
+[data]
+root = "{johns_dir}"
+purifier = "{ckpt}"
+''')
+    with pytest.raises(ConfigError, match=re.escape(f"{cfg} [[attacks]] 'mine': unknown attack 'fawks'")):
+        train_detector(load_detector_config(cfg), tmp_path / "det", device="cpu", progress=False, log=lambda s: None)
+    assert not (tmp_path / "det").exists()

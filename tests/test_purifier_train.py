@@ -514,3 +514,26 @@ def test_a_resume_on_other_pixels_or_other_cloaks_is_refused(johns_dir, tmp_path
     _run(_cfg(moved, epochs=2, max_steps_per_epoch=2), tmp_path / "run")
     now = torch.load(last, weights_only=True)["data_summary"]
     assert now["train_content"]["natural"] != was[0]["natural"] and set(now["val_content"]) == {"natural", "cloaked"}
+
+
+def test_an_attack_mistake_in_a_config_file_names_the_file_and_the_entry(johns_dir, tmp_path):
+    """`train-purifier --config mine.toml` with a misspelt attack said `attack 'fawks-high': unknown attack ...` without
+    the file (its config did not keep where it came from); now the file and the entry, as experiment configs do."""
+    import re
+
+    from puface.training.config import load_config
+    from puface.utils.tomlconfig import to_toml
+
+    d = _cfg(johns_dir, epochs=1, max_steps_per_epoch=1).as_dict()
+    d["attacks"][0]["name"] = "fawks"
+    path = tmp_path / "mine.toml"
+    path.write_text(to_toml(d))
+    cfg = load_config(path)
+    with pytest.raises(PufaceError, match=re.escape(f"{path} [[attacks]] 'fawks-high': unknown attack 'fawks'")):
+        train(cfg, tmp_path / "run", embedders={"standin": standin_embedder()}, progress=False, log=lambda s: None)
+    assert not (tmp_path / "run").exists()
+    d["attacks"][1]["label"] = d["attacks"][0]["label"] = "twice"
+    path.write_text(to_toml(d))
+    with pytest.raises(PufaceError, match=re.escape(f"{path}: attack labels must be unique")):
+        train(load_config(path), tmp_path / "run", embedders={"standin": standin_embedder()}, progress=False,
+              log=lambda s: None)

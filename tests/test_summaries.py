@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from puface.evaluation import summaries
-from puface.utils.errors import PufaceError
+from puface.utils.errors import ConfigError, PufaceError
 
 HEADER = "attack,victim,trainer,defense,setting,asr_mean,asr_std,normal_acc_mean,normal_acc_std,n,users,seeds,wall_s\n"
 
@@ -607,3 +607,39 @@ def test_headline_never_takes_another_purifier_for_the_best_baseline(tmp_path, c
     assert summaries.purifier_labels(folder) == {"puface-step1.5", "mine", "jpeg+pu"}
     assert main(["report", "headline", str(folder)]) == 0
     assert "best baseline over the white-box cells: blur-s1;" in capsys.readouterr().out
+
+
+def _mine_grid(report: dict | None = None):
+    """A researcher's grid: no defense and a purifier labelled "mine" (not puface...), one cell each."""
+    from puface.evaluation.tables import summarise_rows
+    from puface.experiments.config import ExperimentConfig
+
+    raw = {"name": "mine", "attacks": [{"name": "fawkes", "mode": "low"}], "trainers": [{"name": "nn"}],
+           "defenses": [{"name": "none"}, {"name": "puface", "label": "mine"}],
+           **({"report": report} if report else {})}
+    cfg = ExperimentConfig.from_dict(raw, Path("mine.toml"))
+    rows = [{"seed": 0, "user": "Ann", "attack": "fawkes-low", "victim": "dlib-resnet29", "trainer": "nn",
+             "defense": d, "setting": "white-box", "asr": asr, "normal_acc": 0.9}
+            for d, asr in (("none", 1.0), ("mine", 0.25))]
+    return cfg, summarise_rows(rows)
+
+
+def test_table_md_names_a_purifier_left_out_of_the_first_table_and_report_headline_puts_it_in():
+    """A purifier labelled "mine" had no column in the first table (columns: none and puface... labels) and no word
+    why; now a line names it and `[report] headline = ["mine"]` gives it its columns."""
+    from puface.evaluation.tables import render_tables
+
+    cfg, summary = _mine_grid()
+    first = render_tables(cfg, summary, []).split("### Every defense")[0]
+    assert "ASR mine" not in first
+    assert "Not in this table: the purifier defense(s) mine" in first and "headline = [labels]" in first
+    cfg, summary = _mine_grid({"headline": ["mine"]})
+    first = render_tables(cfg, summary, []).split("### Every defense")[0]
+    assert "| ASR no defense | ASR mine |" in first and "| 100.0 | 25.0 |" in first and "Not in this table" not in first
+
+
+def test_report_headline_of_a_config_must_name_its_defenses():
+    with pytest.raises(ConfigError, match=r"mine.toml \[report\]: headline names no defense of the grid: theirs"):
+        _mine_grid({"headline": ["theirs"]})
+    with pytest.raises(ConfigError, match=r"mine.toml \[report\]: headline must be a list of defense labels"):
+        _mine_grid({"headline": "mine"})

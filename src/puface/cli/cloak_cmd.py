@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -351,7 +351,7 @@ def cloak(
     attack_factory = partial(create_attack, attack_name, embedders=embedders, seed=seed,
                              device=None if device == "auto" else device, batch_size=batch_size, **kwargs, **knobs,
                              **spec, **adaptive)
-    attack = attack_factory()
+    attack = _with_spec_text(attack_factory, attack_spec, attack_name, spec)
     click.echo(f"{attack.name}: surrogates {', '.join(e.name for e in attack.surrogates)}; seed {seed}; "
                f"device {attack.device}; {torch.get_num_threads()} threads", err=True)
     report = cloak_folder(in_path, out_root, attack, fmt=fmt, tool_suffix=tool_names, batch_size=batch_size,
@@ -383,6 +383,22 @@ def _attack_spec(text: str, mode: str | None) -> tuple[str, str | None, dict[str
     if in_spec is not None and mode is not None and str(in_spec) != mode:
         raise PufaceError(f"--attack {text!r} says mode={in_spec} and --mode says {mode}: give the mode once")
     return name, mode if mode is not None else (None if in_spec is None else str(in_spec)), spec
+
+
+def _with_spec_text(factory: Callable[[], Any], text: str, name: str, spec: dict[str, Any]) -> Any:
+    """`factory()`, with an error about a setting written in `--attack TEXT` (an unknown option, a bad value: the
+    attack says `lowkey: ...`) headed by that text, as an unknown attack name is (`--attack 'lowkey:stpes=2': ...`)."""
+    import re
+
+    from ..utils.errors import ConfigError
+
+    try:
+        return factory()
+    except ConfigError as e:
+        said = str(e)
+        if said.startswith(f"{name}: ") and any(re.search(rf"\b{re.escape(k)}\b", said) for k in spec):
+            raise ConfigError(f"--attack {text!r}: {said[len(name) + 2:]}") from None
+        raise
 
 
 def _spec_settings(

@@ -16,6 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from ..defenses import default_label
+from ..utils.errors import PufaceError
 from .metrics import Summary, summarise
 
 GROUP_KEYS = ("attack", "victim", "trainer", "defense", "setting")
@@ -88,12 +90,15 @@ def _ordered(values: Iterable[str], order: Sequence[str]) -> list[str]:
 
 
 def paper_table(summary: list[dict], *, attacks: Sequence[str] = (), victims: Sequence[str] = (),
-                trainers: Sequence[str] = (), defenses: Sequence[str] = ()) -> tuple[list[str], list[list[str]]]:
+                trainers: Sequence[str] = (), defenses: Sequence[str] = (),
+                headline: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the paper-shaped table: per (attack, victim, trainer) ASR and normal accuracy
-    with no defense and with PuFace, plus a mean row over the cloaked settings."""
+    with no defense and with the `headline` defenses (default: those labelled `puface...`), plus a mean row over
+    the cloaked settings."""
     index = {tuple(s[k] for k in ("attack", "victim", "trainer", "defense")): s for s in summary}
     none = "none" if any(s["defense"] == "none" for s in summary) else None
-    pufaces = [d for d in _ordered((s["defense"] for s in summary), defenses) if d.startswith("puface")]
+    shown = (lambda d: d.startswith("puface")) if headline is None else (lambda d: d in headline and d != "none")
+    pufaces = [d for d in _ordered((s["defense"] for s in summary), defenses) if shown(d)]
     cols = ([none] if none else []) + pufaces
     header = ["attack", "victim", "setting", "trainer"]
     header += [f"ASR {('no defense' if d == 'none' else d)}" for d in cols]
@@ -184,6 +189,17 @@ def quality_table(
     return header, rows
 
 
+def _is_purifier(entry: Any) -> bool:
+    """Whether a config's defense entry is the purifier whatever its label (its default label is `puface...`)."""
+    spec = getattr(entry, "spec", None)
+    if isinstance(spec, dict):
+        spec = {k: v for k, v in spec.items() if k != "label"}
+    try:
+        return spec is not None and default_label(spec).startswith("puface")
+    except PufaceError:  # a spec this install cannot build (a defense another version registered): not known
+        return False
+
+
 def render_tables(
     cfg: Any, summary: list[dict], quality: list[dict], *, wall_s: float | None = None, sessions: int = 1
 ) -> str:
@@ -214,16 +230,25 @@ def render_tables(
         "clean = no cloak.",
         "",
     ]
-    header, rows = paper_table(summary, **order)
+    chosen = (getattr(cfg, "report", None) or {}).get("headline")  # [report] headline: its defense columns
+    header, rows = paper_table(summary, **order, headline=chosen)
     if len(header) > 4:  # columns for "none" and the purifier: a grid with neither has its numbers below alone
         parts += [_md_table(header, rows), ""]
     elif summary:
         parts += ['No "none" or PuFace defense in this grid: the numbers of each defense follow.', ""]
-    blocks = defense_tables(summary, **order)
     defenses = {s["defense"] for s in summary}
-    # the paper table has columns for "none" and the purifier only: a grid of one other defense (jpeg alone)
-    # has its numbers in the per-defense tables alone
-    if blocks and (len(defenses) > 1 or any(d != "none" and not d.startswith("puface") for d in defenses)):
+    if chosen is None and not any(d.startswith("puface") for d in defenses):
+        # no purifier column by default: a purifier labelled otherwise (a researcher's "mine") is left out; say so
+        left = [d.label for d in cfg.defenses if d.label in defenses and _is_purifier(d)]
+        if left:
+            parts += [f"Not in this table: the purifier defense(s) {', '.join(left)}, labelled otherwise than "
+                      "puface... (their numbers are under Every defense); headline = [labels] in the config's "
+                      "[report] names the defenses of this table.", ""]
+    blocks = defense_tables(summary, **order)
+    shown = set(header[4:])  # "ASR <label>" and "normal acc. <label>": a defense with no column here
+    # a grid of one defense that has no column in the paper table (jpeg alone) has its numbers in the per-defense
+    # tables alone
+    if blocks and (len(defenses) > 1 or any(f"ASR {d}" not in shown for d in defenses if d != "none")):
         parts += ["### Every defense", ""]
         for title, h, r in blocks:
             parts += [f"**{title}**", "", _md_table(h, r), ""]

@@ -51,6 +51,7 @@ A config (every key optional except the lists; the packaged ones are in `puface/
     [report]
     users = 3                     # users shown in the image grids
     images_per_user = 2
+    # headline = ["mine"]         # the defenses beside "none" in the first table (default: those labelled puface...)
 
     [detection]                   # cloak detection per attack (AUC, TPR at the calibrated threshold, ROC)
     enabled = true
@@ -101,14 +102,14 @@ _SECTION_KEYS = {
     "users": {"count", "names", "min_train", "min_test", "allow_purifier_identities"},
     "victims": {"embedders"},
     "run": {"device", "batch_size", "cache", "output", "cloak_batch_size"},
-    "report": {"users", "images_per_user", "enabled"},
+    "report": {"users", "images_per_user", "enabled", "headline"},
     "detection": {"enabled", "detector", "purifier", "fpr"},
 }
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"root": "johns", "min_images": 2, "max_per_identity": None, "train_fraction": 0.7, "image_size": 150},
     "users": {"count": None, "names": None, "min_train": 2, "min_test": 1, "allow_purifier_identities": False},
     "run": {"device": None, "batch_size": 64, "cache": True, "output": None, "cloak_batch_size": None},
-    "report": {"users": 3, "images_per_user": 2, "enabled": True},
+    "report": {"users": 3, "images_per_user": 2, "enabled": True, "headline": None},
     "detection": {"enabled": True, "detector": "default", "purifier": None, "fpr": None},
 }
 
@@ -245,6 +246,15 @@ class ExperimentConfig:
                 raise ConfigError(
                     f"{where}: {what} labels must be unique, repeated: {', '.join(dup)} (set label = \"...\")"
                 )
+        headline = report["headline"]
+        if headline is not None:
+            labels = [d.label for d in defenses]
+            if not isinstance(headline, list) or not all(isinstance(x, str) for x in headline):
+                raise ConfigError(f"{where} [report]: headline must be a list of defense labels, got {headline!r}")
+            unknown = [x for x in headline if x not in labels]
+            if unknown:
+                raise ConfigError(f"{where} [report]: headline names no defense of the grid: {', '.join(unknown)} "
+                                  f"(defenses: {', '.join(labels)})")
         protocol = str(raw.get("protocol", "training"))
         if protocol not in PROTOCOLS:
             raise ConfigError(f"{where}: unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")

@@ -8,7 +8,7 @@ every checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from types import UnionType
 from typing import Any, Sequence, Union, get_args, get_origin, get_type_hints
@@ -145,6 +145,8 @@ class PurifierTrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     val: ValConfig = field(default_factory=ValConfig)
+    #: the file it was read from (with its --set overrides, `config_where`), for errors found later; not saved
+    where: str = field(default="", compare=False)
 
     @property
     def val_embedders(self) -> tuple[str, ...]:
@@ -278,6 +280,6 @@ def load_config(ref: str | Path, overrides: dict[str, Any] | None = None, *, dro
     _check_override_types(overrides)
     apply_overrides(d, overrides, data_root)
     try:
-        return PurifierTrainConfig.from_dict(d)
+        return replace(PurifierTrainConfig.from_dict(d), where=config_where(path, overrides))
     except (ConfigError, TypeError) as e:
         raise ConfigError(f"{config_where(path, overrides)}: {e}") from None

@@ -30,7 +30,7 @@ from ..attacks.folder import FolderCloaks
 from ..data.layout import FaceImage, scan_identities
 from ..data.loading import load_images
 from ..data.split import split_identities
-from ..utils.errors import ConfigError, PufaceError
+from ..utils.errors import ConfigError, MissingDependencyError, PufaceError
 from ..utils.fingerprint import content_hash
 from ..utils.images import to_float, to_uint8
 from ..utils.seeding import stable_seed
@@ -193,17 +193,23 @@ def _check_specs(attacks: Sequence[dict]) -> list[str]:
     return names
 
 
-def check_attacks(attacks: Sequence[dict], device: str | None = None) -> None:
-    """Refuse a bad attack table of a purifier config (no name, a repeated label, an unknown attack, option or
-    value) before any cloak is made: each attack is built once (its surrogates loaded), none is run."""
-    names = _check_specs(attacks)
+def check_attacks(attacks: Sequence[dict], device: str | None = None, where: str = "") -> None:
+    """Refuse a bad attack table of a purifier (or detector) config (no name, a repeated label, an unknown attack,
+    option or value) before any cloak is made: each attack is built once (its surrogates loaded), none is run.
+    `where`: the config file (`config_where`), named first in the error with the entry, as experiment configs are."""
+    try:
+        names = _check_specs(attacks)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
     for label, spec in zip(names, attacks):
         if spec["name"] == "folder":
             continue
         try:
             create_attack({k: v for k, v in spec.items() if k != "images"}, device=device)
+        except MissingDependencyError:
+            raise
         except PufaceError as e:
-            raise ConfigError(f"attack {label!r}: {e}") from None
+            raise ConfigError(f"{where} [[attacks]] {label!r}: {e}" if where else f"attack {label!r}: {e}") from None
 
 
 def build_pairs(root: str | Path, identities: Sequence[str], attacks: Sequence[dict], *, seed: int = 0,

@@ -38,7 +38,7 @@ import json
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -65,7 +65,7 @@ from ..utils.images import to_float, to_uint8
 from ..utils.seeding import stable_seed
 from ..utils.tomlconfig import (apply_overrides, clear_optional, config_where, load_toml_config, refuse_unknown,
                                 to_toml)
-from .data import cloak_with_cache
+from .data import check_attacks, cloak_with_cache
 
 __all__ = [
     "DetectorTrainConfig",
@@ -102,6 +102,8 @@ class DetectorTrainConfig:
     seed: int = 0
     attacks: tuple[dict, ...] = ()
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the file it was read from (with its --set overrides, `config_where`), for errors found later; not saved
+    where: str = field(default="", compare=False)
 
     def __getattr__(self, name: str) -> Any:
         if name in _SECTIONS:
@@ -186,7 +188,7 @@ def load_detector_config(ref: str | Path, overrides: dict[str, Any] | None = Non
     overrides = clear_optional(overrides, _takes_none)
     apply_overrides(d, overrides, data_root)
     try:
-        return DetectorTrainConfig.from_dict(d)
+        return replace(DetectorTrainConfig.from_dict(d), where=config_where(path, overrides))
     except (ConfigError, TypeError, ValueError) as e:  # ValueError: text where a number goes (--set train.epochs=x)
         raise ConfigError(f"{config_where(path, overrides)}: {e}") from None
 
@@ -515,6 +517,8 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
         raise PufaceError(f"no identities left to fit ({len(fit_ids)}) or calibrate ({len(cal_ids)}); "
                           "change data.calibration_fraction")
     require_identities(root, sorted(set(train_ids) | set(val_ids)))
+    if cfg.attacks:  # a misspelt attack: said now, not after the other attacks' cloaks
+        check_attacks(cfg.attacks, device=device, where=cfg.where)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

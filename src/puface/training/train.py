@@ -190,7 +190,7 @@ def prepare_data(cfg: PurifierTrainConfig, d: Dist | None = None, cloak_fn: Call
     bars on the main process when `progress`."""
     d = d or Dist()
     if cloak_fn is None and not checked:
-        check_attacks(cfg.attacks, device=str(d.device))
+        check_attacks(cfg.attacks, device=str(d.device), where=cfg.where)
     root = resolve_data_root(cfg.data.root)
     split = split or identity_split(cfg)
     base = cloak_fn or cloak_with_cache(
@@ -438,7 +438,7 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
         init = _init_source(tc.init, cfg.model) if tc.init and resumed is None else None  # a resumed run has its own
     # a typo in an attack or a folder without identities must not set aside (--no-resume) the run already in OUT
     if cloak_fn is None:
-        check_attacks(cfg.attacks, device=str(d.device))
+        check_attacks(cfg.attacks, device=str(d.device), where=cfg.where)
     split = identity_split(cfg)
 
     def write_config() -> None:

@@ -3,6 +3,7 @@ installed package keeps its shipped weights."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from importlib import resources
 from pathlib import Path
@@ -27,9 +28,32 @@ def puface_home() -> Path:
     return home
 
 
+def package_file(*parts: str) -> Path:
+    """A file of the installed package (`"weights", NAME`; `"configs", NAME`) as a file on disk: itself, or, for a
+    puface imported from a zip archive, a copy extracted once into the cache (`package/<sha256 prefix>/...`). A file
+    the package does not hold is its path inside the package (not a file: the caller says what is missing)."""
+    res = resources.files("puface").joinpath(*parts)
+    if isinstance(res, Path) or not res.is_file():  # a package on a file system, or no such file
+        return Path(str(res))
+    data = res.read_bytes()
+    out = cache_dir("package", hashlib.sha256(data).hexdigest()[:16]).joinpath(*parts)
+    if not (out.is_file() and out.stat().st_size == len(data)):
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # atomic: a reader never sees a partial copy
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, out)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise PufaceError(f"{out}: cannot extract puface's packaged {'/'.join(parts)} from its zip archive here "
+                              f"({e.strerror or e}); set $PUFACE_HOME to a writable folder") from None
+    return out
+
+
 def package_weights(name: str) -> Path:
-    """A file of the installed package's `weights/` folder (the shipped purifiers and detectors)."""
-    return Path(str(resources.files("puface") / "weights" / name))
+    """A file of the installed package's `weights/` folder (the shipped purifiers and detectors), on disk even when
+    puface is imported from a zip archive (`package_file`)."""
+    return package_file("weights", name)
 
 
 def cache_dir(*parts: str) -> Path:

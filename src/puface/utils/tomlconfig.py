@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from .errors import ConfigError
+from .paths import package_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -138,8 +139,9 @@ def packaged_config(name: str, kind: str = "experiment") -> Path | None:
     """A packaged config by name ("lfw") or file name ("lfw.toml"), or None."""
     stem = Path(name).name
     stem = stem[:-5] if stem.endswith(".toml") else stem
-    p = _folder(kind).joinpath(f"{stem}.toml")
-    return Path(str(p)) if p.is_file() else None
+    if not _folder(kind).joinpath(f"{stem}.toml").is_file():
+        return None
+    return package_file(*KINDS[kind].split("/"), f"{stem}.toml")  # on disk, from a zip archive too
 
 
 def config_label(path: Path, kind: str = "experiment") -> str:
