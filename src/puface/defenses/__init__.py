@@ -14,7 +14,7 @@ several defenses per photo, chosen by a private seed).
 
 from .base import GRADIENTS, Compose, Composite, Defense, ModuleDefense, NoDefense
 from .pixel import JPEG, BitDepth, Contrast, DownUpResize, Gamma, GaussianBlur, GaussianNoise, MedianFilter, Sharpen
-from .purifier import PuFaceDefense, defense_training_identities
+from .purifier import PuFaceDefense, defense_training_identities, holds_purifier
 from .randomized import RandomChoice
 from .registry import DEFENSES, create_defense, default_label, list_defenses, register
 from .shared import SharedPatternRemoval, shared_pattern_score
@@ -43,6 +43,7 @@ __all__ = [
     "list_defenses",
     "default_label",
     "defense_training_identities",
+    "holds_purifier",
     "Views",
     "RandomChoice",
     "SharedPatternRemoval",

@@ -19,7 +19,7 @@ from ..utils.fingerprint import module_fingerprint
 from .base import Defense
 from .registry import register
 
-__all__ = ["PuFaceDefense", "defense_training_identities"]
+__all__ = ["PuFaceDefense", "defense_training_identities", "holds_purifier"]
 
 
 @register
@@ -133,3 +133,18 @@ def defense_training_identities(defense: Defense) -> set[str] | None:
     found = [d.training_identities for d in defense.parts if isinstance(d, PuFaceDefense)]
     known = [ids for ids in found if ids is not None]
     return set().union(*known) if known else None
+
+
+def holds_purifier(spec: Any) -> bool:
+    """Whether the defense of `spec` (a registry spec: name, dict or "a+b" text; a "label" key ignored) holds a
+    purifier anywhere (alone, a step of a composition, a view, a branch of `random`), whatever its label. Builds the
+    defense (no weights are loaded); False for a spec this install cannot build."""
+    from .registry import create_defense
+
+    if isinstance(spec, dict):
+        spec = {k: v for k, v in spec.items() if k != "label"}
+    try:
+        defense = create_defense(spec)
+    except (PufaceError, TypeError, ValueError):
+        return False
+    return any(isinstance(p, PuFaceDefense) for p in defense.parts)

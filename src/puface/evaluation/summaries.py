@@ -334,7 +334,7 @@ def purifier_labels(folder: Path) -> set[str]:
     """The defense labels of `folder`'s run whose defense holds a purifier anywhere (a `puface` step of a composition,
     a view, a branch of `random`; a retrained file under any label), from its config.resolved.json, else its
     config.toml (the entries written in it; none when it extends another); building a defense loads no weights."""
-    from ..defenses import PuFaceDefense, create_defense, default_label
+    from ..defenses import default_label, holds_purifier
 
     folder = Path(folder)
     entries: list[tuple[str, Any]] = []
@@ -357,17 +357,7 @@ def purifier_labels(folder: Path) -> set[str]:
             except PufaceError:
                 continue
             entries.append((label, spec))
-    out = set()
-    for label, spec in entries:
-        if isinstance(spec, dict):
-            spec = {k: v for k, v in spec.items() if k != "label"}
-        try:
-            defense = create_defense(spec)
-        except (PufaceError, TypeError, ValueError):  # a defense this install does not know: not judged
-            continue
-        if any(isinstance(p, PuFaceDefense) for p in defense.parts):
-            out.add(label)
-    return out
+    return {label for label, spec in entries if holds_purifier(spec)}
 
 
 def _names_weights(spec: Any) -> bool:

@@ -16,8 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..defenses import default_label
-from ..utils.errors import PufaceError
+from ..defenses import holds_purifier
 from .metrics import Summary, summarise
 
 GROUP_KEYS = ("attack", "victim", "trainer", "defense", "setting")
@@ -190,14 +189,9 @@ def quality_table(
 
 
 def _is_purifier(entry: Any) -> bool:
-    """Whether a config's defense entry is the purifier whatever its label (its default label is `puface...`)."""
+    """Whether a config's defense entry holds the purifier whatever its label (`defenses.holds_purifier`)."""
     spec = getattr(entry, "spec", None)
-    if isinstance(spec, dict):
-        spec = {k: v for k, v in spec.items() if k != "label"}
-    try:
-        return spec is not None and default_label(spec).startswith("puface")
-    except PufaceError:  # a spec this install cannot build (a defense another version registered): not known
-        return False
+    return spec is not None and holds_purifier(spec)
 
 
 def render_tables(
