@@ -131,6 +131,45 @@ def feather_mask(size: int, feather: float) -> np.ndarray:
     return np.minimum.outer(ramp, ramp)
 
 
+def _edge_distance(tf: ChipTransform, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each chip pixel: its source in the photo ((size * size, 2) x, y) and how far that lies inside the (h, w)
+    photo's edge ((size, size) photo pixels, <= 0 off the photo; as extract_chip's sampler has it: a source needs its
+    right and lower neighbours)."""
+    n = tf.size
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64)
+    p = apply_affine(tf.chip_to_image, np.stack([xx.ravel(), yy.ravel()], 1))
+    edge = np.minimum.reduce([p[:, 0], (w - 1.0) - p[:, 0], p[:, 1], (h - 1.0) - p[:, 1]]).reshape(n, n)
+    return p, edge
+
+
+def inside_photo_weight(tf: ChipTransform, h: int, w: int, feather: float) -> np.ndarray:
+    """Chip-space weight (size, size) in [0, 1] of how far inside an (h, w) photo each chip pixel's source lies: 0 where
+    it is off the photo (black in the chip), rising linearly to 1 at `feather` chip pixels inside its edge."""
+    dist = _edge_distance(tf, h, w)[1] / max(tf.scale, 1e-12)  # in chip pixels
+    if feather <= 0:
+        return (dist > 0).astype(np.float64)
+    return np.clip(dist / feather, 0.0, 1.0)
+
+
+def fill_off_photo(image: np.ndarray, tf: ChipTransform, chip: np.ndarray) -> np.ndarray:
+    """`chip` (cut from uint8 RGB `image` (H, W, 3) by `extract_chip(image, tf)`) with the part off the photo, black
+    there, filled with the photo's nearest edge pixels (and the pixels within two chip pixels of the edge resampled
+    alike, where a reduced copy of a large photo left them black): what a chip process should see of a face cut by
+    the photo's edge, whose black border it would otherwise answer with a band along that edge. uint8 (S, S, 3)."""
+    h, w = image.shape[:2]
+    p, edge = _edge_distance(tf, h, w)
+    near = edge < max(1.0, 2.0 * tf.scale)
+    if not near.any() or h < 2 or w < 2:
+        return chip
+    sel = near.ravel()
+    x = np.clip(p[sel, 0], 0.0, w - 1.0 - 1e-6)
+    y = np.clip(p[sel, 1], 0.0, h - 1.0 - 1e-6)
+    v, _ = _bilinear_dlib(image, x, y)
+    out = np.array(chip, copy=True)
+    out[near] = np.clip(np.floor(v), 0, 255).astype(np.uint8)
+    return out
+
+
 def footprint_box(tf: ChipTransform, h: int, w: int) -> tuple[int, int, int, int] | None:
     """Integer (x0, y0, x1, y1), inclusive, of photo pixels a chip can touch; None if off the photo."""
     c = tf.corners()
@@ -242,16 +281,22 @@ def paste_back(
     """
     if not chips:
         return image.copy()
+    h, w = image.shape[:2]
     masks: dict[int, np.ndarray] = {}
     targets = []
     first = []
+    inside = []
     for tf, cin, cout in chips:
         m = masks.setdefault(tf.size, feather_mask(tf.size, feather))[..., None]
-        d = np.asarray(cout, np.float64) - np.asarray(cin, np.float64)
+        # a face cut by the photo's edge: no change off the photo, fading in over `feather` chip pixels inside it (the
+        # processing's answer to the chip's black border was pasted along that edge: a band of up to 70 grey levels)
+        keep = inside_photo_weight(tf, h, w, feather)[..., None]
+        d = keep * (np.asarray(cout, np.float64) - np.asarray(cin, np.float64))
         targets.append(np.asarray(cin, np.float64) + m * d)
         first.append((tf, d))
+        inside.append(keep)
     out = paste_delta(image, first, feather=feather)
     for _ in range(max(0, int(refine_steps))):
-        res = [(tf, tgt - extract_chip(out, tf)) for (tf, _, _), tgt in zip(chips, targets)]
+        res = [(tf, keep * (tgt - extract_chip(out, tf))) for (tf, _, _), tgt, keep in zip(chips, targets, inside)]
         out = paste_delta(out, res, feather=feather)
     return out
