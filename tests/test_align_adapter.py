@@ -294,3 +294,11 @@ def test_a_face_cut_by_the_photos_edge_gets_no_band_along_that_edge(chips):
     edge, face = change[rows, :3].mean(), change[rows, 20:80].mean()
     assert face > 1  # the face was processed
     assert edge < 2 * face, (edge, face)
+
+
+def test_a_face_just_under_the_minimum_is_not_said_to_be_the_minimum():
+    # `purify --align` of an LFW photo downscaled to 130 px said "face smaller than 40 px (found 1: 40 px)"
+    from puface.align import PhotoFaces
+
+    reason = PhotoFaces(too_small=[39.96, 12.34], found=2).reason_if_empty(40)
+    assert reason == "face smaller than 40 px (found 2: 39.9, 12.3 px)"
