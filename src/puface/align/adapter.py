@@ -65,8 +65,8 @@ def align_adapter(
     Args:
         chip_process: list of face chips (LoadedImage, uint8 (S, S, 3), job.rel named
             `<stem>_face<k><ext>`; the part of a chip off the photo continues the photo's edge,
-            `warp.fill_off_photo`, where dlib's chip is black) -> one Outcome per chip. "ok" chips are pasted back; "copy" and
-            "skip" leave that face unchanged; a "fail" fails the whole photo.
+            `warp.fill_off_photo`, where dlib's chip is black) -> one Outcome per chip. "ok" chips are
+            pasted back; "copy" and "skip" leave that face unchanged; a "fail" fails the whole photo.
         chip_size: 150 (dlib chip, padding 0.25) or 112 (ArcFace layout); other sizes use dlib's.
         no_face: what to do with a photo without a usable face: "copy" it through unchanged
             (purify) or "skip" it (cloak); the per-file line says "no face found" or
