@@ -270,3 +270,35 @@ def test_a_lossless_webp_photo_stays_lossless(chips, tmp_path):
         (out / "alpha.webp").read_bytes()
     )
     assert not is_lossless_webp((out / "lossy.webp").read_bytes())
+
+
+def blur(items: list[LoadedImage]) -> list[Outcome]:
+    """A chip-level batch function that smooths, as a denoiser does: it answers a hard edge in the chip."""
+    from PIL import ImageFilter
+
+    return [Outcome.ok(np.asarray(Image.fromarray(it.image).filter(ImageFilter.GaussianBlur(3)))) for it in items]
+
+
+def test_a_face_cut_by_the_photos_edge_gets_no_band_along_that_edge(chips):
+    # the chip of a face cut by the photo's left edge is black off the photo (dlib's chip); the chip function's
+    # answer to that black border was pasted along the photo's edge (purify --align of an LFW photo cropped through
+    # the face: a dark, coloured band, up to 71 grey levels, mean 19 in the first column against about 2 in the face)
+    photo, _ = embed_chip(chips[2], (300, 200), 0, 1.3, (40, 150))
+    process = align_adapter(blur, chip_size=150, detector="hog")
+    [out] = process([_item(photo)])
+    assert out.status == "ok" and out.stats["faces_processed"] == 1
+    tf = process.aligner.align(photo).faces[0].transform
+    assert tf.corners()[:, 0].min() < -20  # the chip reaches well past the photo's left edge
+    change = np.abs(out.image.astype(int) - photo.astype(int)).max(-1)
+    rows = slice(90, 210)
+    edge, face = change[rows, :3].mean(), change[rows, 20:80].mean()
+    assert face > 1  # the face was processed
+    assert edge < 2 * face, (edge, face)
+
+
+def test_a_face_just_under_the_minimum_is_not_said_to_be_the_minimum():
+    # `purify --align` of an LFW photo downscaled to 130 px said "face smaller than 40 px (found 1: 40 px)"
+    from puface.align import PhotoFaces
+
+    reason = PhotoFaces(too_small=[39.96, 12.34], found=2).reason_if_empty(40)
+    assert reason == "face smaller than 40 px (found 2: 39.9, 12.3 px)"

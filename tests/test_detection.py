@@ -1255,3 +1255,24 @@ purifier = "{ckpt}"
     with pytest.raises(ConfigError, match=re.escape(f"{cfg} [[attacks]] 'mine': unknown attack 'fawks'")):
         train_detector(load_detector_config(cfg), tmp_path / "det", device="cpu", progress=False, log=lambda s: None)
     assert not (tmp_path / "det").exists()
+
+
+def test_detect_and_purify_report_score_a_face_cut_by_the_photos_edge_alike(johns_images, detector, tmp_path):
+    """`purify --align` shows the purifier a face cut by the photo's edge with the edge continued (not dlib's black
+    border, which the purifier answered with a band along that edge); `detect --align` scores the same chip, so that
+    its score and `purify --align --report`'s agree."""
+    pytest.importorskip("dlib")
+    from puface.detection.folder import detect_folder, purify_folder_detected
+
+    from test_align_support import embed_chip
+
+    root = tmp_path / "in" / "A"
+    root.mkdir(parents=True)
+    photo, _ = embed_chip(tensor_to_image(johns_images[2][3]), (300, 200), 0, 1.3, (40, 150))
+    write_image(root / "edge.png", photo)
+    detected = detect_folder(root.parent, tmp_path / "s.csv", detector=detector, align=True, progress=False)
+    purified = purify_folder_detected(root.parent, tmp_path / "out", skip_cloaked=False, detector=detector, align=True,
+                                      progress=False)
+    [d], [p] = detected.rows, purified.rows
+    assert d["faces"] == p["faces"] == "1"
+    assert float(d["score"]) == pytest.approx(float(p["score"]), abs=1e-3)

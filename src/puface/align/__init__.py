@@ -19,7 +19,7 @@ from .geometry import (
     fit_similarity,
     template_for_size,
 )
-from .warp import extract_chip, feather_mask, paste_back, paste_delta
+from .warp import extract_chip, feather_mask, fill_off_photo, inside_photo_weight, paste_back, paste_delta
 
 __all__ = [
     "PICKS",
@@ -42,6 +42,8 @@ __all__ = [
     "template_for_size",
     "extract_chip",
     "feather_mask",
+    "fill_off_photo",
+    "inside_photo_weight",
     "paste_delta",
     "paste_back",
     "align_adapter",

@@ -17,7 +17,7 @@ from ..io.jobs import FileJob, LoadedImage, Outcome
 from ..utils.errors import PufaceError
 from .aligner import FaceAligner
 from .detect import FaceDetector
-from .warp import paste_back
+from .warp import fill_off_photo, paste_back
 
 NO_FACE_ACTIONS = ("copy", "skip")
 
@@ -64,8 +64,9 @@ def align_adapter(
 
     Args:
         chip_process: list of face chips (LoadedImage, uint8 (S, S, 3), job.rel named
-            `<stem>_face<k><ext>`) -> one Outcome per chip. "ok" chips are pasted back; "copy" and
-            "skip" leave that face unchanged; a "fail" fails the whole photo.
+            `<stem>_face<k><ext>`; the part of a chip off the photo continues the photo's edge,
+            `warp.fill_off_photo`, where dlib's chip is black) -> one Outcome per chip. "ok" chips are
+            pasted back; "copy" and "skip" leave that face unchanged; a "fail" fails the whole photo.
         chip_size: 150 (dlib chip, padding 0.25) or 112 (ArcFace layout); other sizes use dlib's.
         no_face: what to do with a photo without a usable face: "copy" it through unchanged
             (purify) or "skip" it (cloak); the per-file line says "no face found" or
@@ -94,16 +95,23 @@ def align_adapter(
 
     def process(items: list[LoadedImage]) -> list[Outcome]:
         found = []
+        inputs: list[list[np.ndarray]] = []  # per photo, the chips as the chip function saw them
         chips: list[LoadedImage] = []
         owners: list[tuple[int, int]] = []  # (photo index, face index in that photo's list)
         for i, item in enumerate(items):
             pf = aligner.align(item.image)
             found.append(pf)
+            shown = []
             for k, af in enumerate(pf.faces):
+                # a face cut by the photo's edge is processed with the edge continued, not dlib's black (pasted only
+                # inside the photo)
+                chip = fill_off_photo(item.image, af.transform, af.chip)
+                shown.append(chip)
                 chips.append(
-                    LoadedImage(_face_job(item.job, af.index), af.chip, None, None, item.format, palette=item.palette)
+                    LoadedImage(_face_job(item.job, af.index), chip, None, None, item.format, palette=item.palette)
                 )
                 owners.append((i, k))
+            inputs.append(shown)
         chip_out = chip_process(chips) if chips else []
         if len(chip_out) != len(chips):
             raise RuntimeError(f"chip function returned {len(chip_out)} results for {len(chips)} chips")
@@ -111,7 +119,7 @@ def align_adapter(
         for (i, k), out in zip(owners, chip_out):
             per_photo[i].append((k, out))
         results: list[Outcome] = []
-        for item, pf, outs in zip(items, found, per_photo):
+        for item, pf, outs, shown in zip(items, found, per_photo, inputs):
             base = {"faces": pf.found, "faces_processed": 0, "faces_too_small": len(pf.too_small)}
             if not pf.faces:
                 reason = pf.reason_if_empty(aligner.min_face)
@@ -143,7 +151,10 @@ def align_adapter(
                 cout = np.asarray(o.image)
                 if cout.shape != af.chip.shape:
                     raise RuntimeError(f"chip function changed the chip size from {af.chip.shape} to {cout.shape}")
-                triples.append((af.transform, af.chip, cout))
+                # the change the function made to what it saw, added to the chip as cut (paste_back's refinement
+                # compares that with chips cut again)
+                change = cout.astype(np.float64) - shown[k].astype(np.float64)
+                triples.append((af.transform, af.chip, af.chip.astype(np.float64) + change))
             photo = paste_back(item.image, triples, feather=feather, refine_steps=refine_steps)
             results.append(Outcome.ok(photo, **stats))
         return results

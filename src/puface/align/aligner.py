@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,7 +54,8 @@ class PhotoFaces:
     def reason_if_empty(self, min_face: float) -> str:
         if self.found == 0:
             return "no face found"
-        sizes = ", ".join(f"{s:.0f}" for s in sorted(self.too_small, reverse=True))
+        # rounded down: a 39.6 px face read "face smaller than 40 px (found 1: 40 px)"
+        sizes = ", ".join(f"{math.floor(s * 10) / 10:g}" for s in sorted(self.too_small, reverse=True))
         return f"face smaller than {min_face:g} px (found {self.found}: {sizes} px)"
 
 

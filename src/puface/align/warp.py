@@ -29,8 +29,10 @@ def _bilinear_dlib(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.nd
     y1c = np.minimum(y0c + 1, h - 1)
     fx = (x - x0)[..., None]
     fy = (y - y0)[..., None]
-    im = img.astype(np.float64, copy=False)
-    v = (1 - fy) * ((1 - fx) * im[y0c, x0c] + fx * im[y0c, x1c]) + fy * ((1 - fx) * im[y1c, x0c] + fx * im[y1c, x1c])
+    # sample first, then convert: a float copy of a whole phone photo (some 300 MB) for one chip's pixels
+    a, b = img[y0c, x0c].astype(np.float64), img[y0c, x1c].astype(np.float64)
+    c, d = img[y1c, x0c].astype(np.float64), img[y1c, x1c].astype(np.float64)
+    v = (1 - fy) * ((1 - fx) * a + fx * b) + fy * ((1 - fx) * c + fx * d)
     return v, valid
 
 
@@ -41,7 +43,7 @@ def _pyramid_down(img: np.ndarray) -> np.ndarray:
     oh, ow = (h - 3) // 2, (w - 3) // 2
     if h <= 8 or w <= 8 or oh <= 0 or ow <= 0:
         return np.zeros((0, 0, img.shape[2]), np.uint8)
-    a = img.astype(np.int64)
+    a = img.astype(np.int32)  # at most 255 * 16 * 16: int32 halves the temporaries of a large face's crop
     c = 2 * np.arange(ow)
     rows = a[:, c] + 4 * a[:, c + 1] + 6 * a[:, c + 2] + 4 * a[:, c + 3] + a[:, c + 4]
     r = 2 + 2 * np.arange(oh)
@@ -129,6 +131,45 @@ def feather_mask(size: int, feather: float) -> np.ndarray:
     return np.minimum.outer(ramp, ramp)
 
 
+def _edge_distance(tf: ChipTransform, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each chip pixel: its source in the photo ((size * size, 2) x, y) and how far that lies inside the (h, w)
+    photo's edge ((size, size) photo pixels, <= 0 off the photo; as extract_chip's sampler has it: a source needs its
+    right and lower neighbours)."""
+    n = tf.size
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64)
+    p = apply_affine(tf.chip_to_image, np.stack([xx.ravel(), yy.ravel()], 1))
+    edge = np.minimum.reduce([p[:, 0], (w - 1.0) - p[:, 0], p[:, 1], (h - 1.0) - p[:, 1]]).reshape(n, n)
+    return p, edge
+
+
+def inside_photo_weight(tf: ChipTransform, h: int, w: int, feather: float) -> np.ndarray:
+    """Chip-space weight (size, size) in [0, 1] of how far inside an (h, w) photo each chip pixel's source lies: 0 where
+    it is off the photo (black in the chip), rising linearly to 1 at `feather` chip pixels inside its edge."""
+    dist = _edge_distance(tf, h, w)[1] / max(tf.scale, 1e-12)  # in chip pixels
+    if feather <= 0:
+        return (dist > 0).astype(np.float64)
+    return np.clip(dist / feather, 0.0, 1.0)
+
+
+def fill_off_photo(image: np.ndarray, tf: ChipTransform, chip: np.ndarray) -> np.ndarray:
+    """`chip` (cut from uint8 RGB `image` (H, W, 3) by `extract_chip(image, tf)`) with the part off the photo, black
+    there, filled with the photo's nearest edge pixels (and the pixels within two chip pixels of the edge resampled
+    alike, where a reduced copy of a large photo left them black): what a chip process should see of a face cut by
+    the photo's edge, whose black border it would otherwise answer with a band along that edge. uint8 (S, S, 3)."""
+    h, w = image.shape[:2]
+    p, edge = _edge_distance(tf, h, w)
+    near = edge < max(1.0, 2.0 * tf.scale)
+    if not near.any() or h < 2 or w < 2:
+        return chip
+    sel = near.ravel()
+    x = np.clip(p[sel, 0], 0.0, w - 1.0 - 1e-6)
+    y = np.clip(p[sel, 1], 0.0, h - 1.0 - 1e-6)
+    v, _ = _bilinear_dlib(image, x, y)
+    out = np.array(chip, copy=True)
+    out[near] = np.clip(np.floor(v), 0, 255).astype(np.uint8)
+    return out
+
+
 def footprint_box(tf: ChipTransform, h: int, w: int) -> tuple[int, int, int, int] | None:
     """Integer (x0, y0, x1, y1), inclusive, of photo pixels a chip can touch; None if off the photo."""
     c = tf.corners()
@@ -156,6 +197,10 @@ def _sample_zero_pad(a: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     )
 
 
+#: Photo pixels `paste_delta` maps at once (a face's footprint is done in strips of rows of about this many).
+_STRIP_PIXELS = 1 << 18
+
+
 def paste_delta(
     image: np.ndarray,
     deltas: Sequence[tuple[ChipTransform, np.ndarray]],
@@ -174,34 +219,42 @@ def paste_delta(
         changes are averaged by their weights. Pixels outside every chip footprint are unchanged.
     """
     h, w = image.shape[:2]
-    acc = np.zeros((h, w, 3), np.float64)
-    wsum = np.zeros((h, w, 1), np.float64)
-    touched = False
-    for tf, delta in deltas:
-        box = footprint_box(tf, h, w)
-        if box is None:
-            continue
-        x0, y0, x1, y1 = box
+    boxes = [(tf, delta, box) for tf, delta in deltas if (box := footprint_box(tf, h, w)) is not None]
+    if not boxes:
+        return image.copy()
+    # work in the union of the footprints only: a phone photo's full-size float buffers took some 1.4 GB and most
+    # of the time of a paste, though only the faces change
+    ux0 = min(b[0] for _, _, b in boxes)
+    uy0 = min(b[1] for _, _, b in boxes)
+    ux1 = max(b[2] for _, _, b in boxes)
+    uy1 = max(b[3] for _, _, b in boxes)
+    acc = np.zeros((uy1 - uy0 + 1, ux1 - ux0 + 1, 3), np.float64)
+    wsum = np.zeros((uy1 - uy0 + 1, ux1 - ux0 + 1, 1), np.float64)
+    for tf, delta, (x0, y0, x1, y1) in boxes:
         n = tf.size
         mask = feather_mask(n, feather)[..., None]
-        yy, xx = np.mgrid[y0 : y1 + 1, x0 : x1 + 1].astype(np.float64)
-        pc = apply_affine(invert_affine(tf.chip_to_image), np.stack([xx.ravel(), yy.ravel()], 1))
-        cx = pc[:, 0].reshape(xx.shape)
-        cy = pc[:, 1].reshape(xx.shape)
-        wd = _sample_zero_pad(np.asarray(delta, np.float64) * mask, cx, cy)
-        ww = _sample_zero_pad(mask, cx, cy)
-        inside = (cx >= 0) & (cx <= n - 1) & (cy >= 0) & (cy <= n - 1)
-        wd[~inside] = 0
-        ww[~inside] = 0
-        acc[y0 : y1 + 1, x0 : x1 + 1] += wd
-        wsum[y0 : y1 + 1, x0 : x1 + 1] += ww
-        touched = True
-    if not touched:
-        return image.copy()
+        weighted = np.asarray(delta, np.float64) * mask
+        to_chip = invert_affine(tf.chip_to_image)
+        rows = max(1, _STRIP_PIXELS // (x1 - x0 + 1))  # a large face in strips: its temporaries stay small
+        for ya in range(y0, y1 + 1, rows):
+            yb = min(y1, ya + rows - 1)
+            yy, xx = np.mgrid[ya : yb + 1, x0 : x1 + 1].astype(np.float64)
+            pc = apply_affine(to_chip, np.stack([xx.ravel(), yy.ravel()], 1))
+            cx = pc[:, 0].reshape(xx.shape)
+            cy = pc[:, 1].reshape(xx.shape)
+            wd = _sample_zero_pad(weighted, cx, cy)
+            ww = _sample_zero_pad(mask, cx, cy)
+            inside = (cx >= 0) & (cx <= n - 1) & (cy >= 0) & (cy <= n - 1)
+            wd[~inside] = 0
+            ww[~inside] = 0
+            acc[ya - uy0 : yb - uy0 + 1, x0 - ux0 : x1 - ux0 + 1] += wd
+            wsum[ya - uy0 : yb - uy0 + 1, x0 - ux0 : x1 - ux0 + 1] += ww
     # wd = sum(w_i d_i); normalise only where weights overlap above 1 (a single face keeps its fade)
-    d = acc / np.maximum(wsum, 1.0)
-    out = image.astype(np.float64) + d
-    res = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    acc /= np.maximum(wsum, 1.0)
+    res = image.copy()
+    part = res[uy0 : uy1 + 1, ux0 : ux1 + 1]
+    acc += part
+    part[...] = np.clip(np.rint(acc, out=acc), 0, 255, out=acc).astype(np.uint8)
     return res
 
 
@@ -228,16 +281,22 @@ def paste_back(
     """
     if not chips:
         return image.copy()
+    h, w = image.shape[:2]
     masks: dict[int, np.ndarray] = {}
     targets = []
     first = []
+    inside = []
     for tf, cin, cout in chips:
         m = masks.setdefault(tf.size, feather_mask(tf.size, feather))[..., None]
-        d = np.asarray(cout, np.float64) - np.asarray(cin, np.float64)
+        # a face cut by the photo's edge: no change off the photo, fading in over `feather` chip pixels inside it (the
+        # processing's answer to the chip's black border was pasted along that edge: a band of up to 70 grey levels)
+        keep = inside_photo_weight(tf, h, w, feather)[..., None]
+        d = keep * (np.asarray(cout, np.float64) - np.asarray(cin, np.float64))
         targets.append(np.asarray(cin, np.float64) + m * d)
         first.append((tf, d))
+        inside.append(keep)
     out = paste_delta(image, first, feather=feather)
     for _ in range(max(0, int(refine_steps))):
-        res = [(tf, tgt - extract_chip(out, tf)) for (tf, _, _), tgt in zip(chips, targets)]
+        res = [(tf, keep * (tgt - extract_chip(out, tf))) for (tf, _, _), tgt, keep in zip(chips, targets, inside)]
         out = paste_delta(out, res, feather=feather)
     return out

@@ -683,12 +683,15 @@ def detect_batch_process(det: CloakDetector | str | None, device: str | None, fp
             feats, _ = _chip_features(det, [it.image for it in items], batch_size)
             return [Outcome.record(**_row(det, feats, i, threshold, chip_storage(det, it)), note=_note(it, threshold))
                     for i, it in enumerate(items)]
+        from ..align import fill_off_photo
+
         chips, owner, found = [], [], []
         for i, it in enumerate(items):
             pf = aligner.align(it.image)
             found.append(pf)
             for af in pf.faces:
-                chips.append(af.chip)
+                # as `purify --align --report` scores it (`align_adapter`): a face cut by the edge, the edge continued
+                chips.append(fill_off_photo(it.image, af.transform, af.chip))
                 owner.append(i)
         per: list[list[dict]] = [[] for _ in items]
         if chips:
