@@ -354,3 +354,45 @@ print(puface.load_config('demo').name, puface.load_config('lfw-ablations-shipped
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["demo", "lfw-ablations-shipped", "True"]
     assert torch.equal(torch.load(tmp_path / "y.pt"), puface.load_purifier().purify(images))
+
+
+def test_two_threads_extracting_one_packaged_file_from_a_zip_both_get_it(tmp_path, monkeypatch):
+    """`package_file` extracted a zip archive's file through `.NAME.<pid>.tmp`: two threads of one process (a thread
+    pool loading the shipped purifier) wrote the same temporary file, the first rename published it while the second
+    thread was rewriting it, and the second rename found nothing ("cannot extract ... set $PUFACE_HOME to a writable
+    folder"). Each thread now has its own temporary file: both get the whole file, and none is left behind."""
+    import threading
+    import zipfile
+
+    from puface.utils import paths
+
+    data = os.urandom(1 << 16)
+    archive = tmp_path / "pkg.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("puface/weights/x.bin", data)
+    monkeypatch.setattr(paths.resources, "files", lambda pkg: zipfile.Path(archive, "puface/"))
+    monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
+    both = threading.Barrier(2, timeout=10)
+    replace = os.replace
+
+    def meet_then_replace(src, dst):  # both threads have written their copy before either renames it
+        both.wait()
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", meet_then_replace)
+    got: list = []
+
+    def extract() -> None:
+        try:
+            got.append(paths.package_file("weights", "x.bin").read_bytes())
+        except Exception as e:  # noqa: BLE001 - the test reports it
+            got.append(e)
+
+    threads = [threading.Thread(target=extract) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [data, data], [g if isinstance(g, Exception) else len(g) for g in got]
+    out = paths.package_file("weights", "x.bin")
+    assert [p.name for p in out.parent.iterdir()] == ["x.bin"]

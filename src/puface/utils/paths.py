@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from importlib import resources
 from pathlib import Path
 
@@ -38,7 +39,9 @@ def package_file(*parts: str) -> Path:
     data = res.read_bytes()
     out = cache_dir("package", hashlib.sha256(data).hexdigest()[:16]).joinpath(*parts)
     if not (out.is_file() and out.stat().st_size == len(data)):
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # atomic: a reader never sees a partial copy
+        # atomic: a reader never sees a partial copy; one temporary file per process and thread (two threads of one
+        # process extracting the file at once each rename their own whole copy)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(data)
