@@ -48,6 +48,20 @@ def test_a_batch_size_below_one_or_fractional_is_refused_not_images_dropped(mode
         assert len(call(x, batch_size=2)) == 3, who
 
 
+@pytest.mark.parametrize("batch_size", [np.True_, torch.tensor(True), "3", b"3", "3.0"])
+def test_a_numpy_or_torch_bool_or_text_batch_size_is_refused_as_a_python_bool_is(models, batch_size):
+    """`check_batch_size` refused batch_size=True but took numpy's and torch's True as 1 (one image per forward pass,
+    silently), took the text "3" (and b"3") though text is refused, and answered "3.0" with Python's own message
+    (invalid literal for int()) naming no model. Each is now the ValueError naming it; numpy and 0-d torch integers
+    are still taken as their values, and an int too large for a float (an OverflowError before) as itself."""
+    from puface.utils.images import check_batch_size
+
+    with pytest.raises(ValueError, match=r"^purifier: batch_size must be an integer >= 1, got "):
+        models["purifier.purify"](torch.rand(2, 3, 24, 24), batch_size=batch_size)
+    assert [check_batch_size(v, "x") for v in (np.int64(2), torch.tensor(2), np.float64(2.0), 2.0, 2)] == [2] * 5
+    assert check_batch_size(10**400, "x") == 10**400
+
+
 @pytest.mark.parametrize("what", ["ndarray", "Image", "list"])
 def test_purify_and_score_refuse_what_is_not_a_tensor_naming_it(models, what):
     """A numpy array, a PIL image or a list of tensors into `purifier.purify` or `detector.score` (the two that also

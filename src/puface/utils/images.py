@@ -65,15 +65,17 @@ def check_unit_images(images: torch.Tensor, who: str, uint8: bool = False) -> to
 
 
 def check_batch_size(batch_size: Any, who: str) -> int:
-    """A batched call's `batch_size` (images per forward pass) as an int >= 1; anything else (0, negative, a
-    fraction, text: slicing with it dropped images silently) is a ValueError naming `who`."""
-    try:
-        whole = not isinstance(batch_size, bool) and float(batch_size).is_integer()
-    except (TypeError, ValueError):
-        whole = False
-    if not whole or int(batch_size) < 1:
+    """A batched call's `batch_size` (images per forward pass) as an int >= 1 (a numpy or 0-d torch number too);
+    anything else (0, negative, a fraction, a bool of any library: True would be 1, text: slicing with it dropped
+    images silently) is a ValueError naming `who`."""
+    value = batch_size
+    if isinstance(value, (np.generic, torch.Tensor)) and value.ndim == 0:
+        value = value.item()  # numpy's / torch's bool becomes a Python bool, refused below
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{who}: batch_size must be an integer >= 1, got {batch_size!r}")
-    return int(batch_size)
+    return value
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
