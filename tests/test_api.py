@@ -62,6 +62,19 @@ def test_a_numpy_or_torch_bool_or_text_batch_size_is_refused_as_a_python_bool_is
     assert check_batch_size(10**400, "x") == 10**400
 
 
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
+def test_your_own_module_as_a_defense_refuses_a_bad_batch_size_naming_it(batch_size):
+    """`ModuleDefense(module, batch_size=...)` (your own denoiser, the batched call the batch_size check missed):
+    0 raised range()'s "arg 3 must not be zero", -1 torch.cat's "expected a non-empty list of Tensors" (no word of
+    batch_size), 2.5 and True ran as 2 and 1. Now the ValueError naming the defense's label, when it is made."""
+    from puface.defenses import ModuleDefense
+
+    with pytest.raises(ValueError, match=r"^mine: batch_size must be an integer >= 1, got "):
+        ModuleDefense(torch.nn.Identity(), "mine", batch_size=batch_size)
+    x = torch.rand(3, 3, 8, 8)
+    assert torch.equal(ModuleDefense(torch.nn.Identity(), "mine", batch_size=np.int64(2))(x), x)
+
+
 @pytest.mark.parametrize("what", ["ndarray", "Image", "list"])
 def test_purify_and_score_refuse_what_is_not_a_tensor_naming_it(models, what):
     """A numpy array, a PIL image or a list of tensors into `purifier.purify` or `detector.score` (the two that also

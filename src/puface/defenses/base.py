@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..utils.fingerprint import module_fingerprint
-from ..utils.images import check_unit_images
+from ..utils.images import check_batch_size, check_unit_images
 
 __all__ = ["Defense", "NoDefense", "ModuleDefense", "Composite", "Compose", "check_images", "GRADIENTS"]
 
@@ -176,7 +176,7 @@ class ModuleDefense(Defense):
     def __init__(self, module: nn.Module, label: str = "module", batch_size: int = 32):
         super().__init__(label=label)
         self.module = module.eval()
-        self.batch_size = int(batch_size)
+        self.batch_size = check_batch_size(batch_size, label)  # images per forward pass, >= 1
 
     @property
     def name(self) -> str:
