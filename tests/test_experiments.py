@@ -1114,7 +1114,7 @@ def test_an_attack_label_never_writes_example_images_outside_the_output_folder(t
     assert not far.exists()
     paths = folder.examples()
     assert len({paths[f"0/Ann/{a}"]["cloaked"][0] for a in labels}) == len(labels)
-    assert paths["0/Ann/fawkes-high"]["cloaked"] == ["examples/0/Ann/fawkes-high/cloaked_0.png"]  # a plain label as it was
+    assert paths["0/Ann/fawkes-high"]["cloaked"] == ["examples/0/Ann/fawkes-high/cloaked_0.png"]  # a plain label kept
     rebuilt = _examples(out, ["none"], labels)
     assert {k: v["cloaked"] for k, v in rebuilt.items()} == {k: v["cloaked"] for k, v in paths.items()}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..evaluation.report import render_report
 from ..evaluation.summaries import load_pooled, load_results, load_summary
@@ -50,7 +50,7 @@ def _config(folder: Path) -> dict[str, Any]:
     return load_config(path).resolved()
 
 
-def _examples(folder: Path, defenses: list[str], attacks: list[str] = ()) -> dict[str, dict[str, list[str]]]:
+def _examples(folder: Path, defenses: list[str], attacks: Sequence[str] = ()) -> dict[str, dict[str, list[str]]]:
     """{"<seed>/<user>/<attack>": {kind: [paths relative to folder]}} of the images under folder/examples/
     (examples/<seed>/<user>/<attack>/<kind file name>_<i>.png, `ResultsFolder.add_example`), in index order; a file of
     a kind the config does not name is skipped; an attack's folder named as `path_part` made it from one of `attacks`

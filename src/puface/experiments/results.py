@@ -34,7 +34,8 @@ from ..utils.errors import PufaceError
 from ..utils.images import tensor_to_image
 from .config import ExperimentConfig, config_text
 
-__all__ = ["ResultsFolder", "read_jsonl", "write_text_atomic", "json_safe", "example_name", "path_part", "config_changes"]
+__all__ = ["ResultsFolder", "read_jsonl", "write_text_atomic", "json_safe", "example_name", "path_part",
+           "config_changes"]
 
 #: the files written at the end of a run (`ResultsFolder.write_tables`)
 END_FILES = ("results.csv", "summary.csv", "table.md", "results.json", "report.html", "detection.csv")

@@ -287,14 +287,15 @@ def _tar_members(f: Any, url: str) -> Iterator[dict]:
     with tarfile.open(fileobj=f, mode="r|*") as stream:
         for m in stream:
             name = m.name
-            if m.isdir() or not _wds_member(name) or ("/" not in name and name.startswith("__") and name.endswith("__")):
+            meta = "/" not in name and name.startswith("__") and name.endswith("__")  # webdataset's metadata
+            if m.isdir() or meta or not _wds_member(name):
                 continue
             if m.isreg():
                 data: bytes | _NotAFile = stream.extractfile(m).read()  # type: ignore[union-attr]  # a file has one
             else:
                 data = _NotAFile(_not_a_file(m))
             yield {"fname": name, "data": data, "__url__": url}
-            stream.members = []  # streaming: forget the headers read
+            stream.members = []  # type: ignore[attr-defined]  # typeshed lacks it; streaming: forget headers read
 
 
 def _read_wds(path: Path, image_field: str | None) -> Iterator[Record]:
