@@ -429,3 +429,15 @@ def test_a_cut_pt2_file_is_named_as_a_torch_export_program(tmp_path):
     bad.write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(CustomModelError, match="model.pt2: not a torch.export program"):
         load_embedder(str(bad), input_size=(24, 20), normalization=ARCFACE)
+
+
+def test_the_help_says_a_torchscript_or_pt2_model_file_runs_code():
+    """A TorchScript or torch.export file is a program, and torch.export.load unpickles a .pt2 file (any Python code
+    runs): `puface models --help`, where own model files are explained, did not say so."""
+    from click.testing import CliRunner
+
+    from puface.cli import cli
+
+    text = " ".join(CliRunner().invoke(cli, ["models", "--help"]).output.split())
+    assert "TorchScript or .pt2 file is a program that puface runs" in text
+    assert "(any Python code can run): load only such files you trust" in text

@@ -1090,6 +1090,35 @@ def test_example_images_of_labels_that_differ_only_by_colon_or_slash_are_two_fil
     assert paths["defense:jpeg-75"].endswith("/defense-jpeg-75_0.png") and paths["cloaked"].endswith("/cloaked_0.png")
 
 
+def test_an_attack_label_never_writes_example_images_outside_the_output_folder(tmp_path):
+    """Example images went to examples/<seed>/<user>/<attack label>/ with the label as it was: a config's label
+    "../../x" wrote them beside the output folder, "/elsewhere/x" anywhere on the disk, "a/b" into nested folders.
+    Each label is now one folder under examples/, the labels apart, and a rebuilt report names it by its label."""
+    import torch
+
+    from puface.experiments.report_folder import _examples
+    from puface.experiments.results import ResultsFolder
+
+    far = tmp_path / "far"
+    labels = ["../../up", str(far), "..", ".", "a/b", "a_b", "a\\b", "x" * 300, "fawkes-high"]
+    cfg = ExperimentConfig.from_dict({"attacks": [{"name": "none", "label": a} for a in labels], "trainers": ["nn"],
+                                      "defenses": ["none"]})
+    out = tmp_path / "run" / "out"
+    with ResultsFolder(out, cfg, "fp") as folder:
+        for a in labels:
+            for kind in ("natural", "cloaked"):
+                folder.add_example(0, "Ann", a, kind, torch.zeros((1, 3, 8, 8), dtype=torch.uint8))
+    written = sorted(p for p in tmp_path.rglob("*.png"))
+    assert len(written) == 2 * len(labels)
+    assert all(p.parent.parent == out / "examples" / "0" / "Ann" for p in written), written
+    assert not far.exists()
+    paths = folder.examples()
+    assert len({paths[f"0/Ann/{a}"]["cloaked"][0] for a in labels}) == len(labels)
+    assert paths["0/Ann/fawkes-high"]["cloaked"] == ["examples/0/Ann/fawkes-high/cloaked_0.png"]  # a plain label kept
+    rebuilt = _examples(out, ["none"], labels)
+    assert {k: v["cloaked"] for k, v in rebuilt.items()} == {k: v["cloaked"] for k, v in paths.items()}
+
+
 def test_the_cli_and_table_md_say_which_wall_time_each_gives(tmp_path, monkeypatch, capsys):
     """The CLI printed "wall time: N s" (this command, writing tables and report included) right after table.md's
     "Wall time: M s" (the grid's runs, summed over every session of the folder): two numbers, neither saying which."""

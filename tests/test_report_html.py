@@ -155,3 +155,26 @@ def test_every_committed_result_folder_carries_the_config_its_report_is_built_fr
         page = out.read_text(encoding="utf-8")
         assert "lfw-lowkey-ensemble-v6-" in page and "v6-ref-s1" in page
         assert "results.json is not in this folder" in page
+
+
+def test_a_results_json_naming_a_picture_outside_the_run_folder_does_not_put_it_in_the_report(colour_run, tmp_path):
+    """The report's image grids read each example image at the path results.json gives, as it was: a run folder from
+    elsewhere whose results.json named "/home/you/photo.png" or "../photo.png" put that picture, read from this
+    machine, into the report.html rebuilt here. Such a path is now named as not inside the run folder, left out."""
+    import json
+
+    folder = tmp_path / "run"
+    shutil.copytree(colour_run, folder)
+    results = json.loads((folder / "results.json").read_text())
+    key = next(k for k, v in results["examples"].items() if "cloaked" in v)
+    natural = results["examples"][key]["natural"]
+    shutil.copy(folder / natural[0], tmp_path / "private.png")
+    natural[0] = str(tmp_path / "private.png")
+    natural[1:2] = ["../private.png"] if len(natural) > 1 else []
+    (folder / "results.json").write_text(json.dumps(results))
+    (folder / "report.html").unlink()
+    assert main(["report", "html", str(folder)]) == 0
+    page = (folder / "report.html").read_text()
+    assert f"{tmp_path / 'private.png'} (not a path inside the run folder)" in page
+    if len(natural) > 1:
+        assert "../private.png (not a path inside the run folder)" in page

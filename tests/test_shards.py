@@ -301,3 +301,39 @@ def test_a_parquet_file_of_several_image_columns_is_refused_until_one_is_named(c
     assert r.exit_code == 0, r.output
     res = pq.read_table(tmp_path / "out2" / src.name)
     assert res.column("left").to_pylist()[0]["bytes"] == chips[0][2] != res.column("right").to_pylist()[0]["bytes"]
+
+
+def test_a_tar_member_that_is_a_link_or_a_device_fails_its_record_by_name(chips, tmp_path):
+    """webdataset's tar reader drops every member that is not a regular file without a word: a record whose image was
+    a hard link (GNU tar stores a second copy of a file so) or a device vanished from the output, listed nowhere, and
+    one whose image was a symbolic link read as "no image field". Each is now listed as failed, naming the member and
+    what it is; the links are never followed, the other records written."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    (_, _, good, _), (_, _, other, _) = chips[0], chips[1]
+
+    def add(tf, name, data=None, kind=tarfile.REGTYPE, link=""):
+        ti = tarfile.TarInfo(name)
+        ti.type, ti.linkname = kind, link
+        ti.size = len(data) if data is not None else 0
+        tf.addfile(ti, io.BytesIO(data) if data is not None else None)
+
+    with tarfile.open(src / "s.tar", "w") as tf:
+        add(tf, "a.jpg", good)
+        add(tf, "a.cls", b"1")
+        add(tf, "b.jpg", kind=tarfile.SYMTYPE, link="/etc/passwd")
+        add(tf, "b.cls", b"2")
+        add(tf, "c.jpg", kind=tarfile.LNKTYPE, link="a.jpg")
+        add(tf, "d.jpg", kind=tarfile.CHRTYPE)
+        add(tf, "e.jpg", other)
+        add(tf, "e.cls", kind=tarfile.SYMTYPE, link="../../secret")
+        add(tf, "f.jpg", other)
+    r = _purify([str(src / "s.tar"), str(out), "--no-progress", "--device", "cpu"])
+    assert r.exit_code == 1, r.output
+    for key, what in (("b", "b.jpg is a symbolic link to /etc/passwd"), ("c", "c.jpg is a hard link to a.jpg"),
+                      ("d", "d.jpg is a device file"), ("e", "e.cls is a symbolic link to ../../secret")):
+        assert f"s.tar:{key}: member {what}, not a file" in r.output, r.output
+    assert "6 images: 2 purified" in r.output and "4 failed" in r.output, r.output
+    assert [x.key for x in read_records(out / "s.tar")] == ["a", "f"]
+    with tarfile.open(out / "s.tar") as tf:
+        assert all(m.isreg() for m in tf.getmembers())

@@ -20,6 +20,9 @@ def models(ctx: click.Context) -> None:
     given by its path (or its file name in $PUFACE_MODELS) wherever a model name is taken:
       puface cloak --surrogate model.onnx ...      puface evaluate --victim model.onnx ...
       --attack 'lowkey:embedders=model.onnx'       a config's [victims] embedders = ["model.onnx"]
+    A TorchScript or .pt2 file is a program that puface runs, and torch.export.load unpickles a .pt2 file
+    (any Python code can run): load only such files you trust. An ONNX file is read as data (puface runs
+    only the standard operators it translates; onnx refuses weights in files outside the model's folder).
     What the model expects goes in a JSON sidecar next to it (model.onnx -> model.json):
       scale, mean, std   required: net input = (x * scale - mean) / std for x in [0, 1]
                          (mean / std: a number or one per channel; insightface ArcFace: 255, 127.5, 127.5)

@@ -13,7 +13,7 @@ import html
 import io
 import math
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 import numpy as np
@@ -206,7 +206,12 @@ def roc_chart(detection: dict) -> str | None:
 
 def _load(out_dir: Path, rel: str, missing: list[str]) -> torch.Tensor | None:
     """An example image as (1, 3, H, W) float, or None (its path added to `missing`) when it cannot be read: a folder
-    copied or trimmed without its examples/ still gets its report."""
+    copied or trimmed without its examples/ still gets its report. `rel` (from the folder's results.json) must be a
+    relative path without "..": a results.json from elsewhere never puts a picture from outside the folder into it."""
+    posix = PurePosixPath(rel.replace("\\", "/"))
+    if Path(rel).is_absolute() or posix.is_absolute() or ".." in posix.parts:
+        missing.append(f"{rel} (not a path inside the run folder)")
+        return None
     try:
         return image_to_tensor(read_image(out_dir / rel))[None]
     except PufaceError as e:

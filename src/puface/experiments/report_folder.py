@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..evaluation.report import render_report
 from ..evaluation.summaries import load_pooled, load_results, load_summary
 from ..io.images import atomic_write_bytes
 from ..utils.errors import PufaceError
 from .config import load_config
-from .results import example_name
+from .results import example_name, path_part
 
 __all__ = ["report_inputs", "rebuild_report", "INPUTS"]
 
@@ -50,21 +50,24 @@ def _config(folder: Path) -> dict[str, Any]:
     return load_config(path).resolved()
 
 
-def _examples(folder: Path, defenses: list[str]) -> dict[str, dict[str, list[str]]]:
+def _examples(folder: Path, defenses: list[str], attacks: Sequence[str] = ()) -> dict[str, dict[str, list[str]]]:
     """{"<seed>/<user>/<attack>": {kind: [paths relative to folder]}} of the images under folder/examples/
     (examples/<seed>/<user>/<attack>/<kind file name>_<i>.png, `ResultsFolder.add_example`), in index order; a file of
-    a kind the config does not name is skipped."""
+    a kind the config does not name is skipped; an attack's folder named as `path_part` made it from one of `attacks`
+    (labels) gets that label back."""
     root = folder / "examples"
     if not root.is_dir():
         return {}
     kinds = {example_name(k): k for k in ("natural", "cloaked", *(f"defense:{d}" for d in defenses))}
+    labels = {path_part(a): a for a in attacks}
     found: dict[str, dict[str, list[tuple[int, str]]]] = {}
     for p in sorted(root.rglob("*.png")):
         parts = p.relative_to(root).parts
         m = re.fullmatch(r"(.+)_(\d+)", p.stem)
         if len(parts) < 4 or m is None or m.group(1) not in kinds:
             continue
-        key = f"{parts[0]}/{parts[1]}/{'/'.join(parts[2:-1])}"
+        attack = '/'.join(parts[2:-1])
+        key = f"{parts[0]}/{parts[1]}/{labels.get(attack, attack)}"
         found.setdefault(key, {}).setdefault(kinds[m.group(1)], []).append(
             (int(m.group(2)), p.relative_to(folder).as_posix()))
     return {key: {k: [rel for _, rel in sorted(v)] for k, v in by_kind.items()} for key, by_kind in found.items()}
@@ -84,7 +87,8 @@ def _from_tables(folder: Path) -> dict[str, Any]:
             if r["user"] not in users.setdefault(r["seed"], []):
                 users[r["seed"]].append(r["user"])
         results.update(n_runs=len(rows), users=users)
-    results["examples"] = _examples(folder, [d["label"] for d in cfg.get("defenses", [])])
+    results["examples"] = _examples(folder, [d["label"] for d in cfg.get("defenses", [])],
+                                    [str(a.get("label")) for a in cfg.get("attacks", []) if isinstance(a, dict)])
     have = [n for n in ("config.resolved.json" if (folder / "config.resolved.json").is_file() else "config.toml",
                         "summary.csv", "results.csv", "detection.csv", "table.md") if (folder / n).is_file()]
     results["notes"] = [f"rebuilt by `puface report html` from {', '.join(have)}"

@@ -34,7 +34,8 @@ from ..utils.errors import PufaceError
 from ..utils.images import tensor_to_image
 from .config import ExperimentConfig, config_text
 
-__all__ = ["ResultsFolder", "read_jsonl", "write_text_atomic", "json_safe", "example_name", "config_changes"]
+__all__ = ["ResultsFolder", "read_jsonl", "write_text_atomic", "json_safe", "example_name", "path_part",
+           "config_changes"]
 
 #: the files written at the end of a run (`ResultsFolder.write_tables`)
 END_FILES = ("results.csv", "summary.csv", "table.md", "results.json", "report.html", "detection.csv")
@@ -68,17 +69,33 @@ def json_safe(o: Any) -> Any:
     return o
 
 
-def example_name(kind: str) -> str:
-    """The file name stem of an example image of `kind` ("natural", "cloaked", "defense:<label>"): ":" and "/" of the
-    label become "-" and "_", and a label that held one also gets a hash of the kind, so that labels differing only
-    there ("a:b", "a-b") write different files; other labels keep their name ("defense-jpeg-q75")."""
+#: characters a label may hold that a file or folder name cannot (a separator, a drive's colon, NUL)
+_UNSAFE_IN_NAMES = str.maketrans({":": "-", "/": "_", "\\": "_", "\0": "_"})
+
+
+def path_part(label: str, hashed: str | None = None) -> str:
+    """`label` (an attack, user or defense label of a config) as one file or folder name that stays where it is put:
+    ":" becomes "-", "/", "\\" and NUL "_", a leading "." (".", "..", a hidden name) gets a "_" before it, a name
+    over 120 characters is cut there; a label so changed also gets the first 8 hex digits of the sha256 of `hashed`
+    (default: the label), so that labels differing only there ("a:b", "a-b") get different names. Other labels keep
+    their name."""
     import hashlib
 
-    prefix, label = ("defense-", kind[len("defense:"):]) if kind.startswith("defense:") else ("", kind)
-    safe = prefix + label.replace(":", "-").replace("/", "_")
-    if ":" in label or "/" in label:
-        safe += "-" + hashlib.sha256(kind.encode("utf-8")).hexdigest()[:8]
+    safe = label.translate(_UNSAFE_IN_NAMES)
+    if safe.startswith("."):
+        safe = "_" + safe
+    safe = safe[:120]  # a file name holds at most 255 bytes; room for the hash, a kind's prefix and "_<i>.png"
+    if safe != label:
+        digest = hashlib.sha256((label if hashed is None else hashed).encode("utf-8", "surrogatepass")).hexdigest()
+        safe += "-" + digest[:8]
     return safe
+
+
+def example_name(kind: str) -> str:
+    """The file name stem of an example image of `kind` ("natural", "cloaked", "defense:<label>"): the label as
+    `path_part` makes it ("defense-jpeg-q75"; "defense:a/b" -> "defense-a_b-<hash of the kind>")."""
+    prefix, label = ("defense-", kind[len("defense:"):]) if kind.startswith("defense:") else ("", kind)
+    return prefix + path_part(label, kind)
 
 
 def data_fingerprints(root: str | Path) -> tuple[str, str]:
@@ -247,11 +264,12 @@ class ResultsFolder:
 
     def add_example(self, seed: int, user: str, attack: str, kind: str, images: torch.Tensor) -> None:
         """Save example images (uint8 (k, 3, H, W)) as examples/<seed>/<user>/<attack>/<kind>_<i>.png (see
-        `example_name`)."""
+        `example_name`; the attack label as `path_part` makes it: a config's label never writes outside examples/;
+        users are identity folder names)."""
         safe = example_name(kind)
         paths = []
         for i, im in enumerate(images):
-            rel = Path("examples") / str(seed) / user / attack / f"{safe}_{i}.png"
+            rel = Path("examples") / str(seed) / user / path_part(attack) / f"{safe}_{i}.png"
             write_image(self.out / rel, tensor_to_image(im))
             paths.append(rel.as_posix())
         self._append(

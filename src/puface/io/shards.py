@@ -14,6 +14,8 @@ the same records, keys, order and other fields; only the image changes.
   alone); a Parquet file with several image-struct columns is refused until `--image-field` names one.
 - A record whose image (or one of its images) cannot be decoded or processed is reported (`shard:key`, or
   `shard:key.field` for a record of several images) and left out of the output whole; the others are written.
+- A tar member that is not a regular file (a symbolic or hard link, a device) is never followed: its record is
+  listed as failed, naming the member, and left out.
 - Each output shard is written under a temporary hidden name and renamed when complete, so an existing
   output shard is a finished one: a rerun skips it (resume per shard). The output folder's settings record says
   which version of the job wrote it (`SHARD_VERSION`); a resume over shards an earlier version wrote with images
@@ -258,16 +260,55 @@ def _wds_member(name: str) -> bool:
     return not any((q.startswith(".") and q not in (".", "..")) or q == "__MACOSX" for q in parts)
 
 
+@dataclass(frozen=True)
+class _NotAFile:
+    """A tar member that is not a regular file (a link, a device, a FIFO), in place of its bytes."""
+
+    what: str
+
+
+def _not_a_file(m: Any) -> str:
+    """What a non-regular tar member `m` (a `tarfile.TarInfo`) is, e.g. "a symbolic link to /etc/passwd"."""
+    if m.issym():
+        return f"a symbolic link to {m.linkname}"
+    if m.islnk():
+        return f"a hard link to {m.linkname}"
+    if m.ischr() or m.isblk():
+        return "a device file"
+    return "a FIFO" if m.isfifo() else "not a regular file"
+
+
+def _tar_members(f: Any, url: str) -> Iterator[dict]:
+    """The members of a tar stream as webdataset's `tar_file_iterator` gives them ({"fname", "data", "__url__"}; its
+    metadata members `__*__` and folders left out), and OS junk (`_wds_member`) left out too; a link, device or FIFO
+    is given as a `_NotAFile` instead of being dropped without a word (its record would vanish from the output)."""
+    import tarfile
+
+    with tarfile.open(fileobj=f, mode="r|*") as stream:
+        for m in stream:
+            name = m.name
+            meta = "/" not in name and name.startswith("__") and name.endswith("__")  # webdataset's metadata
+            if m.isdir() or meta or not _wds_member(name):
+                continue
+            if m.isreg():
+                data: bytes | _NotAFile = stream.extractfile(m).read()  # type: ignore[union-attr]  # a file has one
+            else:
+                data = _NotAFile(_not_a_file(m))
+            yield {"fname": name, "data": data, "__url__": url}
+            stream.members = []  # type: ignore[attr-defined]  # typeshed lacks it; streaming: forget headers read
+
+
 def _read_wds(path: Path, image_field: str | None) -> Iterator[Record]:
     _need("webdataset")
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
+    from webdataset.tariterators import group_by_keys
 
     with open(path, "rb") as f:
-        files = ({**s, "__url__": str(path)} for s in tar_file_iterator(f, skip_meta=None) if _wds_member(s["fname"]))
-        for i, sample in enumerate(group_by_keys(files, lcase=False)):
+        for i, sample in enumerate(group_by_keys(_tar_members(f, str(path)), lcase=False)):
             key = sample["__key__"]
             fields = {k: v for k, v in sample.items() if not k.startswith("__")}
-            yield Record(key, fields, {f: fields.get(f) for f in image_fields_of(fields, image_field)}, row=i)
+            bad = [f"member {key}.{k} is {v.what}, not a file" for k, v in fields.items() if isinstance(v, _NotAFile)]
+            yield Record(key, fields, {f: fields.get(f) for f in image_fields_of(fields, image_field)}, row=i,
+                         extra={"not_files": "; ".join(bad)} if bad else {})
 
 
 def _parquet_image_column(schema, wanted: str | None) -> tuple[str, bool]:
@@ -423,7 +464,11 @@ def check_earlier_outputs(record_path: Path, jobs: Sequence[ShardJob], image_fie
 # ---- the job ------------------------------------------------------------------------------------
 
 def _decode(label: Path, rec: Record, image_field: str | None) -> LoadedImage | ImageReadError:
-    """Image `image_field` of `rec` decoded (None: the record has no image field); `label` names it in errors."""
+    """Image `image_field` of `rec` decoded (None: the record has no image field); `label` names it in errors. A record
+    holding a tar member that is not a regular file (a link, a device) fails whole: it cannot be written as it was."""
+    if rec.extra.get("not_files"):
+        return ImageReadError(label, f"{rec.extra['not_files']} (links and devices in a tar are not read); the record "
+                                     "is left out")
     data = rec.images.get(image_field) if image_field is not None else None
     if data is None:
         if image_field is None:

@@ -22,6 +22,11 @@ Sidecar example (`model.json`)::
   "arcface112" (the model was trained on ArcFace-aligned 112 px crops: puface's dlib chips are warped into
   that layout, as for SFace).
 
+Trust: a TorchScript or torch.export file is a program that loading runs (`torch.export.load` unpickles a .pt2
+file, so any Python code in it runs): load only such files you trust. An ONNX file is data: puface's importer
+(`onnx_import`) runs only the standard operators it translates, and `onnx.load` refuses external weights outside
+the model's folder or behind a link.
+
 A graph that only runs with batch 1 is run image by image (with a warning); a torch.export program exported
 without dynamic shapes (fixed batch B) is run B images at a time, the last chunk padded.
 """
