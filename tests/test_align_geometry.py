@@ -244,3 +244,19 @@ def test_a_large_face_cut_by_the_photos_edge_shows_no_black_rim_inside_the_photo
     assert (filled[~inside] > 0).all()  # off the photo: the edge continued
     # no change is pasted from where the chip as cut is black
     assert (inside_photo_weight(tf, h, w, 4.0)[(chip == 0).all(-1)] == 0).all()
+
+
+def test_a_large_face_inside_the_photo_keeps_its_chip_and_weight():
+    # the reduced copy a large face is sampled from is a crop a little beyond the chip's corners: only its sides cut
+    # by the photo's edge may count as an edge (its other sides weighted the chip's corners down: the bytes of every
+    # large face changed)
+    from puface.align.geometry import transform_from_rect
+    from puface.align.warp import fill_off_photo, inside_photo_weight
+
+    h, w = 1700, 1800
+    img = _textured(h, w, seed=3)
+    for angle in (0.0, 0.5, -2.0):
+        tf = transform_from_rect((400.0, 350.0, 1399.0, 1349.0), angle, 150)  # 6.7 photo px per chip px
+        chip = extract_chip(img, tf)
+        assert (inside_photo_weight(tf, h, w, 4.0) == 1).all()
+        assert np.array_equal(fill_off_photo(img, tf, chip), chip)

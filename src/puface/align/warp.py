@@ -161,18 +161,26 @@ def _edge_distance(tf: ChipTransform, h: int, w: int) -> tuple[np.ndarray, np.nd
 
 def _sampled_distance(tf: ChipTransform, h: int, w: int) -> np.ndarray:
     """For each chip pixel, in chip pixels, how far its source lies inside what `extract_chip` samples of an (h, w)
-    photo ((size, size); <= 0 where the chip is black): the photo's edge, or for a large face the edge of the reduced
-    copy of the photo it is sampled from, which lies some chip pixels inside the photo's edge."""
+    photo ((size, size); <= 0 where the chip is black): the photo's edge, or for a large face cut by it the edge of the
+    reduced copy of the photo it is sampled from, which lies some chip pixels inside the photo's edge."""
     dist = _edge_distance(tf, h, w)[1] / max(tf.scale, 1e-12)
-    depth, _, m, lh, lw = _level(tf, h, w)
+    depth, crop, m, lh, lw = _level(tf, h, w)
     if depth == 0:
         return dist
+    if crop is None or lh == 0:
+        return np.minimum(dist, 0.0)
     n = tf.size
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float64)
     p = apply_affine(m, np.stack([xx.ravel(), yy.ravel()], 1))
-    edge = np.minimum.reduce([p[:, 0], (lw - 1.0) - p[:, 0], p[:, 1], (lh - 1.0) - p[:, 1]]).reshape(n, n)
+    # only the reduced copy's sides cut by the photo's edge: its other sides lie beyond the chip (a face inside the
+    # photo keeps its chip, and its weight, as before)
+    x0, y0, x1, y1 = crop
+    sides = [d for d, cut in ((p[:, 0], x0 == 0), ((lw - 1.0) - p[:, 0], x1 == w - 1), (p[:, 1], y0 == 0),
+                              ((lh - 1.0) - p[:, 1], y1 == h - 1)) if cut]
+    if not sides:
+        return dist
     level_scale = float(np.hypot(m[0, 0], m[1, 0]))
-    return np.minimum(dist, edge / max(level_scale, 1e-12))
+    return np.minimum(dist, np.minimum.reduce(sides).reshape(n, n) / max(level_scale, 1e-12))
 
 
 def inside_photo_weight(tf: ChipTransform, h: int, w: int, feather: float) -> np.ndarray:
