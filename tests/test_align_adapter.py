@@ -302,3 +302,28 @@ def test_a_face_just_under_the_minimum_is_not_said_to_be_the_minimum():
 
     reason = PhotoFaces(too_small=[39.96, 12.34], found=2).reason_if_empty(40)
     assert reason == "face smaller than 40 px (found 2: 39.9, 12.3 px)"
+
+
+def test_a_large_face_cut_by_the_photos_edge_gets_no_band_along_that_edge(chips):
+    # a face of 8 photo pixels per chip pixel: its chip is sampled from a reduced copy of the photo, black a few photo
+    # pixels short of the photo's bottom edge; the chip function's answer to that black line made a band there (mean
+    # change up to 116 grey levels, 18-30 rows from the edge, against 10 in the face)
+    from puface.align.detect import Face
+    from puface.align.geometry import template_for_size
+
+    chip = np.asarray(Image.fromarray(chips[0]).resize((150, 150)))
+    photo, m = embed_chip(chip, (700, 1200), 0, 8.0, (600, 500))
+    landmarks = apply_affine(m, template_for_size(150).points)
+
+    class Given(FaceAligner):  # the face where it was put: no detection on a large photo
+        def align(self, image):
+            return self.faces_for(image, [Face((0.0, 0.0, 1.0, 1.0), landmarks, 1.0, "hog")])
+
+    process = align_adapter(blur, aligner=Given(150, pick="all", min_face=40))
+    [out] = process([_item(photo)])
+    assert out.status == "ok" and out.stats["faces_processed"] == 1
+    change = np.abs(out.image.astype(int) - photo.astype(int)).max(-1)
+    cols = slice(450, 750)
+    edge, face = change[-40:, cols].mean(-1).max(), change[300:500, cols].mean()
+    assert face > 1  # the face was processed
+    assert edge < 2 * face, (edge, face)

@@ -220,3 +220,43 @@ def test_paste_delta_in_strips_equals_one_pass(monkeypatch):
     whole = paste_delta(img, deltas, feather=6)
     monkeypatch.setattr(warp, "_STRIP_PIXELS", 997)
     assert np.array_equal(paste_delta(img, deltas, feather=6), whole)
+
+
+@pytest.mark.parametrize("side", [(0, 1), (1, 0)])
+def test_a_large_face_cut_by_the_photos_edge_shows_no_black_rim_inside_the_photo(side):
+    # a large face's chip is sampled from a reduced copy of the photo, which stops some photo pixels short of the
+    # photo's edge: dlib's chip has a black line there, inside the photo. fill_off_photo left it (it filled two chip
+    # pixels from the edge), so the chip function answered it with a band (purify --align, a blur, face 8x the chip:
+    # up to 116 grey levels along the photo's bottom edge, face 10), and paste_back pasted changes from it
+    from puface.align.geometry import transform_from_rect
+    from puface.align.warp import _edge_distance, fill_off_photo, inside_photo_weight
+
+    h = w = 1500
+    img = np.random.default_rng(0).integers(100, 200, (h, w, 3)).astype(np.uint8)  # no black pixel
+    size = 1195.0  # photo pixels: a chip pixel is 8 photo pixels, a pyramid of depth 2
+    start = [w / 3, w / 3]
+    start[side[0]] = w - size * 0.4  # the face's lower (right) 60% lies beyond the photo's bottom (right) edge
+    tf = transform_from_rect((start[1], start[0], start[1] + size, start[0] + size), 0.0, 150)
+    chip = extract_chip(img, tf)
+    inside = _edge_distance(tf, h, w)[1] > 0
+    filled = fill_off_photo(img, tf, chip)
+    assert not ((filled == 0).all(-1) & inside).any()
+    assert (filled[~inside] > 0).all()  # off the photo: the edge continued
+    # no change is pasted from where the chip as cut is black
+    assert (inside_photo_weight(tf, h, w, 4.0)[(chip == 0).all(-1)] == 0).all()
+
+
+def test_a_large_face_inside_the_photo_keeps_its_chip_and_weight():
+    # the reduced copy a large face is sampled from is a crop a little beyond the chip's corners: only its sides cut
+    # by the photo's edge may count as an edge (its other sides weighted the chip's corners down: the bytes of every
+    # large face changed)
+    from puface.align.geometry import transform_from_rect
+    from puface.align.warp import fill_off_photo, inside_photo_weight
+
+    h, w = 1700, 1800
+    img = _textured(h, w, seed=3)
+    for angle in (0.0, 0.5, -2.0):
+        tf = transform_from_rect((400.0, 350.0, 1399.0, 1349.0), angle, 150)  # 6.7 photo px per chip px
+        chip = extract_chip(img, tf)
+        assert (inside_photo_weight(tf, h, w, 4.0) == 1).all()
+        assert np.array_equal(fill_off_photo(img, tf, chip), chip)

@@ -69,10 +69,11 @@ def _round_rect(left: float, top: float, right: float, bottom: float) -> tuple[i
     )
 
 
-def extract_chip(image: np.ndarray, tf: ChipTransform) -> np.ndarray:
-    """Cut the chip `tf` out of uint8 RGB `image` (H, W, 3): uint8 (size, size, 3), as dlib does."""
+def _level(tf: ChipTransform, h: int, w: int) -> tuple[int, tuple[int, int, int, int] | None, np.ndarray, int, int]:
+    """Where `extract_chip` samples the chip `tf` of an (h, w) photo: pyramid depth, the crop (x0, y0, x1, y1),
+    inclusive, the pyramid is built on (None: the photo itself, depth 0; or nothing left to sample), the chip -> level
+    affine (3x3) and the level's (height, width) (0, 0 when nothing is left)."""
     n = tf.size
-    h, w = image.shape[:2]
     left, top, right, bottom = tf.rect
     # Pyramid depth: halve while the rectangle is still more than 4x the chip's area.
     depth = 0
@@ -83,35 +84,51 @@ def extract_chip(image: np.ndarray, tf: ChipTransform) -> np.ndarray:
         (pl, pt), (pr, pb) = _point_down(np.array([pl, pt])), _point_down(np.array([pr, pb]))
         depth += 1
         grow = grow * 2 + 2
+    m = to3x3(tf.chip_to_image)
+    if depth == 0:
+        return 0, None, m, h, w
+    # crop the rotated rectangle (grown by `grow`) as dlib does, then build the pyramid on it
+    corners = tf.corners()
+    bl_, bt_ = corners.min(0) - grow
+    br_, bb_ = corners.max(0) + grow
+    bl_, bt_ = max(bl_, 0.0), max(bt_, 0.0)
+    br_, bb_ = min(br_, w - 1.0), min(bb_, h - 1.0)
+    x0, y0, x1, y1 = _round_rect(bl_, bt_, br_, bb_)
+    x0, y0 = max(x0, 0), max(y0, 0)
+    x1, y1 = min(x1, w - 1), min(y1, h - 1)
+    if x1 < x0 or y1 < y0:
+        return depth, None, m, 0, 0
+    lh, lw = y1 - y0 + 1, x1 - x0 + 1
+    for _ in range(depth):  # as _pyramid_down sizes its output
+        oh, ow = (lh - 3) // 2, (lw - 3) // 2
+        lh, lw = (oh, ow) if lh > 8 and lw > 8 and oh > 0 and ow > 0 else (0, 0)
+    # chip -> level: translate by the crop, then point_down `depth` times (a similarity)
+    m = np.array([[1.0, 0, -x0], [0, 1.0, -y0], [0, 0, 1.0]]) @ m
+    down = np.array([[0.5, 0, -1.25], [0, 0.5, -0.75], [0, 0, 1.0]])
+    for _ in range(depth):
+        m = down @ m
+    return depth, (x0, y0, x1, y1), m, lh, lw
+
+
+def extract_chip(image: np.ndarray, tf: ChipTransform) -> np.ndarray:
+    """Cut the chip `tf` out of uint8 RGB `image` (H, W, 3): uint8 (size, size, 3), as dlib does."""
+    n = tf.size
+    h, w = image.shape[:2]
+    depth, crop, m, lh, lw = _level(tf, h, w)
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float64)
     chip_pts = np.stack([xx.ravel(), yy.ravel()], 1)
     if depth == 0:
         p = apply_affine(tf.chip_to_image, chip_pts)
         v, valid = _bilinear_dlib(image, p[:, 0], p[:, 1])
-        src = image
     else:
-        # crop the rotated rectangle (grown by `grow`) as dlib does, then build the pyramid on it
-        corners = tf.corners()
-        bl_, bt_ = corners.min(0) - grow
-        br_, bb_ = corners.max(0) + grow
-        bl_, bt_ = max(bl_, 0.0), max(bt_, 0.0)
-        br_, bb_ = min(br_, w - 1.0), min(bb_, h - 1.0)
-        x0, y0, x1, y1 = _round_rect(bl_, bt_, br_, bb_)
-        x0, y0 = max(x0, 0), max(y0, 0)
-        x1, y1 = min(x1, w - 1), min(y1, h - 1)
-        if x1 < x0 or y1 < y0:
+        if crop is None:
             return np.zeros((n, n, 3), np.uint8)
+        x0, y0, x1, y1 = crop
         src = image[y0 : y1 + 1, x0 : x1 + 1]
         for _ in range(depth):
             src = _pyramid_down(src)
             if src.size == 0:
                 return np.zeros((n, n, 3), np.uint8)
-        # chip -> level: translate by the crop, then point_down `depth` times (a similarity)
-        m = to3x3(tf.chip_to_image)
-        m = np.array([[1.0, 0, -x0], [0, 1.0, -y0], [0, 0, 1.0]]) @ m
-        down = np.array([[0.5, 0, -1.25], [0, 0.5, -0.75], [0, 0, 1.0]])
-        for _ in range(depth):
-            m = down @ m
         p = apply_affine(m, chip_pts)
         v, valid = _bilinear_dlib(src, p[:, 0], p[:, 1])
     out = np.clip(np.floor(v), 0, 255).astype(np.uint8)  # dlib's assign_pixel truncates
@@ -142,10 +159,35 @@ def _edge_distance(tf: ChipTransform, h: int, w: int) -> tuple[np.ndarray, np.nd
     return p, edge
 
 
+def _sampled_distance(tf: ChipTransform, h: int, w: int) -> np.ndarray:
+    """For each chip pixel, in chip pixels, how far its source lies inside what `extract_chip` samples of an (h, w)
+    photo ((size, size); <= 0 where the chip is black): the photo's edge, or for a large face cut by it the edge of the
+    reduced copy of the photo it is sampled from, which lies some chip pixels inside the photo's edge."""
+    dist = _edge_distance(tf, h, w)[1] / max(tf.scale, 1e-12)
+    depth, crop, m, lh, lw = _level(tf, h, w)
+    if depth == 0:
+        return dist
+    if crop is None or lh == 0:
+        return np.minimum(dist, 0.0)
+    n = tf.size
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64)
+    p = apply_affine(m, np.stack([xx.ravel(), yy.ravel()], 1))
+    # only the reduced copy's sides cut by the photo's edge: its other sides lie beyond the chip (a face inside the
+    # photo keeps its chip, and its weight, as before)
+    x0, y0, x1, y1 = crop
+    sides = [d for d, cut in ((p[:, 0], x0 == 0), ((lw - 1.0) - p[:, 0], x1 == w - 1), (p[:, 1], y0 == 0),
+                              ((lh - 1.0) - p[:, 1], y1 == h - 1)) if cut]
+    if not sides:
+        return dist
+    level_scale = float(np.hypot(m[0, 0], m[1, 0]))
+    return np.minimum(dist, np.minimum.reduce(sides).reshape(n, n) / max(level_scale, 1e-12))
+
+
 def inside_photo_weight(tf: ChipTransform, h: int, w: int, feather: float) -> np.ndarray:
     """Chip-space weight (size, size) in [0, 1] of how far inside an (h, w) photo each chip pixel's source lies: 0 where
-    it is off the photo (black in the chip), rising linearly to 1 at `feather` chip pixels inside its edge."""
-    dist = _edge_distance(tf, h, w)[1] / max(tf.scale, 1e-12)  # in chip pixels
+    it is off the photo (black in the chip: for a large face also a rim inside the photo's edge, see
+    `_sampled_distance`), rising linearly to 1 at `feather` chip pixels inside."""
+    dist = _sampled_distance(tf, h, w)
     if feather <= 0:
         return (dist > 0).astype(np.float64)
     return np.clip(dist / feather, 0.0, 1.0)
@@ -153,12 +195,12 @@ def inside_photo_weight(tf: ChipTransform, h: int, w: int, feather: float) -> np
 
 def fill_off_photo(image: np.ndarray, tf: ChipTransform, chip: np.ndarray) -> np.ndarray:
     """`chip` (cut from uint8 RGB `image` (H, W, 3) by `extract_chip(image, tf)`) with the part off the photo, black
-    there, filled with the photo's nearest edge pixels (and the pixels within two chip pixels of the edge resampled
-    alike, where a reduced copy of a large photo left them black): what a chip process should see of a face cut by
+    there, filled with the photo's nearest edge pixels (and the pixels within two chip pixels of the edge, and any
+    that a reduced copy of a large photo left black, resampled alike): what a chip process should see of a face cut by
     the photo's edge, whose black border it would otherwise answer with a band along that edge. uint8 (S, S, 3)."""
     h, w = image.shape[:2]
     p, edge = _edge_distance(tf, h, w)
-    near = edge < max(1.0, 2.0 * tf.scale)
+    near = (edge < max(1.0, 2.0 * tf.scale)) | (_sampled_distance(tf, h, w) <= 0)
     if not near.any() or h < 2 or w < 2:
         return chip
     sel = near.ravel()
