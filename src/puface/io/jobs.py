@@ -13,6 +13,7 @@ import csv
 import io
 import itertools
 import json
+import logging
 import os
 import struct
 import sys
@@ -30,10 +31,12 @@ import numpy as np
 from PIL import Image
 
 from ..utils.errors import ImageReadError, PufaceError, shown_path
-from .files import check_output_folder, check_output_root, iter_image_files
+from .files import check_output_folder, check_output_root, is_case_insensitive, iter_image_files
 from .images import (EXPECTED_IMAGES, IMAGE_EXTENSIONS, PALETTE_MODES, atomic_write_bytes, encode_image, is_image_file,
                      is_lossless_webp, max_pixels, open_image_parts, pil_format_for, read_image_bytes, resolution_of,
                      same_file, storage_of)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -175,9 +178,12 @@ def plan_mirror(
     rank/world_size: only the share of process `rank` of `world_size` (`share`: every world_size-th file of the
     sorted listing, the same on every process and every run), the others' files listed but never held. names: a
     set that gets the relative POSIX path of every file listed, every process's (jobs that must know the whole input).
-    clash: refuse two input files (any process's) that `rename` gives one output path, with "A and B would both be
-    written to DST; {clash}" (`rename` changing extensions: a.jpg and a.png -> a.png); checked as the files stream
-    past (`unique_outputs`), so a process's plan still holds its share alone.
+    Two input files (any process's) that `rename` gives one output path are refused, with "A and B would both be
+    written to DST; {clash}" (`rename` changing extensions: a.jpg and a.png -> a.png; clash None: "rename one"), and
+    so are two whose output paths differ only in letter case (a.JPG and a.jpg) when `out_root`'s disk ignores case
+    (`files.is_case_insensitive`: macOS, Windows, exFAT), where one would overwrite the other or pass for done; on
+    another disk they are two outputs, and one warning (logged) gives their count and the first pair. Checked as the
+    files stream past (`unique_outputs`), so a process's plan still holds its share alone.
     """
     in_path, out_root = Path(in_path), Path(out_root)
     files: Iterator[Path] = iter_image_inputs(in_path, names)
@@ -189,8 +195,8 @@ def plan_mirror(
         check_output_folder(in_path, out_root)
         base = in_path
     files = itertools.chain([first], files)
-    if clash is not None:
-        files = unique_outputs(files, base, out_root, rename, clash)
+    files = unique_outputs(files, base, out_root, rename, clash or "rename one",
+                           case_insensitive=bool(is_case_insensitive(out_root)))
     jobs = []
     for f in share(files, rank, world_size):
         rel = f.relative_to(base)
@@ -202,16 +208,30 @@ def plan_mirror(
 
 
 def unique_outputs(files: Iterable[Path], base: Path, out_root: Path, rename: Callable[[Path], Path],
-                   clash: str) -> Iterator[Path]:
+                   clash: str, case_insensitive: bool = False) -> Iterator[Path]:
     """`files` (a listing of `files.iter_image_files`: depth first, in sorted order) passed through, a `PufaceError`
     when two of them get one output name (`rename` of their path relative to `base`; it must keep a file in its folder,
-    as puface's renamers do: only then can two outputs meet; checked on each folder's first file). Only the output
-    names of the folders the walk is in are held: a folder left is never entered again, so its names are let go when
-    the first file of a folder outside it comes. Folders are compared as text (a `Path` comparison per file cost a
-    second at 200,000 files)."""
-    seen: dict[str, dict[str, Path]] = {}  # folder -> {output name: input}, for the folders the walk is in
+    as puface's renamers do: only then can two outputs meet; checked on each folder's first file). Output paths that
+    differ only in letter case (file names in one folder, or folders) are refused too with `case_insensitive` (the
+    output disk ignores case), else counted and, once the listing ends, logged as one warning with the first pair.
+    Only the output names of the folders the walk is in are held: a folder left is never entered again, so its names
+    are let go when the first file of a folder outside it comes. Folders are compared as text (a `Path` comparison
+    per file cost a second at 200,000 files)."""
+    seen: dict[str, tuple[dict[str, Path], dict[str, Path]]] = {}  # folder -> ({output name: input}, casefolded)
+    folders: dict[str, tuple[str, Path]] = {}  # casefolded output folder -> (output folder, its first input)
     names: dict[str, Path] = {}
+    folded: dict[str, Path] = {}
     here = None
+    count, first = 0, ""
+
+    def case_clash(a: Path, b: Path, dst: Path, what: str) -> None:
+        nonlocal count, first
+        if case_insensitive:
+            raise PufaceError(f"{a} and {b} would both be written to {dst}: {what} differ only in letter case, and "
+                              f"the output folder's disk ignores case; {clash}")
+        count += 1
+        first = first or f"{a} and {b} ({what} differ only in letter case)"
+
     for f in files:
         folder = str(f).rpartition(os.sep)[0]
         rel = f.relative_to(base)
@@ -222,11 +242,24 @@ def unique_outputs(files: Iterable[Path], base: Path, out_root: Path, rename: Ca
             here = folder
             for d in [d for d in seen if not (folder == d or folder.startswith(d.rstrip(os.sep) + os.sep))]:
                 del seen[d]
-            names = seen.setdefault(folder, {})
+            names, folded = seen.setdefault(folder, ({}, {}))
+            parent = out.parent.as_posix()
+            other = folders.setdefault(parent.casefold(), (parent, f))
+            if other[0] != parent:
+                case_clash(other[1], f, out_root / out.parent, "their output folders")
         if out.name in names:
             raise PufaceError(f"{names[out.name]} and {f} would both be written to {out_root / out}; {clash}")
         names[out.name] = f
+        key = out.name.casefold()
+        if key in folded:
+            case_clash(folded[key], f, out_root / out, "their output names")
+        else:
+            folded[key] = f
         yield f
+    if count:
+        log.warning("warning: %d output path%s differ%s from another only in letter case (the first: %s): a disk that "
+                    "ignores case (macOS, Windows, exFAT) would keep one of each; rename them before copying the outputs "
+                    "there", count, "s" if count > 1 else "", "" if count > 1 else "s", first)
 
 
 def iter_image_inputs(in_path: Path, names: set[str] | None = None) -> Iterator[Path]:
