@@ -257,9 +257,9 @@ def unique_outputs(files: Iterable[Path], base: Path, out_root: Path, rename: Ca
             folded[key] = f
         yield f
     if count:
-        log.warning("warning: %d output path%s differ%s from another only in letter case (the first: %s): a disk that "
-                    "ignores case (macOS, Windows, exFAT) would keep one of each; rename them before copying the outputs "
-                    "there", count, "s" if count > 1 else "", "" if count > 1 else "s", first)
+        log.warning("warning: %d output path%s differ%s from another only in letter case (the first: %s): a disk "
+                    "that ignores case (macOS, Windows, exFAT) would keep one of each; rename them before copying the "
+                    "outputs there", count, "s" if count > 1 else "", "" if count > 1 else "s", first)
 
 
 def iter_image_inputs(in_path: Path, names: set[str] | None = None) -> Iterator[Path]:
@@ -881,12 +881,12 @@ def write_settings(path: Path, record: dict) -> None:
 
 
 def remove_stale_temporaries(outputs: Iterable[Path]) -> None:
-    """Delete the temporary files of `outputs` (`.NAME.PID.THREAD.tmp`, `images.atomic_write_bytes`) that a killed
+    """Delete the temporary files of `outputs` (`.NAME.PID.THREAD[-N].tmp`, `images.atomic_write_bytes`) that a killed
     process left, when no process of that id runs on this machine (a live one may be another process writing it).
     Only these outputs' own: other processes (ranks, maybe on other machines) write other outputs."""
     import re
 
-    pattern = re.compile(r"\.(.+)\.(\d+)\.(\d+)\.tmp")
+    pattern = re.compile(r"\.(.+)\.(\d+)\.(\d+)(?:-\d+)?\.tmp")  # -N: a fresh name (`utils.paths.create_temporary`)
     names: dict[Path, set[str]] = {}
     for p in outputs:
         names.setdefault(p.parent, set()).add(p.name)
