@@ -34,6 +34,15 @@ def create_temporary(path: str | Path, thread: bool = True) -> tuple[int, Path]:
     raise FileExistsError(errno.EEXIST, f"no free temporary name beside {path}", str(tmp))
 
 
+def current_folder() -> str:
+    """The current folder, as a message names it: its path, or "(deleted)" where it no longer exists (`Path.cwd`
+    raises there: a message that names it must not fail), "(unknown: REASON)" where it cannot be read."""
+    try:
+        return str(Path.cwd())
+    except OSError as e:
+        return "(deleted)" if e.errno == errno.ENOENT else f"(unknown: {e.strerror or e})"
+
+
 def puface_home() -> Path:
     """`$PUFACE_HOME`, else `$XDG_CACHE_HOME/puface`, else `~/.cache/puface`. Created on demand."""
     env = os.environ.get("PUFACE_HOME")
