@@ -78,8 +78,8 @@ class FolderCloaks:
         self.root = Path(root).expanduser()  # (~ as a data root's: `data.datasets.find_data_root`)
         if not self.root.is_dir():
             where = "" if self.root.is_absolute() else (
-                f" under the current folder {current_folder()}, which a relative path is read from (not the config file's "
-                "folder)")
+                f" under the current folder {current_folder()}, which a relative path is read from (not the config "
+                "file's folder)")
             raise PufaceError(f"{self.root}: folder of cloaked images not found{where}")
         recorded = () if patterns else self._recorded_pattern()
         self.patterns = tuple(patterns) if patterns else tuple(dict.fromkeys((*recorded, *self.DEFAULT_PATTERNS)))
