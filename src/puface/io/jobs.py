@@ -87,17 +87,20 @@ class Outcome:
 
     status: "ok" (write `image`), "copy" (copy the input through unchanged), "skip" (write nothing),
     "record" (write nothing: the job's result is its `stats` row, e.g. a detection score) or "fail".
-    `reason` explains copy/skip/fail; `stats` is a row for the job's CSV (may be empty).
+    `reason` explains copy/skip/fail; `stats` is a row for the job's CSV (may be empty); `dst`: where "ok" writes
+    `image` when not at the job's `dst` (a name the batch function learns from the image: `align --all-faces`; the
+    local engine, `run_folder_job`, only).
     """
 
     status: str
     image: np.ndarray | None = None
     reason: str = ""
     stats: dict = field(default_factory=dict)
+    dst: Path | None = None
 
     @classmethod
-    def ok(cls, image: np.ndarray, **stats) -> "Outcome":
-        return cls("ok", image=image, stats=stats)
+    def ok(cls, image: np.ndarray, *, dst: Path | None = None, **stats) -> "Outcome":
+        return cls("ok", image=image, stats=stats, dst=dst)
 
     @classmethod
     def copy(cls, reason: str, **stats) -> "Outcome":
@@ -924,16 +927,20 @@ def split_done(jobs: Sequence, resume: bool, is_done: Callable[[Any], bool] | No
     return todo, len(jobs) - len(todo)
 
 
-def recorded_done(stats_csv: Path | Sequence[Path] | None, stats_key: str = "file") -> Callable[[FileJob], bool] | None:
+def recorded_done(stats_csv: Path | Sequence[Path] | None, stats_key: str = "file",
+                  outputs: Callable[[FileJob, dict[str, str]], Iterable[Path]] | None = None
+                  ) -> Callable[[FileJob], bool] | None:
     """The resume test of a job that writes a row to `stats_csv` (an earlier run began it): its output is a file
     and the CSV holds its row, complete (a row cut by a kill in the middle of an append has fewer columns than the
     header: the job is redone and the cut row replaced). A job's row goes in after its output is in place, so a run
     killed between the two left outputs without rows; with this test a resume redoes them (the same bytes) and writes
     their rows. Several
     CSVs (one per process, `cloak --rank`): a row in any of them counts. None when there is no such CSV (the
-    default test, the output alone, applies)."""
+    default test, the output alone, applies). outputs: the files a job's row (column -> text) says it wrote, all of
+    which must be files (none: not done), instead of the job's `dst` (`align --all-faces`: the chips it names)."""
     paths = [stats_csv] if isinstance(stats_csv, (str, Path)) else list(stats_csv or [])
     recorded: set[str] = set()
+    rows: dict[str, dict[str, str]] = {}
     found = False
     for path in map(Path, paths):
         if not path.is_file() or path.stat().st_size == 0:
@@ -944,11 +951,24 @@ def recorded_done(stats_csv: Path | Sequence[Path] | None, stats_key: str = "fil
             if not header or stats_key not in header:
                 continue
             k = header.index(stats_key)
-            recorded.update(r[k] for r in reader if len(r) == len(header))
+            complete = (r for r in reader if len(r) == len(header))
+            if outputs is None:
+                recorded.update(r[k] for r in complete)
+            else:
+                rows.update((r[k], dict(zip(header, r))) for r in complete)
             found = True
     if not found:
         return None
-    return lambda j: j.dst.is_file() and j.rel.as_posix() in recorded
+    if outputs is None:
+        return lambda j: j.dst.is_file() and j.rel.as_posix() in recorded
+    wrote = outputs
+
+    def done(j: FileJob) -> bool:
+        row = rows.get(j.rel.as_posix())
+        files = list(wrote(j, row)) if row is not None else []
+        return bool(files) and all(p.is_file() for p in files)
+
+    return done
 
 
 def env_int(name: str, default: int) -> int:
@@ -1063,15 +1083,16 @@ def keep_input_mode(process: Callable[[list[LoadedImage]], list[Outcome]], *,
 
 def _write_outcome(item: LoadedImage, out: Outcome, quality: int) -> None:
     job = item.job
-    if out.status in ("ok", "copy") and same_file(job.dst, job.src):
+    dst = out.dst or job.dst
+    if out.status in ("ok", "copy") and same_file(dst, job.src):
         raise OSError("the output path is the input file; refusing to overwrite it")
     if out.status == "ok":
         assert out.image is not None
-        fmt = pil_format_for(job.dst)
+        fmt = pil_format_for(dst)
         data = encode_image(out.image, fmt, quality=quality, **item.encoding())
-        atomic_write_bytes(job.dst, data)
+        atomic_write_bytes(dst, data)
     elif out.status == "copy":
-        atomic_write_bytes(job.dst, job.src.read_bytes())
+        atomic_write_bytes(dst, job.src.read_bytes())
 
 
 #: How the jobs' CSV files hold text (`open(path, newline="", **CSV_TEXT)`, `text.encode(**CSV_TEXT)`): UTF-8, a
@@ -1370,7 +1391,7 @@ def run_folder_job(
         try:
             _write_outcome(item, out, quality)
         except Exception as e:
-            why = f"cannot write {shown_path(item.job.dst)} ({getattr(e, 'reason', None) or e})"
+            why = f"cannot write {shown_path(out.dst or item.job.dst)} ({getattr(e, 'reason', None) or e})"
             with lock:
                 report.failed.append((item.job.src, why))
             say(f"error: {shown_path(item.job.src)}: {why}")
