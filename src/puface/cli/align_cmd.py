@@ -157,8 +157,8 @@ def align(
                 for name, af in zip(names[1:], pf.faces[1:]):  # extra faces here; the first (the job's own) goes last
                     dst = item.job.dst.with_name(name)
                     atomic_write_bytes(dst, encode_image(af.chip, pil_format_for(dst), quality=quality))
-                outs.append(Outcome.ok(pf.faces[0].chip, dst=item.job.dst.with_name(names[0]), **base,
-                                       chips=json.dumps(records)))
+                outs.append(Outcome("ok", pf.faces[0].chip, stats={**base, "chips": json.dumps(records)},
+                                    dst=item.job.dst.with_name(names[0])))
             return outs
 
         # --all-faces: a photo is done when its row and every chip it names are there (its first chip may not be

@@ -99,8 +99,8 @@ class Outcome:
     dst: Path | None = None
 
     @classmethod
-    def ok(cls, image: np.ndarray, *, dst: Path | None = None, **stats) -> "Outcome":
-        return cls("ok", image=image, stats=stats, dst=dst)
+    def ok(cls, image: np.ndarray, **stats) -> "Outcome":
+        return cls("ok", image=image, stats=stats)
 
     @classmethod
     def copy(cls, reason: str, **stats) -> "Outcome":
