@@ -89,6 +89,34 @@ def test_align_all_faces_and_112(photos, tmp_path, capsys):
     assert "--size 112 is the arcface112 layout" in capsys.readouterr().err
 
 
+def test_align_all_faces_numbers_chips_by_the_detectors_index(photos, tmp_path, capsys):
+    """`--all-faces` numbered a chip `<name>_face<k>` by the faces kept, while align.csv's `index` is the detector's
+    order: two.png's smaller face (index 0, 100 px) under --min-face 120 left its larger one (index 1) named
+    two_face0.png. k is now the index, so a chip keeps its name whatever --min-face drops; a resume counts the photo
+    done from its row's chips (there is no two_face0.png), and redoes it when one of them is missing."""
+    root, _ = photos
+    out = tmp_path / "all"
+    args = ["align", str(root), str(out), "--all-faces", "--detector", "hog", "--no-progress"]
+    assert main([*args, "--min-face", "120"]) == 0, capsys.readouterr().err
+    names = sorted(p.name for p in (out / "ann").iterdir())
+    assert names == ["one_face0.jpg", "two_face1.png"]
+    rows = {r["file"]: r for r in csv.DictReader(open(out / "align.csv"))}
+    rec = json.loads(rows["ann/two.png"]["chips"])
+    assert [(c["chip"], c["index"]) for c in rec] == [("two_face1.png", 1)] and rows["ann/two.png"]["faces"] == "2"
+    kept = (out / "ann" / "two_face1.png").read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--min-face", "120"]) == 0
+    assert "0 aligned, 2 already done" in capsys.readouterr().out
+    (out / "ann" / "two_face1.png").unlink()
+    assert main([*args, "--min-face", "120"]) == 0
+    assert "1 aligned, 1 already done" in capsys.readouterr().out
+    assert (out / "ann" / "two_face1.png").read_bytes() == kept
+    out2 = tmp_path / "every"  # without --min-face's drop: the same name, the same chip
+    assert main(["align", str(root), str(out2), "--all-faces", "--detector", "hog", "--no-progress"]) == 0
+    assert (out2 / "ann" / "two_face1.png").read_bytes() == kept
+    assert sorted(p.name for p in (out2 / "ann").iterdir()) == ["one_face0.jpg", "two_face0.png", "two_face1.png"]
+
+
 def test_align_bad_input_is_one_line(tmp_path, capsys):
     code = main(["align", str(tmp_path / "missing"), str(tmp_path / "o")])
     err = capsys.readouterr().err

@@ -412,3 +412,67 @@ def test_a_file_name_that_is_not_utf8_is_shown_alike_on_stdout_and_stderr(tmp_pa
     shown = f"{src}/bad\\xffname.png: not an image, or a format Pillow cannot read"
     assert [line for line in err.splitlines() if line.startswith("error:")] == [f"error: {shown}"], err
     assert f"  {shown}" in out.splitlines(), out
+
+
+def _plant_links(path: Path, victim: Path, thread: bool = True) -> list[Path]:
+    """Links at the temporary names a writer of `path` in this process and thread would use first."""
+    import os
+    import threading
+
+    base = f".{path.name}.{os.getpid()}" + (f".{threading.get_ident()}" if thread else "")
+    links = [path.with_name(f"{base}{f'-{n}' if n else ''}.tmp") for n in range(2)]
+    for link in links:
+        link.symlink_to(victim)
+    return links
+
+
+def _write_checkpoint(path: Path) -> None:
+    import torch
+
+    from puface.purifier.checkpoint import make_checkpoint, save_checkpoint
+
+    save_checkpoint(path, make_checkpoint({"w": torch.ones(2)}, {"channels": 4}))
+
+
+@pytest.mark.parametrize("name,write", [
+    ("out.png", lambda p: __import__("puface.io.images", fromlist=["x"]).atomic_write_bytes(p, [b"new ", b"bytes"])),
+    ("ckpt.safetensors", _write_checkpoint),
+    ("ckpt.pt", _write_checkpoint),
+])
+def test_atomic_writes_never_write_through_a_link_planted_at_the_temporary_name(tmp_path, name, write):
+    """The temporary name (`.NAME.PID.THREAD.tmp`) is predictable, and it was opened without O_EXCL / O_NOFOLLOW: a
+    link planted there had its target overwritten (a file of someone else's, or the job's own input), then the link
+    renamed into place. Temporaries are now new files only (`utils.paths.create_temporary`), the first free name
+    taken; the output is a plain file of mode 0o666 less the umask, and the link's target is untouched."""
+    import os
+    import stat
+
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    out = tmp_path / "out" / name
+    out.parent.mkdir()
+    links = _plant_links(out, victim)
+    write(out)
+    assert victim.read_bytes() == b"precious"
+    assert not out.is_symlink() and out.stat().st_size > 0
+    if name == "out.png":
+        assert out.read_bytes() == b"new bytes"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted([out.name, *(p.name for p in links)])
+
+
+def test_create_temporary_takes_a_fresh_name_and_never_an_existing_file(tmp_path):
+    """A leftover file at the first name is neither truncated nor reused: the next free name is taken."""
+    import os
+
+    from puface.utils.paths import create_temporary
+
+    out = tmp_path / "x.bin"
+    first = tmp_path / f".x.bin.{os.getpid()}.tmp"
+    first.write_bytes(b"left over")
+    fd, tmp = create_temporary(out, thread=False)
+    os.close(fd)
+    assert tmp == tmp_path / f".x.bin.{os.getpid()}-1.tmp" and tmp.stat().st_size == 0
+    assert first.read_bytes() == b"left over"

@@ -319,6 +319,83 @@ def test_a_ranks_cloak_plan_refuses_two_inputs_of_one_output_as_the_files_stream
     assert not out.exists()
 
 
+def _case_tree(johns_dir: Path, root: Path) -> Path:
+    """id0/x.JPG and id0/x.jpg, id0/Y.jpg and id0/y.png (one output name in letter case as cloaks: Y.png / y.png),
+    folders id1/ and ID1/ (each with a.jpg), and files of other names around."""
+    chip = sorted(johns_dir.glob("*/*.jpg"))[0]
+    for rel in ("id0/x.JPG", "id0/x.jpg", "id0/Y.jpg", "id0/y.png", "id0/z.jpg", "ID1/a.jpg", "id1/a.jpg"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(chip, root / rel)
+    return root
+
+
+def test_plan_refuses_outputs_of_one_name_but_for_letter_case_on_a_disk_that_ignores_case(johns_dir, tmp_path,
+                                                                                            monkeypatch):
+    """A/x.JPG and A/x.jpg are two outputs on Linux but one on a disk that ignores case (macOS, Windows, exFAT):
+    the second overwrote the first there, or was skipped as done. Where the output folder's disk ignores case the
+    plan refuses them (purify's names, cloak's renamed ones, folders too), one line naming both inputs."""
+    from puface.attacks.folder import output_namer
+    from puface.utils.errors import PufaceError
+
+    monkeypatch.setattr("puface.io.jobs.is_case_insensitive", lambda folder: True, raising=False)
+    src, out = _case_tree(johns_dir, tmp_path / "in"), tmp_path / "out"
+    with pytest.raises(PufaceError) as e:
+        plan_mirror(src, out)
+    assert str(e.value) == (f"{src / 'id0/x.JPG'} and {src / 'id0/x.jpg'} would both be written to "
+                            f"{out / 'id0/x.jpg'}: their output names differ only in letter case, and the output "
+                            "folder's disk ignores case; rename one")
+    (src / "id0/x.JPG").unlink()
+    with pytest.raises(PufaceError) as e:
+        plan_mirror(src, out)
+    assert str(e.value).startswith(f"{src / 'ID1/a.jpg'} and {src / 'id1/a.jpg'} would both be written to "
+                                   f"{out / 'id1'}: their output folders differ only in letter case")
+    shutil.rmtree(src / "ID1")
+    assert len(plan_mirror(src, out)) == 5  # Y.jpg and y.png: two names as they are
+    for rank in (0, 1):  # any process's files
+        with pytest.raises(PufaceError) as e:
+            plan_mirror(src, out, rename=output_namer("fawkes"), rank=rank, world_size=2, clash="rename one, or x")
+        assert str(e.value).startswith(f"{src / 'id0/Y.jpg'} and {src / 'id0/y.png'} would both be written to "
+                                       f"{out / 'id0/y.png'}: ")
+        assert str(e.value).endswith("; rename one, or x")
+    assert not out.exists()
+
+
+def test_plan_warns_once_of_outputs_of_one_name_but_for_letter_case_on_a_disk_that_keeps_case(johns_dir, tmp_path,
+                                                                                               caplog):
+    """On a disk that keeps case (Linux's) such outputs are distinct, as their inputs are, so the plan keeps them all
+    and logs one warning with their count and the first pair (copied to a disk that ignores case, one of each pair
+    would be lost)."""
+    src, out = _case_tree(johns_dir, tmp_path / "in"), tmp_path / "out"
+    with caplog.at_level("WARNING", logger="puface.io.jobs"):
+        jobs = plan_mirror(src, out)
+    assert len(jobs) == 7
+    warnings = [r.getMessage() for r in caplog.records if r.name == "puface.io.jobs"]
+    assert warnings == [f"warning: 2 output paths differ from another only in letter case (the first: "
+                        f"{src / 'id0/x.JPG'} and {src / 'id0/x.jpg'} (their output names differ only in letter "
+                        "case)): a disk that ignores case (macOS, Windows, exFAT) would keep one of each; rename them "
+                        "before copying the outputs there"]
+    caplog.clear()
+    shutil.rmtree(src / "ID1")
+    (src / "id0/x.JPG").unlink()
+    with caplog.at_level("WARNING", logger="puface.io.jobs"):
+        plan_mirror(src, out)
+    assert not [r for r in caplog.records if r.name == "puface.io.jobs"]
+
+
+def test_is_case_insensitive_looks_up_a_name_with_its_case_swapped(tmp_path):
+    """False on a disk that keeps case, for a folder and for one not made yet; True where the swapped name is the
+    same folder (imitated here by a link, as no disk here ignores case)."""
+    from puface.io.files import is_case_insensitive
+
+    (tmp_path / "abc").mkdir()
+    assert is_case_insensitive(tmp_path / "abc") is False
+    assert is_case_insensitive(tmp_path / "abc" / "not" / "yet") is False
+    (tmp_path / "ABC").symlink_to("abc")
+    assert is_case_insensitive(tmp_path / "abc" / "new") is True
+    (tmp_path / "123").mkdir()
+    assert is_case_insensitive(tmp_path / "123") is is_case_insensitive(tmp_path)  # no letter: the folder above
+
+
 def test_cloak_with_ranks_refuses_two_inputs_of_one_output_before_writing(johns_dir, tmp_path, capsys):
     """The same through the CLI: rank 1 of 2, whose share holds neither file, is refused in one line naming both."""
     src, out = _clashing_tree(johns_dir, tmp_path / "in"), tmp_path / "out"

@@ -204,3 +204,44 @@ def test_an_image_with_an_empty_side_is_refused_with_its_shape(width):
         Purifier().purify(torch.zeros(1, 3, 0, width))
     empty = torch.zeros(1, 3, 0, width)
     assert tiled(lambda t: t + 1, empty, tile=8).shape == empty.shape  # nothing to tile: fn's own result
+
+
+def test_a_missing_relative_checkpoint_is_named_when_the_current_folder_was_deleted(tmp_path):
+    """`Purifier.load("nope.pt")` names the current folder a relative path is read from, through `Path.cwd()`, which
+    raises FileNotFoundError where that folder was deleted: the message failed as a traceback. It now says "(deleted)"
+    (`utils.paths.current_folder`), and so do the other messages that name it (a data root, a folder attack's root)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import puface
+
+    code = (
+        "import os, sys\n"
+        "from puface.utils.errors import PufaceError\n"
+        "from puface.purifier import Purifier\n"
+        "from puface.data.datasets import resolve_data_root\n"
+        "from puface.attacks.folder import FolderCloaks\n"
+        "os.chdir(sys.argv[1]); os.rmdir(sys.argv[1])  # after the imports: torch's MKL does not load without it\n"
+        "for call in (lambda: Purifier.load('nope.pt'), lambda: resolve_data_root('no-such-faces'),\n"
+        "             lambda: FolderCloaks('cloaked')):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except PufaceError as e:\n"
+        "        print(e)\n"
+    )
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(Path(puface.__file__).parents[1]), "PUFACE_DATA": str(tmp_path / "d"),
+           "PUFACE_HOME": str(tmp_path / "home")}
+    run = subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(gone)], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    said = run.stdout.splitlines()
+    assert len(said) == 3, said
+    assert said[0].startswith("nope.pt: purifier checkpoint not found;")
+    assert said[0].endswith("; a relative path is read from the current folder (deleted)")
+    assert said[1].startswith("no-such-faces: data folder not found: not a folder under the current folder (deleted),")
+    assert said[2] == "cloaked: folder of cloaked images not found under the current folder (deleted), which a " \
+                      "relative path is read from (not the config file's folder)"

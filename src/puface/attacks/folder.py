@@ -21,6 +21,7 @@ from ..io.jobs import (FileJob, JobReport, LoadedImage, Outcome, begin_settings,
                        input_identity, keep_input_mode, load_for_job, plan_mirror, recorded_done, run_folder_job)
 from ..utils.errors import ImageReadError, PufaceError
 from ..utils.images import image_to_tensor, tensor_to_image
+from ..utils.paths import current_folder
 from ..utils.version import __version__
 from .base import CloakAttack
 
@@ -77,8 +78,8 @@ class FolderCloaks:
         self.root = Path(root).expanduser()  # (~ as a data root's: `data.datasets.find_data_root`)
         if not self.root.is_dir():
             where = "" if self.root.is_absolute() else (
-                f" under the current folder {Path.cwd()}, which a relative path is read from (not the config file's "
-                "folder)")
+                f" under the current folder {current_folder()}, which a relative path is read from (not the config "
+                "file's folder)")
             raise PufaceError(f"{self.root}: folder of cloaked images not found{where}")
         recorded = () if patterns else self._recorded_pattern()
         self.patterns = tuple(patterns) if patterns else tuple(dict.fromkeys((*recorded, *self.DEFAULT_PATTERNS)))

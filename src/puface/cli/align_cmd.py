@@ -28,7 +28,8 @@ import click
 @click.option(
     "--all-faces",
     is_flag=True,
-    help="Cut every face of a photo as OUT/<path>/<name>_face<k>.<ext> (default: one chip per "
+    help="Cut every face of a photo as OUT/<path>/<name>_face<k>.<ext>, k the face's place in the detector's "
+    "order (its index in OUT/align.csv; a face under --min-face leaves its k unused) (default: one chip per "
     "photo, named like the photo).",
 )
 @click.option(
@@ -96,7 +97,7 @@ def align(
     """
     from ..align import FaceAligner, FaceDetector
     from ..io.images import atomic_write_bytes, encode_image, pil_format_for
-    from ..io.jobs import Outcome, begin_settings, input_identity, plan_mirror, run_folder_job
+    from ..io.jobs import Outcome, begin_settings, input_identity, plan_mirror, recorded_done, run_folder_job
     from ..utils.errors import PufaceError
     from ..utils.version import __version__
 
@@ -115,8 +116,18 @@ def align(
         min_face=min_face,
     )
 
-    def rename(rel: Path) -> Path:
-        return rel.with_name(f"{rel.stem}_face0{rel.suffix}") if all_faces else rel
+    def chip_name(src: Path, dst: Path, index: int) -> str:
+        return f"{src.stem}_face{index}{dst.suffix}"
+
+    def rename(rel: Path) -> Path:  # --all-faces: the first face's name, for the plan's checks
+        return rel.with_name(chip_name(rel, rel, 0)) if all_faces else rel
+
+    def chip_files(job, row: dict[str, str]) -> list[Path]:
+        """The chips an align.csv row of an aligned photo names (none: redo it)."""
+        try:
+            return [job.dst.with_name(c["chip"]) for c in json.loads(row.get("chips") or "[]")]
+        except (ValueError, TypeError, KeyError):
+            return []
 
     jobs = plan_mirror(in_path, out_root, rename=rename)
     config = {
@@ -138,22 +149,23 @@ def align(
                 if not pf.faces:
                     outs.append(Outcome.skip(pf.reason_if_empty(aligner.min_face), **base, chips="[]"))
                     continue
-                records = []
-                for k, af in enumerate(pf.faces):
-                    name = (
-                        item.job.dst.name
-                        if k == 0 or not all_faces
-                        else f"{item.job.src.stem}_face{k}{item.job.dst.suffix}"
-                    )
-                    records.append({"chip": name, **af.to_json()})
-                    if k > 0:  # extra faces are written here; face 0 (the job's own output) goes last
-                        dst = item.job.dst.with_name(name)
-                        atomic_write_bytes(dst, encode_image(af.chip, pil_format_for(dst), quality=quality))
-                outs.append(Outcome.ok(pf.faces[0].chip, **base, chips=json.dumps(records)))
+                # --all-faces: a chip is numbered by the face's place in the detector's order (its `index`), so a
+                # face under --min-face leaves its number unused and the names do not move with --min-face
+                names = [chip_name(item.job.src, item.job.dst, af.index) if all_faces else item.job.dst.name
+                         for af in pf.faces]
+                records = [{"chip": name, **af.to_json()} for name, af in zip(names, pf.faces)]
+                for name, af in zip(names[1:], pf.faces[1:]):  # extra faces here; the first (the job's own) goes last
+                    dst = item.job.dst.with_name(name)
+                    atomic_write_bytes(dst, encode_image(af.chip, pil_format_for(dst), quality=quality))
+                outs.append(Outcome("ok", pf.faces[0].chip, stats={**base, "chips": json.dumps(records)},
+                                    dst=item.job.dst.with_name(names[0])))
             return outs
 
+        # --all-faces: a photo is done when its row and every chip it names are there (its first chip may not be
+        # <name>_face0: that face may be under --min-face)
+        is_done = recorded_done(out_root / "align.csv", outputs=chip_files) if all_faces and resume else None
         report = run_folder_job(jobs, process, batch_size=batch_size, resume=resume, desc="aligning", verb="aligned",
-                                stats_csv=out_root / "align.csv", quality=quality, progress=progress)
+                                stats_csv=out_root / "align.csv", quality=quality, progress=progress, is_done=is_done)
     finish()
     click.echo(report.summary("aligned"))
     click.echo(f"chips in {out_root}; transforms in {out_root / 'align.csv'}")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..utils.errors import PufaceError
+from ..utils.paths import current_folder
 
 __all__ = ["DATASETS", "Dataset", "data_home", "find_data_root", "resolve_data_root"]
 
@@ -144,7 +145,7 @@ def resolve_data_root(root: str | Path | None) -> Path:
     # a relative root is read from the working folder, while `extends` is read from the config's: say which, and
     # every other place looked in (`find_data_root`)
     why = "no such folder" if p.is_absolute() else (
-        f"not a folder under the current folder {Path.cwd()}, which a relative path is read from (not the config "
+        f"not a folder under the current folder {current_folder()}, which a relative path is read from (not the config "
         f"file's folder, nor an extended config's), nor in {where}{_fetched_place(p)}")
     raise PufaceError(f"{root}: data folder not found: {why}; pass --data DIR, "
                       "a folder of identity sub-folders ROOT/<identity>/<image>")

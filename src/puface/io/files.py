@@ -18,6 +18,7 @@ __all__ = [
     "check_output_folder",
     "check_output_root",
     "check_output_file",
+    "is_case_insensitive",
 ]
 
 log = logging.getLogger(__name__)
@@ -152,3 +153,25 @@ def check_output_folder(in_folder: str | Path, out_folder: str | Path) -> None:
                           "(a later run over the input would read these outputs as inputs)")
     if is_within(src, dst):
         raise PufaceError(f"input folder {src} lies inside the output folder {dst}; choose another output folder")
+
+
+def is_case_insensitive(folder: str | Path) -> bool | None:
+    """Whether names in `folder` (one not made yet: in the nearest folder above it that exists) match without regard
+    to letter case, as on macOS's and Windows' default disks, exFAT and FAT: True or False; None where it cannot be
+    told (no name with a letter between it and its disk's mount point). Reads only: looks up a name above it with
+    its letters' case swapped."""
+    p = Path(os.path.abspath(folder))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        dev = p.stat().st_dev
+        q = p
+        while q != q.parent and q.parent.stat().st_dev == dev:  # the name is looked up on the disk in question
+            swapped = q.name.swapcase()
+            if swapped != q.name:
+                other = q.parent / swapped
+                return other.exists() and os.path.samefile(other, q)
+            q = q.parent
+    except OSError:
+        return None
+    return None

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..utils.errors import ImageReadError, ImageWriteError, PufaceError
+from ..utils.paths import create_temporary
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: Image files puface does not read (GIF: palette and animation frames; the rest: no Pillow codec or a raw
@@ -427,16 +428,17 @@ def encode_image(
 
 def atomic_write_bytes(path: str | Path, data: bytes | Iterable[bytes]) -> None:
     """Write `data` (bytes, or chunks of bytes written as they come: a file larger than memory) to `path` via a
-    temporary file in the same folder and an atomic rename."""
+    new temporary file in the same folder (`utils.paths.create_temporary`) and an atomic rename."""
     path = Path(path)
     if not path.parent.is_dir():
         blocking = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
         if blocking is not None:
             raise ImageWriteError(path, f"cannot write: {blocking} is a file, not a folder")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        fd, tmp = create_temporary(path)  # a new file: never through a link planted at its name
+        with open(fd, "wb") as f:
             for chunk in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
                 f.write(chunk)
             f.flush()
@@ -444,7 +446,8 @@ def atomic_write_bytes(path: str | Path, data: bytes | Iterable[bytes]) -> None:
         os.replace(tmp, path)
     except BaseException as e:  # an error of the chunks' producer too: no temporary file left behind
         try:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
         except Exception:
             pass
         if isinstance(e, OSError):

@@ -13,6 +13,7 @@ import csv
 import io
 import itertools
 import json
+import logging
 import os
 import struct
 import sys
@@ -30,10 +31,12 @@ import numpy as np
 from PIL import Image
 
 from ..utils.errors import ImageReadError, PufaceError, shown_path
-from .files import check_output_folder, check_output_root, iter_image_files
+from .files import check_output_folder, check_output_root, is_case_insensitive, iter_image_files
 from .images import (EXPECTED_IMAGES, IMAGE_EXTENSIONS, PALETTE_MODES, atomic_write_bytes, encode_image, is_image_file,
                      is_lossless_webp, max_pixels, open_image_parts, pil_format_for, read_image_bytes, resolution_of,
                      same_file, storage_of)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,13 +87,16 @@ class Outcome:
 
     status: "ok" (write `image`), "copy" (copy the input through unchanged), "skip" (write nothing),
     "record" (write nothing: the job's result is its `stats` row, e.g. a detection score) or "fail".
-    `reason` explains copy/skip/fail; `stats` is a row for the job's CSV (may be empty).
+    `reason` explains copy/skip/fail; `stats` is a row for the job's CSV (may be empty); `dst`: where "ok" writes
+    `image` when not at the job's `dst` (a name the batch function learns from the image: `align --all-faces`; the
+    local engine, `run_folder_job`, only).
     """
 
     status: str
     image: np.ndarray | None = None
     reason: str = ""
     stats: dict = field(default_factory=dict)
+    dst: Path | None = None
 
     @classmethod
     def ok(cls, image: np.ndarray, **stats) -> "Outcome":
@@ -175,9 +181,12 @@ def plan_mirror(
     rank/world_size: only the share of process `rank` of `world_size` (`share`: every world_size-th file of the
     sorted listing, the same on every process and every run), the others' files listed but never held. names: a
     set that gets the relative POSIX path of every file listed, every process's (jobs that must know the whole input).
-    clash: refuse two input files (any process's) that `rename` gives one output path, with "A and B would both be
-    written to DST; {clash}" (`rename` changing extensions: a.jpg and a.png -> a.png); checked as the files stream
-    past (`unique_outputs`), so a process's plan still holds its share alone.
+    Two input files (any process's) that `rename` gives one output path are refused, with "A and B would both be
+    written to DST; {clash}" (`rename` changing extensions: a.jpg and a.png -> a.png; clash None: "rename one"), and
+    so are two whose output paths differ only in letter case (a.JPG and a.jpg) when `out_root`'s disk ignores case
+    (`files.is_case_insensitive`: macOS, Windows, exFAT), where one would overwrite the other or pass for done; on
+    another disk they are two outputs, and one warning (logged) gives their count and the first pair. Checked as the
+    files stream past (`unique_outputs`), so a process's plan still holds its share alone.
     """
     in_path, out_root = Path(in_path), Path(out_root)
     files: Iterator[Path] = iter_image_inputs(in_path, names)
@@ -189,8 +198,8 @@ def plan_mirror(
         check_output_folder(in_path, out_root)
         base = in_path
     files = itertools.chain([first], files)
-    if clash is not None:
-        files = unique_outputs(files, base, out_root, rename, clash)
+    files = unique_outputs(files, base, out_root, rename, clash or "rename one",
+                           case_insensitive=bool(is_case_insensitive(out_root)))
     jobs = []
     for f in share(files, rank, world_size):
         rel = f.relative_to(base)
@@ -202,16 +211,30 @@ def plan_mirror(
 
 
 def unique_outputs(files: Iterable[Path], base: Path, out_root: Path, rename: Callable[[Path], Path],
-                   clash: str) -> Iterator[Path]:
+                   clash: str, case_insensitive: bool = False) -> Iterator[Path]:
     """`files` (a listing of `files.iter_image_files`: depth first, in sorted order) passed through, a `PufaceError`
     when two of them get one output name (`rename` of their path relative to `base`; it must keep a file in its folder,
-    as puface's renamers do: only then can two outputs meet; checked on each folder's first file). Only the output
-    names of the folders the walk is in are held: a folder left is never entered again, so its names are let go when
-    the first file of a folder outside it comes. Folders are compared as text (a `Path` comparison per file cost a
-    second at 200,000 files)."""
-    seen: dict[str, dict[str, Path]] = {}  # folder -> {output name: input}, for the folders the walk is in
+    as puface's renamers do: only then can two outputs meet; checked on each folder's first file). Output paths that
+    differ only in letter case (file names in one folder, or folders) are refused too with `case_insensitive` (the
+    output disk ignores case), else counted and, once the listing ends, logged as one warning with the first pair.
+    Only the output names of the folders the walk is in are held: a folder left is never entered again, so its names
+    are let go when the first file of a folder outside it comes. Folders are compared as text (a `Path` comparison
+    per file cost a second at 200,000 files)."""
+    seen: dict[str, tuple[dict[str, Path], dict[str, Path]]] = {}  # folder -> ({output name: input}, casefolded)
+    folders: dict[str, tuple[str, Path]] = {}  # casefolded output folder -> (output folder, its first input)
     names: dict[str, Path] = {}
+    folded: dict[str, Path] = {}
     here = None
+    count, first = 0, ""
+
+    def case_clash(a: Path, b: Path, dst: Path, what: str) -> None:
+        nonlocal count, first
+        if case_insensitive:
+            raise PufaceError(f"{a} and {b} would both be written to {dst}: {what} differ only in letter case, and "
+                              f"the output folder's disk ignores case; {clash}")
+        count += 1
+        first = first or f"{a} and {b} ({what} differ only in letter case)"
+
     for f in files:
         folder = str(f).rpartition(os.sep)[0]
         rel = f.relative_to(base)
@@ -222,11 +245,24 @@ def unique_outputs(files: Iterable[Path], base: Path, out_root: Path, rename: Ca
             here = folder
             for d in [d for d in seen if not (folder == d or folder.startswith(d.rstrip(os.sep) + os.sep))]:
                 del seen[d]
-            names = seen.setdefault(folder, {})
+            names, folded = seen.setdefault(folder, ({}, {}))
+            parent = out.parent.as_posix()
+            other = folders.setdefault(parent.casefold(), (parent, f))
+            if other[0] != parent:
+                case_clash(other[1], f, out_root / out.parent, "their output folders")
         if out.name in names:
             raise PufaceError(f"{names[out.name]} and {f} would both be written to {out_root / out}; {clash}")
         names[out.name] = f
+        key = out.name.casefold()
+        if key in folded:
+            case_clash(folded[key], f, out_root / out, "their output names")
+        else:
+            folded[key] = f
         yield f
+    if count:
+        log.warning("warning: %d output path%s differ%s from another only in letter case (the first: %s): a disk "
+                    "that ignores case (macOS, Windows, exFAT) would keep one of each; rename them before copying the "
+                    "outputs there", count, "s" if count > 1 else "", "" if count > 1 else "s", first)
 
 
 def iter_image_inputs(in_path: Path, names: set[str] | None = None) -> Iterator[Path]:
@@ -848,12 +884,12 @@ def write_settings(path: Path, record: dict) -> None:
 
 
 def remove_stale_temporaries(outputs: Iterable[Path]) -> None:
-    """Delete the temporary files of `outputs` (`.NAME.PID.THREAD.tmp`, `images.atomic_write_bytes`) that a killed
+    """Delete the temporary files of `outputs` (`.NAME.PID.THREAD[-N].tmp`, `images.atomic_write_bytes`) that a killed
     process left, when no process of that id runs on this machine (a live one may be another process writing it).
     Only these outputs' own: other processes (ranks, maybe on other machines) write other outputs."""
     import re
 
-    pattern = re.compile(r"\.(.+)\.(\d+)\.(\d+)\.tmp")
+    pattern = re.compile(r"\.(.+)\.(\d+)\.(\d+)(?:-\d+)?\.tmp")  # -N: a fresh name (`utils.paths.create_temporary`)
     names: dict[Path, set[str]] = {}
     for p in outputs:
         names.setdefault(p.parent, set()).add(p.name)
@@ -891,16 +927,20 @@ def split_done(jobs: Sequence, resume: bool, is_done: Callable[[Any], bool] | No
     return todo, len(jobs) - len(todo)
 
 
-def recorded_done(stats_csv: Path | Sequence[Path] | None, stats_key: str = "file") -> Callable[[FileJob], bool] | None:
+def recorded_done(stats_csv: Path | Sequence[Path] | None, stats_key: str = "file",
+                  outputs: Callable[[FileJob, dict[str, str]], Iterable[Path]] | None = None
+                  ) -> Callable[[FileJob], bool] | None:
     """The resume test of a job that writes a row to `stats_csv` (an earlier run began it): its output is a file
     and the CSV holds its row, complete (a row cut by a kill in the middle of an append has fewer columns than the
     header: the job is redone and the cut row replaced). A job's row goes in after its output is in place, so a run
     killed between the two left outputs without rows; with this test a resume redoes them (the same bytes) and writes
     their rows. Several
     CSVs (one per process, `cloak --rank`): a row in any of them counts. None when there is no such CSV (the
-    default test, the output alone, applies)."""
+    default test, the output alone, applies). outputs: the files a job's row (column -> text) says it wrote, all of
+    which must be files (none: not done), instead of the job's `dst` (`align --all-faces`: the chips it names)."""
     paths = [stats_csv] if isinstance(stats_csv, (str, Path)) else list(stats_csv or [])
     recorded: set[str] = set()
+    rows: dict[str, dict[str, str]] = {}
     found = False
     for path in map(Path, paths):
         if not path.is_file() or path.stat().st_size == 0:
@@ -911,11 +951,24 @@ def recorded_done(stats_csv: Path | Sequence[Path] | None, stats_key: str = "fil
             if not header or stats_key not in header:
                 continue
             k = header.index(stats_key)
-            recorded.update(r[k] for r in reader if len(r) == len(header))
+            complete = (r for r in reader if len(r) == len(header))
+            if outputs is None:
+                recorded.update(r[k] for r in complete)
+            else:
+                rows.update((r[k], dict(zip(header, r))) for r in complete)
             found = True
     if not found:
         return None
-    return lambda j: j.dst.is_file() and j.rel.as_posix() in recorded
+    if outputs is None:
+        return lambda j: j.dst.is_file() and j.rel.as_posix() in recorded
+    wrote = outputs
+
+    def done(j: FileJob) -> bool:
+        row = rows.get(j.rel.as_posix())
+        files = list(wrote(j, row)) if row is not None else []
+        return bool(files) and all(p.is_file() for p in files)
+
+    return done
 
 
 def env_int(name: str, default: int) -> int:
@@ -1030,15 +1083,16 @@ def keep_input_mode(process: Callable[[list[LoadedImage]], list[Outcome]], *,
 
 def _write_outcome(item: LoadedImage, out: Outcome, quality: int) -> None:
     job = item.job
-    if out.status in ("ok", "copy") and same_file(job.dst, job.src):
+    dst = out.dst or job.dst
+    if out.status in ("ok", "copy") and same_file(dst, job.src):
         raise OSError("the output path is the input file; refusing to overwrite it")
     if out.status == "ok":
         assert out.image is not None
-        fmt = pil_format_for(job.dst)
+        fmt = pil_format_for(dst)
         data = encode_image(out.image, fmt, quality=quality, **item.encoding())
-        atomic_write_bytes(job.dst, data)
+        atomic_write_bytes(dst, data)
     elif out.status == "copy":
-        atomic_write_bytes(job.dst, job.src.read_bytes())
+        atomic_write_bytes(dst, job.src.read_bytes())
 
 
 #: How the jobs' CSV files hold text (`open(path, newline="", **CSV_TEXT)`, `text.encode(**CSV_TEXT)`): UTF-8, a
@@ -1337,7 +1391,7 @@ def run_folder_job(
         try:
             _write_outcome(item, out, quality)
         except Exception as e:
-            why = f"cannot write {shown_path(item.job.dst)} ({getattr(e, 'reason', None) or e})"
+            why = f"cannot write {shown_path(out.dst or item.job.dst)} ({getattr(e, 'reason', None) or e})"
             with lock:
                 report.failed.append((item.job.src, why))
             say(f"error: {shown_path(item.job.src)}: {why}")

@@ -35,6 +35,7 @@ from typing import Any, Callable, Container, Iterable, Iterator, Sequence
 
 
 from ..utils.errors import ImageReadError, MissingDependencyError, PufaceError, shown_path
+from ..utils.paths import create_temporary
 from .files import check_output_folder, check_output_root, list_image_files
 from .images import encode_image, max_pixels
 from .jobs import (FileJob, JobReport, LoadedImage, Outcome, _read_settings, _StatsCSV, call_process, load_for_job,
@@ -509,6 +510,7 @@ def _remove_stale_temporaries(dsts: Iterable[Path]) -> None:
             if not (entry.startswith(".") and entry.endswith(".tmp")):
                 continue
             name, _, pid = entry[1 : -len(".tmp")].rpartition(".")
+            pid = pid.partition("-")[0]  # `.NAME.PID-N.tmp`: a fresh name (`utils.paths.create_temporary`)
             if name not in mine or not pid.isdigit() or int(pid) == os.getpid():
                 continue
             try:
@@ -531,12 +533,12 @@ class _ShardWriter:
     def __init__(self, job: ShardJob):
         self.job = job
         job.dst.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = job.dst.with_name(f".{job.dst.name}.{os.getpid()}.tmp")
+        fd, self.tmp = create_temporary(job.dst, thread=False)  # a new file: never through a link at its name
+        self._file = open(fd, "wb")
         self.count = 0
         if job.format == "webdataset":
             from webdataset import TarWriter
 
-            self._file = open(self.tmp, "wb")
             # a fixed mtime: the same records give the same bytes on every run and engine
             self._tar = TarWriter(self._file, encoder=False, mtime=int(job.src.stat().st_mtime))
         else:
@@ -575,7 +577,7 @@ class _ShardWriter:
         import pyarrow.parquet as pq
 
         if self._pq is None:
-            self._pq = pq.ParquetWriter(self.tmp, self._schema)
+            self._pq = pq.ParquetWriter(self._file, self._schema)
         if self._buffer:
             self._pq.write_table(pa.concat_tables(self._buffer))
         self._buffer, self._buffered = [], 0
@@ -587,21 +589,20 @@ class _ShardWriter:
 
     def commit(self) -> None:
         if self.job.format == "webdataset":
-            self._tar.close()
-            self._file.close()
+            self._tar.close()  # both leave self._file open
         else:
             self._flush()  # also when no record survived: an empty file with the input's schema
             self._pq.close()
-        with open(self.tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
         os.replace(self.tmp, self.job.dst)
 
     def abort(self) -> None:
         try:
-            if self.job.format == "webdataset":
-                self._file.close()
-            elif self._pq is not None:
+            if self.job.format != "webdataset" and self._pq is not None:
                 self._pq.close()
+            self._file.close()
         except Exception:
             pass
         self.tmp.unlink(missing_ok=True)

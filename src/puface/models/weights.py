@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from ..utils.errors import MissingDependencyError, PufaceError
-from ..utils.paths import cache_dir
+from ..utils.paths import cache_dir, create_temporary
 
 
 def package_dir(module: str, pip_name: str) -> Path:
@@ -82,7 +82,11 @@ def cached_state_dict(
         except Exception:  # a truncated cache file: convert again
             path.unlink(missing_ok=True)
     state = convert()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    fd, tmp = create_temporary(path, thread=False)  # a new file: never through a link planted at its name
+    try:
+        with open(fd, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return state

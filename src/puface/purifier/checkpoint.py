@@ -16,25 +16,18 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..utils.errors import PufaceError
+from ..utils.paths import create_temporary
 from ..utils.version import __version__
 
 FORMAT = "puface-purifier"
 FORMAT_VERSION = 1
 _META_KEYS = ("model_config", "config", "puface_version", "torch_version", "data_summary", "metrics", "epoch")
-
-
-def _atomic_target(path: Path) -> Path:
-    """The temporary beside `path`, named as `io.images.atomic_write_bytes` names its own (.NAME.PID.THREAD.tmp), so
-    that `io.jobs.remove_stale_temporaries` finds the one a killed process left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
 def make_checkpoint(state_dict: dict[str, torch.Tensor], model_config: dict, *, config: dict | None = None,
@@ -61,19 +54,19 @@ def make_checkpoint(state_dict: dict[str, torch.Tensor], model_config: dict, *, 
 def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> Path:
     """Write `ckpt` (from `make_checkpoint`) atomically; `.safetensors` drops `train_state`."""
     path = Path(path)
-    tmp = _atomic_target(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a new temporary named as `io.jobs.remove_stale_temporaries` finds a killed process's (never through a link)
+    fd, tmp = create_temporary(path)
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
+        with open(fd, "wb") as f:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import save
 
-            meta = {k: ckpt[k] for k in _META_KEYS if k in ckpt}
-            meta.update(format=ckpt["format"], format_version=ckpt["format_version"])
-            save_file(ckpt["state_dict"], str(tmp), metadata={"puface": json.dumps(meta)})
-        else:
-            torch.save(ckpt, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a checkpoint is an ordinary file
+                meta = {k: ckpt[k] for k in _META_KEYS if k in ckpt}
+                meta.update(format=ckpt["format"], format_version=ckpt["format_version"])
+                f.write(save(ckpt["state_dict"], metadata={"puface": json.dumps(meta)}))
+            else:
+                torch.save(ckpt, f)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

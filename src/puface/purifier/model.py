@@ -23,7 +23,7 @@ from torch import nn
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
 from ..utils.images import check_batch_size, check_unit_images
-from ..utils.paths import package_weights
+from ..utils.paths import current_folder, package_weights
 from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from .rednet import RedNet, RedNetConfig, conv_flops
 
@@ -341,7 +341,7 @@ class Purifier(nn.Module):
                 raise PufaceError(f"the shipped purifier {name!r} is missing from this installation ({path}); "
                                   "reinstall puface or pass --weights")
         elif not Path(path).is_file():  # a misspelt name too: say what else it could be
-            where = f"; a relative path is read from the current folder {Path.cwd()}"
+            where = f"; a relative path is read from the current folder {current_folder()}"
             where = "" if Path(path).is_absolute() else where
             raise PufaceError(f"{path}: purifier checkpoint not found; give a checkpoint file (.safetensors, .pt) or "
                               f"a shipped purifier's name: {', '.join(SHIPPED_WEIGHTS)}{where}")

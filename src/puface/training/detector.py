@@ -60,7 +60,7 @@ from ..purifier.model import Purifier
 from ..utils.device import resolve_device
 from ..utils.errors import ConfigError, PufaceError
 from ..utils.fingerprint import content_hashes
-from ..utils.paths import cache_dir
+from ..utils.paths import cache_dir, create_temporary
 from ..utils.images import to_float, to_uint8
 from ..utils.seeding import stable_seed
 from ..utils.tomlconfig import (apply_overrides, clear_optional, config_where, load_toml_config, refuse_unknown,
@@ -291,9 +291,13 @@ def cached_inputs(
     px = torch.cat([det.purify_chips(x[i : i + 256], batch) for i in range(0, len(x), 256)]) if len(x) else x
     feats = det.features(x, purified=px, batch_size=batch)
     feats = {k: v for k, v in feats.items() if k.startswith("shift:") or k == "psnr"}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"purified": to_uint8(px), "features": feats}, tmp)
-    os.replace(tmp, path)
+    fd, tmp = create_temporary(path, thread=False)  # a new file: never through a link planted at its name
+    try:
+        with open(fd, "wb") as f:
+            torch.save({"purified": to_uint8(px), "features": feats}, f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return xu, to_uint8(px), feats, False
 
 

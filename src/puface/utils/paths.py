@@ -3,6 +3,7 @@ installed package keeps its shipped weights."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import threading
@@ -10,6 +11,36 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import PufaceError
+
+#: How `create_temporary` opens a temporary: a new file only (never an existing file or a link, nor through one).
+_TEMP_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+               | getattr(os, "O_BINARY", 0))
+
+
+def create_temporary(path: str | Path, thread: bool = True) -> tuple[int, Path]:
+    """A new empty file beside `path` to write it atomically (then `os.replace(tmp, path)`): an open descriptor
+    (write only) and its name, `.NAME.PID.THREAD.tmp` (`thread` False: `.NAME.PID.tmp`), or, where that name exists (a
+    file a killed process left, a link someone planted), the first free `.NAME.PID.THREAD-N.tmp`. Opened with
+    O_CREAT | O_EXCL | O_NOFOLLOW, mode 0o666 less the umask: a link at the name is never written through, another
+    file never truncated. The folder must exist."""
+    path = Path(path)
+    base = f".{path.name}.{os.getpid()}" + (f".{threading.get_ident()}" if thread else "")
+    for n in range(1000):
+        tmp = path.with_name(f"{base}{f'-{n}' if n else ''}.tmp")
+        try:
+            return os.open(tmp, _TEMP_FLAGS, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no free temporary name beside {path}", str(tmp))
+
+
+def current_folder() -> str:
+    """The current folder, as a message names it: its path, or "(deleted)" where it no longer exists (`Path.cwd`
+    raises there: a message that names it must not fail), "(unknown: REASON)" where it cannot be read."""
+    try:
+        return str(Path.cwd())
+    except OSError as e:
+        return "(deleted)" if e.errno == errno.ENOENT else f"(unknown: {e.strerror or e})"
 
 
 def puface_home() -> Path:
@@ -41,13 +72,16 @@ def package_file(*parts: str) -> Path:
     if not (out.is_file() and out.stat().st_size == len(data)):
         # atomic: a reader never sees a partial copy; one temporary file per process and thread (two threads of one
         # process extracting the file at once each rename their own whole copy)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp = None
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(data)
+            fd, tmp = create_temporary(out)
+            with open(fd, "wb") as f:
+                f.write(data)
             os.replace(tmp, out)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             raise PufaceError(f"{out}: cannot extract puface's packaged {'/'.join(parts)} from its zip archive here "
                               f"({e.strerror or e}); set $PUFACE_HOME to a writable folder") from None
     return out
