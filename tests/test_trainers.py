@@ -71,6 +71,15 @@ def test_nearest_neighbour_on_hand_built_embeddings():
     assert t.predict_embeddings(q).tolist() == ["b", "a", "a", "c"]
 
 
+def test_nearest_neighbour_compares_directions_not_raw_dot_products():
+    """Cosine 1-NN: a training embedding of large norm does not win by its length (a dot product without normalising
+    the training side would pick it for every query with a positive component along it)."""
+    train = torch.tensor([[1.0, 0.0], [10.0, 10.0]])
+    t = create_trainer("nn", colour_embedder()).fit_embeddings(train, ["a", "b"])
+    q = torch.tensor([[1.0, 0.2], [0.2, 1.0]])  # cos to a 0.98 vs b 0.83; cos to a 0.20 vs b 0.83
+    assert t.predict_embeddings(q).tolist() == ["a", "b"]
+
+
 def test_linear_probe_on_hand_built_embeddings():
     rng = np.random.default_rng(0)
     centres = np.array([[3.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 3.0, 0]])
