@@ -689,3 +689,19 @@ def test_paper_table_has_a_column_for_every_defense_labelled_puface():
     assert header[4:] == ["ASR no defense", "ASR puface-step1.5", "normal acc. no defense",
                           "normal acc. puface-step1.5"]
     assert rows[0][4:6] == ["90.0", "20.0"]
+
+
+def test_headline_picks_the_best_baseline_on_the_white_box_cells_and_reports_purifiers_highest_white_box_asr():
+    """The best baseline is the one with the lowest mean ASR over the white-box cells (an oblivious cell where another
+    baseline does well does not choose it); the closing number is PuFace's highest white-box ASR, its worst case."""
+    def cell(victim, setting, asrs):
+        return [{"attack": "fawkes", "victim": victim, "trainer": "nn", "setting": setting, "defense": d,
+                 "asr_mean": a, "normal_acc_mean": 0.9} for d, a in zip(("none", "puface", "jpeg", "blur"), asrs)]
+
+    rows = cell("v1", "white-box", (0.9, 0.3, 0.6, 0.8)) + cell("v2", "white-box", (0.9, 0.1, 0.6, 0.8))
+    rows += cell("v3", "oblivious", (0.9, 0.05, 0.9, 0.0))  # over every cell blur (0.53) would beat jpeg (0.7)
+    h = summaries.headline(rows)
+    assert h["best_baseline"] == "jpeg"
+    assert h["max_white_box_asr_puface"] == pytest.approx(0.3)
+    assert h["means"]["white-box"]["jpeg"]["asr"] == pytest.approx(0.6)
+    assert [r["row_best"] for r in h["rows"]] == ["jpeg", "jpeg", "blur"]
