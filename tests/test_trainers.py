@@ -148,6 +148,23 @@ def test_end_to_end_fits_predicts_and_trains_the_backbone(colour_data):
     assert t.losses == t2.losses
 
 
+def test_end_to_end_head_starts_from_each_class_mean_embedding(colour_data):
+    """Weight imprinting: with no steps the head is the class means, so e2e predicts the class whose mean embedding
+    is nearest in cosine to the photo's embedding."""
+    import torch.nn.functional as F
+
+    tr, te = colour_data.train, colour_data.test
+    emb = tiny_conv_embedder(seed=1)
+    t = create_trainer("e2e", emb, steps=0, seed=0, device="cpu").fit(tr.images, tr.labels)
+    with torch.no_grad():
+        train_emb, test_emb = emb(tr.images.float() / 255), emb(te.images.float() / 255)
+    classes = sorted(set(tr.labels.tolist()))
+    means = torch.stack([train_emb[torch.from_numpy(tr.labels == c)].sum(0) for c in classes])
+    want = [classes[i] for i in (F.normalize(test_emb, dim=1) @ F.normalize(means, dim=1).T).argmax(1).tolist()]
+    assert t.predict(te.images).tolist() == want
+    assert len(set(want)) > 1
+
+
 def test_balanced_batches_and_flips():
     """1 'rare' row among 50 'common' ones is drawn about half of the time; flips are left-right."""
     by_class = [np.arange(50), np.array([50])]
