@@ -156,6 +156,26 @@ def test_split_is_deterministic_and_independent_of_other_identities(tmp_path):
         split_dataset(ds, drop_small=False)
 
 
+def test_each_identity_is_shuffled_with_its_own_seed(tmp_path):
+    """Identities of one size are not split alike: each is shuffled from (seed, its name) (module docstring), so
+    the photos a seed keeps for training are not the same positions of every identity's sorted list."""
+    names = [f"id{i}" for i in range(6)]
+    split = split_dataset(scan_identities(make_tree(tmp_path / "r", {n: 10 for n in names})), seed=0)
+    positions = {
+        n: frozenset(int(Path(im.path).stem.rsplit("_", 1)[1]) for im in split.train if im.identity == n) for n in names
+    }
+    assert all(len(p) == 7 for p in positions.values())
+    assert len(set(positions.values())) > 1
+
+
+def test_split_identities_gives_the_first_group_the_rounded_share():
+    """round(n * fraction), not its floor: 10 names at 0.28 give 3 (2.8), not 2."""
+    a, b = split_identities([f"id{i}" for i in range(10)], 0.28, seed=0)
+    assert (len(a), len(b)) == (3, 7)
+    a, b = split_identities([f"id{i}" for i in range(10)], 0.22, seed=0)
+    assert (len(a), len(b)) == (2, 8)
+
+
 def test_split_identities_disjoint_and_seeded():
     names = [f"id{i}" for i in range(20)]
     a, b = split_identities(names, 0.25, seed=0)

@@ -101,6 +101,23 @@ def detector(johns_images) -> CloakDetector:
     return det
 
 
+def test_each_component_is_scaled_by_its_natural_median_and_99th_percentile(detector):
+    """z = (v - median) / (p99 - median) on the natural calibration chips, per component; the score is the largest z.
+    So on those chips each component's z has median 0 and 99th percentile 1, whatever its units."""
+    det = CloakDetector(DetectorConfig(embedders=("dlib-resnet29",), components=("shift:dlib-resnet29", "psnr")),
+                        purifier=detector.purifier, embedders={"dlib-resnet29": detector.embedder("dlib-resnet29")})
+    g = torch.Generator().manual_seed(0)
+    feats = {"shift:dlib-resnet29": torch.randn(1000, generator=g).mul(0.5).sub(3).exp(),
+             "psnr": torch.randn(1000, generator=g).mul(2.0).add(40.0)}
+    det.calibrate(feats, fpr=0.01, confidence=None)
+    z = det.normalise(det.component_values(feats))
+    for v in z.values():
+        assert float(v.double().median()) == pytest.approx(0.0, abs=1e-6)
+        assert float(torch.quantile(v.double(), 0.99)) == pytest.approx(1.0, abs=1e-6)
+    scored = det.scored(feats)
+    assert torch.equal(scored["score"], torch.maximum(z["shift:dlib-resnet29"], z["psnr"]))
+
+
 @pytest.fixture(scope="module")
 def detector_file(detector, tmp_path_factory) -> Path:
     return detector.save(tmp_path_factory.mktemp("det") / "det.safetensors")

@@ -81,6 +81,9 @@ def test_the_kinds_that_describe_a_storage():
     assert k("jpeg:quality=80,subsampling=4:4:4") == ["natural:jpeg:quality=75,subsampling=4:4:4"]
     assert k("jpeg:quality=97,subsampling=4:4:4") == ["natural:jpeg:quality=90,subsampling=4:4:4"]
     assert k("jpeg:quality=80,subsampling=4:2:2") is None
+    # a file at a calibrated quality is judged by that quality's kinds, not the next lower one
+    assert k("jpeg:quality=75,subsampling=4:2:0") == ["natural:jpeg:quality=75"]
+    assert k("jpeg:quality=90,subsampling=4:4:4") == ["natural:jpeg:quality=90,subsampling=4:4:4"]
     assert k("palette") == ["natural:palette:colors=256", "natural:palette:mode=web"]
     assert k("") is None and k("tiff") is None
 

@@ -243,6 +243,16 @@ def test_quantize_matches_decoding_the_saved_png():
     assert (q * 255 - (x * 255).round()).abs().max() < 1e-4
 
 
+def test_8bit_outputs_of_the_attack_keep_the_budget(faces):
+    """Rounded to 8 bits (quantize_output, as a PNG stores them), every output that is not a fallback keeps the DSSIM
+    budget of 1.1 th (module docstring), though rounding alone would push some over."""
+    emb = tiny_embedder()
+    th = MODES["low"].th
+    res = Fawkes("low", [emb], save_last_on_failed=False, batch_size=8, device="cpu").run(faces, quantize_output=True)
+    assert (res.stats["dssim"] <= 1.1 * th + 1e-6).all(), res.stats["dssim"]
+    assert (res.stats["budget_scale"] < 1).any()  # the guard had work to do here
+
+
 def test_8bit_outputs_are_brought_back_under_the_budget(faces):
     from puface.utils.images import quantize
     from puface.attacks.fawkes import _budget_guard

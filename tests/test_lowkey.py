@@ -96,6 +96,32 @@ def test_pixels_move_at_most_steps_times_step_plus_noise(faces):
     assert (res.stats["linf"] > 0.05).all()  # the signed steps accumulate where the gradient agrees
 
 
+def test_the_start_is_uniform_noise_on_both_sides(faces):
+    """x' starts at x + U(-init_noise, init_noise): with no steps the change is that noise, of either sign."""
+    x = faces.clamp(0.1, 0.9)  # away from the clamp at 0 and 1
+    res = LowKey([tiny_embedder()], perceptual="ssim", steps=0, device="cpu", batch_size=6).run(x)
+    d = res.images - x
+    assert float(d.abs().max()) <= 0.005 + 1e-6
+    assert float(d.min()) < -0.004 and float(d.max()) > 0.004 and abs(float(d.mean())) < 5e-4
+
+
+def test_recorded_terms_are_those_of_the_returned_image(faces):
+    """The attack clamps its image to [0, 1] at the end, and the perceptual and feature terms it records are measured
+    on that image (the one returned), also where the steps pushed saturated pixels past 0 or 1."""
+    x = faces.clone()
+    x[:, :, :8] = 1.0  # saturated rows: a signed step pushes half of them past 1
+    x[:, :, -8:] = 0.0
+    atk = LowKey([tiny_embedder()], perceptual="ssim", device="cpu", batch_size=6)
+    res = atk.run(x)
+    assert res.images.min() >= 0 and res.images.max() <= 1
+    with torch.no_grad():
+        refs = [atk._reference(emb, x) for emb in atk.surrogates]
+        want_feat = atk.feature_distance(res.images, refs)
+        want_perc = atk._perceptual(x)(res.images)
+    assert torch.allclose(res.stats["feature_distance"], want_feat, atol=1e-5)
+    assert torch.allclose(res.stats["perceptual"], want_perc, atol=1e-5)
+
+
 def _noise_shift(emb, clean, cloaked, seed=2):
     """Embedding shift caused by Gaussian noise with the same RMS (so the same PSNR) as the cloak."""
     rms = (cloaked - clean).pow(2).flatten(1).mean(1).sqrt().view(-1, 1, 1, 1)

@@ -40,6 +40,9 @@ def test_metrics_on_hand_built_predictions():
     s = protocol_scores(pred, true, "u")
     assert s == {"asr": 0.5, "normal_acc": pytest.approx(4 / 6), "user_acc": 0.5, "n_user_test": 4, "n_other_test": 6}
     assert math.isnan(attack_success_rate(pred, true, "nobody"))
+    # user_acc is the share of the user's test photos recognised: 1 - ASR (3 of 4 here, ASR 1 of 4)
+    s = protocol_scores(["u", "u", "a", "u", "a", "b"], ["u", "u", "u", "u", "a", "b"], "u")
+    assert (s["asr"], s["user_acc"], s["normal_acc"]) == (0.25, 0.75, 1.0)
     with pytest.raises(ValueError, match="length"):
         attack_success_rate(pred[:-1], true, "u")
 

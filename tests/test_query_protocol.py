@@ -55,6 +55,7 @@ def test_query_asr_on_a_known_case(colour_data):
         assert r["protocol"] == "query" and r["normal_acc"] == 1.0
         assert r["asr"] == (pytest.approx(2 / 3) if r["attack"] == "swap" else 0.0), r
     assert r["n_user_test"] == 3
+    assert r["n_user_train"] == len(colour_data.train.rows_of("Alice")) == 7  # her gallery photos, not her probes
 
 
 def test_the_same_cloak_fails_at_training_time(colour_data):
@@ -63,6 +64,15 @@ def test_the_same_cloak_fails_at_training_time(colour_data):
     _, rows = run(Protocol, colour_data, SwapToBob(), trainers=("nn",))
     swap = [r for r in rows if r["attack"] == "swap"]
     assert swap and all(r["asr"] == 0.0 and r["protocol"] == "training" for r in swap)
+
+
+def test_the_clean_references_image_quality_is_of_the_defended_training_photos(colour_data):
+    """Without a cloak the protected user's training photos still go through the defense: the quality recorded for the
+    clean reference compares the defended photos with the natural ones (not the natural photos with themselves)."""
+    proto, _ = run(Protocol, colour_data, SwapToBob(), defenses=("none", "noise"), trainers=("nn",))
+    assert set(proto.quality["clean", "none", "Alice"]["psnr"]) == {99.0}  # identical: the cap
+    noisy = proto.quality["clean", "noise", "Alice"]
+    assert len(noisy["psnr"]) == 7 and max(noisy["psnr"]) < 60 and max(noisy["ssim"]) < 1
 
 
 def test_the_defense_reaches_every_probe_and_never_the_gallery(colour_data):

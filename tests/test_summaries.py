@@ -643,3 +643,65 @@ def test_report_headline_of_a_config_must_name_its_defenses():
         _mine_grid({"headline": ["theirs"]})
     with pytest.raises(ConfigError, match=r"mine.toml \[report\]: headline must be a list of defense labels"):
         _mine_grid({"headline": "mine"})
+
+
+def _cell(attack, victim, defense, setting, asr, acc):
+    """One summary row of the paper table (trainer nn)."""
+    return {"attack": attack, "victim": victim, "trainer": "nn", "defense": defense, "setting": setting,
+            "asr_mean": asr, "asr_std": 0.0, "normal_acc_mean": acc, "normal_acc_std": 0.0, "n": 1}
+
+
+def _mean_row(rows, setting):
+    return next(r for r in rows if r[0] == f"**mean ({setting})**")
+
+
+def test_paper_table_means_leave_out_the_clean_reference():
+    """The mean rows average the cloaked cells: the clean reference (no cloak, ASR near 0) is not a cloaked setting."""
+    from puface.evaluation.tables import paper_table
+
+    summary = [_cell("clean", "v1", "none", "clean", 0.0, 1.0), _cell("fawkes", "v1", "none", "white-box", 0.8, 0.9),
+               _cell("fawkes", "v2", "none", "oblivious", 0.6, 0.7)]
+    header, rows = paper_table(summary)
+    assert header[4:] == ["ASR no defense", "normal acc. no defense"]
+    assert _mean_row(rows, "white-box")[4:] == ["**80.0**", "**90.0**"]
+    assert _mean_row(rows, "oblivious")[4:] == ["**60.0**", "**70.0**"]
+    assert _mean_row(rows, "all cloaked")[4:] == ["**70.0**", "**80.0**"]
+
+
+def test_paper_table_means_leave_out_cells_without_a_number():
+    """A cell without an ASR (NaN: no protected user had a test photo) is left out of the mean, not made NaN of it."""
+    from puface.evaluation.tables import paper_table
+
+    summary = [_cell("fawkes", "v1", "none", "white-box", 0.8, 0.9),
+               _cell("fawkes", "v3", "none", "white-box", float("nan"), 0.5)]
+    _, rows = paper_table(summary)
+    assert _mean_row(rows, "white-box")[4:] == ["**80.0**", "**70.0**"]
+
+
+def test_paper_table_has_a_column_for_every_defense_labelled_puface():
+    """By default the first table's columns are none and every defense labelled puface... (a step-size variant
+    too); a baseline such as jpeg is only in the per-defense tables."""
+    from puface.evaluation.tables import paper_table
+
+    summary = [_cell("fawkes", "v1", d, "white-box", asr, 0.9)
+               for d, asr in (("none", 0.9), ("puface-step1.5", 0.2), ("jpeg", 0.7))]
+    header, rows = paper_table(summary)
+    assert header[4:] == ["ASR no defense", "ASR puface-step1.5", "normal acc. no defense",
+                          "normal acc. puface-step1.5"]
+    assert rows[0][4:6] == ["90.0", "20.0"]
+
+
+def test_headline_picks_the_best_baseline_on_the_white_box_cells_and_reports_purifiers_highest_white_box_asr():
+    """The best baseline is the one with the lowest mean ASR over the white-box cells (an oblivious cell where another
+    baseline does well does not choose it); the closing number is PuFace's highest white-box ASR, its worst case."""
+    def cell(victim, setting, asrs):
+        return [{"attack": "fawkes", "victim": victim, "trainer": "nn", "setting": setting, "defense": d,
+                 "asr_mean": a, "normal_acc_mean": 0.9} for d, a in zip(("none", "puface", "jpeg", "blur"), asrs)]
+
+    rows = cell("v1", "white-box", (0.9, 0.3, 0.6, 0.8)) + cell("v2", "white-box", (0.9, 0.1, 0.6, 0.8))
+    rows += cell("v3", "oblivious", (0.9, 0.05, 0.9, 0.0))  # over every cell blur (0.53) would beat jpeg (0.7)
+    h = summaries.headline(rows)
+    assert h["best_baseline"] == "jpeg"
+    assert h["max_white_box_asr_puface"] == pytest.approx(0.3)
+    assert h["means"]["white-box"]["jpeg"]["asr"] == pytest.approx(0.6)
+    assert [r["row_best"] for r in h["rows"]] == ["jpeg", "jpeg", "blur"]

@@ -71,6 +71,15 @@ def test_nearest_neighbour_on_hand_built_embeddings():
     assert t.predict_embeddings(q).tolist() == ["b", "a", "a", "c"]
 
 
+def test_nearest_neighbour_compares_directions_not_raw_dot_products():
+    """Cosine 1-NN: a training embedding of large norm does not win by its length (a dot product without normalising
+    the training side would pick it for every query with a positive component along it)."""
+    train = torch.tensor([[1.0, 0.0], [10.0, 10.0]])
+    t = create_trainer("nn", colour_embedder()).fit_embeddings(train, ["a", "b"])
+    q = torch.tensor([[1.0, 0.2], [0.2, 1.0]])  # cos to a 0.98 vs b 0.83; cos to a 0.20 vs b 0.83
+    assert t.predict_embeddings(q).tolist() == ["a", "b"]
+
+
 def test_linear_probe_on_hand_built_embeddings():
     rng = np.random.default_rng(0)
     centres = np.array([[3.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 3.0, 0]])
@@ -137,6 +146,23 @@ def test_end_to_end_fits_predicts_and_trains_the_backbone(colour_data):
         tr.images, tr.labels
     )
     assert t.losses == t2.losses
+
+
+def test_end_to_end_head_starts_from_each_class_mean_embedding(colour_data):
+    """Weight imprinting: with no steps the head is the class means, so e2e predicts the class whose mean embedding
+    is nearest in cosine to the photo's embedding."""
+    import torch.nn.functional as F
+
+    tr, te = colour_data.train, colour_data.test
+    emb = tiny_conv_embedder(seed=1)
+    t = create_trainer("e2e", emb, steps=0, seed=0, device="cpu").fit(tr.images, tr.labels)
+    with torch.no_grad():
+        train_emb, test_emb = emb(tr.images.float() / 255), emb(te.images.float() / 255)
+    classes = sorted(set(tr.labels.tolist()))
+    means = torch.stack([train_emb[torch.from_numpy(tr.labels == c)].sum(0) for c in classes])
+    want = [classes[i] for i in (F.normalize(test_emb, dim=1) @ F.normalize(means, dim=1).T).argmax(1).tolist()]
+    assert t.predict(te.images).tolist() == want
+    assert len(set(want)) > 1
 
 
 def test_balanced_batches_and_flips():
