@@ -22,6 +22,20 @@ def _importlinter():
     )
 
 
+def _lint_imports(config: Path) -> int:
+    """import-linter's exit code on `config`. Its CLI configures logging with `disable_existing_loggers` (every
+    logger made so far, puface's included, is disabled: a later test's caplog saw nothing); their state is restored."""
+    import logging
+
+    loggers = [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    disabled = [lg.disabled for lg in loggers]
+    try:
+        return _importlinter().lint_imports(config_filename=str(config), no_cache=True, no_logo=True)
+    finally:
+        for lg, was in zip(loggers, disabled):
+            lg.disabled = was
+
+
 def _contract_layers() -> list[set[str]]:
     """pyproject's layers, top to bottom, each a set of package names (without `puface.`)."""
     cfg = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -50,7 +64,7 @@ def test_a_drifted_layer_table_is_caught():
 
 
 def test_no_module_imports_from_a_layer_above_its_own():
-    assert _importlinter().lint_imports(config_filename=str(REPO / "pyproject.toml"), no_cache=True, no_logo=True) == 0
+    assert _lint_imports(REPO / "pyproject.toml") == 0
 
 
 def test_every_part_of_the_package_is_in_a_layer():
@@ -71,5 +85,5 @@ def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
                    "type = layers\nlayers =\n    layered.high\n    layered.low\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    assert _importlinter().lint_imports(config_filename=str(cfg), no_cache=True, no_logo=True) == 1
+    assert _lint_imports(cfg) == 1
     sys.modules.pop("layered", None)
