@@ -260,3 +260,33 @@ def test_a_large_face_inside_the_photo_keeps_its_chip_and_weight():
         chip = extract_chip(img, tf)
         assert (inside_photo_weight(tf, h, w, 4.0) == 1).all()
         assert np.array_equal(fill_off_photo(img, tf, chip), chip)
+
+
+def test_a_face_held_back_at_the_photos_edge_does_not_dilute_an_overlapping_faces_change():
+    """Two faces overlap near the photo's left edge: a large one cut by it (its change held back there by
+    `inside_photo_weight`) and a small one wholly inside. Both shift their chip by +20: where they overlap, the small
+    face's change must not be averaged down by the held-back one (it was, to 11 grey levels)."""
+    from puface.align.geometry import transform_from_rect
+    from puface.align.warp import footprint_box, inside_photo_weight
+
+    h = w = 900
+    img = (_textured(h, w, seed=3) // 2 + 64).astype(np.uint8)  # room for +20 without clipping
+    cut = transform_from_rect((-300, 0, 599, 899), 0.0, 150)
+    inner = transform_from_rect((6, 400, 105, 499), 0.0, 150)
+    assert inside_photo_weight(cut, h, w, 4.0).min() == 0 and (inside_photo_weight(inner, h, w, 4.0) == 1).all()
+
+    def shifted(tf):
+        c = extract_chip(img, tf)
+        return tf, c, c.astype(np.float64) + 20
+
+    both = paste_back(img, [shifted(cut), shifted(inner)], refine_steps=0).astype(int) - img
+    alone = paste_back(img, [shifted(inner)], refine_steps=0).astype(int) - img
+    x0, y0, _, y1 = footprint_box(inner, h, w)
+    band = np.s_[y0 + 20 : y1 - 20, x0 + 3 : x0 + 25]  # inside the small face, where the cut one is held back
+    assert (alone[band] == 20).all()
+    assert (both[band] == 20).all()
+    # the averaging weight of paste_delta: a held-back face (keep 0) weighs nothing, a keep of ones changes nothing
+    d = [(cut, np.zeros((150, 150, 3))), (inner, np.full((150, 150, 3), 20.0))]
+    zero = np.zeros((150, 150))
+    assert (paste_delta(img, d, keeps=[zero, None]) == paste_delta(img, d[1:])).all()
+    assert (paste_delta(img, d, keeps=[np.ones((150, 150)), None]) == paste_delta(img, d)).all()

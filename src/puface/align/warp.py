@@ -248,6 +248,7 @@ def paste_delta(
     deltas: Sequence[tuple[ChipTransform, np.ndarray]],
     *,
     feather: float = 4.0,
+    keeps: Sequence[np.ndarray | None] | None = None,
 ) -> np.ndarray:
     """Add chip-space changes back into a photo.
 
@@ -256,26 +257,40 @@ def paste_delta(
         deltas: (transform, delta) per face; delta is float (size, size, 3) in grey levels
             (chip_out - chip_in, in 0..255 units).
         feather: width in chip pixels over which a change fades to zero towards the chip border.
+        keeps: per face (or None), a chip-space weight (size, size) or (size, size, 1) in [0, 1] its delta was
+            already multiplied by (`inside_photo_weight`: a change held back where the chip reaches past the
+            photo's edge). It also scales the face's weight in the averaging of overlapping changes, so that a
+            face held back there does not dilute another face's change. None: 1.
     Returns:
         uint8 (H, W, 3): the photo plus the mapped changes, rounded. Where footprints overlap, the
         changes are averaged by their weights. Pixels outside every chip footprint are unchanged.
     """
     h, w = image.shape[:2]
-    boxes = [(tf, delta, box) for tf, delta in deltas if (box := footprint_box(tf, h, w)) is not None]
+    if keeps is None:
+        keeps = [None] * len(deltas)
+    if len(keeps) != len(deltas):
+        raise ValueError(f"keeps has {len(keeps)} entries for {len(deltas)} deltas")
+    boxes = [
+        (tf, delta, keep, box)
+        for (tf, delta), keep in zip(deltas, keeps)
+        if (box := footprint_box(tf, h, w)) is not None
+    ]
     if not boxes:
         return image.copy()
     # work in the union of the footprints only: a phone photo's full-size float buffers took some 1.4 GB and most
     # of the time of a paste, though only the faces change
-    ux0 = min(b[0] for _, _, b in boxes)
-    uy0 = min(b[1] for _, _, b in boxes)
-    ux1 = max(b[2] for _, _, b in boxes)
-    uy1 = max(b[3] for _, _, b in boxes)
+    ux0 = min(b[0] for *_, b in boxes)
+    uy0 = min(b[1] for *_, b in boxes)
+    ux1 = max(b[2] for *_, b in boxes)
+    uy1 = max(b[3] for *_, b in boxes)
     acc = np.zeros((uy1 - uy0 + 1, ux1 - ux0 + 1, 3), np.float64)
     wsum = np.zeros((uy1 - uy0 + 1, ux1 - ux0 + 1, 1), np.float64)
-    for tf, delta, (x0, y0, x1, y1) in boxes:
+    for tf, delta, keep, (x0, y0, x1, y1) in boxes:
         n = tf.size
         mask = feather_mask(n, feather)[..., None]
         weighted = np.asarray(delta, np.float64) * mask
+        if keep is not None:  # the averaging weight (the delta carries its keep already)
+            mask = mask * np.asarray(keep, np.float64).reshape(n, n, 1)
         to_chip = invert_affine(tf.chip_to_image)
         rows = max(1, _STRIP_PIXELS // (x1 - x0 + 1))  # a large face in strips: its temporaries stay small
         for ya in range(y0, y1 + 1, rows):
@@ -337,8 +352,10 @@ def paste_back(
         targets.append(np.asarray(cin, np.float64) + m * d)
         first.append((tf, d))
         inside.append(keep)
-    out = paste_delta(image, first, feather=feather)
+    # the inside-photo weight also in the averaging where faces overlap: a face held back at the photo's edge would
+    # otherwise dilute the other's change there
+    out = paste_delta(image, first, feather=feather, keeps=inside)
     for _ in range(max(0, int(refine_steps))):
         res = [(tf, keep * (tgt - extract_chip(out, tf))) for (tf, _, _), tgt, keep in zip(chips, targets, inside)]
-        out = paste_delta(out, res, feather=feather)
+        out = paste_delta(out, res, feather=feather, keeps=inside)
     return out
