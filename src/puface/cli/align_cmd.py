@@ -97,7 +97,8 @@ def align(
     """
     from ..align import FaceAligner, FaceDetector
     from ..io.images import atomic_write_bytes, encode_image, pil_format_for
-    from ..io.jobs import Outcome, begin_settings, check_job_output, input_identity, plan_mirror, recorded_done, run_folder_job
+    from ..io.jobs import (Outcome, begin_settings, check_job_output, input_identity, plan_mirror, recorded_done,
+                           run_folder_job)
     from ..utils.errors import PufaceError
     from ..utils.version import __version__
 
