@@ -191,3 +191,22 @@ def test_progress_bar_names_the_experiment_label(files, tmp_path, capsys):
     plain = attack(seed=1)
     cache.cloak(plain, paths[:2], progress=True)
     assert f"cloaking ({plain.name})" in capsys.readouterr().err and plain.name != "fawkes-high-adaptive"
+
+
+def test_cache_files_follow_the_umask(files, tmp_path):
+    """Cloak files and config.json are 0o666 less the umask, as other outputs (they were chmodded to 0o644 whatever
+    the umask: under umask 077 every cloak was readable by all)."""
+    import os
+    import stat
+
+    paths, _ = files
+    old = os.umask(0o077)
+    try:
+        cache = CloakCache(tmp_path / "cache")
+        atk = attack()
+        cache.cloak(atk, paths[:2], progress=False)
+    finally:
+        os.umask(old)
+    written = [p for p in cache.attack_dir(atk).rglob("*") if p.is_file()]
+    assert len(written) == 3 and any(p.name == "config.json" for p in written)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in written} == {0o600}

@@ -4,7 +4,9 @@ an unreachable server says what to do offline, and a small LFW-like archive beco
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import io
 import tarfile
 import threading
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import puface.data.fetch as fetch_module
 from puface.cli import main
 from puface.data.fetch import download, extract_tar, select_identities
 from puface.utils.errors import PufaceError
@@ -280,10 +283,15 @@ def test_a_206_from_byte_0_is_not_appended_to_the_partial_file(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (writes to it fail: no space left)")
-def test_a_full_disk_is_a_clear_error_not_a_traceback(server, tmp_path, capsys):
+def test_a_full_disk_is_a_clear_error_not_a_traceback(server, tmp_path, capsys, monkeypatch):
     srv, base = server
     srv.files["/lfw-deepfunneled.tgz"] = bytes(range(256)) * 100
-    (tmp_path / ".lfw-deepfunneled.tgz.part").symlink_to("/dev/full")  # every write: ENOSPC, as on a full disk
+
+    def full(fd):  # the partial file's data never lands: ENOSPC, as on a full disk (a link to /dev/full is refused now)
+        os.ftruncate(fd, 0)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fetch_module.os, "fsync", full)
     with pytest.raises(PufaceError, match="cannot write .*lfw-deepfunneled.tgz.part .*run the same command again"):
         download(f"{base}/lfw-deepfunneled.tgz", tmp_path / "lfw-deepfunneled.tgz", progress=False)
     code = main(
@@ -397,3 +405,31 @@ def test_unpacking_onto_a_full_disk_does_not_call_the_archive_damaged(tmp_path):
     assert "cannot unpack into" in r.stdout and "make room" in r.stdout, r.stdout + r.stderr
     assert "damaged" not in r.stdout and "delete it" not in r.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.tar"]
+
+
+def test_a_link_at_the_partial_files_name_is_refused_not_written_through(server, tmp_path):
+    """A link planted at `.NAME.part` (before the download, or while it waits for the server) had the download
+    written into its target (appended: its size taken for the bytes already there); now one clear error, the target
+    untouched."""
+    srv, base = server
+    srv.files["/l.tgz"] = data = bytes(range(256)) * 40
+    target = tmp_path / "victim"
+    target.write_bytes(b"keep me")
+    part = tmp_path / ".l.tgz.part"
+    part.symlink_to(target)
+    with pytest.raises(PufaceError, match=r"\.l\.tgz\.part is a link.* refusing to write through it: delete it"):
+        download(f"{base}/l.tgz", tmp_path / "l.tgz", md5=hashlib.md5(data).hexdigest(), progress=False)
+    assert target.read_bytes() == b"keep me" and srv.requests == [] and not (tmp_path / "l.tgz").exists()
+    part.unlink()
+    real_urlopen = fetch_module.urllib.request.urlopen
+
+    def urlopen_then_plant(*a, **k):  # the link comes while the server answers
+        resp = real_urlopen(*a, **k)
+        part.symlink_to(target)
+        return resp
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fetch_module.urllib.request, "urlopen", urlopen_then_plant)
+        with pytest.raises(PufaceError, match="is a link"):
+            download(f"{base}/l.tgz", tmp_path / "l.tgz", md5=hashlib.md5(data).hexdigest(), progress=False)
+    assert target.read_bytes() == b"keep me" and not (tmp_path / "l.tgz").exists()

@@ -404,3 +404,32 @@ def test_cloak_with_ranks_refuses_two_inputs_of_one_output_before_writing(johns_
     assert err[-1].endswith(f"{src / 'id0/a.jpg'} and {src / 'id0/a.png'} would both be written to "
                             f"{out / 'id0/a.png'}; rename one, or use --format same")
     assert not out.exists()
+
+
+def test_an_output_sub_folder_linked_outside_the_output_folder_is_not_written_through(johns_dir, tmp_path, weights,
+                                                                                       capsys):
+    """OUT/id1 -> /elsewhere: its files fail, one line each (the run goes on with the others; it wrote them into
+    /elsewhere before); a link that stays inside OUT, and OUT itself a link, are written through as before."""
+    src, out, elsewhere = _tree(johns_dir, tmp_path / "in", 0), tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / "real0").mkdir(parents=True)
+    (out / "id1").symlink_to(elsewhere, target_is_directory=True)
+    (out / "id0").symlink_to(out / "real0", target_is_directory=True)  # inside OUT: fine
+    said: list[str] = []
+    rep = run_folder_job(plan_mirror(src, out), _identity, batch_size=4, progress=False, log=said.append)
+    assert rep.written == 2 and len(rep.failed) == 2
+    assert list(elsewhere.iterdir()) == []
+    assert sorted(p.name for p in (out / "real0").iterdir()) == ["0.jpg", "1.jpg"]
+    for p, why in rep.failed:
+        assert p.parent.name == "id1" and "leads outside the output folder" in why and str(elsewhere) in why
+    assert len([m for m in said if m.startswith("error:")]) == 2
+    # the command: exit 1, one error line per file, nothing in /elsewhere (also below a folder not made yet there)
+    shutil.rmtree(src / "id0")
+    (src / "id1" / "deeper").mkdir()
+    shutil.copy(src / "id1" / "0.jpg", src / "id1" / "deeper" / "2.jpg")
+    linked_root = tmp_path / "linked_out"
+    linked_root.symlink_to(out, target_is_directory=True)  # OUT a link the user names: written through
+    assert main(_purify(src, linked_root, "--weights", weights, "--no-resume")) == 1
+    err = capsys.readouterr().err
+    assert err.count("leads outside the output folder") == 3
+    assert list(elsewhere.iterdir()) == []

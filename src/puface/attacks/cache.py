@@ -15,38 +15,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from ..io.images import encode_image, read_image
-from ..utils.errors import CloakNotCachedError, ImageReadError, ImageWriteError, PufaceError
+from ..io.images import atomic_write_bytes, encode_image, read_image
+from ..utils.errors import CloakNotCachedError, ImageReadError, PufaceError
 from ..utils.fingerprint import image_digest
 from ..utils.images import image_to_tensor, tensor_to_image
 from ..utils.paths import cache_dir
 from .base import CloakAttack
 
 __all__ = ["CloakCache"]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a uniquely named temporary file in the same folder + rename: safe when several
-    processes or threads write the same file at once (the last rename wins; every version is whole)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise ImageWriteError(path, f"cannot write ({e.strerror or e})") from None
 
 
 def _config_json(attack: CloakAttack) -> str:
@@ -88,7 +69,7 @@ class CloakCache:
     def _write_config(self, attack: CloakAttack) -> None:
         path = self.attack_dir(attack) / "config.json"
         if not path.is_file():
-            _write_atomic(path, (json.dumps(attack.config, indent=2, sort_keys=True) + "\n").encode())
+            atomic_write_bytes(path, (json.dumps(attack.config, indent=2, sort_keys=True) + "\n").encode())
 
     @staticmethod
     def _read(path: Path, shape: torch.Size) -> torch.Tensor | None:
@@ -229,7 +210,7 @@ class CloakCache:
         for j, i in enumerate(idx):
             pixels = tensor_to_image(cloaks[j])
             path = self.path_for(attack, keys[i])
-            _write_atomic(path, encode_image(pixels, "PNG"))
+            atomic_write_bytes(path, encode_image(pixels, "PNG"))
             if self.used is not None:
                 self.used.add(path)
             out[i] = image_to_tensor(pixels)

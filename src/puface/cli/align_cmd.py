@@ -97,7 +97,8 @@ def align(
     """
     from ..align import FaceAligner, FaceDetector
     from ..io.images import atomic_write_bytes, encode_image, pil_format_for
-    from ..io.jobs import Outcome, begin_settings, input_identity, plan_mirror, recorded_done, run_folder_job
+    from ..io.jobs import (Outcome, begin_settings, check_job_output, input_identity, plan_mirror, recorded_done,
+                           run_folder_job)
     from ..utils.errors import PufaceError
     from ..utils.version import __version__
 
@@ -156,6 +157,7 @@ def align(
                 records = [{"chip": name, **af.to_json()} for name, af in zip(names, pf.faces)]
                 for name, af in zip(names[1:], pf.faces[1:]):  # extra faces here; the first (the job's own) goes last
                     dst = item.job.dst.with_name(name)
+                    check_job_output(item.job, dst)  # a linked sub-folder leading outside the output: never through
                     atomic_write_bytes(dst, encode_image(af.chip, pil_format_for(dst), quality=quality))
                 outs.append(Outcome("ok", pf.faces[0].chip, stats={**base, "chips": json.dumps(records)},
                                     dst=item.job.dst.with_name(names[0])))

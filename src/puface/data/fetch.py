@@ -15,6 +15,7 @@ LFW (`LFW_URL`, `LFW_MD5`): the official deep-funneled archive (111 MB, 13,233 p
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import os
@@ -37,6 +38,9 @@ LFW_URL = "http://vis-www.cs.umass.edu/lfw/lfw-deepfunneled.tgz"
 LFW_MD5 = "68331da3eb755a505a502b5aacb3c201"  # the published digest (also torchvision's)
 LFW_ARCHIVE = "lfw-deepfunneled.tgz"
 CHUNK = 1 << 20
+#: How the partial file is opened (with O_APPEND to resume, else O_TRUNC): never through a link planted at its name.
+_PART_FLAGS = (os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+               | getattr(os, "O_BINARY", 0))
 
 
 def data_dir() -> Path:
@@ -131,6 +135,8 @@ def _download(url: str, dest: Path, sha256: str | None, md5: str | None, timeout
             say(f"{dest}: checksum does not match; downloading it again")
             dest.unlink()
     part = dest.with_name(f".{dest.name}.part")
+    if part.is_symlink():
+        raise _linked_part(part)
     have = part.stat().st_size if part.is_file() else 0
     req = urllib.request.Request(url, headers={"User-Agent": "puface", **({"Range": f"bytes={have}-"} if have else {})})
     try:
@@ -162,7 +168,13 @@ def _download(url: str, dest: Path, sha256: str | None, md5: str | None, timeout
             bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=dest.name, disable=not progress,
                        file=sys.stderr)
             try:
-                with open(part, "ab" if resumed else "wb") as f:
+                try:  # never through a link planted at the name (after the check above)
+                    fd = os.open(part, _PART_FLAGS | (os.O_APPEND if resumed else os.O_TRUNC), 0o666)
+                except OSError as e:
+                    if e.errno == errno.ELOOP or part.is_symlink():
+                        raise _linked_part(part) from None
+                    raise
+                with open(fd, "ab" if resumed else "wb") as f:
                     while True:
                         try:
                             block = resp.read(CHUNK)
@@ -194,6 +206,11 @@ def _download(url: str, dest: Path, sha256: str | None, md5: str | None, timeout
                           "identical file)?") from None
     os.replace(part, dest)
     return dest
+
+
+def _linked_part(part: Path) -> PufaceError:
+    return PufaceError(f"{part} is a link, not a partial download of puface's; refusing to write through it: delete "
+                       "it and run the same command again")
 
 
 def extract_tar(archive: str | Path, dest: str | Path, *, log: Callable[[str], None] | None = None) -> Path:

@@ -18,6 +18,7 @@ __all__ = [
     "check_output_folder",
     "check_output_root",
     "check_output_file",
+    "check_inside_output",
     "is_case_insensitive",
 ]
 
@@ -137,6 +138,16 @@ def check_output_file(path: str | Path, what: str = "output file", inputs: Itera
     for inp in inputs:
         if out.exists() and same_file(out, inp):
             raise PufaceError(f"{what} {out} is the input {inp}; write to another file (inputs are never overwritten)")
+
+
+def check_inside_output(path: str | Path, out_root: str | Path) -> None:
+    """Refuse to write `path` (below the output folder `out_root`) when a link among its folders leads outside
+    `out_root` (OUT/A -> /elsewhere: OUT/A/x.jpg would land in /elsewhere): a `PufaceError` naming where it leads.
+    `out_root` itself may be a link (the user named it); folders not made yet are fine (made below a real folder)."""
+    folder, root = Path(path).parent, Path(out_root)
+    if not is_within(folder, root):
+        raise PufaceError(f"its folder {shown_path(folder)} leads outside the output folder {shown_path(root)} "
+                          f"(a link, to {shown_path(folder.resolve())}); refusing to write through it")
 
 
 def check_output_folder(in_folder: str | Path, out_folder: str | Path) -> None:

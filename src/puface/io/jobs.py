@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from ..utils.errors import ImageReadError, PufaceError, shown_path
-from .files import check_output_folder, check_output_root, is_case_insensitive, iter_image_files
+from .files import check_inside_output, check_output_folder, check_output_root, is_case_insensitive, iter_image_files
 from .images import (EXPECTED_IMAGES, IMAGE_EXTENSIONS, PALETTE_MODES, atomic_write_bytes, encode_image, is_image_file,
                      is_lossless_webp, max_pixels, open_image_parts, pil_format_for, read_image_bytes, resolution_of,
                      same_file, storage_of)
@@ -1081,11 +1081,28 @@ def keep_input_mode(process: Callable[[list[LoadedImage]], list[Outcome]], *,
     return process_in_mode
 
 
+def output_root(job: FileJob) -> Path | None:
+    """The output folder `job.dst` lies in as `job.rel` lies in the input root (`plan_mirror`: dst = root / rename(rel),
+    the file kept in its folder); None where `rel` is empty."""
+    n = len(job.rel.parts)
+    return job.dst.parents[n - 1] if 0 < n <= len(job.dst.parents) else None
+
+
+def check_job_output(job: FileJob, dst: Path) -> None:
+    """Refuse to write `dst` (`job`'s output, or a name beside it) through a link among its folders that leads outside
+    the job's output folder (`files.check_inside_output`)."""
+    root = output_root(job)
+    if root is not None:
+        check_inside_output(dst, root)
+
+
 def _write_outcome(item: LoadedImage, out: Outcome, quality: int) -> None:
     job = item.job
     dst = out.dst or job.dst
     if out.status in ("ok", "copy") and same_file(dst, job.src):
         raise OSError("the output path is the input file; refusing to overwrite it")
+    if out.status in ("ok", "copy"):
+        check_job_output(job, dst)
     if out.status == "ok":
         assert out.image is not None
         fmt = pil_format_for(dst)

@@ -35,6 +35,7 @@ from .jobs import (
     Outcome,
     _StatsCSV,
     call_process,
+    check_job_output,
     load_for_job,
     recorded_done,
     split_done,
@@ -167,7 +168,8 @@ class _BatchActor:
                 out_pixels[i] = img.tobytes()
                 batch["h"][i], batch["w"][i] = img.shape[0], img.shape[1]
                 channels[i] = 1 if img.ndim == 2 else img.shape[2]
-        return {"src": batch["src"], "dst": batch["dst"], "pixels": _obj(out_pixels), "h": batch["h"], "w": batch["w"],
+        return {"src": batch["src"], "dst": batch["dst"], "rel": batch["rel"], "pixels": _obj(out_pixels),
+                "h": batch["h"], "w": batch["w"],
                 "c": channels,
                 "exif": batch["exif"], "icc": batch["icc"], "lossless": batch["lossless"], "dpi": batch["dpi"],
                 "compression": batch["compression"], "status": _obj(status), "reason": _obj(reason),
@@ -182,6 +184,8 @@ def _write_stage(quality: int) -> Callable[[dict], dict]:
         for i in range(n):
             dst = Path(batch["dst"][i])
             try:
+                if status[i] in ("ok", "copy"):
+                    check_job_output(FileJob(Path(batch["src"][i]), dst, Path(batch["rel"][i])), dst)
                 if status[i] == "ok":
                     c = int(batch["c"][i])
                     img = np.frombuffer(batch["pixels"][i], np.uint8).reshape(int(batch["h"][i]), int(batch["w"][i]), c)
