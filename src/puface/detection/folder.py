@@ -261,11 +261,16 @@ class Thresholds:
         return dict(sorted(out.items()))
 
 
+def _is_chip(det: CloakDetector, item: LoadedImage) -> bool:
+    """Whether the image is a chip of the detector's size (scored at its own pixels, not resampled)."""
+    s = det.config.chip_size
+    return item.image.shape[:2] == (s, s)
+
+
 def chip_storage(det: CloakDetector, item: LoadedImage) -> str:
     """The storage a decision may use: the file's (`LoadedImage.storage`) when the image is a chip of the detector's
-    size (scored as stored, not resampled), else "" (the storage column says so too)."""
-    s = det.config.chip_size
-    return item.storage if item.image.shape[:2] == (s, s) else ""
+    size (`_is_chip`), else "" (the storage column says so too)."""
+    return item.storage if _is_chip(det, item) else ""
 
 
 @dataclass
@@ -625,10 +630,9 @@ TWO_LEVEL_NOTE = (
 )
 
 
-def _two_level(item: LoadedImage, chip_size: int) -> bool:
-    """True for a chip of `chip_size` (scored at its own pixels) whose every value is 0 or 255."""
-    a = item.image
-    return a.shape[:2] == (chip_size, chip_size) and bool(np.all((a == 0) | (a == 255)))
+def _two_level(image: np.ndarray) -> bool:
+    """True when every value of the image is 0 or 255."""
+    return bool(np.all((image == 0) | (image == 255)))
 
 
 def _palette_kind_judged(thresholds: Thresholds, storage: str) -> bool:
@@ -642,25 +646,25 @@ _RESIZED = re.compile(r"^\d+x\d+: not a (\d+)x\1 face chip, scored resized to on
 
 def _size_note(det: CloakDetector, item: LoadedImage) -> str:
     """`RESIZED_NOTE` for an image that is not a chip of `det`'s size (a photo not aligned, a 112 px crop), else ""."""
-    s = det.config.chip_size
+    if _is_chip(det, item):
+        return ""
     h, w = item.image.shape[:2]
-    return "" if (h, w) == (s, s) else RESIZED_NOTE.format(w=w, h=h, s=s)
+    return RESIZED_NOTE.format(w=w, h=h, s=det.config.chip_size)
 
 
 def _note(item: LoadedImage, thresholds: Thresholds, aligned: bool = False) -> str:
     """A row's note on the file: an image not of the chip size scored resized (`_size_note`; not with `aligned`:
     its faces were cut as chips), that a chip of two levels cannot be judged (`TWO_LEVEL_NOTE`), and whether a palette
     image was judged by the palette kinds or not ("; " between)."""
-    size = "" if aligned else _size_note(thresholds.det, item)
-    if not aligned and _two_level(item, thresholds.det.config.chip_size):
-        return TWO_LEVEL_NOTE  # a chip of the detector's size: no size note
+    if aligned:
+        return PALETTE_NOTE if item.palette else ""
+    size = _size_note(thresholds.det, item)
+    if not size and _two_level(item.image):  # a chip of the detector's size scored at its own pixels
+        return TWO_LEVEL_NOTE
     if not item.palette:
         return size
-    palette = (
-        PALETTE_KIND_NOTE
-        if not aligned and _palette_kind_judged(thresholds, chip_storage(thresholds.det, item))
-        else PALETTE_NOTE
-    )
+    judged = _palette_kind_judged(thresholds, chip_storage(thresholds.det, item))
+    palette = PALETTE_KIND_NOTE if judged else PALETTE_NOTE
     return f"{size}; {palette}" if size else palette
 
 
