@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..utils.errors import PufaceError
-from ..utils.paths import cache_dir
+from ..utils.paths import WRITE_NO_LINK, cache_dir
 
 __all__ = ["LFW_URL", "LFW_MD5", "LFW_ARCHIVE", "download", "extract_tar", "file_digest", "select_identities",
            "data_dir", "offline_help"]
@@ -38,9 +38,6 @@ LFW_URL = "http://vis-www.cs.umass.edu/lfw/lfw-deepfunneled.tgz"
 LFW_MD5 = "68331da3eb755a505a502b5aacb3c201"  # the published digest (also torchvision's)
 LFW_ARCHIVE = "lfw-deepfunneled.tgz"
 CHUNK = 1 << 20
-#: How the partial file is opened (with O_APPEND to resume, else O_TRUNC): never through a link planted at its name.
-_PART_FLAGS = (os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-               | getattr(os, "O_BINARY", 0))
 
 
 def data_dir() -> Path:
@@ -169,7 +166,7 @@ def _download(url: str, dest: Path, sha256: str | None, md5: str | None, timeout
                        file=sys.stderr)
             try:
                 try:  # never through a link planted at the name (after the check above)
-                    fd = os.open(part, _PART_FLAGS | (os.O_APPEND if resumed else os.O_TRUNC), 0o666)
+                    fd = os.open(part, WRITE_NO_LINK | (os.O_APPEND if resumed else os.O_TRUNC), 0o666)
                 except OSError as e:
                     if e.errno == errno.ELOOP or part.is_symlink():
                         raise _linked_part(part) from None

@@ -12,9 +12,12 @@ from pathlib import Path
 
 from .errors import PufaceError
 
+#: Flags to open a file for writing, made if missing, never through a link at its name (`os.open`; with O_APPEND,
+#: O_TRUNC or O_EXCL added by the caller)
+WRITE_NO_LINK = (os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+                 | getattr(os, "O_BINARY", 0))
 #: How `create_temporary` opens a temporary: a new file only (never an existing file or a link, nor through one).
-_TEMP_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-               | getattr(os, "O_BINARY", 0))
+_TEMP_FLAGS = WRITE_NO_LINK | os.O_EXCL
 
 
 def create_temporary(path: str | Path, thread: bool = True) -> tuple[int, Path]:
