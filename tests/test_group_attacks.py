@@ -112,6 +112,20 @@ def test_opom_pushes_features_out_of_the_hull(faces):
     assert dist(adv) > 3 * dist(rand)
 
 
+@pytest.mark.parametrize("hull", ["affine", "convex", "center", "fi-uap"])
+def test_opom_hull_distance_is_to_the_configured_hull(faces, hull):
+    """`hull_distance` measures the set the mask was optimised against: it was the affine hull's distance for
+    every `hull`, so a class-centre or convex-hull mask reported a distance to another, larger set."""
+    emb = tiny_embedder()
+    res = opom(hull=hull, steps=3, hull_iters=2000).run(faces)  # a near-exact convex projection
+    clean = torch.nn.functional.normalize(emb(faces), dim=1)
+    adv = torch.nn.functional.normalize(emb(res.images), dim=1)
+    target = {"affine": lambda: affine_projection(adv, clean), "convex": lambda: convex_projection(adv, clean, 2000),
+              "center": lambda: clean.mean(dim=0, keepdim=True), "fi-uap": lambda: clean}[hull]()
+    expected = ((adv - target) ** 2).sum(dim=1)
+    torch.testing.assert_close(res.stats["hull_distance"], expected, atol=2e-3 * float(expected.max()), rtol=0)
+
+
 # ------------------------------------------------------------------ unlearnable examples
 
 def test_unlearnable_samplewise_and_classwise():

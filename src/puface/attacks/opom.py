@@ -135,28 +135,35 @@ class OPOM(GroupCloakAttack):
     def _settings(self) -> dict[str, Any]:
         return asdict(self.settings)
 
+    def _target(self, y: torch.Tensor, f: torch.Tensor, step: int) -> torch.Tensor:
+        """The point each masked feature y (n, D) is pushed away from at `step`, given the clean features f (n, D):
+        its projection onto the hull (the class centre for the first `center_steps` of the convex hull), or its
+        own clean feature (fi-uap); detached."""
+        s = self.settings
+        if s.hull == "fi-uap":
+            target = f
+        elif s.hull == "center" or (s.hull == "convex" and step < s.center_steps):
+            target = f.mean(dim=0, keepdim=True).expand_as(y)
+        elif s.hull == "affine":
+            target = affine_projection(y.detach(), f)
+        else:
+            target = convex_projection(y.detach(), f, s.hull_iters)
+        return target.detach()
+
     def _loss(self, adv: list[torch.Tensor], clean: list[torch.Tensor], step: int) -> torch.Tensor:
         """The feature-subspace distance (to maximise), summed over surrogates."""
-        s = self.settings
         total = adv[0].new_zeros(())
         for y, f in zip(adv, clean):
-            if s.hull == "fi-uap":
-                target = f
-            elif s.hull == "center" or (s.hull == "convex" and step < s.center_steps):
-                target = f.mean(dim=0, keepdim=True).expand_as(y)
-            elif s.hull == "affine":
-                target = affine_projection(y.detach(), f)
-            else:
-                target = convex_projection(y.detach(), f, s.hull_iters)
-            total = total + F.mse_loss(y, target.detach())
+            total = total + F.mse_loss(y, self._target(y, f, step))
         return total
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [F.normalize(self._batched(emb, x), dim=1) for emb in self.surrogates]
 
     def _mask(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """The universal mask (1, 3, H, W) of one person's photos x (n, 3, H, W), and the final distance
-        of each masked photo to the hull (n,)."""
+        """The universal mask (1, 3, H, W) of one person's photos x (n, 3, H, W), and each masked photo's
+        `hull_distance` (n,): the squared L2 distance of its unit feature to the configured hull (fi-uap: to its
+        own clean feature), mean over the surrogates."""
         s = self.settings
         eps, alpha = s.epsilon / 255.0, s.step_size / 255.0
         with torch.no_grad():
@@ -175,10 +182,9 @@ class OPOM(GroupCloakAttack):
             x_adv = (x + mask).clamp(0, 1)
         with torch.no_grad():
             adv = self._features((x + mask).clamp(0, 1))
-            dist = torch.stack([((y - affine_projection(y, f)) ** 2).sum(dim=1) for y, f in zip(adv, clean)]).mean(
-                dim=0
-            )
-        return mask, dist
+            last = max(s.steps, s.center_steps)  # the convex hull itself, not the centre of its first steps
+            dist = torch.stack([((y - self._target(y, f, last)) ** 2).sum(dim=1) for y, f in zip(adv, clean)])
+        return mask, dist.mean(dim=0)
 
     def _attack_group(self, x: torch.Tensor, labels: list, reference: Reference | None, generator: torch.Generator):
         out = torch.empty_like(x)
