@@ -20,6 +20,16 @@ of `step_size`, the mask = the mean of (x_adv - x) clipped to [-eps, eps], x_adv
 Defaults as the released scripts (``--alpha 8 --round 16 --step_size 1``): eps 8/255, 16 steps of 1/255.
 Budgets are in grey levels (0-255). Images keep their size: the mask has the photos' resolution, the
 surrogates resize inside (OPOM worked on 112x112 ArcFace crops).
+
+Where this differs from the reference (the released code, zhongyy/OPOM):
+
+* only its plain `FIM` (``--base 1``); not its `DFANet_MFIM` (momentum and dropout surrogates, 100 rounds),
+  made for transfer to face models the mask was not made with: masks here are weaker on unseen models;
+* the mask is fitted on the photos it is added to (`run`'s group); OPOM's evaluation fits it on 10 photos of the
+  person and adds it to 5 others, so at query time a mask fitted on the probes themselves is the stronger one;
+* on 150 px chips SFace sees the mask resampled to its 112 px layout, a weaker mask than one made on 112 px crops;
+* the convex hull's projection is approximate (`hull_iters`; cvxpy's is exact), and 8-bit outputs round
+  (`quantize_output`) where the reference's evaluation truncates (``astype(uint8)``): both small.
 """
 
 from __future__ import annotations

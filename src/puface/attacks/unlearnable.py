@@ -8,10 +8,11 @@ can only act through how far it moves the photos' embeddings.
 
 The inner model is each surrogate embedder (frozen) with a linear softmax head over every class (the
 protected identities and the reference's), the head trained from a seeded random start; features are the
-embedder's unit vectors times sqrt(D) (unit variance per dimension). As the reference code
-(`perturbation.py`, min-min):
+embedder's unit vectors times sqrt(D) (unit variance per dimension). The loop of the reference code
+(HanxunH/Unlearnable-Examples, `perturbation.py`, min-min):
 
-    noise ~ U(-eps, eps)
+    noise ~ U(-eps, eps)          (the reference starts from zero: its `--random_start` is off by default
+                                   and in its released scripts)
     repeat (at most `max_rounds`):
         `train_steps` SGD steps of the head (lr 0.1, momentum 0.9, weight decay 5e-4) on batches drawn
             uniformly from the reference and the noisy protected photos;
@@ -20,8 +21,18 @@ embedder's unit vectors times sqrt(D) (unit variance per dimension). As the refe
         (class-wise: each class's noise = mean of its photos' deltas, clipped; one noise per identity)
     until the head's error on the noisy protected photos < `stop_error`.
 
-Defaults as the paper (CIFAR / face runs): eps 8/255, 20 steps of 0.8/255, 10 train steps, stop error
-0.01; budgets in grey levels (0-255). `perturb = "samplewise"` (one noise per photo) or `"classwise"`.
+Defaults as the reference's CIFAR-10 sample-wise script: eps 8/255, 20 steps of 0.8/255, 10 train steps, stop
+error 0.01; budgets in grey levels (0-255). `perturb = "samplewise"` (one noise per photo) or `"classwise"`
+(the same defaults here; the reference's class-wise scripts take 1 step per mini-batch over many batches a round,
+and its face run is class-wise at 16/255, steps of 1.6/255, 30 train steps, stop error 0.1).
+
+Where this differs from the reference besides the inner model: the stop is judged on the protected photos
+alone, just after the PGD steps minimised their loss, so the loop may end after its first round, the head
+trained `train_steps` steps in all (it did on johns chips, and forcing more rounds with ``stop_error=0`` gave
+a noise that moved the embeddings further: the defaults are the weaker attack); the reference judges every
+(noisy) training photo of a model trained from scratch. Its model is trained with batches of 512 and gradients
+clipped at norm 5; the head here with `train_batch` and no clipping.
+
 The photos to protect arrive labelled (`labels`), the other identities as a `Reference`; without a
 reference, the labels of the protected photos must name at least two classes.
 """
