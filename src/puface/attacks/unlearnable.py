@@ -31,7 +31,10 @@ alone, just after the PGD steps minimised their loss, so the loop may end after 
 trained `train_steps` steps in all (it did on johns chips, and forcing more rounds with ``stop_error=0`` gave
 a noise that moved the embeddings further: the defaults are the weaker attack); the reference judges every
 (noisy) training photo of a model trained from scratch. Its model is trained with batches of 512 and gradients
-clipped at norm 5; the head here with `train_batch` and no clipping.
+clipped at norm 5; the head here with `train_batch` and no clipping. The output is x + noise in full, clipped to
+[0, 1] (8-bit rounded by `quantize_output`); the reference's poisoned data sets clamp the noise to [0, 255] grey
+levels before adding it, dropping its negative half (the authors agree, in the repository's issue 13, that the
+noise should be added first), and truncate to 8 bits.
 
 The photos to protect arrive labelled (`labels`), the other identities as a `Reference`; without a
 reference, the labels of the protected photos must name at least two classes.
