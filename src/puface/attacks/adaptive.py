@@ -9,6 +9,9 @@ LowKey's step schedule): only the gradients change. The gradient is the defense'
 - ``"exact"``: backpropagate through the defense (the purifier is a differentiable network);
 - ``"bpda"``: the defense's output forward, the identity backward (straight-through, Athalye et al. 2018).
 
+The cloak's defended embedding is pushed away from the surrogate's embedding of the clean photo itself
+(`surrogates.clean_embedding`), which the victim matches it against, not from that of the defended clean photo.
+
 EOT (expectation over transformations): with ``eot_noise > 0`` each forward pass adds Gaussian noise
 of that standard deviation (images in [0, 1]) before the defense, so the cloak must survive small
 input changes, not one exact input. Each image's noise is seeded by its exact pixels (`eot_noise_like`): every
@@ -70,6 +73,11 @@ class ThroughDefense(FaceEmbedder):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         return super().preprocess(self.defend(images))
+
+    def clean_preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """The inner surrogate's input for the photos themselves, without the defense (the clean reference an attack
+        pushes away from: `surrogates.clean_embedding`)."""
+        return super().preprocess(images)
 
 
 def eot_noise_like(images: torch.Tensor) -> torch.Tensor:

@@ -10,13 +10,15 @@ import warnings
 from typing import Sequence, Union
 
 import torch
+import torch.nn.functional as F
 
 from ..models.base import FaceEmbedder
 from ..utils.errors import MissingDependencyError, PufaceError
 
 SurrogateSpec = Union[str, FaceEmbedder]
 
-__all__ = ["SurrogateSpec", "resolve_surrogates", "describe_surrogate", "raw_embedding", "available_defaults"]
+__all__ = ["SurrogateSpec", "resolve_surrogates", "describe_surrogate", "raw_embedding", "clean_embedding",
+           "available_defaults"]
 
 
 def available_defaults(names: Sequence[str], attack: str) -> list[str]:
@@ -71,20 +73,40 @@ def resolve_surrogates(specs: Sequence[SurrogateSpec], device: torch.device) -> 
 
 def describe_surrogate(emb: FaceEmbedder) -> dict:
     """JSON-serialisable identity of a surrogate, part of an attack's config (and cache key)."""
-    return {
+    out = {
         "name": emb.name,
         "input_size": list(emb.input_size),
         "embedding_dim": emb.embedding_dim,
         "normalization": emb.normalization.describe(),
         "weights_sha256_16": emb.fingerprint(),
     }
+    if hasattr(emb, "clean_preprocess"):  # an adaptive surrogate: its cloaks push away from the undefended photo
+        out["reference"] = "undefended"
+    return out
 
 
-def raw_embedding(emb: FaceEmbedder, images: torch.Tensor) -> torch.Tensor:
+def _preprocess(emb: FaceEmbedder, images: torch.Tensor, clean: bool) -> torch.Tensor:
+    return emb.clean_preprocess(images) if clean and hasattr(emb, "clean_preprocess") else emb.preprocess(images)
+
+
+def raw_embedding(emb: FaceEmbedder, images: torch.Tensor, clean: bool = False) -> torch.Tensor:
     """The wrapped network's output before L2 normalisation, (N, D), for [0, 1] RGB (N, 3, H, W).
 
     LowKey's flip augmentation adds two raw embeddings and normalises the sum (not the mean of
-    normalised embeddings).
+    normalised embeddings). clean: for an adaptive surrogate, of the images themselves, not defended
+    (`clean_embedding`).
     """
-    out = emb.net(emb.preprocess(images))
+    out = emb.net(_preprocess(emb, images, clean))
     return out.flatten(1) if out.ndim > 2 else out
+
+
+def clean_embedding(emb: FaceEmbedder, images: torch.Tensor) -> torch.Tensor:
+    """The reference an untargeted attack pushes the cloak's embedding away from, (N, D) unit vectors, for [0, 1] RGB
+    (N, 3, H, W): `emb(images)`; for an adaptive surrogate (`adaptive.ThroughDefense`) the embedding of the clean
+    photo itself, without the defense or EOT noise (the victim matches the defended cloak against the person's
+    clean photos). Against D(x) instead, a defense that maps the first iterates back onto the clean photo's output
+    (JPEG, bit depth: anything that rounds) made the distance, and so its gradient, exactly 0: the attack never
+    moved."""
+    if not hasattr(emb, "clean_preprocess"):
+        return emb(images)
+    return F.normalize(raw_embedding(emb, images, clean=True), dim=1)
