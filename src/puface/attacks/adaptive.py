@@ -9,8 +9,10 @@ LowKey's step schedule): only the gradients change. The gradient is the defense'
 - ``"exact"``: backpropagate through the defense (the purifier is a differentiable network);
 - ``"bpda"``: the defense's output forward, the identity backward (straight-through, Athalye et al. 2018).
 
-The cloak's defended embedding is pushed away from the surrogate's embedding of the clean photo itself
-(`surrogates.clean_embedding`), which the victim matches it against, not from that of the defended clean photo.
+The cloak's defended embedding is pushed away from that of the defended clean photo, except through a defense with a
+part that has no gradient of its own (JPEG, bit depth, median, noise: `rounds`): there the reference is the clean photo
+itself (`surrogates.clean_embedding`), since the first iterates round back onto the defended clean photo, where the
+distance and its gradient are exactly 0 and the attack never moved.
 
 EOT (expectation over transformations): with ``eot_noise > 0`` each forward pass adds Gaussian noise
 of that standard deviation (images in [0, 1]) before the defense, so the cloak must survive small
@@ -63,6 +65,8 @@ class ThroughDefense(FaceEmbedder):
                 p.requires_grad_(False)
         self.gradient = gradient
         self.eot_noise = float(eot_noise)
+        #: a part of the defense has no exact gradient (JPEG, bit depth, ...): pushed away from the clean photo itself
+        self.rounds = any(not p.has_exact_gradient for p in defense.parts)
 
     def defend(self, images: torch.Tensor) -> torch.Tensor:
         """The defended images, with the gradient the attacker uses (EOT noise added first)."""
@@ -75,8 +79,8 @@ class ThroughDefense(FaceEmbedder):
         return super().preprocess(self.defend(images))
 
     def clean_preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """The inner surrogate's input for the photos themselves, without the defense (the clean reference an attack
-        pushes away from: `surrogates.clean_embedding`)."""
+        """The inner surrogate's input for the photos themselves, without the defense (the reference an attack pushes
+        away from when the defense `rounds`: `surrogates.clean_embedding`)."""
         return super().preprocess(images)
 
 

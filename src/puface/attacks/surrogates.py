@@ -80,21 +80,25 @@ def describe_surrogate(emb: FaceEmbedder) -> dict:
         "normalization": emb.normalization.describe(),
         "weights_sha256_16": emb.fingerprint(),
     }
-    if hasattr(emb, "clean_preprocess"):  # an adaptive surrogate: its cloaks push away from the undefended photo
+    if _clean_reference(emb):  # an adaptive surrogate through a defense that rounds: see `clean_embedding`
         out["reference"] = "undefended"
     return out
 
 
+def _clean_reference(emb: FaceEmbedder) -> bool:
+    return bool(getattr(emb, "rounds", False)) and hasattr(emb, "clean_preprocess")
+
+
 def _preprocess(emb: FaceEmbedder, images: torch.Tensor, clean: bool) -> torch.Tensor:
-    return emb.clean_preprocess(images) if clean and hasattr(emb, "clean_preprocess") else emb.preprocess(images)
+    return emb.clean_preprocess(images) if clean and _clean_reference(emb) else emb.preprocess(images)
 
 
 def raw_embedding(emb: FaceEmbedder, images: torch.Tensor, clean: bool = False) -> torch.Tensor:
     """The wrapped network's output before L2 normalisation, (N, D), for [0, 1] RGB (N, 3, H, W).
 
     LowKey's flip augmentation adds two raw embeddings and normalises the sum (not the mean of
-    normalised embeddings). clean: for an adaptive surrogate, of the images themselves, not defended
-    (`clean_embedding`).
+    normalised embeddings). clean: the reference of `clean_embedding` (an adaptive surrogate through a defense
+    that rounds: of the images themselves, not defended).
     """
     out = emb.net(_preprocess(emb, images, clean))
     return out.flatten(1) if out.ndim > 2 else out
@@ -102,11 +106,10 @@ def raw_embedding(emb: FaceEmbedder, images: torch.Tensor, clean: bool = False) 
 
 def clean_embedding(emb: FaceEmbedder, images: torch.Tensor) -> torch.Tensor:
     """The reference an untargeted attack pushes the cloak's embedding away from, (N, D) unit vectors, for [0, 1] RGB
-    (N, 3, H, W): `emb(images)`; for an adaptive surrogate (`adaptive.ThroughDefense`) the embedding of the clean
-    photo itself, without the defense or EOT noise (the victim matches the defended cloak against the person's
-    clean photos). Against D(x) instead, a defense that maps the first iterates back onto the clean photo's output
-    (JPEG, bit depth: anything that rounds) made the distance, and so its gradient, exactly 0: the attack never
-    moved."""
-    if not hasattr(emb, "clean_preprocess"):
+    (N, 3, H, W): `emb(images)` (for an adaptive surrogate the defended clean photo's); for an adaptive surrogate
+    through a defense that rounds (`ThroughDefense.rounds`: JPEG, bit depth, ...) that of the clean photo itself,
+    without the defense: the first iterates round back onto the defended clean photo, so against it the distance and
+    its gradient were exactly 0 and the attack never moved."""
+    if not _clean_reference(emb):
         return emb(images)
     return F.normalize(raw_embedding(emb, images, clean=True), dim=1)
