@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ..models.base import FaceEmbedder
 from ..utils.errors import MissingDependencyError, PufaceError
+from .adaptive import ThroughDefense
 
 SurrogateSpec = Union[str, FaceEmbedder]
 
@@ -86,11 +87,13 @@ def describe_surrogate(emb: FaceEmbedder) -> dict:
 
 
 def _clean_reference(emb: FaceEmbedder) -> bool:
-    return bool(getattr(emb, "rounds", False)) and hasattr(emb, "clean_preprocess")
+    return isinstance(emb, ThroughDefense) and emb.rounds
 
 
 def _preprocess(emb: FaceEmbedder, images: torch.Tensor, clean: bool) -> torch.Tensor:
-    return emb.clean_preprocess(images) if clean and _clean_reference(emb) else emb.preprocess(images)
+    if clean and isinstance(emb, ThroughDefense) and emb.rounds:
+        return emb.clean_preprocess(images)
+    return emb.preprocess(images)
 
 
 def raw_embedding(emb: FaceEmbedder, images: torch.Tensor, clean: bool = False) -> torch.Tensor:
