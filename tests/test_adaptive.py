@@ -258,3 +258,28 @@ def test_cloaks_through_defenses_that_differ_in_one_setting_are_not_shared(faces
     own, _, _ = CloakCache(tmp_path / "fresh").cloak(attack(other), paths, progress=False)
     assert not torch.equal(own, first)  # the setting changes the cloaks ...
     torch.testing.assert_close(second, own, atol=0, rtol=0)  # ... so the cache must not hand the first ones back
+
+
+@pytest.mark.parametrize("spec", ["jpeg:quality=75", "bitdepth:bits=5"])
+@pytest.mark.parametrize("attack", ["fawkes", "lowkey"])
+def test_an_attack_through_a_defense_that_rounds_moves(faces, spec, attack):
+    """Through a defense that rounds (BPDA), the first iterates map onto the clean photo's defended image; pushed away
+    from that image's embedding, the distance and its gradient were exactly 0 and Fawkes' cloak stayed the clean photo
+    (measured: linf 0.5 and 5 grey levels after 5 steps; 0 and 0 on two johns chips after 20). Through such a defense
+    the reference is the clean photo's own embedding, so the cloak moves, and so does the defended cloak. (LowKey's
+    random start already left the rounding cell; its cloaks differ from before, and their cache key says so.)"""
+    from puface.defenses import create_defense
+
+    knobs = {"fawkes": dict(mode="custom", th=0.017, steps=5, lr=15.0),
+             "lowkey": dict(steps=3, perceptual="ssim")}[attack]
+    atk = create_attack(attack, embedders=through_defense(["dlib-resnet29"], spec), seed=0, device="cpu", **knobs)
+    x = faces[:2]
+    res = atk.run(x, quantize_output=True)
+    assert (res.stats["linf"] > 2.5 / 255).all(), res.stats["linf"] * 255
+    d = create_defense(spec)
+    inner = atk.surrogates[0]
+    with torch.no_grad():
+        moved = (inner(res.images) - inner(x)).norm(dim=1)  # the defended cloak vs the defended photo
+    assert (moved > 0.05).all(), moved
+    assert describe_surrogate(inner)["reference"] == "undefended"  # part of the cloak cache key
+    assert d.name in inner.name

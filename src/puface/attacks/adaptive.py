@@ -9,6 +9,11 @@ LowKey's step schedule): only the gradients change. The gradient is the defense'
 - ``"exact"``: backpropagate through the defense (the purifier is a differentiable network);
 - ``"bpda"``: the defense's output forward, the identity backward (straight-through, Athalye et al. 2018).
 
+The cloak's defended embedding is pushed away from that of the defended clean photo, except through a defense with a
+part that has no gradient of its own (JPEG, bit depth, median, noise: `rounds`): there the reference is the clean photo
+itself (`surrogates.clean_embedding`), since the first iterates round back onto the defended clean photo, where the
+distance and its gradient are exactly 0 and the attack never moved.
+
 EOT (expectation over transformations): with ``eot_noise > 0`` each forward pass adds Gaussian noise
 of that standard deviation (images in [0, 1]) before the defense, so the cloak must survive small
 input changes, not one exact input. Each image's noise is seeded by its exact pixels (`eot_noise_like`): every
@@ -60,6 +65,8 @@ class ThroughDefense(FaceEmbedder):
                 p.requires_grad_(False)
         self.gradient = gradient
         self.eot_noise = float(eot_noise)
+        #: a part of the defense has no exact gradient (JPEG, bit depth, ...): pushed away from the clean photo itself
+        self.rounds = any(not p.has_exact_gradient for p in defense.parts)
 
     def defend(self, images: torch.Tensor) -> torch.Tensor:
         """The defended images, with the gradient the attacker uses (EOT noise added first)."""
@@ -70,6 +77,11 @@ class ThroughDefense(FaceEmbedder):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         return super().preprocess(self.defend(images))
+
+    def clean_preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """The inner surrogate's input for the photos themselves, without the defense (the reference an attack pushes
+        away from when the defense `rounds`: `surrogates.clean_embedding`)."""
+        return super().preprocess(images)
 
 
 def eot_noise_like(images: torch.Tensor) -> torch.Tensor:

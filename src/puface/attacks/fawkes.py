@@ -74,7 +74,7 @@ from ..utils.metrics import ReferenceSSIM, dssim
 from ..utils.registry import typed_settings
 from .base import CloakAttack, check_knobs
 from .fawkes_geometry import GEOMETRIES, make_view
-from .surrogates import SurrogateSpec, available_defaults
+from .surrogates import SurrogateSpec, available_defaults, clean_embedding
 
 __all__ = ["Fawkes", "FawkesSettings", "MODES", "CAP_MODES", "DEFAULT_SURROGATES", "KerasAdadelta"]
 
@@ -272,7 +272,7 @@ class Fawkes(CloakAttack):
             if s.targeted:
                 refs = [t.to(dev, torch.float32) for t in targets]
             else:
-                refs = [emb(x) for emb in self.surrogates]
+                refs = [clean_embedding(emb, x) for emb in self.surrogates]
             ref_norms = [r.norm(dim=1) for r in refs]
 
         modifier = self.uniform_noise(generators, xw.shape[1:], -s.init_scale, s.init_scale, dev)

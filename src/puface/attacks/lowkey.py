@@ -171,8 +171,9 @@ class LowKey(CloakAttack):
         return out
 
     def _reference(self, emb, x: torch.Tensor) -> torch.Tensor:
-        """Plain (unblurred) flip-TTA features of the clean images, (N, D)."""
-        raw = raw_embedding(emb, torch.cat([x, x.flip(3)]) if self.settings.flip_tta else x)
+        """Plain (unblurred) flip-TTA features of the clean images, (N, D) (an adaptive surrogate's without its
+        defense: `surrogates.clean_embedding`)."""
+        raw = raw_embedding(emb, torch.cat([x, x.flip(3)]) if self.settings.flip_tta else x, clean=True)
         n = x.shape[0]
         return F.normalize(raw[:n] + raw[n:] if self.settings.flip_tta else raw, dim=1)
 

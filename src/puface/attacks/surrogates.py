@@ -10,13 +10,16 @@ import warnings
 from typing import Sequence, Union
 
 import torch
+import torch.nn.functional as F
 
 from ..models.base import FaceEmbedder
 from ..utils.errors import MissingDependencyError, PufaceError
+from .adaptive import ThroughDefense
 
 SurrogateSpec = Union[str, FaceEmbedder]
 
-__all__ = ["SurrogateSpec", "resolve_surrogates", "describe_surrogate", "raw_embedding", "available_defaults"]
+__all__ = ["SurrogateSpec", "resolve_surrogates", "describe_surrogate", "raw_embedding", "clean_embedding",
+           "available_defaults"]
 
 
 def available_defaults(names: Sequence[str], attack: str) -> list[str]:
@@ -71,20 +74,45 @@ def resolve_surrogates(specs: Sequence[SurrogateSpec], device: torch.device) -> 
 
 def describe_surrogate(emb: FaceEmbedder) -> dict:
     """JSON-serialisable identity of a surrogate, part of an attack's config (and cache key)."""
-    return {
+    out = {
         "name": emb.name,
         "input_size": list(emb.input_size),
         "embedding_dim": emb.embedding_dim,
         "normalization": emb.normalization.describe(),
         "weights_sha256_16": emb.fingerprint(),
     }
+    if _clean_reference(emb):  # an adaptive surrogate through a defense that rounds: see `clean_embedding`
+        out["reference"] = "undefended"
+    return out
 
 
-def raw_embedding(emb: FaceEmbedder, images: torch.Tensor) -> torch.Tensor:
+def _clean_reference(emb: FaceEmbedder) -> bool:
+    return isinstance(emb, ThroughDefense) and emb.rounds
+
+
+def _preprocess(emb: FaceEmbedder, images: torch.Tensor, clean: bool) -> torch.Tensor:
+    if clean and isinstance(emb, ThroughDefense) and emb.rounds:
+        return emb.clean_preprocess(images)
+    return emb.preprocess(images)
+
+
+def raw_embedding(emb: FaceEmbedder, images: torch.Tensor, clean: bool = False) -> torch.Tensor:
     """The wrapped network's output before L2 normalisation, (N, D), for [0, 1] RGB (N, 3, H, W).
 
     LowKey's flip augmentation adds two raw embeddings and normalises the sum (not the mean of
-    normalised embeddings).
+    normalised embeddings). clean: the reference of `clean_embedding` (an adaptive surrogate through a defense
+    that rounds: of the images themselves, not defended).
     """
-    out = emb.net(emb.preprocess(images))
+    out = emb.net(_preprocess(emb, images, clean))
     return out.flatten(1) if out.ndim > 2 else out
+
+
+def clean_embedding(emb: FaceEmbedder, images: torch.Tensor) -> torch.Tensor:
+    """The reference an untargeted attack pushes the cloak's embedding away from, (N, D) unit vectors, for [0, 1] RGB
+    (N, 3, H, W): `emb(images)` (for an adaptive surrogate the defended clean photo's); for an adaptive surrogate
+    through a defense that rounds (`ThroughDefense.rounds`: JPEG, bit depth, ...) that of the clean photo itself,
+    without the defense: the first iterates round back onto the defended clean photo, so against it the distance and
+    its gradient were exactly 0 and the attack never moved."""
+    if not _clean_reference(emb):
+        return emb(images)
+    return F.normalize(raw_embedding(emb, images, clean=True), dim=1)
