@@ -12,6 +12,11 @@ FaceCure's `lowkey_attack.py` (attack_type 'lpips', combination=True, no alignme
 * x' = x + U(-0.005, 0.005), then 50 steps x' <- x' + 0.0025 sign(grad); no projection, no clamping
   inside the loop (so |x' - x| <= 50 * 0.0025 + 0.005 = 0.13); clamp to [0, 1] at the end.
 
+`clamp` = "steps" clamps the start and every iterate to [0, 1] instead (same step rule and bound), so the
+surrogates see only images the saved cloak can be. It is the default ("auto") of an adaptive LowKey (a surrogate
+`ThroughDefense`): the defense deployed receives the clamped 8-bit cloak, so optimising through it on pixels
+outside [0, 1] (up to 0.1 past them) aimed at inputs it never gets. Plain LowKey keeps "end", as released.
+
 The perceptual term is ST-LPIPS(alex) from `puface.attacks.perceptual` (needs the `stlpips-pytorch`
 weights package, a dependency of puface). Without it the default (`perceptual="lpips"`) is an
 error, not a silent change of attack: `perceptual="ssim"` asks for 1 - SSIM (same window as Fawkes'
@@ -35,14 +40,16 @@ from ..utils.filters import GaussianBlur
 from ..utils.metrics import ReferenceSSIM
 from ..utils.registry import typed_settings
 from .base import CloakAttack, check_knobs
+from .adaptive import ThroughDefense
 from .surrogates import SurrogateSpec, raw_embedding
 
 if TYPE_CHECKING:
     from .perceptual import LPIPS
 
-__all__ = ["LowKey", "LowKeySettings", "PERCEPTUAL_CHOICES"]
+__all__ = ["LowKey", "LowKeySettings", "PERCEPTUAL_CHOICES", "CLAMP_CHOICES"]
 
 PERCEPTUAL_CHOICES = ("auto", "lpips", "ssim")
+CLAMP_CHOICES = ("auto", "end", "steps")
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class LowKeySettings:
     blur_sigma: float = 3.0
     combination: bool = True  # each surrogate plain *and* blurred (False: blurred only, as LowKey's flag)
     flip_tta: bool = True
+    clamp: str = "auto"  # "end" (as released: once, at the end), "steps" (every iterate), "auto" (steps if adaptive)
 
     def check(self) -> None:
         if self.steps < 0:
@@ -71,6 +79,8 @@ class LowKeySettings:
             raise ConfigError(
                 f"lowkey: perceptual must be one of {', '.join(PERCEPTUAL_CHOICES)}, got {self.perceptual!r}"
             )
+        if self.clamp not in CLAMP_CHOICES:
+            raise ConfigError(f"lowkey: clamp must be one of {', '.join(CLAMP_CHOICES)}, got {self.clamp!r}")
         if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
             raise ConfigError(f"lowkey: blur_kernel must be odd and >= 1, got {self.blur_kernel}")
 
@@ -135,6 +145,9 @@ class LowKey(CloakAttack):
                     "lowkey: no face models are installed; reinstall puface (it depends on them) or pass --surrogate"
                 )
         super().__init__(embedders, seed=seed, device=device, batch_size=batch_size)
+        if self.settings.clamp == "auto":
+            adaptive = any(isinstance(e, ThroughDefense) for e in self.surrogates)
+            self.settings = replace(self.settings, clamp="steps" if adaptive else "end")
         self.blur = GaussianBlur(self.settings.blur_kernel, self.settings.blur_sigma).to(self.device)
         self._lpips: LPIPS | None = None
 
@@ -152,7 +165,10 @@ class LowKey(CloakAttack):
         return self.settings.max_change
 
     def _settings(self) -> dict[str, Any]:
-        return asdict(self.settings)
+        settings = asdict(self.settings)
+        if settings["clamp"] == "end":  # LowKey as released, the only way before the knob existed: keeps cache keys
+            del settings["clamp"]
+        return settings
 
     # ------------------------------------------------------------------ pieces
     def _features(self, emb, x: torch.Tensor) -> list[torch.Tensor]:
@@ -205,12 +221,17 @@ class LowKey(CloakAttack):
             refs = [self._reference(emb, x) for emb in self.surrogates]
         perceptual = self._perceptual(x)
         x_adv = x + self.uniform_noise(generators, x.shape[1:], -s.init_noise, s.init_noise, x.device)
+        each = s.clamp == "steps"  # x in [0, 1]: clamping only brings an iterate closer to x, within the bound
+        if each:
+            x_adv = x_adv.clamp(0, 1)
         for _ in range(s.steps):
             with torch.enable_grad():
                 x_adv = x_adv.detach().requires_grad_(True)
                 objective = self.feature_distance(x_adv, refs) - s.c_sim * perceptual(x_adv)
                 (grad,) = torch.autograd.grad(objective.sum(), x_adv)
             x_adv = x_adv.detach() + s.step_size * grad.sign()
+            if each:
+                x_adv = x_adv.clamp(0, 1)
         x_adv = x_adv.detach().clamp(0, 1)
         with torch.no_grad():
             perc = perceptual(x_adv)
