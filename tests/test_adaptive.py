@@ -321,3 +321,31 @@ def test_adaptive_lowkey_optimises_through_the_defense_only_on_images_in_0_1(fac
                                atol=0, rtol=0)
     with pytest.raises(PufaceError, match="clamp must be one of"):
         create_attack("lowkey", embedders=[tiny_embedder()], clamp="never", **knobs)
+
+
+def test_through_a_views_defense_optimises_through_every_view(faces):
+    """`through = {name = "views", of = [...]}` optimised through the last view alone (a `Views` as one images ->
+    images function), a much weaker attacker than `through = [...]` for the same defender, silently; it now means the
+    list of its views: the same surrogates, cache key and cloaks. In an experiment the dict form of `through` (views,
+    random) stopped the run's fingerprint with "unknown defense 'name'"."""
+    from types import SimpleNamespace
+
+    from puface.experiments import AttackEntry
+    from puface.experiments.build import results_fingerprint
+
+    views = ["none", "blur:sigma=1"]
+    as_dict, as_list = through_defense([tiny_embedder()], {"name": "views", "of": views}), through_defense(
+        [tiny_embedder()], views)
+    assert [w.name for w in as_dict] == [w.name for w in as_list] == ["tiny|none", "tiny|blur-s1"]
+    knobs = dict(mode="custom", th=0.02, steps=5, lr=15.0, seed=0, device="cpu", ensemble="min")
+    one, other = (create_attack("fawkes", embedders=e, **knobs) for e in (as_dict, as_list))
+    assert one.config == other.config
+    torch.testing.assert_close(one(faces[:2]), other(faces[:2]), atol=0, rtol=0)
+
+    def fingerprint(through) -> str:
+        entry = AttackEntry(label="a", name="fawkes", mode="low", embedders=["dlib-resnet29"],
+                            params={"through": through})
+        return results_fingerprint(SimpleNamespace(trainers=[], attacks=[entry], fingerprint=lambda: "cfg"), {}, {})
+
+    assert fingerprint({"name": "views", "of": views}) == fingerprint(views)
+    fingerprint({"name": "random", "of": views})  # a dict that is not `views`: one defense, as before

@@ -28,13 +28,14 @@ from typing import Sequence
 
 import torch
 
-from ..defenses import GRADIENTS, Defense, create_defense
+from ..defenses import GRADIENTS, Defense, Views, create_defense
 from ..models.base import FaceEmbedder
 from ..utils.errors import ConfigError, PufaceError
 from ..utils.fingerprint import image_digest
 from ..utils.seeding import stable_seed
 
-__all__ = ["ThroughDefense", "through_defense", "as_through_defense", "adaptive_options", "eot_noise_like", "GRADIENTS"]
+__all__ = ["ThroughDefense", "through_defense", "through_defenses", "as_through_defense", "adaptive_options",
+           "eot_noise_like", "GRADIENTS"]
 
 
 class ThroughDefense(FaceEmbedder):
@@ -109,6 +110,17 @@ def as_through_defense(through: "str | dict | Defense") -> Defense:
     return create_defense(text)
 
 
+def through_defenses(through: "str | dict | Defense | Sequence[str | dict | Defense]") -> list[Defense]:
+    """The defenses an adaptive spec's ``through`` names, in order (see `as_through_defense`); a `views` defense
+    stands for its views, as the list of them would: the FR model trains on every view, so the attacker optimises
+    through each (a `Views` as one images -> images function is its last view alone)."""
+    items = [through] if isinstance(through, (str, dict, Defense)) else list(through)
+    out: list[Defense] = []
+    for d in (as_through_defense(t) for t in items):
+        out.extend(d.views if isinstance(d, Views) else [d])
+    return out
+
+
 def through_defense(
     embedders: Sequence[FaceEmbedder | str],
     defense: "str | dict | Defense | Sequence[str | dict | Defense]" = "default",
@@ -120,13 +132,12 @@ def through_defense(
 
     A list of defenses is an ensemble: every surrogate is wrapped once per defense (surrogate-major order),
     so the attack sums (or, with Fawkes' ``ensemble = "min"``, takes the weakest of) its losses over all of
-    them: expectation over a set of purifiers the attacker knows. ``"none"`` in the list is the photo itself.
+    them: expectation over a set of purifiers the attacker knows. ``"none"`` in the list is the photo itself; a
+    `views` defense counts as the list of its views (`through_defenses`).
     """
     from ..models.registry import load_embedder
 
-    defenses = [
-        as_through_defense(d) for d in ([defense] if isinstance(defense, (str, dict, Defense)) else list(defense))
-    ]
+    defenses = through_defenses(defense)
     if not defenses:
         raise ConfigError("an adaptive attack needs at least one defense to optimise through")
     out: list[ThroughDefense] = []

@@ -54,7 +54,8 @@ class Views(Composite):
         return self.views[-1].has_exact_gradient
 
     def gradient_estimate(self, images: torch.Tensor, gradient: str = "exact") -> torch.Tensor:
-        """The last view's estimate (an attacker of all views optimises through each: `through = [...]`)."""
+        """The last view's estimate (an adaptive attack's ``through`` naming a `views` defense optimises through each
+        view, as the list of them: `attacks.adaptive.through_defenses`)."""
         return self.views[-1].gradient_estimate(images, gradient)
 
 

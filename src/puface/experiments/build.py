@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from ..attacks import create_attack
-from ..attacks.adaptive import as_through_defense
+from ..attacks.adaptive import through_defenses
 from ..attacks.folder import FolderCloaks
 from ..defenses import Defense, PuFaceDefense, create_defense, defense_training_identities
 from ..evaluation.data import EvaluationData, choose_users
@@ -225,7 +225,6 @@ def results_fingerprint(cfg: ExperimentConfig, victims: dict[str, FaceEmbedder],
     for a in cfg.attacks:
         through = a.params.get("through")
         if through is not None:
-            views = [through] if isinstance(through, str) else list(through)
-            models[f"attack:{a.label}"] = "|".join(as_through_defense(t).fingerprint for t in views)
+            models[f"attack:{a.label}"] = "|".join(d.fingerprint for d in through_defenses(through))
     blob = json.dumps({"config": cfg.fingerprint(), "models": models}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
