@@ -188,35 +188,38 @@ def test_unlearnable_seeded_budget_and_needs_classes(faces):
 
 
 def test_unlearnable_stop_rule_and_start():
-    """`stop_on = "all"` (the reference code's rule) judges the head on every training photo, the reference's clean
-    ones too: references the head cannot fit keep the loop going to `max_rounds`, where the default rule (the
-    protected photos alone, just after PGD made them easy) stops early. `start = "zero"` starts the noise at zero
-    (no steps: the photos come back unchanged; the default's uniform start moves them)."""
+    """`stop_on = "all"` (the default, the reference code's rule) judges the head on every training photo, the
+    reference's clean ones too: references the head cannot fit keep the loop going to `max_rounds`, where the
+    earlier rule (`"protected"`: the protected photos alone, just after PGD made them easy) stops early.
+    `start = "zero"` (the default) starts the noise at zero (no steps: the photos come back unchanged; the
+    earlier uniform start moves them)."""
     x = grey(4, seed=2)
     labels = ["a"] * 2 + ["b"] * 2
     ref = Reference(grey(16, seed=3), np.array([f"c{i // 2}" for i in range(16)], dtype=object))  # near-identical
-    kw = {"max_rounds": 6, "steps": 10, "train_steps": 3}
-    protected = unlearnable(**kw).run(x, labels=labels, reference=ref).stats
-    every = unlearnable(stop_on="all", **kw).run(x, labels=labels, reference=ref).stats
+    kw = {"max_rounds": 6, "steps": 10, "train_steps": 3, "start": "uniform"}
+    protected = unlearnable(stop_on="protected", **kw).run(x, labels=labels, reference=ref).stats
+    every = unlearnable(**kw).run(x, labels=labels, reference=ref).stats
     assert protected["rounds"][0] < 6 and protected["head_error"][0] < 0.01
     assert every["rounds"][0] == 6 and every["head_error"][0] >= 0.01
     still = {"max_rounds": 1, "steps": 0, "train_steps": 1}
-    assert torch.equal(unlearnable(start="zero", **still)(x, labels=labels), x)
-    assert not torch.equal(unlearnable(**still)(x, labels=labels), x)
+    assert torch.equal(unlearnable(**still)(x, labels=labels), x)
+    assert not torch.equal(unlearnable(start="uniform", **still)(x, labels=labels), x)
     for bad in ({"stop_on": "none"}, {"start": "gaussian"}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             unlearnable(**bad)
 
 
-def test_unlearnable_later_settings_keep_the_published_cache_keys():
-    """`stop_on` and `start` came after cloaks were published: at their defaults they stay out of the cache key
-    (the key of a default attack has the settings it had before), and any other value is in it."""
+def test_unlearnable_earlier_loop_keeps_the_published_cache_keys():
+    """`stop_on` and `start` came after cloaks were published: at the earlier loop's values ("protected",
+    "uniform") they stay out of the cache key (its key has the settings it had before), and the defaults (the
+    reference's loop) are in it, so its cloaks never pass for the earlier ones."""
     before = {"perturb", "epsilon", "step_size", "steps", "train_steps", "train_batch", "lr", "momentum",
               "weight_decay", "stop_error", "max_rounds"}
     base = {"attack", "name", "algorithm", "seed", "surrogates"}
-    assert set(unlearnable().config) == base | before
-    assert unlearnable(stop_on="all").config["stop_on"] == "all"
-    assert unlearnable(start="zero").config["start"] == "zero"
+    assert set(unlearnable(stop_on="protected", start="uniform").config) == base | before
+    default = unlearnable().config
+    assert (default["stop_on"], default["start"]) == ("all", "zero")
+    assert set(unlearnable(stop_on="protected").config) == base | before | {"start"}
 
 
 def test_unlearnable_leaves_the_global_generator_alone(faces):
