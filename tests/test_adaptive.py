@@ -283,3 +283,24 @@ def test_an_attack_through_a_defense_that_rounds_moves(faces, spec, attack):
     assert (moved > 0.05).all(), moved
     assert describe_surrogate(inner)["reference"] == "undefended"  # part of the cloak cache key
     assert d.name in inner.name
+
+
+def test_a_views_defense_rounds_only_through_the_view_the_attack_differentiates(faces):
+    """An attack through `views` differentiates its last view alone (`Views.gradient_estimate`); a rounding view before
+    it (JPEG) made the surrogate `rounds` all the same, so Fawkes through views [jpeg, blur] pushed away from the clean
+    photo and gave other cloaks (and another cache key) than through blur, though the JPEG view is never seen."""
+    from puface.defenses import create_defense
+
+    knobs = dict(mode="custom", th=0.017, steps=3, lr=15.0)
+
+    def cloaks(spec):
+        atk = create_attack("fawkes", embedders=through_defense([tiny_embedder()], spec), seed=0, device="cpu",
+                            **knobs)
+        return atk, atk.run(faces[:2], quantize_output=True).images
+
+    views = {"name": "views", "of": ["jpeg:quality=75", "blur:sigma=1"]}
+    atk, own = cloaks(views)
+    _, blur = cloaks("blur:sigma=1")
+    torch.testing.assert_close(own, blur, atol=0, rtol=0)
+    assert not atk.surrogates[0].rounds and "reference" not in atk.config["surrogates"][0]
+    assert ThroughDefense(tiny_embedder(), create_defense({"name": "views", "of": ["blur:sigma=1", "jpeg"]})).rounds

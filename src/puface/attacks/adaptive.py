@@ -65,8 +65,9 @@ class ThroughDefense(FaceEmbedder):
                 p.requires_grad_(False)
         self.gradient = gradient
         self.eot_noise = float(eot_noise)
-        #: a part of the defense has no exact gradient (JPEG, bit depth, ...): pushed away from the clean photo itself
-        self.rounds = any(not p.has_exact_gradient for p in defense.parts)
+        #: a part of the defense the attack differentiates has no exact gradient (JPEG, bit depth, ...): pushed away
+        #: from the clean photo itself (a `views` defense: its last view's parts, the one `gradient_estimate` uses)
+        self.rounds = any(not p.has_exact_gradient for p in defense.gradient_parts)
 
     def defend(self, images: torch.Tensor) -> torch.Tensor:
         """The defended images, with the gradient the attacker uses (EOT noise added first)."""
