@@ -304,3 +304,15 @@ def test_a_views_defense_rounds_only_through_the_view_the_attack_differentiates(
     torch.testing.assert_close(own, blur, atol=0, rtol=0)
     assert not atk.surrogates[0].rounds and "reference" not in atk.config["surrogates"][0]
     assert ThroughDefense(tiny_embedder(), create_defense({"name": "views", "of": ["blur:sigma=1", "jpeg"]})).rounds
+
+
+@pytest.mark.parametrize("name, knobs, marked", [
+    ("fawkes", {}, True), ("lowkey", {}, True), ("fawkes", {"targeted": True}, False), ("opom", {}, False),
+    ("unlearnable", {}, False)])
+def test_only_attacks_that_push_from_the_clean_photo_record_it_in_the_cache_key(name, knobs, marked):
+    """Through a defense that rounds, only untargeted Fawkes and LowKey push away from the clean photo itself
+    (`clean_embedding`); OPOM, unlearnable examples and targeted Fawkes make the cloaks they made before, so their
+    cache key must not change: the surrogates' "reference" marker made every one of them miss its cached cloaks."""
+    atk = create_attack(name, embedders=through_defense([tiny_embedder()], "jpeg:quality=75"), seed=0, device="cpu",
+                        **knobs)
+    assert ("reference" in atk.config["surrogates"][0]) is marked
