@@ -84,7 +84,7 @@ def describe_surrogate(emb: FaceEmbedder, pushes_from_clean: bool = True) -> dic
         "normalization": emb.normalization.describe(),
         "weights_sha256_16": emb.fingerprint(),
     }
-    if pushes_from_clean and _clean_reference(emb):  # an adaptive surrogate through a defense that rounds: see `clean_embedding`
+    if pushes_from_clean and _clean_reference(emb):  # through a defense that rounds: see `clean_embedding`
         out["reference"] = "undefended"
     return out
 
