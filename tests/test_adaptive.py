@@ -281,7 +281,7 @@ def test_an_attack_through_a_defense_that_rounds_moves(faces, spec, attack):
     with torch.no_grad():
         moved = (inner(res.images) - inner(x)).norm(dim=1)  # the defended cloak vs the defended photo
     assert (moved > 0.05).all(), moved
-    assert describe_surrogate(inner)["reference"] == "undefended"  # part of the cloak cache key
+    assert atk.config["surrogates"][0]["reference"] == "undefended"  # part of the cloak cache key
     assert d.name in inner.name
 
 
@@ -349,3 +349,36 @@ def test_through_a_views_defense_optimises_through_every_view(faces):
 
     assert fingerprint({"name": "views", "of": views}) == fingerprint(views)
     fingerprint({"name": "random", "of": views})  # a dict that is not `views`: one defense, as before
+
+
+def test_a_views_defense_rounds_only_through_the_view_the_attack_differentiates(faces):
+    """An attack through `views` differentiates its last view alone (`Views.gradient_estimate`); a rounding view before
+    it (JPEG) made the surrogate `rounds` all the same, so Fawkes through views [jpeg, blur] pushed away from the clean
+    photo and gave other cloaks (and another cache key) than through blur, though the JPEG view is never seen."""
+    from puface.defenses import create_defense
+
+    knobs = dict(mode="custom", th=0.017, steps=3, lr=15.0)
+
+    def cloaks(spec):
+        atk = create_attack("fawkes", embedders=through_defense([tiny_embedder()], spec), seed=0, device="cpu",
+                            **knobs)
+        return atk, atk.run(faces[:2], quantize_output=True).images
+
+    views = {"name": "views", "of": ["jpeg:quality=75", "blur:sigma=1"]}
+    atk, own = cloaks(views)
+    _, blur = cloaks("blur:sigma=1")
+    torch.testing.assert_close(own, blur, atol=0, rtol=0)
+    assert not atk.surrogates[0].rounds and "reference" not in atk.config["surrogates"][0]
+    assert ThroughDefense(tiny_embedder(), create_defense({"name": "views", "of": ["blur:sigma=1", "jpeg"]})).rounds
+
+
+@pytest.mark.parametrize("name, knobs, marked", [
+    ("fawkes", {}, True), ("lowkey", {}, True), ("fawkes", {"targeted": True}, False), ("opom", {}, False),
+    ("unlearnable", {}, False)])
+def test_only_attacks_that_push_from_the_clean_photo_record_it_in_the_cache_key(name, knobs, marked):
+    """Through a defense that rounds, only untargeted Fawkes and LowKey push away from the clean photo itself
+    (`clean_embedding`); OPOM, unlearnable examples and targeted Fawkes make the cloaks they made before, so their
+    cache key must not change: the surrogates' "reference" marker made every one of them miss its cached cloaks."""
+    atk = create_attack(name, embedders=through_defense([tiny_embedder()], "jpeg:quality=75"), seed=0, device="cpu",
+                        **knobs)
+    assert ("reference" in atk.config["surrogates"][0]) is marked

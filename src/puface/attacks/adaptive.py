@@ -10,9 +10,10 @@ LowKey's step schedule): only the gradients change. The gradient is the defense'
 - ``"bpda"``: the defense's output forward, the identity backward (straight-through, Athalye et al. 2018).
 
 The cloak's defended embedding is pushed away from that of the defended clean photo, except through a defense with a
-part that has no gradient of its own (JPEG, bit depth, median, noise: `rounds`): there the reference is the clean photo
-itself (`surrogates.clean_embedding`), since the first iterates round back onto the defended clean photo, where the
-distance and its gradient are exactly 0 and the attack never moved.
+part that has no gradient of its own (JPEG, bit depth, median, noise: `rounds`; of a `views` defense, in its last view,
+the one differentiated): there the reference is the clean photo itself (`surrogates.clean_embedding`; untargeted Fawkes
+and LowKey), since the first iterates round back onto the defended clean photo, where the distance and its gradient are
+exactly 0 and the attack never moved.
 
 EOT (expectation over transformations): with ``eot_noise > 0`` each forward pass adds Gaussian noise
 of that standard deviation (images in [0, 1]) before the defense, so the cloak must survive small
@@ -66,8 +67,9 @@ class ThroughDefense(FaceEmbedder):
                 p.requires_grad_(False)
         self.gradient = gradient
         self.eot_noise = float(eot_noise)
-        #: a part of the defense has no exact gradient (JPEG, bit depth, ...): pushed away from the clean photo itself
-        self.rounds = any(not p.has_exact_gradient for p in defense.parts)
+        #: a part of the defense the attack differentiates has no exact gradient (JPEG, bit depth, ...): pushed away
+        #: from the clean photo itself (a `views` defense: its last view's parts, the one `gradient_estimate` uses)
+        self.rounds = any(not p.has_exact_gradient for p in defense.gradient_parts)
 
     def defend(self, images: torch.Tensor) -> torch.Tensor:
         """The defended images, with the gradient the attacker uses (EOT noise added first)."""

@@ -106,6 +106,12 @@ class CloakAttack:
     kind: str = ""
     algorithm: str = ""  # bump when the algorithm's output changes: it is part of the cache key
 
+    @property
+    def pushes_from_clean(self) -> bool:
+        """The cloaks are pushed away from `surrogates.clean_embedding` of the photos (untargeted Fawkes, LowKey), so
+        an adaptive surrogate through a defense that rounds changes them, and `config` records it."""
+        return False
+
     def __init__(self, surrogates: Sequence[SurrogateSpec], *, seed: int = 0, device=None, batch_size: int = 16):
         what = self.kind or type(self).__name__
         seed, batch_size = _integer(what, "seed", seed), _integer(what, "batch_size", batch_size)
@@ -129,7 +135,7 @@ class CloakAttack:
     def config(self) -> dict[str, Any]:
         """Every setting that changes the output, JSON-serialisable (used as the cache key)."""
         if self._surrogate_info is None:
-            self._surrogate_info = [describe_surrogate(e) for e in self.surrogates]
+            self._surrogate_info = [describe_surrogate(e, self.pushes_from_clean) for e in self.surrogates]
         return {
             "attack": self.kind,
             "name": self.name,

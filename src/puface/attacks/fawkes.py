@@ -222,6 +222,10 @@ class Fawkes(CloakAttack):
         return f"fawkes-{self.mode}" + ("-targeted" if self.settings.targeted else "")
 
     @property
+    def pushes_from_clean(self) -> bool:
+        return not self.settings.targeted  # targeted Fawkes moves towards its targets
+
+    @property
     def linf_budget(self) -> float | None:
         """The +-max_change cap on the chip (in the padded 112 px square the cap lives there instead)."""
         return self.settings.max_change / 255.0 if self.settings.geometry == "chip" else None

@@ -156,6 +156,10 @@ class LowKey(CloakAttack):
         return "lowkey"
 
     @property
+    def pushes_from_clean(self) -> bool:
+        return True
+
+    @property
     def min_side(self) -> int:
         side = max(11, self.settings.blur_kernel // 2 + 1)
         return max(side, 21) if self.settings.perceptual == "lpips" else side

@@ -72,8 +72,11 @@ def resolve_surrogates(specs: Sequence[SurrogateSpec], device: torch.device) -> 
     return out
 
 
-def describe_surrogate(emb: FaceEmbedder) -> dict:
-    """JSON-serialisable identity of a surrogate, part of an attack's config (and cache key)."""
+def describe_surrogate(emb: FaceEmbedder, pushes_from_clean: bool = True) -> dict:
+    """JSON-serialisable identity of a surrogate, part of an attack's config (and cache key). pushes_from_clean: the
+    attack uses `clean_embedding` (`CloakAttack.pushes_from_clean`), so an adaptive surrogate through a defense that
+    rounds is marked ``"reference": "undefended"``; other attacks (OPOM, unlearnable, targeted Fawkes) make the same
+    cloaks as before that reference existed and keep their keys."""
     out = {
         "name": emb.name,
         "input_size": list(emb.input_size),
@@ -81,7 +84,7 @@ def describe_surrogate(emb: FaceEmbedder) -> dict:
         "normalization": emb.normalization.describe(),
         "weights_sha256_16": emb.fingerprint(),
     }
-    if _clean_reference(emb):  # an adaptive surrogate through a defense that rounds: see `clean_embedding`
+    if pushes_from_clean and _clean_reference(emb):  # through a defense that rounds: see `clean_embedding`
         out["reference"] = "undefended"
     return out
 

@@ -88,6 +88,12 @@ class Defense:
         return [self]
 
     @property
+    def gradient_parts(self) -> "list[Defense]":
+        """The plain defenses an attacker's `gradient_estimate` passes through: `parts`, but of a `Views` its last
+        view's only (the view it differentiates)."""
+        return [self]
+
+    @property
     def key_config(self) -> dict[str, Any]:
         """`config` as `cache_key` holds it: the same, but a setting that says where content lies rather than what it
         is stands for the content (a checkpoint's path: `PuFaceDefense`, whose weights are in `fingerprint`)."""
@@ -210,6 +216,10 @@ class Composite(Defense):
     @property
     def parts(self) -> "list[Defense]":
         return [p for d in self.members for p in d.parts]
+
+    @property
+    def gradient_parts(self) -> "list[Defense]":
+        return [p for d in self.members for p in d.gradient_parts]
 
     @property
     def fingerprint(self) -> str:

@@ -53,6 +53,10 @@ class Views(Composite):
     def has_exact_gradient(self) -> bool:
         return self.views[-1].has_exact_gradient
 
+    @property
+    def gradient_parts(self) -> list[Defense]:
+        return self.views[-1].gradient_parts
+
     def gradient_estimate(self, images: torch.Tensor, gradient: str = "exact") -> torch.Tensor:
         """The last view's estimate (an adaptive attack's ``through`` naming a `views` defense optimises through each
         view, as the list of them: `attacks.adaptive.through_defenses`)."""
