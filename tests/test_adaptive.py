@@ -359,9 +359,9 @@ def test_a_views_defense_rounds_only_through_the_view_the_attack_differentiates(
 
     knobs = dict(mode="custom", th=0.017, steps=3, lr=15.0)
 
-    def cloaks(spec):
-        atk = create_attack("fawkes", embedders=through_defense([tiny_embedder()], spec), seed=0, device="cpu",
-                            **knobs)
+    def cloaks(spec):  # one surrogate through the defense object (`through_defense` splits a views spec in its views)
+        atk = create_attack("fawkes", embedders=[ThroughDefense(tiny_embedder(), create_defense(spec))], seed=0,
+                            device="cpu", **knobs)
         return atk, atk.run(faces[:2], quantize_output=True).images
 
     views = {"name": "views", "of": ["jpeg:quality=75", "blur:sigma=1"]}
