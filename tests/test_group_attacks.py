@@ -3,6 +3,8 @@ photo (sample-wise), determinism under a seed, the hull projections, the group c
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -124,6 +126,139 @@ def test_opom_hull_distance_is_to_the_configured_hull(faces, hull):
               "center": lambda: clean.mean(dim=0, keepdim=True), "fi-uap": lambda: clean}[hull]()
     expected = ((adv - target) ** 2).sum(dim=1)
     torch.testing.assert_close(res.stats["hull_distance"], expected, atol=2e-3 * float(expected.max()), rtol=0)
+
+
+# ------------------------------------------------------------------ OPOM's transfer variant (DFANet_MFIM)
+
+def test_opom_default_is_the_plain_variant_unchanged():
+    """The plain `FIM` stays the default: the same cloaks, bit for bit, and the same cache key as before `variant`
+    and `droprate` existed (pinned from the code before them), and `variant="fim"` spelled out is the default."""
+    x = grey(4)
+    labels = ["a", "a", "b", "b"]
+    atk = opom(steps=3)
+    out = atk(x, labels=labels)
+    assert hashlib.sha256(out.numpy().tobytes()).hexdigest() == (
+        "9920e7cd955bf90d29f90edcff1317bfca51b21b2cf4b3cc1cd77066d8bea85b"
+    )
+    assert CloakCache.key(atk, "0" * 64) == "8a25709cd8f3927c107e998865d7d0c446f7f474fd2908d03e45a3d169ecbf96"
+    assert "variant" not in atk.config and "droprate" not in atk.config
+    spelled = opom(steps=3, variant="fim", droprate=0.3)  # droprate does nothing in the plain variant
+    assert spelled.config == atk.config and torch.equal(spelled(x, labels=labels), out)
+
+
+def test_opom_dfanet_budget_steps_and_one_mask_per_identity():
+    """The transfer variant keeps the budget and one mask per person, runs the scripts' 100 rounds unless `steps`
+    is given, and is its own attack (name and cache key)."""
+    atk = opom(variant="dfanet-mfim")
+    assert atk.settings.steps == 100 and atk.name == "opom-dfanet"
+    assert atk.config["variant"] == "dfanet-mfim" and atk.config["droprate"] == 0.1
+    assert opom(variant="dfanet-mfim", hull="convex").name == "opom-convex-dfanet"
+    x = grey(6)
+    labels = ["a"] * 3 + ["b"] * 3
+    res = opom(variant="dfanet-mfim", steps=8).run(x, labels=labels)
+    delta = res.images - x
+    assert delta.abs().max() <= 8 / 255 + 1e-6 and delta.abs().max() > 4 / 255
+    torch.testing.assert_close(delta[0], delta[2], atol=1e-6, rtol=0)
+    torch.testing.assert_close(delta[3], delta[4], atol=1e-6, rtol=0)
+    assert not torch.allclose(delta[0], delta[3])
+    assert res.stats["shift_tiny"].min() > 0 and torch.isfinite(res.stats["hull_distance"]).all()
+
+
+def test_opom_dfanet_is_seeded(faces):
+    """Dropout masks come from per-photo generators seeded by the group: same seed, same cloak, whatever the global
+    torch generator does; another seed, variant or drop rate, another cloak."""
+    a = opom(0, variant="dfanet-mfim", steps=4)(faces)
+    torch.manual_seed(123)
+    assert torch.equal(a, opom(0, variant="dfanet-mfim", steps=4)(faces))
+    assert not torch.equal(a, opom(1, variant="dfanet-mfim", steps=4)(faces))
+    assert not torch.equal(a, opom(0, steps=4)(faces))
+    assert not torch.equal(a, opom(0, variant="dfanet-mfim", steps=4, droprate=0.0)(faces))
+
+
+def test_opom_dfanet_drops_features_during_the_attack_only(faces):
+    """Within the attack the surrogate's features of the same clean photos differ from step to step (fresh
+    dropout masks); afterwards the model is as it was: eval mode, no hooks left, the same weights and outputs."""
+    emb = tiny_embedder()
+    before = {k: v.clone() for k, v in emb.state_dict().items()}
+    clean_out = emb(faces)
+    seen: list[torch.Tensor] = []
+    spy = emb.net.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    try:
+        create_attack("opom", embedders=[emb], device="cpu", variant="dfanet-mfim", steps=3)(faces)
+    finally:
+        spy.remove()
+    # passes: clean (no dropout), per step clean + masked (dropout), the masked result and `run`'s stats (none)
+    assert len(seen) == 1 + 2 * 3 + 1 + 2
+    plain, step0, step1 = seen[0], seen[1], seen[3]
+    assert not torch.allclose(step0, plain) and not torch.allclose(step0, step1)
+    torch.testing.assert_close(seen[-1], plain)  # `run`'s stats: the clean photos again, without dropout
+    assert not emb.training and not any(m.training for m in emb.modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in emb.modules())
+    assert all(torch.equal(v, before[k]) for k, v in emb.state_dict().items())
+    assert torch.equal(emb(faces), clean_out)
+
+
+def test_feature_dropout_layers_and_scope():
+    """Outside `apply` the hooks change nothing; inside, two passes differ, a photo's masks do not depend on the
+    chunks it is embedded in (per-photo generators); leaving the block removes the hooks."""
+    from puface.attacks.feature_dropout import FeatureDropout, dropout_layers
+
+    emb = tiny_embedder()
+    assert [type(m).__name__ for m in dropout_layers(emb)] == ["Conv2d", "Conv2d"]
+    x = grey(3)
+    ref = emb(x)
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    with FeatureDropout([emb], 0.5, gens) as drop:
+        assert torch.equal(emb(x), ref)
+        a, b = drop.apply(emb, x, 2), drop.apply(emb, x, 2)
+        assert not torch.allclose(a, ref) and not torch.allclose(a, b)
+    again = [torch.Generator().manual_seed(i) for i in range(3)]
+    with FeatureDropout([emb], 0.5, again) as drop:
+        torch.testing.assert_close(drop.apply(emb, x, 3), a, atol=1e-6, rtol=0)  # one chunk of 3, not 2 + 1
+    assert all(not m._forward_hooks for m in emb.modules()) and torch.equal(emb(x), ref)
+
+
+def test_dropout_layers_of_puface_models():
+    """dlib ResNet-29: its 29 convolutions (the stem and both of every residual branch; its shortcuts have none);
+    SFace: its stem and every depthwise / pointwise convolution; never the final linear layer."""
+    from torch import nn
+
+    from puface.attacks.feature_dropout import dropout_layers
+    from puface.models.base import FaceEmbedder, InputNormalization
+    from puface.models.dlib_resnet import DlibResNet29
+    from puface.models.sface import SFaceNet
+
+    def wrap(net):
+        return FaceEmbedder(net, name="m", input_size=(112, 112), embedding_dim=128, normalization=InputNormalization())
+
+    dlib = DlibResNet29()
+    assert dropout_layers(wrap(dlib)) == dlib.convs() and len(dlib.convs()) == 29
+    sface = SFaceNet(channels_last=False)
+    convs = [m for m in sface.modules() if isinstance(m, nn.Conv2d)]
+    assert dropout_layers(wrap(sface)) == convs and convs[0] is sface.stem and len(convs) > 20
+
+
+@pytest.mark.parametrize("knobs, message", [
+    ({"variant": "dfanet"}, "opom: variant must be one of fim, dfanet-mfim, got 'dfanet'"),
+    ({"variant": "dfanet-mfim", "droprate": 1.0}, "opom: droprate must be in [0, 1), got 1.0"),
+    ({"droprate": -0.1}, "opom: droprate must be in [0, 1), got -0.1"),
+])
+def test_opom_bad_variant_settings_are_refused(knobs, message):
+    with pytest.raises(ConfigError) as err:
+        opom(**knobs)
+    assert str(err.value) == message
+
+
+def test_opom_dfanet_refuses_a_surrogate_without_convolutions():
+    from torch import nn
+
+    from puface.models.base import FaceEmbedder, InputNormalization
+
+    flat = FaceEmbedder(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)), name="flat", input_size=(8, 8),
+                        embedding_dim=4, normalization=InputNormalization())
+    with pytest.raises(ConfigError, match="surrogate flat has no torch convolution"):
+        create_attack("opom", embedders=[flat], device="cpu", variant="dfanet-mfim")
+    create_attack("opom", embedders=[flat], device="cpu")  # the plain variant needs none
 
 
 # ------------------------------------------------------------------ unlearnable examples
