@@ -20,7 +20,8 @@ embedder's unit vectors times sqrt(D) (unit variance per dimension). The loop of
             -eps, eps), x + delta kept in [0, 1];
         (class-wise: each class's noise = mean of its photos' deltas, clipped; one noise per identity)
     until the head's error on every training photo (the noisy protected ones and the reference's clean
-    ones, as the reference judges its whole training set) < `stop_error`.
+    ones, as the reference judges its whole training set) < `stop_error` (several surrogates: the mean of
+    their heads' errors); stats `rounds` and `head_error` (>= `stop_error`: `max_rounds` ended the loop).
 
 Defaults as the reference's CIFAR-10 sample-wise script: eps 8/255, 20 steps of 0.8/255, 10 train steps, stop
 error 0.01; budgets in grey levels (0-255). `perturb = "samplewise"` (one noise per photo) or `"classwise"`
