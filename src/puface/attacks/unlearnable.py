@@ -31,8 +31,8 @@ and its face run is class-wise at 16/255, steps of 1.6/255, 30 train steps, stop
 `stop_on = "protected"` with `start = "uniform"` is puface's loop until 2026-12-07 (every published grid with
 unlearnable cloaks, docs/RESULTS.md sections 15, 18, 19 and 20, was made with it but 15.10's `-ref` rows; their
 configs pin it): the stop is judged on the protected photos alone, just after the PGD steps minimised their loss,
-so the loop may end after its first round with the head trained `train_steps` steps in all, a much weaker noise (on LFW, 5 users, dlib: 1-NN / linear ASR 72.0 / 22.3% vs 100 /
-85.0% with the reference's rule; section 15.10).
+so the loop may end after its first round with the head trained `train_steps` steps in all, a much weaker noise
+(on LFW, 5 users, dlib: 1-NN / linear ASR 72.0 / 22.3% vs 100 / 85.0% with the reference's rule; section 15.10).
 
 Where this differs from the reference besides the inner model: the reference's model is
 trained with batches of 512 and gradients clipped at norm 5; the head here with `train_batch` and no clipping.
