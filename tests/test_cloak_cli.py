@@ -386,3 +386,18 @@ def test_attack_spec_errors_are_one_line(args, message, tree, tmp_path, capsys):
     code, _, err = run(["cloak", *args, "--no-progress", str(tree), str(tmp_path / "o")], capsys)
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_help_says_which_loop_unlearnable_examples_run(capsys):
+    """Unlearnable examples default to the reference code's loop since 2026-12-07; `cloak --help` said nothing of it
+    nor how to make the earlier (published) loop's cloaks. The spec it names builds that loop."""
+    from test_fawkes import tiny_embedder
+
+    from puface.attacks import create_attack
+    from puface.utils.specs import parse_spec
+
+    text = "".join(run(["cloak", "--help"], capsys)[1].split())  # click wraps lines after a comma
+    assert "(stop_on=all,start=zero)" in text and "'unlearnable:stop_on=protected,start=uniform'" in text
+    spec = parse_spec("unlearnable:stop_on=protected,start=uniform")
+    settings = create_attack(spec.pop("name"), device="cpu", embedders=[tiny_embedder()], **spec).settings
+    assert (settings.stop_on, settings.start) == ("protected", "uniform")

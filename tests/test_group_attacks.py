@@ -357,6 +357,29 @@ def test_unlearnable_earlier_loop_keeps_the_published_cache_keys():
     assert set(unlearnable(stop_on="protected").config) == base | before | {"start"}
 
 
+def test_every_published_unlearnable_grid_pins_the_earlier_loop():
+    """The default became the reference code's loop on 2026-12-07; every config (packaged, or saved beside published
+    numbers in docs/results/ and docs/studies/) whose unlearnable cloaks were made before must pin the earlier loop,
+    after `extends` is resolved, or `puface reproduce` makes other cloaks. Only the `-ref` rows of the
+    `*-ue-stop` grids run the reference loop."""
+    from pathlib import Path
+
+    from puface.experiments.config import load_config
+
+    repo = Path(__file__).resolve().parents[1]
+    paths = [*sorted((repo / "src/puface/configs").glob("*.toml")), *sorted(repo.glob("docs/results/*/config.toml")),
+             *sorted(repo.glob("docs/studies/**/config.toml"))]
+    seen = []
+    for path in paths:
+        for a in load_config(path).attacks:
+            if a.name == "unlearnable":
+                loop = (a.params.get("stop_on", "all"), a.params.get("start", "zero"))
+                want = ("all", "zero") if a.label.endswith("-ref") else ("protected", "uniform")
+                assert loop == want, f"{path.relative_to(repo)}: {a.label} runs {loop}"
+                seen.append(a.label)
+    assert len(seen) > 40 and sum(label.endswith("-ref") for label in seen) == 7
+
+
 def test_unlearnable_leaves_the_global_generator_alone(faces):
     """The heads start from the attack's own generator: a run draws nothing from the global torch generator (the
     default init of nn.Linear did, so a caller's seeded stream changed with each call)."""

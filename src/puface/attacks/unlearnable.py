@@ -20,18 +20,19 @@ embedder's unit vectors times sqrt(D) (unit variance per dimension). The loop of
             -eps, eps), x + delta kept in [0, 1];
         (class-wise: each class's noise = mean of its photos' deltas, clipped; one noise per identity)
     until the head's error on every training photo (the noisy protected ones and the reference's clean
-    ones, as the reference judges its whole training set) < `stop_error`.
+    ones, as the reference judges its whole training set) < `stop_error` (several surrogates: the mean of
+    their heads' errors); stats `rounds` and `head_error` (>= `stop_error`: `max_rounds` ended the loop).
 
 Defaults as the reference's CIFAR-10 sample-wise script: eps 8/255, 20 steps of 0.8/255, 10 train steps, stop
 error 0.01; budgets in grey levels (0-255). `perturb = "samplewise"` (one noise per photo) or `"classwise"`
 (the same defaults here; the reference's class-wise scripts take 1 step per mini-batch over many batches a round,
 and its face run is class-wise at 16/255, steps of 1.6/255, 30 train steps, stop error 0.1).
 
-`stop_on = "protected"` with `start = "uniform"` is puface's loop until 2026-12-07 (the grids of docs/RESULTS.md
-section 15 but 15.10 were made with it; their configs say so): the stop is judged on the protected photos alone,
-just after the PGD steps minimised their loss, so the loop may end after its first round with the head trained
-`train_steps` steps in all, a much weaker noise (on LFW, 5 users, dlib: 1-NN / linear ASR 72.0 / 22.3% vs 100 /
-85.0% with the reference's rule; section 15.10).
+`stop_on = "protected"` with `start = "uniform"` is puface's loop until 2026-12-07 (every published grid with
+unlearnable cloaks, docs/RESULTS.md sections 15, 18, 19 and 20, was made with it but 15.10's `-ref` rows; their
+configs pin it): the stop is judged on the protected photos alone, just after the PGD steps minimised their loss,
+so the loop may end after its first round with the head trained `train_steps` steps in all, a much weaker noise
+(on LFW, 5 users, dlib: 1-NN / linear ASR 72.0 / 22.3% vs 100 / 85.0% with the reference's rule; section 15.10).
 
 Where this differs from the reference besides the inner model: the reference's model is
 trained with batches of 512 and gradients clipped at norm 5; the head here with `train_batch` and no clipping.

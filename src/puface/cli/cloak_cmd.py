@@ -23,7 +23,9 @@ from .options import check_engine, device_option, engine_options, rank_options, 
     "grammar of configs and `evaluate --attack` (name:key=value,..., lists a|b), e.g. "
     "'lowkey:steps=20,step_size=0.00625' or 'fawkes:mode=mid,cap=project'. opom and unlearnable cloak each "
     "identity folder (first level under IN) as one group: one OPOM mask per person; unlearnable examples "
-    "learn the other folders as classes.",
+    "learn the other folders as classes, with the reference code's min-min loop (stop_on=all, start=zero); "
+    "'unlearnable:stop_on=protected,start=uniform' is puface's loop before 2026-12-07, a weaker noise (the "
+    "published grids' unlearnable cloaks).",
 )
 @click.option(
     "--mode",
