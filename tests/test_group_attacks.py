@@ -377,7 +377,7 @@ def test_every_published_unlearnable_grid_pins_the_earlier_loop():
                 want = ("all", "zero") if a.label.endswith("-ref") else ("protected", "uniform")
                 assert loop == want, f"{path.relative_to(repo)}: {a.label} runs {loop}"
                 seen.append(a.label)
-    assert len(seen) > 40 and sum(label.endswith("-ref") for label in seen) == 7
+    assert len(seen) > 40 and sum(label.endswith("-ref") for label in seen) >= 7
 
 
 def test_unlearnable_leaves_the_global_generator_alone(faces):
