@@ -218,6 +218,31 @@ def test_feature_dropout_layers_and_scope():
     assert all(not m._forward_hooks for m in emb.modules()) and torch.equal(emb(x), ref)
 
 
+def test_feature_dropout_drops_a_shared_network_once():
+    """An adaptive ensemble (`through = [a, b]`) wraps one face network in several surrogates: each convolution is
+    hooked once, so a surrogate's features under dropout are those it has alone (was dropped once per wrapper:
+    rate 0.19 for 0.1); the defense's own network is never dropped."""
+    from puface.attacks.adaptive import ThroughDefense, through_defense
+    from puface.attacks.feature_dropout import FeatureDropout, dropout_layers
+    from puface.defenses import create_defense
+
+    emb = tiny_embedder()
+    pair = through_defense([emb], ["blur:sigma=1", "none"])
+    assert pair[0].net is pair[1].net
+    x = grey(3)
+
+    def gens():
+        return [torch.Generator().manual_seed(i) for i in range(3)]
+
+    with FeatureDropout(pair[1:], 0.5, gens()) as drop:
+        alone = drop.apply(pair[1], x, 3)
+    with FeatureDropout(pair, 0.5, gens()) as drop:
+        assert all(len(m._forward_hooks) == 1 for m in dropout_layers(emb))
+        torch.testing.assert_close(drop.apply(pair[1], x, 3), alone)
+    purifier = ThroughDefense(emb, create_defense("puface"))
+    assert dropout_layers(purifier) == dropout_layers(emb)
+
+
 def test_dropout_layers_of_puface_models():
     """dlib ResNet-29: its 29 convolutions (the stem and both of every residual branch; its shortcuts have none);
     SFace: its stem and every depthwise / pointwise convolution; never the final linear layer."""

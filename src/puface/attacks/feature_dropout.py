@@ -39,7 +39,8 @@ class FeatureDropout:
         self.p = float(p)
         self.generators = list(generators)
         self._rows: list[torch.Generator] | None = None
-        self._layers = [m for emb in embedders for m in dropout_layers(emb)]
+        # once each: the surrogates of an adaptive ensemble (`through = [a, b]`) share one face network
+        self._layers = list({id(m): m for emb in embedders for m in dropout_layers(emb)}.values())
         self._handles: list = []
 
     def __enter__(self) -> "FeatureDropout":
