@@ -258,6 +258,23 @@ def test_opom_dfanet_dropout_masks_are_fresh_independent_and_scaled():
     assert not torch.equal(kept[0], kept[1]) and not torch.equal(kept[1], kept[2])
 
 
+def test_opom_dfanet_removes_its_hooks_when_the_attack_fails():
+    """An error mid-attack (here the surrogate's third pass) leaves no dropout hook on the model."""
+    emb = tiny_embedder()
+    calls = []
+
+    def fail_third(module, inputs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+
+    trap = emb.net.register_forward_pre_hook(fail_third)
+    with pytest.raises(RuntimeError, match="boom"):
+        create_attack("opom", embedders=[emb], device="cpu", variant="dfanet-mfim", steps=3)(grey(2))
+    trap.remove()
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in emb.modules())
+
+
 def test_feature_dropout_layers_and_scope():
     """Outside `apply` the hooks change nothing; inside, two passes differ, a photo's masks do not depend on the
     chunks it is embedded in (per-photo generators); leaving the block removes the hooks."""
