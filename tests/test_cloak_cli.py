@@ -171,6 +171,14 @@ def test_targeted_picks_a_target_from_the_pool(tree, johns_dir, tmp_path, capsys
     assert cfg["attack"]["targeted"] is True and len(outputs(out)) == 4
 
 
+def test_steps_help_states_the_opom_defaults(capsys):
+    """`--steps`' help names OPOM's defaults, its transfer variant's 100 steps too (it said 16 for every OPOM)."""
+    from puface.attacks.opom import DFANET_STEPS, OPOMSettings
+
+    text = " ".join(run(["cloak", "--help"], capsys)[1].split())
+    assert f"OPOM {OPOMSettings().steps}, its variant dfanet-mfim {DFANET_STEPS}," in text
+
+
 def test_every_option_has_help(capsys):
     code, out, _ = run(["cloak", "--help"], capsys)
     assert code == 0

@@ -198,6 +198,83 @@ def test_opom_dfanet_drops_features_during_the_attack_only(faces):
     assert torch.equal(emb(faces), clean_out)
 
 
+def _reference_mfim(emb, x, start, generator, steps, eps, alpha, p):
+    """The released code's `DFANet_MFIM.process` loop transcribed line by line (attack/privacy.py; affine hull loss),
+    images in [0, 1], its dropout layers replaced by `FeatureDropout` with the per-photo generators the attack seeds."""
+    from puface.attacks.feature_dropout import FeatureDropout
+    from puface.attacks.opom import affine_projection
+
+    seeds = torch.randint(0, 2**62, (len(x),), generator=generator).tolist()
+    gens = [torch.Generator().manual_seed(int(v)) for v in seeds]
+    data, data_adv, grad_sum = x, start.detach(), 0
+    with FeatureDropout([emb], p, gens) as drop:
+        for _ in range(steps):
+            n_feature = drop.apply(emb, data, 16).detach()
+            data_adv.requires_grad_()
+            adv_feature = drop.apply(emb, data_adv, 16)
+            loss = torch.nn.functional.mse_loss(adv_feature, affine_projection(adv_feature.detach(), n_feature))
+            loss.backward()
+            grad_step_mean = torch.abs(data_adv.grad)
+            for dim in range(3):
+                grad_step_mean = torch.mean(grad_step_mean, dim, keepdim=True)
+            grad_sum = grad_sum + data_adv.grad / grad_step_mean
+            data_adv = data_adv.detach() + alpha * grad_sum.sign()
+            deta = torch.mean(data_adv - data, 0, keepdim=True)
+            eta = torch.clamp(deta, min=-eps, max=eps)
+            data_adv = torch.clamp(data + eta, 0, 1).detach()
+    return eta
+
+
+def test_opom_dfanet_steps_as_the_reference():
+    """The transfer variant's loop is the reference's: momentum (decay 1) of gradients divided by the mean |g| of each
+    image column, each photo stepping along the sign of its own sum, the mask the mean step clipped to eps, the
+    clean features recomputed with dropout each step (the reference transcribed in `_reference_mfim`)."""
+    x = grey(4)
+    start = x + 4 / 255 * (2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(5)) - 1)
+    atk = opom(variant="dfanet-mfim", steps=6, droprate=0.2)
+    got = atk._mfim(x, start, torch.Generator().manual_seed(7))
+    emb = atk.surrogates[0]
+    want = _reference_mfim(emb, x, start, torch.Generator().manual_seed(7), 6, 8 / 255, 1 / 255, 0.2)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    assert got.abs().max() > 4 / 255
+
+
+def test_opom_dfanet_dropout_masks_are_fresh_independent_and_scaled():
+    """At every step the clean and the masked pass get their own dropout masks, each photo its own, about `droprate`
+    of a convolution's outputs zeroed and the rest scaled by 1 / (1 - droprate), as torch's nn.Dropout."""
+    emb = tiny_embedder()
+    seen: list[torch.Tensor] = []
+    spy = emb.net[1].register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach().clone()))
+    try:
+        create_attack("opom", embedders=[emb], device="cpu", variant="dfanet-mfim", steps=2, droprate=0.3)(grey(3))
+    finally:
+        spy.remove()
+    plain, clean0, masked0, clean1 = seen[0], seen[1], seen[2], seen[3]  # no dropout, step 0 clean / masked, step 1
+    assert (plain != 0).all()
+    kept = clean0 != 0
+    assert 0.25 < 1 - kept.float().mean() < 0.35
+    torch.testing.assert_close(clean0, plain * kept / 0.7)  # the same photos: kept outputs scaled by 1 / (1 - p)
+    assert not torch.equal(kept, masked0 != 0) and not torch.equal(kept, clean1 != 0)
+    assert not torch.equal(kept[0], kept[1]) and not torch.equal(kept[1], kept[2])
+
+
+def test_opom_dfanet_removes_its_hooks_when_the_attack_fails():
+    """An error mid-attack (here the surrogate's third pass) leaves no dropout hook on the model."""
+    emb = tiny_embedder()
+    calls = []
+
+    def fail_third(module, inputs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+
+    trap = emb.net.register_forward_pre_hook(fail_third)
+    with pytest.raises(RuntimeError, match="boom"):
+        create_attack("opom", embedders=[emb], device="cpu", variant="dfanet-mfim", steps=3)(grey(2))
+    trap.remove()
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in emb.modules())
+
+
 def test_feature_dropout_layers_and_scope():
     """Outside `apply` the hooks change nothing; inside, two passes differ, a photo's masks do not depend on the
     chunks it is embedded in (per-photo generators); leaving the block removes the hooks."""
@@ -216,6 +293,31 @@ def test_feature_dropout_layers_and_scope():
     with FeatureDropout([emb], 0.5, again) as drop:
         torch.testing.assert_close(drop.apply(emb, x, 3), a, atol=1e-6, rtol=0)  # one chunk of 3, not 2 + 1
     assert all(not m._forward_hooks for m in emb.modules()) and torch.equal(emb(x), ref)
+
+
+def test_feature_dropout_drops_a_shared_network_once():
+    """An adaptive ensemble (`through = [a, b]`) wraps one face network in several surrogates: each convolution is
+    hooked once, so a surrogate's features under dropout are those it has alone (was dropped once per wrapper:
+    rate 0.19 for 0.1); the defense's own network is never dropped."""
+    from puface.attacks.adaptive import ThroughDefense, through_defense
+    from puface.attacks.feature_dropout import FeatureDropout, dropout_layers
+    from puface.defenses import create_defense
+
+    emb = tiny_embedder()
+    pair = through_defense([emb], ["blur:sigma=1", "none"])
+    assert pair[0].net is pair[1].net
+    x = grey(3)
+
+    def gens():
+        return [torch.Generator().manual_seed(i) for i in range(3)]
+
+    with FeatureDropout(pair[1:], 0.5, gens()) as drop:
+        alone = drop.apply(pair[1], x, 3)
+    with FeatureDropout(pair, 0.5, gens()) as drop:
+        assert all(len(m._forward_hooks) == 1 for m in dropout_layers(emb))
+        torch.testing.assert_close(drop.apply(pair[1], x, 3), alone)
+    purifier = ThroughDefense(emb, create_defense("puface"))
+    assert dropout_layers(purifier) == dropout_layers(emb)
 
 
 def test_dropout_layers_of_puface_models():

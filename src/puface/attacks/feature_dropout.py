@@ -9,7 +9,10 @@ rule is applied to any surrogate by forward hooks on every convolution of the fa
 have no convolution; SFace's stem and each depthwise / pointwise convolution); the final linear layer is left
 alone, and so is an adaptive surrogate's defense network. The model is never put in train mode: the hooks
 exist only inside the `with` block and the masks are drawn from per-photo generators (never the global one),
-so a run is reproducible and a photo's masks do not depend on how the group is cut into batches.
+so a run is reproducible and a photo's masks do not depend on how the group is cut into batches. The generators
+live on the model's device, where the masks are drawn: a GPU draws other masks than the CPU from the same seed, so
+the same settings give other cloaks there. A network with convolutions on its shortcuts (an ONNX IR-50) has those
+dropped too, where the reference's IR-50 keeps its shortcuts whole.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ class FeatureDropout:
         self.p = float(p)
         self.generators = list(generators)
         self._rows: list[torch.Generator] | None = None
-        self._layers = [m for emb in embedders for m in dropout_layers(emb)]
+        # once each: the surrogates of an adaptive ensemble (`through = [a, b]`) share one face network
+        self._layers = list({id(m): m for emb in embedders for m in dropout_layers(emb)}.values())
         self._handles: list = []
 
     def __enter__(self) -> "FeatureDropout":

@@ -55,7 +55,7 @@ from .options import check_engine, device_option, engine_options, rank_options, 
     type=click.IntRange(min=1),
     default=None,
     help="Fawkes custom / LowKey / OPOM / unlearnable: optimisation steps (defaults: LowKey 50, OPOM 16, "
-    "unlearnable 20 per round).",
+    "its variant dfanet-mfim 100, unlearnable 20 per round).",
 )
 @click.option("--lr", type=float, default=None, help="Fawkes custom: Adadelta learning rate.")
 @click.option(
