@@ -534,3 +534,25 @@ def test_cloak_cli_unlearnable_learns_the_other_folders(tmp_path, johns_dir):
     rows = list(csv.DictReader(open(out / "cloak_stats.csv")))
     assert len(rows) == 55 and all(float(r["linf"]) <= 8.5 / 255 for r in rows)
     assert {r["rounds"] for r in rows} and all(float(r["head_error"]) < 1 for r in rows)
+
+
+def test_cloak_config_records_the_settings_the_cache_key_leaves_out(tmp_path, johns_dir):
+    """cloak_config.json's "attack" is the cache key, which leaves unlearnable's earlier-loop values out; its
+    "settings" give every setting, so a folder cloaked with the earlier loop says so (it read as the default)."""
+    import json
+    import shutil
+
+    from puface.cli import main
+
+    tree = tmp_path / "in"
+    for ident in sorted(p for p in johns_dir.iterdir() if p.is_dir())[:2]:
+        (tree / ident.name).mkdir(parents=True)
+        for chip in sorted(ident.iterdir())[:2]:
+            shutil.copy(chip, tree / ident.name / chip.name)
+    out = tmp_path / "ue"
+    spec = "unlearnable:stop_on=protected,start=uniform,steps=1,train_steps=1,max_rounds=1,embedders=dlib-resnet29"
+    assert main(["cloak", "--attack", spec, "--no-progress", str(tree), str(out)]) == 0
+    record = json.loads((out / "cloak_config.json").read_text())
+    assert "stop_on" not in record["attack"]
+    assert (record["settings"]["stop_on"], record["settings"]["start"], record["settings"]["steps"]) == \
+        ("protected", "uniform", 1)
