@@ -31,8 +31,9 @@ to its running sum, each photo steps by `step_size` along the sign of its own su
 clipped to eps.
 About 15x the plain variant's time (100 steps of two forward passes; 30 chips of 150 px against dlib ResNet-29 on one
 CPU thread: 122 s vs 8.1 s). Meant for residual surrogates: on dlib ResNet-29 dropout 0.1 keeps a chip's embedding
-at cosine 0.96 to the one without it, but on SFace (depthwise blocks, few shortcuts) at 0.28, below two different
-people's, and SFace masks made so do not protect on SFace (docs/RESULTS.md 15.12): lower `droprate` there.
+at cosine 0.96 to the one without it, but on SFace (depthwise blocks, few shortcuts) at about 0.2, below two photos
+of one person's (0.64), and SFace masks made so do not protect on SFace (docs/RESULTS.md 15.12): lower `droprate`
+there.
 Budgets are in grey levels (0-255). Images keep their size: the mask has the photos' resolution, the
 surrogates resize inside (OPOM worked on 112x112 ArcFace crops).
 
