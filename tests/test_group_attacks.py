@@ -3,7 +3,10 @@ photo (sample-wise), determinism under a seed, the hull projections, the group c
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ import torch
 
 from puface.attacks import Reference, create_attack
 from puface.attacks.cache import CloakCache
-from puface.attacks.opom import affine_projection, convex_projection, simplex_projection
+from puface.attacks.opom import DROPOUT_COS_WARN, affine_projection, convex_projection, simplex_projection
 from puface.utils.errors import ConfigError, PufaceError
 
 from test_fawkes import tiny_embedder
@@ -175,6 +178,49 @@ def test_opom_dfanet_is_seeded(faces):
     assert not torch.equal(a, opom(0, variant="dfanet-mfim", steps=4, droprate=0.0)(faces))
 
 
+def test_opom_dfanet_cloaks_unchanged_by_the_dropout_check():
+    """Measuring the dropout cosine draws no random number: the cloaks are those of the code before it, bit for bit
+    (pinned from it), at the default droprate and at one where it warns."""
+    x = grey(4)
+    labels = ["a", "a", "b", "b"]
+    pins = {0.1: "c99d8f95d7ae0fc6516d431ecd11cd79e2dd1d1d185b53a5523999a425b8ed2e",
+            0.8: "33117e87ed83127615a60941d2a38ad83691ab39dad689381740013e224bfe2c"}
+    for rate, pin in pins.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = opom(variant="dfanet-mfim", steps=3, droprate=rate)(x, labels=labels)
+        assert hashlib.sha256(out.numpy().tobytes()).hexdigest() == pin
+
+
+def test_opom_dfanet_warns_once_about_a_surrogate_dropout_destroys():
+    """dfanet-mfim measures each surrogate's clean embeddings with its first step's dropout against those without:
+    the per-photo cosine is the stat `dropout_cos_<surrogate>` (1 without dropout), and a surrogate whose group mean
+    is below `DROPOUT_COS_WARN` (the tiny net at droprate 0.8: about 0.56; at 0.1 about 0.98) warns once per
+    attack, naming the surrogate, the cosine, the droprate and what to do."""
+    x = grey(6)
+    labels = ["a"] * 3 + ["b"] * 3
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        atk = opom(variant="dfanet-mfim", steps=2, droprate=0.8)
+        res = atk.run(x, labels=labels)
+        atk.run(x[:2])  # a third group: no second warning
+    cos = res.stats["dropout_cos_tiny"]
+    assert cos.shape == (6,) and float(cos.max()) < DROPOUT_COS_WARN and float(cos.min()) > -1
+    mine = [str(w.message) for w in caught if "droprate" in str(w.message)]
+    assert len(mine) == 1, mine
+    first = float(cos[:3].mean())  # the first group's mean is the one reported
+    assert "droprate 0.8 leaves surrogate tiny's embedding" in mine[0] and f"cosine {first:.2f}" in mine[0]
+    assert "lower droprate" in mine[0] and "residual surrogate" in mine[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = opom(variant="dfanet-mfim", steps=2).run(x, labels=labels)
+        exact = opom(variant="dfanet-mfim", steps=1, droprate=0.0).run(x[:3])
+    assert not [w for w in caught if "droprate" in str(w.message)]
+    assert float(res.stats["dropout_cos_tiny"].min()) > DROPOUT_COS_WARN
+    torch.testing.assert_close(exact.stats["dropout_cos_tiny"], torch.ones(3), atol=1e-5, rtol=0)
+    assert "dropout_cos_tiny" not in opom(steps=1).run(x[:2]).stats  # the plain variant has no dropout
+
+
 def test_opom_dfanet_drops_features_during_the_attack_only(faces):
     """Within the attack the surrogate's features of the same clean photos differ from step to step (fresh
     dropout masks); afterwards the model is as it was: eval mode, no hooks left, the same weights and outputs."""
@@ -232,7 +278,7 @@ def test_opom_dfanet_steps_as_the_reference():
     x = grey(4)
     start = x + 4 / 255 * (2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(5)) - 1)
     atk = opom(variant="dfanet-mfim", steps=6, droprate=0.2)
-    got = atk._mfim(x, start, torch.Generator().manual_seed(7))
+    got, _ = atk._mfim(x, start, torch.Generator().manual_seed(7), atk._features(x))
     emb = atk.surrogates[0]
     want = _reference_mfim(emb, x, start, torch.Generator().manual_seed(7), 6, 8 / 255, 1 / 255, 0.2)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
@@ -519,6 +565,24 @@ def test_cloak_cli_group_attack(tmp_path, johns_dir, capsys):
     capsys.readouterr()
     assert main(["cloak", "--attack", "opom", "--perturb", "classwise", str(johns_dir), str(tmp_path / "x")]) == 2
     assert "--perturb is not an option of opom" in capsys.readouterr().err
+
+
+def test_cloak_cli_dfanet_reports_the_dropout_cosine(tmp_path, johns_dir):
+    """`puface cloak` with OPOM's transfer variant against SFace at droprate 0.5 (cosine about 0.1) warns once and
+    writes each photo's dropout cosine to cloak_stats.csv."""
+    from puface.cli import main
+
+    src = tmp_path / "in" / "john"
+    src.mkdir(parents=True)
+    for path in sorted(next(p for p in sorted(johns_dir.iterdir()) if p.is_dir()).glob("*.jpg"))[:2]:
+        shutil.copy(path, src / path.name)
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match=r"droprate 0.5 leaves surrogate sface's embedding .* cosine -?0\.\d\d") as rec:
+        assert main(["cloak", "--attack", "opom:variant=dfanet-mfim,droprate=0.5", "--surrogate", "sface",
+                     "--steps", "1", "--no-progress", str(tmp_path / "in"), str(out)]) == 0
+    assert len([w for w in rec if "droprate" in str(w.message)]) == 1
+    rows = list(csv.DictReader((out / "cloak_stats.csv").open()))
+    assert len(rows) == 2 and all(float(r["dropout_cos_sface"]) < DROPOUT_COS_WARN for r in rows)
 
 
 @pytest.mark.slow

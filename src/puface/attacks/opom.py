@@ -33,7 +33,10 @@ About 15x the plain variant's time (100 steps of two forward passes; 30 chips of
 CPU thread: 122 s vs 8.1 s). Meant for residual surrogates: on dlib ResNet-29 dropout 0.1 keeps a chip's embedding
 at cosine 0.96 to the one without it, but on SFace (depthwise blocks, few shortcuts) at about 0.2, below two photos
 of one person's (0.64), and SFace masks made so do not protect on SFace (docs/RESULTS.md 15.12): lower `droprate`
-there.
+there. The attack measures this at its first step for free (the clean photos' features with that step's dropout
+against those without): the per-photo cosine is the stat `dropout_cos_<surrogate>`, and a group whose mean falls
+below `DROPOUT_COS_WARN` warns once per surrogate (8 LFW chips: dlib 0.99 / 0.98 / 0.96 / 0.92 at droprate 0.02 /
+0.05 / 0.1 / 0.2, SFace 0.85 / 0.62 / 0.24 / 0.11).
 Budgets are in grey levels (0-255). Images keep their size: the mask has the photos' resolution, the
 surrogates resize inside (OPOM worked on 112x112 ArcFace crops).
 
@@ -51,6 +54,7 @@ Where this differs from the reference (the released code, zhongyy/OPOM):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
@@ -70,6 +74,9 @@ HULLS = ("affine", "convex", "center", "fi-uap")
 VARIANTS = ("fim", "dfanet-mfim")
 #: the transfer variant's step count when `steps` is not given (the scripts' ``--round 100``)
 DFANET_STEPS = 100
+#: dfanet-mfim warns about a surrogate whose clean embeddings under dropout keep a mean cosine below this to those
+#: without (a model the mask is no longer fitted to: module docstring)
+DROPOUT_COS_WARN = 0.8
 
 
 @dataclass(frozen=True)
@@ -162,6 +169,7 @@ class OPOM(GroupCloakAttack):
         if embedders is None:
             embedders = available_defaults(["dlib-resnet29", "sface"], "opom")
         super().__init__(embedders, seed=seed, device=device, batch_size=batch_size)
+        self._warned: set[str] = set()  # surrogates already warned about (dfanet-mfim's dropout cosine)
         if self.settings.variant == "dfanet-mfim":
             bare = [e.name for e in self.surrogates if not dropout_layers(e)]
             if bare:
@@ -214,10 +222,10 @@ class OPOM(GroupCloakAttack):
             return [F.normalize(dropout.apply(emb, x, self.batch_size), dim=1) for emb in self.surrogates]
         return [F.normalize(self._batched(emb, x), dim=1) for emb in self.surrogates]
 
-    def _mask(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """The universal mask (1, 3, H, W) of one person's photos x (n, 3, H, W), and each masked photo's
-        `hull_distance` (n,): the squared L2 distance of its unit feature to the configured hull (fi-uap: to its
-        own clean feature), mean over the surrogates."""
+    def _mask(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The universal mask (1, 3, H, W) of one person's photos x (n, 3, H, W), and its per-photo stats (n,):
+        `hull_distance`, the squared L2 distance of its unit feature to the configured hull (fi-uap: to its own clean
+        feature), mean over the surrogates; dfanet-mfim also `dropout_cos_<surrogate>` (`_mfim`)."""
         s = self.settings
         eps = s.epsilon / 255.0
         with torch.no_grad():
@@ -225,15 +233,30 @@ class OPOM(GroupCloakAttack):
         x_adv = x.clone()
         if s.random_start:
             x_adv = x + self.uniform_noise([generator] * len(x), x.shape[1:], -eps, eps, x.device)
+        stats: dict[str, torch.Tensor] = {}
         if s.variant == "dfanet-mfim":
-            mask = self._mfim(x, x_adv, generator)
+            mask, cos = self._mfim(x, x_adv, generator, clean)
+            stats.update({f"dropout_cos_{emb.name}": c for emb, c in zip(self.surrogates, cos)})
         else:
             mask = self._fim(x, x_adv, clean)
         with torch.no_grad():
             adv = self._features((x + mask).clamp(0, 1))
             last = max(s.steps, s.center_steps)  # the convex hull itself, not the centre of its first steps
             dist = torch.stack([((y - self._target(y, f, last)) ** 2).sum(dim=1) for y, f in zip(adv, clean)])
-        return mask, dist.mean(dim=0)
+        return mask, {"hull_distance": dist.mean(dim=0), **stats}
+
+    def _warn_dropout(self, name: str, cos: float) -> None:
+        """Warn once per surrogate whose mean dropout cosine `cos` is below `DROPOUT_COS_WARN`."""
+        if not cos < DROPOUT_COS_WARN or name in self._warned:  # NaN (no step) too
+            return
+        self._warned.add(name)
+        warnings.warn(
+            f"opom: droprate {self.settings.droprate:g} leaves surrogate {name}'s embedding of a clean photo at mean "
+            f"cosine {cos:.2f} to its own (< {DROPOUT_COS_WARN:g}): the dfanet-mfim mask is fitted to another model "
+            "and may not protect; set a lower droprate (e.g. droprate=0.02) or use a residual surrogate "
+            "(dlib-resnet29)",
+            stacklevel=3,
+        )
 
     def _fim(self, x: torch.Tensor, x_adv: torch.Tensor, clean: list[torch.Tensor]) -> torch.Tensor:
         """The reference's `FIM` from the start x_adv: signed steps of the photos' mean gradient; the mask
@@ -251,19 +274,27 @@ class OPOM(GroupCloakAttack):
             x_adv = (x + mask).clamp(0, 1)
         return mask
 
-    def _mfim(self, x: torch.Tensor, x_adv: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _mfim(self, x: torch.Tensor, x_adv: torch.Tensor, generator: torch.Generator,
+              clean0: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The reference's `DFANet_MFIM` from the start x_adv: momentum steps against dropout surrogates, the clean
-        features recomputed with dropout each step; the mask (1, 3, H, W)."""
+        features recomputed with dropout each step. Returns the mask (1, 3, H, W) and, per surrogate and photo
+        (S, n), the cosine of the first step's clean feature with dropout to `clean0`, the one without (unit
+        features, one per surrogate; `_warn_dropout` at that step); NaN when `steps` is 0."""
         s = self.settings
         eps, alpha = s.epsilon / 255.0, s.step_size / 255.0
         seeds = torch.randint(0, 2**62, (len(x),), generator=generator).tolist()
         gens = [torch.Generator(device=x.device).manual_seed(int(v)) for v in seeds]  # one per photo
         mask = torch.zeros_like(x[:1])
         momentum = torch.zeros_like(x)
+        cos = torch.full((len(clean0), len(x)), float("nan"))
         with FeatureDropout(self.surrogates, s.droprate, gens) as dropout:
             for step in range(s.steps):
                 with torch.no_grad():
                     clean = self._features(x, dropout)
+                if step == 0:  # free (the features are computed anyway); warns before the other 99 steps
+                    cos = torch.stack([(f * f0).sum(dim=1) for f, f0 in zip(clean, clean0)]).cpu()
+                    for emb, c in zip(self.surrogates, cos):
+                        self._warn_dropout(emb.name, float(c.mean()))
                 with torch.enable_grad():
                     x_adv = x_adv.detach().requires_grad_(True)
                     loss = self._loss(self._features(x_adv, dropout), clean, step)
@@ -273,14 +304,15 @@ class OPOM(GroupCloakAttack):
                 x_adv = x_adv.detach() + alpha * momentum.sign()
                 mask = (x_adv - x).mean(dim=0, keepdim=True).clamp(-eps, eps)
                 x_adv = (x + mask).clamp(0, 1)
-        return mask
+        return mask, cos
 
     def _attack_group(self, x: torch.Tensor, labels: list, reference: Reference | None, generator: torch.Generator):
         out = torch.empty_like(x)
-        dist = torch.zeros(len(x))
+        stats: dict[str, torch.Tensor] = {}
         for lab in dict.fromkeys(labels):
             idx = torch.tensor([i for i, label in enumerate(labels) if label == lab])
-            mask, d = self._mask(x[idx], generator)
+            mask, own = self._mask(x[idx], generator)
             out[idx] = (x[idx] + mask).clamp(0, 1)
-            dist[idx] = d.cpu()
-        return out, {"hull_distance": dist}
+            for k, v in own.items():
+                stats.setdefault(k, torch.zeros(len(x)))[idx] = v.detach().float().cpu()
+        return out, stats
