@@ -1,5 +1,6 @@
-"""Cloak cache keys never change: a knob added after cloaks were cached stays out of the key at its earlier value,
-and the packaged grids' keys are pinned as recorded on the code before that rule had one home."""
+"""Cloak cache keys never change: a knob added after cloaks were cached stays out of the key at its earlier value
+(`CloakAttack.EARLIER`), and the packaged grids' keys are pinned as recorded on the code before that rule had one
+home."""
 
 from __future__ import annotations
 
@@ -53,6 +54,25 @@ def test_a_later_knob_at_its_earlier_value_leaves_the_key_as_without_it(tmp_path
     for companion in along:  # does nothing at the earlier value: another value of it keeps the earlier key
         assert companion in at_other.config
         assert _attack(kind, **base, **{knob: earlier, companion: 0.3}).config == at_earlier.config
+
+
+def test_every_later_knob_is_in_the_table():
+    """Every attack's `EARLIER` (and the knobs left out along) is the table above: a new knob's author adds a row."""
+    from puface.attacks.base import CloakAttack
+
+    for kind in ("fawkes", "lowkey", "opom", "unlearnable"):
+        _attack(kind)  # imports its module
+    classes, todo = set(), [CloakAttack]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            classes.add(sub)
+            todo.append(sub)
+    declared = {
+        (cls.kind, knob, value, tuple(cls.EARLIER_ALONG.get(knob, ())))
+        for cls in classes if cls.__module__.startswith("puface.")
+        for knob, value in cls.EARLIER.items()
+    }
+    assert declared == {(kind, knob, earlier, along) for kind, _, knob, earlier, _, along in LATER_KNOBS}
 
 
 # The cache folders (`CloakCache.attack_dir`) of the packaged grids' attacks, as `puface reproduce` builds them
