@@ -18,7 +18,7 @@ while its statistics (DSSIM, embedding shift) stay the same.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 
@@ -93,8 +93,9 @@ class AttackResult:
 
 class CloakAttack:
     """Base class. Subclasses set `kind` and `algorithm`, and implement `_settings()` (their knobs as
-    a JSON-serialisable dict), `name` and `_attack_batch(x, generators)`, with keyword parameters after those for
-    the attack's own per-image inputs (`run`'s `extra`: Fawkes' `targets`).
+    a JSON-serialisable dict: every knob), `name` and `_attack_batch(x, generators)`, with keyword parameters after
+    those for the attack's own per-image inputs (`run`'s `extra`: Fawkes' `targets`); a knob added after cloaks were
+    cached goes in `EARLIER`.
 
     Args:
         surrogates: resolved `FaceEmbedder`s (see `surrogates.resolve_surrogates`).
@@ -105,6 +106,13 @@ class CloakAttack:
 
     kind: str = ""
     algorithm: str = ""  # bump when the algorithm's output changes: it is part of the cache key
+    #: A knob added after cloaks were cached is left out of the key at the value that reproduces the earlier cloaks;
+    #: any other value enters the key. Its author adds {knob: that value} here (`key_settings` applies it), so earlier
+    #: cache entries and the published runs' keys stay valid.
+    EARLIER: ClassVar[Mapping[str, Any]] = {}
+    #: {knob in EARLIER: knobs only its later values use}: left out of the key with it at its earlier value, whatever
+    #: their own values (OPOM's plain variant ignores `droprate`).
+    EARLIER_ALONG: ClassVar[Mapping[str, Sequence[str]]] = {}
 
     @property
     def pushes_from_clean(self) -> bool:
@@ -131,6 +139,14 @@ class CloakAttack:
     def _settings(self) -> dict[str, Any]:  # pragma: no cover - overridden
         return {}
 
+    def key_settings(self) -> dict[str, Any]:
+        """`_settings()` as the cache key holds them: without each `EARLIER` knob at its earlier value (and the knobs
+        `EARLIER_ALONG` names with it)."""
+        settings = self._settings()
+        drop = {k for k, v in self.EARLIER.items() if k in settings and settings[k] == v}
+        drop |= {k for knob in drop for k in self.EARLIER_ALONG.get(knob, ())}
+        return {k: v for k, v in settings.items() if k not in drop}
+
     @property
     def config(self) -> dict[str, Any]:
         """Every setting that changes the output, JSON-serialisable (used as the cache key)."""
@@ -142,7 +158,7 @@ class CloakAttack:
             "algorithm": self.algorithm,
             "seed": self.seed,
             "surrogates": self._surrogate_info,
-            **self._settings(),
+            **self.key_settings(),
         }
 
     def __repr__(self) -> str:

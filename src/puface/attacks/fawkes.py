@@ -188,6 +188,7 @@ class Fawkes(CloakAttack):
 
     kind = "fawkes"
     algorithm = "fawkes-v1.0.2-port/1"
+    EARLIER = {"geometry": "chip", "cap": "clip", "ensemble": "sum"}  # v1.0.2's, the only way before the knobs
 
     def __init__(
         self,
@@ -231,14 +232,7 @@ class Fawkes(CloakAttack):
         return self.settings.max_change / 255.0 if self.settings.geometry == "chip" else None
 
     def _settings(self) -> dict[str, Any]:
-        settings = asdict(self.settings)
-        if settings["geometry"] == "chip":  # the default before the knob existed: keeps earlier cache keys
-            del settings["geometry"]
-        if settings["cap"] == "clip":  # likewise
-            del settings["cap"]
-        if settings["ensemble"] == "sum":  # likewise
-            del settings["ensemble"]
-        return {"mode": self.mode, **settings}
+        return {"mode": self.mode, **asdict(self.settings)}
 
     def run(self, images: torch.Tensor, *, targets: Sequence[torch.Tensor] | None = None, **kw):
         """Cloak `images` (N, 3, H, W) in [0, 1]; `targets` only for targeted Fawkes (see class doc)."""

@@ -121,6 +121,7 @@ class LowKey(CloakAttack):
 
     kind = "lowkey"
     algorithm = "lowkey-facecure-port/1"
+    EARLIER = {"clamp": "end"}  # LowKey as released, the only way before the knob
 
     def __init__(
         self,
@@ -169,10 +170,7 @@ class LowKey(CloakAttack):
         return self.settings.max_change
 
     def _settings(self) -> dict[str, Any]:
-        settings = asdict(self.settings)
-        if settings["clamp"] == "end":  # LowKey as released, the only way before the knob existed: keeps cache keys
-            del settings["clamp"]
-        return settings
+        return asdict(self.settings)
 
     # ------------------------------------------------------------------ pieces
     def _features(self, emb, x: torch.Tensor) -> list[torch.Tensor]:

@@ -157,6 +157,8 @@ class OPOM(GroupCloakAttack):
 
     kind = "opom"
     algorithm = "opom-fim/1"
+    EARLIER = {"variant": "fim"}  # the plain variant, the only one before `variant` and `droprate`
+    EARLIER_ALONG = {"variant": ("droprate",)}  # dfanet-mfim's alone
 
     def __init__(self, embedders: Sequence[SurrogateSpec] | None = None, *, seed: int = 0, device=None,
                  batch_size: int = 16, **knobs: Any):
@@ -188,12 +190,7 @@ class OPOM(GroupCloakAttack):
         return self.settings.epsilon / 255.0
 
     def _settings(self) -> dict[str, Any]:
-        """The settings; the plain variant's without `variant` and `droprate`, so its cache keys stay those made
-        before they existed."""
-        out = asdict(self.settings)
-        if out["variant"] == "fim":
-            del out["variant"], out["droprate"]
-        return out
+        return asdict(self.settings)
 
     def _target(self, y: torch.Tensor, f: torch.Tensor, step: int) -> torch.Tensor:
         """The point each masked feature y (n, D) is pushed away from at `step`, given the clean features f (n, D):

@@ -67,9 +67,6 @@ __all__ = ["UnlearnableExamples", "UnlearnableSettings", "PERTURB_TYPES"]
 PERTURB_TYPES = ("samplewise", "classwise")
 STOP_ON = ("all", "protected")
 STARTS = ("zero", "uniform")
-# the loop before `stop_on` / `start` existed (puface until 2026-12-07): left out of the cache key at these
-# values, so the cloaks made then keep their keys
-_EARLIER_LOOP = {"stop_on": "protected", "start": "uniform"}
 
 
 @dataclass(frozen=True)
@@ -117,6 +114,7 @@ class UnlearnableExamples(GroupCloakAttack):
 
     kind = "unlearnable"
     algorithm = "min-min-linear-head/1"
+    EARLIER = {"stop_on": "protected", "start": "uniform"}  # the loop before these knobs (puface until 2026-12-07)
     needs_classes = True
 
     def __init__(self, embedders: Sequence[SurrogateSpec] | None = None, *, seed: int = 0, device=None,
@@ -139,7 +137,7 @@ class UnlearnableExamples(GroupCloakAttack):
         return self.settings.epsilon / 255.0
 
     def _settings(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self.settings).items() if _EARLIER_LOOP.get(k, object()) != v}
+        return asdict(self.settings)
 
     # ------------------------------------------------------------------ pieces
     def _embed(self, emb, x: torch.Tensor) -> torch.Tensor:
