@@ -1190,3 +1190,31 @@ def test_runs_of_another_config_are_not_taken_as_done(colour_experiment, tmp_pat
     assert len(res2.rows) == len(res.rows)
     assert {s["defense"] for s in res2.summary} == {"none", "blur-s1", "bitdepth-3"}
     assert {s["defense"]: s["users"] for s in res2.summary} == {"none": 2, "blur-s1": 2, "bitdepth-3": 2}
+
+
+def test_dry_run_states_the_grid_size_and_runs_nothing(tmp_path, monkeypatch, capsys):
+    """A newcomer had no way to see how big a grid is before starting it (`paper`: 54,000 runs and ~11,000 cloaks
+    over three seeds, GPU hours): no --dry-run, and a run said nothing of its size. Now `reproduce --dry-run` checks
+    the config and data, prints users x attacks x defenses x cells = runs and the images to cloak, and writes no
+    output folder; a real run prints the same line per seed, with the runs already finished on a resume."""
+    from puface.cli import main
+
+    register_standins()
+    monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
+    root = write_colour_faces(tmp_path / "data")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace("seeds = [0]", "seeds = [0, 1]"))
+    out = tmp_path / "r"
+    assert main(["reproduce", str(cfg), "--dry-run", "--out", str(out), "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    grid = ("grid: 2 user(s) x 2 attack(s) x 3 defense(s) x 2 (victim, trainer) cell(s) = 24 run(s); "
+            "14 image(s) to cloak")
+    assert grid in said and "2 seed(s) (0, 1): 48 run(s) in all" in said and "Dry run" in said
+    assert not out.exists()
+
+    lines: list[str] = []
+    run_experiment(load_config(cfg), out, progress=False, echo=lines.append)
+    assert sum(grid in s for s in lines) == 2  # one line per seed
+    lines.clear()
+    run_experiment(load_config(cfg), out, progress=False, echo=lines.append)
+    assert any("= 24 run(s), 24 finished; 0 image(s) to cloak" in s for s in lines)

@@ -87,10 +87,14 @@ _detector_purifier_option = click.option(
               help="The detector of the detection report instead of the config's [detection] detector: a detector "
                    "file or a shipped one (default, sharpen, edits).")
 @_detector_purifier_option
+@click.option("--dry-run", "dry_run", is_flag=True,
+              help="Check the config and the data, draw the first seed's users and print the grid's size (users x "
+                   "attacks x defenses x (victim, trainer) cells = runs, per seed and in all; images to cloak), then "
+                   "exit without running or writing anything.")
 @common
 def reproduce(config: str | None, list_configs: bool, show: bool, data: Path | None, seeds: tuple[int, ...],
-              detector: Path | None, detector_purifier: Path | None, out: Path | None, device: str | None,
-              restart: bool, progress: bool, detect: bool) -> None:
+              detector: Path | None, detector_purifier: Path | None, dry_run: bool, out: Path | None,
+              device: str | None, restart: bool, progress: bool, detect: bool) -> None:
     """Run the experiment grid of CONFIG (a TOML file, or the name of a packaged config: see
     `puface reproduce --list`; `puface reproduce NAME --show > mine.toml` copies one to edit) and write
     results.csv, summary.csv, results.json, table.md and report.html. The data come from --data, else the
@@ -121,6 +125,11 @@ def reproduce(config: str | None, list_configs: bool, show: bool, data: Path | N
         cfg = cfg.with_detection(detector=str(detector))
     if detector_purifier is not None:
         cfg = cfg.with_detection(purifier=str(detector_purifier))
+    if dry_run:
+        from ..experiments import plan_experiment
+
+        plan_experiment(cfg, device=device, progress=progress, echo=click.echo)
+        return
     _run(cfg, out, device, restart, progress, detect)
 
 
