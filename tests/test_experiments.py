@@ -1218,3 +1218,18 @@ def test_dry_run_states_the_grid_size_and_runs_nothing(tmp_path, monkeypatch, ca
     lines.clear()
     run_experiment(load_config(cfg), out, progress=False, echo=lines.append)
     assert any("= 24 run(s), 24 finished; 0 image(s) to cloak" in s for s in lines)
+
+
+def test_a_missing_named_data_set_says_every_place_looked_in(tmp_path, monkeypatch):
+    """`reproduce lfw` without the data said "not a folder here, not in $PUFACE_DATA (not set)", though it also looks
+    in $PUFACE_HOME/data, where `puface data fetch` puts the data set: a user who fetched it under another
+    $PUFACE_HOME was not told where it was looked for. Now the error names that folder too."""
+    from puface.data.datasets import resolve_data_root
+
+    monkeypatch.delenv("PUFACE_DATA", raising=False)
+    monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PufaceError) as e:
+        resolve_data_root("lfw-chips150")
+    assert f"nor in $PUFACE_HOME/data ({tmp_path / 'home' / 'data'})" in str(e.value)
+    assert "puface data fetch lfw" in str(e.value)
