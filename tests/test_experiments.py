@@ -1233,3 +1233,32 @@ def test_a_missing_named_data_set_says_every_place_looked_in(tmp_path, monkeypat
         resolve_data_root("lfw-chips150")
     assert f"nor in $PUFACE_HOME/data ({tmp_path / 'home' / 'data'})" in str(e.value)
     assert "puface data fetch lfw" in str(e.value)
+
+
+def test_reproduce_set_overrides_a_setting_for_a_small_run(tmp_path, monkeypatch, capsys):
+    """`puface reproduce` had no --set (train-purifier and calibrate-detector have one): a newcomer who wanted `lfw`
+    with 2 users had to write a config file. Now --set KEY=VALUE overrides a setting (an [[attacks]] entry by its
+    index), is recorded in OUT/config.toml, and a bad key or value is one line naming the --set."""
+    from puface.cli import main
+
+    register_standins()
+    monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
+    root = write_colour_faces(tmp_path / "data")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace("[report]", "[report]\nenabled = false"))
+    out = tmp_path / "r"
+    assert main(["reproduce", str(cfg), "--set", "users.count=1", "--set", "attacks.1.label=chk", "--out", str(out),
+                 "--no-progress", "--no-detect"]) == 0
+    capsys.readouterr()
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len({r["user"] for r in rows}) == 1 and {r["attack"] for r in rows} == {"clean", "chk"}
+    saved = load_config(out / "config.toml")
+    assert saved.users["count"] == 1 and "--set" in (out / "config.toml").read_text().splitlines()[0]
+    for bad, message in ((["users.cuont=1"], "--set users.cuont=1: unknown option"),
+                         (["users.count=two"], "--set users.count=two: .*count must be an integer"),
+                         (["attacks.label=x"], "--set attacks.label: attacks is a list of 2 entries")):
+        assert main(["reproduce", str(cfg), "--set", *bad, "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
+        assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "bad").exists()
