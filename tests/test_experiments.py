@@ -1238,15 +1238,16 @@ def test_a_missing_named_data_set_says_every_place_looked_in(tmp_path, monkeypat
 def test_reproduce_set_overrides_a_setting_for_a_small_run(tmp_path, monkeypatch, capsys):
     """`puface reproduce` had no --set (train-purifier and calibrate-detector have one): a newcomer who wanted `lfw`
     with 2 users had to write a config file. Now --set KEY=VALUE overrides a setting (an [[attacks]] entry by its
-    index), is recorded in OUT/config.toml, and a bad key or value is one line naming the --set."""
+    index), is recorded in OUT/config.toml and table.md's heading, and a bad key or value is one line naming the
+    --set."""
     from puface.cli import main
 
     register_standins()
     monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
     root = write_colour_faces(tmp_path / "data")
     cfg = tmp_path / "c.toml"
-    cfg.write_text(
-        EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace("[report]", "[report]\nenabled = false"))
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace("[report]", "[report]\nenabled = false")
+    cfg.write_text(text.replace('name = "colours"', 'name = "colours"\ndescription = "2 users."'))
     out = tmp_path / "r"
     assert main(["reproduce", str(cfg), "--set", "users.count=1", "--set", "attacks.1.label=chk", "--out", str(out),
                  "--no-progress", "--no-detect"]) == 0
@@ -1256,6 +1257,8 @@ def test_reproduce_set_overrides_a_setting_for_a_small_run(tmp_path, monkeypatch
     assert len({r["user"] for r in rows}) == 1 and {r["attack"] for r in rows} == {"clean", "chk"}
     saved = load_config(out / "config.toml")
     assert saved.users["count"] == 1 and "--set" in (out / "config.toml").read_text().splitlines()[0]
+    # table.md's heading, the config's description, says the grid was changed (it said "2 users" for 1)
+    assert "2 users. Changed by --set users.count=1, attacks.1.label=chk." in (out / "table.md").read_text()
     for bad, message in ((["users.cuont=1"], "--set users.cuont=1: unknown option"),
                          (["users.count=two"], "--set users.count=two: .*count must be an integer"),
                          (["attacks.label=x"], "--set attacks.label: attacks is a list of 2 entries")):

@@ -398,10 +398,12 @@ class ExperimentConfig:
         array of tables' entry: "attacks.1.steps"; `tomlconfig.apply_overrides`); errors name the config and them."""
         raw = json.loads(json.dumps(self.raw, default=str))
         apply_overrides(raw, overrides)  # (its errors name the --set key)
+        sets = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        if raw.get("description") and "description" not in overrides:  # table.md heads its tables with it
+            raw["description"] = f"{raw['description']} Changed by --set {sets}."
         try:
             return ExperimentConfig.from_dict(raw, self.source)
         except ConfigError as e:
-            sets = ", ".join(f"{k}={v}" for k, v in overrides.items())
             raise ConfigError(f"--set {sets}: {e}") from None
 
     def with_detection(self, **changes: Any) -> "ExperimentConfig":
