@@ -1265,3 +1265,14 @@ def test_reproduce_set_overrides_a_setting_for_a_small_run(tmp_path, monkeypatch
         assert main(["reproduce", str(cfg), "--set", *bad, "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
         assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_paper_configs_list_line_says_it_is_sized_for_a_gpu(capsys):
+    """`reproduce --list` showed `paper` as "Paper-scale grid: 50 protected users x 3 seeds, ..." with no word that
+    it is sized for one GPU (its file's comment says so, which --list does not show), so a newcomer on a laptop
+    could start it. Its --list line now says so."""
+    from puface.cli import main
+
+    assert main(["reproduce", "--list"]) == 0
+    (line,) = [s for s in capsys.readouterr().out.splitlines() if s.startswith("paper ")]
+    assert "sized for one GPU (hours)" in line
