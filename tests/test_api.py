@@ -423,3 +423,20 @@ def test_two_threads_extracting_one_packaged_file_from_a_zip_both_get_it(tmp_pat
     assert got == [data, data], [g if isinstance(g, Exception) else len(g) for g in got]
     out = paths.package_file("weights", "x.bin")
     assert [p.name for p in out.parent.iterdir()] == ["x.bin"]
+
+
+def test_plan_experiment_gives_a_grids_size_without_running_it(tmp_path):
+    """The Python API had `run_experiment` only: no way to see a grid's size before starting it (as `reproduce
+    --dry-run` now shows). `puface.plan_experiment(config)` checks the config and data, draws the first seed's
+    users and returns its `GridPlan`, writing nothing."""
+    from evaluation_helpers import EXPERIMENT_COLOURS_TOML, register_standins, write_colour_faces
+    from puface.utils.tomlconfig import tomllib
+
+    register_standins()
+    root = write_colour_faces(tmp_path / "data")
+    cfg = tomllib.loads(EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)))
+    before = sorted(tmp_path.rglob("*"))
+    plan = puface.plan_experiment(cfg, seeds=[0, 1])
+    assert (plan.users, plan.attacks, plan.defenses, plan.cells, plan.runs, plan.cloaks) == (2, 2, 3, 2, 24, 14)
+    assert str(plan).startswith("grid: 2 user(s) x 2 attack(s) x 3 defense(s) x 2 (victim, trainer) cell(s) = 24")
+    assert sorted(tmp_path.rglob("*")) == before and "plan_experiment" in puface.__all__

@@ -1190,3 +1190,89 @@ def test_runs_of_another_config_are_not_taken_as_done(colour_experiment, tmp_pat
     assert len(res2.rows) == len(res.rows)
     assert {s["defense"] for s in res2.summary} == {"none", "blur-s1", "bitdepth-3"}
     assert {s["defense"]: s["users"] for s in res2.summary} == {"none": 2, "blur-s1": 2, "bitdepth-3": 2}
+
+
+def test_dry_run_states_the_grid_size_and_runs_nothing(tmp_path, monkeypatch, capsys):
+    """A newcomer had no way to see how big a grid is before starting it (`paper`: 54,000 runs and ~11,000 cloaks
+    over three seeds, GPU hours): no --dry-run, and a run said nothing of its size. Now `reproduce --dry-run` checks
+    the config and data, prints users x attacks x defenses x cells = runs and the images to cloak, and writes no
+    output folder; a real run prints the same line per seed, with the runs already finished on a resume."""
+    from puface.cli import main
+
+    register_standins()
+    monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
+    root = write_colour_faces(tmp_path / "data")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace("seeds = [0]", "seeds = [0, 1]"))
+    out = tmp_path / "r"
+    assert main(["reproduce", str(cfg), "--dry-run", "--out", str(out), "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    grid = ("grid: 2 user(s) x 2 attack(s) x 3 defense(s) x 2 (victim, trainer) cell(s) = 24 run(s); "
+            "14 image(s) to cloak")
+    assert grid in said and "2 seed(s) (0, 1): 48 run(s) in all" in said and "Dry run" in said
+    assert not out.exists()
+
+    lines: list[str] = []
+    run_experiment(load_config(cfg), out, progress=False, echo=lines.append)
+    assert sum(grid in s for s in lines) == 2  # one line per seed
+    lines.clear()
+    run_experiment(load_config(cfg), out, progress=False, echo=lines.append)
+    assert any("= 24 run(s), 24 finished; 0 image(s) to cloak" in s for s in lines)
+
+
+def test_a_missing_named_data_set_says_every_place_looked_in(tmp_path, monkeypatch):
+    """`reproduce lfw` without the data said "not a folder here, not in $PUFACE_DATA (not set)", though it also looks
+    in $PUFACE_HOME/data, where `puface data fetch` puts the data set: a user who fetched it under another
+    $PUFACE_HOME was not told where it was looked for. Now the error names that folder too."""
+    from puface.data.datasets import resolve_data_root
+
+    monkeypatch.delenv("PUFACE_DATA", raising=False)
+    monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PufaceError) as e:
+        resolve_data_root("lfw-chips150")
+    assert f"nor in $PUFACE_HOME/data ({tmp_path / 'home' / 'data'})" in str(e.value)
+    assert "puface data fetch lfw" in str(e.value)
+
+
+def test_reproduce_set_overrides_a_setting_for_a_small_run(tmp_path, monkeypatch, capsys):
+    """`puface reproduce` had no --set (train-purifier and calibrate-detector have one): a newcomer who wanted `lfw`
+    with 2 users had to write a config file. Now --set KEY=VALUE overrides a setting (an [[attacks]] entry by its
+    index), is recorded in OUT/config.toml and table.md's heading, and a bad key or value is one line naming the
+    --set."""
+    from puface.cli import main
+
+    register_standins()
+    monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
+    root = write_colour_faces(tmp_path / "data")
+    cfg = tmp_path / "c.toml"
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace("[report]", "[report]\nenabled = false")
+    cfg.write_text(text.replace('name = "colours"', 'name = "colours"\ndescription = "2 users."'))
+    out = tmp_path / "r"
+    assert main(["reproduce", str(cfg), "--set", "users.count=1", "--set", "attacks.1.label=chk", "--out", str(out),
+                 "--no-progress", "--no-detect"]) == 0
+    capsys.readouterr()
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len({r["user"] for r in rows}) == 1 and {r["attack"] for r in rows} == {"clean", "chk"}
+    saved = load_config(out / "config.toml")
+    assert saved.users["count"] == 1 and "--set" in (out / "config.toml").read_text().splitlines()[0]
+    # table.md's heading, the config's description, says the grid was changed (it said "2 users" for 1)
+    assert "2 users. Changed by --set users.count=1, attacks.1.label=chk." in (out / "table.md").read_text()
+    for bad, message in ((["users.cuont=1"], "--set users.cuont=1: unknown option"),
+                         (["users.count=two"], "--set users.count=two: .*count must be an integer"),
+                         (["attacks.label=x"], "--set attacks.label: attacks is a list of 2 entries")):
+        assert main(["reproduce", str(cfg), "--set", *bad, "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
+        assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_paper_configs_list_line_says_it_is_sized_for_a_gpu(capsys):
+    """`reproduce --list` showed `paper` as "Paper-scale grid: 50 protected users x 3 seeds, ..." with no word that
+    it is sized for one GPU (its file's comment says so, which --list does not show), so a newcomer on a laptop
+    could start it. Its --list line now says so."""
+    from puface.cli import main
+
+    assert main(["reproduce", "--list"]) == 0
+    (line,) = [s for s in capsys.readouterr().out.splitlines() if s.startswith("paper ")]
+    assert "sized for one GPU (hours)" in line

@@ -37,6 +37,7 @@ _API = (
     "list_trainers",
     "load_config",
     "run_experiment",
+    "plan_experiment",
     "ExperimentConfig",
     "ExperimentResult",
     "PurifyBatch",

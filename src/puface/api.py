@@ -3,7 +3,7 @@
 * an FR trainer purifies tensors in a training loop, or a folder tree: `load_purifier`;
 * a privacy researcher makes cloaks and defenses and measures them: `create_attack`, `create_defense`,
   `create_embedder`, `create_trainer`, the `list_*` functions, `run_experiment`;
-* anyone reproduces a table from a config: `run_experiment("lfw", data=...)`.
+* anyone reproduces a table from a config: `run_experiment("lfw", data=...)` (`plan_experiment`: its size first).
 
 Images are float RGB tensors in [0, 1], (N, 3, H, W). Every factory takes a name and options, or the
 spec grammar of `puface.utils.specs` (``"jpeg:quality=75"``, ``"fawkes:mode=high"``).
@@ -19,8 +19,10 @@ from typing import Any
 # (`utils.errors.install_missing_base_dependency_hints`, as for every puface module)
 from .attacks import create_attack, list_attacks
 from .defenses import create_defense, list_defenses
+from .evaluation.protocol import GridPlan
 from .evaluation.trainers import list_trainers
 from .experiments import ExperimentConfig, ExperimentResult, load_config
+from .experiments import plan_experiment as _plan_experiment
 from .experiments import run_experiment as _run_experiment
 from .models import FaceEmbedder
 from .models.registry import list_embedders, load_embedder
@@ -41,6 +43,7 @@ __all__ = [
     "list_trainers",
     "load_config",
     "run_experiment",
+    "plan_experiment",
     "ExperimentConfig",
     "ExperimentResult",
 ]
@@ -103,6 +106,24 @@ def run_experiment(config: ExperimentConfig | str | Path | dict, out: str | Path
     Returns an `ExperimentResult`: `rows` and `summary` (lists of dicts), `table_md` (the Markdown table),
     `output` and `report` (paths), `wall_s`.
     """
+    cfg = _experiment_config("run_experiment", config, data, seeds)
+    return _run_experiment(cfg, out, device=device, progress=progress, restart=restart)
+
+
+def plan_experiment(config: ExperimentConfig | str | Path | dict, *, data: str | Path | None = None,
+                    seeds: int | list[int] | None = None, device: str | None = None) -> GridPlan:
+    """The size of an experiment grid, without running it or writing anything (`puface reproduce --dry-run`).
+
+    config, data, seeds: as `run_experiment`. Checks every entry and the data, draws the first seed's users and
+    returns that seed's `GridPlan` (`str()` of it is one line): `runs` = users x attacks x defenses x (victim,
+    trainer) cells, one result row each, the same for every seed; `cloaks`: images to cloak for that draw.
+    """
+    cfg = _experiment_config("plan_experiment", config, data, seeds)
+    return _plan_experiment(cfg, device=device, echo=lambda _: None)
+
+
+def _experiment_config(caller: str, config: ExperimentConfig | str | Path | dict, data: str | Path | None,
+                       seeds: int | list[int] | None) -> ExperimentConfig:
     if isinstance(config, dict):
         cfg = ExperimentConfig.from_dict(config)
     elif isinstance(config, ExperimentConfig):
@@ -110,10 +131,10 @@ def run_experiment(config: ExperimentConfig | str | Path | dict, out: str | Path
     elif isinstance(config, (str, os.PathLike)):
         cfg = load_config(config)
     else:  # None, a number: pathlib's TypeError "expected str, bytes or os.PathLike object" said not what is taken
-        raise ConfigError(f"run_experiment: config must be a packaged config's name, a TOML file's path, a config "
+        raise ConfigError(f"{caller}: config must be a packaged config's name, a TOML file's path, a config "
                           f"dict or an ExperimentConfig, got {type(config).__name__}")
     if data is not None:
         cfg = cfg.with_data_root(data)
     if seeds is not None:
-        cfg = cfg.with_seeds(seeds, where="run_experiment(seeds=...)")
-    return _run_experiment(cfg, out, device=device, progress=progress, restart=restart)
+        cfg = cfg.with_seeds(seeds, where=f"{caller}(seeds=...)")
+    return cfg

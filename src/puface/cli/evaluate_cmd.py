@@ -87,10 +87,18 @@ _detector_purifier_option = click.option(
               help="The detector of the detection report instead of the config's [detection] detector: a detector "
                    "file or a shipped one (default, sharpen, edits).")
 @_detector_purifier_option
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config setting, e.g. --set users.count=2 --set data.max_per_identity=10; an "
+                   "[[attacks]] entry by its index: --set attacks.1.steps=10 (repeatable; VALUE is TOML, a bare word "
+                   "is text). Recorded in OUT/config.toml.")
+@click.option("--dry-run", "dry_run", is_flag=True,
+              help="Check the config and the data, draw the first seed's users and print the grid's size (users x "
+                   "attacks x defenses x (victim, trainer) cells = runs, per seed and in all; images to cloak), then "
+                   "exit without running or writing anything.")
 @common
 def reproduce(config: str | None, list_configs: bool, show: bool, data: Path | None, seeds: tuple[int, ...],
-              detector: Path | None, detector_purifier: Path | None, out: Path | None, device: str | None,
-              restart: bool, progress: bool, detect: bool) -> None:
+              detector: Path | None, detector_purifier: Path | None, overrides: tuple[str, ...], dry_run: bool,
+              out: Path | None, device: str | None, restart: bool, progress: bool, detect: bool) -> None:
     """Run the experiment grid of CONFIG (a TOML file, or the name of a packaged config: see
     `puface reproduce --list`; `puface reproduce NAME --show > mine.toml` copies one to edit) and write
     results.csv, summary.csv, results.json, table.md and report.html. The data come from --data, else the
@@ -113,6 +121,10 @@ def reproduce(config: str | None, list_configs: bool, show: bool, data: Path | N
     if show:
         return show_config(config, "experiment")
     cfg = load_config(config)
+    if overrides:
+        from .purifier_cmd import _parse_override
+
+        cfg = cfg.with_overrides(dict(_parse_override(o) for o in overrides))
     if data is not None:
         cfg = cfg.with_data_root(data)
     if seeds:
@@ -121,6 +133,11 @@ def reproduce(config: str | None, list_configs: bool, show: bool, data: Path | N
         cfg = cfg.with_detection(detector=str(detector))
     if detector_purifier is not None:
         cfg = cfg.with_detection(purifier=str(detector_purifier))
+    if dry_run:
+        from ..experiments import plan_experiment
+
+        plan_experiment(cfg, device=device, progress=progress, echo=click.echo)
+        return
     _run(cfg, out, device, restart, progress, detect)
 
 

@@ -140,7 +140,8 @@ def resolve_data_root(root: str | Path | None) -> Path:
         raise PufaceError(f"{p}: not a folder (expected identity folders ROOT/<identity>/<image>)")
     where = f"$PUFACE_DATA ({home})" if home is not None else "$PUFACE_DATA (not set)"
     if ds is not None:
-        raise PufaceError(f"data set {ds.name!r} not found: not a folder here, not in {where}. It is {ds.description}. "
+        raise PufaceError(f"data set {ds.name!r} not found: not a folder here, not in {where}{_fetched_place(p)}. "
+                          f"It is {ds.description}. "
                           f"To get it: {ds.how_to_get}.")
     # a relative root is read from the working folder, while `extends` is read from the config's: say which, and
     # every other place looked in (`find_data_root`)

@@ -50,8 +50,8 @@ from .data import EvaluationData, LabelledImages
 from .metrics import PSNR_CAP, Labels, protocol_scores
 from .trainers import TRAINERS, EmbeddingTrainer, Trainer, create_trainer
 
-__all__ = ["AttackSpec", "TrainerSpec", "Protocol", "TrainingProtocol", "QueryProtocol", "PROTOCOLS", "protocol_class",
-           "setting_of", "run_id"]
+__all__ = ["AttackSpec", "GridPlan", "TrainerSpec", "Protocol", "TrainingProtocol", "QueryProtocol", "PROTOCOLS",
+           "protocol_class", "setting_of", "run_id"]
 
 
 @dataclass
@@ -92,6 +92,31 @@ class TrainerSpec:
     @property
     def uses_embeddings(self) -> bool:
         return bool(getattr(TRAINERS.get(self.name).factory, "uses_embeddings", False))
+
+
+@dataclass(frozen=True)
+class GridPlan:
+    """The size of one seed's grid (`Protocol.plan`): counts of users, attacks (the clean reference included),
+    defenses and (victim, trainer) cells; runs finished; images to cloak, by how many cloaking attacks."""
+
+    users: int
+    attacks: int
+    defenses: int
+    cells: int
+    done: int
+    cloaks: int
+    cloaking: int
+
+    @property
+    def runs(self) -> int:
+        """users x attacks x defenses x cells: one row of results.csv each."""
+        return self.users * self.attacks * self.defenses * self.cells
+
+    def __str__(self) -> str:
+        finished = f", {self.done} finished" if self.done else ""
+        return (f"grid: {self.users} user(s) x {self.attacks} attack(s) x {self.defenses} defense(s) x {self.cells} "
+                f"(victim, trainer) cell(s) = {self.runs} run(s){finished}; {self.cloaks} image(s) to cloak "
+                f"({self.cloaking} cloaking attack(s); those in the cloak cache are read, not made)")
 
 
 def setting_of(victim: str, attack: AttackSpec) -> str:
@@ -484,6 +509,18 @@ class Protocol:
         return model.predict(self.data.test.images)
 
     # ------------------------------------------------------------------ the grid
+
+    def plan(self) -> GridPlan:
+        """The size of this grid before it runs (`GridPlan`): runs pending are those not in `done`; the images to
+        cloak are those of `cloaked_split` of each pending (attack, user) (cloaks in the cloak cache count too;
+        folder cloaks are read, not made)."""
+        done = sum(i in self.done for a in self.attacks for u in self.users for i in self._ids(a.label, u))
+        side = self.cloaked_split
+        made = [a for a in self.attacks if a.attack is not None and not isinstance(a.attack, FolderCloaks)]
+        cloaks = sum(len(side.rows_of(u)) for a in made for u in self.users
+                     if not self._all_done(self._ids(a.label, u)))
+        return GridPlan(len(self.users), len(self.attacks), len(self.defenses), len(self._cells()), done, cloaks,
+                        len(made))
 
     def run(self) -> list[dict]:
         """Run every (user, attack, defense, victim, trainer) not in `done`; returns the new rows."""

@@ -10,7 +10,7 @@ Modules, in the order data flows: `config` (schema, `extends`, reading and writi
 """
 
 from .config import AttackEntry, DefenseEntry, ExperimentConfig, TrainerEntry, config_text, load_config
-from .runner import ExperimentResult, run_experiment
+from .runner import ExperimentResult, plan_experiment, run_experiment
 
 __all__ = ["ExperimentConfig", "AttackEntry", "TrainerEntry", "DefenseEntry", "load_config", "config_text",
-           "run_experiment", "ExperimentResult"]
+           "run_experiment", "plan_experiment", "ExperimentResult"]

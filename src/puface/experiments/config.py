@@ -71,13 +71,21 @@ import json
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..attacks import attack_label
 from ..defenses import default_label
 from ..evaluation.protocol import PROTOCOLS, run_id
 from ..utils.errors import ConfigError, MissingDependencyError, PufaceError
-from ..utils.tomlconfig import config_label, extends_chain, load_toml_config, refuse_unknown, resolve_chain, to_toml
+from ..utils.tomlconfig import (
+    apply_overrides,
+    config_label,
+    extends_chain,
+    load_toml_config,
+    refuse_unknown,
+    resolve_chain,
+    to_toml,
+)
 
 __all__ = ["ExperimentConfig", "AttackEntry", "TrainerEntry", "DefenseEntry", "load_config", "config_text", "LABELS",
            "MIN_IMAGE_SIZE"]
@@ -385,6 +393,19 @@ class ExperimentConfig:
         given = _seed_list(given, where)
         return self._edited(lambda raw: raw.__setitem__("seeds", given))
 
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "ExperimentConfig":
+        """The same config with "section.key" -> value set on top (`reproduce --set users.count=2`; a number picks an
+        array of tables' entry: "attacks.1.steps"; `tomlconfig.apply_overrides`); errors name the config and them."""
+        raw = json.loads(json.dumps(self.raw, default=str))
+        apply_overrides(raw, overrides)  # (its errors name the --set key)
+        sets = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        if raw.get("description") and "description" not in overrides:  # table.md heads its tables with it
+            raw["description"] = f"{raw['description']} Changed by --set {sets}."
+        try:
+            return ExperimentConfig.from_dict(raw, self.source)
+        except ConfigError as e:
+            raise ConfigError(f"--set {sets}: {e}") from None
+
     def with_detection(self, **changes: Any) -> "ExperimentConfig":
         """The same config with [detection] settings changed (recorded in the config saved with the results)."""
         return self._edited(lambda raw: raw.setdefault("detection", {}).update(changes))
@@ -442,7 +463,7 @@ def config_text(cfg: ExperimentConfig) -> str:
         names = " -> ".join(config_label(p) for p, _ in chain) or config_label(cfg.source)
         if same:
             return f"# {names}, resolved (extends applied)\n" + to_toml(cfg.raw)
-        return f"# {names} with command-line overrides (data root, seeds, detection)\n" + to_toml(cfg.raw)
+        return f"# {names} with command-line overrides (--set, data root, seeds, detection)\n" + to_toml(cfg.raw)
     return to_toml(cfg.raw)
 
 

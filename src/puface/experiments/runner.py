@@ -13,7 +13,7 @@ from ..evaluation.cache import ContentCache
 from ..evaluation.data import EvaluationData
 from ..evaluation.detection import detection_scores, summarise_detection
 from ..evaluation.photos import PhotoPath, PhotoProtocol
-from ..evaluation.protocol import protocol_class
+from ..evaluation.protocol import GridPlan, protocol_class
 from ..io.files import check_output_folder
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
@@ -31,7 +31,7 @@ from .build import (
 from .config import ExperimentConfig, load_config
 from .results import ResultsFolder, data_fingerprints
 
-__all__ = ["ExperimentResult", "run_experiment"]
+__all__ = ["ExperimentResult", "plan_experiment", "run_experiment"]
 
 
 @dataclass
@@ -68,6 +68,29 @@ def run_experiment(
     into `output` (default: [run] output, else runs/<name>; see `results` for the files). Finished runs
     found in `output/runs.jsonl` are kept (resume) when the config and its weights are unchanged;
     `restart` discards them. `echo` receives the progress lines."""
+    result = _run_grid(cfg, output, device=device, progress=progress, restart=restart, echo=echo)
+    assert isinstance(result, ExperimentResult)
+    return result
+
+
+def plan_experiment(cfg: ExperimentConfig | str | Path, *, device: str | None = None, progress: bool = False,
+                    echo: Callable[[str], None] = _say) -> GridPlan:
+    """The size of `cfg`'s grid without running it or writing anything: checks every entry, draws the first seed's
+    users, and echoes the data, that draw, its `GridPlan` and the runs over all seeds (the images to cloak are
+    the first seed's: each seed draws its own split). Returns the first seed's plan."""
+    plan = _run_grid(cfg, None, device=device, progress=progress, restart=False, echo=echo, plan_only=True)
+    assert isinstance(plan, GridPlan)
+    return plan
+
+
+def _seed_line(cfg: ExperimentConfig, seed: int, data: EvaluationData, users: list[str]) -> str:
+    return (f"seed {seed} ({cfg.protocol}-time protocol): {len(data.identities)} identities, "
+            f"{len(data.train)} training / {len(data.test)} test images; protected users: {', '.join(users)}")
+
+
+def _run_grid(cfg: ExperimentConfig | str | Path, output: str | Path | None, *, device: str | None, progress: bool,
+              restart: bool, echo: Callable[[str], None], plan_only: bool = False) -> ExperimentResult | GridPlan:
+    """`run_experiment`, or with `plan_only` `plan_experiment` (stops before the output folder is touched)."""
     t_start = time.perf_counter()
     if not isinstance(cfg, ExperimentConfig):
         cfg = load_config(cfg)
@@ -94,6 +117,18 @@ def run_experiment(
         cfg, root, cfg.seeds[0], exclude=() if allow else exclude, progress=progress)
     first_load_s = time.perf_counter() - t_load
     proto_cls, extra = _protocol(cfg, root, echo)  # published photos need dlib: checked before the folder is touched
+    if plan_only and first_draw is not None:
+        data, users = first_draw
+        _check_users(users, exclude, allow, echo)
+        echo(f"data: {root}")
+        echo(_seed_line(cfg, cfg.seeds[0], data, users))
+        plan = proto_cls(data, users, checked, victims, trainers, defenses, cache=None, cloak_cache=None,
+                         progress=False, **extra).plan()
+        echo(str(plan))
+        echo(f"{len(cfg.seeds)} seed(s) ({', '.join(map(str, cfg.seeds))}): {plan.runs * len(cfg.seeds)} run(s) in "
+             f"all, each seed on its own draw of users and split; device: {resolve_device(device)}. "
+             "Dry run: nothing was cloaked or run, and no output folder written.")
+        return plan
     data_fp, data_content = data_fingerprints(root)
     folder = ResultsFolder(out, cfg, results_fingerprint(cfg, victims, defenses), restart=restart, data=data_fp,
                            data_content=data_content, models=models_fingerprint(checked, victims))
@@ -115,11 +150,7 @@ def run_experiment(
                 load_s = time.perf_counter() - t_load
             _check_users(users, exclude, allow, echo)
             users_by_seed[seed] = users
-            echo(
-                f"seed {seed} ({cfg.protocol}-time protocol): {len(data.identities)} identities, "
-                f"{len(data.train)} training / {len(data.test)} test images; "
-                f"protected users: {', '.join(users)}"
-            )
+            echo(_seed_line(cfg, seed, data, users))
             proto = proto_cls(
                 data,
                 users,
@@ -138,6 +169,7 @@ def run_experiment(
                 progress=progress,
                 **extra,
             )
+            echo(str(proto.plan()))
             proto.run()
             proto.timings["load_s"] += load_s
             if detector is not None:
