@@ -117,7 +117,8 @@ def _run_grid(cfg: ExperimentConfig | str | Path, output: str | Path | None, *, 
         cfg, root, cfg.seeds[0], exclude=() if allow else exclude, progress=progress)
     first_load_s = time.perf_counter() - t_load
     proto_cls, extra = _protocol(cfg, root, echo)  # published photos need dlib: checked before the folder is touched
-    if plan_only and first_draw is not None:
+    if plan_only:  # a dry run never reaches the output folder, whatever the draw
+        assert first_draw is not None
         data, users = first_draw
         _check_users(users, exclude, allow, echo)
         echo(f"data: {root}")
