@@ -55,7 +55,8 @@ def test_report_is_self_contained(report):
 def test_markdown_subset():
     html = markdown_to_html("## Title\n\ntext **bold** <x>\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
     assert "<h2>Title</h2>" in html and "<strong>bold</strong> &lt;x&gt;" in html
-    assert "<th>a</th><th>b</th>" in html and "<td>1</td><td>2</td>" in html and "---" not in html
+    assert '<th class="num">a</th><th class="num">b</th>' in html and '<td class="num">1</td><td class="num">2</td>' in html
+    assert "---" not in html
 
 
 @pytest.mark.skipif(chromium() is None, reason="headless Chromium not installed (apt-get install -y chromium)")
@@ -295,3 +296,55 @@ def test_bar_chart_error_bars_stay_within_0_and_100_percent(monkeypatch):
                for d, asr, sd in (("none", 0.9, 0.3), ("blur", 0.05, 0.2), ("jpeg", float("nan"), float("nan")))]
     assert len(report_mod.bar_charts(summary, {})) == 1
     assert sorted(spans) == sorted([(60.0, 100.0), (0.0, 25.0), (40.0, 60.0), (40.0, 60.0), (40.0, 60.0)])
+
+
+def _wide_report(tmp_path: Path) -> str:
+    """A report with the lfw run's shape: a 9-column table of "mean ± sd" cells and an image grid of 11 columns."""
+    from puface.evaluation.report import render_report
+
+    defenses = ["none", "puface", "jpeg-q75", "jpeg-q50", "blur-s1", "median-3", "bitdepth-4", "noise-s0.03",
+                "resize-x2"]
+    examples = _write_examples(tmp_path, ["natural", "cloaked", *(f"defense:{d}" for d in defenses)], n=1)
+    head = "| attack | victim | setting | trainer | " + " | ".join(f"ASR {d}" for d in defenses[:5]) + " |"
+    md = "\n".join([head, "|---" * 9 + "|", "| fawkes-mid-project | dlib-resnet29 | white-box | linear | "
+                    + " | ".join("100.0 ± 23.7" for _ in range(5)) + " |"])
+    config = {"defenses": [{"label": d} for d in defenses]}
+    return render_report(tmp_path, {"name": "wide", "examples": examples, "config": config}, md)
+
+
+def test_wide_tables_and_image_grids_scroll_inside_the_page_and_numbers_stay_on_one_line(tmp_path):
+    """The lfw report's image grids (11 columns of 160 px) ran 550 px past the page's right edge at a 1400 px window
+    (the document 1953 px wide; 1875 px at 800), and at 800 px the table cells broke "4.2 ± 10.3" and
+    "dlib-resnet29" over two lines. Wide tables and grids now scroll in their own box; cells do not wrap."""
+    page = _wide_report(tmp_path)
+    assert "td { white-space: nowrap" in page.replace("\n", " ")
+    assert '<div class="scroll"><table class="results">' in page
+    assert re.search(r'<div class="scroll"><div class="grid"', page)
+
+
+@pytest.mark.skipif(chromium() is None, reason="headless Chromium not installed (apt-get install -y chromium)")
+def test_a_wide_report_is_no_wider_than_the_window_in_chromium(tmp_path):
+    page = _wide_report(tmp_path)
+    probe = ('<script>document.body.setAttribute("data-widths", document.documentElement.scrollWidth + "/" '
+             '+ window.innerWidth);</script></body></html>')
+    (tmp_path / "r.html").write_text(page.replace("</body></html>", probe))
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    for width in (1400, 800):
+        dom = subprocess.run(
+            [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},2000", "--dump-dom",
+             (tmp_path / "r.html").as_uri()], capture_output=True, text=True, timeout=180,
+        )
+        page_w, window_w = map(int, re.search(r'data-widths="(\d+)/(\d+)"', dom.stdout).groups())
+        assert window_w == width and page_w <= width, (width, page_w)
+
+
+def test_table_columns_of_numbers_are_right_aligned_and_columns_of_names_left():
+    """Every column but the first was right-aligned, names included (victim, setting, trainer; the image-quality
+    table's defense), so a column of labels stood ragged on the left."""
+    page = markdown_to_html("| attack | victim | ASR none | PSNR |\n|---|---|---|---|\n"
+                            "| fawkes | dlib-resnet29 | 97.5 ± 11.2 | identical (∞) |\n"
+                            "| lowkey | sface | - | 33.07 ± 0.89 |\n| **mean** | | **97.6** | |\n")
+    assert "<th>attack</th><th>victim</th><th class=\"num\">ASR none</th><th class=\"num\">PSNR</th>" in page
+    assert '<td>fawkes</td><td>dlib-resnet29</td><td class="num">97.5 ± 11.2</td>' in page
+    assert '<td class="num"><strong>97.6</strong></td>' in page

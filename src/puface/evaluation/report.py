@@ -30,8 +30,9 @@ body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
 h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
 h3 { margin-top: 1.4em; }
 table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 13px; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; } th { background: #f3f3f3; }
-td:first-child, th:first-child { text-align: left; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; } th { background: #f3f3f3; }
+td { white-space: nowrap; } .num { text-align: right; font-variant-numeric: tabular-nums; }
+.scroll { overflow-x: auto; max-width: 100%; }
 .meta { color: #555; } .chart { max-width: 100%; }
 .grid { display: grid; gap: 10px; margin: .5em 0 1.5em; }
 figure { margin: 0; text-align: center; font-size: 12px; }
@@ -55,6 +56,16 @@ def figure_data_uri(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+_NUMBER = re.compile(r"^(\*\*)?[-+\u2212]?(\d|\.\d|inf\b|nan\b|identical)")
+
+
+def _numeric_column(cells: Sequence[str]) -> bool:
+    """Whether a table column holds numbers ("97.6", "0.0 ± 3.7", "**1.1**", "identical (∞)"): right-aligned, text
+    left. Empty cells and "n/a" do not count either way; a column of none is text."""
+    cells = [c.strip() for c in cells if c.strip() and c.strip() not in ("n/a", "-", "\u2014")]
+    return bool(cells) and all(_NUMBER.match(c) for c in cells)
+
+
 def markdown_to_html(md: str) -> str:
     """The small Markdown subset `tables.render_tables` writes: headings, paragraphs, **bold**, tables."""
     def inline(text: str) -> str:
@@ -74,13 +85,19 @@ def markdown_to_html(md: str) -> str:
                 block.append([c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", row)])
                 i += 1
             head, body = block[0], [r for r in block[1:] if not all(set(c) <= set("-: ") for c in r)]
+            num = [_numeric_column([r[j] for r in body if j < len(r)]) for j in range(len(head))]
+
+            def cell(tag: str, j: int, text: str) -> str:
+                return f'<{tag} class="num">{inline(text)}</{tag}>' if j < len(num) and num[j] else \
+                    f"<{tag}>{inline(text)}</{tag}>"
+
             out.append(
-                '<table class="results"><thead><tr>'
-                + "".join(f"<th>{inline(c)}</th>" for c in head)
+                '<div class="scroll"><table class="results"><thead><tr>'
+                + "".join(cell("th", j, c) for j, c in enumerate(head))
                 + "</tr></thead><tbody>"
             )
-            out += ["<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in body]
-            out.append("</tbody></table>")
+            out += ["<tr>" + "".join(cell("td", j, c) for j, c in enumerate(r)) + "</tr>" for r in body]
+            out.append("</tbody></table></div>")
             continue
         if line.startswith("### "):
             out.append(f"<h3>{inline(line[4:])}</h3>")
@@ -282,7 +299,8 @@ def image_grids(
             )
         if rows_html:
             blocks.append(
-                f"<h3>{html.escape(user)}: {html.escape(attack)} (seed {html.escape(seed)})</h3>" + "".join(rows_html)
+                f"<h3>{html.escape(user)}: {html.escape(attack)} (seed {html.escape(seed)})</h3>"
+                + '<div class="scroll">' + "".join(rows_html) + "</div>"  # the rows' columns aligned, scrolled as one
             )
     if missing:
         blocks.append(
