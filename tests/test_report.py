@@ -55,7 +55,8 @@ def test_report_is_self_contained(report):
 def test_markdown_subset():
     html = markdown_to_html("## Title\n\ntext **bold** <x>\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
     assert "<h2>Title</h2>" in html and "<strong>bold</strong> &lt;x&gt;" in html
-    assert '<th class="num">a</th><th class="num">b</th>' in html and '<td class="num">1</td><td class="num">2</td>' in html
+    assert '<th class="num">a</th><th class="num">b</th>' in html
+    assert '<td class="num">1</td><td class="num">2</td>' in html
     assert "---" not in html
 
 
@@ -348,3 +349,30 @@ def test_table_columns_of_numbers_are_right_aligned_and_columns_of_names_left():
     assert "<th>attack</th><th>victim</th><th class=\"num\">ASR none</th><th class=\"num\">PSNR</th>" in page
     assert '<td>fawkes</td><td>dlib-resnet29</td><td class="num">97.5 ± 11.2</td>' in page
     assert '<td class="num"><strong>97.6</strong></td>' in page
+
+
+def test_the_report_says_which_config_seeds_purifier_and_date_produced_it(tmp_path, monkeypatch):
+    """The lfw report's header named the data folder, users and environment, but not the config's fingerprint, the
+    seeds, nor which purifier weights the `puface` column used (the config only says "default", whose weights change
+    between versions); the date hid at the end of the environment line."""
+    import puface.defenses as defenses
+    from puface.defenses import create_defense
+    from puface.evaluation.report import render_report
+
+    register_standins()
+    monkeypatch.setattr(defenses.PuFaceDefense, "_apply", lambda self, x: x.clone())  # the real weights, no compute
+    root = write_colour_faces(tmp_path / "data")
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace(
+        'name = "bitdepth"\nbits = 4', 'name = "puface"').replace("seeds = [0]", "seeds = [0, 3]")
+    (tmp_path / "c.toml").write_text(text.replace("[run]", "[detection]\nenabled = false\n\n[run]"))
+    res = run_experiment(load_config(tmp_path / "c.toml"), tmp_path / "out", progress=False, echo=lambda s: None)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    fp = create_defense("puface").fingerprint
+    assert results["purifiers"] == [{"defense": "puface", "weights": "default", "step": 1.0, "fingerprint": fp}]
+    page = res.report.read_text()
+    assert f"config: colours (fingerprint {results['config_fingerprint']}); protocol: training; seeds: 0, 3" in page
+    assert f"purifier: puface = weights default, step 1, weights fingerprint {fp}" in page
+    assert f"finished: {results['finished']}" in page
+    # a report without the run's record (rebuilt from a trimmed folder) names the weights the config gives
+    del results["purifiers"]
+    assert "purifier: puface = weights default (fingerprint not recorded)" in render_report(tmp_path, results, "")

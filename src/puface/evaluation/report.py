@@ -66,6 +66,10 @@ def _numeric_column(cells: Sequence[str]) -> bool:
     return bool(cells) and all(_NUMBER.match(c) for c in cells)
 
 
+def _cell(tag: str, content: str, numeric: bool) -> str:
+    return f'<{tag} class="num">{content}</{tag}>' if numeric else f"<{tag}>{content}</{tag}>"
+
+
 def markdown_to_html(md: str) -> str:
     """The small Markdown subset `tables.render_tables` writes: headings, paragraphs, **bold**, tables."""
     def inline(text: str) -> str:
@@ -86,17 +90,13 @@ def markdown_to_html(md: str) -> str:
                 i += 1
             head, body = block[0], [r for r in block[1:] if not all(set(c) <= set("-: ") for c in r)]
             num = [_numeric_column([r[j] for r in body if j < len(r)]) for j in range(len(head))]
-
-            def cell(tag: str, j: int, text: str) -> str:
-                return f'<{tag} class="num">{inline(text)}</{tag}>' if j < len(num) and num[j] else \
-                    f"<{tag}>{inline(text)}</{tag}>"
-
             out.append(
                 '<div class="scroll"><table class="results"><thead><tr>'
-                + "".join(cell("th", j, c) for j, c in enumerate(head))
+                + "".join(_cell("th", inline(c), j < len(num) and num[j]) for j, c in enumerate(head))
                 + "</tr></thead><tbody>"
             )
-            out += ["<tr>" + "".join(cell("td", j, c) for j, c in enumerate(r)) + "</tr>" for r in body]
+            out += ["<tr>" + "".join(_cell("td", inline(c), j < len(num) and num[j]) for j, c in enumerate(r))
+                    + "</tr>" for r in body]
             out.append("</tbody></table></div>")
             continue
         if line.startswith("### "):
@@ -310,6 +310,22 @@ def image_grids(
     return "\n".join(blocks)
 
 
+def _purifier_lines(results: dict[str, Any]) -> list[str]:
+    """One HTML-escaped line per purifier of the grid: its defense label, weights, step and weights fingerprint as the
+    run recorded them (results.json's `purifiers`), else the weights the config names (a report rebuilt from a
+    folder without results.json, or one written before they were recorded)."""
+    if "purifiers" in results:
+        return [html.escape(f"{p['defense']} = weights {p['weights']}, step {float(p['step']):g}, "
+                            f"weights fingerprint {p['fingerprint']}") for p in results["purifiers"]]
+    lines = []
+    for d in results.get("config", {}).get("defenses", []):
+        spec = d.get("spec") if isinstance(d, dict) else None
+        if isinstance(spec, dict) and spec.get("name") == "puface":
+            opts = ", ".join(f"{k} {v}" for k, v in spec.items() if k not in ("name", "label"))
+            lines.append(html.escape(f"{d['label']} = {opts or 'weights default'} (fingerprint not recorded)"))
+    return lines
+
+
 def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -> str:
     """The report as an HTML string (see module docstring)."""
     out_dir = Path(out_dir)
@@ -320,6 +336,14 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
     # each line only when the results hold it: a report rebuilt from a trimmed folder (`puface report html`) has no
     # run environment or timings, and says so in its notes instead of printing zeros
     meta = []
+    if cfg or "config_fingerprint" in results:
+        fp = f" (fingerprint {results['config_fingerprint']})" if "config_fingerprint" in results else ""
+        seeds = ", ".join(str(s) for s in cfg.get("seeds", []))
+        meta.append(html.escape(f"config: {results.get('name', '')}{fp}; protocol: {cfg.get('protocol', 'training')}"
+                                + (f"; seeds: {seeds}" if seeds else "")))
+    purifiers = _purifier_lines(results)
+    if purifiers:
+        meta.append("purifier: " + "; ".join(purifiers))
     if "data_root" in results:
         meta.append(f"data: {html.escape(str(results['data_root']))}")
     if "wall_s" in results:
@@ -332,8 +356,9 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
                     + "; ".join(f"seed {s}: {html.escape(', '.join(u))}" for s, u in results["users"].items()))
     if env:
         meta.append(f"environment: Python {env.get('python', '?')}, torch {env.get('torch', '?')}, "
-                    f"{env.get('device', '?')}, {env.get('threads', '?')} threads; "
-                    f"finished {results.get('finished', '')}")
+                    f"{env.get('device', '?')}, {env.get('threads', '?')} threads")
+    if results.get("finished"):
+        meta.append(f"finished: {html.escape(str(results['finished']))}")
     meta += [html.escape(str(n)) for n in results.get("notes", [])]
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
