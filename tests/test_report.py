@@ -376,3 +376,31 @@ def test_the_report_says_which_config_seeds_purifier_and_date_produced_it(tmp_pa
     # a report without the run's record (rebuilt from a trimmed folder) names the weights the config gives
     del results["purifiers"]
     assert "purifier: puface = weights default (fingerprint not recorded)" in render_report(tmp_path, results, "")
+
+
+def test_roc_curves_that_coincide_stay_visible_and_the_calibrated_points_are_not_cut_by_the_frame(monkeypatch):
+    """In the lfw report every attack's ROC curve ran along TPR 1 (AUC 1.000 each): the last one drawn (lowkey) hid the
+    other four, and their calibrated points (FPR 0, drawn at the axis' left end, 1e-4) were cut in half by the
+    frame; the axis did not say where FPR 0 is drawn."""
+    from puface.evaluation import report as report_mod
+
+    figs = []
+    real = report_mod.figure_data_uri
+
+    def keep(fig):
+        ax = fig.axes[0]
+        figs.append(([(line.get_linewidth(), line.get_clip_on(), line.get_marker()) for line in ax.get_lines()],
+                     ax.get_xlabel()))
+        return real(fig)
+
+    monkeypatch.setattr(report_mod, "figure_data_uri", keep)
+    attacks = ["fawkes-mid", "fawkes-high", "lowkey"]
+    det = {"rows": [{"attack": a, "auc": 1.0, "tpr": 1.0, "fpr": 0.0} for a in attacks],
+           "roc": {a: {"fpr": [0.0, 0.0, 1.0], "tpr": [0.0, 1.0, 1.0]} for a in attacks}, "fpr_target": 0.01}
+    assert report_mod.roc_chart(det).startswith("data:image/png;base64,")
+    (lines, xlabel), = figs
+    curves = [w for w, _, m in lines if m in ("None", "", None)][:3]
+    points = [(w, clip) for w, clip, m in lines if m == "o"]
+    assert len(set(curves)) == 3 and curves == sorted(curves, reverse=True)  # the first drawn widest, under the rest
+    assert len(points) == 3 and not any(clip for _, clip in points)
+    assert "0 drawn at" in xlabel

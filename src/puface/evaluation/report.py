@@ -196,21 +196,27 @@ def roc_chart(detection: dict) -> str | None:
     rows = {r["attack"]: r for r in detection.get("rows", [])}
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     handles, labels = [], []
-    for attack, curve in detection["roc"].items():
+    n = len(detection["roc"])
+    for i, (attack, curve) in enumerate(detection["roc"].items()):
         f = np.maximum(np.asarray(curve["fpr"], dtype=float), 1e-4)
         r = rows.get(attack, {})
-        line, = ax.plot(f, curve["tpr"])
+        # each curve drawn thinner than the one before it: curves that coincide (AUC 1 for every attack) show as
+        # nested bands of their colours instead of the last one hiding the others
+        wider = n - 1 - i
+        line, = ax.plot(f, curve["tpr"], lw=1.2 + 1.0 * wider, solid_capstyle="butt")
         handles.append(line)
         labels.append(f"{_plain(attack)} (AUC {_num(r.get('auc')):.3f})")
         if r and not (math.isnan(_num(r.get("fpr"))) or math.isnan(_num(r.get("tpr")))):  # results.json: NaN is null
-            ax.plot([max(_num(r["fpr"]), 1e-4)], [_num(r["tpr"])], "o", color=line.get_color())
+            # on the axes' edge at FPR 0 or TPR 1: drawn whole, not cut in half by the frame
+            ax.plot([max(_num(r["fpr"]), 1e-4)], [_num(r["tpr"])], "o", color=line.get_color(),
+                    ms=5 + 2.5 * wider, clip_on=False, zorder=3)
     ax.set_xscale("log")
     ax.set_xlim(1e-4, 1.0)
     ax.set_ylim(0, 1.02)
     target = detection.get("fpr_target", 0.01)
     handles.append(ax.axvline(target, color="#999", ls="--", lw=1))
     labels.append(f"calibration target: {target:.1%} FPR")
-    ax.set_xlabel("false-positive rate (natural photos)")
+    ax.set_xlabel("false-positive rate (natural photos; 0 drawn at $10^{-4}$)")
     ax.set_ylabel("true-positive rate (cloaked photos)")
     ax.set_title("cloak detection: ROC per attack (dots: the calibrated threshold)")
     ax.grid(alpha=0.3)
