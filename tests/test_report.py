@@ -404,3 +404,23 @@ def test_roc_curves_that_coincide_stay_visible_and_the_calibrated_points_are_not
     assert len(set(curves)) == 3 and curves == sorted(curves, reverse=True)  # the first drawn widest, under the rest
     assert len(points) == 3 and not any(clip for _, clip in points)
     assert "0 drawn at" in xlabel
+
+
+def test_bar_charts_say_what_they_plot_and_label_the_defense_axis(monkeypatch):
+    """The lfw report's bar charts were titled "victim dlib-resnet29, trainer nn" only, and their x axis (the
+    defenses) had no label."""
+    from puface.evaluation import report as report_mod
+
+    seen = []
+    real = report_mod.figure_data_uri
+
+    def keep(fig):
+        seen.append((fig.axes[0].get_title(), fig.axes[1].get_xlabel(), fig.axes[0].get_ylabel()))
+        return real(fig)
+
+    monkeypatch.setattr(report_mod, "figure_data_uri", keep)
+    summary = [{"attack": "fawkes", "victim": "v", "trainer": "nn", "defense": d, "asr_mean": 0.5, "asr_std": 0.1,
+                "normal_acc_mean": 0.9, "normal_acc_std": 0.0} for d in ("none", "blur")]
+    charts = report_mod.bar_charts(summary, {})
+    assert seen == [("ASR and normal accuracy (%) per defense: victim v, trainer nn", "defense", "ASR (%)")]
+    assert [t for t, _ in charts] == [seen[0][0]]

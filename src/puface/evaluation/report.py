@@ -173,9 +173,10 @@ def bar_charts(summary: list[dict], config: dict) -> list[tuple[str, str]]:
                 ax.set_ylim(0, 105)
                 ax.grid(axis="y", alpha=0.3)
             axes[1].set_xticks(x, [_plain(d) for d in defenses], rotation=30, ha="right")
+            axes[1].set_xlabel("defense")
             axes[0].legend(handles, [_plain(a) for a in attacks], fontsize=8, title="attack", title_fontsize=8,
                            loc="upper left", bbox_to_anchor=(1.01, 1.0))
-            title = f"victim {v}, trainer {t}"
+            title = f"ASR and normal accuracy (%) per defense: victim {v}, trainer {t}"
             axes[0].set_title(_plain(title))
             fig.tight_layout()
             charts.append((title, figure_data_uri(fig)))
