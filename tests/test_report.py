@@ -424,3 +424,14 @@ def test_bar_charts_say_what_they_plot_and_label_the_defense_axis(monkeypatch):
     charts = report_mod.bar_charts(summary, {})
     assert seen == [("ASR and normal accuracy (%) per defense: victim v, trainer nn", "defense", "ASR (%)")]
     assert [t for t, _ in charts] == [seen[0][0]]
+
+
+def test_the_image_grids_say_what_the_amplified_column_is(tmp_path):
+    """The grids' third column, "amplified x3", was explained nowhere: a reader could take it for something the
+    evaluation trains on."""
+    from puface.evaluation.report import render_report
+
+    examples = _write_examples(tmp_path, ["natural", "cloaked", "defense:puface"], n=1)
+    page = render_report(tmp_path, {"name": "x", "examples": examples, "amplification": 2.5}, "")
+    assert "amplified x2.5<br>PSNR" in page
+    assert "amplified x2.5: the cloak's change made 2.5 times larger" in page and "evaluation does not use it" in page

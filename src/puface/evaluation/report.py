@@ -404,6 +404,10 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
             parts.append("<h2>Example training images of protected users</h2>")
             parts.append("<p>PSNR and SSIM are measured against the natural image. The defense columns show what the "
                          "FR model is trained on after the defense is applied to the cloaked photo.</p>")
+        k = float(results.get("amplification", 3.0))
+        parts.append(f"<p>amplified x{k:g}: the cloak's change made {k:g} times larger, clip(x + {k:g} (x_c - x), 0, "
+                     "1) as the purifier's training amplifies it, to show where the cloak is; the evaluation does not "
+                     "use it.</p>")
         parts.append(grids)
     parts.append("</body></html>")
     return "\n".join(parts)
