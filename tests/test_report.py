@@ -55,7 +55,9 @@ def test_report_is_self_contained(report):
 def test_markdown_subset():
     html = markdown_to_html("## Title\n\ntext **bold** <x>\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
     assert "<h2>Title</h2>" in html and "<strong>bold</strong> &lt;x&gt;" in html
-    assert "<th>a</th><th>b</th>" in html and "<td>1</td><td>2</td>" in html and "---" not in html
+    assert '<th class="num">a</th><th class="num">b</th>' in html
+    assert '<td class="num">1</td><td class="num">2</td>' in html
+    assert "---" not in html
 
 
 @pytest.mark.skipif(chromium() is None, reason="headless Chromium not installed (apt-get install -y chromium)")
@@ -295,3 +297,141 @@ def test_bar_chart_error_bars_stay_within_0_and_100_percent(monkeypatch):
                for d, asr, sd in (("none", 0.9, 0.3), ("blur", 0.05, 0.2), ("jpeg", float("nan"), float("nan")))]
     assert len(report_mod.bar_charts(summary, {})) == 1
     assert sorted(spans) == sorted([(60.0, 100.0), (0.0, 25.0), (40.0, 60.0), (40.0, 60.0), (40.0, 60.0)])
+
+
+def _wide_report(tmp_path: Path) -> str:
+    """A report with the lfw run's shape: a 9-column table of "mean ± sd" cells and an image grid of 11 columns."""
+    from puface.evaluation.report import render_report
+
+    defenses = ["none", "puface", "jpeg-q75", "jpeg-q50", "blur-s1", "median-3", "bitdepth-4", "noise-s0.03",
+                "resize-x2"]
+    examples = _write_examples(tmp_path, ["natural", "cloaked", *(f"defense:{d}" for d in defenses)], n=1)
+    head = "| attack | victim | setting | trainer | " + " | ".join(f"ASR {d}" for d in defenses[:5]) + " |"
+    md = "\n".join([head, "|---" * 9 + "|", "| fawkes-mid-project | dlib-resnet29 | white-box | linear | "
+                    + " | ".join("100.0 ± 23.7" for _ in range(5)) + " |"])
+    config = {"defenses": [{"label": d} for d in defenses]}
+    return render_report(tmp_path, {"name": "wide", "examples": examples, "config": config}, md)
+
+
+def test_wide_tables_and_image_grids_scroll_inside_the_page_and_numbers_stay_on_one_line(tmp_path):
+    """The lfw report's image grids (11 columns of 160 px) ran 550 px past the page's right edge at a 1400 px window
+    (the document 1953 px wide; 1875 px at 800), and at 800 px the table cells broke "4.2 ± 10.3" and
+    "dlib-resnet29" over two lines. Wide tables and grids now scroll in their own box; cells do not wrap."""
+    page = _wide_report(tmp_path)
+    assert "td { white-space: nowrap" in page.replace("\n", " ")
+    assert '<div class="scroll"><table class="results">' in page
+    assert re.search(r'<div class="scroll"><div class="grid"', page)
+
+
+@pytest.mark.skipif(chromium() is None, reason="headless Chromium not installed (apt-get install -y chromium)")
+def test_a_wide_report_is_no_wider_than_the_window_in_chromium(tmp_path):
+    page = _wide_report(tmp_path)
+    probe = ('<script>document.body.setAttribute("data-widths", document.documentElement.scrollWidth + "/" '
+             '+ window.innerWidth);</script></body></html>')
+    (tmp_path / "r.html").write_text(page.replace("</body></html>", probe))
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    for width in (1400, 800):
+        dom = subprocess.run(
+            [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},2000", "--dump-dom",
+             (tmp_path / "r.html").as_uri()], capture_output=True, text=True, timeout=180,
+        )
+        page_w, window_w = map(int, re.search(r'data-widths="(\d+)/(\d+)"', dom.stdout).groups())
+        assert window_w == width and page_w <= width, (width, page_w)
+
+
+def test_table_columns_of_numbers_are_right_aligned_and_columns_of_names_left():
+    """Every column but the first was right-aligned, names included (victim, setting, trainer; the image-quality
+    table's defense), so a column of labels stood ragged on the left."""
+    page = markdown_to_html("| attack | victim | ASR none | PSNR |\n|---|---|---|---|\n"
+                            "| fawkes | dlib-resnet29 | 97.5 ± 11.2 | identical (∞) |\n"
+                            "| lowkey | sface | - | 33.07 ± 0.89 |\n| **mean** | | **97.6** | |\n")
+    assert "<th>attack</th><th>victim</th><th class=\"num\">ASR none</th><th class=\"num\">PSNR</th>" in page
+    assert '<td>fawkes</td><td>dlib-resnet29</td><td class="num">97.5 ± 11.2</td>' in page
+    assert '<td class="num"><strong>97.6</strong></td>' in page
+
+
+def test_the_report_says_which_config_seeds_purifier_and_date_produced_it(tmp_path, monkeypatch):
+    """The lfw report's header named the data folder, users and environment, but not the config's fingerprint, the
+    seeds, nor which purifier weights the `puface` column used (the config only says "default", whose weights change
+    between versions); the date hid at the end of the environment line."""
+    import puface.defenses as defenses
+    from puface.defenses import create_defense
+    from puface.evaluation.report import render_report
+
+    register_standins()
+    monkeypatch.setattr(defenses.PuFaceDefense, "_apply", lambda self, x: x.clone())  # the real weights, no compute
+    root = write_colour_faces(tmp_path / "data")
+    text = EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace(
+        'name = "bitdepth"\nbits = 4', 'name = "puface"').replace("seeds = [0]", "seeds = [0, 3]")
+    (tmp_path / "c.toml").write_text(text.replace("[run]", "[detection]\nenabled = false\n\n[run]"))
+    res = run_experiment(load_config(tmp_path / "c.toml"), tmp_path / "out", progress=False, echo=lambda s: None)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    fp = create_defense("puface").fingerprint
+    assert results["purifiers"] == [{"defense": "puface", "weights": "default", "step": 1.0, "fingerprint": fp}]
+    page = res.report.read_text()
+    assert f"config: colours (fingerprint {results['config_fingerprint']}); protocol: training; seeds: 0, 3" in page
+    assert f"purifier: puface = weights default, step 1, weights fingerprint {fp}" in page
+    assert f"finished: {results['finished']}" in page
+    # a report without the run's record (rebuilt from a trimmed folder) names the weights the config gives
+    del results["purifiers"]
+    assert "purifier: puface = weights default (fingerprint not recorded)" in render_report(tmp_path, results, "")
+
+
+def test_roc_curves_that_coincide_stay_visible_and_the_calibrated_points_are_not_cut_by_the_frame(monkeypatch):
+    """In the lfw report every attack's ROC curve ran along TPR 1 (AUC 1.000 each): the last one drawn (lowkey) hid the
+    other four, and their calibrated points (FPR 0, drawn at the axis' left end, 1e-4) were cut in half by the
+    frame; the axis did not say where FPR 0 is drawn."""
+    from puface.evaluation import report as report_mod
+
+    figs = []
+    real = report_mod.figure_data_uri
+
+    def keep(fig):
+        ax = fig.axes[0]
+        figs.append(([(line.get_linewidth(), line.get_clip_on(), line.get_marker()) for line in ax.get_lines()],
+                     ax.get_xlabel()))
+        return real(fig)
+
+    monkeypatch.setattr(report_mod, "figure_data_uri", keep)
+    attacks = ["fawkes-mid", "fawkes-high", "lowkey"]
+    det = {"rows": [{"attack": a, "auc": 1.0, "tpr": 1.0, "fpr": 0.0} for a in attacks],
+           "roc": {a: {"fpr": [0.0, 0.0, 1.0], "tpr": [0.0, 1.0, 1.0]} for a in attacks}, "fpr_target": 0.01}
+    assert report_mod.roc_chart(det).startswith("data:image/png;base64,")
+    (lines, xlabel), = figs
+    curves = [w for w, _, m in lines if m in ("None", "", None)][:3]
+    points = [(w, clip) for w, clip, m in lines if m == "o"]
+    assert len(set(curves)) == 3 and curves == sorted(curves, reverse=True)  # the first drawn widest, under the rest
+    assert len(points) == 3 and not any(clip for _, clip in points)
+    assert "0 drawn at" in xlabel
+
+
+def test_bar_charts_say_what_they_plot_and_label_the_defense_axis(monkeypatch):
+    """The lfw report's bar charts were titled "victim dlib-resnet29, trainer nn" only, and their x axis (the
+    defenses) had no label."""
+    from puface.evaluation import report as report_mod
+
+    seen = []
+    real = report_mod.figure_data_uri
+
+    def keep(fig):
+        seen.append((fig.axes[0].get_title(), fig.axes[1].get_xlabel(), fig.axes[0].get_ylabel()))
+        return real(fig)
+
+    monkeypatch.setattr(report_mod, "figure_data_uri", keep)
+    summary = [{"attack": "fawkes", "victim": "v", "trainer": "nn", "defense": d, "asr_mean": 0.5, "asr_std": 0.1,
+                "normal_acc_mean": 0.9, "normal_acc_std": 0.0} for d in ("none", "blur")]
+    charts = report_mod.bar_charts(summary, {})
+    assert seen == [("ASR and normal accuracy (%) per defense: victim v, trainer nn", "defense", "ASR (%)")]
+    assert [t for t, _ in charts] == [seen[0][0]]
+
+
+def test_the_image_grids_say_what_the_amplified_column_is(tmp_path):
+    """The grids' third column, "amplified x3", was explained nowhere: a reader could take it for something the
+    evaluation trains on."""
+    from puface.evaluation.report import render_report
+
+    examples = _write_examples(tmp_path, ["natural", "cloaked", "defense:puface"], n=1)
+    page = render_report(tmp_path, {"name": "x", "examples": examples, "amplification": 2.5}, "")
+    assert "amplified x2.5<br>PSNR" in page
+    assert "amplified x2.5: the cloak's change made 2.5 times larger" in page and "evaluation does not use it" in page

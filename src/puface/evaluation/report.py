@@ -30,8 +30,9 @@ body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
 h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
 h3 { margin-top: 1.4em; }
 table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 13px; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; } th { background: #f3f3f3; }
-td:first-child, th:first-child { text-align: left; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; } th { background: #f3f3f3; }
+td { white-space: nowrap; } .num { text-align: right; font-variant-numeric: tabular-nums; }
+.scroll { overflow-x: auto; max-width: 100%; }
 .meta { color: #555; } .chart { max-width: 100%; }
 .grid { display: grid; gap: 10px; margin: .5em 0 1.5em; }
 figure { margin: 0; text-align: center; font-size: 12px; }
@@ -55,6 +56,20 @@ def figure_data_uri(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+_NUMBER = re.compile(r"^(\*\*)?[-+\u2212]?(\d|\.\d|inf\b|nan\b|identical)")
+
+
+def _numeric_column(cells: Sequence[str]) -> bool:
+    """Whether a table column holds numbers ("97.6", "0.0 ± 3.7", "**1.1**", "identical (∞)"): right-aligned, text
+    left. Empty cells and "n/a" do not count either way; a column of none is text."""
+    cells = [c.strip() for c in cells if c.strip() and c.strip() not in ("n/a", "-", "\u2014")]
+    return bool(cells) and all(_NUMBER.match(c) for c in cells)
+
+
+def _cell(tag: str, content: str, numeric: bool) -> str:
+    return f'<{tag} class="num">{content}</{tag}>' if numeric else f"<{tag}>{content}</{tag}>"
+
+
 def markdown_to_html(md: str) -> str:
     """The small Markdown subset `tables.render_tables` writes: headings, paragraphs, **bold**, tables."""
     def inline(text: str) -> str:
@@ -74,13 +89,15 @@ def markdown_to_html(md: str) -> str:
                 block.append([c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", row)])
                 i += 1
             head, body = block[0], [r for r in block[1:] if not all(set(c) <= set("-: ") for c in r)]
+            num = [_numeric_column([r[j] for r in body if j < len(r)]) for j in range(len(head))]
             out.append(
-                '<table class="results"><thead><tr>'
-                + "".join(f"<th>{inline(c)}</th>" for c in head)
+                '<div class="scroll"><table class="results"><thead><tr>'
+                + "".join(_cell("th", inline(c), j < len(num) and num[j]) for j, c in enumerate(head))
                 + "</tr></thead><tbody>"
             )
-            out += ["<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in body]
-            out.append("</tbody></table>")
+            out += ["<tr>" + "".join(_cell("td", inline(c), j < len(num) and num[j]) for j, c in enumerate(r))
+                    + "</tr>" for r in body]
+            out.append("</tbody></table></div>")
             continue
         if line.startswith("### "):
             out.append(f"<h3>{inline(line[4:])}</h3>")
@@ -156,9 +173,10 @@ def bar_charts(summary: list[dict], config: dict) -> list[tuple[str, str]]:
                 ax.set_ylim(0, 105)
                 ax.grid(axis="y", alpha=0.3)
             axes[1].set_xticks(x, [_plain(d) for d in defenses], rotation=30, ha="right")
+            axes[1].set_xlabel("defense")
             axes[0].legend(handles, [_plain(a) for a in attacks], fontsize=8, title="attack", title_fontsize=8,
                            loc="upper left", bbox_to_anchor=(1.01, 1.0))
-            title = f"victim {v}, trainer {t}"
+            title = f"ASR and normal accuracy (%) per defense: victim {v}, trainer {t}"
             axes[0].set_title(_plain(title))
             fig.tight_layout()
             charts.append((title, figure_data_uri(fig)))
@@ -179,21 +197,27 @@ def roc_chart(detection: dict) -> str | None:
     rows = {r["attack"]: r for r in detection.get("rows", [])}
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     handles, labels = [], []
-    for attack, curve in detection["roc"].items():
+    n = len(detection["roc"])
+    for i, (attack, curve) in enumerate(detection["roc"].items()):
         f = np.maximum(np.asarray(curve["fpr"], dtype=float), 1e-4)
         r = rows.get(attack, {})
-        line, = ax.plot(f, curve["tpr"])
+        # each curve drawn thinner than the one before it: curves that coincide (AUC 1 for every attack) show as
+        # nested bands of their colours instead of the last one hiding the others
+        wider = n - 1 - i
+        line, = ax.plot(f, curve["tpr"], lw=1.2 + 1.0 * wider, solid_capstyle="butt")
         handles.append(line)
         labels.append(f"{_plain(attack)} (AUC {_num(r.get('auc')):.3f})")
         if r and not (math.isnan(_num(r.get("fpr"))) or math.isnan(_num(r.get("tpr")))):  # results.json: NaN is null
-            ax.plot([max(_num(r["fpr"]), 1e-4)], [_num(r["tpr"])], "o", color=line.get_color())
+            # on the axes' edge at FPR 0 or TPR 1: drawn whole, not cut in half by the frame
+            ax.plot([max(_num(r["fpr"]), 1e-4)], [_num(r["tpr"])], "o", color=line.get_color(),
+                    ms=5 + 2.5 * wider, clip_on=False, zorder=3)
     ax.set_xscale("log")
     ax.set_xlim(1e-4, 1.0)
     ax.set_ylim(0, 1.02)
     target = detection.get("fpr_target", 0.01)
     handles.append(ax.axvline(target, color="#999", ls="--", lw=1))
     labels.append(f"calibration target: {target:.1%} FPR")
-    ax.set_xlabel("false-positive rate (natural photos)")
+    ax.set_xlabel("false-positive rate (natural photos; 0 drawn at $10^{-4}$)")
     ax.set_ylabel("true-positive rate (cloaked photos)")
     ax.set_title("cloak detection: ROC per attack (dots: the calibrated threshold)")
     ax.grid(alpha=0.3)
@@ -282,7 +306,8 @@ def image_grids(
             )
         if rows_html:
             blocks.append(
-                f"<h3>{html.escape(user)}: {html.escape(attack)} (seed {html.escape(seed)})</h3>" + "".join(rows_html)
+                f"<h3>{html.escape(user)}: {html.escape(attack)} (seed {html.escape(seed)})</h3>"
+                + '<div class="scroll">' + "".join(rows_html) + "</div>"  # the rows' columns aligned, scrolled as one
             )
     if missing:
         blocks.append(
@@ -290,6 +315,22 @@ def image_grids(
             + "; ".join(html.escape(m) for m in missing) + "</p>"
         )
     return "\n".join(blocks)
+
+
+def _purifier_lines(results: dict[str, Any]) -> list[str]:
+    """One HTML-escaped line per purifier of the grid: its defense label, weights, step and weights fingerprint as the
+    run recorded them (results.json's `purifiers`), else the weights the config names (a report rebuilt from a
+    folder without results.json, or one written before they were recorded)."""
+    if "purifiers" in results:
+        return [html.escape(f"{p['defense']} = weights {p['weights']}, step {float(p['step']):g}, "
+                            f"weights fingerprint {p['fingerprint']}") for p in results["purifiers"]]
+    lines = []
+    for d in results.get("config", {}).get("defenses", []):
+        spec = d.get("spec") if isinstance(d, dict) else None
+        if isinstance(spec, dict) and spec.get("name") == "puface":
+            opts = ", ".join(f"{k} {v}" for k, v in spec.items() if k not in ("name", "label"))
+            lines.append(html.escape(f"{d['label']} = {opts or 'weights default'} (fingerprint not recorded)"))
+    return lines
 
 
 def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -> str:
@@ -302,6 +343,14 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
     # each line only when the results hold it: a report rebuilt from a trimmed folder (`puface report html`) has no
     # run environment or timings, and says so in its notes instead of printing zeros
     meta = []
+    if cfg or "config_fingerprint" in results:
+        fp = f" (fingerprint {results['config_fingerprint']})" if "config_fingerprint" in results else ""
+        seeds = ", ".join(str(s) for s in cfg.get("seeds", []))
+        meta.append(html.escape(f"config: {results.get('name', '')}{fp}; protocol: {cfg.get('protocol', 'training')}"
+                                + (f"; seeds: {seeds}" if seeds else "")))
+    purifiers = _purifier_lines(results)
+    if purifiers:
+        meta.append("purifier: " + "; ".join(purifiers))
     if "data_root" in results:
         meta.append(f"data: {html.escape(str(results['data_root']))}")
     if "wall_s" in results:
@@ -314,8 +363,9 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
                     + "; ".join(f"seed {s}: {html.escape(', '.join(u))}" for s, u in results["users"].items()))
     if env:
         meta.append(f"environment: Python {env.get('python', '?')}, torch {env.get('torch', '?')}, "
-                    f"{env.get('device', '?')}, {env.get('threads', '?')} threads; "
-                    f"finished {results.get('finished', '')}")
+                    f"{env.get('device', '?')}, {env.get('threads', '?')} threads")
+    if results.get("finished"):
+        meta.append(f"finished: {html.escape(str(results['finished']))}")
     meta += [html.escape(str(n)) for n in results.get("notes", [])]
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -354,6 +404,10 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
             parts.append("<h2>Example training images of protected users</h2>")
             parts.append("<p>PSNR and SSIM are measured against the natural image. The defense columns show what the "
                          "FR model is trained on after the defense is applied to the cloaked photo.</p>")
+        k = float(results.get("amplification", 3.0))
+        parts.append(f"<p>amplified x{k:g}: the cloak's change made {k:g} times larger, clip(x + {k:g} (x_c - x), 0, "
+                     "1) as the purifier's training amplifies it, to show where the cloak is; the evaluation does not "
+                     "use it.</p>")
         parts.append(grids)
     parts.append("</body></html>")
     return "\n".join(parts)

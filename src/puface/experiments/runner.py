@@ -183,7 +183,7 @@ def _run_grid(cfg: ExperimentConfig | str | Path, output: str | Path | None, *, 
     wall = time.perf_counter() - t_start
     rows, summary, table_md, report = folder.write_tables(detection=detection,
         info={"data_root": str(root), "users": {str(k): v for k, v in users_by_seed.items()},
-              "excluded_purifier_identities": len(exclude)},
+              "excluded_purifier_identities": len(exclude), "purifiers": _purifiers(defenses)},
         sessions=folder.end_session(wall, timings), wall_s=wall, amplification=_amplification(defenses), device=device)
     return ExperimentResult(out, rows, summary, table_md, wall, report)
 
@@ -244,6 +244,13 @@ def _check_users(users: list[str], exclude: set[str], allow: bool, echo: Callabl
         echo(
             f"WARNING: protected user(s) {', '.join(bad)} were in the purifier's training data (allowed by the config)"
         )
+
+
+def _purifiers(defenses: dict) -> list[dict]:
+    """The purifiers the grid's defenses hold, for the report: [{defense (label), weights (as configured), step,
+    fingerprint (of the weights: `utils.fingerprint.module_fingerprint`)}]."""
+    return [{"defense": label, "weights": str(s.params["weights"]), "step": s.step, "fingerprint": s.fingerprint}
+            for label, d in defenses.items() for s in d.parts if isinstance(s, PuFaceDefense)]
 
 
 def _amplification(defenses: dict) -> float:
