@@ -1267,6 +1267,40 @@ def test_reproduce_set_overrides_a_setting_for_a_small_run(tmp_path, monkeypatch
     assert not (tmp_path / "bad").exists()
 
 
+def test_reproduce_set_errors_name_the_set_and_an_option_of_the_same_setting_is_refused(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """Review of BP: a --set error found while an entry was built named the config file alone ("c.toml [victims]
+    embedders: unknown embedder"), as if the file held the typo; `--set =3` said "unknown option(s) in c.toml: "
+    (an empty name); a --set given twice kept the last, and `--set data.root=A --data B` (likewise seeds / --seed,
+    run.device / --device) ran on B without a word. Now the errors name the --set, and the others are refused."""
+    from puface.cli import main
+
+    register_standins()
+    monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
+    root = write_colour_faces(tmp_path / "data")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)))
+    cases = (
+        (["--set", 'victims.embedders=["nope"]'],
+         re.escape("c.toml with --set victims.embedders=['nope'] [victims] embedders: unknown embedder 'nope'")),
+        (["--set", "trainers.0.k=abc"], "c.toml with --set trainers.0.k=abc \\[\\[trainers\\]\\] 'nn': .*'k'"),
+        (["--set", "=3"], re.escape("--set expects SECTION.KEY=VALUE, got '=3'")),
+        (["--set", "users.count=1", "--set", "users.count=2"], "--set users.count is given twice"),
+        (["--set", "data.root=elsewhere", "--data", str(root)],
+         "--set data.root=elsewhere and --data both set data.root; give one of them"),
+        (["--set", "data={root='elsewhere'}", "--data", str(root)], "and --data both set data.root"),
+        (["--set", "seeds=[1]", "--seed", "2"], "--set seeds=\\[1\\] and --seed both set seeds"),
+        (["--set", "run.device='cpu'", "--device", "cpu"], "and --device both set run.device"),
+    )
+    for args, message in cases:
+        assert main(["reproduce", str(cfg), "--dry-run", "--no-progress", *args]) == 2, args
+        assert re.search(message, capsys.readouterr().err), args
+    # a table without the option's setting goes with the option
+    assert main(["reproduce", str(cfg), "--dry-run", "--no-progress", "--no-detect", "--set",
+                 "data={image_size=32}", "--data", str(root)]) == 0
+    assert "2 user(s)" in capsys.readouterr().out
+
+
 def test_the_paper_configs_list_line_says_it_is_sized_for_a_gpu(capsys):
     """`reproduce --list` showed `paper` as "Paper-scale grid: 50 protected users x 3 seeds, ..." with no word that
     it is sized for one GPU (its file's comment says so, which --list does not show), so a newcomer on a laptop
