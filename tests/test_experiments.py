@@ -1301,6 +1301,28 @@ def test_reproduce_set_errors_name_the_set_and_an_option_of_the_same_setting_is_
     assert "2 user(s)" in capsys.readouterr().out
 
 
+def test_a_wrong_detector_is_refused_before_a_restart_sets_the_earlier_runs_aside(colour_experiment, tmp_path,
+                                                                                   capsys):
+    """Review of BP: the detector was loaded after the output folder was opened, so `reproduce --restart --detector
+    typo.safetensors` renamed every earlier result file `.discarded` and then stopped on the missing detector; and
+    `--dry-run` ("check the config") passed it. Now it is loaded before the folder is touched, the dry run included
+    (not with --no-detect, which does not use it)."""
+    from puface.cli import main
+
+    cfg_path, out, _ = colour_experiment
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    before = sorted(p.name for p in copy.iterdir())
+    missing = str(tmp_path / "typo.safetensors")
+    for extra in (["--restart"], ["--dry-run"]):
+        assert main(["reproduce", str(cfg_path), "--out", str(copy), "--detector", missing, "--no-progress",
+                     *extra]) == 2
+        assert "typo.safetensors: detector file not found" in capsys.readouterr().err
+        assert sorted(p.name for p in copy.iterdir()) == before
+    assert main(["reproduce", str(cfg_path), "--out", str(copy), "--detector", missing, "--no-progress",
+                 "--dry-run", "--no-detect"]) == 0
+
+
 def test_the_paper_configs_list_line_says_it_is_sized_for_a_gpu(capsys):
     """`reproduce --list` showed `paper` as "Paper-scale grid: 50 protected users x 3 seeds, ..." with no word that
     it is sized for one GPU (its file's comment says so, which --list does not show), so a newcomer on a laptop

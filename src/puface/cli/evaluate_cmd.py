@@ -138,7 +138,8 @@ def reproduce(config: str | None, list_configs: bool, show: bool, data: Path | N
     if dry_run:
         from ..experiments import plan_experiment
 
-        plan_experiment(cfg, device=device, progress=progress, echo=click.echo)
+        plan_experiment(cfg if detect else cfg.with_detection(enabled=False), device=device, progress=progress,
+                        echo=click.echo)
         return
     _run(cfg, out, device, restart, progress, detect)
 

@@ -117,6 +117,7 @@ def _run_grid(cfg: ExperimentConfig | str | Path, output: str | Path | None, *, 
         cfg, root, cfg.seeds[0], exclude=() if allow else exclude, progress=progress)
     first_load_s = time.perf_counter() - t_load
     proto_cls, extra = _protocol(cfg, root, echo)  # published photos need dlib: checked before the folder is touched
+    detector = _detector(cfg, device)  # a wrong detector file is refused before a --restart sets earlier runs aside
     if plan_only:  # a dry run never reaches the output folder, whatever the draw
         assert first_draw is not None
         data, users = first_draw
@@ -139,7 +140,6 @@ def _run_grid(cfg: ExperimentConfig | str | Path, output: str | Path | None, *, 
     cache = ContentCache() if cfg.run.get("cache", True) else None
     timings: dict[str, float] = {}
     users_by_seed: dict[int, list[str]] = {}
-    detector = _detector(cfg, device)
     det_scores: dict[int, dict] = {}
     with folder:
         for seed in cfg.seeds:
