@@ -75,9 +75,10 @@ def run_experiment(
 
 def plan_experiment(cfg: ExperimentConfig | str | Path, *, device: str | None = None, progress: bool = False,
                     echo: Callable[[str], None] = _say) -> GridPlan:
-    """The size of `cfg`'s grid without running it or writing anything: checks every entry, draws the first seed's
-    users, and echoes the data, that draw, its `GridPlan` and the runs over all seeds (the images to cloak are
-    the first seed's: each seed draws its own split). Returns the first seed's plan."""
+    """The size of `cfg`'s grid without running it or writing anything: checks every entry (the cloak detector too,
+    unless [detection] is disabled), draws the first seed's users, and echoes the data, that draw, its `GridPlan` and
+    the runs over all seeds (the images to cloak are the first seed's: each seed draws its own split). Returns the
+    first seed's plan."""
     plan = _run_grid(cfg, None, device=device, progress=progress, restart=False, echo=echo, plan_only=True)
     assert isinstance(plan, GridPlan)
     return plan
