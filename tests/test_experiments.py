@@ -1267,6 +1267,62 @@ def test_reproduce_set_overrides_a_setting_for_a_small_run(tmp_path, monkeypatch
     assert not (tmp_path / "bad").exists()
 
 
+def test_reproduce_set_errors_name_the_set_and_an_option_of_the_same_setting_is_refused(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """Review of BP: a --set error found while an entry was built named the config file alone ("c.toml [victims]
+    embedders: unknown embedder"), as if the file held the typo; `--set =3` said "unknown option(s) in c.toml: "
+    (an empty name); a --set given twice kept the last, and `--set data.root=A --data B` (likewise seeds / --seed,
+    run.device / --device) ran on B without a word. Now the errors name the --set, and the others are refused."""
+    from puface.cli import main
+
+    register_standins()
+    monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
+    root = write_colour_faces(tmp_path / "data")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)))
+    cases = (
+        (["--set", 'victims.embedders=["nope"]'],
+         re.escape("c.toml with --set victims.embedders=['nope'] [victims] embedders: unknown embedder 'nope'")),
+        (["--set", "trainers.0.k=abc"], "c.toml with --set trainers.0.k=abc \\[\\[trainers\\]\\] 'nn': .*'k'"),
+        (["--set", "=3"], re.escape("--set expects SECTION.KEY=VALUE, got '=3'")),
+        (["--set", "users.count=1", "--set", "users.count=2"], "--set users.count is given twice"),
+        (["--set", "data.root=elsewhere", "--data", str(root)],
+         "--set data.root=elsewhere and --data both set data.root; give one of them"),
+        (["--set", "data={root='elsewhere'}", "--data", str(root)], "and --data both set data.root"),
+        (["--set", "seeds=[1]", "--seed", "2"], "--set seeds=\\[1\\] and --seed both set seeds"),
+        (["--set", "run.device='cpu'", "--device", "cpu"], "and --device both set run.device"),
+    )
+    for args, message in cases:
+        assert main(["reproduce", str(cfg), "--dry-run", "--no-progress", *args]) == 2, args
+        assert re.search(message, capsys.readouterr().err), args
+    # a table without the option's setting goes with the option
+    assert main(["reproduce", str(cfg), "--dry-run", "--no-progress", "--no-detect", "--set",
+                 "data={image_size=32}", "--data", str(root)]) == 0
+    assert "2 user(s)" in capsys.readouterr().out
+
+
+def test_a_wrong_detector_is_refused_before_a_restart_sets_the_earlier_runs_aside(colour_experiment, tmp_path,
+                                                                                   capsys):
+    """Review of BP: the detector was loaded after the output folder was opened, so `reproduce --restart --detector
+    typo.safetensors` renamed every earlier result file `.discarded` and then stopped on the missing detector; and
+    `--dry-run` ("check the config") passed it. Now it is loaded before the folder is touched, the dry run included
+    (not with --no-detect, which does not use it)."""
+    from puface.cli import main
+
+    cfg_path, out, _ = colour_experiment
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    before = sorted(p.name for p in copy.iterdir())
+    missing = str(tmp_path / "typo.safetensors")
+    for extra in (["--restart"], ["--dry-run"]):
+        assert main(["reproduce", str(cfg_path), "--out", str(copy), "--detector", missing, "--no-progress",
+                     *extra]) == 2
+        assert "typo.safetensors: detector file not found" in capsys.readouterr().err
+        assert sorted(p.name for p in copy.iterdir()) == before
+    assert main(["reproduce", str(cfg_path), "--out", str(copy), "--detector", missing, "--no-progress",
+                 "--dry-run", "--no-detect"]) == 0
+
+
 def test_the_paper_configs_list_line_says_it_is_sized_for_a_gpu(capsys):
     """`reproduce --list` showed `paper` as "Paper-scale grid: 50 protected users x 3 seeds, ..." with no word that
     it is sized for one GPU (its file's comment says so, which --list does not show), so a newcomer on a laptop
@@ -1275,4 +1331,24 @@ def test_the_paper_configs_list_line_says_it_is_sized_for_a_gpu(capsys):
 
     assert main(["reproduce", "--list"]) == 0
     (line,) = [s for s in capsys.readouterr().out.splitlines() if s.startswith("paper ")]
-    assert "sized for one GPU (hours)" in line
+    assert "GPU" in line
+
+
+def test_the_paper_configs_list_line_states_its_size_and_no_unmeasured_duration(capsys):
+    """Review of BP: paper's --list line said "sized for one GPU (hours)", a duration nothing measured; by the measured
+    CPU rate of an end-to-end fit (RESULTS 15.10: about 77 s for 200 steps of 16 images) its 15,060 fits of 2,000
+    steps of 64 images are some 500 CPU-days. The line now gives the grid's size, counted here from the config as
+    `Protocol.plan` counts it (users x grid cells; an e2e fit per cloaked run, one per defense and victim for the
+    clean reference), and no duration."""
+    from puface.cli import main
+
+    cfg = load_config("paper")
+    cells, users = cfg.grid(), int(cfg.users["count"])
+    clean = {a.label for a in cfg.attacks if a.is_clean}
+    e2e = [c for c in cells if c["trainer"] == "e2e"]
+    fits = sum(1 if c["attack"] in clean else users for c in e2e)
+    steps = {t.params.get("steps") for t in cfg.trainers if t.name == "e2e"}
+    assert main(["reproduce", "--list"]) == 0
+    (line,) = [s for s in capsys.readouterr().out.splitlines() if s.startswith("paper ")]
+    assert f"{len(cells) * users:,} runs ({fits:,} end-to-end fine-tunes of {steps.pop():,} steps)" in line
+    assert not re.search(r"hour|minute|day", line)

@@ -396,12 +396,30 @@ def test_train_purifier_set_of_an_unknown_key_names_the_set(override, message, t
     assert code == 2 and f"default.toml with --set {override}: {message}" in err  # the typo is the --set's
 
 
+@pytest.mark.parametrize("args, message", [
+    (["train-purifier", "--data", "here", "--set", "data.root=there"],
+     "--set data.root=there and --data both set data.root; give one of them"),
+    (["train-purifier", "--cached-cloaks-only", "--set", "data.cached_only=false"],
+     "--set data.cached_only=false and --cached-cloaks-only both set data.cached_only; give one of them"),
+    (["train-purifier", "--set", "train.epochs=1", "--set", "train.epochs=2"],
+     "--set train.epochs is given twice; give it once"),
+    (["train-detector", "--purifier", "p.safetensors", "--set", "data.purifier=q.safetensors"],
+     "--set data.purifier=q.safetensors and --purifier both set data.purifier; give one of them"),
+])
+def test_a_set_beside_an_option_of_the_same_setting_is_refused(args, message, tmp_path, capsys):
+    """Review of BP: `--data` or `--purifier` beside a --set of the same setting dropped the --set without a word, and
+    a --set given twice kept the last; the three commands' --set have one parser (`cli.options.parse_overrides`)."""
+    assert main([*args, "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip() == f"puface: error: {message}"
+    assert not (tmp_path / "r").exists()
+
+
 def test_set_none_clears_an_optional_setting_of_either_recipe_and_stays_text_elsewhere():
     """TOML has no null: `--set KEY=none` was the text "none", refused for the purifier's optional counts (no way to
     clear one a recipe sets) and taken by the detector's (data.max_natural = "none", a TypeError when training
     sliced by it). Now `none` clears a setting that takes None, in both recipe loaders, and a wrong type of the
     detector's is refused when the recipe is read."""
-    from puface.cli.purifier_cmd import _parse_override
+    from puface.cli.options import parse_override as _parse_override
     from puface.training.config import load_config
     from puface.training.detector import load_detector_config
     from puface.utils.errors import PufaceError

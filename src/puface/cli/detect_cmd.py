@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from .options import (SHOW_HELP, check_engine, device_option, engine_options, list_packaged, rank_options, show_config,
-                      threads_option)
+from .options import (SHOW_HELP, check_engine, device_option, engine_options, list_packaged, parse_overrides,
+                      rank_options, show_config, threads_option)
 
 
 # the purifier a detector was calibrated with (one option, shared by the commands below)
@@ -311,7 +311,6 @@ def train_detector(config_path: str, list_recipes: bool, show: bool, data: Path 
 
     from ..io.files import check_output_file
     from ..training.detector import load_detector_config, train_detector as train
-    from .purifier_cmd import _parse_override
 
     if list_recipes:
         return list_packaged("detector")
@@ -319,7 +318,8 @@ def train_detector(config_path: str, list_recipes: bool, show: bool, data: Path 
         return show_config(config_path, "detector")
     if threads:
         torch.set_num_threads(threads)
-    settings = dict(_parse_override(o) for o in overrides)
+    settings = parse_overrides(overrides, {k: opt for k, opt, given in (("data.root", "--data", data is not None),
+                                           ("data.purifier", "--purifier", purifier is not None)) if given})
     if purifier is not None:
         settings["data.purifier"] = str(purifier)
     cfg = load_detector_config(config_path, settings, data_root=data)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .options import DEVICE_HELP, SHOW_HELP, device_option, list_packaged, show_config
+from .options import DEVICE_HELP, SHOW_HELP, device_option, list_packaged, parse_overrides, show_config
 
 
 def _run(cfg, out, device, restart, progress, detect=True, quiet_table=False):
@@ -90,7 +90,8 @@ _detector_purifier_option = click.option(
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config setting, e.g. --set users.count=2 --set data.max_per_identity=10; an "
                    "[[attacks]] entry by its index: --set attacks.1.steps=10 (repeatable; VALUE is TOML, a bare word "
-                   "is text). Recorded in OUT/config.toml.")
+                   "is text). Recorded in OUT/config.toml. A setting that an option given beside it also sets "
+                   "(data.root and --data, seeds and --seed, run.output and --out, ...) is refused.")
 @click.option("--dry-run", "dry_run", is_flag=True,
               help="Check the config and the data, draw the first seed's users and print the grid's size (users x "
                    "attacks x defenses x (victim, trainer) cells = runs, per seed and in all; images to cloak), then "
@@ -121,10 +122,11 @@ def reproduce(config: str | None, list_configs: bool, show: bool, data: Path | N
     if show:
         return show_config(config, "experiment")
     cfg = load_config(config)
-    if overrides:
-        from .purifier_cmd import _parse_override
-
-        cfg = cfg.with_overrides(dict(_parse_override(o) for o in overrides))
+    if overrides:  # an option given beside a --set of its setting is refused, not silently preferred
+        taken = (("data.root", "--data", data), ("seeds", "--seed", seeds), ("run.output", "--out", out),
+                 ("run.device", "--device", device), ("detection.detector", "--detector", detector),
+                 ("detection.purifier", "--detector-purifier", detector_purifier))
+        cfg = cfg.with_overrides(parse_overrides(overrides, {k: opt for k, opt, given in taken if given}))
     if data is not None:
         cfg = cfg.with_data_root(data)
     if seeds:
@@ -136,7 +138,8 @@ def reproduce(config: str | None, list_configs: bool, show: bool, data: Path | N
     if dry_run:
         from ..experiments import plan_experiment
 
-        plan_experiment(cfg, device=device, progress=progress, echo=click.echo)
+        plan_experiment(cfg if detect else cfg.with_detection(enabled=False), device=device, progress=progress,
+                        echo=click.echo)
         return
     _run(cfg, out, device, restart, progress, detect)
 

@@ -1,10 +1,11 @@
 """Command-line options that several commands share: the device (`--device`), the engine of a folder job
 (`--engine`, `--address`, `--workers`), the share of the files of one process (`--rank`, `--world-size`),
-torch's threads (`--threads`), and the packaged configs of the commands that run one (`--list`, `--show`)."""
+torch's threads (`--threads`), the packaged configs of the commands that run one (`--list`, `--show`) and their
+`--set KEY=VALUE` overrides (`parse_overrides`)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import click
 
@@ -122,3 +123,43 @@ def show_config(ref: str, kind: str) -> None:
 
 #: `--show` of the commands that run a config (reproduce, train-purifier, train-detector)
 SHOW_HELP = "Print the config's text (comments included: a start for your own copy) and exit."
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """One `--set SECTION.KEY=VALUE` as (key, value): VALUE read as TOML (a bare word is text, `none` is None:
+    `tomlconfig.parse_toml_value`); a text without `=` or without a key is a `ConfigError` saying the form."""
+    from ..utils.tomlconfig import parse_toml_value
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {text!r}")
+    return key.strip(), parse_toml_value(value)
+
+
+def parse_overrides(texts: Sequence[str], options: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The `--set` options of a command ({key: value}, in order). A key given twice, or one that an option given
+    beside them also sets (`options`: {key: that option, e.g. "data.root": "--data"}, only those given), is a
+    `ConfigError` naming both: one of the two would be dropped without a word."""
+    sets: dict[str, Any] = {}
+    for text in texts:
+        key, value = parse_override(text)
+        if key in sets:
+            raise ConfigError(f"--set {key} is given twice; give it once")
+        taken = [(k, opt) for k, opt in (options or {}).items() if _sets(key, value, k)]
+        if taken:
+            raise ConfigError(f"--set {text} and {taken[0][1]} both set {taken[0][0]}; give one of them")
+        sets[key] = value
+    return sets
+
+
+def _sets(key: str, value: Any, setting: str) -> bool:
+    """Whether `--set key=value` sets `setting` ("data.root"): the key, or a table that holds it (data={root=...})."""
+    if key == setting:
+        return True
+    if not setting.startswith(key + "."):
+        return False
+    for part in setting[len(key) + 1:].split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False
+        value = value[part]
+    return True

@@ -8,18 +8,8 @@ from typing import Any
 
 import click
 
-from .options import (SHOW_HELP, check_engine, device_option, engine_options, list_packaged, rank_options, show_config,
-                      threads_option)
-
-
-def _parse_override(text: str) -> tuple[str, object]:
-    from ..utils.errors import ConfigError
-    from ..utils.tomlconfig import parse_toml_value
-
-    if "=" not in text:
-        raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    return key.strip(), parse_toml_value(value)
+from .options import (SHOW_HELP, check_engine, device_option, engine_options, list_packaged, parse_overrides,
+                      rank_options, show_config, threads_option)
 
 
 def _parse_attack(text: str) -> dict:
@@ -148,7 +138,8 @@ def train_purifier(
         return list_packaged("purifier")
     if show:
         return show_config(config_path, "purifier")
-    sets = dict(_parse_override(o) for o in overrides)
+    sets = parse_overrides(overrides, {k: opt for k, opt, given in (("data.root", "--data", data is not None),
+                                       ("data.cached_only", "--cached-cloaks-only", cached_cloaks_only)) if given})
     if cached_cloaks_only:
         sets["data.cached_only"] = True
     cfg = load_config(config_path, sets, drop_attacks=drop_attacks, add_attacks=[_parse_attack(a) for a in add_attacks],

@@ -19,6 +19,7 @@ from ..evaluation.trainers import TRAINERS, check_trainer
 from ..models.base import FaceEmbedder
 from ..models.registry import load_embedder
 from ..utils.errors import ConfigError, MissingDependencyError, PufaceError
+from ..utils.tomlconfig import config_where
 from .config import AttackEntry, DefenseEntry, ExperimentConfig
 
 __all__ = [
@@ -48,7 +49,7 @@ def entry_errors(cfg: ExperimentConfig | None, where: str) -> Iterator[None]:
     except PufaceError as e:
         if cfg is None or cfg.source is None:
             raise
-        raise ConfigError(f"{cfg.source} {where}: {e}") from e
+        raise ConfigError(f"{config_where(cfg.source, cfg.overrides)} {where}: {e}") from e
 
 
 def build_attack(entry: AttackEntry, seed: int, device: str | None, cloak_batch_size: int | None = None,

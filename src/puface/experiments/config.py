@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import dataclasses
 import json
 import numbers
 from dataclasses import dataclass, field
@@ -218,6 +219,8 @@ class ExperimentConfig:
     protocol: str = "training"
     raw: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
+    #: the `--set` overrides put on top of `source` ({"users.count": 2}): errors name them with it
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     # -------------------------------------------------------------- reading
 
@@ -378,7 +381,7 @@ class ExperimentConfig:
     def _edited(self, edit: Callable[[dict], None]) -> "ExperimentConfig":
         raw = json.loads(json.dumps(self.raw, default=str))
         edit(raw)
-        return ExperimentConfig.from_dict(raw, self.source)
+        return dataclasses.replace(ExperimentConfig.from_dict(raw, self.source), overrides=dict(self.overrides))
 
     def with_data_root(self, root: str | Path) -> "ExperimentConfig":
         return self._edited(lambda raw: raw.setdefault("data", {}).__setitem__("root", str(root)))
@@ -402,9 +405,10 @@ class ExperimentConfig:
         if raw.get("description") and "description" not in overrides:  # table.md heads its tables with it
             raw["description"] = f"{raw['description']} Changed by --set {sets}."
         try:
-            return ExperimentConfig.from_dict(raw, self.source)
+            cfg = ExperimentConfig.from_dict(raw, self.source)
         except ConfigError as e:
             raise ConfigError(f"--set {sets}: {e}") from None
+        return dataclasses.replace(cfg, overrides={**self.overrides, **overrides})
 
     def with_detection(self, **changes: Any) -> "ExperimentConfig":
         """The same config with [detection] settings changed (recorded in the config saved with the results)."""

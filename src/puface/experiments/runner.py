@@ -75,9 +75,10 @@ def run_experiment(
 
 def plan_experiment(cfg: ExperimentConfig | str | Path, *, device: str | None = None, progress: bool = False,
                     echo: Callable[[str], None] = _say) -> GridPlan:
-    """The size of `cfg`'s grid without running it or writing anything: checks every entry, draws the first seed's
-    users, and echoes the data, that draw, its `GridPlan` and the runs over all seeds (the images to cloak are
-    the first seed's: each seed draws its own split). Returns the first seed's plan."""
+    """The size of `cfg`'s grid without running it or writing anything: checks every entry (the cloak detector too,
+    unless [detection] is disabled), draws the first seed's users, and echoes the data, that draw, its `GridPlan` and
+    the runs over all seeds (the images to cloak are the first seed's: each seed draws its own split). Returns the
+    first seed's plan."""
     plan = _run_grid(cfg, None, device=device, progress=progress, restart=False, echo=echo, plan_only=True)
     assert isinstance(plan, GridPlan)
     return plan
@@ -117,6 +118,7 @@ def _run_grid(cfg: ExperimentConfig | str | Path, output: str | Path | None, *, 
         cfg, root, cfg.seeds[0], exclude=() if allow else exclude, progress=progress)
     first_load_s = time.perf_counter() - t_load
     proto_cls, extra = _protocol(cfg, root, echo)  # published photos need dlib: checked before the folder is touched
+    detector = _detector(cfg, device)  # a wrong detector file is refused before a --restart sets earlier runs aside
     if plan_only:  # a dry run never reaches the output folder, whatever the draw
         assert first_draw is not None
         data, users = first_draw
@@ -139,7 +141,6 @@ def _run_grid(cfg: ExperimentConfig | str | Path, output: str | Path | None, *, 
     cache = ContentCache() if cfg.run.get("cache", True) else None
     timings: dict[str, float] = {}
     users_by_seed: dict[int, list[str]] = {}
-    detector = _detector(cfg, device)
     det_scores: dict[int, dict] = {}
     with folder:
         for seed in cfg.seeds:
