@@ -124,3 +124,68 @@ def test_rotations_setting_is_checked_and_recorded_only_when_on():
     assert "rotations" not in FaceDetector("hog", rotations="off").config  # a folder made before resumes with off
     with pytest.raises(PufaceError, match="unknown rotations 'sometimes'"):
         FaceDetector("hog", rotations="sometimes")
+
+
+@pytest.fixture(scope="module")
+def photo_folder(upright, tmp_path_factory):
+    """IN/up.png (upright face), IN/side.png (the same stored turned 90 degrees), IN/none.png (no face)."""
+    root = tmp_path_factory.mktemp("turned")
+    Image.fromarray(upright).save(root / "up.png")
+    Image.fromarray(stored(upright, 90)).save(root / "side.png")
+    Image.fromarray(np.full((120, 160, 3), 100, np.uint8)).save(root / "none.png")
+    return root
+
+
+def test_purify_align_purifies_a_sideways_photo_and_says_so(photo_folder, tmp_path, capsys):
+    from puface.cli import main
+
+    side = np.asarray(Image.open(photo_folder / "side.png"))
+    out, stats = tmp_path / "out", tmp_path / "stats.csv"
+    args = ["purify", "--align", "--no-progress", "--device", "cpu", str(photo_folder)]
+    assert main([*args, str(out), "--stats", str(stats)]) == 0, capsys.readouterr().err
+    assert "side.png: no face found" not in capsys.readouterr().out
+    got = np.asarray(Image.open(out / "side.png"))
+    assert got.shape == side.shape and (got != side).any(-1).sum() > 2000
+    rows = {r["file"]: r for r in __import__("csv").DictReader(open(stats))}
+    assert (rows["side.png"]["turned"], rows["up.png"]["turned"], rows["none.png"]["turned"]) == ("90", "0", "0")
+    assert rows["side.png"]["faces_processed"] == "1" and rows["none.png"]["status"] == "copy"
+    # off: the behaviour before rotations: HOG finds nothing, the CNN finds the sideways face and its chip is cut
+    # sideways (landmarks fitted as if upright), so the output differs; no turned column
+    off, stats_off = tmp_path / "off", tmp_path / "stats-off.csv"
+    assert main([*args, str(off), "--rotations", "off", "--stats", str(stats_off)]) == 0
+    capsys.readouterr()
+    assert "turned" not in open(stats_off).readline()
+    assert (np.asarray(Image.open(off / "side.png")) != got).any()
+    # the upright photo comes out the same either way
+    assert (off / "up.png").read_bytes() == (out / "up.png").read_bytes()
+    # a folder made upright only is not resumed with rotations (its sideways photos were copied unpurified)
+    assert main([*args, str(off)]) == 2
+    assert "differs in: align.rotations" in capsys.readouterr().err
+    assert main(["purify", "--no-progress", "--rotations", "off", str(photo_folder), str(tmp_path / "x")]) == 2
+    assert "--rotations needs --align" in capsys.readouterr().err
+
+
+def test_detect_and_align_commands_say_the_face_was_found_turned(photo_folder, tmp_path, capsys):
+    import csv
+    import json
+
+    from puface.cli import main
+
+    scores = tmp_path / "scores.csv"
+    assert main(["detect", "--align", "--no-progress", "--device", "cpu", str(photo_folder), "--out", str(scores)]) == 0
+    rows = {r["path"]: r for r in csv.DictReader(open(scores))}
+    assert rows["side.png"]["faces"] == "1" and rows["up.png"]["faces"] == "1" and rows["none.png"]["faces"] == "0"
+    assert rows["side.png"]["note"].startswith("face found with the photo turned 90 degrees clockwise")
+    assert "turned" not in rows["up.png"]["note"]
+    # scored upright: the sideways photo's score is the upright photo's (the same chip, to one grey level)
+    assert float(rows["side.png"]["score"]) == pytest.approx(float(rows["up.png"]["score"]), abs=0.05)
+    assert main(["detect", "--align", "--rotations", "off", "--no-progress", "--device", "cpu", str(photo_folder),
+                 "--out", str(scores)]) == 2
+    assert "scored with --rotations auto, this run --rotations off" in capsys.readouterr().err
+
+    out = tmp_path / "chips"
+    assert main(["align", "--no-progress", str(photo_folder), str(out)]) == 0
+    rows = {r["file"]: r for r in csv.DictReader(open(out / "align.csv"))}
+    assert rows["side.png"]["turned"] == "90" and json.loads(rows["side.png"]["chips"])[0]["turned"] == 90
+    up, side = (np.asarray(Image.open(out / n), int) for n in ("up.png", "side.png"))
+    assert np.abs(up - side).max() <= 1  # the same chip, cut upright

@@ -54,6 +54,11 @@ class PhotoFaces:
     found: int = 0
     turn: int = 0
 
+    def turn_note(self) -> str:
+        """"face found with the photo turned N degrees clockwise" when it was (a sideways or upside-down photo),
+        else ""."""
+        return f"face found with the photo turned {self.turn} degrees clockwise" if self.turn else ""
+
     def reason_if_empty(self, min_face: float) -> str:
         if self.found == 0:
             return "no face found"
