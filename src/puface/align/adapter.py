@@ -74,7 +74,7 @@ def align_adapter(
             "face smaller than N px".
         largest_face: process only the largest face of each photo (default: every face).
         min_face: faces smaller than this many photo pixels (see `geometry.face_size`) are ignored.
-        aligner: a ready `FaceAligner` (overrides chip_size, largest_face, min_face, detector).
+        aligner: a ready `FaceAligner` (overrides chip_size, largest_face, min_face, detector, rotations).
         detector: "hog", "cnn" or "hog+cnn" (CNN only when HOG finds nothing).
         rotations: "auto": a photo without an upright face is searched turned 90, 270, 180 degrees clockwise
             (`FaceDetector`); its faces are cut upright and their changes pasted back into the photo as it is
