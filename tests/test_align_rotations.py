@@ -13,7 +13,7 @@ from PIL import Image
 pytest.importorskip("dlib")
 
 from puface.align import FaceAligner, FaceDetector, align_adapter  # noqa: E402
-from puface.align.detect import turn_image, unturn_points  # noqa: E402
+from puface.align.detect import WEAK_HOG_SCORE, turn_image, unturn_points  # noqa: E402
 from puface.align.geometry import apply_affine  # noqa: E402
 from puface.io.jobs import FileJob, LoadedImage, Outcome  # noqa: E402
 from puface.utils.errors import PufaceError  # noqa: E402
@@ -28,6 +28,12 @@ STORED = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: I
 def upright(johns_dir):
     chip = np.asarray(Image.open(sorted(johns_dir.glob("*/*.jpg"))[0]).convert("RGB"))
     return embed_chip(chip, (300, 260), 5, 1.2, (120, 140))[0]  # not square: a turn changes the shape
+
+
+def johns_photo(johns_dir, k: int, angle: float) -> np.ndarray:
+    """johns chip number `k` placed upright (tilted `angle` degrees) into a 260x300 canvas."""
+    chip = np.asarray(Image.open(sorted(johns_dir.glob("*/*.jpg"))[k]).convert("RGB"))
+    return embed_chip(chip, (300, 260), angle, 1.2, (120, 140))[0]
 
 
 def stored(photo: np.ndarray, turn: int) -> np.ndarray:
@@ -117,6 +123,27 @@ def test_a_photo_without_a_face_tries_three_hog_turns_before_the_cnn(monkeypatch
     calls.clear()
     [o] = align_adapter(brighten, rotations="off")([item(blank)])
     assert o.reason == "no face found" and "turned" not in o.stats and calls == ["hog", "cnn"]
+
+
+def test_an_upside_down_face_that_hog_finds_weakly_upright_is_turned(johns_dir):
+    up = johns_photo(johns_dir, 17, 5)
+    down = stored(up, 180)
+    # upright only: HOG finds the upside-down face with a low score, and the chip is cut upside down
+    before = FaceAligner(150, FaceDetector("hog", rotations="off")).align(down)
+    assert before.turn == 0 and before.faces and before.faces[0].face.score < WEAK_HOG_SCORE
+    pf = FaceAligner(150, FaceDetector("hog")).align(down)
+    ref = FaceAligner(150, FaceDetector("hog")).align(up)
+    assert pf.turn == 180 and len(pf.faces) == 1 and pf.faces[0].face.score > WEAK_HOG_SCORE
+    assert np.abs(pf.faces[0].chip.astype(int) - ref.faces[0].chip).max() <= 1
+
+
+def test_a_weak_upright_face_stays_unless_a_turn_scores_higher(johns_dir, monkeypatch):
+    up = johns_photo(johns_dir, 8, 35)  # HOG: 0.56 upright, a false 0.15 face turned 270 degrees
+    off = align_adapter(brighten, rotations="off")([item(up)])[0]
+    calls = count_boxes(monkeypatch)
+    auto = align_adapter(brighten)([item(up)])[0]
+    assert calls == ["hog"] * 4  # the three turns tried, none better
+    assert auto.stats["turned"] == 0 and auto.image.tobytes() == off.image.tobytes()
 
 
 def test_rotations_setting_is_checked_and_recorded_only_when_on():
