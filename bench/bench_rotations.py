@@ -5,7 +5,9 @@ N LFW photos (the first photo of each of the first N people of lfw/, 250x250), e
 180 and 270 degrees counter-clockwise (PIL transpose, in memory); per stored turn, the photos where a face is found
 and where it is found *upright in its chip* (the chip's angle within 45 degrees of the face's), and the mean time per
 photo. Then non-face images (flat colour plus noise; the corners of LFW photos, 70 px, scaled to 250 px): false faces
-and time per image. The aligner is `FaceAligner(150)`: HOG upsampled once, the CNN fallback, min face 40 px.
+and time per image. Last, every upright photo of lfw/: how many have their best HOG face below `WEAK_HOG_SCORE` (so
+pay for the turns with rotations auto) and how many of those a turn changes. The aligner is `FaceAligner(150)`: HOG
+upsampled once, the CNN fallback, min face 40 px.
 
     python bench/bench_rotations.py --data $PUFACE_DATA [--n 40]
 
@@ -81,6 +83,19 @@ def main() -> None:
         rows2.append({"rotations": r, "images": len(blanks), "false_faces": sum(bool(f.faces) for f in found),
                       "ms_per_image": round(1000 * (time.perf_counter() - t0) / len(blanks), 1)})
         print(rows2[-1], flush=True)
+    from puface.align.detect import TURNS, WEAK_HOG_SCORE, turn_image
+
+    hog = FaceDetector("hog", rotations="off")
+    weak = changed = total = 0
+    for f in sorted(lfw.rglob("*.jpg")):
+        img = np.asarray(Image.open(f).convert("RGB"))
+        total += 1
+        top = max((s for _, s in hog._boxes(img, "hog")), default=None)
+        if top is not None and top < WEAK_HOG_SCORE:
+            weak += 1
+            changed += any(s > top for t in TURNS for _, s in hog._boxes(turn_image(img, t), "hog"))
+    rows3 = [{"photos": total, "weak": weak, "changed": changed}]
+    print(rows3[-1], flush=True)
     write_tables("align-rotations", "Alignment: photos stored turned, without an EXIF orientation", [
         Table(f"{len(photos)} LFW photos (250x250) stored turned counter-clockwise", rows,
               [("stored", "stored turned", "{}"), ("rotations", "--rotations", "{}"), ("photos", "photos", "{}"),
@@ -88,7 +103,10 @@ def main() -> None:
                ("ms_per_photo", "ms / photo", "{}")]),
         Table(f"{len(blanks)} non-face images (noise; LFW photo corners scaled to 250 px)", rows2,
               [("rotations", "--rotations", "{}"), ("images", "images", "{}"), ("false_faces", "false faces", "{}"),
-               ("ms_per_image", "ms / image", "{}")], csv="nonface")],
+               ("ms_per_image", "ms / image", "{}")], csv="nonface"),
+        Table(f"every upright photo of lfw/: best HOG face below {WEAK_HOG_SCORE} (the turns tried too)", rows3,
+              [("photos", "photos", "{}"), ("weak", "weak upright face", "{}"),
+               ("changed", "a turn scores higher", "{}")], csv="weak")],
         args.out_dir or Path(__file__).resolve().parent / "results",
         baseline="--rotations off (before 2026-12-08: the only behaviour) on the same photos, same process.")
 

@@ -76,9 +76,9 @@ def align_adapter(
         min_face: faces smaller than this many photo pixels (see `geometry.face_size`) are ignored.
         aligner: a ready `FaceAligner` (overrides chip_size, largest_face, min_face, detector, rotations).
         detector: "hog", "cnn" or "hog+cnn" (CNN only when HOG finds nothing).
-        rotations: "auto": a photo without an upright face is searched turned 90, 270, 180 degrees clockwise
-            (`FaceDetector`); its faces are cut upright and their changes pasted back into the photo as it is
-            (same size and pixel layout); "off": upright only.
+        rotations: "auto": a photo without an upright face (or with a weak one) is searched turned 90, 270, 180
+            degrees clockwise (`FaceDetector`); its faces are cut upright and their changes pasted back into the
+            photo as it is (same size and pixel layout); "off": upright only.
         feather: chip pixels over which a change fades out towards the chip border.
         refine_steps: re-align-and-correct passes after pasting (see `warp.paste_back`).
         skip_photo: given a photo's chip outcomes, a reason to leave the whole photo out (written

@@ -22,9 +22,9 @@ only, and the CNN often finds a sideways face, but the 5-point predictor then fi
 is also searched turned 90, 270 and 180 degrees clockwise, before the CNN fallback; the turn whose best face scores
 highest wins (the first on a tie; a weak upright face is kept unless a turn's best face scores higher), landmarks are
 fitted upright in the turned photo, and the faces come back in the photo's own pixels (`Face.turn` says which turn).
-bench/bench_rotations.py (40 LFW photos stored turned 90 / 180 / 270 degrees): an upright chip in 39 / 40 / 40 of them
+bench/bench_rotations.py (40 LFW photos stored turned 90 / 180 / 270 degrees): an upright chip in 40 / 40 / 40 of them
 (0 / 0 / 3 upright only); no false face on 40 non-face images; a photo with a face found upright (and scoring at least
-`WEAK_HOG_SCORE`) costs nothing more, a photo without a face three HOG runs.
+`WEAK_HOG_SCORE`: 384 of 400 upright LFW photos) costs nothing more, a photo without a face three HOG runs.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ ROTATIONS = ("auto", "off")
 TURNS = (90, 270, 180)
 #: With rotations "auto", a photo whose best upright HOG face scores below this is searched turned too, and keeps its
 #: upright faces unless a turn's best face scores higher: HOG finds 8 of 40 LFW faces stored upside down upright,
-#: scoring 0.0-0.5 (turned: 1.2-2.8); 14 of 400 upright LFW photos have their best face below 0.5, none outscored by a
-#: turn (measured for bench/bench_rotations.py's photos).
+#: scoring 0.0-0.5 (turned: 1.2-2.8); 16 of 400 upright LFW photos have their best face below 0.6, none outscored by a
+#: turn (bench/bench_rotations.py).
 WEAK_HOG_SCORE = 0.6
 #: The CNN is not run on a (downscaled) photo whose shorter side is below this: dlib raises "Filter windows must
 #: be small enough to fit into the padded image" under about 10 px, and no face it can find is that small.

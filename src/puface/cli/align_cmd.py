@@ -66,9 +66,9 @@ import click
     type=click.Choice(["auto", "off"]),
     default="auto",
     show_default=True,
-    help="auto: a photo in which no face is found upright (sideways or upside down, its EXIF orientation lost) is "
-    "searched turned 90, 270 and 180 degrees clockwise before the CNN fallback; its chips are cut upright and "
-    "OUT/align.csv gives the turn (column turned, degrees clockwise). off: upright faces only.",
+    help="auto: a photo in which no face, or only a weak one, is found upright (sideways or upside down, its EXIF "
+    "orientation lost) is searched turned 90, 270 and 180 degrees clockwise before the CNN fallback; its chips are "
+    "cut upright and OUT/align.csv gives the turn (column turned, degrees clockwise). off: upright faces only.",
 )
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Photos decoded ahead per batch.")
 @click.option("--quality", type=int, default=95, show_default=True, help="JPEG/WebP quality of the chips.")
