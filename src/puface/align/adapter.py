@@ -55,6 +55,7 @@ def align_adapter(
     *,
     aligner: FaceAligner | None = None,
     detector: str = "hog+cnn",
+    rotations: str = "auto",
     feather: float = 4.0,
     refine_steps: int = 2,
     skip_photo: Callable[[list[Outcome]], str | None] | None = None,
@@ -73,8 +74,11 @@ def align_adapter(
             "face smaller than N px".
         largest_face: process only the largest face of each photo (default: every face).
         min_face: faces smaller than this many photo pixels (see `geometry.face_size`) are ignored.
-        aligner: a ready `FaceAligner` (overrides chip_size, largest_face, min_face, detector).
+        aligner: a ready `FaceAligner` (overrides chip_size, largest_face, min_face, detector, rotations).
         detector: "hog", "cnn" or "hog+cnn" (CNN only when HOG finds nothing).
+        rotations: "auto": a photo without an upright face (or with a weak one) is searched turned 90, 270, 180
+            degrees clockwise (`FaceDetector`); its faces are cut upright and their changes pasted back into the
+            photo as it is (same size and pixel layout); "off": upright only.
         feather: chip pixels over which a change fades out towards the chip border.
         refine_steps: re-align-and-correct passes after pasting (see `warp.paste_back`).
         skip_photo: given a photo's chip outcomes, a reason to leave the whole photo out (written
@@ -83,15 +87,18 @@ def align_adapter(
             stat over the processed chips).
     Returns:
         process(list[LoadedImage]) -> list[Outcome]; stats per photo: faces (detected),
-        faces_processed, faces_too_small, face_px (largest processed), plus the chip function's
-        stats (averaged over faces).
+        faces_processed, faces_too_small, face_px (largest processed), with rotations on `turned` (degrees
+        clockwise the photo was turned to find its faces; 0: upright), plus the chip function's stats (averaged
+        over faces).
     """
     if no_face not in NO_FACE_ACTIONS:
         raise PufaceError(f"no_face must be one of {', '.join(NO_FACE_ACTIONS)}, got {no_face!r}")
     if aligner is None:
         aligner = FaceAligner(
-            chip_size, FaceDetector(detector), pick="largest" if largest_face else "all", min_face=min_face
+            chip_size, FaceDetector(detector, rotations=rotations), pick="largest" if largest_face else "all",
+            min_face=min_face,
         )
+    turns = aligner.detector.rotations != "off"
 
     def process(items: list[LoadedImage]) -> list[Outcome]:
         found = []
@@ -121,6 +128,8 @@ def align_adapter(
         results: list[Outcome] = []
         for item, pf, outs, shown in zip(items, found, per_photo, inputs):
             base = {"faces": pf.found, "faces_processed": 0, "faces_too_small": len(pf.too_small)}
+            if turns:
+                base["turned"] = pf.turn
             if not pf.faces:
                 reason = pf.reason_if_empty(aligner.min_face)
                 results.append(Outcome(no_face, reason=reason, stats=base))

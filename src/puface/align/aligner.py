@@ -37,6 +37,7 @@ class AlignedFace:
             "landmarks": self.face.landmarks.round(2).tolist(),
             "score": round(self.face.score, 4),
             "detector": self.face.detector,
+            **({"turned": self.face.turn} if self.face.turn else {}),
             "face_px": round(self.size_px, 2),
             "transform": self.transform.to_json(),
         }
@@ -45,11 +46,18 @@ class AlignedFace:
 @dataclass
 class PhotoFaces:
     """What alignment found in one photo: `faces` kept (chips cut), `too_small` (face sizes in px
-    of faces below the minimum), and `found` = every detection."""
+    of faces below the minimum), `found` = every detection, and `turn`: the degrees clockwise the photo
+    was turned to find them (0: upright; `FaceDetector` rotations)."""
 
     faces: list[AlignedFace] = field(default_factory=list)
     too_small: list[float] = field(default_factory=list)
     found: int = 0
+    turn: int = 0
+
+    def turn_note(self) -> str:
+        """"face found with the photo turned N degrees clockwise" when it was (a sideways or upside-down photo),
+        else ""."""
+        return f"face found with the photo turned {self.turn} degrees clockwise" if self.turn else ""
 
     def reason_if_empty(self, min_face: float) -> str:
         if self.found == 0:
@@ -96,7 +104,7 @@ class FaceAligner:
 
     def faces_for(self, image: np.ndarray, faces: list[Face]) -> PhotoFaces:
         """Cut chips for given detections (used by `align`; also for landmarks from elsewhere)."""
-        res = PhotoFaces(found=len(faces))
+        res = PhotoFaces(found=len(faces), turn=faces[0].turn if faces else 0)
         cands = []
         for i, f in enumerate(faces):
             s = face_size(f.landmarks)

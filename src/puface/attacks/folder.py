@@ -194,18 +194,19 @@ def ray_cloak_process(
     align: bool = False,
     largest_face: bool = False,
     targets_by_src: dict[Path, list[torch.Tensor]] | None = None,
+    rotations: str = "auto",
 ) -> Callable:
     """The cloak batch function of a folder job (`make_cloak_process`; with `align_adapter` when align) for an attack,
     or for a zero-argument attack factory (built in the Ray actor, so the face models load there); `functools.partial`
     of this is the Ray engine's factory. Outputs keep an input's alpha channel; a grayscale input's cloak is RGB
-    (`keep_input_mode(gray=False)`)."""
+    (`keep_input_mode(gray=False)`). rotations: with align, as `align.FaceDetector`."""
     if not isinstance(attack, CloakAttack):
         attack = attack()
     process = make_cloak_process(attack, targets_by_src)
     if align:
         from ..align import align_adapter
 
-        process = align_adapter(process, chip_size=150, no_face="skip", largest_face=largest_face)
+        process = align_adapter(process, chip_size=150, no_face="skip", largest_face=largest_face, rotations=rotations)
     return keep_input_mode(process, gray=False)
 
 
@@ -258,6 +259,7 @@ def cloak_folder(
     address: str | None = None,
     workers: int | None = None,
     attack_factory: Callable[[], CloakAttack] | None = None,
+    rotations: str = "auto",
 ) -> JobReport:
     """Cloak every image under `in_path` into the mirrored tree `out_path`; returns the `JobReport`.
 
@@ -269,7 +271,8 @@ def cloak_folder(
     fmt: "png" (default; lossless, so the cloak survives) or "same" (the input's format; a JPEG
     re-encode weakens the cloak). tool_suffix: name outputs `<stem>_cloaked` (Fawkes) or
     `<stem>_attacked` (LowKey). align: photos rather than chips: detect faces, cloak each aligned
-    150x150 chip and paste it back (needs `puface.align`); photos without a face are skipped.
+    150x150 chip and paste it back (needs `puface.align`); photos without a face are skipped; rotations ("auto" or
+    "off"): also look for the faces of a photo without an upright one in the photo turned (`align.FaceDetector`).
     target_pool: targeted Fawkes: a folder of identity sub-folders to choose each user's target from
     (a user is a first-level folder under IN).
     engine: "local", or "ray" (a Ray Data pipeline, `puface.io.raydata`: `workers` actors on the cluster at
@@ -309,7 +312,9 @@ def cloak_folder(
         # every setting, those the cache key leaves out at an earlier default too (unlearnable's stop_on / start)
         "settings": _all_settings(attack),
         "naming": {"format": fmt, "tool_suffix": tool_suffix},
-        "align": {"align": align, "largest_face": largest_face},
+        # rotations recorded when on, so that a folder made before they existed resumes with "off"
+        "align": {"align": align, "largest_face": largest_face,
+                  **({"rotations": rotations} if align and rotations != "off" else {})},
         # photos the outputs were optimised against (group attacks' reference identities, targeted Fawkes' pool)
         "reference": input_identity(reference) if reference is not None else None,
         "target_pool": input_identity(target_pool) if targeted and target_pool is not None else None,
@@ -355,14 +360,14 @@ def cloak_folder(
 
             from ..io.raydata import run_ray_job
 
-            factory = partial(ray_cloak_process, attack_factory or attack, align, largest_face)
+            factory = partial(ray_cloak_process, attack_factory or attack, align, largest_face, rotations=rotations)
             gpus = 1.0 if torch.device(attack.device).type == "cuda" else 0.0
             report = run_ray_job(jobs, factory, batch_size=batch_size, resume=resume, address=address, workers=workers,
                                  gpus_per_worker=gpus, desc=f"cloaking ({attack.name})", verb="cloaked",
                                  stats_csv=out_path / stats_name, progress=progress, log=log, is_done=done)
             finish()
             return report
-        process = ray_cloak_process(attack, align, largest_face, targets_by_src)
+        process = ray_cloak_process(attack, align, largest_face, targets_by_src, rotations=rotations)
         report = run_folder_job(
             jobs, process, batch_size=batch_size, resume=resume, desc=f"cloaking ({attack.name})", verb="cloaked",
             stats_csv=out_path / stats_name, io_workers=io_workers, progress=progress, is_done=done,

@@ -61,6 +61,15 @@ import click
     show_default=True,
     help="Upsample photos this many times (2x each) before detection; 1 finds faces down to ~40 px.",
 )
+@click.option(
+    "--rotations",
+    type=click.Choice(["auto", "off"]),
+    default="auto",
+    show_default=True,
+    help="auto: a photo in which no face, or only a weak one, is found upright (sideways or upside down, its EXIF "
+    "orientation lost) is searched turned 90, 270 and 180 degrees clockwise before the CNN fallback; its chips are "
+    "cut upright and OUT/align.csv gives the turn (column turned, degrees clockwise). off: upright faces only.",
+)
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Photos decoded ahead per batch.")
 @click.option("--quality", type=int, default=95, show_default=True, help="JPEG/WebP quality of the chips.")
 @click.option(
@@ -80,6 +89,7 @@ def align(
     min_face: float,
     detector: str,
     upsample: int,
+    rotations: str,
     batch_size: int,
     quality: int,
     resume: bool,
@@ -112,7 +122,7 @@ def align(
     template = template or by_size.get(size or "150", "dlib150")
     aligner = FaceAligner(
         150 if template == "dlib150" else 112,
-        FaceDetector(detector, upsample=upsample),
+        FaceDetector(detector, upsample=upsample, rotations=rotations),
         pick="all" if all_faces else pick,
         min_face=min_face,
     )
@@ -147,6 +157,8 @@ def align(
             for item in items:
                 pf = aligner.align(item.image)
                 base = {"faces": pf.found, "faces_too_small": len(pf.too_small)}
+                if rotations != "off":
+                    base["turned"] = pf.turn
                 if not pf.faces:
                     outs.append(Outcome.skip(pf.reason_if_empty(aligner.min_face), **base, chips="[]"))
                     continue

@@ -7,7 +7,8 @@ from typing import Any, Callable
 
 import click
 
-from .options import check_engine, device_option, engine_options, rank_options, threads_option
+from .options import (check_engine, check_rotations, device_option, engine_options, rank_options, rotations_option,
+                      threads_option)
 
 
 @click.command("cloak")
@@ -191,6 +192,7 @@ from .options import check_engine, device_option, engine_options, rank_options, 
     "(photos without a face are skipped).",
 )
 @click.option("--largest-face", is_flag=True, help="With --align: cloak only the largest face of each photo.")
+@rotations_option("cloaked and pasted back")
 @rank_options
 @click.option(
     "--io-workers",
@@ -232,6 +234,7 @@ def cloak(
     resume: bool,
     align: bool,
     largest_face: bool,
+    rotations: str | None,
     rank: int | None,
     world_size: int | None,
     io_workers: int,
@@ -277,6 +280,7 @@ def cloak(
         torch.set_num_threads(threads)
     if largest_face and not align:
         raise PufaceError("--largest-face needs --align")
+    rotations = check_rotations(rotations, align)
     from ..io.jobs import resolve_rank
 
     rank, world_size = resolve_rank(rank, world_size)
@@ -357,7 +361,8 @@ def cloak(
     click.echo(f"{attack.name}: surrogates {', '.join(e.name for e in attack.surrogates)}; seed {seed}; "
                f"device {attack.device}; {torch.get_num_threads()} threads", err=True)
     report = cloak_folder(in_path, out_root, attack, fmt=fmt, tool_suffix=tool_names, batch_size=batch_size,
-                          resume=resume, align=align, largest_face=largest_face, target_pool=target_pool, rank=rank,
+                          resume=resume, align=align, largest_face=largest_face, rotations=rotations,
+                          target_pool=target_pool, rank=rank,
                           world_size=world_size, io_workers=io_workers, progress=progress,
                           log=lambda m: click.echo(m, err=True), reference=reference, engine=engine, address=address,
                           workers=workers, attack_factory=attack_factory)

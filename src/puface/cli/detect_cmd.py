@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from .options import (SHOW_HELP, check_engine, device_option, engine_options, list_packaged, parse_overrides,
-                      rank_options, show_config, threads_option)
+from .options import (SHOW_HELP, check_engine, check_rotations, device_option, engine_options, list_packaged,
+                      parse_overrides, rank_options, rotations_option, show_config, threads_option)
 
 
 # the purifier a detector was calibrated with (one option, shared by the commands below)
@@ -63,6 +63,7 @@ _detector_purifier_option = click.option(
     help="Photos, not chips: detect and align every face first (a photo's score is its highest face score).",
 )
 @click.option("--largest-face", is_flag=True, help="With --align: score only the largest face of each photo.")
+@rotations_option("scored upright (the note says so)")
 @click.option(
     "--resume/--no-resume",
     default=True,
@@ -95,6 +96,7 @@ def detect(
     batch_size: int,
     align: bool,
     largest_face: bool,
+    rotations: str | None,
     resume: bool,
     restart: bool,
     io_workers: int,
@@ -132,6 +134,7 @@ def detect(
         raise PufaceError(f"--fpr must be in [0, 1), got {fpr}")
     if largest_face and not align:
         raise PufaceError("--largest-face needs --align")
+    rotations = check_rotations(rotations, align)
     check_engine(engine, address, workers)
     if threads:
         torch.set_num_threads(threads)
@@ -162,6 +165,7 @@ def detect(
         purifier=purifier,
         one_threshold=one_threshold,
         shared=shared,
+        rotations=rotations,
     )
     click.echo(report.summary())
     if report.exit_code:

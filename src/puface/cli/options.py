@@ -1,7 +1,7 @@
 """Command-line options that several commands share: the device (`--device`), the engine of a folder job
 (`--engine`, `--address`, `--workers`), the share of the files of one process (`--rank`, `--world-size`),
-torch's threads (`--threads`), the packaged configs of the commands that run one (`--list`, `--show`) and their
-`--set KEY=VALUE` overrides (`parse_overrides`)."""
+torch's threads (`--threads`), turned photos with --align (`--rotations`), the packaged configs of the commands
+that run one (`--list`, `--show`) and their `--set KEY=VALUE` overrides (`parse_overrides`)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,31 @@ def rank_options(f: Callable) -> Callable:
     )(f)
     return click.option("--rank", type=click.IntRange(min=0), default=None,
                         help="This process's share of the files (default: $RANK or 0).")(f)
+
+
+#: `--rotations` choices (`align.detect.ROTATIONS`, not imported here: it would load the align package for --help)
+ROTATION_CHOICES = ("auto", "off")
+
+
+def rotations_option(done: str) -> Callable:
+    """`--rotations auto|off` of an --align command whose faces are `done` ("purified and pasted back")."""
+    return click.option(
+        "--rotations",
+        type=click.Choice(ROTATION_CHOICES),
+        default=None,
+        help="With --align: auto (the default) also searches a photo in which no face, or only a weak one, is found "
+        "upright (a sideways or upside-down photo whose EXIF orientation was lost) turned 90, 270 and 180 degrees "
+        f"clockwise, before the slower CNN detector; its faces are {done} in the photo as it is (size and layout "
+        "kept). Costs three HOG runs more on a photo without a face (bench/results/align-rotations.md). off: "
+        "upright faces only.",
+    )
+
+
+def check_rotations(rotations: str | None, align: bool) -> str:
+    """`--rotations` as the job takes it ("auto" when not given); given without --align it is an error."""
+    if rotations is not None and not align:
+        raise PufaceError("--rotations needs --align")
+    return rotations or "auto"
 
 
 def engine_options(actors: str, outputs: str = "Same outputs either way.") -> Callable:

@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from .options import (SHOW_HELP, check_engine, device_option, engine_options, list_packaged, parse_overrides,
-                      rank_options, show_config, threads_option)
+from .options import (SHOW_HELP, check_engine, check_rotations, device_option, engine_options, list_packaged,
+                      parse_overrides, rank_options, rotations_option, show_config, threads_option)
 
 
 def _parse_attack(text: str) -> dict:
@@ -254,6 +254,7 @@ def _unmask_step(in_path: Path, out_root: Path, progress: bool):
     help="Photos, not chips: detect faces, purify each aligned 150x150 face chip and paste it back.",
 )
 @click.option("--largest-face", is_flag=True, help="With --align: purify only the largest face of each photo.")
+@rotations_option("purified and pasted back")
 @click.option(
     "--template",
     type=click.Choice(["auto", "dlib150", "arcface112"]),
@@ -343,6 +344,7 @@ def purify(
     stats_csv: Path | None,
     align: bool,
     largest_face: bool,
+    rotations: str | None,
     template: str,
     engine: str,
     address: str | None,
@@ -392,6 +394,7 @@ def purify(
         raise PufaceError("--quality must be between 1 and 100")
     if largest_face and not align:
         raise PufaceError("--largest-face needs --align")
+    rotations = check_rotations(rotations, align)
     if threads:
         torch.set_num_threads(threads)
     from ..io.jobs import resolve_rank
@@ -402,7 +405,7 @@ def purify(
     common: dict[str, Any] = dict(
         weights=weights, device=None if device == "auto" else device, batch_size=batch_size, resume=resume, rank=rank,
         world_size=world_size, quality=quality, io_workers=io_workers, progress=progress, stats_csv=stats_csv,
-        align=align, largest_face=largest_face, template=template, step=step)
+        align=align, largest_face=largest_face, template=template, step=step, rotations=rotations)
     if align and template != "auto":
         raise PufaceError("--template describes chips; with --align puface cuts dlib150 chips itself")
     check_engine(engine, address, workers)
@@ -434,7 +437,8 @@ def purify(
                                      device=None if device == "auto" else device, fpr=fpr, batch_size=batch_size,
                                      resume=resume, rank=rank, world_size=world_size, quality=quality,
                                      io_workers=io_workers, progress=progress, align=align, largest_face=largest_face,
-                                     scores_csv=stats_csv, weights=weights, step=step, one_threshold=one_threshold)
+                                     scores_csv=stats_csv, weights=weights, step=step, one_threshold=one_threshold,
+                                     rotations=rotations)
     elif is_shard_input(in_path):
         from ..purifier.folder import purify_shards
 

@@ -409,12 +409,12 @@ def _photo_row(chip_rows: list[dict]) -> dict:
     return {**best, "cloaked": int(any(int(r["cloaked"]) for r in chip_rows))}
 
 
-def _make_aligner(align: bool, largest_face: bool):
+def _make_aligner(align: bool, largest_face: bool, rotations: str = "auto"):
     if not align:
         return None
     from ..align import FaceAligner, FaceDetector
 
-    return FaceAligner(150, FaceDetector("hog+cnn"), pick="largest" if largest_face else "all")
+    return FaceAligner(150, FaceDetector("hog+cnn", rotations=rotations), pick="largest" if largest_face else "all")
 
 
 def _prepare_detector(detector: CloakDetector | None, weights: str | Path | None, device: str | None,
@@ -448,6 +448,10 @@ def _check_same_run(out_csv: Path, old: dict, det_id: str, run: dict) -> None:
         if key in old and bool(old[key]) != run[key]:
             raise PufaceError(f"{out_csv}: scored {'with' if old[key] else 'without'} {flag}, this run "
                               f"{'with' if run[key] else 'without'}; {how}")
+    if run["align"] and old.get("align") and old.get("rotations", "off") != run.get("rotations", "off"):
+        # a run file from before rotations existed: its photos were searched upright only
+        raise PufaceError(f"{out_csv}: scored with --rotations {old.get('rotations', 'off')}, this run --rotations "
+                          f"{run.get('rotations', 'off')}; {how}")
 
 
 def _load_run(state: Path) -> dict:
@@ -512,7 +516,7 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
                   identities_csv: str | Path | None = None, rank: int = 0, world_size: int = 1,
                   engine: str = "local", address: str | None = None, workers: int | None = None,
                   cpus_per_worker: float = 1.0, purifier: str | Path | None = None,
-                  one_threshold: bool = False, shared: bool = True) -> DetectReport:
+                  one_threshold: bool = False, shared: bool = True, rotations: str = "auto") -> DetectReport:
     """Score every image under `in_path` (a folder tree or one file) into `out_csv`.
 
     detector: a ready `CloakDetector` (else `weights`: a detector file, None = the shipped one, with `purifier`:
@@ -522,7 +526,8 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
     storage's calibration kinds (`CloakDetector.threshold(storage=)`; never lower than the default), every image the
     default threshold with `one_threshold`. resume: keep the rows an
     earlier run wrote to `out_csv` and score only the rest; restart: start the CSV afresh. align: photos,
-    not chips: detect and align each face first (needs the `align` extra). identities_csv: the
+    not chips: detect and align each face first (needs the `align` extra); rotations ("auto" or "off"): also look for
+    the faces of a photo without an upright one in the photo turned (`align.FaceDetector`). identities_csv: the
     per-identity summary (default: <out_csv stem>-identities.csv). engine: "local" (threads in this process)
     or "ray" (a Ray Data pipeline on the cluster at `address`, a new local one when None, with `workers`
     detector actors of `cpus_per_worker` CPUs, or one GPU each on CUDA; same CSV rows). shared: with `world_size`
@@ -556,7 +561,8 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         )
         state = _state_path(out_csv)
         det_id = det.fingerprint()
-        run = {"input": str(in_path.resolve()), "align": align, "largest_face": largest_face}
+        run = {"input": str(in_path.resolve()), "align": align, "largest_face": largest_face,
+               **({"rotations": rotations} if align else {})}
         shared = shared and world_size > 1
         if restart and not shared:
             out_csv.unlink(missing_ok=True)
@@ -595,11 +601,12 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
                 else (str(detector_path(weights).resolve()) if weights else None)
             )
             factory = partial(detect_batch_process, what, str(det.device), fpr, batch_size, align, largest_face, fields,
-                              one_threshold)
+                              one_threshold, rotations=rotations)
             job = run_ray_job(jobs, factory, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
                               gpus_per_worker=1.0 if det.device.type == "cuda" else 0.0, **common)
         else:
-            process = detect_batch_process(det, None, fpr, batch_size, align, largest_face, fields, one_threshold)
+            process = detect_batch_process(det, None, fpr, batch_size, align, largest_face, fields, one_threshold,
+                                           rotations=rotations)
             job = run_folder_job(jobs, process, io_workers=io_workers, **common)
         return _finish(out_csv, fields, thresholds, fpr_v, job, in_path, identities_csv, det_id, state=run,
                        current=current, claim=claim, rank=(rank, world_size) if shared else None)
@@ -670,16 +677,18 @@ def _note(item: LoadedImage, thresholds: Thresholds, aligned: bool = False) -> s
 
 def detect_batch_process(det: CloakDetector | str | None, device: str | None, fpr: float | None, batch_size: int,
                          align: bool, largest_face: bool, fields: list[str],
-                         one_threshold: bool = False) -> Callable[[list[LoadedImage]], list[Outcome]]:
+                         one_threshold: bool = False,
+                         rotations: str = "auto") -> Callable[[list[LoadedImage]], list[Outcome]]:
     """`detect_folder`'s batch function: decoded images -> one `Outcome.record` row each (score, decision at the
     threshold for `fpr` and the chip's storage (`Thresholds`), features; with `align` per photo over its faces). det:
     a detector, or its file (None: the shipped one). device: move the detector there first (None: where it is).
+    rotations: with `align`, as `align.FaceDetector` (a face found in the photo turned says so in the note).
     Module level, so `functools.partial` of it is the Ray engine's picklable factory."""
     if not isinstance(det, CloakDetector):
         det = _prepare_detector(None, det, device)
     elif device is not None:
         det = _prepare_detector(det, None, device)
-    aligner = _make_aligner(align, largest_face)
+    aligner = _make_aligner(align, largest_face, rotations)
     threshold = Thresholds(det, fpr, one_threshold)
 
     def process(items: list[LoadedImage]) -> list[Outcome]:
@@ -705,7 +714,8 @@ def detect_batch_process(det: CloakDetector | str | None, device: str | None, fp
         out = []
         for it, pf, rows in zip(items, found, per):
             if rows:
-                out.append(Outcome.record(**_photo_row(rows), faces=len(rows), note=_note(it, threshold, aligned=True)))
+                note = "; ".join(n for n in (pf.turn_note(), _note(it, threshold, aligned=True)) if n)
+                out.append(Outcome.record(**_photo_row(rows), faces=len(rows), note=note))
             else:
                 blank = {k: "" for k in fields if k not in ("path",)}
                 out.append(Outcome.record(**{**blank, "faces": 0, "note": pf.reason_if_empty(aligner.min_face)}))
@@ -832,6 +842,7 @@ def purify_folder_detected(
     weights: str | Path | None = None,
     step: float | None = None,
     one_threshold: bool = False,
+    rotations: str = "auto",
 ) -> DetectReport:
     """Purify every image under `in_path` into the mirrored tree `out_path`, scoring each for a cloak first.
 
@@ -842,7 +853,8 @@ def purify_folder_detected(
     so detection costs no second purification. Images that are not chips of the detector's size (112 px ArcFace
     crops, ...) are written as `puface purify` writes them (each layout to its purifier; `weights` as there,
     None = the shipped ones); their score is that of the image resized to a chip. `align`: photos, not chips
-    (faces detected, purified and pasted back; with skip_cloaked a photo with any cloaked face is left out).
+    (faces detected, purified and pasted back; with skip_cloaked a photo with any cloaked face is left out;
+    `rotations` as `purify_folder`).
     step: how far along the purifier's change the written images go (`Purifier.purify`; None: each purifier's
     default, `job_step`: 1.5 for the shipped dlib150 one); the score is that of P(x) either way.
     A chip stored as 4:4:4 JPEG or with a palette is judged by its storage's threshold, as `detect_folder` judges
@@ -874,7 +886,8 @@ def purify_folder_detected(
     finish = open_output(
         out_path,
         purify_settings(
-            in_path, serving, align=align, largest_face=largest_face, quality=quality, step=step, skip_cloaked=left_out
+            in_path, serving, align=align, largest_face=largest_face, quality=quality, step=step, rotations=rotations,
+            skip_cloaked=left_out,
         ),
         resume,
         rank,
@@ -923,7 +936,7 @@ def purify_folder_detected(
                 return f"{len(bad)} face(s) judged cloaked" if skip_cloaked and bad else None
 
             process = align_adapter(chip_process, chip_size=150, no_face="copy", largest_face=largest_face,
-                                    skip_photo=skip_photo, merge_stats=_merge_face_stats)
+                                    rotations=rotations, skip_photo=skip_photo, merge_stats=_merge_face_stats)
         job = run_folder_job(
             jobs,
             keep_input_mode(process),

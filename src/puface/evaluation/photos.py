@@ -72,7 +72,8 @@ class PhotoPath:
         self.refine_steps = int(refine_steps)
         self.detector = detector
         self.jpeg = jpeg
-        self.cutter = FaceAligner(self.size, FaceDetector(detector), pick="center", min_face=0.0)
+        # upright only: the protocol's photos are upright LFW photos, and its published numbers were made so
+        self.cutter = FaceAligner(self.size, FaceDetector(detector, rotations="off"), pick="center", min_face=0.0)
         self._found: dict[Path, Path] = {}  # chip -> its source photo
         self._faces: dict[Path, AlignedFace] = {}  # photo -> its labelled face
         self._digests: dict[Path, str] = {}  # photo -> hash of its file
@@ -158,7 +159,7 @@ class PhotoPath:
             y = to_uint8(defense(x))
             return [Outcome.ok(tensor_to_image(y[i])) for i in range(len(items))]
 
-        process = align_adapter(chips, chip_size=self.size, no_face="copy", detector=self.detector,
+        process = align_adapter(chips, chip_size=self.size, no_face="copy", detector=self.detector, rotations="off",
                                 feather=self.feather, refine_steps=self.refine_steps)
 
         def run(photos: Sequence[np.ndarray]) -> list[np.ndarray]:

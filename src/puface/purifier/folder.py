@@ -114,11 +114,13 @@ def make_batch_process(
 
 def ray_batch_process(purifier: Purifier | Mapping[str, Purifier] | str | None, device: str | None = None,
                       align: bool = False, largest_face: bool = False, no_face: str = "copy",
-                      template: str = "auto", step: float | None = None) -> Callable:
+                      template: str = "auto", step: float | None = None, rotations: str = "auto") -> Callable:
     """The batch function `make_batch_process` (with `align_adapter` when align) for a purifier (or one per
     layout), a checkpoint path or a shipped name (None: the shipped ones, one per layout,
     `Purifier.load_layouts`); `functools.partial` of this is the Ray engine's picklable factory (a path keeps
-    the actors' constructor arguments small: each actor loads the weights itself)."""
+    the actors' constructor arguments small: each actor loads the weights itself). rotations: with align, also
+    look for the faces of a photo without an upright one in the photo turned ("auto"; `align.FaceDetector`) or not
+    ("off")."""
     dev = resolve_device(device)
     if not isinstance(purifier, (Purifier, Mapping)):
         purifier = Purifier.load_layouts(purifier, device=dev)
@@ -126,18 +128,20 @@ def ray_batch_process(purifier: Purifier | Mapping[str, Purifier] | str | None, 
         purifier = primary_purifier(purifier)
     process = make_batch_process(purifier, dev, template="dlib150" if align else template, step=step)
     if align:
-        process = align_adapter(process, chip_size=150, no_face=no_face, largest_face=largest_face)
+        process = align_adapter(process, chip_size=150, no_face=no_face, largest_face=largest_face,
+                                rotations=rotations)
     return keep_input_mode(process)
 
 
 def purify_settings(in_path: str | Path, purifier: Purifier | Mapping[str, Purifier], *, template: str = "auto",
                     align: bool = False, largest_face: bool = False, no_face: str = "copy", quality: int = 95,
-                    step: float | None = None, **more) -> dict:
+                    step: float | None = None, rotations: str = "auto", **more) -> dict:
     """What an output folder's images depend on, for its settings record (OUT/purify_config.json): the purifier
     of each face layout (its weights' fingerprint), the template, the alignment options, the quality of lossy
     outputs, the step each purifier takes (`job_step`; one number when they agree, else {layout: step};
     recorded when not 1, so that folders made at step 1 before steps existed still resume), and `more`
-    (e.g. `unmask`, the detection that leaves photos out). Not the batch size, device, threads or the process's
+    (e.g. `unmask`, the detection that leaves photos out); with align, `rotations` when not "off" (so that folders made
+    before rotations existed resume with "off"). Not the batch size, device, threads or the process's
     rank: those change no output."""
     if align:  # no dlib: an error before any record, which would refuse a rerun without --align
         require_alignment()
@@ -149,7 +153,8 @@ def purify_settings(in_path: str | Path, purifier: Purifier | Mapping[str, Purif
         "input": input_identity(in_path),
         "purifier": {t: module_fingerprint(p) for t, p in sorted(as_layouts(purifier).items())},
         "template": template,
-        "align": {"align": align, "largest_face": largest_face, "no_face": no_face} if align else {"align": False},
+        "align": {"align": align, "largest_face": largest_face, "no_face": no_face,
+                  **({"rotations": rotations} if rotations != "off" else {})} if align else {"align": False},
         "quality": quality,
         **({"step": recorded} if recorded is not None else {}),
         **more,
@@ -172,11 +177,12 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
                   engine: str = "local", address: str | None = None, workers: int | None = None,
                   cpus_per_worker: float = 1.0, template: str = "auto",
                   prepare: Callable[[], Callable[[LoadedImage], np.ndarray]] | None = None,
-                  settings: Mapping | None = None, step: float | None = None):
+                  settings: Mapping | None = None, step: float | None = None, rotations: str = "auto"):
     """Purify every image under `in_path` into the mirrored tree `out_path` (names, formats and sizes kept).
 
     rank/world_size: this process handles every world_size-th file (multi-process purification).
-    align: detect faces, purify aligned 150x150 chips and paste them back (needs `puface.align`).
+    align: detect faces, purify aligned 150x150 chips and paste them back (needs `puface.align`); rotations ("auto" or
+    "off"): also look for the faces of a photo without an upright one in the photo turned (`align.FaceDetector`).
     engine: "local" (threads in this process) or "ray" (a Ray Data pipeline on the cluster at `address`,
     a new local one when None, with `workers` actors of `cpus_per_worker` CPUs, or one GPU each when
     `device` is CUDA; `puface.io.raydata`). template: the chips' face layout ("auto": by size, see
@@ -210,6 +216,7 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
             no_face=no_face,
             quality=quality,
             step=step,
+            rotations=rotations,
             **(settings or {}),
         ),
         resume,
@@ -231,7 +238,8 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
                 what = str(weights) if weights else None
             else:
                 what = str(Path(weights).resolve())
-            factory = partial(ray_batch_process, what, str(dev), align, largest_face, no_face, template, step)
+            factory = partial(ray_batch_process, what, str(dev), align, largest_face, no_face, template, step,
+                              rotations=rotations)
             report = run_ray_job(
                 jobs,
                 factory,
@@ -249,7 +257,8 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
             )
             finish()
             return report
-        process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template, step)
+        process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template, step,
+                                    rotations=rotations)
         if prep is not None:
             purify_batch = process
 
@@ -275,11 +284,11 @@ def purify_shards(in_spec: str | Path, out_path: str | Path, *, purifier: Purifi
                   resume: bool = True, rank: int = 0, world_size: int = 1, quality: int = 95, io_workers: int = 2,
                   progress: bool = True, stats_csv: Path | None = None, image_field: str | None = None,
                   align: bool = False, largest_face: bool = False, no_face: str = "copy", template: str = "auto",
-                  step: float | None = None):
+                  step: float | None = None, rotations: str = "auto"):
     """Purify every record of the WebDataset / Parquet shards `in_spec` names (a shard, a folder of
     shards, a glob or `{000..009}` braces) into same-format shards under `out_path` (same keys, order
     and other fields; `puface.io.shards`). rank/world_size: this process takes every world_size-th shard.
-    step: as `purify_folder`. Returns the `ShardReport`."""
+    step, rotations: as `purify_folder`. Returns the `ShardReport`."""
     from ..io.shards import SHARD_VERSION, check_earlier_outputs, plan_shards, run_shard_job
 
     dev = resolve_device(device)
@@ -300,6 +309,7 @@ def purify_shards(in_spec: str | Path, out_path: str | Path, *, purifier: Purifi
             no_face=no_face,
             quality=quality,
             step=step,
+            rotations=rotations,
             image_field=image_field,
             shard_version=SHARD_VERSION,
         ),
@@ -309,7 +319,8 @@ def purify_shards(in_spec: str | Path, out_path: str | Path, *, purifier: Purifi
     )
     with finish.on_failure():
         jobs = shard(jobs, rank, world_size)
-        process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template, step)
+        process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template, step,
+                                    rotations=rotations)
         report = run_shard_job(jobs, process, batch_size=batch_size, resume=resume, image_field=image_field,
                                desc="purifying", verb="purified", stats_csv=stats_csv, quality=quality,
                                io_workers=io_workers, progress=progress)

@@ -1,0 +1,218 @@
+"""Sideways and upside-down photos without an EXIF orientation (`FaceDetector(rotations="auto")`, the default):
+a face not found upright is searched in the photo turned 90, 270, 180 degrees clockwise, cut upright and its change
+pasted back into the photo as it is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("dlib")
+
+from puface.align import FaceAligner, FaceDetector, align_adapter  # noqa: E402
+from puface.align.detect import WEAK_HOG_SCORE, turn_image, unturn_points  # noqa: E402
+from puface.align.geometry import apply_affine  # noqa: E402
+from puface.io.jobs import FileJob, LoadedImage, Outcome  # noqa: E402
+from puface.utils.errors import PufaceError  # noqa: E402
+
+from test_align_support import embed_chip  # noqa: E402
+
+# PIL's transposes turn counter-clockwise: a photo stored so turned needs `turn` degrees clockwise to stand upright
+STORED = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+
+
+@pytest.fixture(scope="module")
+def upright(johns_dir):
+    chip = np.asarray(Image.open(sorted(johns_dir.glob("*/*.jpg"))[0]).convert("RGB"))
+    return embed_chip(chip, (300, 260), 5, 1.2, (120, 140))[0]  # not square: a turn changes the shape
+
+
+def johns_photo(johns_dir, k: int, angle: float) -> np.ndarray:
+    """johns chip number `k` placed upright (tilted `angle` degrees) into a 260x300 canvas."""
+    chip = np.asarray(Image.open(sorted(johns_dir.glob("*/*.jpg"))[k]).convert("RGB"))
+    return embed_chip(chip, (300, 260), angle, 1.2, (120, 140))[0]
+
+
+def stored(photo: np.ndarray, turn: int) -> np.ndarray:
+    """`photo` as a camera without an orientation tag would store it: turned `turn` degrees counter-clockwise."""
+    return np.asarray(Image.fromarray(photo).transpose(STORED[turn]))
+
+
+def item(image: np.ndarray, name: str = "p.png") -> LoadedImage:
+    return LoadedImage(FileJob(Path("/in") / name, Path("/out") / name, Path(name)), image, None, None, "PNG")
+
+
+def brighten(items: list[LoadedImage]) -> list[Outcome]:
+    return [Outcome.ok(np.clip(it.image.astype(int) + 30, 0, 255).astype(np.uint8)) for it in items]
+
+
+def count_boxes(monkeypatch) -> list[str]:
+    """The detector runs (`FaceDetector._boxes` calls, by kind) from now on."""
+    calls: list[str] = []
+    boxes = FaceDetector._boxes
+
+    def counted(self, image, kind):
+        calls.append(kind)
+        return boxes(self, image, kind)
+
+    monkeypatch.setattr(FaceDetector, "_boxes", counted)
+    return calls
+
+
+@pytest.mark.parametrize("turn", [90, 180, 270])
+def test_unturn_points_map_pixels_exactly(turn):
+    img = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
+    view = turn_image(img, turn)
+    ys, xs = np.mgrid[0:view.shape[0], 0:view.shape[1]]
+    back = unturn_points(np.stack([xs.ravel(), ys.ravel()], 1), turn, 5, 7).astype(int)
+    assert (img[back[:, 1], back[:, 0]] == view.reshape(-1, 3)).all()
+
+
+@pytest.mark.parametrize("turn", [90, 180, 270])
+def test_a_turned_face_is_found_by_default_and_not_with_rotations_off(upright, turn):
+    photo = stored(upright, turn)
+    assert not FaceAligner(150, FaceDetector("hog", rotations="off")).align(photo).faces
+    pf = FaceAligner(150, FaceDetector("hog")).align(photo)
+    up = FaceAligner(150, FaceDetector("hog")).align(upright)
+    assert len(pf.faces) == 1 and pf.turn == turn and pf.faces[0].face.turn == turn
+    assert pf.faces[0].to_json()["turned"] == turn and "turned" not in up.faces[0].to_json()
+    # the chip is cut upright from the photo as it is: the chip of the upright photo (bilinear sampling of the
+    # same pixels; dlib's truncation to uint8 may differ by one)
+    assert np.abs(pf.faces[0].chip.astype(int) - up.faces[0].chip).max() <= 1
+    assert pf.faces[0].size_px == pytest.approx(up.faces[0].size_px, abs=1e-6)
+
+
+@pytest.mark.parametrize("turn", [90, 180, 270])
+def test_adapter_pastes_the_change_back_into_the_turned_photo(upright, turn):
+    photo = stored(upright, turn)
+    [out] = align_adapter(brighten)([item(photo)])
+    [ref] = align_adapter(brighten)([item(upright)])
+    assert out.status == "ok" and out.stats["turned"] == turn and ref.stats["turned"] == 0
+    assert out.image.shape == photo.shape and out.image.dtype == np.uint8
+    # the same as purifying the upright photo and turning the result back
+    diff = np.abs(turn_image(out.image, turn).astype(int) - ref.image)
+    assert diff.max() <= 2 and diff.mean() < 0.05
+    # and only inside the face chip's footprint in the photo as it is
+    tf = FaceAligner(150, FaceDetector()).align(photo).faces[0].transform
+    h, w = photo.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(float)
+    pc = apply_affine(tf.image_to_chip, np.stack([xx.ravel(), yy.ravel()], 1)).reshape(h, w, 2)
+    inside = (pc > 0).all(-1) & (pc < 149).all(-1)
+    changed = (out.image != photo).any(-1)
+    assert changed.sum() > 2000 and not (changed & ~inside).any()
+
+
+def test_upright_photos_cost_nothing_extra_and_come_out_identical(upright, monkeypatch):
+    off = align_adapter(brighten, rotations="off")([item(upright)])[0]
+    calls = count_boxes(monkeypatch)
+    auto = align_adapter(brighten)([item(upright)])[0]
+    assert calls == ["hog"]  # one detector run, as with rotations off
+    assert auto.image.tobytes() == off.image.tobytes()
+    assert auto.stats == {**off.stats, "turned": 0} and "turned" not in off.stats
+
+
+def test_a_photo_without_a_face_tries_three_hog_turns_before_the_cnn(monkeypatch):
+    blank = np.random.default_rng(0).integers(100, 140, (200, 260, 3)).astype(np.uint8)
+    calls = count_boxes(monkeypatch)
+    [o] = align_adapter(brighten)([item(blank)])
+    assert o.status == "copy" and o.reason == "no face found" and o.stats["turned"] == 0
+    assert calls == ["hog"] * 4 + ["cnn"]
+    calls.clear()
+    [o] = align_adapter(brighten, rotations="off")([item(blank)])
+    assert o.reason == "no face found" and "turned" not in o.stats and calls == ["hog", "cnn"]
+
+
+def test_an_upside_down_face_that_hog_finds_weakly_upright_is_turned(johns_dir):
+    up = johns_photo(johns_dir, 17, 5)
+    down = stored(up, 180)
+    # upright only: HOG finds the upside-down face with a low score, and the chip is cut upside down
+    before = FaceAligner(150, FaceDetector("hog", rotations="off")).align(down)
+    assert before.turn == 0 and before.faces and before.faces[0].face.score < WEAK_HOG_SCORE
+    pf = FaceAligner(150, FaceDetector("hog")).align(down)
+    ref = FaceAligner(150, FaceDetector("hog")).align(up)
+    assert pf.turn == 180 and len(pf.faces) == 1 and pf.faces[0].face.score > WEAK_HOG_SCORE
+    assert np.abs(pf.faces[0].chip.astype(int) - ref.faces[0].chip).max() <= 1
+
+
+def test_a_weak_upright_face_stays_unless_a_turn_scores_higher(johns_dir, monkeypatch):
+    up = johns_photo(johns_dir, 8, 35)  # HOG: 0.56 upright, a false 0.15 face turned 270 degrees
+    off = align_adapter(brighten, rotations="off")([item(up)])[0]
+    calls = count_boxes(monkeypatch)
+    auto = align_adapter(brighten)([item(up)])[0]
+    assert calls == ["hog"] * 4  # the three turns tried, none better
+    assert auto.stats["turned"] == 0 and auto.image.tobytes() == off.image.tobytes()
+
+
+def test_rotations_setting_is_checked_and_recorded_only_when_on():
+    assert FaceDetector("hog").config["rotations"] == "auto"
+    assert "rotations" not in FaceDetector("hog", rotations="off").config  # a folder made before resumes with off
+    with pytest.raises(PufaceError, match="unknown rotations 'sometimes'"):
+        FaceDetector("hog", rotations="sometimes")
+
+
+@pytest.fixture(scope="module")
+def photo_folder(upright, tmp_path_factory):
+    """IN/up.png (upright face), IN/side.png (the same stored turned 90 degrees), IN/none.png (no face)."""
+    root = tmp_path_factory.mktemp("turned")
+    Image.fromarray(upright).save(root / "up.png")
+    Image.fromarray(stored(upright, 90)).save(root / "side.png")
+    Image.fromarray(np.full((120, 160, 3), 100, np.uint8)).save(root / "none.png")
+    return root
+
+
+def test_purify_align_purifies_a_sideways_photo_and_says_so(photo_folder, tmp_path, capsys):
+    from puface.cli import main
+
+    side = np.asarray(Image.open(photo_folder / "side.png"))
+    out, stats = tmp_path / "out", tmp_path / "stats.csv"
+    args = ["purify", "--align", "--no-progress", "--device", "cpu", str(photo_folder)]
+    assert main([*args, str(out), "--stats", str(stats)]) == 0, capsys.readouterr().err
+    assert "side.png: no face found" not in capsys.readouterr().out
+    got = np.asarray(Image.open(out / "side.png"))
+    assert got.shape == side.shape and (got != side).any(-1).sum() > 2000
+    rows = {r["file"]: r for r in __import__("csv").DictReader(open(stats))}
+    assert (rows["side.png"]["turned"], rows["up.png"]["turned"], rows["none.png"]["turned"]) == ("90", "0", "0")
+    assert rows["side.png"]["faces_processed"] == "1" and rows["none.png"]["status"] == "copy"
+    # off: the behaviour before rotations: HOG finds nothing, the CNN finds the sideways face and its chip is cut
+    # sideways (landmarks fitted as if upright), so the output differs; no turned column
+    off, stats_off = tmp_path / "off", tmp_path / "stats-off.csv"
+    assert main([*args, str(off), "--rotations", "off", "--stats", str(stats_off)]) == 0
+    capsys.readouterr()
+    assert "turned" not in open(stats_off).readline()
+    assert (np.asarray(Image.open(off / "side.png")) != got).any()
+    # the upright photo comes out the same either way
+    assert (off / "up.png").read_bytes() == (out / "up.png").read_bytes()
+    # a folder made upright only is not resumed with rotations (its sideways photos were copied unpurified)
+    assert main([*args, str(off)]) == 2
+    assert "differs in: align.rotations" in capsys.readouterr().err
+    assert main(["purify", "--no-progress", "--rotations", "off", str(photo_folder), str(tmp_path / "x")]) == 2
+    assert "--rotations needs --align" in capsys.readouterr().err
+
+
+def test_detect_and_align_commands_say_the_face_was_found_turned(photo_folder, tmp_path, capsys):
+    import csv
+    import json
+
+    from puface.cli import main
+
+    scores = tmp_path / "scores.csv"
+    assert main(["detect", "--align", "--no-progress", "--device", "cpu", str(photo_folder), "--out", str(scores)]) == 0
+    rows = {r["path"]: r for r in csv.DictReader(open(scores))}
+    assert rows["side.png"]["faces"] == "1" and rows["up.png"]["faces"] == "1" and rows["none.png"]["faces"] == "0"
+    assert rows["side.png"]["note"].startswith("face found with the photo turned 90 degrees clockwise")
+    assert "turned" not in rows["up.png"]["note"]
+    # scored upright: the sideways photo's score is the upright photo's (the same chip, to one grey level)
+    assert float(rows["side.png"]["score"]) == pytest.approx(float(rows["up.png"]["score"]), abs=0.05)
+    assert main(["detect", "--align", "--rotations", "off", "--no-progress", "--device", "cpu", str(photo_folder),
+                 "--out", str(scores)]) == 2
+    assert "scored with --rotations auto, this run --rotations off" in capsys.readouterr().err
+
+    out = tmp_path / "chips"
+    assert main(["align", "--no-progress", str(photo_folder), str(out)]) == 0
+    rows = {r["file"]: r for r in csv.DictReader(open(out / "align.csv"))}
+    assert rows["side.png"]["turned"] == "90" and json.loads(rows["side.png"]["chips"])[0]["turned"] == 90
+    up, side = (np.asarray(Image.open(out / n), int) for n in ("up.png", "side.png"))
+    assert np.abs(up - side).max() <= 1  # the same chip, cut upright
