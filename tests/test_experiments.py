@@ -686,6 +686,7 @@ def test_a_run_of_an_extending_config_saves_it_resolved(tmp_path):
     # with an override, the header says so
     moved = child.with_seeds([5])
     assert "with command-line overrides" in config_text(moved).splitlines()[0]
+    assert "--set" not in config_text(moved).splitlines()[0]  # none was given
     # a config without extends is saved as its own text, comments and all
     plain = parse("# a comment\n" + GRID_TOML, tmp_path, "plain.toml")
     assert config_text(plain) == "# a comment\n" + GRID_TOML
@@ -1256,7 +1257,8 @@ def test_reproduce_set_overrides_a_setting_for_a_small_run(tmp_path, monkeypatch
         rows = list(csv.DictReader(f))
     assert len({r["user"] for r in rows}) == 1 and {r["attack"] for r in rows} == {"clean", "chk"}
     saved = load_config(out / "config.toml")
-    assert saved.users["count"] == 1 and "--set" in (out / "config.toml").read_text().splitlines()[0]
+    head = (out / "config.toml").read_text().splitlines()[0]  # names the --set given (it once listed "--set" always)
+    assert saved.users["count"] == 1 and "(--set users.count=1; --set attacks.1.label=chk; data root" in head
     # table.md's heading, the config's description, says the grid was changed (it said "2 users" for 1)
     assert "2 users. Changed by --set users.count=1, attacks.1.label=chk." in (out / "table.md").read_text()
     for bad, message in ((["users.cuont=1"], "--set users.cuont=1: unknown option"),

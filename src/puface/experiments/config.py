@@ -467,7 +467,8 @@ def config_text(cfg: ExperimentConfig) -> str:
         names = " -> ".join(config_label(p) for p, _ in chain) or config_label(cfg.source)
         if same:
             return f"# {names}, resolved (extends applied)\n" + to_toml(cfg.raw)
-        return f"# {names} with command-line overrides (--set, data root, seeds, detection)\n" + to_toml(cfg.raw)
+        sets = "".join(f"--set {k}={v}; " for k, v in cfg.overrides.items())  # only those given: the header names them
+        return f"# {names} with command-line overrides ({sets}data root, seeds, detection)\n" + to_toml(cfg.raw)
     return to_toml(cfg.raw)
 
 
