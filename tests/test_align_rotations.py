@@ -216,3 +216,27 @@ def test_detect_and_align_commands_say_the_face_was_found_turned(photo_folder, t
     assert rows["side.png"]["turned"] == "90" and json.loads(rows["side.png"]["chips"])[0]["turned"] == 90
     up, side = (np.asarray(Image.open(out / n), int) for n in ("up.png", "side.png"))
     assert np.abs(up - side).max() <= 1  # the same chip, cut upright
+
+
+def test_a_weak_upright_face_beside_a_turned_one_is_kept(johns_dir):
+    """Two people, one upright (HOG 0.43: tilted 38 degrees) and one stored sideways (1.7 turned 90 degrees): the
+    turn wins, but the upright face, purified with rotations off, must not be dropped (it would stay cloaked)."""
+    tilted = np.asarray(Image.open(sorted(johns_dir.glob("*/*.jpg"))[8]).convert("RGB"))
+    side = np.asarray(Image.open(sorted(johns_dir.glob("*/*.jpg"))[11]).convert("RGB").transpose(STORED[90]))
+    photo = embed_chip(side, (300, 420), 0, 1.0, (320, 150), canvas=embed_chip(tilted, (300, 420), 38, 1.2,
+                                                                                (110, 150))[0])[0]
+    [off] = FaceAligner(150, FaceDetector("hog", rotations="off")).align(photo).faces
+    assert off.face.score < WEAK_HOG_SCORE and off.face.center[0] < 210
+    pf = FaceAligner(150, FaceDetector("hog")).align(photo)
+    assert pf.turn == 90 and sorted(f.face.turn for f in pf.faces) == [0, 90]
+    kept = [f for f in pf.faces if f.face.turn == 0][0]
+    assert kept.chip.tobytes() == off.chip.tobytes()
+    [o] = align_adapter(brighten)([item(photo)])
+    changed = (o.image != photo).any(-1)
+    assert o.stats["faces_processed"] == 2 and changed[:, :200].sum() > 2000 and changed[:, 220:].sum() > 2000
+
+
+def test_an_upside_down_face_found_weakly_upright_is_not_kept_twice(johns_dir):
+    down = stored(johns_photo(johns_dir, 17, 5), 180)
+    pf = FaceAligner(150, FaceDetector("hog")).align(down)
+    assert [f.face.turn for f in pf.faces] == [180] and pf.found == 1
