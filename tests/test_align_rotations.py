@@ -185,8 +185,8 @@ def test_purify_align_purifies_a_sideways_photo_and_says_so(photo_folder, tmp_pa
     assert (np.asarray(Image.open(off / "side.png")) != got).any()
     # the upright photo comes out the same either way
     assert (off / "up.png").read_bytes() == (out / "up.png").read_bytes()
-    # a folder made upright only is not resumed with rotations (its sideways photos were copied unpurified)
-    assert main([*args, str(off)]) == 2
+    # a folder made upright only is not resumed with rotations auto (its sideways photos were copied unpurified)
+    assert main([*args, str(off), "--rotations", "auto"]) == 2
     assert "differs in: align.rotations" in capsys.readouterr().err
     assert main(["purify", "--no-progress", "--rotations", "off", str(photo_folder), str(tmp_path / "x")]) == 2
     assert "--rotations needs --align" in capsys.readouterr().err
@@ -240,3 +240,40 @@ def test_an_upside_down_face_found_weakly_upright_is_not_kept_twice(johns_dir):
     down = stored(johns_photo(johns_dir, 17, 5), 180)
     pf = FaceAligner(150, FaceDetector("hog")).align(down)
     assert [f.face.turn for f in pf.faces] == [180] and pf.found == 1
+
+
+def test_a_folder_aligned_upright_only_resumes_so_when_rotations_is_not_given(photo_folder, tmp_path, capsys):
+    """A half-done job made before --rotations existed (its record has none: as --rotations off records) goes on
+    upright only when the flag is not given, saying so in one line, rather than refusing its rerun."""
+    import json
+
+    from puface.cli import main
+
+    out = tmp_path / "out"
+    args = ["purify", "--align", "--no-progress", "--device", "cpu", str(photo_folder), str(out)]
+    assert main([*args, "--rotations", "off"]) == 0
+    (out / "side.png").unlink()  # not done yet
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "made with faces searched upright only" in err and "resuming with --rotations off" in err
+    assert "--no-resume redoes it with auto" in err
+    assert "rotations" not in json.loads((out / "purify_config.json").read_text())["align"]
+
+    scores = tmp_path / "scores.csv"
+    det = ["detect", "--align", "--no-progress", "--device", "cpu", str(photo_folder), "--out", str(scores)]
+    assert main([*det, "--rotations", "off"]) == 0
+    run = scores.with_name("scores-run.json")
+    record = json.loads(run.read_text())
+    record.pop("rotations")  # as a run file written before --rotations
+    run.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(det) == 0
+    assert "resuming with --rotations off (--restart redoes it with auto)" in capsys.readouterr().err
+
+    chips = tmp_path / "chips"
+    assert main(["align", "--no-progress", "--rotations", "off", str(photo_folder), str(chips)]) == 0
+    capsys.readouterr()
+    assert main(["align", "--no-progress", str(photo_folder), str(chips)]) == 0
+    assert "resuming with --rotations off" in capsys.readouterr().err
+    assert main(["align", "--no-progress", "--rotations", "auto", str(photo_folder), str(chips)]) == 2
