@@ -61,7 +61,8 @@ def rotations_option(done: str) -> Callable:
         "--rotations",
         type=click.Choice(ROTATION_CHOICES),
         default=None,
-        help="With --align: auto (the default; off when resuming a folder aligned upright only) also searches a photo in which no face, or only a weak one, is found "
+        help="With --align: auto (the default; off when resuming a folder aligned upright only) also searches a "
+        "photo in which no face, or only a weak one, is found "
         "upright (a sideways or upside-down photo whose EXIF orientation was lost) turned 90, 270 and 180 degrees "
         f"clockwise, before the slower CNN detector; its faces are {done} in the photo as it is (size and layout "
         "kept). Costs three HOG runs more on a photo without a face (bench/results/align-rotations.md). off: "
