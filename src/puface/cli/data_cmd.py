@@ -147,8 +147,9 @@ def fetch(
     'lfw' downloads the official deep-funneled LFW archive (111 MB; resumable: run the command again after an
     interruption; md5-verified), unpacks it, keeps the people with >= --min-images photos (in lfw-photos/, the
     published-photo configs' [data] photos) and cuts their face chips with `puface align --rotations off` (LFW is
-    upright) into lfw-chips150/ (and lfw-arcface112/ with --template arcface112), where configs find them by name. Offline: download the archive
-    elsewhere and pass --tarball. For a data set puface cannot fetch, it says how to get it.
+    upright) into lfw-chips150/ (and lfw-arcface112/ with --template arcface112), where configs find them by name.
+    Offline: download the archive elsewhere and pass --tarball. For a data set puface cannot fetch, it says how to
+    get it.
     """
     from ..data.datasets import DATASETS, find_data_root
     from ..utils.errors import PufaceError
