@@ -277,3 +277,19 @@ def test_a_folder_aligned_upright_only_resumes_so_when_rotations_is_not_given(ph
     assert main(["align", "--no-progress", str(photo_folder), str(chips)]) == 0
     assert "resuming with --rotations off" in capsys.readouterr().err
     assert main(["align", "--no-progress", "--rotations", "auto", str(photo_folder), str(chips)]) == 2
+
+
+def test_cloak_resumes_a_folder_aligned_before_rotations_upright_only(tmp_path, capsys):
+    """`puface cloak --align` reads its own record (cloak_config.json: `align` without `rotations` before them)."""
+    import json
+
+    from puface.cli.options import check_rotations
+
+    record = tmp_path / "cloak_config.json"
+    record.write_text(json.dumps({"align": {"align": True, "largest_face": False}}))
+    assert check_rotations(None, True, record, resume=True) == "off"
+    assert "cloak_config.json: made with faces searched upright only" in capsys.readouterr().err
+    assert check_rotations(None, True, record, resume=False) == "auto"  # --no-resume redoes it with auto
+    assert check_rotations("auto", True, record, resume=True) == "auto"  # given: the job's settings check refuses it
+    record.write_text(json.dumps({"align": {"align": True, "largest_face": False, "rotations": "auto"}}))
+    assert check_rotations(None, True, record, resume=True) == "auto" and not capsys.readouterr().err
