@@ -185,8 +185,8 @@ def test_purify_align_purifies_a_sideways_photo_and_says_so(photo_folder, tmp_pa
     assert (np.asarray(Image.open(off / "side.png")) != got).any()
     # the upright photo comes out the same either way
     assert (off / "up.png").read_bytes() == (out / "up.png").read_bytes()
-    # a folder made upright only is not resumed with rotations (its sideways photos were copied unpurified)
-    assert main([*args, str(off)]) == 2
+    # a folder made upright only is not resumed with rotations auto (its sideways photos were copied unpurified)
+    assert main([*args, str(off), "--rotations", "auto"]) == 2
     assert "differs in: align.rotations" in capsys.readouterr().err
     assert main(["purify", "--no-progress", "--rotations", "off", str(photo_folder), str(tmp_path / "x")]) == 2
     assert "--rotations needs --align" in capsys.readouterr().err
@@ -216,3 +216,80 @@ def test_detect_and_align_commands_say_the_face_was_found_turned(photo_folder, t
     assert rows["side.png"]["turned"] == "90" and json.loads(rows["side.png"]["chips"])[0]["turned"] == 90
     up, side = (np.asarray(Image.open(out / n), int) for n in ("up.png", "side.png"))
     assert np.abs(up - side).max() <= 1  # the same chip, cut upright
+
+
+def test_a_weak_upright_face_beside_a_turned_one_is_kept(johns_dir):
+    """Two people, one upright (HOG 0.43: tilted 38 degrees) and one stored sideways (1.7 turned 90 degrees): the
+    turn wins, but the upright face, purified with rotations off, must not be dropped (it would stay cloaked)."""
+    tilted = np.asarray(Image.open(sorted(johns_dir.glob("*/*.jpg"))[8]).convert("RGB"))
+    side = np.asarray(Image.open(sorted(johns_dir.glob("*/*.jpg"))[11]).convert("RGB").transpose(STORED[90]))
+    photo = embed_chip(side, (300, 420), 0, 1.0, (320, 150), canvas=embed_chip(tilted, (300, 420), 38, 1.2,
+                                                                                (110, 150))[0])[0]
+    [off] = FaceAligner(150, FaceDetector("hog", rotations="off")).align(photo).faces
+    assert off.face.score < WEAK_HOG_SCORE and off.face.center[0] < 210
+    pf = FaceAligner(150, FaceDetector("hog")).align(photo)
+    assert pf.turn == 90 and sorted(f.face.turn for f in pf.faces) == [0, 90]
+    kept = [f for f in pf.faces if f.face.turn == 0][0]
+    assert kept.chip.tobytes() == off.chip.tobytes()
+    [o] = align_adapter(brighten)([item(photo)])
+    changed = (o.image != photo).any(-1)
+    assert o.stats["faces_processed"] == 2 and changed[:, :200].sum() > 2000 and changed[:, 220:].sum() > 2000
+
+
+def test_an_upside_down_face_found_weakly_upright_is_not_kept_twice(johns_dir):
+    down = stored(johns_photo(johns_dir, 17, 5), 180)
+    pf = FaceAligner(150, FaceDetector("hog")).align(down)
+    assert [f.face.turn for f in pf.faces] == [180] and pf.found == 1
+
+
+def test_a_folder_aligned_upright_only_resumes_so_when_rotations_is_not_given(photo_folder, tmp_path, capsys):
+    """A half-done job made before --rotations existed (its record has none: as --rotations off records) goes on
+    upright only when the flag is not given, saying so in one line, rather than refusing its rerun."""
+    import json
+
+    from puface.cli import main
+
+    out = tmp_path / "out"
+    args = ["purify", "--align", "--no-progress", "--device", "cpu", str(photo_folder), str(out)]
+    assert main([*args, "--rotations", "off"]) == 0
+    (out / "side.png").unlink()  # not done yet
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "made with faces searched upright only" in err and "resuming with --rotations off" in err
+    assert "--no-resume redoes it with auto" in err
+    assert "rotations" not in json.loads((out / "purify_config.json").read_text())["align"]
+
+    scores = tmp_path / "scores.csv"
+    det = ["detect", "--align", "--no-progress", "--device", "cpu", str(photo_folder), "--out", str(scores)]
+    assert main([*det, "--rotations", "off"]) == 0
+    run = scores.with_name("scores-run.json")
+    record = json.loads(run.read_text())
+    record.pop("rotations")  # as a run file written before --rotations
+    run.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(det) == 0
+    assert "resuming with --rotations off (--restart redoes it with auto)" in capsys.readouterr().err
+
+    chips = tmp_path / "chips"
+    assert main(["align", "--no-progress", "--rotations", "off", str(photo_folder), str(chips)]) == 0
+    capsys.readouterr()
+    assert main(["align", "--no-progress", str(photo_folder), str(chips)]) == 0
+    assert "resuming with --rotations off" in capsys.readouterr().err
+    assert main(["align", "--no-progress", "--rotations", "auto", str(photo_folder), str(chips)]) == 2
+
+
+def test_cloak_resumes_a_folder_aligned_before_rotations_upright_only(tmp_path, capsys):
+    """`puface cloak --align` reads its own record (cloak_config.json: `align` without `rotations` before them)."""
+    import json
+
+    from puface.cli.options import check_rotations
+
+    record = tmp_path / "cloak_config.json"
+    record.write_text(json.dumps({"align": {"align": True, "largest_face": False}}))
+    assert check_rotations(None, True, record, resume=True) == "off"
+    assert "cloak_config.json: made with faces searched upright only" in capsys.readouterr().err
+    assert check_rotations(None, True, record, resume=False) == "auto"  # --no-resume redoes it with auto
+    assert check_rotations("auto", True, record, resume=True) == "auto"  # given: the job's settings check refuses it
+    record.write_text(json.dumps({"align": {"align": True, "largest_face": False, "rotations": "auto"}}))
+    assert check_rotations(None, True, record, resume=True) == "auto" and not capsys.readouterr().err

@@ -47,7 +47,8 @@ class AlignedFace:
 class PhotoFaces:
     """What alignment found in one photo: `faces` kept (chips cut), `too_small` (face sizes in px
     of faces below the minimum), `found` = every detection, and `turn`: the degrees clockwise the photo
-    was turned to find them (0: upright; `FaceDetector` rotations)."""
+    was turned to find them (0: upright; `FaceDetector` rotations; weak upright faces beside them keep `Face.turn` 0).
+    """
 
     faces: list[AlignedFace] = field(default_factory=list)
     too_small: list[float] = field(default_factory=list)

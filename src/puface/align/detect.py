@@ -21,7 +21,10 @@ only, and the CNN often finds a sideways face, but the 5-point predictor then fi
 "cnn" alone) finds no face upright, or HOG only faces scoring below `WEAK_HOG_SCORE` (it finds upside-down faces so),
 is also searched turned 90, 270 and 180 degrees clockwise, before the CNN fallback; the turn whose best face scores
 highest wins (the first on a tie; a weak upright face is kept unless a turn's best face scores higher), landmarks are
-fitted upright in the turned photo, and the faces come back in the photo's own pixels (`Face.turn` says which turn).
+fitted upright in the turned photo, and the faces come back in the photo's own pixels (`Face.turn` says which turn);
+weak upright faces beside the turn's faces are kept too (one over a turned face is that face upside down). A photo
+with an upright face scoring at least `WEAK_HOG_SCORE` is not searched turned: a second face stored sideways in it
+is not found (as with rotations off).
 bench/bench_rotations.py (40 LFW photos stored turned 90 / 180 / 270 degrees): an upright chip in 40 / 40 / 40 of them
 (0 / 0 / 3 upright only); no false face on 40 non-face images; a photo with a face found upright (and scoring at least
 `WEAK_HOG_SCORE`: 384 of 400 upright LFW photos) costs nothing more, a photo without a face three HOG runs.
@@ -136,6 +139,15 @@ def _model(kind: str) -> Any:
         return _models[kind]
 
 
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    """Whether boxes `a` and `b` (left, top, right, bottom) are one face: either's centre lies inside the other."""
+    def inside(p: tuple[float, float, float, float], q: tuple[float, float, float, float]) -> bool:
+        x, y = (p[0] + p[2]) / 2.0, (p[1] + p[3]) / 2.0
+        return q[0] <= x <= q[2] and q[1] <= y <= q[3]
+
+    return inside(a, b) or inside(b, a)
+
+
 def turn_image(image: np.ndarray, turn: int) -> np.ndarray:
     """`image` (H, W, ...) turned `turn` degrees clockwise (a multiple of 90): a new C-ordered array (a copy, not
     `np.ascontiguousarray`, which leaves the strides of a 1-pixel side as they were, and dlib refuses those)."""
@@ -248,8 +260,9 @@ class FaceDetector:
             top = max((s for _, s in found), default=None)
             if n == 0 and self.rotations == "auto" and (top is None or (kind == "hog" and top < WEAK_HOG_SCORE)):
                 faces = self._turned(image, kind, beat=top)
-                if faces:
-                    return faces
+                if faces:  # weak upright faces kept unless one of them is a turned face again (found upside down)
+                    return faces + [Face(box, self.landmarks(image, box), score, kind) for box, score in found
+                                    if not any(_overlap(box, f.box) for f in faces)]
             if found:
                 return [Face(box, self.landmarks(image, box), score, kind) for box, score in found]
         return []

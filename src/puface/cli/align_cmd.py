@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from .options import check_rotations
+
 
 @click.command("align")
 @click.argument("in_path", metavar="IN", type=click.Path(path_type=Path))
@@ -64,9 +66,9 @@ import click
 @click.option(
     "--rotations",
     type=click.Choice(["auto", "off"]),
-    default="auto",
-    show_default=True,
-    help="auto: a photo in which no face, or only a weak one, is found upright (sideways or upside down, its EXIF "
+    default=None,
+    help="auto (the default; off when resuming a folder aligned upright only): a photo in which no face, or only a "
+    "weak one, is found upright (sideways or upside down, its EXIF "
     "orientation lost) is searched turned 90, 270 and 180 degrees clockwise before the CNN fallback; its chips are "
     "cut upright and OUT/align.csv gives the turn (column turned, degrees clockwise). off: upright faces only.",
 )
@@ -89,7 +91,7 @@ def align(
     min_face: float,
     detector: str,
     upsample: int,
-    rotations: str,
+    rotations: str | None,
     batch_size: int,
     quality: int,
     resume: bool,
@@ -120,6 +122,7 @@ def align(
     if template is not None and size is not None and by_size[size] != template:
         raise PufaceError(f"--size {size} is the {by_size[size]} layout, not {template}; pass one of them")
     template = template or by_size.get(size or "150", "dlib150")
+    rotations = check_rotations(rotations, True, out_root / "align_config.json", resume, section=None)
     aligner = FaceAligner(
         150 if template == "dlib150" else 112,
         FaceDetector(detector, upsample=upsample, rotations=rotations),

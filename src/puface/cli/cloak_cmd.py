@@ -280,7 +280,7 @@ def cloak(
         torch.set_num_threads(threads)
     if largest_face and not align:
         raise PufaceError("--largest-face needs --align")
-    rotations = check_rotations(rotations, align)
+    rotations = check_rotations(rotations, align, out_root / "cloak_config.json", resume)
     from ..io.jobs import resolve_rank
 
     rank, world_size = resolve_rank(rank, world_size)

@@ -146,9 +146,10 @@ def fetch(
 
     'lfw' downloads the official deep-funneled LFW archive (111 MB; resumable: run the command again after an
     interruption; md5-verified), unpacks it, keeps the people with >= --min-images photos (in lfw-photos/, the
-    published-photo configs' [data] photos) and cuts their face chips with `puface align` into lfw-chips150/ (and
-    lfw-arcface112/ with --template arcface112), where configs find them by name. Offline: download the archive
-    elsewhere and pass --tarball. For a data set puface cannot fetch, it says how to get it.
+    published-photo configs' [data] photos) and cuts their face chips with `puface align --rotations off` (LFW is
+    upright) into lfw-chips150/ (and lfw-arcface112/ with --template arcface112), where configs find them by name.
+    Offline: download the archive elsewhere and pass --tarball. For a data set puface cannot fetch, it says how to
+    get it.
     """
     from ..data.datasets import DATASETS, find_data_root
     from ..utils.errors import PufaceError
@@ -232,7 +233,8 @@ def _fetch_lfw(ctx: click.Context, url: str | None, tarball: Path | None, md5: s
         dst = out / (CHIP_SETS[t] if min_images == 5 else f"{CHIP_SETS[t]}-min{min_images}")  # beside lfw-photos-minN
         click.echo(f"cutting {t} chips into {dst}", err=True)
         try:
-            ctx.invoke(align, in_path=chosen, out_root=dst, template=t, progress=progress)
+            # upright only: LFW's photos are upright, and the published numbers were made on chips cut so
+            ctx.invoke(align, in_path=chosen, out_root=dst, template=t, progress=progress, rotations="off")
         except SystemExit as e:  # align exits 1 when some photos had no usable face: listed, not fatal here
             if e.code not in (0, 1, None):
                 raise

@@ -125,7 +125,7 @@ def detect(
     """
     import torch
 
-    from ..detection.folder import detect_folder
+    from ..detection.folder import detect_folder, run_file_of
     from ..utils.errors import PufaceError
 
     if batch_size < 1:
@@ -134,7 +134,6 @@ def detect(
         raise PufaceError(f"--fpr must be in [0, 1), got {fpr}")
     if largest_face and not align:
         raise PufaceError("--largest-face needs --align")
-    rotations = check_rotations(rotations, align)
     check_engine(engine, address, workers)
     if threads:
         torch.set_num_threads(threads)
@@ -144,6 +143,8 @@ def detect(
     shared = out_csv is not None  # one --out given to every rank; the default scores.rank<r>.csv is this rank's alone
     if out_csv is None:
         out_csv = Path(f"scores.rank{rank}.csv" if world_size > 1 else "scores.csv")
+    rotations = check_rotations(rotations, align, run_file_of(out_csv) if out_csv.exists() else None,
+                                resume and not restart, section=None, redo="--restart")
     report = detect_folder(
         in_path,
         out_csv,

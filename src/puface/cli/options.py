@@ -5,6 +5,8 @@ that run one (`--list`, `--show`) and their `--set KEY=VALUE` overrides (`parse_
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import click
@@ -59,7 +61,8 @@ def rotations_option(done: str) -> Callable:
         "--rotations",
         type=click.Choice(ROTATION_CHOICES),
         default=None,
-        help="With --align: auto (the default) also searches a photo in which no face, or only a weak one, is found "
+        help="With --align: auto (the default; off when resuming a folder aligned upright only) also searches a "
+        "photo in which no face, or only a weak one, is found "
         "upright (a sideways or upside-down photo whose EXIF orientation was lost) turned 90, 270 and 180 degrees "
         f"clockwise, before the slower CNN detector; its faces are {done} in the photo as it is (size and layout "
         "kept). Costs three HOG runs more on a photo without a face (bench/results/align-rotations.md). off: "
@@ -67,11 +70,26 @@ def rotations_option(done: str) -> Callable:
     )
 
 
-def check_rotations(rotations: str | None, align: bool) -> str:
-    """`--rotations` as the job takes it ("auto" when not given); given without --align it is an error."""
+def check_rotations(rotations: str | None, align: bool, record: Path | None = None, resume: bool = False,
+                    section: str | None = "align", redo: str = "--no-resume") -> str:
+    """`--rotations` as the job takes it; given without --align it is an error. Not given: "auto", or "off" when the
+    job resumes a folder whose settings `record` (JSON; its `section`, or the whole record when None) says --align
+    ran upright only (--rotations off, or before it existed), so that a half-done job goes on as it began: said in
+    one line naming `redo`, the flag that starts it over with "auto"."""
     if rotations is not None and not align:
         raise PufaceError("--rotations needs --align")
-    return rotations or "auto"
+    if rotations is not None or not align or not resume or record is None or not record.is_file():
+        return rotations or "auto"
+    try:
+        old = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "auto"  # the job's own settings check names the unreadable record
+    made = old.get(section) if section and isinstance(old, dict) else old
+    if isinstance(made, dict) and made.get("align", True) and made.get("rotations", "off") == "off":
+        click.echo(f"{record}: made with faces searched upright only (--rotations off, or before it existed); resuming "
+                   f"with --rotations off ({redo} redoes it with auto)", err=True)
+        return "off"
+    return "auto"
 
 
 def engine_options(actors: str, outputs: str = "Same outputs either way.") -> Callable:

@@ -394,7 +394,7 @@ def purify(
         raise PufaceError("--quality must be between 1 and 100")
     if largest_face and not align:
         raise PufaceError("--largest-face needs --align")
-    rotations = check_rotations(rotations, align)
+    rotations = check_rotations(rotations, align, out_root / "purify_config.json", resume)
     if threads:
         torch.set_num_threads(threads)
     from ..io.jobs import resolve_rank

@@ -432,7 +432,8 @@ def _jobs(in_path: Path, rank: int = 0, world_size: int = 1, names: set[str] | N
     return [FileJob(f, f, f.relative_to(base)) for f in share(iter_image_inputs(in_path, names), rank, world_size)]
 
 
-def _state_path(out_csv: Path) -> Path:
+def run_file_of(out_csv: Path) -> Path:
+    """The run file beside a scores CSV (`NAME-run.json`): which detector, input and face options wrote it."""
     return out_csv.with_name(out_csv.stem + "-run.json")
 
 
@@ -559,7 +560,7 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         fields = (
             ["path", "score", "cloaked", *feature_columns(det)] + (["faces"] if align else []) + ["storage", "note"]
         )
-        state = _state_path(out_csv)
+        state = run_file_of(out_csv)
         det_id = det.fingerprint()
         run = {"input": str(in_path.resolve()), "align": align, "largest_face": largest_face,
                **({"rotations": rotations} if align else {})}
@@ -816,7 +817,7 @@ def _finish(out_csv: Path, fields: list[str], thresholds: Thresholds, fpr: float
             "thresholds_by_storage": rep.thresholds, "one_threshold": thresholds.one, "fpr": fpr, "images": kept,
             "scored": rep.scored, "flagged": rep.flagged, "failed": [[str(p), why] for p, why in job.failed],
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **(state or {})}
-    rep.mixed = _write_run(_state_path(out_csv), info, det_id, rank)
+    rep.mixed = _write_run(run_file_of(out_csv), info, det_id, rank)
     return rep
 
 

@@ -34,10 +34,15 @@ th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; } th { back
 td { white-space: nowrap; } .num { text-align: right; font-variant-numeric: tabular-nums; }
 .scroll { overflow-x: auto; max-width: 100%; }
 .meta { color: #555; } .chart { max-width: 100%; }
-.grid { display: grid; gap: 10px; margin: .5em 0 1.5em; }
+.grid { display: grid; gap: 10px; margin: .5em 0 1.5em; grid-template-columns: repeat(var(--cols), 160px); }
 figure { margin: 0; text-align: center; font-size: 12px; }
 figure img { width: 150px; height: 150px; image-rendering: auto; border: 1px solid #ddd; }
 figcaption { color: #444; }
+@media print {  /* paper does not scroll: tables wrap their cells, grids shrink their images to the page */
+  .scroll { overflow: visible; } td { white-space: normal; }
+  .grid { grid-template-columns: repeat(var(--cols), minmax(0, 1fr)); }
+  figure img { width: 100%; max-width: 150px; height: auto; box-sizing: border-box; }
+}
 """
 
 
@@ -300,7 +305,7 @@ def image_grids(
                 uri = data_uri_png(tensor_to_image(im[0]))
                 cells.append(f'<figure><img src="{uri}" alt="{html.escape(c)}"><figcaption>{cap}</figcaption></figure>')
             rows_html.append(
-                f'<div class="grid" style="grid-template-columns: repeat({len(cells)}, 160px)">'
+                f'<div class="grid" style="--cols: {len(cells)}">'
                 + "".join(cells)
                 + "</div>"
             )
