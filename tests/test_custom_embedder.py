@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import pytest
@@ -441,3 +442,23 @@ def test_the_help_says_a_torchscript_or_pt2_model_file_runs_code():
     text = " ".join(CliRunner().invoke(cli, ["models", "--help"]).output.split())
     assert "TorchScript or .pt2 file is a program that puface runs" in text
     assert "(any Python code can run): load only such files you trust" in text
+
+
+def test_a_missing_model_file_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    """`reproduce lfw-unseen-faceres` without faceres.pt said only "faceres.pt: no such model file", though a bare
+    file name is also looked for in $PUFACE_MODELS: the user was not told that, nor whether it was set. Now the one
+    line names the current folder and $PUFACE_MODELS (its value, or that it is not set) and says what to do."""
+    from puface.models.custom import MissingModelFileError
+    from puface.utils.errors import MissingFileError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PUFACE_MODELS", raising=False)
+    with pytest.raises(MissingModelFileError) as e:
+        load_embedder("faceres.pt")
+    msg = str(e.value)
+    assert msg.startswith("faceres.pt: no such model file, neither in the current folder") and "\n" not in msg
+    assert f"({tmp_path})" in msg and "$PUFACE_MODELS (not set)" in msg and "set PUFACE_MODELS" in msg
+    assert isinstance(e.value, MissingFileError) and e.value.named == "faceres.pt"
+    monkeypatch.setenv("PUFACE_MODELS", str(tmp_path / "models"))
+    with pytest.raises(MissingModelFileError, match=re.escape(f"$PUFACE_MODELS ({tmp_path / 'models'})")):
+        load_embedder("faceres.pt")

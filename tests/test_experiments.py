@@ -528,6 +528,15 @@ def test_every_packaged_experiment_config_parses(name):
     assert cfg.grid(), name
     assert tomllib.loads(to_toml(cfg.raw)) == cfg.raw  # what a run writes as config.toml after overrides
     assert "/work/" not in packaged_config(name).read_text() and "/root/" not in packaged_config(name).read_text()
+    # every file it names that puface does not ship (research weights under runs/, a user's face model file) has the
+    # command that makes it in the comments of its files, for the error that says it is missing
+    from puface.experiments.config import config_files
+    from puface.utils.tomlconfig import command_making
+
+    named = set(re.findall(r'"((?:runs/)[^"\s,+]+\.safetensors|[\w.-]+\.(?:pt|onnx))"', to_toml(cfg.raw)))
+    named |= set(re.findall(r"weights=(runs/[^\s,+\"]+)", to_toml(cfg.raw)))
+    lacking = [n for n in sorted(named) if command_making(n, config_files(packaged_config(name))) is None]
+    assert not lacking, f"{name}: no command in its comments makes {lacking}"
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -1354,3 +1363,67 @@ def test_the_paper_configs_list_line_states_its_size_and_no_unmeasured_duration(
     (line,) = [s for s in capsys.readouterr().out.splitlines() if s.startswith("paper ")]
     assert f"{len(cells) * users:,} runs ({fits:,} end-to-end fine-tunes of {steps.pop():,} steps)" in line
     assert not re.search(r"hour|minute|day", line)
+
+
+def test_a_missing_weights_file_names_the_command_the_configs_comments_give(tmp_path, monkeypatch, capsys):
+    """`reproduce lfw-three-models --dry-run` without runs/purifier-three-models/ said only "checkpoint not found; give
+    a checkpoint file ... or a shipped purifier's name", though the config's own comments hold the command that
+    makes it; a saved OUT/config.toml (its header names the config it came from) said the same. Now the one line
+    ends with that command, found in the comments of the config's files (its extends chain, or those a saved
+    config's header names); a missing file no comment makes keeps the plain message."""
+    from puface.cli import main
+    from puface.experiments import config_text
+
+    register_standins()
+    monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    root = write_colour_faces(tmp_path / "data")
+    make = "puface train-purifier --config default --data faces/ --out runs/mine"
+    base = tmp_path / "base.toml"
+    first, rest = make.split(" --data ")
+    base.write_text(f"# Train it first:\n#   {first} \\\n#       --data {rest}\n"
+                    + EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)).replace(
+                        'name = "bitdepth"\nbits = 4', 'name = "puface"\nweights = "runs/mine/best.safetensors"'))
+    child = tmp_path / "child.toml"
+    child.write_text('extends = "base.toml"\nname = "child"\n')
+    for cfg, where in ((base, base), (child, base)):
+        assert main(["reproduce", str(cfg), "--dry-run", "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "runs/mine/best.safetensors: purifier checkpoint not found" in err
+        assert err.endswith(f"; it is made by `{make}` (the comments of {where})"), err
+    # a saved config: written with an override (so resolved, headed by the files it came from), read back
+    saved = tmp_path / "saved.toml"
+    saved.write_text(config_text(load_config(child).with_overrides({"users.count": 1})))
+    assert saved.read_text().startswith(f"# {child} -> {base} with command-line overrides")
+    assert main(["reproduce", str(saved), "--dry-run", "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"; it is made by `{make}` (the comments of {base})")
+    # no comment makes it: the message as before
+    base.write_text(base.read_text().replace("runs/mine/best", "runs/other/best"))
+    assert main(["reproduce", str(base), "--dry-run", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "runs/other/best.safetensors: purifier checkpoint not found" in err and "it is made by" not in err
+
+
+@pytest.mark.parametrize("named, expected", [
+    ("runs/a/best.safetensors", "puface train-purifier --config x --out runs/a"),      # the file's folder
+    ("runs/grid/k1/best.safetensors", "python tools/t.py --only ref,k1 --out runs/grid"),  # a folder above + its name
+    ("runs/grid/k6/best.safetensors", "python tools/t.py"),                             # named in a trailing comment
+    ("runs/grid/zz/best.safetensors", None),            # under runs/grid, but no command names zz or runs/grid/<...>
+    ("faceres.pt", "python tools/export.py faceres.json $PUFACE_MODELS/faceres.pt"),   # a file in $PUFACE_MODELS
+    ("runs/published/v5.safetensors", "bash tools/published.sh runs/published"),
+    ("runs/aa/best.safetensors", None),                                                 # runs/a is not runs/aa
+])
+def test_command_making_finds_the_command_that_writes_a_file(named, expected, tmp_path):
+    from puface.utils.tomlconfig import command_making
+
+    f = tmp_path / "c.toml"
+    f.write_text("# A grid. Make its files first:\n"
+                 "#   puface train-purifier --config x --out runs/a\n"
+                 "#   python tools/t.py --only ref,k1 --out runs/grid\n"
+                 "#   python tools/t.py                     # runs/grid/k6/best.safetensors\n"
+                 "#   python tools/export.py faceres.json \\\n#       $PUFACE_MODELS/faceres.pt\n"
+                 "# Needs runs/published (bash tools/published.sh runs/published) for v5:\n"
+                 "#   bash tools/published.sh runs/published\n"
+                 "name = \"c\"   # python tools/not-a-comment-line.py runs/aa\n")
+    found = command_making(named, [f])
+    assert (found and found[0]) == expected and (found is None or found[1] == f)

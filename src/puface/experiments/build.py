@@ -18,9 +18,9 @@ from ..evaluation.protocol import AttackSpec, TrainerSpec
 from ..evaluation.trainers import TRAINERS, check_trainer
 from ..models.base import FaceEmbedder
 from ..models.registry import load_embedder
-from ..utils.errors import ConfigError, MissingDependencyError, PufaceError
-from ..utils.tomlconfig import config_where
-from .config import AttackEntry, DefenseEntry, ExperimentConfig
+from ..utils.errors import ConfigError, MissingDependencyError, MissingFileError, PufaceError
+from ..utils.tomlconfig import command_making, config_label, config_where
+from .config import AttackEntry, DefenseEntry, ExperimentConfig, config_files
 
 __all__ = [
     "build_attack",
@@ -40,8 +40,9 @@ __all__ = [
 def entry_errors(cfg: ExperimentConfig | None, where: str) -> Iterator[None]:
     """Head an error raised while building a part of `cfg` (`where`: "[[attacks]] 'lowkey'", "[victims] embedders")
     with its file and that part, as a ConfigError, so the one line says where the mistake is (an unknown name, a
-    wrong option, a missing weights file); a config not read from a file (`puface evaluate`'s options, a dict) and a
-    missing package keep their message as it is (so does everything when `cfg` is None)."""
+    wrong option, a missing weights file: then also the command that makes it, when the comments of the config's
+    files give one: `config_files`, `command_making`); a config not read from a file (`puface evaluate`'s options, a
+    dict) and a missing package keep their message as it is (so does everything when `cfg` is None)."""
     try:
         yield
     except MissingDependencyError:
@@ -49,7 +50,9 @@ def entry_errors(cfg: ExperimentConfig | None, where: str) -> Iterator[None]:
     except PufaceError as e:
         if cfg is None or cfg.source is None:
             raise
-        raise ConfigError(f"{config_where(cfg.source, cfg.overrides)} {where}: {e}") from e
+        made = command_making(e.named, config_files(cfg.source)) if isinstance(e, MissingFileError) else None
+        hint = f"; it is made by `{made[0]}` (the comments of {config_label(made[1])})" if made else ""
+        raise ConfigError(f"{config_where(cfg.source, cfg.overrides)} {where}: {e}{hint}") from e
 
 
 def build_attack(entry: AttackEntry, seed: int, device: str | None, cloak_batch_size: int | None = None,

@@ -70,6 +70,7 @@ import itertools
 import dataclasses
 import json
 import numbers
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -83,13 +84,14 @@ from ..utils.tomlconfig import (
     config_label,
     extends_chain,
     load_toml_config,
+    packaged_config,
     refuse_unknown,
     resolve_chain,
     to_toml,
 )
 
 __all__ = ["ExperimentConfig", "AttackEntry", "TrainerEntry", "DefenseEntry", "load_config", "config_text", "LABELS",
-           "MIN_IMAGE_SIZE"]
+           "MIN_IMAGE_SIZE", "config_files"]
 
 _TOP_KEYS = {
     "name",
@@ -470,6 +472,35 @@ def config_text(cfg: ExperimentConfig) -> str:
         sets = "".join(f"--set {k}={v}; " for k, v in cfg.overrides.items())  # only those given: the header names them
         return f"# {names} with command-line overrides ({sets}data root, seeds, detection)\n" + to_toml(cfg.raw)
     return to_toml(cfg.raw)
+
+
+def config_files(source: Path) -> list[Path]:
+    """The files config `source` came from: its `extends` chain and, for a saved config (OUT/config.toml, whose first
+    line `config_text` writes as "# a.toml -> b.toml with ..."), the files that line names (a packaged config by its
+    name, another file from the current folder), each file's own chain after it. Files that are gone are left out."""
+    out: list[Path] = []
+
+    def add(path: Path) -> None:
+        try:
+            chain = [p for p, _ in extends_chain(path)]
+        except PufaceError:
+            chain = [path]
+        out.extend(p for p in chain if p not in out)
+
+    add(source)
+    try:
+        first = source.read_text(encoding="utf-8").split("\n", 1)[0]
+    except (OSError, UnicodeDecodeError):
+        return out
+    if first.startswith("# ") and (" with command-line overrides" in first or ", resolved" in first):
+        names = re.split(r" with command-line overrides|, resolved", first[2:])[0].split(" -> ")
+        for name in (n.split()[0] for n in names if n.strip()):
+            found = packaged_config(Path(name).name) if name.endswith(".toml") else None
+            if found is None and name.endswith(".toml") and Path(name).is_file():
+                found = Path(name)
+            if found is not None:
+                add(found)
+    return out
 
 
 def _plain(d: Any) -> Any:

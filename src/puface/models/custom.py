@@ -43,11 +43,11 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from ..utils.errors import ConfigError, PufaceError
+from ..utils.errors import ConfigError, MissingFileError, PufaceError
 from ..utils.tomlconfig import read_json_object
 from .base import FaceEmbedder, InputNormalization
 
-__all__ = ["load_custom_embedder", "read_sidecar", "CustomModelError"]
+__all__ = ["load_custom_embedder", "read_sidecar", "CustomModelError", "MissingModelFileError"]
 
 _NORM_KEYS = ("scale", "mean", "std")
 _SIDECAR_KEYS = {
@@ -70,6 +70,10 @@ _TORCHSCRIPT_SUFFIXES = {".pt", ".pth", ".ts", ".torchscript", ".jit", ".zip"}
 
 class CustomModelError(PufaceError):
     """A user-supplied model file cannot be used as given; the message says what to change."""
+
+
+class MissingModelFileError(CustomModelError, MissingFileError):
+    """A model file that does not exist (`named`: the path or name as given)."""
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
@@ -371,7 +375,7 @@ def load_custom_embedder(
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise CustomModelError(f"{path}: no such model file")
+        raise MissingModelFileError(path, f"{path}: no such model file")
     side_path = path.with_suffix(".json")
     kind = _kind(path)
     fixed_batch = None

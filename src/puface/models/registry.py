@@ -6,6 +6,7 @@ import importlib
 from pathlib import Path
 
 from ..utils.device import resolve_device
+from ..utils.paths import current_folder
 from ..utils.registry import Registry
 from .base import FaceEmbedder
 
@@ -59,6 +60,18 @@ def model_path(spec: str) -> Path:
     return p
 
 
+def _not_found(spec: str) -> str:
+    """Where a model file `spec` was looked for, and what to do, in one line."""
+    import os
+
+    home = os.environ.get("PUFACE_MODELS")
+    where = f"$PUFACE_MODELS ({home})" if home else "$PUFACE_MODELS (not set)"
+    looked = "" if Path(spec).expanduser().is_absolute() else f", neither in the current folder ({current_folder()}) " \
+        f"nor in {where}"
+    return (f"{spec}: no such model file{looked}; it is a face model file of your own (ONNX or TorchScript): give its "
+            "path, or set PUFACE_MODELS to the folder that holds it")
+
+
 def load_embedder(spec: str, device: str | None = None, **kwargs) -> FaceEmbedder:
     """A registry name, or a user's ONNX / TorchScript face model file (see `models.custom`): a path, or a
     file name in `$PUFACE_MODELS`."""
@@ -67,7 +80,10 @@ def load_embedder(spec: str, device: str | None = None, **kwargs) -> FaceEmbedde
         return create_embedder(spec, device=device, **kwargs)
     p = model_path(spec)
     if p.suffix.lower() in (".onnx", ".pt", ".pth", ".pt2", ".ts", ".torchscript") or p.exists():
-        from .custom import load_custom_embedder
+        from .custom import MissingModelFileError, load_custom_embedder
+
+        if not p.exists():
+            raise MissingModelFileError(spec, _not_found(spec))
 
         emb = load_custom_embedder(p, **kwargs)
         return emb.to(resolve_device(device)) if device else emb

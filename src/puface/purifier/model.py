@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils.device import resolve_device
-from ..utils.errors import PufaceError
+from ..utils.errors import MissingFileError, PufaceError
 from ..utils.images import check_batch_size, check_unit_images
 from ..utils.paths import current_folder, package_weights
 from .checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
@@ -343,8 +343,9 @@ class Purifier(nn.Module):
         elif not Path(path).is_file():  # a misspelt name too: say what else it could be
             where = f"; a relative path is read from the current folder {current_folder()}"
             where = "" if Path(path).is_absolute() else where
-            raise PufaceError(f"{path}: purifier checkpoint not found; give a checkpoint file (.safetensors, .pt) or "
-                              f"a shipped purifier's name: {', '.join(SHIPPED_WEIGHTS)}{where}")
+            raise MissingFileError(path, f"{path}: purifier checkpoint not found; give a checkpoint file "
+                                   f"(.safetensors, .pt) or a shipped purifier's name: {', '.join(SHIPPED_WEIGHTS)}"
+                                   f"{where}")
         p = cls.from_checkpoint(load_checkpoint(path))
         p.shipped_as = name
         return p.to(resolve_device(device)) if device is not None else p

@@ -182,6 +182,15 @@ class ConfigError(PufaceError):
     """A configuration file or option is invalid."""
 
 
+class MissingFileError(PufaceError):
+    """A file a setting names (a purifier checkpoint, a face model file) does not exist. `named`: the setting's
+    text as written, so a config's error can add the command its comments give for making that file."""
+
+    def __init__(self, named: str | Path, message: str):
+        self.named = str(named)
+        super().__init__(message)
+
+
 class CloakNotCachedError(PufaceError):
     """A cloak was asked for with `cached_only` and is not in the cache. `missing` counts the absent
     cloaks of that call; `path` names the first input image without one, `cache_file` where it would be."""

@@ -22,9 +22,10 @@ Packaged configs live in the package (`puface/configs/*.toml`: experiments; `puf
 from __future__ import annotations
 
 import json
+import re
 import sys
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Mapping
 
 from .errors import ConfigError
@@ -56,6 +57,8 @@ __all__ = [
     "to_toml",
     "KINDS",
     "config_where",
+    "commented_commands",
+    "command_making",
 ]
 
 #: kind -> folder of the packaged configs of that kind, inside the package
@@ -321,3 +324,64 @@ def to_toml(raw: dict) -> str:
             for item in v:
                 lines += ["", f"[[{k}]]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in item.items() if vv is not None]
     return "\n".join(lines) + "\n"
+
+
+#: a comment line that starts a shell command: any VAR=value, then one of these programs
+_COMMAND_START = re.compile(r"(?:[A-Z_]+=\S*\s+)*(?:puface|python3?|bash|npm)\s")
+
+
+def commented_commands(text: str) -> list[str]:
+    """The shell commands written in a config file's comments (`text`: the file's text): a comment line that starts
+    with `puface`, `python`, `bash` or `npm` (after any VAR=value), a trailing backslash continuing it on the next
+    comment line; each as one line, in order."""
+    out: list[str] = []
+    cur: str | None = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped.startswith("#"):
+            cur = None
+            continue
+        body = stripped.lstrip("#").strip()
+        if cur is None and not _COMMAND_START.match(body):
+            continue
+        cur = body if cur is None else f"{cur} {body}"
+        if cur.endswith("\\"):
+            cur = cur[:-1].rstrip()
+            continue
+        out.append(cur)
+        cur = None
+    return out
+
+
+def _names(path: tuple[str, ...], target: tuple[str, ...]) -> bool:
+    """Whether `path` (a word of a command, split in parts) ends with `target`'s parts; a part `<name>` in `path`
+    stands for any one name."""
+    tail = path[len(path) - len(target):]
+    return len(path) >= len(target) > 0 and all(a == b or (a[:1], a[-1:]) == ("<", ">") for a, b in zip(tail, target))
+
+
+def command_making(named: str, files: Iterable[Path]) -> tuple[str, Path] | None:
+    """The command in the comments of `files` (`commented_commands`) that makes the file `named` (as a config writes
+    it: "runs/purifier-x/best.safetensors", "faceres.pt"): the first whose line (trailing comment included) names the
+    file (`<name>` there stands for any one name), else whose command names the file's folder ("runs/purifier-x",
+    "runs/published"), else a folder above it and the name just below that ("--only ref --out runs/ablations").
+    (The command without its trailing comment, its file), or None."""
+    commands: list[tuple[str, Path]] = []
+    for f in files:
+        try:
+            commands += [(c, Path(f)) for c in commented_commands(Path(f).read_text(encoding="utf-8"))]
+        except (OSError, UnicodeDecodeError):
+            continue
+
+    def words(text: str) -> list[tuple[str, ...]]:
+        return [PurePosixPath(w).parts for w in re.split(r"[\s\"'=,;()`]+", text) if w]
+
+    target = PurePosixPath(named.replace("\\", "/")).parts
+    lines = [(cmd.split(" #")[0].rstrip(), words(cmd), words(cmd.split(" #")[0]), f) for cmd, f in commands]
+    found = [(c, f) for c, line, _, f in lines if any(_names(w, target) for w in line)]
+    if len(target) >= 3:  # a folder of two parts or more holds the file
+        found += [(c, f) for c, _, cmd, f in lines if any(_names(w, target[:-1]) for w in cmd)]
+    for n in range(len(target) - 2, 1, -1):  # a folder above, and the name below it in the command too
+        found += [(c, f) for c, _, cmd, f in lines
+                  if any(_names(w, target[:n]) for w in cmd) and (target[n],) in cmd]
+    return found[0] if found else None
