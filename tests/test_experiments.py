@@ -1427,3 +1427,27 @@ def test_command_making_finds_the_command_that_writes_a_file(named, expected, tm
                  "name = \"c\"   # python tools/not-a-comment-line.py runs/aa\n")
     found = command_making(named, [f])
     assert (found and found[0]) == expected and (found is None or found[1] == f)
+
+
+def test_reproduce_set_none_clears_an_optional_setting_as_if_absent(tmp_path):
+    """`reproduce --set data.max_per_identity=none` was refused ("must be an integer >= 1, got 'none'"), where
+    train-purifier's --set clears an optional setting that way. Now `none` clears a setting whose default is None (the
+    config then runs as if the key were absent, its saved config.toml and fingerprint alike) and stays text elsewhere,
+    for the config's own check to refuse."""
+    from puface.experiments import config_text
+
+    cfg = parse(GRID_TOML.replace("[data]", "[data]\nmax_per_identity = 3"), tmp_path, "grid.toml")
+    assert cfg.data["max_per_identity"] == 3
+    cleared = cfg.with_overrides({"data.max_per_identity": "none"})
+    assert cleared.data["max_per_identity"] is None
+    absent = parse(GRID_TOML, tmp_path, "plain.toml")
+    assert absent.data.get("max_per_identity") is None
+    (tmp_path / "out").mkdir()
+    saved = parse(config_text(cleared), tmp_path / "out", "config.toml")
+    assert saved.data["max_per_identity"] is None and saved.fingerprint() == cleared.fingerprint()
+    users = cfg.with_overrides({"users.count": "none"})  # a section the fingerprint reads as written
+    assert users.users == parse(GRID_TOML.replace("count = 2\n", ""), tmp_path, "nocount.toml").users != cfg.users
+    (tmp_path / "out2").mkdir()
+    assert parse(config_text(users), tmp_path / "out2", "config.toml").fingerprint() == users.fingerprint()
+    with pytest.raises(ConfigError, match="min_train"):
+        cfg.with_overrides({"users.min_train": "none"})

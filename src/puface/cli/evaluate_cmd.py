@@ -90,7 +90,8 @@ _detector_purifier_option = click.option(
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config setting, e.g. --set users.count=2 --set data.max_per_identity=10; an "
                    "[[attacks]] entry by its index: --set attacks.1.steps=10 (repeatable; VALUE is TOML, a bare word "
-                   "is text). Recorded in OUT/config.toml. A setting that an option given beside it also sets "
+                   "is text; `none` clears an optional setting, e.g. data.max_per_identity=none). Recorded in "
+                   "OUT/config.toml. A setting that an option given beside it also sets "
                    "(data.root and --data, seeds and --seed, run.output and --out, ...) is refused.")
 @click.option("--dry-run", "dry_run", is_flag=True,
               help="Check the config and the data, draw the first seed's users and print the grid's size (users x "

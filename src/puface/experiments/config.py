@@ -81,6 +81,7 @@ from ..evaluation.protocol import PROTOCOLS, run_id
 from ..utils.errors import ConfigError, MissingDependencyError, PufaceError
 from ..utils.tomlconfig import (
     apply_overrides,
+    clear_optional,
     config_label,
     extends_chain,
     load_toml_config,
@@ -402,7 +403,11 @@ class ExperimentConfig:
         """The same config with "section.key" -> value set on top (`reproduce --set users.count=2`; a number picks an
         array of tables' entry: "attacks.1.steps"; `tomlconfig.apply_overrides`); errors name the config and them."""
         raw = json.loads(json.dumps(self.raw, default=str))
+        overrides = clear_optional(overrides, _takes_none)  # `--set data.max_per_identity=none`: every image
         apply_overrides(raw, overrides)  # (its errors name the --set key)
+        for key in (k for k, v in overrides.items() if v is None):  # cleared = absent, as the saved config.toml has it
+            section, _, name = key.partition(".")
+            raw.get(section, {}).pop(name, None)
         sets = ", ".join(f"{k}={v}" for k, v in overrides.items())
         if raw.get("description") and "description" not in overrides:  # table.md heads its tables with it
             raw["description"] = f"{raw['description']} Changed by --set {sets}."
@@ -472,6 +477,13 @@ def config_text(cfg: ExperimentConfig) -> str:
         sets = "".join(f"--set {k}={v}; " for k, v in cfg.overrides.items())  # only those given: the header names them
         return f"# {names} with command-line overrides ({sets}data root, seeds, detection)\n" + to_toml(cfg.raw)
     return to_toml(cfg.raw)
+
+
+def _takes_none(key: str) -> bool:
+    """Whether the setting "section.key" is optional, None its "not set" (`_DEFAULTS` gives it None:
+    data.max_per_identity, users.count, run.device, ...), so `--set KEY=none` clears it."""
+    section, _, name = key.partition(".")
+    return section in _DEFAULTS and name in _DEFAULTS[section] and _DEFAULTS[section][name] is None
 
 
 def config_files(source: Path) -> list[Path]:
