@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .options import check_rotations
+from .options import check_rotations, rotations_option
 
 
 @click.command("align")
@@ -63,15 +63,7 @@ from .options import check_rotations
     show_default=True,
     help="Upsample photos this many times (2x each) before detection; 1 finds faces down to ~40 px.",
 )
-@click.option(
-    "--rotations",
-    type=click.Choice(["auto", "off"]),
-    default=None,
-    help="auto (the default; off when resuming a folder aligned upright only): a photo in which no face, or only a "
-    "weak one, is found upright (sideways or upside down, its EXIF "
-    "orientation lost) is searched turned 90, 270 and 180 degrees clockwise before the CNN fallback; its chips are "
-    "cut upright and OUT/align.csv gives the turn (column turned, degrees clockwise). off: upright faces only.",
-)
+@rotations_option("cut upright (OUT/align.csv gives the turn: column turned, degrees clockwise)", lead="")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Photos decoded ahead per batch.")
 @click.option("--quality", type=int, default=95, show_default=True, help="JPEG/WebP quality of the chips.")
 @click.option(

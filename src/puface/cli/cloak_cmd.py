@@ -192,7 +192,7 @@ from .options import (check_engine, check_rotations, device_option, engine_optio
     "(photos without a face are skipped).",
 )
 @click.option("--largest-face", is_flag=True, help="With --align: cloak only the largest face of each photo.")
-@rotations_option("cloaked and pasted back")
+@rotations_option("cloaked and pasted back into the photo as it is (size and layout kept)")
 @rank_options
 @click.option(
     "--io-workers",

@@ -55,17 +55,18 @@ def rank_options(f: Callable) -> Callable:
 ROTATION_CHOICES = ("auto", "off")
 
 
-def rotations_option(done: str) -> Callable:
-    """`--rotations auto|off` of an --align command whose faces are `done` ("purified and pasted back")."""
+def rotations_option(done: str, lead: str = "With --align: ") -> Callable:
+    """`--rotations auto|off` of an --align command whose faces are `done` ("purified and pasted back"); `lead`
+    starts the help (`puface align`, which always aligns, gives none)."""
     return click.option(
         "--rotations",
         type=click.Choice(ROTATION_CHOICES),
         default=None,
-        help="With --align: auto (the default; off when resuming a folder aligned upright only) also searches a "
+        help=f"{lead}auto (the default; off when resuming a folder aligned upright only) also searches a "
         "photo in which no face, or only a weak one, is found "
         "upright (a sideways or upside-down photo whose EXIF orientation was lost) turned 90, 270 and 180 degrees "
-        f"clockwise, before the slower CNN detector; its faces are {done} in the photo as it is (size and layout "
-        "kept). Costs three HOG runs more on a photo without a face (bench/results/align-rotations.md). off: "
+        f"clockwise, before the slower CNN detector; its faces are {done}. Costs three HOG runs more on a photo "
+        "without a face (bench/results/align-rotations.md). off: "
         "upright faces only.",
     )
 

@@ -254,7 +254,7 @@ def _unmask_step(in_path: Path, out_root: Path, progress: bool):
     help="Photos, not chips: detect faces, purify each aligned 150x150 face chip and paste it back.",
 )
 @click.option("--largest-face", is_flag=True, help="With --align: purify only the largest face of each photo.")
-@rotations_option("purified and pasted back")
+@rotations_option("purified and pasted back into the photo as it is (size and layout kept)")
 @click.option(
     "--template",
     type=click.Choice(["auto", "dlib150", "arcface112"]),
