@@ -18,8 +18,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..io.jobs import (FileJob, JobReport, LoadedImage, Outcome, begin_settings, check_settings, group_by_size,
-                       input_identity, keep_input_mode, load_for_job, plan_mirror, recorded_done, run_folder_job)
+from ..io.files import Listing
+from ..io.jobs import (DryRun, FileJob, JobReport, LoadedImage, Outcome, begin_settings, check_settings, group_by_size,
+                       input_identity, keep_input_mode, load_for_job, plan_mirror, recorded_done, resume_split,
+                       run_folder_job)
 from ..utils.errors import ImageReadError, PufaceError
 from ..utils.images import image_to_tensor, tensor_to_image
 from ..utils.paths import current_folder
@@ -260,7 +262,8 @@ def cloak_folder(
     workers: int | None = None,
     attack_factory: Callable[[], CloakAttack] | None = None,
     rotations: str = "auto",
-) -> JobReport:
+    dry_run: bool = False,
+) -> JobReport | DryRun:
     """Cloak every image under `in_path` into the mirrored tree `out_path`; returns the `JobReport`.
 
     A group attack (OPOM, unlearnable examples) cloaks each identity (first-level folder) as one group:
@@ -278,6 +281,8 @@ def cloak_folder(
     engine: "local", or "ray" (a Ray Data pipeline, `puface.io.raydata`: `workers` actors on the cluster at
     `address`); `attack_factory`, a picklable zero-argument callable that builds the same attack, lets
     each actor build it (else the attack object is shipped to them).
+    dry_run: plan and check as the job would (the attack built, no image cloaked, no target chosen), write nothing
+    (no folder, record, lock or stats) and return what it would do (`io.jobs.DryRun`).
     """
     in_path, out_path = Path(in_path), Path(out_path)
     if engine not in ("local", "ray"):
@@ -297,8 +302,9 @@ def cloak_folder(
             "--targeted with --align is not supported yet; cut aligned chips first (puface align), then cloak them"
         )
     # this process's share; two inputs (any process's) that would get one output name are refused as they stream past
+    listing = Listing() if dry_run else None
     jobs = plan_mirror(in_path, out_path, rename=output_namer(attack.kind, fmt, tool_suffix), rank=rank,
-                       world_size=world_size, clash="rename one, or use --format same")
+                       world_size=world_size, clash="rename one, or use --format same", listing=listing)
     if fmt == "same" and any(j.dst.suffix.lower() in (".jpg", ".jpeg", ".webp") for j in jobs):
         say(
             "warning: writing lossy JPEG/WebP outputs (--format same): re-encoding weakens the cloak; "
@@ -324,7 +330,7 @@ def cloak_folder(
     check_settings(config_path, record, resume=resume, kind="cloaking", keys=keys)
 
     targets_by_src = None
-    if targeted and target_pool is not None:  # (targeted without a pool was refused above)
+    if targeted and target_pool is not None and not dry_run:  # (targeted without a pool was refused above)
         base = in_path if in_path.is_dir() else in_path.parent
         targets_by_src, chosen = _select_targets(attack, jobs, base, Path(target_pool), progress)
         record["targets"] = {"pool": str(target_pool), "user_to_target": chosen}
@@ -343,6 +349,9 @@ def cloak_folder(
         from ..align import require_alignment
 
         require_alignment()
+    stats_name = STATS_NAME if world_size <= 1 else f"cloak_stats.rank{rank}.csv"
+    if dry_run:
+        return _dry_run(jobs, in_path, out_path, attack, record, listing, resume, stats_name, rank, world_size)
     finish = begin_settings(config_path, record, resume=resume, kind="cloaking", keys=keys, rank=rank,
                             world_size=world_size)
 
@@ -352,9 +361,7 @@ def cloak_folder(
                                    io_workers=io_workers, progress=progress, say=say)
             finish()
             return report
-        stats_name = STATS_NAME if world_size <= 1 else f"cloak_stats.rank{rank}.csv"
-        # done: cloaked with its row in any process's stats (runs with other world sizes wrote other files)
-        done = recorded_done([out_path / STATS_NAME, *sorted(out_path.glob("cloak_stats.rank*.csv"))])
+        done = _done_test(out_path)
         if engine == "ray":
             from functools import partial
 
@@ -376,6 +383,70 @@ def cloak_folder(
     return report
 
 
+def _dry_run(jobs: list[FileJob], in_path: Path, out_path: Path, attack: CloakAttack, record: dict,
+             listing: Listing | None, resume: bool, stats_name: str, rank: int, world_size: int) -> DryRun:
+    """`cloak_folder(dry_run=True)`'s answer: the jobs a resume skips by the job's own tests (a group attack's
+    `_group_done` per identity, else `resume_split` as the runners call it), and the settings `record` says."""
+    notes = []
+    if getattr(attack, "group", False):
+        n_done = failing = 0
+        if resume:
+            for gjobs in _group_jobs(jobs, in_path).values():
+                unreadable = _group_done(gjobs, _group_done_test(out_path))
+                if unreadable is not None:
+                    n_done += len(gjobs) - len(unreadable)
+                    failing += len(unreadable)
+        if failing:
+            notes.append(f"({failing} unreadable image(s) of identities already cloaked: listed as failed, not "
+                         "cloaked)")
+        notes.append("(each identity folder is cloaked as one group, redone whole unless all its images are done)")
+    else:
+        n_done = resume_split(jobs, resume, _done_test(out_path), out_path / stats_name)[1]
+    naming = record["naming"]
+    al = record["align"]
+    settings = {
+        "attack": f"{attack.name} ({record['attack'].get('algorithm', '')})",
+        "surrogates": ", ".join(f"{s.get('name')} {s.get('weights_sha256_16', '')}".strip()
+                                for s in record["attack"].get("surrogates", [])),
+        "seed": str(record["attack"].get("seed")),
+        "outputs": f"{'PNG' if naming['format'] == 'png' else 'same format as the input'}"
+                   f"{', tool names' if naming['tool_suffix'] else ''}",
+        "align": DryRun.align_text(al.get("align"), al.get("rotations", "off"), al.get("largest_face")),
+        **{k: str(record[k]) for k in ("reference", "target_pool") if record.get(k)},
+        "device": str(attack.device),
+    }
+    return DryRun("photos" if al.get("align") else "chips", len(jobs), n_done, settings, listing, rank=rank,
+                  world_size=world_size, notes=notes)
+
+
+def _done_test(out_path: Path) -> Callable[[FileJob], bool] | None:
+    """Which outputs a resume takes for done: cloaked with its row in any process's stats (runs with other world sizes
+    wrote other files; None when none holds rows: the runner's test, the output alone, applies)."""
+    return recorded_done([out_path / STATS_NAME, *sorted(out_path.glob("cloak_stats.rank*.csv"))])
+
+
+def _group_done_test(out_path: Path) -> Callable[[FileJob], bool]:
+    """`_done_test` of a group attack (one process): cloaked with its row in OUT's stats, else the output alone."""
+    return recorded_done(out_path / STATS_NAME) or (lambda j: j.dst.is_file())
+
+
+def _group_jobs(jobs: list[FileJob], in_path: Path) -> dict[str, list[FileJob]]:
+    """`jobs` by identity (`_identity_of`), in listing order: a group attack's groups."""
+    base = in_path if in_path.is_dir() else in_path.parent
+    groups: dict[str, list[FileJob]] = {}
+    for j in jobs:
+        groups.setdefault(_identity_of(j, base), []).append(j)
+    return groups
+
+
+def _group_done(gjobs: list[FileJob], done: Callable[[FileJob], bool]) -> list[tuple[Path, str]] | None:
+    """With resume: whether a group is done (every readable photo cloaked): the (input, reason) of its photos that
+    cannot be decoded ([] when none), None when the group is to be cloaked (decodes its missing photos only when
+    some are done)."""
+    missing = [j for j in gjobs if not done(j)]
+    return _unreadable(missing) if len(missing) < len(gjobs) else None
+
+
 def _unreadable(jobs: list[FileJob]) -> list[tuple[Path, str]] | None:
     """(input, reason) for each of `jobs` when none of them can be decoded; None as soon as one can."""
     out = []
@@ -395,10 +466,7 @@ def _cloak_groups(jobs: list[FileJob], in_path: Path, out_path: Path, attack: Cl
     from ..data.loading import load_images
     from .group import Reference
 
-    base = in_path if in_path.is_dir() else in_path.parent
-    groups: dict[str, list[FileJob]] = {}
-    for j in jobs:
-        groups.setdefault(_identity_of(j, base), []).append(j)
+    groups = _group_jobs(jobs, in_path)
     ref_items: list[tuple[Path, str]] = []
     if reference_dir is not None:
         from ..data.layout import scan_identities
@@ -414,13 +482,12 @@ def _cloak_groups(jobs: list[FileJob], in_path: Path, out_path: Path, attack: Cl
         ref_labels = np.array([ref_items[k][1] for k in kept], dtype=object)
     total = JobReport(total=len(jobs))
     # done: cloaked and its stats row written (a kill between the two left a cloak without its row)
-    done = recorded_done(out_path / STATS_NAME) or (lambda j: j.dst.is_file())
+    done = _group_done_test(out_path)
     for ident, gjobs in groups.items():
         if resume:
-            missing = [j for j in gjobs if not done(j)]
-            unreadable = _unreadable(missing) if len(missing) < len(gjobs) else None
+            unreadable = _group_done(gjobs, done)
             if unreadable is not None:  # every readable photo of the group is cloaked: the group is done
-                total.resumed += len(gjobs) - len(missing)
+                total.resumed += len(gjobs) - len(unreadable)
                 total.failed += unreadable
                 continue
         reference = None

@@ -7,8 +7,8 @@ from typing import Any, Callable
 
 import click
 
-from .options import (check_engine, check_rotations, device_option, engine_options, rank_options, rotations_option,
-                      threads_option)
+from .options import (check_engine, check_rotations, device_option, dry_run_option, engine_options, rank_options,
+                      rotations_option, threads_option)
 
 
 @click.command("cloak")
@@ -202,6 +202,7 @@ from .options import (check_engine, check_rotations, device_option, engine_optio
     help="Threads that decode and encode images meanwhile.",
 )
 @engine_options("attack")
+@dry_run_option("cloak")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def cloak(
     in_path: Path,
@@ -241,6 +242,7 @@ def cloak(
     engine: str,
     address: str | None,
     workers: int | None,
+    dry_run: bool,
     progress: bool,
 ) -> None:
     """Cloak the face images under IN and write them to OUT (same tree and names, PNG by default).
@@ -365,7 +367,11 @@ def cloak(
                           target_pool=target_pool, rank=rank,
                           world_size=world_size, io_workers=io_workers, progress=progress,
                           log=lambda m: click.echo(m, err=True), reference=reference, engine=engine, address=address,
-                          workers=workers, attack_factory=attack_factory)
+                          workers=workers, attack_factory=attack_factory, dry_run=dry_run)
+    from ..io.jobs import DryRun
+
+    if isinstance(report, DryRun):
+        return click.echo(report.summary("cloak"))
     click.echo(report.summary("cloaked"))
     if report.exit_code:
         raise click.exceptions.Exit(report.exit_code)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from .options import (SHOW_HELP, check_engine, check_rotations, device_option, engine_options, list_packaged,
-                      parse_overrides, rank_options, rotations_option, show_config, threads_option)
+from .options import (SHOW_HELP, check_engine, check_rotations, device_option, dry_run_option, engine_options,
+                      list_packaged, parse_overrides, rank_options, rotations_option, show_config, threads_option)
 
 
 # the purifier a detector was calibrated with (one option, shared by the commands below)
@@ -84,6 +84,7 @@ _detector_purifier_option = click.option(
 @threads_option()
 @rank_options
 @engine_options("detector", "Same CSV rows either way.")
+@dry_run_option("score")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def detect(
     in_path: Path,
@@ -106,6 +107,7 @@ def detect(
     engine: str,
     address: str | None,
     workers: int | None,
+    dry_run: bool,
     progress: bool,
 ) -> None:
     """Score every image under IN for a cloak (Fawkes, LowKey, ...) and say which look cloaked.
@@ -167,7 +169,12 @@ def detect(
         one_threshold=one_threshold,
         shared=shared,
         rotations=rotations,
+        dry_run=dry_run,
     )
+    from ..io.jobs import DryRun
+
+    if isinstance(report, DryRun):
+        return click.echo(report.summary("score"))
     click.echo(report.summary())
     if report.exit_code:
         raise click.exceptions.Exit(report.exit_code)

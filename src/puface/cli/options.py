@@ -1,5 +1,5 @@
 """Command-line options that several commands share: the device (`--device`), the engine of a folder job
-(`--engine`, `--address`, `--workers`), the share of the files of one process (`--rank`, `--world-size`),
+(`--engine`, `--address`, `--workers`), the share of the files of one process (`--rank`, `--world-size`), `--dry-run`,
 torch's threads (`--threads`), turned photos with --align (`--rotations`), the packaged configs of the commands
 that run one (`--list`, `--show`) and their `--set KEY=VALUE` overrides (`parse_overrides`)."""
 
@@ -31,6 +31,16 @@ def device_option(default: str | None = "auto", help: str = DEVICE_HELP + ".") -
     """`--device`, checked when parsed: an unknown device or an unavailable CUDA is a one-line error."""
     return click.option("--device", default=default, show_default=default is not None, callback=_check_device,
                         metavar="DEVICE", help=help)
+
+
+def dry_run_option(verb: str) -> Callable:
+    """`--dry-run` of a folder job that would `verb` ("purify") its inputs."""
+    return click.option(
+        "--dry-run", "dry_run", is_flag=True,
+        help=f"Say what the job would do and write nothing (no OUT, record or lock): the inputs found (and the files "
+        f"skipped as not images), how many are already done in OUT (a resume skips them), how many it would {verb}, "
+        "and its settings; the job's refusals (OUT inside IN, OUT made with other settings, ...) end it with the same "
+        "one-line error (exit 2). Loads the models to check them, runs none.")
 
 
 def threads_option(help: str = "Torch compute threads (default: torch's choice).") -> Callable:

@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from .options import (SHOW_HELP, check_engine, check_rotations, device_option, engine_options, list_packaged,
-                      parse_overrides, rank_options, rotations_option, show_config, threads_option)
+from .options import (SHOW_HELP, check_engine, check_rotations, device_option, dry_run_option, engine_options,
+                      list_packaged, parse_overrides, rank_options, rotations_option, show_config, threads_option)
 
 
 def _parse_attack(text: str) -> dict:
@@ -328,6 +328,7 @@ def _unmask_step(in_path: Path, out_root: Path, progress: bool):
     "purifying; folders without one are left as they are. Lists every folder in OUT/unmask.csv. "
     "Aligned chips in an image folder, local engine.",
 )
+@dry_run_option("purify")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def purify(
     in_path: Path,
@@ -357,6 +358,7 @@ def purify(
     one_threshold: bool,
     unmask: bool,
     step: float | None,
+    dry_run: bool,
     progress: bool,
 ) -> None:
     """Remove cloaks from the images under IN and write them to OUT (same tree, names, formats and sizes).
@@ -423,6 +425,10 @@ def purify(
         # after OUT's settings are checked: the step reads all of IN and writes OUT/unmask.csv
         common["prepare"] = lambda: _unmask_step(in_path, out_root, progress)
         common["settings"] = {"unmask": True}
+    if dry_run and (skip_cloaked or report):
+        raise PufaceError("--dry-run does not cover --skip-cloaked or --report (their scores decide what is written); "
+                          "run it without them to see the images and settings")
+    common["dry_run"] = dry_run
     if skip_cloaked or report:
         if engine != "local" or is_shard_input(in_path) or template == "arcface112":
             raise PufaceError("--skip-cloaked and --report score dlib150 chips or photos in an image folder on the "
@@ -450,6 +456,10 @@ def purify(
         if image_field is not None:
             raise PufaceError("--image-field is for shard inputs (.tar, .parquet)")
         rep = purify_folder(in_path, out_root, engine=engine, address=address, workers=workers, **common)
+    from ..io.jobs import DryRun
+
+    if isinstance(rep, DryRun):
+        return click.echo(rep.summary("purify"))
     click.echo(rep.summary("purified"), err=False)
     if rep.exit_code:
         raise click.exceptions.Exit(rep.exit_code)

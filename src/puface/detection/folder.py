@@ -34,8 +34,10 @@ import numpy as np
 import torch
 
 from ..io.images import atomic_write_bytes
-from ..io.jobs import (CSV_TEXT, Claim, FileJob, JobReport, LoadedImage, Outcome, claim_file, group_by_size,
-                       iter_image_inputs, keep_input_mode, locked_csv, plan_mirror, read_locked, run_folder_job, share)
+from ..io.files import Listing
+from ..io.jobs import (CSV_TEXT, Claim, DryRun, FileJob, JobReport, LoadedImage, Outcome, claim_file, group_by_size,
+                       iter_image_inputs, keep_input_mode, locked_csv, plan_mirror, read_locked, resume_split,
+                       run_folder_job, share)
 from ..utils.errors import PufaceError, shown_path
 from ..purifier.model import extrapolate
 from ..utils.images import tensor_to_image
@@ -205,6 +207,14 @@ def _rows(path: Path, fields: list[str], last: dict[str, int], fd: int | None = 
             i += 1
 
 
+def _earlier_rows(path: Path, fields: list[str], fd: int | None = None) -> tuple[dict[str, str], int]:
+    """{path: status ("" without a status column)} of the complete rows of an earlier run's CSV (`_rows`: of several
+    rows of one path the last), and how many records the file holds (it needs rewriting when they differ). Reads
+    only; fd: the file, locked (`io.jobs.locked_csv`)."""
+    last, stored = _last_rows(path, fields, fd)
+    return {r["path"]: r.get("status", "") for r in _rows(path, fields, last, fd)}, stored
+
+
 def _load_rows(path: Path, fields: list[str], fd: int | None = None) -> tuple[list[dict], int]:
     """Complete rows of an earlier run's CSV (`_rows`), all at once, and how many records the file holds (it needs
     rewriting when they differ)."""
@@ -222,10 +232,9 @@ def _start_rows(path: Path, fields: list[str], resume: bool, mine: set[str] | No
         if fd is None:
             return {}
         if resume:
-            last, stored = _last_rows(path, fields, fd)
-            kept = {r["path"]: r.get("status", "") for r in _rows(path, fields, last, fd)}
+            kept, stored = _earlier_rows(path, fields, fd)
             if len(kept) != stored:  # drop a row cut by an interruption (or repeated) before appending
-                _write_csv(path, _rows(path, fields, last, fd), fields)
+                _write_csv(path, _rows(path, fields, _last_rows(path, fields, fd)[0], fd), fields)
             return kept
         try:
             last = _last_rows(path, fields, fd)[0] if mine is not None else {}
@@ -425,11 +434,14 @@ def _prepare_detector(detector: CloakDetector | None, weights: str | Path | None
     return det.to(resolve_device(device)).eval()
 
 
-def _jobs(in_path: Path, rank: int = 0, world_size: int = 1, names: set[str] | None = None) -> list[FileJob]:
+def _jobs(in_path: Path, rank: int = 0, world_size: int = 1, names: set[str] | None = None,
+          listing: Listing | None = None) -> list[FileJob]:
     """`detect`'s jobs (the output is the input itself: the row is the result): process `rank` of `world_size`'s share
-    (`io.jobs.plan_mirror`'s), every listed file's relative POSIX path added to `names`."""
+    (`io.jobs.plan_mirror`'s), every listed file's relative POSIX path added to `names`, what the walk met counted in
+    `listing`."""
     base = in_path.parent if in_path.is_file() else in_path
-    return [FileJob(f, f, f.relative_to(base)) for f in share(iter_image_inputs(in_path, names), rank, world_size)]
+    return [FileJob(f, f, f.relative_to(base))
+            for f in share(iter_image_inputs(in_path, names, listing), rank, world_size)]
 
 
 def run_file_of(out_csv: Path) -> Path:
@@ -517,7 +529,8 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
                   identities_csv: str | Path | None = None, rank: int = 0, world_size: int = 1,
                   engine: str = "local", address: str | None = None, workers: int | None = None,
                   cpus_per_worker: float = 1.0, purifier: str | Path | None = None,
-                  one_threshold: bool = False, shared: bool = True, rotations: str = "auto") -> DetectReport:
+                  one_threshold: bool = False, shared: bool = True, rotations: str = "auto",
+                  dry_run: bool = False) -> DetectReport | DryRun:
     """Score every image under `in_path` (a folder tree or one file) into `out_csv`.
 
     detector: a ready `CloakDetector` (else `weights`: a detector file, None = the shipped one, with `purifier`:
@@ -534,7 +547,9 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
     detector actors of `cpus_per_worker` CPUs, or one GPU each on CUDA; same CSV rows). shared: with `world_size`
     above 1, whether the other ranks write into `out_csv` too (one --out given to every rank): a restart or a run
     without resume then drops only this rank's files' rows; False: the file is this rank's alone (the CLI's
-    scores.rank<r>.csv) and starts afresh, rows of files another rank now takes included. Returns a
+    scores.rank<r>.csv) and starts afresh, rows of files another rank now takes included. dry_run: list IN, load the
+    detector and check `out_csv` and its run file as the job would, writing nothing (no CSV, run file or lock), and
+    return what it would do (`io.jobs.DryRun`: the images whose rows a resume keeps are done). Returns a
     `DetectReport` (exit code 1 when some file could not be read).
     """
     if engine not in ("local", "ray"):
@@ -549,10 +564,11 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
 
         require_alignment()
     current: set[str] = set()  # every shard's: processes may share one CSV
-    jobs = _jobs(in_path, rank, world_size, current)  # this process's share
+    listing = Listing() if dry_run else None
+    jobs = _jobs(in_path, rank, world_size, current, listing)  # this process's share
     # one process per scores file (or per rank of the processes sharing it): two runs on one --out by mistake are
     # refused before either scores anything, as for an output folder
-    claim = claim_file(out_csv, rank, world_size)
+    claim = None if dry_run else claim_file(out_csv, rank, world_size)
     try:
         det = _prepare_detector(detector, weights, device, purifier)
         thresholds = Thresholds(det, fpr, one_threshold)
@@ -566,7 +582,8 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
                **({"rotations": rotations} if align else {})}
         shared = shared and world_size > 1
         if restart and not shared:
-            out_csv.unlink(missing_ok=True)
+            if not dry_run:
+                out_csv.unlink(missing_ok=True)
         elif resume and not restart and out_csv.exists() and state.is_file():
             old = _load_run(state)
             _check_same_run(out_csv, old, det_id, run)
@@ -578,6 +595,16 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
                 raise PufaceError(f"{out_csv}: its rows were scored by {old.get('world_size')} ranks (--rank) with "
                                   f"more than one detector ({mine.replace('+', ', ')}; this one {det_id}), and this "
                                   f"run {'splits the files otherwise' if shared else 'is one process'}; pass --restart")
+        if dry_run:
+            kept = _earlier_rows(out_csv, fields)[0] if resume and not restart else {}
+            todo, done_n = resume_split(jobs, resume, is_done=lambda j: j.rel.as_posix() in kept)
+            return DryRun("photos" if align else "images", len(jobs), done_n, {
+                "detector": det_id, "purifier": det.fingerprints()["purifier"],
+                "fpr": f"{fpr_v:g} (threshold {thresholds.default:.4f}"
+                       f"{'' if one_threshold else '; higher for chips stored as 4:4:4 JPEG or with a palette'})",
+                "align": DryRun.align_text(align, rotations, largest_face),
+                "scores": f"{out_csv} ({'restarted' if restart else 'resumed' if resume else 'these rows redone'})",
+                "device": str(det.device)}, listing, rank=rank, world_size=world_size)
         # the paths alone: the rows themselves are read again at the end (`_finish`), not held meanwhile. Processes
         # sharing the file (--rank) drop only their own files' rows without resume, --restart too (the whole file
         # deleted the rows the other ranks had just written); a rank's own file starts afresh
@@ -612,7 +639,8 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         return _finish(out_csv, fields, thresholds, fpr_v, job, in_path, identities_csv, det_id, state=run,
                        current=current, claim=claim, rank=(rank, world_size) if shared else None)
     finally:
-        claim()
+        if claim is not None:
+            claim()
 
 
 #: The note of a photo whose colours come from a palette (8-bit PNG, BMP, TIFF with a colour table, as GIF encoders make
@@ -733,6 +761,8 @@ def calibrate_on_folder(detector: CloakDetector, in_path: str | Path, kind: str,
     Returns (threshold before, threshold after, the scoring report); unreadable files are left out."""
     before = detector.threshold()
     rep = detect_folder(in_path, scores_csv, detector=detector, **options)
+    if not isinstance(rep, DetectReport):
+        raise PufaceError("a calibration has no dry run")
     scores = [float(r["score"]) for r in rep.rows if r.get("score", "") != ""]
     if not scores:
         raise PufaceError(f"{in_path}: no image could be scored, nothing to calibrate on")

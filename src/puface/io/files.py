@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -20,6 +21,7 @@ __all__ = [
     "check_output_file",
     "check_inside_output",
     "is_case_insensitive",
+    "Listing",
 ]
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,28 @@ def is_within(p: str | Path, folder: str | Path) -> bool:
         return False
 
 
+@dataclass
+class Listing:
+    """What a walk of an input folder met (`iter_image_files(listing=)`), for `--dry-run`: the files it listed as
+    images (`images`), of which `unsupported` in formats puface cannot read (a job lists them as failed), and the
+    visible files it left out as not images (`others`, the first `KEEP` of them by path in `other_paths`)."""
+
+    KEEP = 5
+    images: int = 0
+    unsupported: int = 0
+    others: int = 0
+    other_paths: list[Path] = field(default_factory=list)
+
+    def listed(self, p: Path) -> None:
+        self.images += 1
+        self.unsupported += is_unsupported_image_file(p)
+
+    def left_out(self, p: Path) -> None:
+        self.others += 1
+        if len(self.other_paths) < self.KEEP:
+            self.other_paths.append(p)
+
+
 def list_image_files(root: str | Path, exclude: Iterable[str | Path] = (), unsupported: bool = False) -> list[Path]:
     """All image files under `root` (recursive, sorted), skipping hidden entries and `exclude` folders;
     `unsupported`: image files puface cannot read too (GIF, HEIC, ..., and links to a file that does not exist: a
@@ -50,9 +74,11 @@ def list_image_files(root: str | Path, exclude: Iterable[str | Path] = (), unsup
     return list(iter_image_files(root, exclude, unsupported))
 
 
-def iter_image_files(root: str | Path, exclude: Iterable[str | Path] = (), unsupported: bool = False) -> Iterator[Path]:
+def iter_image_files(root: str | Path, exclude: Iterable[str | Path] = (), unsupported: bool = False,
+                     listing: Listing | None = None) -> Iterator[Path]:
     """`list_image_files` one file at a time, in the same (sorted) order, holding only the entries of the folders
     above the current one: a job that keeps some of the files (one rank's share) never holds the whole tree.
+    listing: counts each file yielded and each visible file left out as not an image (`Listing`).
 
     The order is the sorted one because a folder's entries are visited in name order, each sub-folder's files where
     its name falls (a path sorts by its parts, and a folder's files share the folder's parts); a folder that cannot
@@ -93,11 +119,13 @@ def iter_image_files(root: str | Path, exclude: Iterable[str | Path] = (), unsup
             enter(d / name, below)
             continue
         if not (is_image_file(name) or (unsupported and is_unsupported_image_file(name))):
+            if listing is not None and _entry_is(entry, "file"):
+                listing.left_out(d / name)
             continue
-        if _entry_is(entry, "file"):
+        if _entry_is(entry, "file") or (unsupported and entry.is_symlink() and not (d / name).exists()):
+            if listing is not None:  # (the second: a broken link)
+                listing.listed(d / name)
             yield d / name
-        elif unsupported and entry.is_symlink() and not (d / name).exists():
-            yield d / name  # a broken link
 
 
 def _entry_is(entry: os.DirEntry[str], kind: str) -> bool:

@@ -31,7 +31,8 @@ import numpy as np
 from PIL import Image
 
 from ..utils.errors import ImageReadError, PufaceError, shown_path
-from .files import check_inside_output, check_output_folder, check_output_root, is_case_insensitive, iter_image_files
+from .files import (Listing, check_inside_output, check_output_folder, check_output_root, is_case_insensitive,
+                    iter_image_files)
 from .images import (EXPECTED_IMAGES, IMAGE_EXTENSIONS, PALETTE_MODES, atomic_write_bytes, encode_image, is_image_file,
                      is_lossless_webp, max_pixels, open_image_parts, pil_format_for, read_image_bytes, resolution_of,
                      same_file, storage_of)
@@ -159,6 +160,57 @@ class JobReport:
         return "\n".join(lines)
 
 
+@dataclass
+class DryRun:
+    """What a folder job would do, found without writing anything (`--dry-run`): its inputs of `kind` ("chips",
+    "photos", "images", "shards"): `share` of them this process's (`rank` of `world_size`), of which `done` are
+    already done in the output (what a resume skips, by the job's own test); `listing`: what the walk of the input
+    met, every process's files (None for shards: `total` says how many); `settings` (name -> text): what the job
+    would run with; `notes`: lines said after the counts."""
+
+    kind: str
+    share: int
+    done: int
+    settings: dict[str, Any]
+    listing: Listing | None = None
+    total: int | None = None
+    rank: int = 0
+    world_size: int = 1
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def remaining(self) -> int:
+        return self.share - self.done
+
+    def summary(self, verb: str) -> str:
+        """The dry run's lines; `verb` says what the job does to the remaining inputs ("purify")."""
+        found = self.listing.images if self.listing is not None else (self.total or self.share)
+        lines = [f"dry run (nothing written): {found} {self.kind} found"]
+        if self.listing is not None and self.listing.unsupported:
+            lines.append(f"  {self.listing.unsupported} of them in formats puface cannot read (the job lists them as "
+                         "failed)")
+        if self.listing is not None:
+            shown = ", ".join(shown_path(p) for p in self.listing.other_paths)
+            more = ", ..." if self.listing.others > len(self.listing.other_paths) else ""
+            named = f": {shown}{more}" if shown else ""
+            lines.append(f"{self.listing.others} other file(s) skipped (not images{named})")
+        if self.world_size > 1:
+            lines.append(f"this process (rank {self.rank} of {self.world_size}): {self.share} {self.kind}")
+        lines.append(f"already done in the output (a resume skips them): {self.done}")
+        lines.append(f"to {verb}: {self.remaining}")
+        lines.extend(self.notes)
+        lines.append("settings:")
+        lines.extend(f"  {k}: {v}" for k, v in self.settings.items())
+        return "\n".join(lines)
+
+    @staticmethod
+    def align_text(align: bool, rotations: str | None = "off", largest_face: bool = False) -> str:
+        """A job's --align settings as its dry run says them."""
+        if not align:
+            return "off"
+        return f"on (rotations {rotations or 'off'}{', largest face only' if largest_face else ''})"
+
+
 def default_output_name(rel: Path) -> Path:
     return rel
 
@@ -172,6 +224,7 @@ def plan_mirror(
     world_size: int = 1,
     names: set[str] | None = None,
     clash: str | None = None,
+    listing: Listing | None = None,
 ) -> list[FileJob]:
     """Map every image under `in_path` (a folder, or one file) to a path under `out_root`.
 
@@ -186,10 +239,11 @@ def plan_mirror(
     so are two whose output paths differ only in letter case (a.JPG and a.jpg) when `out_root`'s disk ignores case
     (`files.is_case_insensitive`: macOS, Windows, exFAT), where one would overwrite the other or pass for done; on
     another disk they are two outputs, and one warning (logged) gives their count and the first pair. Checked as the
-    files stream past (`unique_outputs`), so a process's plan still holds its share alone.
+    files stream past (`unique_outputs`), so a process's plan still holds its share alone. listing: counts what the
+    walk met, every process's files (`files.Listing`: `--dry-run`).
     """
     in_path, out_root = Path(in_path), Path(out_root)
-    files: Iterator[Path] = iter_image_inputs(in_path, names)
+    files: Iterator[Path] = iter_image_inputs(in_path, names, listing)
     first = next(files)  # the input's errors (none, not an image, no images) before the output's
     check_output_root(out_root)
     if in_path.is_file():
@@ -265,11 +319,11 @@ def unique_outputs(files: Iterable[Path], base: Path, out_root: Path, rename: Ca
                     "outputs there", count, "s" if count > 1 else "", "" if count > 1 else "s", first)
 
 
-def iter_image_inputs(in_path: Path, names: set[str] | None = None) -> Iterator[Path]:
+def iter_image_inputs(in_path: Path, names: set[str] | None = None, listing: Listing | None = None) -> Iterator[Path]:
     """The input files of a folder job over `in_path` (a folder, or one image file), one at a time
     (`files.iter_image_files`); a `PufaceError` when it does not exist, is not an image, or is a folder without
     images, raised when the first file is asked for. names: a set that gets each file's path relative to the
-    folder (a file: its parent), POSIX, as it is listed."""
+    folder (a file: its parent), POSIX, as it is listed. listing: counts what the walk met (`files.Listing`)."""
     max_pixels()  # a bad $PUFACE_MAX_PIXELS: one error before any work, not one failure per file
     if not in_path.exists():
         raise PufaceError(f"{in_path}: no such file or folder")
@@ -278,10 +332,12 @@ def iter_image_inputs(in_path: Path, names: set[str] | None = None) -> Iterator[
             raise PufaceError(f"{in_path}: not an image file ({EXPECTED_IMAGES})")
         if names is not None:
             names.add(in_path.name)
+        if listing is not None:
+            listing.listed(in_path)
         yield in_path
         return
     found = False
-    for f in iter_image_files(in_path, unsupported=True):
+    for f in iter_image_files(in_path, unsupported=True, listing=listing):
         found = True
         if names is not None:
             names.add(f.relative_to(in_path).as_posix())
@@ -927,6 +983,13 @@ def split_done(jobs: Sequence, resume: bool, is_done: Callable[[Any], bool] | No
     return todo, len(jobs) - len(todo)
 
 
+def resume_split(jobs: Sequence[FileJob], resume: bool, is_done: Callable[[FileJob], bool] | None = None,
+                 stats_csv: Path | None = None, stats_key: str = "file") -> tuple[list[FileJob], int]:
+    """`split_done` as the folder runners take it (`run_folder_job`, `raydata.run_ray_job`, `--dry-run`): done by
+    `is_done`, else, where `stats_csv` holds rows, by the output and its row (`recorded_done`), else by the output."""
+    return split_done(jobs, resume, is_done or (recorded_done(stats_csv, stats_key) if resume else None))
+
+
 def recorded_done(stats_csv: Path | Sequence[Path] | None, stats_key: str = "file",
                   outputs: Callable[[FileJob, dict[str, str]], Iterable[Path]] | None = None
                   ) -> Callable[[FileJob], bool] | None:
@@ -1368,9 +1431,7 @@ def run_folder_job(
     max_pixels()  # a bad $PUFACE_MAX_PIXELS: one error, not one failure per file
     report = JobReport(total=len(jobs))
     t0 = time.perf_counter()
-    todo, report.resumed = split_done(
-        jobs, resume, is_done or (recorded_done(stats_csv, stats_key) if resume else None)
-    )
+    todo, report.resumed = resume_split(jobs, resume, is_done, stats_csv, stats_key)
     # a killed run's half-written outputs, under temporary names; not for jobs that write no file (`detect`: dst is the
     # input, whose folder is another program's to clean, maybe one writing it from another machine)
     remove_stale_temporaries(j.dst for j in todo if j.dst != j.src)

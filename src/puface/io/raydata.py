@@ -37,8 +37,7 @@ from .jobs import (
     call_process,
     check_job_output,
     load_for_job,
-    recorded_done,
-    split_done,
+    resume_split,
 )
 
 __all__ = ["run_ray_job", "init_ray"]
@@ -250,9 +249,7 @@ def run_ray_job(
 
     report = JobReport(total=len(jobs))
     t0 = time.perf_counter()
-    todo, report.resumed = split_done(
-        jobs, resume, is_done or (recorded_done(stats_csv, stats_key) if resume else None)
-    )
+    todo, report.resumed = resume_split(jobs, resume, is_done, stats_csv, stats_key)
     say = log or (lambda m: print(m, file=sys.stderr))
     if not todo:
         report.seconds = time.perf_counter() - t0

@@ -13,17 +13,22 @@ import numpy as np
 import torch
 
 from ..align import align_adapter, require_alignment
+from ..io.files import Listing
 from ..io.jobs import (
+    DryRun,
     JobFinish,
     LoadedImage,
     Outcome,
     begin_settings,
+    check_settings,
     group_by_size,
     input_identity,
     keep_input_mode,
     plan_mirror,
+    resume_split,
     run_folder_job,
     shard,
+    split_done,
 )
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
@@ -169,6 +174,27 @@ def open_output(out_path: str | Path, record: dict, resume: bool, rank: int = 0,
                           world_size=world_size)
 
 
+def check_output(out_path: str | Path, record: dict, resume: bool) -> None:
+    """`open_output`'s check alone, nothing written or claimed (`--dry-run`): the refusals a job would meet."""
+    check_settings(Path(out_path) / CONFIG_NAME, record, resume=resume, kind="purifying")
+
+
+def shown_settings(record: dict, purifier: Purifier | Mapping[str, Purifier], step: float | None,
+                   device: torch.device) -> dict[str, str]:
+    """A purification job's settings as a dry run prints them (name -> text): its record (`purify_settings`: each
+    layout's purifier fingerprint, the template, alignment, quality, other settings), the step each purifier takes
+    (`job_step`) and the device."""
+    al = record["align"]
+    aligned = DryRun.align_text(al.get("align"), al.get("rotations", "off"), al.get("largest_face"))
+    shown = {"purifier": ", ".join(f"{t} {fp}" for t, fp in record["purifier"].items()),
+             "step": ", ".join(f"{t} {job_step(p, step):g}" for t, p in sorted(as_layouts(purifier).items())),
+             "template": str(record["template"]), "align": aligned, "quality": str(record["quality"])}
+    skip = {"puface_version", "input", "purifier", "template", "align", "quality", "step"}
+    shown.update((k, str(v)) for k, v in record.items() if k not in skip and v is not None)
+    shown["device"] = str(device)
+    return shown
+
+
 def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifier | None = None,
                   weights: str | Path | None = None, device: str | None = None, batch_size: int = 16,
                   resume: bool = True, rank: int = 0, world_size: int = 1, quality: int = 95,
@@ -177,7 +203,8 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
                   engine: str = "local", address: str | None = None, workers: int | None = None,
                   cpus_per_worker: float = 1.0, template: str = "auto",
                   prepare: Callable[[], Callable[[LoadedImage], np.ndarray]] | None = None,
-                  settings: Mapping | None = None, step: float | None = None, rotations: str = "auto"):
+                  settings: Mapping | None = None, step: float | None = None, rotations: str = "auto",
+                  dry_run: bool = False):
     """Purify every image under `in_path` into the mirrored tree `out_path` (names, formats and sizes kept).
 
     rank/world_size: this process handles every world_size-th file (multi-process purification).
@@ -194,6 +221,8 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
     each purifier's default (`job_step`: 1.5 for the shipped dlib150 purifier, 1 for others).
     settings: more output-changing settings for OUT's record (`purify_settings`, e.g. {"unmask": True});
     resuming into a folder made with other settings is refused (`resume=False` redoes every image).
+    dry_run: plan, load the purifier and check the output folder as the job would, write nothing (no folder, record,
+    lock or output; `prepare` is not called) and return what it would do (`io.jobs.DryRun`).
     Returns the `JobReport`.
     """
     if engine not in ENGINES:
@@ -204,25 +233,15 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
     given = purifier
     layouts: Purifier | dict[str, Purifier] = purifier if purifier is not None else \
         Purifier.load_layouts(weights, device="cpu" if engine == "ray" else dev)  # checks the file here
-    jobs = plan_mirror(in_path, out_path, rank=rank, world_size=world_size)  # this process's share
-    finish = open_output(
-        out_path,
-        purify_settings(
-            in_path,
-            layouts,
-            template=template,
-            align=align,
-            largest_face=largest_face,
-            no_face=no_face,
-            quality=quality,
-            step=step,
-            rotations=rotations,
-            **(settings or {}),
-        ),
-        resume,
-        rank,
-        world_size,
-    )
+    listing = Listing() if dry_run else None
+    jobs = plan_mirror(in_path, out_path, rank=rank, world_size=world_size, listing=listing)  # this process's share
+    record = purify_settings(in_path, layouts, template=template, align=align, largest_face=largest_face,
+                             no_face=no_face, quality=quality, step=step, rotations=rotations, **(settings or {}))
+    if dry_run:
+        check_output(out_path, record, resume)
+        return DryRun("photos" if align else "chips", len(jobs), resume_split(jobs, resume, stats_csv=stats_csv)[1],
+                      shown_settings(record, layouts, step, dev), listing, rank=rank, world_size=world_size)
+    finish = open_output(out_path, record, resume, rank, world_size)
     with finish.on_failure():
         prep = prepare() if prepare is not None else None
         if engine == "ray":
@@ -284,11 +303,13 @@ def purify_shards(in_spec: str | Path, out_path: str | Path, *, purifier: Purifi
                   resume: bool = True, rank: int = 0, world_size: int = 1, quality: int = 95, io_workers: int = 2,
                   progress: bool = True, stats_csv: Path | None = None, image_field: str | None = None,
                   align: bool = False, largest_face: bool = False, no_face: str = "copy", template: str = "auto",
-                  step: float | None = None, rotations: str = "auto"):
+                  step: float | None = None, rotations: str = "auto", dry_run: bool = False):
     """Purify every record of the WebDataset / Parquet shards `in_spec` names (a shard, a folder of
     shards, a glob or `{000..009}` braces) into same-format shards under `out_path` (same keys, order
     and other fields; `puface.io.shards`). rank/world_size: this process takes every world_size-th shard.
-    step, rotations: as `purify_folder`. Returns the `ShardReport`."""
+    step, rotations: as `purify_folder`. dry_run: check as the job would and write nothing; returns the `io.jobs.DryRun`
+    of this process's shards (their records are not counted: that would read every shard). Returns the `ShardReport`.
+    """
     from ..io.shards import SHARD_VERSION, check_earlier_outputs, plan_shards, run_shard_job
 
     dev = resolve_device(device)
@@ -298,25 +319,16 @@ def purify_shards(in_spec: str | Path, out_path: str | Path, *, purifier: Purifi
         check_earlier_outputs(Path(out_path) / CONFIG_NAME, jobs, image_field)
     # the folder the output shards' names are relative to identifies the input (a folder, a glob or braces in it)
     base = jobs[0].src.absolute().parents[len(jobs[0].dst.relative_to(out_path).parts) - 1] if jobs else in_spec
-    finish = open_output(
-        out_path,
-        purify_settings(
-            base,
-            layouts,
-            template=template,
-            align=align,
-            largest_face=largest_face,
-            no_face=no_face,
-            quality=quality,
-            step=step,
-            rotations=rotations,
-            image_field=image_field,
-            shard_version=SHARD_VERSION,
-        ),
-        resume,
-        rank,
-        world_size,
-    )
+    record = purify_settings(base, layouts, template=template, align=align, largest_face=largest_face, no_face=no_face,
+                             quality=quality, step=step, rotations=rotations, image_field=image_field,
+                             shard_version=SHARD_VERSION)
+    if dry_run:
+        check_output(out_path, record, resume)
+        mine = shard(jobs, rank, world_size)
+        return DryRun("shards", len(mine), split_done(mine, resume)[1], shown_settings(record, layouts, step, dev),
+                      total=len(jobs), rank=rank, world_size=world_size,
+                      notes=["(shards are counted, not their records: counting those would read every shard)"])
+    finish = open_output(out_path, record, resume, rank, world_size)
     with finish.on_failure():
         jobs = shard(jobs, rank, world_size)
         process = ray_batch_process(layouts, str(dev), align, largest_face, no_face, template, step,
