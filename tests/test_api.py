@@ -440,3 +440,35 @@ def test_plan_experiment_gives_a_grids_size_without_running_it(tmp_path):
     assert (plan.users, plan.attacks, plan.defenses, plan.cells, plan.runs, plan.cloaks) == (2, 2, 3, 2, 24, 14)
     assert str(plan).startswith("grid: 2 user(s) x 2 attack(s) x 3 defense(s) x 2 (victim, trainer) cell(s) = 24")
     assert sorted(tmp_path.rglob("*")) == before and "plan_experiment" in puface.__all__
+
+
+@pytest.mark.parametrize("file_size", [32, 40])
+def test_plan_experiment_counts_the_cloaks_the_cache_holds(tmp_path, monkeypatch, file_size):
+    """`reproduce --dry-run` said "N image(s) to cloak (... those in the cloak cache are read, not made)" and counted
+    every image, cached or not. The plan now looks each cloak up under the key the run would use (the cloak cache's own
+    `missing`), reading no cloak and writing nothing, not even the cache's folder. Files of the grid's size (32) are
+    keyed by the pixels decoded for the plan; others (40: resized on loading) are read again as the run reads them."""
+    from evaluation_helpers import EXPERIMENT_COLOURS_TOML, STANDIN_EMBEDDER, register_standins, write_colour_faces
+    from puface.utils.tomlconfig import tomllib
+
+    register_standins()
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("PUFACE_HOME", str(home))
+    root = write_colour_faces(tmp_path / "data", size=file_size)
+    cfg = tomllib.loads(EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)))
+    # a cloak the cache holds: a CloakAttack (the stand-in checkerboard is not one), quick
+    cfg["attacks"][1] = {"name": "fawkes", "label": "fawkes", "mode": "custom", "th": 0.01, "steps": 1, "lr": 20,
+                         "embedders": [STANDIN_EMBEDDER]}
+    cfg["defenses"] = cfg["defenses"][:1]
+    plan = puface.plan_experiment(cfg)
+    assert (plan.cloaks, plan.cached) == (14, 0) and "0 in the cloak cache, read, not made; 14 to make" in str(plan)
+    assert not (home / "cloaks").exists()
+    puface.run_experiment(cfg, out=tmp_path / "run", progress=False)
+    made = sorted((home / "cloaks").rglob("*.png"))
+    assert len(made) == 14
+    made[0].unlink()
+    before = sorted((p, p.stat().st_mtime_ns) for p in home.rglob("*"))
+    plan = puface.plan_experiment(cfg)
+    assert (plan.cloaks, plan.cached) == (14, 13) and "13 in the cloak cache, read, not made; 1 to make" in str(plan)
+    assert sorted((p, p.stat().st_mtime_ns) for p in home.rglob("*")) == before

@@ -23,7 +23,7 @@ import torch
 from ..io.images import atomic_write_bytes, encode_image, read_image
 from ..utils.errors import CloakNotCachedError, ImageReadError, PufaceError
 from ..utils.fingerprint import image_digest
-from ..utils.images import image_to_tensor, tensor_to_image
+from ..utils.images import image_to_tensor, tensor_to_image, to_float
 from ..utils.paths import cache_dir
 from .base import CloakAttack
 
@@ -171,12 +171,8 @@ class CloakCache:
         group with `labels` and `reference`, from the cache or computed (and cached). Each file's key holds
         the attack config, the image's pixels and the group's digest (every image, label and the reference),
         so a cloak is reused only for the same group. Returns float [0, 1] images on the 8-bit grid."""
-        from .group import group_digest
-
-        x = images.float().div(255.0) if images.dtype == torch.uint8 else images
-        digests = [image_digest(im) for im in x]
-        gd = group_digest(digests, labels, reference)
-        keys = [self.key(attack, d, gd) for d in digests]
+        x = to_float(images)
+        keys = self._group_keys(attack, x, labels, reference)
         out, missing = self._lookup(attack, keys, x)
         if missing and self.cached_only:
             raise CloakNotCachedError(
@@ -187,6 +183,43 @@ class CloakCache:
             res = attack.run(x, labels=list(labels), reference=reference, quantize_output=True, progress=progress)
             self._store(attack, keys, list(range(len(x))), res.images, out)
         return out
+
+    def _group_keys(self, attack: CloakAttack, x: torch.Tensor, labels: Sequence, reference=None) -> list[str]:
+        """The keys of a group's cloaks (`cloak_group`): each image's pixels with the group's digest."""
+        from .group import group_digest
+
+        digests = [image_digest(im) for im in x]
+        gd = group_digest(digests, labels, reference)
+        return [self.key(attack, d, gd) for d in digests]
+
+    def _stored(self, attack: CloakAttack, key: str) -> bool:
+        return self.path_for(attack, key).is_file()
+
+    def missing(self, attack: CloakAttack, paths: Sequence[str | Path], *, size: int | tuple[int, int] | None = None,
+                decoded: torch.Tensor | None = None) -> list[int]:
+        """The indices of `paths` whose cloak by `attack` is not stored: those `cloak(attack, paths, size=size)` would
+        make (keyed by the file's pixels as `cloak` decodes them; a stored file found unreadable then is made too, not
+        counted here; an unreadable input is counted). decoded: the files' pixels already decoded at `size` ((N, 3,
+        H, W), uint8 or float in [0, 1]): a file found under their key is not read again (their key is `cloak`'s when
+        the file needed no resizing); only the others are. Reads no cloak, writes nothing (`puface reproduce
+        --dry-run`)."""
+        from ..data.loading import load_images
+
+        todo = list(range(len(paths)))
+        if decoded is not None:
+            x = to_float(decoded)
+            todo = [i for i in todo if not self._stored(attack, self.key(attack, image_digest(x[i])))]
+        if not todo:
+            return []
+        images, kept, _ = load_images([paths[i] for i in todo], size=size)
+        found = {kept[j] for j in range(len(kept)) if self._stored(attack, self.key(attack, image_digest(images[j])))}
+        return [i for k, i in enumerate(todo) if k not in found]
+
+    def missing_group(self, attack: CloakAttack, images: torch.Tensor, labels: Sequence, reference=None) -> list[int]:
+        """The indices of `images` (a group, as `cloak_group` takes it) whose cloak is not stored; where any is
+        missing `cloak_group` makes the whole group. Reads no cloak, writes nothing."""
+        keys = self._group_keys(attack, to_float(images), labels, reference)
+        return [i for i, k in enumerate(keys) if not self._stored(attack, k)]
 
     def _lookup(self, attack: CloakAttack, keys: Sequence[str], images: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         """(float images with every cached cloak filled in, the indices of `keys` not in the cache)."""

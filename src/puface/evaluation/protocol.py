@@ -106,6 +106,7 @@ class GridPlan:
     done: int
     cloaks: int
     cloaking: int
+    cached: int | None = None  # of `cloaks`, those the cloak cache holds (None: not looked up)
 
     @property
     def runs(self) -> int:
@@ -114,9 +115,11 @@ class GridPlan:
 
     def __str__(self) -> str:
         finished = f", {self.done} finished" if self.done else ""
+        cache = ("those in the cloak cache are read, not made)" if self.cached is None else
+                 f"{self.cached} in the cloak cache, read, not made; {self.cloaks - self.cached} to make)")
         return (f"grid: {self.users} user(s) x {self.attacks} attack(s) x {self.defenses} defense(s) x {self.cells} "
                 f"(victim, trainer) cell(s) = {self.runs} run(s){finished}; {self.cloaks} image(s) to cloak "
-                f"({self.cloaking} cloaking attack(s); those in the cloak cache are read, not made)")
+                f"({self.cloaking} cloaking attack(s); {cache}")
 
 
 def setting_of(victim: str, attack: AttackSpec) -> str:
@@ -442,11 +445,15 @@ class Protocol:
         self.timings["cloak_s"] += time.perf_counter() - t0
         return to_uint8(x)
 
-    def _cloak_group(self, attack: CloakAttack, user: str, natural: torch.Tensor) -> torch.Tensor:
-        """A group attack on one user's images (uint8): the training split's other identities are its reference."""
+    def _group_reference(self, user: str) -> Reference:
+        """A group attack's reference for `user`: the training split's other identities."""
         train = self.data.train
         others = np.flatnonzero(train.labels != user)
-        reference = Reference(train.images[others], train.labels[others], [train.hashes[i] for i in others])
+        return Reference(train.images[others], train.labels[others], [train.hashes[i] for i in others])
+
+    def _cloak_group(self, attack: CloakAttack, user: str, natural: torch.Tensor) -> torch.Tensor:
+        """A group attack on one user's images (uint8): the training split's other identities are its reference."""
+        reference = self._group_reference(user)
         labels = [user] * len(natural)
         if self.cloak_cache is not None:
             return self.cloak_cache.cloak_group(attack, natural, labels, reference=reference, progress=self.progress)
@@ -513,14 +520,33 @@ class Protocol:
     def plan(self) -> GridPlan:
         """The size of this grid before it runs (`GridPlan`): runs pending are those not in `done`; the images to
         cloak are those of `cloaked_split` of each pending (attack, user) (cloaks in the cloak cache count too;
-        folder cloaks are read, not made)."""
+        folder cloaks are read, not made), and of them those the cloak cache holds (`cached_cloaks`; None without a
+        cloak cache)."""
         done = sum(i in self.done for a in self.attacks for u in self.users for i in self._ids(a.label, u))
         side = self.cloaked_split
         made = [a for a in self.attacks if a.attack is not None and not isinstance(a.attack, FolderCloaks)]
-        cloaks = sum(len(side.rows_of(u)) for a in made for u in self.users
-                     if not self._all_done(self._ids(a.label, u)))
+        pending = [(a, u) for a in made for u in self.users if not self._all_done(self._ids(a.label, u))]
+        cloaks = sum(len(side.rows_of(u)) for _, u in pending)
+        cached = None if self.cloak_cache is None else sum(self.cached_cloaks(a, u) for a, u in pending)
         return GridPlan(len(self.users), len(self.attacks), len(self.defenses), len(self._cells()), done, cloaks,
-                        len(made))
+                        len(made), cached)
+
+    def cached_cloaks(self, spec: AttackSpec, user: str) -> int:
+        """How many of the user's cloaks by `spec` (`cloak`) the cloak cache holds, looked up under the keys `cloak`
+        would use (`CloakCache.missing`, `missing_group`: a group with one missing is made whole); reads no cloak."""
+        attack, cache = spec.attack, self.cloak_cache
+        side = self.cloaked_split
+        rows = side.rows_of(user)
+        if cache is None or attack is None or isinstance(attack, FolderCloaks):
+            return 0
+        if getattr(attack, "group", False):
+            missing = cache.missing_group(attack, side.images[rows], [user] * len(rows), self._group_reference(user))
+            return 0 if missing else len(rows)
+        if not hasattr(attack, "config"):
+            return 0
+        size = (side.images.shape[-2], side.images.shape[-1])
+        return len(rows) - len(cache.missing(attack, [side.paths[i] for i in rows], size=size,
+                                             decoded=side.images[rows]))
 
     def run(self) -> list[dict]:
         """Run every (user, attack, defense, victim, trainer) not in `done`; returns the new rows."""
