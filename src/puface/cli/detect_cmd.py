@@ -84,7 +84,8 @@ _detector_purifier_option = click.option(
 @threads_option()
 @rank_options
 @engine_options("detector", "Same CSV rows either way.")
-@dry_run_option("score")
+@dry_run_option("score", "--out", "no scores CSV, run file or lock",
+                "--out scored with another detector, input or --align")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def detect(
     in_path: Path,

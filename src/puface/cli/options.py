@@ -33,14 +33,16 @@ def device_option(default: str | None = "auto", help: str = DEVICE_HELP + ".") -
                         metavar="DEVICE", help=help)
 
 
-def dry_run_option(verb: str) -> Callable:
-    """`--dry-run` of a folder job that would `verb` ("purify") its inputs."""
+def dry_run_option(verb: str, out: str = "OUT", writes: str = "no OUT, record or lock",
+                   refusals: str = "OUT inside IN, OUT made with other settings") -> Callable:
+    """`--dry-run` of a folder job that would `verb` ("purify") its inputs into `out`, writing `writes` otherwise;
+    `refusals`: examples of the job's refusals."""
     return click.option(
         "--dry-run", "dry_run", is_flag=True,
-        help=f"Say what the job would do and write nothing (no OUT, record or lock): the inputs found (and the files "
-        f"skipped as not images), how many are already done in OUT (a resume skips them), how many it would {verb}, "
-        "and its settings; the job's refusals (OUT inside IN, OUT made with other settings, ...) end it with the same "
-        "one-line error (exit 2). Loads the models to check them, runs none.")
+        help=f"Say what the job would do and write nothing ({writes}): the inputs found (and the files skipped as not "
+        f"images), how many are already done in {out} (a resume skips them), how many it would {verb}, and its "
+        f"settings; the job's refusals ({refusals}, ...) end it with the same one-line error (exit 2). Loads the "
+        "models to check them, runs none.")
 
 
 def threads_option(help: str = "Torch compute threads (default: torch's choice).") -> Callable:
