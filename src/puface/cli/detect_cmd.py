@@ -347,8 +347,8 @@ def train_detector(config_path: str, list_recipes: bool, show: bool, data: Path 
     if dry_run:
         from ..training.plan import plan_detector_training
 
-        click.echo(f"config: {cfg.where or config_path}")
-        click.echo(str(plan_detector_training(cfg, out, device=None if device == "auto" else device)))
+        plan = plan_detector_training(cfg, out, device=None if device == "auto" else device)
+        click.echo(f"config: {cfg.where or config_path}\n{plan}")
         return
     det = train(cfg, out, device=None if device == "auto" else device, progress=progress, log=click.echo)
     click.echo(json.dumps(det.meta.get("metrics", {}), indent=2))

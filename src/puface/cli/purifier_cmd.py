@@ -159,8 +159,8 @@ def train_purifier(
 
         if prepare_only:
             raise click.UsageError("--dry-run and --prepare-only: give one")
-        click.echo(f"config: {cfg.where or config_path}")
-        click.echo(str(plan_purifier_training(cfg, out, resume=resume, device=None if device == "auto" else device)))
+        plan = plan_purifier_training(cfg, out, resume=resume, device=None if device == "auto" else device)
+        click.echo(f"config: {cfg.where or config_path}\n{plan}")
         return
     if prepare_only:
         d = init_distributed(None if device == "auto" else device)
