@@ -68,7 +68,8 @@ def test_train_purifier_dry_run_prints_the_size_and_writes_nothing(tmp_path, joh
     assert n == len(identities) and train_ids + val_ids == n and held == 0 and val_ids >= 1
     train_names = set(identities) - set(split_identities(identities, 0.25, 1, tag="purifier-val")[0])
     assert train_images == sum(images[i] for i in train_names)
-    assert _numbers(text, r"training pairs: (\d+) over 1 attack.*?(\d+) read from the cache, (\d+) to make") == (3, 0, 3)
+    pairs = r"training pairs: (\d+) over 1 attack.*?(\d+) read from the cache, (\d+) to make"
+    assert _numbers(text, pairs) == (3, 0, 3)
     assert _numbers(text, r"validation pairs: (\d+) over .*?(\d+) read from the cache, (\d+) to make") == (1, 0, 1)
     assert _numbers(text, r"(\d+) epoch\(s\) x (\d+) optimizer step\(s\) of (\d+) pairs = (\d+) step") == (2, 3, 1, 6)
     assert not out.exists() and not (tmp_path / "cache").exists()
@@ -78,7 +79,7 @@ def test_train_purifier_dry_run_prints_the_size_and_writes_nothing(tmp_path, joh
     cache = _snapshot(tmp_path / "cache")
     assert main(cmd) == 0
     text = capsys.readouterr().out
-    assert _numbers(text, r"training pairs: (\d+) over 1 attack.*?(\d+) read from the cache, (\d+) to make") == (3, 3, 0)
+    assert _numbers(text, pairs) == (3, 3, 0)
     assert _snapshot(tmp_path / "cache") == cache and not out.exists()
 
 
@@ -144,7 +145,8 @@ def test_train_detector_dry_run_prints_the_size_and_writes_nothing(tmp_path, joh
     natural = sum(count[i] for i in fit)
     assert _numbers(text, r"natural: (\d+) chip\(s\), (\d+) sample\(s\)") == (natural, 2 * natural)  # + 1 variant
     # the first 4 chips of the training order: one per training identity (interleaved), those of fit ones fit
-    assert _numbers(text, r"cloaked images: (\d+) over 1 attack.*?(\d+) read from the cache, (\d+) to make") == (4, 0, 4)
+    cloaks = r"cloaked images: (\d+) over 1 attack.*?(\d+) read from the cache, (\d+) to make"
+    assert _numbers(text, cloaks) == (4, 0, 4)
     assert _numbers(text, r"(\d+) cloak\(s\) validate") == (4 - len(fit),)
     samples = 2 * natural + 2 * len(fit)  # two cloak strengths
     steps = -(-samples // 32)
