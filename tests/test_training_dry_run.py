@@ -200,3 +200,16 @@ def test_calibrate_detector_dry_run_refuses_what_the_run_would(args, message, tm
     out, err = capsys.readouterr()
     assert code != 0 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert out == "" and not (tmp_path / "mine").exists()
+
+
+def test_train_detector_dry_run_of_a_recipe_without_a_net_says_so(tmp_path, johns_dir, capsys):
+    """A recipe whose score has no net (the packaged `shift`) trains none: the dry run printed the net's epochs and
+    steps all the same; now it says there is no net to train, and still counts the calibration chips."""
+    names = sorted(p.name for p in johns_dir.iterdir() if p.is_dir())
+    cfg = _detector_recipe(tmp_path, johns_dir, names)
+    code = main(["train-detector", "--config", str(cfg), "--out", str(tmp_path / "det"), "--device", "cpu",
+                 "--set", 'detector.components=["shift:dlib-resnet29"]', "--dry-run"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "no net to train (score: shift:dlib-resnet29)" in text and "epoch(s)" not in text
+    assert "calibration: " in text and not (tmp_path / "det").exists()

@@ -195,6 +195,8 @@ class DetectorPlan:
     fpr: float
     confidence: float
     device: str
+    #: the score's components ("net": the CNN the run trains; "shift:<model>": computed, not trained)
+    components: tuple[str, ...] = ("net",)
 
     @property
     def samples(self) -> int:
@@ -207,16 +209,18 @@ class DetectorPlan:
 
     def __str__(self) -> str:
         conf = f" held with {self.confidence:.0%} confidence" if self.confidence else ""
+        samples = (f"natural: {self.natural_chips} chip(s), {self.natural_samples} sample(s) with their variants; "
+                   + _cloak_line("cloaked images", sum(c.images for c in self.cloaks), self.cloaks)
+                   + f"; {self.validation_cloaks} cloak(s) validate") if self.cloaks else \
+            "no [[attacks]]: no cloak made, no fit sample"
+        net = (f"net: {self.epochs} epoch(s) x {self.steps_per_epoch} step(s) of {self.batch_size} samples = "
+               f"{self.epochs * self.steps_per_epoch} step(s) on {self.samples} samples" if "net" in self.components
+               else f"no net to train (score: {', '.join(self.components)})")
         return "\n".join([
             f"data: {self.root}: the purifier {self.purifier}'s training identities: {self.fit_identities} to fit, "
-            f"{self.calibration_identities} to calibrate (with its validation identities)",
-            f"natural: {self.natural_chips} chip(s), {self.natural_samples} sample(s) with their variants; "
-            + _cloak_line("cloaked images", sum(c.images for c in self.cloaks), self.cloaks)
-            + f"; {self.validation_cloaks} cloak(s) validate",
-            f"net: {self.epochs} epoch(s) x {self.steps_per_epoch} step(s) of {self.batch_size} samples = "
-            f"{self.epochs * self.steps_per_epoch} step(s) on {self.samples} samples; calibration: "
-            f"{self.calibration_chips} natural chip(s), {self.calibration_samples} sample(s) with their variants, "
-            f"FPR target {self.fpr:.1%}{conf}; device {self.device}. {_NOTHING}"])
+            f"{self.calibration_identities} to calibrate (with its validation identities)", samples,
+            f"{net}; calibration: {self.calibration_chips} natural chip(s), {self.calibration_samples} sample(s) with "
+            f"their variants, FPR target {self.fpr:.1%}{conf}; device {self.device}. {_NOTHING}"])
 
 
 def plan_detector_training(cfg: DetectorTrainConfig, out: str | Path | None = None, *,
@@ -244,8 +248,10 @@ def plan_detector_training(cfg: DetectorTrainConfig, out: str | Path | None = No
                                  components=tuple(c for c in dc["components"] if c != "net"),
                                  chip_size=int(dc["chip_size"]), shift_floor=float(dc["shift_floor"])),
                   purifier=purifier)
-    chips, nat_paths = fit_paths(cfg, root, train_ids, fit_ids)
     variants, per_chip = list(aug["natural_variants"]), int(aug["variants_per_chip"])
+    nat_paths: list[Path] = []
+    if cfg.attacks:  # no fit sample is made without cloaks (nor a net trained: the recipe refuses a net then)
+        chips, nat_paths = fit_paths(cfg, root, train_ids, fit_ids)
     n_nat = len(nat_paths) * (1 + (min(per_chip, len(variants)) if variants and per_chip > 0 else 0))
     cache = CloakCache(cfg.data["cache"] or None, cached_only=bool(cfg.data["cached_only"]))
     fit, sets, val, cloaked = set(fit_ids), [], 0, 0
@@ -263,7 +269,7 @@ def plan_detector_training(cfg: DetectorTrainConfig, out: str | Path | None = No
     return DetectorPlan(root, str(cfg.data["purifier"]), len(fit_ids), len(cal_ids), len(nat_paths), n_nat, sets, val,
                         cloaked, int(cfg.train["epochs"]), int(cfg.train["batch_size"]), len(cal),
                         len(cal) * (1 + len(variants) + len(aug["storage_variants"])), float(dc["fpr"]),
-                        float(dc["confidence"]), str(dev))
+                        float(dc["confidence"]), str(dev), tuple(dc["components"]))
 
 
 @dataclass
