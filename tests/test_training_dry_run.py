@@ -213,3 +213,27 @@ def test_train_detector_dry_run_of_a_recipe_without_a_net_says_so(tmp_path, john
     assert code == 0, text
     assert "no net to train (score: shift:dlib-resnet29)" in text and "epoch(s)" not in text
     assert "calibration: " in text and not (tmp_path / "det").exists()
+
+
+def test_train_purifier_dry_run_checks_the_run_it_would_resume(tmp_path, johns_dir, capsys):
+    """OUT/last.pt of the same config: the dry run says it resumes after its epoch; of another config (--set
+    train.epochs=5): the run's refusal, one line; --no-resume: no resume said. OUT is left as it was."""
+    from puface.purifier import Purifier, RedNetConfig
+    from puface.purifier.checkpoint import make_checkpoint, save_checkpoint
+    from puface.training.config import load_config
+
+    path = _purifier_recipe(tmp_path, johns_dir)
+    cfg, out = load_config(path), tmp_path / "run"
+    model = RedNetConfig(channels=8, depth=2, downsample=1)
+    save_checkpoint(out / "last.pt", make_checkpoint(Purifier(model).net.state_dict(), model.as_dict(),
+                                                     config=cfg.as_dict(), train_state={"epoch": 1}))
+    before = _snapshot(out)
+    base = ["train-purifier", "--config", str(path), "--out", str(out), "--device", "cpu", "--dry-run"]
+    assert main(base) == 0
+    assert f"resumes {out / 'last.pt'} after epoch 1" in capsys.readouterr().out
+    assert main([*base, "--set", "train.epochs=5"]) == 2
+    err = capsys.readouterr().err
+    assert "was trained with other settings (train.epochs = 2, now 5)" in err and len(err.strip().splitlines()) == 1
+    assert main([*base, "--set", "train.epochs=5", "--no-resume"]) == 0
+    assert "resumes" not in capsys.readouterr().out
+    assert _snapshot(out) == before
