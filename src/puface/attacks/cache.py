@@ -122,15 +122,7 @@ class CloakCache:
         kept_targets = None
         if targets is not None:
             kept_targets = [t[kept] if t.ndim == 2 else t.expand(len(paths), -1)[kept] for t in targets]
-        keys = []
-        for i in range(len(kept)):
-            extra = ""
-            if kept_targets is not None:
-                extra = hashlib.sha256(
-                    b"".join(t[i].detach().cpu().float().numpy().tobytes() for t in kept_targets)
-                ).hexdigest()
-            keys.append(self.key(attack, image_digest(images[i]), extra))
-
+        keys = self._keys(attack, images, kept_targets)
         out, missing = self._lookup(attack, keys, images)
         if missing and self.cached_only:
             first = missing[0]
@@ -157,6 +149,35 @@ class CloakCache:
             finally:
                 bar.close()
         return out, kept, errors
+
+    def _keys(self, attack: CloakAttack, images: torch.Tensor,
+              targets: Sequence[torch.Tensor] | None = None) -> list[str]:
+        """The cache key of each image of `images` (N, 3, H, W) (and its row of each of `targets`)."""
+        keys = []
+        for i in range(len(images)):
+            extra = ""
+            if targets is not None:
+                extra = hashlib.sha256(
+                    b"".join(t[i].detach().cpu().float().numpy().tobytes() for t in targets)
+                ).hexdigest()
+            keys.append(self.key(attack, image_digest(images[i]), extra))
+        return keys
+
+    def uncached(self, attack: CloakAttack, paths: Sequence[str | Path], *,
+                 size: int | tuple[int, int] | None = None) -> tuple[list[int], list[int]]:
+        """Which image files of `paths` `cloak` would read from the cache and which it would make: (indices into
+        `paths` of the readable files, those of them without a cached cloak). Decodes the inputs and looks up the
+        cache files' names; reads no cloak, makes none, writes nothing (a dry run). With `cached_only`, a missing
+        cloak raises `CloakNotCachedError` as `cloak` would."""
+        from ..data.loading import load_images
+
+        images, kept, _ = load_images(paths, size=size)
+        keys = self._keys(attack, images) if kept else []
+        missing = [j for j, k in enumerate(keys) if not self.path_for(attack, k).is_file()]
+        if missing and self.cached_only:
+            first = missing[0]
+            raise CloakNotCachedError(attack.name, paths[kept[first]], self.path_for(attack, keys[first]), len(missing))
+        return kept, [kept[j] for j in missing]
 
     def cloak_group(
         self,

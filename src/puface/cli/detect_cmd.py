@@ -215,6 +215,9 @@ def detect(
 @device_option()
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
 @click.option("--align", is_flag=True, help="NATURAL holds photos, not chips: detect and align every face first.")
+@click.option("--dry-run", "dry_run", is_flag=True,
+              help="Check the detector and purifier files, --out and NATURAL, and print the photos found, the "
+                   "threshold now and the false-positive rate it targets, then exit without scoring or writing.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def calibrate_detector(
     natural: Path,
@@ -227,6 +230,7 @@ def calibrate_detector(
     device: str,
     batch_size: int,
     align: bool,
+    dry_run: bool,
     progress: bool,
 ) -> None:
     """Calibrate the cloak detector on your own natural photos, so that its false-positive rate holds on them.
@@ -249,8 +253,13 @@ def calibrate_detector(
     if batch_size < 1:
         raise PufaceError("--batch-size must be >= 1")
     check_output_file(out_path, "--out", inputs=[detector_path(weights), *([purifier] if purifier else [])])
-    det = load_detector(weights, device=None, purifier=purifier)
     kind = kind or f"user:{natural.resolve().name}"
+    if dry_run:
+        from ..training.plan import plan_calibration
+
+        click.echo(str(plan_calibration(natural, weights, purifier=purifier, kind=kind)))
+        return
+    det = load_detector(weights, device=None, purifier=purifier)
     replaced = (det.calibration.get("added_kinds") or {}).get(kind)
     scores = scores_csv or out_path.with_name(out_path.stem + "-calibration.csv")
     before, after, rep = calibrate_on_folder(det, natural, kind, scores_csv=scores,
@@ -307,10 +316,14 @@ def calibrate_detector(
 @threads_option()
 @click.option("--export", "export_path", type=click.Path(path_type=Path), default=None,
               help="Also copy the detector to this file when training ends.")
+@click.option("--dry-run", "dry_run", is_flag=True,
+              help="Check the config (with --set), the data, the purifier and face models it names and OUT, and print "
+                   "the run's size (identities, natural and cloaked samples, cloaks in the cache or to make, the net's "
+                   "epochs and steps, calibration chips, the FPR target), then exit without training or writing.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def train_detector(config_path: str, list_recipes: bool, show: bool, data: Path | None, out_dir: Path | None,
                    purifier: Path | None, overrides: tuple[str, ...], device: str, threads: int | None,
-                   export_path: Path | None, progress: bool) -> None:
+                   export_path: Path | None, dry_run: bool, progress: bool) -> None:
     """Train and calibrate a cloak detector as a recipe says (for `puface detect --detector FILE`).
 
     It learns from the purifier's training identities (natural chips, re-encoded and resampled variants,
@@ -339,6 +352,12 @@ def train_detector(config_path: str, list_recipes: bool, show: bool, data: Path 
     out = out_dir or Path("runs") / f"detector-{Path(config_path).stem}"
     if export_path is not None:  # before training, not after it
         check_output_file(export_path, "--export", inputs=[p for p in (purifier,) if p is not None])
+    if dry_run:
+        from ..training.plan import plan_detector_training
+
+        plan = plan_detector_training(cfg, out, device=None if device == "auto" else device)
+        click.echo(f"config: {cfg.where or config_path}\n{plan}")
+        return
     det = train(cfg, out, device=None if device == "auto" else device, progress=progress, log=click.echo)
     click.echo(json.dumps(det.meta.get("metrics", {}), indent=2))
     if export_path is not None:

@@ -106,6 +106,10 @@ def _parse_attack(text: str) -> dict:
     default=None,
     help="Also write the best purifier to this file (.safetensors or .pt) when training ends.",
 )
+@click.option("--dry-run", "dry_run", is_flag=True,
+              help="Check the config (with --set), the data, the face models and weights it names and OUT, and print "
+                   "the run's size (identities, training and validation pairs, cloaks in the cache or to make, "
+                   "epochs and optimizer steps), then exit without cloaking, training or writing anything.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def train_purifier(
     config_path: str,
@@ -121,6 +125,7 @@ def train_purifier(
     prepare_only: bool,
     cached_cloaks_only: bool,
     export_path: Path | None,
+    dry_run: bool,
     progress: bool,
 ) -> None:
     """Train a PuFace purifier (RED-Net) on amplified cloaked images, as the config says.
@@ -149,6 +154,14 @@ def train_purifier(
         from ..io.files import check_output_file
 
         check_output_file(export_path, "--export")
+    if dry_run:
+        from ..training.plan import plan_purifier_training
+
+        if prepare_only:
+            raise click.UsageError("--dry-run and --prepare-only: give one")
+        plan = plan_purifier_training(cfg, out, resume=resume, device=None if device == "auto" else device)
+        click.echo(f"config: {cfg.where or config_path}\n{plan}")
+        return
     if prepare_only:
         d = init_distributed(None if device == "auto" else device)
         try:

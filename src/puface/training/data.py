@@ -193,23 +193,26 @@ def _check_specs(attacks: Sequence[dict]) -> list[str]:
     return names
 
 
-def check_attacks(attacks: Sequence[dict], device: str | None = None, where: str = "") -> None:
+def check_attacks(attacks: Sequence[dict], device: str | None = None, where: str = "") -> dict[str, Any]:
     """Refuse a bad attack table of a purifier (or detector) config (no name, a repeated label, an unknown attack,
     option or value) before any cloak is made: each attack is built once (its surrogates loaded), none is run.
-    `where`: the config file (`config_where`), named first in the error with the entry, as experiment configs are."""
+    `where`: the config file (`config_where`), named first in the error with the entry, as experiment configs are.
+    Returns label -> the attack built (a dry run looks its cloaks up), none for cloaks read from a folder."""
     try:
         names = _check_specs(attacks)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+    built: dict[str, Any] = {}
     for label, spec in zip(names, attacks):
         if spec["name"] == "folder":
             continue
         try:
-            create_attack({k: v for k, v in spec.items() if k != "images"}, device=device)
+            built[label] = create_attack({k: v for k, v in spec.items() if k != "images"}, device=device)
         except MissingDependencyError:
             raise
         except PufaceError as e:
             raise ConfigError(f"{where} [[attacks]] {label!r}: {e}" if where else f"attack {label!r}: {e}") from None
+    return built
 
 
 def build_pairs(root: str | Path, identities: Sequence[str], attacks: Sequence[dict], *, seed: int = 0,

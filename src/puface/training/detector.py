@@ -313,18 +313,33 @@ def _featurise(det: CloakDetector, images: torch.Tensor, kinds: list[str], label
     return SampleSet(xu, pu, labels, kinds, feats)
 
 
+def fit_paths(cfg: DetectorTrainConfig, root: Path, train_ids: Sequence[str],
+              fit_ids: Sequence[str]) -> tuple[list[Path], list[Path]]:
+    """(every chip of the purifier's training identities in the recipe's order: each attack cloaks the first `images`;
+    the natural chips the net learns from: the fit identities' among them, the first data.max_natural)."""
+    chips = interleaved_chips(root, train_ids, f"detector-train-{cfg.seed}")
+    if not chips:
+        raise PufaceError(f"{root}: no images of the purifier's training identities found")
+    fit = set(fit_ids)
+    nat_paths = [p for p in chips if p.parent.name in fit]
+    return chips, nat_paths[: cfg.data["max_natural"]] if cfg.data["max_natural"] else nat_paths
+
+
+def attack_chips(cfg: DetectorTrainConfig, spec: dict, chips: Sequence[Path]) -> tuple[list[Path], dict]:
+    """(the chips an [[attacks]] entry cloaks: the first `images` of `chips`, default 100; the attack spec its cloaks
+    are made and cached with: the recipe's seed, no `images` or `label`)."""
+    seeded = {"seed": cfg.seed, **{k: v for k, v in spec.items() if k not in ("images", "label")}}
+    return list(chips[: int(spec.get("images", 100))]), seeded
+
+
 def build_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, train_ids: Sequence[str],
                   fit_ids: Sequence[str], *, progress: bool = True, device: str | None = None,
                   log: Callable[[str], None] = print) -> tuple[SampleSet, SampleSet, dict]:
     """(fit samples: natural variants and cloaks of the fit identities; validation cloaks: those of the
     other training identities; summary), with their features. device: where the cloaks are made (None: auto)."""
     d, aug = cfg.data, cfg.augment
-    chips = interleaved_chips(root, train_ids, f"detector-train-{cfg.seed}")
-    if not chips:
-        raise PufaceError(f"{root}: no images of the purifier's training identities found")
+    chips, nat_paths = fit_paths(cfg, root, train_ids, fit_ids)
     fit = set(fit_ids)
-    nat_paths = [p for p in chips if p.parent.name in fit]
-    nat_paths = nat_paths[: d["max_natural"]] if d["max_natural"] else nat_paths
     nat, _, errors = load_images(nat_paths, size=int(cfg.detector["chip_size"]))
     for e in errors:
         log(f"warning: skipped {e.path}: {e.reason}")
@@ -341,9 +356,7 @@ def build_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, trai
     summary: dict[str, Any] = {"natural_chips": len(nat), "natural_samples": len(nat_x), "attacks": {}}
     for spec in cfg.attacks:
         label = attack_label(spec)
-        n = int(spec.get("images", 100))
-        paths = chips[:n]
-        spec_seeded = {"seed": cfg.seed, **{k: v for k, v in spec.items() if k not in ("images", "label")}}
+        paths, spec_seeded = attack_chips(cfg, spec, chips)
         cl, kept, errors = cloak_fn(spec_seeded, paths)
         for e in errors:
             log(f"warning: skipped {getattr(e, 'path', e)}: {getattr(e, 'reason', e)}")
@@ -482,12 +495,18 @@ def fit_net(net: ResidualNet, det: CloakDetector, samples: SampleSet, cfg: Detec
     return history
 
 
+def calibration_paths(cfg: DetectorTrainConfig, root: Path, cal_ids: Sequence[str]) -> list[Path]:
+    """The natural chips the threshold is calibrated on: the calibration identities' (`interleaved_chips`), the
+    first data.max_calibration of them."""
+    paths = interleaved_chips(root, cal_ids, f"detector-calibration-{cfg.seed}")
+    return paths[: cfg.data["max_calibration"]] if cfg.data["max_calibration"] else paths
+
+
 def calibration_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, cal_ids: Sequence[str],
                         log: Callable[[str], None] = print) -> SampleSet:
     """Natural chips of the calibration identities, as they are, in every natural variant and in every storage
     variant (kinds "natural:<spec>")."""
-    paths = interleaved_chips(root, cal_ids, f"detector-calibration-{cfg.seed}")
-    paths = paths[: cfg.data["max_calibration"]] if cfg.data["max_calibration"] else paths
+    paths = calibration_paths(cfg, root, cal_ids)
     if not paths:
         raise PufaceError(f"{root}: no images of the calibration identities found")
     x, _, errors = load_images(paths, size=int(cfg.detector["chip_size"]))
@@ -497,18 +516,10 @@ def calibration_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path
     return _featurise(det, xs, kinds, torch.zeros(len(xs)), int(cfg.train["batch_features"]), log, "calibration")
 
 
-def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | None = None, progress: bool = True,
-                   log: Callable[[str], None] = print) -> CloakDetector:
-    """Train and calibrate a detector as `cfg` says; writes OUT/detector.safetensors, config.toml, metrics.json."""
-    t_start = time.perf_counter()
-    if device:
-        resolve_device(device)  # an unknown or unavailable device fails before any work
-    out = Path(out)
-    check_output_root(out)  # a file there: one line, not a traceback
-    root = resolve_data_root(cfg.data["root"])  # data and purifier checked before the output folder is touched
-    check_output_folder(root, out)  # not in the data (nor the data in it)
-    weights = cfg.data["purifier"]
-    purifier = Purifier.load(weights)
+def detector_identities(cfg: DetectorTrainConfig, root: Path) -> tuple[Purifier, list[str], list[str], list[str]]:
+    """(the recipe's purifier, loaded; its training identities; the fit ones; the calibration ones: the rest of them
+    and its validation identities), once every one has a folder under `root` (`require_identities`)."""
+    purifier = Purifier.load(cfg.data["purifier"])
     summary = purifier.meta.get("data_summary") or {}
     train_ids, val_ids = list(summary.get("train_identities") or []), list(summary.get("val_identities") or [])
     if not train_ids:
@@ -521,6 +532,20 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
         raise PufaceError(f"no identities left to fit ({len(fit_ids)}) or calibrate ({len(cal_ids)}); "
                           "change data.calibration_fraction")
     require_identities(root, sorted(set(train_ids) | set(val_ids)))
+    return purifier, train_ids, fit_ids, cal_ids
+
+
+def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | None = None, progress: bool = True,
+                   log: Callable[[str], None] = print) -> CloakDetector:
+    """Train and calibrate a detector as `cfg` says; writes OUT/detector.safetensors, config.toml, metrics.json."""
+    t_start = time.perf_counter()
+    if device:
+        resolve_device(device)  # an unknown or unavailable device fails before any work
+    out = Path(out)
+    check_output_root(out)  # a file there: one line, not a traceback
+    root = resolve_data_root(cfg.data["root"])  # data and purifier checked before the output folder is touched
+    check_output_folder(root, out)  # not in the data (nor the data in it)
+    purifier, train_ids, fit_ids, cal_ids = detector_identities(cfg, root)
     if cfg.attacks:  # a misspelt attack: said now, not after the other attacks' cloaks
         check_attacks(cfg.attacks, device=device, where=cfg.where)
     try:

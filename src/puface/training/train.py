@@ -144,10 +144,15 @@ def _epoch_order(
     perm = torch.randperm(n, generator=g)
     per_rank = n // world
     mine = perm[rank * per_rank : (rank + 1) * per_rank] if world > 1 else perm
+    return [mine[s * batch : (s + 1) * batch] for s in range(epoch_steps(n, world, batch, max_steps))]
+
+
+def epoch_steps(n: int, world: int, batch: int, max_steps: int | None) -> int:
+    """Optimiser steps per epoch of `n` training pairs over `world` processes, `batch` pairs per step and process
+    (the last partial batch dropped, at least one step while a process has a pair), at most `max_steps`."""
+    per_rank = n // world
     steps = max(1, per_rank // batch) if per_rank >= batch else (1 if per_rank > 0 else 0)
-    if max_steps:
-        steps = min(steps, max_steps)
-    return [mine[s * batch : (s + 1) * batch] for s in range(steps)]
+    return min(steps, max_steps) if max_steps else steps
 
 
 def _step_generator(seed: int, epoch: int, step: int, rank: int) -> torch.Generator:
@@ -406,6 +411,17 @@ def _init_source(weights: str, model: RedNetConfig) -> Purifier:
     return src
 
 
+def run_models(cfg: PurifierTrainConfig, device: torch.device, embedders: dict[str, nn.Module] | None = None, *,
+               init: bool = True) -> tuple[dict[str, nn.Module], dict[str, nn.Module], Purifier | None]:
+    """(the loss's face models, the validation's, the purifier `[train] init` starts from) of a run, loaded: a name
+    that does not load is a `PufaceError` naming its setting. init: False for a resumed run (it has its own)."""
+    loss_embs = _load_embedders(cfg.loss.embedders if cfg.loss.feature_weight > 0 else (), device, embedders,
+                                "loss.embedders")
+    val_embs = _load_embedders(cfg.val_embedders, device, {**(embedders or {}), **loss_embs},
+                               "val.embedders" if cfg.val.embedders else "loss.embedders")
+    return loss_embs, val_embs, _init_source(cfg.train.init, cfg.model) if cfg.train.init and init else None
+
+
 def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, device: str | None,
            embedders: dict[str, nn.Module] | None, cloak_fn: Callable | None, progress: bool,
            log: Callable[[str], None] | None, stop_after_steps: int | None) -> dict[str, Any]:
@@ -431,11 +447,7 @@ def _train(cfg: PurifierTrainConfig, out_dir: str | Path, *, resume: bool, devic
     # load (a typo in loss.embedders, val.embedders or train.init) is said now, not after them. Loaded aside from the
     # global random state, so the network's initial weights are those of a run that loads them later.
     with torch.random.fork_rng(devices=[]):
-        loss_embs = _load_embedders(cfg.loss.embedders if cfg.loss.feature_weight > 0 else (), d.device, embedders,
-                                    "loss.embedders")
-        val_embs = _load_embedders(cfg.val_embedders, d.device, {**(embedders or {}), **loss_embs},
-                                   "val.embedders" if cfg.val.embedders else "loss.embedders")
-        init = _init_source(tc.init, cfg.model) if tc.init and resumed is None else None  # a resumed run has its own
+        loss_embs, val_embs, init = run_models(cfg, d.device, embedders, init=resumed is None)
     # a typo in an attack or a folder without identities must not set aside (--no-resume) the run already in OUT
     if cloak_fn is None:
         check_attacks(cfg.attacks, device=str(d.device), where=cfg.where)
