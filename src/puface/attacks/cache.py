@@ -172,11 +172,13 @@ class CloakCache:
         from ..data.loading import load_images
 
         images, kept, _ = load_images(paths, size=size)
-        keys = self._keys(attack, images) if kept else []
-        missing = [j for j, k in enumerate(keys) if not self.path_for(attack, k).is_file()]
+        if not kept:
+            return kept, []
+        missing = self.missing(attack, [paths[i] for i in kept], size=size, decoded=images)
         if missing and self.cached_only:
             first = missing[0]
-            raise CloakNotCachedError(attack.name, paths[kept[first]], self.path_for(attack, keys[first]), len(missing))
+            key = self._keys(attack, images[first:first + 1])[0]
+            raise CloakNotCachedError(attack.name, paths[kept[first]], self.path_for(attack, key), len(missing))
         return kept, [kept[j] for j in missing]
 
     def cloak_group(
