@@ -104,3 +104,13 @@ def test_a_users_attack_without_a_settings_dataclass_records_none_and_keys_its_k
     assert cloak_folder(tree, out, _Noise([tiny_embedder()], eps=4.0, device="cpu"), progress=False).written == 4
     record = json.loads(_record(out, tree))
     assert record["settings"] is None and record["attack"]["eps"] == 4.0
+
+
+@pytest.mark.parametrize("kind", sorted({kind for kind, *_ in PINNED}))
+def test_the_key_knobs_are_the_recorded_settings_and_only_fawkes_adds_its_mode(kind):
+    """The record's "settings" are the one home of an attack's knobs; the cache key's (`_settings()`, before the
+    EARLIER values are left out) are those and the knobs kept outside the settings dataclass: Fawkes' mode alone."""
+    attack = create_attack(kind, embedders=[tiny_embedder()], device="cpu")
+    extra = {"mode": "high"} if kind == "fawkes" else {}
+    assert attack._settings() == {**extra, **attack.recorded_settings()}
+    assert list(attack._settings())[: len(extra)] == list(extra)

@@ -9,7 +9,6 @@ OUT/cloak_stats.csv and the attack's config in OUT/cloak_config.json.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -38,14 +37,6 @@ __all__ = [
 
 TOOL_SUFFIX = {"fawkes": "_cloaked", "lowkey": "_attacked"}  # the original tools' output names
 CONFIG_NAME = "cloak_config.json"
-
-
-def _all_settings(attack: CloakAttack) -> dict[str, Any] | None:
-    """The attack's settings dataclass as a JSON-ready dict (None for an attack without one)."""
-    settings = getattr(attack, "settings", None)
-    if settings is None or not dataclasses.is_dataclass(settings) or isinstance(settings, type):
-        return None
-    return json.loads(json.dumps(dataclasses.asdict(settings), default=str))
 STATS_NAME = "cloak_stats.csv"
 FORMATS = ("png", "same")
 
@@ -310,7 +301,7 @@ def cloak_folder(
         "input": input_identity(in_path),
         "attack": attack.config,
         # every setting, those the cache key leaves out at an earlier default too (unlearnable's stop_on / start)
-        "settings": _all_settings(attack),
+        "settings": attack.recorded_settings(),
         "naming": {"format": fmt, "tool_suffix": tool_suffix},
         # rotations recorded when on, so that a folder made before they existed resumes with "off"
         "align": {"align": align, "largest_face": largest_face,
