@@ -270,6 +270,8 @@ def cloak_folder(
     `address`); `attack_factory`, a picklable zero-argument callable that builds the same attack, lets
     each actor build it (else the attack object is shipped to them).
     """
+    from ..align.detect import rotations_entry  # here: the align package loads when a cloak job runs
+
     in_path, out_path = Path(in_path), Path(out_path)
     if engine not in ("local", "ray"):
         raise PufaceError(f"unknown engine {engine!r}; choose local or ray")
@@ -303,9 +305,7 @@ def cloak_folder(
         # every setting, those the cache key leaves out at an earlier default too (unlearnable's stop_on / start)
         "settings": attack.recorded_settings(),
         "naming": {"format": fmt, "tool_suffix": tool_suffix},
-        # rotations recorded when on, so that a folder made before they existed resumes with "off"
-        "align": {"align": align, "largest_face": largest_face,
-                  **({"rotations": rotations} if align and rotations != "off" else {})},
+        "align": {"align": align, "largest_face": largest_face, **(rotations_entry(rotations) if align else {})},
         # photos the outputs were optimised against (group attacks' reference identities, targeted Fawkes' pool)
         "reference": input_identity(reference) if reference is not None else None,
         "target_pool": input_identity(target_pool) if targeted and target_pool is not None else None,
