@@ -293,3 +293,53 @@ def test_cloak_resumes_a_folder_aligned_before_rotations_upright_only(tmp_path, 
     assert check_rotations("auto", True, record, resume=True) == "auto"  # given: the job's settings check refuses it
     record.write_text(json.dumps({"align": {"align": True, "largest_face": False, "rotations": "auto"}}))
     assert check_rotations(None, True, record, resume=True) == "auto" and not capsys.readouterr().err
+
+
+def test_rotations_have_one_home_recorded_only_when_on_and_read_back_as_off_without(photo_folder, tmp_path, capsys):
+    """`rotations_entry` writes what every job records of rotations (nothing with "off", so a folder made before them
+    resumes; with them on, {"rotations": ...} or a stats row's "turned"), `recorded_rotations` reads it back; each job's
+    record and stats columns are what they were before the idiom had one home."""
+    import csv
+    import json
+
+    from puface.align.detect import recorded_rotations, rotations_entry
+    from puface.attacks import create_attack
+    from puface.attacks.folder import cloak_folder
+    from puface.cli import main
+    from puface.purifier.folder import purify_settings
+
+    from purifier_support import visible_purifier
+    from test_fawkes import tiny_embedder
+
+    assert rotations_entry("off") == {} and rotations_entry("off", turned=90) == {}
+    assert rotations_entry("auto") == {"rotations": "auto"} and rotations_entry("auto", turned=90) == {"turned": 90}
+    assert recorded_rotations({"align": True}) == "off" and recorded_rotations({"rotations": "auto"}) == "auto"
+
+    # puface align: the record (the detector's config) and align.csv's "turned" column
+    for rotations in ("off", "auto"):
+        chips = tmp_path / f"chips-{rotations}"
+        assert main(["align", "--no-progress", "--rotations", rotations, str(photo_folder), str(chips)]) == 0
+        record = json.loads((chips / "align_config.json").read_text())
+        with open(chips / "align.csv", newline="") as f:
+            header = next(csv.reader(f))
+        assert list(record)[-2:] == (["cnn_max_side", "quality"] if rotations == "off" else ["rotations", "quality"])
+        assert ("rotations" in record, "turned" in header) == ((rotations == "auto"),) * 2
+    capsys.readouterr()
+    assert main(["align", "--no-progress", str(photo_folder), str(tmp_path / "chips-off")]) == 0  # resumes with off
+    assert "resuming with --rotations off" in capsys.readouterr().err
+
+    # puface purify --align: the record's "align"
+    off, auto = (purify_settings(photo_folder, visible_purifier(), align=True, rotations=r)["align"]
+                 for r in ("off", "auto"))
+    assert list(off.items()) == [("align", True), ("largest_face", False), ("no_face", "copy")]
+    assert list(auto.items()) == [*off.items(), ("rotations", "auto")]
+    assert purify_settings(photo_folder, visible_purifier(), rotations="auto")["align"] == {"align": False}
+
+    # puface cloak --align: the record's "align"; a folder made with off resumes
+    attack = create_attack("fawkes", mode="custom", steps=1, embedders=[tiny_embedder()], device="cpu")
+    for align, rotations, expected in ((True, "off", {}), (True, "auto", {"rotations": "auto"}), (False, "auto", {})):
+        out = tmp_path / f"cloak-{align}-{rotations}"
+        for _ in range(2):  # the second run resumes the folder the first made
+            cloak_folder(photo_folder, out, attack, align=align, rotations=rotations, progress=False)
+        record = json.loads((out / "cloak_config.json").read_text())
+        assert list(record["align"].items()) == [("align", align), ("largest_face", False), *expected.items()]

@@ -16,7 +16,7 @@ import numpy as np
 from ..io.jobs import FileJob, LoadedImage, Outcome
 from ..utils.errors import PufaceError
 from .aligner import FaceAligner
-from .detect import FaceDetector
+from .detect import FaceDetector, rotations_entry
 from .warp import fill_off_photo, paste_back
 
 NO_FACE_ACTIONS = ("copy", "skip")
@@ -98,7 +98,7 @@ def align_adapter(
             chip_size, FaceDetector(detector, rotations=rotations), pick="largest" if largest_face else "all",
             min_face=min_face,
         )
-    turns = aligner.detector.rotations != "off"
+    rotations = aligner.detector.rotations  # a given aligner's overrides the argument
 
     def process(items: list[LoadedImage]) -> list[Outcome]:
         found = []
@@ -128,8 +128,7 @@ def align_adapter(
         results: list[Outcome] = []
         for item, pf, outs, shown in zip(items, found, per_photo, inputs):
             base = {"faces": pf.found, "faces_processed": 0, "faces_too_small": len(pf.too_small)}
-            if turns:
-                base["turned"] = pf.turn
+            base.update(rotations_entry(rotations, turned=pf.turn))
             if not pf.faces:
                 reason = pf.reason_if_empty(aligner.min_face)
                 results.append(Outcome(no_face, reason=reason, stats=base))

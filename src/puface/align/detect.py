@@ -36,7 +36,7 @@ import importlib.util
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -45,6 +45,21 @@ from ..utils.errors import MissingDependencyError, PufaceError
 DETECTORS = ("hog", "cnn", "hog+cnn")
 #: "auto": a photo without an upright face is searched turned too (`TURNS`); "off": upright only.
 ROTATIONS = ("auto", "off")
+
+
+def rotations_entry(rotations: str, **entries: Any) -> dict[str, Any]:
+    """What a settings record (or a stats row: `entries`, its "turned") holds of `rotations`: {"rotations": rotations},
+    or `entries` when given, with rotations on; nothing with "off", so that a folder made before rotations existed
+    (no key) reads as made with "off" (`recorded_rotations`) and resumes as it began."""
+    if rotations == "off":
+        return {}
+    return entries or {"rotations": rotations}
+
+
+def recorded_rotations(record: Mapping[str, Any]) -> Any:
+    """The rotations a settings record (or run file) was made with: its "rotations", "off" without one (a record made
+    with rotations off, or before they existed: `rotations_entry`)."""
+    return record.get("rotations", "off")
 #: The turns tried, degrees clockwise, in this order (the first of equal scores wins).
 TURNS = (90, 270, 180)
 #: With rotations "auto", a photo whose best upright HOG face scores below this is searched turned too, and keeps its
@@ -212,8 +227,7 @@ class FaceDetector:
             "min_score": self.min_score,
             "cnn_upsample": self.cnn_upsample,
             "cnn_max_side": self.cnn_max_side,
-            # recorded when on, so that a folder made before rotations existed resumes with rotations "off"
-            **({"rotations": self.rotations} if self.rotations != "off" else {}),
+            **rotations_entry(self.rotations),
         }
 
     def _boxes(self, image: np.ndarray, kind: str) -> list[tuple[tuple[float, float, float, float], float]]:

@@ -17,7 +17,8 @@ while its statistics (DSSIM, embedding shift) stay the same.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import json
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
@@ -92,10 +93,10 @@ class AttackResult:
 
 
 class CloakAttack:
-    """Base class. Subclasses set `kind` and `algorithm`, and implement `_settings()` (their knobs as
-    a JSON-serialisable dict: every knob), `name` and `_attack_batch(x, generators)`, with keyword parameters after
-    those for the attack's own per-image inputs (`run`'s `extra`: Fawkes' `targets`); a knob added after cloaks were
-    cached goes in `EARLIER`.
+    """Base class. Subclasses set `kind` and `algorithm`, keep their knobs in a `settings` dataclass (or implement
+    `_settings()`: every knob as a JSON-serialisable dict), and implement `name` and `_attack_batch(x, generators)`,
+    with keyword parameters after those for the attack's own per-image inputs (`run`'s `extra`: Fawkes' `targets`); a
+    knob added after cloaks were cached goes in `EARLIER`.
 
     Args:
         surrogates: resolved `FaceEmbedder`s (see `surrogates.resolve_surrogates`).
@@ -136,8 +137,20 @@ class CloakAttack:
     def name(self) -> str:  # pragma: no cover - overridden
         return self.kind
 
-    def _settings(self) -> dict[str, Any]:  # pragma: no cover - overridden
-        return {}
+    def recorded_settings(self) -> dict[str, Any] | None:
+        """Every field of the attack's `settings` dataclass, JSON-ready (None for an attack without one): what
+        `puface cloak` records as OUT's "settings" (`attacks.folder`), the knobs `key_settings` leaves out too."""
+        settings = getattr(self, "settings", None)
+        if settings is None or not is_dataclass(settings) or isinstance(settings, type):
+            return None
+        return json.loads(json.dumps(asdict(settings), default=str))
+
+    def _settings(self) -> dict[str, Any]:
+        """Every knob, as the cache key holds them before `key_settings` leaves out the EARLIER values:
+        `recorded_settings()` ({} without a settings dataclass). The one difference between the two: an attack adds
+        here the knobs it keeps outside its settings dataclass (Fawkes' `mode`; the record has them in its "attack",
+        `config`), or, without one, returns all of its knobs here (the record's "settings" is then None)."""
+        return self.recorded_settings() or {}
 
     def key_settings(self) -> dict[str, Any]:
         """`_settings()` as the cache key holds them: without each `EARLIER` knob at its earlier value (and the knobs

@@ -63,7 +63,7 @@ matters for `steps=0`).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import torch
@@ -232,7 +232,7 @@ class Fawkes(CloakAttack):
         return self.settings.max_change / 255.0 if self.settings.geometry == "chip" else None
 
     def _settings(self) -> dict[str, Any]:
-        return {"mode": self.mode, **asdict(self.settings)}
+        return {"mode": self.mode, **super()._settings()}  # mode first: the order cloak records hold
 
     def run(self, images: torch.Tensor, *, targets: Sequence[torch.Tensor] | None = None, **kw):
         """Cloak `images` (N, 3, H, W) in [0, 1]; `targets` only for targeted Fawkes (see class doc)."""

@@ -9,7 +9,6 @@ OUT/cloak_stats.csv and the attack's config in OUT/cloak_config.json.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -40,14 +39,6 @@ __all__ = [
 
 TOOL_SUFFIX = {"fawkes": "_cloaked", "lowkey": "_attacked"}  # the original tools' output names
 CONFIG_NAME = "cloak_config.json"
-
-
-def _all_settings(attack: CloakAttack) -> dict[str, Any] | None:
-    """The attack's settings dataclass as a JSON-ready dict (None for an attack without one)."""
-    settings = getattr(attack, "settings", None)
-    if settings is None or not dataclasses.is_dataclass(settings) or isinstance(settings, type):
-        return None
-    return json.loads(json.dumps(dataclasses.asdict(settings), default=str))
 STATS_NAME = "cloak_stats.csv"
 FORMATS = ("png", "same")
 
@@ -284,6 +275,8 @@ def cloak_folder(
     dry_run: plan and check as the job would (the attack built, no image cloaked, no target chosen), write nothing
     (no folder, record, lock or stats) and return what it would do (`io.jobs.DryRun`).
     """
+    from ..align.detect import rotations_entry  # here: the align package loads when a cloak job runs
+
     in_path, out_path = Path(in_path), Path(out_path)
     if engine not in ("local", "ray"):
         raise PufaceError(f"unknown engine {engine!r}; choose local or ray")
@@ -316,11 +309,9 @@ def cloak_folder(
         "input": input_identity(in_path),
         "attack": attack.config,
         # every setting, those the cache key leaves out at an earlier default too (unlearnable's stop_on / start)
-        "settings": _all_settings(attack),
+        "settings": attack.recorded_settings(),
         "naming": {"format": fmt, "tool_suffix": tool_suffix},
-        # rotations recorded when on, so that a folder made before they existed resumes with "off"
-        "align": {"align": align, "largest_face": largest_face,
-                  **({"rotations": rotations} if align and rotations != "off" else {})},
+        "align": {"align": align, "largest_face": largest_face, **(rotations_entry(rotations) if align else {})},
         # photos the outputs were optimised against (group attacks' reference identities, targeted Fawkes' pool)
         "reference": input_identity(reference) if reference is not None else None,
         "target_pool": input_identity(target_pool) if targeted and target_pool is not None else None,

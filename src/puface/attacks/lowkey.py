@@ -29,7 +29,7 @@ resize inside (differentiably).
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
@@ -168,9 +168,6 @@ class LowKey(CloakAttack):
     @property
     def linf_budget(self) -> float:
         return self.settings.max_change
-
-    def _settings(self) -> dict[str, Any]:
-        return asdict(self.settings)
 
     # ------------------------------------------------------------------ pieces
     def _features(self, emb, x: torch.Tensor) -> list[torch.Tensor]:

@@ -55,7 +55,7 @@ Where this differs from the reference (the released code, zhongyy/OPOM):
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import torch
@@ -188,9 +188,6 @@ class OPOM(GroupCloakAttack):
     @property
     def linf_budget(self) -> float:
         return self.settings.epsilon / 255.0
-
-    def _settings(self) -> dict[str, Any]:
-        return asdict(self.settings)
 
     def _target(self, y: torch.Tensor, f: torch.Tensor, step: int) -> torch.Tensor:
         """The point each masked feature y (n, D) is pushed away from at `step`, given the clean features f (n, D):

@@ -47,7 +47,7 @@ reference, the labels of the protected photos must name at least two classes.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Sequence, cast
 
 import numpy as np
@@ -135,9 +135,6 @@ class UnlearnableExamples(GroupCloakAttack):
     @property
     def linf_budget(self) -> float:
         return self.settings.epsilon / 255.0
-
-    def _settings(self) -> dict[str, Any]:
-        return asdict(self.settings)
 
     # ------------------------------------------------------------------ pieces
     def _embed(self, emb, x: torch.Tensor) -> torch.Tensor:

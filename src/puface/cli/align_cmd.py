@@ -100,6 +100,7 @@ def align(
     OUT made with other settings is refused (--no-resume redoes every photo).
     """
     from ..align import FaceAligner, FaceDetector
+    from ..align.detect import rotations_entry
     from ..io.images import atomic_write_bytes, encode_image, pil_format_for
     from ..io.jobs import (Outcome, begin_settings, check_job_output, input_identity, plan_mirror, recorded_done,
                            run_folder_job)
@@ -152,8 +153,7 @@ def align(
             for item in items:
                 pf = aligner.align(item.image)
                 base = {"faces": pf.found, "faces_too_small": len(pf.too_small)}
-                if rotations != "off":
-                    base["turned"] = pf.turn
+                base.update(rotations_entry(rotations, turned=pf.turn))
                 if not pf.faces:
                     outs.append(Outcome.skip(pf.reason_if_empty(aligner.min_face), **base, chips="[]"))
                     continue

@@ -98,7 +98,9 @@ def check_rotations(rotations: str | None, align: bool, record: Path | None = No
     except (OSError, ValueError):
         return "auto"  # the job's own settings check names the unreadable record
     made = old.get(section) if section and isinstance(old, dict) else old
-    if isinstance(made, dict) and made.get("align", True) and made.get("rotations", "off") == "off":
+    from ..align.detect import recorded_rotations  # here: --help does not load the align package
+
+    if isinstance(made, dict) and made.get("align", True) and recorded_rotations(made) == "off":
         click.echo(f"{record}: made with faces searched upright only (--rotations off, or before it existed); resuming "
                    f"with --rotations off ({redo} redoes it with auto)", err=True)
         return "off"

@@ -461,10 +461,12 @@ def _check_same_run(out_csv: Path, old: dict, det_id: str, run: dict) -> None:
         if key in old and bool(old[key]) != run[key]:
             raise PufaceError(f"{out_csv}: scored {'with' if old[key] else 'without'} {flag}, this run "
                               f"{'with' if run[key] else 'without'}; {how}")
-    if run["align"] and old.get("align") and old.get("rotations", "off") != run.get("rotations", "off"):
-        # a run file from before rotations existed: its photos were searched upright only
-        raise PufaceError(f"{out_csv}: scored with --rotations {old.get('rotations', 'off')}, this run --rotations "
-                          f"{run.get('rotations', 'off')}; {how}")
+    if run["align"] and old.get("align"):
+        from ..align.detect import recorded_rotations  # here: the align package loads with --align only
+
+        if recorded_rotations(old) != recorded_rotations(run):
+            raise PufaceError(f"{out_csv}: scored with --rotations {recorded_rotations(old)}, this run --rotations "
+                              f"{recorded_rotations(run)}; {how}")
 
 
 def _load_run(state: Path) -> dict:
@@ -579,7 +581,7 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         state = run_file_of(out_csv)
         det_id = det.fingerprint()
         run = {"input": str(in_path.resolve()), "align": align, "largest_face": largest_face,
-               **({"rotations": rotations} if align else {})}
+               **({"rotations": rotations} if align else {})}  # "off" too; a file from before them has none
         shared = shared and world_size > 1
         if restart and not shared:
             if not dry_run:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..align import align_adapter, require_alignment
+from ..align.detect import rotations_entry
 from ..io.files import Listing
 from ..io.jobs import (
     DryRun,
@@ -159,7 +160,7 @@ def purify_settings(in_path: str | Path, purifier: Purifier | Mapping[str, Purif
         "purifier": {t: module_fingerprint(p) for t, p in sorted(as_layouts(purifier).items())},
         "template": template,
         "align": {"align": align, "largest_face": largest_face, "no_face": no_face,
-                  **({"rotations": rotations} if rotations != "off" else {})} if align else {"align": False},
+                  **rotations_entry(rotations)} if align else {"align": False},
         "quality": quality,
         **({"step": recorded} if recorded is not None else {}),
         **more,
