@@ -192,6 +192,34 @@ def test_purify_align_purifies_a_sideways_photo_and_says_so(photo_folder, tmp_pa
     assert "--rotations needs --align" in capsys.readouterr().err
 
 
+def test_purify_report_has_the_turned_column_of_purify_stats(photo_folder, tmp_path, capsys):
+    """`purify --align --stats` has a column turned (degrees clockwise a photo was turned to find its faces), but
+    `purify --align --report`'s detection.csv dropped it (its columns were fixed without it): the same photos now
+    give the same column there, and none with --rotations off, as --stats; a detection.csv written before is refused
+    with one line, not read with the wrong columns."""
+    import csv
+
+    from puface.cli import main
+
+    out = tmp_path / "out"
+    args = ["purify", "--align", "--report", "--no-progress", "--device", "cpu", str(photo_folder)]
+    assert main([*args, str(out)]) == 0, capsys.readouterr().err
+    rows = {r["path"]: r for r in csv.DictReader(open(out / "detection.csv"))}
+    assert (rows["side.png"]["turned"], rows["up.png"]["turned"], rows["none.png"]["turned"]) == ("90", "0", "0")
+    assert rows["side.png"]["faces"] == "1" and rows["none.png"]["faces"] == "0"
+    off = tmp_path / "off"
+    assert main([*args, str(off), "--rotations", "off"]) == 0
+    assert "turned" not in open(off / "detection.csv").readline()
+    capsys.readouterr()
+    old = out / "detection.csv"  # as written before the column: resumed, it is refused
+    table = list(csv.reader(open(old, newline="")))
+    at = table[0].index("turned")
+    with open(old, "w", newline="") as f:
+        csv.writer(f).writerows([c for j, c in enumerate(r) if j != at] for r in table)
+    assert main([*args, str(out)]) == 2
+    assert "detection.csv: written by an earlier puface (no 'turned' column)" in capsys.readouterr().err
+
+
 def test_detect_and_align_commands_say_the_face_was_found_turned(photo_folder, tmp_path, capsys):
     import csv
     import json
