@@ -1430,8 +1430,8 @@ def test_a_missing_data_folder_names_the_command_the_configs_comments_give(tmp_p
         assert "data folder not found" in err and err.endswith(f"; it is made by `{make}` (the comments of {base})")
     # published photos ([data] photos) missing: the same
     photos = tmp_path / "photos.toml"
-    photos.write_text(f"# Cut the photos first:\n#   python tools/photos.py --out photo-set\n"
-                      f'extends = "base.toml"\nname = "photos"\n[data]\nphotos = "photo-set"\n')
+    photos.write_text("# Cut the photos first:\n#   python tools/photos.py --out photo-set\n"
+                      'extends = "base.toml"\nname = "photos"\n[data]\nphotos = "photo-set"\n')
     assert main(["reproduce", str(photos), "--dry-run", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "[data] photos: photo-set: data folder not found" in err

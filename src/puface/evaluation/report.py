@@ -105,7 +105,7 @@ def markdown_to_html(md: str, headline: Sequence[str] = ()) -> str:
             col = [c in {f"ASR {d}" for d in headline} for c in head]
             by_row = head[:1] == ["defense"]  # a per-defense ASR table (not the image quality's, which has one too)
 
-            def mark(r: list[str], j: int) -> bool:
+            def mark(r: list[str], j: int, col: list[bool] = col, by_row: bool = by_row) -> bool:
                 return (j < len(col) and col[j]) or (by_row and r[:1] != [] and r[0] in headline)
 
             out.append(
