@@ -13,7 +13,7 @@ from PIL import Image
 pytest.importorskip("dlib")
 
 from puface.align import FaceAligner, FaceDetector, align_adapter  # noqa: E402
-from puface.align.detect import WEAK_HOG_SCORE, turn_image, unturn_points  # noqa: E402
+from puface.align.detect import WEAK_CNN_SCORE, WEAK_HOG_SCORE, turn_image, unturn_points  # noqa: E402
 from puface.align.geometry import apply_affine  # noqa: E402
 from puface.io.jobs import FileJob, LoadedImage, Outcome  # noqa: E402
 from puface.utils.errors import PufaceError  # noqa: E402
@@ -135,6 +135,24 @@ def test_an_upside_down_face_that_hog_finds_weakly_upright_is_turned(johns_dir):
     ref = FaceAligner(150, FaceDetector("hog")).align(up)
     assert pf.turn == 180 and len(pf.faces) == 1 and pf.faces[0].face.score > WEAK_HOG_SCORE
     assert np.abs(pf.faces[0].chip.astype(int) - ref.faces[0].chip).max() <= 1
+
+
+def test_a_sideways_face_the_cnn_finds_weakly_upright_is_turned_and_a_clear_upright_face_costs_one_run(
+        johns_dir, monkeypatch):
+    """With --detector cnn alone, turns were tried only when the CNN found nothing upright, while HOG also tries them
+    below `WEAK_HOG_SCORE`; but the CNN finds many sideways faces upright (confidence 0.0-1.26 on 50 LFW photos,
+    bench/results/align-rotations-cnn.md), so their chips came out sideways. Now a best upright confidence below
+    `WEAK_CNN_SCORE` has the turns tried too, as HOG's rule; a clear upright face (>= 1.0) is one CNN run, as before."""
+    up = johns_photo(johns_dir, 1, 5)  # the CNN: 1.06 upright; stored turned 90 degrees, 0.43 as if upright
+    side = stored(up, 90)
+    before = FaceAligner(150, FaceDetector("cnn", rotations="off")).align(side)
+    assert before.turn == 0 and before.faces and before.faces[0].face.score < WEAK_CNN_SCORE
+    pf = FaceAligner(150, FaceDetector("cnn")).align(side)
+    calls = count_boxes(monkeypatch)
+    ref = FaceAligner(150, FaceDetector("cnn")).align(up)
+    assert calls == ["cnn"] and ref.turn == 0 and ref.faces[0].face.score > WEAK_CNN_SCORE
+    assert pf.turn == 90 and len(pf.faces) == 1 and pf.faces[0].face.score > WEAK_CNN_SCORE
+    assert np.abs(pf.faces[0].chip.astype(int) - ref.faces[0].chip).max() <= 1  # the same chip, cut upright
 
 
 def test_a_weak_upright_face_stays_unless_a_turn_scores_higher(johns_dir, monkeypatch):
