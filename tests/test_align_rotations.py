@@ -13,7 +13,7 @@ from PIL import Image
 pytest.importorskip("dlib")
 
 from puface.align import FaceAligner, FaceDetector, align_adapter  # noqa: E402
-from puface.align.detect import WEAK_HOG_SCORE, turn_image, unturn_points  # noqa: E402
+from puface.align.detect import WEAK_CNN_SCORE, WEAK_HOG_SCORE, turn_image, unturn_points  # noqa: E402
 from puface.align.geometry import apply_affine  # noqa: E402
 from puface.io.jobs import FileJob, LoadedImage, Outcome  # noqa: E402
 from puface.utils.errors import PufaceError  # noqa: E402
@@ -137,6 +137,24 @@ def test_an_upside_down_face_that_hog_finds_weakly_upright_is_turned(johns_dir):
     assert np.abs(pf.faces[0].chip.astype(int) - ref.faces[0].chip).max() <= 1
 
 
+def test_a_sideways_face_the_cnn_finds_weakly_upright_is_turned_and_a_clear_upright_face_costs_one_run(
+        johns_dir, monkeypatch):
+    """With --detector cnn alone, turns were tried only when the CNN found nothing upright, while HOG also tries them
+    below `WEAK_HOG_SCORE`; but the CNN finds many sideways faces upright (confidence 0.0-1.26 on 50 LFW photos,
+    bench/results/align-rotations-cnn.md), so their chips came out sideways. Now a best upright confidence below
+    `WEAK_CNN_SCORE` has the turns tried too, as HOG's rule; a clear upright face (>= 1.0) is one CNN run, as before."""
+    up = johns_photo(johns_dir, 1, 5)  # the CNN: 1.06 upright; stored turned 90 degrees, 0.43 as if upright
+    side = stored(up, 90)
+    before = FaceAligner(150, FaceDetector("cnn", rotations="off")).align(side)
+    assert before.turn == 0 and before.faces and before.faces[0].face.score < WEAK_CNN_SCORE
+    pf = FaceAligner(150, FaceDetector("cnn")).align(side)
+    calls = count_boxes(monkeypatch)
+    ref = FaceAligner(150, FaceDetector("cnn")).align(up)
+    assert calls == ["cnn"] and ref.turn == 0 and ref.faces[0].face.score > WEAK_CNN_SCORE
+    assert pf.turn == 90 and len(pf.faces) == 1 and pf.faces[0].face.score > WEAK_CNN_SCORE
+    assert np.abs(pf.faces[0].chip.astype(int) - ref.faces[0].chip).max() <= 1  # the same chip, cut upright
+
+
 def test_a_weak_upright_face_stays_unless_a_turn_scores_higher(johns_dir, monkeypatch):
     up = johns_photo(johns_dir, 8, 35)  # HOG: 0.56 upright, a false 0.15 face turned 270 degrees
     off = align_adapter(brighten, rotations="off")([item(up)])[0]
@@ -190,6 +208,34 @@ def test_purify_align_purifies_a_sideways_photo_and_says_so(photo_folder, tmp_pa
     assert "differs in: align.rotations" in capsys.readouterr().err
     assert main(["purify", "--no-progress", "--rotations", "off", str(photo_folder), str(tmp_path / "x")]) == 2
     assert "--rotations needs --align" in capsys.readouterr().err
+
+
+def test_purify_report_has_the_turned_column_of_purify_stats(photo_folder, tmp_path, capsys):
+    """`purify --align --stats` has a column turned (degrees clockwise a photo was turned to find its faces), but
+    `purify --align --report`'s detection.csv dropped it (its columns were fixed without it): the same photos now
+    give the same column there, and none with --rotations off, as --stats; a detection.csv written before is refused
+    with one line, not read with the wrong columns."""
+    import csv
+
+    from puface.cli import main
+
+    out = tmp_path / "out"
+    args = ["purify", "--align", "--report", "--no-progress", "--device", "cpu", str(photo_folder)]
+    assert main([*args, str(out)]) == 0, capsys.readouterr().err
+    rows = {r["path"]: r for r in csv.DictReader(open(out / "detection.csv"))}
+    assert (rows["side.png"]["turned"], rows["up.png"]["turned"], rows["none.png"]["turned"]) == ("90", "0", "0")
+    assert rows["side.png"]["faces"] == "1" and rows["none.png"]["faces"] == "0"
+    off = tmp_path / "off"
+    assert main([*args, str(off), "--rotations", "off"]) == 0
+    assert "turned" not in open(off / "detection.csv").readline()
+    capsys.readouterr()
+    old = out / "detection.csv"  # as written before the column: resumed, it is refused
+    table = list(csv.reader(open(old, newline="")))
+    at = table[0].index("turned")
+    with open(old, "w", newline="") as f:
+        csv.writer(f).writerows([c for j, c in enumerate(r) if j != at] for r in table)
+    assert main([*args, str(out)]) == 2
+    assert "detection.csv: written by an earlier puface (no 'turned' column)" in capsys.readouterr().err
 
 
 def test_detect_and_align_commands_say_the_face_was_found_turned(photo_folder, tmp_path, capsys):

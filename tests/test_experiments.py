@@ -1404,6 +1404,45 @@ def test_a_missing_weights_file_names_the_command_the_configs_comments_give(tmp_
     assert "runs/other/best.safetensors: purifier checkpoint not found" in err and "it is made by" not in err
 
 
+def test_a_missing_data_folder_names_the_command_the_configs_comments_give(tmp_path, monkeypatch, capsys):
+    """`reproduce docs/studies/2026-12-05-sharp-photos/lfw-sharp.toml --data lfw-chips150-sharp/` without that folder
+    said only "data folder not found ... pass --data DIR", though the config's comments hold the script that makes it
+    (as a missing weights file's error gives its command). Now the one line ends with that command, from the config's
+    own comments or an extended config's; a command that only reads the folder (`--data DIR`) is not taken for it;
+    [data] photos alike; a folder no comment makes keeps the plain message."""
+    from puface.cli import main
+
+    register_standins()
+    monkeypatch.setenv("PUFACE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PUFACE_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    root = write_colour_faces(tmp_path / "data")
+    make = "python tools/make_set.py data/ derived-set/"
+    base = tmp_path / "base.toml"
+    base.write_text("# Run it on the derived set:\n#   puface reproduce base.toml --data derived-set/ --out runs/x\n"
+                    f"# made first by:\n#   {make}\n" + EXPERIMENT_COLOURS_TOML.replace("{root}", str(root)))
+    child = tmp_path / "child.toml"
+    child.write_text('extends = "base.toml"\nname = "child"\n')
+    for cfg in (base, child):
+        assert main(["reproduce", str(cfg), "--data", "derived-set/", "--dry-run", "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and err.startswith(f"puface: error: {cfg} [data] root: derived-set")
+        assert "data folder not found" in err and err.endswith(f"; it is made by `{make}` (the comments of {base})")
+    # published photos ([data] photos) missing: the same
+    photos = tmp_path / "photos.toml"
+    photos.write_text("# Cut the photos first:\n#   python tools/photos.py --out photo-set\n"
+                      'extends = "base.toml"\nname = "photos"\n[data]\nphotos = "photo-set"\n')
+    assert main(["reproduce", str(photos), "--dry-run", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "[data] photos: photo-set: data folder not found" in err
+    assert err.endswith("; it is made by `python tools/photos.py --out photo-set` (the comments of "
+                        f"{photos})"), err
+    # no comment makes it: the message as before
+    assert main(["reproduce", str(base), "--data", "elsewhere", "--dry-run", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "elsewhere: data folder not found" in err and "it is made by" not in err
+
+
 @pytest.mark.parametrize("named, expected", [
     ("runs/a/best.safetensors", "puface train-purifier --config x --out runs/a"),      # the file's folder
     ("runs/grid/k1/best.safetensors", "python tools/t.py --only ref,k1 --out runs/grid"),  # a folder above + its name

@@ -225,7 +225,70 @@ def test_a_cell_without_an_asr_is_marked_in_the_bar_chart_not_drawn_as_zero(monk
     summary = [{"attack": "fawkes", "victim": "v", "trainer": "nn", "defense": d, "asr_mean": asr, "asr_std": 0.0,
                 "normal_acc_mean": 0.9, "normal_acc_std": 0.0} for d, asr in (("none", 0.0), ("blur", float("nan")))]
     assert len(report_mod.bar_charts(summary, {"defenses": [{"label": "none"}, {"label": "blur"}]})) == 1
-    assert texts == [[[("n/a", 1.0)], []]]  # over blur's ASR bar only; the 0% of "none" stays a bar
+    assert texts == [[[("0", 0.0), ("n/a", 1.0)], []]]  # over blur's ASR bar only; the 0% of "none" is marked "0"
+
+
+def test_a_measured_zero_is_marked_in_the_bar_chart_and_told_from_a_missing_cell(monkeypatch):
+    """A 0% bar has no height: it looked the same as no bar at all, so a reader could not tell a measured 0 (PuFace's
+    ASR in many cells) from a cell the chart has not drawn. A 0 (0.0 in the tables) now gets a thin mark on the axis in
+    its bar's colour and the label "0"; n/a stays grey text, and a bar with a height gets neither."""
+    from puface.evaluation import report as report_mod
+
+    seen = []
+    real = report_mod.figure_data_uri
+
+    def keep(fig):
+        for ax in fig.axes[:2]:
+            bars = [c for c in ax.containers if hasattr(c, "patches")]
+            colours = [tuple(b.patches[0].get_facecolor()) for b in bars]
+            marks = [(round(float(np.mean(ln.get_xdata())), 3), colours.index(tuple(ln.get_color())))
+                     for ln in ax.lines if len(ln.get_xdata()) == 2 and ln.get_ydata()[0] > 0]
+            labels = [(t.get_text(), round(t.get_position()[0], 3)) for t in ax.texts]
+            seen.append((sorted(marks), sorted(labels)))
+        return real(fig)
+
+    monkeypatch.setattr(report_mod, "figure_data_uri", keep)
+    asr = {("fawkes", "none"): 0.9, ("fawkes", "puface"): 0.0, ("lowkey", "none"): 1.0, ("lowkey", "puface"): 0.0004,
+           ("fawkes", "blur"): float("nan"), ("lowkey", "blur"): 0.3}
+    summary = [{"attack": a, "victim": "v", "trainer": "nn", "defense": d, "asr_mean": m, "asr_std": 0.0,
+                "normal_acc_mean": 0.9, "normal_acc_std": 0.0} for (a, d), m in asr.items()]
+    config = {"attacks": [{"label": "fawkes"}, {"label": "lowkey"}],
+              "defenses": [{"label": "none"}, {"label": "puface"}, {"label": "blur"}]}
+    assert len(report_mod.bar_charts(summary, config)) == 1
+    # bars at x = defense index -/+ 0.2 (two attacks); fawkes is the first bar colour, lowkey the second
+    assert seen[0] == ([(0.8, 0), (1.2, 1)], [("0", 0.8), ("0", 1.2), ("n/a", 1.8)])
+    assert seen[1] == ([], [])  # normal accuracy 90% everywhere: no mark
+
+
+def test_the_headline_purifier_stands_out_in_the_reports_asr_tables(tmp_path):
+    """README's headline table bolds the PuFace column; the report's tables showed it like any baseline. The headline
+    defense (labelled puface..., or [report] headline) now has class "headline" (bold, tinted, in print too) on its
+    ASR column and its row of the per-defense tables; table.md's own bold (the mean rows) is kept."""
+    from puface.evaluation.report import render_report
+
+    md = "\n".join([
+        "| attack | victim | setting | trainer | ASR no defense | ASR puface | normal acc. no defense "
+        "| normal acc. puface |", "|---" * 8 + "|",
+        "| fawkes | v | white-box | nn | 100.0 ± 0.0 | 0.0 ± 0.0 | 99.0 ± 0.0 | 99.0 ± 0.0 |",
+        "| **mean (white-box)** | | | | **100.0** | **0.0** | **99.0** | **99.0** |", "",
+        "| defense | ASR fawkes | normal acc. (mean over attacks) |", "|---|---|---|",
+        "| none | 100.0 ± 0.0 | 99.0 |", "| puface | 0.0 ± 0.0 | 99.0 |", "| jpeg | 80.0 ± 0.0 | 99.0 |", "",
+        "| attack | defense | PSNR vs natural (dB) | SSIM vs natural | images |", "|---|---|---|---|---|",
+        "| fawkes | puface | 40.00 ± 0.00 | 0.9900 ± 0.0000 | 2 |",
+    ])
+    config = {"defenses": [{"label": d} for d in ("none", "puface", "jpeg")]}
+    page = render_report(tmp_path, {"name": "x", "config": config}, md)
+    assert page.count('class="num headline"') == 3 + 2  # header + 2 cells of "ASR puface"; puface's 2 numbers
+    assert '<th class="num headline">ASR puface</th>' in page
+    assert '<td class="num headline"><strong>0.0</strong></td>' in page  # the mean row keeps its bold
+    assert '<tr><td class="headline">puface</td><td class="num headline">0.0 ± 0.0</td>' in page
+    assert "<td>jpeg</td>" in page and '<td class="num">40.00 ± 0.00</td>' in page  # baselines, image quality: plain
+    css = page.replace("\n", " ")
+    assert re.search(r"\.headline \{[^}]*font-weight: 600[^}]*print-color-adjust: exact", css)
+    # [report] headline names another label: that one stands out, puface... does not
+    config["report"] = {"headline": ["jpeg"]}
+    page = render_report(tmp_path, {"name": "x", "config": config}, md)
+    assert '<tr><td class="headline">jpeg</td>' in page and '<th class="num">ASR puface</th>' in page
 
 
 def _write_examples(out: Path, kinds: list[str], n: int = 2) -> dict[str, dict[str, list[str]]]:

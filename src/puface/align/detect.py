@@ -18,16 +18,20 @@ photo without any face.
 Sideways and upside-down photos (a phone photo whose EXIF orientation an upload stripped): HOG finds upright faces
 only, and the CNN often finds a sideways face, but the 5-point predictor then fits landmarks as if it were upright
 (the chip comes out sideways). With `rotations="auto"` (the default), a photo in which the first detector ("hog", or
-"cnn" alone) finds no face upright, or HOG only faces scoring below `WEAK_HOG_SCORE` (it finds upside-down faces so),
-is also searched turned 90, 270 and 180 degrees clockwise, before the CNN fallback; the turn whose best face scores
-highest wins (the first on a tie; a weak upright face is kept unless a turn's best face scores higher), landmarks are
-fitted upright in the turned photo, and the faces come back in the photo's own pixels (`Face.turn` says which turn);
-weak upright faces beside the turn's faces are kept too (one over a turned face is that face upside down). A photo
-with an upright face scoring at least `WEAK_HOG_SCORE` is not searched turned: a second face stored sideways in it
-is not found (as with rotations off).
+"cnn" alone) finds no face upright, or only faces scoring below its weak score (`WEAK_SCORE`: HOG finds upside-down
+faces so, the CNN sideways ones), is also searched turned 90, 270 and 180 degrees clockwise, before the CNN fallback;
+the turn whose best face scores highest wins (the first on a tie; a weak upright face is kept unless a turn's best
+face scores higher), landmarks are fitted upright in the turned photo, and the faces come back in the photo's own
+pixels (`Face.turn` says which turn); weak upright faces beside the turn's faces are kept too (one over a turned face
+is that face upside down). A photo with an upright face scoring at least the weak score is not searched turned: a
+second face stored sideways in it is not found (as with rotations off).
 bench/bench_rotations.py (40 LFW photos stored turned 90 / 180 / 270 degrees): an upright chip in 40 / 40 / 40 of them
 (0 / 0 / 3 upright only); no false face on 40 non-face images; a photo with a face found upright (and scoring at least
-`WEAK_HOG_SCORE`: 384 of 400 upright LFW photos) costs nothing more, a photo without a face three HOG runs.
+`WEAK_HOG_SCORE`: 384 of 400 upright LFW photos) costs nothing more, a photo without a face three HOG runs. With
+"cnn" alone (bench/bench_rotations_cnn.py, 25 LFW photos stored turned 90 / 180 / 270): an upright chip in 20 / 23 /
+23 (before `WEAK_CNN_SCORE`: 8 / 22 / 4; the CNN finds some sideways faces upright at 0.9-1.26, upright faces
+1.01-1.10), at 3.4 / 4.0 / 3.8 CNN runs a photo; no false face on 36 non-face images; 1 of 150 more upright photos
+scores below it (three CNN runs more, not turned).
 """
 
 from __future__ import annotations
@@ -67,6 +71,12 @@ TURNS = (90, 270, 180)
 #: scoring 0.0-0.5 (turned: 1.2-2.8); 16 of 400 upright LFW photos have their best face below 0.6, none outscored by a
 #: turn (bench/bench_rotations.py).
 WEAK_HOG_SCORE = 0.6
+#: The same for the CNN alone (`detector="cnn"`; its confidence): it finds 38 of 50 LFW faces stored sideways as if
+#: upright (the chip then comes out sideways), at 0.01-1.26; upright faces score 1.01-1.10 (174 of 175 photos; one
+#: 0.83, which no turn outscores). Below 1.01 with a margin for other photos (bench/bench_rotations_cnn.py).
+WEAK_CNN_SCORE = 0.9
+#: The weak score of each first detector (`FaceDetector.detect`).
+WEAK_SCORE = {"hog": WEAK_HOG_SCORE, "cnn": WEAK_CNN_SCORE}
 #: The CNN is not run on a (downscaled) photo whose shorter side is below this: dlib raises "Filter windows must
 #: be small enough to fit into the padded image" under about 10 px, and no face it can find is that small.
 CNN_MIN_SIDE = 16
@@ -187,8 +197,8 @@ class FaceDetector:
         max_side: photos larger than this (longest side, pixels) are detected on a downscaled copy.
         min_score: drop HOG detections scoring below this (dlib's default threshold is 0).
         cnn_upsample, cnn_max_side: the same for the CNN detector.
-        rotations: "auto": when the first detector finds no face upright (or HOG only faces scoring below
-            `WEAK_HOG_SCORE`), also search the photo turned 90, 270 and 180 degrees clockwise (before the CNN
+        rotations: "auto": when the first detector finds no face upright (or only faces scoring below its
+            `WEAK_SCORE`), also search the photo turned 90, 270 and 180 degrees clockwise (before the CNN
             fallback); "off": upright only.
     """
 
@@ -272,7 +282,7 @@ class FaceDetector:
         for n, kind in enumerate(kinds):
             found = self._boxes(image, kind)
             top = max((s for _, s in found), default=None)
-            if n == 0 and self.rotations == "auto" and (top is None or (kind == "hog" and top < WEAK_HOG_SCORE)):
+            if n == 0 and self.rotations == "auto" and (top is None or top < WEAK_SCORE[kind]):
                 faces = self._turned(image, kind, beat=top)
                 if faces:  # weak upright faces kept unless one of them is a turned face again (found upside down)
                     return faces + [Face(box, self.landmarks(image, box), score, kind) for box, score in found

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..utils.errors import PufaceError
+from ..utils.errors import MissingFileError, PufaceError
 from ..utils.paths import current_folder
 
 __all__ = ["DATASETS", "Dataset", "data_home", "find_data_root", "resolve_data_root"]
@@ -148,5 +148,6 @@ def resolve_data_root(root: str | Path | None) -> Path:
     why = "no such folder" if p.is_absolute() else (
         f"not a folder under the current folder {current_folder()}, which a relative path is read from (not the config "
         f"file's folder, nor an extended config's), nor in {where}{_fetched_place(p)}")
-    raise PufaceError(f"{root}: data folder not found: {why}; pass --data DIR, "
-                      "a folder of identity sub-folders ROOT/<identity>/<image>")
+    # MissingFileError: a config's error adds the command its comments give for making the folder (`entry_errors`)
+    raise MissingFileError(root, f"{root}: data folder not found: {why}; pass --data DIR, "
+                           "a folder of identity sub-folders ROOT/<identity>/<image>")

@@ -163,6 +163,9 @@ def _records(path: Path, fields: list[str], fd: int | None = None) -> Iterator[d
         if "storage" in fields and header == [f for f in fields if f != "storage"]:
             raise PufaceError(f"{path}: written by an earlier puface (no 'storage' column: its decisions did not know "
                               "how each file is stored); pass --restart to score again, or choose another --out")
+        if "turned" in fields and header == [f for f in fields if f != "turned"]:
+            raise PufaceError(f"{path}: written by an earlier puface (no 'turned' column); pass --restart to score "
+                              "again, or choose another --out")
         if header != fields:
             raise PufaceError(f"{path}: written by another detector or with other options (columns {header}, "
                               f"expected {fields}); choose another --out or pass --restart")
@@ -887,7 +890,7 @@ def purify_folder_detected(
     crops, ...) are written as `puface purify` writes them (each layout to its purifier; `weights` as there,
     None = the shipped ones); their score is that of the image resized to a chip. `align`: photos, not chips
     (faces detected, purified and pasted back; with skip_cloaked a photo with any cloaked face is left out;
-    `rotations` as `purify_folder`).
+    `rotations` as `purify_folder`, and when not "off" a `turned` column as `purify_folder`'s stats have it).
     step: how far along the purifier's change the written images go (`Purifier.purify`; None: each purifier's
     default, `job_step`: 1.5 for the shipped dlib150 one); the score is that of P(x) either way.
     A chip stored as 4:4:4 JPEG or with a palette is judged by its storage's threshold, as `detect_folder` judges
@@ -902,7 +905,8 @@ def purify_folder_detected(
     scores = Path(scores_csv) if scores_csv else out_path / "detection.csv"
     fields = (
         ["path", "status", "score", "cloaked", *feature_columns(det)]
-        + (["faces"] if align else [])
+        # with rotations, `turned` as `purify --align --stats` has it (`align_adapter`: degrees clockwise, 0 upright)
+        + (["faces"] + (["turned"] if rotations != "off" else []) if align else [])
         + ["storage", "note"]
     )
     det_id = det.fingerprint()

@@ -23,6 +23,7 @@ from ..io.images import atomic_write_bytes, read_image
 from ..utils.errors import PufaceError
 from ..utils.images import image_to_tensor, tensor_to_image
 from ..utils.metrics import psnr, ssim
+from .tables import headline_defenses
 
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1200px;
@@ -38,6 +39,9 @@ td { white-space: nowrap; } .num { text-align: right; font-variant-numeric: tabu
 figure { margin: 0; text-align: center; font-size: 12px; }
 figure img { width: 150px; height: 150px; image-rendering: auto; border: 1px solid #ddd; }
 figcaption { color: #444; }
+/* the headline defense (the shipped purifier): its ASR column and its row in the per-defense tables, bold and tinted,
+   the tint kept on paper too */
+.headline { font-weight: 600; background: #e8f0fb; -webkit-print-color-adjust: exact; print-color-adjust: exact; }
 @media print {  /* paper does not scroll: tables wrap their cells, grids shrink their images to the page */
   .scroll { overflow: visible; } td { white-space: normal; }
   .grid { grid-template-columns: repeat(var(--cols), minmax(0, 1fr)); }
@@ -71,12 +75,15 @@ def _numeric_column(cells: Sequence[str]) -> bool:
     return bool(cells) and all(_NUMBER.match(c) for c in cells)
 
 
-def _cell(tag: str, content: str, numeric: bool) -> str:
-    return f'<{tag} class="num">{content}</{tag}>' if numeric else f"<{tag}>{content}</{tag}>"
+def _cell(tag: str, content: str, numeric: bool, headline: bool = False) -> str:
+    classes = " ".join(c for c, on in (("num", numeric), ("headline", headline)) if on)
+    return f'<{tag} class="{classes}">{content}</{tag}>' if classes else f"<{tag}>{content}</{tag}>"
 
 
-def markdown_to_html(md: str) -> str:
-    """The small Markdown subset `tables.render_tables` writes: headings, paragraphs, **bold**, tables."""
+def markdown_to_html(md: str, headline: Sequence[str] = ()) -> str:
+    """The small Markdown subset `tables.render_tables` writes: headings, paragraphs, **bold**, tables. The defenses
+    `headline` names (labels) stand out (class "headline"): the cells of a column "ASR <label>", and the row of a
+    table whose first column is "defense" that starts with the label."""
     def inline(text: str) -> str:
         return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
 
@@ -95,13 +102,19 @@ def markdown_to_html(md: str) -> str:
                 i += 1
             head, body = block[0], [r for r in block[1:] if not all(set(c) <= set("-: ") for c in r)]
             num = [_numeric_column([r[j] for r in body if j < len(r)]) for j in range(len(head))]
+            col = [c in {f"ASR {d}" for d in headline} for c in head]
+            by_row = head[:1] == ["defense"]  # a per-defense ASR table (not the image quality's, which has one too)
+
+            def mark(r: list[str], j: int, col: list[bool] = col, by_row: bool = by_row) -> bool:
+                return (j < len(col) and col[j]) or (by_row and r[:1] != [] and r[0] in headline)
+
             out.append(
                 '<div class="scroll"><table class="results"><thead><tr>'
-                + "".join(_cell("th", inline(c), j < len(num) and num[j]) for j, c in enumerate(head))
+                + "".join(_cell("th", inline(c), j < len(num) and num[j], col[j]) for j, c in enumerate(head))
                 + "</tr></thead><tbody>"
             )
-            out += ["<tr>" + "".join(_cell("td", inline(c), j < len(num) and num[j]) for j, c in enumerate(r))
-                    + "</tr>" for r in body]
+            out += ["<tr>" + "".join(_cell("td", inline(c), j < len(num) and num[j], mark(r, j))
+                                     for j, c in enumerate(r)) + "</tr>" for r in body]
             out.append("</tbody></table></div>")
             continue
         if line.startswith("### "):
@@ -167,9 +180,14 @@ def bar_charts(summary: list[dict], config: dict) -> list[tuple[str, str]]:
                             [0.0 if math.isnan(e + v) else min(e, 100.0 - v) for e, v in zip(errs, vals)]]
                     at = x + (j - (len(attacks) - 1) / 2) * width
                     bars = ax.bar(at, vals, width, yerr=yerr, capsize=2)
+                    colour = bars.patches[0].get_facecolor()
                     for xi, val in zip(at, vals):  # no number (no test photo, or not run): not an empty bar, as 0% is
                         if math.isnan(val):
                             ax.text(xi, 1, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="#555")
+                        elif round(val, 1) == 0:  # a measured 0 (0.0 in the tables): a bar of no height, marked
+                            ax.plot([xi - 0.4 * width, xi + 0.4 * width], [0.6, 0.6], color=colour, lw=2.5,
+                                    solid_capstyle="butt")
+                            ax.text(xi, 1.6, "0", ha="center", va="bottom", fontsize=7, color=colour)
                     if ax is axes[0]:  # the legend's
                         handles.append(bars)
             axes[0].set_ylabel("ASR (%)")
@@ -381,14 +399,16 @@ def render_report(out_dir: str | Path, results: dict[str, Any], table_md: str) -
     ]
     if results.get("description") and results["description"].strip() not in table_md:  # table.md's own says it once
         parts.append(f"<p>{html.escape(results['description'])}</p>")
-    parts.append(markdown_to_html(table_md))
+    summary = results.get("summary", [])
+    labels = [d["label"] for d in cfg.get("defenses", [])] + [s["defense"] for s in summary]
+    parts.append(markdown_to_html(table_md, headline_defenses(labels, cfg.get("report", {}).get("headline"))))
     charts = bar_charts(results.get("summary", []), cfg)
     if charts:
         parts.append("<h2>ASR and normal accuracy per defense and attack</h2>")
         parts.append(
             "<p>Bars: the mean over protected users and seeds (in %, as in the tables); error bars: one sample "
             "standard deviation over them each way, cut at 0 and 100% (none for a single user); "
-            "n/a: no number (no test photo of the users, or not run).</p>"
+            "0: a measured 0% (a thin mark on the axis); n/a: no number (no test photo of the users, or not run).</p>"
         )
         parts += [f'<img class="chart" src="{uri}" alt="bar chart: {html.escape(t)}">' for t, uri in charts]
     roc = roc_chart(results.get("detection") or {})

@@ -88,6 +88,13 @@ def _ordered(values: Iterable[str], order: Sequence[str]) -> list[str]:
     return sorted(vals, key=lambda v: (order.index(v) if v in order else len(order), v))
 
 
+def headline_defenses(defenses: Iterable[str], headline: Sequence[str] | None = None) -> list[str]:
+    """The defenses the paper table shows beside "none", in the order of `defenses` (labels): those `headline` names
+    (a config's [report] headline), else those labelled puface... (the shipped purifier's `puface`, its steps)."""
+    shown = (lambda d: d.startswith("puface")) if headline is None else (lambda d: d in headline and d != "none")
+    return [d for d in dict.fromkeys(defenses) if shown(d)]
+
+
 def paper_table(summary: list[dict], *, attacks: Sequence[str] = (), victims: Sequence[str] = (),
                 trainers: Sequence[str] = (), defenses: Sequence[str] = (),
                 headline: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:
@@ -96,8 +103,7 @@ def paper_table(summary: list[dict], *, attacks: Sequence[str] = (), victims: Se
     the cloaked settings."""
     index = {tuple(s[k] for k in ("attack", "victim", "trainer", "defense")): s for s in summary}
     none = "none" if any(s["defense"] == "none" for s in summary) else None
-    shown = (lambda d: d.startswith("puface")) if headline is None else (lambda d: d in headline and d != "none")
-    pufaces = [d for d in _ordered((s["defense"] for s in summary), defenses) if shown(d)]
+    pufaces = headline_defenses(_ordered((s["defense"] for s in summary), defenses), headline)
     cols = ([none] if none else []) + pufaces
     header = ["attack", "victim", "setting", "trainer"]
     header += [f"ASR {('no defense' if d == 'none' else d)}" for d in cols]
@@ -262,4 +268,4 @@ def render_tables(
 
 
 __all__ = ["summarise_rows", "count_of", "write_csv", "render_tables", "paper_table", "defense_tables", "quality_table",
-           "md_cell"]
+           "md_cell", "headline_defenses"]

@@ -99,7 +99,8 @@ def _run_grid(cfg: ExperimentConfig | str | Path, output: str | Path | None, *, 
         cfg = load_config(cfg)
     out = Path(output or cfg.run.get("output") or Path("runs") / cfg.name)
     device = _device(device or cfg.run.get("device"))
-    root = resolve_data_root(cfg.data["root"])
+    with entry_errors(cfg, "[data] root"):  # a missing folder: with the command the config's comments give for it
+        root = resolve_data_root(cfg.data["root"])
     check_output_folder(root, out)  # inside the data, its own files would change the data a resume is checked against
     victims = build_victims(cfg, device)
     defenses = {}
@@ -205,9 +206,9 @@ def _protocol(cfg: ExperimentConfig, root: Path, echo: Callable[[str], None]) ->
     from ..align import require_alignment
 
     require_alignment()  # every published photo is aligned: without dlib, one line before any work
-    photos = PhotoPath(
-        resolve_data_root(cfg.data["photos"]), root, size=int(cfg.data["image_size"]), jpeg=cfg.data.get("photos_jpeg")
-    )
+    with entry_errors(cfg, "[data] photos"):
+        photos_root = resolve_data_root(cfg.data["photos"])
+    photos = PhotoPath(photos_root, root, size=int(cfg.data["image_size"]), jpeg=cfg.data.get("photos_jpeg"))
     again = f", re-encoded as JPEG q{photos.jpeg}" if photos.jpeg is not None else ""
     echo(
         f"published photos: {photos.photos} (every training image is pasted into its photo{again}, "

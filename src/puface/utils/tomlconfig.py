@@ -360,11 +360,15 @@ def _names(path: tuple[str, ...], target: tuple[str, ...]) -> bool:
     return len(path) >= len(target) > 0 and all(a == b or (a[:1], a[-1:]) == ("<", ">") for a, b in zip(tail, target))
 
 
+_READS = re.compile(r"--data(?:=|\s+)\S+")  # a command's input folder (`puface reproduce X --data DIR`)
+
+
 def command_making(named: str, files: Iterable[Path]) -> tuple[str, Path] | None:
     """The command in the comments of `files` (`commented_commands`) that makes the file `named` (as a config writes
     it: "runs/purifier-x/best.safetensors", "faceres.pt"): the first whose line (trailing comment included) names the
     file (`<name>` there stands for any one name), else whose command names the file's folder ("runs/purifier-x",
-    "runs/published"), else a folder above it and the name just below that ("--only ref --out runs/ablations").
+    "runs/published"), else a folder above it and the name just below that ("--only ref --out runs/ablations"). A
+    command's `--data DIR` is what it reads, not what it makes: not a mention of DIR.
     (The command without its trailing comment, its file), or None."""
     commands: list[tuple[str, Path]] = []
     for f in files:
@@ -377,7 +381,8 @@ def command_making(named: str, files: Iterable[Path]) -> tuple[str, Path] | None
         return [PurePosixPath(w).parts for w in re.split(r"[\s\"'=,;()`]+", text) if w]
 
     target = PurePosixPath(named.replace("\\", "/")).parts
-    lines = [(cmd.split(" #")[0].rstrip(), words(cmd), words(cmd.split(" #")[0]), f) for cmd, f in commands]
+    lines = [(cmd.split(" #")[0].rstrip(), words(_READS.sub(" ", cmd)), words(_READS.sub(" ", cmd.split(" #")[0])), f)
+             for cmd, f in commands]
     found = [(c, f) for c, line, _, f in lines if any(_names(w, target) for w in line)]
     if len(target) >= 3:  # a folder of two parts or more holds the file
         found += [(c, f) for c, _, cmd, f in lines if any(_names(w, target[:-1]) for w in cmd)]
