@@ -153,3 +153,17 @@ def test_cloak_dry_run_of_a_group_attack_says_groups(tree, tmp_path, capsys):
                             str(out)], capsys)
     assert code == 0, err
     assert "to cloak: 6" in said and "one group" in said and not out.exists()
+
+
+def test_dry_run_counts_broken_links_with_the_files_the_job_fails(tree, tmp_path, capsys):
+    """A link to a file that does not exist is listed by the job and fails it ("broken link"); the dry run said
+    "1 of them in formats puface cannot read" for a GIF beside it and left the link out of that count, so its count of
+    the inputs the job lists as failed fell short of the real run's."""
+    (tree / "anim.gif").write_bytes(b"GIF89a")
+    (tree / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    out = tmp_path / "out"
+    code, said, err = _run(["purify", "--dry-run", str(tree), str(out)], capsys)
+    assert code == 0, err
+    assert "8 chips found" in said and "2 of them cannot be read" in said and "broken link" in said
+    code, said, _ = _run(["purify", "--no-progress", str(tree), str(out)], capsys)
+    assert code == 1 and "FAILED (2)" in said

@@ -187,8 +187,8 @@ class DryRun:
         found = self.listing.images if self.listing is not None else (self.total or self.share)
         lines = [f"dry run (nothing written): {found} {self.kind} found"]
         if self.listing is not None and self.listing.unsupported:
-            lines.append(f"  {self.listing.unsupported} of them in formats puface cannot read (the job lists them as "
-                         "failed)")
+            lines.append(f"  {self.listing.unsupported} of them cannot be read (formats puface does not read, broken "
+                         "links): the job lists them as failed")
         if self.listing is not None:
             shown = ", ".join(shown_path(p) for p in self.listing.other_paths)
             more = ", ..." if self.listing.others > len(self.listing.other_paths) else ""
