@@ -167,3 +167,18 @@ def test_dry_run_counts_broken_links_with_the_files_the_job_fails(tree, tmp_path
     assert "8 chips found" in said and "2 of them cannot be read" in said and "broken link" in said
     code, said, _ = _run(["purify", "--no-progress", str(tree), str(out)], capsys)
     assert code == 1 and "FAILED (2)" in said
+
+
+def test_dry_run_writes_in_puface_home_only_what_its_help_says(tree, tmp_path, capsys, monkeypatch):
+    """The help said "write nothing (no OUT, record or lock) ... Loads the models", but loading a face model the first
+    time caches its converted weights in $PUFACE_HOME/weights (`models.weights.cached_state_dict`, as any command
+    does): the help now says so, and that file is the only one a dry run writes there (no cloak or evaluation cache)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("PUFACE_HOME", str(home))
+    code, said, err = _run([*CLOAK, "--dry-run", str(tree), str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    written = [p.relative_to(home).parts for p in home.rglob("*") if p.is_file()]
+    assert written and all(parts[0] == "weights" for parts in written)
+    helps = " ".join(_run([c, "--help"], capsys)[1] for c in ("cloak", "purify", "detect", "reproduce"))
+    assert helps.count("$PUFACE_HOME/weights") == 4

@@ -42,7 +42,8 @@ def dry_run_option(verb: str, out: str = "OUT", writes: str = "no OUT, record or
         help=f"Say what the job would do and write nothing ({writes}): the inputs found (and the files skipped as not "
         f"images), how many are already done in {out} (a resume skips them), how many it would {verb}, and its "
         f"settings; the job's refusals ({refusals}, ...) end it with the same one-line error (exit 2). Loads the "
-        "models to check them, runs none.")
+        "models to check them, runs none (a face model's first load caches its converted weights in "
+        "$PUFACE_HOME/weights, as any command does).")
 
 
 def threads_option(help: str = "Torch compute threads (default: torch's choice).") -> Callable:
