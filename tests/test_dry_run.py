@@ -182,3 +182,23 @@ def test_dry_run_writes_in_puface_home_only_what_its_help_says(tree, tmp_path, c
     assert written and all(parts[0] == "weights" for parts in written)
     helps = " ".join(_run([c, "--help"], capsys)[1] for c in ("cloak", "purify", "detect", "reproduce"))
     assert helps.count("$PUFACE_HOME/weights") == 4
+
+
+def test_dry_run_says_when_it_looks_at_no_earlier_output(tree, tmp_path, capsys):
+    """With --no-resume (or detect's --restart) every input is done again, and the dry run said "already done in the
+    output (a resume skips them): 0" over a full OUT, as if it held nothing; detect's scores file that does not exist
+    yet was said "(resumed)". Now: "not looked at (no resume ...)" and "(new)"."""
+    scores = tmp_path / "s.csv"
+    code, said, err = _run(["detect", "--dry-run", str(tree), "--out", str(scores)], capsys)
+    assert code == 0, err
+    assert f"scores: {scores} (new)" in said and "a resume skips them): 0" in said
+    assert main(["detect", "--no-progress", str(tree), "--out", str(scores)]) == 0
+    capsys.readouterr()
+    code, said, _ = _run(["detect", "--dry-run", str(tree), "--out", str(scores)], capsys)
+    assert code == 0 and "(resumed)" in said and "a resume skips them): 6" in said
+    for flag in ("--restart", "--no-resume"):
+        code, said, _ = _run(["detect", "--dry-run", flag, str(tree), "--out", str(scores)], capsys)
+        assert code == 0 and "already done in the output: not looked at (no resume" in said and "to score: 6" in said
+    out = tmp_path / "out"
+    code, said, _ = _run(["purify", "--dry-run", "--no-resume", str(tree), str(out)], capsys)
+    assert code == 0 and "not looked at (no resume" in said and "to purify: 6" in said
