@@ -202,3 +202,13 @@ def test_dry_run_says_when_it_looks_at_no_earlier_output(tree, tmp_path, capsys)
     out = tmp_path / "out"
     code, said, _ = _run(["purify", "--dry-run", "--no-resume", str(tree), str(out)], capsys)
     assert code == 0 and "not looked at (no resume" in said and "to purify: 6" in said
+
+
+def test_purify_help_names_the_options_its_dry_run_refuses(tree, tmp_path, capsys):
+    """`purify --dry-run` refuses --skip-cloaked and --report (their scores decide what is written), which its help
+    did not say."""
+    code, said, err = _run(["purify", "--dry-run", "--report", str(tree), str(tmp_path / "out")], capsys)
+    assert code == 2 and "--dry-run does not cover --skip-cloaked or --report" in err
+    assert not (tmp_path / "out").exists()
+    helped = " ".join(_run(["purify", "--help"], capsys)[1].split())
+    assert "Not with --skip-cloaked or --report" in helped
