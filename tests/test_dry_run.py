@@ -153,3 +153,62 @@ def test_cloak_dry_run_of_a_group_attack_says_groups(tree, tmp_path, capsys):
                             str(out)], capsys)
     assert code == 0, err
     assert "to cloak: 6" in said and "one group" in said and not out.exists()
+
+
+def test_dry_run_counts_broken_links_with_the_files_the_job_fails(tree, tmp_path, capsys):
+    """A link to a file that does not exist is listed by the job and fails it ("broken link"); the dry run said
+    "1 of them in formats puface cannot read" for a GIF beside it and left the link out of that count, so its count of
+    the inputs the job lists as failed fell short of the real run's."""
+    (tree / "anim.gif").write_bytes(b"GIF89a")
+    (tree / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    out = tmp_path / "out"
+    code, said, err = _run(["purify", "--dry-run", str(tree), str(out)], capsys)
+    assert code == 0, err
+    assert "8 chips found" in said and "2 of them cannot be read" in said and "broken link" in said
+    code, said, _ = _run(["purify", "--no-progress", str(tree), str(out)], capsys)
+    assert code == 1 and "FAILED (2)" in said
+
+
+def test_dry_run_writes_in_puface_home_only_what_its_help_says(tree, tmp_path, capsys, monkeypatch):
+    """The help said "write nothing (no OUT, record or lock) ... Loads the models", but loading a face model the first
+    time caches its converted weights in $PUFACE_HOME/weights (`models.weights.cached_state_dict`, as any command
+    does): the help now says so, and that file is the only one a dry run writes there (no cloak or evaluation cache)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("PUFACE_HOME", str(home))
+    code, said, err = _run([*CLOAK, "--dry-run", str(tree), str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    written = [p.relative_to(home).parts for p in home.rglob("*") if p.is_file()]
+    assert written and all(parts[0] == "weights" for parts in written)
+    helps = " ".join(_run([c, "--help"], capsys)[1] for c in ("cloak", "purify", "detect", "reproduce"))
+    assert helps.count("$PUFACE_HOME/weights") == 4
+
+
+def test_dry_run_says_when_it_looks_at_no_earlier_output(tree, tmp_path, capsys):
+    """With --no-resume (or detect's --restart) every input is done again, and the dry run said "already done in the
+    output (a resume skips them): 0" over a full OUT, as if it held nothing; detect's scores file that does not exist
+    yet was said "(resumed)". Now: "not looked at (no resume ...)" and "(new)"."""
+    scores = tmp_path / "s.csv"
+    code, said, err = _run(["detect", "--dry-run", str(tree), "--out", str(scores)], capsys)
+    assert code == 0, err
+    assert f"scores: {scores} (new)" in said and "a resume skips them): 0" in said
+    assert main(["detect", "--no-progress", str(tree), "--out", str(scores)]) == 0
+    capsys.readouterr()
+    code, said, _ = _run(["detect", "--dry-run", str(tree), "--out", str(scores)], capsys)
+    assert code == 0 and "(resumed)" in said and "a resume skips them): 6" in said
+    for flag in ("--restart", "--no-resume"):
+        code, said, _ = _run(["detect", "--dry-run", flag, str(tree), "--out", str(scores)], capsys)
+        assert code == 0 and "already done in the output: not looked at (no resume" in said and "to score: 6" in said
+    out = tmp_path / "out"
+    code, said, _ = _run(["purify", "--dry-run", "--no-resume", str(tree), str(out)], capsys)
+    assert code == 0 and "not looked at (no resume" in said and "to purify: 6" in said
+
+
+def test_purify_help_names_the_options_its_dry_run_refuses(tree, tmp_path, capsys):
+    """`purify --dry-run` refuses --skip-cloaked and --report (their scores decide what is written), which its help
+    did not say."""
+    code, said, err = _run(["purify", "--dry-run", "--report", str(tree), str(tmp_path / "out")], capsys)
+    assert code == 2 and "--dry-run does not cover --skip-cloaked or --report" in err
+    assert not (tmp_path / "out").exists()
+    helped = " ".join(_run(["purify", "--help"], capsys)[1].split())
+    assert "Not with --skip-cloaked or --report" in helped

@@ -407,7 +407,7 @@ def _dry_run(jobs: list[FileJob], in_path: Path, out_path: Path, attack: CloakAt
         "device": str(attack.device),
     }
     return DryRun("photos" if al.get("align") else "chips", len(jobs), n_done, settings, listing, rank=rank,
-                  world_size=world_size, notes=notes)
+                  world_size=world_size, notes=notes, resume=resume)
 
 
 def _done_test(out_path: Path) -> Callable[[FileJob], bool] | None:

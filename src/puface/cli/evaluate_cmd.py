@@ -96,7 +96,8 @@ _detector_purifier_option = click.option(
 @click.option("--dry-run", "dry_run", is_flag=True,
               help="Check the config and the data, draw the first seed's users and print the grid's size (users x "
                    "attacks x defenses x (victim, trainer) cells = runs, per seed and in all; images to cloak, and how "
-                   "many of them the cloak cache holds), then exit without running or writing anything.")
+                   "many of them the cloak cache holds), then exit without running or writing anything (but a face "
+                   "model's converted weights, cached in $PUFACE_HOME/weights on its first load, as by any command).")
 @common
 def reproduce(config: str | None, list_configs: bool, show: bool, data: Path | None, seeds: tuple[int, ...],
               detector: Path | None, detector_purifier: Path | None, overrides: tuple[str, ...], dry_run: bool,

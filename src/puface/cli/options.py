@@ -34,15 +34,16 @@ def device_option(default: str | None = "auto", help: str = DEVICE_HELP + ".") -
 
 
 def dry_run_option(verb: str, out: str = "OUT", writes: str = "no OUT, record or lock",
-                   refusals: str = "OUT inside IN, OUT made with other settings") -> Callable:
+                   refusals: str = "OUT inside IN, OUT made with other settings", after: str = "") -> Callable:
     """`--dry-run` of a folder job that would `verb` ("purify") its inputs into `out`, writing `writes` otherwise;
-    `refusals`: examples of the job's refusals."""
+    `refusals`: examples of the job's refusals; `after`: a sentence added at the end (the options it refuses)."""
     return click.option(
         "--dry-run", "dry_run", is_flag=True,
         help=f"Say what the job would do and write nothing ({writes}): the inputs found (and the files skipped as not "
         f"images), how many are already done in {out} (a resume skips them), how many it would {verb}, and its "
         f"settings; the job's refusals ({refusals}, ...) end it with the same one-line error (exit 2). Loads the "
-        "models to check them, runs none.")
+        "models to check them, runs none (a face model's first load caches its converted weights in "
+        f"$PUFACE_HOME/weights, as any command does).{' ' + after if after else ''}")
 
 
 def threads_option(help: str = "Torch compute threads (default: torch's choice).") -> Callable:

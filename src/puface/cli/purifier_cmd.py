@@ -341,7 +341,7 @@ def _unmask_step(in_path: Path, out_root: Path, progress: bool):
     "purifying; folders without one are left as they are. Lists every folder in OUT/unmask.csv. "
     "Aligned chips in an image folder, local engine.",
 )
-@dry_run_option("purify")
+@dry_run_option("purify", after="Not with --skip-cloaked or --report, whose scores decide what is written.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def purify(
     in_path: Path,

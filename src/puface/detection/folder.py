@@ -603,13 +603,15 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         if dry_run:
             kept = _earlier_rows(out_csv, fields)[0] if resume and not restart else {}
             todo, done_n = resume_split(jobs, resume, is_done=lambda j: j.rel.as_posix() in kept)
+            how = ("new" if not out_csv.exists() else "restarted" if restart else "resumed" if resume
+                   else "these rows redone")
             return DryRun("photos" if align else "images", len(jobs), done_n, {
                 "detector": det_id, "purifier": det.fingerprints()["purifier"],
                 "fpr": f"{fpr_v:g} (threshold {thresholds.default:.4f}"
                        f"{'' if one_threshold else '; higher for chips stored as 4:4:4 JPEG or with a palette'})",
                 "align": DryRun.align_text(align, rotations, largest_face),
-                "scores": f"{out_csv} ({'restarted' if restart else 'resumed' if resume else 'these rows redone'})",
-                "device": str(det.device)}, listing, rank=rank, world_size=world_size)
+                "scores": f"{out_csv} ({how})",
+                "device": str(det.device)}, listing, rank=rank, world_size=world_size, resume=resume and not restart)
         # the paths alone: the rows themselves are read again at the end (`_finish`), not held meanwhile. Processes
         # sharing the file (--rank) drop only their own files' rows without resume, --restart too (the whole file
         # deleted the rows the other ranks had just written); a rank's own file starts afresh

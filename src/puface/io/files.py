@@ -44,8 +44,9 @@ def is_within(p: str | Path, folder: str | Path) -> bool:
 @dataclass
 class Listing:
     """What a walk of an input folder met (`iter_image_files(listing=)`), for `--dry-run`: the files it listed as
-    images (`images`), of which `unsupported` in formats puface cannot read (a job lists them as failed), and the
-    visible files it left out as not images (`others`, the first `KEEP` of them by path in `other_paths`)."""
+    images (`images`), of which `unsupported` cannot be read, as seen without opening them (formats puface cannot
+    read, links to a file that does not exist: a job lists them as failed), and the visible files it left out as not
+    images (`others`, the first `KEEP` of them by path in `other_paths`)."""
 
     KEEP = 5
     images: int = 0
@@ -55,7 +56,7 @@ class Listing:
 
     def listed(self, p: Path) -> None:
         self.images += 1
-        self.unsupported += is_unsupported_image_file(p)
+        self.unsupported += is_unsupported_image_file(p) or (p.is_symlink() and not p.exists())
 
     def left_out(self, p: Path) -> None:
         self.others += 1

@@ -166,7 +166,8 @@ class DryRun:
     "photos", "images", "shards"): `share` of them this process's (`rank` of `world_size`), of which `done` are
     already done in the output (what a resume skips, by the job's own test); `listing`: what the walk of the input
     met, every process's files (None for shards: `total` says how many); `settings` (name -> text): what the job
-    would run with; `notes`: lines said after the counts."""
+    would run with; `notes`: lines said after the counts; `resume`: False when the job redoes every input (`done` is
+    then 0, the output not looked at)."""
 
     kind: str
     share: int
@@ -177,6 +178,7 @@ class DryRun:
     rank: int = 0
     world_size: int = 1
     notes: list[str] = field(default_factory=list)
+    resume: bool = True
 
     @property
     def remaining(self) -> int:
@@ -187,8 +189,8 @@ class DryRun:
         found = self.listing.images if self.listing is not None else (self.total or self.share)
         lines = [f"dry run (nothing written): {found} {self.kind} found"]
         if self.listing is not None and self.listing.unsupported:
-            lines.append(f"  {self.listing.unsupported} of them in formats puface cannot read (the job lists them as "
-                         "failed)")
+            lines.append(f"  {self.listing.unsupported} of them cannot be read (formats puface does not read, broken "
+                         "links): the job lists them as failed")
         if self.listing is not None:
             shown = ", ".join(shown_path(p) for p in self.listing.other_paths)
             more = ", ..." if self.listing.others > len(self.listing.other_paths) else ""
@@ -196,7 +198,8 @@ class DryRun:
             lines.append(f"{self.listing.others} other file(s) skipped (not images{named})")
         if self.world_size > 1:
             lines.append(f"this process (rank {self.rank} of {self.world_size}): {self.share} {self.kind}")
-        lines.append(f"already done in the output (a resume skips them): {self.done}")
+        lines.append(f"already done in the output (a resume skips them): {self.done}" if self.resume else
+                     "already done in the output: not looked at (no resume: every input is done again)")
         lines.append(f"to {verb}: {self.remaining}")
         lines.extend(self.notes)
         lines.append("settings:")

@@ -241,7 +241,8 @@ def purify_folder(in_path: str | Path, out_path: str | Path, *, purifier: Purifi
     if dry_run:
         check_output(out_path, record, resume)
         return DryRun("photos" if align else "chips", len(jobs), resume_split(jobs, resume, stats_csv=stats_csv)[1],
-                      shown_settings(record, layouts, step, dev), listing, rank=rank, world_size=world_size)
+                      shown_settings(record, layouts, step, dev), listing, rank=rank, world_size=world_size,
+                      resume=resume)
     finish = open_output(out_path, record, resume, rank, world_size)
     with finish.on_failure():
         prep = prepare() if prepare is not None else None
@@ -327,7 +328,7 @@ def purify_shards(in_spec: str | Path, out_path: str | Path, *, purifier: Purifi
         check_output(out_path, record, resume)
         mine = shard(jobs, rank, world_size)
         return DryRun("shards", len(mine), split_done(mine, resume)[1], shown_settings(record, layouts, step, dev),
-                      total=len(jobs), rank=rank, world_size=world_size,
+                      total=len(jobs), rank=rank, world_size=world_size, resume=resume,
                       notes=["(shards are counted, not their records: counting those would read every shard)"])
     finish = open_output(out_path, record, resume, rank, world_size)
     with finish.on_failure():
