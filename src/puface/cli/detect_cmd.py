@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from .options import (SHOW_HELP, check_engine, check_rotations, device_option, dry_run_option, engine_options,
-                      list_packaged, parse_overrides, rank_options, rotations_option, show_config, threads_option)
+                      WEIGHTS_FIRST_LOAD, list_packaged, parse_overrides, rank_options, rotations_option, show_config,
+                      threads_option)
 
 
 # the purifier a detector was calibrated with (one option, shared by the commands below)
@@ -217,7 +218,8 @@ def detect(
 @click.option("--align", is_flag=True, help="NATURAL holds photos, not chips: detect and align every face first.")
 @click.option("--dry-run", "dry_run", is_flag=True,
               help="Check the detector and purifier files, --out and NATURAL, and print the photos found, the "
-                   "threshold now and the false-positive rate it targets, then exit without scoring or writing.")
+                   "threshold now and the false-positive rate it targets, then exit without scoring or writing ("
+                   + WEIGHTS_FIRST_LOAD + ").")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def calibrate_detector(
     natural: Path,
@@ -319,7 +321,8 @@ def calibrate_detector(
 @click.option("--dry-run", "dry_run", is_flag=True,
               help="Check the config (with --set), the data, the purifier and face models it names and OUT, and print "
                    "the run's size (identities, natural and cloaked samples, cloaks in the cache or to make, the net's "
-                   "epochs and steps, calibration chips, the FPR target), then exit without training or writing.")
+                   "epochs and steps, calibration chips, the FPR target), then exit without training or writing ("
+                   + WEIGHTS_FIRST_LOAD + ").")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def train_detector(config_path: str, list_recipes: bool, show: bool, data: Path | None, out_dir: Path | None,
                    purifier: Path | None, overrides: tuple[str, ...], device: str, threads: int | None,

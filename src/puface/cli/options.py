@@ -33,6 +33,11 @@ def device_option(default: str | None = "auto", help: str = DEVICE_HELP + ".") -
                         metavar="DEVICE", help=help)
 
 
+WEIGHTS_FIRST_LOAD = ("a face model's first load caches its converted weights in $PUFACE_HOME/weights, as any command "
+                      "does")
+"""What a dry run may write after all (every dry run's help says it)."""
+
+
 def dry_run_option(verb: str, out: str = "OUT", writes: str = "no OUT, record or lock",
                    refusals: str = "OUT inside IN, OUT made with other settings", after: str = "") -> Callable:
     """`--dry-run` of a folder job that would `verb` ("purify") its inputs into `out`, writing `writes` otherwise;
@@ -42,8 +47,7 @@ def dry_run_option(verb: str, out: str = "OUT", writes: str = "no OUT, record or
         help=f"Say what the job would do and write nothing ({writes}): the inputs found (and the files skipped as not "
         f"images), how many are already done in {out} (a resume skips them), how many it would {verb}, and its "
         f"settings; the job's refusals ({refusals}, ...) end it with the same one-line error (exit 2). Loads the "
-        "models to check them, runs none (a face model's first load caches its converted weights in "
-        f"$PUFACE_HOME/weights, as any command does).{' ' + after if after else ''}")
+        f"models to check them, runs none ({WEIGHTS_FIRST_LOAD}).{' ' + after if after else ''}")
 
 
 def threads_option(help: str = "Torch compute threads (default: torch's choice).") -> Callable:

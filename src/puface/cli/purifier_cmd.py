@@ -9,7 +9,8 @@ from typing import Any
 import click
 
 from .options import (SHOW_HELP, check_engine, check_rotations, device_option, dry_run_option, engine_options,
-                      list_packaged, parse_overrides, rank_options, rotations_option, show_config, threads_option)
+                      WEIGHTS_FIRST_LOAD, list_packaged, parse_overrides, rank_options, rotations_option, show_config,
+                      threads_option)
 
 
 def _parse_attack(text: str) -> dict:
@@ -109,7 +110,8 @@ def _parse_attack(text: str) -> dict:
 @click.option("--dry-run", "dry_run", is_flag=True,
               help="Check the config (with --set), the data, the face models and weights it names and OUT, and print "
                    "the run's size (identities, training and validation pairs, cloaks in the cache or to make, "
-                   "epochs and optimizer steps), then exit without cloaking, training or writing anything.")
+                   "epochs and optimizer steps), then exit without cloaking, training or writing anything ("
+                   + WEIGHTS_FIRST_LOAD + ").")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def train_purifier(
     config_path: str,

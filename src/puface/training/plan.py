@@ -3,7 +3,8 @@
 Each `plan_*` function makes the checks its run makes before any work (the config, the data folder, the face models
 and weights it names, the output place) and counts the run's size, as `puface.plan_experiment` does for a grid: it
 reads the inputs' names (and decodes the images to be cloaked, to look their cloaks up in the cache), loads the models,
-and writes nothing: no output folder, no cache entry, no cloak made, nothing trained. `str()` of a plan is a few lines.
+and writes nothing (but a face model's converted weights on its first load, as any command): no output folder, no
+cache entry, no cloak made, nothing trained. `str()` of a plan is a few lines.
 """
 
 from __future__ import annotations
