@@ -237,3 +237,30 @@ def test_train_purifier_dry_run_checks_the_run_it_would_resume(tmp_path, johns_d
     assert main([*base, "--set", "train.epochs=5", "--no-resume"]) == 0
     assert "resumes" not in capsys.readouterr().out
     assert _snapshot(out) == before
+
+
+def _home_with_weights(tmp_path: Path, monkeypatch) -> Path:
+    """A fresh $PUFACE_HOME whose weights/ is the current cache's (linked): the face models load, nothing else there."""
+    from puface.utils.paths import cache_dir
+
+    weights = cache_dir("weights")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "weights").symlink_to(weights, target_is_directory=True)
+    monkeypatch.setenv("PUFACE_HOME", str(home))
+    return home
+
+
+def test_training_dry_runs_on_the_default_cloak_cache_make_no_folder(tmp_path, johns_dir, capsys, monkeypatch):
+    """With data.cache = "" (the packaged recipes' default: $PUFACE_HOME/cloaks) a dry run made the cache's folder
+    (`CloakCache()` makes it); it only looks cloaks up, so now $PUFACE_HOME is left as it was."""
+    pur = _purifier_recipe(tmp_path, johns_dir)
+    det = _detector_recipe(tmp_path, johns_dir, sorted(p.name for p in johns_dir.iterdir() if p.is_dir()))
+    home = _home_with_weights(tmp_path, monkeypatch)
+    before = _snapshot(home)
+    for cmd, cfg in (("train-purifier", pur), ("train-detector", det)):
+        code = main([cmd, "--config", str(cfg), "--out", str(tmp_path / cmd), "--device", "cpu", "--no-progress",
+                     "--set", 'data.cache=""', "--dry-run"])
+        out = capsys.readouterr().out
+        assert code == 0 and "0 read from the cache" in out, out
+        assert _snapshot(home) == before and not (home / "cloaks").exists() and not (tmp_path / cmd).exists()
