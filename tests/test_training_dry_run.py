@@ -264,3 +264,14 @@ def test_training_dry_runs_on_the_default_cloak_cache_make_no_folder(tmp_path, j
         out = capsys.readouterr().out
         assert code == 0 and "0 read from the cache" in out, out
         assert _snapshot(home) == before and not (home / "cloaks").exists() and not (tmp_path / cmd).exists()
+
+
+def test_train_purifier_dry_run_with_prepare_only_is_one_line(tmp_path, johns_dir, capsys):
+    """--dry-run with --prepare-only was a click usage error: three lines (usage, 'Try ...', the error); now the
+    CLI's one line, exit 2, nothing written."""
+    cfg = _purifier_recipe(tmp_path, johns_dir)
+    code = main(["train-purifier", "--config", str(cfg), "--out", str(tmp_path / "run"), "--device", "cpu",
+                 "--dry-run", "--prepare-only"])
+    out, err = capsys.readouterr()
+    assert code == 2 and err.strip() == "puface: error: --dry-run and --prepare-only: give one", err
+    assert out == "" and not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
