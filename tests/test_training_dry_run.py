@@ -275,3 +275,17 @@ def test_train_purifier_dry_run_with_prepare_only_is_one_line(tmp_path, johns_di
     out, err = capsys.readouterr()
     assert code == 2 and err.strip() == "puface: error: --dry-run and --prepare-only: give one", err
     assert out == "" and not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_train_purifier_dry_run_refuses_a_cloak_folder_without_cloaks_as_the_run_does(tmp_path, johns_dir, capsys):
+    """An [[attacks]] entry name = "folder" whose folder mirrors none of the chosen images: the run stops ('no cloaked
+    images found', after making the other attacks' cloaks); the dry run printed '0 cloak(s) found' and exit 0. Now
+    the run's one-line error, exit 2."""
+    cfg = _purifier_recipe(tmp_path, johns_dir)
+    (tmp_path / "empty").mkdir()
+    code = main(["train-purifier", "--config", str(cfg), "--out", str(tmp_path / "run"), "--device", "cpu",
+                 "--add-attack", f'name = "folder", root = "{tmp_path / "empty"}", images = 2', "--dry-run"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, (out, err)
+    assert f"{tmp_path / 'empty'}: no cloaked images found that mirror {johns_dir}" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from ..attacks import attack_label, create_attack
 from ..attacks.cache import CloakCache
-from ..attacks.folder import FolderCloaks
 from ..data.datasets import resolve_data_root
 from ..data.layout import scan_identities
 from ..io.files import check_output_folder, check_output_root
@@ -24,7 +23,7 @@ from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
 from ..utils.paths import puface_home
 from .config import PurifierTrainConfig
-from .data import check_attacks, choose_images
+from .data import check_attacks, choose_images, folder_cloak_paths
 from .detector import (DetectorTrainConfig, attack_chips, calibration_paths, detector_identities, fit_paths)
 from .train import _check_resumed_config, _check_run_folder, epoch_steps, identity_split, run_models
 
@@ -128,9 +127,8 @@ def _purifier_sets(cfg: PurifierTrainConfig, root: Path, identities: list[str], 
     for spec in specs:
         label = attack_label(spec)
         paths = [im.path for im in choose_images(ds.images, spec.get("images"), cfg.seed, f"{tag}:{label}")]
-        if spec["name"] == "folder":
-            folder = FolderCloaks(spec["root"], spec.get("patterns"))
-            out.append(CloakSet(label, len(paths), None, sum(folder.find(p, root) is not None for p in paths)))
+        if spec["name"] == "folder":  # none there: the run's error
+            out.append(CloakSet(label, len(paths), None, len(folder_cloak_paths(spec, root, paths)[0])))
         else:
             kept, missing = cache.uncached(attacks[label], paths)
             out.append(CloakSet(label, len(kept), len(missing)))
