@@ -289,3 +289,15 @@ def test_train_purifier_dry_run_refuses_a_cloak_folder_without_cloaks_as_the_run
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, (out, err)
     assert f"{tmp_path / 'empty'}: no cloaked images found that mirror {johns_dir}" in err
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_train_detector_dry_run_refuses_chips_of_another_size_than_the_recipes(tmp_path, johns_dir, capsys):
+    """150 px chips with detector.chip_size = 112: the run stops once the first attack's cloaks are made ('cloaks of
+    (150, 150) px'); the dry run said nothing of it (exit 0). Now it gives that one-line error, exit 2."""
+    cfg = _detector_recipe(tmp_path, johns_dir, sorted(p.name for p in johns_dir.iterdir() if p.is_dir()))
+    code = main(["train-detector", "--config", str(cfg), "--out", str(tmp_path / "det"), "--device", "cpu",
+                 "--set", "detector.chip_size=112", "--dry-run"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, (out, err)
+    assert "fawkes-custom: cloaks of (150, 150) px; the detector trains on chips of 112 px" in err
+    assert not (tmp_path / "det").exists() and not (tmp_path / "cache").exists()

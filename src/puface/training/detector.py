@@ -332,6 +332,14 @@ def attack_chips(cfg: DetectorTrainConfig, spec: dict, chips: Sequence[Path]) ->
     return list(chips[: int(spec.get("images", 100))]), seeded
 
 
+def check_cloak_size(cfg: DetectorTrainConfig, label: str, size: tuple[int, ...]) -> None:
+    """Refuse the cloaks of attack `label` when their (H, W) `size` (that of the chips they are made from) is not
+    the recipe's detector.chip_size square."""
+    if tuple(size) != (int(cfg.detector["chip_size"]),) * 2:
+        raise PufaceError(f"{label}: cloaks of {tuple(size)} px; the detector trains on chips of "
+                          f"{cfg.detector['chip_size']} px")
+
+
 def build_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, train_ids: Sequence[str],
                   fit_ids: Sequence[str], *, progress: bool = True, device: str | None = None,
                   log: Callable[[str], None] = print) -> tuple[SampleSet, SampleSet, dict]:
@@ -361,11 +369,7 @@ def build_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, trai
         for e in errors:
             log(f"warning: skipped {getattr(e, 'path', e)}: {getattr(e, 'reason', e)}")
         x0, _, _ = load_images([paths[i] for i in kept])
-        if tuple(cl.shape[-2:]) != (int(cfg.detector["chip_size"]),) * 2:
-            raise PufaceError(
-                f"{label}: cloaks of {tuple(cl.shape[-2:])} px; "
-                f"the detector trains on chips of {cfg.detector['chip_size']} px"
-            )
+        check_cloak_size(cfg, label, tuple(cl.shape[-2:]))
         in_fit = torch.as_tensor([paths[i].parent.name in fit for i in kept], dtype=torch.bool)
         for k in aug["cloak_strengths"]:
             k = float(k)

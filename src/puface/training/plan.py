@@ -15,6 +15,7 @@ from pathlib import Path
 from ..attacks import attack_label, create_attack
 from ..attacks.cache import CloakCache
 from ..data.datasets import resolve_data_root
+from ..data.loading import load_images
 from ..data.layout import scan_identities
 from ..io.files import check_output_folder, check_output_root
 from ..io.jobs import env_int
@@ -24,7 +25,8 @@ from ..utils.errors import PufaceError
 from ..utils.paths import puface_home
 from .config import PurifierTrainConfig
 from .data import check_attacks, choose_images, folder_cloak_paths
-from .detector import (DetectorTrainConfig, attack_chips, calibration_paths, detector_identities, fit_paths)
+from .detector import (DetectorTrainConfig, attack_chips, calibration_paths, check_cloak_size, detector_identities,
+                       fit_paths)
 from .train import _check_resumed_config, _check_run_folder, epoch_steps, identity_split, run_models
 
 __all__ = ["CloakSet", "PurifierPlan", "DetectorPlan", "CalibrationPlan", "plan_purifier_training",
@@ -264,6 +266,8 @@ def plan_detector_training(cfg: DetectorTrainConfig, out: str | Path | None = No
     for spec in cfg.attacks:
         paths, seeded = attack_chips(cfg, spec, chips)
         kept, missing = cache.uncached(create_attack(seeded, device=str(dev)), paths)
+        if kept:  # the cloaks keep their chips' size (one size: `uncached` decoded them all), which the run checks
+            check_cloak_size(cfg, attack_label(spec), tuple(load_images([paths[kept[0]]])[0].shape[-2:]))
         in_fit = sum(paths[i].parent.name in fit for i in kept)
         sets.append(CloakSet(attack_label(spec), len(kept), len(missing)))
         val += len(kept) - in_fit
