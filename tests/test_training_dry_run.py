@@ -301,3 +301,27 @@ def test_train_detector_dry_run_refuses_chips_of_another_size_than_the_recipes(t
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, (out, err)
     assert "fawkes-custom: cloaks of (150, 150) px; the detector trains on chips of 112 px" in err
     assert not (tmp_path / "det").exists() and not (tmp_path / "cache").exists()
+
+
+def test_calibrate_detector_dry_run_checks_the_scores_file_as_the_run_does(tmp_path, johns_dir, capsys):
+    """The scores file of an earlier calibration by another detector: the run refuses it ('scored by another
+    detector'); the dry run did not look at it (exit 0). Now it makes the scoring's checks (detect_folder's dry run):
+    that refusal, one line; with the same detector it says how many photos the file already holds. Nothing written."""
+    import shutil
+
+    natural = tmp_path / "mine" / "Me"
+    natural.mkdir(parents=True)
+    for p in sorted(johns_dir.glob("*/*.jpg"))[:3]:
+        shutil.copy(p, natural / p.name)
+    out = tmp_path / "det" / "d.safetensors"
+    assert main(["calibrate-detector", str(natural), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    before = _snapshot(tmp_path)
+    base = ["calibrate-detector", str(natural), "--out", str(out), "--dry-run"]
+    assert main([*base, "--detector", "sharpen"]) == 2
+    err = capsys.readouterr().err
+    assert "d-calibration.csv: scored by another detector" in err and len(err.strip().splitlines()) == 1, err
+    assert main(base) == 0
+    text = capsys.readouterr().out
+    assert f"3 natural photo(s) in {natural}" in text and f"3 of them already scored in {out.parent}" in text, text
+    assert _snapshot(tmp_path) == before

@@ -283,8 +283,9 @@ def plan_detector_training(cfg: DetectorTrainConfig, out: str | Path | None = No
 
 @dataclass
 class CalibrationPlan:
-    """The size of a calibration on natural photos (`plan_calibration`): the photos found, the detector's threshold
-    now, its false-positive rate and confidence, and the photos that can hold that rate."""
+    """The size of a calibration on natural photos (`plan_calibration`): the photos found, those of them the scores
+    file already holds (a resume keeps them), the detector's threshold now, its false-positive rate and confidence,
+    and the photos that can hold that rate."""
 
     natural: Path
     photos: int
@@ -293,26 +294,39 @@ class CalibrationPlan:
     fpr: float
     confidence: float | None
     needed: int
+    scores: Path | None = None
+    scored: int = 0
 
     def __str__(self) -> str:
         conf = f" held with {self.confidence:.0%} confidence" if self.confidence else ""
         short = f" (fewer than the {self.needed} that hold it)" if self.photos < self.needed else ""
-        return (f"calibration: {self.photos} natural photo(s) in {self.natural}{short} as kind {self.kind!r}; "
+        kept = f", {self.scored} of them already scored in {self.scores} (a resume keeps them)" if self.scored else ""
+        return (f"calibration: {self.photos} natural photo(s) in {self.natural}{short} as kind {self.kind!r}{kept}; "
                 f"threshold now {self.threshold:.4f}, FPR target {self.fpr:.1%} per kind{conf}. "
                 "Dry run: nothing was scored or written.")
 
 
 def plan_calibration(natural: str | Path, detector: str | Path | None = None, *, purifier: str | Path | None = None,
-                     kind: str | None = None) -> CalibrationPlan:
+                     kind: str | None = None, scores_csv: str | Path | None = None, restart: bool = False,
+                     align: bool = False) -> CalibrationPlan:
     """What `puface calibrate-detector NATURAL` would do, run nowhere (`--dry-run`): loads the detector (a file or a
-    shipped one) with its purifier, lists the photos under `natural` (an error when there are none) and returns the
-    size; nothing is scored or written."""
+    shipped one) with its purifier, lists the photos under `natural` (an error when there are none) and, given the
+    scores file `scores_csv`, makes the scoring's checks of it (`detect_folder(dry_run=True)`: its run file, another
+    detector's rows, `restart` and `align` as the run takes them); returns the size. Nothing is scored or written."""
     from ..detection.detector import load_detector, min_calibration_size
-    from ..io.jobs import iter_image_inputs
+    from ..detection.folder import detect_folder
+    from ..io.jobs import DryRun, iter_image_inputs
 
     det = load_detector(detector, device=None, purifier=purifier)
     nat = Path(natural)
-    photos = sum(1 for _ in iter_image_inputs(nat))
+    scored = 0
+    if scores_csv is not None:
+        dry = detect_folder(nat, scores_csv, detector=det, restart=restart, align=align, progress=False, dry_run=True)
+        assert isinstance(dry, DryRun)
+        photos, scored = dry.share, dry.done
+    else:
+        photos = sum(1 for _ in iter_image_inputs(nat))
     conf = det.default_confidence
     return CalibrationPlan(nat, photos, kind or f"user:{nat.resolve().name}", det.threshold(), det.default_fpr, conf,
-                           min_calibration_size(det.default_fpr, conf))
+                           min_calibration_size(det.default_fpr, conf), Path(scores_csv) if scores_csv else None,
+                           scored)
