@@ -325,3 +325,28 @@ def test_calibrate_detector_dry_run_checks_the_scores_file_as_the_run_does(tmp_p
     text = capsys.readouterr().out
     assert f"3 natural photo(s) in {natural}" in text and f"3 of them already scored in {out.parent}" in text, text
     assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("state, said", [
+    ({"epoch": 2, "step_in_epoch": 0}, "the run is finished (2 epochs), nothing to train"),
+    ({"epoch": 1, "step_in_epoch": 1}, "after epoch 1, step 1: 2 step(s) left"),
+    (None, "has no training state to resume from"),
+])
+def test_train_purifier_dry_run_says_what_a_resume_has_left(state, said, tmp_path, johns_dir, capsys):
+    """OUT/last.pt of a finished run: the run trains nothing ('the run is finished'), the dry run said it resumes and
+    counted every step; one stopped mid-epoch: the steps left; one without a training state: the run's refusal (the
+    dry run said 'resumes after epoch 0'). The recipe: 2 epochs x 3 steps."""
+    from puface.purifier import Purifier, RedNetConfig
+    from puface.purifier.checkpoint import make_checkpoint, save_checkpoint
+    from puface.training.config import load_config
+
+    path = _purifier_recipe(tmp_path, johns_dir)
+    cfg, out = load_config(path), tmp_path / "run"
+    model = RedNetConfig(channels=8, depth=2, downsample=1)
+    save_checkpoint(out / "last.pt", make_checkpoint(Purifier(model).net.state_dict(), model.as_dict(),
+                                                     config=cfg.as_dict(), train_state=state))
+    code = main(["train-purifier", "--config", str(path), "--out", str(out), "--device", "cpu", "--dry-run"])
+    text, err = capsys.readouterr()
+    assert said in (text if state else err) and code == (0 if state else 2), (text, err)
+    if state:
+        assert "= 6 step(s)" in text

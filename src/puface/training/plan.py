@@ -91,7 +91,9 @@ class PurifierPlan:
     steps_per_epoch: int
     device: str
     models: list[str] = field(default_factory=list)
-    resumes: str = ""
+    #: the run in OUT it resumes (its last.pt), and where that run stopped: epochs finished, steps into the next
+    resumes: Path | None = None
+    resumed_at: tuple[int, int] = (0, 0)
     #: without validation identities: how many training pairs validate (data.val_images at most)
     val_images: int = 0
 
@@ -107,6 +109,22 @@ class PurifierPlan:
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.epochs
 
+    @property
+    def steps_left(self) -> int:
+        """Optimiser steps the run would take: all of them, or those after where the resumed run stopped."""
+        epoch, step = self.resumed_at
+        return max(self.total_steps - epoch * self.steps_per_epoch - step, 0) if self.resumes else self.total_steps
+
+    def _resume_text(self) -> str:
+        if self.resumes is None:
+            return ""
+        epoch, step = self.resumed_at
+        if self.steps_left == 0:  # as `train` says it
+            return f"; {self.resumes}: the run is finished ({self.epochs} epochs), nothing to train (--no-resume trains " \
+                "afresh)"
+        return f"; resumes {self.resumes} after epoch {epoch}{f', step {step}' if step else ''}: " \
+            f"{self.steps_left} step(s) left"
+
     def __str__(self) -> str:
         lines = [f"data: {self.root}: {self.identities} identities; {self.train_identities} training "
                  f"({self.train_images} images), {self.val_identities} validation, {self.heldout_identities} held out",
@@ -117,7 +135,7 @@ class PurifierPlan:
             lines.append("face models: " + ", ".join(self.models))
         lines.append(f"training: {self.epochs} epoch(s) x {self.steps_per_epoch} optimizer step(s) of "
                      f"{self.batch_size} pairs = {self.total_steps} step(s); {self.processes} process(es), device "
-                     f"{self.device}{'; ' + self.resumes if self.resumes else ''}. {_NOTHING}")
+                     f"{self.device}{self._resume_text()}. {_NOTHING}")
         return "\n".join(lines)
 
 
@@ -146,7 +164,7 @@ def plan_purifier_training(cfg: PurifierTrainConfig, out: str | Path | None = No
     start."""
     dev = resolve_device(device)
     root = resolve_data_root(cfg.data.root)
-    resumes = ""
+    resumes, at = None, (0, 0)
     if out is not None:
         out = Path(out)
         check_output_root(out)
@@ -155,9 +173,11 @@ def plan_purifier_training(cfg: PurifierTrainConfig, out: str | Path | None = No
         if resume and last.is_file():
             ck = load_checkpoint(last, map_location="cpu")
             _check_resumed_config(last, ck.get("config") or {}, cfg.as_dict())
-            done = (ck.get("train_state") or {}).get("epoch", 0)
-            resumes = f"resumes {last} after epoch {done}"
-    loss_embs, val_embs, init = run_models(cfg, dev, init=not resumes)
+            ts = ck.get("train_state")
+            if ts is None:  # as `train` says it
+                raise PufaceError(f"{last}: has no training state to resume from (delete it or pass --no-resume)")
+            resumes, at = last, (int(ts.get("epoch", 0)), int(ts.get("step_in_epoch", 0)))
+    loss_embs, val_embs, init = run_models(cfg, dev, init=resumes is None)
     attacks = check_attacks(cfg.attacks, device=str(dev), where=cfg.where)
     split = identity_split(cfg)
     counts = {k: len(v) for k, v in scan_identities(root, max_per_identity=cfg.data.max_per_identity,
@@ -170,7 +190,7 @@ def plan_purifier_training(cfg: PurifierTrainConfig, out: str | Path | None = No
     world = env_int("WORLD_SIZE", 1)
     plan = PurifierPlan(root, len(counts), len(split.train), len(split.val), len(split.heldout),
                         sum(counts[i] for i in split.train), train, val, cfg.train.epochs, cfg.train.batch_size, world,
-                        0, str(dev), resumes=resumes, val_images=cfg.data.val_images)
+                        0, str(dev), resumes=resumes, resumed_at=at, val_images=cfg.data.val_images)
     plan.steps_per_epoch = epoch_steps(plan.train_pairs, world, cfg.train.batch_size, cfg.train.max_steps_per_epoch)
     if plan.steps_per_epoch == 0:  # as `train` says it
         raise PufaceError(f"too few training pairs ({plan.train_pairs}) for {world} process(es)")
