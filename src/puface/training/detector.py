@@ -520,6 +520,17 @@ def calibration_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path
     return _featurise(det, xs, kinds, torch.zeros(len(xs)), int(cfg.train["batch_features"]), log, "calibration")
 
 
+def check_net_scalars(cfg: DetectorTrainConfig) -> None:
+    """Refuse a recipe whose net (when its score has one) takes a scalar other than log_shift:<one of
+    detector.embedders> (`ConfigError`), before any cloak is made."""
+    if "net" not in cfg.detector["components"]:
+        return
+    for name in ResidualNetConfig.from_dict(cfg.net).scalars:
+        kind, _, arg = name.partition(":")
+        if kind != "log_shift" or arg not in cfg.detector["embedders"]:
+            raise ConfigError(f"net scalar {name!r}: expected log_shift:<one of detector.embedders>")
+
+
 def detector_identities(cfg: DetectorTrainConfig, root: Path) -> tuple[Purifier, list[str], list[str], list[str]]:
     """(the recipe's purifier, loaded; its training identities; the fit ones; the calibration ones: the rest of them
     and its validation identities), once every one has a folder under `root` (`require_identities`)."""
@@ -552,6 +563,7 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
     purifier, train_ids, fit_ids, cal_ids = detector_identities(cfg, root)
     if cfg.attacks:  # a misspelt attack: said now, not after the other attacks' cloaks
         check_attacks(cfg.attacks, device=device, where=cfg.where)
+    check_net_scalars(cfg)  # said now, not after the cloaks and their features
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -574,10 +586,8 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
     scalar_norm = {}
     if net_cfg is not None:
         assert samples is not None  # DetectorTrainConfig refuses a net without [[attacks]]
-        for name in net_cfg.scalars:
-            kind, _, arg = name.partition(":")
-            if kind != "log_shift" or arg not in base.embedders:
-                raise ConfigError(f"net scalar {name!r}: expected log_shift:<one of detector.embedders>")
+        for name in net_cfg.scalars:  # each log_shift:<one of base.embedders> (check_net_scalars)
+            arg = name.partition(":")[2]
             v = det0.log_shift(samples.features[f"shift:{arg}"])
             scalar_norm[name] = (float(v.mean()), float(v.std().clamp_min(1e-6)))
     config = DetectorConfig(

@@ -25,8 +25,8 @@ from ..utils.errors import PufaceError
 from ..utils.paths import puface_home
 from .config import PurifierTrainConfig
 from .data import check_attacks, choose_images, folder_cloak_paths
-from .detector import (DetectorTrainConfig, attack_chips, calibration_paths, check_cloak_size, detector_identities,
-                       fit_paths)
+from .detector import (DetectorTrainConfig, attack_chips, calibration_paths, check_cloak_size, check_net_scalars,
+                       detector_identities, fit_paths)
 from .train import _check_resumed_config, _check_run_folder, epoch_steps, identity_split, run_models
 
 __all__ = ["CloakSet", "PurifierPlan", "DetectorPlan", "CalibrationPlan", "plan_purifier_training",
@@ -257,7 +257,6 @@ def plan_detector_training(cfg: DetectorTrainConfig, out: str | Path | None = No
     models; the attacks; with data.cached_only every cloak in the cache), then the size. Cloaks are looked up in the
     cache, not made; no feature is computed. A `PufaceError` (one line) when the run could not start."""
     from ..detection.detector import CloakDetector, DetectorConfig
-    from ..detection.net import ResidualNetConfig
 
     dev = resolve_device(device)
     root = resolve_data_root(cfg.data["root"])
@@ -268,8 +267,7 @@ def plan_detector_training(cfg: DetectorTrainConfig, out: str | Path | None = No
     if cfg.attacks:
         check_attacks(cfg.attacks, device=str(dev), where=cfg.where)
     dc, aug = cfg.detector, cfg.augment
-    if "net" in dc["components"]:
-        ResidualNetConfig.from_dict(cfg.net)
+    check_net_scalars(cfg)  # the net's config too
     # the face models of the features, loaded as the run loads them
     CloakDetector(DetectorConfig(embedders=tuple(dc["embedders"]),
                                  components=tuple(c for c in dc["components"] if c != "net"),
