@@ -355,7 +355,7 @@ def test_train_purifier_dry_run_says_what_a_resume_has_left(state, said, tmp_pat
 @pytest.mark.parametrize("dry", [True, False])
 def test_a_net_scalar_of_no_face_model_is_refused_before_any_cloak(dry, tmp_path, johns_dir, capsys):
     """net.scalars naming a face model outside detector.embedders: the run refused it only after making the cloaks and
-    their features, and the dry run not at all (exit 0). Now both refuse it first: one line, exit 2, no OUT, no cloak."""
+    their features, and the dry run not at all (exit 0). Now both refuse it first: one line, exit 2, no OUT or cloak."""
     cfg = _detector_recipe(tmp_path, johns_dir, sorted(p.name for p in johns_dir.iterdir() if p.is_dir()))
     code = main(["train-detector", "--config", str(cfg), "--out", str(tmp_path / "det"), "--device", "cpu",
                  "--no-progress", "--set", 'net.scalars=["log_shift:sface"]', *(["--dry-run"] if dry else [])])

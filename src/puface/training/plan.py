@@ -120,10 +120,10 @@ class PurifierPlan:
             return ""
         epoch, step = self.resumed_at
         if self.steps_left == 0:  # as `train` says it
-            return f"; {self.resumes}: the run is finished ({self.epochs} epochs), nothing to train (--no-resume trains " \
-                "afresh)"
-        return f"; resumes {self.resumes} after epoch {epoch}{f', step {step}' if step else ''}: " \
-            f"{self.steps_left} step(s) left"
+            return (f"; {self.resumes}: the run is finished ({self.epochs} epochs), nothing to train (--no-resume "
+                    "trains afresh)")
+        return (f"; resumes {self.resumes} after epoch {epoch}{f', step {step}' if step else ''}: "
+                f"{self.steps_left} step(s) left")
 
     def __str__(self) -> str:
         lines = [f"data: {self.root}: {self.identities} identities; {self.train_identities} training "
