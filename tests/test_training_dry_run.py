@@ -237,3 +237,128 @@ def test_train_purifier_dry_run_checks_the_run_it_would_resume(tmp_path, johns_d
     assert main([*base, "--set", "train.epochs=5", "--no-resume"]) == 0
     assert "resumes" not in capsys.readouterr().out
     assert _snapshot(out) == before
+
+
+def _home_with_weights(tmp_path: Path, monkeypatch) -> Path:
+    """A fresh $PUFACE_HOME whose weights/ is the current cache's (linked): the face models load, nothing else there."""
+    from puface.utils.paths import cache_dir
+
+    weights = cache_dir("weights")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "weights").symlink_to(weights, target_is_directory=True)
+    monkeypatch.setenv("PUFACE_HOME", str(home))
+    return home
+
+
+def test_training_dry_runs_on_the_default_cloak_cache_make_no_folder(tmp_path, johns_dir, capsys, monkeypatch):
+    """With data.cache = "" (the packaged recipes' default: $PUFACE_HOME/cloaks) a dry run made the cache's folder
+    (`CloakCache()` makes it); it only looks cloaks up, so now $PUFACE_HOME is left as it was."""
+    pur = _purifier_recipe(tmp_path, johns_dir)
+    det = _detector_recipe(tmp_path, johns_dir, sorted(p.name for p in johns_dir.iterdir() if p.is_dir()))
+    home = _home_with_weights(tmp_path, monkeypatch)
+    before = _snapshot(home)
+    for cmd, cfg in (("train-purifier", pur), ("train-detector", det)):
+        code = main([cmd, "--config", str(cfg), "--out", str(tmp_path / cmd), "--device", "cpu", "--no-progress",
+                     "--set", 'data.cache=""', "--dry-run"])
+        out = capsys.readouterr().out
+        assert code == 0 and "0 read from the cache" in out, out
+        assert _snapshot(home) == before and not (home / "cloaks").exists() and not (tmp_path / cmd).exists()
+
+
+def test_train_purifier_dry_run_with_prepare_only_is_one_line(tmp_path, johns_dir, capsys):
+    """--dry-run with --prepare-only was a click usage error: three lines (usage, 'Try ...', the error); now the
+    CLI's one line, exit 2, nothing written."""
+    cfg = _purifier_recipe(tmp_path, johns_dir)
+    code = main(["train-purifier", "--config", str(cfg), "--out", str(tmp_path / "run"), "--device", "cpu",
+                 "--dry-run", "--prepare-only"])
+    out, err = capsys.readouterr()
+    assert code == 2 and err.strip() == "puface: error: --dry-run and --prepare-only: give one", err
+    assert out == "" and not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_train_purifier_dry_run_refuses_a_cloak_folder_without_cloaks_as_the_run_does(tmp_path, johns_dir, capsys):
+    """An [[attacks]] entry name = "folder" whose folder mirrors none of the chosen images: the run stops ('no cloaked
+    images found', after making the other attacks' cloaks); the dry run printed '0 cloak(s) found' and exit 0. Now
+    the run's one-line error, exit 2."""
+    cfg = _purifier_recipe(tmp_path, johns_dir)
+    (tmp_path / "empty").mkdir()
+    code = main(["train-purifier", "--config", str(cfg), "--out", str(tmp_path / "run"), "--device", "cpu",
+                 "--add-attack", f'name = "folder", root = "{tmp_path / "empty"}", images = 2', "--dry-run"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, (out, err)
+    assert f"{tmp_path / 'empty'}: no cloaked images found that mirror {johns_dir}" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_train_detector_dry_run_refuses_chips_of_another_size_than_the_recipes(tmp_path, johns_dir, capsys):
+    """150 px chips with detector.chip_size = 112: the run stops once the first attack's cloaks are made ('cloaks of
+    (150, 150) px'); the dry run said nothing of it (exit 0). Now it gives that one-line error, exit 2."""
+    cfg = _detector_recipe(tmp_path, johns_dir, sorted(p.name for p in johns_dir.iterdir() if p.is_dir()))
+    code = main(["train-detector", "--config", str(cfg), "--out", str(tmp_path / "det"), "--device", "cpu",
+                 "--set", "detector.chip_size=112", "--dry-run"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, (out, err)
+    assert "fawkes-custom: cloaks of (150, 150) px; the detector trains on chips of 112 px" in err
+    assert not (tmp_path / "det").exists() and not (tmp_path / "cache").exists()
+
+
+def test_calibrate_detector_dry_run_checks_the_scores_file_as_the_run_does(tmp_path, johns_dir, capsys):
+    """The scores file of an earlier calibration by another detector: the run refuses it ('scored by another
+    detector'); the dry run did not look at it (exit 0). Now it makes the scoring's checks (detect_folder's dry run):
+    that refusal, one line; with the same detector it says how many photos the file already holds. Nothing written."""
+    import shutil
+
+    natural = tmp_path / "mine" / "Me"
+    natural.mkdir(parents=True)
+    for p in sorted(johns_dir.glob("*/*.jpg"))[:3]:
+        shutil.copy(p, natural / p.name)
+    out = tmp_path / "det" / "d.safetensors"
+    assert main(["calibrate-detector", str(natural), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    before = _snapshot(tmp_path)
+    base = ["calibrate-detector", str(natural), "--out", str(out), "--dry-run"]
+    assert main([*base, "--detector", "sharpen"]) == 2
+    err = capsys.readouterr().err
+    assert "d-calibration.csv: scored by another detector" in err and len(err.strip().splitlines()) == 1, err
+    assert main(base) == 0
+    text = capsys.readouterr().out
+    assert f"3 natural photo(s) in {natural}" in text and f"3 of them already scored in {out.parent}" in text, text
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("state, said", [
+    ({"epoch": 2, "step_in_epoch": 0}, "the run is finished (2 epochs), nothing to train"),
+    ({"epoch": 1, "step_in_epoch": 1}, "after epoch 1, step 1: 2 step(s) left"),
+    (None, "has no training state to resume from"),
+])
+def test_train_purifier_dry_run_says_what_a_resume_has_left(state, said, tmp_path, johns_dir, capsys):
+    """OUT/last.pt of a finished run: the run trains nothing ('the run is finished'), the dry run said it resumes and
+    counted every step; one stopped mid-epoch: the steps left; one without a training state: the run's refusal (the
+    dry run said 'resumes after epoch 0'). The recipe: 2 epochs x 3 steps."""
+    from puface.purifier import Purifier, RedNetConfig
+    from puface.purifier.checkpoint import make_checkpoint, save_checkpoint
+    from puface.training.config import load_config
+
+    path = _purifier_recipe(tmp_path, johns_dir)
+    cfg, out = load_config(path), tmp_path / "run"
+    model = RedNetConfig(channels=8, depth=2, downsample=1)
+    save_checkpoint(out / "last.pt", make_checkpoint(Purifier(model).net.state_dict(), model.as_dict(),
+                                                     config=cfg.as_dict(), train_state=state))
+    code = main(["train-purifier", "--config", str(path), "--out", str(out), "--device", "cpu", "--dry-run"])
+    text, err = capsys.readouterr()
+    assert said in (text if state else err) and code == (0 if state else 2), (text, err)
+    if state:
+        assert "= 6 step(s)" in text
+
+
+@pytest.mark.parametrize("dry", [True, False])
+def test_a_net_scalar_of_no_face_model_is_refused_before_any_cloak(dry, tmp_path, johns_dir, capsys):
+    """net.scalars naming a face model outside detector.embedders: the run refused it only after making the cloaks and
+    their features, and the dry run not at all (exit 0). Now both refuse it first: one line, exit 2, no OUT or cloak."""
+    cfg = _detector_recipe(tmp_path, johns_dir, sorted(p.name for p in johns_dir.iterdir() if p.is_dir()))
+    code = main(["train-detector", "--config", str(cfg), "--out", str(tmp_path / "det"), "--device", "cpu",
+                 "--no-progress", "--set", 'net.scalars=["log_shift:sface"]', *(["--dry-run"] if dry else [])])
+    err = capsys.readouterr().err
+    assert code == 2 and "net scalar 'log_shift:sface': expected log_shift:<one of detector.embedders>" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "det").exists() and not (tmp_path / "cache").exists()

@@ -217,9 +217,10 @@ def detect(
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
 @click.option("--align", is_flag=True, help="NATURAL holds photos, not chips: detect and align every face first.")
 @click.option("--dry-run", "dry_run", is_flag=True,
-              help="Check the detector and purifier files, --out and NATURAL, and print the photos found, the "
-                   "threshold now and the false-positive rate it targets, then exit without scoring or writing ("
-                   + WEIGHTS_FIRST_LOAD + ").")
+              help="Check the detector and purifier files, --out, NATURAL and the scores file (as the scoring does: "
+                   "another detector's or input's scores are refused without --restart), and print the photos found "
+                   "(and how many the scores file holds), the threshold now and the false-positive rate it targets, "
+                   "then exit without scoring or writing (" + WEIGHTS_FIRST_LOAD + ").")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def calibrate_detector(
     natural: Path,
@@ -256,14 +257,15 @@ def calibrate_detector(
         raise PufaceError("--batch-size must be >= 1")
     check_output_file(out_path, "--out", inputs=[detector_path(weights), *([purifier] if purifier else [])])
     kind = kind or f"user:{natural.resolve().name}"
+    scores = scores_csv or out_path.with_name(out_path.stem + "-calibration.csv")
     if dry_run:
         from ..training.plan import plan_calibration
 
-        click.echo(str(plan_calibration(natural, weights, purifier=purifier, kind=kind)))
+        click.echo(str(plan_calibration(natural, weights, purifier=purifier, kind=kind, scores_csv=scores,
+                                        restart=restart, align=align)))
         return
     det = load_detector(weights, device=None, purifier=purifier)
     replaced = (det.calibration.get("added_kinds") or {}).get(kind)
-    scores = scores_csv or out_path.with_name(out_path.stem + "-calibration.csv")
     before, after, rep = calibrate_on_folder(det, natural, kind, scores_csv=scores,
                                              device=None if device == "auto" else device, batch_size=batch_size,
                                              align=align, progress=progress, restart=restart)

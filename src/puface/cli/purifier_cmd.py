@@ -158,9 +158,10 @@ def train_purifier(
         check_output_file(export_path, "--export")
     if dry_run:
         from ..training.plan import plan_purifier_training
+        from ..utils.errors import PufaceError
 
         if prepare_only:
-            raise click.UsageError("--dry-run and --prepare-only: give one")
+            raise PufaceError("--dry-run and --prepare-only: give one")
         plan = plan_purifier_training(cfg, out, resume=resume, device=None if device == "auto" else device)
         click.echo(f"config: {cfg.where or config_path}\n{plan}")
         return

@@ -156,9 +156,9 @@ def cloak_with_cache(cache_root: str | Path | None = None, device: str | None = 
     return cloak
 
 
-def _cloaked_from_folder(spec: dict, root: Path, paths: list[Path]) -> tuple[torch.Tensor, list[int], list]:
-    """Cloaked counterparts of `paths` from a folder mirroring `root` (`FolderCloaks` names); files
-    without one are left out."""
+def folder_cloak_paths(spec: dict, root: Path, paths: Sequence[Path]) -> tuple[list[Path], list[int]]:
+    """(the cloaked files of `paths` in the folder a {"name": "folder", "root": DIR} spec names, mirroring `root`
+    (`FolderCloaks` names); the indices of `paths` that have one). A `PufaceError` when none has one."""
     folder = FolderCloaks(spec["root"], spec.get("patterns"))
     found, kept = [], []
     for i, p in enumerate(paths):
@@ -170,6 +170,13 @@ def _cloaked_from_folder(spec: dict, root: Path, paths: list[Path]) -> tuple[tor
         raise PufaceError(
             f"{folder.root}: no cloaked images found that mirror {root} (expected {folder.root}/<identity>/<file>)"
         )
+    return found, kept
+
+
+def _cloaked_from_folder(spec: dict, root: Path, paths: list[Path]) -> tuple[torch.Tensor, list[int], list]:
+    """Cloaked counterparts of `paths` from a folder mirroring `root` (`folder_cloak_paths`); files
+    without one are left out."""
+    found, kept = folder_cloak_paths(spec, root, paths)
     images, ok, errs = load_images(found)
     return images, [kept[j] for j in ok], errs
 

@@ -332,6 +332,14 @@ def attack_chips(cfg: DetectorTrainConfig, spec: dict, chips: Sequence[Path]) ->
     return list(chips[: int(spec.get("images", 100))]), seeded
 
 
+def check_cloak_size(cfg: DetectorTrainConfig, label: str, size: tuple[int, ...]) -> None:
+    """Refuse the cloaks of attack `label` when their (H, W) `size` (that of the chips they are made from) is not
+    the recipe's detector.chip_size square."""
+    if tuple(size) != (int(cfg.detector["chip_size"]),) * 2:
+        raise PufaceError(f"{label}: cloaks of {tuple(size)} px; the detector trains on chips of "
+                          f"{cfg.detector['chip_size']} px")
+
+
 def build_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, train_ids: Sequence[str],
                   fit_ids: Sequence[str], *, progress: bool = True, device: str | None = None,
                   log: Callable[[str], None] = print) -> tuple[SampleSet, SampleSet, dict]:
@@ -361,11 +369,7 @@ def build_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path, trai
         for e in errors:
             log(f"warning: skipped {getattr(e, 'path', e)}: {getattr(e, 'reason', e)}")
         x0, _, _ = load_images([paths[i] for i in kept])
-        if tuple(cl.shape[-2:]) != (int(cfg.detector["chip_size"]),) * 2:
-            raise PufaceError(
-                f"{label}: cloaks of {tuple(cl.shape[-2:])} px; "
-                f"the detector trains on chips of {cfg.detector['chip_size']} px"
-            )
+        check_cloak_size(cfg, label, tuple(cl.shape[-2:]))
         in_fit = torch.as_tensor([paths[i].parent.name in fit for i in kept], dtype=torch.bool)
         for k in aug["cloak_strengths"]:
             k = float(k)
@@ -516,6 +520,17 @@ def calibration_samples(cfg: DetectorTrainConfig, det: CloakDetector, root: Path
     return _featurise(det, xs, kinds, torch.zeros(len(xs)), int(cfg.train["batch_features"]), log, "calibration")
 
 
+def check_net_scalars(cfg: DetectorTrainConfig) -> None:
+    """Refuse a recipe whose net (when its score has one) takes a scalar other than log_shift:<one of
+    detector.embedders> (`ConfigError`), before any cloak is made."""
+    if "net" not in cfg.detector["components"]:
+        return
+    for name in ResidualNetConfig.from_dict(cfg.net).scalars:
+        kind, _, arg = name.partition(":")
+        if kind != "log_shift" or arg not in cfg.detector["embedders"]:
+            raise ConfigError(f"net scalar {name!r}: expected log_shift:<one of detector.embedders>")
+
+
 def detector_identities(cfg: DetectorTrainConfig, root: Path) -> tuple[Purifier, list[str], list[str], list[str]]:
     """(the recipe's purifier, loaded; its training identities; the fit ones; the calibration ones: the rest of them
     and its validation identities), once every one has a folder under `root` (`require_identities`)."""
@@ -548,6 +563,7 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
     purifier, train_ids, fit_ids, cal_ids = detector_identities(cfg, root)
     if cfg.attacks:  # a misspelt attack: said now, not after the other attacks' cloaks
         check_attacks(cfg.attacks, device=device, where=cfg.where)
+    check_net_scalars(cfg)  # said now, not after the cloaks and their features
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -570,10 +586,8 @@ def train_detector(cfg: DetectorTrainConfig, out: str | Path, *, device: str | N
     scalar_norm = {}
     if net_cfg is not None:
         assert samples is not None  # DetectorTrainConfig refuses a net without [[attacks]]
-        for name in net_cfg.scalars:
-            kind, _, arg = name.partition(":")
-            if kind != "log_shift" or arg not in base.embedders:
-                raise ConfigError(f"net scalar {name!r}: expected log_shift:<one of detector.embedders>")
+        for name in net_cfg.scalars:  # each log_shift:<one of base.embedders> (check_net_scalars)
+            arg = name.partition(":")[2]
             v = det0.log_shift(samples.features[f"shift:{arg}"])
             scalar_norm[name] = (float(v.mean()), float(v.std().clamp_min(1e-6)))
     config = DetectorConfig(

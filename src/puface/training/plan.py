@@ -15,17 +15,19 @@ from pathlib import Path
 
 from ..attacks import attack_label, create_attack
 from ..attacks.cache import CloakCache
-from ..attacks.folder import FolderCloaks
 from ..data.datasets import resolve_data_root
+from ..data.loading import load_images
 from ..data.layout import scan_identities
 from ..io.files import check_output_folder, check_output_root
 from ..io.jobs import env_int
 from ..purifier.checkpoint import load_checkpoint
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
+from ..utils.paths import puface_home
 from .config import PurifierTrainConfig
-from .data import check_attacks, choose_images
-from .detector import (DetectorTrainConfig, attack_chips, calibration_paths, detector_identities, fit_paths)
+from .data import check_attacks, choose_images, folder_cloak_paths
+from .detector import (DetectorTrainConfig, attack_chips, calibration_paths, check_cloak_size, check_net_scalars,
+                       detector_identities, fit_paths)
 from .train import _check_resumed_config, _check_run_folder, epoch_steps, identity_split, run_models
 
 __all__ = ["CloakSet", "PurifierPlan", "DetectorPlan", "CalibrationPlan", "plan_purifier_training",
@@ -59,6 +61,12 @@ def _cloak_line(what: str, count: int, sets: list[CloakSet]) -> str:
     return line
 
 
+def _cache(root: str | None, cached_only: bool) -> CloakCache:
+    """The run's cloak cache (`root`, "" or None: $PUFACE_HOME/cloaks), looked up, never written: not even its folder
+    (`CloakCache()` would make it)."""
+    return CloakCache(root or puface_home() / "cloaks", cached_only=cached_only)
+
+
 def _pairs(sets: list[CloakSet]) -> int:
     """Pairs the sets make: each image with a cloak (from a folder: those found there)."""
     return sum(s.images if s.to_make is not None else s.found or 0 for s in sets)
@@ -84,7 +92,9 @@ class PurifierPlan:
     steps_per_epoch: int
     device: str
     models: list[str] = field(default_factory=list)
-    resumes: str = ""
+    #: the run in OUT it resumes (its last.pt), and where that run stopped: epochs finished, steps into the next
+    resumes: Path | None = None
+    resumed_at: tuple[int, int] = (0, 0)
     #: without validation identities: how many training pairs validate (data.val_images at most)
     val_images: int = 0
 
@@ -100,6 +110,22 @@ class PurifierPlan:
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.epochs
 
+    @property
+    def steps_left(self) -> int:
+        """Optimiser steps the run would take: all of them, or those after where the resumed run stopped."""
+        epoch, step = self.resumed_at
+        return max(self.total_steps - epoch * self.steps_per_epoch - step, 0) if self.resumes else self.total_steps
+
+    def _resume_text(self) -> str:
+        if self.resumes is None:
+            return ""
+        epoch, step = self.resumed_at
+        if self.steps_left == 0:  # as `train` says it
+            return (f"; {self.resumes}: the run is finished ({self.epochs} epochs), nothing to train (--no-resume "
+                    "trains afresh)")
+        return (f"; resumes {self.resumes} after epoch {epoch}{f', step {step}' if step else ''}: "
+                f"{self.steps_left} step(s) left")
+
     def __str__(self) -> str:
         lines = [f"data: {self.root}: {self.identities} identities; {self.train_identities} training "
                  f"({self.train_images} images), {self.val_identities} validation, {self.heldout_identities} held out",
@@ -110,7 +136,7 @@ class PurifierPlan:
             lines.append("face models: " + ", ".join(self.models))
         lines.append(f"training: {self.epochs} epoch(s) x {self.steps_per_epoch} optimizer step(s) of "
                      f"{self.batch_size} pairs = {self.total_steps} step(s); {self.processes} process(es), device "
-                     f"{self.device}{'; ' + self.resumes if self.resumes else ''}. {_NOTHING}")
+                     f"{self.device}{self._resume_text()}. {_NOTHING}")
         return "\n".join(lines)
 
 
@@ -122,9 +148,8 @@ def _purifier_sets(cfg: PurifierTrainConfig, root: Path, identities: list[str], 
     for spec in specs:
         label = attack_label(spec)
         paths = [im.path for im in choose_images(ds.images, spec.get("images"), cfg.seed, f"{tag}:{label}")]
-        if spec["name"] == "folder":
-            folder = FolderCloaks(spec["root"], spec.get("patterns"))
-            out.append(CloakSet(label, len(paths), None, sum(folder.find(p, root) is not None for p in paths)))
+        if spec["name"] == "folder":  # none there: the run's error
+            out.append(CloakSet(label, len(paths), None, len(folder_cloak_paths(spec, root, paths)[0])))
         else:
             kept, missing = cache.uncached(attacks[label], paths)
             out.append(CloakSet(label, len(kept), len(missing)))
@@ -140,7 +165,7 @@ def plan_purifier_training(cfg: PurifierTrainConfig, out: str | Path | None = No
     start."""
     dev = resolve_device(device)
     root = resolve_data_root(cfg.data.root)
-    resumes = ""
+    resumes, at = None, (0, 0)
     if out is not None:
         out = Path(out)
         check_output_root(out)
@@ -149,14 +174,16 @@ def plan_purifier_training(cfg: PurifierTrainConfig, out: str | Path | None = No
         if resume and last.is_file():
             ck = load_checkpoint(last, map_location="cpu")
             _check_resumed_config(last, ck.get("config") or {}, cfg.as_dict())
-            done = (ck.get("train_state") or {}).get("epoch", 0)
-            resumes = f"resumes {last} after epoch {done}"
-    loss_embs, val_embs, init = run_models(cfg, dev, init=not resumes)
+            ts = ck.get("train_state")
+            if ts is None:  # as `train` says it
+                raise PufaceError(f"{last}: has no training state to resume from (delete it or pass --no-resume)")
+            resumes, at = last, (int(ts.get("epoch", 0)), int(ts.get("step_in_epoch", 0)))
+    loss_embs, val_embs, init = run_models(cfg, dev, init=resumes is None)
     attacks = check_attacks(cfg.attacks, device=str(dev), where=cfg.where)
     split = identity_split(cfg)
     counts = {k: len(v) for k, v in scan_identities(root, max_per_identity=cfg.data.max_per_identity,
                                                      seed=cfg.seed).by_identity().items()}
-    cache = CloakCache(cfg.data.cache or None, cached_only=cfg.data.cached_only)
+    cache = _cache(cfg.data.cache, cfg.data.cached_only)
     specs = [dict(a) for a in cfg.attacks]
     train = _purifier_sets(cfg, root, split.train, "train", specs, cache, attacks)
     val = (_purifier_sets(cfg, root, split.val, "val", [{**a, "images": cfg.data.val_images} for a in specs], cache,
@@ -164,7 +191,7 @@ def plan_purifier_training(cfg: PurifierTrainConfig, out: str | Path | None = No
     world = env_int("WORLD_SIZE", 1)
     plan = PurifierPlan(root, len(counts), len(split.train), len(split.val), len(split.heldout),
                         sum(counts[i] for i in split.train), train, val, cfg.train.epochs, cfg.train.batch_size, world,
-                        0, str(dev), resumes=resumes, val_images=cfg.data.val_images)
+                        0, str(dev), resumes=resumes, resumed_at=at, val_images=cfg.data.val_images)
     plan.steps_per_epoch = epoch_steps(plan.train_pairs, world, cfg.train.batch_size, cfg.train.max_steps_per_epoch)
     if plan.steps_per_epoch == 0:  # as `train` says it
         raise PufaceError(f"too few training pairs ({plan.train_pairs}) for {world} process(es)")
@@ -231,7 +258,6 @@ def plan_detector_training(cfg: DetectorTrainConfig, out: str | Path | None = No
     models; the attacks; with data.cached_only every cloak in the cache), then the size. Cloaks are looked up in the
     cache, not made; no feature is computed. A `PufaceError` (one line) when the run could not start."""
     from ..detection.detector import CloakDetector, DetectorConfig
-    from ..detection.net import ResidualNetConfig
 
     dev = resolve_device(device)
     root = resolve_data_root(cfg.data["root"])
@@ -242,8 +268,7 @@ def plan_detector_training(cfg: DetectorTrainConfig, out: str | Path | None = No
     if cfg.attacks:
         check_attacks(cfg.attacks, device=str(dev), where=cfg.where)
     dc, aug = cfg.detector, cfg.augment
-    if "net" in dc["components"]:
-        ResidualNetConfig.from_dict(cfg.net)
+    check_net_scalars(cfg)  # the net's config too
     # the face models of the features, loaded as the run loads them
     CloakDetector(DetectorConfig(embedders=tuple(dc["embedders"]),
                                  components=tuple(c for c in dc["components"] if c != "net"),
@@ -254,12 +279,14 @@ def plan_detector_training(cfg: DetectorTrainConfig, out: str | Path | None = No
     if cfg.attacks:  # no fit sample is made without cloaks (nor a net trained: the recipe refuses a net then)
         chips, nat_paths = fit_paths(cfg, root, train_ids, fit_ids)
     n_nat = len(nat_paths) * (1 + (min(per_chip, len(variants)) if variants and per_chip > 0 else 0))
-    cache = CloakCache(cfg.data["cache"] or None, cached_only=bool(cfg.data["cached_only"]))
+    cache = _cache(cfg.data["cache"], bool(cfg.data["cached_only"]))
     fit, sets, val, cloaked = set(fit_ids), [], 0, 0
     cv, cvpc = list(aug["cloak_variants"]), int(aug["cloak_variants_per_chip"])
     for spec in cfg.attacks:
         paths, seeded = attack_chips(cfg, spec, chips)
         kept, missing = cache.uncached(create_attack(seeded, device=str(dev)), paths)
+        if kept:  # the cloaks keep their chips' size (one size: `uncached` decoded them all), which the run checks
+            check_cloak_size(cfg, attack_label(spec), tuple(load_images([paths[kept[0]]])[0].shape[-2:]))
         in_fit = sum(paths[i].parent.name in fit for i in kept)
         sets.append(CloakSet(attack_label(spec), len(kept), len(missing)))
         val += len(kept) - in_fit
@@ -275,8 +302,9 @@ def plan_detector_training(cfg: DetectorTrainConfig, out: str | Path | None = No
 
 @dataclass
 class CalibrationPlan:
-    """The size of a calibration on natural photos (`plan_calibration`): the photos found, the detector's threshold
-    now, its false-positive rate and confidence, and the photos that can hold that rate."""
+    """The size of a calibration on natural photos (`plan_calibration`): the photos found, those of them the scores
+    file already holds (a resume keeps them), the detector's threshold now, its false-positive rate and confidence,
+    and the photos that can hold that rate."""
 
     natural: Path
     photos: int
@@ -285,26 +313,39 @@ class CalibrationPlan:
     fpr: float
     confidence: float | None
     needed: int
+    scores: Path | None = None
+    scored: int = 0
 
     def __str__(self) -> str:
         conf = f" held with {self.confidence:.0%} confidence" if self.confidence else ""
         short = f" (fewer than the {self.needed} that hold it)" if self.photos < self.needed else ""
-        return (f"calibration: {self.photos} natural photo(s) in {self.natural}{short} as kind {self.kind!r}; "
+        kept = f", {self.scored} of them already scored in {self.scores} (a resume keeps them)" if self.scored else ""
+        return (f"calibration: {self.photos} natural photo(s) in {self.natural}{short} as kind {self.kind!r}{kept}; "
                 f"threshold now {self.threshold:.4f}, FPR target {self.fpr:.1%} per kind{conf}. "
                 "Dry run: nothing was scored or written.")
 
 
 def plan_calibration(natural: str | Path, detector: str | Path | None = None, *, purifier: str | Path | None = None,
-                     kind: str | None = None) -> CalibrationPlan:
+                     kind: str | None = None, scores_csv: str | Path | None = None, restart: bool = False,
+                     align: bool = False) -> CalibrationPlan:
     """What `puface calibrate-detector NATURAL` would do, run nowhere (`--dry-run`): loads the detector (a file or a
-    shipped one) with its purifier, lists the photos under `natural` (an error when there are none) and returns the
-    size; nothing is scored or written."""
+    shipped one) with its purifier, lists the photos under `natural` (an error when there are none) and, given the
+    scores file `scores_csv`, makes the scoring's checks of it (`detect_folder(dry_run=True)`: its run file, another
+    detector's rows, `restart` and `align` as the run takes them); returns the size. Nothing is scored or written."""
     from ..detection.detector import load_detector, min_calibration_size
-    from ..io.jobs import iter_image_inputs
+    from ..detection.folder import detect_folder
+    from ..io.jobs import DryRun, iter_image_inputs
 
     det = load_detector(detector, device=None, purifier=purifier)
     nat = Path(natural)
-    photos = sum(1 for _ in iter_image_inputs(nat))
+    scored = 0
+    if scores_csv is not None:
+        dry = detect_folder(nat, scores_csv, detector=det, restart=restart, align=align, progress=False, dry_run=True)
+        assert isinstance(dry, DryRun)
+        photos, scored = dry.share, dry.done
+    else:
+        photos = sum(1 for _ in iter_image_inputs(nat))
     conf = det.default_confidence
     return CalibrationPlan(nat, photos, kind or f"user:{nat.resolve().name}", det.threshold(), det.default_fpr, conf,
-                           min_calibration_size(det.default_fpr, conf))
+                           min_calibration_size(det.default_fpr, conf), Path(scores_csv) if scores_csv else None,
+                           scored)
