@@ -432,6 +432,19 @@ def test_detect_cli_errors(tree, tmp_path, detector_file, capsys):
     assert "Traceback" not in err
 
 
+def test_a_scores_file_below_a_file_is_one_line_for_detect_and_calibrate(tree, tmp_path, detector_file, capsys):
+    """`--out a_file/s.csv` (detect) and `--scores a_file/s.csv` (calibrate-detector) died in the lock's
+    NotADirectoryError with a traceback."""
+    (tmp_path / "afile").write_text("x")
+    below = str(tmp_path / "afile" / "s.csv")
+    assert main(["detect", str(tree), "--detector", str(detector_file), "--no-progress", "--out", below]) == 2
+    assert main(["calibrate-detector", str(tree), "--detector", str(detector_file), "--no-progress",
+                 "--out", str(tmp_path / "o" / "d.safetensors"), "--scores", below]) == 2
+    err = capsys.readouterr().err
+    assert err.count("lies below the file") == 2 and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_detect_cli_refuses_to_mix_detectors(tree, tmp_path, detector, detector_file, johns_images):
     out = tmp_path / "s.csv"
     (tree / "cloaked_person" / "broken.jpg").unlink()

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..io.images import atomic_write_bytes
-from ..io.files import Listing
+from ..io.files import Listing, check_output_file
 from ..io.jobs import (CSV_TEXT, Claim, DryRun, FileJob, JobReport, LoadedImage, Outcome, claim_file, group_by_size,
                        iter_image_inputs, keep_input_mode, locked_csv, plan_mirror, read_locked, resume_split,
                        run_folder_job, share)
@@ -564,6 +564,7 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         raise PufaceError(f"{out_csv}: the scores file must end in .csv")
     if out_csv.is_dir():
         raise PufaceError(f"{out_csv} is a folder; give a .csv file name")
+    check_output_file(out_csv, "scores file")  # below a file: one line, not the lock's NotADirectoryError
     if align:  # no dlib: an error before the run file and the CSV are written
         from ..align import require_alignment
 
