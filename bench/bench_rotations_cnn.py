@@ -130,7 +130,9 @@ def main() -> None:
                  args.out_dir or Path(__file__).resolve().parent / "results",
                  about=f"CNN runs: {runs}, {1000 * seconds / max(1, runs):.0f} ms each on average (no upsampling, "
                        "at most 640 px). Rules compared from the same confidences (the decision of "
-                       "`FaceDetector.detect`, replayed), not timed apart.",
+                       "`FaceDetector.detect`, replayed), not timed apart. The shipped T (`WEAK_CNN_SCORE`) was "
+                       "chosen on these LFW photos; on faces from another source (the johns chips, as photos, "
+                       "dark, blurred, small, tilted): bench/results/align-rotations-cnn-others.md.",
                  baseline="the rule before 2026-12-08 stop 55 (turns only when the CNN finds nothing upright), "
                           "from the same CNN runs.")
 

@@ -235,7 +235,12 @@ def test_purify_report_has_the_turned_column_of_purify_stats(photo_folder, tmp_p
     with open(old, "w", newline="") as f:
         csv.writer(f).writerows([c for j, c in enumerate(r) if j != at] for r in table)
     assert main([*args, str(out)]) == 2
-    assert "detection.csv: written by an earlier puface (no 'turned' column)" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "detection.csv: written by an earlier puface (no 'turned' column)" in err and "\n" not in err
+    # the remedy it names is purify's (--no-resume); purify has no --restart (detect's), which it named before
+    assert "--no-resume" in err and "--restart" not in err, err
+    assert main([*args, str(out), "--no-resume"]) == 0
+    assert "turned" in open(old).readline()
 
 
 def test_detect_and_align_commands_say_the_face_was_found_turned(photo_folder, tmp_path, capsys):
@@ -250,11 +255,25 @@ def test_detect_and_align_commands_say_the_face_was_found_turned(photo_folder, t
     assert rows["side.png"]["faces"] == "1" and rows["up.png"]["faces"] == "1" and rows["none.png"]["faces"] == "0"
     assert rows["side.png"]["note"].startswith("face found with the photo turned 90 degrees clockwise")
     assert "turned" not in rows["up.png"]["note"]
+    # the column turned, as purify --align --report/--stats and align.csv have it (it was in the note alone)
+    assert (rows["side.png"]["turned"], rows["up.png"]["turned"], rows["none.png"]["turned"]) == ("90", "0", "0")
     # scored upright: the sideways photo's score is the upright photo's (the same chip, to one grey level)
     assert float(rows["side.png"]["score"]) == pytest.approx(float(rows["up.png"]["score"]), abs=0.05)
     assert main(["detect", "--align", "--rotations", "off", "--no-progress", "--device", "cpu", str(photo_folder),
                  "--out", str(scores)]) == 2
     assert "scored with --rotations auto, this run --rotations off" in capsys.readouterr().err
+    off = tmp_path / "off.csv"
+    assert main(["detect", "--align", "--rotations", "off", "--no-progress", "--device", "cpu", str(photo_folder),
+                 "--out", str(off)]) == 0
+    assert "turned" not in open(off).readline()
+    table = list(csv.reader(open(scores, newline="")))  # a scores CSV from before the column: refused, one line
+    at = table[0].index("turned")
+    with open(scores, "w", newline="") as f:
+        csv.writer(f).writerows([c for j, c in enumerate(r) if j != at] for r in table)
+    capsys.readouterr()
+    assert main(["detect", "--align", "--no-progress", "--device", "cpu", str(photo_folder), "--out", str(scores)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "written by an earlier puface (no 'turned' column); pass --restart" in err and "\n" not in err
 
     out = tmp_path / "chips"
     assert main(["align", "--no-progress", str(photo_folder), str(out)]) == 0

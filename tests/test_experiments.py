@@ -1468,6 +1468,35 @@ def test_command_making_finds_the_command_that_writes_a_file(named, expected, tm
     assert (found and found[0]) == expected and (found is None or found[1] == f)
 
 
+@pytest.mark.parametrize("config, named, expected", [
+    # the study reads lfw-chips150/ and makes lfw-chips150-sharp/: only the second is its output
+    ("docs/studies/2026-12-05-sharp-photos/lfw-sharp.toml", "lfw-chips150-sharp/",
+     "python docs/studies/2026-12-05-sharp-photos/make_sharp_set.py lfw-chips150/ lfw-chips150-sharp/"),
+    ("docs/studies/2026-12-05-sharp-photos/lfw-sharp.toml", "lfw-chips150", None),
+    # `puface reproduce lfw-arcface112 ... --out runs/lfw-arcface112`: the config's name and another folder
+    ("lfw-arcface112", "lfw-arcface112", None),
+    # "runs/ablation-v4/<name>/best.safetensors" in a trailing comment: <name> alone is not every name
+    ("lfw-ablations", "lfw-chips150", None),
+    ("lfw-ablations", "runs/ablation-v4/k1/best.safetensors", "python tools/train_ablations.py"),
+    # "# puface demo: the whole pipeline on ... (dlib's "johns", ...)" is prose, not a command
+    ("demo", "johns", None),
+    ("lfw-photos", "lfw-photos", "puface data fetch lfw        (lfw-photos/ and lfw-chips150/ in $PUFACE_DATA or "
+     "$PUFACE_HOME/data)"),
+])
+def test_command_making_takes_no_command_that_reads_or_only_resembles_the_folder(config, named, expected):
+    """A missing data folder's error names the command the config's comments give for making it (audit BX), but
+    `command_making` took a command that reads the folder (`make_sharp_set.py lfw-chips150/ OUT` for lfw-chips150),
+    one writing another folder of the same last name (`--out runs/lfw-arcface112` for lfw-arcface112), one whose
+    trailing comment has a bare `<name>` (train_ablations.py for lfw-chips150), and the prose line "puface demo: the
+    whole pipeline ..." as the makers. They now give none (the plain message); real makers are kept."""
+    from puface.experiments.config import config_files
+    from puface.utils.tomlconfig import command_making
+
+    path = Path(__file__).resolve().parent.parent / config if config.endswith(".toml") else packaged_config(config)
+    found = command_making(named, config_files(path))
+    assert (found and found[0]) == expected
+
+
 def test_reproduce_set_none_clears_an_optional_setting_as_if_absent(tmp_path):
     """`reproduce --set data.max_per_identity=none` was refused ("must be an integer >= 1, got 'none'"), where
     train-purifier's --set clears an optional setting that way. Now `none` clears a setting whose default is None (the

@@ -73,7 +73,9 @@ TURNS = (90, 270, 180)
 WEAK_HOG_SCORE = 0.6
 #: The same for the CNN alone (`detector="cnn"`; its confidence): it finds 38 of 50 LFW faces stored sideways as if
 #: upright (the chip then comes out sideways), at 0.01-1.26; upright faces score 1.01-1.10 (174 of 175 photos; one
-#: 0.83, which no turn outscores). Below 1.01 with a margin for other photos (bench/bench_rotations_cnn.py).
+#: 0.83, which no turn outscores). Below 1.01 with a margin for other photos (bench/bench_rotations_cnn.py). Chosen
+#: on LFW; on the johns chips (another source) as 605 upright images, plain and dark, blurred, small or tilted: 30
+#: below it (27 of them very dark), none outscored by a turn (bench/bench_rotations_cnn_others.py).
 WEAK_CNN_SCORE = 0.9
 #: The weak score of each first detector (`FaceDetector.detect`).
 WEAK_SCORE = {"hog": WEAK_HOG_SCORE, "cnn": WEAK_CNN_SCORE}

@@ -64,7 +64,7 @@ _detector_purifier_option = click.option(
     help="Photos, not chips: detect and align every face first (a photo's score is its highest face score).",
 )
 @click.option("--largest-face", is_flag=True, help="With --align: score only the largest face of each photo.")
-@rotations_option("scored upright (the note says so)")
+@rotations_option("scored upright (the note and the column turned say so)")
 @click.option(
     "--resume/--no-resume",
     default=True,

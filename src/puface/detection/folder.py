@@ -149,6 +149,33 @@ def _write_csv(path: Path, rows: Iterable[dict], fields: list[str]) -> None:
     atomic_write_bytes(path, chunks())
 
 
+#: What `puface detect` tells a user whose scores CSV it cannot resume (`_check_columns`).
+DETECT_AGAIN = "pass --restart to score again, or choose another --out"
+#: The same for `puface purify --report/--skip-cloaked` (no --restart there: --no-resume redoes every photo).
+PURIFY_AGAIN = "pass --no-resume to purify and score every photo again, or choose another OUT"
+
+
+def _check_columns(path: Path, header: list[str] | None, fields: list[str], again: str = DETECT_AGAIN) -> None:
+    """Refuse to resume the scores CSV `path` whose `header` (None: an empty file, fine) is not `fields`: one line
+    naming the file, why, and `again` (what the user's command takes to start it afresh)."""
+    if header is None or header == fields:
+        return
+    for column, why in (("storage", ": its decisions did not know how each file is stored"), ("turned", "")):
+        if column in fields and header == [f for f in fields if f != column]:
+            raise PufaceError(f"{path}: written by an earlier puface (no '{column}' column{why}); {again}")
+    raise PufaceError(f"{path}: written by another detector or with other options (columns {header}, expected "
+                      f"{fields}); {again}")
+
+
+def _header(path: Path) -> list[str] | None:
+    """The header row of the CSV `path` (None: no file, empty or unreadable: the job's own read says so)."""
+    try:
+        with open(path, newline="", **CSV_TEXT) as f:
+            return next(csv.reader(f), None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+
+
 def _records(path: Path, fields: list[str], fd: int | None = None) -> Iterator[dict | None]:
     """Each record of an earlier run's CSV after its header: the row, or None for one cut by an interruption (or
     blank, or with a score that is no number); a CSV with other columns is an error (another detector or other options
@@ -160,15 +187,7 @@ def _records(path: Path, fields: list[str], fd: int | None = None) -> Iterator[d
         header = next(reader, None)
         if header is None:
             return
-        if "storage" in fields and header == [f for f in fields if f != "storage"]:
-            raise PufaceError(f"{path}: written by an earlier puface (no 'storage' column: its decisions did not know "
-                              "how each file is stored); pass --restart to score again, or choose another --out")
-        if "turned" in fields and header == [f for f in fields if f != "turned"]:
-            raise PufaceError(f"{path}: written by an earlier puface (no 'turned' column); pass --restart to score "
-                              "again, or choose another --out")
-        if header != fields:
-            raise PufaceError(f"{path}: written by another detector or with other options (columns {header}, "
-                              f"expected {fields}); choose another --out or pass --restart")
+        _check_columns(path, header, fields)
         for rec in reader:
             if len(rec) != len(fields):
                 yield None  # cut short (or blank)
@@ -421,6 +440,12 @@ def _photo_row(chip_rows: list[dict]) -> dict:
     return {**best, "cloaked": int(any(int(r["cloaked"]) for r in chip_rows))}
 
 
+def _align_columns(align: bool, rotations: str) -> list[str]:
+    """The scores CSV's columns of an --align run: faces, and with rotations on `turned` as `purify --align --stats`
+    and align.csv have it (`align_adapter`: degrees clockwise the photo was turned to find its faces, 0 upright)."""
+    return (["faces"] + (["turned"] if rotations != "off" else [])) if align else []
+
+
 def _make_aligner(align: bool, largest_face: bool, rotations: str = "auto"):
     if not align:
         return None
@@ -579,9 +604,8 @@ def detect_folder(in_path: str | Path, out_csv: str | Path, *, detector: CloakDe
         det = _prepare_detector(detector, weights, device, purifier)
         thresholds = Thresholds(det, fpr, one_threshold)
         fpr_v = det.default_fpr if fpr is None else float(fpr)
-        fields = (
-            ["path", "score", "cloaked", *feature_columns(det)] + (["faces"] if align else []) + ["storage", "note"]
-        )
+        fields = ["path", "score", "cloaked", *feature_columns(det), *_align_columns(align, rotations), "storage",
+                  "note"]
         state = run_file_of(out_csv)
         det_id = det.fingerprint()
         run = {"input": str(in_path.resolve()), "align": align, "largest_face": largest_face,
@@ -719,7 +743,8 @@ def detect_batch_process(det: CloakDetector | str | None, device: str | None, fp
     """`detect_folder`'s batch function: decoded images -> one `Outcome.record` row each (score, decision at the
     threshold for `fpr` and the chip's storage (`Thresholds`), features; with `align` per photo over its faces). det:
     a detector, or its file (None: the shipped one). device: move the detector there first (None: where it is).
-    rotations: with `align`, as `align.FaceDetector` (a face found in the photo turned says so in the note).
+    rotations: with `align`, as `align.FaceDetector` (a face found in the photo turned says so in the note, and with
+    rotations on in the column `turned`, as `purify --align --report` has it).
     Module level, so `functools.partial` of it is the Ray engine's picklable factory."""
     if not isinstance(det, CloakDetector):
         det = _prepare_detector(None, det, device)
@@ -734,6 +759,7 @@ def detect_batch_process(det: CloakDetector | str | None, device: str | None, fp
             return [Outcome.record(**_row(det, feats, i, threshold, chip_storage(det, it)), note=_note(it, threshold))
                     for i, it in enumerate(items)]
         from ..align import fill_off_photo
+        from ..align.detect import rotations_entry
 
         chips, owner, found = [], [], []
         for i, it in enumerate(items):
@@ -752,10 +778,12 @@ def detect_batch_process(det: CloakDetector | str | None, device: str | None, fp
         for it, pf, rows in zip(items, found, per):
             if rows:
                 note = "; ".join(n for n in (pf.turn_note(), _note(it, threshold, aligned=True)) if n)
-                out.append(Outcome.record(**_photo_row(rows), faces=len(rows), note=note))
+                turned = rotations_entry(rotations, turned=pf.turn)
+                out.append(Outcome.record(**_photo_row(rows), faces=len(rows), **turned, note=note))
             else:
                 blank = {k: "" for k in fields if k not in ("path",)}
-                out.append(Outcome.record(**{**blank, "faces": 0, "note": pf.reason_if_empty(aligner.min_face)}))
+                out.append(Outcome.record(**{**blank, "faces": 0, **rotations_entry(rotations, turned=pf.turn),
+                                             "note": pf.reason_if_empty(aligner.min_face)}))
         return out
 
     return process
@@ -908,8 +936,7 @@ def purify_folder_detected(
     scores = Path(scores_csv) if scores_csv else out_path / "detection.csv"
     fields = (
         ["path", "status", "score", "cloaked", *feature_columns(det)]
-        # with rotations, `turned` as `purify --align --stats` has it (`align_adapter`: degrees clockwise, 0 upright)
-        + (["faces"] + (["turned"] if rotations != "off" else []) if align else [])
+        + _align_columns(align, rotations)
         + ["storage", "note"]
     )
     det_id = det.fingerprint()
@@ -934,6 +961,8 @@ def purify_folder_detected(
         world_size,
     )
     with finish.on_failure():
+        if resume:  # a scores CSV it cannot resume: purify's own remedy (detect's --restart is not purify's)
+            _check_columns(scores, _header(scores), fields, PURIFY_AGAIN)
         previous = _start_rows(scores, fields, resume, {j.rel.as_posix() for j in jobs} if world_size > 1 else None)
         skipped = {p for p, status in previous.items() if status == "skip"}
         scored = {p for p, status in previous.items() if status != "fail"}

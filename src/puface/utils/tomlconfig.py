@@ -327,7 +327,8 @@ def to_toml(raw: dict) -> str:
 
 
 #: a comment line that starts a shell command: any VAR=value, then one of these programs
-_COMMAND_START = re.compile(r"(?:[A-Z_]+=\S*\s+)*(?:puface|python3?|bash|npm)\s")
+# a command, not prose about one ("puface demo: the whole pipeline ...")
+_COMMAND_START = re.compile(r"(?:[A-Z_]+=\S*\s+)*(?:puface|python3?|bash|npm)\s+(?!\S*:(?:\s|$))")
 
 
 def commented_commands(text: str) -> list[str]:
@@ -354,21 +355,49 @@ def commented_commands(text: str) -> list[str]:
 
 
 def _names(path: tuple[str, ...], target: tuple[str, ...]) -> bool:
-    """Whether `path` (a word of a command, split in parts) ends with `target`'s parts; a part `<name>` in `path`
-    stands for any one name."""
-    tail = path[len(path) - len(target):]
-    return len(path) >= len(target) > 0 and all(a == b or (a[:1], a[-1:]) == ("<", ">") for a, b in zip(tail, target))
+    """Whether `path` (a word of a command, split in parts) is `target`'s parts, or ends with them below a
+    `$VARIABLE` (`$PUFACE_MODELS/faceres.pt`; not `runs/lfw-x`, another folder than `lfw-x`); a part `<name>` in
+    `path` stands for any one name, but not for all of them (a bare `<name>` names nothing)."""
+    head, tail = path[:len(path) - len(target)], path[len(path) - len(target):]
+    wild = [(a[:1], a[-1:]) == ("<", ">") for a in tail]
+    return (len(path) >= len(target) > 0 and not all(wild) and all(h.startswith("$") or h == "." for h in head)
+            and all(a == b or w for a, b, w in zip(tail, target, wild)))
 
 
-_READS = re.compile(r"--data(?:=|\s+)\S+")  # a command's input folder (`puface reproduce X --data DIR`)
+def _without_inputs(cmd: str) -> str:
+    """`cmd` without the words it reads, which it does not make: a `--data DIR`, the config of `puface reproduce`
+    or `evaluate`, and of two or more arguments right after a program (`python SCRIPT`, `bash SCRIPT`, `puface
+    COMMAND`) before any option, all but the last (`make_set.py IN OUT`). Each part of `a && b` apart; read up to a
+    trailing comment (" #") or a word in parentheses, and not past an option (its value may be quoted, with spaces)."""
+    head, sep, tail = cmd.partition(" #")
+    words = head.split()
+    end = next((i for i, w in enumerate(words) if w.startswith("(")), len(words))
+    drop = {i + 1 for i, w in enumerate(words[:end]) if w == "--data"} | {
+        i for i, w in enumerate(words[:end]) if w.startswith("--data=")}
+    start = 0
+    while start < end:
+        stop = next((i for i in range(start, end) if words[i] in ("&&", "||", ";", "|")), end)
+        i = start
+        while i < stop and re.fullmatch(r"[A-Z_]+=\S*", words[i]):  # VAR=value before the program
+            i += 1
+        program = words[i:i + 2]
+        i += 2 if program[:1] in (["python"], ["python3"], ["bash"], ["puface"]) else 1
+        args = []
+        while i < stop and not words[i].startswith("-"):
+            args.append(i)
+            i += 1
+        drop |= set(args if program in (["puface", "reproduce"], ["puface", "evaluate"]) else args[:-1])
+        start = stop + 1
+    kept = [w for i, w in enumerate(words) if i not in drop]
+    return " ".join(kept) + (sep + tail if sep else "")
 
 
 def command_making(named: str, files: Iterable[Path]) -> tuple[str, Path] | None:
     """The command in the comments of `files` (`commented_commands`) that makes the file `named` (as a config writes
     it: "runs/purifier-x/best.safetensors", "faceres.pt"): the first whose line (trailing comment included) names the
     file (`<name>` there stands for any one name), else whose command names the file's folder ("runs/purifier-x",
-    "runs/published"), else a folder above it and the name just below that ("--only ref --out runs/ablations"). A
-    command's `--data DIR` is what it reads, not what it makes: not a mention of DIR.
+    "runs/published"), else a folder above it and the name just below that ("--only ref --out runs/ablations"). What
+    a command reads is not a mention (`_without_inputs`: `--data DIR`, reproduce's config, IN of `SCRIPT IN OUT`).
     (The command without its trailing comment, its file), or None."""
     commands: list[tuple[str, Path]] = []
     for f in files:
@@ -381,7 +410,7 @@ def command_making(named: str, files: Iterable[Path]) -> tuple[str, Path] | None
         return [PurePosixPath(w).parts for w in re.split(r"[\s\"'=,;()`]+", text) if w]
 
     target = PurePosixPath(named.replace("\\", "/")).parts
-    lines = [(cmd.split(" #")[0].rstrip(), words(_READS.sub(" ", cmd)), words(_READS.sub(" ", cmd.split(" #")[0])), f)
+    lines = [(cmd.split(" #")[0].rstrip(), words(_without_inputs(cmd)), words(_without_inputs(cmd).split(" #")[0]), f)
              for cmd, f in commands]
     found = [(c, f) for c, line, _, f in lines if any(_names(w, target) for w in line)]
     if len(target) >= 3:  # a folder of two parts or more holds the file
