@@ -34,6 +34,28 @@ ALL_TURNS = (0, 90, 180, 270)
 RULES = (None, 0.6, 0.8, 0.9, 1.0)  # None: turns only when nothing is found upright (before)
 
 
+class CnnConfidences:
+    """The dlib CNN's face confidences of an image turned t degrees clockwise, for each t of `turns`; counts the CNN
+    runs (`runs`) and their seconds (`seconds`)."""
+
+    def __init__(self) -> None:
+        from puface.align import FaceDetector
+
+        self.det = FaceDetector("cnn", rotations="off")
+        self.runs, self.seconds = 0, 0.0
+
+    def __call__(self, img: np.ndarray, turns=ALL_TURNS) -> dict[int, list[float]]:
+        from puface.align.detect import turn_image
+
+        out = {}
+        for t in turns:
+            t0 = time.perf_counter()
+            out[t] = [s for _, s in self.det._boxes(turn_image(img, t) if t else img, "cnn")]
+            self.seconds += time.perf_counter() - t0
+            self.runs += 1
+        return out
+
+
 def pick(conf: dict[int, list[float]], stored: int, weak: float | None) -> tuple[int | None, int]:
     """(the turn `FaceDetector.detect` picks for the photo stored turned `stored` counter-clockwise, None without a
     face; CNN runs) under the rule `weak`, from the CNN's confidences `conf` of the photo turned t clockwise."""
@@ -62,21 +84,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.photos is None:
         ap.error("--photos (or $PUFACE_DATA) is needed")
-    from puface.align import FaceDetector
-    from puface.align.detect import TURNS, WEAK_CNN_SCORE, turn_image
+    from puface.align.detect import TURNS, WEAK_CNN_SCORE
 
-    det = FaceDetector("cnn", rotations="off")
-    runs, seconds = 0, 0.0
-
-    def confidences(img: np.ndarray, turns=ALL_TURNS) -> dict[int, list[float]]:
-        nonlocal runs, seconds
-        out = {}
-        for t in turns:
-            t0 = time.perf_counter()
-            out[t] = [s for _, s in det._boxes(turn_image(img, t) if t else img, "cnn")]
-            seconds += time.perf_counter() - t0
-            runs += 1
-        return out
+    confidences = CnnConfidences()
 
     people = sorted(p for p in args.photos.iterdir() if p.is_dir())
     photos = [confidences(np.asarray(Image.open(sorted(p.glob("*.jpg"))[0]).convert("RGB")))
@@ -128,8 +138,9 @@ def main() -> None:
                            [("rule", "T", "{}"), ("photos", "photos", "{}"), ("weak", "below T", "{}"),
                             ("turned", "turned wrongly", "{}")], csv="weak")],
                  args.out_dir or Path(__file__).resolve().parent / "results",
-                 about=f"CNN runs: {runs}, {1000 * seconds / max(1, runs):.0f} ms each on average (no upsampling, "
-                       "at most 640 px). Rules compared from the same confidences (the decision of "
+                 about=f"CNN runs: {confidences.runs}, "
+                       f"{1000 * confidences.seconds / max(1, confidences.runs):.0f} ms each on average "
+                       "(no upsampling, at most 640 px). Rules compared from the same confidences (the decision of "
                        "`FaceDetector.detect`, replayed), not timed apart. The shipped T (`WEAK_CNN_SCORE`) was "
                        "chosen on these LFW photos; on faces from another source (the johns chips, as photos, "
                        "dark, blurred, small, tilted): bench/results/align-rotations-cnn-others.md.",

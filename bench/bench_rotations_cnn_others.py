@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import io
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from bench_rotations_cnn import ALL_TURNS, RULES, pick
+from bench_rotations_cnn import ALL_TURNS, RULES, CnnConfidences, pick
 from benchtables import Table, write_tables
 
 
@@ -56,24 +55,12 @@ def main() -> None:
     ap.add_argument("--chips", type=Path, default=None, help="identity folders of face chips (default: johns)")
     ap.add_argument("--out-dir", type=Path, default=None, help="where the tables go (default bench/results)")
     args = ap.parse_args()
-    from puface.align import FaceDetector
-    from puface.align.detect import WEAK_CNN_SCORE, turn_image
+    from puface.align.detect import WEAK_CNN_SCORE
     from puface.data.johns import fetch_johns
 
     root = args.chips or fetch_johns()
     paths = sorted(root.glob("*/*.jpg"))
-    det = FaceDetector("cnn", rotations="off")
-    runs, seconds = 0, 0.0
-
-    def confidences(img: np.ndarray, turns=ALL_TURNS) -> dict[int, list[float]]:
-        nonlocal runs, seconds
-        out = {}
-        for t in turns:
-            t0 = time.perf_counter()
-            out[t] = [s for _, s in det._boxes(turn_image(img, t) if t else img, "cnn")]
-            seconds += time.perf_counter() - t0
-            runs += 1
-        return out
+    confidences = CnnConfidences()
 
     def upright(img: np.ndarray) -> dict[int, list[float]]:  # the turns only where some rule would try them
         c = confidences(img, (0,))
@@ -98,7 +85,7 @@ def main() -> None:
                   photo(chip, scale=0.85), photo(chip, scale=0.7), photo(chip, 25 * side), photo(chip, 40 * side)]
         for (kind, got), img in zip(kinds.items(), images):
             got.append(confidences(img) if kind in turned else upright(img))
-        print(k, runs, flush=True)
+        print(k, confidences.runs, flush=True)
     rows = []
     for kind, confs in kinds.items():
         best = [max(c[0], default=None) for c in confs]
@@ -136,7 +123,8 @@ def main() -> None:
                            csv="turned")],
                  args.out_dir or Path(__file__).resolve().parent / "results",
                  about=f"WEAK_CNN_SCORE was chosen on LFW photos (bench/results/align-rotations-cnn.md); these are "
-                       f"another source's faces. CNN runs: {runs}, {1000 * seconds / max(1, runs):.0f} ms each on "
+                       f"another source's faces. CNN runs: {confidences.runs}, "
+                       f"{1000 * confidences.seconds / max(1, confidences.runs):.0f} ms each on "
                        "average (no upsampling, at most 640 px); rules compared from the same confidences (the "
                        "decision of `FaceDetector.detect`, replayed).")
 
