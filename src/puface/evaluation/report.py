@@ -83,7 +83,7 @@ def _cell(tag: str, content: str, numeric: bool, headline: bool = False) -> str:
 def markdown_to_html(md: str, headline: Sequence[str] = ()) -> str:
     """The small Markdown subset `tables.render_tables` writes: headings, paragraphs, **bold**, tables. The defenses
     `headline` names (labels) stand out (class "headline"): the cells of a column "ASR <label>", and the row of a
-    table whose first column is "defense" that starts with the label."""
+    table whose first column is "defense" whose first cell is the label."""
     def inline(text: str) -> str:
         return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
 
