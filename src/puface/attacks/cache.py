@@ -24,7 +24,7 @@ from ..io.images import atomic_write_bytes, encode_image, read_image
 from ..utils.errors import CloakNotCachedError, ImageReadError, PufaceError
 from ..utils.fingerprint import image_digest
 from ..utils.images import image_to_tensor, tensor_to_image, to_float
-from ..utils.paths import cache_dir
+from ..utils.paths import cache_dir, puface_home
 from .base import CloakAttack
 
 __all__ = ["CloakCache"]
@@ -48,6 +48,12 @@ class CloakCache:
         self.root = Path(root) if root is not None else cache_dir("cloaks")
         self.cached_only = cached_only
         self.used = used
+
+    @classmethod
+    def lookup(cls, root: str | Path | None = None, *, cached_only: bool = False) -> "CloakCache":
+        """A cache that cloaks are only looked up in (dry runs): `root` ("" or None: $PUFACE_HOME/cloaks) is not made,
+        as `CloakCache()` makes its default folder."""
+        return cls(root or puface_home() / "cloaks", cached_only=cached_only)
 
     def attack_dir(self, attack: CloakAttack) -> Path:
         """The folder holding `attack`'s cloaks (and its config.json)."""

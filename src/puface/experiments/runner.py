@@ -18,7 +18,6 @@ from ..evaluation.protocol import GridPlan, protocol_class
 from ..io.files import check_output_folder
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
-from ..utils.paths import puface_home
 from .build import (
     build_attack,
     build_defense,
@@ -128,9 +127,9 @@ def _run_grid(cfg: ExperimentConfig | str | Path, output: str | Path | None, *, 
         _check_users(users, exclude, allow, echo)
         echo(f"data: {root}")
         echo(_seed_line(cfg, cfg.seeds[0], data, users))
-        # the shared cloak cache, looked up, never written (not even its folder: `CloakCache()` would make it)
+        # the shared cloak cache, looked up, never written
         plan = proto_cls(data, users, checked, victims, trainers, defenses, cache=None,
-                         cloak_cache=CloakCache(puface_home() / "cloaks"), progress=False, **extra).plan()
+                         cloak_cache=CloakCache.lookup(), progress=False, **extra).plan()
         echo(str(plan))
         echo(f"{len(cfg.seeds)} seed(s) ({', '.join(map(str, cfg.seeds))}): {plan.runs * len(cfg.seeds)} run(s) in "
              f"all, each seed on its own draw of users and split; device: {resolve_device(device)}. "

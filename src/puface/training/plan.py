@@ -23,7 +23,6 @@ from ..io.jobs import env_int
 from ..purifier.checkpoint import load_checkpoint
 from ..utils.device import resolve_device
 from ..utils.errors import PufaceError
-from ..utils.paths import puface_home
 from .config import PurifierTrainConfig
 from .data import check_attacks, choose_images, folder_cloak_paths
 from .detector import (DetectorTrainConfig, attack_chips, calibration_paths, check_cloak_size, check_net_scalars,
@@ -59,12 +58,6 @@ def _cloak_line(what: str, count: int, sets: list[CloakSet]) -> str:
     if folder:
         line += f"; {sum(s.found or 0 for s in folder)} cloak(s) found in cloaked folders"
     return line
-
-
-def _cache(root: str | None, cached_only: bool) -> CloakCache:
-    """The run's cloak cache (`root`, "" or None: $PUFACE_HOME/cloaks), looked up, never written: not even its folder
-    (`CloakCache()` would make it)."""
-    return CloakCache(root or puface_home() / "cloaks", cached_only=cached_only)
 
 
 def _pairs(sets: list[CloakSet]) -> int:
@@ -183,7 +176,7 @@ def plan_purifier_training(cfg: PurifierTrainConfig, out: str | Path | None = No
     split = identity_split(cfg)
     counts = {k: len(v) for k, v in scan_identities(root, max_per_identity=cfg.data.max_per_identity,
                                                      seed=cfg.seed).by_identity().items()}
-    cache = _cache(cfg.data.cache, cfg.data.cached_only)
+    cache = CloakCache.lookup(cfg.data.cache, cached_only=cfg.data.cached_only)
     specs = [dict(a) for a in cfg.attacks]
     train = _purifier_sets(cfg, root, split.train, "train", specs, cache, attacks)
     val = (_purifier_sets(cfg, root, split.val, "val", [{**a, "images": cfg.data.val_images} for a in specs], cache,
@@ -279,7 +272,7 @@ def plan_detector_training(cfg: DetectorTrainConfig, out: str | Path | None = No
     if cfg.attacks:  # no fit sample is made without cloaks (nor a net trained: the recipe refuses a net then)
         chips, nat_paths = fit_paths(cfg, root, train_ids, fit_ids)
     n_nat = len(nat_paths) * (1 + (min(per_chip, len(variants)) if variants and per_chip > 0 else 0))
-    cache = _cache(cfg.data["cache"], bool(cfg.data["cached_only"]))
+    cache = CloakCache.lookup(cfg.data["cache"], cached_only=bool(cfg.data["cached_only"]))
     fit, sets, val, cloaked = set(fit_ids), [], 0, 0
     cv, cvpc = list(aug["cloak_variants"]), int(aug["cloak_variants_per_chip"])
     for spec in cfg.attacks:
