@@ -64,6 +64,8 @@ def recorded_rotations(record: Mapping[str, Any]) -> Any:
     """The rotations a settings record (or run file) was made with: its "rotations", "off" without one (a record made
     with rotations off, or before they existed: `rotations_entry`)."""
     return record.get("rotations", "off")
+
+
 #: The turns tried, degrees clockwise, in this order (the first of equal scores wins).
 TURNS = (90, 270, 180)
 #: With rotations "auto", a photo whose best upright HOG face scores below this is searched turned too, and keeps its

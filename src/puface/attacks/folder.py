@@ -378,6 +378,8 @@ def _dry_run(jobs: list[FileJob], in_path: Path, out_path: Path, attack: CloakAt
              listing: Listing | None, resume: bool, stats_name: str, rank: int, world_size: int) -> DryRun:
     """`cloak_folder(dry_run=True)`'s answer: the jobs a resume skips by the job's own tests (a group attack's
     `_group_done` per identity, else `resume_split` as the runners call it), and the settings `record` says."""
+    from ..align.detect import recorded_rotations  # here: the align package loads when a cloak job runs
+
     notes = []
     if getattr(attack, "group", False):
         n_done = failing = 0
@@ -402,7 +404,7 @@ def _dry_run(jobs: list[FileJob], in_path: Path, out_path: Path, attack: CloakAt
         "seed": str(record["attack"].get("seed")),
         "outputs": f"{'PNG' if naming['format'] == 'png' else 'same format as the input'}"
                    f"{', tool names' if naming['tool_suffix'] else ''}",
-        "align": DryRun.align_text(al.get("align"), al.get("rotations", "off"), al.get("largest_face")),
+        "align": DryRun.align_text(al.get("align"), recorded_rotations(al), al.get("largest_face")),
         **{k: str(record[k]) for k in ("reference", "target_pool") if record.get(k)},
         "device": str(attack.device),
     }

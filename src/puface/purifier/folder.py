@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..align import align_adapter, require_alignment
-from ..align.detect import rotations_entry
+from ..align.detect import recorded_rotations, rotations_entry
 from ..io.files import Listing
 from ..io.jobs import (
     DryRun,
@@ -186,7 +186,7 @@ def shown_settings(record: dict, purifier: Purifier | Mapping[str, Purifier], st
     layout's purifier fingerprint, the template, alignment, quality, other settings), the step each purifier takes
     (`job_step`) and the device."""
     al = record["align"]
-    aligned = DryRun.align_text(al.get("align"), al.get("rotations", "off"), al.get("largest_face"))
+    aligned = DryRun.align_text(al.get("align"), recorded_rotations(al), al.get("largest_face"))
     shown = {"purifier": ", ".join(f"{t} {fp}" for t, fp in record["purifier"].items()),
              "step": ", ".join(f"{t} {job_step(p, step):g}" for t, p in sorted(as_layouts(purifier).items())),
              "template": str(record["template"]), "align": aligned, "quality": str(record["quality"])}
