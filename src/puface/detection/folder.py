@@ -443,7 +443,11 @@ def _photo_row(chip_rows: list[dict]) -> dict:
 def _align_columns(align: bool, rotations: str) -> list[str]:
     """The scores CSV's columns of an --align run: faces, and with rotations on `turned` as `purify --align --stats`
     and align.csv have it (`align_adapter`: degrees clockwise the photo was turned to find its faces, 0 upright)."""
-    return (["faces"] + (["turned"] if rotations != "off" else [])) if align else []
+    if not align:
+        return []
+    from ..align.detect import rotations_entry  # here: the align package loads with --align only
+
+    return ["faces", *rotations_entry(rotations, turned=0)]
 
 
 def _make_aligner(align: bool, largest_face: bool, rotations: str = "auto"):
